@@ -1,0 +1,33 @@
+"""agentgate: a chain of mitmproxy addons between AI agents and the AWS APIs.
+
+Follow one call through the chain in order (``chain()`` below builds it):
+
+1. ``egress``   (http_connect, tls_clienthello, requestheaders) decides where a connection may go:
+   AWS hosts are intercepted, hosts on ``allow_hosts`` are tunnelled untouched, everything else is
+   refused; and whether a request's body streams (declared payload hash) or is buffered.
+2. ``auth``     (http_connect, requestheaders) validates the agent's OIDC token, transport A
+   (proxy credentials on CONNECT) or B (the token as the AWS session token), and attaches a
+   Principal.
+3. ``classify`` (requestheaders/request) resolves service, operation, parameters and IAM action.
+4. ``policy``   (requestheaders/request) decides allow, deny or approve and picks the role.
+5. ``signer``   (requestheaders/request) gets JIT credentials for the role, strips the agent's
+   auth, re-signs with botocore's signer and re-targets to ``upstream`` when set.
+6. ``recorder`` (response, error) writes one Record per flow to the store.
+
+A request whose body streams runs stages 2-5 in ``requestheaders`` (the body goes upstream as it
+arrives); every other request runs them in ``request`` with its body in hand.
+
+What one addon tells the next travels in ``flow.metadata`` under one key each:
+
+=====================  ==========  =========================================================
+key                    set by      value
+=====================  ==========  =========================================================
+``agentgate.stream``   egress      True when the request body streams (stages run early)
+``agentgate.host``     egress      the original host (before re-targeting to upstream)
+``agentgate.principal`` auth       core.identity.Principal
+``agentgate.call``     classify    core.classifier.Classification
+``agentgate.decision`` policy      core.policy.Decision
+``agentgate.signed``   signer      core.credentials.Grant (role ARN, session id, expiry)
+``agentgate.refusal``  any stage   core.awserrors.Refusal, when the flow was answered here
+=====================  ==========  =========================================================
+"""
