@@ -23,6 +23,7 @@ What one addon tells the next travels in ``flow.metadata`` under one key each:
 key                    set by      value
 =====================  ==========  =========================================================
 ``agentgate.stream``   egress      True when the request body streams (stages run early)
+``agentgate.auth``     egress      core.sigv4.AgentAuth: the agent's own signature, parsed
 ``agentgate.host``     egress      the original host (before re-targeting to upstream)
 ``agentgate.principal`` auth       core.identity.Principal
 ``agentgate.call``     classify    core.classifier.Classification
@@ -31,3 +32,22 @@ key                    set by      value
 ``agentgate.refusal``  any stage   core.awserrors.Refusal, when the flow was answered here
 =====================  ==========  =========================================================
 """
+
+
+def chain(settings, *, store, policies, validator, broker) -> list:
+    """The addons in chain order, built around the shared core objects."""
+    from .auth import Auth
+    from .classify import Classify
+    from .egress import Egress
+    from .policy import Policy
+    from .recorder import Recorder
+    from .signer import Signer
+
+    return [
+        Egress(settings.allow_hosts, settings.allow_private),
+        Auth(validator),
+        Classify(),
+        Policy(policies),
+        Signer(broker, settings.upstream),
+        Recorder(store, fail_open=settings.fail_open),
+    ]

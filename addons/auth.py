@@ -1,0 +1,99 @@
+"""auth: who is calling. Validates the agent's OIDC token and attaches a Principal to each flow.
+
+Transport A: the token is the password of the proxy URL, sent as ``Proxy-Authorization`` on
+CONNECT; the Principal is remembered per client connection and its expiry is checked again on
+every request. Transport B: the token is the AWS session token (``X-Amz-Security-Token``) of each
+request. A CONNECT without proxy credentials is let through only to AWS hosts, and every request
+in it must then carry transport B's token. When both are present they must name the same subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+
+from mitmproxy import http
+
+from .core import identity
+from .core.awserrors import Refusal
+from .stage import AUTH, PRINCIPAL, REFUSAL, TOKEN, TUNNEL, refuse_connect
+
+log = logging.getLogger("agentgate.auth")
+
+
+
+class Auth:
+    def __init__(self, validator: identity.TokenValidator | None) -> None:
+        self.validator = validator
+        # client connection -> (Principal, token) from transport A
+        self.connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def _validate(self, token: str | None) -> identity.Principal:
+        if self.validator is None:
+            raise identity.TokenError("this gateway has no oidc_issuer configured, so it accepts no token", "unconfigured")
+        if token:
+            cached = self.validator.validate_cached(token)
+            if cached is not None:
+                return cached
+        return await self.validator.validate(token)
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.metadata.get(TUNNEL) and not flow.request.headers.get("proxy-authorization"):
+            if flow.metadata.get(TUNNEL) and not flow.response:
+                refuse_connect(flow, 407, f"proxy credentials (the agent's token) are required to reach {flow.request.host}", "auth")
+            return
+        header = flow.request.headers.get("proxy-authorization")
+        if not header:
+            return  # AWS host: each request must then carry transport B's token
+        token = identity.token_from_basic_auth(header)
+        try:
+            principal = await self._validate(token)
+        except identity.TokenError as e:
+            log.warning("refused CONNECT from %s: %s", flow.client_conn.peername, e.reason)
+            refuse_connect(flow, 407, f"the agent's token was refused: {e.reason}", "auth")
+            return
+        flow.metadata[PRINCIPAL] = principal
+        self.connections[flow.client_conn] = (principal, token)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        refusal = await self._authenticate(flow)
+        if refusal is not None:
+            flow.metadata[REFUSAL] = refusal
+
+    async def _authenticate(self, flow: http.HTTPFlow) -> Refusal | None:
+        a = self.connections.get(flow.client_conn)
+        auth = flow.metadata.get(AUTH)
+        token_b = auth.security_token if auth is not None else None
+        principal_b = None
+        if token_b:
+            try:
+                principal_b = await self._validate(token_b)
+            except identity.TokenError as e:
+                return _refusal(e)
+        if a is not None:
+            principal_a, token_a = a
+            if principal_a.expired(time.time()):
+                return Refusal(403, "ExpiredToken", "the agent's token (proxy credentials) has expired; "
+                               "reconnect with a fresh token", "auth")
+            if principal_b is not None and not identity.same_subject(principal_a, principal_b):
+                return Refusal(403, "AccessDenied", "the proxy credentials and the AWS session token name different "
+                               f"subjects ({principal_a.sub!r} and {principal_b.sub!r}); present one identity", "auth")
+            flow.metadata[PRINCIPAL] = principal_b or principal_a
+            flow.metadata[TOKEN] = token_b or token_a
+            return None
+        if principal_b is None:
+            return Refusal(403, "AccessDenied", "no token: present the agent's OIDC token in the proxy URL "
+                           "(HTTPS_PROXY=http://agent:<token>@gateway) or as the AWS session token "
+                           "(agentgate aws-credentials)", "auth")
+        flow.metadata[PRINCIPAL] = principal_b
+        flow.metadata[TOKEN] = token_b
+        return None
+
+
+def _refusal(e: identity.TokenError) -> Refusal:
+    code = "ExpiredToken" if e.code == "expired" else "InvalidClientTokenId" if e.code in ("malformed", "missing") else "AccessDenied"
+    return Refusal(403, code, f"the agent's token was refused: {e.reason}", "auth")
+

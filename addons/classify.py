@@ -1,0 +1,29 @@
+"""classify: what is asked. Resolves service, operation, parameters and IAM action of each call
+from the wire request alone (core.classifier, from botocore's models). A refusal left by an
+earlier stage is answered here, once the protocol of the error is known."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from .core import classifier
+from .stage import CALL, HOST, REFUSAL, answer, due
+
+
+class Classify:
+    def _run(self, flow: http.HTTPFlow, body: bytes | None) -> None:
+        req = flow.request
+        path, _, query = req.path.partition("?")
+        host = flow.metadata.get(HOST) or req.host_header or req.host
+        flow.metadata[CALL] = classifier.classify(req.method, host, path, query, req.headers, body)
+        refusal = flow.metadata.get(REFUSAL)
+        if refusal is not None:
+            answer(flow, refusal)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "requestheaders"):
+            self._run(flow, None)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "request"):
+            self._run(flow, flow.request.raw_content)

@@ -1,0 +1,255 @@
+"""The ``agentgate`` command line. Every command has --help, and bad input ends in one line on
+stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from .settings import Settings, SettingsError, config_path, home, load_settings
+
+SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def _settings(**flags) -> Settings:
+    try:
+        return load_settings(**flags)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """agentgate: AI agents use AWS through per-call policy, approval, masking and recording."""
+
+
+# ---------------------------------------------------------------------------------------- init
+
+TOML_TEMPLATE = """\
+# agentgate settings. Flags and AGENTGATE_* environment variables override these.
+listen = "{listen}"
+# db = "sqlite:///agentgate.db"            # or postgresql+psycopg://user@host/db to scale out
+policies = "policies"
+# upstream = "http://127.0.0.1:5000"     # send all AWS traffic to one endpoint (moto, LocalStack), Host kept
+oidc_issuer = "{oidc_issuer}"            # the issuer whose tokens agents present
+oidc_audience = "{oidc_audience}"
+groups_claim = "groups"
+allow_hosts = []                         # non-AWS hosts tunnelled untouched, e.g. ["pypi.org", "*.github.com"]
+approval_hold = 20
+durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
+console_listen = "127.0.0.1:8081"
+"""
+
+
+def _write_secret(path: Path, data: bytes) -> bool:
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def create_ca(certs: Path) -> Path:
+    """mitmproxy's CA in ``certs`` (key files 0600); returns the certificate agents must trust."""
+    from mitmproxy.certs import CertStore
+
+    certs.mkdir(parents=True, exist_ok=True)
+    os.chmod(certs, 0o700)
+    CertStore.from_store(certs, "mitmproxy", 2048)
+    for p in certs.iterdir():
+        if p.suffix in (".pem", ".p12") and "cert" not in p.name:
+            os.chmod(p, 0o600)
+    return certs / "mitmproxy-ca-cert.pem"
+
+
+@main.command()
+@click.option("--oidc-issuer", default=None, help="The OIDC issuer whose tokens agents present.")
+@click.option("--oidc-audience", default=None, help="The audience agents' tokens carry.")
+@click.option("--listen", default=None, help="HOST:PORT the gateway listens on.")
+def init(oidc_issuer, oidc_audience, listen) -> None:
+    """Create the CA (certs/), agentgate.toml, the default policies, keys and the store."""
+    root = home()
+    cfg = config_path()
+    if not cfg.exists():
+        cfg.write_text(TOML_TEMPLATE.format(
+            listen=listen or "127.0.0.1:8080",
+            oidc_issuer=oidc_issuer or os.environ.get("AGENTGATE_OIDC_ISSUER", ""),
+            oidc_audience=oidc_audience or "agentgate",
+        ))
+        click.echo(f"wrote {cfg}")
+    s = _settings()
+    ca = create_ca(Path(s.certs))
+    click.echo(f"CA ready: {ca} (key files 0600)")
+    policies = Path(s.policies)
+    if not policies.exists() and SHIPPED_POLICIES.is_dir() and policies.resolve() != SHIPPED_POLICIES:
+        shutil.copytree(SHIPPED_POLICIES, policies)
+        click.echo(f"default policies copied to {policies}")
+    keys = Path(s.keys)
+    for name, data in (
+        ("chain.key", secrets.token_hex(32).encode()),
+        ("fingerprint.key", secrets.token_hex(32).encode()),
+        ("admin.token", secrets.token_urlsafe(32).encode()),
+    ):
+        if _write_secret(keys / name, data):
+            click.echo(f"created {keys / name} (0600)")
+    os.chmod(keys, 0o700)
+    from .core.store import Store, StoreError
+
+    try:
+        Store(s.db).migrate()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"store ready: {s.db}")
+    _ = root
+
+
+# ----------------------------------------------------------------------------------------- run
+
+@main.command()
+@click.option("--listen", default=None, help="HOST:PORT to listen on (default 127.0.0.1:8080).")
+@click.option("--db", default=None, help="SQLAlchemy URL of the store.")
+@click.option("--policies", default=None, help="Directory of policy files.")
+@click.option("--upstream", default=None, help="Send all AWS traffic to this URL, keeping the original Host.")
+@click.option("--web", is_flag=True, default=None, help="Run the chain inside mitmweb for live inspection.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every call.")
+def run(listen, db, policies, upstream, web, verbose) -> None:
+    """Start the gateway."""
+    s = _settings(listen=listen, db=db, policies=policies, upstream=upstream, web=web)
+    if not Path(s.ca_file).exists():
+        raise click.ClickException(f"no CA at {s.ca_file}: run `agentgate init` first")
+    if s.web:
+        raise click.ClickException("--web is not available in this version of agentgate")
+    from .gateway import run as run_gateway
+
+    sys.exit(run_gateway(s, verbose=verbose))
+
+
+# ----------------------------------------------------------------------------------------- env
+
+def _unverified_claims(token: str) -> dict:
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        raise click.ClickException("the token is not a JWT (expected three dot-separated parts)") from None
+
+
+def _read_token(token_file: str) -> str:
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as e:
+        raise click.ClickException(f"cannot read the token file {token_file}: {e.strerror}") from None
+    if not token:
+        raise click.ClickException(f"the token file {token_file} is empty")
+    return token
+
+
+@main.command()
+@click.option("--token-file", default=None, help="File holding the agent's OIDC token (refreshed by its platform).")
+@click.option("--gateway", default=None, help="HOST:PORT agents use to reach the gateway (default: listen).")
+@click.option("--region", default="us-east-1", show_default=True, help="AWS region for the profile.")
+@click.option("--config-file", default=None, help="Where the eval'd output writes the AWS config (default ~/.aws/agentgate-config).")
+def env(token_file, gateway, region, config_file) -> None:
+    """Print the shell lines an agent container needs: eval "$(agentgate env --token-file F)".
+
+    Transport A puts the token in HTTPS_PROXY; transport B is an AWS profile whose
+    credential_process hands the token to the SDK as its session token, re-read from the file.
+    """
+    s = _settings()
+    gw = gateway or s.listen
+    host, _, port = gw.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    ca = str(Path(s.ca_file))
+    exe = shutil.which("agentgate") or str(Path(sys.argv[0]).resolve())
+    lines = ["# agentgate: the environment of an agent that calls AWS through the gateway"]
+    if token_file:
+        token_path = str(Path(token_file).resolve())
+        token = _read_token(token_file)
+        _unverified_claims(token)
+        lines.append("# transport A: the agent's token is the password of the proxy URL")
+        lines.append(f"export HTTPS_PROXY={shlex.quote(f'http://agent:{token}@{host}:{port}')}")
+    else:
+        token_path = None
+        lines.append("# transport A: the agent's token (set AGENTGATE_TOKEN) is the password of the proxy URL")
+        lines.append(f'export HTTPS_PROXY="http://agent:${{AGENTGATE_TOKEN}}@{host}:{port}"')
+    lines.append('export https_proxy="$HTTPS_PROXY"')
+    lines.append("# trust the gateway's CA")
+    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"):
+        lines.append(f"export {var}={shlex.quote(ca)}")
+    cfg = config_file or "$HOME/.aws/agentgate-config"
+    process = f"{exe} aws-credentials --token-file {token_path}" if token_path else f"{exe} aws-credentials --token-env AGENTGATE_TOKEN"
+    lines.append("# transport B: an AWS profile whose credential_process presents the token as the session token")
+    lines.append(f'export AWS_CONFIG_FILE="{cfg}"')
+    lines.append("export AWS_PROFILE=agentgate")
+    lines.append("unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SHARED_CREDENTIALS_FILE")
+    lines.append('mkdir -p "$(dirname "$AWS_CONFIG_FILE")"')
+    lines.append("cat > \"$AWS_CONFIG_FILE\" <<'AGENTGATE_AWS_CONFIG'")
+    lines.append("[profile agentgate]")
+    lines.append(f"region = {region}")
+    lines.append(f"credential_process = {process}")
+    lines.append("AGENTGATE_AWS_CONFIG")
+    click.echo("\n".join(lines))
+
+
+@main.command("aws-credentials")
+@click.option("--token-file", default=None, help="File holding the agent's OIDC token.")
+@click.option("--token-env", default=None, help="Environment variable holding the token instead.")
+def aws_credentials(token_file, token_env) -> None:
+    """An AWS credential_process: prints the agent's token as the session token (transport B)."""
+    if token_file:
+        token = _read_token(token_file)
+    elif token_env:
+        token = os.environ.get(token_env, "").strip()
+        if not token:
+            raise click.ClickException(f"the environment variable {token_env} is empty")
+    else:
+        raise click.ClickException("give --token-file F (or --token-env NAME)")
+    claims = _unverified_claims(token)
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)):
+        raise click.ClickException("the token has no exp claim")
+    if exp <= time.time():
+        when = datetime.fromtimestamp(exp, timezone.utc).isoformat()
+        raise click.ClickException(f"the token in {token_file or token_env} expired at {when}; its platform should refresh it")
+    click.echo(json.dumps({
+        "Version": 1,
+        "AccessKeyId": "agentgate",
+        "SecretAccessKey": "agentgate-not-a-secret",
+        "SessionToken": token,
+        "Expiration": datetime.fromtimestamp(exp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }))
+
+
+def _register_optional() -> None:
+    """Commands that live beside the core (store, policy) join the group here."""
+    try:
+        from .commands import policy as policy_cmds
+
+        main.add_command(policy_cmds.policy)
+    except ImportError:
+        pass
+    try:
+        from .commands import store as store_cmds
+
+        for name in ("sessions", "calls", "verify", "prune"):
+            cmd = getattr(store_cmds, name, None)
+            if cmd is not None:
+                main.add_command(cmd)
+    except ImportError:
+        pass
+
+
+_register_optional()

@@ -1,0 +1,88 @@
+"""AWS-shaped errors: a refusal rendered in the service's own protocol, so SDKs raise ClientError.
+
+JSON protocols get ``__type``/``message`` and ``x-amzn-ErrorType``; rest-xml (S3) gets
+``<Error><Code>``; query gets ``<ErrorResponse>``; ec2 gets ``<Response><Errors>``; RPC v2 CBOR
+gets a CBOR map. The message says what happened and what to do; it never carries a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from xml.sax.saxutils import escape
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    status: int  # HTTP status for the agent
+    code: str  # the AWS error code the SDK reports, e.g. AccessDenied
+    message: str  # what happened, why, and what to do
+    stage: str  # which stage refused: egress, auth, classify, policy, approval, signer, store
+    outcome: str = "refused"  # how the record names it
+
+
+def access_denied(message: str, stage: str, status: int = 403) -> Refusal:
+    return Refusal(status, "AccessDenied", message, stage)
+
+
+def guess_protocol(headers, path: str = "") -> str:
+    """The protocol of a request the classifier could not place, from its shape."""
+    ctype = (headers.get("content-type") or "").lower()
+    if headers.get("x-amz-target"):
+        return "json"
+    if headers.get("smithy-protocol") == "rpc-v2-cbor":
+        return "smithy-rpc-v2-cbor"
+    if "x-www-form-urlencoded" in ctype:
+        return "query"
+    if "json" in ctype:
+        return "rest-json"
+    return "rest-xml"
+
+
+def _cbor_text(s: str) -> bytes:
+    b = s.encode()
+    n = len(b)
+    if n < 24:
+        head = bytes([0x60 | n])
+    elif n < 256:
+        head = bytes([0x78, n])
+    elif n < 65536:
+        head = bytes([0x79]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x7A]) + n.to_bytes(4, "big")
+    return head + b
+
+
+def render(refusal: Refusal, protocol: str | None, request_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of the refusal in ``protocol``."""
+    rid = request_id or str(uuid.uuid4())
+    code, msg = refusal.code, refusal.message
+    headers = {"x-amzn-RequestId": rid, "x-amz-request-id": rid, "x-agentgate-refused-by": refusal.stage}
+    if protocol in ("json", "rest-json"):
+        headers["x-amzn-ErrorType"] = code
+        headers["content-type"] = "application/x-amz-json-1.1" if protocol == "json" else "application/json"
+        body = json.dumps({"__type": code, "message": msg, "Message": msg}).encode()
+    elif protocol == "smithy-rpc-v2-cbor":
+        headers["smithy-protocol"] = "rpc-v2-cbor"
+        headers["content-type"] = "application/cbor"
+        body = bytes([0xA2]) + _cbor_text("__type") + _cbor_text(code) + _cbor_text("message") + _cbor_text(msg)
+    elif protocol == "query":
+        headers["content-type"] = "text/xml"
+        body = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{escape(code)}</Code>"
+            f"<Message>{escape(msg)}</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>"
+        ).encode()
+    elif protocol == "ec2":
+        headers["content-type"] = "text/xml;charset=UTF-8"
+        body = (
+            f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(msg)}</Message>"
+            f"</Error></Errors><RequestID>{rid}</RequestID></Response>"
+        ).encode()
+    else:  # rest-xml and anything unknown
+        headers["content-type"] = "application/xml"
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
+            f"<Message>{escape(msg)}</Message><RequestId>{rid}</RequestId></Error>"
+        ).encode()
+    return refusal.status, headers, body

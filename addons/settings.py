@@ -1,0 +1,134 @@
+"""Settings: flags, then AGENTGATE_* environment variables, then agentgate.toml, then defaults.
+
+The same names everywhere (DESIGN.md, "Command line"). ``load_settings(**flags)`` returns a
+Settings; a flag given as None means "not given on the command line".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(Exception):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def home() -> Path:
+    """Where agentgate keeps its files: AGENTGATE_HOME, else the current directory."""
+    return Path(os.environ.get("AGENTGATE_HOME") or os.getcwd()).resolve()
+
+
+@dataclasses.dataclass
+class Settings:
+    listen: str = "127.0.0.1:8080"
+    db: str = ""  # SQLAlchemy URL; default sqlite:///<home>/agentgate.db
+    policies: str = ""  # default <home>/policies
+    upstream: str = ""  # e.g. http://127.0.0.1:5000: all AWS traffic goes there, Host kept
+    oidc_issuer: str = ""
+    oidc_audience: str = "agentgate"
+    oidc_algorithms: list[str] = dataclasses.field(default_factory=lambda: ["RS256", "ES256"])
+    groups_claim: str = "groups"
+    allow_hosts: list[str] = dataclasses.field(default_factory=list)  # non-AWS hosts tunnelled untouched
+    allow_private: list[str] = dataclasses.field(default_factory=list)  # loopback/link-local/metadata addresses explicitly allowed
+    approval_hold: float = 20.0
+    durability: str = "sync"  # sync | async
+    fail_open: bool = False
+    console_listen: str = "127.0.0.1:8081"
+    certs: str = ""  # default <home>/certs
+    keys: str = ""  # default <home>/keys (fingerprint key, admin token)
+    credential_refresh_margin: float = 300.0  # seconds before expiry that JIT credentials are renewed
+    body_cap: int = 1 << 20  # bytes of a body kept in a record
+    web: bool = False
+    config_file: str = ""
+
+    def resolved(self) -> "Settings":
+        root = Path(self.config_file).parent if self.config_file else home()
+        s = dataclasses.replace(self)
+        s.db = s.db or f"sqlite:///{root / 'agentgate.db'}"
+        s.policies = str(_abs(s.policies or "policies", root))
+        s.certs = str(_abs(s.certs or "certs", root))
+        s.keys = str(_abs(s.keys or "keys", root))
+        if s.durability not in ("sync", "async"):
+            raise SettingsError(f"durability must be 'sync' or 'async', not {s.durability!r}")
+        if s.upstream and not s.upstream.startswith(("http://", "https://")):
+            raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
+        parse_hostport(s.listen, "listen")
+        parse_hostport(s.console_listen, "console_listen")
+        return s
+
+    @property
+    def ca_file(self) -> Path:
+        return Path(self.certs) / "mitmproxy-ca-cert.pem"
+
+
+def _abs(p: str, root: Path) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (root / path)
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+        raise SettingsError(f"{name} must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = FIELDS[name].default
+    kind = type(default) if default is not dataclasses.MISSING else list
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if kind in (int, float):
+            return kind(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {name} has an unusable value {value!r}") from None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("AGENTGATE_CONFIG") or home() / "agentgate.toml")
+
+
+def load_settings(config: str | None = None, **flags: Any) -> Settings:
+    """Merge defaults < agentgate.toml < AGENTGATE_* environment < flags (None = not given)."""
+    values: dict[str, Any] = {}
+    path = Path(config) if config else config_path()
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsError(f"{path}: {e}") from None
+        section = data.get("agentgate", data)
+        for k, v in section.items():
+            if k not in FIELDS:
+                raise SettingsError(f"{path}: unknown setting {k!r}")
+            values[k] = _coerce(k, v)
+        values["config_file"] = str(path.resolve())
+    for name in FIELDS:
+        env = os.environ.get(f"AGENTGATE_{name.upper()}")
+        if env is not None and name != "config_file":
+            values[name] = _coerce(name, env)
+    for k, v in flags.items():
+        if v is not None:
+            if k not in FIELDS:
+                raise SettingsError(f"unknown setting {k!r}")
+            values[k] = _coerce(k, v)
+    return Settings(**values).resolved()
