@@ -1,0 +1,568 @@
+"""Identity: who is calling. Validates an agent's OIDC token and turns it into a Principal.
+
+The issuer's keys come from its discovery document (``{issuer}/.well-known/openid-configuration``
+names the ``jwks_uri``), fetched with an async client, cached for ``jwks_cache_seconds`` and shared
+by every validation that needs them at the same moment. A token signed with a key the cache does not
+hold triggers one refetch (key rotation), at most once every ``min_refetch_seconds`` so a flood of
+made-up key ids cannot hammer the issuer. Signatures are verified with python-jose; the header's
+algorithm is checked against an allowlist of asymmetric algorithms first, so ``alg: none`` and HMAC
+tokens keyed with the issuer's public key never reach a verifier. Keys come only from the issuer's
+JWKS, never from the token's own header (``jku``, ``jwk``, ``x5u`` and ``x5c`` are ignored).
+
+A refused token raises TokenError, whose ``reason`` a person can read and whose ``code`` a program
+can branch on. Reasons never contain the token or any part of its signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import copy
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import re
+import time
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+from jose import jwk, jws
+from jose.exceptions import JOSEError
+
+DEFAULT_LEEWAY = 30.0  # seconds of clock skew tolerated between the issuer and the gateway
+
+# The asymmetric algorithms python-jose verifies, and the key each needs: (kty, crv).
+KEY_TYPES: dict[str, tuple[str, str | None]] = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+}
+
+CODES = frozenset(
+    {
+        "missing",
+        "malformed",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "unknown_key",
+        "bad_algorithm",
+        "bad_signature",
+        "subject_mismatch",
+        "issuer_unreachable",  # the issuer's keys cannot be fetched and none are cached
+    }
+)
+
+MAX_TOKEN_LENGTH = 16 * 1024
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who made a call, from a validated token."""
+
+    sub: str
+    iss: str
+    aud: tuple[str, ...]
+    groups: tuple[str, ...]
+    on_behalf_of: str | None  # the `act` claim's `sub` (RFC 8693), when present
+    exp: float  # epoch seconds
+    claims: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)  # read-only
+
+    def expired(self, now: float | None = None, leeway: float = DEFAULT_LEEWAY) -> bool:
+        """True once the token's exp (plus leeway) has passed."""
+        return (time.time() if now is None else now) > self.exp + leeway
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain, mutable JSON-shaped copy (for jmespath conditions and records)."""
+        return {
+            "sub": self.sub,
+            "iss": self.iss,
+            "aud": list(self.aud),
+            "groups": list(self.groups),
+            "on_behalf_of": self.on_behalf_of,
+            "exp": self.exp,
+            "claims": copy.deepcopy(dict(self.claims)),
+        }
+
+
+class TokenError(Exception):
+    """A token was refused: ``reason`` says what is wrong, ``code`` names it for programs."""
+
+    def __init__(self, reason: str, code: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+def same_subject(a: Principal, b: Principal) -> bool:
+    """True when two principals name the same subject of the same issuer."""
+    return a.iss == b.iss and a.sub == b.sub
+
+
+def token_from_basic_auth(header_value: str) -> str | None:
+    """The token in a ``Proxy-Authorization`` header: the password of ``Basic``, or ``Bearer``'s value.
+
+    A Basic header with an empty password yields the user name instead (``http://<JWT>@gateway``).
+    """
+    scheme, _, value = (header_value or "").strip().partition(" ")
+    value = value.strip()
+    if not value:
+        return None
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return password or user or None
+
+
+class TokenValidator:
+    """Validates tokens of one OIDC issuer for one or more audiences."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str | Sequence[str],
+        *,
+        algorithms: Sequence[str] = ("RS256", "ES256"),
+        groups_claim: str = "groups",
+        leeway: float = DEFAULT_LEEWAY,
+        jwks_cache_seconds: float = 3600.0,
+        min_refetch_seconds: float = 30.0,
+        http_timeout: float = 5.0,
+        cache_size: int = 4096,
+    ):
+        if not issuer:
+            raise ValueError("an OIDC issuer URL is required")
+        self.issuer = issuer
+        self.audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+        if not self.audiences or not all(isinstance(a, str) and a for a in self.audiences):
+            raise ValueError(f"the audience must be one or more non-empty strings, not {audience!r}")
+        unsupported = [a for a in algorithms if a not in KEY_TYPES]
+        if unsupported or not algorithms:
+            raise ValueError(
+                f"algorithms {unsupported or list(algorithms)!r} are not supported: "
+                f"choose asymmetric ones from {', '.join(KEY_TYPES)}"
+            )
+        self.algorithms = tuple(algorithms)
+        self.groups_claim = groups_claim
+        self.leeway = leeway
+        self.jwks_cache_seconds = jwks_cache_seconds
+        self.min_refetch_seconds = min(min_refetch_seconds, jwks_cache_seconds)
+        self.http_timeout = http_timeout
+        self.discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+        self._jwks_uri: str | None = None
+        self._rediscover = False  # the last JWKS fetch failed: read the discovery document again
+        self._keys: list[_Key] | None = None  # None until a JWKS has been fetched
+        self._keys_fetched_at = float("-inf")  # time.monotonic()
+        self._last_fetch = float("-inf")  # time.monotonic() of the last attempt, good or bad
+        self._fetch_error: str | None = None  # why the last attempt failed
+        self._inflight: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache: collections.OrderedDict[bytes, tuple[Principal, str | None]] = collections.OrderedDict()
+        self._cache_size = cache_size
+
+    async def validate(self, token: str | None) -> Principal:
+        """The Principal a token names; raises TokenError when the token is refused."""
+        token = (token or "").strip()
+        if not token:
+            raise TokenError("no token was presented", "missing")
+        cached = self.validate_cached(token)
+        if cached is not None:
+            return cached
+        header, claims = parse_token(token)
+        alg = check_algorithm(header, self.algorithms)
+        self._check_issuer(claims)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("token is malformed: the header's kid is not a string", "malformed")
+        keys = await self._keys_for(kid, alg)
+        try:
+            jws.verify(token, [k.key for k in keys], algorithms=[alg])
+        except JOSEError:
+            raise TokenError(
+                f"token signature does not verify with the issuer's key {_key_name(kid)}: "
+                "the token was altered or not signed by the issuer",
+                "bad_signature",
+            ) from None
+        principal = principal_from_claims(
+            claims, audiences=self.audiences, groups_claim=self.groups_claim, leeway=self.leeway
+        )
+        self._remember(token, principal, kid)
+        return principal
+
+    def validate_cached(self, token: str) -> Principal | None:
+        """The Principal of a token already validated whose exp has not passed; None otherwise."""
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogatepass")).digest()
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        principal, kid = entry
+        if principal.exp <= time.time() or not self._still_published(kid):
+            del self._cache[digest]
+            return None
+        self._cache.move_to_end(digest)
+        return principal
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
+        self._inflight = None
+        if self._http is not None and self._loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+        self._loop = None
+
+    # -- claims checked before any key is fetched
+
+    def _check_issuer(self, claims: Mapping[str, Any]) -> None:
+        iss = claims.get("iss")
+        if iss is None:
+            raise TokenError(f"token has no issuer (iss); expected {self.issuer!r}", "wrong_issuer")
+        if iss != self.issuer:
+            raise TokenError(
+                f"token issuer {_show(iss)} is not the configured issuer {self.issuer!r}", "wrong_issuer"
+            )
+
+    # -- the issuer's keys
+
+    async def _keys_for(self, kid: str | None, alg: str) -> list[_Key]:
+        """The published keys that may have signed a token with this kid and alg."""
+        if self._keys is None or self._keys_stale():
+            if self._may_fetch():
+                await self._refresh()
+            if self._keys is None or self._keys_stale():
+                raise TokenError(
+                    self._fetch_error or f"the issuer's keys could not be fetched ({self.discovery_url})",
+                    "issuer_unreachable",
+                )
+        matches = _matching(self._keys, kid, alg)
+        if not matches and self._may_fetch():
+            await self._refresh()
+            matches = _matching(self._keys or [], kid, alg)
+        if matches:
+            return matches
+        keys = self._keys or []
+        if kid is not None and any(k.kid == kid for k in keys):
+            kinds = sorted({k.alg for k in keys if k.kid == kid})
+            raise TokenError(
+                f"algorithm {alg!r} does not fit the issuer's key {_show(kid)} "
+                f"(it verifies {', '.join(kinds)})",
+                "bad_algorithm",
+            )
+        known = sorted({k.kid for k in keys if k.kid})
+        reason = (
+            f"signing key {_show(kid)} is unknown to the issuer"
+            if kid is not None
+            else f"token names no signing key (kid), and the issuer publishes no {alg} key"
+        )
+        reason += f" (it publishes {', '.join(map(repr, known[:8])) or 'no usable keys'} at {self._jwks_uri})"
+        if self._fetch_error:
+            reason += f"; the last refetch failed: {self._fetch_error}"
+        raise TokenError(reason, "unknown_key")
+
+    def _keys_stale(self) -> bool:
+        return time.monotonic() - self._keys_fetched_at >= self.jwks_cache_seconds
+
+    def _may_fetch(self) -> bool:
+        """A fetch is in flight (join it), or the last one is old enough to try again."""
+        self._bind_loop()
+        return self._inflight is not None or time.monotonic() - self._last_fetch >= self.min_refetch_seconds
+
+    def _still_published(self, kid: str | None) -> bool:
+        if self._keys is None or self._keys_stale():
+            return False
+        return kid is None or any(k.kid == kid for k in self._keys)
+
+    async def _refresh(self) -> None:
+        """Fetch the keys, sharing one fetch among every caller that needs it at the same moment."""
+        self._bind_loop()
+        if self._inflight is None:
+            self._last_fetch = time.monotonic()
+            task = asyncio.get_running_loop().create_task(self._fetch_keys())
+            task.add_done_callback(self._fetch_done)
+            self._inflight = task
+        await asyncio.shield(self._inflight)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+
+    def _bind_loop(self) -> None:
+        """Use one HTTP client per event loop (a client cannot move between loops)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._http = httpx.AsyncClient(timeout=self.http_timeout, follow_redirects=True)
+            self._loop = loop
+            self._inflight = None
+
+    async def _fetch_keys(self) -> None:
+        """Fetch the discovery document (once) and the JWKS; keep the keys or why they failed."""
+        try:
+            if self._jwks_uri is None or self._rediscover:
+                doc = await self._get_json(self.discovery_url, "the issuer's discovery document")
+                self._jwks_uri = jwks_uri_from_discovery(doc, self.issuer, self.discovery_url)
+            jwks_uri = self._jwks_uri
+            try:
+                jwks = await self._get_json(jwks_uri, "the issuer's keys")
+                keys = parse_jwks(jwks, self.algorithms, jwks_uri)
+            except _FetchError:
+                self._rediscover = True  # in case the issuer moved its keys
+                raise
+        except _FetchError as e:
+            self._fetch_error = str(e)
+            return
+        self._rediscover = False
+        self._keys = keys
+        self._keys_fetched_at = time.monotonic()
+        self._fetch_error = None
+
+    async def _get_json(self, url: str, what: str) -> Any:
+        assert self._http is not None
+        try:
+            response = await self._http.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as e:
+            raise _FetchError(f"cannot fetch {what} from {url}: {type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise _FetchError(f"cannot fetch {what} from {url}: HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise _FetchError(f"cannot fetch {what} from {url}: the response is not JSON") from None
+
+    # -- the fast path
+
+    def _remember(self, token: str, principal: Principal, kid: str | None) -> None:
+        if principal.exp <= time.time() or self._cache_size <= 0:
+            return
+        self._cache[hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()] = (principal, kid)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    kid: str | None
+    alg: str
+    key: Any  # a python-jose Key
+
+
+class _FetchError(Exception):
+    pass
+
+
+def parse_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (unverified) header and claims of a compact JWS; raises TokenError when malformed."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError(f"token is malformed: it is longer than {MAX_TOKEN_LENGTH} characters", "malformed")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise TokenError(
+            f"token is malformed: it has {len(segments)} dot-separated segment{'s' * (len(segments) != 1)}, "
+            "a JWT has 3 (header.claims.signature)",
+            "malformed",
+        )
+    header = _json_segment(segments[0], "header")
+    claims = _json_segment(segments[1], "claims")
+    _b64url_decode(segments[2], "signature")
+    return header, claims
+
+
+def check_algorithm(header: Mapping[str, Any], allowed: Sequence[str]) -> str:
+    """The header's alg when it is one of ``allowed``; raises TokenError otherwise."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or not alg:
+        raise TokenError("token is malformed: the header names no algorithm (alg)", "malformed")
+    if alg.lower() == "none":
+        raise TokenError(f"algorithm {_show(alg)} is not allowed: the token is unsigned", "bad_algorithm")
+    if alg not in allowed:
+        raise TokenError(
+            f"algorithm {_show(alg)} is not allowed (allowed: {', '.join(allowed)})", "bad_algorithm"
+        )
+    crit = header.get("crit")
+    if crit is not None:
+        raise TokenError(
+            f"token is malformed: the header marks extensions {_show(crit)} critical, "
+            "which are not understood",
+            "malformed",
+        )
+    return alg
+
+
+def principal_from_claims(
+    claims: Mapping[str, Any],
+    *,
+    audiences: Sequence[str],
+    groups_claim: str = "groups",
+    leeway: float = DEFAULT_LEEWAY,
+    now: float | None = None,
+) -> Principal:
+    """A Principal from verified claims, checking sub, exp, nbf, iat, aud, groups and act."""
+    now = time.time() if now is None else now
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise TokenError("token is malformed: it has no subject (sub)", "malformed")
+    exp = _numeric(claims, "exp")
+    if exp is None:
+        raise TokenError("token is malformed: it has no expiry (exp)", "malformed")
+    if now > exp + leeway:
+        raise TokenError(f"token expired at {_when(exp)} (now {_when(now)}); get a fresh token", "expired")
+    nbf = _numeric(claims, "nbf")
+    if nbf is not None and nbf > now + leeway:
+        raise TokenError(f"token is not valid before {_when(nbf)} (now {_when(now)})", "not_yet_valid")
+    iat = _numeric(claims, "iat")
+    if iat is not None and iat > now + leeway:
+        raise TokenError(
+            f"token was issued in the future, at {_when(iat)} (now {_when(now)}); check the clocks",
+            "not_yet_valid",
+        )
+    aud = claims.get("aud")
+    token_aud = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
+    expected = " or ".join(map(repr, audiences))
+    if token_aud is None or not all(isinstance(a, str) for a in token_aud):
+        raise TokenError(f"token has no valid audience (aud); expected {expected}", "wrong_audience")
+    if not set(token_aud) & set(audiences):
+        raise TokenError(f"token audience {_show(aud)} does not include {expected}", "wrong_audience")
+    act = claims.get("act")
+    on_behalf_of = None
+    if act is not None:
+        if not isinstance(act, Mapping) or not isinstance(act.get("sub"), str) or not act["sub"]:
+            raise TokenError("token is malformed: its act claim is not an object with a sub", "malformed")
+        on_behalf_of = act["sub"]
+    return Principal(
+        sub=sub,
+        iss=claims.get("iss", ""),
+        aud=token_aud,
+        groups=groups_from_claims(claims, groups_claim),
+        on_behalf_of=on_behalf_of,
+        exp=float(exp),
+        claims=types.MappingProxyType(dict(claims)),
+    )
+
+
+def groups_from_claims(claims: Mapping[str, Any], groups_claim: str) -> tuple[str, ...]:
+    """The groups named by a claim (a list or a single string); a dotted name walks nested claims.
+
+    A claim whose own name contains dots (``https://example.com/groups``) is found first.
+    """
+    value: Any = claims.get(groups_claim)
+    if value is None and "." in groups_claim:
+        value = claims
+        for part in groups_claim.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(g, str) for g in value):
+        return tuple(value)
+    raise TokenError(f"token is malformed: its {groups_claim!r} claim is not a list of strings", "malformed")
+
+
+def jwks_uri_from_discovery(doc: Any, issuer: str, url: str) -> str:
+    """The jwks_uri of a discovery document that names this issuer; raises _FetchError otherwise."""
+    if not isinstance(doc, Mapping):
+        raise _FetchError(f"the issuer's discovery document at {url} is not a JSON object")
+    if doc.get("issuer") != issuer:
+        raise _FetchError(
+            f"the issuer's discovery document at {url} names issuer {_show(doc.get('issuer'))}, "
+            f"not {issuer!r}"
+        )
+    uri = doc.get("jwks_uri")
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+        raise _FetchError(f"the issuer's discovery document at {url} has no usable jwks_uri")
+    return uri
+
+
+def parse_jwks(jwks: Any, algorithms: Sequence[str], url: str = "its jwks_uri") -> list[_Key]:
+    """The signing keys of a JWKS usable with ``algorithms``; keys of other kinds are skipped."""
+    if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+        raise _FetchError(f"the issuer's keys at {url} are not a JWKS (no keys list)")
+    keys = []
+    for entry in jwks["keys"]:
+        if not isinstance(entry, Mapping) or entry.get("use", "sig") != "sig":
+            continue
+        kid = entry.get("kid") if isinstance(entry.get("kid"), str) else None
+        for alg in algorithms:
+            kty, crv = KEY_TYPES[alg]
+            if entry.get("kty") != kty or (crv and entry.get("crv") != crv):
+                continue
+            if entry.get("alg", alg) != alg:
+                continue
+            public = {k: v for k, v in entry.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+            try:
+                keys.append(_Key(kid, alg, jwk.construct(public, alg)))
+            except (JOSEError, ValueError, TypeError, KeyError):
+                continue
+    return keys
+
+
+def _matching(keys: list[_Key], kid: str | None, alg: str) -> list[_Key]:
+    return [k for k in keys if k.alg == alg and (kid is None or k.kid == kid)]
+
+
+def _json_segment(segment: str, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_b64url_decode(segment, name))
+    except (ValueError, RecursionError):
+        raise TokenError(f"token is malformed: the {name} is not JSON", "malformed") from None
+    if not isinstance(value, dict):
+        raise TokenError(f"token is malformed: the {name} is not a JSON object", "malformed")
+    return value
+
+
+def _b64url_decode(segment: str, name: str) -> bytes:
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise TokenError(f"token is malformed: the {name} is not base64url", "malformed")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError(f"token is malformed: the {name} is not base64url", "malformed") from None
+
+
+def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TokenError(f"token is malformed: its {name} claim is not a number of seconds", "malformed")
+    return float(value)
+
+
+def _when(epoch: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:.0f} (epoch seconds)"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A claim or header value quoted for a reason, cut short."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= limit else value[:limit] + "...")
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _key_name(kid: str | None) -> str:
+    return _show(kid) if kid is not None else "(no kid)"
