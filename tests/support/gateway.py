@@ -1,0 +1,174 @@
+"""A real gateway process for tests: `agentgate init` then `agentgate run` in a temporary home,
+with moto as its upstream and STS, and a local OIDC issuer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+AGENTGATE = str(BIN / "agentgate")
+
+TEST_POLICY = """\
+version: 1
+default: deny
+roles:
+  - principal: {groups: [data-agents]}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+    duration: 1h
+rules:
+  - id: data-plane
+    action: ["s3:*", "dynamodb:*", "sts:GetCallerIdentity", "ec2:Describe*", "lambda:*", "sqs:*",
+             "sns:*", "secretsmanager:*", "ssm:*", "logs:*"]
+    decision: allow
+  - id: no-iam-for-agents
+    action: "iam:*"
+    decision: deny
+    reason: agents do not manage IAM
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Gateway:
+    def __init__(self, home: Path, *, issuer: str, upstream: str, aws_key: tuple[str, str],
+                 policy: str = TEST_POLICY, settings: dict | None = None, env: dict | None = None) -> None:
+        self.home = Path(home)
+        self.issuer = issuer
+        self.upstream = upstream
+        self.aws_key = aws_key
+        self.policy = policy
+        self.settings = settings or {}
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.home / "gateway.log"
+
+    @property
+    def env(self) -> dict:
+        e = {
+            "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.home),
+            "AGENTGATE_HOME": str(self.home),
+            # the gateway's own AWS credentials (the JIT broker), found by botocore's default chain
+            "AWS_ACCESS_KEY_ID": self.aws_key[0],
+            "AWS_SECRET_ACCESS_KEY": self.aws_key[1],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        e.update(self.extra_env)
+        return e
+
+    @property
+    def ca_file(self) -> Path:
+        return self.home / "certs" / "mitmproxy-ca-cert.pem"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "agentgate.db"
+
+    def cli(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        p = subprocess.run([AGENTGATE, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                           timeout=timeout, cwd=self.home)
+        if check and p.returncode != 0:
+            raise AssertionError(f"agentgate {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def init(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.cli("init", "--oidc-issuer", self.issuer, "--listen", f"127.0.0.1:{self.port}")
+        policies = self.home / "policies"
+        for f in policies.glob("*.y*ml"):
+            f.unlink()
+        policies.mkdir(exist_ok=True)
+        (policies / "test.yaml").write_text(self.policy)
+        if self.settings:
+            cfg = self.home / "agentgate.toml"
+            lines = [ln for ln in cfg.read_text().splitlines()
+                     if ln.split("=", 1)[0].strip() not in self.settings]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in self.settings.items()]
+            cfg.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> "Gateway":
+        if not (self.home / "agentgate.toml").exists():
+            self.init()
+        args = [AGENTGATE, "run", "--listen", f"127.0.0.1:{self.port}", "--upstream", self.upstream, "-v"]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except Exception as e:
+            raise RuntimeError(f"gateway did not start: {e}\n{self.log()}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def proxy_url(self, token: str | None) -> str:
+        return f"http://agent:{token}@127.0.0.1:{self.port}" if token else f"http://127.0.0.1:{self.port}"
+
+    def agent_env(self, token_file: Path, agent_home: Path, extra: dict | None = None) -> dict:
+        """The environment an agent gets by following only `agentgate env --token-file F`."""
+        agent_home.mkdir(parents=True, exist_ok=True)
+        script = f'eval "$({AGENTGATE} env --token-file {token_file})" && env -0'
+        base = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(agent_home),
+                "AGENTGATE_HOME": str(self.home)}
+        out = subprocess.run(["bash", "-c", script], env=base, capture_output=True, check=True, cwd=self.home).stdout
+        env = dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+        env.pop("AGENTGATE_HOME", None)
+        env.pop("PWD", None)
+        env.pop("OLDPWD", None)
+        env.pop("SHLVL", None)
+        env.pop("_", None)
+        env.update(extra or {})
+        return env
+
+    def records(self) -> list[dict]:
+        import sqlite3
+
+        con = sqlite3.connect(self.db_path)
+        con.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in con.execute("select * from calls order by time")]
+        finally:
+            con.close()

@@ -1,0 +1,124 @@
+"""The data path end to end: agents that follow only `agentgate env`, boto3 and the AWS CLI as
+subprocesses, through a real gateway, re-signed with credentials moto issued through STS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import httpx
+import pytest
+
+from tests.conftest import run_agent
+
+
+def agent(gateway, token_file, tmp_path, **kw):
+    return gateway.agent_env(token_file(**kw) if callable(token_file) else token_file, tmp_path / "agent-home")
+
+
+def check(p: subprocess.CompletedProcess) -> dict:
+    assert p.returncode == 0, f"agent failed:\n{p.stdout}\n{p.stderr}"
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_env_prints_both_transports_and_the_ca(gateway, token_file):
+    f = token_file()
+    out = gateway.cli("env", "--token-file", str(f)).stdout
+    token = f.read_text().strip()
+    assert f"export HTTPS_PROXY=http://agent:{token}@127.0.0.1:{gateway.port}\n" in out
+    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"):
+        assert f"export {var}={gateway.ca_file}" in out
+    assert f"aws-credentials --token-file {f}" in out
+    assert "credential_process" in out
+
+
+def test_aws_credentials_prints_the_token_as_session_token(gateway, token_file, issuer, tmp_path):
+    f = token_file()
+    out = json.loads(gateway.cli("aws-credentials", "--token-file", str(f)).stdout)
+    assert out["Version"] == 1 and out["SessionToken"] == f.read_text().strip()
+    assert out["Expiration"].endswith("Z")
+    expired = tmp_path / "old.jwt"
+    expired.write_text(issuer.mint("agent-1", expires_in=-60))
+    p = gateway.cli("aws-credentials", "--token-file", str(expired), check=False)
+    assert p.returncode != 0 and "expired" in p.stderr and "Traceback" not in p.stderr
+    p = gateway.cli("aws-credentials", "--token-file", str(tmp_path / "missing"), check=False)
+    assert p.returncode != 0 and "cannot read the token file" in p.stderr
+
+
+BOTO3_EACH_PROTOCOL = textwrap.dedent("""
+    import json, boto3
+    out = {}
+    sts = boto3.client("sts")
+    out["arn"] = sts.get_caller_identity()["Arn"]                           # query
+    ddb = boto3.client("dynamodb")                                          # json
+    ddb.create_table(TableName="t1", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                     BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName="t1", Item={"k": {"S": "a"}, "v": {"S": "hello"}})
+    out["item"] = ddb.get_item(TableName="t1", Key={"k": {"S": "a"}})["Item"]["v"]["S"]
+    s3 = boto3.client("s3")                                                 # rest-xml
+    s3.create_bucket(Bucket="proto-bucket")
+    s3.put_object(Bucket="proto-bucket", Key="k.txt", Body=b"x" * 1024)
+    out["s3"] = len(s3.get_object(Bucket="proto-bucket", Key="k.txt")["Body"].read())
+    out["lambda"] = boto3.client("lambda").list_functions()["Functions"]   # rest-json
+    out["ec2"] = len(boto3.client("ec2").describe_regions()["Regions"]) > 0  # ec2
+    sqs = boto3.client("sqs")
+    out["queue"] = sqs.create_queue(QueueName="q1")["QueueUrl"].endswith("/q1")
+    print(json.dumps(out))
+""")
+
+
+def test_unmodified_boto3_works_for_every_protocol(gateway, token_file, tmp_path):
+    env = agent(gateway, token_file, tmp_path)
+    out = check(run_agent(env, BOTO3_EACH_PROTOCOL))
+    assert out["arn"] == "arn:aws:sts::123456789012:assumed-role/agent-role/agent-1"
+    assert out["item"] == "hello" and out["s3"] == 1024 and out["lambda"] == [] and out["ec2"] and out["queue"]
+    records = [r for r in gateway.records() if r["principal"] == "agent-1"]
+    actions = {r["action"] for r in records}
+    assert {"sts:GetCallerIdentity", "dynamodb:PutItem", "s3:PutObject", "s3:GetObject",
+            "lambda:ListFunctions", "ec2:DescribeRegions", "sqs:CreateQueue"} <= actions
+    assert all(r["decision"] == "allow" and r["status"] == 200 for r in records if r["action"] in actions)
+
+
+def test_aws_cli_works_with_only_the_printed_environment(gateway, token_file, tmp_path, aws_cli):
+    env = agent(gateway, token_file, tmp_path, sub="cli-agent")
+    def aws(*args):
+        p = subprocess.run([aws_cli, *args, "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+    ident = aws("sts", "get-caller-identity")
+    assert ident["Arn"] == "arn:aws:sts::123456789012:assumed-role/agent-role/cli-agent"
+    aws("s3api", "create-bucket", "--bucket", "cli-bucket")
+    assert "Buckets" in aws("s3api", "list-buckets")
+    assert "TableNames" in aws("dynamodb", "list-tables")
+    assert aws("ec2", "describe-regions")["Regions"]
+    assert aws("lambda", "list-functions")["Functions"] == []
+
+
+def test_a_call_that_is_not_re_signed_fails(moto, issuer):
+    """moto has authentication on: the agent's own (fake) keys, or its token as a session token,
+    are refused when sent straight to it. Only the gateway's re-signing makes calls pass."""
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                      aws_access_key_id="agentgate", aws_secret_access_key="agentgate-not-a-secret",
+                      aws_session_token=issuer.mint("agent-1"))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.list_buckets()
+    assert e.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "InvalidClientTokenId", "AccessDenied")
+
+
+def test_iam_is_denied_by_policy_with_an_aws_shaped_error(gateway, token_file, tmp_path):
+    env = agent(gateway, token_file, tmp_path)
+    out = check(run_agent(env, textwrap.dedent("""
+        import json, boto3, botocore.exceptions
+        try:
+            boto3.client("iam").list_users()
+            print(json.dumps({"ok": True}))
+        except botocore.exceptions.ClientError as e:
+            print(json.dumps(e.response["Error"]))
+    """)))
+    assert out["Code"] == "AccessDenied"
+    assert "no-iam-for-agents" in out["Message"] and "agents do not manage IAM" in out["Message"]
