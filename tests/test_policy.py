@@ -1,0 +1,769 @@
+"""The policy engine (addons/core/policy.py): loading, matching, deciding, reloading, and the
+shipped default policies."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import textwrap
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import jmespath
+import pytest
+
+from addons.core import policy as engine
+from addons.core.policy import Decision, PolicyError, PolicySet, PolicyStore, RoleBinding
+
+SHIPPED = Path(__file__).resolve().parent.parent / "policies"
+
+
+def principal(sub="agent-1", groups=("dev",), claims=None, on_behalf_of=None):
+    claims = dict(claims or {})
+    claims.setdefault("sub", sub)
+    claims.setdefault("groups", list(groups))
+    return SimpleNamespace(sub=sub, iss="https://issuer.test", aud=("agentgate",), groups=tuple(groups),
+                           on_behalf_of=on_behalf_of, exp=time.time() + 600,
+                           claims=types.MappingProxyType(claims))
+
+
+def call(action, access_level=None, params=None, resources=(), region="us-east-1", account="123456789012",
+         error=None):
+    service, _, operation = action.partition(":")
+    return SimpleNamespace(service=service, operation=operation or action, protocol="json", signing_name=service,
+                           region=region, account=account, params=params or {}, resources=list(resources),
+                           action=action, access_level=access_level, error=error)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def load(tmp_path: Path, text: str, name: str = "p.yaml") -> PolicySet:
+    write(tmp_path, name, text)
+    return PolicySet.load(tmp_path)
+
+
+def errors_of(tmp_path: Path) -> list[str]:
+    with pytest.raises(PolicyError) as e:
+        PolicySet.load(tmp_path)
+    assert str(e.value) == "\n".join(e.value.errors)
+    return e.value.errors
+
+
+# ------------------------------------------------------------------------------ actions
+
+
+def test_action_globs_are_iam_style_and_case_insensitive(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: describe, action: "ec2:Describe*", decision: allow}
+          - {id: one-char, action: "s3:Get?bject", decision: allow}
+          - {id: listed, action: [sqs:SendMessage, "SNS:publish"], decision: allow}
+          - {id: any-prefix, action: "*:ListTagsForResource", decision: allow}
+    """)
+    who = principal()
+    assert ps.evaluate(who, call("ec2:DescribeInstances")).rule == "describe"
+    assert ps.evaluate(who, call("EC2:describeinstances")).rule == "describe"
+    assert ps.evaluate(who, call("ec2:DescribeVpcs")).decision == "allow"
+    assert ps.evaluate(who, call("ec2:RunInstances")).decision == "deny"
+    assert ps.evaluate(who, call("s3:GetObject")).rule == "one-char"
+    assert ps.evaluate(who, call("s3:GetXbject")).rule == "one-char"
+    assert ps.evaluate(who, call("s3:GetObjectAcl")).decision == "deny"  # ? is one character, and globs are whole
+    assert ps.evaluate(who, call("sqs:sendmessage")).rule == "listed"
+    assert ps.evaluate(who, call("sns:Publish")).rule == "listed"
+    assert ps.evaluate(who, call("rds:ListTagsForResource")).rule == "any-prefix"
+    assert ps.evaluate(who, call("rds:ListTagsForResources")).decision == "deny"
+
+
+def test_star_and_actionless_rules_do_not_match_unknown_calls(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: everything, action: "*", decision: allow}
+          - {id: no-action, decision: allow, mask_for_agent: [X]}
+    """)
+    assert ps.evaluate(principal(), call("anything:AtAll")).rule == "everything"
+    d = ps.evaluate(principal(), call("unknown", error="no operation matches POST /"))
+    assert (d.decision, d.rule, d.considered) == ("deny", None, ())
+    assert "could not be classified (no operation matches POST /)" in d.reason
+    assert d.reason.endswith("default is deny")
+    # a call with no action at all counts as unknown
+    nameless = call("x:Y")
+    nameless.action = None
+    assert ps.evaluate(principal(), nameless).decision == "deny"
+
+
+def test_unknown_matches_only_a_rule_that_names_it(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: allow-unknown-for-sre, action: [unknown], principal: {groups: sre}, decision: allow}
+          - {id: also-s3, action: [Unknown, "s3:*"], decision: approve, approvers: {groups: [sre]}}
+    """)
+    d = ps.evaluate(principal(groups=("sre",)), call("unknown"))
+    assert (d.decision, d.rule, d.considered) == ("approve", "also-s3", ("allow-unknown-for-sre", "also-s3"))
+    assert ps.evaluate(principal(), call("s3:GetObject", "Read")).rule == "also-s3"
+    assert ps.evaluate(principal(), call("ec2:RunInstances", "Write")).rule is None
+
+
+def test_default_allow_still_denies_unknown(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        default: allow
+    """)
+    d = ps.evaluate(principal(), call("ec2:RunInstances", "Write"))
+    assert (d.decision, d.rule, d.reason) == ("allow", None, "no rule matches ec2:RunInstances; default is allow")
+    assert ps.evaluate(principal(), call("unknown")).decision == "deny"
+
+
+def test_access_levels(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: reads, access_level: [List, read], decision: allow}
+          - id: perms
+            access_level: Permissions Management
+            decision: approve
+            approvers: {groups: [sre]}
+          - {id: writes, access_level: [Write], decision: deny}
+    """)
+    who = principal()
+    assert ps.evaluate(who, call("ec2:DescribeInstances", "List")).rule == "reads"
+    assert ps.evaluate(who, call("s3:GetObject", "Read")).rule == "reads"
+    assert ps.evaluate(who, call("s3:PutObject", "Write")).rule == "writes"
+    # IAM's data gives some actions two levels: the specific one counts
+    d = ps.evaluate(who, call("s3:PutBucketPolicy", "Permissions management, Write"))
+    assert (d.decision, d.rule, d.considered) == ("approve", "perms", ("perms",))
+    assert ps.evaluate(who, call("s3:PutBucketPolicy", "Permissions management")).rule == "perms"
+    assert ps.evaluate(who, call("ec2:CreateTags", "Tagging, Write")).rule is None
+    # no access level (IAM's data has no entry): no access_level rule matches
+    assert ps.evaluate(who, call("s3:HeadObject", None)).rule is None
+
+
+def test_access_level_of():
+    assert engine.access_level_of("Permissions management, Write") == "Permissions management"
+    assert engine.access_level_of("Tagging, Write") == "Tagging"
+    assert engine.access_level_of("write") == "Write"
+    assert engine.access_level_of(None) is None
+    assert engine.access_level_of("Bogus") is None
+
+
+# ------------------------------------------------------------------------------ principals
+
+
+def test_principal_sub_groups_and_claims(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: by-sub, action: "s3:GetObject", principal: {sub: alice}, decision: allow}
+          - {id: by-sub-list, action: "s3:PutObject", principal: {sub: [bob, "ci-*"]}, decision: allow}
+          - {id: by-group, action: "ec2:Describe*", principal: {groups: [ops, sre]}, decision: allow}
+          - id: by-claims
+            action: "rds:Describe*"
+            principal: {claims: "contains(scopes, 'rds') && tenant == 'acme'"}
+            decision: allow
+          - id: all-keys
+            action: "sqs:*"
+            principal: {sub: carol, groups: sre, claims: "mfa"}
+            decision: allow
+    """)
+    assert ps.evaluate(principal("alice"), call("s3:GetObject")).decision == "allow"
+    assert ps.evaluate(principal("alice2"), call("s3:GetObject")).decision == "deny"
+    assert ps.evaluate(principal("bob"), call("s3:PutObject")).decision == "allow"
+    assert ps.evaluate(principal("ci-build-7"), call("s3:PutObject")).decision == "allow"
+    assert ps.evaluate(principal("xci-build"), call("s3:PutObject")).decision == "deny"
+    assert ps.evaluate(principal(groups=("dev", "sre")), call("ec2:DescribeVpcs")).decision == "allow"
+    assert ps.evaluate(principal(groups=("dev",)), call("ec2:DescribeVpcs")).decision == "deny"
+    assert ps.evaluate(principal(groups=()), call("ec2:DescribeVpcs")).decision == "deny"
+    good = principal(claims={"scopes": ("rds", "s3"), "tenant": "acme"})  # tuples, as a frozen Principal holds
+    assert ps.evaluate(good, call("rds:DescribeDBInstances")).decision == "allow"
+    assert ps.evaluate(principal(claims={"scopes": ["rds"], "tenant": "other"}),
+                       call("rds:DescribeDBInstances")).decision == "deny"
+    # a claims expression that fails (scopes missing: contains(null, ...)) does not match
+    assert ps.evaluate(principal(claims={"tenant": "acme"}), call("rds:DescribeDBInstances")).decision == "deny"
+    assert ps.evaluate(principal("carol", ("sre",), {"mfa": True}), call("sqs:SendMessage")).decision == "allow"
+    assert ps.evaluate(principal("carol", ("sre",), {"mfa": False}), call("sqs:SendMessage")).decision == "deny"
+    assert ps.evaluate(principal("carol", ("dev",), {"mfa": True}), call("sqs:SendMessage")).decision == "deny"
+    assert ps.evaluate(None, call("s3:GetObject")).decision == "deny"
+
+
+def test_principal_matches_helper_for_approvers():
+    sre = principal("dana", ("sre",))
+    assert engine.principal_matches({"groups": ("sre",)}, sre)
+    assert engine.principal_matches({"groups": "sre"}, sre)
+    assert not engine.principal_matches({"groups": ["dba"]}, sre)
+    assert engine.principal_matches({"sub": ["dana", "erin"]}, sre)
+    assert engine.principal_matches({"claims": "contains(groups, 'sre')"}, sre)
+    assert not engine.principal_matches({"sub": ["dana"], "groups": ["dba"]}, sre)
+    assert not engine.principal_matches({"groups": ["sre"]}, None)
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+def test_when_conditions_over_the_call_and_principal(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - id: terminate-some
+            action: ec2:TerminateInstances
+            when: "length(params.InstanceIds) > `0` && region == 'eu-west-1'"
+            decision: allow
+          - id: own-bucket
+            action: "s3:GetObject"
+            when: "length(resource) > `0` && !(resource[?!starts_with(@, 'arn:aws:s3:::alice-')])"
+            decision: allow
+          - id: on-behalf
+            action: "s3:PutObject"
+            when: "principal.on_behalf_of != null && principal.claims.team == 'data' && account == '123456789012'"
+            decision: allow
+          - id: by-names
+            action: "dynamodb:*"
+            when: "service == 'dynamodb' && operation == 'GetItem' && action == 'dynamodb:GetItem' && access_level == 'Read'"
+            decision: allow
+          - id: groups-in-when
+            action: "sqs:*"
+            when: "contains(principal.groups, 'dev')"
+            decision: allow
+    """)
+    who = principal("alice")
+    assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": ["i-1"]}, region="eu-west-1")).decision == "allow"
+    assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": []}, region="eu-west-1")).decision == "deny"
+    assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": ["i-1"]})).decision == "deny"
+    # a runtime type error (length of null) means no match
+    assert ps.evaluate(who, call("ec2:TerminateInstances", region="eu-west-1")).decision == "deny"
+    assert ps.evaluate(who, call("s3:GetObject", resources=["arn:aws:s3:::alice-data/k"])).decision == "allow"
+    assert ps.evaluate(who, call("s3:GetObject", resources=["arn:aws:s3:::alice-data/k", "arn:aws:s3:::bob/k"])).decision == "deny"
+    team = principal("svc", claims={"team": "data"}, on_behalf_of="alice")
+    assert ps.evaluate(team, call("s3:PutObject")).decision == "allow"
+    assert ps.evaluate(principal("svc", claims={"team": "data"}), call("s3:PutObject")).decision == "deny"
+    assert ps.evaluate(team, call("s3:PutObject", account="999999999999")).decision == "deny"
+    assert ps.evaluate(who, call("dynamodb:GetItem", "Read")).decision == "allow"
+    assert ps.evaluate(who, call("dynamodb:GetItem", "Write")).decision == "deny"
+    assert ps.evaluate(who, call("sqs:SendMessage")).decision == "allow"
+    assert ps.evaluate(principal(groups=("ops",)), call("sqs:SendMessage")).decision == "deny"
+
+
+@pytest.mark.parametrize("expression", [
+    "a", "a.b.c", "a[0]", "a[-1]", "a[1:3]", "a[::-1]", "a[*].b", "a[].b", "a[]", "*.b", "a.*",
+    "a[?b == `1`].c", "a[?b > `1`]", "a[?b >= `1` && c != 'x']", "a[?!b]", "!a", "!`0`", "!`[]`", "!c",
+    "a || c", "c && a", "x || `null`", "[a, c]", "{x: a, y: c}", "a | [0]", "length(a)", "length(c)",
+    "contains(a, `1`)", "contains(c, 'x')", "contains(`null`, 'x')", "starts_with(c, 'x')", "ends_with(c, 'z')",
+    "starts_with(a, 'x')", "sort_by(a, &b)[].b", "max_by(a, &b).b", "keys(@)", "to_string(a)", "not_null(x, c)",
+    "`1` == `true`", "`0` == `false`", "c == 'xyz'", "c < 'y'", "a < `1`", "@", "d.e || 'none'", "a[?b]|[0].b",
+    "length(a[?b > `1`]) > `0`", "type(a)", "join(',', [c, c])", "map(&b, a)",
+])
+def test_compiled_expressions_agree_with_jmespath(expression):
+    data = {"a": [{"b": 1, "c": "x"}, {"b": 2}, {"b": 3, "c": "y"}], "c": "xyz", "d": {"e": ""}}
+    def run(f):
+        try:
+            return ("ok", f())
+        except Exception as e:
+            return ("error", type(e).__name__)
+    expected = run(lambda: jmespath.search(expression, data))
+    assert run(lambda: engine.compile_expression(expression)(data)) == expected
+
+
+# ------------------------------------------------------------------------------ deciding
+
+
+def test_deny_beats_approve_beats_allow_whatever_the_order_and_file(tmp_path):
+    write(tmp_path, "a.yaml", """
+        version: 1
+        rules:
+          - {id: allow-all-ec2, action: "ec2:*", decision: allow, mask_for_agent: [A]}
+          - {id: approve-terminate, action: "ec2:Terminate*", decision: approve, approvers: {groups: [sre]}, expires: 30m}
+    """)
+    write(tmp_path, "b.yaml", """
+        version: 1
+        rules:
+          - {id: deny-prod, action: "ec2:TerminateInstances", when: "region == 'us-east-1'", decision: deny,
+             reason: production instances are never terminated by agents}
+          - {id: allow-terminate, action: "ec2:TerminateInstances", decision: allow}
+          - {id: approve-again, action: "ec2:TerminateInstances", decision: approve, approvers: {sub: [root]}}
+    """)
+    ps = PolicySet.load(tmp_path)
+    d = ps.evaluate(principal(), call("ec2:TerminateInstances", "Write", region="us-east-1"))
+    assert d.decision == "deny" and d.rule == "deny-prod"
+    assert d.reason == "production instances are never terminated by agents"
+    assert d.considered == ("allow-all-ec2", "approve-terminate", "deny-prod", "allow-terminate", "approve-again")
+    assert d.approvers is None and d.expires is None
+    assert d.mask_for_agent == ("A",)  # masks of matching allow rules apply whichever rule decided
+    d = ps.evaluate(principal(), call("ec2:TerminateInstances", "Write", region="eu-west-1"))
+    assert (d.decision, d.rule) == ("approve", "approve-terminate")  # first approve in file order
+    assert dict(d.approvers) == {"groups": ("sre",)} and d.expires == 1800
+    assert d.reason == "rule approve-terminate requires a human approval for ec2:TerminateInstances"
+    d = ps.evaluate(principal(), call("ec2:DescribeInstances", "List"))
+    assert (d.decision, d.rule, d.reason) == ("allow", "allow-all-ec2", "rule allow-all-ec2 allows ec2:DescribeInstances")
+
+
+def test_default_deny(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        default: deny
+        rules:
+          - {id: reads, access_level: [List, Read], decision: allow}
+    """)
+    d = ps.evaluate(principal(), call("s3:PutObject", "Write"))
+    assert d == Decision("deny", None, "no rule allows s3:PutObject; default is deny", ps.version, None, (),
+                         None, None, ())
+
+
+def test_mask_for_agent_is_the_union_of_matching_allow_rules(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: reads, access_level: Read, decision: allow}
+          - {id: mask-1, action: "secretsmanager:Get*", decision: allow, mask_for_agent: [SecretString, SecretBinary]}
+          - {id: mask-2, action: "secretsmanager:GetSecretValue", decision: allow, mask_for_agent: [SecretBinary, Extra]}
+          - {id: mask-3, action: "secretsmanager:GetSecretValue", principal: {groups: [other]}, decision: allow,
+             mask_for_agent: [NotMine]}
+    """)
+    d = ps.evaluate(principal(), call("secretsmanager:GetSecretValue", "Read"))
+    assert (d.decision, d.rule) == ("allow", "reads")
+    assert d.mask_for_agent == ("SecretString", "SecretBinary", "Extra")
+    assert d.considered == ("reads", "mask-1", "mask-2")
+
+
+def test_every_decision_carries_the_version_and_the_role(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        roles:
+          - {principal: {groups: [data]}, role_arn: "arn:aws:iam::111122223333:role/data", id: data}
+          - {role_arn: "arn:aws:iam::111122223333:role/everyone"}
+        rules:
+          - {id: r, action: "s3:*", decision: deny}
+    """)
+    d = ps.evaluate(principal(groups=("data",)), call("s3:GetObject"))
+    assert d.policy_version == ps.version and len(ps.version) == 16
+    assert d.role == RoleBinding("arn:aws:iam::111122223333:role/data", None, 3600, False, "data")
+    assert ps.evaluate(principal(), call("s3:GetObject")).role.role_arn.endswith("role/everyone")
+
+
+# ------------------------------------------------------------------------------ roles
+
+
+def test_role_selection_is_the_first_matching_binding(tmp_path):
+    write(tmp_path, "session/scoped.json", '{\n  "Version": "2012-10-17",\n  "Statement": [{"Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}]\n}\n')
+    ps = load(tmp_path, """
+        version: 1
+        roles:
+          - id: by-sub
+            principal: {sub: alice}
+            role_arn: arn:aws:iam::111122223333:role/alice
+            duration: 15m
+            web_identity: true
+          - id: by-group
+            principal: {groups: [data]}
+            role_arn: arn:aws:iam::111122223333:role/data
+            session_policy: session/scoped.json
+            duration: "1h30m"
+          - id: by-claims
+            principal: {claims: "tier == 'gold'"}
+            role_arn: arn:aws-us-gov:iam::111122223333:role/gold
+            duration: 900
+    """)
+    alice = ps.role_for(principal("alice", ("data",)))
+    assert alice == RoleBinding("arn:aws:iam::111122223333:role/alice", None, 900, True, "by-sub")
+    data = ps.role_for(principal("bob", ("data",)))
+    assert data.rule_id == "by-group" and data.duration == 5400 and not data.web_identity
+    assert json.loads(data.session_policy) == {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}]}
+    assert "\n" not in data.session_policy and " " not in data.session_policy  # packed for sts:AssumeRole
+    assert ps.role_for(principal("carol", claims={"tier": "gold"})).duration == 900
+    assert ps.role_for(principal("dave")) is None
+    assert ps.evaluate(principal("dave"), call("s3:GetObject")).role is None
+    assert "session/scoped.json" in ps.text  # the version covers the session policy too
+
+
+@pytest.mark.parametrize("value,seconds", [
+    (900, 900), ("900", 900), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("12h", 43200), ("2d", 172800)])
+def test_parse_duration(value, seconds):
+    assert engine.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "15x", "m15", "1.5h", True, None, [1], "-5m"])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        engine.parse_duration(value)
+
+
+def test_approve_rule_defaults_and_durations(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: a, action: "s3:DeleteObject", decision: approve, approvers: {sub: dana}}
+          - {id: b, action: "s3:DeleteBucket", decision: approve, approvers: {groups: [sre], claims: "mfa"}, expires: 2h}
+    """)
+    d = ps.evaluate(principal(), call("s3:DeleteObject"))
+    assert d.expires == engine.DEFAULT_APPROVAL_EXPIRES and dict(d.approvers) == {"sub": ("dana",)}
+    d = ps.evaluate(principal(), call("s3:DeleteBucket"))
+    assert d.expires == 7200 and dict(d.approvers) == {"groups": ("sre",), "claims": "mfa"}
+
+
+# ------------------------------------------------------------------------------ load errors
+
+
+def test_load_errors_name_file_and_line_for_every_kind(tmp_path):
+    write(tmp_path, "a.yaml", """
+        version: 1
+        colour: blue
+        rules:
+          - id: dup
+            action: ec2:Describe*
+            decision: allow
+            reasons: "x"
+          - id: bad-glob
+            action: [ec2:Describe*, "ec2 Describe", "s3"]
+            decision: allow
+          - id: bad-level
+            access_level: [Read, Writes]
+            decision: allow
+          - id: bad-when
+            action: s3:GetObject
+            when: "params.[Bucket"
+            decision: allow
+          - id: bad-claims
+            principal: {claims: "a ==", team: x}
+            decision: deny
+          - id: bad-decision
+            decision: maybe
+          - action: s3:GetObject
+            decision: allow
+          - id: approve-without-approvers
+            action: s3:DeleteObject
+            decision: approve
+          - id: approvers-on-allow
+            action: s3:GetObject
+            decision: allow
+            approvers: {groups: [sre]}
+            expires: 15m
+          - id: mask-on-deny
+            action: s3:GetObject
+            decision: deny
+            mask_for_agent: [Body]
+          - id: bad-expires
+            action: s3:DeleteBucket
+            decision: approve
+            approvers: {groups: [sre]}
+            expires: soon
+        roles:
+          - role_arn: "arn:aws:iam::12345:role/short-account"
+          - role_arn: arn:aws:iam::123456789012:role/ok
+            duration: 5m
+          - role_arn: arn:aws:iam::123456789012:role/ok
+            session_policy: session/missing.json
+          - role_arn: arn:aws:iam::123456789012:role/ok
+            session_policy: broken.json
+            web_identity: "yes"
+          - principal: {groups: [a]}
+    """)
+    write(tmp_path, "broken.json", '{"Version": "2012-10-17",\n "Statement": [}\n')
+    write(tmp_path, "b.yaml", """
+        version: 2
+        default: allow
+        rules:
+          - id: dup
+            decision: deny
+    """)
+    write(tmp_path, "c.yaml", """
+        version: 1
+        default: deny
+        rules:
+          - id: x
+            decision: allow
+            decision: deny
+    """)
+    write(tmp_path, "d.yml", """
+        version: 1
+        rules:
+          - id: y
+            action: [s3:GetObject
+    """)
+    write(tmp_path, ".hidden.yaml", "this is: [not read\n")
+    errors = errors_of(tmp_path)
+    expected = [
+        "a.yaml:2: unknown key 'colour'",
+        "a.yaml:7: unknown key 'reasons' in a rule",
+        "a.yaml:9: rule bad-glob: bad action 'ec2 Describe'",
+        "a.yaml:9: rule bad-glob: bad action 's3'",
+        "a.yaml:12: rule bad-level: unknown access level 'Writes'",
+        "a.yaml:16: rule bad-when: bad jmespath in when `params.[Bucket`",
+        "a.yaml:19: bad jmespath in principal.claims `a ==`",
+        "a.yaml:19: unknown key 'team' in principal",
+        "a.yaml:22: rule bad-decision: decision must be allow, deny or approve, not 'maybe'",
+        "a.yaml:23: rule has no id",
+        "a.yaml:25: rule approve-without-approvers: an approve rule needs approvers",
+        "a.yaml:31: rule approvers-on-allow: approvers only applies to approve rules",
+        "a.yaml:32: rule approvers-on-allow: expires only applies to approve rules",
+        "a.yaml:36: rule mask-on-deny: mask_for_agent only applies to allow rules",
+        "a.yaml:41: rule bad-expires: expires 'soon' is not a duration",
+        "a.yaml:43: role_arn 'arn:aws:iam::12345:role/short-account' is not an IAM role ARN",
+        "a.yaml:45: duration '5m' is 300s; AWS accepts 900s to 43200s",
+        "a.yaml:47: session policy session/missing.json: cannot read",
+        "a.yaml:49: session policy broken.json is not valid JSON",
+        "a.yaml:50: web_identity must be true or false",
+        "a.yaml:51: role binding has no role_arn",
+        "b.yaml:1: version must be 1, not 2",
+        "c.yaml:2: default deny contradicts default allow at b.yaml:2",
+        "b.yaml:4: rule id 'dup' is already used at a.yaml:4",
+        "c.yaml:6: duplicate key 'decision' (also at line 5)",
+        "d.yml:5: not valid YAML",
+    ]
+    for want in expected:
+        assert any(e.startswith(want) for e in errors), f"{want!r} not in:\n" + "\n".join(errors)
+    assert not any(".hidden" in e for e in errors)
+    assert "did you mean 'reason'?" in next(e for e in errors if "'reasons'" in e)
+
+
+def test_version_is_required_and_top_level_must_be_a_mapping(tmp_path):
+    write(tmp_path, "a.yaml", "rules: []\n")
+    write(tmp_path, "b.yaml", "- just\n- a list\n")
+    write(tmp_path, "c.yaml", "version: 1\nrules: {id: x}\nroles: nope\n")
+    errors = errors_of(tmp_path)
+    assert errors[0] == "a.yaml:1: missing `version: 1`"
+    assert errors[1].startswith("b.yaml:1: a policy file is a mapping")
+    assert "c.yaml:2: rules must be a list" in errors and "c.yaml:3: roles must be a list" in errors
+
+
+def test_missing_directory_and_empty_directory(tmp_path):
+    with pytest.raises(PolicyError) as e:
+        PolicySet.load(tmp_path / "nope")
+    assert "no such policies directory" in e.value.errors[0]
+    empty = PolicySet.load(tmp_path)
+    assert empty.evaluate(principal(), call("s3:GetObject", "Read")).decision == "deny"
+
+
+# ------------------------------------------------------------------------------ versions and reloading
+
+
+def test_version_follows_content(tmp_path):
+    write(tmp_path, "a.yaml", "version: 1\nrules: []\n")
+    v1 = PolicySet.load(tmp_path).version
+    assert PolicySet.load(tmp_path).version == v1
+    write(tmp_path, "a.yaml", "version: 1\nrules: []\n# a comment\n")
+    v2 = PolicySet.load(tmp_path)
+    assert v2.version != v1
+    assert v2.text.startswith("--- a.yaml\nversion: 1\n") and "# a comment" in v2.text
+    (tmp_path / "a.yaml").rename(tmp_path / "b.yaml")  # the same content under another name
+    assert PolicySet.load(tmp_path).version not in (v1, v2.version)
+
+
+def _bump(path: Path) -> None:
+    """Move a file's mtime forward, so a change within one clock tick is still seen."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_store_reloads_on_change_and_keeps_the_last_good_set(tmp_path):
+    path = write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: reads, access_level: Read, decision: allow}
+    """)
+    reported: list[PolicyError] = []
+    store = PolicyStore(tmp_path, on_error=reported.append, check_interval=0)
+    first = store.current
+    assert first.evaluate(principal(), call("s3:GetObject", "Read")).decision == "allow"
+    assert store.current is first  # unchanged files: the same set
+
+    path.write_text("version: 1\nrules:\n  - {id: reads, access_level: Read, decision: deny}\n")
+    _bump(path)
+    second = store.current
+    assert second.version != first.version
+    assert second.evaluate(principal(), call("s3:GetObject", "Read")).decision == "deny"
+    # a call decided before the change keeps its set
+    assert first.evaluate(principal(), call("s3:GetObject", "Read")).decision == "allow"
+
+    path.write_text("version: 1\nrules:\n  - {id: reads, access_level: Read, decision: deny}\n  - {id: x, decision: perhaps}\n")
+    _bump(path)
+    assert store.current is second  # broken: the last good set stays in force
+    assert len(reported) == 1 and reported[0].errors == [
+        "p.yaml:4: rule x: decision must be allow, deny or approve, not 'perhaps'"]
+    _bump(path)  # touched, not changed: not reported again
+    assert store.current is second and len(reported) == 1
+    write(tmp_path, "q.yaml", "version: [\n")  # another broken version: reported
+    assert store.current is second and len(reported) == 2
+    assert any(e.startswith("q.yaml:") for e in reported[1].errors)
+
+    (tmp_path / "q.yaml").unlink()
+    path.write_text("version: 1\nrules:\n  - {id: reads, access_level: [List, Read], decision: allow}\n")
+    _bump(path)
+    third = store.current
+    assert third.version not in (first.version, second.version)
+    assert third.evaluate(principal(), call("ec2:DescribeInstances", "List")).decision == "allow"
+
+
+def test_store_watches_session_policies_and_new_files(tmp_path):
+    session = write(tmp_path, "s.json", '{"Statement": []}')
+    write(tmp_path, "roles.yaml", """
+        version: 1
+        roles:
+          - {role_arn: "arn:aws:iam::123456789012:role/r", session_policy: s.json}
+    """)
+    store = PolicyStore(tmp_path, check_interval=0)
+    v1 = store.current.version
+    session.write_text('{"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}')
+    _bump(session)
+    assert store.current.version != v1
+    assert "Deny" in store.current.role_for(principal()).session_policy
+    write(tmp_path, "more.yaml", "version: 1\nrules: [{id: r, action: 's3:*', decision: allow}]\n")
+    assert [r.id for r in store.current.rules] == ["r"]
+
+
+def test_store_checks_at_most_every_interval(tmp_path):
+    path = write(tmp_path, "p.yaml", "version: 1\n")
+    store = PolicyStore(tmp_path, check_interval=3600)
+    v1 = store.current.version
+    path.write_text("version: 1\nrules: []\n")
+    _bump(path)
+    assert store.current.version == v1
+
+
+def test_store_refuses_to_start_on_broken_policies(tmp_path):
+    write(tmp_path, "p.yaml", "version: 1\nrules: [{id: x}]\n")
+    with pytest.raises(PolicyError) as e:
+        PolicyStore(tmp_path)
+    assert e.value.errors == ["p.yaml:2: rule x has no decision (allow, deny or approve)"]
+
+
+# ------------------------------------------------------------------------------ explain
+
+
+def test_explain_names_the_deciding_rule_and_every_rule_considered(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        roles:
+          - {id: main, role_arn: "arn:aws:iam::123456789012:role/agent-role", duration: 15m}
+        rules:
+          - {id: reads, access_level: [List, Read], decision: allow}
+          - {id: sre-only, action: "ec2:Terminate*", principal: {groups: [sre]}, decision: allow}
+          - id: big-ones
+            action: ec2:TerminateInstances
+            when: "length(params.InstanceIds) > `2`"
+            decision: approve
+            approvers: {groups: [sre]}
+    """)
+    text = engine.explain(ps, principal(on_behalf_of="alice"),
+                          call("ec2:TerminateInstances", "Write", {"InstanceIds": ["a", "b", "c"]}))
+    assert "decision: approve" in text
+    assert "decided by: rule big-ones (p.yaml:7)" in text
+    assert "role: arn:aws:iam::123456789012:role/agent-role (binding main, 900s)" in text
+    assert "on behalf of alice" in text
+    assert "approvers: groups ['sre']" in text
+    assert "[   no] reads (p.yaml:5, allow): access level Write is not one of List, Read" in text
+    assert "[   no] sre-only (p.yaml:6, allow): groups ['dev'] include none of ['sre']" in text
+    assert "[match] big-ones (p.yaml:7, approve): matches: action matches ec2:TerminateInstances; when" in text
+    text = engine.explain(ps, principal(), call("ec2:TerminateInstances", "Write", {"InstanceIds": ["a"]}))
+    assert "decided by: the default (no rule matched)" in text
+    assert "when `length(params.InstanceIds) > `2`` is false" in text
+
+
+# ------------------------------------------------------------------------------ the shipped policies
+
+
+@pytest.fixture(scope="module")
+def shipped() -> PolicySet:
+    return PolicySet.load(SHIPPED)
+
+
+@pytest.mark.parametrize("action,level,decision,rule", [
+    ("ec2:DescribeInstances", "List", "allow", "read-only"),
+    ("s3:GetObject", "Read", "allow", "read-only"),
+    ("sts:GetCallerIdentity", "Read", "allow", "read-only"),
+    ("iam:CreateAccessKey", "Write", "deny", "no-credential-vending"),
+    ("sts:AssumeRole", "Write", "deny", "no-credential-vending"),
+    ("sts:GetSessionToken", "Read", "deny", "no-credential-vending"),
+    ("sts:GetFederationToken", "Write", "deny", "no-credential-vending"),
+    ("awsssoportal:GetRoleCredentials", None, "deny", "no-credential-vending"),
+    ("cognito-identity:GetCredentialsForIdentity", "Read", "deny", "no-credential-vending"),
+    ("iam:AttachRolePolicy", "Permissions management, Write", "deny", "no-privilege-escalation"),
+    ("iam:PutUserPolicy", "Permissions management, Write", "deny", "no-privilege-escalation"),
+    ("iam:UpdateAssumeRolePolicy", "Permissions management, Write", "deny", "no-privilege-escalation"),
+    ("iam:CreatePolicyVersion", "Permissions management, Write", "deny", "no-privilege-escalation"),
+    ("ec2:TerminateInstances", "Write", "approve", "destroying-needs-a-human"),
+    ("s3:DeleteBucket", "Write", "approve", "destroying-needs-a-human"),
+    ("s3:PutBucketPolicy", "Permissions management, Write", "approve", "permission-changes-need-a-human"),
+    ("kms:Decrypt", "Write", "allow", "mask-decrypted-plaintext"),
+    ("s3:PutObject", "Write", "deny", None),
+    ("ec2:CreateTags", "Tagging, Write", "deny", None),
+    ("unknown", None, "deny", None),
+])
+def test_shipped_policies_decide_as_documented(shipped, action, level, decision, rule):
+    d = shipped.evaluate(principal(), call(action, level))
+    assert (d.decision, d.rule) == (decision, rule), d.reason
+    assert d.reason
+
+
+def test_shipped_policies_masks_roles_and_approvals(shipped):
+    who = principal()
+    d = shipped.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": "db"}))
+    assert d.decision == "allow" and {"SecretString", "SecretBinary"} <= set(d.mask_for_agent)
+    assert "Parameter.Value" in shipped.evaluate(who, call("ssm:GetParameter", "Read")).mask_for_agent
+    assert "Parameters[].Value" in shipped.evaluate(who, call("ssm:GetParametersByPath", "Read")).mask_for_agent
+    assert "Plaintext" in shipped.evaluate(who, call("kms:Decrypt", "Write")).mask_for_agent
+    assert "Configuration.Environment.Variables" in shipped.evaluate(who, call("lambda:GetFunction", "Read")).mask_for_agent
+    ecr = shipped.evaluate(who, call("ecr:GetAuthorizationToken", "Read"))
+    assert ecr.decision == "allow" and "authorizationData[].authorizationToken" in ecr.mask_for_agent
+    assert d.role == RoleBinding("arn:aws:iam::123456789012:role/agent-role", None, 3600, False, "default-agent-role")
+    scoped = shipped.role_for(principal(groups=("read-only-agents",)))
+    assert scoped.duration == 900 and json.loads(scoped.session_policy)["Statement"]
+    approve = shipped.evaluate(who, call("ec2:TerminateInstances", "Write", {"InstanceIds": ["i-1"]}))
+    assert dict(approve.approvers) == {"groups": ("sre",)} and approve.expires == 900
+
+
+def test_shipped_policies_keep_roles_to_the_listed_ones(shipped):
+    who = principal()
+    listed = "arn:aws:iam::123456789012:role/agent-workload"
+    other = "arn:aws:iam::123456789012:role/admin"
+    d = shipped.evaluate(who, call("lambda:CreateFunction", "Write", {"FunctionName": "f", "Role": other}))
+    assert (d.decision, d.rule) == ("deny", "no-handing-unlisted-roles-to-services")
+    d = shipped.evaluate(who, call("lambda:CreateFunction", "Write", {"FunctionName": "f", "Role": listed}))
+    assert (d.decision, d.rule) == ("deny", None)  # writes stay on the default
+    d = shipped.evaluate(who, call("ec2:RunInstances", "Write", {"IamInstanceProfile": {"Name": "admin"}}))
+    assert d.rule == "no-handing-unlisted-roles-to-services"
+    assert shipped.evaluate(who, call("iam:PassRole", "Write", resources=[other])).rule == "pass-only-listed-roles"
+    assert shipped.evaluate(who, call("iam:PassRole", "Write", resources=[listed])).rule is None
+    # a read that names a role is not a hand-over
+    assert shipped.evaluate(who, call("iam:GetRole", "Read", {"RoleArn": other})).decision == "allow"
+
+
+def test_shipped_policies_pass_check():
+    assert engine.check(SHIPPED) == []
+
+
+# ------------------------------------------------------------------------------ speed
+
+
+def test_evaluate_is_fast(shipped, tmp_path):
+    """About 30 rules, several with conditions: the median evaluation stays well under 50 µs (the
+    bound here is loose so that a busy machine does not fail it; scripts/bench_policy.py measures)."""
+    for f in SHIPPED.glob("*.yaml"):
+        write(tmp_path, f.name, f.read_text())
+    write(tmp_path, "session/readonly.json", (SHIPPED / "session/readonly.json").read_text())
+    extra = "version: 1\nrules:\n" + "".join(
+        f"  - {{id: team-{i}, action: 's3:GetObject', principal: {{groups: [team-{i}]}}, "
+        f"when: \"length(resource[?starts_with(@, 'arn:aws:s3:::team-{i}-')]) > `0`\", decision: allow}}\n"
+        for i in range(16))
+    write(tmp_path, "zz.yaml", extra)
+    ps = PolicySet.load(tmp_path)
+    assert len(ps.rules) == 30
+    who = principal(groups=("dev", "team-3"))
+    calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
+             call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),
+             call("lambda:CreateFunction", "Write", {"Role": "arn:aws:iam::1:role/x"})]
+    samples = []
+    for _ in range(300):
+        for c in calls:
+            t0 = time.perf_counter()
+            ps.evaluate(who, c)
+            samples.append(time.perf_counter() - t0)
+    assert statistics.median(samples) < 200e-6
