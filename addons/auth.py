@@ -75,7 +75,7 @@ class Auth:
                 return _refusal(e)
         if a is not None:
             principal_a, token_a = a
-            if principal_a.expired(time.time()):
+            if principal_a.expired(time.time(), leeway=self.validator.leeway if self.validator else 0.0):
                 return Refusal(403, "ExpiredToken", "the agent's token (proxy credentials) has expired; "
                                "reconnect with a fresh token", "auth")
             if principal_b is not None and not identity.same_subject(principal_a, principal_b):

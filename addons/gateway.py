@@ -73,7 +73,8 @@ async def serve(settings: Settings) -> int:
     validator = None
     if settings.oidc_issuer:
         validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
-                                   algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim)
+                                   algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
+                                   leeway=settings.oidc_leeway)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, refresh_margin=settings.credential_refresh_margin)
 
     opts = options.Options(listen_host=listen_host, listen_port=listen_port, confdir=settings.certs)

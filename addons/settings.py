@@ -32,6 +32,7 @@ class Settings:
     oidc_audience: str = "agentgate"
     oidc_algorithms: list[str] = dataclasses.field(default_factory=lambda: ["RS256", "ES256"])
     groups_claim: str = "groups"
+    oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     allow_hosts: list[str] = dataclasses.field(default_factory=list)  # non-AWS hosts tunnelled untouched
     allow_private: list[str] = dataclasses.field(default_factory=list)  # loopback/link-local/metadata addresses explicitly allowed
     approval_hold: float = 20.0

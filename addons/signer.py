@@ -14,7 +14,7 @@ from mitmproxy import http
 from .core import endpoints, sigv4
 from .core.awserrors import Refusal
 from .core.credentials import CredentialBroker, CredentialError
-from .stage import BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, SIGNED, TOKEN, answer, due
+from .stage import AUTH, BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, SIGNED, TOKEN, answer, due
 
 log = logging.getLogger("agentgate.signer")
 
@@ -29,12 +29,16 @@ class BodyDigest:
         self.transform = transform
         self.flow = flow
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
         self.sha.update(data)
         self.size += len(data)
         if not data:
             self.flow.metadata[BODY_DIGEST] = (self.sha.hexdigest(), self.size)
-        return self.transform(data) if self.transform else data
+        if self.transform is None:
+            return data
+        out = self.transform(data)
+        # An empty piece mid-body would end a chunked upstream body early: send nothing instead.
+        return out if out or not data else []
 
 
 class Signer:
@@ -57,9 +61,10 @@ class Signer:
             return
         host = flow.metadata.get(HOST) or req.host_header or req.host
         bare_host = host if host.startswith("[") else host.rsplit(":", 1)[0]
+        auth = flow.metadata.get(AUTH)
+        region = sigv4.region_for(auth, bare_host) if auth is not None else call.region
         info = endpoints.parse_host(bare_host)
-        region = call.region or (info.region if info else None) or endpoints.default_region(info.partition if info else None)
-        signing_name = call.signing_name or (info.endpoint_prefix if info else None)
+        signing_name = (auth.service if auth is not None else None) or call.signing_name or (info.endpoint_prefix if info else None)
         if not signing_name:
             answer(flow, Refusal(403, "AccessDenied", "agentgate cannot tell which AWS service this request is for, "
                                  "so it cannot sign it", "signer"))
@@ -84,6 +89,17 @@ class Signer:
             req.data.host = self.upstream.hostname or "127.0.0.1"
             req.data.port = self.upstream.port or (443 if self.upstream.scheme == "https" else 80)
         flow.metadata[SIGNED] = grant
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        # An upstream that closes its connections (moto does) must not end the agent's tunnel:
+        # Connection is hop-by-hop. mitmproxy's upstream side keeps the original response (and
+        # closes that connection); the agent gets a copy without the header.
+        resp = flow.response
+        if resp is not None and not resp.stream and flow.metadata.get(SIGNED) is not None \
+                and resp.headers.get("connection", "").lower() == "close":
+            copy = resp.copy()
+            del copy.headers["connection"]
+            flow.response = copy
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if due(flow, "requestheaders"):

@@ -73,11 +73,11 @@ BOTO3_EACH_PROTOCOL = textwrap.dedent("""
 
 
 def test_unmodified_boto3_works_for_every_protocol(gateway, token_file, tmp_path):
-    env = agent(gateway, token_file, tmp_path)
+    env = agent(gateway, token_file, tmp_path, sub="proto-agent")
     out = check(run_agent(env, BOTO3_EACH_PROTOCOL))
-    assert out["arn"] == "arn:aws:sts::123456789012:assumed-role/agent-role/agent-1"
+    assert out["arn"] == "arn:aws:sts::123456789012:assumed-role/agent-role/proto-agent"
     assert out["item"] == "hello" and out["s3"] == 1024 and out["lambda"] == [] and out["ec2"] and out["queue"]
-    records = [r for r in gateway.records() if r["principal"] == "agent-1"]
+    records = [r for r in gateway.records() if r["principal"] == "proto-agent"]
     actions = {r["action"] for r in records}
     assert {"sts:GetCallerIdentity", "dynamodb:PutItem", "s3:PutObject", "s3:GetObject",
             "lambda:ListFunctions", "ec2:DescribeRegions", "sqs:CreateQueue"} <= actions

@@ -81,8 +81,15 @@ def test_sts_failure_is_an_aws_error_and_one_log_line(tmp_path, issuer, moto):
 
 
 def test_web_identity_role_uses_the_agents_own_token(tmp_path, issuer, moto):
+    # moto answers 500 to any unsigned request while its authentication is on, and
+    # AssumeRoleWithWebIdentity is unsigned; the credentials it issues still name the role session.
+    moto.disable_auth()
     policy = TEST_POLICY.replace("    duration: 1h\n", "    duration: 1h\n    web_identity: true\n")
     with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key), policy=policy) as gw:
-        arn = client(gw, proxy_token=issuer.mint("wi-agent")).get_caller_identity()["Arn"]
+        try:
+            arn = client(gw, proxy_token=issuer.mint("wi-agent")).get_caller_identity()["Arn"]
+        finally:
+            moto.enable_auth()
         assert arn.endswith("assumed-role/agent-role/wi-agent")
+        assert "issued credentials for wi-agent" in gw.log()

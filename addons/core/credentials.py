@@ -142,6 +142,8 @@ class CredentialBroker:
             ) from None
         except (botocore.exceptions.BotoCoreError, OSError) as e:
             raise CredentialError(f"STS could not be reached for role {binding.role_arn}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - an unparseable STS answer, for one
+            raise CredentialError(f"STS gave no usable answer for role {binding.role_arn}: {type(e).__name__}: {str(e)[:200]}") from None
         c = resp["Credentials"]
         exp = c["Expiration"]
         expiration = exp.timestamp() if hasattr(exp, "timestamp") else float(exp)
