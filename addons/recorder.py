@@ -17,7 +17,7 @@ from mitmproxy import http
 from .core import sigv4
 from .core.awserrors import Refusal, render
 from .core.records import Record, redact_headers
-from .core.store import Store, StoreUnavailable
+from .core.store import Store, StoreError, StoreUnavailable
 from .stage import BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL
 
 log = logging.getLogger("agentgate.recorder")
@@ -132,10 +132,14 @@ class Recorder:
             return True
         except StoreUnavailable as e:
             if self.fail_open:
-                log.warning("FAIL OPEN: the store cannot write (%s); %s %s goes unrecorded", e, record.method, record.url)
+                log.warning("FAIL OPEN: the store cannot write (%s); %s %s is answered and its record stays "
+                            "queued until the store is back", e, record.method, record.url)
                 return True
             log.error("refusing %s %s: the store cannot write (%s)", record.method, record.url, e)
             return False
+        except StoreError as e:
+            log.error("refusing %s %s: the store refused its record (%s)", record.method, record.url, e)
+            return self.fail_open
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.metadata.get(TUNNEL):

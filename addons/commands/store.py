@@ -1,0 +1,312 @@
+"""Commands that read the evidence store: sessions, calls, verify, prune.
+
+Every command takes ``--db URL`` (default: the ``db`` setting, which ``AGENTGATE_DB`` and
+``agentgate.toml`` also set). Errors are one line on stderr and a non-zero exit: 1 when the store
+says no (unknown id, unreachable database, a chain that does not verify), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..core.store import Store, StoreError, chain_key_path, load_chain_key
+from ..core.store import prune as prune_store
+from ..core.store import verify as verify_store
+from ..settings import SettingsError, load_settings
+
+UTC = dt.timezone.utc
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(value: str, option: str = "date", now: dt.datetime | None = None) -> dt.datetime:
+    """An ISO 8601 date or time (UTC unless it says otherwise), ``now``, or an age: 30m, 1h, 7d."""
+    now = now or dt.datetime.now(UTC)
+    text = value.strip()
+    if text.lower() == "now":
+        return now
+    if m := _AGE.match(text):
+        return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"{option}: cannot read {value!r} as a date: use ISO 8601 (2025-01-31, 2025-01-31T12:00:00Z) "
+            f"or an age (30m, 1h, 7d)"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _settings(db: str | None) -> Any:
+    try:
+        return load_settings(db=db)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@contextmanager
+def _store(db: str | None) -> Iterator[Store]:
+    store = None
+    try:
+        store = Store(_settings(db).db)
+        yield store
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if store is not None:
+            store.engine.dispose()
+
+
+def _key(key_file: str | None, db: str | None) -> bytes | None:
+    path = Path(key_file) if key_file else chain_key_path(_settings(db).keys)
+    if key_file and not path.exists():
+        raise BadInput(f"--key-file: {path} does not exist")
+    try:
+        return load_chain_key(path)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _console(wide: bool = False) -> Console:
+    """Rich output; a ``wide`` table off a terminal (a pipe, a file) gets the width its rows need."""
+    return Console(highlight=False, width=400 if wide and not sys.stdout.isatty() else None)
+
+
+def _short_time(iso: str | None) -> str:
+    return "" if not iso else iso[:19].replace("T", " ")
+
+
+def _text(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+db_option = click.option(
+    "--db", metavar="URL", default=None, help="The store: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+    "(default: the db setting, AGENTGATE_DB)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+key_option = click.option(
+    "--key-file", metavar="FILE", default=None, help="The chain key (default: keys/chain.key, written by `agentgate init`)."
+)
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@click.group("sessions")
+def sessions() -> None:
+    """Agent sessions: who called, from when to when, how many calls."""
+
+
+@sessions.command("list")
+@db_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many, newest first.")
+@json_option
+def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
+    """List sessions, most recently active first."""
+    with _store(db) as store:
+        rows = store.sessions(limit=limit)
+    if as_json:
+        _echo_json(rows)
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("session", no_wrap=True)
+    for name in ("principal", "on behalf of"):
+        table.add_column(name, overflow="fold")
+    table.add_column("started (UTC)", no_wrap=True, min_width=19)
+    table.add_column("last seen (UTC)", no_wrap=True, min_width=19)
+    table.add_column("calls", justify="right")
+    for s in rows:
+        table.add_row(s["id"], _text(s["principal"]), _text(s["on_behalf_of"]), _short_time(s["started"]),
+                      _short_time(s["last_seen"]), str(s["calls"]))
+    _console(wide=True).print(table if rows else "no sessions")
+
+
+@sessions.command("show")
+@click.argument("session_id", metavar="ID")
+@db_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many calls.")
+@json_option
+def sessions_show(session_id: str, db: str | None, limit: int, as_json: bool) -> None:
+    """Show one session and its calls."""
+    with _store(db) as store:
+        session = store.session(session_id)
+        if session is None:
+            raise click.ClickException(f"no session {session_id!r} in the store at {store.where}")
+        calls = store.calls(session_id=session_id, limit=limit, newest_first=False)
+    if as_json:
+        _echo_json({**session, "call_list": calls})
+        return
+    console = _console(wide=True)
+    console.print(_fields(session))
+    console.print()
+    console.print(_calls_table(calls) if calls else "no calls")
+
+
+# -- calls -------------------------------------------------------------------------------------
+
+
+@click.group("calls")
+def calls() -> None:
+    """Recorded calls: what each agent asked AWS, what was decided, what happened."""
+
+
+def _calls_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    table.add_column("time (UTC)", no_wrap=True, min_width=19)
+    table.add_column("id", no_wrap=True, min_width=32)
+    for name in ("principal", "action", "decision", "rule", "status", "outcome"):
+        table.add_column(name, overflow="fold")
+    for c in rows:
+        table.add_row(_short_time(c["time"]), c["id"], _text(c["principal"]), _text(c["action"]), _text(c["decision"]),
+                      _text(c["rule"]), _text(c["status"]), _text(c["outcome"]))
+    return table
+
+
+def _fields(row: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for k, v in row.items():
+        if isinstance(v, list | dict):
+            v = json.dumps(v, ensure_ascii=False)
+        table.add_row(k, _text(v))
+    return table
+
+
+@calls.command("list")
+@click.option("--principal", metavar="SUB", help="Only calls by this principal (the token's sub).")
+@click.option("--action", metavar="ACTION", help="Only this action, e.g. s3:GetObject; * matches anything (s3:*).")
+@click.option("--decision", type=click.Choice(["allow", "deny", "approve"]), help="Only calls with this decision.")
+@click.option("--since", metavar="WHEN", help="From this time on: ISO 8601 (UTC unless given) or an age (1h, 7d).")
+@click.option("--until", metavar="WHEN", help="Before this time: ISO 8601 or an age.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many, newest first.")
+@db_option
+@json_option
+def calls_list(principal: str | None, action: str | None, decision: str | None, since: str | None,
+               until: str | None, limit: int, db: str | None, as_json: bool) -> None:
+    """List calls, newest first."""
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    if start and end and start >= end:
+        raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
+    with _store(db) as store:
+        rows = store.calls(principal=principal, action=action, decision=decision, since=start, until=end, limit=limit)
+    if as_json:
+        _echo_json(rows)
+        return
+    _console(wide=True).print(_calls_table(rows) if rows else "no calls")
+
+
+@calls.command("show")
+@click.argument("call_id", metavar="ID")
+@db_option
+@json_option
+def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
+    """Show everything recorded about one call."""
+    with _store(db) as store:
+        call = store.call(call_id)
+        if call is None:
+            raise click.ClickException(f"no call {call_id!r} in the store at {store.where}")
+    if as_json:
+        _echo_json(call)
+        return
+    _console().print(_fields(call))
+
+
+# -- verify and prune --------------------------------------------------------------------------
+
+
+@click.command("verify")
+@db_option
+@key_option
+@json_option
+def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
+    """Check the hash chains and checkpoints: every record unaltered, none missing or reordered."""
+    url = _settings(db).db
+    key = _key(key_file, db)
+    try:
+        result = verify_store(url, key)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
+                    "checkpoints": result.checkpoints, "problems": result.problems, "notes": result.notes})
+    else:
+        for note in result.notes:
+            click.echo(f"note: {note}")
+        for problem in result.problems[:50]:
+            click.echo(f"BROKEN: {problem}")
+        if len(result.problems) > 50:
+            click.echo(f"... and {len(result.problems) - 50} more problems")
+        if result.ok:
+            click.echo(f"OK: {result.records} records in {result.chains} chains, {result.checkpoints} checkpoints"
+                       + ("" if key else " (no chain key: checkpoints not authenticated)"))
+    if not result.ok:
+        more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+        raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}")
+
+
+@click.command("prune")
+@click.option("--before", "before", metavar="WHEN", required=True,
+              help="Delete records older than this: ISO 8601 (UTC unless given) or an age (90d).")
+@db_option
+@key_option
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+def prune(before: str, db: str | None, key_file: str | None, dry_run: bool) -> None:
+    """Delete records older than a date; what is left still verifies.
+
+    Each chain's oldest records (up to the first one not older than --before) are replaced by a
+    prune checkpoint, keyed with the chain key, that `agentgate verify` accepts as the chain's start.
+    A chain that does not verify is not pruned.
+    """
+    when = parse_when(before, "--before")
+    url = _settings(db).db
+    key = _key(key_file, db)
+    click.echo(f"pruning records before {when.isoformat()} ...", err=True)
+    try:
+        result = prune_store(url, when, key, dry_run=dry_run)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {result.records} records from {result.chains} chains and {result.sessions} sessions")
+
+
+COMMANDS = (sessions, calls, verify, prune)
+
+
+def register(group: click.Group) -> None:
+    """Add these commands to the ``agentgate`` group."""
+    for command in COMMANDS:
+        group.add_command(command)
+
+
+def main() -> None:  # pragma: no cover - run as ``python -m addons.commands.store``
+    group = click.Group("agentgate", help="agentgate's store commands.")
+    register(group)
+    group(prog_name="agentgate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

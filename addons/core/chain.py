@@ -1,0 +1,265 @@
+"""The hash chain that makes the store tamper-evident.
+
+Every writer (one gateway process, named by its ``writer_id``) chains the calls it writes: record
+``seq`` N carries ``prev_hash``, the hash of record N-1 (``GENESIS`` for N = 1), and ``hash``, the
+SHA-256 of ``prev_hash`` and the canonical form of everything else in the row. Editing a field,
+deleting or reordering rows breaks the chain at the first record touched.
+
+Recomputing a whole chain after an edit is possible for anyone who can write the database, so the
+writer also writes keyed checkpoints: an HMAC-SHA256, with a key the database does not hold, over
+(writer, seq, head hash, time). A checkpoint pins every record up to its seq; records after the last
+checkpoint are "unanchored" until the next one. A checkpoint that points past the chain's last
+record means its tail was cut off. ``agentgate prune`` replaces a chain's oldest records with one
+``prune`` checkpoint, which the chain then starts from.
+
+Canonical form: a JSON object of the row's columns (without ``hash``, and without columns that are
+NULL, so that columns added later leave older hashes intact), keys sorted, no whitespace, UTF-8.
+Times are integers of microseconds since the epoch; floats are JSON numbers in Python's shortest
+round-trip form (``repr``). Both read back identically from SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+GENESIS = "0" * 64
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def micros(t: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact, no float rounding)."""
+    d = t - EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def from_epoch(seconds: float) -> dt.datetime:
+    """The UTC datetime of an epoch time, rounded to the microsecond."""
+    return EPOCH + dt.timedelta(microseconds=round(seconds * 1_000_000))
+
+
+def clean_str(s: str) -> str:
+    """A string every database stores as is: NUL and lone surrogates become U+FFFD."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in s)
+    return s
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data that survives a round trip through either database unchanged.
+
+    Tuples become lists, keys become strings, bytes become base64, non-finite floats and anything
+    else unknown become their string form.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return clean_str(value)
+    if isinstance(value, Mapping):
+        return {clean_str(str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return clean_str(str(value))
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return micros(value)
+    return value
+
+
+def canonical(content: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a row: every column but ``hash`` that is not NULL."""
+    body = {k: _canonical_value(v) for k, v in content.items() if v is not None and k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def record_hash(content: Mapping[str, Any]) -> str:
+    """SHA-256 over the previous hash and the canonical form (which holds it too)."""
+    h = hashlib.sha256(str(content["prev_hash"]).encode("ascii", "replace"))
+    h.update(b"\n")
+    h.update(canonical(content))
+    return h.hexdigest()
+
+
+def checkpoint_mac(key: bytes, *, writer_id: str, seq: int, head_hash: str, time: dt.datetime, kind: str) -> str:
+    """HMAC-SHA256 of a checkpoint's statement."""
+    statement = {"writer_id": writer_id, "seq": seq, "head_hash": head_hash, "time": time, "kind": kind}
+    return hmac.new(key, b"agentgate checkpoint\n" + canonical(statement), hashlib.sha256).hexdigest()
+
+
+@dataclasses.dataclass
+class CheckpointInfo:
+    id: int
+    writer_id: str
+    seq: int
+    head_hash: str
+    time: dt.datetime
+    kind: str
+    hmac: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "CheckpointInfo":
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+    def name(self) -> str:
+        return f"checkpoint #{self.id} ({self.kind}, writer {self.writer_id}, seq {self.seq})"
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    ok: bool = True
+    chains: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)  # first broken record first
+    notes: list[str] = dataclasses.field(default_factory=list)  # unanchored tails and the like: fine
+
+    def add(self, check: "ChainCheck") -> None:
+        self.chains += 1
+        self.records += check.records
+        self.checkpoints += len(check.checkpoints)
+        self.problems += check.problems
+        self.notes += check.notes
+        self.ok = not self.problems
+
+
+def _call(row: Mapping[str, Any]) -> str:
+    return f"call {row['id']} (writer {row['writer_id']}, seq {row['seq']})"
+
+
+def _span(a: int, b: int) -> str:
+    return f"record {a} is" if a == b else f"records {a}-{b} are"
+
+
+class ChainCheck:
+    """Verifies one writer's chain: feed its rows in seq order, then ``finish()``.
+
+    Problems are collected in seq order; each names the record (call id, writer, seq) where the
+    chain breaks and what is wrong there.
+    """
+
+    def __init__(self, writer_id: str, checkpoints: Iterable[CheckpointInfo], key: bytes | None) -> None:
+        self.writer_id = writer_id
+        self.key = key
+        self.checkpoints = sorted(checkpoints, key=lambda c: (c.seq, c.id))
+        self.records = 0
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self._found: list[tuple[int, int, str | CheckpointInfo]] = []  # (seq, order, problem)
+        self._last: dict[str, Any] | None = None  # the previous row's id, seq and hash
+        self._first_seq: int | None = None
+        self._valid: list[CheckpointInfo] = []
+        self._wanted = {cp.seq for cp in self.checkpoints}
+        self._seen: dict[int, tuple[str, str]] = {}  # checkpointed seq -> (call id, hash)
+        for cp in self.checkpoints:
+            if key is not None:
+                if not cp.hmac:
+                    self._problem(cp.seq, f"{cp.name()} has no HMAC: no gateway holding the chain key wrote it")
+                    continue
+                expected = checkpoint_mac(
+                    key, writer_id=cp.writer_id, seq=cp.seq, head_hash=cp.head_hash, time=cp.time, kind=cp.kind
+                )
+                if not hmac.compare_digest(expected, cp.hmac):
+                    self._found.append((cp.seq, len(self._found), cp))  # named with its call at the end
+                    continue
+            self._valid.append(cp)
+        self._prune_at = {cp.seq: cp for cp in self._valid if cp.kind == "prune"}
+
+    def _problem(self, seq: int, text: str) -> None:
+        self._found.append((seq, len(self._found), text))
+
+    def feed(self, row: Mapping[str, Any]) -> None:
+        seq = row["seq"]
+        issues: list[str] = []
+        last = self._last
+        if last is None:
+            self._first_seq = seq
+            if seq == 1:
+                expected_prev: str | None = GENESIS
+            elif seq - 1 in self._prune_at:
+                expected_prev = self._prune_at[seq - 1].head_hash
+            else:
+                expected_prev = None
+                pruned = max((p for p in self._prune_at if p < seq), default=0)
+                issues.append(
+                    f"{_span(pruned + 1, seq - 1)} missing before it, after the prune checkpoint at seq {pruned}: deleted"
+                    if pruned
+                    else f"{_span(1, seq - 1)} missing before it and no prune checkpoint accounts for them "
+                    f"(the start of the chain was deleted)"
+                )
+        elif seq != last["seq"] + 1:
+            expected_prev = None
+            issues.append(
+                f"{_span(last['seq'] + 1, seq - 1)} missing between it and call {last['id']} "
+                f"(seq {last['seq']}): deleted"
+            )
+        else:
+            expected_prev = last["hash"]
+        if record_hash(row) != row["hash"]:
+            issues.append("its content does not match its hash: the record was altered")
+        if expected_prev is not None and row["prev_hash"] != expected_prev:
+            before = f"call {last['id']} (seq {last['seq']})" if last else f"the prune checkpoint at seq {seq - 1}"
+            issues.append(f"it does not link to {before}: records were reordered, replaced or altered")
+        if issues:
+            self._problem(seq, f"{_call(row)}: " + "; ".join(issues))
+        self.records += 1
+        self._last = {"id": row["id"], "seq": seq, "hash": row["hash"]}
+        if seq in self._wanted:
+            self._seen[seq] = (row["id"], row["hash"])
+
+    def finish(self) -> "ChainCheck":
+        last_seq = self._last["seq"] if self._last else None
+        last_prune = max(self._prune_at, default=0)
+        anchored = 0
+        for cp in self._valid:
+            if cp.seq in self._seen:
+                call_id, head = self._seen[cp.seq]
+                if head == cp.head_hash:
+                    anchored = max(anchored, cp.seq)
+                else:
+                    self._problem(
+                        cp.seq,
+                        f"call {call_id} (writer {self.writer_id}, seq {cp.seq}) does not match {cp.name()}: "
+                        f"the chain up to it was rewritten after the checkpoint was made",
+                    )
+            elif (cp.seq > last_seq) if last_seq is not None else (cp.seq > last_prune):
+                end = f"ends at seq {last_seq} (call {self._last['id']})" if self._last else "has no records left"
+                self._problem(
+                    cp.seq,
+                    f"writer {self.writer_id}: {cp.name()} points past the last record: the chain {end}, "
+                    f"so {_span((last_seq or last_prune) + 1, cp.seq)} missing (the tail was truncated)",
+                )
+            elif cp.kind == "prune" or cp.seq <= last_prune:
+                anchored = max(anchored, cp.seq)  # a prune start, or a checkpoint inside a pruned prefix
+            # otherwise its record is missing inside the chain: reported as a gap already
+        if self.key is None and self.checkpoints:
+            self.notes.append(f"writer {self.writer_id}: no chain key given, so checkpoints' HMACs were not checked")
+        if last_seq is not None and last_seq > anchored:
+            first = max(anchored + 1, self._first_seq or 1)
+            self.notes.append(
+                f"writer {self.writer_id}: {_span(first, last_seq)} after the last checkpoint, so unanchored"
+            )
+        for seq, _, p in sorted(self._found, key=lambda f: (f[0], f[1])):
+            if isinstance(p, CheckpointInfo):
+                at = f", at call {self._seen[seq][0]}," if seq in self._seen else ""
+                p = f"{p.name()}{at} is forged or altered: its HMAC does not verify with the chain key"
+            self.problems.append(p)
+        return self

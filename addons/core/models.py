@@ -1,0 +1,224 @@
+"""The store's schema: sessions, calls, approvals, policy versions and chain checkpoints.
+
+Typed SQLAlchemy 2 models; the same tables on SQLite and PostgreSQL. The migrations in
+``addons/migrations`` create and evolve them; these classes are what the code reads and writes.
+
+Times are UTC ``datetime``s with microsecond precision, stored without a zone on both databases
+(naive UTC going in, aware UTC coming out), so a value reads back exactly as it was written: the
+hash chain depends on that. Lists and dicts are JSON (PostgreSQL's ``json``, which keeps the text as
+written, not ``jsonb``, which would rewrite numbers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UTC = dt.timezone.utc
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A UTC instant, microsecond precision, stored as a zone-less timestamp on every database."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime cannot be stored as UTC: {value!r}")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# JSON text, SQL NULL for None; plain ``json`` on PostgreSQL, which keeps numbers as written.
+Json = JSON(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class AgentSession(Base):
+    """One agent session, as the identity stage names it: created by its first call."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    principal: Mapped[str | None] = mapped_column(String)
+    issuer: Mapped[str | None] = mapped_column(String)
+    on_behalf_of: Mapped[str | None] = mapped_column(String)
+    role: Mapped[str | None] = mapped_column(String)
+    writer_id: Mapped[str] = mapped_column(String)  # the writer that recorded its first call
+    started: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index(None, "last_seen"),
+        Index(None, "principal", "last_seen"),
+    )
+
+
+class Call(Base):
+    """One Record: every field of ``core.records.Record``, then its place in its writer's chain."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime)  # when the request arrived
+    kind: Mapped[str] = mapped_column(String(16))  # call | connect
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    # who
+    principal: Mapped[str | None] = mapped_column(String)
+    issuer: Mapped[str | None] = mapped_column(String)
+    on_behalf_of: Mapped[str | None] = mapped_column(String)
+    groups: Mapped[list[str] | None] = mapped_column(Json)
+    client: Mapped[str | None] = mapped_column(String)
+    # what
+    service: Mapped[str | None] = mapped_column(String)
+    operation: Mapped[str | None] = mapped_column(String)
+    action: Mapped[str | None] = mapped_column(String)
+    access_level: Mapped[str | None] = mapped_column(String)
+    region: Mapped[str | None] = mapped_column(String)
+    account: Mapped[str | None] = mapped_column(String)
+    resources: Mapped[list[str] | None] = mapped_column(Json)
+    params: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    method: Mapped[str | None] = mapped_column(String(16))
+    host: Mapped[str | None] = mapped_column(String)
+    url: Mapped[str | None] = mapped_column(Text)
+    request_headers: Mapped[list[list[str]] | None] = mapped_column(Json)
+    request_body_sha256: Mapped[str | None] = mapped_column(String(64))
+    request_body_size: Mapped[int | None] = mapped_column(BigInteger)
+    request_body: Mapped[str | None] = mapped_column(Text)  # the masked body, capped at body_cap; None when not kept
+    # decision
+    decision: Mapped[str | None] = mapped_column(String(16))
+    rule: Mapped[str | None] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    policy_version: Mapped[str | None] = mapped_column(String)
+    approval_id: Mapped[str | None] = mapped_column(String(64))
+    approver: Mapped[str | None] = mapped_column(String)
+    role: Mapped[str | None] = mapped_column(String)
+    # outcome
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    aws_request_id: Mapped[str | None] = mapped_column(String)
+    response_headers: Mapped[list[list[str]] | None] = mapped_column(Json)
+    response_body_sha256: Mapped[str | None] = mapped_column(String(64))
+    response_body_size: Mapped[int | None] = mapped_column(BigInteger)
+    response_body: Mapped[str | None] = mapped_column(Text)  # the masked body, capped at body_cap; None when not kept
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)  # a stored body was cut at the cap
+    bytes_in: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_out: Mapped[int | None] = mapped_column(BigInteger)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    # the hash chain (core.chain)
+    writer_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(BigInteger)  # per writer, from 1
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("writer_id", "seq"),
+        Index(None, "time"),
+        Index(None, "principal", "time"),
+        Index(None, "action", "time"),
+        Index(None, "decision", "time"),
+        Index(None, "session_id", "time"),
+        Index(None, "approval_id"),
+    )
+
+
+APPROVAL_STATUSES = ("pending", "approved", "denied", "expired", "used")
+
+
+class Approval(Base):
+    """A call held for a human: bound to a hash of what exactly was asked for."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    binding_hash: Mapped[str] = mapped_column(String(64))  # principal, role, service, operation, region, params
+    call_id: Mapped[str | None] = mapped_column(String(64))  # the call that asked
+    rule: Mapped[str | None] = mapped_column(String)
+    principal: Mapped[str] = mapped_column(String)
+    action: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    approver: Mapped[str | None] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(String(32))  # console | cli | webhook
+    requested: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    decided: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    expires: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'approved', 'denied', 'expired', 'used')", name="status"
+        ),
+        Index(None, "binding_hash", "status"),
+        Index(None, "status", "requested"),
+    )
+
+
+class PolicyVersion(Base):
+    """The text of every policy version that decided a call, stored once."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)  # the content hash
+    text: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+CHECKPOINT_KINDS = ("head", "prune")
+
+
+class Checkpoint(Base):
+    """A keyed statement of a chain's head: "writer W had reached seq N, whose hash was H".
+
+    ``head`` checkpoints are written as the chain grows and at close. A ``prune`` checkpoint stands
+    for the records up to its seq that ``agentgate prune`` removed: the chain starts after it.
+    """
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    writer_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    kind: Mapped[str] = mapped_column(String(8), default="head")
+    hmac: Mapped[str | None] = mapped_column(String(64))  # HMAC-SHA256 with the chain key; None when keyless
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('head', 'prune')", name="kind"),
+        Index(None, "writer_id", "seq"),
+    )

@@ -1,0 +1,914 @@
+"""The evidence store: every Record, committed before its response is released.
+
+SQLite by default, PostgreSQL (psycopg 3) to scale out; the same code on both. One writer thread
+per gateway commits whatever is queued in one transaction (group commit) and chains the records it
+writes (``core.chain``). ``write`` with durability "sync" returns once the record is committed;
+"async" once it is queued. When a commit fails (disk full, database down) the store is unhealthy:
+``write`` raises ``StoreUnavailable`` at once so that the caller can refuse the call (fail closed),
+while the writer keeps the records it holds and retries with backoff until the database is back.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` for durability "sync": a committed record is on
+disk before its response is released, so even a power cut cannot lose it (NORMAL only survives an
+application crash); group commit pays one fsync per batch, not per record. Durability "async",
+which already accepts losing queued records, uses NORMAL.
+
+Reading (``calls``, ``sessions``, ``verify``, ``prune``) is for the CLI and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, case, create_engine, delete, event, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+    StatementError,
+)
+from sqlalchemy.pool import StaticPool
+
+from . import chain
+from .chain import GENESIS, ChainCheck, CheckpointInfo, VerifyResult
+from .models import AgentSession, Call, Checkpoint, PolicyVersion
+from .records import REDACTED_HEADERS, Record, new_id
+
+__all__ = [
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "VerifyResult",
+    "PruneResult",
+    "verify",
+    "prune",
+    "load_chain_key",
+    "chain_key_path",
+    "alembic_config",
+]
+
+log = logging.getLogger("agentgate.store")
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+CHAIN_KEY_FILE = "chain.key"
+MAX_BATCH = 1000  # records per group commit
+MAX_BACKOFF = 2.0  # seconds between retries while the database is down
+CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
+SQLITE_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write right now (disk full, database down); it retries by itself."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines, URLs and the schema
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _one_line(e: BaseException) -> str:
+    """A database error as one readable line (psycopg's messages span several)."""
+    orig = getattr(e, "orig", None) or e
+    return " ".join(str(orig).split()) or type(orig).__name__
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+        return None
+    return Path(u.database)
+
+
+def make_engine(url: str, *, durability: str = "sync") -> Engine:
+    """An engine for a store URL: ``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST/DB``."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"{url!r} is not a database URL: use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+        ) from None
+    backend = u.get_backend_name()
+    try:
+        if backend == "sqlite":
+            memory = not u.database or u.database == ":memory:"
+            engine = create_engine(
+                u,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+                poolclass=StaticPool if memory else None,
+            )
+            synchronous = "FULL" if durability == "sync" else "NORMAL"
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute(f"PRAGMA synchronous={synchronous}")
+                except Exception:  # a read-only file: reading still works
+                    pass
+                finally:
+                    cur.close()
+
+            return engine
+        if backend in ("postgresql", "postgres"):
+            if u.drivername in ("postgresql", "postgres"):
+                u = u.set(drivername="postgresql+psycopg")
+            return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise StoreError(f"cannot use the database URL {display_url(url)}: {e}") from None
+    raise StoreError(
+        f"the store must be SQLite or PostgreSQL, not {backend!r} ({display_url(url)}): "
+        f"use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+    )
+
+
+def alembic_config(url: str | None = None, connection: Any = None) -> Config:
+    """Alembic's configuration, built from code: the migrations ship inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _schema_problem(conn: Any, where: str) -> str | None:
+    """Why the database at ``where`` cannot be used as it is, or None when it is at the head."""
+    current = MigrationContext.configure(conn).get_current_revision()
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if current == head:
+        return None
+    if current is None:
+        return f"the store at {where} has no agentgate schema yet: run `agentgate init` (or start the gateway) to create it"
+    try:
+        script.get_revision(current)
+    except CommandError:
+        return f"the store at {where} is at schema {current}, newer than this agentgate ({head}); upgrade agentgate"
+    return f"the store at {where} is at schema {current}, older than this agentgate ({head}); run `agentgate init` to migrate it"
+
+
+def _transient(e: BaseException) -> bool:
+    """True for errors of the database or its connection; False for a record it cannot take."""
+    if isinstance(e, IntegrityError | DataError):
+        return False
+    if isinstance(e, StatementError) and not isinstance(e, DBAPIError):
+        return False  # a value that could not be bound
+    return isinstance(e, SQLAlchemyError | OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records to rows
+
+
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(Record)}
+_STRING_FIELDS = {
+    c.name for c in Call.__table__.columns if c.type.python_type is str and c.name in _RECORD_FIELDS
+} - {"id"}
+_INT_FIELDS = {"status", "request_body_size", "response_body_size", "bytes_in", "bytes_out"}
+
+
+def _headers(pairs: Any) -> list[list[str]]:
+    if not pairs:
+        return []
+    items = pairs.items() if hasattr(pairs, "items") else pairs
+    return [
+        [chain.clean_str(str(k)), chain.clean_str(str(v))]
+        for k, v in items
+        if str(k).lower() not in REDACTED_HEADERS
+    ]
+
+
+def _capped(body: Any, cap: int) -> tuple[str | None, bool]:
+    if body is None:
+        return None, False
+    raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+    if len(raw) <= cap:
+        return chain.clean_str(raw.decode("utf-8", "replace")), False
+    return chain.clean_str(raw[:cap].decode("utf-8", "ignore")), True
+
+
+def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
+    """The calls row of a Record, without its chain fields: values every database keeps exactly."""
+    row: dict[str, Any] = {}
+    for name in _STRING_FIELDS:
+        v = getattr(record, name, None)
+        row[name] = None if v is None else chain.clean_str(str(v))
+    for name in _INT_FIELDS:
+        v = getattr(record, name, None)
+        row[name] = None if v is None else int(v)
+    row["id"] = chain.clean_str(str(record.id)) if record.id else new_id()
+    row["kind"] = row["kind"] or "call"
+    row["time"] = chain.from_epoch(float(record.time if record.time is not None else time.time()))
+    row["groups"] = chain.jsonable(list(record.groups or []))
+    row["resources"] = chain.jsonable(list(record.resources or []))
+    row["params"] = chain.jsonable(record.params)
+    row["request_headers"] = _headers(record.request_headers)
+    row["response_headers"] = _headers(record.response_headers)
+    latency = None if record.latency_ms is None else float(record.latency_ms) + 0.0  # no -0.0
+    row["latency_ms"] = latency if latency is not None and math.isfinite(latency) else None  # NaN: SQLite stores NULL
+    request_body, cut_request = _capped(getattr(record, "request_body", None), body_cap)
+    response_body, cut_response = _capped(getattr(record, "response_body", None), body_cap)
+    row["request_body"], row["response_body"] = request_body, response_body
+    row["truncated"] = bool(getattr(record, "truncated", False)) or cut_request or cut_response
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows to what readers see
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with microseconds and a Z."""
+    return None if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_SUMMARY = ("id", "time", "principal", "on_behalf_of", "action", "service", "operation", "access_level",
+            "decision", "rule", "status", "approval_id")
+
+
+def call_dict(row: Any) -> dict[str, Any]:
+    """A calls row as the CLI and exports show it: the summary keys first, then every other column."""
+    m = dict(row._mapping if hasattr(row, "_mapping") else row)
+    m["time"] = iso(m["time"])
+    return {**{k: m[k] for k in _SUMMARY}, **{k: v for k, v in m.items() if k not in _SUMMARY}}
+
+
+def session_dict(row: Any) -> dict[str, Any]:
+    m = dict(row._mapping if hasattr(row, "_mapping") else row)
+    m["started"], m["last_seen"] = iso(m["started"]), iso(m["last_seen"])
+    return m
+
+
+def _as_datetime(t: dt.datetime | float | int | str | None) -> dt.datetime | None:
+    if t is None:
+        return None
+    if isinstance(t, dt.datetime):
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    if isinstance(t, str):
+        return _as_datetime(dt.datetime.fromisoformat(t))
+    return chain.from_epoch(float(t))
+
+
+# ---------------------------------------------------------------------------------------------
+# The writer
+
+
+class _Waiter:
+    """Someone waiting for a record's commit: an asyncio future, or a thread."""
+
+    __slots__ = ("loop", "future", "event", "error")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.future = loop.create_future() if loop else None
+        self.event = None if loop else threading.Event()
+        self.error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None) -> None:
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(_settle, self.future, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+        else:
+            self.error = error
+            self.event.set()
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+class _Pending:
+    __slots__ = ("row", "waiter")
+
+    def __init__(self, row: dict[str, Any], waiter: _Waiter | None) -> None:
+        self.row = row
+        self.waiter = waiter
+
+
+def default_writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def chain_key_path(keys_dir: str | Path) -> Path:
+    """Where ``agentgate init`` keeps the chain key: ``<keys>/chain.key``."""
+    return Path(keys_dir) / CHAIN_KEY_FILE
+
+
+def load_chain_key(path: str | Path) -> bytes | None:
+    """The chain key from a key file (or a keys directory holding ``chain.key``); None if absent."""
+    p = Path(path)
+    if p.is_dir():
+        p = chain_key_path(p)
+    try:
+        key = p.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read the chain key {p}: {e.strerror}") from None
+    if len(key) < 16:
+        raise StoreError(f"the chain key {p} is too short ({len(key)} bytes; at least 16)")
+    return key
+
+
+class Store:
+    """The evidence store: ``migrate()``, ``start()``, ``write()`` records, ``close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: str = "sync",
+        writer_id: str | None = None,
+        chain_key: bytes | None = None,
+        checkpoint_every: float = 60.0,
+        body_cap: int = 1 << 20,
+        commit_timeout: float = 10.0,
+        max_queue: int = 100_000,
+    ) -> None:
+        if durability not in ("sync", "async"):
+            raise StoreError(f"durability must be 'sync' or 'async', not {durability!r}")
+        self.url = url
+        self.where = display_url(url)
+        self.durability = durability
+        self.writer_id = writer_id or default_writer_id()
+        self.checkpoint_every = checkpoint_every
+        self.body_cap = body_cap
+        self.commit_timeout = commit_timeout
+        self.max_queue = max_queue
+        self._key = chain_key
+        self.engine = make_engine(url, durability=durability)
+        self._upsert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        self._insert_calls = insert(Call.__table__)
+        self._insert_checkpoint = insert(Checkpoint.__table__)
+        self._upsert_sessions = self._session_upsert()
+        # writer state: guarded by _cond (the queue, health), or owned by the writer thread (chain)
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._drain_deadline = float("inf")
+        self._healthy = True
+        self._last_error = ""
+        self._seq = 0
+        self._head = GENESIS
+        self._anchored = 0
+        self._policy_versions: set[str] = set()
+        self._schema_ok = False
+        self.stats = {"commits": 0, "records": 0, "failures": 0}  # group commits, records they held
+
+    def __repr__(self) -> str:
+        return f"Store({self.where!r}, writer_id={self.writer_id!r})"
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to this agentgate's head revision."""
+        path = _sqlite_path(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":  # one migrator at a time across replicas
+                    conn.execute(text("SELECT pg_advisory_xact_lock(4157204212)"))
+                problem = _schema_problem(conn, self.where)
+                if problem and "newer than" in problem:
+                    raise StoreError(problem)
+                if problem:
+                    command.upgrade(alembic_config(connection=conn), "head")
+        except StoreError:
+            raise
+        except (SQLAlchemyError, OSError) as e:
+            raise StoreUnavailable(f"cannot open the store at {self.where}: {_one_line(e)}") from None
+        self._schema_ok = True
+
+    def _check_schema(self) -> None:
+        if self._schema_ok:
+            return
+        path = _sqlite_path(self.url)
+        if path is not None and not path.exists():
+            raise StoreError(f"there is no store at {path}: run `agentgate init`, or pass --db URL")
+        with self._reading() as conn:
+            problem = _schema_problem(conn, self.where)
+        if problem:
+            raise StoreError(problem)
+        self._schema_ok = True
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as e:
+            raise StoreUnavailable(f"cannot read the store at {self.where}: {_one_line(e)}") from None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread. The schema must be at this agentgate's head (``migrate()``)."""
+        if self._thread is not None:
+            return
+        self._check_schema()
+        self._thread = threading.Thread(target=self._run, name="agentgate-store-writer", daemon=True)
+        self._thread.start()
+        log.info("store %s: writer %s started", self.where, self.writer_id)
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed commit until the next successful one."""
+        return self._healthy
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the store at {self.where} cannot write ({self._last_error}); "
+            f"the record is kept and will be written when it recovers"
+        )
+
+    def _enqueue(self, record: Record, waiter: _Waiter | None) -> None:
+        row = record_row(record, self.body_cap)
+        with self._cond:
+            if self._thread is None:
+                raise StoreError(f"the store at {self.where} is not started: start() it before writing")
+            if self._closing.is_set():
+                raise StoreError(f"the store at {self.where} is closed")
+            if len(self._queue) >= self.max_queue:
+                raise StoreUnavailable(
+                    f"the store at {self.where} has {len(self._queue)} records waiting ({self._last_error or 'falling behind'}); "
+                    f"record {row['id']} was not kept"
+                )
+            healthy = self._healthy
+            self._queue.append(_Pending(row, waiter if healthy else None))
+            self._cond.notify()
+        if not healthy:
+            raise self._unavailable()
+
+    async def write(self, record: Record) -> None:
+        """Queue a record; with durability "sync", return once it is committed."""
+        if self.durability == "async":
+            self._enqueue(record, None)
+            return
+        waiter = _Waiter(asyncio.get_running_loop())
+        self._enqueue(record, waiter)
+        try:
+            await asyncio.wait_for(waiter.future, self.commit_timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the store at {self.where} did not commit within {self.commit_timeout:g} s; "
+                f"the record is kept and will be written when it can"
+            ) from None
+
+    def write_sync(self, record: Record) -> None:
+        """``write`` for callers without an event loop."""
+        if self.durability == "async":
+            self._enqueue(record, None)
+            return
+        waiter = _Waiter()
+        self._enqueue(record, waiter)
+        if not waiter.event.wait(self.commit_timeout):
+            raise StoreUnavailable(
+                f"the store at {self.where} did not commit within {self.commit_timeout:g} s; "
+                f"the record is kept and will be written when it can"
+            )
+        if waiter.error is not None:
+            raise waiter.error
+
+    def store_policy_version(self, version: str, text: str) -> None:
+        """Keep a policy version's text, once per version."""
+        if version in self._policy_versions:
+            return
+        stmt = self._upsert(PolicyVersion).values(
+            version=version, text=chain.clean_str(text), first_seen=dt.datetime.now(dt.timezone.utc)
+        ).on_conflict_do_nothing(index_elements=["version"])
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+        except SQLAlchemyError as e:
+            if _transient(e):
+                raise StoreUnavailable(f"the store at {self.where} cannot write: {_one_line(e)}") from None
+            raise StoreError(f"policy version {version} cannot be stored: {_one_line(e)}") from None
+        self._policy_versions.add(version)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (for up to ``timeout`` seconds), checkpoint the chain head, stop."""
+        thread = self._thread
+        if thread is not None and not self._closing.is_set():
+            with self._cond:
+                self._drain_deadline = time.monotonic() + timeout
+                self._closing.set()
+                self._cond.notify()
+            thread.join(timeout + MAX_BACKOFF + 5)
+        self.engine.dispose()
+
+    def _run(self) -> None:
+        try:
+            self._write_until_closed()
+        except BaseException as e:  # a bug: say so, and refuse writes rather than lose them silently
+            log.exception("store %s: the writer stopped", self.where)
+            self._failed(RuntimeError(f"the writer stopped: {e!r}"))
+
+    def _write_until_closed(self) -> None:
+        failures = 0
+        next_checkpoint = time.monotonic() + self.checkpoint_every
+        while True:
+            with self._cond:
+                while True:
+                    closing = self._closing.is_set()
+                    due = self._seq > self._anchored and time.monotonic() >= next_checkpoint
+                    if self._queue or due or closing:
+                        break
+                    wait = next_checkpoint - time.monotonic() if self._seq > self._anchored else None
+                    self._cond.wait(wait)
+                batch = list(itertools.islice(self._queue, MAX_BATCH))
+            final = closing and not batch
+            checkpoint = (due or final) and self._seq + len(batch) > self._anchored
+            if not batch and not checkpoint:
+                if final:
+                    return
+                continue
+            try:
+                self._commit(batch, checkpoint)
+            except Exception as e:  # noqa: BLE001 - every failure is either retried or reported
+                if batch and not _transient(e):
+                    self._commit_one_by_one(batch)
+                    continue
+                failures += 1
+                self.stats["failures"] += 1
+                self._failed(e)
+                remaining = self._drain_deadline - time.monotonic()
+                if closing and remaining <= 0:
+                    with self._cond:
+                        lost = len(self._queue)
+                    log.error("store %s: closing with %d records not written (%s)", self.where, lost, self._last_error)
+                    return
+                pause = min(0.05 * 2 ** (failures - 1), MAX_BACKOFF)
+                if closing:
+                    time.sleep(min(pause, remaining))
+                else:
+                    self._closing.wait(pause)
+                continue
+            if failures:
+                log.warning("store %s: writing again after %d failed attempts", self.where, failures)
+            failures = 0
+            self._committed(batch, None)
+            if checkpoint:
+                next_checkpoint = time.monotonic() + self.checkpoint_every
+            if final:
+                return
+
+    def _commit(self, batch: list[_Pending], checkpoint: bool) -> None:
+        """One transaction: the batch's calls, their sessions, and the head checkpoint if due."""
+        seq, prev = self._seq, self._head
+        rows = []
+        for item in batch:
+            seq += 1
+            row = {**item.row, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev}
+            row["hash"] = prev = chain.record_hash(row)
+            rows.append(row)
+        with self.engine.begin() as conn:
+            if rows:
+                conn.execute(self._insert_calls, rows)
+                sessions = self._session_rows(rows)
+                if sessions:
+                    conn.execute(self._upsert_sessions, sessions)
+            if checkpoint:
+                now = dt.datetime.now(dt.timezone.utc)
+                mac = None
+                if self._key is not None:
+                    mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
+                conn.execute(self._insert_checkpoint, [
+                    {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}
+                ])
+        self._seq, self._head = seq, prev
+        if checkpoint:
+            self._anchored = seq
+        self.stats["commits"] += 1
+        self.stats["records"] += len(rows)
+
+    def _session_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_id: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            sid = r["session_id"]
+            if not sid:
+                continue
+            s = by_id.get(sid)
+            if s is None:
+                by_id[sid] = {
+                    "id": sid, "principal": r["principal"], "issuer": r["issuer"], "on_behalf_of": r["on_behalf_of"],
+                    "role": r["role"], "writer_id": self.writer_id, "started": r["time"], "last_seen": r["time"], "calls": 1,
+                }
+            else:
+                s["calls"] += 1
+                s["started"] = min(s["started"], r["time"])
+                s["last_seen"] = max(s["last_seen"], r["time"])
+                for k in ("principal", "issuer", "on_behalf_of", "role"):
+                    s[k] = s[k] or r[k]
+        return list(by_id.values())
+
+    def _session_upsert(self) -> Any:
+        t = AgentSession.__table__
+        stmt = self._upsert(t)
+        x = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[t.c.id],
+            set_={
+                "calls": t.c.calls + x.calls,
+                "last_seen": case((x.last_seen > t.c.last_seen, x.last_seen), else_=t.c.last_seen),
+                "started": case((x.started < t.c.started, x.started), else_=t.c.started),
+                "principal": func.coalesce(t.c.principal, x.principal),
+                "issuer": func.coalesce(t.c.issuer, x.issuer),
+                "on_behalf_of": func.coalesce(t.c.on_behalf_of, x.on_behalf_of),
+                "role": func.coalesce(t.c.role, x.role),
+            },
+        )
+
+    def _commit_one_by_one(self, batch: list[_Pending]) -> None:
+        """A batch the database refused as a whole: commit what it takes, report what it does not."""
+        for item in batch:
+            try:
+                self._commit([item], False)
+            except Exception as e:  # noqa: BLE001
+                if _transient(e):
+                    self._failed(e)
+                    return
+                error = StoreError(f"record {item.row['id']} cannot be stored: {_one_line(e)}")
+                log.error("store %s: %s", self.where, error)
+                self._committed([item], error)
+            else:
+                self._committed([item], None)
+
+    def _committed(self, batch: list[_Pending], error: BaseException | None) -> None:
+        with self._cond:
+            for item in batch:
+                popped = self._queue.popleft()
+                assert popped is item
+            self._healthy = True
+            self._last_error = ""
+        for item in batch:
+            if item.waiter is not None:
+                item.waiter.resolve(error)
+
+    def _failed(self, e: BaseException) -> None:
+        message = _one_line(e)
+        with self._cond:
+            was_healthy = self._healthy
+            self._healthy = False
+            self._last_error = message
+            waiters = [item.waiter for item in self._queue if item.waiter is not None]
+            for item in self._queue:
+                item.waiter = None
+        if was_healthy:
+            log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, message)
+        for w in waiters:
+            w.resolve(self._unavailable())
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def calls(
+        self,
+        *,
+        principal: str | None = None,
+        action: str | None = None,
+        decision: str | None = None,
+        since: dt.datetime | float | str | None = None,
+        until: dt.datetime | float | str | None = None,
+        session_id: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Calls matching every filter given; ``action`` may hold ``*`` wildcards (``s3:*``)."""
+        self._check_schema()
+        q = select(Call.__table__)
+        c = Call.__table__.c
+        if principal:
+            q = q.where(c.principal == principal)
+        if action:
+            if "*" in action:
+                pattern = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+                q = q.where(c.action.like(pattern, escape="\\"))
+            else:
+                q = q.where(c.action == action)
+        if decision:
+            q = q.where(c.decision == decision)
+        if session_id:
+            q = q.where(c.session_id == session_id)
+        if (t := _as_datetime(since)) is not None:
+            q = q.where(c.time >= t)
+        if (t := _as_datetime(until)) is not None:
+            q = q.where(c.time < t)
+        q = q.order_by(c.time.desc(), c.id.desc()) if newest_first else q.order_by(c.time, c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._reading() as conn:
+            return [call_dict(r) for r in conn.execute(q)]
+
+    def call(self, call_id: str) -> dict[str, Any] | None:
+        self._check_schema()
+        with self._reading() as conn:
+            row = conn.execute(select(Call.__table__).where(Call.__table__.c.id == call_id)).first()
+        return None if row is None else call_dict(row)
+
+    def sessions(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        self._check_schema()
+        t = AgentSession.__table__
+        q = select(t).order_by(t.c.last_seen.desc(), t.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._reading() as conn:
+            return [session_dict(r) for r in conn.execute(q)]
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        self._check_schema()
+        t = AgentSession.__table__
+        with self._reading() as conn:
+            row = conn.execute(select(t).where(t.c.id == session_id)).first()
+        return None if row is None else session_dict(row)
+
+    def policy_version(self, version: str) -> str | None:
+        self._check_schema()
+        with self._reading() as conn:
+            return conn.execute(select(PolicyVersion.text).where(PolicyVersion.version == version)).scalar()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification and pruning
+
+
+def _open_for_reading(url: str) -> Store:
+    store = Store(url)
+    try:
+        store._check_schema()
+    except BaseException:
+        store.engine.dispose()
+        raise
+    return store
+
+
+def _checkpoints(conn: Any) -> dict[str, list[CheckpointInfo]]:
+    by_writer: dict[str, list[CheckpointInfo]] = {}
+    for r in conn.execute(select(Checkpoint.__table__).order_by(Checkpoint.writer_id, Checkpoint.seq, Checkpoint.id)):
+        cp = CheckpointInfo.from_row(r._mapping)
+        by_writer.setdefault(cp.writer_id, []).append(cp)
+    return by_writer
+
+
+def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
+    """Check every writer's chain and checkpoints in the store at ``url``."""
+    store = _open_for_reading(url)
+    result = VerifyResult()
+    try:
+        with store._reading() as conn:
+            checkpoints = _checkpoints(conn)
+            rows = conn.execute(
+                select(Call.__table__).order_by(Call.writer_id, Call.seq).execution_options(yield_per=2000)
+            )
+            check: ChainCheck | None = None
+            for r in rows:
+                m = r._mapping
+                if check is None or check.writer_id != m["writer_id"]:
+                    if check is not None:
+                        result.add(check.finish())
+                    check = ChainCheck(m["writer_id"], checkpoints.pop(m["writer_id"], []), chain_key)
+                check.feed(m)
+            if check is not None:
+                result.add(check.finish())
+            for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
+                result.add(ChainCheck(writer_id, cps, chain_key).finish())
+    finally:
+        store.engine.dispose()
+    return result
+
+
+@dataclasses.dataclass
+class PruneResult:
+    records: int = 0  # calls deleted
+    chains: int = 0  # chains that got a prune checkpoint
+    sessions: int = 0  # sessions deleted
+    dry_run: bool = False
+
+
+def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_run: bool = False) -> PruneResult:
+    """Delete each chain's records older than ``before`` (its longest such prefix) and start the
+    chain at a prune checkpoint, so that what is left still verifies. Refuses if a prefix to be
+    pruned does not verify: evidence of tampering is not summarised away."""
+    before = _as_datetime(before)
+    store = _open_for_reading(url)
+    result = PruneResult(dry_run=dry_run)
+    c = Call.__table__.c
+    try:
+        with store.engine.connect() as conn:
+            checkpoints = _checkpoints(conn)
+            if chain_key is None and any(cp.hmac for cps in checkpoints.values() for cp in cps):
+                raise StoreError("this store's checkpoints are keyed: prune needs the chain key (--key-file)")
+            writers = conn.execute(select(c.writer_id).distinct()).scalars().all()
+            plan: list[tuple[str, int, str]] = []
+            for writer_id in sorted(writers):
+                first_new = conn.execute(
+                    select(func.min(c.seq)).where(c.writer_id == writer_id, c.time >= before)
+                ).scalar()
+                if first_new is None:
+                    upto = conn.execute(select(func.max(c.seq)).where(c.writer_id == writer_id)).scalar()
+                else:
+                    upto = first_new - 1
+                cps = checkpoints.get(writer_id, [])
+                start = max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
+                if upto <= start:
+                    continue
+                check = ChainCheck(writer_id, [cp for cp in cps if cp.seq <= upto], chain_key)
+                head = None
+                for r in conn.execute(
+                    select(Call.__table__)
+                    .where(c.writer_id == writer_id, c.seq <= upto)
+                    .order_by(c.seq)
+                    .execution_options(yield_per=2000)
+                ):
+                    check.feed(r._mapping)
+                    head = r._mapping["hash"]
+                check.finish()
+                if check.problems:
+                    raise StoreError(
+                        f"not pruning: {check.problems[0]} (run `agentgate verify`; a broken chain is not summarised)"
+                    )
+                plan.append((writer_id, upto, head))
+            if dry_run:
+                for writer_id, upto, _ in plan:
+                    result.records += conn.execute(
+                        select(func.count()).where(c.writer_id == writer_id, c.seq <= upto)
+                    ).scalar()
+                result.chains = len(plan)
+                result.sessions = conn.execute(
+                    select(func.count()).select_from(AgentSession).where(AgentSession.last_seen < before)
+                ).scalar()
+                return result
+            now = dt.datetime.now(dt.timezone.utc)
+            for writer_id, upto, head in plan:
+                mac = None
+                if chain_key is not None:
+                    mac = chain.checkpoint_mac(chain_key, writer_id=writer_id, seq=upto, head_hash=head, time=now, kind="prune")
+                conn.execute(insert(Checkpoint), [
+                    {"writer_id": writer_id, "seq": upto, "head_hash": head, "time": now, "kind": "prune", "hmac": mac}
+                ])
+                result.records += conn.execute(delete(Call).where(Call.writer_id == writer_id, Call.seq <= upto)).rowcount
+                conn.execute(
+                    delete(Checkpoint).where(Checkpoint.writer_id == writer_id, Checkpoint.seq <= upto, Checkpoint.kind == "head")
+                )
+            result.sessions = conn.execute(delete(AgentSession).where(AgentSession.last_seen < before)).rowcount
+            conn.commit()
+            result.chains = len(plan)
+    except SQLAlchemyError as e:
+        raise StoreUnavailable(f"cannot prune the store at {store.where}: {_one_line(e)}") from None
+    finally:
+        store.engine.dispose()
+    return result

@@ -1,0 +1,316 @@
+"""The hash chain: canonical form, hashes, checkpoints, and tampering detected on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import create_engine, delete, insert, select, update
+from sqlalchemy.pool import NullPool
+
+from addons.core import chain
+from addons.core.chain import GENESIS, CheckpointInfo, ChainCheck
+from addons.core.models import Call, Checkpoint
+from addons.core.records import Record
+from addons.core.store import Store, prune, verify
+from tests.support.postgres import shared_server
+
+KEY = b"k" * 32
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'agentgate.db'}"
+    return shared_server().fresh_database()
+
+
+def write_chain(url: str, n: int = 10, *, key: bytes | None = KEY, writer_id: str = "w1", times=None) -> list[str]:
+    """n records from one writer, a checkpoint of the head at close; their ids in seq order."""
+    store = Store(url, writer_id=writer_id, chain_key=key, checkpoint_every=3600)
+    store.migrate()
+    store.start()
+    ids = []
+    for i in range(n):
+        r = Record(principal=f"agent-{i}", action="s3:GetObject", decision="allow", params={"Bucket": "b", "n": i, "x": 0.1},
+                   latency_ms=1.5 * i, time=times[i] if times else time.time())
+        store.write_sync(r)
+        ids.append(r.id)
+    store.close()
+    return ids
+
+
+def sql(url: str):
+    """A plain engine on the store, for editing it behind the gateway's back."""
+    return create_engine(url, poolclass=NullPool)
+
+
+# -- the canonical form and hashes ----------------------------------------------------------------
+
+
+def test_canonical_form_is_sorted_compact_and_omits_nulls() -> None:
+    t = dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    got = chain.canonical({"b": 1, "a": "é", "n": None, "t": t, "f": 0.1, "hash": "ignored", "l": [1.0, {"z": 1, "y": 2}]})
+    assert got == '{"a":"é","b":1,"f":0.1,"l":[1.0,{"y":2,"z":1}],"t":1735787045678901}'.encode()
+
+
+def test_micros_is_exact_and_from_epoch_rounds_to_the_microsecond() -> None:
+    t = chain.from_epoch(1700000000.123456)
+    assert chain.micros(t) == 1700000000123456
+    assert chain.micros(chain.from_epoch(0.0000004)) == 0
+    assert chain.micros(dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1
+
+
+def test_every_field_and_the_previous_hash_change_the_hash() -> None:
+    row = {"id": "a", "seq": 1, "prev_hash": GENESIS, "principal": "alice", "params": {"k": [1, 2]}}
+    h = chain.record_hash(row)
+    for change in ({"id": "b"}, {"seq": 2}, {"prev_hash": "1" * 64}, {"principal": "bob"}, {"params": {"k": [2, 1]}}):
+        assert chain.record_hash({**row, **change}) != h
+    assert chain.record_hash({**row, "hash": "whatever", "extra": None}) == h  # hash itself and NULLs are not hashed
+
+
+def test_jsonable_makes_values_every_database_keeps() -> None:
+    assert chain.jsonable({1: (1, 2), "b": b"\x00\xff", "f": float("nan"), "s": "a\x00b\ud800"}) == {
+        "1": [1, 2], "b": "AP8=", "f": "nan", "s": "a\ufffdb\ufffd",
+    }
+
+
+def test_checkpoint_mac_depends_on_key_and_statement() -> None:
+    t = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    mac = chain.checkpoint_mac(KEY, writer_id="w", seq=3, head_hash="a" * 64, time=t, kind="head")
+    assert mac != chain.checkpoint_mac(b"x" * 32, writer_id="w", seq=3, head_hash="a" * 64, time=t, kind="head")
+    assert mac != chain.checkpoint_mac(KEY, writer_id="w", seq=4, head_hash="a" * 64, time=t, kind="head")
+    assert mac != chain.checkpoint_mac(KEY, writer_id="w", seq=3, head_hash="a" * 64, time=t, kind="prune")
+
+
+def _rows(n: int) -> list[dict]:
+    rows, prev = [], GENESIS
+    for seq in range(1, n + 1):
+        row = {"id": f"c{seq}", "writer_id": "w", "seq": seq, "prev_hash": prev, "principal": "p"}
+        row["hash"] = prev = chain.record_hash(row)
+        rows.append(row)
+    return rows
+
+
+def test_chain_check_without_a_database() -> None:
+    rows = _rows(5)
+    t = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    cp = CheckpointInfo(1, "w", 3, rows[2]["hash"], t, "head", chain.checkpoint_mac(KEY, writer_id="w", seq=3, head_hash=rows[2]["hash"], time=t, kind="head"))
+    check = ChainCheck("w", [cp], KEY)
+    for r in rows:
+        check.feed(r)
+    check.finish()
+    assert check.problems == []
+    assert check.notes == ["writer w: records 4-5 are after the last checkpoint, so unanchored"]
+
+
+# -- tampering, on both databases ------------------------------------------------------------------
+
+
+def test_an_untouched_store_verifies(db_url: str) -> None:
+    write_chain(db_url)
+    result = verify(db_url, KEY)
+    assert result.ok, result.problems
+    assert (result.chains, result.records, result.checkpoints) == (1, 10, 1)
+    assert result.notes == []
+
+
+def test_one_field_edited_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(update(Call).where(Call.id == ids[3]).values(principal="mallory"))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    assert result.problems[0].startswith(f"call {ids[3]} (writer w1, seq 4): its content does not match its hash")
+    assert len(result.problems) == 1
+
+
+def test_a_json_member_edited_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(update(Call).where(Call.id == ids[6]).values(params={"Bucket": "other", "n": 6, "x": 0.1}))
+    assert verify(db_url, KEY).problems[0].startswith(f"call {ids[6]} (writer w1, seq 7)")
+
+
+def test_one_row_deleted_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call).where(Call.id == ids[4]))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    assert result.problems == [
+        f"call {ids[5]} (writer w1, seq 6): record 5 is missing between it and call {ids[3]} (seq 4): deleted"
+    ]
+
+
+def test_the_first_row_deleted_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call).where(Call.id == ids[0]))
+    problem = verify(db_url, KEY).problems[0]
+    assert problem.startswith(f"call {ids[1]} (writer w1, seq 2): record 1 is missing before it")
+
+
+def test_two_rows_swapped_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:  # the 3rd and 4th records trade places
+        c.execute(update(Call).where(Call.id == ids[2]).values(seq=-1))
+        c.execute(update(Call).where(Call.id == ids[3]).values(seq=3))
+        c.execute(update(Call).where(Call.id == ids[2]).values(seq=4))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    assert result.problems[0].startswith(f"call {ids[3]} (writer w1, seq 3): its content does not match its hash")
+    assert "does not link to" in result.problems[0]
+
+
+def test_two_rows_contents_swapped_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    cols = ["principal", "params", "latency_ms", "hash", "prev_hash"]
+    with sql(db_url).begin() as c:
+        a, b = (c.execute(select(*[Call.__table__.c[k] for k in cols]).where(Call.id == i)).one() for i in (ids[1], ids[2]))
+        c.execute(update(Call).where(Call.id == ids[1]).values(dict(zip(cols, b))))
+        c.execute(update(Call).where(Call.id == ids[2]).values(dict(zip(cols, a))))
+    problems = verify(db_url, KEY).problems
+    assert problems[0].startswith(f"call {ids[1]} (writer w1, seq 2)")
+
+
+def test_the_tail_truncated_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call).where(Call.id.in_(ids[8:])))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    (problem,) = result.problems
+    assert "points past the last record" in problem and "seq 10" in problem
+    assert f"ends at seq 8 (call {ids[7]})" in problem and "records 9-10 are missing" in problem
+
+
+def test_a_whole_chain_deleted_leaves_its_checkpoint_pointing_past_the_end(db_url: str) -> None:
+    write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call))
+    (problem,) = verify(db_url, KEY).problems
+    assert "has no records left" in problem and "records 1-10 are missing" in problem
+
+
+def test_a_forged_checkpoint_is_detected(db_url: str) -> None:
+    ids = write_chain(db_url)
+    with sql(db_url).begin() as c:
+        head = c.execute(select(Call.hash).where(Call.id == ids[5])).scalar()
+        t = dt.datetime.now(UTC)
+        forged = chain.checkpoint_mac(b"not the key" * 3, writer_id="w1", seq=6, head_hash=head, time=t, kind="head")
+        c.execute(insert(Checkpoint).values(writer_id="w1", seq=6, head_hash=head, time=t, kind="head", hmac=forged))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    (problem,) = result.problems
+    assert problem.startswith("checkpoint #") and f"seq 6), at call {ids[5]}, is forged or altered" in problem
+
+
+def test_an_altered_checkpoint_is_detected(db_url: str) -> None:
+    write_chain(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(update(Checkpoint).values(seq=5))
+    (problem,) = verify(db_url, KEY).problems
+    assert "is forged or altered" in problem
+
+
+def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> None:
+    """Someone who edits a record and recomputes every later hash still cannot forge the checkpoint."""
+    ids = write_chain(db_url)
+    engine = sql(db_url)
+    with engine.begin() as c:
+        rows = [dict(r._mapping) for r in c.execute(select(Call.__table__).order_by(Call.seq))]
+        rows[3]["principal"] = "mallory"
+        prev = rows[2]["hash"]
+        for row in rows[3:]:
+            row["prev_hash"] = prev
+            row["hash"] = prev = chain.record_hash(row)
+            c.execute(update(Call).where(Call.id == row["id"]).values(principal=row["principal"], prev_hash=row["prev_hash"], hash=row["hash"]))
+    result = verify(db_url, KEY)
+    assert not result.ok
+    (problem,) = result.problems
+    assert problem.startswith(f"call {ids[9]} (writer w1, seq 10) does not match checkpoint #")
+    # without the key the rewrite is still visible against the (unauthenticated) checkpoint
+    assert not verify(db_url).ok
+
+
+def test_records_after_the_last_checkpoint_are_unanchored_not_broken(db_url: str) -> None:
+    store = Store(db_url, writer_id="w2", chain_key=KEY, checkpoint_every=3600)
+    store.migrate()
+    store.start()
+    for _ in range(3):
+        store.write_sync(Record(principal="p"))
+    try:
+        result = verify(db_url, KEY)  # the writer is still running: no checkpoint yet
+        assert result.ok and result.records == 3
+        assert result.notes == ["writer w2: records 1-3 are after the last checkpoint, so unanchored"]
+    finally:
+        store.close()
+    assert verify(db_url, KEY).notes == []
+
+
+def test_several_writers_each_chain_their_own_records(db_url: str) -> None:
+    stores = [Store(db_url, writer_id=f"w{i}", chain_key=KEY) for i in range(3)]
+    stores[0].migrate()
+    for s in stores:
+        s.start()
+    for i in range(30):
+        stores[i % 3].write_sync(Record(principal=f"p{i}"))
+    for s in stores:
+        s.close()
+    result = verify(db_url, KEY)
+    assert result.ok, result.problems
+    assert (result.chains, result.records) == (3, 30)
+
+
+def test_a_checkpoint_without_hmac_is_refused_when_the_key_is_given(db_url: str) -> None:
+    write_chain(db_url, key=None)
+    assert verify(db_url).ok
+    (problem,) = verify(db_url, KEY).problems
+    assert "has no HMAC" in problem
+
+
+# -- pruning ---------------------------------------------------------------------------------------
+
+
+def test_prune_keeps_the_rest_verifiable(db_url: str) -> None:
+    now = time.time()
+    times = [now - 10 * 86400] * 4 + [now - 86400, now - 9 * 86400] + [now] * 4  # seq 6 is old, after a new one
+    ids = write_chain(db_url, times=times)
+    before = dt.datetime.now(UTC) - dt.timedelta(days=5)
+    assert prune(db_url, before, KEY, dry_run=True).records == 4
+    result = prune(db_url, before, KEY)
+    assert (result.records, result.chains) == (4, 1)
+    with sql(db_url).connect() as c:
+        left = c.execute(select(Call.id).order_by(Call.seq)).scalars().all()
+    assert left == ids[4:]  # the longest old prefix only: seq 6 stays, the chain stays whole
+    check = verify(db_url, KEY)
+    assert check.ok, check.problems
+    assert check.records == 6
+    assert prune(db_url, before, KEY).records == 0  # again: nothing more to do
+    # records removed after the prune point are still caught
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call).where(Call.id == ids[4]))
+    assert verify(db_url, KEY).problems[0].startswith(f"call {ids[5]} (writer w1, seq 6): record 5 is missing before it")
+
+
+def test_prune_everything_then_keep_writing(db_url: str) -> None:
+    write_chain(db_url, n=3)
+    assert prune(db_url, dt.datetime.now(UTC) + dt.timedelta(seconds=1), KEY).records == 3
+    result = verify(db_url, KEY)
+    assert result.ok and result.records == 0 and result.chains == 1
+
+
+def test_prune_refuses_a_broken_chain(db_url: str) -> None:
+    from addons.core.store import StoreError
+
+    ids = write_chain(db_url, times=[time.time() - 86400 * 10] * 10)
+    with sql(db_url).begin() as c:
+        c.execute(update(Call).where(Call.id == ids[2]).values(principal="mallory"))
+    with pytest.raises(StoreError, match=f"not pruning: call {ids[2]}"):
+        prune(db_url, dt.datetime.now(UTC), KEY)
+    with pytest.raises(StoreError, match="needs the chain key"):
+        prune(db_url, dt.datetime.now(UTC), None)
+    assert verify(db_url, KEY).records == 10

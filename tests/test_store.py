@@ -1,0 +1,382 @@
+"""The evidence store: writing, group commit, sessions, reading, schema, and failing closed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.pool import NullPool
+
+from addons.core.models import Call, Checkpoint, PolicyVersion
+from addons.core.records import Record
+from addons.core.store import Store, StoreError, StoreUnavailable, head_revision, load_chain_key, verify
+from tests.support.postgres import shared_server
+
+KEY = b"k" * 32
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'agentgate.db'}"
+    return shared_server().fresh_database()
+
+
+@pytest.fixture
+def store(db_url: str):
+    s = Store(db_url, chain_key=KEY, writer_id="w")
+    s.migrate()
+    s.start()
+    yield s
+    s.close()
+
+
+def sql(url: str):
+    return create_engine(url, poolclass=NullPool)
+
+
+def full_record(**kw) -> Record:
+    """A Record with every field set, with values that are easy to get wrong on the way through."""
+    values = dict(
+        time=1767225600.123456, kind="call", session_id="sess-1", principal="alice@example.com",
+        issuer="https://issuer.example", on_behalf_of="bob", groups=["data-agents", "sre"], client="10.0.0.7:51234",
+        service="s3", operation="GetObject", action="s3:GetObject", access_level="Read", region="eu-west-1",
+        account="111122223333", resources=["arn:aws:s3:::bucket/key"],
+        params={"Bucket": "bucket", "Key": "a/ü/\u2603", "Range": None, "n": 10**15, "f": 0.1, "big": 1e16,
+                "neg": -0.0, "nested": {"b": [1, 2.5, "x"], "a": True}, "tuple": (1, 2)},
+        method="GET", host="bucket.s3.eu-west-1.amazonaws.com", url="https://bucket.s3.eu-west-1.amazonaws.com/a",
+        request_headers=[("Host", "bucket.s3.eu-west-1.amazonaws.com"), ("X-Amz-Date", "20260101T000000Z")],
+        request_body_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", request_body_size=0,
+        decision="allow", rule="read-only", reason="List and Read are allowed", policy_version="sha256:abc",
+        approval_id="ap-1", approver="carol", role="arn:aws:iam::111122223333:role/agent-data", outcome="forwarded",
+        status=200, error=None, aws_request_id="REQ123", response_headers=[("Content-Type", "text/plain")],
+        response_body_sha256="f" * 64, response_body_size=2**40, bytes_in=0, bytes_out=2**40, latency_ms=12.345,
+    )
+    values.update(kw)
+    return Record(**values)
+
+
+# -- writing and reading back ------------------------------------------------------------------------
+
+
+def test_every_record_field_has_a_column() -> None:
+    columns = {c.name for c in Call.__table__.columns}
+    assert {f.name for f in dataclasses.fields(Record)} <= columns
+    assert {"writer_id", "seq", "prev_hash", "hash", "request_body", "response_body", "truncated"} <= columns
+
+
+def test_a_record_reads_back_as_written(store: Store) -> None:
+    r = full_record()
+    store.write_sync(r)
+    got = store.call(r.id)
+    assert got is not None
+    assert got["time"] == "2026-01-01T00:00:00.123456Z"
+    for f in dataclasses.fields(Record):
+        if f.name in ("time", "request_headers", "response_headers", "params"):
+            continue
+        assert got[f.name] == getattr(r, f.name), f.name
+    assert got["request_headers"] == [list(h) for h in r.request_headers]
+    assert got["params"] == {**r.params, "tuple": [1, 2]}
+    assert (got["writer_id"], got["seq"], got["truncated"]) == ("w", 1, False)
+    assert verify(store.url, KEY).ok
+
+
+def test_credential_headers_are_never_stored(store: Store) -> None:
+    headers = [("Authorization", "AWS4-HMAC-SHA256 Credential=AKIA..."), ("x-amz-security-token", "jwt"),
+               ("PROXY-AUTHORIZATION", "Basic eHg="), ("Cookie", "a=b"), ("Set-Cookie", "c=d"), ("Host", "h")]
+    r = Record(request_headers=headers, response_headers=headers)
+    store.write_sync(r)
+    got = store.call(r.id)
+    assert got["request_headers"] == [["Host", "h"]]
+    assert got["response_headers"] == [["Host", "h"]]
+
+
+def test_odd_values_are_stored_and_still_verify(store: Store) -> None:
+    r = Record(principal="nul\x00in\ud800side", params={"nan": float("nan"), "b": b"\x01", 3: "int key"},
+               latency_ms=float("nan"), status=None)
+    store.write_sync(r)
+    got = store.call(r.id)
+    assert got["principal"] == "nul\ufffdin\ufffdside"
+    assert got["params"] == {"nan": "nan", "b": "AQ==", "3": "int key"}
+    assert got["latency_ms"] is None
+    assert verify(store.url, KEY).ok
+
+
+def test_bodies_are_capped_and_flagged(db_url: str) -> None:
+    s = Store(db_url, body_cap=10)
+    s.migrate()
+    s.start()
+    try:
+        short, long = Record(), Record()
+        short.response_body = "0123456789"
+        long.request_body = "é" * 20  # 40 bytes: cut at 10 bytes, on a character boundary
+        s.write_sync(short)
+        s.write_sync(long)
+        assert (s.call(short.id)["response_body"], s.call(short.id)["truncated"]) == ("0123456789", False)
+        assert (s.call(long.id)["request_body"], s.call(long.id)["truncated"]) == ("é" * 5, True)
+    finally:
+        s.close()
+
+
+def test_sessions_are_created_and_updated(store: Store) -> None:
+    t0 = 1767225600.0
+    store.write_sync(Record(session_id="s1", principal="alice", issuer="iss", time=t0 + 10))
+    store.write_sync(Record(session_id="s1", principal="alice", role="arn:role", time=t0))
+    store.write_sync(Record(session_id="s2", principal="bob", time=t0 + 5))
+    store.write_sync(Record(session_id=None, principal="nobody"))
+    s1 = store.session("s1")
+    assert s1 == {"id": "s1", "principal": "alice", "issuer": "iss", "on_behalf_of": None, "role": "arn:role",
+                  "writer_id": "w", "started": "2026-01-01T00:00:00.000000Z",
+                  "last_seen": "2026-01-01T00:00:10.000000Z", "calls": 2}
+    assert [s["id"] for s in store.sessions()] == ["s1", "s2"]
+    assert store.session("nope") is None
+
+
+def test_calls_filters(store: Store) -> None:
+    now = time.time()
+    store.write_sync(Record(principal="alice", action="s3:GetObject", decision="allow", time=now - 7200))
+    store.write_sync(Record(principal="alice", action="s3:PutObject", decision="deny", time=now - 60))
+    store.write_sync(Record(principal="bob", action="ec2:TerminateInstances", decision="approve", time=now))
+    assert [c["principal"] for c in store.calls()] == ["bob", "alice", "alice"]  # newest first
+    assert len(store.calls(principal="alice")) == 2
+    assert [c["action"] for c in store.calls(action="s3:*")] == ["s3:PutObject", "s3:GetObject"]
+    assert [c["action"] for c in store.calls(action="s3_GetObject")] == []  # _ is not a wildcard
+    assert [c["decision"] for c in store.calls(decision="deny")] == ["deny"]
+    assert len(store.calls(since=now - 3600)) == 2
+    assert len(store.calls(until=dt.datetime.fromtimestamp(now - 30, UTC))) == 2
+    assert len(store.calls(limit=1)) == 1
+    assert [c["principal"] for c in store.calls(newest_first=False, limit=None)] == ["alice", "alice", "bob"]
+
+
+def test_policy_versions_are_stored_once(store: Store, db_url: str) -> None:
+    store.store_policy_version("v1", "version: 1\n")
+    store.store_policy_version("v1", "version: 1\n")
+    Store(db_url).store_policy_version("v1", "version: 1\n")  # another replica
+    store.store_policy_version("v2", "version: 1\nrules: []\n")
+    with sql(db_url).connect() as c:
+        assert c.execute(select(func.count()).select_from(PolicyVersion)).scalar() == 2
+    assert store.policy_version("v2") == "version: 1\nrules: []\n"
+
+
+# -- the writer --------------------------------------------------------------------------------------
+
+
+def test_concurrent_async_writers_share_group_commits(store: Store) -> None:
+    async def writer(n: int) -> None:
+        for i in range(50):
+            await store.write(Record(principal=f"agent-{n}", params={"i": i}))
+
+    async def main() -> None:
+        await asyncio.gather(*(writer(n) for n in range(8)))
+
+    asyncio.run(main())
+    assert store.stats["records"] == 400
+    assert store.stats["commits"] < 400  # several records per transaction
+    with sql(store.url).connect() as c:
+        seqs = c.execute(select(Call.seq).order_by(Call.seq)).scalars().all()
+    assert seqs == list(range(1, 401))
+
+
+def test_sync_write_returns_only_once_committed(store: Store) -> None:
+    r = Record()
+    store.write_sync(r)
+    with sql(store.url).connect() as c:  # another connection sees it at once
+        assert c.execute(select(Call.id).where(Call.id == r.id)).scalar() == r.id
+
+
+def test_async_durability_queues_and_close_drains(db_url: str) -> None:
+    s = Store(db_url, durability="async", chain_key=KEY, writer_id="a")
+    s.migrate()
+    s.start()
+
+    async def main() -> None:
+        for _ in range(300):
+            await s.write(Record())
+
+    asyncio.run(main())
+    for _ in range(200):
+        s.write_sync(Record())
+    s.close()
+    result = verify(db_url, KEY)
+    assert result.ok and result.records == 500 and result.checkpoints == 1
+    assert result.notes == []  # close anchored the head
+
+
+def test_checkpoints_are_written_periodically(db_url: str) -> None:
+    s = Store(db_url, chain_key=KEY, checkpoint_every=0.05)
+    s.migrate()
+    s.start()
+
+    def anchored() -> int | None:
+        with sql(db_url).connect() as c:
+            return c.execute(select(func.max(Checkpoint.seq))).scalar()
+
+    try:
+        for n in (1, 2, 3):
+            s.write_sync(Record())
+            deadline = time.monotonic() + 5
+            while anchored() != n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert anchored() == n  # the head is checkpointed soon after it moves, with no new writes
+    finally:
+        s.close()
+    with sql(db_url).connect() as c:
+        assert c.execute(select(func.count()).select_from(Checkpoint)).scalar() == 3  # none at close: head anchored
+    assert verify(db_url, KEY).notes == []
+
+
+def test_restart_starts_a_new_chain(db_url: str) -> None:
+    for _ in range(2):
+        s = Store(db_url, chain_key=KEY)
+        s.migrate()
+        s.start()
+        s.write_sync(Record())
+        s.close()
+    result = verify(db_url, KEY)
+    assert result.ok and result.chains == 2
+
+
+def test_write_needs_a_started_store(db_url: str) -> None:
+    s = Store(db_url)
+    s.migrate()
+    with pytest.raises(StoreError, match="is not started"):
+        s.write_sync(Record())
+    s.start()
+    s.close()
+    with pytest.raises(StoreError, match="is closed"):
+        s.write_sync(Record())
+
+
+def test_a_record_the_database_refuses_fails_alone(store: Store) -> None:
+    first = Record()
+    store.write_sync(first)
+
+    async def main() -> list:
+        dup = dataclasses.replace(Record(), id=first.id)
+        return await asyncio.gather(store.write(Record()), store.write(dup), store.write(Record()), return_exceptions=True)
+
+    ok1, bad, ok2 = asyncio.run(main())
+    assert ok1 is None and ok2 is None
+    assert isinstance(bad, StoreError) and not isinstance(bad, StoreUnavailable)
+    assert f"record {first.id} cannot be stored" in str(bad)
+    assert store.healthy
+    assert verify(store.url, KEY).ok
+
+
+# -- the schema ----------------------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_tables_and_is_idempotent(db_url: str) -> None:
+    s = Store(db_url)
+    s.migrate()
+    s.migrate()
+    names = set(inspect(sql(db_url)).get_table_names())
+    assert {"sessions", "calls", "approvals", "policy_versions", "checkpoints", "alembic_version"} <= names
+    indexes = {i["name"] for i in inspect(sql(db_url)).get_indexes("calls")}
+    assert {"ix_calls_time", "ix_calls_principal_time", "ix_calls_action_time", "ix_calls_decision_time"} <= indexes
+
+
+def test_a_store_without_schema_is_refused(db_url: str) -> None:
+    if db_url.startswith("sqlite:///"):
+        open(db_url.removeprefix("sqlite:///"), "w").close()  # an empty database file
+    s = Store(db_url)
+    with pytest.raises(StoreError, match="has no agentgate schema yet"):
+        s.start()
+
+
+def test_a_missing_sqlite_file_is_not_created_by_reading(tmp_path) -> None:
+    path = tmp_path / "none.db"
+    with pytest.raises(StoreError, match=f"there is no store at {path}"):
+        Store(f"sqlite:///{path}").calls()
+    assert not path.exists()
+
+
+def test_a_store_newer_than_the_code_is_refused(db_url: str) -> None:
+    Store(db_url).migrate()
+    with sql(db_url).begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = 'ffff9999'"))
+    s = Store(db_url)
+    with pytest.raises(StoreError, match=rf"is at schema ffff9999, newer than this agentgate \({head_revision()}\); upgrade agentgate"):
+        s.migrate()
+    with pytest.raises(StoreError, match="newer than this agentgate"):
+        s.calls()
+
+
+def test_bad_urls_say_what_to_use() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store("nonsense")
+    with pytest.raises(StoreError, match="SQLite or PostgreSQL"):
+        Store("mysql://x@localhost/db")
+
+
+def test_plain_postgresql_urls_use_psycopg_3() -> None:
+    s = Store("postgresql://u@127.0.0.1:1/db")
+    assert s.engine.dialect.driver == "psycopg"
+
+
+def test_chain_key_file(tmp_path) -> None:
+    assert load_chain_key(tmp_path) is None
+    (tmp_path / "chain.key").write_bytes(b"0123456789abcdef0123\n")
+    assert load_chain_key(tmp_path) == b"0123456789abcdef0123"
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(StoreError, match="too short"):
+        load_chain_key(tmp_path / "short")
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    s.migrate()
+    with s.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    s.engine.dispose()
+
+
+# -- failing closed ------------------------------------------------------------------------------------
+
+
+def test_unreachable_database_is_unavailable_quickly() -> None:
+    s = Store("postgresql+psycopg://postgres@127.0.0.1:9/agentgate")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="cannot open the store at postgresql"):
+        s.migrate()
+    with pytest.raises(StoreUnavailable, match="cannot read the store"):
+        s.calls()
+    assert time.monotonic() - started < 5
+
+
+def test_postgres_down_fails_closed_and_recovers() -> None:
+    pg = shared_server()
+    url = pg.fresh_database()
+    s = Store(url, chain_key=KEY, writer_id="w", checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    try:
+        s.write_sync(Record(principal="before"))
+        pg.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot write"):
+            s.write_sync(Record(principal="during-1"))
+        assert not s.healthy
+        with pytest.raises(StoreUnavailable):  # refused at once while down
+            asyncio.run(s.write(Record(principal="during-2")))
+        assert time.monotonic() - started < 5
+        pg.start()
+        deadline = time.monotonic() + 10
+        while not s.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.healthy  # the same Store, recovered by itself
+        s.write_sync(Record(principal="after"))
+    finally:
+        pg.start()
+        s.close()
+    # the records refused while down were kept and written, in order, in one chain
+    assert [c["principal"] for c in s.calls(newest_first=False)] == ["before", "during-1", "during-2", "after"]
+    result = verify(url, KEY)
+    assert result.ok, result.problems
+    s.engine.dispose()

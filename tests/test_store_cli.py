@@ -1,0 +1,266 @@
+"""The store's commands: sessions, calls, verify, prune (CliRunner, and once as a real process)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, update
+from sqlalchemy.pool import NullPool
+
+from addons.commands.store import parse_when, register
+from addons.core.models import Call
+from addons.core.records import Record
+from addons.core.store import Store
+from tests.support.postgres import shared_server
+
+KEY = b"chain-key-for-tests-0123456789"
+UTC = dt.timezone.utc
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_KEYS = {"id", "time", "principal", "on_behalf_of", "action", "service", "operation", "access_level",
+                "decision", "rule", "status", "approval_id"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'agentgate.db'}"
+    return shared_server().fresh_database()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An agentgate home with a chain key, and no settings leaking in from the environment."""
+    for name in list(os.environ):
+        if name.startswith("AGENTGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "chain.key").write_bytes(KEY)
+    return tmp_path
+
+
+@pytest.fixture
+def calls(db_url: str, home: Path) -> list[Record]:
+    """Three recorded calls in two sessions, oldest first."""
+    now = time.time()
+    records = [
+        Record(session_id="s-1", principal="alice", on_behalf_of="dana", service="s3", operation="GetObject",
+               action="s3:GetObject", access_level="Read", decision="allow", rule="read-only", status=200,
+               outcome="forwarded", time=now - 3 * 86400),
+        Record(session_id="s-1", principal="alice", service="s3", operation="PutObject", action="s3:PutObject",
+               access_level="Write", decision="deny", rule="contractors-never-write", status=403, outcome="refused",
+               time=now - 7200),
+        Record(session_id="s-2", principal="bob", service="ec2", operation="TerminateInstances",
+               action="ec2:TerminateInstances", access_level="Write", decision="approve", approval_id="ap-1",
+               status=400, outcome="held", time=now - 60),
+    ]
+    store = Store(db_url, chain_key=KEY)
+    store.migrate()
+    store.start()
+    for r in records:
+        store.write_sync(r)
+    store.close()
+    return records
+
+
+@pytest.fixture
+def cli():
+    group = click.Group("agentgate")
+    register(group)
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(group, list(args), catch_exceptions=False)
+
+    return run
+
+
+def one_line_error(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def test_calls_list_json(cli, db_url: str, calls: list[Record]) -> None:
+    result = cli("calls", "list", "--db", db_url, "--json")
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert [c["id"] for c in items] == [r.id for r in reversed(calls)]
+    assert all(SUMMARY_KEYS <= set(c) for c in items)
+    first = items[-1]
+    assert {k: first[k] for k in ("principal", "on_behalf_of", "action", "service", "operation", "access_level",
+                                  "decision", "rule", "status", "approval_id")} == {
+        "principal": "alice", "on_behalf_of": "dana", "action": "s3:GetObject", "service": "s3",
+        "operation": "GetObject", "access_level": "Read", "decision": "allow", "rule": "read-only", "status": 200,
+        "approval_id": None}
+    assert dt.datetime.fromisoformat(first["time"]) == dt.datetime.fromtimestamp(calls[0].time, UTC).replace(
+        microsecond=round(calls[0].time * 1e6) % 1_000_000)
+    assert first["time"].endswith("Z")
+
+
+def test_calls_list_filters(cli, db_url: str, calls: list[Record]) -> None:
+    def ids(*args: str) -> list[str]:
+        result = cli("calls", "list", "--db", db_url, "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [c["id"] for c in json.loads(result.stdout)]
+
+    a, b, c = (r.id for r in calls)
+    assert ids("--principal", "alice") == [b, a]
+    assert ids("--action", "s3:*") == [b, a]
+    assert ids("--decision", "approve") == [c]
+    assert ids("--since", "1d") == [c, b]
+    assert ids("--since", "3h", "--until", "30m") == [b]
+    assert ids("--until", (dt.datetime.now(UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")) == [a]
+    assert ids("--limit", "1") == [c]
+
+
+def test_calls_list_table_and_show(cli, db_url: str, calls: list[Record]) -> None:
+    result = cli("calls", "list", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    for r in calls:
+        assert r.id in result.stdout and r.action in result.stdout
+    shown = cli("calls", "show", calls[2].id, "--db", db_url)
+    assert shown.exit_code == 0, shown.output
+    assert "ec2:TerminateInstances" in shown.stdout and "ap-1" in shown.stdout and "prev_hash" in shown.stdout
+    as_json = json.loads(cli("calls", "show", calls[2].id, "--db", db_url, "--json").stdout)
+    assert as_json["id"] == calls[2].id and as_json["seq"] == 3
+
+
+def test_sessions_list_and_show(cli, db_url: str, calls: list[Record]) -> None:
+    listed = json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)
+    assert [(s["id"], s["principal"], s["calls"]) for s in listed] == [("s-2", "bob", 1), ("s-1", "alice", 2)]
+    table = cli("sessions", "list", "--db", db_url)
+    assert "s-1" in table.stdout and "alice" in table.stdout
+    shown = cli("sessions", "show", "s-1", "--db", db_url, "--json")
+    assert [c["id"] for c in json.loads(shown.stdout)["call_list"]] == [calls[0].id, calls[1].id]
+    assert calls[1].id in cli("sessions", "show", "s-1", "--db", db_url).stdout
+
+
+def test_the_db_setting_is_the_default(cli, db_url: str, calls: list[Record], monkeypatch) -> None:
+    monkeypatch.setenv("AGENTGATE_DB", db_url)
+    result = cli("calls", "list", "--json")
+    assert len(json.loads(result.stdout)) == 3
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+
+
+def test_unknown_ids(cli, db_url: str, calls: list[Record]) -> None:
+    assert "no call 'nope' in the store at" in one_line_error(cli("calls", "show", "nope", "--db", db_url))
+    assert "no session 'nope'" in one_line_error(cli("sessions", "show", "nope", "--db", db_url))
+
+
+@pytest.mark.parametrize("when", ["yesterday", "2025-13-01", "7 parsecs"])
+def test_bad_dates(cli, home: Path, when: str) -> None:
+    line = one_line_error(cli("calls", "list", "--since", when, "--db", "sqlite:///unused.db"), code=2)
+    assert f"--since: cannot read {when!r} as a date" in line
+
+
+def test_since_after_until(cli, home: Path) -> None:
+    line = one_line_error(cli("calls", "list", "--since", "1h", "--until", "2h", "--db", "sqlite:///x.db"), code=2)
+    assert "is not before --until" in line
+
+
+def test_unreachable_database(cli, home: Path) -> None:
+    started = time.monotonic()
+    line = one_line_error(cli("calls", "list", "--db", "postgresql+psycopg://postgres@127.0.0.1:9/agentgate"))
+    assert "cannot read the store at postgresql+psycopg://postgres@127.0.0.1:9/agentgate" in line
+    assert time.monotonic() - started < 5
+
+
+def test_missing_sqlite_store(cli, home: Path) -> None:
+    line = one_line_error(cli("sessions", "list"))
+    assert f"there is no store at {home / 'agentgate.db'}: run `agentgate init`" in line
+    assert not (home / "agentgate.db").exists()
+
+
+def test_bad_url(cli, home: Path) -> None:
+    assert "is not a database URL" in one_line_error(cli("calls", "list", "--db", "not a url"))
+
+
+def test_parse_when() -> None:
+    now = dt.datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+    assert parse_when("7d", now=now) == dt.datetime(2026, 1, 3, 12, 0, tzinfo=UTC)
+    assert parse_when("90m", now=now) == dt.datetime(2026, 1, 10, 10, 30, tzinfo=UTC)
+    assert parse_when("2026-01-01", now=now) == dt.datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_when("2026-01-01T05:00:00+02:00", now=now) == dt.datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+    assert parse_when("2026-01-01T05:00Z", now=now) == dt.datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
+    assert parse_when("now", now=now) == now
+
+
+# -- verify and prune ------------------------------------------------------------------------------------
+
+
+def test_verify_ok(cli, db_url: str, calls: list[Record]) -> None:
+    result = cli("verify", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    assert "OK: 3 records in 1 chains, 1 checkpoints" in result.stdout
+    assert "not authenticated" not in result.stdout  # the key came from keys/chain.key
+    assert json.loads(cli("verify", "--db", db_url, "--json").stdout)["ok"] is True
+
+
+def test_verify_names_the_first_broken_record(cli, db_url: str, calls: list[Record]) -> None:
+    with create_engine(db_url, poolclass=NullPool).begin() as c:
+        c.execute(update(Call).where(Call.id == calls[1].id).values(decision="allow"))
+    result = cli("verify", "--db", db_url)
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert line.startswith(f"Error: the store does not verify: call {calls[1].id} (writer ")
+    assert "its content does not match its hash" in line
+    assert f"BROKEN: call {calls[1].id}" in result.stdout
+
+
+def test_verify_with_the_wrong_key(cli, db_url: str, calls: list[Record], home: Path) -> None:
+    (home / "other.key").write_bytes(b"x" * 32)
+    line = one_line_error(cli("verify", "--db", db_url, "--key-file", str(home / "other.key")))
+    assert "is forged or altered" in line
+    assert "does not exist" in one_line_error(cli("verify", "--db", db_url, "--key-file", "/nonexistent"), code=2)
+
+
+def test_prune(cli, db_url: str, calls: list[Record]) -> None:
+    dry = cli("prune", "--before", "1d", "--db", db_url, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would delete 1 records from 1 chains" in dry.stdout
+    result = cli("prune", "--before", "1d", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 records from 1 chains and 0 sessions" in result.stdout
+    assert cli("verify", "--db", db_url).exit_code == 0
+    assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2
+    assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)
+
+
+# -- as a real process -----------------------------------------------------------------------------------
+
+
+def test_commands_run_as_a_process(home: Path) -> None:
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY)
+    store.migrate()
+    store.start()
+    denied = Record(principal="alice", action="s3:PutObject", decision="deny")
+    store.write_sync(Record(principal="alice", action="s3:GetObject", decision="allow"))
+    store.write_sync(denied)
+    store.close()
+    env = {**os.environ, "AGENTGATE_DB": url}
+    script = Path(sys.executable).parent / "agentgate"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "addons.commands.store"]
+    listed = subprocess.run([*base, "calls", "list", "--json", "--decision", "deny"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)] == [denied.id]
+    missing = subprocess.run([*base, "calls", "show", "nope"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [f"Error: no call 'nope' in the store at {url}"]
