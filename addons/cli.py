@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .settings import Settings, SettingsError, config_path, home, load_settings
+from .settings import Settings, SettingsError, config_path, load_settings
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
@@ -28,7 +28,31 @@ def _settings(**flags) -> Settings:
         raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Subcommands that live in other modules are imported only when used, so that quick
+    commands (aws-credentials runs on every SDK credential refresh) start fast."""
+
+    lazy = {
+        "policy": "addons.commands.policy:policy",
+        "sessions": "addons.commands.store:sessions",
+        "calls": "addons.commands.store:calls",
+        "verify": "addons.commands.store:verify",
+        "prune": "addons.commands.store:prune",
+    }
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """agentgate: AI agents use AWS through per-call policy, approval, masking and recording."""
 
@@ -80,7 +104,6 @@ def create_ca(certs: Path) -> Path:
 @click.option("--listen", default=None, help="HOST:PORT the gateway listens on.")
 def init(oidc_issuer, oidc_audience, listen) -> None:
     """Create the CA (certs/), agentgate.toml, the default policies, keys and the store."""
-    root = home()
     cfg = config_path()
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
@@ -112,7 +135,6 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"store ready: {s.db}")
-    _ = root
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -231,25 +253,3 @@ def aws_credentials(token_file, token_env) -> None:
         "SessionToken": token,
         "Expiration": datetime.fromtimestamp(exp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }))
-
-
-def _register_optional() -> None:
-    """Commands that live beside the core (store, policy) join the group here."""
-    try:
-        from .commands import policy as policy_cmds
-
-        main.add_command(policy_cmds.policy)
-    except ImportError:
-        pass
-    try:
-        from .commands import store as store_cmds
-
-        for name in ("sessions", "calls", "verify", "prune"):
-            cmd = getattr(store_cmds, name, None)
-            if cmd is not None:
-                main.add_command(cmd)
-    except ImportError:
-        pass
-
-
-_register_optional()

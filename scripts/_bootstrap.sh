@@ -43,8 +43,12 @@ bootstrap() {
     local stamp="$VENV/.agentgate-installed$extras"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         echo "Installing agentgate${extras} into $VENV" >&2
-        "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" 2>&1 | grep -v -e "is ignored" -e "^$" >&2 || true
-        "$VENV/bin/python" -c 'import addons, mitmproxy' || { echo "installing agentgate failed" >&2; exit 2; }
+        local log="$VENV/install.log"
+        if ! "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" >"$log" 2>&1; then
+            cat "$log" >&2
+            echo "installing agentgate failed (log: $log)" >&2
+            exit 2
+        fi
         touch "$stamp"
     fi
 }

@@ -61,6 +61,13 @@ class RSSSampler(threading.Thread):
         return self.peak_mb
 
 
+def rss_mb(pid: int) -> float | None:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
     ready = tmp / "upstream.port"
     p = subprocess.Popen([PY, str(ROOT / "scripts" / "bench_upstream.py"), "--ready-file", str(ready)],
@@ -122,6 +129,7 @@ def transfer(args, tmp: Path, issuer: OIDCIssuer, gw: Gateway, upstream_port: in
     }
     results: dict[str, list] = {k: [] for k in targets}
     peaks: dict[str, float] = {}
+    idle = {name: rss_mb(t[4]) for name, t in targets.items() if t[4]}
     try:
         for _ in range(args.rounds):
             for name, (_, endpoint, proxy, ca, pid) in targets.items():
@@ -144,6 +152,7 @@ def transfer(args, tmp: Path, issuer: OIDCIssuer, gw: Gateway, upstream_port: in
         out[name] = {
             "upload_mb_s": round(mb / statistics.median(r["up_s"] for r in runs), 1),
             "download_mb_s": round(mb / statistics.median(r["down_s"] for r in runs), 1),
+            "idle_rss_mb": idle.get(name),
             "peak_rss_mb": peaks.get(name),
         }
     out["gateway_vs_mitmdump_upload"] = round(out["gateway"]["upload_mb_s"] / out["mitmdump"]["upload_mb_s"], 2)
