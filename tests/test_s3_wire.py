@@ -5,6 +5,7 @@ plain HTTP client."""
 from __future__ import annotations
 
 import json
+import ssl
 import textwrap
 
 import httpx
@@ -87,6 +88,6 @@ def test_presigned_get_with_a_plain_http_client(gateway, token_file, tmp_path, s
     url = out["url"]
     assert ("X-Amz-Signature=" in url) == (signature == "s3v4")
     token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
-    r = httpx.get(url, proxy=gateway.proxy_url(token), verify=str(gateway.ca_file), timeout=30)
+    r = httpx.get(url, proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)), timeout=30)
     assert r.status_code == 200, r.text
     assert r.text == "hello, presigned"

@@ -1,0 +1,39 @@
+"""Refusals rendered in each protocol parse, with botocore's own parsers, into the code and
+message the gateway meant."""
+
+from __future__ import annotations
+
+import botocore.parsers
+import pytest
+
+from addons.core.awserrors import Refusal, guess_protocol, render
+
+
+@pytest.mark.parametrize("protocol", ["json", "rest-json", "rest-xml", "query", "ec2", "smithy-rpc-v2-cbor"])
+def test_botocore_parses_the_refusal(protocol):
+    refusal = Refusal(403, "AccessDenied", "agentgate denied s3:DeleteBucket by rule 'no-deletes': <ask> & wait", "policy")
+    status, headers, body = render(refusal, protocol, request_id="rid-1")
+    parser = botocore.parsers.create_parser(protocol)
+    parsed = parser.parse({"status_code": status, "headers": headers, "body": body}, None)
+    assert parsed["Error"]["Code"] == "AccessDenied"
+    assert parsed["Error"]["Message"] == refusal.message
+    assert parsed["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_long_messages_in_cbor():
+    refusal = Refusal(403, "AccessDenied", "x" * 70000, "policy")
+    status, headers, body = render(refusal, "smithy-rpc-v2-cbor")
+    parsed = botocore.parsers.create_parser("smithy-rpc-v2-cbor").parse(
+        {"status_code": status, "headers": headers, "body": body}, None)
+    assert parsed["Error"]["Message"] == "x" * 70000
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"x-amz-target": "DynamoDB_20120810.GetItem"}, "json"),
+    ({"content-type": "application/x-www-form-urlencoded"}, "query"),
+    ({"content-type": "application/json"}, "rest-json"),
+    ({"smithy-protocol": "rpc-v2-cbor"}, "smithy-rpc-v2-cbor"),
+    ({}, "rest-xml"),
+])
+def test_protocol_guessed_from_the_request_shape(headers, expected):
+    assert guess_protocol(headers) == expected

@@ -1,0 +1,128 @@
+"""Policy through a real gateway: refusals in each protocol's own error shape (boto3 raises
+ClientError AccessDenied naming the rule; the AWS CLI prints it), reload without dropping
+connections, and calls that are not AWS at all decided as `unknown` and recorded."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from tests.conftest import run_agent
+from tests.support.gateway import TEST_POLICY, Gateway
+from tests.test_data_path import agent, check
+from tests.test_identity_e2e import client
+
+REFUSED_CALLS = textwrap.dedent("""
+    import json, boto3, botocore.exceptions
+    calls = {
+        "query": lambda: boto3.client("iam").list_users(),
+        "json": lambda: boto3.client("kms").list_keys(),
+        "ec2": lambda: boto3.client("ec2").run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1),
+        "rest-xml": lambda: boto3.client("route53").list_hosted_zones(),
+        "rest-json": lambda: boto3.client("efs").describe_file_systems(),
+    }
+    out = {}
+    for protocol, call in calls.items():
+        try:
+            call()
+            out[protocol] = None
+        except botocore.exceptions.ClientError as e:
+            out[protocol] = [e.response["Error"]["Code"], e.response["Error"]["Message"],
+                             e.response["ResponseMetadata"]["HTTPStatusCode"]]
+    print(json.dumps(out))
+""")
+
+
+def test_refusals_are_shaped_for_each_protocol(gateway, token_file, tmp_path):
+    env = agent(gateway, token_file, tmp_path, sub="refused-agent")
+    out = check(run_agent(env, REFUSED_CALLS))
+    assert out["query"][0] == "AccessDenied" and "rule 'no-iam-for-agents'" in out["query"][1]
+    assert "agents do not manage IAM" in out["query"][1]
+    for protocol, action in (("json", "kms:ListKeys"), ("ec2", "ec2:RunInstances"),
+                             ("rest-xml", "route53:ListHostedZones"), ("rest-json", "elasticfilesystem:DescribeFileSystems")):
+        code, message, status = out[protocol]
+        assert (code, status) == ("AccessDenied", 403), (protocol, out[protocol])
+        assert action in message and "default" in message, (protocol, message)
+    records = {r["action"]: r for r in gateway.records() if r["principal"] == "refused-agent"}
+    assert records["iam:ListUsers"]["rule"] == "no-iam-for-agents"
+    assert records["kms:ListKeys"]["decision"] == "deny" and records["kms:ListKeys"]["outcome"] == "refused"
+    assert all(r["policy_version"] for r in records.values())
+
+
+def test_the_aws_cli_prints_the_refusal(gateway, token_file, tmp_path, aws_cli):
+    env = agent(gateway, token_file, tmp_path, sub="cli-refused")
+    p = subprocess.run([aws_cli, "iam", "list-users"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "AccessDenied" in p.stderr and "no-iam-for-agents" in p.stderr and "agents do not manage IAM" in p.stderr
+
+
+def _raw_call(conn: http.client.HTTPSConnection, method: str, path: str, body: bytes = b"", headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_policy_reloads_without_dropping_connections(tmp_path, issuer, moto):
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        c = client(gw, "dynamodb", proxy_token=issuer.mint("reload-agent"))
+        c.list_tables()
+        before = gw.records()[-1]["policy_version"]
+        policy_file = gw.home / "policies" / "test.yaml"
+        policy_file.write_text(TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+            - id: no-table-listing
+              action: dynamodb:ListTables
+              decision: deny
+              reason: tables are not listed today
+            """), "  "))
+        deadline = time.time() + 10
+        while True:  # the same client, the same kept-alive tunnel
+            try:
+                c.list_tables()
+            except botocore.exceptions.ClientError as e:
+                assert "no-table-listing" in e.response["Error"]["Message"]
+                break
+            assert time.time() < deadline, "the new policy did not take effect"
+            time.sleep(0.3)
+        after = gw.records()[-1]["policy_version"]
+        assert after != before
+        # a broken change keeps the last good version in force, and says where it broke
+        policy_file.write_text(policy_file.read_text() + "  - id: broken\n    decision: maybe\n")
+        time.sleep(2)
+        with pytest.raises(botocore.exceptions.ClientError):
+            c.list_tables()
+        assert gw.records()[-1]["policy_version"] == after
+        assert "test.yaml:" in gw.log() and "last good version" in gw.log()
+
+
+def test_requests_that_are_not_aws_are_decided_as_unknown(gateway, issuer):
+    token = issuer.mint("odd-agent")
+    import base64
+
+    ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
+    conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=ctx, timeout=30)
+    conn.set_tunnel("dynamodb.us-east-1.amazonaws.com", 443,
+                    headers={"Proxy-Authorization": "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()})
+    cases = [
+        ("GET", "/index.html", b"", {}),                                         # not an AWS call at all
+        ("POST", "/", b"\xff\xfe garbage", {"X-Amz-Target": "DynamoDB_20120810.GetItem",
+                                            "Content-Type": "application/x-amz-json-1.0"}),  # body does not parse
+        ("POST", "/", b"{}", {"X-Amz-Target": "NoSuchService_2020.DoIt",
+                              "Content-Type": "application/x-amz-json-1.0"}),    # unknown target
+    ]
+    for method, path, body, headers in cases:
+        status, text = _raw_call(conn, method, path, body, headers)
+        assert status == 403, (path, status, text)
+        assert b"AccessDenied" in text
+    records = [r for r in gateway.records() if r["principal"] == "odd-agent"]
+    assert len(records) == len(cases)
+    assert all(r["decision"] == "deny" and r["outcome"] == "refused" for r in records)
+    assert any(r["action"] == "unknown" for r in records)
