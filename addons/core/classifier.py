@@ -1,0 +1,1455 @@
+"""What an AWS request asks for: service, operation, parameters and IAM action, read off the wire.
+
+``classify()`` takes one HTTP request as the gateway saw it and resolves it against botocore's
+service models, for every protocol botocore speaks (json, rest-json, rest-xml, query, ec2,
+smithy-rpc-v2-cbor):
+
+1. the service, from the SigV4 credential scope (its signing name), narrowed by the host's
+   endpoint prefix where several services sign with one name; from the host alone when the
+   request carries no scope (SigV2 presigned S3 URLs);
+2. the operation, from what the protocol puts on the wire: ``X-Amz-Target`` (json),
+   ``Action=`` (query, ec2), ``/service/<S>/operation/<Op>`` (cbor), or the method and request
+   URI matched against the operations' URI templates (rest-json, rest-xml);
+3. the parameters, parsed back into the operation's input shape (botocore member names);
+4. the resources and account the call names, and the IAM action (``actions.iam_action``).
+
+Models are loaded lazily, one service at a time, and everything derived from them is cached, so
+importing this module costs nothing and a warm call costs tens of microseconds. Bad input never
+raises: the result says ``action="unknown"`` (or carries what could be read) and ``error`` says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import gzip
+import json
+import os
+import re
+import threading
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import botocore.loaders
+import botocore.model
+
+from . import actions
+
+UNKNOWN = "unknown"
+
+# Query parameters that carry a signature, never an operation's input.
+AUTH_QUERY_PARAMS = frozenset(
+    {
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "x-amz-expires",
+        "x-amz-signedheaders",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-region-set",
+        "awsaccesskeyid",
+        "signature",
+        "signatureversion",
+        "signaturemethod",
+        "expires",
+        "timestamp",
+        "x-id",
+    }
+)
+
+# Signing names used by S3's feature endpoints; botocore's models only know "s3" and "s3control".
+# (signing name, services, why)
+SIGNING_ALIASES: dict[str, tuple[tuple[str, ...], str]] = {
+    "s3-object-lambda": (("s3",), "WriteGetObjectResponse and Object Lambda access points sign as s3-object-lambda"),
+    "s3-outposts": (("s3", "s3control"), "S3 on Outposts endpoints sign as s3-outposts"),
+    "s3express": (("s3", "s3control"), "S3 Express One Zone (directory bucket) endpoints sign as s3express"),
+}
+
+# The S3 Express One Zone control endpoint (s3express-control) serves both S3 and S3 Control
+# operations for directory buckets.
+S3_EXPRESS_CONTROL_SERVICES = ("s3", "s3control")
+
+# Services with endpoints outside every partition's DNS suffixes and unsigned operations, so that
+# only the host can name them; their hosts are read from their endpoint rule sets. (service, why)
+RULE_SET_HOST_SERVICES: tuple[tuple[str, str], ...] = (
+    ("signin", "AWS Sign-In answers on <region>.signin.aws.amazon.com, <region>.oauth.signin.aws and "
+     "per-partition domains, and its OAuth token operations are not SigV4-signed"),
+)
+
+# Services that share a signing name, an endpoint and the same wire form for some operations: the
+# request is byte-for-byte the same whichever SDK client sent it. (preferred, others, why)
+SAME_WIRE_PREFERENCE: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("rds", ("docdb", "neptune"), "DocumentDB's and Neptune's management APIs are the RDS Query API "
+     "(endpoint rds, Version 2014-10-31) and IAM authorises them as rds:*"),
+    ("greengrass", ("greengrassv2",), "the account-level service-role and connectivity operations are "
+     "one API shared by Greengrass V1 and V2"),
+    ("lambda", ("lambda-microvms",), "the /2017-03-31/tags operations are Lambda's tagging API"),
+    ("qconnect", ("wisdom",), "Amazon Q in Connect is Wisdom renamed; the shared operations are one API"),
+    ("sms-voice", ("pinpoint-sms-voice",), "two botocore names for the same Pinpoint SMS and Voice v1 API"),
+    ("timestream-query", ("timestream-write",), "DescribeEndpoints is one operation shared by both "
+     "Timestream endpoints"),
+    ("signer-data", ("signer",), "signer's GetRevocationStatus goes to the data-signer endpoint (host "
+     "prefix data-), where signer-data has the same operation"),
+)
+
+# S3 hosts that are not named by S3's endpoint prefix (legacy, accelerate, access points, Express
+# One Zone, Outposts); the labels before them are the bucket, except for Object Lambda routes.
+S3_LABEL_RE = re.compile(
+    r"^s3(?:-fips|-external-1|-accelerate|-accesspoint(?:-fips)?|-object-lambda(?:-fips)?"
+    r"|-outposts(?:-fips)?|express(?:-fips)?-[a-z0-9-]+|-(?P<region>[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+))?$"
+)
+
+SIGV4_CREDENTIAL_RE = re.compile(r"Credential=([^,\s]+)")
+SMITHY_RPC_PATH_RE = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
+TEMPLATE_LABEL_RE = re.compile(r"\{([^}]+)\}")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+ARN_ACCOUNT_RE = re.compile(r"^arn:[^:]+:[^:]*:[^:]*:(\d{12}):")
+QUEUE_URL_ACCOUNT_RE = re.compile(r"^https?://[^/]+/(\d{12})/[^/]+$")
+ACCESS_POINT_ACCOUNT_RE = re.compile(r"-(\d{12})$")
+
+# Top-level members whose names say they identify a resource.
+RESOURCE_MEMBER_RE = re.compile(
+    r"(?:Arn|ARN|Arns|ARNs|Id|ID|Ids|IDs|Name|Names|Url|URL|Urls|Identifier|Identifiers|Bucket)$"
+)
+# Members with such names that identify a request, a session, a secret or a version of a resource
+# already recorded, not a resource.
+NOT_RESOURCE_MEMBERS = frozenset(
+    {"RoleSessionName", "ExternalId", "ClientRequestId", "RequestId", "IdempotencyId", "SerialNumber",
+     "VersionId", "UploadId"}
+)
+MAX_RESOURCES = 32
+MAX_RESOURCE_LENGTH = 1024
+MAX_INLINE_PAYLOAD = 64 * 1024
+MAX_DECOMPRESSED_BODY = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class Classification:
+    """What one request asks for. ``action`` is "unknown" when the operation could not be told."""
+
+    service: str | None = None  # botocore service name ("s3", "dynamodb", "ec2", ...)
+    operation: str | None = None  # API operation name ("PutObject")
+    protocol: str | None = None  # the wire protocol used: json, rest-json, rest-xml, query, ec2, smithy-rpc-v2-cbor
+    signing_name: str | None = None  # SigV4 signing name: the credential scope's, else the service's own
+    region: str | None = None
+    account: str | None = None  # when the request names one
+    params: dict = dataclasses.field(default_factory=dict)  # input members, botocore names
+    resources: list[str] = dataclasses.field(default_factory=list)
+    action: str = UNKNOWN  # "<iam prefix>:<action>"
+    access_level: str | None = None  # List, Read, Write, Tagging, Permissions management
+    error: str | None = None  # why the call could not be (fully) classified
+
+
+# ---------------------------------------------------------------------------------------------
+# The request as it came off the wire
+
+
+@dataclasses.dataclass
+class WireRequest:
+    method: str
+    host: str
+    path: str
+    query: dict[str, list[str]]  # raw query, decoded, in order of appearance
+    headers: dict[str, str]  # lower-case names
+    body: bytes | None
+    form: list[tuple[str, str]] | None = dataclasses.field(default=None, repr=False)  # form_pairs() cache
+
+
+def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers as a plain dict with lower-case names (mitmproxy Headers or any mapping)."""
+    out: dict[str, str] = {}
+    for name, value in (headers.items() if headers else ()):
+        if type(name) is not str:
+            name = as_text(name)
+        out[name.lower()] = value if type(value) is str else as_text(value)
+    return out
+
+
+def as_text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def parse_query(query: str | None) -> dict[str, list[str]]:
+    """A raw query string as name -> values, keeping blank values (``?uploads``)."""
+    out: dict[str, list[str]] = {}
+    if query:
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            out.setdefault(key, []).append(value)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialScope:
+    access_key: str
+    date: str
+    region: str | None
+    service: str
+
+
+def credential_scope(headers: Mapping[str, str], query: Mapping[str, list[str]]) -> CredentialScope | None:
+    """The SigV4 (or SigV4a) credential scope from the Authorization header or presigned query."""
+    credential = None
+    auth = headers.get("authorization", "")
+    if auth.startswith("AWS4-"):
+        found = SIGV4_CREDENTIAL_RE.search(auth)
+        credential = found.group(1) if found else None
+    elif "X-Amz-Credential" in query:
+        credential = query["X-Amz-Credential"][0]
+    if not credential:
+        return None
+    parts = credential.split("/")
+    if len(parts) >= 5 and parts[-1] == "aws4_request":
+        return CredentialScope("/".join(parts[:-4]), parts[-4], parts[-3], parts[-2])
+    if len(parts) == 4 and parts[-1] == "aws4_request":  # SigV4a: no region in the scope
+        region_set = headers.get("x-amz-region-set") or (query.get("X-Amz-Region-Set") or [None])[0]
+        region = region_set if region_set and "," not in region_set and "*" not in region_set else None
+        return CredentialScope(parts[0], parts[1], region, parts[2])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosts
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitions:
+    """DNS suffixes and region patterns of every AWS partition (botocore's partitions.json)."""
+
+    suffixes: tuple[str, ...]  # longest first, each starting with "."
+    region_res: tuple[re.Pattern, ...]
+    regions: frozenset[str]
+    other_hosts: tuple[tuple[str, str], ...] = ()  # (".suffix" after a region label, or a host; endpoint prefix)
+
+    def is_region(self, label: str) -> bool:
+        return label in self.regions or any(r.match(label) for r in self.region_res)
+
+
+def read_partitions(loader: botocore.loaders.Loader) -> Partitions:
+    data = loader.load_data("partitions")
+    suffixes, res, regions = set(), [], set()
+    for partition in data["partitions"]:
+        outputs = partition.get("outputs", {})
+        for key in ("dnsSuffix", "dualStackDnsSuffix"):
+            if outputs.get(key):
+                suffixes.add("." + outputs[key])
+        if partition.get("regionRegex"):
+            res.append(re.compile(partition["regionRegex"]))
+        regions.update(partition.get("regions", {}))
+    others = tuple(h for service, _ in RULE_SET_HOST_SERVICES for h in rule_set_hosts(loader, service))
+    return Partitions(tuple(sorted(suffixes, key=len, reverse=True)), tuple(res), frozenset(regions), others)
+
+
+def rule_set_hosts(loader: botocore.loaders.Loader, service: str) -> list[tuple[str, str]]:
+    """The literal hosts of a service's endpoint rule set outside the partitions' DNS suffixes:
+    (".domain" that follows a region label, or a whole host; the service's endpoint prefix)."""
+    try:
+        rules = json.dumps(loader.load_service_model(service, "endpoint-rule-set-1"))
+        prefix = read_model_metadata(loader, service)["endpointPrefix"]
+    except Exception:
+        return []
+    out = []
+    for host in sorted(set(re.findall(r'"https://([^"/]+)"', rules))):
+        if host.startswith("{Region}.") and "{" not in host[len("{Region}"):]:
+            out.append((host[len("{Region}"):], prefix))
+        elif "{" not in host:
+            out.append((host, prefix))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HostParts:
+    """An AWS host split into the labels before the region, and the region."""
+
+    labels: tuple[str, ...]
+    region: str | None
+
+
+def split_host(host: str, partitions: Partitions) -> HostParts | None:
+    """``bucket.s3.dualstack.eu-west-1.amazonaws.com`` -> (("bucket", "s3"), "eu-west-1").
+
+    None for hosts outside every AWS partition's DNS suffixes (and for IP literals).
+    """
+    name = (host or "").strip().lower().rstrip(".")
+    if not name or name.startswith("["):
+        return None
+    if ":" in name:
+        name, _, port = name.rpartition(":")
+        if not port.isdigit():
+            return None
+    for suffix in partitions.suffixes:
+        if name.endswith(suffix):
+            labels = name[: -len(suffix)].split(".")
+            break
+    else:
+        return other_host(name, partitions)
+    if not labels or not all(labels):
+        return None
+    region = None
+    if len(labels) > 1 and partitions.is_region(labels[-1]):
+        region = labels.pop()
+    elif len(labels) > 1 and labels[-1] == "global":  # <service>.global.api.aws
+        labels.pop()
+    if len(labels) > 1 and labels[-1] == "dualstack":
+        labels.pop()
+    return HostParts(tuple(labels), region)
+
+
+def other_host(name: str, partitions: Partitions) -> HostParts | None:
+    """A host from RULE_SET_HOST_SERVICES' rule sets: ``us-east-1.signin.aws.amazon.com``."""
+    for host, prefix in partitions.other_hosts:
+        if name == host:
+            return HostParts((prefix,), None)
+        if host.startswith(".") and name.endswith(host) and partitions.is_region(name[: -len(host)]):
+            return HostParts((prefix,), name[: -len(host)])
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """What a host says about the service: its endpoint prefix and the labels in front of it."""
+
+    prefix: str  # endpoint prefix, as in the models' metadata
+    leading: str  # labels before the prefix: an S3 bucket, or an operation's host prefix
+    region: str | None
+    bucket: str | None = None  # S3 virtual-hosted bucket (or access point alias)
+    s3_label: str = ""  # the S3 host label when it is not plain "s3" (s3-accesspoint, s3express-control, ...)
+
+    @property
+    def s3_control(self) -> bool:
+        """The S3 Express One Zone control endpoint."""
+        return self.s3_label.startswith("s3express-control")
+
+    @property
+    def s3_access_point(self) -> bool:
+        return self.s3_label.startswith(("s3-accesspoint", "s3-object-lambda"))
+
+
+def match_endpoint(parts: HostParts, known_prefixes: Mapping[str, Any]) -> Endpoint | None:
+    """Find the endpoint prefix among a host's labels, longest match first."""
+    labels = parts.labels
+    for i in range(len(labels)):
+        leading = ".".join(labels[:i])
+        candidate = ".".join(labels[i:])
+        if candidate in known_prefixes:
+            if candidate == "s3":
+                return Endpoint("s3", "", parts.region, bucket=leading or None)
+            return Endpoint(candidate, leading, parts.region)
+        s3 = S3_LABEL_RE.match(labels[i]) if i == len(labels) - 1 else None
+        if s3:
+            region = parts.region or s3.group("region")
+            if labels[i].startswith("s3-object-lambda") and not ACCESS_POINT_ACCOUNT_RE.search(leading):
+                return Endpoint("s3", leading, region, s3_label=labels[i])  # a WriteGetObjectResponse route
+            return Endpoint("s3", "", region, bucket=leading or None, s3_label=labels[i])
+        for variant in endpoint_label_variants(labels[i]):
+            candidate = ".".join((variant,) + labels[i + 1:])
+            if candidate in known_prefixes:
+                return Endpoint(candidate, leading, parts.region)
+    return None
+
+
+def endpoint_label_variants(label: str) -> Iterable[str]:
+    """``kms-fips`` -> ``kms``; ``sync-states`` -> ``states`` (operation host prefixes like ``sync-``)."""
+    if label.endswith("-fips"):
+        yield label[: -len("-fips")]
+    start = label.find("-")
+    while start != -1:
+        yield label[start + 1:]
+        start = label.find("-", start + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The service catalogue: every service's metadata, read cheaply from the head of its model file
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    signing_name: str
+    endpoint_prefix: str
+    target_prefix: str | None
+    protocol: str  # the protocol botocore uses (ServiceModel.resolved_protocol)
+    protocols: tuple[str, ...]  # every protocol the service accepts
+    api_version: str
+    query_compatible: bool
+
+
+def entry_from_metadata(name: str, metadata: dict) -> ServiceEntry:
+    stub = botocore.model.ServiceModel({"metadata": metadata, "operations": {}, "shapes": {}}, name)
+    protocols = tuple(metadata.get("protocols") or (metadata.get("protocol"),))
+    if "awsQueryCompatible" in metadata and "query" not in protocols:
+        protocols += ("query",)  # still accepts the Query wire form from older SDKs
+    return ServiceEntry(
+        name=name,
+        signing_name=stub.signing_name,
+        endpoint_prefix=metadata["endpointPrefix"],
+        target_prefix=metadata.get("targetPrefix"),
+        protocol=stub.resolved_protocol,
+        protocols=protocols,
+        api_version=metadata.get("apiVersion", ""),
+        query_compatible="awsQueryCompatible" in metadata,
+    )
+
+
+def read_model_metadata(loader: botocore.loaders.Loader, service: str) -> dict:
+    """The ``metadata`` object of a service's newest service-2 model without parsing the whole file."""
+    version = loader.determine_latest_version(service, "service-2")
+    for root in loader.search_paths:
+        base = os.path.join(root, service, version, "service-2")
+        for ext, opener in ((".json", open), (".json.gz", gzip.open)):
+            if os.path.isfile(base + ext):
+                with opener(base + ext, "rb") as f:
+                    head = f.read(16384).decode("utf-8", "replace")
+                try:
+                    start = head.index("{", head.index('"metadata"'))
+                    return json.JSONDecoder().raw_decode(head, start)[0]
+                except ValueError:
+                    break
+    return loader.load_service_model(service, "service-2")["metadata"]
+
+
+class Catalogue:
+    """Every botocore service, indexed by signing name, endpoint prefix and target prefix."""
+
+    def __init__(self, entries: Iterable[ServiceEntry]):
+        self.by_name: dict[str, ServiceEntry] = {}
+        self.by_signing_name: dict[str, list[ServiceEntry]] = {}
+        self.by_endpoint_prefix: dict[str, list[ServiceEntry]] = {}
+        self.by_target_prefix: dict[str, list[ServiceEntry]] = {}
+        for e in entries:
+            self.by_name[e.name] = e
+            self.by_signing_name.setdefault(e.signing_name, []).append(e)
+            self.by_endpoint_prefix.setdefault(e.endpoint_prefix, []).append(e)
+            if e.target_prefix:
+                self.by_target_prefix.setdefault(e.target_prefix, []).append(e)
+        for alias, (names, _) in SIGNING_ALIASES.items():
+            self.by_signing_name.setdefault(alias, []).extend(
+                self.by_name[n] for n in names if n in self.by_name
+            )
+
+    @classmethod
+    def read(cls, loader: botocore.loaders.Loader) -> Catalogue:
+        names = loader.list_available_services("service-2")
+        return cls(entry_from_metadata(n, read_model_metadata(loader, n)) for n in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-service routing tables, built once per service from its model
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One rest operation's request URI template, compiled."""
+
+    operation: str
+    pattern: re.Pattern
+    labels: tuple[str, ...]  # the template's label names, in group order
+    query_literals: tuple[tuple[str, str | None], ...]  # ?uploads, ?list-type=2
+    required_query: tuple[str, ...]  # wire names of required querystring members
+    required_headers: tuple[str, ...]  # lower-case names of required header members
+    rank: tuple  # static part of the match score: more literal wins
+
+
+def compile_route(name: str, operation: dict, shapes: dict) -> Route:
+    uri = operation["http"].get("requestUri", "/")
+    path, _, literal_query = uri.partition("?")
+    regex, labels, literal_chars, position = ["^"], [], 0, 0
+    for found in TEMPLATE_LABEL_RE.finditer(path):
+        literal = path[position:found.start()]
+        regex.append(re.escape(literal))
+        literal_chars += len(literal)
+        label = found.group(1)
+        greedy = label.endswith("+")
+        labels.append(label.rstrip("+"))
+        regex.append(f"(?P<g{len(labels)}>.+)" if greedy else f"(?P<g{len(labels)}>[^/]+)")
+        position = found.end()
+    regex.append(re.escape(path[position:]) + "$")
+    literal_chars += len(path) - position
+    literals = tuple(
+        (k, v if sep else None)
+        for k, sep, v in (part.partition("=") for part in literal_query.split("&") if part)
+    )
+    required_query, required_headers = [], []
+    input_shape = shapes.get(operation.get("input", {}).get("shape", ""), {})
+    for member in input_shape.get("required", []):
+        ref = input_shape.get("members", {}).get(member, {})
+        wire = ref.get("locationName", member)
+        if ref.get("location") == "querystring":
+            required_query.append(wire)
+        elif ref.get("location") == "header":
+            required_headers.append(wire.lower())
+    rank = (len(literals), len(required_query) + len(required_headers), literal_chars, -len(labels))
+    return Route(name, re.compile("".join(regex), re.S), tuple(labels), literals,
+                 tuple(required_query), tuple(required_headers), rank)
+
+
+@dataclasses.dataclass
+class MethodRoutes:
+    """One HTTP method's routes: those without query literals, and the others by their first literal."""
+
+    plain: list[Route] = dataclasses.field(default_factory=list)
+    by_literal: dict[str, list[Route]] = dataclasses.field(default_factory=dict)
+
+    def add(self, route: Route) -> None:
+        if route.query_literals:
+            self.by_literal.setdefault(route.query_literals[0][0], []).append(route)
+        else:
+            self.plain.append(route)
+
+    def for_query(self, query: Mapping[str, list[str]]) -> Iterable[Route]:
+        """The routes a request with this query string can match."""
+        yield from self.plain
+        for key in query:
+            for route in self.by_literal.get(key, ()):
+                if query_literals_match(route, query):
+                    yield route
+
+
+NO_ROUTES = MethodRoutes()
+
+
+class ServiceRouting:
+    """A loaded service model and what it takes to find an operation in a request."""
+
+    def __init__(self, entry: ServiceEntry, model: dict):
+        self.entry = entry
+        self.description = model
+        self.model = botocore.model.ServiceModel(model, entry.name)
+        self.operations: dict[str, dict] = model["operations"]
+        self._routes: dict[str, MethodRoutes] | None = None
+        self._located: dict[str, LocatedMembers] = {}
+        self._lock = threading.Lock()
+
+    def routes(self, method: str) -> MethodRoutes:
+        if self._routes is None:
+            with self._lock:
+                if self._routes is None:
+                    self._routes = self._compile_routes()
+        return self._routes.get(method, NO_ROUTES)
+
+    def _compile_routes(self) -> dict[str, MethodRoutes]:
+        routes: dict[str, MethodRoutes] = {}
+        shapes = self.description["shapes"]
+        for name, op in self.operations.items():
+            routes.setdefault(op["http"].get("method", "POST"), MethodRoutes()).add(compile_route(name, op, shapes))
+        return routes
+
+    def operation_model(self, name: str) -> botocore.model.OperationModel:
+        return self.model.operation_model(name)
+
+    def located(self, name: str) -> LocatedMembers:
+        """Where the operation's input members sit on a rest request (cached)."""
+        found = self._located.get(name)
+        if found is None:
+            found = self._located[name] = located_members(self.operation_model(name).input_shape)
+        return found
+
+    def deprecated(self, name: str) -> bool:
+        return bool(self.operations[name].get("deprecated"))
+
+    def uses_s3_express_control(self, name: str) -> bool:
+        static = self.operations[name].get("staticContextParams") or {}
+        return bool(static.get("UseS3ExpressControlEndpoint", {}).get("value"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalars and shapes
+
+
+class ParamErrors(list):
+    """What did not fit the input shape; the call is still classified."""
+
+    def add(self, path: str, message: str) -> None:
+        if len(self) < 20:
+            self.append(f"{path}: {message}")
+
+
+def timestamp_text(value: Any) -> Any:
+    """A timestamp as ISO 8601 text, whatever the wire form (epoch seconds, ISO 8601, RFC 822)."""
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    else:
+        from botocore.utils import parse_timestamp
+
+        parsed = parse_timestamp(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.astimezone(datetime.timezone.utc).isoformat()
+
+
+def scalar_from_text(text: str, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
+    """A scalar read from text (query, XML, headers, URI) typed per its shape."""
+    kind = shape.type_name
+    try:
+        if kind in ("integer", "long"):
+            return int(text)
+        if kind in ("float", "double"):
+            return float(text)
+        if kind == "boolean":
+            lowered = text.strip().lower()
+            if lowered in ("true", "false"):
+                return lowered == "true"
+            raise ValueError(f"not a boolean: {text[:40]!r}")
+        if kind == "timestamp":
+            return timestamp_text(text)
+    except (ValueError, OverflowError, TypeError) as exc:
+        errors.add(path, f"expected {kind}: {exc}")
+    return text
+
+
+def typed_value(value: Any, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
+    """A decoded JSON or CBOR value read into a shape: members renamed, scalars checked."""
+    kind = shape.type_name
+    if kind == "structure":
+        if getattr(shape, "is_document_type", False):
+            return value
+        if not isinstance(value, dict):
+            errors.add(path, "expected an object")
+            return value
+        return typed_structure(value, shape, errors, path)
+    if kind == "list":
+        if not isinstance(value, list):
+            errors.add(path, "expected a list")
+            return value
+        return [typed_value(v, shape.member, errors, f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            errors.add(path, "expected a map")
+            return value
+        return {k: typed_value(v, shape.value, errors, f"{path}.{k}") for k, v in value.items()}
+    if kind == "timestamp":
+        try:
+            return timestamp_text(value)
+        except (ValueError, OverflowError, TypeError) as exc:
+            errors.add(path, f"expected timestamp: {exc}")
+            return value
+    if kind == "blob" and isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if kind in ("integer", "long") and (not isinstance(value, int) or isinstance(value, bool)):
+        errors.add(path, f"expected {kind}")
+    elif kind == "boolean" and not isinstance(value, bool):
+        errors.add(path, "expected boolean")
+    elif kind in ("string", "blob") and not isinstance(value, str):
+        errors.add(path, f"expected {kind}")
+    return value
+
+
+def typed_structure(value: dict, shape: botocore.model.StructureShape, errors: ParamErrors, path: str,
+                    body_only: bool = False) -> dict:
+    members = shape.members
+    wire_names = json_wire_names(shape)
+    out = {}
+    for key, item in value.items():
+        name = wire_names.get(key)
+        if name is None:
+            errors.add(f"{path}.{key}" if path else key, "not a member of " + shape.name)
+            out[key] = item
+            continue
+        if body_only and members[name].serialization.get("location"):
+            continue
+        out[name] = typed_value(item, members[name], errors, f"{path}.{name}" if path else name)
+    return out
+
+
+_wire_name_cache: dict[int, tuple[botocore.model.Shape, dict[str, str]]] = {}
+
+
+def json_wire_names(shape: botocore.model.StructureShape) -> dict[str, str]:
+    """Wire (JSON key) -> member name for a structure; cached per shape object."""
+    cached = _wire_name_cache.get(id(shape))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    names = {m.serialization.get("name", n): n for n, m in shape.members.items()}
+    _wire_name_cache[id(shape)] = (shape, names)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Query and EC2 form bodies
+
+
+def query_tree(pairs: Iterable[tuple[str, str]]) -> dict:
+    """``Filter.1.Name=x`` pairs as a tree of dicts; a leaf's text sits under the key None."""
+    root: dict = {}
+    for key, value in pairs:
+        node = root
+        for part in key.split("."):
+            node = node.setdefault(part, {})
+        node[None] = value
+    return root
+
+
+def query_member_name(shape: botocore.model.Shape, member: str, ec2: bool) -> str:
+    if ec2:
+        if "queryName" in shape.serialization:
+            return shape.serialization["queryName"]
+        name = shape.serialization.get("name")
+        return name[0].upper() + name[1:] if name else member
+    if shape.type_name == "list" and shape.serialization.get("flattened"):
+        return shape.member.serialization.get("name") or shape.serialization.get("name", member)
+    return shape.serialization.get("name", member)
+
+
+_query_name_cache: dict[tuple[int, bool], tuple[botocore.model.Shape, dict[str, str]]] = {}
+
+
+def query_wire_names(shape: botocore.model.StructureShape, ec2: bool) -> dict[str, str]:
+    """Wire (form key) -> member name for a structure; cached per shape object."""
+    cached = _query_name_cache.get((id(shape), ec2))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    names = {query_member_name(m, n, ec2): n for n, m in shape.members.items()}
+    _query_name_cache[(id(shape), ec2)] = (shape, names)
+    return names
+
+
+def numbered(node: dict) -> list:
+    """The children of a list or map node, in index order."""
+    keys = sorted((k for k in node if k is not None and k.isascii() and k.isdigit()), key=int)
+    return [node[k] for k in keys]
+
+
+def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: ParamErrors, path: str) -> Any:
+    kind = shape.type_name
+    if kind == "structure":
+        names = query_wire_names(shape, ec2)
+        members = shape.members
+        out = {}
+        for key, child in node.items():
+            name = names.get(key) if key is not None else None
+            if name is not None:
+                out[name] = query_value(child, members[name], ec2, errors, f"{path}.{name}" if path else name)
+        return out
+    if kind == "list":
+        if node.get(None) == "" and len(node) == 1:
+            return []
+        if ec2 or shape.serialization.get("flattened"):
+            items = node
+        else:
+            items = node.get(shape.member.serialization.get("name", "member"), {})
+        return [query_value(item, shape.member, ec2, errors, f"{path}[{i}]")
+                for i, item in enumerate(numbered(items))]
+    if kind == "map":
+        entries = node if shape.serialization.get("flattened") else node.get("entry", {})
+        key_name = shape.key.serialization.get("name", "key")
+        value_name = shape.value.serialization.get("name", "value")
+        out = {}
+        for entry in numbered(entries):
+            key = entry.get(key_name, {}).get(None)
+            if key is not None and value_name in entry:
+                out[key] = query_value(entry[value_name], shape.value, ec2, errors, f"{path}.{key}")
+        return out
+    text = node.get(None)
+    if text is None:
+        errors.add(path, f"expected {kind}, found nested parameters")
+        return None
+    return scalar_from_text(text, shape, errors, path)
+
+
+def query_params(pairs: list[tuple[str, str]], shape: botocore.model.Shape | None, ec2: bool,
+                 errors: ParamErrors) -> dict:
+    """Query/EC2 form parameters (without Action, Version and signature) read into the input shape."""
+    tree = query_tree((k, v) for k, v in pairs if k not in ("Action", "Version") and k.lower() not in AUTH_QUERY_PARAMS)
+    if shape is None:
+        return {}
+    known = query_wire_names(shape, ec2)
+    for key in tree:
+        if key not in known:
+            errors.add(key, "not a member of " + shape.name)
+    return query_value(tree, shape, ec2, errors, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# XML bodies
+
+
+def local_name(tag: str) -> str:
+    return tag.rpartition("}")[2] if tag.startswith("{") else tag
+
+
+def xml_value(element: Any, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
+    kind = shape.type_name
+    if kind == "structure":
+        return xml_structure(element, shape, errors, path)
+    if kind == "list":
+        item_name = shape.member.serialization.get("name", "member")
+        return [xml_value(child, shape.member, errors, f"{path}[{i}]")
+                for i, child in enumerate(c for c in element if local_name(c.tag) == item_name)]
+    if kind == "map":
+        return xml_map_entries((e for e in element if local_name(e.tag) == "entry"), shape, errors, path)
+    return scalar_from_text(element.text or "", shape, errors, path)
+
+
+def xml_map_entries(entries: Iterable[Any], shape: botocore.model.MapShape, errors: ParamErrors, path: str) -> dict:
+    key_name = shape.key.serialization.get("name", "key")
+    value_name = shape.value.serialization.get("name", "value")
+    out = {}
+    for entry in entries:
+        children = {local_name(c.tag): c for c in entry}
+        if key_name in children and value_name in children:
+            key = children[key_name].text or ""
+            out[key] = xml_value(children[value_name], shape.value, errors, f"{path}.{key}")
+    return out
+
+
+def xml_structure(element: Any, shape: botocore.model.StructureShape, errors: ParamErrors, path: str,
+                  body_only: bool = False) -> dict:
+    children: dict[str, list] = {}
+    for child in element:
+        children.setdefault(local_name(child.tag), []).append(child)
+    attributes = {local_name(k): v for k, v in element.attrib.items()}
+    out = {}
+    for name, member in shape.members.items():
+        if body_only and member.serialization.get("location"):
+            continue
+        wire = member.serialization.get("name", name)
+        sub = f"{path}.{name}" if path else name
+        if member.serialization.get("xmlAttribute"):
+            value = attributes.get(wire.rpartition(":")[2])
+            if value is not None:
+                out[name] = scalar_from_text(value, member, errors, sub)
+        elif wire not in children:
+            continue
+        elif member.type_name == "list" and member.serialization.get("flattened"):
+            out[name] = [xml_value(c, member.member, errors, f"{sub}[{i}]") for i, c in enumerate(children[wire])]
+        elif member.type_name == "map" and member.serialization.get("flattened"):
+            out[name] = xml_map_entries(children[wire], member, errors, sub)
+        else:
+            out[name] = xml_value(children[wire][0], member, errors, sub)
+    return out
+
+
+def parse_xml(body: bytes) -> Any:
+    """An XML document's root element; DTDs and entities are refused."""
+    import defusedxml.ElementTree
+
+    return defusedxml.ElementTree.fromstring(body, forbid_dtd=True, forbid_entities=True,
+                                             forbid_external=True)
+
+
+def decode_cbor(body: bytes) -> Any:
+    from botocore.parsers import RpcV2CBORParser
+
+    parser = RpcV2CBORParser()
+    stream = parser.get_peekable_stream_from_bytes(body)
+    value = parser.parse_data_item(stream)
+    if stream.read(1):
+        raise ValueError("trailing bytes after the CBOR data item")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies
+
+
+def decoded_body(request: WireRequest) -> bytes | None:
+    """The request body with gzip/deflate content-encoding undone (request compression)."""
+    body = request.body
+    if not body:
+        return body
+    encodings = [e.strip() for e in request.headers.get("content-encoding", "").lower().split(",") if e.strip()]
+    for encoding in reversed(encodings):
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            decompressor = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
+            body = decompressor.decompress(body, MAX_DECOMPRESSED_BODY)
+            if decompressor.unconsumed_tail:
+                raise ValueError("compressed body too large")
+    return body
+
+
+def is_streaming(shape: botocore.model.Shape) -> bool:
+    return shape.type_name in ("blob", "string") and bool(
+        shape.serialization.get("streaming") or shape.metadata.get("streaming")
+        or shape.metadata.get("requiresLength") or shape.metadata.get("eventstream")
+    )
+
+
+def inline_payload(body: bytes) -> str | None:
+    """A small non-streaming text payload as text; binary or large payloads are left out."""
+    if len(body) > MAX_INLINE_PAYLOAD:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# rest-json / rest-xml: URI, query string, headers, body
+
+
+def split_header_list(value: str) -> list[str]:
+    """A comma-separated header list; items may be double-quoted."""
+    items = re.findall(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^,]*))\s*(?:,|$)', value)
+    out = [q.replace('\\"', '"') if q else p.strip() for q, p in items]
+    return [i for i in out if i != ""] if value.strip() else []
+
+
+def header_value(text: str, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
+    if shape.type_name == "list":
+        return [scalar_from_text(v, shape.member, errors, path) for v in split_header_list(text)]
+    if shape.serialization.get("jsonvalue"):
+        try:
+            return json.loads(base64.b64decode(text))
+        except ValueError:
+            errors.add(path, "expected base64-encoded JSON")
+            return text
+    return scalar_from_text(text, shape, errors, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocatedMembers:
+    """Where a rest operation's input members sit on the request, for quick lookup."""
+
+    uri: dict[str, tuple[str, botocore.model.Shape]]  # template label -> (member, shape)
+    query: dict[str, tuple[str, botocore.model.Shape]]  # query key -> (member, shape)
+    query_map: tuple[str, botocore.model.Shape] | None  # the member taking all other query keys
+    headers: dict[str, tuple[str, botocore.model.Shape]]  # lower-case header -> (member, shape)
+    header_maps: tuple[tuple[str, str], ...]  # (lower-case header prefix, member)
+    host_labels: tuple[str, ...]
+
+
+def located_members(shape: botocore.model.StructureShape | None) -> LocatedMembers:
+    uri, query, headers, header_maps, host_labels, query_map = {}, {}, {}, [], [], None
+    for name, member in (shape.members.items() if shape else ()):
+        where = member.serialization.get("location")
+        wire = member.serialization.get("name", name)
+        if member.serialization.get("hostLabel"):
+            host_labels.append(name)
+        if where == "uri":
+            uri[wire] = (name, member)
+        elif where == "querystring" and member.type_name == "map":
+            query_map = (name, member)
+        elif where == "querystring":
+            query[wire] = (name, member)
+        elif where == "header":
+            headers[wire.lower()] = (name, member)
+        elif where == "headers":
+            header_maps.append((wire.lower(), name))
+    return LocatedMembers(uri, query, query_map, headers, tuple(header_maps), tuple(host_labels))
+
+
+def rest_located_params(request: WireRequest, route: Route, match: re.Match, located: LocatedMembers,
+                        host_labels: Mapping[str, str], errors: ParamErrors) -> dict:
+    """Members bound to the URI, query string, headers and host of a rest request."""
+    params: dict[str, Any] = {name: host_labels[name] for name in located.host_labels if name in host_labels}
+    for i, label in enumerate(route.labels, 1):
+        if label in located.uri:
+            name, member = located.uri[label]
+            params[name] = scalar_from_text(unquote(match.group(f"g{i}")), member, errors, name)
+    literal_keys = {k for k, _ in route.query_literals}
+    unclaimed = {}
+    for key, values in request.query.items():
+        if key in located.query:
+            name, member = located.query[key]
+            params[name] = (
+                [scalar_from_text(v, member.member, errors, name) for v in values]
+                if member.type_name == "list"
+                else scalar_from_text(values[0], member, errors, name)
+            )
+        elif key not in literal_keys and key.lower() not in AUTH_QUERY_PARAMS:
+            unclaimed[key] = values
+    if located.query_map and unclaimed:
+        name, member = located.query_map
+        params[name] = unclaimed if member.value.type_name == "list" else {k: v[0] for k, v in unclaimed.items()}
+    for key, value in request.headers.items():
+        if key in located.headers:
+            name, member = located.headers[key]
+            params[name] = header_value(value, member, errors, name)
+    for prefix, name in located.header_maps:
+        found = {k[len(prefix):]: v for k, v in request.headers.items() if k.startswith(prefix) and len(k) > len(prefix)}
+        if found:
+            params[name] = found
+    return params
+
+
+def rest_body_params(body: bytes, shape: botocore.model.StructureShape, protocol: str,
+                     errors: ParamErrors) -> dict:
+    """Members carried in a rest-json or rest-xml body (the payload member, or the body members)."""
+    payload = shape.serialization.get("payload")
+    if payload:
+        member = shape.members[payload]
+        if member.type_name in ("blob", "string"):
+            if is_streaming(member):
+                return {}
+            text = inline_payload(body)
+            return {payload: text} if text is not None else {}
+        if protocol == "rest-xml":
+            return {payload: xml_value(parse_xml(body), member, errors, payload)}
+        value = json.loads(body)
+        if getattr(member, "is_document_type", False):
+            return {payload: value}
+        return {payload: typed_value(value, member, errors, payload)}
+    if protocol == "rest-xml":
+        return xml_structure(parse_xml(body), shape, errors, "", body_only=True)
+    value = json.loads(body)
+    if not isinstance(value, dict):
+        errors.add("body", "expected a JSON object")
+        return {}
+    return typed_structure(value, shape, errors, "", body_only=True)
+
+
+def without_aws_chunked(params: dict) -> dict:
+    """Drop ``aws-chunked`` from ContentEncoding: it frames the upload and is not stored (S3)."""
+    encoding = params.get("ContentEncoding")
+    if isinstance(encoding, str) and "aws-chunked" in encoding:
+        rest = ",".join(e for e in (x.strip() for x in encoding.split(",")) if e and e != "aws-chunked")
+        if rest:
+            params["ContentEncoding"] = rest
+        else:
+            del params["ContentEncoding"]
+    return params
+
+
+def host_prefix_labels(operation: botocore.model.OperationModel, leading: str) -> dict[str, str]:
+    """Members bound to the host by an operation's ``hostPrefix`` (``{AccountId}.``)."""
+    prefix = (operation.endpoint or {}).get("hostPrefix")
+    if not prefix or "{" not in prefix or not leading:
+        return {}
+    pattern, position = ["^"], 0
+    for found in TEMPLATE_LABEL_RE.finditer(prefix):
+        pattern.append(re.escape(prefix[position:found.start()]))
+        pattern.append(f"(?P<{found.group(1)}>[^.]+)")
+        position = found.end()
+    pattern.append(re.escape(prefix[position:]))
+    match = re.match("".join(pattern), leading + ".")
+    return match.groupdict() if match else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources and account
+
+
+def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
+    """Resource names a call names: bucket or bucket/key, identifiers among the top-level
+    members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN."""
+    out: list[str] = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, str) and value and len(out) < MAX_RESOURCES:
+            value = value[:MAX_RESOURCE_LENGTH]
+            if value not in out:
+                out.append(value)
+
+    bucket = params.get("Bucket")
+    if isinstance(bucket, str) and isinstance(params.get("Key"), str):
+        add(f"{bucket}/{params['Key']}")
+    elif isinstance(bucket, str):
+        add(bucket)
+    uri = set(uri_members)
+    for name, value in params.items():
+        if name in ("Bucket", "Key") and isinstance(bucket, str):
+            continue
+        if name in NOT_RESOURCE_MEMBERS:
+            continue
+        if name in uri or RESOURCE_MEMBER_RE.search(name):
+            for item in value if isinstance(value, list) else [value]:
+                add(item)
+    for arn in find_arns(params):
+        add(arn)
+    return out
+
+
+def find_arns(value: Any, depth: int = 0) -> Iterable[str]:
+    if depth > 8:
+        return
+    if isinstance(value, str):
+        if value.startswith("arn:"):
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from find_arns(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value[:100]:
+            yield from find_arns(item, depth + 1)
+
+
+def account_of(params: dict, headers: Mapping[str, str], resources: list[str], endpoint: Endpoint | None) -> str | None:
+    """The AWS account a request names, if any: an account-id member or header, an ARN's account,
+    a queue URL's account, an S3 access point host."""
+    for value in (params.get("AccountId"), headers.get("x-amz-account-id"), params.get("ExpectedBucketOwner")):
+        if isinstance(value, str) and ACCOUNT_RE.match(value):
+            return value
+    for resource in resources:
+        found = ARN_ACCOUNT_RE.match(resource) or QUEUE_URL_ACCOUNT_RE.match(resource)
+        if found:
+            return found.group(1)
+    if endpoint and endpoint.bucket and endpoint.s3_access_point:
+        found = ACCESS_POINT_ACCOUNT_RE.search(endpoint.bucket)
+        if found:
+            return found.group(1)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifier
+
+
+@dataclasses.dataclass
+class Resolution:
+    """Which service and operation a request is, and how it was found."""
+
+    routing: ServiceRouting
+    operation: str
+    protocol: str
+    route: Route | None = None
+    match: re.Match | None = None
+    request: WireRequest | None = None  # the request as matched, when it had to be read differently
+
+
+class Classifier:
+    """Classifies wire requests against botocore's models; loads and caches them lazily."""
+
+    def __init__(self, loader: botocore.loaders.Loader | None = None):
+        self._loader = loader
+        self._catalogue: Catalogue | None = None
+        self._partitions: Partitions | None = None
+        self._routing: dict[str, ServiceRouting] = {}
+        self._endpoints: dict[str, Endpoint | None] = {}
+        self._lock = threading.RLock()
+
+    # -- lazily loaded data
+
+    @property
+    def loader(self) -> botocore.loaders.Loader:
+        if self._loader is None:
+            self._loader = botocore.loaders.create_loader()
+        return self._loader
+
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            with self._lock:
+                if self._catalogue is None:
+                    self._catalogue = Catalogue.read(self.loader)
+        return self._catalogue
+
+    @property
+    def partitions(self) -> Partitions:
+        if self._partitions is None:
+            with self._lock:
+                if self._partitions is None:
+                    self._partitions = read_partitions(self.loader)
+        return self._partitions
+
+    def routing(self, service: str) -> ServiceRouting:
+        routing = self._routing.get(service)
+        if routing is None:
+            with self._lock:
+                routing = self._routing.get(service)
+                if routing is None:
+                    entry = self.catalogue.by_name[service]
+                    routing = ServiceRouting(entry, self.loader.load_service_model(service, "service-2"))
+                    self._routing[service] = routing
+        return routing
+
+    def endpoint(self, host: str) -> Endpoint | None:
+        """The endpoint a host names (cached per host)."""
+        if host in self._endpoints:
+            return self._endpoints[host]
+        parts = split_host(host, self.partitions)
+        found = match_endpoint(parts, self.catalogue.by_endpoint_prefix) if parts else None
+        if parts and found is None:
+            found = Endpoint("", ".".join(parts.labels), parts.region)  # an AWS host, service unknown
+        if len(self._endpoints) > 4096:
+            self._endpoints.clear()
+        self._endpoints[host] = found
+        return found
+
+    # -- classification
+
+    def classify(self, method: str, host: str, path: str, query: str, headers: Mapping[str, str],
+                 body: bytes | None) -> Classification:
+        request = WireRequest((method or "").upper(), host or "", path or "/", parse_query(query),
+                              lower_headers(headers), body)
+        scope = credential_scope(request.headers, request.query)
+        endpoint = self.endpoint(request.host)
+        result = Classification(
+            signing_name=scope.service if scope else None,
+            region=(scope.region if scope and scope.region else None) or (endpoint.region if endpoint else None),
+        )
+        tiers, why_not = self.candidates(scope, endpoint)
+        by_target = self.target_candidates(request) if endpoint else []
+        if by_target and by_target not in tiers:
+            tiers.append(by_target)
+        if not tiers:
+            result.error = why_not
+            return result
+        for candidates in tiers:  # the host's services first, then all that sign with the scope's name
+            resolution = self.resolve(request, candidates, endpoint)
+            if not isinstance(resolution, str):
+                self.describe(result, resolution.request or request, resolution, endpoint)
+                return result
+        if len(tiers[0]) == 1:
+            result.service = tiers[0][0].name
+        result.error = resolution
+        return result
+
+    def candidates(self, scope: CredentialScope | None, endpoint: Endpoint | None) -> tuple[list[list[ServiceEntry]], str]:
+        """The services a request may be for, in tiers to try in turn: those that sign with the
+        scope's name and have the host's endpoint prefix, then all that sign with that name."""
+        catalogue = self.catalogue
+        by_scope = catalogue.by_signing_name.get(scope.service, []) if scope else []
+        by_host = catalogue.by_endpoint_prefix.get(endpoint.prefix, []) if endpoint and endpoint.prefix else []
+        if endpoint and endpoint.s3_control:
+            by_host = [catalogue.by_name[n] for n in S3_EXPRESS_CONTROL_SERVICES if n in catalogue.by_name]
+        if by_scope and by_host:
+            both = [e for e in by_scope if e in by_host]
+            return ([both, by_scope] if both and len(both) < len(by_scope) else [by_scope]), ""
+        if by_scope or by_host:
+            return [by_scope or by_host], ""
+        if scope:
+            return [], f"no AWS service signs as {scope.service!r} (SigV4 credential scope)"
+        if endpoint:
+            return [], "no SigV4 credential scope, and no AWS service has the host's endpoint prefix"
+        return [], "not an AWS request: no SigV4 credential scope and the host is not an AWS endpoint"
+
+    def target_candidates(self, request: WireRequest) -> list[ServiceEntry]:
+        """The services named by a json ``X-Amz-Target`` or an RPC v2 path's target prefix: the last
+        resort for AWS hosts that are not named by any endpoint prefix and carry no credential scope."""
+        target = request.headers.get("x-amz-target")
+        if target:
+            return self.catalogue.by_target_prefix.get(target.rpartition(".")[0], [])
+        rpc = SMITHY_RPC_PATH_RE.match(request.path)
+        return self.catalogue.by_target_prefix.get(rpc.group(1), []) if rpc else []
+
+    def resolve(self, request: WireRequest, candidates: list[ServiceEntry], endpoint: Endpoint | None) -> Resolution | str:
+        """Find the operation; returns why not as a string when it cannot."""
+        target = request.headers.get("x-amz-target")
+        if target:
+            return self.resolve_target(target, candidates)
+        rpc = SMITHY_RPC_PATH_RE.match(request.path)
+        if rpc and any("smithy-rpc-v2-cbor" in e.protocols for e in candidates):
+            return self.resolve_rpc(rpc.group(1), rpc.group(2), candidates)
+        query_capable = [e for e in candidates if {"query", "ec2"} & set(e.protocols)]
+        if query_capable:
+            action = self.query_action(request)
+            if action:
+                found = self.resolve_action(action, request, query_capable)
+                if not isinstance(found, str) or len(query_capable) == len(candidates):
+                    return found
+        rest = [e for e in candidates if {"rest-json", "rest-xml"} & set(e.protocols)]
+        if rest:
+            return self.resolve_rest(request, rest, endpoint)
+        return (f"cannot tell the operation: no X-Amz-Target, Action or known request URI for "
+                f"{', '.join(e.name for e in candidates)}")
+
+    def resolve_target(self, target: str, candidates: list[ServiceEntry]) -> Resolution | str:
+        prefix, _, operation = target.rpartition(".")
+        signing_names = {c.signing_name for c in candidates}
+        matching = [e for e in candidates if e.target_prefix == prefix] or [
+            e for e in self.catalogue.by_target_prefix.get(prefix, []) if e.signing_name in signing_names
+        ]
+        for entry in prefer(matching):
+            routing = self.routing(entry.name)
+            if operation in routing.operations:
+                return Resolution(routing, operation, "json")
+        if not matching:
+            return f"X-Amz-Target {target[:100]!r} names no operation of {', '.join(e.name for e in candidates)}"
+        return f"{matching[0].name} has no operation {operation[:100]!r} (X-Amz-Target)"
+
+    def resolve_rpc(self, target_prefix: str, operation: str, candidates: list[ServiceEntry]) -> Resolution | str:
+        for entry in prefer(e for e in candidates if e.target_prefix == target_prefix):
+            routing = self.routing(entry.name)
+            if operation in routing.operations:
+                return Resolution(routing, operation, "smithy-rpc-v2-cbor")
+        return f"/service/{target_prefix[:100]}/operation/{operation[:100]} names no known operation"
+
+    @staticmethod
+    def query_action(request: WireRequest) -> str | None:
+        if "Action" in request.query:
+            return request.query["Action"][0]
+        if request.body and b"Action=" in request.body[:65536]:
+            for key, value in form_pairs(request):
+                if key == "Action":
+                    return value
+        return None
+
+    def resolve_action(self, action: str, request: WireRequest, candidates: list[ServiceEntry]) -> Resolution | str:
+        version = (request.query.get("Version") or [None])[0]
+        if version is None and request.body:
+            version = next((v for k, v in form_pairs(request) if k == "Version"), None)
+        ordered = sorted(prefer(candidates), key=lambda e: e.api_version != version)
+        for entry in ordered:
+            routing = self.routing(entry.name)
+            if action in routing.operations:
+                protocol = "ec2" if "ec2" in entry.protocols else "query"
+                return Resolution(routing, action, protocol)
+        return f"Action={action[:100]!r} is no operation of {', '.join(e.name for e in candidates)}"
+
+    def resolve_rest(self, request: WireRequest, candidates: list[ServiceEntry],
+                     endpoint: Endpoint | None) -> Resolution | str:
+        path = request.path
+        bucket = endpoint.bucket if endpoint else None
+        if bucket and any(e.name == "s3" for e in candidates):
+            path = "/" + bucket + (path if path != "/" else "")
+        best: tuple | None = None
+        for order, entry in enumerate(prefer(candidates)):
+            routing = self.routing(entry.name)
+            for route in routing.routes(request.method).for_query(request.query):
+                match = route.pattern.match(path)
+                if match is None:
+                    continue
+                score = self.route_score(route, routing, request, endpoint) + (
+                    endpoint is not None and endpoint.prefix == entry.endpoint_prefix, -order)
+                if best is None or score > best[0]:
+                    best = (score, routing, route, match)
+        if best is None:
+            as_get = get_from_form_post(request)
+            if as_get is not None:
+                found = self.resolve_rest(as_get, candidates, endpoint)
+                if isinstance(found, Resolution):
+                    found.request = found.request or as_get
+                    return found
+            return (f"{request.method} {request.path[:200]} matches no operation of "
+                    f"{', '.join(e.name for e in candidates)}")
+        _, routing, route, match = best
+        return Resolution(routing, route.operation, rest_protocol(routing.entry), route, match)
+
+    @staticmethod
+    def route_score(route: Route, routing: ServiceRouting, request: WireRequest, endpoint: Endpoint | None) -> tuple:
+        satisfied = all(q in request.query for q in route.required_query) and all(
+            h in request.headers for h in route.required_headers)
+        named = (request.query.get("x-id") or [None])[0] == route.operation
+        s3_control = endpoint.s3_control if endpoint else False
+        return (satisfied, named) + route.rank + (
+            routing.uses_s3_express_control(route.operation) == s3_control,
+            not routing.deprecated(route.operation),
+        )
+
+    # -- parameters and the rest of the description
+
+    def describe(self, result: Classification, request: WireRequest, resolution: Resolution,
+                 endpoint: Endpoint | None) -> None:
+        routing = resolution.routing
+        result.service = routing.entry.name
+        result.operation = resolution.operation
+        result.protocol = resolution.protocol
+        if result.signing_name is None:
+            result.signing_name = routing.entry.signing_name
+        operation = routing.operation_model(resolution.operation)
+        errors = ParamErrors()
+        try:
+            result.params = self.params(request, resolution, operation, endpoint, errors)
+        except Exception as exc:  # a body that does not parse for the protocol
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            errors.insert(0, f"could not read the {resolution.protocol} request body: {why}")
+        uri = resolution.routing.located(resolution.operation).uri if resolution.route else {}
+        result.resources = resources_of(result.params, [name for name, _ in uri.values()])
+        result.account = account_of(result.params, request.headers, result.resources, endpoint)
+        result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
+        if errors:
+            result.error = "; ".join(errors)
+
+    def params(self, request: WireRequest, resolution: Resolution, operation: botocore.model.OperationModel,
+               endpoint: Endpoint | None, errors: ParamErrors) -> dict:
+        shape = operation.input_shape
+        protocol = resolution.protocol
+        if protocol in ("query", "ec2"):
+            return query_params(form_pairs(request), shape, protocol == "ec2", errors)
+        if shape is None:
+            return {}
+        leading = endpoint.leading if endpoint else ""
+        host_labels = host_prefix_labels(operation, leading)
+        if protocol in ("rest-json", "rest-xml"):
+            located = resolution.routing.located(resolution.operation)
+            params = rest_located_params(request, resolution.route, resolution.match, located, host_labels, errors)
+            body = decoded_body(request)
+            if body and not operation.has_event_stream_input:
+                params.update(rest_body_params(body, shape, protocol, errors))
+            return without_aws_chunked(params)
+        body = decoded_body(request)
+        params = dict(host_labels)
+        if not body or operation.has_event_stream_input:
+            return params
+        value = decode_cbor(body) if protocol == "smithy-rpc-v2-cbor" else json.loads(body)
+        if not isinstance(value, dict):
+            errors.add("body", "expected an object")
+            return params
+        params.update(typed_structure(value, shape, errors, ""))
+        return params
+
+
+def get_from_form_post(request: WireRequest) -> WireRequest | None:
+    """A form-encoded POST read as the GET it stands for (botocore sends cloudsearchdomain Search,
+    a GET in the model, as a POST with its query string in the body)."""
+    if request.method != "POST" or not request.body:
+        return None
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    query = {k: list(v) for k, v in request.query.items()}
+    try:
+        pairs = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return None
+    for key, value in pairs:
+        query.setdefault(key, []).append(value)
+    return dataclasses.replace(request, method="GET", query=query, body=None)
+
+
+def query_literals_match(route: Route, query: Mapping[str, list[str]]) -> bool:
+    for key, value in route.query_literals:
+        if key not in query or (value is not None and value not in query[key]):
+            return False
+    return True
+
+
+def form_pairs(request: WireRequest) -> list[tuple[str, str]]:
+    """Query-protocol parameters: the query string and, for a form POST, the body."""
+    if request.form is None:
+        pairs = [(k, v) for k, values in request.query.items() for v in values]
+        if request.body:
+            try:
+                pairs.extend(parse_qsl(decoded_body(request).decode("utf-8"), keep_blank_values=True))
+            except (ValueError, zlib.error):
+                pass
+        request.form = pairs
+    return request.form
+
+
+def rest_protocol(entry: ServiceEntry) -> str:
+    if entry.protocol.startswith("rest-"):
+        return entry.protocol
+    return next((p for p in entry.protocols if p.startswith("rest-")), "rest-json")
+
+
+_PREFERRED = {other: preferred for preferred, others, _ in SAME_WIRE_PREFERENCE for other in others}
+
+
+def prefer(entries: Iterable[ServiceEntry]) -> list[ServiceEntry]:
+    """Candidates in order of preference where services share a wire form (SAME_WIRE_PREFERENCE)."""
+    return sorted(entries, key=lambda e: e.name in _PREFERRED)
+
+
+_default: Classifier | None = None
+_default_lock = threading.Lock()
+
+
+def prepare(services: Iterable[str] = ()) -> None:
+    """Load the service catalogue (and the named services' models) now rather than on the first call."""
+    classifier = default_classifier()
+    classifier.catalogue, classifier.partitions  # noqa: B018 (loads them)
+    for service in services:
+        classifier.routing(service).routes("GET")
+
+
+def default_classifier() -> Classifier:
+    """The process-wide classifier (created on first use; models load as services are seen)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Classifier()
+    return _default
+
+
+def classify(method: str, host: str, path: str, query: str, headers: Mapping[str, str],
+             body: bytes | None) -> Classification:
+    """Classify one request. Never raises: what could not be read is in ``error``."""
+    try:
+        return default_classifier().classify(method, host, path, query, headers, body)
+    except Exception as exc:
+        return Classification(error=f"could not classify the request: {type(exc).__name__}: {str(exc)[:200]}")

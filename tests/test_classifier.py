@@ -1,0 +1,457 @@
+"""The classifier against real requests built and signed by botocore (nothing is sent), and bad input."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.config
+import pytest
+
+from addons.core import classifier
+from addons.core.classifier import classify
+
+ACCOUNT = "123456789012"
+QUEUE_URL = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/jobs"
+
+
+class Captured(Exception):
+    """Raised from before-send: the request is built and signed, nothing leaves the process."""
+
+
+@pytest.fixture(autouse=True)
+def no_aws_config(monkeypatch):
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_USE_FIPS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def client(service: str, region: str = "us-east-1", **config):
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="x", region_name=region)
+    return session.client(service, config=botocore.config.Config(**config) if config else None)
+
+
+def wire(request) -> dict:
+    """A botocore prepared request as the gateway sees it: host, raw path and query, str headers."""
+    url = urlsplit(request.url)
+    headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+    body = request.body
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, (bytes, type(None))):
+        body = None  # a stream: the gateway does not have it in hand
+    return {"method": request.method, "host": url.netloc, "path": url.path or "/", "query": url.query,
+            "headers": headers, "body": body}
+
+
+def capture(service: str, method: str, region: str = "us-east-1", config: dict | None = None, **params) -> dict:
+    c = client(service, region, **(config or {}))
+    seen = {}
+
+    def before_send(request, **_):
+        seen["request"] = request
+        raise Captured()
+
+    c.meta.events.register("before-send", before_send)
+    with pytest.raises(Captured):
+        getattr(c, method)(**params)
+    return wire(seen["request"])
+
+
+def run(request: dict) -> classifier.Classification:
+    return classify(request["method"], request["host"], request["path"], request["query"], request["headers"],
+                    request["body"])
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (rest-xml)
+
+
+def test_s3_get_object_virtual_host():
+    request = capture("s3", "get_object", Bucket="reports", Key="2026/q1 summary.csv", Range="bytes=0-9")
+    assert request["host"] == "reports.s3.amazonaws.com"
+    got = run(request)
+    assert (got.service, got.operation, got.protocol, got.signing_name) == ("s3", "GetObject", "rest-xml", "s3")
+    assert got.params["Bucket"] == "reports" and got.params["Key"] == "2026/q1 summary.csv"
+    assert got.params["Range"] == "bytes=0-9"
+    assert got.resources == ["reports/2026/q1 summary.csv"]
+    assert (got.action, got.access_level, got.region, got.error) == ("s3:GetObject", "Read", "us-east-1", None)
+
+
+def test_s3_get_object_path_style():
+    request = capture("s3", "get_object", region="eu-west-1", config={"s3": {"addressing_style": "path"}},
+                      Bucket="reports", Key="a/b/c.txt", VersionId="v1")
+    assert request["host"] == "s3.eu-west-1.amazonaws.com" and request["path"] == "/reports/a/b/c.txt"
+    got = run(request)
+    assert (got.operation, got.region) == ("GetObject", "eu-west-1")
+    assert got.params == {"Bucket": "reports", "Key": "a/b/c.txt", "VersionId": "v1",
+                          "ChecksumMode": "ENABLED"}
+    assert got.resources == ["reports/a/b/c.txt"]
+
+
+def test_s3_put_object_aws_chunked_body_streams():
+    request = capture("s3", "put_object", Bucket="uploads", Key="data.bin", Body=b"x" * 1024,
+                      ContentType="application/octet-stream", Metadata={"owner": "alice"})
+    assert request["headers"]["Content-Encoding"] == "aws-chunked"
+    assert request["headers"]["X-Amz-Content-SHA256"].startswith("STREAMING-")
+    assert request["body"] is None
+    got = run(request)
+    assert (got.service, got.operation, got.action, got.access_level) == ("s3", "PutObject", "s3:PutObject", "Write")
+    assert got.params["Bucket"] == "uploads" and got.params["Key"] == "data.bin"
+    assert got.params["ContentType"] == "application/octet-stream"
+    assert got.params["Metadata"] == {"owner": "alice"}
+    assert got.params["ChecksumAlgorithm"] == "CRC32"
+    assert "ContentEncoding" not in got.params  # aws-chunked frames the upload, it is not the object's
+    assert "Body" not in got.params
+    assert got.error is None
+
+
+def test_s3_list_objects_v2():
+    got = run(capture("s3", "list_objects_v2", Bucket="logs", Prefix="2026/", MaxKeys=10, Delimiter="/"))
+    assert (got.operation, got.action, got.access_level) == ("ListObjectsV2", "s3:ListBucket", "List")
+    assert got.params["Prefix"] == "2026/" and got.params["MaxKeys"] == 10 and got.params["Delimiter"] == "/"
+    assert got.resources == ["logs"]
+
+
+def test_s3_list_objects_v1_is_not_v2():
+    assert run(capture("s3", "list_objects", Bucket="logs")).operation == "ListObjects"
+
+
+def test_s3_multipart_upload():
+    created = run(capture("s3", "create_multipart_upload", Bucket="big", Key="file.iso"))
+    assert (created.operation, created.action) == ("CreateMultipartUpload", "s3:PutObject")
+    part = run(capture("s3", "upload_part", Bucket="big", Key="file.iso", UploadId="u-1", PartNumber=2, Body=b"x"))
+    assert (part.operation, part.params["PartNumber"], part.params["UploadId"]) == ("UploadPart", 2, "u-1")
+    done = run(capture("s3", "complete_multipart_upload", Bucket="big", Key="file.iso", UploadId="u-1",
+                       MultipartUpload={"Parts": [{"ETag": '"e1"', "PartNumber": 1}, {"ETag": '"e2"', "PartNumber": 2}]}))
+    assert done.operation == "CompleteMultipartUpload"
+    assert done.params["MultipartUpload"] == {"Parts": [{"ETag": '"e1"', "PartNumber": 1},
+                                                        {"ETag": '"e2"', "PartNumber": 2}]}
+    copy = run(capture("s3", "upload_part_copy", Bucket="big", Key="file.iso", UploadId="u-1", PartNumber=3,
+                       CopySource="src/obj"))
+    assert copy.operation == "UploadPartCopy" and copy.params["CopySource"] == "src/obj"
+
+
+def test_s3_sigv2_presigned_url_resolves_from_the_host():
+    url = client("s3").generate_presigned_url("get_object", Params={"Bucket": "shared", "Key": "doc.pdf"})
+    assert "AWSAccessKeyId=" in url and "Signature=" in url
+    parts = urlsplit(url)
+    got = classify("GET", parts.netloc, parts.path, parts.query, {}, None)
+    assert (got.service, got.operation, got.action) == ("s3", "GetObject", "s3:GetObject")
+    assert got.params == {"Bucket": "shared", "Key": "doc.pdf"}
+    assert got.error is None
+
+
+def test_s3_sigv4_presigned_url_takes_the_region_from_the_credential():
+    c = client("s3", "eu-central-1", signature_version="s3v4")
+    url = c.generate_presigned_url("get_object", Params={"Bucket": "shared", "Key": "doc.pdf"})
+    parts = urlsplit(url)
+    got = classify("GET", parts.netloc, parts.path, parts.query, {}, None)
+    assert (got.operation, got.region) == ("GetObject", "eu-central-1")
+    assert "X-Amz-Signature" not in json.dumps(got.params)
+
+
+def test_s3_xml_body():
+    got = run(capture("s3", "put_bucket_tagging", Bucket="b1",
+                      Tagging={"TagSet": [{"Key": "team", "Value": "data"}]}))
+    assert got.operation == "PutBucketTagging"
+    assert got.params["Tagging"] == {"TagSet": [{"Key": "team", "Value": "data"}]}
+    assert got.action == "s3:PutBucketTagging" and got.access_level == "Tagging"
+
+
+@pytest.mark.parametrize("host", [
+    "b1.s3.dualstack.us-west-2.amazonaws.com",
+    "b1.s3-fips.us-west-2.amazonaws.com",
+    "b1.s3-us-west-2.amazonaws.com",
+    "b1.s3-accelerate.amazonaws.com",
+    "b1.s3.us-west-2.api.aws",
+    "my.dotted.bucket.s3.us-west-2.amazonaws.com",
+])
+def test_s3_host_forms(host):
+    got = classify("GET", host, "/k", "", {}, None)
+    assert (got.service, got.operation) == ("s3", "GetObject")
+    assert got.params["Bucket"] == host.split(".s3")[0]
+
+
+def test_s3_region_from_host_without_scope():
+    assert classify("GET", "b1.s3.dualstack.ap-south-1.amazonaws.com", "/k", "", {}, None).region == "ap-south-1"
+
+
+def test_s3control_account():
+    got = run(capture("s3control", "get_public_access_block", AccountId=ACCOUNT))
+    assert (got.service, got.operation, got.account) == ("s3control", "GetPublicAccessBlock", ACCOUNT)
+    assert got.action == "s3:GetAccountPublicAccessBlock"
+
+
+# ---------------------------------------------------------------------------------------------
+# json, query, ec2, rest-json, cbor
+
+
+def test_dynamodb_get_and_put_item():
+    got = run(capture("dynamodb", "get_item", TableName="orders", Key={"id": {"S": "42"}}, ConsistentRead=True))
+    assert (got.service, got.operation, got.protocol) == ("dynamodb", "GetItem", "json")
+    assert got.params == {"TableName": "orders", "Key": {"id": {"S": "42"}}, "ConsistentRead": True}
+    assert (got.resources, got.action, got.access_level) == (["orders"], "dynamodb:GetItem", "Read")
+    item = {"id": {"S": "42"}, "n": {"N": "1"}, "tags": {"L": [{"S": "a"}]}, "m": {"M": {"x": {"BOOL": True}}}}
+    put = run(capture("dynamodb", "put_item", TableName="orders", Item=item))
+    assert (put.operation, put.params["Item"], put.access_level) == ("PutItem", item, "Write")
+
+
+def test_dynamodb_table_arn_gives_the_account():
+    arn = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/orders"
+    got = run(capture("dynamodb", "describe_table", TableName=arn))
+    assert got.account == ACCOUNT and arn in got.resources
+
+
+def test_sts_get_caller_identity_query():
+    got = run(capture("sts", "get_caller_identity"))
+    assert (got.service, got.operation, got.protocol) == ("sts", "GetCallerIdentity", "query")
+    assert (got.params, got.action, got.error) == ({}, "sts:GetCallerIdentity", None)
+
+
+def test_sts_assume_role_query_members():
+    got = run(capture("sts", "assume_role", RoleArn=f"arn:aws:iam::{ACCOUNT}:role/agent", RoleSessionName="s1",
+                      DurationSeconds=900, Tags=[{"Key": "k", "Value": "v"}]))
+    assert got.operation == "AssumeRole"
+    assert got.params == {"RoleArn": f"arn:aws:iam::{ACCOUNT}:role/agent", "RoleSessionName": "s1",
+                          "DurationSeconds": 900, "Tags": [{"Key": "k", "Value": "v"}]}
+    assert got.resources == [f"arn:aws:iam::{ACCOUNT}:role/agent"] and got.account == ACCOUNT
+
+
+def test_ec2_describe_instances():
+    got = run(capture("ec2", "describe_instances", InstanceIds=["i-1", "i-2"],
+                      Filters=[{"Name": "tag:team", "Values": ["a", "b"]}], MaxResults=5))
+    assert (got.service, got.operation, got.protocol) == ("ec2", "DescribeInstances", "ec2")
+    assert got.params == {"InstanceIds": ["i-1", "i-2"], "Filters": [{"Name": "tag:team", "Values": ["a", "b"]}],
+                          "MaxResults": 5}
+    assert got.resources == ["i-1", "i-2"]
+    assert (got.action, got.access_level) == ("ec2:DescribeInstances", "List")
+
+
+def test_ec2_terminate_instances():
+    got = run(capture("ec2", "terminate_instances", InstanceIds=["i-0abc"], region="eu-west-3"))
+    assert (got.operation, got.params, got.resources, got.region) == (
+        "TerminateInstances", {"InstanceIds": ["i-0abc"]}, ["i-0abc"], "eu-west-3")
+    assert got.action == "ec2:TerminateInstances" and got.access_level == "Write"
+
+
+def test_lambda_invoke_and_get_function():
+    got = run(capture("lambda", "invoke", FunctionName="resize", Payload=b'{"w": 10}', InvocationType="Event",
+                      Qualifier="live"))
+    assert (got.service, got.operation, got.protocol) == ("lambda", "Invoke", "rest-json")
+    assert got.params == {"FunctionName": "resize", "Payload": '{"w": 10}', "InvocationType": "Event",
+                          "Qualifier": "live"}
+    assert (got.resources, got.action) == (["resize"], "lambda:InvokeFunction")
+    arn = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:resize"
+    get = run(capture("lambda", "get_function", FunctionName=arn))
+    assert (get.operation, get.params, get.account, get.action) == (
+        "GetFunction", {"FunctionName": arn}, ACCOUNT, "lambda:GetFunction")
+
+
+def test_secretsmanager_get_secret_value():
+    got = run(capture("secretsmanager", "get_secret_value", SecretId="prod/db", VersionStage="AWSCURRENT"))
+    assert (got.service, got.operation, got.params) == (
+        "secretsmanager", "GetSecretValue", {"SecretId": "prod/db", "VersionStage": "AWSCURRENT"})
+    assert got.resources == ["prod/db"] and got.action == "secretsmanager:GetSecretValue"
+
+
+def test_sqs_json_and_legacy_query():
+    got = run(capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="hello", DelaySeconds=1))
+    assert (got.service, got.operation, got.protocol) == ("sqs", "SendMessage", "json")
+    assert got.params == {"QueueUrl": QUEUE_URL, "MessageBody": "hello", "DelaySeconds": 1}
+    assert (got.resources, got.account, got.action) == ([QUEUE_URL], ACCOUNT, "sqs:SendMessage")
+    signed = capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="x")
+    body = f"Action=SendMessage&Version=2012-11-05&QueueUrl={QUEUE_URL}&MessageBody=hi&DelaySeconds=2".encode()
+    headers = {"Authorization": signed["headers"]["Authorization"],
+               "Content-Type": "application/x-www-form-urlencoded"}
+    legacy = classify("POST", "sqs.us-east-1.amazonaws.com", "/", "", headers, body)
+    assert (legacy.operation, legacy.protocol) == ("SendMessage", "query")
+    assert legacy.params == {"QueueUrl": QUEUE_URL, "MessageBody": "hi", "DelaySeconds": 2}
+
+
+def test_ssm_get_parameter():
+    got = run(capture("ssm", "get_parameter", Name="/app/db/password", WithDecryption=True))
+    assert (got.operation, got.params, got.resources) == (
+        "GetParameter", {"Name": "/app/db/password", "WithDecryption": True}, ["/app/db/password"])
+    assert got.action == "ssm:GetParameter"
+
+
+def test_iam_create_access_key_and_user():
+    got = run(capture("iam", "create_access_key", UserName="bob"))
+    assert (got.service, got.operation, got.protocol, got.region) == ("iam", "CreateAccessKey", "query", "us-east-1")
+    assert (got.params, got.action, got.access_level) == ({"UserName": "bob"}, "iam:CreateAccessKey", "Write")
+    user = run(capture("iam", "create_user", UserName="carol", Tags=[{"Key": "team", "Value": "x"}]))
+    assert user.params == {"UserName": "carol", "Tags": [{"Key": "team", "Value": "x"}]}
+
+
+def test_smithy_rpc_v2_cbor():
+    got = run(capture("cloudwatchomni", "list_spaces", maxResults=5))
+    assert got.protocol == "smithy-rpc-v2-cbor"
+    assert (got.service, got.operation, got.params) == ("cloudwatchomni", "ListSpaces", {"maxResults": 5})
+
+
+def test_gzip_compressed_body():
+    got = run(capture("cloudwatch", "put_metric_data", config={"request_min_compression_size_bytes": 1},
+                      Namespace="App", MetricData=[{"MetricName": "latency", "Value": 1.5}]))
+    assert (got.operation, got.action) == ("PutMetricData", "cloudwatch:PutMetricData")
+    assert got.params == {"Namespace": "App", "MetricData": [{"MetricName": "latency", "Value": 1.5}]}
+
+
+def test_shared_signing_name_disambiguated():
+    assert run(capture("elbv2", "describe_load_balancers")).service == "elbv2"
+    assert run(capture("elb", "describe_load_balancers")).service == "elb"
+    assert run(capture("apigatewayv2", "get_apis")).service == "apigatewayv2"
+    assert run(capture("bedrock-runtime", "converse", modelId="m1",
+                       messages=[{"role": "user", "content": [{"text": "hi"}]}])).action == "bedrock:InvokeModel"
+    assert run(capture("dynamodbstreams", "list_streams")).service == "dynamodbstreams"
+
+
+def test_same_wire_services_get_the_preferred_name():
+    got = run(capture("docdb", "describe_db_clusters"))
+    assert (got.service, got.operation, got.action) == ("rds", "DescribeDBClusters", "rds:DescribeDBClusters")
+
+
+def test_mitmproxy_headers_are_accepted():
+    from mitmproxy.http import Headers
+
+    request = capture("dynamodb", "get_item", TableName="t", Key={"id": {"S": "1"}})
+    headers = Headers(**{k.lower().replace("-", "_"): v for k, v in request["headers"].items()})
+    got = classify("POST", request["host"], "/", "", headers, request["body"])
+    assert (got.operation, got.params["TableName"]) == ("GetItem", "t")
+
+
+def test_streamed_json_body_keeps_the_operation():
+    request = capture("dynamodb", "get_item", TableName="t", Key={"id": {"S": "1"}})
+    got = classify("POST", request["host"], "/", "", request["headers"], None)
+    assert (got.operation, got.params, got.error) == ("GetItem", {}, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: never raises
+
+
+def signed_headers(service: str = "dynamodb") -> dict:
+    return {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/{service}/aws4_request, "
+                             "SignedHeaders=host, Signature=00"}
+
+
+@pytest.mark.parametrize("method, host, path, query, headers, body", [
+    ("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", signed_headers(), os.urandom(256)),  # random bytes
+    ("POST", "ec2.us-east-1.amazonaws.com", "/", "", signed_headers("ec2"), b'{"InstanceIds": ["i-1"]}'),  # json to ec2
+    ("GET", "example.com", "/index.html", "", {"Host": "example.com"}, None),  # not AWS
+    ("GET", "", "", "", {}, None),  # nothing at all
+    ("POST", "sts.amazonaws.com", "/", "", {}, b"\xff\xfe\x00garbage"),  # no scope, not form
+    ("GET", "example.org", "/", "", {"Authorization": "AWS4-HMAC-SHA256 Credential=garbage"}, None),
+    ("POST", "foo.us-east-1.amazonaws.com", "/", "", signed_headers("nosuchservice"), b"{}"),
+    ("GET", "[::1]:8080", "/", "", {}, None),
+    ("POST", "lambda.us-east-1.amazonaws.com", "/2015-03-31/nope", "", signed_headers("lambda"), b""),
+])
+def test_bad_input_is_unknown_with_a_reason(method, host, path, query, headers, body):
+    got = classify(method, host, path, query, headers, body)
+    assert got.action == "unknown" and got.operation is None
+    assert got.error
+
+
+def test_garbled_credential_falls_back_to_the_host():
+    got = classify("GET", "s3.amazonaws.com", "/", "", {"Authorization": "AWS4-HMAC-SHA256 Credential=x/y"}, None)
+    assert (got.operation, got.action, got.signing_name) == ("ListBuckets", "s3:ListAllMyBuckets", "s3")
+
+
+def test_none_headers_and_body():
+    got = classify("GET", "example.com", "/", "", None, None)  # type: ignore[arg-type]
+    assert got.action == "unknown" and got.error
+
+
+@pytest.mark.parametrize("body", [
+    os.urandom(64),
+    b"<xml>not json</xml>",
+    b"[1, 2, 3]",
+    b"[" * 100000,  # nesting deeper than the parser's recursion limit
+    json.dumps({"TableName": 5, "Key": "nope"}).encode(),
+])
+def test_unreadable_body_keeps_the_operation_and_says_why(body):
+    request = capture("dynamodb", "get_item", TableName="t", Key={"id": {"S": "1"}})
+    got = classify("POST", request["host"], "/", "", request["headers"], body)
+    assert (got.operation, got.action) == ("GetItem", "dynamodb:GetItem")
+    assert got.error
+
+
+def test_xml_entities_are_refused():
+    request = capture("s3", "put_bucket_tagging", Bucket="b1", Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
+            b'<Tagging xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><TagSet><Tag><Key>&b;</Key>'
+            b'<Value>v</Value></Tag></TagSet></Tagging>')
+    got = classify("PUT", request["host"], request["path"], request["query"], request["headers"], bomb)
+    assert got.operation == "PutBucketTagging"
+    assert "Tagging" not in got.params
+    assert "could not read" in got.error
+
+
+def test_bad_gzip_body():
+    request = capture("cloudwatch", "put_metric_data", config={"request_min_compression_size_bytes": 1},
+                      Namespace="App", MetricData=[{"MetricName": "m", "Value": 1.0}])
+    got = classify("POST", request["host"], "/", "", request["headers"], b"\x1f\x8bnot gzip")
+    assert got.operation == "PutMetricData" and got.error
+
+
+def test_gzip_bomb_is_capped():
+    request = capture("cloudwatch", "put_metric_data", config={"request_min_compression_size_bytes": 1},
+                      Namespace="App", MetricData=[{"MetricName": "m", "Value": 1.0}])
+    bomb = gzip.compress(b" " * (classifier.MAX_DECOMPRESSED_BODY + 1024))
+    got = classify("POST", request["host"], "/", "", request["headers"], bomb)
+    assert got.operation == "PutMetricData" and "too large" in got.error
+
+
+def test_params_that_do_not_fit_the_shape():
+    got = classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", dict(signed_headers("ec2"), **{
+        "Content-Type": "application/x-www-form-urlencoded"}),
+        b"Action=DescribeInstances&Version=2016-11-15&MaxResults=lots&Bogus=1")
+    assert got.operation == "DescribeInstances"
+    assert got.params["MaxResults"] == "lots"
+    assert "MaxResults" in got.error and "Bogus" in got.error
+
+
+def test_jsonvalue_and_blob_members():
+    payload = base64.b64encode(b"\x00\x01").decode()
+    got = run(capture("kms", "encrypt", KeyId="alias/app", Plaintext=b"\x00\x01"))
+    assert got.params == {"KeyId": "alias/app", "Plaintext": payload}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cheap to start
+
+
+def test_import_and_creation_are_lazy():
+    fresh = classifier.Classifier()
+    assert fresh._catalogue is None and fresh._routing == {}
+    fresh.classify("GET", "example.com", "/", "", {}, None)
+    assert fresh._routing == {}
+
+
+def test_host_parsing():
+    partitions = classifier.read_partitions(classifier.default_classifier().loader)
+    assert classifier.split_host("Sts.Amazonaws.Com:443", partitions) == classifier.HostParts(("sts",), None)
+    assert classifier.split_host("kms-fips.us-gov-west-1.amazonaws.com", partitions).region == "us-gov-west-1"
+    assert classifier.split_host("ec2.cn-north-1.amazonaws.com.cn", partitions).labels == ("ec2",)
+    assert classifier.split_host("example.com", partitions) is None
+    assert classifier.split_host("amazonaws.com.evil.com", partitions) is None
+
+
+def test_s3_access_point_host():
+    arn = f"arn:aws:s3:us-west-2:{ACCOUNT}:accesspoint/reports"
+    request = capture("s3", "get_object", region="us-west-2", Bucket=arn, Key="q1.csv")
+    assert request["host"] == f"reports-{ACCOUNT}.s3-accesspoint.us-west-2.amazonaws.com"
+    got = run(request)
+    assert (got.operation, got.account, got.params["Key"]) == ("GetObject", ACCOUNT, "q1.csv")
+    assert got.params["Bucket"] == f"reports-{ACCOUNT}"
+
+
+def test_s3_object_lambda_write_get_object_response():
+    got = run(capture("s3", "write_get_object_response", RequestRoute="route-1", RequestToken="t", Body=b"x"))
+    assert (got.operation, got.params["RequestRoute"], got.params["RequestToken"]) == (
+        "WriteGetObjectResponse", "route-1", "t")
