@@ -61,7 +61,7 @@ class Gateway:
         self.upstream = upstream
         self.aws_key = aws_key
         self.policy = policy
-        self.settings = settings or {}
+        self.settings = {"console_listen": f"127.0.0.1:{free_port()}", **(settings or {})}
         self.extra_env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
