@@ -15,7 +15,12 @@ class Classify:
         req = flow.request
         path, _, query = req.path.partition("?")
         host = flow.metadata.get(HOST) or req.host_header or req.host
-        flow.metadata[CALL] = classifier.classify(req.method, host, path, query, req.headers, body)
+        call = classifier.classify(req.method, host, path, query, req.headers, body)
+        if call.error and call.action != "unknown":
+            # A body that does not parse, or parameters that do not fit the shape: policy decides
+            # it as `unknown` (denied unless a rule names it); service and operation stay recorded.
+            call.action, call.access_level = "unknown", None
+        flow.metadata[CALL] = call
         refusal = flow.metadata.get(REFUSAL)
         if refusal is not None:
             answer(flow, refusal)
