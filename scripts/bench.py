@@ -5,6 +5,7 @@ Scenarios:
             (streaming bodies over 1 MB), and through the gateway's full chain. MB/s and the
             peak RSS of each proxy process.
   sts       1,000 calls by one principal through the gateway: how many STS calls it made.
+  decide    classification plus policy decision per call, in process (median and p99 µs).
 
 The upstream is a fast canned stand-in for AWS (scripts/bench_upstream.py), not moto, so the
 proxies are what is measured. Figures go to --json FILE (default bench-results/latest.json).
@@ -187,9 +188,49 @@ def sts(args, tmp: Path, issuer: OIDCIssuer, gw: Gateway, upstream_port: int) ->
     return {"calls": args.calls, "sts_calls": stats()["sts_calls"] - before, "seconds": round(elapsed, 1)}
 
 
+DECIDE_CALLS = [
+    ("s3", "get_object", {"Bucket": "b", "Key": "k"}),
+    ("dynamodb", "get_item", {"TableName": "t", "Key": {"k": {"S": "v"}}}),
+    ("ec2", "describe_instances", {}),
+    ("sts", "get_caller_identity", {}),
+    ("ec2", "terminate_instances", {"InstanceIds": ["i-0123456789abcdef0"]}),
+    ("iam", "create_access_key", {}),
+]
+
+
+def decide(args, *_unused) -> dict:
+    """Classification plus decision per call, in process, on requests botocore built (the
+    shipped default policies)."""
+    from scripts.bench_classify import build
+
+    from addons.core import classifier
+    from addons.core.identity import Principal
+    from addons.core.policy import PolicySet
+
+    policies = PolicySet.load(ROOT / "policies")
+    who = Principal(sub="agent-1", iss="https://issuer.example", aud=("agentgate",), groups=("data-agents",),
+                    on_behalf_of=None, exp=time.time() + 3600, claims={"sub": "agent-1", "groups": ["data-agents"]})
+    out = {}
+    for service, method, params in DECIDE_CALLS:
+        req = build(service, method, **params)
+        for _ in range(50):  # warm: models loaded, matchers compiled
+            policies.evaluate(who, classifier.classify(*req))
+        samples = []
+        for _ in range(args.decide_rounds):
+            t = time.perf_counter()
+            call = classifier.classify(*req)
+            decision = policies.evaluate(who, call)
+            samples.append(time.perf_counter() - t)
+        out[call.action] = {"decision": decision.decision, "median_us": round(statistics.median(samples) * 1e6, 1),
+                            "p99_us": round(sorted(samples)[int(len(samples) * 0.99)] * 1e6, 1)}
+    out["median_of_medians_us"] = round(statistics.median(v["median_us"] for v in out.values()), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", default=["transfer", "sts"], help="transfer, sts")
+    ap.add_argument("scenarios", nargs="*", default=["decide", "sts", "transfer"], help="decide, sts, transfer")
+    ap.add_argument("--decide-rounds", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="small sizes: 64 MB transfers, 100 calls")
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--calls", type=int, default=1000)
@@ -211,7 +252,7 @@ def main() -> None:
         try:
             gw.start()
             for name in args.scenarios:
-                fn = {"transfer": transfer, "sts": sts}[name]
+                fn = {"transfer": transfer, "sts": sts, "decide": decide}[name]
                 print(f"running {name} ...", file=sys.stderr, flush=True)
                 report["scenarios"][name] = fn(args, tmp, issuer, gw, upstream_port)
                 print(json.dumps(report["scenarios"][name], indent=2), flush=True)
