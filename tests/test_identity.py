@@ -282,18 +282,21 @@ def test_rotation_inside_the_rate_limit_is_refused_until_it_passes(issuer):
         v = validator(issuer, min_refetch_seconds=1.5)
         try:
             await v.validate(issuer.mint())
-            issuer.rotate()
+            issuer.rotate()  # right after the first fetch: seen at once
+            assert (await v.validate(issuer.mint("first"))).sub == "first"
+            assert issuer.requests_for(JWKS_PATH) == 2
+            issuer.rotate()  # again, inside the rate limit: refused until it passes
             with pytest.raises(TokenError) as caught:
                 await v.validate(issuer.mint("early"))
             assert caught.value.code == "unknown_key"
-            assert issuer.requests_for(JWKS_PATH) == 1
+            assert issuer.requests_for(JWKS_PATH) == 2
             await asyncio.sleep(1.6)
             assert (await v.validate(issuer.mint("later"))).sub == "later"
         finally:
             await v.aclose()
 
     asyncio.run(go())
-    assert issuer.requests_for(JWKS_PATH) == 2
+    assert issuer.requests_for(JWKS_PATH) == 3
 
 
 def test_unknown_kids_are_rate_limited(issuer):

@@ -174,6 +174,7 @@ class TokenValidator:
         self._keys: list[_Key] | None = None  # None until a JWKS has been fetched
         self._keys_fetched_at = float("-inf")  # time.monotonic()
         self._last_fetch = float("-inf")  # time.monotonic() of the last attempt, good or bad
+        self._last_kid_refetch = float("-inf")  # time.monotonic() of the last refetch for an unknown kid
         self._fetch_error: str | None = None  # why the last attempt failed
         self._inflight: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -257,7 +258,8 @@ class TokenValidator:
                     "issuer_unreachable",
                 )
         matches = _matching(self._keys, kid, alg)
-        if not matches and self._may_fetch():
+        if not matches and self._may_refetch_for_kid():
+            self._last_kid_refetch = time.monotonic()
             await self._refresh()
             matches = _matching(self._keys or [], kid, alg)
         if matches:
@@ -288,6 +290,12 @@ class TokenValidator:
         """A fetch is in flight (join it), or the last one is old enough to try again."""
         self._bind_loop()
         return self._inflight is not None or time.monotonic() - self._last_fetch >= self.min_refetch_seconds
+
+    def _may_refetch_for_kid(self) -> bool:
+        """An unknown kid (key rotation) triggers a refetch at most once every
+        ``min_refetch_seconds``, counted from the last such refetch, so a rotation right after
+        start-up is seen at once and a flood of junk kids cannot hammer the issuer."""
+        return self._inflight is not None or time.monotonic() - self._last_kid_refetch >= self.min_refetch_seconds
 
     def _still_published(self, kid: str | None) -> bool:
         if self._keys is None or self._keys_stale():

@@ -1,0 +1,90 @@
+"""The command line as a user meets it: init, run's start-up checks, env, settings errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.gateway import Gateway, free_port
+from tests.support.oidc import OIDCIssuer
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTGATE = str(Path(sys.executable).parent / "agentgate")
+
+
+def run(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": str(home), "AGENTGATE_HOME": str(home)}
+    return subprocess.run([AGENTGATE, *args], env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=120, cwd=home)
+
+
+def test_init_creates_ca_keys_config_policies_and_store(tmp_path):
+    p = run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    assert p.returncode == 0, p.stderr
+    certs = tmp_path / "certs"
+    assert (certs / "mitmproxy-ca-cert.pem").exists()
+    for key in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
+        assert stat.S_IMODE((certs / key).stat().st_mode) == 0o600, key
+    assert stat.S_IMODE(certs.stat().st_mode) == 0o700
+    for key in ("chain.key", "fingerprint.key", "admin.token"):
+        assert stat.S_IMODE((tmp_path / "keys" / key).stat().st_mode) == 0o600
+    assert 'oidc_issuer = "https://issuer.example"' in (tmp_path / "agentgate.toml").read_text()
+    assert sorted(p.name for p in (tmp_path / "policies").glob("*.yaml"))
+    assert (tmp_path / "agentgate.db").exists()
+    # a second init keeps what exists
+    ca = (certs / "mitmproxy-ca.pem").read_bytes()
+    key = (tmp_path / "keys" / "chain.key").read_bytes()
+    assert run(tmp_path, "init").returncode == 0
+    assert (certs / "mitmproxy-ca.pem").read_bytes() == ca and (tmp_path / "keys" / "chain.key").read_bytes() == key
+
+
+def test_the_repository_never_commits_certs_keys_or_stores():
+    for path in ("certs/mitmproxy-ca.pem", "keys/chain.key", "agentgate.db", "agentgate.toml"):
+        p = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert p.returncode == 0, f"{path} is not ignored by git"
+
+
+def test_run_before_init_says_what_to_do(tmp_path):
+    p = run(tmp_path, "run")
+    assert p.returncode != 0 and "agentgate init" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    run(tmp_path, "init")
+    for args, env, words in (
+        (["run", "--listen", "nonsense"], {}, "listen must be HOST:PORT"),
+        (["run"], {"AGENTGATE_DURABILITY": "maybe"}, "durability must be"),
+        (["run", "--upstream", "ftp://x"], {}, "upstream must be"),
+    ):
+        p = run(tmp_path, *args, env=env)
+        assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    (tmp_path / "agentgate.toml").write_text("no_such_setting = 1\n")
+    p = run(tmp_path, "run")
+    assert p.returncode != 0 and "unknown setting 'no_such_setting'" in p.stderr
+
+
+def test_broken_policies_stop_run_with_file_and_line(tmp_path):
+    run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    (tmp_path / "policies" / "zz-broken.yaml").write_text("version: 1\nrules:\n  - id: x\n    decision: perhaps\n")
+    p = run(tmp_path, "run", "--listen", f"127.0.0.1:{free_port()}")
+    assert p.returncode != 0 and "zz-broken.yaml:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_env_without_a_token_file_reads_the_token_from_the_environment(tmp_path):
+    run(tmp_path, "init")
+    out = run(tmp_path, "env").stdout
+    assert 'HTTPS_PROXY="http://agent:${AGENTGATE_TOKEN}@127.0.0.1:8080"' in out
+    assert "aws-credentials --token-env AGENTGATE_TOKEN" in out
+
+
+def test_a_rotated_signing_key_is_accepted_by_a_running_gateway(tmp_path, moto):
+    with OIDCIssuer() as issuer, Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                                         aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        from tests.test_identity_e2e import client
+
+        assert client(gw, proxy_token=issuer.mint("rot-1")).get_caller_identity()["Arn"].endswith("/rot-1")
+        issuer.rotate()
+        assert client(gw, proxy_token=issuer.mint("rot-2")).get_caller_identity()["Arn"].endswith("/rot-2")
