@@ -25,6 +25,8 @@ STS_RESPONSE = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-
 BIG = re.compile(rb"/big-(\d+)")
 CHUNK = b"\0" * (1 << 20)
 STATS = {"sts_calls": 0, "requests": 0}
+SLOW_STS = ""  # --slow-sts NAME: AssumeRole for session names containing NAME answers late
+SLOW_STS_SECONDS = 5.0
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -71,6 +73,8 @@ async def respond(conn: h11.Connection, writer: asyncio.StreamWriter, req: h11.R
     if b"Action=AssumeRole" in body:
         STATS["sts_calls"] += 1
         name = (re.search(rb"RoleSessionName=([^&]+)", body) or [b"", b"x"])[1].decode()
+        if SLOW_STS and SLOW_STS in name:  # a fault to inject: STS hangs for this principal
+            await asyncio.sleep(SLOW_STS_SECONDS)
         exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         payload = STS_RESPONSE.format(exp=exp, name=name, rid=rid).encode()
         await send(conn, writer, 200, [("content-type", "text/xml"), ("x-amzn-requestid", rid)], payload)
@@ -105,7 +109,11 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ready-file")
+    ap.add_argument("--slow-sts", default="", help="AssumeRole for session names containing this answers late")
+    ap.add_argument("--slow-sts-seconds", type=float, default=5.0)
     args = ap.parse_args()
+    global SLOW_STS, SLOW_STS_SECONDS
+    SLOW_STS, SLOW_STS_SECONDS = args.slow_sts, args.slow_sts_seconds
     server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20)
     port = server.sockets[0].getsockname()[1]
     if args.ready_file:
