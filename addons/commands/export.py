@@ -1,0 +1,350 @@
+"""Commands that take recorded calls elsewhere: export (JSON Lines, OCSF, mitmproxy flows, OSCAL),
+replay (re-issue recorded calls against a target) and report (the assessor's HTML evidence report).
+
+Every command takes ``--db URL`` like the store commands; errors are one line on stderr and a
+non-zero exit (1 when the store or the target says no, 2 for bad input).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from .store import BadInput, _key, _settings, _store, db_option, key_option, parse_when
+
+
+def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    if start and end and start >= end:
+        raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
+    return start, end
+
+
+def _check_output(path: str, option: str = "-o") -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise BadInput(f"{option}: {target} is a directory; give a file name")
+    if not target.parent.exists():
+        raise BadInput(f"{option}: the directory {target.parent} does not exist")
+
+
+@contextmanager
+def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
+    """A file written whole or not at all (a temporary file renamed into place); '-' is stdout."""
+    if path == "-":
+        yield sys.stdout.buffer if binary else sys.stdout
+        return
+    _check_output(path)
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
+            yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+since_option = click.option("--since", metavar="WHEN", help="From this time on: ISO 8601 (UTC unless given) or an age (1h, 7d).")
+until_option = click.option("--until", metavar="WHEN", help="Before this time: ISO 8601 or an age.")
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+@click.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "ocsf", "mitm", "oscal"]), required=True,
+              help="jsonl: one record per line; ocsf: OCSF 1.1 API Activity events, one per line; mitm: a mitmproxy "
+                   "flow file (mitmweb -r); oscal: OSCAL assessment results, with the JSON Lines evidence beside it.")
+@since_option
+@until_option
+@click.option("-o", "--output", metavar="FILE", required=True, help="Where to write ('-' for standard output: jsonl, ocsf).")
+@click.option("--evidence", metavar="FILE", help="oscal: where the JSON Lines evidence goes (default: FILE with .jsonl "
+                                                 "in place of its suffix).")
+@db_option
+@key_option
+def export(fmt: str, since: str | None, until: str | None, output: str, evidence: str | None, db: str | None,
+           key_file: str | None) -> None:
+    """Write the recorded calls of a period (oldest first, masked as stored) for other tools."""
+    from ..core.export import iter_calls, write_jsonl, write_mitm, write_ocsf
+
+    start, end = _period(since, until)
+    if output == "-" and fmt in ("mitm", "oscal"):
+        raise BadInput(f"--format {fmt} writes a file: give -o FILE")
+    if evidence and fmt != "oscal":
+        raise BadInput("--evidence goes with --format oscal")
+    _check_output(output)
+    if evidence:
+        _check_output(evidence, "--evidence")
+    with _store(db) as store:
+        calls = iter_calls(store, since=start, until=end)
+        if fmt == "jsonl":
+            with _output(output) as f:
+                n = write_jsonl(calls, f)
+            _done(f"{n} records", output)
+        elif fmt == "ocsf":
+            with _output(output) as f:
+                n = write_ocsf(calls, f)
+            _done(f"{n} OCSF API Activity events", output)
+        elif fmt == "mitm":
+            with _output(output, binary=True) as f:
+                n, skipped = write_mitm(calls, f)
+            _done(f"{n} flows" + (f" ({skipped} connection records are not calls and were left out)" if skipped else ""),
+                  output)
+        else:
+            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db))
+
+
+def _done(what: str, output: str) -> None:
+    if output != "-":
+        click.echo(f"wrote {what} to {output}", err=True)
+
+
+def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None, output: Path,
+                  evidence: Path | None, key: bytes | None) -> None:
+    from ..core.export import file_sha256, iter_calls, oscal_assessment_results, write_jsonl
+    from ..core.report import summarise
+
+    evidence = evidence or output.with_suffix(".jsonl")
+    if evidence.resolve() == output.resolve():
+        raise BadInput(f"--evidence: {evidence} is the OSCAL file itself; give another name")
+    click.echo("reading the period and verifying the chains ...", err=True)
+    summary = summarise(store, since=start, until=end, chain_key=key)
+    with _output(str(evidence)) as f:
+        n = write_jsonl(iter_calls(store, since=summary.start, until=summary.end), f)
+    href = os.path.relpath(evidence.resolve(), output.resolve().parent)
+    doc = oscal_assessment_results(summary, evidence_href=href, evidence_sha256=file_sha256(evidence),
+                                   evidence_records=n)
+    with _output(str(output)) as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    _done(f"{n} records of evidence", str(evidence))
+    _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
+          str(output))
+    if summary.verify is not None and not summary.verify.ok:
+        click.echo(f"warning: the store does not verify: {summary.verify.problems[0]}", err=True)
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+def _ids(values: tuple[str, ...]) -> list[str]:
+    return [i.strip() for v in values for i in v.split(",") if i.strip()]
+
+
+@click.command("replay")
+@click.argument("session", required=False, metavar="[SESSION]")
+@click.option("--calls", "call_ids", multiple=True, metavar="IDS", help="Replay these calls (ids, comma-separated or "
+                                                                         "repeated) instead of a session.")
+@click.option("--to", "target", metavar="URL", help="Send the calls here, keeping their Host (moto, LocalStack); STS "
+                                                    "too. Default: the upstream setting, else AWS itself.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print the structural diff of each response.")
+@click.option("--allow-writes", is_flag=True, help="Also replay calls that change something (access level Write, "
+                                                   "Tagging, Permissions management or unknown) or needed an approval.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@db_option
+def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, dry_run: bool, show_diff: bool,
+           allow_writes: bool, as_json: bool, db: str | None) -> None:
+    """Re-issue recorded, forwarded calls with current JIT credentials and compare the responses.
+
+    Denied calls, and calls held for approval that nobody released, are never replayed; calls that
+    change something only with --allow-writes. Calls whose request had a value masked are listed
+    as skipped, with the reason.
+    """
+    from ..core import replay as rp
+
+    ids = _ids(call_ids)
+    if bool(session) == bool(ids):
+        raise BadInput("give a SESSION or --calls IDS (one of them)")
+    settings = _settings(db)
+    target = target if target is not None else (settings.upstream or None)
+    if target and not target.startswith(("http://", "https://")):
+        raise BadInput(f"--to must be an http:// or https:// URL, not {target!r}")
+    with _store(db) as store:
+        if session:
+            if store.session(session) is None and not store.calls(session_id=session, limit=1):
+                raise click.ClickException(f"no session {session!r} in the store at {store.where}")
+            calls = store.calls(session_id=session, limit=None, newest_first=False)
+        else:
+            calls = []
+            for i in ids:
+                call = store.call(i)
+                if call is None:
+                    raise click.ClickException(f"no call {i!r} in the store at {store.where}")
+                calls.append(call)
+    plans = rp.plan(calls, allow_writes=allow_writes)
+    where = target or "AWS (the recorded hosts)"
+    if dry_run:
+        _print_dry_run(plans, target, as_json)
+        return
+    sending = [p for p in plans if p.skip is None]
+    if sending:
+        click.echo(f"replaying {len(sending)} of {len(plans)} calls against {where} ...", err=True)
+    outcomes = _replay(plans, target, settings, rp)
+    if as_json:
+        click.echo(json.dumps([o.as_dict() for o in outcomes], indent=2, ensure_ascii=False))
+    else:
+        _print_outcomes(outcomes, show_diff)
+    errors = [o for o in outcomes if o.error]
+    if errors:
+        raise click.ClickException(f"{len(errors)} of {len(outcomes)} calls could not be replayed: "
+                                   f"call {errors[0].id}: {errors[0].error}")
+
+
+def _replay(plans: list, target: str | None, settings: Any, rp: Any) -> list:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..core.credentials import CredentialBroker
+
+    broker = CredentialBroker(endpoint_url=target, refresh_margin=60)
+    policy_set = None
+    try:
+        from ..core.policy import PolicySet
+
+        policy_set = PolicySet.load(settings.policies)
+    except Exception:  # noqa: BLE001 - no policies here: the role is assumed as it is
+        policy_set = None
+    masker = None
+    key_path = Path(settings.keys) / "fingerprint.key"
+    if key_path.exists():
+        from ..core.masking import Masker
+
+        masker = Masker(key_path.read_bytes().strip())
+    sending = [p for p in plans if p.skip is None]
+    with rp.Replayer(broker, target=target, policy_set=policy_set, masker=masker) as replayer:
+        if len(sending) < 10:
+            return rp.run(plans, replayer)
+        console = Console(stderr=True)
+        with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("replay", total=len(plans))
+            return rp.run(plans, replayer, progress=lambda _: progress.advance(task))
+
+
+def _print_dry_run(plans: list, target: str | None, as_json: bool) -> None:
+    from urllib.parse import urlsplit
+
+    out = []
+    for p in plans:
+        c = p.call
+        item: dict[str, Any] = {"id": c["id"], "action": c.get("action")}
+        if p.skip:
+            item["skipped"] = p.skip
+        else:
+            r = p.request
+            base = urlsplit(target) if target else None
+            url = (f"{base.scheme}://{base.netloc}{r.path}" + (f"?{r.query}" if r.query else "")) if base else r.url
+            item.update({"method": r.method, "url": url, "host": r.host, "role": c.get("role"), "region": r.region,
+                         "signing_name": r.signing_name, "headers": [list(h) for h in r.headers],
+                         "body_bytes": len(r.body), "body_rebuilt": r.rebuilt,
+                         "body": r.body.decode("utf-8", "replace")[:2000]})
+        out.append(item)
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    for item in out:
+        if "skipped" in item:
+            click.echo(f"skip  {item['id']}  {item['action']}: {item['skipped']}")
+            continue
+        click.echo(f"send  {item['id']}  {item['action']}: {item['method']} {item['url']}  (Host: {item['host']}; "
+                   f"signed as {item['role']} in {item['region']})")
+        for k, v in item["headers"]:
+            click.echo(f"        {k}: {v}")
+        if item["body_bytes"]:
+            how = ", rebuilt from the recorded parameters" if item["body_rebuilt"] else ""
+            click.echo(f"        body: {item['body_bytes']} bytes{how}: {item['body'][:200]}")
+
+
+def _print_outcomes(outcomes: list, show_diff: bool) -> None:
+    from rich.table import Table
+
+    from .store import _console, _text
+
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("action", overflow="fold")
+    table.add_column("recorded", justify="right")
+    table.add_column("now", justify="right")
+    table.add_column("result", overflow="fold")
+    for o in outcomes:
+        result = o.result
+        if o.skipped:
+            result = f"skipped: {o.skipped}"
+        elif o.error:
+            result = f"error: {o.error}"
+        elif o.changes:
+            real = [c for c in o.changes if not c.volatile]
+            result += f" ({len(real)} changes" + (f", {len(o.changes) - len(real)} volatile" if len(real) < len(o.changes) else "") + ")"
+        table.add_row(o.id, _text(o.action), _text(o.recorded_status), _text(o.status), result)
+    console = _console(wide=True)
+    console.print(table if outcomes else "no calls")
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+    console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if show_diff:
+        for o in outcomes:
+            if o.changes:
+                click.echo(f"\n{o.id} {o.action}: {o.recorded_status} -> {o.status}")
+                for c in o.changes:
+                    click.echo(c.line())
+
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+@click.command("report")
+@since_option
+@until_option
+@click.option("-o", "--output", metavar="FILE.html", required=True, help="Where to write the report.")
+@click.option("--no-verify", is_flag=True, help="Do not check the hash chains (faster on a very large store).")
+@db_option
+@key_option
+def report(since: str | None, until: str | None, output: str, no_verify: bool, db: str | None,
+           key_file: str | None) -> None:
+    """Write the assessor's evidence report: one self-contained HTML file.
+
+    Per NIST SP 800-53 control (AU-2, AU-3, AU-9, AU-12, AC-3, AC-5, AC-6, IA-2, IA-9, SC-28): what
+    the gateway enforced and where the evidence is; counts by decision, principal and action;
+    approvals with approver and time to decision; masked fields; the chain verification result;
+    charts. Without --since/--until, the whole store.
+    """
+    from ..core.report import render_html, summarise
+
+    start, end = _period(since, until)
+    _check_output(output)
+    key = _key(key_file, db)
+    with _store(db) as store:
+        click.echo("reading the period" + ("" if no_verify else " and verifying the chains") + " ...", err=True)
+        summary = summarise(store, since=start, until=end, chain_key=key, check_chain=not no_verify)
+    with _output(output) as f:
+        f.write(render_html(summary))
+    _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text})", output)
+    if summary.verify is not None and not summary.verify.ok:
+        click.echo(f"warning: the store does not verify: {summary.verify.problems[0]}", err=True)
+
+
+COMMANDS = (export, replay, report)

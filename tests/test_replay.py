@@ -1,0 +1,202 @@
+"""Replay: a session recorded through a real gateway against moto is replayed against moto with
+fresh JIT credentials; reads come back as recorded, denied calls are never sent, writes only with
+--allow-writes, and requests whose bodies cannot be rebuilt (or had values masked) are skipped with
+the reason. Unit tests cover the choice of calls, rebuilding bodies from parameters, and the diff."""
+
+from __future__ import annotations
+
+import json
+
+import botocore.exceptions
+import pytest
+
+from addons.core import replay as rp
+from tests.test_identity_e2e import client
+
+PRINCIPAL = "replay-agent"
+
+
+@pytest.fixture(scope="module")
+def session(gateway, issuer):
+    """A recorded session: S3 and DynamoDB reads and writes, STS, and a denied IAM call."""
+    token = issuer.mint(PRINCIPAL)
+    s3 = client(gateway, "s3", proxy_token=token)
+    s3.create_bucket(Bucket="replay-bucket")
+    s3.put_object(Bucket="replay-bucket", Key="greeting.txt", Body=b"hello, replay")
+    assert s3.get_object(Bucket="replay-bucket", Key="greeting.txt")["Body"].read() == b"hello, replay"
+    s3.list_objects_v2(Bucket="replay-bucket")
+    ddb = client(gateway, "dynamodb", proxy_token=token)
+    ddb.create_table(TableName="replay-table", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName="replay-table", Item={"pk": {"S": "a"}, "n": {"N": "1"}, "b": {"B": b"\x00\x01"}})
+    assert ddb.get_item(TableName="replay-table", Key={"pk": {"S": "a"}})["Item"]["n"] == {"N": "1"}
+    client(gateway, "sts", proxy_token=token).get_caller_identity()
+    with pytest.raises(botocore.exceptions.ClientError):
+        client(gateway, "iam", proxy_token=token).list_users()
+    calls = json.loads(gateway.cli("calls", "list", "--principal", PRINCIPAL, "--json", "--limit", "100").stdout)
+    calls.reverse()
+    assert [c["operation"] for c in calls] == ["CreateBucket", "PutObject", "GetObject", "ListObjectsV2", "CreateTable",
+                                               "PutItem", "GetItem", "GetCallerIdentity", "ListUsers"]
+    sessions = {c["session_id"] for c in calls if c["decision"] == "allow"}
+    assert len(sessions) == 1
+    return {"id": sessions.pop(), "calls": {c["operation"]: c for c in calls}}
+
+
+def replay(gateway, *args: str, check: bool = True):
+    return gateway.cli("replay", *args, check=check, timeout=120)
+
+
+def by_action(results: list[dict]) -> dict[str, dict]:
+    return {r["action"]: r for r in results}
+
+
+def test_replays_reads_and_skips_writes(gateway, moto, session):
+    out = replay(gateway, session["id"], "--to", moto.url, "--json")
+    results = by_action(json.loads(out.stdout))
+    for action in ("s3:GetObject", "s3:ListBucket", "dynamodb:GetItem", "sts:GetCallerIdentity"):
+        r = results[action]
+        assert r["skipped"] is None and r["error"] is None, r
+        assert r["status"] == r["recorded_status"] == 200, r
+    for action in ("s3:ListBucket", "dynamodb:GetItem"):
+        assert all(c["volatile"] for c in results[action]["diff"]), results[action]["diff"]
+    # the replay runs as its own role session, named for the principal it replays
+    arn = next(c for c in results["sts:GetCallerIdentity"]["diff"] if c["path"].endswith(".Arn"))
+    assert arn["old"].endswith(f"/{PRINCIPAL}") and arn["new"].endswith(f"/replay-{PRINCIPAL}")
+    assert results["s3:GetObject"]["result"] == "same"  # the object's bytes hash as recorded
+    assert results["dynamodb:GetItem"]["result"] == "same"
+    for action in ("s3:CreateBucket", "s3:PutObject", "dynamodb:CreateTable", "dynamodb:PutItem"):
+        assert "--allow-writes" in results[action]["skipped"], results[action]
+    assert "iam:ListUsers" not in results  # a denied call has no JIT session: it is not in the session
+
+
+def test_a_denied_call_is_never_replayed(gateway, moto, session):
+    denied, read = session["calls"]["ListUsers"], session["calls"]["GetItem"]
+    out = replay(gateway, "--calls", f"{denied['id']},{read['id']}", "--to", moto.url, "--allow-writes", "--json")
+    results = by_action(json.loads(out.stdout))
+    assert "denied" in results["iam:ListUsers"]["skipped"] and "never replayed" in results["iam:ListUsers"]["skipped"]
+    assert results["iam:ListUsers"]["status"] is None
+    assert results["dynamodb:GetItem"]["status"] == 200
+
+
+def test_writes_with_allow_writes(gateway, moto, session):
+    out = replay(gateway, session["id"], "--to", moto.url, "--allow-writes", "--json")
+    results = by_action(json.loads(out.stdout))
+    put = results["dynamodb:PutItem"]
+    assert put["status"] == 200 and put["result"] == "same", put
+    create = results["dynamodb:CreateTable"]
+    assert create["recorded_status"] == 200 and create["status"] == 400 and create["result"] == "status differs"
+    assert any(c["path"] == "__type" for c in create["diff"]), create["diff"]  # the table exists now
+    assert "streamed and not kept" in results["s3:PutObject"]["skipped"] or "not kept" in results["s3:PutObject"]["skipped"]
+    assert results["s3:CreateBucket"]["status"] in (200, 409)
+
+
+def test_dry_run_prints_what_would_be_sent(gateway, moto, session):
+    out = replay(gateway, session["id"], "--to", moto.url, "--dry-run").stdout
+    get = session["calls"]["GetItem"]
+    assert f"send  {get['id']}  dynamodb:GetItem: POST {moto.url}/  (Host: dynamodb.us-east-1.amazonaws.com" in out
+    assert "X-Amz-Target: DynamoDB_20120810.GetItem" in out
+    assert f"skip  {session['calls']['PutItem']['id']}  dynamodb:PutItem: a Write call" in out
+    assert "Authorization" not in out
+
+
+def test_human_output_and_diff(gateway, moto, session):
+    out = replay(gateway, session["id"], "--to", moto.url, "--allow-writes", "--diff").stdout
+    assert "recorded" in out and "now" in out and "status differs" in out
+    create = session["calls"]["CreateTable"]
+    assert f"{create['id']} dynamodb:CreateTable: 200 -> 400" in out
+    assert "- TableDescription" in out and "+ __type" in out
+
+
+def test_bad_input(gateway, moto, session):
+    for args, words in ((["--to", moto.url], "give a SESSION or --calls"),
+                        ([session["id"], "--calls", "x", "--to", moto.url], "one of them"),
+                        ([session["id"], "--to", "ftp://x"], "--to must be")):
+        p = replay(gateway, *args, check=False)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = replay(gateway, "no-such-session", "--to", moto.url, check=False)
+    assert p.returncode == 1 and "no session 'no-such-session'" in p.stderr
+
+
+# -- units -------------------------------------------------------------------------------------
+
+
+def call(**kw) -> dict:
+    base = {"id": "c1", "kind": "call", "decision": "allow", "outcome": "forwarded", "status": 200,
+            "access_level": "Read", "role": "arn:aws:iam::123456789012:role/r", "method": "POST",
+            "url": "https://dynamodb.us-east-1.amazonaws.com/", "service": "dynamodb", "operation": "GetItem",
+            "region": "us-east-1", "request_headers": [["X-Amz-Target", "DynamoDB_20120810.GetItem"]],
+            "params": {"TableName": "t", "Key": {"pk": {"S": "a"}}}, "request_body": None,
+            "request_body_size": 40, "masked": []}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"decision": "deny", "rule": "no-iam"}, "denied by no-iam"),
+    ({"decision": "approve", "outcome": "held", "approver": None}, "never released"),
+    ({"outcome": "failed"}, "not forwarded"),
+    ({"kind": "connect"}, "connection record"),
+    ({"access_level": "Write"}, "--allow-writes"),
+    ({"access_level": "Permissions management"}, "--allow-writes"),
+    ({"access_level": None}, "access level is unknown"),
+    ({"decision": "approve", "approver": "sre-sam"}, "needed an approval"),
+    ({"masked": [{"part": "request", "path": "SecretString", "by": "sensitive", "count": 1}]}, "masked"),
+    ({"masked": [{"part": "params", "path": "Item.ssn", "by": "policy", "count": 1}]}, "masked"),
+])
+def test_skip_reasons(changes, words):
+    assert words in rp.skip_reason(call(**changes), allow_writes=False)
+
+
+def test_response_masking_alone_does_not_stop_a_replay():
+    assert rp.skip_reason(call(masked=[{"part": "response", "path": "Item", "by": "policy", "count": 1}]),
+                          allow_writes=False) is None
+
+
+def test_rebuilds_bodies_from_parameters():
+    req = rp.rebuild(call(operation="PutItem", access_level="Write",
+                          params={"TableName": "t", "Item": {"pk": {"S": "a"}, "b": {"B": "AAE="}}}))
+    assert json.loads(req.body) == {"TableName": "t", "Item": {"pk": {"S": "a"}, "b": {"B": "AAE="}}}
+    assert req.rebuilt and ("Content-Type", "application/x-amz-json-1.0") in req.headers
+    assert req.signing_name == "dynamodb" and req.host == "dynamodb.us-east-1.amazonaws.com"
+    q = rp.rebuild(call(service="sqs", operation="SendMessage", url="https://sqs.us-east-1.amazonaws.com/",
+                        request_headers=[], params={"QueueUrl": "https://q", "MessageBody": "hi"}))
+    assert json.loads(q.body) == {"QueueUrl": "https://q", "MessageBody": "hi"} or b"MessageBody=hi" in q.body
+    ec2 = rp.rebuild(call(service="ec2", operation="DescribeInstances", url="https://ec2.us-east-1.amazonaws.com/",
+                          request_headers=[["Content-Type", "application/x-www-form-urlencoded"]],
+                          params={"InstanceIds": ["i-1"]}))
+    assert b"Action=DescribeInstances" in ec2.body and b"InstanceId.1=i-1" in ec2.body
+    xml = rp.rebuild(call(service="s3", operation="PutBucketTagging", method="PUT",
+                          url="https://b.s3.amazonaws.com/?tagging", request_headers=[["Content-MD5", "x"]],
+                          params={"Bucket": "b", "Tagging": {"TagSet": [{"Key": "k", "Value": "v"}]}}))
+    assert b"<Key>k</Key>" in xml.body and not any(k == "Content-MD5" for k, _ in xml.headers)
+    assert xml.path == "/" and xml.query == "tagging"
+
+
+def test_exact_stored_bodies_are_sent_as_they_were():
+    import hashlib
+
+    body = '{"TableName":"t","Key":{"pk":{"S":"a"}}}'
+    req = rp.rebuild(call(request_body=body, request_body_sha256=hashlib.sha256(body.encode()).hexdigest()))
+    assert req.body == body.encode() and not req.rebuilt
+
+
+def test_unrebuildable_bodies_are_skipped():
+    with pytest.raises(rp.Unreplayable, match="streamed and not kept"):
+        rp.rebuild(call(service="s3", operation="PutObject", method="PUT", url="https://b.s3.amazonaws.com/k",
+                        params={"Bucket": "b", "Key": "k"}, request_body_size=5))
+    with pytest.raises(rp.Unreplayable, match="masked"):
+        rp.rebuild(call(params={"TableName": "t", "Key": {"pk": {"S": "agentgate:masked:hmac-0123456789ab"}}}))
+    with pytest.raises(rp.Unreplayable, match="not kept"):
+        rp.rebuild(call(params=None))
+
+
+def test_structural_diff():
+    old = json.dumps({"Item": {"a": {"S": "1"}, "b": {"N": "2"}}, "RequestId": "r1"})
+    new = json.dumps({"Item": {"a": {"S": "1"}, "c": {"N": "3"}}, "RequestId": "r2"})
+    changes = {(c.path, c.kind, c.volatile) for c in rp.structural_diff(old, new)}
+    assert changes == {("Item.b", "removed", False), ("Item.c", "added", False), ("RequestId", "changed", True)}
+    xml_old = "<R xmlns='x'><Name>b</Name><Contents><Key>a</Key></Contents><RequestId>1</RequestId></R>"
+    xml_new = "<R xmlns='x'><Name>b</Name><Contents><Key>a</Key></Contents><Contents><Key>z</Key></Contents><RequestId>2</RequestId></R>"
+    changes = {(c.path, c.kind) for c in rp.structural_diff(xml_old, xml_new)}
+    assert ("R.Contents", "type") in changes and ("R.RequestId", "changed") in changes
+    assert rp.structural_diff("same text", "same text") == []

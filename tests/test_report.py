@@ -1,0 +1,240 @@
+"""The evidence report: one self-contained HTML file, rendered in headless Chromium (Debian's, through
+playwright); the numbers it shows are checked against the store with SQL of the test's own, and a
+tampered store shows up as a chain that does not verify."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, insert
+
+from addons.cli import main
+from addons.core.models import Approval
+from addons.core.records import Record
+from addons.core.store import Store
+from tests.test_export import KEY, synthetic_records
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+OUTPUT = Path(__file__).resolve().parent / "output"
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    for name in list(os.environ):
+        if name.startswith("AGENTGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "chain.key").write_bytes(KEY)
+    return tmp_path
+
+
+@pytest.fixture
+def db(home: Path) -> Path:
+    """A store with an hour of calls by three principals, two writers, and three approvals."""
+    path = home / "agentgate.db"
+    url = f"sqlite:///{path}"
+    now = time.time()
+    for writer, offset in (("gw-a", 0), ("gw-b", 1)):
+        store = Store(url, chain_key=KEY, writer_id=writer)
+        store.migrate()
+        store.start()
+        if writer == "gw-a":
+            for r in synthetic_records(now):
+                store.write_sync(r)
+        for i in range(24):
+            decision = "deny" if i % 6 == 5 else "allow"
+            store.write_sync(Record(
+                session_id=f"s-{writer}", principal=("dora", "ed")[i % 2], client="127.0.0.1:40000",
+                service="dynamodb", operation="GetItem" if i % 3 else "PutItem",
+                action="dynamodb:GetItem" if i % 3 else "dynamodb:PutItem", access_level="Read" if i % 3 else "Write",
+                decision=decision, rule="data-plane" if decision == "allow" else "read-only-agents",
+                role="arn:aws:iam::123456789012:role/agent-role" if decision == "allow" else None,
+                outcome="forwarded" if decision == "allow" else "refused", status=200 if decision == "allow" else 403,
+                masked=[{"part": "response", "path": "Item.ssn.S", "by": "policy", "count": 2}] if i % 4 == 0 else [],
+                time=now - 3600 + i * 140 + offset))
+        store.close()
+    requested = dt.datetime.fromtimestamp(now - 1800, UTC)
+    rows = [
+        dict(id="ap-1", binding_hash="h1", principal="bob", on_behalf_of="carol", action="ec2:TerminateInstances",
+             status="used", approver="sre-sam", channel="console", requested=requested,
+             decided=requested + dt.timedelta(seconds=42)),
+        dict(id="ap-2", binding_hash="h2", principal="dora", action="ec2:TerminateInstances", status="denied",
+             approver="sre-kim", reason="not in prod", channel="cli", requested=requested + dt.timedelta(minutes=1),
+             decided=requested + dt.timedelta(minutes=6)),
+        dict(id="ap-3", binding_hash="h3", principal="ed", action="iam:AttachRolePolicy", status="pending",
+             requested=requested + dt.timedelta(minutes=2), expires=requested + dt.timedelta(hours=1)),
+    ]
+    columns = ("on_behalf_of", "approver", "reason", "channel", "decided", "expires")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for row in rows:
+            conn.execute(insert(Approval), [{**dict.fromkeys(columns), **row}])
+    engine.dispose()
+    return path
+
+
+def render(html: Path, screenshot: Path) -> dict:
+    """Open the report in headless Chromium; return what the page shows."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(html.as_uri())
+            page.screenshot(path=str(screenshot), full_page=True)
+            shown = {
+                "figures": {el.get_attribute("data-figure"): el.inner_text().strip()
+                            for el in page.query_selector_all("[data-figure]")},
+                "tables": {t.get_attribute("data-table"): [[td.inner_text().strip() for td in tr.query_selector_all("td")]
+                                                           for tr in t.query_selector_all("tbody tr")]
+                           for t in page.query_selector_all("table[data-table]")},
+                "timeline": sum(int(r.get_attribute("data-count"))
+                                for r in page.query_selector_all("svg[data-chart=timeline] rect")),
+                "charts": [s.get_attribute("data-chart") for s in page.query_selector_all("svg[data-chart]")],
+                "controls": [el.inner_text().strip() for el in page.query_selector_all("[data-control]")],
+                "requests": requests,
+                "height": page.evaluate("document.body.scrollHeight"),
+            }
+        finally:
+            browser.close()
+    return shown
+
+
+def sql(db: Path, query: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+def report(db: Path, out: Path, *args: str) -> str:
+    result = CliRunner().invoke(main, ["report", "-o", str(out), "--db", f"sqlite:///{db}", *args],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_report_shows_the_store(db, tmp_path):
+    out = tmp_path / "report.html"
+    report(db, out)
+    text = out.read_text()
+    assert "<script" not in text and "<link" not in text and "url(" not in text
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+
+    OUTPUT.mkdir(exist_ok=True)
+    shot = OUTPUT / "report.png"
+    shown = render(out, shot)
+    assert shot.stat().st_size > 20_000 and shown["height"] > 2000
+    assert shown["requests"] == [out.as_uri()]  # nothing fetched but the file itself
+
+    figures = shown["figures"]
+    (total,), = sql(db, "select count(*) from calls")
+    (calls,), = sql(db, "select count(*) from calls where kind = 'call'")
+    decisions = dict(sql(db, "select decision, count(*) from calls group by decision"))
+    (masked,), = sql(db, "select coalesce(sum(json_extract(m.value, '$.count')), 0) from calls, json_each(calls.masked) m")
+    principals = sql(db, "select count(distinct principal) from calls where principal is not null")[0][0]
+    assert figures["records"] == str(total) == "54"
+    assert figures["calls"] == str(calls)
+    assert (figures["allow"], figures["deny"], figures["approve"]) == (
+        str(decisions["allow"]), str(decisions["deny"]), str(decisions["approve"]))
+    assert figures["principals"] == str(principals) == "4"
+    assert figures["approvals"] == "3"
+    assert figures["masked"] == figures["masked-values"] == str(masked) == "25"
+    assert figures["credential-headers"] == "0"
+    assert figures["chain"] == "chains verified"
+    assert figures["verify"].startswith(f"agentgate verify over the whole store: OK, {total} records in 2 chains")
+    assert shown["timeline"] == total
+    assert shown["charts"] == ["timeline", "actions", "latency"]
+    assert shown["controls"] == ["AU-2", "AU-3", "AU-9", "AU-12", "AC-3", "AC-5", "AC-6", "IA-2", "IA-9", "SC-28"]
+
+    tables = shown["tables"]
+    by_principal = {row[0]: (int(row[1]), int(row[2])) for row in tables["principals"]}
+    for principal, n, denied in sql(db, "select coalesce(principal, '(unauthenticated)'), count(*), "
+                                        "sum(decision = 'deny') from calls group by 1"):
+        assert by_principal[principal] == (n, denied), principal
+    by_action = {row[0]: int(row[1]) for row in tables["actions"]}
+    for action, n in sql(db, "select coalesce(action, 'unknown'), count(*) from calls where kind = 'call' group by 1"):
+        assert by_action[action] == n, action
+    approvals = {row[0]: row for row in tables["approvals"]}
+    assert approvals["ap-1"][4] == "sre-sam" and approvals["ap-1"][7] == "42.0 s" and approvals["ap-1"][8] == "yes"
+    assert approvals["ap-2"][4] == "sre-kim" and approvals["ap-2"][7] == "5.0 min"
+    assert approvals["ap-3"][3] == "pending" and approvals["ap-3"][7] == ""
+    assert ["response", "Item.ssn.S", "24"] in tables["masked"]
+    heads = {row[0]: row for row in tables["heads"]}
+    for writer, seq, head in sql(db, "select writer_id, seq, hash from calls c where seq = "
+                                     "(select max(seq) from calls where writer_id = c.writer_id)"):
+        assert heads[writer][1] == str(seq) and heads[writer][2] == head
+        assert "HMAC-keyed" in heads[writer][3]
+    ac5 = next(row for row in tables["controls"] if row[0].startswith("AC-5"))
+    assert "3 approvals asked for in the period, 2 decided by 2 approvers; 0 decided by the requester" in ac5[2]
+
+
+def test_a_period_and_a_tampered_store(db, tmp_path):
+    (first,), = sql(db, "select min(time) from calls where principal = 'dora'")
+    con = sqlite3.connect(db)
+    con.execute("update calls set status = 201 where id = (select id from calls where principal = 'ed' limit 1)")
+    con.commit()
+    con.close()
+    out = tmp_path / "tampered.html"
+    since = dt.datetime.fromisoformat(first).replace(tzinfo=UTC) + dt.timedelta(minutes=30)
+    output = report(db, out, "--since", since.isoformat())
+    assert "does not verify" in output
+    shown = render(out, tmp_path / "tampered.png")
+    (n,), = sql(db, f"select count(*) from calls where time >= '{since.replace(tzinfo=None).isoformat(sep=' ')}'")
+    assert shown["figures"]["records"] == str(n) and 0 < n < 54
+    assert shown["figures"]["chain"] == "chains DO NOT verify"
+    assert "altered" in out.read_text()
+
+
+def test_bad_input(home, tmp_path):
+    result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--since", "soon"])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert result.exit_code == 1 and "agentgate init" in result.output
+
+
+def test_the_demo_tells_the_whole_story(tmp_path):
+    """scripts/demo, as a newcomer runs it: allowed, denied, held-then-approved and masked calls,
+    the calls list, verify, the exports and the report, in well under two minutes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTGATE_", "AWS_"))}
+    env["AGENTGATE_DEMO_PYTHON"] = sys.executable
+    started = time.monotonic()
+    p = subprocess.run([str(root / "scripts" / "demo"), "--dir", str(tmp_path / "demo")], env=env,
+                       capture_output=True, text=True, timeout=170)
+    took = time.monotonic() - started
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert took < 120, took
+    out = p.stdout
+    assert "the agent sees SecretString = agentgate:masked:hmac-" in out
+    assert "REFUSED  iam ListUsers" in out and "rule 'no-iam-for-agents'" in out
+    assert "ApprovalPending" in out and "approved by sre-sam" in out
+    assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
+    assert re.search(r"OK: \d+ records in 1 chains", out)
+    demo = tmp_path / "demo"
+    for name in ("calls.jsonl", "calls.ocsf.jsonl", "calls.flows", "assessment-results.json", "report.html"):
+        assert (demo / name).stat().st_size > 0, name
+    shown = render(demo / "report.html", tmp_path / "demo.png")
+    db = demo / "gateway" / "agentgate.db"
+    (n,), = sql(db, "select count(*) from calls")
+    assert shown["figures"]["records"] == str(n)
+    assert shown["figures"]["deny"] == "1" and shown["figures"]["approvals"] == "1"
+    assert shown["tables"]["approvals"][0][4] == "sre-sam"
