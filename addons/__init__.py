@@ -9,12 +9,17 @@ Follow one call through the chain in order (``chain()`` below builds it):
    (proxy credentials on CONNECT) or B (the token as the AWS session token), and attaches a
    Principal.
 3. ``classify`` (requestheaders/request) resolves service, operation, parameters and IAM action.
-4. ``policy``   (requestheaders/request) decides allow, deny or approve and picks the role.
-5. ``signer``   (requestheaders/request) gets JIT credentials for the role, strips the agent's
+4. ``policy``   (requestheaders/request) decides allow, deny or approve and picks the role (an
+   access grant in force for the principal replaces it).
+5. ``approval`` (requestheaders/request) holds a call whose decision is approve until a human
+   approves it (it goes on), denies it, or ``approval_hold`` runs out (ApprovalPending).
+6. ``signer``   (requestheaders/request) gets JIT credentials for the role, strips the agent's
    auth, re-signs with botocore's signer and re-targets to ``upstream`` when set.
-6. ``recorder`` (response, error) writes one Record per flow to the store.
+7. ``masking``  (request, response) masks the call for the record (request and response, always)
+   and the response for the agent where the decision's ``mask_for_agent`` names members.
+8. ``recorder`` (response, error) writes one Record per flow to the store.
 
-A request whose body streams runs stages 2-5 in ``requestheaders`` (the body goes upstream as it
+A request whose body streams runs stages 2-6 in ``requestheaders`` (the body goes upstream as it
 arrives); every other request runs them in ``request`` with its body in hand.
 
 What one addon tells the next travels in ``flow.metadata`` under one key each:
@@ -28,26 +33,39 @@ key                    set by      value
 ``agentgate.principal`` auth       core.identity.Principal
 ``agentgate.call``     classify    core.classifier.Classification
 ``agentgate.decision`` policy      core.policy.Decision
+``agentgate.approval`` approval    core.approvals.Approval: the approval that released (or held,
+                       (policy)    or refused) the call; or the access grant it runs under
 ``agentgate.signed``   signer      core.credentials.Grant (role ARN, session id, expiry)
 ``agentgate.refusal``  any stage   core.awserrors.Refusal, when the flow was answered here
+``agentgate.masked``   masking     core.masking.MaskedCall: bodies, headers and parameters as the
+                                   record keeps them, what was masked, and why a body is not kept
 =====================  ==========  =========================================================
 """
 
 
-def chain(settings, *, store, policies, validator, broker) -> list:
+def chain(settings, *, store, policies, validator, broker, approvals=None, notifier=None,
+          fingerprint_key: bytes | None = None) -> list:
     """The addons in chain order, built around the shared core objects."""
+    from .approval import Approval
     from .auth import Auth
     from .classify import Classify
+    from .core.approvals import Approvals
     from .egress import Egress
+    from .masking import Masking
     from .policy import Policy
     from .recorder import Recorder
     from .signer import Signer
 
+    approvals = approvals if approvals is not None else Approvals(store)
+    masking = Masking(fingerprint_key)
     return [
         Egress(settings.allow_hosts, settings.allow_private),
         Auth(validator),
         Classify(),
-        Policy(policies),
+        Policy(policies, approvals),
+        Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
+                 mask=lambda call: masking.masker.params(call)[0]),
         Signer(broker, settings.upstream),
+        masking,
         Recorder(store, fail_open=settings.fail_open),
     ]

@@ -38,6 +38,11 @@ class LazyGroup(click.Group):
         "calls": "addons.commands.store:calls",
         "verify": "addons.commands.store:verify",
         "prune": "addons.commands.store:prune",
+        "approvals": "addons.commands.approvals:approvals",
+        "access": "addons.commands.approvals:access",
+        "export": "addons.commands.export:export",
+        "replay": "addons.commands.export:replay",
+        "report": "addons.commands.export:report",
     }
 
     def list_commands(self, ctx):
@@ -71,7 +76,9 @@ groups_claim = "groups"
 allow_hosts = []                         # non-AWS hosts tunnelled untouched, e.g. ["pypi.org", "*.github.com"]
 approval_hold = 20
 durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
-console_listen = "127.0.0.1:8081"
+console_listen = "127.0.0.1:8081"        # the approvals console ("" for none)
+# webhook_url = "https://hooks.slack.com/services/..."   # told of approvals asked and decided
+# grant_approvers = ["sre"]              # groups that approve access grants (agentgate access)
 """
 
 
@@ -145,17 +152,23 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
 @click.option("--policies", default=None, help="Directory of policy files.")
 @click.option("--upstream", default=None, help="Send all AWS traffic to this URL, keeping the original Host.")
 @click.option("--web", is_flag=True, default=None, help="Run the chain inside mitmweb for live inspection.")
+@click.option("--web-listen", default="127.0.0.1:8082", show_default=True, help="HOST:PORT of mitmweb's UI (with --web).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every call.")
-def run(listen, db, policies, upstream, web, verbose) -> None:
+def run(listen, db, policies, upstream, web, web_listen, verbose) -> None:
     """Start the gateway."""
     s = _settings(listen=listen, db=db, policies=policies, upstream=upstream, web=web)
     if not Path(s.ca_file).exists():
         raise click.ClickException(f"no CA at {s.ca_file}: run `agentgate init` first")
     if s.web:
-        raise click.ClickException("--web is not available in this version of agentgate")
+        from .settings import parse_hostport
+
+        try:
+            parse_hostport(web_listen, "--web-listen")
+        except SettingsError as e:
+            raise click.BadParameter(str(e), param_hint="--web-listen") from None
     from .gateway import run as run_gateway
 
-    sys.exit(run_gateway(s, verbose=verbose))
+    sys.exit(run_gateway(s, verbose=verbose, web_listen=web_listen))
 
 
 # ----------------------------------------------------------------------------------------- env

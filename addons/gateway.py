@@ -19,6 +19,11 @@ from .settings import Settings, parse_hostport
 
 log = logging.getLogger("agentgate")
 
+# The store's writer thread needs the GIL back after each database call of a commit; at CPython's
+# default 5 ms switch interval a busy event loop makes it wait that long each time, which adds
+# milliseconds to every call that waits for its record (durability "sync"). 0.5 ms bounds that wait.
+GIL_SWITCH_INTERVAL = 0.0005
+
 
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options) -> None:
@@ -45,8 +50,11 @@ def read_key(path: Path) -> bytes | None:
     return path.read_bytes().strip() if path.exists() else None
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
     from . import chain
+    from .approval import Approval
+    from .console import Console, approvers_of
+    from .core.approvals import Approvals
     from .core.credentials import CredentialBroker
     from .core.identity import TokenValidator
     from .core.policy import PolicyError, PolicyStore
@@ -77,16 +85,51 @@ async def serve(settings: Settings) -> int:
                                    leeway=settings.oidc_leeway)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, refresh_margin=settings.credential_refresh_margin)
 
+    approvals = Approvals(store)
+    notifier = None
+    if settings.webhook_url:
+        from .notify import Notifier
+
+        notifier = Notifier(settings.webhook_url, console_url=settings.console_url)
+
+    await asyncio.to_thread(_warm_up)
     opts = options.Options(listen_host=listen_host, listen_port=listen_port, confdir=settings.certs)
-    m = GatewayMaster(opts)
-    m.addons.add(*chain(settings, store=store, policies=policies, validator=validator, broker=broker))
+    m = web_master(opts, web_listen) if settings.web else GatewayMaster(opts)
+    stages = chain(settings, store=store, policies=policies, validator=validator, broker=broker,
+                   approvals=approvals, notifier=notifier, fingerprint_key=read_key(keys / "fingerprint.key"))
+    holder = next(s for s in stages if isinstance(s, Approval))
+    m.addons.add(*stages)
+    if settings.web:
+        from .web import WebScrub
+
+        m.addons.add(WebScrub())  # last: after the recorder
     m.options.update(connection_strategy="lazy", http3=False)
     store.store_policy_version(current.version, current.text)
     store.start()
+    await approvals.start()
+    console = None
+    if settings.console_listen:
+        console = _start_console(settings, Console(
+            approvals, store, validator=validator, admin_token=read_key(keys / "admin.token"),
+            may_view=approvers_of(policies, settings.grant_approvers), notifier=notifier).app)
 
     loop = asyncio.get_running_loop()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if stopping:  # a second signal: stop now
+            m.shutdown()
+            return
+        stopping = True
+        loop.create_task(_stop(), name="agentgate-stop")
+
+    async def _stop() -> None:
+        await holder.drain()  # held calls get ApprovalPending; their approvals stay in the store
+        m.shutdown()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, m.shutdown)
+        loop.add_signal_handler(sig, stop)
 
     print(f"agentgate listening on {listen_host}:{listen_port}", file=sys.stderr)
     print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability})", file=sys.stderr)
@@ -94,16 +137,49 @@ async def serve(settings: Settings) -> int:
     print(f"  CA:       {settings.ca_file}  <- agents trust this", file=sys.stderr)
     if settings.upstream:
         print(f"  upstream: {settings.upstream} (all AWS traffic, Host kept)", file=sys.stderr)
+    if console is not None:
+        print(f"  console:  {settings.console_url} (approvals; hold {settings.approval_hold:g} s)", file=sys.stderr)
+    if settings.web:
+        print(f"  web:      {m.web_url}  (mitmweb: calls as the agent sees them; credentials removed)", file=sys.stderr)
     if not settings.oidc_issuer:
         print("  WARNING: oidc_issuer is not set: every call is refused until it is set in agentgate.toml", file=sys.stderr)
     sys.stderr.flush()
     try:
         await m.run()
     finally:
+        if console is not None:
+            await console.stop()
+        await approvals.aclose()
+        if notifier is not None:
+            await notifier.aclose()
         await asyncio.to_thread(store.close)
         if validator is not None:
             await validator.aclose()
     return 0
+
+
+def _start_console(settings: Settings, app):
+    """The approvals console on ``console_listen``, in this event loop; None if it cannot listen."""
+    from .console import Server, bind
+
+    host, port = parse_hostport(settings.console_listen, "console_listen")
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        log.error("the approvals console cannot listen on %s (%s); the gateway runs without it: set "
+                  "console_listen to a free HOST:PORT", settings.console_listen, e.strerror or e)
+        return None
+    server = Server(app, sock)
+    server.start()
+    return server
+
+
+def _warm_up() -> None:
+    """Build the host and service indexes now, so the first call does not pay for them."""
+    from .core import classifier, endpoints
+
+    endpoints.preload()
+    classifier.prepare()
 
 
 def _safe_url(url: str) -> str:
@@ -116,6 +192,17 @@ def _safe_url(url: str) -> str:
         return url
 
 
-def run(settings: Settings, verbose: bool = False) -> int:
+def web_master(opts: options.Options, web_listen: str) -> master.Master:
+    """mitmweb's master (its add-ons, its web UI on ``web_listen``), for the chain to be added to."""
+    from mitmproxy.tools.web.master import WebMaster
+
+    host, port = parse_hostport(web_listen, "web_listen")
+    m = WebMaster(opts, with_termlog=False)
+    m.options.update(web_host=host, web_port=port, web_open_browser=False)
+    return m
+
+
+def run(settings: Settings, verbose: bool = False, web_listen: str = "127.0.0.1:8082") -> int:
     setup_logging(verbose)
-    return asyncio.run(serve(settings))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    return asyncio.run(serve(settings, web_listen))

@@ -1,16 +1,19 @@
 """policy: decides. Evaluates policies/ (core.policy) for the call and its principal: allow, deny
-or approve, with the rule and the policy version; picks the role the call runs as. Policy files
-reload on change; a broken change keeps the last good version in force."""
+or approve, with the rule and the policy version; picks the role the call runs as (an access grant
+in force for the principal replaces it). Policy files reload on change; a broken change keeps the
+last good version in force. An ``approve`` decision goes on to the approval stage."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from mitmproxy import http
 
+from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
 from .core.policy import PolicyError, PolicyStore
-from .stage import CALL, DECISION, PRINCIPAL, answer, due
+from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
 
 log = logging.getLogger("agentgate.policy")
 
@@ -21,20 +24,23 @@ def log_policy_error(error: PolicyError) -> None:
 
 
 class Policy:
-    def __init__(self, policies: PolicyStore) -> None:
+    def __init__(self, policies: PolicyStore, grants: Approvals | None = None) -> None:
         self.policies = policies
+        self.grants = grants  # access grants in force: a principal's calls run as the granted role
 
     def _run(self, flow: http.HTTPFlow) -> None:
         principal = flow.metadata[PRINCIPAL]
         call = flow.metadata[CALL]
-        decision = self.policies.current.evaluate(principal, call)
+        current = self.policies.current
+        decision = current.evaluate(principal, call)
+        if self.grants is not None and (grant := self.grants.grant_for(principal)) is not None:
+            if (role := granted_role(current, grant)) is not None:
+                decision = dataclasses.replace(decision, role=role)
+                flow.metadata[APPROVAL] = grant
         flow.metadata[DECISION] = decision
         if decision.decision == "deny":
             rule = f"rule {decision.rule!r}" if decision.rule else "the default rule"
             answer(flow, Refusal(403, "AccessDenied", f"agentgate denied {call.action} by {rule}: {decision.reason}", "policy"))
-        elif decision.decision == "approve":
-            answer(flow, Refusal(403, "AccessDenied", f"{call.action} needs a human approval (rule {decision.rule!r}: "
-                                 f"{decision.reason}) and approvals are not enabled on this gateway", "approval"))
         elif decision.role is None:
             answer(flow, Refusal(403, "AccessDenied", f"no role in policies/ is mapped to principal {principal.sub!r}; "
                                  "an operator adds one under `roles`", "roles"))

@@ -1,7 +1,11 @@
 """recorder: writes one Record per flow to the store (core.store): forwarded, refused, tunnelled,
 failed upstream, or abandoned by the client. With ``durability = "sync"`` (the default) the
 response waits in the ``response`` hook until its record is committed; when the store cannot
-write, the call is refused with an AWS-shaped 503 instead (fail closed) unless ``fail_open``.
+write, the call is refused with an AWS-shaped 503 instead (fail closed) unless ``fail_open``. The
+record of a call refused that way is kept and written when the store is back, and says that the
+agent got the 503 (``refused_by_store``). While the store is known to be down, calls are refused
+before they go upstream (``request``). A response whose body streams (below) has reached the agent
+before its ``response`` hook, so it cannot be refused any more: its record is kept all the same.
 
 Large response bodies (S3 objects) stream through; their SHA-256 and size are computed on the way.
 """
@@ -18,7 +22,8 @@ from .core import sigv4
 from .core.awserrors import Refusal, render
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
-from .stage import BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL
+from .masking import MASKED
+from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer, due
 
 log = logging.getLogger("agentgate.recorder")
 
@@ -80,6 +85,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         r.decision, r.rule, r.reason, r.policy_version = decision.decision, decision.rule, decision.reason, decision.policy_version
         if decision.role is not None:
             r.role = decision.role.role_arn
+    if (approval := md.get(APPROVAL)) is not None:
+        r.approval_id, r.approver = approval.id, approval.approver
     if grant is not None:
         r.session_id, r.role = grant.session_id, grant.role_arn
         if grant.assumed_role_arn and not r.account:
@@ -115,10 +122,47 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         end = resp.timestamp_end or time.time()
     else:
         end = time.time()
+    masked = md.get(MASKED)  # core.masking.MaskedCall: bodies, headers and parameters as masked
+    if masked is not None:
+        r.request_body, r.response_body, r.masked, r.body_note = (
+            masked.request_body, masked.response_body, masked.masked, masked.note)
+        if masked.request_headers is not None:
+            r.request_headers = masked.request_headers
+        if masked.response_headers is not None and resp is not None:
+            r.response_headers = masked.response_headers
+        if masked.query is not None and r.kind == "call":
+            r.url = f"https://{host}{path}?{masked.query}"
+        if masked.params_masked:
+            r.params = masked.params
+        if masked.resources is not None:
+            r.resources = masked.resources
     r.bytes_in = r.request_body_size
     r.bytes_out = r.response_body_size
     r.latency_ms = round((end - r.time) * 1000, 3)
     return r
+
+
+STORE_DOWN = Refusal(503, "ServiceUnavailable", "agentgate cannot record this call right now (its evidence store "
+                     "is unavailable), so it is not answered; retry shortly", "store")
+
+
+def refused_by_store(record: Record) -> dict:
+    """What ``record`` says instead when its call is refused because the store could not commit it
+    (fail closed): the agent got STORE_DOWN's 503. The error keeps what had happened before; the
+    AWS request id and response digest stay upstream's, whose answer the agent did not get."""
+    if record.rule == "agentgate:store":  # refused before it went anywhere: it says so already
+        return {}
+    if record.outcome == "refused":
+        before = f"it had been refused with {record.status}: {record.error}"
+    elif record.kind == "connect":
+        before = "the tunnel was not opened"
+    elif record.status is not None:
+        before = f"upstream had answered {record.status}" + (
+            f" (request id {record.aws_request_id})" if record.aws_request_id else "")
+    else:
+        before = "it had not been answered"
+    return {"outcome": "refused", "status": STORE_DOWN.status,
+            "error": f"{STORE_DOWN.code} (agentgate:store): {STORE_DOWN.message}; {before}"}
 
 
 class Recorder:
@@ -126,38 +170,61 @@ class Recorder:
         self.store = store
         self.fail_open = fail_open
 
-    async def _write(self, flow: http.HTTPFlow, record: Record) -> bool:
+    async def _write(self, record: Record, refusable: bool = False) -> bool:
+        """Write ``record``. False when its call must be refused: the store cannot write and
+        ``fail_open`` is off. ``refusable``: the call can still be refused (nothing reached the agent)."""
+        what = f"{record.method} {record.url}"
         try:
-            await self.store.write(record)
+            await self.store.write(record, if_refused=refused_by_store(record) if refusable and not self.fail_open else None)
             return True
         except StoreUnavailable as e:
             if self.fail_open:
-                log.warning("FAIL OPEN: the store cannot write (%s); %s %s is answered and its record stays "
-                            "queued until the store is back", e, record.method, record.url)
+                log.warning("FAIL OPEN: the store cannot write (%s); %s is answered and its record stays "
+                            "queued until the store is back", e, what)
                 return True
-            log.error("refusing %s %s: the store cannot write (%s)", record.method, record.url, e)
+            if refusable:
+                log.error("refusing %s with 503: the store cannot write (%s)", what, e)
+            else:
+                log.error("the store cannot write the record of %s (%s)", what, e)
             return False
         except StoreError as e:
-            log.error("refusing %s %s: the store refused its record (%s)", record.method, record.url, e)
+            if refusable and not self.fail_open:
+                log.error("refusing %s with 503: the store refused its record (%s)", what, e)
+            else:
+                log.error("the store refused the record of %s (%s)", what, e)
             return self.fail_open
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.metadata.get(TUNNEL):
-            await self._write(flow, build_record(flow))
+        if flow.response is not None:  # a refused CONNECT
+            await self._write(build_record(flow))
+        elif flow.metadata.get(TUNNEL) and not await self._write(build_record(flow), refusable=True):
+            flow.response = http.Response.make(STORE_DOWN.status, f"agentgate: {STORE_DOWN.message}\n",
+                                               {"content-type": "text/plain; charset=utf-8"})
+
+    def _refuse_while_down(self, flow: http.HTTPFlow) -> None:
+        # The store is known to be down: refuse before the call goes upstream, not after AWS did it.
+        if not self.fail_open and not self.store.healthy:
+            answer(flow, STORE_DOWN)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "requestheaders"):
+            self._refuse_while_down(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "request"):
+            self._refuse_while_down(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and not flow.response.stream and should_stream(flow.response):
             flow.response.stream = ResponseDigest(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        record = build_record(flow)
-        if not await self._write(flow, record) and not flow.response.stream:
-            refusal = Refusal(503, "ServiceUnavailable", "agentgate cannot record this call right now (its evidence "
-                              "store is unavailable), so it is not answered; retry shortly", "store")
-            status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        refusable = not flow.response.stream  # a streamed body has already reached the agent
+        if not await self._write(build_record(flow), refusable) and refusable:
+            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
             flow.response = http.Response.make(status, body, headers)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "unknown error"
         outcome = "client_gone" if "client" in msg.lower() and ("disconnect" in msg.lower() or "closed" in msg.lower()) else "failed"
-        await self._write(flow, build_record(flow, outcome=outcome, error=msg))
+        await self._write(build_record(flow, outcome=outcome, error=msg))

@@ -38,7 +38,11 @@ class Settings:
     approval_hold: float = 20.0
     durability: str = "sync"  # sync | async
     fail_open: bool = False
-    console_listen: str = "127.0.0.1:8081"
+    console_listen: str = "127.0.0.1:8081"  # the approvals console; "" for none
+    console_url: str = ""  # the console's address as approvers reach it; default http://<console_listen>
+    webhook_url: str = ""  # Slack-compatible incoming webhook told of approvals asked and decided
+    grant_approvers: list[str] = dataclasses.field(default_factory=lambda: ["sre"])  # groups that approve access grants
+    grant_max: float = 43200.0  # seconds: the longest access grant that can be asked for
     certs: str = ""  # default <home>/certs
     keys: str = ""  # default <home>/keys (fingerprint key, admin token)
     credential_refresh_margin: float = 300.0  # seconds before expiry that JIT credentials are renewed
@@ -58,7 +62,11 @@ class Settings:
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
         parse_hostport(s.listen, "listen")
-        parse_hostport(s.console_listen, "console_listen")
+        if s.console_listen:
+            host, port = parse_hostport(s.console_listen, "console_listen")
+            s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
+            raise SettingsError(f"webhook_url must be an http:// or https:// URL, not {s.webhook_url!r}")
         return s
 
     @property

@@ -16,6 +16,7 @@ PRINCIPAL = "agentgate.principal"
 TOKEN = "agentgate.token"  # the validated token, for web-identity roles; never recorded
 CALL = "agentgate.call"
 DECISION = "agentgate.decision"
+APPROVAL = "agentgate.approval"  # core.approvals.Approval: what released the call, or the grant it runs under
 SIGNED = "agentgate.signed"
 REFUSAL = "agentgate.refusal"
 STARTED = "agentgate.started"

@@ -4,20 +4,39 @@ for the commit (durability "sync") adds to each call's latency over queueing onl
 
 For each backend (SQLite in a temporary directory; PostgreSQL started by tests/support/postgres.py,
 fsync on) and each durability, W concurrent asyncio writers (default 8) each write N records,
-awaiting every write as the recorder does. Prints a table; ``--json PATH`` writes the figures.
+awaiting every write as the recorder does. The writer's sustained rate is measured apart: records
+queued all at once, timed until the last is committed.
+
+``--gateway`` measures the same through real gateways instead: for each backend and durability a
+gateway in front of a fast canned upstream (scripts/bench_upstream.py), and W agents (threads, each
+on its own kept-alive tunnel, transport A) calling DynamoDB ListTables back to back; the figure is
+the p50 of what each call takes at the agent. Agents pause ``--think`` ms between calls (as agents
+do while they think), so that the gateway is not saturated and the difference is the commit's.
+The store's directory is ``--dir`` (default: a temporary directory under the current one, on the
+disk a store would use, not tmpfs); PostgreSQL's data goes to TMPDIR.
+
+Prints a table; ``--json PATH`` writes the figures.
 
     .venv/bin/python scripts/bench_store.py --json bench-results/store.json
+    .venv/bin/python scripts/bench_store.py --gateway --json bench-results/store-gateway.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import http.client
 import json
+import os
 import platform
+import random
+import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from addons.core.records import Record  # noqa: E402
 from addons.core.store import Store, verify  # noqa: E402
+from addons.gateway import GIL_SWITCH_INTERVAL  # noqa: E402
 
 
 def sample_record(writer: int, i: int) -> Record:
@@ -87,31 +107,208 @@ def measure(url: str, durability: str, writers: int, per_writer: int) -> dict:
     }
 
 
+def sustained(url: str, records: int) -> dict:
+    """Records per second the writer commits when it always has a full queue: ``records`` queued
+    at once (durability "async"), timed from the first write until the queue is empty."""
+    store = Store(url, durability="async", chain_key=b"bench-chain-key-0123456789")
+    store.migrate()
+    store.start()
+    batch = [sample_record(i % 8, i) for i in range(records)]
+
+    async def queue_all() -> None:
+        for r in batch:
+            await store.write(r)
+
+    before = dict(store.stats)
+    started = time.perf_counter()
+    asyncio.run(queue_all())
+    queued = time.perf_counter() - started
+    while store.queued:
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - started
+    commits = store.stats["commits"] - before["commits"]
+    store.close()
+    return {"records": records, "seconds": round(elapsed, 3), "records_per_second": round(records / elapsed),
+            "queueing_us_per_record": round(queued / records * 1e6, 1), "records_per_commit": round(records / max(commits, 1), 1)}
+
+
 def bench_backend(name: str, url: str, writers: int, per_writer: int) -> dict:
     results = {}
     for durability in ("sync", "async"):
         results[durability] = measure(url, durability, writers, per_writer)
+    results["sustained"] = sustained(url, writers * per_writer)
     check = verify(url, b"bench-chain-key-0123456789")
     assert check.ok, check.problems[:3]
     return {
         "backend": name,
         "sync": results["sync"],
         "async": results["async"],
+        "writer_sustains": results["sustained"],
         "added_p50_ms_sync_over_async": round(results["sync"]["p50_ms"] - results["async"]["p50_ms"], 3),
         "verified_records": check.records,
     }
 
 
+# -- through the gateway ---------------------------------------------------------------------------
+
+
+def list_tables_request(token: str) -> tuple[bytes, dict[str, str]]:
+    """A DynamoDB ListTables request as an SDK signs it (the gateway re-signs it anyway)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    body = b"{}"
+    req = AWSRequest("POST", "https://dynamodb.us-east-1.amazonaws.com/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.ListTables"})
+    SigV4Auth(Credentials("agentgate", "x"), "dynamodb", "us-east-1").add_auth(req)
+    return body, dict(req.headers)
+
+
+def agents(port: int, ca: Path, tokens: list[str], calls: int, think: float = 0.0, warmup: int = 20) -> list[float]:
+    """Each agent in its own thread, on its own tunnel: ``warmup`` calls, then ``calls`` timed
+    ones, all agents starting together, each pausing ``think`` seconds on average (0.5-1.5 times,
+    at random) after every call. Returns every timed call's seconds."""
+    start = threading.Barrier(len(tokens))
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def agent(token: str) -> None:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
+        conn.set_tunnel("dynamodb.us-east-1.amazonaws.com", 443, headers={
+            "Proxy-Authorization": "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()})
+        body, headers = list_tables_request(token)
+        mine = []
+        try:
+            for i in range(warmup + calls):
+                if i == warmup:
+                    start.wait()
+                t = time.perf_counter()
+                conn.request("POST", "/", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+                if i >= warmup:
+                    mine.append(time.perf_counter() - t)
+                if think:
+                    time.sleep(think * random.uniform(0.5, 1.5))
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+            start.abort()
+        finally:
+            conn.close()
+        latencies.extend(mine)
+
+    threads = [threading.Thread(target=agent, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"agents failed: {errors[:3]}")
+    return latencies
+
+
+def bench_gateway(args) -> dict:
+    from tests.support.gateway import TEST_POLICY, Gateway
+    from tests.support.oidc import OIDCIssuer
+
+    out: dict = {"agents": args.writers, "calls_per_agent": args.calls, "think_ms": args.think,
+                 "store_dir": str(Path(args.dir or ".").resolve()), "postgresql_dir": tempfile.gettempdir(), "results": []}
+    base = Path(args.dir).resolve() if args.dir else Path.cwd()
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="agentgate-bench-", dir=base) as d, OIDCIssuer() as issuer:
+        tmp = Path(d)
+        ready = tmp / "upstream.port"
+        upstream = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_upstream.py"), "--ready-file", str(ready)],
+                                    stdout=subprocess.DEVNULL)
+        pg = None
+        try:
+            for _ in range(200):
+                if ready.exists() and ready.read_text():
+                    break
+                time.sleep(0.05)
+            upstream_url = f"http://127.0.0.1:{int(ready.read_text())}"
+            for backend in args.backends.split(","):
+                backend = backend.strip()
+                if backend == "postgresql":
+                    from tests.support.postgres import PostgresServer
+
+                    pg = PostgresServer(fsync=True).start()
+                row: dict = {"backend": backend}
+                for rnd in range(args.rounds):
+                    for durability in ("sync", "async"):
+                        db = pg.create_database() if backend == "postgresql" else f"sqlite:///{tmp / f'{durability}-{rnd}.db'}"
+                        gw = Gateway(tmp / f"gw-{backend}-{durability}-{rnd}", issuer=issuer.issuer, upstream=upstream_url,
+                                     aws_key=("bench", "bench"), policy=TEST_POLICY,
+                                     settings={"db": db, "durability": durability})
+                        with gw:
+                            tokens = [issuer.mint(f"bench-agent-{i}", expires_in=3600) for i in range(args.writers)]
+                            lat = sorted(agents(gw.port, gw.ca_file, tokens, args.calls, args.think / 1000))
+                        m = row.setdefault(durability, {"p50_ms": [], "p90_ms": [], "calls_per_second": []})
+                        m["p50_ms"].append(round(statistics.median(lat) * 1000, 3))
+                        m["p90_ms"].append(round(lat[int(len(lat) * 0.9)] * 1000, 3))
+                        m["calls_per_second"].append(round(len(lat) / (sum(lat) / args.writers)))
+                        print(f"{backend} {durability} round {rnd}: p50 {m['p50_ms'][-1]} ms", file=sys.stderr, flush=True)
+                added = [s - a for s, a in zip(row["sync"]["p50_ms"], row["async"]["p50_ms"])]
+                row["added_p50_ms_sync_over_async"] = [round(x, 3) for x in added]
+                row["added_p50_ms_median"] = round(statistics.median(added), 3)
+                out["results"].append(row)
+                if pg is not None:
+                    pg.cleanup()
+                    pg = None
+        finally:
+            upstream.terminate()
+            upstream.wait()
+            if pg is not None:
+                pg.cleanup()
+    return out
+
+
+def print_gateway(out: dict) -> None:
+    print(f"{out['agents']} agents through the gateway, {out['calls_per_agent']} calls each, "
+          f"{out['think_ms']} ms between calls, per round")
+    for r in out["results"]:
+        for d in ("sync", "async"):
+            print(f"{r['backend']:<11} {d:<6} p50 ms {r[d]['p50_ms']}  p90 ms {r[d]['p90_ms']}")
+        print(f"{r['backend']}: sync adds {r['added_p50_ms_sync_over_async']} ms to the p50 call "
+              f"(median {r['added_p50_ms_median']} ms)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--writers", type=int, default=8, help="concurrent asyncio writers (default 8)")
+    ap.add_argument("--writers", type=int, default=8, help="concurrent writers, or agents with --gateway (default 8)")
     ap.add_argument("--records", type=int, default=1000, help="records per writer (default 1000)")
     ap.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     ap.add_argument("--json", metavar="PATH", help="write the figures here as JSON")
+    ap.add_argument("--gateway", action="store_true", help="measure through gateways with agents instead")
+    ap.add_argument("--calls", type=int, default=300, help="--gateway: calls per agent (default 300)")
+    ap.add_argument("--rounds", type=int, default=3, help="--gateway: rounds, sync and async alternating (default 3)")
+    ap.add_argument("--think", type=float, default=40.0,
+                    help="--gateway: ms each agent pauses between calls, on average (default 40; 0 saturates the gateway)")
+    ap.add_argument("--dir", help="where the stores go (default: a temporary directory in the current one)")
+    ap.add_argument("--switch-interval", type=float, default=GIL_SWITCH_INTERVAL * 1000,
+                    help=f"ms, the GIL switch interval of this process (default {GIL_SWITCH_INTERVAL * 1000:g}, "
+                         "what the gateway sets)")
     args = ap.parse_args()
+    sys.setswitchinterval(args.switch_interval / 1000)
 
-    out = {"python": platform.python_version(), "machine": platform.machine(), "results": []}
-    with tempfile.TemporaryDirectory(prefix="agentgate-bench-") as tmp:
+    machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+               "load_average_at_start": round(os.getloadavg()[0], 2), "switch_interval_ms": args.switch_interval}
+    if args.gateway:
+        out = {**machine, **bench_gateway(args)}
+        print_gateway(out)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
+
+    out = {**machine, "results": []}
+    base = Path(args.dir).resolve() if args.dir else Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="agentgate-bench-", dir=base) as tmp:
         for backend in args.backends.split(","):
             backend = backend.strip()
             if backend == "sqlite":
@@ -134,6 +331,10 @@ def main() -> int:
             m = r[d]
             print(f"{r['backend']:<11} {d:<10} {m['records_per_second']:>10} {m['records_per_commit']:>10} "
                   f"{m['p50_ms']:>8} {m['p99_ms']:>8}")
+    for r in out["results"]:
+        w = r["writer_sustains"]
+        print(f"{r['backend']}: the writer sustains {w['records_per_second']} records/s "
+              f"({w['records_per_commit']} per commit; queueing costs the caller {w['queueing_us_per_record']} us a record)")
     for r in out["results"]:
         print(f"{r['backend']}: sync adds {r['added_p50_ms_sync_over_async']} ms to the p50 write latency over async")
     if args.json:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -137,6 +138,8 @@ class Call(Base):
     response_body_size: Mapped[int | None] = mapped_column(BigInteger)
     response_body: Mapped[str | None] = mapped_column(Text)  # the masked body, capped at body_cap; None when not kept
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)  # a stored body was cut at the cap
+    masked: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)  # [{part, path, by, count}], never values
+    body_note: Mapped[str | None] = mapped_column(Text)  # why a body is not kept, or how it was
     bytes_in: Mapped[int | None] = mapped_column(BigInteger)
     bytes_out: Mapped[int | None] = mapped_column(BigInteger)
     latency_ms: Mapped[float | None] = mapped_column(Float)
@@ -157,34 +160,56 @@ class Call(Base):
     )
 
 
-APPROVAL_STATUSES = ("pending", "approved", "denied", "expired", "used")
+APPROVAL_STATUSES = ("pending", "approved", "denied", "expired", "used", "revoked")
+APPROVAL_KINDS = ("call", "grant")
 
 
 class Approval(Base):
-    """A call held for a human: bound to a hash of what exactly was asked for."""
+    """A call held for a human, bound to a hash of what exactly was asked for; or a time-bound
+    access grant (``kind = "grant"``): a principal's calls may run as ``role`` until it expires."""
 
     __tablename__ = "approvals"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), default="call", server_default="call")  # call | grant
     binding_hash: Mapped[str] = mapped_column(String(64))  # principal, role, service, operation, region, params
     call_id: Mapped[str | None] = mapped_column(String(64))  # the call that asked
     rule: Mapped[str | None] = mapped_column(String)
+    policy_version: Mapped[str | None] = mapped_column(String)
     principal: Mapped[str] = mapped_column(String)
+    issuer: Mapped[str | None] = mapped_column(String)
+    on_behalf_of: Mapped[str | None] = mapped_column(String)
     action: Mapped[str] = mapped_column(String)
+    service: Mapped[str | None] = mapped_column(String)
+    operation: Mapped[str | None] = mapped_column(String)
+    region: Mapped[str | None] = mapped_column(String)
+    resources: Mapped[list[str] | None] = mapped_column(Json)
+    params: Mapped[dict[str, Any] | None] = mapped_column(Json)  # masked, as the call's record keeps them
+    role: Mapped[str | None] = mapped_column(String)  # the role ARN the call runs as, or the role granted
+    approvers: Mapped[dict[str, Any] | None] = mapped_column(Json)  # who may decide: {sub, groups, claims}
+    request_reason: Mapped[str | None] = mapped_column(Text)  # the rule's reason, or the requester's for a grant
+    duration: Mapped[int | None] = mapped_column(Integer)  # seconds it stays usable once approved
     status: Mapped[str] = mapped_column(String(16), default="pending")
     approver: Mapped[str | None] = mapped_column(String)
-    reason: Mapped[str | None] = mapped_column(Text)
-    channel: Mapped[str | None] = mapped_column(String(32))  # console | cli | webhook
+    reason: Mapped[str | None] = mapped_column(Text)  # the approver's
+    channel: Mapped[str | None] = mapped_column(String(32))  # console | cli
     requested: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     decided: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     expires: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    used: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # when a call approval released its call
+    revoked: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # when a grant was revoked
+    revoked_by: Mapped[str | None] = mapped_column(String)
+    revoke_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'approved', 'denied', 'expired', 'used')", name="status"
+            "status IN ('pending', 'approved', 'denied', 'expired', 'used', 'revoked')", name="status"
         ),
         Index(None, "binding_hash", "status"),
         Index(None, "status", "requested"),
+        # one pending approval per binding, across replicas: an SDK's retries find the same one
+        Index("uq_approvals_pending_binding", "binding_hash", unique=True,
+              sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
     )
 
 

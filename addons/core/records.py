@@ -74,6 +74,12 @@ class Record:
     response_headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     response_body_sha256: str | None = None
     response_body_size: int | None = None
+    # bodies as masked (core.masking): the text kept, what was masked (part, member path, what
+    # masked it, how many values; never a value), and why a body is not kept or how it was
+    request_body: str | None = None
+    response_body: str | None = None
+    masked: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    body_note: str | None = None
     bytes_in: int | None = None
     bytes_out: int | None = None
     latency_ms: float | None = None

@@ -12,6 +12,13 @@ disk before its response is released, so even a power cut cannot lose it (NORMAL
 application crash); group commit pays one fsync per batch, not per record. Durability "async",
 which already accepts losing queued records, uses NORMAL.
 
+What a commit costs is kept to the database's own work: a record's bound values and the canonical
+form its hash covers are prepared by the caller when it is queued, so the writer only chains and
+sends them; the writer keeps one connection (no checkout or ping per commit) and runs statements
+compiled once from the Core constructs on the driver's cursor. On PostgreSQL the whole transaction
+(insert, sessions, checkpoint, COMMIT) goes in one pipeline: one round trip, then the WAL flush
+(``synchronous_commit`` stays on).
+
 Reading (``calls``, ``sessions``, ``verify``, ``prune``) is for the CLI and tests.
 """
 
@@ -20,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -191,12 +200,15 @@ def _schema_problem(conn: Any, where: str) -> str | None:
     return f"the store at {where} is at schema {current}, older than this agentgate ({head}); run `agentgate init` to migrate it"
 
 
-def _transient(e: BaseException) -> bool:
-    """True for errors of the database or its connection; False for a record it cannot take."""
+def _transient(e: BaseException, dbapi: Any = None) -> bool:
+    """True for errors of the database or its connection; False for a record it cannot take.
+    ``dbapi`` is the driver module, for errors raised by its cursor directly."""
     if isinstance(e, IntegrityError | DataError):
         return False
     if isinstance(e, StatementError) and not isinstance(e, DBAPIError):
         return False  # a value that could not be bound
+    if dbapi is not None and isinstance(e, dbapi.Error):
+        return not isinstance(e, dbapi.IntegrityError | dbapi.DataError)
     return isinstance(e, SQLAlchemyError | OSError)
 
 
@@ -246,6 +258,7 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     row["groups"] = chain.jsonable(list(record.groups or []))
     row["resources"] = chain.jsonable(list(record.resources or []))
     row["params"] = chain.jsonable(record.params)
+    row["masked"] = chain.jsonable(list(getattr(record, "masked", None) or []))
     row["request_headers"] = _headers(record.request_headers)
     row["response_headers"] = _headers(record.response_headers)
     latency = None if record.latency_ms is None else float(record.latency_ms) + 0.0  # no -0.0
@@ -255,6 +268,56 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     row["request_body"], row["response_body"] = request_body, response_body
     row["truncated"] = bool(getattr(record, "truncated", False)) or cut_request or cut_response
     return row
+
+
+# The canonical form (``chain.canonical``) is encoded once when a record is queued, with stand-ins
+# for the chain fields that only the writer knows; the writer swaps in their values. A stand-in holds
+# NUL, which no stored string does (``chain.clean_str``), so it cannot be mistaken for data.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_STAND_INS = {k: f"\x00{k}\x00" for k in ("prev_hash", "seq", "writer_id")}
+_STAND_IN_BYTES = {k: _CANONICAL.encode(v).encode() for k, v in _STAND_INS.items()}
+
+
+def canonical_template(row: dict[str, Any]) -> bytes | None:
+    """``chain.canonical`` of ``row`` with stand-ins for its chain fields; None if a stand-in
+    would not be found again (the writer then hashes the row itself)."""
+    body = {k: chain.micros(v) if isinstance(v, dt.datetime) else v
+            for k, v in row.items() if v is not None and k != "hash"}
+    body.update(_STAND_INS)
+    out = _CANONICAL.encode(body).encode()
+    return out if all(out.count(b) == 1 for b in _STAND_IN_BYTES.values()) else None
+
+
+def chained_hash(template: bytes, writer_id: str, seq: int, prev_hash: str) -> str:
+    """``chain.record_hash`` of the row ``template`` came from, at ``seq`` after ``prev_hash``."""
+    canonical = (template.replace(_STAND_IN_BYTES["prev_hash"], _CANONICAL.encode(prev_hash).encode())
+                 .replace(_STAND_IN_BYTES["seq"], b"%d" % seq)
+                 .replace(_STAND_IN_BYTES["writer_id"], _CANONICAL.encode(writer_id).encode()))
+    h = hashlib.sha256(str(prev_hash).encode("ascii", "replace"))
+    h.update(b"\n")
+    h.update(canonical)
+    return h.hexdigest()
+
+
+class _DriverStatement:
+    """A Core statement compiled once for the store's database and run on the driver's cursor,
+    with each value through its column's own bind processor: what ``Connection.execute`` does,
+    without compiling, wrapping and reading results again on every commit."""
+
+    def __init__(self, stmt: Any, table: Any, columns: list[str], dialect: Any) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=columns)
+        self.sql = str(compiled)
+        self.positions = compiled.positiontup  # None for named paramstyles (psycopg)
+        self.processors = {
+            c: p for c in columns if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
+        procs = self.processors
+        return {k: v if v is None or k not in procs else procs[k](v) for k, v in values.items()}
+
+    def params(self, bound: dict[str, Any]) -> tuple | dict[str, Any]:
+        return tuple(bound[n] for n in self.positions) if self.positions else bound
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,31 +371,48 @@ class _Waiter:
         self.event = None if loop else threading.Event()
         self.error: BaseException | None = None
 
-    def resolve(self, error: BaseException | None) -> None:
-        if self.loop is not None:
-            try:
-                self.loop.call_soon_threadsafe(_settle, self.future, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+def _resolve(outcomes: list[tuple[_Waiter, BaseException | None]]) -> None:
+    """Tell waiters how their records fared: one hop into each event loop for all of its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BaseException | None]]] = {}
+    for waiter, error in outcomes:
+        if waiter.loop is not None:
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, error))
         else:
-            self.error = error
-            self.event.set()
+            waiter.error = error
+            waiter.event.set()
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if not future.done():
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+def _settle(settled: list[tuple[asyncio.Future, BaseException | None]]) -> None:
+    for future, error in settled:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 class _Pending:
-    __slots__ = ("row", "waiter")
+    """A queued record: its row, its bound values and canonical form (prepared by the caller), who
+    waits for it, and what it must say instead if its call is refused because it was not committed."""
 
-    def __init__(self, row: dict[str, Any], waiter: _Waiter | None) -> None:
+    __slots__ = ("record", "row", "bound", "template", "waiter", "if_refused", "inflight", "late", "done")
+
+    def __init__(self, record: Record | None, row: dict[str, Any], bound: dict[str, Any], template: bytes | None,
+                 waiter: _Waiter | None, if_refused: dict[str, Any] | None) -> None:
+        self.record = record
         self.row = row
+        self.bound = bound
+        self.template = template
         self.waiter = waiter
+        self.if_refused = if_refused
+        self.inflight = False  # in the writer's current commit attempt
+        self.late = False  # its caller gave up waiting while it was in flight
+        self.done = False  # committed (or refused by the database)
 
 
 def default_writer_id() -> str:
@@ -387,10 +467,16 @@ class Store:
         self.max_queue = max_queue
         self._key = chain_key
         self.engine = make_engine(url, durability=durability)
-        self._upsert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        self._insert_calls = insert(Call.__table__)
-        self._insert_checkpoint = insert(Checkpoint.__table__)
-        self._upsert_sessions = self._session_upsert()
+        dialect = self.engine.dialect
+        self._upsert = pg_insert if dialect.name == "postgresql" else sqlite_insert
+        calls, sessions, checkpoints = Call.__table__, AgentSession.__table__, Checkpoint.__table__
+        self._insert_calls = _DriverStatement(insert(calls), calls, [c.name for c in calls.columns], dialect)
+        self._upsert_sessions = _DriverStatement(self._session_upsert(), sessions, [c.name for c in sessions.columns], dialect)
+        self._insert_checkpoint = _DriverStatement(
+            insert(checkpoints), checkpoints, [c.name for c in checkpoints.columns if c.name != "id"], dialect)
+        self._pipeline = dialect.name == "postgresql"  # the transaction in one round trip
+        self._dbapi = dialect.loaded_dbapi
+        self._raw: Any = None  # the writer's connection, kept between commits
         # writer state: guarded by _cond (the queue, health), or owned by the writer thread (chain)
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
@@ -477,8 +563,29 @@ class Store:
             f"the record is kept and will be written when it recovers"
         )
 
-    def _enqueue(self, record: Record, waiter: _Waiter | None) -> None:
-        row = record_row(record, self.body_cap)
+    def _prepare(self, record: Record) -> tuple[dict[str, Any], dict[str, Any], bytes | None]:
+        """A record's row, its bound values and its canonical form: the writer only chains them."""
+        try:
+            row = record_row(record, self.body_cap)
+            return row, self._insert_calls.bind(row), canonical_template(row)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise StoreError(f"record {record.id} cannot be stored: {e}") from None
+
+    def _refuse(self, item: _Pending) -> _Waiter | None:
+        """(Under the lock.) ``item``'s caller refuses its call: the record kept says so from now on.
+        Returns the waiter to tell."""
+        waiter, item.waiter = item.waiter, None
+        if item.if_refused and item.record is not None:
+            try:
+                item.row, item.bound, item.template = self._prepare(dataclasses.replace(item.record, **item.if_refused))
+            except StoreError as e:
+                log.error("store %s: %s", self.where, e)
+        item.if_refused = None
+        return waiter
+
+    def _enqueue(self, record: Record, waiter: _Waiter | None, if_refused: dict[str, Any] | None = None) -> _Pending:
+        row, bound, template = self._prepare(record)
+        item = _Pending(record if if_refused else None, row, bound, template, waiter, if_refused)
         with self._cond:
             if self._thread is None:
                 raise StoreError(f"the store at {self.where} is not started: start() it before writing")
@@ -490,40 +597,64 @@ class Store:
                     f"record {row['id']} was not kept"
                 )
             healthy = self._healthy
-            self._queue.append(_Pending(row, waiter if healthy else None))
+            if not healthy:
+                self._refuse(item)
+            self._queue.append(item)
             self._cond.notify()
         if not healthy:
             raise self._unavailable()
+        return item
 
-    async def write(self, record: Record) -> None:
-        """Queue a record; with durability "sync", return once it is committed."""
+    async def write(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
+        """Queue a record; with durability "sync", return once it is committed.
+
+        Raises ``StoreUnavailable`` when the store cannot write now; the record is kept and written
+        when it can. A caller that then refuses the call passes ``if_refused``: the Record fields
+        (outcome, status, error) that the kept record must hold instead, to say what the agent got.
+        """
         if self.durability == "async":
-            self._enqueue(record, None)
+            self._enqueue(record, None, if_refused)
             return
         waiter = _Waiter(asyncio.get_running_loop())
-        self._enqueue(record, waiter)
+        item = self._enqueue(record, waiter, if_refused)
         try:
             await asyncio.wait_for(waiter.future, self.commit_timeout)
         except TimeoutError:
-            raise StoreUnavailable(
-                f"the store at {self.where} did not commit within {self.commit_timeout:g} s; "
-                f"the record is kept and will be written when it can"
-            ) from None
+            self._gave_up(item)
+            raise self._too_slow() from None
 
-    def write_sync(self, record: Record) -> None:
+    def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
         """``write`` for callers without an event loop."""
         if self.durability == "async":
-            self._enqueue(record, None)
+            self._enqueue(record, None, if_refused)
             return
         waiter = _Waiter()
-        self._enqueue(record, waiter)
+        item = self._enqueue(record, waiter, if_refused)
         if not waiter.event.wait(self.commit_timeout):
-            raise StoreUnavailable(
-                f"the store at {self.where} did not commit within {self.commit_timeout:g} s; "
-                f"the record is kept and will be written when it can"
-            )
+            self._gave_up(item)
+            raise self._too_slow()
         if waiter.error is not None:
             raise waiter.error
+
+    def _too_slow(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the store at {self.where} did not commit within {self.commit_timeout:g} s; "
+            f"the record is kept and will be written when it can"
+        )
+
+    def _gave_up(self, item: _Pending) -> None:
+        """The caller stopped waiting for ``item``'s commit and refuses its call."""
+        with self._cond:
+            if item.done:
+                committed = True
+            elif item.inflight:  # the commit under way decides: see _committed and _failed
+                item.waiter, item.late, committed = None, True, False
+            else:
+                self._refuse(item)
+                committed = False
+        if committed:
+            log.warning("store %s: record %s was committed as its call was refused for taking over %g s",
+                        self.where, item.row["id"], self.commit_timeout)
 
     def store_policy_version(self, version: str, text: str) -> None:
         """Keep a policy version's text, once per version."""
@@ -550,6 +681,12 @@ class Store:
                 self._closing.set()
                 self._cond.notify()
             thread.join(timeout + MAX_BACKOFF + 5)
+        if self._raw is not None and (thread is None or not thread.is_alive()):
+            raw, self._raw = self._raw, None
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001 - closing after the database went away
+                pass
         self.engine.dispose()
 
     def _run(self) -> None:
@@ -572,6 +709,8 @@ class Store:
                     wait = next_checkpoint - time.monotonic() if self._seq > self._anchored else None
                     self._cond.wait(wait)
                 batch = list(itertools.islice(self._queue, MAX_BATCH))
+                for item in batch:
+                    item.inflight = True
             final = closing and not batch
             checkpoint = (due or final) and self._seq + len(batch) > self._anchored
             if not batch and not checkpoint:
@@ -581,7 +720,7 @@ class Store:
             try:
                 self._commit(batch, checkpoint)
             except Exception as e:  # noqa: BLE001 - every failure is either retried or reported
-                if batch and not _transient(e):
+                if batch and not _transient(e, self._dbapi):
                     self._commit_one_by_one(batch)
                     continue
                 failures += 1
@@ -611,31 +750,86 @@ class Store:
     def _commit(self, batch: list[_Pending], checkpoint: bool) -> None:
         """One transaction: the batch's calls, their sessions, and the head checkpoint if due."""
         seq, prev = self._seq, self._head
-        rows = []
+        calls = []
         for item in batch:
             seq += 1
-            row = {**item.row, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev}
-            row["hash"] = prev = chain.record_hash(row)
-            rows.append(row)
-        with self.engine.begin() as conn:
-            if rows:
-                conn.execute(self._insert_calls, rows)
-                sessions = self._session_rows(rows)
-                if sessions:
-                    conn.execute(self._upsert_sessions, sessions)
-            if checkpoint:
-                now = dt.datetime.now(dt.timezone.utc)
-                mac = None
-                if self._key is not None:
-                    mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
-                conn.execute(self._insert_checkpoint, [
-                    {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}
-                ])
+            if item.template is not None:
+                h = chained_hash(item.template, self.writer_id, seq, prev)
+            else:
+                h = chain.record_hash({**item.row, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev})
+            calls.append(self._insert_calls.params(
+                {**item.bound, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev, "hash": h}))
+            prev = h
+        sessions = [self._upsert_sessions.params(self._upsert_sessions.bind(r))
+                    for r in self._session_rows([item.row for item in batch])]
+        head = None
+        if checkpoint:
+            now = dt.datetime.now(dt.timezone.utc)
+            mac = None
+            if self._key is not None:
+                mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
+            head = self._insert_checkpoint.params(self._insert_checkpoint.bind(
+                {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}))
+        reused = self._raw is not None
+        try:
+            self._transaction(calls, sessions, head)
+        except Exception as e:
+            if not (self._pipeline and reused and _transient(e, self._dbapi)):
+                raise
+            # a kept connection goes stale when the server restarts while it is idle: once more on a new one
+            self._transaction(calls, sessions, head)
         self._seq, self._head = seq, prev
         if checkpoint:
             self._anchored = seq
         self.stats["commits"] += 1
-        self.stats["records"] += len(rows)
+        self.stats["records"] += len(calls)
+
+    def _transaction(self, calls: list, sessions: list, head: Any) -> None:
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+        raw = self._raw
+        try:
+            if self._pipeline:
+                pg = raw.driver_connection
+                with pg.pipeline():
+                    with pg.cursor() as cur:
+                        self._statements(cur, calls, sessions, head)
+                    pg.commit()
+            else:
+                cur = raw.cursor()
+                try:
+                    self._statements(cur, calls, sessions, head)
+                finally:
+                    cur.close()
+                raw.commit()
+        except BaseException:
+            self._drop_connection(close=self._pipeline)
+            raise
+
+    def _statements(self, cur: Any, calls: list, sessions: list, head: Any) -> None:
+        if calls:
+            cur.executemany(self._insert_calls.sql, calls)
+        if sessions:
+            cur.executemany(self._upsert_sessions.sql, sessions)
+        if head is not None:
+            cur.execute(self._insert_checkpoint.sql, head)
+
+    def _drop_connection(self, close: bool) -> None:
+        """Roll the writer's connection back after a failure; drop it when asked or when that fails."""
+        raw = self._raw
+        if raw is None:
+            return
+        if not close:
+            try:
+                raw.rollback()
+                return
+            except Exception:  # noqa: BLE001 - a broken connection: replace it
+                pass
+        self._raw = None
+        try:
+            raw.invalidate()
+        except Exception:  # noqa: BLE001
+            pass
 
     def _session_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_id: dict[str, dict[str, Any]] = {}
@@ -680,7 +874,7 @@ class Store:
             try:
                 self._commit([item], False)
             except Exception as e:  # noqa: BLE001
-                if _transient(e):
+                if _transient(e, self._dbapi):
                     self._failed(e)
                     return
                 error = StoreError(f"record {item.row['id']} cannot be stored: {_one_line(e)}")
@@ -690,29 +884,41 @@ class Store:
                 self._committed([item], None)
 
     def _committed(self, batch: list[_Pending], error: BaseException | None) -> None:
+        outcomes = []
         with self._cond:
             for item in batch:
                 popped = self._queue.popleft()
                 assert popped is item
+                item.done, item.inflight = True, False
+                if item.waiter is not None:
+                    outcomes.append((item.waiter, error))
+                    item.waiter = None
+                elif item.late and error is None:
+                    log.warning("store %s: record %s was committed as its call was refused for taking over %g s",
+                                self.where, item.row["id"], self.commit_timeout)
             self._healthy = True
             self._last_error = ""
-        for item in batch:
-            if item.waiter is not None:
-                item.waiter.resolve(error)
+        _resolve(outcomes)
 
     def _failed(self, e: BaseException) -> None:
         message = _one_line(e)
+        unavailable = None
+        outcomes = []
         with self._cond:
             was_healthy = self._healthy
             self._healthy = False
             self._last_error = message
-            waiters = [item.waiter for item in self._queue if item.waiter is not None]
             for item in self._queue:
-                item.waiter = None
+                item.inflight = False
+                if item.waiter is not None or item.late:
+                    waiter = self._refuse(item)
+                    item.late = False
+                    if waiter is not None:
+                        unavailable = unavailable or self._unavailable()
+                        outcomes.append((waiter, unavailable))
         if was_healthy:
             log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, message)
-        for w in waiters:
-            w.resolve(self._unavailable())
+        _resolve(outcomes)
 
     # -- reading -------------------------------------------------------------------------------
 

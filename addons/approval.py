@@ -1,0 +1,187 @@
+"""approval: holds a call that needs a human. A call whose decision is ``approve`` asks the store
+for its approval (core.approvals): one already approved for exactly this call is taken (single use)
+and the call goes on to be signed; otherwise the call is held for up to ``approval_hold`` seconds
+without blocking anything else. Approved in that time, it goes on (the signer signs it at
+release, so the wait never ages a signature); denied, it gets ``ApprovalDenied`` with the
+approver's reason; still undecided, ``ApprovalPending``: a 403 that SDKs do not retry, naming the
+approval, the action, the resource and the command that approves it. The same call retried after
+approval goes through once; after the approval's expiry it gets ``ApprovalExpired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+
+from .core.approvals import Approval as ApprovalInfo
+from .core.approvals import ApprovalError, Approvals, describe_approvers
+from .core.awserrors import Refusal
+from .core.store import StoreError
+from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
+
+log = logging.getLogger("agentgate.approval")
+
+SLICE = 0.5  # seconds between looks at the client and at shutdown while a call is held
+
+
+def _when(a: ApprovalInfo) -> str:
+    return a.expires.strftime("%Y-%m-%d %H:%M:%S UTC") if a.expires else "it expires"
+
+
+def _what(a: ApprovalInfo) -> str:
+    return f"{a.action} on {a.resource}"
+
+
+def pending_message(a: ApprovalInfo, console_url: str = "", restarting: bool = False) -> str:
+    where = f" or in the console at {console_url.rstrip('/')}/#{a.id}" if console_url else ""
+    rule = f"rule {a.rule!r}" if a.rule else "a rule"
+    why = "the gateway is restarting; the approval is kept. " if restarting else ""
+    return (f"{_what(a)} needs a human approval ({rule}: {a.request_reason}). {why}Approval {a.id} is pending: "
+            f"an approver ({describe_approvers(a.approvers)}) approves it with "
+            f"`agentgate approvals approve {a.id}`{where}; then retry this same call before {_when(a)}")
+
+
+def denied_message(a: ApprovalInfo) -> str:
+    when = a.decided.strftime("%Y-%m-%d %H:%M:%S UTC") if a.decided else "?"
+    return (f"{_what(a)} was denied by {a.approver} ({a.channel}, {when}): {a.reason}. Approval {a.id}; "
+            f"this call is not made: ask an approver if it is still needed")
+
+
+def expired_message(a: ApprovalInfo, used: bool = False) -> str:
+    if used:
+        return (f"approval {a.id} for {_what(a)} was already used by another request (an approval releases one "
+                f"call); retry the call to ask for a new approval")
+    return (f"approval {a.id} for {_what(a)} expired at {_when(a)} without being used; "
+            f"retry the call to ask for a new approval")
+
+
+def client_gone(flow: http.HTTPFlow) -> bool:
+    conn = flow.client_conn
+    return conn is None or not (conn.state & ConnectionState.CAN_READ)
+
+
+class Approval:
+    def __init__(self, approvals: Approvals, hold: float = 20.0, *, notifier=None, console_url: str = "",
+                 mask=None) -> None:
+        self.approvals = approvals
+        self.hold = hold
+        self.mask = mask  # call -> its parameters as approvers see them (as the record keeps them)
+        self.notifier = notifier
+        self.console_url = console_url
+        self.closing = False
+        self.held = 0
+
+    def _refuse(self, flow: http.HTTPFlow, code: str, message: str, a: ApprovalInfo | None,
+                outcome: str = "refused", status: int = 403) -> None:
+        answer(flow, Refusal(status, code, message, "approval", outcome))
+        if a is not None:
+            flow.response.headers["x-agentgate-approval"] = a.id
+
+    async def _run(self, flow: http.HTTPFlow) -> None:
+        decision = flow.metadata.get(DECISION)
+        if decision is None or decision.decision != "approve":
+            return
+        call = flow.metadata[CALL]
+        principal = flow.metadata[PRINCIPAL]
+        shown = None
+        if self.mask is not None:
+            try:
+                shown = self.mask(call)
+            except Exception as e:  # noqa: BLE001 - core.approvals masks the model's sensitive members instead
+                log.warning("could not mask the parameters of %s for approvers (%s)", call.action, e)
+        try:
+            asked = await asyncio.to_thread(self.approvals.ask, principal=principal, decision=decision, call=call,
+                                            shown=shown)
+        except (StoreError, ApprovalError) as e:
+            log.error("cannot hold %s for %s: %s", call.action, principal.sub, e)
+            self._refuse(flow, "ServiceUnavailable", f"{call.action} needs a human approval, and agentgate cannot "
+                         f"reach its approvals right now ({e}); the call is not made: retry shortly", None, status=503)
+            return
+        a = asked.approval
+        flow.metadata[APPROVAL] = a
+        if asked.state == "released":
+            log.info("released %s for %s: approval %s (approved by %s)", a.action, a.principal, a.id, a.approver)
+            return
+        if asked.state == "denied":
+            self._refuse(flow, "ApprovalDenied", denied_message(a), a)
+            return
+        if asked.state == "expired":
+            self._refuse(flow, "ApprovalExpired", expired_message(a), a)
+            return
+        if asked.created:
+            log.info("holding %s for %s: approval %s asked of %s", a.action, a.principal, a.id,
+                     describe_approvers(a.approvers))
+            if self.notifier is not None:
+                self.notifier.requested(a)
+        await self._decide(flow, a)
+
+    async def _decide(self, flow: http.HTTPFlow, a: ApprovalInfo) -> None:
+        got = await self._hold(flow, a)
+        if got == "gone":
+            self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url), a, outcome="client_gone")
+            return
+        if got is None:
+            self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url, restarting=self.closing), a,
+                         outcome="held")
+            return
+        state = got.state()
+        if state == "denied":
+            flow.metadata[APPROVAL] = got
+            self._refuse(flow, "ApprovalDenied", denied_message(got), got)
+            return
+        if state == "approved":
+            try:
+                taken = await asyncio.to_thread(self.approvals.take, got.id)
+            except (StoreError, ApprovalError) as e:
+                self._refuse(flow, "ServiceUnavailable", f"approval {got.id} was granted, but agentgate cannot reach "
+                             f"its approvals to use it ({e}); retry this same call shortly", got, status=503)
+                return
+            if taken is not None:
+                flow.metadata[APPROVAL] = taken
+                log.info("released %s for %s after %s approved it: approval %s", a.action, a.principal,
+                         taken.approver, a.id)
+                return
+            self._refuse(flow, "ApprovalExpired", expired_message(got, used=True), got)
+            return
+        self._refuse(flow, "ApprovalExpired", expired_message(got, used=state == "used"), got)
+
+    async def _hold(self, flow: http.HTTPFlow, a: ApprovalInfo) -> ApprovalInfo | str | None:
+        """The approval once decided; None when the hold ends undecided; "gone" when the client left."""
+        loop = asyncio.get_running_loop()
+        until_expiry = a.expires.timestamp() - time.time() if a.expires is not None else self.hold
+        deadline = loop.time() + max(0.0, min(self.hold, until_expiry))
+        self.held += 1
+        try:
+            while not self.closing:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                got = await self.approvals.wait(a.id, min(left, SLICE))
+                if got is not None:
+                    return got
+                if client_gone(flow):
+                    log.info("the client holding %s left; approval %s stays pending", a.action, a.id)
+                    return "gone"
+            return None
+        finally:
+            self.held -= 1
+
+    async def drain(self, timeout: float = 3.0) -> None:
+        """Answer every held call (the gateway is stopping): ApprovalPending, the approval kept."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.held and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "requestheaders"):
+            await self._run(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if due(flow, "request"):
+            await self._run(flow)

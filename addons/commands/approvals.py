@@ -1,0 +1,374 @@
+"""Commands for approvals and access grants: ``agentgate approvals list|show|approve|deny`` and
+``agentgate access request|list|approve|deny|revoke``.
+
+Who acts: the principal of ``--token-file F`` (or ``AGENTGATE_TOKEN_FILE``), an OIDC token
+validated like an agent's; without one, the local admin, when ``keys/admin.token`` (written by
+``agentgate init``) can be read. Approvals live in the store, so a decision made here releases a
+call held by any gateway on that store within a second.
+
+Errors are one line on stderr: exit 1 when the store or the rules say no, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principal, admin_token_matches,
+                              describe_approvers, find_role)
+from ..core.store import Store, StoreError
+from ..settings import Settings, SettingsError, load_settings
+from .store import BadInput, _console, _echo_json, _short_time, _text, db_option, json_option
+
+limit_option = click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+                            help="At most this many, newest first.")
+token_option = click.option(
+    "--token-file", metavar="FILE", default=None, envvar="AGENTGATE_TOKEN_FILE",
+    help="Your OIDC token (default: AGENTGATE_TOKEN_FILE; without it, the local admin token keys/admin.token).")
+
+
+def _settings(db: str | None) -> Settings:
+    try:
+        return load_settings(db=db)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@contextmanager
+def _approvals(settings: Settings) -> Iterator[Approvals]:
+    store = None
+    try:
+        store = Store(settings.db)
+        store._check_schema()
+        yield Approvals(store)
+    except (StoreError, ApprovalError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if store is not None:
+            store.engine.dispose()
+
+
+def _validate(settings: Settings, token: str) -> Any:
+    from ..core.identity import TokenError, TokenValidator
+
+    if not settings.oidc_issuer:
+        raise click.ClickException("oidc_issuer is not set, so no OIDC token can be checked: set it in agentgate.toml")
+
+    async def check() -> Any:
+        validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
+                                   algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
+                                   leeway=settings.oidc_leeway)
+        try:
+            return await validator.validate(token)
+        finally:
+            await validator.aclose()
+
+    try:
+        return asyncio.run(check())
+    except TokenError as e:
+        raise click.ClickException(f"your token was refused: {e.reason}") from None
+
+
+def _identity(settings: Settings, token_file: str | None, *, admin_allowed: bool = True) -> Any:
+    """The principal acting: the OIDC token in ``token_file``, else the local admin."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise BadInput(f"cannot read the token file {token_file}: {e.strerror}") from None
+        if not token:
+            raise BadInput(f"the token file {token_file} is empty")
+        admin = Path(settings.keys) / "admin.token"
+        if admin_allowed and admin.exists() and admin_token_matches(token, _read(admin)):
+            return admin_principal()
+        return _validate(settings, token)
+    if not admin_allowed:
+        raise BadInput("give --token-file F (or AGENTGATE_TOKEN_FILE): the principal's own OIDC token")
+    admin = Path(settings.keys) / "admin.token"
+    if not os.access(admin, os.R_OK):
+        raise BadInput(f"give --token-file F (an approver's OIDC token, or AGENTGATE_TOKEN_FILE), or run where the "
+                       f"local admin token {admin} can be read")
+    return admin_principal()
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _notify(settings: Settings, a: Approval, event: str) -> None:
+    if not settings.webhook_url:
+        return
+    from ..notify import message, send
+
+    if not send(settings.webhook_url, message(a, event, settings.console_url)):
+        click.echo(f"warning: the webhook did not take the message about {a.id}", err=True)
+
+
+# -- showing approvals ---------------------------------------------------------------------------
+
+
+def _what(a: Approval) -> str:
+    if a.kind == "grant":
+        return f"access as {a.role} for {_duration(a.duration)}"
+    return a.action
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _table(rows: list[Approval]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("requested (UTC)", no_wrap=True, min_width=19)
+    for name in ("principal", "asks for", "resource", "rule", "approver"):
+        table.add_column(name, overflow="fold")
+    table.add_column("expires (UTC)", no_wrap=True, min_width=19)
+    for a in rows:
+        who = a.principal + (f" (for {a.on_behalf_of})" if a.on_behalf_of else "")
+        table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), who, _what(a),
+                      "" if a.kind == "grant" else a.resource, _text(a.rule), _text(a.approver),
+                      _short_time(a.as_dict()["expires"]))
+    return table
+
+
+def _details(a: Approval, calls: list[dict[str, Any]]) -> Table:
+    d = a.as_dict()
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    who = a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
+    rows: list[tuple[str, Any]] = [("id", a.id), ("kind", "access grant" if a.kind == "grant" else "call"),
+                                   ("state", a.state()), ("principal", who), ("issuer", a.issuer)]
+    if a.kind == "grant":
+        rows += [("role", a.role), ("for", _duration(a.duration)), ("role binding", a.rule),
+                 ("reason", a.request_reason)]
+    else:
+        rows += [("action", a.action), ("service", a.service), ("operation", a.operation), ("region", a.region),
+                 ("resource", a.resource), ("role", a.role), ("rule", a.rule), ("rule reason", a.request_reason),
+                 ("parameters", json.dumps(a.params, ensure_ascii=False, indent=2)),
+                 ("usable for", f"{_duration(a.duration)} once approved")]
+    rows += [("approvers", describe_approvers(a.approvers)), ("policy version", a.policy_version),
+             ("requested", d["requested"]), ("expires", d["expires"])]
+    if a.decided:
+        rows += [("decided", f"{d['decided']} by {a.approver} ({a.channel})"), ("approver's reason", a.reason)]
+    if a.used:
+        rows.append(("used", d["used"]))
+    if a.revoked:
+        rows += [("revoked", f"{d['revoked']} by {a.revoked_by}"), ("revoke reason", a.revoke_reason)]
+    for c in calls:
+        rows.append(("call", f"{_short_time(c['time'])}  {c['id']}  {c['outcome'] or ''} {c['status'] or ''}".rstrip()))
+    for k, v in rows:
+        table.add_row(k, _text(v))
+    return table
+
+
+def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: int, as_json: bool) -> None:
+    settings = _settings(db)
+    with _approvals(settings) as approvals:
+        rows = approvals.list(pending=pending, active=active, kind=kind, limit=limit)
+    if as_json:
+        _echo_json([a.as_dict() for a in rows])
+        return
+    empty = "nothing is pending" if pending else "none in force" if active else "none"
+    _console(wide=True).print(_table(rows) if rows else empty)
+
+
+def _show(approval_id: str, db: str | None, as_json: bool) -> None:
+    settings = _settings(db)
+    with _approvals(settings) as approvals:
+        a = approvals.require(approval_id)
+        calls = approvals.calls_for(approval_id)
+    if as_json:
+        _echo_json({**a.as_dict(), "calls": calls})
+        return
+    _console().print(_details(a, calls))
+
+
+def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None) -> None:
+    settings = _settings(db)
+    if not approve and not (reason or "").strip():
+        raise BadInput("--reason is required to deny: the agent's error shows it")
+    approver = _identity(settings, token_file)
+    with _approvals(settings) as approvals:
+        a = approvals.decide(approval_id, approver, approve=approve, reason=reason, channel="cli")
+    verb = "approved" if approve else "denied"
+    if a.kind == "grant":
+        tail = f"; {a.principal}'s calls run as {a.role} until {a.as_dict()['expires']}" if approve else ""
+    else:
+        tail = f"; the held call goes on, or its retry before {a.as_dict()['expires']}" if approve else ""
+    click.echo(f"{a.id} {verb} by {a.approver}{tail}")
+    _notify(settings, a, "decided")
+
+
+# -- approvals ------------------------------------------------------------------------------------
+
+
+@click.group("approvals")
+def approvals() -> None:
+    """Calls held for a human: list, show, approve, deny."""
+
+
+@approvals.command("list")
+@click.option("--pending", is_flag=True, help="Only those waiting for a decision.")
+@click.option("--kind", type=click.Choice(["call", "grant"]), default=None,
+              help="Only approvals of calls, or access grants.")
+@limit_option
+@db_option
+@json_option
+def approvals_list(pending: bool, kind: str | None, limit: int, db: str | None, as_json: bool) -> None:
+    """List approvals, newest first."""
+    _list(db, pending, False, kind, limit, as_json)
+
+
+@approvals.command("show")
+@click.argument("approval_id", metavar="ID")
+@db_option
+@json_option
+def approvals_show(approval_id: str, db: str | None, as_json: bool) -> None:
+    """Show one approval: who asks, what exactly (masked parameters), the rule, the calls under it."""
+    _show(approval_id, db, as_json)
+
+
+@approvals.command("approve")
+@click.argument("approval_id", metavar="ID")
+@click.option("--reason", default=None, help="Why; kept with the approval.")
+@token_option
+@db_option
+def approvals_approve(approval_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+    """Approve a pending call (or access grant): the held call goes on, or its retry, once."""
+    _decide(approval_id, True, reason, token_file, db)
+
+
+@approvals.command("deny")
+@click.argument("approval_id", metavar="ID")
+@click.option("--reason", required=True, help="Why; the agent's error shows it.")
+@token_option
+@db_option
+def approvals_deny(approval_id: str, reason: str, token_file: str | None, db: str | None) -> None:
+    """Deny a pending call (or access grant): the agent gets ApprovalDenied with the reason."""
+    _decide(approval_id, False, reason, token_file, db)
+
+
+# -- access grants ----------------------------------------------------------------------------------
+
+
+@click.group("access")
+def access() -> None:
+    """Time-bound access grants: a principal's calls run as a role until the grant ends."""
+
+
+@access.command("request")
+@click.option("--role", required=True, metavar="ROLE",
+              help="A role binding's id in the policies' roles, or its role ARN.")
+@click.option("--for", "for_", required=True, metavar="DURATION", help="How long, once approved: 30m, 2h, 900.")
+@click.option("--reason", required=True, help="Why; the approvers see it.")
+@token_option
+@db_option
+def access_request(role: str, for_: str, reason: str, token_file: str | None, db: str | None) -> None:
+    """Ask for your calls to run as ROLE for a while; an approver decides."""
+    from ..core.policy import PolicyError, PolicySet, parse_duration
+
+    settings = _settings(db)
+    try:
+        seconds = parse_duration(for_)
+    except ValueError:
+        raise BadInput(f"--for {for_!r} is not a duration: write 30m, 2h or 900") from None
+    if not 60 <= seconds <= settings.grant_max:
+        raise BadInput(f"--for must be between 1m and {_duration(int(settings.grant_max))} (grant_max), not {for_}")
+    if not reason.strip():
+        raise BadInput("--reason must say why")
+    try:
+        policy_set = PolicySet.load(settings.policies)
+    except PolicyError as e:
+        raise click.ClickException(f"the policies in {settings.policies} do not load: {e.errors[0]}") from None
+    binding = find_role(policy_set, role)
+    if binding is None:
+        known = sorted({b for e in policy_set.roles for b in (e.binding.rule_id, e.binding.role_arn) if b})
+        raise BadInput(f"--role {role!r} is not among the roles in {settings.policies}: "
+                       + (", ".join(known) if known else "there are none"))
+    principal = _identity(settings, token_file, admin_allowed=False)
+    with _approvals(settings) as store:
+        asked = store.request_grant(principal, role_arn=binding.role_arn, role_id=binding.rule_id, duration=seconds,
+                                    reason=reason.strip(), approvers={"groups": list(settings.grant_approvers)},
+                                    policy_version=policy_set.version)
+    a = asked.approval
+    already = "" if asked.created else " (already asked)"
+    click.echo(f"{a.id}: access as {a.role} for {_duration(a.duration)} is pending{already}; an approver "
+               f"({describe_approvers(a.approvers)}) runs `agentgate access approve {a.id}`")
+    if asked.created:
+        _notify(settings, a, "requested")
+
+
+@access.command("list")
+@click.option("--active", is_flag=True, help="Only grants in force.")
+@click.option("--pending", is_flag=True, help="Only requests waiting for a decision.")
+@limit_option
+@db_option
+@json_option
+def access_list(active: bool, pending: bool, limit: int, db: str | None, as_json: bool) -> None:
+    """List access grants and requests, newest first."""
+    _list(db, pending, active, "grant", limit, as_json)
+
+
+@access.command("show")
+@click.argument("grant_id", metavar="ID")
+@db_option
+@json_option
+def access_show(grant_id: str, db: str | None, as_json: bool) -> None:
+    """Show one access grant."""
+    _show(grant_id, db, as_json)
+
+
+@access.command("approve")
+@click.argument("grant_id", metavar="ID")
+@click.option("--reason", default=None, help="Why; kept with the grant.")
+@token_option
+@db_option
+def access_approve(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+    """Approve an access request: the grant starts now and lasts what was asked."""
+    _decide(grant_id, True, reason, token_file, db)
+
+
+@access.command("deny")
+@click.argument("grant_id", metavar="ID")
+@click.option("--reason", required=True, help="Why.")
+@token_option
+@db_option
+def access_deny(grant_id: str, reason: str, token_file: str | None, db: str | None) -> None:
+    """Deny an access request."""
+    _decide(grant_id, False, reason, token_file, db)
+
+
+@access.command("revoke")
+@click.argument("grant_id", metavar="ID")
+@click.option("--reason", default=None, help="Why; kept with the grant.")
+@token_option
+@db_option
+def access_revoke(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+    """End an access grant now (its grantee, an approver, or the local admin)."""
+    settings = _settings(db)
+    by = _identity(settings, token_file)
+    with _approvals(settings) as store:
+        a = store.revoke(grant_id, by, reason=reason, channel="cli")
+    click.echo(f"{a.id} revoked by {a.revoked_by}: {a.principal}'s calls no longer run as {a.role}")
+
+
+COMMANDS = (approvals, access)

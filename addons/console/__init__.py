@@ -1,0 +1,290 @@
+"""The approvals console: a small web app (Starlette) that the gateway serves on ``console_listen``
+in its own event loop. Approvers sign in with an OIDC token (validated like an agent's) or the
+local admin token, see pending approvals with what exactly they ask for, approve or deny them, and
+watch recent calls; the page refreshes itself every second.
+
+Who may use it: the local admin, and principals who fit some approve rule's ``approvers`` or
+``grant_approvers`` (``may_view``). Deciding checks the approval's own approvers and separation of
+duties (core.approvals), the same as the command line.
+
+HTTP API (JSON; every refusal is a 4xx with ``{"error": ...}``):
+
+    POST /api/login {token}             sets an HttpOnly, SameSite=Strict cookie
+    POST /api/logout
+    GET  /api/state                     {me, pending, decided, calls}
+    GET  /api/approvals/{id}            one approval and the calls recorded under it
+    POST /api/approvals/{id}/approve    {reason?}
+    POST /api/approvals/{id}/deny       {reason}
+
+Requests authenticate with the cookie or ``Authorization: Bearer <token>``. Requests that change
+something must send ``Content-Type: application/json`` (a cross-site form cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..core.approvals import (ApprovalError, Approvals, NotFound, Refused, admin_principal, admin_token_matches,
+                              is_admin, who)
+from ..core.store import StoreError
+
+log = logging.getLogger("agentgate.console")
+
+COOKIE = "agentgate_console"
+ADMIN_SESSION = 12 * 3600  # seconds a console sign-in with the admin token lasts
+PAGE = Path(__file__).with_name("page.html")
+CALL_FIELDS = ("id", "time", "principal", "on_behalf_of", "action", "resource", "decision", "rule", "outcome",
+               "status", "approval_id", "approver", "latency_ms")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(COOKIE) or None
+
+
+def _call_summary(c: dict[str, Any]) -> dict[str, Any]:
+    out = {k: c.get(k) for k in CALL_FIELDS}
+    out["resource"] = ", ".join(c.get("resources") or [])
+    return out
+
+
+class Console:
+    def __init__(self, approvals: Approvals, store: Any, *, validator: Any = None, admin_token: bytes | None = None,
+                 may_view: Callable[[Any], bool] | None = None, notifier: Any = None, calls_shown: int = 30) -> None:
+        self.approvals = approvals
+        self.store = store
+        self.validator = validator
+        self.admin_token = admin_token
+        self.may_view = may_view or (lambda principal: False)
+        self.notifier = notifier
+        self.calls_shown = calls_shown
+        self.app = Starlette(routes=[
+            Route("/", self.page),
+            Route("/healthz", self.healthz),
+            Route("/api/login", self.login, methods=["POST"]),
+            Route("/api/logout", self.logout, methods=["POST"]),
+            Route("/api/state", self.state),
+            Route("/api/approvals/{id}", self.show),
+            Route("/api/approvals/{id}/{verb}", self.decide, methods=["POST"]),
+        ])
+
+    # -- who is asking ---------------------------------------------------------------------------
+
+    async def _principal(self, token: str | None) -> tuple[Any, str]:
+        """(principal, "") for a token that may use the console, else (None, why not)."""
+        if not token:
+            return None, "sign in with an approver's OIDC token or the local admin token (keys/admin.token)"
+        if admin_token_matches(token, self.admin_token):
+            return admin_principal(), ""
+        if self.validator is None or token.count(".") != 2:
+            return None, "the token is neither the local admin token nor an OIDC token this gateway accepts"
+        from ..core.identity import TokenError
+
+        try:
+            principal = await self.validator.validate(token)
+        except TokenError as e:
+            return None, f"the token was refused: {e.reason}"
+        if not self.may_view(principal):
+            return None, (f"{principal.sub} is not an approver: the console is for the approvers that the "
+                          "policies' approve rules and grant_approvers name")
+        return principal, ""
+
+    async def _who(self, request: Request) -> tuple[Any, JSONResponse | None]:
+        principal, why = await self._principal(_bearer(request))
+        return principal, (None if principal is not None else _error(401, why))
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={
+            "cache-control": "no-store",
+            "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                       "connect-src 'self'; frame-ancestors 'none'",
+            "x-content-type-options": "nosniff",
+        })
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    @staticmethod
+    def _json_body_required(request: Request) -> JSONResponse | None:
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return _error(415, "send a JSON body (Content-Type: application/json)")
+        return None
+
+    async def _body(self, request: Request) -> tuple[dict[str, Any], JSONResponse | None]:
+        if (refused := self._json_body_required(request)) is not None:
+            return {}, refused
+        try:
+            body = await request.json()
+        except ValueError:
+            return {}, _error(400, "the body is not JSON")
+        if not isinstance(body, dict):
+            return {}, _error(400, "the body must be a JSON object")
+        return body, None
+
+    async def login(self, request: Request) -> Response:
+        body, refused = await self._body(request)
+        if refused is not None:
+            return refused
+        token = str(body.get("token") or "").strip()
+        principal, why = await self._principal(token)
+        if principal is None:
+            return _error(401, why)
+        response = JSONResponse({"me": self._me(principal)})
+        exp = principal.exp if not is_admin(principal) else time.time() + ADMIN_SESSION
+        response.set_cookie(COOKIE, token, max_age=max(1, int(exp - time.time())), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return response
+
+    @staticmethod
+    def _me(principal: Any) -> dict[str, Any]:
+        return {"sub": who(principal), "admin": is_admin(principal), "groups": list(getattr(principal, "groups", ()))}
+
+    async def state(self, request: Request) -> Response:
+        principal, refused = await self._who(request)
+        if refused is not None:
+            return refused
+        try:
+            pending, recent, calls = await asyncio.to_thread(self._state)
+        except StoreError as e:
+            return _error(503, str(e))
+        return JSONResponse({"me": self._me(principal), "pending": pending, "decided": recent, "calls": calls},
+                            headers={"cache-control": "no-store"})
+
+    def _state(self) -> tuple[list, list, list]:
+        pending = [a.as_dict() for a in reversed(self.approvals.list(pending=True, limit=200))]
+        recent = [a.as_dict() for a in self.approvals.list(limit=40) if a.state() != "pending"][:20]
+        calls = [_call_summary(c) for c in self.store.calls(limit=self.calls_shown)]
+        return pending, recent, calls
+
+    async def show(self, request: Request) -> Response:
+        principal, refused = await self._who(request)
+        if refused is not None:
+            return refused
+        approval_id = request.path_params["id"]
+        try:
+            a = await asyncio.to_thread(self.approvals.get, approval_id)
+            if a is None:
+                return _error(404, f"there is no approval {approval_id!r}")
+            calls = await asyncio.to_thread(self.approvals.calls_for, approval_id)
+        except StoreError as e:
+            return _error(503, str(e))
+        return JSONResponse({"approval": a.as_dict(), "calls": calls})
+
+    async def decide(self, request: Request) -> Response:
+        verb = request.path_params["verb"]
+        if verb not in ("approve", "deny"):
+            return _error(404, f"unknown action {verb!r}: approve or deny")
+        principal, refused = await self._who(request)
+        if refused is not None:
+            return refused
+        body, refused = await self._body(request)
+        if refused is not None:
+            return refused
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            return _error(400, "reason must be a string")
+        try:
+            a = await asyncio.to_thread(self.approvals.decide, request.path_params["id"], principal,
+                                        approve=verb == "approve", reason=reason, channel="console")
+        except NotFound as e:
+            return _error(404, str(e))
+        except Refused as e:
+            return _error(403, str(e))
+        except ApprovalError as e:
+            return _error(400, str(e))
+        except StoreError as e:
+            return _error(503, str(e))
+        if self.notifier is not None:
+            self.notifier.decided(a)
+        return JSONResponse({"approval": a.as_dict()})
+
+
+def approvers_of(policies: Any, grant_approvers: list[str]) -> Callable[[Any], bool]:
+    """``may_view`` for a gateway: fits some approve rule's approvers (in the policies in force),
+    or is in one of ``grant_approvers``' groups."""
+    from ..core.policy import principal_matches
+
+    def may_view(principal: Any) -> bool:
+        specs = [r.approvers for r in policies.current.rules if r.decision == "approve" and r.approvers]
+        if grant_approvers:
+            specs.append({"groups": list(grant_approvers)})
+        return any(principal_matches(spec, principal) for spec in specs)
+
+    return may_view
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving it in the gateway's event loop
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the console; OSError when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Server:
+    """uvicorn, run as a task of the caller's loop, leaving the process's signals to the gateway."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # the gateway owns SIGTERM and SIGINT
+                yield
+
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+        self.sock = sock
+        self.server = _Server(config)
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        serving = self.server.serve(sockets=[self.sock])
+        self.task = asyncio.get_running_loop().create_task(serving, name="agentgate-console")
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(self.task, 5)
+        except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+            self.task.cancel()
+        self.sock.close()
+        self.task = None

@@ -1,0 +1,771 @@
+"""Approvals: calls held for a human, and time-bound access grants. They live in the store, so
+any replica (or the CLI) can decide a call that another replica holds.
+
+A call whose decision is ``approve`` asks for an approval bound to the hash of exactly what it
+asks (``binding_hash``: principal, role, service, operation, region and canonical parameters,
+idempotency tokens left out). While one is pending for that hash, the same call asks for the same
+approval, whichever replica it reaches (one pending approval per hash, enforced by the database):
+an SDK's retries create nothing new. Once approved, the next call with that hash takes it (single
+use) before it expires; a denial answers every such call until the request would have expired.
+
+Approvers are authenticated principals (an OIDC token validated like an agent's, or the local
+admin token ``agentgate init`` creates), must fit the rule's ``approvers``, and cannot decide what
+they asked for or what was asked on their behalf (separation of duties). The local admin stands
+for the operator of a single-user gateway: it fits every rule's approvers.
+
+An access grant (``kind = "grant"``) lets a principal's calls run as a role named in the
+policies' ``roles`` until it expires or is revoked; it is requested and approved the same way.
+
+Waiting: ``wait`` resolves when an approval leaves ``pending``. On PostgreSQL every decision
+sends a NOTIFY that a listener thread hears at once; SQLite is polled (every 0.25 s). Decisions
+made in this process wake its waiters directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import and_, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from . import chain
+from .models import Approval as ApprovalRow
+from .models import Call
+from .policy import principal_matches
+from .store import StoreUnavailable, _one_line
+
+log = logging.getLogger("agentgate.approvals")
+
+UTC = dt.timezone.utc
+ADMIN_ISSUER = "agentgate:admin-token"
+ADMIN_SUB = "agentgate:admin"
+CHANNEL = "agentgate_approvals"  # PostgreSQL NOTIFY channel; the payload is the approval id
+GRANT_ACTION = "agentgate:GrantRole"
+GRANT_REQUEST_TTL = 3600  # seconds a grant request waits for a decision
+MASK = "*** (sensitive)"
+SQLITE_POLL = 0.25  # seconds between looks at the store for decisions, on SQLite
+POSTGRES_POLL = 1.0  # the same on PostgreSQL, behind LISTEN/NOTIFY, in case a notification is lost
+GRANTS_REFRESH = 1.0  # seconds between reloads of the active grants
+
+
+class ApprovalError(Exception):
+    """What was asked of an approval cannot be done; the message says why and what to do."""
+
+
+class NotFound(ApprovalError):
+    pass
+
+
+class Refused(ApprovalError):
+    """The approver may not do this (not an approver, separation of duties, already decided)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a call asks for
+
+
+@functools.lru_cache(maxsize=128)
+def _service_model(service: str) -> Any:
+    import botocore.model
+
+    try:
+        return botocore.model.ServiceModel(_loader().load_service_model(service, "service-2"), service)
+    except Exception:  # an unknown service: parameters are taken as they are
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _loader() -> Any:
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
+@functools.lru_cache(maxsize=1024)
+def _input_shape(service: str | None, operation: str | None) -> Any:
+    model = _service_model(service) if service else None
+    if model is None or not operation:
+        return None
+    try:
+        return model.operation_model(operation).input_shape
+    except Exception:
+        return None
+
+
+def _walk(value: Any, shape: Any, *, drop_tokens: bool, mask: bool) -> Any:
+    """``value`` read along botocore's ``shape``: idempotency tokens dropped, sensitive members masked."""
+    if shape is None:
+        return value
+    if shape.type_name == "structure" and isinstance(value, Mapping):
+        out = {}
+        for name, v in value.items():
+            member = shape.members.get(name)
+            if member is not None:
+                if drop_tokens and member.metadata.get("idempotencyToken"):
+                    continue
+                if mask and member.metadata.get("sensitive"):
+                    out[name] = MASK
+                    continue
+            out[name] = _walk(v, member, drop_tokens=drop_tokens, mask=mask)
+        return out
+    if shape.type_name == "list" and isinstance(value, list | tuple):
+        return [_walk(v, shape.member, drop_tokens=drop_tokens, mask=mask) for v in value]
+    if shape.type_name == "map" and isinstance(value, Mapping):
+        return {k: _walk(v, shape.value, drop_tokens=drop_tokens, mask=mask) for k, v in value.items()}
+    if mask and shape.metadata.get("sensitive"):
+        return MASK
+    return value
+
+
+def canonical_params(service: str | None, operation: str | None, params: Mapping[str, Any] | None) -> Any:
+    """The parameters that bind an approval: idempotency tokens (which SDKs fill in afresh for
+    every call the program makes) are left out, everything else stays as the call sent it."""
+    return chain.jsonable(_walk(dict(params or {}), _input_shape(service, operation), drop_tokens=True, mask=False))
+
+
+def shown_params(service: str | None, operation: str | None, params: Mapping[str, Any] | None) -> Any:
+    """The parameters as approvers see them: members botocore's model marks sensitive are masked."""
+    return chain.jsonable(_walk(dict(params or {}), _input_shape(service, operation), drop_tokens=False, mask=True))
+
+
+def _digest(body: Any) -> str:
+    text_ = json.dumps(chain.jsonable(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text_.encode("utf-8")).hexdigest()
+
+
+def binding_hash(principal: Any, role_arn: str | None, service: str | None, operation: str | None,
+                 region: str | None, params: Mapping[str, Any] | None) -> str:
+    """The hash an approval is bound to: who (issuer, subject, on behalf of whom), as which role,
+    what (service, operation, region) and with which parameters."""
+    return _digest({
+        "principal": [getattr(principal, "iss", None), getattr(principal, "sub", None),
+                      getattr(principal, "on_behalf_of", None)],
+        "role": role_arn, "service": service, "operation": operation, "region": region,
+        "params": canonical_params(service, operation, params),
+    })
+
+
+def grant_binding_hash(principal: Any, role_arn: str) -> str:
+    return _digest({"grant": [getattr(principal, "iss", None), getattr(principal, "sub", None)], "role": role_arn})
+
+
+def approvers_spec(approvers: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A rule's ``approvers`` as plain JSON data."""
+    if approvers is None:
+        return None
+    return {k: (v if isinstance(v, str) else list(v)) for k, v in approvers.items()}
+
+
+def describe_approvers(spec: Mapping[str, Any] | None) -> str:
+    if not spec:
+        return "anyone but the requester"
+    parts = []
+    for key in ("sub", "groups"):
+        if spec.get(key):
+            values = [spec[key]] if isinstance(spec[key], str) else list(spec[key])
+            parts.append(f"{'group' if key == 'groups' else 'sub'} {' or '.join(values)}")
+    if spec.get("claims"):
+        parts.append(f"claims `{spec['claims']}`")
+    return ", ".join(parts)
+
+
+def find_role(policy_set: Any, role: str) -> Any:
+    """The ``roles`` binding of the policies that ``role`` names: by its id, else by its role ARN."""
+    for entry in policy_set.roles:
+        if entry.binding.rule_id == role:
+            return entry.binding
+    for entry in policy_set.roles:
+        if entry.binding.role_arn == role:
+            return entry.binding
+    return None
+
+
+def granted_role(policy_set: Any, grant: "Approval") -> Any:
+    """The role binding an access grant gives, as the policies in force describe it (its session
+    policy and duration); None when the policies no longer name that role."""
+    if grant.rule:
+        binding = find_role(policy_set, grant.rule)
+        if binding is not None and binding.role_arn == grant.role:
+            return binding
+    return find_role(policy_set, grant.role) if grant.role else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Principals that decide
+
+
+def admin_principal() -> Any:
+    from .identity import Principal
+
+    return Principal(sub=ADMIN_SUB, iss=ADMIN_ISSUER, aud=(), groups=(), on_behalf_of=None,
+                     exp=float("inf"), claims={})
+
+
+def is_admin(principal: Any) -> bool:
+    return getattr(principal, "iss", None) == ADMIN_ISSUER
+
+
+def admin_token_matches(presented: str | None, expected: bytes | str | None) -> bool:
+    """Whether ``presented`` is the local admin token (compared in constant time)."""
+    if not presented or not expected:
+        return False
+    want = expected if isinstance(expected, bytes) else expected.encode()
+    return hmac.compare_digest(presented.strip().encode(), want.strip())
+
+
+def who(principal: Any) -> str:
+    """A principal as records and messages name it."""
+    if is_admin(principal):
+        return ADMIN_SUB
+    return str(getattr(principal, "sub", "?"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Approvals as the code reads them
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Approval:
+    id: str
+    kind: str  # call | grant
+    status: str  # pending | approved | denied | expired | used | revoked (as stored)
+    binding_hash: str
+    principal: str
+    issuer: str | None
+    on_behalf_of: str | None
+    action: str
+    service: str | None
+    operation: str | None
+    region: str | None
+    resources: tuple[str, ...]
+    params: Any
+    role: str | None
+    rule: str | None
+    policy_version: str | None
+    approvers: Mapping[str, Any] | None
+    request_reason: str | None
+    duration: int | None
+    requested: dt.datetime
+    expires: dt.datetime | None
+    decided: dt.datetime | None
+    approver: str | None
+    reason: str | None
+    channel: str | None
+    used: dt.datetime | None
+    revoked: dt.datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+    call_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Approval":
+        m = dict(row._mapping if hasattr(row, "_mapping") else row)
+        m["resources"] = tuple(m.get("resources") or ())
+        return cls(**{f.name: m.get(f.name) for f in dataclasses.fields(cls)})
+
+    def state(self, now: dt.datetime | None = None) -> str:
+        """The status as it stands now: a pending or approved approval past its expiry is expired."""
+        now = now or _now()
+        if self.status in ("pending", "approved") and self.expires is not None and self.expires <= now:
+            return "expired"
+        return self.status
+
+    @property
+    def resource(self) -> str:
+        return ", ".join(self.resources) if self.resources else "(no named resource)"
+
+    def as_dict(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k in ("requested", "expires", "decided", "used", "revoked"):
+            d[k] = _iso(d[k])
+        d["resources"] = list(self.resources)
+        d["approvers"] = dict(self.approvers) if self.approvers is not None else None
+        d["state"] = self.state(now)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """What asking for an approval found: ``state`` is released (an approval was taken for this
+    call), pending, denied or expired; ``created`` when this call opened the approval."""
+
+    approval: Approval
+    state: str
+    created: bool = False
+
+
+def may_decide(approval: Approval, approver: Any) -> str | None:
+    """Why ``approver`` may not decide ``approval``, or None when they may."""
+    names = {approval.principal, approval.on_behalf_of} - {None}
+    if not is_admin(approver):
+        mine = {getattr(approver, "sub", None), getattr(approver, "on_behalf_of", None)} - {None}
+        if names & mine:
+            what = "asked for this access" if approval.kind == "grant" else "made this call"
+            return (f"separation of duties: {who(approver)} {what} or it was made on their behalf, so someone "
+                    f"else ({describe_approvers(approval.approvers)}) decides it")
+        if not principal_matches(approval.approvers, approver):
+            groups = list(getattr(approver, "groups", None) or ())
+            return (f"{who(approver)} (groups {groups}) is not among the approvers of "
+                    f"{'rule ' + repr(approval.rule) if approval.rule else 'access grants'}: "
+                    f"{describe_approvers(approval.approvers)}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _new_id(kind: str) -> str:
+    return ("gr-" if kind == "grant" else "ap-") + secrets.token_hex(6)
+
+
+class Approvals:
+    """Approvals in a store (``core.store.Store``): ask, decide, take, wait, and access grants."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.engine = store.engine
+        self.where = store.where
+        self.postgres = self.engine.dialect.name == "postgresql"
+        self.table = ApprovalRow.__table__
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Event | None = None
+        self._waiters: dict[str, set[asyncio.Future]] = {}
+        self._poller: asyncio.Task | None = None
+        self._listener: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._grants: list[Approval] = []
+        self._grants_loaded = 0.0
+        self.listening = False  # PostgreSQL: the listener holds a LISTEN connection
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"the approvals in the store at {self.where} cannot be reached: {_one_line(e)}")
+
+    def get(self, approval_id: str) -> Approval | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        return None if row is None else Approval.from_row(row)
+
+    def require(self, approval_id: str) -> Approval:
+        found = self.get(approval_id)
+        if found is None:
+            raise NotFound(f"there is no approval {approval_id!r}: `agentgate approvals list` shows them")
+        return found
+
+    def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False,
+             limit: int | None = 100, now: dt.datetime | None = None) -> list[Approval]:
+        """Newest first. ``pending``: only those waiting for a decision (not expired);
+        ``active``: approved and not expired (grants in force, approvals not yet used)."""
+        now = now or _now()
+        c = self.table.c
+        q = select(self.table)
+        if pending:
+            q = q.where(c.status == "pending", c.expires > now)
+        if active:
+            q = q.where(c.status == "approved", c.expires > now)
+        if kind:
+            q = q.where(c.kind == kind)
+        q = q.order_by(c.requested.desc(), c.id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        try:
+            with self.engine.connect() as conn:
+                return [Approval.from_row(r) for r in conn.execute(q)]
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+
+    def calls_for(self, approval_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The calls recorded under an approval (held, refused, released), oldest first."""
+        c = Call.__table__.c
+        q = (select(c.id, c.time, c.outcome, c.status, c.error, c.approver)
+             .where(c.approval_id == approval_id).order_by(c.time).limit(limit))
+        try:
+            with self.engine.connect() as conn:
+                return [{**dict(r._mapping), "time": _iso(r.time)} for r in conn.execute(q)]
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+
+    # -- a call asks -----------------------------------------------------------------------------
+
+    def ask(self, *, principal: Any, decision: Any, call: Any, now: dt.datetime | None = None,
+            shown: Any = None) -> Asked:
+        """Find or open the approval for a call whose decision is ``approve``, taking it when it
+        is approved (so the call goes through, once). ``shown``: the call's parameters as
+        approvers may see them, masked (default: ``shown_params``)."""
+        now = now or _now()
+        role = decision.role.role_arn if decision.role is not None else None
+        h = binding_hash(principal, role, call.service, call.operation, call.region, call.params)
+        try:
+            for _ in range(3):
+                with self.engine.begin() as conn:
+                    found = self._latest(conn, h, "call")
+                    if found is not None:
+                        outcome = self._settle(conn, found, now)
+                        if outcome is not None:
+                            return outcome
+                    duration = int(decision.expires or 900)
+                    row = {
+                        "id": _new_id("call"), "kind": "call", "binding_hash": h, "rule": decision.rule,
+                        "policy_version": decision.policy_version, "principal": principal.sub,
+                        "issuer": principal.iss, "on_behalf_of": principal.on_behalf_of,
+                        "action": call.action or "unknown", "service": call.service, "operation": call.operation,
+                        "region": call.region, "resources": chain.jsonable(list(call.resources or [])),
+                        "params": chain.jsonable(shown) if shown is not None else
+                        shown_params(call.service, call.operation, call.params), "role": role,
+                        "approvers": approvers_spec(decision.approvers), "request_reason": decision.reason,
+                        "duration": duration, "status": "pending", "requested": now,
+                        "expires": now + dt.timedelta(seconds=duration),
+                    }
+                if self._insert(row):
+                    return Asked(Approval.from_row(row), "pending", created=True)
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        raise ApprovalError(f"could not settle the approval for {call.action}: the store kept changing under it")
+
+    def _insert(self, row: dict[str, Any]) -> bool:
+        """Open a pending approval; False when one is already pending for its hash (another call,
+        perhaps on another replica, opened it at the same moment)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.table), [row])
+        except IntegrityError:
+            return False
+        return True
+
+    def _latest(self, conn: Any, h: str, kind: str) -> Approval | None:
+        c = self.table.c
+        row = conn.execute(
+            select(self.table).where(c.binding_hash == h, c.kind == kind,
+                                     c.status.in_(("pending", "approved", "denied")))
+            .order_by(c.requested.desc()).limit(1)
+        ).first()
+        return None if row is None else Approval.from_row(row)
+
+    def _settle(self, conn: Any, a: Approval, now: dt.datetime) -> Asked | None:
+        """What an existing approval means for a new call with its hash; None: open a new one."""
+        c = self.table.c
+        if a.status == "approved":
+            if a.state(now) == "approved":
+                taken = conn.execute(update(self.table).where(
+                    c.id == a.id, c.status == "approved", c.expires > now).values(status="used", used=now)).rowcount
+                if taken == 1:
+                    return Asked(dataclasses.replace(a, status="used", used=now), "released")
+                return None
+            self._expire(conn, a)
+            return Asked(dataclasses.replace(a, status="expired"), "expired")
+        if a.status == "pending":
+            if a.state(now) == "pending":
+                return Asked(a, "pending")
+            self._expire(conn, a)
+            return Asked(dataclasses.replace(a, status="expired"), "expired")
+        if a.status == "denied" and a.expires is not None and a.expires > now:
+            return Asked(a, "denied")
+        return None
+
+    def _expire(self, conn: Any, a: Approval) -> None:
+        c = self.table.c
+        conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(status="expired"))
+
+    def take(self, approval_id: str, now: dt.datetime | None = None) -> Approval | None:
+        """Use an approved approval for the call that waited on it; None if it is no longer usable."""
+        now = now or _now()
+        c = self.table.c
+        try:
+            with self.engine.begin() as conn:
+                taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved",
+                                                              c.expires > now).values(status="used", used=now)).rowcount
+                row = conn.execute(select(self.table).where(c.id == approval_id)).first()
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        return Approval.from_row(row) if taken == 1 and row is not None else None
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def decide(self, approval_id: str, approver: Any, *, approve: bool, reason: str | None = None,
+               channel: str = "cli", now: dt.datetime | None = None) -> Approval:
+        """Approve or deny a pending approval (or grant request) as ``approver``."""
+        now = now or _now()
+        reason = (reason or "").strip() or None
+        if not approve and not reason:
+            raise ApprovalError("a denial needs a reason: the agent's error shows it")
+        a = self.require(approval_id)
+        state = a.state(now)
+        if state != "pending":
+            raise Refused(f"approval {a.id} is {_state_words(a, state)}; only a pending one can be decided")
+        problem = may_decide(a, approver)
+        if problem:
+            raise Refused(f"{who(approver)} cannot decide approval {a.id}: {problem}")
+        values: dict[str, Any] = {"status": "approved" if approve else "denied", "approver": who(approver),
+                                  "reason": reason, "channel": channel, "decided": now}
+        if approve:
+            values["expires"] = now + dt.timedelta(seconds=int(a.duration or 900))
+        c = self.table.c
+        try:
+            with self.engine.begin() as conn:
+                changed = conn.execute(update(self.table).where(
+                    c.id == a.id, c.status == "pending", c.expires > now).values(**values)).rowcount
+                if changed == 1:
+                    self._notify(conn, a.id)
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        if changed != 1:
+            b = self.require(approval_id)
+            raise Refused(f"approval {b.id} is {_state_words(b, b.state(now))}; only a pending one can be decided")
+        self._changed()
+        log.info("approval %s %s by %s (%s)%s", a.id, values["status"], who(approver), channel,
+                 f": {reason}" if reason else "")
+        return self.require(approval_id)
+
+    def _notify(self, conn: Any, approval_id: str) -> None:
+        if self.postgres:
+            conn.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": approval_id})
+
+    def _changed(self) -> None:
+        """Wake this process's waiters and reload its grants."""
+        loop, kick = self._loop, self._kick
+        if loop is not None and kick is not None:
+            self._grants_loaded = 0.0
+            try:
+                loop.call_soon_threadsafe(kick.set)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    # -- access grants ---------------------------------------------------------------------------
+
+    def request_grant(self, principal: Any, *, role_arn: str, role_id: str | None, duration: int, reason: str,
+                      approvers: Mapping[str, Any] | None, policy_version: str | None = None,
+                      now: dt.datetime | None = None) -> Asked:
+        """Ask for ``principal``'s calls to run as ``role_arn`` for ``duration`` seconds once approved.
+        A request already pending for the same principal and role is returned as it is."""
+        now = now or _now()
+        h = grant_binding_hash(principal, role_arn)
+        try:
+            for _ in range(3):
+                with self.engine.begin() as conn:
+                    found = self._latest(conn, h, "grant")
+                    if found is not None and found.state(now) == "pending":
+                        return Asked(found, "pending")
+                    if found is not None and found.status == "pending":
+                        self._expire(conn, found)
+                    row = {
+                        "id": _new_id("grant"), "kind": "grant", "binding_hash": h, "rule": role_id,
+                        "policy_version": policy_version, "principal": principal.sub, "issuer": principal.iss,
+                        "on_behalf_of": principal.on_behalf_of, "action": GRANT_ACTION, "resources": [role_arn],
+                        "params": {"role": role_arn, "duration": duration}, "role": role_arn,
+                        "approvers": approvers_spec(approvers), "request_reason": reason, "duration": duration,
+                        "status": "pending", "requested": now, "expires": now + dt.timedelta(seconds=GRANT_REQUEST_TTL),
+                    }
+                if self._insert(row):
+                    return Asked(Approval.from_row(row), "pending", created=True)
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        raise ApprovalError("could not record the access request: the store kept changing under it")
+
+    def revoke(self, grant_id: str, by: Any, *, reason: str | None = None, channel: str = "cli",
+               now: dt.datetime | None = None) -> Approval:
+        """End an access grant now. The grantee, the local admin, or anyone who may approve it may."""
+        now = now or _now()
+        a = self.require(grant_id)
+        if a.kind != "grant":
+            raise Refused(f"{a.id} is an approval of a call, not an access grant; only grants are revoked")
+        state = a.state(now)
+        if state != "approved":
+            hint = "; deny a pending request instead" if state == "pending" else ""
+            raise Refused(f"access grant {a.id} is {_state_words(a, state)}; only a grant in force is revoked{hint}")
+        grantee = getattr(by, "sub", None) == a.principal and getattr(by, "iss", None) == a.issuer
+        if not (grantee or is_admin(by) or principal_matches(a.approvers, by)):
+            raise Refused(f"{who(by)} cannot revoke access grant {a.id}: only its grantee, the local admin or "
+                          f"its approvers ({describe_approvers(a.approvers)}) can")
+        c = self.table.c
+        try:
+            with self.engine.begin() as conn:
+                changed = conn.execute(update(self.table).where(c.id == a.id, c.status == "approved").values(
+                    status="revoked", revoked=now, revoked_by=who(by), revoke_reason=(reason or "").strip() or None,
+                    expires=now)).rowcount
+                if changed == 1:
+                    self._notify(conn, a.id)
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        if changed != 1:
+            raise Refused(f"access grant {a.id} changed while it was being revoked; look again")
+        self._changed()
+        log.info("access grant %s revoked by %s (%s)", a.id, who(by), channel)
+        return self.require(grant_id)
+
+    def active_grants(self, now: dt.datetime | None = None) -> list[Approval]:
+        return self.list(kind="grant", active=True, limit=None, now=now)
+
+    def grant_for(self, principal: Any, now: dt.datetime | None = None) -> Approval | None:
+        """The access grant in force for ``principal`` (the latest approved), from memory: the
+        gateway reloads active grants every second and at once on a decision."""
+        now = now or _now()
+        best = None
+        for g in self._grants:
+            if g.principal == principal.sub and g.issuer == principal.iss and g.expires is not None and g.expires > now:
+                if best is None or (g.decided or g.requested) > (best.decided or best.requested):
+                    best = g
+        return best
+
+    # -- waiting (the gateway's event loop) ------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start watching the store for decisions (and keeping active grants in memory)."""
+        if self._poller is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._kick = asyncio.Event()
+        self._closing.clear()
+        try:
+            self._grants = await asyncio.to_thread(self.active_grants)
+            self._grants_loaded = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - the poller retries
+            log.warning("cannot load access grants yet: %s", e)
+        self._poller = asyncio.create_task(self._poll(), name="agentgate-approvals-poller")
+        if self.postgres:
+            self._listener = threading.Thread(target=self._listen, name="agentgate-approvals-listener", daemon=True)
+            self._listener.start()
+
+    async def aclose(self) -> None:
+        self._closing.set()
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._poller = None
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join, 3)
+            self._listener = None
+        for futures in self._waiters.values():
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+        self._waiters.clear()
+        self._loop = None
+
+    async def wait(self, approval_id: str, timeout: float) -> Approval | None:
+        """The approval once it is no longer pending, or None after ``timeout`` seconds."""
+        if self._loop is None:
+            await self.start()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(approval_id, set()).add(fut)
+        self._kick.set()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            futures = self._waiters.get(approval_id)
+            if futures is not None:
+                futures.discard(fut)
+                if not futures:
+                    del self._waiters[approval_id]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(f) for f in self._waiters.values())
+
+    async def _poll(self) -> None:
+        interval = POSTGRES_POLL if self.postgres else SQLITE_POLL
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), interval)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                ids = list(self._waiters)
+                if ids:
+                    for a in await asyncio.to_thread(self._decided, ids):
+                        for f in list(self._waiters.get(a.id, ())):
+                            if not f.done():
+                                f.set_result(a)
+                if time.monotonic() - self._grants_loaded >= GRANTS_REFRESH:
+                    self._grants = await asyncio.to_thread(self.active_grants)
+                    self._grants_loaded = time.monotonic()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the store is down: keep trying, say so once
+                failures += 1
+                if failures == 1:
+                    log.error("cannot read approvals from the store at %s: %s", self.where, e)
+                await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
+
+    def _decided(self, ids: list[str]) -> list[Approval]:
+        c = self.table.c
+        now = _now()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.table).where(
+                c.id.in_(ids), ~and_(c.status == "pending", c.expires > now))).all()
+        return [Approval.from_row(r) for r in rows]
+
+    def _listen(self) -> None:
+        """PostgreSQL: LISTEN for decisions made anywhere, and wake the poller at once."""
+        import psycopg
+
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        kwargs.pop("context", None)
+        kwargs.setdefault("connect_timeout", 3)
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                with psycopg.connect(*args, autocommit=True, **kwargs) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening = True
+                    if failures:
+                        log.info("listening for approval decisions again")
+                    failures = 0
+                    self._changed()  # catch up on what was decided while not listening
+                    while not self._closing.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self._changed()
+            except Exception as e:  # noqa: BLE001 - reconnect with backoff; polling covers the gap
+                self.listening = False
+                failures += 1
+                if failures == 1:
+                    log.warning("not listening for approval decisions (%s); polling every %g s until it is back",
+                                e, POSTGRES_POLL)
+                self._closing.wait(min(0.2 * 2 ** failures, 5.0))
+        self.listening = False
+
+
+def _state_words(a: Approval, state: str) -> str:
+    if state == "approved":
+        return f"already approved by {a.approver} at {_iso(a.decided)}"
+    if state == "denied":
+        return f"denied by {a.approver} at {_iso(a.decided)}"
+    if state == "used":
+        return f"already used at {_iso(a.used)}"
+    if state == "revoked":
+        return f"revoked by {a.revoked_by} at {_iso(a.revoked)}"
+    if state == "expired":
+        return f"expired at {_iso(a.expires)}"
+    return state

@@ -1,0 +1,1943 @@
+"""Masking: secrets never reach the record, and reach the agent only where policy allows.
+
+``Masker`` works on one call's parsed bodies, for every protocol botocore speaks: JSON (json,
+rest-json), XML (rest-xml, query, ec2; read with defusedxml, so DTDs and entity expansion are
+refused), form-encoded query and ec2 requests, and CBOR (smithy-rpc-v2-cbor). Headers are masked
+too. Event-stream and streamed bodies are not parsed, and S3 object data is not kept unless policy
+opts in; the record says so (``note``).
+
+What is masked:
+
+1. **Sensitive members**: every member whose shape carries botocore's ``sensitive`` trait, in the
+   operation's input and output shapes, found through structures, lists and maps. Worked out per
+   operation on first use, from the service's model, and cached.
+2. **Curated targets** (``CURATED``): members the models do not mark, or that must stay masked if a
+   model drops the trait, each with its reason.
+3. **Policy paths**: the ``mask_for_agent`` paths of the call's Decision (``Parameter.Value``,
+   ``Items[].ssn``; DESIGN.md and policies/README.md). They mask the agent's copy, and the record's
+   copy of both the request and the response.
+4. **Detectors** (``core.detectors``) over every other string of the record's copy: private keys,
+   JWTs, session tokens, secret access keys, passwords in URLs and connection strings.
+
+A masked value becomes a marker carrying a keyed fingerprint, ``agentgate:masked:hmac-<12 hex>``
+(HMAC-SHA256 with the fingerprint key ``agentgate init`` writes to ``keys/fingerprint.key``): the
+same secret always gives the same marker, so an assessor sees it was read twice without seeing it.
+Blob members get the marker base64-encoded, so they stay valid base64; numbers, booleans and
+timestamps keep their type (``0``, ``false``, the epoch); a DynamoDB attribute value becomes a
+string attribute ``{"S": marker}``.
+
+The record's copy is always masked (1-4). The agent's copy is masked only at the policy paths, and
+then only rewritten when something was masked: the caller fixes Content-Length, and
+``checksum_headers`` says how to fix DynamoDB's ``x-amz-crc32`` and drop checksums that no longer
+match. Every masked member is listed (part, member path, what masked it, how many values), never
+its value; map keys other than those a policy names are written ``*``.
+
+Nothing here raises into the caller: a body that cannot be masked is not kept (``note`` says why),
+and the agent's copy is left as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import functools
+import hmac
+import json
+import math
+import re
+import struct
+import threading
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from . import detectors
+from .records import REDACTED_HEADERS
+
+MARKER_PREFIX = "agentgate:masked:hmac-"
+MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
+EPOCH_TEXT = "1970-01-01T00:00:00Z"
+PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
+OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
+MAX_DEPTH = 64
+
+# ---------------------------------------------------------------------------------------------
+# Curated targets: on top of the models' sensitive traits, each with its reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    service: str
+    operations: tuple[str, ...]
+    direction: str  # "input" (the request) or "output" (the response)
+    paths: tuple[str, ...]
+    reason: str
+    when: tuple[str, str] | None = None  # (sibling member, value): only when the sibling has it
+    base64: bool = False  # a string member holding base64: masked as a base64 marker
+
+
+_CREDENTIALS = ("Credentials.SecretAccessKey", "Credentials.SessionToken")
+_MASTER_PASSWORD_OPS = ("CreateDBInstance", "CreateDBCluster", "ModifyDBInstance", "ModifyDBCluster",
+                        "RestoreDBInstanceFromS3", "RestoreDBClusterFromS3")
+
+CURATED: tuple[Target, ...] = (
+    Target("ssm", ("GetParameter",), "output", ("Parameter.Value",),
+           "a SecureString parameter's value is a decrypted secret", ("Type", "SecureString")),
+    Target("ssm", ("GetParameters", "GetParametersByPath", "GetParameterHistory"), "output", ("Parameters[].Value",),
+           "SecureString parameters' values are decrypted secrets", ("Type", "SecureString")),
+    Target("ssm", ("PutParameter",), "input", ("Value",),
+           "a SecureString parameter's value is a secret", ("Type", "SecureString")),
+    Target("lambda", ("GetFunction",), "output", ("Configuration.Environment.Variables",),
+           "function environment variables hold credentials and connection strings"),
+    Target("lambda", ("GetFunctionConfiguration", "CreateFunction", "UpdateFunctionConfiguration", "PublishVersion"),
+           "output", ("Environment.Variables",),
+           "function environment variables hold credentials and connection strings"),
+    Target("lambda", ("ListFunctions",), "output", ("Functions[].Environment.Variables",),
+           "function environment variables hold credentials and connection strings"),
+    Target("lambda", ("ListVersionsByFunction",), "output", ("Versions[].Environment.Variables",),
+           "function environment variables hold credentials and connection strings"),
+    Target("lambda", ("CreateFunction", "UpdateFunctionConfiguration"), "input", ("Environment.Variables",),
+           "function environment variables hold credentials and connection strings"),
+    Target("ec2", ("DescribeInstanceAttribute",), "output", ("UserData.Value",),
+           "user data carries bootstrap secrets; the model does not mark this copy sensitive", base64=True),
+    Target("ec2", ("ModifyInstanceAttribute",), "input", ("UserData.Value",),
+           "user data carries bootstrap secrets; the model does not mark this copy sensitive", base64=True),
+    Target("ec2", ("GetPasswordData",), "output", ("PasswordData",), "an instance's encrypted Administrator password",
+           base64=True),
+    Target("ec2", ("CreateKeyPair",), "output", ("KeyMaterial",), "the key pair's private key"),
+    Target("ecr", ("GetAuthorizationToken",), "output", ("authorizationData[].authorizationToken",),
+           "a registry login token (base64 user:password)", base64=True),
+    Target("ecr-public", ("GetAuthorizationToken",), "output", ("authorizationData.authorizationToken",),
+           "a registry login token", base64=True),
+    Target("codeartifact", ("GetAuthorizationToken",), "output", ("authorizationToken",), "a repository login token"),
+    Target("iam", ("CreateAccessKey",), "output", ("AccessKey.SecretAccessKey",), "a long-term secret access key"),
+    Target("iam", ("CreateServiceSpecificCredential", "ResetServiceSpecificCredential"), "output",
+           ("ServiceSpecificCredential.ServicePassword", "ServiceSpecificCredential.ServiceCredentialSecret"),
+           "a service password (CodeCommit, Keyspaces, Bedrock)"),
+    Target("iam", ("CreateLoginProfile", "UpdateLoginProfile"), "input", ("Password",), "a console password"),
+    Target("iam", ("ChangePassword",), "input", ("OldPassword", "NewPassword"), "console passwords"),
+    Target("sts", ("AssumeRole", "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "AssumeRoot", "GetSessionToken",
+                   "GetFederationToken"), "output", _CREDENTIALS, "temporary AWS credentials"),
+    Target("sts", ("AssumeRoleWithWebIdentity",), "input", ("WebIdentityToken",), "an identity provider's token"),
+    Target("sts", ("AssumeRoleWithSAML",), "input", ("SAMLAssertion",), "a signed SAML assertion"),
+    Target("sso", ("GetRoleCredentials",), "output", ("roleCredentials.secretAccessKey", "roleCredentials.sessionToken"),
+           "temporary AWS credentials from IAM Identity Center"),
+    Target("sso", ("GetRoleCredentials", "ListAccounts", "ListAccountRoles", "Logout"), "input", ("accessToken",),
+           "the portal access token"),
+    Target("sso-oidc", ("CreateToken", "CreateTokenWithIAM"), "output", ("accessToken", "refreshToken", "idToken"),
+           "OIDC tokens"),
+    Target("cognito-identity", ("GetCredentialsForIdentity",), "output",
+           ("Credentials.SecretKey", "Credentials.SessionToken"), "temporary AWS credentials from Cognito"),
+    Target("cognito-identity", ("GetOpenIdToken", "GetOpenIdTokenForDeveloperIdentity"), "output", ("Token",),
+           "an OpenID token that can be traded for AWS credentials"),
+    Target("cognito-idp", ("InitiateAuth", "AdminInitiateAuth", "RespondToAuthChallenge",
+                           "AdminRespondToAuthChallenge"), "output",
+           ("AuthenticationResult.AccessToken", "AuthenticationResult.IdToken", "AuthenticationResult.RefreshToken"),
+           "user pool tokens"),
+    Target("kms", ("Decrypt", "GenerateDataKey", "GenerateRandom"), "output", ("Plaintext",), "plaintext key material"),
+    Target("kms", ("GenerateDataKeyPair",), "output", ("PrivateKeyPlaintext",), "a plaintext private key"),
+    Target("kms", ("Encrypt",), "input", ("Plaintext",), "the plaintext being encrypted"),
+    Target("secretsmanager", ("GetSecretValue",), "output", ("SecretString", "SecretBinary"), "the secret's value"),
+    Target("secretsmanager", ("BatchGetSecretValue",), "output",
+           ("SecretValues[].SecretString", "SecretValues[].SecretBinary"), "the secrets' values"),
+    Target("secretsmanager", ("CreateSecret", "PutSecretValue", "UpdateSecret"), "input",
+           ("SecretString", "SecretBinary"), "the secret's value"),
+    Target("secretsmanager", ("GetRandomPassword",), "output", ("RandomPassword",), "a generated password"),
+    Target("rds", _MASTER_PASSWORD_OPS, "input", ("MasterUserPassword",), "a database master password"),
+    Target("docdb", ("CreateDBCluster", "ModifyDBCluster"), "input", ("MasterUserPassword",), "a database master password"),
+    Target("neptune", ("CreateDBCluster", "ModifyDBCluster"), "input", ("MasterUserPassword",), "a database master password"),
+    Target("redshift", ("CreateCluster", "ModifyCluster"), "input", ("MasterUserPassword",), "a database master password"),
+    Target("redshift", ("GetClusterCredentials", "GetClusterCredentialsWithIAM"), "output", ("DbPassword",),
+           "a temporary database password"),
+    Target("redshift-serverless", ("GetCredentials",), "output", ("dbPassword",), "a temporary database password"),
+    Target("redshift-serverless", ("CreateNamespace", "UpdateNamespace"), "input", ("adminUserPassword",),
+           "a database admin password"),
+    Target("lightsail", ("GetRelationalDatabaseMasterUserPassword",), "output", ("masterUserPassword",),
+           "a database master password"),
+    Target("lightsail", ("CreateRelationalDatabase", "UpdateRelationalDatabase"), "input", ("masterUserPassword",),
+           "a database master password"),
+    Target("lightsail", ("DownloadDefaultKeyPair", "CreateKeyPair"), "output", ("privateKeyBase64",), "a private key",
+           base64=True),
+    Target("lightsail", ("GetInstanceAccessDetails",), "output", ("accessDetails.password", "accessDetails.privateKey"),
+           "an instance's password and private key"),
+    Target("elasticache", ("CreateReplicationGroup", "CreateCacheCluster", "ModifyReplicationGroup",
+                           "ModifyCacheCluster"), "input", ("AuthToken",), "a Redis AUTH token"),
+    Target("glue", ("GetConnection",), "output", ("Connection.ConnectionProperties",),
+           "connection properties hold database passwords"),
+    Target("glue", ("GetConnections",), "output", ("ConnectionList[].ConnectionProperties",),
+           "connection properties hold database passwords"),
+)
+
+# Shapes masked as one value, not member by member. (service, shape): (how, why)
+WHOLE_VALUES: dict[tuple[str, str], str] = {
+    ("dynamodb", "AttributeValue"): "an attribute value becomes a string attribute {\"S\": marker}, which every "
+                                    "SDK reads (a masked N, B or M would not parse)",
+    ("dynamodbstreams", "AttributeValue"): "as for DynamoDB",
+}
+
+OBJECT_TEXT_TYPES = re.compile(
+    r"^(?:text/|application/(?:json|xml|x-yaml|yaml|javascript|x-www-form-urlencoded|csv|x-ndjson|toml)\b"
+    r"|application/[\w.+-]+\+(?:json|xml)\b)", re.I)
+EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
+# Headers whose values are protocol metadata: the detectors skip them.
+PLAIN_HEADERS = frozenset({
+    "host", "content-type", "content-length", "content-encoding", "transfer-encoding", "connection", "date",
+    "server", "user-agent", "accept", "accept-encoding", "expect", "x-amz-date", "x-amz-content-sha256",
+    "x-amz-target", "x-amz-api-version", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-user-agent",
+    "x-amzn-requestid", "x-amz-request-id", "x-amz-id-2", "x-amz-crc32", "x-amz-decoded-content-length",
+    "x-amz-sdk-checksum-algorithm", "x-amz-trailer", "etag", "last-modified", "x-amz-version-id",
+    "x-amzn-trace-id", "x-amz-apigw-id", "x-amzn-query-mode", "x-amz-checksum-type"})
+
+
+# ---------------------------------------------------------------------------------------------
+# What the record keeps, and what the agent gets
+
+
+@dataclasses.dataclass
+class Part:
+    """One message (request or response) as the record keeps it."""
+
+    body: str | None = None  # masked text; None when not kept
+    headers: list[tuple[str, str]] | None = None  # masked, credential headers dropped
+    query: str | None = None  # the request's masked query string, when something in it was masked
+    note: str | None = None  # why the body is not kept, or how it was kept
+    masked: Counter = dataclasses.field(default_factory=Counter)  # (part, path, by) -> values
+
+
+@dataclasses.dataclass
+class AgentCopy:
+    """How the agent's copy of a response differs from upstream's."""
+
+    body: bytes | None = None  # the new (decoded) body; None: the body is unchanged
+    headers: dict[str, str | None] = dataclasses.field(default_factory=dict)  # lower-case name -> value, None drops
+    masked: Counter = dataclasses.field(default_factory=Counter)
+
+
+@dataclasses.dataclass
+class MaskedCall:
+    """A call's masked copy for the record (flow.metadata ``agentgate.masked``)."""
+
+    request_body: str | None = None
+    response_body: str | None = None
+    request_headers: list[tuple[str, str]] | None = None
+    response_headers: list[tuple[str, str]] | None = None
+    query: str | None = None
+    params: dict | None = None
+    params_masked: bool = False  # the call's parameters were masked (``params`` replaces them)
+    resources: list[str] | None = None
+    counts: Counter = dataclasses.field(default_factory=Counter)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    request_done: bool = False
+    response_done: bool = False
+
+    def add(self, part: Part, which: str) -> None:
+        if which == "request":
+            self.request_body, self.request_headers, self.query = part.body, part.headers, part.query
+            self.request_done = True
+        else:
+            self.response_body, self.response_headers = part.body, part.headers
+            self.response_done = True
+        self.counts.update(part.masked)
+        if part.note:
+            self.notes.append(f"{which}: {part.note}")
+
+    @property
+    def masked(self) -> list[dict]:
+        """What was masked: part, member path, what masked it, how many values. Never a value."""
+        return [{"part": part, "path": path, "by": by, "count": n}
+                for (part, path, by), n in sorted(self.counts.items())]
+
+    @property
+    def note(self) -> str | None:
+        return "; ".join(self.notes) or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and plans
+
+
+def parse_path(path: str) -> tuple[str, ...]:
+    """``Parameters[].Value`` -> ("Parameters", "Value"). Lists are walked through, so ``[]`` is
+    optional; after a map, a step is a key (``Item.ssn``), ``*`` any key."""
+    steps = []
+    for part in path.split("."):
+        while part.endswith("[]") or part.endswith("[*]"):
+            part = part[: -2 if part.endswith("[]") else -3]
+        if part:
+            steps.append(part)
+    return tuple(steps)
+
+
+class Overlay:
+    """Paths to mask, as a tree of member names (and map keys); lists are transparent."""
+
+    __slots__ = ("mask", "when", "b64", "children")
+
+    def __init__(self) -> None:
+        self.mask: str | None = None  # what masks the node, when it is a target
+        self.when: tuple[str, str] | None = None
+        self.b64 = False  # a string holding base64: its marker is base64 too
+        self.children: dict[str, Overlay] = {}
+
+
+def build_overlay(entries: Iterable[tuple[tuple[str, ...], str, tuple[str, str] | None]],
+                  base64_paths: Iterable[tuple[str, ...]] = ()) -> Overlay | None:
+    root: Overlay | None = None
+    b64 = set(base64_paths)
+    for steps, label, when in entries:
+        if not steps:
+            continue
+        root = root or Overlay()
+        node = root
+        for step in steps:
+            node = node.children.setdefault(step, Overlay())
+        if node.mask is None or (node.when is not None and when is None):
+            node.mask, node.when = label, when
+        node.b64 = node.b64 or steps in b64
+    return root
+
+
+class Node:
+    """Where sensitive members sit below a shape (one node per shape; recursive shapes make cycles)."""
+
+    __slots__ = ("shape", "mask", "members", "item", "value", "linked")
+
+    def __init__(self, shape: str, mask: str | None = None) -> None:
+        self.shape = shape
+        self.mask = mask
+        self.members: dict[str, Node] = {}
+        self.item: Node | None = None
+        self.value: Node | None = None
+        self.linked = False
+
+
+@dataclasses.dataclass
+class Message:
+    """An operation's request or response as the wire carries it."""
+
+    top: str | None  # the input or output shape
+    wrapper: str | None = None  # query protocol: the element the output sits in
+    payload: str | None = None  # the member that is the whole body
+    payload_shape: str | None = None
+    payload_kind: str | None = None  # structure | blob | string | stream | eventstream
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # lower-case header -> member
+    header_maps: tuple[tuple[str, str], ...] = ()  # (lower-case prefix, member)
+    query: dict[str, str] = dataclasses.field(default_factory=dict)  # query key -> member
+
+
+class ServiceShapes:
+    """One service's shapes and what masking derives from them, cached per shape and operation."""
+
+    def __init__(self, name: str, description: dict) -> None:
+        self.name = name
+        self.shapes: dict = description["shapes"]
+        self.operations: dict = description["operations"]
+        self._nodes: dict[str, Node | None] = {}
+        self._messages: dict[tuple[str, str], Message] = {}
+        self._json_wire: dict[str, dict[str, str]] = {}
+        self._json_members: dict[str, dict[str, tuple[str, str]]] = {}
+        self._by_member: dict[str, dict[str, tuple[str, str]]] = {}
+        self._lock = threading.Lock()
+        self._xml_wire: dict[str, dict[str, tuple[str, bool]]] = {}
+        self._query_wire: dict[tuple[str, bool], dict[str, str]] = {}
+
+    def type_of(self, shape: str | None) -> str | None:
+        found = self.shapes.get(shape) if shape else None
+        return found["type"] if found else None
+
+    def message(self, operation: str, direction: str) -> Message:
+        key = (operation, direction)
+        found = self._messages.get(key)
+        if found is None:
+            found = self._messages[key] = self._message(operation, direction)
+        return found
+
+    def _message(self, operation: str, direction: str) -> Message:
+        ref = self.operations[operation].get(direction) or {}
+        top = ref.get("shape")
+        msg = Message(top, wrapper=ref.get("resultWrapper"))
+        shape = self.shapes.get(top) if top else None
+        if not shape:
+            return msg
+        payload = shape.get("payload")
+        for name, member in shape.get("members", {}).items():
+            where = member.get("location")
+            wire = member.get("locationName", name)
+            if where == "header":
+                msg.headers[wire.lower()] = name
+            elif where == "headers":
+                msg.header_maps += ((wire.lower(), name),)
+            elif where == "querystring" and self.type_of(member["shape"]) != "map":
+                msg.query[wire] = name
+        if payload:
+            target = shape["members"][payload]["shape"]
+            payload_shape = self.shapes[target]
+            msg.payload, msg.payload_shape = payload, target
+            if payload_shape.get("eventstream"):
+                msg.payload_kind = "eventstream"
+            elif payload_shape["type"] in ("blob", "string"):
+                member = shape["members"][payload]
+                streaming = payload_shape.get("streaming") or member.get("streaming") or payload_shape.get("requiresLength")
+                msg.payload_kind = "stream" if streaming else payload_shape["type"]
+            else:
+                msg.payload_kind = "structure"
+        return msg
+
+    # -- sensitive members
+
+    def sensitive(self, root: str | None) -> Node | None:
+        """The plan of sensitive members below ``root`` (None when there are none)."""
+        if not root:
+            return None
+        if root in self._nodes:
+            return self._nodes[root]
+        with self._lock:  # large bodies are masked on worker threads: one builder at a time
+            return self._sensitive(root)
+
+    def _sensitive(self, root: str) -> Node | None:
+        if root in self._nodes:
+            return self._nodes[root]
+        shapes = self.shapes
+        edges: dict[str, list[str]] = {}
+        stack, seen = [root], {root}
+        while stack:
+            name = stack.pop()
+            shape = shapes[name]
+            kids = [] if shape.get("sensitive") else list(self._children(shape))
+            edges[name] = kids
+            for kid in kids:
+                if kid not in seen:
+                    seen.add(kid)
+                    stack.append(kid)
+        reverse: dict[str, list[str]] = {}
+        for name, kids in edges.items():
+            for kid in kids:
+                reverse.setdefault(kid, []).append(name)
+        reach = {n for n in seen if shapes[n].get("sensitive")}
+        queue = list(reach)
+        while queue:
+            for parent in reverse.get(queue.pop(), ()):
+                if parent not in reach:
+                    reach.add(parent)
+                    queue.append(parent)
+        for name in seen:
+            if name not in self._nodes:
+                self._nodes[name] = (Node(name, "sensitive" if shapes[name].get("sensitive") else None)
+                                     if name in reach else None)
+        for name in seen:
+            node = self._nodes[name]
+            if node is None or node.mask or node.linked:
+                continue
+            shape = shapes[name]
+            kind = shape["type"]
+            if kind == "structure":
+                for member, ref in shape.get("members", {}).items():
+                    child = self._nodes.get(ref["shape"])
+                    if child is not None:
+                        node.members[member] = child
+            elif kind == "list":
+                node.item = self._nodes.get(shape["member"]["shape"])
+            elif kind == "map":
+                node.value = self._nodes.get(shape["value"]["shape"])
+            node.linked = True
+        return self._nodes[root]
+
+    @staticmethod
+    def _children(shape: dict) -> Iterable[str]:
+        kind = shape["type"]
+        if kind == "structure":
+            return (m["shape"] for m in shape.get("members", {}).values())
+        if kind == "list":
+            return (shape["member"]["shape"],)
+        if kind == "map":
+            return (shape["key"]["shape"], shape["value"]["shape"])
+        return ()
+
+    def key_sensitive(self, map_shape: str) -> bool:
+        shape = self.shapes[map_shape]
+        return bool(self.shapes[shape["key"]["shape"]].get("sensitive"))
+
+    # -- wire names
+
+    def json_wire(self, shape: str) -> dict[str, str]:
+        """member -> JSON key."""
+        found = self._json_wire.get(shape)
+        if found is None:
+            found = self._json_wire[shape] = {
+                m: ref.get("locationName", m) for m, ref in self.shapes[shape].get("members", {}).items()}
+        return found
+
+    def json_members(self, shape: str) -> dict[str, tuple[str, str]]:
+        """JSON key -> (member, member's shape)."""
+        found = self._json_members.get(shape)
+        if found is None:
+            found = self._json_members[shape] = {
+                ref.get("locationName", m): (m, ref["shape"]) for m, ref in self.shapes[shape].get("members", {}).items()}
+        return found
+
+    def member_names(self, shape: str) -> dict[str, tuple[str, str]]:
+        """member -> (member, member's shape): for trees keyed by member names (parameters, CBOR)."""
+        found = self._by_member.get(shape)
+        if found is None:
+            found = self._by_member[shape] = {
+                m: (m, ref["shape"]) for m, ref in self.shapes[shape].get("members", {}).items()}
+        return found
+
+    def same_names(self, shape: str) -> dict[str, str]:
+        return {m: m for m in self.member_names(shape)}
+
+    def xml_wire(self, shape: str) -> dict[str, tuple[str, bool]]:
+        """member -> (element name, flattened), as botocore's XML parser reads them."""
+        found = self._xml_wire.get(shape)
+        if found is None:
+            found = {}
+            for m, ref in self.shapes[shape].get("members", {}).items():
+                target = self.shapes[ref["shape"]]
+                flattened = bool(ref.get("flattened") or target.get("flattened"))
+                name = ref.get("locationName", m)
+                if target["type"] == "list" and flattened:
+                    name = target["member"].get("locationName") or name
+                found[m] = (name, flattened)
+            self._xml_wire[shape] = found
+        return found
+
+    def query_wire(self, shape: str, ec2: bool) -> dict[str, str]:
+        """form key -> member, for query and ec2 requests."""
+        key = (shape, ec2)
+        found = self._query_wire.get(key)
+        if found is None:
+            found = {}
+            for m, ref in self.shapes[shape].get("members", {}).items():
+                target = self.shapes[ref["shape"]]
+                if ec2:
+                    name = ref.get("queryName") or (ref["locationName"][0].upper() + ref["locationName"][1:]
+                                                    if ref.get("locationName") else m)
+                elif target["type"] == "list" and (ref.get("flattened") or target.get("flattened")):
+                    name = target["member"].get("locationName") or ref.get("locationName", m)
+                else:
+                    name = ref.get("locationName", m)
+                found[name] = m
+            self._query_wire[key] = found
+        return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _render(path: tuple) -> str:
+    """A path kept as nested tuples (parent, step) as text."""
+    steps = []
+    while path:
+        path, step = path
+        steps.append(step)
+    out = ""
+    for step in reversed(steps):
+        out += step if step == "[]" or not out else "." + step
+    return out
+
+
+def _join(path: tuple, step: str) -> tuple:
+    return (path, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# The masker
+
+
+class Masker:
+    """Masks calls with one fingerprint key, against botocore's models."""
+
+    def __init__(self, key: bytes, *, models: Callable[[str], dict] | None = None,
+                 object_cap: int = OBJECT_CAP, parse_limit: int = PARSE_LIMIT) -> None:
+        if not key:
+            raise ValueError("the fingerprint key is empty")
+        self.key = key
+        self._models = models
+        self.object_cap = object_cap
+        self.parse_limit = parse_limit
+        self._services: dict[str, ServiceShapes | None] = {}
+        self._overlays: dict[tuple, Overlay | None] = {}
+
+    # -- fingerprints and markers
+
+    def fingerprint(self, value: bytes | str) -> str:
+        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+        return hmac.digest(self.key, data, "sha256").hex()[:12]
+
+    def marker(self, value: bytes | str) -> str:
+        return MARKER_PREFIX + self.fingerprint(value)
+
+    def blob_marker(self, value: bytes) -> str:
+        return base64.b64encode(self.marker(value).encode("ascii")).decode("ascii")
+
+    # -- models
+
+    def service(self, name: str | None) -> ServiceShapes | None:
+        if not name:
+            return None
+        if name not in self._services:
+            try:
+                description = (self._models or _default_models)(name)
+            except Exception:  # noqa: BLE001 - an unknown service is masked without a model
+                description = None
+            self._services[name] = ServiceShapes(name, description) if description else None
+        return self._services[name]
+
+    def overlay(self, service: str, operation: str, direction: str, policy: tuple[str, ...], curated: bool) -> Overlay | None:
+        """The policy paths (and the curated targets, for the record) as one overlay."""
+        key = (service, operation, direction, policy, curated)
+        if key not in self._overlays:
+            targets = [t for t in CURATED if t.service == service and operation in t.operations
+                       and t.direction == direction]
+            entries = [(parse_path(p), "curated", t.when) for t in targets for p in t.paths] if curated else []
+            entries += [(parse_path(p), "policy", None) for p in policy]
+            if len(self._overlays) > 4096:
+                self._overlays.clear()
+            self._overlays[key] = build_overlay(entries, (parse_path(p) for t in targets if t.base64 for p in t.paths))
+        return self._overlays[key]
+
+    def plan(self, call: Any, direction: str, policy: tuple[str, ...], *, record: bool) -> tuple:
+        """(service shapes, message, sensitive node, overlay) for the call, or Nones."""
+        shapes = self.service(getattr(call, "service", None))
+        operation = getattr(call, "operation", None)
+        if shapes is None or not operation or operation not in shapes.operations:
+            return None, None, None, None
+        message = shapes.message(operation, direction)
+        node = shapes.sensitive(message.top) if record else None
+        return shapes, message, node, self.overlay(shapes.name, operation, direction, tuple(policy), record)
+
+    # ------------------------------------------------------------------------------ requests
+
+    def request(self, call: Any, *, query: str = "", headers: Iterable[tuple[str, str]] = (),
+                body: bytes | None, streamed: bool = False, policy: tuple[str, ...] = (),
+                content_type: str = "") -> Part:
+        """The request as the record keeps it. Never raises."""
+        part = Part()
+        try:
+            shapes, message, node, ov = self.plan(call, "input", policy, record=True)
+            protocol = getattr(call, "protocol", None)
+            part.headers = self._headers(headers, "request", shapes, message, node, ov, part.masked)
+            if query:
+                part.query = self._query(query, protocol, shapes, message, node, ov, part.masked)
+            if streamed:
+                part.note = "body streamed, not kept (its SHA-256 and size are)"
+            elif body:
+                self._body(part, "request", body, protocol, shapes, message, node, ov, content_type, policy)
+        except Exception as e:  # noqa: BLE001 - masking never breaks the call
+            part = Part(headers=_safe_headers(headers), note=f"not masked: {_reason(e)}")
+        return part
+
+    def params(self, call: Any, policy: tuple[str, ...] = ()) -> tuple[dict | None, Counter]:
+        """The call's parameters (botocore member names) as the record keeps them."""
+        counts: Counter = Counter()
+        params = getattr(call, "params", None)
+        if not params:
+            return params, counts
+        shapes, message, node, ov = self.plan(call, "input", policy, record=True)
+        walk = _Tree(self, shapes, "params", "params", counts, by_member=True)
+        top = message.top if message else None
+        if node is not None or ov is not None:
+            walk.plan(params, top, node, ov, (), None, None)
+        if detectors.suspicious("\n".join(_strings(params))):
+            walk.scan(params, top, (), None, None)
+        if not walk.edits:
+            return params, counts
+        copy = _deep_copy(params)
+        walk.apply_to(params, copy)
+        return copy, counts
+
+    def resources(self, resources: list[str]) -> list[str]:
+        return [self.mask_text(r)[0] for r in resources]
+
+    # ------------------------------------------------------------------------------ responses
+
+    def response(self, call: Any, *, status: int, headers: Iterable[tuple[str, str]] = (), body: bytes | None,
+                 streamed: bool = False, policy: tuple[str, ...] = (), content_type: str = "",
+                 agent: bool = True) -> tuple[Part, AgentCopy | None]:
+        """The response as the record keeps it, and the agent's copy where ``policy`` names members
+        (None: the agent's copy is upstream's). Never raises."""
+        headers = list(headers)
+        part = Part()
+        copy: AgentCopy | None = None
+        for_agent = bool(agent and policy and status < 300 and not streamed)
+        shared = _Shared() if for_agent else None  # a JSON body parsed once for both copies
+        try:
+            shapes, message, node, ov = self.plan(call, "output", policy, record=True)
+            protocol = getattr(call, "protocol", None)
+            part.headers = self._headers(headers, "response", shapes, message, node, ov, part.masked)
+            if status >= 300:  # an error: no output shape, detectors only
+                shapes = message = node = ov = None
+            if for_agent and message is not None:
+                shared.overlay = self.plan(call, "output", policy, record=False)[3]
+            if streamed:
+                part.note = "body streamed, not kept (its SHA-256 and size are)"
+            elif body:
+                self._body(part, "response", body, protocol, shapes, message, node, ov, content_type, policy, shared)
+        except Exception as e:  # noqa: BLE001
+            part = Part(headers=_safe_headers(headers), note=f"not masked: {_reason(e)}")
+            shared = _Shared() if for_agent else None
+        if for_agent:
+            try:
+                copy = self.agent_copy(call, headers=headers, body=body, policy=policy, content_type=content_type,
+                                       shared=shared)
+            except Exception as e:  # noqa: BLE001 - the agent's copy is left as it was
+                part.note = "; ".join(filter(None, [part.note, f"agent's copy not masked: {_reason(e)}"]))
+                copy = None
+        return part, copy
+
+    def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
+                   content_type: str = "", shared: _Shared | None = None) -> AgentCopy | None:
+        """The agent's copy of a response, masked at the policy paths only; None when nothing was."""
+        shapes, message, _, ov = self.plan(call, "output", policy, record=False)
+        if ov is None:
+            return None
+        copy = AgentCopy()
+        for name, value in headers:
+            member = _header_member(message, name.lower())
+            if member is None:
+                continue
+            child = ov.children.get(member[0])
+            if member[1] is not None and child is not None and not child.mask:  # a header map: keys
+                child = child.children.get(member[1]) or child.children.get("*")
+            if child is not None and child.mask and child.when is None:
+                copy.headers[name.lower()] = self.marker(value)
+                copy.masked[("agent", member[0], "policy")] += 1
+        if shared is not None and shared.done:  # masked with the record's copy, from one parse
+            if shared.body is not None:
+                copy.body = shared.body
+                copy.masked.update(shared.masked)
+        elif body and len(body) <= self.parse_limit:
+            part = Part()
+            protocol = getattr(call, "protocol", None)
+            new = self._agent_body(part, body, protocol, shapes, message, ov, content_type)
+            if new is not None:
+                copy.body = new
+                copy.masked.update({("agent",) + k[1:]: n for k, n in part.masked.items()})
+        return copy if copy.headers or copy.body is not None else None
+
+    # ------------------------------------------------------------------------------ bodies
+
+    def _body(self, part: Part, which: str, body: bytes, protocol: str | None, shapes: ServiceShapes | None,
+              message: Message | None, node: Node | None, ov: Overlay | None, content_type: str,
+              policy: tuple[str, ...], shared: _Shared | None = None) -> None:
+        if len(body) > self.parse_limit:
+            part.note = f"body of {len(body)} bytes is over the {self.parse_limit}-byte masking limit, not kept"
+            return
+        kind = message.payload_kind if message else None
+        if kind == "eventstream" or content_type.startswith(EVENT_STREAM_TYPE):
+            part.note = "event-stream body not parsed, not kept"
+            return
+        if kind in ("stream", "blob", "string") and message is not None:
+            self._payload(part, which, body, message, node, ov, content_type, policy)
+            return
+        fmt = _format(protocol, which, body, content_type)
+        try:
+            if fmt == "json":
+                return self._json(part, which, body, shapes, message, node, ov, shared)
+            if fmt == "xml":
+                return self._xml(part, which, body, protocol, shapes, message, node, ov)
+            if fmt == "form":
+                return self._form(part, which, body, protocol, shapes, message, node, ov)
+            if fmt == "cbor":
+                return self._cbor(part, which, body, shapes, message, node, ov)
+        except (ValueError, SyntaxError) as e:  # not what the protocol says: masked as text
+            part.masked.clear()
+            if shared is not None:
+                shared.done, shared.body = False, None
+            part.note = f"not valid {fmt.upper()} ({_reason(e)}), masked as text"
+        text = _text(body)
+        if text is None:
+            part.note = "binary body not kept"
+            return
+        part.body, counts = self.mask_text(text, which)
+        part.masked.update(counts)
+
+    def _payload(self, part: Part, which: str, body: bytes, message: Message, node: Node | None,
+                 ov: Overlay | None, content_type: str, policy: tuple[str, ...]) -> None:
+        """A body that is one blob or string member: S3 object data, a Lambda payload, a policy."""
+        member = message.payload
+        child_node = node.members.get(member) if node else None
+        child_ov = ov.children.get(member) if ov else None
+        if message.payload_kind == "stream":
+            named = child_ov is not None and child_ov.mask == "policy"
+            if not named:
+                part.note = "object data not kept (policy does not opt it into masking)"
+                return
+            if not OBJECT_TEXT_TYPES.match(content_type) or len(body) > self.object_cap:
+                part.note = f"object data not masked (not text, or over {self.object_cap} bytes), not kept"
+                return
+            text = _text(body)
+            if text is None:
+                part.note = "object data is not UTF-8 text, not kept"
+                return
+            part.body, counts = self.mask_text(text, which, member)
+            part.masked.update(counts)
+            return
+        target = (child_node.mask if child_node and child_node.mask else None) or (
+            child_ov.mask if child_ov and child_ov.mask and child_ov.when is None else None)
+        if target:
+            part.body = self.marker(body)
+            part.masked[(which, member, target)] += 1
+            return
+        text = _text(body)
+        if text is None:
+            part.note = "binary body not kept"
+            return
+        part.body, counts = self.mask_text(text, which, member)
+        part.masked.update(counts)
+
+    def mask_text(self, text: str, which: str = "text", path: str = "", name: str | None = None) -> tuple[str, Counter]:
+        """Free text with what the detectors find masked."""
+        counts: Counter = Counter()
+        if not detectors.suspicious(text):
+            return text, counts
+        findings = detectors.find(text, name)
+        if not findings:
+            return text, counts
+        return self._replace(text, findings, counts, which, path), counts
+
+    def _replace(self, text: str, findings: list[detectors.Finding], counts: Counter, which: str, path: str) -> str:
+        out, last = [], 0
+        for f in findings:
+            out.append(text[last:f.start])
+            out.append(self.marker(text[f.start:f.end]))
+            last = f.end
+            counts[(which, path, f.detector)] += 1
+        out.append(text[last:])
+        return "".join(out)
+
+    # -- JSON
+
+    def _json(self, part: Part, which: str, body: bytes, shapes: ServiceShapes | None, message: Message | None,
+              node: Node | None, ov: Overlay | None, shared: _Shared | None = None) -> None:
+        text = body.decode("utf-8")
+        root, node, ov = _body_root(message, node, ov)
+        agent_ov = _body_root(message, None, shared.overlay)[2] if shared is not None and shared.overlay else None
+        suspect = detectors.suspicious(text, json=True)
+        if node is None and ov is None and agent_ov is None and not suspect:
+            part.body = text
+            return
+        data = json.loads(text)
+        agent = None
+        if agent_ov is not None:
+            agent = _Tree(self, shapes, "agent", "json", shared.masked)
+            agent.plan(data, root, None, agent_ov, (), None, None)
+        walk = _Tree(self, shapes, which, "json", part.masked)
+        if node is not None or ov is not None:
+            walk.plan(data, root, node, ov, (), None, None)
+        if suspect:
+            walk.scan(data, root, (), None, None)
+        if shared is not None and agent_ov is not None:
+            shared.done = True
+            if agent.edits or agent.root is not _UNSET:
+                shared.body = _dumps(agent.apply(data)).encode("utf-8")
+                if walk.same_as(agent):
+                    part.body = shared.body.decode("utf-8")
+                    return
+        if not walk.edits and walk.root is _UNSET:
+            part.body = text
+            return
+        part.body = _dumps(walk.apply(data))
+
+    def _agent_body(self, part: Part, body: bytes, protocol: str | None, shapes: ServiceShapes | None,
+                    message: Message | None, ov: Overlay, content_type: str) -> bytes | None:
+        kind = message.payload_kind if message else None
+        if kind == "eventstream":
+            return None
+        if kind in ("stream", "blob", "string"):
+            child = ov.children.get(message.payload)
+            if child is None or not child.mask or child.when is not None:
+                return None
+            if kind == "stream":  # policy opts S3 object text into the detectors
+                text = _text(body) if OBJECT_TEXT_TYPES.match(content_type) and len(body) <= self.object_cap else None
+                if text is None:
+                    return None
+                masked, counts = self.mask_text(text, "agent", message.payload)
+                part.masked.update(counts)
+                return masked.encode("utf-8") if counts else None
+            part.masked[("agent", message.payload, "policy")] += 1
+            return self.marker(body).encode("ascii")
+        fmt = _format(protocol, "response", body, content_type)
+        root, _, ov = _body_root(message, None, ov)
+        if ov is None:
+            return None
+        if fmt == "json":
+            data = json.loads(body)
+            walk = _Tree(self, shapes, "agent", "json", part.masked)
+            walk.plan(data, root, None, ov, (), None, None)
+            return _dumps(walk.apply(data)).encode("utf-8") if walk.edits else None
+        if fmt == "xml":
+            tree = parse_xml(body)
+            start = _xml_start(tree, protocol, message)
+            if start is None:
+                return None
+            walk = _Xml(self, shapes, "agent", part.masked)
+            walk.plan(start, root, None, ov, ())
+            return walk.splice(body) if walk.spans else None
+        if fmt == "cbor":
+            data = decode_cbor(body)
+            walk = _Tree(self, shapes, "agent", "cbor", part.masked)
+            walk.plan(data, root, None, ov, (), None, None)
+            return cbor_encode(walk.apply(data)) if walk.edits else None
+        return None
+
+    # -- XML
+
+    def _xml(self, part: Part, which: str, body: bytes, protocol: str | None, shapes: ServiceShapes | None,
+             message: Message | None, node: Node | None, ov: Overlay | None) -> None:
+        text = body.decode("utf-8")
+        root, node, ov = _body_root(message, node, ov)
+        suspect = detectors.suspicious(text)
+        if node is None and ov is None and not suspect:
+            part.body = text
+            return
+        tree = parse_xml(body)
+        walk = _Xml(self, shapes, which, part.masked)
+        start = _xml_start(tree, protocol, message) if (node is not None or ov is not None) else None
+        if start is not None:
+            walk.plan(start, root, node, ov, ())
+        if suspect:
+            walk.scan(tree, ())
+        part.body = walk.splice(body).decode("utf-8") if walk.spans else text
+
+    # -- form-encoded (query and ec2 requests)
+
+    def _form(self, part: Part, which: str, body: bytes, protocol: str | None, shapes: ServiceShapes | None,
+              message: Message | None, node: Node | None, ov: Overlay | None) -> None:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True)
+        values = self._form_pairs(pairs, protocol, shapes, message, node, ov, part.masked, which)
+        if values is None:
+            part.body = text
+            return
+        part.body = _form_text(values)
+
+    def _form_pairs(self, pairs: list[tuple[str, str]], protocol: str | None, shapes: ServiceShapes | None,
+                    message: Message | None, node: Node | None, ov: Overlay | None, counts: Counter,
+                    which: str) -> list[tuple[str, str]] | None:
+        """Query-protocol pairs with targets and secrets masked; None when nothing was."""
+        walk = _Form(self, shapes, protocol == "ec2", which, counts, pairs)
+        if message is not None and message.top and (node is not None or ov is not None):
+            tree = walk.tree()
+            walk.plan(tree, message.top, node, ov, ())
+        for i, (key, value) in enumerate(pairs):
+            if i in walk.edits or key in ("Action", "Version"):
+                continue
+            masked, found = self.mask_text(value, which, _form_path(key), key.rpartition(".")[2])
+            if found:
+                walk.edits[i] = masked
+                counts.update(found)
+        if not walk.edits:
+            return None
+        return [(k, walk.edits.get(i, v)) for i, (k, v) in enumerate(pairs)]
+
+    def _query(self, query: str, protocol: str | None, shapes: ServiceShapes | None, message: Message | None,
+               node: Node | None, ov: Overlay | None, counts: Counter) -> str | None:
+        """The URL's query string, masked; None when nothing in it was."""
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if protocol in ("query", "ec2"):
+            values = self._form_pairs(pairs, protocol, shapes, message, node, ov, counts, "request.query")
+        else:
+            values, changed = [], False
+            for key, value in pairs:
+                member = message.query.get(key) if message else None
+                target = _target(node, ov, member) if member else None
+                if target and value:
+                    values.append((key, self.marker(value)))
+                    counts[("request.query", member, target)] += 1
+                    changed = True
+                    continue
+                masked, found = self.mask_text(value, "request.query", member or _form_path(key), member or key)
+                counts.update(found)
+                changed = changed or bool(found)
+                values.append((key, masked))
+            values = values if changed else None
+        if values is None:
+            return None
+        return _form_text(values)
+
+    # -- CBOR
+
+    def _cbor(self, part: Part, which: str, body: bytes, shapes: ServiceShapes | None, message: Message | None,
+              node: Node | None, ov: Overlay | None) -> None:
+        data = decode_cbor(body)
+        root, node, ov = _body_root(message, node, ov)
+        walk = _Tree(self, shapes, which, "cbor", part.masked)
+        if node is not None or ov is not None:
+            walk.plan(data, root, node, ov, (), None, None)
+        walk.scan(data, root, (), None, None)
+        part.body = _dumps(_jsonable(walk.apply(data) if walk.edits else data))
+        part.note = "CBOR body kept as JSON"
+
+    # -- headers
+
+    def _headers(self, headers: Iterable[tuple[str, str]], which: str, shapes: ServiceShapes | None,
+                 message: Message | None, node: Node | None, ov: Overlay | None, counts: Counter) -> list[tuple[str, str]]:
+        out = []
+        part = f"{which}.headers"
+        for name, value in headers:
+            lower = name.lower()
+            if lower in REDACTED_HEADERS:
+                continue
+            member = _header_member(message, lower) if message else None
+            if member is not None:
+                target = _target(node, ov, member[0])
+                if target is None and member[1] is not None and ov is not None and member[0] in ov.children:
+                    keyed = ov.children[member[0]]
+                    child = keyed.children.get(member[1]) or keyed.children.get("*")
+                    target = child.mask if child is not None and child.when is None else None
+                if target is None and member[1] is not None and node is not None and member[0] in node.members:
+                    target = node.members[member[0]].mask or (node.members[member[0]].value.mask
+                                                              if node.members[member[0]].value else None)
+                if target and value:
+                    out.append((name, self.marker(value)))
+                    counts[(part, member[0] if member[1] is None else f"{member[0]}.*", target)] += 1
+                    continue
+            if lower in PLAIN_HEADERS or lower.startswith("x-amz-checksum-"):
+                out.append((name, value))
+                continue
+            masked, found = self.mask_text(value, part, lower, lower)
+            counts.update(found)
+            out.append((name, masked))
+        return out
+
+
+def checksum_headers(header_names: Iterable[str], raw: bytes) -> dict[str, str | None]:
+    """Header changes that keep a rewritten response valid for SDKs: DynamoDB's ``x-amz-crc32``
+    recomputed over the body as sent; checksums that would no longer match dropped (S3's
+    ``x-amz-checksum-*``, ``Content-MD5``)."""
+    changes: dict[str, str | None] = {}
+    for name in header_names:
+        lower = name.lower()
+        if lower == "x-amz-crc32":
+            changes[lower] = str(zlib.crc32(raw) & 0xFFFFFFFF)
+        elif (lower.startswith("x-amz-checksum-") and lower != "x-amz-checksum-type") or lower == "content-md5":
+            changes[lower] = None
+    return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking parsed bodies
+
+
+def _target(node: Node | None, ov: Overlay | None, member: str) -> str | None:
+    """What masks ``member`` of a structure outright, if anything (conditions are not checked)."""
+    child = node.members.get(member) if node else None
+    if child is not None and child.mask:
+        return child.mask
+    child_ov = ov.children.get(member) if ov else None
+    if child_ov is not None and child_ov.mask and child_ov.when is None:
+        return child_ov.mask
+    return None
+
+
+def _header_member(message: Message | None, lower: str) -> tuple[str, str | None] | None:
+    """(member, map key) for a header bound to a member (``x-amz-meta-k`` -> ("Metadata", "k"))."""
+    if message is None:
+        return None
+    member = message.headers.get(lower)
+    if member is not None:
+        return member, None
+    for prefix, name in message.header_maps:
+        if lower.startswith(prefix) and len(lower) > len(prefix):
+            return name, lower[len(prefix):]
+    return None
+
+
+def _body_root(message: Message | None, node: Node | None, ov: Overlay | None) -> tuple:
+    """The shape the body holds, and the plans for it: the payload member's when there is one."""
+    if message is None:
+        return None, None, None
+    if message.payload and message.payload_kind == "structure":
+        child_ov = ov.children.get(message.payload) if ov else None
+        return message.payload_shape, (node.members.get(message.payload) if node else None), child_ov
+    return message.top, node, ov
+
+
+class _Shared:
+    """The agent's copy of a JSON response, made from the parse that made the record's."""
+
+    __slots__ = ("overlay", "done", "body", "masked")
+
+    def __init__(self) -> None:
+        self.overlay: Overlay | None = None
+        self.done = False  # the body was handled with the record's
+        self.body: bytes | None = None  # the agent's body, when something in it was masked
+        self.masked: Counter = Counter()
+
+
+class _Tree:
+    """Masks a decoded JSON (or CBOR, or parameters) tree. Edits are collected as (container,
+    key, new value) without touching the tree, so one parse serves several copies."""
+
+    def __init__(self, masker: Masker, shapes: ServiceShapes | None, which: str, mode: str, counts: Counter,
+                 by_member: bool = False) -> None:
+        self.m = masker
+        self.shapes = shapes
+        self.which = which
+        self.mode = mode  # json | cbor | params
+        self.counts = counts
+        self.by_member = by_member or mode == "cbor"
+        self.edits: list[tuple[Any, Any, Any]] = []
+        self.covered: set[tuple[int, Any]] = set()
+        self.root: Any = _UNSET
+
+    def _edit(self, container: Any, key: Any, value: Any) -> None:
+        if container is None:
+            self.root = value
+        else:
+            self.edits.append((container, key, value))
+            self.covered.add((id(container), key))
+
+    def same_as(self, other: "_Tree") -> bool:
+        """Do both make the same edits (so one copy serves both)?"""
+        if self.root is not _UNSET or other.root is not _UNSET or len(self.edits) != len(other.edits):
+            return False
+        theirs = {(id(c), k): v for c, k, v in other.edits}
+        return all(theirs.get((id(c), k), _UNSET) == v for c, k, v in self.edits)
+
+    def apply(self, data: Any) -> Any:
+        for container, key, value in self.edits:
+            container[key] = value
+        return data if self.root is _UNSET else self.root
+
+    def apply_to(self, original: Any, copy: Any) -> None:
+        """Apply the edits (made against ``original``) to a deep copy of it."""
+        index: dict[int, Any] = {}
+        _pair_ids(original, copy, index)
+        for container, key, value in self.edits:
+            index[id(container)][key] = value
+
+    def _members(self, shape: str) -> dict[str, tuple[str, str]]:
+        return self.shapes.member_names(shape) if self.by_member else self.shapes.json_members(shape)
+
+    def _wire(self, shape: str) -> dict[str, str]:
+        return self.shapes.same_names(shape) if self.by_member else self.shapes.json_wire(shape)
+
+    # -- the plan: sensitive members, curated targets, policy paths
+
+    def plan(self, value: Any, shape: str | None, node: Node | None, ov: Overlay | None, path: tuple,
+             container: Any, key: Any, depth: int = 0) -> None:
+        if value is None or depth > MAX_DEPTH:
+            return
+        label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
+        if label:
+            new, n = self.masked(value, shape, keys=label == "sensitive", b64=ov is not None and ov.b64)
+            if n:
+                self._edit(container, key, new)
+                self.counts[(self.which, _render(path), label)] += n
+            return
+        kind = self.shapes.type_of(shape) if self.shapes else None
+        if isinstance(value, list):
+            item = self.shapes.shapes[shape]["member"]["shape"] if kind == "list" else None
+            child = node.item if node is not None else None
+            for i, v in enumerate(value):
+                self.plan(v, item, child, ov, _join(path, "[]"), value, i, depth + 1)
+            return
+        if not isinstance(value, dict):
+            return
+        if kind == "structure" and not self.shapes.shapes[shape].get("document"):
+            members = self.shapes.shapes[shape].get("members", {})
+            wire = self._wire(shape)
+            names = set(node.members) if node is not None else set()
+            if ov is not None:
+                names.update(ov.children)
+            for member in names:
+                ref = members.get(member)
+                w = wire.get(member)
+                if ref is None or w not in value:
+                    continue
+                child_ov = ov.children.get(member) if ov is not None else None
+                if child_ov is not None and child_ov.when is not None and not self._when(value, wire, child_ov.when):
+                    child_ov = None if not child_ov.children else _without_mask(child_ov)
+                child = node.members.get(member) if node is not None else None
+                if child is None and child_ov is None:
+                    continue
+                self.plan(value[w], ref["shape"], child, child_ov, _join(path, member), value, w, depth + 1)
+            return
+        # a map (or a document): keys a policy names, or every key
+        vshape = self.shapes.shapes[shape]["value"]["shape"] if kind == "map" else None
+        child = node.value if node is not None else None
+        if child is None and ov is not None and "*" not in ov.children:
+            for k, child_ov in ov.children.items():
+                if k in value:
+                    self.plan(value[k], vshape, None, child_ov, _join(path, k), value, k, depth + 1)
+            return
+        for k, v in value.items():
+            child_ov = None
+            step = "*"
+            if ov is not None:
+                child_ov = ov.children.get(k)
+                if child_ov is not None:
+                    step = k
+                else:
+                    child_ov = ov.children.get("*")
+            if child is None and child_ov is None:
+                continue
+            self.plan(v, vshape, child, child_ov, _join(path, step), value, k, depth + 1)
+
+    def _when(self, value: dict, wire: dict[str, str], when: tuple[str, str]) -> bool:
+        sibling, expected = when
+        return value.get(wire.get(sibling, sibling)) == expected
+
+    def masked(self, value: Any, shape: str | None, keys: bool = False, depth: int = 0,
+               b64: bool = False) -> tuple[Any, int]:
+        """A copy of ``value`` with every leaf masked, keeping types (and keys, unless their shape is
+        sensitive and ``keys``); ``b64``: a string holding base64 gets a base64 marker."""
+        m = self.m
+        if depth > MAX_DEPTH:
+            return None, 0
+        if isinstance(value, str):
+            if MARKER_RE.fullmatch(value) or _is_blob_marker(value):
+                return value, 1
+            kind = self.shapes.type_of(shape) if self.shapes else None
+            if b64 or (kind == "blob" and self.mode != "cbor"):
+                return m.blob_marker(_b64decode(value)), 1
+            if kind == "timestamp":
+                return EPOCH_TEXT, 1
+            return m.marker(value), 1
+        if isinstance(value, bool):
+            return False, 1
+        if isinstance(value, int):
+            return 0, 1
+        if isinstance(value, float):
+            return 0.0, 1
+        if isinstance(value, (bytes, bytearray)):
+            return m.marker(bytes(value)).encode("ascii"), 1
+        if isinstance(value, datetime.datetime):
+            return datetime.datetime.fromtimestamp(0, datetime.timezone.utc), 1
+        shapes = self.shapes
+        kind = shapes.type_of(shape) if shapes else None
+        if isinstance(value, dict) and shapes is not None and (shapes.name, shape) in WHOLE_VALUES:
+            return {"S": m.marker(_attribute_bytes(value))}, 1
+        if isinstance(value, list):
+            item = shapes.shapes[shape]["member"]["shape"] if kind == "list" else None
+            out, n = [], 0
+            for v in value:
+                new, k = self.masked(v, item, keys, depth + 1)
+                out.append(new)
+                n += k
+            return out, n
+        if isinstance(value, dict):
+            out, n = {}, 0
+            if kind == "structure" and not shapes.shapes[shape].get("document"):
+                members = self._members(shape)
+                for k, v in value.items():
+                    found = members.get(k)
+                    out[k], c = self.masked(v, found[1] if found else None, keys, depth + 1)
+                    n += c
+                return out, n
+            vshape = shapes.shapes[shape]["value"]["shape"] if kind == "map" else None
+            mask_keys = keys and kind == "map" and shapes.key_sensitive(shape)
+            for k, v in value.items():
+                new, c = self.masked(v, vshape, keys, depth + 1)
+                if mask_keys:
+                    k = m.marker(k)
+                    c += 1
+                out[k] = new
+                n += c
+            return out, n
+        return value, 0
+
+    # -- detectors over every other string
+
+    def scan(self, value: Any, shape: str | None, path: tuple, container: Any, key: Any, name: str | None = None,
+             depth: int = 0) -> None:
+        if depth > MAX_DEPTH or (container is not None and (id(container), key) in self.covered):
+            return
+        if container is None and self.root is not _UNSET:
+            return
+        if isinstance(value, str):
+            if len(value) >= 8 and (self.shapes is None or self.shapes.type_of(shape) != "blob"):
+                findings = detectors.find(value, name)
+                if findings:
+                    self._edit(container, key, self.m._replace(value, findings, self.counts, self.which, _render(path)))
+            return
+        shapes = self.shapes
+        kind = shapes.type_of(shape) if shapes else None
+        if isinstance(value, list):
+            item = shapes.shapes[shape]["member"]["shape"] if kind == "list" else None
+            step = _join(path, "[]")
+            for i, v in enumerate(value):
+                self.scan(v, item, step, value, i, name, depth + 1)
+            return
+        if not isinstance(value, dict):
+            return
+        if kind == "structure" and not shapes.shapes[shape].get("document"):
+            members = self._members(shape)
+            for k, v in value.items():
+                found = members.get(k)
+                if found is not None:
+                    self.scan(v, found[1], _join(path, found[0]), value, k, found[0], depth + 1)
+                else:
+                    self.scan(v, None, _join(path, _key_step(k)), value, k, k, depth + 1)
+            return
+        if kind == "map" or (kind == "structure"):
+            vshape = shapes.shapes[shape]["value"]["shape"] if kind == "map" else None
+            step = _join(path, "*")
+            for k, v in value.items():
+                self.scan(v, vshape, step, value, k, k, depth + 1)
+            return
+        for k, v in value.items():  # no model: an error body, or an unclassified call
+            self.scan(v, None, _join(path, _key_step(k)), value, k, k, depth + 1)
+
+
+_UNSET = object()
+_KEY_STEP = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _key_step(key: Any) -> str:
+    """A JSON key without a model, as a path step: a name, or ``*`` for what may be data."""
+    return key if isinstance(key, str) and _KEY_STEP.match(key) else "*"
+
+
+def _without_mask(ov: Overlay) -> Overlay:
+    copy = Overlay()
+    copy.children = ov.children
+    return copy
+
+
+def _pair_ids(original: Any, copy: Any, index: dict[int, Any]) -> None:
+    if isinstance(original, dict):
+        index[id(original)] = copy
+        for k, v in original.items():
+            _pair_ids(v, copy[k], index)
+    elif isinstance(original, list):
+        index[id(original)] = copy
+        for a, b in zip(original, copy):
+            _pair_ids(a, b, index)
+
+
+def _strings(value: Any, depth: int = 0) -> Iterable[str]:
+    """Every string in a tree of dicts and lists (keys too)."""
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                yield k
+            yield from _strings(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, depth + 1)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _attribute_bytes(value: dict) -> bytes:
+    """What a DynamoDB attribute value's fingerprint is taken over: its scalar, or its JSON."""
+    if len(value) == 1:
+        (kind, scalar), = value.items()
+        if kind in ("S", "N") and isinstance(scalar, str):
+            return scalar.encode("utf-8")
+        if kind == "B":
+            return scalar if isinstance(scalar, bytes) else _b64decode(scalar)
+    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _is_blob_marker(text: str) -> bool:
+    if not text.startswith("YWdlbnRnYXRlOm1hc2tlZDpobWFj"):  # base64 of "agentgate:masked:hmac"
+        return False
+    try:
+        return MARKER_RE.fullmatch(base64.b64decode(text).decode("ascii")) is not None
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+# -- XML
+
+
+class Elem:
+    """An XML element with where it sits in the raw bytes, for masking by splicing."""
+
+    __slots__ = ("tag", "start", "end", "children", "parts", "attrib")
+
+    def __init__(self, tag: str, start: int, attrib: dict) -> None:
+        self.tag = tag
+        self.start = start  # index of "<"
+        self.end = -1  # index of "</", or just after "/>"
+        self.children: list[Elem] = []
+        self.parts: list[str] = []
+        self.attrib = attrib
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _XmlBuilder:
+    def __init__(self) -> None:
+        self.stack: list[Elem] = []
+        self.root: Elem | None = None
+        self.parser: Any = None
+
+    def start(self, tag: str, attrib: dict) -> None:
+        elem = Elem(tag.rpartition("}")[2], self.parser.parser.CurrentByteIndex, attrib)
+        if self.stack:
+            self.stack[-1].children.append(elem)
+        else:
+            self.root = elem
+        self.stack.append(elem)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop().end = self.parser.parser.CurrentByteIndex
+
+    def data(self, text: str) -> None:
+        if self.stack:
+            self.stack[-1].parts.append(text)
+
+    def close(self) -> Elem | None:
+        return self.root
+
+
+def parse_xml(body: bytes) -> Elem:
+    """An XML body as a tree of Elems; DTDs, entity declarations and external references are refused."""
+    import defusedxml.ElementTree
+
+    builder = _XmlBuilder()
+    parser = defusedxml.ElementTree.DefusedXMLParser(target=builder, forbid_dtd=True, forbid_entities=True,
+                                                     forbid_external=True)
+    builder.parser = parser
+    parser.feed(body)
+    root = parser.close()
+    if root is None:
+        raise ValueError("no XML root element")
+    return root
+
+
+def _xml_start(root: Elem, protocol: str | None, message: Message | None) -> Elem | None:
+    """The element the output shape starts at: the result wrapper (query), else the root."""
+    if message is not None and message.wrapper:
+        return next((c for c in root.children if c.tag == message.wrapper), None)
+    return root
+
+
+def _content(raw: bytes, elem: Elem) -> tuple[int, int] | None:
+    """The span of a leaf element's content; None for an empty element (``<a/>``)."""
+    if raw[elem.end:elem.end + 2] != b"</":
+        return None
+    i, quote_char = elem.start + 1, None
+    while i < elem.end:
+        c = raw[i]
+        if quote_char is not None:
+            if c == quote_char:
+                quote_char = None
+        elif c in (0x22, 0x27):
+            quote_char = c
+        elif c == 0x3E:  # ">"
+            return i + 1, elem.end
+        i += 1
+    return None
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Xml:
+    """Masks an XML body: the replacements are spans of the raw bytes."""
+
+    WRAPPER_TAGS = ("member", "item", "entry")
+
+    def __init__(self, masker: Masker, shapes: ServiceShapes | None, which: str, counts: Counter) -> None:
+        self.m = masker
+        self.shapes = shapes
+        self.which = which
+        self.counts = counts
+        self.spans: dict[int, tuple[Elem, str]] = {}  # id(elem) -> (elem, new text)
+
+    def splice(self, raw: bytes) -> bytes:
+        edits = []
+        for elem, text in self.spans.values():
+            span = _content(raw, elem)
+            if span is not None:
+                edits.append((span[0], span[1], _xml_escape(text).encode("utf-8")))
+        out, last = [], 0
+        for start, end, new in sorted(edits):
+            if start < last:
+                continue
+            out.append(raw[last:start])
+            out.append(new)
+            last = end
+        out.append(raw[last:])
+        return b"".join(out)
+
+    def plan(self, elem: Elem, shape: str | None, node: Node | None, ov: Overlay | None, path: tuple,
+             depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            return
+        label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
+        if label:
+            n = self.masked(elem, shape, keys=label == "sensitive", b64=ov is not None and ov.b64)
+            if n:
+                self.counts[(self.which, _render(path), label)] += n
+            return
+        shapes = self.shapes
+        kind = shapes.type_of(shape) if shapes else None
+        if kind == "structure":
+            self._structure(elem, shape, node, ov, path, depth)
+        elif kind == "list":
+            item_tag = shapes.shapes[shape]["member"].get("locationName", "member")
+            item = shapes.shapes[shape]["member"]["shape"]
+            for child in elem.children:
+                if child.tag == item_tag:
+                    self.plan(child, item, node.item if node else None, ov, _join(path, "[]"), depth + 1)
+        elif kind == "map":
+            self._map(elem.children, shape, node, ov, path, depth, flattened=False)
+
+    def _structure(self, elem: Elem, shape: str, node: Node | None, ov: Overlay | None, path: tuple, depth: int) -> None:
+        shapes = self.shapes
+        members = shapes.shapes[shape].get("members", {})
+        wire = shapes.xml_wire(shape)
+        by_tag: dict[str, list[Elem]] = {}
+        for child in elem.children:
+            by_tag.setdefault(child.tag, []).append(child)
+        names = set(node.members) if node is not None else set()
+        if ov is not None:
+            names.update(ov.children)
+        for member in names:
+            if member not in members or member not in wire:
+                continue
+            ref = members[member]
+            if ref.get("location"):
+                continue
+            tag, flattened = wire[member]
+            found = by_tag.get(tag)
+            if not found:
+                continue
+            child_ov = ov.children.get(member) if ov is not None else None
+            if child_ov is not None and child_ov.when is not None:
+                sibling, expected = child_ov.when
+                stag = wire.get(sibling, (sibling, False))[0]
+                if not any(s.text == expected for s in by_tag.get(stag, ())):
+                    child_ov = None if not child_ov.children else _without_mask(child_ov)
+            child = node.members.get(member) if node is not None else None
+            if child is None and child_ov is None:
+                continue
+            target = ref["shape"]
+            kind = shapes.type_of(target)
+            step = _join(path, member)
+            if flattened and kind == "list":
+                label = child.mask if child is not None and child.mask else (
+                    child_ov.mask if child_ov is not None and child_ov.mask else None)
+                item = shapes.shapes[target]["member"]["shape"]
+                for e in found:
+                    if label:
+                        n = self.masked(e, item, keys=label == "sensitive")
+                        self.counts[(self.which, _render(step), label)] += n
+                    else:
+                        self.plan(e, item, child.item if child else None, child_ov, _join(step, "[]"), depth + 1)
+            elif flattened and kind == "map":
+                self._map(found, target, child, child_ov, step, depth + 1, flattened=True)
+            else:
+                self.plan(found[0], target, child, child_ov, step, depth + 1)
+
+    def _map(self, elems: list[Elem], shape: str, node: Node | None, ov: Overlay | None, path: tuple, depth: int,
+             flattened: bool) -> None:
+        shapes = self.shapes
+        spec = shapes.shapes[shape]
+        key_tag = spec["key"].get("locationName", "key")
+        value_tag = spec["value"].get("locationName", "value")
+        entries = elems if flattened else [e for e in elems if e.tag == "entry"]
+        label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
+        child = node.value if node is not None else None
+        for entry in entries:
+            parts = {c.tag: c for c in entry.children}
+            if key_tag not in parts or value_tag not in parts:
+                continue
+            if label:
+                n = self.masked(parts[value_tag], spec["value"]["shape"], keys=label == "sensitive")
+                if label == "sensitive" and shapes.key_sensitive(shape):
+                    n += self.masked(parts[key_tag], spec["key"]["shape"])
+                self.counts[(self.which, _render(path), label)] += n
+                continue
+            key = parts[key_tag].text
+            child_ov, step = None, "*"
+            if ov is not None:
+                child_ov = ov.children.get(key)
+                if child_ov is not None:
+                    step = key
+                else:
+                    child_ov = ov.children.get("*")
+            if child is None and child_ov is None:
+                continue
+            self.plan(parts[value_tag], spec["value"]["shape"], child, child_ov, _join(path, step), depth + 1)
+
+    def masked(self, elem: Elem, shape: str | None, keys: bool = False, depth: int = 0, b64: bool = False) -> int:
+        """Mask every leaf below ``elem``, keeping each leaf's type; how many were masked."""
+        if depth > MAX_DEPTH:
+            return 0
+        if not elem.children:
+            text = elem.text
+            if not text or id(elem) in self.spans:
+                return 1 if id(elem) in self.spans else 0
+            if MARKER_RE.fullmatch(text) or _is_blob_marker(text):
+                return 1
+            kind = self.shapes.type_of(shape) if self.shapes else None
+            m = self.m
+            if kind == "blob" or b64:
+                new = m.blob_marker(_b64decode(text.strip()))
+            elif kind in ("integer", "long", "float", "double"):
+                new = "0"
+            elif kind == "boolean":
+                new = "false"
+            elif kind == "timestamp":
+                new = EPOCH_TEXT
+            else:
+                new = m.marker(text)
+            self.spans[id(elem)] = (elem, new)
+            return 1
+        shapes = self.shapes
+        kind = shapes.type_of(shape) if shapes else None
+        n = 0
+        if kind == "structure":
+            wire = {tag: member for member, (tag, _) in shapes.xml_wire(shape).items()}
+            members = shapes.shapes[shape].get("members", {})
+            for child in elem.children:
+                member = wire.get(child.tag)
+                target = members[member]["shape"] if member else None
+                if target and shapes.type_of(target) == "list" and shapes.xml_wire(shape)[member][1]:
+                    target = shapes.shapes[target]["member"]["shape"]
+                n += self.masked(child, target, keys, depth + 1)
+        elif kind == "list":
+            item = shapes.shapes[shape]["member"]["shape"]
+            for child in elem.children:
+                n += self.masked(child, item, keys, depth + 1)
+        elif kind == "map":
+            spec = shapes.shapes[shape]
+            key_tag = spec["key"].get("locationName", "key")
+            mask_keys = keys and shapes.key_sensitive(shape)
+            for entry in elem.children:
+                for part in entry.children:
+                    if part.tag == key_tag:
+                        if mask_keys:
+                            n += self.masked(part, spec["key"]["shape"], keys, depth + 1)
+                    else:
+                        n += self.masked(part, spec["value"]["shape"], keys, depth + 1)
+        else:
+            for child in elem.children:
+                n += self.masked(child, None, keys, depth + 1)
+        return n
+
+    def scan(self, elem: Elem, path: tuple, depth: int = 0) -> None:
+        """Detectors over every leaf's text (paths from element names, list items as ``[]``)."""
+        if depth > MAX_DEPTH or id(elem) in self.spans:
+            return
+        if not elem.children:
+            text = elem.text
+            if len(text) >= 8:
+                findings = detectors.find(text, elem.tag)
+                if findings:
+                    self.spans[id(elem)] = (elem, self.m._replace(text, findings, self.counts, self.which, _render(path)))
+            return
+        for child in elem.children:
+            self.scan(child, _join(path, "[]" if child.tag in self.WRAPPER_TAGS else child.tag), depth + 1)
+
+
+# -- form-encoded requests
+
+
+def _form_text(pairs: Iterable[tuple[str, str]]) -> str:
+    """Pairs as a form, markers left readable."""
+    return "&".join(f"{quote(k, safe='-_.~:')}={quote(v, safe='-_.~:')}" for k, v in pairs)
+
+
+def _form_path(key: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", "[]", key)
+
+
+class _Form:
+    """Masks query-protocol pairs; edits are pair index -> new value."""
+
+    def __init__(self, masker: Masker, shapes: ServiceShapes | None, ec2: bool, which: str, counts: Counter,
+                 pairs: list[tuple[str, str]]) -> None:
+        self.m = masker
+        self.shapes = shapes
+        self.ec2 = ec2
+        self.which = which
+        self.counts = counts
+        self.pairs = pairs
+        self.edits: dict[int, str] = {}
+
+    def tree(self) -> dict:
+        root: dict = {}
+        for i, (key, _) in enumerate(self.pairs):
+            node = root
+            for part in key.split("."):
+                node = node.setdefault(part, {})
+            node[None] = i
+        return root
+
+    def plan(self, tree: dict, shape: str, node: Node | None, ov: Overlay | None, path: tuple, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            return
+        label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
+        if label:
+            n = self.masked(tree, shape, b64=ov is not None and ov.b64)
+            if n:
+                self.counts[(self.which, _render(path), label)] += n
+            return
+        shapes = self.shapes
+        spec = shapes.shapes[shape]
+        kind = spec["type"]
+        if kind == "structure":
+            names = shapes.query_wire(shape, self.ec2)
+            members = spec.get("members", {})
+            for wire, child in tree.items():
+                member = names.get(wire) if wire is not None else None
+                if member is None:
+                    continue
+                child_node = node.members.get(member) if node is not None else None
+                child_ov = ov.children.get(member) if ov is not None else None
+                if child_ov is not None and child_ov.when is not None:
+                    sibling = next((w for w, m in names.items() if m == child_ov.when[0]), None)
+                    index = tree.get(sibling, {}).get(None) if sibling else None
+                    if index is None or self.pairs[index][1] != child_ov.when[1]:
+                        child_ov = None if not child_ov.children else _without_mask(child_ov)
+                if child_node is None and child_ov is None:
+                    continue
+                self.plan(child, members[member]["shape"], child_node, child_ov, _join(path, member), depth + 1)
+        elif kind == "list":
+            items = tree if self.ec2 or spec.get("flattened") else tree.get(spec["member"].get("locationName", "member"), {})
+            for k, child in items.items():
+                if k is not None and k.isdigit():
+                    self.plan(child, spec["member"]["shape"], node.item if node else None, ov, _join(path, "[]"), depth + 1)
+        elif kind == "map":
+            entries = tree if spec.get("flattened") else tree.get("entry", {})
+            key_name = spec["key"].get("locationName", "key")
+            value_name = spec["value"].get("locationName", "value")
+            for k, entry in entries.items():
+                if k is None or not k.isdigit() or value_name not in entry:
+                    continue
+                index = entry.get(key_name, {}).get(None)
+                key = self.pairs[index][1] if index is not None else None
+                child_ov, step = None, "*"
+                if ov is not None:
+                    child_ov = ov.children.get(key) if key is not None else None
+                    if child_ov is not None:
+                        step = key
+                    else:
+                        child_ov = ov.children.get("*")
+                child_node = node.value if node is not None else None
+                if child_node is None and child_ov is None:
+                    continue
+                self.plan(entry[value_name], spec["value"]["shape"], child_node, child_ov, _join(path, step), depth + 1)
+
+    def masked(self, tree: dict, shape: str | None, b64: bool = False) -> int:
+        n = 0
+        for k, child in tree.items():
+            if k is None:
+                index = child
+                value = self.pairs[index][1]
+                if not value:
+                    continue
+                kind = self.shapes.type_of(shape) if self.shapes else None
+                if kind == "blob" or b64:
+                    new = self.m.blob_marker(_b64decode(value))
+                elif kind in ("integer", "long", "float", "double"):
+                    new = "0"
+                elif kind == "boolean":
+                    new = "false"
+                elif kind == "timestamp":
+                    new = EPOCH_TEXT
+                else:
+                    new = self.m.marker(value)
+                self.edits[index] = new
+                n += 1
+            else:
+                n += self.masked(child, self._child_shape(shape, k), b64)
+        return n
+
+    def _child_shape(self, shape: str | None, key: str) -> str | None:
+        if not shape or self.shapes is None:
+            return None
+        spec = self.shapes.shapes[shape]
+        if spec["type"] == "structure":
+            member = self.shapes.query_wire(shape, self.ec2).get(key)
+            return spec["members"][member]["shape"] if member else None
+        if spec["type"] == "list":
+            return spec["member"]["shape"] if key.isdigit() else shape
+        if spec["type"] == "map":
+            if key == spec["value"].get("locationName", "value"):
+                return spec["value"]["shape"]
+            if key == spec["key"].get("locationName", "key"):
+                return spec["key"]["shape"]
+            return shape
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def _format(protocol: str | None, which: str, body: bytes, content_type: str) -> str:
+    """How a body is written: json, xml, form, cbor or text."""
+    ctype = content_type.lower()
+    if protocol == "smithy-rpc-v2-cbor" or "cbor" in ctype:
+        return "cbor"
+    if which == "request" and protocol in ("query", "ec2"):
+        return "form"
+    if "x-www-form-urlencoded" in ctype:
+        return "form"
+    head = body[:64].lstrip()
+    if protocol in ("json", "rest-json") and head[:1] in (b"{", b"["):
+        return "json"
+    if protocol in ("rest-xml", "query", "ec2") and head[:1] == b"<":
+        return "xml"
+    if head[:1] in (b"{", b"[") and "json" in ctype or head[:1] == b"{":
+        return "json"
+    if head[:1] == b"<" and ("xml" in ctype or head.startswith(b"<?xml") or not ctype):
+        return "xml"
+    return "text"
+
+
+def _text(body: bytes) -> str | None:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    return text
+
+
+def _dumps(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def decode_cbor(body: bytes) -> Any:
+    from .classifier import decode_cbor as decode
+
+    return decode(body)
+
+
+def cbor_encode(value: Any) -> bytes:
+    """CBOR (RFC 8949) for what ``decode_cbor`` returns: maps, arrays, strings, bytes, integers,
+    floats, booleans, null and timestamps (tag 1)."""
+    out = bytearray()
+    _cbor(value, out)
+    return bytes(out)
+
+
+def _cbor_head(major: int, n: int, out: bytearray) -> None:
+    if n < 24:
+        out.append(major << 5 | n)
+    elif n < 1 << 8:
+        out += bytes((major << 5 | 24, n))
+    elif n < 1 << 16:
+        out.append(major << 5 | 25)
+        out += n.to_bytes(2, "big")
+    elif n < 1 << 32:
+        out.append(major << 5 | 26)
+        out += n.to_bytes(4, "big")
+    else:
+        out.append(major << 5 | 27)
+        out += n.to_bytes(8, "big")
+
+
+def _cbor(value: Any, out: bytearray) -> None:
+    if value is None:
+        out.append(0xF6)
+    elif value is True:
+        out.append(0xF5)
+    elif value is False:
+        out.append(0xF4)
+    elif isinstance(value, int):
+        if value >= 0:
+            _cbor_head(0, value, out)
+        else:
+            _cbor_head(1, -1 - value, out)
+    elif isinstance(value, float):
+        out.append(0xFB)
+        out += struct.pack(">d", value)
+    elif isinstance(value, (bytes, bytearray)):
+        _cbor_head(2, len(value), out)
+        out += value
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        _cbor_head(3, len(data), out)
+        out += data
+    elif isinstance(value, list):
+        _cbor_head(4, len(value), out)
+        for v in value:
+            _cbor(v, out)
+    elif isinstance(value, dict):
+        _cbor_head(5, len(value), out)
+        for k, v in value.items():
+            _cbor(k, out)
+            _cbor(v, out)
+    elif isinstance(value, datetime.datetime):
+        out.append(0xC1)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        _cbor(value.timestamp(), out)
+    else:
+        _cbor(str(value), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _default_models(service: str) -> dict:
+    from .classifier import default_classifier
+
+    return default_classifier().routing(service).description
+
+
+def _safe_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers when masking failed: only those that cannot carry a secret of the call's own."""
+    keep = {"content-type", "content-length", "date", "x-amz-date", "x-amzn-requestid", "x-amz-request-id",
+            "x-amz-id-2", "host", "user-agent", "server", "connection", "content-encoding", "transfer-encoding"}
+    return [(k, v) for k, v in headers if k.lower() in keep]
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def header_pairs(headers: Any) -> list[tuple[str, str]]:
+    """(name, value) pairs of mitmproxy Headers or a mapping."""
+    if hasattr(headers, "fields"):
+        return [(k, v) for k, v in headers.items(multi=True)]
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)

@@ -1,0 +1,277 @@
+"""masking: masks each call for the record, always, and the response for the agent where policy
+says so (core.masking).
+
+- ``request`` (``requestheaders`` for a streamed body): the request's headers, query string, body
+  and parameters as the record keeps them.
+- ``response``: the response as the record keeps it; and, where the Decision's ``mask_for_agent``
+  names members, the agent's copy rewritten so that its SDK still parses it (Content-Length set,
+  DynamoDB's ``x-amz-crc32`` recomputed, checksums that would no longer match dropped). The record
+  keeps the SHA-256 and size of the body as upstream sent it.
+- ``responseheaders``: a response the recorder would stream (over 1 MiB) that has members to mask
+  for the agent is held instead, masked whole, and sent chunked.
+
+The masked copy travels to the recorder in ``flow.metadata["agentgate.masked"]``
+(core.masking.MaskedCall). Masking never breaks a call: whatever fails leaves the agent's response
+as it was, and the record keeps no body it could not mask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+
+from mitmproxy import http
+
+from .core import sigv4
+from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, header_pairs
+from .stage import CALL, DECISION, REFUSAL, SIGNED, STREAM
+
+log = logging.getLogger("agentgate.masking")
+
+MASKED = "agentgate.masked"  # core.masking.MaskedCall: the call as the record keeps it
+THREAD_OVER = 256 * 1024  # bytes: larger bodies are masked off the event loop
+
+
+async def _run(size: int, work):
+    """``work()``, in a worker thread when its body is large, so other calls are not held up."""
+    return await asyncio.to_thread(work) if size > THREAD_OVER else work()
+
+
+def _response_digest() -> str:
+    """The recorder's key for the SHA-256 and size of the body upstream sent (it imports this module)."""
+    from .recorder import RESPONSE_DIGEST
+
+    return RESPONSE_DIGEST
+
+
+class HeldForAgent:
+    """A stream callable that holds a large response whole, so that it can be masked for the agent,
+    then sends it as one chunk."""
+
+    def __init__(self, addon: "Masking", flow: http.HTTPFlow) -> None:
+        self.addon = addon
+        self.flow = flow
+        self.buffer = bytearray()
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.passing = False
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        if data:
+            self.sha.update(data)
+            self.size += len(data)
+            if self.passing:
+                return data
+            self.buffer += data
+            if len(self.buffer) > self.addon.masker.parse_limit:  # too large to mask: let it through
+                self.passing = True
+                self.addon.masked(self.flow).notes.append(
+                    f"response: over {self.addon.masker.parse_limit} bytes: not kept, and the agent's copy not masked")
+                out, self.buffer = bytes(self.buffer), bytearray()
+                return out
+            return []  # an empty piece would end a chunked body: send nothing yet
+        self.flow.metadata[_response_digest()] = (self.sha.hexdigest(), self.size)
+        if self.passing:
+            return []
+        out = self.addon.mask_held(self.flow, bytes(self.buffer))
+        self.buffer = bytearray()
+        return [out] if out else []
+
+
+class Masking:
+    def __init__(self, fingerprint_key: bytes | None, *, object_cap: int = OBJECT_CAP) -> None:
+        if not fingerprint_key:
+            fingerprint_key = secrets.token_bytes(32)
+            log.warning("no fingerprint key (keys/fingerprint.key, written by `agentgate init`): masked values get "
+                        "fingerprints from a key that lasts until the gateway stops")
+        self.masker = Masker(fingerprint_key, object_cap=object_cap)
+
+    @staticmethod
+    def masked(flow: http.HTTPFlow) -> MaskedCall:
+        found = flow.metadata.get(MASKED)
+        if found is None:
+            found = flow.metadata[MASKED] = MaskedCall()
+        return found
+
+    @staticmethod
+    def policy(flow: http.HTTPFlow) -> tuple[str, ...]:
+        return tuple(getattr(flow.metadata.get(DECISION), "mask_for_agent", None) or ())
+
+    # -- the request, for the record
+
+    def _request_work(self, flow: http.HTTPFlow):
+        """The request's masking as a function of what it needs from the flow (so that a large body
+        can be masked off the event loop), with the size of its body; None when it is done."""
+        mc = self.masked(flow)
+        if mc.request_done:
+            return None, 0
+        mc.request_done = True
+        req = flow.request
+        call = flow.metadata.get(CALL)
+        policy = self.policy(flow)
+        _, _, query = req.path.partition("?")
+        streamed = bool(flow.metadata.get(STREAM) or req.stream)
+        try:
+            body = None if streamed else req.get_content(strict=False)
+            query = sigv4.scrub_query(query) if query else ""
+            headers = header_pairs(req.headers)
+            content_type = req.headers.get("content-type", "")
+        except Exception as e:  # noqa: BLE001
+            mc.notes.append(f"request: not masked: {type(e).__name__}")
+            return None, 0
+
+        def work() -> None:
+            mc.add(self.masker.request(call, query=query, headers=headers, body=body, streamed=streamed,
+                                       policy=policy, content_type=content_type), "request")
+            try:
+                if call is not None and call.params:
+                    params, counts = self.masker.params(call, policy)
+                    if counts:
+                        mc.params, mc.params_masked = params, True
+                        mc.counts.update({("params",) + k[1:]: n for k, n in counts.items()})
+                if call is not None and call.resources:
+                    mc.resources = self.masker.resources(list(call.resources))
+            except Exception as e:  # noqa: BLE001 - parameters that cannot be masked are not kept
+                mc.params, mc.params_masked = None, True
+                mc.notes.append(f"parameters: not masked ({type(e).__name__}), not kept")
+
+        return work, len(body or b"")
+
+    def mask_request(self, flow: http.HTTPFlow) -> None:
+        work, _ = self._request_work(flow)
+        if work is not None:
+            work()
+
+    async def _mask_request(self, flow: http.HTTPFlow) -> None:
+        work, size = self._request_work(flow)
+        if work is not None:
+            await _run(size, work)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(STREAM) and flow.request.method != "CONNECT":
+            await self._mask_request(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(STREAM):
+            await self._mask_request(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method != "CONNECT":
+            await self._mask_request(flow)
+
+    # -- the response: the record's copy, and the agent's
+
+    def _for_agent(self, flow: http.HTTPFlow) -> tuple[str, ...]:
+        """The policy paths to mask in the agent's copy: only for responses that came from upstream."""
+        if flow.metadata.get(REFUSAL) is not None or flow.metadata.get(SIGNED) is None:
+            return ()
+        return self.policy(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        from .recorder import should_stream  # the recorder imports this module
+
+        resp = flow.response
+        if resp is None or resp.stream or not self._for_agent(flow) or not should_stream(resp):
+            return
+        if resp.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+            return
+        length = resp.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.masker.parse_limit):
+            return
+        call = flow.metadata.get(CALL)
+        if self.masker.plan(call, "output", self._for_agent(flow), record=False)[3] is None:
+            return
+        resp.stream = HeldForAgent(self, flow)
+        resp.headers.pop("content-length", None)
+        if flow.request.http_version.startswith("HTTP/1"):
+            resp.headers["transfer-encoding"] = "chunked"
+        for name in checksum_headers(list(resp.headers.keys()), b""):
+            resp.headers.pop(name, None)  # the body they cover is not known yet: dropped
+
+    def mask_held(self, flow: http.HTTPFlow, body: bytes) -> bytes:
+        """The end of a held response: mask it for the record and the agent; what the agent gets."""
+        self.mask_request(flow)
+        mc = self.masked(flow)
+        mc.response_done = True
+        resp = flow.response
+        part, copy = self.masker.response(
+            flow.metadata.get(CALL), status=resp.status_code, headers=header_pairs(resp.headers), body=body,
+            policy=self._for_agent(flow), content_type=resp.headers.get("content-type", ""))
+        mc.add(part, "response")
+        if copy is None:
+            return body
+        mc.counts.update(copy.masked)
+        if copy.headers:
+            mc.notes.append("response: headers named by policy were sent before the body could be masked")
+        return copy.body if copy.body is not None else body
+
+    def _response_work(self, flow: http.HTTPFlow):
+        """The response's masking, as ``_request_work``; the agent's copy is applied after it."""
+        mc = self.masked(flow)
+        resp = flow.response
+        if mc.response_done or resp is None:
+            return None, 0
+        mc.response_done = True
+        streamed = bool(resp.stream)
+        try:
+            body = None if streamed else resp.get_content(strict=False)
+            headers = header_pairs(resp.headers)
+            content_type = resp.headers.get("content-type", "")
+        except Exception as e:  # noqa: BLE001
+            mc.notes.append(f"response: not masked: {type(e).__name__}")
+            return None, 0
+        call, status, policy = flow.metadata.get(CALL), resp.status_code, self._for_agent(flow)
+
+        def work():
+            part, copy = self.masker.response(call, status=status, headers=headers, body=body, streamed=streamed,
+                                              policy=policy, content_type=content_type)
+            mc.add(part, "response")
+            return copy
+
+        return work, len(body or b"")
+
+    def _apply(self, flow: http.HTTPFlow, copy) -> None:
+        if copy is None:
+            return
+        mc = self.masked(flow)
+        try:
+            flow.response = self._agent_response(flow, copy)
+            mc.counts.update(copy.masked)
+        except Exception as e:  # noqa: BLE001 - the agent's copy stays as upstream sent it
+            mc.notes.append(f"response: agent's copy not masked: {type(e).__name__}")
+
+    def mask_response(self, flow: http.HTTPFlow) -> None:
+        """The response hook's work, on the event loop whatever the size (tests, benchmarks)."""
+        if flow.request.method == "CONNECT":
+            return
+        self.mask_request(flow)
+        work, _ = self._response_work(flow)
+        if work is not None:
+            self._apply(flow, work())
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method == "CONNECT":
+            return
+        await self._mask_request(flow)
+        work, size = self._response_work(flow)
+        if work is not None:
+            self._apply(flow, await _run(size, work))
+
+    def _agent_response(self, flow: http.HTTPFlow, copy) -> http.Response:
+        upstream = flow.response
+        raw = upstream.raw_content or b""
+        new = upstream.copy()
+        if copy.body is not None:
+            new.content = copy.body
+        for name, value in copy.headers.items():
+            new.headers[name] = value
+        if copy.body is not None:
+            for name, value in checksum_headers(list(new.headers.keys()), new.raw_content or b"").items():
+                if value is None:
+                    new.headers.pop(name, None)
+                else:
+                    new.headers[name] = value
+            flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))
+        return new

@@ -1,0 +1,160 @@
+"""notify: tells approvers about approvals through a webhook (``webhook_url``), in the JSON of a
+Slack incoming webhook (``text``, with ``blocks`` for clients that render them; Mattermost, Rocket.Chat
+and Teams' Slack-compatible connectors read the same).
+
+Posting never sits on a call's path: ``requested``/``decided`` queue a message and return; each
+message is posted in the background, retried with exponential backoff (connection errors, 5xx,
+429 with its Retry-After), and dropped with a log line after the last attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from .core.approvals import Approval, describe_approvers
+
+log = logging.getLogger("agentgate.notify")
+
+ATTEMPTS = 5
+BACKOFF = 0.5  # seconds before the second attempt; doubled each time
+MAX_WAIT = 30.0  # the longest pause between attempts, whatever Retry-After says
+TIMEOUT = 5.0
+MAX_PENDING = 1000  # messages in flight; beyond, new ones are dropped (and logged)
+
+
+def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
+    """The webhook's JSON for an approval that was ``requested`` or ``decided``."""
+    who = a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
+    link = f"{console_url.rstrip('/')}/#{a.id}" if console_url else ""
+    if a.kind == "grant":
+        what = f"access as {a.role} for {a.duration}s"
+        why = f"reason: {a.request_reason}"
+        command = f"agentgate access approve {a.id}"
+    else:
+        what = f"{a.action} on {a.resource}"
+        why = f"rule {a.rule}: {a.request_reason}"
+        command = f"agentgate approvals approve {a.id}"
+    if event == "requested":
+        head = f"Approval {a.id}: {who} asks for {what}"
+        detail = (f"{why}\nApprovers: {describe_approvers(a.approvers)}\nApprove: `{command}`"
+                  + (f"\nConsole: {link}" if link else ""))
+    else:
+        state = a.state()
+        head = f"Approval {a.id} {state} by {a.approver} ({a.channel}): {who}, {what}"
+        detail = f"reason: {a.reason}" if a.reason else ""
+    text = head + ("\n" + detail if detail else "")
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}}]
+    if detail:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": detail}})
+    return {"text": text, "blocks": blocks,
+            "agentgate": {"event": event, "approval": a.as_dict()}}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _should_retry(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+class Notifier:
+    def __init__(self, url: str, *, console_url: str = "", attempts: int = ATTEMPTS, backoff: float = BACKOFF,
+                 timeout: float = TIMEOUT) -> None:
+        self.url = url
+        self.console_url = console_url
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = {"sent": 0, "failed": 0, "dropped": 0, "attempts": 0}
+
+    def requested(self, a: Approval) -> None:
+        self.post(message(a, "requested", self.console_url))
+
+    def decided(self, a: Approval) -> None:
+        self.post(message(a, "decided", self.console_url))
+
+    def post(self, payload: dict[str, Any]) -> None:
+        """Queue ``payload``; returns at once (call it from the event loop)."""
+        if len(self._tasks) >= MAX_PENDING:
+            self.stats["dropped"] += 1
+            log.warning("webhook: %d messages are still being posted; dropping one", len(self._tasks))
+            return
+        task = asyncio.get_running_loop().create_task(self._send(payload), name="agentgate-webhook")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, payload: dict[str, Any]) -> bool:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, trust_env=False)
+        pause = self.backoff
+        problem = ""
+        for attempt in range(1, self.attempts + 1):
+            self.stats["attempts"] += 1
+            try:
+                r = await self._client.post(self.url, json=payload)
+            except httpx.HTTPError as e:
+                problem = f"{type(e).__name__}: {e}"
+                wait = pause
+            else:
+                if r.status_code < 300:
+                    self.stats["sent"] += 1
+                    return True
+                problem = f"HTTP {r.status_code}"
+                if not _should_retry(r.status_code):
+                    break
+                wait = _retry_after(r) if r.status_code == 429 and _retry_after(r) is not None else pause
+            if attempt < self.attempts:
+                await asyncio.sleep(min(wait, MAX_WAIT))
+                pause *= 2
+        self.stats["failed"] += 1
+        log.error("webhook: could not post to %s (%s); giving up on this message", _safe(self.url), problem)
+        return False
+
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Give messages in flight ``timeout`` seconds, then stop."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for t in list(self._tasks):
+            t.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def send(url: str, payload: dict[str, Any], *, attempts: int = 3, backoff: float = BACKOFF,
+         timeout: float = TIMEOUT) -> bool:
+    """Post one message now, with retries (for the command line, which has no loop to leave it to)."""
+    pause = backoff
+    with httpx.Client(timeout=timeout, trust_env=False) as client:
+        for attempt in range(1, attempts + 1):
+            try:
+                r = client.post(url, json=payload)
+                if r.status_code < 300:
+                    return True
+                if not _should_retry(r.status_code):
+                    return False
+            except httpx.HTTPError:
+                pass
+            if attempt < attempts:
+                time.sleep(pause)
+                pause *= 2
+    return False
+
+
+def _safe(url: str) -> str:
+    """A webhook URL without its secret path (Slack's carry the token there)."""
+    head, sep, _ = url.partition("://")
+    host = url[len(head) + len(sep):].split("/", 1)[0]
+    return f"{head}{sep}{host}/…"

@@ -1,0 +1,118 @@
+"""A canned stand-in for AWS on loopback that misbehaves on cue, for tests of what the gateway
+records when a call does not simply succeed.
+
+STS AssumeRole gets credentials (the gateway's JIT credentials); the last path segment of any other
+request picks the answer:
+
+    slow-<S>    waits S seconds, then answers 200
+    big-<N>     streams N bytes (application/octet-stream)
+    drop-<x>    closes the connection without answering
+    anything    200 with a small body (JSON for X-Amz-Target calls, XML otherwise)
+
+    with CannedUpstream() as up:
+        Gateway(..., upstream=up.url)
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import re
+import secrets
+import threading
+import time
+import uuid
+
+CHUNK = b"\0" * (1 << 16)
+
+
+class CannedUpstream:
+    def __init__(self) -> None:
+        self.access_key = "ASIACANNEDUPSTREAM01"
+        self.secret_key = f"canned-secret-{secrets.token_hex(8)}"
+        self.session_token = f"canned-session-token-{secrets.token_hex(8)}"
+        self.cookie = f"upstream-cookie={secrets.token_hex(8)}"  # set on every small answer
+        self.requests: list[tuple[str, str, list[tuple[str, str]]]] = []  # (method, path, headers) of each
+        upstream = self
+
+        class Handler(_Handler):
+            owner = upstream
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "CannedUpstream":
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: CannedUpstream
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        rid = str(uuid.uuid4())
+        self.send_header("set-cookie", self.owner.cookie)
+        self.send_header("x-amzn-requestid", rid)
+        self.send_header("x-amz-request-id", rid)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        up = self.owner
+        up.requests.append((self.command, self.path, list(self.headers.items())))
+        name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        try:
+            if b"Action=AssumeRole" in body:
+                session = (re.search(rb"RoleSessionName=([^&]+)", body) or [b"", b"agent"])[1].decode()
+                exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                self._send(200, _STS.format(key=up.access_key, secret=up.secret_key, token=up.session_token, exp=exp,
+                                            session=session, rid=uuid.uuid4()).encode(), "text/xml")
+            elif name.startswith("slow-"):
+                time.sleep(float(name[5:]))
+                self._send(200, b"slow answer", "text/plain")
+            elif name.startswith("big-"):
+                size = int(name[4:])
+                self.send_response(200)
+                self.send_header("content-type", "application/octet-stream")
+                self.send_header("content-length", str(size))
+                self.end_headers()
+                while size:
+                    n = min(size, len(CHUNK))
+                    self.wfile.write(CHUNK[:n])
+                    size -= n
+            elif name.startswith("drop-"):
+                self.close_connection = True  # no answer at all
+            elif self.headers.get("x-amz-target"):
+                self._send(200, b'{"TableNames": []}', "application/x-amz-json-1.0")
+            else:
+                self._send(200, b"<ok/>", "application/xml")
+        except (BrokenPipeError, ConnectionResetError):  # the gateway (or its agent) went away
+            self.close_connection = True
+
+
+_STS = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>
+<Credentials><AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>
+<SessionToken>{token}</SessionToken><Expiration>{exp}</Expiration></Credentials>
+<AssumedRoleUser><AssumedRoleId>AROACANNED:{session}</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/agent-role/{session}</Arn></AssumedRoleUser>
+</AssumeRoleResult><ResponseMetadata><RequestId>{rid}</RequestId></ResponseMetadata></AssumeRoleResponse>"""

@@ -1,0 +1,321 @@
+"""Approvals in the store, without a proxy: the binding hash, asking, deciding (who may), single
+use, expiry, denial, access grants, and waiting for a decision made elsewhere, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from addons.core import approvals as core
+from addons.core.approvals import Approvals, Refused, admin_principal, binding_hash, may_decide
+from addons.core.classifier import Classification
+from addons.core.identity import Principal
+from addons.core.policy import Decision, RoleBinding
+from addons.core.store import Store
+from tests.support.postgres import shared_server
+
+UTC = dt.timezone.utc
+ROLE = RoleBinding("arn:aws:iam::123456789012:role/agent-role", None, 3600, False, "agents")
+
+
+def principal(sub: str, groups=("data-agents",), obo: str | None = None, iss: str = "https://issuer") -> Principal:
+    return Principal(sub=sub, iss=iss, aud=("agentgate",), groups=tuple(groups), on_behalf_of=obo,
+                     exp=time.time() + 300, claims={"sub": sub})
+
+
+def decision(expires: int = 900, approvers=None) -> Decision:
+    return Decision("approve", "deleting-needs-sre", "deleting cannot be undone", "v1", ROLE, (),
+                    approvers if approvers is not None else {"groups": ("sre",)}, expires, ())
+
+
+def terminate(*ids: str, token: str | None = None) -> Classification:
+    params = {"InstanceIds": list(ids)}
+    return Classification(service="ec2", operation="TerminateInstances", protocol="ec2", region="us-east-1",
+                          params=params, resources=list(ids), action="ec2:TerminateInstances", access_level="Write")
+
+
+AGENT = principal("agent-1", obo="bob")
+SRE = principal("alice", groups=("sre",))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def approvals(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}" if request.param == "sqlite" else shared_server().fresh_database()
+    store = Store(url)
+    store.migrate()
+    yield Approvals(store)
+    store.engine.dispose()
+
+
+# -- the binding ----------------------------------------------------------------------------------
+
+
+def test_the_binding_covers_who_what_where_and_the_parameters():
+    def h(who=AGENT, role=ROLE.role_arn, operation="TerminateInstances", region="us-east-1", ids=("i-1",)):
+        return binding_hash(who, role, "ec2", operation, region, {"InstanceIds": list(ids)})
+
+    base = h()
+    assert base == h()
+    for other in (h(who=principal("agent-2", obo="bob")), h(who=principal("agent-1", obo="carol")),
+                  h(who=principal("agent-1", obo="bob", iss="https://other")),
+                  h(role="arn:aws:iam::123456789012:role/other"), h(operation="StopInstances"),
+                  h(region="eu-west-1"), h(ids=("i-2",)), h(ids=("i-1", "i-2"))):
+        assert other != base
+
+
+def test_idempotency_tokens_do_not_bind_and_key_order_does_not_matter():
+    a = {"FunctionName": "f", "Qualifier": "1"}
+    b = {"Qualifier": "1", "FunctionName": "f"}
+    assert binding_hash(AGENT, None, "lambda", "DeleteFunction", "us-east-1", a) == \
+        binding_hash(AGENT, None, "lambda", "DeleteFunction", "us-east-1", b)
+    # ec2:RunInstances' ClientToken is an idempotency token: the SDK makes a new one per call
+    first = {"ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "ClientToken": "token-1"}
+    again = {**first, "ClientToken": "token-2"}
+    assert binding_hash(AGENT, None, "ec2", "RunInstances", "us-east-1", first) == \
+        binding_hash(AGENT, None, "ec2", "RunInstances", "us-east-1", again)
+    assert binding_hash(AGENT, None, "ec2", "RunInstances", "us-east-1", first) != \
+        binding_hash(AGENT, None, "ec2", "RunInstances", "us-east-1", {**first, "ImageId": "ami-2"})
+
+
+def test_approvers_see_parameters_with_sensitive_members_masked():
+    shown = core.shown_params("secretsmanager", "PutSecretValue", {"SecretId": "db", "SecretString": "hunter2"})
+    assert shown == {"SecretId": "db", "SecretString": core.MASK}
+    assert core.shown_params("no-such-service", "X", {"a": 1}) == {"a": 1}
+
+
+# -- who may decide ----------------------------------------------------------------------------------
+
+
+def test_separation_of_duties_and_the_rules_approvers(approvals):
+    a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1")).approval
+    assert "separation of duties" in may_decide(a, principal("agent-1", groups=("sre",)))
+    assert "separation of duties" in may_decide(a, principal("bob", groups=("sre",)))  # the agent acts for bob
+    assert "separation of duties" in may_decide(a, principal("ops-bot", groups=("sre",), obo="agent-1"))
+    assert "not among the approvers" in may_decide(a, principal("mallory", groups=("dev",)))
+    assert may_decide(a, SRE) is None
+    assert may_decide(a, admin_principal()) is None
+    with pytest.raises(Refused, match="separation of duties"):
+        approvals.decide(a.id, principal("bob", groups=("sre",)), approve=True)
+    with pytest.raises(Refused, match=r"mallory \(groups \['dev'\]\) is not among the approvers"):
+        approvals.decide(a.id, principal("mallory", groups=("dev",)), approve=True)
+    with pytest.raises(core.ApprovalError, match="a denial needs a reason"):
+        approvals.decide(a.id, SRE, approve=False, reason="  ")
+    with pytest.raises(core.NotFound):
+        approvals.decide("ap-nope", SRE, approve=True)
+    assert approvals.get(a.id).status == "pending"
+
+
+# -- asking, deciding, taking --------------------------------------------------------------------------
+
+
+def test_retries_while_pending_find_the_same_approval_and_an_approval_releases_one_call(approvals):
+    first = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
+    assert first.state == "pending" and first.created
+    again = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
+    assert again.state == "pending" and not again.created and again.approval.id == first.approval.id
+    other = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-2"))
+    assert other.approval.id != first.approval.id
+
+    decided = approvals.decide(first.approval.id, SRE, approve=True, reason="ok", channel="cli")
+    assert (decided.status, decided.approver, decided.reason, decided.channel) == ("approved", "alice", "ok", "cli")
+    assert decided.decided is not None and decided.expires > decided.decided
+    with pytest.raises(Refused, match="already approved by alice"):
+        approvals.decide(first.approval.id, principal("carol", groups=("sre",)), approve=False, reason="no")
+
+    # someone else's identical call is not released by it
+    assert approvals.ask(principal=principal("agent-2"), decision=decision(), call=terminate("i-1")).state == "pending"
+    released = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
+    assert released.state == "released" and released.approval.id == first.approval.id
+    assert approvals.get(first.approval.id).status == "used"
+    after = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
+    assert after.state == "pending" and after.created and after.approval.id != first.approval.id
+
+
+def test_denial_answers_until_the_request_would_have_expired(approvals):
+    a = approvals.ask(principal=AGENT, decision=decision(expires=60), call=terminate("i-3")).approval
+    approvals.decide(a.id, SRE, approve=False, reason="not during the freeze")
+    asked = approvals.ask(principal=AGENT, decision=decision(expires=60), call=terminate("i-3"))
+    assert asked.state == "denied" and asked.approval.reason == "not during the freeze"
+    later = dt.datetime.now(UTC) + dt.timedelta(seconds=61)
+    assert approvals.ask(principal=AGENT, decision=decision(expires=60), call=terminate("i-3"), now=later).created
+
+
+def test_expiry_pending_and_approved(approvals):
+    now = dt.datetime.now(UTC)
+    a = approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-4"), now=now).approval
+    later = now + dt.timedelta(seconds=31)
+    with pytest.raises(Refused, match="expired"):
+        approvals.decide(a.id, SRE, approve=True, now=later)
+    assert [x.id for x in approvals.list(pending=True)] == [a.id]
+    assert approvals.list(pending=True, now=later) == []
+    asked = approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-4"), now=later)
+    assert asked.state == "expired" and asked.approval.id == a.id
+    fresh = approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-4"), now=later)
+    assert fresh.created
+    # approved but not used in time
+    approvals.decide(fresh.approval.id, SRE, approve=True, now=later)
+    much_later = later + dt.timedelta(seconds=31)
+    assert approvals.take(fresh.approval.id, now=much_later) is None
+    assert approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-4"), now=much_later).state == "expired"
+
+
+def test_two_askers_at_once_share_one_pending_approval(approvals):
+    results = []
+    barrier = threading.Barrier(8)
+
+    def ask():
+        barrier.wait()
+        results.append(approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-race")))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.approval.id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+
+
+# -- waiting ---------------------------------------------------------------------------------------------
+
+
+def test_wait_wakes_on_a_decision_made_by_another_process(approvals):
+    other = Approvals(Store(approvals.store.url))  # the CLI or another replica: its own engine
+
+    async def main():
+        await approvals.start()
+        try:
+            a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-5")).approval
+            assert await approvals.wait(a.id, 0.3) is None
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            loop.call_later(0.3, lambda: threading.Thread(
+                target=other.decide, args=(a.id, SRE), kwargs={"approve": True}).start())
+            got = await approvals.wait(a.id, 5)
+            return got, loop.time() - started
+        finally:
+            await approvals.aclose()
+
+    got, took = asyncio.run(main())
+    other.engine.dispose()
+    assert got is not None and got.status == "approved" and got.approver == "alice"
+    assert took < 1.3, took
+
+
+# -- access grants ------------------------------------------------------------------------------------------
+
+
+def test_access_grants_request_approve_use_and_revoke(approvals):
+    contractor = principal("contractor-7", groups=("contractors",))
+    asked = approvals.request_grant(contractor, role_arn=ROLE.role_arn, role_id="agents", duration=1800,
+                                    reason="incident 42", approvers={"groups": ["sre"]})
+    assert asked.created and asked.approval.kind == "grant" and asked.approval.id.startswith("gr-")
+    again = approvals.request_grant(contractor, role_arn=ROLE.role_arn, role_id="agents", duration=1800,
+                                    reason="incident 42", approvers={"groups": ["sre"]})
+    assert not again.created and again.approval.id == asked.approval.id
+    with pytest.raises(Refused, match="separation of duties"):
+        approvals.decide(asked.approval.id, principal("contractor-7", groups=("sre",)), approve=True)
+    g = approvals.decide(asked.approval.id, SRE, approve=True)
+    assert 1795 < (g.expires - g.decided).total_seconds() <= 1800
+    assert [x.id for x in approvals.active_grants()] == [g.id]
+
+    approvals._grants = approvals.active_grants()
+    assert approvals.grant_for(contractor).id == g.id
+    assert approvals.grant_for(principal("someone-else")) is None
+    assert approvals.grant_for(contractor, now=g.expires + dt.timedelta(seconds=1)) is None
+
+    with pytest.raises(Refused, match="only its grantee"):
+        approvals.revoke(g.id, principal("mallory", groups=("dev",)))
+    r = approvals.revoke(g.id, contractor, reason="done")
+    assert (r.status, r.revoked_by, r.revoke_reason) == ("revoked", "contractor-7", "done")
+    assert approvals.active_grants() == []
+    with pytest.raises(Refused, match="revoked by contractor-7"):
+        approvals.revoke(g.id, SRE)
+
+
+def test_a_grant_gives_the_role_the_policies_describe(tmp_path):
+    from addons.core.policy import PolicySet
+
+    (tmp_path / "p.yaml").write_text(
+        "version: 1\nroles:\n"
+        "  - id: elevated\n    principal: {groups: [nobody]}\n"
+        "    role_arn: arn:aws:iam::123456789012:role/admin\n    duration: 15m\n")
+    policy_set = PolicySet.load(tmp_path)
+    grant = dataclasses.replace(_grant_stub(), rule="elevated", role="arn:aws:iam::123456789012:role/admin")
+    assert core.granted_role(policy_set, grant).duration == 900
+    assert core.granted_role(policy_set, dataclasses.replace(grant, rule=None)).rule_id == "elevated"
+    assert core.granted_role(policy_set, dataclasses.replace(grant, rule=None, role="arn:aws:iam::1:role/gone")) is None
+
+
+def _grant_stub() -> core.Approval:
+    now = dt.datetime.now(UTC)
+    return core.Approval(
+        id="gr-1", kind="grant", status="approved", binding_hash="h", principal="p", issuer="i", on_behalf_of=None,
+        action=core.GRANT_ACTION, service=None, operation=None, region=None, resources=(), params=None, role=None,
+        rule=None, policy_version=None, approvers=None, request_reason=None, duration=60, requested=now,
+        expires=now, decided=now, approver="a", reason=None, channel="cli", used=None, revoked=None,
+        revoked_by=None, revoke_reason=None)
+
+
+# -- the addon, without sockets ---------------------------------------------------------------------------
+
+
+def _flow(call: Classification, who: Principal = AGENT):
+    from mitmproxy.test import tflow
+
+    from addons.stage import CALL, DECISION, PRINCIPAL
+
+    flow = tflow.tflow()
+    flow.metadata.update({PRINCIPAL: who, CALL: call, DECISION: decision()})
+    return flow
+
+
+def test_the_addon_holds_releases_and_answers_in_the_calls_protocol(tmp_path):
+    from addons.approval import Approval
+    from addons.stage import APPROVAL, REFUSAL
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    approvals = Approvals(store)
+    addon = Approval(approvals, hold=0.4, console_url="http://127.0.0.1:8081")
+
+    async def main():
+        await approvals.start()
+        try:
+            # undecided: ApprovalPending, shaped for EC2, naming the approval and the command
+            flow = _flow(terminate("i-9"))
+            await addon.request(flow)
+            assert flow.response.status_code == 403 and flow.metadata[REFUSAL].outcome == "held"
+            body = flow.response.get_text()
+            approval_id = flow.response.headers["x-agentgate-approval"]
+            assert "<Code>ApprovalPending</Code>" in body and f"agentgate approvals approve {approval_id}" in body
+            assert f"http://127.0.0.1:8081/#{approval_id}" in body
+
+            # decided while held: the flow goes on, unanswered, to the signer
+            flow = _flow(terminate("i-9"))
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.1, lambda: approvals.decide(approval_id, SRE, approve=True))
+            addon.hold = 5
+            await addon.request(flow)
+            assert flow.response is None and flow.metadata[APPROVAL].status == "used"
+            assert flow.metadata[APPROVAL].approver == "alice"
+
+            # stopping: held calls are answered at once, the approval kept
+            flow = _flow(terminate("i-10"))
+            task = asyncio.create_task(addon.request(flow))
+            await asyncio.sleep(0.2)
+            await addon.drain()
+            await task
+            assert "the gateway is restarting; the approval is kept" in flow.response.get_text()
+            assert approvals.get(flow.response.headers["x-agentgate-approval"]).status == "pending"
+        finally:
+            await approvals.aclose()
+
+    asyncio.run(main())
+    store.engine.dispose()

@@ -1,0 +1,514 @@
+"""Approvals through real gateways: boto3 calls held for a human and released by an approval made
+with the command line, during the hold and after it (the retry path, once); denial; expiry; an
+approval releasing nobody else's call; who may approve; 50 held calls beside unrelated traffic; a
+restart while calls are held; access grants."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import httpx
+import pytest
+
+from tests.support.gateway import Gateway, free_port
+
+POLICY = """\
+version: 1
+default: deny
+roles:
+  - principal: {groups: [data-agents]}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+  - id: elevated
+    principal: {groups: [nobody-has-this-group]}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+rules:
+  - id: everyday
+    action: ["sts:GetCallerIdentity", "s3:ListAllMyBuckets", "s3:ListBucket", "s3:CreateBucket", "s3:PutObject",
+             "s3:GetObject"]
+    decision: allow
+  - id: deleting-needs-sre
+    action: s3:DeleteObject
+    decision: approve
+    approvers: {groups: [sre]}
+    expires: 2m
+    reason: deleting cannot be undone
+  - id: secrets-need-sre
+    action: secretsmanager:PutSecretValue
+    decision: approve
+    approvers: {groups: [sre]}
+  - id: untagging-is-quick
+    action: s3:DeleteObjectTagging
+    decision: approve
+    approvers: {groups: [sre]}
+    expires: 2s
+    reason: tags drive retention
+"""
+
+BUCKET = "approvals-bucket"
+
+
+def start_gateway(home: Path, issuer, moto, **settings) -> Gateway:
+    settings.setdefault("console_listen", f"127.0.0.1:{free_port()}")
+    gw = Gateway(home, issuer=issuer.issuer, upstream=moto.url, policy=POLICY, settings=settings,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+    return gw.start()
+
+
+class WebhookReceiver:
+    """A loopback Slack-style webhook that answers slowly, and 500 to the first two posts about
+    each approval."""
+
+    def __init__(self, delay: float = 0.2, failures: int = 2) -> None:
+        import http.server
+
+        self.posts: list[tuple[float, int, dict]] = []  # (time, status answered, body)
+        self.delay, self.failures = delay, failures
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                approval = body.get("agentgate", {}).get("approval", {}).get("id")
+                event = body.get("agentgate", {}).get("event")
+                earlier = [p for p in receiver.posts if p[2].get("agentgate", {}).get("approval", {}).get("id") == approval
+                           and p[2]["agentgate"]["event"] == event]
+                status = 500 if len(earlier) < receiver.failures else 200
+                receiver.posts.append((time.time(), status, body))
+                time.sleep(receiver.delay)
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def about(self, approval_id: str, event: str = "requested") -> list[tuple[float, int, dict]]:
+        return [p for p in self.posts if p[2]["agentgate"]["approval"]["id"] == approval_id
+                and p[2]["agentgate"]["event"] == event]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory, issuer, moto, webhook):
+    """Two gateways, started side by side: one holds calls for 1.5 s (the retry path) and posts to
+    a webhook, the other holds them for 20 s (approvals during the hold)."""
+    with ThreadPoolExecutor(2) as pool:
+        short = pool.submit(start_gateway, tmp_path_factory.mktemp("short"), issuer, moto, approval_hold=1.5,
+                            webhook_url=webhook.url)
+        long = pool.submit(start_gateway, tmp_path_factory.mktemp("long"), issuer, moto, approval_hold=20)
+        started = [short.result(), long.result()]
+    try:
+        yield started
+    finally:
+        for gw in started:
+            gw.stop()
+
+
+@pytest.fixture(scope="module")
+def short_hold(gateways):
+    return gateways[0]
+
+
+@pytest.fixture(scope="module")
+def long_hold(gateways):
+    return gateways[1]
+
+
+def s3(gw: Gateway, token: str, **config):
+    config.setdefault("retries", {"total_max_attempts": 1})
+    return boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                        verify=str(gw.ca_file),
+                        config=botocore.config.Config(proxies={"https": gw.proxy_url(token)}, **config))
+
+
+def held(call) -> tuple[str, str, str]:
+    """(code, message, approval id) of a call that the gateway refused."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    err = e.value.response
+    return err["Error"]["Code"], err["Error"]["Message"], err["ResponseMetadata"]["HTTPHeaders"].get("x-agentgate-approval")
+
+
+def token_file(gw: Gateway, issuer, sub: str, groups=("sre",), **claims) -> str:
+    path = gw.home / f"{sub}-{'-'.join(groups)}.jwt"
+    path.write_text(issuer.mint(sub, groups=list(groups), **claims))
+    return str(path)
+
+
+def approve(gw: Gateway, issuer, approval_id: str, sub: str = "alice", groups=("sre",), *extra: str, check=True):
+    return gw.cli("approvals", "approve", approval_id, "--token-file", token_file(gw, issuer, sub, groups), *extra,
+                  check=check)
+
+
+def console(gw: Gateway, token: str | None = None) -> httpx.Client:
+    """The gateway's console API, as the local admin (or the holder of ``token``)."""
+    token = token or (gw.home / "keys" / "admin.token").read_text().strip()
+    return httpx.Client(base_url=f"http://{gw.settings['console_listen']}", trust_env=False,
+                        headers={"authorization": f"Bearer {token}"})
+
+
+def pending(gw: Gateway) -> list[dict]:
+    with console(gw) as c:
+        r = c.get("/api/state")
+    assert r.status_code == 200, r.text
+    return r.json()["pending"]
+
+
+def wait_for(predicate, timeout: float = 10.0, every: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def bucket(short_hold, long_hold, issuer):
+    s3(short_hold, issuer.mint("setup")).create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+def record_of(gw: Gateway, approval_id: str, outcome: str | None = None) -> list[dict]:
+    return [r for r in gw.records() if r["approval_id"] == approval_id and (outcome is None or r["outcome"] == outcome)]
+
+
+# -- during the hold ----------------------------------------------------------------------------------
+
+
+def test_a_held_call_is_released_by_an_approval_during_the_hold(long_hold, issuer, bucket):
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-1", act="bob"))
+    result = {}
+
+    def agent():
+        started = time.time()
+        result["status"] = client.delete_object(Bucket=bucket, Key="during")["ResponseMetadata"]["HTTPStatusCode"]
+        result["done"] = time.time()
+        result["took"] = result["done"] - started
+
+    t = threading.Thread(target=agent)
+    t.start()
+    asked = wait_for(lambda: [a for a in pending(gw) if a["resources"] == [f"{bucket}/during"]])[0]
+    assert asked["principal"] == "agent-1" and asked["on_behalf_of"] == "bob" and asked["action"] == "s3:DeleteObject"
+    assert asked["params"] == {"Bucket": bucket, "Key": "during"} and asked["rule"] == "deleting-needs-sre"
+    approve(gw, issuer, asked["id"], "alice", ("sre",), "--reason", "cleanup ticket 7")
+    approved_at = time.time()
+    t.join(10)
+    assert result["status"] == 204
+    assert result["done"] - approved_at < 1.0, "released within a second of the approval"
+    assert result["took"] < 20
+    [rec] = record_of(gw, asked["id"])
+    assert (rec["decision"], rec["rule"], rec["outcome"], rec["status"]) == ("approve", "deleting-needs-sre", "forwarded", 204)
+    assert rec["approver"] == "alice"
+    shown = json.loads(gw.cli("approvals", "show", asked["id"], "--json").stdout)
+    assert (shown["state"], shown["approver"], shown["reason"], shown["channel"]) == ("used", "alice", "cleanup ticket 7", "cli")
+    assert [c["id"] for c in shown["calls"]] == [rec["id"]]
+
+
+def test_a_denial_during_the_hold_answers_with_the_reason(long_hold, issuer, bucket):
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    result = {}
+
+    def agent():
+        result["error"] = held(lambda: client.delete_object(Bucket=bucket, Key="denied"))
+
+    t = threading.Thread(target=agent)
+    t.start()
+    asked = wait_for(lambda: [a for a in pending(gw) if a["resources"] == [f"{bucket}/denied"]])[0]
+    p = gw.cli("approvals", "deny", asked["id"], check=False)
+    assert p.returncode == 2 and "--reason" in p.stderr and "Traceback" not in p.stderr
+    gw.cli("approvals", "deny", asked["id"], "--reason", "that object is evidence",
+           "--token-file", token_file(gw, issuer, "carol"))
+    t.join(10)
+    code, message, approval_id = result["error"]
+    assert code == "ApprovalDenied" and approval_id == asked["id"]
+    assert "denied by carol" in message and "that object is evidence" in message
+    # the same call again: still denied, nothing new asked
+    code, message, again = held(lambda: client.delete_object(Bucket=bucket, Key="denied"))
+    assert (code, again) == ("ApprovalDenied", asked["id"])
+    assert {r["outcome"] for r in record_of(gw, asked["id"])} == {"refused"}
+
+
+def test_a_client_that_gives_up_during_the_hold_leaves_its_approval_pending(long_hold, issuer, bucket):
+    gw = long_hold
+    impatient = s3(gw, issuer.mint("agent-1"), read_timeout=1, connect_timeout=2)
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        impatient.delete_object(Bucket=bucket, Key="impatient")
+    asked = [a for a in pending(gw) if a["resources"] == [f"{bucket}/impatient"]]
+    assert len(asked) == 1
+    [rec] = wait_for(lambda: record_of(gw, asked[0]["id"]), timeout=3)
+    assert rec["outcome"] == "client_gone"
+    with console(gw) as c:
+        assert c.post(f"/api/approvals/{asked[0]['id']}/approve", json={}).status_code == 200
+    again = s3(gw, issuer.mint("agent-1"))
+    assert again.delete_object(Bucket=bucket, Key="impatient")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert [r["outcome"] for r in record_of(gw, asked[0]["id"])] == ["client_gone", "forwarded"]
+
+
+# -- after the hold: the retry path -------------------------------------------------------------------------
+
+
+def test_an_undecided_call_gets_approval_pending_and_its_retry_goes_through_once(short_hold, issuer, bucket):
+    gw = short_hold
+    token = issuer.mint("agent-1")
+    # standard retry mode with 5 attempts: ApprovalPending is a 403, which SDKs do not retry
+    client = s3(gw, token, retries={"mode": "standard", "total_max_attempts": 5})
+    started = time.time()
+    code, message, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="retry"))
+    assert 1.4 < time.time() - started < 5
+    assert code == "ApprovalPending" and approval_id.startswith("ap-")
+    assert f"`agentgate approvals approve {approval_id}`" in message
+    assert "s3:DeleteObject" in message and f"{bucket}/retry" in message and "group sre" in message
+    assert len(record_of(gw, approval_id)) == 1, "the SDK did not retry"
+    assert record_of(gw, approval_id)[0]["outcome"] == "held"
+    # the agent retries before anyone decides: the same approval, nothing new to decide
+    assert held(lambda: client.delete_object(Bucket=bucket, Key="retry"))[2] == approval_id
+    assert [a["id"] for a in pending(gw) if a["resources"] == [f"{bucket}/retry"]] == [approval_id]
+
+    approve(gw, issuer, approval_id)
+    assert client.delete_object(Bucket=bucket, Key="retry")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    code, _, next_id = held(lambda: client.delete_object(Bucket=bucket, Key="retry"))
+    assert code == "ApprovalPending" and next_id != approval_id, "an approval releases one call"
+    [released] = record_of(gw, approval_id, "forwarded")
+    assert released["approver"] == "alice" and released["decision"] == "approve"
+
+
+def test_an_approval_expires_unused(short_hold, issuer, bucket):
+    gw = short_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    code, _, approval_id = held(lambda: client.delete_object_tagging(Bucket=bucket, Key="tagged"))
+    assert code == "ApprovalPending"
+    time.sleep(0.6)  # the rule's approvals last 2 s; the hold took 1.5 s of them
+    code, message, same = held(lambda: client.delete_object_tagging(Bucket=bucket, Key="tagged"))
+    assert (code, same) == ("ApprovalExpired", approval_id)
+    assert "expired" in message and "retry the call to ask for a new approval" in message
+    p = approve(gw, issuer, approval_id, check=False)
+    assert p.returncode == 1 and "expired" in p.stderr
+
+
+def test_an_approval_releases_nobody_elses_call(short_hold, issuer, bucket):
+    gw = short_hold
+    mine, theirs = s3(gw, issuer.mint("agent-1")), s3(gw, issuer.mint("agent-2"))
+    _, _, approval_id = held(lambda: mine.delete_object(Bucket=bucket, Key="shared"))
+    approve(gw, issuer, approval_id)
+    code, _, other = held(lambda: theirs.delete_object(Bucket=bucket, Key="shared"))
+    assert code == "ApprovalPending" and other != approval_id
+    code, _, another = held(lambda: mine.delete_object(Bucket=bucket, Key="not-shared"))
+    assert code == "ApprovalPending" and another not in (approval_id, other)
+    assert mine.delete_object(Bucket=bucket, Key="shared")["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+
+def test_who_may_approve(short_hold, issuer, bucket):
+    gw = short_hold
+    client = s3(gw, issuer.mint("agent-3", act="dave", groups=["data-agents", "sre"]))
+    _, _, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="sod"))
+    for sub, groups, words in (("agent-3", ("sre",), "separation of duties"),
+                               ("mallory", ("dev",), "is not among the approvers of rule 'deleting-needs-sre'")):
+        p = approve(gw, issuer, approval_id, sub, groups, check=False)
+        assert p.returncode == 1 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+    # the console applies the same checks: dave is who the agent acts for
+    with console(gw, issuer.mint("dave", groups=["sre"])) as c:
+        r = c.post(f"/api/approvals/{approval_id}/approve", json={})
+        assert r.status_code == 403 and "separation of duties" in r.json()["error"]
+    with console(gw, issuer.mint("erin", groups=["sre"], expires_in=-120)) as c:
+        r = c.post(f"/api/approvals/{approval_id}/approve", json={})
+        assert r.status_code == 401 and "expired" in r.json()["error"]
+    assert [a["state"] for a in pending(gw) if a["id"] == approval_id] == ["pending"]
+    gw.cli("approvals", "approve", approval_id)  # the local admin token (keys/admin.token)
+    assert client.delete_object(Bucket=bucket, Key="sod")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    [rec] = record_of(gw, approval_id, "forwarded")
+    assert rec["approver"] == "agentgate:admin" and rec["principal"] == "agent-3" and rec["on_behalf_of"] == "dave"
+
+
+def test_approvals_list_and_show(short_hold, issuer, bucket):
+    gw = short_hold
+    p = gw.cli("approvals", "show", "ap-000000000000", check=False)
+    assert p.returncode == 1 and "there is no approval" in p.stderr
+    _, _, approval_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key="listed"))
+    table = gw.cli("approvals", "list", "--pending").stdout
+    assert approval_id in table and "s3:DeleteObject" in table and f"{bucket}/listed" in table
+    shown = gw.cli("approvals", "show", approval_id).stdout
+    for words in ("agent-1", "deleting-needs-sre", "deleting cannot be undone", '"Key": "listed"', "group sre",
+                  "requested", "expires", "held"):
+        assert words in shown, words
+    # approvers see the parameters masked as the record keeps them
+    sm = boto3.client("secretsmanager", region_name="us-east-1", aws_access_key_id="agentgate",
+                      aws_secret_access_key="x", verify=str(gw.ca_file), config=botocore.config.Config(
+                          proxies={"https": gw.proxy_url(issuer.mint("agent-1"))}, retries={"total_max_attempts": 1}))
+    _, _, secret_id = held(lambda: sm.put_secret_value(SecretId="db-password", SecretString="hunter2-hunter2"))
+    shown = json.loads(gw.cli("approvals", "show", secret_id, "--json").stdout)
+    assert shown["params"]["SecretId"] == "db-password"
+    assert shown["params"]["SecretString"].startswith("agentgate:masked:") and "hunter2" not in json.dumps(shown)
+
+
+# -- notifications ---------------------------------------------------------------------------------------
+
+
+def test_approvers_are_told_through_the_webhook_with_retries_off_the_calls_path(short_hold, issuer, bucket, webhook):
+    gw = short_hold
+    started = time.time()
+    code, _, approval_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key="notified"))
+    took = time.time() - started
+    assert code == "ApprovalPending" and took < 1.5 + 0.8, took  # three slow posts did not hold the answer up
+    posts = wait_for(lambda: (lambda p: p if len(p) == 3 else None)(webhook.about(approval_id)), timeout=10)
+    assert [status for _, status, _ in posts] == [500, 500, 200]
+    gaps = [b[0] - a[0] for a, b in zip(posts, posts[1:])]
+    assert 0.6 < gaps[0] < gaps[1], gaps  # backoff: 0.5 s then 1 s, after each 0.2 s answer
+    body = posts[-1][2]
+    assert approval_id in body["text"] and f"agentgate approvals approve {approval_id}" in body["text"]
+    assert "agent-1" in body["text"] and "s3:DeleteObject" in body["text"] and f"{bucket}/notified" in body["text"]
+    assert body["blocks"][0]["type"] == "section" and body["blocks"][0]["text"]["type"] == "mrkdwn"
+    assert f"{gw.settings['console_listen']}/#{approval_id}" in body["text"]
+    approve(gw, issuer, approval_id)  # the command line tells the webhook too
+    decided = wait_for(lambda: [p for p in webhook.about(approval_id, "decided") if p[1] == 200], timeout=10)
+    assert "approved by alice" in decided[0][2]["text"]
+
+
+# -- load ----------------------------------------------------------------------------------------------------
+
+
+def test_fifty_held_calls_leave_other_calls_alone(long_hold, issuer, bucket):
+    gw = long_hold
+    agent = s3(gw, issuer.mint("agent-busy"), max_pool_connections=64)
+    other = s3(gw, issuer.mint("bystander"))
+
+    def latencies(n: int = 40) -> list[float]:
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            other.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            out.append(time.perf_counter() - started)
+        return out
+
+    latencies(10)  # warm: connection, credentials
+    before = latencies()
+    pool = ThreadPoolExecutor(50)
+    futures = [pool.submit(agent.delete_object, Bucket=bucket, Key=f"load-{i}") for i in range(50)]
+    asked = wait_for(lambda: (lambda p: p if len(p) == 50 else None)(
+        [a for a in pending(gw) if a["principal"] == "agent-busy"]), timeout=30)
+    during = latencies()
+    assert not any(f.done() for f in futures), "the calls are held"
+    base, loaded = statistics.median(before), statistics.median(during)
+    assert loaded < base * 1.5 + 0.010, (base, loaded)
+
+    with console(gw) as c:
+        for a in asked:
+            r = c.post(f"/api/approvals/{a['id']}/approve", json={"reason": "load test"})
+            assert r.status_code == 200, r.text
+    statuses = [f.result(timeout=15)["ResponseMetadata"]["HTTPStatusCode"] for f in futures]
+    pool.shutdown()
+    assert statuses == [204] * 50
+    assert len({r["approval_id"] for r in gw.records() if r["principal"] == "agent-busy" and r["outcome"] == "forwarded"}) == 50
+
+
+# -- restart -------------------------------------------------------------------------------------------------
+
+
+def test_a_restart_while_calls_are_held(long_hold, issuer, bucket):
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-r"), max_pool_connections=8)
+    results: dict[str, tuple] = {}
+
+    def call(key: str):
+        results[key] = held(lambda: client.delete_object(Bucket=bucket, Key=key))
+
+    threads = [threading.Thread(target=call, args=(f"restart-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    asked = wait_for(lambda: (lambda p: p if len(p) == 3 else None)(
+        [a for a in pending(gw) if a["principal"] == "agent-r"]))
+    stopping = time.time()
+    gw.stop()
+    for t in threads:
+        t.join(10)
+    assert time.time() - stopping < 8
+    for code, message, approval_id in results.values():
+        assert code == "ApprovalPending" and "the gateway is restarting; the approval is kept" in message
+        assert approval_id in {a["id"] for a in asked}
+    assert sorted(r["outcome"] for a in asked for r in record_of(gw, a["id"])) == ["held"] * 3
+    kept = json.loads(gw.cli("approvals", "list", "--pending", "--json").stdout)
+    assert {a["id"] for a in kept if a["principal"] == "agent-r"} == {a["id"] for a in asked}, "the approvals survive"
+    gw.start()
+    first = next(a for a in asked if a["resources"] == [f"{bucket}/restart-0"])
+    approve(gw, issuer, first["id"])
+    assert client.delete_object(Bucket=bucket, Key="restart-0")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert {r["outcome"] for r in record_of(gw, first["id"])} == {"held", "forwarded"}
+
+
+# -- access grants -------------------------------------------------------------------------------------------
+
+
+def test_an_access_grant_lets_a_principal_run_as_a_role_until_revoked(short_hold, issuer):
+    gw = short_hold
+    sts = boto3.client("sts", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                       verify=str(gw.ca_file), config=botocore.config.Config(
+                           proxies={"https": gw.proxy_url(issuer.mint("contractor-1", groups=["contractors"]))},
+                           retries={"total_max_attempts": 1}))
+    with pytest.raises(botocore.exceptions.ClientError, match="no role in policies/ is mapped"):
+        sts.get_caller_identity()
+    mine = token_file(gw, issuer, "contractor-1", ("contractors",))
+    p = gw.cli("access", "request", "--role", "nope", "--for", "30m", "--reason", "x", "--token-file", mine, check=False)
+    assert p.returncode == 2 and "elevated" in p.stderr
+    p = gw.cli("access", "request", "--role", "elevated", "--for", "30m", "--reason", "incident 12", check=False)
+    assert p.returncode == 2 and "--token-file" in p.stderr  # a grant is for a principal, not the admin
+    out = gw.cli("access", "request", "--role", "elevated", "--for", "30m", "--reason", "incident 12",
+                 "--token-file", mine).stdout
+    grant_id = out.split(":")[0]
+    assert grant_id.startswith("gr-") and f"agentgate access approve {grant_id}" in out
+    p = gw.cli("access", "approve", grant_id, "--token-file", token_file(gw, issuer, "contractor-1", ("sre",)), check=False)
+    assert p.returncode == 1 and "separation of duties" in p.stderr
+    gw.cli("access", "approve", grant_id, "--token-file", token_file(gw, issuer, "alice"))
+
+    arn = wait_for(lambda: _try(sts.get_caller_identity), timeout=5)["Arn"]
+    assert arn == "arn:aws:sts::123456789012:assumed-role/agent-role/contractor-1"
+    rec = [r for r in gw.records() if r["principal"] == "contractor-1" and r["outcome"] == "forwarded"][-1]
+    assert rec["approval_id"] == grant_id and rec["approver"] == "alice"
+    active = json.loads(gw.cli("access", "list", "--active", "--json").stdout)
+    assert [g["id"] for g in active] == [grant_id]
+
+    gw.cli("access", "revoke", grant_id, "--reason", "incident over", "--token-file", mine)
+    wait_for(lambda: _refused(sts.get_caller_identity), timeout=5)
+    shown = json.loads(gw.cli("access", "show", grant_id, "--json").stdout)
+    assert (shown["state"], shown["revoked_by"], shown["revoke_reason"]) == ("revoked", "contractor-1", "incident over")
+
+
+def _try(call):
+    try:
+        return call()
+    except botocore.exceptions.ClientError:
+        return None
+
+
+def _refused(call) -> bool:
+    try:
+        call()
+    except botocore.exceptions.ClientError:
+        return True
+    return False

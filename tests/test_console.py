@@ -1,0 +1,146 @@
+"""The approvals console: its API refuses what it should, and in headless Chromium an approver
+signs in, sees a held boto3 call appear without reloading, and releases it with a click (or denies
+another with a reason)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.test_approval_e2e import BUCKET, console, held, s3, start_gateway, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, moto):
+    gateway = start_gateway(tmp_path_factory.mktemp("console"), issuer, moto, approval_hold=20)
+    try:
+        s3(gateway, issuer.mint("setup")).create_bucket(Bucket=BUCKET)
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/test does)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def base(gw) -> str:
+    return f"http://{gw.settings['console_listen']}"
+
+
+def test_the_api_refuses_strangers_and_cross_site_posts(gw, issuer):
+    with httpx.Client(base_url=base(gw), trust_env=False) as c:
+        assert "agentgate" in c.get("/").text
+        r = c.get("/api/state")
+        assert r.status_code == 401 and "sign in" in r.json()["error"]
+        r = c.post("/api/login", json={"token": "not-a-token"})
+        assert r.status_code == 401 and "neither the local admin token nor an OIDC token" in r.json()["error"]
+        r = c.post("/api/login", json={"token": issuer.mint("agent-1")})  # an agent, not an approver
+        assert r.status_code == 401 and "agent-1 is not an approver" in r.json()["error"]
+        r = c.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"], audience="someone-else")})
+        assert r.status_code == 401 and "audience" in r.json()["error"]
+        admin = (gw.home / "keys" / "admin.token").read_text().strip()
+        r = c.post("/api/login", json={"token": admin})
+        assert r.status_code == 200 and r.json()["me"]["sub"] == "agentgate:admin"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert c.get("/api/state").status_code == 200  # the cookie signs the next requests in
+        r = c.post("/api/approvals/ap-000000000000/approve", content=b"reason=x",
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415
+        r = c.post("/api/approvals/ap-000000000000/approve", json={})
+        assert r.status_code == 404 and "there is no approval" in r.json()["error"]
+        r = c.post("/api/approvals/ap-000000000000/deny", json={})
+        assert r.status_code in (400, 404)
+        c.post("/api/logout", json={})
+        c.cookies.clear()
+        assert c.get("/api/state").status_code == 401
+
+
+def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
+    page = browser.new_page()
+    try:
+        page.goto(base(gw) + "/")
+        page.fill("#token", issuer.mint("alice", groups=["sre"]))
+        page.click("#login-form button")
+        page.wait_for_selector("#app:not([hidden])")
+        assert "signed in as alice" in page.inner_text("#me")
+
+        # the page is open before the call: the call's card appears without a reload
+        client = s3(gw, issuer.mint("agent-1", act="bob"), max_pool_connections=4)
+        result: dict = {}
+
+        def agent():
+            try:
+                result["status"] = client.delete_object(Bucket=BUCKET, Key="clicked")["ResponseMetadata"]["HTTPStatusCode"]
+            except Exception as e:  # noqa: BLE001
+                result["error"] = e
+            result["done"] = time.time()
+
+        t = threading.Thread(target=agent)
+        t.start()
+        card = page.wait_for_selector(".approval:has-text('approvals-bucket/clicked')", timeout=10_000)
+        text = card.inner_text()
+        for words in ("s3:DeleteObject", "agent-1 (for bob)", "deleting-needs-sre", "group sre", '"Key": "clicked"'):
+            assert words in text, words
+        approval_id = card.get_attribute("data-id")
+        card.query_selector("input.reason").fill("ticket 99")
+        page.click(f"button[data-approve='{approval_id}']")
+        clicked = time.time()
+        t.join(10)
+        assert result.get("status") == 204, result
+        assert result["done"] - clicked < 1.5
+        page.wait_for_selector(f"#{approval_id}", state="detached", timeout=5_000)
+        page.wait_for_selector(f"#decided tr:has-text('{approval_id}'):has-text('used')", timeout=5_000)
+        row = page.inner_text(f"#decided tr:has-text('{approval_id}')")
+        assert "alice (console)" in row and "ticket 99" in row
+        page.wait_for_selector(f"#calls tr:has-text('{approval_id}'):has-text('forwarded')", timeout=5_000)
+
+        # deny another with a reason: the agent's error carries it
+        t2_result: dict = {}
+        t2 = threading.Thread(target=lambda: t2_result.update(
+            error=held(lambda: client.delete_object(Bucket=BUCKET, Key="refused"))))
+        t2.start()
+        card = page.wait_for_selector(".approval:has-text('approvals-bucket/refused')", timeout=10_000)
+        other_id = card.get_attribute("data-id")
+        page.click(f"button[data-deny='{other_id}']")  # no reason yet: refused, the card stays
+        page.wait_for_selector(f"[id='{other_id}'] .error:has-text('needs a reason')", timeout=5_000)
+        card.query_selector("input.reason").fill("not on a Friday")
+        page.click(f"button[data-deny='{other_id}']")
+        t2.join(10)
+        code, message, _ = t2_result["error"]
+        assert code == "ApprovalDenied" and "not on a Friday" in message and "alice (console" in message
+    finally:
+        page.close()
+
+
+def test_an_agent_cannot_approve_its_own_call_in_the_console(gw, issuer):
+    client = s3(gw, issuer.mint("agent-9", groups=["data-agents", "sre"]), max_pool_connections=4)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(error=held(
+        lambda: client.delete_object(Bucket=BUCKET, Key="self"))))
+    t.start()
+    with console(gw, issuer.mint("agent-9", groups=["sre"])) as c:
+        asked = wait_for(lambda: [a for a in c.get("/api/state").json()["pending"] if a["principal"] == "agent-9"])[0]
+        r = c.post(f"/api/approvals/{asked['id']}/approve", json={})
+        assert r.status_code == 403 and "separation of duties" in r.json()["error"]
+    with console(gw) as c:
+        assert c.post(f"/api/approvals/{asked['id']}/deny", json={"reason": "cleanup"}).status_code == 200
+    t.join(10)
+    assert result["error"][0] == "ApprovalDenied"

@@ -1,0 +1,628 @@
+"""The masking engine (core.masking, core.detectors) and the masking addon, without a network:
+targets from the models and the curated list, every protocol, markers, the agent's copy still
+parsed by botocore, checksums, failures that never break a call, and what the record keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime
+import hashlib
+import hmac
+import json
+import types
+import zlib
+
+import botocore.loaders
+import botocore.parsers
+import botocore.session
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy.test import taddons, tflow
+
+from addons.core import detectors, masking
+from addons.core.classifier import Classification
+from addons.core.policy import Decision
+from addons.core.masking import CURATED, MARKER_RE, Masker, checksum_headers, parse_path
+from addons.core.records import Record
+
+KEY = b"fingerprint-key-for-tests-000001"
+SESSION = botocore.session.get_session()
+LOADER = botocore.loaders.create_loader()
+
+
+def fp(value: bytes | str, key: bytes = KEY) -> str:
+    data = value.encode() if isinstance(value, str) else value
+    return "agentgate:masked:hmac-" + hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+
+
+def call(service: str, operation: str, protocol: str | None = None, **kw) -> Classification:
+    protocol = protocol or SESSION.get_service_model(service).resolved_protocol
+    return Classification(service=service, operation=operation, protocol=protocol, **kw)
+
+
+def parse(service: str, operation: str, body: bytes, headers: dict | None = None, status: int = 200) -> dict:
+    """What botocore makes of a response: the agent's SDK must be able to read it."""
+    model = SESSION.get_service_model(service)
+    parser = botocore.parsers.create_parser(model.resolved_protocol)
+    return parser.parse({"status_code": status, "headers": headers or {}, "body": body},
+                        model.operation_model(operation).output_shape)
+
+
+# -- markers --------------------------------------------------------------------------------------
+
+
+def test_marker_is_a_keyed_fingerprint():
+    m = Masker(KEY)
+    assert m.marker("hunter2") == m.marker(b"hunter2") == fp("hunter2")
+    assert MARKER_RE.fullmatch(m.marker("hunter2"))
+    assert m.marker("hunter2") != m.marker("hunter3")
+    assert Masker(b"another-key-000000000000000000").marker("hunter2") != m.marker("hunter2")
+    assert base64.b64decode(m.blob_marker(b"\x00\x01")).decode() == fp(b"\x00\x01")
+    with pytest.raises(ValueError):
+        Masker(b"")
+
+
+# -- targets from the models ----------------------------------------------------------------------
+
+SYNTHETIC = {
+    "metadata": {"protocol": "json"},
+    "operations": {
+        "Read": {"name": "Read", "http": {"method": "POST", "requestUri": "/"}, "input": {"shape": "In"},
+                 "output": {"shape": "Out"}},
+        "Plain": {"name": "Plain", "http": {"method": "POST", "requestUri": "/"}, "output": {"shape": "Bare"}},
+    },
+    "shapes": {
+        "In": {"type": "structure", "members": {"Token": {"shape": "Secret"}, "Name": {"shape": "Str"}}},
+        "Out": {"type": "structure", "members": {"Nodes": {"shape": "NodeList"}, "Count": {"shape": "Int"},
+                                                 "Pin": {"shape": "SecretInt"}, "Ok": {"shape": "SecretBool"},
+                                                 "At": {"shape": "SecretTime"}, "Key": {"shape": "SecretBlob"},
+                                                 "Kind": {"shape": "Str"}, "Value": {"shape": "Str"}}},
+        "Bare": {"type": "structure", "members": {"Name": {"shape": "Str"}}},
+        "NodeList": {"type": "list", "member": {"shape": "Node"}},
+        "Node": {"type": "structure", "members": {"Name": {"shape": "Str"}, "Child": {"shape": "Node"},
+                                                  "Password": {"shape": "Secret"}, "Attrs": {"shape": "Attrs"},
+                                                  "Wire": {"shape": "Str", "locationName": "wireName"}}},
+        "Attrs": {"type": "map", "key": {"shape": "Str"}, "value": {"shape": "Node"}},
+        "Str": {"type": "string"},
+        "Int": {"type": "integer"},
+        "Secret": {"type": "string", "sensitive": True},
+        "SecretInt": {"type": "integer", "sensitive": True},
+        "SecretBool": {"type": "boolean", "sensitive": True},
+        "SecretTime": {"type": "timestamp", "sensitive": True},
+        "SecretBlob": {"type": "blob", "sensitive": True},
+    },
+}
+
+
+def synthetic(protocol: str = "json") -> Masker:
+    model = copy.deepcopy(SYNTHETIC)
+    model["metadata"]["protocol"] = protocol
+    return Masker(KEY, models=lambda name: model if name == "synthetic" else None)
+
+
+def test_sensitive_members_are_found_through_structures_lists_maps_and_recursion():
+    m = synthetic()
+    shapes = m.service("synthetic")
+    node = shapes.sensitive("Out")
+    assert set(node.members) == {"Nodes", "Pin", "Ok", "At", "Key"}
+    item = node.members["Nodes"].item
+    assert item.members["Child"] is item  # recursive shapes are one node
+    assert item.members["Password"].mask == "sensitive"
+    assert item.members["Attrs"].value is item
+    assert shapes.sensitive("Bare") is None
+    assert set(shapes._nodes) >= {"Out", "Node", "Bare"} and "In" not in shapes._nodes  # worked out on use
+    body = {"Nodes": [{"Name": "a", "Password": "p1", "wireName": "w",
+                       "Child": {"Name": "b", "Password": "p2", "Attrs": {"x": {"Password": "p3", "Name": "c"}}}}],
+            "Count": 3, "Pin": 1234, "Ok": True, "At": 1700000000, "Key": base64.b64encode(b"raw").decode(),
+            "Kind": "k"}
+    part, _ = m.response(Classification(service="synthetic", operation="Read", protocol="json"), status=200,
+                         body=json.dumps(body).encode())
+    out = json.loads(part.body)
+    assert out["Nodes"][0]["Password"] == fp("p1")
+    assert out["Nodes"][0]["Child"]["Password"] == fp("p2")
+    assert out["Nodes"][0]["Child"]["Attrs"]["x"] == {"Password": fp("p3"), "Name": "c"}
+    assert out["Nodes"][0]["Name"] == "a" and out["Nodes"][0]["wireName"] == "w" and out["Count"] == 3
+    # the JSON type is kept where a non-string is masked; blobs stay base64
+    assert (out["Pin"], out["Ok"], out["At"]) == (0, False, 0)
+    assert base64.b64decode(out["Key"]).decode() == fp(b"raw")
+    assert dict(part.masked) == {
+        ("response", "Nodes[].Password", "sensitive"): 1, ("response", "Nodes[].Child.Password", "sensitive"): 1,
+        ("response", "Nodes[].Child.Attrs.*.Password", "sensitive"): 1, ("response", "Pin", "sensitive"): 1,
+        ("response", "Ok", "sensitive"): 1, ("response", "At", "sensitive"): 1, ("response", "Key", "sensitive"): 1}
+
+
+def test_only_the_services_seen_are_loaded():
+    m = Masker(KEY)
+    m.response(call("secretsmanager", "GetSecretValue"), status=200, body=b'{"SecretString": "x"}')
+    assert set(m._services) == {"secretsmanager"}
+
+
+def resolves(service: str, operation: str, direction: str, path: str) -> bool:
+    model = LOADER.load_service_model(service, "service-2")
+    shapes = model["shapes"]
+    shape = shapes[model["operations"][operation][direction]["shape"]]
+    for step in parse_path(path):
+        while shape["type"] == "list":
+            shape = shapes[shape["member"]["shape"]]
+        if shape["type"] == "map":
+            shape = shapes[shape["value"]["shape"]]
+            continue
+        if step not in shape.get("members", {}):
+            return False
+        shape = shapes[shape["members"][step]["shape"]]
+    return True
+
+
+@pytest.mark.parametrize("target", CURATED, ids=lambda t: f"{t.service}:{'/'.join(t.operations)[:40]}")
+def test_every_curated_target_names_members_the_models_have(target):
+    model = LOADER.load_service_model(target.service, "service-2")
+    assert target.reason
+    for operation in target.operations:
+        assert operation in model["operations"], (target.service, operation)
+        for path in target.paths:
+            assert resolves(target.service, operation, target.direction, path), (operation, path)
+            if target.when:
+                parent = ".".join(path.split(".")[:-1] + [target.when[0]])
+                assert resolves(target.service, operation, target.direction, parent), (operation, parent)
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+
+
+def test_secrets_manager_record_and_agent_copy():
+    m = Masker(KEY)
+    body = json.dumps({"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf", "Name": "db",
+                       "SecretString": '{"password": "hunter2"}', "SecretBinary": base64.b64encode(b"\x00bin").decode(),
+                       "VersionId": "4f2a4c1e-7d6b-4e1f-9a3b-1c2d3e4f5a6b", "CreatedDate": 1.7e9}).encode()
+    part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=200, body=body,
+                             policy=("SecretString", "SecretBinary"))
+    record = json.loads(part.body)
+    assert record["SecretString"] == fp('{"password": "hunter2"}') and record["Name"] == "db"
+    assert "hunter2" not in part.body
+    parsed = parse("secretsmanager", "GetSecretValue", agent.body)
+    assert parsed["SecretString"] == fp('{"password": "hunter2"}')
+    assert parsed["SecretBinary"] == fp(b"\x00bin").encode()  # valid base64, decoded by the SDK
+    assert parsed["CreatedDate"].year >= 2023
+    assert agent.masked == {("agent", "SecretString", "policy"): 1, ("agent", "SecretBinary", "policy"): 1}
+
+
+def test_without_a_policy_path_the_agent_copy_is_upstreams():
+    m = Masker(KEY)
+    body = b'{"SecretString": "s3cr3t", "Name": "db"}'
+    part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=200, body=body)
+    assert agent is None and "s3cr3t" not in part.body
+    part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=200, body=body,
+                             policy=("Parameter.Value",))  # a path that is not in this response
+    assert agent is None
+
+
+def test_a_response_with_nothing_to_mask_is_kept_as_sent():
+    m = Masker(KEY)
+    body = b'{"TableNames": ["a", "b"],  "LastEvaluatedTableName": "b"}'
+    part, agent = m.response(call("dynamodb", "ListTables"), status=200, body=body, policy=("Item.ssn",))
+    assert part.body == body.decode() and agent is None and not part.masked
+
+
+def test_dynamodb_attribute_named_by_policy_and_the_crc32():
+    m = Masker(KEY)
+    body = json.dumps({"Item": {"k": {"S": "alice"}, "ssn": {"N": "123456789"}, "card": {"B": "AAEC"},
+                                "tags": {"SS": ["a"]}}}).encode()
+    policy = ("Item.ssn", "Item.card", "Items[].ssn")
+    part, agent = m.response(call("dynamodb", "GetItem"), status=200, body=body, policy=policy,
+                             headers=[("x-amz-crc32", str(zlib.crc32(body)))])
+    item = json.loads(agent.body)["Item"]
+    assert item["ssn"] == {"S": fp("123456789")}  # a string attribute, whatever the type was
+    assert item["card"] == {"S": fp(b"\x00\x01\x02")}
+    assert item["k"] == {"S": "alice"} and item["tags"] == {"SS": ["a"]}
+    assert json.loads(part.body)["Item"] == item
+    changes = checksum_headers(["Content-Type", "x-amz-crc32", "x-amz-checksum-sha256", "x-amz-checksum-type"],
+                               agent.body)
+    assert changes == {"x-amz-crc32": str(zlib.crc32(agent.body)), "x-amz-checksum-sha256": None}
+    rows = json.dumps({"Items": [{"ssn": {"S": "1"}}, {"ssn": {"S": "2"}, "x": {"S": "y"}}], "Count": 2}).encode()
+    _, agent = m.response(call("dynamodb", "Query"), status=200, body=rows, policy=policy)
+    assert [i["ssn"]["S"] for i in json.loads(agent.body)["Items"]] == [fp("1"), fp("2")]
+
+
+def test_the_record_masks_policy_paths_in_requests_too():
+    m = Masker(KEY)
+    c = call("dynamodb", "PutItem", params={"TableName": "t", "Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}})
+    body = json.dumps({"TableName": "t", "Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}}).encode()
+    part = m.request(c, body=body, policy=("Item.ssn",))
+    assert "123-45-6789" not in part.body and part.masked == {("request", "Item.ssn", "policy"): 1}
+    params, counts = m.params(c, ("Item.ssn",))
+    assert params["Item"]["ssn"] == {"S": fp("123-45-6789")} and c.params["Item"]["ssn"] == {"S": "123-45-6789"}
+    assert counts == {("params", "Item.ssn", "policy"): 1}
+
+
+def test_lambda_environment_values_are_masked_and_names_kept_for_the_agent():
+    m = Masker(KEY)
+    body = json.dumps({"Configuration": {"FunctionName": "f", "Environment": {
+        "Variables": {"DB_PASSWORD": "pw", "STAGE": "prod"}}}, "Code": {"Location": "https://x"}}).encode()
+    part, agent = m.response(call("lambda", "GetFunction"), status=200, body=body,
+                             policy=("Configuration.Environment.Variables",))
+    assert parse("lambda", "GetFunction", agent.body)["Configuration"]["Environment"]["Variables"] == {
+        "DB_PASSWORD": fp("pw"), "STAGE": fp("prod")}
+    record = json.loads(part.body)["Configuration"]["Environment"]["Variables"]
+    assert sorted(record.values()) == sorted([fp("pw"), fp("prod")])
+    assert "DB_PASSWORD" not in record  # the model marks the names sensitive too: the record hides them
+
+
+def test_ssm_secure_string_values_are_curated_even_without_the_trait():
+    model = copy.deepcopy(LOADER.load_service_model("ssm", "service-2"))
+    model["shapes"]["PSParameterValue"].pop("sensitive")
+    m = Masker(KEY, models=lambda name: model)
+    body = json.dumps({"Parameters": [{"Name": "/a", "Type": "SecureString", "Value": "s3cure"},
+                                      {"Name": "/b", "Type": "String", "Value": "eu-west-1"}]}).encode()
+    part, _ = m.response(call("ssm", "GetParametersByPath"), status=200, body=body)
+    values = [p["Value"] for p in json.loads(part.body)["Parameters"]]
+    assert values == [fp("s3cure"), "eu-west-1"]
+    assert part.masked == {("response", "Parameters[].Value", "curated"): 1}
+
+
+# -- XML ------------------------------------------------------------------------------------------
+
+STS = (b'<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+       b'<Credentials><AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>'
+       b'<SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>'
+       b'<SessionToken>FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8</SessionToken>'
+       b'<Expiration>2026-07-11T19:55:29.611Z</Expiration></Credentials>'
+       b'<AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/r/s</Arn>'
+       b'<AssumedRoleId>AROA3XFRBF535PLBIFPI4:s</AssumedRoleId></AssumedRoleUser></AssumeRoleResult>'
+       b'<ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>'
+       b'</AssumeRoleResponse>')
+
+
+def test_query_xml_credentials_are_masked_by_splicing():
+    m = Masker(KEY)
+    part, agent = m.response(call("sts", "AssumeRole"), status=200, body=STS, policy=("Credentials.SessionToken",))
+    assert "wJalrXUtnFEMI" not in part.body and "FQoGZXIvYXdz" not in part.body
+    assert part.masked == {("response", "Credentials.SecretAccessKey", "sensitive"): 1,
+                           ("response", "Credentials.SessionToken", "curated"): 1}
+    assert part.body.startswith('<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">')
+    assert part.body.replace(fp("wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"), "S").replace(
+        fp("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8"), "T") == STS.decode().replace(
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "S").replace("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8", "T")
+    parsed = parse("sts", "AssumeRole", agent.body)
+    assert parsed["Credentials"]["SessionToken"] == fp("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8")
+    assert parsed["Credentials"]["SecretAccessKey"] == "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # not in the policy
+    assert parsed["AssumedRoleUser"]["Arn"] == "arn:aws:sts::123456789012:assumed-role/r/s"
+
+
+def test_ec2_user_data_stays_base64():
+    m = Masker(KEY)
+    script = base64.b64encode(b"#!/bin/sh\nexport PW=x\n").decode()
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<DescribeInstanceAttributeResponse '
+            f'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>r-1</requestId><instanceId>i-0123456789abcdef0'
+            f'</instanceId><userData><value>{script}</value></userData></DescribeInstanceAttributeResponse>').encode()
+    part, agent = m.response(call("ec2", "DescribeInstanceAttribute"), status=200, body=body, policy=("UserData.Value",))
+    parsed = parse("ec2", "DescribeInstanceAttribute", agent.body)
+    assert base64.b64decode(parsed["UserData"]["Value"]).decode() == fp(b"#!/bin/sh\nexport PW=x\n")
+    assert parsed["InstanceId"] == "i-0123456789abcdef0"
+    assert script not in part.body and part.masked == {("response", "UserData.Value", "curated"): 1}
+
+
+def test_xml_with_entities_is_not_expanded():
+    m = Masker(KEY)
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+            b'<AssumeRoleResponse><AssumeRoleResult><Credentials><SessionToken>&lol2;</SessionToken>'
+            b'</Credentials></AssumeRoleResult></AssumeRoleResponse>')
+    part, agent = m.response(call("sts", "AssumeRole"), status=200, body=bomb, policy=("Credentials.SessionToken",))
+    assert part.note.startswith("not valid XML") and "DTD" in part.note
+    assert part.body == bomb.decode()  # kept as text, nothing expanded
+    assert agent is None and "agent's copy not masked" in part.note
+
+
+def test_headers_with_the_sensitive_trait_are_masked():
+    m = Masker(KEY)
+    key = base64.b64encode(b"k" * 32).decode()
+    part = m.request(call("s3", "GetObject", params={"Bucket": "b", "Key": "k"}), body=None, headers=[
+        ("Host", "b.s3.amazonaws.com"), ("x-amz-server-side-encryption-customer-key", key),
+        ("Authorization", "AWS4-HMAC-SHA256 Credential=..."), ("X-Amz-Security-Token", "tok")])
+    assert part.headers == [("Host", "b.s3.amazonaws.com"), ("x-amz-server-side-encryption-customer-key", fp(key))]
+    assert part.masked == {("request.headers", "SSECustomerKey", "sensitive"): 1}
+
+
+def test_form_requests_are_masked_pair_by_pair():
+    m = Masker(KEY)
+    body = b"Action=CreateLoginProfile&Version=2010-05-08&UserName=bob&Password=Hunter2%21x"
+    part = m.request(call("iam", "CreateLoginProfile"), body=body)
+    assert part.body == f"Action=CreateLoginProfile&Version=2010-05-08&UserName=bob&Password={fp('Hunter2!x')}"
+    user_data = base64.b64encode(b"#!/bin/sh\npassword=x\n").decode()
+    body = f"Action=RunInstances&Version=2016-11-15&ImageId=ami-1&MinCount=1&MaxCount=1&UserData={user_data}".encode()
+    part = m.request(call("ec2", "RunInstances"), body=body)
+    assert user_data not in part.body and part.masked == {("request", "UserData", "sensitive"): 1}
+    assert "ImageId=ami-1" in part.body
+
+
+def test_query_strings_are_masked():
+    m = Masker(KEY)
+    c = call("chime", "ListAccounts")
+    got = m.request(c, query="user-email=alice%40example.com&max-results=5", body=None)
+    assert got.query == f"user-email={fp('alice@example.com')}&max-results=5"
+    got = m.request(call("s3", "ListObjectsV2"), query="list-type=2&prefix=a", body=None)
+    assert got.query is None  # nothing masked: the recorder keeps its own
+
+
+# -- free text ------------------------------------------------------------------------------------
+
+SECRETS = [
+    ("aws-secret-access-key", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("aws-secret-access-key", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("private-key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----"),
+    ("private-key", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),  # cut short
+    ("jwt", "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl"),
+    ("aws-session-token", "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD"),
+    ("url-password", "mongodb+srv://app:S3cr3tPass@cluster0.example.net/db"),
+    ("url-password", "redis://:authpass123@cache:6379/0"),
+    ("assignment", "Server=db;Database=orders;User Id=sa;Password=Str0ng!Pass;"),
+    ("assignment", "DB_PASSWORD=hunter2hunter2"),
+    ("assignment", 'config: {"client_secret": "abc123def456"}'),
+    ("assignment", "https://b.s3.amazonaws.com/k?X-Amz-Signature=0123456789abcdef&X-Amz-Date=20260101T000000Z"),
+    ("bearer-token", "Authorization: Bearer 0123456789abcdefghij"),
+]
+NOT_SECRETS = [
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
+    "arn:aws:iam::123456789012:role/service-role/AWSLambdaBasicExecutionRole-0123456789",
+    "123456789012", "4f2a4c1e-7d6b-4e1f-9a3b-1c2d3e4f5a6b", "2026-01-01T00:00:00.000Z", "i-0123456789abcdef0",
+    "AKIAIOSFODNN7EXAMPLE", "AROA3XFRBF535PLBIFPI4:session", "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "NextToken=eyJ2IjoiMSJ9", "The password must be at least 8 characters long.",
+    "https://sqs.us-east-1.amazonaws.com/123456789012/orders", "SecretId=prod/db", "token_type=bearer",
+    "s3://bucket/prefix/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789/file.txt",
+]
+
+
+@pytest.mark.parametrize("detector,text", SECRETS)
+def test_detectors_find_secrets(detector, text):
+    m = Masker(KEY)
+    masked, counts = m.mask_text(text, "t")
+    assert detectors.suspicious(text)
+    assert [k[2] for k in counts] == [detector]
+    assert MARKER_RE.search(masked)
+
+
+@pytest.mark.parametrize("text", NOT_SECRETS)
+def test_detectors_leave_identifiers_alone(text):
+    assert detectors.find(text) == [] and Masker(KEY).mask_text(text)[0] == text
+
+
+@given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),
+                min_size=1, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_what_a_detector_finds_never_survives_masking(parts):
+    m = Masker(KEY)
+    text = " ".join(parts)
+    masked, counts = m.mask_text(text)
+    found = detectors.find(text)
+    for f in found:
+        assert m.marker(text[f.start:f.end]) in masked
+    assert sum(counts.values()) == len(found)
+    assert detectors.find(masked) == []  # masking again finds nothing more
+
+
+@given(st.recursive(st.text(max_size=30) | st.integers() | st.booleans() | st.none(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20))
+@settings(max_examples=200, deadline=None)
+def test_any_json_body_keeps_its_meaning_when_nothing_is_found(value):
+    m = Masker(KEY)
+    body = json.dumps(value).encode()
+    part, _ = m.response(call("dynamodb", "GetItem"), status=200, body=body, policy=("Item.ssn",))
+    if not part.masked:
+        assert json.loads(part.body) == value
+
+
+def test_error_bodies_get_the_detectors_only():
+    m = Masker(KEY)
+    body = b'{"__type": "ValidationException", "message": "bad value password=hunter2hunter2 for SecretString"}'
+    part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=400, body=body,
+                             policy=("SecretString",))
+    assert agent is None and "hunter2hunter2" not in part.body
+    assert part.masked == {("response", "message", "assignment"): 1}
+
+
+# -- bodies that are not parsed -------------------------------------------------------------------
+
+
+def test_object_data_is_kept_only_when_policy_opts_in():
+    m = Masker(KEY)
+    body = b"db_url=postgres://app:pw1234@db/app\nregion=eu-west-1\n"
+    get = call("s3", "GetObject", params={"Bucket": "b", "Key": "k"})
+    part, agent = m.response(get, status=200, body=body, content_type="text/plain")
+    assert part.body is None and "object data not kept" in part.note and agent is None
+    part, agent = m.response(get, status=200, body=body, content_type="text/plain", policy=("Body",),
+                             headers=[("x-amz-checksum-crc32", "AAAAAA==")])
+    assert "pw1234" not in part.body and "pw1234" not in agent.body.decode()
+    assert "region=eu-west-1" in agent.body.decode()
+    part, agent = m.response(get, status=200, body=b"\x89PNG\r\n", content_type="image/png", policy=("Body",))
+    assert part.body is None and agent is None and "not text" in part.note
+    big = Masker(KEY, object_cap=8)
+    part, agent = big.response(get, status=200, body=body, content_type="text/plain", policy=("Body",))
+    assert part.body is None and agent is None
+    put = m.request(call("s3", "PutObject"), body=body)
+    assert put.body is None and "object data not kept" in put.note
+
+
+def test_event_streams_and_binary_bodies_are_noted():
+    m = Masker(KEY)
+    part, _ = m.response(call("kinesis", "SubscribeToShard"), status=200, body=b"\x00\x00\x00\x10...",
+                         content_type="application/vnd.amazon.eventstream")
+    assert part.body is None and "event-stream" in part.note
+    part, _ = m.response(Classification(), status=200, body=b"\xff\xfe\x00binary", content_type="application/octet-stream")
+    assert part.body is None and part.note == "binary body not kept"
+    part = m.request(call("s3", "PutObject"), body=None, streamed=True)
+    assert "streamed" in part.note
+
+
+def test_payload_members_that_are_targets_become_one_marker():
+    m = Masker(KEY)
+    part, agent = m.response(call("lambda", "Invoke"), status=200, body=b'{"result": "ok"}', policy=("Payload",))
+    assert part.body == fp(b'{"result": "ok"}') and agent.body == fp(b'{"result": "ok"}').encode()
+
+
+def test_cbor_bodies_are_masked_and_kept_as_json():
+    m = synthetic("smithy-rpc-v2-cbor")
+    data = {"Nodes": [{"Name": "a", "Password": "p1"}], "Key": b"raw", "Count": 2,
+            "At": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)}
+    body = masking.cbor_encode(data)
+    assert masking.decode_cbor(body) == data
+    c = Classification(service="synthetic", operation="Read", protocol="smithy-rpc-v2-cbor")
+    part, agent = m.response(c, status=200, body=body, policy=("Nodes[].Name",))
+    record = json.loads(part.body)
+    assert record["Nodes"][0] == {"Name": fp("a"), "Password": fp("p1")} and part.note == "CBOR body kept as JSON"
+    assert base64.b64decode(record["Key"]) == fp(b"raw").encode()
+    assert masking.decode_cbor(agent.body)["Nodes"][0] == {"Name": fp("a"), "Password": "p1"}
+
+
+# -- failures never break the call ----------------------------------------------------------------
+
+
+def test_an_engine_failure_keeps_no_body_and_leaves_the_agent_copy(monkeypatch):
+    m = Masker(KEY)
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(m, "_json", broken)
+    monkeypatch.setattr(m, "_agent_body", broken)
+    part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=200, body=b'{"SecretString": "x"}',
+                             headers=[("x-amzn-RequestId", "r"), ("x-custom", "c")], policy=("SecretString",))
+    assert part.body is None and part.note.startswith("not masked: RuntimeError: boom")
+    assert part.headers == [("x-amzn-RequestId", "r")] and agent is None
+    req = m.request(call("secretsmanager", "CreateSecret"), body=b'{"SecretString": "x"}')
+    assert req.body is None and req.note.startswith("not masked")
+
+
+# -- the addon ------------------------------------------------------------------------------------
+
+
+def flow_for(service: str, operation: str, body: bytes, *, policy=(), headers=None, refused=False):
+    from addons.stage import CALL, DECISION, REFUSAL, SIGNED
+
+    f = tflow.tflow(resp=True)
+    f.request.path = "/"
+    f.request.content = b"{}"
+    f.response.headers.clear()
+    f.response.content = body
+    for k, v in (headers or {}).items():
+        f.response.headers[k] = v
+    f.metadata[CALL] = call(service, operation)
+    f.metadata[DECISION] = Decision("allow", "test-rule", "allowed", "v1", None, tuple(policy), None, None, ())
+    f.metadata[SIGNED] = types.SimpleNamespace(session_id="s1", role_arn="arn:aws:iam::123456789012:role/r",
+                                               assumed_role_arn=None)
+    if refused:
+        f.metadata[REFUSAL] = object()
+    return f
+
+
+def test_addon_rewrites_the_agents_copy_so_the_sdk_parses_it():
+    from addons.masking import MASKED, Masking
+    from addons.recorder import RESPONSE_DIGEST, build_record
+
+    body = json.dumps({"Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}}).encode()
+    f = flow_for("dynamodb", "GetItem", body, policy=("Item.ssn",),
+                 headers={"x-amz-crc32": str(zlib.crc32(body)), "content-type": "application/x-amz-json-1.0"})
+    addon = Masking(KEY)
+    with taddons.context(addon):
+        asyncio.run(addon.request(f))
+        asyncio.run(addon.response(f))
+    new = f.response.raw_content
+    assert json.loads(new)["Item"]["ssn"] == {"S": fp("123-45-6789")}
+    assert f.response.headers["content-length"] == str(len(new))
+    assert f.response.headers["x-amz-crc32"] == str(zlib.crc32(new))
+    assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
+    assert isinstance(f.metadata[MASKED], masking.MaskedCall)
+    r = build_record(f)
+    assert r.response_body_sha256 == hashlib.sha256(body).hexdigest()
+    assert "123-45-6789" not in r.response_body
+    assert {"part": "agent", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
+    assert {"part": "response", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
+
+
+def test_addon_leaves_refused_calls_and_failures_untouched(monkeypatch):
+    from addons.masking import Masking
+
+    body = b'{"SecretString": "s3cr3t"}'
+    addon = Masking(KEY)
+    f = flow_for("secretsmanager", "GetSecretValue", body, policy=("SecretString",), refused=True)
+    with taddons.context(addon):
+        asyncio.run(addon.response(f))
+    assert f.response.content == body
+    monkeypatch.setattr(addon.masker, "agent_copy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    f = flow_for("secretsmanager", "GetSecretValue", body, policy=("SecretString",))
+    with taddons.context(addon):
+        asyncio.run(addon.response(f))
+    assert f.response.content == body
+    from addons.recorder import build_record
+
+    r = build_record(f)
+    assert "s3cr3t" not in r.response_body and "agent's copy not masked" in r.body_note
+
+
+def test_addon_holds_a_large_response_to_mask_it_for_the_agent():
+    from addons.masking import HeldForAgent, Masking
+    from addons.recorder import RESPONSE_DIGEST
+
+    items = [{"k": {"S": str(i)}, "ssn": {"S": f"ssn-{i}"}, "pad": {"S": "x" * 2000}} for i in range(600)]
+    body = json.dumps({"Items": items, "Count": 600}).encode()
+    assert len(body) > 1 << 20
+    f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",),
+                 headers={"content-length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))})
+    addon = Masking(KEY)
+    with taddons.context(addon):
+        addon.responseheaders(f)
+    held = f.response.stream
+    assert isinstance(held, HeldForAgent)
+    assert "content-length" not in f.response.headers and "x-amz-crc32" not in f.response.headers
+    assert f.response.headers["transfer-encoding"] == "chunked"
+    pieces = [held(body[i:i + 65536]) for i in range(0, len(body), 65536)]
+    assert all(p == [] for p in pieces)
+    (out,) = held(b"")
+    assert [i["ssn"]["S"] for i in json.loads(out)["Items"]][:2] == [fp("ssn-0"), fp("ssn-1")]
+    assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
+    with taddons.context(addon):
+        asyncio.run(addon.response(f))  # already masked: nothing more to do
+    assert addon.masked(f).response_done and addon.masked(f).response_body is not None
+
+
+def test_store_keeps_what_was_masked(tmp_path):
+    from addons.core.store import Store, verify
+
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}", chain_key=b"c" * 32)
+    s.migrate()
+    s.start()
+    try:
+        r = Record(response_body="{}", masked=[{"part": "response", "path": "SecretString", "by": "sensitive",
+                                                "count": 1}], body_note="request: body streamed")
+        s.write_sync(r)
+        got = s.call(r.id)
+        assert got["masked"] == r.masked and got["body_note"] == r.body_note
+    finally:
+        s.close()
+    assert verify(f"sqlite:///{tmp_path / 'a.db'}", b"c" * 32).ok
+
+
+def test_addon_masks_large_bodies_off_the_event_loop(monkeypatch):
+    from addons import masking as addon_module
+    from addons.masking import Masking
+
+    threads = []
+    real = addon_module.asyncio.to_thread
+
+    async def to_thread(fn, *a, **k):
+        threads.append(fn)
+        return await real(fn, *a, **k)
+
+    monkeypatch.setattr(addon_module.asyncio, "to_thread", to_thread)
+    body = json.dumps({"SecretString": "s3cr3t", "Name": "n" * (300 * 1024)}).encode()
+    f = flow_for("secretsmanager", "GetSecretValue", body, policy=("SecretString",))
+    addon = Masking(KEY)
+    with taddons.context(addon):
+        asyncio.run(addon.request(f))
+        asyncio.run(addon.response(f))
+    assert len(threads) == 1  # the response; the request body is small
+    assert json.loads(f.response.content)["SecretString"] == fp("s3cr3t")
+    assert "s3cr3t" not in addon.masked(f).response_body

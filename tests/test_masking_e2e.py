@@ -1,0 +1,361 @@
+"""Masking end to end: secrets planted through a real gateway (Secrets Manager, SSM SecureString,
+Lambda environment, an IAM access key, a DynamoDB item, EC2 user data, free text) are read back by
+unmodified boto3 and AWS CLI agents; the agent gets markers where policy says so and everything
+still parses (DynamoDB's x-amz-crc32 included); then every byte of the store is searched for the
+secrets: none is there. On SQLite, and on PostgreSQL (the tables and the server's files)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from tests.conftest import run_agent
+from tests.support.gateway import Gateway
+
+POLICY = """\
+version: 1
+default: deny
+roles:
+  - principal: {groups: [data-agents]}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+    duration: 1h
+rules:
+  - id: what-these-tests-do
+    action: ["secretsmanager:*", "ssm:*", "lambda:*", "dynamodb:*", "ec2:*", "iam:CreateAccessKey",
+             "iam:CreateUser", "sts:GetCallerIdentity", "s3:*"]
+    decision: allow
+  - id: mask-secret-values
+    action: secretsmanager:GetSecretValue
+    decision: allow
+    mask_for_agent: [SecretString, SecretBinary]
+  - id: mask-parameter-values
+    action: ssm:GetParameter*
+    decision: allow
+    mask_for_agent: [Parameter.Value, "Parameters[].Value"]
+  - id: mask-function-environment
+    action: [lambda:GetFunction, lambda:GetFunctionConfiguration]
+    decision: allow
+    mask_for_agent: [Configuration.Environment.Variables, Environment.Variables]
+  - id: mask-user-data
+    action: ec2:DescribeInstanceAttribute
+    decision: allow
+    mask_for_agent: [UserData.Value]
+  - id: personal-data-in-items
+    action: "dynamodb:*"
+    decision: allow
+    mask_for_agent: [Item.ssn, "Items[].ssn"]
+"""
+
+MARKER = "agentgate:masked:hmac-"
+
+
+@pytest.fixture(scope="module")
+def masking_moto():
+    """A moto of its own, whose agent role may do everything (IAM and EC2 writes included)."""
+    from tests.support.moto_server import MotoServer, _policy
+
+    server = MotoServer()
+    server.start()
+    try:
+        server.broker = server.setup_jit_broker()
+        iam = server.client("iam")
+        iam.put_role_policy(RoleName="agent-role", PolicyName="masking-tests", PolicyDocument=_policy(["*"]))
+        server.enable_auth()
+        yield server
+    finally:
+        server.stop()
+
+
+def make_gateway(home: Path, issuer, moto, settings: dict | None = None) -> Gateway:
+    return Gateway(home, issuer=issuer.issuer, upstream=moto.url,
+                   aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key), policy=POLICY,
+                   settings={"oidc_leeway": 1, **(settings or {})})
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, masking_moto):
+    with make_gateway(tmp_path_factory.mktemp("masking-gw"), issuer, masking_moto) as g:
+        yield g
+
+
+def planted(tag: str) -> dict[str, str]:
+    """Secrets no test could find by chance, one per place they are planted."""
+    r = lambda name: f"{name}-{tag}-{secrets.token_hex(12)}"  # noqa: E731
+    return {"secret_string": r("smstring"), "secret_binary": r("smbinary"), "secure_string": r("ssmsecure"),
+            "lambda_env": r("lambdaenv"), "ssn": r("ddbssn"), "free_text": r("freetext"), "user_data": r("userdata"),
+            "object_text": r("objecttext")}
+
+
+AGENT = textwrap.dedent("""
+    import base64, io, json, sys, zipfile, boto3
+    s = json.loads(sys.argv[1])
+    tag = s["tag"]
+    out = {}
+    sm = boto3.client("secretsmanager")
+    sm.create_secret(Name=f"db-{tag}", SecretString=s["secret_string"])
+    sm.create_secret(Name=f"bin-{tag}", SecretBinary=s["secret_binary"].encode())
+    first = sm.get_secret_value(SecretId=f"db-{tag}")
+    out["secret_string"] = [first["SecretString"], sm.get_secret_value(SecretId=f"db-{tag}")["SecretString"]]
+    out["secret_binary"] = sm.get_secret_value(SecretId=f"bin-{tag}")["SecretBinary"].decode("ascii")
+    out["secret_name"] = first["Name"]
+
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name=f"/app-{tag}/db-password", Value=s["secure_string"], Type="SecureString")
+    ssm.put_parameter(Name=f"/app-{tag}/region", Value="eu-west-1", Type="String")
+    out["parameter"] = ssm.get_parameter(Name=f"/app-{tag}/db-password", WithDecryption=True)["Parameter"]["Value"]
+    out["parameters"] = sorted(p["Value"] for p in ssm.get_parameters_by_path(
+        Path=f"/app-{tag}", WithDecryption=True)["Parameters"])
+
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("handler.py", "def handler(event, context):\\n    return event\\n")
+    lam = boto3.client("lambda")
+    lam.create_function(FunctionName=f"fn-{tag}", Runtime="python3.12", Handler="handler.handler",
+                        Role="arn:aws:iam::123456789012:role/agent-role", Code={"ZipFile": zipped.getvalue()},
+                        Environment={"Variables": {"DB_PASSWORD": s["lambda_env"], "STAGE": "test"}})
+    env = lam.get_function(FunctionName=f"fn-{tag}")["Configuration"]["Environment"]["Variables"]
+    out["lambda_env"] = env
+    out["lambda_env_config"] = lam.get_function_configuration(FunctionName=f"fn-{tag}")["Environment"]["Variables"]
+
+    iam = boto3.client("iam")
+    iam.create_user(UserName=f"app-{tag}")
+    key = iam.create_access_key(UserName=f"app-{tag}")["AccessKey"]
+    out["iam_secret"] = key["SecretAccessKey"]
+
+    ddb = boto3.client("dynamodb")
+    ddb.create_table(TableName=f"people-{tag}", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=f"people-{tag}", Item={"k": {"S": "alice"}, "ssn": {"S": s["ssn"]},
+                                                  "note": {"S": "password=" + s["free_text"]}})
+    item = ddb.get_item(TableName=f"people-{tag}", Key={"k": {"S": "alice"}})["Item"]
+    out["item"] = item
+    out["scan"] = ddb.scan(TableName=f"people-{tag}")["Items"]
+
+    ec2 = boto3.client("ec2")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    script = "#!/bin/sh\\nexport DB_PASSWORD=" + s["user_data"] + "\\n"
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, UserData=script)["Instances"][0]["InstanceId"]
+    attr = ec2.describe_instance_attribute(InstanceId=instance, Attribute="userData")
+    out["user_data"] = attr["UserData"]["Value"]
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=f"objects-{tag}")
+    s3.put_object(Bucket=f"objects-{tag}", Key="notes.txt", Body=("token=" + s["object_text"]).encode(),
+                  ContentType="text/plain")
+    out["object"] = s3.get_object(Bucket=f"objects-{tag}", Key="notes.txt")["Body"].read().decode()
+    print(json.dumps(out))
+""")
+
+
+def run_planting_agent(gw: Gateway, token_file, tmp_path: Path, tag: str) -> tuple[dict, dict]:
+    secrets_ = planted(tag)
+    env = gw.agent_env(token_file(f"masking-{tag}"), tmp_path / f"agent-{tag}")
+    p = subprocess.run([sys.executable, "-c", AGENT, json.dumps({**secrets_, "tag": tag})],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"agent failed:\n{p.stdout}\n{p.stderr}\n{gw.log()[-4000:]}"
+    return secrets_, json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def marker(gw: Gateway, value: bytes | str) -> str:
+    key = (gw.home / "keys" / "fingerprint.key").read_bytes().strip()
+    data = value.encode() if isinstance(value, str) else value
+    return MARKER + hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+
+
+def forms(value: str) -> set[str]:
+    """The ways a secret can be written in a body, a header, a URL or a JSON column."""
+    found = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
+             base64.b64encode(value.encode()).decode()}
+    return {f for f in found if f}
+
+
+def user_data_forms(user_data_secret: str) -> set[str]:
+    script = f"#!/bin/sh\nexport DB_PASSWORD={user_data_secret}\n"
+    encoded = base64.b64encode(script.encode()).decode()
+    return {user_data_secret, encoded, quote(encoded, safe="")}
+
+
+def scan_bytes(blobs: dict[str, bytes], needles: dict[str, set[str]]) -> list[str]:
+    hits = []
+    for where, data in blobs.items():
+        for name, values in needles.items():
+            for v in values:
+                if v.encode() in data:
+                    hits.append(f"{name} ({v[:16]}...) in {where}")
+    return hits
+
+
+def sqlite_files(gw: Gateway) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in gw.home.glob("agentgate.db*")}
+
+
+def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
+    # Secrets Manager: markers, the same secret read twice has the same fingerprint, blobs stay base64
+    assert out["secret_string"][0] == out["secret_string"][1] == marker(gw, s["secret_string"])
+    assert out["secret_binary"] == marker(gw, s["secret_binary"])  # boto3 decoded the base64
+    assert out["secret_name"].startswith("db-")  # the rest of the response is untouched
+    # SSM: the SecureString masked, the String not named... by this path, all values are masked
+    assert out["parameter"] == marker(gw, s["secure_string"])
+    assert all(v.startswith(MARKER) for v in out["parameters"]) and len(out["parameters"]) == 2
+    # Lambda: variable values masked, names kept
+    assert out["lambda_env"] == {"DB_PASSWORD": marker(gw, s["lambda_env"]), "STAGE": marker(gw, "test")}
+    assert out["lambda_env_config"]["DB_PASSWORD"] == marker(gw, s["lambda_env"])
+    # IAM: no policy path, so the agent gets the key (and the record must not)
+    assert len(out["iam_secret"]) == 40 and not out["iam_secret"].startswith(MARKER)
+    # DynamoDB: the attribute policy names is masked as a string attribute; the rest as it was
+    assert out["item"]["ssn"] == {"S": marker(gw, s["ssn"])}
+    assert out["item"]["note"] == {"S": "password=" + s["free_text"]} and out["item"]["k"] == {"S": "alice"}
+    assert out["scan"][0]["ssn"] == {"S": marker(gw, s["ssn"])}
+    # EC2: user data is base64 on the wire; the agent gets a valid base64 marker
+    assert base64.b64decode(out["user_data"]).decode().startswith(MARKER)
+    # S3 objects are not masked by default
+    assert out["object"] == "token=" + s["object_text"]
+
+
+def needles_for(s: dict, out: dict) -> dict[str, set[str]]:
+    needles = {name: forms(value) for name, value in s.items() if name != "user_data"}
+    needles["user_data"] = user_data_forms(s["user_data"])
+    needles["iam_secret"] = forms(out["iam_secret"])
+    return needles
+
+
+def test_planted_secrets_never_reach_the_store(gw, token_file, tmp_path):
+    s, out = run_planting_agent(gw, token_file, tmp_path, "sqlite")
+    check_agent_view(gw, s, out)
+    files = sqlite_files(gw)
+    assert scan_bytes(files, {"control": {"db-sqlite", "people-sqlite"}})  # what is not secret is there
+    hits = scan_bytes(files, needles_for(s, out))
+    assert hits == [], hits
+    assert scan_bytes({"gateway.log": gw.log().encode()}, needles_for(s, out)) == []
+    records = [r for r in gw.records() if r["principal"] == "masking-sqlite"]
+    assert {r["status"] for r in records} <= {200, 201}, [(r["action"], r["status"], r["error"]) for r in records]
+    assert len(records) >= 20
+
+
+def test_each_record_lists_what_was_masked_never_the_values(gw, token_file, tmp_path):
+    s, out = run_planting_agent(gw, token_file, tmp_path, "lists")
+    records = {(r["action"], r["seq"]): r for r in gw.records() if r["principal"] == "masking-lists"}
+
+    def masked(action: str) -> list[dict]:
+        """What the records of ``action`` list as masked, all of them."""
+        found = [r for (a, _), r in sorted(records.items()) if a == action]
+        assert found, action
+        return [m for r in found for m in json.loads(r["masked"])]
+
+    get = masked("secretsmanager:GetSecretValue")
+    assert {"part": "response", "path": "SecretString", "by": "sensitive", "count": 1} in get
+    assert {"part": "agent", "path": "SecretString", "by": "policy", "count": 1} in get
+    assert {"part": "request", "path": "SecretString", "by": "sensitive", "count": 1} in masked("secretsmanager:CreateSecret")
+    assert any(m["part"] == "params" and m["path"] == "SecretString" for m in masked("secretsmanager:CreateSecret"))
+    assert {"part": "response", "path": "AccessKey.SecretAccessKey", "by": "sensitive", "count": 1} in masked(
+        "iam:CreateAccessKey")
+    put = masked("dynamodb:PutItem")
+    assert {"part": "request", "path": "Item.ssn", "by": "policy", "count": 1} in put
+    assert {"part": "request", "path": "Item.*.S", "by": "assignment", "count": 1} in put
+    assert {"part": "response", "path": "UserData.Value", "by": "curated", "count": 1} in masked(
+        "ec2:DescribeInstanceAttribute")
+    assert {"part": "request", "path": "UserData", "by": "sensitive", "count": 1} in masked("ec2:RunInstances")
+    text = json.dumps([r["masked"] for r in records.values()])
+    assert not any(v in text for vs in needles_for(s, out).values() for v in vs)
+    obj = next(r for (a, _), r in records.items() if a == "s3:GetObject")
+    assert obj["response_body"] is None and "object data not kept" in obj["body_note"]
+    secret = next(r for (a, _), r in sorted(records.items()) if a == "secretsmanager:GetSecretValue")
+    body = json.loads(secret["response_body"])
+    assert body["SecretString"] == marker(gw, s["secret_string"]) and body["Name"].startswith("db-")
+    assert int(secret["response_body_size"]) > len(secret["response_body"].encode()) - 64  # upstream's size
+
+
+def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, token_file, tmp_path, aws_cli):
+    s, _ = run_planting_agent(gw, token_file, tmp_path, "cli")
+    env = gw.agent_env(token_file("masking-cli"), tmp_path / "cli-home")
+    p = subprocess.run([aws_cli, "dynamodb", "get-item", "--table-name", "people-cli", "--key", '{"k": {"S": "alice"}}',
+                        "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    item = json.loads(p.stdout)["Item"]
+    assert item["ssn"] == {"S": marker(gw, s["ssn"])}
+    assert "crc32" not in p.stderr.lower()
+    p = subprocess.run([aws_cli, "secretsmanager", "get-secret-value", "--secret-id", "db-cli", "--output", "json"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["SecretString"] == marker(gw, s["secret_string"])
+
+
+def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, token_file, tmp_path):
+    """botocore checks x-amz-crc32 and retries on a mismatch: a stale one would show as retries."""
+    run_planting_agent(gw, token_file, tmp_path, "crc")
+    env = gw.agent_env(token_file("masking-crc"), tmp_path / "crc-home")
+    p = run_agent(env, textwrap.dedent("""
+        import json, boto3
+        ddb = boto3.client("dynamodb")
+        r = ddb.get_item(TableName="people-crc", Key={"k": {"S": "alice"}})
+        print(json.dumps({"retries": r["ResponseMetadata"]["RetryAttempts"], "ssn": r["Item"]["ssn"]["S"],
+                          "crc": r["ResponseMetadata"]["HTTPHeaders"].get("x-amz-crc32")}))
+    """))
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["retries"] == 0 and out["ssn"].startswith(MARKER) and out["crc"]
+
+
+def test_postgresql_store_holds_no_planted_secret(tmp_path_factory, issuer, masking_moto, token_file, tmp_path):
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    from tests.support.postgres import PostgresUnavailable, shared_server
+
+    try:
+        server = shared_server()
+        url = server.fresh_database()
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
+    with make_gateway(tmp_path_factory.mktemp("masking-pg"), issuer, masking_moto, {"db": url}) as g:
+        s, out = run_planting_agent(g, token_file, tmp_path, "pg")
+        check_agent_view(g, s, out)
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as conn:
+        tables = inspect(conn).get_table_names()
+        dump = {t: "\n".join(str(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{t}"'))).encode()
+                for t in tables}
+    assert dump["calls"].count(b"masking-pg") >= 20
+    needles = needles_for(s, out)
+    assert scan_bytes(dump, needles) == []
+    files = {str(p): p.read_bytes() for p in Path(server.data).rglob("*") if p.is_file() and p.stat().st_size < 64 << 20}
+    assert scan_bytes(files, {"control": {"people-pg"}})  # the server's files hold the calls
+    assert scan_bytes(files, needles) == []
+
+
+def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, tmp_path):
+    """The recorder streams responses over 1 MiB; one with members to mask for the agent is held
+    whole instead, masked, and sent chunked (no Content-Length, no stale x-amz-crc32)."""
+    env = gw.agent_env(token_file("masking-big"), tmp_path / "big-home")
+    p = run_agent(env, textwrap.dedent("""
+        import json, boto3
+        ddb = boto3.client("dynamodb")
+        ddb.create_table(TableName="big", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                         BillingMode="PAY_PER_REQUEST")
+        many = {f"a{n:02d}": {"N": "1"} for n in range(60)}  # small attributes: much JSON per byte of data
+        for start in range(0, 750, 25):
+            ddb.batch_write_item(RequestItems={"big": [{"PutRequest": {"Item": {
+                "k": {"S": f"{i:04d}"}, "ssn": {"S": f"big-ssn-{i:04d}"}, "pad": {"S": "p" * 400}, **many}}}
+                for i in range(start, start + 25)]})
+        r = ddb.scan(TableName="big")
+        print(json.dumps({"n": len(r["Items"]), "ssn": sorted({i["ssn"]["S"][:22] for i in r["Items"]}),
+                          "retries": r["ResponseMetadata"]["RetryAttempts"],
+                          "chunked": r["ResponseMetadata"]["HTTPHeaders"].get("transfer-encoding")}))
+    """))
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["n"] > 0 and out["ssn"] == [MARKER] and out["retries"] == 0 and out["chunked"] == "chunked"
+    scan = [r for r in gw.records() if r["principal"] == "masking-big" and r["action"] == "dynamodb:Scan"][-1]
+    assert scan["response_body_size"] > 1 << 20 and "big-ssn-" not in (scan["response_body"] or "")
+    assert {"part": "agent", "path": "Items[].ssn", "by": "policy", "count": out["n"]} in json.loads(scan["masked"])

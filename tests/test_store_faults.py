@@ -1,0 +1,250 @@
+"""When the store cannot write (NIST AU-5): a running gateway refuses calls with an AWS-shaped 503
+and one log line each, and recovers by itself when the store is back (PostgreSQL stopped and
+started; a SQLite store on a full disk); with ``fail_open = true`` it answers with a loud warning
+and writes the records on recovery. The records of refused calls are written on recovery too, and
+say that the agent got the 503. Also the writer's own parts: its chain hash, and its kept
+connection across a server restart."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import subprocess
+import time
+
+import botocore.exceptions
+import pytest
+
+from addons.core import chain
+from addons.core.records import Record
+from addons.core.store import Store, StoreUnavailable, canonical_template, chained_hash, record_row, verify
+from tests.support.gateway import Gateway
+from tests.support.postgres import shared_server
+from tests.support.upstream import CannedUpstream
+from tests.test_recording_e2e import GATEWAY_KEY, agent, records, settled
+from tests.test_store import full_record
+
+DDB_URL = "POST https://dynamodb.us-east-1.amazonaws.com/"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with CannedUpstream() as up:
+        yield up
+
+
+def gateway(tmp_path, issuer, upstream, db: str, **settings) -> Gateway:
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                 settings={"db": db, **settings})
+    gw.db_url, gw.sent = db, []
+    return gw
+
+
+def refused_by_the_store(call) -> botocore.exceptions.ClientError:
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    response = e.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert response["Error"]["Code"] == "ServiceUnavailable"
+    assert "evidence store is unavailable" in response["Error"]["Message"]
+    return e.value
+
+
+def until_answered(call, timeout: float = 10) -> tuple[float, int]:
+    """Call until it is answered: (seconds it took, calls refused by the store on the way)."""
+    started, refused = time.monotonic(), 0
+    while True:
+        try:
+            call()
+            return time.monotonic() - started, refused
+        except botocore.exceptions.ClientError as e:
+            assert e.response["Error"]["Code"] == "ServiceUnavailable"
+            refused += 1
+            assert time.monotonic() - started < timeout, "the gateway did not recover"
+            time.sleep(0.2)
+
+
+def check_refused_records(rs: list[dict], refused: int) -> None:
+    """The records of calls refused by the store were written on recovery and say what the agent
+    got. The first call went upstream while the store still looked healthy and was refused when its
+    commit failed; the others were refused before they went anywhere."""
+    kept = [r for r in rs if r["outcome"] == "refused"]
+    assert len(kept) == refused and {r["status"] for r in kept} == {503}
+    first = kept[0]
+    assert (first["decision"], first["rule"], first["action"]) == ("allow", "data-plane", "dynamodb:ListTables")
+    assert first["error"].startswith("ServiceUnavailable (agentgate:store): agentgate cannot record this call")
+    assert "upstream had answered 200 (request id " in first["error"] and first["aws_request_id"]
+    for r in kept[1:]:
+        assert (r["decision"], r["rule"], r["action"]) == ("deny", "agentgate:store", "dynamodb:ListTables")
+        assert r["error"].startswith("ServiceUnavailable: agentgate cannot record this call")
+
+
+def upstream_calls(upstream) -> int:
+    return sum(1 for method, path, headers in upstream.requests if dict(headers).get("X-Amz-Target"))
+
+
+# -- PostgreSQL stopped under a running gateway ------------------------------------------------------
+
+
+def test_postgres_down_fails_closed_and_recovers(tmp_path, issuer, upstream):
+    pg = shared_server()
+    db = pg.create_database()
+    with gateway(tmp_path, issuer, upstream, db) as gw:
+        sub, ddb = agent(gw, issuer, "fail-closed", "dynamodb")
+        ddb.list_tables()
+        pg.stop()
+        try:
+            started, sent = time.monotonic(), upstream_calls(upstream)
+            for _ in range(3):  # the first waits for a commit that fails; the others are refused at once
+                refused_by_the_store(ddb.list_tables)
+            assert time.monotonic() - started < 5
+            assert upstream_calls(upstream) == sent + 1  # only the first reached upstream
+        finally:
+            pg.start()
+        took, more = until_answered(ddb.list_tables)
+        assert took < 5, f"recovered after {took:.1f} s"
+        log = gw.log()
+    refused = 3 + more
+    assert log.count(f"ERROR agentgate.recorder: refusing {DDB_URL} with 503: the store cannot write") == refused
+    assert log.count("ERROR agentgate.store: store ") == 1  # the store says it is down once, not per call
+    rs = records(gw, principal=sub)
+    assert len(rs) == 1 + refused + 1  # one per call, the refused ones included
+    assert [r["outcome"] for r in (rs[0], rs[-1])] == ["forwarded", "forwarded"]
+    check_refused_records(rs, refused)
+    result = verify(db)
+    assert result.ok, result.problems
+
+
+def test_fail_open_answers_with_a_warning_and_records_on_recovery(tmp_path, issuer, upstream):
+    pg = shared_server()
+    db = pg.create_database()
+    with gateway(tmp_path, issuer, upstream, db, fail_open=True) as gw:
+        sub, ddb = agent(gw, issuer, "fail-open", "dynamodb")
+        ddb.list_tables()
+        pg.stop()
+        try:
+            for _ in range(3):
+                assert ddb.list_tables()["TableNames"] == []  # answered although nothing is recorded yet
+            assert gw.log().count(f"WARNING agentgate.recorder: FAIL OPEN: the store cannot write") == 3
+        finally:
+            pg.start()
+        rs = settled(gw, lambda r: r["principal"] == sub, at_least=4, timeout=10)
+    assert [(r["outcome"], r["status"]) for r in rs] == [("forwarded", 200)] * 4
+    assert verify(db).ok
+
+
+# -- SQLite on a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs: a disk that can be filled and emptied. Needs root (CAP_SYS_ADMIN)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({p.stderr.strip()}); run as root to test a full disk")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(directory) -> None:
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_sqlite_on_a_full_disk_fails_closed_and_recovers(tmp_path, issuer, upstream, small_disk):
+    db = f"sqlite:///{small_disk / 'agentgate.db'}"
+    with gateway(tmp_path, issuer, upstream, db) as gw:
+        sub, ddb = agent(gw, issuer, "disk-full", "dynamodb")
+        ddb.list_tables()
+        fill(small_disk)
+        try:
+            sent = upstream_calls(upstream)
+            for _ in range(3):
+                refused_by_the_store(ddb.list_tables)
+            assert upstream_calls(upstream) == sent + 1
+        finally:
+            (small_disk / "filler").unlink()
+        took, more = until_answered(ddb.list_tables)
+        assert took < 5, f"recovered after {took:.1f} s"
+        log = gw.log()
+    assert "database or disk is full" in log
+    refused = 3 + more
+    assert log.count(f"refusing {DDB_URL} with 503: the store cannot write") == refused
+    rs = records(gw, principal=sub)
+    assert len(rs) == 1 + refused + 1
+    check_refused_records(rs, refused)
+    assert verify(db).ok
+
+
+# -- the writer --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", [
+    full_record(),
+    Record(),
+    full_record(principal="\u2603 \x00 \ud800", params={"z": [1, {"b": None}], "a": "é"}, status=None),
+    full_record(id="seq\"prev_hash", reason='"prev_hash":"x","seq":1'),
+])
+def test_the_writer_s_hash_is_the_chain_s(record):
+    row = record_row(record)
+    for writer_id, seq, prev in (("w", 1, chain.GENESIS), ("host:1:ab\u00e9", 10**12, "f" * 64)):
+        expected = chain.record_hash({**row, "writer_id": writer_id, "seq": seq, "prev_hash": prev})
+        assert chained_hash(canonical_template(row), writer_id, seq, prev) == expected
+
+
+def test_the_writer_s_connection_survives_a_server_restart():
+    """The writer keeps its connection between commits; when PostgreSQL restarted meanwhile, the
+    next write goes through on a new one instead of being refused."""
+    pg = shared_server()
+    url = pg.create_database()
+    s = Store(url, checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    try:
+        s.write_sync(Record(principal="before"))
+        pg.restart()
+        s.write_sync(Record(principal="after"))
+        assert s.healthy and s.stats["failures"] == 0
+    finally:
+        pg.start()
+        s.close()
+    assert [c["principal"] for c in s.calls(newest_first=False)] == ["before", "after"]
+    s.engine.dispose()
+
+
+def test_a_refused_call_s_record_is_kept_and_says_so():
+    """Store level: a write refused while the store is down keeps the record with the caller's
+    ``if_refused`` fields, and writes it when the store is back."""
+    pg = shared_server()
+    url = pg.create_database()
+    s = Store(url, checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    answered = Record(principal="p", outcome="forwarded", status=200)
+    try:
+        s.write_sync(Record(principal="p"))
+        pg.stop()
+        with pytest.raises(StoreUnavailable):
+            s.write_sync(answered, if_refused={"outcome": "refused", "status": 503, "error": "store down"})
+        with pytest.raises(StoreUnavailable):
+            s.write_sync(dataclasses.replace(answered, id="second"), if_refused={"outcome": "refused", "status": 503})
+    finally:
+        pg.start()
+    deadline = time.monotonic() + 10
+    while s.queued and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s.close()
+    rs = {c["id"]: c for c in s.calls()}
+    assert (rs[answered.id]["outcome"], rs[answered.id]["status"], rs[answered.id]["error"]) == ("refused", 503, "store down")
+    assert (rs["second"]["outcome"], rs["second"]["status"]) == ("refused", 503)
+    assert verify(url).ok
+    s.engine.dispose()
