@@ -62,7 +62,7 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
         Egress(settings.allow_hosts, settings.allow_private),
         Auth(validator),
         Classify(),
-        Policy(policies, approvals),
+        Policy(policies, approvals, store),
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
                  mask=lambda call: masking.masker.params(call)[0]),
         Signer(broker, settings.upstream),

@@ -5,6 +5,7 @@ last good version in force. An ``approve`` decision goes on to the approval stag
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -13,6 +14,7 @@ from mitmproxy import http
 from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
 from .core.policy import PolicyError, PolicyStore
+from .core.store import StoreError
 from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
 
 log = logging.getLogger("agentgate.policy")
@@ -24,14 +26,27 @@ def log_policy_error(error: PolicyError) -> None:
 
 
 class Policy:
-    def __init__(self, policies: PolicyStore, grants: Approvals | None = None) -> None:
+    def __init__(self, policies: PolicyStore, grants: Approvals | None = None, store=None) -> None:
         self.policies = policies
         self.grants = grants  # access grants in force: a principal's calls run as the granted role
+        self.store = store  # keeps each policy version's text, once
+        self.stored: set[str] = set()
 
-    def _run(self, flow: http.HTTPFlow) -> None:
+    async def _keep_text(self, current) -> None:
+        """Store the text of a policy version the first time a call is decided by it."""
+        if self.store is None or current.version in self.stored:
+            return
+        try:
+            await asyncio.to_thread(self.store.store_policy_version, current.version, current.text)
+            self.stored.add(current.version)
+        except StoreError as e:
+            log.error("the text of policy version %s is not stored yet: %s", current.version, e)
+
+    async def _run(self, flow: http.HTTPFlow) -> None:
         principal = flow.metadata[PRINCIPAL]
         call = flow.metadata[CALL]
         current = self.policies.current
+        await self._keep_text(current)
         decision = current.evaluate(principal, call)
         if self.grants is not None and (grant := self.grants.grant_for(principal)) is not None:
             if (role := granted_role(current, grant)) is not None:
@@ -45,10 +60,10 @@ class Policy:
             answer(flow, Refusal(403, "AccessDenied", f"no role in policies/ is mapped to principal {principal.sub!r}; "
                                  "an operator adds one under `roles`", "roles"))
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if due(flow, "requestheaders"):
-            self._run(flow)
+            await self._run(flow)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if due(flow, "request"):
-            self._run(flow)
+            await self._run(flow)

@@ -94,6 +94,12 @@ def test_policy_reloads_without_dropping_connections(tmp_path, issuer, moto):
             time.sleep(0.3)
         after = gw.records()[-1]["policy_version"]
         assert after != before
+        import sqlite3
+
+        con = sqlite3.connect(gw.db_path)
+        texts = dict(con.execute("select version, text from policy_versions").fetchall())
+        con.close()
+        assert before in texts and after in texts and "no-table-listing" in texts[after]
         # a broken change keeps the last good version in force, and says where it broke
         policy_file.write_text(policy_file.read_text() + "  - id: broken\n    decision: maybe\n")
         time.sleep(2)
