@@ -39,6 +39,17 @@ async def _run(size: int, work):
     return await asyncio.to_thread(work) if size > THREAD_OVER else work()
 
 
+def _header(pairs: list[tuple[str, str]], name: str) -> str:
+    return next((v for k, v in pairs if k.lower() == name), "")
+
+
+def _content(message: http.Message, pairs: list[tuple[str, str]]) -> bytes | None:
+    """The body with its content-encoding undone (as sent, when there is none or it is unknown)."""
+    if _header(pairs, "content-encoding").lower() in ("", "identity"):
+        return message.raw_content
+    return message.get_content(strict=False)
+
+
 def _response_digest() -> str:
     """The recorder's key for the SHA-256 and size of the body upstream sent (it imports this module)."""
     from .recorder import RESPONSE_DIGEST
@@ -75,8 +86,12 @@ class HeldForAgent:
         self.flow.metadata[_response_digest()] = (self.sha.hexdigest(), self.size)
         if self.passing:
             return []
-        out = self.addon.mask_held(self.flow, bytes(self.buffer))
-        self.buffer = bytearray()
+        body, self.buffer = bytes(self.buffer), bytearray()
+        try:
+            out = self.addon.mask_held(self.flow, body)
+        except Exception as e:  # noqa: BLE001 - masking never breaks the call
+            self.addon.masked(self.flow).notes.append(f"response: not masked: {type(e).__name__}")
+            out = body
         return [out] if out else []
 
 
@@ -114,10 +129,10 @@ class Masking:
         _, _, query = req.path.partition("?")
         streamed = bool(flow.metadata.get(STREAM) or req.stream)
         try:
-            body = None if streamed else req.get_content(strict=False)
-            query = sigv4.scrub_query(query) if query else ""
             headers = header_pairs(req.headers)
-            content_type = req.headers.get("content-type", "")
+            body = None if streamed else _content(req, headers)
+            query = sigv4.scrub_query(query) if query else ""
+            content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001
             mc.notes.append(f"request: not masked: {type(e).__name__}")
             return None, 0
@@ -216,9 +231,9 @@ class Masking:
         mc.response_done = True
         streamed = bool(resp.stream)
         try:
-            body = None if streamed else resp.get_content(strict=False)
             headers = header_pairs(resp.headers)
-            content_type = resp.headers.get("content-type", "")
+            body = None if streamed else _content(resp, headers)
+            content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001
             mc.notes.append(f"response: not masked: {type(e).__name__}")
             return None, 0

@@ -42,7 +42,7 @@ JWT = re.compile(
 )
 SESSION_TOKEN_PREFIXES = ("IQoJb3JpZ2lu", "FwoGZXIvYXdz", "FQoGZXIvYXdz", "AQoDYXdz", "AgoJb3JpZ2lu")
 SESSION_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9/+])(?:" + "|".join(SESSION_TOKEN_PREFIXES) + r")[A-Za-z0-9/+=]{16,}"
+    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{40})(?:" + "|".join(SESSION_TOKEN_PREFIXES) + r")[A-Za-z0-9/+=]*"
 )
 SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 SECRET_KEY_CONTEXT = re.compile(r"(?i)secret[A-Za-z0-9_ -]{0,24}(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?$")
@@ -66,6 +66,7 @@ _STEMS = ("pass", "pwd", "secret", "token", "signature", "key")
 _KEY_STARTS = (3, 4, 6, 7, 8)  # where a key word ending in "key" starts: api, api_, access, access_, private(_)
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+")
 _RUNS = bytes(0x61 if c in _B64 else 0x20 for c in range(256))  # base64 characters -> "a", others -> " "
+_SESSION_PREFIXES = tuple(p.encode() for p in SESSION_TOKEN_PREFIXES)
 
 # Names (of the assignment's key, or of the member holding a value) that hold no secret although a
 # key word is in them: pagination and idempotency tokens, token metadata.
@@ -122,9 +123,7 @@ def suspicious(text: str, json: bool = False) -> bool:
         if "\\u" in text:  # escapes could hide what the patterns look for
             return True
         text = text.replace("\\/", "/")
-    if "&#" in text or "PRIVATE KEY" in text or "eyJ" in text:
-        return True
-    if "YXdz" in text or "b3JpZ2lu" in text:  # base64 of "aws" and "origin": every session token prefix
+    if ("&" in text and "&#" in text) or ("J" in text and "eyJ" in text) or "PRIVATE KEY" in text:
         return True
     if "@" in text and "://" in text and URL_PASSWORD_HINT.search(text):
         return True
@@ -148,13 +147,14 @@ def _assignment_hint(lowered: str, pattern: re.Pattern) -> bool:
 
 
 def _key_run(raw: bytes) -> bool:
-    """Is there a run of exactly 40 base64 characters (not followed by padding)?"""
+    """Is there a run of exactly 40 base64 characters (not followed by padding), or a longer one
+    that starts like a session token?"""
     runs = raw.translate(_RUNS)
     i = runs.find(b"a" * 40)
     while i >= 0:  # i starts a run: no shorter run holds 40 in a row
         end = runs.find(b" ", i + 40)
         end = len(runs) if end < 0 else end
-        if end - i == 40 and raw[end:end + 1] != b"=":
+        if end - i == 40 and raw[end:end + 1] != b"=" or raw.startswith(_SESSION_PREFIXES, i):
             return True
         i = runs.find(b"a" * 40, end)
     return False

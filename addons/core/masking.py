@@ -1310,15 +1310,13 @@ def _pair_ids(original: Any, copy: Any, index: dict[int, Any]) -> None:
 
 
 def _strings(value: Any, depth: int = 0) -> Iterable[str]:
-    """Every string in a tree of dicts and lists (keys too)."""
+    """Every string value in a tree of dicts and lists."""
     if depth > MAX_DEPTH:
         return
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str):
-                yield k
+        for v in value.values():
             yield from _strings(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
