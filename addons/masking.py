@@ -254,8 +254,20 @@ class Masking:
         try:
             flow.response = self._agent_response(flow, copy)
             mc.counts.update(copy.masked)
-        except Exception as e:  # noqa: BLE001 - the agent's copy stays as upstream sent it
+        except Exception as e:  # noqa: BLE001
             mc.notes.append(f"response: agent's copy not masked: {type(e).__name__}")
+            if self._for_agent(flow):
+                self._withhold(flow, type(e).__name__)
+
+    def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
+        """Policy says the agent gets this response masked and masking failed: the agent gets an
+        error instead of the secret (fail closed)."""
+        from .core.awserrors import Refusal, render
+
+        refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
+                          f"({why}), so it is withheld; the call itself went through", "masking")
+        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        flow.response = http.Response.make(status, body, headers)
 
     def mask_response(self, flow: http.HTTPFlow) -> None:
         """The response hook's work, on the event loop whatever the size (tests, benchmarks)."""
@@ -272,7 +284,14 @@ class Masking:
         await self._mask_request(flow)
         work, size = self._response_work(flow)
         if work is not None:
-            self._apply(flow, await _run(size, work))
+            try:
+                copy = await _run(size, work)
+            except Exception as e:  # noqa: BLE001 - masking never breaks the call
+                self.masked(flow).notes.append(f"response: not masked: {type(e).__name__}")
+                if self._for_agent(flow):
+                    self._withhold(flow, type(e).__name__)
+                return
+            self._apply(flow, copy)
 
     def _agent_response(self, flow: http.HTTPFlow, copy) -> http.Response:
         upstream = flow.response

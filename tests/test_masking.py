@@ -626,3 +626,30 @@ def test_addon_masks_large_bodies_off_the_event_loop(monkeypatch):
     assert len(threads) == 1  # the response; the request body is small
     assert json.loads(f.response.content)["SecretString"] == fp("s3cr3t")
     assert "s3cr3t" not in addon.masked(f).response_body
+
+
+def test_a_response_that_policy_masks_for_the_agent_is_withheld_when_masking_fails():
+    """Fail closed: the agent never gets a secret that policy says to mask."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from mitmproxy.test import tflow
+
+    from addons.masking import Masking
+    from addons.stage import CALL, DECISION, SIGNED
+
+    m = Masking(b"k" * 32)
+    flow = tflow.tflow(resp=True)
+    flow.response.content = b'{"SecretString": "hunter2"}'
+    flow.metadata[CALL] = SimpleNamespace(service="secretsmanager", operation="GetSecretValue", protocol="json",
+                                          action="secretsmanager:GetSecretValue", params={}, resources=[])
+    flow.metadata[DECISION] = SimpleNamespace(mask_for_agent=("SecretString",))
+    flow.metadata[SIGNED] = SimpleNamespace(role_arn="arn:aws:iam::123456789012:role/r", session_id="s")
+
+    def broken(*a, **k):
+        raise RuntimeError("engine failure")
+
+    m.masker.response = broken
+    asyncio.run(m.response(flow))
+    assert b"hunter2" not in flow.response.content
+    assert flow.response.status_code == 400 and b"ResponseWithheld" in flow.response.content
