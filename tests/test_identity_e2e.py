@@ -72,6 +72,8 @@ def test_transport_a_refused_at_connect(gateway, issuer, case):
     assert token not in text
     signature = token.split(".")[-1]
     assert not signature or signature not in text
+    rec = [r for r in gateway.records() if r["kind"] == "connect" and r["error"] and words.lower() in r["error"].lower()]
+    assert rec and rec[-1]["outcome"] == "refused" and rec[-1]["rule"] == "agentgate:auth", "the refusal is recorded"
 
 
 @pytest.mark.parametrize("case", ["malformed", "expired", "not-yet-valid", "wrong-issuer", "wrong-audience",

@@ -240,6 +240,15 @@ def test_planted_secrets_never_reach_the_store(gw, token_file, tmp_path):
     records = [r for r in gw.records() if r["principal"] == "masking-sqlite"]
     assert {r["status"] for r in records} <= {200, 201}, [(r["action"], r["status"], r["error"]) for r in records]
     assert len(records) >= 20
+    # every export format, too
+    exports = {}
+    for fmt in ("jsonl", "ocsf", "mitm", "oscal"):
+        target = tmp_path / f"export.{fmt}"
+        gw.cli("export", "--format", fmt, "-o", str(target))
+        exports.update({p.name: p.read_bytes() for p in tmp_path.glob("export.*")})
+    assert len(exports) >= 4
+    assert scan_bytes(exports, {"control": {"db-sqlite"}})
+    assert scan_bytes(exports, needles_for(s, out)) == []
 
 
 def test_each_record_lists_what_was_masked_never_the_values(gw, token_file, tmp_path):
