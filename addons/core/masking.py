@@ -537,6 +537,17 @@ def _render(path: tuple) -> str:
     return out
 
 
+def _map_step(ov, key):
+    """The policy override for a map entry and the path step that names it: the key itself when
+    the policy names that key, else ``*`` (with the policy's ``*`` override, if any)."""
+    if ov is None:
+        return None, "*"
+    child = ov.children.get(key)
+    if child is not None:
+        return child, key
+    return ov.children.get("*"), "*"
+
+
 def _join(path: tuple, step: str) -> tuple:
     return (path, step)
 
@@ -1165,14 +1176,7 @@ class _Tree:
                     self.plan(value[k], vshape, None, child_ov, _join(path, k), value, k, depth + 1)
             return
         for k, v in value.items():
-            child_ov = None
-            step = "*"
-            if ov is not None:
-                child_ov = ov.children.get(k)
-                if child_ov is not None:
-                    step = k
-                else:
-                    child_ov = ov.children.get("*")
+            child_ov, step = _map_step(ov, k)
             if child is None and child_ov is None:
                 continue
             self.plan(v, vshape, child, child_ov, _join(path, step), value, k, depth + 1)
@@ -1566,13 +1570,7 @@ class _Xml:
                 self.counts[(self.which, _render(path), label)] += n
                 continue
             key = parts[key_tag].text
-            child_ov, step = None, "*"
-            if ov is not None:
-                child_ov = ov.children.get(key)
-                if child_ov is not None:
-                    step = key
-                else:
-                    child_ov = ov.children.get("*")
+            child_ov, step = _map_step(ov, key)
             if child is None and child_ov is None:
                 continue
             self.plan(parts[value_tag], spec["value"]["shape"], child, child_ov, _join(path, step), depth + 1)
