@@ -179,8 +179,7 @@ class Recorder:
             return True
         except StoreUnavailable as e:
             if self.fail_open:
-                log.warning("FAIL OPEN: the store cannot write (%s); %s is answered and its record stays "
-                            "queued until the store is back", e, what)
+                log.warning("FAIL OPEN: the store cannot write (%s); %s is answered all the same", e, what)
                 return True
             if refusable:
                 log.error("refusing %s with 503: the store cannot write (%s)", what, e)

@@ -7,10 +7,11 @@ fsync on) and each durability, W concurrent asyncio writers (default 8) each wri
 awaiting every write as the recorder does. The writer's sustained rate is measured apart: records
 queued all at once, timed until the last is committed.
 
-``--gateway`` measures the same through real gateways instead: for each backend and durability a
-gateway in front of a fast canned upstream (scripts/bench_upstream.py), and W agents (threads, each
-on its own kept-alive tunnel, transport A) calling DynamoDB ListTables back to back; the figure is
-the p50 of what each call takes at the agent. Agents pause ``--think`` ms between calls (as agents
+``--gateway`` measures the same through real gateways instead: for each backend, a sync and an
+async gateway side by side (so that both see the same machine at the same moments) in front of a
+fast canned upstream (scripts/bench_upstream.py), each with W agents (threads, each on its own
+kept-alive tunnel, transport A) calling DynamoDB ListTables; the figure is the p50 of what each
+call takes at the agent. Agents pause ``--think`` ms between calls (as agents
 do while they think), so that the gateway is not saturated and the difference is the commit's.
 The store's directory is ``--dir`` (default: a temporary directory under the current one, on the
 disk a store would use, not tmpfs); PostgreSQL's data goes to TMPDIR.
@@ -211,11 +212,40 @@ def agents(port: int, ca: Path, tokens: list[str], calls: int, think: float = 0.
     return latencies
 
 
-def bench_gateway(args) -> dict:
+def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, str], args, env: dict | None = None) -> dict:
+    """One gateway per durability, both running at once, each with its own ``args.writers`` agents:
+    sync and async see the same machine at the same moments. Returns each one's sorted latencies."""
     from tests.support.gateway import TEST_POLICY, Gateway
+
+    gateways = {d: Gateway(tmp / f"gw-{name}-{d}", issuer=issuer.issuer, upstream=upstream_url, aws_key=("bench", "bench"),
+                           policy=TEST_POLICY, settings={"db": db[d], "durability": d}, env=env)
+                for d in ("sync", "async")}
+    latencies: dict[str, list[float]] = {}
+    try:
+        for gw in gateways.values():
+            gw.start()
+
+        def run(d: str) -> None:
+            tokens = [issuer.mint(f"bench-{d}-{i}", expires_in=3600) for i in range(args.writers)]
+            latencies[d] = sorted(agents(gateways[d].port, gateways[d].ca_file, tokens, args.calls, args.think / 1000))
+
+        threads = [threading.Thread(target=run, args=(d,)) for d in gateways]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+    if set(latencies) != {"sync", "async"}:
+        raise RuntimeError(f"agents failed; gateway logs in {tmp}")
+    return latencies
+
+
+def bench_gateway(args, env: dict | None = None) -> dict:
     from tests.support.oidc import OIDCIssuer
 
-    out: dict = {"agents": args.writers, "calls_per_agent": args.calls, "think_ms": args.think,
+    out: dict = {"agents_per_gateway": args.writers, "calls_per_agent": args.calls, "think_ms": args.think,
                  "store_dir": str(Path(args.dir or ".").resolve()), "postgresql_dir": tempfile.gettempdir(), "results": []}
     base = Path(args.dir).resolve() if args.dir else Path.cwd()
     base.mkdir(parents=True, exist_ok=True)
@@ -237,21 +267,16 @@ def bench_gateway(args) -> dict:
                     from tests.support.postgres import PostgresServer
 
                     pg = PostgresServer(fsync=True).start()
-                row: dict = {"backend": backend}
+                row: dict = {"backend": backend, "sync": {"p50_ms": [], "p90_ms": []}, "async": {"p50_ms": [], "p90_ms": []}}
                 for rnd in range(args.rounds):
-                    for durability in ("sync", "async"):
-                        db = pg.create_database() if backend == "postgresql" else f"sqlite:///{tmp / f'{durability}-{rnd}.db'}"
-                        gw = Gateway(tmp / f"gw-{backend}-{durability}-{rnd}", issuer=issuer.issuer, upstream=upstream_url,
-                                     aws_key=("bench", "bench"), policy=TEST_POLICY,
-                                     settings={"db": db, "durability": durability})
-                        with gw:
-                            tokens = [issuer.mint(f"bench-agent-{i}", expires_in=3600) for i in range(args.writers)]
-                            lat = sorted(agents(gw.port, gw.ca_file, tokens, args.calls, args.think / 1000))
-                        m = row.setdefault(durability, {"p50_ms": [], "p90_ms": [], "calls_per_second": []})
-                        m["p50_ms"].append(round(statistics.median(lat) * 1000, 3))
-                        m["p90_ms"].append(round(lat[int(len(lat) * 0.9)] * 1000, 3))
-                        m["calls_per_second"].append(round(len(lat) / (sum(lat) / args.writers)))
-                        print(f"{backend} {durability} round {rnd}: p50 {m['p50_ms'][-1]} ms", file=sys.stderr, flush=True)
+                    db = {dur: pg.create_database() if pg else f"sqlite:///{tmp / f'{backend}-{dur}-{rnd}.db'}"
+                          for dur in ("sync", "async")}
+                    lat = paired_round(issuer, upstream_url, tmp, f"{backend}-{rnd}", db, args, env)
+                    for dur in ("sync", "async"):
+                        row[dur]["p50_ms"].append(round(statistics.median(lat[dur]) * 1000, 3))
+                        row[dur]["p90_ms"].append(round(lat[dur][int(len(lat[dur]) * 0.9)] * 1000, 3))
+                    print(f"{backend} round {rnd}: p50 sync {row['sync']['p50_ms'][-1]} ms, "
+                          f"async {row['async']['p50_ms'][-1]} ms (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
                 added = [s - a for s, a in zip(row["sync"]["p50_ms"], row["async"]["p50_ms"])]
                 row["added_p50_ms_sync_over_async"] = [round(x, 3) for x in added]
                 row["added_p50_ms_median"] = round(statistics.median(added), 3)
@@ -268,8 +293,8 @@ def bench_gateway(args) -> dict:
 
 
 def print_gateway(out: dict) -> None:
-    print(f"{out['agents']} agents through the gateway, {out['calls_per_agent']} calls each, "
-          f"{out['think_ms']} ms between calls, per round")
+    print(f"{out['agents_per_gateway']} agents on each gateway (sync and async at once), {out['calls_per_agent']} "
+          f"calls each, {out['think_ms']} ms between calls, per round")
     for r in out["results"]:
         for d in ("sync", "async"):
             print(f"{r['backend']:<11} {d:<6} p50 ms {r[d]['p50_ms']}  p90 ms {r[d]['p90_ms']}")
@@ -284,10 +309,10 @@ def main() -> int:
     ap.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     ap.add_argument("--json", metavar="PATH", help="write the figures here as JSON")
     ap.add_argument("--gateway", action="store_true", help="measure through gateways with agents instead")
-    ap.add_argument("--calls", type=int, default=300, help="--gateway: calls per agent (default 300)")
+    ap.add_argument("--calls", type=int, default=150, help="--gateway: calls per agent (default 150)")
     ap.add_argument("--rounds", type=int, default=3, help="--gateway: rounds, sync and async alternating (default 3)")
-    ap.add_argument("--think", type=float, default=40.0,
-                    help="--gateway: ms each agent pauses between calls, on average (default 40; 0 saturates the gateway)")
+    ap.add_argument("--think", type=float, default=200.0,
+                    help="--gateway: ms each agent pauses between calls, on average (default 200; 0 saturates the gateway)")
     ap.add_argument("--dir", help="where the stores go (default: a temporary directory in the current one)")
     ap.add_argument("--switch-interval", type=float, default=GIL_SWITCH_INTERVAL * 1000,
                     help=f"ms, the GIL switch interval of this process (default {GIL_SWITCH_INTERVAL * 1000:g}, "

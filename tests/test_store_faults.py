@@ -248,3 +248,41 @@ def test_a_refused_call_s_record_is_kept_and_says_so():
     assert (rs["second"]["outcome"], rs["second"]["status"]) == ("refused", 503)
     assert verify(url).ok
     s.engine.dispose()
+
+
+def test_a_call_refused_for_a_slow_commit_is_recorded_as_refused(tmp_path, monkeypatch):
+    """The writer is stuck on a lock another process holds: callers stop waiting after
+    ``commit_timeout`` and refuse their calls, whether their record was in the commit attempt under
+    way (it fails on the lock later) or still queued behind it; the records written once the lock
+    is gone say so."""
+    import sqlite3
+
+    from addons.core import store as store_module
+
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT", 0.6)
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    s = Store(url, commit_timeout=0.2, checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    refused = {"outcome": "refused", "status": 503}
+    other = sqlite3.connect(tmp_path / "slow.db")
+    try:
+        s.write_sync(Record(id="before"))
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        started = time.monotonic()
+        for rid in ("in-flight", "queued-behind"):
+            with pytest.raises(StoreUnavailable, match="did not commit within 0.2 s"):
+                s.write_sync(Record(id=rid, outcome="forwarded", status=200), if_refused=refused)
+        assert time.monotonic() - started < 0.6  # both gave up before the attempt under way failed
+        time.sleep(0.9 - (time.monotonic() - started))
+    finally:
+        other.rollback()
+        other.close()
+    deadline = time.monotonic() + 10
+    while s.queued and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s.close()
+    rs = {c["id"]: (c["outcome"], c["status"]) for c in s.calls()}
+    assert rs == {"before": (None, None), "in-flight": ("refused", 503), "queued-behind": ("refused", 503)}
+    assert verify(url).ok
+    s.engine.dispose()

@@ -16,8 +16,8 @@ What a commit costs is kept to the database's own work: a record's bound values 
 form its hash covers are prepared by the caller when it is queued, so the writer only chains and
 sends them; the writer keeps one connection (no checkout or ping per commit) and runs statements
 compiled once from the Core constructs on the driver's cursor. On PostgreSQL the whole transaction
-(insert, sessions, checkpoint, COMMIT) goes in one pipeline: one round trip, then the WAL flush
-(``synchronous_commit`` stays on).
+(calls, sessions, checkpoint) goes in one pipeline and commits at its Sync: one round trip, then
+the WAL flush (``synchronous_commit`` stays on).
 
 Reading (``calls``, ``sessions``, ``verify``, ``prune``) is for the CLI and tests.
 """
@@ -412,7 +412,7 @@ class _Pending:
         self.if_refused = if_refused
         self.inflight = False  # in the writer's current commit attempt
         self.late = False  # its caller gave up waiting while it was in flight
-        self.done = False  # committed (or refused by the database)
+        self.done = False  # committed
 
 
 def default_writer_id() -> str:
@@ -790,11 +790,14 @@ class Store:
         raw = self._raw
         try:
             if self._pipeline:
+                # PostgreSQL runs the statements up to a pipeline's Sync as one implicit transaction
+                # (extended query protocol): all or none, committed at the Sync, which leaving the
+                # block sends. One round trip; no BEGIN or COMMIT of its own.
                 pg = raw.driver_connection
-                with pg.pipeline():
-                    with pg.cursor() as cur:
-                        self._statements(cur, calls, sessions, head)
-                    pg.commit()
+                if not pg.autocommit:
+                    pg.autocommit = True
+                with pg.pipeline(), pg.cursor() as cur:  # executemany rides the pipeline: no Sync of its own
+                    self._statements(cur, calls, sessions, head)
             else:
                 cur = raw.cursor()
                 try:
@@ -889,7 +892,7 @@ class Store:
             for item in batch:
                 popped = self._queue.popleft()
                 assert popped is item
-                item.done, item.inflight = True, False
+                item.done, item.inflight = error is None, False
                 if item.waiter is not None:
                     outcomes.append((item.waiter, error))
                     item.waiter = None
