@@ -127,7 +127,9 @@ def test_refused_connect_bad_token(recording):
 
 def test_refused_connect_not_aws(recording, issuer):
     host = f"rec-{secrets.token_hex(4)}.example.invalid"
-    status, _ = connect(recording, issuer.mint("connect-elsewhere"), host=host)
+    token = issuer.mint("connect-elsewhere")
+    recording.sent += [token, base64.b64encode(f"agent:{token}".encode()).decode()]
+    status, _ = connect(recording, token, host=host)
     assert status == 403
     [r] = settled(recording, lambda r: host in (r["host"] or ""), quiet=0.2)
     assert (r["kind"], r["outcome"], r["status"], r["rule"]) == ("connect", "refused", 403, "agentgate:egress")
@@ -136,7 +138,7 @@ def test_refused_connect_not_aws(recording, issuer):
 def test_tunnelled(recording, issuer, tls_server):
     sub = f"tunnel-{secrets.token_hex(4)}"
     token = issuer.mint(sub)
-    recording.sent.append(token)
+    recording.sent += [token, base64.b64encode(f"agent:{token}".encode()).decode()]
     conn = http.client.HTTPSConnection("127.0.0.1", recording.port, context=tls_server.ssl_context(), timeout=10)
     conn.set_tunnel("127.0.0.1", tls_server.port, headers={
         "Proxy-Authorization": "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()})
