@@ -153,10 +153,14 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
 @click.option("--upstream", default=None, help="Send all AWS traffic to this URL, keeping the original Host.")
 @click.option("--web", is_flag=True, default=None, help="Run the chain inside mitmweb for live inspection.")
 @click.option("--web-listen", default="127.0.0.1:8082", show_default=True, help="HOST:PORT of mitmweb's UI (with --web).")
+@click.option("--workers", type=int, default=None,
+              help="Gateway processes sharing the port (default 1; PostgreSQL store for more than a few).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every call.")
-def run(listen, db, policies, upstream, web, web_listen, verbose) -> None:
+def run(listen, db, policies, upstream, web, web_listen, workers, verbose) -> None:
     """Start the gateway."""
-    s = _settings(listen=listen, db=db, policies=policies, upstream=upstream, web=web)
+    s = _settings(listen=listen, db=db, policies=policies, upstream=upstream, web=web, workers=workers)
+    if s.workers > 1 and s.web:
+        raise click.UsageError("--web runs one process (mitmweb's view of the flows is per process): use workers = 1")
     if not Path(s.ca_file).exists():
         raise click.ClickException(f"no CA at {s.ca_file}: run `agentgate init` first")
     if s.web:
@@ -166,6 +170,10 @@ def run(listen, db, policies, upstream, web, web_listen, verbose) -> None:
             parse_hostport(web_listen, "--web-listen")
         except SettingsError as e:
             raise click.BadParameter(str(e), param_hint="--web-listen") from None
+    if s.workers > 1:
+        from .workers import supervise
+
+        sys.exit(supervise(s, verbose=verbose, web_listen=web_listen))
     from .gateway import run as run_gateway
 
     sys.exit(run_gateway(s, verbose=verbose, web_listen=web_listen))

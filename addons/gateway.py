@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
+from . import fastpath
 from .settings import Settings, parse_hostport
 
 log = logging.getLogger("agentgate")
@@ -26,8 +28,12 @@ GIL_SWITCH_INTERVAL = 0.0005
 
 
 class GatewayMaster(master.Master):
+    """mitmproxy's core add-ons only, with the table-driven hook dispatch of addons/fastpath.py
+    (mitmproxy's own dispatch when that cannot be used: ``dispatch_precomputed`` says which)."""
+
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=False)
+        self.dispatch_precomputed = fastpath.precompute_dispatch(self.addons)
         self.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -37,9 +43,12 @@ class GatewayMaster(master.Master):
         )
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, workers: bool = False) -> None:
+    """Log lines on stderr; with ``workers``, each names its process (``[pid]``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    fmt = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s" if workers else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -50,7 +59,9 @@ def read_key(path: Path) -> bytes | None:
     return path.read_bytes().strip() if path.exists() else None
 
 
-async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
+async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: int | None = None) -> int:
+    """Run one gateway process until SIGTERM/SIGINT. ``worker``: this process's index when it is
+    one of ``workers`` processes sharing the port (addons/workers.py); None for a lone gateway."""
     from . import chain
     from .approval import Approval
     from .console import Console, approvers_of
@@ -94,6 +105,10 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
 
     await asyncio.to_thread(_warm_up)
     opts = options.Options(listen_host=listen_host, listen_port=listen_port, confdir=settings.certs)
+    if worker is not None and not fastpath.reuse_port():
+        print("agentgate: this mitmproxy cannot share its port between workers (SO_REUSEPORT); run with workers = 1",
+              file=sys.stderr)
+        return 2
     m = web_master(opts, web_listen) if settings.web else GatewayMaster(opts)
     stages = chain(settings, store=store, policies=policies, validator=validator, broker=broker,
                    approvals=approvals, notifier=notifier, fingerprint_key=read_key(keys / "fingerprint.key"))
@@ -109,7 +124,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
     await approvals.start()
     console = None
     if settings.console_listen:
-        console = _start_console(settings, Console(
+        console = _start_console(settings, worker is not None, Console(
             approvals, store, validator=validator, admin_token=read_key(keys / "admin.token"),
             may_view=approvers_of(policies, settings.grant_approvers), notifier=notifier).app)
 
@@ -131,7 +146,11 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
 
-    print(f"agentgate listening on {listen_host}:{listen_port}", file=sys.stderr)
+    if worker:  # the first worker prints the banner for all of them
+        log.info("worker %d (pid %d) listening on %s:%d", worker, os.getpid(), listen_host, listen_port)
+        return await _run_until_done(m, console, approvals, notifier, store, validator)
+    workers = f" ({settings.workers} workers, pid {os.getpid()} is worker 0)" if worker is not None else ""
+    print(f"agentgate listening on {listen_host}:{listen_port}{workers}", file=sys.stderr)
     print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability})", file=sys.stderr)
     print(f"  policies: {settings.policies} (version {current.version})", file=sys.stderr)
     print(f"  CA:       {settings.ca_file}  <- agents trust this", file=sys.stderr)
@@ -144,6 +163,10 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
     if not settings.oidc_issuer:
         print("  WARNING: oidc_issuer is not set: every call is refused until it is set in agentgate.toml", file=sys.stderr)
     sys.stderr.flush()
+    return await _run_until_done(m, console, approvals, notifier, store, validator)
+
+
+async def _run_until_done(m, console, approvals, notifier, store, validator) -> int:
     try:
         await m.run()
     finally:
@@ -158,13 +181,16 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082") -> int:
     return 0
 
 
-def _start_console(settings: Settings, app):
-    """The approvals console on ``console_listen``, in this event loop; None if it cannot listen."""
+def _start_console(settings: Settings, shared: bool, app):
+    """The approvals console on ``console_listen``, in this event loop; None if it cannot listen.
+    ``shared``: every worker serves it on the same port (SO_REUSEPORT)."""
     from .console import Server, bind
 
     host, port = parse_hostport(settings.console_listen, "console_listen")
+    if shared:
+        app = _worker_header(app)
     try:
-        sock = bind(host, port)
+        sock = bind(host, port, reuse_port=shared)
     except OSError as e:
         log.error("the approvals console cannot listen on %s (%s); the gateway runs without it: set "
                   "console_listen to a free HOST:PORT", settings.console_listen, e.strerror or e)
@@ -172,6 +198,25 @@ def _start_console(settings: Settings, app):
     server = Server(app, sock)
     server.start()
     return server
+
+
+def _worker_header(app):
+    """``app`` with an ``x-agentgate-worker: <pid>`` header on every answer, so that an operator
+    (and a test) can tell which of the workers sharing the console's port answered."""
+    pid = str(os.getpid()).encode()
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-agentgate-worker", pid)]}
+            await send(message)
+
+        await app(scope, receive, send_with_header)
+
+    return wrapped
 
 
 def _warm_up() -> None:
@@ -202,7 +247,8 @@ def web_master(opts: options.Options, web_listen: str) -> master.Master:
     return m
 
 
-def run(settings: Settings, verbose: bool = False, web_listen: str = "127.0.0.1:8082") -> int:
-    setup_logging(verbose)
+def run(settings: Settings, verbose: bool = False, web_listen: str = "127.0.0.1:8082",
+        worker: int | None = None) -> int:
+    setup_logging(verbose, workers=worker is not None)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    return asyncio.run(serve(settings, web_listen))
+    return asyncio.run(serve(settings, web_listen, worker))

@@ -47,6 +47,7 @@ class Settings:
     keys: str = ""  # default <home>/keys (fingerprint key, admin token)
     credential_refresh_margin: float = 300.0  # seconds before expiry that JIT credentials are renewed
     body_cap: int = 1 << 20  # bytes of a body kept in a record
+    workers: int = 1  # gateway processes sharing the listening port (SO_REUSEPORT)
     web: bool = False
     config_file: str = ""
 
@@ -62,6 +63,8 @@ class Settings:
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
         parse_hostport(s.listen, "listen")
+        if s.workers < 1:
+            raise SettingsError(f"workers must be at least 1, not {s.workers}")
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"

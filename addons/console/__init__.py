@@ -243,12 +243,15 @@ def approvers_of(policies: Any, grant_approvers: list[str]) -> Callable[[Any], b
 # Serving it in the gateway's event loop
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket for the console; OSError when the address is taken."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket for the console; OSError when the address is taken. ``reuse_port``:
+    gateway workers share the port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(128)
         sock.setblocking(False)

@@ -78,6 +78,7 @@ class Gateway:
             "AWS_SECRET_ACCESS_KEY": self.aws_key[1],
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONOPTIMIZE": "1",  # as scripts/run and the container image run it
         }
         e.update(self.extra_env)
         return e

@@ -1,0 +1,190 @@
+"""Where the gateway reaches into mitmproxy's private API, all in one place, each with a fallback.
+
+1. Hook dispatch. mitmproxy's ``AddonManager.trigger_event`` walks every add-on on every event,
+   with a generator, a context manager and a ``getattr`` per add-on, then fires an ``update``
+   event after each flow event. ``precompute_dispatch(manager)`` replaces both methods on that one
+   manager with versions that look up, once per event name, the few hook functions that exist, and
+   skip ``update`` when no add-on has it. Behaviour is mitmproxy's: chain order, sub-add-ons,
+   sync and async hooks, an add-on's exception logged and the next add-on still called,
+   ``AddonHalt`` stopping the event. The table is rebuilt whenever an add-on is added or removed.
+2. ``SO_REUSEPORT`` on the proxy's listening socket, so that several gateway processes
+   (``agentgate run --workers N``) share one port and the kernel spreads connections over them.
+   mitmproxy has no option for it.
+
+Both check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
+why at debug level and return False, and the gateway runs on mitmproxy's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import sys
+import types
+from typing import Any
+
+log = logging.getLogger("agentgate.fastpath")
+
+
+def _supported(manager: Any) -> str | None:
+    """Why the dispatch table cannot be used with ``manager``, or None when it can."""
+    try:
+        from mitmproxy import addonmanager, exceptions, flow, hooks
+    except ImportError as e:  # pragma: no cover
+        return f"mitmproxy layout changed ({e})"
+    for name in ("chain", "trigger_event", "handle_lifecycle", "add", "remove", "register"):
+        if not hasattr(manager, name):
+            return f"AddonManager has no {name!r}"
+    for name in ("AddonHalt", "OptionsError"):
+        if not hasattr(exceptions, name):
+            return f"mitmproxy.exceptions has no {name!r}"
+    if not hasattr(hooks, "UpdateHook") or not hasattr(hooks.Hook, "args") or not hasattr(flow, "Flow"):
+        return "mitmproxy.hooks changed"
+    if not hasattr(addonmanager, "traverse"):
+        return "mitmproxy.addonmanager has no traverse()"
+    return None
+
+
+class Dispatch:
+    """A per-event-name table of (addon, hook function, is coroutine function), in chain order."""
+
+    def __init__(self, manager: Any) -> None:
+        from mitmproxy import addonmanager, exceptions, flow, hooks
+
+        self.manager = manager
+        self._traverse = addonmanager.traverse
+        self._halt = exceptions.AddonHalt
+        self._options_error = exceptions.OptionsError
+        self._update = hooks.UpdateHook
+        self._flow = flow.Flow
+        self._not_callable = exceptions.AddonManagerError
+        self.table: dict[str, tuple[tuple[Any, Any, bool], ...]] = {}
+
+    def clear(self) -> None:
+        self.table = {}
+
+    def hooks(self, name: str) -> tuple[tuple[Any, Any, bool], ...]:
+        found = self.table.get(name)
+        if found is None:
+            entries = []
+            for top in self.manager.chain:
+                for addon in self._traverse([top]):
+                    func = getattr(addon, name, None)
+                    if func is None or isinstance(func, types.ModuleType):
+                        continue  # a module imported under a hook's name is not a hook (as mitmproxy)
+                    if not callable(func):
+                        raise self._not_callable(f"Addon handler {name} ({addon}) not callable")
+                    entries.append((top, func, inspect.iscoroutinefunction(func)))
+            found = self.table[name] = tuple(entries)
+        return found
+
+    async def trigger_event(self, event: Any) -> None:
+        entries = self.hooks(event.name)
+        if not entries:
+            return
+        args = event.args()
+        failed = None  # a top-level add-on whose hook raised: its sub-add-ons are skipped, as mitmproxy does
+        for top, func, is_coroutine in entries:
+            if top is failed:
+                continue
+            try:
+                if is_coroutine:
+                    await func(*args)
+                else:
+                    res = func(*args)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
+            except self._halt:
+                return
+            except self._options_error:
+                raise
+            except Exception as e:
+                failed = top
+                log_addon_error(e)
+
+    async def handle_lifecycle(self, event: Any) -> None:
+        await self.trigger_event(event)
+        if self.hooks("update"):  # mitmproxy follows each flow event with ``update``
+            message = event.args()[0]
+            if isinstance(message, self._flow):
+                await self.trigger_event(self._update([message]))
+
+
+def log_addon_error(e: BaseException) -> None:
+    """Log an add-on's exception the way mitmproxy's ``safecall`` does."""
+    logging.getLogger("mitmproxy.addonmanager").error(
+        f"Addon error: {e}", exc_info=(type(e), e, e.__traceback__))
+
+
+def precompute_dispatch(manager: Any) -> bool:
+    """Give ``manager`` (a master's ``AddonManager``) the table-driven dispatch. True when done."""
+    why = _supported(manager)
+    if why is not None:
+        log.debug("hook dispatch left to mitmproxy: %s", why)
+        return False
+    if isinstance(getattr(manager, "_agentgate_dispatch", None), Dispatch):
+        return True
+    dispatch = Dispatch(manager)
+    add, remove = manager.add, manager.remove
+
+    @functools.wraps(add)
+    def add_and_clear(*addons: Any) -> None:
+        try:
+            add(*addons)
+        finally:
+            dispatch.clear()
+
+    @functools.wraps(remove)
+    def remove_and_clear(addon: Any) -> None:
+        try:
+            remove(addon)
+        finally:
+            dispatch.clear()
+
+    manager.add = add_and_clear
+    manager.remove = remove_and_clear
+    manager.trigger_event = dispatch.trigger_event
+    manager.handle_lifecycle = dispatch.handle_lifecycle
+    manager._agentgate_dispatch = dispatch
+    return True
+
+
+class _ReusePortAsyncio(types.ModuleType):
+    """``asyncio`` as mitmproxy's mode servers see it, with ``start_server`` binding SO_REUSEPORT."""
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+        self.start_server = functools.partial(asyncio.start_server, reuse_port=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def reuse_port() -> bool:
+    """Make the proxy's TCP listeners bind with SO_REUSEPORT (this process only). True when done."""
+    import socket
+
+    if not hasattr(socket, "SO_REUSEPORT"):
+        log.debug("SO_REUSEPORT is not available on %s", sys.platform)
+        return False
+    try:
+        from mitmproxy.proxy import mode_servers
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    if getattr(mode_servers, "asyncio", None) is not asyncio:
+        if isinstance(getattr(mode_servers, "asyncio", None), _ReusePortAsyncio):
+            return True
+        log.debug("mitmproxy's mode_servers does not use asyncio.start_server as expected")
+        return False
+    try:
+        src = inspect.getsource(mode_servers.AsyncioServerInstance.listen)
+    except (AttributeError, OSError, TypeError):
+        src = ""
+    if "asyncio.start_server(" not in src:
+        log.debug("mitmproxy's AsyncioServerInstance.listen no longer calls asyncio.start_server")
+        return False
+    mode_servers.asyncio = _ReusePortAsyncio()
+    return True

@@ -1,0 +1,129 @@
+"""``agentgate run --workers N``: N gateway processes on one port.
+
+The supervisor (this module, in the process that ran ``agentgate run``) migrates the store once,
+checks that nothing else listens on the port, then forks N workers. Each worker is a whole gateway
+(addons/gateway.py ``serve``) whose listening sockets bind with SO_REUSEPORT, so the kernel spreads
+agents' connections over them. They share what lives on disk or in the store: the CA, the policy
+directory (each reloads it on change), the store (PostgreSQL; SQLite in WAL mode for a few
+workers) and, through it, approvals; each worker writes its own hash chain (its own writer id).
+
+SIGTERM or SIGINT to the supervisor stops every worker the way one gateway stops (held calls are
+answered first). A worker that dies is started again after a second; one that dies in its first
+seconds (a port taken, a bad setting) stops them all with its exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from .settings import Settings, parse_hostport
+
+log = logging.getLogger("agentgate.workers")
+
+EARLY_DEATH = 5.0  # seconds: a worker dead this soon after starting will not do better next time
+RESTART_DELAY = 1.0
+
+
+def port_free(host: str, port: int) -> OSError | None:
+    """None when ``host:port`` can be bound (nothing else listens there); else the bind error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
+
+
+def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "127.0.0.1:8082") -> int:
+    from .core.store import Store, StoreError
+    from .gateway import run as run_gateway
+    from .gateway import setup_logging
+
+    setup_logging(verbose, workers=True)
+    n = settings.workers
+    host, port = parse_hostport(settings.listen, "listen")
+    for name, where in (("listen", (host, port)),) + (
+            (("console_listen", parse_hostport(settings.console_listen, "console_listen")),)
+            if settings.console_listen else ()):
+        if (err := port_free(*where)) is not None:
+            print(f"agentgate: cannot listen on {where[0]}:{where[1]} ({name}): {err.strerror or err}",
+                  file=sys.stderr)
+            return 2
+    try:  # once, here, rather than N workers racing to do it
+        store = Store(settings.db)
+        store.migrate()
+        store.close()
+    except StoreError as e:
+        print(f"agentgate: {e}", file=sys.stderr)
+        return 2
+
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+    stopping = False
+
+    def start(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops workers in order
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                code = run_gateway(settings, verbose=verbose, web_listen=web_listen, worker=index)
+            except BaseException:
+                logging.getLogger("agentgate").exception("worker %d failed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code if isinstance(code, int) else 1)
+        children[pid] = (index, time.monotonic())
+
+    def stop(signum: int, _frame) -> None:
+        nonlocal stopping
+        again = stopping
+        stopping = True
+        for pid in list(children):
+            try:  # a second signal: workers stop at once (their own second-signal rule)
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if again:
+            log.warning("stopping %d worker(s) now", len(children))
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for i in range(n):
+        start(i)
+    status = 0
+    while children:
+        try:
+            pid, wstatus = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover (PEP 475 retries)
+            continue
+        index, started = children.pop(pid, (None, 0.0))
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(wstatus)
+        if stopping:
+            status = status or (code if code > 0 else 0)
+            continue
+        if time.monotonic() - started < EARLY_DEATH:
+            print(f"agentgate: worker {index} exited with {code} while starting; stopping the others",
+                  file=sys.stderr)
+            status = code if code > 0 else 1
+            stop(signal.SIGTERM, None)
+            continue
+        log.error("worker %d (pid %d) exited with %d; starting it again", index, pid, code)
+        time.sleep(RESTART_DELAY)
+        if not stopping:
+            start(index)
+    return status

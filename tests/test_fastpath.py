@@ -1,0 +1,179 @@
+"""addons/fastpath.py: the table-driven hook dispatch behaves as mitmproxy's own (order, sub-add-ons,
+sync and async hooks, errors, AddonHalt, ``update`` after flow events, add/remove), and both patches
+step aside when mitmproxy's shape is not what they expect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+
+import pytest
+from mitmproxy import exceptions, master, options
+from mitmproxy.proxy import mode_servers
+from mitmproxy.test import tflow
+
+from addons import fastpath
+
+
+class Recorder:
+    def __init__(self, name: str, seen: list) -> None:
+        self.name, self.seen = name, seen
+
+
+class Sync(Recorder):
+    def request(self, flow):
+        self.seen.append((self.name, "request", flow.id))
+
+
+class Async(Recorder):
+    async def request(self, flow):
+        await asyncio.sleep(0)
+        self.seen.append((self.name, "request", flow.id))
+
+    async def response(self, flow):
+        self.seen.append((self.name, "response", flow.id))
+
+
+class Raises(Recorder):
+    def request(self, flow):
+        self.seen.append((self.name, "request", flow.id))
+        raise ValueError("broken add-on")
+
+
+class Halts(Recorder):
+    def response(self, flow):
+        self.seen.append((self.name, "response", flow.id))
+        raise exceptions.AddonHalt()
+
+
+class Parent(Recorder):
+    def __init__(self, name, seen, children) -> None:
+        super().__init__(name, seen)
+        self.addons = children
+
+    def request(self, flow):
+        self.seen.append((self.name, "request", flow.id))
+
+
+class Updates(Recorder):
+    def update(self, flows):
+        self.seen.append((self.name, "update", flows[0].id))
+
+
+class ModuleNamedLikeAHook(Recorder):
+    request = types.ModuleType("request")  # `from x import request` in an add-on is not a hook
+
+
+class ReturnsAwaitable(Recorder):
+    def request(self, flow):  # a plain function returning a coroutine: awaited, as mitmproxy does
+        async def later():
+            self.seen.append((self.name, "request", flow.id))
+        return later()
+
+
+LOOP = asyncio.new_event_loop()
+
+
+def build(precompute: bool, seen: list):
+    m = master.Master(options.Options(), event_loop=LOOP)
+    if precompute:
+        assert fastpath.precompute_dispatch(m.addons)
+    m.addons.add(
+        Sync("a", seen), Async("b", seen), Raises("c", seen),
+        Parent("p", seen, [Sync("p.1", seen), Raises("p.2", seen), Sync("p.3", seen)]),
+        ModuleNamedLikeAHook("m", seen), ReturnsAwaitable("r", seen), Updates("u", seen),
+        Halts("h", seen), Async("after-halt", seen),
+    )
+    return m
+
+
+def run_events(m, flow) -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+
+    async def events():
+        await m.addons.handle_lifecycle(HttpRequestHook(flow))
+        await m.addons.handle_lifecycle(HttpResponseHook(flow))
+
+    LOOP.run_until_complete(events())
+
+
+def test_same_calls_in_the_same_order_as_mitmproxy(caplog):
+    flow = tflow.tflow(resp=True)
+    theirs, ours = [], []
+    with caplog.at_level(logging.ERROR):
+        run_events(build(False, theirs), flow)
+        their_errors = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        run_events(build(True, ours), flow)
+        our_errors = [r.getMessage() for r in caplog.records]
+    assert ours == theirs
+    # what that order is: a raising add-on is logged and the next one runs; a raising sub-add-on
+    # skips its siblings (mitmproxy guards each top-level add-on); AddonHalt ends the event
+    assert [s[0] for s in ours if s[1] == "request"] == ["a", "b", "c", "p", "p.1", "p.2", "r", "after-halt"]
+    assert [s[0] for s in ours if s[1] == "response"] == ["b", "h"]
+    assert [s[0] for s in ours if s[1] == "update"] == ["u", "u"]
+    assert our_errors == their_errors == ["Addon error: broken add-on", "Addon error: broken add-on"]
+
+
+def test_added_and_removed_addons_are_seen():
+    seen: list = []
+    m = master.Master(options.Options(), event_loop=LOOP)
+    assert fastpath.precompute_dispatch(m.addons)
+    first = Sync("first", seen)
+    m.addons.add(first)
+    flow = tflow.tflow()
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    LOOP.run_until_complete(m.addons.handle_lifecycle(HttpRequestHook(flow)))
+    m.addons.add(Async("second", seen))
+    LOOP.run_until_complete(m.addons.handle_lifecycle(HttpRequestHook(flow)))
+    m.addons.remove(first)
+    LOOP.run_until_complete(m.addons.handle_lifecycle(HttpRequestHook(flow)))
+    assert [s[0] for s in seen] == ["first", "first", "second", "second"]
+
+
+def test_options_errors_still_propagate():
+    class BadOption:
+        def request(self, flow):
+            raise exceptions.OptionsError("bad value")
+
+    m = master.Master(options.Options(), event_loop=LOOP)
+    fastpath.precompute_dispatch(m.addons)
+    m.addons.add(BadOption())
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    with pytest.raises(exceptions.OptionsError):
+        LOOP.run_until_complete(m.addons.handle_lifecycle(HttpRequestHook(tflow.tflow())))
+
+
+def test_steps_aside_when_mitmproxy_changed(caplog):
+    class OldManager:  # no handle_lifecycle, as if mitmproxy had renamed it
+        chain: list = []
+
+        async def trigger_event(self, event):
+            pass
+
+    manager = OldManager()
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.precompute_dispatch(manager) is False
+    assert "AddonManager has no 'handle_lifecycle'" in caplog.text
+    assert manager.trigger_event.__func__ is OldManager.trigger_event
+
+
+def test_the_gateway_master_uses_it():
+    from addons.gateway import GatewayMaster
+
+    async def make():
+        return GatewayMaster(options.Options())
+
+    m = asyncio.run(make())
+    assert m.dispatch_precomputed is True
+    assert isinstance(m.addons._agentgate_dispatch, fastpath.Dispatch)
+
+
+def test_reuse_port_steps_aside_when_the_listener_changed(monkeypatch, caplog):
+    monkeypatch.setattr(mode_servers, "asyncio", types.SimpleNamespace())
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.reuse_port() is False
+    assert "does not use asyncio.start_server" in caplog.text

@@ -1,0 +1,169 @@
+"""``agentgate run --workers N``: N gateway processes on one port, one CA, one policy directory and
+one store. A call held by one worker is released by an approval made through the other worker's
+console; every worker keeps its own hash chain and ``agentgate verify`` passes; a worker that dies is
+started again; SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.support.gateway import AGENTGATE, Gateway, free_port
+from tests.support.postgres import shared_server
+from tests.test_approval_e2e import BUCKET, POLICY, s3, wait_for
+
+
+def workers_of(gw: Gateway) -> set[int]:
+    """The supervisor's child processes (the workers)."""
+    pid = gw.proc.pid
+    try:
+        return {int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()}
+    except OSError:
+        return set()
+
+
+def start_workers(home, issuer, moto, **settings) -> Gateway:
+    settings = {"workers": 2, "console_listen": f"127.0.0.1:{free_port()}", **settings}
+    gw = Gateway(home, issuer=issuer.issuer, upstream=moto.url, policy=POLICY, settings=settings,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+    gw.start()
+    wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def pg_workers(tmp_path_factory, issuer, moto):
+    url = shared_server().create_database()
+    gw = start_workers(tmp_path_factory.mktemp("workers-pg"), issuer, moto, db=url, approval_hold=20)
+    try:
+        yield gw, url
+    finally:
+        gw.stop()
+
+
+def console_of(gw: Gateway, pid: int) -> httpx.Client:
+    """A console client whose kept-alive connection is served by worker ``pid`` (the kernel spreads
+    new connections over the workers sharing the port; try new ones until one lands there)."""
+    token = (gw.home / "keys" / "admin.token").read_text().strip()
+    for _ in range(200):
+        c = httpx.Client(base_url=f"http://{gw.settings['console_listen']}", trust_env=False,
+                         headers={"authorization": f"Bearer {token}"})
+        r = c.get("/api/state")
+        assert r.status_code == 200, r.text
+        if int(r.headers["x-agentgate-worker"]) == pid:
+            return c
+        c.close()
+    raise AssertionError(f"no console connection reached worker {pid}")
+
+
+def test_a_call_held_by_one_worker_is_released_through_the_other(pg_workers, issuer):
+    gw, url = pg_workers
+    client = s3(gw, issuer.mint("agent-1"))
+    client.create_bucket(Bucket=BUCKET)
+    result: dict = {}
+
+    def agent():
+        result["status"] = client.delete_object(Bucket=BUCKET, Key="held")["ResponseMetadata"]["HTTPStatusCode"]
+
+    t = threading.Thread(target=agent)
+    t.start()
+    held = wait_for(lambda: re.search(r"\[(\d+)\] agentgate\.approval: holding s3:DeleteObject for agent-1: "
+                                      r"approval (\S+) ", gw.log()))
+    holder, approval_id = int(held.group(1)), held.group(2)
+    assert holder in workers_of(gw)
+    other = (workers_of(gw) - {holder}).pop()
+    c = console_of(gw, other)
+    try:
+        r = c.post(f"/api/approvals/{approval_id}/approve", json={"reason": "through the other worker"})
+    finally:
+        c.close()
+    assert r.status_code == 200, r.text
+    assert int(r.headers["x-agentgate-worker"]) == other
+    t.join(15)
+    assert result.get("status") == 204
+
+    from addons.core.store import Store
+
+    store = Store(url)
+    try:
+        released = [c for c in store.calls(principal="agent-1") if c["approval_id"] == approval_id]
+    finally:
+        store.engine.dispose()
+    assert len(released) == 1
+    assert (released[0]["outcome"], released[0]["approver"]) == ("forwarded", "agentgate:admin")
+    assert f":{holder}:" in released[0]["writer_id"]  # recorded by the worker that held it
+
+
+def test_both_workers_serve_and_each_keeps_a_chain_that_verifies(pg_workers, issuer):
+    gw, url = pg_workers
+    token = issuer.mint("agent-2")
+    for i in range(24):  # a new client, so a new connection, each time
+        s3(gw, token).put_object(Bucket=BUCKET, Key=f"spread-{i}", Body=b"x")
+
+    from addons.core.store import Store
+
+    store = Store(url)
+    try:
+        writers = {c["writer_id"] for c in store.calls(principal="agent-2")}
+    finally:
+        store.engine.dispose()
+    pids = {int(w.split(":")[1]) for w in writers}
+    assert pids == workers_of(gw), (pids, workers_of(gw))
+    p = gw.cli("verify", "--db", url, "--json")
+    import json
+
+    result = json.loads(p.stdout)
+    assert result["ok"] is True and result["chains"] >= 2, result
+
+
+def test_a_worker_that_dies_is_started_again(pg_workers, issuer):
+    gw, _ = pg_workers
+    before = workers_of(gw)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(workers_of(gw)) == 2 and victim not in workers_of(gw), timeout=30)
+    assert f"exited with -9; starting it again" in gw.log()
+    new = (workers_of(gw) - before).pop()
+    wait_for(lambda: f"[{new}] agentgate: worker" in gw.log() or f"pid {new} is worker 0" in gw.log(), timeout=30)
+    token = issuer.mint("agent-3")
+    for i in range(12):
+        s3(gw, token).head_bucket(Bucket=BUCKET)
+
+
+def test_sigterm_stops_every_worker(tmp_path, issuer, moto):
+    gw = start_workers(tmp_path / "gw", issuer, moto)  # SQLite, WAL
+    token = issuer.mint("agent-4")
+    s3(gw, token).list_buckets()
+    pids = workers_of(gw)
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(20) == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    gw.stop()
+    p = gw.cli("verify")
+    assert p.returncode == 0
+
+
+def test_a_port_already_taken_is_a_clear_error(tmp_path, issuer, moto):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=POLICY,
+                     settings={"workers": 2}, aws_key=("x", "y"))
+        gw.init()
+        p = subprocess.run([AGENTGATE, "run", "--listen", f"127.0.0.1:{port}"], env=gw.env,
+                           capture_output=True, text=True, timeout=60, cwd=gw.home)
+    finally:
+        taken.close()
+    assert p.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (listen)" in p.stderr
