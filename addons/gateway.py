@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -93,7 +94,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     if settings.oidc_issuer:
         validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
                                    algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
-                                   leeway=settings.oidc_leeway)
+                                   leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, refresh_margin=settings.credential_refresh_margin)
 
     approvals = Approvals(store)
@@ -118,10 +119,14 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         from .web import WebScrub
 
         m.addons.add(WebScrub())  # last: after the recorder
-    m.options.update(connection_strategy="lazy", http3=False)
+    # mitmproxy's tcp_timeout closes a client connection idle that long, a call waiting on upstream
+    # included: keep it above upstream_timeout, so that the gateway's own bound is the one that acts.
+    m.options.update(connection_strategy="lazy", http3=False,
+                     tcp_timeout=max(600, math.ceil(settings.upstream_timeout) + 60))
     store.store_policy_version(current.version, current.text)
     store.start()
     await approvals.start()
+    _freeze_heap()
     console = None
     if settings.console_listen:
         console = _start_console(settings, worker is not None, Console(
@@ -217,6 +222,19 @@ def _worker_header(app):
         await app(scope, receive, send_with_header)
 
     return wrapped
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (botocore's models, the indexes, compiled policies: long-lived)
+    out of the garbage collector's view, so that its full collections, which the allocations of
+    every call trigger, do not walk them again each time."""
+    import gc
+    import os as _os
+
+    if _os.environ.get("AGENTGATE_GC_FREEZE", "1") == "0":
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def _warm_up() -> None:

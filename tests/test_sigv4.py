@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.auth
+import botocore.awsrequest
 import pytest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
@@ -752,3 +753,60 @@ def test_signed_header_changed_after_signing_is_refused(moto, role):
                for k, v in signed.headers]
     reply = send(moto, wire.method, signed.path, signed.query, headers, wire.body)
     assert reply.status in (400, 403) and b"SignatureDoesNotMatch" in reply.body, reply.body[:300]
+
+
+# -- the fast signer is botocore's signer -------------------------------------------------------
+
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~"
+
+
+def _agent_request(draw, st):
+    """A request as an agent's SDK would send it, signed by botocore with the agent's key."""
+    service, s3 = draw(st.sampled_from([("dynamodb", False), ("s3", True), ("sqs", False), ("execute-api", False),
+                                        ("ec2", False)]))
+    host = f"{'bucket.' if s3 else ''}{service}.us-east-1.amazonaws.com"
+    segment = st.text(alphabet=_TOKEN_CHARS + "%/ .+=:@!$&'()*,;", min_size=0, max_size=12)
+    path = "/" + "/".join(draw(st.lists(segment, max_size=4)))
+    pairs = draw(st.lists(st.tuples(st.text(_TOKEN_CHARS, min_size=1, max_size=8),
+                                    st.text(_TOKEN_CHARS + "%+ =", max_size=10)), max_size=4))
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    extra = draw(st.lists(st.tuples(st.sampled_from(["X-Amz-Target", "Content-Type", "x-amz-meta-a", "X-Amz-Meta-A",
+                                                     "Range", "If-Match", "x-amz-acl", "Date", "Content-MD5"]),
+                                    st.text(_TOKEN_CHARS + " \t", min_size=0, max_size=16)), max_size=5))
+    body = draw(st.binary(max_size=64))
+    url = f"https://{host}{path}" + (f"?{query}" if query else "")
+    req = botocore.awsrequest.AWSRequest(method=draw(st.sampled_from(["GET", "POST", "PUT", "delete"])), url=url,
+                                         data=body)
+    for name, value in extra:
+        req.headers[name] = value
+    signer = botocore.auth.S3SigV4Auth if s3 else botocore.auth.SigV4Auth
+    signer(ReadOnlyCredentials(AGENT["aws_access_key_id"], AGENT["aws_secret_access_key"],
+                               draw(st.sampled_from([None, AGENT_TOKEN]))), service, "us-east-1").add_auth(req)
+    headers = list(req.headers.items()) + [("Host", host)] * draw(st.booleans())
+    return req.method, host, path, query, headers, body, service
+
+
+def test_the_fast_signer_signs_exactly_as_botocore():
+    """Re-signing computes the canonical request itself (botocore's header container is slow);
+    for every shape it accepts, the result is botocore's, byte for byte."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    creds = [OTHER, ReadOnlyCredentials("ASIAGATEWAY000000000", "other-secret", None)]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def check(data):
+        method, host, path, query, headers, body, service = _agent_request(data.draw, st)
+        credentials = data.draw(st.sampled_from(creds))
+        now = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+        kw = dict(credentials=credentials, region="us-east-1", signing_name=service, now=now)
+        try:
+            slow = sigv4.resign(method, host, path, query, headers, body, fast=False, **kw)
+        except ValueError as e:
+            with pytest.raises(ValueError, match=re.escape(str(e)[:40])):
+                sigv4.resign(method, host, path, query, headers, body, **kw)
+            return
+        assert sigv4.resign(method, host, path, query, headers, body, **kw) == slow
+
+    check()
