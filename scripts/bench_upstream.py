@@ -2,7 +2,16 @@
 with canned responses. STS AssumeRole gets credentials (counted); PUT bodies are read and
 discarded; GET /<bucket>/big-<N> streams N bytes; anything else gets a small JSON answer.
 
+It is one asyncio process with a hand-written HTTP/1.1 parser (keep-alive, Content-Length and
+chunked bodies, Expect: 100-continue), so that it costs a small fraction of what a proxy in front
+of it costs per call. ``--tls-port`` adds a TLS listener with a certificate for the AWS host names
+(and 127.0.0.1), made at start and written with ``--tls-ca-out``, for clients that call it directly.
+
     python scripts/bench_upstream.py --port 0 --ready-file F   # writes the port to F
+    python scripts/bench_upstream.py --tls-port 0 --tls-ca-out ca.pem --ready-file F
+        # F gets "PORT TLS_PORT"
+
+GET /__stats answers {"sts_calls": N, "requests": N}.
 """
 
 from __future__ import annotations
@@ -12,9 +21,10 @@ import asyncio
 import datetime
 import json
 import re
+import ssl
+import tempfile
 import uuid
-
-import h11
+from pathlib import Path
 
 STS_RESPONSE = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>
 <Credentials><AccessKeyId>ASIABENCHBENCHBENCH1</AccessKeyId><SecretAccessKey>benchsecret</SecretAccessKey>
@@ -23,106 +33,273 @@ STS_RESPONSE = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-
 </AssumeRoleResult><ResponseMetadata><RequestId>{rid}</RequestId></ResponseMetadata></AssumeRoleResponse>"""
 
 BIG = re.compile(rb"/big-(\d+)")
+SESSION_NAME = re.compile(rb"RoleSessionName=([^&]+)")
 CHUNK = b"\0" * (1 << 20)
+KEEP_BODY = 65536  # bytes of a request body kept for inspection; the rest is read and dropped
+MAX_HEAD = 65536
 STATS = {"sts_calls": 0, "requests": 0}
 SLOW_STS = ""  # --slow-sts NAME: AssumeRole for session names containing NAME answers late
 SLOW_STS_SECONDS = 5.0
 
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER = range(6)
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(1 << 20)
-                conn.receive_data(data)
-                if not data and conn.their_state is not h11.DONE:
+
+def response_head(status: int, headers: list[tuple[str, str]], length: int) -> bytes:
+    lines = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", *(f"{k}: {v}" for k, v in headers),
+             f"Content-Length: {length}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class Server(asyncio.Protocol):
+    """One client connection: requests are parsed as bytes arrive and answered in order."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.state = HEAD
+        self.busy = False  # an answer is being written (a large download, a late STS answer)
+        self.closing = False
+        self.can_write: asyncio.Event | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.busy:
+            self.process()
+
+    def process(self) -> None:
+        buf = self.buf
+        while buf and not self.busy and not self.closing:
+            if self.state == HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD:
+                        self.fail(431)
                     return
-                continue
-            if isinstance(event, (h11.ConnectionClosed,)) or event is h11.PAUSED and conn.our_state is h11.MUST_CLOSE:
+                lines = bytes(buf[:end]).split(b"\r\n")
+                del buf[:end + 4]
+                try:
+                    self.method, self.target, version = lines[0].split(b" ", 2)
+                except ValueError:
+                    self.fail(400)
+                    return
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    headers[name.strip().lower()] = value.strip()
+                self.keep_alive = version == b"HTTP/1.1" and headers.get(b"connection", b"").lower() != b"close"
+                self.keep = self.method != b"PUT"
+                self.body = bytearray()
+                if headers.get(b"expect", b"").lower() == b"100-continue":
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+                    self.state = CHUNK_SIZE
+                else:
+                    try:
+                        self.left = int(headers.get(b"content-length", b"0"))
+                    except ValueError:
+                        self.fail(400)
+                        return
+                    self.state = BODY
+                    if not self.left:
+                        self.done()
+            elif self.state in (BODY, CHUNK_DATA):
+                n = min(self.left, len(buf))
+                if self.keep and len(self.body) < KEEP_BODY:
+                    self.body += buf[:n]
+                if n == len(buf):
+                    buf.clear()
+                else:
+                    del buf[:n]
+                self.left -= n
+                if not self.left:
+                    if self.state == BODY:
+                        self.done()
+                    else:
+                        self.state = CHUNK_END
+            elif self.state == CHUNK_END:
+                if len(buf) < 2:
+                    return
+                del buf[:2]
+                self.state = CHUNK_SIZE
+            elif self.state == CHUNK_SIZE:
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    return
+                try:
+                    self.left = int(bytes(buf[:eol]).split(b";")[0], 16)
+                except ValueError:
+                    self.fail(400)
+                    return
+                del buf[:eol + 2]
+                self.state = CHUNK_DATA if self.left else TRAILER
+            elif self.state == TRAILER:
+                if buf[:2] == b"\r\n":
+                    del buf[:2]
+                else:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    del buf[:end + 4]
+                self.done()
+
+    def fail(self, status: int) -> None:
+        self.transport.write(response_head(status, [("Connection", "close")], 0))
+        self.transport.close()
+        self.closing = True
+
+    def send(self, headers: list[tuple[str, str]], payload: bytes) -> None:
+        self.transport.write(response_head(200, headers, len(payload)) + payload)
+
+    def done(self) -> None:
+        """A whole request has arrived: answer it."""
+        self.state = HEAD
+        STATS["requests"] += 1
+        rid = str(uuid.uuid4())
+        body = bytes(self.body)
+        if b"Action=AssumeRole" in body:
+            STATS["sts_calls"] += 1
+            m = SESSION_NAME.search(body)
+            name = m.group(1).decode() if m else "x"
+            exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            payload = STS_RESPONSE.format(exp=exp, name=name, rid=rid).encode()
+            headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", rid)]
+            if SLOW_STS and SLOW_STS in name:  # a fault to inject: STS hangs for this principal
+                self.busy = True
+                asyncio.get_running_loop().call_later(SLOW_STS_SECONDS, self._late, headers, payload)
                 return
-            if isinstance(event, h11.Request):
-                body = bytearray()
-                keep = event.method != b"PUT"
-                while True:
-                    e = conn.next_event()
-                    if e is h11.NEED_DATA:
-                        data = await reader.read(1 << 20)
-                        if not data:
-                            return
-                        conn.receive_data(data)
-                    elif isinstance(e, h11.Data):
-                        if keep and len(body) < 65536:
-                            body += e.data
-                    elif isinstance(e, h11.EndOfMessage):
-                        break
-                await respond(conn, writer, event, bytes(body))
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-    except (h11.RemoteProtocolError, ConnectionError):
-        return
-    finally:
-        writer.close()
+            self.send(headers, payload)
+        elif self.target.startswith(b"/__stats"):
+            self.send([("Content-Type", "application/json")], json.dumps(STATS).encode())
+        elif self.method == b"GET" and (m := BIG.search(self.target)):
+            self.busy = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._download(int(m.group(1)), rid))
+            return
+        elif self.method == b"PUT":
+            self.send([("ETag", '"bench"'), ("x-amz-request-id", rid)], b"")
+        else:
+            self.send([("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-RequestId", rid)], b"{}")
+        self.finish()
 
+    def finish(self) -> None:
+        if not self.keep_alive:
+            self.transport.close()
+            self.closing = True
 
-async def respond(conn: h11.Connection, writer: asyncio.StreamWriter, req: h11.Request, body: bytes) -> None:
-    STATS["requests"] += 1
-    rid = str(uuid.uuid4())
-    if b"Action=AssumeRole" in body:
-        STATS["sts_calls"] += 1
-        name = (re.search(rb"RoleSessionName=([^&]+)", body) or [b"", b"x"])[1].decode()
-        if SLOW_STS and SLOW_STS in name:  # a fault to inject: STS hangs for this principal
-            await asyncio.sleep(SLOW_STS_SECONDS)
-        exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        payload = STS_RESPONSE.format(exp=exp, name=name, rid=rid).encode()
-        await send(conn, writer, 200, [("content-type", "text/xml"), ("x-amzn-requestid", rid)], payload)
-    elif req.target.startswith(b"/__stats"):
-        await send(conn, writer, 200, [("content-type", "application/json")], json.dumps(STATS).encode())
-    elif req.method == b"GET" and (m := BIG.search(req.target)):
-        size = int(m.group(1))
-        writer.write(conn.send(h11.Response(status_code=200, headers=[
-            ("content-length", str(size)), ("content-type", "application/octet-stream"), ("x-amz-request-id", rid)])))
+    def _late(self, headers, payload) -> None:
+        if not self.closing:
+            self.send(headers, payload)
+            self.finish()
+        self.busy = False
+        self.process()
+
+    async def _download(self, size: int, rid: str) -> None:
+        self.transport.write(response_head(200, [("Content-Type", "application/octet-stream"),
+                                                 ("x-amz-request-id", rid)], size))
         left = size
-        while left:
+        while left and not self.closing:
             n = min(left, len(CHUNK))
-            writer.write(conn.send(h11.Data(data=CHUNK[:n])))
+            self.transport.write(CHUNK if n == len(CHUNK) else CHUNK[:n])
             left -= n
-            await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
-    elif req.method == b"PUT":
-        await send(conn, writer, 200, [("etag", '"bench"'), ("x-amz-request-id", rid)], b"")
-    else:
-        await send(conn, writer, 200, [("content-type", "application/x-amz-json-1.0"), ("x-amzn-requestid", rid)], b"{}")
+            await self.can_write.wait()
+        if self.closing:
+            return
+        self.finish()
+        self.busy = False
+        self.transport.resume_reading()
+        self.process()
 
 
-async def send(conn, writer, status, headers, payload: bytes) -> None:
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers + [("content-length", str(len(payload)))])))
-    writer.write(conn.send(h11.Data(data=payload)) if payload else b"")
-    writer.write(conn.send(h11.EndOfMessage()))
-    await writer.drain()
+def make_tls(ca_out: Path) -> ssl.SSLContext:
+    """A throwaway CA and a certificate for the AWS host names and 127.0.0.1; the CA goes to ca_out."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentgate bench upstream CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = ["*.amazonaws.com", "*.us-east-1.amazonaws.com", "*.s3.amazonaws.com", "*.s3.us-east-1.amazonaws.com",
+             "localhost"]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "amazonaws.com")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([*(x509.DNSName(n) for n in names),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_out.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with tempfile.TemporaryDirectory() as d:
+        pem = Path(d) / "server.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ctx.load_cert_chain(pem)
+    return ctx
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-port", type=int, default=None, help="also listen with TLS on this port (0: any)")
+    ap.add_argument("--tls-ca-out", default=None, help="where to write the CA certificate of the TLS listener")
     ap.add_argument("--ready-file")
     ap.add_argument("--slow-sts", default="", help="AssumeRole for session names containing this answers late")
     ap.add_argument("--slow-sts-seconds", type=float, default=5.0)
     args = ap.parse_args()
     global SLOW_STS, SLOW_STS_SECONDS
     SLOW_STS, SLOW_STS_SECONDS = args.slow_sts, args.slow_sts_seconds
-    server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20)
-    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(Server, "127.0.0.1", args.port)]
+    ports = [servers[0].sockets[0].getsockname()[1]]
+    if args.tls_port is not None:
+        if not args.tls_ca_out:
+            ap.error("--tls-port needs --tls-ca-out")
+        ctx = make_tls(Path(args.tls_ca_out))
+        servers.append(await loop.create_server(Server, "127.0.0.1", args.tls_port, ssl=ctx))
+        ports.append(servers[1].sockets[0].getsockname()[1])
+    line = " ".join(map(str, ports))
     if args.ready_file:
-        with open(args.ready_file, "w") as f:
-            f.write(str(port))
-    print(port, flush=True)
-    async with server:
-        await server.serve_forever()
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(line)
+        tmp.rename(args.ready_file)
+    print(line, flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""The chain's own cost per call, without mitmproxy's proxy core: the gateway's master and its
+add-ons (egress, auth, classify, policy, approval, signer, masking, recorder) driven hook by hook
+over in-memory flows, as the proxy server would drive them, for a small DynamoDB GetItem whose
+upstream answer is canned. A real OIDC issuer, a canned STS upstream and a real store (SQLite on
+disk, durability sync) stand behind it. Prints CPU µs per call (median of rounds) and, with
+--profile FILE, writes a cProfile of the whole run.
+
+    .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mitmproxy import connection, http, options  # noqa: E402
+from mitmproxy.proxy.layers.http import (  # noqa: E402
+    HttpConnectHook, HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook)
+from mitmproxy.test import tflow  # noqa: E402
+
+from tests.support.gateway import TEST_POLICY  # noqa: E402
+from tests.support.oidc import OIDCIssuer  # noqa: E402
+
+HOST = "dynamodb.us-east-1.amazonaws.com"
+BODY = b'{"TableName": "bench", "Key": {"id": {"S": "1"}}}'
+ANSWER = b'{"Item": {"id": {"S": "1"}, "name": {"S": "bench"}}}'
+
+
+def agent_request() -> http.Request:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    aws = AWSRequest(method="POST", url=f"https://{HOST}/", data=BODY, headers={
+        "X-Amz-Target": "DynamoDB_20120810.GetItem", "Content-Type": "application/x-amz-json-1.0"})
+    SigV4Auth(ReadOnlyCredentials("AKIDAGENT", "x", None), "dynamodb", "us-east-1").add_auth(aws)
+    headers = [(b"Host", HOST.encode())] + [(k.encode(), v.encode()) for k, v in aws.headers.items()]
+    headers.append((b"Content-Length", str(len(BODY)).encode()))
+    return http.Request(HOST, 443, b"POST", b"https", b"", b"/", b"HTTP/1.1", http.Headers(headers),
+                        BODY, None, time.time(), time.time())
+
+
+async def main(args) -> None:
+    from addons import chain
+    from addons.core.credentials import CredentialBroker
+    from addons.core.identity import TokenValidator
+    from addons.core.policy import PolicyStore
+    from addons.core.store import Store
+    from addons.gateway import GatewayMaster, _warm_up
+    from addons.settings import Settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-chain-"))
+    ready = tmp / "upstream.port"
+    up = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_upstream.py"), "--ready-file", str(ready)],
+                          stdout=subprocess.DEVNULL)
+    issuer = OIDCIssuer()
+    issuer.__enter__()
+    try:
+        while not (ready.exists() and ready.read_text()):
+            await asyncio.sleep(0.05)
+        upstream = f"http://127.0.0.1:{ready.read_text()}"
+        (tmp / "policies").mkdir()
+        (tmp / "policies" / "test.yaml").write_text(TEST_POLICY)
+        settings = Settings(oidc_issuer=issuer.issuer, upstream=upstream, db=args.db or f"sqlite:///{tmp}/a.db",
+                            policies=str(tmp / "policies"), certs=str(tmp / "certs"), keys=str(tmp / "keys"),
+                            console_listen="").resolved()
+        store = Store(settings.db, durability=args.durability)
+        store.migrate()
+        store.start()
+        import os
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIABENCH")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "x")
+        policies = PolicyStore(settings.policies)
+        validator = TokenValidator(settings.oidc_issuer, [settings.oidc_audience])
+        broker = CredentialBroker(endpoint_url=upstream)
+        _warm_up()
+        m = GatewayMaster(options.Options(confdir=settings.certs))
+        m.addons.add(*chain(settings, store=store, policies=policies, validator=validator, broker=broker))
+        store.store_policy_version(policies.current.version, policies.current.text)
+        token = issuer.mint("agent-1", groups=["data-agents"], expires_in=86400)
+        proxy_auth = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
+        client = tflow.tclient_conn()
+        client.tls = True  # the requests arrive inside the CONNECT tunnel, decrypted
+
+        connect = http.HTTPFlow(client, tflow.tserver_conn())
+        connect.request = http.Request.make("CONNECT", f"https://{HOST}:443/", b"", {"Proxy-Authorization": proxy_auth})
+        connect.request.authority = f"{HOST}:443"
+        connect.request.host, connect.request.port = HOST, 443
+        await m.addons.handle_lifecycle(HttpConnectHook(connect))
+        if connect.response is not None:
+            raise SystemExit(f"CONNECT refused: {connect.response.status_code} {connect.response.text}")
+        base = agent_request()
+
+        async def one() -> None:
+            f = http.HTTPFlow(client, tflow.tserver_conn())
+            f.request = base.copy()
+            f.request.timestamp_start = time.time()
+            await m.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+            await m.addons.handle_lifecycle(HttpRequestHook(f))
+            if f.response is None:
+                f.response = http.Response.make(200, ANSWER, {"Content-Type": "application/x-amz-json-1.0",
+                                                              "x-amzn-RequestId": "bench", "x-amz-crc32": "0"})
+                await m.addons.handle_lifecycle(HttpResponseHeadersHook(f))
+            await m.addons.handle_lifecycle(HttpResponseHook(f))
+            if f.response.status_code != 200:
+                raise SystemExit(f"the call was refused: {f.response.status_code} {f.response.text[:300]}")
+
+        for _ in range(200):  # warm up: STS, JWKS, caches
+            await one()
+        profiler = None
+        if args.profile:
+            import cProfile
+            profiler = cProfile.Profile()
+        import gc
+        gc_time = [0.0, 0.0, 0]
+
+        def on_gc(phase, info):
+            if phase == "start":
+                gc_time[1] = time.thread_time()
+            else:
+                gc_time[0] += time.thread_time() - gc_time[1]
+                gc_time[2] += 1
+
+        gc.callbacks.append(on_gc)
+        per_call = []
+        t_all = time.thread_time()
+        for _ in range(args.rounds):
+            t0 = time.process_time()
+            if profiler:
+                profiler.enable()
+            for _ in range(args.calls):
+                await one()
+            if profiler:
+                profiler.disable()
+            per_call.append((time.process_time() - t0) / args.calls * 1e6)
+        t_all = time.thread_time() - t_all
+        gc.callbacks.remove(on_gc)
+        if profiler:
+            profiler.dump_stats(args.profile)
+        print(json.dumps({"cpu_us_per_call_median": round(statistics.median(per_call), 1),
+                          "cpu_us_per_call_min": round(min(per_call), 1),
+                          "gc_share_of_loop_thread": round(gc_time[0] / t_all, 3), "gc_collections": gc_time[2],
+                          "rounds": [round(x, 1) for x in per_call], "db": settings.db.split(":")[0],
+                          "durability": args.durability}))
+        await asyncio.to_thread(store.close)
+        await validator.aclose()
+    finally:
+        up.terminate()
+        issuer.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--db", default="")
+    ap.add_argument("--durability", default="sync")
+    ap.add_argument("--profile", default="")
+    asyncio.run(main(ap.parse_args()))
