@@ -14,10 +14,15 @@ Follow one call through the chain in order (``chain()`` below builds it):
 5. ``approval`` (requestheaders/request) holds a call whose decision is approve until a human
    approves it (it goes on), denies it, or ``approval_hold`` runs out (ApprovalPending).
 6. ``signer``   (requestheaders/request) gets JIT credentials for the role, strips the agent's
-   auth, re-signs with botocore's signer and re-targets to ``upstream`` when set.
+   auth, re-signs with botocore's signer and re-targets to ``upstream`` when set; upstream then
+   has ``upstream_timeout`` seconds to answer (responseheaders, error).
 7. ``masking``  (request, response) masks the call for the record (request and response, always)
    and the response for the agent where the decision's ``mask_for_agent`` names members.
 8. ``recorder`` (response, error) writes one Record per flow to the store.
+
+A stage that raises does not let the call go on: the gateway's hook dispatch (addons/fastpath.py)
+answers the flow with an AWS-shaped 500 at once (stage.fail_closed), and the signer forwards only a
+call that has a principal, a classification and an allowing decision.
 
 A request whose body streams runs stages 2-6 in ``requestheaders`` (the body goes upstream as it
 arrives); every other request runs them in ``request`` with its body in hand.
@@ -35,6 +40,7 @@ key                    set by      value
 ``agentgate.decision`` policy      core.policy.Decision
 ``agentgate.approval`` approval    core.approvals.Approval: the approval that released (or held,
                        (policy)    or refused) the call; or the access grant it runs under
+``agentgate.released`` approval    True once a call whose decision is approve was released
 ``agentgate.signed``   signer      core.credentials.Grant (role ARN, session id, expiry)
 ``agentgate.refusal``  any stage   core.awserrors.Refusal, when the flow was answered here
 ``agentgate.masked``   masking     core.masking.MaskedCall: bodies, headers and parameters as the
@@ -59,13 +65,13 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
     approvals = approvals if approvals is not None else Approvals(store)
     masking = Masking(fingerprint_key)
     return [
-        Egress(settings.allow_hosts, settings.allow_private),
+        Egress.from_settings(settings),
         Auth(validator),
         Classify(),
         Policy(policies, approvals, store),
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
                  mask=lambda call: masking.masker.params(call)[0]),
-        Signer(broker, settings.upstream),
+        Signer(broker, settings.upstream, settings.upstream_timeout),
         masking,
-        Recorder(store, fail_open=settings.fail_open),
+        Recorder(store, fail_open=settings.fail_open, masking=masking),
     ]

@@ -21,7 +21,7 @@ from .core.approvals import Approval as ApprovalInfo
 from .core.approvals import ApprovalError, Approvals, describe_approvers
 from .core.awserrors import Refusal
 from .core.store import StoreError
-from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
+from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, RELEASED, answer, due
 
 log = logging.getLogger("agentgate.approval")
 
@@ -104,6 +104,7 @@ class Approval:
         a = asked.approval
         flow.metadata[APPROVAL] = a
         if asked.state == "released":
+            flow.metadata[RELEASED] = True
             log.info("released %s for %s: approval %s (approved by %s)", a.action, a.principal, a.id, a.approver)
             return
         if asked.state == "denied":
@@ -142,6 +143,7 @@ class Approval:
                 return
             if taken is not None:
                 flow.metadata[APPROVAL] = taken
+                flow.metadata[RELEASED] = True
                 log.info("released %s for %s after %s approved it: approval %s", a.action, a.principal,
                          taken.approver, a.id)
                 return

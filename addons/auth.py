@@ -1,10 +1,12 @@
 """auth: who is calling. Validates the agent's OIDC token and attaches a Principal to each flow.
 
 Transport A: the token is the password of the proxy URL, sent as ``Proxy-Authorization`` on
-CONNECT; the Principal is remembered per client connection and its expiry is checked again on
-every request. Transport B: the token is the AWS session token (``X-Amz-Security-Token``) of each
-request. A CONNECT without proxy credentials is let through only to AWS hosts, and every request
-in it must then carry transport B's token. When both are present they must name the same subject.
+CONNECT; the token is remembered per client connection and checked again on every request (its
+expiry, and the issuer's keys: one withdrawn, or past its cache lifetime while the issuer cannot
+be reached, refuses the calls still made on that connection). Transport B: the token is the AWS
+session token (``X-Amz-Security-Token``) of each request. A CONNECT without proxy credentials is
+let through only to AWS hosts, and every request in it must then carry transport B's token. When
+both are present they must name the same subject.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Auth:
         self.connections[flow.client_conn] = (principal, token)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response:
+        if flow.response or flow.error:
             return
         refusal = await self._authenticate(flow)
         if refusal is not None:
@@ -78,6 +80,10 @@ class Auth:
             if principal_a.expired(time.time(), leeway=self.validator.leeway if self.validator else 0.0):
                 return Refusal(403, "ExpiredToken", "the agent's token (proxy credentials) has expired; "
                                "reconnect with a fresh token", "auth")
+            try:  # again on every request: the issuer's keys may have been withdrawn or outlived their cache lifetime
+                principal_a = await self._validate(token_a)
+            except identity.TokenError as e:
+                return _refusal(e)
             if principal_b is not None and not identity.same_subject(principal_a, principal_b):
                 return Refusal(403, "AccessDenied", "the proxy credentials and the AWS session token name different "
                                f"subjects ({principal_a.sub!r} and {principal_b.sub!r}); present one identity", "auth")
@@ -94,6 +100,9 @@ class Auth:
 
 
 def _refusal(e: identity.TokenError) -> Refusal:
+    if e.code == "issuer_unreachable":  # the token may be good: it cannot be checked now
+        return Refusal(503, "ServiceUnavailable", f"agentgate cannot verify the agent's token right now: {e.reason}; "
+                       "retry shortly", "auth")
     code = "ExpiredToken" if e.code == "expired" else "InvalidClientTokenId" if e.code in ("malformed", "missing") else "AccessDenied"
     return Refusal(403, code, f"the agent's token was refused: {e.reason}", "auth")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from .core import classifier
-from .stage import CALL, HOST, REFUSAL, answer, due
+from .stage import CALL, HOST, REFUSAL, answer, due, header_pairs, lowered
 
 
 class Classify:
@@ -15,7 +15,7 @@ class Classify:
         req = flow.request
         path, _, query = req.path.partition("?")
         host = flow.metadata.get(HOST) or req.host_header or req.host
-        call = classifier.classify(req.method, host, path, query, req.headers, body)
+        call = classifier.classify(req.method, host, path, query, lowered(header_pairs(flow, req)), body)
         if call.error and call.action != "unknown":
             # A body that does not parse, or parameters that do not fit the shape: policy decides
             # it as `unknown` (denied unless a rule names it); service and operation stay recorded.

@@ -74,8 +74,14 @@ oidc_issuer = "{oidc_issuer}"            # the issuer whose tokens agents presen
 oidc_audience = "{oidc_audience}"
 groups_claim = "groups"
 allow_hosts = []                         # non-AWS hosts tunnelled untouched, e.g. ["pypi.org", "*.github.com"]
+# allow_private = ["10.0.0.0/16"]        # private/loopback addresses agents may reach (a VPC endpoint's range):
+                                         # CIDR, address or host name, each with an optional :PORT
+# max_header_bytes = 65536               # a request head (line and headers) larger than this: 431
+# max_url_bytes = 16384                  # a longer URL: 414
+# max_body_bytes = 104857600             # a body read into memory (no declared payload hash) larger than this: 413
 approval_hold = 20
 durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
+sqlite_synchronous = "normal"            # "full": a committed record also survives a power loss (SQLite; slower)
 console_listen = "127.0.0.1:8081"        # the approvals console ("" for none)
 # webhook_url = "https://hooks.slack.com/services/..."   # told of approvals asked and decided
 # grant_approvers = ["sre"]              # groups that approve access grants (agentgate access)
@@ -111,6 +117,8 @@ def create_ca(certs: Path) -> Path:
 @click.option("--listen", default=None, help="HOST:PORT the gateway listens on.")
 def init(oidc_issuer, oidc_audience, listen) -> None:
     """Create the CA (certs/), agentgate.toml, the default policies, keys and the store."""
+    previous = os.umask(0o077)  # what init writes (config, CA, keys, the SQLite store) is its user's alone
+    click.get_current_context().call_on_close(lambda: os.umask(previous))
     cfg = config_path()
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
@@ -134,6 +142,7 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
     ):
         if _write_secret(keys / name, data):
             click.echo(f"created {keys / name} (0600)")
+        os.chmod(keys / name, 0o600)  # one that was already there too
     os.chmod(keys, 0o700)
     from .core.store import Store, StoreError
 

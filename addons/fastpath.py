@@ -6,7 +6,8 @@
    manager with versions that look up, once per event name, the few hook functions that exist, and
    skip ``update`` when no add-on has it. Behaviour is mitmproxy's: chain order, sub-add-ons,
    sync and async hooks, an add-on's exception logged and the next add-on still called,
-   ``AddonHalt`` stopping the event. The table is rebuilt whenever an add-on is added or removed.
+   ``AddonHalt`` stopping the event; plus an ``on_error`` callback where the gateway answers a
+   flow whose stage raised with an error (a stage that fails must not let the call go on). The table is rebuilt whenever an add-on is added or removed.
 2. ``SO_REUSEPORT`` on the proxy's listening socket, so that several gateway processes
    (``agentgate run --workers N``) share one port and the kernel spreads connections over them.
    mitmproxy has no option for it.
@@ -50,10 +51,11 @@ def _supported(manager: Any) -> str | None:
 class Dispatch:
     """A per-event-name table of (addon, hook function, is coroutine function), in chain order."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: Any, on_error: Any = None) -> None:
         from mitmproxy import addonmanager, exceptions, flow, hooks
 
         self.manager = manager
+        self.on_error = on_error  # (event, addon, exception) after an add-on's hook raised
         self._traverse = addonmanager.traverse
         self._halt = exceptions.AddonHalt
         self._options_error = exceptions.OptionsError
@@ -103,6 +105,8 @@ class Dispatch:
             except Exception as e:
                 failed = top
                 log_addon_error(e)
+                if self.on_error is not None:
+                    self.on_error(event, top, e)
 
     async def handle_lifecycle(self, event: Any) -> None:
         await self.trigger_event(event)
@@ -118,15 +122,17 @@ def log_addon_error(e: BaseException) -> None:
         f"Addon error: {e}", exc_info=(type(e), e, e.__traceback__))
 
 
-def precompute_dispatch(manager: Any) -> bool:
-    """Give ``manager`` (a master's ``AddonManager``) the table-driven dispatch. True when done."""
+def precompute_dispatch(manager: Any, on_error: Any = None) -> bool:
+    """Give ``manager`` (a master's ``AddonManager``) the table-driven dispatch. True when done.
+    ``on_error(event, addon, exception)`` is called after an add-on's hook raised (and was logged),
+    before the next add-on's hook runs: where the gateway fails the flow closed."""
     why = _supported(manager)
     if why is not None:
         log.debug("hook dispatch left to mitmproxy: %s", why)
         return False
     if isinstance(getattr(manager, "_agentgate_dispatch", None), Dispatch):
         return True
-    dispatch = Dispatch(manager)
+    dispatch = Dispatch(manager, on_error)
     add, remove = manager.add, manager.remove
 
     @functools.wraps(add)

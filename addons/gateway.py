@@ -18,6 +18,7 @@ from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
 from . import fastpath
+from .stage import fail_closed
 from .settings import Settings, parse_hostport
 
 log = logging.getLogger("agentgate")
@@ -34,7 +35,7 @@ class GatewayMaster(master.Master):
 
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=False)
-        self.dispatch_precomputed = fastpath.precompute_dispatch(self.addons)
+        self.dispatch_precomputed = fastpath.precompute_dispatch(self.addons, on_error=fail_closed)
         self.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -76,7 +77,8 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
     store = Store(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
-                  body_cap=settings.body_cap)
+                  body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
+                  commit_timeout=settings.commit_timeout)
     try:
         store.migrate()
     except StoreError as e:
@@ -126,7 +128,6 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     store.store_policy_version(current.version, current.text)
     store.start()
     await approvals.start()
-    _freeze_heap()
     console = None
     if settings.console_listen:
         console = _start_console(settings, worker is not None, Console(
@@ -156,7 +157,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         return await _run_until_done(m, console, approvals, notifier, store, validator)
     workers = f" ({settings.workers} workers, pid {os.getpid()} is worker 0)" if worker is not None else ""
     print(f"agentgate listening on {listen_host}:{listen_port}{workers}", file=sys.stderr)
-    print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability})", file=sys.stderr)
+    print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability}; {store.guarantee})", file=sys.stderr)
     print(f"  policies: {settings.policies} (version {current.version})", file=sys.stderr)
     print(f"  CA:       {settings.ca_file}  <- agents trust this", file=sys.stderr)
     if settings.upstream:
@@ -222,19 +223,6 @@ def _worker_header(app):
         await app(scope, receive, send_with_header)
 
     return wrapped
-
-
-def _freeze_heap() -> None:
-    """Move everything alive now (botocore's models, the indexes, compiled policies: long-lived)
-    out of the garbage collector's view, so that its full collections, which the allocations of
-    every call trigger, do not walk them again each time."""
-    import gc
-    import os as _os
-
-    if _os.environ.get("AGENTGATE_GC_FREEZE", "1") == "0":
-        return
-    gc.collect()
-    gc.freeze()
 
 
 def _warm_up() -> None:

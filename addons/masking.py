@@ -27,6 +27,7 @@ from mitmproxy import http
 from .core import sigv4
 from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, header_pairs
 from .stage import CALL, DECISION, REFUSAL, SIGNED, STREAM
+from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
 
@@ -129,7 +130,7 @@ class Masking:
         _, _, query = req.path.partition("?")
         streamed = bool(flow.metadata.get(STREAM) or req.stream)
         try:
-            headers = header_pairs(req.headers)
+            headers = stage_header_pairs(flow, req)
             body = None if streamed else _content(req, headers)
             query = sigv4.scrub_query(query) if query else ""
             content_type = _header(headers, "content-type")
@@ -231,7 +232,7 @@ class Masking:
         mc.response_done = True
         streamed = bool(resp.stream)
         try:
-            headers = header_pairs(resp.headers)
+            headers = stage_header_pairs(flow, resp)
             body = None if streamed else _content(resp, headers)
             content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001

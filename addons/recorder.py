@@ -1,13 +1,35 @@
-"""recorder: writes one Record per flow to the store (core.store): forwarded, refused, tunnelled,
-failed upstream, or abandoned by the client. With ``durability = "sync"`` (the default) the
-response waits in the ``response`` hook until its record is committed; when the store cannot
-write, the call is refused with an AWS-shaped 503 instead (fail closed) unless ``fail_open``. The
-record of a call refused that way is kept and written when the store is back, and says that the
-agent got the 503 (``refused_by_store``). While the store is known to be down, calls are refused
-before they go upstream (``request``). A response whose body streams (below) has reached the agent
-before its ``response`` hook, so it cannot be refused any more: its record is kept all the same.
+"""recorder: writes exactly one Record per flow to the store (core.store): forwarded, refused
+(by a stage, or held for an approval), tunnelled, failed upstream, or abandoned by the client.
 
-Large response bodies (S3 objects) stream through; their SHA-256 and size are computed on the way.
+With ``durability = "sync"`` (the default) nothing of an answer reaches the agent before its
+record is committed:
+
+- ``response``: a buffered answer waits in the hook until its record is committed;
+- ``responseheaders``: an answer whose body streams (over 1 MB, S3 objects) is recorded before
+  its first byte, headers included, goes to the agent. Its record cannot hold the body's SHA-256
+  (the body has not passed yet); it notes the length upstream declared, and upstream's ETag and
+  checksum headers are among its response headers. A stream that breaks afterwards is logged; it
+  makes no second record.
+
+The one exception: an answer over 1 MB that masking holds whole to mask it for the agent
+(``masking.HeldForAgent``) sends its headers at once and its masked body when it ends, before the
+``response`` hook records it (with its masked body); it cannot be refused there any more.
+
+When the store cannot write, the call is refused with an AWS-shaped 503 instead (fail closed;
+``fail_open`` answers it all the same, loudly), with one log line. Its record is kept and written
+when the store is back, and says that the agent got the 503 (``refused_by_store``). While the store
+is known to be down, calls are refused before they go upstream (``request``).
+
+A client that leaves while its answer waits for the commit gets nothing, and its record says so
+(outcome ``client_gone``): core.store changes a record still queued, and stops a commit under way
+to change it; a commit that went through first stands (the record says what the agent was to be
+given), and a log line says that the client left.
+
+Which hook sees a client leave (mitmproxy 12): while upstream is slow or a body streams, and while
+a request hook holds the call (approval), the ``error`` hook, with "Client disconnected."; while the
+``response`` hook waits for the commit, none: mitmproxy drops the answer after the hook. The
+recorder does not read the words: a client has left when its connection can no longer be read
+(``approval.client_gone``), which mitmproxy records before it tells any hook.
 """
 
 from __future__ import annotations
@@ -18,8 +40,10 @@ import time
 
 from mitmproxy import http
 
+from .approval import client_gone
 from .core import sigv4
 from .core.awserrors import Refusal, render
+from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
@@ -28,21 +52,36 @@ from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, REFUS
 log = logging.getLogger("agentgate.recorder")
 
 STREAM_RESPONSES_OVER = 1 << 20  # bytes; larger (or unknown-length binary) responses stream
-RESPONSE_DIGEST = "agentgate.response_body"
+RESPONSE_DIGEST = "agentgate.response_body"  # (sha256, size) of a body upstream sent, when it differs from the agent's
+RECORDED = "agentgate.recorded"  # [record id, what the agent got ("answered", "refused", "gone"), "METHOD URL"]
+INTEGRITY_HEADERS = ("etag", "content-md5", "x-amz-checksum-crc32", "x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme",
+                     "x-amz-checksum-sha1", "x-amz-checksum-sha256", "x-amz-checksum-type")
 
 
-class ResponseDigest:
-    def __init__(self, flow: http.HTTPFlow) -> None:
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.flow = flow
+class StreamedBody:
+    """The stream callable of an answer recorded before its body: passes the body on, counting it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
 
     def __call__(self, data: bytes) -> bytes:
-        self.sha.update(data)
-        self.size += len(data)
-        if not data:
-            self.flow.metadata[RESPONSE_DIGEST] = (self.sha.hexdigest(), self.size)
+        self.sent += len(data)
         return data
+
+
+class InsteadOfBody:
+    """The stream callable of a streamed answer refused after upstream began it: the agent gets
+    ``body`` (the refusal's), and none of upstream's bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.sent = 0
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        if self.body is None:
+            return []  # an empty piece would end a chunked body: send nothing
+        body, self.body = self.body, None
+        return [body]
 
 
 def should_stream(response: http.Response) -> bool:
@@ -61,7 +100,20 @@ def _digest(content: bytes | None) -> tuple[str | None, int | None]:
     return hashlib.sha256(content).hexdigest(), len(content)
 
 
-def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | None = None) -> Record:
+def streamed_note(response: http.Response) -> str:
+    """What the record of an answer recorded before its body says about that body."""
+    length = response.headers.get("content-length")
+    declared = f"upstream declared {length} bytes" if length is not None else "upstream did not declare its length"
+    names = [n for n in INTEGRITY_HEADERS if n in response.headers]
+    integrity = f"; its {', '.join(names)} are in the response headers" if names else ""
+    return (f"response: body streamed to the agent after this record was committed, so not kept and its SHA-256 "
+            f"and size are not here; {declared}{integrity}")
+
+
+def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | None = None,
+                 streamed: bool = False) -> Record:
+    """The Record of ``flow`` as the stages left it. ``streamed``: its answer's body has not passed
+    yet (the record is written before it)."""
     md = flow.metadata
     req, resp = flow.request, flow.response
     principal = md.get(PRINCIPAL)
@@ -110,12 +162,14 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
     if outcome:
         r.outcome = outcome
     if error:
-        r.error = error
+        r.error = error if r.error is None else f"{error} (it had been answered {r.error})"
     if resp is not None:
         r.status = resp.status_code
         r.response_headers = redact_headers(resp.headers)
         r.aws_request_id = resp.headers.get("x-amzn-requestid") or resp.headers.get("x-amz-request-id")
-        if md.get(RESPONSE_DIGEST):
+        if streamed:
+            pass  # the body has not passed yet: nothing of it is known but what upstream declared
+        elif md.get(RESPONSE_DIGEST):
             r.response_body_sha256, r.response_body_size = md[RESPONSE_DIGEST]
         elif not resp.stream:
             r.response_body_sha256, r.response_body_size = _digest(resp.raw_content)
@@ -136,6 +190,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.params = masked.params
         if masked.resources is not None:
             r.resources = masked.resources
+    if streamed and resp is not None:
+        r.body_note = "; ".join(n for n in (r.body_note, streamed_note(resp)) if n)
     r.bytes_in = r.request_body_size
     r.bytes_out = r.response_body_size
     r.latency_ms = round((end - r.time) * 1000, 3)
@@ -146,57 +202,81 @@ STORE_DOWN = Refusal(503, "ServiceUnavailable", "agentgate cannot record this ca
                      "is unavailable), so it is not answered; retry shortly", "store")
 
 
+def _before(record: Record) -> str:
+    """What the gateway had for the agent when it could not give it: for a record's error."""
+    if record.outcome == "refused":
+        return f"it had been refused with {record.status}: {record.error}"
+    if record.kind == "connect":
+        return "the tunnel was not opened"
+    if record.status is not None:
+        return f"upstream had answered {record.status}" + (
+            f" (request id {record.aws_request_id})" if record.aws_request_id else "")
+    return "it had not been answered"
+
+
 def refused_by_store(record: Record) -> dict:
     """What ``record`` says instead when its call is refused because the store could not commit it
     (fail closed): the agent got STORE_DOWN's 503. The error keeps what had happened before; the
     AWS request id and response digest stay upstream's, whose answer the agent did not get."""
     if record.rule == "agentgate:store":  # refused before it went anywhere: it says so already
         return {}
-    if record.outcome == "refused":
-        before = f"it had been refused with {record.status}: {record.error}"
-    elif record.kind == "connect":
-        before = "the tunnel was not opened"
-    elif record.status is not None:
-        before = f"upstream had answered {record.status}" + (
-            f" (request id {record.aws_request_id})" if record.aws_request_id else "")
-    else:
-        before = "it had not been answered"
     return {"outcome": "refused", "status": STORE_DOWN.status,
-            "error": f"{STORE_DOWN.code} (agentgate:store): {STORE_DOWN.message}; {before}"}
+            "error": f"{STORE_DOWN.code} (agentgate:store): {STORE_DOWN.message}; {_before(record)}"}
+
+
+def gone_before_answer(record: Record) -> dict:
+    """What ``record`` says instead when its client left while the answer waited for the commit:
+    the agent got nothing."""
+    return {"outcome": "client_gone",
+            "error": f"Client disconnected while its answer waited for this record to be committed; {_before(record)}"}
 
 
 class Recorder:
-    def __init__(self, store: Store, *, fail_open: bool = False) -> None:
+    def __init__(self, store: Store, *, fail_open: bool = False, masking=None) -> None:
         self.store = store
         self.fail_open = fail_open
+        self.masking = masking  # the Masking addon: masks a streamed answer's headers before it is recorded
 
-    async def _write(self, record: Record, refusable: bool = False) -> bool:
-        """Write ``record``. False when its call must be refused: the store cannot write and
-        ``fail_open`` is off. ``refusable``: the call can still be refused (nothing reached the agent)."""
+    async def _write(self, flow: http.HTTPFlow, record: Record, refusable: bool = False) -> str:
+        """Write ``flow``'s record: what the agent gets then. "answered": go on; "refused": answer
+        503 (the store cannot write; ``fail_open`` is off); "gone": the client left before the
+        record was committed, and the record says so. ``refusable``: nothing reached the agent yet."""
         what = f"{record.method} {record.url}"
+        done = flow.metadata[RECORDED] = [record.id, "answered", what]
         try:
-            await self.store.write(record, if_refused=refused_by_store(record) if refusable and not self.fail_open else None)
-            return True
+            committed = await self.store.write(
+                record, if_refused=refused_by_store(record) if refusable and not self.fail_open else None,
+                if_gone=gone_before_answer(record) if refusable else None,
+                gone=(lambda: client_gone(flow)) if refusable else None)
         except StoreUnavailable as e:
             if self.fail_open:
                 log.warning("FAIL OPEN: the store cannot write (%s); %s is answered all the same", e, what)
-                return True
-            if refusable:
+            elif refusable:
                 log.error("refusing %s with 503: the store cannot write (%s)", what, e)
+                done[1] = "refused"
             else:
                 log.error("the store cannot write the record of %s (%s)", what, e)
-            return False
+            return done[1]
         except StoreError as e:
             if refusable and not self.fail_open:
                 log.error("refusing %s with 503: the store refused its record (%s)", what, e)
+                done[1] = "refused"
             else:
                 log.error("the store refused the record of %s (%s)", what, e)
-            return self.fail_open
+            return done[1]
+        if not committed:
+            log.info("the client of %s left while its answer waited for the commit; record %s says client_gone",
+                     what, record.id)
+            done[1] = "gone"
+        elif refusable and client_gone(flow):
+            log.warning("the client of %s left as its record %s was being committed; the record says what it was "
+                        "to be given, which it did not get", what, record.id)
+        return done[1]
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # a refused CONNECT
-            await self._write(build_record(flow))
-        elif flow.metadata.get(TUNNEL) and not await self._write(build_record(flow), refusable=True):
+            await self._write(flow, build_record(flow))
+        elif flow.metadata.get(TUNNEL) and await self._write(flow, build_record(flow), refusable=True) == "refused":
             flow.response = http.Response.make(STORE_DOWN.status, f"agentgate: {STORE_DOWN.message}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
 
@@ -213,17 +293,57 @@ class Recorder:
         if due(flow, "request"):
             self._refuse_while_down(flow)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None and not flow.response.stream and should_stream(flow.response):
-            flow.response.stream = ResponseDigest(flow)
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if (resp is None or resp.stream or flow.error or RECORDED in flow.metadata
+                or flow.metadata.get(REFUSAL) is not None or not should_stream(resp)):
+            return  # buffered (recorded in ``response``), answered here already, or held whole by masking
+        resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
+        self._mask_headers(flow)
+        if await self._write(flow, build_record(flow, streamed=True), refusable=True) == "refused":
+            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
+            if flow.request.http_version.startswith("HTTP/1"):
+                headers["connection"] = "close"  # the agent hangs up after the 503; upstream's stream is cut then
+            refused = http.Response.make(status, body, headers)
+            refused.stream = InsteadOfBody(body)
+            flow.response = refused
+
+    def _mask_headers(self, flow: http.HTTPFlow) -> None:
+        """Mask a streamed answer's headers for its record, as ``masking`` would after its body."""
+        if self.masking is None:
+            return
+        self.masking.mask_request(flow)
+        masked = self.masking.masked(flow)
+        if not masked.response_done:
+            resp = flow.response
+            part, _ = self.masking.masker.response(flow.metadata.get(CALL), status=resp.status_code,
+                                                   headers=header_pairs(resp.headers), body=None, agent=False)
+            masked.add(part, "response")
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        refusable = not flow.response.stream  # a streamed body has already reached the agent
-        if not await self._write(build_record(flow), refusable) and refusable:
+        if RECORDED in flow.metadata:  # a streamed answer, recorded before its first byte
+            return
+        refusable = not flow.response.stream  # a body masking held whole for the agent has reached it
+        if await self._write(flow, build_record(flow), refusable) == "refused":
             status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
             flow.response = http.Response.make(status, body, headers)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "unknown error"
-        outcome = "client_gone" if "client" in msg.lower() and ("disconnect" in msg.lower() or "closed" in msg.lower()) else "failed"
-        await self._write(build_record(flow, outcome=outcome, error=msg))
+        done = flow.metadata.get(RECORDED)
+        refusal = flow.metadata.get(REFUSAL)
+        if done is None and refusal is not None and msg == refusal.message:
+            record = build_record(flow)  # refused inside mitmproxy's HTTP layer (egress, limits): no response object
+            record.status = refusal.status
+            await self._write(flow, record)
+            return
+        if done is None:
+            await self._write(flow, build_record(flow, outcome="client_gone" if client_gone(flow) else "failed", error=msg))
+            return
+        record_id, got, what = done
+        stream = flow.response.stream if flow.response is not None else None
+        if got == "answered" and isinstance(stream, StreamedBody):
+            length = flow.response.headers.get("content-length", "?")
+            who = "the client left" if client_gone(flow) else "upstream failed"
+            log.warning("the answer to %s broke after %d of %s bytes (%s: %s); record %s says it was forwarded",
+                        what, stream.sent, length, who, msg, record_id)

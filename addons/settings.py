@@ -7,6 +7,7 @@ Settings; a flag given as None means "not given on the command line".
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -28,15 +29,22 @@ class Settings:
     db: str = ""  # SQLAlchemy URL; default sqlite:///<home>/agentgate.db
     policies: str = ""  # default <home>/policies
     upstream: str = ""  # e.g. http://127.0.0.1:5000: all AWS traffic goes there, Host kept
+    upstream_timeout: float = 120.0  # seconds upstream has to answer once the request is sent; 0: no bound
     oidc_issuer: str = ""
     oidc_audience: str = "agentgate"
     oidc_algorithms: list[str] = dataclasses.field(default_factory=lambda: ["RS256", "ES256"])
     groups_claim: str = "groups"
     oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    oidc_jwks_cache: float = 3600.0  # seconds the issuer's keys are trusted before they must be fetched again
     allow_hosts: list[str] = dataclasses.field(default_factory=list)  # non-AWS hosts tunnelled untouched
-    allow_private: list[str] = dataclasses.field(default_factory=list)  # loopback/link-local/metadata addresses explicitly allowed
+    allow_private: list[str] = dataclasses.field(default_factory=list)  # off-limits addresses allowed: CIDR, address or host name, [:PORT]
+    max_header_bytes: int = 64 * 1024  # a request head (request line and headers) larger than this is refused (431)
+    max_url_bytes: int = 16 * 1024  # a request URL longer than this is refused (414)
+    max_body_bytes: int = 100 * 1024 * 1024  # a request body read into memory (not streamed) larger than this is refused (413)
     approval_hold: float = 20.0
     durability: str = "sync"  # sync | async
+    sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
+    commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused
     fail_open: bool = False
     console_listen: str = "127.0.0.1:8081"  # the approvals console; "" for none
     console_url: str = ""  # the console's address as approvers reach it; default http://<console_listen>
@@ -58,8 +66,16 @@ class Settings:
         s.policies = str(_abs(s.policies or "policies", root))
         s.certs = str(_abs(s.certs or "certs", root))
         s.keys = str(_abs(s.keys or "keys", root))
+        if not (math.isfinite(s.upstream_timeout) and s.upstream_timeout >= 0):
+            raise SettingsError(f"upstream_timeout must be a number of seconds (0 for no bound), not {s.upstream_timeout!r}")
+        if not (math.isfinite(s.oidc_jwks_cache) and s.oidc_jwks_cache > 0):
+            raise SettingsError(f"oidc_jwks_cache must be a number of seconds above 0, not {s.oidc_jwks_cache!r}")
         if s.durability not in ("sync", "async"):
             raise SettingsError(f"durability must be 'sync' or 'async', not {s.durability!r}")
+        if s.sqlite_synchronous not in ("normal", "full"):
+            raise SettingsError(f"sqlite_synchronous must be 'normal' or 'full', not {s.sqlite_synchronous!r}")
+        if not s.commit_timeout > 0:
+            raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
         parse_hostport(s.listen, "listen")
@@ -68,6 +84,15 @@ class Settings:
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        for cap in ("max_header_bytes", "max_url_bytes", "max_body_bytes"):
+            if getattr(s, cap) <= 0:
+                raise SettingsError(f"{cap} must be a positive number of bytes, not {getattr(s, cap)}")
+        from .core.destinations import parse_allowed
+
+        try:
+            parse_allowed(s.allow_private)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
         if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
             raise SettingsError(f"webhook_url must be an http:// or https:// URL, not {s.webhook_url!r}")
         return s

@@ -19,8 +19,37 @@ DECISION = "agentgate.decision"
 APPROVAL = "agentgate.approval"  # core.approvals.Approval: what released the call, or the grant it runs under
 SIGNED = "agentgate.signed"
 REFUSAL = "agentgate.refusal"
+RELEASED = "agentgate.released"  # True once the approval stage released a call whose decision is approve
 STARTED = "agentgate.started"
 BODY_DIGEST = "agentgate.body"  # (sha256 hexdigest, size) of a streamed request body
+
+
+_PAIRS = "agentgate.pairs"  # {id(message): (headers.fields, pairs)}: header_pairs' cache
+
+
+def header_pairs(flow: http.HTTPFlow, message: http.Message) -> list[tuple[str, str]]:
+    """The (name, value) pairs of ``message``'s headers (the flow's request or response) as
+    mitmproxy decodes them, decoded once for all the stages: mitmproxy's Headers decode every field
+    again on each access. Re-read when the headers have been replaced or changed."""
+    fields = message.headers.fields
+    cache = flow.metadata.get(_PAIRS)
+    if cache is None:
+        cache = flow.metadata[_PAIRS] = {}
+    found = cache.get(id(message))
+    if found is not None and found[0] is fields:
+        return found[1]
+    pairs = [(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for k, v in fields]
+    cache[id(message)] = (fields, pairs)
+    return pairs
+
+
+def lowered(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case name -> value, repeated headers joined with ", " (as mitmproxy's Headers read)."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 def due(flow: http.HTTPFlow, hook: str) -> bool:
@@ -42,9 +71,37 @@ def answer(flow: http.HTTPFlow, refusal: Refusal) -> None:
     flow.response = http.Response.make(status, body, headers)
 
 
+FLOW_EVENTS = frozenset({"http_connect", "requestheaders", "request", "responseheaders", "response"})
+
+
+def fail_closed(event, addon, error: BaseException) -> None:
+    """A stage's hook raised on an HTTP flow: the call must not go on as if that stage had passed.
+    Before upstream, the flow is answered with an AWS-shaped 500 (later stages see it answered and
+    do nothing; the recorder records it); after, the response is replaced by that 500, since it may
+    not have been masked or recorded. Stages are this package's add-ons; mitmproxy's own are left
+    to mitmproxy."""
+    if event.name not in FLOW_EVENTS or not type(addon).__module__.startswith(__package__ + "."):
+        return
+    flow = event.args()[0]
+    if not isinstance(flow, http.HTTPFlow) or flow.error is not None:
+        return
+    stage = type(addon).__name__.lower()
+    reason = (f"agentgate failed while handling this call ({stage}: {type(error).__name__}), so it is not "
+              "forwarded; the gateway's log has the details")
+    recorded_as = f"{stage}-failure"  # the record's rule: agentgate:<stage>-failure
+    if event.name == "http_connect":
+        if flow.response is None:
+            refuse_connect(flow, 502, reason, recorded_as)
+        return
+    if event.name in ("requestheaders", "request") and flow.response is not None:
+        return  # already answered without going upstream
+    answer(flow, Refusal(500, "InternalFailure", reason, recorded_as))
+
+
 def refuse_connect(flow: http.HTTPFlow, status: int, reason: str, stage: str) -> None:
     """Answer a CONNECT with ``status`` (403 or 407) and a reason in the body and a header."""
-    flow.metadata[REFUSAL] = Refusal(status, "Forbidden" if status == 403 else "ProxyAuthenticationRequired", reason, stage)
+    code = {403: "Forbidden", 407: "ProxyAuthenticationRequired"}.get(status, "BadGateway")
+    flow.metadata[REFUSAL] = Refusal(status, code, reason, stage)
     headers = {"content-type": "text/plain; charset=utf-8", "x-agentgate-reason": reason}
     if status == 407:
         headers["proxy-authenticate"] = 'Basic realm="agentgate"'

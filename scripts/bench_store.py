@@ -5,7 +5,8 @@ for the commit (durability "sync") adds to each call's latency over queueing onl
 For each backend (SQLite in a temporary directory; PostgreSQL started by tests/support/postgres.py,
 fsync on) and each durability, W concurrent asyncio writers (default 8) each write N records,
 awaiting every write as the recorder does. The writer's sustained rate is measured apart: records
-queued all at once, timed until the last is committed.
+queued all at once, timed until the last is committed. SQLite runs with each ``--sqlite-synchronous``
+setting (default both: normal, full).
 
 ``--gateway`` measures the same through real gateways instead: for each backend, a sync and an
 async gateway side by side (so that both see the same machine at the same moments) in front of a
@@ -13,13 +14,19 @@ fast canned upstream (scripts/bench_upstream.py), each with W agents (threads, e
 kept-alive tunnel, transport A) calling DynamoDB ListTables; the figure is the p50 of what each
 call takes at the agent. Agents pause ``--think`` ms between calls (as agents
 do while they think), so that the gateway is not saturated and the difference is the commit's.
-The store's directory is ``--dir`` (default: a temporary directory under the current one, on the
-disk a store would use, not tmpfs); PostgreSQL's data goes to TMPDIR.
+Each round runs every variant in turn (their order rotating from round to round, so that none
+always goes first on a machine whose load drifts): on SQLite each ``--sqlite-synchronous`` setting,
+and with ``--baseline DIR`` the agentgate code in DIR (a copy of ``addons/`` from another version,
+run with PYTHONPATH=DIR and its own defaults) as "before". The figure per variant is the median
+over rounds of (sync p50 - async p50). The store's directory is ``--dir`` (default: a temporary
+directory under the current one, on the disk a store would use, not tmpfs); PostgreSQL's data
+goes to TMPDIR.
 
 Prints a table; ``--json PATH`` writes the figures.
 
     .venv/bin/python scripts/bench_store.py --json bench-results/store.json
     .venv/bin/python scripts/bench_store.py --gateway --json bench-results/store-gateway.json
+    .venv/bin/python scripts/bench_store.py --gateway --baseline /tmp/before --rounds 5
 """
 
 from __future__ import annotations
@@ -80,8 +87,8 @@ async def run_writers(store: Store, writers: int, per_writer: int) -> list[float
     return latencies
 
 
-def measure(url: str, durability: str, writers: int, per_writer: int) -> dict:
-    store = Store(url, durability=durability, chain_key=b"bench-chain-key-0123456789")
+def measure(url: str, durability: str, writers: int, per_writer: int, synchronous: str = "normal") -> dict:
+    store = Store(url, durability=durability, chain_key=b"bench-chain-key-0123456789", sqlite_synchronous=synchronous)
     store.migrate()
     store.start()
     asyncio.run(run_writers(store, writers, 20))  # warm up: connections, statement caches
@@ -108,10 +115,10 @@ def measure(url: str, durability: str, writers: int, per_writer: int) -> dict:
     }
 
 
-def sustained(url: str, records: int) -> dict:
+def sustained(url: str, records: int, synchronous: str = "normal") -> dict:
     """Records per second the writer commits when it always has a full queue: ``records`` queued
     at once (durability "async"), timed from the first write until the queue is empty."""
-    store = Store(url, durability="async", chain_key=b"bench-chain-key-0123456789")
+    store = Store(url, durability="async", chain_key=b"bench-chain-key-0123456789", sqlite_synchronous=synchronous)
     store.migrate()
     store.start()
     batch = [sample_record(i % 8, i) for i in range(records)]
@@ -133,13 +140,14 @@ def sustained(url: str, records: int) -> dict:
             "queueing_us_per_record": round(queued / records * 1e6, 1), "records_per_commit": round(records / max(commits, 1), 1)}
 
 
-def bench_backend(name: str, url: str, writers: int, per_writer: int) -> dict:
+def bench_backend(name: str, url: str, writers: int, per_writer: int, synchronous: str = "normal") -> dict:
     results = {}
     for durability in ("sync", "async"):
-        results[durability] = measure(url, durability, writers, per_writer)
-    results["sustained"] = sustained(url, writers * per_writer)
+        results[durability] = measure(url, durability, writers, per_writer, synchronous)
+    results["sustained"] = sustained(url, writers * per_writer, synchronous)
     check = verify(url, b"bench-chain-key-0123456789")
-    assert check.ok, check.problems[:3]
+    if not check.ok:
+        raise RuntimeError(f"the benchmark's chain does not verify: {check.problems[:3]}")
     return {
         "backend": name,
         "sync": results["sync"],
@@ -212,13 +220,14 @@ def agents(port: int, ca: Path, tokens: list[str], calls: int, think: float = 0.
     return latencies
 
 
-def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, str], args, env: dict | None = None) -> dict:
+def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, str], args, env: dict | None = None,
+                 settings: dict | None = None) -> dict:
     """One gateway per durability, both running at once, each with its own ``args.writers`` agents:
     sync and async see the same machine at the same moments. Returns each one's sorted latencies."""
     from tests.support.gateway import TEST_POLICY, Gateway
 
     gateways = {d: Gateway(tmp / f"gw-{name}-{d}", issuer=issuer.issuer, upstream=upstream_url, aws_key=("bench", "bench"),
-                           policy=TEST_POLICY, settings={"db": db[d], "durability": d}, env=env)
+                           policy=TEST_POLICY, settings={"db": db[d], "durability": d, **(settings or {})}, env=env)
                 for d in ("sync", "async")}
     latencies: dict[str, list[float]] = {}
     try:
@@ -240,6 +249,29 @@ def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, 
     if set(latencies) != {"sync", "async"}:
         raise RuntimeError(f"agents failed; gateway logs in {tmp}")
     return latencies
+
+
+def gateway_variants(args, backend: str) -> list[tuple[str, dict | None, dict, str]]:
+    """(label, extra environment, settings, PostgreSQL synchronous_commit) of each variant measured
+    on ``backend``."""
+    out: list[tuple[str, dict | None, dict, str]] = []
+    if args.baseline:
+        out.append(("before", {"PYTHONPATH": str(Path(args.baseline).resolve())}, {}, "on"))
+    if backend == "sqlite":
+        out += [(f"synchronous={m}", None, {"sqlite_synchronous": m}, "on") for m in args.sqlite_synchronous.split(",")]
+    else:
+        out += [(f"synchronous_commit={m}", None, {}, m) for m in args.pg_synchronous_commit.split(",")]
+    return out
+
+
+def pg_database(pg, synchronous_commit: str) -> str:
+    """A new database on ``pg`` whose sessions commit with ``synchronous_commit``."""
+    import psycopg
+
+    url = pg.create_database()
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres", autocommit=True) as c:
+        c.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET synchronous_commit = {synchronous_commit}')
+    return url
 
 
 def bench_gateway(args, env: dict | None = None) -> dict:
@@ -267,20 +299,27 @@ def bench_gateway(args, env: dict | None = None) -> dict:
                     from tests.support.postgres import PostgresServer
 
                     pg = PostgresServer(fsync=True).start()
-                row: dict = {"backend": backend, "sync": {"p50_ms": [], "p90_ms": []}, "async": {"p50_ms": [], "p90_ms": []}}
+                variants = gateway_variants(args, backend)
+                rows = {label: {"backend": backend, "variant": label, "sync": {"p50_ms": [], "p90_ms": []},
+                                "async": {"p50_ms": [], "p90_ms": []}} for label, _, _, _ in variants}
                 for rnd in range(args.rounds):
-                    db = {dur: pg.create_database() if pg else f"sqlite:///{tmp / f'{backend}-{dur}-{rnd}.db'}"
-                          for dur in ("sync", "async")}
-                    lat = paired_round(issuer, upstream_url, tmp, f"{backend}-{rnd}", db, args, env)
-                    for dur in ("sync", "async"):
-                        row[dur]["p50_ms"].append(round(statistics.median(lat[dur]) * 1000, 3))
-                        row[dur]["p90_ms"].append(round(lat[dur][int(len(lat[dur]) * 0.9)] * 1000, 3))
-                    print(f"{backend} round {rnd}: p50 sync {row['sync']['p50_ms'][-1]} ms, "
-                          f"async {row['async']['p50_ms'][-1]} ms (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-                added = [s - a for s, a in zip(row["sync"]["p50_ms"], row["async"]["p50_ms"])]
-                row["added_p50_ms_sync_over_async"] = [round(x, 3) for x in added]
-                row["added_p50_ms_median"] = round(statistics.median(added), 3)
-                out["results"].append(row)
+                    for label, extra, settings, commit in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+                        row = rows[label]
+                        db = {dur: pg_database(pg, commit) if pg else f"sqlite:///{tmp / f'{backend}-{label}-{dur}-{rnd}.db'}"
+                              for dur in ("sync", "async")}
+                        lat = paired_round(issuer, upstream_url, tmp, f"{backend}-{label}-{rnd}".replace("=", "-"), db,
+                                           args, {**(env or {}), **(extra or {})} or None, settings)
+                        for dur in ("sync", "async"):
+                            row[dur]["p50_ms"].append(round(statistics.median(lat[dur]) * 1000, 3))
+                            row[dur]["p90_ms"].append(round(lat[dur][int(len(lat[dur]) * 0.9)] * 1000, 3))
+                        print(f"{backend} {label} round {rnd}: p50 sync {row['sync']['p50_ms'][-1]} ms, "
+                              f"async {row['async']['p50_ms'][-1]} ms (load {os.getloadavg()[0]:.1f})",
+                              file=sys.stderr, flush=True)
+                for row in rows.values():
+                    added = [s - a for s, a in zip(row["sync"]["p50_ms"], row["async"]["p50_ms"])]
+                    row["added_p50_ms_sync_over_async"] = [round(x, 3) for x in added]
+                    row["added_p50_ms_median"] = round(statistics.median(added), 3)
+                    out["results"].append(row)
                 if pg is not None:
                     pg.cleanup()
                     pg = None
@@ -297,8 +336,9 @@ def print_gateway(out: dict) -> None:
           f"calls each, {out['think_ms']} ms between calls, per round")
     for r in out["results"]:
         for d in ("sync", "async"):
-            print(f"{r['backend']:<11} {d:<6} p50 ms {r[d]['p50_ms']}  p90 ms {r[d]['p90_ms']}")
-        print(f"{r['backend']}: sync adds {r['added_p50_ms_sync_over_async']} ms to the p50 call "
+            print(f"{r['backend']:<11} {r['variant']:<18} {d:<6} p50 ms {r[d]['p50_ms']}  p90 ms {r[d]['p90_ms']}")
+    for r in out["results"]:
+        print(f"{r['backend']} {r['variant']}: sync adds {r['added_p50_ms_sync_over_async']} ms to the p50 call "
               f"(median {r['added_p50_ms_median']} ms)")
 
 
@@ -314,6 +354,13 @@ def main() -> int:
     ap.add_argument("--think", type=float, default=200.0,
                     help="--gateway: ms each agent pauses between calls, on average (default 200; 0 saturates the gateway)")
     ap.add_argument("--dir", help="where the stores go (default: a temporary directory in the current one)")
+    ap.add_argument("--sqlite-synchronous", default="normal,full",
+                    help="comma-separated SQLite settings to measure: normal, full (default both)")
+    ap.add_argument("--pg-synchronous-commit", default="on",
+                    help="--gateway: comma-separated PostgreSQL synchronous_commit values to measure, set on each "
+                         "database (default on, the server's default; off trades what a server crash loses)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="--gateway: also measure the agentgate code in DIR (a copy of addons/) as \"before\"")
     ap.add_argument("--switch-interval", type=float, default=GIL_SWITCH_INTERVAL * 1000,
                     help=f"ms, the GIL switch interval of this process (default {GIL_SWITCH_INTERVAL * 1000:g}, "
                          "what the gateway sets)")
@@ -337,7 +384,9 @@ def main() -> int:
         for backend in args.backends.split(","):
             backend = backend.strip()
             if backend == "sqlite":
-                out["results"].append(bench_backend("sqlite", f"sqlite:///{tmp}/bench.db", args.writers, args.records))
+                for mode in args.sqlite_synchronous.split(","):
+                    r = bench_backend("sqlite", f"sqlite:///{tmp}/bench-{mode}.db", args.writers, args.records, mode)
+                    out["results"].append({**r, "backend": f"sqlite {mode}"})
             elif backend == "postgresql":
                 from tests.support.postgres import PostgresServer
 
@@ -347,14 +396,14 @@ def main() -> int:
             else:
                 ap.error(f"unknown backend {backend!r}")
 
-    header = f"{'backend':<11} {'durability':<10} {'records/s':>10} {'per commit':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    header = f"{'backend':<15} {'durability':<10} {'records/s':>10} {'per commit':>10} {'p50 ms':>8} {'p99 ms':>8}"
     print(f"{args.writers} concurrent writers, {args.records} records each")
     print(header)
     print("-" * len(header))
     for r in out["results"]:
         for d in ("sync", "async"):
             m = r[d]
-            print(f"{r['backend']:<11} {d:<10} {m['records_per_second']:>10} {m['records_per_commit']:>10} "
+            print(f"{r['backend']:<15} {d:<10} {m['records_per_second']:>10} {m['records_per_commit']:>10} "
                   f"{m['p50_ms']:>8} {m['p99_ms']:>8}")
     for r in out["results"]:
         w = r["writer_sustains"]

@@ -177,3 +177,15 @@ def test_reuse_port_steps_aside_when_the_listener_changed(monkeypatch, caplog):
     with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
         assert fastpath.reuse_port() is False
     assert "does not use asyncio.start_server" in caplog.text
+
+
+def test_on_error_hears_of_each_hook_that_raised():
+    seen: list = []
+    failures: list = []
+    m = master.Master(options.Options(), event_loop=LOOP)
+    assert fastpath.precompute_dispatch(m.addons, on_error=lambda event, addon, e: failures.append(
+        (event.name, addon.name, str(e))))
+    m.addons.add(Sync("a", seen), Raises("c", seen), Parent("p", seen, [Raises("p.2", seen), Sync("p.3", seen)]))
+    run_events(m, tflow.tflow(resp=True))
+    assert failures == [("request", "c", "broken add-on"), ("request", "p", "broken add-on")]
+    assert [s[0] for s in seen] == ["a", "c", "p", "p.2"]  # p.3 skipped, as mitmproxy does

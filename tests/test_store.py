@@ -261,7 +261,7 @@ def test_a_record_the_database_refuses_fails_alone(store: Store) -> None:
         return await asyncio.gather(store.write(Record()), store.write(dup), store.write(Record()), return_exceptions=True)
 
     ok1, bad, ok2 = asyncio.run(main())
-    assert ok1 is None and ok2 is None
+    assert ok1 is True and ok2 is True  # committed
     assert isinstance(bad, StoreError) and not isinstance(bad, StoreUnavailable)
     assert f"record {first.id} cannot be stored" in str(bad)
     assert store.healthy
@@ -328,13 +328,59 @@ def test_chain_key_file(tmp_path) -> None:
         load_chain_key(tmp_path / "short")
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path) -> None:
-    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
-    s.migrate()
-    with s.engine.connect() as c:
-        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-    s.engine.dispose()
+@pytest.mark.parametrize("setting, pragma", [(None, 1), ("normal", 1), ("full", 2)])
+def test_sqlite_runs_in_wal_mode_with_the_synchronous_setting(tmp_path, setting, pragma) -> None:
+    """NORMAL (1) unless the setting says FULL (2), whatever the durability; both in WAL mode."""
+    for durability in ("sync", "async"):
+        kw = {"sqlite_synchronous": setting} if setting else {}
+        s = Store(f"sqlite:///{tmp_path / f'{durability}.db'}", durability=durability, **kw)
+        s.migrate()
+        with s.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+        assert ("synchronous=FULL" if pragma == 2 else "synchronous=NORMAL") in s.guarantee
+        s.engine.dispose()
+
+
+def test_normal_flushes_the_wal_to_the_device_within_a_second(tmp_path, monkeypatch) -> None:
+    """With "normal", a commit reaches the device (the WAL file is flushed) within a second, off the
+    writer's commits; and only when there is something new. With "full" each commit does it."""
+    import os
+
+    flushed: list[tuple[float, str]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append((time.monotonic(), os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    wal = lambda: [t for t, path in flushed if path.endswith("-wal")]  # noqa: E731
+    for setting in ("normal", "full"):
+        s = Store(f"sqlite:///{tmp_path / f'{setting}.db'}", sqlite_synchronous=setting, checkpoint_every=3600)
+        s.migrate()
+        s.start()
+        try:
+            before = len(wal())
+            s.write_sync(Record())
+            committed = time.monotonic()
+            time.sleep(1.4)
+            after = wal()[before:]
+            if setting == "normal":
+                assert len(after) == 1 and committed < after[0] < committed + 1.2, (committed, after)
+                time.sleep(1.2)
+                assert len(wal()) == before + 1  # nothing new: no flush
+            else:
+                assert after == []  # SQLite flushed at the commit itself
+        finally:
+            s.close()
+
+
+def test_store_settings_are_checked() -> None:
+    with pytest.raises(StoreError, match="sqlite_synchronous must be 'normal' or 'full', not 'off'"):
+        Store("sqlite://", sqlite_synchronous="off")
+    with pytest.raises(StoreError, match="commit_timeout must be a number of seconds above 0"):
+        Store("sqlite://", commit_timeout=0)
 
 
 # -- failing closed ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ connection across a server restart."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import subprocess
@@ -250,39 +251,213 @@ def test_a_refused_call_s_record_is_kept_and_says_so():
     s.engine.dispose()
 
 
-def test_a_call_refused_for_a_slow_commit_is_recorded_as_refused(tmp_path, monkeypatch):
-    """The writer is stuck on a lock another process holds: callers stop waiting after
-    ``commit_timeout`` and refuse their calls, whether their record was in the commit attempt under
-    way (it fails on the lock later) or still queued behind it; the records written once the lock
-    is gone say so."""
-    import sqlite3
+class Lock:
+    """Another connection holding the store's write lock: SQLite's (BEGIN IMMEDIATE), or
+    PostgreSQL's on the calls table (LOCK TABLE ... ACCESS EXCLUSIVE), until ``release()``."""
 
-    from addons.core import store as store_module
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            import sqlite3
 
-    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT", 0.6)
-    url = f"sqlite:///{tmp_path / 'slow.db'}"
-    s = Store(url, commit_timeout=0.2, checkpoint_every=3600)
+            self.conn = sqlite3.connect(url.split("///", 1)[1], isolation_level=None, check_same_thread=False)
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+            self.conn.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+
+def lock_url(backend: str, tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'locked.db'}" if backend == "sqlite" else shared_server().fresh_database()
+
+
+def drained(s: Store, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while s.queued and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_commit_stuck_on_a_lock_is_stopped_and_its_call_refused(tmp_path, backend):
+    """The writer is stuck on a lock another connection holds. The caller whose record is in that
+    commit stops waiting after ``commit_timeout``: the writer stops the attempt (PostgreSQL: a
+    cancel request; SQLite: it stops waiting for the lock), and the caller is refused because the
+    record was not committed, long before the lock is released or SQLite's 5 s lock wait ends.
+    Callers queued behind are refused too. The records, written once the lock is gone, say so."""
+    url = lock_url(backend, tmp_path)
+    s = Store(url, commit_timeout=0.4, checkpoint_every=3600)
     s.migrate()
     s.start()
     refused = {"outcome": "refused", "status": 503}
-    other = sqlite3.connect(tmp_path / "slow.db")
+    lock = None
     try:
         s.write_sync(Record(id="before"))
-        other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        lock = Lock(url)
         started = time.monotonic()
-        for rid in ("in-flight", "queued-behind"):
-            with pytest.raises(StoreUnavailable, match="did not commit within 0.2 s"):
-                s.write_sync(Record(id=rid, outcome="forwarded", status=200), if_refused=refused)
-        assert time.monotonic() - started < 0.6  # both gave up before the attempt under way failed
-        time.sleep(0.9 - (time.monotonic() - started))
+
+        async def two() -> list:
+            first = asyncio.create_task(s.write(Record(id="in-flight", outcome="forwarded", status=200), if_refused=refused))
+            await asyncio.sleep(0.1)  # the writer is in its attempt with the first
+            second = s.write(Record(id="queued-behind", outcome="forwarded", status=200), if_refused=refused)
+            return await asyncio.gather(first, second, return_exceptions=True)
+
+        results = asyncio.run(two())
+        took = time.monotonic() - started
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert all("no commit within 0.4 s" in str(r) for r in results), results
+        assert 0.4 <= took < 1.5, took
+        assert not s.healthy and s.stats["aborts"] == 1
+        with pytest.raises(StoreUnavailable):  # refused at once while the store cannot write
+            s.write_sync(Record(id="while-locked", outcome="forwarded", status=200), if_refused=refused)
     finally:
-        other.rollback()
-        other.close()
-    deadline = time.monotonic() + 10
-    while s.queued and time.monotonic() < deadline:
-        time.sleep(0.05)
+        if lock is not None:
+            lock.release()
+    drained(s)
+    assert s.healthy
     s.close()
     rs = {c["id"]: (c["outcome"], c["status"]) for c in s.calls()}
-    assert rs == {"before": (None, None), "in-flight": ("refused", 503), "queued-behind": ("refused", 503)}
+    assert rs == {"before": (None, None), "in-flight": ("refused", 503), "queued-behind": ("refused", 503),
+                  "while-locked": ("refused", 503)}
     assert verify(url).ok
     s.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_client_that_leaves_while_its_record_waits_is_recorded_as_gone(tmp_path, backend):
+    """While a lock holds the writer, one caller's client leaves: its record (in the stuck commit)
+    is withdrawn from that attempt and says ``if_gone``, and ``write`` returns False for it. A
+    caller whose client stays is not refused: its record is committed once the lock is gone. A
+    record still queued when its client leaves is changed at once."""
+    url = lock_url(backend, tmp_path)
+    s = Store(url, commit_timeout=30, checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    gone = {"outcome": "client_gone", "error": "left"}
+    left = {"a": False, "c": False}
+    lock = Lock(url)
+    try:
+        async def three() -> list:
+            a = asyncio.create_task(s.write(Record(id="a", outcome="forwarded"), if_gone=gone, gone=lambda: left["a"]))
+            b = asyncio.create_task(s.write(Record(id="b", outcome="forwarded"), if_gone=gone, gone=lambda: False))
+            await asyncio.sleep(0.3)
+            c = asyncio.create_task(s.write(Record(id="c", outcome="forwarded"), if_gone=gone, gone=lambda: left["c"]))
+            await asyncio.sleep(0.2)
+            left["a"] = left["c"] = True
+            results = {"a": await a, "c": await c}
+            assert not b.done()  # still waiting for the commit: not refused
+            lock.release()
+            results["b"] = await b
+            return results
+
+        started = time.monotonic()
+        results = asyncio.run(three())
+        assert results == {"a": False, "c": False, "b": True}
+        assert time.monotonic() - started < 5
+        assert s.healthy and s.stats["failures"] == 0
+    finally:
+        lock.release()
+    drained(s)
+    s.close()
+    rs = {c["id"]: (c["outcome"], c["error"]) for c in s.calls()}
+    assert rs == {"a": ("client_gone", "left"), "b": ("forwarded", None), "c": ("client_gone", "left")}
+    assert verify(url).ok
+    s.engine.dispose()
+
+
+class Relay:
+    """A TCP relay between the store and PostgreSQL that can cut one connection at the worst moment:
+    ``cut("after")`` forwards what the store sends next and the server's answer to it, then drops
+    that answer and closes (the commit happened; the store cannot know); ``cut("before")`` swallows
+    what the store sends next and closes (the server never saw it)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.mode = "pass"
+        self.cuts = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self, when: str) -> None:
+        self.mode = when
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            state = {"armed": None}
+            threading.Thread(target=self._pump, args=(client, server, state, "up"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, state, "down"), daemon=True).start()
+
+    def _pump(self, src, dst, state, direction) -> None:
+        try:
+            while data := src.recv(65536):
+                if direction == "up" and self.mode != "pass" and state["armed"] is None:
+                    with self.lock:
+                        state["armed"], self.mode = self.mode, "pass"
+                    if state["armed"] == "before":
+                        break  # swallowed: the server never sees it
+                elif direction == "down" and state["armed"] == "after":
+                    break  # the server answered; the store never hears it
+                dst.sendall(data)
+        except OSError:
+            pass
+        if state["armed"]:
+            self.cuts += 1
+        for sock in (src, dst):  # shutdown first: it wakes the other direction's recv, and sends FIN now
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_commit_whose_outcome_is_unknown_is_looked_up_not_guessed(when):
+    """The connection breaks after the commit was sent, without a word from the server. The caller
+    is not told a guess: the writer looks whether the records are in its chain (``after``: they
+    are, committed once; ``before``: they are not, and are written again), and the caller's answer
+    follows. Either way one record, and the chain verifies."""
+    pg = shared_server()
+    url = pg.fresh_database()
+    relay = Relay(pg.port)
+    via = url.replace(f":{pg.port}/", f":{relay.port}/")
+    s = Store(via, checkpoint_every=3600)
+    s.migrate()
+    s.start()
+    try:
+        s.write_sync(Record(id="before"))
+        relay.cut(when)
+        started = time.monotonic()
+        assert asyncio.run(s.write(Record(id="cut", outcome="forwarded", status=200),
+                                   if_refused={"outcome": "refused", "status": 503})) is True
+        assert time.monotonic() - started < 5
+        assert relay.cuts >= 1 and s.healthy
+        s.write_sync(Record(id="next"))
+    finally:
+        s.close()
+        relay.close()
+    rs = [(c["id"], c["outcome"], c["status"]) for c in Store(url).calls(newest_first=False)]
+    assert rs == [("before", None, None), ("cut", "forwarded", 200), ("next", None, None)]
+    assert verify(url).ok

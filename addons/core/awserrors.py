@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from xml.sax.saxutils import escape
 
@@ -20,6 +21,23 @@ class Refusal:
     message: str  # what happened, why, and what to do
     stage: str  # which stage refused: egress, auth, classify, policy, approval, signer, store
     outcome: str = "refused"  # how the record names it
+
+
+# What XML 1.0 cannot carry and UTF-8 cannot encode: control characters, lone surrogates (undecodable
+# request bytes, which mitmproxy decodes with surrogateescape), U+FFFE and U+FFFF.
+_UNRENDERABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape_one(match: re.Match) -> str:
+    c = ord(match.group())
+    if 0xDC80 <= c <= 0xDCFF:  # an undecodable byte, as surrogateescape keeps it
+        return f"\\x{c - 0xDC00:02x}"
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with what no protocol can carry written as ``\\xNN`` / ``\\uNNNN`` escapes."""
+    return _UNRENDERABLE.sub(_escape_one, text)
 
 
 def access_denied(message: str, stage: str, status: int = 403) -> Refusal:
@@ -57,7 +75,7 @@ def _cbor_text(s: str) -> bytes:
 def render(refusal: Refusal, protocol: str | None, request_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of the refusal in ``protocol``."""
     rid = request_id or str(uuid.uuid4())
-    code, msg = refusal.code, refusal.message
+    code, msg = printable(refusal.code), printable(refusal.message)
     headers = {"x-amzn-RequestId": rid, "x-amz-request-id": rid, "x-agentgate-refused-by": refusal.stage}
     if protocol in ("json", "rest-json"):
         headers["x-amzn-ErrorType"] = code

@@ -31,7 +31,18 @@ _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
 
 
 class CredentialError(Exception):
-    """STS refused or could not be reached; the message says which role and why."""
+    """STS refused or could not be reached; the message says which role and why. ``unavailable``:
+    STS could not answer (unreachable, a 5xx, throttled, an unreadable answer), so a retry may
+    succeed; otherwise it refused."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+# STS error codes that say "not now" rather than "no" (besides any 5xx status)
+_STS_UNAVAILABLE_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",
+                                    "InternalFailure", "InternalError", "RequestTimeout", "RequestTimeoutException"})
 
 
 def sanitize_session_name(value: str, *, limit: int = 64) -> str:
@@ -137,13 +148,19 @@ class CredentialBroker:
                 resp = self._sts().assume_role(**kwargs)
         except botocore.exceptions.ClientError as e:
             err = e.response.get("Error", {})
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or err.get("Code") in _STS_UNAVAILABLE_CODES:
+                raise CredentialError(
+                    f"STS is unavailable for role {binding.role_arn}: {err.get('Code')}: {err.get('Message')}",
+                    unavailable=True) from None
             raise CredentialError(
                 f"STS refused to issue credentials for role {binding.role_arn}: {err.get('Code')}: {err.get('Message')}"
             ) from None
         except (botocore.exceptions.BotoCoreError, OSError) as e:
-            raise CredentialError(f"STS could not be reached for role {binding.role_arn}: {e}") from None
+            raise CredentialError(f"STS could not be reached for role {binding.role_arn}: {e}", unavailable=True) from None
         except Exception as e:  # noqa: BLE001 - an unparseable STS answer, for one
-            raise CredentialError(f"STS gave no usable answer for role {binding.role_arn}: {type(e).__name__}: {str(e)[:200]}") from None
+            raise CredentialError(f"STS gave no usable answer for role {binding.role_arn}: {type(e).__name__}: {str(e)[:200]}",
+                                  unavailable=True) from None
         c = resp["Credentials"]
         exp = c["Expiration"]
         expiration = exp.timestamp() if hasattr(exp, "timestamp") else float(exp)

@@ -4,10 +4,13 @@ The issuer's keys come from its discovery document (``{issuer}/.well-known/openi
 names the ``jwks_uri``), fetched with an async client, cached for ``jwks_cache_seconds`` and shared
 by every validation that needs them at the same moment. A token signed with a key the cache does not
 hold triggers one refetch (key rotation), at most once every ``min_refetch_seconds`` so a flood of
-made-up key ids cannot hammer the issuer. Signatures are verified with python-jose; the header's
-algorithm is checked against an allowlist of asymmetric algorithms first, so ``alg: none`` and HMAC
-tokens keyed with the issuer's public key never reach a verifier. Keys come only from the issuer's
-JWKS, never from the token's own header (``jku``, ``jwk``, ``x5u`` and ``x5c`` are ignored).
+made-up key ids cannot hammer the issuer. Past their cache lifetime the keys are trusted no more:
+they are fetched again, and while that fails every token is refused (``issuer_unreachable``), even
+one validated before, so a key the issuer withdrew stops working within that lifetime. Signatures
+are verified with python-jose; the header's algorithm is checked against an allowlist of
+asymmetric algorithms first, so ``alg: none`` and HMAC tokens keyed with the issuer's public key
+never reach a verifier. Keys come only from the issuer's JWKS, never from the token's own header
+(``jku``, ``jwk``, ``x5u`` and ``x5c`` are ignored).
 
 A refused token raises TokenError, whose ``reason`` a person can read and whose ``code`` a program
 can branch on. Reasons never contain the token or any part of its signature.
@@ -164,6 +167,8 @@ class TokenValidator:
         self.algorithms = tuple(algorithms)
         self.groups_claim = groups_claim
         self.leeway = leeway
+        if not jwks_cache_seconds > 0:
+            raise ValueError(f"the JWKS cache lifetime must be a number of seconds above 0, not {jwks_cache_seconds!r}")
         self.jwks_cache_seconds = jwks_cache_seconds
         self.min_refetch_seconds = min(min_refetch_seconds, jwks_cache_seconds)
         self.http_timeout = http_timeout
@@ -253,10 +258,7 @@ class TokenValidator:
             if self._may_fetch():
                 await self._refresh()
             if self._keys is None or self._keys_stale():
-                raise TokenError(
-                    self._fetch_error or f"the issuer's keys could not be fetched ({self.discovery_url})",
-                    "issuer_unreachable",
-                )
+                raise TokenError(self._unreachable_reason(), "issuer_unreachable")
         matches = _matching(self._keys, kid, alg)
         if not matches and self._may_refetch_for_kid():
             self._last_kid_refetch = time.monotonic()
@@ -285,6 +287,19 @@ class TokenValidator:
 
     def _keys_stale(self) -> bool:
         return time.monotonic() - self._keys_fetched_at >= self.jwks_cache_seconds
+
+    def _unreachable_reason(self) -> str:
+        """Why no key can be trusted: none was ever fetched, or the cached ones outlived their
+        lifetime and could not be fetched again."""
+        why = self._fetch_error or f"the issuer's keys could not be fetched ({self.discovery_url})"
+        if self._keys is None:
+            return why
+        age = time.monotonic() - self._keys_fetched_at
+        return (
+            f"the issuer's keys, fetched {round(age, 1):g} s ago, are past their cache lifetime of "
+            f"{self.jwks_cache_seconds:g} s and cannot be fetched again ({why}); "
+            "check that the gateway can reach the issuer"
+        )
 
     def _may_fetch(self) -> bool:
         """A fetch is in flight (join it), or the last one is old enough to try again."""
@@ -552,9 +567,13 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # an integer too large for a float (exp: 1e400 written out) is no time either
+        seconds = None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds):
         raise TokenError(f"token is malformed: its {name} claim is not a number of seconds", "malformed")
-    return float(value)
+    return seconds
 
 
 def _when(epoch: float) -> str:

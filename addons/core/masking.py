@@ -52,7 +52,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from . import detectors
 from .records import REDACTED_HEADERS
@@ -62,7 +62,20 @@ MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
 OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
-MAX_DEPTH = 64
+# How deep bodies and parameters are walked. DynamoDB nests attribute values 32 levels deep, two JSON
+# levels each; anything deeper cannot be walked (TooDeep), so it is not kept rather than kept unmasked.
+MAX_DEPTH = 128
+
+
+class Unmaskable(Exception):
+    """A body or parameter tree that cannot be masked in place: it is not kept (never kept unmasked)."""
+
+
+class TooDeep(Unmaskable):
+    """Nested deeper than MAX_DEPTH levels."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels")
 
 # ---------------------------------------------------------------------------------------------
 # Curated targets: on top of the models' sensitive traits, each with its reason
@@ -752,16 +765,33 @@ class Masker:
                 return self._form(part, which, body, protocol, shapes, message, node, ov)
             if fmt == "cbor":
                 return self._cbor(part, which, body, shapes, message, node, ov)
+        except (Unmaskable, RecursionError) as e:  # cannot be masked in place: never kept unmasked
+            part.masked.clear()
+            if shared is not None:
+                shared.done, shared.body = False, None
+            part.note = f"{fmt.upper()} body not kept: it cannot be masked in place ({_reason(e)})"
+            return
         except (ValueError, SyntaxError) as e:  # not what the protocol says: masked as text
             part.masked.clear()
             if shared is not None:
                 shared.done, shared.body = False, None
+            if node is not None or ov is not None:
+                # the model (or policy) names members to mask, and text does not say where they are
+                part.note = (f"not valid {fmt.upper()} ({_reason(e)}), not kept: it may hold members "
+                             "the model marks sensitive")
+                return
             part.note = f"not valid {fmt.upper()} ({_reason(e)}), masked as text"
         text = _text(body)
         if text is None:
             part.note = "binary body not kept"
             return
-        part.body, counts = self.mask_text(text, which)
+        masked, counts = self.mask_text(text, which)
+        decoded = unquote_plus(masked) if ("%" in masked or "+" in masked) else masked
+        if decoded != masked and detectors.suspicious(decoded) and detectors.find(decoded):
+            # URL-encoded text hides what the detectors look for, and cannot be masked in place
+            part.note = "; ".join(filter(None, [part.note, "URL-encoded text that holds a secret, not kept"]))
+            return
+        part.body = masked
         part.masked.update(counts)
 
     def _payload(self, part: Part, which: str, body: bytes, message: Message, node: Node | None,
@@ -918,6 +948,7 @@ class Masker:
               message: Message | None, node: Node | None, ov: Overlay | None) -> None:
         text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True)
+        _no_secret_across_fields(text, pairs)
         values = self._form_pairs(pairs, protocol, shapes, message, node, ov, part.masked, which)
         if values is None:
             part.body = text
@@ -932,16 +963,23 @@ class Masker:
         if message is not None and message.top and (node is not None or ov is not None):
             tree = walk.tree()
             walk.plan(tree, message.top, node, ov, ())
+        keys: dict[int, str] = {}  # a key that holds a secret (a body of another format, read as a form)
         for i, (key, value) in enumerate(pairs):
-            if i in walk.edits or key in ("Action", "Version"):
+            if key in ("Action", "Version"):
+                continue
+            masked, found = self.mask_text(key, which, "*")
+            if found:
+                keys[i] = masked
+                counts.update(found)
+            if i in walk.edits:
                 continue
             masked, found = self.mask_text(value, which, _form_path(key), key.rpartition(".")[2])
             if found:
                 walk.edits[i] = masked
                 counts.update(found)
-        if not walk.edits:
+        if not walk.edits and not keys:
             return None
-        return [(k, walk.edits.get(i, v)) for i, (k, v) in enumerate(pairs)]
+        return [(keys.get(i, k), walk.edits.get(i, v)) for i, (k, v) in enumerate(pairs)]
 
     def _query(self, query: str, protocol: str | None, shapes: ServiceShapes | None, message: Message | None,
                node: Node | None, ov: Overlay | None, counts: Counter) -> str | None:
@@ -962,7 +1000,10 @@ class Masker:
                 masked, found = self.mask_text(value, "request.query", member or _form_path(key), member or key)
                 counts.update(found)
                 changed = changed or bool(found)
-                values.append((key, masked))
+                masked_key, found = self.mask_text(key, "request.query", "*")
+                counts.update(found)
+                changed = changed or bool(found)
+                values.append((masked_key, masked))
             values = values if changed else None
         if values is None:
             return None
@@ -1130,8 +1171,10 @@ class _Tree:
 
     def plan(self, value: Any, shape: str | None, node: Node | None, ov: Overlay | None, path: tuple,
              container: Any, key: Any, depth: int = 0) -> None:
-        if value is None or depth > MAX_DEPTH:
+        if value is None:
             return
+        if depth > MAX_DEPTH:
+            raise TooDeep()
         label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
         if label:
             new, n = self.masked(value, shape, keys=label == "sensitive", b64=ov is not None and ov.b64)
@@ -1191,7 +1234,7 @@ class _Tree:
         sensitive and ``keys``); ``b64``: a string holding base64 gets a base64 marker."""
         m = self.m
         if depth > MAX_DEPTH:
-            return None, 0
+            raise TooDeep()
         if isinstance(value, str):
             if MARKER_RE.fullmatch(value) or _is_blob_marker(value):
                 return value, 1
@@ -1248,7 +1291,9 @@ class _Tree:
 
     def scan(self, value: Any, shape: str | None, path: tuple, container: Any, key: Any, name: str | None = None,
              depth: int = 0) -> None:
-        if depth > MAX_DEPTH or (container is not None and (id(container), key) in self.covered):
+        if depth > MAX_DEPTH:
+            raise TooDeep()
+        if container is not None and (id(container), key) in self.covered:
             return
         if container is None and self.root is not _UNSET:
             return
@@ -1268,6 +1313,9 @@ class _Tree:
             return
         if not isinstance(value, dict):
             return
+        for k in value:
+            if isinstance(k, str) and len(k) >= 8 and detectors.find(k):
+                raise Unmaskable("an object key holds what looks like a secret")
         if kind == "structure" and not shapes.shapes[shape].get("document"):
             members = self._members(shape)
             for k, v in value.items():
@@ -1316,7 +1364,7 @@ def _pair_ids(original: Any, copy: Any, index: dict[int, Any]) -> None:
 def _strings(value: Any, depth: int = 0) -> Iterable[str]:
     """Every string value in a tree of dicts and lists."""
     if depth > MAX_DEPTH:
-        return
+        raise TooDeep()
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
@@ -1390,6 +1438,8 @@ class _XmlBuilder:
         self.parser: Any = None
 
     def start(self, tag: str, attrib: dict) -> None:
+        if len(self.stack) >= MAX_DEPTH:  # stop reading at once: it could not be walked
+            raise TooDeep()
         elem = Elem(tag.rpartition("}")[2], self.parser.parser.CurrentByteIndex, attrib)
         if self.stack:
             self.stack[-1].children.append(elem)
@@ -1483,7 +1533,7 @@ class _Xml:
     def plan(self, elem: Elem, shape: str | None, node: Node | None, ov: Overlay | None, path: tuple,
              depth: int = 0) -> None:
         if depth > MAX_DEPTH:
-            return
+            raise TooDeep()
         label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
         if label:
             n = self.masked(elem, shape, keys=label == "sensitive", b64=ov is not None and ov.b64)
@@ -1578,7 +1628,7 @@ class _Xml:
     def masked(self, elem: Elem, shape: str | None, keys: bool = False, depth: int = 0, b64: bool = False) -> int:
         """Mask every leaf below ``elem``, keeping each leaf's type; how many were masked."""
         if depth > MAX_DEPTH:
-            return 0
+            raise TooDeep()
         if not elem.children:
             text = elem.text
             if not text or id(elem) in self.spans:
@@ -1633,8 +1683,13 @@ class _Xml:
 
     def scan(self, elem: Elem, path: tuple, depth: int = 0) -> None:
         """Detectors over every leaf's text (paths from element names, list items as ``[]``)."""
-        if depth > MAX_DEPTH or id(elem) in self.spans:
+        if depth > MAX_DEPTH:
+            raise TooDeep()
+        if id(elem) in self.spans:
             return
+        for name, value in elem.attrib.items():
+            if len(value) >= 8 and detectors.find(value, name):
+                raise Unmaskable(f"an attribute of <{elem.tag}> holds what looks like a secret")
         if not elem.children:
             text = elem.text
             if len(text) >= 8:
@@ -1642,6 +1697,9 @@ class _Xml:
                 if findings:
                     self.spans[id(elem)] = (elem, self.m._replace(text, findings, self.counts, self.which, _render(path)))
             return
+        text = elem.text  # text beside child elements (mixed content)
+        if len(text.strip()) >= 8 and detectors.find(text, elem.tag):
+            raise Unmaskable(f"text beside the elements in <{elem.tag}> holds what looks like a secret")
         for child in elem.children:
             self.scan(child, _join(path, "[]" if child.tag in self.WRAPPER_TAGS else child.tag), depth + 1)
 
@@ -1652,6 +1710,19 @@ class _Xml:
 def _form_text(pairs: Iterable[tuple[str, str]]) -> str:
     """Pairs as a form, markers left readable."""
     return "&".join(f"{quote(k, safe='-_.~:')}={quote(v, safe='-_.~:')}" for k, v in pairs)
+
+
+def _no_secret_across_fields(text: str, pairs: list[tuple[str, str]]) -> None:
+    """Raise Unmaskable when a secret in the form spans several fields (a body of another format cut
+    at its & and =): masked field by field, its pieces would pass."""
+    decoded = unquote_plus(text)
+    if not detectors.suspicious(decoded):
+        return
+    fields = [part for pair in pairs for part in pair]
+    for finding in detectors.find(decoded):
+        secret = decoded[finding.start:finding.end]
+        if not any(secret in field for field in fields):
+            raise Unmaskable("a secret spans several form fields")
 
 
 def _form_path(key: str) -> str:
@@ -1682,7 +1753,7 @@ class _Form:
 
     def plan(self, tree: dict, shape: str, node: Node | None, ov: Overlay | None, path: tuple, depth: int = 0) -> None:
         if depth > MAX_DEPTH:
-            return
+            raise TooDeep()
         label = node.mask if node is not None and node.mask else (ov.mask if ov is not None and ov.mask else None)
         if label:
             n = self.masked(tree, shape, b64=ov is not None and ov.b64)
@@ -1735,7 +1806,9 @@ class _Form:
                     continue
                 self.plan(entry[value_name], spec["value"]["shape"], child_node, child_ov, _join(path, step), depth + 1)
 
-    def masked(self, tree: dict, shape: str | None, b64: bool = False) -> int:
+    def masked(self, tree: dict, shape: str | None, b64: bool = False, depth: int = 0) -> int:
+        if depth > MAX_DEPTH:
+            raise TooDeep()
         n = 0
         for k, child in tree.items():
             if k is None:
@@ -1757,7 +1830,7 @@ class _Form:
                 self.edits[index] = new
                 n += 1
             else:
-                n += self.masked(child, self._child_shape(shape, k), b64)
+                n += self.masked(child, self._child_shape(shape, k), b64, depth + 1)
         return n
 
     def _child_shape(self, shape: str | None, key: str) -> str | None:

@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import re
+import reprlib
 import threading
 import time
 import types
@@ -70,6 +71,7 @@ _LEVEL_BY_KEY = {level.lower(): level for level in ACCESS_LEVELS}
 DEFAULT_ROLE_DURATION = 3600
 ROLE_DURATION_LIMITS = (900, 43200)  # what sts:AssumeRole accepts, in seconds
 DEFAULT_APPROVAL_EXPIRES = 900
+MAX_APPROVAL_EXPIRES = 365 * 86400  # an approval that outlives a year is a typo (and overflows dates far beyond)
 SESSION_POLICY_LIMIT = 2048  # characters sts:AssumeRole accepts in a packed inline session policy
 
 TOP_KEYS = ("version", "default", "roles", "rules")
@@ -176,6 +178,32 @@ def _strings(value: Any) -> list[str] | None:
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return list(value)
+    return None
+
+
+class _BoundedRepr(reprlib.Repr):
+    """repr() cut short at every level, for values quoted in problems: YAML aliases can make a small
+    file hold a value whose full repr is gigabytes (billion laughs)."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, dict):  # _Map and _Seq are dict and list: shown as such, never repr()'d whole
+            return self.repr_dict(x, level)
+        if isinstance(x, list):
+            return self.repr_list(x, level)
+        return super().repr1(x, level)
+
+
+_shown = _BoundedRepr(maxlevel=3, maxdict=6, maxlist=6, maxstring=80, maxlong=40, maxother=80).repr
+
+
+def _expression_problem(text: str) -> str | None:
+    """Why a jmespath expression cannot be used, or None."""
+    try:
+        compile_expression(text)
+    except jmespath.exceptions.JMESPathError as e:
+        return _jmespath_message(e)
+    except RecursionError:
+        return "it nests too deeply"
     return None
 
 
@@ -424,9 +452,18 @@ class _Seq(list):
 
 
 class _LineLoader(yaml.SafeLoader):
+    # PyYAML's scanner takes time quadratic in how deep [ and { nest (seconds at a few thousand)
+    MAX_FLOW_DEPTH = 100
+
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.problems: list[tuple[int, str]] = []
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= self.MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"[ and {{ nest more than {self.MAX_FLOW_DEPTH} deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
@@ -436,16 +473,21 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode):
     data.key_lines = {}
     yield data
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         try:
+            key = loader.construct_object(key_node, deep=True)
             hash(key)
-        except TypeError:
+        except (TypeError, ValueError):
             loader.problems.append((line, "a mapping key must be a plain value"))
             continue
         if key in data:
-            loader.problems.append((line, f"duplicate key {key!r} (also at line {data.key_lines[key]})"))
-        data[key] = loader.construct_object(value_node, deep=True)
+            loader.problems.append((line, f"duplicate key {_shown(key)} (also at line {data.key_lines[key]})"))
+        try:
+            data[key] = loader.construct_object(value_node, deep=True)
+        except ValueError as e:  # a number too long to read, a date that does not exist, ...
+            data[key] = None
+            loader.problems.append((value_node.start_mark.line + 1, f"value of {_shown(key)} cannot be read: "
+                                    f"{str(e).partition(':')[0]}"))
         data.key_lines[key] = line
 
 
@@ -755,18 +797,30 @@ def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict
     def problem(line: int, message: str) -> None:
         parsed.problems.append((name, line, message))
 
-    loader = _LineLoader(text)
+    loader = None
     try:
+        loader = _LineLoader(text)
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem(mark.line + 1 if mark else 0, f"not valid YAML: {e.problem or e.context}")
         return
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, other controls)
+        problem(text[:e.position].count("\n") + 1, f"not valid YAML: {e.reason} (character #x{e.character:04x})"
+                if isinstance(e.character, int) else f"not valid YAML: {e.reason}")
+        return
     except yaml.YAMLError as e:
-        problem(0, f"not valid YAML: {e}")
+        problem(0, f"not valid YAML: {_oneline(str(e))}")
+        return
+    except RecursionError:
+        problem(0, "not valid YAML: it nests too deeply")
+        return
+    except ValueError as e:  # a value outside any mapping that cannot be read
+        problem(0, f"not valid YAML: a value cannot be read: {str(e).partition(':')[0]}")
         return
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     for line, message in loader.problems:
         problem(line, message)
     if doc is None:
@@ -776,16 +830,16 @@ def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict
         return
     for key in doc:
         if key not in TOP_KEYS:
-            problem(doc.at(key), f"unknown key {key!r}; a policy file has {', '.join(TOP_KEYS)}")
+            problem(doc.at(key), f"unknown key {_shown(key)}; a policy file has {', '.join(TOP_KEYS)}")
     if doc.get("version") != 1:
         if "version" not in doc:
             problem(doc.line, "missing `version: 1`")
         else:
-            problem(doc.at("version"), f"version must be 1, not {doc['version']!r}")
+            problem(doc.at("version"), f"version must be 1, not {_shown(doc['version'])}")
     if "default" in doc:
         default = doc["default"]
         if default not in ("deny", "allow"):
-            problem(doc.at("default"), f"default must be deny or allow, not {default!r}")
+            problem(doc.at("default"), f"default must be deny or allow, not {_shown(default)}")
         elif parsed.default_where is not None and default != parsed.default:
             problem(doc.at("default"), f"default {default} contradicts default {parsed.default} at {parsed.default_where}")
         else:
@@ -815,7 +869,7 @@ def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None],
     ok = True
     for key in value:
         if key not in PRINCIPAL_KEYS:
-            problem(value.at(key), f"unknown key {key!r} in {what}; it has {', '.join(PRINCIPAL_KEYS)}")
+            problem(value.at(key), f"unknown key {_shown(key)} in {what}; it has {', '.join(PRINCIPAL_KEYS)}")
             ok = False
     subs = groups = claims = None
     if "sub" in value:
@@ -834,10 +888,9 @@ def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None],
             problem(value.at("claims"), f"{what}.claims must be a jmespath expression")
             ok = False
         else:
-            try:
-                jmespath.compile(claims)
-            except jmespath.exceptions.JMESPathError as e:
-                problem(value.at("claims"), f"bad jmespath in {what}.claims `{claims}`: {_jmespath_message(e)}")
+            why = _expression_problem(claims)
+            if why is not None:
+                problem(value.at("claims"), f"bad jmespath in {what}.claims `{_shown(claims)[1:-1]}`: {why}")
                 ok = False
     if not ok:
         return None
@@ -848,6 +901,14 @@ def _jmespath_message(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
+def _inside(directory: Path, rel: str) -> bool:
+    """Whether ``rel`` names a path inside ``directory`` (not absolute, no way out through ..)."""
+    try:
+        return (directory / rel).resolve().is_relative_to(directory.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dict, session_texts: dict,
                 problem: Callable[[int, str], None]) -> None:
     if not isinstance(entry, _Map):
@@ -856,15 +917,15 @@ def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dic
     ok = True
     for key in entry:
         if key not in ROLE_KEYS:
-            problem(entry.at(key), f"unknown key {key!r} in a role binding; it has {', '.join(ROLE_KEYS)}")
+            problem(entry.at(key), f"unknown key {_shown(key)} in a role binding; it has {', '.join(ROLE_KEYS)}")
             ok = False
     rid = entry.get("id")
     if rid is not None:
         if not isinstance(rid, str) or not _ID.fullmatch(rid):
-            problem(entry.at("id"), f"role binding id {rid!r} must be letters, digits and _.:/@-")
+            problem(entry.at("id"), f"role binding id {_shown(rid)} must be letters, digits and _.:/@-")
             ok = False
         elif rid in role_ids:
-            problem(entry.at("id"), f"role binding id {rid!r} is already used at {role_ids[rid]}")
+            problem(entry.at("id"), f"role binding id {_shown(rid)} is already used at {role_ids[rid]}")
             ok = False
         else:
             role_ids[rid] = f"{name}:{entry.at('id')}"
@@ -877,30 +938,31 @@ def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dic
         problem(entry.line, "role binding has no role_arn")
         ok = False
     elif not isinstance(arn, str) or not _ROLE_ARN.fullmatch(arn):
-        problem(entry.at("role_arn"), f"role_arn {arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+        problem(entry.at("role_arn"), f"role_arn {_shown(arn)} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
         ok = False
     duration = DEFAULT_ROLE_DURATION
     if "duration" in entry:
         try:
             duration = parse_duration(entry["duration"])
         except ValueError:
-            problem(entry.at("duration"), f"duration {entry['duration']!r} is not a duration (900, 15m, 1h)")
+            problem(entry.at("duration"), f"duration {_shown(entry['duration'])} is not a duration (900, 15m, 1h)")
             ok = False
         else:
             low, high = ROLE_DURATION_LIMITS
             if not low <= duration <= high:
-                problem(entry.at("duration"), f"duration {entry['duration']!r} is {duration}s; AWS accepts {low}s to {high}s")
+                problem(entry.at("duration"), f"duration {_shown(entry['duration'])} is {duration}s; AWS accepts {low}s to {high}s")
                 ok = False
     web_identity = entry.get("web_identity", False)
     if not isinstance(web_identity, bool):
-        problem(entry.at("web_identity"), f"web_identity must be true or false, not {web_identity!r}")
+        problem(entry.at("web_identity"), f"web_identity must be true or false, not {_shown(web_identity)}")
         ok = False
     session_policy = None
     if entry.get("session_policy") is not None:
         rel = entry["session_policy"]
         at = entry.at("session_policy")
-        if not isinstance(rel, str) or not rel.strip():
-            problem(at, "session_policy must be a file name relative to the policies directory")
+        if not isinstance(rel, str) or not rel.strip() or "\x00" in rel or not _inside(parsed.directory, rel):
+            problem(at, f"session_policy {_shown(rel)} must be a file name relative to the policies directory, "
+                        "inside it")
             ok = False
         else:
             parsed.watched.add(rel)
@@ -940,7 +1002,7 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
     for key in entry:
         if key not in RULE_KEYS:
             hint = difflib.get_close_matches(str(key), RULE_KEYS, n=1)
-            problem(entry.at(key), f"unknown key {key!r} in a rule" + (f"; did you mean {hint[0]!r}?" if hint else
+            problem(entry.at(key), f"unknown key {_shown(key)} in a rule" + (f"; did you mean {hint[0]!r}?" if hint else
                                                                       f"; a rule has {', '.join(RULE_KEYS)}"))
             ok = False
     rid = entry.get("id")
@@ -949,10 +1011,11 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
         ok = False
         rid = f"<rule at {name}:{line}>"
     elif not isinstance(rid, str) or not _ID.fullmatch(rid):
-        problem(entry.at("id"), f"rule id {rid!r} must be letters, digits and _.:/@-")
+        problem(entry.at("id"), f"rule id {_shown(rid)} must be letters, digits and _.:/@-")
         ok = False
+        rid = f"<rule at {name}:{line}>"
     elif rid in ids:
-        problem(entry.at("id"), f"rule id {rid!r} is already used at {ids[rid]}")
+        problem(entry.at("id"), f"rule id {_shown(rid)} is already used at {ids[rid]}")
         ok = False
     else:
         ids[rid] = f"{name}:{entry.at('id')}"
@@ -961,7 +1024,7 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
         problem(entry.line, f"rule {rid} has no decision (allow, deny or approve)")
         ok = False
     elif decision not in DECISIONS:
-        problem(entry.at("decision"), f"rule {rid}: decision must be allow, deny or approve, not {decision!r}")
+        problem(entry.at("decision"), f"rule {rid}: decision must be allow, deny or approve, not {_shown(decision)}")
         ok = False
     actions = None
     if "action" in entry:
@@ -974,7 +1037,7 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
             for i, glob in enumerate(actions):
                 at = value.at(i) if isinstance(value, _Seq) else entry.at("action")
                 if glob.lower() != "unknown" and not _ACTION_GLOB.fullmatch(glob):
-                    problem(at, f"rule {rid}: bad action {glob!r}; write service:Action, with * and ? as wildcards "
+                    problem(at, f"rule {rid}: bad action {_shown(glob)}; write service:Action, with * and ? as wildcards "
                             "(s3:GetObject, ec2:Describe*, *), or unknown")
                     ok = False
     levels = None
@@ -990,7 +1053,7 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
                 canonical = _LEVEL_BY_KEY.get(level.strip().lower())
                 if canonical is None:
                     at = value.at(i) if isinstance(value, _Seq) else entry.at("access_level")
-                    problem(at, f"rule {rid}: unknown access level {level!r}; IAM's are {', '.join(ACCESS_LEVELS)}")
+                    problem(at, f"rule {rid}: unknown access level {_shown(level)}; IAM's are {', '.join(ACCESS_LEVELS)}")
                     ok = False
                 else:
                     levels.append(canonical)
@@ -1004,10 +1067,9 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
             problem(entry.at("when"), f"rule {rid}: when must be a jmespath expression")
             ok = False
         else:
-            try:
-                jmespath.compile(when)
-            except jmespath.exceptions.JMESPathError as e:
-                problem(entry.at("when"), f"rule {rid}: bad jmespath in when `{when}`: {_jmespath_message(e)}")
+            why = _expression_problem(when)
+            if why is not None:
+                problem(entry.at("when"), f"rule {rid}: bad jmespath in when `{_shown(when)[1:-1]}`: {why}")
                 ok = False
     reason = entry.get("reason")
     if reason is not None and (not isinstance(reason, str) or not reason.strip()):
@@ -1036,8 +1098,13 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
                 if expires <= 0:
                     raise ValueError(expires)
             except ValueError:
-                problem(entry.at("expires"), f"rule {rid}: expires {entry['expires']!r} is not a duration (900, 15m, 1h)")
+                problem(entry.at("expires"), f"rule {rid}: expires {_shown(entry['expires'])} is not a duration (900, 15m, 1h)")
                 ok = False
+            else:
+                if expires > MAX_APPROVAL_EXPIRES:
+                    problem(entry.at("expires"), f"rule {rid}: expires {_shown(entry['expires'])} is over a year; "
+                            f"approvals last at most {MAX_APPROVAL_EXPIRES}s")
+                    ok = False
     else:
         for key in ("approvers", "expires"):
             if key in entry:

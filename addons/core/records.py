@@ -3,7 +3,10 @@
 Every flow, forwarded, refused, held, failed upstream or abandoned by the client, produces exactly
 one Record. The recorder builds it from what the earlier stages left in ``flow.metadata``; the store
 writes it. Secrets never appear here: headers are redacted before a Record is built, and bodies are
-represented by their digest and size (and, once masked, by their masked text).
+represented by their digest and size (and, once masked, by their masked text). A response whose
+body streams is recorded before that body passes: its record has no digest or size for it, and its
+``body_note`` gives the length upstream declared (upstream's ETag and checksum headers are among
+its response headers).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Record:
     approver: str | None = None
     role: str | None = None  # the role ARN the call ran as
     # outcome
-    outcome: str | None = None  # forwarded | refused | held | failed | client_gone | tunnelled
+    outcome: str | None = None  # forwarded | refused | held | failed | client_gone | tunnelled (what the agent got)
     status: int | None = None
     error: str | None = None
     aws_request_id: str | None = None

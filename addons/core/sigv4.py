@@ -114,6 +114,7 @@ _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SCOPE_DATE = re.compile(r"\d{8}")
 _SCHEME = re.compile(r"[A-Za-z0-9-]{1,40}")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*")  # an HTTP field: token ":" value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +326,7 @@ def resign(
     signing_name: str,
     now: datetime | None = None,
     fast: bool = True,
+    auth: AgentAuth | None = None,
 ) -> Signed:
     """Strip the agent's signature and sign the request with ``credentials`` (anything with
     ``access_key``, ``secret_key`` and ``token``: botocore's Credentials or ReadOnlyCredentials).
@@ -335,13 +337,15 @@ def resign(
     body). The Host header, when present, is signed as it is; ``host`` is used only when the
     request has none (HTTP/2)."""
     pairs = _header_pairs(headers)
-    auth = parse_auth(method, path, query, pairs)
+    if auth is None:  # else: ``parse_auth`` of these very method, path, query and headers
+        auth = parse_auth(method, path, query, pairs)
     s3 = signing_name in S3_SIGNING_NAMES
     payload_hash = _payload_hash(auth, _header_dict(pairs), body, s3)
     kept = [(k, v) for k, v in pairs if not _replaced(k.lower(), auth)]
     new_query = _drop_params(query, _signature_params(auth))
     timestamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
     names = _names_to_sign(auth, kept)
+    _check_signable(kept, names)
     if fast and _plain(host, path, new_query, kept):
         signature, added = _sign_fast(method, host, path, new_query, kept, names, credentials, region,
                                       signing_name, timestamp, payload_hash, s3)
@@ -357,6 +361,17 @@ def resign(
 
 
 _ADDED = ("X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256", "Authorization")
+
+
+def _check_signable(kept: list[tuple[str, str]], names: frozenset[str]) -> None:
+    """SigV4 signs UTF-8 text: a header to sign that holds other bytes (which mitmproxy keeps as lone
+    surrogates) cannot be signed, so the request is refused rather than half-signed."""
+    for name, value in kept:
+        if name.lower() in names and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"the {name[:60]!r} header is not UTF-8 text, so it cannot be signed") from None
 
 
 def _sign_botocore(method, host, path, query, kept, names, credentials, region, signing_name, timestamp,
@@ -471,12 +486,17 @@ def _replaced(name: str, auth: AgentAuth) -> bool:
     return name == "x-amz-region-set" and auth.kind.endswith("v4a")
 
 
+# Query parameters that carry the agent's session token (its OIDC token, transport B): never sent
+# upstream, however the request is signed. No operation has a parameter of these names.
+TOKEN_QUERY_PARAMS = ("X-Amz-Security-Token", "SecurityToken")
+
+
 def _signature_params(auth: AgentAuth) -> tuple[str, ...]:
     if auth.kind in ("query-v4", "query-v4a"):
-        return SIGV4_QUERY_PARAMS
+        return SIGV4_QUERY_PARAMS + TOKEN_QUERY_PARAMS
     if auth.kind == "query-v2":
-        return SIGV2_QUERY_PARAMS
-    return ()
+        return SIGV2_QUERY_PARAMS + TOKEN_QUERY_PARAMS
+    return TOKEN_QUERY_PARAMS
 
 
 def _names_to_sign(auth: AgentAuth, kept: list[tuple[str, str]]) -> frozenset[str]:
@@ -658,6 +678,8 @@ class ChunkResigner:
             self._state = self._DONE
         elif line.lower().startswith(b"x-amz-trailer-signature:"):
             self._trailer_signed = True
+        elif not _TRAILER_LINE.fullmatch(line):
+            raise ValueError("an aws-chunked trailer line does not read name:value")
         else:
             self._trailers.append(line)
         return True

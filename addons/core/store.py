@@ -7,17 +7,28 @@ writes (``core.chain``). ``write`` with durability "sync" returns once the recor
 ``write`` raises ``StoreUnavailable`` at once so that the caller can refuse the call (fail closed),
 while the writer keeps the records it holds and retries with backoff until the database is back.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` for durability "sync": a committed record is on
-disk before its response is released, so even a power cut cannot lose it (NORMAL only survives an
-application crash); group commit pays one fsync per batch, not per record. Durability "async",
-which already accepts losing queued records, uses NORMAL.
+What a record says is decided before it is sent to the database and never after: a caller that
+stops waiting (``commit_timeout``), or whose client leaves, changes its record only while it is
+still queued. Once sent, a record is committed as sent or not at all, and the caller answers from
+that verdict: the writer asks the database to stop the attempt (a cancel request to PostgreSQL;
+SQLite stops waiting for another process's lock) and the caller waits for its outcome. When the
+connection breaks after a commit was sent, its outcome is unknown until the writer has looked
+whether its records are in the chain; their callers wait for that too.
+
+SQLite runs in WAL mode. ``sqlite_synchronous = "normal"`` (the default) writes each commit to the
+WAL file (the operating system's cache) before the record counts as committed; the writer flushes
+that file to the device within ``SQLITE_FLUSH_EVERY`` (1 s) after a commit, off the calls' path. A
+committed record survives the gateway crashing or being killed at once; a power loss or an
+operating system crash can take the records of the last second. ``"full"`` flushes the WAL file at
+every commit (one flush per group commit, not per record): a committed record survives both.
+PostgreSQL keeps the server's ``synchronous_commit`` (on by default: the commit is flushed).
 
 What a commit costs is kept to the database's own work: a record's bound values and the canonical
 form its hash covers are prepared by the caller when it is queued, so the writer only chains and
 sends them; the writer keeps one connection (no checkout or ping per commit) and runs statements
 compiled once from the Core constructs on the driver's cursor. On PostgreSQL the whole transaction
 (calls, sessions, checkpoint) goes in one pipeline and commits at its Sync: one round trip, then
-the WAL flush (``synchronous_commit`` stays on).
+the WAL flush.
 
 Reading (``calls``, ``sessions``, ``verify``, ``prune``) is for the CLI and tests.
 """
@@ -34,20 +45,16 @@ import logging
 import math
 import os
 import secrets
+import select as select_module
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, case, create_engine, delete, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -89,6 +96,11 @@ MAX_BATCH = 1000  # records per group commit
 MAX_BACKOFF = 2.0  # seconds between retries while the database is down
 CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+SQLITE_BUSY_SLICE = 0.05  # seconds; the writer looks whether to stop waiting for that lock this often
+SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}  # setting -> PRAGMA synchronous (WAL mode)
+SQLITE_FLUSH_EVERY = 1.0  # seconds; "normal" flushes the WAL to the device this long after a commit at most
+WATCH_EVERY = 0.1  # seconds between looks at a waiting caller's client
+CANCEL_TIMEOUT = 30.0  # seconds a cancel request may take to reach PostgreSQL
 
 
 class StoreError(Exception):
@@ -124,8 +136,9 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def make_engine(url: str, *, durability: str = "sync") -> Engine:
-    """An engine for a store URL: ``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST/DB``."""
+def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
+    """An engine for a store URL: ``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST/DB``.
+    ``synchronous``: SQLite's, "normal" or "full" (see the module's docstring)."""
     try:
         u = make_url(url)
     except ArgumentError:
@@ -141,14 +154,14 @@ def make_engine(url: str, *, durability: str = "sync") -> Engine:
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
                 poolclass=StaticPool if memory else None,
             )
-            synchronous = "FULL" if durability == "sync" else "NORMAL"
+            pragma = SQLITE_SYNCHRONOUS[synchronous]
 
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
                 try:
                     cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute(f"PRAGMA synchronous={synchronous}")
+                    cur.execute(f"PRAGMA synchronous={pragma}")
                 except Exception:  # a read-only file: reading still works
                     pass
                 finally:
@@ -167,8 +180,16 @@ def make_engine(url: str, *, durability: str = "sync") -> Engine:
     )
 
 
-def alembic_config(url: str | None = None, connection: Any = None) -> Config:
+# The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
+# head). A store already there is used without importing Alembic, which would cost a running
+# gateway some 20 MB of memory for nothing.
+HEAD_REVISION = "0003_masking"
+
+
+def alembic_config(url: str | None = None, connection: Any = None) -> Any:
     """Alembic's configuration, built from code: the migrations ship inside the package."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if url:
@@ -179,13 +200,31 @@ def alembic_config(url: str | None = None, connection: Any = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
+    if head is None:
+        raise StoreError("agentgate's migrations have no head revision")
     return head
+
+
+def _current_revision(conn: Any) -> str | None:
+    """The schema revision Alembic recorded in the database, read without Alembic."""
+    from sqlalchemy import inspect as sa_inspect
+
+    if not sa_inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _schema_problem(conn: Any, where: str) -> str | None:
     """Why the database at ``where`` cannot be used as it is, or None when it is at the head."""
+    if _current_revision(conn) == HEAD_REVISION:
+        return None
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
     current = MigrationContext.configure(conn).get_current_revision()
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
@@ -361,7 +400,7 @@ def _as_datetime(t: dt.datetime | float | int | str | None) -> dt.datetime | Non
 
 
 class _Waiter:
-    """Someone waiting for a record's commit: an asyncio future, or a thread."""
+    """Someone waiting for a record's verdict: an asyncio future, or a thread."""
 
     __slots__ = ("loop", "future", "event", "error")
 
@@ -371,14 +410,21 @@ class _Waiter:
         self.event = None if loop else threading.Event()
         self.error: BaseException | None = None
 
-def _resolve(outcomes: list[tuple[_Waiter, BaseException | None]]) -> None:
-    """Tell waiters how their records fared: one hop into each event loop for all of its waiters."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BaseException | None]]] = {}
-    for waiter, error in outcomes:
+
+# A verdict is None (committed), WITHDRAWN (not committed, and never will be as it was: the caller's
+# client left, and the record says so instead), or a StoreError (not committed now: the caller
+# refuses its call, and the record, kept, says so).
+WITHDRAWN = object()
+
+
+def _resolve(outcomes: list[tuple[_Waiter, Any]]) -> None:
+    """Tell waiters their records' verdicts: one hop into each event loop for all of its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+    for waiter, verdict in outcomes:
         if waiter.loop is not None:
-            by_loop.setdefault(waiter.loop, []).append((waiter.future, error))
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, verdict))
         else:
-            waiter.error = error
+            waiter.error = verdict
             waiter.event.set()
     for loop, settled in by_loop.items():
         try:
@@ -387,32 +433,61 @@ def _resolve(outcomes: list[tuple[_Waiter, BaseException | None]]) -> None:
             pass
 
 
-def _settle(settled: list[tuple[asyncio.Future, BaseException | None]]) -> None:
-    for future, error in settled:
+def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, verdict in settled:
         if not future.done():
-            if error is None:
-                future.set_result(None)
+            if verdict is None or verdict is WITHDRAWN:
+                future.set_result(verdict is None)
             else:
-                future.set_exception(error)
+                future.set_exception(verdict)
 
 
 class _Pending:
     """A queued record: its row, its bound values and canonical form (prepared by the caller), who
-    waits for it, and what it must say instead if its call is refused because it was not committed."""
+    waits for its verdict, and what it must say instead if it is not committed because its call is
+    refused (``if_refused``) or its caller's client left (``if_gone``).
 
-    __slots__ = ("record", "row", "bound", "template", "waiter", "if_refused", "inflight", "late", "done")
+    A record is queued, then in the writer's current commit attempt (``inflight``), then committed
+    (``done``). An attempt that failed without the database saying so (the connection broke after
+    the commit was sent) leaves its records ``in_doubt`` until the writer has looked whether they
+    were committed. What a record says is only changed while it is queued: a record sent to the
+    database is committed as it was sent, or not at all, and its verdict decides what the caller
+    answers."""
+
+    __slots__ = ("record", "row", "bound", "template", "waiter", "if_refused", "if_gone",
+                 "inflight", "in_doubt", "done", "overdue", "left")
 
     def __init__(self, record: Record | None, row: dict[str, Any], bound: dict[str, Any], template: bytes | None,
-                 waiter: _Waiter | None, if_refused: dict[str, Any] | None) -> None:
+                 waiter: _Waiter | None, if_refused: dict[str, Any] | None, if_gone: dict[str, Any] | None) -> None:
         self.record = record
         self.row = row
         self.bound = bound
         self.template = template
         self.waiter = waiter
         self.if_refused = if_refused
-        self.inflight = False  # in the writer's current commit attempt
-        self.late = False  # its caller gave up waiting while it was in flight
-        self.done = False  # committed
+        self.if_gone = if_gone
+        self.inflight = False
+        self.in_doubt = False
+        self.done = False
+        self.overdue = False  # its caller has waited commit_timeout
+        self.left = False  # its caller's client left while it was sent: if it is not committed, if_gone
+
+
+class _Aborted(Exception):
+    """The writer stopped a commit attempt before sending it, because it was asked to."""
+
+
+def _cancel(pg: Any) -> None:
+    """Ask PostgreSQL to cancel what ``pg`` is running (a commit attempt the writer was asked to stop)."""
+    try:
+        pg.cancel_safe(timeout=CANCEL_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - best effort: the attempt's own verdict decides
+        log.debug("cancel request not delivered: %s", _one_line(e))
+
+
+def _busy(e: BaseException) -> bool:
+    """A SQLite error saying another connection holds the write lock."""
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == 5  # SQLITE_BUSY and its extended codes
 
 
 def default_writer_id() -> str:
@@ -448,6 +523,7 @@ class Store:
         url: str,
         *,
         durability: str = "sync",
+        sqlite_synchronous: str = "normal",
         writer_id: str | None = None,
         chain_key: bytes | None = None,
         checkpoint_every: float = 60.0,
@@ -457,16 +533,21 @@ class Store:
     ) -> None:
         if durability not in ("sync", "async"):
             raise StoreError(f"durability must be 'sync' or 'async', not {durability!r}")
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise StoreError(f"sqlite_synchronous must be 'normal' or 'full', not {sqlite_synchronous!r}")
+        if not commit_timeout > 0:
+            raise StoreError(f"commit_timeout must be a number of seconds above 0, not {commit_timeout!r}")
         self.url = url
         self.where = display_url(url)
         self.durability = durability
+        self.sqlite_synchronous = sqlite_synchronous
         self.writer_id = writer_id or default_writer_id()
         self.checkpoint_every = checkpoint_every
         self.body_cap = body_cap
         self.commit_timeout = commit_timeout
         self.max_queue = max_queue
         self._key = chain_key
-        self.engine = make_engine(url, durability=durability)
+        self.engine = make_engine(url, synchronous=sqlite_synchronous)
         dialect = self.engine.dialect
         self._upsert = pg_insert if dialect.name == "postgresql" else sqlite_insert
         calls, sessions, checkpoints = Call.__table__, AgentSession.__table__, Checkpoint.__table__
@@ -477,7 +558,8 @@ class Store:
         self._pipeline = dialect.name == "postgresql"  # the transaction in one round trip
         self._dbapi = dialect.loaded_dbapi
         self._raw: Any = None  # the writer's connection, kept between commits
-        # writer state: guarded by _cond (the queue, health), or owned by the writer thread (chain)
+        # writer state: guarded by _cond (the queue, health, the attempt under way), or owned by the
+        # writer thread (chain)
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._thread: threading.Thread | None = None
@@ -485,15 +567,29 @@ class Store:
         self._drain_deadline = float("inf")
         self._healthy = True
         self._last_error = ""
+        self._attempting = False  # a commit attempt is under way
+        self._abort: str | None = None  # why the attempt under way was asked to stop: "gone" or "timeout"
+        self._sent = False  # the attempt under way has sent its statements
+        self._in_doubt = 0  # records at the head of the queue whose commit's outcome is unknown
+        self._doubt_checkpoint = False  # that commit held a head checkpoint
         self._seq = 0
         self._head = GENESIS
         self._anchored = 0
         self._policy_versions: set[str] = set()
         self._schema_ok = False
-        self.stats = {"commits": 0, "records": 0, "failures": 0}  # group commits, records they held
+        self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0}  # group commits, records they held
 
     def __repr__(self) -> str:
         return f"Store({self.where!r}, writer_id={self.writer_id!r})"
+
+    @property
+    def guarantee(self) -> str:
+        """What a committed record survives, in a line for the gateway's start banner."""
+        if self.engine.dialect.name == "sqlite":
+            if self.sqlite_synchronous == "full":
+                return "SQLite synchronous=FULL: a committed record survives a crash and a power loss"
+            return "SQLite synchronous=NORMAL: a committed record survives a gateway crash, not a power loss"
+        return "PostgreSQL: a committed record is as durable as the server's synchronous_commit"
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -510,6 +606,8 @@ class Store:
                 if problem and "newer than" in problem:
                     raise StoreError(problem)
                 if problem:
+                    from alembic import command
+
                     command.upgrade(alembic_config(connection=conn), "head")
         except StoreError:
             raise
@@ -550,7 +648,7 @@ class Store:
 
     @property
     def healthy(self) -> bool:
-        """False from a failed commit until the next successful one."""
+        """False from a failed (or overdue) commit until the next successful one."""
         return self._healthy
 
     @property
@@ -571,21 +669,33 @@ class Store:
         except (TypeError, ValueError, OverflowError) as e:
             raise StoreError(f"record {record.id} cannot be stored: {e}") from None
 
-    def _refuse(self, item: _Pending) -> _Waiter | None:
-        """(Under the lock.) ``item``'s caller refuses its call: the record kept says so from now on.
-        Returns the waiter to tell."""
-        waiter, item.waiter = item.waiter, None
-        if item.if_refused and item.record is not None:
+    def _rewrite(self, item: _Pending, fields: dict[str, Any] | None) -> None:
+        """(Under the lock, ``item`` queued.) From now on the record says ``fields`` instead."""
+        if fields and item.record is not None:
             try:
-                item.row, item.bound, item.template = self._prepare(dataclasses.replace(item.record, **item.if_refused))
+                item.row, item.bound, item.template = self._prepare(dataclasses.replace(item.record, **fields))
             except StoreError as e:
                 log.error("store %s: %s", self.where, e)
-        item.if_refused = None
-        return waiter
+        item.if_refused = item.if_gone = None
 
-    def _enqueue(self, record: Record, waiter: _Waiter | None, if_refused: dict[str, Any] | None = None) -> _Pending:
+    def _not_now(self, item: _Pending, error: BaseException) -> tuple[_Waiter, Any] | None:
+        """(Under the lock, ``item`` queued.) ``item`` is not committed now: its caller refuses its
+        call (the record says ``if_refused``), or, when its client has left, answers nobody (the
+        record says ``if_gone``). The waiter to tell, and what."""
+        waiter, item.waiter = item.waiter, None
+        if waiter is None:
+            return None
+        if item.left and item.if_gone is not None:
+            self._rewrite(item, item.if_gone)
+            return waiter, WITHDRAWN
+        self._rewrite(item, item.if_refused)
+        return waiter, error
+
+    def _enqueue(self, record: Record, waiter: _Waiter | None, if_refused: dict[str, Any] | None = None,
+                 if_gone: dict[str, Any] | None = None) -> _Pending:
         row, bound, template = self._prepare(record)
-        item = _Pending(record if if_refused else None, row, bound, template, waiter, if_refused)
+        keep = record if (if_refused or if_gone) else None
+        item = _Pending(keep, row, bound, template, waiter, if_refused, if_gone)
         with self._cond:
             if self._thread is None:
                 raise StoreError(f"the store at {self.where} is not started: start() it before writing")
@@ -598,30 +708,64 @@ class Store:
                 )
             healthy = self._healthy
             if not healthy:
-                self._refuse(item)
+                item.waiter = None
+                self._rewrite(item, if_refused)
             self._queue.append(item)
             self._cond.notify()
         if not healthy:
             raise self._unavailable()
         return item
 
-    async def write(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
-        """Queue a record; with durability "sync", return once it is committed.
+    async def write(self, record: Record, *, if_refused: dict[str, Any] | None = None,
+                    if_gone: dict[str, Any] | None = None, gone: Callable[[], bool] | None = None) -> bool:
+        """Queue a record; with durability "sync", return once it is committed (True).
 
         Raises ``StoreUnavailable`` when the store cannot write now; the record is kept and written
         when it can. A caller that then refuses the call passes ``if_refused``: the Record fields
         (outcome, status, error) that the kept record must hold instead, to say what the agent got.
+
+        ``gone`` tells whether the caller's client has left; it is asked every ``WATCH_EVERY``
+        seconds while the caller waits. When it has, and the record was not yet sent to the
+        database, the record says ``if_gone`` instead and ``write`` returns False.
+
+        A caller waits ``commit_timeout`` seconds at most for a record still queued (it is then
+        refused as above, and the store counts as unable to write until a commit succeeds). A
+        record already sent to the database when that time is up (or when the client leaves) is
+        committed as it was sent or not at all: the writer asks the database to stop the attempt,
+        and the caller waits for the verdict, so that what it answers is what the record says.
         """
         if self.durability == "async":
             self._enqueue(record, None, if_refused)
-            return
-        waiter = _Waiter(asyncio.get_running_loop())
-        item = self._enqueue(record, waiter, if_refused)
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop)
+        item = self._enqueue(record, waiter, if_refused, if_gone if gone is not None else None)
+        future = waiter.future
+        deadline = loop.time() + self.commit_timeout
+        timer: asyncio.TimerHandle | None = None
+
+        def look() -> None:
+            nonlocal timer
+            if future.done():
+                return
+            if gone is not None and not item.left and gone() and self._left(item, waiter):
+                future.set_result(False)
+                return
+            now = loop.time()
+            if not item.overdue and now >= deadline and self._overdue(item, waiter):
+                future.set_exception(self._too_slow())
+                return
+            if gone is not None and not item.left:
+                timer = loop.call_later(WATCH_EVERY if item.overdue else min(WATCH_EVERY, deadline - now), look)
+            elif not item.overdue:
+                timer = loop.call_later(deadline - now, look)
+
+        timer = loop.call_later(min(WATCH_EVERY, self.commit_timeout) if gone is not None else self.commit_timeout,
+                                look)
         try:
-            await asyncio.wait_for(waiter.future, self.commit_timeout)
-        except TimeoutError:
-            self._gave_up(item)
-            raise self._too_slow() from None
+            return await future
+        finally:
+            timer.cancel()
 
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
         """``write`` for callers without an event loop."""
@@ -630,10 +774,10 @@ class Store:
             return
         waiter = _Waiter()
         item = self._enqueue(record, waiter, if_refused)
-        if not waiter.event.wait(self.commit_timeout):
-            self._gave_up(item)
+        if not waiter.event.wait(self.commit_timeout) and self._overdue(item, waiter):
             raise self._too_slow()
-        if waiter.error is not None:
+        waiter.event.wait()
+        if waiter.error is not None and waiter.error is not WITHDRAWN:
             raise waiter.error
 
     def _too_slow(self) -> StoreUnavailable:
@@ -642,19 +786,53 @@ class Store:
             f"the record is kept and will be written when it can"
         )
 
-    def _gave_up(self, item: _Pending) -> None:
-        """The caller stopped waiting for ``item``'s commit and refuses its call."""
+    def _overdue(self, item: _Pending, waiter: _Waiter) -> bool:
+        """``item``'s caller has waited ``commit_timeout``. True when its call is refused now (the
+        record was still queued: it says so from now on); False when the verdict of the attempt
+        it is in decides (the writer is asked to stop that attempt), or is already on its way."""
         with self._cond:
-            if item.done:
-                committed = True
-            elif item.inflight:  # the commit under way decides: see _committed and _failed
-                item.waiter, item.late, committed = None, True, False
-            else:
-                self._refuse(item)
-                committed = False
-        if committed:
-            log.warning("store %s: record %s was committed as its call was refused for taking over %g s",
-                        self.where, item.row["id"], self.commit_timeout)
+            item.overdue = True
+            if item.waiter is not waiter or item.done:
+                return False
+            if item.inflight or item.in_doubt:
+                self._request_abort("timeout")
+                return False
+            item.waiter = None
+            self._rewrite(item, item.if_refused)
+            if self._healthy:  # the writer is stuck in an attempt: refuse calls up front until it is not
+                self._healthy = False
+                self._last_error = f"no commit for over {self.commit_timeout:g} s"
+                log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, self._last_error)
+            return True
+
+    def _left(self, item: _Pending, waiter: _Waiter) -> bool:
+        """``item``'s caller's client has left. True when the record was still queued: it says
+        ``if_gone`` from now on; False when the verdict of the attempt it is in decides (the writer
+        is asked to stop that attempt; if it is not committed, it will say ``if_gone``)."""
+        with self._cond:
+            item.left = True
+            if item.waiter is not waiter or item.done:
+                return False
+            if item.inflight or item.in_doubt:
+                self._request_abort("gone")
+                return False
+            item.waiter = None
+            self._rewrite(item, item.if_gone)
+            return True
+
+    def _request_abort(self, why: str) -> None:
+        """(Under the lock.) Ask the database to stop the commit attempt under way: PostgreSQL is
+        sent a cancel request (from a thread of its own: it may wait for the server); a SQLite
+        attempt stops waiting for another process's lock. Best effort: the attempt's verdict (its
+        commit's success or error) decides what happens to its records, whichever comes first."""
+        if not self._attempting or self._abort == "timeout":
+            return
+        first, self._abort = self._abort is None, why
+        self.stats["aborts"] += first
+        raw = self._raw
+        if first and self._pipeline and self._sent and raw is not None:
+            threading.Thread(target=_cancel, args=(raw.driver_connection,), name="agentgate-store-cancel",
+                             daemon=True).start()
 
     def store_policy_version(self, version: str, text: str) -> None:
         """Keep a policy version's text, once per version."""
@@ -699,53 +877,165 @@ class Store:
     def _write_until_closed(self) -> None:
         failures = 0
         next_checkpoint = time.monotonic() + self.checkpoint_every
+        flushes = not self._pipeline and self.sqlite_synchronous == "normal" and _sqlite_path(self.url) is not None
+        flushed, next_flush = 0, None  # commits the WAL's last flush covered; when the next is due
         while True:
             with self._cond:
                 while True:
                     closing = self._closing.is_set()
-                    due = self._seq > self._anchored and time.monotonic() >= next_checkpoint
-                    if self._queue or due or closing:
+                    now = time.monotonic()
+                    due = self._seq > self._anchored and now >= next_checkpoint
+                    if flushes and next_flush is None and self.stats["commits"] > flushed:
+                        next_flush = now + SQLITE_FLUSH_EVERY
+                    flush = next_flush is not None and now >= next_flush
+                    if self._queue or due or closing or flush:
                         break
-                    wait = next_checkpoint - time.monotonic() if self._seq > self._anchored else None
-                    self._cond.wait(wait)
-                batch = list(itertools.islice(self._queue, MAX_BATCH))
-                for item in batch:
-                    item.inflight = True
-            final = closing and not batch
-            checkpoint = (due or final) and self._seq + len(batch) > self._anchored
-            if not batch and not checkpoint:
-                if final:
-                    return
+                    waits = [t - now for t in (next_checkpoint if self._seq > self._anchored else None, next_flush)
+                             if t is not None]
+                    self._cond.wait(min(waits) if waits else None)
+                if not flush and not self._in_doubt:
+                    batch = list(itertools.islice(self._queue, MAX_BATCH))
+                    for item in batch:
+                        item.inflight = True
+                    self._attempting, self._abort, self._sent = True, None, False
+            if flush:
+                flushed, next_flush = self.stats["commits"], None
+                self._flush_wal()
                 continue
-            try:
-                self._commit(batch, checkpoint)
-            except Exception as e:  # noqa: BLE001 - every failure is either retried or reported
-                if batch and not _transient(e, self._dbapi):
+            if self._in_doubt:
+                try:
+                    self._settle_doubt()
+                    failures = 0
+                    continue
+                except Exception as e:  # noqa: BLE001 - the database cannot be asked yet
+                    error: BaseException = e
+                    batch, checkpoint, final = [], False, False
+            else:
+                final = closing and not batch
+                checkpoint = (due or final) and self._seq + len(batch) > self._anchored
+                if not batch and not checkpoint:
+                    with self._cond:
+                        self._attempting = False
+                    if final:
+                        return
+                    continue
+                try:
+                    self._commit(batch, checkpoint)
+                    error = None
+                except Exception as e:  # noqa: BLE001 - every failure is either retried or reported
+                    error = e
+                with self._cond:
+                    aborted, sent = self._abort, self._sent
+                    self._attempting, self._abort, self._sent = False, None, False
+                if error is None:
+                    if aborted and self._pipeline:  # a cancel request sent for it may still land: not on the next
+                        self._drop_connection(close=True)
+                    failures = 0
+                    self._committed(batch, None)
+                    if checkpoint:
+                        next_checkpoint = time.monotonic() + self.checkpoint_every
+                    if final:
+                        return
+                    continue
+                if sent and not self._verdict(error):
+                    # the connection broke after the commit was sent: it may have gone through
+                    with self._cond:
+                        self._in_doubt, self._doubt_checkpoint = len(batch), checkpoint
+                    log.warning("store %s: the outcome of a commit of %d records is unknown (%s); its callers wait "
+                                "until the database says whether it went through", self.where, len(batch), _one_line(error))
+                elif batch and not aborted and not _transient(error, self._dbapi):
                     self._commit_one_by_one(batch)
                     continue
-                failures += 1
-                self.stats["failures"] += 1
-                self._failed(e)
-                remaining = self._drain_deadline - time.monotonic()
-                if closing and remaining <= 0:
-                    with self._cond:
-                        lost = len(self._queue)
-                    log.error("store %s: closing with %d records not written (%s)", self.where, lost, self._last_error)
-                    return
-                pause = min(0.05 * 2 ** (failures - 1), MAX_BACKOFF)
-                if closing:
-                    time.sleep(min(pause, remaining))
-                else:
-                    self._closing.wait(pause)
-                continue
-            if failures:
-                log.warning("store %s: writing again after %d failed attempts", self.where, failures)
-            failures = 0
-            self._committed(batch, None)
-            if checkpoint:
-                next_checkpoint = time.monotonic() + self.checkpoint_every
-            if final:
+                elif aborted == "gone":  # stopped because clients left: not a failure of the store
+                    self._withdrawn()
+                    continue
+                elif aborted == "timeout":
+                    error = StoreUnavailable(f"no commit within {self.commit_timeout:g} s: {_one_line(error)}")
+            failures += 1
+            self.stats["failures"] += 1
+            self._failed(error)
+            remaining = self._drain_deadline - time.monotonic()
+            if closing and remaining <= 0:
+                with self._cond:
+                    lost = len(self._queue)
+                log.error("store %s: closing with %d records not written (%s)", self.where, lost, self._last_error)
                 return
+            pause = min(0.05 * 2 ** (failures - 1), MAX_BACKOFF)
+            if closing:
+                time.sleep(min(pause, remaining))
+            else:
+                self._closing.wait(pause)
+
+    def _flush_wal(self) -> None:
+        """SQLite "normal": flush the WAL file, and with it every commit so far, to the device
+        (what "full" does at each commit), so that a power loss takes at most the last
+        SQLITE_FLUSH_EVERY seconds of records. Off the calls' path: no caller waits for it."""
+        wal = f"{_sqlite_path(self.url)}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:  # no WAL: everything is in the database file, checkpointed and synced
+            return
+        except OSError as e:
+            log.error("store %s: cannot flush %s to the device (%s)", self.where, wal, e.strerror or e)
+            return
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            log.error("store %s: cannot flush %s to the device (%s)", self.where, wal, e.strerror or e)
+        finally:
+            os.close(fd)
+
+    def _verdict(self, e: BaseException) -> bool:
+        """Did the database say that the attempt failed (so it certainly did not commit)? SQLite
+        runs in this process: always. PostgreSQL: when the server reported an ERROR, which aborts
+        the transaction; not when the connection broke or the server ended it (FATAL), which can
+        happen after the commit is durable."""
+        if not self._pipeline:
+            return True
+        if isinstance(e, _Aborted):
+            return True
+        diag = getattr(e, "diag", None)
+        return getattr(e, "sqlstate", None) is not None and getattr(diag, "severity_nonlocalized", None) == "ERROR"
+
+    def _settle_doubt(self) -> None:
+        """Find out whether the commit whose outcome is unknown went through: the records it held
+        are the next in this writer's chain, so they are there or the chain ends where it did."""
+        c = Call.__table__.c
+        self._drop_connection(close=True)
+        with self.engine.connect() as conn:
+            found = conn.execute(select(c.seq, c.hash).where(c.writer_id == self.writer_id, c.seq > self._seq)
+                                 .order_by(c.seq.desc()).limit(1)).first()
+        n = self._in_doubt
+        if found is not None and found.seq != self._seq + n:  # the records stay in doubt: nothing is guessed
+            raise StoreError(f"the chain of writer {self.writer_id} in the store has records this writer did not expect "
+                             f"(seq {found.seq}, expected {self._seq + n}): is another process using its id?")
+        with self._cond:
+            items = list(itertools.islice(self._queue, n))
+            self._in_doubt = 0
+            for item in items:
+                item.in_doubt = False
+        if found is not None:
+            self._seq, self._head = found.seq, found.hash
+            if self._doubt_checkpoint:
+                self._anchored = found.seq
+            log.warning("store %s: the commit of %d records whose outcome was unknown had gone through", self.where, n)
+            self._committed(items, None)
+            return
+        log.warning("store %s: the commit of %d records whose outcome was unknown had not gone through; writing them again",
+                    self.where, n)
+        self._withdrawn(refuse_overdue=True)
+
+    def _withdrawn(self, refuse_overdue: bool = False) -> None:
+        """After an attempt that was stopped (or did not go through) while its records' callers
+        still wait: records whose clients left say so and are let go; with ``refuse_overdue``,
+        records whose callers waited too long are refused. The others are written again."""
+        outcomes = []
+        with self._cond:
+            for item in self._queue:
+                item.inflight = False
+                if item.waiter is not None and (item.left or (refuse_overdue and item.overdue)):
+                    outcomes.append(self._not_now(item, self._too_slow()))
+        _resolve([o for o in outcomes if o is not None])
 
     def _commit(self, batch: list[_Pending], checkpoint: bool) -> None:
         """One transaction: the batch's calls, their sessions, and the head checkpoint if due."""
@@ -770,25 +1060,38 @@ class Store:
                 mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
             head = self._insert_checkpoint.params(self._insert_checkpoint.bind(
                 {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}))
-        reused = self._raw is not None
-        try:
-            self._transaction(calls, sessions, head)
-        except Exception as e:
-            if not (self._pipeline and reused and _transient(e, self._dbapi)):
-                raise
-            # a kept connection goes stale when the server restarts while it is idle: once more on a new one
-            self._transaction(calls, sessions, head)
+        self._transaction(calls, sessions, head)
         self._seq, self._head = seq, prev
         if checkpoint:
             self._anchored = seq
         self.stats["commits"] += 1
         self.stats["records"] += len(calls)
 
-    def _transaction(self, calls: list, sessions: list, head: Any) -> None:
-        if self._raw is None:
-            self._raw = self.engine.raw_connection()
+    def _connection(self) -> Any:
+        """The writer's kept connection; a new one when PostgreSQL closed the kept one while it was
+        idle (a restart, an idle timeout): found without a round trip, before anything is sent."""
         raw = self._raw
+        if raw is not None and self._pipeline:
+            try:
+                readable = select_module.select([raw.driver_connection.fileno()], [], [], 0)[0]
+            except (OSError, ValueError, self._dbapi.Error):
+                readable = True
+            if readable:  # an idle connection with something to read: the server has ended it
+                self._drop_connection(close=True)
+                raw = None
+        if raw is None:
+            raw = self._raw = self.engine.raw_connection()
+            if not self._pipeline:
+                raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
+        return raw
+
+    def _transaction(self, calls: list, sessions: list, head: Any) -> None:
+        raw = self._connection()
         try:
+            with self._cond:
+                if self._abort is not None:
+                    raise _Aborted(f"stopped before it was sent ({self._abort})")
+                self._sent = True
             if self._pipeline:
                 # PostgreSQL runs the statements up to a pipeline's Sync as one implicit transaction
                 # (extended query protocol): all or none, committed at the Sync, which leaving the
@@ -798,13 +1101,22 @@ class Store:
                     pg.autocommit = True
                 with pg.pipeline(), pg.cursor() as cur:  # executemany rides the pipeline: no Sync of its own
                     self._statements(cur, calls, sessions, head)
-            else:
+                return
+            # SQLite waits for another process's write lock in slices, so that the attempt can be
+            # stopped between them (``_request_abort``); SQLITE_BUSY_TIMEOUT in all.
+            deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+            while True:
                 cur = raw.cursor()
                 try:
                     self._statements(cur, calls, sessions, head)
+                    raw.commit()
+                    return
+                except self._dbapi.OperationalError as e:
+                    if not _busy(e) or self._abort is not None or time.monotonic() >= deadline:
+                        raise
+                    raw.rollback()
                 finally:
                     cur.close()
-                raw.commit()
         except BaseException:
             self._drop_connection(close=self._pipeline)
             raise
@@ -874,10 +1186,15 @@ class Store:
     def _commit_one_by_one(self, batch: list[_Pending]) -> None:
         """A batch the database refused as a whole: commit what it takes, report what it does not."""
         for item in batch:
+            with self._cond:
+                self._sent = False
             try:
                 self._commit([item], False)
             except Exception as e:  # noqa: BLE001
                 if _transient(e, self._dbapi):
+                    if self._sent and not self._verdict(e):
+                        with self._cond:
+                            self._in_doubt, self._doubt_checkpoint = 1, False
                     self._failed(e)
                     return
                 error = StoreError(f"record {item.row['id']} cannot be stored: {_one_line(e)}")
@@ -887,23 +1204,27 @@ class Store:
                 self._committed([item], None)
 
     def _committed(self, batch: list[_Pending], error: BaseException | None) -> None:
+        """The batch at the head of the queue is done: committed, or (``error``) refused by the database."""
         outcomes = []
         with self._cond:
             for item in batch:
                 popped = self._queue.popleft()
-                assert popped is item
+                if popped is not item:  # a bug: say so rather than tell callers the wrong verdicts
+                    raise RuntimeError(f"the store's queue changed under its writer (record {item.row['id']})")
                 item.done, item.inflight = error is None, False
                 if item.waiter is not None:
                     outcomes.append((item.waiter, error))
                     item.waiter = None
-                elif item.late and error is None:
-                    log.warning("store %s: record %s was committed as its call was refused for taking over %g s",
-                                self.where, item.row["id"], self.commit_timeout)
+            recovered = not self._healthy
             self._healthy = True
             self._last_error = ""
+        if recovered:
+            log.warning("store %s: writing again", self.where)
         _resolve(outcomes)
 
     def _failed(self, e: BaseException) -> None:
+        """A commit attempt failed: the store cannot write. Callers still waiting are refused (their
+        records say so), except those whose records are in a commit whose outcome is unknown."""
         message = _one_line(e)
         unavailable = None
         outcomes = []
@@ -911,17 +1232,16 @@ class Store:
             was_healthy = self._healthy
             self._healthy = False
             self._last_error = message
-            for item in self._queue:
+            for i, item in enumerate(self._queue):
                 item.inflight = False
-                if item.waiter is not None or item.late:
-                    waiter = self._refuse(item)
-                    item.late = False
-                    if waiter is not None:
-                        unavailable = unavailable or self._unavailable()
-                        outcomes.append((waiter, unavailable))
+                if i < self._in_doubt:
+                    item.in_doubt = True
+                elif item.waiter is not None:
+                    unavailable = unavailable or self._unavailable()
+                    outcomes.append(self._not_now(item, unavailable))
         if was_healthy:
             log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, message)
-        _resolve(outcomes)
+        _resolve([o for o in outcomes if o is not None])
 
     # -- reading -------------------------------------------------------------------------------
 

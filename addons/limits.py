@@ -1,0 +1,218 @@
+"""limits: what one client can make the gateway hold in memory, and request heads whose reading
+another parser could disagree with; enforced inside mitmproxy's HTTP layer, where no hook reaches.
+
+mitmproxy 12 reads a request head until its blank line with no bound (``_http1.py``: "FIXME:
+protect against header size DoS"), reads a buffered request body to its end whatever its size
+(its ``body_size_limit`` would also cut responses and the streamed uploads that must flow), and
+parses heads leniently: a bare LF ends a line, a bare CR stays inside a header value, a NUL is
+kept, and an obs-fold continuation line is joined to the value before it. mitmproxy re-frames
+what it forwards, but a bare CR or an obs-fold inside a value goes upstream as it came, where a
+parser that reads them differently sees other headers than the gateway did. So:
+
+1. ``Http1Server.read_headers``: a complete request head is checked before mitmproxy parses it.
+   A bare CR or LF (not part of CRLF), a NUL byte, or a line starting with a space or tab
+   (obs-fold): 400 and the connection closed. A head still without its blank line after
+   ``max_header_bytes`` + 64 KiB: 431 and the connection closed. (A head over
+   ``max_header_bytes`` that does end is parsed, and the egress stage refuses it with a record.)
+2. ``Http1Server._handle_event``: bytes a client sends that the reader holds without consuming
+   (a chunk-size line that never ends, data pipelined behind a request still in flight) are
+   bounded the same way; past it, the connection is closed.
+3. ``HttpStream.state_consume_request_body``: a request body that is buffered (not streamed) is
+   refused with 413 once it passes ``max_body_bytes`` (at its first bytes when its Content-Length
+   already says so); the flow gets one record saying so. Streamed bodies (S3 uploads: a declared
+   payload hash) are not buffered and not capped.
+
+These refusals happen where no flow exists yet (1, 2) or in mitmproxy's own error path (3), so
+their answer is a short text, not an AWS-shaped error; 1 and 2 are logged, 3 is recorded.
+The caps are mitmproxy options (declared by the egress stage) read from each connection's
+context. ``install()`` checks the shape of what it patches first; if mitmproxy has changed it
+logs an error and patches nothing (the egress stage's own checks still apply).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+from mitmproxy import http
+from mitmproxy.utils import human
+
+from .core.awserrors import Refusal
+from .stage import REFUSAL
+
+log = logging.getLogger("agentgate.limits")
+
+SLACK = 64 * 1024  # bytes past max_header_bytes a head may take before its reading stops
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11's ReceiveBuffer ends a head
+_OBS_FOLD = re.compile(rb"\n[ \t]")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+# how a flow's error starts when the HTTP/1 layer answered its request with 400 (see Egress.error)
+REFUSED = "agentgate refused the request with 400: "
+
+_installed = False
+
+
+def head_problem(head: bytes) -> str | None:
+    """What is wrong with a complete request head (request line, headers, blank line) that
+    mitmproxy's parser would let through, or None."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf:
+        return "a line of the request head ends with a bare LF instead of CRLF"
+    if head.count(b"\r") != crlf:
+        return "the request head holds a bare CR (not followed by LF)"
+    if b"\0" in head:
+        return "the request head holds a NUL byte"
+    if _OBS_FOLD.search(head[:-2]):
+        return "a header line starts with a space or tab (obs-fold line folding)"
+    return None
+
+
+def _text_response(status: int, message: str) -> bytes:
+    from mitmproxy.net.http import http1
+
+    resp = http.Response.make(status, f"agentgate: {message}\n", {
+        "content-type": "text/plain; charset=utf-8", "connection": "close", "x-agentgate-reason": message})
+    return http1.assemble_response(resp)
+
+
+def _option(context, name: str) -> int | None:
+    value = getattr(context.options, name, None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _cut(layer, status: int | None, message: str, *, in_flight: bool = False):
+    """Refuse on ``layer``'s (an Http1Server) connection: answer ``status`` (if any), close it, and
+    when a request is in flight, end its flow with the reason (its record says so)."""
+    from mitmproxy.proxy import commands
+    from mitmproxy.proxy.layers.http import ErrorCode, ReceiveHttp, RequestProtocolError
+
+    log.warning("refused a request from %s: %s", human.format_address(layer.conn.peername), message)
+    if status is not None:
+        yield commands.SendData(layer.conn, _text_response(status, message))
+    yield commands.CloseConnection(layer.conn)
+    layer.state = layer.done
+    if in_flight:  # the flow's error says whether the agent was answered (the egress stage records it so)
+        said = REFUSED if status is not None else "agentgate: "
+        yield ReceiveHttp(RequestProtocolError(layer.stream_id, said + message, ErrorCode.GENERIC_CLIENT_ERROR))
+
+
+def body_refusal(cap: int, size: int, declared: bool, before: Refusal | None) -> Refusal:
+    said = f"declares {size} bytes" if declared else f"passed {cap} bytes"
+    message = (f"the request body {said}, over this gateway's max_body_bytes ({cap}): agentgate reads the "
+               "body of a request without a declared payload hash (x-amz-content-sha256) into memory to "
+               "classify and re-sign it; send large uploads with a declared payload hash (S3 clients do), "
+               "or an operator can raise max_body_bytes")
+    if before is not None:
+        message += f"; it had been refused already: {before.message}"
+    return Refusal(413, "RequestEntityTooLarge", message, "egress")
+
+
+def install() -> bool:
+    """Patch mitmproxy's HTTP/1 server and HTTP stream as described above. True when in place."""
+    global _installed
+    if _installed:
+        return True
+    try:
+        from mitmproxy import flow as mflow
+        from mitmproxy.proxy import commands, events
+        from mitmproxy.proxy.layers.http import (ErrorCode, HttpStream, ReceiveHttp, RequestProtocolError,
+                                                 ResponseProtocolError, SendHttp, _http1)
+        from mitmproxy.proxy.layers.http._events import RequestData
+        from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
+    except ImportError as e:
+        log.error("request size caps are not enforced inside mitmproxy (its layout changed: %s)", e)
+        return False
+    server = _http1.Http1Server
+    ChunkedReader = getattr(_http1, "ChunkedReader", None)  # noqa: N806 - h11's, as mitmproxy uses it
+    missing = [n for n in ("read_headers", "_handle_event", "done", "passthrough", "wait", "read_body")
+               if not hasattr(server, n)] + ([] if ChunkedReader else ["ChunkedReader"])
+    missing += [n for n in ("state_consume_request_body", "state_errored") if not hasattr(HttpStream, n)]
+    if missing or not hasattr(ErrorCode, "REQUEST_TOO_LARGE"):
+        log.error("request size caps are not enforced inside mitmproxy (it changed: no %s)",
+                  ", ".join(missing) or "ErrorCode.REQUEST_TOO_LARGE")
+        return False
+
+    read_headers = server.read_headers
+    handle_event = server._handle_event
+    consume = HttpStream.state_consume_request_body
+
+    @functools.wraps(read_headers)
+    def guarded_read_headers(self, event):
+        if isinstance(event, events.DataReceived) and len(self.buf):
+            data = bytes(self.buf)
+            end = _BLANK_LINE.search(data)
+            if end is not None and data[:end.start() + 1].strip(b"\r\n"):
+                problem = head_problem(data[:end.end()])
+                if problem is not None:
+                    yield from _cut(self, 400, problem)
+                    return
+            elif end is None and (cap := _option(self.context, "max_header_bytes")) and len(data) > cap + SLACK:
+                yield from _cut(self, 431, f"the request head passed {cap + SLACK} bytes without ending; "
+                                           f"this gateway's max_header_bytes is {cap}")
+                return
+        yield from read_headers(self, event)
+
+    @functools.wraps(handle_event)
+    def bounded_handle_event(self, event):
+        inner = handle_event(self, event)
+        reply, answered = None, False
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration:
+                break
+            if (isinstance(event, events.DataReceived) and isinstance(command, commands.CloseConnection)
+                    and command.connection is self.conn and self.state == self.read_body and self.response is None):
+                # h11 found the body's framing malformed (mitmproxy closes without a word): say so first
+                message = "the request body's chunked framing is malformed"
+                log.warning("refused a request from %s: %s", human.format_address(self.conn.peername), message)
+                yield commands.SendData(self.conn, _text_response(400, message))
+                answered = True
+            elif answered and isinstance(command, ReceiveHttp) and isinstance(command.event, RequestProtocolError):
+                command.event.message = f"{REFUSED}the request body's chunked framing is malformed ({command.event.message})"
+            reply = yield command
+        if not isinstance(event, events.DataReceived) or self.state in (self.passthrough, self.done, self.read_headers):
+            return
+        cap = _option(self.context, "max_header_bytes")
+        if cap and len(self.buf) > cap + SLACK:
+            waiting = self.state == self.wait  # the request was read: its answer may be on its way
+            yield from _cut(self, None if waiting else 400,
+                            f"the client sent {len(self.buf)} bytes that are not a request the gateway can read "
+                            f"({'pipelined behind a request in flight' if waiting else 'a chunk-size line that does not end'})",
+                            in_flight=True)
+        elif self.state == self.read_body and isinstance(self.body_reader, ChunkedReader) and len(self.buf) \
+                and _BARE_LF.search(bytes(self.buf)):  # what h11 has not consumed is a line it waits to see end
+            yield from _cut(self, 400 if self.response is None else None,
+                            "a line of the chunked request body ends with a bare LF instead of CRLF", in_flight=True)
+
+    @functools.wraps(consume)
+    def capped_consume(self, event):
+        if isinstance(event, RequestData) and (cap := _option(self.context, "max_body_bytes")):
+            declared = self.flow.request.headers.get("content-length", "")
+            size = int(declared) if declared.isdigit() else 0
+            over_declared = size > cap
+            if not over_declared:
+                size = len(self.request_body_buf) + len(event.data)
+            if size > cap:
+                refusal = body_refusal(cap, size, over_declared, self.flow.metadata.get(REFUSAL))
+                self.flow.metadata[REFUSAL] = refusal
+                self.flow.response = None  # an answer set earlier is not sent: the agent gets the 413
+                self.flow.error = mflow.Error(refusal.message)
+                self.request_body_buf.clear()
+                log.warning("refused %s %s from %s: %s", self.flow.request.method, self.flow.request.host,
+                            human.format_address(self.context.client.peername), refusal.message)
+                yield HttpErrorHook(self.flow)
+                yield SendHttp(ResponseProtocolError(self.stream_id, f"agentgate: {refusal.message}",
+                                                     ErrorCode.REQUEST_TOO_LARGE), self.context.client)
+                self.client_state = self.state_errored
+                self.flow.live = False
+                return
+        yield from consume(self, event)
+
+    server.read_headers = guarded_read_headers
+    server._handle_event = bounded_handle_event
+    HttpStream.state_consume_request_body = capped_consume
+    _installed = True
+    return True

@@ -1,0 +1,267 @@
+"""Where a real gateway without ``upstream`` may connect: names that resolve to loopback, private,
+metadata or IPv4-mapped addresses are refused before any byte goes out, through an AWS-looking
+name (intercepted) or an allow_hosts name (tunnelled); an allowed one is resolved once and the
+connection pinned to the address that was checked, with the name kept in TLS SNI. Plain HTTP proxy
+requests are refused with or without credentials.
+
+The names resolve on this machine only: ``socket.gethostname()`` through /etc/hosts, and AWS-looking
+names through a table the gateway process reads at the resolver's boundary (``socket.getaddrinfo``,
+replaced by a ``sitecustomize`` that only the test puts on the gateway's PYTHONPATH), as an
+/etc/hosts entry would. The gateway's own code calls the real resolver either way."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from tests.support.gateway import Gateway
+
+SITECUSTOMIZE = '''
+import json, os, socket
+_table_path = os.environ["TEST_HOSTS_FILE"]
+_real = socket.getaddrinfo
+
+def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+    name = host.decode() if isinstance(host, bytes) else host
+    with open(_table_path) as f:
+        table = json.load(f)
+    if name not in table:
+        return _real(host, port, family, type, proto, flags)
+    log = _table_path + ".log"
+    seen = open(log).read().split().count(name) if os.path.exists(log) else 0
+    with open(log, "a") as f:
+        f.write(name + "\\n")
+    answers = table[name][min(seen, len(table[name]) - 1)]  # one list of addresses per lookup; the last repeats
+    port = int(port or 0)
+    return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port, 0, 0)) if ":" in a else
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers]
+
+socket.getaddrinfo = getaddrinfo
+'''
+
+
+class Listener:
+    """A TCP listener that keeps every byte each connection sends it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            data = b""
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+            conn.close()
+            self.received.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# AWS-looking names (customer resources under amazonaws.com) and what they resolve to
+LOOPBACK = "internal-app-1.us-east-1.elb.amazonaws.com"
+MAPPED = "internal-app-2.us-east-1.elb.amazonaws.com"
+METADATA = "abc123.execute-api.us-east-1.amazonaws.com"
+PRIVATE = "vpce-0a1b2c.s3.us-east-1.vpce.amazonaws.com"
+MIXED = "mydb.cluster-xyz.us-east-1.rds.amazonaws.com"
+REBINDING = "internal-app-3.us-east-1.elb.amazonaws.com"
+TABLE = {
+    LOOPBACK: [["127.0.0.1"]],
+    MAPPED: [["::ffff:127.0.0.1"]],
+    METADATA: [["169.254.169.254"]],
+    PRIVATE: [["10.0.0.7"]],
+    MIXED: [["52.94.133.131", "127.0.0.1"]],
+    REBINDING: [["127.0.0.1"], ["169.254.169.254"]],  # checked once; a second lookup would say metadata
+}
+
+
+@pytest.fixture(scope="module")
+def listeners():
+    refused, allowed = Listener(), Listener()
+    yield refused, allowed
+    refused.close()
+    allowed.close()
+
+
+@pytest.fixture(scope="module")
+def resolving_gateway(tmp_path_factory, issuer, moto, listeners):
+    """A gateway with no ``upstream``: AWS calls go to the address their host resolves to. Its STS
+    calls (JIT credentials) go to moto; ``127.0.0.1:<allowed port>`` is on allow_private; the
+    machine's own host name is on allow_hosts on both listeners' ports."""
+    refused, allowed = listeners
+    home = tmp_path_factory.mktemp("resolving")
+    site = home / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (home / "hosts.json").write_text(json.dumps(TABLE))
+    name = socket.gethostname()
+    gw = Gateway(home / "gw", issuer=issuer.issuer, upstream="",
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
+                 settings={"allow_private": [f"127.0.0.1:{allowed.port}", f"{name}:{allowed.port}"],
+                           "allow_hosts": [f"{name}:{refused.port}", f"{name}:{allowed.port}"]},
+                 env={"PYTHONPATH": str(site), "TEST_HOSTS_FILE": str(home / "hosts.json"),
+                      "AWS_ENDPOINT_URL_STS": moto.url})
+    gw.hosts_log = Path(str(home / "hosts.json") + ".log")
+    with gw:
+        yield gw
+    print(gw.log()[-4000:])
+
+
+def sts_through(gw, token: str, host: str, port: int):
+    return boto3.client("sts", region_name="us-east-1", endpoint_url=f"https://{host}:{port}",
+                        aws_access_key_id="agentgate", aws_secret_access_key="x", verify=str(gw.ca_file),
+                        config=botocore.config.Config(proxies={"https": gw.proxy_url(token)},
+                                                      retries={"total_max_attempts": 1}, connect_timeout=5,
+                                                      read_timeout=10))
+
+
+def records_of(gw, sub: str) -> list[dict]:
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in gw.records() if r["principal"] == sub]
+        if found or time.monotonic() > deadline:
+            time.sleep(0.3)
+            return [r for r in gw.records() if r["principal"] == sub]
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("host, words", [
+    (LOOPBACK, "resolves to 127.0.0.1, a loopback address"),
+    (MAPPED, "resolves to ::ffff:127.0.0.1, a loopback address"),
+    (METADATA, "resolves to 169.254.169.254, a metadata address"),
+    (PRIVATE, "resolves to 10.0.0.7, a private address"),
+    (MIXED, "resolves to 127.0.0.1, a loopback address"),
+])
+def test_an_aws_name_resolving_off_limits_is_refused_before_any_byte(resolving_gateway, listeners, issuer, host, words):
+    refused, _ = listeners
+    sub = f"agent-{host.split('.')[0]}"
+    before = len(refused.received)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        sts_through(resolving_gateway, issuer.mint(sub), host, refused.port).get_caller_identity()
+    err = e.value.response["Error"]
+    assert err["Code"] == "AccessDenied" and words in err["Message"] and "allow_private" in err["Message"], err
+    time.sleep(0.5)
+    assert len(refused.received) == before, "the gateway connected to the loopback listener"
+    recs = records_of(resolving_gateway, sub)
+    assert len(recs) == 1, recs
+    r = recs[0]
+    assert (r["outcome"], r["decision"], r["rule"], r["status"]) == ("refused", "deny", "agentgate:egress", 403)
+    assert words in r["error"]
+
+
+def test_an_allowed_name_is_resolved_once_and_pinned_with_its_name_in_sni(resolving_gateway, listeners, issuer):
+    """The name resolves to an allowed address at first and to the metadata address after that.
+    The first call goes to the address that was checked (the listener sees a TLS ClientHello
+    naming the host) after one lookup; the next agent connection looks it up again, and that
+    answer is judged and refused: no second resolution reaches an unchecked address."""
+    _, allowed = listeners
+    before = len(allowed.received)
+    client = sts_through(resolving_gateway, issuer.mint("agent-pinned"), REBINDING, allowed.port)
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # the listener is not an HTTPS server
+        client.get_caller_identity()
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
+    deadline = time.monotonic() + 5
+    while len(allowed.received) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    hellos = allowed.received[before:]
+    assert len(hellos) == 1 and hellos[0][:1] == b"\x16" and REBINDING.encode() in hellos[0], hellos  # TLS, SNI
+    assert resolving_gateway.hosts_log.read_text().split().count(REBINDING) == 1
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # a new agent connection: a new lookup, judged
+        sts_through(resolving_gateway, issuer.mint("agent-pinned"), REBINDING, allowed.port).get_caller_identity()
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    assert "resolves to 169.254.169.254, a metadata address" in e.value.response["Error"]["Message"]
+    time.sleep(0.5)
+    assert len(allowed.received) == before + 1
+    assert resolving_gateway.hosts_log.read_text().split().count(REBINDING) == 2
+
+
+def _connect(gw, target: str, token: str | None) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if token:
+        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
+    s.sendall((head + "\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return s, data
+
+
+def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed(resolving_gateway, listeners, issuer):
+    """allow_hosts holds this machine's host name on two ports; it resolves (through /etc/hosts) to
+    a loopback or private address. On the port allow_private does not name, CONNECT is refused and
+    the listener sees nothing; on the one it names, the tunnel reaches the listener."""
+    refused, allowed = listeners
+    name = socket.gethostname()
+    token = issuer.mint("agent-tunnel")
+    before = len(refused.received)
+    s, head = _connect(resolving_gateway, f"{name}:{refused.port}", token)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert f"{name}:{refused.port} resolves to".encode() in head and b"allow_private" in head
+    time.sleep(0.5)
+    assert len(refused.received) == before
+    connects = [r for r in resolving_gateway.records() if r["kind"] == "connect" and r["host"].startswith(f"{name}:{refused.port}")]
+    assert len(connects) == 1 and connects[0]["outcome"] == "refused" and "resolves to" in connects[0]["error"]
+
+    before = len(allowed.received)
+    s, head = _connect(resolving_gateway, f"{name}:{allowed.port}", token)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    s.sendall(b"through the tunnel")
+    s.close()
+    deadline = time.monotonic() + 5
+    while len(allowed.received) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert allowed.received[before:] == [b"through the tunnel"]
+
+
+@pytest.mark.parametrize("target", ["http://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15",
+                                    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+                                    "http://127.0.0.1:{port}/"])
+@pytest.mark.parametrize("with_token", [False, True])
+def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, issuer, target, with_token):
+    refused, _ = listeners
+    target = target.format(port=refused.port)
+    before_seen, before_records = len(refused.received), len(resolving_gateway.records())
+    token = issuer.mint("agent-plain")
+    with socket.create_connection(("127.0.0.1", resolving_gateway.port), timeout=10) as s:
+        head = f"GET {target} HTTP/1.1\r\nHost: {target.split('/')[2]}\r\n"
+        if with_token:
+            head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
+        s.sendall((head + "\r\n").encode())
+        answer = http.client.HTTPResponse(s)
+        answer.begin()
+        body = answer.read()
+    assert answer.status == 403 and b"over HTTPS only" in body, body
+    time.sleep(0.5)
+    assert len(refused.received) == before_seen
+    new = resolving_gateway.records()[before_records:]
+    assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:egress", new
+

@@ -1,0 +1,188 @@
+"""Size caps through a real gateway (upstream moto, caps set small in agentgate.toml): a request head
+over ``max_header_bytes``, a URL over ``max_url_bytes`` and a buffered body over ``max_body_bytes``
+are refused with a 4xx naming the cap and how to raise it, and recorded; a head that never ends
+and a CONNECT head over the cap are cut off; a streamed S3 upload larger than the body cap still
+works, and a refused one is not buffered whole."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import socket
+import ssl
+import time
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from tests.support.gateway import Gateway
+
+MAX_HEADER, MAX_URL, MAX_BODY = 8192, 2048, 1 << 20
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, moto):
+    g = Gateway(tmp_path_factory.mktemp("limits"), issuer=issuer.issuer, upstream=moto.url,
+                aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
+                settings={"max_header_bytes": MAX_HEADER, "max_url_bytes": MAX_URL, "max_body_bytes": MAX_BODY})
+    with g:
+        yield g
+    print(g.log()[-3000:])
+
+
+def client(gw, token: str, service: str, **config):
+    return boto3.client(service, region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                        verify=str(gw.ca_file),
+                        config=botocore.config.Config(proxies={"https": gw.proxy_url(token)},
+                                                      retries={"total_max_attempts": 1}, **config))
+
+
+def last_record(gw, sub: str) -> dict:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [r for r in gw.records() if r["principal"] == sub]
+        if found:
+            time.sleep(0.2)
+            found = [r for r in gw.records() if r["principal"] == sub]
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no record for {sub}")
+
+
+def tunnel(gw, token: str | None, host: str) -> ssl.SSLSocket:
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    head = f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
+    if token:
+        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
+    s.sendall((head + "\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
+
+
+def read_answer(sock) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    return data
+
+
+def test_a_request_head_over_the_cap_is_refused_and_recorded(gw, issuer):
+    sts = client(gw, issuer.mint("agent-big-head"), "sts")
+    sts.meta.events.register("before-send", lambda request, **_: request.headers.__setitem__("X-Pad", "p" * MAX_HEADER))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        sts.get_caller_identity()
+    err = e.value.response["Error"]
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 431
+    assert err["Code"] == "RequestHeaderSectionTooLarge"
+    assert f"max_header_bytes ({MAX_HEADER})" in err["Message"] and "AGENTGATE_MAX_HEADER_BYTES" in err["Message"]
+    r = last_record(gw, "agent-big-head")
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 431)
+    assert client(gw, issuer.mint("agent-small-head"), "sts").get_caller_identity()["Account"] == "123456789012"
+
+
+def test_a_url_over_the_cap_is_refused_and_recorded(gw, issuer):
+    s3 = client(gw, issuer.mint("agent-long-url"), "s3")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="limits-bucket", Key="k" * (MAX_URL + 10))
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 414
+    assert e.value.response["Error"]["Code"] == "RequestURITooLong"
+    assert f"max_url_bytes ({MAX_URL})" in e.value.response["Error"]["Message"]
+    r = last_record(gw, "agent-long-url")
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 414)
+
+
+def test_a_head_that_never_ends_is_cut_off(gw, issuer):
+    tls = tunnel(gw, issuer.mint("agent-endless"), "sts.amazonaws.com")
+    tls.sendall(b"POST / HTTP/1.1\r\nHost: sts.amazonaws.com\r\n")
+    answer = b""
+    try:
+        for _ in range(64):  # 64 x 2 KiB header lines, never the blank line
+            tls.sendall(b"X-Pad: " + b"p" * 2048 + b"\r\n")
+    except (ConnectionError, ssl.SSLError):
+        pass
+    answer = read_answer(tls)
+    tls.close()
+    assert answer.startswith(b"HTTP/1.1 431") and b"max_header_bytes is 8192" in answer, answer[:300]
+    assert "the request head passed" in gw.log()
+
+
+def test_a_connect_head_over_the_cap_is_refused(gw, issuer):
+    token = issuer.mint("agent-fat-connect", groups=[f"group-{i}-{secrets.token_hex(8)}" for i in range(400)])
+    assert len(token) > MAX_HEADER
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        cred = base64.b64encode(f"agent:{token}".encode()).decode()
+        s.sendall(f"CONNECT sts.amazonaws.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {cred}\r\n\r\n".encode())
+        answer = read_answer(s)
+    assert answer.startswith(b"HTTP/1.1 431") and b"max_header_bytes (8192)" in answer, answer[:300]
+    assert token.encode() not in answer
+
+
+def _lambda_invoke_head(size: int, chunked: bool = False) -> bytes:
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    return (f"POST /2015-03-31/functions/f/invocations HTTP/1.1\r\nHost: lambda.us-east-1.amazonaws.com\r\n"
+            "X-Amz-Date: 20260101T000000Z\r\nContent-Type: application/json\r\n"
+            "Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/lambda/aws4_request, "
+            f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}\r\n{framing}\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_buffered_body_over_the_cap_is_refused_and_recorded(gw, issuer, chunked):
+    sub = f"agent-big-body-{'chunked' if chunked else 'length'}"
+    tls = tunnel(gw, issuer.mint(sub), "lambda.us-east-1.amazonaws.com")
+    size = 32 * MAX_BODY  # more than socket buffers hold: all of it is sent only if the gateway reads it
+    tls.sendall(_lambda_invoke_head(size, chunked))
+    sent = 0
+    try:
+        while sent < size:
+            piece = b"x" * 65536
+            tls.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+    except (ConnectionError, ssl.SSLError):
+        pass
+    answer = read_answer(tls)
+    tls.close()
+    assert sent < size, "the gateway read the whole body"
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"max_body_bytes (1048576)" in answer
+    r = last_record(gw, sub)
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
+    assert "max_body_bytes" in r["error"] and (f"declares {size} bytes" in r["error"]) == (not chunked)
+
+
+def test_a_streamed_upload_larger_than_the_body_cap_works(gw, issuer):
+    """S3 bodies with a declared payload hash stream through, never buffered: the cap does not apply,
+    in aws-chunked framing (boto3's default) or with Content-Length and the real SHA-256."""
+    s3 = client(gw, issuer.mint("agent-uploader"), "s3")
+    s3.create_bucket(Bucket="limits-uploads")
+    data = secrets.token_bytes(3 * MAX_BODY)
+    s3.put_object(Bucket="limits-uploads", Key="big.bin", Body=data)
+    assert s3.get_object(Bucket="limits-uploads", Key="big.bin")["Body"].read() == data
+    sized = client(gw, issuer.mint("agent-uploader"), "s3", request_checksum_calculation="when_required")
+    sized.put_object(Bucket="limits-uploads", Key="sized.bin", Body=data)
+    assert s3.head_object(Bucket="limits-uploads", Key="sized.bin")["ContentLength"] == len(data)
+
+
+def test_a_refused_streamed_upload_is_not_buffered_whole(gw, issuer):
+    """A principal with no role is refused before its upload goes anywhere; the body it keeps
+    sending is not held beyond the cap. The SDK, still sending when the connection closes, reports
+    a connection error rather than the answer; the record says what happened."""
+    sub = "agent-without-a-role"
+    s3 = client(gw, issuer.mint(sub, groups=["nobody"]), "s3")
+    with pytest.raises((botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)) as e:
+        s3.put_object(Bucket="limits-uploads", Key="refused.bin", Body=secrets.token_bytes(32 * MAX_BODY))
+    if isinstance(e.value, botocore.exceptions.ClientError):
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    r = last_record(gw, sub)
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
+    assert "max_body_bytes" in r["error"] and "it had been refused already: no role" in r["error"], r["error"]
+    assert r["url"].endswith("/refused.bin")

@@ -1,0 +1,160 @@
+"""Request smuggling shapes sent as raw bytes through a real gateway's CONNECT tunnel (TLS with the
+gateway's CA, a valid token): each is refused with 400 and nothing reaches the upstream, a loopback
+stand-in that keeps every request it gets. A shape mitmproxy parses into a request (conflicting
+Content-Length and Transfer-Encoding, …) leaves one record; a head refused before it is parsed
+(bare LF, bare CR, NUL, obs-fold) leaves a log line, since no request was read. The same request
+well formed goes through, so the upstream would have seen it."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import CannedUpstream
+
+BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
+CHUNKED = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
+CL = b"Content-Length: %d" % len(BODY)
+
+
+def request(extra: list[bytes], body: bytes = BODY, line: bytes = b"POST / HTTP/1.1", eol: bytes = b"\r\n") -> bytes:
+    head = [line, b"Host: sts.amazonaws.com", b"Content-Type: application/x-www-form-urlencoded; charset=utf-8",
+            b"X-Amz-Date: 20260101T000000Z",
+            b"Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/sts/aws4_request, "
+            b"SignedHeaders=host;x-amz-date, Signature=" + b"0" * 64, *extra]
+    return eol.join(head) + eol + eol + body
+
+
+# (id, raw request, words of the reason, whether a record is expected)
+SHAPES = [
+    ("cl-and-te", request([CL, b"Transfer-Encoding: chunked"], CHUNKED + b"GET /smuggled HTTP/1.1\r\n\r\n"),
+     b"transfer-encoding and content-length", True),
+    ("two-content-lengths", request([CL, b"Content-Length: 5"]), b"content-length", True),
+    ("two-equal-content-lengths", request([CL, CL]), b"content-length", True),
+    ("content-length-list", request([b"Content-Length: %d, %d" % (len(BODY), len(BODY))]), b"content-length", True),
+    ("content-length-plus", request([b"Content-Length: +%d" % len(BODY)]), b"content-length", True),
+    ("te-chunked-identity", request([b"Transfer-Encoding: chunked, identity"], CHUNKED), b"transfer-encoding", True),
+    ("te-identity", request([b"Transfer-Encoding: identity", CL]), b"transfer-encoding", True),
+    ("te-twice", request([b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"], CHUNKED),
+     b"transfer-encoding", True),
+    ("te-name-with-space", request([b"Transfer-Encoding : chunked"], CHUNKED), b"invalid header name", True),
+    ("te-xchunked", request([b"Transfer-Encoding: xchunked", CL]), b"transfer-encoding", True),
+    ("te-on-http-1.0", request([b"Transfer-Encoding: chunked"], CHUNKED, line=b"POST / HTTP/1.0"),
+     b"transfer-encoding", True),
+    ("control-character-in-value", request([CL, b"X-Trace: a\x1bb"]), b"control character", True),
+    ("absolute-form-inside-tunnel", request([CL], line=b"POST http://169.254.169.254/ HTTP/1.1"),
+     b"absolute-form", True),
+    ("obs-fold-te", request([b"Transfer-Encoding:", b" chunked"], CHUNKED), b"obs-fold", False),
+    ("obs-fold-hides-content-length", request([CL, b"X-Trace: a", b" Content-Length: 10"]), b"obs-fold", False),
+    ("bare-lf-line-ends", request([CL], eol=b"\n"), b"bare LF", False),
+    ("bare-cr-in-value", request([CL, b"X-Trace: a\rContent-Length: 10"]), b"bare CR", False),
+    ("nul-in-value", request([CL, b"X-Trace: a\x00b"]), b"NUL", False),
+    ("spaces-in-request-line", request([CL], line=b"POST /a b HTTP/1.1"), b"Bad HTTP request line", False),
+    ("chunk-size-line-bare-lf", request([b"Transfer-Encoding: chunked"], b"%x\n%s\n0\n\n" % (len(BODY), BODY)),
+     b"bare LF", True),
+    ("chunk-size-overflow", request([b"Transfer-Encoding: chunked"], b"1" + b"0" * 20 + b"\r\nxx\r\n0\r\n\r\n"),
+     b"chunked framing is malformed", True),
+]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with CannedUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, upstream):
+    g = Gateway(tmp_path_factory.mktemp("smuggling"), issuer=issuer.issuer, upstream=upstream.url,
+                aws_key=("AKIASMUGGLINGTEST000", "not-used-by-the-canned-upstream"))
+    with g:
+        yield g
+    print(g.log()[-3000:])
+
+
+def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSocket:
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    head = f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
+    if token:
+        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
+    s.sendall((head + "\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
+
+
+def send(gw, token: str | None, raw: bytes) -> bytes:
+    """Everything the gateway answers to ``raw`` before it closes the connection or goes quiet."""
+    tls = tunnel(gw, token)
+    tls.sendall(raw)
+    tls.settimeout(3)
+    data = b""
+    try:
+        while chunk := tls.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = [ln.split(b":", 1)[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+            if sep and length and len(body) >= int(length[0]):
+                break
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        tls.close()
+    return data
+
+
+def forwarded(upstream, since: int) -> list:
+    """What upstream got since ``since``, but the gateway's own STS calls (signed with its key)."""
+    return [r for r in upstream.requests[since:] if not _is_assume_role(r)]
+
+
+def _is_assume_role(r) -> bool:
+    return "Credential=AKIASMUGGLINGTEST000/" in dict((k.lower(), v) for k, v in r[2]).get("authorization", "")
+
+
+def test_the_well_formed_request_reaches_upstream(gw, issuer, upstream):
+    before = len(upstream.requests)
+    answer = send(gw, issuer.mint("agent-well-formed"), request([CL]))
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    got = forwarded(upstream, before)
+    assert len(got) == 1 and got[0][0] == "POST", got
+
+
+@pytest.mark.parametrize("name, raw, words, recorded", SHAPES, ids=[s[0] for s in SHAPES])
+def test_smuggling_shape_is_refused_with_400_and_nothing_goes_upstream(gw, issuer, upstream, name, raw, words, recorded):
+    sub = f"agent-{name}"
+    before_up, before_records = len(upstream.requests), len(gw.records())
+    answer = send(gw, issuer.mint(sub), raw)
+    assert answer.startswith(b"HTTP/1.1 400"), (name, answer[:400])
+    assert words.lower() in answer.lower(), (name, answer[:600])
+    time.sleep(0.3)
+    assert forwarded(upstream, before_up) == [], f"{name}: upstream got {forwarded(upstream, before_up)}"
+    new = gw.records()[before_records:]
+    if recorded:
+        assert len(new) == 1, (name, new)
+        r = new[0]
+        assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 400), r
+        assert words.decode().lower() in r["error"].lower(), r["error"]
+    else:
+        assert new == [], (name, new)
+        if words != b"Bad HTTP request line":  # mitmproxy's own refusal of a line it cannot parse
+            assert "refused a request from 127.0.0.1:" in gw.log() and words.decode() in gw.log()
+
+
+def test_a_request_without_a_token_in_an_unauthenticated_tunnel_goes_nowhere(gw, upstream):
+    """A CONNECT without proxy credentials opens a tunnel only to an AWS host; a request in it
+    without the agent's token (transport B) is refused, and upstream sees nothing."""
+    before_up, before_records = len(upstream.requests), len(gw.records())
+    answer = send(gw, None, request([CL]))
+    assert answer.startswith(b"HTTP/1.1 403") and b"no token" in answer, answer[:400]
+    time.sleep(0.3)
+    assert forwarded(upstream, before_up) == []
+    new = gw.records()[before_records:]
+    assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:auth", new
