@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.gateway import Gateway  # noqa: E402
 from tests.support.oidc import OIDCIssuer  # noqa: E402
+from scripts.loadgen import _stat_fields  # noqa: E402
 
 HOST = "dynamodb.us-east-1.amazonaws.com"
 PRINCIPAL_PREFIX = "soak-"
@@ -60,15 +61,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- the gateway process, seen from /proc ------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].decode().split()
 
 
 def process_tree(pid: int) -> list[int]:

@@ -27,16 +27,10 @@ def issuer():
 def moto():
     """moto with an IAM user `jit-broker` (the gateway's own credentials) and role `agent-role`;
     authentication is on, so only requests signed with credentials moto issued succeed."""
-    from tests.support.moto_server import MotoServer
+    from tests.support.moto_server import running_moto
 
-    server = MotoServer()
-    server.start()
-    try:
-        server.broker = server.setup_jit_broker()
-        server.enable_auth()
+    with running_moto() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ proxy; mitmweb (``--web``) refuses requests without its token."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import socket
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from addons.console import Console
 from addons.settings import Settings
 from tests.support.gateway import AGENTGATE, BIN, Gateway, free_port, wait_port
+from tests.support.raw import connect
 
 SECRET_FILES = ["certs/mitmproxy-ca.pem", "certs/mitmproxy-ca.p12", "keys/fingerprint.key", "keys/chain.key",
                 "keys/admin.token"]
@@ -135,15 +135,8 @@ def test_the_console_cannot_be_reached_through_the_proxy(gateway, issuer):
 
 
 def _connect_to(gateway, token: str, target: str) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
-        cred = base64.b64encode(f"agent:{token}".encode()).decode()
-        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {cred}\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    s, data = connect(gateway.port, target, token)
+    with s:
         time.sleep(0.1)
         s.settimeout(0.5)
         try:

@@ -25,6 +25,7 @@ import botocore.exceptions
 import pytest
 
 from tests.support.gateway import Gateway
+from tests.support.raw import connect
 
 SITECUSTOMIZE = '''
 import json, os, socket
@@ -199,19 +200,6 @@ def test_an_allowed_name_is_resolved_once_and_pinned_with_its_name_in_sni(resolv
     assert resolving_gateway.hosts_log.read_text().split().count(REBINDING) == 2
 
 
-def _connect(gw, target: str, token: str | None) -> tuple[socket.socket, bytes]:
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-    if token:
-        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
-    s.sendall((head + "\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return s, data
 
 
 def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed(resolving_gateway, listeners, issuer):
@@ -222,7 +210,7 @@ def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed
     name = socket.gethostname()
     token = issuer.mint("agent-tunnel")
     before = len(refused.received)
-    s, head = _connect(resolving_gateway, f"{name}:{refused.port}", token)
+    s, head = connect(resolving_gateway.port, f"{name}:{refused.port}", token)
     s.close()
     assert head.startswith(b"HTTP/1.1 403"), head
     assert f"{name}:{refused.port} resolves to".encode() in head and b"allow_private" in head
@@ -232,7 +220,7 @@ def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed
     assert len(connects) == 1 and connects[0]["outcome"] == "refused" and "resolves to" in connects[0]["error"]
 
     before = len(allowed.received)
-    s, head = _connect(resolving_gateway, f"{name}:{allowed.port}", token)
+    s, head = connect(resolving_gateway.port, f"{name}:{allowed.port}", token)
     assert head.startswith(b"HTTP/1.1 200"), head
     s.sendall(b"through the tunnel")
     s.close()

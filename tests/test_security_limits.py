@@ -18,6 +18,7 @@ import botocore.exceptions
 import pytest
 
 from tests.support.gateway import Gateway
+from tests.support.raw import tunnel
 
 MAX_HEADER, MAX_URL, MAX_BODY = 8192, 2048, 1 << 20
 
@@ -52,17 +53,6 @@ def last_record(gw, sub: str) -> dict:
     raise AssertionError(f"no record for {sub}")
 
 
-def tunnel(gw, token: str | None, host: str) -> ssl.SSLSocket:
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    head = f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
-    if token:
-        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
-    s.sendall((head + "\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
-    assert data.startswith(b"HTTP/1.1 200"), data
-    return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
 
 
 def read_answer(sock) -> bytes:

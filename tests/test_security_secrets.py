@@ -65,16 +65,10 @@ print(json.dumps(out))
 def moto():
     """A moto of this module's own: the credentials it issued are read from its whole state
     (/moto-api/data.json), which resources other tests left in the shared moto can make unreadable."""
-    from tests.support.moto_server import MotoServer
+    from tests.support.moto_server import running_moto
 
-    server = MotoServer()
-    server.start()
-    try:
-        server.broker = server.setup_jit_broker()
-        server.enable_auth()
+    with running_moto() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

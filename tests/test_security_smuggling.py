@@ -7,8 +7,6 @@ well formed goes through, so the upstream would have seen it."""
 
 from __future__ import annotations
 
-import base64
-import socket
 import ssl
 import time
 
@@ -16,6 +14,7 @@ import pytest
 
 from tests.support.gateway import Gateway
 from tests.support.upstream import CannedUpstream
+from tests.support.raw import tunnel
 
 BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 CHUNKED = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
@@ -77,17 +76,6 @@ def gw(tmp_path_factory, issuer, upstream):
     print(g.log()[-3000:])
 
 
-def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSocket:
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    head = f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
-    if token:
-        head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
-    s.sendall((head + "\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
-    assert data.startswith(b"HTTP/1.1 200"), data
-    return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
 
 
 def send(gw, token: str | None, raw: bytes) -> bytes:

@@ -7,6 +7,7 @@ ASIA credentials ``sts.assume_role`` hands out for ``agent-role``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -166,3 +167,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_moto():
+    """A moto server with the JIT broker user and role set up, then authentication switched on."""
+    server = MotoServer()
+    server.start()
+    try:
+        server.broker = server.setup_jit_broker()
+        server.enable_auth()
+        yield server
+    finally:
+        server.stop()
