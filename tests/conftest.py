@@ -56,6 +56,14 @@ def gateway(tmp_path_factory, issuer, moto, tls_server):
 
 
 @pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An agentgate home with a known chain key, and no settings leaking in from the environment."""
+    from tests.support.home import make_home
+
+    return make_home(tmp_path, monkeypatch)
+
+
+@pytest.fixture
 def token_file(tmp_path, issuer):
     """A token file for agent-1 in group data-agents, as a platform would project it."""
     def make(sub: str = "agent-1", **claims) -> Path:

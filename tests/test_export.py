@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from addons.core.store import Store
 from tests.test_identity_e2e import client
 
 BIN = Path(sys.executable).parent
-KEY = b"chain-key-for-tests-0123456789"
+from tests.support.home import CHAIN_KEY as KEY
 MARKER = "agentgate:masked:hmac-0123456789ab"
 
 
@@ -62,17 +61,6 @@ def synthetic_records(now: float) -> list[Record]:
                decision="deny", rule="agentgate:egress", reason="example.com is not on allow_hosts", outcome="refused",
                status=403, time=now - 5),
     ]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("AGENTGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "chain.key").write_bytes(KEY)
-    return tmp_path
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ through a real gateway in front of moto (auth on), boto3 as the agent, on SQLite
 the record is committed by the time the agent has the headers (and while the store cannot commit,
 the agent gets nothing); it says the body streamed and what upstream declared of it; there is one
 record per download, however it ends. With the store unable to write when the GET comes, the agent
-gets an AWS-shaped 503 and none of the object, one log line, and its record says so."""
+(PostgreSQL stopped; SQLite locked by another process) gets an AWS-shaped 503 and none of the
+object, one log line, and its record says so."""
 
 from __future__ import annotations
 
@@ -79,23 +80,39 @@ def test_nothing_reaches_the_agent_while_its_record_cannot_be_committed(gw, issu
     assert body.read() == OBJECT
 
 
+class Unwritable:
+    """The gateway's store made unwritable while the gateway is idle (it finds out when it records
+    the GET's answer): PostgreSQL stopped; SQLite's write lock held by another process past its
+    lock wait (5 s)."""
+
+    def __init__(self, gw) -> None:
+        self.lock = None
+        if gw.backend == "postgresql":
+            shared_server().stop()
+        else:
+            self.lock = Lock(gw.db_url)
+
+    def __enter__(self) -> "Unwritable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        else:
+            shared_server().start()
+
+
 def test_a_store_that_cannot_write_refuses_the_download_with_503_and_no_body(gw, issuer):
-    if gw.backend != "postgresql":
-        pytest.skip("the store is made unwritable by stopping PostgreSQL")
     key = f"refused-{secrets.token_hex(4)}"
     s3 = agent(gw, issuer, "refused-reader")
     s3.put_object(Bucket=BUCKET, Key=key, Body=OBJECT)
-    pg = shared_server()
-    pg.stop()  # the gateway is idle: it finds out when it records the GET's answer
-    try:
+    with Unwritable(gw):
         with pytest.raises(botocore.exceptions.ClientError) as e:
             s3.get_object(Bucket=BUCKET, Key=key)
         meta = e.value.response["ResponseMetadata"]
         assert (meta["HTTPStatusCode"], e.value.response["Error"]["Code"]) == (503, "ServiceUnavailable")
         assert "evidence store is unavailable" in e.value.response["Error"]["Message"]
         assert int(meta["HTTPHeaders"]["content-length"]) < 1000  # the error document, none of the object
-    finally:
-        pg.start()
     deadline = time.monotonic() + 15
     while not gets(gw, key) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -29,17 +29,6 @@ UTC = dt.timezone.utc
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("AGENTGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "chain.key").write_bytes(KEY)
-    return tmp_path
-
-
-@pytest.fixture
 def db(home: Path) -> Path:
     """A store with an hour of calls by three principals, two writers, and three approvals."""
     path = home / "agentgate.db"

@@ -22,7 +22,7 @@ from addons.core.records import Record
 from addons.core.store import Store
 from tests.support.postgres import shared_server
 
-KEY = b"chain-key-for-tests-0123456789"
+from tests.support.home import CHAIN_KEY as KEY
 UTC = dt.timezone.utc
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"id", "time", "principal", "on_behalf_of", "action", "service", "operation", "access_level",
@@ -34,18 +34,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'agentgate.db'}"
     return shared_server().fresh_database()
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An agentgate home with a chain key, and no settings leaking in from the environment."""
-    for name in list(os.environ):
-        if name.startswith("AGENTGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "chain.key").write_bytes(KEY)
-    return tmp_path
 
 
 @pytest.fixture
