@@ -52,6 +52,55 @@ def agent_request() -> http.Request:
                         BODY, None, time.time(), time.time())
 
 
+HOOKS = ("http_connect", "requestheaders", "request", "responseheaders", "response", "error")
+
+
+def _time_hooks(stage, spent: dict[str, float]) -> None:
+    """Wrap ``stage``'s hooks to add the loop thread's CPU time they take to ``spent`` (an async
+    hook's time is counted up to its first wait and from each resumption)."""
+    import functools
+    import inspect
+
+    name = type(stage).__name__
+    for hook in HOOKS:
+        func = getattr(stage, hook, None)
+        if func is None:
+            continue
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def timed(*a, _f=func):
+                coro = _f(*a)
+                result = None
+                while True:
+                    t = time.thread_time()
+                    try:
+                        waiting = coro.send(result)
+                    except StopIteration as stop:
+                        spent[name] = spent.get(name, 0.0) + time.thread_time() - t
+                        return stop.value
+                    spent[name] = spent.get(name, 0.0) + time.thread_time() - t
+                    result = await _Yield(waiting)
+        else:
+            @functools.wraps(func)
+            def timed(*a, _f=func):
+                t = time.thread_time()
+                try:
+                    return _f(*a)
+                finally:
+                    spent[name] = spent.get(name, 0.0) + time.thread_time() - t
+        setattr(stage, hook, timed)
+
+
+class _Yield:
+    """Passes what a wrapped coroutine yielded (a future) up to the event loop, and its result back."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __await__(self):
+        return (yield self.value)
+
+
 async def main(args) -> None:
     from addons import chain
     from addons.core.credentials import CredentialBroker
@@ -87,7 +136,12 @@ async def main(args) -> None:
         broker = CredentialBroker(endpoint_url=upstream)
         _warm_up()
         m = GatewayMaster(options.Options(confdir=settings.certs))
-        m.addons.add(*chain(settings, store=store, policies=policies, validator=validator, broker=broker))
+        stages = chain(settings, store=store, policies=policies, validator=validator, broker=broker)
+        spent: dict[str, float] = {}
+        if args.per_stage:
+            for stage in stages:
+                _time_hooks(stage, spent)
+        m.addons.add(*stages)
         store.store_policy_version(policies.current.version, policies.current.text)
         token = issuer.mint("agent-1", groups=["data-agents"], expires_in=86400)
         proxy_auth = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
@@ -146,6 +200,7 @@ async def main(args) -> None:
                 profiler.disable()
             per_call.append((time.process_time() - t0) / args.calls * 1e6)
         t_all = time.thread_time() - t_all
+        calls = args.calls * args.rounds
         gc.callbacks.remove(on_gc)
         if profiler:
             profiler.dump_stats(args.profile)
@@ -153,7 +208,9 @@ async def main(args) -> None:
                           "cpu_us_per_call_min": round(min(per_call), 1),
                           "gc_share_of_loop_thread": round(gc_time[0] / t_all, 3), "gc_collections": gc_time[2],
                           "rounds": [round(x, 1) for x in per_call], "db": settings.db.split(":")[0],
-                          "durability": args.durability}))
+                          "durability": args.durability,
+                          **({"stage_us_per_call": {k: round(v / calls * 1e6, 1) for k, v in
+                                                   sorted(spent.items(), key=lambda kv: -kv[1])}} if spent else {})}))
         await asyncio.to_thread(store.close)
         await validator.aclose()
     finally:
@@ -168,4 +225,5 @@ if __name__ == "__main__":
     ap.add_argument("--db", default="")
     ap.add_argument("--durability", default="sync")
     ap.add_argument("--profile", default="")
+    ap.add_argument("--per-stage", action="store_true", help="also report each stage's CPU µs per call")
     asyncio.run(main(ap.parse_args()))

@@ -92,6 +92,7 @@ def preload() -> None:
     _elsewhere()
 
 
+@functools.lru_cache(maxsize=4096)  # every stage asks about the same few hosts
 def is_aws_host(host: str) -> bool:
     """True when ``host`` (without port) is under an AWS DNS suffix."""
     host = _normalise(host)
@@ -100,6 +101,7 @@ def is_aws_host(host: str) -> bool:
     return _partition_suffix(host) is not None or _elsewhere_suffix(host) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # HostInfo is immutable; every stage asks about the same few hosts
 def parse_host(host: str) -> HostInfo | None:
     """Endpoint prefix, region, bucket, partition, FIPS and dual-stack from a host name;
     None when the host is not an AWS host."""
