@@ -15,9 +15,11 @@ kept-alive tunnel, transport A) calling DynamoDB ListTables; the figure is the p
 call takes at the agent. Agents pause ``--think`` ms between calls (as agents
 do while they think), so that the gateway is not saturated and the difference is the commit's.
 Each round runs every variant in turn (their order rotating from round to round, so that none
-always goes first on a machine whose load drifts): on SQLite each ``--sqlite-synchronous`` setting,
-and with ``--baseline DIR`` the agentgate code in DIR (a copy of ``addons/`` from another version,
-run with PYTHONPATH=DIR and its own defaults) as "before". The figure per variant is the median
+always goes first on a machine whose load drifts): on SQLite each ``--sqlite-synchronous`` setting;
+on PostgreSQL each ``--pg-synchronous-commit`` value, set on the round's databases; and with
+``--baseline DIR`` the agentgate code in DIR (a copy of ``addons/`` from another version, run with
+PYTHONPATH=DIR and its own defaults) as "before" (several: ``LABEL=DIR,LABEL=DIR``). ``--code DIR``
+runs the other variants from DIR too, so that the checkout can change while a long run goes on. The figure per variant is the median
 over rounds of (sync p50 - async p50). The store's directory is ``--dir`` (default: a temporary
 directory under the current one, on the disk a store would use, not tmpfs); PostgreSQL's data
 goes to TMPDIR.
@@ -255,8 +257,9 @@ def gateway_variants(args, backend: str) -> list[tuple[str, dict | None, dict, s
     """(label, extra environment, settings, PostgreSQL synchronous_commit) of each variant measured
     on ``backend``."""
     out: list[tuple[str, dict | None, dict, str]] = []
-    if args.baseline:
-        out.append(("before", {"PYTHONPATH": str(Path(args.baseline).resolve())}, {}, "on"))
+    for i, spec in enumerate(args.baseline.split(",") if args.baseline else []):
+        label, _, where = spec.rpartition("=")
+        out.append((label or ("before" if i == 0 else f"before-{i}"), {"PYTHONPATH": str(Path(where).resolve())}, {}, "on"))
     if backend == "sqlite":
         out += [(f"synchronous={m}", None, {"sqlite_synchronous": m}, "on") for m in args.sqlite_synchronous.split(",")]
     else:
@@ -359,8 +362,12 @@ def main() -> int:
     ap.add_argument("--pg-synchronous-commit", default="on",
                     help="--gateway: comma-separated PostgreSQL synchronous_commit values to measure, set on each "
                          "database (default on, the server's default; off trades what a server crash loses)")
+    ap.add_argument("--code", metavar="DIR",
+                    help="--gateway: run the gateways from the agentgate code in DIR (a copy of addons/) instead of "
+                         "this checkout's")
     ap.add_argument("--baseline", metavar="DIR",
-                    help="--gateway: also measure the agentgate code in DIR (a copy of addons/) as \"before\"")
+                    help="--gateway: also measure the agentgate code in DIR (a copy of addons/) as \"before\"; "
+                         "several as LABEL=DIR,LABEL=DIR")
     ap.add_argument("--switch-interval", type=float, default=GIL_SWITCH_INTERVAL * 1000,
                     help=f"ms, the GIL switch interval of this process (default {GIL_SWITCH_INTERVAL * 1000:g}, "
                          "what the gateway sets)")
@@ -370,7 +377,7 @@ def main() -> int:
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                "load_average_at_start": round(os.getloadavg()[0], 2), "switch_interval_ms": args.switch_interval}
     if args.gateway:
-        out = {**machine, **bench_gateway(args)}
+        out = {**machine, **bench_gateway(args, {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None)}
         print_gateway(out)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
