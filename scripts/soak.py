@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.gateway import Gateway  # noqa: E402
 from tests.support.oidc import OIDCIssuer  # noqa: E402
-from scripts.loadgen import _stat_fields  # noqa: E402
+from scripts.loadgen import _stat_fields, descendants  # noqa: E402
 
 HOST = "dynamodb.us-east-1.amazonaws.com"
 PRINCIPAL_PREFIX = "soak-"
@@ -65,16 +65,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it (a gateway with workers has several)."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (f := _stat_fields(int(name))) is not None:
-            children[int(f[1])].append(int(name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, ()))
-    return out
+    return descendants(pid)
 
 
 def rss_mb(pids: list[int]) -> float:
