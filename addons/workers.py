@@ -8,8 +8,8 @@ directory (each reloads it on change), the store (PostgreSQL; SQLite in WAL mode
 workers) and, through it, approvals; each worker writes its own hash chain (its own writer id).
 
 SIGTERM or SIGINT to the supervisor stops every worker the way one gateway stops (held calls are
-answered first). A worker that dies is started again after a second; one that dies in its first
-seconds (a port taken, a bad setting) stops them all with its exit status.
+answered first). A worker that dies is started again after a second; one that exits with an error
+in its first seconds (a port taken, a bad setting) stops them all with its exit status.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         if stopping:
             status = status or (code if code > 0 else 0)
             continue
-        if time.monotonic() - started < EARLY_DEATH:
+        if code > 0 and time.monotonic() - started < EARLY_DEATH:  # it failed to start (killed ones are restarted)
             print(f"agentgate: worker {index} exited with {code} while starting; stopping the others",
                   file=sys.stderr)
             status = code if code > 0 else 1
