@@ -792,13 +792,8 @@ class Store:
         it is in decides (the writer is asked to stop that attempt), or is already on its way."""
         with self._cond:
             item.overdue = True
-            if item.waiter is not waiter or item.done:
+            if not self._rewrite_if_queued(item, waiter, "timeout", item.if_refused):
                 return False
-            if item.inflight or item.in_doubt:
-                self._request_abort("timeout")
-                return False
-            item.waiter = None
-            self._rewrite(item, item.if_refused)
             if self._healthy:  # the writer is stuck in an attempt: refuse calls up front until it is not
                 self._healthy = False
                 self._last_error = f"no commit for over {self.commit_timeout:g} s"
@@ -811,14 +806,20 @@ class Store:
         is asked to stop that attempt; if it is not committed, it will say ``if_gone``)."""
         with self._cond:
             item.left = True
-            if item.waiter is not waiter or item.done:
-                return False
-            if item.inflight or item.in_doubt:
-                self._request_abort("gone")
-                return False
-            item.waiter = None
-            self._rewrite(item, item.if_gone)
-            return True
+            return self._rewrite_if_queued(item, waiter, "gone", item.if_gone)
+
+    def _rewrite_if_queued(self, item: _Pending, waiter: _Waiter, why: str, fields: dict[str, Any] | None) -> bool:
+        """(``self._cond`` held.) Rewrite ``item`` with ``fields`` and release its caller when it is
+        still queued (True); when it is in an attempt, ask the writer to stop it for ``why`` and let
+        its verdict decide (False); False too when its caller is already answered."""
+        if item.waiter is not waiter or item.done:
+            return False
+        if item.inflight or item.in_doubt:
+            self._request_abort(why)
+            return False
+        item.waiter = None
+        self._rewrite(item, fields)
+        return True
 
     def _request_abort(self, why: str) -> None:
         """(Under the lock.) Ask the database to stop the commit attempt under way: PostgreSQL is
