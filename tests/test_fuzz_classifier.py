@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from addons.core import classifier
 from addons.core.awserrors import Refusal, guess_protocol, render
+from tests.support.bounds import HANG
 
 
 def fuzz(examples: int):
@@ -167,7 +168,7 @@ def test_a_compression_bomb_is_refused_quickly():
     started = time.perf_counter()
     result = check({"method": method, "host": host, "path": path, "query": "", "body": bomb,
                     "headers": {**headers, "authorization": SCOPE.format(signing), "content-encoding": "gzip"}})
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG
     assert "too large" in result.error
 
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from addons.core import identity
 from addons.core.identity import CODES, TokenError, TokenValidator
 from tests.support.oidc import OIDCIssuer
+from tests.support.bounds import HANG
 
 
 def fuzz(examples: int):
@@ -65,7 +66,7 @@ def validate(oidc, token: str) -> identity.Principal | TokenError:
         assert_refusal(e, token)
         return e
     finally:
-        assert time.perf_counter() - started < 1.5
+        assert time.perf_counter() - started < HANG
 
 
 def signed_parts(token: str) -> tuple[bytes, bytes, bytes]:
@@ -196,7 +197,7 @@ def test_a_ten_megabyte_token_is_refused_at_once(oidc):
     started = time.perf_counter()
     result = validate(oidc, token)
     assert isinstance(result, TokenError) and result.code == "malformed" and "longer than" in result.reason
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < HANG
 
 
 @given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: "Basic " + base64.b64encode(b).decode()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from addons.core.classifier import Classification
 from addons.core.masking import MARKER_RE, Masker, cbor_encode
+from tests.support.bounds import not_hung
 
 KEY = b"fingerprint-key-for-fuzzing-0001"
 
@@ -226,12 +226,9 @@ def test_the_agents_copy_never_holds_a_member_policy_masks(secret, other, nested
 
 # -- bombs ---------------------------------------------------------------------------------------
 
-def timed(fn, bound: float = 1.0):
-    started = time.perf_counter()
-    result = fn()
-    took = time.perf_counter() - started
-    assert took < bound, f"{took:.2f} s"
-    return result
+def timed(fn):
+    with not_hung():
+        return fn()
 
 
 @pytest.mark.parametrize("spec", CALLS, ids=lambda s: s[0] or "no-model")
@@ -316,10 +313,10 @@ def test_cbor_nested_deeply_does_not_raise():
 def test_huge_arrays_are_masked_in_bounded_time(items):
     secret = next(iter(SECRETS))
     body = json.dumps({"Items": [{"a": {"S": "x"}}] * items + [{"a": {"S": secret}}], "Count": items + 1}).encode()
-    part, _ = timed(lambda: MASKER.response(call(CALLS[2]), status=200, body=body), 5.0)
+    part, _ = timed(lambda: MASKER.response(call(CALLS[2]), status=200, body=body))
     assert_record_clean(part, body) or MARKER_RE.search(part.body)
     body = cbor_encode({"Items": ["x"] * items + [secret]})
-    part, _ = timed(lambda: MASKER.response(call(CALLS[8]), status=200, body=body), 5.0)
+    part, _ = timed(lambda: MASKER.response(call(CALLS[8]), status=200, body=body))
     assert_record_clean(part, body)
 
 

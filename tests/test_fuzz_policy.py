@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from addons.core import policy
 from addons.core.policy import PolicyError, PolicySet
+from tests.support.bounds import HANG
 
 AGENTGATE = str(Path(sys.executable).parent / "agentgate")
 PROBLEM = re.compile(r"^p\.yaml(?::\d+)?: \S.*$")
@@ -45,7 +46,7 @@ def load(directory: Path, text: str) -> PolicySet | list[str]:
         return e.errors
     finally:
         took = time.perf_counter() - started
-        assert took < 5, f"{took:.1f} s to load"
+        assert took < HANG, f"{took:.1f} s to load"
     return loaded
 
 
@@ -123,7 +124,7 @@ def test_billion_laughs_is_refused_at_once(tmp_path, where):
     """An alias bomb quoted in a problem was repr()'d whole: 9**9 items, minutes and gigabytes."""
     started = time.perf_counter()
     problems = load(tmp_path, alias_bomb() + where)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG
     assert isinstance(problems, list) and sum(len(p) for p in problems) < 10_000
 
 
@@ -133,7 +134,7 @@ def test_deep_nesting_is_refused_as_invalid_yaml(tmp_path):
     assert problems == ["p.yaml:2: not valid YAML: [ and { nest more than 100 deep"]
     problems = load(tmp_path, "version: 1\nrules:\n" + "- " * 100_000 + "x\n")  # block collections
     assert problems == ["p.yaml: not valid YAML: it nests too deeply"]
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < HANG
 
 
 def test_a_deeply_nested_expression_is_a_problem_not_a_crash(tmp_path):
@@ -214,7 +215,7 @@ def test_policy_check_reports_any_file(tmp_path_factory, text):
     (directory / "p.yaml").write_text(text, encoding="utf-8")
     started = time.perf_counter()
     problems = policy.check(directory)
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < HANG
     assert all(isinstance(p, str) and p.startswith(("p.yaml", str(directory))) for p in problems)
 
 

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from addons.core import sigv4
+from tests.support.bounds import HANG
 
 
 def fuzz(examples: int):
@@ -105,7 +106,7 @@ def test_any_signature_is_read_or_named_malformed(request):
     sigv4.streams(auth, headers)
     sigv4.region_for(auth, headers[0][1])
     sigv4.scrub_query(query)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG
 
 
 @given(agent_request(), st.one_of(st.none(), st.binary(max_size=300)),
@@ -177,7 +178,7 @@ def test_any_aws_chunked_body_is_re_signed_or_refused(body, cuts):
         assert "aws-chunked" in str(e)
     else:
         assert isinstance(out, bytes)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < HANG
 
 
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=4), st.booleans(), st.data())
