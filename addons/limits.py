@@ -21,6 +21,11 @@ parser that reads them differently sees other headers than the gateway did. So:
    refused with 413 once it passes ``max_body_bytes`` (at its first bytes when its Content-Length
    already says so); the flow gets one record saying so. Streamed bodies (S3 uploads: a declared
    payload hash) are not buffered and not capped.
+4. ``HttpStream.state_consume_response_body``: a response body that is buffered (not streamed)
+   is held up to a cap: ``max_body_bytes``, and for a response masking holds whole to mask it for
+   the agent, no more than the most it masks (``flow.metadata[HELD]``). Past it, the rest is read, hashed and
+   dropped; the flow's ``OVER_CAP`` says so, and the response stage answers the agent with an
+   AWS-shaped error instead of an incomplete body (masking's ``response``), which is recorded.
 
 These refusals happen where no flow exists yet (1, 2) or in mitmproxy's own error path (3), so
 their answer is a short text, not an AWS-shaped error; 1 and 2 are logged, 3 is recorded.
@@ -32,6 +37,7 @@ logs an error and patches nothing (the egress stage's own checks still apply).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 
@@ -39,10 +45,11 @@ from mitmproxy import http
 from mitmproxy.utils import human
 
 from .core.awserrors import Refusal
-from .stage import REFUSAL
+from .stage import HELD, OVER_CAP, REFUSAL
 
 log = logging.getLogger("agentgate.limits")
 
+_PASSED = "agentgate.limits.passed"  # _Over: a buffered response body past its cap, while it goes by
 SLACK = 64 * 1024  # bytes past max_header_bytes a head may take before its reading stops
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11's ReceiveBuffer ends a head
 _OBS_FOLD = re.compile(rb"\n[ \t]")
@@ -109,6 +116,19 @@ def body_refusal(cap: int, size: int, declared: bool, before: Refusal | None) ->
     return Refusal(413, "RequestEntityTooLarge", message, "egress")
 
 
+class _Over:
+    """The SHA-256 and size of a response body past its cap, as it goes by."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.size += len(data)
+
+
 def install() -> bool:
     """Patch mitmproxy's HTTP/1 server and HTTP stream as described above. True when in place."""
     global _installed
@@ -119,7 +139,7 @@ def install() -> bool:
         from mitmproxy.proxy import commands, events
         from mitmproxy.proxy.layers.http import (ErrorCode, HttpStream, ReceiveHttp, RequestProtocolError,
                                                  ResponseProtocolError, SendHttp, _http1)
-        from mitmproxy.proxy.layers.http._events import RequestData
+        from mitmproxy.proxy.layers.http._events import RequestData, ResponseData, ResponseEndOfMessage
         from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
     except ImportError as e:
         log.error("request size caps are not enforced inside mitmproxy (its layout changed: %s)", e)
@@ -128,7 +148,8 @@ def install() -> bool:
     ChunkedReader = getattr(_http1, "ChunkedReader", None)  # noqa: N806 - h11's, as mitmproxy uses it
     missing = [n for n in ("read_headers", "_handle_event", "done", "passthrough", "wait", "read_body")
                if not hasattr(server, n)] + ([] if ChunkedReader else ["ChunkedReader"])
-    missing += [n for n in ("state_consume_request_body", "state_errored") if not hasattr(HttpStream, n)]
+    missing += [n for n in ("state_consume_request_body", "state_consume_response_body", "state_errored")
+                if not hasattr(HttpStream, n)]
     if missing or not hasattr(ErrorCode, "REQUEST_TOO_LARGE"):
         log.error("request size caps are not enforced inside mitmproxy (it changed: no %s)",
                   ", ".join(missing) or "ErrorCode.REQUEST_TOO_LARGE")
@@ -137,6 +158,7 @@ def install() -> bool:
     read_headers = server.read_headers
     handle_event = server._handle_event
     consume = HttpStream.state_consume_request_body
+    consume_response = HttpStream.state_consume_response_body
 
     @functools.wraps(read_headers)
     def guarded_read_headers(self, event):
@@ -211,8 +233,32 @@ def install() -> bool:
                 return
         yield from consume(self, event)
 
+    @functools.wraps(consume_response)
+    def capped_consume_response(self, event):
+        md = self.flow.metadata
+        over = md.get(_PASSED)
+        if isinstance(event, ResponseData):
+            if over is None:
+                cap = _option(self.context, "max_body_bytes")
+                if md.get(HELD):
+                    cap = min(md[HELD], cap) if cap else md[HELD]
+                if cap is None or len(self.response_body_buf) + len(event.data) <= cap:
+                    yield from consume_response(self, event)
+                    return
+                over = md[_PASSED] = _Over(cap)
+                over.add(bytes(self.response_body_buf))
+                self.response_body_buf.clear()
+                log.warning("the response to %s %s passed %d bytes held in memory; the rest is dropped and the agent "
+                            "is answered with an error", self.flow.request.method, self.flow.request.pretty_host, cap)
+            over.add(event.data)
+            return
+        if isinstance(event, ResponseEndOfMessage) and over is not None:
+            md[OVER_CAP] = (over.sha.hexdigest(), over.size, over.cap)
+        yield from consume_response(self, event)
+
     server.read_headers = guarded_read_headers
     server._handle_event = bounded_handle_event
     HttpStream.state_consume_request_body = capped_consume
+    HttpStream.state_consume_response_body = capped_consume_response
     _installed = True
     return True

@@ -7,8 +7,11 @@ says so (core.masking).
   names members, the agent's copy rewritten so that its SDK still parses it (Content-Length set,
   DynamoDB's ``x-amz-crc32`` recomputed, checksums that would no longer match dropped). The record
   keeps the SHA-256 and size of the body as upstream sent it.
-- ``responseheaders``: a response the recorder would stream (over 1 MiB) that has members to mask
-  for the agent is held instead, masked whole, and sent chunked.
+- ``responseheaders``: a response with members to mask for the agent is held whole (``HELD``),
+  never streamed, whatever its size or encoding, up to the most the masker parses; it is masked,
+  recorded and sent like any other buffered response, so nothing of it reaches the agent before its
+  record is committed. One that is larger is withheld (an AWS-shaped error, recorded), as is any
+  buffered response that passes ``max_body_bytes`` (addons/limits.py).
 
 The masked copy travels to the recorder in ``flow.metadata["agentgate.masked"]``
 (core.masking.MaskedCall). Masking never breaks a call: whatever fails leaves the agent's response
@@ -25,8 +28,8 @@ import secrets
 from mitmproxy import http
 
 from .core import sigv4
-from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, header_pairs
-from .stage import CALL, DECISION, REFUSAL, SIGNED, STREAM
+from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers
+from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -56,44 +59,6 @@ def _response_digest() -> str:
     from .recorder import RESPONSE_DIGEST
 
     return RESPONSE_DIGEST
-
-
-class HeldForAgent:
-    """A stream callable that holds a large response whole, so that it can be masked for the agent,
-    then sends it as one chunk."""
-
-    def __init__(self, addon: "Masking", flow: http.HTTPFlow) -> None:
-        self.addon = addon
-        self.flow = flow
-        self.buffer = bytearray()
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.passing = False
-
-    def __call__(self, data: bytes) -> bytes | list[bytes]:
-        if data:
-            self.sha.update(data)
-            self.size += len(data)
-            if self.passing:
-                return data
-            self.buffer += data
-            if len(self.buffer) > self.addon.masker.parse_limit:  # too large to mask: let it through
-                self.passing = True
-                self.addon.masked(self.flow).notes.append(
-                    f"response: over {self.addon.masker.parse_limit} bytes: not kept, and the agent's copy not masked")
-                out, self.buffer = bytes(self.buffer), bytearray()
-                return out
-            return []  # an empty piece would end a chunked body: send nothing yet
-        self.flow.metadata[_response_digest()] = (self.sha.hexdigest(), self.size)
-        if self.passing:
-            return []
-        body, self.buffer = bytes(self.buffer), bytearray()
-        try:
-            out = self.addon.mask_held(self.flow, body)
-        except Exception as e:  # noqa: BLE001 - masking never breaks the call
-            self.addon.masked(self.flow).notes.append(f"response: not masked: {type(e).__name__}")
-            out = body
-        return [out] if out else []
 
 
 class Masking:
@@ -186,42 +151,15 @@ class Masking:
         return self.policy(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        from .recorder import should_stream  # the recorder imports this module
-
         resp = flow.response
-        if resp is None or resp.stream or not self._for_agent(flow) or not should_stream(resp):
+        if resp is None or resp.stream or not self._masks_for_agent(flow):
             return
-        if resp.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
-            return
-        length = resp.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.masker.parse_limit):
-            return
-        call = flow.metadata.get(CALL)
-        if self.masker.plan(call, "output", self._for_agent(flow), record=False)[3] is None:
-            return
-        resp.stream = HeldForAgent(self, flow)
-        resp.headers.pop("content-length", None)
-        if flow.request.http_version.startswith("HTTP/1"):
-            resp.headers["transfer-encoding"] = "chunked"
-        for name in checksum_headers(list(resp.headers.keys()), b""):
-            resp.headers.pop(name, None)  # the body they cover is not known yet: dropped
+        flow.metadata[HELD] = self.masker.parse_limit  # buffered whole (limits.py caps it), masked in ``response``
 
-    def mask_held(self, flow: http.HTTPFlow, body: bytes) -> bytes:
-        """The end of a held response: mask it for the record and the agent; what the agent gets."""
-        self.mask_request(flow)
-        mc = self.masked(flow)
-        mc.response_done = True
-        resp = flow.response
-        part, copy = self.masker.response(
-            flow.metadata.get(CALL), status=resp.status_code, headers=header_pairs(resp.headers), body=body,
-            policy=self._for_agent(flow), content_type=resp.headers.get("content-type", ""))
-        mc.add(part, "response")
-        if copy is None:
-            return body
-        mc.counts.update(copy.masked)
-        if copy.headers:
-            mc.notes.append("response: headers named by policy were sent before the body could be masked")
-        return copy.body if copy.body is not None else body
+    def _masks_for_agent(self, flow: http.HTTPFlow) -> bool:
+        """Whether policy names members of this response to mask in the agent's copy."""
+        policy = self._for_agent(flow)
+        return bool(policy) and self.masker.names_output(flow.metadata.get(CALL), policy)
 
     def _response_work(self, flow: http.HTTPFlow):
         """The response's masking, as ``_request_work``; the agent's copy is applied after it."""
@@ -260,6 +198,28 @@ class Masking:
             if self._for_agent(flow):
                 self._withhold(flow, type(e).__name__)
 
+    def _over_cap(self, flow: http.HTTPFlow) -> None:
+        """A buffered response whose body passed its cap (addons/limits.py): the gateway kept only its
+        SHA-256 and size, so the agent gets an error instead of a partial body."""
+        sha256, size, cap = flow.metadata[OVER_CAP]
+        mc = self.masked(flow)
+        mc.response_done = True
+        flow.metadata[_response_digest()] = (sha256, size)
+        if flow.metadata.get(HELD):
+            why = f"its body is over {cap} bytes, the most agentgate holds to mask"
+            mc.notes.append(f"response: {why}: not kept, and withheld from the agent")
+            self._withhold(flow, why)
+            return
+        from .core.awserrors import Refusal, render
+
+        mc.notes.append(f"response: over max_body_bytes ({cap}) without a declared length: not kept, and "
+                        "withheld from the agent")
+        refusal = Refusal(502, "ResponseTooLarge", f"upstream's response body passed {cap} bytes without a declared "
+                          "length; agentgate holds such a body in memory to record it, and max_body_bytes bounds "
+                          "that, so the response is withheld; the call itself went through", "masking")
+        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        flow.response = http.Response.make(status, body, headers)
+
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
         """Policy says the agent gets this response masked and masking failed: the agent gets an
         error instead of the secret (fail closed)."""
@@ -268,6 +228,9 @@ class Masking:
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        if _response_digest() not in flow.metadata and flow.response is not None:
+            raw = flow.response.raw_content or b""  # what upstream sent, for the record
+            flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))
         flow.response = http.Response.make(status, body, headers)
 
     def mask_response(self, flow: http.HTTPFlow) -> None:
@@ -283,7 +246,16 @@ class Masking:
         if flow.request.method == "CONNECT":
             return
         await self._mask_request(flow)
+        if flow.metadata.get(OVER_CAP) is not None:
+            self._over_cap(flow)
+            return
         work, size = self._response_work(flow)
+        if work is not None and size > self.masker.parse_limit and self._masks_for_agent(flow):
+            why = f"its body is over {self.masker.parse_limit} bytes, the most agentgate masks"
+            self.masked(flow).notes.append(f"response: {why}: withheld from the agent")
+            work()  # the record's copy (it keeps no body that large)
+            self._withhold(flow, why)
+            return
         if work is not None:
             try:
                 copy = await _run(size, work)
@@ -299,6 +271,7 @@ class Masking:
         raw = upstream.raw_content or b""
         new = upstream.copy()
         if copy.body is not None:
+            new.headers.pop("transfer-encoding", None)  # sent whole, with its length
             new.content = copy.body
         for name, value in copy.headers.items():
             new.headers[name] = value

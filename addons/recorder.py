@@ -11,9 +11,8 @@ record is committed:
   checksum headers are among its response headers. A stream that breaks afterwards is logged; it
   makes no second record.
 
-The one exception: an answer over 1 MB that masking holds whole to mask it for the agent
-(``masking.HeldForAgent``) sends its headers at once and its masked body when it ends, before the
-``response`` hook records it (with its masked body); it cannot be refused there any more.
+An answer over 1 MB that masking holds whole to mask it for the agent (``HELD``) is not streamed:
+it is buffered, masked and recorded in ``response`` like any other, and so is refusable there.
 
 When the store cannot write, the call is refused with an AWS-shaped 503 instead (fail closed;
 ``fail_open`` answers it all the same, loudly), with one log line. Its record is kept and written
@@ -47,7 +46,7 @@ from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
-from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer, due
+from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer, due
 
 log = logging.getLogger("agentgate.recorder")
 
@@ -295,9 +294,9 @@ class Recorder:
 
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
-        if (resp is None or resp.stream or flow.error or RECORDED in flow.metadata
+        if (resp is None or resp.stream or flow.error or RECORDED in flow.metadata or flow.metadata.get(HELD)
                 or flow.metadata.get(REFUSAL) is not None or not should_stream(resp)):
-            return  # buffered (recorded in ``response``), answered here already, or held whole by masking
+            return  # buffered or held whole by masking (recorded in ``response``), or answered here already
         resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
         self._mask_headers(flow)
         if await self._write(flow, build_record(flow, streamed=True), refusable=True) == "refused":
@@ -323,7 +322,7 @@ class Recorder:
     async def response(self, flow: http.HTTPFlow) -> None:
         if RECORDED in flow.metadata:  # a streamed answer, recorded before its first byte
             return
-        refusable = not flow.response.stream  # a body masking held whole for the agent has reached it
+        refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
         if await self._write(flow, build_record(flow), refusable) == "refused":
             status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
             flow.response = http.Response.make(status, body, headers)

@@ -40,7 +40,7 @@ class Settings:
     allow_private: list[str] = dataclasses.field(default_factory=list)  # off-limits addresses allowed: CIDR, address or host name, [:PORT]
     max_header_bytes: int = 64 * 1024  # a request head (request line and headers) larger than this is refused (431)
     max_url_bytes: int = 16 * 1024  # a request URL longer than this is refused (414)
-    max_body_bytes: int = 100 * 1024 * 1024  # a request body read into memory (not streamed) larger than this is refused (413)
+    max_body_bytes: int = 100 * 1024 * 1024  # a request body read into memory (not streamed) larger is refused (413); a buffered response, answered 502
     approval_hold: float = 20.0
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)

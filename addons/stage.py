@@ -22,6 +22,8 @@ REFUSAL = "agentgate.refusal"
 RELEASED = "agentgate.released"  # True once the approval stage released a call whose decision is approve
 STARTED = "agentgate.started"
 BODY_DIGEST = "agentgate.body"  # (sha256 hexdigest, size) of a streamed request body
+HELD = "agentgate.held"  # bytes: a response body masking holds whole (not streamed) may take, at most
+OVER_CAP = "agentgate.over_cap"  # (sha256 hexdigest, size, cap): a buffered response body that passed its cap
 
 
 _PAIRS = "agentgate.pairs"  # {id(message): (headers.fields, pairs)}: header_pairs' cache

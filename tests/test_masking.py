@@ -562,30 +562,81 @@ def test_addon_leaves_refused_calls_and_failures_untouched(monkeypatch):
     assert "s3cr3t" not in r.response_body and "agent's copy not masked" in r.body_note
 
 
-def test_addon_holds_a_large_response_to_mask_it_for_the_agent():
-    from addons.masking import HeldForAgent, Masking
+def test_addon_holds_a_large_response_whole_to_mask_it_for_the_agent():
+    from addons.masking import Masking
     from addons.recorder import RESPONSE_DIGEST
+    from addons.stage import HELD
 
     items = [{"k": {"S": str(i)}, "ssn": {"S": f"ssn-{i}"}, "pad": {"S": "x" * 2000}} for i in range(600)]
     body = json.dumps({"Items": items, "Count": 600}).encode()
     assert len(body) > 1 << 20
-    f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",),
+    f = flow_for("dynamodb", "Scan", body, policy=("Items[].ssn",),
                  headers={"content-length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))})
     addon = Masking(KEY)
     with taddons.context(addon):
         addon.responseheaders(f)
-    held = f.response.stream
-    assert isinstance(held, HeldForAgent)
-    assert "content-length" not in f.response.headers and "x-amz-crc32" not in f.response.headers
-    assert f.response.headers["transfer-encoding"] == "chunked"
-    pieces = [held(body[i:i + 65536]) for i in range(0, len(body), 65536)]
-    assert all(p == [] for p in pieces)
-    (out,) = held(b"")
-    assert [i["ssn"]["S"] for i in json.loads(out)["Items"]][:2] == [fp("ssn-0"), fp("ssn-1")]
-    assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
+    assert f.metadata[HELD] == addon.masker.parse_limit and not f.response.stream  # buffered, not streamed
     with taddons.context(addon):
-        asyncio.run(addon.response(f))  # already masked: nothing more to do
-    assert addon.masked(f).response_done and addon.masked(f).response_body is not None
+        asyncio.run(addon.response(f))
+    out = f.response.raw_content
+    assert [i["ssn"]["S"] for i in json.loads(out)["Items"]][:2] == [fp("ssn-0"), fp("ssn-1")]
+    assert f.response.headers["content-length"] == str(len(out))
+    assert f.response.headers["x-amz-crc32"] == str(zlib.crc32(out))
+    assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
+
+
+def test_addon_holds_nothing_it_does_not_mask_for_the_agent():
+    from addons.masking import Masking
+    from addons.stage import HELD
+
+    addon = Masking(KEY)
+    for f in (flow_for("dynamodb", "Scan", b"{}"),  # no policy
+              flow_for("s3", "GetObject", b"x", policy=("Items[].ssn",)),  # nothing of the policy's in its output
+              flow_for("dynamodb", "Scan", b"{}", policy=("Items[].ssn",), refused=True)):
+        with taddons.context(addon):
+            addon.responseheaders(f)
+        assert HELD not in f.metadata
+
+
+def test_addon_withholds_a_response_it_cannot_mask_for_the_agent_whole():
+    """Larger than the masker parses (after its content-encoding is undone): the agent gets an error,
+    never the unmasked body; the record keeps upstream's digest and says why."""
+    from addons.masking import Masking
+    from addons.recorder import RESPONSE_DIGEST, build_record
+
+    addon = Masking(KEY)
+    addon.masker.parse_limit = 1000
+    body = json.dumps({"Items": [{"ssn": {"S": f"ssn-{i}"}} for i in range(200)]}).encode()
+    f = flow_for("dynamodb", "Scan", body, policy=("Items[].ssn",))
+    with taddons.context(addon):
+        asyncio.run(addon.request(f))
+        asyncio.run(addon.response(f))
+    assert f.response.status_code == 400 and b"ResponseWithheld" in f.response.content
+    assert b"ssn-" not in f.response.content
+    assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
+    r = build_record(f)
+    assert r.response_body is None and "withheld from the agent" in r.body_note
+
+
+def test_addon_answers_a_response_over_its_cap_with_an_error():
+    """addons/limits.py dropped a buffered body past its cap: 400 withheld when it was held to mask
+    for the agent, 502 otherwise; the record keeps the digest of what upstream sent."""
+    from addons.masking import Masking
+    from addons.recorder import build_record
+    from addons.stage import HELD, OVER_CAP
+
+    addon = Masking(KEY)
+    for held, status, code in ((True, 400, b"ResponseWithheld"), (False, 502, b"ResponseTooLarge")):
+        f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",) if held else ())
+        if held:
+            f.metadata[HELD] = addon.masker.parse_limit
+        f.metadata[OVER_CAP] = ("ab" * 32, 5000, 4096)
+        with taddons.context(addon):
+            asyncio.run(addon.response(f))
+        assert (f.response.status_code, code in f.response.content) == (status, True)
+        r = build_record(f)
+        assert (r.response_body_sha256, r.response_body_size, r.response_body) == ("ab" * 32, 5000, None)
+        assert "4096" in r.body_note
 
 
 def test_store_keeps_what_was_masked(tmp_path):

@@ -344,7 +344,7 @@ def test_postgresql_store_holds_no_planted_secret(tmp_path_factory, issuer, mask
 
 def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, tmp_path):
     """The recorder streams responses over 1 MiB; one with members to mask for the agent is held
-    whole instead, masked, and sent chunked (no Content-Length, no stale x-amz-crc32)."""
+    whole instead, masked, and sent with its new Content-Length and x-amz-crc32."""
     env = gw.agent_env(token_file("masking-big"), tmp_path / "big-home")
     p = run_agent(env, textwrap.dedent("""
         import json, boto3
@@ -360,11 +360,11 @@ def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, 
         r = ddb.scan(TableName="big")
         print(json.dumps({"n": len(r["Items"]), "ssn": sorted({i["ssn"]["S"][:22] for i in r["Items"]}),
                           "retries": r["ResponseMetadata"]["RetryAttempts"],
-                          "chunked": r["ResponseMetadata"]["HTTPHeaders"].get("transfer-encoding")}))
+                          "length": r["ResponseMetadata"]["HTTPHeaders"].get("content-length")}))
     """))
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["n"] > 0 and out["ssn"] == [MARKER] and out["retries"] == 0 and out["chunked"] == "chunked"
+    assert out["n"] > 0 and out["ssn"] == [MARKER] and out["retries"] == 0 and int(out["length"]) > 1 << 20
     scan = [r for r in gw.records() if r["principal"] == "masking-big" and r["action"] == "dynamodb:Scan"][-1]
     assert scan["response_body_size"] > 1 << 20 and "big-ssn-" not in (scan["response_body"] or "")
     assert {"part": "agent", "path": "Items[].ssn", "by": "policy", "count": out["n"]} in json.loads(scan["masked"])

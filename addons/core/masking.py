@@ -631,6 +631,15 @@ class Masker:
         node = shapes.sensitive(message.top) if record else None
         return shapes, message, node, self.overlay(shapes.name, operation, direction, tuple(policy), record)
 
+    def names_output(self, call: Any, policy: tuple[str, ...]) -> bool:
+        """Whether ``policy`` names a member of the call's response (its body or headers), that is,
+        whether the agent's copy of it can differ from upstream's."""
+        shapes, message, _, ov = self.plan(call, "output", policy, record=False)
+        if ov is None or message is None or not message.top:
+            return False
+        members = shapes.shapes.get(message.top, {}).get("members", {})
+        return any(name == "*" or name in members for name in ov.children)
+
     # ------------------------------------------------------------------------------ requests
 
     def request(self, call: Any, *, query: str = "", headers: Iterable[tuple[str, str]] = (),

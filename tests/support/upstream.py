@@ -7,7 +7,12 @@ request picks the answer:
     slow-<S>    waits S seconds, then answers 200
     big-<N>     streams N bytes (application/octet-stream)
     drop-<x>    closes the connection without answering
+    xml-<N>     about N bytes of XML, chunked (no Content-Length)
     anything    200 with a small body (JSON for X-Amz-Target calls, XML otherwise)
+
+A JSON call (X-Amz-Target) whose body names ``"TableName": "items-<N>"`` (or ``"chunked-items-<N>"``)
+gets a DynamoDB Scan answer of about N bytes, each item with an ``ssn`` (``canned-ssn-<i>``), with a
+Content-Length (or chunked).
 
     with CannedUpstream() as up:
         Gateway(..., upstream=up.url)
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 import datetime
 import http.server
+import json
 import re
 import secrets
 import threading
 import time
 import uuid
+import zlib
 
 CHUNK = b"\0" * (1 << 16)
 
@@ -64,9 +71,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
 
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("content-type", ctype)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         rid = str(uuid.uuid4())
         self.send_header("set-cookie", self.owner.cookie)
@@ -75,6 +84,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _send_chunked(self, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(200)
+        self.send_header("content-type", ctype)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("x-amzn-requestid", str(uuid.uuid4()))
+        self.end_headers()
+        for i in range(0, len(body), 1 << 16):
+            piece = body[i:i + (1 << 16)]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -101,6 +123,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     n = min(size, len(CHUNK))
                     self.wfile.write(CHUNK[:n])
                     size -= n
+            elif name.startswith("xml-"):
+                self._send_chunked(b"<ListBucketResult>" + b"<Key>canned</Key>" * (int(name[4:]) // 17)
+                                   + b"</ListBucketResult>", "application/xml")
+            elif (m := re.search(rb'"TableName": *"(chunked-)?items-(\d+)"', body)) and self.headers.get("x-amz-target"):
+                items = [{"k": {"S": str(i)}, "ssn": {"S": f"canned-ssn-{i}"}, "pad": {"S": "p" * 900}}
+                         for i in range(int(m[2]) // 1000 + 1)]
+                answer = json.dumps({"Items": items, "Count": len(items), "ScannedCount": len(items)}).encode()
+                crc = {"x-amz-crc32": str(zlib.crc32(answer))}  # as DynamoDB sends it
+                if m[1]:
+                    self._send_chunked(answer, "application/x-amz-json-1.0", crc)
+                else:
+                    self._send(200, answer, "application/x-amz-json-1.0", crc)
             elif name.startswith("drop-"):
                 self.close_connection = True  # no answer at all
             elif self.headers.get("x-amz-target"):
