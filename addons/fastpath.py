@@ -12,7 +12,16 @@
    (``agentgate run --workers N``) share one port and the kernel spreads connections over them.
    mitmproxy has no option for it.
 
-Both check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
+3. Lean imports. ``mitmproxy.master`` imports the ``mitmproxy.addons`` package, whose
+   ``__init__`` imports all ~40 default add-ons and what they need (Flask for the onboarding app,
+   ldap3 for proxy auth, pyparsing for flow filters, ...): ~14 MB of memory per process that a
+   gateway never uses. ``lean_addon_imports()``, called before mitmproxy's master is imported,
+   puts the package in ``sys.modules`` without running its ``__init__``, so that each add-on
+   module is imported only when asked for (``from mitmproxy.addons import proxyserver``); the
+   first use of anything else from the package (``default_addons()``, as mitmweb's master calls
+   it) runs the real ``__init__`` then.
+
+All check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
 why at debug level and return False, and the gateway runs on mitmproxy's own code.
 """
 
@@ -193,4 +202,40 @@ def reuse_port() -> bool:
         log.debug("mitmproxy's AsyncioServerInstance.listen no longer calls asyncio.start_server")
         return False
     mode_servers.asyncio = _ReusePortAsyncio()
+    return True
+
+
+def lean_addon_imports() -> bool:
+    """Make ``mitmproxy.addons`` a package whose ``__init__`` runs only when something other than
+    a submodule is asked of it (3. above). True when in place; False when the package is imported
+    already or cannot be found."""
+    if "mitmproxy.addons" in sys.modules:
+        return False
+    import importlib
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mitmproxy.addons")
+    except (ImportError, ValueError) as e:  # pragma: no cover
+        log.debug("mitmproxy.addons not found: %s", e)
+        return False
+    if spec is None or not spec.submodule_search_locations or not spec.origin or spec.loader is None:
+        log.debug("mitmproxy.addons is not a package on disk; imported as it is")
+        return False
+    package = importlib.util.module_from_spec(spec)  # __path__, __spec__, __file__: submodules import
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 - PEP 562
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if importlib.util.find_spec(f"mitmproxy.addons.{name}") is not None:  # `from mitmproxy.addons import x`
+            return importlib.import_module(f"mitmproxy.addons.{name}")
+        del package.__dict__["__getattr__"]
+        spec.loader.exec_module(package)  # the real __init__, once: every default add-on
+        return getattr(package, name)
+
+    package.__getattr__ = __getattr__
+    sys.modules["mitmproxy.addons"] = package
+    import mitmproxy
+
+    mitmproxy.addons = package
     return True

@@ -14,10 +14,13 @@ import signal
 import sys
 from pathlib import Path
 
-from mitmproxy import master, options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
-
 from . import fastpath
+
+fastpath.lean_addon_imports()  # before mitmproxy's master: it would import every default add-on
+
+from mitmproxy import master, options  # noqa: E402
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig  # noqa: E402
+
 from .stage import fail_closed
 from .settings import Settings, parse_hostport
 

@@ -144,7 +144,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.account = grant.assumed_role_arn.split(":")[4] or None
     r.method, r.host = req.method, host
     r.url = f"https://{host}{path}" + (f"?{query}" if query else "") if r.kind == "call" else f"{host}"
-    r.request_headers = redact_headers(req.headers)
+    masked = md.get(MASKED)  # core.masking.MaskedCall: bodies, headers and parameters as masked
+    if masked is None or masked.request_headers is None:
+        r.request_headers = redact_headers(req.headers)
     if md.get(BODY_DIGEST):
         r.request_body_sha256, r.request_body_size = md[BODY_DIGEST]
     elif not req.stream:
@@ -164,7 +166,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         r.error = error if r.error is None else f"{error} (it had been answered {r.error})"
     if resp is not None:
         r.status = resp.status_code
-        r.response_headers = redact_headers(resp.headers)
+        if masked is None or masked.response_headers is None:
+            r.response_headers = redact_headers(resp.headers)
         r.aws_request_id = resp.headers.get("x-amzn-requestid") or resp.headers.get("x-amz-request-id")
         if streamed:
             pass  # the body has not passed yet: nothing of it is known but what upstream declared
@@ -175,7 +178,6 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         end = resp.timestamp_end or time.time()
     else:
         end = time.time()
-    masked = md.get(MASKED)  # core.masking.MaskedCall: bodies, headers and parameters as masked
     if masked is not None:
         r.request_body, r.response_body, r.masked, r.body_note = (
             masked.request_body, masked.response_body, masked.masked, masked.note)

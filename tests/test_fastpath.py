@@ -189,3 +189,37 @@ def test_on_error_hears_of_each_hook_that_raised():
     run_events(m, tflow.tflow(resp=True))
     assert failures == [("request", "c", "broken add-on"), ("request", "p", "broken add-on")]
     assert [s[0] for s in seen] == ["a", "c", "p", "p.2"]  # p.3 skipped, as mitmproxy does
+
+
+LEAN = """
+import sys, json
+import addons.gateway
+lean = {m: m in sys.modules for m in ("flask", "ldap3", "mitmproxy.addons.onboarding", "mitmproxy.addons.proxyauth")}
+from mitmproxy.addons import proxyserver, tlsconfig
+import mitmproxy.addons
+names = sorted(type(a).__name__ for a in mitmproxy.addons.default_addons())
+print(json.dumps({"lean": lean, "names": names, "same": mitmproxy.addons.proxyserver is proxyserver}))
+"""
+STOCK = """
+import json, mitmproxy.addons
+print(json.dumps(sorted(type(a).__name__ for a in mitmproxy.addons.default_addons())))
+"""
+
+
+def test_the_gateway_imports_only_the_add_ons_it_uses():
+    """Importing the gateway leaves mitmproxy's other default add-ons (and Flask, ldap3) unimported;
+    whoever asks the package for them later (mitmweb's master) gets them all, as from stock."""
+    import json
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, check=True, cwd=root)
+    got = json.loads(run.stdout)
+    stock = json.loads(subprocess.run([sys.executable, "-c", STOCK], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert got["lean"] == {"flask": False, "ldap3": False, "mitmproxy.addons.onboarding": False,
+                           "mitmproxy.addons.proxyauth": False}
+    assert got["names"] == stock and len(stock) > 25 and got["same"]

@@ -47,6 +47,8 @@ def from_epoch(seconds: float) -> dt.datetime:
 
 def clean_str(s: str) -> str:
     """A string every database stores as is: NUL and lone surrogates become U+FFFD."""
+    if s.isascii():  # most are: no surrogate to look for
+        return s.replace("\x00", "\ufffd") if "\x00" in s else s
     if "\x00" in s:
         s = s.replace("\x00", "\ufffd")
     try:
