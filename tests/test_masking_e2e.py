@@ -229,15 +229,28 @@ def needles_for(s: dict, out: dict) -> dict[str, set[str]]:
     return needles
 
 
-def test_planted_secrets_never_reach_the_store(gw, token_file, tmp_path):
-    s, out = run_planting_agent(gw, token_file, tmp_path, "sqlite")
+@pytest.fixture(scope="module")
+def planting(gw, issuer, tmp_path_factory):
+    """One planting run on the SQLite gateway (tag "shared"), for the tests that look at it."""
+    tmp = tmp_path_factory.mktemp("planting")
+
+    def token_file(sub: str) -> Path:
+        path = tmp / f"{sub}.jwt"
+        path.write_text(issuer.mint(sub))
+        return path
+
+    return run_planting_agent(gw, token_file, tmp, "shared")
+
+
+def test_planted_secrets_never_reach_the_store(gw, planting, tmp_path):
+    s, out = planting
     check_agent_view(gw, s, out)
     files = sqlite_files(gw)
-    assert scan_bytes(files, {"control": {"db-sqlite", "people-sqlite"}})  # what is not secret is there
+    assert scan_bytes(files, {"control": {"db-shared", "people-shared"}})  # what is not secret is there
     hits = scan_bytes(files, needles_for(s, out))
     assert hits == [], hits
     assert scan_bytes({"gateway.log": gw.log().encode()}, needles_for(s, out)) == []
-    records = [r for r in gw.records() if r["principal"] == "masking-sqlite"]
+    records = [r for r in gw.records() if r["principal"] == "masking-shared"]
     assert {r["status"] for r in records} <= {200, 201}, [(r["action"], r["status"], r["error"]) for r in records]
     assert len(records) >= 20
     # every export format, too
@@ -247,13 +260,13 @@ def test_planted_secrets_never_reach_the_store(gw, token_file, tmp_path):
         gw.cli("export", "--format", fmt, "-o", str(target))
         exports.update({p.name: p.read_bytes() for p in tmp_path.glob("export.*")})
     assert len(exports) >= 4
-    assert scan_bytes(exports, {"control": {"db-sqlite"}})
+    assert scan_bytes(exports, {"control": {"db-shared"}})
     assert scan_bytes(exports, needles_for(s, out)) == []
 
 
-def test_each_record_lists_what_was_masked_never_the_values(gw, token_file, tmp_path):
-    s, out = run_planting_agent(gw, token_file, tmp_path, "lists")
-    records = {(r["action"], r["seq"]): r for r in gw.records() if r["principal"] == "masking-lists"}
+def test_each_record_lists_what_was_masked_never_the_values(gw, planting):
+    s, out = planting
+    records = {(r["action"], r["seq"]): r for r in gw.records() if r["principal"] == "masking-shared"}
 
     def masked(action: str) -> list[dict]:
         """What the records of ``action`` list as masked, all of them."""
@@ -284,29 +297,28 @@ def test_each_record_lists_what_was_masked_never_the_values(gw, token_file, tmp_
     assert int(secret["response_body_size"]) > len(secret["response_body"].encode()) - 64  # upstream's size
 
 
-def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, token_file, tmp_path, aws_cli):
-    s, _ = run_planting_agent(gw, token_file, tmp_path, "cli")
+def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, planting, token_file, tmp_path, aws_cli):
+    s, _ = planting
     env = gw.agent_env(token_file("masking-cli"), tmp_path / "cli-home")
-    p = subprocess.run([aws_cli, "dynamodb", "get-item", "--table-name", "people-cli", "--key", '{"k": {"S": "alice"}}',
+    p = subprocess.run([aws_cli, "dynamodb", "get-item", "--table-name", "people-shared", "--key", '{"k": {"S": "alice"}}',
                         "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     item = json.loads(p.stdout)["Item"]
     assert item["ssn"] == {"S": marker(gw, s["ssn"])}
     assert "crc32" not in p.stderr.lower()
-    p = subprocess.run([aws_cli, "secretsmanager", "get-secret-value", "--secret-id", "db-cli", "--output", "json"],
+    p = subprocess.run([aws_cli, "secretsmanager", "get-secret-value", "--secret-id", "db-shared", "--output", "json"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["SecretString"] == marker(gw, s["secret_string"])
 
 
-def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, token_file, tmp_path):
+def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, planting, token_file, tmp_path):
     """botocore checks x-amz-crc32 and retries on a mismatch: a stale one would show as retries."""
-    run_planting_agent(gw, token_file, tmp_path, "crc")
     env = gw.agent_env(token_file("masking-crc"), tmp_path / "crc-home")
     p = run_agent(env, textwrap.dedent("""
         import json, boto3
         ddb = boto3.client("dynamodb")
-        r = ddb.get_item(TableName="people-crc", Key={"k": {"S": "alice"}})
+        r = ddb.get_item(TableName="people-shared", Key={"k": {"S": "alice"}})
         print(json.dumps({"retries": r["ResponseMetadata"]["RetryAttempts"], "ssn": r["Item"]["ssn"]["S"],
                           "crc": r["ResponseMetadata"]["HTTPHeaders"].get("x-amz-crc32")}))
     """))
@@ -353,9 +365,9 @@ def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, 
                          AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
                          BillingMode="PAY_PER_REQUEST")
         many = {f"a{n:02d}": {"N": "1"} for n in range(60)}  # small attributes: much JSON per byte of data
-        for start in range(0, 750, 25):
+        for start in range(0, 300, 25):
             ddb.batch_write_item(RequestItems={"big": [{"PutRequest": {"Item": {
-                "k": {"S": f"{i:04d}"}, "ssn": {"S": f"big-ssn-{i:04d}"}, "pad": {"S": "p" * 400}, **many}}}
+                "k": {"S": f"{i:04d}"}, "ssn": {"S": f"big-ssn-{i:04d}"}, "pad": {"S": "p" * 3000}, **many}}}
                 for i in range(start, start + 25)]})
         r = ddb.scan(TableName="big")
         print(json.dumps({"n": len(r["Items"]), "ssn": sorted({i["ssn"]["S"][:22] for i in r["Items"]}),

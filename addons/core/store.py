@@ -317,31 +317,14 @@ _STAND_INS = {k: f"\x00{k}\x00" for k in ("prev_hash", "seq", "writer_id")}
 _STAND_IN_BYTES = {k: _CANONICAL.encode(v).encode() for k, v in _STAND_INS.items()}
 
 
-_JSON_COLUMNS = ("groups", "resources", "params", "masked", "request_headers", "response_headers")
-_JSON_STAND_INS = {k: f"\x00{k}\x00" for k in _JSON_COLUMNS}
-_JSON_STAND_IN_BYTES = {k: _CANONICAL.encode(v).encode() for k, v in _JSON_STAND_INS.items()}
-
-
-def encode_row(row: dict[str, Any]) -> tuple[dict[str, str], bytes | None]:
-    """The JSON text of each of ``row``'s JSON columns (keys sorted, compact), and ``chain.canonical``
-    of ``row`` with stand-ins for its chain fields (None if a stand-in would not be found again: the
-    writer then hashes the row itself), from one encoding: the columns' texts go into the canonical
-    form as they are, where the canonical encoding of the whole row would have written them."""
-    texts = {k: _CANONICAL.encode(row[k]) for k in _JSON_COLUMNS if row.get(k) is not None}
-    body = {k: _JSON_STAND_INS[k] if k in texts else chain.micros(v) if isinstance(v, dt.datetime) else v
+def canonical_template(row: dict[str, Any]) -> bytes | None:
+    """``chain.canonical`` of ``row`` with stand-ins for its chain fields; None if a stand-in
+    would not be found again (the writer then hashes the row itself)."""
+    body = {k: chain.micros(v) if isinstance(v, dt.datetime) else v
             for k, v in row.items() if v is not None and k != "hash"}
     body.update(_STAND_INS)
     out = _CANONICAL.encode(body).encode()
-    for k, encoded in texts.items():
-        if out.count(_JSON_STAND_IN_BYTES[k]) != 1:
-            return texts, None
-        out = out.replace(_JSON_STAND_IN_BYTES[k], encoded.encode())
-    return texts, out if all(out.count(b) == 1 for b in _STAND_IN_BYTES.values()) else None
-
-
-def canonical_template(row: dict[str, Any]) -> bytes | None:
-    """``chain.canonical`` of ``row`` with stand-ins for its chain fields (``encode_row``)."""
-    return encode_row(row)[1]
+    return out if all(out.count(b) == 1 for b in _STAND_IN_BYTES.values()) else None
 
 
 def chained_hash(template: bytes, writer_id: str, seq: int, prev_hash: str) -> str:
@@ -353,21 +336,6 @@ def chained_hash(template: bytes, writer_id: str, seq: int, prev_hash: str) -> s
     h.update(b"\n")
     h.update(canonical)
     return h.hexdigest()
-
-
-def _as_is(text: str) -> str:
-    return text
-
-
-def _json_text_binder(dialect: Any) -> Callable[[str], Any] | None:
-    """How to bind JSON text (already encoded) to a JSON column of ``dialect``'s driver, so that it
-    is not encoded again: SQLite stores it as text; psycopg sends it with a ``json`` cast."""
-    if dialect.name == "sqlite":
-        return _as_is
-    wrap = getattr(dialect, "_psycopg_Json", None)  # what SQLAlchemy's psycopg JSON type wraps values in
-    if dialect.name == "postgresql" and wrap is not None:
-        return lambda text: wrap(text, _as_is)
-    return None
 
 
 class _DriverStatement:
@@ -383,15 +351,8 @@ class _DriverStatement:
             c: p for c in columns if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
 
-        self.json_text = _json_text_binder(dialect)  # binds a JSON column's text as it is; None: not here
-
-    def bind(self, values: dict[str, Any], texts: dict[str, str] | None = None) -> dict[str, Any]:
-        """``values`` as the driver takes them; ``texts``: JSON columns already encoded (``encode_row``)."""
+    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
         procs = self.processors
-        if texts and self.json_text is not None:
-            as_text = self.json_text
-            return {k: as_text(texts[k]) if k in texts else v if v is None or k not in procs else procs[k](v)
-                    for k, v in values.items()}
         return {k: v if v is None or k not in procs else procs[k](v) for k, v in values.items()}
 
     def params(self, bound: dict[str, Any]) -> tuple | dict[str, Any]:
@@ -704,8 +665,7 @@ class Store:
         """A record's row, its bound values and its canonical form: the writer only chains them."""
         try:
             row = record_row(record, self.body_cap)
-            texts, template = encode_row(row)
-            return row, self._insert_calls.bind(row, texts), template
+            return row, self._insert_calls.bind(row), canonical_template(row)
         except (TypeError, ValueError, OverflowError) as e:
             raise StoreError(f"record {record.id} cannot be stored: {e}") from None
 
