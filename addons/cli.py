@@ -120,6 +120,10 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
     previous = os.umask(0o077)  # what init writes (config, CA, keys, the SQLite store) is its user's alone
     click.get_current_context().call_on_close(lambda: os.umask(previous))
     cfg = config_path()
+    try:
+        cfg.parent.mkdir(parents=True, exist_ok=True)  # AGENTGATE_HOME, made on first use
+    except OSError as e:
+        raise click.ClickException(f"cannot create {cfg.parent}: {e.strerror or e}") from None
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
             listen=listen or "127.0.0.1:8080",

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENTGATE = str(Path(sys.executable).parent / "agentgate")
 
 
-def run(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(home: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ["PATH"], "HOME": str(home), "AGENTGATE_HOME": str(home)}
     return subprocess.run([AGENTGATE, *args], env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=120, cwd=home)
+                          timeout=120, cwd=cwd or home)
 
 
 def test_init_creates_ca_keys_config_policies_and_store(tmp_path):
@@ -39,6 +39,19 @@ def test_init_creates_ca_keys_config_policies_and_store(tmp_path):
     key = (tmp_path / "keys" / "chain.key").read_bytes()
     assert run(tmp_path, "init").returncode == 0
     assert (certs / "mitmproxy-ca.pem").read_bytes() == ca and (tmp_path / "keys" / "chain.key").read_bytes() == key
+
+
+def test_init_makes_a_home_that_does_not_exist_yet_and_says_when_it_cannot(tmp_path):
+    home = tmp_path / "not" / "yet"
+    p = run(home, "init", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (home / "agentgate.toml").exists() and (home / "agentgate.db").exists()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    p = run(blocker / "home", "init", cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"Error: cannot create {blocker / 'home'}: Not a directory"]
 
 
 def test_the_repository_never_commits_certs_keys_or_stores():
