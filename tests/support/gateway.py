@@ -1,10 +1,17 @@
 """A real gateway process for tests: `agentgate init` then `agentgate run` in a temporary home,
-with moto as its upstream and STS, and a local OIDC issuer."""
+with moto as its upstream and STS, and a local OIDC issuer.
+
+`agentgate init` (a CA, keys, the default policies, a migrated store) runs once per test process;
+each gateway's home is a copy of that one, with its own issuer and listen address in its
+agentgate.toml. The tests of `init` itself run it for real (tests/test_cli.py)."""
 
 from __future__ import annotations
 
+import atexit
 import json
-import os
+import re
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -53,6 +60,22 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+_HOME: Path | None = None
+
+
+def _initialised_home() -> Path:
+    """A home `agentgate init` made, once per test process."""
+    global _HOME
+    if _HOME is None:
+        home = Path(tempfile.mkdtemp(prefix="agentgate-home-")) / "home"
+        env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "AGENTGATE_HOME": str(home)}
+        subprocess.run([AGENTGATE, "init", "--oidc-issuer", "http://127.0.0.1:1/", "--listen", "127.0.0.1:1"],
+                       env=env, check=True, capture_output=True, timeout=120, cwd=home.parent)
+        atexit.register(shutil.rmtree, home.parent, True)
+        _HOME = home
+    return _HOME
+
+
 class Gateway:
     def __init__(self, home: Path, *, issuer: str, upstream: str, aws_key: tuple[str, str],
                  policy: str = TEST_POLICY, settings: dict | None = None, env: dict | None = None) -> None:
@@ -99,8 +122,10 @@ class Gateway:
         return p
 
     def init(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.cli("init", "--oidc-issuer", self.issuer, "--listen", f"127.0.0.1:{self.port}")
+        shutil.copytree(_initialised_home(), self.home, dirs_exist_ok=True)
+        cfg = self.home / "agentgate.toml"
+        text = re.sub(r'(?m)^oidc_issuer = "[^"]*"', f"oidc_issuer = {json.dumps(self.issuer)}", cfg.read_text())
+        cfg.write_text(re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{self.port}"', text))
         policies = self.home / "policies"
         for f in policies.glob("*.y*ml"):
             f.unlink()
