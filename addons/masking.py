@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import zlib
 
 from mitmproxy import http
 
@@ -47,10 +48,21 @@ def _header(pairs: list[tuple[str, str]], name: str) -> str:
     return next((v for k, v in pairs if k.lower() == name), "")
 
 
-def _content(message: http.Message, pairs: list[tuple[str, str]]) -> bytes | None:
-    """The body with its content-encoding undone (as sent, when there is none or it is unknown)."""
-    if _header(pairs, "content-encoding").lower() in ("", "identity"):
+def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) -> bytes | None:
+    """The body with its content-encoding undone (as sent, when there is none or it is unknown).
+    gzip and deflate are inflated to ``limit`` + 1 bytes at most: a longer result is over the
+    masker's limit whatever follows, and a small compressed body must not take the gateway's memory."""
+    encoding = _header(pairs, "content-encoding").lower().strip()
+    if encoding in ("", "identity"):
         return message.raw_content
+    raw = message.raw_content
+    if encoding in ("gzip", "x-gzip", "deflate") and raw:
+        for wbits in ((47,) if encoding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw
+            try:
+                return zlib.decompressobj(wbits=wbits).decompress(raw, limit + 1)
+            except zlib.error:
+                continue
+        return raw  # not what it says it is: masked as the bytes sent
     return message.get_content(strict=False)
 
 
@@ -96,7 +108,7 @@ class Masking:
         streamed = bool(flow.metadata.get(STREAM) or req.stream)
         try:
             headers = stage_header_pairs(flow, req)
-            body = None if streamed else _content(req, headers)
+            body = None if streamed else _content(req, headers, self.masker.parse_limit)
             query = sigv4.scrub_query(query) if query else ""
             content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001
@@ -171,7 +183,7 @@ class Masking:
         streamed = bool(resp.stream)
         try:
             headers = stage_header_pairs(flow, resp)
-            body = None if streamed else _content(resp, headers)
+            body = None if streamed else _content(resp, headers, self.masker.parse_limit)
             content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001
             mc.notes.append(f"response: not masked: {type(e).__name__}")

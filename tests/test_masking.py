@@ -27,6 +27,7 @@ from addons.core.classifier import Classification
 from addons.core.policy import Decision
 from addons.core.masking import CURATED, MARKER_RE, Masker, checksum_headers, parse_path
 from addons.core.records import Record
+from tests.support.bounds import HANG
 
 KEY = b"fingerprint-key-for-tests-000001"
 SESSION = botocore.session.get_session()
@@ -616,6 +617,46 @@ def test_addon_withholds_a_response_it_cannot_mask_for_the_agent_whole():
     assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
     r = build_record(f)
     assert r.response_body is None and "withheld from the agent" in r.body_note
+
+
+def test_a_compressed_response_is_masked_for_the_agent_and_a_bomb_is_withheld_at_once():
+    """The agent may ask for gzip: its masked copy is masked all the same (and still gzip); a small
+    body that inflates past what the masker parses is withheld without being inflated whole."""
+    import gzip
+    import time
+    import tracemalloc
+
+    from addons.masking import Masking
+    from addons.stage import HELD
+
+    addon = Masking(KEY)
+    body = json.dumps({"Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}}).encode()
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)),
+                             ("deflate", zlib.compress(body)[2:-4])):  # zlib-wrapped and raw deflate
+        f = flow_for("dynamodb", "GetItem", b"", policy=("Item.ssn",), headers={"content-encoding": encoding})
+        f.response.raw_content = packed
+        with taddons.context(addon):
+            addon.responseheaders(f)
+            asyncio.run(addon.request(f))
+            asyncio.run(addon.response(f))
+        assert f.metadata[HELD] and f.response.headers["content-encoding"] == encoding
+        assert json.loads(f.response.get_content())["Item"]["ssn"] == {"S": fp("123-45-6789")}
+    bomb = gzip.compress(b'{"Items": [' + b" " * (512 << 20) + b"]}", compresslevel=9)
+    assert len(bomb) < 1 << 20
+    f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",), headers={"content-encoding": "gzip"})
+    f.response.raw_content = bomb
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with taddons.context(addon):
+            asyncio.run(addon.request(f))
+            asyncio.run(addon.response(f))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f.response.status_code == 400 and b"ResponseWithheld" in f.response.content
+    assert peak < 64 << 20, peak  # inflated to the masker's limit, not to 512 MB
+    assert time.perf_counter() - started < HANG
 
 
 def test_addon_answers_a_response_over_its_cap_with_an_error():
