@@ -33,6 +33,16 @@ def moto():
         yield server
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """The canned stand-in for AWS (tests/support/upstream.py), one per test module, so that a
+    module's count of the requests it received is its own. test_faults.py has a faulty one instead."""
+    from tests.support.upstream import CannedUpstream
+
+    with CannedUpstream() as up:
+        yield up
+
+
 @pytest.fixture(scope="session")
 def tls_server(tmp_path_factory):
     """A non-AWS HTTPS server on loopback with its own self-signed certificate."""

@@ -22,14 +22,7 @@ import pytest
 
 from tests.support.gateway import Gateway
 from tests.support.postgres import shared_server
-from tests.support.upstream import CannedUpstream
 from tests.test_recording_e2e import GATEWAY_KEY, agent, records
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with CannedUpstream() as up:
-        yield up
 
 
 class Load:

@@ -40,10 +40,10 @@ def start(tmp_path, issuer, moto, db: str, **settings) -> Gateway:
     return gw.start()
 
 
-def agent(gw: Gateway, issuer, name: str, **config):
+def agent(gw: Gateway, issuer, name: str, service: str = "s3", **config):
     config.setdefault("retries", {"total_max_attempts": 1})
     token = issuer.mint(f"{name}-{secrets.token_hex(3)}")
-    return boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+    return boto3.client(service, region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
                         verify=str(gw.ca_file),
                         config=botocore.config.Config(proxies={"https": gw.proxy_url(token)}, **config))
 

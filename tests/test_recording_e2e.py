@@ -28,17 +28,10 @@ from addons.core.records import REDACTED_HEADERS
 from addons.core.store import Store, alembic_config, head_revision
 from tests.support.gateway import Gateway, free_port
 from tests.support.postgres import shared_server
-from tests.support.upstream import CannedUpstream
 from tests.test_identity_e2e import connect
 
 GATEWAY_KEY = ("AKIAGATEWAYRECORDING", "gateway-secret-not-used-by-the-canned-upstream")
 COOKIE = f"agent-session={secrets.token_hex(12)}"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with CannedUpstream() as up:
-        yield up
 
 
 def db_url_for(backend: str, gw_home) -> str:

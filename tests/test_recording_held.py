@@ -14,20 +14,17 @@ boto3 as the agent:
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 import zlib
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import pytest
 
 from addons.core.masking import MARKER_PREFIX
 from addons.core.store import Store
 from tests.support.gateway import TEST_POLICY, Gateway
-from tests.support.upstream import CannedUpstream
+from tests.test_recording_commit import agent
 from tests.test_store_faults import Lock
 
 GATEWAY_KEY = ("AKIAGATEWAYHELDWHOLE", "gateway-secret-not-used-by-the-canned-upstream")
@@ -42,12 +39,6 @@ POLICY = TEST_POLICY + """
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with CannedUpstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory, issuer, upstream):
     home = tmp_path_factory.mktemp("held")
     g = Gateway(home, issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY, policy=POLICY,
@@ -59,11 +50,7 @@ def gw(tmp_path_factory, issuer, upstream):
 
 
 def client(gw, issuer, service: str = "dynamodb"):
-    token = issuer.mint(f"held-{secrets.token_hex(3)}")
-    return boto3.client(service, region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                        verify=str(gw.ca_file),
-                        config=botocore.config.Config(proxies={"https": gw.proxy_url(token)},
-                                                      retries={"total_max_attempts": 1}))
+    return agent(gw, issuer, "held", service)
 
 
 def scan_records(gw, table: str) -> list[dict]:

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from tests.support.gateway import Gateway
-from tests.support.upstream import CannedUpstream
 from tests.support.raw import tunnel
 
 BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
@@ -59,12 +58,6 @@ SHAPES = [
     ("chunk-size-overflow", request([b"Transfer-Encoding: chunked"], b"1" + b"0" * 20 + b"\r\nxx\r\n0\r\n\r\n"),
      b"chunked framing is malformed", True),
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with CannedUpstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

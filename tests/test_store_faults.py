@@ -21,17 +21,10 @@ from addons.core.records import Record
 from addons.core.store import Store, StoreUnavailable, canonical_template, chained_hash, record_row, verify
 from tests.support.gateway import Gateway
 from tests.support.postgres import shared_server
-from tests.support.upstream import CannedUpstream
 from tests.test_recording_e2e import GATEWAY_KEY, agent, records, settled
 from tests.test_store import full_record
 
 DDB_URL = "POST https://dynamodb.us-east-1.amazonaws.com/"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with CannedUpstream() as up:
-        yield up
 
 
 def gateway(tmp_path, issuer, upstream, db: str, **settings) -> Gateway:
