@@ -182,6 +182,42 @@ def test_concurrent_async_writers_share_group_commits(store: Store) -> None:
     assert seqs == list(range(1, 401))
 
 
+def test_a_burst_larger_than_one_commit_is_stored_whole(db_url: str) -> None:
+    """3,000 records queued at once, five sessions each in most commits: more than one PostgreSQL
+    statement can carry (65,535 parameters), so the writer splits them; every record is there,
+    each session counts its calls, and the chain verifies."""
+    s = Store(db_url, durability="async", chain_key=KEY, writer_id="burst")
+    s.migrate()
+    s.start()
+    t0 = 1767225600.0
+    postgres = db_url.startswith("postgresql")
+    lock = sql(db_url).connect() if postgres else None
+    try:
+        if lock is not None:  # the writer waits on the table while all 3,000 are queued
+            lock.begin()
+            lock.execute(text("LOCK TABLE calls IN EXCLUSIVE MODE"))
+        for i in range(3000):
+            s.write_sync(Record(session_id=f"s{i % 5}", principal=f"agent-{i % 5}", time=t0 + i, params={"i": i}))
+        if lock is not None:
+            assert s.queued >= 2999
+            lock.commit()
+    finally:
+        if lock is not None:
+            lock.close()
+        s.close()
+    assert s.stats["records"] == 3000
+    if postgres:
+        assert s.stats["commits"] >= 4  # the first record, then at most 1,129 at a time
+    reader = Store(db_url)
+    sessions = {x["id"]: x for x in reader.sessions()}
+    assert {k: v["calls"] for k, v in sessions.items()} == {f"s{n}": 600 for n in range(5)}
+    assert sessions["s4"]["started"] == "2026-01-01T00:00:04.000000Z"
+    assert sessions["s4"]["last_seen"] == "2026-01-01T00:49:59.000000Z"
+    assert sorted(c["params"]["i"] for c in reader.calls(limit=None)) == list(range(3000))
+    result = verify(db_url, KEY)
+    assert result.ok and result.records == 3000 and result.notes == []
+
+
 def test_sync_write_returns_only_once_committed(store: Store) -> None:
     r = Record()
     store.write_sync(r)

@@ -27,8 +27,8 @@ What a commit costs is kept to the database's own work: a record's bound values 
 form its hash covers are prepared by the caller when it is queued, so the writer only chains and
 sends them; the writer keeps one connection (no checkout or ping per commit) and runs statements
 compiled once from the Core constructs on the driver's cursor. On PostgreSQL the whole transaction
-(calls, sessions, checkpoint) goes in one pipeline and commits at its Sync: one round trip, then
-the WAL flush.
+(calls, sessions, checkpoint) is one statement sent in one message (``_OneStatement``): one round
+trip, in which the server wakes once, then the WAL flush.
 
 Reading (``calls``, ``sessions``, ``verify``, ``prune``) is for the CLI and tests.
 """
@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import select as select_module
 import socket
@@ -347,6 +348,7 @@ class _DriverStatement:
         compiled = stmt.compile(dialect=dialect, column_keys=columns)
         self.sql = str(compiled)
         self.positions = compiled.positiontup  # None for named paramstyles (psycopg)
+        self.names = self.positions or re.findall(r"%\((\w+)\)s", self.sql)  # the parameters, in order
         self.processors = {
             c: p for c in columns if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
@@ -357,6 +359,71 @@ class _DriverStatement:
 
     def params(self, bound: dict[str, Any]) -> tuple | dict[str, Any]:
         return tuple(bound[n] for n in self.positions) if self.positions else bound
+
+
+class _OneStatement:
+    """PostgreSQL: a commit's calls, sessions and checkpoint in one INSERT statement (the others as
+    data-modifying WITH clauses, which PostgreSQL always runs to completion), with PostgreSQL's own
+    ``$n`` parameters (psycopg's RawCursor: nothing to parse on the way). Sent in autocommit, it is
+    one transaction and one message to the server. Statements are kept per shape (how many calls,
+    sessions, and whether a checkpoint)."""
+
+    MAX_PARAMETERS = 65535  # PostgreSQL's protocol: a statement's parameters are counted in 16 bits
+    SHAPES = 64
+
+    def __init__(self, calls: _DriverStatement, sessions: _DriverStatement, checkpoint: _DriverStatement) -> None:
+        self.parts = [self._split(s) for s in (calls, sessions, checkpoint)]
+        per_record = len(calls.names) + len(sessions.names)
+        self.max_records = (self.MAX_PARAMETERS - len(checkpoint.names)) // per_record
+        self._shapes: dict[tuple[int, int, int], str] = {}
+
+    @staticmethod
+    def _split(stmt: _DriverStatement) -> tuple[str, list[str], str, list[str]]:
+        """A one-row INSERT as (what comes before its row, its row's text around each parameter,
+        what comes after, its parameters): the row is ``VALUES (...)``, parameters ``%(name)s``
+        with the casts SQLAlchemy gives them, which stay."""
+        start = stmt.sql.find(" VALUES (")
+        end, depth = -1, 0
+        for i in range(start + len(" VALUES "), len(stmt.sql)) if start >= 0 else ():
+            depth += {"(": 1, ")": -1}.get(stmt.sql[i], 0)
+            if depth == 0:
+                end = i + 1
+                break
+        row = stmt.sql[start + len(" VALUES "):end] if end > 0 else ""
+        if not row or re.findall(r"%\((\w+)\)s", row) != stmt.names or "$" in row:
+            raise StoreError(f"cannot build the store's PostgreSQL statement from: {stmt.sql[:80]}")
+        return stmt.sql[:start + len(" VALUES ")], re.split(r"%\(\w+\)s", row), stmt.sql[end:], stmt.names
+
+    def _sql(self, shape: tuple[int, int, int]) -> str:
+        sql = self._shapes.get(shape)
+        if sql is not None:
+            return sql
+        n, clauses = 0, []
+        for (before, pieces, after, names), rows in zip(self.parts, shape):
+            if not rows:
+                continue
+            values = []
+            for _ in range(rows):
+                row = [pieces[0]]
+                for piece in pieces[1:]:
+                    n += 1
+                    row += (f"${n}", piece)
+                values.append("".join(row))
+            clauses.append(before + ", ".join(values) + after)
+        *first, last = clauses
+        sql = (("WITH " + ", ".join(f"w{i} AS ({c})" for i, c in enumerate(first)) + " ") if first else "") + last
+        if len(self._shapes) >= self.SHAPES:
+            self._shapes.clear()
+        self._shapes[shape] = sql
+        return sql
+
+    def __call__(self, calls: list[dict[str, Any]], sessions: list[dict[str, Any]], head: dict[str, Any] | None
+                 ) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        for (_, _, _, names), rows in zip(self.parts, (calls, sessions, [head] if head is not None else [])):
+            for row in rows:
+                params.extend(row[k] for k in names)
+        return self._sql((len(calls), len(sessions), int(head is not None))), params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,7 +622,10 @@ class Store:
         self._upsert_sessions = _DriverStatement(self._session_upsert(), sessions, [c.name for c in sessions.columns], dialect)
         self._insert_checkpoint = _DriverStatement(
             insert(checkpoints), checkpoints, [c.name for c in checkpoints.columns if c.name != "id"], dialect)
-        self._pipeline = dialect.name == "postgresql"  # the transaction in one round trip
+        self._postgres = dialect.name == "postgresql"
+        self._one_statement = _OneStatement(self._insert_calls, self._upsert_sessions, self._insert_checkpoint) \
+            if self._postgres else None
+        self._max_batch = min(MAX_BATCH, self._one_statement.max_records) if self._one_statement else MAX_BATCH
         self._dbapi = dialect.loaded_dbapi
         self._raw: Any = None  # the writer's connection, kept between commits
         # writer state: guarded by _cond (the queue, health, the attempt under way), or owned by the
@@ -831,7 +901,7 @@ class Store:
         first, self._abort = self._abort is None, why
         self.stats["aborts"] += first
         raw = self._raw
-        if first and self._pipeline and self._sent and raw is not None:
+        if first and self._postgres and self._sent and raw is not None:
             threading.Thread(target=_cancel, args=(raw.driver_connection,), name="agentgate-store-cancel",
                              daemon=True).start()
 
@@ -878,7 +948,7 @@ class Store:
     def _write_until_closed(self) -> None:
         failures = 0
         next_checkpoint = time.monotonic() + self.checkpoint_every
-        flushes = not self._pipeline and self.sqlite_synchronous == "normal" and _sqlite_path(self.url) is not None
+        flushes = not self._postgres and self.sqlite_synchronous == "normal" and _sqlite_path(self.url) is not None
         flushed, next_flush = 0, None  # commits the WAL's last flush covered; when the next is due
         while True:
             with self._cond:
@@ -895,7 +965,7 @@ class Store:
                              if t is not None]
                     self._cond.wait(min(waits) if waits else None)
                 if not flush and not self._in_doubt:
-                    batch = list(itertools.islice(self._queue, MAX_BATCH))
+                    batch = list(itertools.islice(self._queue, self._max_batch))
                     for item in batch:
                         item.inflight = True
                     self._attempting, self._abort, self._sent = True, None, False
@@ -929,7 +999,7 @@ class Store:
                     aborted, sent = self._abort, self._sent
                     self._attempting, self._abort, self._sent = False, None, False
                 if error is None:
-                    if aborted and self._pipeline:  # a cancel request sent for it may still land: not on the next
+                    if aborted and self._postgres:  # a cancel request sent for it may still land: not on the next
                         self._drop_connection(close=True)
                     failures = 0
                     self._committed(batch, None)
@@ -991,7 +1061,7 @@ class Store:
         runs in this process: always. PostgreSQL: when the server reported an ERROR, which aborts
         the transaction; not when the connection broke or the server ended it (FATAL), which can
         happen after the commit is durable."""
-        if not self._pipeline:
+        if not self._postgres:
             return True
         if isinstance(e, _Aborted):
             return True
@@ -1072,7 +1142,7 @@ class Store:
         """The writer's kept connection; a new one when PostgreSQL closed the kept one while it was
         idle (a restart, an idle timeout): found without a round trip, before anything is sent."""
         raw = self._raw
-        if raw is not None and self._pipeline:
+        if raw is not None and self._postgres:
             try:
                 readable = select_module.select([raw.driver_connection.fileno()], [], [], 0)[0]
             except (OSError, ValueError, self._dbapi.Error):
@@ -1082,7 +1152,7 @@ class Store:
                 raw = None
         if raw is None:
             raw = self._raw = self.engine.raw_connection()
-            if not self._pipeline:
+            if not self._postgres:
                 raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
         return raw
 
@@ -1093,15 +1163,15 @@ class Store:
                 if self._abort is not None:
                     raise _Aborted(f"stopped before it was sent ({self._abort})")
                 self._sent = True
-            if self._pipeline:
-                # PostgreSQL runs the statements up to a pipeline's Sync as one implicit transaction
-                # (extended query protocol): all or none, committed at the Sync, which leaving the
-                # block sends. One round trip; no BEGIN or COMMIT of its own.
+            if self._postgres:
+                # One statement, in autocommit: all or none, and one message to the server (a
+                # pipeline sends each statement as it is queued, and the server wakes for each).
                 pg = raw.driver_connection
                 if not pg.autocommit:
                     pg.autocommit = True
-                with pg.pipeline(), pg.cursor() as cur:  # executemany rides the pipeline: no Sync of its own
-                    self._statements(cur, calls, sessions, head)
+                sql, params = self._one_statement(calls, sessions, head)
+                with self._dbapi.RawCursor(pg) as cur:
+                    cur.execute(sql, params)
                 return
             # SQLite waits for another process's write lock in slices, so that the attempt can be
             # stopped between them (``_request_abort``); SQLITE_BUSY_TIMEOUT in all.
@@ -1119,7 +1189,7 @@ class Store:
                 finally:
                     cur.close()
         except BaseException:
-            self._drop_connection(close=self._pipeline)
+            self._drop_connection(close=self._postgres)
             raise
 
     def _statements(self, cur: Any, calls: list, sessions: list, head: Any) -> None:
