@@ -82,6 +82,7 @@ allow_hosts = []                         # non-AWS hosts tunnelled untouched, e.
 approval_hold = 20
 durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
 sqlite_synchronous = "normal"            # "full": a committed record also survives a power loss (SQLite; slower)
+# store_writer = "process"               # the store's writer in a process of its own; "thread": in the gateway's
 console_listen = "127.0.0.1:8081"        # the approvals console ("" for none)
 # webhook_url = "https://hooks.slack.com/services/..."   # told of approvals asked and decided
 # grant_approvers = ["sre"]              # groups that approve access grants (agentgate access)

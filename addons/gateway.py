@@ -75,13 +75,15 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     from .core.identity import TokenValidator
     from .core.policy import PolicyError, PolicyStore
     from .core.store import Store, StoreError
+    from .core.store_process import StoreProcess
     from .policy import log_policy_error
 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
-    store = Store(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
-                  body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
-                  commit_timeout=settings.commit_timeout)
+    kind = StoreProcess if settings.store_writer == "process" else Store
+    store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
+                 body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
+                 commit_timeout=settings.commit_timeout)
     try:
         store.migrate()
     except StoreError as e:

@@ -45,6 +45,7 @@ class Settings:
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
     commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused
+    store_writer: str = "process"  # process | thread: where the store's writer runs (core/store_process.py)
     fail_open: bool = False
     console_listen: str = "127.0.0.1:8081"  # the approvals console; "" for none
     console_url: str = ""  # the console's address as approvers reach it; default http://<console_listen>
@@ -76,6 +77,8 @@ class Settings:
             raise SettingsError(f"sqlite_synchronous must be 'normal' or 'full', not {s.sqlite_synchronous!r}")
         if not s.commit_timeout > 0:
             raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
+        if s.store_writer not in ("process", "thread"):
+            raise SettingsError(f"store_writer must be 'process' or 'thread', not {s.store_writer!r}")
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
         parse_hostport(s.listen, "listen")

@@ -70,6 +70,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     for args, env, words in (
         (["run", "--listen", "nonsense"], {}, "listen must be HOST:PORT"),
         (["run"], {"AGENTGATE_DURABILITY": "maybe"}, "durability must be"),
+        (["run"], {"AGENTGATE_STORE_WRITER": "fork"}, "store_writer must be 'process' or 'thread', not 'fork'"),
         (["run", "--upstream", "ftp://x"], {}, "upstream must be"),
     ):
         p = run(tmp_path, *args, env=env)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import errno
 import subprocess
+import threading
 import time
 
 import botocore.exceptions
@@ -250,6 +251,7 @@ class Lock:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._guard = threading.Lock()
         if url.startswith("sqlite"):
             import sqlite3
 
@@ -262,10 +264,12 @@ class Lock:
             self.conn.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
 
     def release(self) -> None:
-        if self.conn is not None:
-            self.conn.rollback()
-            self.conn.close()
-            self.conn = None
+        """Idempotent, from any thread (a timer may release it while the test does too)."""
+        with self._guard:
+            conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.rollback()
+            conn.close()
 
 
 def lock_url(backend: str, tmp_path) -> str:

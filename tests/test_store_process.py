@@ -1,0 +1,203 @@
+"""The store's writer in a process of its own (``store_writer = "process"``, the default), through
+real gateways on SQLite in front of the canned upstream, boto3 as the agent:
+
+- calls are recorded by a child process of the gateway, which stops with it: after SIGTERM having
+  written everything and checkpointed its chain head; after the gateway is killed outright (SIGKILL)
+  too, once it sees its gateway gone;
+- when the writer process dies, the gateway says so once and refuses every call from then on with
+  an AWS-shaped 503 (fail closed), and keeps running;
+- ``store_writer = "thread"`` keeps the writer in the gateway's process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from addons.core.store import verify
+from tests.support.gateway import Gateway
+from tests.test_recording_commit import agent
+
+GATEWAY_KEY = ("AKIAGATEWAYWRITERPROC", "gateway-secret-not-used-by-the-canned-upstream")
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(entry.name), cmdline))
+    return out
+
+
+def writer_of(gw: Gateway) -> int:
+    found = [p for p, cmd in children(gw.proc.pid) if "addons.core.store_process" in cmd]
+    assert len(found) == 1, children(gw.proc.pid)
+    return found[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def start(tmp_path, issuer, upstream, **settings) -> Gateway:
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY, settings=settings)
+    gw.db_url = f"sqlite:///{gw.db_path}"
+    return gw.start()
+
+
+def list_tables(gw: Gateway, issuer, n: int) -> None:
+    ddb = agent(gw, issuer, "writer", "dynamodb")
+    for _ in range(n):
+        assert ddb.list_tables()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_calls_are_recorded_by_a_writer_process_that_stops_with_the_gateway(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream)
+    try:
+        writer = writer_of(gw)
+        list_tables(gw, issuer, 25)
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0 and gone_within(writer, 1)
+    records = [r for r in gw.records() if r["action"] == "dynamodb:ListTables"]
+    assert len(records) == 25 and {r["outcome"] for r in records} == {"forwarded"}
+    result = verify(gw.db_url, (gw.home / "keys" / "chain.key").read_bytes().strip())
+    assert result.ok and result.notes == []  # the chain head was checkpointed when the writer stopped
+    assert "Traceback" not in gw.log()
+
+
+def test_a_gateway_killed_outright_leaves_no_writer_behind(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream)
+    try:
+        writer = writer_of(gw)
+        list_tables(gw, issuer, 10)
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait()
+        assert gone_within(writer, 20)  # it saw its gateway gone, wrote what it had, and stopped
+    finally:
+        gw.stop()
+    assert len([r for r in gw.records() if r["action"] == "dynamodb:ListTables"]) == 10  # every answered call
+    assert verify(gw.db_url, (gw.home / "keys" / "chain.key").read_bytes().strip()).ok
+
+
+def test_when_the_writer_process_dies_calls_are_refused_and_the_gateway_says_so(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream)
+    try:
+        list_tables(gw, issuer, 3)
+        writer = writer_of(gw)
+        os.kill(writer, signal.SIGKILL)
+        assert gone_within(writer, 5)
+        ddb = agent(gw, issuer, "after", "dynamodb")
+        deadline = time.monotonic() + 10
+        while True:  # the gateway sees its writer gone at once; allow it a moment to read the end of file
+            try:
+                ddb.list_tables()
+            except botocore.exceptions.ClientError as e:
+                error = e.response
+                break
+            assert time.monotonic() < deadline, "calls are still answered without a writer"
+            time.sleep(0.1)
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert error["Error"]["Code"] == "ServiceUnavailable" and "cannot record this call" in error["Error"]["Message"]
+        for _ in range(3):  # every call from then on, each at once
+            started = time.monotonic()
+            with pytest.raises(botocore.exceptions.ClientError) as refused:
+                ddb.list_tables()
+            assert refused.value.response["Error"]["Code"] == "ServiceUnavailable"
+            assert time.monotonic() - started < 5
+        assert gw.proc.poll() is None  # the gateway runs on, refusing
+        log = gw.log()
+        assert log.count("the writer process") == 1 and "has ended (exit code -9)" in log and "Traceback" not in log
+    finally:
+        gw.stop()
+
+
+def test_the_thread_writer_keeps_writing_in_the_gateway(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream, store_writer="thread")
+    try:
+        assert not [p for p, cmd in children(gw.proc.pid) if "store_process" in cmd]
+        list_tables(gw, issuer, 5)
+    finally:
+        gw.stop()
+    assert len([r for r in gw.records() if r["action"] == "dynamodb:ListTables"]) == 5
+    assert verify(gw.db_url, (gw.home / "keys" / "chain.key").read_bytes().strip()).notes == []
+
+
+def test_the_writer_process_is_python_without_mitmproxy(tmp_path):
+    """It imports the store and nothing of the proxy: a small process."""
+    code = ("import sys, addons.core.store_process; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mitmproxy', 'botocore', 'jmespath'}))")
+    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_value_pickle_cannot_take_is_stored_as_the_thread_writer_stores_it(tmp_path):
+    """A parameter value that cannot cross to the writer process (a function here) is kept in its
+    JSON form, as the store keeps any value: the record is written, not refused."""
+    import pickle
+
+    import asyncio
+
+    from addons.core.records import Record
+    from addons.core.store import Store
+    from addons.core.store_process import StoreProcess
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    Store(url).migrate()
+    odd = Record(principal="odd", params={"Bucket": "b", "f": lambda: 0})
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(odd)
+    plain = Record(principal="plain", params={"Bucket": "b"})
+
+    async def main() -> None:
+        store = StoreProcess(url)
+        store.start()
+        try:
+            assert await store.write(odd) is True and await store.write(plain) is True
+        finally:
+            await asyncio.to_thread(store.close)
+
+    asyncio.run(main())
+    reader = Store(url)
+    kept = reader.call(odd.id)["params"]
+    assert kept["Bucket"] == "b" and kept["f"].startswith("<function test_a_value_pickle_cannot_take")
+    assert reader.call(plain.id)["params"] == {"Bucket": "b"}
+
+
+def test_messages_split_anywhere_on_the_way_are_read_whole():
+    from addons.core.store_process import Frames, frame
+
+    stream = b"".join(frame(m) for m in [("w", 1, {"a": "x" * 5000}), ("g", 1), ("v", 1, True)])
+    for step in (1, 3, 4, 7, 4096, len(stream)):
+        frames, got = Frames(), []
+        for i in range(0, len(stream), step):
+            got += frames.feed(stream[i:i + step])
+        assert got == [("w", 1, {"a": "x" * 5000}), ("g", 1), ("v", 1, True)] and not frames.buffer
