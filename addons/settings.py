@@ -45,7 +45,7 @@ class Settings:
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
     commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused
-    store_writer: str = "process"  # process | thread: where the store's writer runs (core/store_process.py)
+    store_writer: str = "thread"  # thread | process: where the store's writer runs (core/store_process.py)
     fail_open: bool = False
     console_listen: str = "127.0.0.1:8081"  # the approvals console; "" for none
     console_url: str = ""  # the console's address as approvers reach it; default http://<console_listen>

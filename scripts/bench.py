@@ -23,8 +23,8 @@ Targets (--targets; all by default):
   chain-pg  (e) the same recording to a real PostgreSQL (tests/support/postgres.py, fsync on).
   workers2  (f) the same as (d) with `workers = 2`: two processes on one port. Reported as not
             available when this agentgate cannot run several workers.
-  chain-thread (g) the same as (d) with `store_writer = "thread"`: the store's writer as a thread
-            of the gateway's process instead of a process of its own.
+  chain-process (g) the same as (d) with `store_writer = "process"`: the store's writer in a
+            process of its own instead of a thread of the gateway's process.
 
 The upstream (scripts/bench_upstream.py) is a fast canned stand-in for AWS, not moto (slower than
 the gateway): plain HTTP behind the proxies, TLS for `direct`; it also answers the gateway's STS
@@ -67,9 +67,9 @@ TARGETS = {
     "chain": ("d", "agentgate, full chain, SQLite"),
     "chain-pg": ("e", "agentgate, full chain, PostgreSQL"),
     "workers2": ("f", "agentgate, full chain, SQLite, 2 workers"),
-    "chain-thread": ("g", "agentgate, full chain, SQLite, writer thread"),
+    "chain-process": ("g", "agentgate, full chain, SQLite, writer process"),
 }
-TRANSFER_TARGETS = ("direct", "mitmdump", "chain", "chain-thread")
+TRANSFER_TARGETS = ("direct", "mitmdump", "chain", "chain-process")
 OPTIMIZED_ENV = {"PYTHONOPTIMIZE": "1"}
 
 
@@ -352,8 +352,8 @@ class Lab:
             settings["db"] = self.pg.url
         if name == "workers2":
             settings["workers"] = 2
-        if name == "chain-thread":
-            settings["store_writer"] = "thread"
+        if name == "chain-process":
+            settings["store_writer"] = "process"
         gw = Gateway(self.tmp / name, issuer=self.issuer.issuer, upstream=self.upstream_url,
                      aws_key=("bench", "bench"), policy=TEST_POLICY, settings=settings, env=dict(OPTIMIZED_ENV))
         gw.init()
@@ -729,10 +729,10 @@ def ratios(scenarios: list[dict]) -> tuple[dict, float | None]:
     r["chain_pg_vs_floor_cpu_c8"] = div(get("small", "chain-pg", "cpu_us_per_call", 8), get("small", "floor", "cpu_us_per_call", 8))
     r["floor_vs_mitmdump_cpu_c8"] = div(get("small", "floor", "cpu_us_per_call", 8), get("small", "mitmdump", "cpu_us_per_call", 8))
     for c in (1, 8):
-        r[f"chain_thread_vs_mitmdump_rps_c{c}"] = div(get("small", "chain-thread", "rps", c), get("small", "mitmdump", "rps", c))
-    r["chain_thread_vs_floor_cpu_c8"] = div(get("small", "chain-thread", "cpu_us_per_call", 8),
-                                            get("small", "floor", "cpu_us_per_call", 8))
-    r["chain_thread_rss_mb_1gb"] = get("transfer", "chain-thread", "peak_rss_mb")
+        r[f"chain_process_vs_mitmdump_rps_c{c}"] = div(get("small", "chain-process", "rps", c), get("small", "mitmdump", "rps", c))
+    r["chain_process_vs_floor_cpu_c8"] = div(get("small", "chain-process", "cpu_us_per_call", 8),
+                                             get("small", "floor", "cpu_us_per_call", 8))
+    r["chain_process_rss_mb_1gb"] = get("transfer", "chain-process", "peak_rss_mb")
     return r, get("transfer", "chain", "peak_rss_mb")
 
 

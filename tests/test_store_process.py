@@ -1,4 +1,4 @@
-"""The store's writer in a process of its own (``store_writer = "process"``, the default), through
+"""The store's writer in a process of its own (``store_writer = "process"``), through
 real gateways on SQLite in front of the canned upstream, boto3 as the agent:
 
 - calls are recorded by a child process of the gateway, which stops with it: after SIGTERM having
@@ -6,7 +6,7 @@ real gateways on SQLite in front of the canned upstream, boto3 as the agent:
   too, once it sees its gateway gone;
 - when the writer process dies, the gateway says so once and refuses every call from then on with
   an AWS-shaped 503 (fail closed), and keeps running;
-- ``store_writer = "thread"`` keeps the writer in the gateway's process."""
+- ``store_writer = "thread"`` (the default) keeps the writer in the gateway's process."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def gone_within(pid: int, seconds: float) -> bool:
 
 
 def start(tmp_path, issuer, upstream, **settings) -> Gateway:
+    settings.setdefault("store_writer", "process")
     gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY, settings=settings)
     gw.db_url = f"sqlite:///{gw.db_path}"
     return gw.start()
@@ -139,8 +140,10 @@ def test_when_the_writer_process_dies_calls_are_refused_and_the_gateway_says_so(
         gw.stop()
 
 
-def test_the_thread_writer_keeps_writing_in_the_gateway(tmp_path, issuer, upstream):
-    gw = start(tmp_path, issuer, upstream, store_writer="thread")
+def test_by_default_the_writer_is_a_thread_of_the_gateway(tmp_path, issuer, upstream):
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY)
+    gw.db_url = f"sqlite:///{gw.db_path}"
+    gw.start()
     try:
         assert not [p for p, cmd in children(gw.proc.pid) if "store_process" in cmd]
         list_tables(gw, issuer, 5)

@@ -1,4 +1,4 @@
-"""The store's writer in a process of its own (``store_writer = "process"``, the default).
+"""The store's writer in a process of its own (``store_writer = "process"``; the default is "thread").
 
 A gateway process is bound by Python's GIL: its event loop and the store's writer thread take
 turns on one core. ``StoreProcess`` is a ``Store`` whose writing runs in a child process instead:
