@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -103,6 +104,10 @@ class Gateway:
             "AWS_EC2_METADATA_DISABLED": "true",
             "PYTHONOPTIMIZE": "1",  # as scripts/run and the container image run it
         }
+        # AGENTGATE_STORE_WRITER=process scripts/test: every test gateway that does not choose its
+        # store writer runs with the writer process
+        if os.environ.get("AGENTGATE_STORE_WRITER") and "store_writer" not in self.settings:
+            e["AGENTGATE_STORE_WRITER"] = os.environ["AGENTGATE_STORE_WRITER"]
         e.update(self.extra_env)
         return e
 
