@@ -11,6 +11,7 @@ real gateways on SQLite in front of the canned upstream, boto3 as the agent:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -205,3 +206,23 @@ def test_messages_split_anywhere_on_the_way_are_read_whole():
         for i in range(0, len(stream), step):
             got += frames.feed(stream[i:i + step])
         assert got == [("w", 1, {"a": "x" * 5000}), ("g", 1), ("v", 1, True)] and not frames.buffer
+
+
+def test_under_workers_each_writer_process_names_itself_in_the_log(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream, workers=2)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the first process, then each worker with its writer
+            writers = [p for p, cmd in children(gw.proc.pid) if "store_process" in cmd]
+            writers += [p for w, cmd in children(gw.proc.pid) if "agentgate" in cmd
+                        for p, c in children(w) if "store_process" in c]
+            if len(writers) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        list_tables(gw, issuer, 4)
+    finally:
+        gw.stop()
+    assert len(writers) >= 2, writers
+    log = gw.log()
+    for pid in writers:  # as every worker's own lines do
+        assert re.search(rf"INFO \[{pid}\] agentgate\.store: store \S+: writer \S+ started", log), (pid, log[-2000:])

@@ -171,6 +171,8 @@ class StoreProcess(Store):
     def __init__(self, url: str, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._config = dict(kw, url=url, writer_id=self.writer_id)
+        handlers = logging.getLogger().handlers  # the writer logs as the gateway does (with [pid] under workers)
+        self._log_format = getattr(handlers[0].formatter, "_fmt", None) if handlers and handlers[0].formatter else None
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._channel: Channel | None = None
@@ -194,7 +196,7 @@ class StoreProcess(Store):
             raise StoreError(f"the store's writer process cannot start: {e}") from None
         finally:
             theirs.close()
-        ours.sendall(frame(self._config))
+        ours.sendall(frame((self._config, self._log_format)))
         self._sock = ours
         try:
             self._attach(asyncio.get_running_loop())
@@ -445,14 +447,14 @@ async def _serve(store: Store, sock: socket.socket) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when this process stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    config, log_format = read_message(sock)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(log_format or "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("agentgate").setLevel(logging.INFO)
     sys.setswitchinterval(0.0005)  # the writer thread gets the GIL back soon after each database call
-    sock = socket.socket(fileno=int(argv[1]))
-    config = read_message(sock)
     try:
         store = Store(**config)
         store.start()
