@@ -4,7 +4,8 @@ A gateway process is bound by Python's GIL: its event loop and the store's write
 turns on one core. ``StoreProcess`` is a ``Store`` whose writing runs in a child process instead:
 the gateway sends each Record over a socket pair and the child prepares it (row, bound values,
 canonical form), chains it and commits it, with the writer of core.store unchanged, on the other
-core. What the gateway's event loop keeps is sending the Record and reading its verdict.
+core; the child's writer thread sends each verdict back itself. What the gateway's event loop
+keeps is sending the Record and reading its verdict.
 
 The child runs ``Store.write`` for each record as the gateway would have: the same group commits,
 the same durability, the same ``commit_timeout``, the same rewriting of a record whose call is
@@ -19,8 +20,8 @@ records waiting for their commit at that moment are lost, as they would be if th
 itself had died.
 
 Messages are length-prefixed pickles between a process and the child it started (nothing else
-holds either end of the socket pair); everything sent in one turn of either event loop goes out
-in one write.
+holds either end of the socket pair); what the gateway sends in one turn of its event loop goes
+out in one write.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from . import chain
@@ -343,19 +345,64 @@ class StoreProcess(Store):
 # The writer process
 
 
+class _Verdict(_Waiter):
+    """A record's waiter in the writer process: the writer thread sends its verdict to the gateway
+    itself (``core.store._resolve`` sets it as it would a thread's), without a hop through this
+    process's event loop."""
+
+    __slots__ = ("rid", "writer")
+
+    def __init__(self, writer: "_Writer", rid: int) -> None:
+        self.loop = self.future = None
+        self.error = None
+        self.event = self  # _resolve: waiter.error = verdict; waiter.event.set()
+        self.rid = rid
+        self.writer = writer
+
+    def set(self) -> None:
+        self.writer._settled(self.rid, self.error)
+
+
 class _Writer:
     """The child's side: a Store started here, fed by the gateway's messages. Each record waits as
     in ``Store.write``: for its verdict, for ``commit_timeout`` at most while it is still queued,
-    and for news of its client leaving (which the gateway sends)."""
+    and for news of its client leaving (which the gateway sends). Its verdict is sent by whichever
+    thread reaches it: the writer's (committed, refused) or the event loop's (too late, gone)."""
 
     def __init__(self, store: Store, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.loop = loop
-        self.waiting: dict[int, tuple[Any, _Waiter, asyncio.TimerHandle]] = {}
+        self.sock = sock
+        self.sending = threading.Lock()
+        self.waiting: dict[int, tuple[Any, _Verdict]] = {}
         self.done = loop.create_future()
         self.health = (True, "")
-        self.channel = Channel(sock, loop, self._message, self._closed)
+        self.frames = Frames()
+        sock.setblocking(True)  # sends block (from either thread); reads never do (MSG_DONTWAIT)
+        loop.add_reader(sock.fileno(), self._readable)
         self._look_at_health()
+
+    def _send(self, message: Any) -> None:
+        data = frame(message)
+        with self.sending:
+            try:
+                self.sock.sendall(data)
+            except OSError:  # the gateway is gone: _readable sees the end of file
+                pass
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.sock.fileno())
+            self._finish(10.0)  # the gateway is gone: write what is queued, then stop
+            return
+        for message in self.frames.feed(data):
+            self._message(message)
 
     def _message(self, message: tuple) -> None:
         kind = message[0]
@@ -375,63 +422,56 @@ class _Writer:
 
     def _write(self, rid: int, record: Record, if_refused, if_gone) -> None:
         store = self.store
-        waiter = _Waiter(self.loop)
+        waiter = _Verdict(self, rid)
+        self.waiting[rid] = (None, waiter)
         try:
             item = store._enqueue(record, waiter, if_refused, if_gone)
-        except StoreUnavailable as e:
-            self._send_verdict(rid, ("unavailable", str(e)))
-            return
         except StoreError as e:
-            self._send_verdict(rid, ("error", str(e)))
+            self._settled(rid, e)
             return
-        timer = self.loop.call_later(store.commit_timeout, self._overdue, rid)
-        self.waiting[rid] = (item, waiter, timer)
-        waiter.future.add_done_callback(lambda future: self._settled(rid, future))
+        if rid in self.waiting:  # not settled yet
+            self.waiting[rid] = (item, waiter)
+            self.loop.call_later(store.commit_timeout, self._overdue, rid)
 
     def _overdue(self, rid: int) -> None:
-        found = self.waiting.get(rid)
-        if found is not None:
-            item, waiter, _ = found
-            if not waiter.future.done() and self.store._overdue(item, waiter):
-                waiter.future.set_exception(self.store._too_slow())
+        item, waiter = self.waiting.get(rid, (None, None))
+        if item is not None and self.store._overdue(item, waiter):  # still queued: the writer will not answer it
+            self._settled(rid, self.store._too_slow())
 
     def _left(self, rid: int) -> None:
-        found = self.waiting.get(rid)
-        if found is not None:
-            item, waiter, _ = found
-            if not waiter.future.done() and not item.left and self.store._left(item, waiter):
-                waiter.future.set_result(False)
+        item, waiter = self.waiting.get(rid, (None, None))
+        if item is not None and not item.left and self.store._left(item, waiter):
+            self._settled(rid, store_module.WITHDRAWN)
 
-    def _settled(self, rid: int, future: asyncio.Future) -> None:
-        _, _, timer = self.waiting.pop(rid)
-        timer.cancel()
-        error = future.exception()
-        if error is None:
-            verdict: Any = future.result()
-        elif isinstance(error, StoreUnavailable):
-            verdict = ("unavailable", str(error))
+    def _settled(self, rid: int, verdict: Any) -> None:
+        """(Either thread.) ``rid``'s verdict, sent once."""
+        if self.waiting.pop(rid, None) is None:
+            return
+        if verdict is None or verdict is store_module.WITHDRAWN:
+            out: Any = verdict is None
+        elif isinstance(verdict, StoreUnavailable):
+            out = ("unavailable", str(verdict))
         else:
-            verdict = ("error", str(error))
-        self._send_verdict(rid, verdict)
-
-    def _send_verdict(self, rid: int, verdict: Any) -> None:
+            out = ("error", str(verdict))
         self._report_health()
-        self.channel.send(("v", rid, verdict))
+        self._send(("v", rid, out))
 
     def _report_health(self) -> None:
-        health = (self.store.healthy, self.store._last_error)
-        if health != self.health:
+        with self.sending:  # read and sent under one lock: a later state is never overtaken by an earlier one
+            health = (self.store.healthy, self.store._last_error)
+            if health == self.health:
+                return
             self.health = health
-            self.channel.send(("h", *health))
+            try:
+                self.sock.sendall(frame(("h", *health)))
+            except OSError:
+                pass
 
     def _look_at_health(self) -> None:
         if self.done.done():
             return
         self._report_health()
         self.loop.call_later(HEALTH_EVERY, self._look_at_health)
-
-    def _closed(self) -> None:  # the gateway is gone: write what is queued, then stop
-        self._finish(10.0)
 
     def _finish(self, timeout: float) -> None:
         if not self.done.done():
