@@ -21,32 +21,26 @@ import botocore.exceptions
 import pytest
 
 from addons.core.store import verify
+from scripts.loadgen import descendants
 from tests.support.gateway import Gateway
 from tests.test_recording_commit import agent
 
 GATEWAY_KEY = ("AKIAGATEWAYWRITERPROC", "gateway-secret-not-used-by-the-canned-upstream")
 
 
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the live processes whose parent is ``pid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def writers_under(pid: int) -> list[int]:
+    """The live writer processes in ``pid``'s process tree."""
+    def cmdline(p: int) -> str:
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            return Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append((int(entry.name), cmdline))
-    return out
+            return ""
+    return [p for p in descendants(pid) if "addons.core.store_process" in cmdline(p)]  # a zombie has none
 
 
 def writer_of(gw: Gateway) -> int:
-    found = [p for p, cmd in children(gw.proc.pid) if "addons.core.store_process" in cmd]
-    assert len(found) == 1, children(gw.proc.pid)
+    found = writers_under(gw.proc.pid)
+    assert len(found) == 1, found
     return found[0]
 
 
@@ -147,7 +141,7 @@ def test_by_default_the_writer_is_a_thread_of_the_gateway(tmp_path, issuer, upst
     gw.db_url = f"sqlite:///{gw.db_path}"
     gw.start()
     try:
-        assert not [p for p, cmd in children(gw.proc.pid) if "store_process" in cmd]
+        assert writers_under(gw.proc.pid) == []
         list_tables(gw, issuer, 5)
     finally:
         gw.stop()
@@ -213,9 +207,7 @@ def test_under_workers_each_writer_process_names_itself_in_the_log(tmp_path, iss
     try:
         deadline = time.monotonic() + 20
         while True:  # the first process, then each worker with its writer
-            writers = [p for p, cmd in children(gw.proc.pid) if "store_process" in cmd]
-            writers += [p for w, cmd in children(gw.proc.pid) if "agentgate" in cmd
-                        for p, c in children(w) if "store_process" in c]
+            writers = writers_under(gw.proc.pid)
             if len(writers) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

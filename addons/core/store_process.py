@@ -75,6 +75,17 @@ class Frames:
             del self.buffer[:start]
         return out
 
+    def receive(self, sock: socket.socket) -> list[Any] | None:
+        """The messages ``sock`` has ready, without waiting (a blocking socket too); None once
+        the other end has closed it."""
+        try:
+            data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        return self.feed(data) if data else None
+
 
 def read_message(sock: socket.socket) -> Any:
     """One message, read blocking (before either side runs an event loop)."""
@@ -141,16 +152,11 @@ class Channel:
         self._flush()
 
     def _readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
+        messages = self.frames.receive(self.sock)
+        if messages is None:
             self._gone()
             return
-        for message in self.frames.feed(data):
+        for message in messages:
             self.on_message(message)
 
     def _gone(self) -> None:
@@ -391,17 +397,12 @@ class _Writer:
                 pass
 
     def _readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
+        messages = self.frames.receive(self.sock)
+        if messages is None:
             self.loop.remove_reader(self.sock.fileno())
             self._finish(10.0)  # the gateway is gone: write what is queued, then stop
             return
-        for message in self.frames.feed(data):
+        for message in messages:
             self._message(message)
 
     def _message(self, message: tuple) -> None:

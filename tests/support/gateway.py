@@ -12,11 +12,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
