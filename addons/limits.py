@@ -178,6 +178,8 @@ def install() -> bool:
 
     @functools.wraps(handle_event)
     def bounded_handle_event(self, event):
+        if not isinstance(event, events.DataReceived):  # nothing below applies: no step-by-step relay
+            return (yield from handle_event(self, event))
         inner = handle_event(self, event)
         reply, answered = None, False
         while True:
@@ -195,7 +197,7 @@ def install() -> bool:
             elif answered and isinstance(command, ReceiveHttp) and isinstance(command.event, RequestProtocolError):
                 command.event.message = f"{REFUSED}the request body's chunked framing is malformed ({command.event.message})"
             reply = yield command
-        if not isinstance(event, events.DataReceived) or self.state in (self.passthrough, self.done, self.read_headers):
+        if self.state in (self.passthrough, self.done, self.read_headers):
             return
         cap = _option(self.context, "max_header_bytes")
         if cap and len(self.buf) > cap + SLACK:

@@ -476,6 +476,7 @@ def small(args, lab: Lab) -> list[dict]:
                     lab.unavailable[name] = f"failed at {c} agents: {str(e)[-500:]}"
                     print(f"[{i}/{total}] {name}: {e}", file=sys.stderr, flush=True)
                     continue
+                r["round"] = rnd + 1
                 runs.setdefault((name, c), []).append(r)
                 flag = f"  {r['non_2xx']} non-2xx, {r['errors']} errors {r['error_sample'][:1]}" if r["non_2xx"] or r["errors"] else ""
                 print(f"[{i}/{total}] round {rnd + 1} c={c:<2} {name:<9} {r['rps']:>7.1f} req/s  p50 {r['p50_ms']} ms  "
@@ -510,7 +511,7 @@ def small(args, lab: Lab) -> list[dict]:
                 "requests": sum(r["requests"] for r in rs),
                 "non_2xx": sum(r["non_2xx"] for r in rs), "errors": sum(r["errors"] for r in rs),
                 "error_sample": next((r["error_sample"] for r in rs if r["error_sample"]), []),
-                "per_round": [{k: r[k] for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_call", "peak_rss_mb",
+                "per_round": [{k: r[k] for k in ("round", "rps", "p50_ms", "p99_ms", "cpu_us_per_call", "peak_rss_mb",
                                                  "other_load_cpus")} for r in rs],
             })
     return out
@@ -736,6 +737,39 @@ def ratios(scenarios: list[dict]) -> tuple[dict, float | None]:
     return r, get("transfer", "chain", "peak_rss_mb")
 
 
+# (figure, target, against, key, concurrency, how): each round's target next to what it is compared with
+PAIRED = (
+    ("chain_vs_mitmdump_rps_c1", "chain", "mitmdump", "rps", 1, "ratio"),
+    ("chain_vs_mitmdump_rps_c8", "chain", "mitmdump", "rps", 8, "ratio"),
+    ("chain_added_p50_ms_c1", "chain", "mitmdump", "p50_ms", 1, "difference"),
+    ("chain_vs_floor_cpu_c8", "chain", "floor", "cpu_us_per_call", 8, "ratio"),
+    ("chain_process_vs_mitmdump_rps_c1", "chain-process", "mitmdump", "rps", 1, "ratio"),
+    ("chain_process_vs_mitmdump_rps_c8", "chain-process", "mitmdump", "rps", 8, "ratio"),
+)
+
+
+def paired(scenarios: list[dict]) -> dict:
+    """The goals' small-call figures round by round: within a round the targets run one after the
+    other, so a round's ratio compares them under the same load, and drift between rounds (a shared
+    machine's) cancels out. Median and every round's value."""
+    def rounds(name, c, key) -> dict:
+        for s in scenarios:
+            if s["part"] == "small" and s["name"] == name and s.get("available") and s.get("concurrency") == c:
+                return {r.get("round", i + 1): r.get(key) for i, r in enumerate(s.get("per_round", []))}
+        return {}
+
+    out = {}
+    for figure, target, against, key, c, how in PAIRED:
+        mine, theirs = rounds(target, c, key), rounds(against, c, key)
+        pairs = [(mine[n], theirs[n]) for n in sorted(mine.keys() & theirs.keys())
+                 if mine[n] is not None and theirs[n]]
+        if not pairs:
+            continue
+        values = [round(a / b, 2) if how == "ratio" else round(a - b, 3) for a, b in pairs]
+        out[figure] = {"median": round(statistics.median(values), 3), "rounds": values}
+    return out
+
+
 def goals(r: dict, rss: float | None) -> dict:
     values = {**r, "rss_mb_1gb": rss}
     out = {}
@@ -859,6 +893,9 @@ def markdown(report: dict) -> str:
     table(("figure", "value", "goal", "met"),
           [[k, "–" if g["value"] is None else str(g["value"]), g["goal"],
             "–" if g["met"] is None else "yes" if g["met"] else "no"] for k, g in report["goals"].items()])
+    if report.get("paired"):
+        table(("figure, paired by round", "median", "each round"),
+              [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()])
     return "\n".join(out)
 
 
@@ -902,6 +939,9 @@ def print_report(report: dict) -> None:
           [[k, "–" if g["value"] is None else str(g["value"]), g["goal"],
             "–" if g["met"] is None else "[green]yes[/green]" if g["met"] else "[red]no[/red]"]
            for k, g in report["goals"].items()])
+    if report.get("paired"):
+        table("The same figures paired by round (a round's targets run back to back)", ("figure", "median", "each round"),
+              [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()])
     for s in report["scenarios"]:
         if s.get("non_2xx") or s.get("errors"):
             con.print(f"[red]({s['id']}) {s['name']} c={s.get('concurrency')}: {s['non_2xx']} non-2xx answers, "
@@ -1012,6 +1052,7 @@ def main(argv=None) -> int:
     report["scenarios"] = scenarios
     report["ratios"], report["rss_mb_1gb"] = ratios(scenarios)
     report["goals"] = goals(report["ratios"], report["rss_mb_1gb"])
+    report["paired"] = paired(scenarios)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     md = Path(args.json).with_suffix(".md")

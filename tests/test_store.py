@@ -462,3 +462,17 @@ def test_postgres_down_fails_closed_and_recovers() -> None:
     result = verify(url, KEY)
     assert result.ok, result.problems
     s.engine.dispose()
+
+
+def test_record_ids_are_unique_and_sort_by_time():
+    """A record's id: 32 lower-case hex digits, the first 12 its millisecond, so ids sort by time."""
+    from addons.core.records import new_id
+
+    first = new_id()
+    ids = [new_id() for _ in range(20_000)]
+    time.sleep(0.002)
+    later = new_id()
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids + [first, later])
+    assert first[:12] <= min(i[:12] for i in ids) and max(i[:12] for i in ids) < later[:12]
+    assert int(later[:12], 16) - int(time.time() * 1000) <= 0

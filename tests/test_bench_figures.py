@@ -1,0 +1,46 @@
+"""scripts/bench's figures: the goals' ratios from medians, and the same paired round by round."""
+
+from __future__ import annotations
+
+from scripts import bench
+
+
+def small(name: str, c: int, per_round: list[dict]) -> dict:
+    import statistics
+
+    return {"part": "small", "name": name, "available": True, "concurrency": c, "per_round": per_round,
+            **{k: statistics.median(r[k] for r in per_round) for k in ("rps", "p50_ms", "cpu_us_per_call")}}
+
+
+def rounds(*values: tuple[float, float, float]) -> list[dict]:
+    return [{"rps": rps, "p50_ms": p50, "cpu_us_per_call": cpu} for rps, p50, cpu in values]
+
+
+def test_paired_figures_compare_each_round_with_the_same_round():
+    # the machine slows down in round 2 for every target alike: each round's ratio stays 1.1
+    scenarios = [
+        small("mitmdump", 1, rounds((100, 5.0, 4000), (50, 10.0, 8000), (100, 5.0, 4000))),
+        small("chain", 1, rounds((110, 4.5, 3600), (55, 9.0, 7200), (110, 4.5, 3600))),
+        small("floor", 8, rounds((500, 2.0, 1000), (250, 4.0, 2000), (500, 2.0, 1000))),
+        small("chain", 8, rounds((300, 3.0, 3000), (120, 7.0, 5000), (300, 3.0, 3000))),
+        small("mitmdump", 8, rounds((250, 4.0, 4000), (100, 9.0, 9000), (250, 4.0, 4000))),
+    ]
+    p = bench.paired(scenarios)
+    assert p["chain_vs_mitmdump_rps_c1"] == {"median": 1.1, "rounds": [1.1, 1.1, 1.1]}
+    assert p["chain_added_p50_ms_c1"] == {"median": -0.5, "rounds": [-0.5, -1.0, -0.5]}
+    assert p["chain_vs_mitmdump_rps_c8"]["rounds"] == [1.2, 1.2, 1.2]
+    assert p["chain_vs_floor_cpu_c8"] == {"median": 3.0, "rounds": [3.0, 2.5, 3.0]}
+    assert "chain_process_vs_mitmdump_rps_c1" not in p  # not measured: not reported
+    # the goals' figures divide medians
+    r, _ = bench.ratios(scenarios)
+    assert r["chain_vs_mitmdump_rps_c1"] == 1.1 and r["chain_added_p50_ms_c1"] == -0.5
+
+
+def test_a_round_a_target_missed_is_left_out():
+    chain = rounds((90, 5.5, 4400))
+    chain[0]["round"] = 2  # it failed in round 1
+    scenarios = [
+        small("mitmdump", 1, [{**r, "round": n} for n, r in enumerate(rounds((100, 5.0, 4000), (80, 6.0, 5000)), 1)]),
+        small("chain", 1, chain),
+    ]
+    assert bench.paired(scenarios)["chain_vs_mitmdump_rps_c1"] == {"median": 1.12, "rounds": [1.12]}
