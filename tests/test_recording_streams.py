@@ -124,3 +124,15 @@ def test_a_store_that_cannot_write_refuses_the_download_with_503_and_no_body(gw,
     lines = [ln for ln in gw.log().splitlines() if key in ln and "GET" in ln]
     assert len(lines) == 1 and "ERROR agentgate.recorder: refusing GET" in lines[0], lines
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == OBJECT  # recovered by itself
+
+
+def test_a_streamed_upload_is_recorded_with_the_sha256_and_size_the_agent_sent(gw, issuer):
+    """An upload whose payload hash is declared streams upstream; its record holds the SHA-256 and
+    size of the body as the agent sent it."""
+    s3 = agent(gw, issuer, "uploader", request_checksum_calculation="when_required")  # plain body, its SHA-256 declared
+    body = secrets.token_bytes((3 << 20) + 12345)
+    s3.put_object(Bucket=BUCKET, Key="uploaded", Body=body)
+    assert s3.get_object(Bucket=BUCKET, Key="uploaded")["Body"].read() == body
+    (r,) = [r for r in records_for(gw, "uploaded") if r["method"] == "PUT"]
+    assert (r["outcome"], r["status"]) == ("forwarded", 200)
+    assert (r["request_body_sha256"], r["request_body_size"]) == (hashlib.sha256(body).hexdigest(), len(body))
