@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import os
+import random
 from urllib.parse import urlsplit
 
 import boto3
@@ -341,7 +342,7 @@ def signed_headers(service: str = "dynamodb") -> dict:
 
 
 @pytest.mark.parametrize("method, host, path, query, headers, body", [
-    ("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", signed_headers(), os.urandom(256)),  # random bytes
+    ("POST", "dynamodb.us-east-1.amazonaws.com", "/", "", signed_headers(), random.Random(256).randbytes(256)),  # random bytes (seeded: the same in every test process)
     ("POST", "ec2.us-east-1.amazonaws.com", "/", "", signed_headers("ec2"), b'{"InstanceIds": ["i-1"]}'),  # json to ec2
     ("GET", "example.com", "/index.html", "", {"Host": "example.com"}, None),  # not AWS
     ("GET", "", "", "", {}, None),  # nothing at all
@@ -368,7 +369,7 @@ def test_none_headers_and_body():
 
 
 @pytest.mark.parametrize("body", [
-    os.urandom(64),
+    random.Random(64).randbytes(64),
     b"<xml>not json</xml>",
     b"[1, 2, 3]",
     b"[" * 100000,  # nesting deeper than the parser's recursion limit
