@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import deque
 from typing import Any
 
 from . import chain
@@ -48,7 +49,7 @@ log = logging.getLogger("agentgate.store")
 
 _LENGTH = struct.Struct("!I")
 START_TIMEOUT = 60.0  # seconds the child has to check the schema and start its writer
-HEALTH_EVERY = 0.02  # seconds between the child's looks at its store's health
+HEALTH_EVERY = 0.02  # seconds between the child's looks at its store's health and at records past commit_timeout
 
 
 def frame(message: Any) -> bytes:
@@ -381,6 +382,7 @@ class _Writer:
         self.sock = sock
         self.sending = threading.Lock()
         self.waiting: dict[int, tuple[Any, _Verdict]] = {}
+        self.deadlines: deque[tuple[float, int]] = deque()  # (when commit_timeout runs out, rid), in order
         self.done = loop.create_future()
         self.health = (True, "")
         self.frames = Frames()
@@ -432,7 +434,8 @@ class _Writer:
             return
         if rid in self.waiting:  # not settled yet
             self.waiting[rid] = (item, waiter)
-            self.loop.call_later(store.commit_timeout, self._overdue, rid)
+            # looked at with the store's health, every HEALTH_EVERY: no timer of its own per record
+            self.deadlines.append((self.loop.time() + store.commit_timeout, rid))
 
     def _overdue(self, rid: int) -> None:
         item, waiter = self.waiting.get(rid, (None, None))
@@ -471,6 +474,9 @@ class _Writer:
     def _look_at_health(self) -> None:
         if self.done.done():
             return
+        now = self.loop.time()
+        while self.deadlines and self.deadlines[0][0] <= now:  # records that waited commit_timeout
+            self._overdue(self.deadlines.popleft()[1])
         self._report_health()
         self.loop.call_later(HEALTH_EVERY, self._look_at_health)
 
