@@ -698,12 +698,18 @@ GOALS = {
 }
 
 
+def _scenario(scenarios: list[dict], part: str, name: str, c: int | None = None) -> dict | None:
+    """The measured scenario of ``part`` for target ``name`` (at ``c`` agents), if any."""
+    for s in scenarios:
+        if s["part"] == part and s["name"] == name and s.get("available") and (c is None or s.get("concurrency") == c):
+            return s
+    return None
+
+
 def ratios(scenarios: list[dict]) -> tuple[dict, float | None]:
     def get(part, name, key, c=None):
-        for s in scenarios:
-            if s["part"] == part and s["name"] == name and s.get("available") and (c is None or s.get("concurrency") == c):
-                return s.get(key)
-        return None
+        s = _scenario(scenarios, part, name, c)
+        return None if s is None else s.get(key)
 
     def div(a, b, nd=2):
         return round(a / b, nd) if a is not None and b else None
@@ -753,10 +759,8 @@ def paired(scenarios: list[dict]) -> dict:
     other, so a round's ratio compares them under the same load, and drift between rounds (a shared
     machine's) cancels out. Median and every round's value."""
     def rounds(name, c, key) -> dict:
-        for s in scenarios:
-            if s["part"] == "small" and s["name"] == name and s.get("available") and s.get("concurrency") == c:
-                return {r.get("round", i + 1): r.get(key) for i, r in enumerate(s.get("per_round", []))}
-        return {}
+        s = _scenario(scenarios, "small", name, c)
+        return {} if s is None else {r.get("round", i + 1): r.get(key) for i, r in enumerate(s.get("per_round", []))}
 
     out = {}
     for figure, target, against, key, c, how in PAIRED:
@@ -836,6 +840,10 @@ def _transfer_rows(report: dict) -> list[list[str]]:
 TRANSFER_COLUMNS = ("scenario", "upload MB/s", "download MB/s", "idle RSS MB", "peak RSS MB", "proxy CPU s/GB")
 
 
+def _paired_rows(report: dict) -> list[list[str]]:
+    return [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()]
+
+
 def _header(report: dict) -> list[str]:
     py, m = report["python"], report["machine"]
     lines = [f"{report['date']}, {m['arch']}, {m['cpus']} CPUs ({m['cpu_model']}), load {m['loadavg_start'][0]} at the start "
@@ -894,8 +902,7 @@ def markdown(report: dict) -> str:
           [[k, "–" if g["value"] is None else str(g["value"]), g["goal"],
             "–" if g["met"] is None else "yes" if g["met"] else "no"] for k, g in report["goals"].items()])
     if report.get("paired"):
-        table(("figure, paired by round", "median", "each round"),
-              [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()])
+        table(("figure, paired by round", "median", "each round"), _paired_rows(report))
     return "\n".join(out)
 
 
@@ -941,7 +948,7 @@ def print_report(report: dict) -> None:
            for k, g in report["goals"].items()])
     if report.get("paired"):
         table("The same figures paired by round (a round's targets run back to back)", ("figure", "median", "each round"),
-              [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()])
+              _paired_rows(report))
     for s in report["scenarios"]:
         if s.get("non_2xx") or s.get("errors"):
             con.print(f"[red]({s['id']}) {s['name']} c={s.get('concurrency')}: {s['non_2xx']} non-2xx answers, "
