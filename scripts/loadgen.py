@@ -294,6 +294,7 @@ class Run:
             "p50_ms": round(lat[n // 2] * 1000, 3) if n else None,
             "p90_ms": round(lat[min(n - 1, int(n * 0.90))] * 1000, 3) if n else None,
             "p99_ms": round(lat[min(n - 1, int(n * 0.99))] * 1000, 3) if n else None,
+            "max_ms": round(lat[-1] * 1000, 3) if n else None,
             "mean_ms": round(statistics.fmean(lat) * 1000, 3) if n else None,
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
             "errors": len(errors),

@@ -304,7 +304,7 @@ async def soak(args, gw: Gateway, issuer: OIDCIssuer) -> dict:
     print(f"{args.agents} agents, {args.rate:g} calls/s in all (one every {period:.2f} s each), "
           f"{args.minutes:g} min, a sample every {args.interval:g} s", flush=True)
     print(f"{'t (s)':>7} {'RSS MB':>7} {'fds':>5} {'responses':>10} {'records':>9} {'errors':>6} "
-          f"{'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7}", flush=True)
+          f"{'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}", flush=True)
 
     start = loop.time() + 0.5
     stop = start + duration
@@ -327,13 +327,15 @@ async def soak(args, gw: Gateway, issuer: OIDCIssuer) -> dict:
             "calls_per_s": round((stats.responses - last_responses) / (now - last_t), 1),
             "p50_ms": round(percentile(lat, 0.5) * 1000, 1) if lat else None,
             "p99_ms": round(percentile(lat, 0.99) * 1000, 1) if lat else None,
+            "max_ms": round(max(lat) * 1000, 1) if lat else None,
         }
         samples.append(sample)
         last_responses, last_t = stats.responses, now
         print(f"{sample['t']:7.0f} {sample['rss_mb']:7.1f} {sample['fds']:5d} {sample['responses']:10d} "
               f"{sample['records']:9d} {sample['errors']:6d} {sample['calls_per_s']:8.1f} "
               f"{sample['p50_ms'] if sample['p50_ms'] is not None else '-':>7} "
-              f"{sample['p99_ms'] if sample['p99_ms'] is not None else '-':>7}", flush=True)
+              f"{sample['p99_ms'] if sample['p99_ms'] is not None else '-':>7} "
+              f"{sample['max_ms'] if sample['max_ms'] is not None else '-':>7}", flush=True)
         if gw.proc.poll() is not None:
             print(f"soak: the gateway exited with {gw.proc.returncode}", flush=True)
             break

@@ -836,6 +836,7 @@ class Store:
             return await future
         finally:
             timer.cancel()
+            look = None  # it names itself: a cycle that would keep the call's flow for the garbage collector
 
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
         """``write`` for callers without an event loop."""

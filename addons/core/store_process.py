@@ -307,6 +307,7 @@ class StoreProcess(Store):
         finally:
             if timer is not None:
                 timer.cancel()
+            look = None  # it names itself: a cycle that would keep the call's flow for the garbage collector
             self._waiting.pop(rid, None)
 
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
