@@ -31,7 +31,8 @@ log = logging.getLogger("agentgate")
 # (``sys.setswitchinterval``). The store's writer thread wants it back after each database call of a
 # commit; at CPython's default 5 ms a busy event loop can keep it waiting that long each time.
 # With one agent connected, calls come one after another and each waits for its own commit: 0.5 ms
-# lets the writer in soonest (about 5 % more calls per second than 2 ms, side by side). With
+# lets the writer in soonest (side by side it was ahead of 2 ms in three sets of four, by about 5 %,
+# within this machine's noise), and it is what one agent's calls have always had. With
 # several, the loop is busy and 0.5 ms makes it hand the GIL over so often that each call costs the
 # process about a fifth more CPU than at 2 ms: the writer blocked 5 times per call instead of 2.4
 # and spent twice the CPU per record (smaller group commits), and the loop blocked 3 times as often
