@@ -176,3 +176,52 @@ def test_a_refused_streamed_upload_is_not_buffered_whole(gw, issuer):
     assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
     assert "max_body_bytes" in r["error"] and "it had been refused already: no role" in r["error"], r["error"]
     assert r["url"].endswith("/refused.bin")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip"])
+def test_an_object_stored_compressed_reaches_the_agent_as_stored_without_being_inflated(gw, issuer, encoding):
+    """An S3 object stored with a Content-Encoding is a body the gateway masks for the record: a
+    compression bomb (under 1 KB to 512 MB of inflated JSON whitespace) reaches the agent byte for
+    byte as stored, its record keeps its SHA-256 and size, and the gateway's memory does not
+    inflate it whole."""
+    import hashlib
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    space = b" " * (1 << 20)
+    if encoding == "br":
+        c = brotli.Compressor(quality=5)
+        feed, end = c.process, c.finish
+    elif encoding == "zstd":
+        c = zstd.ZstdCompressor()
+        feed, end = c.compress, c.flush
+    else:
+        c = zlib.compressobj(9, wbits=31)
+        feed, end = c.compress, c.flush
+    bomb = b"".join([feed(b"["), *(feed(space) for _ in range(512)), feed(b"]"), end()])
+    assert len(bomb) < MAX_BODY
+    sub = f"agent-reading-a-{encoding}-object"
+    s3 = client(gw, issuer.mint(sub), "s3")
+    s3.create_bucket(Bucket=f"limits-{encoding}")
+    s3.put_object(Bucket=f"limits-{encoding}", Key="bomb.json", Body=bomb, ContentEncoding=encoding,
+                  ContentType="application/json")
+    before = _peak_rss_mb(gw.proc.pid)
+    got = s3.get_object(Bucket=f"limits-{encoding}", Key="bomb.json")
+    assert got["ContentEncoding"] == encoding
+    assert got["Body"].read() == bomb
+    assert _peak_rss_mb(gw.proc.pid) < before + 128, (before, _peak_rss_mb(gw.proc.pid))
+    deadline = time.monotonic() + 5
+    while not (found := [r for r in gw.records() if r["principal"] == sub and r["operation"] == "GetObject"]):
+        assert time.monotonic() < deadline, "no record of the GetObject"
+        time.sleep(0.1)
+    r = found[0]
+    assert (r["outcome"], r["status"]) == ("forwarded", 200)
+    assert (r["response_body_sha256"], r["response_body_size"]) == (hashlib.sha256(bomb).hexdigest(), len(bomb))
+    assert r["response_body"] is None
