@@ -58,8 +58,22 @@ class Auth:
         flow.metadata[PRINCIPAL] = principal
         self.connections[flow.client_conn] = (principal, token)
 
+    def _connection_principal(self, client) -> identity.Principal | None:
+        """Who the connection's token (transport A) named at CONNECT, for a request refused before
+        it could be read: not checked again, since nothing of it goes anywhere."""
+        a = self.connections.get(client)
+        return a[0] if a is not None else None
+
+    def refused_head(self, data) -> None:
+        """A request head refused before it was read as a request (addons/limits.py)."""
+        data.principal = self._connection_principal(data.client)
+
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error:
+        if flow.response:
+            return
+        if flow.error:  # refused in mitmproxy's HTTP layer (its framing): the record names who sent it
+            if (principal := self._connection_principal(flow.client_conn)) is not None:
+                flow.metadata[PRINCIPAL] = principal
             return
         refusal = await self._authenticate(flow)
         if refusal is not None:

@@ -28,7 +28,11 @@ parser that reads them differently sees other headers than the gateway did. So:
    AWS-shaped error instead of an incomplete body (masking's ``response``), which is recorded.
 
 These refusals happen where no flow exists yet (1, 2) or in mitmproxy's own error path (3), so
-their answer is a short text, not an AWS-shaped error; 1 and 2 are logged, 3 is recorded.
+their answer is a short text, not an AWS-shaped error. 3 is recorded with its flow. A head refused
+in 1, before mitmproxy read it as a request, has no flow: it is announced to the add-ons with the
+``refused_head`` hook (``RefusedHeadHook``, carrying a ``RefusedHead``) before the agent is
+answered, so the auth stage names who sent it and the recorder records it; 2 concerns bytes behind
+a request whose flow is recorded already, and is logged.
 The caps are mitmproxy options (declared by the egress stage) read from each connection's
 context. ``install()`` checks the shape of what it patches first; if mitmproxy has changed it
 logs an error and patches nothing (the egress stage's own checks still apply).
@@ -36,12 +40,16 @@ logs an error and patches nothing (the egress stage's own checks still apply).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
 import re
+import time
+from typing import Any
 
-from mitmproxy import http
+from mitmproxy import connection, http
+from mitmproxy.proxy import commands as proxy_commands
 from mitmproxy.utils import human
 
 from .core.awserrors import Refusal
@@ -76,6 +84,38 @@ def head_problem(head: bytes) -> str | None:
     return None
 
 
+@dataclasses.dataclass
+class RefusedHead:
+    """A request head refused before mitmproxy read it as a request: no flow exists for it. The
+    head itself is not kept (it may hold credentials); its SHA-256 and size are."""
+
+    client: connection.Client
+    status: int
+    reason: str
+    head_sha256: str
+    head_size: int
+    method: str | None = None  # from the request line, when it has the usual shape
+    path: str | None = None  # without its query
+    time: float = dataclasses.field(default_factory=time.time)
+    principal: Any = None  # core.identity.Principal of the connection, set by the auth stage
+
+
+@dataclasses.dataclass
+class RefusedHeadHook(proxy_commands.StartHook):
+    """A request head was refused before it was read as a request (see RefusedHead)."""
+
+    data: RefusedHead
+
+
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[^ ?\r\n]{0,2048})[^ \r\n]* HTTP/1\.[01]\r?\n")
+
+
+def refused_head(client: connection.Client, status: int, reason: str, head: bytes) -> RefusedHead:
+    line = _REQUEST_LINE.match(head)
+    method, path = (line.group(1).decode("ascii"), line.group(2).decode("utf-8", "replace")) if line else (None, None)
+    return RefusedHead(client, status, reason, hashlib.sha256(head).hexdigest(), len(head), method, path)
+
+
 def _text_response(status: int, message: str) -> bytes:
     from mitmproxy.net.http import http1
 
@@ -89,13 +129,16 @@ def _option(context, name: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _cut(layer, status: int | None, message: str, *, in_flight: bool = False):
+def _cut(layer, status: int | None, message: str, *, in_flight: bool = False, head: bytes | None = None):
     """Refuse on ``layer``'s (an Http1Server) connection: answer ``status`` (if any), close it, and
-    when a request is in flight, end its flow with the reason (its record says so)."""
+    when a request is in flight, end its flow with the reason (its record says so). ``head``: the
+    bytes of a head refused before it was read as a request, announced first (``refused_head``)."""
     from mitmproxy.proxy import commands
     from mitmproxy.proxy.layers.http import ErrorCode, ReceiveHttp, RequestProtocolError
 
     log.warning("refused a request from %s: %s", human.format_address(layer.conn.peername), message)
+    if head is not None and status is not None:
+        yield RefusedHeadHook(refused_head(layer.context.client, status, message, head))
     if status is not None:
         yield commands.SendData(layer.conn, _text_response(status, message))
     yield commands.CloseConnection(layer.conn)
@@ -168,11 +211,11 @@ def install() -> bool:
             if end is not None and data[:end.start() + 1].strip(b"\r\n"):
                 problem = head_problem(data[:end.end()])
                 if problem is not None:
-                    yield from _cut(self, 400, problem)
+                    yield from _cut(self, 400, problem, head=data[:end.end()])
                     return
             elif end is None and (cap := _option(self.context, "max_header_bytes")) and len(data) > cap + SLACK:
                 yield from _cut(self, 431, f"the request head passed {cap + SLACK} bytes without ending; "
-                                           f"this gateway's max_header_bytes is {cap}")
+                                           f"this gateway's max_header_bytes is {cap}", head=data)
                 return
         yield from read_headers(self, event)
 

@@ -199,6 +199,30 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
     return r
 
 
+def head_record(data) -> Record:
+    """The Record of a request head refused before it was read as a request (limits.RefusedHead):
+    who sent it on which connection, where it was going, why it was refused, and the head's SHA-256
+    and size (the head itself is not kept: it may hold credentials)."""
+    client = data.client
+    r = Record(time=data.time)
+    r.kind = "call"
+    r.client = f"{client.peername[0]}:{client.peername[1]}" if client.peername else None
+    if (principal := data.principal) is not None:
+        r.principal, r.issuer, r.on_behalf_of = principal.sub, principal.iss, principal.on_behalf_of
+        r.groups = list(principal.groups)
+    host = client.sni or None
+    r.method, r.host = data.method, host
+    if host:
+        r.url = f"https://{host}{data.path or '/'}"
+    code = "RequestHeaderSectionTooLarge" if data.status == 431 else "InvalidRequest"
+    r.decision, r.rule, r.reason = "deny", "agentgate:egress", data.reason
+    r.outcome, r.status, r.error = "refused", data.status, f"{code}: {data.reason}"
+    r.body_note = (f"request head refused before it was read as a request: {data.head_size} bytes, SHA-256 "
+                   f"{data.head_sha256} (not kept: it may hold credentials)")
+    r.latency_ms = round((time.time() - data.time) * 1000, 3)
+    return r
+
+
 STORE_DOWN = Refusal(503, "ServiceUnavailable", "agentgate cannot record this call right now (its evidence store "
                      "is unavailable), so it is not answered; retry shortly", "store")
 
@@ -328,6 +352,15 @@ class Recorder:
         if await self._write(flow, build_record(flow), refusable) == "refused":
             status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
             flow.response = http.Response.make(status, body, headers)
+
+    async def refused_head(self, data) -> None:
+        """A request head refused before it was read as a request (addons/limits.py): no flow, one
+        record all the same, written before the agent gets its 4xx."""
+        record = head_record(data)
+        try:
+            await self.store.write(record)
+        except (StoreUnavailable, StoreError) as e:
+            log.error("the store cannot write the record of a refused request head from %s (%s)", record.client, e)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "unknown error"

@@ -104,6 +104,11 @@ def test_a_head_that_never_ends_is_cut_off(gw, issuer):
     tls.close()
     assert answer.startswith(b"HTTP/1.1 431") and b"max_header_bytes is 8192" in answer, answer[:300]
     assert "the request head passed" in gw.log()
+    r = last_record(gw, "agent-endless")  # no request was read, and the refusal is recorded all the same
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 431), r
+    assert r["error"].startswith("RequestHeaderSectionTooLarge: the request head passed"), r["error"]
+    assert (r["method"], r["url"]) == ("POST", "https://sts.amazonaws.com/"), r
+    assert "request head refused before it was read as a request" in r["body_note"] and r["request_body"] is None
 
 
 def test_a_connect_head_over_the_cap_is_refused(gw, issuer):

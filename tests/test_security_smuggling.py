@@ -1,12 +1,14 @@
 """Request smuggling shapes sent as raw bytes through a real gateway's CONNECT tunnel (TLS with the
 gateway's CA, a valid token): each is refused with 400 and nothing reaches the upstream, a loopback
 stand-in that keeps every request it gets. A shape mitmproxy parses into a request (conflicting
-Content-Length and Transfer-Encoding, …) leaves one record; a head refused before it is parsed
-(bare LF, bare CR, NUL, obs-fold) leaves a log line, since no request was read. The same request
-well formed goes through, so the upstream would have seen it."""
+Content-Length and Transfer-Encoding, …) leaves one record; so does a head refused before it
+is parsed (bare LF, bare CR, NUL, obs-fold), though no request was read: it names the agent and
+keeps the head's SHA-256 and size, not the head. A request line mitmproxy itself cannot read
+leaves a log line. The same request well formed goes through, so the upstream would have seen it."""
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import time
 
@@ -47,11 +49,11 @@ SHAPES = [
     ("control-character-in-value", request([CL, b"X-Trace: a\x1bb"]), b"control character", True),
     ("absolute-form-inside-tunnel", request([CL], line=b"POST http://169.254.169.254/ HTTP/1.1"),
      b"absolute-form", True),
-    ("obs-fold-te", request([b"Transfer-Encoding:", b" chunked"], CHUNKED), b"obs-fold", False),
-    ("obs-fold-hides-content-length", request([CL, b"X-Trace: a", b" Content-Length: 10"]), b"obs-fold", False),
-    ("bare-lf-line-ends", request([CL], eol=b"\n"), b"bare LF", False),
-    ("bare-cr-in-value", request([CL, b"X-Trace: a\rContent-Length: 10"]), b"bare CR", False),
-    ("nul-in-value", request([CL, b"X-Trace: a\x00b"]), b"NUL", False),
+    ("obs-fold-te", request([b"Transfer-Encoding:", b" chunked"], CHUNKED), b"obs-fold", "head"),
+    ("obs-fold-hides-content-length", request([CL, b"X-Trace: a", b" Content-Length: 10"]), b"obs-fold", "head"),
+    ("bare-lf-line-ends", request([CL], eol=b"\n"), b"bare LF", "head"),
+    ("bare-cr-in-value", request([CL, b"X-Trace: a\rContent-Length: 10"]), b"bare CR", "head"),
+    ("nul-in-value", request([CL, b"X-Trace: a\x00b"]), b"NUL", "head"),
     ("spaces-in-request-line", request([CL], line=b"POST /a b HTTP/1.1"), b"Bad HTTP request line", False),
     ("chunk-size-line-bare-lf", request([b"Transfer-Encoding: chunked"], b"%x\n%s\n0\n\n" % (len(BODY), BODY)),
      b"bare LF", True),
@@ -123,7 +125,15 @@ def test_smuggling_shape_is_refused_with_400_and_nothing_goes_upstream(gw, issue
         r = new[0]
         assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 400), r
         assert words.decode().lower() in r["error"].lower(), r["error"]
-    else:
+        assert r["principal"] == sub, r
+    if recorded == "head":  # refused before it was read as a request: the head is not kept, its digest is
+        end = raw.find(b"\r\n\r\n")
+        head = raw[:end + 4] if end >= 0 else raw[:raw.index(b"\n\n") + 2]
+        assert (r["method"], r["url"]) == ("POST", "https://sts.amazonaws.com/"), r
+        assert f"{len(head)} bytes, SHA-256 {hashlib.sha256(head).hexdigest()}" in r["body_note"], r["body_note"]
+        assert r["request_headers"] in (None, "[]") and r["request_body"] is None, r
+        assert "refused a request from 127.0.0.1:" in gw.log() and words.decode() in gw.log()
+    elif not recorded:
         assert new == [], (name, new)
         if words != b"Bad HTTP request line":  # mitmproxy's own refusal of a line it cannot parse
             assert "refused a request from 127.0.0.1:" in gw.log() and words.decode() in gw.log()
