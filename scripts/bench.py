@@ -514,6 +514,62 @@ def small(args, lab: Lab) -> list[dict]:
                 "per_round": [{k: r[k] for k in ("round", "rps", "p50_ms", "p99_ms", "cpu_us_per_call", "peak_rss_mb",
                                                  "other_load_cpus")} for r in rs],
             })
+    if args.pairs:
+        out.append({"part": "alternating", "available": True,
+                    "figures": alternating_figures(alternate(args, lab), args.pair_duration)})
+    return out
+
+
+# The goals' small-call figures measured again in short slices that alternate between the targets
+# compared, so that the two slices of a pair run seconds apart: (figure, target, against, key, agents, how).
+ALTERNATING = (
+    ("chain_vs_mitmdump_rps_c1", "chain", "mitmdump", "rps", 1, "ratio"),
+    ("chain_added_p50_ms_c1", "chain", "mitmdump", "p50_ms", 1, "difference"),
+    ("chain_vs_mitmdump_rps_c8", "chain", "mitmdump", "rps", 8, "ratio"),
+    ("chain_vs_floor_cpu_c8", "chain", "floor", "cpu_us_per_call", 8, "ratio"),
+)
+
+
+def alternate(args, lab: "Lab") -> dict:
+    """``args.pairs`` cycles per agent count of the targets the goals compare, each target once per
+    cycle for ``args.pair_duration`` s, the order rotating from cycle to cycle (A B, B A, ...):
+    {agents: {target: [slice result per cycle]}}."""
+    slices = argparse.Namespace(duration=args.pair_duration, warmup=args.warmup)
+    out: dict[int, dict[str, list]] = {}
+    for c in sorted({f[4] for f in ALTERNATING} & set(args.concurrency)):
+        names = sorted({n for f in ALTERNATING if f[4] == c for n in f[1:3]}, key=list(TARGETS).index)
+        names = [n for n in names if n in lab.proxies and n not in lab.unavailable]
+        if len(names) < 2:
+            continue
+        runs = out[c] = {n: [] for n in names}
+        for cycle in range(args.pairs):
+            for name in names[cycle % len(names):] + names[:cycle % len(names)]:
+                try:
+                    r = run_loadgen(lab, name, c, slices)
+                except RuntimeError as e:
+                    print(f"alternating c={c} {name}: {e}", file=sys.stderr, flush=True)
+                    r = None
+                runs[name].append(r)
+            print(f"alternating c={c} cycle {cycle + 1}/{args.pairs}: " + ", ".join(
+                f"{n} {runs[n][-1]['rps']:.1f} req/s {runs[n][-1]['cpu_us_per_call']} µs/call"
+                for n in names if runs[n][-1] is not None), file=sys.stderr, flush=True)
+    return out
+
+
+def alternating_figures(runs: dict, slice_s: float) -> dict:
+    """The figures of ``alternate``'s slices: each cycle's target against what it is compared with
+    in the same cycle; the median and every cycle's value."""
+    out = {}
+    for figure, target, against, key, c, how in ALTERNATING:
+        mine, theirs = runs.get(c, {}).get(target), runs.get(c, {}).get(against)
+        if not mine or not theirs:
+            continue
+        pairs = [(a[key], b[key]) for a, b in zip(mine, theirs)
+                 if a is not None and b is not None and a.get(key) is not None and b.get(key)]
+        if not pairs:
+            continue
+        values = [round(a / b, 2) if how == "ratio" else round(a - b, 3) for a, b in pairs]
+        out[figure] = {"median": round(statistics.median(values), 3), "cycles": values, "slice_s": slice_s}
     return out
 
 
@@ -844,6 +900,10 @@ def _paired_rows(report: dict) -> list[list[str]]:
     return [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()]
 
 
+def _alternating_rows(report: dict) -> list[list[str]]:
+    return [[k, str(v["median"]), ", ".join(str(x) for x in v["cycles"])] for k, v in report["alternating"].items()]
+
+
 def _header(report: dict) -> list[str]:
     py, m = report["python"], report["machine"]
     lines = [f"{report['date']}, {m['arch']}, {m['cpus']} CPUs ({m['cpu_model']}), load {m['loadavg_start'][0]} at the start "
@@ -903,6 +963,8 @@ def markdown(report: dict) -> str:
             "–" if g["met"] is None else "yes" if g["met"] else "no"] for k, g in report["goals"].items()])
     if report.get("paired"):
         table(("figure, paired by round", "median", "each round"), _paired_rows(report))
+    if report.get("alternating"):
+        table(("figure, alternating slices", "median", "each cycle"), _alternating_rows(report))
     return "\n".join(out)
 
 
@@ -949,6 +1011,10 @@ def print_report(report: dict) -> None:
     if report.get("paired"):
         table("The same figures paired by round (a round's targets run back to back)", ("figure", "median", "each round"),
               _paired_rows(report))
+    if report.get("alternating"):
+        slice_s = next(iter(report["alternating"].values()))["slice_s"]
+        table(f"The same figures from short slices alternating between the targets compared ({slice_s:g} s each)",
+              ("figure", "median", "each cycle"), _alternating_rows(report))
     for s in report["scenarios"]:
         if s.get("non_2xx") or s.get("errors"):
             con.print(f"[red]({s['id']}) {s['name']} c={s.get('concurrency')}: {s['non_2xx']} non-2xx answers, "
@@ -974,6 +1040,10 @@ def parse_args(argv=None):
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per scenario and round (default 5; --quick 2)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring (default 1; --quick 0.5)")
     ap.add_argument("--concurrency", default="1,8,32", help="concurrent agents (default 1,8,32)")
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="after the rounds, cycles of short slices alternating between the targets each small-call "
+                         "goal compares (default 8; --quick 2; 0: none)")
+    ap.add_argument("--pair-duration", type=float, default=2.0, help="seconds measured per alternating slice (default 2)")
     ap.add_argument("--size-mb", type=int, default=None, help="S3 object size (default 1024; --quick 64)")
     ap.add_argument("--transfer-rounds", type=int, default=None, help="rounds of the transfers (default: --rounds)")
     ap.add_argument("--calls", type=int, default=None, help="calls by one principal for sts (default 1000; --quick 100)")
@@ -982,6 +1052,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     q = args.quick
     args.rounds = args.rounds or (1 if q else 3)
+    args.pairs = args.pairs if args.pairs is not None else (2 if q else 8)
     args.duration = args.duration or (2.0 if q else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
     args.size_mb = args.size_mb or (64 if q else 1024)
@@ -1023,6 +1094,7 @@ def main(argv=None) -> int:
         "config": {"quick": args.quick, "parts": args.parts, "targets": args.targets, "rounds": args.rounds,
                    "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
                    "size_mb": args.size_mb, "transfer_rounds": args.transfer_rounds, "calls": args.calls,
+                   "pairs": args.pairs, "pair_duration": args.pair_duration,
                    "pythonoptimize": {"mitmdump": False, "floor": True, "gateways": True},
                    "upstream": "scripts/bench_upstream.py: plain HTTP behind the proxies, TLS for direct",
                    "loadgen": "scripts/loadgen.py: one process, one thread per connection, blocking TLS sockets"},
@@ -1060,6 +1132,7 @@ def main(argv=None) -> int:
     report["ratios"], report["rss_mb_1gb"] = ratios(scenarios)
     report["goals"] = goals(report["ratios"], report["rss_mb_1gb"])
     report["paired"] = paired(scenarios)
+    report["alternating"] = next((s["figures"] for s in scenarios if s["part"] == "alternating"), {})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     md = Path(args.json).with_suffix(".md")

@@ -44,3 +44,25 @@ def test_a_round_a_target_missed_is_left_out():
         small("chain", 1, chain),
     ]
     assert bench.paired(scenarios)["chain_vs_mitmdump_rps_c1"] == {"median": 1.12, "rounds": [1.12]}
+
+
+def test_alternating_figures_compare_each_cycles_slices():
+    """Short slices alternating between the targets a goal compares: each cycle's value is its own
+    slices' ratio (or difference); a slice that failed leaves its cycle out; a goal whose targets
+    did not both run is not reported."""
+    def slice_(rps, p50, cpu):
+        return {"rps": rps, "p50_ms": p50, "cpu_us_per_call": cpu}
+
+    runs = {
+        1: {"mitmdump": [slice_(100, 5.0, 4000), slice_(50, 10.0, 8000), slice_(100, 5.0, 4000)],
+            "chain": [slice_(95, 5.2, 4100), None, slice_(105, 4.9, 3900)]},
+        8: {"mitmdump": [slice_(250, 30.0, 4000), slice_(200, 40.0, 4500)],
+            "floor": [slice_(600, 12.0, 1500), slice_(500, 15.0, 1800)],
+            "chain": [slice_(260, 29.0, 3900), slice_(240, 33.0, 4200)]},
+    }
+    f = bench.alternating_figures(runs, 2.0)
+    assert f["chain_vs_mitmdump_rps_c1"] == {"median": 1.0, "cycles": [0.95, 1.05], "slice_s": 2.0}
+    assert f["chain_added_p50_ms_c1"]["cycles"] == [0.2, -0.1]
+    assert f["chain_vs_mitmdump_rps_c8"]["cycles"] == [1.04, 1.2]
+    assert f["chain_vs_floor_cpu_c8"] == {"median": 2.465, "cycles": [2.6, 2.33], "slice_s": 2.0}
+    assert bench.alternating_figures({1: runs[1]}, 2.0).keys() == {"chain_vs_mitmdump_rps_c1", "chain_added_p50_ms_c1"}
