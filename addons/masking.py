@@ -85,6 +85,14 @@ def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) ->
     return raw  # an encoding mitmproxy does not know either (or several, "gzip, br"): as sent
 
 
+def _upstream_request_id(response: http.Response | None) -> str | None:
+    """AWS's request id of the answer the agent does not get: the call went through, and its error
+    and record carry that id (for CloudTrail and AWS support), not one of the gateway's."""
+    if response is None:
+        return None
+    return response.headers.get("x-amzn-requestid") or response.headers.get("x-amz-request-id") or None
+
+
 def _response_digest() -> str:
     """The recorder's key for the SHA-256 and size of the body upstream sent (it imports this module)."""
     from .recorder import RESPONSE_DIGEST
@@ -248,7 +256,8 @@ class Masking:
         refusal = Refusal(502, "ResponseTooLarge", f"upstream's response body passed {cap} bytes without a declared "
                           "length; agentgate holds such a body in memory to record it, and max_body_bytes bounds "
                           "that, so the response is withheld; the call itself went through", "masking")
-        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
+                                       _upstream_request_id(flow.response))
         flow.response = http.Response.make(status, body, headers)
 
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
@@ -258,7 +267,8 @@ class Masking:
 
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")
-        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None))
+        status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
+                                       _upstream_request_id(flow.response))
         if _response_digest() not in flow.metadata and flow.response is not None:
             raw = flow.response.raw_content or b""  # what upstream sent, for the record
             flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))

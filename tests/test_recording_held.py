@@ -123,7 +123,9 @@ def test_a_commit_later_than_commit_timeout_answers_503_and_none_of_the_body(gw,
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_an_answer_to_mask_over_what_the_gateway_holds_is_withheld(gw, issuer, chunked):
+def test_an_answer_to_mask_over_what_the_gateway_holds_is_withheld(gw, issuer, upstream, chunked):
+    """The agent gets an error instead of the answer; the call went through at AWS, so the error
+    and the record carry AWS's request id (for CloudTrail), not one of the gateway's."""
     ddb = client(gw, issuer)
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ddb.scan(TableName=table(CAP + 500_000, chunked))
@@ -132,6 +134,8 @@ def test_an_answer_to_mask_over_what_the_gateway_holds_is_withheld(gw, issuer, c
     [r] = scan_records(gw, table(CAP + 500_000, chunked))
     assert r["status"] == 400 and r["response_body"] is None and r["response_body_size"] > CAP
     assert "withheld from the agent" in r["body_note"]
+    assert r["aws_request_id"] == e.value.response["ResponseMetadata"]["RequestId"]
+    assert r["aws_request_id"] in upstream.request_ids
 
 
 def test_a_buffered_answer_without_a_length_over_max_body_bytes_gets_502(gw, issuer, upstream):
@@ -147,6 +151,8 @@ def test_a_buffered_answer_without_a_length_over_max_body_bytes_gets_502(gw, iss
         store.engine.dispose()
     assert r["status"] == 502 and r["response_body_size"] > CAP and r["response_body"] is None
     assert "over max_body_bytes" in r["body_note"]
+    assert r["aws_request_id"] == e.value.response["ResponseMetadata"]["RequestId"]
+    assert r["aws_request_id"] in upstream.request_ids
     assert s3.get_object(Bucket="held-bucket", Key="xml-1000")["Body"].read().startswith(b"<ListBucketResult>")
 
 

@@ -40,6 +40,7 @@ class CannedUpstream:
         self.session_token = f"canned-session-token-{secrets.token_hex(8)}"
         self.cookie = f"upstream-cookie={secrets.token_hex(8)}"  # set on every small answer
         self.requests: list[tuple[str, str, list[tuple[str, str]]]] = []  # (method, path, headers) of each
+        self.request_ids: list[str] = []  # the x-amzn-requestid of each answer sent
         upstream = self
 
         class Handler(_Handler):
@@ -78,6 +79,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         rid = str(uuid.uuid4())
+        self.owner.request_ids.append(rid)
         self.send_header("set-cookie", self.owner.cookie)
         self.send_header("x-amzn-requestid", rid)
         self.send_header("x-amz-request-id", rid)
@@ -91,7 +93,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.send_header("transfer-encoding", "chunked")
-        self.send_header("x-amzn-requestid", str(uuid.uuid4()))
+        rid = str(uuid.uuid4())
+        self.owner.request_ids.append(rid)
+        self.send_header("x-amzn-requestid", rid)
         self.end_headers()
         for i in range(0, len(body), 1 << 16):
             piece = body[i:i + (1 << 16)]
