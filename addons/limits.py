@@ -27,8 +27,9 @@ parser that reads them differently sees other headers than the gateway did. So:
    dropped; the flow's ``OVER_CAP`` says so, and the response stage answers the agent with an
    AWS-shaped error instead of an incomplete body (masking's ``response``), which is recorded.
 
-These refusals happen where no flow exists yet (1, 2) or in mitmproxy's own error path (3), so
-their answer is a short text, not an AWS-shaped error. 3 is recorded with its flow. A head refused
+1 and 2 happen where no flow exists yet, so their answer is a short text, not an AWS-shaped
+error; 3 happens in mitmproxy's own error path and is answered AWS-shaped (addons/failures.py) and
+recorded with its flow. A head refused
 in 1, before mitmproxy read it as a request, has no flow: it is announced to the add-ons with the
 ``refused_head`` hook (``RefusedHeadHook``, carrying a ``RefusedHead``) before the agent is
 answered, so the auth stage names who sent it and the recorder records it; 2 concerns bytes behind
@@ -52,6 +53,7 @@ from mitmproxy import connection, http
 from mitmproxy.proxy import commands as proxy_commands
 from mitmproxy.utils import human
 
+from . import failures
 from .core.awserrors import Refusal
 from .stage import HELD, OVER_CAP, REFUSAL
 
@@ -271,8 +273,9 @@ def install() -> bool:
                 log.warning("refused %s %s from %s: %s", self.flow.request.method, self.flow.request.host,
                             human.format_address(self.context.client.peername), refusal.message)
                 yield HttpErrorHook(self.flow)
-                yield SendHttp(ResponseProtocolError(self.stream_id, f"agentgate: {refusal.message}",
-                                                     ErrorCode.REQUEST_TOO_LARGE), self.context.client)
+                error = ResponseProtocolError(self.stream_id, f"agentgate: {refusal.message}", ErrorCode.REQUEST_TOO_LARGE)
+                failures.mark(error, self.flow, refusal.message)  # answered AWS-shaped (addons/failures.py)
+                yield SendHttp(error, self.context.client)
                 self.client_state = self.state_errored
                 self.flow.live = False
                 return

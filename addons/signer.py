@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
 
+from . import failures
 from .core import endpoints, sigv4
 from .core.awserrors import Refusal
 from .core.credentials import CredentialBroker, CredentialError
@@ -75,6 +76,9 @@ class Signer:
         self.upstream = urlsplit(upstream) if upstream else None
         self.upstream_timeout = upstream_timeout  # seconds; 0: no bound
         self.timers: dict[str, asyncio.TimerHandle] = {}  # flow id -> its upstream deadline
+
+    def load(self, loader) -> None:
+        failures.install()  # a call that fails on its way upstream is answered AWS-shaped
 
     async def _run(self, flow: http.HTTPFlow) -> None:
         req = flow.request

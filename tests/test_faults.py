@@ -2,9 +2,10 @@
 (retries capped at one attempt, so what the agent sees is the gateway's own answer):
 
 - upstream never answers: the gateway closes the upstream connection after ``upstream_timeout``
-  (counted from the end of the request body, so a slow upload is not cut), the agent gets a 502
-  and the record says the call failed and why; a slow answer within the bound still arrives;
-- upstream resets the connection: a 502 and a failed record;
+  (counted from the end of the request body, so a slow upload is not cut), the agent gets an
+  AWS-shaped 502 (BadGateway) whose message says why, as the record does, and that AWS may have
+  carried the call out; a slow answer within the bound still arrives;
+- upstream resets the connection: the same 502 and a failed record;
 - upstream answers 500: the agent gets AWS's own error and the record keeps the status;
 - STS unavailable (connection reset, or 503): the agent gets an AWS-shaped 503 ServiceUnavailable
   that names STS, principals whose credentials are cached keep working, and calls go through again
@@ -218,8 +219,12 @@ def only_record(gw, sub: str, quiet: float = 0.3) -> dict:
 
 def test_upstream_that_never_answers_is_cut_at_upstream_timeout(faulty, issuer, upstream):
     sub, s3 = agent(faulty, issuer, "hung", "s3", read_timeout=30)
-    status, code, _, took = error_of(lambda: s3.get_object(Bucket="faults", Key="hang-60"))
-    assert status == 502 and code == "502"  # mitmproxy's Bad Gateway: SDKs retry it
+    status, code, message, took = error_of(lambda: s3.get_object(Bucket="faults", Key="hang-60"))
+    assert (status, code) == (502, "BadGateway")  # AWS-shaped, and a 502: SDKs retry it
+    assert message == (f"agentgate got no answer from faults.s3.amazonaws.com (upstream did not answer within "
+                       f"{UPSTREAM_TIMEOUT:g} s (upstream_timeout); agentgate closed the upstream connection); AWS may "
+                       "have carried the call out before the connection broke: check before retrying a call that is "
+                       "not safe to repeat"), message
     assert UPSTREAM_TIMEOUT <= took < UPSTREAM_TIMEOUT + 5, f"answered after {took:.1f} s"
     r = only_record(faulty, sub)
     assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", None, "allow", "s3:GetObject")
@@ -259,8 +264,10 @@ def test_upstream_timeout_counts_from_the_end_of_the_upload(faulty, issuer, upst
 
 def test_upstream_reset(faulty, issuer, upstream):
     sub, s3 = agent(faulty, issuer, "reset", "s3")
-    status, code, _, took = error_of(lambda: s3.get_object(Bucket="faults", Key=f"reset-{sub}"))
-    assert (status, code) == (502, "502") and took < 5
+    status, code, message, took = error_of(lambda: s3.get_object(Bucket="faults", Key=f"reset-{sub}"))
+    assert (status, code) == (502, "BadGateway") and took < 5
+    assert message.startswith("agentgate got no answer from faults.s3.amazonaws.com (server closed connection); "
+                              "AWS may have carried the call out"), message
     assert upstream.data_calls(f"reset-{sub}") == 1
     r = only_record(faulty, sub)
     assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", None, "allow", "s3:GetObject")

@@ -149,6 +149,7 @@ def test_a_buffered_body_over_the_cap_is_refused_and_recorded(gw, issuer, chunke
     assert sent < size, "the gateway read the whole body"
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"max_body_bytes (1048576)" in answer
+    assert b'"__type": "RequestEntityTooLarge"' in answer  # AWS-shaped in Lambda's protocol (rest-json)
     r = last_record(gw, sub)
     assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
     assert "max_body_bytes" in r["error"] and (f"declares {size} bytes" in r["error"]) == (not chunked)
@@ -177,6 +178,7 @@ def test_a_refused_streamed_upload_is_not_buffered_whole(gw, issuer):
         s3.put_object(Bucket="limits-uploads", Key="refused.bin", Body=secrets.token_bytes(32 * MAX_BODY))
     if isinstance(e.value, botocore.exceptions.ClientError):
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+        assert e.value.response["Error"]["Code"] == "RequestEntityTooLarge"
     r = last_record(gw, sub)
     assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
     assert "max_body_bytes" in r["error"] and "it had been refused already: no role" in r["error"], r["error"]

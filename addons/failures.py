@@ -1,0 +1,121 @@
+"""failures: what the agent gets when its call fails on the way (upstream unreachable, a reset, no
+answer within ``upstream_timeout``, a request body refused in mitmproxy's HTTP layer).
+
+mitmproxy answers such a call with its own HTML page ("502 Bad Gateway" and the error's text),
+which an SDK reports as a bare status with no reason. For a call the chain handled (an AWS call
+inside an intercepted tunnel), the agent gets an AWS-shaped error in the service's own protocol
+instead, so that its SDK raises a normal ClientError whose message says what happened: the same
+words as the call's record, and whether AWS may have carried the call out (a connection that broke
+after the request went out) or certainly did not (it could not be opened). The status stays
+mitmproxy's (502 for upstream failures), so SDKs retry as they do for AWS's own 502s.
+
+Two patches of mitmproxy's HTTP layer, where no hook reaches: ``HttpStream.handle_protocol_error``
+marks the error it is about to send to the client with the flow's protocol and its (possibly
+reworded) error, once the add-ons' ``error`` hooks have run; ``Http1Server.send`` renders a marked
+error as the AWS-shaped answer. ``install()`` checks the shape of what it patches first; if
+mitmproxy has changed it, it logs an error and leaves mitmproxy's own page in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+
+from .core.awserrors import Refusal, guess_protocol, render
+from .stage import CALL, HOST
+
+log = logging.getLogger("agentgate.failures")
+
+_MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message) to answer with
+
+# mitmproxy's error code -> the AWS-shaped code of the answer
+_CODES = {502: "BadGateway", 504: "GatewayTimeout", 413: "RequestEntityTooLarge", 400: "InvalidRequest"}
+
+_installed = False
+
+
+def message_for(flow: http.HTTPFlow, connect_failed: bool) -> str:
+    """What the agent is told about a call that failed on its way."""
+    host = flow.metadata.get(HOST) or flow.request.host_header or flow.request.host
+    error = flow.error.msg if flow.error is not None else "the call failed"
+    if error.startswith("agentgate"):  # the gateway's own words already (a refusal in the HTTP layer)
+        return error.removeprefix("agentgate: ")
+    if connect_failed:
+        return (f"agentgate could not reach {host} ({error}); the call was not made, retry shortly")
+    return (f"agentgate got no answer from {host} ({error}); AWS may have carried the call out before "
+            "the connection broke: check before retrying a call that is not safe to repeat")
+
+
+def mark(event, flow: http.HTTPFlow, message: str | None = None) -> None:
+    """Have the error ``event`` (a ResponseProtocolError on its way to the agent) answer AWS-shaped,
+    when ``flow`` is a call the chain handled: with ``message``, or what ``message_for`` says."""
+    if HOST not in flow.metadata or flow.request.method == "CONNECT":
+        return  # not an intercepted AWS call: mitmproxy's page
+    call = flow.metadata.get(CALL)
+    protocol = getattr(call, "protocol", None) or guess_protocol(flow.request.headers, flow.request.path)
+    if message is None:
+        message = message_for(flow, getattr(event.code, "name", "") == "CONNECT_FAILED")
+    setattr(event, _MARK, (protocol, message))
+
+
+def answer(status: int, protocol: str | None, message: str) -> bytes:
+    """The bytes of the AWS-shaped error answer (the connection closes after it)."""
+    code = _CODES.get(status, "InternalFailure")
+    status_, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol)
+    headers["connection"] = "close"
+    return http1.assemble_response(http.Response.make(status_, body, headers))
+
+
+def install() -> bool:
+    """Patch mitmproxy's HTTP stream and HTTP/1 server as described above. True when in place."""
+    global _installed
+    if _installed:
+        return True
+    try:
+        from mitmproxy.connection import ConnectionState
+        from mitmproxy.proxy import commands
+        from mitmproxy.proxy.layers.http import HttpStream, ResponseProtocolError, SendHttp, _http1
+    except ImportError as e:
+        log.error("failed calls get mitmproxy's own error page (its layout changed: %s)", e)
+        return False
+    server = _http1.Http1Server
+    if not (hasattr(HttpStream, "handle_protocol_error") and hasattr(server, "send")
+            and hasattr(ConnectionState, "CAN_WRITE")):
+        log.error("failed calls get mitmproxy's own error page (it changed: no handle_protocol_error or send)")
+        return False
+    handle_protocol_error = HttpStream.handle_protocol_error
+    send = server.send
+
+    @functools.wraps(handle_protocol_error)
+    def marking_handle_protocol_error(self, event):
+        inner = handle_protocol_error(self, event)
+        reply = None
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            if (isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError)
+                    and command.connection is self.context.client):
+                mark(command.event, self.flow)  # the error hooks have run: the flow's error is final
+            reply = yield command
+
+    @functools.wraps(send)
+    def aws_shaped_send(self, event):
+        marked = getattr(event, _MARK, None) if isinstance(event, ResponseProtocolError) else None
+        if marked is None:
+            return (yield from send(self, event))
+        if not (self.conn.state & ConnectionState.CAN_WRITE):
+            return
+        status = event.code.http_status_code()
+        if not self.response and status is not None:
+            yield commands.SendData(self.conn, answer(status, *marked))
+        yield commands.CloseConnection(self.conn)
+
+    HttpStream.handle_protocol_error = marking_handle_protocol_error
+    server.send = aws_shaped_send
+    _installed = True
+    return True
