@@ -24,19 +24,11 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import sys
-import zlib
 
-import brotli
 from mitmproxy import http
 
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:  # mitmproxy's own zstd, before Python had one
-    from backports import zstd
-
 from .core import sigv4
-from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers
+from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, inflate
 from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM
 from .stage import header_pairs as stage_header_pairs
 
@@ -56,33 +48,11 @@ def _header(pairs: list[tuple[str, str]], name: str) -> str:
 
 
 def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) -> bytes | None:
-    """The body with its content-encoding undone (as sent, when there is none or it is unknown).
-    gzip, deflate, br and zstd are inflated to ``limit`` + 1 bytes at most: a longer result is over
-    the masker's limit whatever follows, and a small compressed body (an S3 object stored with a
-    Content-Encoding, say) must not take the gateway's memory. A body that is not what its
-    Content-Encoding says is masked as the bytes sent."""
-    encoding = _header(pairs, "content-encoding").lower().strip()
+    """The body with its content-encoding undone, to ``limit`` + 1 bytes at most (core.masking.inflate):
+    a longer result is over the masker's limit whatever follows, and a small compressed body (an S3
+    object stored with a Content-Encoding, say) must not take the gateway's memory."""
     raw = message.raw_content
-    if encoding in ("", "identity") or not raw:
-        return raw
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        for wbits in ((47,) if encoding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw
-            try:
-                return zlib.decompressobj(wbits=wbits).decompress(raw, limit + 1)
-            except zlib.error:
-                continue
-        return raw
-    if encoding == "br":
-        try:
-            return brotli.Decompressor().process(raw, output_buffer_limit=limit + 1)
-        except brotli.error:
-            return raw
-    if encoding == "zstd":
-        try:
-            return zstd.ZstdDecompressor().decompress(raw, max_length=limit + 1)
-        except zstd.ZstdError:
-            return raw
-    return raw  # an encoding mitmproxy does not know either (or several, "gzip, br"): as sent
+    return inflate(raw, _header(pairs, "content-encoding"), limit) if raw else raw
 
 
 def _upstream_request_id(response: http.Response | None) -> str | None:

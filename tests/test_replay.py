@@ -200,3 +200,50 @@ def test_structural_diff():
     changes = {(c.path, c.kind) for c in rp.structural_diff(xml_old, xml_new)}
     assert ("R.Contents", "type") in changes and ("R.RequestId", "changed") in changes
     assert rp.structural_diff("same text", "same text") == []
+
+
+def test_a_compressed_answer_is_compared_as_sent_and_never_inflated_whole(upstream, monkeypatch):
+    """Against a real loopback server (the canned upstream, which also answers the replay's STS
+    call): an answer the record keeps only the digest of is compared by the digest of the bytes
+    as sent, compressed or not, as the recorder took it; an answer whose body was kept is inflated
+    no further than the masker parses, so a small br body that inflates to 512 MB is reported as
+    too large to show, not inflated; and the replay asks for no encoding the agent did not."""
+    import gzip
+    import hashlib
+    import tracemalloc
+
+    import brotli
+
+    from addons.core.credentials import CredentialBroker
+    from addons.core.masking import Masker
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", upstream.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "replay-test")
+    document = json.dumps({"Items": [{"k": {"S": str(i)}} for i in range(200)]}).encode()
+    packed = gzip.compress(document)
+    c = brotli.Compressor(quality=5)
+    bomb = b"".join([c.process(b"["), *(c.process(b" " * (1 << 20)) for _ in range(512)), c.process(b"]"), c.finish()])
+    upstream.encoded.update({"gzipped.json": ("gzip", packed), "bomb.json": ("br", bomb)})
+
+    def get(key: str, **kw) -> dict:
+        return call(id=key, service="s3", operation="GetObject", method="GET", url=f"https://b.s3.amazonaws.com/{key}",
+                    request_headers=[], params={"Bucket": "b", "Key": key}, request_body_size=0, **kw)
+
+    recorded = [get("gzipped.json", response_body_sha256=hashlib.sha256(packed).hexdigest()),
+                get("bomb.json", response_body='[ ]', response_body_sha256="0" * 64)]
+    with rp.Replayer(CredentialBroker(endpoint_url=upstream.url), target=upstream.url,
+                     masker=Masker(b"k" * 32)) as replayer:
+        tracemalloc.start()
+        try:
+            outcomes = [replayer.send(p) for p in rp.plan(recorded)]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    same, bombed = outcomes
+    assert (same.status, same.error, same.changes) == (200, None, []), same
+    assert bombed.status == 200 and [(c.path, c.kind) for c in bombed.changes] == [("(body)", "changed")]
+    assert "once inflated: not shown" in bombed.changes[0].new, bombed.changes
+    assert peak < 64 << 20, peak
+    sent = [dict((k.lower(), v) for k, v in r[2]) for r in upstream.requests if r[1].startswith("/")
+            and r[1].split("?")[0].endswith((".json"))]
+    assert sent and all(h.get("accept-encoding") == "identity" for h in sent), sent

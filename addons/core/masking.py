@@ -47,6 +47,7 @@ import json
 import math
 import re
 import struct
+import sys
 import threading
 import zlib
 from collections import Counter
@@ -54,13 +55,48 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus
 
+import brotli
+
 from . import detectors
 from .records import REDACTED_HEADERS
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # the zstd mitmproxy uses, before Python had one
+    from backports import zstd
 
 MARKER_PREFIX = "agentgate:masked:hmac-"
 MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
+
+
+def inflate(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """``raw`` with its Content-Encoding undone, to ``limit`` + 1 bytes at most (gzip, deflate, br and
+    zstd alike; a few bytes can inflate to gigabytes, and no caller needs more than its limit to know
+    that a body is over it). A body that is not what its Content-Encoding says, or whose encoding is
+    unknown (or several), comes back as sent."""
+    encoding = content_encoding.lower().strip()
+    if encoding in ("", "identity") or not raw:
+        return raw
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        for wbits in ((47,) if encoding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw
+            try:
+                return zlib.decompressobj(wbits=wbits).decompress(raw, limit + 1)
+            except zlib.error:
+                continue
+        return raw
+    if encoding == "br":
+        try:
+            return brotli.Decompressor().process(raw, output_buffer_limit=limit + 1)
+        except brotli.error:
+            return raw
+    if encoding == "zstd":
+        try:
+            return zstd.ZstdDecompressor().decompress(raw, max_length=limit + 1)
+        except zstd.ZstdError:
+            return raw
+    return raw
 OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
 # How deep bodies and parameters are walked. DynamoDB nests attribute values 32 levels deep, two JSON
 # levels each; anything deeper cannot be walked (TooDeep), so it is not kept rather than kept unmasked.

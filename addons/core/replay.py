@@ -42,7 +42,7 @@ import botocore.model
 import botocore.serialize
 
 from . import sigv4
-from .masking import MARKER_PREFIX
+from .masking import MARKER_PREFIX, PARSE_LIMIT, inflate
 
 MUTATING = frozenset({"Write", "Tagging", "Permissions management"})
 REQUEST_PARTS = ("request", "params")
@@ -385,7 +385,10 @@ class Replayer:
         self.target = urlsplit(target) if target else None
         self.policy_set = policy_set
         self.masker = masker
-        self.http = httpx.Client(timeout=timeout, verify=verify, trust_env=False, follow_redirects=False)
+        # Accept-Encoding as the agent sent it (in the recorded headers), else identity: not httpx's
+        # own "gzip, deflate, br", which would ask AWS for what the recorded call did not get.
+        self.http = httpx.Client(timeout=timeout, verify=verify, trust_env=False, follow_redirects=False,
+                                 headers={"Accept-Encoding": "identity"})
         self._grants: dict[tuple[str, str], Any] = {}
 
     def close(self) -> None:
@@ -451,25 +454,37 @@ class Replayer:
         import httpx
 
         try:
-            resp = self.http.request(req.method, self.send_url(req), headers=[("Host", req.host), *headers],
-                                     content=req.body)
+            with self.http.stream(req.method, self.send_url(req), headers=[("Host", req.host), *headers],
+                                  content=req.body) as resp:
+                body = read_body(resp.iter_raw(), self.keep)
         except httpx.HTTPError as e:
             out.error = f"the target did not answer: {_one_line(e)}"
             return out
         out.status = resp.status_code
-        out.changes = self.compare(call, resp)
+        out.changes = self.compare(call, resp, body)
         return out
 
-    def compare(self, call: dict[str, Any], resp: Any) -> list[Change]:
-        new_raw = resp.content
+    @property
+    def keep(self) -> int:
+        """Bytes of a new answer kept to mask and compare (the rest is only hashed)."""
+        return getattr(self.masker, "parse_limit", None) or PARSE_LIMIT
+
+    def compare(self, call: dict[str, Any], resp: Any, body: "Body") -> list[Change]:
         content_type = resp.headers.get("content-type", "")
         recorded = call.get("response_body")
-        if recorded is None:
+        if recorded is None:  # the record keeps the digest of the bytes as sent, compressed or not
             old_sha = call.get("response_body_sha256")
-            new_sha = hashlib.sha256(new_raw).hexdigest()
-            if old_sha and old_sha != new_sha:
-                return [Change("(body sha256)", "changed", old_sha, new_sha)]
+            if old_sha and old_sha != body.sha256:
+                return [Change("(body sha256)", "changed", old_sha, body.sha256)]
             return []
+        if body.size > len(body.kept):
+            return [Change("(body)", "changed", "(recorded body)", f"(a body of {body.size} bytes, over what is "
+                                                                   "masked and compared: not shown)")]
+        limit = self.keep
+        new_raw = inflate(body.kept, resp.headers.get("content-encoding", ""), limit)
+        if len(new_raw) > limit:
+            return [Change("(body)", "changed", "(recorded body)", f"(a body over {limit} bytes once inflated: "
+                                                                   "not shown)")]
         new_text = self.mask(call, resp.status_code, list(resp.headers.items()), new_raw, content_type)
         if new_text is None:
             return [Change("(body)", "changed", "(recorded body)", "(a body that could not be masked: not shown)")]
@@ -495,6 +510,26 @@ class Replayer:
         if part.body is None and body:
             return None
         return part.body or ""
+
+
+@dataclasses.dataclass
+class Body:
+    """An answer's body as sent: its SHA-256 and size, and its first bytes."""
+
+    sha256: str
+    size: int
+    kept: bytes
+
+
+def read_body(chunks: Iterable[bytes], keep: int) -> Body:
+    """Hash every chunk; keep no more than ``keep`` bytes (an answer of any size takes no memory)."""
+    digest, size, kept = hashlib.sha256(), 0, bytearray()
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        if len(kept) < keep:
+            kept += chunk[:keep - len(kept)]
+    return Body(digest.hexdigest(), size, bytes(kept))
 
 
 def _one_line(e: BaseException) -> str:

@@ -41,6 +41,7 @@ class CannedUpstream:
         self.cookie = f"upstream-cookie={secrets.token_hex(8)}"  # set on every small answer
         self.requests: list[tuple[str, str, list[tuple[str, str]]]] = []  # (method, path, headers) of each
         self.request_ids: list[str] = []  # the x-amzn-requestid of each answer sent
+        self.encoded: dict[str, tuple[str, bytes]] = {}  # object key -> (Content-Encoding, body as sent)
         upstream = self
 
         class Handler(_Handler):
@@ -127,6 +128,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     n = min(size, len(CHUNK))
                     self.wfile.write(CHUNK[:n])
                     size -= n
+            elif name in self.owner.encoded:  # a body as sent with its Content-Encoding: (encoding, bytes)
+                encoding, data = self.owner.encoded[name]
+                self._send(200, data, "application/json", {"content-encoding": encoding})
             elif name.startswith("xml-"):
                 self._send_chunked(b"<ListBucketResult>" + b"<Key>canned</Key>" * (int(name[4:]) // 17)
                                    + b"</ListBucketResult>", "application/xml")
