@@ -69,6 +69,10 @@ MARKER_PREFIX = "agentgate:masked:hmac-"
 MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
+OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
+# How deep bodies and parameters are walked. DynamoDB nests attribute values 32 levels deep, two JSON
+# levels each; anything deeper cannot be walked (TooDeep), so it is not kept rather than kept unmasked.
+MAX_DEPTH = 128
 
 
 def inflate(raw: bytes, content_encoding: str, limit: int) -> bytes:
@@ -97,10 +101,6 @@ def inflate(raw: bytes, content_encoding: str, limit: int) -> bytes:
         except zstd.ZstdError:
             return raw
     return raw
-OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
-# How deep bodies and parameters are walked. DynamoDB nests attribute values 32 levels deep, two JSON
-# levels each; anything deeper cannot be walked (TooDeep), so it is not kept rather than kept unmasked.
-MAX_DEPTH = 128
 
 
 class Unmaskable(Exception):
