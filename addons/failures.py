@@ -9,10 +9,11 @@ words as the call's record, and whether AWS may have carried the call out (a con
 after the request went out) or certainly did not (it could not be opened). The status stays
 mitmproxy's (502 for upstream failures), so SDKs retry as they do for AWS's own 502s.
 
-Two patches of mitmproxy's HTTP layer, where no hook reaches: ``HttpStream.handle_protocol_error``
+Patches of mitmproxy's HTTP layer, where no hook reaches: ``HttpStream.handle_protocol_error``
 marks the error it is about to send to the client with the flow's protocol and its (possibly
-reworded) error, once the add-ons' ``error`` hooks have run; ``Http1Server.send`` renders a marked
-error as the AWS-shaped answer. ``install()`` checks the shape of what it patches first; if
+reworded) error, once the add-ons' ``error`` hooks have run; ``Http1Server.send`` (HTTP/1 agents)
+and ``Http2Server._handle_event`` (HTTP/2 agents: curl, Go and Rust SDKs) render a marked error as
+the AWS-shaped answer. ``install()`` checks the shape of what it patches first; if
 mitmproxy has changed it, it logs an error and leaves mitmproxy's own page in place.
 """
 
@@ -61,12 +62,18 @@ def mark(event, flow: http.HTTPFlow, message: str | None = None) -> None:
     setattr(event, _MARK, (protocol, message))
 
 
-def answer(status: int, protocol: str | None, message: str) -> bytes:
-    """The bytes of the AWS-shaped error answer (the connection closes after it)."""
+def error_response(status: int, protocol: str | None, message: str) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the AWS-shaped error answer."""
     code = _CODES.get(status, "InternalFailure")
-    status_, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol)
+    _, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol)
+    return headers, body
+
+
+def answer(status: int, protocol: str | None, message: str) -> bytes:
+    """The bytes of the AWS-shaped error answer on HTTP/1 (the connection closes after it)."""
+    headers, body = error_response(status, protocol, message)
     headers["connection"] = "close"
-    return http1.assemble_response(http.Response.make(status_, body, headers))
+    return http1.assemble_response(http.Response.make(status, body, headers))
 
 
 def install() -> bool:
@@ -77,17 +84,20 @@ def install() -> bool:
     try:
         from mitmproxy.connection import ConnectionState
         from mitmproxy.proxy import commands
-        from mitmproxy.proxy.layers.http import HttpStream, ResponseProtocolError, SendHttp, _http1
+        from mitmproxy.proxy.layers.http import HttpStream, ResponseProtocolError, SendHttp, _http1, _http2
     except ImportError as e:
         log.error("failed calls get mitmproxy's own error page (its layout changed: %s)", e)
         return False
-    server = _http1.Http1Server
+    server, server2 = _http1.Http1Server, _http2.Http2Server
     if not (hasattr(HttpStream, "handle_protocol_error") and hasattr(server, "send")
-            and hasattr(ConnectionState, "CAN_WRITE")):
-        log.error("failed calls get mitmproxy's own error page (it changed: no handle_protocol_error or send)")
+            and hasattr(ConnectionState, "CAN_WRITE") and hasattr(server2, "_handle_event")
+            and hasattr(server2, "is_open_for_us") and hasattr(server2, "is_closed")):
+        log.error("failed calls get mitmproxy's own error page (it changed: no handle_protocol_error, send "
+                  "or Http2Server._handle_event)")
         return False
     handle_protocol_error = HttpStream.handle_protocol_error
     send = server.send
+    handle_event2 = server2._handle_event
 
     @functools.wraps(handle_protocol_error)
     def marking_handle_protocol_error(self, event):
@@ -115,7 +125,21 @@ def install() -> bool:
             yield commands.SendData(self.conn, answer(status, *marked))
         yield commands.CloseConnection(self.conn)
 
+    @functools.wraps(handle_event2)
+    def aws_shaped_h2_event(self, event):
+        marked = getattr(event, _MARK, None) if isinstance(event, ResponseProtocolError) else None
+        status = event.code.http_status_code() if marked is not None else None
+        if (status is None or self.is_closed(event.stream_id) or not self.is_open_for_us(event.stream_id)
+                or self.h2_conn.streams[event.stream_id].state_machine.headers_sent):
+            return (yield from handle_event2(self, event))  # as mitmproxy does: its page, or a reset stream
+        headers, body = error_response(status, *marked)
+        self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % status), *(
+            (k.lower().encode(), v.encode()) for k, v in headers.items())])
+        self.h2_conn.send_data(event.stream_id, body, end_stream=True)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+
     HttpStream.handle_protocol_error = marking_handle_protocol_error
     server.send = aws_shaped_send
+    server2._handle_event = aws_shaped_h2_event
     _installed = True
     return True

@@ -70,9 +70,10 @@ def test_what_the_chain_did_not_handle_keeps_mitmproxys_page():
 
 
 def test_install_patches_mitmproxys_http_layer_once():
-    from mitmproxy.proxy.layers.http import HttpStream, _http1
+    from mitmproxy.proxy.layers.http import HttpStream, _http1, _http2
 
     assert failures.install() and failures.install()
     assert hasattr(HttpStream.handle_protocol_error, "__wrapped__")
     assert hasattr(_http1.Http1Server.send, "__wrapped__")
+    assert hasattr(_http2.Http2Server._handle_event, "__wrapped__")
     assert not hasattr(HttpStream.handle_protocol_error.__wrapped__, "__wrapped__")  # wrapped once

@@ -274,6 +274,27 @@ def test_upstream_reset(faulty, issuer, upstream):
     assert r["error"] == "server closed connection"
 
 
+def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, upstream):
+    """An agent whose client speaks HTTP/2 to the gateway (curl, the Go and Rust SDKs do when it is
+    offered) gets the same AWS-shaped 502 on its stream, not mitmproxy's HTML page."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.raw import h2_get
+
+    sub = f"h2-reset-{uuid.uuid4().hex[:8]}"
+    signed = AWSRequest(method="GET", url=f"https://faults.s3.amazonaws.com/reset-{sub}")
+    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    status, headers, body = h2_get(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", f"/reset-{sub}",
+                                   dict(signed.headers.items()))
+    assert status == 502 and headers["content-type"] == "application/xml", (status, headers, body[:300])
+    assert b"<Code>BadGateway</Code>" in body
+    assert b"agentgate got no answer from faults.s3.amazonaws.com (server closed connection)" in body
+    r = only_record(faulty, sub)
+    assert (r["outcome"], r["error"], r["action"]) == ("failed", "server closed connection", "s3:GetObject")
+
+
 def test_upstream_500(faulty, issuer, upstream):
     sub, s3 = agent(faulty, issuer, "error500", "s3")
     key = f"error500-{sub}"

@@ -32,3 +32,47 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
         s.close()
         raise AssertionError(f"the gateway refused the tunnel: {data!r}")
     return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
+
+
+def h2_get(gw, token: str, host: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """One GET over HTTP/2 (ALPN h2 only, as an HTTP/2 client that insists on it) through the
+    gateway ``gw``: the status, the headers and the body of the answer."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s, data = connect(gw.port, f"{host}:443", token)
+    if not data.startswith(b"HTTP/1.1 200"):
+        s.close()
+        raise AssertionError(f"the gateway refused the tunnel: {data!r}")
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(s, server_hostname=host)
+    try:
+        if tls.selected_alpn_protocol() != "h2":
+            raise AssertionError(f"the gateway did not speak HTTP/2: {tls.selected_alpn_protocol()!r}")
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", host), (":path", path),
+                              *((k.lower(), v) for k, v in headers.items() if k.lower() != "host")], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status, got, body = 0, {}, b""
+        tls.settimeout(15)
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                raise AssertionError("the gateway closed the connection before the answer ended")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    got = dict(event.headers)
+                    status = int(got.pop(":status"))
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise AssertionError(f"the stream was reset ({event.error_code})")
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, got, body
+            tls.sendall(conn.data_to_send())
+    finally:
+        tls.close()
