@@ -195,6 +195,53 @@ def test_a_whole_chain_deleted_leaves_its_checkpoint_pointing_past_the_end(db_ur
     assert "has no records left" in problem and "records 1-10 are missing" in problem
 
 
+def _calls_under_an_approval(url: str) -> tuple[str, str, str]:
+    """Two recorded calls under one approval: held (no approver yet), then released by sre-sam.
+    (approval id, held call id, released call id)"""
+    from addons.core.models import Approval as ApprovalRow
+
+    store = Store(url, writer_id="w1", chain_key=KEY, checkpoint_every=3600)
+    store.migrate()
+    now = dt.datetime.now(UTC)
+    with sql(url).begin() as c:
+        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "agent-7",
+                                         "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
+                                         "requested": now, "decided": now, "used": now}])
+    store.start()
+    held = Record(principal="agent-7", action="ec2:TerminateInstances", decision="approve", outcome="refused",
+                  approval_id="ap-1")
+    released = Record(principal="agent-7", action="ec2:TerminateInstances", decision="approve", outcome="forwarded",
+                      approval_id="ap-1", approver="sre-sam")
+    store.write_sync(held)
+    store.write_sync(released)
+    store.close()
+    return "ap-1", held.id, released.id
+
+
+def test_an_approval_rewritten_or_deleted_after_its_call_is_detected(db_url: str) -> None:
+    """The approvals table is not a chain (its rows change state), but a call's record names the
+    approval it ran under, and who decided it: verify holds the approval to that."""
+    from addons.core.models import Approval as ApprovalRow
+
+    approval, held, released = _calls_under_an_approval(db_url)
+    result = verify(db_url, KEY)
+    assert result.ok and result.approvals == 1, result.problems
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalRow).where(ApprovalRow.id == approval).values(approver="mallory"))
+    result = verify(db_url, KEY)
+    assert result.problems == [f"call {released} (writer w1, seq 2): approval {approval} now names approver "
+                               "'mallory', the call's record 'sre-sam'"]
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalRow).where(ApprovalRow.id == approval).values(approver="sre-sam", principal="eve"))
+    assert verify(db_url, KEY).problems[0].endswith(f"approval {approval} now names principal 'eve', the call's record 'agent-7'")
+    with sql(db_url).begin() as c:
+        c.execute(delete(ApprovalRow).where(ApprovalRow.id == approval))
+    result = verify(db_url, KEY)
+    assert not result.ok and result.problems == [
+        f"call {held} (writer w1, seq 1): its record names approval {approval}, which the store no longer holds",
+        f"call {released} (writer w1, seq 2): its record names approval {approval}, which the store no longer holds"]
+
+
 def test_a_forged_checkpoint_is_detected(db_url: str) -> None:
     ids = write_chain(db_url)
     with sql(db_url).begin() as c:

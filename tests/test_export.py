@@ -4,6 +4,7 @@ by mitmdump, and OSCAL assessment results parsed with compliance-trestle's model
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -63,15 +64,28 @@ def synthetic_records(now: float) -> list[Record]:
     ]
 
 
-@pytest.fixture
-def store_url(home: Path) -> str:
-    url = f"sqlite:///{home / 'agentgate.db'}"
-    store = Store(url, chain_key=KEY, writer_id="gw-test")
+def write_synthetic(url: str, writer_id: str) -> None:
+    """synthetic_records in a store, with the approval the TerminateInstances call ran under."""
+    from sqlalchemy import insert
+
+    from addons.core.models import Approval as ApprovalRow
+
+    store = Store(url, chain_key=KEY, writer_id=writer_id)
     store.migrate()
+    with store.engine.begin() as c:
+        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "h1", "principal": "bob",
+                                         "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
+                                         "requested": dt.datetime.now(dt.timezone.utc)}])
     store.start()
     for r in synthetic_records(time.time()):
         store.write_sync(r)
     store.close()
+
+
+@pytest.fixture
+def store_url(home: Path) -> str:
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    write_synthetic(url, "gw-test")
     return url
 
 
@@ -316,12 +330,7 @@ def test_exports_and_summary_on_postgresql(home, tmp_path):
     from tests.support.postgres import shared_server
 
     url = shared_server().fresh_database("export")
-    store = Store(url, chain_key=KEY, writer_id="gw-pg")
-    store.migrate()
-    store.start()
-    for r in synthetic_records(time.time()):
-        store.write_sync(r)
-    store.close()
+    write_synthetic(url, "gw-pg")
     out = tmp_path / "pg.jsonl"
     run("export", "--format", "jsonl", "-o", str(out), "--db", url)
     lines = read_jsonl(out)

@@ -8,9 +8,10 @@ import datetime as dt
 import time
 
 import pytest
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, func, insert, inspect, select, text
 from sqlalchemy.pool import NullPool
 
+from addons.core.models import Approval as ApprovalRow
 from addons.core.models import Call, Checkpoint, PolicyVersion
 from addons.core.records import Record
 from addons.core.store import Store, StoreError, StoreUnavailable, head_revision, load_chain_key, verify
@@ -83,6 +84,13 @@ def test_a_record_reads_back_as_written(store: Store) -> None:
     assert got["request_headers"] == [list(h) for h in r.request_headers]
     assert got["params"] == {**r.params, "tuple": [1, 2]}
     assert (got["writer_id"], got["seq"], got["truncated"]) == ("w", 1, False)
+    result = verify(store.url, KEY)  # the approval the record names is not in the store
+    assert result.problems == [f"call {r.id} (writer w, seq 1): its record names approval ap-1, which the store "
+                               "no longer holds"]
+    with sql(store.url).begin() as c:
+        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": r.principal,
+                                         "action": r.action, "status": "used", "approver": "carol",
+                                         "requested": dt.datetime.now(dt.timezone.utc)}])
     assert verify(store.url, KEY).ok
 
 

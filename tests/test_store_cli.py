@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, update
+from sqlalchemy import create_engine, insert, update
 from sqlalchemy.pool import NullPool
 
 from addons.commands.store import parse_when, register
+from addons.core.models import Approval as ApprovalRow
 from addons.core.models import Call
 from addons.core.records import Record
 from addons.core.store import Store
@@ -53,6 +54,10 @@ def calls(db_url: str, home: Path) -> list[Record]:
     ]
     store = Store(db_url, chain_key=KEY)
     store.migrate()
+    with store.engine.begin() as c:  # the approval the held call asked for
+        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "bob",
+                                         "action": "ec2:TerminateInstances", "status": "pending",
+                                         "requested": dt.datetime.now(dt.timezone.utc)}])
     store.start()
     for r in records:
         store.write_sync(r)

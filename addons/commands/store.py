@@ -243,7 +243,9 @@ def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
 @key_option
 @json_option
 def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
-    """Check the hash chains and checkpoints: every record unaltered, none missing or reordered."""
+    """Check the hash chains and checkpoints: every record unaltered, none missing or reordered; and
+    every approval a recorded call ran under still there, naming the principal and approver its
+    record names."""
     url = _settings(db).db
     key = _key(key_file, db)
     try:
@@ -252,7 +254,8 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
         raise click.ClickException(str(e)) from None
     if as_json:
         _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
-                    "checkpoints": result.checkpoints, "problems": result.problems, "notes": result.notes})
+                    "checkpoints": result.checkpoints, "approvals": result.approvals, "problems": result.problems,
+                    "notes": result.notes})
     else:
         for note in result.notes:
             click.echo(f"note: {note}")
@@ -262,7 +265,9 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
             click.echo(f"... and {len(result.problems) - 50} more problems")
         if result.ok:
             click.echo(f"OK: {result.records} records in {result.chains} chains, {result.checkpoints} checkpoints"
-                       + ("" if key else " (no chain key: checkpoints not authenticated)"))
+                       + ("" if key else " (no chain key: checkpoints not authenticated)")
+                       + (f"; {result.approvals} approval{'s' if result.approvals != 1 else ''} as the records of "
+                          "the calls under them name them" if result.approvals else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}")

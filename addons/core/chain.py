@@ -131,6 +131,7 @@ class VerifyResult:
     chains: int = 0
     records: int = 0
     checkpoints: int = 0
+    approvals: int = 0  # approvals checked against the records of the calls that ran under them
     problems: list[str] = dataclasses.field(default_factory=list)  # first broken record first
     notes: list[str] = dataclasses.field(default_factory=list)  # unanchored tails and the like: fine
 

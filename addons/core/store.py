@@ -74,6 +74,7 @@ from sqlalchemy.pool import StaticPool
 from . import chain
 from .chain import GENESIS, ChainCheck, CheckpointInfo, VerifyResult
 from .models import AgentSession, Call, Checkpoint, PolicyVersion
+from .models import Approval as ApprovalRow
 from .records import REDACTED_HEADERS, Record, new_id
 
 __all__ = [
@@ -1427,9 +1428,41 @@ def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
                 result.add(check.finish())
             for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
                 result.add(ChainCheck(writer_id, cps, chain_key).finish())
+            result.approvals, problems = check_approvals(conn)
+            result.problems += problems
+            result.ok = not result.problems
     finally:
         store.engine.dispose()
     return result
+
+
+def check_approvals(conn: Any) -> tuple[int, list[str]]:
+    """The approvals that recorded calls ran under, against what those calls' records (in their
+    chains) say of them: each must still be in the store, name the same principal and, where the
+    record names who decided, the same approver. The approvals table is not itself chained (its
+    rows change state); this catches an approval deleted or rewritten after a call relied on it.
+    (How many approvals were looked at, problems.)"""
+    c, a = Call.__table__.c, ApprovalRow.__table__.c
+    calls = conn.execute(select(c.id, c.writer_id, c.seq, c.approval_id, c.approver, c.principal)
+                         .where(c.approval_id.is_not(None)).order_by(c.writer_id, c.seq)).all()
+    ids = sorted({r.approval_id for r in calls})
+    held: dict[str, Any] = {}
+    for i in range(0, len(ids), 500):
+        for row in conn.execute(select(a.id, a.principal, a.approver).where(a.id.in_(ids[i:i + 500]))):
+            held[row.id] = row
+    problems = []
+    for r in calls:
+        where = f"call {r.id} (writer {r.writer_id}, seq {r.seq})"
+        found = held.get(r.approval_id)
+        if found is None:
+            problems.append(f"{where}: its record names approval {r.approval_id}, which the store no longer holds")
+        elif found.principal != r.principal:
+            problems.append(f"{where}: approval {r.approval_id} now names principal {found.principal!r}, the call's "
+                            f"record {r.principal!r}")
+        elif r.approver is not None and found.approver != r.approver:
+            problems.append(f"{where}: approval {r.approval_id} now names approver {found.approver!r}, the call's "
+                            f"record {r.approver!r}")
+    return len(ids), problems
 
 
 @dataclasses.dataclass
