@@ -98,6 +98,7 @@ def test_any_text_loads_or_is_refused_line_by_line(tmp_path_factory, text):
 @given(policy_documents())
 @fuzz(150)
 @example('version: 1\ndefault: 1\nroles:\n- session_policy: "\\0"\n')  # read_text raised ValueError
+@example("version: 1\ndefault: 1\nroles:\n- session_policy: '0\n\n    '\n")  # a file name with a newline: two-line problem
 def test_any_document_of_the_policy_shape(tmp_path_factory, text):
     loaded = load(tmp_path_factory.mktemp("p"), text)
     if isinstance(loaded, PolicySet):  # whatever loaded decides every call

@@ -967,26 +967,27 @@ def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dic
         else:
             parsed.watched.add(rel)
             path = parsed.directory / rel
+            shown = rel if rel.isprintable() else _shown(rel)  # one line per problem, whatever the file's name
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                problem(at, f"session policy {rel}: cannot read ({e.strerror if isinstance(e, OSError) else e})")
+                problem(at, f"session policy {shown}: cannot read ({e.strerror if isinstance(e, OSError) else e})")
                 ok = False
             else:
                 try:
                     document = json.loads(text)
                 except json.JSONDecodeError as e:
-                    problem(at, f"session policy {rel} is not valid JSON: {e.msg} at its line {e.lineno}")
+                    problem(at, f"session policy {shown} is not valid JSON: {e.msg} at its line {e.lineno}")
                     ok = False
                 else:
                     if not isinstance(document, dict) or "Statement" not in document:
-                        problem(at, f"session policy {rel} must be an IAM policy document (an object with Statement)")
+                        problem(at, f"session policy {shown} must be an IAM policy document (an object with Statement)")
                         ok = False
                     else:
                         session_texts[rel] = text
                         session_policy = json.dumps(document, separators=(",", ":"))
                         if len(session_policy) > SESSION_POLICY_LIMIT:
-                            parsed.warnings.append((name, at, f"warning: session policy {rel} is {len(session_policy)} characters "
+                            parsed.warnings.append((name, at, f"warning: session policy {shown} is {len(session_policy)} characters "
                                                     f"packed; sts:AssumeRole accepts {SESSION_POLICY_LIMIT}"))
     if ok:
         binding = RoleBinding(arn, session_policy, duration, web_identity, rid)
