@@ -49,16 +49,68 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Until something listens on 127.0.0.1:``port``; with ``proc``, until ``proc`` (or a process it
+    started) does: a free port picked by one test process can be taken by another's server before
+    ``proc`` binds it, and a test must not then talk to that other server."""
     deadline = time.time() + timeout
+    other = False
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
+            raise RuntimeError(f"process exited with {proc.returncode}" + (
+                f" (127.0.0.1:{port} is held by another process)" if other else ""))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                pass
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+            continue
+        owned = None if proc is None else _listens(proc.pid, port)
+        if owned is not False:  # ours, or nothing to check it against
+            return
+        other = True
+        time.sleep(0.05)
+    raise TimeoutError(f"127.0.0.1:{port} is held by another process" if other
+                       else f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether ``pid`` or one of its descendants holds the socket listening on ``port`` (Linux's
+    /proc); None when that cannot be told here."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{f[9]}]")
+    if not listening:
+        return None
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    for p in tree:
+        try:
+            fds = list(Path(f"/proc/{p}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in listening:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 _HOME: Path | None = None
@@ -146,13 +198,22 @@ class Gateway:
     def start(self) -> "Gateway":
         if not (self.home / "agentgate.toml").exists():
             self.init()
-        args = [AGENTGATE, "run", "--listen", f"127.0.0.1:{self.port}", "--upstream", self.upstream, "-v"]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home)
-        try:
-            wait_port(self.port, proc=self.proc)
-        except Exception as e:
-            raise RuntimeError(f"gateway did not start: {e}\n{self.log()}") from None
+        for attempt in range(3):
+            args = [AGENTGATE, "run", "--listen", f"127.0.0.1:{self.port}", "--upstream", self.upstream, "-v"]
+            self._log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home)
+            try:
+                wait_port(self.port, proc=self.proc)
+                return self
+            except Exception as e:
+                taken = "held by another process" in str(e) or "ddress already in use" in self.log()
+                if not taken or attempt == 2:
+                    raise RuntimeError(f"gateway did not start: {e}\n{self.log()}") from None
+            # another test process took the port between free_port() and the gateway's bind: another one
+            self.stop()
+            self.port = free_port()
+            cfg = self.home / "agentgate.toml"
+            cfg.write_text(re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{self.port}"', cfg.read_text()))
         return self
 
     def stop(self) -> None:
