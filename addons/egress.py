@@ -46,6 +46,7 @@ DEFAULT_MAX_URL_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but horizontal tab
+_TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")  # whitespace or CTLs: no HTTP/1 request line holds them
 
 
 def host_matches(host: str, port: int, patterns: list[str]) -> bool:
@@ -96,6 +97,10 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
                        "refused inside the tunnel: send the path only (origin-form), as HTTPS clients do", "egress")
     if not req.path.startswith("/"):
         return Refusal(400, "InvalidRequest", "the request target must be a path starting with /", "egress")
+    if (m := _TARGET_BAD.search(req.data.path)) is not None:  # an HTTP/2 :path may hold them; HTTP/1 upstream reads them apart
+        return Refusal(400, "InvalidRequest", f"the request target holds a space or control character "
+                       f"(0x{m.group()[0]:02x}); agentgate refuses it so that no server behind it reads another "
+                       "request line than it did", "egress")
     url = len(req.data.path)
     if url > max_url_bytes:
         return Refusal(414, "RequestURITooLong", _cap_message("the request's URL", url, "max_url_bytes", max_url_bytes),

@@ -34,9 +34,19 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
     return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
 
 
+
 def h2_get(gw, token: str, host: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     """One GET over HTTP/2 (ALPN h2 only, as an HTTP/2 client that insists on it) through the
     gateway ``gw``: the status, the headers and the body of the answer."""
+    status, got, body = h2_request(gw, token, host, "GET", path.encode(), headers)
+    return status, got, body
+
+
+def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], body: bytes = b"",
+               validate: bool = True) -> tuple[int, dict[str, str], bytes]:
+    """One request over HTTP/2 through the gateway ``gw``; ``validate=False`` sends what an HTTP/2
+    client library would refuse to (a :path with a space, say). The status, headers and body of the
+    answer."""
     import h2.config
     import h2.connection
     import h2.events
@@ -51,12 +61,17 @@ def h2_get(gw, token: str, host: str, path: str, headers: dict[str, str]) -> tup
     try:
         if tls.selected_alpn_protocol() != "h2":
             raise AssertionError(f"the gateway did not speak HTTP/2: {tls.selected_alpn_protocol()!r}")
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding="utf-8", validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
         conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", host), (":path", path),
-                              *((k.lower(), v) for k, v in headers.items() if k.lower() != "host")], end_stream=True)
+        conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
+                              (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
+                                                  if k.lower() != "host")], end_stream=not body)
+        if body:
+            conn.send_data(1, body, end_stream=True)
         tls.sendall(conn.data_to_send())
-        status, got, body = 0, {}, b""
+        status, got, answer = 0, {}, b""
         tls.settimeout(15)
         while True:
             data = tls.recv(65536)
@@ -67,12 +82,12 @@ def h2_get(gw, token: str, host: str, path: str, headers: dict[str, str]) -> tup
                     got = dict(event.headers)
                     status = int(got.pop(":status"))
                 elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
+                    answer += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamReset):
                     raise AssertionError(f"the stream was reset ({event.error_code})")
                 elif isinstance(event, h2.events.StreamEnded):
-                    return status, got, body
+                    return status, got, answer
             tls.sendall(conn.data_to_send())
     finally:
         tls.close()
