@@ -47,6 +47,7 @@ DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but horizontal tab
 _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")  # whitespace or CTLs: no HTTP/1 request line holds them
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")  # an HTTP token (RFC 9110), as a request line needs
 
 
 def host_matches(host: str, port: int, patterns: list[str]) -> bool:
@@ -97,6 +98,10 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
                        "refused inside the tunnel: send the path only (origin-form), as HTTPS clients do", "egress")
     if not req.path.startswith("/"):
         return Refusal(400, "InvalidRequest", "the request target must be a path starting with /", "egress")
+    if not _METHOD.fullmatch(req.data.method):  # an HTTP/2 :method may be any bytes
+        return Refusal(400, "InvalidRequest", f"the request method {req.data.method[:40]!r} is not an HTTP token; "
+                       "agentgate refuses it so that no server behind it reads another request line than it did",
+                       "egress")
     if (m := _TARGET_BAD.search(req.data.path)) is not None:  # an HTTP/2 :path may hold them; HTTP/1 upstream reads them apart
         return Refusal(400, "InvalidRequest", f"the request target holds a space or control character "
                        f"(0x{m.group()[0]:02x}); agentgate refuses it so that no server behind it reads another "

@@ -151,19 +151,24 @@ def test_a_request_without_a_token_in_an_unauthenticated_tunnel_goes_nowhere(gw,
     assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:auth", new
 
 
-def test_an_http2_path_with_a_space_is_refused_and_nothing_goes_upstream(gw, issuer, upstream):
-    """HTTP/2 carries the request target in :path, where a space is only bytes; upstream speaks
-    HTTP/1, where a space ends the request target, so another request line than the gateway read
+@pytest.mark.parametrize("method, path, words", [
+    ("POST", b"/a b HTTP/1.1", b"space or control character (0x20)"),
+    ("POST /x", b"/", b"is not an HTTP token"),
+], ids=["space-in-path", "space-in-method"])
+def test_an_http2_request_line_with_a_space_is_refused_and_nothing_goes_upstream(gw, issuer, upstream, method, path,
+                                                                                 words):
+    """HTTP/2 carries the method and target in :method and :path, where a space is only bytes;
+    upstream speaks HTTP/1, where a space ends them, so another request line than the gateway read
     would reach it. Refused with 400 and recorded, like the HTTP/1 shapes above."""
     from tests.support.raw import h2_request
 
-    sub = "agent-h2-space-in-path"
+    sub = f"agent-h2-{method.split()[-1].strip('/') or 'path'}-{len(path)}"
     before_up, before_records = len(upstream.requests), len(gw.records())
     head = dict(line.split(": ", 1) for line in request([CL]).split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])
     head.pop("Content-Length")
-    status, headers, body = h2_request(gw, issuer.mint(sub), "sts.amazonaws.com", "POST", b"/a b HTTP/1.1", head,
-                                       BODY, validate=False)
-    assert status == 400 and b"space or control character (0x20)" in body, (status, body[:300])
+    status, headers, body = h2_request(gw, issuer.mint(sub), "sts.amazonaws.com", method, path, head, BODY,
+                                       validate=False)
+    assert status == 400 and words in body, (status, body[:300])
     assert b"<Code>InvalidRequest</Code>" in body or b'"InvalidRequest"' in body, body[:300]
     time.sleep(0.3)
     assert forwarded(upstream, before_up) == [], forwarded(upstream, before_up)
