@@ -39,8 +39,8 @@ _installed = False
 
 
 def message_for(flow: http.HTTPFlow, connect_failed: bool) -> str:
-    """What the agent is told about a call that failed on its way."""
-    host = flow.metadata.get(HOST) or flow.request.host_header or flow.request.host
+    """What the agent is told about a call the chain handled (``HOST`` set) that failed on its way."""
+    host = flow.metadata[HOST]
     error = flow.error.msg if flow.error is not None else "the call failed"
     if error.startswith("agentgate"):  # the gateway's own words already (a refusal in the HTTP layer)
         return error.removeprefix("agentgate: ")

@@ -281,13 +281,13 @@ def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, up
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import ReadOnlyCredentials
 
-    from tests.support.raw import h2_get
+    from tests.support.raw import h2_request
 
     sub = f"h2-reset-{uuid.uuid4().hex[:8]}"
     signed = AWSRequest(method="GET", url=f"https://faults.s3.amazonaws.com/reset-{sub}")
     S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
-    status, headers, body = h2_get(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", f"/reset-{sub}",
-                                   dict(signed.headers.items()))
+    status, headers, body = h2_request(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", "GET",
+                                       f"/reset-{sub}".encode(), dict(signed.headers.items()))
     assert status == 502 and headers["content-type"] == "application/xml", (status, headers, body[:300])
     assert b"<Code>BadGateway</Code>" in body
     assert b"agentgate got no answer from faults.s3.amazonaws.com (server closed connection)" in body

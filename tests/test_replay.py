@@ -212,18 +212,15 @@ def test_a_compressed_answer_is_compared_as_sent_and_never_inflated_whole(upstre
     import hashlib
     import tracemalloc
 
-    import brotli
-
     from addons.core.credentials import CredentialBroker
     from addons.core.masking import Masker
+    from tests.support.bombs import bomb
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", upstream.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "replay-test")
     document = json.dumps({"Items": [{"k": {"S": str(i)}} for i in range(200)]}).encode()
     packed = gzip.compress(document)
-    c = brotli.Compressor(quality=5)
-    bomb = b"".join([c.process(b"["), *(c.process(b" " * (1 << 20)) for _ in range(512)), c.process(b"]"), c.finish()])
-    upstream.encoded.update({"gzipped.json": ("gzip", packed), "bomb.json": ("br", bomb)})
+    upstream.encoded.update({"gzipped.json": ("gzip", packed), "bomb.json": ("br", bomb("br"))})
 
     def get(key: str, **kw) -> dict:
         return call(id=key, service="s3", operation="GetObject", method="GET", url=f"https://b.s3.amazonaws.com/{key}",

@@ -35,13 +35,6 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
 
 
 
-def h2_get(gw, token: str, host: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    """One GET over HTTP/2 (ALPN h2 only, as an HTTP/2 client that insists on it) through the
-    gateway ``gw``: the status, the headers and the body of the answer."""
-    status, got, body = h2_request(gw, token, host, "GET", path.encode(), headers)
-    return status, got, body
-
-
 def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], body: bytes = b"",
                validate: bool = True) -> tuple[int, dict[str, str], bytes]:
     """One request over HTTP/2 through the gateway ``gw``; ``validate=False`` sends what an HTTP/2
