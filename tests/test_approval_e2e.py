@@ -6,6 +6,7 @@ restart while calls are held; access grants."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import threading
 import time
@@ -229,6 +230,16 @@ def test_a_held_call_is_released_by_an_approval_during_the_hold(long_hold, issue
     shown = json.loads(gw.cli("approvals", "show", asked["id"], "--json").stdout)
     assert (shown["state"], shown["approver"], shown["reason"], shown["channel"]) == ("used", "alice", "cleanup ticket 7", "cli")
     assert [c["id"] for c in shown["calls"]] == [rec["id"]]
+    # its history: asked for by the held call, approved through the CLI, used by the released call
+    assert [(e["event"], e["actor"], e["channel"]) for e in shown["history"]] == [
+        ("requested", "agent-1", "gateway"), ("approved", "alice", "cli"), ("used", None, "gateway")]
+    assert shown["history"][1]["reason"] == "cleanup ticket 7"
+    text = " ".join(gw.cli("approvals", "show", asked["id"]).stdout.split())  # as words: rich wraps the table
+    assert re.search(r"history \S+ \S+ approved by alice \(cli\): cleanup ticket 7", text), text
+    # the gateway and the CLI both held the chain key: every approval event is keyed, none unanchored
+    verified = gw.cli("verify").stdout
+    assert "approval events left them" in verified, verified
+    assert not [line for line in verified.splitlines() if line.startswith("note: approval event")], verified
 
 
 def test_a_denial_during_the_hold_answers_with_the_reason(long_hold, issuer, bucket):

@@ -15,6 +15,7 @@ from addons.core.models import Call, Checkpoint
 from addons.core.records import Record
 from addons.core.store import Store, prune, verify
 from tests.support.postgres import shared_server
+from tests.support.approvals import insert_approvals
 
 KEY = b"k" * 32
 UTC = dt.timezone.utc
@@ -198,15 +199,12 @@ def test_a_whole_chain_deleted_leaves_its_checkpoint_pointing_past_the_end(db_ur
 def _calls_under_an_approval(url: str) -> tuple[str, str, str]:
     """Two recorded calls under one approval: held (no approver yet), then released by sre-sam.
     (approval id, held call id, released call id)"""
-    from addons.core.models import Approval as ApprovalRow
-
     store = Store(url, writer_id="w1", chain_key=KEY, checkpoint_every=3600)
     store.migrate()
     now = dt.datetime.now(UTC)
-    with sql(url).begin() as c:
-        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "agent-7",
-                                         "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
-                                         "requested": now, "decided": now, "used": now}])
+    insert_approvals(url, [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "agent-7",
+                            "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
+                            "requested": now, "decided": now, "used": now}], chain_key=KEY)
     store.start()
     held = Record(principal="agent-7", action="ec2:TerminateInstances", decision="approve", outcome="refused",
                   approval_id="ap-1")
@@ -230,7 +228,9 @@ def test_an_approval_rewritten_or_deleted_after_its_call_is_detected(db_url: str
         c.execute(update(ApprovalRow).where(ApprovalRow.id == approval).values(approver="mallory"))
     result = verify(db_url, KEY)
     assert result.problems == [f"call {released} (writer w1, seq 2): approval {approval} now names approver "
-                               "'mallory', the call's record 'sre-sam'"]
+                               "'mallory', the call's record 'sre-sam'",
+                               f"approval {approval} (used) does not read as its latest event (seq 1, requested) "
+                               "left it: the row was altered afterwards"]
     with sql(db_url).begin() as c:
         c.execute(update(ApprovalRow).where(ApprovalRow.id == approval).values(approver="sre-sam", principal="eve"))
     assert verify(db_url, KEY).problems[0].endswith(f"approval {approval} now names principal 'eve', the call's record 'agent-7'")
@@ -239,7 +239,9 @@ def test_an_approval_rewritten_or_deleted_after_its_call_is_detected(db_url: str
     result = verify(db_url, KEY)
     assert not result.ok and result.problems == [
         f"call {held} (writer w1, seq 1): its record names approval {approval}, which the store no longer holds",
-        f"call {released} (writer w1, seq 2): its record names approval {approval}, which the store no longer holds"]
+        f"call {released} (writer w1, seq 2): its record names approval {approval}, which the store no longer holds",
+        f"approval {approval} is no longer in the store, but its events are (the latest: seq 1, requested): it was "
+        "deleted"]
 
 
 def test_a_forged_checkpoint_is_detected(db_url: str) -> None:

@@ -22,6 +22,7 @@ from tests.test_identity_e2e import client
 
 BIN = Path(sys.executable).parent
 from tests.support.home import CHAIN_KEY as KEY
+from tests.support.approvals import insert_approvals
 MARKER = "agentgate:masked:hmac-0123456789ab"
 
 
@@ -66,16 +67,11 @@ def synthetic_records(now: float) -> list[Record]:
 
 def write_synthetic(url: str, writer_id: str) -> None:
     """synthetic_records in a store, with the approval the TerminateInstances call ran under."""
-    from sqlalchemy import insert
-
-    from addons.core.models import Approval as ApprovalRow
-
     store = Store(url, chain_key=KEY, writer_id=writer_id)
     store.migrate()
-    with store.engine.begin() as c:
-        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "h1", "principal": "bob",
-                                         "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
-                                         "requested": dt.datetime.now(dt.timezone.utc)}])
+    insert_approvals(url, [{"id": "ap-1", "kind": "call", "binding_hash": "h1", "principal": "bob",
+                            "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
+                            "requested": dt.datetime.now(dt.timezone.utc)}], chain_key=KEY)
     store.start()
     for r in synthetic_records(time.time()):
         store.write_sync(r)

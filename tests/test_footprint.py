@@ -41,22 +41,18 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))
 
 
 def test_an_old_store_is_still_migrated(tmp_path):
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    store = Store(url)
-    store.migrate()
-    with store.engine.begin() as conn:
-        from sqlalchemy import text
+    from alembic import command
+    from sqlalchemy import inspect, text
 
-        conn.execute(text("UPDATE alembic_version SET version_num = '0002_approvals'"))
-        conn.execute(text("ALTER TABLE calls DROP COLUMN body_note"))
-        conn.execute(text("ALTER TABLE calls DROP COLUMN masked"))
-    store.engine.dispose()
+    from addons.core.store import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    command.upgrade(alembic_config(url), "0002_approvals")
     Store(url).migrate()
     with Store(url).engine.connect() as conn:
-        from sqlalchemy import inspect, text
-
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
         assert {"masked", "body_note"} <= {c["name"] for c in inspect(conn).get_columns("calls")}
+        assert "approval_events" in inspect(conn).get_table_names()
 
 
 def test_start_up_objects_are_frozen_out_of_the_cycle_collectors_walks():

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, insert
 
 from addons.cli import main
-from addons.core.models import Approval
 from addons.core.records import Record
 from addons.core.store import Store
 from tests.test_export import KEY, synthetic_records
+from tests.support.approvals import insert_approvals
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,11 +64,7 @@ def db(home: Path) -> Path:
              requested=requested + dt.timedelta(minutes=2), expires=requested + dt.timedelta(hours=1)),
     ]
     columns = ("on_behalf_of", "approver", "reason", "channel", "decided", "expires")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for row in rows:
-            conn.execute(insert(Approval), [{**dict.fromkeys(columns), **row}])
-    engine.dispose()
+    insert_approvals(url, [{**dict.fromkeys(columns), **row} for row in rows], chain_key=KEY)
     return path
 
 
@@ -147,6 +142,7 @@ def test_report_shows_the_store(db, tmp_path):
     assert figures["credential-headers"] == "0"
     assert figures["chain"] == "chains verified"
     assert figures["verify"].startswith(f"agentgate verify over the whole store: OK, {total} records in 2 chains")
+    assert figures["verify"].endswith("; 3 approvals as 3 approval events left them."), figures["verify"]
     assert shown["timeline"] == total
     assert shown["charts"] == ["timeline", "actions", "latency"]
     assert shown["controls"] == ["AU-2", "AU-3", "AU-9", "AU-12", "AC-3", "AC-5", "AC-6", "IA-2", "IA-9", "SC-28"]

@@ -8,14 +8,14 @@ import datetime as dt
 import time
 
 import pytest
-from sqlalchemy import create_engine, func, insert, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.pool import NullPool
 
-from addons.core.models import Approval as ApprovalRow
 from addons.core.models import Call, Checkpoint, PolicyVersion
 from addons.core.records import Record
 from addons.core.store import Store, StoreError, StoreUnavailable, head_revision, load_chain_key, verify
 from tests.support.postgres import shared_server
+from tests.support.approvals import insert_approvals
 
 KEY = b"k" * 32
 UTC = dt.timezone.utc
@@ -71,6 +71,19 @@ def test_every_record_field_has_a_column() -> None:
     assert {"writer_id", "seq", "prev_hash", "hash", "request_body", "response_body", "truncated"} <= columns
 
 
+def test_the_migrations_build_exactly_the_schema_the_models_declare(db_url: str) -> None:
+    """What `agentgate init` creates is what the code reads and writes: no table, column, type,
+    index or constraint differs between Alembic's migrations and core.models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from addons.core.models import Base
+
+    Store(db_url).migrate()
+    with sql(db_url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+
+
 def test_a_record_reads_back_as_written(store: Store) -> None:
     r = full_record()
     store.write_sync(r)
@@ -87,10 +100,9 @@ def test_a_record_reads_back_as_written(store: Store) -> None:
     result = verify(store.url, KEY)  # the approval the record names is not in the store
     assert result.problems == [f"call {r.id} (writer w, seq 1): its record names approval ap-1, which the store "
                                "no longer holds"]
-    with sql(store.url).begin() as c:
-        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": r.principal,
-                                         "action": r.action, "status": "used", "approver": "carol",
-                                         "requested": dt.datetime.now(dt.timezone.utc)}])
+    insert_approvals(store.url, [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": r.principal,
+                                  "action": r.action, "status": "used", "approver": "carol",
+                                  "requested": dt.datetime.now(dt.timezone.utc)}], chain_key=KEY)
     assert verify(store.url, KEY).ok
 
 

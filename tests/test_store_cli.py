@@ -13,17 +13,17 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, insert, update
+from sqlalchemy import create_engine, update
 from sqlalchemy.pool import NullPool
 
 from addons.commands.store import parse_when, register
-from addons.core.models import Approval as ApprovalRow
 from addons.core.models import Call
 from addons.core.records import Record
 from addons.core.store import Store
 from tests.support.postgres import shared_server
 
 from tests.support.home import CHAIN_KEY as KEY
+from tests.support.approvals import insert_approvals
 UTC = dt.timezone.utc
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"id", "time", "principal", "on_behalf_of", "action", "service", "operation", "access_level",
@@ -54,10 +54,9 @@ def calls(db_url: str, home: Path) -> list[Record]:
     ]
     store = Store(db_url, chain_key=KEY)
     store.migrate()
-    with store.engine.begin() as c:  # the approval the held call asked for
-        c.execute(insert(ApprovalRow), [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "bob",
-                                         "action": "ec2:TerminateInstances", "status": "pending",
-                                         "requested": dt.datetime.now(dt.timezone.utc)}])
+    insert_approvals(db_url, [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": "bob",
+                               "action": "ec2:TerminateInstances", "status": "pending",
+                               "requested": dt.datetime.now(dt.timezone.utc)}], chain_key=KEY)  # the held call's
     store.start()
     for r in records:
         store.write_sync(r)

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principal, admin_token_matches,
                               describe_approvers, find_role)
-from ..core.store import Store, StoreError
+from ..core.store import Store, StoreError, chain_key_path, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
 from .store import BadInput, _console, _echo_json, _short_time, _text, db_option, json_option
 
@@ -42,11 +42,22 @@ def _settings(db: str | None) -> Settings:
         raise click.ClickException(str(e)) from None
 
 
+def _chain_key(settings: Settings) -> bytes | None:
+    """The chain key, where this machine holds it (the gateway's keys directory): it keys the
+    approval events a decision here appends. Without it they are written unkeyed, and `agentgate
+    verify` reports them as unanchored until a keyed event follows."""
+    try:
+        return load_chain_key(chain_key_path(settings.keys))
+    except StoreError as e:
+        click.echo(f"agentgate: warning: {e}; the approval events this command writes are not keyed", err=True)
+        return None
+
+
 @contextmanager
 def _approvals(settings: Settings) -> Iterator[Approvals]:
     store = None
     try:
-        store = Store(settings.db)
+        store = Store(settings.db, chain_key=_chain_key(settings))
         store._check_schema()
         yield Approvals(store)
     except (StoreError, ApprovalError) as e:
@@ -149,7 +160,7 @@ def _table(rows: list[Approval]) -> Table:
     return table
 
 
-def _details(a: Approval, calls: list[dict[str, Any]]) -> Table:
+def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, Any]]) -> Table:
     d = a.as_dict()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -173,6 +184,11 @@ def _details(a: Approval, calls: list[dict[str, Any]]) -> Table:
         rows.append(("used", d["used"]))
     if a.revoked:
         rows += [("revoked", f"{d['revoked']} by {a.revoked_by}"), ("revoke reason", a.revoke_reason)]
+    for e in history:
+        by = f" by {e['actor']}" if e["actor"] else ""
+        how = f" ({e['channel']})" if e["channel"] else ""
+        why = f": {e['reason']}" if e["reason"] and e["event"] != "requested" else ""
+        rows.append(("history", f"{_short_time(e['time'])}  {e['event']}{by}{how}{why}"))
     for c in calls:
         rows.append(("call", f"{_short_time(c['time'])}  {c['id']}  {c['outcome'] or ''} {c['status'] or ''}".rstrip()))
     for k, v in rows:
@@ -196,10 +212,11 @@ def _show(approval_id: str, db: str | None, as_json: bool) -> None:
     with _approvals(settings) as approvals:
         a = approvals.require(approval_id)
         calls = approvals.calls_for(approval_id)
+        history = approvals.history(approval_id)
     if as_json:
-        _echo_json({**a.as_dict(), "calls": calls})
+        _echo_json({**a.as_dict(), "history": history, "calls": calls})
         return
-    _console().print(_details(a, calls))
+    _console().print(_details(a, calls, history))
 
 
 def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None) -> None:

@@ -243,9 +243,9 @@ def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
 @key_option
 @json_option
 def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
-    """Check the hash chains and checkpoints: every record unaltered, none missing or reordered; and
+    """Check the hash chains and checkpoints: every record unaltered, none missing or reordered;
     every approval a recorded call ran under still there, naming the principal and approver its
-    record names."""
+    record names; and the approval events' chain, with every approval as its latest event left it."""
     url = _settings(db).db
     key = _key(key_file, db)
     try:
@@ -254,7 +254,9 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
         raise click.ClickException(str(e)) from None
     if as_json:
         _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
-                    "checkpoints": result.checkpoints, "approvals": result.approvals, "problems": result.problems,
+                    "checkpoints": result.checkpoints, "approvals": result.approvals,
+                    "approval_events": result.approval_events, "approvals_held": result.approvals_held,
+                    "problems": result.problems,
                     "notes": result.notes})
     else:
         for note in result.notes:
@@ -267,7 +269,10 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
             click.echo(f"OK: {result.records} records in {result.chains} chains, {result.checkpoints} checkpoints"
                        + ("" if key else " (no chain key: checkpoints not authenticated)")
                        + (f"; {result.approvals} approval{'s' if result.approvals != 1 else ''} as the records of "
-                          "the calls under them name them" if result.approvals else ""))
+                          "the calls under them name them" if result.approvals else "")
+                       + (f"; {result.approvals_held} approval{'s' if result.approvals_held != 1 else ''} as "
+                          f"{result.approval_events} approval event{'s' if result.approval_events != 1 else ''} "
+                          "left them" if result.approval_events or result.approvals_held else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}")

@@ -16,6 +16,14 @@ for the operator of a single-user gateway: it fits every rule's approvers.
 An access grant (``kind = "grant"``) lets a principal's calls run as a role named in the
 policies' ``roles`` until it expires or is revoked; it is requested and approved the same way.
 
+Every change of an approval's row (asked for, approved, denied, expired, used, revoked) appends an
+event to one hash chain for the whole store (``models.ApprovalEvent``), in the same transaction:
+the event names who and why, and carries the SHA-256 of the row as the change left it, and an HMAC
+with the chain key where the writing process holds it. ``agentgate verify`` holds the approvals
+table to its latest events (``chain.ApprovalEventCheck``). Appenders take turns: on PostgreSQL an
+advisory lock held to the commit; on SQLite the database's write lock, which the change to the
+row has taken before the chain's head is read.
+
 Waiting: ``wait`` resolves when an approval leaves ``pending``. On PostgreSQL every decision
 sends a NOTIFY that a listener thread hears at once; SQLite is polled (every 0.25 s). Decisions
 made in this process wake its waiters directly.
@@ -42,7 +50,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import chain
 from .models import Approval as ApprovalRow
-from .models import Call
+from .models import ApprovalEvent, Call
 from .policy import principal_matches
 from .store import StoreUnavailable, _one_line
 
@@ -58,6 +66,7 @@ MASK = "*** (sensitive)"
 SQLITE_POLL = 0.25  # seconds between looks at the store for decisions, on SQLite
 POSTGRES_POLL = 1.0  # the same on PostgreSQL, behind LISTEN/NOTIFY, in case a notification is lost
 GRANTS_REFRESH = 1.0  # seconds between reloads of the active grants
+EVENTS_LOCK = 0x61676174_65767473  # PostgreSQL advisory lock: one appender to the approval events at a time
 
 
 class ApprovalError(Exception):
@@ -344,6 +353,8 @@ class Approvals:
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        self.chain_key = store.chain_key
+        self.writer = store.writer_id
         self.engine = store.engine
         self.where = store.where
         self.postgres = self.engine.dialect.name == "postgresql"
@@ -441,19 +452,23 @@ class Approvals:
                         "duration": duration, "status": "pending", "requested": now,
                         "expires": now + dt.timedelta(seconds=duration),
                     }
-                if self._insert(row):
+                if self._insert(row, "gateway"):
                     return Asked(Approval.from_row(row), "pending", created=True)
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
         raise ApprovalError(f"could not settle the approval for {call.action}: the store kept changing under it")
 
-    def _insert(self, row: dict[str, Any]) -> bool:
+    def _insert(self, row: dict[str, Any], channel: str) -> bool:
         """Open a pending approval; False when one is already pending for its hash (another call,
         perhaps on another replica, opened it at the same moment)."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(self.table), [row])
-        except IntegrityError:
+                self._event(conn, row["id"], "requested", row["requested"], actor=row["principal"],
+                            reason=row["request_reason"], channel=channel)
+        except IntegrityError as e:
+            if "approval_events" in str(e.orig):
+                raise  # not a pending approval found: the events' chain (held to one appender) refused
             return False
         return True
 
@@ -474,22 +489,54 @@ class Approvals:
                 taken = conn.execute(update(self.table).where(
                     c.id == a.id, c.status == "approved", c.expires > now).values(status="used", used=now)).rowcount
                 if taken == 1:
+                    self._event(conn, a.id, "used", now, channel="gateway")
                     return Asked(dataclasses.replace(a, status="used", used=now), "released")
                 return None
-            self._expire(conn, a)
+            self._expire(conn, a, now)
             return Asked(dataclasses.replace(a, status="expired"), "expired")
         if a.status == "pending":
             if a.state(now) == "pending":
                 return Asked(a, "pending")
-            self._expire(conn, a)
+            self._expire(conn, a, now)
             return Asked(dataclasses.replace(a, status="expired"), "expired")
         if a.status == "denied" and a.expires is not None and a.expires > now:
             return Asked(a, "denied")
         return None
 
-    def _expire(self, conn: Any, a: Approval) -> None:
+    def _expire(self, conn: Any, a: Approval, now: dt.datetime) -> None:
         c = self.table.c
-        conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(status="expired"))
+        if conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(status="expired")).rowcount:
+            self._event(conn, a.id, "expired", now, channel="gateway")
+
+    def _event(self, conn: Any, approval_id: str, event: str, at: dt.datetime, *, actor: str | None = None,
+               reason: str | None = None, channel: str | None = None) -> None:
+        """(In the transaction that changed ``approval_id``'s row, after the change.) Append the
+        change to the approval events' chain, with the row as it now reads."""
+        e = ApprovalEvent.__table__
+        if self.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENTS_LOCK})
+        row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+        head = conn.execute(select(e.c.seq, e.c.hash).order_by(e.c.seq.desc()).limit(1)).first()
+        content: dict[str, Any] = {
+            "seq": head.seq + 1 if head else 1, "approval_id": approval_id, "event": event, "time": at,
+            "actor": actor, "reason": reason, "channel": channel, "writer": self.writer,
+            "state_hash": chain.approval_state_hash(row._mapping), "prev_hash": head.hash if head else chain.GENESIS,
+        }
+        content["hash"] = chain.record_hash(content)
+        content["mac"] = (chain.event_mac(self.chain_key, seq=content["seq"], event_hash=content["hash"])
+                          if self.chain_key else None)
+        conn.execute(insert(e), [content])
+
+    def history(self, approval_id: str) -> list[dict[str, Any]]:
+        """An approval's events, oldest first: what happened to it, when, by whom and why."""
+        e = ApprovalEvent.__table__.c
+        q = (select(e.seq, e.event, e.time, e.actor, e.reason, e.channel)
+             .where(e.approval_id == approval_id).order_by(e.seq))
+        try:
+            with self.engine.connect() as conn:
+                return [{**dict(r._mapping), "time": _iso(r.time)} for r in conn.execute(q)]
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
 
     def take(self, approval_id: str, now: dt.datetime | None = None) -> Approval | None:
         """Use an approved approval for the call that waited on it; None if it is no longer usable."""
@@ -499,6 +546,8 @@ class Approvals:
             with self.engine.begin() as conn:
                 taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved",
                                                               c.expires > now).values(status="used", used=now)).rowcount
+                if taken == 1:
+                    self._event(conn, approval_id, "used", now, channel="gateway")
                 row = conn.execute(select(self.table).where(c.id == approval_id)).first()
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
@@ -530,6 +579,8 @@ class Approvals:
                 changed = conn.execute(update(self.table).where(
                     c.id == a.id, c.status == "pending", c.expires > now).values(**values)).rowcount
                 if changed == 1:
+                    self._event(conn, a.id, values["status"], now, actor=values["approver"], reason=reason,
+                                channel=channel)
                     self._notify(conn, a.id)
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
@@ -559,7 +610,7 @@ class Approvals:
 
     def request_grant(self, principal: Any, *, role_arn: str, role_id: str | None, duration: int, reason: str,
                       approvers: Mapping[str, Any] | None, policy_version: str | None = None,
-                      now: dt.datetime | None = None) -> Asked:
+                      channel: str = "cli", now: dt.datetime | None = None) -> Asked:
         """Ask for ``principal``'s calls to run as ``role_arn`` for ``duration`` seconds once approved.
         A request already pending for the same principal and role is returned as it is."""
         now = now or _now()
@@ -571,7 +622,7 @@ class Approvals:
                     if found is not None and found.state(now) == "pending":
                         return Asked(found, "pending")
                     if found is not None and found.status == "pending":
-                        self._expire(conn, found)
+                        self._expire(conn, found, now)
                     row = {
                         "id": _new_id("grant"), "kind": "grant", "binding_hash": h, "rule": role_id,
                         "policy_version": policy_version, "principal": principal.sub, "issuer": principal.iss,
@@ -580,7 +631,7 @@ class Approvals:
                         "approvers": approvers_spec(approvers), "request_reason": reason, "duration": duration,
                         "status": "pending", "requested": now, "expires": now + dt.timedelta(seconds=GRANT_REQUEST_TTL),
                     }
-                if self._insert(row):
+                if self._insert(row, channel):
                     return Asked(Approval.from_row(row), "pending", created=True)
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
@@ -608,6 +659,8 @@ class Approvals:
                     status="revoked", revoked=now, revoked_by=who(by), revoke_reason=(reason or "").strip() or None,
                     expires=now)).rowcount
                 if changed == 1:
+                    self._event(conn, a.id, "revoked", now, actor=who(by), reason=(reason or "").strip() or None,
+                                channel=channel)
                     self._notify(conn, a.id)
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None

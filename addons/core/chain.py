@@ -107,6 +107,17 @@ def checkpoint_mac(key: bytes, *, writer_id: str, seq: int, head_hash: str, time
     return hmac.new(key, b"agentgate checkpoint\n" + canonical(statement), hashlib.sha256).hexdigest()
 
 
+def approval_state_hash(row: Mapping[str, Any]) -> str:
+    """SHA-256 of an approval's row in canonical form: what an approval event says the row became."""
+    return hashlib.sha256(b"agentgate approval\n" + canonical(row)).hexdigest()
+
+
+def event_mac(key: bytes, *, seq: int, event_hash: str) -> str:
+    """HMAC-SHA256 of an approval event's place in its chain: it vouches for every event up to it."""
+    statement = {"seq": seq, "event_hash": event_hash}
+    return hmac.new(key, b"agentgate approval event\n" + canonical(statement), hashlib.sha256).hexdigest()
+
+
 @dataclasses.dataclass
 class CheckpointInfo:
     id: int
@@ -132,6 +143,8 @@ class VerifyResult:
     records: int = 0
     checkpoints: int = 0
     approvals: int = 0  # approvals checked against the records of the calls that ran under them
+    approval_events: int = 0  # events in the approval events' chain
+    approvals_held: int = 0  # approvals held to their latest events
     problems: list[str] = dataclasses.field(default_factory=list)  # first broken record first
     notes: list[str] = dataclasses.field(default_factory=list)  # unanchored tails and the like: fine
 
@@ -265,4 +278,86 @@ class ChainCheck:
                 at = f", at call {self._seen[seq][0]}," if seq in self._seen else ""
                 p = f"{p.name()}{at} is forged or altered: its HMAC does not verify with the chain key"
             self.problems.append(p)
+        return self
+
+
+def _event(row: Mapping[str, Any]) -> str:
+    return f"approval event {row['seq']} ({row['event']} of {row['approval_id']})"
+
+
+class ApprovalEventCheck:
+    """Verifies the approval events' chain and the approvals table against it: feed the events in
+    seq order, then ``finish(approvals)`` with every approval's row.
+
+    Every approval must read as its latest event left it (its ``state_hash``), and every approval an
+    event names must still be there. An event's MAC vouches for it and every event before it; events
+    after the last one with a valid MAC (written without the chain key) are reported as unanchored.
+    """
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.events = 0
+        self.approvals = 0
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self._last: Mapping[str, Any] | None = None
+        self._anchored = 0
+        self._latest: dict[str, tuple[int, str, str]] = {}  # approval id -> (seq, event, state hash)
+        self._unkeyed: dict[str, int] = {}  # writer -> events it wrote without a MAC
+
+    def feed(self, row: Mapping[str, Any]) -> None:
+        seq, last = row["seq"], self._last
+        issues: list[str] = []
+        if last is None:
+            expected_prev: str | None = GENESIS if seq == 1 else None
+            if seq != 1:
+                issues.append(f"{'event 1 is' if seq == 2 else f'events 1-{seq - 1} are'} missing before it "
+                              f"(the start of the chain was deleted)")
+        elif seq != last["seq"] + 1:
+            expected_prev = None
+            gap = (f"event {last['seq'] + 1} is" if seq == last["seq"] + 2
+                   else f"events {last['seq'] + 1}-{seq - 1} are")
+            issues.append(f"{gap} missing between it and {_event(last)}: deleted")
+        else:
+            expected_prev = last["hash"]
+        content = {k: v for k, v in row.items() if k != "mac"}
+        if record_hash(content) != row["hash"]:
+            issues.append("its content does not match its hash: the event was altered")
+        if expected_prev is not None and row["prev_hash"] != expected_prev:
+            issues.append("it does not link to the event before it: events were reordered, replaced or altered")
+        if self.key is not None and row["mac"]:
+            if hmac.compare_digest(event_mac(self.key, seq=seq, event_hash=row["hash"]), row["mac"]):
+                self._anchored = seq
+            else:
+                issues.append("its MAC does not verify with the chain key: forged or altered")
+        elif not row["mac"] and row["event"] != "existing":
+            self._unkeyed[row["writer"] or "(unnamed)"] = self._unkeyed.get(row["writer"] or "(unnamed)", 0) + 1
+        if issues:
+            self.problems.append(f"{_event(row)}: " + "; ".join(issues))
+        self.events += 1
+        self._latest[row["approval_id"]] = (seq, row["event"], row["state_hash"])
+        self._last = {"seq": seq, "hash": row["hash"], "event": row["event"], "approval_id": row["approval_id"]}
+
+    def finish(self, approvals: Iterable[Mapping[str, Any]]) -> "ApprovalEventCheck":
+        for row in approvals:
+            self.approvals += 1
+            latest = self._latest.pop(row["id"], None)
+            if latest is None:
+                self.problems.append(f"approval {row['id']} ({row['status']}) has no event: it was written or "
+                                     f"changed outside agentgate, or its events were deleted")
+            elif approval_state_hash(row) != latest[2]:
+                self.problems.append(f"approval {row['id']} ({row['status']}) does not read as its latest event "
+                                     f"(seq {latest[0]}, {latest[1]}) left it: the row was altered afterwards")
+        for approval_id, (seq, event, _) in sorted(self._latest.items(), key=lambda kv: kv[1][0]):
+            self.problems.append(f"approval {approval_id} is no longer in the store, but its events are "
+                                 f"(the latest: seq {seq}, {event}): it was deleted")
+        last = self._last["seq"] if self._last else 0
+        if self.key is None and self.events:
+            self.notes.append("no chain key given, so the approval events' MACs were not checked")
+        elif last > self._anchored:
+            by = ", ".join(f"{w} ({n})" for w, n in sorted(self._unkeyed.items()))
+            self.notes.append(f"approval {'event' if last == self._anchored + 1 else 'events'} "
+                              f"{self._anchored + 1}{'' if last == self._anchored + 1 else f'-{last}'} "
+                              f"after the last keyed one, so unanchored"
+                              + (f"; written without the chain key by {by}" if by else ""))
         return self

@@ -1,4 +1,5 @@
-"""The store's schema: sessions, calls, approvals, policy versions and chain checkpoints.
+"""The store's schema: sessions, calls, approvals and their events, policy versions and chain
+checkpoints.
 
 Typed SQLAlchemy 2 models; the same tables on SQLite and PostgreSQL. The migrations in
 ``addons/migrations`` create and evolve them; these classes are what the code reads and writes.
@@ -210,6 +211,37 @@ class Approval(Base):
         # one pending approval per binding, across replicas: an SDK's retries find the same one
         Index("uq_approvals_pending_binding", "binding_hash", unique=True,
               sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+    )
+
+
+APPROVAL_EVENTS = ("requested", "approved", "denied", "expired", "used", "revoked", "existing")
+
+
+class ApprovalEvent(Base):
+    """One change of an approval's state (asked for, approved, denied, expired, used, revoked), in
+    one hash chain for the whole store: ``seq`` N links to event N-1 by ``prev_hash``, and
+    ``state_hash`` is the SHA-256 of the approval's row as the change left it, so the approvals
+    table must still read as its latest event says. ``mac``: an HMAC of (seq, hash) with the chain
+    key, which anchors this event and every one before it; None when written without the key.
+    ``existing`` stands for an approval that was already in the store when events began."""
+
+    __tablename__ = "approval_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    approval_id: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str | None] = mapped_column(String)  # who: the asking principal, the approver, the revoker
+    reason: Mapped[str | None] = mapped_column(Text)  # the approver's or revoker's
+    channel: Mapped[str | None] = mapped_column(String(32))  # console | cli | gateway
+    writer: Mapped[str | None] = mapped_column(String(128))  # the process that wrote it
+    state_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        CheckConstraint("event IN (" + ", ".join(f"'{e}'" for e in APPROVAL_EVENTS) + ")", name="event"),
     )
 
 

@@ -314,7 +314,9 @@ def _verify_sentence(s: Summary) -> str:
     if v.ok:
         return (f"`agentgate verify` over the whole store: OK, {v.records} records in {v.chains} chains and "
                 f"{v.checkpoints} checkpoints" + ("" if s.keyed else " (no chain key given: checkpoints' HMACs not "
-                                                   "checked)") + ".")
+                                                   "checked)")
+                + (f"; {_n(v.approvals_held, 'approval')} as {_n(v.approval_events, 'approval event')} left them"
+                   if v.approval_events or v.approvals_held else "") + ".")
     return f"`agentgate verify` over the whole store FAILED: {v.problems[0]}" + (
         f" (and {len(v.problems) - 1} more problems)." if len(v.problems) > 1 else ".")
 
@@ -357,7 +359,9 @@ CONTROLS: tuple[Control, ...] = (
         "au-9", "Protection of Audit Information",
         "Each gateway process chains the records it writes (SHA-256 over each record and its predecessor's hash) and "
         "writes checkpoints of the chain head keyed with an HMAC key the database does not hold; altered, deleted, "
-        "reordered or truncated records are detected by `agentgate verify`.",
+        "reordered or truncated records are detected by `agentgate verify`. Every change of an approval (asked for, "
+        "approved or denied, by whom and why, used, expired, revoked) is an event in one more chain, keyed the same "
+        "way, that each approval is held to.",
         "fields writer_id, seq, prev_hash, hash of every record",
         _verify_sentence,
         chain=True,

@@ -72,8 +72,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.pool import StaticPool
 
 from . import chain
-from .chain import GENESIS, ChainCheck, CheckpointInfo, VerifyResult
-from .models import AgentSession, Call, Checkpoint, PolicyVersion
+from .chain import GENESIS, ApprovalEventCheck, ChainCheck, CheckpointInfo, VerifyResult
+from .models import AgentSession, ApprovalEvent, Call, Checkpoint, PolicyVersion
 from .models import Approval as ApprovalRow
 from .records import REDACTED_HEADERS, Record, new_id
 
@@ -185,7 +185,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0003_masking"
+HEAD_REVISION = "0004_approval_events"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -652,6 +652,11 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.where!r}, writer_id={self.writer_id!r})"
+
+    @property
+    def chain_key(self) -> bytes | None:
+        """The key of the chain's checkpoints (and of the approval events written with this store)."""
+        return self._key
 
     @property
     def guarantee(self) -> str:
@@ -1430,6 +1435,10 @@ def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
                 result.add(ChainCheck(writer_id, cps, chain_key).finish())
             result.approvals, problems = check_approvals(conn)
             result.problems += problems
+            events = check_approval_events(conn, chain_key)
+            result.approval_events, result.approvals_held = events.events, events.approvals
+            result.problems += events.problems
+            result.notes += events.notes
             result.ok = not result.problems
     finally:
         store.engine.dispose()
@@ -1463,6 +1472,17 @@ def check_approvals(conn: Any) -> tuple[int, list[str]]:
             problems.append(f"{where}: approval {r.approval_id} now names approver {found.approver!r}, the call's "
                             f"record {r.approver!r}")
     return len(ids), problems
+
+
+def check_approval_events(conn: Any, chain_key: bytes | None) -> ApprovalEventCheck:
+    """The approval events' chain, and every approval against its latest event."""
+    check = ApprovalEventCheck(chain_key)
+    e = ApprovalEvent.__table__
+    for r in conn.execute(select(e).order_by(e.c.seq).execution_options(yield_per=2000)):
+        check.feed(r._mapping)
+    a = ApprovalRow.__table__
+    return check.finish(r._mapping for r in conn.execute(select(a).order_by(a.c.requested, a.c.id)
+                                                         .execution_options(yield_per=2000)))
 
 
 @dataclasses.dataclass

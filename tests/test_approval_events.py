@@ -1,0 +1,258 @@
+"""Approval events: every change of an approval (asked for, approved, denied, expired, used,
+revoked) is an event in one hash chain, keyed with the chain key; `agentgate verify` holds the
+approvals table to it, so a denial rewritten, an approver renamed, an approval or an event deleted,
+or an event forged is reported, including for approvals no recorded call ran under. SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, delete, insert, select, update
+from sqlalchemy.pool import NullPool
+
+from addons.core import chain
+from addons.core.approvals import Approvals
+from addons.core.models import Approval as ApprovalRow
+from addons.core.models import ApprovalEvent
+from addons.core.store import Store, alembic_config, verify
+from tests.support.postgres import shared_server
+from tests.test_approval import AGENT, ROLE, SRE, decision, principal, terminate
+
+KEY = b"k" * 32
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'a.db'}"
+    return shared_server().fresh_database()
+
+
+def _approvals(url: str, key: bytes | None = KEY) -> Approvals:
+    store = Store(url, chain_key=key)
+    store.migrate()
+    return Approvals(store)
+
+
+def sql(url: str):
+    return create_engine(url, poolclass=NullPool)
+
+
+def events(url: str) -> list[dict]:
+    with sql(url).connect() as c:
+        return [dict(r._mapping) for r in c.execute(select(ApprovalEvent).order_by(ApprovalEvent.seq))]
+
+
+def a_denial_and_a_release(url: str, key: bytes | None = KEY) -> tuple[str, str]:
+    """One call approval denied (no call ever ran under it), one approved and taken."""
+    approvals = _approvals(url, key)
+    denied = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1")).approval
+    approvals.decide(denied.id, SRE, approve=False, reason="not during the freeze", channel="console")
+    released = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-2")).approval
+    approvals.decide(released.id, SRE, approve=True)
+    assert approvals.take(released.id) is not None
+    approvals.engine.dispose()
+    return denied.id, released.id
+
+
+def test_every_change_of_an_approval_is_an_event_and_the_store_verifies(db_url):
+    denied, released = a_denial_and_a_release(db_url)
+    approvals = _approvals(db_url)
+    history = approvals.history(denied)
+    assert [(e["event"], e["actor"], e["channel"], e["reason"]) for e in history] == [
+        ("requested", "agent-1", "gateway", "deleting cannot be undone"),
+        ("denied", "alice", "console", "not during the freeze")]
+    assert [e["event"] for e in approvals.history(released)] == ["requested", "approved", "used"]
+
+    # a grant: requested, approved, revoked; a pending approval left to expire and then found expired
+    contractor = principal("contractor-7", groups=("contractors",))
+    g = approvals.request_grant(contractor, role_arn=ROLE.role_arn, role_id="agents", duration=600,
+                                reason="incident 42", approvers={"groups": ["sre"]}).approval
+    approvals.decide(g.id, SRE, approve=True)
+    approvals.revoke(g.id, contractor, reason="done")
+    now = dt.datetime.now(UTC)
+    late = approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-3"), now=now).approval
+    assert approvals.ask(principal=AGENT, decision=decision(expires=30), call=terminate("i-3"),
+                         now=now + dt.timedelta(seconds=31)).state == "expired"
+    assert [(e["event"], e["actor"]) for e in approvals.history(g.id)] == [
+        ("requested", "contractor-7"), ("approved", "alice"), ("revoked", "contractor-7")]
+    assert [e["event"] for e in approvals.history(late.id)] == ["requested", "expired"]
+    approvals.engine.dispose()
+
+    chained = events(db_url)
+    assert [e["seq"] for e in chained] == list(range(1, 11))
+    assert all(e["mac"] for e in chained)  # the writer held the chain key
+    result = verify(db_url, KEY)
+    assert result.ok and (result.approval_events, result.approvals_held) == (10, 4), result.problems
+    assert result.notes == []
+
+
+@pytest.mark.parametrize("edit", ["denial-turned-approval", "approver-renamed", "reason-rewritten",
+                                  "expiry-extended"])
+def test_an_approval_rewritten_after_its_last_event_is_detected(db_url, edit):
+    denied, _ = a_denial_and_a_release(db_url)
+    values = {
+        "denial-turned-approval": {"status": "approved", "reason": None},
+        "approver-renamed": {"approver": "mallory"},
+        "reason-rewritten": {"reason": "approved by phone"},
+        "expiry-extended": {"expires": dt.datetime.now(UTC) + dt.timedelta(days=365)},
+    }[edit]
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalRow).where(ApprovalRow.id == denied).values(**values))
+    result = verify(db_url, KEY)
+    status = "approved" if edit == "denial-turned-approval" else "denied"
+    assert result.problems == [f"approval {denied} ({status}) does not read as its latest event (seq 2, denied) "
+                               "left it: the row was altered afterwards"]
+
+
+def test_an_approval_deleted_with_or_without_its_events_is_detected(db_url):
+    denied, released = a_denial_and_a_release(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(delete(ApprovalRow).where(ApprovalRow.id == denied))
+    assert verify(db_url, KEY).problems == [
+        f"approval {denied} is no longer in the store, but its events are (the latest: seq 2, denied): it was deleted"]
+    with sql(db_url).begin() as c:  # and its events too: the chain has a hole where they were
+        c.execute(delete(ApprovalEvent).where(ApprovalEvent.approval_id == denied))
+    assert verify(db_url, KEY).problems == [
+        f"approval event 3 (requested of {released}): events 1-2 are missing before it (the start of the chain "
+        "was deleted)"]
+
+
+def test_an_event_altered_removed_or_forged_is_detected(db_url):
+    denied, released = a_denial_and_a_release(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalEvent).where(ApprovalEvent.seq == 2).values(reason="fine by me"))
+    assert verify(db_url, KEY).problems == [
+        f"approval event 2 (denied of {denied}): its content does not match its hash: the event was altered"]
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalEvent).where(ApprovalEvent.seq == 2).values(reason="not during the freeze"))
+        c.execute(delete(ApprovalEvent).where(ApprovalEvent.seq == 4))
+    assert verify(db_url, KEY).problems == [
+        f"approval event 5 (used of {released}): event 4 is missing between it and approval event 3 "
+        f"(requested of {released}): deleted"]
+
+
+def test_a_rewrite_recomputed_without_the_key_is_caught_by_the_mac(db_url):
+    """Whoever can write the database can recompute hashes, not MACs: a denial turned into an
+    approval with the whole chain rewritten to match still fails on the key."""
+    denied, _ = a_denial_and_a_release(db_url)
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalRow).where(ApprovalRow.id == denied).values(status="approved", reason=None))
+        row = c.execute(select(ApprovalRow.__table__).where(ApprovalRow.id == denied)).first()
+        prev = chain.GENESIS
+        for e in c.execute(select(ApprovalEvent.__table__).order_by(ApprovalEvent.seq)).all():
+            content = {k: v for k, v in e._mapping.items() if k not in ("hash", "mac")}
+            content["prev_hash"] = prev
+            if e.seq == 2:
+                content.update(event="approved", reason=None, state_hash=chain.approval_state_hash(row._mapping))
+            content["hash"] = prev = chain.record_hash(content)
+            content["mac"] = chain.event_mac(b"a guess at the key!", seq=e.seq, event_hash=content["hash"])
+            c.execute(update(ApprovalEvent).where(ApprovalEvent.seq == e.seq).values(**content))
+    problems = verify(db_url, KEY).problems
+    assert problems and all("its MAC does not verify with the chain key: forged or altered" in p for p in problems)
+    assert len(problems) == 5
+    # without MACs the rewrite reads as written without the key: nothing vouches for it
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalEvent).values(mac=None))
+    result = verify(db_url, KEY)
+    assert result.ok and result.notes == [
+        f"approval events 1-5 after the last keyed one, so unanchored; written without the chain key by "
+        f"{events(db_url)[0]['writer']} (5)"]
+
+
+def test_an_approval_written_outside_agentgate_has_no_event(db_url):
+    a_denial_and_a_release(db_url)
+    now = dt.datetime.now(UTC)
+    with sql(db_url).begin() as c:
+        c.execute(insert(ApprovalRow), [{"id": "ap-forged", "kind": "call", "binding_hash": "f" * 64,
+                                         "principal": "agent-1", "action": "ec2:TerminateInstances",
+                                         "status": "approved", "approver": "alice", "requested": now,
+                                         "decided": now, "expires": now + dt.timedelta(minutes=15)}])
+    assert verify(db_url, KEY).problems == [
+        "approval ap-forged (approved) has no event: it was written or changed outside agentgate, or its events "
+        "were deleted"]
+
+
+def test_a_decision_without_the_key_is_unanchored_until_a_keyed_event_follows(db_url):
+    approvals = _approvals(db_url)
+    a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-9")).approval
+    keyless = _approvals(db_url, key=None)  # a CLI on a machine without the gateway's keys
+    keyless.decide(a.id, SRE, approve=False, reason="no")
+    result = verify(db_url, KEY)
+    assert result.ok and result.notes == [
+        f"approval event 2 after the last keyed one, so unanchored; written without the chain key by "
+        f"{keyless.writer} (1)"]
+    approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-10"))
+    result = verify(db_url, KEY)
+    assert result.ok and result.notes == [] and result.approval_events == 3
+    assert verify(db_url, None).notes == ["no chain key given, so the approval events' MACs were not checked"]
+    approvals.engine.dispose()
+    keyless.engine.dispose()
+
+
+def test_replicas_and_the_cli_deciding_at_once_keep_one_unbroken_chain(db_url):
+    """Several processes' worth of writers (each its own engine) asking and deciding at the same
+    time: the events' seqs stay contiguous and every approval verifies."""
+    writers = [_approvals(db_url) for _ in range(4)]
+    barrier = threading.Barrier(len(writers))
+    errors: list[BaseException] = []
+
+    def work(i: int, approvals: Approvals) -> None:
+        try:
+            barrier.wait()
+            for n in range(6):
+                a = approvals.ask(principal=AGENT, decision=decision(), call=terminate(f"i-{i}-{n}")).approval
+                approvals.decide(a.id, SRE, approve=bool(n % 2), reason=None if n % 2 else "no")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, w)) for i, w in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w in writers:
+        w.engine.dispose()
+    assert errors == []
+    chained = events(db_url)
+    assert [e["seq"] for e in chained] == list(range(1, 49))
+    assert len({e["writer"] for e in chained}) == 4
+    result = verify(db_url, KEY)
+    assert result.ok and (result.approval_events, result.approvals_held) == (48, 24), result.problems
+
+
+def test_approvals_already_in_a_store_are_covered_from_the_migration_on(db_url):
+    """A store migrated from before approval events: each approval gets one `existing` event."""
+    url = db_url
+    command.upgrade(alembic_config(url), "0003_masking")
+    now = dt.datetime.now(UTC).replace(microsecond=123456)
+    with sql(url).begin() as c:
+        c.execute(insert(ApprovalRow), [
+            {"id": "ap-old1", "kind": "call", "binding_hash": "a" * 64, "principal": "agent-1",
+             "action": "ec2:TerminateInstances", "status": "denied", "approver": "alice", "reason": "no",
+             "requested": now, "decided": now, "params": {"InstanceIds": ["i-1"], "Count": 1.5},
+             "resources": ["i-1"]}])
+        c.execute(insert(ApprovalRow), [
+            {"id": "ap-old2", "kind": "call", "binding_hash": "b" * 64, "principal": "agent-1",
+             "action": "ec2:TerminateInstances", "status": "pending", "requested": now + dt.timedelta(seconds=1),
+             "expires": now + dt.timedelta(hours=1)}])
+    Store(url).migrate()
+    assert [(e["seq"], e["approval_id"], e["event"], e["mac"]) for e in events(url)] == [
+        (1, "ap-old1", "existing", None), (2, "ap-old2", "existing", None)]
+    result = verify(url, KEY)
+    assert result.ok and result.approvals_held == 2, result.problems
+    assert result.notes == ["approval events 1-2 after the last keyed one, so unanchored"]
+    approvals = _approvals(url)
+    approvals.decide("ap-old2", SRE, approve=True)  # keyed: it vouches for the events before it
+    approvals.engine.dispose()
+    assert verify(url, KEY).notes == []
+    with sql(url).begin() as c:
+        c.execute(update(ApprovalRow).where(ApprovalRow.id == "ap-old1").values(status="approved"))
+    assert verify(url, KEY).problems == [
+        "approval ap-old1 (approved) does not read as its latest event (seq 1, existing) left it: the row was "
+        "altered afterwards"]
