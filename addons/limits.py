@@ -27,6 +27,12 @@ parser that reads them differently sees other headers than the gateway did. So:
    dropped; the flow's ``OVER_CAP`` says so, and the response stage answers the agent with an
    AWS-shaped error instead of an incomplete body (masking's ``response``), which is recorded.
 
+5. ``Http2Server.protocol_error``: an HTTP/2 agent's frames that mitmproxy's h2 layer refuses (a
+   header name with a space or an upper-case letter, a value with surrounding whitespace, a
+   connection-specific header, a Content-Length the data does not match, pseudo-headers out of
+   place) end the connection with GOAWAY (PROTOCOL_ERROR): no flow, no status. They are announced
+   with ``refused_head`` too, carrying the SHA-256 and size of the bytes (frames) that held them.
+
 1 and 2 happen where no flow exists yet, so their answer is a short text, not an AWS-shaped
 error; 3 happens in mitmproxy's own error path and is answered AWS-shaped (addons/failures.py) and
 recorded with its flow. A head refused in 1, before mitmproxy read it as a request, has no flow:
@@ -99,6 +105,7 @@ class RefusedHead:
     method: str | None = None  # from the request line, when it has the usual shape
     path: str | None = None  # without its query
     time: float = dataclasses.field(default_factory=time.time)
+    http2: bool = False  # HTTP/2 frames mitmproxy's h2 layer refused (status: what the record says; GOAWAY sent)
     principal: Any = None  # core.identity.Principal of the connection, set by the auth stage
 
 
@@ -308,5 +315,53 @@ def install() -> bool:
     server._handle_event = bounded_handle_event
     HttpStream.state_consume_request_body = capped_consume
     HttpStream.state_consume_response_body = capped_consume_response
+    _install_http2()
     _installed = True
     return True
+
+
+_H2_DATA = "_agentgate_received"  # an Http2Server's last DataReceived bytes, while they are handled
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
+
+
+def h2_reason(message: str) -> str:
+    """The h2 layer's reason, for the record: the header values it quotes (``b'...'``) are left
+    out, since a value may be a credential; header names stay (they say what was wrong)."""
+    if "value" not in message.lower():
+        return _BYTES_LITERAL.sub(lambda m: m.group(0) if len(m.group(0)) <= 64 else "(not kept)", message)
+    return _BYTES_LITERAL.sub("(the value is not kept)", message)
+
+
+def _install_http2() -> None:
+    """5 above: an HTTP/2 agent's frames refused by mitmproxy's h2 layer are announced (``refused_head``)."""
+    try:
+        from mitmproxy.proxy import events
+        from mitmproxy.proxy.layers.http import _http2
+    except ImportError as e:
+        log.error("HTTP/2 protocol errors are not recorded (mitmproxy's layout changed: %s)", e)
+        return
+    server = _http2.Http2Server
+    protocol_error, handle_event = getattr(server, "protocol_error", None), getattr(server, "_handle_event", None)
+    if protocol_error is None or handle_event is None:
+        log.error("HTTP/2 protocol errors are not recorded (mitmproxy changed: no Http2Server.protocol_error)")
+        return
+
+    @functools.wraps(handle_event)
+    def remembering_handle_event(self, event):
+        if not isinstance(event, events.DataReceived):
+            return (yield from handle_event(self, event))
+        setattr(self, _H2_DATA, event.data)
+        try:
+            return (yield from handle_event(self, event))
+        finally:
+            setattr(self, _H2_DATA, None)
+
+    @functools.wraps(protocol_error)
+    def recorded_protocol_error(self, message, *args, **kwargs):
+        data = getattr(self, _H2_DATA, None) or b""
+        yield RefusedHeadHook(RefusedHead(self.context.client, 400, h2_reason(message),
+                                          hashlib.sha256(data).hexdigest(), len(data), http2=True))
+        yield from protocol_error(self, message, *args, **kwargs)
+
+    server._handle_event = remembering_handle_event
+    server.protocol_error = recorded_protocol_error

@@ -200,9 +200,10 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
 
 
 def head_record(data) -> Record:
-    """The Record of a request head refused before it was read as a request (limits.RefusedHead):
-    who sent it on which connection, where it was going, why it was refused, and the head's SHA-256
-    and size (the head itself is not kept: it may hold credentials)."""
+    """The Record of a request head refused before it was read as a request (limits.RefusedHead), or
+    of an HTTP/2 agent's frames refused by mitmproxy's h2 layer: who sent it on which connection,
+    where it was going, why it was refused, and the SHA-256 and size of its bytes (not kept: they
+    may hold credentials)."""
     client = data.client
     r = Record(time=data.time)
     r.kind = "call"
@@ -217,8 +218,13 @@ def head_record(data) -> Record:
     code = "RequestHeaderSectionTooLarge" if data.status == 431 else "InvalidRequest"
     r.decision, r.rule, r.reason = "deny", "agentgate:egress", data.reason
     r.outcome, r.status, r.error = "refused", data.status, f"{code}: {data.reason}"
-    r.body_note = (f"request head refused before it was read as a request: {data.head_size} bytes, SHA-256 "
-                   f"{data.head_sha256} (not kept: it may hold credentials)")
+    if data.http2:
+        r.body_note = (f"HTTP/2 frames refused before they were read as a request, and the connection closed "
+                       f"(GOAWAY, PROTOCOL_ERROR): {data.head_size} bytes, SHA-256 {data.head_sha256} (not kept: "
+                       f"they may hold credentials)")
+    else:
+        r.body_note = (f"request head refused before it was read as a request: {data.head_size} bytes, SHA-256 "
+                       f"{data.head_sha256} (not kept: it may hold credentials)")
     r.latency_ms = round((time.time() - data.time) * 1000, 3)
     return r
 

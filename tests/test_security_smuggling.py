@@ -3,12 +3,14 @@ gateway's CA, a valid token): each is refused with 400 and nothing reaches the u
 stand-in that keeps every request it gets. A shape mitmproxy parses into a request (conflicting
 Content-Length and Transfer-Encoding, …) leaves one record; so does a head refused before it
 is parsed (bare LF, bare CR, NUL, obs-fold), though no request was read: it names the agent and
-keeps the head's SHA-256 and size, not the head. A request line mitmproxy itself cannot read
-leaves a log line. The same request well formed goes through, so the upstream would have seen it."""
+keeps the head's SHA-256 and size, not the head; so do HTTP/2 frames mitmproxy's h2 layer refuses
+(GOAWAY). A request line mitmproxy itself cannot read leaves a log line. The same request well formed goes through, so the upstream would have seen it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import ssl
 import time
 
@@ -137,6 +139,39 @@ def test_smuggling_shape_is_refused_with_400_and_nothing_goes_upstream(gw, issue
         assert new == [], (name, new)
         if words != b"Bad HTTP request line":  # mitmproxy's own refusal of a line it cannot parse
             assert "refused a request from 127.0.0.1:" in gw.log() and words.decode() in gw.log()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (((b"x trace", b"a"),), "header name"),
+    (((b"X-Trace", b"a"),), "uppercase"),
+    (((b"x-trace", b" hunter2-session-token"),), "whitespace"),
+    (((b"transfer-encoding", b"chunked"),), "connection-specific header"),
+    (((b"content-length", b"5"),), "length"),
+], ids=["space-in-name", "upper-case-name", "space-around-value", "transfer-encoding", "wrong-content-length"])
+def test_http2_frames_mitmproxy_refuses_end_the_connection_and_are_recorded(gw, issuer, upstream, extra, words):
+    """What mitmproxy's h2 layer refuses ends the connection with GOAWAY, before any request
+    exists: nothing goes upstream, and the agent's attempt still leaves one record, naming it and
+    keeping the frames' SHA-256 and size (not the frames: they hold the agent's credentials)."""
+    from tests.support.raw import Http2ConnectionTerminated, h2_request
+
+    sub = f"agent-h2-frames-{extra[0][0].decode().replace(' ', '_')}-{len(extra[0][1])}"
+    before_up, before_records = len(upstream.requests), len(gw.records())
+    head = dict(line.split(": ", 1) for line in request([CL]).split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])
+    head.pop("Content-Length")
+    with pytest.raises(Http2ConnectionTerminated) as ended:
+        h2_request(gw, issuer.mint(sub), "sts.amazonaws.com", "POST", b"/", head, BODY, validate=False, extra=extra)
+    assert ended.value.error_code == 1  # PROTOCOL_ERROR
+    time.sleep(0.3)
+    assert forwarded(upstream, before_up) == [], forwarded(upstream, before_up)
+    [r] = gw.records()[before_records:]
+    assert (r["outcome"], r["rule"], r["status"], r["principal"]) == ("refused", "agentgate:egress", 400, sub), r
+    assert r["error"].startswith("InvalidRequest: ") and "HTTP/2" in r["error"], r["error"]
+    assert words.lower() in r["error"].lower(), r["error"]
+    assert r["url"] == "https://sts.amazonaws.com/"
+    note = r["body_note"]
+    assert note.startswith("HTTP/2 frames refused before they were read as a request") and "GOAWAY" in note, note
+    assert re.search(r": [1-9]\d* bytes, SHA-256 [0-9a-f]{64} \(not kept", note), note
+    assert "hunter2" not in json.dumps(r)  # a header value h2 quotes in its reason may be a credential
 
 
 def test_a_request_without_a_token_in_an_unauthenticated_tunnel_goes_nowhere(gw, upstream):

@@ -35,11 +35,20 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
 
 
 
+class Http2ConnectionTerminated(AssertionError):
+    """The gateway ended the HTTP/2 connection (GOAWAY) instead of answering."""
+
+    def __init__(self, error_code: int, additional_data: bytes | None) -> None:
+        super().__init__(f"the gateway ended the connection (GOAWAY {error_code}): {additional_data!r}")
+        self.error_code, self.additional_data = error_code, additional_data
+
+
 def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], body: bytes = b"",
-               validate: bool = True) -> tuple[int, dict[str, str], bytes]:
+               validate: bool = True, extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, dict[str, str], bytes]:
     """One request over HTTP/2 through the gateway ``gw``; ``validate=False`` sends what an HTTP/2
-    client library would refuse to (a :path with a space, say). The status, headers and body of the
-    answer."""
+    client library would refuse to (a :path with a space, say), and ``extra`` header fields as given
+    (not lower-cased). The status, headers and body of the answer; Http2ConnectionTerminated when
+    the gateway sends GOAWAY instead."""
     import h2.config
     import h2.connection
     import h2.events
@@ -60,7 +69,7 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
         conn.initiate_connection()
         conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
                               (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
-                                                  if k.lower() != "host")], end_stream=not body)
+                                                  if k.lower() != "host"), *extra], end_stream=not body)
         if body:
             conn.send_data(1, body, end_stream=True)
         tls.sendall(conn.data_to_send())
@@ -77,6 +86,8 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
                 elif isinstance(event, h2.events.DataReceived):
                     answer += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    raise Http2ConnectionTerminated(event.error_code, event.additional_data)
                 elif isinstance(event, h2.events.StreamReset):
                     raise AssertionError(f"the stream was reset ({event.error_code})")
                 elif isinstance(event, h2.events.StreamEnded):
