@@ -20,7 +20,10 @@ on PostgreSQL each ``--pg-synchronous-commit`` value, set on the round's databas
 ``--baseline DIR`` the agentgate code in DIR (a copy of ``addons/`` from another version, run with
 PYTHONPATH=DIR and its own defaults) as "before" (several: ``LABEL=DIR,LABEL=DIR``). ``--code DIR``
 runs the other variants from DIR too, so that the checkout can change while a long run goes on. The figure per variant is the median
-over rounds of (sync p50 - async p50). The store's directory is ``--dir`` (default: a temporary
+over rounds of (sync p50 - async p50). On PostgreSQL a probe beside the gateways commits one small
+INSERT of its own (autocommit, the round's synchronous_commit, as often as one agent calls) through
+each round: PostgreSQL's own commit latency on this machine at those moments, which no store's
+commit can go below. The store's directory is ``--dir`` (default: a temporary
 directory under the current one, on the disk a store would use, not tmpfs); PostgreSQL's data
 goes to TMPDIR.
 
@@ -222,10 +225,31 @@ def agents(port: int, ca: Path, tokens: list[str], calls: int, think: float = 0.
     return latencies
 
 
+def commit_probe(url: str, stop: threading.Event, every: float, out: list[float]) -> None:
+    """PostgreSQL's own commit, beside the gateways: one small INSERT in autocommit (a transaction
+    of its own, flushed as the database's synchronous_commit says) every ``every`` seconds on
+    average, from a client of its own; each one's seconds go to ``out``. What no store can commit
+    faster than on this machine at these moments."""
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS commit_probe (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), "
+                      "note text)")
+        note = "x" * 200
+        for _ in range(5):
+            conn.execute("INSERT INTO commit_probe (note) VALUES (%s)", (note,))
+        while not stop.wait(every * random.uniform(0.5, 1.5)):
+            t = time.perf_counter()
+            conn.execute("INSERT INTO commit_probe (note) VALUES (%s)", (note,))
+            out.append(time.perf_counter() - t)
+
+
 def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, str], args, env: dict | None = None,
-                 settings: dict | None = None) -> dict:
+                 settings: dict | None = None, probe: str | None = None) -> dict:
     """One gateway per durability, both running at once, each with its own ``args.writers`` agents:
-    sync and async see the same machine at the same moments. Returns each one's sorted latencies."""
+    sync and async see the same machine at the same moments. Returns each one's sorted latencies,
+    and with ``probe`` (a PostgreSQL database URL) the commit probe's ("probe")."""
     from tests.support.gateway import TEST_POLICY, Gateway
 
     gateways = {d: Gateway(tmp / f"gw-{name}-{d}", issuer=issuer.issuer, upstream=upstream_url, aws_key=("bench", "bench"),
@@ -241,14 +265,22 @@ def paired_round(issuer, upstream_url: str, tmp: Path, name: str, db: dict[str, 
             latencies[d] = sorted(agents(gateways[d].port, gateways[d].ca_file, tokens, args.calls, args.think / 1000))
 
         threads = [threading.Thread(target=run, args=(d,)) for d in gateways]
+        stop, probed = threading.Event(), []
+        if probe:
+            prober = threading.Thread(target=commit_probe, args=(probe, stop, args.think / 1000 or 0.025, probed))
+            prober.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if probe:
+            stop.set()
+            prober.join()
+            latencies["probe"] = sorted(probed)
     finally:
         for gw in gateways.values():
             gw.stop()
-    if set(latencies) != {"sync", "async"}:
+    if not {"sync", "async"} <= set(latencies):
         raise RuntimeError(f"agents failed; gateway logs in {tmp}")
     return latencies
 
@@ -305,23 +337,35 @@ def bench_gateway(args, env: dict | None = None) -> dict:
                 variants = gateway_variants(args, backend)
                 rows = {label: {"backend": backend, "variant": label, "sync": {"p50_ms": [], "p90_ms": []},
                                 "async": {"p50_ms": [], "p90_ms": []}} for label, _, _, _ in variants}
+                if pg is not None:
+                    for row in rows.values():
+                        row["postgresql_commit"] = {"p50_ms": [], "p90_ms": []}
                 for rnd in range(args.rounds):
                     for label, extra, settings, commit in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
                         row = rows[label]
                         db = {dur: pg_database(pg, commit) if pg else f"sqlite:///{tmp / f'{backend}-{label}-{dur}-{rnd}.db'}"
                               for dur in ("sync", "async")}
                         lat = paired_round(issuer, upstream_url, tmp, f"{backend}-{label}-{rnd}".replace("=", "-"), db,
-                                           args, {**(env or {}), **(extra or {})} or None, settings)
+                                           args, {**(env or {}), **(extra or {})} or None, settings,
+                                           probe=pg_database(pg, commit) if pg else None)
+                        if lat.get("probe"):
+                            probed = lat["probe"]
+                            row["postgresql_commit"]["p50_ms"].append(round(statistics.median(probed) * 1000, 3))
+                            row["postgresql_commit"]["p90_ms"].append(round(probed[int(len(probed) * 0.9)] * 1000, 3))
                         for dur in ("sync", "async"):
                             row[dur]["p50_ms"].append(round(statistics.median(lat[dur]) * 1000, 3))
                             row[dur]["p90_ms"].append(round(lat[dur][int(len(lat[dur]) * 0.9)] * 1000, 3))
+                        probed = (f", PostgreSQL's own commit {row['postgresql_commit']['p50_ms'][-1]} ms"
+                                  if lat.get("probe") else "")
                         print(f"{backend} {label} round {rnd}: p50 sync {row['sync']['p50_ms'][-1]} ms, "
-                              f"async {row['async']['p50_ms'][-1]} ms (load {os.getloadavg()[0]:.1f})",
+                              f"async {row['async']['p50_ms'][-1]} ms{probed} (load {os.getloadavg()[0]:.1f})",
                               file=sys.stderr, flush=True)
                 for row in rows.values():
                     added = [s - a for s, a in zip(row["sync"]["p50_ms"], row["async"]["p50_ms"])]
                     row["added_p50_ms_sync_over_async"] = [round(x, 3) for x in added]
                     row["added_p50_ms_median"] = round(statistics.median(added), 3)
+                    if row.get("postgresql_commit", {}).get("p50_ms"):
+                        row["postgresql_commit_p50_ms_median"] = round(statistics.median(row["postgresql_commit"]["p50_ms"]), 3)
                     out["results"].append(row)
                 if pg is not None:
                     pg.cleanup()
@@ -343,6 +387,10 @@ def print_gateway(out: dict) -> None:
     for r in out["results"]:
         print(f"{r['backend']} {r['variant']}: sync adds {r['added_p50_ms_sync_over_async']} ms to the p50 call "
               f"(median {r['added_p50_ms_median']} ms)")
+        if "postgresql_commit_p50_ms_median" in r:
+            print(f"{r['backend']} {r['variant']}: PostgreSQL's own commit beside the gateways, p50 "
+                  f"{r['postgresql_commit']['p50_ms']} ms (median {r['postgresql_commit_p50_ms_median']} ms): no "
+                  f"store commits faster than that here")
 
 
 def main() -> int:
