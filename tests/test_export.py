@@ -69,11 +69,15 @@ def write_synthetic(url: str, writer_id: str) -> None:
     """synthetic_records in a store, with the approval the TerminateInstances call ran under."""
     store = Store(url, chain_key=KEY, writer_id=writer_id)
     store.migrate()
+    now = time.time()
+    asked = dt.datetime.fromtimestamp(now - 25, dt.timezone.utc)  # before the call it released (now - 20)
     insert_approvals(url, [{"id": "ap-1", "kind": "call", "binding_hash": "h1", "principal": "bob",
                             "action": "ec2:TerminateInstances", "status": "used", "approver": "sre-sam",
-                            "requested": dt.datetime.now(dt.timezone.utc)}], chain_key=KEY)
+                            "requested": asked, "decided": asked + dt.timedelta(seconds=3),
+                            "used": asked + dt.timedelta(seconds=5), "params": {"InstanceIds": ["i-1"]}}],
+                     chain_key=KEY)
     store.start()
-    for r in synthetic_records(time.time()):
+    for r in synthetic_records(now):
         store.write_sync(r)
     store.close()
 
@@ -255,6 +259,22 @@ def test_mitm_flow_file_reads_back_and_mitmdump_opens_it(store_url, tmp_path):
 # -- OSCAL -------------------------------------------------------------------------------------
 
 
+def assert_approval_chain_checks_out(approval: dict) -> None:
+    """An exported approval's events check out from the file alone: each event's hash and HMAC,
+    and the approval as its latest event left it."""
+    from addons.core import chain
+
+    def as_stored(m: dict) -> dict:
+        return {k: dt.datetime.fromisoformat(v) if k in ("time", "requested", "decided", "expires", "used", "revoked")
+                and v else v for k, v in m.items()}
+
+    for event in map(as_stored, approval["events"]):
+        assert chain.record_hash({k: v for k, v in event.items() if k != "mac"}) == event["hash"]
+        assert chain.event_mac(KEY, seq=event["seq"], event_hash=event["hash"]) == event["mac"]
+    row = as_stored({k: v for k, v in approval.items() if k != "events"})
+    assert chain.approval_state_hash(row) == approval["events"][-1]["state_hash"]
+
+
 def test_oscal_assessment_results_parse_with_trestle(store_url, home, tmp_path):
     from trestle.oscal.assessment_results import AssessmentResults
 
@@ -282,6 +302,19 @@ def test_oscal_assessment_results_parse_with_trestle(store_url, home, tmp_path):
     assert "verify" in au9.description and "OK, 6 records in 1 chains" in au9.description
     ac3 = next(o for o in result.observations if o.title.startswith("AC-3"))
     assert "deny 3" in ac3.description and "allow 2" in ac3.description and "approve 1" in ac3.description
+
+    # the approvals asked for in the period, each with its events, beside it and linked from AC-3, AC-5, AU-9
+    approvals_path = tmp_path / "ar.approvals.jsonl"
+    [approval] = read_jsonl(approvals_path)
+    assert (approval["id"], approval["status"], approval["approver"]) == ("ap-1", "used", "sre-sam")
+    assert [e["event"] for e in approval["events"]] == ["requested"] and approval["events"][0]["mac"]
+    [listed] = [r for r in resources.values() if r.title.startswith("Approvals asked for")]
+    assert listed.rlinks[0].href == "ar.approvals.jsonl"
+    assert listed.rlinks[0].hashes[0].value == hashlib.sha256(approvals_path.read_bytes()).hexdigest()
+    for title in ("AC-3", "AC-5", "AU-9"):
+        observation = next(o for o in result.observations if o.title.startswith(title))
+        assert f"#{listed.uuid}" in [e.href for e in observation.relevant_evidence], title
+    assert_approval_chain_checks_out(approval)
 
 
 # -- through a real gateway --------------------------------------------------------------------
@@ -333,6 +366,9 @@ def test_exports_and_summary_on_postgresql(home, tmp_path):
     assert [c["seq"] for c in lines] == list(range(1, 7))
     run("export", "--format", "oscal", "-o", str(tmp_path / "pg.json"), "--db", url)
     assert read_jsonl(tmp_path / "pg.jsonl") == lines  # the OSCAL evidence is the same records
+    [approval] = read_jsonl(tmp_path / "pg.approvals.jsonl")
+    assert approval["params"] == {"InstanceIds": ["i-1"]}
+    assert_approval_chain_checks_out(approval)
     ocsf = read_jsonl_text(run("export", "--format", "ocsf", "-o", "-", "--db", url))
     assert_valid_ocsf(ocsf)
     reader = Store(url)

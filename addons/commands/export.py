@@ -80,7 +80,8 @@ until_option = click.option("--until", metavar="WHEN", help="Before this time: I
 @until_option
 @click.option("-o", "--output", metavar="FILE", required=True, help="Where to write ('-' for standard output: jsonl, ocsf).")
 @click.option("--evidence", metavar="FILE", help="oscal: where the JSON Lines evidence goes (default: FILE with .jsonl "
-                                                 "in place of its suffix).")
+                                                 "in place of its suffix); the approvals' evidence goes beside it, "
+                                                 "in NAME.approvals.jsonl.")
 @db_option
 @key_option
 def export(fmt: str, since: str | None, until: str | None, output: str, evidence: str | None, db: str | None,
@@ -122,23 +123,31 @@ def _done(what: str, output: str) -> None:
 
 def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None, output: Path,
                   evidence: Path | None, key: bytes | None) -> None:
-    from ..core.export import file_sha256, iter_calls, oscal_assessment_results, write_jsonl
+    from ..core.export import file_sha256, iter_approvals, iter_calls, oscal_assessment_results, write_jsonl
     from ..core.report import summarise
 
     evidence = evidence or output.with_suffix(".jsonl")
     if evidence.resolve() == output.resolve():
         raise BadInput(f"--evidence: {evidence} is the OSCAL file itself; give another name")
+    approvals_file = evidence.with_name(evidence.name.removesuffix(".jsonl") + ".approvals.jsonl")
+    if approvals_file.resolve() == output.resolve():
+        raise BadInput(f"-o: {output} is where the approvals' evidence goes; give another name")
     click.echo("reading the period and verifying the chains ...", err=True)
     summary = summarise(store, since=start, until=end, chain_key=key)
     with _output(str(evidence)) as f:
         n = write_jsonl(iter_calls(store, since=summary.start, until=summary.end), f)
+    with _output(str(approvals_file)) as f:
+        approvals = write_jsonl(iter_approvals(store, since=summary.start, until=summary.end), f)
     href = os.path.relpath(evidence.resolve(), output.resolve().parent)
     doc = oscal_assessment_results(summary, evidence_href=href, evidence_sha256=file_sha256(evidence),
-                                   evidence_records=n)
+                                   evidence_records=n,
+                                   approvals_href=os.path.relpath(approvals_file.resolve(), output.resolve().parent),
+                                   approvals_sha256=file_sha256(approvals_file), approvals_count=approvals)
     with _output(str(output)) as f:
         json.dump(doc, f, indent=2, ensure_ascii=False)
         f.write("\n")
     _done(f"{n} records of evidence", str(evidence))
+    _done(f"{approvals} approvals with their events", str(approvals_file))
     _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
           str(output))
     if summary.verify is not None and not summary.verify.ok:

@@ -13,8 +13,9 @@ bodies, redacted headers, never a credential.
   ``mitmweb -r FILE`` and ``mitmdump -r FILE`` open; each flow carries the decision in its comment
   and the record in ``flow.metadata["agentgate"]``.
 - ``oscal``: an OSCAL assessment-results document whose observations summarise the period per
-  NIST SP 800-53 control and point at a JSON Lines file of the same calls (written beside it) and
-  at each writer's chain head (``core.report`` works out the numbers).
+  NIST SP 800-53 control and point at a JSON Lines file of the same calls (written beside it), at
+  a JSON Lines file of the approvals asked for in the period, each with its approval events
+  (``iter_approvals``), and at each writer's chain head (``core.report`` works out the numbers).
 
 Nothing here imports mitmproxy until a flow file is written.
 """
@@ -33,8 +34,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from .models import Call
-from .store import Store, call_dict
+from .models import Approval as ApprovalRow
+from .models import ApprovalEvent, Call
+from .store import Store, call_dict, iso
 
 FORMATS = ("jsonl", "ocsf", "mitm", "oscal")
 OCSF_VERSION = "1.1.0"
@@ -90,6 +92,34 @@ def iter_calls(store: Store, *, since: dt.datetime | None = None, until: dt.date
 
 def jsonl_line(call: dict[str, Any]) -> str:
     return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
+
+
+def iter_approvals(store: Store, *, since: dt.datetime | None = None,
+                   until: dt.datetime | None = None) -> Iterator[dict[str, Any]]:
+    """Every approval (and access grant) asked for in [since, until), oldest first: its row as the
+    store keeps it (times in ISO 8601 with microseconds) and ``events``, its approval events
+    oldest first with their place in the events' chain (seq, prev_hash, hash, state_hash, mac)."""
+    a, e = ApprovalRow.__table__, ApprovalEvent.__table__
+    q = select(a).order_by(a.c.requested, a.c.id)
+    if since is not None:
+        q = q.where(a.c.requested >= since)
+    if until is not None:
+        q = q.where(a.c.requested < until)
+    with store._reading() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+        events: dict[str, list[dict[str, Any]]] = {}
+        ids = [r["id"] for r in rows]
+        for i in range(0, len(ids), 500):
+            for ev in conn.execute(select(e).where(e.c.approval_id.in_(ids[i:i + 500])).order_by(e.c.seq)):
+                m = dict(ev._mapping)
+                m["time"] = iso(m["time"])
+                events.setdefault(m["approval_id"], []).append(m)
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, dt.datetime):
+                row[k] = iso(v)
+        row["events"] = events.get(row["id"], [])
+        yield row
 
 
 def write_jsonl(calls: Iterable[dict[str, Any]], out: IO[str]) -> int:
@@ -479,9 +509,11 @@ def file_sha256(path: Path) -> str:
 
 
 def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha256: str, evidence_records: int,
-                             now: dt.datetime | None = None) -> dict[str, Any]:
+                             approvals_href: str | None = None, approvals_sha256: str | None = None,
+                             approvals_count: int = 0, now: dt.datetime | None = None) -> dict[str, Any]:
     """The assessment-results document for a ``core.report.Summary``: one observation per control,
-    each pointing at the JSON Lines evidence and (for the audit controls) the chain heads."""
+    each pointing at the JSON Lines evidence, the approvals' evidence (for the controls it bears
+    on) and (for the audit controls) the chain heads."""
     from .report import CONTROLS
 
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -509,6 +541,20 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
                         "hashes": [{"algorithm": "SHA-256", "value": evidence_sha256}]}],
         },
     ]
+    approvals_uuid = _uuid("approvals", *key)
+    if approvals_href is not None:
+        resources.append({
+            "uuid": approvals_uuid,
+            "title": f"Approvals asked for, {summary.start_text} to {summary.end_text} (JSON Lines)",
+            "description": (
+                f"{approvals_count} approvals and access grants, one per line, each with its approval events (asked "
+                f"for, approved or denied with the approver, reason and channel, used, expired, revoked) and their "
+                f"place in the store's approval events chain (seq, prev_hash, hash, the SHA-256 of the approval as "
+                f"each event left it, and the HMAC of events written with the chain key)."),
+            "props": [{"name": "approvals", "ns": OSCAL_NS, "value": str(approvals_count)}],
+            "rlinks": [{"href": approvals_href, "media-type": "application/jsonl",
+                        "hashes": [{"algorithm": "SHA-256", "value": approvals_sha256}]}],
+        })
     for h in summary.heads:
         props = [
             {"name": "writer-id", "ns": OSCAL_NS, "value": h.writer_id},
@@ -533,6 +579,8 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
     observations = []
     for control in CONTROLS:
         evidence = [{"href": f"#{evidence_uuid}", "description": control.records_hint}]
+        if control.approvals and approvals_href is not None:
+            evidence.append({"href": f"#{approvals_uuid}", "description": "approvals and their approval events"})
         if control.chain:
             evidence += [{"href": f"#{head_uuids[h.writer_id]}", "description": f"chain head of writer {h.writer_id}"}
                          for h in summary.heads]

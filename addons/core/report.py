@@ -329,6 +329,7 @@ class Control:
     records_hint: str  # where in the records the evidence is
     observed: Callable[[Summary], str]  # what the period shows
     chain: bool = False  # the chain heads are evidence too
+    approvals: bool = False  # the approvals and their events are evidence too
 
     @property
     def label(self) -> str:
@@ -365,6 +366,7 @@ CONTROLS: tuple[Control, ...] = (
         "fields writer_id, seq, prev_hash, hash of every record",
         _verify_sentence,
         chain=True,
+        approvals=True,
     ),
     Control(
         "au-12", "Audit Record Generation",
@@ -382,15 +384,17 @@ CONTROLS: tuple[Control, ...] = (
         "fields decision, rule, reason, policy_version",
         lambda s: (f"Decisions: {_counts(s.by_decision)}. Rules that decided: {_counts(s.by_rule)}. Most denied "
                    f"actions: {_counts(s.denied_by_action, 5)}."),
+        approvals=True,
     ),
     Control(
         "ac-5", "Separation of Duties",
         "A call held for approval is released only by an authenticated approver the rule names, who can be neither "
         "the principal who made the call nor the subject it was made on behalf of.",
-        "fields approval_id and approver; the approvals table",
+        "fields approval_id and approver; the approvals and their approval events",
         lambda s: (f"{_n(len(s.approvals), 'approval')} asked for in the period, {len(s.decided_approvals)} decided "
                    f"by {_n(len({a.approver for a in s.decided_approvals}), 'approver')}; "
                    f"{len(s.sod_violations)} decided by the requester or the subject it acted for."),
+        approvals=True,
     ),
     Control(
         "ac-6", "Least Privilege",
