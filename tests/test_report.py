@@ -214,8 +214,12 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert "ApprovalPending" in out and "approved by sre-sam" in out
     assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
     assert re.search(r"OK: \d+ records in 1 chains", out)
+    words = " ".join(out.split())  # rich wraps `approvals show` at 80 columns off a terminal
+    assert "approved by sre-sam (cli): the demo table is disposable" in words
+    assert "1 approval as 3 approval events left them" in words
     demo = tmp_path / "demo"
-    for name in ("calls.jsonl", "calls.ocsf.jsonl", "calls.flows", "assessment-results.json", "report.html"):
+    for name in ("calls.jsonl", "calls.ocsf.jsonl", "calls.flows", "assessment-results.json",
+                 "assessment-results.approvals.jsonl", "report.html"):
         assert (demo / name).stat().st_size > 0, name
     shown = render(demo / "report.html", tmp_path / "demo.png")
     db = demo / "gateway" / "agentgate.db"

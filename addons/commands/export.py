@@ -147,7 +147,8 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
         json.dump(doc, f, indent=2, ensure_ascii=False)
         f.write("\n")
     _done(f"{n} records of evidence", str(evidence))
-    _done(f"{approvals} approvals with their events", str(approvals_file))
+    _done(f"{approvals} approval{'' if approvals == 1 else 's'} with {'its' if approvals == 1 else 'their'} events",
+          str(approvals_file))
     _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
           str(output))
     if summary.verify is not None and not summary.verify.ok:
