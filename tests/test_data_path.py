@@ -122,3 +122,33 @@ def test_iam_is_denied_by_policy_with_an_aws_shaped_error(gateway, token_file, t
     """)))
     assert out["Code"] == "AccessDenied"
     assert "no-iam-for-agents" in out["Message"] and "agents do not manage IAM" in out["Message"]
+
+
+def test_an_http2_agent_is_re_signed_decided_and_recorded_like_any_other(gateway, issuer):
+    """The gateway offers HTTP/2 to agents (Go and Rust SDKs, curl take it) and speaks HTTP/1.1
+    upstream: an agent's calls over HTTP/2 are classified, re-signed with moto's credentials (auth
+    is on), answered, refused by policy, and recorded, as over HTTP/1.1."""
+    from tests.support.raw import h2_request
+
+    sub = "agent-h2-data-path"
+    token = issuer.mint(sub)
+    signed = "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/{}/aws4_request, " \
+             "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64
+    body = b"Action=GetCallerIdentity&Version=2011-06-15"
+    status, _, answer = h2_request(gateway, token, "sts.amazonaws.com", "POST", b"/", {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "X-Amz-Date": "20260101T000000Z",
+        "Authorization": signed.format("sts"), "Content-Length": str(len(body))}, body)
+    assert status == 200 and b":assumed-role/agent-role/" in answer, answer[:400]
+    status, _, answer = h2_request(gateway, token, "dynamodb.us-east-1.amazonaws.com", "POST", b"/", {
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.ListTables",
+        "X-Amz-Date": "20260101T000000Z", "Authorization": signed.format("dynamodb"), "Content-Length": "2"}, b"{}")
+    assert status == 200 and "TableNames" in json.loads(answer), answer[:400]
+    body = b"Action=ListUsers&Version=2010-05-08"
+    status, _, answer = h2_request(gateway, token, "iam.amazonaws.com", "POST", b"/", {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "X-Amz-Date": "20260101T000000Z",
+        "Authorization": signed.format("iam"), "Content-Length": str(len(body))}, body)
+    assert status == 403 and b"<Code>AccessDenied</Code>" in answer and b"no-iam-for-agents" in answer, answer[:400]
+    mine = [r for r in gateway.records() if r["principal"] == sub]
+    assert [(r["action"], r["outcome"], r["status"]) for r in mine] == [
+        ("sts:GetCallerIdentity", "forwarded", 200), ("dynamodb:ListTables", "forwarded", 200),
+        ("iam:ListUsers", "refused", 403)]
