@@ -10,7 +10,6 @@ import textwrap
 import boto3
 import botocore.config
 import botocore.exceptions
-import httpx
 import pytest
 
 from tests.conftest import run_agent
@@ -152,3 +151,32 @@ def test_an_http2_agent_is_re_signed_decided_and_recorded_like_any_other(gateway
     assert [(r["action"], r["outcome"], r["status"]) for r in mine] == [
         ("sts:GetCallerIdentity", "forwarded", 200), ("dynamodb:ListTables", "forwarded", 200),
         ("iam:ListUsers", "refused", 403)]
+
+
+def test_an_http2_agent_uploads_and_downloads_an_object_streamed(gateway, issuer):
+    """S3 over HTTP/2: a 3 MiB PutObject with a declared payload hash (streamed through, not
+    buffered) reaches moto intact, and GetObject brings the same bytes back."""
+    import hashlib
+    import os
+
+    from tests.support.raw import h2_request
+
+    token = issuer.mint("agent-h2-s3")
+    signed = "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/s3/aws4_request, " \
+             "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + "0" * 64
+    empty = hashlib.sha256(b"").hexdigest()
+    host = "h2-bucket.s3.amazonaws.com"
+    status, _, answer = h2_request(gateway, token, host, "PUT", b"/", {
+        "X-Amz-Date": "20260101T000000Z", "X-Amz-Content-SHA256": empty, "Authorization": signed}, b"")
+    assert status == 200, answer[:400]
+    data = os.urandom(3 << 20)
+    status, _, answer = h2_request(gateway, token, host, "PUT", b"/blob", {
+        "X-Amz-Date": "20260101T000000Z", "X-Amz-Content-SHA256": hashlib.sha256(data).hexdigest(),
+        "Content-Length": str(len(data)), "Authorization": signed}, data)
+    assert status == 200, answer[:400]
+    status, headers, answer = h2_request(gateway, token, host, "GET", b"/blob", {
+        "X-Amz-Date": "20260101T000000Z", "X-Amz-Content-SHA256": empty, "Authorization": signed})
+    assert status == 200 and len(answer) == len(data) and answer == data
+    [put] = [r for r in gateway.records() if r["principal"] == "agent-h2-s3" and r["operation"] == "PutObject"]
+    assert put["outcome"] == "forwarded" and put["request_body_sha256"] == hashlib.sha256(data).hexdigest(), put
+    assert put["request_body_size"] == len(data) and "body streamed, not kept" in put["body_note"], put

@@ -70,12 +70,17 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
         conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
                               (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
                                                   if k.lower() != "host"), *extra], end_stream=not body)
-        if body:
-            conn.send_data(1, body, end_stream=True)
         tls.sendall(conn.data_to_send())
-        status, got, answer = 0, {}, b""
+        status, got, answer, sent = 0, {}, b"", 0
         tls.settimeout(15)
         while True:
+            while sent < len(body):  # as much as the gateway's flow-control windows take now
+                n = min(len(body) - sent, conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+                if n <= 0:
+                    break
+                conn.send_data(1, body[sent:sent + n], end_stream=sent + n == len(body))
+                sent += n
+            tls.sendall(conn.data_to_send())
             data = tls.recv(65536)
             if not data:
                 raise AssertionError("the gateway closed the connection before the answer ended")
@@ -92,6 +97,5 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
                     raise AssertionError(f"the stream was reset ({event.error_code})")
                 elif isinstance(event, h2.events.StreamEnded):
                     return status, got, answer
-            tls.sendall(conn.data_to_send())
     finally:
         tls.close()
