@@ -21,7 +21,7 @@ from .core.approvals import Approval as ApprovalInfo
 from .core.approvals import ApprovalError, Approvals, describe_approvers
 from .core.awserrors import Refusal
 from .core.store import StoreError
-from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, RELEASED, answer, due
+from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RELEASED, answer, due
 
 log = logging.getLogger("agentgate.approval")
 
@@ -60,8 +60,9 @@ def expired_message(a: ApprovalInfo, used: bool = False) -> str:
 
 
 def client_gone(flow: http.HTTPFlow) -> bool:
+    """The agent left: its connection is no longer readable, or (HTTP/2) it reset the call's stream."""
     conn = flow.client_conn
-    return conn is None or not (conn.state & ConnectionState.CAN_READ)
+    return conn is None or not (conn.state & ConnectionState.CAN_READ) or CLIENT_LEFT in flow.metadata
 
 
 class Approval:

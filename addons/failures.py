@@ -15,6 +15,13 @@ reworded) error, once the add-ons' ``error`` hooks have run; ``Http1Server.send`
 and ``Http2Server._handle_event`` (HTTP/2 agents: curl, Go and Rust SDKs) render a marked error as
 the AWS-shaped answer. ``install()`` checks the shape of what it patches first; if
 mitmproxy has changed it, it logs an error and leaves mitmproxy's own page in place.
+
+An HTTP/2 agent gives up on one call by resetting its stream (a Go SDK's cancelled context, curl
+interrupted) and keeps its connection, which stays readable: ``Http2Server.handle_h2_event`` notes
+the reset on the call's flow (``stage.CLIENT_LEFT``) the moment it arrives, before the stream
+hears of it (a stream held in a hook, for an approval, hears of it only when the hook returns), so
+that a hold ends at once and the record says the client left (``approval.client_gone``), not that
+upstream failed.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from .core.awserrors import Refusal, guess_protocol, render
-from .stage import CALL, HOST
+from .stage import CALL, CLIENT_LEFT, HOST
 
 log = logging.getLogger("agentgate.failures")
 
@@ -141,5 +148,30 @@ def install() -> bool:
     HttpStream.handle_protocol_error = marking_handle_protocol_error
     server.send = aws_shaped_send
     server2._handle_event = aws_shaped_h2_event
+    _note_stream_resets(server2)
     _installed = True
     return True
+
+
+def _note_stream_resets(server2) -> None:
+    """An HTTP/2 agent's stream reset marks its call's flow (see the module's docstring)."""
+    import h2.events
+    from mitmproxy.proxy.layers.http import HttpLayer
+
+    handle_h2_event = getattr(server2, "handle_h2_event", None)
+    if handle_h2_event is None:
+        log.error("an HTTP/2 agent's cancelled call is recorded as failed (mitmproxy changed: no "
+                  "Http2Server.handle_h2_event)")
+        return
+
+    @functools.wraps(handle_h2_event)
+    def noting_handle_h2_event(self, event):
+        if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
+            layer = next((x for x in reversed(self.context.layers) if isinstance(x, HttpLayer)), None)
+            stream = getattr(layer, "streams", {}).get(event.stream_id)
+            flow = getattr(stream, "flow", None)
+            if flow is not None:
+                flow.metadata[CLIENT_LEFT] = event.error_code
+        return (yield from handle_h2_event(self, event))
+
+    server2.handle_h2_event = noting_handle_h2_event

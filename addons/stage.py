@@ -14,6 +14,7 @@ AUTH = "agentgate.auth"  # core.sigv4.AgentAuth: the agent's own signature, pars
 TUNNEL = "agentgate.tunnel"
 PRINCIPAL = "agentgate.principal"
 TOKEN = "agentgate.token"  # the validated token, for web-identity roles; never recorded
+CLIENT_LEFT = "agentgate.client_left"  # an HTTP/2 agent reset the call's stream: its error code (failures.py)
 CALL = "agentgate.call"
 DECISION = "agentgate.decision"
 APPROVAL = "agentgate.approval"  # core.approvals.Approval: what released the call, or the grant it runs under

@@ -295,6 +295,25 @@ def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, up
     assert (r["outcome"], r["error"], r["action"]) == ("failed", "server closed connection", "s3:GetObject")
 
 
+def test_an_http2_agent_that_cancels_its_call_is_recorded_as_gone(faulty, issuer, upstream):
+    """An HTTP/2 agent gives up on one call by resetting its stream (CANCEL: a Go SDK's cancelled
+    context does that) and keeps its connection for the next calls: the record says the client
+    left, not that upstream failed."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.raw import h2_cancel
+
+    sub = f"h2-cancel-{uuid.uuid4().hex[:8]}"
+    signed = AWSRequest(method="GET", url=f"https://faults.s3.amazonaws.com/{sub}/slow-2")
+    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    h2_cancel(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", "GET", f"/{sub}/slow-2".encode(),
+              dict(signed.headers.items()), after=0.5, linger=3.0)
+    r = only_record(faulty, sub)
+    assert (r["outcome"], r["action"]) == ("client_gone", "s3:GetObject"), r
+
+
 def test_upstream_500(faulty, issuer, upstream):
     sub, s3 = agent(faulty, issuer, "error500", "s3")
     key = f"error500-{sub}"

@@ -125,3 +125,26 @@ def test_a_call_whose_agent_hangs_up_while_held_has_one_record_client_gone(gw, i
     assert (r["outcome"], r["approval_id"], r["principal"]) == ("client_gone", asked["id"], "agent-h4")
     assert r["error"].startswith("Client disconnected.") and "ApprovalPending" in r["error"]
     assert [a["state"] for a in pending(gw) if a["id"] == asked["id"]] == ["pending"]  # still up for approval
+
+
+def test_an_http2_agent_that_cancels_its_held_call_has_one_record_client_gone(gw, issuer):
+    """An HTTP/2 agent resets the stream of a held call (its context cancelled) and keeps its
+    connection: the hold ends at once, not when approval_hold runs out, and the one record says
+    the client left; the approval stays up for a retry."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.raw import h2_cancel
+
+    key = marker("h2-cancel")
+    host = f"{BUCKET}.s3.amazonaws.com"
+    signed = AWSRequest(method="DELETE", url=f"https://{host}/{key}")
+    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    h2_cancel(gw, issuer.mint("agent-h6"), host, "DELETE", f"/{key}".encode(), dict(signed.headers.items()),
+              after=0.8, linger=HOLD + 0.5)  # the connection outlives the hold
+    asked = asked_for(gw, key)
+    [r] = records_of(gw, key, 1)
+    assert (r["outcome"], r["approval_id"], r["principal"]) == ("client_gone", asked["id"], "agent-h6"), r
+    assert r["latency_ms"] < (HOLD - 1.5) * 1000, r["latency_ms"]  # ended by the reset, not by the hold
+    assert [a["state"] for a in pending(gw) if a["id"] == asked["id"]] == ["pending"]

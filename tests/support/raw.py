@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import time
 
 
 def connect(port: int, target: str, token: str | None) -> tuple[socket.socket, bytes]:
@@ -97,5 +98,46 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
                     raise AssertionError(f"the stream was reset ({event.error_code})")
                 elif isinstance(event, h2.events.StreamEnded):
                     return status, got, answer
+    finally:
+        tls.close()
+
+
+def h2_cancel(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], after: float,
+              linger: float) -> None:
+    """Send one request over HTTP/2 through ``gw``, reset its stream (CANCEL, as an SDK whose
+    context is cancelled does) ``after`` seconds later, and keep the connection open ``linger``
+    seconds more: the agent gave up on the call, not on the connection."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+
+    s, data = connect(gw.port, f"{host}:443", token)
+    if not data.startswith(b"HTTP/1.1 200"):
+        s.close()
+        raise AssertionError(f"the gateway refused the tunnel: {data!r}")
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(s, server_hostname=host)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
+                              (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
+                                                  if k.lower() != "host")], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        time.sleep(after)
+        conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+        tls.sendall(conn.data_to_send())
+        tls.settimeout(0.2)
+        end = time.monotonic() + linger
+        while time.monotonic() < end:
+            try:
+                data = tls.recv(65536)
+            except (TimeoutError, ssl.SSLError, OSError):
+                continue
+            if not data:
+                raise AssertionError("the gateway closed the connection after the stream was reset")
+            conn.receive_data(data)
+            tls.sendall(conn.data_to_send())
     finally:
         tls.close()
