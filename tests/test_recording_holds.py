@@ -13,7 +13,7 @@ import time
 import botocore.exceptions
 import pytest
 
-from tests.test_approval_e2e import POLICY, console, held, pending, s3, start_gateway, wait_for
+from tests.test_approval_e2e import console, held, pending, s3, start_gateway, wait_for
 
 BUCKET = "holds-bucket"
 HOLD = 4.0
@@ -148,3 +148,32 @@ def test_an_http2_agent_that_cancels_its_held_call_has_one_record_client_gone(gw
     assert (r["outcome"], r["approval_id"], r["principal"]) == ("client_gone", asked["id"], "agent-h6"), r
     assert r["latency_ms"] < (HOLD - 1.5) * 1000, r["latency_ms"]  # ended by the reset, not by the hold
     assert [a["state"] for a in pending(gw) if a["id"] == asked["id"]] == ["pending"]
+
+
+def test_a_held_call_does_not_hold_the_other_calls_on_its_http2_connection(gw, issuer):
+    """An SDK on HTTP/2 sends its concurrent calls to one host as streams of one connection: while
+    one is held for approval, the others on that connection are answered at once, and each call
+    has its own record."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.raw import h2_requests
+
+    key = marker("h2-shared")
+    host = f"{BUCKET}.s3.amazonaws.com"
+
+    def signed(method: str, path: str) -> tuple[str, bytes, dict[str, str]]:
+        r = AWSRequest(method=method, url=f"https://{host}{path}")
+        S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(r)
+        return method, path.encode(), dict(r.headers.items())
+
+    answers = h2_requests(gw, issuer.mint("agent-h7"), host, [
+        signed("DELETE", f"/{key}"), *(signed("GET", f"/?list-type=2&prefix={key}-{i}") for i in range(4))])
+    (held_status, held_body, held_took), *others = answers
+    assert held_status == 403 and b"ApprovalPending" in held_body and held_took > HOLD - 0.5, answers[0]
+    assert all(status == 200 and b"ListBucketResult" in body for status, body, _ in others), others
+    assert max(took for _, _, took in others) < HOLD / 2, [took for _, _, took in others]
+    rs = [r for r in gw.records() if r["principal"] == "agent-h7"]
+    assert sorted((r["operation"], r["outcome"]) for r in rs) == [("DeleteObject", "held")] + [
+        ("ListObjectsV2", "forwarded")] * 4

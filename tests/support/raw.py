@@ -141,3 +141,58 @@ def h2_cancel(gw, token: str, host: str, method: str, path: bytes, headers: dict
             tls.sendall(conn.data_to_send())
     finally:
         tls.close()
+
+
+def h2_requests(gw, token: str, host: str, requests: list[tuple[str, bytes, dict[str, str]]],
+                timeout: float = 30) -> list[tuple[int, bytes, float]]:
+    """Several bodiless requests at once on one HTTP/2 connection through ``gw``, as an SDK that
+    shares a connection between concurrent calls sends them (one stream each). Each one's status,
+    body and the seconds it took, in the order given."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s, data = connect(gw.port, f"{host}:443", token)
+    if not data.startswith(b"HTTP/1.1 200"):
+        s.close()
+        raise AssertionError(f"the gateway refused the tunnel: {data!r}")
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(s, server_hostname=host)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        started = time.monotonic()
+        streams = {}
+        for i, (method, path, headers) in enumerate(requests):
+            sid = 1 + 2 * i
+            streams[sid] = i
+            conn.send_headers(sid, [(b":method", method.encode()), (b":scheme", b"https"),
+                                    (b":authority", host.encode()), (b":path", path),
+                                    *((k.lower().encode(), v.encode()) for k, v in headers.items()
+                                      if k.lower() != "host")], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        results: dict[int, list] = {sid: [0, b"", 0.0] for sid in streams}
+        open_streams = set(streams)
+        tls.settimeout(timeout)
+        while open_streams:
+            data = tls.recv(65536)
+            if not data:
+                raise AssertionError("the gateway closed the connection before every answer ended")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    results[event.stream_id][0] = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    results[event.stream_id][1] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    results[event.stream_id][2] = time.monotonic() - started
+                    open_streams.discard(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    raise AssertionError(f"stream {event.stream_id} was reset ({event.error_code})")
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    raise Http2ConnectionTerminated(event.error_code, event.additional_data)
+            tls.sendall(conn.data_to_send())
+        return [tuple(results[sid]) for sid in sorted(streams)]
+    finally:
+        tls.close()
