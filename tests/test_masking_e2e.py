@@ -380,3 +380,30 @@ def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, 
     scan = [r for r in gw.records() if r["principal"] == "masking-big" and r["action"] == "dynamodb:Scan"][-1]
     assert scan["response_body_size"] > 1 << 20 and "big-ssn-" not in (scan["response_body"] or "")
     assert {"part": "agent", "path": "Items[].ssn", "by": "policy", "count": out["n"]} in json.loads(scan["masked"])
+
+
+def test_an_http2_agent_gets_its_masked_answer_whole(gw, issuer):
+    """Over HTTP/2 the masked answer is a different length from AWS's: the agent's HTTP/2 client
+    (which checks a body against its Content-Length) gets it whole, valid JSON, the secret masked."""
+    from tests.support.raw import h2_request
+
+    tag = secrets.token_hex(6)
+    secret = f"h2-secret-{tag}-{secrets.token_hex(12)}"
+    token = issuer.mint(f"agent-h2-mask-{tag}")
+    host = "secretsmanager.us-east-1.amazonaws.com"
+
+    def call(target: str, payload: dict) -> tuple[int, dict]:
+        body = json.dumps(payload).encode()
+        status, headers, answer = h2_request(gw, token, host, "POST", b"/", {
+            "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"secretsmanager.{target}",
+            "X-Amz-Date": "20260101T000000Z", "Content-Length": str(len(body)),
+            "Authorization": "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/secretsmanager/aws4_request, "
+                             "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64}, body)
+        assert int(headers.get("content-length", len(answer))) == len(answer), (headers, len(answer))
+        return status, json.loads(answer)
+
+    status, _ = call("CreateSecret", {"Name": f"h2-{tag}", "SecretString": secret})
+    assert status == 200
+    status, got = call("GetSecretValue", {"SecretId": f"h2-{tag}"})
+    assert status == 200 and got["Name"] == f"h2-{tag}", got
+    assert got["SecretString"].startswith("agentgate:masked:") and secret not in json.dumps(got), got
