@@ -180,3 +180,25 @@ def test_an_http2_agent_uploads_and_downloads_an_object_streamed(gateway, issuer
     [put] = [r for r in gateway.records() if r["principal"] == "agent-h2-s3" and r["operation"] == "PutObject"]
     assert put["outcome"] == "forwarded" and put["request_body_sha256"] == hashlib.sha256(data).hexdigest(), put
     assert put["request_body_size"] == len(data) and "body streamed, not kept" in put["body_note"], put
+
+
+def test_an_http2_agent_with_its_token_as_the_session_token_is_known_on_every_stream(gateway, issuer):
+    """Transport B over HTTP/2: a tunnel opened without proxy credentials (to an AWS host only),
+    the agent's token in each request's X-Amz-Security-Token. Each stream is authenticated on its
+    own: with the token the call goes through, recorded under its subject; without, it is refused."""
+    from tests.support.raw import h2_request
+
+    sub = "agent-h2-transport-b"
+    token = issuer.mint(sub)
+    body = b"Action=GetCallerIdentity&Version=2011-06-15"
+    head = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "X-Amz-Date": "20260101T000000Z",
+            "Content-Length": str(len(body)),
+            "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/sts/aws4_request, "
+                             "SignedHeaders=host;x-amz-date;x-amz-security-token, Signature=" + "0" * 64}
+    status, _, answer = h2_request(gateway, None, "sts.amazonaws.com", "POST", b"/",
+                                   {**head, "X-Amz-Security-Token": token}, body)
+    assert status == 200 and b":assumed-role/agent-role/" in answer, answer[:400]
+    status, _, answer = h2_request(gateway, None, "sts.amazonaws.com", "POST", b"/", head, body)
+    assert status == 403 and b"no token" in answer, answer[:400]
+    [mine] = [r for r in gateway.records() if r["principal"] == sub]
+    assert (mine["action"], mine["outcome"]) == ("sts:GetCallerIdentity", "forwarded")
