@@ -44,15 +44,11 @@ class Http2ConnectionTerminated(AssertionError):
         self.error_code, self.additional_data = error_code, additional_data
 
 
-def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], body: bytes = b"",
-               validate: bool = True, extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, dict[str, str], bytes]:
-    """One request over HTTP/2 through the gateway ``gw``; ``validate=False`` sends what an HTTP/2
-    client library would refuse to (a :path with a space, say), and ``extra`` header fields as given
-    (not lower-cased). The status, headers and body of the answer; Http2ConnectionTerminated when
-    the gateway sends GOAWAY instead."""
+def _h2_connection(gw, token: str | None, host: str, validate: bool = True):
+    """An HTTP/2 connection to ``host`` through the gateway ``gw``, preface sent: (TLS socket,
+    h2 connection)."""
     import h2.config
     import h2.connection
-    import h2.events
 
     s, data = connect(gw.port, f"{host}:443", token)
     if not data.startswith(b"HTTP/1.1 200"):
@@ -61,16 +57,32 @@ def h2_request(gw, token: str, host: str, method: str, path: bytes, headers: dic
     ctx = ssl.create_default_context(cafile=str(gw.ca_file))
     ctx.set_alpn_protocols(["h2"])
     tls = ctx.wrap_socket(s, server_hostname=host)
+    if tls.selected_alpn_protocol() != "h2":
+        tls.close()
+        raise AssertionError(f"the gateway did not speak HTTP/2: {tls.selected_alpn_protocol()!r}")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=validate,
+        normalize_outbound_headers=validate))
+    conn.initiate_connection()
+    return tls, conn
+
+
+def _h2_head(host: str, method: str, path: bytes, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()), (b":path", path),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items() if k.lower() != "host")]
+
+
+def h2_request(gw, token: str | None, host: str, method: str, path: bytes, headers: dict[str, str], body: bytes = b"",
+               validate: bool = True, extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, dict[str, str], bytes]:
+    """One request over HTTP/2 through the gateway ``gw``; ``validate=False`` sends what an HTTP/2
+    client library would refuse to (a :path with a space, say), and ``extra`` header fields as given
+    (not lower-cased). The status, headers and body of the answer; Http2ConnectionTerminated when
+    the gateway sends GOAWAY instead."""
+    import h2.events
+
+    tls, conn = _h2_connection(gw, token, host, validate)
     try:
-        if tls.selected_alpn_protocol() != "h2":
-            raise AssertionError(f"the gateway did not speak HTTP/2: {tls.selected_alpn_protocol()!r}")
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding="utf-8", validate_outbound_headers=validate,
-            normalize_outbound_headers=validate))
-        conn.initiate_connection()
-        conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
-                              (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
-                                                  if k.lower() != "host"), *extra], end_stream=not body)
+        conn.send_headers(1, [*_h2_head(host, method, path, headers), *extra], end_stream=not body)
         tls.sendall(conn.data_to_send())
         status, got, answer, sent = 0, {}, b"", 0
         tls.settimeout(15)
@@ -107,23 +119,11 @@ def h2_cancel(gw, token: str, host: str, method: str, path: bytes, headers: dict
     """Send one request over HTTP/2 through ``gw``, reset its stream (CANCEL, as an SDK whose
     context is cancelled does) ``after`` seconds later, and keep the connection open ``linger``
     seconds more: the agent gave up on the call, not on the connection."""
-    import h2.config
-    import h2.connection
     import h2.errors
 
-    s, data = connect(gw.port, f"{host}:443", token)
-    if not data.startswith(b"HTTP/1.1 200"):
-        s.close()
-        raise AssertionError(f"the gateway refused the tunnel: {data!r}")
-    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
-    ctx.set_alpn_protocols(["h2"])
-    tls = ctx.wrap_socket(s, server_hostname=host)
+    tls, conn = _h2_connection(gw, token, host)
     try:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        conn.initiate_connection()
-        conn.send_headers(1, [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", host.encode()),
-                              (b":path", path), *((k.lower().encode(), v.encode()) for k, v in headers.items()
-                                                  if k.lower() != "host")], end_stream=True)
+        conn.send_headers(1, _h2_head(host, method, path, headers), end_stream=True)
         tls.sendall(conn.data_to_send())
         time.sleep(after)
         conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
@@ -148,29 +148,16 @@ def h2_requests(gw, token: str, host: str, requests: list[tuple[str, bytes, dict
     """Several bodiless requests at once on one HTTP/2 connection through ``gw``, as an SDK that
     shares a connection between concurrent calls sends them (one stream each). Each one's status,
     body and the seconds it took, in the order given."""
-    import h2.config
-    import h2.connection
     import h2.events
 
-    s, data = connect(gw.port, f"{host}:443", token)
-    if not data.startswith(b"HTTP/1.1 200"):
-        s.close()
-        raise AssertionError(f"the gateway refused the tunnel: {data!r}")
-    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
-    ctx.set_alpn_protocols(["h2"])
-    tls = ctx.wrap_socket(s, server_hostname=host)
+    tls, conn = _h2_connection(gw, token, host)
     try:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        conn.initiate_connection()
         started = time.monotonic()
         streams = {}
         for i, (method, path, headers) in enumerate(requests):
             sid = 1 + 2 * i
             streams[sid] = i
-            conn.send_headers(sid, [(b":method", method.encode()), (b":scheme", b"https"),
-                                    (b":authority", host.encode()), (b":path", path),
-                                    *((k.lower().encode(), v.encode()) for k, v in headers.items()
-                                      if k.lower() != "host")], end_stream=True)
+            conn.send_headers(sid, _h2_head(host, method, path, headers), end_stream=True)
         tls.sendall(conn.data_to_send())
         results: dict[int, list] = {sid: [0, b"", 0.0] for sid in streams}
         open_streams = set(streams)
