@@ -153,10 +153,19 @@ def install() -> bool:
     return True
 
 
+def flow_of(layer, stream_id: int) -> http.HTTPFlow | None:
+    """The flow of stream ``stream_id`` on the connection whose layer (Http2Server) is ``layer``,
+    from the HTTP layer above it; None if it has none (yet, or any more)."""
+    from mitmproxy.proxy.layers.http import HttpLayer
+
+    above = next((x for x in reversed(layer.context.layers) if isinstance(x, HttpLayer)), None)
+    stream = getattr(above, "streams", {}).get(stream_id)
+    return getattr(stream, "flow", None)
+
+
 def _note_stream_resets(server2) -> None:
     """An HTTP/2 agent's stream reset marks its call's flow (see the module's docstring)."""
     import h2.events
-    from mitmproxy.proxy.layers.http import HttpLayer
 
     handle_h2_event = getattr(server2, "handle_h2_event", None)
     if handle_h2_event is None:
@@ -167,10 +176,7 @@ def _note_stream_resets(server2) -> None:
     @functools.wraps(handle_h2_event)
     def noting_handle_h2_event(self, event):
         if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
-            layer = next((x for x in reversed(self.context.layers) if isinstance(x, HttpLayer)), None)
-            stream = getattr(layer, "streams", {}).get(event.stream_id)
-            flow = getattr(stream, "flow", None)
-            if flow is not None:
+            if (flow := flow_of(self, event.stream_id)) is not None:
                 flow.metadata[CLIENT_LEFT] = event.error_code
         return (yield from handle_h2_event(self, event))
 

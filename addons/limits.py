@@ -31,7 +31,11 @@ parser that reads them differently sees other headers than the gateway did. So:
    header name with a space or an upper-case letter, a value with surrounding whitespace, a
    connection-specific header, a Content-Length the data does not match, pseudo-headers out of
    place) end the connection with GOAWAY (PROTOCOL_ERROR): no flow, no status. They are announced
-   with ``refused_head`` too, carrying the SHA-256 and size of the bytes (frames) that held them.
+   with ``refused_head`` too, carrying the SHA-256 and size of the bytes (frames) that held them,
+   unless a stream is open on the connection: then the request the error ended (a body longer than
+   its Content-Length, say) is a flow, and each open stream's flow is recorded with the error,
+   refused (400) where the call had not gone upstream. Header values h2 quotes in its reason are
+   left out of what is logged, sent and recorded (``h2_reason``).
 
 1 and 2 happen where no flow exists yet, so their answer is a short text, not an AWS-shaped
 error; 3 happens in mitmproxy's own error path and is answered AWS-shaped (addons/failures.py) and
@@ -61,7 +65,7 @@ from mitmproxy.utils import human
 
 from . import failures
 from .core.awserrors import Refusal
-from .stage import HELD, OVER_CAP, REFUSAL
+from .stage import HELD, OVER_CAP, REFUSAL, SIGNED
 
 log = logging.getLogger("agentgate.limits")
 
@@ -358,9 +362,15 @@ def _install_http2() -> None:
 
     @functools.wraps(protocol_error)
     def recorded_protocol_error(self, message, *args, **kwargs):
-        data = getattr(self, _H2_DATA, None) or b""
-        yield RefusedHeadHook(RefusedHead(self.context.client, 400, h2_reason(message),
-                                          hashlib.sha256(data).hexdigest(), len(data), http2=True))
+        message = h2_reason(message)  # as the log, the agent's GOAWAY and the open streams' flows say it
+        if not self.streams:
+            data = getattr(self, _H2_DATA, None) or b""
+            yield RefusedHeadHook(RefusedHead(self.context.client, 400, message, hashlib.sha256(data).hexdigest(),
+                                              len(data), http2=True))
+        for stream_id in self.streams:  # each ends with ``message``: refused if it never went upstream
+            flow = failures.flow_of(self, stream_id)
+            if flow is not None and SIGNED not in flow.metadata and REFUSAL not in flow.metadata:
+                flow.metadata[REFUSAL] = Refusal(400, "InvalidRequest", message, "egress")
         yield from protocol_error(self, message, *args, **kwargs)
 
     server._handle_event = remembering_handle_event

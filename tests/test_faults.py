@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import http.server
 import io
+import json
 import re
 import socket
 import struct
@@ -312,6 +313,46 @@ def test_an_http2_agent_that_cancels_its_call_is_recorded_as_gone(faulty, issuer
               dict(signed.headers.items()), after=0.5, linger=3.0)
     r = only_record(faulty, sub)
     assert (r["outcome"], r["action"]) == ("client_gone", "s3:GetObject"), r
+
+
+def test_an_http2_protocol_error_beside_a_call_in_flight_keeps_the_agents_header_values_out(faulty, issuer,
+                                                                                              upstream):
+    """A request whose header breaks HTTP/2's rules (a value with a space around it) on a connection
+    with another call in flight: the gateway ends the connection; the call in flight is recorded
+    with the reason, which names the rule broken but not the header's value (it may be a token)."""
+    import h2.events
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.raw import _h2_connection, _h2_head
+
+    sub = f"h2-beside-{uuid.uuid4().hex[:8]}"
+    secret = f"session-token-{uuid.uuid4().hex}"
+    host = "faults.s3.amazonaws.com"
+    signed = AWSRequest(method="GET", url=f"https://{host}/{sub}/slow-2")
+    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    tls, conn = _h2_connection(faulty, issuer.mint(sub), host, validate=False)
+    try:
+        conn.send_headers(1, _h2_head(host, "GET", f"/{sub}/slow-2".encode(), dict(signed.headers.items())),
+                          end_stream=True)
+        tls.sendall(conn.data_to_send())
+        time.sleep(0.5)  # the first call is upstream now
+        conn.send_headers(3, [*_h2_head(host, "GET", b"/other", dict(signed.headers.items())),
+                              (b"x-amz-security-token", f" {secret}".encode())], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        tls.settimeout(10)
+        ended = None
+        while ended is None:
+            data = tls.recv(65536)
+            assert data, "the gateway closed the connection without GOAWAY"
+            ended = next((e for e in conn.receive_data(data) if isinstance(e, h2.events.ConnectionTerminated)), None)
+    finally:
+        tls.close()
+    assert ended.error_code == 1 and secret.encode() not in (ended.additional_data or b"")
+    r = only_record(faulty, sub, quiet=1.0)
+    assert r["action"] == "s3:GetObject" and "surrounded by whitespace (the value is not kept)" in r["error"], r
+    assert secret not in json.dumps(r) and secret not in faulty.log()
 
 
 def test_upstream_500(faulty, issuer, upstream):
