@@ -155,6 +155,26 @@ def test_a_buffered_body_over_the_cap_is_refused_and_recorded(gw, issuer, chunke
     assert "max_body_bytes" in r["error"] and (f"declares {size} bytes" in r["error"]) == (not chunked)
 
 
+def test_a_buffered_body_over_the_cap_from_an_http2_agent_is_refused_and_recorded(gw, issuer):
+    """The same over HTTP/2 (where a body has no chunked framing and Content-Length is optional):
+    413, AWS-shaped on the agent's stream, and recorded."""
+    from tests.support.raw import h2_request
+
+    sub = "agent-big-body-h2"
+    size = 4 * MAX_BODY
+    status, headers, answer = h2_request(gw, issuer.mint(sub), "lambda.us-east-1.amazonaws.com", "POST",
+                                         b"/2015-03-31/functions/f/invocations", {
+                                             "X-Amz-Date": "20260101T000000Z", "Content-Type": "application/json",
+                                             "Authorization": "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/"
+                                                              "lambda/aws4_request, SignedHeaders=host;x-amz-date, "
+                                                              f"Signature={'0' * 64}"}, b"x" * size)
+    assert status == 413 and b'"__type": "RequestEntityTooLarge"' in answer, (status, answer[:300])
+    assert b"max_body_bytes (1048576)" in answer
+    r = last_record(gw, sub)
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 413)
+    assert "max_body_bytes" in r["error"]
+
+
 def test_a_streamed_upload_larger_than_the_body_cap_works(gw, issuer):
     """S3 bodies with a declared payload hash stream through, never buffered: the cap does not apply,
     in aws-chunked framing (boto3's default) or with Content-Length and the real SHA-256."""
