@@ -142,5 +142,9 @@ def test_an_agent_cannot_approve_its_own_call_in_the_console(gw, issuer):
         assert r.status_code == 403 and "separation of duties" in r.json()["error"]
     with console(gw) as c:
         assert c.post(f"/api/approvals/{asked['id']}/deny", json={"reason": "cleanup"}).status_code == 200
+        shown = c.get(f"/api/approvals/{asked['id']}").json()  # the refused attempt changed nothing
+        assert [(e["event"], e["actor"], e["channel"], e["reason"]) for e in shown["history"]] == [
+            ("requested", "agent-9", "gateway", shown["approval"]["request_reason"]),
+            ("denied", "agentgate:admin", "console", "cleanup")]
     t.join(10)
     assert result["error"][0] == "ApprovalDenied"

@@ -192,9 +192,10 @@ class Console:
             if a is None:
                 return _error(404, f"there is no approval {approval_id!r}")
             calls = await asyncio.to_thread(self.approvals.calls_for, approval_id)
+            history = await asyncio.to_thread(self.approvals.history, approval_id)
         except StoreError as e:
             return _error(503, str(e))
-        return JSONResponse({"approval": a.as_dict(), "calls": calls})
+        return JSONResponse({"approval": a.as_dict(), "history": history, "calls": calls})
 
     async def decide(self, request: Request) -> Response:
         verb = request.path_params["verb"]
