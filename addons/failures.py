@@ -33,14 +33,15 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from .core.awserrors import Refusal, guess_protocol, render
-from .stage import CALL, CLIENT_LEFT, HOST
+from .stage import CALL, CLIENT_LEFT, HOST, REFUSAL
 
 log = logging.getLogger("agentgate.failures")
 
 _MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message) to answer with
 
 # mitmproxy's error code -> the AWS-shaped code of the answer
-_CODES = {502: "BadGateway", 504: "GatewayTimeout", 413: "RequestEntityTooLarge", 400: "InvalidRequest"}
+_CODES = {502: "BadGateway", 504: "GatewayTimeout", 413: "RequestEntityTooLarge", 400: "InvalidRequest",
+          431: "RequestHeaderSectionTooLarge"}
 
 _installed = False
 
@@ -103,6 +104,7 @@ def install() -> bool:
                   "or Http2Server._handle_event)")
         return False
     handle_protocol_error = HttpStream.handle_protocol_error
+    check_invalid = getattr(HttpStream, "check_invalid", None)
     send = server.send
     handle_event2 = server2._handle_event
 
@@ -118,6 +120,22 @@ def install() -> bool:
             if (isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError)
                     and command.connection is self.context.client):
                 mark(command.event, self.flow)  # the error hooks have run: the flow's error is final
+            reply = yield command
+
+    def aws_shaped_check_invalid(self, request):
+        """A request head mitmproxy's own validation refuses (Transfer-Encoding with Content-Length,
+        say): answered AWS-shaped in the request's protocol, in the words of its record."""
+        inner, reply = check_invalid(self, request), None
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            if (request and isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError)
+                    and command.connection is self.context.client and self.flow.request.method != "CONNECT"):
+                refusal = self.flow.metadata.get(REFUSAL)
+                message = refusal.message if refusal is not None else command.event.message
+                setattr(command.event, _MARK, (guess_protocol(self.flow.request.headers), message))
             reply = yield command
 
     @functools.wraps(send)
@@ -146,6 +164,10 @@ def install() -> bool:
         yield commands.SendData(self.conn, self.h2_conn.data_to_send())
 
     HttpStream.handle_protocol_error = marking_handle_protocol_error
+    if check_invalid is not None:
+        HttpStream.check_invalid = functools.wraps(check_invalid)(aws_shaped_check_invalid)
+    else:
+        log.error("a request mitmproxy's own validation refuses gets its error page (no HttpStream.check_invalid)")
     server.send = aws_shaped_send
     server2._handle_event = aws_shaped_h2_event
     _note_stream_resets(server2)

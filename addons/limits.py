@@ -37,9 +37,9 @@ parser that reads them differently sees other headers than the gateway did. So:
    refused (400) where the call had not gone upstream. Header values h2 quotes in its reason are
    left out of what is logged, sent and recorded (``h2_reason``).
 
-1 and 2 happen where no flow exists yet, so their answer is a short text, not an AWS-shaped
-error; 3 happens in mitmproxy's own error path and is answered AWS-shaped (addons/failures.py) and
-recorded with its flow. A head refused in 1, before mitmproxy read it as a request, has no flow:
+1 and 2 happen where no flow exists yet: their answer is AWS-shaped all the same, in the protocol
+the head's Content-Type and X-Amz-Target suggest (``_refusal``); 3 happens in mitmproxy's own
+error path and is answered AWS-shaped (addons/failures.py) and recorded with its flow. A head refused in 1, before mitmproxy read it as a request, has no flow:
 it is announced to the add-ons with the ``refused_head`` hook (``RefusedHeadHook``, carrying a
 ``RefusedHead``) before the agent is answered, so the auth stage names who sent it and the
 recorder records it; 2 concerns bytes behind a request whose flow is recorded already, and is
@@ -59,12 +59,12 @@ import re
 import time
 from typing import Any
 
-from mitmproxy import connection, http
+from mitmproxy import connection
 from mitmproxy.proxy import commands as proxy_commands
 from mitmproxy.utils import human
 
 from . import failures
-from .core.awserrors import Refusal
+from .core.awserrors import Refusal, guess_protocol
 from .stage import HELD, OVER_CAP, REFUSAL, SIGNED
 
 log = logging.getLogger("agentgate.limits")
@@ -129,12 +129,37 @@ def refused_head(client: connection.Client, status: int, reason: str, head: byte
     return RefusedHead(client, status, reason, hashlib.sha256(head).hexdigest(), len(head), method, path)
 
 
-def _text_response(status: int, message: str) -> bytes:
+_HEAD_FIELD = re.compile(rb"^(content-type|x-amz-target|smithy-protocol)[ \t]*:[ \t]*([^\r\n]*)", re.I | re.M)
+
+
+def _unreadable(data: bytes) -> str:
+    """Why mitmproxy's HTTP/1 reader refused the request head at the start of ``data`` (it answers
+    with nothing else but its error page): the same reading again, for its words."""
+    from h11._receivebuffer import ReceiveBuffer  # what mitmproxy reads heads with
     from mitmproxy.net.http import http1
 
-    resp = http.Response.make(status, f"agentgate: {message}\n", {
-        "content-type": "text/plain; charset=utf-8", "connection": "close", "x-agentgate-reason": message})
-    return http1.assemble_response(resp)
+    buf = ReceiveBuffer()
+    buf += data
+    try:
+        request = http1.read_request_head([bytes(x) for x in buf.maybe_extract_lines() or ()])
+        http1.expected_http_body_size(request)
+    except ValueError as e:
+        return str(e)
+    return "the request head cannot be read"
+
+
+def _refusal(layer, status: int, message: str, head: bytes | None = None) -> bytes:
+    """The AWS-shaped answer (connection closed after it) to a request refused in the HTTP/1 layer:
+    in the protocol its head's Content-Type and X-Amz-Target suggest (read leniently from ``head``
+    when it was refused before it was parsed, else from the request mitmproxy read), so that the
+    agent's SDK reports the reason like any AWS error."""
+    if head is not None:
+        headers = {m.group(1).decode("ascii").lower(): m.group(2).decode("latin-1").strip()
+                   for m in _HEAD_FIELD.finditer(head[:65536])}
+    else:
+        request = getattr(layer, "request", None)
+        headers = request.headers if request is not None else {}
+    return failures.answer(status, guess_protocol(headers), message)
 
 
 def _option(context, name: str) -> int | None:
@@ -153,7 +178,7 @@ def _cut(layer, status: int | None, message: str, *, in_flight: bool = False, he
     if head is not None and status is not None:
         yield RefusedHeadHook(refused_head(layer.context.client, status, message, head))
     if status is not None:
-        yield commands.SendData(layer.conn, _text_response(status, message))
+        yield commands.SendData(layer.conn, _refusal(layer, status, message, head))
     yield commands.CloseConnection(layer.conn)
     layer.state = layer.done
     if in_flight:  # the flow's error says whether the agent was answered (the egress stage records it so)
@@ -230,6 +255,15 @@ def install() -> bool:
                 yield from _cut(self, 431, f"the request head passed {cap + SLACK} bytes without ending; "
                                            f"this gateway's max_header_bytes is {cap}", head=data)
                 return
+            inner, reply = read_headers(self, event), None
+            while True:  # mitmproxy answers a head it cannot read with its HTML page: AWS-shaped instead
+                try:
+                    command = inner.send(reply)
+                except StopIteration:
+                    return
+                if isinstance(command, commands.SendData) and command.connection is self.conn:
+                    command = commands.SendData(self.conn, _refusal(self, 400, _unreadable(data), data))
+                reply = yield command
         yield from read_headers(self, event)
 
     @functools.wraps(handle_event)
@@ -248,7 +282,7 @@ def install() -> bool:
                 # h11 found the body's framing malformed (mitmproxy closes without a word): say so first
                 message = "the request body's chunked framing is malformed"
                 log.warning("refused a request from %s: %s", human.format_address(self.conn.peername), message)
-                yield commands.SendData(self.conn, _text_response(400, message))
+                yield commands.SendData(self.conn, _refusal(self, 400, message))
                 answered = True
             elif answered and isinstance(command, ReceiveHttp) and isinstance(command.event, RequestProtocolError):
                 command.event.message = f"{REFUSED}the request body's chunked framing is malformed ({command.event.message})"

@@ -103,6 +103,7 @@ def test_a_head_that_never_ends_is_cut_off(gw, issuer):
     answer = read_answer(tls)
     tls.close()
     assert answer.startswith(b"HTTP/1.1 431") and b"max_header_bytes is 8192" in answer, answer[:300]
+    assert b"<Code>RequestHeaderSectionTooLarge</Code>" in answer, answer[:600]  # AWS-shaped, though never parsed
     assert "the request head passed" in gw.log()
     r = last_record(gw, "agent-endless")  # no request was read, and the refusal is recorded all the same
     assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 431), r

@@ -122,7 +122,8 @@ def test_smuggling_shape_is_refused_with_400_and_nothing_goes_upstream(gw, issue
     time.sleep(0.3)
     assert forwarded(upstream, before_up) == [], f"{name}: upstream got {forwarded(upstream, before_up)}"
     new = gw.records()[before_records:]
-    if recorded:
+    if recorded:  # answered by the gateway: AWS-shaped in the request's protocol (STS: query, XML errors)
+        assert b"<Code>InvalidRequest</Code>" in answer and b"<ErrorResponse" in answer, (name, answer[:600])
         assert len(new) == 1, (name, new)
         r = new[0]
         assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 400), r
