@@ -38,12 +38,13 @@ parser that reads them differently sees other headers than the gateway did. So:
    left out of what is logged, sent and recorded (``h2_reason``).
 
 1 and 2 happen where no flow exists yet: their answer is AWS-shaped all the same, in the protocol
-the head's Content-Type and X-Amz-Target suggest (``_refusal``); 3 happens in mitmproxy's own
-error path and is answered AWS-shaped (addons/failures.py) and recorded with its flow. A head refused in 1, before mitmproxy read it as a request, has no flow:
-it is announced to the add-ons with the ``refused_head`` hook (``RefusedHeadHook``, carrying a
-``RefusedHead``) before the agent is answered, so the auth stage names who sent it and the
-recorder records it; 2 concerns bytes behind a request whose flow is recorded already, and is
-logged.
+the head's Content-Type and X-Amz-Target suggest (``_refusal``), and so is the error page
+mitmproxy's own reader answers a head it cannot read with; 3 happens in mitmproxy's own error path
+and is answered AWS-shaped (addons/failures.py) and recorded with its flow. A head refused in 1,
+before mitmproxy read it as a request, has no flow: it is announced to the add-ons with the
+``refused_head`` hook (``RefusedHeadHook``, carrying a ``RefusedHead``) before the agent is
+answered, so the auth stage names who sent it and the recorder records it; 2 concerns bytes
+behind a request whose flow is recorded already, and is logged.
 The caps are mitmproxy options (declared by the egress stage) read from each connection's
 context. ``install()`` checks the shape of what it patches first; if mitmproxy has changed it
 logs an error and patches nothing (the egress stage's own checks still apply).
