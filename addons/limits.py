@@ -43,8 +43,9 @@ mitmproxy's own reader answers a head it cannot read with; 3 happens in mitmprox
 and is answered AWS-shaped (addons/failures.py) and recorded with its flow. A head refused in 1,
 before mitmproxy read it as a request, has no flow: it is announced to the add-ons with the
 ``refused_head`` hook (``RefusedHeadHook``, carrying a ``RefusedHead``) before the agent is
-answered, so the auth stage names who sent it and the recorder records it; 2 concerns bytes
-behind a request whose flow is recorded already, and is logged.
+answered, so the auth stage names who sent it and the recorder records it, and so is a head whose
+request line mitmproxy's reader cannot read (no flow either); 2 concerns bytes behind a request
+whose flow is recorded already, and is logged.
 The caps are mitmproxy options (declared by the egress stage) read from each connection's
 context. ``install()`` checks the shape of what it patches first; if mitmproxy has changed it
 logs an error and patches nothing (the egress stage's own checks still apply).
@@ -263,7 +264,12 @@ def install() -> bool:
                 except StopIteration:
                     return
                 if isinstance(command, commands.SendData) and command.connection is self.conn:
-                    command = commands.SendData(self.conn, _refusal(self, 400, _unreadable(data), data))
+                    message = _unreadable(data)
+                    if self.request is None:  # not even its request line was read: no flow will record it
+                        log.warning("refused a request from %s: %s", human.format_address(self.conn.peername), message)
+                        yield RefusedHeadHook(refused_head(self.context.client, 400, message, data[:end.end()]
+                                                           if end is not None else data))
+                    command = commands.SendData(self.conn, _refusal(self, 400, message, data))
                 reply = yield command
         yield from read_headers(self, event)
 
