@@ -108,9 +108,9 @@ def install() -> bool:
     send = server.send
     handle_event2 = server2._handle_event
 
-    @functools.wraps(handle_protocol_error)
-    def marking_handle_protocol_error(self, event):
-        inner = handle_protocol_error(self, event)
+    def marking(stream, inner, mark_error):
+        """Relay ``inner`` (a generator of HttpStream's), handing the error it sends the client to
+        ``mark_error`` first (which marks it to answer AWS-shaped)."""
         reply = None
         while True:
             try:
@@ -118,25 +118,28 @@ def install() -> bool:
             except StopIteration as stop:
                 return stop.value
             if (isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError)
-                    and command.connection is self.context.client):
-                mark(command.event, self.flow)  # the error hooks have run: the flow's error is final
+                    and command.connection is stream.context.client):
+                mark_error(command.event)
             reply = yield command
+
+    @functools.wraps(handle_protocol_error)
+    def marking_handle_protocol_error(self, event):
+        # the error hooks have run by the time the error is sent: the flow's error is final
+        return (yield from marking(self, handle_protocol_error(self, event), lambda error: mark(error, self.flow)))
 
     def aws_shaped_check_invalid(self, request):
         """A request head mitmproxy's own validation refuses (Transfer-Encoding with Content-Length,
-        say): answered AWS-shaped in the request's protocol, in the words of its record."""
-        inner, reply = check_invalid(self, request), None
-        while True:
-            try:
-                command = inner.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            if (request and isinstance(command, SendHttp) and isinstance(command.event, ResponseProtocolError)
-                    and command.connection is self.context.client and self.flow.request.method != "CONNECT"):
-                refusal = self.flow.metadata.get(REFUSAL)
-                message = refusal.message if refusal is not None else command.event.message
-                setattr(command.event, _MARK, (guess_protocol(self.flow.request.headers), message))
-            reply = yield command
+        say): answered AWS-shaped in the request's protocol, in the words of its record. (Not through
+        ``mark``: the egress stage does not mark such a flow as an AWS call, its head being refused.)"""
+        if not request or self.flow.request.method == "CONNECT":
+            return (yield from check_invalid(self, request))
+
+        def mark_refused(error) -> None:
+            refusal = self.flow.metadata.get(REFUSAL)
+            message = refusal.message if refusal is not None else error.message
+            setattr(error, _MARK, (guess_protocol(self.flow.request.headers), message))
+
+        return (yield from marking(self, check_invalid(self, request), mark_refused))
 
     @functools.wraps(send)
     def aws_shaped_send(self, event):

@@ -331,7 +331,8 @@ class ApprovalEventCheck:
             else:
                 issues.append("its MAC does not verify with the chain key: forged or altered")
         elif not row["mac"] and row["event"] != "existing":
-            self._unkeyed[row["writer"] or "(unnamed)"] = self._unkeyed.get(row["writer"] or "(unnamed)", 0) + 1
+            writer = row["writer"] or "(unnamed)"
+            self._unkeyed[writer] = self._unkeyed.get(writer, 0) + 1
         if issues:
             self.problems.append(f"{_event(row)}: " + "; ".join(issues))
         self.events += 1

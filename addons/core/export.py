@@ -508,6 +508,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _jsonl_resource(uuid_: str, title: str, description: str, counted: str, count: int, href: str | None,
+                    sha256: str | None) -> dict[str, Any]:
+    """A back-matter resource for a JSON Lines file of evidence beside the document."""
+    return {"uuid": uuid_, "title": title, "description": description,
+            "props": [{"name": counted, "ns": OSCAL_NS, "value": str(count)}],
+            "rlinks": [{"href": href, "media-type": "application/jsonl",
+                        "hashes": [{"algorithm": "SHA-256", "value": sha256}]}]}
+
+
 def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha256: str, evidence_records: int,
                              approvals_href: str | None = None, approvals_sha256: str | None = None,
                              approvals_count: int = 0, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -529,32 +538,22 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
                 "There is no separate assessment plan: the evidence is what the gateway recorded for every call "
                 "between its agents and AWS in the period, decided by the policies named in each record."),
         },
-        {
-            "uuid": evidence_uuid,
-            "title": f"Call records, {summary.start_text} to {summary.end_text} (JSON Lines)",
-            "description": (
-                f"{evidence_records} records, one per line, as `agentgate calls list --json` shows them, with each "
-                f"record's place in its writer's hash chain (writer_id, seq, prev_hash, hash). Bodies are masked; "
-                f"credential headers are never stored."),
-            "props": [{"name": "records", "ns": OSCAL_NS, "value": str(evidence_records)}],
-            "rlinks": [{"href": evidence_href, "media-type": "application/jsonl",
-                        "hashes": [{"algorithm": "SHA-256", "value": evidence_sha256}]}],
-        },
+        _jsonl_resource(
+            evidence_uuid, f"Call records, {summary.start_text} to {summary.end_text} (JSON Lines)",
+            f"{evidence_records} records, one per line, as `agentgate calls list --json` shows them, with each "
+            f"record's place in its writer's hash chain (writer_id, seq, prev_hash, hash). Bodies are masked; "
+            f"credential headers are never stored.",
+            "records", evidence_records, evidence_href, evidence_sha256),
     ]
     approvals_uuid = _uuid("approvals", *key)
     if approvals_href is not None:
-        resources.append({
-            "uuid": approvals_uuid,
-            "title": f"Approvals asked for, {summary.start_text} to {summary.end_text} (JSON Lines)",
-            "description": (
-                f"{approvals_count} approvals and access grants, one per line, each with its approval events (asked "
-                f"for, approved or denied with the approver, reason and channel, used, expired, revoked) and their "
-                f"place in the store's approval events chain (seq, prev_hash, hash, the SHA-256 of the approval as "
-                f"each event left it, and the HMAC of events written with the chain key)."),
-            "props": [{"name": "approvals", "ns": OSCAL_NS, "value": str(approvals_count)}],
-            "rlinks": [{"href": approvals_href, "media-type": "application/jsonl",
-                        "hashes": [{"algorithm": "SHA-256", "value": approvals_sha256}]}],
-        })
+        resources.append(_jsonl_resource(
+            approvals_uuid, f"Approvals asked for, {summary.start_text} to {summary.end_text} (JSON Lines)",
+            f"{approvals_count} approvals and access grants, one per line, each with its approval events (asked "
+            f"for, approved or denied with the approver, reason and channel, used, expired, revoked) and their "
+            f"place in the store's approval events chain (seq, prev_hash, hash, the SHA-256 of the approval as "
+            f"each event left it, and the HMAC of events written with the chain key).",
+            "approvals", approvals_count, approvals_href, approvals_sha256))
     for h in summary.heads:
         props = [
             {"name": "writer-id", "ns": OSCAL_NS, "value": h.writer_id},
