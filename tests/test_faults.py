@@ -278,17 +278,12 @@ def test_upstream_reset(faulty, issuer, upstream):
 def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, upstream):
     """An agent whose client speaks HTTP/2 to the gateway (curl, the Go and Rust SDKs do when it is
     offered) gets the same AWS-shaped 502 on its stream, not mitmproxy's HTML page."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import ReadOnlyCredentials
-
-    from tests.support.raw import h2_request
+    from tests.support.raw import h2_request, s3_signed
 
     sub = f"h2-reset-{uuid.uuid4().hex[:8]}"
-    signed = AWSRequest(method="GET", url=f"https://faults.s3.amazonaws.com/reset-{sub}")
-    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    signed = s3_signed("GET", f"https://faults.s3.amazonaws.com/reset-{sub}")
     status, headers, body = h2_request(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", "GET",
-                                       f"/reset-{sub}".encode(), dict(signed.headers.items()))
+                                       f"/reset-{sub}".encode(), signed)
     assert status == 502 and headers["content-type"] == "application/xml", (status, headers, body[:300])
     assert b"<Code>BadGateway</Code>" in body
     assert b"agentgate got no answer from faults.s3.amazonaws.com (server closed connection)" in body
@@ -300,17 +295,12 @@ def test_an_http2_agent_that_cancels_its_call_is_recorded_as_gone(faulty, issuer
     """An HTTP/2 agent gives up on one call by resetting its stream (CANCEL: a Go SDK's cancelled
     context does that) and keeps its connection for the next calls: the record says the client
     left, not that upstream failed."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import ReadOnlyCredentials
-
-    from tests.support.raw import h2_cancel
+    from tests.support.raw import h2_cancel, s3_signed
 
     sub = f"h2-cancel-{uuid.uuid4().hex[:8]}"
-    signed = AWSRequest(method="GET", url=f"https://faults.s3.amazonaws.com/{sub}/slow-2")
-    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    signed = s3_signed("GET", f"https://faults.s3.amazonaws.com/{sub}/slow-2")
     h2_cancel(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", "GET", f"/{sub}/slow-2".encode(),
-              dict(signed.headers.items()), after=0.5, linger=3.0)
+              signed, after=0.5, linger=3.0)
     r = only_record(faulty, sub)
     assert (r["outcome"], r["action"]) == ("client_gone", "s3:GetObject"), r
 
@@ -321,24 +311,19 @@ def test_an_http2_protocol_error_beside_a_call_in_flight_keeps_the_agents_header
     with another call in flight: the gateway ends the connection; the call in flight is recorded
     with the reason, which names the rule broken but not the header's value (it may be a token)."""
     import h2.events
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import ReadOnlyCredentials
-
-    from tests.support.raw import _h2_connection, _h2_head
+    from tests.support.raw import _h2_connection, _h2_head, s3_signed
 
     sub = f"h2-beside-{uuid.uuid4().hex[:8]}"
     secret = f"session-token-{uuid.uuid4().hex}"
     host = "faults.s3.amazonaws.com"
-    signed = AWSRequest(method="GET", url=f"https://{host}/{sub}/slow-2")
-    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
+    signed = s3_signed("GET", f"https://{host}/{sub}/slow-2")
     tls, conn = _h2_connection(faulty, issuer.mint(sub), host, validate=False)
     try:
-        conn.send_headers(1, _h2_head(host, "GET", f"/{sub}/slow-2".encode(), dict(signed.headers.items())),
+        conn.send_headers(1, _h2_head(host, "GET", f"/{sub}/slow-2".encode(), signed),
                           end_stream=True)
         tls.sendall(conn.data_to_send())
         time.sleep(0.5)  # the first call is upstream now
-        conn.send_headers(3, [*_h2_head(host, "GET", b"/other", dict(signed.headers.items())),
+        conn.send_headers(3, [*_h2_head(host, "GET", b"/other", signed),
                               (b"x-amz-security-token", f" {secret}".encode())], end_stream=True)
         tls.sendall(conn.data_to_send())
         tls.settimeout(10)

@@ -131,17 +131,12 @@ def test_an_http2_agent_that_cancels_its_held_call_has_one_record_client_gone(gw
     """An HTTP/2 agent resets the stream of a held call (its context cancelled) and keeps its
     connection: the hold ends at once, not when approval_hold runs out, and the one record says
     the client left; the approval stays up for a retry."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import ReadOnlyCredentials
-
-    from tests.support.raw import h2_cancel
+    from tests.support.raw import h2_cancel, s3_signed
 
     key = marker("h2-cancel")
     host = f"{BUCKET}.s3.amazonaws.com"
-    signed = AWSRequest(method="DELETE", url=f"https://{host}/{key}")
-    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(signed)
-    h2_cancel(gw, issuer.mint("agent-h6"), host, "DELETE", f"/{key}".encode(), dict(signed.headers.items()),
+    signed = s3_signed("DELETE", f"https://{host}/{key}")
+    h2_cancel(gw, issuer.mint("agent-h6"), host, "DELETE", f"/{key}".encode(), signed,
               after=0.8, linger=HOLD + 0.5)  # the connection outlives the hold
     asked = asked_for(gw, key)
     [r] = records_of(gw, key, 1)
@@ -154,19 +149,13 @@ def test_a_held_call_does_not_hold_the_other_calls_on_its_http2_connection(gw, i
     """An SDK on HTTP/2 sends its concurrent calls to one host as streams of one connection: while
     one is held for approval, the others on that connection are answered at once, and each call
     has its own record."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import ReadOnlyCredentials
-
-    from tests.support.raw import h2_requests
+    from tests.support.raw import h2_requests, s3_signed
 
     key = marker("h2-shared")
     host = f"{BUCKET}.s3.amazonaws.com"
 
     def signed(method: str, path: str) -> tuple[str, bytes, dict[str, str]]:
-        r = AWSRequest(method=method, url=f"https://{host}{path}")
-        S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(r)
-        return method, path.encode(), dict(r.headers.items())
+        return method, path.encode(), s3_signed(method, f"https://{host}{path}")
 
     answers = h2_requests(gw, issuer.mint("agent-h7"), host, [
         signed("DELETE", f"/{key}"), *(signed("GET", f"/?list-type=2&prefix={key}-{i}") for i in range(4))])

@@ -36,6 +36,17 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
 
 
 
+def s3_signed(method: str, url: str) -> dict[str, str]:
+    """The headers of an S3 request signed as an agent signs it (its fake key: the gateway re-signs)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    request = AWSRequest(method=method, url=url)
+    S3SigV4Auth(ReadOnlyCredentials("agentgate", "x", None), "s3", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
 class Http2ConnectionTerminated(AssertionError):
     """The gateway ended the HTTP/2 connection (GOAWAY) instead of answering."""
 
