@@ -12,7 +12,12 @@
    (``agentgate run --workers N``) share one port and the kernel spreads connections over them.
    mitmproxy has no option for it.
 
-3. Lean imports. ``mitmproxy.master`` imports the ``mitmproxy.addons`` package, whose
+3. Option reads. mitmproxy hands out a deep copy of an option's value on every read
+   (``_Option.current``), also of an int, and its HTTP layer (and the gateway's limits) read a
+   few options on every request. ``cheap_option_reads()`` returns values that cannot be changed
+   in place (ints, strings, None, ...) as they are, and still copies the rest (lists, dicts).
+
+4. Lean imports. ``mitmproxy.master`` imports the ``mitmproxy.addons`` package, whose
    ``__init__`` imports all ~40 default add-ons and what they need (Flask for the onboarding app,
    ldap3 for proxy auth, pyparsing for flow filters, ...): ~14 MB of memory per process that a
    gateway never uses. ``lean_addon_imports()``, called before mitmproxy's master is imported,
@@ -238,4 +243,38 @@ def lean_addon_imports() -> bool:
     import mitmproxy
 
     mitmproxy.addons = package
+    return True
+
+
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def cheap_option_reads() -> bool:
+    """Make reading an option whose value cannot be changed in place return it without the deep
+    copy mitmproxy's ``_Option.current`` makes of every value (3. above). True when in place."""
+    try:
+        from mitmproxy import optmanager
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    option, unset = getattr(optmanager, "_Option", None), getattr(optmanager, "unset", None)
+    current = getattr(option, "current", None)
+    if getattr(current, "_agentgate", False):
+        return True
+    try:
+        src = inspect.getsource(current) if current is not None else ""
+    except (OSError, TypeError):
+        src = ""
+    if unset is None or "copy.deepcopy(v)" not in src or "self.value is unset" not in src \
+            or not isinstance(getattr(option, "default", None), property):
+        log.debug("mitmproxy's _Option.current is not what cheap_option_reads expects")
+        return False
+    deepcopy = optmanager.copy.deepcopy
+
+    def cheap_current(self: Any) -> Any:
+        v = self._default if self.value is unset else self.value
+        return v if type(v) in _IMMUTABLE else deepcopy(v)
+
+    cheap_current._agentgate = True
+    option.current = cheap_current
     return True

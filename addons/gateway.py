@@ -18,6 +18,7 @@ from pathlib import Path
 from . import fastpath
 
 fastpath.lean_addon_imports()  # before mitmproxy's master: it would import every default add-on
+fastpath.cheap_option_reads()
 
 from mitmproxy import master, options  # noqa: E402
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig  # noqa: E402

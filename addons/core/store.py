@@ -155,6 +155,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
                 u,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
                 poolclass=StaticPool if memory else None,
+                json_serializer=chain.json_text,
             )
             pragma = SQLITE_SYNCHRONOUS[synchronous]
 
@@ -173,7 +174,8 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
         if backend in ("postgresql", "postgres"):
             if u.drivername in ("postgresql", "postgres"):
                 u = u.set(drivername="postgresql+psycopg")
-            return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT})
+            return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT},
+                                 json_serializer=chain.json_text)
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise StoreError(f"cannot use the database URL {display_url(url)}: {e}") from None
     raise StoreError(
@@ -325,7 +327,7 @@ def canonical_template(row: dict[str, Any]) -> bytes | None:
     body = {k: chain.micros(v) if isinstance(v, dt.datetime) else v
             for k, v in row.items() if v is not None and k != "hash"}
     body.update(_STAND_INS)
-    out = _CANONICAL.encode(body).encode()
+    out = chain.canonical_json(body)
     return out if all(out.count(b) == 1 for b in _STAND_IN_BYTES.values()) else None
 
 
