@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+import typing
 
 import pytest
 from mitmproxy import exceptions, master, options
@@ -223,3 +224,40 @@ def test_the_gateway_imports_only_the_add_ons_it_uses():
     assert got["lean"] == {"flask": False, "ldap3": False, "mitmproxy.addons.onboarding": False,
                            "mitmproxy.addons.proxyauth": False}
     assert got["names"] == stock and len(stock) > 25 and got["same"]
+
+
+def test_option_reads_hand_out_values_that_cannot_change_as_they_are_and_copies_of_the_rest():
+    import addons.gateway  # noqa: F401 - puts cheap_option_reads in place, as the gateway runs
+    from mitmproxy import optmanager
+
+    assert getattr(optmanager._Option.current, "_agentgate", False) is True
+    opts = options.Options()
+    opts.add_option("agentgate_test_int", int, 5, "an int")
+    opts.add_option("agentgate_test_list", typing.Sequence[str], ["a"], "a list")
+    assert opts.agentgate_test_int == 5 and opts.http2 is True and opts.listen_host == "" and opts.mode == ["regular"]
+    opts.update(agentgate_test_int=7, listen_host="127.0.0.1")
+    assert opts.agentgate_test_int == 7 and opts.listen_host == "127.0.0.1"
+    changed = opts.agentgate_test_list
+    changed.append("b")  # a mutable value is still a copy: changing it changes no option
+    assert opts.agentgate_test_list == ["a"]
+    opts.update(agentgate_test_list=["x", "y"])
+    opts.agentgate_test_list.append("z")
+    assert opts.agentgate_test_list == ["x", "y"]
+    opts.reset()
+    assert opts.agentgate_test_int == 5 and opts.listen_host == ""
+
+
+def test_option_reads_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
+    from mitmproxy import optmanager
+
+    class Option:  # as if mitmproxy's _Option no longer copied on read
+        default = property(lambda self: None)
+
+        def current(self):
+            return self.value
+
+    monkeypatch.setattr(optmanager, "_Option", Option)
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.cheap_option_reads() is False
+    assert "not what cheap_option_reads expects" in caplog.text
+    assert not hasattr(Option.current, "_agentgate")
