@@ -122,8 +122,8 @@ def canonical_json(body: Mapping[str, Any]) -> bytes:
         except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, a subclass, a datetime
             pass
         else:
-            if _ORJSON_DIFFERS.search(out) is None:
-                return out
+            if (b"e-" not in out and b"0.0000" not in out) or _ORJSON_DIFFERS.search(out) is None:
+                return out  # (the two substring tests are quick, and rarely true)
     return _JSON.encode(body).encode()
 
 

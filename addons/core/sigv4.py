@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hmac
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -343,7 +344,7 @@ def resign(
     payload_hash = _payload_hash(auth, _header_dict(pairs), body, s3)
     kept = [(k, v) for k, v in pairs if not _replaced(k.lower(), auth)]
     new_query = _drop_params(query, _signature_params(auth))
-    timestamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
+    timestamp = now.astimezone(UTC).strftime(_TIMESTAMP_FORMAT) if now is not None else _timestamp()
     names = _names_to_sign(auth, kept)
     _check_signable(kept, names)
     if fast and _plain(host, path, new_query, kept):
@@ -361,6 +362,15 @@ def resign(
 
 
 _ADDED = ("X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256", "Authorization")
+_STAMP: list = [-1, ""]  # [second, X-Amz-Date of that second]: formatted once a second
+
+
+def _timestamp() -> str:
+    """X-Amz-Date now (SigV4 counts whole seconds)."""
+    second = int(time.time())
+    if _STAMP[0] != second:
+        _STAMP[:] = [second, time.strftime(_TIMESTAMP_FORMAT, time.gmtime(second))]
+    return _STAMP[1]
 
 
 def _check_signable(kept: list[tuple[str, str]], names: frozenset[str]) -> None:
@@ -414,11 +424,8 @@ def _sign_fast(method, host, path, query, kept, names, credentials, region, sign
     ordered = sorted(selected)
     canonical_headers = "".join(f"{n}:{','.join(' '.join(v.split()) for v in selected[n])}\n" for n in ordered)
     signed_headers = ";".join(ordered)
-    url_path = urlsplit(f"https://{host}{path or '/'}").path
-    if not s3:
-        url_path = quote(normalize_url_path(url_path), safe="/~")
-    canonical = "\n".join((method.upper(), url_path, canonical_query(query), canonical_headers, signed_headers,
-                           payload_hash))
+    canonical = "\n".join((method.upper(), _url_path(host, path, s3), canonical_query(query), canonical_headers,
+                           signed_headers, payload_hash))
     scope = f"{timestamp[:8]}/{region}/{signing_name}/aws4_request"
     string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{sha256(canonical.encode()).hexdigest()}"
     key = signing_key(credentials.secret_key, timestamp[:8], region, signing_name)
@@ -426,6 +433,13 @@ def _sign_fast(method, host, path, query, kept, names, credentials, region, sign
     added.append(("Authorization", f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
                                    f"SignedHeaders={signed_headers}, Signature={signature}"))
     return signature, added
+
+
+@functools.lru_cache(maxsize=4096)
+def _url_path(host: str, path: str, s3: bool) -> str:
+    """The canonical request's path, as botocore's signer makes it (S3: as sent; the others normalised)."""
+    url_path = urlsplit(f"https://{host}{path or '/'}").path
+    return url_path if s3 else quote(normalize_url_path(url_path), safe="/~")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -440,6 +454,8 @@ def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
 def canonical_query(query: str) -> str:
     """SigV4's canonical query string: each name and value decoded, then encoded the SigV4
     way, sorted."""
+    if not query:
+        return ""
     pairs = []
     for part in query.split("&"):
         if not part:
@@ -746,6 +762,8 @@ def _no_body(fields: dict[str, str]) -> bool:
 
 
 def _query_params(query: str) -> list[tuple[str, str]]:
+    if not query:
+        return []
     params = []
     for part in query.split("&"):
         if part:
@@ -765,6 +783,8 @@ def _param(params: list[tuple[str, str]], *names: str) -> str | None:
 
 def _drop_params(query: str, names: Iterable[str]) -> str:
     """The raw query without the parameters named (case-insensitive), otherwise unchanged."""
+    if not query:
+        return query
     drop = {name.lower() for name in names}
     if not drop:
         return query

@@ -266,15 +266,18 @@ _STRING_FIELDS = {
 _INT_FIELDS = {"status", "request_body_size", "response_body_size", "bytes_in", "bytes_out"}
 
 
+def _text(v: Any) -> str:
+    """``v`` as a string every database stores as is (``chain.clean_str``); plain ASCII passes as it is."""
+    if type(v) is str and v.isascii() and "\x00" not in v:
+        return v
+    return chain.clean_str(str(v))
+
+
 def _headers(pairs: Any) -> list[list[str]]:
     if not pairs:
         return []
     items = pairs.items() if hasattr(pairs, "items") else pairs
-    return [
-        [chain.clean_str(str(k)), chain.clean_str(str(v))]
-        for k, v in items
-        if str(k).lower() not in REDACTED_HEADERS
-    ]
+    return [[_text(k), _text(v)] for k, v in items if str(k).lower() not in REDACTED_HEADERS]
 
 
 def _capped(body: Any, cap: int) -> tuple[str | None, bool]:
@@ -289,11 +292,12 @@ def _capped(body: Any, cap: int) -> tuple[str | None, bool]:
 def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     """The calls row of a Record, without its chain fields: values every database keeps exactly."""
     row: dict[str, Any] = {}
+    fields = vars(record)
     for name in _STRING_FIELDS:
-        v = getattr(record, name, None)
-        row[name] = None if v is None else chain.clean_str(str(v))
+        v = fields.get(name)
+        row[name] = None if v is None else _text(v)
     for name in _INT_FIELDS:
-        v = getattr(record, name, None)
+        v = fields.get(name)
         row[name] = None if v is None else int(v)
     row["id"] = chain.clean_str(str(record.id)) if record.id else new_id()
     row["kind"] = row["kind"] or "call"
