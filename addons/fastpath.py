@@ -33,6 +33,7 @@ why at debug level and return False, and the gateway runs on mitmproxy's own cod
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -77,6 +78,8 @@ class Dispatch:
         self._flow = flow.Flow
         self._not_callable = exceptions.AddonManagerError
         self.table: dict[str, tuple[tuple[Any, Any, bool], ...]] = {}
+        self._arg_names: dict[type, tuple[str, ...]] = {}  # a hook class -> its fields' names, in order
+        self._hook_args = hooks.Hook.args
 
     def clear(self) -> None:
         self.table = {}
@@ -96,11 +99,22 @@ class Dispatch:
             found = self.table[name] = tuple(entries)
         return found
 
+    def args(self, event: Any) -> list[Any]:
+        """``event.args()``: its dataclass fields' values, the fields' names looked up once per class."""
+        cls = type(event)
+        names = self._arg_names.get(cls)
+        if names is None:  # () for a hook class that is not a plain dataclass Hook: its own args() then
+            plain = dataclasses.is_dataclass(event) and getattr(cls, "args", None) is self._hook_args
+            names = self._arg_names[cls] = tuple(f.name for f in dataclasses.fields(event)) if plain else ()
+        if not names:
+            return event.args()
+        return [getattr(event, name) for name in names]
+
     async def trigger_event(self, event: Any) -> None:
         entries = self.hooks(event.name)
         if not entries:
             return
-        args = event.args()
+        args = self.args(event)
         failed = None  # a top-level add-on whose hook raised: its sub-add-ons are skipped, as mitmproxy does
         for top, func, is_coroutine in entries:
             if top is failed:
@@ -125,7 +139,7 @@ class Dispatch:
     async def handle_lifecycle(self, event: Any) -> None:
         await self.trigger_event(event)
         if self.hooks("update"):  # mitmproxy follows each flow event with ``update``
-            message = event.args()[0]
+            message = self.args(event)[0]
             if isinstance(message, self._flow):
                 await self.trigger_event(self._update([message]))
 

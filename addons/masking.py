@@ -44,7 +44,12 @@ async def _run(size: int, work):
 
 
 def _header(pairs: list[tuple[str, str]], name: str) -> str:
-    return next((v for k, v in pairs if k.lower() == name), "")
+    """The first value of header ``name`` (lower case) in ``pairs``, or ""."""
+    size = len(name)
+    for k, v in pairs:
+        if len(k) == size and k.lower() == name:
+            return v
+    return ""
 
 
 def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) -> bytes | None:
