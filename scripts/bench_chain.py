@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mitmproxy import connection, http, options  # noqa: E402
+from mitmproxy import http, options  # noqa: E402
 from mitmproxy.proxy.layers.http import (  # noqa: E402
     HttpConnectHook, HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook)
 from mitmproxy.test import tflow  # noqa: E402

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 
-import boto3
 import botocore.config
 import botocore.exceptions
 import httpx

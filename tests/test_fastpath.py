@@ -227,8 +227,11 @@ def test_the_gateway_imports_only_the_add_ons_it_uses():
 
 
 def test_option_reads_hand_out_values_that_cannot_change_as_they_are_and_copies_of_the_rest():
-    import addons.gateway  # noqa: F401 - puts cheap_option_reads in place, as the gateway runs
+    import importlib
+
     from mitmproxy import optmanager
+
+    importlib.import_module("addons.gateway")  # puts cheap_option_reads in place, as the gateway runs
 
     assert getattr(optmanager._Option.current, "_agentgate", False) is True
     opts = options.Options()

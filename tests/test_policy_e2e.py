@@ -5,12 +5,10 @@ connections, and calls that are not AWS at all decided as `unknown` and recorded
 from __future__ import annotations
 
 import http.client
-import json
 import ssl
 import subprocess
 import textwrap
 import time
-from pathlib import Path
 
 import botocore.exceptions
 import pytest

@@ -172,7 +172,7 @@ def test_client_gone_while_the_answer_streams(recording, issuer):
     body = s3.get_object(Bucket="recording", Key=f"big-{size}")["Body"]
     [r] = records(recording, principal=sub)  # committed before the headers left: no waiting
     assert (r["outcome"], r["action"], r["status"], r["response_body_sha256"]) == ("forwarded", "s3:GetObject", 200, None)
-    assert f"streamed to the agent after this record was committed" in r["body_note"]
+    assert "streamed to the agent after this record was committed" in r["body_note"]
     assert f"upstream declared {size} bytes" in r["body_note"]
     assert len(body.read(1 << 20)) == 1 << 20
     body.close()  # the agent hangs up

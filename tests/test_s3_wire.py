@@ -4,7 +4,6 @@ plain HTTP client."""
 
 from __future__ import annotations
 
-import json
 import ssl
 import textwrap
 

@@ -120,7 +120,7 @@ def test_fail_open_answers_with_a_warning_and_records_on_recovery(tmp_path, issu
         try:
             for _ in range(3):
                 assert ddb.list_tables()["TableNames"] == []  # answered although nothing is recorded yet
-            assert gw.log().count(f"WARNING agentgate.recorder: FAIL OPEN: the store cannot write") == 3
+            assert gw.log().count("WARNING agentgate.recorder: FAIL OPEN: the store cannot write") == 3
         finally:
             pg.start()
         rs = settled(gw, lambda r: r["principal"] == sub, at_least=4, timeout=10)

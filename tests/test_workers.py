@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest
@@ -130,7 +129,7 @@ def test_a_worker_that_dies_is_started_again(pg_workers, issuer):
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(workers_of(gw)) == 2 and victim not in workers_of(gw), timeout=30)
-    assert f"exited with -9; starting it again" in gw.log()
+    assert "exited with -9; starting it again" in gw.log()
     new = (workers_of(gw) - before).pop()
     wait_for(lambda: f"[{new}] agentgate: worker" in gw.log() or f"pid {new} is worker 0" in gw.log(), timeout=30)
     token = issuer.mint("agent-3")
