@@ -361,7 +361,8 @@ class TokenValidator:
         self._fetch_error = None
 
     async def _get_json(self, url: str, what: str) -> Any:
-        assert self._http is not None
+        if self._http is None:
+            raise _FetchError(f"cannot fetch {what} from {url}: the token validator is closed")
         try:
             response = await self._http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as e:

@@ -427,7 +427,8 @@ class Replayer:
 
     def signed(self, plan: Plan) -> list[tuple[str, str]]:
         req = plan.request
-        assert req is not None
+        if req is None:
+            raise Unreplayable("the record holds no request to sign")
         signed = sigv4.resign(req.method, req.host, req.path, req.query, req.headers, req.body,
                               credentials=self.credentials(plan.call), region=req.region,
                               signing_name=req.signing_name)
@@ -441,7 +442,9 @@ class Replayer:
             out.skipped = plan.skip
             return out
         req = plan.request
-        assert req is not None
+        if req is None:
+            out.skipped = "the record holds no request to send"
+            return out
         out.note = "body rebuilt from the recorded parameters" if req.rebuilt else None
         try:
             headers = self.signed(plan)
