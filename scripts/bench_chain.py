@@ -7,6 +7,13 @@ disk, durability sync) stand behind it. Prints CPU µs per call (median of round
 --profile FILE, writes a cProfile of the whole run.
 
     .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--profile FILE]
+    .venv/bin/python scripts/bench_chain.py --against DIR [--pairs 4] [--per-stage]
+
+--against DIR compares this tree with another checkout of agentgate (``git worktree add DIR REV``):
+the two run one after the other, PAIRS times, alternating which goes first, each in a process of
+its own with this interpreter; printed are each side's runs, their medians and the ratio. On a
+shared machine whose speed drifts by more than a small change saves, only such alternating runs
+tell the change from the drift.
 """
 
 from __future__ import annotations
@@ -218,6 +225,46 @@ async def main(args) -> None:
         issuer.__exit__(None, None, None)
 
 
+def against(args) -> int:
+    """Run this tree and ``args.against`` alternately; print both sides' figures and their ratio."""
+    other = Path(args.against).resolve()
+    if not (other / "scripts" / "bench_chain.py").is_file() or not (other / "addons").is_dir():
+        print(f"bench_chain: {other} is not an agentgate checkout (no scripts/bench_chain.py and addons/)",
+              file=sys.stderr)
+        return 2
+    trees = {"this": ROOT, "against": other}
+    argv = ["--calls", str(args.calls), "--rounds", str(args.rounds), "--durability", args.durability,
+            *(["--db", args.db] if args.db else []), *(["--per-stage"] if args.per_stage else [])]
+    runs: dict[str, list[dict]] = {"this": [], "against": []}
+    for pair in range(args.pairs):
+        for side in (("against", "this") if pair % 2 == 0 else ("this", "against")):
+            p = subprocess.run([sys.executable, str(trees[side] / "scripts" / "bench_chain.py"), *argv],
+                               cwd=trees[side], capture_output=True, text=True)
+            if p.returncode != 0:
+                print(f"bench_chain: the run in {trees[side]} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            runs[side].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            print(f"pair {pair + 1}/{args.pairs} {side}: {runs[side][-1]['cpu_us_per_call_median']} µs/call",
+                  file=sys.stderr, flush=True)
+
+    def summary(side: str) -> dict:
+        rs = runs[side]
+        out = {"tree": str(trees[side]), "cpu_us_per_call": [r["cpu_us_per_call_median"] for r in rs],
+               "median": round(statistics.median(r["cpu_us_per_call_median"] for r in rs), 1)}
+        if args.per_stage:
+            stages = sorted({k for r in rs for k in r.get("stage_us_per_call", {})})
+            out["stage_medians"] = {k: round(statistics.median(r["stage_us_per_call"].get(k, 0.0) for r in rs), 1)
+                                    for k in stages}
+        return out
+
+    this, base = summary("this"), summary("against")
+    per_pair = [round(a["cpu_us_per_call_median"] / b["cpu_us_per_call_median"], 3)
+                for a, b in zip(runs["this"], runs["against"])]
+    print(json.dumps({"this": this, "against": base, "ratio_of_medians": round(this["median"] / base["median"], 3),
+                      "ratio_per_pair": per_pair}))
+    return 0
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
@@ -226,4 +273,10 @@ if __name__ == "__main__":
     ap.add_argument("--durability", default="sync")
     ap.add_argument("--profile", default="")
     ap.add_argument("--per-stage", action="store_true", help="also report each stage's CPU µs per call")
-    asyncio.run(main(ap.parse_args()))
+    ap.add_argument("--against", default="", metavar="DIR",
+                    help="compare with another checkout of agentgate, runs alternating (see above)")
+    ap.add_argument("--pairs", type=int, default=4, help="with --against: how many runs of each")
+    parsed = ap.parse_args()
+    if parsed.against:
+        sys.exit(against(parsed))
+    asyncio.run(main(parsed))
