@@ -93,14 +93,17 @@ def _canonical_value(value: Any) -> Any:
     return value
 
 
+# The canonical form's encoder: keys sorted, no whitespace, UTF-8 (encoded by the caller), no NaN.
+CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(content: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a row: every column but ``hash`` that is not NULL."""
     body = {k: _canonical_value(v) for k, v in content.items() if v is not None and k != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return CANONICAL_ENCODER.encode(body).encode()
 
 
-_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-# orjson writes the same bytes as _JSON (sorted keys, no whitespace, UTF-8, the same escapes, floats
+# orjson writes the same bytes as CANONICAL_ENCODER (sorted keys, no whitespace, UTF-8, the same escapes, floats
 # in their shortest round-trip digits) except: floats from 1e-9 to 1e-4 (orjson "1.5e-7" and
 # "0.000015", json "1.5e-07" and "1.5e-05"), which this finds in its output (a string that looks like
 # one only costs the slower encoding); ints beyond 64 bits and str/int/dict/list subclasses, which
@@ -109,6 +112,7 @@ _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fal
 _ORJSON_OPTIONS = 0 if orjson is None else (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
                                             | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS)
 _ORJSON_DIFFERS = re.compile(rb"[:,\[]-?(?:0\.0000|\d+(?:\.\d+)?e-\d(?!\d))")
+_ORJSON_COLUMN_OPTIONS = 0 if orjson is None else orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def canonical_json(body: Mapping[str, Any]) -> bytes:
@@ -124,14 +128,14 @@ def canonical_json(body: Mapping[str, Any]) -> bytes:
         else:
             if (b"e-" not in out and b"0.0000" not in out) or _ORJSON_DIFFERS.search(out) is None:
                 return out  # (the two substring tests are quick, and rarely true)
-    return _JSON.encode(body).encode()
+    return CANONICAL_ENCODER.encode(body).encode()
 
 
 def json_text(value: Any) -> str:
     """A JSON column's text (any valid JSON reads back the same): orjson's where it can, json's else."""
     if orjson is not None:
         try:
-            return orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+            return orjson.dumps(value, option=_ORJSON_COLUMN_OPTIONS).decode()
         except TypeError:
             pass
     return json.dumps(value)

@@ -40,7 +40,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -266,18 +265,12 @@ _STRING_FIELDS = {
 _INT_FIELDS = {"status", "request_body_size", "response_body_size", "bytes_in", "bytes_out"}
 
 
-def _text(v: Any) -> str:
-    """``v`` as a string every database stores as is (``chain.clean_str``); plain ASCII passes as it is."""
-    if type(v) is str and v.isascii() and "\x00" not in v:
-        return v
-    return chain.clean_str(str(v))
-
-
 def _headers(pairs: Any) -> list[list[str]]:
     if not pairs:
         return []
     items = pairs.items() if hasattr(pairs, "items") else pairs
-    return [[_text(k), _text(v)] for k, v in items if str(k).lower() not in REDACTED_HEADERS]
+    return [[chain.clean_str(str(k)), chain.clean_str(str(v))] for k, v in items
+            if str(k).lower() not in REDACTED_HEADERS]
 
 
 def _capped(body: Any, cap: int) -> tuple[str | None, bool]:
@@ -295,7 +288,7 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     fields = vars(record)
     for name in _STRING_FIELDS:
         v = fields.get(name)
-        row[name] = None if v is None else _text(v)
+        row[name] = None if v is None else chain.clean_str(str(v))
     for name in _INT_FIELDS:
         v = fields.get(name)
         row[name] = None if v is None else int(v)
@@ -320,9 +313,8 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
 # The canonical form (``chain.canonical``) is encoded once when a record is queued, with stand-ins
 # for the chain fields that only the writer knows; the writer swaps in their values. A stand-in holds
 # NUL, which no stored string does (``chain.clean_str``), so it cannot be mistaken for data.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _STAND_INS = {k: f"\x00{k}\x00" for k in ("prev_hash", "seq", "writer_id")}
-_STAND_IN_BYTES = {k: _CANONICAL.encode(v).encode() for k, v in _STAND_INS.items()}
+_STAND_IN_BYTES = {k: chain.CANONICAL_ENCODER.encode(v).encode() for k, v in _STAND_INS.items()}
 
 
 def canonical_template(row: dict[str, Any]) -> bytes | None:
@@ -337,9 +329,9 @@ def canonical_template(row: dict[str, Any]) -> bytes | None:
 
 def chained_hash(template: bytes, writer_id: str, seq: int, prev_hash: str) -> str:
     """``chain.record_hash`` of the row ``template`` came from, at ``seq`` after ``prev_hash``."""
-    canonical = (template.replace(_STAND_IN_BYTES["prev_hash"], _CANONICAL.encode(prev_hash).encode())
+    canonical = (template.replace(_STAND_IN_BYTES["prev_hash"], chain.CANONICAL_ENCODER.encode(prev_hash).encode())
                  .replace(_STAND_IN_BYTES["seq"], b"%d" % seq)
-                 .replace(_STAND_IN_BYTES["writer_id"], _CANONICAL.encode(writer_id).encode()))
+                 .replace(_STAND_IN_BYTES["writer_id"], chain.CANONICAL_ENCODER.encode(writer_id).encode()))
     h = hashlib.sha256(str(prev_hash).encode("ascii", "replace"))
     h.update(b"\n")
     h.update(canonical)
