@@ -1,8 +1,8 @@
 """limits: what one client can make the gateway hold in memory, and request heads whose reading
 another parser could disagree with; enforced inside mitmproxy's HTTP layer, where no hook reaches.
 
-mitmproxy 12 reads a request head until its blank line with no bound (``_http1.py``: "FIXME:
-protect against header size DoS"), reads a buffered request body to its end whatever its size
+mitmproxy 12 reads a request head until its blank line with no bound (its ``_http1.py`` notes the
+missing protection against header-size denial of service in a comment), reads a buffered request body to its end whatever its size
 (its ``body_size_limit`` would also cut responses and the streamed uploads that must flow), and
 parses heads leniently: a bare LF ends a line, a bare CR stays inside a header value, a NUL is
 kept, and an obs-fold continuation line is joined to the value before it. mitmproxy re-frames
