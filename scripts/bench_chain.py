@@ -3,10 +3,11 @@
 add-ons (egress, auth, classify, policy, approval, signer, masking, recorder) driven hook by hook
 over in-memory flows, as the proxy server would drive them, for a small DynamoDB GetItem whose
 upstream answer is canned. A real OIDC issuer, a canned STS upstream and a real store (SQLite on
-disk, durability sync) stand behind it. Prints CPU µs per call (median of rounds) and, with
---profile FILE, writes a cProfile of the whole run.
+disk, durability sync) stand behind it; each record is committed inline, as the gateway does while
+one agent is connected (``--writer-thread``: by the store's writer thread, as with several). Prints
+CPU µs per call (median of rounds) and, with --profile FILE, writes a cProfile of the whole run.
 
-    .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--profile FILE]
+    .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--writer-thread] [--profile FILE]
     .venv/bin/python scripts/bench_chain.py --against DIR [--pairs 4] [--per-stage]
 
 --against DIR compares this tree with another checkout of agentgate (``git worktree add DIR REV``):
@@ -135,6 +136,9 @@ async def main(args) -> None:
         store = Store(settings.db, durability=args.durability)
         store.migrate()
         store.start()
+        # calls come one after another, as from one agent: the gateway then commits each record
+        # inline (gateway.InlineCommits); --writer-thread hands every one to the writer thread
+        store.commit_inline = not args.writer_thread
         import os
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIABENCH")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "x")
@@ -234,6 +238,7 @@ def against(args) -> int:
         return 2
     trees = {"this": ROOT, "against": other}
     argv = ["--calls", str(args.calls), "--rounds", str(args.rounds), "--durability", args.durability,
+            *(["--writer-thread"] if args.writer_thread else []),
             *(["--db", args.db] if args.db else []), *(["--per-stage"] if args.per_stage else [])]
     runs: dict[str, list[dict]] = {"this": [], "against": []}
     for pair in range(args.pairs):
@@ -272,6 +277,8 @@ if __name__ == "__main__":
     ap.add_argument("--db", default="")
     ap.add_argument("--durability", default="sync")
     ap.add_argument("--profile", default="")
+    ap.add_argument("--writer-thread", action="store_true",
+                    help="commit every record on the store's writer thread (as with several agents), not inline")
     ap.add_argument("--per-stage", action="store_true", help="also report each stage's CPU µs per call")
     ap.add_argument("--against", default="", metavar="DIR",
                     help="compare with another checkout of agentgate, runs alternating (see above)")

@@ -2,7 +2,10 @@
 
 SQLite by default, PostgreSQL (psycopg 3) to scale out; the same code on both. One writer thread
 per gateway commits whatever is queued in one transaction (group commit) and chains the records it
-writes (``core.chain``). ``write`` with durability "sync" returns once the record is committed;
+writes (``core.chain``). With ``commit_inline`` (SQLite, durability "sync"; the gateway sets it
+while one client is connected) a caller whose record finds nothing queued and no commit under way
+commits it itself, on its own thread, into the same chain; when that cannot be done at once
+(another process holds the write lock, any error) the record is queued for the writer as usual. ``write`` with durability "sync" returns once the record is committed;
 "async" once it is queued. When a commit fails (disk full, database down) the store is unhealthy:
 ``write`` raises ``StoreUnavailable`` at once so that the caller can refuse the call (fail closed),
 while the writer keeps the records it holds and retries with backoff until the database is back.
@@ -637,6 +640,11 @@ class Store:
         self._healthy = True
         self._last_error = ""
         self._attempting = False  # a commit attempt is under way
+        self._inline = False  # a caller is committing its own record (``_commit_inline``)
+        self._wake_on_commit = False  # the writer waits without a time set to flush or to checkpoint
+        # commit a record on the caller's thread when nothing else is queued or being written
+        # (``_commit_inline``); the gateway turns it on while a single client is connected
+        self.commit_inline = False
         self._abort: str | None = None  # why the attempt under way was asked to stop: "gone" or "timeout"
         self._sent = False  # the attempt under way has sent its statements
         self._in_doubt = 0  # records at the head of the queue whose commit's outcome is unknown
@@ -646,7 +654,8 @@ class Store:
         self._anchored = 0
         self._policy_versions: set[str] = set()
         self._schema_ok = False
-        self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0}  # group commits, records they held
+        # group commits, the records they held, and how many of those commits a caller made inline
+        self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0, "inline": 0}
 
     def __repr__(self) -> str:
         return f"Store({self.where!r}, writer_id={self.writer_id!r})"
@@ -766,8 +775,9 @@ class Store:
         return waiter, error
 
     def _enqueue(self, record: Record, waiter: _Waiter | None, if_refused: dict[str, Any] | None = None,
-                 if_gone: dict[str, Any] | None = None) -> _Pending:
-        row, bound, template = self._prepare(record)
+                 if_gone: dict[str, Any] | None = None,
+                 prepared: tuple[dict[str, Any], dict[str, Any], bytes | None] | None = None) -> _Pending:
+        row, bound, template = prepared or self._prepare(record)
         keep = record if (if_refused or if_gone) else None
         item = _Pending(keep, row, bound, template, waiter, if_refused, if_gone)
         with self._cond:
@@ -811,9 +821,12 @@ class Store:
         if self.durability == "async":
             self._enqueue(record, None, if_refused)
             return True
+        prepared = self._prepare(record)
+        if self.commit_inline and self._commit_inline(prepared):
+            return True
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop)
-        item = self._enqueue(record, waiter, if_refused, if_gone if gone is not None else None)
+        item = self._enqueue(record, waiter, if_refused, if_gone if gone is not None else None, prepared)
         future = waiter.future
         deadline = loop.time() + self.commit_timeout
         timer: asyncio.TimerHandle | None = None
@@ -841,6 +854,49 @@ class Store:
         finally:
             timer.cancel()
             look = None  # it names itself: a cycle that would keep the call's flow for the garbage collector
+
+    @property
+    def can_commit_inline(self) -> bool:
+        """SQLite with durability "sync": a commit on the caller's thread is bounded (no network,
+        no wait for another process's lock), and the caller would wait for it anyway."""
+        return not self._postgres and self.durability == "sync"
+
+    def _commit_inline(self, prepared: tuple[dict[str, Any], dict[str, Any], bytes | None]) -> bool:
+        """Commit one record here, on the caller's thread, when the writer has nothing queued and no
+        attempt under way (SQLite only): no hand-over to the writer thread and back, which costs a
+        single agent's calls more than the commit itself. One try, not waiting for another
+        process's write lock; False when it was not done (the caller queues the record as usual)."""
+        if not self.can_commit_inline:
+            return False
+        with self._cond:
+            if (self._queue or self._attempting or self._inline or self._in_doubt or not self._healthy
+                    or self._thread is None or self._closing.is_set()):
+                return False
+            self._inline = True
+        done = False
+        try:
+            raw = self._connection()
+            raw.driver_connection.execute("PRAGMA busy_timeout = 0")
+            row, bound, template = prepared
+            self._commit([_Pending(None, row, bound, template, None, None, None)], False, retry_busy=False)
+            self.stats["inline"] += 1
+            done = True
+        except Exception as e:  # noqa: BLE001 - the writer retries it, and reports what fails
+            log.debug("store %s: an inline commit did not go through (%s); queued for the writer",
+                      self.where, _one_line(e))
+        finally:
+            raw = self._raw
+            if raw is not None:
+                try:
+                    raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
+                except Exception:  # noqa: BLE001 - a broken connection: the writer replaces it
+                    self._drop_connection(close=True)
+            with self._cond:
+                self._inline = False
+                self._sent = False
+                if self._wake_on_commit or self._queue or self._closing.is_set():
+                    self._cond.notify()
+        return done
 
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
         """``write`` for callers without an event loop."""
@@ -964,11 +1020,19 @@ class Store:
                     if flushes and next_flush is None and self.stats["commits"] > flushed:
                         next_flush = now + SQLITE_FLUSH_EVERY
                     flush = next_flush is not None and now >= next_flush
+                    if self._inline:  # a caller is committing inline (``_commit_inline``): it wakes the writer after
+                        self._wake_on_commit = True
+                        self._cond.wait()
+                        self._wake_on_commit = False
+                        continue
                     if self._queue or due or closing or flush:
                         break
                     waits = [t - now for t in (next_checkpoint if self._seq > self._anchored else None, next_flush)
                              if t is not None]
+                    # a commit made inline meanwhile must wake it if it is to flush or checkpoint after it
+                    self._wake_on_commit = (flushes and next_flush is None) or self._seq <= self._anchored
                     self._cond.wait(min(waits) if waits else None)
+                    self._wake_on_commit = False
                 if not flush and not self._in_doubt:
                     batch = list(itertools.islice(self._queue, self._max_batch))
                     for item in batch:
@@ -1113,7 +1177,7 @@ class Store:
                     outcomes.append(self._not_now(item, self._too_slow()))
         _resolve([o for o in outcomes if o is not None])
 
-    def _commit(self, batch: list[_Pending], checkpoint: bool) -> None:
+    def _commit(self, batch: list[_Pending], checkpoint: bool, retry_busy: bool = True) -> None:
         """One transaction: the batch's calls, their sessions, and the head checkpoint if due."""
         seq, prev = self._seq, self._head
         calls = []
@@ -1136,7 +1200,7 @@ class Store:
                 mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
             head = self._insert_checkpoint.params(self._insert_checkpoint.bind(
                 {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}))
-        self._transaction(calls, sessions, head)
+        self._transaction(calls, sessions, head, retry_busy)
         self._seq, self._head = seq, prev
         if checkpoint:
             self._anchored = seq
@@ -1161,7 +1225,7 @@ class Store:
                 raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
         return raw
 
-    def _transaction(self, calls: list, sessions: list, head: Any) -> None:
+    def _transaction(self, calls: list, sessions: list, head: Any, retry_busy: bool = True) -> None:
         raw = self._connection()
         try:
             with self._cond:
@@ -1188,7 +1252,7 @@ class Store:
                     raw.commit()
                     return
                 except self._dbapi.OperationalError as e:
-                    if not _busy(e) or self._abort is not None or time.monotonic() >= deadline:
+                    if not (retry_busy and _busy(e)) or self._abort is not None or time.monotonic() >= deadline:
                         raise
                     raw.rollback()
                 finally:

@@ -1,0 +1,227 @@
+"""Inline commits: while one client is connected the gateway lets the store commit a call's record
+on the event loop itself (``Store.commit_inline``), into the same chain as the writer thread's
+group commits; whatever cannot be committed at once goes to the writer as before. The head is
+still checkpointed and the WAL still flushed after inline commits, a locked database neither
+blocks the loop nor loses the record, and PostgreSQL is left to the writer thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.pool import NullPool
+from mitmproxy.test import tflow
+
+from addons.core.models import Call, Checkpoint
+from addons.core.records import Record
+from addons.core.store import Store, StoreUnavailable, verify
+from addons.gateway import InlineCommits
+from tests.support.postgres import shared_server
+
+KEY = b"k" * 32
+
+
+def sqlite_store(tmp_path, **kw) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'agentgate.db'}", chain_key=KEY, writer_id="w", **kw)
+    s.migrate()
+    s.start()
+    return s
+
+
+def seqs(url: str) -> list[int]:
+    with create_engine(url, poolclass=NullPool).connect() as c:
+        return c.execute(select(Call.seq).order_by(Call.seq)).scalars().all()
+
+
+def test_a_record_is_committed_on_the_callers_thread_into_the_same_chain(tmp_path) -> None:
+    s = sqlite_store(tmp_path)
+    committed_on: list[str] = []
+    real = s._transaction
+
+    def transaction(*a, **kw):
+        committed_on.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    s._transaction = transaction
+
+    async def main() -> None:
+        for i in range(30):
+            s.commit_inline = i % 10 < 5  # five inline, five by the writer, three times
+            r = Record(session_id="sess", principal="agent", params={"i": i})
+            assert await s.write(r) is True
+            assert seqs(s.url)[-1] == i + 1  # committed when write returns, in order
+
+    try:
+        asyncio.run(main())
+    finally:
+        s.close()
+    assert s.stats["inline"] == 15 and s.stats["records"] == 30
+    assert committed_on.count("MainThread") == 15
+    assert committed_on.count("agentgate-store-writer") >= 15  # the other 15, then the closing checkpoint
+    assert seqs(s.url) == list(range(1, 31))
+    result = verify(s.url, KEY)
+    assert result.ok and result.records == 30 and result.notes == [], result
+    with create_engine(s.url, poolclass=NullPool).connect() as c:
+        calls = c.execute(select(func.count()).select_from(Call)).scalar()
+    assert calls == 30
+
+
+def test_off_by_default_and_only_for_sqlite_with_durability_sync(tmp_path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert s.commit_inline is False and s.can_commit_inline
+    assert not Store(f"sqlite:///{tmp_path / 'b.db'}", durability="async").can_commit_inline
+    pg = Store(shared_server().fresh_database(), chain_key=KEY)
+    assert not pg.can_commit_inline
+    pg.migrate()
+    pg.start()
+    pg.commit_inline = True  # asked for anyway: the writer thread commits
+
+    async def main() -> None:
+        for _ in range(5):
+            assert await pg.write(Record()) is True
+
+    try:
+        asyncio.run(main())
+    finally:
+        pg.close()
+    assert pg.stats["inline"] == 0 and pg.stats["records"] == 5
+    assert verify(pg.url, KEY).ok
+
+
+def test_the_head_is_checkpointed_after_inline_commits(tmp_path) -> None:
+    """The writer thread sleeps with nothing to do; a commit made inline wakes it to anchor the
+    head within checkpoint_every, as it would after its own commits."""
+    s = sqlite_store(tmp_path, checkpoint_every=0.1)
+    s.commit_inline = True
+
+    def anchored() -> int | None:
+        with create_engine(s.url, poolclass=NullPool).connect() as c:
+            return c.execute(select(func.max(Checkpoint.seq))).scalar()
+
+    async def write() -> None:
+        await s.write(Record())
+
+    try:
+        time.sleep(0.3)  # the writer is asleep, no time set to wake
+        for n in (1, 2):
+            asyncio.run(write())
+            deadline = time.monotonic() + 5
+            while anchored() != n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert anchored() == n
+    finally:
+        s.close()
+    assert s.stats["inline"] == 2
+    assert verify(s.url, KEY).notes == []
+
+
+def test_an_inline_commit_reaches_the_device_within_a_second(tmp_path, monkeypatch) -> None:
+    """sqlite_synchronous "normal": the writer flushes the WAL within a second of a commit, also
+    of one made inline while it slept."""
+    flushed: list[float] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            flushed.append(time.monotonic())
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    s = sqlite_store(tmp_path, checkpoint_every=3600)
+    s.commit_inline = True
+    try:
+        time.sleep(1.3)  # whatever start-up wrote is flushed; the writer sleeps
+        before = len(flushed)
+        asyncio.run(s.write(Record()))
+        committed = time.monotonic()
+        time.sleep(1.4)
+        assert s.stats["inline"] == 1
+        after = flushed[before:]
+        assert len(after) == 1 and committed < after[0] < committed + 1.2, (committed, after)
+    finally:
+        s.close()
+
+
+def test_a_locked_database_sends_the_record_to_the_writer_without_blocking_the_loop(tmp_path) -> None:
+    """Another process holds SQLite's write lock: the inline commit does not wait for it (the
+    loop goes on serving), the writer thread commits the record once the lock is released, and
+    the caller returns only then."""
+    s = sqlite_store(tmp_path)
+    s.commit_inline = True
+    path = str(tmp_path / "agentgate.db")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, as another gateway's commit would hold it
+    ticks = 0
+    ticks_while_locked = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def release() -> None:
+        nonlocal ticks_while_locked
+        await asyncio.sleep(0.6)
+        ticks_while_locked = ticks
+        other.execute("ROLLBACK")
+
+    async def main() -> float:
+        t = asyncio.create_task(ticker())
+        r = asyncio.create_task(release())
+        t0 = time.monotonic()
+        assert await s.write(Record()) is True
+        done = time.monotonic()
+        await r
+        t.cancel()
+        return done - t0
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        other.close()
+        s.close()
+    assert 0.55 <= took < 3  # it waited for the lock, and not for the writer's 5 s limit
+    assert ticks_while_locked >= 20  # the loop kept running meanwhile (blocked, it would not tick at all)
+    assert s.stats["inline"] == 0 and s.stats["records"] == 1
+    assert verify(s.url, KEY).ok
+
+
+def test_an_unhealthy_store_refuses_rather_than_committing_inline(tmp_path) -> None:
+    s = sqlite_store(tmp_path)
+    s.commit_inline = True
+    s._healthy, s._last_error = False, "disk full"  # as after a failed commit, until the next succeeds
+
+    async def main() -> None:
+        with pytest.raises(StoreUnavailable, match="disk full"):
+            await s.write(Record())
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + 5
+        while s.stats["records"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        s.close()
+    assert s.stats["inline"] == 0 and s.stats["records"] == 1  # kept, and written by the writer
+
+
+def test_the_gateway_commits_inline_while_one_client_is_connected(tmp_path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    addon = InlineCommits(s)
+    a, b = tflow.tclient_conn(), tflow.tclient_conn()
+    addon.client_connected(a)
+    assert s.commit_inline is True
+    addon.client_connected(b)
+    assert s.commit_inline is False  # two clients: the writer thread's group commits
+    addon.client_disconnected(a)
+    assert s.commit_inline is True
+    addon.client_disconnected(b)
+    addon.client_disconnected(b)  # told twice: the count stays at zero
+    assert addon.clients == 0 and s.commit_inline is True
+    s.engine.dispose()
