@@ -75,6 +75,8 @@ def test_off_by_default_and_only_for_sqlite_with_durability_sync(tmp_path) -> No
     s = Store(f"sqlite:///{tmp_path / 'a.db'}")
     assert s.commit_inline is False and s.can_commit_inline
     assert not Store(f"sqlite:///{tmp_path / 'b.db'}", durability="async").can_commit_inline
+    # "full" flushes the WAL to the device at every commit: that wait stays off the event loop
+    assert not Store(f"sqlite:///{tmp_path / 'c.db'}", sqlite_synchronous="full").can_commit_inline
     pg = Store(shared_server().fresh_database(), chain_key=KEY)
     assert not pg.can_commit_inline
     pg.migrate()
@@ -145,6 +147,51 @@ def test_an_inline_commit_reaches_the_device_within_a_second(tmp_path, monkeypat
         assert len(after) == 1 and committed < after[0] < committed + 1.2, (committed, after)
     finally:
         s.close()
+
+
+def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded(tmp_path) -> None:
+    """SQLite's automatic checkpoint waits for the device, and would fall on whichever commit
+    passed its size, an inline one on the event loop included: the writer's connection has it off,
+    and the writer thread checkpoints and truncates the WAL once it passes WAL_CHECKPOINT_BYTES."""
+    from addons.core import store as store_module
+
+    s = sqlite_store(tmp_path, checkpoint_every=3600)
+    s.commit_inline = True
+    wal = tmp_path / "agentgate.db-wal"
+    checkpointed_on: list[str] = []
+    real = s._checkpoint_wal
+
+    def checkpoint_wal():
+        if wal.stat().st_size >= store_module.WAL_CHECKPOINT_BYTES:
+            checkpointed_on.append(threading.current_thread().name)
+        return real()
+
+    s._checkpoint_wal = checkpoint_wal
+    sizes = []
+
+    async def main() -> None:
+        for i in range(1500):
+            await s.write(Record(session_id="sess", params={"i": i, "pad": "x" * 500}))
+            if i % 50 == 49:
+                sizes.append(wal.stat().st_size)
+
+    try:
+        asyncio.run(main())
+        with s._cond:
+            s._inline = True  # the writer's connection, read while nothing commits on it
+        autocheckpoint = s._raw.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        with s._cond:
+            s._inline = False
+    finally:
+        s.close()
+    # while a checkpoint runs, an inline commit finds the database busy and queues its record
+    assert s.stats["records"] == 1500 and s.stats["inline"] > 1000
+    assert autocheckpoint == 0
+    assert len(checkpointed_on) >= 5 and set(checkpointed_on) == {"agentgate-store-writer"}
+    # each checkpoint truncates the WAL; without them it would hold every commit's pages (about
+    # 50 KB each, some 75 MB by the end)
+    assert max(sizes) < 2 * store_module.WAL_CHECKPOINT_BYTES, sizes
+    assert verify(s.url, KEY).ok
 
 
 def test_a_locked_database_sends_the_record_to_the_writer_without_blocking_the_loop(tmp_path) -> None:

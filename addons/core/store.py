@@ -103,6 +103,11 @@ SQLITE_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 SQLITE_BUSY_SLICE = 0.05  # seconds; the writer looks whether to stop waiting for that lock this often
 SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}  # setting -> PRAGMA synchronous (WAL mode)
 SQLITE_FLUSH_EVERY = 1.0  # seconds; "normal" flushes the WAL to the device this long after a commit at most
+# The writer's connection does not checkpoint the WAL as it commits (SQLite's automatic checkpoint,
+# which waits for the device, would then fall on a commit made inline on the event loop): the
+# writer thread checkpoints it, and truncates it, once it is this large (``_checkpoint_wal``).
+WAL_CHECKPOINT_BYTES = 4 << 20  # about SQLite's automatic checkpoint: 1,000 pages of 4 KB
+WAL_CHECKPOINT_WAIT = 0.1  # seconds the checkpoint waits for a commit or a reader to finish; then later
 WATCH_EVERY = 0.1  # seconds between looks at a waiting caller's client
 CANCEL_TIMEOUT = 30.0  # seconds a cancel request may take to reach PostgreSQL
 
@@ -642,6 +647,11 @@ class Store:
         self._attempting = False  # a commit attempt is under way
         self._inline = False  # a caller is committing its own record (``_commit_inline``)
         self._wake_on_commit = False  # the writer waits without a time set to flush or to checkpoint
+        self._writer_waiting = False  # the writer has work and waits for an inline commit to end
+        sqlite_file = _sqlite_path(url) if not self._postgres else None
+        self._wal = f"{sqlite_file}-wal" if sqlite_file is not None else None  # the WAL file the writer keeps small
+        self._wal_due = False  # an inline commit left the WAL over WAL_CHECKPOINT_BYTES
+        self._wal_conn: Any = None  # the writer thread's connection for checkpoints
         # commit a record on the caller's thread when nothing else is queued or being written
         # (``_commit_inline``); the gateway turns it on while a single client is connected
         self.commit_inline = False
@@ -857,9 +867,11 @@ class Store:
 
     @property
     def can_commit_inline(self) -> bool:
-        """SQLite with durability "sync": a commit on the caller's thread is bounded (no network,
-        no wait for another process's lock), and the caller would wait for it anyway."""
-        return not self._postgres and self.durability == "sync"
+        """SQLite, durability "sync", sqlite_synchronous "normal": a commit on the caller's thread
+        then waits for nothing outside the process (no network, no other process's lock, no
+        device: the WAL is flushed and checkpointed by the writer thread), and the caller would
+        wait for it anyway."""
+        return not self._postgres and self.durability == "sync" and self.sqlite_synchronous == "normal"
 
     def _commit_inline(self, prepared: tuple[dict[str, Any], dict[str, Any], bytes | None]) -> bool:
         """Commit one record here, on the caller's thread, when the writer has nothing queued and no
@@ -869,8 +881,8 @@ class Store:
         if not self.can_commit_inline:
             return False
         with self._cond:
-            if (self._queue or self._attempting or self._inline or self._in_doubt or not self._healthy
-                    or self._thread is None or self._closing.is_set()):
+            if (self._queue or self._attempting or self._inline or self._writer_waiting or self._in_doubt
+                    or not self._healthy or self._thread is None or self._closing.is_set()):
                 return False
             self._inline = True
         done = False
@@ -881,6 +893,8 @@ class Store:
             self._commit([_Pending(None, row, bound, template, None, None, None)], False, retry_busy=False)
             self.stats["inline"] += 1
             done = True
+            if self._wal_large():
+                self._wal_due = True  # the writer checkpoints it (woken below)
         except Exception as e:  # noqa: BLE001 - the writer retries it, and reports what fails
             log.debug("store %s: an inline commit did not go through (%s); queued for the writer",
                       self.where, _one_line(e))
@@ -894,7 +908,7 @@ class Store:
             with self._cond:
                 self._inline = False
                 self._sent = False
-                if self._wake_on_commit or self._queue or self._closing.is_set():
+                if self._wake_on_commit or self._wal_due or self._queue or self._closing.is_set():
                     self._cond.notify()
         return done
 
@@ -991,12 +1005,15 @@ class Store:
                 self._closing.set()
                 self._cond.notify()
             thread.join(timeout + MAX_BACKOFF + 5)
-        if self._raw is not None and (thread is None or not thread.is_alive()):
-            raw, self._raw = self._raw, None
-            try:
-                raw.close()
-            except Exception:  # noqa: BLE001 - closing after the database went away
-                pass
+        if thread is None or not thread.is_alive():
+            for name in ("_raw", "_wal_conn"):
+                raw = getattr(self, name)
+                setattr(self, name, None)
+                try:
+                    if raw is not None:
+                        raw.close()
+                except Exception:  # noqa: BLE001 - closing after the database went away
+                    pass
         self.engine.dispose()
 
     def _run(self) -> None:
@@ -1020,12 +1037,16 @@ class Store:
                     if flushes and next_flush is None and self.stats["commits"] > flushed:
                         next_flush = now + SQLITE_FLUSH_EVERY
                     flush = next_flush is not None and now >= next_flush
-                    if self._inline:  # a caller is committing inline (``_commit_inline``): it wakes the writer after
-                        self._wake_on_commit = True
+                    work = self._queue or due or closing or flush or self._wal_due
+                    if work and self._inline:
+                        # a caller is committing inline (``_commit_inline``): it wakes the writer after,
+                        # and no caller starts another until the writer has had its turn
+                        self._writer_waiting = self._wake_on_commit = True
                         self._cond.wait()
                         self._wake_on_commit = False
                         continue
-                    if self._queue or due or closing or flush:
+                    self._writer_waiting = False
+                    if work:
                         break
                     waits = [t - now for t in (next_checkpoint if self._seq > self._anchored else None, next_flush)
                              if t is not None]
@@ -1033,14 +1054,17 @@ class Store:
                     self._wake_on_commit = (flushes and next_flush is None) or self._seq <= self._anchored
                     self._cond.wait(min(waits) if waits else None)
                     self._wake_on_commit = False
-                if not flush and not self._in_doubt:
+                housekeeping = flush or self._wal_due
+                if not housekeeping and not self._in_doubt:
                     batch = list(itertools.islice(self._queue, self._max_batch))
                     for item in batch:
                         item.inflight = True
                     self._attempting, self._abort, self._sent = True, None, False
-            if flush:
-                flushed, next_flush = self.stats["commits"], None
-                self._flush_wal()
+            if housekeeping:
+                if flush:
+                    flushed, next_flush = self.stats["commits"], None
+                    self._flush_wal()
+                self._checkpoint_wal()
                 continue
             if self._in_doubt:
                 try:
@@ -1072,6 +1096,7 @@ class Store:
                         self._drop_connection(close=True)
                     failures = 0
                     self._committed(batch, None)
+                    self._checkpoint_wal()
                     if checkpoint:
                         next_checkpoint = time.monotonic() + self.checkpoint_every
                     if final:
@@ -1223,7 +1248,41 @@ class Store:
             raw = self._raw = self.engine.raw_connection()
             if not self._postgres:
                 raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
+                if self._wal is not None:
+                    raw.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")  # _checkpoint_wal does it
         return raw
+
+    def _wal_large(self) -> bool:
+        try:
+            return self._wal is not None and os.stat(self._wal).st_size >= WAL_CHECKPOINT_BYTES
+        except OSError:
+            return False
+
+    def _checkpoint_wal(self) -> None:
+        """(Writer thread.) SQLite: once the WAL has grown past WAL_CHECKPOINT_BYTES, copy it into
+        the database and truncate it, on a connection of its own. While that runs, a commit made
+        inline finds the database busy and goes to the writer's queue instead; a commit or a
+        reader (another process's) still under way makes it wait WAL_CHECKPOINT_WAIT at most, and
+        what it could not do is done after the next commit."""
+        self._wal_due = False
+        if not self._wal_large():
+            return
+        try:
+            conn = self._wal_conn
+            if conn is None:
+                conn = self._wal_conn = self.engine.raw_connection()
+                conn.driver_connection.execute(f"PRAGMA busy_timeout = {int(WAL_CHECKPOINT_WAIT * 1000)}")
+            busy = conn.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
+                log.debug("store %s: the WAL checkpoint waited too long for readers or a commit; later", self.where)
+        except Exception as e:  # noqa: BLE001 - tried again after the next commit
+            log.warning("store %s: cannot checkpoint the WAL (%s)", self.where, _one_line(e))
+            conn, self._wal_conn = self._wal_conn, None
+            if conn is not None:
+                try:
+                    conn.invalidate()
+                except Exception:  # noqa: BLE001
+                    pass
 
     def _transaction(self, calls: list, sessions: list, head: Any, retry_busy: bool = True) -> None:
         raw = self._connection()
