@@ -454,7 +454,24 @@ def run_loadgen(lab: Lab, name: str, concurrency: int, args) -> dict:
         "other_load_cpus": round(max(others, 0.0), 2) if others is not None else None,
         "processes": r["processes"].get("proxy"),
         "peak_rss_mb": sampler.peak_mb if proxy else None,
+        **thread_figures(r.get("threads", {}).get("proxy"), n),
     }
+
+
+THREAD_FIGURES = ("loop_cpu_us_per_call", "threads_cpu_us_per_call", "loop_sleeps_per_call", "threads_sleeps_per_call")
+
+
+def thread_figures(split: dict | None, calls: int) -> dict:
+    """Per call, from loadgen's reading of the proxy's own process: its main thread's CPU (the
+    event loop's) and its other threads' (the store's writer among them), and how many times each
+    slept and was woken. Each sleep is a wake-up to pay for, which is what made one agent's calls
+    dear before the inline commit; None for a proxy not watched."""
+    if not split:
+        return dict.fromkeys(THREAD_FIGURES)
+    return {"loop_cpu_us_per_call": round(split["main_cpu_s"] / calls * 1e6),
+            "threads_cpu_us_per_call": round(split["threads_cpu_s"] / calls * 1e6),
+            "loop_sleeps_per_call": round(split["main_sleeps"] / calls, 2),
+            "threads_sleeps_per_call": round(split["threads_sleeps"] / calls, 2)}
 
 
 def small(args, lab: Lab) -> list[dict]:
@@ -507,6 +524,7 @@ def small(args, lab: Lab) -> list[dict]:
                 "loadgen_cpu_pct": med("loadgen_cpu_pct"),
                 "proxy_cpu_pct": med("proxy_cpu_pct"),
                 "other_load_cpus": med("other_load_cpus"),
+                **{k: med(k) for k in THREAD_FIGURES},
                 "processes": max((r["processes"] or 0) for r in rs) or None,
                 "requests": sum(r["requests"] for r in rs),
                 "non_2xx": sum(r["non_2xx"] for r in rs), "errors": sum(r["errors"] for r in rs),
@@ -887,6 +905,25 @@ SMALL_COLUMNS = ("scenario", "agents", "req/s", "p50 ms", "p99 ms", "proxy CPU �
                  "upstream CPU µs/call", "loadgen % of a core", "other load (CPUs)", "errors")
 
 
+def _thread_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["config"]["concurrency"]:
+        for s in report["scenarios"]:
+            if (s["part"] != "small" or s["concurrency"] != c or not s["available"]
+                    or s.get("loop_cpu_us_per_call") is None):
+                continue
+            rows.append([f"({s['id']}) {s['name']}", str(c), f"{s['loop_cpu_us_per_call']:.0f}",
+                         f"{s['threads_cpu_us_per_call']:.0f}", f"{s['loop_sleeps_per_call']:.2f}",
+                         f"{s['threads_sleeps_per_call']:.2f}"])
+    return rows
+
+
+THREAD_COLUMNS = ("scenario", "agents", "main thread CPU µs/call", "other threads CPU µs/call",
+                  "main thread sleeps/call", "other threads sleeps/call")
+THREAD_TITLE = ("The proxy's own process (not its child processes) per call: its main thread (the event loop) "
+                "and its other threads (the store's writer among them), CPU and how often each slept and was woken")
+
+
 def _transfer_rows(report: dict) -> list[list[str]]:
     return [[f"({s['id']}) {s['name']}", f"{s['upload_mb_s']}", f"{s['download_mb_s']}", str(s["idle_rss_mb"] or "–"),
              str(s["peak_rss_mb"] or "–"), str(s["cpu_s_per_gb"] or "–")]
@@ -944,6 +981,10 @@ def markdown(report: dict) -> str:
                    f"{report['config']['duration']:g} s:")
         out.append("")
         table(SMALL_COLUMNS, _small_rows(report))
+        if _thread_rows(report):
+            out.append(THREAD_TITLE + ":")
+            out.append("")
+            table(THREAD_COLUMNS, _thread_rows(report))
     if any(s["part"] == "transfer" for s in report["scenarios"]):
         size = next(s["size_mb"] for s in report["scenarios"] if s["part"] == "transfer")
         out.append(f"{size} MB S3 object (put_object, get_object):")
@@ -983,7 +1024,7 @@ def print_report(report: dict) -> None:
             t.add_column(col, justify="left" if col in ("scenario", "figure", "action", "decision") else "right")
         last = None
         for r in rows:
-            if cols is SMALL_COLUMNS and last is not None and r[1] != last:
+            if cols in (SMALL_COLUMNS, THREAD_COLUMNS) and last is not None and r[1] != last:
                 t.add_section()
             last = r[1]
             t.add_row(*r)
@@ -992,6 +1033,8 @@ def print_report(report: dict) -> None:
     if any(s["part"] == "small" for s in report["scenarios"]):
         table(f"Small JSON calls (DynamoDB GetItem), median of {report['config']['rounds']} round(s) of "
               f"{report['config']['duration']:g} s", SMALL_COLUMNS, _small_rows(report))
+        if _thread_rows(report):
+            table(THREAD_TITLE, THREAD_COLUMNS, _thread_rows(report))
     if any(s["part"] == "transfer" for s in report["scenarios"]):
         size = next(s["size_mb"] for s in report["scenarios"] if s["part"] == "transfer")
         table(f"{size} MB S3 object (put_object, get_object)", TRANSFER_COLUMNS, _transfer_rows(report))

@@ -12,7 +12,9 @@ the requests that completed within the measured window.
     python scripts/loadgen.py --direct 127.0.0.1:8443 --ca upstream-ca.pem -c 8 --duration 5
 
 ``--watch NAME=PID`` (repeatable) adds the CPU seconds that PID and its descendants used within
-the window, read from /proc/<pid>/stat (utime + stime), to the result. One JSON object is printed
+the window, read from /proc/<pid>/stat (utime + stime), to the result; and, for PID itself, how
+that splits between its main thread (a proxy's event loop) and its other threads, and how many
+times each slept and was woken (voluntary context switches, /proc/<pid>/task/*/status). One JSON object is printed
 on stdout.
 """
 
@@ -71,6 +73,51 @@ def cpu_ticks(pids: list[int]) -> dict[tuple[int, str], int]:
         if f is not None:
             out[(p, f[19])] = int(f[11]) + int(f[12])
     return out
+
+
+def thread_readings(pid: int) -> dict:
+    """Process ``pid``'s CPU clock ticks (utime + stime: its live threads' and its ended threads'),
+    and, per live thread keyed by (thread id, start time): whether it is the main thread, its
+    ticks, and how many times it slept and was woken (voluntary context switches)."""
+    out: dict = {"process": 0, "threads": {}}
+    f = _stat_fields(pid)
+    if f is None:
+        return out
+    out["process"] = int(f[11]) + int(f[12])
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for name in tids:
+        tid = int(name)
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                data = fh.read()
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as fh:
+                status = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2:].split()
+        i = status.find(b"\nvoluntary_ctxt_switches:")
+        sleeps = int(status[i + 25:status.index(b"\n", i + 1)]) if i >= 0 else 0
+        out["threads"][(tid, fields[19].decode())] = (tid == pid, int(fields[11]) + int(fields[12]), sleeps)
+    return out
+
+
+def thread_split(before: dict, after: dict) -> dict[str, float]:
+    """Between two ``thread_readings``: the CPU seconds of the main thread and of all the others
+    (the process's, less the main thread's), and how many times each slept (the others: those
+    alive at the end; a thread new since ``before`` counts from 0)."""
+    main_ticks = main_sleeps = threads_sleeps = 0
+    for key, (main, ticks, sleeps) in after["threads"].items():
+        _, ticks0, sleeps0 = before["threads"].get(key, (main, 0, 0))
+        if main:
+            main_ticks, main_sleeps = ticks - ticks0, sleeps - sleeps0
+        else:
+            threads_sleeps += sleeps - sleeps0
+    process = after["process"] - before["process"]
+    return {"main_cpu_s": round(main_ticks / CLK_TCK, 3), "threads_cpu_s": round((process - main_ticks) / CLK_TCK, 3),
+            "main_sleeps": main_sleeps, "threads_sleeps": threads_sleeps}
 
 
 def cpu_seconds_between(before: dict, after: dict) -> float:
@@ -264,6 +311,7 @@ class Run:
         time.sleep(a.warmup)
         trees = {name: descendants(pid) for name, pid in watch.items()}
         cpu0 = {name: cpu_ticks(pids) for name, pids in trees.items()}
+        threads0 = {name: thread_readings(pid) for name, pid in watch.items()}
         own0, mach0 = time.process_time(), machine_ticks()
         start = time.perf_counter()
         self.window = (start, start + a.duration)
@@ -271,6 +319,7 @@ class Run:
         end = time.perf_counter()
         own1, mach1 = time.process_time(), machine_ticks()
         cpu1 = {name: cpu_ticks(descendants(pid)) for name, pid in watch.items()}
+        threads1 = {name: thread_readings(pid) for name, pid in watch.items()}
         self.window = (start, end)
         self.stop = True
         for agent in agents:
@@ -303,6 +352,8 @@ class Run:
             "cpu_s": {**{name: round(cpu_seconds_between(cpu0[name], cpu1[name]), 3) for name in watch},
                       "loadgen": round(own1 - own0, 3)},
             "processes": {name: len(pids) for name, pids in trees.items()},
+            # the watched process itself (not its children): its main thread, and its other threads
+            "threads": {name: thread_split(threads0[name], threads1[name]) for name in watch},
             "machine_busy_cpus": round(busy / total * os.cpu_count(), 2) if total else None,
         }
 

@@ -66,3 +66,46 @@ def test_alternating_figures_compare_each_cycles_slices():
     assert f["chain_vs_mitmdump_rps_c8"]["cycles"] == [1.04, 1.2]
     assert f["chain_vs_floor_cpu_c8"] == {"median": 2.465, "cycles": [2.6, 2.33], "slice_s": 2.0}
     assert bench.alternating_figures({1: runs[1]}, 2.0).keys() == {"chain_vs_mitmdump_rps_c1", "chain_added_p50_ms_c1"}
+
+
+def test_a_proxys_cpu_and_sleeps_split_between_its_main_thread_and_the_others():
+    """loadgen reads the watched process's threads from /proc: here a process whose main thread
+    spins while another thread sleeps and wakes 200 times, as a proxy's event loop and its store's
+    writer thread would; and the bench turns the readings into figures per call."""
+    import subprocess
+    import sys
+    import time
+
+    from scripts.loadgen import thread_readings, thread_split
+
+    child = subprocess.Popen([sys.executable, "-c", """
+import sys, threading, time
+def writer():
+    sys.stdin.readline()
+    for _ in range(200):
+        time.sleep(0.002)
+    print("done", flush=True)
+    sys.stdin.readline()  # alive until the end: /proc keeps no counts of an ended thread
+threading.Thread(target=writer, daemon=True).start()
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    pass
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        before = thread_readings(child.pid)
+        assert len(before["threads"]) == 2 and sum(main for main, _, _ in before["threads"].values()) == 1
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "done\n"  # its 200 sleeps are over
+        split = thread_split(before, thread_readings(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    assert split["main_cpu_s"] > 0.3  # it spun all along (200 sleeps of 2 ms, and waits for the GIL)
+    assert split["threads_cpu_s"] < split["main_cpu_s"] / 3  # the other thread mostly slept
+    assert split["threads_sleeps"] >= 200  # each sleep, and waits for the GIL besides
+    figures = bench.thread_figures(split, 100)
+    assert figures["threads_sleeps_per_call"] == round(split["threads_sleeps"] / 100, 2) >= 2
+    assert figures["loop_cpu_us_per_call"] == round(split["main_cpu_s"] / 100 * 1e6)
+    assert bench.thread_figures(None, 100) == dict.fromkeys(bench.THREAD_FIGURES)
