@@ -272,3 +272,35 @@ def test_the_gateway_commits_inline_while_one_client_is_connected(tmp_path) -> N
     addon.client_disconnected(b)  # told twice: the count stays at zero
     assert addon.clients == 0 and s.commit_inline is True
     s.engine.dispose()
+
+
+def test_through_the_gateway_one_agents_records_are_committed_inline_several_agents_by_the_writer(
+        tmp_path, issuer, moto) -> None:
+    """A real gateway in front of moto: one boto3 agent's calls, one after another, are committed
+    inline; with four more agents connected at once, by the writer thread. Every call has its
+    record, the chain verifies, and the gateway says at exit how its records were committed."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_recording_commit import BUCKET, agent, put, start
+
+    gw = start(tmp_path, issuer, moto, f"sqlite:///{tmp_path / 'gw' / 'agentgate.db'}")
+    try:
+        first = agent(gw, issuer, "solo")
+        first.create_bucket(Bucket=BUCKET)
+        for i in range(5):
+            assert put(first, f"solo-{i}")[0] == 200
+        others = [agent(gw, issuer, f"crowd{n}") for n in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda n: [put(others[n], f"crowd-{n}-{i}")[0] for i in range(5)], range(4)))
+        assert statuses == [[200] * 5] * 4
+    finally:
+        gw.stop()
+    found = re.findall(r"(\d+) records written in (\d+) commits \((\d+) of them made inline\)", gw.log())
+    assert len(found) == 1, gw.log()[-3000:]
+    records, commits, inline = map(int, found[0])
+    calls = [r for r in gw.records() if r["kind"] == "call"]
+    assert records == len(gw.records()) and len(calls) >= 26  # create_bucket, 5 solo puts, 20 crowd puts
+    assert inline >= 6  # the solo agent's six calls, made while it was the only client
+    assert inline <= records - 20  # the crowd's went to the writer thread
+    assert verify(gw.db_url).ok

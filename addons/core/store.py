@@ -1005,6 +1005,9 @@ class Store:
                 self._closing.set()
                 self._cond.notify()
             thread.join(timeout + MAX_BACKOFF + 5)
+            st = self.stats
+            log.info("store %s: %d records written in %d commits (%d of them made inline), %d failed attempts",
+                     self.where, st["records"], st["commits"], st["inline"], st["failures"])
         if thread is None or not thread.is_alive():
             for name in ("_raw", "_wal_conn"):
                 raw = getattr(self, name)
