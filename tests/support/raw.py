@@ -93,8 +93,9 @@ def h2_request(gw, token: str | None, host: str, method: str, path: bytes, heade
 
     tls, conn = _h2_connection(gw, token, host, validate)
     try:
+        # the headers go out with the body's first frames, in one write: a gateway that refuses the
+        # headers may close the connection before a second write could be made
         conn.send_headers(1, [*_h2_head(host, method, path, headers), *extra], end_stream=not body)
-        tls.sendall(conn.data_to_send())
         status, got, answer, sent = 0, {}, b"", 0
         tls.settimeout(15)
         while True:
