@@ -2,11 +2,12 @@
 
 SQLite by default, PostgreSQL (psycopg 3) to scale out; the same code on both. One writer thread
 per gateway commits whatever is queued in one transaction (group commit) and chains the records it
-writes (``core.chain``). With ``commit_inline`` (SQLite, durability "sync"; the gateway sets it
-while one client is connected) a caller whose record finds nothing queued and no commit under way
-commits it itself, on its own thread, into the same chain; when that cannot be done at once
-(another process holds the write lock, any error) the record is queued for the writer as usual. ``write`` with durability "sync" returns once the record is committed;
-"async" once it is queued. When a commit fails (disk full, database down) the store is unhealthy:
+writes (``core.chain``). With ``commit_inline`` (SQLite, durability "sync", synchronous "normal";
+the gateway sets it while one client is connected) a caller whose record finds nothing queued and
+no commit under way commits it itself, on its own thread, into the same chain; when that cannot be
+done at once (another process holds the write lock, any error) the record is queued for the
+writer as usual. ``write`` with durability "sync" returns once the record is committed; "async"
+once it is queued. When a commit fails (disk full, database down) the store is unhealthy:
 ``write`` raises ``StoreUnavailable`` at once so that the caller can refuse the call (fail closed),
 while the writer keeps the records it holds and retries with backoff until the database is back.
 
@@ -24,6 +25,8 @@ that file to the device within ``SQLITE_FLUSH_EVERY`` (1 s) after a commit, off 
 committed record survives the gateway crashing or being killed at once; a power loss or an
 operating system crash can take the records of the last second. ``"full"`` flushes the WAL file at
 every commit (one flush per group commit, not per record): a committed record survives both.
+The writer thread, not SQLite's automatic checkpoint, copies the WAL into the database and
+truncates it once it passes ``WAL_CHECKPOINT_BYTES``, so that no commit made inline waits for that.
 PostgreSQL keeps the server's ``synchronous_commit`` (on by default: the commit is flushed).
 
 What a commit costs is kept to the database's own work: a record's bound values and the canonical
