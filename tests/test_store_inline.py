@@ -1,8 +1,10 @@
 """Inline commits: while one client is connected the gateway lets the store commit a call's record
 on the event loop itself (``Store.commit_inline``), into the same chain as the writer thread's
 group commits; whatever cannot be committed at once goes to the writer as before. The head is
-still checkpointed and the WAL still flushed after inline commits, a locked database neither
-blocks the loop nor loses the record, and PostgreSQL is left to the writer thread."""
+still checkpointed and the WAL still flushed after inline commits, and the WAL checkpointed by the
+writer thread, never by an inline commit; a locked database neither blocks the loop nor loses the
+record; PostgreSQL and synchronous "full" are left to the writer thread; and through a real
+gateway, one agent's records are committed inline and several agents' by the writer."""
 
 from __future__ import annotations
 
