@@ -154,7 +154,8 @@ def test_an_inline_commit_reaches_the_device_within_a_second(tmp_path, monkeypat
 def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded(tmp_path) -> None:
     """SQLite's automatic checkpoint waits for the device, and would fall on whichever commit
     passed its size, an inline one on the event loop included: the writer's connection has it off,
-    and the writer thread checkpoints and truncates the WAL once it passes WAL_CHECKPOINT_BYTES."""
+    and the writer thread checkpoints the WAL once it holds WAL_CHECKPOINT_FRAMES, counted from the
+    WAL index's header as SQLite documents it (checked here against SQLite's own count)."""
     from addons.core import store as store_module
 
     s = sqlite_store(tmp_path, checkpoint_every=3600)
@@ -164,17 +165,18 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     real = s._checkpoint_wal
 
     def checkpoint_wal():
-        if wal.stat().st_size >= store_module.WAL_CHECKPOINT_BYTES:
+        if s._wal_large():
             checkpointed_on.append(threading.current_thread().name)
         return real()
 
     s._checkpoint_wal = checkpoint_wal
-    sizes = []
+    frames, sizes = [], []
 
     async def main() -> None:
         for i in range(1500):
             await s.write(Record(session_id="sess", params={"i": i, "pad": "x" * 500}))
             if i % 50 == 49:
+                frames.append(s._wal_frames())
                 sizes.append(wal.stat().st_size)
 
     try:
@@ -182,16 +184,22 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
         with s._cond:
             s._inline = True  # the writer's connection, read while nothing commits on it
         autocheckpoint = s._raw.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        counted = s._wal_frames()
+        # SQLite's own count: (busy, frames in the WAL, frames checkpointed); nothing was checkpointed
+        # since the last commit unless the writer just did it, so compare with the frames in the WAL
+        in_wal = s._raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
         with s._cond:
             s._inline = False
     finally:
         s.close()
+    assert counted == in_wal and counted is not None
     # while a checkpoint runs, an inline commit finds the database busy and queues its record
     assert s.stats["records"] == 1500 and s.stats["inline"] > 1000
     assert autocheckpoint == 0
     assert len(checkpointed_on) >= 5 and set(checkpointed_on) == {"agentgate-store-writer"}
-    # each checkpoint truncates the WAL; without them it would hold every commit's pages (about
-    # 50 KB each, some 75 MB by the end)
+    # without the checkpoints the WAL would hold every commit's pages (a dozen of about 4 KB each,
+    # some 75 MB by the end); with them, about SQLite's own 1,000 pages at most
+    assert all(f is not None for f in frames) and max(frames) < 2 * store_module.WAL_CHECKPOINT_FRAMES, frames
     assert max(sizes) < 2 * store_module.WAL_CHECKPOINT_BYTES, sizes
     assert verify(s.url, KEY).ok
 

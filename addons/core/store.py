@@ -25,8 +25,8 @@ that file to the device within ``SQLITE_FLUSH_EVERY`` (1 s) after a commit, off 
 committed record survives the gateway crashing or being killed at once; a power loss or an
 operating system crash can take the records of the last second. ``"full"`` flushes the WAL file at
 every commit (one flush per group commit, not per record): a committed record survives both.
-The writer thread, not SQLite's automatic checkpoint, copies the WAL into the database and
-truncates it once it passes ``WAL_CHECKPOINT_BYTES``, so that no commit made inline waits for that.
+The writer thread, not SQLite's automatic checkpoint, copies the WAL into the database once it
+holds ``WAL_CHECKPOINT_FRAMES``, so that no commit made inline waits for that.
 PostgreSQL keeps the server's ``synchronous_commit`` (on by default: the commit is flushed).
 
 What a commit costs is kept to the database's own work: a record's bound values and the canonical
@@ -53,6 +53,7 @@ import re
 import secrets
 import select as select_module
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -108,8 +109,13 @@ SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}  # setting -> PRAGMA s
 SQLITE_FLUSH_EVERY = 1.0  # seconds; "normal" flushes the WAL to the device this long after a commit at most
 # The writer's connection does not checkpoint the WAL as it commits (SQLite's automatic checkpoint,
 # which waits for the device, would then fall on a commit made inline on the event loop): the
-# writer thread checkpoints it, and truncates it, once it is this large (``_checkpoint_wal``).
-WAL_CHECKPOINT_BYTES = 4 << 20  # about SQLite's automatic checkpoint: 1,000 pages of 4 KB
+# writer thread checkpoints it once it holds this many frames (pages), as SQLite would
+# (``_checkpoint_wal``). The count is read from the WAL index's header in the -shm file, whose
+# layout SQLite documents (https://www.sqlite.org/walformat.html: iVersion 3007000 at offset 0,
+# mxFrame at 16, both native 32-bit); where it cannot be read so, the WAL file's size is used.
+WAL_CHECKPOINT_FRAMES = 1000  # SQLite's automatic checkpoint
+WAL_CHECKPOINT_BYTES = 4 << 20  # the same, by the WAL file's size, when the frames cannot be counted
+WAL_INDEX_VERSION = 3007000
 WAL_CHECKPOINT_WAIT = 0.1  # seconds the checkpoint waits for a commit or a reader to finish; then later
 WATCH_EVERY = 0.1  # seconds between looks at a waiting caller's client
 CANCEL_TIMEOUT = 30.0  # seconds a cancel request may take to reach PostgreSQL
@@ -655,6 +661,8 @@ class Store:
         self._wal = f"{sqlite_file}-wal" if sqlite_file is not None else None  # the WAL file the writer keeps small
         self._wal_due = False  # an inline commit left the WAL over WAL_CHECKPOINT_BYTES
         self._wal_conn: Any = None  # the writer thread's connection for checkpoints
+        self._shm_fd: int | None = None  # the -shm file, read for the WAL's frame count
+        self._shm_lock = threading.Lock()
         # commit a record on the caller's thread when nothing else is queued or being written
         # (``_commit_inline``); the gateway turns it on while a single client is connected
         self.commit_inline = False
@@ -1012,6 +1020,10 @@ class Store:
             log.info("store %s: %d records written in %d commits (%d of them made inline), %d failed attempts",
                      self.where, st["records"], st["commits"], st["inline"], st["failures"])
         if thread is None or not thread.is_alive():
+            with self._shm_lock:
+                if self._shm_fd is not None:
+                    os.close(self._shm_fd)
+                    self._shm_fd = None
             for name in ("_raw", "_wal_conn"):
                 raw = getattr(self, name)
                 setattr(self, name, None)
@@ -1258,27 +1270,53 @@ class Store:
                     raw.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")  # _checkpoint_wal does it
         return raw
 
+    def _wal_frames(self) -> int | None:
+        """How many frames the WAL holds now (mxFrame of the WAL index's header); None when the
+        -shm file cannot be read as SQLite documents it."""
+        if self._wal is None:
+            return None
+        with self._shm_lock:
+            fd = self._shm_fd
+            try:
+                if fd is None or os.fstat(fd).st_nlink == 0:  # not yet open, or SQLite made a new one
+                    if fd is not None:
+                        self._shm_fd = None
+                        os.close(fd)
+                    fd = self._shm_fd = os.open(self._wal[:-len("-wal")] + "-shm", os.O_RDONLY)
+                head = os.pread(fd, 20, 0)
+            except OSError:
+                return None
+        if len(head) < 20 or struct.unpack_from("=I", head, 0)[0] != WAL_INDEX_VERSION:
+            return None
+        return struct.unpack_from("=I", head, 16)[0]
+
     def _wal_large(self) -> bool:
+        frames = self._wal_frames()
+        if frames is not None:
+            return frames >= WAL_CHECKPOINT_FRAMES
         try:
             return self._wal is not None and os.stat(self._wal).st_size >= WAL_CHECKPOINT_BYTES
         except OSError:
             return False
 
     def _checkpoint_wal(self) -> None:
-        """(Writer thread.) SQLite: once the WAL has grown past WAL_CHECKPOINT_BYTES, copy it into
-        the database and truncate it, on a connection of its own. While that runs, a commit made
-        inline finds the database busy and goes to the writer's queue instead; a commit or a
-        reader (another process's) still under way makes it wait WAL_CHECKPOINT_WAIT at most, and
-        what it could not do is done after the next commit."""
+        """(Writer thread.) SQLite: once the WAL holds WAL_CHECKPOINT_FRAMES, copy it into the
+        database, on a connection of its own, so that the next commit starts the WAL file over
+        (RESTART; TRUNCATE, which also empties the file, when its frames cannot be counted: only
+        its size then tells). While that runs, a commit made inline finds the database busy and
+        goes to the writer's queue instead; a commit or a reader (another process's) still under
+        way makes it wait WAL_CHECKPOINT_WAIT at most, and what it could not do is done after the
+        next commit."""
         self._wal_due = False
         if not self._wal_large():
             return
+        mode = "RESTART" if self._wal_frames() is not None else "TRUNCATE"
         try:
             conn = self._wal_conn
             if conn is None:
                 conn = self._wal_conn = self.engine.raw_connection()
                 conn.driver_connection.execute(f"PRAGMA busy_timeout = {int(WAL_CHECKPOINT_WAIT * 1000)}")
-            busy = conn.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            busy = conn.driver_connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
             if busy:
                 log.debug("store %s: the WAL checkpoint waited too long for readers or a commit; later", self.where)
         except Exception as e:  # noqa: BLE001 - tried again after the next commit
