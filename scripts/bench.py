@@ -912,6 +912,8 @@ def _thread_rows(report: dict) -> list[list[str]]:
             if (s["part"] != "small" or s["concurrency"] != c or not s["available"]
                     or s.get("loop_cpu_us_per_call") is None):
                 continue
+            if not s["loop_cpu_us_per_call"] and not s["threads_cpu_us_per_call"]:
+                continue  # a supervisor whose workers are its children (workers2): nothing of its own
             rows.append([f"({s['id']}) {s['name']}", str(c), f"{s['loop_cpu_us_per_call']:.0f}",
                          f"{s['threads_cpu_us_per_call']:.0f}", f"{s['loop_sleeps_per_call']:.2f}",
                          f"{s['threads_sleeps_per_call']:.2f}"])
