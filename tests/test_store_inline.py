@@ -165,7 +165,7 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     real = s._checkpoint_wal
 
     def checkpoint_wal():
-        if s._wal_large():
+        if s._checkpoint_due():
             checkpointed_on.append(threading.current_thread().name)
         return real()
 

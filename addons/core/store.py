@@ -556,6 +556,16 @@ class _Pending:
         self.left = False  # its caller's client left while it was sent: if it is not committed, if_gone
 
 
+def _invalidate(raw: Any) -> None:
+    """Drop a pooled connection that may be broken (not returned to the pool)."""
+    if raw is None:
+        return
+    try:
+        raw.invalidate()
+    except Exception:  # noqa: BLE001 - it is broken already
+        pass
+
+
 class _Aborted(Exception):
     """The writer stopped a commit attempt before sending it, because it was asked to."""
 
@@ -659,7 +669,7 @@ class Store:
         self._writer_waiting = False  # the writer has work and waits for an inline commit to end
         sqlite_file = _sqlite_path(url) if not self._postgres else None
         self._wal = f"{sqlite_file}-wal" if sqlite_file is not None else None  # the WAL file the writer keeps small
-        self._wal_due = False  # an inline commit left the WAL over WAL_CHECKPOINT_BYTES
+        self._wal_due = False  # an inline commit left the WAL needing a checkpoint (``_checkpoint_due``)
         self._wal_conn: Any = None  # the writer thread's connection for checkpoints
         self._shm_fd: int | None = None  # the -shm file, read for the WAL's frame count
         self._shm_lock = threading.Lock()
@@ -904,7 +914,7 @@ class Store:
             self._commit([_Pending(None, row, bound, template, None, None, None)], False, retry_busy=False)
             self.stats["inline"] += 1
             done = True
-            if self._wal_large():
+            if self._checkpoint_due():
                 self._wal_due = True  # the writer checkpoints it (woken below)
         except Exception as e:  # noqa: BLE001 - the writer retries it, and reports what fails
             log.debug("store %s: an inline commit did not go through (%s); queued for the writer",
@@ -1044,7 +1054,7 @@ class Store:
     def _write_until_closed(self) -> None:
         failures = 0
         next_checkpoint = time.monotonic() + self.checkpoint_every
-        flushes = not self._postgres and self.sqlite_synchronous == "normal" and _sqlite_path(self.url) is not None
+        flushes = self._wal is not None and self.sqlite_synchronous == "normal"
         flushed, next_flush = 0, None  # commits the WAL's last flush covered; when the next is due
         while True:
             with self._cond:
@@ -1153,7 +1163,7 @@ class Store:
         """SQLite "normal": flush the WAL file, and with it every commit so far, to the device
         (what "full" does at each commit), so that a power loss takes at most the last
         SQLITE_FLUSH_EVERY seconds of records. Off the calls' path: no caller waits for it."""
-        wal = f"{_sqlite_path(self.url)}-wal"
+        wal = self._wal
         try:
             fd = os.open(wal, os.O_RDONLY)
         except FileNotFoundError:  # no WAL: everything is in the database file, checkpointed and synced
@@ -1290,27 +1300,28 @@ class Store:
             return None
         return struct.unpack_from("=I", head, 16)[0]
 
-    def _wal_large(self) -> bool:
+    def _checkpoint_due(self) -> str | None:
+        """The checkpoint the WAL needs now: RESTART once it holds WAL_CHECKPOINT_FRAMES; TRUNCATE,
+        which also empties the file, once the file passes WAL_CHECKPOINT_BYTES when its frames
+        cannot be counted (only its size then tells); None when neither."""
         frames = self._wal_frames()
         if frames is not None:
-            return frames >= WAL_CHECKPOINT_FRAMES
+            return "RESTART" if frames >= WAL_CHECKPOINT_FRAMES else None
         try:
-            return self._wal is not None and os.stat(self._wal).st_size >= WAL_CHECKPOINT_BYTES
+            return "TRUNCATE" if self._wal is not None and os.stat(self._wal).st_size >= WAL_CHECKPOINT_BYTES else None
         except OSError:
-            return False
+            return None
 
     def _checkpoint_wal(self) -> None:
-        """(Writer thread.) SQLite: once the WAL holds WAL_CHECKPOINT_FRAMES, copy it into the
-        database, on a connection of its own, so that the next commit starts the WAL file over
-        (RESTART; TRUNCATE, which also empties the file, when its frames cannot be counted: only
-        its size then tells). While that runs, a commit made inline finds the database busy and
-        goes to the writer's queue instead; a commit or a reader (another process's) still under
-        way makes it wait WAL_CHECKPOINT_WAIT at most, and what it could not do is done after the
-        next commit."""
+        """(Writer thread.) SQLite: copy the WAL into the database when ``_checkpoint_due`` says
+        so, on a connection of its own, so that the next commit starts the WAL file over. While
+        that runs, a commit made inline finds the database busy and goes to the writer's queue
+        instead; a commit or a reader (another process's) still under way makes it wait
+        WAL_CHECKPOINT_WAIT at most, and what it could not do is done after the next commit."""
         self._wal_due = False
-        if not self._wal_large():
+        mode = self._checkpoint_due()
+        if mode is None:
             return
-        mode = "RESTART" if self._wal_frames() is not None else "TRUNCATE"
         try:
             conn = self._wal_conn
             if conn is None:
@@ -1322,11 +1333,7 @@ class Store:
         except Exception as e:  # noqa: BLE001 - tried again after the next commit
             log.warning("store %s: cannot checkpoint the WAL (%s)", self.where, _one_line(e))
             conn, self._wal_conn = self._wal_conn, None
-            if conn is not None:
-                try:
-                    conn.invalidate()
-                except Exception:  # noqa: BLE001
-                    pass
+            _invalidate(conn)
 
     def _transaction(self, calls: list, sessions: list, head: Any, retry_busy: bool = True) -> None:
         raw = self._connection()
@@ -1384,10 +1391,7 @@ class Store:
             except Exception:  # noqa: BLE001 - a broken connection: replace it
                 pass
         self._raw = None
-        try:
-            raw.invalidate()
-        except Exception:  # noqa: BLE001
-            pass
+        _invalidate(raw)
 
     def _session_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_id: dict[str, dict[str, Any]] = {}
