@@ -39,10 +39,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # ------------------------------------------------------------------------------- /proc readings
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state is [0], ppid [1])."""
+def _stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """The fields of /proc/<pid>/stat (of its thread ``tid``: /proc/<pid>/task/<tid>/stat) after the
+    command name (state is [0], ppid [1])."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
@@ -90,17 +92,17 @@ def thread_readings(pid: int) -> dict:
         return out
     for name in tids:
         tid = int(name)
+        fields = _stat_fields(pid, tid)
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
-                data = fh.read()
             with open(f"/proc/{pid}/task/{tid}/status", "rb") as fh:
                 status = fh.read()
         except OSError:
             continue
-        fields = data[data.rindex(b")") + 2:].split()
+        if fields is None:
+            continue
         i = status.find(b"\nvoluntary_ctxt_switches:")
         sleeps = int(status[i + 25:status.index(b"\n", i + 1)]) if i >= 0 else 0
-        out["threads"][(tid, fields[19].decode())] = (tid == pid, int(fields[11]) + int(fields[12]), sleeps)
+        out["threads"][(tid, fields[19])] = (tid == pid, int(fields[11]) + int(fields[12]), sleeps)
     return out
 
 
