@@ -337,6 +337,43 @@ def test_migrate_creates_the_tables_and_is_idempotent(db_url: str) -> None:
     assert {"ix_calls_time", "ix_calls_principal_time", "ix_calls_action_time", "ix_calls_decision_time"} <= indexes
 
 
+def test_each_call_touches_only_the_indexes_its_lookups_need(db_url: str) -> None:
+    """The approval index holds only the calls that name an approval, and the lookups by approval
+    use it; sessions keep no index on last_seen (every call moves it), and still list newest first."""
+    s = Store(db_url, writer_id="w")
+    s.migrate()
+    s.start()
+    try:
+        for i in range(30):
+            s.write_sync(Record(session_id=f"s{i % 3}", principal="alice", time=1767225600.0 + i,
+                                approval_id="ap-7" if i in (4, 9) else None))
+    finally:
+        s.close()
+    engine = sql(db_url)
+    assert {i["name"] for i in inspect(engine).get_indexes("sessions")} == set()
+    assert [x["id"] for x in Store(db_url).sessions()] == ["s2", "s1", "s0"]
+    by_approval = "SELECT id FROM calls WHERE approval_id = 'ap-7'"
+    with engine.connect() as conn:
+        if db_url.startswith("sqlite"):
+            ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'ix_calls_approval_id'")).scalar()
+            assert ddl.endswith("WHERE approval_id IS NOT NULL")
+            entries = conn.execute(text("SELECT count(*) FROM calls INDEXED BY ix_calls_approval_id "
+                                        "WHERE approval_id IS NOT NULL")).scalar()
+            plans = [" ".join(map(str, r)) for q in (by_approval, "SELECT id FROM calls WHERE approval_id IS NOT NULL")
+                     for r in conn.execute(text("EXPLAIN QUERY PLAN " + q))]
+        else:
+            ddl = conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_calls_approval_id'")).scalar()
+            assert ddl.endswith("WHERE (approval_id IS NOT NULL)")
+            conn.execute(text("SET enable_seqscan = off"))  # the table is too small for the planner to bother
+            conn.execute(text("ANALYZE calls"))
+            entries = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'ix_calls_approval_id'")).scalar()
+            plans = [" ".join(map(str, r)) for q in (by_approval, "SELECT id FROM calls WHERE approval_id IS NOT NULL")
+                     for r in conn.execute(text("EXPLAIN " + q))]
+    assert entries == 2
+    assert sum("ix_calls_approval_id" in p for p in plans) == 2, plans
+    assert len(Store(db_url).calls(limit=None)) == 30
+
+
 def test_a_store_without_schema_is_refused(db_url: str) -> None:
     if db_url.startswith("sqlite:///"):
         open(db_url.removeprefix("sqlite:///"), "w").close()  # an empty database file

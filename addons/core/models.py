@@ -83,11 +83,7 @@ class AgentSession(Base):
     started: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     calls: Mapped[int] = mapped_column(Integer, default=0)
-
-    __table_args__ = (
-        Index(None, "last_seen"),
-        Index(None, "principal", "last_seen"),
-    )
+    # No index on last_seen: every call moves it, and the table holds a row per principal and role.
 
 
 class Call(Base):
@@ -157,7 +153,9 @@ class Call(Base):
         Index(None, "action", "time"),
         Index(None, "decision", "time"),
         Index(None, "session_id", "time"),
-        Index(None, "approval_id"),
+        # only the calls that name an approval (most name none): the ones looked up by it
+        Index(None, "approval_id", sqlite_where=text("approval_id IS NOT NULL"),
+              postgresql_where=text("approval_id IS NOT NULL")),
     )
 
 

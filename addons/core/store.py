@@ -116,6 +116,9 @@ SQLITE_FLUSH_EVERY = 1.0  # seconds; "normal" flushes the WAL to the device this
 WAL_CHECKPOINT_FRAMES = 1000  # SQLite's automatic checkpoint
 WAL_CHECKPOINT_BYTES = 4 << 20  # the same, by the WAL file's size, when the frames cannot be counted
 WAL_INDEX_VERSION = 3007000
+# after a commit made inline the WAL's size is looked at every this many such commits (one record
+# writes a dozen or so frames: the WAL passes WAL_CHECKPOINT_FRAMES by a hundred at most)
+INLINE_CHECKPOINT_LOOK_EVERY = 8
 WAL_CHECKPOINT_WAIT = 0.1  # seconds the checkpoint waits for a commit or a reader to finish; then later
 WATCH_EVERY = 0.1  # seconds between looks at a waiting caller's client
 CANCEL_TIMEOUT = 30.0  # seconds a cancel request may take to reach PostgreSQL
@@ -203,7 +206,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0004_approval_events"
+HEAD_REVISION = "0005_lighter_indexes"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -670,6 +673,8 @@ class Store:
         sqlite_file = _sqlite_path(url) if not self._postgres else None
         self._wal = f"{sqlite_file}-wal" if sqlite_file is not None else None  # the WAL file the writer keeps small
         self._wal_due = False  # an inline commit left the WAL needing a checkpoint (``_checkpoint_due``)
+        self._inline_unchecked = 0  # inline commits since the WAL's size was last looked at
+        self._busy_ms: int | None = None  # the writer's connection's busy_timeout (``_sqlite_busy_timeout``)
         self._wal_conn: Any = None  # the writer thread's connection for checkpoints
         self._shm_fd: int | None = None  # the -shm file, read for the WAL's frame count
         self._shm_lock = threading.Lock()
@@ -908,24 +913,19 @@ class Store:
             self._inline = True
         done = False
         try:
-            raw = self._connection()
-            raw.driver_connection.execute("PRAGMA busy_timeout = 0")
             row, bound, template = prepared
             self._commit([_Pending(None, row, bound, template, None, None, None)], False, retry_busy=False)
             self.stats["inline"] += 1
             done = True
-            if self._checkpoint_due():
-                self._wal_due = True  # the writer checkpoints it (woken below)
+            self._inline_unchecked += 1
+            if self._inline_unchecked >= INLINE_CHECKPOINT_LOOK_EVERY:
+                self._inline_unchecked = 0
+                if self._checkpoint_due():
+                    self._wal_due = True  # the writer checkpoints it (woken below)
         except Exception as e:  # noqa: BLE001 - the writer retries it, and reports what fails
             log.debug("store %s: an inline commit did not go through (%s); queued for the writer",
                       self.where, _one_line(e))
         finally:
-            raw = self._raw
-            if raw is not None:
-                try:
-                    raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
-                except Exception:  # noqa: BLE001 - a broken connection: the writer replaces it
-                    self._drop_connection(close=True)
             with self._cond:
                 self._inline = False
                 self._sent = False
@@ -1275,10 +1275,20 @@ class Store:
         if raw is None:
             raw = self._raw = self.engine.raw_connection()
             if not self._postgres:
-                raw.driver_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_SLICE * 1000)}")
+                self._busy_ms = None
+                self._sqlite_busy_timeout(raw, int(SQLITE_BUSY_SLICE * 1000))
                 if self._wal is not None:
                     raw.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")  # _checkpoint_wal does it
         return raw
+
+    def _sqlite_busy_timeout(self, raw: Any, ms: int) -> None:
+        """SQLite: how long the writer's connection waits for another process's write lock: a
+        slice of SQLITE_BUSY_TIMEOUT for the writer thread, which looks between slices whether to
+        stop; 0 for a commit made inline, which must not hold the event loop. Set only when it
+        changes (a PRAGMA costs about as much as a small statement)."""
+        if self._busy_ms != ms:
+            raw.driver_connection.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms = ms
 
     def _wal_frames(self) -> int | None:
         """How many frames the WAL holds now (mxFrame of the WAL index's header); None when the
@@ -1354,6 +1364,7 @@ class Store:
                 return
             # SQLite waits for another process's write lock in slices, so that the attempt can be
             # stopped between them (``_request_abort``); SQLITE_BUSY_TIMEOUT in all.
+            self._sqlite_busy_timeout(raw, int(SQLITE_BUSY_SLICE * 1000) if retry_busy else 0)
             deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
             while True:
                 cur = raw.cursor()
