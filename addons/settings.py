@@ -23,6 +23,9 @@ def home() -> Path:
     return Path(os.environ.get("AGENTGATE_HOME") or os.getcwd()).resolve()
 
 
+MAX_BUSY_POLL_US = 100_000  # a tenth of a second: past that, polling only burns a CPU
+
+
 @dataclasses.dataclass
 class Settings:
     listen: str = "127.0.0.1:8080"
@@ -57,6 +60,7 @@ class Settings:
     credential_refresh_margin: float = 300.0  # seconds before expiry that JIT credentials are renewed
     body_cap: int = 1 << 20  # bytes of a body kept in a record
     workers: int = 1  # gateway processes sharing the listening port (SO_REUSEPORT)
+    busy_poll_us: int = 300  # microseconds the event loop polls for work before it sleeps; 0: sleeps at once
     web: bool = False
     config_file: str = ""
 
@@ -82,6 +86,9 @@ class Settings:
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
         parse_hostport(s.listen, "listen")
+        if not 0 <= s.busy_poll_us <= MAX_BUSY_POLL_US:
+            raise SettingsError(f"busy_poll_us must be a number of microseconds from 0 to {MAX_BUSY_POLL_US}, "
+                                f"not {s.busy_poll_us}")
         if s.workers < 1:
             raise SettingsError(f"workers must be at least 1, not {s.workers}")
         if s.console_listen:

@@ -1,5 +1,6 @@
 """The floor for the benchmarks: the gateway's own mitmproxy master (addons.gateway.GatewayMaster,
-mitmproxy's core add-ons only, built as addons.gateway.serve builds it) with one add-on that only
+mitmproxy's core add-ons only, built as addons.gateway.serve builds it, on the gateway's own event
+loop with its busy poll) with one add-on that only
 re-targets every request to the bench upstream, as scripts/bench_retarget.py does for mitmdump.
 No authentication, policy, signing, masking or recording: what is left is mitmproxy's own cost
 per call on this master, which no add-on chain can go below.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from mitmproxy import http, options  # noqa: E402
 
 from addons import gateway  # noqa: E402
-from addons.settings import parse_hostport  # noqa: E402
+from addons.settings import Settings, parse_hostport  # noqa: E402
 
 
 class Retarget:
@@ -61,7 +62,10 @@ def main() -> None:
     interval = getattr(gateway, "GIL_SWITCH_INTERVAL", None)
     if interval:
         sys.setswitchinterval(interval)  # as addons.gateway.run does
-    sys.exit(asyncio.run(serve(args.listen, args.upstream_port, args.confdir)))
+    # the gateway's own event loop (its busy poll, at the default setting), as addons.gateway.run makes it
+    busy_poll_us = Settings().busy_poll_us
+    with asyncio.Runner(loop_factory=lambda: gateway.new_event_loop(busy_poll_us)) as runner:
+        sys.exit(runner.run(serve(args.listen, args.upstream_port, args.confdir)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""The gateway's event loop polls for work a little before it sleeps (``busy_poll_us``): what its
+selector returns and when, that polling stops and the loop sleeps (an idle gateway does not burn a
+CPU), and that the setting is honoured and checked."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from addons.gateway import BusyPollSelector, new_event_loop
+from addons.settings import MAX_BUSY_POLL_US, Settings, SettingsError
+from tests.support.gateway import Gateway
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def registered(busy_poll: float, sock: socket.socket) -> BusyPollSelector:
+    sel = BusyPollSelector(busy_poll)
+    sel.register(sock, selectors.EVENT_READ)
+    return sel
+
+
+def test_a_socket_with_data_is_returned_at_once(pair) -> None:
+    a, b = pair
+    sel = registered(0.5, a)
+    b.send(b"x")
+    started = time.monotonic()
+    ready = sel.select(None)
+    assert [key.fileobj for key, _ in ready] == [a]
+    assert time.monotonic() - started < 0.25  # not after the half second of polling
+    sel.close()
+
+
+def test_data_that_comes_while_it_polls_is_returned_then(pair) -> None:
+    a, b = pair
+    sel = registered(2.0, a)
+    threading.Timer(0.05, b.send, (b"x",)).start()
+    started = time.monotonic()
+    ready = sel.select(10)
+    assert [key.fileobj for key, _ in ready] == [a]
+    assert time.monotonic() - started < 1.5
+    sel.close()
+
+
+def test_data_that_comes_after_the_poll_wakes_the_sleep_that_follows(pair) -> None:
+    a, b = pair
+    sel = registered(0.001, a)
+    threading.Timer(0.3, b.send, (b"x",)).start()
+    cpu, started = time.thread_time(), time.monotonic()
+    ready = sel.select(10)
+    assert [key.fileobj for key, _ in ready] == [a]
+    assert 0.25 < time.monotonic() - started < 5
+    assert time.thread_time() - cpu < 0.15  # it polled 1 ms, then slept: not 0.3 s of CPU
+    sel.close()
+
+
+def test_a_timeout_shorter_than_the_poll_is_kept(pair) -> None:
+    a, _ = pair
+    sel = registered(5.0, a)
+    started = time.monotonic()
+    assert sel.select(0.05) == []
+    assert time.monotonic() - started < 1.0
+    assert sel.select(0) == []
+    sel.close()
+
+
+def test_after_the_poll_it_sleeps_out_the_rest_of_the_timeout(pair) -> None:
+    a, _ = pair
+    sel = registered(0.002, a)
+    cpu, started = time.thread_time(), time.monotonic()
+    assert sel.select(0.3) == []
+    assert 0.28 < time.monotonic() - started < 5
+    assert time.thread_time() - cpu < 0.15
+    sel.close()
+
+
+def test_an_idle_loop_polls_once_per_wake_up_then_sleeps() -> None:
+    """A loop woken by a timer every 20 ms for a second polls after each wake-up, not through the
+    whole second: its CPU is about the polls' (50 x 3 ms), far from the second a loop that never
+    slept would burn."""
+    loop = new_event_loop(3000)
+    assert isinstance(loop._selector, BusyPollSelector)  # noqa: SLF001 - asyncio's own attribute
+
+    async def ticks() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+
+    try:
+        cpu, started = time.thread_time(), time.monotonic()
+        loop.run_until_complete(ticks())
+        used, took = time.thread_time() - cpu, time.monotonic() - started
+    finally:
+        loop.close()
+    assert took >= 0.9
+    assert used < 0.5 * took, (used, took)
+
+
+def test_zero_is_asyncios_own_loop() -> None:
+    loop = new_event_loop(0)
+    try:
+        assert not isinstance(loop._selector, BusyPollSelector)  # noqa: SLF001
+        assert loop.run_until_complete(asyncio.sleep(0.01, "done")) == "done"
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("value", [-1, MAX_BUSY_POLL_US + 1])
+def test_the_setting_is_checked(value: int) -> None:
+    with pytest.raises(SettingsError, match=f"busy_poll_us must be a number of microseconds from 0 to "
+                                            f"{MAX_BUSY_POLL_US}, not {value}"):
+        Settings(busy_poll_us=value).resolved()
+    assert Settings(busy_poll_us=0).resolved().busy_poll_us == 0
+    assert Settings().resolved().busy_poll_us == 300
+
+
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("busy_poll_us", [None, 0])
+def test_a_gateway_serves_calls_and_idles_without_burning_a_cpu(tmp_path, issuer, moto, busy_poll_us) -> None:
+    """With the default busy poll and with none: calls through a real gateway work, and two idle
+    seconds cost the gateway a small fraction of a CPU (a loop that never slept would take both)."""
+    from tests.test_recording_commit import BUCKET, agent, put, start
+
+    settings = {} if busy_poll_us is None else {"busy_poll_us": busy_poll_us}
+    gw = start(tmp_path, issuer, moto, f"sqlite:///{tmp_path / 'gw' / 'agentgate.db'}", **settings)
+    try:
+        client = agent(gw, issuer, "idler")
+        client.create_bucket(Bucket=BUCKET)
+        assert [put(client, f"k{i}")[0] for i in range(5)] == [200] * 5
+        time.sleep(1)  # the calls' own work done
+        before = _cpu_seconds(gw.proc.pid)
+        time.sleep(2)
+        idle = _cpu_seconds(gw.proc.pid) - before
+    finally:
+        gw.stop()
+    assert idle < 0.4, idle
+
+
+def test_a_bad_value_stops_the_gateway_with_a_reason(tmp_path, issuer) -> None:
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream="http://127.0.0.1:9", aws_key=("a", "b"))
+    gw.init()
+    p = gw.cli("run", check=False, env={"AGENTGATE_BUSY_POLL_US": "-5"}, timeout=60)
+    assert p.returncode != 0
+    assert "busy_poll_us must be a number of microseconds from 0 to 100000, not -5" in p.stderr
+    assert "Traceback" not in p.stderr
