@@ -227,12 +227,11 @@ class Egress:
         if flow.response:
             return
         req = flow.request
-        flow.metadata[HOST] = req.host_header or req.host
+        host = flow.metadata[HOST] = req.host_header or req.host
         if not flow.client_conn.tls:
             answer(flow, Refusal(403, "Forbidden", "agentgate forwards AWS calls over HTTPS only (CONNECT); "
                                  "plain HTTP proxy requests are refused", "egress"))
             return
-        host = req.host_header or req.host
         host = host if host.startswith("[") else host.rsplit(":", 1)[0]
         if not endpoints.is_aws_host(host):
             answer(flow, Refusal(403, "Forbidden", f"{host} is not an AWS endpoint; this connection only carries AWS calls", "egress"))
