@@ -17,8 +17,8 @@ Targets (--targets; all by default):
   mitmdump  (b) stock `mitmdump -q`, with only scripts/bench_retarget.py and
             connection_strategy=lazy (which re-targeting needs: otherwise it would connect to the
             real AWS host at CONNECT); for the transfer part a second one with stream_large_bodies=1m.
-  floor     (c) the gateway's own master with a no-op add-on that only re-targets
-            (scripts/bench_floor.py): mitmproxy's cost, below which no chain can go.
+  floor     (c) the gateway's own master, on its own event loop, with a no-op add-on that only
+            re-targets (scripts/bench_floor.py): mitmproxy's cost, below which no chain can go.
   chain     (d) `agentgate run`, full chain, recording to SQLite, durability sync.
   chain-pg  (e) the same recording to a real PostgreSQL (tests/support/postgres.py, fsync on).
   workers2  (f) the same as (d) with `workers = 2`: two processes on one port. Reported as not

@@ -1,7 +1,7 @@
 """The floor for the benchmarks: the gateway's own mitmproxy master (addons.gateway.GatewayMaster,
 mitmproxy's core add-ons only, built as addons.gateway.serve builds it, on the gateway's own event
-loop with its busy poll) with one add-on that only
-re-targets every request to the bench upstream, as scripts/bench_retarget.py does for mitmdump.
+loop with its default busy poll) with one add-on that only re-targets every request to the bench
+upstream, as scripts/bench_retarget.py does for mitmdump.
 No authentication, policy, signing, masking or recording: what is left is mitmproxy's own cost
 per call on this master, which no add-on chain can go below.
 
