@@ -83,6 +83,7 @@ approval_hold = 20
 durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
 sqlite_synchronous = "normal"            # "full": a committed record also survives a power loss (SQLite; slower)
 # store_writer = "process"               # the store's writer in a process of its own (more calls/s, ~50 MB more)
+# busy_poll_us = 300                     # microseconds the event loop polls before it sleeps while traffic flows (0: never)
 console_listen = "127.0.0.1:8081"        # the approvals console ("" for none)
 # webhook_url = "https://hooks.slack.com/services/..."   # told of approvals asked and decided
 # grant_approvers = ["sre"]              # groups that approve access grants (agentgate access)
