@@ -184,10 +184,15 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
         with s._cond:
             s._inline = True  # the writer's connection, read while nothing commits on it
         autocheckpoint = s._raw.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        counted = s._wal_frames()
         # SQLite's own count: (busy, frames in the WAL, frames checkpointed); nothing was checkpointed
-        # since the last commit unless the writer just did it, so compare with the frames in the WAL
-        in_wal = s._raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        # since the last commit unless the writer just did it, so compare with the frames in the WAL.
+        # While the writer thread's own checkpoint runs, SQLite answers busy (-1): ask again.
+        for _ in range(300):
+            counted = s._wal_frames()
+            busy, in_wal, _ = s._raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and in_wal != -1:
+                break
+            time.sleep(0.01)
         with s._cond:
             s._inline = False
     finally:
