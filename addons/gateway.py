@@ -68,20 +68,19 @@ class BusyPollSelector(selectors.DefaultSelector):
         self._flowing = False  # the last wait ended with data
 
     def select(self, timeout: float | None = None) -> list:
-        if not (self.busy_poll and self._flowing) or (timeout is not None and timeout <= 0):
-            ready = super().select(timeout)
-            if timeout is None or timeout > 0:
-                self._flowing = bool(ready)
-            return ready
-        poll = self.busy_poll if timeout is None else min(self.busy_poll, timeout)
-        end = time.monotonic() + poll
-        while True:
-            ready = super().select(0)
-            if ready:
-                return ready
-            if time.monotonic() >= end:
-                break
-        ready = super().select(None if timeout is None else max(0.0, timeout - poll))
+        if timeout is not None and timeout <= 0:  # asyncio has work ready: a look, not a wait
+            return super().select(timeout)
+        if self.busy_poll and self._flowing:
+            poll = self.busy_poll if timeout is None else min(self.busy_poll, timeout)
+            end = time.monotonic() + poll
+            while True:
+                ready = super().select(0)
+                if ready:
+                    return ready
+                if time.monotonic() >= end:
+                    break
+            timeout = None if timeout is None else max(0.0, timeout - poll)
+        ready = super().select(timeout)
         self._flowing = bool(ready)
         return ready
 

@@ -37,6 +37,17 @@ def registered(busy_poll: float, sock: socket.socket, peer: socket.socket | None
     return sel
 
 
+def timed_select(sel: BusyPollSelector, timeout: float | None, peer: socket.socket | None = None,
+                 send_after: float = 0.0) -> tuple[list, float, float]:
+    """``sel.select(timeout)``, with ``peer`` sending a byte ``send_after`` seconds from now when
+    given: the sockets it returned, the seconds it took, and the CPU seconds this thread spent."""
+    if peer is not None:
+        threading.Timer(send_after, peer.send, (b"x",)).start()
+    cpu, started = time.thread_time(), time.monotonic()
+    ready = sel.select(timeout)
+    return [key.fileobj for key, _ in ready], time.monotonic() - started, time.thread_time() - cpu
+
+
 def test_a_socket_with_data_is_returned_at_once(pair) -> None:
     a, b = pair
     sel = registered(0.5, a, b)
@@ -51,33 +62,26 @@ def test_a_socket_with_data_is_returned_at_once(pair) -> None:
 def test_it_polls_after_a_wait_that_brought_data_and_sleeps_after_one_that_did_not(pair) -> None:
     a, b = pair
     sel = registered(2.0, a, b)
-    threading.Timer(0.2, b.send, (b"x",)).start()
-    cpu, started = time.thread_time(), time.monotonic()
-    ready = sel.select(10)
-    polled = time.thread_time() - cpu
-    assert [key.fileobj for key, _ in ready] == [a]
-    assert time.monotonic() - started < 1.5
+    ready, took, polled = timed_select(sel, 10, b, send_after=0.2)
+    assert ready == [a]
+    assert took < 1.5
     assert polled > 0.08, polled  # it polled through the wait (0.2 s), it did not sleep
     a.recv(16)
 
     assert sel.select(0.01) == []  # a wait that ended by its timeout: traffic stopped
-    threading.Timer(0.2, b.send, (b"x",)).start()
-    cpu = time.thread_time()
-    ready = sel.select(10)
-    assert [key.fileobj for key, _ in ready] == [a]
-    assert time.thread_time() - cpu < 0.05  # it slept
+    ready, _, cpu = timed_select(sel, 10, b, send_after=0.2)
+    assert ready == [a]
+    assert cpu < 0.05  # it slept
     sel.close()
 
 
 def test_data_that_comes_after_the_poll_wakes_the_sleep_that_follows(pair) -> None:
     a, b = pair
     sel = registered(0.001, a, b)
-    threading.Timer(0.3, b.send, (b"x",)).start()
-    cpu, started = time.thread_time(), time.monotonic()
-    ready = sel.select(10)
-    assert [key.fileobj for key, _ in ready] == [a]
-    assert 0.25 < time.monotonic() - started < 5
-    assert time.thread_time() - cpu < 0.15  # it polled 1 ms, then slept: not 0.3 s of CPU
+    ready, took, cpu = timed_select(sel, 10, b, send_after=0.3)
+    assert ready == [a]
+    assert 0.25 < took < 5
+    assert cpu < 0.15  # it polled 1 ms, then slept: not 0.3 s of CPU
     sel.close()
 
 
@@ -94,10 +98,10 @@ def test_a_timeout_shorter_than_the_poll_is_kept(pair) -> None:
 def test_after_the_poll_it_sleeps_out_the_rest_of_the_timeout(pair) -> None:
     a, b = pair
     sel = registered(0.002, a, b)
-    cpu, started = time.thread_time(), time.monotonic()
-    assert sel.select(0.3) == []
-    assert 0.28 < time.monotonic() - started < 5
-    assert time.thread_time() - cpu < 0.15
+    ready, took, cpu = timed_select(sel, 0.3)
+    assert ready == []
+    assert 0.28 < took < 5
+    assert cpu < 0.15
     sel.close()
 
 

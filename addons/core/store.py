@@ -1275,8 +1275,7 @@ class Store:
         if raw is None:
             raw = self._raw = self.engine.raw_connection()
             if not self._postgres:
-                self._busy_ms = None
-                self._sqlite_busy_timeout(raw, int(SQLITE_BUSY_SLICE * 1000))
+                self._busy_ms = None  # not known: _transaction sets it before each attempt
                 if self._wal is not None:
                     raw.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")  # _checkpoint_wal does it
         return raw
