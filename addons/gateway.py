@@ -121,21 +121,33 @@ class SwitchInterval(_ByClients):
             sys.setswitchinterval(wanted)
 
 
+# How many clients may be connected for the store to commit records on the event loop itself
+# (``InlineCommits``). Side by side, always inline against the writer thread (alternating pairs of
+# 3 s, the same gateway code otherwise): 2 agents 1.25x the calls per second at 0.74x the CPU per
+# call (8 pairs, better in all); 3 agents 1.11x, 0.87x (6 pairs); 4 agents 0.97x, 1.01x and 8 agents
+# 1.00x, 0.99x (noise); 32 agents 0.94x, 1.06x (6 pairs, worse in all: the writer's groups of about
+# 17 records per commit are cheaper than the loop's one at a time).
+INLINE_COMMITS_UP_TO = 3
+
+
 class InlineCommits(_ByClients):
-    """Lets the store commit a call's record on the event loop itself while at most one client is
-    connected (``Store.commit_inline``; SQLite only). One agent's calls come one after another and
-    each waits for its own commit: handing it to the writer thread and back cost the process more
-    than the commit (two thread wake-ups and GIL hand-overs per call), and side by side (14
-    alternating pairs of 3 s at one agent) the gateway served 18 % more calls per second with it,
-    at 14 % less CPU per call and 0.44 ms less at the median. With several clients the writer
-    thread commits, in groups, while the loop serves the others."""
+    """Lets the store commit a call's record on the event loop itself while at most
+    INLINE_COMMITS_UP_TO clients are connected (``Store.commit_inline``; SQLite only; a record is
+    still handed to the writer thread whenever it has records queued or a commit under way). A few
+    agents' calls each wait for their own commit, and the writer thread would commit them one or two
+    at a time (1.6 records per commit at two agents): handing each record to it and back cost the
+    process more than the commit itself (two thread wake-ups and GIL hand-overs per call). At one
+    agent, side by side (14 alternating pairs of 3 s), the gateway served 18 % more calls per second
+    with it, at 14 % less CPU per call and 0.44 ms less at the median; see INLINE_COMMITS_UP_TO for
+    two and more. With more clients the writer thread commits, in groups, while the loop serves the
+    others."""
 
     def __init__(self, store) -> None:
         super().__init__()
         self.store = store
 
     def _apply(self) -> None:
-        self.store.commit_inline = self.clients <= 1
+        self.store.commit_inline = self.clients <= INLINE_COMMITS_UP_TO
 
 
 class GatewayMaster(master.Master):

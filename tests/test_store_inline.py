@@ -22,7 +22,7 @@ from mitmproxy.test import tflow
 from addons.core.models import Call, Checkpoint
 from addons.core.records import Record
 from addons.core.store import Store, StoreUnavailable, verify
-from addons.gateway import InlineCommits
+from addons.gateway import INLINE_COMMITS_UP_TO, InlineCommits
 from tests.support.postgres import shared_server
 
 KEY = b"k" * 32
@@ -273,18 +273,20 @@ def test_an_unhealthy_store_refuses_rather_than_committing_inline(tmp_path) -> N
     assert s.stats["inline"] == 0 and s.stats["records"] == 1  # kept, and written by the writer
 
 
-def test_the_gateway_commits_inline_while_one_client_is_connected(tmp_path) -> None:
+def test_the_gateway_commits_inline_while_few_clients_are_connected(tmp_path) -> None:
     s = Store(f"sqlite:///{tmp_path / 'a.db'}")
     addon = InlineCommits(s)
-    a, b = tflow.tclient_conn(), tflow.tclient_conn()
-    addon.client_connected(a)
+    clients = [tflow.tclient_conn() for _ in range(INLINE_COMMITS_UP_TO + 1)]
+    for c in clients[:INLINE_COMMITS_UP_TO]:
+        addon.client_connected(c)
+        assert s.commit_inline is True
+    addon.client_connected(clients[-1])
+    assert s.commit_inline is False  # one more: the writer thread's group commits
+    addon.client_disconnected(clients[0])
     assert s.commit_inline is True
-    addon.client_connected(b)
-    assert s.commit_inline is False  # two clients: the writer thread's group commits
-    addon.client_disconnected(a)
-    assert s.commit_inline is True
-    addon.client_disconnected(b)
-    addon.client_disconnected(b)  # told twice: the count stays at zero
+    for c in clients[1:]:
+        addon.client_disconnected(c)
+    addon.client_disconnected(clients[-1])  # told twice: the count stays at zero
     assert addon.clients == 0 and s.commit_inline is True
     s.engine.dispose()
 
@@ -292,7 +294,7 @@ def test_the_gateway_commits_inline_while_one_client_is_connected(tmp_path) -> N
 def test_through_the_gateway_one_agents_records_are_committed_inline_several_agents_by_the_writer(
         tmp_path, issuer, moto) -> None:
     """A real gateway in front of moto: one boto3 agent's calls, one after another, are committed
-    inline; with four more agents connected at once, by the writer thread. Every call has its
+    inline; with four more agents connected (more than INLINE_COMMITS_UP_TO), by the writer thread. Every call has its
     record, the chain verifies, and the gateway says at exit how its records were committed."""
     import re
     from concurrent.futures import ThreadPoolExecutor
@@ -306,6 +308,8 @@ def test_through_the_gateway_one_agents_records_are_committed_inline_several_age
         for i in range(5):
             assert put(first, f"solo-{i}")[0] == 200
         others = [agent(gw, issuer, f"crowd{n}") for n in range(4)]
+        for other in others:  # each connects, one after another: five clients from the third on
+            other.head_bucket(Bucket=BUCKET)
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda n: [put(others[n], f"crowd-{n}-{i}")[0] for i in range(5)], range(4)))
         assert statuses == [[200] * 5] * 4
@@ -315,7 +319,7 @@ def test_through_the_gateway_one_agents_records_are_committed_inline_several_age
     assert len(found) == 1, gw.log()[-3000:]
     records, commits, inline = map(int, found[0])
     calls = [r for r in gw.records() if r["kind"] == "call"]
-    assert records == len(gw.records()) and len(calls) >= 26  # create_bucket, 5 solo puts, 20 crowd puts
+    assert records == len(gw.records()) and len(calls) >= 30  # create_bucket, 5 solo puts, 4 heads, 20 crowd puts
     assert inline >= 6  # the solo agent's six calls, made while it was the only client
-    assert inline <= records - 20  # the crowd's went to the writer thread
+    assert inline <= records - 20  # the crowd's puts, made while five were connected, went to the writer thread
     assert verify(gw.db_url).ok

@@ -3,7 +3,7 @@
 SQLite by default, PostgreSQL (psycopg 3) to scale out; the same code on both. One writer thread
 per gateway commits whatever is queued in one transaction (group commit) and chains the records it
 writes (``core.chain``). With ``commit_inline`` (SQLite, durability "sync", synchronous "normal";
-the gateway sets it while one client is connected) a caller whose record finds nothing queued and
+the gateway sets it while at most three clients are connected) a caller whose record finds nothing queued and
 no commit under way commits it itself, on its own thread, into the same chain; when that cannot be
 done at once (another process holds the write lock, any error) the record is queued for the
 writer as usual. ``write`` with durability "sync" returns once the record is committed; "async"
@@ -679,7 +679,7 @@ class Store:
         self._shm_fd: int | None = None  # the -shm file, read for the WAL's frame count
         self._shm_lock = threading.Lock()
         # commit a record on the caller's thread when nothing else is queued or being written
-        # (``_commit_inline``); the gateway turns it on while a single client is connected
+        # (``_commit_inline``); the gateway turns it on while few clients are connected
         self.commit_inline = False
         self._abort: str | None = None  # why the attempt under way was asked to stop: "gone" or "timeout"
         self._sent = False  # the attempt under way has sent its statements
