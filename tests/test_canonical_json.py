@@ -32,6 +32,7 @@ values = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
 @example({"big": 2**64, "neg": -(2**63) - 1, "ok": 2**63 - 1})
 @example({"s": "\x00\x1f\x7f\u2028\u2029\"\\/é😀", "t": "1e-5, 0.00001", "u": [0.00001]})
 @example({"é": 1, "e": 2, "😀": 3, "\uffff": 4, "E": 5})
+@example({"ua": "agentgate-loadgen", "f": -1.2345678901234567e-05, "l": [1, -2.2250738585072014e-08], "g": 9.5e-06})
 def test_the_fast_encoding_is_the_canonical_one(body: dict) -> None:
     clean = chain.jsonable(body)
     assert chain.canonical_json(clean) == reference(clean)
