@@ -34,7 +34,7 @@ from mitmproxy import exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 from mitmproxy.utils import human
 
-from . import limits
+from . import closing, limits
 from .core import destinations, endpoints, sigv4
 from .core.awserrors import Refusal
 from .stage import AUTH, HOST, REFUSAL, STREAM, TUNNEL, answer, header_pairs, refuse_connect
@@ -163,6 +163,7 @@ class Egress:
                           "Bytes of a request body read into memory (no declared payload hash); larger ones are "
                           "refused (413). Streamed bodies are not capped.")
         limits.install()
+        closing.install()  # a connection limits (or any layer) closes from a hook's task is closed
 
     def configure(self, updated) -> None:
         from mitmproxy import ctx

@@ -1,0 +1,76 @@
+"""closing: a connection that mitmproxy closes is closed, also when it is closed from another task.
+
+mitmproxy's ConnectionHandler runs a task per connection (``handle_connection``): it reads, hands
+each read to the layers (``server_event``, which first waits for a lock that the hook tasks of the
+same client take too), and when the connection ends it tells the layers (``ConnectionClosed``),
+closes the socket and forgets the transport. A layer closes a connection by cancelling that task.
+When the close comes from another task (a hook that finished: the 413 for a request body over
+``max_body_bytes`` is sent once its error hook, which records the call, is done) while the
+connection's task waits for that lock to hand over bytes it read, the cancellation leaves the task
+right there, past everything it would have done: the socket stays open and unread, the layers are
+never told, and an agent still sending its body waits for its own timeout instead of seeing the
+connection end (mitmproxy 12.3: ``ConnectionHandler.handle_connection`` catches the cancellation
+only around its read and its drain). ``install()`` wraps ``handle_connection`` to finish that work
+when the cancellation escapes: the connection marked closed, the layers told, the socket closed and
+the transport forgotten, as ``handle_connection`` does after a cancelled read.
+
+``install()`` checks the shape of what it wraps first; if mitmproxy has changed it logs an error
+and wraps nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+
+log = logging.getLogger("agentgate.closing")
+
+_installed = False
+
+
+def install() -> bool:
+    """Wrap mitmproxy's ``ConnectionHandler.handle_connection`` as described above. True when in place."""
+    global _installed
+    if _installed:
+        return True
+    try:
+        from mitmproxy.connection import ConnectionState
+        from mitmproxy.proxy import events, server
+    except ImportError as e:
+        log.error("connections closed from another task may stay open (mitmproxy's layout changed: %s)", e)
+        return False
+    handler = getattr(server, "ConnectionHandler", None)
+    original = getattr(handler, "handle_connection", None)
+    io = getattr(server, "ConnectionIO", None)
+    if (original is None or not inspect.iscoroutinefunction(original) or io is None
+            or not {"handler", "reader", "writer"} <= set(getattr(io, "__annotations__", {}))
+            or list(inspect.signature(original).parameters) != ["self", "connection"]
+            or not hasattr(events, "ConnectionClosed") or not hasattr(ConnectionState, "CLOSED")):
+        log.error("connections closed from another task may stay open (mitmproxy's ConnectionHandler changed)")
+        return False
+
+    @functools.wraps(original)
+    async def handle_connection(self, connection) -> None:
+        try:
+            await original(self, connection)
+        except asyncio.CancelledError:
+            transport = self.transports.get(connection)
+            if transport is None:  # it had closed and forgotten the connection itself
+                raise
+            connection.state = ConnectionState.CLOSED
+            try:
+                await self.server_event(events.ConnectionClosed(connection))
+            finally:
+                if transport.writer is not None:
+                    try:
+                        transport.writer.close()
+                    except OSError:
+                        pass
+                self.transports.pop(connection, None)
+            raise
+
+    handler.handle_connection = handle_connection
+    _installed = True
+    return True
