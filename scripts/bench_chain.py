@@ -4,7 +4,7 @@ add-ons (egress, auth, classify, policy, approval, signer, masking, recorder) dr
 over in-memory flows, as the proxy server would drive them, for a small DynamoDB GetItem whose
 upstream answer is canned. A real OIDC issuer, a canned STS upstream and a real store (SQLite on
 disk, durability sync) stand behind it; each record is committed inline, as the gateway does while
-one agent is connected (``--writer-thread``: by the store's writer thread, as with several). Prints
+up to three agents are connected (``--writer-thread``: by the store's writer thread, as with more). Prints
 CPU µs per call (median of rounds) and, with --profile FILE, writes a cProfile of the whole run.
 
     .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--writer-thread] [--profile FILE]
