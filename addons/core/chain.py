@@ -112,6 +112,7 @@ def canonical(content: Mapping[str, Any]) -> bytes:
 _ORJSON_OPTIONS = 0 if orjson is None else (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
                                             | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS)
 _ORJSON_DIFFERS = re.compile(rb"[:,\[]-?(?:0\.0000|\d+(?:\.\d+)?e-\d(?!\d))")
+_ORJSON_COLUMN_OPTIONS = 0 if orjson is None else orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _E_MINUS = re.compile(rb"e-\d(?!\d)")  # where an _ORJSON_DIFFERS exponent would end; led by a literal
 _FLOAT_SPAN = 32  # bytes before its "e-" in which a float's token starts (at most 17 digits, ".", "-", and ":")
 
@@ -128,7 +129,6 @@ def _orjson_differs(out: bytes) -> bool:
         if _ORJSON_DIFFERS.search(out, max(0, at - _FLOAT_SPAN), at + 4) is not None:
             return True
     return False
-_ORJSON_COLUMN_OPTIONS = 0 if orjson is None else orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def canonical_json(body: Mapping[str, Any]) -> bytes:
