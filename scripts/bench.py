@@ -36,11 +36,14 @@ Ctrl-C. Figures go to --json FILE (default bench-results/latest.json).
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -59,7 +62,7 @@ from tests.support.gateway import AGENTGATE, TEST_POLICY, Gateway, free_port, wa
 
 PY = sys.executable
 BIN = Path(PY).parent
-PARTS = ("small", "transfer", "sts", "decide")
+PARTS = ("small", "transfer", "sts", "decide", "instructions")
 TARGETS = {
     "direct": ("a", "direct to the upstream (TLS)"),
     "mitmdump": ("b", "stock mitmdump -q"),
@@ -337,14 +340,15 @@ class Lab:
         self.commands[name] = " ".join(["mitmdump", *argv[1:]]).replace(str(ROOT) + "/", "").replace(str(self.tmp), "$TMP")
         return Proxy(name, port, confdir / "mitmproxy-ca-cert.pem", self.procs.spawn(name, argv, env=env))
 
-    def spawn_floor(self) -> Proxy:
+    def spawn_floor(self, name: str = "floor", wrap: tuple[str, ...] = (), env: dict | None = None) -> Proxy:
         port = free_port()
-        confdir = self.tmp / "floor"
-        argv = [PY, str(ROOT / "scripts" / "bench_floor.py"), "--listen", f"127.0.0.1:{port}",
+        confdir = self.tmp / name
+        argv = [*wrap, PY, str(ROOT / "scripts" / "bench_floor.py"), "--listen", f"127.0.0.1:{port}",
                 "--upstream-port", str(self.upstream()[0]), "--confdir", str(confdir)]
-        self.commands["floor"] = "PYTHONOPTIMIZE=1 python scripts/bench_floor.py ..."
-        return Proxy("floor", port, confdir / "mitmproxy-ca-cert.pem",
-                     self.procs.spawn("floor", argv, env={**os.environ, **OPTIMIZED_ENV}))
+        if name == "floor":
+            self.commands["floor"] = "PYTHONOPTIMIZE=1 python scripts/bench_floor.py ..."
+        return Proxy(name, port, confdir / "mitmproxy-ca-cert.pem",
+                     self.procs.spawn(name, argv, env={**os.environ, **OPTIMIZED_ENV, **(env or {})}))
 
     def init_gateway(self, name: str) -> Gateway:
         settings: dict = {"durability": "sync"}
@@ -359,12 +363,14 @@ class Lab:
         gw.init()
         return gw
 
-    def spawn_gateway(self, name: str, gw: Gateway) -> Proxy:
+    def spawn_gateway(self, name: str, gw: Gateway, wrap: tuple[str, ...] = ()) -> Proxy:
         # `agentgate run` as an operator runs it: no -v (which logs every call)
-        argv = [AGENTGATE, "run", "--listen", f"127.0.0.1:{gw.port}", "--upstream", self.upstream_url]
-        self.commands[name] = "PYTHONOPTIMIZE=1 agentgate run --upstream URL  # agentgate.toml: " + ", ".join(
-            f"{k} = {json.dumps(v) if k != 'db' else 'postgresql://…'}" for k, v in gw.settings.items()
-            if k != "console_listen")
+        argv = [*wrap, *([PY] if wrap else []), AGENTGATE, "run", "--listen", f"127.0.0.1:{gw.port}",
+                "--upstream", self.upstream_url]
+        if not wrap:
+            self.commands[name] = "PYTHONOPTIMIZE=1 agentgate run --upstream URL  # agentgate.toml: " + ", ".join(
+                f"{k} = {json.dumps(v) if k != 'db' else 'postgresql://…'}" for k, v in gw.settings.items()
+                if k != "console_listen")
         proc = self.procs.spawn(name, argv, env=gw.env, cwd=gw.home, log=gw.log_path)
         gw.proc = proc
         db_pid = self.pg_pid() if name == "chain-pg" else None
@@ -718,6 +724,112 @@ def sts(args, lab: Lab) -> list[dict]:
              "seconds": round(elapsed, 1)}]
 
 
+INSTRUCTION_TARGETS = ("floor", "chain")
+INSTRUCTIONS_AGENTS = 8
+
+
+def instructions(args, lab: Lab) -> list[dict]:
+    """Machine instructions per call that the floor and the full chain execute in user space, each
+    run under valgrind's callgrind with 8 agents calling: a count that does not move with the
+    machine's speed or other work, as CPU times on a shared machine do. Counters are zeroed once
+    the proxy is warm and dumped after ``args.instructions_window`` seconds; the calls in between
+    are those the upstream answered. Both run with the busy poll off (its polling is counted by the
+    time it takes, which is valgrind's here, not the machine's). The kernel's work (socket reads
+    and writes, the store's writes to its file) is not in the count."""
+    names = [n for n in INSTRUCTION_TARGETS if n in args.targets]
+    missing = [t for t in ("valgrind", "callgrind_control") if shutil.which(t) is None]
+    if missing:
+        reason = f"needs valgrind's callgrind ({', '.join(missing)} not found; on Debian: apt-get install valgrind)"
+        for name in names:
+            lab.unavailable[f"{name} (instructions)"] = reason
+        return [{"part": "instructions", "id": TARGETS[n][0], "name": n, "label": TARGETS[n][1], "available": False,
+                 "reason": reason} for n in names]
+    return [_count_instructions(args, lab, name) for name in names]
+
+
+def _count_instructions(args, lab: Lab, name: str) -> dict:
+    out_dir = lab.tmp / "callgrind"
+    out_dir.mkdir(exist_ok=True)
+    target = f"{name}-instructions"
+    wrap = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/{target}.%p")
+    quiet = {"AGENTGATE_BUSY_POLL_US": "0"}
+    if name == "floor":
+        proxy = lab.spawn_floor(target, wrap=wrap, env=quiet)
+    else:
+        gw = lab.init_gateway(target)
+        gw.env.update(quiet)
+        proxy = lab.spawn_gateway(target, gw, wrap=wrap)
+    row = {"part": "instructions", "id": TARGETS[name][0], "name": name, "label": TARGETS[name][1],
+           "concurrency": INSTRUCTIONS_AGENTS}
+    loadgen = None
+    try:
+        wait_port(proxy.port, timeout=900, proc=proxy.proc)  # valgrind starts a Python program slowly
+        deadline = time.time() + 300
+        while not proxy.ca.exists():  # the floor may listen before it has written its CA
+            if proxy.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
+            time.sleep(0.5)
+        loadgen = lab.procs.spawn(f"loadgen-{target}", [
+            PY, str(ROOT / "scripts" / "loadgen.py"), "--proxy", f"127.0.0.1:{proxy.port}", "--ca", str(proxy.ca),
+            "--token", lab.token, "-c", str(INSTRUCTIONS_AGENTS), "--duration", "36000", "--warmup", "0",
+            "--connect-timeout", "600", "--io-timeout", "600"], stdout=subprocess.DEVNULL)
+        start = lab.upstream_stats()["requests"]
+        deadline = time.time() + 900
+        while lab.upstream_stats()["requests"] - start < args.instructions_warmup:
+            if loadgen.poll() is not None or proxy.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{target} did not warm up (exit codes: proxy {proxy.proc.poll()}, load generator "
+                                   f"{loadgen.poll()}); the load generator's log ends: {loadgen.log.read_text()[-400:]}; "
+                                   f"the proxy's: {proxy.proc.log.read_text()[-400:]}")
+            time.sleep(1)
+        subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True, timeout=120)
+        before = lab.upstream_stats()["requests"]
+        time.sleep(args.instructions_window)
+        subprocess.run(["callgrind_control", "-d", "measured", str(proxy.pid)], check=True, capture_output=True,
+                       timeout=120)
+        calls = lab.upstream_stats()["requests"] - before
+        dumps = sorted(out_dir.glob(f"{target}.{proxy.pid}.*"))
+        if not dumps or calls <= 0:
+            raise RuntimeError(f"no callgrind dump or no calls ({calls}) for {target}")
+        by_object = callgrind_objects(dumps[-1])
+        total = sum(by_object.values())
+        row.update(available=True, calls=calls, instructions_per_call=round(total / calls),
+                   by_object={k: round(v / calls) for k, v in by_object.most_common()})
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+        lab.unavailable[f"{name} (instructions)"] = str(e)[:600]
+        row.update(available=False, reason=str(e)[:600])
+    finally:
+        if loadgen is not None:
+            lab.procs.stop(loadgen)
+        lab.procs.stop(proxy.proc)
+    return row
+
+
+def callgrind_objects(path: Path) -> collections.Counter[str]:
+    """Instructions (Ir) of a callgrind dump by the shared object whose code executed them
+    (libpython3.12.so, libsqlite3.so, ...): each function's own cost, not what it called."""
+    names: dict[str, str] = {}
+    obj, skip = "?", False
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("ob=", "cob=")):
+            m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line)
+            if m:
+                if m.group(2) is not None:
+                    names[m.group(1)] = Path(m.group(2)).name
+                if line.startswith("ob="):
+                    obj = names.get(m.group(1), "?")
+        elif line.startswith("calls="):
+            skip = True  # the next cost line is the call's inclusive cost, counted where it was spent
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            fields = line.split()
+            if len(fields) >= 2:
+                if skip:
+                    skip = False
+                else:
+                    counts[obj] += int(fields[1])
+    return counts
+
+
 DECIDE_CALLS = [
     ("s3", "get_object", {"Bucket": "b", "Key": "k"}),
     ("dynamodb", "get_item", {"TableName": "t", "Key": {"k": {"S": "v"}}}),
@@ -814,6 +926,8 @@ def ratios(scenarios: list[dict]) -> tuple[dict, float | None]:
     r["chain_process_vs_floor_cpu_c8"] = div(get("small", "chain-process", "cpu_us_per_call", 8),
                                              get("small", "floor", "cpu_us_per_call", 8))
     r["chain_process_rss_mb_1gb"] = get("transfer", "chain-process", "peak_rss_mb")
+    r["chain_vs_floor_instructions_c8"] = div(get("instructions", "chain", "instructions_per_call"),
+                                              get("instructions", "floor", "instructions_per_call"))
     return r, get("transfer", "chain", "peak_rss_mb")
 
 
@@ -935,6 +1049,26 @@ def _transfer_rows(report: dict) -> list[list[str]]:
 TRANSFER_COLUMNS = ("scenario", "upload MB/s", "download MB/s", "idle RSS MB", "peak RSS MB", "proxy CPU s/GB")
 
 
+def _instruction_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for s in report["scenarios"]:
+        if s["part"] != "instructions" or not s["available"]:
+            continue
+        per_call = s["instructions_per_call"]
+        objects = s["by_object"]
+        python = sum(v for k, v in objects.items() if k.startswith("libpython"))
+        top = [f"{k} {v / per_call:.0%}" for k, v in objects.items() if not k.startswith("libpython")][:4]
+        rows.append([f"({s['id']}) {s['name']}", str(s["concurrency"]), str(s["calls"]), f"{per_call / 1e6:.2f} M",
+                     f"{python / per_call:.0%}", ", ".join(top)])
+    return rows
+
+
+INSTRUCTION_COLUMNS = ("scenario", "agents", "calls counted", "instructions/call", "in libpython",
+                       "then (share of the instructions)")
+INSTRUCTION_TITLE = ("Instructions per call in user space, counted under valgrind's callgrind (busy poll off; "
+                     "the kernel's work not counted)")
+
+
 def _paired_rows(report: dict) -> list[list[str]]:
     return [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()]
 
@@ -992,6 +1126,13 @@ def markdown(report: dict) -> str:
         out.append(f"{size} MB S3 object (put_object, get_object):")
         out.append("")
         table(TRANSFER_COLUMNS, _transfer_rows(report))
+    if _instruction_rows(report):
+        out.append(INSTRUCTION_TITLE + ":")
+        out.append("")
+        table(INSTRUCTION_COLUMNS, _instruction_rows(report))
+        if report["ratios"].get("chain_vs_floor_instructions_c8"):
+            out.append(f"Chain against floor, instructions per call: {report['ratios']['chain_vs_floor_instructions_c8']}×")
+            out.append("")
     out.extend(f"- {line}" for line in _legend(report))
     out.append("")
     for s in report["scenarios"]:
@@ -1040,6 +1181,10 @@ def print_report(report: dict) -> None:
     if any(s["part"] == "transfer" for s in report["scenarios"]):
         size = next(s["size_mb"] for s in report["scenarios"] if s["part"] == "transfer")
         table(f"{size} MB S3 object (put_object, get_object)", TRANSFER_COLUMNS, _transfer_rows(report))
+    if _instruction_rows(report):
+        table(INSTRUCTION_TITLE, INSTRUCTION_COLUMNS, _instruction_rows(report))
+        if report["ratios"].get("chain_vs_floor_instructions_c8"):
+            con.print(f"Chain against floor, instructions per call: {report['ratios']['chain_vs_floor_instructions_c8']}×")
     for line in _legend(report):
         con.print(line)
     for s in report["scenarios"]:
@@ -1093,6 +1238,10 @@ def parse_args(argv=None):
     ap.add_argument("--transfer-rounds", type=int, default=None, help="rounds of the transfers (default: --rounds)")
     ap.add_argument("--calls", type=int, default=None, help="calls by one principal for sts (default 1000; --quick 100)")
     ap.add_argument("--decide-rounds", type=int, default=None, help="samples per call for decide (default 5000; --quick 1000)")
+    ap.add_argument("--instructions-window", type=float, default=None,
+                    help="seconds counted under callgrind per target for instructions (default 60; --quick 20)")
+    ap.add_argument("--instructions-warmup", type=int, default=None,
+                    help="calls before counting, for instructions (default 200; --quick 100)")
     ap.add_argument("--json", default=str(ROOT / "bench-results" / "latest.json"), help="where the figures go")
     args = ap.parse_args(argv)
     q = args.quick
@@ -1104,6 +1253,8 @@ def parse_args(argv=None):
     args.transfer_rounds = args.transfer_rounds or args.rounds
     args.calls = args.calls or (100 if q else 1000)
     args.decide_rounds = args.decide_rounds or (1000 if q else 5000)
+    args.instructions_window = args.instructions_window or (20.0 if q else 60.0)
+    args.instructions_warmup = args.instructions_warmup or (100 if q else 200)
     parts = [p.strip() for p in (args.only.split(",") if args.only else args.parts or PARTS) if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad:
@@ -1158,9 +1309,10 @@ def main(argv=None) -> int:
         stack.callback(lab.close)
         try:
             # decide first: in process, it is then not disturbed by the proxies this run starts
-            for part in sorted(args.parts, key=("decide", "small", "transfer", "sts").index):
+            for part in sorted(args.parts, key=("decide", "small", "transfer", "sts", "instructions").index):
                 print(f"--- {part}", file=sys.stderr, flush=True)
-                scenarios += {"small": small, "transfer": transfer, "sts": sts, "decide": decide}[part](args, lab)
+                scenarios += {"small": small, "transfer": transfer, "sts": sts, "decide": decide,
+                              "instructions": instructions}[part](args, lab)
             # every call a gateway answered (refusals too) must have its record, committed before the answer
             report["records"] = {}
             for name, answered in lab.answered.items():

@@ -9,6 +9,14 @@ CPU µs per call (median of rounds) and, with --profile FILE, writes a cProfile 
 
     .venv/bin/python scripts/bench_chain.py [--calls 2000] [--rounds 5] [--db URL] [--writer-thread] [--profile FILE]
     .venv/bin/python scripts/bench_chain.py --against DIR [--pairs 4] [--per-stage]
+    .venv/bin/python scripts/bench_chain.py --instructions [--against DIR --pairs 1]
+
+--instructions runs the same under valgrind's callgrind and counts the machine instructions the
+process executes per call in user space (the kernel's work, such as the commit's writes, is not
+in it), counters zeroed after the warm-up and read after the last call. A count does not drift
+with the machine's speed or with other work: the same code counts the same within about a per
+cent, so one run on each side shows a change of a few per cent that CPU times on a shared machine
+cannot. It runs about fifty times slower (400 calls by default, a few minutes).
 
 --against DIR compares this tree with another checkout of agentgate (``git worktree add DIR REV``):
 the two run one after the other, PAIRS times, alternating which goes first, each in a process of
@@ -23,6 +31,8 @@ import argparse
 import asyncio
 import base64
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +54,41 @@ from tests.support.oidc import OIDCIssuer  # noqa: E402
 HOST = "dynamodb.us-east-1.amazonaws.com"
 BODY = b'{"TableName": "bench", "Key": {"id": {"S": "1"}}}'
 ANSWER = b'{"Item": {"id": {"S": "1"}, "name": {"S": "bench"}}}'
+UNDER_CALLGRIND = "AGENTGATE_BENCH_UNDER_CALLGRIND"  # set in the run callgrind watches
+
+
+def callgrind_control(option: str) -> None:
+    """Zero (-z) or dump (-d) this process's callgrind counters, when it runs under callgrind."""
+    if os.environ.get(UNDER_CALLGRIND):
+        subprocess.run(["callgrind_control", option, str(os.getpid())], check=True, capture_output=True)
+
+
+def under_callgrind(argv: list[str]) -> int:
+    """Run this script with ``argv`` under callgrind; print its figures with the instructions per call."""
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench_chain: --instructions needs valgrind's callgrind ({', '.join(missing)} not found; "
+              "on Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-chain-cg-") as tmp:
+        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p", sys.executable,
+                            str(Path(__file__).resolve()), *argv],
+                           env={**os.environ, UNDER_CALLGRIND: "1"}, capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"bench_chain: the run under callgrind failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        figures = json.loads(p.stdout.strip().splitlines()[-1])
+        dump = Path(tmp) / f"cg.{figures.pop('pid')}.1"  # the dump taken after the last call
+        totals = [line.split()[1] for line in dump.read_text(errors="replace").splitlines()
+                  if line.startswith(("summary:", "totals:"))]
+        if not totals:
+            print(f"bench_chain: no instruction count in {dump.name}", file=sys.stderr)
+            return 1
+    calls = figures["calls"]
+    print(json.dumps({"instructions_per_call": round(int(totals[0]) / calls), "calls": calls,
+                      "note": "user-space instructions under callgrind; CPU times under it are not the machine's",
+                      **{k: v for k, v in figures.items() if k not in ("calls",)}}))
+    return 0
 
 
 def agent_request() -> http.Request:
@@ -200,6 +245,7 @@ async def main(args) -> None:
 
         gc.callbacks.append(on_gc)
         per_call = []
+        callgrind_control("-z")
         t_all = time.thread_time()
         for _ in range(args.rounds):
             t0 = time.process_time()
@@ -211,6 +257,7 @@ async def main(args) -> None:
                 profiler.disable()
             per_call.append((time.process_time() - t0) / args.calls * 1e6)
         t_all = time.thread_time() - t_all
+        callgrind_control("-d")
         calls = args.calls * args.rounds
         gc.callbacks.remove(on_gc)
         if profiler:
@@ -219,6 +266,7 @@ async def main(args) -> None:
                           "cpu_us_per_call_min": round(min(per_call), 1),
                           "gc_share_of_loop_thread": round(gc_time[0] / t_all, 3), "gc_collections": gc_time[2],
                           "rounds": [round(x, 1) for x in per_call], "db": settings.db.split(":")[0],
+                          "calls": calls, **({"pid": os.getpid()} if os.environ.get(UNDER_CALLGRIND) else {}),
                           "durability": args.durability,
                           **({"stage_us_per_call": {k: round(v / calls * 1e6, 1) for k, v in
                                                    sorted(spent.items(), key=lambda kv: -kv[1])}} if spent else {})}))
@@ -238,8 +286,10 @@ def against(args) -> int:
         return 2
     trees = {"this": ROOT, "against": other}
     argv = ["--calls", str(args.calls), "--rounds", str(args.rounds), "--durability", args.durability,
-            *(["--writer-thread"] if args.writer_thread else []),
+            *(["--writer-thread"] if args.writer_thread else []), *(["--instructions"] if args.instructions else []),
             *(["--db", args.db] if args.db else []), *(["--per-stage"] if args.per_stage else [])]
+    key, unit = ("instructions_per_call", "instructions/call") if args.instructions else ("cpu_us_per_call_median",
+                                                                                        "µs/call")
     runs: dict[str, list[dict]] = {"this": [], "against": []}
     for pair in range(args.pairs):
         for side in (("against", "this") if pair % 2 == 0 else ("this", "against")):
@@ -249,22 +299,20 @@ def against(args) -> int:
                 print(f"bench_chain: the run in {trees[side]} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
                 return 1
             runs[side].append(json.loads(p.stdout.strip().splitlines()[-1]))
-            print(f"pair {pair + 1}/{args.pairs} {side}: {runs[side][-1]['cpu_us_per_call_median']} µs/call",
-                  file=sys.stderr, flush=True)
+            print(f"pair {pair + 1}/{args.pairs} {side}: {runs[side][-1][key]} {unit}", file=sys.stderr, flush=True)
 
     def summary(side: str) -> dict:
         rs = runs[side]
-        out = {"tree": str(trees[side]), "cpu_us_per_call": [r["cpu_us_per_call_median"] for r in rs],
-               "median": round(statistics.median(r["cpu_us_per_call_median"] for r in rs), 1)}
-        if args.per_stage:
+        out = {"tree": str(trees[side]), key.removesuffix("_median"): [r[key] for r in rs],
+               "median": round(statistics.median(r[key] for r in rs), 1)}
+        if args.per_stage and not args.instructions:
             stages = sorted({k for r in rs for k in r.get("stage_us_per_call", {})})
             out["stage_medians"] = {k: round(statistics.median(r["stage_us_per_call"].get(k, 0.0) for r in rs), 1)
                                     for k in stages}
         return out
 
     this, base = summary("this"), summary("against")
-    per_pair = [round(a["cpu_us_per_call_median"] / b["cpu_us_per_call_median"], 3)
-                for a, b in zip(runs["this"], runs["against"])]
+    per_pair = [round(a[key] / b[key], 3) for a, b in zip(runs["this"], runs["against"])]
     print(json.dumps({"this": this, "against": base, "ratio_of_medians": round(this["median"] / base["median"], 3),
                       "ratio_per_pair": per_pair}))
     return 0
@@ -272,8 +320,8 @@ def against(args) -> int:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=None, help="calls per round (default 2000; --instructions 400)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5; --instructions 1)")
     ap.add_argument("--db", default="")
     ap.add_argument("--durability", default="sync")
     ap.add_argument("--profile", default="")
@@ -283,7 +331,17 @@ if __name__ == "__main__":
     ap.add_argument("--against", default="", metavar="DIR",
                     help="compare with another checkout of agentgate, runs alternating (see above)")
     ap.add_argument("--pairs", type=int, default=4, help="with --against: how many runs of each")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per call under valgrind's callgrind instead of timing (see above)")
     parsed = ap.parse_args()
+    if parsed.calls is None:
+        parsed.calls = 400 if parsed.instructions else 2000
+    if parsed.rounds is None:
+        parsed.rounds = 1 if parsed.instructions else 5
     if parsed.against:
         sys.exit(against(parsed))
+    if parsed.instructions and not os.environ.get(UNDER_CALLGRIND):
+        if parsed.profile or parsed.per_stage:
+            ap.error("--instructions counts the whole run: not with --profile or --per-stage")
+        sys.exit(under_callgrind(sys.argv[1:]))
     asyncio.run(main(parsed))

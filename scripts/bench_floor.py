@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -62,8 +63,10 @@ def main() -> None:
     interval = getattr(gateway, "GIL_SWITCH_INTERVAL", None)
     if interval:
         sys.setswitchinterval(interval)  # as addons.gateway.run does
-    # the gateway's own event loop (its busy poll, at the default setting), as addons.gateway.run makes it
-    busy_poll_us = Settings().busy_poll_us
+    # the gateway's own event loop (its busy poll, at the default setting or AGENTGATE_BUSY_POLL_US's, as
+    # for a gateway), as addons.gateway.run makes it
+    env = os.environ.get("AGENTGATE_BUSY_POLL_US")
+    busy_poll_us = int(env) if env else Settings().busy_poll_us
     with asyncio.Runner(loop_factory=lambda: gateway.new_event_loop(busy_poll_us)) as runner:
         sys.exit(runner.run(serve(args.listen, args.upstream_port, args.confdir)))
 

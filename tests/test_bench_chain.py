@@ -36,3 +36,26 @@ def test_against_runs_both_trees_alternately_and_prints_their_ratio() -> None:
     # the order alternates: the other tree first in the first pair, this one first in the second
     progress = [line.split(":")[0] for line in p.stderr.splitlines() if line.startswith("pair ")]
     assert progress == ["pair 1/2 against", "pair 1/2 this", "pair 2/2 this", "pair 2/2 against"]
+
+
+def test_instructions_counts_the_measured_calls_only() -> None:
+    """--instructions runs the chain under callgrind and reports instructions per call, counted
+    from after the warm-up to the last call: a few million per call. Were the start-up counted too
+    (imports, the store's migration, 200 warm-up calls: billions), 40 calls would show a hundred
+    times that."""
+    import shutil
+
+    assert shutil.which("valgrind"), "valgrind is missing (scripts/test installs it)"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--instructions", "--calls", "40"],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["calls"] == 40
+    assert 500_000 < out["instructions_per_call"] < 20_000_000, out
+
+
+def test_instructions_is_refused_with_the_profile() -> None:
+    p = subprocess.run([sys.executable, str(SCRIPT), "--instructions", "--profile", "x.prof"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2
+    assert "--instructions counts the whole run: not with --profile or --per-stage" in p.stderr

@@ -109,3 +109,41 @@ while time.monotonic() < end:
     assert figures["threads_sleeps_per_call"] == round(split["threads_sleeps"] / 100, 2) >= 2
     assert figures["loop_cpu_us_per_call"] == round(split["main_cpu_s"] / 100 * 1e6)
     assert bench.thread_figures(None, 100) == dict.fromkeys(bench.THREAD_FIGURES)
+
+
+def test_callgrind_instructions_by_object_add_up_to_the_dumps_total(tmp_path):
+    """The instructions part counts with valgrind's callgrind: each shared object's own
+    instructions, a call's inclusive cost not counted again in its caller. A real run of a program
+    that spends its time hashing (OpenSSL's libcrypto) and in the interpreter."""
+    import shutil
+    import subprocess
+    import sys
+
+    assert shutil.which("valgrind"), "valgrind is missing (scripts/test installs it)"
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp_path}/cg.out", sys.executable, "-c",
+                    "import hashlib; hashlib.sha256(b'x' * 4_000_000).digest()"],
+                   check=True, capture_output=True, timeout=300)
+    dump = tmp_path / "cg.out"
+    total = next(int(line.split()[1]) for line in dump.read_text().splitlines() if line.startswith(("summary:", "totals:")))
+    counts = bench.callgrind_objects(dump)
+    assert sum(counts.values()) == total
+    crypto = sum(v for k, v in counts.items() if k.startswith("libcrypto"))
+    python = sum(v for k, v in counts.items() if k.startswith("libpython"))
+    assert crypto > 0.3 * total  # 4 MB through SHA-256
+    assert python > 0.1 * total  # the interpreter starting and importing
+    assert all("/" not in k for k in counts)  # objects by file name
+
+
+def test_instruction_rows_and_ratio():
+    scenarios = [
+        {"part": "instructions", "id": "c", "name": "floor", "available": True, "concurrency": 8, "calls": 1000,
+         "instructions_per_call": 3_000_000, "by_object": {"libpython3.12.so.1.0": 2_700_000, "libc.so.6": 300_000}},
+        {"part": "instructions", "id": "d", "name": "chain", "available": True, "concurrency": 8, "calls": 500,
+         "instructions_per_call": 6_000_000,
+         "by_object": {"libpython3.12.so.1.0": 5_100_000, "libsqlite3.so.0": 600_000, "libc.so.6": 300_000}},
+    ]
+    r, _ = bench.ratios(scenarios)
+    assert r["chain_vs_floor_instructions_c8"] == 2.0
+    rows = bench._instruction_rows({"scenarios": scenarios})
+    assert rows == [["(c) floor", "8", "1000", "3.00 M", "90%", "libc.so.6 10%"],
+                    ["(d) chain", "8", "500", "6.00 M", "85%", "libsqlite3.so.0 10%, libc.so.6 5%"]]
