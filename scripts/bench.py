@@ -790,10 +790,10 @@ def _count_instructions(args, lab: Lab, name: str) -> dict:
         dumps = sorted(out_dir.glob(f"{target}.{proxy.pid}.*"))
         if not dumps or calls <= 0:
             raise RuntimeError(f"no callgrind dump or no calls ({calls}) for {target}")
-        by_object = callgrind_objects(dumps[-1])
-        total = sum(by_object.values())
+        total, by_object = callgrind_dump(dumps[-1])
+        lines = sum(by_object.values()) or 1
         row.update(available=True, calls=calls, instructions_per_call=round(total / calls),
-                   by_object={k: round(v / calls) for k, v in by_object.most_common()})
+                   by_object={k: round(v * total / lines / calls) for k, v in by_object.most_common()})
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
         lab.unavailable[f"{name} (instructions)"] = str(e)[:600]
         row.update(available=False, reason=str(e)[:600])
@@ -804,9 +804,22 @@ def _count_instructions(args, lab: Lab, name: str) -> dict:
     return row
 
 
+def callgrind_dump(path: Path) -> tuple[int, collections.Counter[str]]:
+    """A callgrind dump's instructions (Ir): the total it summarises, and by shared object.
+
+    The total is the dump's ``summary:``, what ran between the counters' zeroing and the dump (a
+    run of 200 calls and one of 800 give the same per call); the cost lines also hold a fixed
+    amount from before the zeroing (the same in both runs), so the objects' shares are read from
+    them and scaled to the summary."""
+    summary = next((int(line.split()[1]) for line in path.read_text(errors="replace").splitlines()
+                    if line.startswith("summary:")), None)
+    counts = callgrind_objects(path)
+    return (sum(counts.values()) if summary is None else summary), counts
+
+
 def callgrind_objects(path: Path) -> collections.Counter[str]:
-    """Instructions (Ir) of a callgrind dump by the shared object whose code executed them
-    (libpython3.12.so, libsqlite3.so, ...): each function's own cost, not what it called."""
+    """Instructions (Ir) of a callgrind dump's cost lines by the shared object whose code executed
+    them (libpython3.12.so, libsqlite3.so, ...): each function's own cost, not what it called."""
     names: dict[str, str] = {}
     obj, skip = "?", False
     counts: collections.Counter[str] = collections.Counter()
