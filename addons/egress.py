@@ -34,7 +34,7 @@ from mitmproxy import exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 from mitmproxy.utils import human
 
-from . import closing, limits
+from . import closing, limits, reads
 from .core import destinations, endpoints, sigv4
 from .core.awserrors import Refusal
 from .stage import AUTH, HOST, REFUSAL, STREAM, TUNNEL, answer, header_pairs, refuse_connect
@@ -164,6 +164,7 @@ class Egress:
                           "refused (413). Streamed bodies are not capped.")
         limits.install()
         closing.install()  # a connection limits (or any layer) closes from a hook's task is closed
+        reads.install()  # a read takes what has arrived, not 64 KiB at most
 
     def configure(self, updated) -> None:
         from mitmproxy import ctx
