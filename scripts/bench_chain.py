@@ -16,7 +16,7 @@ process executes per call in user space (the kernel's work, such as the commit's
 in it), counters zeroed after the warm-up and read after the last call. A count does not drift
 with the machine's speed or with other work: the same code counts the same within about a per
 cent, so one run on each side shows a change of a few per cent that CPU times on a shared machine
-cannot. It runs about fifty times slower (400 calls by default, a few minutes).
+cannot. It runs about fifty times slower (400 calls by default: about a minute and a half).
 
 --against DIR compares this tree with another checkout of agentgate (``git worktree add DIR REV``):
 the two run one after the other, PAIRS times, alternating which goes first, each in a process of
