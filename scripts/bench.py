@@ -1,6 +1,6 @@
 """agentgate benchmarks: side by side in one run, on loopback, rounds interleaved, medians reported.
 
-    scripts/bench [--quick] [--json FILE] [--only small,transfer,sts,decide] [--targets direct,chain,...]
+    scripts/bench [--quick] [--json FILE] [--only small,transfer,sts,decide,instructions] [--targets direct,chain,...]
 
 Parts (--only; all by default):
   small     small JSON calls (DynamoDB GetItem, ~50 bytes each way) at 1, 8 and 32 concurrent agents
@@ -11,6 +11,9 @@ Parts (--only; all by default):
   transfer  a 1 GB S3 upload and download (boto3 put_object / get_object): MB/s and peak RSS.
   sts       1,000 calls by one principal through the full chain: how many STS calls it made.
   decide    classification plus policy decision per call, in process (median and p99 µs).
+  instructions  the floor and the chain, each under valgrind's callgrind with 8 agents calling:
+            machine instructions per call in user space, in all and by shared object, which do not
+            drift with the machine's speed as CPU times do (needs valgrind).
 
 Targets (--targets; all by default):
   direct    (a) straight to the upstream over TLS, no proxy: the harness's own ceiling.
@@ -753,14 +756,18 @@ def _count_instructions(args, lab: Lab, name: str) -> dict:
     target = f"{name}-instructions"
     wrap = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/{target}.%p")
     quiet = {"AGENTGATE_BUSY_POLL_US": "0"}
+    row = {"part": "instructions", "id": TARGETS[name][0], "name": name, "label": TARGETS[name][1],
+           "concurrency": INSTRUCTIONS_AGENTS}
     if name == "floor":
         proxy = lab.spawn_floor(target, wrap=wrap, env=quiet)
     else:
-        gw = lab.init_gateway(target)
+        try:
+            gw = lab.init_gateway(target)
+        except (AssertionError, OSError, subprocess.SubprocessError) as e:
+            lab.unavailable[f"{name} (instructions)"] = f"agentgate init failed: {e}"
+            return {**row, "available": False, "reason": f"agentgate init failed: {e}"}
         gw.env.update(quiet)
         proxy = lab.spawn_gateway(target, gw, wrap=wrap)
-    row = {"part": "instructions", "id": TARGETS[name][0], "name": name, "label": TARGETS[name][1],
-           "concurrency": INSTRUCTIONS_AGENTS}
     loadgen = None
     try:
         wait_port(proxy.port, timeout=900, proc=proxy.proc)  # valgrind starts a Python program slowly
