@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
+
+from . import fastpath
 
 log = logging.getLogger("agentgate.closing")
 
@@ -37,18 +38,15 @@ def install() -> bool:
         return True
     try:
         from mitmproxy.connection import ConnectionState
-        from mitmproxy.proxy import events, server
+        from mitmproxy.proxy import events
     except ImportError as e:
         log.error("connections closed from another task may stay open (mitmproxy's layout changed: %s)", e)
         return False
-    handler = getattr(server, "ConnectionHandler", None)
-    original = getattr(handler, "handle_connection", None)
-    io = getattr(server, "ConnectionIO", None)
-    if (original is None or not inspect.iscoroutinefunction(original) or io is None
-            or not {"handler", "reader", "writer"} <= set(getattr(io, "__annotations__", {}))
-            or list(inspect.signature(original).parameters) != ["self", "connection"]
-            or not hasattr(events, "ConnectionClosed") or not hasattr(ConnectionState, "CLOSED")):
-        log.error("connections closed from another task may stay open (mitmproxy's ConnectionHandler changed)")
+    handler, original, changed = fastpath.connection_handler(("handler", "reader", "writer"))
+    if changed is None and not (hasattr(events, "ConnectionClosed") and hasattr(ConnectionState, "CLOSED")):
+        changed = "ConnectionHandler changed"
+    if changed is not None:
+        log.error("connections closed from another task may stay open (mitmproxy's %s)", changed)
         return False
 
     @functools.wraps(original)

@@ -26,6 +26,10 @@
    first use of anything else from the package (``default_addons()``, as mitmweb's master calls
    it) runs the real ``__init__`` then.
 
+5. The connection handler's read loop. ``addons/closing.py`` and ``addons/reads.py`` each wrap
+   ``ConnectionHandler.handle_connection``; ``connection_handler(fields)`` is the shape check
+   both rely on (a coroutine method of (self, connection) whose ``ConnectionIO`` has ``fields``).
+
 All check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
 why at debug level and return False, and the gateway runs on mitmproxy's own code.
 """
@@ -194,6 +198,24 @@ class _ReusePortAsyncio(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(asyncio, name)
+
+
+def connection_handler(fields: tuple[str, ...]) -> tuple[Any, Any, str | None]:
+    """mitmproxy's ``ConnectionHandler`` and its ``handle_connection``, for a wrapper written
+    against their shape: a coroutine method taking (self, connection), whose transports are
+    ``ConnectionIO``s with ``fields``. ``(None, None, what changed)`` when they are not that."""
+    try:
+        from mitmproxy.proxy import server
+    except ImportError as e:
+        return None, None, f"layout changed: {e}"
+    handler = getattr(server, "ConnectionHandler", None)
+    original = getattr(handler, "handle_connection", None)
+    io = getattr(server, "ConnectionIO", None)
+    if (original is None or not inspect.iscoroutinefunction(original) or io is None
+            or not set(fields) <= set(getattr(io, "__annotations__", {}))
+            or list(inspect.signature(original).parameters) != ["self", "connection"]):
+        return None, None, "ConnectionHandler changed"
+    return handler, original, None
 
 
 def reuse_port() -> bool:

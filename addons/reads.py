@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
+
+from . import fastpath
 
 log = logging.getLogger("agentgate.reads")
 
@@ -45,18 +46,9 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    try:
-        from mitmproxy.proxy import server
-    except ImportError as e:
-        log.error("connections are read 64 KiB at a time (mitmproxy's layout changed: %s)", e)
-        return False
-    handler = getattr(server, "ConnectionHandler", None)
-    original = getattr(handler, "handle_connection", None)
-    io = getattr(server, "ConnectionIO", None)
-    if (original is None or not inspect.iscoroutinefunction(original) or io is None
-            or "reader" not in getattr(io, "__annotations__", {})
-            or list(inspect.signature(original).parameters) != ["self", "connection"]):
-        log.error("connections are read 64 KiB at a time (mitmproxy's ConnectionHandler changed)")
+    handler, original, changed = fastpath.connection_handler(("reader",))
+    if changed is not None:
+        log.error("connections are read 64 KiB at a time (mitmproxy's %s)", changed)
         return False
 
     @functools.wraps(original)

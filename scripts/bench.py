@@ -818,10 +818,15 @@ def callgrind_dump(path: Path) -> tuple[int, collections.Counter[str]]:
     run of 200 calls and one of 800 give the same per call); the cost lines also hold a fixed
     amount from before the zeroing (the same in both runs), so the objects' shares are read from
     them and scaled to the summary."""
-    summary = next((int(line.split()[1]) for line in path.read_text(errors="replace").splitlines()
-                    if line.startswith("summary:")), None)
+    summary = callgrind_summary(path)
     counts = callgrind_objects(path)
     return (sum(counts.values()) if summary is None else summary), counts
+
+
+def callgrind_summary(path: Path) -> int | None:
+    """The instructions a callgrind dump's ``summary:`` line gives (see ``callgrind_dump``), if any."""
+    return next((int(line.split()[1]) for line in path.read_text(errors="replace").splitlines()
+                 if line.startswith("summary:")), None)
 
 
 def callgrind_objects(path: Path) -> collections.Counter[str]:

@@ -65,6 +65,8 @@ def callgrind_control(option: str) -> None:
 
 def under_callgrind(argv: list[str]) -> int:
     """Run this script with ``argv`` under callgrind; print its figures with the instructions per call."""
+    from scripts.bench import callgrind_summary
+
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:
         print(f"bench_chain: --instructions needs valgrind's callgrind ({', '.join(missing)} not found; "
@@ -79,14 +81,12 @@ def under_callgrind(argv: list[str]) -> int:
             return 1
         figures = json.loads(p.stdout.strip().splitlines()[-1])
         dump = Path(tmp) / f"cg.{figures.pop('pid')}.1"  # the dump taken after the last call
-        # the summary: what ran between the zeroing and the dump (its cost lines also hold some of before)
-        totals = [line.split()[1] for line in dump.read_text(errors="replace").splitlines()
-                  if line.startswith("summary:")]
-        if not totals:
+        total = callgrind_summary(dump)  # what ran between the zeroing and the dump
+        if total is None:
             print(f"bench_chain: no instruction count in {dump.name}", file=sys.stderr)
             return 1
     calls = figures["calls"]
-    print(json.dumps({"instructions_per_call": round(int(totals[0]) / calls), "calls": calls,
+    print(json.dumps({"instructions_per_call": round(total / calls), "calls": calls,
                       "note": "user-space instructions under callgrind; CPU times under it are not the machine's",
                       **{k: v for k, v in figures.items() if k not in ("calls",)}}))
     return 0
