@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 from alembic import command
@@ -17,8 +18,9 @@ from sqlalchemy.pool import NullPool
 from addons.core import chain
 from addons.core.approvals import Approvals
 from addons.core.models import Approval as ApprovalRow
-from addons.core.models import ApprovalEvent
-from addons.core.store import Store, alembic_config, verify
+from addons.core.models import ApprovalEvent, Checkpoint
+from addons.core.records import Record
+from addons.core.store import Store, alembic_config, prune, verify
 from tests.support.postgres import shared_server
 from tests.test_approval import AGENT, ROLE, SRE, decision, principal, terminate
 
@@ -119,8 +121,8 @@ def test_an_approval_deleted_with_or_without_its_events_is_detected(db_url):
     with sql(db_url).begin() as c:  # and its events too: the chain has a hole where they were
         c.execute(delete(ApprovalEvent).where(ApprovalEvent.approval_id == denied))
     assert verify(db_url, KEY).problems == [
-        f"approval event 3 (requested of {released}): events 1-2 are missing before it (the start of the chain "
-        "was deleted)"]
+        f"approval event 3 (requested of {released}): events 1-2 are missing before it and no prune checkpoint "
+        "accounts for them (the start of the chain was deleted)"]
 
 
 def test_an_event_altered_removed_or_forged_is_detected(db_url):
@@ -256,3 +258,124 @@ def test_approvals_already_in_a_store_are_covered_from_the_migration_on(db_url):
     assert verify(url, KEY).problems == [
         "approval ap-old1 (approved) does not read as its latest event (seq 1, existing) left it: the row was "
         "altered afterwards"]
+
+
+# -- pruning -----------------------------------------------------------------------------------------
+
+
+def a_month_of_approvals(url: str) -> dict[str, str]:
+    """Approvals of ten days ago in every state `prune` tells apart, calls naming two of them (one
+    call as old as they are, one of today), and one approval of today."""
+    old = dt.datetime.now(UTC) - dt.timedelta(days=10)
+    approvals = _approvals(url)
+    ask = lambda i, now=old: approvals.ask(principal=AGENT, decision=decision(), call=terminate(i), now=now).approval
+    ids = {}
+    ids["denied"] = ask("i-1").id  # events 1-2
+    approvals.decide(ids["denied"], SRE, approve=False, reason="no", now=old)
+    for name, i in (("used-by-an-old-call", "i-2"), ("used-by-a-call-left", "i-3")):  # events 3-5, 7-9
+        ids[name] = ask(i).id
+        approvals.decide(ids[name], SRE, approve=True, now=old)
+        assert approvals.take(ids[name], now=old) is not None
+        if name == "used-by-an-old-call":
+            ids["left-pending"] = ask("i-4").id  # event 6: nobody decided, nobody asked again
+    ids["today"] = ask("i-5", now=dt.datetime.now(UTC)).id  # event 10
+    approvals.engine.dispose()
+    store = Store(url, writer_id="w1", chain_key=KEY)
+    store.start()
+    for name, at in (("used-by-an-old-call", old.timestamp()), ("used-by-a-call-left", time.time())):
+        store.write_sync(Record(principal="agent-1", action="ec2:TerminateInstances", decision="approve",
+                                approval_id=ids[name], approver="alice", time=at))
+    store.close()
+    return ids
+
+
+def test_prune_takes_settled_approvals_with_the_oldest_events_and_the_rest_verifies(db_url):
+    ids = a_month_of_approvals(db_url)
+    before = dt.datetime.now(UTC) - dt.timedelta(days=5)
+    dry = prune(db_url, before, KEY, dry_run=True)
+    assert (dry.records, dry.approvals, dry.approval_events, dry.expired) == (1, 2, 8, 1)
+    assert len(events(db_url)) == 10  # a dry run changes nothing
+    result = prune(db_url, before, KEY)
+    assert (result.records, result.approvals, result.approval_events, result.expired) == (1, 2, 8, 1)
+    approvals = _approvals(db_url)
+    left = {a.id: a.status for a in approvals.list()}
+    # the denial and the approval only an old call ran under go; the one a call left names stays, as do the
+    # approval nobody decided (now marked expired: it goes in a later prune) and today's
+    assert left == {ids["used-by-a-call-left"]: "used", ids["left-pending"]: "expired", ids["today"]: "pending"}
+    assert [e["event"] for e in approvals.history(ids["used-by-a-call-left"])] == ["used"]  # its older events went
+    assert [e["event"] for e in approvals.history(ids["left-pending"])] == ["expired"]
+    approvals.engine.dispose()
+    assert [(e["seq"], e["event"]) for e in events(db_url)] == [(9, "used"), (10, "requested"), (11, "expired")]
+    check = verify(db_url, KEY)
+    assert check.ok, check.problems
+    assert (check.records, check.approvals, check.approval_events, check.approvals_held) == (1, 1, 3, 3)
+    assert check.notes == []
+    again = prune(db_url, before, KEY)  # nothing more: the approval a call left names holds the chain there
+    assert (again.approvals, again.approval_events, again.expired) == (0, 0, 0)
+    # everything settled before a later date goes, the chain's last event always stays (the next links to it)
+    later = prune(db_url, dt.datetime.now(UTC) + dt.timedelta(days=1), KEY)
+    # the call left, then the approval it named (events 9-10); the chain's last event is left-pending's, which
+    # stays with it, and today's approval is now past its expiry too: marked expired
+    assert (later.records, later.approvals, later.approval_events, later.expired) == (1, 1, 2, 1)
+    assert [(e["seq"], e["event"]) for e in events(db_url)] == [(11, "expired"), (12, "expired")]
+    assert verify(db_url, KEY).ok
+    approvals = _approvals(db_url)
+    approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-6"))  # and the chain goes on
+    approvals.engine.dispose()
+    check = verify(db_url, KEY)
+    assert check.ok and check.approval_events == 3, check.problems
+
+
+def test_pruned_events_are_still_accounted_for(db_url):
+    a_month_of_approvals(db_url)
+    prune(db_url, dt.datetime.now(UTC) - dt.timedelta(days=5), KEY)
+    anchor = Checkpoint.writer_id == chain.APPROVAL_EVENTS_CHAIN
+    first = events(db_url)[0]
+    with sql(db_url).begin() as c:  # the event after the prune checkpoint removed
+        c.execute(delete(ApprovalEvent).where(ApprovalEvent.seq == 9))
+    assert verify(db_url, KEY).problems[0] == (
+        f"approval event 10 (requested of {events(db_url)[0]['approval_id']}): event 9 is missing before it, "
+        "after the prune checkpoint at seq 8: deleted")
+    with sql(db_url).begin() as c:
+        c.execute(insert(ApprovalEvent), [first])
+    assert verify(db_url, KEY).ok
+    with sql(db_url).begin() as c:  # the events left, as if written without the key: the prune checkpoint vouches
+        c.execute(update(ApprovalEvent).values(mac=None))  # for what it replaced, not for them
+    (note,) = verify(db_url, KEY).notes
+    assert note.startswith("approval events 9-11 after the last keyed one, so unanchored")
+    with sql(db_url).begin() as c:  # the prune checkpoint itself removed: the chain's start is unaccounted for
+        c.execute(delete(Checkpoint).where(anchor))
+    assert verify(db_url, KEY).problems[0].endswith(
+        "events 1-8 are missing before it and no prune checkpoint accounts for them (the start of the chain was "
+        "deleted)")
+    with sql(db_url).begin() as c:  # a prune checkpoint made up without the key
+        t = dt.datetime.now(UTC)
+        head = events(db_url)[0]["prev_hash"]
+        c.execute(insert(Checkpoint), [{"writer_id": chain.APPROVAL_EVENTS_CHAIN, "seq": 8, "head_hash": head,
+                                        "time": t, "kind": "prune", "hmac": chain.checkpoint_mac(
+                                            b"a guess at the key!", writer_id=chain.APPROVAL_EVENTS_CHAIN, seq=8,
+                                            head_hash=head, time=t, kind="prune")}])
+    problems = verify(db_url, KEY).problems
+    assert problems[0].endswith(f"(prune, writer {chain.APPROVAL_EVENTS_CHAIN}, seq 8) is forged or altered: "
+                                "its HMAC does not verify with the chain key")
+
+
+def test_prune_refuses_a_broken_events_chain_or_a_missing_key(db_url):
+    from addons.core.store import StoreError
+
+    a_month_of_approvals(db_url)
+    before = dt.datetime.now(UTC) - dt.timedelta(days=5)
+    with pytest.raises(StoreError, match="needs the chain key"):
+        prune(db_url, before, None)
+    with sql(db_url).begin() as c:
+        c.execute(update(ApprovalEvent).where(ApprovalEvent.seq == 2).values(reason="fine by me"))
+    with pytest.raises(StoreError, match=r"not pruning: approval event 2 \(denied of .*the event was altered"):
+        prune(db_url, before, KEY)
+    assert len(events(db_url)) == 10  # nothing was deleted
+
+
+def test_the_approval_events_chain_is_not_a_writer_id():
+    from addons.core.store import StoreError
+
+    with pytest.raises(StoreError, match="names the approval events' chain"):
+        Store("sqlite://", writer_id=chain.APPROVAL_EVENTS_CHAIN)

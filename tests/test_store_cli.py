@@ -228,7 +228,7 @@ def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     assert "would delete 1 records from 1 chains" in dry.stdout
     result = cli("prune", "--before", "1d", "--db", db_url)
     assert result.exit_code == 0, result.output
-    assert "deleted 1 records from 1 chains and 0 sessions" in result.stdout
+    assert "deleted 1 records from 1 chains, 0 sessions, 0 approvals and 0 approval events" in result.stdout
     assert cli("verify", "--db", db_url).exit_code == 0
     assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2
     assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)

@@ -289,7 +289,10 @@ def prune(before: str, db: str | None, key_file: str | None, dry_run: bool) -> N
 
     Each chain's oldest records (up to the first one not older than --before) are replaced by a
     prune checkpoint, keyed with the chain key, that `agentgate verify` accepts as the chain's start.
-    A chain that does not verify is not pruned.
+    Sessions last seen before the date go too, and so do approvals settled before it (used, expired,
+    revoked, or denied with the denial over) that no call left names, with the oldest events of
+    the approval events' chain, also up to a prune checkpoint. Approvals left pending or approved
+    past an expiry before the date are marked expired. A chain that does not verify is not pruned.
     """
     when = parse_when(before, "--before")
     url = _settings(db).db
@@ -300,7 +303,10 @@ def prune(before: str, db: str | None, key_file: str | None, dry_run: bool) -> N
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {result.records} records from {result.chains} chains and {result.sessions} sessions")
+    click.echo(f"{verb} {result.records} records from {result.chains} chains, {result.sessions} sessions, "
+               f"{result.approvals} approvals and {result.approval_events} approval events"
+               + (f"; {'would mark' if dry_run else 'marked'} {result.expired} approvals left past their expiry "
+                  "expired" if result.expired else ""))
 
 
 COMMANDS = (sessions, calls, verify, prune)

@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - a dependency; json alone gives the sam
     orjson = None
 
 GENESIS = "0" * 64
+# the writer_id of the approval events' prune checkpoints (a gateway's writer ids read host:pid:hex)
+APPROVAL_EVENTS_CHAIN = "approval-events"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -356,9 +358,11 @@ class ApprovalEventCheck:
     Every approval must read as its latest event left it (its ``state_hash``), and every approval an
     event names must still be there. An event's MAC vouches for it and every event before it; events
     after the last one with a valid MAC (written without the chain key) are reported as unanchored.
+    ``anchors``: the prune checkpoints of this chain (``APPROVAL_EVENTS_CHAIN``) that ``agentgate
+    prune`` wrote when it removed the chain's oldest events; the chain may start after one.
     """
 
-    def __init__(self, key: bytes | None) -> None:
+    def __init__(self, key: bytes | None, anchors: Iterable[CheckpointInfo] = ()) -> None:
         self.key = key
         self.events = 0
         self.approvals = 0
@@ -368,14 +372,29 @@ class ApprovalEventCheck:
         self._anchored = 0
         self._latest: dict[str, tuple[int, str, str]] = {}  # approval id -> (seq, event, state hash)
         self._unkeyed: dict[str, int] = {}  # writer -> events it wrote without a MAC
+        self._pruned: dict[int, CheckpointInfo] = {}  # seq -> a prune checkpoint that vouches for it
+        for cp in anchors:
+            if cp.kind != "prune":
+                self.problems.append(f"{cp.name()}: the approval events' chain has prune checkpoints only")
+            elif key is not None and not (cp.hmac and hmac.compare_digest(cp.hmac, checkpoint_mac(
+                    key, writer_id=cp.writer_id, seq=cp.seq, head_hash=cp.head_hash, time=cp.time, kind=cp.kind))):
+                self.problems.append(f"{cp.name()} is forged or altered: its HMAC does not verify with the chain key")
+            else:
+                self._pruned[cp.seq] = cp
 
     def feed(self, row: Mapping[str, Any]) -> None:
         seq, last = row["seq"], self._last
         issues: list[str] = []
         if last is None:
             expected_prev: str | None = GENESIS if seq == 1 else None
-            if seq != 1:
-                issues.append(f"{'event 1 is' if seq == 2 else f'events 1-{seq - 1} are'} missing before it "
+            if seq - 1 in self._pruned:
+                expected_prev = self._pruned[seq - 1].head_hash
+                self._anchored = seq - 1  # the prune checkpoint vouches for the events it replaced
+            elif seq != 1:
+                pruned = max((p for p in self._pruned if p < seq), default=0)
+                gap = f"event {pruned + 1} is" if seq == pruned + 2 else f"events {pruned + 1}-{seq - 1} are"
+                issues.append(f"{gap} missing before it, after the prune checkpoint at seq {pruned}: deleted"
+                              if pruned else f"{gap} missing before it and no prune checkpoint accounts for them "
                               f"(the start of the chain was deleted)")
         elif seq != last["seq"] + 1:
             expected_prev = None
@@ -388,7 +407,8 @@ class ApprovalEventCheck:
         if record_hash(content) != row["hash"]:
             issues.append("its content does not match its hash: the event was altered")
         if expected_prev is not None and row["prev_hash"] != expected_prev:
-            issues.append("it does not link to the event before it: events were reordered, replaced or altered")
+            before = "the event before it" if last is not None or seq == 1 else f"the prune checkpoint at seq {seq - 1}"
+            issues.append(f"it does not link to {before}: events were reordered, replaced or altered")
         if self.key is not None and row["mac"]:
             if hmac.compare_digest(event_mac(self.key, seq=seq, event_hash=row["hash"]), row["mac"]):
                 self._anchored = seq

@@ -261,6 +261,7 @@ class Checkpoint(Base):
 
     ``head`` checkpoints are written as the chain grows and at close. A ``prune`` checkpoint stands
     for the records up to its seq that ``agentgate prune`` removed: the chain starts after it.
+    The approval events' chain has prune checkpoints too, under ``chain.APPROVAL_EVENTS_CHAIN``.
     """
 
     __tablename__ = "checkpoints"

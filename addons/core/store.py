@@ -638,6 +638,8 @@ class Store:
         self.durability = durability
         self.sqlite_synchronous = sqlite_synchronous
         self.writer_id = writer_id or default_writer_id()
+        if self.writer_id == chain.APPROVAL_EVENTS_CHAIN:
+            raise StoreError(f"the writer id {self.writer_id!r} names the approval events' chain; choose another")
         self.checkpoint_every = checkpoint_every
         self.body_cap = body_cap
         self.commit_timeout = commit_timeout
@@ -1572,8 +1574,8 @@ class Store:
 # Verification and pruning
 
 
-def _open_for_reading(url: str) -> Store:
-    store = Store(url)
+def _open_for_reading(url: str, chain_key: bytes | None = None) -> Store:
+    store = Store(url, chain_key=chain_key)
     try:
         store._check_schema()
     except BaseException:
@@ -1597,6 +1599,7 @@ def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
     try:
         with store._reading() as conn:
             checkpoints = _checkpoints(conn)
+            anchors = checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, [])
             rows = conn.execute(
                 select(Call.__table__).order_by(Call.writer_id, Call.seq).execution_options(yield_per=2000)
             )
@@ -1614,7 +1617,7 @@ def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
                 result.add(ChainCheck(writer_id, cps, chain_key).finish())
             result.approvals, problems = check_approvals(conn)
             result.problems += problems
-            events = check_approval_events(conn, chain_key)
+            events = check_approval_events(conn, chain_key, anchors)
             result.approval_events, result.approvals_held = events.events, events.approvals
             result.problems += events.problems
             result.notes += events.notes
@@ -1653,9 +1656,11 @@ def check_approvals(conn: Any) -> tuple[int, list[str]]:
     return len(ids), problems
 
 
-def check_approval_events(conn: Any, chain_key: bytes | None) -> ApprovalEventCheck:
-    """The approval events' chain, and every approval against its latest event."""
-    check = ApprovalEventCheck(chain_key)
+def check_approval_events(conn: Any, chain_key: bytes | None,
+                          anchors: list[CheckpointInfo] | None = None) -> ApprovalEventCheck:
+    """The approval events' chain (starting after a prune checkpoint among ``anchors``, if
+    ``agentgate prune`` removed its oldest events), and every approval against its latest event."""
+    check = ApprovalEventCheck(chain_key, anchors or [])
     e = ApprovalEvent.__table__
     for r in conn.execute(select(e).order_by(e.c.seq).execution_options(yield_per=2000)):
         check.feed(r._mapping)
@@ -1669,15 +1674,101 @@ class PruneResult:
     records: int = 0  # calls deleted
     chains: int = 0  # chains that got a prune checkpoint
     sessions: int = 0  # sessions deleted
+    approvals: int = 0  # approvals deleted: settled before the date, named by no call left
+    approval_events: int = 0  # the approval events' oldest, replaced by a prune checkpoint
+    expired: int = 0  # approvals left pending or approved past their expiry, now marked expired
     dry_run: bool = False
+
+
+# an approval in one of these states changes no more: pruned once its events are older than the date
+SETTLED = ("expired", "used", "revoked")
+
+
+@dataclasses.dataclass
+class _ApprovalsPlan:
+    upto: int = 0  # the approval events up to this seq go, for a prune checkpoint (0: none)
+    head: str | None = None  # the hash of event ``upto``
+    events: int = 0
+    remove: list[str] = dataclasses.field(default_factory=list)  # approval ids
+    expire: list[Any] = dataclasses.field(default_factory=list)  # rows left pending or approved past expiry
+
+
+def _plan_approvals(conn: Any, before: dt.datetime, named: set[str], chain_key: bytes | None,
+                    anchors: list[CheckpointInfo]) -> _ApprovalsPlan:
+    """What pruning takes of the approvals and their events' chain (one chain for the store).
+
+    The chain's longest prefix of events older than ``before`` goes, but never its last event (the
+    next event links to it) nor the latest event of an approval that stays, so that every approval
+    left still reads as its latest event says: an approval stays while it can still change, while a
+    call left in the store names it, or while a denial still answers its retries. Approvals left
+    pending or approved past an expiry before ``before`` are marked expired first (an event each,
+    at the chain's end): they stay this time and go in a later prune. An approval goes with its
+    last event. Refuses if the events to go do not verify."""
+    e, a = ApprovalEvent.__table__.c, ApprovalRow.__table__
+    rows = conn.execute(select(a)).all()
+    plan = _ApprovalsPlan(expire=[r for r in rows if r.status in ("pending", "approved")
+                                  and r.expires is not None and _as_datetime(r.expires) < before])
+    last = conn.execute(select(func.max(e.seq))).scalar()
+    if last is None:
+        return plan
+    expiring = {r.id for r in plan.expire}
+    latest = dict(conn.execute(select(e.approval_id, func.max(e.seq)).group_by(e.approval_id)).all())
+    first_new = conn.execute(select(func.min(e.seq)).where(e.time >= before)).scalar()
+    upto = min(last - 1, last if first_new is None else first_new - 1)
+    for r in rows:
+        seq = latest.get(r.id)
+        goes = r.id not in named and (r.status in SETTLED or (
+            r.status == "denied" and (r.expires is None or _as_datetime(r.expires) < before)))
+        if seq is not None and seq <= upto and not goes and r.id not in expiring:
+            upto = seq - 1
+    start = max((cp.seq for cp in anchors if cp.kind == "prune"), default=0)
+    if upto <= start:
+        return plan
+    if chain_key is None and conn.execute(select(e.seq).where(e.mac.is_not(None)).limit(1)).first():
+        raise StoreError("this store's approval events are keyed: prune needs the chain key (--key-file)")
+    check = ApprovalEventCheck(chain_key, [cp for cp in anchors if cp.seq <= upto])
+    for r in conn.execute(select(ApprovalEvent.__table__).where(e.seq <= upto).order_by(e.seq)
+                          .execution_options(yield_per=2000)):
+        check.feed(r._mapping)
+        plan.head = r.hash
+        plan.events += 1
+    if check.problems:
+        raise StoreError(f"not pruning: {check.problems[0]} (run `agentgate verify`; a broken chain is not summarised)")
+    plan.upto = upto
+    plan.remove = [r.id for r in rows if r.id not in expiring and latest.get(r.id, upto + 1) <= upto]
+    return plan
+
+
+def _prune_approvals(store: Store, conn: Any, plan: _ApprovalsPlan, now: dt.datetime) -> None:
+    """(In prune's transaction.) Carry out ``plan``: the expiries, the prune checkpoint, the deletes."""
+    from .approvals import EVENTS_LOCK, Approval, Approvals  # approvals builds on this module
+
+    if store._postgres:  # one appender to the events' chain at a time, as approvals.Approvals does
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENTS_LOCK})
+    approvals = Approvals(store)
+    for row in plan.expire:
+        approvals._expire(conn, Approval.from_row(row), now)
+    if not plan.upto:
+        return
+    mac = None
+    if store.chain_key is not None:
+        mac = chain.checkpoint_mac(store.chain_key, writer_id=chain.APPROVAL_EVENTS_CHAIN, seq=plan.upto,
+                                   head_hash=plan.head, time=now, kind="prune")
+    conn.execute(insert(Checkpoint), [{"writer_id": chain.APPROVAL_EVENTS_CHAIN, "seq": plan.upto,
+                                       "head_hash": plan.head, "time": now, "kind": "prune", "hmac": mac}])
+    conn.execute(delete(ApprovalEvent).where(ApprovalEvent.seq <= plan.upto))
+    for i in range(0, len(plan.remove), 500):
+        conn.execute(delete(ApprovalRow).where(ApprovalRow.id.in_(plan.remove[i:i + 500])))
 
 
 def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_run: bool = False) -> PruneResult:
     """Delete each chain's records older than ``before`` (its longest such prefix) and start the
-    chain at a prune checkpoint, so that what is left still verifies. Refuses if a prefix to be
-    pruned does not verify: evidence of tampering is not summarised away."""
+    chain at a prune checkpoint, so that what is left still verifies; sessions last seen before
+    it; and the approvals settled before it that no call left names, with the approval events'
+    oldest (``_plan_approvals``). Refuses if a prefix to be pruned does not verify: evidence of
+    tampering is not summarised away."""
     before = _as_datetime(before)
-    store = _open_for_reading(url)
+    store = _open_for_reading(url, chain_key)
     result = PruneResult(dry_run=dry_run)
     c = Call.__table__.c
     try:
@@ -1685,6 +1776,7 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
             checkpoints = _checkpoints(conn)
             if chain_key is None and any(cp.hmac for cps in checkpoints.values() for cp in cps):
                 raise StoreError("this store's checkpoints are keyed: prune needs the chain key (--key-file)")
+            anchors = checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, [])
             writers = conn.execute(select(c.writer_id).distinct()).scalars().all()
             plan: list[tuple[str, int, str]] = []
             for writer_id in sorted(writers):
@@ -1715,6 +1807,13 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                         f"not pruning: {check.problems[0]} (run `agentgate verify`; a broken chain is not summarised)"
                     )
                 plan.append((writer_id, upto, head))
+            pruned_to = {writer_id: upto for writer_id, upto, _ in plan}
+            named = {r.approval_id for r in conn.execute(select(c.writer_id, c.seq, c.approval_id)
+                                                         .where(c.approval_id.is_not(None)))
+                     if r.seq > pruned_to.get(r.writer_id, 0)}  # by the calls that stay
+            approvals = _plan_approvals(conn, before, named, chain_key, anchors)
+            result.approvals, result.approval_events = len(approvals.remove), approvals.events
+            result.expired = len(approvals.expire)
             if dry_run:
                 for writer_id, upto, _ in plan:
                     result.records += conn.execute(
@@ -1738,6 +1837,7 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                     delete(Checkpoint).where(Checkpoint.writer_id == writer_id, Checkpoint.seq <= upto, Checkpoint.kind == "head")
                 )
             result.sessions = conn.execute(delete(AgentSession).where(AgentSession.last_seen < before)).rowcount
+            _prune_approvals(store, conn, approvals, now)
             conn.commit()
             result.chains = len(plan)
     except SQLAlchemyError as e:
