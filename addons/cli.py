@@ -189,6 +189,10 @@ def run(listen, db, policies, upstream, web, web_listen, workers, verbose) -> No
         from .workers import supervise
 
         sys.exit(supervise(s, verbose=verbose, web_listen=web_listen))
+    from .workers import unbindable
+
+    if (problem := unbindable(s, web_listen if s.web else None)) is not None:
+        raise click.ClickException(problem)
     from .gateway import run as run_gateway
 
     sys.exit(run_gateway(s, verbose=verbose, web_listen=web_listen))

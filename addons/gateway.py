@@ -340,7 +340,7 @@ def _start_console(settings: Settings, shared: bool, app):
     try:
         sock = bind(host, port, reuse_port=shared)
     except OSError as e:
-        log.error("the approvals console cannot listen on %s (%s); the gateway runs without it: set "
+        log.warning("the approvals console cannot listen on %s (%s); the gateway runs without it: set "
                   "console_listen to a free HOST:PORT", settings.console_listen, e.strerror or e)
         return None
     server = Server(app, sock)

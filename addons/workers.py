@@ -41,6 +41,22 @@ def port_free(host: str, port: int) -> OSError | None:
     return None
 
 
+def unbindable(settings: Settings, web_listen: str | None = None) -> str | None:
+    """Why the gateway could not listen where its settings say (``listen``, ``console_listen``,
+    and ``web_listen`` under --web), said before it starts; None when every address is free."""
+    wanted = [("listen", settings.listen), ("console_listen", settings.console_listen)]
+    if web_listen is not None:
+        wanted.append(("--web-listen", web_listen))
+    for name, where in wanted:
+        if not where:
+            continue
+        host, port = parse_hostport(where, name)
+        if (err := port_free(host, port)) is not None:
+            return (f"cannot listen on {host}:{port} ({name}): {err.strerror or err}; stop what holds it, or set "
+                    f"{name} to a free HOST:PORT")
+    return None
+
+
 def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "127.0.0.1:8082") -> int:
     from .core.store import Store, StoreError
     from .gateway import run as run_gateway
@@ -48,14 +64,9 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
 
     setup_logging(verbose, workers=True)
     n = settings.workers
-    host, port = parse_hostport(settings.listen, "listen")
-    for name, where in (("listen", (host, port)),) + (
-            (("console_listen", parse_hostport(settings.console_listen, "console_listen")),)
-            if settings.console_listen else ()):
-        if (err := port_free(*where)) is not None:
-            print(f"agentgate: cannot listen on {where[0]}:{where[1]} ({name}): {err.strerror or err}",
-                  file=sys.stderr)
-            return 2
+    if (problem := unbindable(settings)) is not None:
+        print(f"agentgate: {problem}", file=sys.stderr)
+        return 2
     try:  # once, here, rather than N workers racing to do it
         store = Store(settings.db)
         store.migrate()

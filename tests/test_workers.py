@@ -151,18 +151,24 @@ def test_sigterm_stops_every_worker(tmp_path, issuer, moto):
     assert p.returncode == 0
 
 
-def test_a_port_already_taken_is_a_clear_error(tmp_path, issuer, moto):
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["listen", "console_listen"])
+def test_a_port_already_taken_is_a_clear_error(tmp_path, issuer, moto, workers, name):
+    """Said before anything starts, by one process or by the supervisor of several, and nothing
+    claims to listen."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
     try:
         gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=POLICY,
-                     settings={"workers": 2}, aws_key=("x", "y"))
+                     settings={"workers": workers}, aws_key=("x", "y"))
         gw.init()
-        p = subprocess.run([AGENTGATE, "run", "--listen", f"127.0.0.1:{port}"], env=gw.env,
-                           capture_output=True, text=True, timeout=60, cwd=gw.home)
+        env = {**gw.env, f"AGENTGATE_{name.upper()}": f"127.0.0.1:{port}"}
+        p = subprocess.run([AGENTGATE, "run"], env=env, capture_output=True, text=True, timeout=60, cwd=gw.home)
     finally:
         taken.close()
-    assert p.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port} (listen)" in p.stderr
+    assert p.returncode in (1, 2), p.stderr
+    assert f"cannot listen on 127.0.0.1:{port} ({name}): Address already in use; stop what holds it, or set {name} " \
+           "to a free HOST:PORT" in p.stderr
+    assert "agentgate listening" not in p.stderr and "Traceback" not in p.stderr
