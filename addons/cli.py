@@ -90,6 +90,28 @@ console_listen = "127.0.0.1:8081"        # the approvals console ("" for none)
 """
 
 
+def _update_config(cfg: Path, values: dict[str, str]) -> dict[str, object]:
+    """Set ``values`` in an existing agentgate.toml, keeping its comments and layout; returns the
+    settings that changed, with what they were (None: not set)."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        doc = tomlkit.parse(cfg.read_text())
+    except (OSError, TOMLKitError) as e:
+        raise click.ClickException(f"cannot update {cfg}: {getattr(e, 'strerror', None) or e}") from None
+    table = doc["agentgate"] if "agentgate" in doc else doc  # the settings may sit under [agentgate]
+    changed = {k: table.get(k) for k, v in values.items() if table.get(k) != v}
+    for k in changed:
+        table[k] = values[k]
+    if changed:
+        try:
+            cfg.write_text(tomlkit.dumps(doc))
+        except OSError as e:
+            raise click.ClickException(f"cannot update {cfg}: {e.strerror or e}") from None
+    return changed
+
+
 def _write_secret(path: Path, data: bytes) -> bool:
     if path.exists():
         return False
@@ -126,6 +148,8 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
         cfg.parent.mkdir(parents=True, exist_ok=True)  # AGENTGATE_HOME, made on first use
     except OSError as e:
         raise click.ClickException(f"cannot create {cfg.parent}: {e.strerror or e}") from None
+    given = {k: v for k, v in (("listen", listen), ("oidc_issuer", oidc_issuer), ("oidc_audience", oidc_audience))
+             if v is not None}
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
             listen=listen or "127.0.0.1:8080",
@@ -133,6 +157,10 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
             oidc_audience=oidc_audience or "agentgate",
         ))
         click.echo(f"wrote {cfg}")
+    elif given:
+        _settings(**given)  # what is given must be valid before it is written
+        for name, was in _update_config(cfg, given).items():
+            click.echo(f"{cfg}: {name} set to {given[name]!r} (was {'not set' if was is None else repr(str(was))})")
     s = _settings()
     ca = create_ca(Path(s.certs))
     click.echo(f"CA ready: {ca} (key files 0600)")
@@ -235,13 +263,22 @@ def env(token_file, gateway, region, config_file) -> None:
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = "127.0.0.1"
     ca = str(Path(s.ca_file))
+    if not Path(ca).is_file():
+        raise click.ClickException(f"no CA at {ca}: run `agentgate init` first, or run this where the gateway's "
+                                   "agentgate.toml is (or with AGENTGATE_HOME set to that directory)")
     exe = shutil.which("agentgate") or str(Path(sys.argv[0]).resolve())
     lines = ["# agentgate: the environment of an agent that calls AWS through the gateway"]
     if token_file:
         token_path = str(Path(token_file).resolve())
         token = _read_token(token_file)
-        _unverified_claims(token)
-        lines.append("# transport A: the agent's token is the password of the proxy URL")
+        exp = _unverified_claims(token).get("exp")
+        if isinstance(exp, (int, float)) and exp <= time.time():
+            click.echo(f"warning: the token in {token_file} expired at "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(exp))}: the gateway will refuse "
+                       "HTTPS_PROXY's copy of it (transport A); the AWS profile (transport B) re-reads the file",
+                       err=True)
+        lines.append("# transport A: the agent's token is the password of the proxy URL, as the file holds it now;")
+        lines.append("# after the token is refreshed, eval this again (transport B below re-reads the file itself)")
         lines.append(f"export HTTPS_PROXY={shlex.quote(f'http://agent:{token}@{host}:{port}')}")
     else:
         token_path = None

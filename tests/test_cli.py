@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from tests.support.gateway import Gateway, free_port
@@ -39,6 +40,36 @@ def test_init_creates_ca_keys_config_policies_and_store(tmp_path):
     key = (tmp_path / "keys" / "chain.key").read_bytes()
     assert run(tmp_path, "init").returncode == 0
     assert (certs / "mitmproxy-ca.pem").read_bytes() == ca and (tmp_path / "keys" / "chain.key").read_bytes() == key
+
+
+def test_init_sets_what_it_is_given_in_an_existing_config(tmp_path):
+    """`scripts/run` runs init first; `init --oidc-issuer URL` afterwards must still set the issuer,
+    keeping the file's comments and every other setting."""
+    assert run(tmp_path, "init").returncode == 0
+    cfg = tmp_path / "agentgate.toml"
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("allow_hosts = []")] + 'allow_hosts = ["pypi.org"]  # mine\n'
+                   + text[text.index("allow_hosts = []"):].split("\n", 1)[1])
+    before = cfg.read_text()
+    p = run(tmp_path, "init", "--oidc-issuer", "https://issuer.example", "--listen", "127.0.0.1:9090")
+    assert p.returncode == 0, p.stderr
+    assert f"{cfg}: oidc_issuer set to 'https://issuer.example' (was '')" in p.stdout
+    assert f"{cfg}: listen set to '127.0.0.1:9090' (was '127.0.0.1:8080')" in p.stdout
+    after = cfg.read_text()
+    assert 'oidc_issuer = "https://issuer.example"' in after and 'listen = "127.0.0.1:9090"' in after
+    changed = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert len(changed) == 2  # the two settings' lines, nothing else; their comments kept
+    assert "# the issuer whose tokens agents present" in next(x for x in changed if x.startswith("oidc_issuer"))
+    assert 'allow_hosts = ["pypi.org"]  # mine' in after
+    settings = tomllib.loads(after)
+    assert (settings["listen"], settings["oidc_issuer"], settings["allow_hosts"]) == (
+        "127.0.0.1:9090", "https://issuer.example", ["pypi.org"])
+    # the same again changes nothing and says nothing of it; a bad value is refused and not written
+    again = run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    assert again.returncode == 0 and "set to" not in again.stdout
+    bad = run(tmp_path, "init", "--listen", "nonsense")
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error: listen must be HOST:PORT, not 'nonsense'"
+    assert cfg.read_text() == after
 
 
 def test_init_makes_a_home_that_does_not_exist_yet_and_says_when_it_cannot(tmp_path):
@@ -92,6 +123,28 @@ def test_env_without_a_token_file_reads_the_token_from_the_environment(tmp_path)
     out = run(tmp_path, "env").stdout
     assert 'HTTPS_PROXY="http://agent:${AGENTGATE_TOKEN}@127.0.0.1:8080"' in out
     assert "aws-credentials --token-env AGENTGATE_TOKEN" in out
+
+
+def test_env_away_from_the_gateways_home_or_with_an_expired_token_says_so(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = run(elsewhere, "env")  # no agentgate.toml, no CA here: not paths that do not exist
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip() == (f"Error: no CA at {elsewhere / 'certs' / 'mitmproxy-ca-cert.pem'}: run `agentgate "
+                                "init` first, or run this where the gateway's agentgate.toml is (or with "
+                                "AGENTGATE_HOME set to that directory)")
+    run(tmp_path, "init")
+    with OIDCIssuer() as issuer:
+        token = tmp_path / "token"
+        token.write_text(issuer.mint("agent-1", expires_in=-60))
+        p = run(tmp_path, "env", "--token-file", str(token))
+        assert p.returncode == 0 and "export HTTPS_PROXY=" in p.stdout
+        assert p.stderr.startswith(f"warning: the token in {token} expired at ")
+        assert "transport B) re-reads the file" in p.stderr
+        token.write_text(issuer.mint("agent-1"))
+        p = run(tmp_path, "env", "--token-file", str(token))
+        assert p.returncode == 0 and p.stderr == ""
+        assert "# after the token is refreshed, eval this again" in p.stdout
 
 
 def test_a_rotated_signing_key_is_accepted_by_a_running_gateway(tmp_path, moto):
