@@ -251,7 +251,10 @@ def _read_token(token_file: str) -> str:
 @click.option("--gateway", default=None, help="HOST:PORT agents use to reach the gateway (default: listen).")
 @click.option("--region", default="us-east-1", show_default=True, help="AWS region for the profile.")
 @click.option("--config-file", default=None, help="Where the eval'd output writes the AWS config (default ~/.aws/agentgate-config).")
-def env(token_file, gateway, region, config_file) -> None:
+@click.option("--proxy-token/--no-proxy-token", default=True, show_default=True,
+              help="Put the token in HTTPS_PROXY (transport A). Without it the agent's SDK presents the token it "
+                   "re-reads from the file on every call (transport B alone): for tokens that are refreshed.")
+def env(token_file, gateway, region, config_file, proxy_token) -> None:
     """Print the shell lines an agent container needs: eval "$(agentgate env --token-file F)".
 
     Transport A puts the token in HTTPS_PROXY; transport B is an AWS profile whose
@@ -268,20 +271,24 @@ def env(token_file, gateway, region, config_file) -> None:
                                    "agentgate.toml is (or with AGENTGATE_HOME set to that directory)")
     exe = shutil.which("agentgate") or str(Path(sys.argv[0]).resolve())
     lines = ["# agentgate: the environment of an agent that calls AWS through the gateway"]
+    token_path = str(Path(token_file).resolve()) if token_file else None
     if token_file:
-        token_path = str(Path(token_file).resolve())
         token = _read_token(token_file)
         exp = _unverified_claims(token).get("exp")
         if isinstance(exp, (int, float)) and exp <= time.time():
             click.echo(f"warning: the token in {token_file} expired at "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(exp))}: the gateway will refuse "
-                       "HTTPS_PROXY's copy of it (transport A); the AWS profile (transport B) re-reads the file",
-                       err=True)
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(exp))}"
+                       + (": the gateway will refuse HTTPS_PROXY's copy of it (transport A); with "
+                          "--no-proxy-token the SDK presents the token it re-reads from the file" if proxy_token
+                          else ""), err=True)
+    if not proxy_token:
+        lines.append("# no token in the proxy URL: each request carries the SDK's session token (transport B)")
+        lines.append(f"export HTTPS_PROXY={shlex.quote(f'http://{host}:{port}')}")
+    elif token_file:
         lines.append("# transport A: the agent's token is the password of the proxy URL, as the file holds it now;")
-        lines.append("# after the token is refreshed, eval this again (transport B below re-reads the file itself)")
+        lines.append("# after the token is refreshed, eval this again (or use --no-proxy-token)")
         lines.append(f"export HTTPS_PROXY={shlex.quote(f'http://agent:{token}@{host}:{port}')}")
     else:
-        token_path = None
         lines.append("# transport A: the agent's token (set AGENTGATE_TOKEN) is the password of the proxy URL")
         lines.append(f'export HTTPS_PROXY="http://agent:${{AGENTGATE_TOKEN}}@{host}:{port}"')
     lines.append('export https_proxy="$HTTPS_PROXY"')

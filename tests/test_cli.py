@@ -140,11 +140,13 @@ def test_env_away_from_the_gateways_home_or_with_an_expired_token_says_so(tmp_pa
         p = run(tmp_path, "env", "--token-file", str(token))
         assert p.returncode == 0 and "export HTTPS_PROXY=" in p.stdout
         assert p.stderr.startswith(f"warning: the token in {token} expired at ")
-        assert "transport B) re-reads the file" in p.stderr
+        assert "with --no-proxy-token the SDK presents the token it re-reads from the file" in p.stderr
         token.write_text(issuer.mint("agent-1"))
         p = run(tmp_path, "env", "--token-file", str(token))
         assert p.returncode == 0 and p.stderr == ""
         assert "# after the token is refreshed, eval this again" in p.stdout
+        p = run(tmp_path, "env", "--token-file", str(token), "--no-proxy-token")
+        assert "export HTTPS_PROXY=http://127.0.0.1:8080\n" in p.stdout and token.read_text() not in p.stdout
 
 
 def test_a_rotated_signing_key_is_accepted_by_a_running_gateway(tmp_path, moto):

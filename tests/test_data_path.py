@@ -35,6 +35,26 @@ def test_env_prints_both_transports_and_the_ca(gateway, token_file):
     assert "credential_process" in out
 
 
+WHO_AM_I = "import boto3, json; print(json.dumps(boto3.client('sts').get_caller_identity()['Arn']))"
+
+
+def test_without_the_token_in_the_proxy_url_a_refreshed_token_file_is_all_it_takes(gateway, token_file, tmp_path):
+    """--no-proxy-token: HTTPS_PROXY names the gateway only, and the SDK presents the token it reads
+    from the file (transport B), so a token replaced in the file is the one the next call carries;
+    with the token in the proxy URL (transport A) the environment keeps the old one."""
+    f = token_file("refresh-1")
+    env = gateway.agent_env(f, tmp_path / "b", args="--no-proxy-token")
+    assert env["HTTPS_PROXY"] == f"http://127.0.0.1:{gateway.port}"
+    assert check(run_agent(env, WHO_AM_I)).endswith("/refresh-1")
+    pinned = gateway.agent_env(f, tmp_path / "a")
+    fresh = token_file("refresh-2").read_text()
+    f.write_text(fresh)
+    assert check(run_agent(env, WHO_AM_I)).endswith("/refresh-2")
+    p = run_agent(pinned, WHO_AM_I)  # transport A still carries refresh-1's token, the file refresh-2's
+    assert p.returncode != 0 and fresh not in pinned["HTTPS_PROXY"]
+    assert "name different subjects ('refresh-1' and 'refresh-2')" in p.stderr
+
+
 def test_aws_credentials_prints_the_token_as_session_token(gateway, token_file, issuer, tmp_path):
     f = token_file()
     out = json.loads(gateway.cli("aws-credentials", "--token-file", str(f)).stdout)

@@ -239,10 +239,10 @@ class Gateway:
     def proxy_url(self, token: str | None) -> str:
         return f"http://agent:{token}@127.0.0.1:{self.port}" if token else f"http://127.0.0.1:{self.port}"
 
-    def agent_env(self, token_file: Path, agent_home: Path, extra: dict | None = None) -> dict:
-        """The environment an agent gets by following only `agentgate env --token-file F`."""
+    def agent_env(self, token_file: Path, agent_home: Path, extra: dict | None = None, args: str = "") -> dict:
+        """The environment an agent gets by following only `agentgate env --token-file F [args]`."""
         agent_home.mkdir(parents=True, exist_ok=True)
-        script = f'eval "$({AGENTGATE} env --token-file {token_file})" && env -0'
+        script = f'eval "$({AGENTGATE} env --token-file {token_file} {args})" && env -0'
         base = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(agent_home),
                 "AGENTGATE_HOME": str(self.home)}
         out = subprocess.run(["bash", "-c", script], env=base, capture_output=True, check=True, cwd=self.home).stdout
