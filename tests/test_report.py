@@ -186,6 +186,40 @@ def test_a_period_and_a_tampered_store(db, tmp_path):
     assert "altered" in out.read_text()
 
 
+def test_the_whole_store_takes_in_approvals_asked_before_the_first_call_or_after_the_last(home, tmp_path):
+    """Without --since/--until the report and the OSCAL export cover the whole store: a held call's
+    approval is asked for just after its call arrived, an access grant with no call at all."""
+    from addons.core.export import iter_approvals
+    from addons.core.report import summarise
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY, writer_id="gw-a")
+    store.migrate()
+    store.start()
+    now = time.time()
+    for t in (now - 60, now - 30):
+        store.write_sync(Record(principal="dora", action="ec2:TerminateInstances", decision="approve", time=t))
+    store.close()
+    at = lambda s: dt.datetime.fromtimestamp(now + s, UTC)
+    columns = ("on_behalf_of", "approver", "reason", "channel", "decided", "expires")
+    insert_approvals(url, [{**dict.fromkeys(columns), **row} for row in (
+        dict(id="ap-grant", binding_hash="g", principal="ed", action="sts:AssumeRole", status="pending",
+             requested=at(-120)),
+        dict(id="ap-held", binding_hash="h", principal="dora", action="ec2:TerminateInstances", status="denied",
+             approver="sre-kim", reason="no", channel="cli", requested=at(-30) + dt.timedelta(milliseconds=1),
+             decided=at(-20)))], chain_key=KEY)
+    summary = summarise(Store(url), chain_key=KEY)
+    assert sorted(a.id for a in summary.approvals) == ["ap-grant", "ap-held"]
+    assert summary.start == at(-120) and summary.end > at(-30) and summary.calls == 2
+    assert sorted(a["id"] for a in iter_approvals(Store(url), since=summary.start, until=summary.end)) == [
+        "ap-grant", "ap-held"]
+    out = tmp_path / "evidence.oscal.json"
+    result = CliRunner().invoke(main, ["export", "--format", "oscal", "-o", str(out), "--db", url],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "2 approvals" in result.output
+
+
 def test_bad_input(home, tmp_path):
     result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--since", "soon"])
     assert result.exit_code == 2 and "cannot read" in result.output

@@ -244,19 +244,20 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
 
 
 def _span(store: Store, since: dt.datetime | None, until: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """The first and last call times in [since, until)."""
+    """The first and last times in [since, until) of a call or of an approval asked for (an
+    approval is asked for after the call that asked it arrived, and an access grant with no call)."""
     store._check_schema()
-    c = Call.__table__.c
-    q = select(func.min(c.time), func.max(c.time))
-    if since is not None:
-        q = q.where(c.time >= since)
-    if until is not None:
-        q = q.where(c.time < until)
-    with store._reading() as conn:
-        first, last = conn.execute(q).one()
     fix = Call.__table__.c.time.type.process_result_value  # aggregates come back without the column's type
-    return (first if first is None or first.tzinfo else fix(first, None),
-            last if last is None or last.tzinfo else fix(last, None))
+    times = []
+    with store._reading() as conn:
+        for column in (Call.__table__.c.time, ApprovalRow.__table__.c.requested):
+            q = select(func.min(column), func.max(column))
+            if since is not None:
+                q = q.where(column >= since)
+            if until is not None:
+                q = q.where(column < until)
+            times += [t if t.tzinfo else fix(t, None) for t in conn.execute(q).one() if t is not None]
+    return (min(times), max(times)) if times else (None, None)
 
 
 def _approvals(store: Store, start: dt.datetime, end: dt.datetime) -> list[ApprovalInfo]:
