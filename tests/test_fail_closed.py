@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy import http, options
@@ -123,7 +124,6 @@ def test_a_stage_that_raises_after_the_response_replaces_it(gateway_in_process, 
     loop, call, stages, store, broker = gateway_in_process
 
     async def granted(*a, **kw):  # the signer's credentials, without STS
-        from types import SimpleNamespace
         from botocore.credentials import ReadOnlyCredentials
         return SimpleNamespace(credentials=ReadOnlyCredentials("ASIAX", "s", "t"), role_arn="arn:aws:iam::1:role/r",
                                session_id="s-1", assumed_role_arn=None, expires=time.time() + 3600)
@@ -154,3 +154,23 @@ def test_the_signer_forwards_only_an_allowed_call():
     assert not forwardable(call, None, who, None)  # policy never decided
     assert not forwardable(None, allow, who, None)
     assert not forwardable(call, allow, None, None)
+
+
+def test_a_gateway_without_aws_credentials_of_its_own_says_so(monkeypatch, tmp_path):
+    """Not "STS could not be reached": the gateway's own credentials are what is missing."""
+    from addons.core.credentials import CredentialError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    broker = CredentialBroker(endpoint_url="http://127.0.0.1:9")
+    principal = SimpleNamespace(iss="https://issuer", sub="agent-1")
+    binding = SimpleNamespace(role_arn="arn:aws:iam::123456789012:role/agent-role", session_policy=None,
+                              web_identity=False, duration=900)
+    with pytest.raises(CredentialError) as e:
+        asyncio.run(broker.grant(principal, binding))
+    assert str(e.value).startswith("agentgate has no AWS credentials of its own to ask STS for role "
+                                   "arn:aws:iam::123456789012:role/agent-role: give the gateway's process some")
+    assert e.value.unavailable

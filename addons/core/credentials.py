@@ -156,6 +156,11 @@ class CredentialBroker:
             raise CredentialError(
                 f"STS refused to issue credentials for role {binding.role_arn}: {err.get('Code')}: {err.get('Message')}"
             ) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise CredentialError(
+                f"agentgate has no AWS credentials of its own to ask STS for role {binding.role_arn}: give the "
+                "gateway's process some as to any AWS SDK (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "an instance or task role)", unavailable=True) from None
         except (botocore.exceptions.BotoCoreError, OSError) as e:
             raise CredentialError(f"STS could not be reached for role {binding.role_arn}: {e}", unavailable=True) from None
         except Exception as e:  # noqa: BLE001 - an unparseable STS answer, for one
