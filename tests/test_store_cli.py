@@ -231,6 +231,8 @@ def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     assert "deleted 1 records from 1 chains, 0 sessions, 0 approvals and 0 approval events" in result.stdout
     assert cli("verify", "--db", db_url).exit_code == 0
     assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2
+    sessions = {s["id"]: s["calls"] for s in json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)}
+    assert sessions == {"s-1": 1, "s-2": 1}  # s-1 counts the call it has left
     assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)
 
 

@@ -1837,6 +1837,10 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                     delete(Checkpoint).where(Checkpoint.writer_id == writer_id, Checkpoint.seq <= upto, Checkpoint.kind == "head")
                 )
             result.sessions = conn.execute(delete(AgentSession).where(AgentSession.last_seen < before)).rowcount
+            if plan:  # the sessions left count the calls left (``sessions list``), as ``sessions show`` lists them
+                s = AgentSession.__table__
+                conn.execute(s.update().values(calls=select(func.count()).where(c.session_id == s.c.id)
+                                               .scalar_subquery()))
             _prune_approvals(store, conn, approvals, now)
             conn.commit()
             result.chains = len(plan)
