@@ -92,7 +92,15 @@ def test_writes_with_allow_writes(gateway, moto, session):
 
 
 def test_dry_run_prints_what_would_be_sent(gateway, moto, session):
-    out = replay(gateway, session["id"], "--to", moto.url, "--dry-run").stdout
+    p = replay(gateway, session["id"], "--to", moto.url, "--dry-run")
+    out = p.stdout
+    n = sum(1 for line in out.splitlines() if line.startswith("send "))
+    total = n + sum(1 for line in out.splitlines() if line.startswith("skip "))
+    assert p.stderr.startswith(f"dry run: {n} of {total} calls would be sent to {moto.url}\n")
+    # with neither --to nor an upstream setting, the calls would go to AWS itself: said so
+    p = gateway.cli("replay", session["id"], "--dry-run", env={"AGENTGATE_UPSTREAM": ""})
+    assert p.stderr.startswith(f"dry run: {n} of {total} calls would be sent to AWS (the recorded hosts) (give "
+                               "--to URL, or set upstream, for a sandbox)")
     get = session["calls"]["GetItem"]
     assert f"send  {get['id']}  dynamodb:GetItem: POST {moto.url}/  (Host: dynamodb.us-east-1.amazonaws.com" in out
     assert "X-Amz-Target: DynamoDB_20120810.GetItem" in out

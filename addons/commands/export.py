@@ -206,6 +206,10 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
     plans = rp.plan(calls, allow_writes=allow_writes)
     where = target or "AWS (the recorded hosts)"
     if dry_run:
+        if not as_json:
+            n = sum(1 for p in plans if p.skip is None)
+            click.echo(f"dry run: {n} of {len(plans)} calls would be sent to {where}"
+                       + ("" if target else " (give --to URL, or set upstream, for a sandbox)"), err=True)
         _print_dry_run(plans, target, as_json)
         return
     sending = [p for p in plans if p.skip is None]
