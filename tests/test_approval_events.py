@@ -360,6 +360,18 @@ def test_pruned_events_are_still_accounted_for(db_url):
                                 "its HMAC does not verify with the chain key")
 
 
+def test_every_event_and_approval_deleted_after_a_prune_is_detected(db_url):
+    a_month_of_approvals(db_url)
+    prune(db_url, dt.datetime.now(UTC) - dt.timedelta(days=5), KEY)
+    with sql(db_url).begin() as c:  # the whole tail, with the approvals it covered: the checkpoint still says
+        c.execute(delete(ApprovalEvent))
+        c.execute(delete(ApprovalRow))
+    (problem,) = [p for p in verify(db_url, KEY).problems if "approval events' prune checkpoint" in p]
+    assert problem.endswith(f"(prune, writer {chain.APPROVAL_EVENTS_CHAIN}, seq 8) is the approval events' prune "
+                            "checkpoint, but no event follows it (prune leaves the chain's last event): the events "
+                            "after seq 8 were deleted")
+
+
 def test_prune_refuses_a_broken_events_chain_or_a_missing_key(db_url):
     from addons.core.store import StoreError
 

@@ -437,6 +437,10 @@ class ApprovalEventCheck:
             self.problems.append(f"approval {approval_id} is no longer in the store, but its events are "
                                  f"(the latest: seq {seq}, {event}): it was deleted")
         last = self._last["seq"] if self._last else 0
+        if self._pruned and last <= max(self._pruned):  # prune always leaves the chain's last event
+            cp = self._pruned[max(self._pruned)]
+            self.problems.append(f"{cp.name()} is the approval events' prune checkpoint, but no event follows it "
+                                 f"(prune leaves the chain's last event): the events after seq {cp.seq} were deleted")
         if self.key is None and self.events:
             self.notes.append("no chain key given, so the approval events' MACs were not checked")
         elif last > self._anchored:
