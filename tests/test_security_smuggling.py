@@ -47,6 +47,9 @@ SHAPES = [
      b"transfer-encoding", True),
     ("te-name-with-space", request([b"Transfer-Encoding : chunked"], CHUNKED), b"invalid header name", True),
     ("te-xchunked", request([b"Transfer-Encoding: xchunked", CL]), b"transfer-encoding", True),
+    ("te-gzip-chunked", request([b"Transfer-Encoding: gzip, chunked"], CHUNKED), b"transfer-encoding", True),
+    ("te-deflate-chunked", request([b"Transfer-Encoding: deflate,chunked"], CHUNKED), b"transfer-encoding", True),
+    ("te-compress-chunked", request([b"Transfer-Encoding: compress, chunked"], CHUNKED), b"transfer-encoding", True),
     ("te-on-http-1.0", request([b"Transfer-Encoding: chunked"], CHUNKED, line=b"POST / HTTP/1.0"),
      b"transfer-encoding", True),
     ("control-character-in-value", request([CL, b"X-Trace: a\x1bb"]), b"control character", True),
@@ -105,9 +108,12 @@ def _is_assume_role(r) -> bool:
     return "Credential=AKIASMUGGLINGTEST000/" in dict((k.lower(), v) for k, v in r[2]).get("authorization", "")
 
 
-def test_the_well_formed_request_reaches_upstream(gw, issuer, upstream):
+@pytest.mark.parametrize("framing", [[CL], [b"Transfer-Encoding: chunked"], [b"Transfer-Encoding: Chunked "]],
+                         ids=["content-length", "chunked", "chunked-in-capitals"])
+def test_the_well_formed_request_reaches_upstream(gw, issuer, upstream, framing):
     before = len(upstream.requests)
-    answer = send(gw, issuer.mint("agent-well-formed"), request([CL]))
+    body = BODY if framing == [CL] else CHUNKED
+    answer = send(gw, issuer.mint("agent-well-formed"), request(framing, body))
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     got = forwarded(upstream, before)
     assert len(got) == 1 and got[0][0] == "POST", got
