@@ -293,7 +293,7 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
         lines.append(f'export HTTPS_PROXY="http://agent:${{AGENTGATE_TOKEN}}@{host}:{port}"')
     lines.append('export https_proxy="$HTTPS_PROXY"')
     lines.append("# trust the gateway's CA")
-    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"):
+    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         lines.append(f"export {var}={shlex.quote(ca)}")
     cfg = config_file or "$HOME/.aws/agentgate-config"
     process = f"{exe} aws-credentials --token-file {token_path}" if token_path else f"{exe} aws-credentials --token-env AGENTGATE_TOKEN"

@@ -29,7 +29,7 @@ def test_env_prints_both_transports_and_the_ca(gateway, token_file):
     out = gateway.cli("env", "--token-file", str(f)).stdout
     token = f.read_text().strip()
     assert f"export HTTPS_PROXY=http://agent:{token}@127.0.0.1:{gateway.port}\n" in out
-    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"):
+    for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         assert f"export {var}={gateway.ca_file}" in out
     assert f"aws-credentials --token-file {f}" in out
     assert "credential_process" in out
@@ -116,6 +116,17 @@ def test_aws_cli_works_with_only_the_printed_environment(gateway, token_file, tm
     assert "TableNames" in aws("dynamodb", "list-tables")
     assert aws("ec2", "describe-regions")["Regions"]
     assert aws("lambda", "list-functions")["Functions"] == []
+
+
+def test_curl_works_with_only_the_printed_environment(gateway, token_file, tmp_path):
+    """curl finds the gateway's CA through CURL_CA_BUNDLE (Debian's curl reads no SSL_CERT_FILE) and
+    its token in the proxy URL; the gateway signs the unsigned request."""
+    env = agent(gateway, token_file, tmp_path, sub="curl-agent")
+    p = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", "Accept: application/json",
+                        "https://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert "assumed-role/agent-role/curl-agent" in p.stdout
 
 
 def test_a_call_that_is_not_re_signed_fails(moto, issuer):
