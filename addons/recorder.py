@@ -49,6 +49,7 @@ from .masking import MASKED
 from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer, due
 
 log = logging.getLogger("agentgate.recorder")
+DEFAULT_RULE = "agentgate:default"  # a record's rule when no rule matched and `default` decided
 
 STREAM_RESPONSES_OVER = 1 << 20  # bytes; larger (or unknown-length binary) responses stream
 RESPONSE_DIGEST = "agentgate.response_body"  # (sha256, size) of a body upstream sent, when it differs from the agent's
@@ -133,7 +134,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         r.service, r.operation, r.action, r.access_level = call.service, call.operation, call.action, call.access_level
         r.region, r.account, r.resources, r.params = call.region, call.account, list(call.resources), call.params
     if decision is not None:
-        r.decision, r.rule, r.reason, r.policy_version = decision.decision, decision.rule, decision.reason, decision.policy_version
+        r.decision, r.reason, r.policy_version = decision.decision, decision.reason, decision.policy_version
+        r.rule = decision.rule or DEFAULT_RULE  # no rule matched: the policies' `default` decided
         if decision.role is not None:
             r.role = decision.role.role_arn
     if (approval := md.get(APPROVAL)) is not None:

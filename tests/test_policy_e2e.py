@@ -52,6 +52,7 @@ def test_refusals_are_shaped_for_each_protocol(gateway, token_file, tmp_path):
     records = {r["action"]: r for r in gateway.records() if r["principal"] == "refused-agent"}
     assert records["iam:ListUsers"]["rule"] == "no-iam-for-agents"
     assert records["kms:ListKeys"]["decision"] == "deny" and records["kms:ListKeys"]["outcome"] == "refused"
+    assert records["kms:ListKeys"]["rule"] == "agentgate:default"  # no rule matched: the policies' default decided
     assert all(r["policy_version"] for r in records.values())
 
 
