@@ -67,7 +67,7 @@ def answer(flow: http.HTTPFlow, refusal: Refusal) -> None:
     """Answer ``flow`` with ``refusal``, shaped for the service's protocol."""
     call = flow.metadata.get(CALL)
     protocol = getattr(call, "protocol", None) or guess_protocol(flow.request.headers, flow.request.path)
-    status, headers, body = render(refusal, protocol)
+    status, headers, body = render(refusal, protocol, request_content_type=flow.request.headers.get("content-type"))
     flow.metadata[REFUSAL] = refusal
     flow.metadata[STREAM] = False
     flow.request.stream = False

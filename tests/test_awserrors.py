@@ -20,6 +20,18 @@ def test_botocore_parses_the_refusal(protocol):
     assert parsed["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+@pytest.mark.parametrize("asked, answered", [
+    ("application/x-amz-json-1.0", "application/x-amz-json-1.0"),  # DynamoDB's
+    ("application/x-amz-json-1.0; charset=utf-8", "application/x-amz-json-1.0"),
+    ("application/x-amz-json-1.1", "application/x-amz-json-1.1"),  # most json services'
+    (None, "application/x-amz-json-1.1"),
+    ("text/html", "application/x-amz-json-1.1"),  # what the request says is taken only if it is AWS JSON
+])
+def test_a_json_refusal_speaks_the_requests_json_version(asked, answered):
+    _, headers, _ = render(Refusal(403, "AccessDenied", "no", "policy"), "json", request_content_type=asked)
+    assert headers["content-type"] == answered
+
+
 def test_long_messages_in_cbor():
     refusal = Refusal(403, "AccessDenied", "x" * 70000, "policy")
     status, headers, body = render(refusal, "smithy-rpc-v2-cbor")

@@ -72,14 +72,20 @@ def _cbor_text(s: str) -> bytes:
     return head + b
 
 
-def render(refusal: Refusal, protocol: str | None, request_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of the refusal in ``protocol``."""
+def render(refusal: Refusal, protocol: str | None, request_id: str | None = None,
+           request_content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of the refusal in ``protocol``; a json protocol's answer takes the
+    request's own ``application/x-amz-json-1.x`` (DynamoDB speaks 1.0, most others 1.1)."""
     rid = request_id or str(uuid.uuid4())
     code, msg = printable(refusal.code), printable(refusal.message)
     headers = {"x-amzn-RequestId": rid, "x-amz-request-id": rid, "x-agentgate-refused-by": refusal.stage}
     if protocol in ("json", "rest-json"):
         headers["x-amzn-ErrorType"] = code
-        headers["content-type"] = "application/x-amz-json-1.1" if protocol == "json" else "application/json"
+        if protocol == "json":
+            asked = (request_content_type or "").split(";")[0].strip().lower()
+            headers["content-type"] = asked if asked in ("application/x-amz-json-1.0",) else "application/x-amz-json-1.1"
+        else:
+            headers["content-type"] = "application/json"
         body = json.dumps({"__type": code, "message": msg, "Message": msg}).encode()
     elif protocol == "smithy-rpc-v2-cbor":
         headers["smithy-protocol"] = "rpc-v2-cbor"
