@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from .core import sigv4
 from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, inflate
-from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM
+from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, declares_body
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -111,6 +111,7 @@ class Masking:
         try:
             headers = stage_header_pairs(flow, req)
             body = None if streamed else _content(req, headers, self.masker.parse_limit)
+            streamed = streamed and declares_body(req)  # a GET's nothing is not a body streamed
             query = sigv4.scrub_query(query) if query else ""
             content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001

@@ -46,7 +46,8 @@ from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
-from .stage import APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer, due
+from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer,
+                    declares_body, due)
 
 log = logging.getLogger("agentgate.recorder")
 DEFAULT_RULE = "agentgate:default"  # a record's rule when no rule matched and `default` decided
@@ -84,7 +85,9 @@ class InsteadOfBody:
         return [body]
 
 
-def should_stream(response: http.Response) -> bool:
+def should_stream(response: http.Response, method: str = "GET") -> bool:
+    if method == "HEAD" or response.status_code in (204, 304) or response.status_code < 200:
+        return False  # no body, whatever Content-Length says (a HEAD's is the object's)
     length = response.headers.get("content-length")
     if length is not None:
         return length.isdigit() and int(length) > STREAM_RESPONSES_OVER
@@ -153,6 +156,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         r.request_body_sha256, r.request_body_size = md[BODY_DIGEST]
     elif not req.stream:
         r.request_body_sha256, r.request_body_size = _digest(req.raw_content)
+    elif not declares_body(req):  # streamed, and nothing to stream: the empty body's
+        r.request_body_sha256, r.request_body_size = _digest(b"")
     if refusal is not None:
         r.outcome = refusal.outcome
         r.error = f"{refusal.code}: {refusal.message}"
@@ -329,7 +334,7 @@ class Recorder:
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         if (resp is None or resp.stream or flow.error or RECORDED in flow.metadata or flow.metadata.get(HELD)
-                or flow.metadata.get(REFUSAL) is not None or not should_stream(resp)):
+                or flow.metadata.get(REFUSAL) is not None or not should_stream(resp, flow.request.method)):
             return  # buffered or held whole by masking (recorded in ``response``), or answered here already
         resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
         self._mask_headers(flow)

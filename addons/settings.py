@@ -24,6 +24,7 @@ def home() -> Path:
 
 
 MAX_BUSY_POLL_US = 100_000  # a tenth of a second: past that, polling only burns a CPU
+MAX_WORKERS = 64  # gateway processes (~130 MB each); past a few per CPU, more only take memory
 
 
 @dataclasses.dataclass
@@ -89,8 +90,9 @@ class Settings:
         if not 0 <= s.busy_poll_us <= MAX_BUSY_POLL_US:
             raise SettingsError(f"busy_poll_us must be a number of microseconds from 0 to {MAX_BUSY_POLL_US}, "
                                 f"not {s.busy_poll_us}")
-        if s.workers < 1:
-            raise SettingsError(f"workers must be at least 1, not {s.workers}")
+        if not 1 <= s.workers <= MAX_WORKERS:
+            raise SettingsError(f"workers must be between 1 and {MAX_WORKERS}, not {s.workers} (each is a gateway "
+                                f"process of its own; this machine has {os.cpu_count()} CPUs)")
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"

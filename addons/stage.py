@@ -46,6 +46,15 @@ def header_pairs(flow: http.HTTPFlow, message: http.Message) -> list[tuple[str, 
     return pairs
 
 
+def declares_body(message: http.Message) -> bool:
+    """Whether ``message``'s head says a body follows (HTTP/1's rule: Transfer-Encoding, or a
+    Content-Length other than 0); an HTTP/2 body that no Content-Length declares is not seen here."""
+    if "transfer-encoding" in message.headers:
+        return True
+    length = message.headers.get("content-length")
+    return length is not None and length.strip() not in ("", "0")
+
+
 def lowered(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """Lower-case name -> value, repeated headers joined with ", " (as mitmproxy's Headers read)."""
     out: dict[str, str] = {}

@@ -103,6 +103,8 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_DURABILITY": "maybe"}, "durability must be"),
         (["run"], {"AGENTGATE_STORE_WRITER": "fork"}, "store_writer must be 'process' or 'thread', not 'fork'"),
         (["run", "--upstream", "ftp://x"], {}, "upstream must be"),
+        (["run", "--workers", "1000"], {}, "workers must be between 1 and 64, not 1000"),  # none started
+        (["run", "--workers", "0"], {}, "workers must be between 1 and 64, not 0"),
     ):
         p = run(tmp_path, *args, env=env)
         assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

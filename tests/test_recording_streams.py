@@ -58,6 +58,19 @@ def test_the_record_is_committed_before_the_first_byte(gw, issuer):
     assert body.read() == OBJECT
     time.sleep(0.5)
     assert [x["id"] for x in gets(gw) if x["id"] not in before] == [r["id"]]  # one record, however it ends
+    # the GET itself had no body: its record says so (the empty body's digest), not that one streamed
+    assert (r["request_body_sha256"], r["request_body_size"]) == (hashlib.sha256(b"").hexdigest(), 0)
+    assert "request: body streamed" not in r["body_note"]
+
+
+def test_a_head_of_the_large_object_is_not_a_body_streamed(gw, issuer):
+    """A HEAD's Content-Length is the object's; no body follows it, and the record says nothing of one."""
+    s3 = agent(gw, issuer, "header-reader")
+    assert s3.head_object(Bucket=BUCKET, Key="object")["ContentLength"] == SIZE
+    [r] = [r for r in records_for(gw, "object") if r["method"] == "HEAD" and r["principal"].startswith("header-reader-")]
+    assert (r["outcome"], r["status"], r["action"]) == ("forwarded", 200, "s3:GetObject")
+    assert "streamed" not in (r["body_note"] or ""), r["body_note"]
+    assert (r["response_body_sha256"], r["response_body_size"]) == (hashlib.sha256(b"").hexdigest(), 0)
 
 
 def test_nothing_reaches_the_agent_while_its_record_cannot_be_committed(gw, issuer):
