@@ -123,15 +123,17 @@ def _write_secret(path: Path, data: bytes) -> bool:
 
 
 def create_ca(certs: Path) -> Path:
-    """mitmproxy's CA in ``certs`` (key files 0600); returns the certificate agents must trust."""
+    """mitmproxy's CA in ``certs`` (key files 0600; the certificate alone, which agents must trust
+    and which is public, 0644 in the 0700 directory: a copy of it keeps that mode); returns the
+    certificate agents must trust."""
     from mitmproxy.certs import CertStore
 
     certs.mkdir(parents=True, exist_ok=True)
     os.chmod(certs, 0o700)
     CertStore.from_store(certs, "mitmproxy", 2048)
     for p in certs.iterdir():
-        if p.suffix in (".pem", ".p12") and "cert" not in p.name:
-            os.chmod(p, 0o600)
+        if p.suffix in (".pem", ".p12", ".cer"):
+            os.chmod(p, 0o644 if "-cert" in p.name else 0o600)
     return certs / "mitmproxy-ca-cert.pem"
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -217,6 +218,9 @@ def test_the_start_command_initialises_once_then_runs_the_gateway(tmp_path):
     exported = (ca_dir / exported_ca_name()).read_text()
     assert exported == (agentgate_home / "certs" / "mitmproxy-ca-cert.pem").read_text()
     assert "BEGIN CERTIFICATE" in exported and "PRIVATE KEY" not in exported
+    # readable by agents that run as another user than the gateway (it is public); its key is not
+    assert stat.S_IMODE((ca_dir / exported_ca_name()).stat().st_mode) == 0o644
+    assert stat.S_IMODE((agentgate_home / "certs" / "mitmproxy-ca.pem").stat().st_mode) == 0o600
 
 
 # -------------------------------------------------------------------------------------- compose

@@ -11,6 +11,7 @@ import re
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from addons.console import Console
 from addons.settings import Settings
 from tests.support.gateway import AGENTGATE, BIN, Gateway, free_port, wait_port
 from tests.support.raw import connect
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRET_FILES = ["certs/mitmproxy-ca.pem", "certs/mitmproxy-ca.p12", "keys/fingerprint.key", "keys/chain.key",
                 "keys/admin.token"]
@@ -44,6 +47,8 @@ def test_init_writes_keys_0600_whatever_the_umask(tmp_path, umask):
         assert mode(tmp_path / name) == 0o600, (name, oct(mode(tmp_path / name)))
     for d in ("certs", "keys"):
         assert mode(tmp_path / d) == 0o700, d
+    for public in ("mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.cer", "mitmproxy-ca-cert.p12"):
+        assert mode(tmp_path / "certs" / public) == 0o644, public  # the certificate alone: agents read a copy
     for name in ("agentgate.toml", "agentgate.db"):
         assert mode(tmp_path / name) & 0o077 == 0, (name, oct(mode(tmp_path / name)))
     printed = p.stdout + p.stderr
@@ -55,6 +60,29 @@ def test_init_writes_keys_0600_whatever_the_umask(tmp_path, umask):
                 assert line.decode() not in printed
         elif not name.endswith(".p12"):
             assert secret.decode().strip() not in printed
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_a_store_run_creates_is_its_users_alone(tmp_path, umask):
+    """`run --db sqlite:///new/dir/a.db` makes the directory and the store as `init` would (0700,
+    0600; SQLite's WAL takes the store's mode), and a path that cannot be made is one line."""
+    store_path = tmp_path / "new" / "dir" / "a.db"
+    code = ("import sys; from addons.core.store import Store\nfrom addons.core.records import Record\n"
+            "s = Store(sys.argv[1]); s.migrate(); s.start(); s.write_sync(Record(principal='p')); s.close()")
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{store_path}"], check=True, timeout=60, cwd=ROOT,
+                   preexec_fn=lambda: os.umask(umask))
+    assert mode(store_path.parent) == 0o700 and mode(store_path) == 0o600
+    assert all(mode(p) & 0o077 == 0 for p in store_path.parent.iterdir()), [
+        (p.name, oct(mode(p))) for p in store_path.parent.iterdir()]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    (tmp_path / "home").mkdir()
+    run_init(tmp_path / "home", 0o022)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "AGENTGATE_HOME": str(tmp_path / "home")}
+    p = subprocess.run([AGENTGATE, "run", "--db", f"sqlite:///{blocker}/x.db", "--listen", "127.0.0.1:0"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"cannot create {blocker}: File exists" in p.stderr.strip().splitlines()[-1]
 
 
 def test_init_tightens_keys_it_finds_loose(tmp_path):
