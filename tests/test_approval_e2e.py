@@ -19,6 +19,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
+from addons.core.store import Store
 from tests.support.gateway import Gateway, free_port
 
 POLICY = """\
@@ -362,6 +363,11 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     gw = short_hold
     p = gw.cli("approvals", "show", "ap-000000000000", check=False)
     assert p.returncode == 1 and "there is no approval" in p.stderr
+    assert f"(this is the store at sqlite:///{gw.db_path}; a gateway on another store: give --db URL" in p.stderr
+    empty = f"sqlite:///{gw.home}/empty.db"
+    Store(empty).migrate()  # another store than the gateway's, as a CLI without its db setting would read
+    assert f"nothing is pending in the store at {empty}" in gw.cli("approvals", "list", "--pending", "--db",
+                                                                   empty).stdout
     _, _, approval_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key="listed"))
     table = gw.cli("approvals", "list", "--pending").stdout
     assert approval_id in table and "s3:DeleteObject" in table and f"{bucket}/listed" in table

@@ -247,7 +247,7 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert "REFUSED  iam ListUsers" in out and "rule 'no-iam-for-agents'" in out
     assert "ApprovalPending" in out and "approved by sre-sam" in out
     assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
-    assert re.search(r"OK: \d+ records in 1 chains", out)
+    assert re.search(r"OK \(sqlite:///[^)]+\): \d+ records in 1 chains", out)
     words = " ".join(out.split())  # rich wraps `approvals show` at 80 columns off a terminal
     assert "approved by sre-sam (cli): the demo table is disposable" in words
     assert "1 approval as 3 approval events left them" in words

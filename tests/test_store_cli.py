@@ -199,7 +199,7 @@ def test_parse_when() -> None:
 def test_verify_ok(cli, db_url: str, calls: list[Record]) -> None:
     result = cli("verify", "--db", db_url)
     assert result.exit_code == 0, result.output
-    assert "OK: 3 records in 1 chains, 1 checkpoints" in result.stdout
+    assert f"OK ({db_url}): 3 records in 1 chains, 1 checkpoints" in result.stdout
     assert "not authenticated" not in result.stdout  # the key came from keys/chain.key
     assert json.loads(cli("verify", "--db", db_url, "--json").stdout)["ok"] is True
 

@@ -23,8 +23,8 @@ import click
 from rich.table import Table
 
 from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principal, admin_token_matches,
-                              describe_approvers, find_role)
-from ..core.store import Store, StoreError, chain_key_path, load_chain_key
+                              describe_approvers, find_role, NotFound)
+from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
 from .store import BadInput, _console, _echo_json, _short_time, _text, db_option, json_option
 
@@ -60,6 +60,9 @@ def _approvals(settings: Settings) -> Iterator[Approvals]:
         store = Store(settings.db, chain_key=_chain_key(settings))
         store._check_schema()
         yield Approvals(store)
+    except NotFound as e:  # perhaps the gateway writes to another store than this command reads
+        raise click.ClickException(f"{e} (this is the store at {store.where}; a gateway on another store: give "
+                                   "--db URL, or set db in agentgate.toml or AGENTGATE_DB)") from None
     except (StoreError, ApprovalError) as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -204,7 +207,7 @@ def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: 
         _echo_json([a.as_dict() for a in rows])
         return
     empty = "nothing is pending" if pending else "none in force" if active else "none"
-    _console(wide=True).print(_table(rows) if rows else empty)
+    _console(wide=True).print(_table(rows) if rows else f"{empty} in the store at {display_url(settings.db)}")
 
 
 def _show(approval_id: str, db: str | None, as_json: bool) -> None:

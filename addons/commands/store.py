@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..core.store import Store, StoreError, chain_key_path, load_chain_key
+from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..core.store import prune as prune_store
 from ..core.store import verify as verify_store
 from ..settings import SettingsError, load_settings
@@ -266,7 +266,8 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
         if len(result.problems) > 50:
             click.echo(f"... and {len(result.problems) - 50} more problems")
         if result.ok:
-            click.echo(f"OK: {result.records} records in {result.chains} chains, {result.checkpoints} checkpoints"
+            click.echo(f"OK ({display_url(url)}): {result.records} records in {result.chains} chains, "
+                       f"{result.checkpoints} checkpoints"
                        + ("" if key else " (no chain key: checkpoints not authenticated)")
                        + (f"; {result.approvals} approval{'s' if result.approvals != 1 else ''} as the records of "
                           "the calls under them name them" if result.approvals else "")
