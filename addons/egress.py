@@ -250,6 +250,8 @@ class Egress:
         flow.metadata[AUTH] = auth
         flow.metadata[STREAM] = sigv4.streams(auth, pairs)
         problem = shape_problem(req, self._cap("max_header_bytes"), self._cap("max_url_bytes"))
+        if problem is None and auth.presigned and (why := sigv4.expired(auth)) is not None:
+            problem = Refusal(403, "AccessDenied", why, "egress")  # AWS would refuse it so; the new signature would not
         if problem is not None:
             log.warning("refused %s from %s: %s", req.method, human.format_address(flow.client_conn.peername), problem.message)
             flow.metadata[REFUSAL] = problem  # answered once the protocol is known (classify), after auth named who asked

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -90,3 +91,33 @@ def test_presigned_get_with_a_plain_http_client(gateway, token_file, tmp_path, s
     r = httpx.get(url, proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)), timeout=30)
     assert r.status_code == 200, r.text
     assert r.text == "hello, presigned"
+
+
+@pytest.mark.parametrize("signature", ["s3", "s3v4"])
+def test_an_expired_presigned_url_is_refused_as_aws_would(gateway, token_file, tmp_path, signature):
+    """The gateway signs again, so the URL's own signature does not count; its end does, as for AWS:
+    a URL past its expiry gets S3's 403 "Request has expired" and is recorded as refused."""
+    env = agent(gateway, token_file, tmp_path, sub=f"expired-{signature}")
+    out = check(run_agent(env, textwrap.dedent(f"""
+        import json, boto3
+        from botocore.config import Config
+        s3 = boto3.client("s3", config=Config(signature_version={signature!r}))
+        try:
+            s3.create_bucket(Bucket="presigned")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        s3.put_object(Bucket="presigned", Key="soon.txt", Body=b"gone soon")
+        url = lambda seconds: s3.generate_presigned_url("get_object", Params={{"Bucket": "presigned", "Key": "soon.txt"}},
+                                                        ExpiresIn=seconds)
+        print(json.dumps({{"short": url(1), "long": url(3600)}}))
+    """)))
+    token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
+    get = lambda url: httpx.get(url, proxy=gateway.proxy_url(token), timeout=30,
+                                verify=ssl.create_default_context(cafile=str(gateway.ca_file)))
+    time.sleep(2.1)
+    r = get(out["short"])
+    assert r.status_code == 403, r.text
+    assert "<Code>AccessDenied</Code>" in r.text and "Request has expired: the presigned URL was good until" in r.text
+    assert get(out["long"]).text == "gone soon"
+    [refused] = [x for x in gateway.records() if x["principal"] == f"expired-{signature}" and x["status"] == 403]
+    assert (refused["outcome"], refused["rule"], refused["action"]) == ("refused", "agentgate:egress", "s3:GetObject")

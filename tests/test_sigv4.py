@@ -810,3 +810,29 @@ def test_the_fast_signer_signs_exactly_as_botocore():
         assert sigv4.resign(method, host, path, query, headers, body, **kw) == slow
 
     check()
+
+
+@pytest.mark.parametrize("query, end", [
+    ("X-Amz-Date=20260101T000000Z&X-Amz-Expires=60", 1767225660.0),
+    ("X-Amz-Date=20260101T000000Z&X-Amz-Expires=604800", 1767225600.0 + 604800),
+    ("X-Amz-Date=20260101T000000Z&X-Amz-Expires=604801", None),  # past SigV4's longest: not taken as stated
+    ("X-Amz-Date=20260101T000000Z&X-Amz-Expires=-5", None),
+    ("X-Amz-Date=2026-01-01&X-Amz-Expires=60", None),
+    ("X-Amz-Expires=60", None),
+])
+def test_a_presigned_v4_urls_end(query, end):
+    auth = sigv4.parse_auth("GET", "/k", query + "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE"
+                            "%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-SignedHeaders=host&X-Amz-Signature="
+                            + "0" * 64, [("Host", "b.s3.amazonaws.com")])
+    assert auth.presigned and auth.expires_at == end
+    if end is not None:
+        assert sigv4.expired(auth, now=end - 1) is None
+        assert sigv4.expired(auth, now=end).startswith("Request has expired: the presigned URL was good until 20")
+
+
+def test_a_presigned_v2_urls_end():
+    auth = sigv4.parse_auth("GET", "/k", "AWSAccessKeyId=AKIDEXAMPLE&Expires=1767225600&Signature=abc", [])
+    assert auth.kind == "query-v2" and auth.expires_at == 1767225600.0
+    assert sigv4.expired(auth, now=1767225599) is None and sigv4.expired(auth, now=1767225600)
+    assert sigv4.parse_auth("GET", "/k", "AWSAccessKeyId=A&Expires=soon&Signature=abc", []).expires_at is None
+    assert sigv4.expired(sigv4.parse_auth("GET", "/k", "", [("Authorization", "AWS4-HMAC-SHA256 x")])) is None

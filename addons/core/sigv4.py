@@ -130,6 +130,7 @@ class AgentAuth:
     security_token: str | None = dataclasses.field(default=None, repr=False)  # header or query
     payload_hash: str | None = None  # the declared x-amz-content-sha256
     error: str | None = None  # why the signature is malformed; never quotes a credential
+    expires_at: float | None = None  # a presigned URL's end (epoch seconds), where it names one
 
     @property
     def presigned(self) -> bool:
@@ -172,10 +173,40 @@ def parse_auth(
     if authorization is not None:
         return _parse_authorization(authorization, fields, common)
     if presign in ("query-v4", "query-v4a"):
-        return _parse_presigned_v4(presign, params, fields, common)
+        return _parse_presigned_v4(presign, params, fields, {**common, "expires_at": _v4_expiry(params)})
     if presign == "query-v2":
-        return _parse_presigned_v2(params, common)
+        return _parse_presigned_v2(params, {**common, "expires_at": _v2_expiry(params)})
     return AgentAuth(kind="none", **common)
+
+
+MAX_PRESIGNED_SECONDS = 604800  # SigV4's longest X-Amz-Expires: seven days
+
+
+def _v4_expiry(params: list[tuple[str, str]]) -> float | None:
+    """X-Amz-Date plus X-Amz-Expires, in epoch seconds; None when either is missing or malformed
+    (what is not stated is not enforced: the gateway signs again, the URL's signature is not its)."""
+    date, seconds = _param(params, "X-Amz-Date"), _param(params, "X-Amz-Expires")
+    if not date or not seconds or not seconds.isdigit() or int(seconds) > MAX_PRESIGNED_SECONDS:
+        return None
+    try:
+        signed = datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return signed.timestamp() + int(seconds)
+
+
+def _v2_expiry(params: list[tuple[str, str]]) -> float | None:
+    """SigV2's Expires: epoch seconds."""
+    expires = _param(params, "Expires")
+    return float(expires) if expires and expires.isdigit() else None
+
+
+def expired(auth: AgentAuth, now: float | None = None) -> str | None:
+    """Why a presigned request is past its end (as AWS refuses it: "Request has expired"), or None."""
+    if auth.expires_at is None or auth.expires_at > (time.time() if now is None else now):
+        return None
+    at = datetime.fromtimestamp(auth.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"Request has expired: the presigned URL was good until {at}; get a new one"
 
 
 def streams(auth: AgentAuth, headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> bool:
