@@ -41,9 +41,11 @@ class Auth:
         return await self.validator.validate(token)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.metadata.get(TUNNEL) and not flow.request.headers.get("proxy-authorization"):
-            if flow.metadata.get(TUNNEL) and not flow.response:
-                refuse_connect(flow, 407, f"proxy credentials (the agent's token) are required to reach {flow.request.host}", "auth")
+        if flow.response:  # refused already (egress: where it asked to go): the record names who asked, if anyone
+            await self._name_who_asked(flow)
+            return
+        if flow.metadata.get(TUNNEL) and not flow.request.headers.get("proxy-authorization"):
+            refuse_connect(flow, 407, f"proxy credentials (the agent's token) are required to reach {flow.request.host}", "auth")
             return
         header = flow.request.headers.get("proxy-authorization")
         if not header:
@@ -57,6 +59,17 @@ class Auth:
             return
         flow.metadata[PRINCIPAL] = principal
         self.connections[flow.client_conn] = (principal, token)
+
+    async def _name_who_asked(self, flow: http.HTTPFlow) -> None:
+        """For the record of a CONNECT another stage refused: the principal its proxy credentials
+        name, when they are a valid token (the refusal stands either way, and nothing is kept)."""
+        header = flow.request.headers.get("proxy-authorization")
+        if not header:
+            return
+        try:
+            flow.metadata[PRINCIPAL] = await self._validate(identity.token_from_basic_auth(header))
+        except identity.TokenError:
+            pass  # unnamed, as before: the refusal it got says where it asked to go, not who it is
 
     def _connection_principal(self, client) -> identity.Principal | None:
         """Who the connection's token (transport A) named at CONNECT, for a request refused before

@@ -15,13 +15,20 @@ from tests.test_identity_e2e import client, connect
 
 
 def test_metadata_loopback_and_unknown_hosts_are_refused_at_connect(gateway, issuer):
-    token = issuer.mint("agent-1")
+    token = issuer.mint("agent-where")
     for host, words in (("169.254.169.254", "metadata"), ("127.0.0.1", "loopback"),
                         ("localhost", "loopback"), ("example.com", "not an AWS endpoint")):
         status, text = connect(gateway, token, host=host)
         assert status == 403 and words in text, (host, text)
     rec = [r for r in gateway.records() if r["kind"] == "connect" and r["host"].startswith("169.254.169.254")]
     assert rec and rec[-1]["outcome"] == "refused"
+    # each refusal names the agent whose token asked (an auditor's question: who tried the metadata address?)
+    refused = [r for r in gateway.records() if r["kind"] == "connect" and r["outcome"] == "refused"
+               and r["principal"] == "agent-where"]
+    assert {r["host"].rsplit(":", 1)[0] for r in refused} >= {"169.254.169.254", "127.0.0.1", "localhost", "example.com"}
+    # a token that is not valid leaves the refusal as it was, unnamed
+    status, text = connect(gateway, issuer.mint("agent-expired", expires_in=-3600), host="example.com")
+    assert status == 403 and "not an AWS endpoint" in text
 
 
 def test_allowed_host_is_tunnelled_without_interception(gateway, issuer, tls_server):
