@@ -115,17 +115,19 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
         return Refusal(431, "RequestHeaderSectionTooLarge",
                        _cap_message("the request's head (request line and headers)", size, "max_header_bytes",
                                     max_header_bytes), "egress")
-    if not (req.is_http2 or req.is_http3):  # mitmproxy also reads "gzip, chunked" (a coding, then chunked)
-        codings = req.headers.get_all("transfer-encoding")
-        if codings and [c.strip().lower() for c in codings] != ["chunked"]:
-            return Refusal(400, "InvalidRequest", f"the request's transfer-encoding is {', '.join(codings)[:80]!r}: "
-                           "agentgate takes chunked alone, so that no server behind it reads another body than it "
-                           "did", "egress")
+    codings = []
     for name, value in req.headers.fields:
         if (m := _CONTROL.search(value)) is not None:
             return Refusal(400, "InvalidRequest", f"header {name.decode(errors='replace')} carries a control character "
                            f"(0x{m.group()[0]:02x}); agentgate refuses it so that no server behind it reads other "
                            "headers than it did", "egress")
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            codings.append(value)
+    # mitmproxy also reads "gzip, chunked" (a coding, then chunked); HTTP/2 has no Transfer-Encoding
+    if codings and [c.strip().lower() for c in codings] != [b"chunked"] and not (req.is_http2 or req.is_http3):
+        shown = b", ".join(codings).decode(errors="replace")[:80]
+        return Refusal(400, "InvalidRequest", f"the request's transfer-encoding is {shown!r}: agentgate takes chunked "
+                       "alone, so that no server behind it reads another body than it did", "egress")
     return None
 
 
