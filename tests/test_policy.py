@@ -411,6 +411,42 @@ def test_approve_rule_defaults_and_durations(tmp_path):
 # ------------------------------------------------------------------------------ load errors
 
 
+def test_a_misspelt_or_misused_function_is_a_load_error_not_a_rule_that_never_matches(tmp_path):
+    """jmespath finds an unknown function or a wrong number of arguments only when it runs, where a
+    failing ``when`` does not match: a deny rule so written would silently never deny."""
+    write(tmp_path, "a.yaml", """
+        version: 1
+        default: allow
+        rules:
+          - id: no-big-gpus
+            action: ec2:RunInstances
+            when: "starts_whit(params.InstanceType, 'p4')"
+            decision: deny
+          - id: two-lengths
+            action: ec2:RunInstances
+            when: "length(resource, params) > `0`"
+            decision: deny
+          - id: no-args
+            action: ec2:RunInstances
+            when: "not_null()"
+            decision: deny
+        roles:
+          - principal: {claims: "contans(groups, 'sre')"}
+            role_arn: arn:aws:iam::123456789012:role/sre
+    """)
+    by_line = lambda error: int(error.split(":")[1])
+    assert sorted(errors_of(tmp_path), key=by_line) == [
+        "a.yaml:6: rule no-big-gpus: bad jmespath in when `starts_whit(params.InstanceType, 'p4')`: Unknown "
+        "function: starts_whit() (did you mean starts_with()?)",
+        "a.yaml:10: rule two-lengths: bad jmespath in when `length(resource, params) > `0``: Expected 1 argument "
+        "for function length(), received 2",
+        "a.yaml:14: rule no-args: bad jmespath in when `not_null()`: Expected at least 1 argument for function "
+        "not_null(), received 0",
+        "a.yaml:17: bad jmespath in principal.claims `contans(groups, 'sre')`: Unknown function: contans() (did you "
+        "mean contains()?)",
+    ]
+
+
 def test_load_errors_name_file_and_line_for_every_kind(tmp_path):
     write(tmp_path, "a.yaml", """
         version: 1

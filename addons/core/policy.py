@@ -332,6 +332,7 @@ def _closure(node: dict) -> Callable[[Any], Any]:  # noqa: C901 - one branch per
         return negate
     if kind == "function_expression":
         name = node["value"]
+        _check_function(name, len(children))
         args = [_closure(c) for c in children]
         call = _FUNCTIONS.call_function
         fast = _FAST_FUNCTIONS.get((name, len(args)))
@@ -895,6 +896,23 @@ def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None],
     if not ok:
         return None
     return PrincipalMatch(tuple(subs) if subs else None, frozenset(groups) if groups else None, claims)
+
+
+def _check_function(name: str, given: int) -> None:
+    """Raise jmespath's own error, at compile time, for a function it does not have or a call with
+    the wrong number of arguments: jmespath finds both only when the expression runs, where a rule
+    whose ``when`` fails does not match (a misspelt deny would silently never deny)."""
+    entry = _FUNCTIONS.FUNCTION_TABLE.get(name)
+    if entry is None:
+        near = difflib.get_close_matches(name, list(_FUNCTIONS.FUNCTION_TABLE), n=1)
+        raise jmespath.exceptions.UnknownFunctionError(
+            f"Unknown function: {name}()" + (f" (did you mean {near[0]}()?)" if near else ""))
+    signature = entry["signature"]
+    if signature and signature[-1].get("variadic"):
+        if given < len(signature):
+            raise jmespath.exceptions.VariadictArityError(len(signature), given, name)
+    elif given != len(signature):
+        raise jmespath.exceptions.ArityError(len(signature), given, name)
 
 
 def _jmespath_message(e: Exception) -> str:
