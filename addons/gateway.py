@@ -199,10 +199,10 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
     kind = StoreProcess if settings.store_writer == "process" else Store
-    store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
-                 body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
-                 commit_timeout=settings.commit_timeout)
     try:
+        store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
+                     body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
+                     commit_timeout=settings.commit_timeout)
         store.migrate()
     except StoreError as e:
         print(f"agentgate: {e}", file=sys.stderr)

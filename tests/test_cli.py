@@ -104,6 +104,8 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_STORE_WRITER": "fork"}, "store_writer must be 'process' or 'thread', not 'fork'"),
         (["run", "--upstream", "ftp://x"], {}, "upstream must be"),
         (["run", "--workers", "1000"], {}, "workers must be between 1 and 64, not 1000"),  # none started
+        (["run", "--db", "nope"], {}, "'nope' is not a database URL: use sqlite:///PATH or postgresql+psycopg://"),
+        (["run"], {"AGENTGATE_DB": "mysql://x@127.0.0.1/db"}, "the store must be SQLite or PostgreSQL, not 'mysql'"),
         (["run", "--workers", "0"], {}, "workers must be between 1 and 64, not 0"),
     ):
         p = run(tmp_path, *args, env=env)

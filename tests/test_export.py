@@ -182,6 +182,12 @@ def test_bad_input_is_one_line(store_url, tmp_path):
         assert words in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["export", "--format", "jsonl", "-o", "-", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 1 and "agentgate init" in result.output
+    # a directory nothing can be written in (here /proc: no file can be made there)
+    for args in (["export", "--format", "jsonl", "-o", "/proc/version"], ["export", "--format", "oscal", "-o",
+                 "/proc/version"], ["report", "-o", "/proc/version"]):
+        result = runner.invoke(main, [*args, "--db", store_url])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
+        assert result.output.strip().splitlines()[-1].startswith("Error: cannot write /proc/"), result.output
 
 
 # -- OCSF --------------------------------------------------------------------------------------

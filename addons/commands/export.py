@@ -49,14 +49,20 @@ def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
         return
     _check_output(path)
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e} (in {target.parent})") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
             yield f
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         try:
             os.unlink(tmp)
