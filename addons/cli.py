@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -152,6 +153,7 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
         raise click.ClickException(f"cannot create {cfg.parent}: {e.strerror or e}") from None
     given = {k: v for k, v in (("listen", listen), ("oidc_issuer", oidc_issuer), ("oidc_audience", oidc_audience))
              if v is not None}
+    _settings(**given)  # what is given must be valid before it is written
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
             listen=listen or "127.0.0.1:8080",
@@ -160,7 +162,6 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
         ))
         click.echo(f"wrote {cfg}")
     elif given:
-        _settings(**given)  # what is given must be valid before it is written
         for name, was in _update_config(cfg, given).items():
             click.echo(f"{cfg}: {name} set to {given[name]!r} (was {'not set' if was is None else repr(str(was))})")
     s = _settings()
@@ -265,6 +266,11 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
     s = _settings()
     gw = gateway or s.listen
     host, _, port = gw.rpartition(":")
+    if not (port.isdigit() and 0 < int(port) < 65536 and re.fullmatch(r"[A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]", host)):
+        raise click.BadParameter(f"must be HOST:PORT (a host name or address, no scheme), not {gw!r}",
+                                 param_hint="--gateway" if gateway else "listen")
+    if not re.fullmatch(r"[a-z0-9-]{1,40}", region):  # it goes into the AWS config file the output writes
+        raise click.BadParameter(f"must be an AWS region name such as us-east-1, not {region!r}", param_hint="--region")
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = "127.0.0.1"
     ca = str(Path(s.ca_file))

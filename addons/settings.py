@@ -86,6 +86,11 @@ class Settings:
             raise SettingsError(f"store_writer must be 'process' or 'thread', not {s.store_writer!r}")
         if s.upstream and not s.upstream.startswith(("http://", "https://")):
             raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
+        if s.oidc_issuer and not s.oidc_issuer.startswith(("https://", "http://")):
+            raise SettingsError(f"oidc_issuer must be the issuer's URL (https://…, as its tokens' iss claim reads), "
+                                f"not {s.oidc_issuer!r}")
+        if not s.approval_hold >= 0:
+            raise SettingsError(f"approval_hold must be a number of seconds, 0 or more, not {s.approval_hold!r}")
         parse_hostport(s.listen, "listen")
         if not 0 <= s.busy_poll_us <= MAX_BUSY_POLL_US:
             raise SettingsError(f"busy_poll_us must be a number of microseconds from 0 to {MAX_BUSY_POLL_US}, "
