@@ -515,6 +515,11 @@ def test_an_access_grant_lets_a_principal_run_as_a_role_until_revoked(short_hold
     wait_for(lambda: _refused(sts.get_caller_identity), timeout=5)
     shown = json.loads(gw.cli("access", "show", grant_id, "--json").stdout)
     assert (shown["state"], shown["revoked_by"], shown["revoke_reason"]) == ("revoked", "contractor-1", "incident over")
+    for args in (["show", "ag-nope"], ["approve", "ag-nope"], ["revoke", "ag-nope"]):  # grants, in grants' words
+        p = gw.cli("access", *args, check=False)
+        assert p.returncode == 1 and p.stderr.startswith(
+            "Error: there is no access grant 'ag-nope': `agentgate access list` shows them (this is the store at "), p.stderr
+    assert "the local admin token does not do" in " ".join(gw.cli("access", "request", "--help").stdout.split())
 
 
 def _try(call):

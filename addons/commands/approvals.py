@@ -54,14 +54,16 @@ def _chain_key(settings: Settings) -> bytes | None:
 
 
 @contextmanager
-def _approvals(settings: Settings) -> Iterator[Approvals]:
+def _approvals(settings: Settings, grants: bool = False) -> Iterator[Approvals]:
     store = None
     try:
         store = Store(settings.db, chain_key=_chain_key(settings))
         store._check_schema()
         yield Approvals(store)
     except NotFound as e:  # perhaps the gateway writes to another store than this command reads
-        raise click.ClickException(f"{e} (this is the store at {store.where}; a gateway on another store: give "
+        said = (f"there is no access grant {e.approval_id!r}: `agentgate access list` shows them" if grants
+                else str(e))
+        raise click.ClickException(f"{said} (this is the store at {store.where}; a gateway on another store: give "
                                    "--db URL, or set db in agentgate.toml or AGENTGATE_DB)") from None
     except (StoreError, ApprovalError) as e:
         raise click.ClickException(str(e)) from None
@@ -210,9 +212,9 @@ def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: 
     _console(wide=True).print(_table(rows) if rows else f"{empty} in the store at {display_url(settings.db)}")
 
 
-def _show(approval_id: str, db: str | None, as_json: bool) -> None:
+def _show(approval_id: str, db: str | None, as_json: bool, grants: bool = False) -> None:
     settings = _settings(db)
-    with _approvals(settings) as approvals:
+    with _approvals(settings, grants) as approvals:
         a = approvals.require(approval_id)
         calls = approvals.calls_for(approval_id)
         history = approvals.history(approval_id)
@@ -222,12 +224,13 @@ def _show(approval_id: str, db: str | None, as_json: bool) -> None:
     _console().print(_details(a, calls, history))
 
 
-def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None) -> None:
+def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None,
+            grants: bool = False) -> None:
     settings = _settings(db)
     if not approve and not (reason or "").strip():
         raise BadInput("--reason is required to deny: the agent's error shows it")
     approver = _identity(settings, token_file)
-    with _approvals(settings) as approvals:
+    with _approvals(settings, grants) as approvals:
         a = approvals.decide(approval_id, approver, approve=approve, reason=reason, channel="cli")
     verb = "approved" if approve else "denied"
     if a.kind == "grant":
@@ -300,7 +303,9 @@ def access() -> None:
               help="A role binding's id in the policies' roles, or its role ARN.")
 @click.option("--for", "for_", required=True, metavar="DURATION", help="How long, once approved: 30m, 2h, 900.")
 @click.option("--reason", required=True, help="Why; the approvers see it.")
-@token_option
+@click.option("--token-file", metavar="FILE", default=None, envvar="AGENTGATE_TOKEN_FILE",
+              help="Your own OIDC token, required (default: AGENTGATE_TOKEN_FILE): the grant is for the principal "
+                   "it names, so the local admin token does not do.")
 @db_option
 def access_request(role: str, for_: str, reason: str, token_file: str | None, db: str | None) -> None:
     """Ask for your calls to run as ROLE for a while; an approver decides."""
@@ -354,7 +359,7 @@ def access_list(active: bool, pending: bool, limit: int, db: str | None, as_json
 @json_option
 def access_show(grant_id: str, db: str | None, as_json: bool) -> None:
     """Show one access grant."""
-    _show(grant_id, db, as_json)
+    _show(grant_id, db, as_json, grants=True)
 
 
 @access.command("approve")
@@ -364,7 +369,7 @@ def access_show(grant_id: str, db: str | None, as_json: bool) -> None:
 @db_option
 def access_approve(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
     """Approve an access request: the grant starts now and lasts what was asked."""
-    _decide(grant_id, True, reason, token_file, db)
+    _decide(grant_id, True, reason, token_file, db, grants=True)
 
 
 @access.command("deny")
@@ -374,7 +379,7 @@ def access_approve(grant_id: str, reason: str | None, token_file: str | None, db
 @db_option
 def access_deny(grant_id: str, reason: str, token_file: str | None, db: str | None) -> None:
     """Deny an access request."""
-    _decide(grant_id, False, reason, token_file, db)
+    _decide(grant_id, False, reason, token_file, db, grants=True)
 
 
 @access.command("revoke")
@@ -386,7 +391,7 @@ def access_revoke(grant_id: str, reason: str | None, token_file: str | None, db:
     """End an access grant now (its grantee, an approver, or the local admin)."""
     settings = _settings(db)
     by = _identity(settings, token_file)
-    with _approvals(settings) as store:
+    with _approvals(settings, grants=True) as store:
         a = store.revoke(grant_id, by, reason=reason, channel="cli")
     click.echo(f"{a.id} revoked by {a.revoked_by}: {a.principal}'s calls no longer run as {a.role}")
 

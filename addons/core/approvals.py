@@ -74,7 +74,9 @@ class ApprovalError(Exception):
 
 
 class NotFound(ApprovalError):
-    pass
+    def __init__(self, message: str, approval_id: str | None = None) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
 
 
 class Refused(ApprovalError):
@@ -385,7 +387,7 @@ class Approvals:
     def require(self, approval_id: str) -> Approval:
         found = self.get(approval_id)
         if found is None:
-            raise NotFound(f"there is no approval {approval_id!r}: `agentgate approvals list` shows them")
+            raise NotFound(f"there is no approval {approval_id!r}: `agentgate approvals list` shows them", approval_id)
         return found
 
     def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False,
