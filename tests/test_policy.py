@@ -447,6 +447,20 @@ def test_a_misspelt_or_misused_function_is_a_load_error_not_a_rule_that_never_ma
     ]
 
 
+def test_an_empty_file_or_a_link_to_nothing_is_an_error_not_a_file_left_out(tmp_path):
+    write(tmp_path, "a.yaml", """
+        version: 1
+        rules:
+          - id: read
+            access_level: [List, Read]
+            decision: allow
+    """)
+    (tmp_path / "b.yaml").write_text("# to be written\n")
+    (tmp_path / "c.yaml").symlink_to(tmp_path / "gone.yaml")
+    assert errors_of(tmp_path) == ["b.yaml:1: the file is empty: a policy file needs at least `version: 1`",
+                                   "c.yaml: cannot read: No such file or directory"]
+
+
 def test_load_errors_name_file_and_line_for_every_kind(tmp_path):
     write(tmp_path, "a.yaml", """
         version: 1

@@ -765,8 +765,9 @@ class _Parsed:
 
 
 def _policy_file_names(directory: Path) -> list[str]:
+    # not only files: a link to nothing, say, is a policy file that cannot be read, not one left out
     return sorted(e.name for e in os.scandir(directory)
-                  if e.is_file() and not e.name.startswith(".") and e.name.endswith((".yaml", ".yml")))
+                  if not e.is_dir() and not e.name.startswith(".") and e.name.endswith((".yaml", ".yml")))
 
 
 def _parse(directory: str | Path) -> _Parsed:
@@ -784,7 +785,10 @@ def _parse(directory: str | Path) -> _Parsed:
     for name in names:
         try:
             text = (directory / name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
+            parsed.problems.append((name, 0, f"cannot read: {e.strerror or e}"))
+            continue
+        except UnicodeDecodeError as e:
             parsed.problems.append((name, 0, f"cannot read: {e}"))
             continue
         parsed.files.append((name, text))
@@ -825,6 +829,7 @@ def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict
     for line, message in loader.problems:
         problem(line, message)
     if doc is None:
+        problem(1, "the file is empty: a policy file needs at least `version: 1`")
         return
     if not isinstance(doc, _Map):
         problem(1, "a policy file is a mapping with version, default, roles and rules")
