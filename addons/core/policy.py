@@ -87,6 +87,11 @@ _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _in_order(problems: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """Problems by file, then line (as a person reads the files); the order found within a line."""
+    return sorted(problems, key=lambda p: (p[0], p[1]))
+
+
 class PolicyError(Exception):
     """Policy files that cannot be used; ``errors`` holds every problem as "file:line: message"."""
 
@@ -1185,7 +1190,7 @@ class PolicySet:
     def load(cls, directory: str | Path) -> "PolicySet":
         parsed = _parse(directory)
         if parsed.problems:
-            raise PolicyError([_format(*p) for p in parsed.problems])
+            raise PolicyError([_format(*p) for p in _in_order(parsed.problems)])
         return cls(parsed)
 
     def __repr__(self) -> str:
@@ -1358,7 +1363,7 @@ class PolicyStore:
         self._watched = frozenset(parsed.watched) | self._set._watched
         self._stamp = self._extend(before)
         if parsed.problems:
-            error = PolicyError([_format(*p) for p in parsed.problems])
+            error = PolicyError([_format(*p) for p in _in_order(parsed.problems)])
             seen = hashlib.sha256(repr((error.errors, parsed.files)).encode()).hexdigest()
             if seen != self._reported:
                 self._reported = seen
