@@ -5,12 +5,12 @@ Driven with mitmproxy's own ``ConnectionHandler.handle_connection`` and ``close_
 real loopback socket; only the layers are left out (``server_event`` keeps mitmproxy's lock and
 records the events it is given). The same happens through a real gateway in
 tests/test_security_limits.py (a request body over max_body_bytes: the 413 is sent after the
-error hook, from the hook's task, while the connection's task hands over the body still coming)."""
+error hook, from the hook's task, while the connection's task hands over the body still coming).
+A changed mitmproxy left alone: tests/test_fastpath.py."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from mitmproxy import connection
 from mitmproxy.proxy import events, server
@@ -89,15 +89,3 @@ def test_mitmproxy_alone_leaves_that_connection_open():
         original = original.__wrapped__
     h, closed, _ = asyncio.run(_close_while_waiting_for_the_lock(original))
     assert not closed and h.client in h.transports and h.events == []
-
-
-def test_a_changed_mitmproxy_is_left_alone_with_an_error(monkeypatch, caplog):
-    async def handle_connection(self, connection, extra=None):  # another shape
-        pass
-
-    monkeypatch.setattr(closing, "_installed", False)
-    monkeypatch.setattr(server.ConnectionHandler, "handle_connection", handle_connection)
-    with caplog.at_level(logging.ERROR, logger="agentgate.closing"):
-        assert closing.install() is False
-    assert server.ConnectionHandler.handle_connection is handle_connection
-    assert "connections closed from another task may stay open" in caplog.text

@@ -14,7 +14,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.proxy import mode_servers
 from mitmproxy.test import tflow
 
-from addons import fastpath
+from addons import closing, fastpath, reads
 
 
 class Recorder:
@@ -264,3 +264,25 @@ def test_option_reads_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
         assert fastpath.cheap_option_reads() is False
     assert "not what cheap_option_reads expects" in caplog.text
     assert not hasattr(Option.current, "_agentgate")
+
+
+@pytest.mark.parametrize("wrapper, words", [
+    (closing, "connections closed from another task may stay open"),
+    (reads, "connections are read 64 KiB at a time"),
+], ids=["closing", "reads"])
+def test_a_wrapper_of_handle_connection_leaves_a_changed_mitmproxy_alone_with_its_error(monkeypatch, caplog,
+                                                                                        wrapper, words):
+    """closing.py and reads.py wrap mitmproxy's ConnectionHandler.handle_connection, each after
+    ``fastpath.connection_handler`` checked its shape: another shape is left as it is, and each says
+    in its own words what the gateway does without it."""
+    from mitmproxy.proxy import server
+
+    async def handle_connection(self, connection, extra=None):  # another shape
+        pass
+
+    monkeypatch.setattr(wrapper, "_installed", False)
+    monkeypatch.setattr(server.ConnectionHandler, "handle_connection", handle_connection)
+    with caplog.at_level(logging.ERROR, logger=wrapper.log.name):
+        assert wrapper.install() is False
+    assert server.ConnectionHandler.handle_connection is handle_connection
+    assert words in caplog.text

@@ -4,12 +4,11 @@ most; a small message is handed over as soon as it arrives, as before.
 Driven with mitmproxy's own ``ConnectionHandler.handle_connection`` over a real loopback socket;
 only the layers are left out (``server_event`` keeps mitmproxy's lock and records the bytes it is
 given). Large bodies through a real gateway, both ways, are in tests/test_s3_wire.py and the
-transfer tests."""
+transfer tests. A changed mitmproxy left alone: tests/test_fastpath.py."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 
 from mitmproxy import connection
@@ -107,15 +106,3 @@ def test_a_small_message_is_handed_over_as_soon_as_it_arrives():
     assert reads.install()
     h = asyncio.run(_serve(server.ConnectionHandler.handle_connection, send))
     assert h.received == [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
-
-
-def test_a_changed_mitmproxy_is_left_alone_with_an_error(monkeypatch, caplog):
-    async def handle_connection(self, connection, extra=None):  # another shape
-        pass
-
-    monkeypatch.setattr(reads, "_installed", False)
-    monkeypatch.setattr(server.ConnectionHandler, "handle_connection", handle_connection)
-    with caplog.at_level(logging.ERROR, logger="agentgate.reads"):
-        assert reads.install() is False
-    assert server.ConnectionHandler.handle_connection is handle_connection
-    assert "connections are read 64 KiB at a time" in caplog.text

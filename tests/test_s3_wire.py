@@ -71,10 +71,10 @@ def test_multipart_upload_file_100mb(gateway, token_file, tmp_path):
     assert "s3:PutObject" in actions  # CreateMultipartUpload/UploadPart/Complete are authorised as s3:PutObject
 
 
-@pytest.mark.parametrize("signature", ["s3", "s3v4"])
-def test_presigned_get_with_a_plain_http_client(gateway, token_file, tmp_path, signature):
-    env = agent(gateway, token_file, tmp_path)
-    out = check(run_agent(env, textwrap.dedent(f"""
+def presigned(env: dict, signature: str, key: str, body: bytes, expires_in: tuple[int, ...] = (3600,)) -> list[str]:
+    """As the agent (boto3, signature version ``signature``): put ``body`` at presigned/``key`` and
+    presign GETs of it, one per ``expires_in``."""
+    return check(run_agent(env, textwrap.dedent(f"""
         import json, boto3
         from botocore.config import Config
         s3 = boto3.client("s3", config=Config(signature_version={signature!r}))
@@ -82,13 +82,25 @@ def test_presigned_get_with_a_plain_http_client(gateway, token_file, tmp_path, s
             s3.create_bucket(Bucket="presigned")
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
-        s3.put_object(Bucket="presigned", Key="hello.txt", Body=b"hello, presigned")
-        print(json.dumps({{"url": s3.generate_presigned_url("get_object", Params={{"Bucket": "presigned", "Key": "hello.txt"}})}}))
+        s3.put_object(Bucket="presigned", Key={key!r}, Body={body!r})
+        print(json.dumps([s3.generate_presigned_url("get_object", Params={{"Bucket": "presigned", "Key": {key!r}}},
+                                                    ExpiresIn=seconds) for seconds in {list(expires_in)!r}]))
     """)))
-    url = out["url"]
-    assert ("X-Amz-Signature=" in url) == (signature == "s3v4")
+
+
+def fetch(gateway, env: dict, url: str) -> httpx.Response:
+    """``url`` fetched through the gateway by a plain HTTP client, with the agent's proxy token."""
     token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
-    r = httpx.get(url, proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)), timeout=30)
+    return httpx.get(url, proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)),
+                     timeout=30)
+
+
+@pytest.mark.parametrize("signature", ["s3", "s3v4"])
+def test_presigned_get_with_a_plain_http_client(gateway, token_file, tmp_path, signature):
+    env = agent(gateway, token_file, tmp_path)
+    [url] = presigned(env, signature, "hello.txt", b"hello, presigned")
+    assert ("X-Amz-Signature=" in url) == (signature == "s3v4")
+    r = fetch(gateway, env, url)
     assert r.status_code == 200, r.text
     assert r.text == "hello, presigned"
 
@@ -98,26 +110,11 @@ def test_an_expired_presigned_url_is_refused_as_aws_would(gateway, token_file, t
     """The gateway signs again, so the URL's own signature does not count; its end does, as for AWS:
     a URL past its expiry gets S3's 403 "Request has expired" and is recorded as refused."""
     env = agent(gateway, token_file, tmp_path, sub=f"expired-{signature}")
-    out = check(run_agent(env, textwrap.dedent(f"""
-        import json, boto3
-        from botocore.config import Config
-        s3 = boto3.client("s3", config=Config(signature_version={signature!r}))
-        try:
-            s3.create_bucket(Bucket="presigned")
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        s3.put_object(Bucket="presigned", Key="soon.txt", Body=b"gone soon")
-        url = lambda seconds: s3.generate_presigned_url("get_object", Params={{"Bucket": "presigned", "Key": "soon.txt"}},
-                                                        ExpiresIn=seconds)
-        print(json.dumps({{"short": url(1), "long": url(3600)}}))
-    """)))
-    token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
-    get = lambda url: httpx.get(url, proxy=gateway.proxy_url(token), timeout=30,
-                                verify=ssl.create_default_context(cafile=str(gateway.ca_file)))
+    short, long = presigned(env, signature, "soon.txt", b"gone soon", expires_in=(1, 3600))
     time.sleep(2.1)
-    r = get(out["short"])
+    r = fetch(gateway, env, short)
     assert r.status_code == 403, r.text
     assert "<Code>AccessDenied</Code>" in r.text and "Request has expired: the presigned URL was good until" in r.text
-    assert get(out["long"]).text == "gone soon"
+    assert fetch(gateway, env, long).text == "gone soon"
     [refused] = [x for x in gateway.records() if x["principal"] == f"expired-{signature}" and x["status"] == 403]
     assert (refused["outcome"], refused["rule"], refused["action"]) == ("refused", "agentgate:egress", "s3:GetObject")

@@ -83,7 +83,7 @@ def render(refusal: Refusal, protocol: str | None, request_id: str | None = None
         headers["x-amzn-ErrorType"] = code
         if protocol == "json":
             asked = (request_content_type or "").split(";")[0].strip().lower()
-            headers["content-type"] = asked if asked in ("application/x-amz-json-1.0",) else "application/x-amz-json-1.1"
+            headers["content-type"] = asked if asked == "application/x-amz-json-1.0" else "application/x-amz-json-1.1"
         else:
             headers["content-type"] = "application/json"
         body = json.dumps({"__type": code, "message": msg, "Message": msg}).encode()

@@ -720,11 +720,10 @@ class Store:
         if path is not None:
             try:  # a new store is its user's alone, as `agentgate init` makes it: directory 0700, file 0600
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError as e:
-                if e.filename != str(path):  # not the store itself (which may be there) but a directory of it
-                    raise StoreUnavailable(f"cannot open the store at {self.where}: cannot create {e.filename}: "
-                                           f"{e.strerror}") from None
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:
+                    pass  # the store is there already
             except OSError as e:
                 where = path if e.filename is None else e.filename
                 raise StoreUnavailable(f"cannot open the store at {self.where}: cannot create {where}: "
