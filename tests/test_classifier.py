@@ -294,6 +294,10 @@ def test_smithy_rpc_v2_cbor():
     got = run(capture("cloudwatchomni", "list_spaces", maxResults=5))
     assert got.protocol == "smithy-rpc-v2-cbor"
     assert (got.service, got.operation, got.params) == ("cloudwatchomni", "ListSpaces", {"maxResults": 5})
+    request = capture("cloudwatchomni", "list_spaces", maxResults=5)
+    assert request["body"][:1] == b"\xa1"  # a map of one pair: make it two, naming maxResults again
+    doubled = run(dict(request, body=b"\xa2" + request["body"][1:] + request["body"][1:]))
+    assert "key 'maxResults' given more than once in one map" in doubled.error, doubled.error
 
 
 def test_gzip_compressed_body():
@@ -415,6 +419,73 @@ def test_params_that_do_not_fit_the_shape():
     assert got.operation == "DescribeInstances"
     assert got.params["MaxResults"] == "lots"
     assert "MaxResults" in got.error and "Bogus" in got.error
+
+
+# A name given twice is ambiguous: which value a service acts on is not known, so the gateway must
+# not decide (or record, or bind an approval to) one of them. Each case is a request botocore built,
+# with one name doubled the way a hostile agent would.
+
+
+def _with_body(request: dict, body: bytes, query: str | None = None) -> dict:
+    return dict(request, body=body, query=request["query"] if query is None else query)
+
+
+def test_a_query_action_in_the_url_and_another_in_the_body_is_refused_not_read_as_the_first():
+    # Read as DescribeInstances (List, allowed by a read-only rule) while EC2 might run the other.
+    terminate = capture("ec2", "terminate_instances", InstanceIds=["i-0abc"])
+    got = run(_with_body(terminate, terminate["body"], query="Action=DescribeInstances"))
+    assert got.operation == "DescribeInstances" and "Action: given more than once" in got.error
+    doubled = run(_with_body(terminate, b"Action=DescribeInstances&" + terminate["body"]))
+    assert "Action: given more than once" in doubled.error
+    assert run(terminate).error is None  # the request as botocore sends it
+
+
+def test_a_query_parameter_given_twice_is_refused():
+    request = capture("sts", "assume_role", RoleArn=f"arn:aws:iam::{ACCOUNT}:role/read", RoleSessionName="agent")
+    body = request["body"].encode() if isinstance(request["body"], str) else request["body"]
+    got = run(_with_body(request, body + f"&RoleArn=arn:aws:iam::{ACCOUNT}:role/admin".encode()))
+    assert got.operation == "AssumeRole" and "RoleArn: given more than once" in got.error
+    # numbered list members are distinct names, not repeats
+    listed = run(capture("ec2", "describe_instances", InstanceIds=["i-1", "i-2", "i-3"]))
+    assert listed.error is None and listed.params["InstanceIds"] == ["i-1", "i-2", "i-3"]
+
+
+@pytest.mark.parametrize("service, method, params, member", [
+    ("dynamodb", "delete_table", {"TableName": "dev"}, "TableName"),
+    ("lambda", "update_function_configuration", {"FunctionName": "f", "Timeout": 3}, "Timeout"),  # rest-json
+])
+def test_a_json_member_given_twice_is_refused(service, method, params, member):
+    request = capture(service, method, **params)
+    assert run(request).error is None
+    document = json.loads(request["body"])
+    text = json.dumps(document)[:-1] + f', "{member}": ' + json.dumps(document[member]) + "}"
+    got = run(_with_body(request, text.encode()))
+    assert f"member '{member}' given more than once" in got.error, got.error
+    nested = run(_with_body(request, b'{"Key": {"a": {"S": "1"}, "a": {"S": "2"}}}'))
+    assert "given more than once" in nested.error  # in a nested object too
+
+
+def test_a_rest_query_parameter_given_twice_is_refused_but_a_list_may_repeat():
+    request = capture("s3", "get_object", Bucket="bkt", Key="k", VersionId="v1")
+    assert run(request).error is None
+    got = run(dict(request, query=request["query"] + "&versionId=v2"))
+    assert got.operation == "GetObject" and "query parameter 'versionId' given more than once" in got.error
+    untag = capture("lambda", "untag_resource", Resource="arn:aws:lambda:us-east-1:123456789012:function:f",
+                    TagKeys=["a", "b"])  # a list member is its name repeated, as botocore sends it
+    assert "tagKeys=a&tagKeys=b" in untag["query"]
+    listed = run(untag)
+    assert listed.error is None and listed.params["TagKeys"] == ["a", "b"]
+
+
+def test_an_xml_element_given_twice_is_refused():
+    request = capture("s3", "put_bucket_versioning", Bucket="bkt", VersioningConfiguration={"Status": "Enabled"})
+    assert run(request).error is None, run(request).error
+    body = request["body"].replace(b"<Status>Enabled</Status>", b"<Status>Enabled</Status><Status>Suspended</Status>")
+    got = run(dict(request, body=body, headers={k: v for k, v in request["headers"].items() if k.lower() != "content-md5"}))
+    assert "element <Status> given more than once" in got.error, got.error
+    # a flattened list's items repeat by design
+    tags = run(capture("s3", "delete_objects", Bucket="bkt", Delete={"Objects": [{"Key": "a"}, {"Key": "b"}]}))
+    assert tags.error is None and [o["Key"] for o in tags.params["Delete"]["Objects"]] == ["a", "b"]
 
 
 def test_jsonvalue_and_blob_members():

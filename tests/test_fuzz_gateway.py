@@ -128,6 +128,19 @@ HOSTILE = [
      lambda: _request("POST", "sts.amazonaws.com", b"/", {
          **_auth("sts"), "Content-Type": "application/x-www-form-urlencoded"}, bytes(range(256)) * 4),
      ("AccessDenied", "cannot tell the operation")),
+    # one Action in the URL and another in the body: read as the first (a List action a read-only
+    # rule allows) while EC2 might run the other, so neither is decided
+    ("action-in-url-and-body", "ec2.us-east-1.amazonaws.com",
+     lambda: _request("POST", "ec2.us-east-1.amazonaws.com", b"/?Action=DescribeInstances", {
+         **_auth("ec2"), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+         b"Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-0123456789abcdef0"),
+     ("AccessDenied", "Action: given more than once")),
+    # a JSON member named twice: policy and the record would read one value, the service maybe the other
+    ("json-member-twice", "dynamodb.us-east-1.amazonaws.com",
+     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
+         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.DeleteTable",
+         "Content-Type": "application/x-amz-json-1.0"}, b'{"TableName": "prod", "TableName": "scratch"}'),
+     ("AccessDenied", "member 'TableName' given more than once")),
     # invalid UTF-8 in a header the agent did not sign, on a call the policy allows: sent on as it came
     ("invalid-utf8-header", "sts.amazonaws.com",
      lambda: _request("POST", "sts.amazonaws.com", b"/", {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import gzip
 import json
 import os
@@ -751,7 +752,16 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
 
 def query_params(pairs: list[tuple[str, str]], shape: botocore.model.Shape | None, ec2: bool,
                  errors: ParamErrors) -> dict:
-    """Query/EC2 form parameters (without Action, Version and signature) read into the input shape."""
+    """Query/EC2 form parameters (without Action, Version and signature) read into the input shape.
+    A name given twice (in the query string and the body, or twice in either) is an error: which
+    one the service acts on is not known, and an Action read from one while the service reads the
+    other would decide one operation and run another."""
+    if len(pairs) > 1:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                errors.add(key, "given more than once: the request is ambiguous")
+            seen.add(key)
     tree = query_tree((k, v) for k, v in pairs if k not in ("Action", "Version") and k.lower() not in AUTH_QUERY_PARAMS)
     if shape is None:
         return {}
@@ -818,6 +828,8 @@ def xml_structure(element: Any, shape: botocore.model.StructureShape, errors: Pa
         elif member.type_name == "map" and member.serialization.get("flattened"):
             out[name] = xml_map_entries(children[wire], member, errors, sub)
         else:
+            if len(children[wire]) > 1:
+                errors.add(sub, f"element <{wire}> given more than once: the request is ambiguous")
             out[name] = xml_value(children[wire][0], member, errors, sub)
     return out
 
@@ -830,10 +842,25 @@ def parse_xml(body: bytes) -> Any:
                                              forbid_external=True)
 
 
-def decode_cbor(body: bytes) -> Any:
+@functools.cache
+def _cbor_parser_class() -> Any:
+    """botocore's CBOR reader, refusing a map that names a key twice (as ``load_json`` does)."""
     from botocore.parsers import RpcV2CBORParser
 
-    parser = RpcV2CBORParser()
+    class OneValuePerKey(RpcV2CBORParser):
+        def _parse_key_value_pair(self, stream: Any, items: dict) -> None:
+            key = self.parse_data_item(stream)
+            value = self.parse_data_item(stream)
+            if key in items:
+                raise ValueError(f"key {str(key)[:100]!r} given more than once in one map: the request is ambiguous")
+            if value is not None:
+                items[key] = value
+
+    return OneValuePerKey
+
+
+def decode_cbor(body: bytes) -> Any:
+    parser = _cbor_parser_class()()
     stream = parser.get_peekable_stream_from_bytes(body)
     value = parser.parse_data_item(stream)
     if stream.read(1):
@@ -888,12 +915,27 @@ def split_header_list(value: str) -> list[str]:
     return [i for i in out if i != ""] if value.strip() else []
 
 
+def _one_value_per_name(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"member {twice[:100]!r} given more than once in one object: the request is ambiguous")
+    return out
+
+
+def load_json(body: bytes | str) -> Any:
+    """A JSON document, refused (ValueError) where an object names a member twice: which of the
+    two a service would act on is not known, so neither policy nor the record may pick one."""
+    return json.loads(body, object_pairs_hook=_one_value_per_name)
+
+
 def header_value(text: str, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
     if shape.type_name == "list":
         return [scalar_from_text(v, shape.member, errors, path) for v in split_header_list(text)]
     if shape.serialization.get("jsonvalue"):
         try:
-            return json.loads(base64.b64decode(text))
+            return load_json(base64.b64decode(text))
         except ValueError:
             errors.add(path, "expected base64-encoded JSON")
             return text
@@ -950,11 +992,15 @@ def rest_located_params(request: WireRequest, route: Route, match: re.Match, loc
                 if member.type_name == "list"
                 else scalar_from_text(values[0], member, errors, name)
             )
+            if len(values) > 1 and member.type_name != "list":
+                errors.add(name, f"query parameter {key[:100]!r} given more than once: the request is ambiguous")
         elif key not in literal_keys and key.lower() not in AUTH_QUERY_PARAMS:
             unclaimed[key] = values
     if located.query_map and unclaimed:
         name, member = located.query_map
         params[name] = unclaimed if member.value.type_name == "list" else {k: v[0] for k, v in unclaimed.items()}
+        for key in (k for k, v in unclaimed.items() if len(v) > 1 and member.value.type_name != "list"):
+            errors.add(f"{name}.{key[:100]}", "query parameter given more than once: the request is ambiguous")
     for key, value in request.headers.items():
         if key in located.headers:
             name, member = located.headers[key]
@@ -979,13 +1025,13 @@ def rest_body_params(body: bytes, shape: botocore.model.StructureShape, protocol
             return {payload: text} if text is not None else {}
         if protocol == "rest-xml":
             return {payload: xml_value(parse_xml(body), member, errors, payload)}
-        value = json.loads(body)
+        value = load_json(body)
         if getattr(member, "is_document_type", False):
             return {payload: value}
         return {payload: typed_value(value, member, errors, payload)}
     if protocol == "rest-xml":
         return xml_structure(parse_xml(body), shape, errors, "", body_only=True)
-    value = json.loads(body)
+    value = load_json(body)
     if not isinstance(value, dict):
         errors.add("body", "expected a JSON object")
         return {}
@@ -1365,7 +1411,7 @@ class Classifier:
         params = dict(host_labels)
         if not body or operation.has_event_stream_input:
             return params
-        value = decode_cbor(body) if protocol == "smithy-rpc-v2-cbor" else json.loads(body)
+        value = decode_cbor(body) if protocol == "smithy-rpc-v2-cbor" else load_json(body)
         if not isinstance(value, dict):
             errors.add("body", "expected an object")
             return params
