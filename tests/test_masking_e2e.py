@@ -34,27 +34,12 @@ rules:
     action: ["secretsmanager:*", "ssm:*", "lambda:*", "dynamodb:*", "ec2:*", "iam:CreateAccessKey",
              "iam:CreateUser", "sts:GetCallerIdentity", "s3:*"]
     decision: allow
-  - id: mask-secret-values
-    action: secretsmanager:GetSecretValue
-    decision: allow
-    mask_for_agent: [SecretString, SecretBinary]
-  - id: mask-parameter-values
-    action: ssm:GetParameter*
-    decision: allow
-    mask_for_agent: [Parameter.Value, "Parameters[].Value"]
-  - id: mask-function-environment
-    action: [lambda:GetFunction, lambda:GetFunctionConfiguration]
-    decision: allow
-    mask_for_agent: [Configuration.Environment.Variables, Environment.Variables]
-  - id: mask-user-data
-    action: ec2:DescribeInstanceAttribute
-    decision: allow
-    mask_for_agent: [UserData.Value]
   - id: personal-data-in-items
     action: "dynamodb:*"
     decision: allow
     mask_for_agent: [Item.ssn, "Items[].ssn"]
-"""
+""" + (Path(__file__).resolve().parent.parent / "policies" / "secrets.yaml").read_text().split("\nrules:\n", 1)[1]
+# ^ the shipped masking rules themselves (policies/secrets.yaml), so that what ships is what is tested
 
 MARKER = "agentgate:masked:hmac-"
 
@@ -126,6 +111,10 @@ AGENT = textwrap.dedent("""
     env = lam.get_function(FunctionName=f"fn-{tag}")["Configuration"]["Environment"]["Variables"]
     out["lambda_env"] = env
     out["lambda_env_config"] = lam.get_function_configuration(FunctionName=f"fn-{tag}")["Environment"]["Variables"]
+    out["lambda_env_listed"] = [f["Environment"]["Variables"] for f in lam.list_functions()["Functions"]
+                                if f["FunctionName"] == f"fn-{tag}"]
+    out["lambda_env_versions"] = [v["Environment"]["Variables"]
+                                  for v in lam.list_versions_by_function(FunctionName=f"fn-{tag}")["Versions"]]
 
     iam = boto3.client("iam")
     iam.create_user(UserName=f"app-{tag}")
@@ -147,6 +136,10 @@ AGENT = textwrap.dedent("""
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, UserData=script)["Instances"][0]["InstanceId"]
     attr = ec2.describe_instance_attribute(InstanceId=instance, Attribute="userData")
     out["user_data"] = attr["UserData"]["Value"]
+    ec2.create_launch_template(LaunchTemplateName=f"lt-{tag}", LaunchTemplateData={
+        "ImageId": image, "UserData": base64.b64encode(script.encode()).decode()})
+    out["template_user_data"] = [v["LaunchTemplateData"]["UserData"] for v in ec2.describe_launch_template_versions(
+        LaunchTemplateName=f"lt-{tag}")["LaunchTemplateVersions"]]
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=f"objects-{tag}")
@@ -210,6 +203,9 @@ def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
     # Lambda: variable values masked, names kept
     assert out["lambda_env"] == {"DB_PASSWORD": marker(gw, s["lambda_env"]), "STAGE": marker(gw, "test")}
     assert out["lambda_env_config"]["DB_PASSWORD"] == marker(gw, s["lambda_env"])
+    # ... and from every read that returns it: listing functions and their versions
+    assert out["lambda_env_listed"] == [out["lambda_env"]] and out["lambda_env_versions"]
+    assert all(v == out["lambda_env"] for v in out["lambda_env_versions"])
     # IAM: no policy path, so the agent gets the key (and the record must not)
     assert len(out["iam_secret"]) == 40 and not out["iam_secret"].startswith(MARKER)
     # DynamoDB: the attribute policy names is masked as a string attribute; the rest as it was
@@ -218,6 +214,8 @@ def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
     assert out["scan"][0]["ssn"] == {"S": marker(gw, s["ssn"])}
     # EC2: user data is base64 on the wire; the agent gets a valid base64 marker
     assert base64.b64decode(out["user_data"]).decode().startswith(MARKER)
+    assert out["template_user_data"] and all(base64.b64decode(u).decode().startswith(MARKER)
+                                             for u in out["template_user_data"])
     # S3 objects are not masked by default
     assert out["object"] == "token=" + s["object_text"]
 

@@ -768,6 +768,34 @@ def test_shipped_policies_masks_roles_and_approvals(shipped):
     assert dict(approve.approvers) == {"groups": ("sre",)} and approve.expires == 900
 
 
+# Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.
+SHIPPED_UNMASKED = {
+    ("secretsmanager", "GetRandomPassword"): "a password generated for the caller to set somewhere; nobody's yet",
+}
+
+
+def test_shipped_policies_mask_for_agents_every_curated_secret_of_a_call_they_allow(shipped):
+    """Where the record's curated list names a secret in a response (Lambda environments, user data,
+    secret values, ...), a call the shipped policies allow gets that member masked for the agent too:
+    a second read that returns the same secret (ListFunctions beside GetFunction) is no way round."""
+    from addons.core import actions
+    from addons.core.masking import CURATED
+
+    allowed = []
+    for target in (t for t in CURATED if t.direction == "output"):
+        for operation in target.operations:
+            action, level = actions.iam_action(target.service, operation)
+            c = call(action, level)
+            c.service, c.operation = target.service, operation
+            d = shipped.evaluate(principal(), c)
+            if d.decision != "allow" or (target.service, operation) in SHIPPED_UNMASKED:
+                continue
+            allowed.append(operation)
+            missing = [p for p in target.paths if p not in d.mask_for_agent]
+            assert not missing, f"{action} is allowed (rule {d.rule}) and returns {missing} unmasked to the agent"
+    assert {"ListFunctions", "ListVersionsByFunction", "GetSecretValue", "DescribeLaunchTemplateVersions"} <= set(allowed)
+
+
 def test_shipped_policies_keep_roles_to_the_listed_ones(shipped):
     who = principal()
     listed = "arn:aws:iam::123456789012:role/agent-workload"
@@ -803,7 +831,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 30
+    assert len(ps.rules) == 31
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),
