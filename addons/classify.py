@@ -7,7 +7,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from .core import classifier
-from .stage import CALL, HOST, REFUSAL, answer, due, header_pairs, lowered
+from .stage import CALL, HOST, REFUSAL, STREAM, answer, due, header_pairs, lowered
 
 
 class Classify:
@@ -21,6 +21,13 @@ class Classify:
             # it as `unknown` (denied unless a rule names it); service and operation stay recorded.
             call.action, call.access_level = "unknown", None
         flow.metadata[CALL] = call
+        if body is None and flow.metadata.get(STREAM) and classifier.parameters_in_body(call):
+            # A declared payload hash lets a body stream past the stages, which suits data (an S3
+            # object), not parameters: read without the body, the call would be decided, bound to
+            # an approval and recorded without them. So the body is read first (up to
+            # max_body_bytes), and this stage and the rest run again in ``request``.
+            flow.metadata[STREAM] = False
+            return
         refusal = flow.metadata.get(REFUSAL)
         if refusal is not None:
             answer(flow, refusal)

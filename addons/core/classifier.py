@@ -1482,6 +1482,39 @@ def prepare(services: Iterable[str] = ()) -> None:
         classifier.routing(service).routes("GET")
 
 
+_body_parameters: dict[tuple[str, str, str], bool] = {}
+
+
+def parameters_in_body(call: Classification) -> bool:
+    """Whether ``call``'s operation carries input members in its request body, so that policy, an
+    approval's binding and the record need the body read before the call may go on. False where
+    the body is data (S3 PutObject's streaming ``Body``, an event stream), where there is no input,
+    and where all of it sits in the URI, query string and headers (an S3 GetObject); True for
+    every member of a json, query, ec2 or CBOR body and for a rest call's body members or
+    structure, string or blob payload (S3 DeleteObjects, PutBucketPolicy, Lambda Invoke). A call
+    not classified has nothing to read: False."""
+    if not call.service or not call.operation or not call.protocol:
+        return False
+    key = (call.service, call.operation, call.protocol)
+    found = _body_parameters.get(key)
+    if found is None:
+        found = _body_parameters[key] = _parameters_in_body(call.service, call.operation, call.protocol)
+    return found
+
+
+def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
+    model = default_classifier().routing(service).operation_model(operation)
+    shape = model.input_shape
+    if model.has_event_stream_input or shape is None or not shape.members:
+        return False
+    if not protocol.startswith("rest-"):
+        return True
+    payload = shape.serialization.get("payload")
+    if payload:
+        return not is_streaming(shape.members[payload])
+    return any(not m.serialization.get("location") for m in shape.members.values())
+
+
 def default_classifier() -> Classifier:
     """The process-wide classifier (created on first use; models load as services are seen)."""
     global _default

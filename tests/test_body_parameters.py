@@ -1,0 +1,171 @@
+"""Parameters in a request body are read before a call is decided, whatever the agent declares.
+
+A declared payload hash (``X-Amz-Content-SHA256``) lets a body stream past the stages, which is
+right for data (an S3 object) and wrong for parameters: a call decided without its body would be
+decided, bound to an approval and recorded without them. boto3 declares it on every S3 call (so
+S3's XML bodies: DeleteObjects' keys, a bucket policy), and any agent can add it to a JSON call.
+Through a real gateway, against moto with authentication on."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from tests.support.gateway import Gateway
+
+WORKLOAD_ROLE = "arn:aws:iam::123456789012:role/agent-role"  # moto has it: a function may be created with it
+
+POLICY = f"""\
+version: 1
+default: deny
+roles:
+  - principal: {{groups: [data-agents]}}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+rules:
+  - id: data-plane
+    action: ["s3:*", "dynamodb:*", "lambda:*", "sts:GetCallerIdentity"]
+    decision: allow
+  - id: guarded-table
+    action: dynamodb:PutItem
+    when: "params.TableName == 'guarded'"
+    decision: deny
+    reason: nothing is written to the guarded table
+  - id: only-the-workload-role
+    action: lambda:CreateFunction
+    when: "params.Role != '{WORKLOAD_ROLE}'"
+    decision: deny
+    reason: functions run as the workload role
+  - id: no-public-bucket-policies
+    action: s3:PutBucketPolicy
+    when: "contains(params.Policy, '\\"*\\"')"
+    decision: deny
+    reason: buckets are never public
+  - id: deleting-needs-sre
+    action: s3:DeleteObject
+    decision: approve
+    approvers: {{groups: [sre]}}
+    reason: deleting cannot be undone
+"""
+
+BUCKET = "body-parameters"
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, moto):
+    with Gateway(tmp_path_factory.mktemp("body-parameters"), issuer=issuer.issuer, upstream=moto.url, policy=POLICY,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
+                 settings={"approval_hold": 0.5}) as g:
+        yield g
+
+
+def client(gw: Gateway, token: str, service: str, declare_hash: bool = False):
+    c = boto3.client(service, region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                     verify=str(gw.ca_file),
+                     config=botocore.config.Config(proxies={"https": gw.proxy_url(token)},
+                                                   retries={"total_max_attempts": 1}))
+    if declare_hash:
+        def declare(request, **_):
+            body = request.body or b""
+            body = body.encode() if isinstance(body, str) else body
+            request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+        c.meta.events.register("before-sign", declare)
+    return c
+
+
+def refused(call) -> tuple[str, str]:
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+
+def record(gw: Gateway, principal: str, action: str) -> dict:
+    """The latest record of ``principal``'s ``action``, its parameters read from their JSON column."""
+    found = [r for r in gw.records() if r["principal"] == principal and r["action"] == action][-1]
+    return dict(found, params=json.loads(found["params"]) if isinstance(found["params"], str) else found["params"])
+
+
+def function_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("declare_hash", [False, True], ids=["as-sent", "payload-hash-declared"])
+def test_a_json_call_is_decided_on_its_body_whatever_hash_it_declares(gw, issuer, declare_hash):
+    who = f"json-agent-{declare_hash}"
+    token = issuer.mint(who)
+    ddb = client(gw, token, "dynamodb", declare_hash)
+    code, message = refused(lambda: ddb.put_item(TableName="guarded", Item={"k": {"S": "v"}}))
+    assert code == "AccessDenied" and "guarded-table" in message
+    assert record(gw, who, "dynamodb:PutItem")["params"]["TableName"] == "guarded"
+
+    lam = client(gw, token, "lambda", declare_hash)
+    code, message = refused(lambda: lam.create_function(
+        FunctionName=f"f-{declare_hash}", Runtime="python3.12", Handler="handler.handler",
+        Role="arn:aws:iam::123456789012:role/admin", Code={"ZipFile": function_zip()}))
+    assert code == "AccessDenied" and "only-the-workload-role" in message
+    rec = record(gw, who, "lambda:CreateFunction")
+    assert rec["params"]["Role"] == "arn:aws:iam::123456789012:role/admin" and rec["outcome"] == "refused"
+    # the call the rules allow goes through with its body read, recorded with its parameters
+    created = lam.create_function(FunctionName=f"ok-{declare_hash}", Runtime="python3.12", Handler="handler.handler",
+                                  Role=WORKLOAD_ROLE, Code={"ZipFile": function_zip()})
+    assert created["Role"] == WORKLOAD_ROLE
+    rec = record(gw, who, "lambda:CreateFunction")
+    assert rec["params"]["Role"] == WORKLOAD_ROLE and rec["outcome"] == "forwarded" and rec["status"] == 201
+
+
+def test_s3_xml_bodies_are_decided_on_their_parameters(gw, issuer):
+    token = issuer.mint("s3-agent")
+    s3 = client(gw, token, "s3")  # boto3 declares the payload hash of every S3 call
+    s3.create_bucket(Bucket=BUCKET)
+    public = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"}]})
+    code, message = refused(lambda: s3.put_bucket_policy(Bucket=BUCKET, Policy=public))
+    assert code == "AccessDenied" and "no-public-bucket-policies" in message
+    assert record(gw, "s3-agent", "s3:PutBucketPolicy")["params"]["Policy"] == public
+    private = public.replace('"*"', '{"AWS": "arn:aws:iam::123456789012:role/reader"}')
+    s3.put_bucket_policy(Bucket=BUCKET, Policy=private)
+    assert json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"]) == json.loads(private)
+    # an upload is data: it still streams past the stages, its digest recorded
+    s3.put_object(Bucket=BUCKET, Key="kept", Body=b"x" * 100_000)
+    upload = record(gw, "s3-agent", "s3:PutObject")
+    assert upload["outcome"] == "forwarded" and "body streamed" in (upload["body_note"] or "")
+
+
+def test_an_approval_to_delete_some_objects_releases_no_other(gw, issuer):
+    token = issuer.mint("deleting-agent")
+    s3 = client(gw, token, "s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for key in ("old-log", "precious-1", "precious-2"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"data")
+
+    def delete(*keys):
+        return s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+
+    code, message = refused(lambda: delete("old-log"))
+    assert code == "ApprovalPending"
+    approval_id = record(gw, "deleting-agent", "s3:DeleteObject")["approval_id"]
+    shown = json.loads(gw.cli("approvals", "show", approval_id, "--json").stdout)
+    assert shown["params"]["Delete"]["Objects"] == [{"Key": "old-log"}]  # what the approver is asked
+    approver = gw.home / "sre.jwt"
+    approver.write_text(issuer.mint("sre-sam", groups=["sre"]))
+    gw.cli("approvals", "approve", approval_id, "--token-file", str(approver))
+
+    code, _ = refused(lambda: delete("precious-1", "precious-2"))
+    assert code == "ApprovalPending", "an approval to delete old-log released deleting other keys"
+    assert record(gw, "deleting-agent", "s3:DeleteObject")["approval_id"] != approval_id
+    assert {"old-log", "precious-1", "precious-2"} <= _keys(s3)
+    assert delete("old-log")["Deleted"] == [{"Key": "old-log"}]
+    assert "old-log" not in _keys(s3) and {"precious-1", "precious-2"} <= _keys(s3)
+
+
+def _keys(s3) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
