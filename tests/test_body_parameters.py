@@ -47,6 +47,11 @@ rules:
     when: "contains(params.Policy, '\\"*\\"')"
     decision: deny
     reason: buckets are never public
+  - id: no-reading-conf
+    action: s3:GetObject
+    when: "length(resource[?starts_with(@, 'body-parameters/conf/')]) > `0`"
+    decision: deny
+    reason: configuration files are not read by agents
   - id: deleting-needs-sre
     action: s3:DeleteObject
     decision: approve
@@ -86,9 +91,10 @@ def refused(call) -> tuple[str, str]:
 
 
 def record(gw: Gateway, principal: str, action: str) -> dict:
-    """The latest record of ``principal``'s ``action``, its parameters read from their JSON column."""
+    """The latest record of ``principal``'s ``action``, its parameters and resources read from their
+    JSON columns."""
     found = [r for r in gw.records() if r["principal"] == principal and r["action"] == action][-1]
-    return dict(found, params=json.loads(found["params"]) if isinstance(found["params"], str) else found["params"])
+    return {k: json.loads(v) if k in ("params", "resources") and isinstance(v, str) else v for k, v in found.items()}
 
 
 def function_zip() -> bytes:
@@ -169,3 +175,28 @@ def test_an_approval_to_delete_some_objects_releases_no_other(gw, issuer):
 
 def _keys(s3) -> set[str]:
     return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+
+
+def test_a_copy_is_decided_as_the_read_of_its_source_too(gw, issuer):
+    """IAM authorises CopyObject as s3:PutObject on the target and s3:GetObject on the source: a
+    rule that denies reading the source denies copying it somewhere readable."""
+    token = issuer.mint("copying-agent")
+    s3 = client(gw, token, "s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="conf/app.env", Body=b"DB_PASSWORD=hunter2")
+    assert refused(lambda: s3.get_object(Bucket=BUCKET, Key="conf/app.env"))[0] == "AccessDenied"
+    code, message = refused(lambda: s3.copy_object(Bucket=BUCKET, Key="pub/app.env",
+                                                   CopySource={"Bucket": BUCKET, "Key": "conf/app.env"}))
+    assert code == "AccessDenied" and "no-reading-conf" in message and f"{BUCKET}/conf/app.env" in message
+    rec = record(gw, "copying-agent", "s3:PutObject")
+    assert rec["rule"] == "no-reading-conf" and rec["outcome"] == "refused"
+    assert rec["resources"] == [f"{BUCKET}/pub/app.env", f"{BUCKET}/conf/app.env"]
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="pub/parts")["UploadId"]
+    code, _ = refused(lambda: s3.upload_part_copy(Bucket=BUCKET, Key="pub/parts", UploadId=upload, PartNumber=1,
+                                                  CopySource=f"{BUCKET}/conf/app.env"))
+    assert code == "AccessDenied"
+    assert "pub/app.env" not in _keys(s3)
+    # a source the rules let the agent read is copied as before
+    s3.put_object(Bucket=BUCKET, Key="docs/readme", Body=b"hello")
+    s3.copy_object(Bucket=BUCKET, Key="pub/readme", CopySource=f"{BUCKET}/docs/readme")
+    assert s3.get_object(Bucket=BUCKET, Key="pub/readme")["Body"].read() == b"hello"

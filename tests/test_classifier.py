@@ -203,6 +203,31 @@ def test_dynamodb_get_and_put_item():
     assert (put.operation, put.params["Item"], put.access_level) == ("PutItem", item, "Write")
 
 
+def test_dynamodb_batch_and_transaction_calls_name_their_tables():
+    batch = run(capture("dynamodb", "batch_write_item", RequestItems={
+        "orders": [{"PutRequest": {"Item": {"id": {"S": "1"}}}}], "audit": [{"DeleteRequest": {"Key": {"id": {"S": "2"}}}}]}))
+    assert batch.resources == ["orders", "audit"]
+    got = run(capture("dynamodb", "batch_get_item", RequestItems={"orders": {"Keys": [{"id": {"S": "1"}}]}}))
+    assert got.resources == ["orders"]
+    tx = run(capture("dynamodb", "transact_write_items", TransactItems=[
+        {"Put": {"TableName": "orders", "Item": {"id": {"S": "1"}}}},
+        {"ConditionCheck": {"TableName": "limits", "Key": {"id": {"S": "x"}}, "ConditionExpression": "attribute_exists(id)"}}]))
+    assert tx.resources == ["orders", "limits"]
+
+
+def test_an_s3_copy_names_its_source_and_reads_it():
+    got = run(capture("s3", "copy_object", Bucket="dst", Key="pub/app.env",
+                      CopySource={"Bucket": "src", "Key": "conf/app env", "VersionId": "v7"}))
+    assert got.action == "s3:PutObject" and got.resources == ["dst/pub/app.env", "src/conf/app env"]
+    [read] = got.implied
+    assert (read.action, read.access_level, read.params, read.resources) == (
+        "s3:GetObjectVersion", "Read", {"Bucket": "src", "Key": "conf/app env", "VersionId": "v7"}, ["src/conf/app env"])
+    part = run(capture("s3", "upload_part_copy", Bucket="dst", Key="k", UploadId="u", PartNumber=1,
+                       CopySource="src/big"))
+    assert [(r.action, r.resources) for r in part.implied] == [("s3:GetObject", ["src/big"])]
+    assert run(capture("s3", "put_object", Bucket="dst", Key="k", Body=b"x")).implied == ()
+
+
 def test_dynamodb_table_arn_gives_the_account():
     arn = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/orders"
     got = run(capture("dynamodb", "describe_table", TableName=arn))

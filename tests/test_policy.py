@@ -768,6 +768,45 @@ def test_shipped_policies_masks_roles_and_approvals(shipped):
     assert dict(approve.approvers) == {"groups": ("sre",)} and approve.expires == 900
 
 
+def test_a_copy_is_decided_as_its_write_and_the_read_of_its_source(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - id: writes
+            action: s3:PutObject
+            decision: allow
+          - id: reads
+            action: s3:GetObject*
+            decision: allow
+            mask_for_agent: [Body]
+          - id: no-conf
+            action: s3:GetObject
+            when: "length(resource[?starts_with(@, 'b/conf/')]) > `0`"
+            decision: deny
+            reason: configuration is not read
+          - id: archive-needs-a-human
+            action: s3:GetObject
+            when: "length(resource[?starts_with(@, 'b/archive/')]) > `0`"
+            decision: approve
+            approvers: {groups: [sre]}
+    """)
+
+    def copy(source: str):
+        c = call("s3:PutObject", "Write", {"Bucket": "b", "Key": "pub/x"}, resources=["b/pub/x", source])
+        c.implied = (call("s3:GetObject", "Read", {"Bucket": "b", "Key": source[2:]}, resources=[source]),)
+        return c
+
+    denied = PolicySet.evaluate(ps, principal(), copy("b/conf/app.env"))
+    assert (denied.decision, denied.rule) == ("deny", "no-conf")
+    assert denied.reason == "it reads b/conf/app.env (s3:GetObject): configuration is not read"
+    held = ps.evaluate(principal(), copy("b/archive/2019"))
+    assert (held.decision, held.rule, dict(held.approvers)) == ("approve", "archive-needs-a-human", {"groups": ("sre",)})
+    allowed = ps.evaluate(principal(), copy("b/docs/readme"))
+    assert (allowed.decision, allowed.rule, allowed.mask_for_agent) == ("allow", "writes", ())  # the copy's own masks
+    no_read_rule = load(tmp_path / "w", "version: 1\nrules:\n  - {id: writes, action: s3:PutObject, decision: allow}\n")
+    assert no_read_rule.evaluate(principal(), copy("b/docs/readme")).decision == "deny"  # as IAM: both must be allowed
+
+
 # Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.
 SHIPPED_UNMASKED = {
     ("secretsmanager", "GetRandomPassword"): "a password generated for the caller to set somewhere; nobody's yet",

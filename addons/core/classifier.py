@@ -143,6 +143,9 @@ class Classification:
     action: str = UNKNOWN  # "<iam prefix>:<action>"
     access_level: str | None = None  # List, Read, Write, Tagging, Permissions management
     error: str | None = None  # why the call could not be (fully) classified
+    # What IAM also authorises for this call, decided beside it (``implied_reads``): the source
+    # object an S3 copy reads, as s3:GetObject.
+    implied: tuple["Classification", ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1085,6 +1088,17 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
         add(f"{bucket}/{params['Key']}")
     elif isinstance(bucket, str):
         add(bucket)
+    source = copy_source(params.get("CopySource"))
+    if source is not None:
+        add(f"{source[0]}/{source[1]}")
+    tables = params.get("RequestItems")  # DynamoDB BatchGetItem, BatchWriteItem: table -> requests
+    if isinstance(tables, dict):
+        for table in tables:
+            add(table)
+    for item in params.get("TransactItems") or ():  # TransactGetItems, TransactWriteItems
+        for request in item.values() if isinstance(item, dict) else ():
+            if isinstance(request, dict):
+                add(request.get("TableName"))
     uri = set(uri_members)
     for name, value in params.items():
         if name in ("Bucket", "Key") and isinstance(bucket, str):
@@ -1097,6 +1111,44 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
     for arn in find_arns(params):
         add(arn)
     return out
+
+
+def copy_source(value: Any) -> tuple[str, str, str | None] | None:
+    """(bucket, key, version id) of an S3 ``x-amz-copy-source``: ``bucket/key`` with an optional
+    leading slash and ``?versionId=``, URL-encoded; an access point's ARN stands as the bucket."""
+    if not isinstance(value, str) or not value:
+        return None
+    text, _, query = value.partition("?")
+    version = next((unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "versionId"), None)
+    text = unquote(text).lstrip("/")
+    if text.startswith("arn:"):
+        bucket, sep, key = text.partition("/object/")
+    else:
+        bucket, sep, key = text.partition("/")
+    return (bucket, key, version) if sep and bucket and key else None
+
+
+# S3 operations whose source object IAM authorises as a read of its own (s3:GetObject, or
+# s3:GetObjectVersion for a version), beside the write the operation is.
+COPYING = frozenset({("s3", "CopyObject"), ("s3", "UploadPartCopy")})
+
+
+def implied_reads(result: Classification) -> tuple[Classification, ...]:
+    """The reads a call makes that IAM authorises apart: an S3 copy's source object."""
+    if (result.service, result.operation) not in COPYING:
+        return ()
+    source = copy_source(result.params.get("CopySource"))
+    if source is None:
+        return ()
+    bucket, key, version = source
+    operation_params = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
+    action, level = actions.iam_action("s3", "GetObject")
+    if version:
+        action = "s3:GetObjectVersion"
+    return (Classification(service="s3", operation="GetObject", protocol=result.protocol,
+                           signing_name=result.signing_name, region=result.region, account=result.account,
+                           params=operation_params, resources=[f"{bucket}/{key}"], action=action,
+                           access_level=level),)
 
 
 def find_arns(value: Any, depth: int = 0) -> Iterable[str]:
@@ -1387,6 +1439,7 @@ class Classifier:
         result.resources = resources_of(result.params, [name for name, _ in uri.values()])
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
+        result.implied = implied_reads(result)
         if errors:
             result.error = "; ".join(errors)
 

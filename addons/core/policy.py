@@ -1221,6 +1221,20 @@ class PolicySet:
         return None
 
     def evaluate(self, principal: Any, call: Any) -> Decision:
+        """The call's decision; where the call also reads what IAM authorises apart (an S3 copy's
+        source, as s3:GetObject: ``Classification.implied``), that read is decided too and the
+        stronger decision stands (deny beats approve beats allow), as IAM needs both allowed."""
+        decision = self._evaluate(principal, call)
+        for read in getattr(call, "implied", None) or ():
+            also = self._evaluate(principal, read)
+            if STRENGTH[also.decision] > STRENGTH[decision.decision]:
+                what = ", ".join(getattr(read, "resources", None) or ()) or "its source"
+                decision = dataclasses.replace(
+                    also, reason=f"it reads {what} ({read.action}): {also.reason}", mask_for_agent=decision.mask_for_agent,
+                    considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
+        return decision
+
+    def _evaluate(self, principal: Any, call: Any) -> Decision:
         action = getattr(call, "action", None) or "unknown"
         key = action.lower()
         level = access_level_of(getattr(call, "access_level", None))
