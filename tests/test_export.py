@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -188,6 +192,43 @@ def test_bad_input_is_one_line(store_url, tmp_path):
         result = runner.invoke(main, [*args, "--db", store_url])
         assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
         assert result.output.strip().splitlines()[-1].startswith("Error: cannot write /proc/"), result.output
+
+
+def test_a_link_a_pipe_and_stdout_are_written_into_not_replaced(store_url, tmp_path):
+    """-o through a symbolic link writes the file it names (the link stays a link); a named pipe
+    is written into for the reader at its other end, as /dev/stdout is; OSCAL, whose document links
+    its evidence by path and digest, wants files and says so."""
+    real = tmp_path / "kept" / "calls.jsonl"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "calls.jsonl"
+    link.symlink_to(real)
+    run("export", "--format", "jsonl", "-o", str(link), "--db", store_url)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert len(read_jsonl(real)) == 6
+    report_link = tmp_path / "report.html"
+    report_link.symlink_to(tmp_path / "kept" / "report.html")
+    run("report", "-o", str(report_link), "--db", store_url)
+    assert report_link.is_symlink() and (tmp_path / "kept" / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+    pipe = tmp_path / "calls.flows"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()))
+    reader.start()
+    run("export", "--format", "mitm", "-o", str(pipe), "--db", store_url)
+    reader.join(10)
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode), "the pipe was replaced by a file"
+    run("export", "--format", "mitm", "-o", str(tmp_path / "file.flows"), "--db", store_url)
+    from mitmproxy import io as mitm_io
+
+    def flows(data: bytes) -> list[str]:
+        return [f.request.url for f in mitm_io.FlowReader(io.BytesIO(data)).stream()]
+    assert flows(got[0]) == flows((tmp_path / "file.flows").read_bytes()) != []  # what a file would have held
+
+    result = CliRunner().invoke(main, ["export", "--format", "oscal", "-o", str(pipe), "--db", store_url])
+    assert result.exit_code == 2 and "is not a regular file" in result.output and "Traceback" not in result.output
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and not (tmp_path / "calls.jsonl.approvals.jsonl").exists()
 
 
 # -- OCSF --------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ non-zero exit (1 when the store or the target says no, 2 for bad input).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -41,21 +43,53 @@ def _check_output(path: str, option: str = "-o") -> None:
         raise BadInput(f"{option}: the directory {target.parent} does not exist")
 
 
+def _not_a_file(path: str) -> bool:
+    """Whether ``path`` is there and, links followed, not a regular file: a pipe, a terminal, a
+    device (``/dev/stdout``), written into as it is rather than replaced."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE, errno.EFBIG, errno.EROFS})
+
+
 @contextmanager
 def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
-    """A file written whole or not at all (a temporary file renamed into place); '-' is stdout."""
+    """A file written whole or not at all (a temporary file renamed into place, beside the file a
+    link names, so that the link stays); a pipe or device written into as it is; '-' is stdout."""
     if path == "-":
         yield sys.stdout.buffer if binary else sys.stdout
         return
     _check_output(path)
-    target = Path(path)
+    text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
+    if _not_a_file(path):
+        try:
+            f = open(path, "wb" if binary else "w", **text)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+        try:
+            with f:
+                yield f
+        except OSError as e:
+            if e.errno not in _WRITE_ERRORS:
+                raise
+            raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+        return
+    target = Path(os.path.realpath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e} (in {target.parent})") from None
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
-            yield f
+        try:
+            with os.fdopen(fd, "wb" if binary else "w", **text) as f:
+                yield f
+        except OSError as e:
+            if e.errno not in _WRITE_ERRORS:
+                raise
+            raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be
@@ -132,6 +166,10 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
     from ..core.export import file_sha256, iter_approvals, iter_calls, oscal_assessment_results, write_jsonl
     from ..core.report import summarise
 
+    for path, option in ((output, "-o"), (evidence, "--evidence")):
+        if path is not None and _not_a_file(str(path)):
+            raise BadInput(f"{option}: {path} is not a regular file; the OSCAL document links its evidence by "
+                           "path and SHA-256, so both are written as files")
     evidence = evidence or output.with_suffix(".jsonl")
     if evidence.resolve() == output.resolve():
         raise BadInput(f"--evidence: {evidence} is the OSCAL file itself; give another name")
