@@ -112,6 +112,9 @@ def test_calls_list_filters(cli, db_url: str, calls: list[Record]) -> None:
     a, b, c = (r.id for r in calls)
     assert ids("--principal", "alice") == [b, a]
     assert ids("--action", "s3:*") == [b, a]
+    # IAM compares action names without regard to case, and so do the policies and this filter
+    assert ids("--action", "S3:GETOBJECT") == ids("--action", "s3:getobject") == [a]
+    assert ids("--action", "S3:*") == [b, a] and ids("--action", "s3:Get_bject") == []  # _ is no wildcard
     assert ids("--decision", "approve") == [c]
     assert ids("--since", "1d") == [c, b]
     assert ids("--since", "3h", "--until", "30m") == [b]
@@ -159,6 +162,21 @@ def test_unknown_ids(cli, db_url: str, calls: list[Record]) -> None:
 def test_bad_dates(cli, home: Path, when: str) -> None:
     line = one_line_error(cli("calls", "list", "--since", when, "--db", "sqlite:///unused.db"), code=2)
     assert f"--since: cannot read {when!r} as a date" in line
+
+
+@pytest.mark.parametrize("command", [("calls", "list", "--since"), ("export", "--format", "jsonl", "-o", "-", "--until"),
+                                     ("report", "-o", "r.html", "--since"), ("prune", "--before")])
+@pytest.mark.parametrize("when, words", [
+    ("99999999d", "is outside the dates this can hold"),
+    ("0001-01-01T00:00:00+05:00", "is outside the dates this can hold"),
+    ("9999-12-31T23:00:00-05:00", "is outside the dates this can hold"),
+    ("", "no date given"),
+])
+def test_dates_out_of_range_or_empty_are_bad_input(home: Path, command, when: str, words: str) -> None:
+    from addons.cli import main
+
+    line = one_line_error(CliRunner().invoke(main, [*command, when, "--db", "sqlite:///unused.db"]), code=2)
+    assert f"{command[-1]}: " in line and words in line
 
 
 def test_since_after_until(cli, home: Path) -> None:

@@ -25,8 +25,8 @@ from .store import BadInput, _key, _settings, _store, db_option, key_option, par
 
 
 def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
-    start = parse_when(since, "--since") if since else None
-    end = parse_when(until, "--until") if until else None
+    start = parse_when(since, "--since") if since is not None else None
+    end = parse_when(until, "--until") if until is not None else None
     if start and end and start >= end:
         raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
     return start, end

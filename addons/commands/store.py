@@ -37,21 +37,24 @@ _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 6048
 
 
 def parse_when(value: str, option: str = "date", now: dt.datetime | None = None) -> dt.datetime:
-    """An ISO 8601 date or time (UTC unless it says otherwise), ``now``, or an age: 30m, 1h, 7d."""
+    """An ISO 8601 date or time (UTC unless it says otherwise), ``now``, or an age: 30m, 1h, 7d.
+    The result is in UTC and within the years 1 to 9999 whatever its zone."""
     now = now or dt.datetime.now(UTC)
     text = value.strip()
+    usage = "use ISO 8601 (2025-01-31, 2025-01-31T12:00:00Z) or an age (30m, 1h, 7d)"
+    if not text:
+        raise BadInput(f"{option}: no date given: {usage}")
     if text.lower() == "now":
         return now
-    if m := _AGE.match(text):
-        return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
     try:
+        if m := _AGE.match(text):
+            return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
         t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInput(
-            f"{option}: cannot read {value!r} as a date: use ISO 8601 (2025-01-31, 2025-01-31T12:00:00Z) "
-            f"or an age (30m, 1h, 7d)"
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+        return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+    except (OverflowError, ValueError) as e:
+        if isinstance(e, OverflowError) or "out of range" in str(e):
+            raise BadInput(f"{option}: {value!r} is outside the dates this can hold (years 1 to 9999 UTC)") from None
+        raise BadInput(f"{option}: cannot read {value!r} as a date: {usage}") from None
 
 
 def _settings(db: str | None) -> Any:
@@ -207,8 +210,8 @@ def _fields(row: dict[str, Any]) -> Table:
 def calls_list(principal: str | None, action: str | None, decision: str | None, since: str | None,
                until: str | None, limit: int, db: str | None, as_json: bool) -> None:
     """List calls, newest first."""
-    start = parse_when(since, "--since") if since else None
-    end = parse_when(until, "--until") if until else None
+    start = parse_when(since, "--since") if since is not None else None
+    end = parse_when(until, "--until") if until is not None else None
     if start and end and start >= end:
         raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
     with _store(db) as store:

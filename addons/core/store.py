@@ -1525,18 +1525,16 @@ class Store:
         limit: int | None = 100,
         newest_first: bool = True,
     ) -> list[dict[str, Any]]:
-        """Calls matching every filter given; ``action`` may hold ``*`` wildcards (``s3:*``)."""
+        """Calls matching every filter given; ``action`` may hold ``*`` wildcards (``s3:*``) and is
+        compared without regard to case, as IAM and the policies compare actions."""
         self._check_schema()
         q = select(Call.__table__)
         c = Call.__table__.c
         if principal:
             q = q.where(c.principal == principal)
         if action:
-            if "*" in action:
-                pattern = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
-                q = q.where(c.action.like(pattern, escape="\\"))
-            else:
-                q = q.where(c.action == action)
+            pattern = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+            q = q.where(c.action.ilike(pattern, escape="\\"))
         if decision:
             q = q.where(c.decision == decision)
         if session_id:
