@@ -220,6 +220,26 @@ def test_the_whole_store_takes_in_approvals_asked_before_the_first_call_or_after
     assert "2 approvals" in result.output
 
 
+def test_each_bar_of_the_timeline_starts_where_its_label_says(home):
+    """Bars start on whole multiples of their width, so a call counted in a bar happened at or
+    after the time the bar is labelled with and before the next bar's."""
+    from addons.core.report import summarise
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, writer_id="gw-a")
+    store.migrate()
+    store.start()
+    base = dt.datetime(2026, 11, 27, 8, 17, 4, 736000, tzinfo=UTC).timestamp()  # an odd first instant
+    for offset in (0, 1.0, 3.6, 7.6, 7.62, 7.7):
+        store.write_sync(Record(principal="dora", action="s3:ListBucket", decision="deny", time=base + offset))
+    store.close()
+    summary = summarise(Store(url), check_chain=False)
+    assert summary.bucket == dt.timedelta(seconds=1)
+    assert summary.timeline[0][0] == dt.datetime(2026, 11, 27, 8, 17, 4, tzinfo=UTC)  # a whole second
+    counted = {t.strftime("%H:%M:%S"): sum(c.values()) for t, c in summary.timeline if sum(c.values())}
+    assert counted == {"08:17:04": 1, "08:17:05": 1, "08:17:08": 1, "08:17:12": 3}
+
+
 def test_bad_input(home, tmp_path):
     result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--since", "soon"])
     assert result.exit_code == 2 and "cannot read" in result.output

@@ -156,6 +156,9 @@ _BUCKETS = [dt.timedelta(seconds=s) for s in (1, 5, 10, 30, 60, 300, 900, 1800, 
                                                  12 * 3600, 86400, 7 * 86400, 30 * 86400)]
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def bucket_size(span: dt.timedelta, target: int = 40) -> dt.timedelta:
     """The smallest round bucket that splits ``span`` into at most ``target`` bars."""
     for b in _BUCKETS:
@@ -176,8 +179,11 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
     end = until or (last + dt.timedelta(microseconds=1) if last else now)
     s = Summary(where=store.where, start=start, end=end, generated=now, keyed=chain_key is not None)
     s.bucket = bucket_size(max(end - start, dt.timedelta(seconds=1)))
-    nbuckets = max(1, math.ceil((end - start) / s.bucket))
-    s.timeline = [(start + i * s.bucket, Counter()) for i in range(nbuckets)]
+    # Bars start on whole multiples of their width (whole seconds, minutes, hours, UTC days), so
+    # that the time a bar is labelled with is where it starts, not the first call's odd instant.
+    origin = start - (start - _EPOCH) % s.bucket
+    nbuckets = max(1, math.ceil((end - origin) / s.bucket))
+    s.timeline = [(origin + i * s.bucket, Counter()) for i in range(nbuckets)]
     for c in iter_calls(store, since=since, until=until):
         t = _parse(c["time"])
         s.total += 1
@@ -234,7 +240,7 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
             if any(str(k).lower() in REDACTED_HEADERS for k, _ in headers):
                 s.credential_headers += 1
                 break
-        i = min(nbuckets - 1, max(0, int((t - start) / s.bucket)))
+        i = min(nbuckets - 1, max(0, int((t - origin) / s.bucket)))
         s.timeline[i][1][decision] += 1
     s.approvals = _approvals(store, start, end)
     s.heads = _heads(store)
