@@ -86,25 +86,48 @@ def test_checkpoint_mac_depends_on_key_and_statement() -> None:
     assert mac != chain.checkpoint_mac(KEY, writer_id="w", seq=3, head_hash="a" * 64, time=t, kind="prune")
 
 
-def _rows(n: int) -> list[dict]:
+def _rows(n: int, key: bytes | None = None) -> list[dict]:
+    """``n`` records of writer ``w`` as a gateway writes them (each with its MAC when ``key``)."""
     rows, prev = [], GENESIS
     for seq in range(1, n + 1):
         row = {"id": f"c{seq}", "writer_id": "w", "seq": seq, "prev_hash": prev, "principal": "p"}
         row["hash"] = prev = chain.record_hash(row)
+        row["mac"] = key and chain.record_mac(key, writer_id="w", seq=seq, record_hash=row["hash"])
         rows.append(row)
     return rows
 
 
-def test_chain_check_without_a_database() -> None:
-    rows = _rows(5)
-    t = dt.datetime(2025, 1, 1, tzinfo=UTC)
-    cp = CheckpointInfo(1, "w", 3, rows[2]["hash"], t, "head", chain.checkpoint_mac(KEY, writer_id="w", seq=3, head_hash=rows[2]["hash"], time=t, kind="head"))
-    check = ChainCheck("w", [cp], KEY)
+def _check(rows: list[dict], checkpoints: list[CheckpointInfo], key: bytes | None) -> ChainCheck:
+    check = ChainCheck("w", checkpoints, key)
     for r in rows:
         check.feed(r)
-    check.finish()
-    assert check.problems == []
-    assert check.notes == ["writer w: records 4-5 are after the last checkpoint, so unanchored"]
+    return check.finish()
+
+
+def test_chain_check_without_a_database() -> None:
+    t = dt.datetime(2025, 1, 1, tzinfo=UTC)
+
+    def head(rows: list[dict], seq: int) -> CheckpointInfo:
+        h = rows[seq - 1]["hash"]
+        return CheckpointInfo(1, "w", seq, h, t, "head", chain.checkpoint_mac(KEY, writer_id="w", seq=seq, head_hash=h,
+                                                                              time=t, kind="head"))
+    rows = _rows(5, KEY)  # each record's MAC vouches for it and every record before it
+    assert (_check(rows, [head(rows, 3)], KEY).problems, _check(rows, [], KEY).notes) == ([], [])
+    # without the key, only the checkpoint anchors: what comes after it is unanchored
+    assert _check(rows, [head(rows, 3)], None).notes == [
+        "writer w: no chain key given, so checkpoints' HMACs were not checked",
+        "writer w: records 4-5 are after the last checkpoint, so unanchored"]
+    # records written before records had MACs: a keyed checkpoint after them vouches for them ...
+    legacy = _rows(5)
+    assert _check(legacy, [head(legacy, 5)], KEY).problems == []
+    # ... and those after the last one, with the key given, are refused: nothing vouches for them
+    assert _check(legacy, [head(legacy, 3)], KEY).problems == [
+        "writer w: records 4-5 are without a MAC, from call c4, and no keyed checkpoint comes after them: "
+        "written without the chain key, or rewritten with the MACs and the checkpoints removed"]
+    forged = [dict(r) for r in rows]
+    forged[4]["mac"] = "0" * 64
+    assert _check(forged, [], KEY).problems == [
+        "call c5 (writer w, seq 5): its MAC does not verify with the chain key: the record was altered or forged"]
 
 
 # -- tampering, on both databases ------------------------------------------------------------------
@@ -266,7 +289,8 @@ def test_an_altered_checkpoint_is_detected(db_url: str) -> None:
 
 
 def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> None:
-    """Someone who edits a record and recomputes every later hash still cannot forge the checkpoint."""
+    """Someone who edits a record and recomputes every later hash still cannot forge the records'
+    MACs or the checkpoint, and deleting the checkpoints, or the MACs with them, does not help."""
     ids = write_chain(db_url)
     engine = sql(db_url)
     with engine.begin() as c:
@@ -275,14 +299,25 @@ def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> Non
         prev = rows[2]["hash"]
         for row in rows[3:]:
             row["prev_hash"] = prev
-            row["hash"] = prev = chain.record_hash(row)
+            row["hash"] = prev = chain.record_hash({k: v for k, v in row.items() if k != "mac"})
             c.execute(update(Call).where(Call.id == row["id"]).values(principal=row["principal"], prev_hash=row["prev_hash"], hash=row["hash"]))
     result = verify(db_url, KEY)
     assert not result.ok
-    (problem,) = result.problems
-    assert problem.startswith(f"call {ids[9]} (writer w1, seq 10) does not match checkpoint #")
+    assert result.problems[0] == (f"call {ids[3]} (writer w1, seq 4): its MAC does not verify with the chain key: "
+                                  "the record was altered or forged")
+    assert any(p.startswith(f"call {ids[9]} (writer w1, seq 10) does not match checkpoint #") for p in result.problems)
     # without the key the rewrite is still visible against the (unauthenticated) checkpoint
     assert not verify(db_url).ok
+    # the checkpoints deleted: the records' MACs still tell
+    with engine.begin() as c:
+        c.execute(delete(Checkpoint))
+    assert verify(db_url, KEY).problems[0].startswith(f"call {ids[3]} (writer w1, seq 4): its MAC does not verify")
+    # the MACs removed too: nothing the key made vouches for the records any more
+    with engine.begin() as c:
+        c.execute(update(Call).values(mac=None))
+    (problem,) = verify(db_url, KEY).problems
+    assert problem.startswith(f"writer w1: records 1-10 are without a MAC, from call {ids[0]}, and no keyed checkpoint")
+    assert verify(db_url).ok  # without the key, a store is only as good as its hashes: say so (README)
 
 
 def test_records_after_the_last_checkpoint_are_unanchored_not_broken(db_url: str) -> None:
@@ -292,9 +327,9 @@ def test_records_after_the_last_checkpoint_are_unanchored_not_broken(db_url: str
     for _ in range(3):
         store.write_sync(Record(principal="p"))
     try:
-        result = verify(db_url, KEY)  # the writer is still running: no checkpoint yet
-        assert result.ok and result.records == 3
-        assert result.notes == ["writer w2: records 1-3 are after the last checkpoint, so unanchored"]
+        result = verify(db_url, KEY)  # the writer is still running: no checkpoint yet, the MACs vouch
+        assert result.ok and result.records == 3 and result.notes == []
+        assert verify(db_url).notes == ["writer w2: records 1-3 are after the last checkpoint, so unanchored"]
     finally:
         store.close()
     assert verify(db_url, KEY).notes == []
@@ -317,8 +352,8 @@ def test_several_writers_each_chain_their_own_records(db_url: str) -> None:
 def test_a_checkpoint_without_hmac_is_refused_when_the_key_is_given(db_url: str) -> None:
     write_chain(db_url, key=None)
     assert verify(db_url).ok
-    (problem,) = verify(db_url, KEY).problems
-    assert "has no HMAC" in problem
+    records, checkpoint = verify(db_url, KEY).problems  # in the order of the records they concern
+    assert "has no HMAC" in checkpoint and "records 1-10 are without a MAC" in records
 
 
 # -- pruning ---------------------------------------------------------------------------------------

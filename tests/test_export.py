@@ -143,19 +143,20 @@ def test_jsonl_is_the_calls_list_objects_with_the_chain(store_url, home, tmp_pat
 
 
 def test_jsonl_recomputes_the_chain(store_url, tmp_path):
-    """The file alone is enough to check every record's hash and link."""
+    """The file alone is enough to check every record's hash and link, and with the chain key its MAC."""
     import datetime as dt
 
-    from addons.core.chain import GENESIS, record_hash
+    from addons.core.chain import GENESIS, record_hash, record_mac
 
     out = tmp_path / "calls.jsonl"
     run("export", "--format", "jsonl", "-o", str(out), "--db", store_url)
     prev = GENESIS
     for line in read_jsonl(out):
-        row = {k: v for k, v in line.items()}
+        row = {k: v for k, v in line.items() if k != "mac"}
         row["time"] = dt.datetime.fromisoformat(row["time"].replace("Z", "+00:00"))
         assert row["prev_hash"] == prev
         assert record_hash(row) == row["hash"]
+        assert line["mac"] == record_mac(KEY, writer_id=row["writer_id"], seq=row["seq"], record_hash=row["hash"])
         prev = row["hash"]
 
 

@@ -5,14 +5,17 @@ Every writer (one gateway process, named by its ``writer_id``) chains the calls 
 SHA-256 of ``prev_hash`` and the canonical form of everything else in the row. Editing a field,
 deleting or reordering rows breaks the chain at the first record touched.
 
-Recomputing a whole chain after an edit is possible for anyone who can write the database, so the
-writer also writes keyed checkpoints: an HMAC-SHA256, with a key the database does not hold, over
-(writer, seq, head hash, time). A checkpoint pins every record up to its seq; records after the last
-checkpoint are "unanchored" until the next one. A checkpoint that points past the chain's last
-record means its tail was cut off. ``agentgate prune`` replaces a chain's oldest records with one
-``prune`` checkpoint, which the chain then starts from.
+Recomputing a whole chain after an edit is possible for anyone who can write the database, so a
+writer holding the chain key (a key the database does not hold) gives each record ``mac``, an
+HMAC-SHA256 over (writer, seq, hash), which vouches for the record and every one before it, and
+writes keyed checkpoints: an HMAC over (writer, seq, head hash, time). With the key, a record whose
+MAC does not verify is altered or forged, and one without a MAC must have a keyed checkpoint after
+it (records written before records had MACs); without the key, records after the last checkpoint
+are "unanchored". A checkpoint that points past the chain's last record means its tail was cut
+off. ``agentgate prune`` replaces a chain's oldest records with one ``prune`` checkpoint, which the
+chain then starts from.
 
-Canonical form: a JSON object of the row's columns (without ``hash``, and without columns that are
+Canonical form: a JSON object of the row's columns (without ``hash`` and ``mac``, and without columns that are
 NULL, so that columns added later leave older hashes intact), keys sorted, no whitespace, UTF-8.
 Times are integers of microseconds since the epoch; floats are JSON numbers in Python's shortest
 round-trip form (``repr``). Both read back identically from SQLite and PostgreSQL.
@@ -99,9 +102,12 @@ def _canonical_value(value: Any) -> Any:
 CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+_NOT_HASHED = ("hash", "mac")  # what vouches for a row is not part of what it vouches for
+
+
 def canonical(content: Mapping[str, Any]) -> bytes:
-    """The canonical bytes of a row: every column but ``hash`` that is not NULL."""
-    body = {k: _canonical_value(v) for k, v in content.items() if v is not None and k != "hash"}
+    """The canonical bytes of a row: every column but ``hash`` and ``mac`` that is not NULL."""
+    body = {k: _canonical_value(v) for k, v in content.items() if v is not None and k not in _NOT_HASHED}
     return CANONICAL_ENCODER.encode(body).encode()
 
 
@@ -165,6 +171,13 @@ def record_hash(content: Mapping[str, Any]) -> str:
     h.update(b"\n")
     h.update(canonical(content))
     return h.hexdigest()
+
+
+def record_mac(key: bytes, *, writer_id: str, seq: int, record_hash: str) -> str:
+    """HMAC-SHA256 of a call record's place in its writer's chain: it vouches for the record and,
+    through the hashes, for every record before it."""
+    statement = {"writer_id": writer_id, "seq": seq, "record_hash": record_hash}
+    return hmac.new(key, b"agentgate record\n" + canonical(statement), hashlib.sha256).hexdigest()
 
 
 def checkpoint_mac(key: bytes, *, writer_id: str, seq: int, head_hash: str, time: dt.datetime, kind: str) -> str:
@@ -251,6 +264,8 @@ class ChainCheck:
         self._valid: list[CheckpointInfo] = []
         self._wanted = {cp.seq for cp in self.checkpoints}
         self._seen: dict[int, tuple[str, str]] = {}  # checkpointed seq -> (call id, hash)
+        self._macd = 0  # the last seq whose record's MAC verifies: it vouches for the chain up to it
+        self._unmacd: list[list] = []  # runs of records without a MAC: [first seq, last seq, first call id]
         for cp in self.checkpoints:
             if key is not None:
                 if not cp.hmac:
@@ -295,8 +310,21 @@ class ChainCheck:
             )
         else:
             expected_prev = last["hash"]
+        mac = row.get("mac")
         if record_hash(row) != row["hash"]:
             issues.append("its content does not match its hash: the record was altered")
+        if self.key is not None:
+            if not mac:
+                runs = self._unmacd  # split where a checkpoint is, so that each part's first record is named
+                if runs and runs[-1][1] == seq - 1 and seq - 1 not in self._wanted:
+                    runs[-1][1] = seq
+                else:
+                    runs.append([seq, seq, row["id"]])
+            elif hmac.compare_digest(record_mac(self.key, writer_id=self.writer_id, seq=seq, record_hash=row["hash"]), mac):
+                if not issues:
+                    self._macd = seq
+            else:
+                issues.append("its MAC does not verify with the chain key: the record was altered or forged")
         if expected_prev is not None and row["prev_hash"] != expected_prev:
             before = f"call {last['id']} (seq {last['seq']})" if last else f"the prune checkpoint at seq {seq - 1}"
             issues.append(f"it does not link to {before}: records were reordered, replaced or altered")
@@ -332,6 +360,21 @@ class ChainCheck:
             elif cp.kind == "prune" or cp.seq <= last_prune:
                 anchored = max(anchored, cp.seq)  # a prune start, or a checkpoint inside a pruned prefix
             # otherwise its record is missing inside the chain: reported as a gap already
+        # A record without a MAC is vouched for only by a checkpoint after it (records written before
+        # records had MACs); with the key, one that nothing vouches for was written without the key,
+        # or its MAC was removed, as a rewrite with the checkpoints deleted would leave it.
+        bare: list[list] = []
+        for first, last, call_id in (run for run in self._unmacd if run[1] > anchored):
+            if bare and bare[-1][1] == first - 1:
+                bare[-1][1] = last
+            else:
+                bare.append([first, last, call_id])
+        for first, last, call_id in bare:
+            them = "it" if first == last else "them"
+            self._problem(first, f"writer {self.writer_id}: {_span(first, last)} without a MAC, from call {call_id}, "
+                                 f"and no keyed checkpoint comes after {them}: written without the chain key, or "
+                                 "rewritten with the MACs and the checkpoints removed")
+        anchored = max(anchored, self._macd)
         if self.key is None and self.checkpoints:
             self.notes.append(f"writer {self.writer_id}: no chain key given, so checkpoints' HMACs were not checked")
         if last_seq is not None and last_seq > anchored:

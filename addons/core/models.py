@@ -145,6 +145,7 @@ class Call(Base):
     seq: Mapped[int] = mapped_column(BigInteger)  # per writer, from 1
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))  # HMAC of (writer, seq, hash) with the chain key
 
     __table_args__ = (
         UniqueConstraint("writer_id", "seq"),

@@ -365,12 +365,14 @@ CONTROLS: tuple[Control, ...] = (
     ),
     Control(
         "au-9", "Protection of Audit Information",
-        "Each gateway process chains the records it writes (SHA-256 over each record and its predecessor's hash) and "
-        "writes checkpoints of the chain head keyed with an HMAC key the database does not hold; altered, deleted, "
-        "reordered or truncated records are detected by `agentgate verify`. Every change of an approval (asked for, "
+        "Each gateway process chains the records it writes (SHA-256 over each record and its predecessor's hash), "
+        "gives each record an HMAC of its place in the chain and writes checkpoints of the chain head, both keyed "
+        "with a key the database does not hold; altered, inserted, deleted or reordered records, and a tail cut off "
+        "before a checkpoint, are detected by `agentgate verify` (the newest records deleted together with every "
+        "checkpoint after them are not: the exported chain heads keep that). Every change of an approval (asked for, "
         "approved or denied, by whom and why, used, expired, revoked) is an event in one more chain, keyed the same "
         "way, that each approval is held to.",
-        "fields writer_id, seq, prev_hash, hash of every record",
+        "fields writer_id, seq, prev_hash, hash, mac of every record",
         _verify_sentence,
         chain=True,
         approvals=True,

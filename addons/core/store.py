@@ -206,7 +206,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0005_lighter_indexes"
+HEAD_REVISION = "0006_call_macs"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -1251,8 +1251,9 @@ class Store:
                 h = chained_hash(item.template, self.writer_id, seq, prev)
             else:
                 h = chain.record_hash({**item.row, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev})
+            mac = None if self._key is None else chain.record_mac(self._key, writer_id=self.writer_id, seq=seq, record_hash=h)
             calls.append(self._insert_calls.params(
-                {**item.bound, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev, "hash": h}))
+                {**item.bound, "writer_id": self.writer_id, "seq": seq, "prev_hash": prev, "hash": h, "mac": mac}))
             prev = h
         sessions = [self._upsert_sessions.params(self._upsert_sessions.bind(r))
                     for r in self._session_rows([item.row for item in batch])]
