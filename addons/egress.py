@@ -131,6 +131,20 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
     return None
 
 
+def _elsewhere(host: str, target: str, sni: str | None) -> Refusal | None:
+    """A request inside a tunnel whose Host (or HTTP/2 :authority), or whose TLS server name, is not
+    the host the tunnel was opened to: it would be decided and signed for one host and sent to
+    another (the CONNECT's), which an agent could own (an execute-api or *.on.aws endpoint) and
+    collect signed requests and unmasked answers at."""
+    tunnel = target.lower().rstrip(".")
+    for what, name in (("Host", host), ("TLS server name", sni)):
+        if name and name.lower().rstrip(".") != tunnel:
+            return Refusal(400, "InvalidRequest", f"the request's {what} ({name[:100]}) is not the host its tunnel "
+                           f"was opened to ({target[:100]}); agentgate sends a call only where the CONNECT said, "
+                           "and decides and signs it for that host", "egress")
+    return None
+
+
 def _refuse_connect(flow: http.HTTPFlow, status: int, code: str, reason: str) -> None:
     """Answer a CONNECT with ``status``, the reason in the body and a header (like stage.refuse_connect)."""
     flow.metadata[REFUSAL] = Refusal(status, code, reason, "egress")
@@ -251,7 +265,8 @@ class Egress:
         auth = sigv4.parse_auth(req.method, path, query, pairs)
         flow.metadata[AUTH] = auth
         flow.metadata[STREAM] = sigv4.streams(auth, pairs)
-        problem = shape_problem(req, self._cap("max_header_bytes"), self._cap("max_url_bytes"))
+        problem = shape_problem(req, self._cap("max_header_bytes"), self._cap("max_url_bytes")) or _elsewhere(
+            host, req.host, flow.client_conn.sni)
         if problem is None and auth.presigned and (why := sigv4.expired(auth)) is not None:
             problem = Refusal(403, "AccessDenied", why, "egress")  # AWS would refuse it so; the new signature would not
         if problem is not None:

@@ -15,6 +15,7 @@ import base64
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -89,7 +90,9 @@ METADATA = "abc123.execute-api.us-east-1.amazonaws.com"
 PRIVATE = "vpce-0a1b2c.s3.us-east-1.vpce.amazonaws.com"
 MIXED = "mydb.cluster-xyz.us-east-1.rds.amazonaws.com"
 REBINDING = "internal-app-3.us-east-1.elb.amazonaws.com"
+OWNED = "agent-owned.execute-api.us-east-1.amazonaws.com"  # an endpoint the agent itself could run
 TABLE = {
+    OWNED: [["127.0.0.1"]],
     LOOPBACK: [["127.0.0.1"]],
     MAPPED: [["::ffff:127.0.0.1"]],
     METADATA: [["169.254.169.254"]],
@@ -200,6 +203,42 @@ def test_an_allowed_name_is_resolved_once_and_pinned_with_its_name_in_sni(resolv
     assert resolving_gateway.hosts_log.read_text().split().count(REBINDING) == 2
 
 
+
+
+@pytest.mark.parametrize("host_header, sni", [
+    ("secretsmanager.us-east-1.amazonaws.com", OWNED),  # decided and signed for Secrets Manager
+    (OWNED, "secretsmanager.us-east-1.amazonaws.com"),  # the TLS name of another host
+    (f"{OWNED}.", OWNED),  # the same host, written with its root dot: fine
+])
+def test_a_call_goes_only_to_the_host_its_tunnel_was_opened_to(resolving_gateway, listeners, issuer, host_header, sni):
+    """A tunnel opened to an endpoint the agent could own (allowed here: it resolves to the allowed
+    listener) carrying a request whose Host, or TLS server name, is another AWS host: the call would
+    be decided and signed for that host and sent to the tunnel's, where the agent would collect a
+    signed request and an answer no masking saw. Refused before anything leaves the gateway."""
+    _, allowed = listeners
+    sub = f"agent-elsewhere-{len(host_header)}-{len(sni)}"
+    token = issuer.mint(sub)
+    before = len(allowed.received)
+    s, head = connect(resolving_gateway.port, f"{OWNED}:{allowed.port}", token)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    tls = ssl.create_default_context(cafile=str(resolving_gateway.ca_file)).wrap_socket(s, server_hostname=sni)
+    body = b'{"SecretId": "db-pass"}'
+    tls.sendall(b"POST / HTTP/1.1\r\nHost: " + host_header.encode() + b"\r\nX-Amz-Target: secretsmanager.GetSecretValue\r\n"
+                b"Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: 20260101T000000Z\r\n"
+                b"Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/secretsmanager/aws4_request, "
+                b"SignedHeaders=host;x-amz-date, Signature=" + b"0" * 64 + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = http.client.HTTPResponse(tls)
+    answer.begin()
+    text = answer.read().decode()
+    tls.close()
+    records = records_of(resolving_gateway, sub)
+    if host_header.rstrip(".") == sni:
+        assert answer.status != 400 and len(records) == 1, text  # judged as any call to that host
+        return
+    assert answer.status == 400 and "is not the host its tunnel was opened to" in text, text
+    time.sleep(0.5)
+    assert len(allowed.received) == before, "the gateway connected to the tunnel's host"
+    assert len(records) == 1 and (records[0]["outcome"], records[0]["rule"]) == ("refused", "agentgate:egress")
 
 
 def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed(resolving_gateway, listeners, issuer):
