@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import random
+import zlib
 from urllib.parse import urlsplit
 
 import boto3
@@ -427,6 +428,32 @@ def test_bad_gzip_body():
                       Namespace="App", MetricData=[{"MetricName": "m", "Value": 1.0}])
     got = classify("POST", request["host"], "/", "", request["headers"], b"\x1f\x8bnot gzip")
     assert got.operation == "PutMetricData" and got.error
+
+
+def test_every_member_of_a_gzip_body_is_read_and_a_cut_or_padded_one_is_refused():
+    """A service that reads every member of a gzip body (as zlib, Java's GZIPInputStream and moto
+    do) must not act on parameters policy never saw: the second member here grants a second account."""
+    request = capture("sns", "add_permission", TopicArn="arn:aws:sns:us-east-1:123456789012:alerts", Label="l1",
+                      AWSAccountId=["111111111111"], ActionName=["Publish"])
+    body = request["body"].encode() if isinstance(request["body"], str) else request["body"]
+    query = "Action=AddPermission&Version=2010-03-31"  # in the URL: the compressed body holds the rest
+    body = b"&".join(p for p in body.split(b"&") if not p.startswith((b"Action=", b"Version=")))
+    headers = dict(request["headers"], **{"Content-Encoding": "gzip"})
+    two = gzip.compress(body) + gzip.compress(b"&AWSAccountId.member.2=999999999999&ActionName.member.2=DeleteTopic")
+    got = classify("POST", request["host"], "/", query, headers, two)
+    assert got.error is None and got.params["AWSAccountId"] == ["111111111111", "999999999999"]
+    assert got.params["ActionName"] == ["Publish", "DeleteTopic"]
+    for bad, words in ((gzip.compress(body)[:-6], "ends before its compressed data does"),
+                       (gzip.compress(body) + b"trailing", "could not read")):
+        got = classify("POST", request["host"], "/", query, headers, bad)
+        assert got.operation == "AddPermission" and words in (got.error or ""), got.error
+    # a form body that cannot be read (a byte that is not UTF-8) is not decided on the URL's parameters alone
+    plain = dict(request["headers"])
+    unreadable = classify("POST", request["host"], "/", query, plain, body + b"&AWSAccountId.member.2=\xff9999")
+    assert "could not read the form body: UnicodeDecodeError" in unreadable.error
+    deflated = classify("POST", request["host"], "/", query, dict(headers, **{"Content-Encoding": "deflate"}),
+                        zlib.compress(body) + zlib.compress(b"&Label=l2"))
+    assert "data after the end of the deflate body" in deflated.error
 
 
 def test_gzip_bomb_is_capped():

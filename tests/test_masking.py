@@ -699,6 +699,14 @@ def test_br_and_zstd_responses_are_masked_and_a_bomb_is_inflated_only_to_the_mas
     _withheld_without_inflating(addon, f)
 
 
+def test_the_record_holds_every_member_of_a_gzip_body_as_the_classifier_reads_it():
+    import gzip
+
+    two = gzip.compress(b"Label=l1&AWSAccountId.member.1=111111111111") + gzip.compress(b"&AWSAccountId.member.2=999999999999")
+    assert masking.inflate(two, "gzip", 1 << 20) == b"Label=l1&AWSAccountId.member.1=111111111111&AWSAccountId.member.2=999999999999"
+    assert len(masking.inflate(gzip.compress(b" " * 5000) * 4, "gzip", 100)) == 101  # still capped, members and all
+
+
 def test_a_compressed_bomb_in_a_response_that_is_only_recorded_is_not_inflated_whole():
     """No policy masks this response for the agent, so it reaches the agent as upstream sent it;
     its record's copy is not inflated past the masker's limit either, whatever the encoding

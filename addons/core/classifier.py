@@ -161,6 +161,7 @@ class WireRequest:
     headers: dict[str, str]  # lower-case names
     body: bytes | None
     form: list[tuple[str, str]] | None = dataclasses.field(default=None, repr=False)  # form_pairs() cache
+    form_error: str | None = dataclasses.field(default=None, repr=False)  # why form_pairs() could not read the body
 
 
 def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -883,11 +884,31 @@ def decoded_body(request: WireRequest) -> bytes | None:
     encodings = [e.strip() for e in request.headers.get("content-encoding", "").lower().split(",") if e.strip()]
     for encoding in reversed(encodings):
         if encoding in ("gzip", "x-gzip", "deflate"):
-            decompressor = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
-            body = decompressor.decompress(body, MAX_DECOMPRESSED_BODY)
-            if decompressor.unconsumed_tail:
-                raise ValueError("compressed body too large")
+            body = inflate_whole(body, encoding, MAX_DECOMPRESSED_BODY)
     return body
+
+
+def inflate_whole(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body inflated whole: every member of a gzip body (a service that reads
+    them all must not act on more than the gateway decided on), none cut short, nothing after a
+    deflate stream, at most ``limit`` bytes; ValueError otherwise."""
+    gzip_ = encoding != "deflate"
+    out: list[bytes] = []
+    left = limit
+    while True:
+        decompressor = zlib.decompressobj(wbits=47 if gzip_ else 15)
+        chunk = decompressor.decompress(body, left)
+        if decompressor.unconsumed_tail:
+            raise ValueError("compressed body too large")
+        if not decompressor.eof:
+            raise ValueError(f"the {encoding} body ends before its compressed data does")
+        out.append(chunk)
+        left -= len(chunk)
+        body = decompressor.unused_data
+        if not body:
+            return b"".join(out)
+        if not gzip_:
+            raise ValueError("data after the end of the deflate body")
 
 
 def is_streaming(shape: botocore.model.Shape) -> bool:
@@ -1448,7 +1469,10 @@ class Classifier:
         shape = operation.input_shape
         protocol = resolution.protocol
         if protocol in ("query", "ec2"):
-            return query_params(form_pairs(request), shape, protocol == "ec2", errors)
+            pairs = form_pairs(request)
+            if request.form_error:
+                errors.add("body", request.form_error)
+            return query_params(pairs, shape, protocol == "ec2", errors)
         if shape is None:
             return {}
         leading = endpoint.leading if endpoint else ""
@@ -1503,8 +1527,8 @@ def form_pairs(request: WireRequest) -> list[tuple[str, str]]:
         if request.body:
             try:
                 pairs.extend(parse_qsl(decoded_body(request).decode("utf-8"), keep_blank_values=True))
-            except (ValueError, zlib.error):
-                pass
+            except (ValueError, zlib.error) as e:  # a body the service may read otherwise: not decided without it
+                request.form_error = f"could not read the form body: {type(e).__name__}: {str(e)[:200]}"
         request.form = pairs
     return request.form
 

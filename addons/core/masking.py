@@ -86,7 +86,12 @@ def inflate(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if encoding in ("gzip", "x-gzip", "deflate"):
         for wbits in ((47,) if encoding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw
             try:
-                return zlib.decompressobj(wbits=wbits).decompress(raw, limit + 1)
+                out, data = [], raw
+                while data and sum(map(len, out)) <= limit:  # every member of a gzip body, as services read them
+                    decompressor = zlib.decompressobj(wbits=wbits)
+                    out.append(decompressor.decompress(data, limit + 1 - sum(map(len, out))))
+                    data = decompressor.unused_data if decompressor.eof and wbits == 47 else b""
+                return b"".join(out)
             except zlib.error:
                 continue
         return raw
