@@ -267,6 +267,11 @@ class Egress:
         flow.metadata[STREAM] = sigv4.streams(auth, pairs)
         problem = shape_problem(req, self._cap("max_header_bytes"), self._cap("max_url_bytes")) or _elsewhere(
             host, req.host, flow.client_conn.sni)
+        if problem is None and auth.error and auth.kind in sigv4.SCOPED_KINDS:
+            # a SigV4 signature that cannot be read one way (a Credential given twice, a scope of the
+            # wrong shape): its scope could decide one region or service and another be signed for
+            problem = Refusal(400, "IncompleteSignature", f"the request's signature cannot be read: {auth.error}; "
+                              "agentgate decides and signs a call by its one credential scope", "egress")
         if problem is None and auth.presigned and (why := sigv4.expired(auth)) is not None:
             problem = Refusal(403, "AccessDenied", why, "egress")  # AWS would refuse it so; the new signature would not
         if problem is not None:

@@ -107,9 +107,11 @@ class Signer:
         host = flow.metadata.get(HOST) or req.host_header or req.host
         bare_host = host if host.startswith("[") else host.rsplit(":", 1)[0]
         auth = flow.metadata.get(AUTH)
-        region = sigv4.region_for(auth, bare_host) if auth is not None else call.region
+        # signed for the region and service the call was decided for, whatever else the request says
+        region = call.region or (sigv4.region_for(auth, bare_host) if auth is not None else None)
         info = endpoints.parse_host(bare_host)
-        signing_name = (auth.service if auth is not None else None) or call.signing_name or (info.endpoint_prefix if info else None)
+        signing_name = call.signing_name or (auth.service if auth is not None else None) or (
+            info.endpoint_prefix if info else None)
         if not signing_name:
             answer(flow, Refusal(403, "AccessDenied", "agentgate cannot tell which AWS service this request is for, "
                                  "so it cannot sign it", "signer"))

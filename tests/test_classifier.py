@@ -579,3 +579,25 @@ def test_s3_object_lambda_write_get_object_response():
     got = run(capture("s3", "write_get_object_response", RequestRoute="route-1", RequestToken="t", Body=b"x"))
     assert (got.operation, got.params["RequestRoute"], got.params["RequestToken"]) == (
         "WriteGetObjectResponse", "route-1", "t")
+
+
+def test_the_host_region_decides_and_a_scope_naming_another_is_an_error():
+    request = capture("dynamodb", "get_item", region="eu-west-1", TableName="t", Key={"k": {"S": "1"}})
+    assert run(request).region == "eu-west-1"
+    other = dict(request, headers=dict(request["headers"], Authorization=request["headers"]["Authorization"].replace(
+        "/eu-west-1/", "/us-east-1/")))
+    got = run(other)
+    assert got.region == "eu-west-1" and got.action == "unknown"
+    assert "credential scope names region 'us-east-1'" in got.error
+    # a host that names no region (the global S3 endpoint): the scope's region stands
+    request = capture("s3", "get_object", region="eu-central-1", Bucket="b", Key="k")
+    assert run(dict(request, host="b.s3.amazonaws.com")).region == "eu-central-1"
+
+
+def test_a_presigned_credential_is_read_whatever_its_case_and_only_once():
+    scope = "AKID%2F20260101%2Feu-west-1%2Fs3%2Faws4_request"
+    lower = classify("GET", "b.s3.amazonaws.com", "/k", f"x-amz-credential={scope}&X-Amz-Signature=00", {}, None)
+    assert lower.region == "eu-west-1"
+    twice = classify("GET", "b.s3.amazonaws.com", "/k",
+                     f"X-Amz-Credential={scope}&x-amz-credential={scope.replace('eu-west-1', 'us-west-2')}", {}, None)
+    assert twice.region is None  # no scope is read: the gateway refuses such a request (test_signature_scope.py)

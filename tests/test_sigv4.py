@@ -836,3 +836,21 @@ def test_a_presigned_v2_urls_end():
     assert sigv4.expired(auth, now=1767225599) is None and sigv4.expired(auth, now=1767225600)
     assert sigv4.parse_auth("GET", "/k", "AWSAccessKeyId=A&Expires=soon&Signature=abc", []).expires_at is None
     assert sigv4.expired(sigv4.parse_auth("GET", "/k", "", [("Authorization", "AWS4-HMAC-SHA256 x")])) is None
+
+
+def test_a_signature_naming_its_scope_twice_cannot_be_read():
+    """Read one way by the classifier and another by the signer, a scope could decide one region or
+    service and sign for another: a Credential (or any presigning parameter) given twice, in any
+    case, is an error the gateway refuses (tests/test_signature_scope.py)."""
+    from addons.core import sigv4
+
+    header = ("AWS4-HMAC-SHA256 Credential=k/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, "
+              "Signature=00, Credential=k/20260101/eu-west-1/dynamodb/aws4_request")
+    auth = sigv4.parse_auth("POST", "/", "", [("Authorization", header)])
+    assert auth.error == "the signature gives Credential more than once" and auth.kind in sigv4.SCOPED_KINDS
+    query = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=k%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
+             "&X-Amz-SignedHeaders=host&X-Amz-Signature=00&X-Amz-Date=20260101T000000Z&X-Amz-Expires=60"
+             "&x-amz-credential=k%2F20260101%2Feu-west-1%2Fs3%2Faws4_request")
+    presigned = sigv4.parse_auth("GET", "/b/k", query, [])
+    assert presigned.error == "the signature gives X-Amz-Credential more than once"
+    assert sigv4.parse_auth("GET", "/b/k", query.rsplit("&", 1)[0], []).error is None

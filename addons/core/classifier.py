@@ -105,6 +105,7 @@ S3_LABEL_RE = re.compile(
 )
 
 SIGV4_CREDENTIAL_RE = re.compile(r"Credential=([^,\s]+)")
+SCOPE_DATE_RE = re.compile(r"\d{8}")
 SMITHY_RPC_PATH_RE = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
 TEMPLATE_LABEL_RE = re.compile(r"\{([^}]+)\}")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
@@ -200,15 +201,16 @@ def credential_scope(headers: Mapping[str, str], query: Mapping[str, list[str]])
     credential = None
     auth = headers.get("authorization", "")
     if auth.startswith("AWS4-"):
-        found = SIGV4_CREDENTIAL_RE.search(auth)
-        credential = found.group(1) if found else None
-    elif "X-Amz-Credential" in query:
-        credential = query["X-Amz-Credential"][0]
+        found = SIGV4_CREDENTIAL_RE.findall(auth)
+        credential = found[0] if len(found) == 1 else None  # two scopes: read neither (the gateway refuses it)
+    else:  # presigned: the name read as the signer reads it, without regard to case, and only once
+        found = [v for k, values in query.items() if k.lower() == "x-amz-credential" for v in values]
+        credential = found[0] if len(found) == 1 else None
     if not credential:
         return None
     parts = credential.split("/")
-    if len(parts) >= 5 and parts[-1] == "aws4_request":
-        return CredentialScope("/".join(parts[:-4]), parts[-4], parts[-3], parts[-2])
+    if len(parts) == 5 and parts[-1] == "aws4_request" and SCOPE_DATE_RE.fullmatch(parts[1]):
+        return CredentialScope(parts[0], parts[1], parts[2], parts[3])
     if len(parts) == 4 and parts[-1] == "aws4_request":  # SigV4a: no region in the scope
         region_set = headers.get("x-amz-region-set") or (query.get("X-Amz-Region-Set") or [None])[0]
         region = region_set if region_set and "," not in region_set and "*" not in region_set else None
@@ -1288,8 +1290,13 @@ class Classifier:
         endpoint = self.endpoint(request.host)
         result = Classification(
             signing_name=scope.service if scope else None,
-            region=(scope.region if scope and scope.region else None) or (endpoint.region if endpoint else None),
+            region=(endpoint.region if endpoint else None) or (scope.region if scope else None),
         )
+        if scope and scope.region and endpoint and endpoint.region and scope.region != endpoint.region:
+            # AWS refuses such a signature; decided for the one region, the call must not be signed for the other
+            result.error = (f"the signature's credential scope names region {scope.region[:40]!r}, and the host "
+                            f"{request.host[:100]} region {endpoint.region!r}")
+            return result
         tiers, why_not = self.candidates(scope, endpoint)
         by_target = self.target_candidates(request) if endpoint else []
         if by_target and by_target not in tiers:

@@ -272,6 +272,10 @@ def _parse_presigned_v4(
         "SignedHeaders": _param(params, "X-Amz-SignedHeaders"),
         "Signature": _param(params, "X-Amz-Signature"),
     }
+    names = [name.lower() for name, _ in params if name.lower() in _PRESIGN_PARAMS]
+    if len(names) != len(set(names)):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        values[TWICE] = next(name for name, _ in params if name.lower() == twice)
     auth = _scoped_auth(kind, values, common)
     if kind == "query-v4a":
         region_set = _param(params, "X-Amz-Region-Set") or fields.get("x-amz-region-set")
@@ -289,6 +293,8 @@ def _parse_presigned_v2(params: list[tuple[str, str]], common: dict) -> AgentAut
 
 def _scoped_auth(kind: str, values: Mapping[str, str | None], common: dict) -> AgentAuth:
     """A SigV4 or SigV4a signature from its Credential, SignedHeaders and Signature."""
+    if values.get(TWICE):
+        return AgentAuth(kind=kind, error=f"the signature gives {values[TWICE]} more than once", **common)
     missing = [name for name in ("Credential", "SignedHeaders", "Signature") if not values.get(name)]
     if missing:
         return AgentAuth(kind=kind, error=f"the signature has no {', '.join(missing)}", **common)
@@ -313,13 +319,22 @@ def _scoped_auth(kind: str, values: Mapping[str, str | None], common: dict) -> A
 
 
 def _auth_params(rest: str) -> dict[str, str]:
-    """``Credential=..., SignedHeaders=..., Signature=...`` as a dict."""
+    """``Credential=..., SignedHeaders=..., Signature=...`` as a dict; a name given twice is kept
+    under ``TWICE`` (a signature read two ways: one scope for the policy, another to sign with)."""
     params = {}
     for part in rest.split(","):
         name, _, value = part.strip().partition("=")
         if name:
+            if name in params:
+                params.setdefault(TWICE, name)
             params[name] = value.strip()
     return params
+
+
+TWICE = "\x00twice"
+SCOPED_KINDS = frozenset({"header-v4", "header-v4a", "query-v4", "query-v4a"})  # signatures with a credential scope
+_PRESIGN_PARAMS = ("x-amz-algorithm", "x-amz-credential", "x-amz-signedheaders", "x-amz-signature", "x-amz-date",
+                   "x-amz-expires", "x-amz-security-token", "x-amz-region-set")
 
 
 def _presign_kind(params: list[tuple[str, str]]) -> str | None:
