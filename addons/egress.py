@@ -116,7 +116,17 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
                        _cap_message("the request's head (request line and headers)", size, "max_header_bytes",
                                     max_header_bytes), "egress")
     codings = []
+    amz: set[bytes] = set()
     for name, value in req.headers.fields:
+        if name[:6].lower() == b"x-amz-" and name[6:11].lower() != b"meta-":
+            # a member header given twice (x-amz-copy-source, x-amz-bypass-governance-retention, ...):
+            # policy would read the two joined, a service perhaps one of them
+            lower = name.lower()
+            if lower in amz:
+                return Refusal(400, "InvalidRequest", f"header {name.decode(errors='replace')[:60]} is given more than "
+                               "once: which one the service acts on is not known, so agentgate decides neither",
+                               "egress")
+            amz.add(lower)
         if (m := _CONTROL.search(value)) is not None:
             return Refusal(400, "InvalidRequest", f"header {name.decode(errors='replace')} carries a control character "
                            f"(0x{m.group()[0]:02x}); agentgate refuses it so that no server behind it reads other "

@@ -53,6 +53,9 @@ SHAPES = [
     ("te-on-http-1.0", request([b"Transfer-Encoding: chunked"], CHUNKED, line=b"POST / HTTP/1.0"),
      b"transfer-encoding", True),
     ("control-character-in-value", request([CL, b"X-Trace: a\x1bb"]), b"control character", True),
+    # a member header twice: policy would read them joined ("a, b"), a service perhaps one of them
+    ("amz-header-twice", request([CL, b"X-Amz-Copy-Source: public/x", b"x-amz-copy-source: private/y"]),
+     b"given more than once", True),
     ("absolute-form-inside-tunnel", request([CL], line=b"POST http://169.254.169.254/ HTTP/1.1"),
      b"absolute-form", True),
     ("obs-fold-te", request([b"Transfer-Encoding:", b" chunked"], CHUNKED), b"obs-fold", "head"),
