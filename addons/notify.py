@@ -10,6 +10,7 @@ message is posted in the background, retried with exponential backoff (connectio
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -41,7 +42,10 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
         command = f"agentgate approvals approve {a.id}"
     if event == "requested":
         head = f"Approval {a.id}: {who} asks for {what}"
-        detail = (f"{why}\nApprovers: {describe_approvers(a.approvers)}\nApprove: `{command}`"
+        # what exactly: two calls on one resource differ in their parameters (a governance bypass, a
+        # version), and an approver reading only this message must see which one is asked for
+        params = "" if a.kind == "grant" else f"\nParameters: `{_params_text(a.params)}`"
+        detail = (f"{why}{params}\nApprovers: {describe_approvers(a.approvers)}\nApprove: `{command}`"
                   + (f"\nConsole: {link}" if link else ""))
     else:
         state = a.state()
@@ -53,6 +57,16 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": detail}})
     return {"text": text, "blocks": blocks,
             "agentgate": {"event": event, "approval": a.as_dict()}}
+
+
+PARAMS_SHOWN = 1500  # characters of an approval's parameters a message shows
+
+
+def _params_text(params: Any) -> str:
+    """An approval's parameters (masked as stored) as one line of JSON, cut to PARAMS_SHOWN."""
+    text = json.dumps(params, ensure_ascii=False, separators=(", ", ": "), sort_keys=True, default=str)
+    text = text.replace("`", "'")  # the message quotes it in backticks
+    return text if len(text) <= PARAMS_SHOWN else text[:PARAMS_SHOWN] + f"… ({len(text)} characters: see the console)"
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -137,6 +137,34 @@ def test_retries_while_pending_find_the_same_approval_and_an_approval_releases_o
     assert after.state == "pending" and after.created and after.approval.id != first.approval.id
 
 
+def test_an_approval_not_yet_used_can_be_withdrawn_and_its_call_then_asks_anew(approvals):
+    asked = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-7"))
+    approvals.decide(asked.approval.id, SRE, approve=True)
+    with pytest.raises(Refused, match="only its requester, the local admin or its approvers"):
+        approvals.revoke(asked.approval.id, principal("mallory", groups=("dev",)))
+    r = approvals.revoke(asked.approval.id, principal("carol", groups=("sre",)), reason="wrong instance")
+    assert (r.status, r.revoked_by, r.revoke_reason) == ("revoked", "carol", "wrong instance")
+    retry = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-7"))
+    assert retry.state == "pending" and retry.created and retry.approval.id != asked.approval.id
+    assert [e["event"] for e in approvals.history(asked.approval.id)] == ["requested", "approved", "revoked"]
+    # one already used cannot be withdrawn: its call ran
+    approvals.decide(retry.approval.id, SRE, approve=True)
+    assert approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-7")).state == "released"
+    with pytest.raises(Refused, match="only an approval not yet used is revoked"):
+        approvals.revoke(retry.approval.id, SRE)
+
+
+def test_settled_approvals_come_latest_decision_first(approvals):
+    t0 = dt.datetime.now(UTC)
+    first = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-a"), now=t0)
+    second = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-b"), now=t0 + dt.timedelta(seconds=1))
+    waiting = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-c"), now=t0 + dt.timedelta(seconds=2))
+    approvals.decide(second.approval.id, SRE, approve=False, reason="no", now=t0 + dt.timedelta(seconds=3))
+    approvals.decide(first.approval.id, SRE, approve=True, now=t0 + dt.timedelta(seconds=4))  # asked first, decided last
+    settled = [a.id for a in approvals.list(settled=True, now=t0 + dt.timedelta(seconds=5))]
+    assert settled == [first.approval.id, second.approval.id] and waiting.approval.id not in settled
+
+
 def test_denial_answers_until_the_request_would_have_expired(approvals):
     a = approvals.ask(principal=AGENT, decision=decision(expires=60), call=terminate("i-3")).approval
     approvals.decide(a.id, SRE, approve=False, reason="not during the freeze")

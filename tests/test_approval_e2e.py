@@ -369,8 +369,10 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     assert f"nothing is pending in the store at {empty}" in gw.cli("approvals", "list", "--pending", "--db",
                                                                    empty).stdout
     _, _, approval_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key="listed"))
-    table = gw.cli("approvals", "list", "--pending").stdout
+    listed = gw.cli("approvals", "list", "--pending")
+    table = listed.stdout
     assert approval_id in table and "s3:DeleteObject" in table and f"{bucket}/listed" in table
+    assert f"from the store at sqlite:///{gw.db_path}" in listed.stderr  # which store, also when it is not empty
     shown = gw.cli("approvals", "show", approval_id).stdout
     for words in ("agent-1", "deleting-needs-sre", "deleting cannot be undone", '"Key": "listed"', "group sre",
                   "requested", "expires", "held"):
@@ -383,6 +385,23 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     shown = json.loads(gw.cli("approvals", "show", secret_id, "--json").stdout)
     assert shown["params"]["SecretId"] == "db-password"
     assert shown["params"]["SecretString"].startswith("agentgate:masked:") and "hunter2" not in json.dumps(shown)
+
+
+def test_an_approval_is_withdrawn_before_its_call_runs_and_access_commands_take_grants_only(short_hold, issuer,
+                                                                                              bucket):
+    gw = short_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    _, _, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="withdrawn"))
+    p = gw.cli("access", "approve", approval_id, check=False)  # a call's approval is not an access grant
+    assert p.returncode == 1 and f"{approval_id} is an approval of a call, not an access grant" in p.stderr
+    assert gw.cli("approvals", "show", approval_id, "--json").stdout.count('"state": "pending"') == 1
+    approve(gw, issuer, approval_id)
+    out = gw.cli("approvals", "revoke", approval_id, "--reason", "wrong key", "--token-file",
+                 token_file(gw, issuer, "bob")).stdout
+    assert f"{approval_id} revoked by bob" in out and "a retry asks for a new approval" in out
+    code, _, again = held(lambda: client.delete_object(Bucket=bucket, Key="withdrawn"))
+    assert code == "ApprovalPending" and again != approval_id  # the withdrawn approval releases nothing
+    assert record_of(gw, approval_id, "forwarded") == []
 
 
 # -- notifications ---------------------------------------------------------------------------------------
@@ -402,6 +421,7 @@ def test_approvers_are_told_through_the_webhook_with_retries_off_the_calls_path(
     body = posts[-1][2]
     assert approval_id in body["text"] and f"agentgate approvals approve {approval_id}" in body["text"]
     assert "agent-1" in body["text"] and "s3:DeleteObject" in body["text"] and f"{bucket}/notified" in body["text"]
+    assert f'Parameters: `{{"Bucket": "{bucket}", "Key": "notified"}}`' in body["text"]  # what exactly is asked
     assert body["blocks"][0]["type"] == "section" and body["blocks"][0]["text"]["type"] == "mrkdwn"
     assert f"{gw.settings['console_listen']}/#{approval_id}" in body["text"]
     approve(gw, issuer, approval_id)  # the command line tells the webhook too

@@ -154,15 +154,22 @@ def _table(rows: list[Approval]) -> Table:
     table.add_column("id", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("requested (UTC)", no_wrap=True, min_width=19)
-    for name in ("principal", "asks for", "resource", "rule", "approver"):
+    for name in ("principal", "asks for", "resource", "parameters", "rule", "approver"):
         table.add_column(name, overflow="fold")
     table.add_column("expires (UTC)", no_wrap=True, min_width=19)
     for a in rows:
         who = a.principal + (f" (for {a.on_behalf_of})" if a.on_behalf_of else "")
         table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), who, _what(a),
-                      "" if a.kind == "grant" else a.resource, _text(a.rule), _text(a.approver),
-                      _short_time(a.as_dict()["expires"]))
+                      "" if a.kind == "grant" else a.resource, "" if a.kind == "grant" else _params_line(a.params),
+                      _text(a.rule), _text(a.approver), _short_time(a.as_dict()["expires"]))
     return table
+
+
+def _params_line(params: Any, width: int = 120) -> str:
+    """An approval's parameters in one line, so that two asks on one resource tell apart (a version,
+    a governance bypass); `approvals show` has them whole."""
+    text = json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, Any]]) -> Table:
@@ -209,7 +216,11 @@ def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: 
         _echo_json([a.as_dict() for a in rows])
         return
     empty = "nothing is pending" if pending else "none in force" if active else "none"
-    _console(wide=True).print(_table(rows) if rows else f"{empty} in the store at {display_url(settings.db)}")
+    if not rows:
+        _console(wide=True).print(f"{empty} in the store at {display_url(settings.db)}")
+        return
+    _console(wide=True).print(_table(rows))
+    click.echo(f"({len(rows)} from the store at {display_url(settings.db)})", err=True)
 
 
 def _show(approval_id: str, db: str | None, as_json: bool, grants: bool = False) -> None:
@@ -224,6 +235,13 @@ def _show(approval_id: str, db: str | None, as_json: bool, grants: bool = False)
     _console().print(_details(a, calls, history))
 
 
+def _of_kind(a: Approval, grants: bool) -> None:
+    """Refuse an approval of a call given to an `access` command (`approvals` takes both kinds)."""
+    if grants and a.kind != "grant":
+        raise click.ClickException(f"{a.id} is an approval of a call, not an access grant: use "
+                                   f"`agentgate approvals` (show, approve, deny, revoke {a.id})")
+
+
 def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None,
             grants: bool = False) -> None:
     settings = _settings(db)
@@ -231,6 +249,7 @@ def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str
         raise BadInput("--reason is required to deny: the agent's error shows it")
     approver = _identity(settings, token_file)
     with _approvals(settings, grants) as approvals:
+        _of_kind(approvals.require(approval_id), grants)
         a = approvals.decide(approval_id, approver, approve=approve, reason=reason, channel="cli")
     verb = "approved" if approve else "denied"
     if a.kind == "grant":
@@ -288,6 +307,16 @@ def approvals_approve(approval_id: str, reason: str | None, token_file: str | No
 def approvals_deny(approval_id: str, reason: str, token_file: str | None, db: str | None) -> None:
     """Deny a pending call (or access grant): the agent gets ApprovalDenied with the reason."""
     _decide(approval_id, False, reason, token_file, db)
+
+
+@approvals.command("revoke")
+@click.argument("approval_id", metavar="ID")
+@click.option("--reason", default=None, help="Why; kept with the approval.")
+@token_option
+@db_option
+def approvals_revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+    """Withdraw an approval its call has not used yet (a retry then asks anew), or end an access grant."""
+    _revoke(approval_id, reason, token_file, db, grants=False)
 
 
 # -- access grants ----------------------------------------------------------------------------------
@@ -389,11 +418,20 @@ def access_deny(grant_id: str, reason: str, token_file: str | None, db: str | No
 @db_option
 def access_revoke(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
     """End an access grant now (its grantee, an approver, or the local admin)."""
+    _revoke(grant_id, reason, token_file, db, grants=True)
+
+
+def _revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None, grants: bool) -> None:
     settings = _settings(db)
     by = _identity(settings, token_file)
-    with _approvals(settings, grants=True) as store:
-        a = store.revoke(grant_id, by, reason=reason, channel="cli")
-    click.echo(f"{a.id} revoked by {a.revoked_by}: {a.principal}'s calls no longer run as {a.role}")
+    with _approvals(settings, grants=grants) as store:
+        _of_kind(store.require(approval_id), grants)
+        a = store.revoke(approval_id, by, reason=reason, channel="cli")
+    if a.kind == "grant":
+        click.echo(f"{a.id} revoked by {a.revoked_by}: {a.principal}'s calls no longer run as {a.role}")
+    else:
+        click.echo(f"{a.id} revoked by {a.revoked_by}: its call has not run, and a retry asks for a new approval")
+    _notify(settings, a, "decided")
 
 
 COMMANDS = (approvals, access)

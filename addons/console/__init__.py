@@ -178,7 +178,7 @@ class Console:
 
     def _state(self) -> tuple[list, list, list]:
         pending = [a.as_dict() for a in reversed(self.approvals.list(pending=True, limit=200))]
-        recent = [a.as_dict() for a in self.approvals.list(limit=40) if a.state() != "pending"][:20]
+        recent = [a.as_dict() for a in self.approvals.list(settled=True, limit=20)]
         calls = [_call_summary(c) for c in self.store.calls(limit=self.calls_shown)]
         return pending, recent, calls
 

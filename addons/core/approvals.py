@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, insert, select, text, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import chain
@@ -390,10 +390,12 @@ class Approvals:
             raise NotFound(f"there is no approval {approval_id!r}: `agentgate approvals list` shows them", approval_id)
         return found
 
-    def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False,
+    def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False, settled: bool = False,
              limit: int | None = 100, now: dt.datetime | None = None) -> list[Approval]:
         """Newest first. ``pending``: only those waiting for a decision (not expired);
-        ``active``: approved and not expired (grants in force, approvals not yet used)."""
+        ``active``: approved and not expired (grants in force, approvals not yet used);
+        ``settled``: those no longer waiting (decided, or expired undecided), the latest decision
+        (or expiry) first."""
         now = now or _now()
         c = self.table.c
         q = select(self.table)
@@ -401,9 +403,14 @@ class Approvals:
             q = q.where(c.status == "pending", c.expires > now)
         if active:
             q = q.where(c.status == "approved", c.expires > now)
+        if settled:
+            q = q.where(or_(c.status != "pending", c.expires <= now))
         if kind:
             q = q.where(c.kind == kind)
-        q = q.order_by(c.requested.desc(), c.id.desc())
+        if settled:
+            q = q.order_by(func.coalesce(c.revoked, c.decided, c.expires).desc(), c.id.desc())
+        else:
+            q = q.order_by(c.requested.desc(), c.id.desc())
         if limit is not None:
             q = q.limit(limit)
         try:
@@ -641,19 +648,21 @@ class Approvals:
 
     def revoke(self, grant_id: str, by: Any, *, reason: str | None = None, channel: str = "cli",
                now: dt.datetime | None = None) -> Approval:
-        """End an access grant now. The grantee, the local admin, or anyone who may approve it may."""
+        """End an access grant now, or withdraw an approval of a call its call has not used yet (a
+        retry of the call then asks anew). The grantee (the requester), the local admin, or anyone
+        who may approve it may."""
         now = now or _now()
         a = self.require(grant_id)
-        if a.kind != "grant":
-            raise Refused(f"{a.id} is an approval of a call, not an access grant; only grants are revoked")
+        what = "access grant" if a.kind == "grant" else "approval"
         state = a.state(now)
         if state != "approved":
             hint = "; deny a pending request instead" if state == "pending" else ""
-            raise Refused(f"access grant {a.id} is {_state_words(a, state)}; only a grant in force is revoked{hint}")
+            force = "a grant in force" if a.kind == "grant" else "an approval not yet used"
+            raise Refused(f"{what} {a.id} is {_state_words(a, state)}; only {force} is revoked{hint}")
         grantee = getattr(by, "sub", None) == a.principal and getattr(by, "iss", None) == a.issuer
         if not (grantee or is_admin(by) or principal_matches(a.approvers, by)):
-            raise Refused(f"{who(by)} cannot revoke access grant {a.id}: only its grantee, the local admin or "
-                          f"its approvers ({describe_approvers(a.approvers)}) can")
+            raise Refused(f"{who(by)} cannot revoke {what} {a.id}: only its {'grantee' if a.kind == 'grant' else 'requester'}, "
+                          f"the local admin or its approvers ({describe_approvers(a.approvers)}) can")
         c = self.table.c
         try:
             with self.engine.begin() as conn:
@@ -667,9 +676,9 @@ class Approvals:
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
         if changed != 1:
-            raise Refused(f"access grant {a.id} changed while it was being revoked; look again")
+            raise Refused(f"{what} {a.id} changed while it was being revoked (its call may have used it); look again")
         self._changed()
-        log.info("access grant %s revoked by %s (%s)", a.id, who(by), channel)
+        log.info("%s %s revoked by %s (%s)", what, a.id, who(by), channel)
         return self.require(grant_id)
 
     def active_grants(self, now: dt.datetime | None = None) -> list[Approval]:
