@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
 from .core.approvals import Approval as ApprovalInfo
-from .core.approvals import ApprovalError, Approvals, describe_approvers
+from .core.approvals import ApprovalError, Approvals, describe_approvers, duration_text
 from .core.awserrors import Refusal
 from .core.store import StoreError
 from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RELEASED, answer, due
@@ -39,10 +39,13 @@ def _what(a: ApprovalInfo) -> str:
 def pending_message(a: ApprovalInfo, console_url: str = "", restarting: bool = False) -> str:
     where = f" or in the console at {console_url.rstrip('/')}/#{a.id}" if console_url else ""
     rule = f"rule {a.rule!r}" if a.rule else "a rule"
-    why = "the gateway is restarting; the approval is kept. " if restarting else ""
+    why = "The gateway is restarting; the approval is kept. " if restarting else ""
+    lasts = f", and an approval lasts {duration_text(a.duration)} from when it is given" if a.duration else ""
     return (f"{_what(a)} needs a human approval ({rule}: {a.request_reason}). {why}Approval {a.id} is pending: "
             f"an approver ({describe_approvers(a.approvers)}) approves it with "
-            f"`agentgate approvals approve {a.id}`{where}; then retry this same call before {_when(a)}")
+            f"`agentgate approvals approve {a.id}`{where}; then retry this same call. It waits for a decision "
+            f"until {_when(a)}{lasts}")
+
 
 
 def denied_message(a: ApprovalInfo) -> str:
@@ -55,7 +58,8 @@ def expired_message(a: ApprovalInfo, used: bool = False) -> str:
     if used:
         return (f"approval {a.id} for {_what(a)} was already used by another request (an approval releases one "
                 f"call); retry the call to ask for a new approval")
-    return (f"approval {a.id} for {_what(a)} expired at {_when(a)} without being used; "
+    how = "approved but not used in time" if a.decided is not None else "before anyone decided it"
+    return (f"approval {a.id} for {_what(a)} expired at {_when(a)}, {how}; "
             f"retry the call to ask for a new approval")
 
 

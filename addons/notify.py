@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .core.approvals import Approval, describe_approvers
+from .core.approvals import Approval, describe_approvers, duration_text
 
 log = logging.getLogger("agentgate.notify")
 
@@ -33,7 +33,7 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
     who = a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
     link = f"{console_url.rstrip('/')}/#{a.id}" if console_url else ""
     if a.kind == "grant":
-        what = f"access as {a.role} for {a.duration}s"
+        what = f"access as {a.role} for {duration_text(a.duration)}"
         why = f"reason: {a.request_reason}"
         command = f"agentgate access approve {a.id}"
     else:

@@ -488,7 +488,7 @@ def test_a_restart_while_calls_are_held(long_hold, issuer, bucket):
         t.join(10)
     assert time.time() - stopping < 8
     for code, message, approval_id in results.values():
-        assert code == "ApprovalPending" and "the gateway is restarting; the approval is kept" in message
+        assert code == "ApprovalPending" and "The gateway is restarting; the approval is kept" in message
         assert approval_id in {a["id"] for a in asked}
     assert sorted(r["outcome"] for a in asked for r in record_of(gw, a["id"])) == ["held"] * 3
     kept = json.loads(gw.cli("approvals", "list", "--pending", "--json").stdout)

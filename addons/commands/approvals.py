@@ -23,7 +23,7 @@ import click
 from rich.table import Table
 
 from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principal, admin_token_matches,
-                              describe_approvers, find_role, NotFound)
+                              describe_approvers, duration_text, find_role, NotFound)
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
 from .store import BadInput, _console, _echo_json, _short_time, _text, db_option, json_option
@@ -136,17 +136,8 @@ def _notify(settings: Settings, a: Approval, event: str) -> None:
 
 def _what(a: Approval) -> str:
     if a.kind == "grant":
-        return f"access as {a.role} for {_duration(a.duration)}"
+        return f"access as {a.role} for {duration_text(a.duration)}"
     return a.action
-
-
-def _duration(seconds: int | None) -> str:
-    if seconds is None:
-        return ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _table(rows: list[Approval]) -> Table:
@@ -181,13 +172,13 @@ def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, A
     rows: list[tuple[str, Any]] = [("id", a.id), ("kind", "access grant" if a.kind == "grant" else "call"),
                                    ("state", a.state()), ("principal", who), ("issuer", a.issuer)]
     if a.kind == "grant":
-        rows += [("role", a.role), ("for", _duration(a.duration)), ("role binding", a.rule),
+        rows += [("role", a.role), ("for", duration_text(a.duration)), ("role binding", a.rule),
                  ("reason", a.request_reason)]
     else:
         rows += [("action", a.action), ("service", a.service), ("operation", a.operation), ("region", a.region),
                  ("resource", a.resource), ("role", a.role), ("rule", a.rule), ("rule reason", a.request_reason),
                  ("parameters", json.dumps(a.params, ensure_ascii=False, indent=2)),
-                 ("usable for", f"{_duration(a.duration)} once approved")]
+                 ("usable for", f"{duration_text(a.duration)} once approved")]
     rows += [("approvers", describe_approvers(a.approvers)), ("policy version", a.policy_version),
              ("requested", d["requested"]), ("expires", d["expires"])]
     if a.decided:
@@ -346,7 +337,7 @@ def access_request(role: str, for_: str, reason: str, token_file: str | None, db
     except ValueError:
         raise BadInput(f"--for {for_!r} is not a duration: write 30m, 2h or 900") from None
     if not 60 <= seconds <= settings.grant_max:
-        raise BadInput(f"--for must be between 1m and {_duration(int(settings.grant_max))} (grant_max), not {for_}")
+        raise BadInput(f"--for must be between 1m and {duration_text(int(settings.grant_max))} (grant_max), not {for_}")
     if not reason.strip():
         raise BadInput("--reason must say why")
     try:
@@ -365,7 +356,7 @@ def access_request(role: str, for_: str, reason: str, token_file: str | None, db
                                     policy_version=policy_set.version)
     a = asked.approval
     already = "" if asked.created else " (already asked)"
-    click.echo(f"{a.id}: access as {a.role} for {_duration(a.duration)} is pending{already}; an approver "
+    click.echo(f"{a.id}: access as {a.role} for {duration_text(a.duration)} is pending{already}; an approver "
                f"({describe_approvers(a.approvers)}) runs `agentgate access approve {a.id}`")
     if asked.created:
         _notify(settings, a, "requested")

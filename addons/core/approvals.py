@@ -346,6 +346,16 @@ def may_decide(approval: Approval, approver: Any) -> str | None:
 # The store
 
 
+def duration_text(seconds: int | None) -> str:
+    """Seconds as an approver writes a duration: 15m, 2h, 1d, 90s ("" for none)."""
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _new_id(kind: str) -> str:
     return ("gr-" if kind == "grant" else "ap-") + secrets.token_hex(6)
 
