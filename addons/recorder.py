@@ -50,6 +50,7 @@ from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL
                     declares_body, due)
 
 log = logging.getLogger("agentgate.recorder")
+calls_log = logging.getLogger("agentgate.calls")  # a line per call, at DEBUG (run -v)
 DEFAULT_RULE = "agentgate:default"  # a record's rule when no rule matched and `default` decided
 
 STREAM_RESPONSES_OVER = 1 << 20  # bytes; larger (or unknown-length binary) responses stream
@@ -281,6 +282,11 @@ class Recorder:
         record was committed, and the record says so. ``refusable``: nothing reached the agent yet."""
         what = f"{record.method} {record.url}"
         done = flow.metadata[RECORDED] = [record.id, "answered", what]
+        if calls_log.isEnabledFor(logging.DEBUG):  # `agentgate run -v`: one line per call
+            calls_log.debug("%s %s %s %s by %s (%s) %s %s%s", record.principal or "-", record.action or "-",
+                            record.decision or "-", record.outcome or "-", record.rule or "-", what,
+                            record.status if record.status is not None else "-", record.id,
+                            f" {record.latency_ms:.1f} ms" if record.latency_ms is not None else "")
         try:
             committed = await self.store.write(
                 record, if_refused=refused_by_store(record) if refusable and not self.fail_open else None,

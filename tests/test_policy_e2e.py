@@ -54,6 +54,10 @@ def test_refusals_are_shaped_for_each_protocol(gateway, token_file, tmp_path):
     assert records["kms:ListKeys"]["decision"] == "deny" and records["kms:ListKeys"]["outcome"] == "refused"
     assert records["kms:ListKeys"]["rule"] == "agentgate:default"  # no rule matched: the policies' default decided
     assert all(r["policy_version"] for r in records.values())
+    # `agentgate run -v` (as the test gateways run) logs a line per call
+    log = gateway.log()
+    assert "DEBUG agentgate.calls: refused-agent iam:ListUsers deny refused by no-iam-for-agents (POST https://iam" in log
+    assert f"{records['kms:ListKeys']['id']}" in log.split("DEBUG agentgate.calls: refused-agent kms:ListKeys", 1)[1].split("\n")[0]
 
 
 def test_the_aws_cli_prints_the_refusal(gateway, token_file, tmp_path, aws_cli):
