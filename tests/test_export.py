@@ -232,6 +232,21 @@ def test_a_link_a_pipe_and_stdout_are_written_into_not_replaced(store_url, tmp_p
     assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and not (tmp_path / "calls.jsonl.approvals.jsonl").exists()
 
 
+def test_oscal_from_a_store_that_does_not_verify_is_written_and_exits_1(store_url, home, tmp_path):
+    import sqlite3
+
+    con = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    con.execute("update calls set status = 500 where seq = 2")
+    con.commit()
+    con.close()
+    out = tmp_path / "evidence.oscal.json"
+    result = CliRunner().invoke(main, ["export", "--format", "oscal", "-o", str(out), "--db", store_url])
+    assert result.exit_code == 1 and "Error: written, but the store does not verify" in result.output
+    doc = json.loads(out.read_text())
+    au9 = [o for o in doc["assessment-results"]["results"][0]["observations"] if "au-9" in json.dumps(o).lower()]
+    assert au9 and "FAIL" in json.dumps(au9).upper()
+
+
 # -- OCSF --------------------------------------------------------------------------------------
 
 

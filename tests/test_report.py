@@ -106,10 +106,10 @@ def sql(db: Path, query: str) -> list[tuple]:
         con.close()
 
 
-def report(db: Path, out: Path, *args: str) -> str:
+def report(db: Path, out: Path, *args: str, code: int = 0) -> str:
     result = CliRunner().invoke(main, ["report", "-o", str(out), "--db", f"sqlite:///{db}", *args],
                                 catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -177,8 +177,8 @@ def test_a_period_and_a_tampered_store(db, tmp_path):
     con.close()
     out = tmp_path / "tampered.html"
     since = dt.datetime.fromisoformat(first).replace(tzinfo=UTC) + dt.timedelta(minutes=30)
-    output = report(db, out, "--since", since.isoformat())
-    assert "does not verify" in output
+    output = report(db, out, "--since", since.isoformat(), code=1)  # written, and a script is told
+    assert "Error: written, but the store does not verify: call " in output and "altered" in output
     shown = render(out, tmp_path / "tampered.png")
     (n,), = sql(db, f"select count(*) from calls where time >= '{since.replace(tzinfo=None).isoformat(sep=' ')}'")
     assert shown["figures"]["records"] == str(n) and 0 < n < 54

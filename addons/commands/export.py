@@ -195,8 +195,7 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
           str(approvals_file))
     _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
           str(output))
-    if summary.verify is not None and not summary.verify.ok:
-        click.echo(f"warning: the store does not verify: {summary.verify.problems[0]}", err=True)
+    _fail_unless_verified(summary)
 
 
 # -- replay ------------------------------------------------------------------------------------
@@ -401,8 +400,16 @@ def report(since: str | None, until: str | None, output: str, no_verify: bool, d
     with _output(output) as f:
         f.write(render_html(summary))
     _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text})", output)
+    _fail_unless_verified(summary)
+
+
+def _fail_unless_verified(summary) -> None:
+    """Evidence written from a store that does not verify says so inside (AU-9 failed); the command
+    then exits 1 too, so that a script that makes evidence notices."""
     if summary.verify is not None and not summary.verify.ok:
-        click.echo(f"warning: the store does not verify: {summary.verify.problems[0]}", err=True)
+        more = f" (and {len(summary.verify.problems) - 1} more)" if len(summary.verify.problems) > 1 else ""
+        raise click.ClickException(f"written, but the store does not verify: {summary.verify.problems[0]}{more}; "
+                                   "`agentgate verify` lists every problem")
 
 
 COMMANDS = (export, replay, report)
