@@ -606,7 +606,7 @@ def render_html(s: Summary) -> str:
         _figure("calls", s.calls, "calls"),
         _figure("allow", s.by_decision.get("allow", 0), "allowed"),
         _figure("deny", s.by_decision.get("deny", 0), "denied"),
-        _figure("approve", s.by_decision.get("approve", 0), "held for approval"),
+        _figure("approve", s.by_decision.get("approve", 0), "needed an approval"),  # held, or released by one
         _figure("principals", len(s.principals), "principals"),
         _figure("approvals", len(s.approvals), "approvals asked"),
         _figure("masked", s.masked_values, "values masked"),
