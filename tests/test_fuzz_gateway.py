@@ -135,6 +135,13 @@ HOSTILE = [
          **_auth("ec2"), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
          b"Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-0123456789abcdef0"),
      ("AccessDenied", "Action: given more than once")),
+    # a query-string Action beside X-Amz-Target: decided as DescribeSecret (read-only allows it) while
+    # a service that reads the Action first (moto does) would run GetSecretValue, past the masking
+    ("action-beside-target", "secretsmanager.us-east-1.amazonaws.com",
+     lambda: _request("POST", "secretsmanager.us-east-1.amazonaws.com", b"/?Action=GetSecretValue", {
+         **_auth("secretsmanager"), "X-Amz-Target": "secretsmanager.DescribeSecret",
+         "Content-Type": "application/x-amz-json-1.1"}, b'{"SecretId": "prod/db"}'),
+     ("AccessDenied", "Action: a query-string parameter on a json call")),
     # a JSON member named twice: policy and the record would read one value, the service maybe the other
     ("json-member-twice", "dynamodb.us-east-1.amazonaws.com",
      lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {

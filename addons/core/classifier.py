@@ -1491,6 +1491,12 @@ class Classifier:
             if body and not operation.has_event_stream_input:
                 params.update(rest_body_params(body, shape, protocol, errors))
             return without_aws_chunked(params)
+        # json and CBOR calls carry every parameter in the body; anything in the query string (an
+        # Action, say, which moto dispatches on before X-Amz-Target) is not the call policy decides
+        for key in request.query:
+            if key.lower() not in AUTH_QUERY_PARAMS:
+                errors.add(key[:100], f"a query-string parameter on a {protocol} call, whose parameters are all in "
+                                      "its body: the request is ambiguous")
         body = decoded_body(request)
         params = dict(host_labels)
         if not body or operation.has_event_stream_input:
