@@ -29,7 +29,8 @@ from mitmproxy import http
 
 from .core import sigv4
 from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, inflate
-from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, declares_body
+from .core.awserrors import Refusal
+from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, answer, declares_body
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -145,12 +146,28 @@ class Masking:
         if work is not None:
             await _run(size, work)
 
+    def _refuse_a_part_of_a_masked_body(self, flow: http.HTTPFlow) -> None:
+        """A rule masks the object's body for the agent (``mask_for_agent: [Body]``): a part of it
+        (a Range, a part number) is refused, since a secret cut across parts passes the detectors
+        in pieces, each piece kept in its record."""
+        req = flow.request
+        if flow.response is not None or not self.masker.names_payload(flow.metadata.get(CALL), self._for_agent(flow)):
+            return
+        path, _, query = req.path.partition("?")
+        asked = "a Range" if "range" in req.headers else "a part number" if "partnumber=" in query.lower() else None
+        if asked is not None:
+            answer(flow, Refusal(403, "AccessDenied", f"agentgate masks this object's body for the agent (rule "
+                                 f"{getattr(flow.metadata.get(DECISION), 'rule', None)!r}), so it is read whole: "
+                                 f"{asked} is refused; read the object without it", "masking"))
+
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(STREAM) and flow.request.method != "CONNECT":
+            self._refuse_a_part_of_a_masked_body(flow)
             await self._mask_request(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get(STREAM):
+            self._refuse_a_part_of_a_masked_body(flow)
             await self._mask_request(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -205,6 +222,10 @@ class Masking:
         if copy is None:
             return
         mc = self.masked(flow)
+        if copy.withheld is not None:
+            mc.notes.append(f"response: agent's copy not masked ({copy.withheld}): withheld from the agent")
+            self._withhold(flow, copy.withheld)
+            return
         try:
             flow.response = self._agent_response(flow, copy)
             mc.counts.update(copy.masked)
@@ -225,7 +246,7 @@ class Masking:
             mc.notes.append(f"response: {why}: not kept, and withheld from the agent")
             self._withhold(flow, why)
             return
-        from .core.awserrors import Refusal, render
+        from .core.awserrors import render
 
         mc.notes.append(f"response: over max_body_bytes ({cap}) without a declared length: not kept, and "
                         "withheld from the agent")
@@ -239,7 +260,7 @@ class Masking:
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
         """Policy says the agent gets this response masked and masking failed: the agent gets an
         error instead of the secret (fail closed)."""
-        from .core.awserrors import Refusal, render
+        from .core.awserrors import render
 
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")

@@ -282,11 +282,6 @@ class Recorder:
         record was committed, and the record says so. ``refusable``: nothing reached the agent yet."""
         what = f"{record.method} {record.url}"
         done = flow.metadata[RECORDED] = [record.id, "answered", what]
-        if calls_log.isEnabledFor(logging.DEBUG):  # `agentgate run -v`: one line per call
-            calls_log.debug("%s %s %s %s by %s (%s) %s %s%s", record.principal or "-", record.action or "-",
-                            record.decision or "-", record.outcome or "-", record.rule or "-", what,
-                            record.status if record.status is not None else "-", record.id,
-                            f" {record.latency_ms:.1f} ms" if record.latency_ms is not None else "")
         try:
             committed = await self.store.write(
                 record, if_refused=refused_by_store(record) if refusable and not self.fail_open else None,
@@ -300,14 +295,14 @@ class Recorder:
                 done[1] = "refused"
             else:
                 log.error("the store cannot write the record of %s (%s)", what, e)
-            return done[1]
+            return self._logged(record, what, done[1])
         except StoreError as e:
             if refusable and not self.fail_open:
                 log.error("refusing %s with 503: the store refused its record (%s)", what, e)
                 done[1] = "refused"
             else:
                 log.error("the store refused the record of %s (%s)", what, e)
-            return done[1]
+            return self._logged(record, what, done[1])
         if not committed:
             log.info("the client of %s left while its answer waited for the commit; record %s says client_gone",
                      what, record.id)
@@ -315,7 +310,19 @@ class Recorder:
         elif refusable and client_gone(flow):
             log.warning("the client of %s left as its record %s was being committed; the record says what it was "
                         "to be given, which it did not get", what, record.id)
-        return done[1]
+        return self._logged(record, what, done[1])
+
+    @staticmethod
+    def _logged(record: Record, what: str, then: str) -> str:
+        """``then``, after a line for the call at DEBUG (`agentgate run -v`)."""
+        if calls_log.isEnabledFor(logging.DEBUG):
+            calls_log.debug("%s %s %s %s by %s (%s) %s %s%s%s", record.principal or "-", record.action or "-",
+                            record.decision or "-", record.outcome or "-", record.rule or "-", what,
+                            record.status if record.status is not None else "-", record.id,
+                            f" {record.latency_ms:.1f} ms" if record.latency_ms is not None else "",
+                            "" if then == "answered" else "; the agent got a 503: the store could not write"
+                            if then == "refused" else "; the agent had left")
+        return then
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # a refused CONNECT

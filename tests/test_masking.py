@@ -8,6 +8,7 @@ import asyncio
 import base64
 import copy
 import datetime
+import gzip
 import hashlib
 import hmac
 import json
@@ -314,7 +315,7 @@ def test_xml_with_entities_is_not_expanded():
     part, agent = m.response(call("sts", "AssumeRole"), status=200, body=bomb, policy=("Credentials.SessionToken",))
     assert part.note.startswith("not valid XML") and "DTD" in part.note
     assert part.body is None and "not kept" in part.note  # nothing expanded; the credentials are sensitive
-    assert agent is None and "agent's copy not masked" in part.note
+    assert agent.withheld.startswith("DTDForbidden") and agent.body is None and "agent's copy not masked" in part.note
 
 
 def test_headers_with_the_sensitive_trait_are_masked():
@@ -439,11 +440,15 @@ def test_object_data_is_kept_only_when_policy_opts_in():
                              headers=[("x-amz-checksum-crc32", "AAAAAA==")])
     assert "pw1234" not in part.body and "pw1234" not in agent.body.decode()
     assert "region=eu-west-1" in agent.body.decode()
+    # what policy masks but the detectors cannot read is withheld from the agent, never passed on:
+    # an object that is not text (or is said not to be: ?response-content-type=), or is over the cap
     part, agent = m.response(get, status=200, body=b"\x89PNG\r\n", content_type="image/png", policy=("Body",))
-    assert part.body is None and agent is None and "not text" in part.note
+    assert part.body is None and "not text" in part.note and "image/png, not text" in agent.withheld
+    part, agent = m.response(get, status=200, body=body, content_type="application/octet-stream", policy=("Body",))
+    assert agent.withheld and agent.body is None
     big = Masker(KEY, object_cap=8)
     part, agent = big.response(get, status=200, body=body, content_type="text/plain", policy=("Body",))
-    assert part.body is None and agent is None
+    assert part.body is None and "over 8 bytes" in agent.withheld
     put = m.request(call("s3", "PutObject"), body=body)
     assert put.body is None and "object data not kept" in put.note
 
@@ -482,7 +487,7 @@ def test_cbor_bodies_are_masked_and_kept_as_json():
 # -- failures never break the call ----------------------------------------------------------------
 
 
-def test_an_engine_failure_keeps_no_body_and_leaves_the_agent_copy(monkeypatch):
+def test_an_engine_failure_keeps_no_body_and_withholds_the_agents_copy(monkeypatch):
     m = Masker(KEY)
 
     def broken(*a, **k):
@@ -493,7 +498,7 @@ def test_an_engine_failure_keeps_no_body_and_leaves_the_agent_copy(monkeypatch):
     part, agent = m.response(call("secretsmanager", "GetSecretValue"), status=200, body=b'{"SecretString": "x"}',
                              headers=[("x-amzn-RequestId", "r"), ("x-custom", "c")], policy=("SecretString",))
     assert part.body is None and part.note.startswith("not masked: RuntimeError: boom")
-    assert part.headers == [("x-amzn-RequestId", "r")] and agent is None
+    assert part.headers == [("x-amzn-RequestId", "r")] and agent.withheld == "RuntimeError: boom"
     req = m.request(call("secretsmanager", "CreateSecret"), body=b'{"SecretString": "x"}')
     assert req.body is None and req.note.startswith("not masked")
 
@@ -544,7 +549,7 @@ def test_addon_rewrites_the_agents_copy_so_the_sdk_parses_it():
     assert {"part": "response", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
 
 
-def test_addon_leaves_refused_calls_and_failures_untouched(monkeypatch):
+def test_addon_leaves_refused_calls_untouched_and_withholds_what_it_cannot_mask(monkeypatch):
     from addons.masking import Masking
 
     body = b'{"SecretString": "s3cr3t"}'
@@ -557,11 +562,12 @@ def test_addon_leaves_refused_calls_and_failures_untouched(monkeypatch):
     f = flow_for("secretsmanager", "GetSecretValue", body, policy=("SecretString",))
     with taddons.context(addon):
         asyncio.run(addon.response(f))
-    assert f.response.content == body
+    assert f.response.status_code == 400 and b"ResponseWithheld" in f.response.content  # never upstream's secret
+    assert b"s3cr3t" not in f.response.content
     from addons.recorder import build_record
 
     r = build_record(f)
-    assert "s3cr3t" not in r.response_body and "agent's copy not masked" in r.body_note
+    assert "s3cr3t" not in (r.response_body or "") and "agent's copy not masked" in r.body_note
 
 
 def test_addon_holds_a_large_response_whole_to_mask_it_for_the_agent():
@@ -811,3 +817,23 @@ def test_a_response_that_policy_masks_for_the_agent_is_withheld_when_masking_fai
     asyncio.run(m.response(flow))
     assert b"hunter2" not in flow.response.content
     assert flow.response.status_code == 400 and b"ResponseWithheld" in flow.response.content
+
+
+@pytest.mark.parametrize("body, headers", [
+    (b'{"Name": "db", "SecretString": "hunter2-cut', {}),  # cut short
+    ('{"SecretString": "hunter2"}'.encode("utf-16"), {"content-type": "application/x-amz-json-1.1"}),  # not UTF-8
+    # encodings the masker does not undo: what upstream sent cannot be read
+    (gzip.compress(gzip.compress(b'{"SecretString": "hunter2"}')), {"content-encoding": "gzip, gzip"}),
+    (b"\x1f\x9d\x90" + b'{"SecretString": "hunter2"}', {"content-encoding": "compress"}),
+], ids=["cut-short", "utf-16", "gzip-gzip", "compress"])
+def test_a_response_the_masker_cannot_read_is_withheld_not_passed_on(body, headers):
+    """A body policy masks for the agent but the masker cannot parse is withheld (400
+    ResponseWithheld): the agent's copy was upstream's before, secret and all."""
+    from addons.masking import Masking
+
+    f = flow_for("secretsmanager", "GetSecretValue", body, policy=("SecretString",), headers=headers)
+    addon = Masking(KEY)
+    with taddons.context(addon):
+        asyncio.run(addon.response(f))
+    assert f.response.status_code == 400 and b"ResponseWithheld" in f.response.content
+    assert b"hunter2" not in f.response.content and "hunter2".encode("utf-16")[2:] not in f.response.content

@@ -38,6 +38,11 @@ rules:
     action: "dynamodb:*"
     decision: allow
     mask_for_agent: [Item.ssn, "Items[].ssn"]
+  - id: masked-object-text
+    action: s3:GetObject
+    when: "length(resource[?contains(@, '/masked/')]) > `0`"
+    decision: allow
+    mask_for_agent: [Body]
 """ + (Path(__file__).resolve().parent.parent / "policies" / "secrets.yaml").read_text().split("\nrules:\n", 1)[1]
 # ^ the shipped masking rules themselves (policies/secrets.yaml), so that what ships is what is tested
 
@@ -405,3 +410,41 @@ def test_an_http2_agent_gets_its_masked_answer_whole(gw, issuer):
     status, got = call("GetSecretValue", {"SecretId": f"h2-{tag}"})
     assert status == 200 and got["Name"] == f"h2-{tag}", got
     assert got["SecretString"].startswith("agentgate:masked:") and secret not in json.dumps(got), got
+
+
+def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, issuer):
+    """mask_for_agent: [Body] on s3:GetObject. The object's text comes masked; a Range (a secret cut
+    across parts passes the detectors in pieces, each kept in its record) is refused; an object
+    the detectors cannot read (said not to be text by ?response-content-type=, or over 1 MiB) is
+    withheld (ResponseWithheld), not handed over as stored."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    tag = secrets.token_hex(6)
+    key_secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    text = f"db_password=Sup3rS3cret-{tag}\naws_secret_access_key={key_secret}\n"
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                      verify=str(gw.ca_file), config=botocore.config.Config(
+                          proxies={"https": gw.proxy_url(issuer.mint(f"agent-body-{tag}"))},
+                          retries={"total_max_attempts": 1}))
+    bucket = f"bodies-{tag}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(), ContentType="text/plain")
+    s3.put_object(Bucket=bucket, Key="masked/big.txt", Body=(text * 30_000).encode(), ContentType="text/plain")
+    whole = s3.get_object(Bucket=bucket, Key="masked/app.env")["Body"].read().decode()
+    assert f"Sup3rS3cret-{tag}" not in whole and key_secret not in whole and MARKER in whole
+
+    def refused(**kw) -> tuple[str, str]:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.get_object(Bucket=bucket, **kw)["Body"].read()
+        return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+    code, message = refused(Key="masked/app.env", Range="bytes=0-7")
+    assert code == "AccessDenied" and "a Range is refused" in message
+    code, message = refused(Key="masked/app.env", ResponseContentType="application/octet-stream")
+    assert code == "ResponseWithheld" and "not text" in message
+    code, message = refused(Key="masked/big.txt")
+    assert code == "ResponseWithheld"
+    records = [r for r in gw.records() if r["principal"] == f"agent-body-{tag}"]
+    assert not any(f"Sup3rS3cret-{tag}"[:8] in json.dumps(r) for r in records)

@@ -277,6 +277,9 @@ class AgentCopy:
     body: bytes | None = None  # the new (decoded) body; None: the body is unchanged
     headers: dict[str, str | None] = dataclasses.field(default_factory=dict)  # lower-case name -> value, None drops
     masked: Counter = dataclasses.field(default_factory=Counter)
+    # why the copy policy asks for cannot be made (a body that does not parse, an object that is not
+    # text): the agent must then get no body at all (ResponseWithheld), never upstream's
+    withheld: str | None = None
 
 
 @dataclasses.dataclass
@@ -681,6 +684,17 @@ class Masker:
         node = shapes.sensitive(message.top) if record else None
         return shapes, message, node, self.overlay(shapes.name, operation, direction, tuple(policy), record)
 
+    def names_payload(self, call: Any, policy: tuple[str, ...]) -> bool:
+        """Whether ``policy`` masks the call's response payload when it is a stream (an S3 object's
+        ``Body``): the agent then gets the object whole, masked, or nothing."""
+        if not policy:
+            return False
+        _, message, _, ov = self.plan(call, "output", policy, record=False)
+        if ov is None or message is None or message.payload_kind != "stream":
+            return False
+        child = ov.children.get(message.payload)
+        return child is not None and child.mask
+
     def names_output(self, call: Any, policy: tuple[str, ...]) -> bool:
         """Whether ``policy`` names a member of the call's response (its body or headers), that is,
         whether the agent's copy of it can differ from upstream's."""
@@ -764,9 +778,9 @@ class Masker:
             try:
                 copy = self.agent_copy(call, headers=headers, body=body, policy=policy, content_type=content_type,
                                        shared=shared)
-            except Exception as e:  # noqa: BLE001 - the agent's copy is left as it was
+            except Exception as e:  # noqa: BLE001 - the agent gets no copy of what could not be masked
                 part.note = "; ".join(filter(None, [part.note, f"agent's copy not masked: {_reason(e)}"]))
-                copy = None
+                copy = AgentCopy(withheld=_reason(e))
         return part, copy
 
     def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
@@ -944,15 +958,19 @@ class Masker:
                     message: Message | None, ov: Overlay, content_type: str) -> bytes | None:
         kind = message.payload_kind if message else None
         if kind == "eventstream":
-            return None
+            raise Unmaskable("an event-stream body is not parsed")
         if kind in ("stream", "blob", "string"):
             child = ov.children.get(message.payload)
             if child is None or not child.mask or child.when is not None:
                 return None
             if kind == "stream":  # policy opts S3 object text into the detectors
-                text = _text(body) if OBJECT_TEXT_TYPES.match(content_type) and len(body) <= self.object_cap else None
+                if not OBJECT_TEXT_TYPES.match(content_type):
+                    raise Unmaskable(f"the object is {content_type or 'of no type'}, not text the detectors read")
+                if len(body) > self.object_cap:
+                    raise Unmaskable(f"the object is over {self.object_cap} bytes, the most masked")
+                text = _text(body)
                 if text is None:
-                    return None
+                    raise Unmaskable("the object's text does not decode")
                 masked, counts = self.mask_text(text, "agent", message.payload)
                 part.masked.update(counts)
                 return masked.encode("utf-8") if counts else None
@@ -971,7 +989,7 @@ class Masker:
             tree = parse_xml(body)
             start = _xml_start(tree, protocol, message)
             if start is None:
-                return None
+                raise Unmaskable("the XML body has not the response's element")
             walk = _Xml(self, shapes, "agent", part.masked)
             walk.plan(start, root, None, ov, ())
             return walk.splice(body) if walk.spans else None
@@ -980,7 +998,7 @@ class Masker:
             walk = _Tree(self, shapes, "agent", "cbor", part.masked)
             walk.plan(data, root, None, ov, (), None, None)
             return cbor_encode(walk.apply(data)) if walk.edits else None
-        return None
+        raise Unmaskable(f"a {content_type or 'untyped'} body agentgate does not parse")
 
     # -- XML
 
