@@ -837,3 +837,14 @@ def test_a_response_the_masker_cannot_read_is_withheld_not_passed_on(body, heade
         asyncio.run(addon.response(f))
     assert f.response.status_code == 400 and b"ResponseWithheld" in f.response.content
     assert b"hunter2" not in f.response.content and "hunter2".encode("utf-16")[2:] not in f.response.content
+
+
+def test_a_marker_an_agent_sends_is_masked_as_any_value_never_vouched_for():
+    """An agent that was given the marker of one secret and sends it back as another secret's value
+    must not leave a record saying it held the first secret: the marker it sent is masked as text."""
+    m = Masker(KEY)
+    given = m.marker("prod-db-password")
+    part = m.request(call("secretsmanager", "PutSecretValue"),
+                     body=json.dumps({"SecretId": "prod/api", "SecretString": given}).encode())
+    kept = json.loads(part.body)["SecretString"]
+    assert MARKER_RE.fullmatch(kept) and kept != given and kept == m.marker(given)

@@ -1313,8 +1313,8 @@ class _Tree:
         if depth > MAX_DEPTH:
             raise TooDeep()
         if isinstance(value, str):
-            if MARKER_RE.fullmatch(value) or _is_blob_marker(value):
-                return value, 1
+            # a value that looks like a marker is masked like any other: an agent that sends one it was
+            # given (as a new secret's value, say) must not have the record vouch for the secret behind it
             kind = self.shapes.type_of(shape) if self.shapes else None
             if b64 or (kind == "blob" and self.mode != "cbor"):
                 return m.blob_marker(_b64decode(value)), 1
@@ -1476,15 +1476,6 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (ValueError, TypeError):
         return text.encode("utf-8", "surrogatepass")
-
-
-def _is_blob_marker(text: str) -> bool:
-    if not text.startswith("YWdlbnRnYXRlOm1hc2tlZDpobWFj"):  # base64 of "agentgate:masked:hmac"
-        return False
-    try:
-        return MARKER_RE.fullmatch(base64.b64decode(text).decode("ascii")) is not None
-    except (ValueError, UnicodeDecodeError):
-        return False
 
 
 # -- XML
@@ -1710,8 +1701,6 @@ class _Xml:
             text = elem.text
             if not text or id(elem) in self.spans:
                 return 1 if id(elem) in self.spans else 0
-            if MARKER_RE.fullmatch(text) or _is_blob_marker(text):
-                return 1
             kind = self.shapes.type_of(shape) if self.shapes else None
             m = self.m
             if kind == "blob" or b64:
