@@ -848,3 +848,20 @@ def test_a_marker_an_agent_sends_is_masked_as_any_value_never_vouched_for():
                      body=json.dumps({"SecretId": "prod/api", "SecretString": given}).encode())
     kept = json.loads(part.body)["SecretString"]
     assert MARKER_RE.fullmatch(kept) and kept != given and kept == m.marker(given)
+
+
+def test_auto_scaling_launch_configuration_user_data_is_curated():
+    """The model does not mark it sensitive; it carries the same bootstrap secrets as EC2's."""
+    m = Masker(KEY)
+    script = base64.b64encode(b"#!/bin/sh\nexport DB_PASSWORD=s3cret\n")
+    body = (b'<DescribeLaunchConfigurationsResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
+            b"<DescribeLaunchConfigurationsResult><LaunchConfigurations><member><LaunchConfigurationName>lc"
+            b"</LaunchConfigurationName><UserData>" + script + b"</UserData></member></LaunchConfigurations>"
+            b"</DescribeLaunchConfigurationsResult></DescribeLaunchConfigurationsResponse>")
+    part, agent = m.response(call("autoscaling", "DescribeLaunchConfigurations"), status=200, body=body,
+                             content_type="text/xml", policy=("LaunchConfigurations[].UserData",))
+    parsed = parse("autoscaling", "DescribeLaunchConfigurations", agent.body)
+    user_data = parsed["LaunchConfigurations"][0]["UserData"]
+    assert base64.b64decode(user_data).decode().startswith("agentgate:masked:hmac-")  # still base64 for the SDK
+    assert script.decode() not in part.body and part.masked == {
+        ("response", "LaunchConfigurations[].UserData", "curated"): 1}
