@@ -601,3 +601,19 @@ def test_a_presigned_credential_is_read_whatever_its_case_and_only_once():
     twice = classify("GET", "b.s3.amazonaws.com", "/k",
                      f"X-Amz-Credential={scope}&x-amz-credential={scope.replace('eu-west-1', 'us-west-2')}", {}, None)
     assert twice.region is None  # no scope is read: the gateway refuses such a request (test_signature_scope.py)
+
+
+def test_partiql_statements_are_the_actions_iam_authorises_them_as():
+    got = run(capture("dynamodb", "execute_statement", Statement='SELECT * FROM "orders" WHERE id = ?',
+                      Parameters=[{"S": "1"}]))
+    assert (got.operation, got.action, got.access_level, got.resources) == (
+        "ExecuteStatement", "dynamodb:PartiQLSelect", "Read", ["orders"])
+    batch = run(capture("dynamodb", "batch_execute_statement", Statements=[
+        {"Statement": "SELECT * FROM orders WHERE id = 1"}, {"Statement": 'DELETE FROM "audit" WHERE id = 2'}]))
+    assert (batch.action, batch.resources) == ("dynamodb:PartiQLSelect", ["orders", "audit"])
+    assert [(c.action, c.access_level) for c in batch.implied] == [("dynamodb:PartiQLDelete", "Write")]
+    tx = run(capture("dynamodb", "execute_transaction", TransactStatements=[
+        {"Statement": "UPDATE orders SET a = 1 WHERE id = 1"}, {"Statement": "EXISTS(SELECT * FROM limits WHERE id = 2)"}]))
+    assert (tx.action, [c.action for c in tx.implied]) == ("dynamodb:PartiQLUpdate", ["dynamodb:PartiQLSelect"])
+    odd = run(capture("dynamodb", "execute_statement", Statement="EXPLAIN SELECT 1"))
+    assert (odd.action, odd.access_level) == ("dynamodb:ExecuteStatement", None)  # only a rule naming it allows it

@@ -798,13 +798,27 @@ def test_a_copy_is_decided_as_its_write_and_the_read_of_its_source(tmp_path):
 
     denied = PolicySet.evaluate(ps, principal(), copy("b/conf/app.env"))
     assert (denied.decision, denied.rule) == ("deny", "no-conf")
-    assert denied.reason == "it reads b/conf/app.env (s3:GetObject): configuration is not read"
+    assert denied.reason == "it also asks for s3:GetObject on b/conf/app.env: configuration is not read"
     held = ps.evaluate(principal(), copy("b/archive/2019"))
     assert (held.decision, held.rule, dict(held.approvers)) == ("approve", "archive-needs-a-human", {"groups": ("sre",)})
     allowed = ps.evaluate(principal(), copy("b/docs/readme"))
     assert (allowed.decision, allowed.rule, allowed.mask_for_agent) == ("allow", "writes", ())  # the copy's own masks
     no_read_rule = load(tmp_path / "w", "version: 1\nrules:\n  - {id: writes, action: s3:PutObject, decision: allow}\n")
     assert no_read_rule.evaluate(principal(), copy("b/docs/readme")).decision == "deny"  # as IAM: both must be allowed
+
+
+def test_a_partiql_batch_is_decided_by_its_strongest_statement(shipped):
+    from addons.core.classifier import Classification
+
+    def batch(*actions: tuple[str, str]) -> Classification:
+        (first, level), rest = actions[0], actions[1:]
+        c = Classification(service="dynamodb", operation="BatchExecuteStatement", action=first, access_level=level)
+        c.implied = tuple(Classification(service="dynamodb", operation="BatchExecuteStatement", action=a,
+                                         access_level=lv) for a, lv in rest)
+        return c
+    assert shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"))).decision == "allow"
+    mixed = shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"), ("dynamodb:PartiQLDelete", "Write")))
+    assert mixed.decision == "deny" and "it also asks for dynamodb:PartiQLDelete" in mixed.reason  # the default
 
 
 # Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.

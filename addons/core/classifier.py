@@ -144,8 +144,8 @@ class Classification:
     action: str = UNKNOWN  # "<iam prefix>:<action>"
     access_level: str | None = None  # List, Read, Write, Tagging, Permissions management
     error: str | None = None  # why the call could not be (fully) classified
-    # What IAM also authorises for this call, decided beside it (``implied_reads``): the source
-    # object an S3 copy reads, as s3:GetObject.
+    # What IAM also authorises for this call, decided beside it: the source object an S3 copy reads,
+    # as s3:GetObject (``implied_reads``); the other verbs of a PartiQL batch (``partiql_statements``).
     implied: tuple["Classification", ...] = ()
 
 
@@ -1174,6 +1174,41 @@ def implied_reads(result: Classification) -> tuple[Classification, ...]:
                            access_level=level),)
 
 
+# DynamoDB's PartiQL operations: IAM authorises each statement by its verb, not by the operation.
+PARTIQL_ACTIONS = {"SELECT": "dynamodb:PartiQLSelect", "EXISTS": "dynamodb:PartiQLSelect",
+                   "INSERT": "dynamodb:PartiQLInsert", "UPDATE": "dynamodb:PartiQLUpdate",
+                   "DELETE": "dynamodb:PartiQLDelete"}
+PARTIQL_VERB_RE = re.compile(r"\s*\(*\s*([A-Za-z]+)")
+PARTIQL_TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE)\s+"?([A-Za-z0-9_.\-]{3,255})"?', re.I)
+
+
+def partiql_statements(result: Classification) -> list[tuple[str, str | None, str | None]]:
+    """(IAM action, access level, table) of each statement of a DynamoDB PartiQL call, in order;
+    empty for other calls. A statement whose verb is not one of PartiQL's stays under the
+    operation's own name (no access level: only a rule naming it allows it)."""
+    if result.service != "dynamodb":
+        return []
+    params = result.params
+    if result.operation == "ExecuteStatement":
+        texts = [params.get("Statement")]
+    elif result.operation == "BatchExecuteStatement":
+        texts = [s.get("Statement") for s in params.get("Statements") or () if isinstance(s, dict)]
+    elif result.operation == "ExecuteTransaction":
+        texts = [s.get("Statement") for s in params.get("TransactStatements") or () if isinstance(s, dict)]
+    else:
+        return []
+    out = []
+    for text in texts:
+        verb = PARTIQL_VERB_RE.match(text) if isinstance(text, str) else None
+        action = PARTIQL_ACTIONS.get(verb.group(1).upper()) if verb else None
+        if action is None:
+            return []  # one statement not named: the call keeps the operation's own name
+        _, level = actions.lookup(action) or (action, None)
+        table = PARTIQL_TABLE_RE.search(text)
+        out.append((action, level, table.group(1) if table else None))
+    return out
+
+
 def find_arns(value: Any, depth: int = 0) -> Iterable[str]:
     if depth > 8:
         return
@@ -1468,6 +1503,18 @@ class Classifier:
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
         result.implied = implied_reads(result)
+        statements = partiql_statements(result)
+        if statements:  # IAM authorises each PartiQL statement as the action its verb names
+            first, *rest = statements
+            result.action, result.access_level = first[0], first[1]
+            for table in (t for _, _, t in statements if t):
+                if table not in result.resources and len(result.resources) < MAX_RESOURCES:
+                    result.resources.append(table)
+            seen = {first[0]}
+            for action, level, table in rest:
+                if action not in seen:
+                    seen.add(action)
+                    result.implied += (dataclasses.replace(result, action=action, access_level=level, implied=()),)
         if errors:
             result.error = "; ".join(errors)
 

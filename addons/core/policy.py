@@ -1221,16 +1221,18 @@ class PolicySet:
         return None
 
     def evaluate(self, principal: Any, call: Any) -> Decision:
-        """The call's decision; where the call also reads what IAM authorises apart (an S3 copy's
-        source, as s3:GetObject: ``Classification.implied``), that read is decided too and the
-        stronger decision stands (deny beats approve beats allow), as IAM needs both allowed."""
+        """The call's decision; where IAM authorises the call as more than one action
+        (``Classification.implied``: an S3 copy's source as s3:GetObject, each verb of a PartiQL
+        batch), each is decided too and the strongest decision stands (deny beats approve beats
+        allow), as IAM needs all of them allowed."""
         decision = self._evaluate(principal, call)
-        for read in getattr(call, "implied", None) or ():
-            also = self._evaluate(principal, read)
+        for other in getattr(call, "implied", None) or ():
+            also = self._evaluate(principal, other)
             if STRENGTH[also.decision] > STRENGTH[decision.decision]:
-                what = ", ".join(getattr(read, "resources", None) or ()) or "its source"
+                on = ", ".join(getattr(other, "resources", None) or ())
                 decision = dataclasses.replace(
-                    also, reason=f"it reads {what} ({read.action}): {also.reason}", mask_for_agent=decision.mask_for_agent,
+                    also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
+                    mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
         return decision
 
