@@ -112,6 +112,7 @@ class Auth:
             except identity.TokenError as e:
                 return _refusal(e)
             if principal_b is not None and not identity.same_subject(principal_a, principal_b):
+                flow.metadata[PRINCIPAL] = principal_a  # the record names who holds the tunnel; the reason, both
                 return Refusal(403, "AccessDenied", "the proxy credentials and the AWS session token name different "
                                f"subjects ({principal_a.sub!r} and {principal_b.sub!r}); present one identity", "auth")
             flow.metadata[PRINCIPAL] = principal_b or principal_a

@@ -100,10 +100,12 @@ def test_no_token_at_all(gateway):
 
 
 def test_both_transports_must_name_the_same_subject(gateway, issuer):
-    c = client(gateway, proxy_token=issuer.mint("agent-1"), session_token=issuer.mint("agent-2"))
+    c = client(gateway, proxy_token=issuer.mint("agent-mixed-a"), session_token=issuer.mint("agent-mixed-b"))
     with pytest.raises(botocore.exceptions.ClientError) as e:
         c.get_caller_identity()
-    assert "different subjects" in e.value.response["Error"]["Message"]
+    assert "different subjects ('agent-mixed-a' and 'agent-mixed-b')" in e.value.response["Error"]["Message"]
+    [record] = [r for r in gateway.records() if "agent-mixed-b" in (r["error"] or "")]
+    assert record["principal"] == "agent-mixed-a" and record["outcome"] == "refused"  # who holds the tunnel
     same = client(gateway, proxy_token=issuer.mint("agent-1"), session_token=issuer.mint("agent-1"))
     assert same.get_caller_identity()["Arn"].endswith("/agent-1")
 
