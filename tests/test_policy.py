@@ -821,6 +821,54 @@ def test_a_partiql_batch_is_decided_by_its_strongest_statement(shipped):
     assert mixed.decision == "deny" and "it also asks for dynamodb:PartiQLDelete" in mixed.reason  # the default
 
 
+def _aws_credential_paths(shape, path: str = "", depth: int = 0, seen: frozenset = frozenset()) -> list[str]:
+    """Where an output shape carries AWS credentials: a structure with a secret access key (and its
+    session token beside it), as member paths."""
+    if depth > 10 or shape.name in seen:
+        return []
+    seen = seen | {shape.name}
+    if shape.type_name == "structure":
+        names = {n.lower(): n for n in shape.members}
+        if "secretaccesskey" in names:
+            return [f"{path}.{names[k]}".lstrip(".") for k in ("accesskeyid", "secretaccesskey", "sessiontoken")
+                    if k in names]
+        return [p for n, m in shape.members.items() for p in _aws_credential_paths(m, f"{path}.{n}", depth + 1, seen)]
+    if shape.type_name == "list":
+        return _aws_credential_paths(shape.member, f"{path}[]", depth + 1, seen)
+    return []
+
+
+def test_no_call_that_answers_with_aws_credentials_reaches_an_agent_unmasked(shipped):
+    """Agents never hold AWS credentials: every operation in botocore's models whose answer carries
+    a secret access key (STS, S3 Access Grants and Express sessions, EKS pod identity, CodePipeline
+    job credentials, ...) is denied by the guardrail whatever the default or an operator's allow,
+    or (a read that carries them only beside configuration) has them masked for the agent."""
+    import botocore.session
+
+    from addons.core import actions
+
+    session = botocore.session.get_session()
+    checked = []
+    for service in session.get_available_services():
+        model = session.get_service_model(service)
+        for operation in model.operation_names:
+            shape = model.operation_model(operation).output_shape
+            paths = _aws_credential_paths(shape) if shape is not None else []
+            if not paths:
+                continue
+            action, level = actions.iam_action(service, operation)
+            c = call(action, level)
+            c.service, c.operation = service, operation
+            d = shipped.evaluate(principal(), c)
+            checked.append(action)
+            if d.rule == "no-credential-vending":
+                continue
+            assert d.decision == "allow" and set(paths) <= set(d.mask_for_agent), (
+                f"{action} answers with AWS credentials ({paths}) and is {d.decision} by {d.rule}, not denied by "
+                "no-credential-vending nor masked")
+    assert len(checked) > 30 and "s3:GetDataAccess" in checked and "sts:AssumeRole" in checked
+
+
 # Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.
 SHIPPED_UNMASKED = {
     ("secretsmanager", "GetRandomPassword"): "a password generated for the caller to set somewhere; nobody's yet",
@@ -884,7 +932,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 31
+    assert len(ps.rules) == 32
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),
