@@ -865,3 +865,23 @@ def test_auto_scaling_launch_configuration_user_data_is_curated():
     assert base64.b64decode(user_data).decode().startswith("agentgate:masked:hmac-")  # still base64 for the SDK
     assert script.decode() not in part.body and part.masked == {
         ("response", "LaunchConfigurations[].UserData", "curated"): 1}
+
+
+def test_shipped_policies_mask_oauth_client_secrets_in_load_balancer_rules():
+    """policies/secrets.yaml's mask-client-secrets, through lists within lists of an XML answer."""
+    from addons.core.policy import PolicySet
+    from tests.test_policy import SHIPPED, principal
+
+    decision = PolicySet.load(SHIPPED).evaluate(principal(), types.SimpleNamespace(
+        service="elbv2", operation="DescribeRules", action="elasticloadbalancing:DescribeRules", access_level="Read",
+        params={}, resources=[], region="us-east-1", account=None, error=None, implied=()))
+    body = (b'<DescribeRulesResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">'
+            b"<DescribeRulesResult><Rules><member><RuleArn>arn:r</RuleArn><Actions><member><Type>authenticate-oidc"
+            b"</Type><AuthenticateOidcConfig><Issuer>https://idp</Issuer><ClientId>app</ClientId>"
+            b"<ClientSecret>oidc-client-s3cret</ClientSecret></AuthenticateOidcConfig></member></Actions></member>"
+            b"</Rules></DescribeRulesResult></DescribeRulesResponse>")
+    m = Masker(KEY)
+    _, agent = m.response(call("elbv2", "DescribeRules"), status=200, body=body, content_type="text/xml",
+                          policy=decision.mask_for_agent)
+    oidc = parse("elbv2", "DescribeRules", agent.body)["Rules"][0]["Actions"][0]["AuthenticateOidcConfig"]
+    assert oidc["ClientSecret"] == fp("oidc-client-s3cret") and oidc["ClientId"] == "app"
