@@ -181,10 +181,10 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
             click.echo(f"created {keys / name} (0600)")
         os.chmod(keys / name, 0o600)  # one that was already there too
     os.chmod(keys, 0o700)
-    from .core.store import Store, StoreError
+    from .core.store import Store, StoreError, chain_key_path, load_chain_key
 
-    try:
-        Store(s.db).migrate()
+    try:  # with the chain key: an upgrade anchors older records with a keyed checkpoint
+        Store(s.db, chain_key=load_chain_key(chain_key_path(s.keys))).migrate()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"store ready: {s.db}")

@@ -68,7 +68,9 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         print(f"agentgate: {problem}", file=sys.stderr)
         return 2
     try:  # once, here, rather than N workers racing to do it
-        store = Store(settings.db)
+        from .core.store import chain_key_path, load_chain_key
+
+        store = Store(settings.db, chain_key=load_chain_key(chain_key_path(settings.keys)))
         store.migrate()
         store.close()
     except StoreError as e:

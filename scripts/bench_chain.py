@@ -203,7 +203,8 @@ async def main(args) -> None:
         token = issuer.mint("agent-1", groups=["data-agents"], expires_in=86400)
         proxy_auth = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
         client = tflow.tclient_conn()
-        client.tls = True  # the requests arrive inside the CONNECT tunnel, decrypted
+        client.tls = True
+        client.sni = HOST  # the agent's TLS, inside the tunnel, names the tunnel's host  # the requests arrive inside the CONNECT tunnel, decrypted
 
         connect = http.HTTPFlow(client, tflow.tserver_conn())
         connect.request = http.Request.make("CONNECT", f"https://{HOST}:443/", b"", {"Proxy-Authorization": proxy_auth})

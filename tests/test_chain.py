@@ -6,7 +6,7 @@ import datetime as dt
 import time
 
 import pytest
-from sqlalchemy import create_engine, delete, insert, select, update
+from sqlalchemy import create_engine, delete, func, insert, select, update
 from sqlalchemy.pool import NullPool
 
 from addons.core import chain
@@ -318,6 +318,48 @@ def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> Non
     (problem,) = verify(db_url, KEY).problems
     assert problem.startswith(f"writer w1: records 1-10 are without a MAC, from call {ids[0]}, and no keyed checkpoint")
     assert verify(db_url).ok  # without the key, a store is only as good as its hashes: say so (README)
+
+
+def test_an_upgrade_anchors_the_records_an_older_gateway_left_after_its_last_checkpoint(db_url: str) -> None:
+    """A store from before records had MACs, whose gateway stopped before checkpointing its last
+    records: migrating it with the chain key (`agentgate init`, or the gateway's start) checks
+    those records' hashes and links and anchors them with a keyed checkpoint, so that `verify`
+    with the key holds; records altered before the upgrade are not anchored, and are reported."""
+    from alembic import command
+
+    from addons.core.store import alembic_config
+
+    def legacy(tamper: bool) -> list[str]:
+        ids = write_chain(db_url, n=5, key=None)
+        engine = sql(db_url)
+        with engine.begin() as c:
+            head3 = c.execute(select(Call.hash).where(Call.seq == 3)).scalar()
+            c.execute(delete(Checkpoint))  # the gateway was killed: a keyed checkpoint at 3, none after
+            t = dt.datetime.now(UTC)
+            c.execute(insert(Checkpoint), [{"writer_id": "w1", "seq": 3, "head_hash": head3, "time": t, "kind": "head",
+                                            "hmac": chain.checkpoint_mac(KEY, writer_id="w1", seq=3, head_hash=head3,
+                                                                         time=t, kind="head")}])
+            if tamper:
+                c.execute(update(Call).where(Call.seq == 5).values(principal="mallory"))
+            command.downgrade(alembic_config(connection=c), "0005_lighter_indexes")
+        engine.dispose()
+        return ids
+
+    ids = legacy(tamper=False)
+    Store(db_url, chain_key=KEY).migrate()
+    result = verify(db_url, KEY)
+    assert result.ok and result.records == 5 and result.notes == [], result.problems
+    with sql(db_url).begin() as c:
+        assert c.execute(select(func.max(Checkpoint.seq))).scalar() == 5
+        c.execute(delete(Call))
+        c.execute(delete(Checkpoint))
+        command.downgrade(alembic_config(connection=c), "base")
+    legacy(tamper=True)
+    Store(db_url, chain_key=KEY).migrate()
+    problems = verify(db_url, KEY).problems
+    assert any("its content does not match its hash" in p for p in problems)
+    assert any("records 4-5 are without a MAC" in p for p in problems), problems
+    assert ids
 
 
 def test_records_after_the_last_checkpoint_are_unanchored_not_broken(db_url: str) -> None:

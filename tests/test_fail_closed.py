@@ -73,6 +73,7 @@ def gateway_in_process(tmp_path, issuer):
     m, stages, store, broker, validator = loop.run_until_complete(make())
     client = tflow.tclient_conn()
     client.tls = True
+    client.sni = HOST  # the agent's TLS, inside the tunnel, names the tunnel's host
     token = issuer.mint("agent-1", groups=["data-agents"])
 
     async def call(respond=True) -> http.HTTPFlow:

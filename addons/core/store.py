@@ -240,6 +240,34 @@ def _current_revision(conn: Any) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def _anchor_unkeyed_tails(conn: Any, key: bytes) -> None:
+    """On the upgrade that gives records their MACs: each chain's records after its last keyed
+    checkpoint (a gateway stopped before it wrote one) get one at their end, if their hashes and
+    links hold, since nothing else would ever vouch for them and ``verify`` would report them."""
+    calls, checkpoints = Call.__table__, Checkpoint.__table__
+    now = dt.datetime.now(dt.timezone.utc)
+    for (writer_id,) in conn.execute(select(calls.c.writer_id).distinct()).all():
+        anchored = conn.execute(select(func.max(checkpoints.c.seq)).where(
+            checkpoints.c.writer_id == writer_id, checkpoints.c.hmac.is_not(None))).scalar() or 0
+        prev = (conn.execute(select(calls.c.hash).where(calls.c.writer_id == writer_id, calls.c.seq == anchored))
+                .scalar() if anchored else chain.GENESIS)
+        last, broken = None, prev is None
+        for row in conn.execute(select(calls).where(calls.c.writer_id == writer_id, calls.c.seq > anchored)
+                                .order_by(calls.c.seq)).mappings():
+            row = dict(row)
+            if broken or row["prev_hash"] != prev or chain.record_hash(row) != row["hash"]:
+                broken = True
+                break
+            prev, last = row["hash"], row["seq"]
+        if broken:
+            log.warning("store: writer %s's records after seq %d do not verify; left unanchored for `agentgate "
+                        "verify` to report", writer_id, anchored)
+        elif last is not None:
+            conn.execute(insert(Checkpoint), [{
+                "writer_id": writer_id, "seq": last, "head_hash": prev, "time": now, "kind": "head",
+                "hmac": chain.checkpoint_mac(key, writer_id=writer_id, seq=last, head_hash=prev, time=now, kind="head")}])
+
+
 def _schema_problem(conn: Any, where: str) -> str | None:
     """Why the database at ``where`` cannot be used as it is, or None when it is at the head."""
     if _current_revision(conn) == HEAD_REVISION:
@@ -738,7 +766,10 @@ class Store:
                 if problem:
                     from alembic import command
 
+                    before = _current_revision(conn)
                     command.upgrade(alembic_config(connection=conn), "head")
+                    if before is not None and before < "0006" and self._key is not None:
+                        _anchor_unkeyed_tails(conn, self._key)
         except StoreError:
             raise
         except (SQLAlchemyError, OSError) as e:
