@@ -142,18 +142,22 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
         if fmt == "jsonl":
             with _output(output) as f:
                 n = write_jsonl(calls, f)
-            _done(f"{n} records", output)
+            _done(_n(n, "record"), output)
         elif fmt == "ocsf":
             with _output(output) as f:
                 n = write_ocsf(calls, f)
-            _done(f"{n} OCSF API Activity events", output)
+            _done(_n(n, "OCSF API Activity event"), output)
         elif fmt == "mitm":
             with _output(output, binary=True) as f:
                 n, skipped = write_mitm(calls, f)
-            _done(f"{n} flows" + (f" ({skipped} connection records are not calls and were left out)" if skipped else ""),
-                  output)
+            left = f" ({_n(skipped, 'connection record')} left out: not calls)" if skipped else ""
+            _done(_n(n, "flow") + left, output)
         else:
             _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db))
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _done(what: str, output: str) -> None:
@@ -190,7 +194,7 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
     with _output(str(output)) as f:
         json.dump(doc, f, indent=2, ensure_ascii=False)
         f.write("\n")
-    _done(f"{n} records of evidence", str(evidence))
+    _done(f"{_n(n, 'record')} of evidence", str(evidence))
     _done(f"{approvals} approval{'' if approvals == 1 else 's'} with {'its' if approvals == 1 else 'their'} events",
           str(approvals_file))
     _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
