@@ -617,3 +617,29 @@ def test_partiql_statements_are_the_actions_iam_authorises_them_as():
     assert (tx.action, [c.action for c in tx.implied]) == ("dynamodb:PartiQLUpdate", ["dynamodb:PartiQLSelect"])
     odd = run(capture("dynamodb", "execute_statement", Statement="EXPLAIN SELECT 1"))
     assert (odd.action, odd.access_level) == ("dynamodb:ExecuteStatement", None)  # only a rule naming it allows it
+
+
+@pytest.mark.parametrize("method, path, query, dispatched", [
+    ("GET", "/", "session&x-id=ListObjects", "CreateSession"),  # S3 Express session credentials
+    ("PUT", "/planted.txt", "acl&x-id=PutObject", "PutObjectAcl"),
+    ("DELETE", "/", "publicAccessBlock&x-id=DeleteBucket", "DeletePublicAccessBlock"),
+])
+def test_an_x_id_hint_never_outranks_the_subresource_s3_dispatches_on(method, path, query, dispatched):
+    """botocore adds ?x-id=<operation> as a hint; S3 acts on the subresource (?acl, ?session). A hint
+    naming another operation than the one the request is decided as is ambiguous."""
+    host = "mybkt--use1-az4--x-s3.s3express-use1-az4.us-east-1.amazonaws.com" if "session" in query \
+        else "bkt.s3.amazonaws.com"
+    service = "s3express" if "session" in query else "s3"
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/{service}/aws4_request, "
+                                "SignedHeaders=host, Signature=00", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    got = classify(method, host, path, query, headers, None)
+    assert got.action == "unknown" and f"is {dispatched} by its path and query, and says x-id=" in got.error, got
+    honest = classify(method, host, path, query.split("&x-id")[0], headers, None)
+    assert honest.operation == dispatched and honest.error is None
+
+
+def test_a_form_post_is_read_as_the_get_it_stands_for_only_where_the_sdk_sends_one():
+    headers = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/s3/aws4_request, "
+                                "SignedHeaders=host, Signature=00", "Content-Type": "application/x-www-form-urlencoded"}
+    upload = classify("POST", "bkt.s3.amazonaws.com", "/", "", headers, b"key=planted.txt&acl=public-read-write&file=x")
+    assert upload.action == "unknown" and upload.operation != "GetBucketAcl"  # S3 reads it as POST Object

@@ -1458,7 +1458,7 @@ class Classifier:
                     endpoint is not None and endpoint.prefix == entry.endpoint_prefix, -order)
                 if best is None or score > best[0]:
                     best = (score, routing, route, match)
-        if best is None:
+        if best is None and any(e.name in FORM_POST_SERVICES for e in candidates):
             as_get = get_from_form_post(request)
             if as_get is not None:
                 found = self.resolve_rest(as_get, candidates, endpoint)
@@ -1468,6 +1468,10 @@ class Classifier:
             return (f"{request.method} {request.path[:200]} matches no operation of "
                     f"{', '.join(e.name for e in candidates)}")
         _, routing, route, match = best
+        hint = (request.query.get("x-id") or [None])[0]
+        if hint is not None and hint != route.operation:
+            return (f"the request is {route.operation} by its path and query, and says x-id={hint[:60]}: "
+                    "the request is ambiguous")
         return Resolution(routing, route.operation, rest_protocol(routing.entry), route, match)
 
     @staticmethod
@@ -1476,7 +1480,9 @@ class Classifier:
             h in request.headers for h in route.required_headers)
         named = (request.query.get("x-id") or [None])[0] == route.operation
         s3_control = endpoint.s3_control if endpoint else False
-        return (satisfied, named) + route.rank + (
+        # the query literals the service dispatches on (?acl, ?session) come before x-id, which
+        # botocore adds as a hint and S3 does not act on
+        return (satisfied, route.rank[0], named) + route.rank[1:] + (
             routing.uses_s3_express_control(route.operation) == s3_control,
             not routing.deprecated(route.operation),
         )
@@ -1554,6 +1560,11 @@ class Classifier:
             return params
         params.update(typed_structure(value, shape, errors, ""))
         return params
+
+
+# Services whose SDK sends a GET of the model as a form POST (the query string in the body), which the
+# service reads as that GET. Nowhere else: S3 reads a form POST as a POST Object upload, not a read.
+FORM_POST_SERVICES = frozenset({"cloudsearchdomain"})
 
 
 def get_from_form_post(request: WireRequest) -> WireRequest | None:
