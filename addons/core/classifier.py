@@ -1458,8 +1458,8 @@ class Classifier:
                     endpoint is not None and endpoint.prefix == entry.endpoint_prefix, -order)
                 if best is None or score > best[0]:
                     best = (score, routing, route, match)
-        if best is None and any(e.name in FORM_POST_SERVICES for e in candidates):
-            as_get = get_from_form_post(request)
+        if best is None:
+            as_get = get_from_form_post(request) if any(e.name in FORM_POST_SERVICES for e in candidates) else None
             if as_get is not None:
                 found = self.resolve_rest(as_get, candidates, endpoint)
                 if isinstance(found, Resolution):
