@@ -643,4 +643,4 @@ def test_a_form_post_is_read_as_the_get_it_stands_for_only_where_the_sdk_sends_o
                                 "SignedHeaders=host, Signature=00", "Content-Type": "application/x-www-form-urlencoded"}
     upload = classify("POST", "bkt.s3.amazonaws.com", "/", "", headers, b"key=planted.txt&acl=public-read-write&file=x")
     assert upload.action == "unknown" and upload.operation != "GetBucketAcl"  # S3 reads it as POST Object
-    assert upload.error == "POST / matches no operation of s3"
+    assert upload.error.startswith("POST / matches no operation of s3")
