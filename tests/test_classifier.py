@@ -644,3 +644,25 @@ def test_a_form_post_is_read_as_the_get_it_stands_for_only_where_the_sdk_sends_o
     upload = classify("POST", "bkt.s3.amazonaws.com", "/", "", headers, b"key=planted.txt&acl=public-read-write&file=x")
     assert upload.action == "unknown" and upload.operation != "GetBucketAcl"  # S3 reads it as POST Object
     assert upload.error.startswith("POST / matches no operation of s3")
+
+
+def test_a_function_url_or_an_api_is_invoked_whatever_its_path_says():
+    """A Lambda function URL runs the function whatever the path (read as the Lambda API, a POST to
+    /2015-03-31/functions/x/configuration was decided as GetFunctionConfiguration, a Read); an API
+    Gateway API's paths are the customer's. Each is the invoke action IAM authorises it as."""
+    def auth(service: str) -> dict:
+        return {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/{service}/aws4_request, "
+                                 "SignedHeaders=host, Signature=00"}
+    url = classify("POST", "abcdefgh1234.lambda-url.us-east-1.on.aws", "/2015-03-31/functions/any/configuration",
+                   "", auth("lambda"), b"action=transfer&amount=1000000")
+    assert (url.action, url.access_level, url.resources, url.region) == (
+        "lambda:InvokeFunctionUrl", "Write", ["abcdefgh1234.lambda-url.us-east-1.on.aws"], "us-east-1")
+    api = classify("GET", "abc123.execute-api.us-east-1.amazonaws.com", "/prod/pets/7", "", auth("execute-api"), None)
+    assert (api.action, api.resources, api.params) == (
+        "execute-api:Invoke", ["abc123/prod/GET/pets/7"], {"method": "GET", "path": "/prod/pets/7"})
+    # the WebSocket management API under its stage, as botocore sends it
+    sent = capture("apigatewaymanagementapi", "post_to_connection", ConnectionId="c-1", Data=b"hi")
+    manage = run(dict(sent, host="abc123.execute-api.us-east-1.amazonaws.com", path="/prod" + sent["path"]))
+    assert (manage.operation, manage.action) == ("PostToConnection", "execute-api:ManageConnections")
+    elsewhere = classify("GET", "abcdefgh1234.lambda-url.eu-west-1.on.aws", "/", "", auth("lambda"), None)
+    assert elsewhere.action == "unknown" and "names region 'us-east-1'" in elsewhere.error

@@ -135,3 +135,20 @@ def test_requests_that_are_not_aws_are_decided_as_unknown(gateway, issuer):
     assert len(records) == len(cases)
     assert all(r["decision"] == "deny" and r["outcome"] == "refused" for r in records)
     assert any(r["action"] == "unknown" for r in records)
+
+
+def test_a_function_url_is_decided_and_recorded_as_invoking_it(gateway, issuer):
+    """Through a real gateway: a Lambda function URL request, whatever its path, is the invoke IAM
+    authorises it as (read as the Lambda API, it was a GetFunctionConfiguration, allowed as a read)."""
+    from tests.test_fuzz_gateway import _request, exchange
+
+    host = "abcdefgh1234.lambda-url.us-east-1.on.aws"
+    request = _request("POST", host, b"/2015-03-31/functions/any/configuration", {
+        "Authorization": "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/lambda/aws4_request, "
+                         "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
+        "X-Amz-Date": "20260101T000000Z", "Content-Type": "application/x-www-form-urlencoded"},
+        b"action=transfer&amount=1000000")
+    exchange(gateway, issuer.mint("url-caller"), host, request)
+    [record] = [r for r in gateway.records() if r["principal"] == "url-caller"]
+    assert (record["action"], record["access_level"]) == ("lambda:InvokeFunctionUrl", "Write")
+    assert host in record["resources"]

@@ -1322,6 +1322,12 @@ class Classifier:
         request = WireRequest((method or "").upper(), host or "", path or "/", parse_query(query),
                               lower_headers(headers), body)
         scope = credential_scope(request.headers, request.query)
+        invoked = invoked_endpoint(request, scope)
+        if invoked is not None:
+            return invoked
+        if (m := EXECUTE_API_HOST_RE.match(request.host)) and CONNECTIONS_PATH_RE.match(request.path):
+            # the WebSocket management API, under its stage: botocore's endpoint holds the stage
+            request = dataclasses.replace(request, path=CONNECTIONS_PATH_RE.match(request.path).group(1))
         endpoint = self.endpoint(request.host)
         result = Classification(
             signing_name=scope.service if scope else None,
@@ -1651,7 +1657,10 @@ def parameters_in_body(call: Classification) -> bool:
 
 
 def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
-    model = default_classifier().routing(service).operation_model(operation)
+    routing = default_classifier().routing(service) if service in default_classifier().catalogue.by_name else None
+    if routing is None or operation not in routing.operations:
+        return False  # an invoked endpoint (a function URL, an API): its body is the customer's
+    model = routing.operation_model(operation)
     shape = model.input_shape
     if model.has_event_stream_input or shape is None or not shape.members:
         return False
@@ -1661,6 +1670,38 @@ def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
     if payload:
         return not is_streaming(shape.members[payload])
     return any(not m.serialization.get("location") for m in shape.members.values())
+
+
+LAMBDA_URL_HOST_RE = re.compile(r"^([a-z0-9]+)\.lambda-url\.([a-z0-9-]+)\.on\.aws$")
+EXECUTE_API_HOST_RE = re.compile(r"^([a-z0-9]+)\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+CONNECTIONS_PATH_RE = re.compile(r"^/[^/]+(/@connections(?:/.*)?)$")
+
+
+def invoked_endpoint(request: WireRequest, scope: CredentialScope | None) -> Classification | None:
+    """A call to a customer's own endpoint, which AWS authorises as invoking it, whatever its path
+    and body: a Lambda function URL (lambda:InvokeFunctionUrl, resource the URL's host) or an API
+    Gateway API (execute-api:Invoke, resource ``<api>/<stage>/<METHOD>/<path>`` as IAM writes it).
+    Their paths are the customer's, not an AWS API's: read as one, a function URL's would be
+    decided as a control-plane read."""
+    host = request.host.lower().rstrip(".")
+    if (m := LAMBDA_URL_HOST_RE.match(host)) is not None:
+        action, resource = "lambda:InvokeFunctionUrl", host
+    elif (m := EXECUTE_API_HOST_RE.match(host)) is not None and not CONNECTIONS_PATH_RE.match(request.path):
+        stage, _, rest = request.path.lstrip("/").partition("/")
+        action, resource = "execute-api:Invoke", f"{m.group(1)}/{stage}/{request.method}/{rest}"
+    else:
+        return None
+    service, _, operation = action.partition(":")
+    _, level = actions.lookup(action) or (action, None)
+    region = m.group(2)
+    if scope is not None and scope.region and scope.region != region:
+        return Classification(service="lambda" if service == "lambda" else None, region=region,
+                              error=f"the signature's credential scope names region {scope.region[:40]!r}, and the "
+                                    f"host {host[:100]} region {region!r}")
+    return Classification(service="lambda" if service == "lambda" else "execute-api", operation=operation,
+                          signing_name=scope.service if scope else service, region=region, resources=[resource[:MAX_RESOURCE_LENGTH]],
+                          params={"method": request.method, "path": request.path[:MAX_RESOURCE_LENGTH]},
+                          action=action, access_level=level)
 
 
 def default_classifier() -> Classifier:
