@@ -666,3 +666,16 @@ def test_a_function_url_or_an_api_is_invoked_whatever_its_path_says():
     assert (manage.operation, manage.action) == ("PostToConnection", "execute-api:ManageConnections")
     elsewhere = classify("GET", "abcdefgh1234.lambda-url.eu-west-1.on.aws", "/", "", auth("lambda"), None)
     assert elsewhere.action == "unknown" and "names region 'us-east-1'" in elsewhere.error
+
+
+def test_a_multi_region_access_point_host_is_virtual_hosted():
+    """<alias>.mrap.accesspoint.s3-global: read path-style, GET of an object was a ListObjects of a
+    bucket named after the key, past a mask on s3:GetObject."""
+    headers = {"Authorization": "AWS4-ECDSA-P256-SHA256 Credential=AKID/20260101/s3/aws4_request, "
+                                "SignedHeaders=host;x-amz-region-set, Signature=00",
+               "X-Amz-Region-Set": "*", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    host = "mfzwi23gnjvgw.mrap.accesspoint.s3-global.amazonaws.com"
+    got = classify("GET", host, "/creds.csv", "", headers, None)
+    assert (got.operation, got.action, got.params) == (
+        "GetObject", "s3:GetObject", {"Bucket": "mfzwi23gnjvgw.mrap", "Key": "creds.csv"})
+    assert classify("DELETE", host, "/creds.csv", "", headers, None).action == "s3:DeleteObject"

@@ -338,6 +338,9 @@ class Endpoint:
 def match_endpoint(parts: HostParts, known_prefixes: Mapping[str, Any]) -> Endpoint | None:
     """Find the endpoint prefix among a host's labels, longest match first."""
     labels = parts.labels
+    if len(labels) >= 3 and labels[-2:] == ("accesspoint", "s3-global"):
+        # a multi-region access point, <alias>.mrap.accesspoint.s3-global: virtual-hosted like a bucket
+        return Endpoint("s3", "", None, bucket=".".join(labels[:-2]), s3_label="accesspoint.s3-global")
     for i in range(len(labels)):
         leading = ".".join(labels[:i])
         candidate = ".".join(labels[i:])
