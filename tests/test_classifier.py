@@ -679,3 +679,17 @@ def test_a_multi_region_access_point_host_is_virtual_hosted():
     assert (got.operation, got.action, got.params) == (
         "GetObject", "s3:GetObject", {"Bucket": "mfzwi23gnjvgw.mrap", "Key": "creds.csv"})
     assert classify("DELETE", host, "/creds.csv", "", headers, None).action == "s3:DeleteObject"
+
+
+def test_an_s3_write_that_sets_an_acl_tags_or_a_lock_asks_for_those_actions_too():
+    """IAM authorises x-amz-acl and x-amz-grant-* on PutObject as s3:PutObjectAcl, x-amz-tagging as
+    s3:PutObjectTagging, and so on: a write allowed as s3:PutObject must not make an object public."""
+    put = run(capture("s3", "put_object", Bucket="b", Key="k", Body=b"x", ACL="public-read-write", Tagging="a=b",
+                      ObjectLockLegalHoldStatus="ON"))
+    assert put.action == "s3:PutObject"
+    assert [(c.action, c.access_level) for c in put.implied] == [
+        ("s3:PutObjectAcl", "Permissions management"), ("s3:PutObjectTagging", "Tagging"),
+        ("s3:PutObjectLegalHold", "Write")]
+    bucket = run(capture("s3", "create_bucket", Bucket="bkt", ACL="public-read", ObjectOwnership="ObjectWriter"))
+    assert [c.action for c in bucket.implied] == ["s3:PutBucketAcl", "s3:PutBucketOwnershipControls"]
+    assert run(capture("s3", "put_object", Bucket="b", Key="k", Body=b"x")).implied == ()

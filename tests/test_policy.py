@@ -869,6 +869,32 @@ def test_no_call_that_answers_with_aws_credentials_reaches_an_agent_unmasked(shi
     assert len(checked) > 30 and "s3:GetDataAccess" in checked and "sts:AssumeRole" in checked
 
 
+def test_an_object_written_public_is_a_permission_change_under_the_shipped_policies(shipped, tmp_path):
+    """An operator allows agents to write objects (as changes.yaml suggests): an object written with
+    a public ACL still waits for an approver, as a ?acl call does."""
+    from addons.core.classifier import Classification
+
+    write(tmp_path, "writes.yaml", """
+        version: 1
+        rules:
+          - id: agents-write-objects
+            action: s3:PutObject
+            decision: allow
+    """)
+    for f in SHIPPED.glob("*.yaml"):
+        write(tmp_path, f.name, f.read_text())
+    write(tmp_path, "session/readonly.json", (SHIPPED / "session" / "readonly.json").read_text())
+    ps = PolicySet.load(tmp_path)
+    put = Classification(service="s3", operation="PutObject", action="s3:PutObject", access_level="Write",
+                         resources=["b/k"])
+    assert ps.evaluate(principal(), put).decision == "allow"
+    put.implied = (Classification(service="s3", operation="PutObject", action="s3:PutObjectAcl",
+                                  access_level="Permissions management", resources=["b/k"]),)
+    d = ps.evaluate(principal(), put)
+    assert (d.decision, d.rule) == ("approve", "permission-changes-need-a-human")
+    assert d.reason.startswith("it also asks for s3:PutObjectAcl on b/k")
+
+
 # Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.
 SHIPPED_UNMASKED = {
     ("secretsmanager", "GetRandomPassword"): "a password generated for the caller to set somewhere; nobody's yet",

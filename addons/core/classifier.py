@@ -144,8 +144,9 @@ class Classification:
     action: str = UNKNOWN  # "<iam prefix>:<action>"
     access_level: str | None = None  # List, Read, Write, Tagging, Permissions management
     error: str | None = None  # why the call could not be (fully) classified
-    # What IAM also authorises for this call, decided beside it: the source object an S3 copy reads,
-    # as s3:GetObject (``implied_reads``); the other verbs of a PartiQL batch (``partiql_statements``).
+    # What IAM also authorises for this call, decided beside it (``implied_actions``): the source
+    # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
+    # other verbs of a PartiQL batch (``partiql_statements``).
     implied: tuple["Classification", ...] = ()
 
 
@@ -1159,6 +1160,36 @@ def copy_source(value: Any) -> tuple[str, str, str | None] | None:
 COPYING = frozenset({("s3", "CopyObject"), ("s3", "UploadPartCopy")})
 
 
+# Members whose presence IAM authorises as an action of its own beside the operation's (S3's
+# documented permissions for each operation): an ACL set while writing an object needs
+# s3:PutObjectAcl, tags s3:PutObjectTagging, and so on. (operations, members, action)
+IMPLIED_BY_MEMBERS: tuple[tuple[frozenset, tuple[str, ...], str], ...] = (
+    (frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"}),
+     ("ACL", "GrantFullControl", "GrantRead", "GrantReadACP", "GrantWriteACP"), "s3:PutObjectAcl"),
+    (frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"}), ("Tagging",), "s3:PutObjectTagging"),
+    (frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"}), ("ObjectLockMode", "ObjectLockRetainUntilDate"),
+     "s3:PutObjectRetention"),
+    (frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"}), ("ObjectLockLegalHoldStatus",),
+     "s3:PutObjectLegalHold"),
+    (frozenset({"CreateBucket"}), ("ACL", "GrantFullControl", "GrantRead", "GrantReadACP", "GrantWrite",
+                                   "GrantWriteACP"), "s3:PutBucketAcl"),
+    (frozenset({"CreateBucket"}), ("ObjectOwnership",), "s3:PutBucketOwnershipControls"),
+    (frozenset({"CreateBucket"}), ("ObjectLockEnabledForBucket",), "s3:PutBucketObjectLockConfiguration"),
+)
+
+
+def implied_actions(result: Classification) -> tuple[Classification, ...]:
+    """What a call asks for that IAM authorises apart, each as a call of its own: an S3 copy's read
+    of its source; the ACL, tags or object lock an S3 write sets with the object (or bucket)."""
+    implied: list[Classification] = []
+    if result.service == "s3":
+        for operations, members, action in IMPLIED_BY_MEMBERS:
+            if result.operation in operations and any(result.params.get(m) not in (None, False, "") for m in members):
+                _, level = actions.lookup(action) or (action, None)
+                implied.append(dataclasses.replace(result, action=action, access_level=level, implied=()))
+    return tuple(implied) + implied_reads(result)
+
+
 def implied_reads(result: Classification) -> tuple[Classification, ...]:
     """The reads a call makes that IAM authorises apart: an S3 copy's source object."""
     if (result.service, result.operation) not in COPYING:
@@ -1517,7 +1548,7 @@ class Classifier:
         result.resources = resources_of(result.params, [name for name, _ in uri.values()])
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
-        result.implied = implied_reads(result)
+        result.implied = implied_actions(result)
         statements = partiql_statements(result)
         if statements:  # IAM authorises each PartiQL statement as the action its verb names
             first, *rest = statements
