@@ -939,6 +939,40 @@ def test_shipped_policies_keep_roles_to_the_listed_ones(shipped):
     assert shipped.evaluate(who, call("iam:GetRole", "Read", {"RoleArn": other})).decision == "allow"
 
 
+@pytest.mark.parametrize("service, method, params", [
+    ("events", "put_targets", {"Rule": "r", "Targets": [{"Id": "1", "Arn": "arn:aws:sqs:us-east-1:123456789012:q",
+                                                        "RoleArn": "arn:aws:iam::123456789012:role/admin"}]}),
+    ("scheduler", "create_schedule", {"Name": "s", "ScheduleExpression": "rate(1 hour)", "FlexibleTimeWindow":
+                                      {"Mode": "OFF"}, "Target": {"Arn": "arn:aws:sqs:us-east-1:123456789012:q",
+                                                                  "RoleArn": "arn:aws:iam::123456789012:role/admin"}}),
+    ("codebuild", "create_project", {"name": "project", "source": {"type": "NO_SOURCE", "buildspec": "x"},
+                                     "artifacts": {"type": "NO_ARTIFACTS"}, "environment": {
+                                         "type": "LINUX_CONTAINER", "image": "i", "computeType": "BUILD_GENERAL1_SMALL"},
+                                     "serviceRole": "admin"}),
+    ("autoscaling", "create_launch_configuration", {"LaunchConfigurationName": "lc", "IamInstanceProfile": "admin",
+                                                    "ImageId": "ami-1", "InstanceType": "t3.micro"}),
+    ("ec2", "create_launch_template", {"LaunchTemplateName": "lt", "LaunchTemplateData": {
+        "IamInstanceProfile": {"Arn": "arn:aws:iam::123456789012:instance-profile/admin"}}}),
+    ("ecs", "create_service", {"serviceName": "s", "role": "admin"}),
+    ("emr", "run_job_flow", {"Name": "j", "Instances": {}, "JobFlowRole": "admin", "ServiceRole": "agent-workload"}),
+])
+def test_no_write_hands_an_unlisted_role_to_a_service_wherever_it_names_it(shipped, service, method, params):
+    """The guardrail reads every role a call's parameters name, at any depth and under any member
+    name services use, not a fixed list of top-level members."""
+    from tests.test_classifier import capture, run
+
+    got = run(capture(service, method, **params))
+    assert got.access_level in ("Write", "Permissions management"), got
+    d = shipped.evaluate(principal(), got)
+    assert (d.decision, d.rule) == ("deny", "no-handing-unlisted-roles-to-services"), (got.action, d.rule, d.reason)
+    listed = run(capture("lambda", "create_function", FunctionName="f", Role="arn:aws:iam::123456789012:role/agent-workload",
+                         Code={"ZipFile": b"x"}, Runtime="python3.12", Handler="h.h"))
+    assert shipped.evaluate(principal(), listed).rule is None  # a listed role: writes stay on the default
+    assert shipped.evaluate(principal(), run(capture("iam", "create_role", RoleName="new-role",
+                                                     AssumeRolePolicyDocument="{}"))).rule != \
+        "no-handing-unlisted-roles-to-services"  # IAM's own calls name the roles they manage
+
+
 def test_shipped_policies_pass_check():
     assert engine.check(SHIPPED) == []
 

@@ -587,6 +587,37 @@ def principal_matches(spec: Mapping[str, Any] | None, principal: Any) -> bool:
     return match.matches(principal, _Facts(principal, None))
 
 
+ROLE_MEMBER_RE = re.compile(r"(?i)(?:role|rolearn|roles|instanceprofile|instanceprofilearn|instanceprofilename)$")
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(?:role|instance-profile)/")
+
+
+def passed_roles(params: Any, depth: int = 0) -> list[str]:
+    """The IAM roles (and instance profiles) a call's parameters name, at any depth: the values of
+    members named for a role (RoleArn, ServiceRole, JobFlowRole, IamInstanceProfile.Arn, ...) and
+    any role or instance-profile ARN, in order, once each. What a call hands to a service, as IAM's
+    iam:PassRole would check it (the ``roles`` a condition reads)."""
+    found: list[str] = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, str) and value and value not in found:
+            found.append(value)
+
+    def walk(value: Any, named: bool, level: int) -> None:
+        if level > 12:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, named or bool(ROLE_MEMBER_RE.search(str(k))), level + 1)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, named, level + 1)
+        elif isinstance(value, str) and (named or ROLE_ARN_RE.match(value)):
+            add(value)
+
+    walk(params, False, depth)
+    return found
+
+
 class _Facts:
     """What conditions read about one evaluation, built on first use."""
 
@@ -622,6 +653,7 @@ class _Facts:
                 "operation": getattr(c, "operation", None),
                 "action": getattr(c, "action", None),
                 "access_level": access_level_of(getattr(c, "access_level", None)),
+                "roles": passed_roles(getattr(c, "params", None) or {}),
             }
         return self._data
 
