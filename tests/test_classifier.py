@@ -693,3 +693,21 @@ def test_an_s3_write_that_sets_an_acl_tags_or_a_lock_asks_for_those_actions_too(
     bucket = run(capture("s3", "create_bucket", Bucket="bkt", ACL="public-read", ObjectOwnership="ObjectWriter"))
     assert [c.action for c in bucket.implied] == ["s3:PutBucketAcl", "s3:PutBucketOwnershipControls"]
     assert run(capture("s3", "put_object", Bucket="b", Key="k", Body=b"x")).implied == ()
+
+
+def test_a_payload_too_large_or_not_text_to_keep_is_bound_by_its_digest():
+    """Lambda Invoke's payload over 64 KiB (or not UTF-8) is not kept as text; it is a parameter all
+    the same, as its SHA-256 and size, so that two invocations with different payloads are two
+    calls to policy, to an approval's binding and to its approver (they were one: an approval of
+    one released the other)."""
+    from addons.core.approvals import binding_hash
+
+    def invoke(action: str, pad: int = 70_000):
+        return run(capture("lambda", "invoke", FunctionName="victim",
+                           Payload=json.dumps({"action": action, "pad": "x" * pad}).encode()))
+    report, drop = invoke("report"), invoke("drop_all_tables")
+    assert report.error is None and set(report.params["Payload"]) == {"sha256", "size"}
+    assert report.params["Payload"]["size"] == len(json.dumps({"action": "report", "pad": "x" * 70_000}))
+    assert binding_hash("agent", None, "lambda", "Invoke", None, report.params) != binding_hash(
+        "agent", None, "lambda", "Invoke", None, drop.params)
+    assert invoke("report", pad=10).params["Payload"] == json.dumps({"action": "report", "pad": "x" * 10})

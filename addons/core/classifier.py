@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import functools
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -924,6 +925,11 @@ def is_streaming(shape: botocore.model.Shape) -> bool:
     )
 
 
+def payload_digest(body: bytes) -> dict:
+    """A request payload not kept as text, as parameters hold it: its SHA-256 and size."""
+    return {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+
+
 def inline_payload(body: bytes) -> str | None:
     """A small non-streaming text payload as text; binary or large payloads are left out."""
     if len(body) > MAX_INLINE_PAYLOAD:
@@ -1052,7 +1058,9 @@ def rest_body_params(body: bytes, shape: botocore.model.StructureShape, protocol
             if is_streaming(member):
                 return {}
             text = inline_payload(body)
-            return {payload: text} if text is not None else {}
+            # a payload too large or not text to keep as a parameter is bound by its digest, so that
+            # conditions, an approval's binding and its approver see which one it is
+            return {payload: text if text is not None else payload_digest(body)}
         if protocol == "rest-xml":
             return {payload: xml_value(parse_xml(body), member, errors, payload)}
         value = load_json(body)
