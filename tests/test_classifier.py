@@ -711,3 +711,12 @@ def test_a_payload_too_large_or_not_text_to_keep_is_bound_by_its_digest():
     assert binding_hash("agent", None, "lambda", "Invoke", None, report.params) != binding_hash(
         "agent", None, "lambda", "Invoke", None, drop.params)
     assert invoke("report", pad=10).params["Payload"] == json.dumps({"action": "report", "pad": "x" * 10})
+
+
+def test_a_query_parameter_a_rest_operation_does_not_have_is_ambiguous():
+    """moto dispatches on an Action in the query string before the path: GET .../functions/victim
+    ?Action=DeleteFunction was decided as GetFunction (a Read) and deleted the function."""
+    request = capture("lambda", "get_function", FunctionName="victim")
+    got = run(dict(request, query="Action=DeleteFunction"))  # an error: the classify stage decides it as unknown
+    assert got.operation == "GetFunction" and "Action: not a query-string parameter of this operation" in got.error
+    assert run(request).error is None

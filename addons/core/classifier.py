@@ -63,6 +63,9 @@ AUTH_QUERY_PARAMS = frozenset(
     }
 )
 
+# Query parameters some SDKs add that no operation reads (request metadata).
+IGNORED_QUERY_PARAMS = frozenset({"x-amz-user-agent"})
+
 # Signing names used by S3's feature endpoints; botocore's models only know "s3" and "s3control".
 # (signing name, services, why)
 SIGNING_ALIASES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -1032,6 +1035,12 @@ def rest_located_params(request: WireRequest, route: Route, match: re.Match, loc
                 errors.add(name, f"query parameter {key[:100]!r} given more than once: the request is ambiguous")
         elif key not in literal_keys and key.lower() not in AUTH_QUERY_PARAMS:
             unclaimed[key] = values
+    if unclaimed and not located.query_map:
+        # a query parameter the operation does not have: a service that reads it (moto dispatches on
+        # an Action there before the path) could run another operation than the one decided
+        for key in list(unclaimed)[:5]:
+            if key.lower() not in IGNORED_QUERY_PARAMS:
+                errors.add(key[:100], "not a query-string parameter of this operation: the request is ambiguous")
     if located.query_map and unclaimed:
         name, member = located.query_map
         params[name] = unclaimed if member.value.type_name == "list" else {k: v[0] for k, v in unclaimed.items()}
