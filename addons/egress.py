@@ -127,6 +127,11 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
                                "once: which one the service acts on is not known, so agentgate decides neither",
                                "egress")
             amz.add(lower)
+        if len(name) == 6 and name.lower() == b"action":
+            # no AWS API reads an operation from a header, but moto, an upstream for tests and
+            # sandboxes, reads one from an Action header before the path
+            return Refusal(400, "InvalidRequest", "a header named Action names an operation beside the one the "
+                           "request is decided as; agentgate refuses it", "egress")
         if (m := _CONTROL.search(value)) is not None:
             return Refusal(400, "InvalidRequest", f"header {name.decode(errors='replace')} carries a control character "
                            f"(0x{m.group()[0]:02x}); agentgate refuses it so that no server behind it reads other "

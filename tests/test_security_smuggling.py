@@ -54,6 +54,8 @@ SHAPES = [
      b"transfer-encoding", True),
     ("control-character-in-value", request([CL, b"X-Trace: a\x1bb"]), b"control character", True),
     # a member header twice: policy would read them joined ("a, b"), a service perhaps one of them
+    # an operation named in a header: moto (an upstream for tests and sandboxes) runs it
+    ("action-header", request([CL, b"Action: DeleteFunction"]), b"a header named Action", True),
     ("amz-header-twice", request([CL, b"X-Amz-Copy-Source: public/x", b"x-amz-copy-source: private/y"]),
      b"given more than once", True),
     ("absolute-form-inside-tunnel", request([CL], line=b"POST http://169.254.169.254/ HTTP/1.1"),
