@@ -1746,10 +1746,10 @@ def invoked_endpoint(request: WireRequest, scope: CredentialScope | None) -> Cla
     _, level = actions.lookup(action) or (action, None)
     region = m.group(2)
     if scope is not None and scope.region and scope.region != region:
-        return Classification(service="lambda" if service == "lambda" else None, region=region,
+        return Classification(service=service, region=region,
                               error=f"the signature's credential scope names region {scope.region[:40]!r}, and the "
                                     f"host {host[:100]} region {region!r}")
-    return Classification(service="lambda" if service == "lambda" else "execute-api", operation=operation,
+    return Classification(service=service, operation=operation,
                           signing_name=scope.service if scope else service, region=region, resources=[resource[:MAX_RESOURCE_LENGTH]],
                           params={"method": request.method, "path": request.path[:MAX_RESOURCE_LENGTH]},
                           action=action, access_level=level)
