@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from .core import sigv4
 from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, inflate
-from .core.awserrors import Refusal
+from .core.awserrors import Refusal, render
 from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, answer, declares_body
 from .stage import header_pairs as stage_header_pairs
 
@@ -153,7 +153,7 @@ class Masking:
         req = flow.request
         if flow.response is not None or not self.masker.names_payload(flow.metadata.get(CALL), self._for_agent(flow)):
             return
-        path, _, query = req.path.partition("?")
+        query = req.path.partition("?")[2]
         asked = "a Range" if "range" in req.headers else "a part number" if "partnumber=" in query.lower() else None
         if asked is not None:
             answer(flow, Refusal(403, "AccessDenied", f"agentgate masks this object's body for the agent (rule "
@@ -246,8 +246,6 @@ class Masking:
             mc.notes.append(f"response: {why}: not kept, and withheld from the agent")
             self._withhold(flow, why)
             return
-        from .core.awserrors import render
-
         mc.notes.append(f"response: over max_body_bytes ({cap}) without a declared length: not kept, and "
                         "withheld from the agent")
         refusal = Refusal(502, "ResponseTooLarge", f"upstream's response body passed {cap} bytes without a declared "
@@ -260,8 +258,6 @@ class Masking:
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
         """Policy says the agent gets this response masked and masking failed: the agent gets an
         error instead of the secret (fail closed)."""
-        from .core.awserrors import render
-
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
