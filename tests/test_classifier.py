@@ -720,3 +720,13 @@ def test_a_query_parameter_a_rest_operation_does_not_have_is_ambiguous():
     got = run(dict(request, query="Action=DeleteFunction"))  # an error: the classify stage decides it as unknown
     assert got.operation == "GetFunction" and "Action: not a query-string parameter of this operation" in got.error
     assert run(request).error is None
+
+
+def test_an_unknown_nested_query_member_is_an_error_as_a_top_level_one_is():
+    """IamInstanceProfile.arn (not .Arn) was dropped silently: policy's roles never saw it, where a
+    service lenient about case would read it."""
+    headers = dict(signed_headers("ec2"), **{"Content-Type": "application/x-www-form-urlencoded"})
+    body = b"Action=RunInstances&Version=2016-11-15&ImageId=ami-1&MinCount=1&MaxCount=1&IamInstanceProfile.%s=arn"
+    wrong = classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers, body % b"arn")
+    assert "IamInstanceProfile.arn: not a member of IamInstanceProfileSpecification" in wrong.error
+    assert classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers, body % b"Arn").error is None

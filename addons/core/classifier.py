@@ -737,6 +737,8 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
             name = names.get(key) if key is not None else None
             if name is not None:
                 out[name] = query_value(child, members[name], ec2, errors, f"{path}.{name}" if path else name)
+            elif key is not None and path:  # (the top level's own unknown names are reported by query_params)
+                errors.add(f"{path}.{key[:100]}", "not a member of " + shape.name)
         return out
     if kind == "list":
         if node.get(None) == "" and len(node) == 1:
