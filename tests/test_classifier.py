@@ -730,3 +730,13 @@ def test_an_unknown_nested_query_member_is_an_error_as_a_top_level_one_is():
     wrong = classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers, body % b"arn")
     assert "IamInstanceProfile.arn: not a member of IamInstanceProfileSpecification" in wrong.error
     assert classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers, body % b"Arn").error is None
+
+
+@pytest.mark.parametrize("ids", [b"InstanceId.1=i-a&InstanceId.3=i-b", b"InstanceId.0=i-a&InstanceId.1=i-b",
+                                 b"InstanceId.01=i-a", b"InstanceId.1=i-a&InstanceId.x=i-b"])
+def test_list_items_numbered_otherwise_than_1_2_3_are_ambiguous(ids):
+    """A gap (moto stops at it: the service may act on fewer items than policy saw), a 0, a leading zero."""
+    headers = dict(signed_headers("ec2"), **{"Content-Type": "application/x-www-form-urlencoded"})
+    got = classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers,
+                   b"Action=TerminateInstances&Version=2016-11-15&" + ids)
+    assert "InstanceIds: list or map items not numbered 1, 2, 3" in got.error, got.error

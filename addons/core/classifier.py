@@ -721,9 +721,14 @@ def query_wire_names(shape: botocore.model.StructureShape, ec2: bool) -> dict[st
     return names
 
 
-def numbered(node: dict) -> list:
-    """The children of a list or map node, in index order."""
+def numbered(node: dict, errors: ParamErrors | None = None, path: str = "") -> list:
+    """The children of a list or map node, in index order. Indexes are 1, 2, 3, ... as SDKs write
+    them; a gap, a 0 or a leading zero (which services read differently: some stop at a gap) is an
+    error, and so is a key that is no index."""
     keys = sorted((k for k in node if k is not None and k.isascii() and k.isdigit()), key=int)
+    if errors is not None and (keys != [str(i) for i in range(1, len(keys) + 1)] or len(keys) != len(
+            [k for k in node if k is not None])):
+        errors.add(path or "list", "list or map items not numbered 1, 2, 3, ...: the request is ambiguous")
     return [node[k] for k in keys]
 
 
@@ -748,13 +753,13 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
         else:
             items = node.get(shape.member.serialization.get("name", "member"), {})
         return [query_value(item, shape.member, ec2, errors, f"{path}[{i}]")
-                for i, item in enumerate(numbered(items))]
+                for i, item in enumerate(numbered(items, errors, path))]
     if kind == "map":
         entries = node if shape.serialization.get("flattened") else node.get("entry", {})
         key_name = shape.key.serialization.get("name", "key")
         value_name = shape.value.serialization.get("name", "value")
         out = {}
-        for entry in numbered(entries):
+        for entry in numbered(entries, errors, path):
             key = entry.get(key_name, {}).get(None)
             if key is not None and value_name in entry:
                 out[key] = query_value(entry[value_name], shape.value, ec2, errors, f"{path}.{key}")
