@@ -740,3 +740,20 @@ def test_list_items_numbered_otherwise_than_1_2_3_are_ambiguous(ids):
     got = classify("POST", "ec2.us-east-1.amazonaws.com", "/", "", headers,
                    b"Action=TerminateInstances&Version=2016-11-15&" + ids)
     assert "InstanceIds: list or map items not numbered 1, 2, 3" in got.error, got.error
+
+
+@pytest.mark.parametrize("params, member", [
+    ({"ContentType": "text/plain"}, "ContentType"), ({"Metadata": {"a": "b"}}, "Metadata"),
+    ({"ServerSideEncryption": "AES256"}, "ServerSideEncryption"), ({"ACL": "public-read"}, "ACL"),
+])
+def test_a_presigned_url_carries_its_signed_headers_in_the_query_string_as_those_members(params, member):
+    """boto3's default (SigV2) presigned PUT writes the headers it signed (content-type, x-amz-acl,
+    x-amz-meta-*) into the query string: they are the header members they stand for, not unknown
+    query parameters; an ACL there asks for s3:PutObjectAcl as the header does."""
+    s3 = client("s3")
+    url = urlsplit(s3.generate_presigned_url("put_object", Params={"Bucket": "b", "Key": "k", **params}))
+    got = classify("PUT", url.netloc, url.path, url.query, {}, None)
+    assert got.error is None and got.params[member] == params[member]
+    assert [c.action for c in got.implied] == (["s3:PutObjectAcl"] if member == "ACL" else [])
+    differ = classify("PUT", url.netloc, url.path, url.query, {"Content-Type": "image/png"}, None)
+    assert member != "ContentType" or "with different values" in differ.error

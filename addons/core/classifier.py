@@ -1042,6 +1042,20 @@ def rest_located_params(request: WireRequest, route: Route, match: re.Match, loc
                 errors.add(name, f"query parameter {key[:100]!r} given more than once: the request is ambiguous")
         elif key not in literal_keys and key.lower() not in AUTH_QUERY_PARAMS:
             unclaimed[key] = values
+    # A presigned URL carries the headers it was signed with in its query string (boto3's SigV2
+    # presigns ``content-type``, ``x-amz-acl``, ``x-amz-meta-*``; other SDKs hoist checksums): read
+    # as the header members they stand for, unless the request's own header says otherwise.
+    as_headers: dict[str, str] = {}
+    for key in list(unclaimed):
+        lower = key.lower()
+        if lower in located.headers or any(lower.startswith(prefix) for prefix, _ in located.header_maps):
+            values = unclaimed.pop(key)
+            if len(values) > 1:
+                errors.add(key[:100], "query parameter given more than once: the request is ambiguous")
+            if lower in request.headers and request.headers[lower] != values[0]:
+                errors.add(key[:100], "given in the query string and as a header, with different values: the "
+                                      "request is ambiguous")
+            as_headers[lower] = values[0]
     if unclaimed and not located.query_map:
         # a query parameter the operation does not have: a service that reads it (moto dispatches on
         # an Action there before the path) could run another operation than the one decided
@@ -1053,12 +1067,13 @@ def rest_located_params(request: WireRequest, route: Route, match: re.Match, loc
         params[name] = unclaimed if member.value.type_name == "list" else {k: v[0] for k, v in unclaimed.items()}
         for key in (k for k, v in unclaimed.items() if len(v) > 1 and member.value.type_name != "list"):
             errors.add(f"{name}.{key[:100]}", "query parameter given more than once: the request is ambiguous")
-    for key, value in request.headers.items():
+    headers = {**as_headers, **request.headers} if as_headers else request.headers
+    for key, value in headers.items():
         if key in located.headers:
             name, member = located.headers[key]
             params[name] = header_value(value, member, errors, name)
     for prefix, name in located.header_maps:
-        found = {k[len(prefix):]: v for k, v in request.headers.items() if k.startswith(prefix) and len(k) > len(prefix)}
+        found = {k[len(prefix):]: v for k, v in headers.items() if k.startswith(prefix) and len(k) > len(prefix)}
         if found:
             params[name] = found
     return params
