@@ -7,7 +7,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from .core import classifier
-from .stage import CALL, HOST, REFUSAL, STREAM, answer, due, header_pairs, lowered
+from .stage import CALL, HOST, REFUSAL, STREAM, answer, declares_body, due, header_pairs, lowered
 
 
 class Classify:
@@ -21,7 +21,8 @@ class Classify:
             # it as `unknown` (denied unless a rule names it); service and operation stay recorded.
             call.action, call.access_level = "unknown", None
         flow.metadata[CALL] = call
-        if body is None and flow.metadata.get(STREAM) and classifier.parameters_in_body(call):
+        if body is None and flow.metadata.get(STREAM) and (classifier.parameters_in_body(call) or (
+                call.operation is None and declares_body(req))):  # a query-protocol Action in the body, say
             # A declared payload hash lets a body stream past the stages, which suits data (an S3
             # object), not parameters: read without the body, the call would be decided, bound to
             # an approval and recorded without them. So the body is read first (up to

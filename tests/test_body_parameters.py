@@ -200,3 +200,12 @@ def test_a_copy_is_decided_as_the_read_of_its_source_too(gw, issuer):
     s3.put_object(Bucket=BUCKET, Key="docs/readme", Body=b"hello")
     s3.copy_object(Bucket=BUCKET, Key="pub/readme", CopySource=f"{BUCKET}/docs/readme")
     assert s3.get_object(Bucket=BUCKET, Key="pub/readme")["Body"].read() == b"hello"
+
+
+def test_a_query_call_that_declares_its_payload_hash_is_read_for_its_action(gw, issuer):
+    """Hand-rolled signers send X-Amz-Content-SHA256 on every call: an STS form POST with one named
+    no operation until its body was read (the Action is in the body), and was refused."""
+    token = issuer.mint("hashing-agent")
+    sts = client(gw, token, "sts", declare_hash=True)
+    assert sts.get_caller_identity()["Arn"].endswith("/hashing-agent")
+    assert record(gw, "hashing-agent", "sts:GetCallerIdentity")["outcome"] == "forwarded"
