@@ -33,6 +33,7 @@ recorder does not read the words: a client has left when its connection can no l
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -46,8 +47,8 @@ from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
-from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TUNNEL, answer,
-                    declares_body, due)
+from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TOKEN, TUNNEL,
+                    answer, declares_body, due)
 
 log = logging.getLogger("agentgate.recorder")
 calls_log = logging.getLogger("agentgate.calls")  # a line per call, at DEBUG (run -v)
@@ -201,10 +202,38 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.resources = masked.resources
     if streamed and resp is not None:
         r.body_note = "; ".join(n for n in (r.body_note, streamed_note(resp)) if n)
+    if (token := md.get(TOKEN)) and (r.request_body or r.response_body):
+        _without_the_token(r, token)
     r.bytes_in = r.request_body_size
     r.bytes_out = r.response_body_size
     r.latency_ms = round((end - r.time) * 1000, 3)
     return r
+
+
+def token_forms(token: str) -> tuple[str, ...]:
+    """How the agent's token can appear in a body: as it is, and inside base64 (standard or URL
+    alphabet) at each of the three offsets a base64 encoder can meet it at (an S3 POST policy's
+    ``x-amz-security-token`` condition, say), each without its edges, which depend on its neighbours."""
+    raw = token.encode()
+    forms = [token]
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        core = encoded[4 if offset else 0:len(encoded) - 4]
+        if len(core) >= 16:
+            forms += [core, core.replace("+", "-").replace("/", "_")]
+    return tuple(forms)
+
+
+def _without_the_token(r: Record, token: str) -> None:
+    """A body that holds the agent's token in some encoding is not kept (masking found it in none
+    of the forms it reads): no token reaches the store."""
+    forms = token_forms(token)
+    for which in ("request_body", "response_body"):
+        text = getattr(r, which)
+        if text and any(f in text for f in forms):
+            setattr(r, which, None)
+            note = f"{which.split('_')[0]}: held the agent's token (encoded), not kept"
+            r.body_note = "; ".join(n for n in (r.body_note, note) if n)
 
 
 def head_record(data) -> Record:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import zipfile
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -209,3 +210,29 @@ def test_a_query_call_that_declares_its_payload_hash_is_read_for_its_action(gw, 
     sts = client(gw, token, "sts", declare_hash=True)
     assert sts.get_caller_identity()["Arn"].endswith("/hashing-agent")
     assert record(gw, "hashing-agent", "sts:GetCallerIdentity")["outcome"] == "forwarded"
+
+
+def test_no_form_of_the_agents_token_reaches_the_store(gw, issuer):
+    """An S3 POST form (boto3's generate_presigned_post, with the token as the session token) holds
+    the token in its base64 policy: the call is refused (a POST form is no call the gateway
+    re-signs) and its record keeps no body holding the token, in any encoding."""
+    from tests.test_fuzz_gateway import _request, exchange
+
+    token = issuer.mint("posting-agent")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                      aws_session_token=token)
+    post = s3.generate_presigned_post(BUCKET, "planted.txt")
+    assert token not in post["fields"]["policy"]  # base64: the raw token is not in it
+    boundary = "agentgate-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in post["fields"].items()]
+    body = ("".join(parts) + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+            f"agent-wrote-this\r\n--{boundary}--\r\n").encode()
+    host = urlsplit(post["url"]).netloc
+    status, _, _ = exchange(gw, token, host, _request("POST", host, b"/", {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"}, body))
+    assert status == 403
+    rec = [r for r in gw.records() if r["principal"] == "posting-agent"][-1]
+    stored = json.dumps(rec, default=str)
+    from addons.recorder import token_forms
+    assert not any(f in stored for f in token_forms(token)), "the agent's token is in its record"
+    assert rec["request_body"] is None and "held the agent's token" in rec["body_note"]
