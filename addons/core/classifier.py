@@ -1398,9 +1398,9 @@ class Classifier:
         invoked = invoked_endpoint(request, scope)
         if invoked is not None:
             return invoked
-        if (m := EXECUTE_API_HOST_RE.match(request.host)) and CONNECTIONS_PATH_RE.match(request.path):
+        if EXECUTE_API_HOST_RE.match(request.host) and (staged := CONNECTIONS_PATH_RE.match(request.path)):
             # the WebSocket management API, under its stage: botocore's endpoint holds the stage
-            request = dataclasses.replace(request, path=CONNECTIONS_PATH_RE.match(request.path).group(1))
+            request = dataclasses.replace(request, path=staged.group(1))
         endpoint = self.endpoint(request.host)
         result = Classification(
             signing_name=scope.service if scope else None,
