@@ -142,6 +142,14 @@ HOSTILE = [
          **_auth("secretsmanager"), "X-Amz-Target": "secretsmanager.DescribeSecret",
          "Content-Type": "application/x-amz-json-1.1"}, b'{"SecretId": "prod/db"}'),
      ("AccessDenied", "Action: a query-string parameter on a json call")),
+    # a JSON body whose text, read as a form, names an Action: moto reads it so and ran DeleteTable
+    # under a GetItem that a data-plane rule allowed
+    ("action-inside-json", "dynamodb.us-east-1.amazonaws.com",
+     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
+         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
+         "Content-Type": "application/x-amz-json-1.0"},
+         b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'),
+     ("AccessDenied", "body: read as a form, the body names an Action")),
     # a JSON member named twice: policy and the record would read one value, the service maybe the other
     ("json-member-twice", "dynamodb.us-east-1.amazonaws.com",
      lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {

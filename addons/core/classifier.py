@@ -1612,6 +1612,12 @@ class Classifier:
             if request.form_error:
                 errors.add("body", request.form_error)
             return query_params(pairs, shape, protocol == "ec2", errors)
+        if (protocol in ("json", "rest-json", "smithy-rpc-v2-cbor") and request.body and b"Action=" in request.body
+                and not request.query and body_names_an_action(request.body)):
+            # moto (the stand-in for AWS in tests and sandboxes) reads a body that is no form, under
+            # a URL with no query, as a form too, and runs the Action it names before the target
+            errors.add("body", "read as a form, the body names an Action beside the operation: the request is "
+                               "ambiguous")
         if shape is None:
             return {}
         leading = endpoint.leading if endpoint else ""
@@ -1668,6 +1674,14 @@ def query_literals_match(route: Route, query: Mapping[str, list[str]]) -> bool:
         if key not in query or (value is not None and value not in query[key]):
             return False
     return True
+
+
+def body_names_an_action(body: bytes) -> bool:
+    """Whether ``body``, read as a form (as moto reads a body that is no form), names an Action."""
+    try:
+        return any(k == "Action" for k, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+    except ValueError:
+        return False
 
 
 def form_pairs(request: WireRequest) -> list[tuple[str, str]]:
