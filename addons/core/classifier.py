@@ -905,27 +905,41 @@ def decoded_body(request: WireRequest) -> bytes | None:
     return body
 
 
+def inflate_members(body: bytes, wbits: int, limit: int) -> tuple[bytes, str | None]:
+    """``body`` inflated (zlib's ``wbits``; 47: gzip), every member of a gzip body one after
+    another as services read them, to ``limit`` bytes at most; with what keeps it from being whole,
+    or None: "too large" (more than ``limit``), "cut short", or "data after" a deflate stream.
+    zlib.error where the data is not what ``wbits`` says. The classifier and masking share it."""
+    out: list[bytes] = []
+    left = limit
+    while True:
+        decompressor = zlib.decompressobj(wbits=wbits)
+        out.append(decompressor.decompress(body, left))
+        left -= len(out[-1])
+        if decompressor.unconsumed_tail:
+            return b"".join(out), "too large"
+        if not decompressor.eof:
+            return b"".join(out), "cut short"
+        body = decompressor.unused_data
+        if not body:
+            return b"".join(out), None
+        if wbits != 47:
+            return b"".join(out), "data after"
+
+
+_NOT_WHOLE = {"too large": "compressed body too large",
+              "cut short": "the {encoding} body ends before its compressed data does",
+              "data after": "data after the end of the deflate body"}
+
+
 def inflate_whole(body: bytes, encoding: str, limit: int) -> bytes:
     """A gzip or deflate body inflated whole: every member of a gzip body (a service that reads
     them all must not act on more than the gateway decided on), none cut short, nothing after a
     deflate stream, at most ``limit`` bytes; ValueError otherwise."""
-    gzip_ = encoding != "deflate"
-    out: list[bytes] = []
-    left = limit
-    while True:
-        decompressor = zlib.decompressobj(wbits=47 if gzip_ else 15)
-        chunk = decompressor.decompress(body, left)
-        if decompressor.unconsumed_tail:
-            raise ValueError("compressed body too large")
-        if not decompressor.eof:
-            raise ValueError(f"the {encoding} body ends before its compressed data does")
-        out.append(chunk)
-        left -= len(chunk)
-        body = decompressor.unused_data
-        if not body:
-            return b"".join(out)
-        if not gzip_:
-            raise ValueError("data after the end of the deflate body")
+    out, problem = inflate_members(body, 47 if encoding != "deflate" else 15, limit)
+    if problem is not None:
+        raise ValueError(_NOT_WHOLE[problem].format(encoding=encoding))
+    return out
 
 
 def is_streaming(shape: botocore.model.Shape) -> bool:

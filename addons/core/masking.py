@@ -84,14 +84,11 @@ def inflate(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if encoding in ("", "identity") or not raw:
         return raw
     if encoding in ("gzip", "x-gzip", "deflate"):
+        from .classifier import inflate_members
+
         for wbits in ((47,) if encoding != "deflate" else (15, -15)):  # deflate: zlib-wrapped, or raw
-            try:
-                out, data = [], raw
-                while data and sum(map(len, out)) <= limit:  # every member of a gzip body, as services read them
-                    decompressor = zlib.decompressobj(wbits=wbits)
-                    out.append(decompressor.decompress(data, limit + 1 - sum(map(len, out))))
-                    data = decompressor.unused_data if decompressor.eof and wbits == 47 else b""
-                return b"".join(out)
+            try:  # every member of a gzip body, as services (and the classifier) read them
+                return inflate_members(raw, wbits, limit + 1)[0]
             except zlib.error:
                 continue
         return raw
