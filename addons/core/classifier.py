@@ -777,12 +777,8 @@ def query_params(pairs: list[tuple[str, str]], shape: botocore.model.Shape | Non
     A name given twice (in the query string and the body, or twice in either) is an error: which
     one the service acts on is not known, and an Action read from one while the service reads the
     other would decide one operation and run another."""
-    if len(pairs) > 1:
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                errors.add(key, "given more than once: the request is ambiguous")
-            seen.add(key)
+    for key in repeated(k for k, _ in pairs) if len(pairs) > 1 else ():
+        errors.add(key, "given more than once: the request is ambiguous")
     tree = query_tree((k, v) for k, v in pairs if k not in ("Action", "Version") and k.lower() not in AUTH_QUERY_PARAMS)
     if shape is None:
         return {}
@@ -975,11 +971,21 @@ def split_header_list(value: str) -> list[str]:
     return [i for i in out if i != ""] if value.strip() else []
 
 
+def repeated(names: Iterable[str]) -> list[str]:
+    """Each name that comes again after its first time, in order: what a request gives twice."""
+    seen: set[str] = set()
+    again = []
+    for name in names:
+        if name in seen:
+            again.append(name)
+        seen.add(name)
+    return again
+
+
 def _one_value_per_name(pairs: list[tuple[str, Any]]) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):
-        seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        twice = repeated(k for k, _ in pairs)[0]
         raise ValueError(f"member {twice[:100]!r} given more than once in one object: the request is ambiguous")
     return out
 
@@ -1420,10 +1426,8 @@ class Classifier:
             signing_name=scope.service if scope else None,
             region=(endpoint.region if endpoint else None) or (scope.region if scope else None),
         )
-        if scope and scope.region and endpoint and endpoint.region and scope.region != endpoint.region:
-            # AWS refuses such a signature; decided for the one region, the call must not be signed for the other
-            result.error = (f"the signature's credential scope names region {scope.region[:40]!r}, and the host "
-                            f"{request.host[:100]} region {endpoint.region!r}")
+        if (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
+            result.error = mismatch
             return result
         tiers, why_not = self.candidates(scope, endpoint)
         by_target = self.target_candidates(request) if endpoint else []
@@ -1758,7 +1762,8 @@ def parameters_in_body(call: Classification) -> bool:
 
 
 def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
-    routing = default_classifier().routing(service) if service in default_classifier().catalogue.by_name else None
+    classifier = default_classifier()
+    routing = classifier.routing(service) if service in classifier.catalogue.by_name else None
     if routing is None or operation not in routing.operations:
         return False  # an invoked endpoint (a function URL, an API): its body is the customer's
     model = routing.operation_model(operation)
@@ -1771,6 +1776,14 @@ def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
     if payload:
         return not is_streaming(shape.members[payload])
     return any(not m.serialization.get("location") for m in shape.members.values())
+
+
+def region_mismatch(scope: CredentialScope | None, host: str, region: str | None) -> str | None:
+    """Why a signature scoped to another region than its host's cannot be decided, or None. AWS
+    refuses such a signature; decided for the one region, the call must not be signed for the other."""
+    if scope is None or not scope.region or not region or scope.region == region:
+        return None
+    return f"the signature's credential scope names region {scope.region[:40]!r}, and the host {host[:100]} region {region!r}"
 
 
 LAMBDA_URL_HOST_RE = re.compile(r"^([a-z0-9]+)\.lambda-url\.([a-z0-9-]+)\.on\.aws$")
@@ -1795,10 +1808,8 @@ def invoked_endpoint(request: WireRequest, scope: CredentialScope | None) -> Cla
     service, _, operation = action.partition(":")
     _, level = actions.lookup(action) or (action, None)
     region = m.group(2)
-    if scope is not None and scope.region and scope.region != region:
-        return Classification(service=service, region=region,
-                              error=f"the signature's credential scope names region {scope.region[:40]!r}, and the "
-                                    f"host {host[:100]} region {region!r}")
+    if (mismatch := region_mismatch(scope, host, region)) is not None:
+        return Classification(service=service, region=region, error=mismatch)
     return Classification(service=service, operation=operation,
                           signing_name=scope.service if scope else service, region=region, resources=[resource[:MAX_RESOURCE_LENGTH]],
                           params={"method": request.method, "path": request.path[:MAX_RESOURCE_LENGTH]},
