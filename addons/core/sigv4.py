@@ -249,9 +249,9 @@ def scrub_query(query: str) -> str:
 def _parse_authorization(value: str, fields: dict[str, str], common: dict) -> AgentAuth:
     scheme, _, rest = value.strip().partition(" ")
     if scheme == ALGORITHM:
-        return _scoped_auth("header-v4", _auth_params(rest), common)
+        return _scoped_auth("header-v4", *_auth_params(rest), common)
     if scheme == ALGORITHM_V4A:
-        auth = _scoped_auth("header-v4a", _auth_params(rest), common)
+        auth = _scoped_auth("header-v4a", *_auth_params(rest), common)
         return dataclasses.replace(auth, region=_region_set(fields.get("x-amz-region-set")))
     if scheme == "AWS":
         access_key, colon, signature = rest.strip().partition(":")
@@ -272,11 +272,14 @@ def _parse_presigned_v4(
         "SignedHeaders": _param(params, "X-Amz-SignedHeaders"),
         "Signature": _param(params, "X-Amz-Signature"),
     }
-    names = [name.lower() for name, _ in params if name.lower() in _PRESIGN_PARAMS]
-    if len(names) != len(set(names)):
-        twice = next(n for i, n in enumerate(names) if n in names[:i])
-        values[TWICE] = next(name for name, _ in params if name.lower() == twice)
-    auth = _scoped_auth(kind, values, common)
+    seen: set[str] = set()
+    twice = None  # the first presigning parameter given again, in any case, as the URL writes it
+    for name, _ in params:
+        if name.lower() in _PRESIGN_PARAMS:
+            if name.lower() in seen and twice is None:
+                twice = next(n for n, _ in params if n.lower() == name.lower())
+            seen.add(name.lower())
+    auth = _scoped_auth(kind, values, twice, common)
     if kind == "query-v4a":
         region_set = _param(params, "X-Amz-Region-Set") or fields.get("x-amz-region-set")
         return dataclasses.replace(auth, region=_region_set(region_set))
@@ -291,10 +294,12 @@ def _parse_presigned_v2(params: list[tuple[str, str]], common: dict) -> AgentAut
     return AgentAuth(kind="query-v2", access_key=access_key, **common)
 
 
-def _scoped_auth(kind: str, values: Mapping[str, str | None], common: dict) -> AgentAuth:
-    """A SigV4 or SigV4a signature from its Credential, SignedHeaders and Signature."""
-    if values.get(TWICE):
-        return AgentAuth(kind=kind, error=f"the signature gives {values[TWICE]} more than once", **common)
+def _scoped_auth(kind: str, values: Mapping[str, str | None], twice: str | None, common: dict) -> AgentAuth:
+    """A SigV4 or SigV4a signature from its Credential, SignedHeaders and Signature; ``twice``: a
+    name the signature gives more than once (read two ways: one scope for the policy, another to
+    sign with), which makes it an error."""
+    if twice is not None:
+        return AgentAuth(kind=kind, error=f"the signature gives {twice} more than once", **common)
     missing = [name for name in ("Credential", "SignedHeaders", "Signature") if not values.get(name)]
     if missing:
         return AgentAuth(kind=kind, error=f"the signature has no {', '.join(missing)}", **common)
@@ -318,20 +323,19 @@ def _scoped_auth(kind: str, values: Mapping[str, str | None], common: dict) -> A
     )
 
 
-def _auth_params(rest: str) -> dict[str, str]:
-    """``Credential=..., SignedHeaders=..., Signature=...`` as a dict; a name given twice is kept
-    under ``TWICE`` (a signature read two ways: one scope for the policy, another to sign with)."""
-    params = {}
+def _auth_params(rest: str) -> tuple[dict[str, str], str | None]:
+    """``Credential=..., SignedHeaders=..., Signature=...`` as a dict, and the first name given twice."""
+    params: dict[str, str] = {}
+    twice = None
     for part in rest.split(","):
         name, _, value = part.strip().partition("=")
         if name:
-            if name in params:
-                params.setdefault(TWICE, name)
+            if name in params and twice is None:
+                twice = name
             params[name] = value.strip()
-    return params
+    return params, twice
 
 
-TWICE = "\x00twice"
 SCOPED_KINDS = frozenset({"header-v4", "header-v4a", "query-v4", "query-v4a"})  # signatures with a credential scope
 _PRESIGN_PARAMS = ("x-amz-algorithm", "x-amz-credential", "x-amz-signedheaders", "x-amz-signature", "x-amz-date",
                    "x-amz-expires", "x-amz-security-token", "x-amz-region-set")
