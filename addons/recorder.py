@@ -34,6 +34,7 @@ recorder does not read the words: a client has left when its connection can no l
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import time
@@ -210,6 +211,7 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
     return r
 
 
+@functools.lru_cache(maxsize=1024)  # an agent's token comes with each of its calls: encoded once
 def token_forms(token: str) -> tuple[str, ...]:
     """How the agent's token can appear in a body: as it is, and inside base64 (standard or URL
     alphabet) at each of the three offsets a base64 encoder can meet it at (an S3 POST policy's

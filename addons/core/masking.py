@@ -134,6 +134,9 @@ _CREDENTIALS = ("Credentials.SecretAccessKey", "Credentials.SessionToken")
 _MASTER_PASSWORD_OPS = ("CreateDBInstance", "CreateDBCluster", "ModifyDBInstance", "ModifyDBCluster",
                         "RestoreDBInstanceFromS3", "RestoreDBClusterFromS3")
 
+_USER_DATA_MARKED = "user data carries bootstrap secrets (the model marks it; kept valid base64)"
+_LAUNCH_CONFIGURATION_USER_DATA = "a launch configuration's user data carries bootstrap secrets; the model does not mark it"
+
 CURATED: tuple[Target, ...] = (
     Target("ssm", ("GetParameter",), "output", ("Parameter.Value",),
            "a SecureString parameter's value is a decrypted secret", ("Type", "SecureString")),
@@ -155,18 +158,18 @@ CURATED: tuple[Target, ...] = (
     Target("ec2", ("DescribeInstanceAttribute",), "output", ("UserData.Value",),
            "user data carries bootstrap secrets; the model does not mark this copy sensitive", base64=True),
     Target("ec2", ("DescribeLaunchTemplateVersions",), "output", ("LaunchTemplateVersions[].LaunchTemplateData.UserData",),
-           "user data carries bootstrap secrets (the model marks it; kept valid base64)", base64=True),
+           _USER_DATA_MARKED, base64=True),
     Target("ec2", ("GetLaunchTemplateData",), "output", ("LaunchTemplateData.UserData",),
-           "user data carries bootstrap secrets (the model marks it; kept valid base64)", base64=True),
+           _USER_DATA_MARKED, base64=True),
     Target("ec2", ("DescribeSpotInstanceRequests",), "output", ("SpotInstanceRequests[].LaunchSpecification.UserData",),
-           "user data carries bootstrap secrets (the model marks it; kept valid base64)", base64=True),
+           _USER_DATA_MARKED, base64=True),
     Target("ec2", ("DescribeSpotFleetRequests",), "output",
            ("SpotFleetRequestConfigs[].SpotFleetRequestConfig.LaunchSpecifications[].UserData",),
-           "user data carries bootstrap secrets (the model marks it; kept valid base64)", base64=True),
+           _USER_DATA_MARKED, base64=True),
     Target("autoscaling", ("DescribeLaunchConfigurations",), "output", ("LaunchConfigurations[].UserData",),
-           "a launch configuration's user data carries bootstrap secrets; the model does not mark it", base64=True),
+           _LAUNCH_CONFIGURATION_USER_DATA, base64=True),
     Target("autoscaling", ("CreateLaunchConfiguration",), "input", ("UserData",),
-           "a launch configuration's user data carries bootstrap secrets; the model does not mark it", base64=True),
+           _LAUNCH_CONFIGURATION_USER_DATA, base64=True),
     Target("ec2", ("ModifyInstanceAttribute",), "input", ("UserData.Value",),
            "user data carries bootstrap secrets; the model does not mark this copy sensitive", base64=True),
     Target("ec2", ("GetPasswordData",), "output", ("PasswordData",), "an instance's encrypted Administrator password",
