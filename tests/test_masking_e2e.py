@@ -448,3 +448,44 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     assert code == "ResponseWithheld"
     records = [r for r in gw.records() if r["principal"] == f"agent-body-{tag}"]
     assert not any(f"Sup3rS3cret-{tag}"[:8] in json.dumps(r) for r in records)
+
+
+def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, issuer):
+    """A copy reads its source (s3:GetObject) and writes its destination: copying an object whose
+    Body a rule masks to a key that no such rule covers would let the agent read it unmasked
+    there. Refused, for CopyObject and UploadPartCopy; a copy to where the same mask holds goes."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    tag = secrets.token_hex(6)
+    text = f"db_password=C0pyS3cret-{tag}\n"
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                      verify=str(gw.ca_file), config=botocore.config.Config(
+                          proxies={"https": gw.proxy_url(issuer.mint(f"agent-copy-{tag}"))},
+                          retries={"total_max_attempts": 1}))
+    bucket = f"copies-{tag}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(), ContentType="text/plain")
+    source = {"Bucket": bucket, "Key": "masked/app.env"}
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="public/app.env", CopySource=source)
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    message = e.value.response["Error"]["Message"]
+    assert "masked-object-text masks Body" in message and f"{bucket}/public/app.env" in message, message
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="public/parts.env")["UploadId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.upload_part_copy(Bucket=bucket, Key="public/parts.env", UploadId=upload, PartNumber=1, CopySource=source)
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    s3.abort_multipart_upload(Bucket=bucket, Key="public/parts.env", UploadId=upload)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="public/app.env")
+    assert e.value.response["Error"]["Code"] == "404"  # nothing was copied
+
+    s3.copy_object(Bucket=bucket, Key="masked/copy.env", CopySource=source)  # the same mask holds there
+    copied = s3.get_object(Bucket=bucket, Key="masked/copy.env")["Body"].read().decode()
+    assert f"C0pyS3cret-{tag}" not in copied and MARKER in copied
+    refused = [r for r in gw.records() if r["principal"] == f"agent-copy-{tag}" and r["decision"] == "deny"]
+    assert [r["operation"] for r in refused] == ["CopyObject", "UploadPartCopy"]
+    assert {r["rule"] for r in refused} == {"agentgate:masked-source"}

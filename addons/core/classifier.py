@@ -152,6 +152,10 @@ class Classification:
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
     # other verbs of a PartiQL batch (``partiql_statements``).
     implied: tuple["Classification", ...] = ()
+    # For an implied read whose data the call writes elsewhere (an S3 copy's source), the read that
+    # would later see that data (the copy's destination, as s3:GetObject): masks for the agent on
+    # the first must hold on the second too, or the copy would unmask it (``PolicySet.evaluate``).
+    lands_as: "Classification | None" = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1256,15 +1260,30 @@ def implied_reads(result: Classification) -> tuple[Classification, ...]:
     source = copy_source(result.params.get("CopySource"))
     if source is None:
         return ()
-    bucket, key, version = source
+    return (dataclasses.replace(object_read(result, *source), lands_as=copy_destination_read(result)),)
+
+
+def object_read(result: Classification, bucket: str, key: str, version: str | None = None) -> Classification:
+    """An S3 GetObject (or GetObjectVersion) of ``bucket/key``, in ``result``'s region and account:
+    how a copy's source is read, and how its destination would be read afterwards."""
     operation_params = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
     action, level = actions.iam_action("s3", "GetObject")
     if version:
         action = "s3:GetObjectVersion"
-    return (Classification(service="s3", operation="GetObject", protocol=result.protocol,
-                           signing_name=result.signing_name, region=result.region, account=result.account,
-                           params=operation_params, resources=[f"{bucket}/{key}"], action=action,
-                           access_level=level),)
+    return Classification(service="s3", operation="GetObject", protocol=result.protocol,
+                          signing_name=result.signing_name, region=result.region, account=result.account,
+                          params=operation_params, resources=[f"{bucket}/{key}"], action=action,
+                          access_level=level)
+
+
+def copy_destination_read(result: Classification) -> Classification | None:
+    """For an S3 copy, the GetObject that would read what it writes; None for other calls."""
+    if (result.service, result.operation) not in COPYING:
+        return None
+    bucket, key = result.params.get("Bucket"), result.params.get("Key")
+    if not (isinstance(bucket, str) and isinstance(key, str) and bucket and key):
+        return None
+    return object_read(result, bucket, key)
 
 
 # DynamoDB's PartiQL operations: IAM authorises each statement by its verb, not by the operation.

@@ -124,6 +124,10 @@ class Decision:
     considered: tuple[str, ...]
 
 
+# The rule a Decision names when a copy would unmask its source (``PolicySet._masks_kept``).
+MASKED_SOURCE_RULE = "agentgate:masked-source"
+
+
 # ---------------------------------------------------------------------------------------- values
 
 
@@ -1260,6 +1264,7 @@ class PolicySet:
         decision = self._evaluate(principal, call)
         for other in getattr(call, "implied", None) or ():
             also = self._evaluate(principal, other)
+            also = self._masks_kept(principal, other, also)
             if STRENGTH[also.decision] > STRENGTH[decision.decision]:
                 on = ", ".join(getattr(other, "resources", None) or ())
                 decision = dataclasses.replace(
@@ -1267,6 +1272,24 @@ class PolicySet:
                     mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
         return decision
+
+    def _masks_kept(self, principal: Any, read: Any, decision: Decision) -> Decision:
+        """A read allowed with ``mask_for_agent`` whose data the call copies elsewhere (an S3 copy's
+        source, ``Classification.lands_as``) is refused when the copy would be read without those
+        masks: copying a masked object to a key no mask covers would hand the agent its body."""
+        landing = getattr(read, "lands_as", None)
+        if decision.decision != "allow" or not decision.mask_for_agent or landing is None:
+            return decision
+        after = self._evaluate(principal, landing)
+        lost = [m for m in decision.mask_for_agent if m not in after.mask_for_agent]
+        if after.decision != "allow" or not lost:
+            return decision
+        where = ", ".join(getattr(landing, "resources", None) or ()) or "its destination"
+        by = [r.id for r in self.rules if r.id in decision.considered and set(r.mask_for_agent) & set(lost)]
+        return dataclasses.replace(
+            decision, decision="deny", rule=MASKED_SOURCE_RULE, mask_for_agent=(),
+            reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(lost)} of this source for agents, and a read "
+                    f"of {where} would not be masked so: copy it only to where the same masks hold"))
 
     def _evaluate(self, principal: Any, call: Any) -> Decision:
         action = getattr(call, "action", None) or "unknown"
