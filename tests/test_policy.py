@@ -759,8 +759,9 @@ def test_shipped_policies_masks_roles_and_approvals(shipped):
     assert "Parameters[].Value" in shipped.evaluate(who, call("ssm:GetParametersByPath", "Read")).mask_for_agent
     assert "Plaintext" in shipped.evaluate(who, call("kms:Decrypt", "Write")).mask_for_agent
     assert "Configuration.Environment.Variables" in shipped.evaluate(who, call("lambda:GetFunction", "Read")).mask_for_agent
-    ecr = shipped.evaluate(who, call("ecr:GetAuthorizationToken", "Read"))
-    assert ecr.decision == "allow" and "authorizationData[].authorizationToken" in ecr.mask_for_agent
+    for action in ("ecr:GetAuthorizationToken", "ecr-public:GetAuthorizationToken", "codeartifact:GetAuthorizationToken"):
+        registry = shipped.evaluate(who, call(action, "Read"))
+        assert (registry.decision, registry.rule) == ("deny", "no-credential-vending"), action
     assert d.role == RoleBinding("arn:aws:iam::123456789012:role/agent-role", None, 3600, False, "default-agent-role")
     scoped = shipped.role_for(principal(groups=("read-only-agents",)))
     assert scoped.duration == 900 and json.loads(scoped.session_policy)["Statement"]
@@ -992,7 +993,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 33
+    assert len(ps.rules) == 32
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),

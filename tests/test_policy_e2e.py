@@ -13,7 +13,7 @@ import time
 import botocore.exceptions
 import pytest
 
-from tests.conftest import run_agent
+from tests.conftest import ROOT, run_agent
 from tests.support.gateway import TEST_POLICY, Gateway
 from tests.test_data_path import agent, check
 from tests.test_identity_e2e import client
@@ -65,6 +65,24 @@ def test_the_aws_cli_prints_the_refusal(gateway, token_file, tmp_path, aws_cli):
     p = subprocess.run([aws_cli, "iam", "list-users"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert "AccessDenied" in p.stderr and "no-iam-for-agents" in p.stderr and "agents do not manage IAM" in p.stderr
+
+
+def test_the_aws_cli_is_told_why_a_registry_login_is_refused(tmp_path, issuer, moto, aws_cli):
+    """`aws ecr get-login-password` with the shipped guardrails: refused, with the reason, not a
+    token (masked, it would be of no use, and the CLI failed on it with a Python error)."""
+    guardrails = (ROOT / "policies" / "guardrails.yaml").read_text()
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=guardrails,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        token = tmp_path / "agent.jwt"
+        token.write_text(issuer.mint("registry-agent", groups=["data-agents"]))
+        env = gw.agent_env(token, tmp_path / "agent-home")
+        p = subprocess.run([aws_cli, "ecr", "get-login-password", "--region", "us-east-1"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and not p.stdout
+        assert "AccessDenied" in p.stderr and "no-credential-vending" in p.stderr, p.stderr
+        assert "agents never hold AWS credentials, passwords or keys" in p.stderr and "Traceback" not in p.stderr
+        [record] = [r for r in gw.records() if r["principal"] == "registry-agent"]
+        assert (record["action"], record["decision"]) == ("ecr:GetAuthorizationToken", "deny")
 
 
 def _raw_call(conn: http.client.HTTPSConnection, method: str, path: str, body: bytes = b"", headers=None):
