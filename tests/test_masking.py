@@ -18,6 +18,7 @@ import zlib
 import botocore.loaders
 import botocore.parsers
 import botocore.session
+import jmespath
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,6 +228,35 @@ def test_dynamodb_attribute_named_by_policy_and_the_crc32():
     rows = json.dumps({"Items": [{"ssn": {"S": "1"}}, {"ssn": {"S": "2"}, "x": {"S": "y"}}], "Count": 2}).encode()
     _, agent = m.response(call("dynamodb", "Query"), status=200, body=rows, policy=policy)
     assert [i["ssn"]["S"] for i in json.loads(agent.body)["Items"]] == [fp("1"), fp("2")]
+
+
+@pytest.mark.parametrize("service, operation, body, where", [
+    ("dynamodb", "BatchGetItem", {"Responses": {"t": [{"k": {"S": "a"}, "ssn": {"S": "1"}}]},
+                                  "UnprocessedKeys": {"t": {"Keys": [{"ssn": {"S": "2"}}]}}},
+     ["Responses.t[0].ssn", "UnprocessedKeys.t.Keys[0].ssn"]),
+    ("dynamodb", "TransactGetItems", {"Responses": [{"Item": {"ssn": {"S": "1"}}}]}, ["Responses[0].Item.ssn"]),
+    ("dynamodb", "BatchExecuteStatement", {"Responses": [{"Item": {"ssn": {"S": "1"}}, "TableName": "t"}]},
+     ["Responses[0].Item.ssn"]),
+    ("dynamodb", "UpdateItem", {"Attributes": {"ssn": {"S": "1"}}}, ["Attributes.ssn"]),
+    ("dynamodb", "Scan", {"Items": [{"ssn": {"S": "1"}}], "LastEvaluatedKey": {"ssn": {"S": "2"}}},
+     ["Items[0].ssn", "LastEvaluatedKey.ssn"]),
+    ("dynamodbstreams", "GetRecords", {"Records": [{"dynamodb": {"Keys": {"ssn": {"S": "1"}},
+                                                                 "NewImage": {"ssn": {"S": "2"}, "k": {"S": "a"}},
+                                                                 "OldImage": {"ssn": {"S": "3"}}}}]},
+     ["Records[0].dynamodb.Keys.ssn", "Records[0].dynamodb.NewImage.ssn", "Records[0].dynamodb.OldImage.ssn"]),
+])
+def test_a_path_into_an_item_names_the_attribute_wherever_an_item_comes_back(service, operation, body, where):
+    """``Item.ssn`` masks the attribute ssn in every item the call returns (batches, transactions,
+    PartiQL, a write's old values, keys, stream images), not only at GetItem's ``Item``: a rule's
+    path holds for every operation the rule matches."""
+    m = Masker(KEY)
+    part, agent = m.response(call(service, operation), status=200, body=json.dumps(body).encode(), policy=("Item.ssn",))
+    got = json.loads(agent.body)
+    for path in where:
+        value = jmespath.search(path, got)
+        assert value["S"].startswith("agentgate:masked:hmac-"), (path, got)
+    assert jmespath.search(where[0].rsplit(".", 1)[0] + ".k", got) in (None, {"S": "a"})  # other attributes kept
+    assert all(n not in part.body for n in ('"1"', '"2"', '"3"'))
 
 
 def test_the_record_masks_policy_paths_in_requests_too():

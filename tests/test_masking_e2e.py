@@ -37,7 +37,7 @@ rules:
   - id: personal-data-in-items
     action: "dynamodb:*"
     decision: allow
-    mask_for_agent: [Item.ssn, "Items[].ssn"]
+    mask_for_agent: [Item.ssn]
   - id: masked-object-text
     action: s3:GetObject
     when: "length(resource[?contains(@, '/masked/')]) > `0`"
@@ -134,6 +134,19 @@ AGENT = textwrap.dedent("""
     item = ddb.get_item(TableName=f"people-{tag}", Key={"k": {"S": "alice"}})["Item"]
     out["item"] = item
     out["scan"] = ddb.scan(TableName=f"people-{tag}")["Items"]
+    # the attribute that path names, read by every other operation that returns an item
+    people, alice = f"people-{tag}", {"k": {"S": "alice"}}
+    out["other_reads"] = {
+        "Query": ddb.query(TableName=people, KeyConditionExpression="k = :k",
+                           ExpressionAttributeValues={":k": {"S": "alice"}})["Items"][0],
+        "BatchGetItem": ddb.batch_get_item(RequestItems={people: {"Keys": [alice]}})["Responses"][people][0],
+        "TransactGetItems": ddb.transact_get_items(
+            TransactItems=[{"Get": {"TableName": people, "Key": alice}}])["Responses"][0]["Item"],
+        "ExecuteStatement": ddb.execute_statement(Statement='SELECT * FROM "' + people + '" WHERE k = ' + "'alice'")["Items"][0],
+        "UpdateItem": ddb.update_item(TableName=people, Key=alice, UpdateExpression="SET seen = :t",
+                                      ExpressionAttributeValues={":t": {"S": "yes"}},
+                                      ReturnValues="ALL_OLD")["Attributes"],
+    }
 
     ec2 = boto3.client("ec2")
     image = ec2.describe_images()["Images"][0]["ImageId"]
@@ -217,6 +230,8 @@ def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
     assert out["item"]["ssn"] == {"S": marker(gw, s["ssn"])}
     assert out["item"]["note"] == {"S": "password=" + s["free_text"]} and out["item"]["k"] == {"S": "alice"}
     assert out["scan"][0]["ssn"] == {"S": marker(gw, s["ssn"])}
+    for operation, got in out["other_reads"].items():
+        assert got["ssn"] == {"S": marker(gw, s["ssn"])} and got["k"] == {"S": "alice"}, operation
     # EC2: user data is base64 on the wire; the agent gets a valid base64 marker
     assert base64.b64decode(out["user_data"]).decode().startswith(MARKER)
     assert out["template_user_data"] and all(base64.b64decode(u).decode().startswith(MARKER)

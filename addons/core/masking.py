@@ -245,6 +245,16 @@ WHOLE_VALUES: dict[tuple[str, str], str] = {
     ("dynamodbstreams", "AttributeValue"): "as for DynamoDB",
 }
 
+# Services whose items are maps of attribute name to AttributeValue. A policy path into an item
+# (``Item.ssn``, ``Items[].ssn``) names an attribute, and masks it wherever the call carries an item
+# (``ServiceShapes.item_maps``): BatchGetItem's ``Responses``, TransactGetItems' and PartiQL's
+# ``Responses[].Item``, a write's ``Attributes`` (ReturnValues), ``LastEvaluatedKey``, a stream
+# record's ``NewImage``/``OldImage``, ..., so that one rule's path holds across every operation it
+# matches and an agent cannot read the attribute by another operation than the one the path names.
+ITEM_SERVICES = frozenset({"dynamodb", "dynamodbstreams"})
+ITEM_PATH_HEADS = frozenset({"Item", "Items"})
+NOT_ITEMS = frozenset({"AttributeValue", "ExpressionAttributeValueMap"})  # a value, not an item; placeholders
+
 OBJECT_TEXT_TYPES = re.compile(
     r"^(?:text/|application/(?:json|xml|x-yaml|yaml|javascript|x-www-form-urlencoded|csv|x-ndjson|toml)\b"
     r"|application/[\w.+-]+\+(?:json|xml)\b)", re.I)
@@ -413,6 +423,37 @@ class ServiceShapes:
         self._lock = threading.Lock()
         self._xml_wire: dict[str, dict[str, tuple[str, bool]]] = {}
         self._query_wire: dict[tuple[str, bool], dict[str, str]] = {}
+        self._items: dict[str | None, tuple[tuple[str, ...], ...]] = {}
+
+    def item_maps(self, top: str | None) -> tuple[tuple[str, ...], ...]:
+        """Where below ``top`` an item sits: the member paths (``*`` for a map's key) to every map
+        of attribute name to AttributeValue, not into such a value itself."""
+        found: list[tuple[str, ...]] = []
+
+        def walk(name: str | None, steps: tuple[str, ...], seen: frozenset) -> None:
+            shape = self.shapes.get(name) if name else None
+            if not shape or name in seen or name in NOT_ITEMS or len(steps) > 8:
+                return
+            seen = seen | {name}
+            kind = shape["type"]
+            if kind == "structure":
+                for member, ref in shape.get("members", {}).items():
+                    walk(ref.get("shape"), steps + (member,), seen)
+            elif kind == "list":
+                walk(shape.get("member", {}).get("shape"), steps, seen)
+            elif kind == "map":
+                value = shape.get("value", {}).get("shape")
+                if value == "AttributeValue":
+                    found.append(steps)
+                else:
+                    walk(value, steps + ("*",), seen)
+
+        with self._lock:
+            cached = self._items.get(top)
+            if cached is None:
+                walk(top, (), frozenset())
+                cached = self._items[top] = tuple(found)
+        return cached
 
     def type_of(self, shape: str | None) -> str | None:
         found = self.shapes.get(shape) if shape else None
@@ -672,11 +713,24 @@ class Masker:
             targets = [t for t in CURATED if t.service == service and operation in t.operations
                        and t.direction == direction]
             entries = [(parse_path(p), "curated", t.when) for t in targets for p in t.paths] if curated else []
-            entries += [(parse_path(p), "policy", None) for p in policy]
+            entries += [(steps, "policy", None) for p in policy for steps in self._policy_steps(service, operation,
+                                                                                              direction, p)]
             if len(self._overlays) > 4096:
                 self._overlays.clear()
             self._overlays[key] = build_overlay(entries, (parse_path(p) for t in targets if t.base64 for p in t.paths))
         return self._overlays[key]
+
+    def _policy_steps(self, service: str, operation: str, direction: str, path: str) -> list[tuple[str, ...]]:
+        """A policy path's steps; a path into an item (``Item.ssn``) also at every other place the
+        operation carries an item (``ITEM_SERVICES``)."""
+        steps = parse_path(path)
+        if service not in ITEM_SERVICES or len(steps) < 2 or steps[0] not in ITEM_PATH_HEADS:
+            return [steps]
+        shapes = self.service(service)
+        if shapes is None or operation not in shapes.operations:
+            return [steps]
+        top = shapes.message(operation, direction).top
+        return [steps] + [where + steps[1:] for where in shapes.item_maps(top) if where + steps[1:] != steps]
 
     def plan(self, call: Any, direction: str, policy: tuple[str, ...], *, record: bool) -> tuple:
         """(service shapes, message, sensitive node, overlay) for the call, or Nones."""
