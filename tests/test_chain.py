@@ -320,6 +320,78 @@ def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> Non
     assert verify(db_url).ok  # without the key, a store is only as good as its hashes: say so (README)
 
 
+def _witness(caplog: pytest.LogCaptureFixture) -> list[chain.Witness]:
+    """The chain heads the store logged (``agentgate.chain``), as `verify --witness` reads a log."""
+    return chain.read_witnesses([r.getMessage() for r in caplog.records if r.name == "agentgate.chain"], "gateway.log")
+
+
+def test_the_newest_records_deleted_with_their_checkpoints_are_caught_by_a_witness(db_url: str, caplog) -> None:
+    """What no chain shows by itself: its newest records deleted together with every checkpoint
+    after them. The heads the writer logged, kept elsewhere, show it; a prune does not count as a
+    deletion; a head no gateway holding the key wrote is ignored, not believed."""
+    caplog.set_level("INFO", logger="agentgate.chain")
+    ids = write_chain(db_url)
+    seen = _witness(caplog)
+    assert [(w.chain, w.seq) for w in seen] == [("w1", 10)] and seen[0].genuine(KEY)
+    with sql(db_url).begin() as c:
+        c.execute(delete(Call).where(Call.id.in_(ids[7:])))
+        c.execute(delete(Checkpoint))
+    assert verify(db_url, KEY).ok  # the chain alone cannot tell
+    result = verify(db_url, KEY, seen)
+    (problem,) = result.problems
+    assert problem == ("gateway.log:1: the witness saw writer w1's chain at record 10, which the store no longer "
+                       "holds (its chain ends at record 7): records deleted after it was written")
+    forged = chain.Witness("w1", 12, "a" * 64, "b" * 64, "elsewhere:3")
+    checked = verify(db_url, KEY, [forged])
+    assert checked.ok and checked.witnesses == 0 and "elsewhere:3: ignored" in checked.notes[0]
+    assert not verify(db_url, None, [forged]).ok  # without the key every head is taken as written
+
+
+def test_a_witness_holds_rewritten_and_pruned_chains(db_url: str, caplog) -> None:
+    caplog.set_level("INFO", logger="agentgate.chain")
+    write_chain(db_url, 5, key=None)
+    seen = _witness(caplog)
+    assert verify(db_url, None, seen).ok and verify(db_url, None, seen).witnesses == 1
+    engine = sql(db_url)
+    with engine.begin() as c:  # the last record rewritten, its hash and the checkpoint recomputed
+        row = dict(c.execute(select(Call.__table__).where(Call.seq == 5)).one()._mapping)
+        row["principal"] = "mallory"
+        row["hash"] = chain.record_hash({k: v for k, v in row.items() if k not in ("hash", "mac")})
+        c.execute(update(Call).where(Call.seq == 5).values(principal="mallory", hash=row["hash"]))
+        c.execute(update(Checkpoint).values(head_hash=row["hash"]))
+    assert verify(db_url).ok
+    (problem,) = verify(db_url, None, seen).problems
+    assert "saw writer w1's record 5 with hash" in problem and "the chain was rewritten" in problem
+    pruned = f"sqlite:///{engine.url.database}-pruned" if db_url.startswith("sqlite") else None
+    if pruned is None:
+        return
+    write_chain(pruned, 5, key=KEY)
+    seen = _witness(caplog)[-1:]
+    prune(pruned, dt.datetime.now(UTC) + dt.timedelta(days=1), chain_key=KEY)
+    assert verify(pruned, KEY, seen).ok  # a pruned head is not missing
+
+
+def test_the_newest_approval_events_deleted_are_caught_by_a_witness(db_url: str, caplog) -> None:
+    from addons.core.models import Approval as ApprovalRow, ApprovalEvent
+
+    caplog.set_level("INFO", logger="agentgate.chain")
+    now = dt.datetime.now(UTC)
+    Store(db_url).migrate()
+    rows = [{"id": f"ap-{i}", "kind": "call", "binding_hash": f"{i}" * 64, "principal": "agent-1",
+             "action": "ec2:TerminateInstances", "status": "pending", "requested": now,
+             "expires": now + dt.timedelta(hours=1)} for i in range(3)]
+    insert_approvals(db_url, rows, chain_key=KEY)
+    seen = _witness(caplog)
+    assert [(w.chain, w.seq) for w in seen] == [(chain.APPROVAL_EVENTS_CHAIN, n) for n in (1, 2, 3)]
+    with sql(db_url).begin() as c:  # the newest approval and its event, gone together
+        c.execute(delete(ApprovalEvent).where(ApprovalEvent.seq == 3))
+        c.execute(delete(ApprovalRow).where(ApprovalRow.id == "ap-2"))
+    assert verify(db_url, KEY).ok
+    (problem,) = verify(db_url, KEY, seen).problems
+    assert problem == ("gateway.log:3: the witness saw approval event 3, which the store no longer holds (its "
+                       "approval events end at 2): events deleted after it was written")
+
+
 def test_an_upgrade_anchors_the_records_an_older_gateway_left_after_its_last_checkpoint(db_url: str) -> None:
     """A store from before records had MACs, whose gateway stopped before checkpointing its last
     records: migrating it with the chain key (`agentgate init`, or the gateway's start) checks

@@ -254,6 +254,45 @@ def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)
 
 
+def test_verify_holds_the_store_to_the_heads_the_gateway_logged(tmp_path: Path, issuer, moto) -> None:
+    """A real gateway logs its chain's head at each checkpoint (and when it stops): the newest
+    records deleted with every checkpoint after them pass `verify`, and fail `verify --witness` on
+    the gateway's log, which names the head it saw. Bad witness files are refused with a reason."""
+    import sqlite3
+
+    from tests.support.gateway import Gateway
+
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+    with gw:
+        (tmp_path / "t.jwt").write_text(issuer.mint("witnessed", groups=["data-agents"]))
+        env = gw.agent_env(tmp_path / "t.jwt", tmp_path / "agent")
+        code = "import boto3\nfor _ in range(3): boto3.client('sts').get_caller_identity()"
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    log = gw.log()
+    heads = [line for line in log.splitlines() if "INFO agentgate.chain: chain head {" in line]
+    assert heads and '"seq": 3' in heads[-1], log[-3000:]
+    assert gw.cli("verify", "--witness", str(gw.log_path)).returncode == 0
+    with sqlite3.connect(gw.db_path) as db:  # the newest record and every checkpoint after it, gone
+        db.execute("DELETE FROM calls WHERE seq = 3")
+        db.execute("DELETE FROM checkpoints")
+    assert gw.cli("verify").returncode == 0  # the chain alone cannot tell
+    p = gw.cli("verify", "--witness", str(gw.log_path), check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().startswith(f"Error: the store does not verify: {gw.log_path}:")
+    assert "chain at record 3, which the store no longer holds (its chain ends at record 2)" in p.stderr
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing here\n")
+    p = gw.cli("verify", "--witness", str(empty), check=False)
+    assert p.returncode == 1 and "no 'chain head' lines in" in p.stderr and "Traceback" not in p.stderr
+    empty.write_text("x INFO agentgate.chain: chain head {\"chain\": 1}\n")
+    p = gw.cli("verify", "--witness", str(empty), check=False)
+    assert p.returncode == 1 and f"{empty}:1: a 'chain head' line without a head that can be read" in p.stderr
+    p = gw.cli("verify", "--witness", str(tmp_path / "missing.log"), check=False)
+    assert p.returncode == 1 and "cannot read the witness" in p.stderr
+
+
 # -- as a real process -----------------------------------------------------------------------------------
 
 

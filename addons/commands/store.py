@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..core.chain import read_witnesses
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..core.store import prune as prune_store
 from ..core.store import verify as verify_store
@@ -244,22 +245,39 @@ def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
 @click.command("verify")
 @db_option
 @key_option
+@click.option("--witness", "witness_files", multiple=True, metavar="FILE",
+              help="A file holding the gateway's 'chain head' log lines (its log, a journal export; "
+                   "repeatable): every head it saw must still be in the store.")
 @json_option
-def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
+def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...], as_json: bool) -> None:
     """Check the hash chains and checkpoints: every record unaltered, none missing or reordered;
     every approval a recorded call ran under still there, naming the principal and approver its
-    record names; and the approval events' chain, with every approval as its latest event left it."""
+    record names; and the approval events' chain, with every approval as its latest event left it.
+    With --witness, also every chain head the gateway logged (kept outside the store): the newest
+    records or approval events deleted with every checkpoint after them show only so."""
     url = _settings(db).db
     key = _key(key_file, db)
+    witnesses = []
+    for name in witness_files:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                witnesses += read_witnesses(f, name)
+        except OSError as e:
+            raise click.ClickException(f"cannot read the witness {name}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    if witness_files and not witnesses:
+        raise click.ClickException(f"no 'chain head' lines in {', '.join(witness_files)}: a witness is the "
+                                   "gateway's log (agentgate.chain lines), kept outside the store")
     try:
-        result = verify_store(url, key)
+        result = verify_store(url, key, witnesses)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
                     "checkpoints": result.checkpoints, "approvals": result.approvals,
                     "approval_events": result.approval_events, "approvals_held": result.approvals_held,
-                    "problems": result.problems,
+                    "witnesses": result.witnesses, "problems": result.problems,
                     "notes": result.notes})
     else:
         for note in result.notes:
@@ -276,7 +294,9 @@ def verify(db: str | None, key_file: str | None, as_json: bool) -> None:
                           "the calls under them name them" if result.approvals else "")
                        + (f"; {result.approvals_held} approval{'s' if result.approvals_held != 1 else ''} as "
                           f"{result.approval_events} approval event{'s' if result.approval_events != 1 else ''} "
-                          "left them" if result.approval_events or result.approvals_held else ""))
+                          "left them" if result.approval_events or result.approvals_held else "")
+                       + (f"; {result.witnesses} witnessed chain head{'s' if result.witnesses != 1 else ''} held"
+                          if result.witnesses else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}")

@@ -32,6 +32,7 @@ made in this process wake its waiters directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -42,7 +43,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
@@ -55,6 +56,8 @@ from .policy import principal_matches
 from .store import StoreUnavailable, _one_line
 
 log = logging.getLogger("agentgate.approvals")
+witness_log = logging.getLogger("agentgate.chain")
+_WRITTEN = "agentgate.approval_events"  # a transaction's appended events, in its connection's info
 
 UTC = dt.timezone.utc
 ADMIN_ISSUER = "agentgate:admin-token"
@@ -452,7 +455,7 @@ class Approvals:
         h = binding_hash(principal, role, call.service, call.operation, call.region, call.params)
         try:
             for _ in range(3):
-                with self.engine.begin() as conn:
+                with self._changing() as conn:
                     found = self._latest(conn, h, "call")
                     if found is not None:
                         outcome = self._settle(conn, found, now)
@@ -481,7 +484,7 @@ class Approvals:
         """Open a pending approval; False when one is already pending for its hash (another call,
         perhaps on another replica, opened it at the same moment)."""
         try:
-            with self.engine.begin() as conn:
+            with self._changing() as conn:
                 conn.execute(insert(self.table), [row])
                 self._event(conn, row["id"], "requested", row["requested"], actor=row["principal"],
                             reason=row["request_reason"], channel=channel)
@@ -527,6 +530,20 @@ class Approvals:
         if conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(status="expired")).rowcount:
             self._event(conn, a.id, "expired", now, channel="gateway")
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[Any]:
+        """A transaction that may append approval events; once it commits, each event's place in
+        the chain is logged as a witness (``chain.Witness``), to be kept outside the store."""
+        written: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            conn.info[_WRITTEN] = written
+            try:
+                yield conn
+            finally:
+                conn.info.pop(_WRITTEN, None)
+        for e in written:
+            witness_log.info(chain.Witness(chain.APPROVAL_EVENTS_CHAIN, e["seq"], e["hash"], e["mac"], "").line())
+
     def _event(self, conn: Any, approval_id: str, event: str, at: dt.datetime, *, actor: str | None = None,
                reason: str | None = None, channel: str | None = None) -> None:
         """(In the transaction that changed ``approval_id``'s row, after the change.) Append the
@@ -545,6 +562,7 @@ class Approvals:
         content["mac"] = (chain.event_mac(self.chain_key, seq=content["seq"], event_hash=content["hash"])
                           if self.chain_key else None)
         conn.execute(insert(e), [content])
+        conn.info.get(_WRITTEN, []).append(content)
 
     def history(self, approval_id: str) -> list[dict[str, Any]]:
         """An approval's events, oldest first: what happened to it, when, by whom and why."""
@@ -562,7 +580,7 @@ class Approvals:
         now = now or _now()
         c = self.table.c
         try:
-            with self.engine.begin() as conn:
+            with self._changing() as conn:
                 taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved",
                                                               c.expires > now).values(status="used", used=now)).rowcount
                 if taken == 1:
@@ -594,7 +612,7 @@ class Approvals:
             values["expires"] = now + dt.timedelta(seconds=int(a.duration or 900))
         c = self.table.c
         try:
-            with self.engine.begin() as conn:
+            with self._changing() as conn:
                 changed = conn.execute(update(self.table).where(
                     c.id == a.id, c.status == "pending", c.expires > now).values(**values)).rowcount
                 if changed == 1:
@@ -636,7 +654,7 @@ class Approvals:
         h = grant_binding_hash(principal, role_arn)
         try:
             for _ in range(3):
-                with self.engine.begin() as conn:
+                with self._changing() as conn:
                     found = self._latest(conn, h, "grant")
                     if found is not None and found.state(now) == "pending":
                         return Asked(found, "pending")
@@ -675,7 +693,7 @@ class Approvals:
                           f"the local admin or its approvers ({describe_approvers(a.approvers)}) can")
         c = self.table.c
         try:
-            with self.engine.begin() as conn:
+            with self._changing() as conn:
                 changed = conn.execute(update(self.table).where(c.id == a.id, c.status == "approved").values(
                     status="revoked", revoked=now, revoked_by=who(by), revoke_reason=(reason or "").strip() or None,
                     expires=now)).rowcount

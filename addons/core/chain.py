@@ -197,6 +197,62 @@ def event_mac(key: bytes, *, seq: int, event_hash: str) -> str:
     return hmac.new(key, b"agentgate approval event\n" + canonical(statement), hashlib.sha256).hexdigest()
 
 
+# -- witnesses: chain heads kept outside the store
+
+# What no chain shows by itself is its newest records deleted together with every checkpoint after
+# them. So each writer logs its chain's head whenever it checkpoints it, and each approval event as
+# it is committed, as a line the operator's log collection keeps elsewhere:
+#     ... INFO agentgate.chain: chain head {"chain": "<writer id>", "seq": 812, "hash": "<hex>", "mac": "<hex>"}
+# (``chain`` is APPROVAL_EVENTS_CHAIN for approval events). ``agentgate verify --witness FILE`` reads
+# such lines from any file (a log, a journal export) and holds the store to them: every head a
+# witness saw must still be there, with the same hash, unless a prune checkpoint took it. ``mac``
+# is the record's (or event's) own MAC, so with the chain key a line nobody holding it wrote is told
+# apart and ignored.
+WITNESS_TAG = "chain head"
+_WITNESS_RE = re.compile(re.escape(WITNESS_TAG) + r" (\{[^{}\n]*\})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Witness:
+    chain: str  # a writer id, or APPROVAL_EVENTS_CHAIN
+    seq: int
+    hash: str
+    mac: str | None
+    where: str  # file:line it was read from
+
+    def line(self) -> str:
+        return f"{WITNESS_TAG} " + json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "mac": self.mac})
+
+    def genuine(self, key: bytes) -> bool:
+        """Whether a holder of ``key`` wrote this head (its MAC is the record's or the event's)."""
+        if not self.mac:
+            return False
+        if self.chain == APPROVAL_EVENTS_CHAIN:
+            expected = event_mac(key, seq=self.seq, event_hash=self.hash)
+        else:
+            expected = record_mac(key, writer_id=self.chain, seq=self.seq, record_hash=self.hash)
+        return hmac.compare_digest(expected, self.mac)
+
+
+def read_witnesses(lines: Iterable[str], name: str) -> list[Witness]:
+    """The chain heads in ``lines`` (of the file ``name``); other lines are skipped. ValueError for a
+    line that carries the tag but no head that can be read."""
+    found = []
+    for n, text in enumerate(lines, 1):
+        if WITNESS_TAG + " {" not in text:
+            continue
+        match = _WITNESS_RE.search(text)
+        try:
+            head = json.loads(match.group(1)) if match else None
+            w = Witness(str(head["chain"]), int(head["seq"]), str(head["hash"]), head.get("mac"), f"{name}:{n}")
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{name}:{n}: a '{WITNESS_TAG}' line without a head that can be read") from None
+        if w.seq < 1 or not re.fullmatch(r"[0-9a-f]{64}", w.hash):
+            raise ValueError(f"{name}:{n}: a '{WITNESS_TAG}' line without a head that can be read")
+        found.append(w)
+    return found
+
+
 @dataclasses.dataclass
 class CheckpointInfo:
     id: int
@@ -224,6 +280,7 @@ class VerifyResult:
     approvals: int = 0  # approvals checked against the records of the calls that ran under them
     approval_events: int = 0  # events in the approval events' chain
     approvals_held: int = 0  # approvals held to their latest events
+    witnesses: int = 0  # chain heads read from witnesses (``agentgate verify --witness``) and held to
     problems: list[str] = dataclasses.field(default_factory=list)  # first broken record first
     notes: list[str] = dataclasses.field(default_factory=list)  # unanchored tails and the like: fine
 

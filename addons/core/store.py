@@ -57,7 +57,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("agentgate.store")
+witness_log = logging.getLogger("agentgate.chain")  # chain heads, for a log kept elsewhere (chain.Witness)
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 CHAIN_KEY_FILE = "chain.key"
@@ -1300,6 +1301,10 @@ class Store:
         self._seq, self._head = seq, prev
         if checkpoint:
             self._anchored = seq
+            if seq:
+                mac = None if self._key is None else chain.record_mac(self._key, writer_id=self.writer_id, seq=seq,
+                                                                      record_hash=prev)
+                witness_log.info(chain.Witness(self.writer_id, seq, prev, mac, "").line())
         self.stats["commits"] += 1
         self.stats["records"] += len(calls)
 
@@ -1631,25 +1636,47 @@ def _checkpoints(conn: Any) -> dict[str, list[CheckpointInfo]]:
     return by_writer
 
 
-def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
-    """Check every writer's chain and checkpoints in the store at ``url``."""
+def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.Witness] = ()) -> VerifyResult:
+    """Check every writer's chain and checkpoints in the store at ``url``, and hold it to the chain
+    heads ``witnesses`` saw (``chain.Witness``: kept outside the store, they show the newest records
+    or approval events deleted together with every checkpoint after them)."""
     store = _open_for_reading(url)
     result = VerifyResult()
+    heads: dict[str, dict[int, list[chain.Witness]]] = {}
+    for w in witnesses:
+        if chain_key is not None and not w.genuine(chain_key):
+            result.notes.append(f"{w.where}: ignored: its MAC does not verify with the chain key (no gateway "
+                                f"holding the key wrote this head)")
+            continue
+        heads.setdefault(w.chain, {}).setdefault(w.seq, []).append(w)
+        result.witnesses += 1
     try:
         with store._reading() as conn:
             checkpoints = _checkpoints(conn)
+            pruned = {writer: max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
+                      for writer, cps in checkpoints.items()}
             anchors = checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, [])
             rows = conn.execute(
                 select(Call.__table__).order_by(Call.writer_id, Call.seq).execution_options(yield_per=2000)
             )
             check: ChainCheck | None = None
+            ends: dict[str, int] = {}
             for r in rows:
                 m = r._mapping
                 if check is None or check.writer_id != m["writer_id"]:
                     if check is not None:
                         result.add(check.finish())
                     check = ChainCheck(m["writer_id"], checkpoints.pop(m["writer_id"], []), chain_key)
+                    wanted = heads.get(m["writer_id"])
                 check.feed(m)
+                ends[m["writer_id"]] = m["seq"]
+                if wanted and m["seq"] in wanted:
+                    for w in wanted.pop(m["seq"]):
+                        if w.hash != m["hash"]:
+                            result.problems.append(
+                                f"{w.where}: the witness saw writer {w.chain}'s record {w.seq} with hash "
+                                f"{w.hash[:16]}..., the store's call {m['id']} has {m['hash'][:16]}...: "
+                                "the chain was rewritten after it was written")
             if check is not None:
                 result.add(check.finish())
             for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
@@ -1660,10 +1687,47 @@ def verify(url: str, chain_key: bytes | None = None) -> VerifyResult:
             result.approval_events, result.approvals_held = events.events, events.approvals
             result.problems += events.problems
             result.notes += events.notes
+            result.problems += _witnessed_heads_missing(conn, heads, ends, pruned)
             result.ok = not result.problems
     finally:
         store.engine.dispose()
     return result
+
+
+def _witnessed_heads_missing(conn: Any, heads: dict[str, dict[int, list[chain.Witness]]], ends: dict[str, int],
+                             pruned: dict[str, int]) -> list[str]:
+    """The heads witnesses saw that the store does not hold (those of the calls' chains left in
+    ``heads`` after the records were read; the approval events' looked up here), unless a prune
+    checkpoint took them."""
+    problems = []
+    events = heads.pop(chain.APPROVAL_EVENTS_CHAIN, {})
+    if events:
+        e = ApprovalEvent.__table__.c
+        held = {}
+        wanted = sorted(events)
+        for i in range(0, len(wanted), 500):
+            held.update(conn.execute(select(e.seq, e.hash).where(e.seq.in_(wanted[i:i + 500]))).all())
+        last = conn.execute(select(func.max(e.seq))).scalar() or 0
+        for seq, ws in sorted(events.items()):
+            for w in ws:
+                if seq <= pruned.get(chain.APPROVAL_EVENTS_CHAIN, 0):
+                    continue
+                if seq not in held:
+                    problems.append(f"{w.where}: the witness saw approval event {seq}, which the store no longer holds "
+                                    f"(its approval events end at {last}): events deleted after it was written")
+                elif held[seq] != w.hash:
+                    problems.append(f"{w.where}: the witness saw approval event {seq} with hash {w.hash[:16]}..., "
+                                    f"the store's has {held[seq][:16]}...: the events were rewritten after it was written")
+    for writer, by_seq in sorted(heads.items()):
+        for seq, ws in sorted(by_seq.items()):
+            if seq <= pruned.get(writer, 0):
+                continue
+            end = ends.get(writer)
+            held = f"its chain ends at record {end}" if end else "it holds no record of that writer"
+            for w in ws:
+                problems.append(f"{w.where}: the witness saw writer {writer}'s chain at record {seq}, which the store "
+                                f"no longer holds ({held}): records deleted after it was written")
+    return problems
 
 
 def check_approvals(conn: Any) -> tuple[int, list[str]]:

@@ -17,7 +17,7 @@ def insert_approvals(url: str, rows: Iterable[Mapping[str, Any]], *, chain_key: 
     store = Store(url, chain_key=chain_key)
     approvals = Approvals(store)
     try:
-        with store.engine.begin() as conn:
+        with approvals._changing() as conn:  # as the gateway does: each event's head logged once committed
             for row in rows:
                 conn.execute(insert(ApprovalRow), [dict(row)])
                 approvals._event(conn, row["id"], "requested", row["requested"], actor=row["principal"],
