@@ -280,6 +280,21 @@ def test_lambda_invoke_and_get_function():
         "GetFunction", {"FunctionName": arn}, ACCOUNT, "lambda:GetFunction")
 
 
+def test_a_rest_path_with_a_trailing_slash_is_the_operation_without_it():
+    """AWS routes /2015-03-31/functions/ as /2015-03-31/functions (older models wrote ListFunctions
+    so): the operation of the path without its last slash, with its labels; not for S3, whose keys
+    may end with one, and not for a path that ends with two."""
+    listed = capture("lambda", "list_functions")
+    got = run({**listed, "path": listed["path"] + "/"})
+    assert (got.operation, got.action, got.error) == ("ListFunctions", "lambda:ListFunctions", None)
+    config = capture("lambda", "get_function_configuration", FunctionName="resize")
+    got = run({**config, "path": config["path"] + "/"})
+    assert (got.operation, got.params) == ("GetFunctionConfiguration", {"FunctionName": "resize"})
+    assert run({**listed, "path": listed["path"] + "//"}).action == "unknown"
+    folder = run(capture("s3", "get_object", Bucket="b", Key="dir/"))
+    assert (folder.operation, folder.params["Key"]) == ("GetObject", "dir/")
+
+
 def test_secretsmanager_get_secret_value():
     got = run(capture("secretsmanager", "get_secret_value", SecretId="prod/db", VersionStage="AWSCURRENT"))
     assert (got.service, got.operation, got.params) == (

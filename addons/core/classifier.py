@@ -1581,6 +1581,14 @@ class Classifier:
                 if isinstance(found, Resolution):
                     found.request = found.request or as_get
                     return found
+            if (request.path.endswith("/") and not request.path.endswith("//") and len(request.path) > 1
+                    and not any(e.name in ("s3", "s3control") for e in candidates)):
+                # /2015-03-31/functions/ (older models' ListFunctions, and what AWS's own routing takes
+                # for /2015-03-31/functions): the operation of the path without its last slash. Not
+                # for S3, where a key may end with one.
+                found = self.resolve_rest(dataclasses.replace(request, path=request.path[:-1]), candidates, endpoint)
+                if isinstance(found, Resolution):
+                    return found
             return (f"{request.method} {request.path[:200]} matches no operation of "
                     f"{', '.join(e.name for e in candidates)}")
         _, routing, route, match = best
