@@ -145,6 +145,27 @@ def test_check_warns_about_rules_that_can_never_decide(run, tmp_path):
     assert "2 files, 8 rules, 2 roles: OK (5 warnings)" in out
 
 
+def test_check_warns_about_item_masks_that_other_reads_get_around(run, tmp_path):
+    """A rule masking an item attribute for GetItem alone leaves Query, Scan, ... to return it."""
+    write(tmp_path, "a.yaml", """
+        version: 1
+        rules:
+          - {id: ssn-on-get, action: dynamodb:GetItem, decision: allow, mask_for_agent: [Item.ssn]}
+          - {id: ssn-everywhere, action: "dynamodb:*", decision: allow, mask_for_agent: ["Items[].ssn"]}
+          - {id: reads, action: "dynamodb:*", access_level: Read, decision: allow, mask_for_agent: [Item.card]}
+          - {id: not-an-item, action: dynamodb:DescribeTable, decision: allow, mask_for_agent: [Table.TableName]}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert ("a.yaml:3: warning: rule ssn-on-get masks item attributes for agents, but dynamodb:Query, dynamodb:Scan, "
+            "dynamodb:BatchGetItem, dynamodb:TransactGetItems, dynamodb:PartiQLSelect, dynamodb:GetRecords also "
+            "return items and this rule does not match them") in result.output
+    # dynamodb:* with access_level Read misses TransactGetItems, which IAM's data gives no level
+    assert "rule reads masks item attributes for agents, but dynamodb:TransactGetItems also return" in result.output
+    assert "ssn-everywhere masks" not in result.output and "not-an-item" not in result.output
+    assert "OK (2 warnings)" in result.output
+
+
 def test_check_warns_about_default_allow_and_refuses_a_missing_dir(run, tmp_path):
     write(tmp_path, "p.yaml", "version: 1\ndefault: allow\n")
     result = run("check", str(tmp_path))

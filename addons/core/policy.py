@@ -1649,6 +1649,12 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
                 warnings.append((rule.file, rule.line, f"warning: rule {rule.id} can never decide: deny rule "
                                  f"{deny.id} ({deny.where}) covers it"))
                 break
+    for rule in parsed.rules:
+        missed = item_reads_missed(rule)
+        if missed:
+            warnings.append((rule.file, rule.line, f"warning: rule {rule.id} masks item attributes for agents, but "
+                             f"{', '.join(missed)} also return items and this rule does not match them: an agent "
+                             "reads the attributes there unless the rule names them too (or dynamodb:*)"))
     for i, entry in enumerate(parsed.roles):
         for earlier in parsed.roles[:i]:
             if earlier.principal is None:
@@ -1663,6 +1669,24 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
         warnings.append((str(directory), 0, "warning: no policy files; every call will be denied"))
     found = sorted(set(problems) | set(warnings), key=lambda p: (p[0], p[1]))
     return [_format(*p) for p in found]
+
+
+# The DynamoDB actions whose answers carry items, as the classifier names them, with IAM's level.
+ITEM_READS = (("dynamodb:GetItem", "Read"), ("dynamodb:Query", "Read"), ("dynamodb:Scan", "Read"),
+              ("dynamodb:BatchGetItem", "Read"), ("dynamodb:TransactGetItems", None),
+              ("dynamodb:PartiQLSelect", "Read"), ("dynamodb:GetRecords", "Read"))
+
+
+def item_reads_missed(rule: Rule) -> list[str]:
+    """For an allow rule masking DynamoDB item attributes (``Item.ssn``) that matches some of the
+    actions returning items: those it does not match, where the attributes would reach the agent."""
+    if rule.decision != "allow" or rule.action_re is None:
+        return []
+    if not any(m.split(".", 1)[0].removesuffix("[]") in ("Item", "Items") and "." in m for m in rule.mask_for_agent):
+        return []
+    matched = [a for a, level in ITEM_READS if rule.action_re.match(a.lower())
+               and (rule.levels_key is None or access_level_of(level) in rule.levels_key)]
+    return [a for a, _ in ITEM_READS if a not in matched] if matched else []
 
 
 def is_warning(line: str) -> bool:
