@@ -370,6 +370,17 @@ def test_form_requests_are_masked_pair_by_pair():
     assert "ImageId=ami-1" in part.body
 
 
+def test_a_json_body_declared_as_a_form_is_masked_as_the_json_it_is():
+    """The classifier reads a json call's body as JSON whatever Content-Type says; so does masking
+    (a form reading kept the secret in the record)."""
+    m = Masker(KEY)
+    body = b'{"Name": "db", "SecretString": "PLANTED-hunter2"}'
+    part = m.request(call("secretsmanager", "CreateSecret"), body=body,
+                     content_type="application/x-www-form-urlencoded")
+    assert "PLANTED-hunter2" not in (part.body or "") and json.loads(part.body)["Name"] == "db"
+    assert part.masked == {("request", "SecretString", "sensitive"): 1}
+
+
 def test_query_strings_are_masked():
     m = Masker(KEY)
     c = call("chime", "ListAccounts")

@@ -1986,11 +1986,11 @@ def _format(protocol: str | None, which: str, body: bytes, content_type: str) ->
         return "cbor"
     if which == "request" and protocol in ("query", "ec2"):
         return "form"
-    if "x-www-form-urlencoded" in ctype:
-        return "form"
     head = body[:64].lstrip()
     if protocol in ("json", "rest-json") and head[:1] in (b"{", b"["):
-        return "json"
+        return "json"  # as the classifier reads it, whatever Content-Type the agent declares
+    if "x-www-form-urlencoded" in ctype:
+        return "form"
     if protocol in ("rest-xml", "query", "ec2") and head[:1] == b"<":
         return "xml"
     if head[:1] in (b"{", b"[") and "json" in ctype or head[:1] == b"{":
