@@ -107,7 +107,7 @@ class Masking:
         req = flow.request
         call = flow.metadata.get(CALL)
         policy = self.policy(flow)
-        _, _, query = req.path.partition("?")
+        path, _, query = req.path.partition("?")
         streamed = bool(flow.metadata.get(STREAM) or req.stream)
         try:
             headers = stage_header_pairs(flow, req)
@@ -130,6 +130,13 @@ class Masking:
                         mc.counts.update({("params",) + k[1:]: n for k, n in counts.items()})
                 if call is not None and call.resources:
                     mc.resources = self.masker.resources(list(call.resources))
+                masked_query = mc.query if mc.query is not None else query
+                new_path, new_query, n = self.masker.url_parts(
+                    path, masked_query, getattr(call, "params", None), mc.params if mc.params_masked else None)
+                if n:
+                    mc.path = new_path
+                    mc.query = new_query if new_query != query else mc.query
+                    mc.counts[("request.url", "*", "detectors or parameters")] += n
             except Exception as e:  # noqa: BLE001 - parameters that cannot be masked are not kept
                 mc.params, mc.params_masked = None, True
                 mc.notes.append(f"parameters: not masked ({type(e).__name__}), not kept")

@@ -195,6 +195,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.request_headers = masked.request_headers
         if masked.response_headers is not None and resp is not None:
             r.response_headers = masked.response_headers
+        if masked.path is not None and r.kind == "call":
+            path = masked.path
+            r.url = f"https://{host}{path}" + (f"?{query}" if query else "")
         if masked.query is not None and r.kind == "call":
             r.url = f"https://{host}{path}?{masked.query}"
         if masked.params_masked:
@@ -203,7 +206,7 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.resources = masked.resources
     if streamed and resp is not None:
         r.body_note = "; ".join(n for n in (r.body_note, streamed_note(resp)) if n)
-    if (token := md.get(TOKEN)) and (r.request_body or r.response_body):
+    if (token := md.get(TOKEN)) and (r.request_body or r.response_body or token in r.url):
         _without_the_token(r, token)
     r.bytes_in = r.request_body_size
     r.bytes_out = r.response_body_size
@@ -230,6 +233,8 @@ def _without_the_token(r: Record, token: str) -> None:
     """A body that holds the agent's token in some encoding is not kept (masking found it in none
     of the forms it reads): no token reaches the store."""
     forms = token_forms(token)
+    if r.url and token in r.url:  # a token in the URL's path (masking reads JWTs, but not every token is one)
+        r.url = r.url.replace(token, "agentgate:masked:agent-token")
     for which in ("request_body", "response_body"):
         text = getattr(r, which)
         if text and any(f in text for f in forms):

@@ -14,6 +14,7 @@ import hmac
 import json
 import types
 import zlib
+from urllib.parse import quote
 
 import botocore.loaders
 import botocore.parsers
@@ -379,6 +380,21 @@ def test_a_json_body_declared_as_a_form_is_masked_as_the_json_it_is():
                      content_type="application/x-www-form-urlencoded")
     assert "PLANTED-hunter2" not in (part.body or "") and json.loads(part.body)["Name"] == "db"
     assert part.masked == {("request", "SecretString", "sensitive"): 1}
+
+
+def test_the_url_keeps_no_value_its_parameters_mask():
+    """A sensitive URI label or a header member given in the query (an SSE-C key), as sent, is
+    replaced in the record's URL by the marker masking gave it; a JWT anywhere in it too."""
+    m = Masker(KEY)
+    key = base64.b64encode(b"k" * 32).decode()
+    params = {"Bucket": "b", "Key": "a/b", "SSECustomerKey": key}
+    masked = {**params, "SSECustomerKey": fp(key)}
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IiLCJleHAiOjE4MDAwMDAwMDB9.c2lnbmF0dXJlLXRoYXQtaXMtbG9uZy1lbm91Z2g"
+    path, query, n = m.url_parts(f"/b/a/b/{jwt}", "x-amz-server-side-encryption-customer-key=" + quote(key, safe=""),
+                                 params, masked)
+    assert key not in query and quote(key, safe="") not in query and fp(key) in query
+    assert jwt not in path and path.startswith("/b/a/b/agentgate:masked:hmac-") and n == 2
+    assert m.url_parts("/b/k", "", params, None) == ("/b/k", "", 0)
 
 
 def test_query_strings_are_masked():

@@ -465,6 +465,36 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     assert not any(f"Sup3rS3cret-{tag}"[:8] in json.dumps(r) for r in records)
 
 
+def test_tokens_in_the_url_and_agent_written_headers_never_reach_the_record(gw, issuer):
+    """The agent's own token, or another JWT, as a path segment (an S3 key), and a JWT in the
+    User-Agent: the record's URL and headers hold markers, the store's bytes none of the tokens."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    tag = secrets.token_hex(6)
+    own = issuer.mint(f"agent-url-{tag}")
+    other = issuer.mint(f"someone-else-{tag}")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                      verify=str(gw.ca_file), config=botocore.config.Config(
+                          proxies={"https": gw.proxy_url(own)}, retries={"total_max_attempts": 1},
+                          user_agent_extra=f"reset/{other}"))
+    bucket = f"urls-{tag}"
+    s3.create_bucket(Bucket=bucket)
+    for key in (f"reset/{own}", f"reset/{other}"):
+        with pytest.raises(botocore.exceptions.ClientError):
+            s3.get_object(Bucket=bucket, Key=key)
+    records = [r for r in gw.records() if r["principal"] == f"agent-url-{tag}" and r["operation"] == "GetObject"]
+    assert len(records) == 2
+    for r in records:
+        assert own not in r["url"] and other not in r["url"] and "/reset/agentgate:masked:" in r["url"], r["url"]
+        assert other not in json.dumps(r["request_headers"])
+    data = gw.db_path.read_bytes() + (gw.db_path.with_name(gw.db_path.name + "-wal").read_bytes()
+                                      if gw.db_path.with_name(gw.db_path.name + "-wal").exists() else b"")
+    for token in (own, other):
+        assert token.encode() not in data and token.split(".")[2].encode() not in data
+
+
 def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, issuer):
     """A copy reads its source (s3:GetObject) and writes its destination: copying an object whose
     Body a rule masks to a key that no such rule covers would let the agent read it unmasked

@@ -53,7 +53,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
 import brotli
 
@@ -259,14 +259,15 @@ OBJECT_TEXT_TYPES = re.compile(
     r"^(?:text/|application/(?:json|xml|x-yaml|yaml|javascript|x-www-form-urlencoded|csv|x-ndjson|toml)\b"
     r"|application/[\w.+-]+\+(?:json|xml)\b)", re.I)
 EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
-# Headers whose values are protocol metadata: the detectors skip them.
+# Headers whose values are protocol metadata: the detectors skip them. (Not the ones an agent writes
+# free text into, User-Agent, X-Amz-User-Agent and X-Amzn-Trace-Id: a token put there is masked.)
 PLAIN_HEADERS = frozenset({
     "host", "content-type", "content-length", "content-encoding", "transfer-encoding", "connection", "date",
-    "server", "user-agent", "accept", "accept-encoding", "expect", "x-amz-date", "x-amz-content-sha256",
-    "x-amz-target", "x-amz-api-version", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-user-agent",
+    "server", "accept", "accept-encoding", "expect", "x-amz-date", "x-amz-content-sha256",
+    "x-amz-target", "x-amz-api-version", "amz-sdk-invocation-id", "amz-sdk-request",
     "x-amzn-requestid", "x-amz-request-id", "x-amz-id-2", "x-amz-crc32", "x-amz-decoded-content-length",
     "x-amz-sdk-checksum-algorithm", "x-amz-trailer", "etag", "last-modified", "x-amz-version-id",
-    "x-amzn-trace-id", "x-amz-apigw-id", "x-amzn-query-mode", "x-amz-checksum-type"})
+    "x-amz-apigw-id", "x-amzn-query-mode", "x-amz-checksum-type"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +306,7 @@ class MaskedCall:
     request_headers: list[tuple[str, str]] | None = None
     response_headers: list[tuple[str, str]] | None = None
     query: str | None = None
+    path: str | None = None  # the URL's path as the record keeps it, when masking changed it
     params: dict | None = None
     params_masked: bool = False  # the call's parameters were masked (``params`` replaces them)
     resources: list[str] | None = None
@@ -804,6 +806,27 @@ class Masker:
 
     def resources(self, resources: list[str]) -> list[str]:
         return [self.mask_text(r)[0] for r in resources]
+
+    def url_parts(self, path: str, query: str, params: Any, masked_params: Any) -> tuple[str, str, int]:
+        """The URL's path and query as the record keeps them: each parameter value masking replaced
+        (a sensitive URI label, a header member given in a presigned query) replaced in them too,
+        as sent (percent-encoded or not); then what the detectors find in them. (path, query, how
+        many values were replaced)"""
+        n = 0
+        pairs = sorted({(a, b) for a, b in _changed_strings(params, masked_params) if len(a) >= 4},
+                       key=lambda p: -len(p[0]))
+        for original, marker in pairs:
+            for form in dict.fromkeys((original, quote(original, safe=""), quote(original, safe="/~"),
+                                       quote_plus(original))):
+                if form in path or form in query:
+                    n += path.count(form) + query.count(form)
+                    path, query = path.replace(form, marker), query.replace(form, marker)
+        path, found = self.mask_text(path)
+        n += sum(found.values())
+        if query:
+            query, found = self.mask_text(query)
+            n += sum(found.values())
+        return path, query, n
 
     # ------------------------------------------------------------------------------ responses
 
@@ -1977,6 +2000,22 @@ class _Form:
 
 # ---------------------------------------------------------------------------------------------
 # Formats
+
+
+def _changed_strings(before: Any, after: Any, depth: int = 0) -> Iterable[tuple[str, str]]:
+    """(original, masked) of every string leaf masking changed between two parameter trees."""
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(before, str):
+        if isinstance(after, str) and after != before:
+            yield before, after
+    elif isinstance(before, dict) and isinstance(after, dict):
+        for k, v in before.items():
+            if k in after:
+                yield from _changed_strings(v, after[k], depth + 1)
+    elif isinstance(before, list) and isinstance(after, list):
+        for v, w in zip(before, after):
+            yield from _changed_strings(v, w, depth + 1)
 
 
 def _format(protocol: str | None, which: str, body: bytes, content_type: str) -> str:
