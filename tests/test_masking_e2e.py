@@ -465,6 +465,33 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     assert not any(f"Sup3rS3cret-{tag}"[:8] in json.dumps(r) for r in records)
 
 
+def test_an_error_that_carries_an_item_is_masked_as_its_answer_would_be(gw, issuer):
+    """A write that fails its condition answers with the item it checked
+    (ReturnValuesOnConditionCheckFailure): the error is masked against its exception's shape,
+    for the agent and the record, as a read of the item is."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    tag = secrets.token_hex(6)
+    ssn = f"ssn-in-an-error-{tag}"
+    ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                       verify=str(gw.ca_file), config=botocore.config.Config(
+                           proxies={"https": gw.proxy_url(issuer.mint(f"agent-err-{tag}"))},
+                           retries={"total_max_attempts": 1}))
+    table = f"errors-{tag}"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=table, Item={"k": {"S": "alice"}, "ssn": {"S": ssn}})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ddb.put_item(TableName=table, Item={"k": {"S": "alice"}}, ConditionExpression="attribute_not_exists(k)",
+                     ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    assert e.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert e.value.response["Item"] == {"k": {"S": "alice"}, "ssn": {"S": marker(gw, ssn)}}
+    [failed] = [r for r in gw.records() if r["principal"] == f"agent-err-{tag}" and r["status"] == 400]
+    assert ssn not in json.dumps(failed) and marker(gw, ssn) in failed["response_body"]
+
+
 def test_tokens_in_the_url_and_agent_written_headers_never_reach_the_record(gw, issuer):
     """The agent's own token, or another JWT, as a path segment (an S3 key), and a JWT in the
     User-Agent: the record's URL and headers hold markers, the store's bytes none of the tokens."""

@@ -252,6 +252,9 @@ WHOLE_VALUES: dict[tuple[str, str], str] = {
 # record's ``NewImage``/``OldImage``, ..., so that one rule's path holds across every operation it
 # matches and an agent cannot read the attribute by another operation than the one the path names.
 ITEM_SERVICES = frozenset({"dynamodb", "dynamodbstreams"})
+# The direction of an error response, masked against its exception's shape: "error:<shape>".
+ERROR_DIRECTION = "error:"
+_JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"([^"\\]{1,256})"')
 ITEM_PATH_HEADS = frozenset({"Item", "Items"})
 NOT_ITEMS = frozenset({"AttributeValue", "ExpressionAttributeValueMap"})  # a value, not an item; placeholders
 
@@ -465,8 +468,20 @@ class ServiceShapes:
         key = (operation, direction)
         found = self._messages.get(key)
         if found is None:
-            found = self._messages[key] = self._message(operation, direction)
+            if direction.startswith(ERROR_DIRECTION):  # an error response: its error shape is the top
+                found = self._messages[key] = Message(direction[len(ERROR_DIRECTION):])
+            else:
+                found = self._messages[key] = self._message(operation, direction)
         return found
+
+    def error_shape(self, code: str | None) -> str | None:
+        """The exception shape an error code names (``com.amazonaws.dynamodb.v20120810#Name``,
+        ``Name:http://...``, ``Name``), or None when the model has no such exception."""
+        if not code:
+            return None
+        name = code.rsplit("#", 1)[-1].split(":", 1)[0].strip()
+        shape = self.shapes.get(name)
+        return name if shape and shape.get("type") == "structure" and shape.get("exception") else None
 
     def _message(self, operation: str, direction: str) -> Message:
         ref = self.operations[operation].get(direction) or {}
@@ -734,6 +749,22 @@ class Masker:
         top = shapes.message(operation, direction).top
         return [steps] + [where + steps[1:] for where in shapes.item_maps(top) if where + steps[1:] != steps]
 
+    def error_direction(self, call: Any, headers: list[tuple[str, str]], body: bytes | None) -> str | None:
+        """For a JSON error response, ``error:<its exception shape>`` when the service's model has
+        it (DynamoDB's ConditionalCheckFailedException carries the item it checked): the shape its
+        body is masked against, policy paths included. None otherwise (detectors only)."""
+        if getattr(call, "protocol", None) not in ("json", "rest-json"):
+            return None
+        shapes = self.service(getattr(call, "service", None))
+        if shapes is None:
+            return None
+        code = next((v for k, v in headers if k.lower() == "x-amzn-errortype"), None)
+        if code is None and body:
+            found = _JSON_ERROR_TYPE.search(body[:4096])
+            code = found.group(1).decode("ascii", "replace") if found else None
+        name = shapes.error_shape(code)
+        return ERROR_DIRECTION + name if name else None
+
     def plan(self, call: Any, direction: str, policy: tuple[str, ...], *, record: bool) -> tuple:
         """(service shapes, message, sensitive node, overlay) for the call, or Nones."""
         shapes = self.service(getattr(call, "service", None))
@@ -838,16 +869,24 @@ class Masker:
         headers = list(headers)
         part = Part()
         copy: AgentCopy | None = None
-        for_agent = bool(agent and policy and status < 300 and not streamed)
+        direction = "output"
+        if status >= 300:  # an error: masked against its exception's shape where the model has it
+            try:
+                direction = self.error_direction(call, headers, body) if not streamed else None
+            except Exception:  # noqa: BLE001 - detectors only
+                direction = None
+        for_agent = bool(agent and policy and direction is not None and not streamed)
         shared = _Shared() if for_agent else None  # a JSON body parsed once for both copies
         try:
             shapes, message, node, ov = self.plan(call, "output", policy, record=True)
             protocol = getattr(call, "protocol", None)
             part.headers = self._headers(headers, "response", shapes, message, node, ov, part.masked)
-            if status >= 300:  # an error: no output shape, detectors only
+            if direction is None:  # an error the model does not describe: detectors only
                 shapes = message = node = ov = None
+            elif direction != "output":
+                shapes, message, node, ov = self.plan(call, direction, policy, record=True)
             if for_agent and message is not None:
-                shared.overlay = self.plan(call, "output", policy, record=False)[3]
+                shared.overlay = self.plan(call, direction, policy, record=False)[3]
             if streamed:
                 part.note = "body streamed, not kept (its SHA-256 and size are)"
             elif body:
@@ -858,16 +897,17 @@ class Masker:
         if for_agent:
             try:
                 copy = self.agent_copy(call, headers=headers, body=body, policy=policy, content_type=content_type,
-                                       shared=shared)
+                                       shared=shared, direction=direction)
             except Exception as e:  # noqa: BLE001 - the agent gets no copy of what could not be masked
                 part.note = "; ".join(filter(None, [part.note, f"agent's copy not masked: {_reason(e)}"]))
                 copy = AgentCopy(withheld=_reason(e))
         return part, copy
 
     def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
-                   content_type: str = "", shared: _Shared | None = None) -> AgentCopy | None:
-        """The agent's copy of a response, masked at the policy paths only; None when nothing was."""
-        shapes, message, _, ov = self.plan(call, "output", policy, record=False)
+                   content_type: str = "", shared: _Shared | None = None, direction: str = "output") -> AgentCopy | None:
+        """The agent's copy of a response, masked at the policy paths only; None when nothing was.
+        ``direction``: "output", or an error's (``error_direction``)."""
+        shapes, message, _, ov = self.plan(call, direction, policy, record=False)
         if ov is None:
             return None
         copy = AgentCopy()
