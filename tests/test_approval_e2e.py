@@ -385,6 +385,22 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     shown = json.loads(gw.cli("approvals", "show", secret_id, "--json").stdout)
     assert shown["params"]["SecretId"] == "db-password"
     assert shown["params"]["SecretString"].startswith("agentgate:masked:") and "hunter2" not in json.dumps(shown)
+    # what an agent wrote prints as written: no markup read in it (a crash, or parameters hidden by
+    # [conceal]), no escape sequence acted on
+    agent = s3(gw, issuer.mint("agent-1"))
+    _, _, marked = held(lambda: agent.delete_object(Bucket=bucket, Key="q[/x]\x1b[8m\x9b"))
+    code, message, hiding = held(lambda: agent.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": "tmp/a.txt[conceal]"}, {"Key": "prod/db-backup.sql"}, {"Key": "[/conceal]tmp/b.txt"}]}))
+    assert hiding, (code, message)
+    colour = {"FORCE_COLOR": "1", "COLUMNS": "300"}
+    for args in (("approvals", "list", "--pending"), ("approvals", "show", marked), ("approvals", "show", hiding)):
+        p = gw.cli(*args, env=colour)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        assert "\x1b[8m" not in p.stdout and "\x9b" not in p.stdout
+    listed = gw.cli("approvals", "list", "--pending", env=colour).stdout
+    assert f"{bucket}/q[/x]\\x1b[8m\\x9b" in listed
+    shown = gw.cli("approvals", "show", hiding, env=colour).stdout
+    assert '"Key": "tmp/a.txt[conceal]"' in shown and '"Key": "prod/db-backup.sql"' in shown
 
 
 def test_an_approval_is_withdrawn_before_its_call_runs_and_access_commands_take_grants_only(short_hold, issuer,

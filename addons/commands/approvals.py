@@ -150,8 +150,9 @@ def _table(rows: list[Approval]) -> Table:
     table.add_column("expires (UTC)", no_wrap=True, min_width=19)
     for a in rows:
         who = a.principal + (f" (for {a.on_behalf_of})" if a.on_behalf_of else "")
-        table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), who, _what(a),
-                      "" if a.kind == "grant" else a.resource, "" if a.kind == "grant" else _params_line(a.params),
+        table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), _text(who), _text(_what(a)),
+                      "" if a.kind == "grant" else _text(a.resource),
+                      "" if a.kind == "grant" else _text(_params_line(a.params)),
                       _text(a.rule), _text(a.approver), _short_time(a.as_dict()["expires"]))
     return table
 

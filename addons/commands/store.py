@@ -89,16 +89,24 @@ def _key(key_file: str | None, db: str | None) -> bytes | None:
 
 
 def _console(wide: bool = False) -> Console:
-    """Rich output; a ``wide`` table off a terminal (a pipe, a file) gets the width its rows need."""
-    return Console(highlight=False, width=400 if wide and not sys.stdout.isatty() else None)
+    """Rich output; a ``wide`` table off a terminal (a pipe, a file) gets the width its rows need.
+    No markup: what it prints comes from the store, where agents wrote it (a key ``q[/x]`` or
+    ``[conceal]...`` must print as it is, not crash or hide the parameters after it)."""
+    return Console(highlight=False, markup=False, width=400 if wide and not sys.stdout.isatty() else None)
 
 
 def _short_time(iso: str | None) -> str:
     return "" if not iso else iso[:19].replace("T", " ")
 
 
+# control characters a terminal would act on (escape sequences, C1 controls), written out instead
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
+
+
 def _text(v: Any) -> str:
-    return "" if v is None else str(v)
+    """A stored value as a cell prints it: control characters written out, so that a value an
+    agent wrote cannot move the cursor, hide text or retitle the approver's terminal."""
+    return "" if v is None else str(v).translate(_CONTROLS)
 
 
 def _echo_json(value: Any) -> None:
