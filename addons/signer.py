@@ -70,6 +70,19 @@ def forwardable(call, decision, principal, released) -> bool:
     return decision.decision == "allow" or (decision.decision == "approve" and bool(released))
 
 
+def frame_for_http1(req: http.Request, streamed: bool) -> None:
+    """An HTTP/2 (or 3) request goes upstream as HTTP/1.1, where a body needs framing that HTTP/2
+    does not: mitmproxy sends the head as it is, so a body without Content-Length would be read
+    upstream as the start of another request (unsigned, undecided, unrecorded). A buffered body
+    gets its Content-Length, a streamed one chunked transfer coding (mitmproxy then chunks it)."""
+    if "content-length" in req.headers or "transfer-encoding" in req.headers:
+        return
+    if streamed:
+        req.headers["transfer-encoding"] = "chunked"
+    elif req.raw_content or req.method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE"):
+        req.headers["content-length"] = str(len(req.raw_content or b""))
+
+
 class Signer:
     def __init__(self, broker: CredentialBroker, upstream: str = "", upstream_timeout: float = 0.0) -> None:
         self.broker = broker
@@ -133,6 +146,8 @@ class Signer:
         req.path = signed.path + (f"?{signed.query}" if signed.query else "")
         if streamed:
             req.stream = BodyDigest(flow, signed.body_transform)
+        if req.is_http2 or req.is_http3:
+            frame_for_http1(req, streamed)
         if self.upstream is not None:
             req.scheme = self.upstream.scheme
             req.data.host = self.upstream.hostname or "127.0.0.1"

@@ -188,6 +188,41 @@ def test_http2_frames_mitmproxy_refuses_end_the_connection_and_are_recorded(gw, 
     assert "hunter2" not in json.dumps(r)  # a header value h2 quotes in its reason may be a credential
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed-put", "buffered-post"])
+def test_an_http2_body_without_a_length_reaches_upstream_as_one_framed_body(gw, issuer, upstream, streamed):
+    """HTTP/2 frames a body without Content-Length; upstream speaks HTTP/1.1, where a head without
+    one has no body: the body's bytes were read upstream as another request, unsigned, undecided
+    and unrecorded. The gateway frames it (Content-Length, or chunked when streamed): upstream gets
+    one request, with the body whole."""
+    from tests.support.raw import h2_request
+
+    smuggled = b"POST /moto-api/reset-auth HTTP/1.1\r\nHost: b.s3.amazonaws.com\r\nContent-Length: 3\r\n\r\ninf"
+    sub = f"agent-h2-framing-{'s' if streamed else 'b'}"
+    before_up, before_records = len(upstream.requests), len(gw.records())
+    if streamed:
+        host, method, path, body = "b.s3.amazonaws.com", "PUT", b"/innocent.txt", smuggled
+        head = {"x-amz-date": "20260101T000000Z", "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+                "authorization": "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/s3/aws4_request, "
+                                 "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + "0" * 64}
+    else:
+        host, method, path, body = "sts.amazonaws.com", "POST", b"/", BODY
+        head = dict(line.split(": ", 1) for line in request([CL]).split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])
+        head.pop("Content-Length")
+        head = {k.lower(): v for k, v in head.items()}
+    status, _, answer = h2_request(gw, issuer.mint(sub), host, method, path, head, body)
+    assert status == 200, answer[:300]
+    time.sleep(0.5)
+    got = forwarded(upstream, before_up)
+    assert [(m, p) for m, p, _ in got] == [(method, path.decode())], got
+    sent = {k.lower(): v for k, v in got[0][2]}
+    if streamed:
+        assert sent.get("transfer-encoding") == "chunked"
+    else:
+        assert sent.get("content-length") == str(len(BODY))
+    [r] = gw.records()[before_records:]
+    assert (r["principal"], r["outcome"], r["request_body_size"]) == (sub, "forwarded", len(body)), r
+
+
 def test_a_request_without_a_token_in_an_unauthenticated_tunnel_goes_nowhere(gw, upstream):
     """A CONNECT without proxy credentials opens a tunnel only to an AWS host; a request in it
     without the agent's token (transport B) is refused, and upstream sees nothing."""
