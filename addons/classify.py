@@ -21,12 +21,14 @@ class Classify:
             # it as `unknown` (denied unless a rule names it); service and operation stay recorded.
             call.action, call.access_level = "unknown", None
         flow.metadata[CALL] = call
-        if body is None and flow.metadata.get(STREAM) and (classifier.parameters_in_body(call) or (
-                call.operation is None and declares_body(req))):  # a query-protocol Action in the body, say
+        if body is None and flow.metadata.get(STREAM) and not classifier.body_is_data(call) and (
+                declares_body(req) or ((req.is_http2 or req.is_http3) and "content-length" not in req.headers)):
             # A declared payload hash lets a body stream past the stages, which suits data (an S3
             # object), not parameters: read without the body, the call would be decided, bound to
-            # an approval and recorded without them. So the body is read first (up to
-            # max_body_bytes), and this stage and the rest run again in ``request``.
+            # an approval and recorded without them, and a server may act on what is in it (an
+            # Action in a form body, a JSON body read as a form). So the body is read first (up to
+            # max_body_bytes), and this stage and the rest run again in ``request``. (An HTTP/2
+            # body is not declared by its head: one without Content-Length may follow.)
             flow.metadata[STREAM] = False
             return
         refusal = flow.metadata.get(REFUSAL)

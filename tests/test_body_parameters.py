@@ -53,6 +53,10 @@ rules:
     when: "length(resource[?starts_with(@, 'body-parameters/conf/')]) > `0`"
     decision: deny
     reason: configuration files are not read by agents
+  - id: tables-stay
+    action: dynamodb:DeleteTable
+    decision: deny
+    reason: tables are not deleted by agents
   - id: deleting-needs-sre
     action: s3:DeleteObject
     decision: approve
@@ -210,6 +214,33 @@ def test_a_query_call_that_declares_its_payload_hash_is_read_for_its_action(gw, 
     sts = client(gw, token, "sts", declare_hash=True)
     assert sts.get_caller_identity()["Arn"].endswith("/hashing-agent")
     assert record(gw, "hashing-agent", "sts:GetCallerIdentity")["outcome"] == "forwarded"
+
+
+def test_a_body_its_operation_has_no_member_for_is_read_not_streamed_past_the_stages(gw, issuer):
+    """DescribeLimits takes no input; under a declared payload hash its body streamed upstream
+    unread, and moto read an Action from it: DeleteTable ran under a DescribeLimits decision. Only
+    data (a streaming payload) streams now; this body is read, and refused for what it says."""
+    token = issuer.mint("limits-agent")
+    ddb = client(gw, token, "dynamodb")
+    table = "victim-of-a-streamed-body"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    sneaky = client(gw, token, "dynamodb")
+
+    def smuggle(request, **_):
+        request.data = json.dumps({"TableName": table, "x": "&Action=DeleteTable&"}).encode()
+        request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(request.data).hexdigest()
+    sneaky.meta.events.register("before-sign.dynamodb.DescribeLimits", smuggle)
+    code, message = refused(lambda: sneaky.describe_limits())
+    assert code == "AccessDenied" and "could not be classified" in message, message
+    assert table in ddb.list_tables()["TableNames"]  # nothing ran
+    rec = record(gw, "limits-agent", "unknown")
+    assert rec["operation"] == "DescribeLimits" and rec["outcome"] == "refused"
+    assert "body streamed" not in (rec["body_note"] or "")
+    # a body that is data still streams: an object upload (boto3 declares STREAMING-UNSIGNED-PAYLOAD-TRAILER)
+    s3 = client(gw, token, "s3")
+    s3.put_object(Bucket=BUCKET, Key="streamed/data.bin", Body=b"x" * 100_000)
+    assert "body streamed" in (record(gw, "limits-agent", "s3:PutObject")["body_note"] or "")
 
 
 def test_no_form_of_the_agents_token_reaches_the_store(gw, issuer):

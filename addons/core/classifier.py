@@ -1768,41 +1768,37 @@ def prepare(services: Iterable[str] = ()) -> None:
         classifier.routing(service).routes("GET")
 
 
-_body_parameters: dict[tuple[str, str, str], bool] = {}
+_body_is_data: dict[tuple[str, str, str], bool] = {}
 
 
-def parameters_in_body(call: Classification) -> bool:
-    """Whether ``call``'s operation carries input members in its request body, so that policy, an
-    approval's binding and the record need the body read before the call may go on. False where
-    the body is data (S3 PutObject's streaming ``Body``, an event stream), where there is no input,
-    and where all of it sits in the URI, query string and headers (an S3 GetObject); True for
-    every member of a json, query, ec2 or CBOR body and for a rest call's body members or
-    structure, string or blob payload (S3 DeleteObjects, PutBucketPolicy, Lambda Invoke). A call
-    not classified has nothing to read: False."""
+def body_is_data(call: Classification) -> bool:
+    """Whether ``call``'s body may stream past the stages under a declared payload hash: only where
+    it is data, not parameters: the operation's streaming payload (S3 PutObject's and UploadPart's
+    ``Body``, Glacier archives), an event stream, or the body of an invoked endpoint (a function
+    URL, an API), which is the customer's. Any other body is read first, so that policy, an
+    approval's binding and the record see what upstream will act on (also a body the operation has
+    no member for: a server may still read it, as moto read an Action from one). A call not
+    classified: False (its body is read)."""
     if not call.service or not call.operation or not call.protocol:
         return False
     key = (call.service, call.operation, call.protocol)
-    found = _body_parameters.get(key)
+    found = _body_is_data.get(key)
     if found is None:
-        found = _body_parameters[key] = _parameters_in_body(call.service, call.operation, call.protocol)
+        found = _body_is_data[key] = _data_body(call.service, call.operation)
     return found
 
 
-def _parameters_in_body(service: str, operation: str, protocol: str) -> bool:
+def _data_body(service: str, operation: str) -> bool:
     classifier = default_classifier()
     routing = classifier.routing(service) if service in classifier.catalogue.by_name else None
     if routing is None or operation not in routing.operations:
-        return False  # an invoked endpoint (a function URL, an API): its body is the customer's
+        return True  # an invoked endpoint (a function URL, an API): its body is the customer's
     model = routing.operation_model(operation)
     shape = model.input_shape
-    if model.has_event_stream_input or shape is None or not shape.members:
-        return False
-    if not protocol.startswith("rest-"):
+    if model.has_event_stream_input:
         return True
-    payload = shape.serialization.get("payload")
-    if payload:
-        return not is_streaming(shape.members[payload])
-    return any(not m.serialization.get("location") for m in shape.members.values())
+    payload = shape.serialization.get("payload") if shape is not None else None
+    return bool(payload) and is_streaming(shape.members[payload])
 
 
 def region_mismatch(scope: CredentialScope | None, host: str, region: str | None) -> str | None:
