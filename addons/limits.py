@@ -67,11 +67,12 @@ from mitmproxy.utils import human
 
 from . import failures
 from .core.awserrors import Refusal, guess_protocol
-from .stage import HELD, OVER_CAP, REFUSAL, SIGNED
+from .stage import BODY_DIGEST, HELD, OVER_CAP, REFUSAL, SIGNED
 
 log = logging.getLogger("agentgate.limits")
 
 _PASSED = "agentgate.limits.passed"  # _Over: a buffered response body past its cap, while it goes by
+_DISCARDED = "agentgate.limits.discarded"  # [sha256, size] of the body of a request answered before it came
 SLACK = 64 * 1024  # bytes past max_header_bytes a head may take before its reading stops
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11's ReceiveBuffer ends a head
 _OBS_FOLD = re.compile(rb"\n[ \t]")
@@ -222,7 +223,8 @@ def install() -> bool:
         from mitmproxy.proxy import commands, events
         from mitmproxy.proxy.layers.http import (ErrorCode, HttpStream, ReceiveHttp, RequestProtocolError,
                                                  ResponseProtocolError, SendHttp, _http1)
-        from mitmproxy.proxy.layers.http._events import RequestData, ResponseData, ResponseEndOfMessage
+        from mitmproxy.proxy.layers.http._events import (RequestData, RequestEndOfMessage, ResponseData,
+                                                           ResponseEndOfMessage)
         from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
     except ImportError as e:
         log.error("request size caps are not enforced inside mitmproxy (its layout changed: %s)", e)
@@ -310,12 +312,25 @@ def install() -> bool:
 
     @functools.wraps(consume)
     def capped_consume(self, event):
+        seen = None
+        if (self.flow.response is not None or self.flow.metadata.get(REFUSAL) is not None) and isinstance(
+                event, (RequestData, RequestEndOfMessage)):
+            # Refused before its body came (at its head: no token, a policy's deny): the body is
+            # not kept, only its SHA-256 and size for the record. mitmproxy would hold all of
+            # it (up to max_body_bytes a stream, 100 streams a connection) before answering, also for
+            # a client that never authenticated.
+            seen = self.flow.metadata.setdefault(_DISCARDED, [hashlib.sha256(), 0])
+            if isinstance(event, RequestEndOfMessage):
+                self.flow.metadata[BODY_DIGEST] = (seen[0].hexdigest(), seen[1])
+            else:
+                seen[0].update(event.data)
+                seen[1] += len(event.data)
         if isinstance(event, RequestData) and (cap := _option(self.context, "max_body_bytes")):
             declared = self.flow.request.headers.get("content-length", "")
             size = int(declared) if declared.isdigit() else 0
             over_declared = size > cap
             if not over_declared:
-                size = len(self.request_body_buf) + len(event.data)
+                size = seen[1] if seen is not None else len(self.request_body_buf) + len(event.data)
             if size > cap:
                 refusal = body_refusal(cap, size, over_declared, self.flow.metadata.get(REFUSAL))
                 self.flow.metadata[REFUSAL] = refusal
@@ -331,6 +346,8 @@ def install() -> bool:
                 self.client_state = self.state_errored
                 self.flow.live = False
                 return
+        if seen is not None and isinstance(event, RequestData):
+            return  # discarded
         yield from consume(self, event)
 
     @functools.wraps(consume_response)

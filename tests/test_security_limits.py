@@ -206,6 +206,36 @@ def test_a_refused_streamed_upload_is_not_buffered_whole(gw, issuer):
     assert r["url"].endswith("/refused.bin")
 
 
+def test_the_body_of_a_request_refused_at_its_head_is_not_held(tmp_path, issuer, moto):
+    """A request refused before its body came (here: no token in a tunnel opened without one, so
+    anyone who can reach the port can send it) has its body read and dropped, not held: mitmproxy
+    held all of it until it ended (up to max_body_bytes a stream, 100 streams a connection), so
+    unauthenticated clients could fill the gateway's memory. The record keeps its SHA-256 and size."""
+    import hashlib
+
+    body = secrets.token_bytes(48 << 20)
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as g:
+        time.sleep(1)
+        before = _peak_rss_mb(g.proc.pid)
+        tls = tunnel(g, None, "dynamodb.us-east-1.amazonaws.com")
+        head = (b"POST / HTTP/1.1\r\nHost: dynamodb.us-east-1.amazonaws.com\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n"
+                b"Content-Type: application/x-amz-json-1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
+        tls.sendall(head)
+        for i in range(0, len(body), 1 << 20):
+            part = body[i:i + (1 << 20)]
+            tls.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        tls.sendall(b"0\r\n\r\n")
+        answer = read_answer(tls)
+        tls.close()
+        assert answer.startswith(b"HTTP/1.1 403") and b"no token" in answer, answer[:300]
+        grew = _peak_rss_mb(g.proc.pid) - before
+        assert grew < 24, f"the gateway's peak memory grew by {grew:.0f} MB for a refused 48 MB body"
+        [r] = [r for r in g.records() if r["rule"] == "agentgate:auth"]
+        assert (r["request_body_size"], r["request_body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+        assert r["request_body"] is None
+
+
 def _peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
