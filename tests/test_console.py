@@ -58,19 +58,42 @@ def test_the_api_refuses_strangers_and_cross_site_posts(gw, issuer):
         admin = (gw.home / "keys" / "admin.token").read_text().strip()
         r = c.post("/api/login", json={"token": admin})
         assert r.status_code == 200 and r.json()["me"]["sub"] == "agentgate:admin"
-        cookie = r.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie
-        assert c.get("/api/state").status_code == 200  # the cookie signs the next requests in
+        # a console session, not the token, and no cookie (one set for 127.0.0.1 reaches every port)
+        session = r.json()["session"]
+        assert "set-cookie" not in r.headers and admin not in session and session.startswith("agentgate-console-")
+        signed_in = {"authorization": f"Bearer {session}"}
+        assert c.get("/api/state").status_code == 401  # nothing rides along by itself
+        assert c.get("/api/state", headers=signed_in).json()["me"]["sub"] == "agentgate:admin"
         r = c.post("/api/approvals/ap-000000000000/approve", content=b"reason=x",
-                   headers={"content-type": "application/x-www-form-urlencoded"})
+                   headers={**signed_in, "content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 415
-        r = c.post("/api/approvals/ap-000000000000/approve", json={})
+        r = c.post("/api/approvals/ap-000000000000/approve", json={}, headers=signed_in)
         assert r.status_code == 404 and "there is no approval" in r.json()["error"]
-        r = c.post("/api/approvals/ap-000000000000/deny", json={})
+        r = c.post("/api/approvals/ap-000000000000/deny", json={}, headers=signed_in)
         assert r.status_code in (400, 404)
-        c.post("/api/logout", json={})
-        c.cookies.clear()
-        assert c.get("/api/state").status_code == 401
+        forged = session[:-4] + ("AAAA" if not session.endswith("AAAA") else "BBBB")
+        r = c.get("/api/state", headers={"authorization": f"Bearer {forged}"})
+        assert r.status_code == 401 and "not one this gateway signed" in r.json()["error"]
+        c.post("/api/logout", json={}, headers=signed_in)
+        r = c.get("/api/state", headers=signed_in)
+        assert r.status_code == 401 and "ended" in r.json()["error"]
+        alice = c.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()
+        assert alice["me"]["sub"] == "alice"
+        assert c.get("/api/state", headers={"authorization": f"Bearer {alice['session']}"}).status_code == 200
+        # bodies: capped before they are read, and JSON nested past the parser's depth is bad input
+        r = c.post("/api/login", content=b'{"token": "' + b"x" * 200_000 + b'"}',
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "over 65536 bytes" in r.json()["error"]
+        r = c.post("/api/login", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    # the session is the console's: the proxy does not take it
+    import urllib.request
+
+    proxied = urllib.request.build_opener(urllib.request.ProxyHandler(
+        {"https": f"http://agent:{alice['session']}@127.0.0.1:{gw.port}"}))
+    with pytest.raises(OSError) as e:
+        proxied.open("https://sts.amazonaws.com/", timeout=10)
+    assert "407" in str(e.value)
 
 
 def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
@@ -81,6 +104,8 @@ def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
         page.click("#login-form button")
         page.wait_for_selector("#app:not([hidden])")
         assert "signed in as alice" in page.inner_text("#me")
+        assert page.context.cookies() == []  # nothing a page on another port of this host could be sent
+        assert page.evaluate("sessionStorage.getItem('agentgate-console-session')").startswith("agentgate-console-")
 
         # the page is open before the call: the call's card appears without a reload
         client = s3(gw, issuer.mint("agent-1", act="bob"), max_pool_connections=4)

@@ -9,22 +9,35 @@ duties (core.approvals), the same as the command line.
 
 HTTP API (JSON; every refusal is a 4xx with ``{"error": ...}``):
 
-    POST /api/login {token}             sets an HttpOnly, SameSite=Strict cookie
-    POST /api/logout
+    POST /api/login {token}             {me, session}: a console session, not the token
+    POST /api/logout                    ends the session it is sent with
     GET  /api/state                     {me, pending, decided, calls}
     GET  /api/approvals/{id}            one approval and the calls recorded under it
     POST /api/approvals/{id}/approve    {reason?}
     POST /api/approvals/{id}/deny       {reason}
 
-Requests authenticate with the cookie or ``Authorization: Bearer <token>``. Requests that change
-something must send ``Content-Type: application/json`` (a cross-site form cannot).
+Requests authenticate with ``Authorization: Bearer <session or token>``: the session ``login``
+hands out (the page keeps it in the tab's sessionStorage, which no other origin, another port on
+the same host included, can read), or an approver's OIDC token or the admin token themselves (for
+scripts). No cookie: a cookie set for 127.0.0.1 goes to every port of the host, so any page an
+agent serves on loopback would get it. A session is signed with a key derived from the admin token
+(``keys/admin.token``, which every worker reads), names the approver and expires with their token
+or after SESSION_LIFETIME; it is good for the console only, never for the proxy. Requests that
+change something must send ``Content-Type: application/json`` (a cross-site form cannot), and a
+request body over MAX_BODY is refused before it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -42,8 +55,9 @@ from ..core.store import StoreError
 
 log = logging.getLogger("agentgate.console")
 
-COOKIE = "agentgate_console"
-ADMIN_SESSION = 12 * 3600  # seconds a console sign-in with the admin token lasts
+SESSION_PREFIX = "agentgate-console-session."
+SESSION_LIFETIME = 8 * 3600  # seconds a console sign-in lasts at most (less when the token expires sooner)
+MAX_BODY = 64 * 1024  # bytes of a request body the console reads
 PAGE = Path(__file__).with_name("page.html")
 CALL_FIELDS = ("id", "time", "principal", "on_behalf_of", "action", "resource", "decision", "rule", "outcome",
                "status", "approval_id", "approver", "latency_ms")
@@ -58,7 +72,61 @@ def _bearer(request: Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE) or None
+    return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class Sessions:
+    """Console sessions: signed statements of who signed in, until when; no token inside."""
+
+    def __init__(self, admin_token: bytes | None) -> None:
+        seed = admin_token.strip() if admin_token else secrets.token_bytes(32)  # without one: this process only
+        self.key = hmac.new(seed, b"agentgate console sessions", hashlib.sha256).digest()
+        self.ended: dict[str, float] = {}  # nonce -> its session's end, for sessions signed out here
+
+    def issue(self, principal: Any, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        statement = {"sub": principal.sub, "iss": principal.iss, "aud": list(principal.aud),
+                     "groups": list(principal.groups), "on_behalf_of": principal.on_behalf_of,
+                     "claims": dict(principal.claims), "n": secrets.token_hex(8),
+                     "exp": min(principal.exp, now + SESSION_LIFETIME)}
+        data = _b64(json.dumps(statement, separators=(",", ":"), default=str).encode())
+        return SESSION_PREFIX + data + "." + _b64(hmac.new(self.key, data.encode(), hashlib.sha256).digest())
+
+    def _statement(self, session: str) -> dict[str, Any] | None:
+        data, _, mac = session[len(SESSION_PREFIX):].partition(".")
+        expected = _b64(hmac.new(self.key, data.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(mac.encode(), expected.encode()):
+            return None
+        try:
+            statement = json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+        except ValueError:
+            return None
+        return statement if isinstance(statement, dict) else None
+
+    def principal(self, session: str, now: float | None = None) -> tuple[Any, str]:
+        """(principal, "") for a session this console signed that has not ended; (None, why)."""
+        from ..core.identity import Principal
+
+        now = time.time() if now is None else now
+        s = self._statement(session)
+        if s is None:
+            return None, "the console session is not one this gateway signed: sign in again"
+        if s["exp"] <= now or s["n"] in self.ended:
+            return None, "the console session has ended: sign in again"
+        return Principal(sub=s["sub"], iss=s["iss"], aud=tuple(s["aud"]), groups=tuple(s["groups"]),
+                         on_behalf_of=s["on_behalf_of"], exp=s["exp"], claims=s["claims"]), ""
+
+    def end(self, session: str, now: float | None = None) -> None:
+        s = self._statement(session)
+        if s is None:
+            return
+        now = time.time() if now is None else now
+        self.ended = {n: t for n, t in self.ended.items() if t > now}
+        self.ended[s["n"]] = s["exp"]
 
 
 def _call_summary(c: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +143,7 @@ class Console:
         self.validator = validator
         self.admin_token = admin_token
         self.may_view = may_view or (lambda principal: False)
+        self.sessions = Sessions(admin_token)
         self.notifier = notifier
         self.calls_shown = calls_shown
         self.app = Starlette(routes=[
@@ -93,6 +162,11 @@ class Console:
         """(principal, "") for a token that may use the console, else (None, why not)."""
         if not token:
             return None, "sign in with an approver's OIDC token or the local admin token (keys/admin.token)"
+        if token.startswith(SESSION_PREFIX):
+            principal, why = self.sessions.principal(token)
+            if principal is not None and not is_admin(principal) and not self.may_view(principal):
+                return None, f"{principal.sub} is no longer an approver"
+            return principal, why
         if admin_token_matches(token, self.admin_token):
             return admin_principal(), ""
         if self.validator is None or token.count(".") != 2:
@@ -134,9 +208,17 @@ class Console:
     async def _body(self, request: Request) -> tuple[dict[str, Any], JSONResponse | None]:
         if (refused := self._json_body_required(request)) is not None:
             return {}, refused
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return {}, _error(413, f"the body is over {MAX_BODY} bytes")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                return {}, _error(413, f"the body is over {MAX_BODY} bytes")
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             return {}, _error(400, "the body is not JSON")
         if not isinstance(body, dict):
             return {}, _error(400, "the body must be a JSON object")
@@ -150,16 +232,16 @@ class Console:
         principal, why = await self._principal(token)
         if principal is None:
             return _error(401, why)
-        response = JSONResponse({"me": self._me(principal)})
-        exp = principal.exp if not is_admin(principal) else time.time() + ADMIN_SESSION
-        response.set_cookie(COOKIE, token, max_age=max(1, int(exp - time.time())), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
-        return response
+        if not is_admin(principal):
+            principal = dataclasses.replace(principal, exp=min(principal.exp, time.time() + SESSION_LIFETIME))
+        return JSONResponse({"me": self._me(principal), "session": self.sessions.issue(principal)},
+                            headers={"cache-control": "no-store"})
 
     async def logout(self, request: Request) -> Response:
-        response = JSONResponse({"ok": True})
-        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
-        return response
+        token = _bearer(request)
+        if token and token.startswith(SESSION_PREFIX):
+            self.sessions.end(token)
+        return JSONResponse({"ok": True})
 
     @staticmethod
     def _me(principal: Any) -> dict[str, Any]:
