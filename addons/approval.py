@@ -43,7 +43,7 @@ def pending_message(a: ApprovalInfo, console_url: str = "", restarting: bool = F
     lasts = f", and an approval lasts {duration_text(a.duration)} from when it is given" if a.duration else ""
     return (f"{_what(a)} needs a human approval ({rule}: {a.request_reason}). {why}Approval {a.id} is pending: "
             f"an approver ({describe_approvers(a.approvers)}) approves it with "
-            f"`agentgate approvals approve {a.id}`{where}; then retry this same call. It waits for a decision "
+            f"`agentgate approvals approve {a.id} --token-file <their token>`{where}; then retry this same call. It waits for a decision "
             f"until {_when(a)}{lasts}")
 
 

@@ -35,11 +35,11 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
     if a.kind == "grant":
         what = f"access as {a.role} for {duration_text(a.duration)}"
         why = f"reason: {a.request_reason}"
-        command = f"agentgate access approve {a.id}"
+        command = f"agentgate access approve {a.id} --token-file <your token>"
     else:
         what = f"{a.action} on {a.resource}"
         why = f"rule {a.rule}: {a.request_reason}"
-        command = f"agentgate approvals approve {a.id}"
+        command = f"agentgate approvals approve {a.id} --token-file <your token>"
     if event == "requested":
         head = f"Approval {a.id}: {who} asks for {what}"
         # what exactly: two calls on one resource differ in their parameters (a governance bypass, a

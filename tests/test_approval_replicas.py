@@ -57,7 +57,7 @@ def test_a_call_held_on_one_replica_is_released_by_the_other_and_by_the_cli(repl
 
     t, result = held_on(a, client, "via-cli")
     asked = wait_for(lambda: [x for x in pending(a) if x["resources"] == [f"{BUCKET}/via-cli"]])[0]
-    b.cli("approvals", "approve", asked["id"], "--db", url)
+    b.cli("approvals", "approve", asked["id"], "--admin", "--db", url)
     decided = time.time()
     t.join(10)
     assert result["status"] == 204

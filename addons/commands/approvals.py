@@ -2,8 +2,8 @@
 ``agentgate access request|list|approve|deny|revoke``.
 
 Who acts: the principal of ``--token-file F`` (or ``AGENTGATE_TOKEN_FILE``), an OIDC token
-validated like an agent's; without one, the local admin, when ``keys/admin.token`` (written by
-``agentgate init``) can be read. Approvals live in the store, so a decision made here releases a
+validated like an agent's; or, with ``--admin`` (never implied), the local admin, when
+``keys/admin.token`` (written by ``agentgate init``) can be read. Approvals live in the store, so a decision made here releases a
 call held by any gateway on that store within a second.
 
 Errors are one line on stderr: exit 1 when the store or the rules say no, 2 for bad input.
@@ -32,7 +32,10 @@ limit_option = click.option("--limit", type=click.IntRange(min=1), default=100, 
                             help="At most this many, newest first.")
 token_option = click.option(
     "--token-file", metavar="FILE", default=None, envvar="AGENTGATE_TOKEN_FILE",
-    help="Your OIDC token (default: AGENTGATE_TOKEN_FILE; without it, the local admin token keys/admin.token).")
+    help="Your OIDC token (default: AGENTGATE_TOKEN_FILE).")
+admin_option = click.option(
+    "--admin", is_flag=True, default=False,
+    help="Act as the local admin (keys/admin.token), who may decide any approval; never implied.")
 
 
 def _settings(db: str | None) -> Settings:
@@ -93,8 +96,12 @@ def _validate(settings: Settings, token: str) -> Any:
         raise click.ClickException(f"your token was refused: {e.reason}") from None
 
 
-def _identity(settings: Settings, token_file: str | None, *, admin_allowed: bool = True) -> Any:
-    """The principal acting: the OIDC token in ``token_file``, else the local admin."""
+def _identity(settings: Settings, token_file: str | None, *, admin: bool = False, admin_allowed: bool = True) -> Any:
+    """The principal acting: the OIDC token in ``token_file``, or the local admin when asked for
+    (``--admin``). Never the admin by default: an agent that runs as the gateway's user, reading an
+    ApprovalPending error that names the command, must not approve its own call by running it."""
+    if token_file and admin:
+        raise BadInput("give --token-file F or --admin, not both")
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
@@ -108,10 +115,12 @@ def _identity(settings: Settings, token_file: str | None, *, admin_allowed: bool
         return _validate(settings, token)
     if not admin_allowed:
         raise BadInput("give --token-file F (or AGENTGATE_TOKEN_FILE): the principal's own OIDC token")
-    admin = Path(settings.keys) / "admin.token"
-    if not os.access(admin, os.R_OK):
-        raise BadInput(f"give --token-file F (an approver's OIDC token, or AGENTGATE_TOKEN_FILE), or run where the "
-                       f"local admin token {admin} can be read")
+    path = Path(settings.keys) / "admin.token"
+    if not admin:
+        raise BadInput("give --token-file F (your OIDC token, or AGENTGATE_TOKEN_FILE), or --admin to act as the "
+                       f"local admin ({path})")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"--admin: the local admin token {path} cannot be read here")
     return admin_principal()
 
 
@@ -235,11 +244,11 @@ def _of_kind(a: Approval, grants: bool) -> None:
 
 
 def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str | None, db: str | None,
-            grants: bool = False) -> None:
+            grants: bool = False, admin: bool = False) -> None:
     settings = _settings(db)
     if not approve and not (reason or "").strip():
         raise BadInput("--reason is required to deny: the agent's error shows it")
-    approver = _identity(settings, token_file)
+    approver = _identity(settings, token_file, admin=admin)
     with _approvals(settings, grants) as approvals:
         _of_kind(approvals.require(approval_id), grants)
         a = approvals.decide(approval_id, approver, approve=approve, reason=reason, channel="cli")
@@ -285,30 +294,36 @@ def approvals_show(approval_id: str, db: str | None, as_json: bool) -> None:
 @click.argument("approval_id", metavar="ID")
 @click.option("--reason", default=None, help="Why; kept with the approval.")
 @token_option
+@admin_option
 @db_option
-def approvals_approve(approval_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+def approvals_approve(approval_id: str, reason: str | None, token_file: str | None, db: str | None,
+                      admin: bool) -> None:
     """Approve a pending call (or access grant): the held call goes on, or its retry, once."""
-    _decide(approval_id, True, reason, token_file, db)
+    _decide(approval_id, True, reason, token_file, db, admin=admin)
 
 
 @approvals.command("deny")
 @click.argument("approval_id", metavar="ID")
 @click.option("--reason", required=True, help="Why; the agent's error shows it.")
 @token_option
+@admin_option
 @db_option
-def approvals_deny(approval_id: str, reason: str, token_file: str | None, db: str | None) -> None:
+def approvals_deny(approval_id: str, reason: str, token_file: str | None, db: str | None,
+                   admin: bool) -> None:
     """Deny a pending call (or access grant): the agent gets ApprovalDenied with the reason."""
-    _decide(approval_id, False, reason, token_file, db)
+    _decide(approval_id, False, reason, token_file, db, admin=admin)
 
 
 @approvals.command("revoke")
 @click.argument("approval_id", metavar="ID")
 @click.option("--reason", default=None, help="Why; kept with the approval.")
 @token_option
+@admin_option
 @db_option
-def approvals_revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+def approvals_revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None,
+                     admin: bool) -> None:
     """Withdraw an approval its call has not used yet (a retry then asks anew), or end an access grant."""
-    _revoke(approval_id, reason, token_file, db, grants=False)
+    _revoke(approval_id, reason, token_file, db, grants=False, admin=admin)
 
 
 # -- access grants ----------------------------------------------------------------------------------
@@ -387,35 +402,42 @@ def access_show(grant_id: str, db: str | None, as_json: bool) -> None:
 @click.argument("grant_id", metavar="ID")
 @click.option("--reason", default=None, help="Why; kept with the grant.")
 @token_option
+@admin_option
 @db_option
-def access_approve(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+def access_approve(grant_id: str, reason: str | None, token_file: str | None, db: str | None,
+                   admin: bool) -> None:
     """Approve an access request: the grant starts now and lasts what was asked."""
-    _decide(grant_id, True, reason, token_file, db, grants=True)
+    _decide(grant_id, True, reason, token_file, db, grants=True, admin=admin)
 
 
 @access.command("deny")
 @click.argument("grant_id", metavar="ID")
 @click.option("--reason", required=True, help="Why.")
 @token_option
+@admin_option
 @db_option
-def access_deny(grant_id: str, reason: str, token_file: str | None, db: str | None) -> None:
+def access_deny(grant_id: str, reason: str, token_file: str | None, db: str | None,
+                admin: bool) -> None:
     """Deny an access request."""
-    _decide(grant_id, False, reason, token_file, db, grants=True)
+    _decide(grant_id, False, reason, token_file, db, grants=True, admin=admin)
 
 
 @access.command("revoke")
 @click.argument("grant_id", metavar="ID")
 @click.option("--reason", default=None, help="Why; kept with the grant.")
 @token_option
+@admin_option
 @db_option
-def access_revoke(grant_id: str, reason: str | None, token_file: str | None, db: str | None) -> None:
+def access_revoke(grant_id: str, reason: str | None, token_file: str | None, db: str | None,
+                  admin: bool) -> None:
     """End an access grant now (its grantee, an approver, or the local admin)."""
-    _revoke(grant_id, reason, token_file, db, grants=True)
+    _revoke(grant_id, reason, token_file, db, grants=True, admin=admin)
 
 
-def _revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None, grants: bool) -> None:
+def _revoke(approval_id: str, reason: str | None, token_file: str | None, db: str | None, grants: bool,
+            admin: bool = False) -> None:
     settings = _settings(db)
-    by = _identity(settings, token_file)
+    by = _identity(settings, token_file, admin=admin)
     with _approvals(settings, grants=grants) as store:
         _of_kind(store.require(approval_id), grants)
         a = store.revoke(approval_id, by, reason=reason, channel="cli")
