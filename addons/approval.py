@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
 from .core.approvals import Approval as ApprovalInfo
-from .core.approvals import ApprovalError, Approvals, describe_approvers, duration_text
+from .core.approvals import ApprovalError, Approvals, Unvouched, describe_approvers, duration_text
 from .core.awserrors import Refusal
 from .core.store import StoreError
 from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RELEASED, answer, due
@@ -101,6 +101,11 @@ class Approval:
         try:
             asked = await asyncio.to_thread(self.approvals.ask, principal=principal, decision=decision, call=call,
                                             shown=shown)
+        except Unvouched as e:
+            if e.approval is not None:
+                flow.metadata[APPROVAL] = e.approval
+            self._refuse(flow, "AccessDenied", f"{call.action} needs a human approval, and {e}", e.approval)
+            return
         except (StoreError, ApprovalError) as e:
             log.error("cannot hold %s for %s: %s", call.action, principal.sub, e)
             self._refuse(flow, "ServiceUnavailable", f"{call.action} needs a human approval, and agentgate cannot "
@@ -142,6 +147,9 @@ class Approval:
         if state == "approved":
             try:
                 taken = await asyncio.to_thread(self.approvals.take, got.id)
+            except Unvouched as e:
+                self._refuse(flow, "AccessDenied", f"{a.action} needs a human approval, and {e}", got)
+                return
             except (StoreError, ApprovalError) as e:
                 self._refuse(flow, "ServiceUnavailable", f"approval {got.id} was granted, but agentgate cannot reach "
                              f"its approvals to use it ({e}); retry this same call shortly", got, status=503)

@@ -364,6 +364,36 @@ def test_who_may_approve(short_hold, issuer, bucket):
     assert rec["approver"] == "agentgate:admin" and rec["principal"] == "agent-3" and rec["on_behalf_of"] == "dave"
 
 
+def test_an_approval_forged_in_the_store_releases_nothing(short_hold, issuer, bucket):
+    """Whoever can write the store but not read the chain key sets a pending approval to approved,
+    with an event hashed like the gateway's but not keyed: the agent's retry is refused, not
+    released, and says why; `agentgate verify` reports the decision."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from addons.core.approvals import Approvals
+    from addons.core.models import Approval as ApprovalRow
+    from addons.core.store import Store
+
+    gw = short_hold
+    client = s3(gw, issuer.mint("agent-forger"))
+    _, _, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="forged"))
+    store = Store(f"sqlite:///{gw.db_path}", chain_key=None)
+    keyless = Approvals(store)
+    now = dt.datetime.now(dt.timezone.utc)
+    with keyless._changing() as conn:
+        conn.execute(update(ApprovalRow).where(ApprovalRow.id == approval_id).values(
+            status="approved", approver="alice", decided=now, channel="console", reason="INC-2291 cleanup"))
+        keyless._event(conn, approval_id, "approved", now, actor="alice", reason="INC-2291 cleanup", channel="console")
+    store.engine.dispose()
+    code, message, _ = held(lambda: client.delete_object(Bucket=bucket, Key="forged"))
+    assert code == "AccessDenied" and f"approval {approval_id} is not vouched for by the chain key" in message
+    assert [r["outcome"] for r in record_of(gw, approval_id)] == ["held", "refused"]
+    p = gw.cli("verify", check=False)
+    assert p.returncode == 1 and "a decision without a MAC of the chain key" in p.stderr
+
+
 def test_approvals_list_and_show(short_hold, issuer, bucket):
     gw = short_hold
     p = gw.cli("approvals", "show", "ap-000000000000", check=False)

@@ -158,13 +158,16 @@ def test_a_rewrite_recomputed_without_the_key_is_caught_by_the_mac(db_url):
     problems = verify(db_url, KEY).problems
     assert problems and all("its MAC does not verify with the chain key: forged or altered" in p for p in problems)
     assert len(problems) == 5
-    # without MACs the rewrite reads as written without the key: nothing vouches for it
+    # without MACs the rewrite reads as written without the key: nothing vouches for it, and a
+    # decision without one is reported
     with sql(db_url).begin() as c:
         c.execute(update(ApprovalEvent).values(mac=None))
     result = verify(db_url, KEY)
-    assert result.ok and result.notes == [
-        f"approval events 1-5 after the last keyed one, so unanchored; written without the chain key by "
-        f"{events(db_url)[0]['writer']} (5)"]
+    writer = events(db_url)[0]["writer"]
+    assert not result.ok and len(result.problems) == 2
+    assert all(f"a decision without a MAC of the chain key (written by {writer})" in p for p in result.problems)
+    assert result.notes == [f"approval events 1-5 after the last keyed one, so unanchored; written without the "
+                            f"chain key by {writer} (5)"]
 
 
 def test_an_approval_written_outside_agentgate_has_no_event(db_url):
@@ -180,19 +183,43 @@ def test_an_approval_written_outside_agentgate_has_no_event(db_url):
         "were deleted"]
 
 
-def test_a_decision_without_the_key_is_unanchored_until_a_keyed_event_follows(db_url):
+def test_a_decision_without_the_key_is_refused_and_one_forged_releases_nothing(db_url):
+    """Where the store's events are keyed, a decision is made only with the chain key; one written
+    without it (what plain SQL can do: the row set to approved, an event hashed but not keyed) is
+    released on by no gateway holding the key, even once a keyed event follows it in the chain,
+    and `verify` reports it."""
+    from addons.core.approvals import ApprovalError, Unvouched
+
     approvals = _approvals(db_url)
     a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-9")).approval
     keyless = _approvals(db_url, key=None)  # a CLI on a machine without the gateway's keys
-    keyless.decide(a.id, SRE, approve=False, reason="no")
+    with pytest.raises(ApprovalError, match="keyed with the chain key, which cannot be read here"):
+        keyless.decide(a.id, SRE, approve=True)
+    with pytest.raises(ApprovalError, match="keyed with the chain key"):
+        keyless.revoke(a.id, SRE)
+    now = dt.datetime.now(UTC)
+    with keyless._changing() as conn:
+        conn.execute(update(ApprovalRow).where(ApprovalRow.id == a.id).values(
+            status="approved", approver="alice", decided=now, channel="console", reason="INC-2291"))
+        keyless._event(conn, a.id, "approved", now, actor="alice", reason="INC-2291", channel="console")
+    with pytest.raises(Unvouched, match="its latest event \\(approved, seq 2\\) carries no valid MAC"):
+        approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-9"))
+    with pytest.raises(Unvouched):
+        approvals.take(a.id)
+    assert approvals.get(a.id).status == "approved"  # nothing used
+    approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-10"))  # a keyed event follows it
     result = verify(db_url, KEY)
-    assert result.ok and result.notes == [
-        f"approval event 2 after the last keyed one, so unanchored; written without the chain key by "
-        f"{keyless.writer} (1)"]
-    approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-10"))
-    result = verify(db_url, KEY)
-    assert result.ok and result.notes == [] and result.approval_events == 3
+    assert not result.ok and result.problems == [
+        f"approval event 2 (approved of {a.id}): a decision without a MAC of the chain key (written by "
+        f"{keyless.writer}): nothing vouches that an approver made it"]
     assert verify(db_url, None).notes == ["no chain key given, so the approval events' MACs were not checked"]
+    # a store whose events were never keyed (a deployment without keys) still takes keyless decisions
+    plain = _approvals(db_url.replace("a.db", "b.db"), key=None) if db_url.startswith("sqlite") else None
+    if plain is not None:
+        b = plain.ask(principal=AGENT, decision=decision(), call=terminate("i-11")).approval
+        plain.decide(b.id, SRE, approve=True)
+        assert plain.take(b.id) is not None
+        plain.engine.dispose()
     approvals.engine.dispose()
     keyless.engine.dispose()
 

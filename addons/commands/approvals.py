@@ -47,8 +47,8 @@ def _settings(db: str | None) -> Settings:
 
 def _chain_key(settings: Settings) -> bytes | None:
     """The chain key, where this machine holds it (the gateway's keys directory): it keys the
-    approval events a decision here appends. Without it they are written unkeyed, and `agentgate
-    verify` reports them as unanchored until a keyed event follows."""
+    approval events a decision here appends. Without it no decision is made on a store whose
+    events are keyed (core.approvals refuses it: a gateway would release nothing on it)."""
     try:
         return load_chain_key(chain_key_path(settings.keys))
     except StoreError as e:

@@ -86,6 +86,15 @@ class Refused(ApprovalError):
     """The approver may not do this (not an approver, separation of duties, already decided)."""
 
 
+class Unvouched(ApprovalError):
+    """An approval whose decision no event keyed with the chain key vouches for (written into the
+    store by someone without the key): a gateway holding the key releases nothing on it."""
+
+    def __init__(self, message: str, approval: "Approval | None" = None) -> None:
+        super().__init__(message)
+        self.approval = approval
+
+
 # ---------------------------------------------------------------------------------------------
 # What a call asks for
 
@@ -508,6 +517,7 @@ class Approvals:
         c = self.table.c
         if a.status == "approved":
             if a.state(now) == "approved":
+                self._require_vouched(conn, a.id, a)
                 taken = conn.execute(update(self.table).where(
                     c.id == a.id, c.status == "approved", c.expires > now).values(status="used", used=now)).rowcount
                 if taken == 1:
@@ -524,6 +534,52 @@ class Approvals:
         if a.status == "denied" and a.expires is not None and a.expires > now:
             return Asked(a, "denied")
         return None
+
+    def _require_key(self) -> None:
+        """A decision is written with the chain key where the store's approval events are keyed: a
+        gateway holding the key releases nothing on one written without it (``_require_vouched``)."""
+        if self.chain_key:
+            return
+        e = ApprovalEvent.__table__.c
+        try:
+            with self.engine.connect() as conn:
+                keyed = conn.execute(select(e.seq).where(e.mac.is_not(None)).limit(1)).first() is not None
+        except SQLAlchemyError as err:
+            raise self._unavailable(err) from None
+        if keyed:
+            raise ApprovalError("this store's approval events are keyed with the chain key, which cannot be read "
+                                "here (keys/chain.key): a decision written without it would release nothing; "
+                                "decide where the key can be read (the gateway's host) or in the console")
+
+    def _require_vouched(self, conn: Any, approval_id: str, approval: "Approval | None" = None) -> None:
+        """(With the chain key.) Unvouched unless the approval's latest event carries the key's MAC,
+        its content matches its hash, and the row reads as that event left it: an approval forged
+        in the store (a row set to approved, with an event hashed but not keyed) releases nothing,
+        also not once a keyed event of the gateway's would follow it."""
+        if not self.chain_key:
+            return
+        e = ApprovalEvent.__table__
+        event = conn.execute(select(e).where(e.c.approval_id == approval_id).order_by(e.c.seq.desc()).limit(1)).first()
+        row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+        why = None
+        if event is None:
+            why = "no event records it"
+        else:
+            m = event._mapping
+            if not m["mac"] or not hmac.compare_digest(
+                    chain.event_mac(self.chain_key, seq=m["seq"], event_hash=m["hash"]), m["mac"]):
+                why = f"its latest event ({m['event']}, seq {m['seq']}) carries no valid MAC of the chain key"
+            elif chain.record_hash({k: v for k, v in m.items() if k != "mac"}) != m["hash"]:
+                why = f"its latest event ({m['event']}, seq {m['seq']}) does not match its hash"
+            elif row is None or chain.approval_state_hash(row._mapping) != m["state_hash"]:
+                why = "its row does not read as its latest event left it"
+        if why is not None:
+            log.warning("approval %s is not vouched for by the chain key (%s): nothing is released on it",
+                        approval_id, why)
+            raise Unvouched(f"approval {approval_id} is not vouched for by the chain key: {why}; it was not "
+                            "decided by a console or CLI holding the key, so nothing is released on it; "
+                            "run `agentgate verify` and decide it again where keys/chain.key can be read",
+                            approval)
 
     def _expire(self, conn: Any, a: Approval, now: dt.datetime) -> None:
         c = self.table.c
@@ -581,6 +637,7 @@ class Approvals:
         c = self.table.c
         try:
             with self._changing() as conn:
+                self._require_vouched(conn, approval_id)
                 taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved",
                                                               c.expires > now).values(status="used", used=now)).rowcount
                 if taken == 1:
@@ -599,6 +656,7 @@ class Approvals:
         reason = (reason or "").strip() or None
         if not approve and not reason:
             raise ApprovalError("a denial needs a reason: the agent's error shows it")
+        self._require_key()
         a = self.require(approval_id)
         state = a.state(now)
         if state != "pending":
@@ -680,6 +738,7 @@ class Approvals:
         retry of the call then asks anew). The grantee (the requester), the local admin, or anyone
         who may approve it may."""
         now = now or _now()
+        self._require_key()
         a = self.require(grant_id)
         what = "access grant" if a.kind == "grant" else "approval"
         state = a.state(now)

@@ -191,6 +191,10 @@ def approval_state_hash(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(b"agentgate approval\n" + canonical(row)).hexdigest()
 
 
+# approval events that record an approver's decision
+DECISIONS = ("approved", "denied", "revoked")
+
+
 def event_mac(key: bytes, *, seq: int, event_hash: str) -> str:
     """HMAC-SHA256 of an approval event's place in its chain: it vouches for every event up to it."""
     statement = {"seq": seq, "event_hash": event_hash}
@@ -517,6 +521,11 @@ class ApprovalEventCheck:
         elif not row["mac"] and row["event"] != "existing":
             writer = row["writer"] or "(unnamed)"
             self._unkeyed[writer] = self._unkeyed.get(writer, 0) + 1
+            if self.key is not None and row["event"] in DECISIONS:
+                # a keyed event after it would anchor it in the chain, but vouches for nothing an
+                # approver did: consoles and CLIs that decide hold the key where the store is keyed
+                issues.append(f"a decision without a MAC of the chain key (written by {writer}): nothing vouches "
+                              "that an approver made it")
         if issues:
             self.problems.append(f"{_event(row)}: " + "; ".join(issues))
         self.events += 1
