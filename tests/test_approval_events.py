@@ -213,6 +213,16 @@ def test_a_decision_without_the_key_is_refused_and_one_forged_releases_nothing(d
         f"approval event 2 (approved of {a.id}): a decision without a MAC of the chain key (written by "
         f"{keyless.writer}): nothing vouches that an approver made it"]
     assert verify(db_url, None).notes == ["no chain key given, so the approval events' MACs were not checked"]
+    # an access grant forged so lets no principal run as its role
+    contractor = principal("contractor-8", groups=("contractors",))
+    g = approvals.request_grant(contractor, role_arn=ROLE.role_arn, role_id="agents", duration=600,
+                                reason="incident 43", approvers={"groups": ["sre"]}).approval
+    with keyless._changing() as conn:
+        conn.execute(update(ApprovalRow).where(ApprovalRow.id == g.id).values(
+            status="approved", approver="alice", decided=now, expires=now + dt.timedelta(minutes=10)))
+        keyless._event(conn, g.id, "approved", now, actor="alice", channel="console")
+    assert [x.id for x in keyless.active_grants()] == [g.id]  # as the store reads without the key
+    assert approvals.active_grants() == []  # as a gateway holding the key takes it
     # a store whose events were never keyed (a deployment without keys) still takes keyless decisions
     plain = _approvals(db_url.replace("a.db", "b.db"), key=None) if db_url.startswith("sqlite") else None
     if plain is not None:

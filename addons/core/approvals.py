@@ -378,6 +378,7 @@ class Approvals:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.chain_key = store.chain_key
+        self._unvouched: set[str] = set()  # grants found unvouched, warned about once
         self.writer = store.writer_id
         self.engine = store.engine
         self.where = store.where
@@ -551,7 +552,8 @@ class Approvals:
                                 "here (keys/chain.key): a decision written without it would release nothing; "
                                 "decide where the key can be read (the gateway's host) or in the console")
 
-    def _require_vouched(self, conn: Any, approval_id: str, approval: "Approval | None" = None) -> None:
+    def _require_vouched(self, conn: Any, approval_id: str, approval: "Approval | None" = None,
+                         quiet: bool = False) -> None:
         """(With the chain key.) Unvouched unless the approval's latest event carries the key's MAC,
         its content matches its hash, and the row reads as that event left it: an approval forged
         in the store (a row set to approved, with an event hashed but not keyed) releases nothing,
@@ -574,8 +576,9 @@ class Approvals:
             elif row is None or chain.approval_state_hash(row._mapping) != m["state_hash"]:
                 why = "its row does not read as its latest event left it"
         if why is not None:
-            log.warning("approval %s is not vouched for by the chain key (%s): nothing is released on it",
-                        approval_id, why)
+            if not quiet:
+                log.warning("approval %s is not vouched for by the chain key (%s): nothing is released on it",
+                            approval_id, why)
             raise Unvouched(f"approval {approval_id} is not vouched for by the chain key: {why}; it was not "
                             "decided by a console or CLI holding the key, so nothing is released on it; "
                             "run `agentgate verify` and decide it again where keys/chain.key can be read",
@@ -769,7 +772,24 @@ class Approvals:
         return self.require(grant_id)
 
     def active_grants(self, now: dt.datetime | None = None) -> list[Approval]:
-        return self.list(kind="grant", active=True, limit=None, now=now)
+        """The access grants in force; with the chain key, only those whose latest event it vouches
+        for (a grant forged in the store, like an approval, lets no principal run as its role)."""
+        grants = self.list(kind="grant", active=True, limit=None, now=now)
+        if not self.chain_key or not grants:
+            return grants
+        vouched = []
+        try:
+            with self.engine.connect() as conn:
+                for g in grants:
+                    try:
+                        self._require_vouched(conn, g.id, g, quiet=g.id in self._unvouched)
+                    except Unvouched:
+                        self._unvouched.add(g.id)
+                        continue
+                    vouched.append(g)
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        return vouched
 
     def grant_for(self, principal: Any, now: dt.datetime | None = None) -> Approval | None:
         """The access grant in force for ``principal`` (the latest approved), from memory: the
