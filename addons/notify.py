@@ -28,29 +28,36 @@ TIMEOUT = 5.0
 MAX_PENDING = 1000  # messages in flight; beyond, new ones are dropped (and logged)
 
 
+def _esc(value: Any) -> str:
+    """Text for Slack's mrkdwn: ``&``, ``<`` and ``>`` escaped as Slack asks, so that what an agent
+    wrote (a key, a parameter, a reason) cannot become a link (``<https://...|Open in console>``) or a
+    mention (``<!channel>``) in the approvers' channel."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
     """The webhook's JSON for an approval that was ``requested`` or ``decided``."""
-    who = a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
+    who = _esc(a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else ""))
     link = f"{console_url.rstrip('/')}/#{a.id}" if console_url else ""
     if a.kind == "grant":
-        what = f"access as {a.role} for {duration_text(a.duration)}"
-        why = f"reason: {a.request_reason}"
-        command = f"agentgate access approve {a.id} --token-file <your token>"
+        what = _esc(f"access as {a.role} for {duration_text(a.duration)}")
+        why = _esc(f"reason: {a.request_reason}")
+        command = _esc(f"agentgate access approve {a.id} --token-file <your token>")
     else:
-        what = f"{a.action} on {a.resource}"
-        why = f"rule {a.rule}: {a.request_reason}"
-        command = f"agentgate approvals approve {a.id} --token-file <your token>"
+        what = _esc(f"{a.action} on {a.resource}")
+        why = _esc(f"rule {a.rule}: {a.request_reason}")
+        command = _esc(f"agentgate approvals approve {a.id} --token-file <your token>")
     if event == "requested":
         head = f"Approval {a.id}: {who} asks for {what}"
         # what exactly: two calls on one resource differ in their parameters (a governance bypass, a
         # version), and an approver reading only this message must see which one is asked for
-        params = "" if a.kind == "grant" else f"\nParameters: `{_params_text(a.params)}`"
-        detail = (f"{why}{params}\nApprovers: {describe_approvers(a.approvers)}\nApprove: `{command}`"
+        params = "" if a.kind == "grant" else f"\nParameters: `{_esc(_params_text(a.params))}`"
+        detail = (f"{why}{params}\nApprovers: {_esc(describe_approvers(a.approvers))}\nApprove: `{command}`"
                   + (f"\nConsole: {link}" if link else ""))
     else:
         state = a.state()
-        head = f"Approval {a.id} {state} by {a.approver} ({a.channel}): {who}, {what}"
-        detail = f"reason: {a.reason}" if a.reason else ""
+        head = f"Approval {a.id} {state} by {_esc(a.approver)} ({_esc(a.channel)}): {who}, {what}"
+        detail = f"reason: {_esc(a.reason)}" if a.reason else ""
     text = head + ("\n" + detail if detail else "")
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}}]
     if detail:

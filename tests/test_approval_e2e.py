@@ -478,6 +478,13 @@ def test_approvers_are_told_through_the_webhook_with_retries_off_the_calls_path(
     approve(gw, issuer, approval_id)  # the command line tells the webhook too
     decided = wait_for(lambda: [p for p in webhook.about(approval_id, "decided") if p[1] == 200], timeout=10)
     assert "approved by alice" in decided[0][2]["text"]
+    # what an agent wrote cannot ping the channel or become a link in it
+    sly = "x <!channel> <https://evil.example/approve|Open in console>"
+    _, _, sly_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key=sly))
+    body = wait_for(lambda: [p for p in webhook.about(sly_id) if p[1] == 200], timeout=10)[0][2]
+    texts = [body["text"]] + [b["text"]["text"] for b in body["blocks"]]
+    assert all("<!channel>" not in t and "<https://evil" not in t for t in texts), texts
+    assert "&lt;!channel&gt; &lt;https://evil.example/approve|Open in console&gt;" in body["text"]
 
 
 # -- load ----------------------------------------------------------------------------------------------------
