@@ -70,6 +70,9 @@ SHAPES = [
      b"bare LF", True),
     ("chunk-size-overflow", request([b"Transfer-Encoding: chunked"], b"1" + b"0" * 20 + b"\r\nxx\r\n0\r\n\r\n"),
      b"chunked framing is malformed", True),
+    # trailer fields after a chunked body: mitmproxy 12 raised, its handler died, and nothing was recorded
+    ("trailer-fields", request([b"Transfer-Encoding: chunked"], b"%x\r\n%s\r\n0\r\nX-Amz-Target: x\r\n\r\n"
+                               % (len(BODY), BODY)), b"trailer fields", True),
 ]
 
 
