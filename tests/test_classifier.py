@@ -339,6 +339,21 @@ def test_smithy_rpc_v2_cbor():
     assert request["body"][:1] == b"\xa1"  # a map of one pair: make it two, naming maxResults again
     doubled = run(dict(request, body=b"\xa2" + request["body"][1:] + request["body"][1:]))
     assert "key 'maxResults' given more than once in one map" in doubled.error, doubled.error
+    # named first with a null (which botocore's reader drops), then with a value: still two readings
+    key = request["body"][1:].split(b"\x05")[0]  # text(10) "maxResults", then the integer 5
+    null_first = run(dict(request, body=b"\xa2" + key + b"\xf6" + request["body"][1:]))
+    assert "key 'maxResults' given more than once in one map" in null_first.error, null_first.error
+    assert run(dict(request, body=b"\xa1" + key + b"\xf6")).params == {}  # a null alone is no value
+
+
+def test_a_json_call_on_another_path_than_the_root_is_ambiguous():
+    """Every json operation's request URI is "/": an X-Amz-Target sent to an RPC v2 path (or any
+    other) could be routed by that path to another operation by a server that reads both."""
+    got = capture("dynamodb", "describe_limits")
+    assert run(got).operation == "DescribeLimits"
+    for path in ("/service/DynamoDB_20120810/operation/DeleteTable", "/anything/else"):
+        other = run(dict(got, path=path))
+        assert other.action == "unknown" and "the request is ambiguous" in other.error, other.error
 
 
 def test_gzip_compressed_body():

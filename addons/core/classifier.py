@@ -869,13 +869,27 @@ def _cbor_parser_class() -> Any:
     from botocore.parsers import RpcV2CBORParser
 
     class OneValuePerKey(RpcV2CBORParser):
-        def _parse_key_value_pair(self, stream: Any, items: dict) -> None:
-            key = self.parse_data_item(stream)
-            value = self.parse_data_item(stream)
-            if key in items:
-                raise ValueError(f"key {str(key)[:100]!r} given more than once in one map: the request is ambiguous")
-            if value is not None:
-                items[key] = value
+        def _parse_map(self, stream: Any, additional_info: int) -> dict:
+            items: dict = {}
+            seen: set = set()  # every key named, a null's too: {"a": null, "a": [...]} is two readings
+
+            def pair() -> None:
+                key = self.parse_data_item(stream)
+                value = self.parse_data_item(stream)
+                if key in seen:
+                    raise ValueError(f"key {str(key)[:100]!r} given more than once in one map: the request is "
+                                     "ambiguous")
+                seen.add(key)
+                if value is not None:
+                    items[key] = value
+
+            if additional_info != self.INDEFINITE_ITEM_ADDITIONAL_INFO:
+                for _ in range(self._parse_unsigned_integer(stream, additional_info)):
+                    pair()
+            else:
+                while not self._handle_break_code(stream):
+                    pair()
+            return items
 
     return OneValuePerKey
 
@@ -1497,6 +1511,11 @@ class Classifier:
         """Find the operation; returns why not as a string when it cannot."""
         target = request.headers.get("x-amz-target")
         if target:
+            if request.path not in ("/", ""):
+                # every json operation's request URI is "/": another path is for a server that routes
+                # by path (an RPC v2 /service/<S>/operation/<Op>, say), which may run another operation
+                return (f"X-Amz-Target names {target[:100]!r} and the path is {request.path[:100]!r}, not '/': "
+                        "the request is ambiguous")
             return self.resolve_target(target, candidates)
         rpc = SMITHY_RPC_PATH_RE.match(request.path)
         if rpc and any("smithy-rpc-v2-cbor" in e.protocols for e in candidates):
