@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
 from .core.approvals import Approval as ApprovalInfo
-from .core.approvals import ApprovalError, Approvals, Unvouched, describe_approvers, duration_text
+from .core.approvals import ApprovalError, Approvals, TooManyPending, Unvouched, describe_approvers, duration_text
 from .core.awserrors import Refusal
 from .core.store import StoreError
 from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RELEASED, answer, due
@@ -101,6 +101,10 @@ class Approval:
         try:
             asked = await asyncio.to_thread(self.approvals.ask, principal=principal, decision=decision, call=call,
                                             shown=shown)
+        except TooManyPending as e:
+            self._refuse(flow, "TooManyPendingApprovals", f"{call.action} needs a human approval, and {e}", None,
+                         status=400)
+            return
         except Unvouched as e:
             if e.approval is not None:
                 flow.metadata[APPROVAL] = e.approval

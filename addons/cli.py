@@ -81,6 +81,7 @@ allow_hosts = []                         # non-AWS hosts tunnelled untouched, e.
 # max_url_bytes = 16384                  # a longer URL: 414
 # max_body_bytes = 104857600             # a body read into memory (no declared payload hash) larger than this: 413
 approval_hold = 20
+# max_pending_approvals = 20             # approvals one principal may have pending at once; more asks are refused
 durability = "sync"                      # "async" trades the commit-before-answer guarantee for latency
 sqlite_synchronous = "normal"            # "full": a committed record also survives a power loss (SQLite; slower)
 # store_writer = "process"               # the store's writer in a process of its own (more calls/s, ~50 MB more)

@@ -222,7 +222,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
                                    leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, refresh_margin=settings.credential_refresh_margin)
 
-    approvals = Approvals(store)
+    approvals = Approvals(store, max_pending=settings.max_pending_approvals)
     notifier = None
     if settings.webhook_url:
         from .notify import Notifier

@@ -46,6 +46,7 @@ class Settings:
     max_url_bytes: int = 16 * 1024  # a request URL longer than this is refused (414)
     max_body_bytes: int = 100 * 1024 * 1024  # a request body read into memory (not streamed) larger is refused (413); a buffered response, answered 502
     approval_hold: float = 20.0
+    max_pending_approvals: int = 20  # approvals one principal may have pending at once; more calls needing one are refused
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
     commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused
@@ -91,6 +92,8 @@ class Settings:
                                 f"not {s.oidc_issuer!r}")
         if not s.approval_hold >= 0:
             raise SettingsError(f"approval_hold must be a number of seconds, 0 or more, not {s.approval_hold!r}")
+        if not s.max_pending_approvals >= 1:
+            raise SettingsError(f"max_pending_approvals must be 1 or more, not {s.max_pending_approvals!r}")
         parse_hostport(s.listen, "listen")
         if not 0 <= s.busy_poll_us <= MAX_BUSY_POLL_US:
             raise SettingsError(f"busy_poll_us must be a number of microseconds from 0 to {MAX_BUSY_POLL_US}, "

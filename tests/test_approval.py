@@ -154,6 +154,24 @@ def test_an_approval_not_yet_used_can_be_withdrawn_and_its_call_then_asks_anew(a
         approvals.revoke(retry.approval.id, SRE)
 
 
+def test_one_principal_has_at_most_max_pending_approvals_pending(approvals):
+    """A flood of distinct asks from one agent stops at max_pending: the next one is refused (not
+    held), while a retry of a pending call still joins its approval, another principal still asks,
+    and a decision makes room again."""
+    from addons.core.approvals import TooManyPending
+
+    approvals.max_pending = 3
+    asked = [approvals.ask(principal=AGENT, decision=decision(), call=terminate(f"i-flood-{n}")).approval
+             for n in range(3)]
+    with pytest.raises(TooManyPending, match="agent-1 has 3 approvals pending, as many as one principal may"):
+        approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-flood-3"))
+    assert approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-flood-0")).approval.id == asked[0].id
+    other = principal("agent-2")
+    assert approvals.ask(principal=other, decision=decision(), call=terminate("i-flood-3")).state == "pending"
+    approvals.decide(asked[0].id, SRE, approve=False, reason="no")
+    assert approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-flood-3")).state == "pending"
+
+
 def test_settled_approvals_come_latest_decision_first(approvals):
     t0 = dt.datetime.now(UTC)
     first = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-a"), now=t0)

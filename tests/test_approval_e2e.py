@@ -394,6 +394,23 @@ def test_an_approval_forged_in_the_store_releases_nothing(short_hold, issuer, bu
     assert p.returncode == 1 and "a decision without a MAC of the chain key" in p.stderr
 
 
+def test_a_principal_past_its_pending_approvals_is_refused_not_held(tmp_path, issuer, moto, bucket):
+    gw = start_gateway(tmp_path / "gw", issuer, moto, approval_hold=0.2, max_pending_approvals=2)
+    try:
+        client = s3(gw, issuer.mint("agent-flood"))
+        codes = [held(lambda k=k: client.delete_object(Bucket=bucket, Key=f"flood-{k}"))[0] for k in range(3)]
+        assert codes[:2] == ["ApprovalPending"] * 2
+        code, message, _ = held(lambda: client.delete_object(Bucket=bucket, Key="flood-2"))
+        assert code == "TooManyPendingApprovals" and "agent-flood has 2 approvals pending" in message
+        assert held(lambda: client.delete_object(Bucket=bucket, Key="flood-0"))[0] == "ApprovalPending"  # a retry
+        assert held(lambda: s3(gw, issuer.mint("agent-calm")).delete_object(Bucket=bucket, Key="calm"))[0] == \
+            "ApprovalPending"
+        refused = [r for r in gw.records() if r["principal"] == "agent-flood" and r["status"] == 400]
+        assert len(refused) == 2 and all(r["outcome"] == "refused" for r in refused)
+    finally:
+        gw.stop()
+
+
 def test_approvals_list_and_show(short_hold, issuer, bucket):
     gw = short_hold
     p = gw.cli("approvals", "show", "ap-000000000000", check=False)

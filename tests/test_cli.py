@@ -107,6 +107,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run", "--db", "nope"], {}, "'nope' is not a database URL: use sqlite:///PATH or postgresql+psycopg://"),
         (["run"], {"AGENTGATE_OIDC_ISSUER": "notaurl"}, "oidc_issuer must be the issuer's URL"),
         (["run"], {"AGENTGATE_APPROVAL_HOLD": "-5"}, "approval_hold must be a number of seconds, 0 or more, not -5"),
+        (["run"], {"AGENTGATE_MAX_PENDING_APPROVALS": "0"}, "max_pending_approvals must be 1 or more, not 0"),
         (["env", "--gateway", "http://gw:8080"], {}, "must be HOST:PORT (a host name or address, no scheme)"),
         (["env", "--region", "us-east-1\ncredential_process = /bin/evil"], {}, "must be an AWS region name"),
         (["run"], {"AGENTGATE_DB": "mysql://x@127.0.0.1/db"}, "the store must be SQLite or PostgreSQL, not 'mysql'"),

@@ -86,6 +86,10 @@ class Refused(ApprovalError):
     """The approver may not do this (not an approver, separation of duties, already decided)."""
 
 
+class TooManyPending(ApprovalError):
+    """A principal has as many approvals pending as one may (``Approvals.max_pending``)."""
+
+
 class Unvouched(ApprovalError):
     """An approval whose decision no event keyed with the chain key vouches for (written into the
     store by someone without the key): a gateway holding the key releases nothing on it."""
@@ -368,6 +372,9 @@ def duration_text(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
+MAX_PENDING = 20  # approvals one principal may have pending at once (the setting max_pending_approvals)
+
+
 def _new_id(kind: str) -> str:
     return ("gr-" if kind == "grant" else "ap-") + secrets.token_hex(6)
 
@@ -375,8 +382,9 @@ def _new_id(kind: str) -> str:
 class Approvals:
     """Approvals in a store (``core.store.Store``): ask, decide, take, wait, and access grants."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, max_pending: int = MAX_PENDING) -> None:
         self.store = store
+        self.max_pending = max_pending
         self.chain_key = store.chain_key
         self._unvouched: set[str] = set()  # grants found unvouched, warned about once
         self.writer = store.writer_id
@@ -471,6 +479,7 @@ class Approvals:
                         outcome = self._settle(conn, found, now)
                         if outcome is not None:
                             return outcome
+                    self._room_for(conn, principal, now)
                     duration = int(decision.expires or 900)
                     row = {
                         "id": _new_id("call"), "kind": "call", "binding_hash": h, "rule": decision.rule,
@@ -489,6 +498,17 @@ class Approvals:
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
         raise ApprovalError(f"could not settle the approval for {call.action}: the store kept changing under it")
+
+    def _room_for(self, conn: Any, principal: Any, now: dt.datetime) -> None:
+        """TooManyPending when ``principal`` has ``max_pending`` approvals pending already: one agent's
+        flood of distinct asks would bury everyone else's in the console and the lists."""
+        c = self.table.c
+        pending = conn.execute(select(func.count()).select_from(self.table).where(
+            c.principal == principal.sub, c.issuer == principal.iss, c.status == "pending", c.expires > now)).scalar()
+        if pending >= self.max_pending:
+            raise TooManyPending(f"{principal.sub} has {pending} approvals pending, as many as one principal may "
+                                 f"(max_pending_approvals): this call is not held; wait for decisions on those, or "
+                                 "ask an approver")
 
     def _insert(self, row: dict[str, Any], channel: str) -> bool:
         """Open a pending approval; False when one is already pending for its hash (another call,
