@@ -4,10 +4,15 @@ earlier stage is answered here, once the protocol of the error is known."""
 
 from __future__ import annotations
 
+import asyncio
+
 from mitmproxy import http
 
 from .core import classifier
 from .stage import CALL, HOST, REFUSAL, STREAM, answer, declares_body, due, header_pairs, lowered
+
+
+OFF_LOOP_OVER = 256 * 1024  # bytes: a larger body is classified in a worker thread, off the event loop
 
 
 class Classify:
@@ -39,6 +44,12 @@ class Classify:
         if due(flow, "requestheaders"):
             self._run(flow, None)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow):
         if due(flow, "request"):
-            self._run(flow, flow.request.raw_content)
+            body = flow.request.raw_content
+            if body is not None and len(body) > OFF_LOOP_OVER:
+                # reading a large body's parameters (a form of a million list items) takes seconds,
+                # during which the event loop would serve no one else
+                return asyncio.to_thread(self._run, flow, body)
+            self._run(flow, body)
+        return None

@@ -7,6 +7,7 @@ works, and a refused one is not buffered whole."""
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import socket
 import ssl
@@ -234,6 +235,23 @@ def test_the_body_of_a_request_refused_at_its_head_is_not_held(tmp_path, issuer,
         [r] = [r for r in g.records() if r["rule"] == "agentgate:auth"]
         assert (r["request_body_size"], r["request_body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
         assert r["request_body"] is None
+
+
+def test_parameters_too_large_to_keep_are_recorded_as_their_digest(tmp_path, issuer, moto):
+    """A form of tens of thousands of list items is decided on whole (policy and an approval's
+    binding read every item), classified off the event loop, and recorded as its parameters'
+    SHA-256 and size once their JSON passes body_cap: the store does not take megabytes a call."""
+    ids = [f"i-{n:017x}" for n in range(20_000)]
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, settings={"body_cap": 64 * 1024},
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as g:
+        ec2 = client(g, issuer.mint("agent-many-ids"), "ec2")
+        with pytest.raises(botocore.exceptions.ClientError):
+            ec2.describe_instances(InstanceIds=ids)  # moto knows none of them
+        [r] = [r for r in g.records() if r["principal"] == "agent-many-ids"]
+        params = json.loads(r["params"]) if isinstance(r["params"], str) else r["params"]
+        assert set(params) == {"agentgate:not-kept", "sha256", "size"}, str(params)[:300]
+        assert params["size"] > 64 * 1024 and "over body_cap (65536)" in params["agentgate:not-kept"]
+        assert r["truncated"] and r["action"] == "ec2:DescribeInstances" and r["decision"] == "allow"
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -331,6 +331,21 @@ def _capped(body: Any, cap: int) -> tuple[str | None, bool]:
     return chain.clean_str(raw[:cap].decode("utf-8", "ignore")), True
 
 
+def _capped_params(params: Any, record: Record, cap: int) -> Any:
+    """A call's parameters as the record keeps them: whole, or, when their JSON passes ``cap``
+    bytes (a form of a million list items), their SHA-256 and size (policy and the approval's
+    binding had them whole). Only encoded to be measured when the request was large enough to hold
+    that much."""
+    size = max(getattr(record, "request_body_size", None) or 0, len(getattr(record, "url", None) or ""))
+    if params is None or size * 6 < cap:  # JSON's escapes write a byte as at most six
+        return params
+    text = chain.json_text(params).encode("utf-8")
+    if len(text) <= cap:
+        return params
+    return {"agentgate:not-kept": f"the parameters took {len(text)} bytes as JSON, over body_cap ({cap})",
+            "sha256": hashlib.sha256(text).hexdigest(), "size": len(text)}
+
+
 def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     """The calls row of a Record, without its chain fields: values every database keeps exactly."""
     row: dict[str, Any] = {}
@@ -346,7 +361,8 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     row["time"] = chain.from_epoch(float(record.time if record.time is not None else time.time()))
     row["groups"] = chain.jsonable(list(record.groups or []))
     row["resources"] = chain.jsonable(list(record.resources or []))
-    row["params"] = chain.jsonable(record.params)
+    params = chain.jsonable(record.params)
+    row["params"] = _capped_params(params, record, body_cap)
     row["masked"] = chain.jsonable(list(getattr(record, "masked", None) or []))
     row["request_headers"] = _headers(record.request_headers)
     row["response_headers"] = _headers(record.response_headers)
@@ -355,7 +371,8 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     request_body, cut_request = _capped(getattr(record, "request_body", None), body_cap)
     response_body, cut_response = _capped(getattr(record, "response_body", None), body_cap)
     row["request_body"], row["response_body"] = request_body, response_body
-    row["truncated"] = bool(getattr(record, "truncated", False)) or cut_request or cut_response
+    row["truncated"] = (bool(getattr(record, "truncated", False)) or cut_request or cut_response
+                        or row["params"] is not params)
     return row
 
 
