@@ -328,6 +328,23 @@ def test_compose_gateway_uses_postgresql_and_shares_the_ca_certificate_alone():
     assert any(p.endswith(":8080") for p in gateway.get("ports", []))
 
 
+def test_compose_agents_reach_the_gateway_and_nothing_else():
+    """The agent's networks are internal (no way out but the gateway) and shared with no service
+    but the gateway: not PostgreSQL, whose network is internal too."""
+    c = compose()
+    services, networks = c["services"], c.get("networks") or {}
+    (gateway_name,) = [n for n, s in services.items() if "build" in s]
+    for name, s in compose_agents().items():
+        nets = set(s.get("networks") or ["default"])
+        assert nets and all(networks.get(n, {}).get("internal") for n in nets), (name, nets)
+        for other, o in services.items():
+            if other not in (name, gateway_name):
+                assert not nets & set(o.get("networks") or ["default"]), f"{name} shares a network with {other}"
+        assert nets <= set(services[gateway_name]["networks"]), name
+    db_nets = set(services["db"]["networks"])
+    assert all(networks[n].get("internal") for n in db_nets)
+
+
 @pytest.fixture(scope="module")
 def printed_compose(home, tmp_path_factory) -> Printed:
     return Printed(home, tmp_path_factory.mktemp("env-compose"), "gateway:8080")
