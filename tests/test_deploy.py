@@ -486,6 +486,23 @@ def test_kubernetes_manifests_parse_and_refer_to_each_other(home):
         assert p["targetPort"] in ports or p["targetPort"] in ports.values()
 
 
+def test_kubernetes_agents_may_reach_only_the_gateways_proxy_port_and_dns():
+    (policy,) = k8s_get("NetworkPolicy", namespace="agents")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {} and spec["policyTypes"] == ["Egress"]  # every agent pod, all egress
+    (deployment,) = k8s_get("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    proxy = [r for r in spec["egress"] if any(p["port"] != 53 for p in r["ports"])]
+    (rule,) = proxy
+    (peer,) = rule["to"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": deployment["metadata"]["namespace"]}
+    assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"]: p["containerPort"] for c in pod_spec(deployment)["containers"] for p in c.get("ports", [])}
+    assert [p["port"] for p in rule["ports"]] == [ports["proxy"]]
+    others = [r for r in spec["egress"] if r is not rule]
+    assert all(p["port"] == 53 for r in others for p in r["ports"])  # DNS, and nothing else
+
+
 def gateway_container() -> tuple[dict, dict]:
     (deployment,) = k8s_get("Deployment")
     (container,) = pod_spec(deployment)["containers"]
