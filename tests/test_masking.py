@@ -28,7 +28,8 @@ from mitmproxy.test import taddons, tflow
 from addons.core import detectors, masking
 from addons.core.classifier import Classification
 from addons.core.policy import Decision
-from addons.core.masking import CURATED, MARKER_RE, Masker, checksum_headers, parse_path
+from addons.core.masking import (AGENT_MARKER, CURATED, MARKER_PREFIX, MARKER_RE, Masker, checksum_headers,
+                                 parse_path)
 from addons.core.records import Record
 from tests.support.bombs import bomb
 from tests.support.bounds import HANG
@@ -41,6 +42,17 @@ LOADER = botocore.loaders.create_loader()
 def fp(value: bytes | str, key: bytes = KEY) -> str:
     data = value.encode() if isinstance(value, str) else value
     return "agentgate:masked:hmac-" + hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+
+
+# what the agent's copy holds where a value is masked: one fixed marker, no fingerprint
+AGENT_B64 = base64.b64encode(AGENT_MARKER.encode()).decode()  # a blob's
+AGENT_ITEM = {"S": AGENT_MARKER}  # a DynamoDB attribute value's
+
+
+def fingerprint_free(copy: bytes | str) -> bool:
+    """Does the agent's copy hold no fingerprint marker, as text or base64 (a blob's)?"""
+    text = copy.decode("latin-1") if isinstance(copy, bytes) else copy
+    return MARKER_PREFIX not in text and base64.b64encode(MARKER_PREFIX.encode()).decode()[:24] not in text
 
 
 def call(service: str, operation: str, protocol: str | None = None, **kw) -> Classification:
@@ -187,11 +199,33 @@ def test_secrets_manager_record_and_agent_copy():
     record = json.loads(part.body)
     assert record["SecretString"] == fp('{"password": "hunter2"}') and record["Name"] == "db"
     assert "hunter2" not in part.body
+    assert base64.b64decode(record["SecretBinary"]).decode() == fp(b"\x00bin")
     parsed = parse("secretsmanager", "GetSecretValue", agent.body)
-    assert parsed["SecretString"] == fp('{"password": "hunter2"}')
-    assert parsed["SecretBinary"] == fp(b"\x00bin").encode()  # valid base64, decoded by the SDK
+    assert parsed["SecretString"] == AGENT_MARKER
+    assert parsed["SecretBinary"] == AGENT_MARKER.encode()  # valid base64, decoded by the SDK
+    assert fingerprint_free(agent.body) and "hunter2" not in agent.body.decode()
     assert parsed["CreatedDate"].year >= 2023
     assert agent.masked == {("agent", "SecretString", "policy"): 1, ("agent", "SecretBinary", "policy"): 1}
+
+
+def test_the_agents_copy_does_not_tell_two_secrets_apart():
+    """Two different secrets in one answer: the agent reads AGENT_MARKER for both, and no
+    fingerprint (which would tell it whether they are equal, or confirm a guess it wrote); the
+    record keeps a fingerprint for each, and they differ."""
+    m = Masker(KEY)
+    body = json.dumps({"SecretValues": [{"Name": "db", "SecretString": "db-pa55word"},
+                                        {"Name": "api", "SecretString": "api-t0ken"}]}).encode()
+    c = call("secretsmanager", "BatchGetSecretValue")
+    policy = ("SecretValues[].SecretString",)
+    part, agent = m.response(c, status=200, body=body, policy=policy)
+    for copy in (agent, m.agent_copy(c, headers=[], body=body, policy=policy)):  # from the record's parse, or alone
+        values = parse("secretsmanager", "BatchGetSecretValue", copy.body)["SecretValues"]
+        assert [(v["Name"], v["SecretString"]) for v in values] == [("db", AGENT_MARKER), ("api", AGENT_MARKER)]
+        assert fingerprint_free(copy.body) and not MARKER_RE.search(copy.body.decode())
+        assert b"db-pa55word" not in copy.body and b"api-t0ken" not in copy.body
+        assert copy.masked == {("agent", "SecretValues[].SecretString", "policy"): 2}
+    kept = [v["SecretString"] for v in json.loads(part.body)["SecretValues"]]
+    assert kept == [fp("db-pa55word"), fp("api-t0ken")] and kept[0] != kept[1]
 
 
 def test_without_a_policy_path_the_agent_copy_is_upstreams():
@@ -219,16 +253,19 @@ def test_dynamodb_attribute_named_by_policy_and_the_crc32():
     part, agent = m.response(call("dynamodb", "GetItem"), status=200, body=body, policy=policy,
                              headers=[("x-amz-crc32", str(zlib.crc32(body)))])
     item = json.loads(agent.body)["Item"]
-    assert item["ssn"] == {"S": fp("123456789")}  # a string attribute, whatever the type was
-    assert item["card"] == {"S": fp(b"\x00\x01\x02")}
+    assert item["ssn"] == AGENT_ITEM  # a string attribute, whatever the type was
+    assert item["card"] == AGENT_ITEM
     assert item["k"] == {"S": "alice"} and item["tags"] == {"SS": ["a"]}
-    assert json.loads(part.body)["Item"] == item
+    assert fingerprint_free(agent.body)
+    assert json.loads(part.body)["Item"] == {"k": {"S": "alice"}, "ssn": {"S": fp("123456789")},
+                                             "card": {"S": fp(b"\x00\x01\x02")}, "tags": {"SS": ["a"]}}
     changes = checksum_headers(["Content-Type", "x-amz-crc32", "x-amz-checksum-sha256", "x-amz-checksum-type"],
                                agent.body)
     assert changes == {"x-amz-crc32": str(zlib.crc32(agent.body)), "x-amz-checksum-sha256": None}
     rows = json.dumps({"Items": [{"ssn": {"S": "1"}}, {"ssn": {"S": "2"}, "x": {"S": "y"}}], "Count": 2}).encode()
-    _, agent = m.response(call("dynamodb", "Query"), status=200, body=rows, policy=policy)
-    assert [i["ssn"]["S"] for i in json.loads(agent.body)["Items"]] == [fp("1"), fp("2")]
+    part, agent = m.response(call("dynamodb", "Query"), status=200, body=rows, policy=policy)
+    assert [i["ssn"] for i in json.loads(agent.body)["Items"]] == [AGENT_ITEM, AGENT_ITEM]
+    assert [i["ssn"]["S"] for i in json.loads(part.body)["Items"]] == [fp("1"), fp("2")]
 
 
 @pytest.mark.parametrize("service, operation, body, where", [
@@ -253,9 +290,11 @@ def test_a_path_into_an_item_names_the_attribute_wherever_an_item_comes_back(ser
     m = Masker(KEY)
     part, agent = m.response(call(service, operation), status=200, body=json.dumps(body).encode(), policy=("Item.ssn",))
     got = json.loads(agent.body)
+    record = json.loads(part.body)
     for path in where:
-        value = jmespath.search(path, got)
-        assert value["S"].startswith("agentgate:masked:hmac-"), (path, got)
+        assert jmespath.search(path, got) == AGENT_ITEM, (path, got)
+        assert MARKER_RE.fullmatch(jmespath.search(path, record)["S"]), (path, record)
+    assert fingerprint_free(agent.body)
     assert jmespath.search(where[0].rsplit(".", 1)[0] + ".k", got) in (None, {"S": "a"})  # other attributes kept
     assert all(n not in part.body for n in ('"1"', '"2"', '"3"'))
 
@@ -278,7 +317,8 @@ def test_lambda_environment_values_are_masked_and_names_kept_for_the_agent():
     part, agent = m.response(call("lambda", "GetFunction"), status=200, body=body,
                              policy=("Configuration.Environment.Variables",))
     assert parse("lambda", "GetFunction", agent.body)["Configuration"]["Environment"]["Variables"] == {
-        "DB_PASSWORD": fp("pw"), "STAGE": fp("prod")}
+        "DB_PASSWORD": AGENT_MARKER, "STAGE": AGENT_MARKER}
+    assert fingerprint_free(agent.body)
     record = json.loads(part.body)["Configuration"]["Environment"]["Variables"]
     assert sorted(record.values()) == sorted([fp("pw"), fp("prod")])
     assert "DB_PASSWORD" not in record  # the model marks the names sensitive too: the record hides them
@@ -320,7 +360,7 @@ def test_query_xml_credentials_are_masked_by_splicing():
         fp("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8"), "T") == STS.decode().replace(
         "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "S").replace("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8", "T")
     parsed = parse("sts", "AssumeRole", agent.body)
-    assert parsed["Credentials"]["SessionToken"] == fp("FQoGZXIvYXdzEBYaDHhBTKtc2XHV5NfpGCKEAdyv8")
+    assert parsed["Credentials"]["SessionToken"] == AGENT_MARKER and fingerprint_free(agent.body)
     assert parsed["Credentials"]["SecretAccessKey"] == "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # not in the policy
     assert parsed["AssumedRoleUser"]["Arn"] == "arn:aws:sts::123456789012:assumed-role/r/s"
 
@@ -333,9 +373,10 @@ def test_ec2_user_data_stays_base64():
             f'</instanceId><userData><value>{script}</value></userData></DescribeInstanceAttributeResponse>').encode()
     part, agent = m.response(call("ec2", "DescribeInstanceAttribute"), status=200, body=body, policy=("UserData.Value",))
     parsed = parse("ec2", "DescribeInstanceAttribute", agent.body)
-    assert base64.b64decode(parsed["UserData"]["Value"]).decode() == fp(b"#!/bin/sh\nexport PW=x\n")
+    assert parsed["UserData"]["Value"] == AGENT_B64 and fingerprint_free(agent.body)
     assert parsed["InstanceId"] == "i-0123456789abcdef0"
     assert script not in part.body and part.masked == {("response", "UserData.Value", "curated"): 1}
+    assert base64.b64encode(fp(b"#!/bin/sh\nexport PW=x\n").encode()).decode() in part.body  # the record's
 
 
 def test_xml_with_entities_is_not_expanded():
@@ -524,7 +565,7 @@ def test_event_streams_and_binary_bodies_are_noted():
 def test_payload_members_that_are_targets_become_one_marker():
     m = Masker(KEY)
     part, agent = m.response(call("lambda", "Invoke"), status=200, body=b'{"result": "ok"}', policy=("Payload",))
-    assert part.body == fp(b'{"result": "ok"}') and agent.body == fp(b'{"result": "ok"}').encode()
+    assert part.body == fp(b'{"result": "ok"}') and agent.body == AGENT_MARKER.encode()
 
 
 def test_cbor_bodies_are_masked_and_kept_as_json():
@@ -538,7 +579,8 @@ def test_cbor_bodies_are_masked_and_kept_as_json():
     record = json.loads(part.body)
     assert record["Nodes"][0] == {"Name": fp("a"), "Password": fp("p1")} and part.note == "CBOR body kept as JSON"
     assert base64.b64decode(record["Key"]) == fp(b"raw").encode()
-    assert masking.decode_cbor(agent.body)["Nodes"][0] == {"Name": fp("a"), "Password": "p1"}
+    assert masking.decode_cbor(agent.body)["Nodes"][0] == {"Name": AGENT_MARKER, "Password": "p1"}
+    assert fingerprint_free(agent.body)
 
 
 # -- failures never break the call ----------------------------------------------------------------
@@ -594,7 +636,7 @@ def test_addon_rewrites_the_agents_copy_so_the_sdk_parses_it():
         asyncio.run(addon.request(f))
         asyncio.run(addon.response(f))
     new = f.response.raw_content
-    assert json.loads(new)["Item"]["ssn"] == {"S": fp("123-45-6789")}
+    assert json.loads(new)["Item"]["ssn"] == AGENT_ITEM and fingerprint_free(new)
     assert f.response.headers["content-length"] == str(len(new))
     assert f.response.headers["x-amz-crc32"] == str(zlib.crc32(new))
     assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
@@ -602,6 +644,7 @@ def test_addon_rewrites_the_agents_copy_so_the_sdk_parses_it():
     r = build_record(f)
     assert r.response_body_sha256 == hashlib.sha256(body).hexdigest()
     assert "123-45-6789" not in r.response_body
+    assert json.loads(r.response_body)["Item"]["ssn"] == {"S": fp("123-45-6789")}  # the record keeps the fingerprint
     assert {"part": "agent", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
     assert {"part": "response", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
 
@@ -644,7 +687,9 @@ def test_addon_holds_a_large_response_whole_to_mask_it_for_the_agent():
     with taddons.context(addon):
         asyncio.run(addon.response(f))
     out = f.response.raw_content
-    assert [i["ssn"]["S"] for i in json.loads(out)["Items"]][:2] == [fp("ssn-0"), fp("ssn-1")]
+    assert [i["ssn"] for i in json.loads(out)["Items"]] == [AGENT_ITEM] * 600 and fingerprint_free(out)
+    record = json.loads(addon.masked(f).response_body)
+    assert [i["ssn"]["S"] for i in record["Items"]][:2] == [fp("ssn-0"), fp("ssn-1")]
     assert f.response.headers["content-length"] == str(len(out))
     assert f.response.headers["x-amz-crc32"] == str(zlib.crc32(out))
     assert f.metadata[RESPONSE_DIGEST] == (hashlib.sha256(body).hexdigest(), len(body))
@@ -702,7 +747,8 @@ def test_a_compressed_response_is_masked_for_the_agent_and_a_bomb_is_withheld_at
             asyncio.run(addon.request(f))
             asyncio.run(addon.response(f))
         assert f.metadata[HELD] and f.response.headers["content-encoding"] == encoding
-        assert json.loads(f.response.get_content())["Item"]["ssn"] == {"S": fp("123-45-6789")}
+        assert json.loads(f.response.get_content())["Item"]["ssn"] == AGENT_ITEM
+        assert fingerprint_free(f.response.get_content())
     f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",), headers={"content-encoding": "gzip"})
     f.response.raw_content = bomb("gzip")
     assert len(f.response.raw_content) < 1 << 20
@@ -754,8 +800,10 @@ def test_br_and_zstd_responses_are_masked_and_a_bomb_is_inflated_only_to_the_mas
         asyncio.run(addon.request(f))
         asyncio.run(addon.response(f))
     assert f.response.headers["content-encoding"] == encoding
-    assert json.loads(f.response.get_content())["Item"]["ssn"] == {"S": fp("123-45-6789")}
-    assert "123-45-6789" not in build_record(f).response_body
+    assert json.loads(f.response.get_content())["Item"]["ssn"] == AGENT_ITEM
+    assert fingerprint_free(f.response.get_content())
+    record = build_record(f).response_body
+    assert "123-45-6789" not in record and json.loads(record)["Item"]["ssn"] == {"S": fp("123-45-6789")}
     f = flow_for("dynamodb", "Scan", b"", policy=("Items[].ssn",), headers={"content-encoding": encoding})
     f.response.raw_content = bomb(encoding)
     assert len(f.response.raw_content) < 1 << 20
@@ -845,8 +893,9 @@ def test_addon_masks_large_bodies_off_the_event_loop(monkeypatch):
         asyncio.run(addon.request(f))
         asyncio.run(addon.response(f))
     assert len(threads) == 1  # the response; the request body is small
-    assert json.loads(f.response.content)["SecretString"] == fp("s3cr3t")
+    assert json.loads(f.response.content)["SecretString"] == AGENT_MARKER and fingerprint_free(f.response.content)
     assert "s3cr3t" not in addon.masked(f).response_body
+    assert json.loads(addon.masked(f).response_body)["SecretString"] == fp("s3cr3t")
 
 
 def test_a_response_that_policy_masks_for_the_agent_is_withheld_when_masking_fails():
@@ -905,6 +954,10 @@ def test_a_marker_an_agent_sends_is_masked_as_any_value_never_vouched_for():
                      body=json.dumps({"SecretId": "prod/api", "SecretString": given}).encode())
     kept = json.loads(part.body)["SecretString"]
     assert MARKER_RE.fullmatch(kept) and kept != given and kept == m.marker(given)
+    # what the agent is given now (AGENT_MARKER) is masked the same way, never kept as sent
+    part = m.request(call("secretsmanager", "PutSecretValue"),
+                     body=json.dumps({"SecretId": "prod/api", "SecretString": AGENT_MARKER}).encode())
+    assert json.loads(part.body)["SecretString"] == fp(AGENT_MARKER)
 
 
 def test_auto_scaling_launch_configuration_user_data_is_curated():
@@ -919,9 +972,10 @@ def test_auto_scaling_launch_configuration_user_data_is_curated():
                              content_type="text/xml", policy=("LaunchConfigurations[].UserData",))
     parsed = parse("autoscaling", "DescribeLaunchConfigurations", agent.body)
     user_data = parsed["LaunchConfigurations"][0]["UserData"]
-    assert base64.b64decode(user_data).decode().startswith("agentgate:masked:hmac-")  # still base64 for the SDK
+    assert user_data == AGENT_B64 and fingerprint_free(agent.body)  # still base64 for the SDK
     assert script.decode() not in part.body and part.masked == {
         ("response", "LaunchConfigurations[].UserData", "curated"): 1}
+    assert base64.b64encode(fp(base64.b64decode(script)).encode()).decode() in part.body  # the record's
 
 
 def test_shipped_policies_mask_oauth_client_secrets_in_load_balancer_rules():
@@ -941,4 +995,4 @@ def test_shipped_policies_mask_oauth_client_secrets_in_load_balancer_rules():
     _, agent = m.response(call("elbv2", "DescribeRules"), status=200, body=body, content_type="text/xml",
                           policy=decision.mask_for_agent)
     oidc = parse("elbv2", "DescribeRules", agent.body)["Rules"][0]["Actions"][0]["AuthenticateOidcConfig"]
-    assert oidc["ClientSecret"] == fp("oidc-client-s3cret") and oidc["ClientId"] == "app"
+    assert oidc["ClientSecret"] == AGENT_MARKER and oidc["ClientId"] == "app" and fingerprint_free(agent.body)

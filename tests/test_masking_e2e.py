@@ -1,6 +1,6 @@
 """Masking end to end: secrets planted through a real gateway (Secrets Manager, SSM SecureString,
 Lambda environment, an IAM access key, a DynamoDB item, EC2 user data, free text) are read back by
-unmodified boto3 and AWS CLI agents; the agent gets markers where policy says so and everything
+unmodified boto3 and AWS CLI agents; the agent gets AGENT_MARKER (no fingerprint) where policy says so and everything
 still parses (DynamoDB's x-amz-crc32 included); then every byte of the store is searched for the
 secrets: none is there. On SQLite, and on PostgreSQL (the tables and the server's files)."""
 
@@ -19,6 +19,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from addons.core.masking import AGENT_MARKER
 from tests.conftest import run_agent
 from tests.support.gateway import Gateway
 
@@ -46,7 +47,9 @@ rules:
 """ + (Path(__file__).resolve().parent.parent / "policies" / "secrets.yaml").read_text().split("\nrules:\n", 1)[1]
 # ^ the shipped masking rules themselves (policies/secrets.yaml), so that what ships is what is tested
 
-MARKER = "agentgate:masked:hmac-"
+MARKER = "agentgate:masked:hmac-"  # the record's markers: a keyed fingerprint each
+MARKER_B64 = base64.b64encode(MARKER.encode()).decode()[:24]  # how a record's blob marker starts
+AGENT_ITEM = {"S": AGENT_MARKER}  # what the agent gets for a masked DynamoDB attribute value
 
 
 @pytest.fixture(scope="module")
@@ -211,30 +214,33 @@ def sqlite_files(gw: Gateway) -> dict[str, bytes]:
 
 
 def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
-    # Secrets Manager: markers, the same secret read twice has the same fingerprint, blobs stay base64
-    assert out["secret_string"][0] == out["secret_string"][1] == marker(gw, s["secret_string"])
-    assert out["secret_binary"] == marker(gw, s["secret_binary"])  # boto3 decoded the base64
+    # no fingerprint anywhere the agent read (it would tell which secrets are equal), as text or base64
+    seen = json.dumps(out)
+    assert MARKER not in seen and MARKER_B64 not in seen
+    # Secrets Manager: the fixed marker, the same secret read twice too; blobs stay base64
+    assert out["secret_string"] == [AGENT_MARKER, AGENT_MARKER]
+    assert out["secret_binary"] == AGENT_MARKER  # boto3 decoded the base64
     assert out["secret_name"].startswith("db-")  # the rest of the response is untouched
     # SSM: the SecureString masked, the String not named... by this path, all values are masked
-    assert out["parameter"] == marker(gw, s["secure_string"])
-    assert all(v.startswith(MARKER) for v in out["parameters"]) and len(out["parameters"]) == 2
+    assert out["parameter"] == AGENT_MARKER
+    assert out["parameters"] == [AGENT_MARKER, AGENT_MARKER]
     # Lambda: variable values masked, names kept
-    assert out["lambda_env"] == {"DB_PASSWORD": marker(gw, s["lambda_env"]), "STAGE": marker(gw, "test")}
-    assert out["lambda_env_config"]["DB_PASSWORD"] == marker(gw, s["lambda_env"])
+    assert out["lambda_env"] == {"DB_PASSWORD": AGENT_MARKER, "STAGE": AGENT_MARKER}
+    assert out["lambda_env_config"] == {"DB_PASSWORD": AGENT_MARKER, "STAGE": AGENT_MARKER}
     # ... and from every read that returns it: listing functions and their versions
     assert out["lambda_env_listed"] == [out["lambda_env"]] and out["lambda_env_versions"]
     assert all(v == out["lambda_env"] for v in out["lambda_env_versions"])
     # IAM: no policy path, so the agent gets the key (and the record must not)
-    assert len(out["iam_secret"]) == 40 and not out["iam_secret"].startswith(MARKER)
+    assert len(out["iam_secret"]) == 40 and AGENT_MARKER not in out["iam_secret"]
     # DynamoDB: the attribute policy names is masked as a string attribute; the rest as it was
-    assert out["item"]["ssn"] == {"S": marker(gw, s["ssn"])}
+    assert out["item"]["ssn"] == AGENT_ITEM
     assert out["item"]["note"] == {"S": "password=" + s["free_text"]} and out["item"]["k"] == {"S": "alice"}
-    assert out["scan"][0]["ssn"] == {"S": marker(gw, s["ssn"])}
+    assert out["scan"][0]["ssn"] == AGENT_ITEM
     for operation, got in out["other_reads"].items():
-        assert got["ssn"] == {"S": marker(gw, s["ssn"])} and got["k"] == {"S": "alice"}, operation
+        assert got["ssn"] == AGENT_ITEM and got["k"] == {"S": "alice"}, operation
     # EC2: user data is base64 on the wire; the agent gets a valid base64 marker
-    assert base64.b64decode(out["user_data"]).decode().startswith(MARKER)
-    assert out["template_user_data"] and all(base64.b64decode(u).decode().startswith(MARKER)
+    assert base64.b64decode(out["user_data"]).decode() == AGENT_MARKER
+    assert out["template_user_data"] and all(base64.b64decode(u).decode() == AGENT_MARKER
                                              for u in out["template_user_data"])
     # S3 objects are not masked by default
     assert out["object"] == "token=" + s["object_text"]
@@ -313,6 +319,13 @@ def test_each_record_lists_what_was_masked_never_the_values(gw, planting):
     body = json.loads(secret["response_body"])
     assert body["SecretString"] == marker(gw, s["secret_string"]) and body["Name"].startswith("db-")
     assert int(secret["response_body_size"]) > len(secret["response_body"].encode()) - 64  # upstream's size
+    # the record, not the agent, shows that the same secret was read twice: the same fingerprint
+    reads = [json.loads(r["response_body"]) for (a, _), r in sorted(records.items())
+             if a == "secretsmanager:GetSecretValue"]
+    kept = [b["SecretString"] for b in reads if b["Name"] == "db-shared"]
+    assert kept == [marker(gw, s["secret_string"])] * 2 and out["secret_string"] == [AGENT_MARKER] * 2
+    assert [b["SecretBinary"] for b in reads if b["Name"] == "bin-shared"] == [
+        base64.b64encode(marker(gw, s["secret_binary"]).encode()).decode()]
 
 
 def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, planting, token_file, tmp_path, aws_cli):
@@ -322,12 +335,12 @@ def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, planting, token_fil
                         "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     item = json.loads(p.stdout)["Item"]
-    assert item["ssn"] == {"S": marker(gw, s["ssn"])}
+    assert item["ssn"] == AGENT_ITEM and MARKER not in p.stdout
     assert "crc32" not in p.stderr.lower()
     p = subprocess.run([aws_cli, "secretsmanager", "get-secret-value", "--secret-id", "db-shared", "--output", "json"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["SecretString"] == marker(gw, s["secret_string"])
+    assert json.loads(p.stdout)["SecretString"] == AGENT_MARKER and MARKER not in p.stdout
 
 
 def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, planting, token_file, tmp_path):
@@ -342,7 +355,7 @@ def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, planting, to
     """))
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["retries"] == 0 and out["ssn"].startswith(MARKER) and out["crc"]
+    assert out["retries"] == 0 and out["ssn"] == AGENT_MARKER and out["crc"]
 
 
 def test_postgresql_store_holds_no_planted_secret(tmp_path_factory, issuer, masking_moto, token_file, tmp_path):
@@ -388,13 +401,13 @@ def test_a_response_over_1_mib_is_held_and_masked_for_the_agent(gw, token_file, 
                 "k": {"S": f"{i:04d}"}, "ssn": {"S": f"big-ssn-{i:04d}"}, "pad": {"S": "p" * 3000}, **many}}}
                 for i in range(start, start + 25)]})
         r = ddb.scan(TableName="big")
-        print(json.dumps({"n": len(r["Items"]), "ssn": sorted({i["ssn"]["S"][:22] for i in r["Items"]}),
+        print(json.dumps({"n": len(r["Items"]), "ssn": sorted({i["ssn"]["S"] for i in r["Items"]}),
                           "retries": r["ResponseMetadata"]["RetryAttempts"],
                           "length": r["ResponseMetadata"]["HTTPHeaders"].get("content-length")}))
     """))
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["n"] > 0 and out["ssn"] == [MARKER] and out["retries"] == 0 and int(out["length"]) > 1 << 20
+    assert out["n"] > 0 and out["ssn"] == [AGENT_MARKER] and out["retries"] == 0 and int(out["length"]) > 1 << 20
     scan = [r for r in gw.records() if r["principal"] == "masking-big" and r["action"] == "dynamodb:Scan"][-1]
     assert scan["response_body_size"] > 1 << 20 and "big-ssn-" not in (scan["response_body"] or "")
     assert {"part": "agent", "path": "Items[].ssn", "by": "policy", "count": out["n"]} in json.loads(scan["masked"])
@@ -424,7 +437,7 @@ def test_an_http2_agent_gets_its_masked_answer_whole(gw, issuer):
     assert status == 200
     status, got = call("GetSecretValue", {"SecretId": f"h2-{tag}"})
     assert status == 200 and got["Name"] == f"h2-{tag}", got
-    assert got["SecretString"].startswith("agentgate:masked:") and secret not in json.dumps(got), got
+    assert got["SecretString"] == AGENT_MARKER and secret not in json.dumps(got), got
 
 
 def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, issuer):
@@ -448,7 +461,7 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(), ContentType="text/plain")
     s3.put_object(Bucket=bucket, Key="masked/big.txt", Body=(text * 30_000).encode(), ContentType="text/plain")
     whole = s3.get_object(Bucket=bucket, Key="masked/app.env")["Body"].read().decode()
-    assert f"Sup3rS3cret-{tag}" not in whole and key_secret not in whole and MARKER in whole
+    assert whole == f"db_password={AGENT_MARKER}\naws_secret_access_key={AGENT_MARKER}\n"  # no fingerprint
 
     def refused(**kw) -> tuple[str, str]:
         with pytest.raises(botocore.exceptions.ClientError) as e:
@@ -487,7 +500,7 @@ def test_an_error_that_carries_an_item_is_masked_as_its_answer_would_be(gw, issu
         ddb.put_item(TableName=table, Item={"k": {"S": "alice"}}, ConditionExpression="attribute_not_exists(k)",
                      ReturnValuesOnConditionCheckFailure="ALL_OLD")
     assert e.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
-    assert e.value.response["Item"] == {"k": {"S": "alice"}, "ssn": {"S": marker(gw, ssn)}}
+    assert e.value.response["Item"] == {"k": {"S": "alice"}, "ssn": AGENT_ITEM}
     [failed] = [r for r in gw.records() if r["principal"] == f"agent-err-{tag}" and r["status"] == 400]
     assert ssn not in json.dumps(failed) and marker(gw, ssn) in failed["response_body"]
 
@@ -557,7 +570,7 @@ def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, is
 
     s3.copy_object(Bucket=bucket, Key="masked/copy.env", CopySource=source)  # the same mask holds there
     copied = s3.get_object(Bucket=bucket, Key="masked/copy.env")["Body"].read().decode()
-    assert f"C0pyS3cret-{tag}" not in copied and MARKER in copied
+    assert copied == f"db_password={AGENT_MARKER}\n"  # no fingerprint
     refused = [r for r in gw.records() if r["principal"] == f"agent-copy-{tag}" and r["decision"] == "deny"]
     assert [r["operation"] for r in refused] == ["CopyObject", "UploadPartCopy"]
     assert {r["rule"] for r in refused} == {"agentgate:masked-source"}

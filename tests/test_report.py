@@ -5,6 +5,7 @@ tampered store shows up as a chain that does not verify."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from addons.cli import main
+from addons.core.masking import AGENT_MARKER, MARKER_PREFIX, MARKER_RE
 from addons.core.records import Record
 from addons.core.store import Store
 from tests.test_export import KEY, synthetic_records
@@ -263,7 +265,9 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert took < 120, took
     out = p.stdout
-    assert "the agent sees SecretString = agentgate:masked:hmac-" in out
+    # the agent gets the fixed marker, no fingerprint; the record keeps the secret's fingerprint
+    assert f"the agent sees SecretString = {AGENT_MARKER}\n" in out
+    assert MARKER_PREFIX not in out.split("\n== the agent:", 1)[1].split("\n== ", 1)[0]  # what the agent printed
     assert "REFUSED  iam ListUsers" in out and "rule 'no-iam-for-agents'" in out
     assert "ApprovalPending" in out and "approved by sre-sam" in out
     assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
@@ -281,3 +285,5 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert shown["figures"]["records"] == str(n)
     assert shown["figures"]["deny"] == "1" and shown["figures"]["approvals"] == "1"
     assert shown["tables"]["approvals"][0][4] == "sre-sam"
+    [(kept,)] = sql(db, "select response_body from calls where action = 'secretsmanager:GetSecretValue'")
+    assert MARKER_RE.fullmatch(json.loads(kept)["SecretString"]) and "s3cr3t-pw" not in kept

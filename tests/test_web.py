@@ -15,6 +15,7 @@ import urllib.request
 import botocore.exceptions
 import pytest
 
+from addons.core.masking import AGENT_MARKER, MARKER_PREFIX, MARKER_RE
 from tests.support.gateway import AGENTGATE, TEST_POLICY, Gateway, free_port, wait_port
 from tests.test_identity_e2e import client
 
@@ -80,7 +81,7 @@ def test_mitmweb_shows_the_calls_without_credentials(web_gateway, issuer):
     sm = client(gw, "secretsmanager", proxy_token=token)
     sm.create_secret(Name="web-db", SecretString="hunter2-plaintext")
     value = sm.get_secret_value(SecretId="web-db")
-    assert value["SecretString"].startswith("agentgate:masked:hmac-")  # masked for the agent by policy
+    assert value["SecretString"] == AGENT_MARKER  # masked for the agent by policy, with no fingerprint
     transport_b = client(gw, "sts", session_token=issuer.mint("web-agent-b"))
     assert transport_b.get_caller_identity()["Arn"].endswith("/web-agent-b")
     with pytest.raises(botocore.exceptions.ClientError):
@@ -110,14 +111,17 @@ def test_mitmweb_shows_the_calls_without_credentials(web_gateway, issuer):
         PLACEHOLDER, "")
 
     # the response as the agent received it: masked where the policy masks it for the agent
-    shown = json.loads(gw.api(f"/flows/{get['id']}/response/content.data", raw=True))
-    assert shown["SecretString"] == value["SecretString"]
+    raw = gw.api(f"/flows/{get['id']}/response/content.data", raw=True)
+    shown = json.loads(raw)
+    assert shown["SecretString"] == value["SecretString"] == AGENT_MARKER and MARKER_PREFIX.encode() not in raw
     # the request as the agent sent it: a secret the agent sends is shown as it was sent
     sent = json.loads(gw.api(f"/flows/{create['id']}/request/content.data", raw=True))
     assert sent["SecretString"] == "hunter2-plaintext"
     # ... while the record keeps it masked
     records = {r["operation"]: r for r in gw.records() if r["principal"] == "web-agent"}
     assert "hunter2-plaintext" not in (records["CreateSecret"]["request_body"] or "")
+    # the record's copy of the answer keeps the secret's fingerprint, as the agent's does not
+    assert MARKER_RE.fullmatch(json.loads(records["GetSecretValue"]["response_body"])["SecretString"])
     assert iam["response"]["status_code"] == 403
 
 

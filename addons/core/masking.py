@@ -19,12 +19,14 @@ What is masked:
 4. **Detectors** (``core.detectors``) over every other string of the record's copy: private keys,
    JWTs, session tokens, secret access keys, passwords in URLs and connection strings.
 
-A masked value becomes a marker carrying a keyed fingerprint, ``agentgate:masked:hmac-<12 hex>``
-(HMAC-SHA256 with the fingerprint key ``agentgate init`` writes to ``keys/fingerprint.key``): the
-same secret always gives the same marker, so an assessor sees it was read twice without seeing it.
-Blob members get the marker base64-encoded, so they stay valid base64; numbers, booleans and
-timestamps keep their type (``0``, ``false``, the epoch); a DynamoDB attribute value becomes a
-string attribute ``{"S": marker}``.
+In the record a masked value becomes a marker carrying a keyed fingerprint,
+``agentgate:masked:hmac-<12 hex>`` (HMAC-SHA256 with the fingerprint key ``agentgate init`` writes
+to ``keys/fingerprint.key``): the same secret always gives the same marker, so an assessor sees it
+was read twice without seeing it. In the agent's copy it becomes AGENT_MARKER, the same for every
+value (a fingerprint would tell the agent which secrets are equal, and let one that can write a
+value and read it back test guesses). Blob members get the marker base64-encoded, so they stay
+valid base64; numbers, booleans and timestamps keep their type (``0``, ``false``, the epoch); a
+DynamoDB attribute value becomes a string attribute ``{"S": marker}``.
 
 The record's copy is always masked (1-4). The agent's copy is masked only at the policy paths, and
 then only rewritten when something was masked: the caller fixes Content-Length, and
@@ -39,6 +41,7 @@ and the agent's copy is left as it was.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -51,7 +54,7 @@ import sys
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
@@ -67,6 +70,10 @@ else:  # the zstd mitmproxy uses, before Python had one
 
 MARKER_PREFIX = "agentgate:masked:hmac-"
 MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
+# What the agent's copy gets instead of a masked value: the same for every value, so that it tells
+# the agent nothing (a fingerprint would say that two secrets are equal, and, for an agent that can
+# write a value it chooses and read it back masked, whether a guess is the secret).
+AGENT_MARKER = "agentgate:masked"
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
 OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
@@ -697,6 +704,7 @@ class Masker:
         self.parse_limit = parse_limit
         self._services: dict[str, ServiceShapes | None] = {}
         self._overlays: dict[tuple, Overlay | None] = {}
+        self._for_agent = threading.local()  # set while the agent's copy is made: markers without fingerprints
 
     # -- fingerprints and markers
 
@@ -705,7 +713,21 @@ class Masker:
         return hmac.digest(self.key, data, "sha256").hex()[:12]
 
     def marker(self, value: bytes | str) -> str:
+        """The record's marker (a keyed fingerprint: the same secret read twice shows as such); in the
+        agent's copy, AGENT_MARKER."""
+        if getattr(self._for_agent, "on", False):
+            return AGENT_MARKER
         return MARKER_PREFIX + self.fingerprint(value)
+
+    @contextlib.contextmanager
+    def _agents(self) -> Iterator[None]:
+        """While the agent's copy is made."""
+        before = getattr(self._for_agent, "on", False)
+        self._for_agent.on = True
+        try:
+            yield
+        finally:
+            self._for_agent.on = before
 
     def blob_marker(self, value: bytes) -> str:
         return base64.b64encode(self.marker(value).encode("ascii")).decode("ascii")
@@ -905,8 +927,13 @@ class Masker:
 
     def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
                    content_type: str = "", shared: _Shared | None = None, direction: str = "output") -> AgentCopy | None:
-        """The agent's copy of a response, masked at the policy paths only; None when nothing was.
-        ``direction``: "output", or an error's (``error_direction``)."""
+        """The agent's copy of a response, masked at the policy paths only (with AGENT_MARKER); None
+        when nothing was. ``direction``: "output", or an error's (``error_direction``)."""
+        with self._agents():
+            return self._agent_copy(call, headers, body, policy, content_type, shared, direction)
+
+    def _agent_copy(self, call: Any, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
+                    content_type: str, shared: _Shared | None, direction: str) -> AgentCopy | None:
         shapes, message, _, ov = self.plan(call, direction, policy, record=False)
         if ov is None:
             return None
@@ -1057,7 +1084,8 @@ class Masker:
         agent = None
         if agent_ov is not None:
             agent = _Tree(self, shapes, "agent", "json", shared.masked)
-            agent.plan(data, root, None, agent_ov, (), None, None)
+            with self._agents():
+                agent.plan(data, root, None, agent_ov, (), None, None)
         walk = _Tree(self, shapes, which, "json", part.masked)
         if node is not None or ov is not None:
             walk.plan(data, root, node, ov, (), None, None)
