@@ -993,7 +993,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 32
+    assert len(ps.rules) == 40
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),
