@@ -463,6 +463,16 @@ SECRETS = [
     ("assignment", 'config: {"client_secret": "abc123def456"}'),
     ("assignment", "https://b.s3.amazonaws.com/k?X-Amz-Signature=0123456789abcdef&X-Amz-Date=20260101T000000Z"),
     ("bearer-token", "Authorization: Bearer 0123456789abcdefghij"),
+    ("assignment", "machine git.example.com login deploy password Hunter2Prod"),  # .netrc
+    ("assignment", "<config><password>Hunter2Prod</password></config>"),
+    ("vendor-token", "GH=ghp_" + "a1B2c3D4e5" * 4),
+    ("vendor-token", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"),
+    ("vendor-token", "gitlab glpat-AbCdEfGhIjKlMnOpQrSt"),
+    ("vendor-token", "slack xoxb-123456789012-abcdefABCDEF"),
+    ("vendor-token", "stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ("vendor-token", "maps AIzaSyA-1234567890abcdefghijklmnopqrstu"),
+    ("vendor-token", "npm npm_" + "AbCdEf0123" * 3 + "AbCdEf"),
+    ("vendor-token", "model sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWx"),
 ]
 NOT_SECRETS = [
     "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
@@ -473,6 +483,8 @@ NOT_SECRETS = [
     "NextToken=eyJ2IjoiMSJ9", "The password must be at least 8 characters long.",
     "https://sqs.us-east-1.amazonaws.com/123456789012/orders", "SecretId=prod/db", "token_type=bearer",
     "s3://bucket/prefix/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789/file.txt",
+    "Use your login and password to sign in.", "<PasswordPolicy><MinimumLength>8</MinimumLength></PasswordPolicy>",
+    "ghost_town", "sk_test_notlive", "aws-sdk-ant", "agentgate:masked", "db_password=agentgate:masked",
 ]
 
 

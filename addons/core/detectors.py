@@ -16,7 +16,12 @@ detector                      finds
 ``url-password``              the password of ``scheme://user:password@host``
 ``bearer-token``              ``Bearer <token>``
 ``assignment``                the value of ``password=``, ``secret:``, ``token=``, ``api_key=``,
-                              ``X-Amz-Signature=``... (connection strings, config text, URLs)
+                              ``X-Amz-Signature=``... (connection strings, config text, URLs),
+                              of ``<password>...</password>`` and of a .netrc ``login u password p``
+``vendor-token``              tokens that say whose they are: GitHub (``ghp_``, ``github_pat_``),
+                              GitLab (``glpat-``), Slack (``xoxb-``...), Stripe (``sk_live_``),
+                              Google API keys (``AIza``), npm (``npm_``), Anthropic and OpenAI
+                              (``sk-ant-``, ``sk-proj-``)
 ============================  ==================================================================
 
 ``suspicious(text)`` is the quick test over a whole raw body: False means no detector can find
@@ -30,7 +35,7 @@ import math
 import re
 from collections import Counter
 
-MARKER_PREFIX = "agentgate:masked:"
+MARKER_PREFIX = "agentgate:masked"  # the record's markers (":hmac-...") and the agent's, which hide no secret
 
 PRIVATE_KEY = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
@@ -48,6 +53,15 @@ SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
 SECRET_KEY_CONTEXT = re.compile(r"(?i)secret[A-Za-z0-9_ -]{0,24}(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?$")
 URL_PASSWORD = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{0,30}://[^\s/?#@:\"'<>]*:(?P<value>[^\s/?#@\"'<>]+)@")
 BEARER = re.compile(r"(?i)\bbearer\s+(?P<value>(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]{16,})")
+VENDOR_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}|glpat-[A-Za-z0-9_-]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}|(?:sk|rk)_live_[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_-]{35}|npm_[A-Za-z0-9]{36}"
+    r"|sk-(?:ant|proj)-[A-Za-z0-9_-]{20,})(?![A-Za-z0-9_-])"
+)
+_VENDOR_HINT = re.compile(r"gh[pousr]_|github_pat_|glpat-|xox[abposr]-|_live_|AIza|npm_|sk-ant-|sk-proj-")
+XML_SECRET = re.compile(r"(?i)<(?P<tag>password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)>"
+                        r"(?P<value>[^<\s][^<]*)</(?P=tag)>")
+NETRC_PASSWORD = re.compile(r"(?<![A-Za-z0-9])(?:machine\s+\S+|default)\s+login\s+\S+\s+password\s+(?P<value>\S+)")
 KEY_WORDS = (r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
              r"|signature")
 ASSIGNMENT = re.compile(
@@ -125,10 +139,14 @@ def suspicious(text: str, json: bool = False) -> bool:
         text = text.replace("\\/", "/")
     if ("&" in text and "&#" in text) or ("J" in text and "eyJ" in text) or "PRIVATE KEY" in text:
         return True
+    if _VENDOR_HINT.search(text):
+        return True
     if "@" in text and "://" in text and URL_PASSWORD_HINT.search(text):
         return True
     lowered = text.lower()
     if "bearer" in lowered or _assignment_hint(lowered, ASSIGNMENT_AT_JSON if json else ASSIGNMENT_AT):
+        return True
+    if ("</" in text and XML_SECRET.search(text)) or ("password" in lowered and NETRC_PASSWORD.search(text)):
         return True
     return len(text) >= 40 and _key_run(text.encode("utf-8", "surrogatepass"))
 
@@ -176,6 +194,14 @@ def find(text: str, name: str | None = None) -> list[Finding]:
                   if not m.group("value").startswith(MARKER_PREFIX)]
     if "earer" in text or "EARER" in text:
         found += [Finding(m.start("value"), m.end("value"), "bearer-token") for m in BEARER.finditer(text)]
+    if _VENDOR_HINT.search(text):
+        found += [Finding(m.start(), m.end(), "vendor-token") for m in VENDOR_TOKEN.finditer(text)]
+    if "</" in text:
+        found += [Finding(m.start("value"), m.end("value"), "assignment") for m in XML_SECRET.finditer(text)
+                  if not m.group("value").startswith(MARKER_PREFIX)]
+    if "password" in text:
+        found += [Finding(m.start("value"), m.end("value"), "assignment") for m in NETRC_PASSWORD.finditer(text)
+                  if not m.group("value").startswith(MARKER_PREFIX)]
     if ("=" in text or ":" in text) and any(w in text.lower() for w in KEY_WORD_HINTS):
         for m in ASSIGNMENT.finditer(text):
             key = m.group("key").lower().replace("_", "").replace("-", "").rpartition(".")[2]
