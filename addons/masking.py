@@ -36,6 +36,7 @@ from .stage import header_pairs as stage_header_pairs
 log = logging.getLogger("agentgate.masking")
 
 MASKED = "agentgate.masked"  # core.masking.MaskedCall: the call as the record keeps it
+READS = ("List", "Read")  # IAM's access levels of calls that only read
 THREAD_OVER = 256 * 1024  # bytes: larger bodies are masked off the event loop
 
 
@@ -184,10 +185,20 @@ class Masking:
     # -- the response: the record's copy, and the agent's
 
     def _for_agent(self, flow: http.HTTPFlow) -> tuple[str, ...]:
-        """The policy paths to mask in the agent's copy: only for responses that came from upstream."""
+        """The paths to mask in the agent's copy, only for responses that came from upstream: the
+        policy's, and for a call that is not a read (List, Read), the curated secrets its answer
+        echoes too: the shipped policies mask each in the reads that return it, and a write a rule
+        allows (UpdateFunctionConfiguration answers with the function's environment) must not hand
+        it over, as no rule can mask for it without allowing it."""
         if flow.metadata.get(REFUSAL) is not None or flow.metadata.get(SIGNED) is None:
             return ()
-        return self.policy(flow)
+        paths = self.policy(flow)
+        call = flow.metadata.get(CALL)
+        if call is not None and getattr(call, "access_level", None) not in READS:
+            echoed = self.masker.curated_outputs(call.service, call.operation)
+            if echoed:
+                paths = paths + tuple(p for p in echoed if p not in paths)
+        return paths
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response

@@ -123,6 +123,9 @@ AGENT = textwrap.dedent("""
                                 if f["FunctionName"] == f"fn-{tag}"]
     out["lambda_env_versions"] = [v["Environment"]["Variables"]
                                   for v in lam.list_versions_by_function(FunctionName=f"fn-{tag}")["Versions"]]
+    # a write whose answer echoes the environment (no rule masks it: one would have to allow it)
+    out["lambda_env_updated"] = lam.update_function_configuration(FunctionName=f"fn-{tag}", Timeout=10)[
+        "Environment"]["Variables"]
 
     iam = boto3.client("iam")
     iam.create_user(UserName=f"app-{tag}")
@@ -230,8 +233,9 @@ def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
     # ... and from every read that returns it: listing functions and their versions
     assert out["lambda_env_listed"] == [out["lambda_env"]] and out["lambda_env_versions"]
     assert all(v == out["lambda_env"] for v in out["lambda_env_versions"])
-    # IAM: no policy path, so the agent gets the key (and the record must not)
-    assert len(out["iam_secret"]) == 40 and AGENT_MARKER not in out["iam_secret"]
+    assert out["lambda_env_updated"] == {"DB_PASSWORD": AGENT_MARKER, "STAGE": AGENT_MARKER}
+    # IAM: no policy path, but a write's answer never hands over a curated secret (the new key's)
+    assert out["iam_secret"] == AGENT_MARKER
     # DynamoDB: the attribute policy names is masked as a string attribute; the rest as it was
     assert out["item"]["ssn"] == AGENT_ITEM
     assert out["item"]["note"] == {"S": "password=" + s["free_text"]} and out["item"]["k"] == {"S": "alice"}
@@ -249,7 +253,6 @@ def check_agent_view(gw: Gateway, s: dict, out: dict) -> None:
 def needles_for(s: dict, out: dict) -> dict[str, set[str]]:
     needles = {name: forms(value) for name, value in s.items() if name != "user_data"}
     needles["user_data"] = user_data_forms(s["user_data"])
-    needles["iam_secret"] = forms(out["iam_secret"])
     return needles
 
 

@@ -954,6 +954,7 @@ class Masker:
         self._services: dict[str, ServiceShapes | None] = {}
         self._overlays: dict[tuple, Overlay | None] = {}
         self._for_agent = threading.local()  # set while the agent's copy is made: markers without fingerprints
+        self._curated_outputs: dict[tuple, tuple[str, ...]] = {}
 
     # -- fingerprints and markers
 
@@ -1007,6 +1008,18 @@ class Masker:
                 self._overlays.clear()
             self._overlays[key] = build_overlay(entries, (parse_path(p) for t in targets if t.base64 for p in t.paths))
         return self._overlays[key]
+
+    def curated_outputs(self, service: str | None, operation: str | None) -> tuple[str, ...]:
+        """The curated targets of an operation's answer (those that hold whatever their siblings say)
+        as policy paths: what a write's answer echoes (a function's environment from
+        UpdateFunctionConfiguration, a new key's secret) is masked for the agent with them."""
+        key = (service, operation)
+        found = self._curated_outputs.get(key)
+        if found is None:
+            found = self._curated_outputs[key] = tuple(dict.fromkeys(
+                p for t in CURATED if t.service == service and operation in t.operations
+                and t.direction == "output" and t.when is None for p in t.paths))
+        return found
 
     def _policy_steps(self, service: str, operation: str, direction: str, path: str) -> list[tuple[str, ...]]:
         """A policy path's steps; a path into an item (``Item.ssn``) also at every other place the
