@@ -46,7 +46,7 @@ class Settings:
     max_url_bytes: int = 16 * 1024  # a request URL longer than this is refused (414)
     max_body_bytes: int = 100 * 1024 * 1024  # a request body read into memory (not streamed) larger is refused (413); a buffered response, answered 502
     approval_hold: float = 20.0
-    max_pending_approvals: int = 20  # approvals one principal may have pending at once; more calls needing one are refused
+    max_pending_approvals: int = 100  # approvals one principal may have pending at once; more calls needing one are refused
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
     commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused

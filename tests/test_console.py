@@ -96,6 +96,28 @@ def test_the_api_refuses_strangers_and_cross_site_posts(gw, issuer):
     assert "407" in str(e.value)
 
 
+def test_a_flood_of_asks_does_not_push_earlier_ones_off_the_console(gw, issuer):
+    """The console lists the oldest pending approvals first, and says how many it does not show:
+    205 newer asks from one agent leave an earlier one from another on the page."""
+    import datetime as dt
+
+    from tests.support.approvals import insert_approvals
+
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {"kind": "call", "action": "s3:DeleteObject", "status": "pending", "expires": now + dt.timedelta(hours=1)}
+    insert_approvals(f"sqlite:///{gw.db_path}", [{**row, "id": "ap-early0000000", "binding_hash": "e" * 64,
+                                                  "principal": "agent-early", "requested": now - dt.timedelta(hours=1)}])
+    insert_approvals(f"sqlite:///{gw.db_path}", [{**row, "id": f"ap-flood{n:06d}", "binding_hash": f"{n:064d}",
+                                                  "principal": "agent-flood", "requested": now + dt.timedelta(seconds=n)}
+                                                 for n in range(205)])
+    admin = (gw.home / "keys" / "admin.token").read_text().strip()
+    with httpx.Client(base_url=base(gw), trust_env=False, headers={"authorization": f"Bearer {admin}"}) as c:
+        state = c.get("/api/state").json()
+    ids = [a["id"] for a in state["pending"]]
+    assert len(ids) == 200 and "ap-early0000000" in ids and state["pending_total"] >= 206
+    assert ids.index("ap-early0000000") < ids.index("ap-flood000000")
+
+
 def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
     page = browser.new_page()
     try:

@@ -58,6 +58,7 @@ log = logging.getLogger("agentgate.console")
 SESSION_PREFIX = "agentgate-console-session."
 SESSION_LIFETIME = 8 * 3600  # seconds a console sign-in lasts at most (less when the token expires sooner)
 MAX_BODY = 64 * 1024  # bytes of a request body the console reads
+PENDING_SHOWN = 200  # the pending approvals the page lists, oldest first; it says how many more there are
 PAGE = Path(__file__).with_name("page.html")
 CALL_FIELDS = ("id", "time", "principal", "on_behalf_of", "action", "resource", "decision", "rule", "outcome",
                "status", "approval_id", "approver", "latency_ms")
@@ -252,17 +253,19 @@ class Console:
         if refused is not None:
             return refused
         try:
-            pending, recent, calls = await asyncio.to_thread(self._state)
+            pending, total, recent, calls = await asyncio.to_thread(self._state)
         except StoreError as e:
             return _error(503, str(e))
-        return JSONResponse({"me": self._me(principal), "pending": pending, "decided": recent, "calls": calls},
-                            headers={"cache-control": "no-store"})
+        return JSONResponse({"me": self._me(principal), "pending": pending, "pending_total": total, "decided": recent,
+                             "calls": calls}, headers={"cache-control": "no-store"})
 
-    def _state(self) -> tuple[list, list, list]:
-        pending = [a.as_dict() for a in reversed(self.approvals.list(pending=True, limit=200))]
+    def _state(self) -> tuple[list, int, list, list]:
+        # the oldest first: a flood of new asks cannot push an earlier one off the page
+        pending = [a.as_dict() for a in self.approvals.list(pending=True, limit=PENDING_SHOWN, oldest_first=True)]
+        total = self.approvals.pending_count() if len(pending) >= PENDING_SHOWN else len(pending)
         recent = [a.as_dict() for a in self.approvals.list(settled=True, limit=20)]
         calls = [_call_summary(c) for c in self.store.calls(limit=self.calls_shown)]
-        return pending, recent, calls
+        return pending, total, recent, calls
 
     async def show(self, request: Request) -> Response:
         principal, refused = await self._who(request)

@@ -372,7 +372,7 @@ def duration_text(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
-MAX_PENDING = 20  # approvals one principal may have pending at once (the setting max_pending_approvals)
+MAX_PENDING = 100  # approvals one principal may have pending at once (the setting max_pending_approvals)
 
 
 def _new_id(kind: str) -> str:
@@ -422,8 +422,8 @@ class Approvals:
         return found
 
     def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False, settled: bool = False,
-             limit: int | None = 100, now: dt.datetime | None = None) -> list[Approval]:
-        """Newest first. ``pending``: only those waiting for a decision (not expired);
+             limit: int | None = 100, now: dt.datetime | None = None, oldest_first: bool = False) -> list[Approval]:
+        """Newest first (``oldest_first``: the other way). ``pending``: only those waiting for a decision (not expired);
         ``active``: approved and not expired (grants in force, approvals not yet used);
         ``settled``: those no longer waiting (decided, or expired undecided), the latest decision
         (or expiry) first."""
@@ -440,6 +440,8 @@ class Approvals:
             q = q.where(c.kind == kind)
         if settled:
             q = q.order_by(func.coalesce(c.revoked, c.decided, c.expires).desc(), c.id.desc())
+        elif oldest_first:
+            q = q.order_by(c.requested, c.id)
         else:
             q = q.order_by(c.requested.desc(), c.id.desc())
         if limit is not None:
@@ -790,6 +792,17 @@ class Approvals:
         self._changed()
         log.info("%s %s revoked by %s (%s)", what, a.id, who(by), channel)
         return self.require(grant_id)
+
+    def pending_count(self, now: dt.datetime | None = None) -> int:
+        """How many approvals (of calls and grants) wait for a decision."""
+        now = now or _now()
+        c = self.table.c
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(self.table).where(
+                    c.status == "pending", c.expires > now)).scalar() or 0
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
 
     def active_grants(self, now: dt.datetime | None = None) -> list[Approval]:
         """The access grants in force; with the chain key, only those whose latest event it vouches
