@@ -123,6 +123,17 @@ class Masking:
         def work() -> None:
             mc.add(self.masker.request(call, query=query, headers=headers, body=body, streamed=streamed,
                                        policy=policy, content_type=content_type), "request")
+            if getattr(call, "action", "unknown") == "unknown":
+                # refused as unknown: no model says which of its members are secrets (an operation
+                # newer than the models, a member the shape does not have, a query parameter a json
+                # call has not): its body is not kept (its SHA-256 and size are), its query's values
+                # are kept as fingerprints only
+                if mc.request_body is not None:
+                    mc.request_body = None
+                    mc.notes.append("request: the call could not be classified, so no model says which of its "
+                                    "members are secrets: body not kept")
+                if query:
+                    mc.query = self.masker.fingerprint_query(query)
             try:
                 if call is not None and call.params:
                     params, counts = self.masker.params(call, policy)

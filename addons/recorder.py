@@ -42,7 +42,7 @@ import time
 from mitmproxy import http
 
 from .approval import client_gone
-from .core import sigv4
+from .core import chain, sigv4
 from .core.awserrors import Refusal, render
 from .core.masking import header_pairs
 from .core.records import Record, redact_headers
@@ -206,7 +206,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.resources = masked.resources
     if streamed and resp is not None:
         r.body_note = "; ".join(n for n in (r.body_note, streamed_note(resp)) if n)
-    if (token := md.get(TOKEN)) and (r.request_body or r.response_body or token in r.url):
+    if (token := md.get(TOKEN)) and (r.request_body or r.response_body or r.params or r.resources
+                                     or "?" in r.url or token in r.url):
         _without_the_token(r, token)
     r.bytes_in = r.request_body_size
     r.bytes_out = r.response_body_size
@@ -233,8 +234,15 @@ def _without_the_token(r: Record, token: str) -> None:
     """A body that holds the agent's token in some encoding is not kept (masking found it in none
     of the forms it reads): no token reaches the store."""
     forms = token_forms(token)
-    if r.url and token in r.url:  # a token in the URL's path (masking reads JWTs, but not every token is one)
-        r.url = r.url.replace(token, "agentgate:masked:agent-token")
+    for form in forms:  # in the URL's path or query (masking reads JWTs, not every encoding of one)
+        if r.url and form in r.url:
+            r.url = r.url.replace(form, "agentgate:masked:agent-token")
+        if r.resources and any(form in x for x in r.resources):
+            r.resources = [x.replace(form, "agentgate:masked:agent-token") for x in r.resources]
+    if r.params and any(f in chain.json_text(r.params) for f in forms):  # a member's value, base64 say
+        r.params = {"agentgate:not-kept": "the parameters held the agent's token (encoded): not kept"}
+        r.body_note = "; ".join(n for n in (r.body_note, "parameters: held the agent's token (encoded), not kept")
+                                if n)
     for which in ("request_body", "response_body"):
         text = getattr(r, which)
         if text and any(f in text for f in forms):

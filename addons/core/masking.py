@@ -1119,6 +1119,13 @@ class Masker:
         walk.apply_to(params, copy)
         return copy, counts
 
+    def fingerprint_query(self, query: str) -> str:
+        """A query string with every value replaced by its marker (names kept): for a call no
+        model describes."""
+        pairs = parse_qsl(query, keep_blank_values=True)
+        return "&".join(f"{quote(k, safe='')}={quote(self.marker(v), safe=':')}" if v else quote(k, safe="")
+                        for k, v in pairs)
+
     def resources(self, resources: list[str]) -> list[str]:
         return [self.mask_text(r)[0] for r in resources]
 
