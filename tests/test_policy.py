@@ -839,6 +839,29 @@ def _aws_credential_paths(shape, path: str = "", depth: int = 0, seen: frozenset
     return []
 
 
+def test_every_operation_whose_input_is_an_event_stream_is_denied(shipped):
+    """The gateway does not read event-stream inputs (they stream for as long as the call lasts):
+    a rule could decide such an operation only on its URI's parameters, so the guardrail denies
+    each one botocore's models have, whatever an operator's allow."""
+    import botocore.session
+
+    from addons.core import actions
+
+    session = botocore.session.get_session()
+    found = []
+    for service in session.get_available_services():
+        model = session.get_service_model(service)
+        for operation in model.operation_names:
+            if model.operation_model(operation).has_event_stream_input:
+                action, level = actions.iam_action(service, operation)
+                c = call(action, level)
+                c.service, c.operation = service, operation
+                d = shipped.evaluate(principal(), c)
+                found.append(action)
+                assert (d.decision, d.rule) == ("deny", "no-unread-event-streams"), (action, d.decision, d.rule)
+    assert "lex:StartConversation" in found and "qbusiness:Chat" in found
+
+
 def test_no_call_that_answers_with_aws_credentials_reaches_an_agent_unmasked(shipped):
     """Agents never hold AWS credentials: every operation in botocore's models whose answer carries
     a secret access key (STS, S3 Access Grants and Express sessions, EKS pod identity, CodePipeline
@@ -993,7 +1016,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 40
+    assert len(ps.rules) == 41
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),
