@@ -26,6 +26,7 @@ BACKOFF = 0.5  # seconds before the second attempt; doubled each time
 MAX_WAIT = 30.0  # the longest pause between attempts, whatever Retry-After says
 TIMEOUT = 5.0
 MAX_PENDING = 1000  # messages in flight; beyond, new ones are dropped (and logged)
+SEND_WITHIN = 5.0  # seconds the command line's post (retries included) may take
 
 
 def _esc(value: Any) -> str:
@@ -155,13 +156,19 @@ class Notifier:
 
 
 def send(url: str, payload: dict[str, Any], *, attempts: int = 3, backoff: float = BACKOFF,
-         timeout: float = TIMEOUT) -> bool:
-    """Post one message now, with retries (for the command line, which has no loop to leave it to)."""
+         timeout: float = TIMEOUT, within: float = SEND_WITHIN) -> bool:
+    """Post one message now, with retries (for the command line, which has no loop to leave it to),
+    all within ``within`` seconds: a webhook that does not answer holds the approver's command that
+    long at most (the decision is already made)."""
     pause = backoff
+    deadline = time.monotonic() + within
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for attempt in range(1, attempts + 1):
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                return False
             try:
-                r = client.post(url, json=payload)
+                r = client.post(url, json=payload, timeout=min(timeout, left))
                 if r.status_code < 300:
                     return True
                 if not _should_retry(r.status_code):
@@ -169,7 +176,7 @@ def send(url: str, payload: dict[str, Any], *, attempts: int = 3, backoff: float
             except httpx.HTTPError:
                 pass
             if attempt < attempts:
-                time.sleep(pause)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause *= 2
     return False
 

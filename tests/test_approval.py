@@ -365,3 +365,19 @@ def test_the_addon_holds_releases_and_answers_in_the_calls_protocol(tmp_path):
 
     asyncio.run(main())
     store.engine.dispose()
+
+
+def test_the_command_lines_webhook_post_gives_up_within_its_bound():
+    """A webhook that accepts the connection and never answers holds an approver's command a few
+    seconds at most (the decision is made before the post): SEND_WITHIN, retries included."""
+    import socket
+
+    from addons.notify import SEND_WITHIN, send
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # accepted by the kernel, never read or answered
+        started = time.monotonic()
+        assert send(f"http://127.0.0.1:{server.getsockname()[1]}/hook", {"text": "x"}) is False
+        took = time.monotonic() - started
+    assert SEND_WITHIN - 0.5 < took < SEND_WITHIN + 1.5, took
