@@ -6,6 +6,7 @@ restart while calls are held; access grants."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import threading
@@ -409,6 +410,20 @@ def test_a_principal_past_its_pending_approvals_is_refused_not_held(tmp_path, is
         assert len(refused) == 2 and all(r["outcome"] == "refused" for r in refused)
     finally:
         gw.stop()
+
+
+def test_a_token_file_others_can_read_is_warned_about(short_hold, issuer, bucket):
+    gw = short_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    _, _, first = held(lambda: client.delete_object(Bucket=bucket, Key="warned-1"))
+    _, _, second = held(lambda: client.delete_object(Bucket=bucket, Key="warned-2"))
+    path = token_file(gw, issuer, "alice")
+    os.chmod(path, 0o644)
+    p = gw.cli("approvals", "approve", first, "--token-file", path)
+    assert f"warning: the token file {path} can be read by other users (mode 644)" in p.stderr
+    os.chmod(path, 0o600)
+    p = gw.cli("approvals", "approve", second, "--token-file", path)
+    assert "warning" not in p.stderr and "approved by alice" in p.stdout
 
 
 def test_approvals_list_and_show(short_hold, issuer, bucket):
