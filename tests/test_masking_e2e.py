@@ -481,6 +481,46 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     assert not any(f"Sup3rS3cret-{tag}"[:8] in json.dumps(r) for r in records)
 
 
+def test_a_condition_on_a_masked_attribute_is_refused(gw, issuer):
+    """Item.ssn masked for agents: a scan that counts the items whose ssn begins with a guess would
+    tell the value a character at a time (Select=COUNT answers no item to mask), so a condition that
+    reads a masked attribute is refused, in expressions, legacy filters and PartiQL; one on another
+    attribute goes."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    tag = secrets.token_hex(6)
+    ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                       verify=str(gw.ca_file), config=botocore.config.Config(
+                           proxies={"https": gw.proxy_url(issuer.mint(f"agent-guess-{tag}"))},
+                           retries={"total_max_attempts": 1}))
+    table = f"guess-{tag}"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=table, Item={"k": {"S": "alice"}, "ssn": {"S": "123-45-6789"}})
+    guesses = [
+        lambda: ddb.scan(TableName=table, Select="COUNT", FilterExpression="begins_with(ssn, :p)",
+                         ExpressionAttributeValues={":p": {"S": "1"}}),
+        lambda: ddb.scan(TableName=table, Select="COUNT", FilterExpression="begins_with(#s, :p)",
+                         ExpressionAttributeNames={"#s": "ssn"}, ExpressionAttributeValues={":p": {"S": "1"}}),
+        lambda: ddb.scan(TableName=table, ScanFilter={"ssn": {"AttributeValueList": [{"S": "1"}],
+                                                              "ComparisonOperator": "BEGINS_WITH"}}),
+        lambda: ddb.execute_statement(Statement=f'SELECT k FROM "{table}" WHERE begins_with("ssn", \'1\')'),
+        lambda: ddb.put_item(TableName=table, Item={"k": {"S": "alice"}}, ConditionExpression="ssn = :v",
+                             ExpressionAttributeValues={":v": {"S": "123-45-6789"}}),
+    ]
+    for guess in guesses:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            guess()
+        assert e.value.response["Error"]["Code"] == "AccessDenied", e.value.response
+        assert "masks ssn for agents, and this call's condition reads it" in e.value.response["Error"]["Message"]
+    got = ddb.scan(TableName=table, FilterExpression="k = :k", ExpressionAttributeValues={":k": {"S": "alice"}})
+    assert got["Count"] == 1 and got["Items"][0]["ssn"] == AGENT_ITEM
+    refused = [r for r in gw.records() if r["principal"] == f"agent-guess-{tag}" and r["decision"] == "deny"]
+    assert len(refused) == len(guesses) and {r["rule"] for r in refused} == {"agentgate:masked-condition"}
+
+
 def test_an_error_that_carries_an_item_is_masked_as_its_answer_would_be(gw, issuer):
     """A write that fails its condition answers with the item it checked
     (ReturnValuesOnConditionCheckFailure): the error is masked against its exception's shape,

@@ -126,6 +126,50 @@ class Decision:
 
 # The rule a Decision names when a copy would unmask its source (``PolicySet._masks_kept``).
 MASKED_SOURCE_RULE = "agentgate:masked-source"
+# ... and when a condition reads an attribute masked for the agent (``_no_condition_on_masked``).
+MASKED_PREDICATE_RULE = "agentgate:masked-condition"
+ITEM_SERVICES = frozenset({"dynamodb"})
+_CONDITION_EXPRESSIONS = ("FilterExpression", "KeyConditionExpression", "ConditionExpression")
+_LEGACY_CONDITIONS = ("ScanFilter", "QueryFilter", "KeyConditions", "Expected")
+# an attribute name in a condition expression: a #placeholder or a bare name, not a :value, a
+# function (name followed by "(") or a keyword
+_EXPRESSION_NAME = re.compile(r"(?<![:\w#])(#[A-Za-z0-9_]+|[A-Za-z_][A-Za-z0-9_]*)(?![\w(])(?!\s+\()")
+_EXPRESSION_KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN"})
+_PARTIQL_NAME = re.compile(r'"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)')
+
+
+def condition_attributes(params: Mapping[str, Any]) -> set[str]:
+    """The attribute names a DynamoDB call's conditions read: in its condition expressions
+    (``#n`` placeholders resolved through ExpressionAttributeNames), its legacy condition maps, its
+    transactions' items, and the WHERE clauses of its PartiQL statements."""
+    found: set[str] = set()
+
+    def from_request(p: Any) -> None:
+        if not isinstance(p, Mapping):
+            return
+        names = p.get("ExpressionAttributeNames") if isinstance(p.get("ExpressionAttributeNames"), Mapping) else {}
+        for member in _CONDITION_EXPRESSIONS:
+            text = p.get(member)
+            if isinstance(text, str):
+                for token in _EXPRESSION_NAME.findall(text):
+                    if token.upper() not in _EXPRESSION_KEYWORDS:
+                        found.add(str(names.get(token, token)) if token.startswith("#") else token)
+        for member in _LEGACY_CONDITIONS:
+            if isinstance(p.get(member), Mapping):
+                found.update(str(k) for k in p[member])
+
+    from_request(params)
+    for item in params.get("TransactItems") or ():  # TransactWriteItems: ConditionCheck, Put, Update, Delete
+        if isinstance(item, Mapping):
+            for part in item.values():
+                from_request(part)
+    statements = [params.get("Statement")] + [s.get("Statement") for key in ("Statements", "TransactStatements")
+                                              for s in params.get(key) or () if isinstance(s, Mapping)]
+    for text in statements:
+        if isinstance(text, str) and re.search(r"(?i)\bwhere\b", text):
+            where = re.split(r"(?i)\bwhere\b", text, maxsplit=1)[1]
+            found.update(q or w for q, w in _PARTIQL_NAME.findall(where))
+    return found
 
 
 # ---------------------------------------------------------------------------------------- values
@@ -1271,7 +1315,31 @@ class PolicySet:
                     also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
                     mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
-        return decision
+        return self._no_condition_on_masked(call, decision)
+
+    def _no_condition_on_masked(self, call: Any, decision: Decision) -> Decision:
+        """A DynamoDB call allowed with item attributes masked for the agent (``Item.ssn``) is refused
+        when a condition of it reads such an attribute (a filter, key condition or condition
+        expression, a legacy filter, a PartiQL statement naming it): how many items a
+        ``begins_with(ssn, :p)`` scan counts, or whether a write's condition fails, tells the value
+        a character at a time, whatever the answer masks."""
+        if decision.decision != "allow" or getattr(call, "service", None) not in ITEM_SERVICES:
+            return decision
+        masked = {m.split(".")[1] for m in decision.mask_for_agent
+                  if m.split(".", 1)[0].removesuffix("[]") in ("Item", "Items") and m.count(".") >= 1}
+        if not masked:
+            return decision
+        named = condition_attributes(getattr(call, "params", None) or {})
+        hit = sorted(masked & named)
+        if not hit:
+            return decision
+        by = [r.id for r in self.rules if r.id in decision.considered
+              and any(m.split(".")[1:2] == [h] for m in r.mask_for_agent for h in hit if "." in m)]
+        return dataclasses.replace(
+            decision, decision="deny", rule=MASKED_PREDICATE_RULE, mask_for_agent=(),
+            reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call's condition reads "
+                    f"{'it' if len(hit) == 1 else 'them'}: what it finds would tell the value; read the items "
+                    "without a condition on it"))
 
     def _masks_kept(self, principal: Any, read: Any, decision: Decision) -> Decision:
         """A read allowed with ``mask_for_agent`` whose data the call copies elsewhere (an S3 copy's
