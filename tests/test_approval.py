@@ -111,6 +111,32 @@ def test_separation_of_duties_and_the_rules_approvers(approvals):
     assert approvals.get(a.id).status == "pending"
 
 
+def test_no_party_of_a_nested_act_chain_approves(approvals):
+    """agent-1 acts for an orchestrator that acts for alice (act nested in act): alice, at the end
+    of the chain, may not approve the call she set going, nor the orchestrator; a chain binds its
+    approval, so the same call with another chain asks anew."""
+    from addons.core.identity import principal_from_claims
+
+    claims = {"sub": "agent-1", "iss": "https://issuer", "aud": "agentgate", "exp": time.time() + 300,
+              "groups": ["data-agents"], "act": {"sub": "orchestrator", "act": {"sub": "alice"}}}
+    chained = principal_from_claims(claims, audiences=("agentgate",))
+    assert (chained.on_behalf_of, chained.actors) == ("orchestrator", ("orchestrator", "alice"))
+    a = approvals.ask(principal=chained, decision=decision(), call=terminate("i-chain")).approval
+    assert approvals.get(a.id).actors == ("orchestrator", "alice")
+    for who in ("alice", "orchestrator"):
+        with pytest.raises(Refused, match="separation of duties"):
+            approvals.decide(a.id, principal(who, groups=("sre",)), approve=True)
+    other = principal_from_claims({**claims, "act": {"sub": "orchestrator", "act": {"sub": "carol"}}},
+                                  audiences=("agentgate",))
+    assert approvals.ask(principal=other, decision=decision(), call=terminate("i-chain")).approval.id != a.id
+    approvals.decide(a.id, principal("dave", groups=("sre",)), approve=True)
+    deep: dict = {"sub": "a0"}
+    for n in range(1, 10):
+        deep = {"sub": f"a{n}", "act": deep}
+    with pytest.raises(Exception, match="nests more than 8 actors"):
+        principal_from_claims({**claims, "act": deep}, audiences=("agentgate",))
+
+
 # -- asking, deciding, taking --------------------------------------------------------------------------
 
 

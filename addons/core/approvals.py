@@ -176,12 +176,21 @@ def binding_hash(principal: Any, role_arn: str | None, service: str | None, oper
                  region: str | None, params: Mapping[str, Any] | None) -> str:
     """The hash an approval is bound to: who (issuer, subject, on behalf of whom), as which role,
     what (service, operation, region) and with which parameters."""
+    who = [getattr(principal, "iss", None), getattr(principal, "sub", None), getattr(principal, "on_behalf_of", None)]
+    if nested := _nested_actors(principal):  # a nested act chain binds too (a token without one hashes as before)
+        who.append(nested)
     return _digest({
-        "principal": [getattr(principal, "iss", None), getattr(principal, "sub", None),
-                      getattr(principal, "on_behalf_of", None)],
+        "principal": who,
         "role": role_arn, "service": service, "operation": operation, "region": region,
         "params": canonical_params(service, operation, params),
     })
+
+
+def _nested_actors(principal: Any) -> list[str] | None:
+    """The act claim's chain, kept on an approval when it nests (beyond on_behalf_of): every party
+    in it is kept from approving."""
+    actors = list(getattr(principal, "actors", None) or ())
+    return actors if len(actors) > 1 else None
 
 
 def grant_binding_hash(principal: Any, role_arn: str) -> str:
@@ -303,11 +312,13 @@ class Approval:
     revoked_by: str | None
     revoke_reason: str | None
     call_id: str | None = None
+    actors: tuple[str, ...] | None = None  # the act claim's chain, when it nests (on_behalf_of is its first)
 
     @classmethod
     def from_row(cls, row: Any) -> "Approval":
         m = dict(row._mapping if hasattr(row, "_mapping") else row)
         m["resources"] = tuple(m.get("resources") or ())
+        m["actors"] = tuple(m["actors"]) if m.get("actors") else None
         return cls(**{f.name: m.get(f.name) for f in dataclasses.fields(cls)})
 
     def state(self, now: dt.datetime | None = None) -> str:
@@ -343,9 +354,10 @@ class Asked:
 
 def may_decide(approval: Approval, approver: Any) -> str | None:
     """Why ``approver`` may not decide ``approval``, or None when they may."""
-    names = {approval.principal, approval.on_behalf_of} - {None}
+    names = {approval.principal, approval.on_behalf_of, *(approval.actors or ())} - {None}
     if not is_admin(approver):
-        mine = {getattr(approver, "sub", None), getattr(approver, "on_behalf_of", None)} - {None}
+        mine = {getattr(approver, "sub", None), getattr(approver, "on_behalf_of", None),
+                *(getattr(approver, "actors", None) or ())} - {None}
         if names & mine:
             what = "asked for this access" if approval.kind == "grant" else "made this call"
             return (f"separation of duties: {who(approver)} {what} or it was made on their behalf, so someone "
@@ -487,6 +499,7 @@ class Approvals:
                         "id": _new_id("call"), "kind": "call", "binding_hash": h, "rule": decision.rule,
                         "policy_version": decision.policy_version, "principal": principal.sub,
                         "issuer": principal.iss, "on_behalf_of": principal.on_behalf_of,
+                        "actors": _nested_actors(principal),
                         "action": call.action or "unknown", "service": call.service, "operation": call.operation,
                         "region": call.region, "resources": chain.jsonable(list(call.resources or [])),
                         "params": chain.jsonable(shown) if shown is not None else
@@ -746,7 +759,8 @@ class Approvals:
                     row = {
                         "id": _new_id("grant"), "kind": "grant", "binding_hash": h, "rule": role_id,
                         "policy_version": policy_version, "principal": principal.sub, "issuer": principal.iss,
-                        "on_behalf_of": principal.on_behalf_of, "action": GRANT_ACTION, "resources": [role_arn],
+                        "on_behalf_of": principal.on_behalf_of, "actors": _nested_actors(principal),
+                        "action": GRANT_ACTION, "resources": [role_arn],
                         "params": {"role": role_arn, "duration": duration}, "role": role_arn,
                         "approvers": approvers_spec(approvers), "request_reason": reason, "duration": duration,
                         "status": "pending", "requested": now, "expires": now + dt.timedelta(seconds=GRANT_REQUEST_TTL),

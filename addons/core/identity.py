@@ -81,6 +81,8 @@ class Principal:
     on_behalf_of: str | None  # the `act` claim's `sub` (RFC 8693), when present
     exp: float  # epoch seconds
     claims: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)  # read-only
+    # every sub of the act claim's chain (act, its act, ...): on_behalf_of first, then those before
+    actors: tuple[str, ...] = ()
 
     def expired(self, now: float | None = None, leeway: float = DEFAULT_LEEWAY) -> bool:
         """True once the token's exp (plus leeway) has passed."""
@@ -94,6 +96,7 @@ class Principal:
             "aud": list(self.aud),
             "groups": list(self.groups),
             "on_behalf_of": self.on_behalf_of,
+            "actors": list(self.actors),
             "exp": self.exp,
             "claims": copy.deepcopy(dict(self.claims)),
         }
@@ -433,6 +436,23 @@ def check_algorithm(header: Mapping[str, Any], allowed: Sequence[str]) -> str:
     return alg
 
 
+MAX_ACT_DEPTH = 8  # act claims nested deeper are refused
+
+
+def act_chain(act: Any) -> tuple[str, ...]:
+    """The subs of an ``act`` claim and of the ``act`` claims nested in it (RFC 8693's prior
+    actors), outermost first; TokenError where one is not an object with a sub, or too deep."""
+    chain: list[str] = []
+    while act is not None:
+        if not isinstance(act, Mapping) or not isinstance(act.get("sub"), str) or not act["sub"]:
+            raise TokenError("token is malformed: its act claim is not an object with a sub", "malformed")
+        if len(chain) == MAX_ACT_DEPTH:
+            raise TokenError(f"token is malformed: its act claim nests more than {MAX_ACT_DEPTH} actors", "malformed")
+        chain.append(act["sub"])
+        act = act.get("act")
+    return tuple(chain)
+
+
 def principal_from_claims(
     claims: Mapping[str, Any],
     *,
@@ -467,12 +487,8 @@ def principal_from_claims(
         raise TokenError(f"token has no valid audience (aud); expected {expected}", "wrong_audience")
     if not set(token_aud) & set(audiences):
         raise TokenError(f"token audience {_show(aud)} does not include {expected}", "wrong_audience")
-    act = claims.get("act")
-    on_behalf_of = None
-    if act is not None:
-        if not isinstance(act, Mapping) or not isinstance(act.get("sub"), str) or not act["sub"]:
-            raise TokenError("token is malformed: its act claim is not an object with a sub", "malformed")
-        on_behalf_of = act["sub"]
+    actors = act_chain(claims.get("act"))
+    on_behalf_of = actors[0] if actors else None
     return Principal(
         sub=sub,
         iss=claims.get("iss", ""),
@@ -481,6 +497,7 @@ def principal_from_claims(
         on_behalf_of=on_behalf_of,
         exp=float(exp),
         claims=types.MappingProxyType(dict(claims)),
+        actors=actors,
     )
 
 

@@ -179,6 +179,7 @@ class Approval(Base):
     principal: Mapped[str] = mapped_column(String)
     issuer: Mapped[str | None] = mapped_column(String)
     on_behalf_of: Mapped[str | None] = mapped_column(String)
+    actors: Mapped[list[str] | None] = mapped_column(Json)  # the act claim's whole chain, when it nests
     action: Mapped[str] = mapped_column(String)
     service: Mapped[str | None] = mapped_column(String)
     operation: Mapped[str | None] = mapped_column(String)

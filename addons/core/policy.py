@@ -692,6 +692,7 @@ class _Facts:
                     "iss": getattr(p, "iss", None),
                     "groups": list(getattr(p, "groups", None) or ()),
                     "on_behalf_of": getattr(p, "on_behalf_of", None),
+                    "actors": list(getattr(p, "actors", None) or ()),
                     "claims": self.claims(),
                 },
                 "resource": list(getattr(c, "resources", None) or ()),
