@@ -299,6 +299,19 @@ def test_a_path_into_an_item_names_the_attribute_wherever_an_item_comes_back(ser
     assert all(n not in part.body for n in ('"1"', '"2"', '"3"'))
 
 
+def test_what_a_write_echoes_is_masked_for_the_agent_but_not_what_an_operation_is_called_for():
+    """A write's answer that echoes a curated secret (UpdateFunctionConfiguration's environment,
+    CreateAccessKey's secret) is masked for the agent whatever the rules say; a KMS plaintext is
+    what GenerateDataKey or Decrypt is called for: the rules decide (secrets.yaml masks Decrypt's).
+    A masked blob is no key: the agent's marker has no AES key length."""
+    m = Masker(KEY)
+    assert "Environment.Variables" in m.curated_outputs("lambda", "UpdateFunctionConfiguration")
+    assert "AccessKey.SecretAccessKey" in m.curated_outputs("iam", "CreateAccessKey")
+    for operation in ("Decrypt", "GenerateDataKey", "GenerateRandom", "GenerateDataKeyPair"):
+        assert m.curated_outputs("kms", operation) == (), operation
+    assert len(AGENT_MARKER.encode()) not in (16, 24, 32)
+
+
 def test_the_record_masks_policy_paths_in_requests_too():
     m = Masker(KEY)
     c = call("dynamodb", "PutItem", params={"TableName": "t", "Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}})

@@ -611,9 +611,16 @@ def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, is
         s3.head_object(Bucket=bucket, Key="public/app.env")
     assert e.value.response["Error"]["Code"] == "404"  # nothing was copied
 
+    # a version of the object is the object: copying it names s3:GetObjectVersion, masked as a read
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    version = s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(),
+                            ContentType="text/plain")["VersionId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="public/versioned.env", CopySource={**source, "VersionId": version})
+    assert e.value.response["Error"]["Code"] == "AccessDenied" and "masks Body" in e.value.response["Error"]["Message"]
     s3.copy_object(Bucket=bucket, Key="masked/copy.env", CopySource=source)  # the same mask holds there
     copied = s3.get_object(Bucket=bucket, Key="masked/copy.env")["Body"].read().decode()
     assert copied == f"db_password={AGENT_MARKER}\n"  # no fingerprint
     refused = [r for r in gw.records() if r["principal"] == f"agent-copy-{tag}" and r["decision"] == "deny"]
-    assert [r["operation"] for r in refused] == ["CopyObject", "UploadPartCopy"]
+    assert [r["operation"] for r in refused] == ["CopyObject", "UploadPartCopy", "CopyObject"]
     assert {r["rule"] for r in refused} == {"agentgate:masked-source"}

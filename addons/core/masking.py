@@ -73,7 +73,9 @@ MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
 # What the agent's copy gets instead of a masked value: the same for every value, so that it tells
 # the agent nothing (a fingerprint would say that two secrets are equal, and, for an agent that can
 # write a value it chooses and read it back masked, whether a guess is the secret).
-AGENT_MARKER = "agentgate:masked"
+# (26 bytes: no key length, so that a masked data key, as a blob, cannot pass for one and encrypt
+# with a value everyone knows)
+AGENT_MARKER = "agentgate:masked-for-agent"
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
 OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
@@ -135,6 +137,9 @@ class Target:
     reason: str
     when: tuple[str, str] | None = None  # (sibling member, value): only when the sibling has it
     base64: bool = False  # a string member holding base64: masked as a base64 marker
+    # the secret the operation is called for (a KMS plaintext): masked for the agent only where
+    # policy says, not as an echo of a write (``Masker.curated_outputs``)
+    asked_for: bool = False
 
 
 _CREDENTIALS = ("Credentials.SecretAccessKey", "Credentials.SessionToken")
@@ -211,8 +216,10 @@ CURATED: tuple[Target, ...] = (
                            "AdminRespondToAuthChallenge"), "output",
            ("AuthenticationResult.AccessToken", "AuthenticationResult.IdToken", "AuthenticationResult.RefreshToken"),
            "user pool tokens"),
-    Target("kms", ("Decrypt", "GenerateDataKey", "GenerateRandom"), "output", ("Plaintext",), "plaintext key material"),
-    Target("kms", ("GenerateDataKeyPair",), "output", ("PrivateKeyPlaintext",), "a plaintext private key"),
+    Target("kms", ("Decrypt", "GenerateDataKey", "GenerateRandom"), "output", ("Plaintext",), "plaintext key material",
+           asked_for=True),
+    Target("kms", ("GenerateDataKeyPair",), "output", ("PrivateKeyPlaintext",), "a plaintext private key",
+           asked_for=True),
     Target("kms", ("Encrypt",), "input", ("Plaintext",), "the plaintext being encrypted"),
     Target("secretsmanager", ("GetSecretValue",), "output", ("SecretString", "SecretBinary"), "the secret's value"),
     Target("secretsmanager", ("BatchGetSecretValue",), "output",
@@ -1010,15 +1017,16 @@ class Masker:
         return self._overlays[key]
 
     def curated_outputs(self, service: str | None, operation: str | None) -> tuple[str, ...]:
-        """The curated targets of an operation's answer (those that hold whatever their siblings say)
-        as policy paths: what a write's answer echoes (a function's environment from
+        """The curated targets of an operation's answer (those that hold whatever their siblings say,
+        and are not what the operation is called for: a KMS plaintext is the policy's to mask) as
+        policy paths: what a write's answer echoes (a function's environment from
         UpdateFunctionConfiguration, a new key's secret) is masked for the agent with them."""
         key = (service, operation)
         found = self._curated_outputs.get(key)
         if found is None:
             found = self._curated_outputs[key] = tuple(dict.fromkeys(
                 p for t in CURATED if t.service == service and operation in t.operations
-                and t.direction == "output" and t.when is None for p in t.paths))
+                and t.direction == "output" and t.when is None and not t.asked_for for p in t.paths))
         return found
 
     def _policy_steps(self, service: str, operation: str, direction: str, path: str) -> list[tuple[str, ...]]:

@@ -1347,7 +1347,16 @@ class PolicySet:
         source, ``Classification.lands_as``) is refused when the copy would be read without those
         masks: copying a masked object to a key no mask covers would hand the agent its body."""
         landing = getattr(read, "lands_as", None)
-        if decision.decision != "allow" or not decision.mask_for_agent or landing is None:
+        if landing is None or decision.decision != "allow":
+            return decision
+        if getattr(read, "action", None) == "s3:GetObjectVersion":
+            # a version is the object too: the masks a read of it as s3:GetObject gets hold for it
+            plain = self._evaluate(principal, dataclasses.replace(read, action="s3:GetObject"))
+            if plain.decision == "allow":
+                decision = dataclasses.replace(decision, mask_for_agent=tuple(dict.fromkeys(
+                    decision.mask_for_agent + plain.mask_for_agent)), considered=decision.considered + tuple(
+                    r for r in plain.considered if r not in decision.considered))
+        if not decision.mask_for_agent:
             return decision
         after = self._evaluate(principal, landing)
         lost = [m for m in decision.mask_for_agent if m not in after.mask_for_agent]
