@@ -258,7 +258,8 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     if settings.console_listen:
         console = _start_console(settings, worker is not None, Console(
             approvals, store, validator=validator, admin_token=read_key(keys / "admin.token"),
-            may_view=approvers_of(policies, settings.grant_approvers), notifier=notifier).app)
+            may_view=approvers_of(policies, settings.grant_approvers), notifier=notifier,
+            sessions_ended=keys / "console-sessions-ended").app)
 
     loop = asyncio.get_running_loop()
     stopping = False

@@ -101,6 +101,23 @@ def test_a_call_held_by_one_worker_is_released_through_the_other(pg_workers, iss
     assert f":{holder}:" in released[0]["writer_id"]  # recorded by the worker that held it
 
 
+def test_a_console_session_signed_out_on_one_worker_is_ended_on_the_other(pg_workers, issuer):
+    gw, _ = pg_workers
+    first, second = sorted(workers_of(gw))
+    a, b = console_of(gw, first), console_of(gw, second)
+    try:
+        session = a.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
+        signed_in = {"authorization": f"Bearer {session}"}
+        assert b.get("/api/state", headers=signed_in).status_code == 200  # one signature for both workers
+        assert a.post("/api/logout", json={}, headers=signed_in).json() == {"ok": True}
+        for c in (a, b):
+            r = c.get("/api/state", headers=signed_in)
+            assert r.status_code == 401 and "ended" in r.json()["error"], (c, r.text)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_both_workers_serve_and_each_keeps_a_chain_that_verifies(pg_workers, issuer):
     gw, url = pg_workers
     token = issuer.mint("agent-2")

@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import socket
 import time
@@ -81,12 +82,39 @@ def _b64(data: bytes) -> str:
 
 
 class Sessions:
-    """Console sessions: signed statements of who signed in, until when; no token inside."""
+    """Console sessions: signed statements of who signed in, until when; no token inside. Sign-outs
+    are kept in ``ended_file`` (beside the keys, where every worker of the gateway reads them, and
+    a restart finds them), so that a session signed out is ended everywhere."""
 
-    def __init__(self, admin_token: bytes | None) -> None:
+    def __init__(self, admin_token: bytes | None, ended_file: Path | None = None) -> None:
         seed = admin_token.strip() if admin_token else secrets.token_bytes(32)  # without one: this process only
         self.key = hmac.new(seed, b"agentgate console sessions", hashlib.sha256).digest()
-        self.ended: dict[str, float] = {}  # nonce -> its session's end, for sessions signed out here
+        self.ended: dict[str, float] = {}  # nonce -> its session's end, for sessions signed out
+        self.ended_file = ended_file
+        self._read_at: tuple[int, int] | None = None  # (mtime_ns, size) of ended_file when last read
+
+    def _refresh(self, now: float) -> None:
+        """Read the sign-outs other workers wrote, when the file changed since it was last read."""
+        if self.ended_file is None:
+            return
+        try:
+            st = self.ended_file.stat()
+        except OSError:
+            return
+        if (st.st_mtime_ns, st.st_size) == self._read_at:
+            return
+        self._read_at = (st.st_mtime_ns, st.st_size)
+        try:
+            lines = self.ended_file.read_text(encoding="ascii", errors="replace").splitlines()
+        except OSError:
+            return
+        for line in lines:
+            nonce, _, until = line.partition(" ")
+            try:
+                if float(until) > now:
+                    self.ended[nonce] = float(until)
+            except ValueError:
+                continue
 
     def issue(self, principal: Any, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -116,6 +144,7 @@ class Sessions:
         s = self._statement(session)
         if s is None:
             return None, "the console session is not one this gateway signed: sign in again"
+        self._refresh(now)
         if s["exp"] <= now or s["n"] in self.ended:
             return None, "the console session has ended: sign in again"
         return Principal(sub=s["sub"], iss=s["iss"], aud=tuple(s["aud"]), groups=tuple(s["groups"]),
@@ -126,8 +155,19 @@ class Sessions:
         if s is None:
             return
         now = time.time() if now is None else now
+        self._refresh(now)
         self.ended = {n: t for n, t in self.ended.items() if t > now}
         self.ended[s["n"]] = s["exp"]
+        if self.ended_file is not None:
+            try:  # one line appended (O_APPEND: workers signing out at once do not lose each other's)
+                fd = os.open(self.ended_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, f"{s['n']} {s['exp']}\n".encode("ascii"))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                log.warning("could not keep the console's sign-out in %s (%s): it ends the session in this process "
+                            "only", self.ended_file, e)
 
 
 def _call_summary(c: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +178,14 @@ def _call_summary(c: dict[str, Any]) -> dict[str, Any]:
 
 class Console:
     def __init__(self, approvals: Approvals, store: Any, *, validator: Any = None, admin_token: bytes | None = None,
-                 may_view: Callable[[Any], bool] | None = None, notifier: Any = None, calls_shown: int = 30) -> None:
+                 may_view: Callable[[Any], bool] | None = None, notifier: Any = None, calls_shown: int = 30,
+                 sessions_ended: Path | None = None) -> None:
         self.approvals = approvals
         self.store = store
         self.validator = validator
         self.admin_token = admin_token
         self.may_view = may_view or (lambda principal: False)
-        self.sessions = Sessions(admin_token)
+        self.sessions = Sessions(admin_token, sessions_ended)
         self.notifier = notifier
         self.calls_shown = calls_shown
         self.app = Starlette(routes=[
