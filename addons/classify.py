@@ -9,6 +9,7 @@ import asyncio
 from mitmproxy import http
 
 from .core import classifier
+from .core.awserrors import Refusal
 from .stage import CALL, HOST, REFUSAL, STREAM, answer, declares_body, due, header_pairs, lowered
 
 
@@ -43,6 +44,15 @@ class Classify:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if due(flow, "requestheaders"):
             self._run(flow, None)
+            return
+        target = flow.request.headers.get("x-amz-target")
+        if target and flow.response is None and REFUSAL not in flow.metadata and \
+                not classifier.default_classifier().target_names_an_operation(target):
+            # decided by its head: no body can make it an operation, so the body is not held (a
+            # refusal made now lets limits drop it as it comes) and the call is unknown
+            flow.metadata[REFUSAL] = Refusal(
+                403, "AccessDenied", f"agentgate refused the call: X-Amz-Target {target[:100]!r} names no operation "
+                "of any service it knows (unknown); check the service's API version and operation name", "classify")
 
     def request(self, flow: http.HTTPFlow):
         if due(flow, "request"):

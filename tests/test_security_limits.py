@@ -237,6 +237,28 @@ def test_the_body_of_a_request_refused_at_its_head_is_not_held(tmp_path, issuer,
         assert r["request_body"] is None
 
 
+def test_a_json_call_whose_target_names_no_operation_is_refused_by_its_head(gw, issuer):
+    """X-Amz-Target decides a json call's operation whatever its body holds: one that names no
+    operation is refused from its head, and its body dropped as it comes, not held (four 90 MB
+    bodies of such a call took the gateway's memory up by 600 MB)."""
+    import hashlib
+
+    sub = "agent-bogus-target"
+    body = b'{"x": "' + b"y" * 800_000 + b'"}'
+    tls = tunnel(gw, issuer.mint(sub), "dynamodb.us-east-1.amazonaws.com")
+    head = (b"POST / HTTP/1.1\r\nHost: dynamodb.us-east-1.amazonaws.com\r\nX-Amz-Target: DynamoDB_20120810.Bogus\r\n"
+            b"Content-Type: application/x-amz-json-1.0\r\nX-Amz-Date: 20260101T000000Z\r\n"
+            b"Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/dynamodb/aws4_request, "
+            b"SignedHeaders=host;x-amz-date, Signature=" + b"0" * 64 + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    tls.sendall(head + body)
+    answer = read_answer(tls)
+    tls.close()
+    assert answer.startswith(b"HTTP/1.1 403") and b"names no operation" in answer, answer[:400]
+    r = last_record(gw, sub)
+    assert (r["rule"], r["outcome"], r["request_body"]) == ("agentgate:classify", "refused", None), r
+    assert (r["request_body_size"], r["request_body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
 def test_parameters_too_large_to_keep_are_recorded_as_their_digest(tmp_path, issuer, moto):
     """A form of tens of thousands of list items is decided on whole (policy and an approval's
     binding read every item), classified off the event loop, and recorded as its parameters'

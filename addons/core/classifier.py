@@ -1533,6 +1533,12 @@ class Classifier:
         return (f"cannot tell the operation: no X-Amz-Target, Action or known request URI for "
                 f"{', '.join(e.name for e in candidates)}")
 
+    def target_names_an_operation(self, target: str) -> bool:
+        """Whether an X-Amz-Target names an operation of some service (from its head alone: a json
+        call's operation is its target's, whatever its body holds)."""
+        prefix, _, operation = target.rpartition(".")
+        return any(operation in self.routing(e.name).operations for e in self.catalogue.by_target_prefix.get(prefix, ()))
+
     def resolve_target(self, target: str, candidates: list[ServiceEntry]) -> Resolution | str:
         prefix, _, operation = target.rpartition(".")
         signing_names = {c.signing_name for c in candidates}
