@@ -128,7 +128,18 @@ class Decision:
 MASKED_SOURCE_RULE = "agentgate:masked-source"
 # ... and when a condition reads an attribute masked for the agent (``_no_condition_on_masked``).
 MASKED_PREDICATE_RULE = "agentgate:masked-condition"
-ITEM_SERVICES = frozenset({"dynamodb"})
+CONDITION_SERVICES = frozenset({"dynamodb"})  # whose calls' conditions read item attributes
+
+
+def item_attribute(path: str) -> str | None:
+    """The attribute a ``mask_for_agent`` path into a DynamoDB item names (``Item.ssn``,
+    ``Items[].ssn``: "ssn"), or None for any other path."""
+    head, _, rest = path.partition(".")
+    if not rest or head.removesuffix("[]") not in ("Item", "Items"):
+        return None
+    return rest.split(".")[0] or None
+
+
 _CONDITION_EXPRESSIONS = ("FilterExpression", "KeyConditionExpression", "ConditionExpression")
 _LEGACY_CONDITIONS = ("ScanFilter", "QueryFilter", "KeyConditions", "Expected")
 # an attribute name in a condition expression: a #placeholder or a bare name, not a :value, a
@@ -1324,10 +1335,9 @@ class PolicySet:
         expression, a legacy filter, a PartiQL statement naming it): how many items a
         ``begins_with(ssn, :p)`` scan counts, or whether a write's condition fails, tells the value
         a character at a time, whatever the answer masks."""
-        if decision.decision != "allow" or getattr(call, "service", None) not in ITEM_SERVICES:
+        if decision.decision != "allow" or getattr(call, "service", None) not in CONDITION_SERVICES:
             return decision
-        masked = {m.split(".")[1] for m in decision.mask_for_agent
-                  if m.split(".", 1)[0].removesuffix("[]") in ("Item", "Items") and m.count(".") >= 1}
+        masked = {a for m in decision.mask_for_agent if (a := item_attribute(m))}
         if not masked:
             return decision
         named = condition_attributes(getattr(call, "params", None) or {})
@@ -1335,7 +1345,7 @@ class PolicySet:
         if not hit:
             return decision
         by = [r.id for r in self.rules if r.id in decision.considered
-              and any(m.split(".")[1:2] == [h] for m in r.mask_for_agent for h in hit if "." in m)]
+              and any(item_attribute(m) in hit for m in r.mask_for_agent)]
         return dataclasses.replace(
             decision, decision="deny", rule=MASKED_PREDICATE_RULE, mask_for_agent=(),
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call's condition reads "
@@ -1760,7 +1770,7 @@ def item_reads_missed(rule: Rule) -> list[str]:
     actions returning items: those it does not match, where the attributes would reach the agent."""
     if rule.decision != "allow" or rule.action_re is None:
         return []
-    if not any(m.split(".", 1)[0].removesuffix("[]") in ("Item", "Items") and "." in m for m in rule.mask_for_agent):
+    if not any(item_attribute(m) for m in rule.mask_for_agent):
         return []
     matched = [a for a, level in ITEM_READS if rule.action_re.match(a.lower())
                and (rule.levels_key is None or access_level_of(level) in rule.levels_key)]
