@@ -312,6 +312,18 @@ def test_what_a_write_echoes_is_masked_for_the_agent_but_not_what_an_operation_i
     assert len(AGENT_MARKER.encode()) not in (16, 24, 32)
 
 
+def test_the_record_keeps_no_environment_a_job_or_model_is_created_with():
+    m = Masker(KEY)
+    body = json.dumps({"jobDefinitionName": "nightly", "type": "container", "containerProperties": {
+        "image": "app:1", "environment": [{"name": "DB_PASSWORD", "value": "Hunter2-batch"}]}}).encode()
+    part = m.request(call("batch", "RegisterJobDefinition"), body=body)
+    assert "Hunter2-batch" not in part.body and '"DB_PASSWORD"' in part.body
+    body = json.dumps({"ModelName": "m", "ExecutionRoleArn": "arn:aws:iam::123456789012:role/r",
+                       "PrimaryContainer": {"Image": "i", "Environment": {"API_TOKEN": "Hunter2-model"}}}).encode()
+    part = m.request(call("sagemaker", "CreateModel"), body=body)
+    assert "Hunter2-model" not in part.body and '"API_TOKEN"' in part.body
+
+
 def test_the_record_masks_policy_paths_in_requests_too():
     m = Masker(KEY)
     c = call("dynamodb", "PutItem", params={"TableName": "t", "Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}})
