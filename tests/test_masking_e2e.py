@@ -81,6 +81,16 @@ def gw(tmp_path_factory, issuer, masking_moto):
         yield g
 
 
+def agent_client(gw: Gateway, token: str, service: str, **config):
+    """A boto3 client an agent would make: proxied through ``gw`` with ``token``, one attempt."""
+    import boto3
+    import botocore.config
+
+    return boto3.client(service, region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
+                        verify=str(gw.ca_file), config=botocore.config.Config(
+                            proxies={"https": gw.proxy_url(token)}, retries={"total_max_attempts": 1}, **config))
+
+
 def planted(tag: str) -> dict[str, str]:
     """Secrets no test could find by chance, one per place they are planted."""
     r = lambda name: f"{name}-{tag}-{secrets.token_hex(12)}"  # noqa: E731
@@ -448,17 +458,12 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
     across parts passes the detectors in pieces, each kept in its record) is refused; an object
     the detectors cannot read (said not to be text by ?response-content-type=, or over 1 MiB) is
     withheld (ResponseWithheld), not handed over as stored."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
     tag = secrets.token_hex(6)
     key_secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     text = f"db_password=Sup3rS3cret-{tag}\naws_secret_access_key={key_secret}\n"
-    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                      verify=str(gw.ca_file), config=botocore.config.Config(
-                          proxies={"https": gw.proxy_url(issuer.mint(f"agent-body-{tag}"))},
-                          retries={"total_max_attempts": 1}))
+    s3 = agent_client(gw, issuer.mint(f"agent-body-{tag}"), "s3")
     bucket = f"bodies-{tag}"
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(), ContentType="text/plain")
@@ -486,15 +491,10 @@ def test_a_condition_on_a_masked_attribute_is_refused(gw, issuer):
     tell the value a character at a time (Select=COUNT answers no item to mask), so a condition that
     reads a masked attribute is refused, in expressions, legacy filters and PartiQL; one on another
     attribute goes."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
     tag = secrets.token_hex(6)
-    ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                       verify=str(gw.ca_file), config=botocore.config.Config(
-                           proxies={"https": gw.proxy_url(issuer.mint(f"agent-guess-{tag}"))},
-                           retries={"total_max_attempts": 1}))
+    ddb = agent_client(gw, issuer.mint(f"agent-guess-{tag}"), "dynamodb")
     table = f"guess-{tag}"
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
@@ -525,16 +525,11 @@ def test_an_error_that_carries_an_item_is_masked_as_its_answer_would_be(gw, issu
     """A write that fails its condition answers with the item it checked
     (ReturnValuesOnConditionCheckFailure): the error is masked against its exception's shape,
     for the agent and the record, as a read of the item is."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
     tag = secrets.token_hex(6)
     ssn = f"ssn-in-an-error-{tag}"
-    ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                       verify=str(gw.ca_file), config=botocore.config.Config(
-                           proxies={"https": gw.proxy_url(issuer.mint(f"agent-err-{tag}"))},
-                           retries={"total_max_attempts": 1}))
+    ddb = agent_client(gw, issuer.mint(f"agent-err-{tag}"), "dynamodb")
     table = f"errors-{tag}"
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
@@ -551,17 +546,12 @@ def test_an_error_that_carries_an_item_is_masked_as_its_answer_would_be(gw, issu
 def test_tokens_in_the_url_and_agent_written_headers_never_reach_the_record(gw, issuer):
     """The agent's own token, or another JWT, as a path segment (an S3 key), and a JWT in the
     User-Agent: the record's URL and headers hold markers, the store's bytes none of the tokens."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
     tag = secrets.token_hex(6)
     own = issuer.mint(f"agent-url-{tag}")
     other = issuer.mint(f"someone-else-{tag}")
-    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                      verify=str(gw.ca_file), config=botocore.config.Config(
-                          proxies={"https": gw.proxy_url(own)}, retries={"total_max_attempts": 1},
-                          user_agent_extra=f"reset/{other}"))
+    s3 = agent_client(gw, own, "s3", user_agent_extra=f"reset/{other}")
     bucket = f"urls-{tag}"
     s3.create_bucket(Bucket=bucket)
     for key in (f"reset/{own}", f"reset/{other}"):
@@ -582,16 +572,11 @@ def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, is
     """A copy reads its source (s3:GetObject) and writes its destination: copying an object whose
     Body a rule masks to a key that no such rule covers would let the agent read it unmasked
     there. Refused, for CopyObject and UploadPartCopy; a copy to where the same mask holds goes."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
     tag = secrets.token_hex(6)
     text = f"db_password=C0pyS3cret-{tag}\n"
-    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="agentgate", aws_secret_access_key="x",
-                      verify=str(gw.ca_file), config=botocore.config.Config(
-                          proxies={"https": gw.proxy_url(issuer.mint(f"agent-copy-{tag}"))},
-                          retries={"total_max_attempts": 1}))
+    s3 = agent_client(gw, issuer.mint(f"agent-copy-{tag}"), "s3")
     bucket = f"copies-{tag}"
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="masked/app.env", Body=text.encode(), ContentType="text/plain")
