@@ -603,10 +603,9 @@ class Approvals:
             why = "no event records it"
         else:
             m = event._mapping
-            if not m["mac"] or not hmac.compare_digest(
-                    chain.event_mac(self.chain_key, seq=m["seq"], event_hash=m["hash"]), m["mac"]):
+            if not chain.event_mac_holds(self.chain_key, m):
                 why = f"its latest event ({m['event']}, seq {m['seq']}) carries no valid MAC of the chain key"
-            elif chain.record_hash({k: v for k, v in m.items() if k != "mac"}) != m["hash"]:
+            elif not chain.event_hash_holds(m):
                 why = f"its latest event ({m['event']}, seq {m['seq']}) does not match its hash"
             elif row is None or chain.approval_state_hash(row._mapping) != m["state_hash"]:
                 why = "its row does not read as its latest event left it"

@@ -201,6 +201,16 @@ def event_mac(key: bytes, *, seq: int, event_hash: str) -> str:
     return hmac.new(key, b"agentgate approval event\n" + canonical(statement), hashlib.sha256).hexdigest()
 
 
+def event_hash_holds(row: Mapping[str, Any]) -> bool:
+    """Whether an approval event's row matches its hash (its content unaltered)."""
+    return record_hash({k: v for k, v in row.items() if k != "mac"}) == row["hash"]
+
+
+def event_mac_holds(key: bytes, row: Mapping[str, Any]) -> bool:
+    """Whether an approval event's row carries a MAC of ``key`` over its place in the chain."""
+    return bool(row["mac"]) and hmac.compare_digest(event_mac(key, seq=row["seq"], event_hash=row["hash"]), row["mac"])
+
+
 # -- witnesses: chain heads kept outside the store
 
 # What no chain shows by itself is its newest records deleted together with every checkpoint after
@@ -507,14 +517,13 @@ class ApprovalEventCheck:
             issues.append(f"{gap} missing between it and {_event(last)}: deleted")
         else:
             expected_prev = last["hash"]
-        content = {k: v for k, v in row.items() if k != "mac"}
-        if record_hash(content) != row["hash"]:
+        if not event_hash_holds(row):
             issues.append("its content does not match its hash: the event was altered")
         if expected_prev is not None and row["prev_hash"] != expected_prev:
             before = "the event before it" if last is not None or seq == 1 else f"the prune checkpoint at seq {seq - 1}"
             issues.append(f"it does not link to {before}: events were reordered, replaced or altered")
         if self.key is not None and row["mac"]:
-            if hmac.compare_digest(event_mac(self.key, seq=seq, event_hash=row["hash"]), row["mac"]):
+            if event_mac_holds(self.key, row):
                 self._anchored = seq
             else:
                 issues.append("its MAC does not verify with the chain key: forged or altered")
