@@ -147,6 +147,7 @@ _LEGACY_CONDITIONS = ("ScanFilter", "QueryFilter", "KeyConditions", "Expected")
 _EXPRESSION_NAME = re.compile(r"(?<![:\w#])(#[A-Za-z0-9_]+|[A-Za-z_][A-Za-z0-9_]*)(?![\w(])(?!\s+\()")
 _EXPRESSION_KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN"})
 _PARTIQL_NAME = re.compile(r'"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)')
+_PARTIQL_WHERE = re.compile(r"(?i)\bwhere\b")
 
 
 def condition_attributes(params: Mapping[str, Any]) -> set[str]:
@@ -177,9 +178,9 @@ def condition_attributes(params: Mapping[str, Any]) -> set[str]:
     statements = [params.get("Statement")] + [s.get("Statement") for key in ("Statements", "TransactStatements")
                                               for s in params.get(key) or () if isinstance(s, Mapping)]
     for text in statements:
-        if isinstance(text, str) and re.search(r"(?i)\bwhere\b", text):
-            where = re.split(r"(?i)\bwhere\b", text, maxsplit=1)[1]
-            found.update(q or w for q, w in _PARTIQL_NAME.findall(where))
+        parts = _PARTIQL_WHERE.split(text, maxsplit=1) if isinstance(text, str) else ()
+        if len(parts) == 2:
+            found.update(q or w for q, w in _PARTIQL_NAME.findall(parts[1]))
     return found
 
 
@@ -1344,13 +1345,17 @@ class PolicySet:
         hit = sorted(masked & named)
         if not hit:
             return decision
-        by = [r.id for r in self.rules if r.id in decision.considered
-              and any(item_attribute(m) in hit for m in r.mask_for_agent)]
+        by = self._rules_masking(decision, lambda m: item_attribute(m) in hit)
         return dataclasses.replace(
             decision, decision="deny", rule=MASKED_PREDICATE_RULE, mask_for_agent=(),
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call's condition reads "
                     f"{'it' if len(hit) == 1 else 'them'}: what it finds would tell the value; read the items "
                     "without a condition on it"))
+
+    def _rules_masking(self, decision: Decision, path: Callable[[str], bool]) -> list[str]:
+        """The ids of the rules among those ``decision`` considered with a ``mask_for_agent`` path
+        ``path`` accepts: which rules a refusal for a mask names."""
+        return [r.id for r in self.rules if r.id in decision.considered and any(path(m) for m in r.mask_for_agent)]
 
     def _masks_kept(self, principal: Any, read: Any, decision: Decision) -> Decision:
         """A read allowed with ``mask_for_agent`` whose data the call copies elsewhere (an S3 copy's
@@ -1373,7 +1378,7 @@ class PolicySet:
         if after.decision != "allow" or not lost:
             return decision
         where = ", ".join(getattr(landing, "resources", None) or ()) or "its destination"
-        by = [r.id for r in self.rules if r.id in decision.considered and set(r.mask_for_agent) & set(lost)]
+        by = self._rules_masking(decision, lambda m: m in lost)
         return dataclasses.replace(
             decision, decision="deny", rule=MASKED_SOURCE_RULE, mask_for_agent=(),
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(lost)} of this source for agents, and a read "

@@ -1740,10 +1740,10 @@ def _witnessed_heads_missing(conn: Any, heads: dict[str, dict[int, list[chain.Wi
             if seq <= pruned.get(writer, 0):
                 continue
             end = ends.get(writer)
-            held = f"its chain ends at record {end}" if end else "it holds no record of that writer"
+            holds = f"its chain ends at record {end}" if end else "it holds no record of that writer"
             for w in ws:
                 problems.append(f"{w.where}: the witness saw writer {writer}'s chain at record {seq}, which the store "
-                                f"no longer holds ({held}): records deleted after it was written")
+                                f"no longer holds ({holds}): records deleted after it was written")
     return problems
 
 
