@@ -218,12 +218,12 @@ def test_the_agents_copy_does_not_tell_two_secrets_apart():
     c = call("secretsmanager", "BatchGetSecretValue")
     policy = ("SecretValues[].SecretString",)
     part, agent = m.response(c, status=200, body=body, policy=policy)
-    for copy in (agent, m.agent_copy(c, headers=[], body=body, policy=policy)):  # from the record's parse, or alone
-        values = parse("secretsmanager", "BatchGetSecretValue", copy.body)["SecretValues"]
+    for made in (agent, m.agent_copy(c, headers=[], body=body, policy=policy)):  # from the record's parse, or alone
+        values = parse("secretsmanager", "BatchGetSecretValue", made.body)["SecretValues"]
         assert [(v["Name"], v["SecretString"]) for v in values] == [("db", AGENT_MARKER), ("api", AGENT_MARKER)]
-        assert fingerprint_free(copy.body) and not MARKER_RE.search(copy.body.decode())
-        assert b"db-pa55word" not in copy.body and b"api-t0ken" not in copy.body
-        assert copy.masked == {("agent", "SecretValues[].SecretString", "policy"): 2}
+        assert fingerprint_free(made.body) and not MARKER_RE.search(made.body.decode())
+        assert b"db-pa55word" not in made.body and b"api-t0ken" not in made.body
+        assert made.masked == {("agent", "SecretValues[].SecretString", "policy"): 2}
     kept = [v["SecretString"] for v in json.loads(part.body)["SecretValues"]]
     assert kept == [fp("db-pa55word"), fp("api-t0ken")] and kept[0] != kept[1]
 
