@@ -205,7 +205,10 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     # without the checkpoints the WAL would hold every commit's pages (a dozen of about 4 KB each,
     # some 75 MB by the end); with them, about SQLite's own 1,000 pages at most
     assert all(f is not None for f in frames) and max(frames) < 2 * store_module.WAL_CHECKPOINT_FRAMES, frames
-    assert max(sizes) < 2 * store_module.WAL_CHECKPOINT_BYTES, sizes
+    # The file's size is the most the WAL ever held (a RESTART checkpoint starts it over without
+    # shrinking it): on a machine busy with other work, the writer thread can come late to a
+    # checkpoint while commits go on inline, so it is allowed more than the frames above.
+    assert max(sizes) < 4 * store_module.WAL_CHECKPOINT_BYTES, max(sizes)
     assert verify(s.url, KEY).ok
 
 
