@@ -195,6 +195,66 @@ def test_bad_input_is_one_line(store_url, tmp_path):
         assert result.output.strip().splitlines()[-1].startswith("Error: cannot write /proc/"), result.output
 
 
+def test_an_export_never_replaces_the_store_or_the_gateways_own_files(store_url, home, tmp_path):
+    """-o (or --evidence) naming the store's database, a file SQLite keeps beside it, a key, the CA,
+    a policy or the configuration, by its name, a link or a hard link, is refused before anything
+    is written: the store still holds every record and verifies."""
+    (home / "agentgate.toml").write_text("[agentgate]\n")
+    (home / "certs").mkdir()
+    (home / "certs" / "mitmproxy-ca.pem").write_text("ca\n")
+    (home / "policies").mkdir()
+    database = home / "agentgate.db"
+    before = database.read_bytes()
+    (tmp_path / "elsewhere").mkdir()
+    os.link(database, tmp_path / "elsewhere" / "hard.jsonl")
+    (tmp_path / "elsewhere" / "soft.jsonl").symlink_to(database)
+    runner = CliRunner()
+    for args, what in (
+        (["export", "--format", "jsonl", "-o", str(database)], "the store's database"),
+        (["export", "--format", "ocsf", "-o", str(tmp_path / "elsewhere" / "hard.jsonl")], "the store's database"),
+        (["export", "--format", "mitm", "-o", str(tmp_path / "elsewhere" / "soft.jsonl")], "the store's database"),
+        (["report", "-o", f"{database}-wal"], "the store's database"),
+        (["export", "--format", "oscal", "-o", str(tmp_path / "r.json"), "--evidence", str(database)],
+         "the store's database"),
+        (["export", "--format", "oscal", "-o", str(home / "keys" / "r.json")], "the gateway's keys"),
+        (["export", "--format", "jsonl", "-o", str(home / "keys" / "chain.key")], "the gateway's keys"),
+        (["report", "-o", str(home / "certs" / "mitmproxy-ca.pem")], "the gateway's CA"),
+        (["export", "--format", "jsonl", "-o", str(home / "policies" / "calls.yaml")], "the policies"),
+        (["export", "--format", "jsonl", "-o", str(home / "agentgate.toml")], "the gateway's configuration"),
+    ):
+        result = runner.invoke(main, [*args, "--db", store_url])
+        assert result.exit_code == 2, (args, result.output)
+        assert what in result.output and "would replace it" in result.output and "Traceback" not in result.output
+    assert database.read_bytes() == before and (home / "keys" / "chain.key").read_bytes() == KEY
+    assert (home / "certs" / "mitmproxy-ca.pem").read_text() == "ca\n" and not (home / "keys" / "r.json").exists()
+    assert "OK" in run("verify", "--db", store_url)
+
+
+def test_an_export_is_its_owners_alone_and_a_replaced_file_keeps_its_mode(store_url, tmp_path):
+    new, kept = tmp_path / "new.jsonl", tmp_path / "kept.jsonl"
+    kept.write_text("old\n")
+    kept.chmod(0o640)
+    old_umask = os.umask(0o022)
+    try:
+        run("export", "--format", "jsonl", "-o", str(new), "--db", store_url)
+        run("export", "--format", "jsonl", "-o", str(kept), "--db", store_url)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and len(read_jsonl(kept)) == 6
+
+
+def test_an_output_path_the_system_cannot_take_is_a_one_line_error(store_url, tmp_path):
+    runner = CliRunner()
+    for args in (["export", "--format", "jsonl", "-o", str(tmp_path / ("a" * 300))],
+                 ["report", "-o", str(tmp_path / ("a" * 300))],
+                 ["export", "--format", "jsonl", "-o", str(tmp_path / "newdir") + "/"]):
+        result = runner.invoke(main, [*args, "--db", store_url])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "newdir").exists()
+
+
 def test_a_link_a_pipe_and_stdout_are_written_into_not_replaced(store_url, tmp_path):
     """-o through a symbolic link writes the file it names (the link stays a link); a named pipe
     is written into for the reader at its other end, as /dev/stdout is; OSCAL, whose document links

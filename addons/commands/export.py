@@ -32,15 +32,49 @@ def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, d
     return start, end
 
 
-def _check_output(path: str, option: str = "-o") -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
+def _gateway_files(db: str | None) -> list[tuple[Path, str, bool]]:
+    """What an export must never replace: the store's SQLite file and the files SQLite keeps beside
+    it, the keys, the CA, the policies and the configuration, as (real path, what it is, whether
+    everything under it counts)."""
+    from ..core.store import _sqlite_path
+
+    settings = _settings(db)
+    found: list[tuple[Path, str, bool]] = []
+    try:
+        database = _sqlite_path(settings.db)
+    except Exception:  # noqa: BLE001 - not a URL: the store's own error says so when it is opened
+        database = None
+    if database is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            found.append((Path(os.path.realpath(f"{database}{suffix}")), "the store's database", False))
+    for where, what in ((settings.keys, "the gateway's keys"), (settings.certs, "the gateway's CA"),
+                        (settings.policies, "the policies")):
+        if where:
+            found.append((Path(os.path.realpath(where)), what, True))
+    if settings.config_file:
+        found.append((Path(os.path.realpath(settings.config_file)), "the gateway's configuration", False))
+    return found
+
+
+def _check_output(path: str, option: str = "-o", protected: list[tuple[Path, str, bool]] | None = None) -> None:
+    """Refuse an output path that cannot be written, or must not be (the store, the keys, ...),
+    before any work is done."""
     if path == "-":
         return
     target = Path(path)
-    if target.is_dir():
-        raise BadInput(f"{option}: {target} is a directory; give a file name")
-    if not target.parent.exists():
-        raise BadInput(f"{option}: the directory {target.parent} does not exist")
+    try:
+        if target.is_dir() or (path.endswith(os.sep) and not target.exists()):
+            raise BadInput(f"{option}: {path} is a directory; give a file name")
+        if not target.parent.exists():
+            raise BadInput(f"{option}: the directory {target.parent} does not exist")
+        real = Path(os.path.realpath(path))
+        for where, what, tree in protected or ():
+            if real == where or (tree and where in real.parents) or (
+                    real.exists() and where.exists() and os.path.samefile(real, where)):
+                raise BadInput(f"{option}: {path} is {what} ({where}); an export there would replace it: "
+                               "give another file name")
+    except OSError as e:
+        raise BadInput(f"{option}: cannot write {path}: {e.strerror or e}") from None
 
 
 def _not_a_file(path: str) -> bool:
@@ -56,13 +90,14 @@ _WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE, e
 
 
 @contextmanager
-def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
+def _output(path: str, protected: list[tuple[Path, str, bool]], binary: bool = False) -> Iterator[IO[Any]]:
     """A file written whole or not at all (a temporary file renamed into place, beside the file a
-    link names, so that the link stays); a pipe or device written into as it is; '-' is stdout."""
+    link names, so that the link stays; a new file 0600, one replaced keeping its mode); a pipe or
+    device written into as it is; '-' is stdout. ``protected``: ``_gateway_files``."""
     if path == "-":
         yield sys.stdout.buffer if binary else sys.stdout
         return
-    _check_output(path)
+    _check_output(path, protected=protected)
     text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
     if _not_a_file(path):
         try:
@@ -90,9 +125,11 @@ def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
             if e.errno not in _WRITE_ERRORS:
                 raise
             raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)  # a file replaced keeps its mode
+        except OSError:
+            mode = 0o600  # evidence holds parameters, object keys and principals: its owner's alone
+        os.chmod(tmp, mode)
         try:
             os.replace(tmp, target)
         except OSError as e:
@@ -134,26 +171,28 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
         raise BadInput(f"--format {fmt} writes a file: give -o FILE")
     if evidence and fmt != "oscal":
         raise BadInput("--evidence goes with --format oscal")
-    _check_output(output)
+    protected = _gateway_files(db)
+    _check_output(output, protected=protected)
     if evidence:
-        _check_output(evidence, "--evidence")
+        _check_output(evidence, "--evidence", protected)
     with _store(db) as store:
         calls = iter_calls(store, since=start, until=end)
         if fmt == "jsonl":
-            with _output(output) as f:
+            with _output(output, protected) as f:
                 n = write_jsonl(calls, f)
             _done(_n(n, "record"), output)
         elif fmt == "ocsf":
-            with _output(output) as f:
+            with _output(output, protected) as f:
                 n = write_ocsf(calls, f)
             _done(_n(n, "OCSF API Activity event"), output)
         elif fmt == "mitm":
-            with _output(output, binary=True) as f:
+            with _output(output, protected, binary=True) as f:
                 n, skipped = write_mitm(calls, f)
             left = f" ({_n(skipped, 'connection record')} left out: not calls)" if skipped else ""
             _done(_n(n, "flow") + left, output)
         else:
-            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db))
+            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db),
+                          protected)
 
 
 def _n(n: int, noun: str) -> str:
@@ -166,7 +205,7 @@ def _done(what: str, output: str) -> None:
 
 
 def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None, output: Path,
-                  evidence: Path | None, key: bytes | None) -> None:
+                  evidence: Path | None, key: bytes | None, protected: list[tuple[Path, str, bool]]) -> None:
     from ..core.export import file_sha256, iter_approvals, iter_calls, oscal_assessment_results, write_jsonl
     from ..core.report import summarise
 
@@ -180,18 +219,20 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
     approvals_file = evidence.with_name(evidence.name.removesuffix(".jsonl") + ".approvals.jsonl")
     if approvals_file.resolve() == output.resolve():
         raise BadInput(f"-o: {output} is where the approvals' evidence goes; give another name")
+    _check_output(str(evidence), "--evidence", protected)
+    _check_output(str(approvals_file), "--evidence (the approvals' file beside it)", protected)
     click.echo("reading the period and verifying the chains ...", err=True)
     summary = summarise(store, since=start, until=end, chain_key=key)
-    with _output(str(evidence)) as f:
+    with _output(str(evidence), protected) as f:
         n = write_jsonl(iter_calls(store, since=summary.start, until=summary.end), f)
-    with _output(str(approvals_file)) as f:
+    with _output(str(approvals_file), protected) as f:
         approvals = write_jsonl(iter_approvals(store, since=summary.start, until=summary.end), f)
     href = os.path.relpath(evidence.resolve(), output.resolve().parent)
     doc = oscal_assessment_results(summary, evidence_href=href, evidence_sha256=file_sha256(evidence),
                                    evidence_records=n,
                                    approvals_href=os.path.relpath(approvals_file.resolve(), output.resolve().parent),
                                    approvals_sha256=file_sha256(approvals_file), approvals_count=approvals)
-    with _output(str(output)) as f:
+    with _output(str(output), protected) as f:
         json.dump(doc, f, indent=2, ensure_ascii=False)
         f.write("\n")
     _done(f"{_n(n, 'record')} of evidence", str(evidence))
@@ -396,12 +437,13 @@ def report(since: str | None, until: str | None, output: str, no_verify: bool, d
     from ..core.report import render_html, summarise
 
     start, end = _period(since, until)
-    _check_output(output)
+    protected = _gateway_files(db)
+    _check_output(output, protected=protected)
     key = _key(key_file, db)
     with _store(db) as store:
         click.echo("reading the period" + ("" if no_verify else " and verifying the chains") + " ...", err=True)
         summary = summarise(store, since=start, until=end, chain_key=key, check_chain=not no_verify)
-    with _output(output) as f:
+    with _output(output, protected) as f:
         f.write(render_html(summary))
     _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text})", output)
     _fail_unless_verified(summary)
