@@ -20,7 +20,7 @@ from addons.core.approvals import Approvals
 from addons.core.models import Approval as ApprovalRow
 from addons.core.models import ApprovalEvent, Checkpoint
 from addons.core.records import Record
-from addons.core.store import Store, alembic_config, prune, verify
+from addons.core.store import Store, StoreError, alembic_config, prune, verify
 from tests.support.postgres import shared_server
 from tests.test_approval import AGENT, ROLE, SRE, decision, principal, terminate
 
@@ -315,7 +315,7 @@ def a_month_of_approvals(url: str) -> dict[str, str]:
         assert approvals.take(ids[name], now=old) is not None
         if name == "used-by-an-old-call":
             ids["left-pending"] = ask("i-4").id  # event 6: nobody decided, nobody asked again
-    ids["today"] = ask("i-5", now=dt.datetime.now(UTC)).id  # event 10
+    ids["today"] = ask("i-5", now=dt.datetime.now(UTC) - dt.timedelta(hours=1)).id  # event 10: expired by now
     approvals.engine.dispose()
     store = Store(url, writer_id="w1", chain_key=KEY)
     store.start()
@@ -350,9 +350,9 @@ def test_prune_takes_settled_approvals_with_the_oldest_events_and_the_rest_verif
     again = prune(db_url, before, KEY)  # nothing more: the approval a call left names holds the chain there
     assert (again.approvals, again.approval_events, again.expired) == (0, 0, 0)
     # everything settled before a later date goes, the chain's last event always stays (the next links to it)
-    later = prune(db_url, dt.datetime.now(UTC) + dt.timedelta(days=1), KEY)
+    later = prune(db_url, dt.datetime.now(UTC), KEY)
     # the call left, then the approval it named (events 9-10); the chain's last event is left-pending's, which
-    # stays with it, and today's approval is now past its expiry too: marked expired
+    # stays with it, and today's approval, past its expiry now, is marked expired
     assert (later.records, later.approvals, later.approval_events, later.expired) == (1, 1, 2, 1)
     assert [(e["seq"], e["event"]) for e in events(db_url)] == [(11, "expired"), (12, "expired")]
     assert verify(db_url, KEY).ok
@@ -407,6 +407,18 @@ def test_every_event_and_approval_deleted_after_a_prune_is_detected(db_url):
     assert problem.endswith(f"(prune, writer {chain.APPROVAL_EVENTS_CHAIN}, seq 8) is the approval events' prune "
                             "checkpoint, but no event follows it (prune leaves the chain's last event): the events "
                             "after seq 8 were deleted")
+
+
+def test_prune_refuses_a_time_still_to_come(db_url):
+    """A --before still to come would delete every record and mark approvals still running expired:
+    refused, nothing changed."""
+    ids = a_month_of_approvals(db_url)
+    with pytest.raises(StoreError, match="still to come"):
+        prune(db_url, dt.datetime.now(UTC) + dt.timedelta(days=1), KEY)
+    assert len(events(db_url)) == 10
+    approvals = _approvals(db_url)
+    assert {a.id: a.status for a in approvals.list()}[ids["today"]] == "pending"
+    approvals.engine.dispose()
 
 
 def test_prune_refuses_a_broken_events_chain_or_a_missing_key(db_url):

@@ -252,6 +252,9 @@ def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     sessions = {s["id"]: s["calls"] for s in json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)}
     assert sessions == {"s-1": 1, "s-2": 1}  # s-1 counts the call it has left
     assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)
+    future = cli("prune", "--before", "2999-01-01", "--db", db_url)
+    assert one_line_error(future, code=2) and "still to come" in future.output
+    assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2  # nothing deleted
 
 
 def test_verify_holds_the_store_to_the_heads_the_gateway_logged(tmp_path: Path, issuer, moto) -> None:

@@ -327,6 +327,9 @@ def prune(before: str, db: str | None, key_file: str | None, dry_run: bool) -> N
     past an expiry before the date are marked expired. A chain that does not verify is not pruned.
     """
     when = parse_when(before, "--before")
+    if when > dt.datetime.now(dt.timezone.utc):
+        raise BadInput(f"--before {when.isoformat()} is still to come: prune deletes records older than a time "
+                       "that has passed (an age such as 90d, or a date before today)")
     url = _settings(db).db
     key = _key(key_file, db)
     click.echo(f"pruning records before {when.isoformat()} ...", err=True)

@@ -1886,8 +1886,12 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
     chain at a prune checkpoint, so that what is left still verifies; sessions last seen before
     it; and the approvals settled before it that no call left names, with the approval events'
     oldest (``_plan_approvals``). Refuses if a prefix to be pruned does not verify: evidence of
-    tampering is not summarised away."""
+    tampering is not summarised away. A ``before`` still to come is refused: it would delete
+    every record, and mark approvals still running expired."""
     before = _as_datetime(before)
+    if before > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1):
+        raise StoreError(f"--before {before.isoformat()} is still to come: prune deletes records older than a "
+                         "time that has passed (an age such as 90d, or a date before today)")
     store = _open_for_reading(url, chain_key)
     result = PruneResult(dry_run=dry_run)
     c = Call.__table__.c
