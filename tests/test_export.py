@@ -28,6 +28,9 @@ BIN = Path(sys.executable).parent
 from tests.support.home import CHAIN_KEY as KEY
 from tests.support.approvals import insert_approvals
 MARKER = "agentgate:masked:hmac-0123456789ab"
+# the policy files that decided the synthetic calls, as the gateway stores them
+POLICY_TEXT = "--- data.yaml\nversion: 1\ndefault: deny\nrules:\n  - id: data-plane\n    access_level: [Read]\n    decision: allow\n"
+POLICY_VERSION = hashlib.sha256(POLICY_TEXT.encode()).hexdigest()[:16]
 
 
 def synthetic_records(now: float) -> list[Record]:
@@ -43,7 +46,7 @@ def synthetic_records(now: float) -> list[Record]:
                                 ("User-Agent", "Boto3/1.44")],
                request_body='{"SecretId": "db"}', response_body=json.dumps({"Name": "db", "SecretString": MARKER}),
                masked=[{"part": "response", "path": "SecretString", "by": "sensitive", "count": 1}],
-               decision="allow", rule="data-plane", policy_version="v1", role="arn:aws:iam::123456789012:role/agent-role",
+               decision="allow", rule="data-plane", policy_version=POLICY_VERSION, role="arn:aws:iam::123456789012:role/agent-role",
                outcome="forwarded", status=200, aws_request_id="req-1",
                response_headers=[("Content-Type", "application/x-amz-json-1.1")], latency_ms=12.5, time=now - 50),
         Record(session_id="s-1", principal="alice", client="127.0.0.1:50001", service="iam", operation="ListUsers",
@@ -81,6 +84,7 @@ def write_synthetic(url: str, writer_id: str) -> None:
                             "used": asked + dt.timedelta(seconds=5), "params": {"InstanceIds": ["i-1"]}}],
                      chain_key=KEY)
     store.start()
+    store.store_policy_version(POLICY_VERSION, POLICY_TEXT)
     for r in synthetic_records(now):
         store.write_sync(r)
     store.close()
@@ -148,16 +152,31 @@ def test_jsonl_recomputes_the_chain(store_url, tmp_path):
 
     from addons.core.chain import GENESIS, record_hash, record_mac
 
+    import hmac
+
     out = tmp_path / "calls.jsonl"
     run("export", "--format", "jsonl", "-o", str(out), "--db", store_url)
-    prev = GENESIS
+
+    def canonical(obj: dict) -> bytes:  # the README's recipe, written out here without the gateway's code
+        return json.dumps({k: v for k, v in obj.items() if v is not None}, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+    prev = "0" * 64
+    assert prev == GENESIS
     for line in read_jsonl(out):
-        row = {k: v for k, v in line.items() if k != "mac"}
-        row["time"] = dt.datetime.fromisoformat(row["time"].replace("Z", "+00:00"))
+        row = {k: v for k, v in line.items() if k not in ("hash", "mac")}
+        when = dt.datetime.fromisoformat(row["time"].replace("Z", "+00:00"))
+        row["time"] = (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
         assert row["prev_hash"] == prev
-        assert record_hash(row) == row["hash"]
-        assert line["mac"] == record_mac(KEY, writer_id=row["writer_id"], seq=row["seq"], record_hash=row["hash"])
-        prev = row["hash"]
+        digest = hashlib.sha256(prev.encode("ascii") + b"\n" + canonical(row)).hexdigest()
+        assert digest == line["hash"]
+        statement = canonical({"record_hash": line["hash"], "seq": row["seq"], "writer_id": row["writer_id"]})
+        assert line["mac"] == hmac.new(KEY, b"agentgate record\n" + statement, hashlib.sha256).hexdigest()
+        # the gateway's own functions agree
+        row["time"] = when
+        assert record_hash({**row, "hash": line["hash"]}) == digest
+        assert record_mac(KEY, writer_id=row["writer_id"], seq=row["seq"], record_hash=digest) == line["mac"]
+        prev = line["hash"]
 
 
 def test_since_until_and_stdout(store_url, tmp_path):
@@ -305,6 +324,12 @@ def test_oscal_from_a_store_that_does_not_verify_is_written_and_exits_1(store_ur
     doc = json.loads(out.read_text())
     au9 = [o for o in doc["assessment-results"]["results"][0]["observations"] if "au-9" in json.dumps(o).lower()]
     assert au9 and "FAIL" in json.dumps(au9).upper()
+    # and so a tool reads it: the AU-9 finding is not satisfied, the observation says the chains do not verify
+    [finding] = doc["assessment-results"]["results"][0]["findings"]
+    assert finding["target"]["status"] == {"state": "not-satisfied", "reason": "fail"}
+    assert "DO NOT verify" in finding["title"] and "altered" in finding["description"]
+    [observation] = [o for o in au9 if o["title"].startswith("AU-9")]
+    assert {"name": "chains-verified", "ns": observation["props"][0]["ns"], "value": "false"} in observation["props"]
 
 
 # -- OCSF --------------------------------------------------------------------------------------
@@ -323,7 +348,7 @@ def test_ocsf_events_validate_against_the_ocsf_schema(store_url, tmp_path):
     assert secret["actor"]["user"]["uid"] == "alice" and secret["cloud"] == {
         "provider": "AWS", "region": "us-east-1", "account": {"uid": "123456789012"}}
     assert secret["status_id"] == 1 and secret["api"]["response"]["code"] == 200
-    assert secret["actor"]["authorizations"] == [{"decision": "allow", "policy": {"name": "data-plane", "version": "v1"}}]
+    assert secret["actor"]["authorizations"] == [{"decision": "allow", "policy": {"name": "data-plane", "version": POLICY_VERSION}}]
     assert secret["unmapped"]["agentgate"]["action"] == "secretsmanager:GetSecretValue"
     assert secret["unmapped"]["agentgate"]["chain"]["seq"] == 1
     assert secret["src_endpoint"] == {"ip": "127.0.0.1", "port": 50001}
@@ -438,6 +463,19 @@ def test_oscal_assessment_results_parse_with_trestle(store_url, home, tmp_path):
         observation = next(o for o in result.observations if o.title.startswith(title))
         assert f"#{listed.uuid}" in [e.href for e in observation.relevant_evidence], title
     assert_approval_chain_checks_out(approval)
+
+    # what the chains' verification found, as a finding a tool reads: AU-9 satisfied
+    [finding] = result.findings
+    assert finding.target.target_id == "au-9_obj" and finding.target.status.state.value == "satisfied"
+    assert finding.related_observations[0].observation_uuid == au9.uuid
+    assert {p.name: p.value for p in au9.props}["chains-verified"] == "true"
+    # the text of the policy version that decided the period's calls, linked from AC-3
+    [policy] = [r for r in resources.values() if r.title == f"Policy version {POLICY_VERSION}"]
+    import base64
+    assert base64.b64decode(policy.base64.value).decode() == POLICY_TEXT
+    assert {p.name: p.value for p in policy.props}["text-holds"] == "true"
+    ac3 = next(o for o in result.observations if o.title.startswith("AC-3"))
+    assert f"#{policy.uuid}" in [e.href for e in ac3.relevant_evidence]
 
 
 # -- through a real gateway --------------------------------------------------------------------

@@ -44,7 +44,7 @@ def claims(tmp_path) -> Path:
 def test_check_passes_the_shipped_policies(run):
     result = run("check", str(SHIPPED))
     assert result.exit_code == 0, result.output
-    assert "5 files, 25 rules, 2 roles: OK" in result.output
+    assert "5 files, 26 rules, 2 roles: OK" in result.output
 
 
 def test_check_defaults_to_the_policies_setting(run, monkeypatch, tmp_path):
@@ -237,3 +237,45 @@ def test_explain_on_broken_policies_lists_the_errors(run, claims, tmp_path):
     assert result.exit_code != 0
     assert "p.yaml:3: rule x: decision must be allow, deny or approve" in result.output
     assert "do not load" in result.output
+
+
+# -- the versions the store keeps ---------------------------------------------------------------
+
+
+def test_versions_and_show_give_the_text_that_decided_calls(home, tmp_path):
+    """`policy versions` lists each version that decided calls, with how many; `policy show` prints
+    its text as stored (a unique start of its name will do); a text changed in the store after it
+    was stored is shown as changed, and the command exits 1; unknown and malformed versions are
+    one-line errors."""
+    import sqlite3
+
+    from addons.cli import main
+    from tests.test_export import POLICY_TEXT, POLICY_VERSION, write_synthetic
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    write_synthetic(url, "gw-test")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["policy", "versions", "--db", url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    [v] = json.loads(listed.output)
+    assert (v["version"], v["calls"], v["holds"], v["text"]) == (POLICY_VERSION, 1, True, POLICY_TEXT)
+    table = runner.invoke(main, ["policy", "versions", "--db", url])
+    assert table.exit_code == 0 and POLICY_VERSION in table.output and "data.yaml" in table.output
+    assert "no policy versions decided a call" in runner.invoke(
+        main, ["policy", "versions", "--db", url, "--until", "2000-01-01"]).output
+    shown = runner.invoke(main, ["policy", "show", POLICY_VERSION[:6], "--db", url])
+    assert shown.exit_code == 0 and shown.output == POLICY_TEXT
+
+    for args, code, words in ((["show", "0000abcd"], 1, "no policy version 0000abcd"),
+                              (["show", "ab"], 2, "4 at least"), (["show", "not-hex!"], 2, "not a policy version")):
+        result = runner.invoke(main, ["policy", *args, "--db", url])
+        assert result.exit_code == code and words in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+    with sqlite3.connect(home / "agentgate.db") as db:
+        db.execute("update policy_versions set text = replace(text, 'deny', 'allow')")
+    shown = runner.invoke(main, ["policy", "show", POLICY_VERSION, "--db", url])
+    assert shown.exit_code == 1 and "default: allow" in shown.output
+    assert "does not hash to its version: it was changed" in shown.output
+    table = runner.invoke(main, ["policy", "versions", "--db", url])
+    assert table.exit_code == 1 and "CHANGED" in table.output

@@ -19,7 +19,7 @@ from addons.cli import main
 from addons.core.masking import AGENT_MARKER, MARKER_PREFIX, MARKER_RE
 from addons.core.records import Record
 from addons.core.store import Store
-from tests.test_export import KEY, synthetic_records
+from tests.test_export import KEY, POLICY_TEXT, POLICY_VERSION, synthetic_records
 from tests.support.approvals import insert_approvals
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,6 +40,7 @@ def db(home: Path) -> Path:
         store.migrate()
         store.start()
         if writer == "gw-a":
+            store.store_policy_version(POLICY_VERSION, POLICY_TEXT)
             for r in synthetic_records(now):
                 store.write_sync(r)
         for i in range(24):
@@ -158,9 +159,15 @@ def test_report_shows_the_store(db, tmp_path):
     for action, n in sql(db, "select coalesce(action, 'unknown'), count(*) from calls where kind = 'call' group by 1"):
         assert by_action[action] == n, action
     approvals = {row[0]: row for row in tables["approvals"]}
-    assert approvals["ap-1"][4] == "sre-sam" and approvals["ap-1"][7] == "42.0 s" and approvals["ap-1"][8] == "yes"
-    assert approvals["ap-2"][4] == "sre-kim" and approvals["ap-2"][7] == "5.0 min"
-    assert approvals["ap-3"][3] == "pending" and approvals["ap-3"][7] == ""
+    assert approvals["ap-1"][4] == "sre-sam" and approvals["ap-1"][8] == "42.0 s" and approvals["ap-1"][9] == "yes"
+    assert approvals["ap-2"][4] == "sre-kim" and approvals["ap-2"][5] == "not in prod"  # the approver's reason
+    assert approvals["ap-2"][8] == "5.0 min"
+    assert approvals["ap-3"][3] == "pending" and approvals["ap-3"][8] == ""
+    # the policy version that decided calls of the period, with how many (its text: `policy show`)
+    versions = {row[0]: row for row in tables["policy-versions"]}
+    (n,), = sql(db, f"select count(*) from calls where policy_version = '{POLICY_VERSION}'")
+    assert list(versions) == [POLICY_VERSION] and versions[POLICY_VERSION][2] == str(n) == "1"
+    assert versions[POLICY_VERSION][3:] == ["data.yaml", "as stored"]
     assert ["response", "Item.ssn.S", "24"] in tables["masked"]
     heads = {row[0]: row for row in tables["heads"]}
     for writer, seq, head in sql(db, "select writer_id, seq, hash from calls c where seq = "
@@ -245,6 +252,8 @@ def test_each_bar_of_the_timeline_starts_where_its_label_says(home):
 def test_bad_input(home, tmp_path):
     result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--since", "soon"])
     assert result.exit_code == 2 and "cannot read" in result.output
+    result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--since", "2999-01-01"])
+    assert result.exit_code == 2 and "still to come" in result.output and not (tmp_path / "r.html").exists()
     result = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "r.html"), "--db", f"sqlite:///{tmp_path / 'x.db'}"])
     assert result.exit_code == 1 and "agentgate init" in result.output
 

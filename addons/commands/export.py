@@ -29,6 +29,8 @@ def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, d
     end = parse_when(until, "--until") if until is not None else None
     if start and end and start >= end:
         raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
+    if start and start > dt.datetime.now(dt.timezone.utc):
+        raise BadInput(f"--since {start.isoformat()} is still to come: nothing has been recorded since then")
     return start, end
 
 

@@ -107,7 +107,7 @@ def call_for_action(action: str, *, params: dict | None = None, region: str | No
 
 @click.group()
 def policy() -> None:
-    """Check policy files, and explain how they decide a call."""
+    """Check policy files, explain how they decide a call, and show the versions that decided calls."""
 
 
 @policy.command("check")
@@ -135,6 +135,68 @@ def check_command(directory: str | None) -> None:
     if warnings:
         summary += f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
     click.echo(summary + f"; version {policy_set.version}")
+
+
+@policy.command("versions")
+@click.option("--since", default=None, metavar="WHEN", help="Only the versions that decided a call since then.")
+@click.option("--until", default=None, metavar="WHEN", help="... and before then.")
+@click.option("--db", metavar="URL", default=None, help="The store (default: the db setting, AGENTGATE_DB).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the texts included) instead of a table.")
+def versions_command(since: str | None, until: str | None, db: str | None, as_json: bool) -> None:
+    """List the policy versions the store keeps: each decided calls, and its text is stored once
+    (`agentgate policy show VERSION` prints it). A text that no longer hashes to its version was
+    changed after it was stored, and is marked so."""
+    from .store import _console, _store, parse_when
+
+    start = parse_when(since, "--since") if since is not None else None
+    end = parse_when(until, "--until") if until is not None else None
+    with _store(db) as store:
+        found = store.policy_versions(since=start, until=end)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no policy versions" + (" decided a call in that period" if start or end else " in the store"))
+        return
+    from rich.table import Table
+
+    table = Table(box=None)
+    for column in ("version", "first seen", "calls decided", "files", "text"):
+        table.add_column(column)
+    for v in found:
+        files = [line[4:] for line in v["text"].splitlines() if line.startswith("--- ")]
+        table.add_row(v["version"], v["first_seen"], str(v["calls"]), ", ".join(files),
+                      "as stored" if v["holds"] else "CHANGED: does not hash to its version")
+    _console(wide=True).print(table)
+    if not all(v["holds"] for v in found):
+        raise click.ClickException("a stored policy text does not hash to its version: it was changed after the "
+                                   "gateway stored it; `agentgate verify` checks the records that name it")
+
+
+@policy.command("show")
+@click.argument("version")
+@click.option("--db", metavar="URL", default=None, help="The store (default: the db setting, AGENTGATE_DB).")
+def show_command(version: str, db: str | None) -> None:
+    """Print the text of the policy VERSION (a record's policy_version, or the start of one) as the
+    gateway stored it when that version first decided a call: every file, each after a line
+    `--- NAME`."""
+    from .store import BadInput, _store
+
+    if len(version) < 4 or not re.fullmatch(r"[0-9a-f]+", version):
+        raise BadInput(f"{version!r} is not a policy version: give the hex digits a record's policy_version has "
+                       "(4 at least)")
+    with _store(db) as store:
+        found = store.policy_versions(named=version)
+    if not found:
+        raise click.ClickException(f"no policy version {version} in the store; `agentgate policy versions` lists them")
+    if len(found) > 1:
+        raise BadInput(f"{version} starts {len(found)} versions ({', '.join(v['version'] for v in found)}): give more "
+                       "of it")
+    (v,) = found
+    click.echo(v["text"], nl=False)
+    if not v["holds"]:
+        raise click.ClickException(f"the stored text of {v['version']} does not hash to its version: it was changed "
+                                   "after the gateway stored it")
 
 
 @policy.command("explain")

@@ -22,6 +22,7 @@ Nothing here imports mitmproxy until a flow file is written.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -574,6 +575,24 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
                    f"{h.checkpoint_seq}." if h.checkpoint_seq is not None else "No checkpoint has been written yet.")),
             "props": props,
         })
+    version_uuids = {}
+    for v in getattr(summary, "policy_versions", None) or []:
+        ref = version_uuids[v["version"]] = _uuid("policy-version", v["version"],
+                                                  hashlib.sha256(v["text"].encode()).hexdigest())
+        resources.append({
+            "uuid": ref,
+            "title": f"Policy version {v['version']}",
+            "description": (
+                f"The policy files that decided {v['calls']} call{'s' if v['calls'] != 1 else ''} of the period, as the "
+                f"gateway stored them when this version first decided a call ({v['first_seen']}): each file after a "
+                f"line '--- NAME'. A record's policy_version is the first 16 hex digits of this text's SHA-256"
+                + ("." if v["holds"] else "; this stored text NO LONGER hashes to it: it was changed after it was stored.")),
+            "props": [{"name": "policy-version", "ns": OSCAL_NS, "value": v["version"]},
+                      {"name": "calls-decided", "ns": OSCAL_NS, "value": str(v["calls"])},
+                      {"name": "text-holds", "ns": OSCAL_NS, "value": "true" if v["holds"] else "false"}],
+            "base64": {"filename": f"policy-{v['version']}.yaml", "media-type": "application/yaml",
+                       "value": base64.b64encode(v["text"].encode("utf-8")).decode("ascii")},
+        })
     verified = summary.verify
     observations = []
     for control in CONTROLS:
@@ -583,15 +602,36 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
         if control.chain:
             evidence += [{"href": f"#{head_uuids[h.writer_id]}", "description": f"chain head of writer {h.writer_id}"}
                          for h in summary.heads]
+        if control.id == "ac-3":
+            evidence += [{"href": f"#{u}", "description": f"the text of policy version {v}"} for v, u in version_uuids.items()]
+        props = [{"name": "control-id", "ns": OSCAL_NS, "value": control.id}]
+        if control.chain and verified is not None:
+            props.append({"name": "chains-verified", "ns": OSCAL_NS, "value": "true" if verified.ok else "false"})
         observations.append({
             "uuid": _uuid("observation", control.id, *key),
             "title": f"{control.id.upper()} {control.title}",
             "description": f"{control.enforced} {control.observed(summary)}",
-            "props": [{"name": "control-id", "ns": OSCAL_NS, "value": control.id}],
+            "props": props,
             "methods": ["TEST", "EXAMINE"] if control.chain else ["EXAMINE"],
             "types": ["control-objective"],
             "collected": _oscal_time(now),
             "relevant-evidence": evidence,
+        })
+    findings = []
+    if verified is not None:  # what the evidence tests itself: the chains hold (AU-9)
+        findings.append({
+            "uuid": _uuid("finding", "au-9", *key),
+            "title": "AU-9 Protection of audit information: " + ("the hash chains verify" if verified.ok
+                                                                  else "the hash chains DO NOT verify"),
+            "description": (f"agentgate verify over the store: {verified.records} records in {verified.chains} chains, "
+                            f"{verified.checkpoints} checkpoints" + ("" if summary.keyed else
+                                                                     " (no chain key: checkpoints not authenticated)")
+                            + (": OK." if verified.ok else f": {len(verified.problems)} problems, the first: "
+                               f"{verified.problems[0]}")),
+            "target": {"type": "objective-id", "target-id": "au-9_obj",
+                       "status": {"state": "satisfied" if verified.ok else "not-satisfied",
+                                  "reason": "pass" if verified.ok else "fail"}},
+            "related-observations": [{"observation-uuid": _uuid("observation", "au-9", *key)}],
         })
     result = {
         "uuid": _uuid("result", *key),
@@ -609,6 +649,8 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
             {"include-controls": [{"control-id": c.id} for c in CONTROLS]}]},
         "observations": observations,
     }
+    if findings:
+        result["findings"] = findings
     return {
         "assessment-results": {
             "uuid": _uuid("assessment-results", *key, _oscal_time(now)),

@@ -113,6 +113,7 @@ class Summary:
     bucket: dt.timedelta = dt.timedelta(hours=1)
     approvals: list[ApprovalInfo] = dataclasses.field(default_factory=list)
     heads: list[Head] = dataclasses.field(default_factory=list)
+    policy_versions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # Store.policy_versions
     verify: VerifyResult | None = None
     keyed: bool = False
 
@@ -177,6 +178,7 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
     first, last = _span(store, since, until)
     start = since or first or now
     end = until or (last + dt.timedelta(microseconds=1) if last else now)
+    start = min(start, end)  # --until before everything recorded: an empty period ending then
     s = Summary(where=store.where, start=start, end=end, generated=now, keyed=chain_key is not None)
     s.bucket = bucket_size(max(end - start, dt.timedelta(seconds=1)))
     # Bars start on whole multiples of their width (whole seconds, minutes, hours, UTC days), so
@@ -243,6 +245,7 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
         i = min(nbuckets - 1, max(0, int((t - origin) / s.bucket)))
         s.timeline[i][1][decision] += 1
     s.approvals = _approvals(store, start, end)
+    s.policy_versions = store.policy_versions(since=start, until=end)
     s.heads = _heads(store)
     if check_chain:
         s.verify = verify(store.url, chain_key)
@@ -274,7 +277,8 @@ def _approvals(store: Store, start: dt.datetime, end: dt.datetime) -> list[Appro
     return [ApprovalInfo(id=r.id, kind=r.kind, principal=r.principal, on_behalf_of=r.on_behalf_of,
                          action=r.action if r.kind == "call" else f"access grant: {r.role}", status=r.status,
                          approver=r.approver, channel=r.channel, requested=r.requested, decided=r.decided,
-                         reason=r.reason)
+                         reason="; ".join(x for x in (r.reason, r.revoke_reason and f"revoked: {r.revoke_reason}") if x)
+                         or None)
             for r in rows]
 
 
@@ -626,11 +630,18 @@ def render_html(s: Summary) -> str:
     decisions = _table(["Decision", "Records"], [[d, n] for d, n in s.top(s.by_decision)], numeric={1}, key="decisions")
     rules = _table(["Rule", "Records"], [[r, n] for r, n in s.top(s.by_rule, 50)], numeric={1}, key="rules")
     approvals = _table(
-        ["Approval", "Principal", "Action", "Status", "Approver", "Asked", "Decided", "Time to decision", "Separate"],
+        ["Approval", "Principal", "Action", "Status", "Approver", "Reason", "Asked", "Decided", "Time to decision",
+         "Separate"],
         [[a.id, a.principal + (f" (for {a.on_behalf_of})" if a.on_behalf_of else ""), a.action, a.status,
-          a.approver or "", _text_time(a.requested), _text_time(a.decided) if a.decided else "",
+          a.approver or "", a.reason or "", _text_time(a.requested), _text_time(a.decided) if a.decided else "",
           _fmt_seconds(a.latency), {True: "yes", False: "NO", None: ""}[a.separate]] for a in s.approvals],
         key="approvals", empty="no approvals were asked for in the period")
+    versions = _table(
+        ["Policy version", "First seen", "Calls decided", "Files", "Stored text"],
+        [[_Raw(f'<span class="mono">{escape(v["version"])}</span>'), v["first_seen"], v["calls"],
+          ", ".join(line[4:] for line in v["text"].splitlines() if line.startswith("--- ")),
+          "as stored" if v["holds"] else "CHANGED: does not hash to its version"] for v in s.policy_versions],
+        numeric={2}, key="policy-versions", empty="no call in the period names a policy version")
     masked = _table(["Part", "Member", "Values masked"],
                     [[part, path, n] for (part, path), n in s.top(s.masked_paths, 50)],
                     numeric={2}, key="masked", empty="nothing was masked in the period")
@@ -684,6 +695,10 @@ def render_html(s: Summary) -> str:
 {decisions}
 <h3>Rules that decided</h3>
 {rules}
+<h3>Policy versions that decided</h3>
+<p class="sub">Each record names the version of the policy files that decided it (the SHA-256 of their text, its first
+16 hex digits); the store keeps each version's text: <code>agentgate policy show VERSION</code> prints it.</p>
+{versions}
 
 <h2>Principals</h2>
 {principals}
@@ -692,7 +707,7 @@ def render_html(s: Summary) -> str:
 {actions}
 
 <h2>Approvals</h2>
-<p class="sub">Each approval with its approver and the time from the request to the decision. "Separate" says whether
+<p class="sub">Each approval with its approver, the approver's reason, and the time from the request to the decision. "Separate" says whether
 the approver is neither the requester nor the subject the call was made for (AC-5).</p>
 {approvals}
 
@@ -710,7 +725,8 @@ the approver is neither the requester nor the subject the call was made for (AC-
 <p>Every figure here is computed from the records in the store for the period. To check them independently:
 <code>agentgate verify</code> (the chains), <code>agentgate export --format jsonl --since "{escape(s.start.isoformat())}"
 --until "{escape(s.end.isoformat())}" -o calls.jsonl</code> (the records, one per line, with their chain fields) and
-<code>agentgate export --format oscal</code> (the same observations as OSCAL assessment results).</p>
+<code>agentgate export --format oscal -o evidence.oscal.json</code> (the same observations as OSCAL assessment
+results).</p>
 </footer>
 </main>
 </body>

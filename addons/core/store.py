@@ -1630,6 +1630,30 @@ class Store:
         with self._reading() as conn:
             return conn.execute(select(PolicyVersion.text).where(PolicyVersion.version == version)).scalar()
 
+    def policy_versions(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                        named: str | None = None) -> list[dict[str, Any]]:
+        """The policy versions the store keeps (those that decided a call), oldest first: each one's
+        ``version``, ``first_seen``, ``text``, ``holds`` (whether the text still hashes to the
+        version, as the gateway computed it when it loaded the files) and ``calls`` (how many calls
+        in [since, until) it decided). With ``since`` or ``until``, only the versions that decided a
+        call in that period; ``named``: the versions whose name starts with it."""
+        self._check_schema()
+        c, v = Call.__table__.c, PolicyVersion.__table__.c
+        counted = select(c.policy_version, func.count()).where(c.policy_version.is_not(None))
+        if since is not None:
+            counted = counted.where(c.time >= since)
+        if until is not None:
+            counted = counted.where(c.time < until)
+        q = select(v.version, v.text, v.first_seen).order_by(v.first_seen, v.version)
+        if named is not None:
+            q = q.where(v.version.startswith(named, autoescape=True))
+        with self._reading() as conn:
+            calls = dict(conn.execute(counted.group_by(c.policy_version)).all())
+            rows = conn.execute(q).all()
+        return [{"version": r.version, "first_seen": iso(_as_datetime(r.first_seen)), "calls": calls.get(r.version, 0),
+                 "holds": hashlib.sha256(r.text.encode("utf-8")).hexdigest()[:16] == r.version, "text": r.text}
+                for r in rows if (since is None and until is None) or r.version in calls]
+
 
 # ---------------------------------------------------------------------------------------------
 # Verification and pruning
