@@ -214,6 +214,22 @@ def test_dynamodb_batch_and_transaction_calls_name_their_tables():
         {"Put": {"TableName": "orders", "Item": {"id": {"S": "1"}}}},
         {"ConditionCheck": {"TableName": "limits", "Key": {"id": {"S": "x"}}, "ConditionExpression": "attribute_exists(id)"}}]))
     assert tx.resources == ["orders", "limits"]
+    # IAM authorises a transaction item by item: the call is named after its first write, and
+    # decided by its items, each with its own members and table
+    assert (tx.action, tx.access_level, tx.by_parts) == ("dynamodb:PutItem", "Write", True)
+    assert [(p.operation, p.action, p.access_level, p.resources, sorted(p.params)) for p in tx.implied] == [
+        ("PutItem", "dynamodb:PutItem", "Write", ["orders"], ["Item", "TableName"]),
+        ("ConditionCheckItem", "dynamodb:ConditionCheckItem", "Read", ["limits"],
+         ["ConditionExpression", "Key", "TableName"])]
+    reads = run(capture("dynamodb", "transact_get_items", TransactItems=[
+        {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]))
+    assert (reads.action, reads.access_level, [p.action for p in reads.implied]) == (
+        "dynamodb:GetItem", "Read", ["dynamodb:GetItem"])
+    # an item that names no operation of its kind: the call keeps its own name (no IAM action, no level)
+    odd = run(capture("dynamodb", "transact_get_items", TransactItems=[
+        {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]) | {"body": json.dumps({"TransactItems": [
+            {"Put": {"TableName": "orders", "Item": {}}}]}).encode()})
+    assert (odd.action, odd.access_level, odd.by_parts) == ("dynamodb:TransactGetItems", None, False)
 
 
 def test_an_s3_copy_names_its_source_and_reads_it():

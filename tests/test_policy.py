@@ -822,6 +822,45 @@ def test_a_partiql_batch_is_decided_by_its_strongest_statement(shipped):
     assert mixed.decision == "deny" and "it also asks for dynamodb:PartiQLDelete" in mixed.reason  # the default
 
 
+def test_a_dynamodb_transaction_is_decided_by_its_items_with_their_own_parameters(tmp_path, shipped):
+    """Each item as the call IAM authorises it as, with its own members: a rule on GetItem whose
+    condition reads params.TableName decides a TransactGetItems item the same; the strongest item
+    decides; every allowed item's masks hold for the one answer."""
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: orders, action: dynamodb:GetItem, when: "params.TableName == 'orders'", decision: allow}
+          - {id: people, action: dynamodb:GetItem, when: "params.TableName == 'people'", decision: allow,
+             mask_for_agent: [Item.ssn]}
+          - {id: payroll, action: "dynamodb:*", when: "contains(resource, 'payroll')", decision: deny,
+             reason: payroll is off limits}
+          - {id: writes, action: dynamodb:PutItem, decision: approve, approvers: {groups: [sre]}}
+        """)
+    key = {"id": {"S": "1"}}
+
+    def tx_get(*tables: str):
+        return run(capture("dynamodb", "transact_get_items",
+                           TransactItems=[{"Get": {"TableName": t, "Key": key}} for t in tables]))
+    assert ps.evaluate(principal(), tx_get("orders")).rule == "orders"
+    both = ps.evaluate(principal(), tx_get("orders", "people"))
+    assert (both.decision, both.mask_for_agent) == ("allow", ("Item.ssn",))  # people's masks, whichever item was first
+    denied = ps.evaluate(principal(), tx_get("orders", "payroll"))
+    assert (denied.decision, denied.rule) == ("deny", "payroll")
+    assert denied.reason == "it also asks for dynamodb:GetItem on payroll: payroll is off limits"
+    assert ps.evaluate(principal(), tx_get("stock")).decision == "deny"  # no rule allows that item: the default
+    write_tx = run(capture("dynamodb", "transact_write_items", TransactItems=[
+        {"ConditionCheck": {"TableName": "orders", "Key": key, "ConditionExpression": "attribute_exists(id)"}},
+        {"Put": {"TableName": "orders", "Item": key}}]))
+    assert (write_tx.action, write_tx.access_level) == ("dynamodb:PutItem", "Write")
+    held = ps.evaluate(principal(), write_tx)
+    assert (held.decision, held.rule) == ("deny", None)  # ConditionCheckItem: no rule allows it
+    # the shipped policies: a transaction of reads is a read, one that writes is a write
+    assert shipped.evaluate(principal(), tx_get("orders", "people")).decision == "allow"
+    assert shipped.evaluate(principal(), write_tx).decision == "deny"
+
+
 def _aws_credential_paths(shape, path: str = "", depth: int = 0, seen: frozenset = frozenset()) -> list[str]:
     """Where an output shape carries AWS credentials: a structure with a secret access key (and its
     session token beside it), as member paths."""
@@ -1016,7 +1055,7 @@ def test_evaluating_a_call_compiles_nothing(shipped, tmp_path, monkeypatch):
         for i in range(16))
     write(tmp_path, "zz.yaml", extra)
     ps = PolicySet.load(tmp_path)
-    assert len(ps.rules) == 41
+    assert len(ps.rules) == 42
     who = principal(groups=("dev", "team-3"))
     calls = [call("ec2:DescribeInstances", "List"), call("iam:CreateAccessKey", "Write"),
              call("s3:GetObject", "Read", resources=["arn:aws:s3:::team-3-x/k"]),

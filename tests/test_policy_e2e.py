@@ -170,3 +170,51 @@ def test_a_function_url_is_decided_and_recorded_as_invoking_it(gateway, issuer):
     [record] = [r for r in gateway.records() if r["principal"] == "url-caller"]
     assert (record["action"], record["access_level"]) == ("lambda:InvokeFunctionUrl", "Write")
     assert host in record["resources"]
+
+
+def test_a_dynamodb_transaction_is_decided_item_by_item(tmp_path, issuer, moto):
+    """IAM authorises a transaction's items as GetItem, PutItem, UpdateItem, DeleteItem and
+    ConditionCheckItem on their tables, and so does the gateway: a rule that keeps agents off a
+    table's items keeps TransactGetItems and TransactWriteItems off them too, while a transaction
+    on other tables goes through."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: payroll-items-are-off-limits
+          action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem]
+          when: "contains(resource, 'payroll')"
+          decision: deny
+          reason: payroll rows are off limits
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        ddb = client(gw, "dynamodb", proxy_token=issuer.mint("tx-agent", groups=["data-agents"]))
+        for table in ("payroll", "orders"):
+            ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                             BillingMode="PAY_PER_REQUEST")
+        key = {"id": {"S": "1"}}
+        refused = []
+        for call in (lambda: ddb.get_item(TableName="payroll", Key=key),
+                     lambda: ddb.transact_get_items(TransactItems=[{"Get": {"TableName": "orders", "Key": key}},
+                                                                   {"Get": {"TableName": "payroll", "Key": key}}]),
+                     lambda: ddb.transact_write_items(TransactItems=[
+                         {"Put": {"TableName": "payroll", "Item": {"id": {"S": "1"}, "pay": {"N": "9"}}}}]),
+                     lambda: ddb.transact_write_items(TransactItems=[
+                         {"Put": {"TableName": "orders", "Item": {"id": {"S": "2"}}}},
+                         {"Delete": {"TableName": "payroll", "Key": key}}])):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call()
+            assert e.value.response["Error"]["Code"] == "AccessDenied"
+            refused.append(e.value.response["Error"]["Message"])
+        assert all("payroll-items-are-off-limits" in m for m in refused), refused
+        assert "it also asks for dynamodb:GetItem on payroll" in refused[1]
+        assert "Item" not in ddb.get_item(TableName="orders", Key={"id": {"S": "2"}})  # the refused write did nothing
+        ddb.transact_write_items(TransactItems=[{"Put": {"TableName": "orders", "Item": {"id": {"S": "3"}}}},
+                                                {"ConditionCheck": {"TableName": "orders", "Key": {"id": {"S": "4"}},
+                                                                    "ConditionExpression": "attribute_not_exists(x)"}}])
+        got = ddb.transact_get_items(TransactItems=[{"Get": {"TableName": "orders", "Key": {"id": {"S": "3"}}}}])
+        assert got["Responses"][0]["Item"] == {"id": {"S": "3"}}
+        records = [r for r in gw.records() if r["operation"] in ("TransactGetItems", "TransactWriteItems")]
+        assert [(r["action"], r["access_level"], r["decision"]) for r in records] == [
+            ("dynamodb:GetItem", "Read", "deny"), ("dynamodb:PutItem", "Write", "deny"),
+            ("dynamodb:PutItem", "Write", "deny"), ("dynamodb:PutItem", "Write", "allow"),
+            ("dynamodb:GetItem", "Read", "allow")]

@@ -152,6 +152,9 @@ class Classification:
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
     # other verbs of a PartiQL batch (``partiql_statements``).
     implied: tuple["Classification", ...] = ()
+    # The call is authorised as ``implied`` alone, each part on its own (a DynamoDB transaction's
+    # items: ``transaction_items``); its own action names the first part that writes, else the first.
+    by_parts: bool = False
     # For an implied read whose data the call writes elsewhere (an S3 copy's source), the read that
     # would later see that data (the copy's destination, as s3:GetObject): masks for the agent on
     # the first must hold on the second too, or the copy would unmask it (``PolicySet.evaluate``).
@@ -1300,6 +1303,39 @@ def copy_destination_read(result: Classification) -> Classification | None:
     return object_read(result, bucket, key)
 
 
+# DynamoDB's transactions: IAM has no action for the operation; it authorises each item as the
+# operation the item names, on the item's table (AWS: "Using IAM with DynamoDB transactions").
+TRANSACTION_ITEMS = {"TransactGetItems": {"Get": "GetItem"},
+                     "TransactWriteItems": {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                                            "ConditionCheck": "ConditionCheckItem"}}
+
+
+def transaction_items(result: Classification) -> list[Classification]:
+    """Each item of a DynamoDB transaction as the call IAM authorises it as: its operation
+    (GetItem, PutItem, UpdateItem, DeleteItem, ConditionCheckItem), with the item's own members as
+    its parameters and its table as its resource; empty for other calls, and for a transaction with
+    an item that names no such operation (the call then keeps its own name, which no IAM action has:
+    only a rule naming it allows it)."""
+    kinds = TRANSACTION_ITEMS.get(result.operation) if result.service == "dynamodb" else None
+    items = result.params.get("TransactItems") if kinds else None
+    if not isinstance(items, list) or not items:
+        return []
+    parts = []
+    for item in items:
+        if not isinstance(item, dict) or len(item) != 1:
+            return []
+        (kind, body), = item.items()
+        operation = kinds.get(kind)
+        if operation is None or not isinstance(body, dict):
+            return []
+        action, level = actions.iam_action("dynamodb", operation)
+        table = body.get("TableName")
+        parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
+                                         params=body, resources=[table] if isinstance(table, str) and table else [],
+                                         implied=(), by_parts=False))
+    return parts
+
+
 # DynamoDB's PartiQL operations: IAM authorises each statement by its verb, not by the operation.
 PARTIQL_ACTIONS = {"SELECT": "dynamodb:PartiQLSelect", "EXISTS": "dynamodb:PartiQLSelect",
                    "INSERT": "dynamodb:PartiQLInsert", "UPDATE": "dynamodb:PartiQLUpdate",
@@ -1658,6 +1694,11 @@ class Classifier:
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
         result.implied = implied_actions(result)
+        parts = transaction_items(result)
+        if parts:  # IAM authorises a transaction item by item
+            named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
+            result.action, result.access_level = named.action, named.access_level
+            result.implied, result.by_parts = tuple(parts), True
         statements = partiql_statements(result)
         if statements:  # IAM authorises each PartiQL statement as the action its verb names
             first, *rest = statements

@@ -1318,16 +1318,26 @@ class PolicySet:
         (``Classification.implied``: an S3 copy's source as s3:GetObject, each verb of a PartiQL
         batch), each is decided too and the strongest decision stands (deny beats approve beats
         allow), as IAM needs all of them allowed."""
-        decision = self._evaluate(principal, call)
-        for other in getattr(call, "implied", None) or ():
+        implied = getattr(call, "implied", None) or ()
+        by_parts = bool(getattr(call, "by_parts", False) and implied)
+        if by_parts:  # a DynamoDB transaction: decided item by item, each with its own parameters and table
+            decision, implied = self._evaluate(principal, implied[0]), implied[1:]
+        else:
+            decision = self._evaluate(principal, call)
+        masks = decision.mask_for_agent
+        for other in implied:
             also = self._evaluate(principal, other)
             also = self._masks_kept(principal, other, also)
+            if by_parts and also.decision == "allow":  # one answer holds every item: each one's masks hold
+                masks = tuple(dict.fromkeys(masks + also.mask_for_agent))
             if STRENGTH[also.decision] > STRENGTH[decision.decision]:
                 on = ", ".join(getattr(other, "resources", None) or ())
                 decision = dataclasses.replace(
                     also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
                     mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
+        if by_parts and masks != decision.mask_for_agent:
+            decision = dataclasses.replace(decision, mask_for_agent=masks)
         return self._no_condition_on_masked(call, decision)
 
     def _no_condition_on_masked(self, call: Any, decision: Decision) -> Decision:
@@ -1764,10 +1774,10 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
     return [_format(*p) for p in found]
 
 
-# The DynamoDB actions whose answers carry items, as the classifier names them, with IAM's level.
+# The DynamoDB actions whose answers carry items, as the classifier names them, with IAM's level
+# (TransactGetItems is decided item by item as dynamodb:GetItem, as IAM authorises it).
 ITEM_READS = (("dynamodb:GetItem", "Read"), ("dynamodb:Query", "Read"), ("dynamodb:Scan", "Read"),
-              ("dynamodb:BatchGetItem", "Read"), ("dynamodb:TransactGetItems", None),
-              ("dynamodb:PartiQLSelect", "Read"), ("dynamodb:GetRecords", "Read"))
+              ("dynamodb:BatchGetItem", "Read"), ("dynamodb:PartiQLSelect", "Read"), ("dynamodb:GetRecords", "Read"))
 
 
 def item_reads_missed(rule: Rule) -> list[str]:
