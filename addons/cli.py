@@ -4,6 +4,7 @@ stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
@@ -56,6 +57,23 @@ class LazyGroup(click.Group):
             module, attr = self.lazy[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        """A command's run, with what the system refuses to do with an argument (a file name too
+        long, a path through a file) and an argument that is not text (bytes that are not UTF-8 in
+        a UTF-8 locale) told in one line, not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except UnicodeEncodeError as e:
+            if "surrogates not allowed" not in str(e):
+                raise
+            raise click.UsageError("an argument is not valid text (bytes that are not UTF-8): give it as UTF-8 text") \
+                from None
+        except OSError as e:
+            if isinstance(e, BrokenPipeError) or e.errno in (errno.EPIPE, None):
+                raise
+            raise click.ClickException(f"cannot use {e.filename!r}: {e.strerror or e}" if e.filename is not None
+                                       else f"{e.strerror or e}") from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

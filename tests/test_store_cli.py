@@ -120,6 +120,12 @@ def test_calls_list_filters(cli, db_url: str, calls: list[Record]) -> None:
     assert ids("--since", "3h", "--until", "30m") == [b]
     assert ids("--until", (dt.datetime.now(UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")) == [a]
     assert ids("--limit", "1") == [c]
+    assert ids("--on-behalf-of", "dana") == [a] and ids("--on-behalf-of", "erin") == []
+    assert ids("--outcome", "held") == [c] and ids("--outcome", "REFUSED") == [b]
+    assert ids("--decision", "Approve") == [c]  # as the policies write decisions, in any case
+    # an empty filter (an unset variable in a script) is refused, not read as "everyone"
+    for option in ("--principal", "--on-behalf-of", "--action"):
+        assert "is empty" in one_line_error(cli("calls", "list", "--db", db_url, option, ""), code=2)
 
 
 def test_calls_list_table_and_show(cli, db_url: str, calls: list[Record]) -> None:
@@ -318,3 +324,32 @@ def test_commands_run_as_a_process(home: Path) -> None:
     missing = subprocess.run([*base, "calls", "show", "nope"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [f"Error: no call 'nope' in the store at {url}"]
+
+
+def test_what_the_system_refuses_and_arguments_that_are_not_text_are_one_line_errors(db_url: str, calls, tmp_path):
+    """Through the `agentgate` command itself: a file name too long for the system, a key file that
+    is a directory, bytes that are not UTF-8 in an argument (Python hands them over as surrogates),
+    and a key that is not the store's, each told in one line."""
+    from addons.cli import main
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+    long_name = str(tmp_path / ("a" * 300))
+    for args, code, words in (
+        (["verify", "--db", db_url, "--key-file", long_name], 1, "File name too long"),
+        (["policy", "check", long_name], 1, "File name too long"),
+        (["verify", "--db", db_url, "--key-file", str(tmp_path)], 2, "is a directory"),
+        (["calls", "show", "\udcff\udcfe", "--db", db_url], 2, "not valid text"),
+        (["calls", "list", "--principal", "\udcff", "--db", db_url], 2, "not valid text"),
+    ):
+        result = run(*args)
+        assert result.exit_code == code, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert words in result.stderr and "Traceback" not in result.output, (args, result.output)
+        assert lines[-1].startswith("Error: "), (args, result.stderr)
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(b"x" * 32)
+    result = run("verify", "--db", db_url, "--key-file", str(wrong))
+    assert result.exit_code == 1 and "this is not the key this store was written with" in result.stderr

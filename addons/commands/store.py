@@ -82,6 +82,8 @@ def _key(key_file: str | None, db: str | None) -> bytes | None:
     path = Path(key_file) if key_file else chain_key_path(_settings(db).keys)
     if key_file and not path.exists():
         raise BadInput(f"--key-file: {path} does not exist")
+    if key_file and path.is_dir():
+        raise BadInput(f"--key-file: {path} is a directory; give the chain key's file (keys/chain.key)")
     try:
         return load_chain_key(path)
     except StoreError as e:
@@ -209,22 +211,32 @@ def _fields(row: dict[str, Any]) -> Table:
 
 @calls.command("list")
 @click.option("--principal", metavar="SUB", help="Only calls by this principal (the token's sub).")
+@click.option("--on-behalf-of", "on_behalf_of", metavar="SUB", help="Only calls made for this subject (act.sub).")
 @click.option("--action", metavar="ACTION", help="Only this action, e.g. s3:GetObject; * matches anything (s3:*).")
-@click.option("--decision", type=click.Choice(["allow", "deny", "approve"]), help="Only calls with this decision.")
+@click.option("--decision", type=click.Choice(["allow", "deny", "approve"], case_sensitive=False),
+              help="Only calls with this decision.")
+@click.option("--outcome", type=click.Choice(["forwarded", "refused", "held", "failed", "client_gone", "tunnelled"],
+                                             case_sensitive=False),
+              help="Only calls with this outcome (what the agent got).")
 @click.option("--since", metavar="WHEN", help="From this time on: ISO 8601 (UTC unless given) or an age (1h, 7d).")
 @click.option("--until", metavar="WHEN", help="Before this time: ISO 8601 or an age.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many, newest first.")
 @db_option
 @json_option
-def calls_list(principal: str | None, action: str | None, decision: str | None, since: str | None,
-               until: str | None, limit: int, db: str | None, as_json: bool) -> None:
+def calls_list(principal: str | None, on_behalf_of: str | None, action: str | None, decision: str | None,
+               outcome: str | None, since: str | None, until: str | None, limit: int, db: str | None,
+               as_json: bool) -> None:
     """List calls, newest first."""
+    for option, value in (("--principal", principal), ("--on-behalf-of", on_behalf_of), ("--action", action)):
+        if value is not None and not value.strip():
+            raise BadInput(f"{option} is empty: give a value, or leave the option out to list every call")
     start = parse_when(since, "--since") if since is not None else None
     end = parse_when(until, "--until") if until is not None else None
     if start and end and start >= end:
         raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
     with _store(db) as store:
-        rows = store.calls(principal=principal, action=action, decision=decision, since=start, until=end, limit=limit)
+        rows = store.calls(principal=principal, action=action, decision=decision and decision.lower(), since=start,
+                           until=end, limit=limit, on_behalf_of=on_behalf_of, outcome=outcome and outcome.lower())
     if as_json:
         _echo_json(rows)
         return
@@ -307,7 +319,11 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
                           if result.witnesses else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
-        raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}")
+        hint = ""
+        if key is not None and all("with the chain key" in p for p in result.problems):
+            hint = ("; every problem is a MAC that does not verify: if nothing was forged, this is not the key "
+                    "this store was written with (the gateway's keys/chain.key)")
+        raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}{hint}")
 
 
 @click.command("prune")

@@ -1578,6 +1578,8 @@ class Store:
         session_id: str | None = None,
         limit: int | None = 100,
         newest_first: bool = True,
+        on_behalf_of: str | None = None,
+        outcome: str | None = None,
     ) -> list[dict[str, Any]]:
         """Calls matching every filter given; ``action`` may hold ``*`` wildcards (``s3:*``) and is
         compared without regard to case, as IAM and the policies compare actions."""
@@ -1586,6 +1588,10 @@ class Store:
         c = Call.__table__.c
         if principal:
             q = q.where(c.principal == principal)
+        if on_behalf_of:
+            q = q.where(c.on_behalf_of == on_behalf_of)
+        if outcome:
+            q = q.where(c.outcome == outcome)
         if action:
             pattern = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
             q = q.where(c.action.ilike(pattern, escape="\\"))
