@@ -187,6 +187,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     one of ``workers`` processes sharing the port (addons/workers.py); None for a lone gateway."""
     from . import chain
     from .approval import Approval
+    from .recorder import Recorder
     from .console import Console, approvers_of
     from .core.approvals import Approvals
     from .core.credentials import CredentialBroker
@@ -239,6 +240,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     stages = chain(settings, store=store, policies=policies, validator=validator, broker=broker,
                    approvals=approvals, notifier=notifier, fingerprint_key=read_key(keys / "fingerprint.key"))
     holder = next(s for s in stages if isinstance(s, Approval))
+    recorder = next(s for s in stages if isinstance(s, Recorder))
     m.addons.add(*stages)
     m.addons.add(SwitchInterval())
     if isinstance(store, Store) and store.can_commit_inline:
@@ -273,7 +275,13 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         loop.create_task(_stop(), name="agentgate-stop")
 
     async def _stop() -> None:
-        await holder.drain()  # held calls get ApprovalPending; their approvals stay in the store
+        # No new connections (with workers, the others take them); new calls on open connections are
+        # answered 503, to be retried; held calls get ApprovalPending (their approvals stay in the
+        # store); the calls in flight are answered and recorded before the store closes.
+        m.options.update(server=False)
+        recorder.stopping = True
+        await holder.drain()
+        await recorder.drain()
         m.shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,6 +33,7 @@ recorder does not read the words: a client has left when its connection can no l
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -283,6 +284,9 @@ def head_record(data) -> Record:
 
 STORE_DOWN = Refusal(503, "ServiceUnavailable", "agentgate cannot record this call right now (its evidence store "
                      "is unavailable), so it is not answered; retry shortly", "store")
+STOPPING = Refusal(503, "ServiceUnavailable", "agentgate is stopping and takes no new calls on this connection; "
+                   "retry (a new connection reaches another gateway, or this one once it is back)", "stopping")
+DRAIN_SECONDS = 30.0  # how long a stopping gateway waits for the calls in flight to be answered and recorded
 
 
 def _before(record: Record) -> str:
@@ -319,6 +323,22 @@ class Recorder:
         self.store = store
         self.fail_open = fail_open
         self.masking = masking  # the Masking addon: masks a streamed answer's headers before it is recorded
+        self.inflight: set[str] = set()  # the calls read and not yet answered and recorded (flow ids)
+        self.stopping = False  # the gateway is stopping: new calls are answered STOPPING
+
+    async def drain(self, timeout: float = DRAIN_SECONDS) -> int:
+        """(The gateway is stopping.) Answer new calls STOPPING, and wait up to ``timeout`` seconds
+        for the calls in flight to be answered and recorded: the store is closed after, and a call
+        answered then could not be. The number still in flight when it gave up."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.inflight:
+            log.warning("stopping with %d calls still in flight after %.0f s: they are cut off, and their records "
+                        "may be missing", len(self.inflight), timeout)
+        return len(self.inflight)
 
     async def _write(self, flow: http.HTTPFlow, record: Record, refusable: bool = False) -> str:
         """Write ``flow``'s record: what the agent gets then. "answered": go on; "refused": answer
@@ -381,6 +401,10 @@ class Recorder:
             answer(flow, STORE_DOWN)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.inflight.add(flow.id)
+        if self.stopping and flow.response is None:
+            answer(flow, STOPPING)  # recorded as any refusal; the agent retries elsewhere
+            flow.response.headers["connection"] = "close"
         if due(flow, "requestheaders"):
             self._refuse_while_down(flow)
 
@@ -416,12 +440,15 @@ class Recorder:
             masked.add(part, "response")
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if RECORDED in flow.metadata:  # a streamed answer, recorded before its first byte
-            return
-        refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
-        if await self._write(flow, build_record(flow), refusable) == "refused":
-            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
-            flow.response = http.Response.make(status, body, headers)
+        try:
+            if RECORDED in flow.metadata:  # a streamed answer, recorded before its first byte
+                return
+            refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
+            if await self._write(flow, build_record(flow), refusable) == "refused":
+                status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
+                flow.response = http.Response.make(status, body, headers)
+        finally:
+            self.inflight.discard(flow.id)
 
     async def refused_head(self, data) -> None:
         """A request head refused before it was read as a request (addons/limits.py): no flow, one
@@ -433,6 +460,12 @@ class Recorder:
             log.error("the store cannot write the record of a refused request head from %s (%s)", record.client, e)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._error(flow)
+        finally:
+            self.inflight.discard(flow.id)
+
+    async def _error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "unknown error"
         done = flow.metadata.get(RECORDED)
         refusal = flow.metadata.get(REFUSAL)

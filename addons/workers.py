@@ -8,8 +8,12 @@ directory (each reloads it on change), the store (PostgreSQL; SQLite in WAL mode
 workers) and, through it, approvals; each worker writes its own hash chain (its own writer id).
 
 SIGTERM or SIGINT to the supervisor stops every worker the way one gateway stops (held calls are
-answered first). A worker that dies is started again after a second; one that exits with an error
-in its first seconds (a port taken, a bad setting) stops them all with its exit status.
+answered first, calls in flight finish and are recorded). A worker that dies is started again after
+a second; one that dies again within seconds of its restart (its store down, say) is started again
+after a longer wait each time (up to MAX_RESTART_DELAY), while the others go on serving. A worker
+that exits with an error in the first seconds of the gateway's own start (a port taken, a bad
+setting) stops them all with its exit status. Workers stop by themselves if the supervisor dies
+(Linux: the parent-death signal), rather than serving unsupervised.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ log = logging.getLogger("agentgate.workers")
 
 EARLY_DEATH = 5.0  # seconds: a worker dead this soon after starting will not do better next time
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0  # the longest wait between restarts of a worker that keeps dying at once
+POLL = 0.1  # seconds between looks at the workers while a restart is due
+
+
+def die_with_parent(parent: int) -> None:
+    """(In a worker, just forked.) Be sent SIGTERM when the supervisor dies, and stop now if it
+    already has: a worker left alone would serve on, unsupervised, and keep the port from a new
+    supervisor. Linux's parent-death signal; elsewhere, nothing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def port_free(host: str, port: int) -> OSError | None:
@@ -78,6 +99,9 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         return 2
 
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+    restarts: dict[int, float] = {}  # worker index -> when to start it again
+    failures: dict[int, int] = {}  # worker index -> restarts in a row that died early
+    supervisor = os.getpid()
     stopping = False
 
     def start(index: int) -> None:
@@ -89,6 +113,7 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                die_with_parent(supervisor)
                 code = run_gateway(settings, verbose=verbose, web_listen=web_listen, worker=index)
             except BaseException:
                 logging.getLogger("agentgate").exception("worker %d failed", index)
@@ -115,13 +140,23 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
     for i in range(n):
         start(i)
     status = 0
-    while children:
-        try:
-            pid, wstatus = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover (PEP 475 retries)
-            continue
+    while children or (restarts and not stopping):
+        if restarts and not stopping:  # a restart is due: look at the workers without blocking
+            now = time.monotonic()
+            for index in [i for i, due in restarts.items() if due <= now]:
+                del restarts[index]
+                start(index)
+            pid, wstatus = os.waitpid(-1, os.WNOHANG) if children else (0, 0)
+            if pid == 0:
+                time.sleep(min([POLL] + [max(0.0, due - time.monotonic()) for due in restarts.values()]))
+                continue
+        else:
+            try:
+                pid, wstatus = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover (PEP 475 retries)
+                continue
         index, started = children.pop(pid, (None, 0.0))
         if index is None:
             continue
@@ -129,14 +164,15 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         if stopping:
             status = status or (code if code > 0 else 0)
             continue
-        if code > 0 and time.monotonic() - started < EARLY_DEATH:  # it failed to start (killed ones are restarted)
+        early = time.monotonic() - started < EARLY_DEATH
+        if early and code > 0 and index not in failures:  # the gateway's own start failed: a port taken, a setting
             print(f"agentgate: worker {index} exited with {code} while starting; stopping the others",
                   file=sys.stderr)
             status = code if code > 0 else 1
             stop(signal.SIGTERM, None)
             continue
-        log.error("worker %d (pid %d) exited with %d; starting it again", index, pid, code)
-        time.sleep(RESTART_DELAY)
-        if not stopping:
-            start(index)
+        failures[index] = failures.get(index, 0) + 1 if early else 0
+        delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** failures[index])
+        log.error("worker %d (pid %d) exited with %d; starting it again in %g s", index, pid, code, delay)
+        restarts[index] = time.monotonic() + delay
     return status

@@ -154,6 +154,53 @@ def test_a_worker_that_dies_is_started_again(pg_workers, issuer):
         s3(gw, token).head_bucket(Bucket=BUCKET)
 
 
+def test_a_worker_that_cannot_start_again_while_the_store_is_down_is_retried_and_the_others_serve_on(
+        tmp_path, issuer, moto):
+    """PostgreSQL down, a worker dies: its restarts fail (the store cannot be opened) and are
+    retried, each after a longer wait, while the other worker goes on serving (failing closed);
+    once the store is back, the worker starts and both serve."""
+    from tests.support.postgres import PostgresServer
+
+    with PostgresServer(fsync=False) as pg:
+        gw = start_workers(tmp_path / "gw", issuer, moto, db=pg.url)
+        try:
+            token = issuer.mint("agent-5")
+            s3(gw, token).list_buckets()
+            survivor, victim = sorted(workers_of(gw))
+            pg.stop()
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: re.search(r"exited with 2; starting it again in [0-9.]+ s", gw.log()), timeout=30)
+            assert gw.proc.poll() is None and survivor in workers_of(gw)  # nothing else was stopped
+            with pytest.raises(Exception) as refused:  # the survivor fails closed meanwhile
+                s3(gw, token).list_buckets()
+            assert "ServiceUnavailable" in str(refused.value) or "503" in str(refused.value), refused.value
+            pg.start()
+            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 3, timeout=60)
+            assert survivor in workers_of(gw)
+            for _ in range(12):  # both serve: the kernel spreads new connections over them
+                s3(gw, token).list_buckets()
+        finally:
+            gw.stop()
+        assert "stopping the others" not in gw.log()
+
+
+def test_workers_stop_when_their_supervisor_dies(tmp_path, issuer, moto):
+    """The supervisor killed (SIGKILL: no chance to stop them): the workers stop by themselves
+    rather than serve on unsupervised, holding the port from a new supervisor."""
+    gw = start_workers(tmp_path / "gw", issuer, moto)
+    pids = workers_of(gw)
+    gw.proc.kill()
+    gw.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        except OSError:
+            return True
+    wait_for(lambda: all(gone(pid) for pid in pids), timeout=30)
+    gw.stop()
+
+
 def test_sigterm_stops_every_worker(tmp_path, issuer, moto):
     gw = start_workers(tmp_path / "gw", issuer, moto)  # SQLite, WAL
     token = issuer.mint("agent-4")

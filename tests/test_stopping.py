@@ -1,0 +1,58 @@
+"""A gateway told to stop (SIGTERM: a rolling deploy, a scale-in, `systemctl restart`) under
+traffic: it takes no new connections, answers new calls on open connections with a 503 the SDKs
+retry, lets the calls in flight finish, and records every one of them before its store closes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import botocore.exceptions
+
+from tests.support.gateway import Gateway
+from tests.test_faults import FaultyUpstream
+from tests.test_recording_e2e import GATEWAY_KEY, agent
+
+
+def test_a_stopping_gateway_answers_and_records_the_calls_in_flight(tmp_path, issuer):
+    with FaultyUpstream() as upstream:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY)
+        gw.sent = []
+        with gw:
+            slow = [agent(gw, issuer, f"slow-{i}", "s3", read_timeout=30) for i in range(3)]
+            sub_kept, kept = agent(gw, issuer, "kept", "s3")
+            kept.get_object(Bucket="stopping", Key="first")["Body"].read()  # its connection stays open
+            got: dict[str, object] = {}
+
+            def call(sub, s3) -> None:
+                try:
+                    got[sub] = s3.get_object(Bucket="stopping", Key="slow-3")["Body"].read()
+                except Exception as e:  # noqa: BLE001 - what the agent got
+                    got[sub] = e
+            threads = [threading.Thread(target=call, args=pair) for pair in slow]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)  # the three calls are upstream now, answered in 2 s more
+            gw.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            try:  # a new call on a connection that was open: refused, to be retried elsewhere
+                kept.get_object(Bucket="stopping", Key="second")
+                raise AssertionError("a call made while the gateway stops was served")
+            except botocore.exceptions.ClientError as e:
+                refused = e.response
+            for t in threads:
+                t.join(30)
+            assert gw.proc.wait(20) == 0
+        assert {sub: got[sub] for sub, _ in slow} == {sub: b"<ok/>" for sub, _ in slow}, got
+        assert refused["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert refused["Error"]["Code"] == "ServiceUnavailable" and "agentgate is stopping" in refused["Error"]["Message"]
+        records = gw.records()
+        for sub, _ in slow:  # answered, and recorded before the store closed
+            [r] = [r for r in records if r["principal"] == sub]
+            assert (r["outcome"], r["status"], r["decision"]) == ("forwarded", 200, "allow"), r
+        mine = [(r["url"].rsplit("/", 1)[-1], r["outcome"], r["rule"]) for r in records if r["principal"] == sub_kept]
+        assert mine[0] == ("first", "forwarded", "data-plane") and mine[1][:2] == ("second", "refused"), mine
+        assert mine[1][2] == "agentgate:stopping"
+        log = gw.log()
+        assert "calls still in flight" not in log and "is closed" not in log
