@@ -715,16 +715,83 @@ def query_member_name(shape: botocore.model.Shape, member: str, ec2: bool) -> st
     return shape.serialization.get("name", member)
 
 
-_query_name_cache: dict[tuple[int, bool], tuple[botocore.model.Shape, dict[str, str]]] = {}
+@dataclasses.dataclass(frozen=True)
+class QueryNames:
+    """The Query wire names of an awsQueryCompatible service whose botocore model, now JSON (or
+    CBOR), no longer carries them, as its last Query model wrote them: older SDKs still send the
+    service Query forms under these names. Read only where the model names nothing itself."""
+
+    members: dict[str, dict[str, str]]  # structure shape -> {member: form name}
+    maps: dict[str, tuple[str, str]]  # map shape -> (key name, value name)
+    items: dict[str, str] = dataclasses.field(default_factory=dict)  # list shape, not flattened -> item name
 
 
-def query_wire_names(shape: botocore.model.StructureShape, ec2: bool) -> dict[str, str]:
+_SQS_VALUE_LISTS = {"StringListValues": "StringListValue", "BinaryListValues": "BinaryListValue"}
+_SQS_MESSAGE_MAPS = {"MessageAttributes": "MessageAttribute", "MessageSystemAttributes": "MessageSystemAttribute"}
+
+# botocore 1.31's sqs/2012-11-05 (the last Query model): every list and map of SQS is flattened,
+# so a member's form name is its list item's or map's name (Attribute.1.Name, AttributeName.1).
+# ReceiveMessage's MessageSystemAttributeNames came later, named after AttributeNames.
+QUERY_NAMES: dict[str, QueryNames] = {
+    "sqs": QueryNames(
+        members={
+            "AddPermissionRequest": {"AWSAccountIds": "AWSAccountId", "Actions": "ActionName"},
+            "ChangeMessageVisibilityBatchRequest": {"Entries": "ChangeMessageVisibilityBatchRequestEntry"},
+            "CreateQueueRequest": {"Attributes": "Attribute", "tags": "Tag"},
+            "DeleteMessageBatchRequest": {"Entries": "DeleteMessageBatchRequestEntry"},
+            "GetQueueAttributesRequest": {"AttributeNames": "AttributeName"},
+            "ReceiveMessageRequest": {"AttributeNames": "AttributeName",
+                                      "MessageAttributeNames": "MessageAttributeName",
+                                      "MessageSystemAttributeNames": "MessageSystemAttributeName"},
+            "SendMessageRequest": _SQS_MESSAGE_MAPS,
+            "SendMessageBatchRequest": {"Entries": "SendMessageBatchRequestEntry"},
+            "SendMessageBatchRequestEntry": _SQS_MESSAGE_MAPS,
+            "SetQueueAttributesRequest": {"Attributes": "Attribute"},
+            "TagQueueRequest": {"Tags": "Tag"},
+            "UntagQueueRequest": {"TagKeys": "TagKey"},
+            "MessageAttributeValue": _SQS_VALUE_LISTS,
+            "MessageSystemAttributeValue": _SQS_VALUE_LISTS,
+        },
+        maps={
+            "QueueAttributeMap": ("Name", "Value"),
+            "TagMap": ("Key", "Value"),
+            "MessageBodyAttributeMap": ("Name", "Value"),
+            "MessageBodySystemAttributeMap": ("Name", "Value"),
+        },
+    ),
+}
+
+
+def query_names_of(entry: ServiceEntry) -> QueryNames | None:
+    """The Query names overlay of a service that accepts Query forms its model no longer describes."""
+    if entry.query_compatible and entry.protocol != "query":
+        return QUERY_NAMES.get(entry.name)
+    return None
+
+
+def has_query_name(shape: botocore.model.Shape) -> bool:
+    if shape.type_name == "list" and shape.serialization.get("flattened") and "name" in shape.member.serialization:
+        return True
+    return "name" in shape.serialization
+
+
+_query_name_cache: dict[tuple[int, bool, int], tuple[botocore.model.Shape, dict[str, str]]] = {}
+
+
+def query_wire_names(shape: botocore.model.StructureShape, ec2: bool,
+                     overlay: QueryNames | None = None) -> dict[str, str]:
     """Wire (form key) -> member name for a structure; cached per shape object."""
-    cached = _query_name_cache.get((id(shape), ec2))
+    cached = _query_name_cache.get((id(shape), ec2, id(overlay)))
     if cached is not None and cached[0] is shape:
         return cached[1]
-    names = {query_member_name(m, n, ec2): n for n, m in shape.members.items()}
-    _query_name_cache[(id(shape), ec2)] = (shape, names)
+    extra = overlay.members.get(shape.name, {}) if overlay and not ec2 else {}
+    names = {}
+    for n, m in shape.members.items():
+        if n in extra and not has_query_name(m):
+            names[extra[n]] = n
+        else:
+            names[query_member_name(m, n, ec2)] = n
+    _query_name_cache[(id(shape), ec2, id(overlay))] = (shape, names)
     return names
 
 
@@ -739,16 +806,18 @@ def numbered(node: dict, errors: ParamErrors | None = None, path: str = "") -> l
     return [node[k] for k in keys]
 
 
-def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: ParamErrors, path: str) -> Any:
+def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: ParamErrors, path: str,
+                overlay: QueryNames | None = None) -> Any:
     kind = shape.type_name
     if kind == "structure":
-        names = query_wire_names(shape, ec2)
+        names = query_wire_names(shape, ec2, overlay)
         members = shape.members
         out = {}
         for key, child in node.items():
             name = names.get(key) if key is not None else None
             if name is not None:
-                out[name] = query_value(child, members[name], ec2, errors, f"{path}.{name}" if path else name)
+                out[name] = query_value(child, members[name], ec2, errors, f"{path}.{name}" if path else name,
+                                        overlay)
             elif key is not None and path:  # (the top level's own unknown names are reported by query_params)
                 errors.add(f"{path}.{key[:100]}", "not a member of " + shape.name)
         return out
@@ -758,18 +827,26 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
         if ec2 or shape.serialization.get("flattened"):
             items = node
         else:
-            items = node.get(shape.member.serialization.get("name", "member"), {})
-        return [query_value(item, shape.member, ec2, errors, f"{path}[{i}]")
+            item_name = shape.member.serialization.get("name")
+            if item_name is None and overlay:
+                item_name = overlay.items.get(shape.name)
+            items = node.get(item_name or "member", {})
+        return [query_value(item, shape.member, ec2, errors, f"{path}[{i}]", overlay)
                 for i, item in enumerate(numbered(items, errors, path))]
     if kind == "map":
         entries = node if shape.serialization.get("flattened") else node.get("entry", {})
-        key_name = shape.key.serialization.get("name", "key")
-        value_name = shape.value.serialization.get("name", "value")
+        key_name, value_name = overlay.maps.get(shape.name, ("key", "value")) if overlay else ("key", "value")
+        key_name = shape.key.serialization.get("name", key_name)
+        value_name = shape.value.serialization.get("name", value_name)
         out = {}
-        for entry in numbered(entries, errors, path):
+        for i, entry in enumerate(numbered(entries, errors, path)):
+            for part in entry:
+                if part is not None and part not in (key_name, value_name):
+                    errors.add(f"{path}[{i}].{part[:100]}",
+                               f"not {key_name} or {value_name} of an entry of {shape.name}")
             key = entry.get(key_name, {}).get(None)
             if key is not None and value_name in entry:
-                out[key] = query_value(entry[value_name], shape.value, ec2, errors, f"{path}.{key}")
+                out[key] = query_value(entry[value_name], shape.value, ec2, errors, f"{path}.{key}", overlay)
         return out
     text = node.get(None)
     if text is None:
@@ -779,7 +856,7 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
 
 
 def query_params(pairs: list[tuple[str, str]], shape: botocore.model.Shape | None, ec2: bool,
-                 errors: ParamErrors) -> dict:
+                 errors: ParamErrors, overlay: QueryNames | None = None) -> dict:
     """Query/EC2 form parameters (without Action, Version and signature) read into the input shape.
     A name given twice (in the query string and the body, or twice in either) is an error: which
     one the service acts on is not known, and an Action read from one while the service reads the
@@ -789,11 +866,11 @@ def query_params(pairs: list[tuple[str, str]], shape: botocore.model.Shape | Non
     tree = query_tree((k, v) for k, v in pairs if k not in ("Action", "Version") and k.lower() not in AUTH_QUERY_PARAMS)
     if shape is None:
         return {}
-    known = query_wire_names(shape, ec2)
+    known = query_wire_names(shape, ec2, overlay)
     for key in tree:
         if key not in known:
             errors.add(key, "not a member of " + shape.name)
-    return query_value(tree, shape, ec2, errors, "")
+    return query_value(tree, shape, ec2, errors, "", overlay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1722,7 +1799,8 @@ class Classifier:
             pairs = form_pairs(request)
             if request.form_error:
                 errors.add("body", request.form_error)
-            return query_params(pairs, shape, protocol == "ec2", errors)
+            overlay = query_names_of(resolution.routing.entry) if protocol == "query" else None
+            return query_params(pairs, shape, protocol == "ec2", errors, overlay)
         if (protocol in ("json", "rest-json", "smithy-rpc-v2-cbor") and request.body and b"Action=" in request.body
                 and not request.query and body_names_an_action(request.body)):
             # moto (the stand-in for AWS in tests and sandboxes) reads a body that is no form, under
