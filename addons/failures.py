@@ -37,7 +37,7 @@ from .stage import CALL, CLIENT_LEFT, HOST, REFUSAL
 
 log = logging.getLogger("agentgate.failures")
 
-_MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message) to answer with
+_MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message, request content type) to answer with
 
 # mitmproxy's error code -> the AWS-shaped code of the answer
 _CODES = {502: "BadGateway", 504: "GatewayTimeout", 413: "RequestEntityTooLarge", 400: "InvalidRequest",
@@ -67,19 +67,22 @@ def mark(event, flow: http.HTTPFlow, message: str | None = None) -> None:
     protocol = getattr(call, "protocol", None) or guess_protocol(flow.request.headers, flow.request.path)
     if message is None:
         message = message_for(flow, getattr(event.code, "name", "") == "CONNECT_FAILED")
-    setattr(event, _MARK, (protocol, message))
+    setattr(event, _MARK, (protocol, message, flow.request.headers.get("content-type")))
 
 
-def error_response(status: int, protocol: str | None, message: str) -> tuple[dict[str, str], bytes]:
-    """The headers and body of the AWS-shaped error answer."""
+def error_response(status: int, protocol: str | None, message: str,
+                   content_type: str | None = None) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the AWS-shaped error answer (``content_type``: the request's, which
+    a json call's answer follows)."""
     code = _CODES.get(status, "InternalFailure")
-    _, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol)
+    _, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol,
+                              request_content_type=content_type)
     return headers, body
 
 
-def answer(status: int, protocol: str | None, message: str) -> bytes:
+def answer(status: int, protocol: str | None, message: str, content_type: str | None = None) -> bytes:
     """The bytes of the AWS-shaped error answer on HTTP/1 (the connection closes after it)."""
-    headers, body = error_response(status, protocol, message)
+    headers, body = error_response(status, protocol, message, content_type)
     headers["connection"] = "close"
     return http1.assemble_response(http.Response.make(status, body, headers))
 
@@ -137,7 +140,8 @@ def install() -> bool:
         def mark_refused(error) -> None:
             refusal = self.flow.metadata.get(REFUSAL)
             message = refusal.message if refusal is not None else error.message
-            setattr(error, _MARK, (guess_protocol(self.flow.request.headers), message))
+            setattr(error, _MARK, (guess_protocol(self.flow.request.headers), message,
+                                   self.flow.request.headers.get("content-type")))
 
         return (yield from marking(self, check_invalid(self, request), mark_refused))
 

@@ -162,7 +162,7 @@ def _refusal(layer, status: int, message: str, head: bytes | None = None) -> byt
     else:
         request = getattr(layer, "request", None)
         headers = request.headers if request is not None else {}
-    return failures.answer(status, guess_protocol(headers), message)
+    return failures.answer(status, guess_protocol(headers), message, headers.get("content-type"))
 
 
 def _option(context, name: str) -> int | None:

@@ -281,7 +281,7 @@ class Masking:
                           "length; agentgate holds such a body in memory to record it, and max_body_bytes bounds "
                           "that, so the response is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
-                                       _upstream_request_id(flow.response))
+                                       _upstream_request_id(flow.response), flow.request.headers.get("content-type"))
         flow.response = http.Response.make(status, body, headers)
 
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
@@ -290,7 +290,7 @@ class Masking:
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
-                                       _upstream_request_id(flow.response))
+                                       _upstream_request_id(flow.response), flow.request.headers.get("content-type"))
         if _response_digest() not in flow.metadata and flow.response is not None:
             raw = flow.response.raw_content or b""  # what upstream sent, for the record
             flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))

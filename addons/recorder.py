@@ -420,7 +420,8 @@ class Recorder:
         resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
         self._mask_headers(flow)
         if await self._write(flow, build_record(flow, streamed=True), refusable=True) == "refused":
-            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
+            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
+                                           request_content_type=flow.request.headers.get("content-type"))
             if flow.request.http_version.startswith("HTTP/1"):
                 headers["connection"] = "close"  # the agent hangs up after the 503; upstream's stream is cut then
             refused = http.Response.make(status, body, headers)
@@ -445,7 +446,8 @@ class Recorder:
                 return
             refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
             if await self._write(flow, build_record(flow), refusable) == "refused":
-                status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None))
+                status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
+                                               request_content_type=flow.request.headers.get("content-type"))
                 flow.response = http.Response.make(status, body, headers)
         finally:
             self.inflight.discard(flow.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
 import json
 import os
@@ -14,7 +15,7 @@ import boto3
 import botocore.config
 import pytest
 
-from addons.core import classifier
+from addons.core import classifier, masking
 from addons.core.classifier import classify
 
 ACCOUNT = "123456789012"
@@ -360,6 +361,131 @@ def test_smithy_rpc_v2_cbor():
     null_first = run(dict(request, body=b"\xa2" + key + b"\xf6" + request["body"][1:]))
     assert "key 'maxResults' given more than once in one map" in null_first.error, null_first.error
     assert run(dict(request, body=b"\xa1" + key + b"\xf6")).params == {}  # a null alone is no value
+
+
+def java_cbor(value) -> bytes:
+    """CBOR as the AWS SDKs for Java write a json call's body (Jackson): maps and arrays of
+    indefinite length, blobs as byte strings, timestamps as tag 1 and epoch milliseconds."""
+    def head(major: int, n: int) -> bytes:
+        if n < 24:
+            return bytes([major << 5 | n])
+        size = next(s for s in (1, 2, 4, 8) if n < 1 << (8 * s))
+        return bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[size]]) + n.to_bytes(size, "big")
+
+    if isinstance(value, bool):
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return head(0, value) if value >= 0 else head(1, -1 - value)
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, str):
+        return head(3, len(value.encode())) + value.encode()
+    if isinstance(value, list):
+        return b"\x9f" + b"".join(java_cbor(v) for v in value) + b"\xff"
+    if isinstance(value, dict):
+        return b"\xbf" + b"".join(java_cbor(k) + java_cbor(v) for k, v in value.items()) + b"\xff"
+    if isinstance(value, datetime.datetime):
+        return b"\xc1" + java_cbor(round(value.timestamp() * 1000))
+    raise TypeError(type(value))
+
+
+def as_cbor(request: dict, body: bytes, content_type: str = "application/x-amz-cbor-1.1") -> dict:
+    """``request`` (a json call botocore built) sent as the SDK for Java sends it: CBOR."""
+    headers = {k: v for k, v in request["headers"].items() if k.lower() != "content-type"}
+    return dict(request, headers={**headers, "Content-Type": content_type}, body=body)
+
+
+AT = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+KINESIS_CALLS = [
+    ("put_record", {"StreamName": "orders", "Data": b"\x00\xff{\"id\": 7}\n", "PartitionKey": "k1",
+                    "SequenceNumberForOrdering": "49590338271490256608559692538361571095921575989136588898"}),
+    ("put_records", {"StreamName": "orders", "Records": [
+        {"Data": b"first", "PartitionKey": "a"},
+        {"Data": b"\x80\x81 second", "PartitionKey": "b", "ExplicitHashKey": "340282366920938463463374607431768211455"},
+        {"Data": b"", "PartitionKey": "c"}]}),
+    ("get_records", {"ShardIterator": "AAAAAAAAAAHSywljv0zEgPX4NyKdZ5wryMzP9yALs8NeKbUjp1IxtZs1Sp+KEd9I6AJ9Z"
+                                      "G4lNR1EMi+9Md/nHvtLyxpfhEzYvkTZ4D9DQVz/mBYWRO6OTZRKnW9gd+efGN2aHFdkH1rJl4BL",
+                     "Limit": 100}),
+    ("describe_stream_summary", {"StreamName": "orders"}),
+    ("describe_stream_summary", {"StreamARN": "arn:aws:kinesis:us-east-1:123456789012:stream/orders"}),
+    ("get_shard_iterator", {"StreamName": "orders", "ShardId": "shardId-000000000000",
+                            "ShardIteratorType": "AT_TIMESTAMP", "Timestamp": AT}),
+    ("list_shards", {"StreamName": "orders", "StreamCreationTimestamp": AT, "MaxResults": 10,
+                     "ShardFilter": {"Type": "FROM_TIMESTAMP", "Timestamp": AT}}),
+]
+
+
+@pytest.mark.parametrize("method, params", KINESIS_CALLS, ids=[c[0] for c in KINESIS_CALLS])
+def test_a_json_call_sent_as_cbor_has_the_params_of_the_call_sent_as_json(method, params):
+    """The AWS SDKs for Java (and the KCL and KPL) send Kinesis as CBOR: the same call, the same
+    parameters, whichever form it came in (blobs as the JSON call's base64, timestamps as its text)."""
+    request = capture("kinesis", method, **params)
+    assert request["headers"]["Content-Type"] == "application/x-amz-json-1.1"
+    as_json = run(request)
+    assert as_json.error is None and as_json.protocol == "json"
+    got = run(as_cbor(request, java_cbor(params)))
+    assert got.error is None, got.error
+    assert got.params == as_json.params
+    assert (got.service, got.operation, got.protocol, got.action, got.access_level, got.resources, got.account) == (
+        as_json.service, as_json.operation, "json", as_json.action, as_json.access_level, as_json.resources,
+        as_json.account)
+    # as much in a map of definite length, and with the content type written otherwise
+    definite = masking.cbor_encode(params, millis=True)
+    assert definite[:1] != b"\xbf"
+    assert run(as_cbor(request, definite, "Application/X-Amz-Cbor-1.1; charset=utf-8")).params == as_json.params
+
+
+def test_a_json_call_sent_as_cbor_reads_blobs_and_timestamps_as_the_json_call():
+    request = capture("kinesis", "describe_stream_summary", StreamName="s")
+    # {"StreamName": "s"} as a map of definite length, byte for byte
+    got = run(as_cbor(request, bytes.fromhex("a1 6a 53747265616d4e616d65 61 73")))
+    assert (got.action, got.params, got.error) == ("kinesis:DescribeStreamSummary", {"StreamName": "s"}, None)
+    put = run(as_cbor(capture("kinesis", "put_record", StreamName="s", Data=b"x", PartitionKey="k"),
+                      java_cbor({"StreamName": "s", "Data": b"\x00\x01hello", "PartitionKey": "k"})))
+    assert put.params["Data"] == base64.b64encode(b"\x00\x01hello").decode() == "AAFoZWxsbw=="
+    # timestamps are epoch milliseconds, tagged (as the SDKs write them) or not, to the millisecond
+    iterator = capture("kinesis", "get_shard_iterator", StreamName="s", ShardId="shardId-0",
+                       ShardIteratorType="AT_TIMESTAMP", Timestamp=AT)
+    fields = {"StreamName": "s", "ShardId": "shardId-0", "ShardIteratorType": "AT_TIMESTAMP"}
+    for stamp in (b"\xc1" + java_cbor(1704164645123), java_cbor(1704164645123)):
+        body = java_cbor(fields)[:-1] + java_cbor("Timestamp") + stamp + b"\xff"
+        assert run(as_cbor(iterator, body)).params["Timestamp"] == "2024-01-02T03:04:05.123000+00:00"
+    as_json = run(dict(iterator, body=json.dumps({**fields, "Timestamp": 1704164645.5}).encode()))
+    as_cbor_ = run(as_cbor(iterator, java_cbor({**fields, "Timestamp": datetime.datetime(
+        2024, 1, 2, 3, 4, 5, 500000, tzinfo=datetime.timezone.utc)})))
+    assert as_cbor_.params["Timestamp"] == as_json.params["Timestamp"] == "2024-01-02T03:04:05.500000+00:00"
+
+
+def test_a_json_call_whose_cbor_body_does_not_read_is_refused_with_its_reason():
+    """Read with the RPC v2 CBOR reader, with its refusals; the call is then decided as unknown."""
+    put = capture("kinesis", "put_record", StreamName="s", Data=b"x", PartitionKey="k")
+    iterator = capture("kinesis", "get_shard_iterator", StreamName="s", ShardId="0", ShardIteratorType="LATEST")
+    good = java_cbor({"StreamName": "s", "Data": b"x", "PartitionKey": "k"})
+    key = java_cbor("StreamName") + java_cbor("s")
+    unreadable = "could not read the json request body, sent as application/x-amz-cbor-1.1: "
+    cases = [
+        (put, good + b"\x00", unreadable + "ValueError: trailing bytes after the CBOR data item"),
+        (put, good[:-3], unreadable + "ResponseParserError: End of stream reached"),
+        # a key named twice: which of the two the service acts on is not known
+        (put, b"\xa2" + key + key, unreadable + "ValueError: key 'StreamName' given more than once in one map"),
+        (put, b"\xbf" + key + key + b"\xff", unreadable + "ValueError: key 'StreamName' given more than once"),
+        (put, b"\xa1" + java_cbor("StreamName") + b"\xc2" + java_cbor(b"\x01"),
+         unreadable + "ResponseParserError: Found CBOR tag not supported by botocore: 2"),
+        (put, java_cbor(["StreamName", "s"]), "body: expected an object"),
+        (put, json.dumps({"StreamName": "s", "Data": "eA==", "PartitionKey": "k"}).encode(), unreadable),
+        (put, b"\x9f" * 5000, unreadable),  # nested too deep
+        (iterator, b"\xa1" + java_cbor("Timestamp") + b"\xc1\x1b" + b"\x7f" * 8, unreadable + "OverflowError"),
+        (iterator, b"\xa1" + java_cbor("Timestamp") + b"\x1b" + b"\x7f" * 8, "Timestamp: expected timestamp"),
+    ]
+    for request, body, why in cases:
+        got = run(as_cbor(request, body))
+        assert got.error and got.error.startswith(why), (body[:40], got.error)
+        assert got.service == "kinesis" and got.protocol == "json"
+    # a CBOR body under a JSON content type, or under a content type the SDKs do not send for json
+    # calls, is read as JSON, and does not read
+    for ctype in ("application/x-amz-json-1.1", "application/cbor", "application/x-amz-cbor-1.0"):
+        got = run(as_cbor(put, good, ctype))
+        assert got.error.startswith("could not read the json request body: "), (ctype, got.error)
 
 
 def test_a_json_call_on_another_path_than_the_root_is_ambiguous():

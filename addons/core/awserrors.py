@@ -2,7 +2,9 @@
 
 JSON protocols get ``__type``/``message`` and ``x-amzn-ErrorType``; rest-xml (S3) gets
 ``<Error><Code>``; query gets ``<ErrorResponse>``; ec2 gets ``<Response><Errors>``; RPC v2 CBOR
-gets a CBOR map. The message says what happened and what to do; it never carries a token.
+gets a CBOR map, and so does a json call sent as CBOR (``application/x-amz-cbor-1.1``, as the Java
+SDKs send Kinesis), in the content type it was sent in. The message says what happened and what to
+do; it never carries a token.
 """
 
 from __future__ import annotations
@@ -72,14 +74,28 @@ def _cbor_text(s: str) -> bytes:
     return head + b
 
 
+def _cbor_error(code: str, msg: str) -> bytes:
+    """The CBOR map ``{"__type": code, "message": msg}`` (RPC v2 CBOR, and json calls sent as CBOR)."""
+    return bytes([0xA2]) + _cbor_text("__type") + _cbor_text(code) + _cbor_text("message") + _cbor_text(msg)
+
+
 def render(refusal: Refusal, protocol: str | None, request_id: str | None = None,
            request_content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of the refusal in ``protocol``; a json protocol's answer takes the
-    request's own ``application/x-amz-json-1.x`` (DynamoDB speaks 1.0, most others 1.1)."""
+    request's own ``application/x-amz-json-1.x`` (DynamoDB speaks 1.0, most others 1.1), and is
+    CBOR in the request's ``application/x-amz-cbor-1.1`` when the call was sent so (the SDK for
+    Java's Kinesis client parses nothing else)."""
+    from .classifier import amz_cbor
+
     rid = request_id or str(uuid.uuid4())
     code, msg = printable(refusal.code), printable(refusal.message)
     headers = {"x-amzn-RequestId": rid, "x-amz-request-id": rid, "x-agentgate-refused-by": refusal.stage}
-    if protocol in ("json", "rest-json"):
+    cbor = amz_cbor(request_content_type) if protocol == "json" else None
+    if cbor is not None:
+        headers["x-amzn-ErrorType"] = code
+        headers["content-type"] = cbor
+        body = _cbor_error(code, msg)
+    elif protocol in ("json", "rest-json"):
         headers["x-amzn-ErrorType"] = code
         if protocol == "json":
             asked = (request_content_type or "").split(";")[0].strip().lower()
@@ -90,7 +106,7 @@ def render(refusal: Refusal, protocol: str | None, request_id: str | None = None
     elif protocol == "smithy-rpc-v2-cbor":
         headers["smithy-protocol"] = "rpc-v2-cbor"
         headers["content-type"] = "application/cbor"
-        body = bytes([0xA2]) + _cbor_text("__type") + _cbor_text(code) + _cbor_text("message") + _cbor_text(msg)
+        body = _cbor_error(code, msg)
     elif protocol == "query":
         headers["content-type"] = "text/xml"
         body = (

@@ -10,7 +10,9 @@ smithy-rpc-v2-cbor):
 2. the operation, from what the protocol puts on the wire: ``X-Amz-Target`` (json),
    ``Action=`` (query, ec2), ``/service/<S>/operation/<Op>`` (cbor), or the method and request
    URI matched against the operations' URI templates (rest-json, rest-xml);
-3. the parameters, parsed back into the operation's input shape (botocore member names);
+3. the parameters, parsed back into the operation's input shape (botocore member names); a json
+   call sent as CBOR (``application/x-amz-cbor-1.1``, the AWS SDKs for Java's Kinesis) is read
+   into the same parameters as the call sent as JSON;
 4. the resources and account the call names, and the IAM action (``actions.iam_action``).
 
 Models are loaded lazily, one service at a time, and everything derived from them is cached, so
@@ -622,8 +624,10 @@ def scalar_from_text(text: str, shape: botocore.model.Shape, errors: ParamErrors
     return text
 
 
-def typed_value(value: Any, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:
-    """A decoded JSON or CBOR value read into a shape: members renamed, scalars checked."""
+def typed_value(value: Any, shape: botocore.model.Shape, errors: ParamErrors, path: str,
+                millis: bool = False) -> Any:
+    """A decoded JSON or CBOR value read into a shape: members renamed, scalars checked. ``millis``:
+    a number given for a timestamp is epoch milliseconds (AWS CBOR), not seconds."""
     kind = shape.type_name
     if kind == "structure":
         if getattr(shape, "is_document_type", False):
@@ -631,19 +635,21 @@ def typed_value(value: Any, shape: botocore.model.Shape, errors: ParamErrors, pa
         if not isinstance(value, dict):
             errors.add(path, "expected an object")
             return value
-        return typed_structure(value, shape, errors, path)
+        return typed_structure(value, shape, errors, path, millis=millis)
     if kind == "list":
         if not isinstance(value, list):
             errors.add(path, "expected a list")
             return value
-        return [typed_value(v, shape.member, errors, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [typed_value(v, shape.member, errors, f"{path}[{i}]", millis) for i, v in enumerate(value)]
     if kind == "map":
         if not isinstance(value, dict):
             errors.add(path, "expected a map")
             return value
-        return {k: typed_value(v, shape.value, errors, f"{path}.{k}") for k, v in value.items()}
+        return {k: typed_value(v, shape.value, errors, f"{path}.{k}", millis) for k, v in value.items()}
     if kind == "timestamp":
         try:
+            if millis and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = epoch_millis(value)
             return timestamp_text(value)
         except (ValueError, OverflowError, TypeError) as exc:
             errors.add(path, f"expected timestamp: {exc}")
@@ -660,7 +666,7 @@ def typed_value(value: Any, shape: botocore.model.Shape, errors: ParamErrors, pa
 
 
 def typed_structure(value: dict, shape: botocore.model.StructureShape, errors: ParamErrors, path: str,
-                    body_only: bool = False) -> dict:
+                    body_only: bool = False, millis: bool = False) -> dict:
     members = shape.members
     wire_names = json_wire_names(shape)
     out = {}
@@ -672,7 +678,7 @@ def typed_structure(value: dict, shape: botocore.model.StructureShape, errors: P
             continue
         if body_only and members[name].serialization.get("location"):
             continue
-        out[name] = typed_value(item, members[name], errors, f"{path}.{name}" if path else name)
+        out[name] = typed_value(item, members[name], errors, f"{path}.{name}" if path else name, millis)
     return out
 
 
@@ -943,12 +949,38 @@ def parse_xml(body: bytes) -> Any:
                                              forbid_external=True)
 
 
+# The Content-Type of a json-protocol call sent as CBOR: the AWS SDKs for Java (v1 and v2, and the
+# KCL and KPL over them) send Kinesis this way by default ("application/x-amz-cbor-" and the service's
+# jsonVersion, 1.1 for Kinesis), with the JSON body's keys and values, blobs as byte strings and
+# timestamps as epoch milliseconds (tag 1). botocore never sends it.
+AMZ_CBOR_CONTENT_TYPES = frozenset({"application/x-amz-cbor-1.1"})
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def amz_cbor(content_type: str | None) -> str | None:
+    """The AWS CBOR content type ``content_type`` names (AMZ_CBOR_CONTENT_TYPES), or None."""
+    found = (content_type or "").split(";")[0].strip().lower()
+    return found if found in AMZ_CBOR_CONTENT_TYPES else None
+
+
+def epoch_millis(value: Any) -> datetime.datetime:
+    """A timestamp given as epoch milliseconds (AWS CBOR), as a datetime; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"not epoch milliseconds: {str(value)[:40]!r}")
+    return _EPOCH + datetime.timedelta(milliseconds=value)
+
+
 @functools.cache
-def _cbor_parser_class() -> Any:
-    """botocore's CBOR reader, refusing a map that names a key twice (as ``load_json`` does)."""
+def _cbor_parser_class(millis: bool = False) -> Any:
+    """botocore's CBOR reader, refusing a map that names a key twice (as ``load_json`` does); with
+    ``millis``, a timestamp (tag 1) read as epoch milliseconds, as AWS CBOR writes it."""
     from botocore.parsers import RpcV2CBORParser
 
     class OneValuePerKey(RpcV2CBORParser):
+        def _parse_datetime(self, value: Any) -> Any:
+            return epoch_millis(value) if millis else super()._parse_datetime(value)
+
         def _parse_map(self, stream: Any, additional_info: int) -> dict:
             items: dict = {}
             seen: set = set()  # every key named, a null's too: {"a": null, "a": [...]} is two readings
@@ -974,8 +1006,9 @@ def _cbor_parser_class() -> Any:
     return OneValuePerKey
 
 
-def decode_cbor(body: bytes) -> Any:
-    parser = _cbor_parser_class()()
+def decode_cbor(body: bytes, millis: bool = False) -> Any:
+    """One CBOR data item; ``millis``: timestamps (tag 1) in epoch milliseconds (AWS CBOR)."""
+    parser = _cbor_parser_class(millis)()
     stream = parser.get_peekable_stream_from_bytes(body)
     value = parser.parse_data_item(stream)
     if stream.read(1):
@@ -1765,7 +1798,9 @@ class Classifier:
             result.params = self.params(request, resolution, operation, endpoint, errors)
         except Exception as exc:  # a body that does not parse for the protocol
             why = f"{type(exc).__name__}: {str(exc)[:200]}"
-            errors.insert(0, f"could not read the {resolution.protocol} request body: {why}")
+            sent_as = amz_cbor(request.headers.get("content-type")) if resolution.protocol == "json" else None
+            what = f"json request body, sent as {sent_as}" if sent_as else f"{resolution.protocol} request body"
+            errors.insert(0, f"could not read the {what}: {why}")
         uri = resolution.routing.located(resolution.operation).uri if resolution.route else {}
         result.resources = resources_of(result.params, [name for name, _ in uri.values()])
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
@@ -1828,11 +1863,17 @@ class Classifier:
         params = dict(host_labels)
         if not body or operation.has_event_stream_input:
             return params
-        value = decode_cbor(body) if protocol == "smithy-rpc-v2-cbor" else load_json(body)
+        millis = protocol == "json" and amz_cbor(request.headers.get("content-type")) is not None
+        if protocol == "smithy-rpc-v2-cbor" or millis:
+            # a json call sent as CBOR (AMZ_CBOR_CONTENT_TYPES) is read as the service reads it: by its
+            # Content-Type, into the parameters the same call sent as JSON has
+            value = decode_cbor(body, millis)
+        else:
+            value = load_json(body)
         if not isinstance(value, dict):
             errors.add("body", "expected an object")
             return params
-        params.update(typed_structure(value, shape, errors, ""))
+        params.update(typed_structure(value, shape, errors, "", millis=millis))
         return params
 
 

@@ -2,9 +2,10 @@
 
 ``Masker`` works on one call's parsed bodies, for every protocol botocore speaks: JSON (json,
 rest-json), XML (rest-xml, query, ec2; read with defusedxml, so DTDs and entity expansion are
-refused), form-encoded query and ec2 requests, and CBOR (smithy-rpc-v2-cbor). Headers are masked
-too. Event-stream and streamed bodies are not parsed, and S3 object data is not kept unless policy
-opts in; the record says so (``note``).
+refused), form-encoded query and ec2 requests, and CBOR (smithy-rpc-v2-cbor, and json calls sent as
+``application/x-amz-cbor-1.1``, whose timestamps are epoch milliseconds). Headers are masked too.
+Event-stream and streamed bodies are not parsed, and S3 object data is not kept unless policy opts
+in; the record says so (``note``).
 
 What is masked:
 
@@ -77,6 +78,7 @@ MARKER_RE = re.compile(r"agentgate:masked:hmac-[0-9a-f]{12}")
 # with a value everyone knows)
 AGENT_MARKER = "agentgate:masked-for-agent"
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 PARSE_LIMIT = 8 << 20  # bytes; larger bodies are not parsed, and not kept
 OBJECT_CAP = 1 << 20  # bytes of S3 object text masked when policy opts in
 # How deep bodies and parameters are walked. DynamoDB nests attribute values 32 levels deep, two JSON
@@ -1431,7 +1433,7 @@ class Masker:
             if fmt == "form":
                 return self._form(part, which, body, protocol, shapes, message, node, ov)
             if fmt == "cbor":
-                return self._cbor(part, which, body, shapes, message, node, ov)
+                return self._cbor(part, which, body, shapes, message, node, ov, _amz_cbor(content_type))
         except (Unmaskable, RecursionError) as e:  # cannot be masked in place: never kept unmasked
             part.masked.clear()
             if shared is not None:
@@ -1589,10 +1591,11 @@ class Masker:
             walk.plan(start, root, None, ov, ())
             return walk.splice(body) if walk.spans else None
         if fmt == "cbor":
-            data = decode_cbor(body)
+            millis = _amz_cbor(content_type)
+            data = decode_cbor(body, millis)
             walk = _Tree(self, shapes, "agent", "cbor", part.masked)
             walk.plan(data, root, None, ov, (), None, None)
-            return cbor_encode(walk.apply(data)) if walk.edits else None
+            return cbor_encode(walk.apply(data), millis) if walk.edits else None
         raise Unmaskable(f"a {content_type or 'untyped'} body agentgate does not parse")
 
     # -- XML
@@ -1684,8 +1687,8 @@ class Masker:
     # -- CBOR
 
     def _cbor(self, part: Part, which: str, body: bytes, shapes: ServiceShapes | None, message: Message | None,
-              node: Node | None, ov: Overlay | None) -> None:
-        data = decode_cbor(body)
+              node: Node | None, ov: Overlay | None, millis: bool = False) -> None:
+        data = decode_cbor(body, millis)
         root, node, ov = _body_root(message, node, ov)
         walk = _Tree(self, shapes, which, "cbor", part.masked)
         if node is not None or ov is not None:
@@ -2588,17 +2591,26 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def decode_cbor(body: bytes) -> Any:
+def _amz_cbor(content_type: str) -> bool:
+    """Whether a body of ``content_type`` is AWS CBOR (a json-protocol call's, as the Java SDKs send
+    Kinesis): its timestamps are epoch milliseconds."""
+    from .classifier import amz_cbor
+
+    return amz_cbor(content_type) is not None
+
+
+def decode_cbor(body: bytes, millis: bool = False) -> Any:
     from .classifier import decode_cbor as decode
 
-    return decode(body)
+    return decode(body, millis)
 
 
-def cbor_encode(value: Any) -> bytes:
+def cbor_encode(value: Any, millis: bool = False) -> bytes:
     """CBOR (RFC 8949) for what ``decode_cbor`` returns: maps, arrays, strings, bytes, integers,
-    floats, booleans, null and timestamps (tag 1)."""
+    floats, booleans, null and timestamps (tag 1: epoch seconds, or with ``millis`` epoch
+    milliseconds, as AWS CBOR writes them)."""
     out = bytearray()
-    _cbor(value, out)
+    _cbor(value, out, millis)
     return bytes(out)
 
 
@@ -2618,7 +2630,7 @@ def _cbor_head(major: int, n: int, out: bytearray) -> None:
         out += n.to_bytes(8, "big")
 
 
-def _cbor(value: Any, out: bytearray) -> None:
+def _cbor(value: Any, out: bytearray, millis: bool = False) -> None:
     if value is None:
         out.append(0xF6)
     elif value is True:
@@ -2643,17 +2655,23 @@ def _cbor(value: Any, out: bytearray) -> None:
     elif isinstance(value, list):
         _cbor_head(4, len(value), out)
         for v in value:
-            _cbor(v, out)
+            _cbor(v, out, millis)
     elif isinstance(value, dict):
         _cbor_head(5, len(value), out)
         for k, v in value.items():
-            _cbor(k, out)
-            _cbor(v, out)
+            _cbor(k, out, millis)
+            _cbor(v, out, millis)
     elif isinstance(value, datetime.datetime):
         out.append(0xC1)
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.timezone.utc)
-        _cbor(value.timestamp(), out)
+        if millis:  # whole milliseconds as an integer, as AWS CBOR writes them
+            since = value - _EPOCH
+            ms = since // datetime.timedelta(milliseconds=1)
+            _cbor(ms if since % datetime.timedelta(milliseconds=1) == datetime.timedelta(0)
+                  else since / datetime.timedelta(milliseconds=1), out)
+        else:
+            _cbor(value.timestamp(), out)
     else:
         _cbor(str(value), out)
 

@@ -10,7 +10,8 @@ request picks the answer:
     xml-<N>     about N bytes of XML, chunked (no Content-Length)
     anything    200 with a small body (JSON for X-Amz-Target calls, XML otherwise)
 
-A JSON call (X-Amz-Target) whose body names ``"TableName": "items-<N>"`` (or ``"chunked-items-<N>"``)
+A JSON call whose X-Amz-Target is a key of ``answers`` gets that answer: (status, Content-Type,
+body). A JSON call (X-Amz-Target) whose body names ``"TableName": "items-<N>"`` (or ``"chunked-items-<N>"``)
 gets a DynamoDB Scan answer of about N bytes, each item with an ``ssn`` (``canned-ssn-<i>``), with a
 Content-Length (or chunked).
 
@@ -42,6 +43,7 @@ class CannedUpstream:
         self.requests: list[tuple[str, str, list[tuple[str, str]]]] = []  # (method, path, headers) of each
         self.request_ids: list[str] = []  # the x-amzn-requestid of each answer sent
         self.encoded: dict[str, tuple[str, bytes]] = {}  # object key -> (Content-Encoding, body as sent)
+        self.answers: dict[str, tuple[int, str, bytes]] = {}  # X-Amz-Target -> (status, Content-Type, body)
         upstream = self
 
         class Handler(_Handler):
@@ -131,6 +133,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif name in self.owner.encoded:  # a body as sent with its Content-Encoding: (encoding, bytes)
                 encoding, data = self.owner.encoded[name]
                 self._send(200, data, "application/json", {"content-encoding": encoding})
+            elif self.headers.get("x-amz-target") in up.answers:
+                status, ctype, answer = up.answers[self.headers["x-amz-target"]]
+                self._send(status, answer, ctype)
             elif name.startswith("xml-"):
                 self._send_chunked(b"<ListBucketResult>" + b"<Key>canned</Key>" * (int(name[4:]) // 17)
                                    + b"</ListBucketResult>", "application/xml")
