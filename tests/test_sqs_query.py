@@ -21,7 +21,10 @@ import pytest
 from addons.core import classifier
 from addons.core.classifier import classify
 from tests.support.gateway import Gateway
-from tests.test_classifier import ACCOUNT, QUEUE_URL, capture, no_aws_config, run  # noqa: F401 (fixture)
+from tests.test_classifier import ACCOUNT, QUEUE_URL, capture, run
+from tests.test_classifier import no_aws_config as no_aws_config_here
+
+no_aws_config = no_aws_config_here  # an autouse fixture: no AWS configuration of the machine reaches boto3
 
 HOST = "sqs.us-east-1.amazonaws.com"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
