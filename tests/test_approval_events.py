@@ -440,3 +440,38 @@ def test_the_approval_events_chain_is_not_a_writer_id():
 
     with pytest.raises(StoreError, match="names the approval events' chain"):
         Store("sqlite://", writer_id=chain.APPROVAL_EVENTS_CHAIN)
+
+
+def test_an_approval_used_by_another_gateway_between_two_readings_is_not_taken_for_forged(db_url):
+    """Two gateways take the same approval at once: one uses it (its row and its keyed event change
+    together) between the other's reading of the latest event and of the row. The other reads
+    again and finds it used, not forged (it was reported as forged, with a warning, to on-call)."""
+    from addons.core.approvals import Unvouched
+
+    approvals, other = _approvals(db_url), _approvals(db_url)
+    a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-race")).approval
+    approvals.decide(a.id, SRE, approve=True)
+
+    class Racing:  # the winner's take lands just after the first reading
+        def __init__(self, conn) -> None:
+            self.conn, self.readings = conn, 0
+
+        def execute(self, *args, **kwargs):
+            result = self.conn.execute(*args, **kwargs)
+            self.readings += 1
+            if self.readings == 1:
+                assert other.take(a.id) is not None
+            return result
+
+    try:
+        with approvals.engine.connect() as conn:
+            approvals._require_vouched(Racing(conn), a.id)  # vouched: the second reading is whole
+            assert approvals.take(a.id) is None  # and the approval is used: nothing more is released
+        # a row changed without its event still reads as forged, however often it is read
+        with sql(db_url).begin() as db:
+            db.execute(update(ApprovalRow).where(ApprovalRow.id == a.id).values(status="approved"))
+        with approvals.engine.connect() as conn, pytest.raises(Unvouched, match="does not read as its latest event"):
+            approvals._require_vouched(conn, a.id)
+    finally:
+        approvals.engine.dispose()
+        other.engine.dispose()

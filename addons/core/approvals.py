@@ -57,6 +57,7 @@ from .store import StoreUnavailable, _one_line
 
 log = logging.getLogger("agentgate.approvals")
 witness_log = logging.getLogger("agentgate.chain")
+VOUCH_READS = 3  # readings of an approval and its latest event before a mismatch counts as forged
 _WRITTEN = "agentgate.approval_events"  # a transaction's appended events, in its connection's info
 
 UTC = dt.timezone.utc
@@ -596,19 +597,26 @@ class Approvals:
         if not self.chain_key:
             return
         e = ApprovalEvent.__table__
-        event = conn.execute(select(e).where(e.c.approval_id == approval_id).order_by(e.c.seq.desc()).limit(1)).first()
-        row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
-        why = None
-        if event is None:
-            why = "no event records it"
-        else:
-            m = event._mapping
-            if not chain.event_mac_holds(self.chain_key, m):
-                why = f"its latest event ({m['event']}, seq {m['seq']}) carries no valid MAC of the chain key"
-            elif not chain.event_hash_holds(m):
-                why = f"its latest event ({m['event']}, seq {m['seq']}) does not match its hash"
-            elif row is None or chain.approval_state_hash(row._mapping) != m["state_hash"]:
-                why = "its row does not read as its latest event left it"
+        for _ in range(VOUCH_READS):
+            event = conn.execute(select(e).where(e.c.approval_id == approval_id).order_by(e.c.seq.desc())
+                                 .limit(1)).first()
+            row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+            why = None
+            if event is None:
+                why = "no event records it"
+            else:
+                m = event._mapping
+                if not chain.event_mac_holds(self.chain_key, m):
+                    why = f"its latest event ({m['event']}, seq {m['seq']}) carries no valid MAC of the chain key"
+                elif not chain.event_hash_holds(m):
+                    why = f"its latest event ({m['event']}, seq {m['seq']}) does not match its hash"
+                elif row is None or chain.approval_state_hash(row._mapping) != m["state_hash"]:
+                    # Read again: another gateway (or worker) may have changed the row and appended
+                    # its event between the two reads (it used the approval just now), which the
+                    # next reading shows whole. A forged row reads the same every time.
+                    why = "its row does not read as its latest event left it"
+                    continue
+            break
         if why is not None:
             if not quiet:
                 log.warning("approval %s is not vouched for by the chain key (%s): nothing is released on it",
