@@ -393,6 +393,8 @@ def test_mitm_flow_file_reads_back_and_mitmdump_opens_it(store_url, tmp_path):
     assert "authorization" not in secret.request.headers
     assert "allow (data-plane)" in secret.comment and "SecretString" in secret.comment
     assert secret.metadata["agentgate"]["action"] == "secretsmanager:GetSecretValue"
+    held = next(f for f in flows if f.metadata["agentgate"]["action"] == "ec2:TerminateInstances")
+    assert held.comment.startswith("bob for carol: ec2:TerminateInstances -> approve")  # on whose behalf
     denied = next(f for f in flows if f.metadata["agentgate"]["action"] == "iam:ListUsers")
     assert denied.marked and denied.response.status_code == 403
     failed = next(f for f in flows if f.metadata["agentgate"]["outcome"] == "failed")

@@ -74,6 +74,9 @@ def test_transport_a_refused_at_connect(gateway, issuer, case):
     assert not signature or signature not in text
     rec = [r for r in gateway.records() if r["kind"] == "connect" and r["error"] and words.lower() in r["error"].lower()]
     assert rec and rec[-1]["outcome"] == "refused" and rec[-1]["rule"] == "agentgate:auth", "the refusal is recorded"
+    # a token whose signature verified names its subject in the reason (the issuer's word), others do not
+    signed = case in ("expired", "not-yet-valid", "wrong-audience")
+    assert ("(subject 'agent-1')" in rec[-1]["reason"]) is signed, rec[-1]["reason"]
 
 
 @pytest.mark.parametrize("case", ["malformed", "expired", "not-yet-valid", "wrong-issuer", "wrong-audience",

@@ -447,7 +447,10 @@ def call_flow(call: dict[str, Any]) -> Any:
 
 
 def flow_comment(call: dict[str, Any]) -> str:
-    lines = [f"{call.get('principal') or '(unauthenticated)'}: {call.get('action') or call.get('method')} -> "
+    who = call.get("principal") or "(unauthenticated)"
+    if call.get("on_behalf_of"):
+        who += f" for {call['on_behalf_of']}"
+    lines = [f"{who}: {call.get('action') or call.get('method')} -> "
              f"{call.get('decision') or '?'} ({call.get('rule') or 'default'}), {call.get('outcome') or '?'}"]
     if call.get("reason"):
         lines.append(f"reason: {call['reason']}")

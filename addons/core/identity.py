@@ -469,24 +469,27 @@ def principal_from_claims(
     exp = _numeric(claims, "exp")
     if exp is None:
         raise TokenError("token is malformed: it has no expiry (exp)", "malformed")
+    # Past the signature, the subject is the issuer's word even where the token is refused: the
+    # reason names it, so that the record of a refusal says whose token it was.
+    whose = f" (subject {_show(sub)})"
     if now > exp + leeway:
-        raise TokenError(f"token expired at {_when(exp)} (now {_when(now)}); get a fresh token", "expired")
+        raise TokenError(f"token expired at {_when(exp)} (now {_when(now)}); get a fresh token{whose}", "expired")
     nbf = _numeric(claims, "nbf")
     if nbf is not None and nbf > now + leeway:
-        raise TokenError(f"token is not valid before {_when(nbf)} (now {_when(now)})", "not_yet_valid")
+        raise TokenError(f"token is not valid before {_when(nbf)} (now {_when(now)}){whose}", "not_yet_valid")
     iat = _numeric(claims, "iat")
     if iat is not None and iat > now + leeway:
         raise TokenError(
-            f"token was issued in the future, at {_when(iat)} (now {_when(now)}); check the clocks",
+            f"token was issued in the future, at {_when(iat)} (now {_when(now)}); check the clocks{whose}",
             "not_yet_valid",
         )
     aud = claims.get("aud")
     token_aud = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
     expected = " or ".join(map(repr, audiences))
     if token_aud is None or not all(isinstance(a, str) for a in token_aud):
-        raise TokenError(f"token has no valid audience (aud); expected {expected}", "wrong_audience")
+        raise TokenError(f"token has no valid audience (aud); expected {expected}{whose}", "wrong_audience")
     if not set(token_aud) & set(audiences):
-        raise TokenError(f"token audience {_show(aud)} does not include {expected}", "wrong_audience")
+        raise TokenError(f"token audience {_show(aud)} does not include {expected}{whose}", "wrong_audience")
     actors = act_chain(claims.get("act"))
     on_behalf_of = actors[0] if actors else None
     return Principal(
