@@ -200,6 +200,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
     kind = StoreProcess if settings.store_writer == "process" else Store
+    created = worker is None and new_sqlite_store(settings.db)
     try:
         store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
                      body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
@@ -293,6 +294,9 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     workers = f" ({settings.workers} workers, pid {os.getpid()} is worker 0)" if worker is not None else ""
     print(f"agentgate listening on {listen_host}:{listen_port}{workers}", file=sys.stderr)
     print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability}; {store.guarantee})", file=sys.stderr)
+    if created:
+        print("            NEW: no store was there, this one was created now (check the path if you meant an "
+              "existing one)", file=sys.stderr)
     print(f"  policies: {settings.policies} (version {current.version})", file=sys.stderr)
     print(f"  CA:       {settings.ca_file}  <- agents trust this", file=sys.stderr)
     if settings.upstream:
@@ -305,6 +309,18 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         print("  WARNING: oidc_issuer is not set: every call is refused until it is set in agentgate.toml", file=sys.stderr)
     sys.stderr.flush()
     return await _run_until_done(m, console, approvals, notifier, store, validator)
+
+
+def new_sqlite_store(url: str) -> bool:
+    """Whether ``url`` names a SQLite file not there yet, which starting the gateway creates (a
+    mistyped --db would otherwise start an empty store without a word)."""
+    from .core.store import _sqlite_path
+
+    try:
+        path = _sqlite_path(url)
+    except Exception:  # noqa: BLE001 - not a URL: the store's own error says so
+        return False
+    return path is not None and not path.exists()
 
 
 def settle_heap() -> None:

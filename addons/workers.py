@@ -90,6 +90,11 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         return 2
     try:  # once, here, rather than N workers racing to do it
         from .core.store import chain_key_path, load_chain_key
+        from .gateway import new_sqlite_store
+
+        if new_sqlite_store(settings.db):
+            print(f"agentgate: no store was at {settings.db}: a new one is created now (check the path if you meant "
+                  "an existing one)", file=sys.stderr)
 
         store = Store(settings.db, chain_key=load_chain_key(chain_key_path(settings.keys)))
         store.migrate()

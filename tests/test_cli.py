@@ -166,3 +166,27 @@ def test_a_rotated_signing_key_is_accepted_by_a_running_gateway(tmp_path, moto):
         assert client(gw, proxy_token=issuer.mint("rot-1")).get_caller_identity()["Arn"].endswith("/rot-1")
         issuer.rotate()
         assert client(gw, proxy_token=issuer.mint("rot-2")).get_caller_identity()["Arn"].endswith("/rot-2")
+
+
+def test_run_says_when_it_creates_the_store(tmp_path):
+    """A mistyped --db starts an empty store: the start-up lines say so; the store init made does not."""
+    assert run(tmp_path, "init").returncode == 0
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AGENTGATE_HOME": str(tmp_path),
+            "AGENTGATE_LISTEN": f"127.0.0.1:{free_port()}", "AGENTGATE_CONSOLE_LISTEN": ""}
+
+    def banner(*args: str) -> str:
+        proc = subprocess.Popen([AGENTGATE, "run", *args], env=base, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        lines = []
+        try:
+            for line in proc.stderr:
+                lines.append(line)
+                if "agents trust this" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        return "".join(lines)
+    assert "NEW: no store was there" not in banner()
+    typo = tmp_path / "agentgat.db"
+    assert "NEW: no store was there, this one was created now" in banner("--db", f"sqlite:///{typo}")
+    assert typo.exists()
