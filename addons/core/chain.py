@@ -75,6 +75,13 @@ def jsonable(value: Any) -> Any:
     Tuples become lists, keys become strings, bytes become base64, non-finite floats and anything
     else unknown become their string form.
     """
+    kind = type(value)  # the common kinds first, by exact type (an ABC's isinstance is slow)
+    if kind is str:
+        return clean_str(value)
+    if kind is dict:
+        return {clean_str(k) if type(k) is str else clean_str(str(k)): jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):

@@ -386,8 +386,9 @@ _STAND_IN_BYTES = {k: chain.CANONICAL_ENCODER.encode(v).encode() for k, v in _ST
 def canonical_template(row: dict[str, Any]) -> bytes | None:
     """``chain.canonical`` of ``row`` with stand-ins for its chain fields; None if a stand-in
     would not be found again (the writer then hashes the row itself)."""
-    body = {k: chain.micros(v) if isinstance(v, dt.datetime) else v
-            for k, v in row.items() if v is not None and k != "hash"}
+    body = {k: v for k, v in row.items() if v is not None and k != "hash"}
+    if isinstance(t := body.get("time"), dt.datetime):  # record_row's only datetime
+        body["time"] = chain.micros(t)
     body.update(_STAND_INS)
     out = chain.canonical_json(body)
     return out if all(out.count(b) == 1 for b in _STAND_IN_BYTES.values()) else None
