@@ -140,9 +140,10 @@ class Signer:
         except ValueError as e:
             answer(flow, Refusal(400, "InvalidRequest", f"agentgate cannot re-sign this request: {e}", "signer"))
             return
-        # mitmproxy decodes header bytes with surrogateescape: encode them back to the bytes sent
-        req.headers = http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-                                    for k, v in signed.headers])
+        # mitmproxy decodes header bytes with surrogateescape: encode them back to the bytes sent (set
+        # as the Headers' fields: bytes pairs, as mitmproxy's Headers keep them, without its per-field checks)
+        req.headers.fields = tuple((k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                                   for k, v in signed.headers)
         req.path = signed.path + (f"?{signed.query}" if signed.query else "")
         if streamed:
             req.stream = BodyDigest(flow, signed.body_transform)
