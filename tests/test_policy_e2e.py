@@ -218,3 +218,43 @@ def test_a_dynamodb_transaction_is_decided_item_by_item(tmp_path, issuer, moto):
             ("dynamodb:GetItem", "Read", "deny"), ("dynamodb:PutItem", "Write", "deny"),
             ("dynamodb:PutItem", "Write", "deny"), ("dynamodb:PutItem", "Write", "allow"),
             ("dynamodb:GetItem", "Read", "allow")]
+
+
+def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_path, issuer, moto):
+    """A versioned bucket: deleting or reading an old version by its VersionId is s3:DeleteObjectVersion
+    or s3:GetObjectVersion, which a rule keeps from agents while they may delete and read the
+    current object; and a deny on the object's read holds for its versions."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: history-stays
+          action: [s3:DeleteObjectVersion, s3:GetObjectVersion]
+          decision: deny
+          reason: old versions stay where they are
+        - id: no-secrets
+          action: s3:GetObject
+          when: "starts_with(params.Key, 'secret/')"
+          decision: deny
+          reason: secrets are not read
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        s3 = client(gw, "s3", proxy_token=issuer.mint("version-agent", groups=["data-agents"]))
+        s3.create_bucket(Bucket="versioned")
+        s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
+        first = s3.put_object(Bucket="versioned", Key="doc", Body=b"v1")["VersionId"]
+        s3.put_object(Bucket="versioned", Key="doc", Body=b"v2")
+        for call in (lambda: s3.get_object(Bucket="versioned", Key="doc", VersionId=first),
+                     lambda: s3.delete_object(Bucket="versioned", Key="doc", VersionId=first)):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call()
+            assert "history-stays" in e.value.response["Error"]["Message"]
+        assert s3.get_object(Bucket="versioned", Key="doc")["Body"].read() == b"v2"
+        versions = s3.list_object_versions(Bucket="versioned", Prefix="doc")["Versions"]
+        assert first in [v["VersionId"] for v in versions]  # the old version is still there
+        s3.put_object(Bucket="versioned", Key="secret/key", Body=b"s")
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.head_object(Bucket="versioned", Key="secret/key", VersionId=versions[0]["VersionId"])
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        s3.delete_object(Bucket="versioned", Key="doc")  # the current object: a delete marker, allowed
+        records = {(r["operation"], r["action"], r["decision"]) for r in gw.records() if r["principal"] == "version-agent"}
+        assert {("GetObject", "s3:GetObjectVersion", "deny"), ("DeleteObject", "s3:DeleteObjectVersion", "deny"),
+                ("HeadObject", "s3:GetObjectVersion", "deny"), ("DeleteObject", "s3:DeleteObject", "allow")} <= records

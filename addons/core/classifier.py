@@ -127,9 +127,11 @@ RESOURCE_MEMBER_RE = re.compile(
 # already recorded, not a resource.
 NOT_RESOURCE_MEMBERS = frozenset(
     {"RoleSessionName", "ExternalId", "ClientRequestId", "RequestId", "IdempotencyId", "SerialNumber",
-     "VersionId", "UploadId"}
+     "VersionId", "UploadId", "AttributeNames", "MessageAttributeNames", "MessageSystemAttributeNames"}
 )
-MAX_RESOURCES = 32
+# Every resource a call names is decided on (a rule on ``resource`` sees them all); a call naming
+# more is not decided (unknown). The record keeps the first RECORDED_RESOURCES (core/records.py).
+MAX_RESOURCES = 10_000
 MAX_RESOURCE_LENGTH = 1024
 MAX_INLINE_PAYLOAD = 64 * 1024
 MAX_DECOMPRESSED_BODY = 16 * 1024 * 1024
@@ -154,6 +156,9 @@ class Classification:
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
     # other verbs of a PartiQL batch (``partiql_statements``).
     implied: tuple["Classification", ...] = ()
+    # An implied action that reads (or acts on) the same data as the call (an S3 object's version
+    # read as the object too): the masks a rule gives it hold for the call's answer.
+    same_data: bool = False
     # The call is authorised as ``implied`` alone, each part on its own (a DynamoDB transaction's
     # items: ``transaction_items``); its own action names the first part that writes, else the first.
     by_parts: bool = False
@@ -1295,7 +1300,7 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
     out: list[str] = []
 
     def add(value: Any) -> None:
-        if isinstance(value, str) and value and len(out) < MAX_RESOURCES:
+        if isinstance(value, str) and value and len(out) <= MAX_RESOURCES:  # one over: too many
             value = value[:MAX_RESOURCE_LENGTH]
             if value not in out:
                 out.append(value)
@@ -1411,6 +1416,40 @@ def copy_destination_read(result: Classification) -> Classification | None:
     if not (isinstance(bucket, str) and isinstance(key, str) and bucket and key):
         return None
     return object_read(result, bucket, key)
+
+
+# S3 calls that name an object's version (VersionId) are authorised as the version's action, as IAM
+# authorises them; the object's own action is decided too (a rule on the object holds for its
+# versions: a deny is no way round by naming a version, and its masks hold).
+VERSION_ACTIONS = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:DeleteObjectVersion",
+                   "s3:GetObjectAcl": "s3:GetObjectVersionAcl", "s3:PutObjectAcl": "s3:PutObjectVersionAcl",
+                   "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
+                   "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
+                   "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+                   "s3:GetObjectAttributes": "s3:GetObjectVersionAttributes",
+                   "s3:GetObjectTorrent": "s3:GetObjectVersionTorrent"}
+
+
+def name_versions(result: Classification) -> None:
+    """(S3.) A call naming an object's version is its version's action, the object's own action
+    implied beside it (its masks holding: ``same_data``); a DeleteObjects naming versions also asks
+    for s3:DeleteObjectVersion."""
+    if result.service != "s3":
+        return
+    params = result.params
+    version = params.get("VersionId")
+    if isinstance(version, str) and version and result.action in VERSION_ACTIONS:
+        plain = dataclasses.replace(result, implied=(), same_data=True)
+        action = VERSION_ACTIONS[result.action]
+        _, level = actions.lookup(action) or (action, result.access_level)
+        result.action, result.access_level = action, level
+        result.implied += (plain,)
+    elif result.operation == "DeleteObjects":
+        objects = (params.get("Delete") or {}).get("Objects") if isinstance(params.get("Delete"), dict) else None
+        if isinstance(objects, list) and any(isinstance(o, dict) and o.get("VersionId") for o in objects):
+            _, level = actions.lookup("s3:DeleteObjectVersion") or (None, "Write")
+            result.implied += (dataclasses.replace(result, action="s3:DeleteObjectVersion", access_level=level,
+                                                   implied=()),)
 
 
 # DynamoDB's transactions: IAM has no action for the operation; it authorises each item as the
@@ -1803,9 +1842,13 @@ class Classifier:
             errors.insert(0, f"could not read the {what}: {why}")
         uri = resolution.routing.located(resolution.operation).uri if resolution.route else {}
         result.resources = resources_of(result.params, [name for name, _ in uri.values()])
+        if len(result.resources) > MAX_RESOURCES:
+            del result.resources[MAX_RESOURCES:]
+            errors.add("resources", f"the call names more than {MAX_RESOURCES} resources; agentgate decides no such call")
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
         result.implied = implied_actions(result)
+        name_versions(result)
         parts = transaction_items(result)
         if parts:  # IAM authorises a transaction item by item
             named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])

@@ -1328,7 +1328,8 @@ class PolicySet:
         for other in implied:
             also = self._evaluate(principal, other)
             also = self._masks_kept(principal, other, also)
-            if by_parts and also.decision == "allow":  # one answer holds every item: each one's masks hold
+            if (by_parts or getattr(other, "same_data", False)) and also.decision == "allow":
+                # one answer holds every item (or the object a version is of): each one's masks hold
                 masks = tuple(dict.fromkeys(masks + also.mask_for_agent))
             if STRENGTH[also.decision] > STRENGTH[decision.decision]:
                 on = ", ".join(getattr(other, "resources", None) or ())
@@ -1336,7 +1337,7 @@ class PolicySet:
                     also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
                     mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
-        if by_parts and masks != decision.mask_for_agent:
+        if masks != decision.mask_for_agent:
             decision = dataclasses.replace(decision, mask_for_agent=masks)
         return self._no_condition_on_masked(call, decision)
 

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 # Headers that are never stored, whatever their value.
+RECORDED_RESOURCES = 32  # resources a record keeps (every one is decided on; the parameters name the rest)
 REDACTED_HEADERS = frozenset(
     {"authorization", "x-amz-security-token", "proxy-authorization", "cookie", "set-cookie"}
 )

@@ -81,7 +81,7 @@ from . import chain
 from .chain import GENESIS, ApprovalEventCheck, ChainCheck, CheckpointInfo, VerifyResult
 from .models import AgentSession, ApprovalEvent, Call, Checkpoint, PolicyVersion
 from .models import Approval as ApprovalRow
-from .records import REDACTED_HEADERS, Record, new_id
+from .records import RECORDED_RESOURCES, REDACTED_HEADERS, Record, new_id
 
 __all__ = [
     "Store",
@@ -360,7 +360,10 @@ def record_row(record: Record, body_cap: int = 1 << 20) -> dict[str, Any]:
     row["kind"] = row["kind"] or "call"
     row["time"] = chain.from_epoch(float(record.time if record.time is not None else time.time()))
     row["groups"] = chain.jsonable(list(record.groups or []))
-    row["resources"] = chain.jsonable(list(record.resources or []))
+    resources = list(record.resources or [])
+    if len(resources) > RECORDED_RESOURCES:  # all were decided on; the parameters name the rest
+        resources[RECORDED_RESOURCES:] = [f"agentgate:not-kept: {len(resources) - RECORDED_RESOURCES} more"]
+    row["resources"] = chain.jsonable(resources)
     params = chain.jsonable(record.params)
     row["params"] = _capped_params(params, record, body_cap)
     row["masked"] = chain.jsonable(list(getattr(record, "masked", None) or []))
