@@ -943,3 +943,18 @@ def test_an_s3_browser_form_upload_names_no_operation():
     got = classify("POST", url.netloc, "/", "", {"content-type": f"multipart/form-data; boundary={boundary}"}, body)
     assert got.action == "unknown" and got.access_level is None
     assert "matches no operation of s3" in got.error
+
+
+@pytest.mark.parametrize("extra", ["X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abab",
+                                   "AWSAccessKeyId=AKIAX&Signature=c2ln&SignatureVersion=2",
+                                   "SecurityToken=token", "X-Amz-Security-Token=token"])
+def test_a_form_body_with_a_signature_or_credential_is_not_decided(extra):
+    """SigV2 body signing (not supported), or a second signature or token beside the header's, in a
+    query-protocol body: the service would read it, so the call is not decided (unknown)."""
+    body = f"Action=GetCallerIdentity&Version=2011-06-15&{extra}".encode()
+    got = classify("POST", "sts.us-east-1.amazonaws.com", "/", "", {"content-type": "application/x-www-form-urlencoded"},
+                   body)
+    assert got.error and "a signature parameter in the form body" in got.error
+    plain = classify("POST", "sts.us-east-1.amazonaws.com", "/", "",
+                     {"content-type": "application/x-www-form-urlencoded"}, b"Action=GetCallerIdentity&Version=2011-06-15")
+    assert plain.error is None

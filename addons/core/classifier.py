@@ -65,6 +65,10 @@ AUTH_QUERY_PARAMS = frozenset(
     }
 )
 
+# What carries a signature or a credential; in a form body (SigV2 body signing, or a second
+# signature beside the header's) a call is not decided: the service would read it.
+BODY_AUTH_PARAMS = (AUTH_QUERY_PARAMS - {"x-id", "x-amz-date", "expires", "timestamp"}) | {"securitytoken"}
+
 # Query parameters some SDKs add that no operation reads (request metadata).
 IGNORED_QUERY_PARAMS = frozenset({"x-amz-user-agent"})
 
@@ -1877,6 +1881,11 @@ class Classifier:
             pairs = form_pairs(request)
             if request.form_error:
                 errors.add("body", request.form_error)
+            in_query = sum(len(values) for values in request.query.values())
+            for key, _ in pairs[in_query:]:  # the form body's own
+                if key.lower() in BODY_AUTH_PARAMS:
+                    errors.add(key[:100], "a signature parameter in the form body: agentgate signs calls itself, "
+                               "and the service would read it beside the gateway's signature")
             overlay = query_names_of(resolution.routing.entry) if protocol == "query" else None
             return query_params(pairs, shape, protocol == "ec2", errors, overlay)
         if (protocol in ("json", "rest-json", "smithy-rpc-v2-cbor") and request.body and b"Action=" in request.body

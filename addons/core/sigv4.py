@@ -558,11 +558,14 @@ TOKEN_QUERY_PARAMS = ("X-Amz-Security-Token", "SecurityToken")
 
 
 def _signature_params(auth: AgentAuth) -> tuple[str, ...]:
+    """The query parameters that go: a presigned request's signature, and whatever carries a
+    credential or a signature in any request (no operation has a parameter of these names), so
+    that upstream sees the gateway's signature alone."""
     if auth.kind in ("query-v4", "query-v4a"):
-        return SIGV4_QUERY_PARAMS + TOKEN_QUERY_PARAMS
+        return SIGV4_QUERY_PARAMS + TOKEN_QUERY_PARAMS + CREDENTIAL_QUERY_PARAMS
     if auth.kind == "query-v2":
-        return SIGV2_QUERY_PARAMS + TOKEN_QUERY_PARAMS
-    return TOKEN_QUERY_PARAMS
+        return SIGV2_QUERY_PARAMS + TOKEN_QUERY_PARAMS + CREDENTIAL_QUERY_PARAMS
+    return TOKEN_QUERY_PARAMS + CREDENTIAL_QUERY_PARAMS
 
 
 def _names_to_sign(auth: AgentAuth, kept: list[tuple[str, str]]) -> frozenset[str]:
