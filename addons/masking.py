@@ -62,6 +62,23 @@ def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) ->
     return inflate(raw, _header(pairs, "content-encoding"), limit) if raw else raw
 
 
+JIT_MARKER = b"agentgate:masked:jit-credential"
+
+
+def scrub_jit_credentials(flow: http.HTTPFlow, body: bytes | None) -> bytes | None:
+    """``body`` with the gateway's own JIT credentials (the key id, secret and session token it
+    signed this call with) replaced by JIT_MARKER, wherever upstream echoed them (S3's
+    SignatureDoesNotMatch quotes the key id and the canonical request, its token included): they
+    reach neither the agent nor the record. ``body`` itself when none is in it."""
+    creds = getattr(flow.metadata.get(SIGNED), "credentials", None)
+    if creds is None or not body:
+        return body
+    for secret in (creds.token, creds.secret_key, creds.access_key):
+        if secret and (raw := secret.encode()) in body:
+            body = body.replace(raw, JIT_MARKER)
+    return body
+
+
 def _upstream_request_id(response: http.Response | None) -> str | None:
     """AWS's request id of the answer the agent does not get: the call went through, and its error
     and record carry that id (for CloudTrail and AWS support), not one of the gateway's."""
@@ -233,6 +250,14 @@ class Masking:
         try:
             headers = stage_header_pairs(flow, resp)
             body = None if streamed else _content(resp, headers, self.masker.parse_limit)
+            scrubbed = scrub_jit_credentials(flow, body)
+            if scrubbed is not body:  # for the agent too, masked or not
+                flow.metadata[_response_digest()] = (hashlib.sha256(resp.raw_content or b"").hexdigest(),
+                                                     len(resp.raw_content or b""))
+                resp.content = body = scrubbed
+                headers = stage_header_pairs(flow, resp)
+                mc.notes.append("response: the gateway's own JIT credentials, which upstream echoed, replaced by "
+                                f"{JIT_MARKER.decode()}")
             content_type = _header(headers, "content-type")
         except Exception as e:  # noqa: BLE001
             mc.notes.append(f"response: not masked: {type(e).__name__}")

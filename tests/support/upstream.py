@@ -7,6 +7,7 @@ request picks the answer:
     slow-<S>    waits S seconds, then answers 200
     big-<N>     streams N bytes (application/octet-stream)
     drop-<x>    closes the connection without answering
+    echo-credentials  403 SignatureDoesNotMatch quoting the key id and session token it was signed with
     xml-<N>     about N bytes of XML, chunked (no Content-Length)
     anything    200 with a small body (JSON for X-Amz-Target calls, XML otherwise)
 
@@ -148,6 +149,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._send_chunked(answer, "application/x-amz-json-1.0", crc)
                 else:
                     self._send(200, answer, "application/x-amz-json-1.0", crc)
+            elif name.startswith("echo-credentials"):  # as S3's SignatureDoesNotMatch quotes what it was sent
+                key = (re.search(r"Credential=([^/]+)/", self.headers.get("authorization", "")) or [None, ""])[1]
+                token = self.headers.get("x-amz-security-token", "")
+                self._send(403, (f"<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>{key}</AWSAccessKeyId>"
+                                 f"<CanonicalRequest>GET\n/{name}\n\nx-amz-security-token:{token}\n</CanonicalRequest>"
+                                 "</Error>").encode(), "application/xml")
             elif name.startswith("drop-"):
                 self.close_connection = True  # no answer at all
             elif self.headers.get("x-amz-target"):
