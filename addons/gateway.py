@@ -222,7 +222,15 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
                                    algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
                                    leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
-    broker = CredentialBroker(endpoint_url=settings.upstream or None, refresh_margin=settings.credential_refresh_margin)
+    short = next((e for e in current.roles if e.binding.duration <= settings.credential_refresh_margin), None)
+    if short is not None:  # its credentials would be renewed on every call: one STS call per call
+        print(f"agentgate: {short.file}:{short.line}: role {short.binding.role_arn} has a duration of "
+              f"{short.binding.duration}s, not longer than "
+              f"credential_refresh_margin ({settings.credential_refresh_margin:g}s): lengthen the duration or lower "
+              "the margin", file=sys.stderr)
+        return 2
+    broker = CredentialBroker(endpoint_url=settings.upstream or None, region=settings.sts_region or None,
+                              refresh_margin=settings.credential_refresh_margin)
 
     approvals = Approvals(store, max_pending=settings.max_pending_approvals)
     notifier = None

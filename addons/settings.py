@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ def home() -> Path:
 
 
 MAX_BUSY_POLL_US = 100_000  # a tenth of a second: past that, polling only burns a CPU
+REGION_SHAPE = r"[a-z]{2,}(-[a-z0-9]+)*-[a-z]+-\d+"  # us-east-1, us-gov-west-1, eu-isoe-west-1
+_REGION = re.compile(REGION_SHAPE)
 MAX_WORKERS = 64  # gateway processes (~130 MB each); past a few per CPU, more only take memory
 
 
@@ -60,6 +63,8 @@ class Settings:
     certs: str = ""  # default <home>/certs
     keys: str = ""  # default <home>/keys (fingerprint key, admin token)
     credential_refresh_margin: float = 300.0  # seconds before expiry that JIT credentials are renewed
+    sts_region: str = ""  # region whose STS issues JIT credentials; default: the SDK environment's region if in
+    # the role's partition, else the partition's default (us-east-1, us-gov-west-1, cn-northwest-1)
     body_cap: int = 1 << 20  # bytes of a body kept in a record
     workers: int = 1  # gateway processes sharing the listening port (SO_REUSEPORT)
     busy_poll_us: int = 300  # microseconds the event loop polls for work before it sleeps; 0: sleeps at once
@@ -81,6 +86,11 @@ class Settings:
             raise SettingsError(f"durability must be 'sync' or 'async', not {s.durability!r}")
         if s.sqlite_synchronous not in ("normal", "full"):
             raise SettingsError(f"sqlite_synchronous must be 'normal' or 'full', not {s.sqlite_synchronous!r}")
+        if not (math.isfinite(s.credential_refresh_margin) and s.credential_refresh_margin >= 0):
+            raise SettingsError(f"credential_refresh_margin must be a number of seconds, 0 or more, not "
+                                f"{s.credential_refresh_margin!r}")
+        if s.sts_region and not _REGION.fullmatch(s.sts_region):
+            raise SettingsError(f"sts_region must be an AWS region such as us-east-1 or us-gov-west-1, not {s.sts_region!r}")
         if not s.commit_timeout > 0:
             raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
         if s.store_writer not in ("process", "thread"):
