@@ -195,7 +195,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     from .core.policy import PolicyError, PolicyStore
     from .core.store import Store, StoreError
     from .core.store_process import StoreProcess
-    from .policy import log_policy_error
+    from .policy import check_in_background, log_policy_error
 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
@@ -210,7 +210,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         print(f"agentgate: {e}", file=sys.stderr)
         return 2
     try:
-        policies = PolicyStore(settings.policies, on_error=log_policy_error)
+        policies = PolicyStore(settings.policies, on_error=log_policy_error, on_version=check_in_background)
         current = policies.current
     except PolicyError as e:
         print(f"agentgate: the policies in {settings.policies} do not load:", file=sys.stderr)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 
 from mitmproxy import http
 
 from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
-from .core.policy import PolicyError, PolicyStore
+from .core.policy import PolicyError, PolicySet, PolicyStore, check
 from .core.store import StoreError
 from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
 
@@ -23,6 +24,29 @@ log = logging.getLogger("agentgate.policy")
 def log_policy_error(error: PolicyError) -> None:
     for line in error.errors:
         log.error("policy change not applied, the last good version stays in force: %s", line)
+
+
+_checking = threading.Lock()  # one check at a time: they share IAM's data and botocore's models
+
+
+def check_in_background(policy_set: PolicySet) -> threading.Thread:
+    """Log what ``agentgate policy check`` finds in a policy version the gateway put in force (an
+    action no call is named by, a mask path that masks nothing, ...), one WARNING line each, from a
+    thread: the check reads IAM's data and botocore's models, which the event loop must not wait
+    for. Called once per version (``PolicyStore(on_version=...)``)."""
+    def run() -> None:
+        with _checking:
+            try:
+                found = check(policy_set.directory)
+            except Exception:  # noqa: BLE001 - the policies are in force whatever the check says
+                log.exception("policy version %s: the check failed", policy_set.version)
+                return
+        for line in found:
+            log.warning("policy version %s: %s", policy_set.version, line)
+
+    thread = threading.Thread(target=run, name=f"policy-check-{policy_set.version}", daemon=True)
+    thread.start()
+    return thread
 
 
 class Policy:

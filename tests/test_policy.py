@@ -676,6 +676,45 @@ def test_store_checks_at_most_every_interval(tmp_path):
     assert store.current.version == v1
 
 
+def test_the_gateway_logs_what_check_finds_in_each_version_it_puts_in_force(tmp_path, caplog):
+    """Policies that load but that check faults (an action no call is named by) are in force: the
+    gateway logs check's errors and warnings for each version it loads, once, one line each."""
+    import logging
+
+    from addons.policy import check_in_background
+
+    path = write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: no-invoke, action: lambda:Invoke, decision: deny}
+    """)
+    seen: list[PolicySet] = []
+    threads = []
+
+    def on_version(policy_set: PolicySet) -> None:
+        seen.append(policy_set)
+        threads.append(check_in_background(policy_set))
+
+    with caplog.at_level(logging.WARNING, logger="agentgate.policy"):
+        store = PolicyStore(tmp_path, check_interval=0, on_version=on_version)
+        threads[-1].join(60)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"policy version {store.current.version}: p.yaml:3: rule no-invoke: lambda:Invoke is an API operation's "
+            "name, never a call's action: the gateway names this call lambda:InvokeFunction"]
+        assert all(r.levelno == logging.WARNING for r in caplog.records)
+        _bump(path)  # touched, not changed: no new version, no new check
+        store.current
+        assert len(seen) == 1
+        path.write_text("version: 1\nrules:\n  - {id: typo, action: s3:GetObject, when: \"params.bucket == 'x'\", "
+                        "decision: deny}\n")
+        _bump(path)
+        store.current
+        assert len(seen) == 2 and seen[1] is store.current
+        threads[-1].join(60)
+        assert f"policy version {seen[1].version}: p.yaml:3: warning: rule typo: when reads params.bucket" in \
+            caplog.records[-1].getMessage()
+
+
 def test_store_refuses_to_start_on_broken_policies(tmp_path):
     write(tmp_path, "p.yaml", "version: 1\nrules: [{id: x}]\n")
     with pytest.raises(PolicyError) as e:

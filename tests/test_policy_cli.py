@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_check_knows_actions_and_offers_did_you_mean(run, tmp_path):
             action: ec2:Frobnicate*
             decision: allow
           - id: fine
-            action: [s3:GetObject, "s3:headobject", "s3:List*", "*:ListTagsForResource", unknown]
+            action: [s3:GetObject, "s3:getobjectacl", "s3:List*", "*:ListTagsForResource", unknown]
             decision: allow
           - id: botocore-only
             action: awsssoportal:GetRoleCredentials
@@ -166,6 +167,150 @@ def test_check_warns_about_item_masks_that_other_reads_get_around(run, tmp_path)
     assert "OK (1 warning)" in result.output
 
 
+def test_check_refuses_api_operation_names_the_gateway_names_otherwise(run, tmp_path):
+    """A rule on an operation's own name where the gateway names the call by another action never
+    matches: check names the action the gateway uses."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: no-invoke, action: lambda:Invoke, decision: deny}
+          - {id: lambda, action: "lambda:*", decision: allow}
+          - {id: s3-ops, action: [s3:ListObjectsV2, s3:HeadObject, s3:HeadBucket], decision: deny}
+          - {id: partiql, action: dynamodb:ExecuteStatement, decision: deny}
+          - {id: v-glob, action: "s3:ListObjects*", decision: deny}
+          - {id: named-so, action: [awsssoportal:GetRoleCredentials, "s3:ListBucket"], decision: deny}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code != 0
+    out = result.output
+    assert ("p.yaml:3: rule no-invoke: lambda:Invoke is an API operation's name, never a call's action: the gateway "
+            "names this call lambda:InvokeFunction") in out
+    assert "p.yaml:5: rule s3-ops: s3:ListObjectsV2 is an API operation's name" in out
+    assert "the gateway names this call s3:ListBucket" in out
+    assert "s3:HeadObject is an API operation's name, never a call's action: the gateway names this call s3:GetObject" in out
+    assert "s3:HeadBucket is an API operation's name" in out
+    assert ("p.yaml:6: rule partiql: dynamodb:ExecuteStatement is an API operation's name, never a call's action: the "
+            "gateway names such calls dynamodb:PartiQLSelect or dynamodb:PartiQLInsert") in out
+    assert ("p.yaml:7: rule v-glob: action s3:ListObjects* matches only API operations' names (ListObjects, "
+            "ListObjectsV2), never a call's action: the gateway names these calls s3:ListBucket") in out
+    assert "named-so" not in out
+    assert "6 errors in" in out
+
+
+def test_explain_refuses_operation_names_and_unknown_actions(run, claims):
+    for action, message in (("s3:ListObjectsV2", "the gateway names this call s3:ListBucket (--operation "
+                                                  "s3.ListObjectsV2 describes that operation)"),
+                            ("ec2:TerminateInstance", "unknown action ec2:TerminateInstance: neither IAM's data nor "
+                                                      "botocore knows it; did you mean ec2:TerminateInstances?")):
+        result = run("explain", "--principal-file", str(claims), "--action", action, "--policies", str(SHIPPED))
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = run("explain", "--principal-file", str(claims), "--operation", "s3.ListObjectsV3", "--policies", str(SHIPPED))
+    assert result.exit_code != 0 and "botocore's s3 has no operation 'ListObjectsV3'; did you mean" in result.output
+    result = run("explain", "--principal-file", str(claims), "--operation", "s3.ListObjectsV2", "--action",
+                 "s3:GetObject", "--policies", str(SHIPPED))
+    assert result.exit_code != 0 and "--operation s3.ListObjectsV2 is the action s3:ListBucket, not s3:GetObject" in result.output
+
+
+def test_check_warns_about_mask_paths_that_name_nothing_in_the_answer(run, tmp_path):
+    """A mask_for_agent path that names no member of what the rule's calls answer masks nothing: the
+    secret reaches the agent."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - id: env
+            action: lambda:GetFunctionConfiguration
+            decision: allow
+            mask_for_agent: [Configuration.Environment.Variables]
+          - {id: secret, action: secretsmanager:GetSecretValue, decision: allow, mask_for_agent: [SecretStrng]}
+          - id: right
+            action: [lambda:GetFunction, lambda:GetFunctionConfiguration, "ssm:GetParameter*", "dynamodb:*"]
+            decision: allow
+            mask_for_agent: [Configuration.Environment.Variables, Environment.Variables, "Parameters[].Value",
+                             Parameter.Value, Item.ssn, "Items[].card"]
+          - {id: item-nowhere, action: dynamodb:DescribeTable, decision: allow, mask_for_agent: [Item.ssn]}
+          - {id: no-service, access_level: Read, decision: allow, mask_for_agent: [Whatever]}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert ("p.yaml:6: warning: rule env: mask_for_agent path Configuration.Environment.Variables names nothing in the "
+            "answer of any call the rule matches, so it masks nothing (answers: lambda.GetFunctionConfiguration: "
+            "FunctionName, ") in out
+    assert "did you mean Environment.Variables?" in out
+    assert ("p.yaml:7: warning: rule secret: mask_for_agent path SecretStrng names nothing in the answer of any call "
+            "the rule matches, so it masks nothing (answers: secretsmanager.GetSecretValue: ARN, Name, VersionId, "
+            "SecretBinary, SecretString, VersionStages, CreatedDate); did you mean SecretString?") in out
+    assert "rule right" not in out and "no-service" not in out
+    assert "p.yaml:13: warning: rule item-nowhere: mask_for_agent path Item.ssn names nothing" in out
+    assert "OK (3 warnings)" in out
+
+
+def test_check_warns_about_names_in_when_that_no_call_has(run, tmp_path):
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - id: typos
+            action: s3:GetObject
+            when: "params.bucket == 'dev-data' || contains(principal.group, 'sre') || regoin == 'eu-west-1'"
+            decision: deny
+          - id: fine
+            action: ["s3:*", dynamodb:ConditionCheckItem, execute-api:Invoke, dynamodb:PartiQLSelect]
+            when: >-
+              params.Bucket == 'x' || params.Tags[?Key == 'env'] || length(params.Key) > `3` || roles[0] == 'r'
+              || principal.claims.tenant || contains(principal.groups, 'x') || principal.on_behalf_of
+              || params.TableName == 't' || params.method == 'GET' || params.Statement || account || service
+              || operation == 'ListObjectsV2' || resource[0] || action || access_level || params.ACL
+            decision: deny
+          - {id: any-action, when: "params.anything == 'x'", decision: deny}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert ("p.yaml:5: warning: rule typos: when reads params.bucket, which is not a parameter of any call the rule "
+            "matches: it is always null; did you mean params.Bucket?") in out
+    assert ("p.yaml:5: warning: rule typos: when reads principal.group, which is not a field of principal (sub, iss, "
+            "groups, on_behalf_of, actors, claims): it is always null; did you mean principal.groups?") in out
+    assert "p.yaml:5: warning: rule typos: when reads regoin, which is not a fact" in out and "did you mean region?" in out
+    assert "rule fine" not in out and "any-action" not in out
+    assert "OK (3 warnings)" in out
+
+
+def test_check_warns_about_a_rule_whose_action_and_access_level_contradict(run, tmp_path):
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: contradiction, action: ec2:TerminateInstances, access_level: [Read], decision: allow}
+          - {id: fine, action: "ec2:*", access_level: [Read], decision: allow}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert ("p.yaml:3: warning: rule contradiction matches no known action: no action ec2:TerminateInstances has access "
+            "level Read (ec2:TerminateInstances is Write)") in result.output
+    assert "rule fine" not in result.output and "OK (1 warning)" in result.output
+
+
+def test_check_refuses_a_session_policy_that_is_no_iam_policy(run, tmp_path):
+    write(tmp_path, "session/bad.json", json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allowed", "Actions": ["s3:*"], "Resource": "*"}, {"Effect": "Deny", "Action": "s3:Delete*"}]}))
+    write(tmp_path, "session/good.json", json.dumps({"Version": "2012-10-17", "Statement": {
+        "Effect": "Allow", "NotAction": "iam:*", "Resource": ["*"], "Condition": {"Bool": {"aws:SecureTransport": "true"}}}}))
+    write(tmp_path, "roles.yaml", """
+        version: 1
+        roles:
+          - {id: bad, principal: {groups: [a]}, role_arn: "arn:aws:iam::123456789012:role/a", session_policy: session/bad.json}
+          - {id: good, role_arn: "arn:aws:iam::123456789012:role/a", session_policy: session/good.json}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code != 0
+    out = result.output
+    assert "roles.yaml:3: role binding bad: session policy session/bad.json: statement 1: unknown key 'Actions'; did you mean Action?" in out
+    assert "roles.yaml:3: role binding bad: session policy session/bad.json: statement 1: Effect must be Allow or Deny, not 'Allowed'" in out
+    assert "session/bad.json: statement 1: needs Action or NotAction" in out
+    assert "session/bad.json: statement 2: needs Resource or NotResource" in out
+    assert "good" not in out and "4 errors in" in out
+
+
 def test_check_warns_about_default_allow_and_refuses_a_missing_dir(run, tmp_path):
     write(tmp_path, "p.yaml", "version: 1\ndefault: allow\n")
     result = run("check", str(tmp_path))
@@ -229,6 +374,93 @@ def test_explain_refuses_bad_input_in_one_line(run, claims, tmp_path):
         assert message in result.output, result.output
         assert "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_explain_names_the_gateways_built_in_rules(run, claims, tmp_path):
+    """A decision by the gateway's own rules (a condition on a masked attribute, a copy that would
+    unmask its source) is explained, not a traceback."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        roles: [{role_arn: "arn:aws:iam::123456789012:role/a"}]
+        rules:
+          - {id: items, action: "dynamodb:*", mask_for_agent: [Item.ssn], decision: allow}
+          - {id: s3, action: "s3:*", decision: allow}
+          - {id: masked-src, action: s3:GetObject, when: "starts_with(resource[0], 'src/')", mask_for_agent: [Body],
+             decision: allow}
+    """)
+    result = run("explain", "--principal-file", str(claims), "--action", "dynamodb:Query", "--params",
+                 '{"TableName": "t", "FilterExpression": "ssn = :s"}', "--policies", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "decision: deny" in result.output
+    assert "decided by: the gateway's built-in rule agentgate:masked-condition" in result.output
+    assert "reason: items masks ssn for agents, and this call's condition reads it" in result.output
+    result = run("explain", "--principal-file", str(claims), "--operation", "s3.CopyObject", "--params",
+                 '{"Bucket": "dst", "Key": "k", "CopySource": "src/k"}', "--policies", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "decided by: the gateway's built-in rule agentgate:masked-source" in result.output
+    assert "reason: it also asks for s3:GetObject on src/k: masked-src masks Body of this source for agents" in result.output
+
+
+EXPLAINED = """
+    version: 1
+    roles: [{role_arn: "arn:aws:iam::123456789012:role/a"}]
+    rules:
+      - {id: s3, action: "s3:*", decision: allow}
+      - {id: no-secret-bucket, action: s3:GetObject, when: "starts_with(resource[0], 'secret/')", decision: deny}
+      - {id: no-public, action: s3:PutObjectAcl, decision: deny}
+      - {id: no-v2, action: s3:ListBucket, when: "operation == 'ListObjectsV2' && service == 's3'", decision: deny}
+      - {id: ddb, action: "dynamodb:*", decision: allow}
+      - {id: no-t2, action: [dynamodb:PutItem, "dynamodb:PartiQL*"], when: "contains(resource, 't2')", decision: deny}
+"""
+
+
+@pytest.mark.parametrize("service, method, kwargs", [
+    ("s3", "copy_object", {"Bucket": "dst", "Key": "k", "CopySource": {"Bucket": "secret", "Key": "x"}}),
+    ("s3", "copy_object", {"Bucket": "dst", "Key": "k", "CopySource": {"Bucket": "open", "Key": "x"}}),
+    ("s3", "put_object", {"Bucket": "dst", "Key": "k", "Body": b"x", "ACL": "public-read"}),
+    ("s3", "put_object", {"Bucket": "dst", "Key": "k", "Body": b"x"}),
+    ("s3", "list_objects_v2", {"Bucket": "b"}),
+    ("s3", "list_objects", {"Bucket": "b"}),
+    ("dynamodb", "transact_write_items", {"TransactItems": [
+        {"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}, {"Put": {"TableName": "t2", "Item": {"id": {"S": "2"}}}}]}),
+    ("dynamodb", "transact_write_items", {"TransactItems": [{"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}]}),
+    ("dynamodb", "execute_statement", {"Statement": "DELETE FROM t2 WHERE id = 'x'"}),
+])
+def test_explain_decides_as_the_gateway(run, claims, tmp_path, monkeypatch, service, method, kwargs):
+    """explain describes the call the gateway's classifier makes (botocore service and operation,
+    resources, implied actions, transaction items, PartiQL statements) and decides it as the gateway
+    does: its decision and rule are PolicySet.evaluate's on the classification of the same call built
+    with boto3."""
+    from addons.commands.policy import principal_from_claims
+    from addons.core.policy import PolicySet
+    from tests.test_classifier import capture, run as classify_request
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    write(tmp_path, "policies/p.yaml", EXPLAINED)
+    got = classify_request(capture(service, method, **kwargs))
+    expected = PolicySet.load(tmp_path / "policies").evaluate(principal_from_claims(json.loads(claims.read_text())), got)
+    params = json.dumps(got.params, default=str)
+    result = run("explain", "--principal-file", str(claims), "--operation", f"{got.service}.{got.operation}",
+                 "--params", params, "--region", got.region, "--policies", str(tmp_path / "policies"))
+    assert result.exit_code == 0, result.output
+    assert f"decision: {expected.decision}\n" in result.output
+    assert (f"decided by: rule {expected.rule} (" if expected.rule else "decided by: the default") in result.output
+    assert f"reason: {expected.reason}\n" in result.output
+    assert f"action: {got.action} " in result.output and f"operation: {got.service}.{got.operation}\n" in result.output
+
+
+def test_explain_describes_an_action_as_one_of_its_operations(run, claims):
+    """An action that stands for several operations is described as one of them, and explain says
+    which; --operation picks another."""
+    result = run("explain", "--principal-file", str(claims), "--action", "s3:ListBucket", "--params",
+                 '{"Bucket": "b"}', "--policies", str(SHIPPED))
+    assert result.exit_code == 0, result.output
+    assert "operation: s3.HeadBucket" in result.output and "resources: b" in result.output
+    assert "note: s3:ListBucket stands for 3 operations; described as s3.HeadBucket (--operation picks another: " \
+           "s3.ListObjects, s3.ListObjectsV2)" in result.output
+    result = run("explain", "--principal-file", str(claims), "--action", "lambda:InvokeFunction", "--policies", str(SHIPPED))
+    assert "operation: lambda.Invoke\n" in result.output and "note: lambda:InvokeFunction stands for 2" in result.output
 
 
 def test_explain_on_broken_policies_lists_the_errors(run, claims, tmp_path):

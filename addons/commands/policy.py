@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -29,23 +30,6 @@ class DescribedPrincipal:
     on_behalf_of: str | None
     exp: float
     claims: Mapping[str, Any] = dataclasses.field(compare=False)
-
-
-@dataclasses.dataclass
-class DescribedCall:
-    """A call described on the command line, shaped like classifier.Classification."""
-
-    service: str
-    operation: str
-    protocol: str | None
-    signing_name: str | None
-    region: str | None
-    account: str | None
-    params: dict
-    resources: list[str]
-    action: str
-    access_level: str | None
-    error: str | None = None
 
 
 def _settings_value(name: str, fallback: str | None = None) -> str:
@@ -86,23 +70,123 @@ def principal_from_claims(claims: Any, groups_claim: str = "groups") -> Describe
                               exp=float(exp) if isinstance(exp, (int, float)) else math.inf, claims=claims)
 
 
-def call_for_action(action: str, *, params: dict | None = None, region: str | None = None,
-                    account: str | None = None, resources: list[str] | None = None) -> DescribedCall:
-    """A call for an IAM action, with its canonical spelling and access level from IAM's data."""
-    if action.lower() == "unknown":
-        return DescribedCall("unknown", "unknown", None, None, region, account, params or {}, resources or [],
-                             "unknown", None, "described as unknown on the command line")
-    if not _ACTION.fullmatch(action):
-        raise ValueError(f"action {action!r} is not service:Action, e.g. ec2:TerminateInstances")
-    prefix, _, name = action.partition(":")
-    prefix = prefix.lower()
-    level = None
-    known = engine.KnownActions.get().iam.get(prefix.lower(), {}).get(name.lower())
-    if known:
-        name, level = known
-    return DescribedCall(service=prefix, operation=name, protocol=None, signing_name=prefix, region=region,
-                         account=account, params=params or {}, resources=resources or [],
-                         action=f"{prefix}:{name}", access_level=level)
+def _closest(name: str, names: Any) -> str:
+    near = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+def _operation(text: str) -> tuple[str, str]:
+    """(botocore service, operation) from ``SERVICE.Operation`` (the operation in any case)."""
+    from ..core import actions
+    from ..core.classifier import default_classifier
+
+    service, dot, name = text.partition(".")
+    if not dot or not service or not name:
+        raise ValueError(f"operation {text!r} is not SERVICE.Operation, e.g. s3.ListObjectsV2")
+    services = default_classifier().catalogue.by_name
+    if service not in services:
+        raise ValueError(f"botocore has no service {service!r}" + _closest(service, services))
+    operations = {op.lower(): op for op in actions.service_operations(service)}
+    if name.lower() not in operations:
+        raise ValueError(f"botocore's {service} has no operation {name!r}" + _closest(name, operations.values()))
+    return service, operations[name.lower()]
+
+
+def call_for_action(action: str | None = None, *, operation: str | None = None, params: dict | None = None,
+                    region: str | None = None, account: str | None = None, resources: list[str] | None = None,
+                    notes: list[str] | None = None) -> Any:
+    """The call the gateway would decide for an IAM action (or a botocore ``SERVICE.Operation``) with
+    these parameters, as the classifier makes it: the botocore service and API operation the action
+    stands for, the action and access level from IAM's data, the resources and account the
+    parameters name (unless given), and what IAM authorises beside or instead of the action (an S3
+    copy's source read, an ACL set with an object, a DynamoDB transaction's items, PartiQL
+    statements). ``notes`` hears about choices made (an action that stands for several
+    operations). ValueError for an action or operation the gateway never names a call by."""
+    from ..core import actions
+    from ..core import classifier as cl
+
+    params = params or {}
+    if operation is None and action is None:
+        raise ValueError("give --action or --operation")
+    if operation is None and action.lower() == "unknown":
+        return cl.Classification(service="unknown", operation="unknown", region=region, account=account,
+                                 params=params, resources=list(resources or []), action="unknown",
+                                 error="described as unknown on the command line")
+    known = engine.KnownActions.get()
+    if action is not None:
+        if not _ACTION.fullmatch(action):
+            raise ValueError(f"action {action!r} is not service:Action, e.g. ec2:TerminateInstances")
+        why = known.problem(action)
+        if why is not None:
+            if operation is None and known.renamed(action):
+                prefix, _, name = action.partition(":")
+                pairs = actions.operations_named(prefix, name)
+                if pairs:
+                    why += f" (--operation {pairs[0][0]}.{pairs[0][1]} describes that operation)"
+            raise ValueError(why)
+    level: str | None
+    if operation is not None:
+        service, op = _operation(operation)
+        named, level = actions.iam_action(service, op)
+        if action is not None and named.lower() != action.lower():
+            raise ValueError(f"--operation {service}.{op} is the action {named}, not {action}")
+        action = named
+    else:
+        action, level = known.lookup(action)
+        level = actions.access_level(level)
+        prefix, _, name = action.partition(":")
+        pairs = engine.operations_of(action, implied=False)
+        direct = list(actions.operations_for(action))
+        chosen = next((p for p in direct if p[1].lower() == name.lower()), None) or (direct or pairs or [None])[0]
+        if chosen is None:  # no API operation is named so (iam:PassRole, lambda:InvokeFunctionUrl)
+            services = actions._services_by_prefix().get(prefix, ())
+            service = prefix if prefix in services or len(services) != 1 else services[0]
+            op = name
+        else:
+            service, op = chosen
+            others = [f"{s}.{o}" for s, o in pairs if (s, o) != chosen]
+            if others and notes is not None:
+                notes.append(f"{action} stands for {len(pairs)} operations; described as {service}.{op} "
+                             f"(--operation picks another: {_listing(others)})")
+    entry = cl.default_classifier().catalogue.by_name.get(service)
+    call = cl.Classification(service=service, operation=op, protocol=entry.protocol if entry else None,
+                             signing_name=entry.signing_name if entry else service, region=region,
+                             account=account, params=params, resources=list(resources or []),
+                             action=action, access_level=level)
+    if not resources and entry is not None:
+        uri: dict = {}
+        if entry.protocol.startswith("rest"):
+            try:
+                uri = cl.default_classifier().routing(service).located(op).uri
+            except Exception:  # noqa: BLE001 - an operation botocore does not have: its members only
+                uri = {}
+        call.resources = cl.resources_of(params, [member for member, _ in uri.values()])
+    if account is None:
+        call.account = cl.account_of(params, {}, call.resources, None)
+    # what Classifier.describe adds to a classified call, from the same functions
+    call.implied = cl.implied_actions(call)
+    parts = cl.transaction_items(call)
+    if parts:
+        first = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
+        call.action, call.access_level = first.action, first.access_level
+        call.implied, call.by_parts = tuple(parts), True
+    statements = cl.partiql_statements(call)
+    if statements:
+        (action_0, level_0, _), *rest = statements
+        call.action, call.access_level = action_0, level_0
+        for table in (t for _, _, t in statements if t):
+            if table not in call.resources and len(call.resources) < cl.MAX_RESOURCES:
+                call.resources.append(table)
+        seen = {action_0}
+        for other, other_level, _ in rest:
+            if other not in seen:
+                seen.add(other)
+                call.implied += (dataclasses.replace(call, action=other, access_level=other_level, implied=()),)
+    return call
+
+
+def _listing(items: list[str], most: int = 4) -> str:
+    return ", ".join(items) if len(items) <= most else f"{', '.join(items[:most - 1])} or {len(items) - most + 1} more"
 
 
 @click.group()
@@ -116,8 +200,10 @@ def check_command(directory: str | None) -> None:
     """Check the policy files in DIRECTORY (default: the `policies` setting).
 
     Reports, with file:line, what would stop them loading (unknown keys, bad globs, bad jmespath,
-    bad roles) and what is likely wrong (actions neither IAM's data nor botocore knows, rules that
-    can never decide). Exits non-zero when there are errors; warnings alone pass.
+    bad roles) and what is likely wrong: actions no call is named by (unknown, or an API operation's
+    name the gateway names otherwise), session policies that are not IAM policies, rules that can
+    never decide or match no known action, mask_for_agent paths that name nothing in an answer,
+    names in `when` no call has. Exits non-zero when there are errors; warnings alone pass.
     """
     path = _policies_dir(directory)
     found = engine.check(path, progress=lambda step: click.echo(f"{step}...", err=True))
@@ -202,16 +288,26 @@ def show_command(version: str, db: str | None) -> None:
 @policy.command("explain")
 @click.option("--principal-file", "principal_file", required=True, type=click.Path(dir_okay=False),
               help='JSON file of the token\'s claims: {"sub": ..., "groups": [...], "act": {"sub": ...}}')
-@click.option("--action", required=True, help="the IAM action, e.g. ec2:TerminateInstances (or unknown)")
+@click.option("--action", default=None, help="the IAM action, e.g. ec2:TerminateInstances (or unknown)")
+@click.option("--operation", default=None, metavar="SERVICE.Operation",
+              help="the API operation, as botocore names it, e.g. s3.ListObjectsV2: for an action that stands for "
+                   "several operations; the action is then the one the gateway names it")
 @click.option("--params", default=None, help="the call's parameters as a JSON object")
 @click.option("--region", default=None)
 @click.option("--account", default=None)
 @click.option("--resource", "resources", multiple=True, help="a resource name (ARN) the call touches; repeatable")
 @click.option("--policies", "directory", default=None, help="policy directory (default: the `policies` setting)")
-def explain_command(principal_file: str, action: str, params: str | None, region: str | None,
+def explain_command(principal_file: str, action: str | None, operation: str | None, params: str | None, region: str | None,
                     account: str | None, resources: tuple[str, ...], directory: str | None) -> None:
     """Show which rule decides a described call and why, the role it runs as, what is masked, and
-    every rule considered."""
+    every rule considered.
+
+    The call is made as the gateway's classifier makes it: the botocore service and operation the
+    action stands for (--operation names one), the resources and account the parameters name, and
+    what IAM authorises beside the action (an S3 copy's source, an ACL written with an object, a
+    DynamoDB transaction's items, PartiQL statements), each decided too."""
+    if action is None and operation is None:
+        raise click.UsageError("give --action (an IAM action) or --operation (SERVICE.Operation)")
     try:
         claims = json.loads(Path(principal_file).read_text(encoding="utf-8"))
     except OSError as e:
@@ -231,7 +327,9 @@ def explain_command(principal_file: str, action: str, params: str | None, region
         if not isinstance(call_params, dict):
             raise click.ClickException("--params must be a JSON object, e.g. '{\"InstanceIds\": [\"i-1\"]}'")
     try:
-        call = call_for_action(action, params=call_params, region=region, account=account, resources=list(resources))
+        notes: list[str] = []
+        call = call_for_action(action, operation=operation, params=call_params, region=region, account=account,
+                               resources=list(resources), notes=notes)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     path = _policies_dir(directory)
@@ -241,4 +339,4 @@ def explain_command(principal_file: str, action: str, params: str | None, region
         for line in e.errors:
             click.echo(line, err=True)
         raise click.ClickException(f"the policies in {path} do not load; `agentgate policy check {path}` shows why") from None
-    click.echo(engine.explain(policy_set, principal, call))
+    click.echo(engine.explain(policy_set, principal, call, notes=notes))

