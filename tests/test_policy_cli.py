@@ -409,6 +409,7 @@ EXPLAINED = """
       - {id: no-secret-bucket, action: s3:GetObject, when: "starts_with(resource[0], 'secret/')", decision: deny}
       - {id: no-public, action: s3:PutObjectAcl, decision: deny}
       - {id: no-v2, action: s3:ListBucket, when: "operation == 'ListObjectsV2' && service == 's3'", decision: deny}
+      - {id: no-old-deletes, action: s3:DeleteObjectVersion, decision: deny}
       - {id: ddb, action: "dynamodb:*", decision: allow}
       - {id: no-t2, action: [dynamodb:PutItem, "dynamodb:PartiQL*"], when: "contains(resource, 't2')", decision: deny}
 """
@@ -425,6 +426,8 @@ EXPLAINED = """
         {"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}, {"Put": {"TableName": "t2", "Item": {"id": {"S": "2"}}}}]}),
     ("dynamodb", "transact_write_items", {"TransactItems": [{"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}]}),
     ("dynamodb", "execute_statement", {"Statement": "DELETE FROM t2 WHERE id = 'x'"}),
+    ("s3", "get_object", {"Bucket": "secret", "Key": "x", "VersionId": "v1"}),
+    ("s3", "delete_object", {"Bucket": "dst", "Key": "k", "VersionId": "v1"}),
 ])
 def test_explain_decides_as_the_gateway(run, claims, tmp_path, monkeypatch, service, method, kwargs):
     """explain describes the call the gateway's classifier makes (botocore service and operation,

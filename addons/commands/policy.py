@@ -163,25 +163,7 @@ def call_for_action(action: str | None = None, *, operation: str | None = None, 
         call.resources = cl.resources_of(params, [member for member, _ in uri.values()])
     if account is None:
         call.account = cl.account_of(params, {}, call.resources, None)
-    # what Classifier.describe adds to a classified call, from the same functions
-    call.implied = cl.implied_actions(call)
-    parts = cl.transaction_items(call)
-    if parts:
-        first = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
-        call.action, call.access_level = first.action, first.access_level
-        call.implied, call.by_parts = tuple(parts), True
-    statements = cl.partiql_statements(call)
-    if statements:
-        (action_0, level_0, _), *rest = statements
-        call.action, call.access_level = action_0, level_0
-        for table in (t for _, _, t in statements if t):
-            if table not in call.resources and len(call.resources) < cl.MAX_RESOURCES:
-                call.resources.append(table)
-        seen = {action_0}
-        for other, other_level, _ in rest:
-            if other not in seen:
-                seen.add(other)
-                call.implied += (dataclasses.replace(call, action=other, access_level=other_level, implied=()),)
+    cl.authorised_as(call)  # what the classifier adds to a classified call
     return call
 
 

@@ -1489,6 +1489,33 @@ def transaction_items(result: Classification) -> list[Classification]:
     return parts
 
 
+def authorised_as(result: Classification) -> None:
+    """(A call with its service, operation, parameters, resources and IAM action.) What IAM
+    authorises it as beyond its own action, as the gateway decides it: the actions it implies
+    (``implied_actions``), an object's version (``name_versions``), a DynamoDB transaction's items
+    (``transaction_items``) and a PartiQL call's statements (``partiql_statements``). Used by the
+    classifier and by ``agentgate policy explain``, so the two decide alike."""
+    result.implied = implied_actions(result)
+    name_versions(result)
+    parts = transaction_items(result)
+    if parts:  # IAM authorises a transaction item by item
+        named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
+        result.action, result.access_level = named.action, named.access_level
+        result.implied, result.by_parts = tuple(parts), True
+    statements = partiql_statements(result)
+    if statements:  # IAM authorises each PartiQL statement as the action its verb names
+        first, *rest = statements
+        result.action, result.access_level = first[0], first[1]
+        for table in (t for _, _, t in statements if t):
+            if table not in result.resources and len(result.resources) < MAX_RESOURCES:
+                result.resources.append(table)
+        seen = {first[0]}
+        for action, level, table in rest:
+            if action not in seen:
+                seen.add(action)
+                result.implied += (dataclasses.replace(result, action=action, access_level=level, implied=()),)
+
+
 # DynamoDB's PartiQL operations: IAM authorises each statement by its verb, not by the operation.
 PARTIQL_ACTIONS = {"SELECT": "dynamodb:PartiQLSelect", "EXISTS": "dynamodb:PartiQLSelect",
                    "INSERT": "dynamodb:PartiQLInsert", "UPDATE": "dynamodb:PartiQLUpdate",
@@ -1851,25 +1878,7 @@ class Classifier:
             errors.add("resources", f"the call names more than {MAX_RESOURCES} resources; agentgate decides no such call")
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
-        result.implied = implied_actions(result)
-        name_versions(result)
-        parts = transaction_items(result)
-        if parts:  # IAM authorises a transaction item by item
-            named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
-            result.action, result.access_level = named.action, named.access_level
-            result.implied, result.by_parts = tuple(parts), True
-        statements = partiql_statements(result)
-        if statements:  # IAM authorises each PartiQL statement as the action its verb names
-            first, *rest = statements
-            result.action, result.access_level = first[0], first[1]
-            for table in (t for _, _, t in statements if t):
-                if table not in result.resources and len(result.resources) < MAX_RESOURCES:
-                    result.resources.append(table)
-            seen = {first[0]}
-            for action, level, table in rest:
-                if action not in seen:
-                    seen.add(action)
-                    result.implied += (dataclasses.replace(result, action=action, access_level=level, implied=()),)
+        authorised_as(result)
         if errors:
             result.error = "; ".join(errors)
 

@@ -1942,7 +1942,7 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
         if missed:
             warnings.append((rule.file, rule.line, f"warning: rule {rule.id} masks item attributes for agents, but "
                              f"{', '.join(missed)} also return items and this rule does not match them: an agent "
-                             "reads the attributes there unless the rule names them too (or dynamodb:*)"))
+                             "reads the attributes there unless the rule names them too (or dynamodb:* with access_level List, Read)"))
     for i, entry in enumerate(parsed.roles):
         for earlier in parsed.roles[:i]:
             if earlier.principal is None:
