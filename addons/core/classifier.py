@@ -135,7 +135,7 @@ NOT_RESOURCE_MEMBERS = frozenset(
 )
 # Every resource a call names is decided on (a rule on ``resource`` sees them all); a call naming
 # more is not decided (unknown). The record keeps the first RECORDED_RESOURCES (core/records.py).
-MAX_RESOURCES = 10_000
+MAX_RESOURCES = 100_000
 MAX_RESOURCE_LENGTH = 1024
 MAX_INLINE_PAYLOAD = 64 * 1024
 MAX_DECOMPRESSED_BODY = 16 * 1024 * 1024
