@@ -226,20 +226,24 @@ def test_dynamodb_batch_and_transaction_calls_name_their_tables():
         {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]))
     assert (reads.action, reads.access_level, [p.action for p in reads.implied]) == (
         "dynamodb:GetItem", "Read", ["dynamodb:GetItem"])
-    # an item that names no operation of its kind: the call keeps its own name (no IAM action, no level)
-    odd = run(capture("dynamodb", "transact_get_items", TransactItems=[
-        {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]) | {"body": json.dumps({"TransactItems": [
-            {"Put": {"TableName": "orders", "Item": {}}}]}).encode()})
-    assert (odd.action, odd.access_level, odd.by_parts) == ("dynamodb:TransactGetItems", None, False)
+    # an item that names no operation of its kind, or none, or two: not decided (the classify stage
+    # decides a call with an error as unknown)
+    for items in ([{"Put": {"TableName": "orders", "Item": {}}}], [{}], [{"Get": {"TableName": "a"}, "Put": {}}]):
+        odd = run(capture("dynamodb", "transact_get_items", TransactItems=[
+            {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]) | {"body": json.dumps(
+                {"TransactItems": items}).encode()})
+        assert odd.error and "agentgate decides no such call" in odd.error, items
 
 
 def test_an_s3_copy_names_its_source_and_reads_it():
     got = run(capture("s3", "copy_object", Bucket="dst", Key="pub/app.env",
                       CopySource={"Bucket": "src", "Key": "conf/app env", "VersionId": "v7"}))
     assert got.action == "s3:PutObject" and got.resources == ["dst/pub/app.env", "src/conf/app env"]
-    [read] = got.implied
+    read, plain = got.implied  # the version read, and the object's own read beside it
     assert (read.action, read.access_level, read.params, read.resources) == (
         "s3:GetObjectVersion", "Read", {"Bucket": "src", "Key": "conf/app env", "VersionId": "v7"}, ["src/conf/app env"])
+    assert (plain.action, plain.params, plain.lands_as) == (
+        "s3:GetObject", {"Bucket": "src", "Key": "conf/app env"}, read.lands_as)
     part = run(capture("s3", "upload_part_copy", Bucket="dst", Key="k", UploadId="u", PartNumber=1,
                        CopySource="src/big"))
     assert [(r.action, r.resources) for r in part.implied] == [("s3:GetObject", ["src/big"])]

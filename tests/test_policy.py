@@ -1146,6 +1146,38 @@ def test_an_s3_call_naming_a_version_is_decided_as_the_version_and_as_the_object
     assert (batch.decision, batch.rule) == ("deny", "keep-history")
 
 
+def test_a_delete_objects_is_decided_object_by_object_and_a_copy_of_a_version_as_the_object(tmp_path):
+    """DeleteObjects is authorised by IAM object by object (s3:DeleteObject, s3:DeleteObjectVersion
+    for a version): a rule on a key or on resource decides each object, not only the bucket; a
+    copy whose source names a version is a read of that version and of the object, so a deny on
+    reading the object holds for the copy."""
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: s3, action: "s3:*", decision: allow}
+          - {id: keep-audit, action: [s3:DeleteObject, s3:DeleteObjectVersion],
+             when: "length(resource[?starts_with(@, 'bkt/audit/')]) > `0`", decision: deny, reason: audit stays}
+          - {id: keep-by-key, action: s3:DeleteObject, when: "starts_with(params.Key, 'legal/')", decision: deny,
+             reason: legal holds stay}
+          - {id: no-secrets, action: s3:GetObject, when: "ends_with(params.Key, '.secret')", decision: deny,
+             reason: secrets are not read}
+        """)
+
+    def decide(method: str, **params):
+        return ps.evaluate(principal(), run(capture("s3", method, **params)))
+    assert decide("delete_objects", Bucket="bkt", Delete={"Objects": [{"Key": "tmp/1"}]}).decision == "allow"
+    for objects in ([{"Key": "tmp/1"}, {"Key": "audit/log1"}], [{"Key": "audit/log1", "VersionId": "v"}]):
+        assert decide("delete_objects", Bucket="bkt", Delete={"Objects": objects}).rule == "keep-audit", objects
+    assert decide("delete_objects", Bucket="bkt", Delete={"Objects": [{"Key": "legal/1"}]}).rule == "keep-by-key"
+    copied = decide("copy_object", Bucket="bkt", Key="pub.txt",
+                    CopySource={"Bucket": "bkt", "Key": "db.secret", "VersionId": "v"})
+    assert (copied.decision, copied.rule) == ("deny", "no-secrets")
+    assert decide("copy_object", Bucket="bkt", Key="pub.txt", CopySource={"Bucket": "bkt", "Key": "db.txt",
+                                                                          "VersionId": "v"}).decision == "allow"
+
+
 def test_a_rule_on_resource_sees_every_resource_a_call_names(tmp_path, monkeypatch):
     """A deny on `resource` cannot be padded past: the 33rd instance id is decided on as the first
     is (the record keeps 32 and says how many more); a call naming more than the classifier reads

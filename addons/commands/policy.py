@@ -163,7 +163,10 @@ def call_for_action(action: str | None = None, *, operation: str | None = None, 
         call.resources = cl.resources_of(params, [member for member, _ in uri.values()])
     if account is None:
         call.account = cl.account_of(params, {}, call.resources, None)
-    cl.authorised_as(call)  # what the classifier adds to a classified call
+    try:
+        cl.authorised_as(call)  # what the classifier adds to a classified call
+    except cl.NotAuthorisable as e:
+        raise ValueError(f"--params: {e}: the gateway decides no such call") from None
     return call
 
 

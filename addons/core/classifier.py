@@ -1321,6 +1321,11 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
     if isinstance(tables, dict):
         for table in tables:
             add(table)
+    delete = params.get("Delete")  # S3 DeleteObjects: each object
+    if isinstance(bucket, str) and isinstance(delete, dict) and isinstance(delete.get("Objects"), list):
+        for obj in delete["Objects"]:
+            if isinstance(obj, dict) and isinstance(obj.get("Key"), str):
+                add(f"{bucket}/{obj['Key']}")
     for item in params.get("TransactItems") or ():  # TransactGetItems, TransactWriteItems
         for request in item.values() if isinstance(item, dict) else ():
             if isinstance(request, dict):
@@ -1396,7 +1401,12 @@ def implied_reads(result: Classification) -> tuple[Classification, ...]:
     source = copy_source(result.params.get("CopySource"))
     if source is None:
         return ()
-    return (dataclasses.replace(object_read(result, *source), lands_as=copy_destination_read(result)),)
+    landing = copy_destination_read(result)
+    read = dataclasses.replace(object_read(result, *source), lands_as=landing)
+    if source[2] is None:
+        return (read,)
+    # a version of the source is the object too: a rule on reading the object holds for the copy
+    return (read, dataclasses.replace(object_read(result, source[0], source[1]), lands_as=landing))
 
 
 def object_read(result: Classification, bucket: str, key: str, version: str | None = None) -> Classification:
@@ -1436,8 +1446,7 @@ VERSION_ACTIONS = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3
 
 def name_versions(result: Classification) -> None:
     """(S3.) A call naming an object's version is its version's action, the object's own action
-    implied beside it (its masks holding: ``same_data``); a DeleteObjects naming versions also asks
-    for s3:DeleteObjectVersion."""
+    implied beside it (its masks holding: ``same_data``)."""
     if result.service != "s3":
         return
     params = result.params
@@ -1448,12 +1457,6 @@ def name_versions(result: Classification) -> None:
         _, level = actions.lookup(action) or (action, result.access_level)
         result.action, result.access_level = action, level
         result.implied += (plain,)
-    elif result.operation == "DeleteObjects":
-        objects = (params.get("Delete") or {}).get("Objects") if isinstance(params.get("Delete"), dict) else None
-        if isinstance(objects, list) and any(isinstance(o, dict) and o.get("VersionId") for o in objects):
-            _, level = actions.lookup("s3:DeleteObjectVersion") or (None, "Write")
-            result.implied += (dataclasses.replace(result, action="s3:DeleteObjectVersion", access_level=level,
-                                                   implied=()),)
 
 
 # DynamoDB's transactions: IAM has no action for the operation; it authorises each item as the
@@ -1463,24 +1466,29 @@ TRANSACTION_ITEMS = {"TransactGetItems": {"Get": "GetItem"},
                                             "ConditionCheck": "ConditionCheckItem"}}
 
 
+class NotAuthorisable(ValueError):
+    """A call whose parts IAM would authorise one by one, one of which names no such part."""
+
+
 def transaction_items(result: Classification) -> list[Classification]:
     """Each item of a DynamoDB transaction as the call IAM authorises it as: its operation
     (GetItem, PutItem, UpdateItem, DeleteItem, ConditionCheckItem), with the item's own members as
-    its parameters and its table as its resource; empty for other calls, and for a transaction with
-    an item that names no such operation (the call then keeps its own name, which no IAM action has:
-    only a rule naming it allows it)."""
+    its parameters and its table as its resource; empty for other calls. NotAuthorisable for a
+    transaction with an item that names no one such operation (not decided: the service refuses
+    it, and no rule could decide it by its items)."""
     kinds = TRANSACTION_ITEMS.get(result.operation) if result.service == "dynamodb" else None
     items = result.params.get("TransactItems") if kinds else None
-    if not isinstance(items, list) or not items:
+    if not kinds or not isinstance(items, list) or not items:
         return []
     parts = []
-    for item in items:
+    for i, item in enumerate(items):
         if not isinstance(item, dict) or len(item) != 1:
-            return []
+            raise NotAuthorisable(f"TransactItems[{i}] names {len(item) if isinstance(item, dict) else 'no'} "
+                                  f"operations, not one of {', '.join(kinds)}")
         (kind, body), = item.items()
         operation = kinds.get(kind)
         if operation is None or not isinstance(body, dict):
-            return []
+            raise NotAuthorisable(f"TransactItems[{i}] is not one of {', '.join(kinds)} with its members")
         action, level = actions.iam_action("dynamodb", operation)
         table = body.get("TableName")
         parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
@@ -1489,16 +1497,47 @@ def transaction_items(result: Classification) -> list[Classification]:
     return parts
 
 
+def deleted_objects(result: Classification) -> list[Classification]:
+    """(S3 DeleteObjects.) Each object it deletes as the call IAM authorises it as: s3:DeleteObject
+    of ``bucket/key``, s3:DeleteObjectVersion where it names a version (with the object's own
+    s3:DeleteObject beside it); empty for other calls. NotAuthorisable for an object without a key."""
+    if result.service != "s3" or result.operation != "DeleteObjects":
+        return []
+    bucket = result.params.get("Bucket")
+    delete = result.params.get("Delete")
+    objects = delete.get("Objects") if isinstance(delete, dict) else None
+    if not isinstance(bucket, str) or not isinstance(objects, list) or not objects:
+        return []
+    parts = []
+    for i, obj in enumerate(objects):
+        key = obj.get("Key") if isinstance(obj, dict) else None
+        if not isinstance(key, str) or not key:
+            raise NotAuthorisable(f"Delete.Objects[{i}] names no key")
+        params = {"Bucket": bucket, "Key": key}
+        version = obj.get("VersionId")
+        if isinstance(version, str) and version:
+            params["VersionId"] = version
+        action, level = actions.iam_action("s3", "DeleteObject")
+        part = dataclasses.replace(result, operation="DeleteObject", action=action, access_level=level, params=params,
+                                   resources=[f"{bucket}/{key}"], implied=(), by_parts=False)
+        name_versions(part)  # a version: s3:DeleteObjectVersion, the object's s3:DeleteObject implied
+        parts.append(part)
+        parts.extend(part.implied)
+        part.implied = ()
+    return parts
+
+
 def authorised_as(result: Classification) -> None:
     """(A call with its service, operation, parameters, resources and IAM action.) What IAM
     authorises it as beyond its own action, as the gateway decides it: the actions it implies
     (``implied_actions``), an object's version (``name_versions``), a DynamoDB transaction's items
-    (``transaction_items``) and a PartiQL call's statements (``partiql_statements``). Used by the
-    classifier and by ``agentgate policy explain``, so the two decide alike."""
+    (``transaction_items``), a DeleteObjects' objects (``deleted_objects``) and a PartiQL call's
+    statements (``partiql_statements``). Used by the classifier and by ``agentgate policy
+    explain``, so the two decide alike. NotAuthorisable: a part that names nothing IAM authorises."""
     result.implied = implied_actions(result)
     name_versions(result)
-    parts = transaction_items(result)
-    if parts:  # IAM authorises a transaction item by item
+    parts = transaction_items(result) or deleted_objects(result)
+    if parts:  # IAM authorises a transaction item by item, a DeleteObjects object by object
         named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
         result.action, result.access_level = named.action, named.access_level
         result.implied, result.by_parts = tuple(parts), True
@@ -1878,7 +1917,10 @@ class Classifier:
             errors.add("resources", f"the call names more than {MAX_RESOURCES} resources; agentgate decides no such call")
         result.account = account_of(result.params, request.headers, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
-        authorised_as(result)
+        try:
+            authorised_as(result)
+        except NotAuthorisable as e:
+            errors.add("params", f"{e}: agentgate decides no such call")
         if errors:
             result.error = "; ".join(errors)
 
