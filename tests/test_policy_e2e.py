@@ -234,10 +234,23 @@ def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_
           when: "starts_with(params.Key, 'secret/')"
           decision: deny
           reason: secrets are not read
+        - id: keep-audit
+          action: s3:DeleteObject
+          when: "starts_with(params.Key, 'audit/')"
+          decision: deny
+          reason: audit logs stay
         """), "  ")
     with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
         s3 = client(gw, "s3", proxy_token=issuer.mint("version-agent", groups=["data-agents"]))
+        s3.create_bucket(Bucket="batch")
+        for key in ("tmp/1", "audit/1"):
+            s3.put_object(Bucket="batch", Key=key, Body=b"x")
+        with pytest.raises(botocore.exceptions.ClientError) as e:  # a batch delete decided object by object
+            s3.delete_objects(Bucket="batch", Delete={"Objects": [{"Key": "tmp/1"}, {"Key": "audit/1"}]})
+        assert "keep-audit" in e.value.response["Error"]["Message"]
+        assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="batch")["Contents"]) == ["audit/1", "tmp/1"]
+        assert s3.delete_objects(Bucket="batch", Delete={"Objects": [{"Key": "tmp/1"}]})["Deleted"]
         s3.create_bucket(Bucket="versioned")
         s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
         first = s3.put_object(Bucket="versioned", Key="doc", Body=b"v1")["VersionId"]
