@@ -240,8 +240,11 @@ def test_an_export_never_replaces_the_store_or_the_gateways_own_files(store_url,
         (["report", "-o", str(home / "certs" / "mitmproxy-ca.pem")], "the gateway's CA"),
         (["export", "--format", "jsonl", "-o", str(home / "policies" / "calls.yaml")], "the policies"),
         (["export", "--format", "jsonl", "-o", str(home / "agentgate.toml")], "the gateway's configuration"),
+        # another store read (--db), the configured one written over
+        (["export", "--format", "jsonl", "--db", f"sqlite:///{tmp_path / 'elsewhere' / 'other.db'}", "-o",
+          str(database)], "the store's database"),
     ):
-        result = runner.invoke(main, [*args, "--db", store_url])
+        result = runner.invoke(main, [*args, "--db", store_url] if "--db" not in args else args)
         assert result.exit_code == 2, (args, result.output)
         assert what in result.output and "would replace it" in result.output and "Traceback" not in result.output
     assert database.read_bytes() == before and (home / "keys" / "chain.key").read_bytes() == KEY

@@ -42,13 +42,15 @@ def _gateway_files(db: str | None) -> list[tuple[Path, str, bool]]:
 
     settings = _settings(db)
     found: list[tuple[Path, str, bool]] = []
-    try:
-        database = _sqlite_path(settings.db)
-    except Exception:  # noqa: BLE001 - not a URL: the store's own error says so when it is opened
-        database = None
-    if database is not None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            found.append((Path(os.path.realpath(f"{database}{suffix}")), "the store's database", False))
+    # the store read (--db) and the one the settings name, which a gateway may be writing
+    for url in dict.fromkeys((settings.db, _settings(None).db)):
+        try:
+            database = _sqlite_path(url)
+        except Exception:  # noqa: BLE001 - not a URL: the store's own error says so when it is opened
+            database = None
+        if database is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                found.append((Path(os.path.realpath(f"{database}{suffix}")), "the store's database", False))
     for where, what in ((settings.keys, "the gateway's keys"), (settings.certs, "the gateway's CA"),
                         (settings.policies, "the policies")):
         if where:
