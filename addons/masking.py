@@ -21,9 +21,11 @@ as it was, and the record keeps no body it could not mask.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
+from urllib.parse import quote
 
 from mitmproxy import http
 
@@ -73,10 +75,23 @@ def scrub_jit_credentials(flow: http.HTTPFlow, body: bytes | None) -> bytes | No
     creds = getattr(flow.metadata.get(SIGNED), "credentials", None)
     if creds is None or not body:
         return body
-    for secret in (creds.token, creds.secret_key, creds.access_key):
-        if secret and (raw := secret.encode()) in body:
-            body = body.replace(raw, JIT_MARKER)
+    for form in jit_forms(creds.token, creds.secret_key, creds.access_key):
+        if form in body:
+            body = body.replace(form, JIT_MARKER)
     return body
+
+
+@functools.lru_cache(maxsize=256)  # per credentials: the same for every call they sign
+def jit_forms(*secrets_: str | None) -> tuple[bytes, ...]:
+    """How upstream may quote the gateway's credentials: as they are, URL-encoded (a canonical
+    query), and as S3's CanonicalRequestBytes writes the canonical request (hex bytes, one space
+    between)."""
+    forms = []
+    for secret in secrets_:
+        if secret:
+            raw = secret.encode()
+            forms += [raw, quote(secret, safe="-_.~").encode(), " ".join(f"{b:02x}" for b in raw).encode()]
+    return tuple(dict.fromkeys(forms))
 
 
 def _upstream_request_id(response: http.Response | None) -> str | None:

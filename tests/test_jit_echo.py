@@ -23,10 +23,12 @@ def test_credentials_upstream_echoes_reach_neither_the_agent_nor_the_record(tmp_
             got = e.value.response
         assert got["Error"]["Code"] == "SignatureDoesNotMatch"
         assert got["Error"]["AWSAccessKeyId"] == "agentgate:masked:jit-credential"
-        assert up.access_key not in str(got) and up.session_token not in str(got)
+        hexed = " ".join(f"{b:02x}" for b in up.session_token.encode())
+        assert up.access_key not in str(got) and up.session_token not in str(got) and hexed not in str(got)
         [record] = [r for r in gw.records() if r["principal"] == sub]
         assert "agentgate:masked:jit-credential" in record["response_body"]
         assert "JIT credentials, which upstream echoed, replaced" in record["body_note"]
         assert record["response_body_sha256"]  # of what upstream sent
         stored = b"".join(p.read_bytes() for p in gw.db_path.parent.glob(gw.db_path.name + "*"))
         assert up.access_key.encode() not in stored and up.session_token.encode() not in stored
+        assert hexed.encode() not in stored

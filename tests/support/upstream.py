@@ -152,8 +152,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif name.startswith("echo-credentials"):  # as S3's SignatureDoesNotMatch quotes what it was sent
                 key = (re.search(r"Credential=([^/]+)/", self.headers.get("authorization", "")) or [None, ""])[1]
                 token = self.headers.get("x-amz-security-token", "")
+                canonical = f"GET\n/{name}\n\nx-amz-security-token:{token}\n"
                 self._send(403, (f"<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>{key}</AWSAccessKeyId>"
-                                 f"<CanonicalRequest>GET\n/{name}\n\nx-amz-security-token:{token}\n</CanonicalRequest>"
+                                 f"<CanonicalRequest>{canonical}</CanonicalRequest><CanonicalRequestBytes>"
+                                 f"{' '.join(f'{b:02x}' for b in canonical.encode())}</CanonicalRequestBytes>"
                                  "</Error>").encode(), "application/xml")
             elif name.startswith("drop-"):
                 self.close_connection = True  # no answer at all
