@@ -290,7 +290,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         m.options.update(server=False)
         recorder.stopping = True
         await holder.drain()
-        await recorder.drain()
+        await recorder.drain(settings.drain_seconds)
         m.shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -323,7 +323,7 @@ class Recorder:
         self.store = store
         self.fail_open = fail_open
         self.masking = masking  # the Masking addon: masks a streamed answer's headers before it is recorded
-        self.inflight: set[str] = set()  # the calls read and not yet answered and recorded (flow ids)
+        self.inflight: dict[str, http.HTTPFlow] = {}  # the calls read and not yet answered and recorded
         self.stopping = False  # the gateway is stopping: new calls are answered STOPPING
 
     async def drain(self, timeout: float = DRAIN_SECONDS) -> int:
@@ -335,9 +335,16 @@ class Recorder:
         deadline = loop.time() + timeout
         while self.inflight and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        left = [f for f in self.inflight.values() if RECORDED not in f.metadata]
         if self.inflight:
-            log.warning("stopping with %d calls still in flight after %.0f s: they are cut off, and their records "
-                        "may be missing", len(self.inflight), timeout)
+            log.warning("stopping with %d calls still in flight after %.0f s: they are cut off, each recorded as "
+                        "failed", len(self.inflight), timeout)
+        for flow in left:  # recorded now, while the store still writes: what went upstream has its evidence
+            sent = flow.metadata.get(SIGNED) is not None
+            why = (f"the gateway stopped (SIGTERM) with this call still in flight after its {timeout:.0f} s for "
+                   "calls in flight, and cut it off" + ("; it had gone upstream, where AWS may have carried it out"
+                                                        if sent else "; it had not gone upstream"))
+            await self._write(flow, build_record(flow, outcome="failed", error=why))
         return len(self.inflight)
 
     async def _write(self, flow: http.HTTPFlow, record: Record, refusable: bool = False) -> str:
@@ -401,7 +408,7 @@ class Recorder:
             answer(flow, STORE_DOWN)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.inflight.add(flow.id)
+        self.inflight[flow.id] = flow
         if self.stopping and flow.response is None:
             answer(flow, STOPPING)  # recorded as any refusal; the agent retries elsewhere
             flow.response.headers["connection"] = "close"
@@ -450,7 +457,7 @@ class Recorder:
                                                request_content_type=flow.request.headers.get("content-type"))
                 flow.response = http.Response.make(status, body, headers)
         finally:
-            self.inflight.discard(flow.id)
+            self.inflight.pop(flow.id, None)
 
     async def refused_head(self, data) -> None:
         """A request head refused before it was read as a request (addons/limits.py): no flow, one
@@ -465,7 +472,7 @@ class Recorder:
         try:
             await self._error(flow)
         finally:
-            self.inflight.discard(flow.id)
+            self.inflight.pop(flow.id, None)
 
     async def _error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "unknown error"

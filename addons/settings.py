@@ -53,6 +53,7 @@ class Settings:
     durability: str = "sync"  # sync | async
     sqlite_synchronous: str = "normal"  # normal | full: what a committed record survives (core/store.py)
     commit_timeout: float = 10.0  # seconds a call waits for its record's commit before it is refused
+    drain_seconds: float = 30.0  # on SIGTERM: seconds the calls in flight get to finish before they are cut off
     store_writer: str = "thread"  # thread | process: where the store's writer runs (core/store_process.py)
     fail_open: bool = False
     console_listen: str = "127.0.0.1:8081"  # the approvals console; "" for none
@@ -91,6 +92,8 @@ class Settings:
                                 f"{s.credential_refresh_margin!r}")
         if s.sts_region and not _REGION.fullmatch(s.sts_region):
             raise SettingsError(f"sts_region must be an AWS region such as us-east-1 or us-gov-west-1, not {s.sts_region!r}")
+        if not 0 <= s.drain_seconds <= 3600:
+            raise SettingsError(f"drain_seconds must be a number of seconds from 0 to 3600, not {s.drain_seconds!r}")
         if not s.commit_timeout > 0:
             raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
         if s.store_writer not in ("process", "thread"):

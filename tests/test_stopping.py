@@ -56,3 +56,31 @@ def test_a_stopping_gateway_answers_and_records_the_calls_in_flight(tmp_path, is
         assert mine[1][2] == "agentgate:stopping"
         log = gw.log()
         assert "calls still in flight" not in log and "is closed" not in log
+
+
+def test_a_call_still_in_flight_when_the_drain_ends_is_recorded_as_cut_off(tmp_path, issuer):
+    """A call longer than drain_seconds: the gateway stops all the same, and the call, which had gone
+    upstream, has a record saying it was cut off by the stop (its evidence is not lost)."""
+    with FaultyUpstream() as upstream:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                     settings={"drain_seconds": 1})
+        gw.sent = []
+        with gw:
+            sub, s3 = agent(gw, issuer, "long", "s3", read_timeout=30)
+            thread = threading.Thread(target=lambda: _swallow(lambda: s3.get_object(Bucket="stopping", Key="slow-8")))
+            thread.start()
+            time.sleep(1.0)  # upstream has it
+            gw.proc.send_signal(signal.SIGTERM)
+            assert gw.proc.wait(20) == 0
+            thread.join(30)
+        [r] = [r for r in gw.records() if r["principal"] == sub]
+        assert (r["outcome"], r["decision"]) == ("failed", "allow"), r
+        assert "the gateway stopped (SIGTERM) with this call still in flight" in r["error"]
+        assert "it had gone upstream, where AWS may have carried it out" in r["error"]
+
+
+def _swallow(call) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the agent's call is cut off: what it gets is not the point
+        pass
