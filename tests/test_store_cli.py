@@ -353,3 +353,25 @@ def test_what_the_system_refuses_and_arguments_that_are_not_text_are_one_line_er
     wrong.write_bytes(b"x" * 32)
     result = run("verify", "--db", db_url, "--key-file", str(wrong))
     assert result.exit_code == 1 and "this is not the key this store was written with" in result.stderr
+
+
+def test_long_work_says_what_it_is_doing_on_a_terminal(db_url: str, calls, tmp_path) -> None:
+    """verify and export print a line of progress to a terminal's standard error; a script reading
+    standard error (a pipe) gets the result or the one-line error alone."""
+    import os
+    import pty
+
+    agentgate = Path(sys.executable).parent / "agentgate"
+    for args, line in ((["verify", "--db", db_url], "verifying the chains of"),
+                       (["export", "--format", "jsonl", "-o", str(tmp_path / "c.jsonl"), "--db", db_url],
+                        "reading the records of")):
+        master, slave = pty.openpty()
+        p = subprocess.run([str(agentgate), *args], stdout=subprocess.PIPE, stderr=slave, timeout=120,
+                           env={**os.environ, "AGENTGATE_HOME": str(tmp_path)})
+        os.close(slave)
+        shown = os.read(master, 65536).decode(errors="replace")
+        os.close(master)
+        assert p.returncode == 0 and line in shown, (args, shown)
+        piped = subprocess.run([str(agentgate), *args], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "AGENTGATE_HOME": str(tmp_path)})
+        assert piped.returncode == 0 and line not in piped.stderr

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import click
 
-from .store import BadInput, _key, _settings, _store, db_option, key_option, parse_when
+from .store import BadInput, _key, _settings, _store, db_option, key_option, parse_when, progress
 
 
 def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -180,7 +180,8 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
     if evidence:
         _check_output(evidence, "--evidence", protected)
     with _store(db) as store:
-        calls = iter_calls(store, since=start, until=end)
+        progress(f"reading the records of {store.where} ...")
+        calls = _counted(iter_calls(store, since=start, until=end))
         if fmt == "jsonl":
             with _output(output, protected) as f:
                 n = write_jsonl(calls, f)
@@ -197,6 +198,17 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
         else:
             _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db),
                           protected)
+
+
+PROGRESS_EVERY = 50_000  # records: a line on standard error each time, on long exports
+
+
+def _counted(calls: Iterator[dict]) -> Iterator[dict]:
+    """``calls`` as they are, with a line of progress on a terminal's standard error every PROGRESS_EVERY."""
+    for n, call in enumerate(calls, 1):
+        if n % PROGRESS_EVERY == 0:
+            progress(f"  {n} records ...")
+        yield call
 
 
 def _n(n: int, noun: str) -> str:

@@ -33,6 +33,13 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+def progress(line: str) -> None:
+    """A line on standard error saying what long work is under way, for someone at a terminal
+    (a script reading standard error gets the one-line result or error alone)."""
+    if sys.stderr.isatty():
+        click.echo(line, err=True)
+
+
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -290,6 +297,7 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
         raise click.ClickException(f"no 'chain head' lines in {', '.join(witness_files)}: a witness is the "
                                    "gateway's log (agentgate.chain lines), kept outside the store")
     try:
+        progress(f"verifying the chains of {display_url(url)} ...")
         result = verify_store(url, key, witnesses)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
