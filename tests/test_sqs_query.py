@@ -330,3 +330,15 @@ def test_an_unknown_form_member_is_refused_through_the_gateway(gw, issuer):
     assert "Colour: not a member of CreateQueueRequest" in record["error"]
     status, text = query_call(gw, token, "ListQueues", [("QueueNamePrefix", "odd")])
     assert status == 200 and "<QueueUrl>" not in text, text  # the refused call did not reach SQS
+
+
+@pytest.mark.parametrize("extra", ["Attribute.1.Name=VisibilityTimeout&Attribute.1.Value=5"
+                                   "&Attribute.2.Name=VisibilityTimeout&Attribute.2.Value=9",
+                                   "Attribute.1.Name=VisibilityTimeout&Attribute.1.Value=5&Attribute.1.Value.Policy=x",
+                                   "Attribute.1.Name=VisibilityTimeout&Attribute.1.Name.x=z&Attribute.1.Value=5"])
+def test_a_form_that_reads_two_ways_is_not_decided(extra):
+    """A map key given twice (policy would read one, the service perhaps the other), or parameters
+    below a value: the call is not decided, as a JSON key named twice is not."""
+    body = f"Action=CreateQueue&Version=2012-11-05&QueueName=q&{extra}".encode()
+    got = classify("POST", HOST, "/", "", {"content-type": FORM}, body)
+    assert got.error, extra

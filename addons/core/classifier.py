@@ -859,14 +859,22 @@ def query_value(node: dict, shape: botocore.model.Shape, ec2: bool, errors: Para
                 if part is not None and part not in (key_name, value_name):
                     errors.add(f"{path}[{i}].{part[:100]}",
                                f"not {key_name} or {value_name} of an entry of {shape.name}")
-            key = entry.get(key_name, {}).get(None)
+            key_node = entry.get(key_name, {})
+            key = key_node.get(None)
+            if len(key_node) > 1:
+                errors.add(f"{path}[{i}].{key_name}", "a map key has no members")
             if key is not None and value_name in entry:
+                if key in out:  # which of the two the service acts on is not known (as a JSON key named twice)
+                    errors.add(f"{path}.{key[:100]}", "a map key given twice: the request is ambiguous")
                 out[key] = query_value(entry[value_name], shape.value, ec2, errors, f"{path}.{key}", overlay)
         return out
     text = node.get(None)
     if text is None:
         errors.add(path, f"expected {kind}, found nested parameters")
         return None
+    if len(node) > 1:  # a value with parameters below it (Attribute.1.Value.Policy=...): they name nothing
+        extra = next(k for k in node if k is not None)
+        errors.add(f"{path}.{extra[:100]}", f"a {kind} has no members")
     return scalar_from_text(text, shape, errors, path)
 
 
