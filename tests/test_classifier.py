@@ -962,3 +962,13 @@ def test_a_form_body_with_a_signature_or_credential_is_not_decided(extra):
     plain = classify("POST", "sts.us-east-1.amazonaws.com", "/", "",
                      {"content-type": "application/x-www-form-urlencoded"}, b"Action=GetCallerIdentity&Version=2011-06-15")
     assert plain.error is None
+
+
+@pytest.mark.parametrize("value", ["z\x00", "keep/n\x00", "bad\udcff"])
+def test_a_parameter_with_a_nul_or_bytes_that_are_not_utf8_is_not_decided(value):
+    """The store keeps such text as U+FFFD, so two values would be recorded, and bound to an
+    approval, as one (an approval for "z\\ufffd" released a delete of "z\\x00"): not decided."""
+    got = run(capture("dynamodb", "delete_item", TableName="orders", Key={"id": {"S": "x"}}) | {
+        "body": json.dumps({"TableName": "orders", "Key": {"id": {"S": value}}}).encode("utf-8", "surrogatepass")})
+    assert got.error and "holds a NUL or bytes that are not UTF-8" in got.error
+    assert run(capture("dynamodb", "delete_item", TableName="orders", Key={"id": {"S": "z\ufffd"}})).error is None

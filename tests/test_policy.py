@@ -1208,3 +1208,38 @@ def test_a_rule_on_resource_sees_every_resource_a_call_names(tmp_path, monkeypat
     received = run(capture("sqs", "receive_message", QueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/q",
                            AttributeNames=["All"], MessageAttributeNames=["a", "b"]))
     assert received.resources == ["https://sqs.us-east-1.amazonaws.com/123456789012/q"]
+
+
+def test_parts_needing_different_approvers_are_refused_and_masks_of_approved_parts_hold(tmp_path):
+    """One approval releases the whole call: parts that rules give to different approvers make it
+    refused (an agent could otherwise pick the easier group by ordering the parts); an approved
+    part's masks hold for the answer as an allowed part's do, whichever part comes first."""
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: items, action: "dynamodb:*", access_level: [Read, Write], decision: allow}
+          - {id: orders-delete, action: dynamodb:DeleteItem, when: "params.TableName == 'orders'", decision: approve,
+             approvers: {groups: [sre]}}
+          - {id: audit-put, action: dynamodb:PutItem, when: "params.TableName == 'audit'", decision: approve,
+             approvers: {groups: [dba]}}
+          - {id: people-mask, action: dynamodb:GetItem, when: "params.TableName == 'people'", decision: allow,
+             mask_for_agent: [Item.ssn]}
+          - {id: people-approve, action: dynamodb:GetItem, when: "params.TableName == 'people'", decision: approve,
+             approvers: {groups: [privacy]}}
+        """)
+    key = {"id": {"S": "1"}}
+
+    def decide(method: str, **params):
+        return ps.evaluate(principal(), run(capture("dynamodb", method, **params)))
+    both = decide("transact_write_items", TransactItems=[{"Delete": {"TableName": "orders", "Key": key}},
+                                                         {"Put": {"TableName": "audit", "Item": key}}])
+    assert (both.decision, both.rule) == ("deny", "agentgate:approvers-differ")
+    assert "orders-delete (approvers: group sre)" in both.reason and "audit-put (approvers: group dba)" in both.reason
+    one = decide("transact_write_items", TransactItems=[{"Delete": {"TableName": "orders", "Key": key}},
+                                                        {"Put": {"TableName": "misc", "Item": key}}])
+    assert (one.decision, one.rule) == ("approve", "orders-delete")
+    for tables in (["misc", "people"], ["people", "misc"]):
+        held = decide("transact_get_items", TransactItems=[{"Get": {"TableName": t, "Key": key}} for t in tables])
+        assert (held.decision, held.mask_for_agent) == ("approve", ("Item.ssn",)), tables

@@ -1306,6 +1306,32 @@ def host_prefix_labels(operation: botocore.model.OperationModel, leading: str) -
 # Resources and account
 
 
+def unrecordable(value: Any, path: str = "params", depth: int = 0) -> str | None:
+    """Where a parameter's text holds a NUL or a lone surrogate (bytes that were not UTF-8, as
+    mitmproxy decodes them), which the store keeps as U+FFFD: two such values would be recorded,
+    and bound to an approval, as one. None when there is none."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        return None
+    if depth > 64:
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (found := unrecordable(k, f"{path}.*", depth + 1) or unrecordable(v, f"{path}.{k}", depth + 1)):
+                return found[:200]
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (found := unrecordable(v, f"{path}[{i}]", depth + 1)) is not None:
+                return found[:200]
+    return None
+
+
 def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
     """Resource names a call names: bucket or bucket/key, identifiers among the top-level
     members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN."""
@@ -1918,6 +1944,9 @@ class Classifier:
             sent_as = amz_cbor(request.headers.get("content-type")) if resolution.protocol == "json" else None
             what = f"json request body, sent as {sent_as}" if sent_as else f"{resolution.protocol} request body"
             errors.insert(0, f"could not read the {what}: {why}")
+        if (where := unrecordable(result.params)) is not None:
+            errors.add(where, "holds a NUL or bytes that are not UTF-8, which no record or approval can name "
+                       "apart from another value: agentgate decides no such call")
         uri = resolution.routing.located(resolution.operation).uri if resolution.route else {}
         result.resources = resources_of(result.params, [name for name, _ in uri.values()])
         if len(result.resources) > MAX_RESOURCES:

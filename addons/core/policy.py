@@ -128,7 +128,16 @@ class Decision:
 MASKED_SOURCE_RULE = "agentgate:masked-source"
 # ... and when a condition reads an attribute masked for the agent (``_no_condition_on_masked``).
 MASKED_PREDICATE_RULE = "agentgate:masked-condition"
+# ... and when parts of one call need approvals from different approvers (``PolicySet.evaluate``).
+APPROVERS_DIFFER_RULE = "agentgate:approvers-differ"
+MASKING = ("allow", "approve")  # decisions whose masks hold for the answer (an approved call is released masked)
 CONDITION_SERVICES = frozenset({"dynamodb"})  # whose calls' conditions read item attributes
+
+
+def _approvers_text(approvers: Mapping[str, Any] | None) -> str:
+    from .approvals import approvers_spec, describe_approvers
+
+    return "approvers: " + describe_approvers(approvers_spec(approvers))
 
 
 def item_attribute(path: str) -> str | None:
@@ -1334,17 +1343,27 @@ class PolicySet:
         for other in implied:
             also = self._evaluate(principal, other)
             also = self._masks_kept(principal, other, also)
-            if (by_parts or getattr(other, "same_data", False)) and also.decision == "allow":
+            on = ", ".join(getattr(other, "resources", None) or ())
+            if (by_parts or getattr(other, "same_data", False)) and also.decision in MASKING:
                 # one answer holds every item (or the object a version is of): each one's masks hold
                 masks = tuple(dict.fromkeys(masks + also.mask_for_agent))
-            if STRENGTH[also.decision] > STRENGTH[decision.decision]:
-                on = ", ".join(getattr(other, "resources", None) or ())
+            if also.decision == decision.decision == "approve" and also.approvers != decision.approvers:
+                # one approval releases the whole call: no one approver group may release a part that
+                # a rule gives to another
+                decision = dataclasses.replace(
+                    decision, decision="deny", rule=APPROVERS_DIFFER_RULE, mask_for_agent=(),
+                    reason=(f"it needs approval under rule {decision.rule} ({_approvers_text(decision.approvers)}) "
+                            f"and, for {other.action}{' on ' + on if on else ''}, under rule {also.rule} "
+                            f"({_approvers_text(also.approvers)}): one approval cannot stand for both; make "
+                            "these as separate calls"),
+                    considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
+            elif STRENGTH[also.decision] > STRENGTH[decision.decision]:
                 decision = dataclasses.replace(
                     also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
                     mask_for_agent=decision.mask_for_agent,
                     considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
-        if masks != decision.mask_for_agent:
-            decision = dataclasses.replace(decision, mask_for_agent=masks)
+        if decision.decision in MASKING and masks != decision.mask_for_agent:
+            decision = dataclasses.replace(decision, mask_for_agent=tuple(dict.fromkeys(masks + decision.mask_for_agent)))
         return self._no_condition_on_masked(call, decision)
 
     def _no_condition_on_masked(self, call: Any, decision: Decision) -> Decision:
@@ -1353,7 +1372,7 @@ class PolicySet:
         expression, a legacy filter, a PartiQL statement naming it): how many items a
         ``begins_with(ssn, :p)`` scan counts, or whether a write's condition fails, tells the value
         a character at a time, whatever the answer masks."""
-        if decision.decision != "allow" or getattr(call, "service", None) not in CONDITION_SERVICES:
+        if decision.decision not in MASKING or getattr(call, "service", None) not in CONDITION_SERVICES:
             return decision
         masked = {a for m in decision.mask_for_agent if (a := item_attribute(m))}
         if not masked:
@@ -1379,7 +1398,7 @@ class PolicySet:
         source, ``Classification.lands_as``) is refused when the copy would be read without those
         masks: copying a masked object to a key no mask covers would hand the agent its body."""
         landing = getattr(read, "lands_as", None)
-        if landing is None or decision.decision != "allow":
+        if landing is None or decision.decision not in MASKING:
             return decision
         if getattr(read, "action", None) == "s3:GetObjectVersion":
             # a version is the object too: the masks a read of it as s3:GetObject gets hold for it
