@@ -21,6 +21,7 @@ as it was, and the record keeps no body it could not mask.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -30,7 +31,7 @@ from urllib.parse import quote
 from mitmproxy import http
 
 from .core import sigv4
-from .core.masking import OBJECT_CAP, MaskedCall, Masker, checksum_headers, inflate
+from .core.masking import OBJECT_CAP, AgentCopy, MaskedCall, Masker, checksum_headers, inflate
 from .core.awserrors import Refusal, render
 from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, answer, declares_body
 from .stage import header_pairs as stage_header_pairs
@@ -62,6 +63,18 @@ def _content(message: http.Message, pairs: list[tuple[str, str]], limit: int) ->
     object stored with a Content-Encoding, say) must not take the gateway's memory."""
     raw = message.raw_content
     return inflate(raw, _header(pairs, "content-encoding"), limit) if raw else raw
+
+
+def query_form_of_json_model(call) -> bool:
+    """A call sent as a Query form to a service whose botocore model is JSON and which accepts such
+    forms (awsQueryCompatible: SQS from older SDKs): what the form and its XML answer name, the
+    model does not, so masks cannot find members in them."""
+    if call is None or getattr(call, "protocol", None) != "query":
+        return False
+    from .core import classifier
+
+    entry = classifier.default_classifier().catalogue.by_name.get(call.service)
+    return entry is not None and entry.query_compatible and entry.protocol != "query"
 
 
 JIT_MARKER = b"agentgate:masked:jit-credential"
@@ -155,6 +168,13 @@ class Masking:
         def work() -> None:
             mc.add(self.masker.request(call, query=query, headers=headers, body=body, streamed=streamed,
                                        policy=policy, content_type=content_type), "request")
+            if query_form_of_json_model(call) and mc.request_body is not None:
+                # the service's model is JSON and names none of the form's members as the form does
+                # (SQS as older SDKs send it): the masker cannot find a member in it, so the body is
+                # not kept (the parameters, read into the model's names, are masked as usual)
+                mc.request_body = None
+                mc.notes.append("request: a Query form of a service whose model is JSON, whose members the masks "
+                                "cannot find in it: body not kept")
             if getattr(call, "action", "unknown") == "unknown":
                 # refused as unknown: no model says which of its members are secrets (an operation
                 # newer than the models, a member the shape does not have, a query parameter a json
@@ -282,6 +302,16 @@ class Masking:
         def work():
             part, copy = self.masker.response(call, status=status, headers=headers, body=body, streamed=streamed,
                                               policy=policy, content_type=content_type)
+            if query_form_of_json_model(call) and body:
+                # its answer is XML in the Query model's names, which the JSON model does not have:
+                # no mask finds a member in it. Not kept; and withheld from an agent that policy
+                # masks anything for (fail closed), since the masks would pass it unmasked
+                part = dataclasses.replace(part, body=None, note="; ".join(n for n in (part.note, (
+                    "an XML answer to a Query form of a service whose model is JSON, whose members the masks "
+                    "cannot find in it: body not kept")) if n))
+                if policy and self.masker.names_output(call, policy):
+                    copy = AgentCopy(withheld="the answer to a Query form of this service cannot be masked (its model "
+                                     "is JSON): send the call as JSON (a current SDK does)")
             mc.add(part, "response")
             return copy
 

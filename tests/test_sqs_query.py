@@ -20,7 +20,7 @@ import pytest
 
 from addons.core import classifier
 from addons.core.classifier import classify
-from tests.support.gateway import Gateway
+from tests.support.gateway import TEST_POLICY, Gateway
 from tests.test_classifier import ACCOUNT, QUEUE_URL, capture, run
 from tests.test_classifier import no_aws_config as no_aws_config_here
 
@@ -246,10 +246,10 @@ def gw(tmp_path_factory, issuer, moto):
         yield g
 
 
-def query_call(gw: Gateway, token: str, operation: str, pairs: list[tuple[str, str]]) -> tuple[int, str]:
+def query_call(gw: Gateway, token: str, operation: str, pairs: list[tuple[str, str]], path: str = "/") -> tuple[int, str]:
     """A Query form as an older SDK posts it, SigV4-signed, through the proxy (transport A)."""
     body = urlencode([("Action", operation), ("Version", "2012-11-05"), *pairs])
-    request = botocore.awsrequest.AWSRequest("POST", f"https://{HOST}/", data=body, headers={"Content-Type": FORM})
+    request = botocore.awsrequest.AWSRequest("POST", f"https://{HOST}{path}", data=body, headers={"Content-Type": FORM})
     credentials = botocore.credentials.Credentials("agentgate", "x")
     botocore.auth.SigV4Auth(credentials, "sqs", "us-east-1").add_auth(request)
     ctx = ssl.create_default_context(cafile=str(gw.ca_file))
@@ -257,7 +257,7 @@ def query_call(gw: Gateway, token: str, operation: str, pairs: list[tuple[str, s
     proxy_auth = "Basic " + base64.b64encode(f"agent:{token}".encode()).decode()
     conn.set_tunnel(HOST, 443, headers={"Proxy-Authorization": proxy_auth})
     try:
-        conn.request("POST", "/", body=body.encode(), headers=dict(request.headers.items()))
+        conn.request("POST", path, body=body.encode(), headers=dict(request.headers.items()))
         resp = conn.getresponse()
         return resp.status, resp.read().decode()
     finally:
@@ -342,3 +342,45 @@ def test_a_form_that_reads_two_ways_is_not_decided(extra):
     body = f"Action=CreateQueue&Version=2012-11-05&QueueName=q&{extra}".encode()
     got = classify("POST", HOST, "/", "", {"content-type": FORM}, body)
     assert got.error, extra
+
+
+MASKING_POLICY = TEST_POLICY.replace("""  - id: data-plane""", """  - id: vault-is-off-limits
+    action: "sqs:*"
+    when: "length(resource[?ends_with(@, '/vault')]) > `0`"
+    decision: deny
+    reason: the vault queue is off limits
+  - id: bodies-masked
+    action: [sqs:ReceiveMessage, sqs:SendMessage]
+    decision: allow
+    mask_for_agent: ["Messages[].Body", MessageBody]
+  - id: data-plane""")
+
+
+def test_a_query_forms_answer_that_masks_cannot_reach_is_withheld_and_a_queue_in_the_path_is_decided(
+        tmp_path, issuer, moto):
+    """SQS answers a Query form in XML named as its old Query model, which its JSON model (all the
+    masks know) does not have: where policy masks for the agent, the answer is withheld, and
+    neither body is kept in the record; the same read in JSON is masked as usual. A queue named by
+    the request's path (POST /<account>/<queue>, as the Query API takes it) is the call's QueueUrl,
+    which a rule on resource decides."""
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=MASKING_POLICY,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as g:
+        token = issuer.mint("masked-sqs-agent", groups=["data-agents"])
+        status, text = query_call(g, token, "CreateQueue", [("QueueName", "masked")])
+        url = text.split("<QueueUrl>", 1)[1].split("</QueueUrl>", 1)[0]
+        status, text = query_call(g, token, "SendMessage", [("QueueUrl", url), ("MessageBody", "BODY-SECRET-7f3a")])
+        assert status == 200, text
+        status, text = query_call(g, token, "ReceiveMessage", [("QueueUrl", url)])
+        assert status == 400 and "ResponseWithheld" in text and "BODY-SECRET-7f3a" not in text, text
+        records = [r for r in g.records() if r["principal"] == "masked-sqs-agent"]
+        assert all("BODY-SECRET-7f3a" not in json.dumps(r) for r in records)
+        received = [r for r in records if r["operation"] == "ReceiveMessage"][-1]
+        assert received["response_body"] is None and "whose members the masks cannot find" in received["body_note"]
+        sent = [r for r in records if r["operation"] == "SendMessage"][-1]
+        assert sent["request_body"] is None and "whose members the masks cannot find" in sent["body_note"]
+        # a queue in the path: decided by the rule on its URL
+        status, text = query_call(g, token, "CreateQueue", [("QueueName", "vault")])
+        status, text = query_call(g, token, "ReceiveMessage", [], path="/123456789012/vault")
+        assert status == 403 and "vault-is-off-limits" in text, text
+        status, text = query_call(g, token, "PurgeQueue", [], path="/123456789012/vault")
+        assert status == 403 and "vault-is-off-limits" in text, text

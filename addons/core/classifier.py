@@ -35,7 +35,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import botocore.loaders
 import botocore.model
@@ -739,6 +739,9 @@ class QueryNames:
     members: dict[str, dict[str, str]]  # structure shape -> {member: form name}
     maps: dict[str, tuple[str, str]]  # map shape -> (key name, value name)
     items: dict[str, str] = dataclasses.field(default_factory=dict)  # list shape, not flattened -> item name
+    # the member a request's path stands for, as the Query API takes it (SQS: POST /<account>/<queue>
+    # is the queue's URL)
+    path_member: str | None = None
 
 
 _SQS_VALUE_LISTS = {"StringListValues": "StringListValue", "BinaryListValues": "BinaryListValue"}
@@ -773,8 +776,32 @@ QUERY_NAMES: dict[str, QueryNames] = {
             "MessageBodyAttributeMap": ("Name", "Value"),
             "MessageBodySystemAttributeMap": ("Name", "Value"),
         },
+        path_member="QueueUrl",
     ),
 }
+
+
+def queue_from_path(request: WireRequest, shape: botocore.model.Shape | None, params: dict, member: str,
+                    errors: ParamErrors) -> None:
+    """(A Query form of SQS.) The Query API takes a queue's URL as the request's path as well as
+    in ``QueueUrl``: the path's queue is the call's ``QueueUrl`` (so policy sees it); a path and a
+    ``QueueUrl`` naming two queues, a path to an operation that takes no queue, or no queue where
+    the operation needs one, leave the call undecided."""
+    path = request.path.rstrip("/")
+    members = shape.members if shape is not None else {}
+    required = getattr(shape, "required_members", None) or []
+    if path:
+        if member not in members:
+            errors.add("path", f"names a queue ({path[:100]}), and this operation takes none")
+            return
+        given = params.get(member)
+        if given is None:
+            params[member] = f"https://{request.host}{path}"
+        elif not isinstance(given, str) or urlsplit(given).path.rstrip("/") != path:
+            errors.add(member, f"names another queue than the request's path ({path[:100]}): which one the service "
+                       "acts on is not known")
+    if member in required and not params.get(member):
+        errors.add(member, "missing: the operation needs a queue")
 
 
 def query_names_of(entry: ServiceEntry) -> QueryNames | None:
@@ -1975,7 +2002,10 @@ class Classifier:
                     errors.add(key[:100], "a signature parameter in the form body: agentgate signs calls itself, "
                                "and the service would read it beside the gateway's signature")
             overlay = query_names_of(resolution.routing.entry) if protocol == "query" else None
-            return query_params(pairs, shape, protocol == "ec2", errors, overlay)
+            params = query_params(pairs, shape, protocol == "ec2", errors, overlay)
+            if overlay is not None and overlay.path_member:
+                queue_from_path(request, shape, params, overlay.path_member, errors)
+            return params
         if (protocol in ("json", "rest-json", "smithy-rpc-v2-cbor") and request.body and b"Action=" in request.body
                 and not request.query and body_names_an_action(request.body)):
             # moto (the stand-in for AWS in tests and sandboxes) reads a body that is no form, under
