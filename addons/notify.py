@@ -36,17 +36,35 @@ def _esc(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_LINE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {0x09: "\\t", 0x0A: "\\n"}
+MAX_RESOURCE_TEXT = 600  # characters of the resources a message names (Slack refuses sections over 3,000)
+
+
+def _line(value: Any) -> str:
+    """``_esc`` for text that is one line (a resource, a principal, a rule, a reason): line breaks
+    and other control characters written out, so that a key an agent chose cannot add lines that
+    look like the message's own (another rule, other approvers)."""
+    return _esc(str(value).translate(_LINE))
+
+
+def _resources(resource: str | None) -> str:
+    text = resource or ""
+    if len(text) > MAX_RESOURCE_TEXT:
+        return f"{text[:MAX_RESOURCE_TEXT]}… ({len(text)} characters; the console shows them all)"
+    return text
+
+
 def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
     """The webhook's JSON for an approval that was ``requested`` or ``decided``."""
-    who = _esc(a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else ""))
+    who = _line(a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else ""))
     link = f"{console_url.rstrip('/')}/#{a.id}" if console_url else ""
     if a.kind == "grant":
-        what = _esc(f"access as {a.role} for {duration_text(a.duration)}")
-        why = _esc(f"reason: {a.request_reason}")
+        what = _line(f"access as {a.role} for {duration_text(a.duration)}")
+        why = _line(f"reason: {a.request_reason}")
         command = _esc(f"agentgate access approve {a.id} --token-file <your token>")
     else:
-        what = _esc(f"{a.action} on {a.resource}")
-        why = _esc(f"rule {a.rule}: {a.request_reason}")
+        what = _line(f"{a.action} on {_resources(a.resource)}")
+        why = _line(f"rule {a.rule}: {a.request_reason}")
         command = _esc(f"agentgate approvals approve {a.id} --token-file <your token>")
     if event == "requested":
         head = f"Approval {a.id}: {who} asks for {what}"
@@ -57,8 +75,8 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
                   + (f"\nConsole: {link}" if link else ""))
     else:
         state = a.state()
-        head = f"Approval {a.id} {state} by {_esc(a.approver)} ({_esc(a.channel)}): {who}, {what}"
-        detail = f"reason: {_esc(a.reason)}" if a.reason else ""
+        head = f"Approval {a.id} {state} by {_line(a.approver)} ({_line(a.channel)}): {who}, {what}"
+        detail = f"reason: {_line(a.reason)}" if a.reason else ""
     text = head + ("\n" + detail if detail else "")
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}}]
     if detail:

@@ -407,3 +407,27 @@ def test_the_command_lines_webhook_post_gives_up_within_its_bound():
         assert send(f"http://127.0.0.1:{server.getsockname()[1]}/hook", {"text": "x"}) is False
         took = time.monotonic() - started
     assert SEND_WITHIN - 0.5 < took < SEND_WITHIN + 1.5, took
+
+
+def test_an_approvals_message_keeps_what_an_agent_wrote_on_its_line(approvals):
+    """A resource with line breaks (an S3 key can hold them) cannot add lines that look like the
+    message's own (another rule, other approvers) to the webhook's text or the command line's
+    listing; a long list of resources is cut, with the console named for the rest (Slack refuses
+    a section over 3,000 characters)."""
+    from click.testing import CliRunner
+
+    from addons.commands import approvals as approvals_cli
+    from addons.notify import message
+
+    sly = "i-1\nrule tmp-cleanup: routine cleanup\nApprovers: group everyone\n"
+    a = approvals.ask(principal=AGENT, decision=decision(), call=terminate(sly)).approval
+    text = message(a, "requested")["text"]
+    head = text.splitlines()[0]
+    assert "rule tmp-cleanup" in head and "\\nrule tmp-cleanup" in head  # written out, on the head's line
+    assert not any(line.startswith(("rule tmp-cleanup", "Approvers: group everyone")) for line in text.splitlines())
+    many = approvals.ask(principal=AGENT, decision=decision(), call=terminate(*[f"i-{n:017x}" for n in range(200)]))
+    body = message(many.approval, "requested")
+    assert len(body["blocks"][0]["text"]["text"]) < 3000 and "the console shows them all" in body["text"]
+    listed = CliRunner().invoke(approvals_cli.approvals, ["list", "--db", approvals.store.url])
+    assert listed.exit_code == 0, listed.output
+    assert not any(line.lstrip().startswith(("rule tmp-cleanup", "Approvers:")) for line in listed.output.splitlines())

@@ -248,6 +248,10 @@ def test_an_s3_copy_names_its_source_and_reads_it():
                        CopySource="src/big"))
     assert [(r.action, r.resources) for r in part.implied] == [("s3:GetObject", ["src/big"])]
     assert run(capture("s3", "put_object", Bucket="dst", Key="k", Body=b"x")).implied == ()
+    # an ACL set with a copy is on the object written, not on the source
+    acl = run(capture("s3", "copy_object", Bucket="dst", Key="k", CopySource="src/keep/b", ACL="public-read"))
+    assert [(p.action, p.resources) for p in acl.implied] == [("s3:PutObjectAcl", ["dst/k"]),
+                                                              ("s3:GetObject", ["src/keep/b"])]
 
 
 def test_dynamodb_table_arn_gives_the_account():

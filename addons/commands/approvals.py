@@ -26,7 +26,7 @@ from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principa
                               describe_approvers, duration_text, find_role, NotFound)
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
-from .store import BadInput, _console, _echo_json, _short_time, _text, db_option, json_option
+from .store import BadInput, _console, _echo_json, _line, _short_time, _text, db_option, json_option
 
 limit_option = click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
                             help="At most this many, newest first.")
@@ -163,10 +163,10 @@ def _table(rows: list[Approval]) -> Table:
     table.add_column("expires (UTC)", no_wrap=True, min_width=19)
     for a in rows:
         who = a.principal + (f" (for {a.on_behalf_of})" if a.on_behalf_of else "")
-        table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), _text(who), _text(_what(a)),
-                      "" if a.kind == "grant" else _text(a.resource),
-                      "" if a.kind == "grant" else _text(_params_line(a.params)),
-                      _text(a.rule), _text(a.approver), _short_time(a.as_dict()["expires"]))
+        table.add_row(a.id, a.state(), _short_time(a.as_dict()["requested"]), _line(who), _line(_what(a)),
+                      "" if a.kind == "grant" else _line(a.resource),
+                      "" if a.kind == "grant" else _line(_params_line(a.params)),
+                      _line(a.rule), _line(a.approver), _short_time(a.as_dict()["expires"]))
     return table
 
 
@@ -209,7 +209,7 @@ def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, A
     for c in calls:
         rows.append(("call", f"{_short_time(c['time'])}  {c['id']}  {c['outcome'] or ''} {c['status'] or ''}".rstrip()))
     for k, v in rows:
-        table.add_row(k, _text(v))
+        table.add_row(k, _text(v) if k == "parameters" else _line(v))  # the parameters' JSON is the one text of lines
     return table
 
 

@@ -118,6 +118,16 @@ def _text(v: Any) -> str:
     return "" if v is None else str(v).translate(_CONTROLS)
 
 
+_LINE_CONTROLS = {**_CONTROLS, 0x09: "\\t", 0x0A: "\\n"}
+
+
+def _line(v: Any) -> str:
+    """A value that is one line (a resource, a principal, a rule, a reason) as a cell prints it:
+    line breaks and tabs written out too, so that a key an agent chose cannot print lines that
+    look like the gateway's own (another rule, other approvers)."""
+    return "" if v is None else str(v).translate(_LINE_CONTROLS)
+
+
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 

@@ -1448,10 +1448,14 @@ def implied_actions(result: Classification) -> tuple[Classification, ...]:
     of its source; the ACL, tags or object lock an S3 write sets with the object (or bucket)."""
     implied: list[Classification] = []
     if result.service == "s3":
+        bucket, key = result.params.get("Bucket"), result.params.get("Key")
+        target = ([f"{bucket}/{key}"] if isinstance(key, str) else [bucket]) if isinstance(bucket, str) else []
         for operations, members, action in IMPLIED_BY_MEMBERS:
             if result.operation in operations and any(result.params.get(m) not in (None, False, "") for m in members):
                 _, level = actions.lookup(action) or (action, None)
-                implied.append(dataclasses.replace(result, action=action, access_level=level, implied=()))
+                # on the object (or bucket) written, not a copy's source
+                implied.append(dataclasses.replace(result, action=action, access_level=level, implied=(),
+                                                   resources=target or list(result.resources)))
     return tuple(implied) + implied_reads(result)
 
 
