@@ -1033,3 +1033,36 @@ def test_shipped_policies_mask_oauth_client_secrets_in_load_balancer_rules():
                           policy=decision.mask_for_agent)
     oidc = parse("elbv2", "DescribeRules", agent.body)["Rules"][0]["Actions"][0]["AuthenticateOidcConfig"]
     assert oidc["ClientSecret"] == AGENT_MARKER and oidc["ClientId"] == "app" and fingerprint_free(agent.body)
+
+
+def test_sqs_digests_beside_masked_bodies_and_attributes_are_of_what_the_agent_gets():
+    """ReceiveMessage's MD5OfBody beside a masked body would let its reader test guesses of the
+    secret offline (a six-digit PIN in a second), and an SDK that checks it would refuse the masked
+    copy: the agent's copy carries the digests of what it is given (SQS's own algorithm, checked
+    against moto's), the record none."""
+    import hashlib
+
+    from moto.sqs.models import Message
+
+    from addons.core.masking import DIGEST_MARKER, sqs_attributes_md5
+    from tests.test_classifier import capture, run
+
+    attrs = {"k": {"DataType": "String", "StringValue": "ATTR-SECRET"},
+             "b": {"DataType": "Binary", "BinaryValue": base64.b64encode(b"\x00\x01").decode()}}
+    reference = Message("id", "body")
+    reference.message_attributes = {"k": attrs["k"], "b": {"DataType": "Binary", "BinaryValue": b"\x00\x01"}}
+    assert sqs_attributes_md5(attrs) == reference.attribute_md5
+    call = run(capture("sqs", "receive_message", QueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+                       MessageAttributeNames=["All"]))
+    body = json.dumps({"Messages": [{"MessageId": "1", "ReceiptHandle": "r", "Body": "pin=739204",
+                                     "MD5OfBody": hashlib.md5(b"pin=739204").hexdigest(), "MessageAttributes": attrs,
+                                     "MD5OfMessageAttributes": sqs_attributes_md5(attrs)}]}).encode()
+    part, agent = Masker(KEY).response(call, status=200, body=body, content_type="application/x-amz-json-1.0",
+                                       policy=("Messages[].Body", "Messages[].MessageAttributes"))
+    [record] = json.loads(part.body)["Messages"]
+    assert record["MD5OfBody"] == record["MD5OfMessageAttributes"] == DIGEST_MARKER
+    assert hashlib.md5(b"pin=739204").hexdigest() not in part.body
+    [given] = json.loads(agent.body)["Messages"]
+    assert given["Body"] == AGENT_MARKER and given["MD5OfBody"] == hashlib.md5(AGENT_MARKER.encode()).hexdigest()
+    assert given["MD5OfMessageAttributes"] == sqs_attributes_md5(given["MessageAttributes"])
+    assert given["MD5OfMessageAttributes"] != sqs_attributes_md5(attrs)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import datetime
 import functools
 import hmac
@@ -1426,6 +1427,8 @@ class Masker:
             except Exception as e:  # noqa: BLE001 - the agent gets no copy of what could not be masked
                 part.note = "; ".join(filter(None, [part.note, f"agent's copy not masked: {_reason(e)}"]))
                 copy = AgentCopy(withheld=_reason(e))
+        if getattr(call, "service", None) == "sqs" and getattr(call, "operation", None) == "ReceiveMessage":
+            part, copy = sqs_digests(part, copy)
         return part, copy
 
     def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
@@ -2760,3 +2763,80 @@ def header_pairs(headers: Any) -> list[tuple[str, str]]:
     if isinstance(headers, Mapping):
         return list(headers.items())
     return list(headers)
+
+
+# SQS ReceiveMessage: each message carries the MD5 of its body and of its attributes. Beside a masked
+# body, the plain digest would let whoever reads it test guesses of the secret offline (a six-digit
+# PIN in a second), and an SDK that checks it (Java's, Go's) would refuse the masked copy. The
+# agent's copy gets the digests of what it is given; the record keeps none.
+DIGEST_MARKER = "agentgate:masked:digest"
+
+
+def _masked_text(value: Any) -> bool:
+    return isinstance(value, str) and (value == AGENT_MARKER or value.startswith(MARKER_PREFIX))
+
+
+def sqs_attributes_md5(attributes: dict) -> str | None:
+    """SQS's MD5OfMessageAttributes of ``attributes`` as the JSON protocol gives them: for each
+    attribute by name, its name, data type, transport type (1 string, 2 binary) and value, each
+    length-prefixed (4 bytes, big-endian). None for what cannot be digested so."""
+    out = bytearray()
+    for name in sorted(attributes):
+        attr = attributes[name]
+        if not isinstance(attr, dict) or not isinstance(attr.get("DataType"), str):
+            return None
+        for text in (name, attr["DataType"]):
+            raw = text.encode("utf-8")
+            out += struct.pack(">I", len(raw)) + raw
+        if isinstance(attr.get("StringValue"), str):
+            raw, kind = attr["StringValue"].encode("utf-8"), 1
+        elif isinstance(attr.get("BinaryValue"), str):
+            try:
+                raw, kind = base64.b64decode(attr["BinaryValue"], validate=True), 2
+            except ValueError:
+                return None
+        else:
+            return None
+        out += bytes([kind]) + struct.pack(">I", len(raw)) + raw
+    return hashlib.md5(bytes(out)).hexdigest()  # noqa: S324 - SQS's own digest, recomputed
+
+
+def _fix_digests(doc: Any, record: bool) -> bool:
+    changed = False
+    for message in doc.get("Messages") or () if isinstance(doc, dict) else ():
+        if not isinstance(message, dict):
+            continue
+        if _masked_text(message.get("Body")) and "MD5OfBody" in message:
+            message["MD5OfBody"] = DIGEST_MARKER if record else hashlib.md5(  # noqa: S324 - SQS's own digest
+                message["Body"].encode("utf-8")).hexdigest()
+            changed = True
+        attributes = message.get("MessageAttributes")
+        if "MD5OfMessageAttributes" in message and (not isinstance(attributes, dict) or any(
+                _masked_text(v) for a in attributes.values() if isinstance(a, dict) for v in a.values())):
+            digest = None if record else sqs_attributes_md5(attributes) if isinstance(attributes, dict) else None
+            if digest is None:
+                message["MD5OfMessageAttributes"] = DIGEST_MARKER
+            else:
+                message["MD5OfMessageAttributes"] = digest
+            changed = True
+    return changed
+
+
+def sqs_digests(part: "Part", copy: "AgentCopy | None") -> tuple["Part", "AgentCopy | None"]:
+    """(SQS ReceiveMessage in JSON.) The digests of masked bodies and attributes: none in the
+    record, those of what the agent gets in its copy."""
+    if part.body:
+        try:
+            doc = json.loads(part.body)
+        except ValueError:
+            doc = None
+        if _fix_digests(doc, record=True):
+            part = dataclasses.replace(part, body=json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+    if copy is not None and copy.body:
+        try:
+            doc = json.loads(copy.body)
+        except ValueError:
+            doc = None
+        if _fix_digests(doc, record=False):
+            copy.body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return part, copy
