@@ -218,10 +218,11 @@ def test_dynamodb_batch_and_transaction_calls_name_their_tables():
     # IAM authorises a transaction item by item: the call is named after its first write, and
     # decided by its items, each with its own members and table
     assert (tx.action, tx.access_level, tx.by_parts) == ("dynamodb:PutItem", "Write", True)
+    # (the call's own members beside each item's: boto3 fills in ClientRequestToken)
     assert [(p.operation, p.action, p.access_level, p.resources, sorted(p.params)) for p in tx.implied] == [
-        ("PutItem", "dynamodb:PutItem", "Write", ["orders"], ["Item", "TableName"]),
+        ("PutItem", "dynamodb:PutItem", "Write", ["orders"], ["ClientRequestToken", "Item", "TableName"]),
         ("ConditionCheckItem", "dynamodb:ConditionCheckItem", "Read", ["limits"],
-         ["ConditionExpression", "Key", "TableName"])]
+         ["ClientRequestToken", "ConditionExpression", "Key", "TableName"])]
     reads = run(capture("dynamodb", "transact_get_items", TransactItems=[
         {"Get": {"TableName": "orders", "Key": {"id": {"S": "1"}}}}]))
     assert (reads.action, reads.access_level, [p.action for p in reads.implied]) == (
@@ -976,3 +977,11 @@ def test_a_parameter_with_a_nul_or_bytes_that_are_not_utf8_is_not_decided(value)
         "body": json.dumps({"TableName": "orders", "Key": {"id": {"S": value}}}).encode("utf-8", "surrogatepass")})
     assert got.error and "holds a NUL or bytes that are not UTF-8" in got.error
     assert run(capture("dynamodb", "delete_item", TableName="orders", Key={"id": {"S": "z\ufffd"}})).error is None
+    # the same bytes percent-encoded in a path, a query string or a form
+    for path, query in (("/appr/x%ff", ""), ("/", "list-type=2&prefix=%ff")):
+        got = classify("GET", "b.s3.amazonaws.com", path, query, {}, None)
+        assert got.error and "not UTF-8" in got.error, (path, query)
+    form = classify("POST", "sqs.us-east-1.amazonaws.com", "/", "", {"content-type": "application/x-www-form-urlencoded"},
+                    b"Action=SendMessage&Version=2012-11-05&QueueUrl=https%3A%2F%2Fsqs.us-east-1.amazonaws.com"
+                    b"%2F123456789012%2Fq&MessageBody=a%ffb")
+    assert form.error and "not UTF-8" in form.error

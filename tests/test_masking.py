@@ -1066,3 +1066,14 @@ def test_sqs_digests_beside_masked_bodies_and_attributes_are_of_what_the_agent_g
     assert given["Body"] == AGENT_MARKER and given["MD5OfBody"] == hashlib.md5(AGENT_MARKER.encode()).hexdigest()
     assert given["MD5OfMessageAttributes"] == sqs_attributes_md5(given["MessageAttributes"])
     assert given["MD5OfMessageAttributes"] != sqs_attributes_md5(attrs)
+    # a body a detector masked in part, with no rule: the record keeps no digest of it either
+    found = json.dumps({"Messages": [{"MessageId": "1", "ReceiptHandle": "r", "Body": "db config: password=1234",
+                                      "MD5OfBody": hashlib.md5(b"db config: password=1234").hexdigest()}]}).encode()
+    part, _ = Masker(KEY).response(call, status=200, body=found, content_type="application/x-amz-json-1.0")
+    assert json.loads(part.body)["Messages"][0]["MD5OfBody"] == DIGEST_MARKER and "1234" not in part.body
+    # nor of what a send carried, which its record keeps masked
+    sent = run(capture("sqs", "send_message", QueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+                       MessageBody="db config: password=1234"))
+    part, _ = Masker(KEY).response(sent, status=200, content_type="application/x-amz-json-1.0", body=json.dumps(
+        {"MessageId": "1", "MD5OfMessageBody": hashlib.md5(b"db config: password=1234").hexdigest()}).encode())
+    assert json.loads(part.body)["MD5OfMessageBody"] == DIGEST_MARKER

@@ -297,7 +297,20 @@ def test_deny_beats_approve_beats_allow_whatever_the_order_and_file(tmp_path):
     assert d.approvers is None and d.expires is None
     assert d.mask_for_agent == ("A",)  # masks of matching allow rules apply whichever rule decided
     d = ps.evaluate(principal(), call("ec2:TerminateInstances", "Write", region="eu-west-1"))
-    assert (d.decision, d.rule) == ("approve", "approve-terminate")  # first approve in file order
+    # two approve rules naming different approvers: one approval cannot stand for both
+    assert (d.decision, d.rule) == ("deny", "agentgate:approvers-differ")
+    assert "approve-terminate (approvers: group sre)" in d.reason and "approve-again (approvers: sub root)" in d.reason
+    (tmp_path / "b.yaml").write_text(textwrap.dedent("""
+        version: 1
+        rules:
+          - {id: deny-prod, action: "ec2:TerminateInstances", when: "region == 'us-east-1'", decision: deny,
+             reason: production instances are never terminated by agents}
+          - {id: allow-terminate, action: "ec2:TerminateInstances", decision: allow}
+          - {id: approve-again, action: "ec2:TerminateInstances", decision: approve, approvers: {groups: [sre]}}
+    """))
+    ps = PolicySet.load(tmp_path)
+    d = ps.evaluate(principal(), call("ec2:TerminateInstances", "Write", region="eu-west-1"))
+    assert (d.decision, d.rule) == ("approve", "approve-terminate")  # the same approvers: first in file order
     assert dict(d.approvers) == {"groups": ("sre",)} and d.expires == 1800
     assert d.reason == "rule approve-terminate requires a human approval for ec2:TerminateInstances"
     d = ps.evaluate(principal(), call("ec2:DescribeInstances", "List"))
@@ -1163,6 +1176,8 @@ def test_a_delete_objects_is_decided_object_by_object_and_a_copy_of_a_version_as
              reason: legal holds stay}
           - {id: no-secrets, action: s3:GetObject, when: "ends_with(params.Key, '.secret')", decision: deny,
              reason: secrets are not read}
+          - {id: no-bypass, action: [s3:DeleteObject, s3:DeleteObjectVersion], when: "params.BypassGovernanceRetention",
+             decision: deny, reason: governance holds}
         """)
 
     def decide(method: str, **params):
@@ -1171,6 +1186,9 @@ def test_a_delete_objects_is_decided_object_by_object_and_a_copy_of_a_version_as
     for objects in ([{"Key": "tmp/1"}, {"Key": "audit/log1"}], [{"Key": "audit/log1", "VersionId": "v"}]):
         assert decide("delete_objects", Bucket="bkt", Delete={"Objects": objects}).rule == "keep-audit", objects
     assert decide("delete_objects", Bucket="bkt", Delete={"Objects": [{"Key": "legal/1"}]}).rule == "keep-by-key"
+    # the call's own members hold for each object
+    assert decide("delete_objects", Bucket="bkt", BypassGovernanceRetention=True,
+                  Delete={"Objects": [{"Key": "tmp/1"}]}).rule == "no-bypass"
     copied = decide("copy_object", Bucket="bkt", Key="pub.txt",
                     CopySource={"Bucket": "bkt", "Key": "db.secret", "VersionId": "v"})
     assert (copied.decision, copied.rule) == ("deny", "no-secrets")
@@ -1240,6 +1258,16 @@ def test_parts_needing_different_approvers_are_refused_and_masks_of_approved_par
     one = decide("transact_write_items", TransactItems=[{"Delete": {"TableName": "orders", "Key": key}},
                                                         {"Put": {"TableName": "misc", "Item": key}}])
     assert (one.decision, one.rule) == ("approve", "orders-delete")
+    # one action two approve rules give to different approvers: refused too
+    two = load(tmp_path / "two", """
+        version: 1
+        rules:
+          - {id: dst-sre, action: "s3:PutObject*", decision: approve, approvers: {groups: [sre]}}
+          - {id: tags-dba, action: s3:PutObjectTagging, decision: approve, approvers: {groups: [dba]}}
+        """)
+    tagged = two.evaluate(principal(), run(capture("s3", "put_object_tagging", Bucket="dst", Key="o",
+                                                    Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})))
+    assert (tagged.decision, tagged.rule) == ("deny", "agentgate:approvers-differ")
     for tables in (["misc", "people"], ["people", "misc"]):
         held = decide("transact_get_items", TransactItems=[{"Get": {"TableName": t, "Key": key}} for t in tables])
         assert (held.decision, held.mask_for_agent) == ("approve", ("Item.ssn",)), tables

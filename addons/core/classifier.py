@@ -206,7 +206,7 @@ def parse_query(query: str | None) -> dict[str, list[str]]:
     """A raw query string as name -> values, keeping blank values (``?uploads``)."""
     out: dict[str, list[str]] = {}
     if query:
-        for key, value in parse_qsl(query, keep_blank_values=True):
+        for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
             out.setdefault(key, []).append(value)
     return out
 
@@ -1222,7 +1222,7 @@ def rest_located_params(request: WireRequest, route: Route, match: re.Match, loc
     for i, label in enumerate(route.labels, 1):
         if label in located.uri:
             name, member = located.uri[label]
-            params[name] = scalar_from_text(unquote(match.group(f"g{i}")), member, errors, name)
+            params[name] = scalar_from_text(unquote(match.group(f"g{i}"), errors="surrogateescape"), member, errors, name)
     literal_keys = {k for k, _ in route.query_literals}
     unclaimed = {}
     for key, values in request.query.items():
@@ -1346,8 +1346,8 @@ def unrecordable(value: Any, path: str = "params", depth: int = 0) -> str | None
             except UnicodeEncodeError:
                 return path
         return None
-    if depth > 64:
-        return None
+    if depth > 256:  # deeper than any service takes: not checked, so not decided
+        return path[:200]
     if isinstance(value, dict):
         for k, v in value.items():
             if (found := unrecordable(k, f"{path}.*", depth + 1) or unrecordable(v, f"{path}.{k}", depth + 1)):
@@ -1363,11 +1363,13 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
     """Resource names a call names: bucket or bucket/key, identifiers among the top-level
     members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN."""
     out: list[str] = []
+    seen: set[str] = set()
 
     def add(value: Any) -> None:
         if isinstance(value, str) and value and len(out) <= MAX_RESOURCES:  # one over: too many
             value = value[:MAX_RESOURCE_LENGTH]
-            if value not in out:
+            if value not in seen:
+                seen.add(value)
                 out.append(value)
 
     bucket = params.get("Bucket")
@@ -1411,8 +1413,9 @@ def copy_source(value: Any) -> tuple[str, str, str | None] | None:
     if not isinstance(value, str) or not value:
         return None
     text, _, query = value.partition("?")
-    version = next((unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "versionId"), None)
-    text = unquote(text).lstrip("/")
+    version = next((unquote(v, errors="surrogateescape") for k, _, v in (p.partition("=") for p in query.split("&"))
+                    if k == "versionId"), None)
+    text = unquote(text, errors="surrogateescape").lstrip("/")
     if text.startswith("arn:"):
         bucket, sep, key = text.partition("/object/")
     else:
@@ -1556,8 +1559,10 @@ def transaction_items(result: Classification) -> list[Classification]:
             raise NotAuthorisable(f"TransactItems[{i}] is not one of {', '.join(kinds)} with its members")
         action, level = actions.iam_action("dynamodb", operation)
         table = body.get("TableName")
+        # the call's own members (ClientRequestToken, ReturnConsumedCapacity, ...) beside the item's
+        item_params = {**{k: v for k, v in result.params.items() if k != "TransactItems"}, **body}
         parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
-                                         params=body, resources=[table] if isinstance(table, str) and table else [],
+                                         params=item_params, resources=[table] if isinstance(table, str) and table else [],
                                          implied=(), by_parts=False))
     return parts
 
@@ -1578,7 +1583,8 @@ def deleted_objects(result: Classification) -> list[Classification]:
         key = obj.get("Key") if isinstance(obj, dict) else None
         if not isinstance(key, str) or not key:
             raise NotAuthorisable(f"Delete.Objects[{i}] names no key")
-        params = {"Bucket": bucket, "Key": key}
+        # the call's own members (BypassGovernanceRetention, MFA, ExpectedBucketOwner, ...) hold for each object
+        params = {**{k: v for k, v in result.params.items() if k != "Delete"}, "Bucket": bucket, "Key": key}
         version = obj.get("VersionId")
         if isinstance(version, str) and version:
             params["VersionId"] = version
@@ -2065,7 +2071,7 @@ def get_from_form_post(request: WireRequest) -> WireRequest | None:
         return None
     query = {k: list(v) for k, v in request.query.items()}
     try:
-        pairs = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+        pairs = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True, errors="surrogateescape")
     except UnicodeDecodeError:
         return None
     for key, value in pairs:
@@ -2094,7 +2100,8 @@ def form_pairs(request: WireRequest) -> list[tuple[str, str]]:
         pairs = [(k, v) for k, values in request.query.items() for v in values]
         if request.body:
             try:
-                pairs.extend(parse_qsl(decoded_body(request).decode("utf-8"), keep_blank_values=True))
+                pairs.extend(parse_qsl(decoded_body(request).decode("utf-8"), keep_blank_values=True,
+                                       errors="surrogateescape"))
             except (ValueError, zlib.error) as e:  # a body the service may read otherwise: not decided without it
                 request.form_error = f"could not read the form body: {type(e).__name__}: {str(e)[:200]}"
         request.form = pairs

@@ -1427,8 +1427,8 @@ class Masker:
             except Exception as e:  # noqa: BLE001 - the agent gets no copy of what could not be masked
                 part.note = "; ".join(filter(None, [part.note, f"agent's copy not masked: {_reason(e)}"]))
                 copy = AgentCopy(withheld=_reason(e))
-        if getattr(call, "service", None) == "sqs" and getattr(call, "operation", None) == "ReceiveMessage":
-            part, copy = sqs_digests(part, copy)
+        if getattr(call, "service", None) == "sqs" and getattr(call, "operation", None) in SQS_DIGESTS:
+            part, copy = sqs_digests(call.operation, part, copy)
         return part, copy
 
     def agent_copy(self, call: Any, *, headers: list[tuple[str, str]], body: bytes | None, policy: tuple[str, ...],
@@ -2772,8 +2772,13 @@ def header_pairs(headers: Any) -> list[tuple[str, str]]:
 DIGEST_MARKER = "agentgate:masked:digest"
 
 
+SQS_DIGESTS = ("ReceiveMessage", "SendMessage", "SendMessageBatch")
+_SENT_DIGESTS = ("MD5OfMessageBody", "MD5OfMessageAttributes", "MD5OfMessageSystemAttributes")
+
+
 def _masked_text(value: Any) -> bool:
-    return isinstance(value, str) and (value == AGENT_MARKER or value.startswith(MARKER_PREFIX))
+    """Whether a text holds a masked value, whole (a member) or in part (what a detector found)."""
+    return isinstance(value, str) and (AGENT_MARKER in value or "agentgate:masked:" in value)
 
 
 def sqs_attributes_md5(attributes: dict) -> str | None:
@@ -2822,17 +2827,30 @@ def _fix_digests(doc: Any, record: bool) -> bool:
     return changed
 
 
-def sqs_digests(part: "Part", copy: "AgentCopy | None") -> tuple["Part", "AgentCopy | None"]:
-    """(SQS ReceiveMessage in JSON.) The digests of masked bodies and attributes: none in the
-    record, those of what the agent gets in its copy."""
+def _sent_digests(doc: Any) -> bool:
+    """(A SendMessage or SendMessageBatch answer, for the record.) The digests of what was sent, whose
+    masked copy the record keeps: none of them kept (each is a guessing oracle for what was masked)."""
+    changed = False
+    entries = [doc] + list(doc.get("Successful") or ()) if isinstance(doc, dict) else []
+    for entry in entries:
+        for name in _SENT_DIGESTS if isinstance(entry, dict) else ():
+            if isinstance(entry.get(name), str) and entry[name] != DIGEST_MARKER:
+                entry[name] = DIGEST_MARKER
+                changed = True
+    return changed
+
+
+def sqs_digests(operation: str, part: "Part", copy: "AgentCopy | None") -> tuple["Part", "AgentCopy | None"]:
+    """(SQS in JSON.) The digests of masked bodies and attributes: none in the record, those of what
+    the agent gets in its copy (ReceiveMessage); a send's answer keeps none in the record."""
     if part.body:
         try:
             doc = json.loads(part.body)
         except ValueError:
             doc = None
-        if _fix_digests(doc, record=True):
+        if _fix_digests(doc, record=True) if operation == "ReceiveMessage" else _sent_digests(doc):
             part = dataclasses.replace(part, body=json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-    if copy is not None and copy.body:
+    if copy is not None and copy.body and operation == "ReceiveMessage":
         try:
             doc = json.loads(copy.body)
         except ValueError:

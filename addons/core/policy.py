@@ -1435,6 +1435,13 @@ class PolicySet:
                 masks.extend(m for m in r.mask_for_agent if m not in masks)
         role = self.role_for(principal)
         considered = tuple(r.id for r in matched)
+        if decider is not None and decider.decision == "approve":
+            other = next((r for r in matched if r.decision == "approve" and r.approvers != decider.approvers), None)
+            if other is not None:  # one approval cannot stand for two rules' approvers
+                return Decision("deny", APPROVERS_DIFFER_RULE,
+                                f"it needs approval under rule {decider.id} ({_approvers_text(decider.approvers)}) "
+                                f"and under rule {other.id} ({_approvers_text(other.approvers)}): one approval "
+                                "cannot stand for both", self.version, role, (), None, None, considered)
         if decider is not None:
             return Decision(decider.decision, decider.id, decider.reason or decider.generated_reason(action),
                             self.version, role, tuple(masks),
