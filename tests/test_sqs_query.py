@@ -384,3 +384,11 @@ def test_a_query_forms_answer_that_masks_cannot_reach_is_withheld_and_a_queue_in
         assert status == 403 and "vault-is-off-limits" in text, text
         status, text = query_call(g, token, "PurgeQueue", [], path="/123456789012/vault")
         assert status == 403 and "vault-is-off-limits" in text, text
+
+
+def test_a_queue_in_the_path_is_read_decoded():
+    """A path percent-encoded (guarde%64) names the queue a decoding service would read (guarded):
+    a rule on that queue holds whichever way the path is spelt."""
+    got = classify("POST", HOST, "/123456789012/guarde%64", "", {"content-type": FORM},
+                   b"Action=ReceiveMessage&Version=2012-11-05")
+    assert got.params == {"QueueUrl": f"https://{HOST}/123456789012/guarded"} and got.error is None

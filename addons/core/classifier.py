@@ -787,7 +787,8 @@ def queue_from_path(request: WireRequest, shape: botocore.model.Shape | None, pa
     in ``QueueUrl``: the path's queue is the call's ``QueueUrl`` (so policy sees it); a path and a
     ``QueueUrl`` naming two queues, a path to an operation that takes no queue, or no queue where
     the operation needs one, leave the call undecided."""
-    path = request.path.rstrip("/")
+    # decoded as a service that decodes it would (if SQS does not, the other spelling names no queue)
+    path = unquote(request.path, errors="surrogateescape").rstrip("/")
     members = shape.members if shape is not None else {}
     required = getattr(shape, "required_members", None) or []
     if path:
