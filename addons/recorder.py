@@ -456,6 +456,10 @@ class Recorder:
                 status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
                                                request_content_type=flow.request.headers.get("content-type"))
                 flow.response = http.Response.make(status, body, headers)
+            if flow.request.method == "HEAD" and flow.response.raw_content and not flow.response.stream:
+                # an answer the gateway made (a refusal) carries no body to a HEAD: the agent would read
+                # it as the next answer on the connection (the record keeps it)
+                flow.response.content = b""
         finally:
             self.inflight.pop(flow.id, None)
 

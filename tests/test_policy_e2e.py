@@ -271,3 +271,51 @@ def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_
         records = {(r["operation"], r["action"], r["decision"]) for r in gw.records() if r["principal"] == "version-agent"}
         assert {("GetObject", "s3:GetObjectVersion", "deny"), ("DeleteObject", "s3:DeleteObjectVersion", "deny"),
                 ("HeadObject", "s3:GetObjectVersion", "deny"), ("DeleteObject", "s3:DeleteObject", "allow")} <= records
+
+
+def test_a_refused_head_leaves_its_connection_usable(tmp_path, issuer, moto):
+    """A HEAD refused by the gateway gets its status and headers and no body: a body would be read
+    as the next answer on the kept-alive connection (a DELETE after it failed with a status line
+    of XML). The record keeps the refusal's text."""
+    import base64
+    import socket
+
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: no-refused-bucket
+          action: s3:GetObject
+          when: "params.Bucket == 'refused'"
+          decision: deny
+          reason: this bucket is not read
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        host = "refused.s3.amazonaws.com"
+        req = botocore.awsrequest.AWSRequest("HEAD", f"https://{host}/k")
+        botocore.auth.S3SigV4Auth(botocore.credentials.Credentials("agentgate", "x"), "s3", "us-east-1").add_auth(req)
+        raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        proxy_auth = base64.b64encode(f"agent:{issuer.mint('head-agent', groups=['data-agents'])}".encode()).decode()
+        raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
+                    f"Proxy-Authorization: Basic {proxy_auth}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls = ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(raw, server_hostname=host)
+        head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+        tls.sendall(f"HEAD /k HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode())
+        answer = b""
+        deadline = time.time() + 5
+        while b"\r\n\r\n" not in answer and time.time() < deadline:
+            answer += tls.recv(65536)
+        time.sleep(0.5)  # anything after the head would have come by now
+        tls.settimeout(0.5)
+        try:
+            answer += tls.recv(65536)
+        except (TimeoutError, socket.timeout):
+            pass
+        tls.close()
+        status_and_headers, _, after = answer.partition(b"\r\n\r\n")
+        assert status_and_headers.startswith(b"HTTP/1.1 403") and after == b"", answer
+        [record] = [r for r in gw.records() if r["principal"] == "head-agent"]
+        assert record["outcome"] == "refused" and "no-refused-bucket" in (record["response_body"] or "")
