@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from .core.approvals import Approval, describe_approvers, duration_text
+from .core.chain import ONE_LINE
 
 log = logging.getLogger("agentgate.notify")
 
@@ -36,7 +37,6 @@ def _esc(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-_LINE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {0x09: "\\t", 0x0A: "\\n"}
 MAX_RESOURCE_TEXT = 600  # characters of the resources a message names (Slack refuses sections over 3,000)
 
 
@@ -44,7 +44,7 @@ def _line(value: Any) -> str:
     """``_esc`` for text that is one line (a resource, a principal, a rule, a reason): line breaks
     and other control characters written out, so that a key an agent chose cannot add lines that
     look like the message's own (another rule, other approvers)."""
-    return _esc(str(value).translate(_LINE))
+    return _esc(str(value).translate(ONE_LINE))
 
 
 def _resources(resource: str | None) -> str:

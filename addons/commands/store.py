@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..core.chain import read_witnesses
+from ..core.chain import ONE_LINE, WRITTEN_OUT, read_witnesses
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..core.store import prune as prune_store
 from ..core.store import verify as verify_store
@@ -108,24 +108,17 @@ def _short_time(iso: str | None) -> str:
     return "" if not iso else iso[:19].replace("T", " ")
 
 
-# control characters a terminal would act on (escape sequences, C1 controls), written out instead
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
-
-
 def _text(v: Any) -> str:
     """A stored value as a cell prints it: control characters written out, so that a value an
     agent wrote cannot move the cursor, hide text or retitle the approver's terminal."""
-    return "" if v is None else str(v).translate(_CONTROLS)
-
-
-_LINE_CONTROLS = {**_CONTROLS, 0x09: "\\t", 0x0A: "\\n"}
+    return "" if v is None else str(v).translate(WRITTEN_OUT)
 
 
 def _line(v: Any) -> str:
     """A value that is one line (a resource, a principal, a rule, a reason) as a cell prints it:
     line breaks and tabs written out too, so that a key an agent chose cannot print lines that
     look like the gateway's own (another rule, other approvers)."""
-    return "" if v is None else str(v).translate(_LINE_CONTROLS)
+    return "" if v is None else str(v).translate(ONE_LINE)
 
 
 def _echo_json(value: Any) -> None:

@@ -69,6 +69,13 @@ def clean_str(s: str) -> str:
     return s
 
 
+# Control characters a terminal or a chat would act on (escape sequences, C1 controls), written out
+# when what an agent wrote is shown; ONE_LINE writes out line breaks and tabs too, for a value that
+# must stay on its line (a resource, a principal, a rule, a reason).
+WRITTEN_OUT = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
+ONE_LINE = {**WRITTEN_OUT, 0x09: "\\t", 0x0A: "\\n"}
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data that survives a round trip through either database unchanged.
 

@@ -2818,11 +2818,8 @@ def _fix_digests(doc: Any, record: bool) -> bool:
         attributes = message.get("MessageAttributes")
         if "MD5OfMessageAttributes" in message and (not isinstance(attributes, dict) or any(
                 _masked_text(v) for a in attributes.values() if isinstance(a, dict) for v in a.values())):
-            digest = None if record else sqs_attributes_md5(attributes) if isinstance(attributes, dict) else None
-            if digest is None:
-                message["MD5OfMessageAttributes"] = DIGEST_MARKER
-            else:
-                message["MD5OfMessageAttributes"] = digest
+            digest = None if record or not isinstance(attributes, dict) else sqs_attributes_md5(attributes)
+            message["MD5OfMessageAttributes"] = digest or DIGEST_MARKER
             changed = True
     return changed
 

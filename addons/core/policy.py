@@ -140,6 +140,14 @@ def _approvers_text(approvers: Mapping[str, Any] | None) -> str:
     return "approvers: " + describe_approvers(approvers_spec(approvers))
 
 
+def _approvers_differ(first: str | None, first_approvers: Mapping[str, Any] | None, second: str | None,
+                      second_approvers: Mapping[str, Any] | None, part: str = "") -> str:
+    """Why a call is refused (APPROVERS_DIFFER_RULE) whose approval two rules give to different
+    approvers; ``part``: what the second rule's part asks for, where it is a part of the call."""
+    return (f"it needs approval under rule {first} ({_approvers_text(first_approvers)}) and{part} under rule "
+            f"{second} ({_approvers_text(second_approvers)}): one approval cannot stand for both")
+
+
 def item_attribute(path: str) -> str | None:
     """The attribute a ``mask_for_agent`` path into a DynamoDB item names (``Item.ssn``,
     ``Items[].ssn``: "ssn"), or None for any other path."""
@@ -1344,6 +1352,8 @@ class PolicySet:
             also = self._evaluate(principal, other)
             also = self._masks_kept(principal, other, also)
             on = ", ".join(getattr(other, "resources", None) or ())
+            asks = f"{other.action}{' on ' + on if on else ''}"
+            considered = decision.considered + tuple(r for r in also.considered if r not in decision.considered)
             if (by_parts or getattr(other, "same_data", False)) and also.decision in MASKING:
                 # one answer holds every item (or the object a version is of): each one's masks hold
                 masks = tuple(dict.fromkeys(masks + also.mask_for_agent))
@@ -1351,17 +1361,12 @@ class PolicySet:
                 # one approval releases the whole call: no one approver group may release a part that
                 # a rule gives to another
                 decision = dataclasses.replace(
-                    decision, decision="deny", rule=APPROVERS_DIFFER_RULE, mask_for_agent=(),
-                    reason=(f"it needs approval under rule {decision.rule} ({_approvers_text(decision.approvers)}) "
-                            f"and, for {other.action}{' on ' + on if on else ''}, under rule {also.rule} "
-                            f"({_approvers_text(also.approvers)}): one approval cannot stand for both; make "
-                            "these as separate calls"),
-                    considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
+                    decision, decision="deny", rule=APPROVERS_DIFFER_RULE, mask_for_agent=(), considered=considered,
+                    reason=_approvers_differ(decision.rule, decision.approvers, also.rule, also.approvers,
+                                             f", for {asks},") + "; make these as separate calls")
             elif STRENGTH[also.decision] > STRENGTH[decision.decision]:
-                decision = dataclasses.replace(
-                    also, reason=f"it also asks for {other.action}{' on ' + on if on else ''}: {also.reason}",
-                    mask_for_agent=decision.mask_for_agent,
-                    considered=decision.considered + tuple(r for r in also.considered if r not in decision.considered))
+                decision = dataclasses.replace(also, reason=f"it also asks for {asks}: {also.reason}",
+                                               mask_for_agent=decision.mask_for_agent, considered=considered)
         if decision.decision in MASKING and masks != decision.mask_for_agent:
             decision = dataclasses.replace(decision, mask_for_agent=tuple(dict.fromkeys(masks + decision.mask_for_agent)))
         return self._no_condition_on_masked(call, decision)
@@ -1439,9 +1444,8 @@ class PolicySet:
             other = next((r for r in matched if r.decision == "approve" and r.approvers != decider.approvers), None)
             if other is not None:  # one approval cannot stand for two rules' approvers
                 return Decision("deny", APPROVERS_DIFFER_RULE,
-                                f"it needs approval under rule {decider.id} ({_approvers_text(decider.approvers)}) "
-                                f"and under rule {other.id} ({_approvers_text(other.approvers)}): one approval "
-                                "cannot stand for both", self.version, role, (), None, None, considered)
+                                _approvers_differ(decider.id, decider.approvers, other.id, other.approvers),
+                                self.version, role, (), None, None, considered)
         if decider is not None:
             return Decision(decider.decision, decider.id, decider.reason or decider.generated_reason(action),
                             self.version, role, tuple(masks),
