@@ -276,7 +276,9 @@ async def main(args) -> None:
         await validator.aclose()
     finally:
         up.terminate()
+        up.wait()
         issuer.__exit__(None, None, None)
+        shutil.rmtree(tmp, ignore_errors=True)  # the store, policies and CA of this run
 
 
 def against(args) -> int:
