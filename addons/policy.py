@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from mitmproxy import http
 
 from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
-from .core.policy import PolicyError, PolicySet, PolicyStore, check
+from .core.policy import PolicyError, PolicySet, PolicyStore
 from .core.store import StoreError
 from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
 
@@ -26,20 +31,42 @@ def log_policy_error(error: PolicyError) -> None:
         log.error("policy change not applied, the last good version stays in force: %s", line)
 
 
-_checking = threading.Lock()  # one check at a time: they share IAM's data and botocore's models
+_checking = threading.Lock()  # one check at a time
+
+# The check runs in a process of its own, at low priority: it reads botocore's models of every
+# service a rule can match (hundreds of them, a few seconds of CPU and some 30 MB), which in the
+# gateway's process would hold the event loop from the GIL while it runs and stay in its memory after.
+_CHECK_PROGRAM = ("import json, os, sys\n"
+                  "from addons.workers import die_with_parent\n"
+                  "die_with_parent(int(sys.argv[2]))\n"
+                  "os.nice(10)\n"
+                  "from addons.core.policy import check\n"
+                  "print(json.dumps(check(sys.argv[1])))\n")
+
+
+def check_findings(directory: str | Path, timeout: float = 600.0) -> list[str]:
+    """What ``core.policy.check`` finds in ``directory``, computed in a child process."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # where this ``addons`` package is imported from
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    p = subprocess.run([sys.executable, "-c", _CHECK_PROGRAM, str(directory), str(os.getpid())], capture_output=True, text=True,
+                       env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise RuntimeError(f"exit status {p.returncode}: {p.stderr.strip()[-600:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def check_in_background(policy_set: PolicySet) -> threading.Thread:
     """Log what ``agentgate policy check`` finds in a policy version the gateway put in force (an
-    action no call is named by, a mask path that masks nothing, ...), one WARNING line each, from a
-    thread: the check reads IAM's data and botocore's models, which the event loop must not wait
-    for. Called once per version (``PolicyStore(on_version=...)``)."""
+    action no call is named by, a mask path that masks nothing, ...), one WARNING line each. Called
+    once per version (``PolicyStore(on_version=...)``); the check runs in a child process
+    (``check_findings``), waited for by a thread."""
     def run() -> None:
         with _checking:
             try:
-                found = check(policy_set.directory)
-            except Exception:  # noqa: BLE001 - the policies are in force whatever the check says
-                log.exception("policy version %s: the check failed", policy_set.version)
+                found = check_findings(policy_set.directory)
+            except Exception as e:  # noqa: BLE001 - the policies are in force whatever the check says
+                log.error("policy version %s: the check failed: %s", policy_set.version, e)
                 return
         for line in found:
             log.warning("policy version %s: %s", policy_set.version, line)
