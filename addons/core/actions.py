@@ -11,6 +11,7 @@ stands, with the prefix, and the access level is None.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 # botocore service -> (IAM prefix, why), where the signing name is not the IAM prefix.
@@ -303,13 +304,24 @@ def iam_prefixes() -> tuple[str, ...]:
 
 @functools.cache
 def service_operations(service: str) -> tuple[str, ...]:
-    """A botocore service's operations, as its model names them; () for no such service."""
+    """A botocore service's operations, as its model names them; () for no such service. Read from
+    the model's file without keeping the model: the classifier's loader keeps each model it reads,
+    and the models of every service (which ``policy check`` asks about) would take some 400 MB."""
+    from botocore.loaders import JSONFileLoader
+
     from .classifier import default_classifier
 
+    loader = default_classifier().loader
     try:
-        return tuple(default_classifier().loader.load_service_model(service, "service-2").get("operations", {}))
+        version = loader.determine_latest_version(service, "service-2")
     except Exception:  # noqa: BLE001 - not a service botocore has
         return ()
+    files = JSONFileLoader()
+    for base in loader.search_paths:
+        model = files.load_file(os.path.join(base, service, version, "service-2"))
+        if model is not None:
+            return tuple(model.get("operations", {}))
+    return ()
 
 
 @functools.cache
