@@ -210,7 +210,9 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         print(f"agentgate: {e}", file=sys.stderr)
         return 2
     try:
-        policies = PolicyStore(settings.policies, on_error=log_policy_error, on_version=check_in_background)
+        # one process checks each version: the first worker, or the gateway when it is one process
+        policies = PolicyStore(settings.policies, on_error=log_policy_error,
+                               on_version=check_in_background if not worker else None)
         current = policies.current
     except PolicyError as e:
         print(f"agentgate: the policies in {settings.policies} do not load:", file=sys.stderr)

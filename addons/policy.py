@@ -33,13 +33,19 @@ def log_policy_error(error: PolicyError) -> None:
 
 _checking = threading.Lock()  # one check at a time
 
-# The check runs in a process of its own, at low priority: it reads botocore's models of every
-# service a rule can match (hundreds of them, a few seconds of CPU and some 30 MB), which in the
-# gateway's process would hold the event loop from the GIL while it runs and stay in its memory after.
+# The check runs in a process of its own, at low priority and first in line for the kernel's
+# out-of-memory killer: it reads IAM's data of every service and botocore's models of the services
+# the rules name (a few seconds of CPU, up to 200 MB for the shipped policies), which in the
+# gateway's process would hold the event loop from the GIL while read and stay in its memory after.
 _CHECK_PROGRAM = ("import json, os, sys\n"
                   "from addons.workers import die_with_parent\n"
                   "die_with_parent(int(sys.argv[2]))\n"
                   "os.nice(10)\n"
+                  "try:\n"
+                  "    with open('/proc/self/oom_score_adj', 'w') as f:\n"
+                  "        f.write('1000')\n"
+                  "except OSError:\n"
+                  "    pass\n"
                   "from addons.core.policy import check\n"
                   "print(json.dumps(check(sys.argv[1])))\n")
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import httpx
 import pytest
@@ -236,3 +237,31 @@ def test_a_port_already_taken_is_a_clear_error(tmp_path, issuer, moto, workers, 
     assert f"cannot listen on 127.0.0.1:{port} ({name}): Address already in use; stop what holds it, or set {name} " \
            "to a free HOST:PORT" in p.stderr
     assert "agentgate listening" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
+    """Every worker puts a changed policy in force; one of them logs what `policy check` finds in
+    it (the check is a few seconds of CPU and up to 200 MB, once is enough)."""
+    import json
+
+    gw = start_workers(tmp_path / "gw", issuer, moto)
+    try:
+        (gw.home / "policies" / "extra.yaml").write_text(
+            "version: 1\nrules:\n  - {id: no-invoke, action: lambda:Invoke, decision: deny}\n")
+        token = issuer.mint("agent-6")
+        out = tmp_path / "calls.jsonl"
+
+        def both_workers_decided_by_the_new_version() -> bool:
+            for _ in range(4):
+                s3(gw, token).list_buckets()  # a new client, a new connection: the kernel picks the worker
+            gw.cli("export", "--format", "jsonl", "-o", str(out))
+            calls = [json.loads(line) for line in out.read_text().splitlines()]
+            newest = calls[-1]["policy_version"]
+            return len({c["writer_id"] for c in calls if c["policy_version"] == newest}) == 2
+        wait_for(both_workers_decided_by_the_new_version, timeout=60, every=0.5)
+        finding = "rule no-invoke: lambda:Invoke is an API operation's name"
+        wait_for(lambda: finding in gw.log(), timeout=60)
+        time.sleep(3)  # a second check, had one run, would have ended too
+        assert gw.log().count(finding) == 1, gw.log()[-3000:]
+    finally:
+        gw.stop()
