@@ -985,3 +985,17 @@ def test_a_parameter_with_a_nul_or_bytes_that_are_not_utf8_is_not_decided(value)
                     b"Action=SendMessage&Version=2012-11-05&QueueUrl=https%3A%2F%2Fsqs.us-east-1.amazonaws.com"
                     b"%2F123456789012%2Fq&MessageBody=a%ffb")
     assert form.error and "not UTF-8" in form.error
+
+
+def test_an_s3_object_whose_bytes_read_as_a_form_name_an_action_is_data_not_a_second_operation():
+    """A body that names an Action when read as a form is refused where it is a document of the
+    call's parameters (moto would dispatch on it); an S3 object's bytes are the object, whatever
+    they say, and S3 (moto's too) never reads them as a form."""
+    put = capture("s3", "put_object", Bucket="b", Key="form.txt", Body=b"Action=DeleteBucket&Bucket=b",
+                  config={"request_checksum_calculation": "when_required"})
+    got = run(put)
+    assert got.operation == "PutObject" and got.error is None
+    zone = capture("route53", "update_hosted_zone_comment", Id="Z1", Comment="Action=DeleteHostedZone")
+    assert run(zone).error is None  # escaped inside the XML as written by an SDK: no form key of its own
+    zone = dict(zone, body=zone["body"].replace(b"<Comment>", b"<Comment>&amp;x=1&Action=DeleteHostedZone&"))
+    assert "read as a form, the body names an Action" in run(zone).error

@@ -5,6 +5,7 @@ of the request reaches the record."""
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import socket
@@ -150,6 +151,35 @@ HOSTILE = [
          **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
          "Content-Type": "application/x-amz-json-1.0"},
          b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'),
+     ("AccessDenied", "body: read as a form, the body names an Action")),
+    # the same behind a query of the agent's own signature parameters (dropped on re-signing, so
+    # upstream sees no query and reads the body as a form), percent-encoded, and gzipped
+    ("action-inside-json-after-a-signature-query", "dynamodb.us-east-1.amazonaws.com",
+     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/?AWSAccessKeyId=zz", {
+         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
+         "Content-Type": "application/x-amz-json-1.0"},
+         b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'),
+     ("AccessDenied", "body: read as a form, the body names an Action")),
+    ("action-percent-encoded-inside-json", "dynamodb.us-east-1.amazonaws.com",
+     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
+         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
+         "Content-Type": "application/x-amz-json-1.0"},
+         b'{"TableName": "victim1", "Key": {"k": {"S": "&%41ction=DeleteTable&"}}}'),
+     ("AccessDenied", "body: read as a form, the body names an Action")),
+    ("action-inside-gzipped-json", "dynamodb.us-east-1.amazonaws.com",
+     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
+         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
+         "Content-Type": "application/x-amz-json-1.0", "Content-Encoding": "gzip"},
+         gzip.compress(b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}')),
+     ("AccessDenied", "body: read as a form, the body names an Action")),
+    # an XML body (rest-xml) with an Action in a comment: moto's Route 53 ran ListHostedZones
+    # for an UpdateHostedZoneComment
+    ("action-inside-xml", "route53.amazonaws.com",
+     lambda: _request("POST", "route53.amazonaws.com", b"/2013-04-01/hostedzone/Z1", {
+         **_auth("route53"), "Content-Type": "application/xml"},
+         b'<?xml version="1.0"?><!-- &Action=DeleteHostedZone& --><UpdateHostedZoneCommentRequest '
+         b'xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><Comment>hi</Comment>'
+         b'</UpdateHostedZoneCommentRequest>'),
      ("AccessDenied", "body: read as a form, the body names an Action")),
     # a JSON member named twice: policy and the record would read one value, the service maybe the other
     ("json-member-twice", "dynamodb.us-east-1.amazonaws.com",

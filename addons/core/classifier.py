@@ -2017,10 +2017,11 @@ class Classifier:
             if overlay is not None and overlay.path_member:
                 queue_from_path(request, shape, params, overlay.path_member, errors)
             return params
-        if (protocol in ("json", "rest-json", "smithy-rpc-v2-cbor") and request.body and b"Action=" in request.body
-                and not request.query and body_names_an_action(request.body)):
+        if request.body and not (protocol == "rest-xml" and payload_is_data(operation)) and body_names_an_action(
+                request):
             # moto (the stand-in for AWS in tests and sandboxes) reads a body that is no form, under
-            # a URL with no query, as a form too, and runs the Action it names before the target
+            # a URL with no query (as forwarded: the agent's signature parameters are dropped),
+            # inflated, as a form too, and runs the Action it names before the target or the path
             errors.add("body", "read as a form, the body names an Action beside the operation: the request is "
                                "ambiguous")
         if shape is None:
@@ -2087,12 +2088,32 @@ def query_literals_match(route: Route, query: Mapping[str, list[str]]) -> bool:
     return True
 
 
-def body_names_an_action(body: bytes) -> bool:
-    """Whether ``body``, read as a form (as moto reads a body that is no form), names an Action."""
+def body_names_an_action(request: WireRequest) -> bool:
+    """Whether the request's body, inflated and read as a form (as moto reads a body that is no
+    form), names an Action, written plainly or percent-encoded. A body that does not inflate is
+    left to the reading that reports it."""
+    body = request.body
+    if not body or (b"ction" not in body and b"%" not in body and "content-encoding" not in request.headers):
+        return False  # no "Action", plain or with an escape, can be in it
+    try:
+        body = decoded_body(request)
+    except (ValueError, zlib.error):
+        return False
+    if not body or (b"ction" not in body and b"%" not in body):
+        return False
     try:
         return any(k == "Action" for k, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True))
     except ValueError:
         return False
+
+
+def payload_is_data(operation: botocore.model.OperationModel) -> bool:
+    """Whether the operation's body is its payload member's data (an S3 object's bytes), not a
+    document of its parameters."""
+    shape = operation.input_shape if operation is not None else None
+    name = shape.serialization.get("payload") if shape is not None else None
+    member = shape.members.get(name) if name else None
+    return member is not None and member.type_name in ("blob", "string")
 
 
 def form_pairs(request: WireRequest) -> list[tuple[str, str]]:
