@@ -25,6 +25,7 @@ fastpath.cheap_option_reads()
 from mitmproxy import master, options  # noqa: E402
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig  # noqa: E402
 
+from .core.chain import OneLineFormatter
 from .stage import fail_closed
 from .settings import Settings, parse_hostport
 
@@ -171,7 +172,7 @@ def setup_logging(verbose: bool = False, workers: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     fmt = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s" if workers else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    handler.setFormatter(OneLineFormatter(fmt, "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -645,3 +645,22 @@ def _refused(call) -> bool:
     except botocore.exceptions.ClientError:
         return True
     return False
+
+
+def test_what_would_not_show_as_written_is_written_out_for_approvers_and_in_the_log(short_hold, issuer, bucket):
+    """A key that reads as another ("bidi/prod-backup.sql": a right-to-left override and a
+    zero-width space in it) and a principal with a line break (from a careless issuer): the
+    approvals commands write them out, JSON keeps them in its escapes, and the gateway's log keeps
+    each message on its line (no agent prints a line that reads as the gateway's own)."""
+    gw = short_hold
+    key = "bidi/\u202elqs.pukcab-dorp\u200b"
+    agent = s3(gw, issuer.mint("agent-nl\nINFO agentgate.chain: forged"))
+    _, _, approval_id = held(lambda: agent.delete_object(Bucket=bucket, Key=key))
+    listed = gw.cli("approvals", "list", "--pending", env={"COLUMNS": "300"}).stdout
+    assert f"{bucket}/bidi/\\u202elqs.pukcab-dorp\\u200b" in listed and "\u202e" not in listed
+    assert "agent-nl\\nINFO agentgate.chain: forged" in listed
+    shown = gw.cli("approvals", "show", approval_id, "--json").stdout
+    assert "\u202e" not in shown and "\u200b" not in shown and json.loads(shown)["params"]["Key"] == key
+    log = gw.log()
+    assert "agent-nl\\nINFO agentgate.chain: forged" in log
+    assert not any(line.startswith("INFO agentgate.chain: forged") for line in log.splitlines())

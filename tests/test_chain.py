@@ -322,7 +322,8 @@ def test_a_rewritten_chain_is_caught_by_its_keyed_checkpoint(db_url: str) -> Non
 
 def _witness(caplog: pytest.LogCaptureFixture) -> list[chain.Witness]:
     """The chain heads the store logged (``agentgate.chain``), as `verify --witness` reads a log."""
-    return chain.read_witnesses([r.getMessage() for r in caplog.records if r.name == "agentgate.chain"], "gateway.log")
+    return chain.read_witnesses([f"INFO {r.name}: {r.getMessage()}" for r in caplog.records if r.name == "agentgate.chain"],
+                                "gateway.log")
 
 
 def test_the_newest_records_deleted_with_their_checkpoints_are_caught_by_a_witness(db_url: str, caplog) -> None:

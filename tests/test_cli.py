@@ -190,3 +190,21 @@ def test_run_says_when_it_creates_the_store(tmp_path):
     typo = tmp_path / "agentgat.db"
     assert "NEW: no store was there, this one was created now" in banner("--db", f"sqlite:///{typo}")
     assert typo.exists()
+
+
+def test_every_format_character_is_written_out():
+    """What the command line, the webhook, the console and the report write out covers every
+    character Unicode calls a format character (bidirectional overrides, zero-width spaces, tag
+    characters...): a newer Unicode in a newer Python that adds one fails here."""
+    import json
+    import unicodedata
+
+    from addons.core.chain import JSON_WRITTEN_OUT, ONE_LINE, WRITTEN_OUT
+
+    format_characters = {c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
+    assert format_characters <= set(WRITTEN_OUT) and format_characters <= set(JSON_WRITTEN_OUT)
+    key = "x\u202elqs.pukcab\u200b\U000e0041\x1b[2J\n\u2028"
+    assert key.translate(WRITTEN_OUT) == "x\\u202elqs.pukcab\\u200b\\U000e0041\\x1b[2J\n\u2028"
+    assert key.translate(ONE_LINE) == "x\\u202elqs.pukcab\\u200b\\U000e0041\\x1b[2J\\n\\u2028"
+    text = json.dumps({"Key": key + " é"}, ensure_ascii=False).translate(JSON_WRITTEN_OUT)
+    assert json.loads(text) == {"Key": key + " é"} and "\u202e" not in text and " é" in text  # other text as it is

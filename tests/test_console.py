@@ -195,3 +195,30 @@ def test_an_agent_cannot_approve_its_own_call_in_the_console(gw, issuer):
             ("denied", "agentgate:admin", "console", "cleanup")]
     t.join(10)
     assert result["error"][0] == "ApprovalDenied"
+
+
+def test_what_would_not_show_as_written_is_written_out_on_the_card(gw, issuer, browser):
+    """A key with a right-to-left override and a zero-width space would read as another key
+    ("bidi/prod-backup.sql"): the card writes them out, as the command line does."""
+    page = browser.new_page()
+    try:
+        page.goto(base(gw) + "/")
+        page.fill("#token", issuer.mint("alice", groups=["sre"]))
+        page.click("#login-form button")
+        page.wait_for_selector("#app:not([hidden])")
+        client = s3(gw, issuer.mint("agent-bidi"))
+        key = "bidi/\u202elqs.pukcab-dorp\u200b"
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key=key))))
+        t.start()
+        card = page.wait_for_selector(".approval:has-text('bidi/')", timeout=10_000)
+        text = card.inner_text()
+        assert "approvals-bucket/bidi/\\u202elqs.pukcab-dorp\\u200b" in text, text
+        assert '"Key": "bidi/\\\\u202elqs.pukcab-dorp\\\\u200b"' not in text  # JSON's own escapes are not doubled
+        assert "\u202e" not in text and "\u200b" not in text
+        card.query_selector("input.reason").fill("what is that key")
+        page.click(f"button[data-deny='{card.get_attribute('data-id')}']")
+        t.join(10)
+        assert result["error"][0] == "ApprovalDenied"
+    finally:
+        page.close()

@@ -256,3 +256,26 @@ def test_a_compressed_answer_is_compared_as_sent_and_never_inflated_whole(upstre
     sent = [dict((k.lower(), v) for k, v in r[2]) for r in upstream.requests if r[1].startswith("/")
             and r[1].split("?")[0].endswith((".json"))]
     assert sent and all(h.get("accept-encoding") == "identity" for h in sent), sent
+
+
+def test_what_an_agent_wrote_prints_written_out(gateway, issuer, moto):
+    """A recorded body holding characters a terminal acts on (a C1 CSI) or that change how text
+    shows (a right-to-left override) prints them written out, in the dry run and in the JSON."""
+    ddb = client(gateway, "dynamodb", proxy_token=issuer.mint(PRINCIPAL))
+    ddb.create_table(TableName="replay-shown", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    raw = '{"TableName": "replay-shown", "Key": {"pk": {"S": "x\u202elqs.pukcab\u009b2J"}}}'.encode()
+
+    def send_raw(request, **_):
+        request.body = raw
+        request.headers["Content-Length"] = str(len(raw))
+    ddb.meta.events.register("before-send.dynamodb.GetItem", send_raw)
+    ddb.get_item(TableName="replay-shown", Key={"pk": {"S": "x"}})
+    call = json.loads(gateway.cli("calls", "list", "--principal", PRINCIPAL, "--action", "dynamodb:GetItem", "--json",
+                                  "--limit", "1").stdout)[0]
+    assert "\u202e" in json.dumps(call["params"], ensure_ascii=False)  # the record keeps what was sent
+    out = replay(gateway, "--calls", call["id"], "--to", moto.url, "--dry-run").stdout
+    assert "x\\u202elqs.pukcab\\x9b2J" in out and "\u202e" not in out and "\u009b" not in out
+    out = replay(gateway, "--calls", call["id"], "--to", moto.url, "--dry-run", "--json").stdout
+    assert "\u202e" not in out and "\u009b" not in out
+    assert json.loads(out)[0]["body"] == raw.decode()  # JSON's own escapes: the same text once parsed

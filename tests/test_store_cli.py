@@ -298,6 +298,12 @@ def test_verify_holds_the_store_to_the_heads_the_gateway_logged(tmp_path: Path, 
     empty.write_text("x INFO agentgate.chain: chain head {\"chain\": 1}\n")
     p = gw.cli("verify", "--witness", str(empty), check=False)
     assert p.returncode == 1 and f"{empty}:1: a 'chain head' line without a head that can be read" in p.stderr
+    # a line that cannot be read beside the gateway's own is a note: the heads that can be read still hold
+    lines = gw.log_path.read_text()
+    empty.write_text(lines + "x INFO agentgate.chain: chain head {\"chain\": 1}\n")
+    p = gw.cli("verify", "--witness", str(empty), check=False)
+    assert p.returncode == 1 and "which the store no longer holds" in p.stderr
+    assert f"note: {empty}:{len(lines.splitlines()) + 1}: a 'chain head' line without a head" in p.stdout
     p = gw.cli("verify", "--witness", str(tmp_path / "missing.log"), check=False)
     assert p.returncode == 1 and "cannot read the witness" in p.stderr
 

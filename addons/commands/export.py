@@ -21,7 +21,8 @@ from typing import IO, Any
 
 import click
 
-from .store import BadInput, _key, _settings, _store, db_option, key_option, parse_when, progress
+from .store import (BadInput, _echo_json, _key, _line, _settings, _store, _text, db_option, key_option, parse_when,
+                    progress)
 
 
 def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -321,7 +322,7 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
         click.echo(f"replaying {len(sending)} of {len(plans)} calls against {where} ...", err=True)
     outcomes = _replay(plans, target, settings, rp)
     if as_json:
-        click.echo(json.dumps([o.as_dict() for o in outcomes], indent=2, ensure_ascii=False))
+        _echo_json([o.as_dict() for o in outcomes])
     else:
         _print_outcomes(outcomes, show_diff)
     errors = [o for o in outcomes if o.error]
@@ -380,25 +381,25 @@ def _print_dry_run(plans: list, target: str | None, as_json: bool) -> None:
                          "body": r.body.decode("utf-8", "replace")[:2000]})
         out.append(item)
     if as_json:
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        _echo_json(out)
         return
     for item in out:
         if "skipped" in item:
-            click.echo(f"skip  {item['id']}  {item['action']}: {item['skipped']}")
+            click.echo(f"skip  {_line(item['id'])}  {_line(item['action'])}: {_line(item['skipped'])}")
             continue
-        click.echo(f"send  {item['id']}  {item['action']}: {item['method']} {item['url']}  (Host: {item['host']}; "
-                   f"signed as {item['role']} in {item['region']})")
+        click.echo(f"send  {_line(item['id'])}  {_line(item['action'])}: {_line(item['method'])} {_line(item['url'])}  "
+                   f"(Host: {_line(item['host'])}; signed as {_line(item['role'])} in {_line(item['region'])})")
         for k, v in item["headers"]:
-            click.echo(f"        {k}: {v}")
+            click.echo(f"        {_line(k)}: {_line(v)}")
         if item["body_bytes"]:
             how = ", rebuilt from the recorded parameters" if item["body_rebuilt"] else ""
-            click.echo(f"        body: {item['body_bytes']} bytes{how}: {item['body'][:200]}")
+            click.echo(f"        body: {item['body_bytes']} bytes{how}: {_line(item['body'][:200])}")
 
 
 def _print_outcomes(outcomes: list, show_diff: bool) -> None:
     from rich.table import Table
 
-    from .store import _console, _text
+    from .store import _console
 
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=32)
@@ -415,7 +416,7 @@ def _print_outcomes(outcomes: list, show_diff: bool) -> None:
         elif o.changes:
             real = [c for c in o.changes if not c.volatile]
             result += f" ({len(real)} changes" + (f", {len(o.changes) - len(real)} volatile" if len(real) < len(o.changes) else "") + ")"
-        table.add_row(o.id, _text(o.action), _text(o.recorded_status), _text(o.status), result)
+        table.add_row(_text(o.id), _text(o.action), _text(o.recorded_status), _text(o.status), _text(result))
     console = _console(wide=True)
     console.print(table if outcomes else "no calls")
     counts: dict[str, int] = {}
@@ -425,9 +426,9 @@ def _print_outcomes(outcomes: list, show_diff: bool) -> None:
     if show_diff:
         for o in outcomes:
             if o.changes:
-                click.echo(f"\n{o.id} {o.action}: {o.recorded_status} -> {o.status}")
+                click.echo(f"\n{_line(o.id)} {_line(o.action)}: {o.recorded_status} -> {o.status}")
                 for c in o.changes:
-                    click.echo(c.line())
+                    click.echo(_text(c.line()))
 
 
 

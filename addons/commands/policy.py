@@ -217,14 +217,14 @@ def versions_command(since: str | None, until: str | None, db: str | None, as_js
     """List the policy versions the store keeps: each decided calls, and its text is stored once
     (`agentgate policy show VERSION` prints it). A text that no longer hashes to its version was
     changed after it was stored, and is marked so."""
-    from .store import _console, _store, parse_when
+    from .store import _console, _echo_json, _store, parse_when
 
     start = parse_when(since, "--since") if since is not None else None
     end = parse_when(until, "--until") if until is not None else None
     with _store(db) as store:
         found = store.policy_versions(since=start, until=end)
     if as_json:
-        click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+        _echo_json(found)
         return
     if not found:
         click.echo("no policy versions" + (" decided a call in that period" if start or end else " in the store"))

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..core.chain import ONE_LINE, WRITTEN_OUT, read_witnesses
+from ..core.chain import JSON_WRITTEN_OUT, ONE_LINE, WRITTEN_OUT, read_witnesses
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..core.store import prune as prune_store
 from ..core.store import verify as verify_store
@@ -122,7 +122,8 @@ def _line(v: Any) -> str:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    """JSON on standard output: what would not show as written is in JSON's escapes (``\\u202e``)."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False).translate(JSON_WRITTEN_OUT))
 
 
 db_option = click.option(
@@ -287,23 +288,24 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
     records or approval events deleted with every checkpoint after them show only so."""
     url = _settings(db).db
     key = _key(key_file, db)
-    witnesses = []
+    witnesses: list = []
+    witness_notes: list[str] = []
     for name in witness_files:
         try:
             with open(name, encoding="utf-8", errors="replace") as f:
-                witnesses += read_witnesses(f, name)
+                witnesses += read_witnesses(f, name, witness_notes)
         except OSError as e:
             raise click.ClickException(f"cannot read the witness {name}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise click.ClickException(str(e)) from None
     if witness_files and not witnesses:
         raise click.ClickException(f"no 'chain head' lines in {', '.join(witness_files)}: a witness is the "
-                                   "gateway's log (agentgate.chain lines), kept outside the store")
+                                   "gateway's log (agentgate.chain lines), kept outside the store"
+                                   + (f" ({_line(witness_notes[0])})" if witness_notes else ""))
     try:
         progress(f"verifying the chains of {display_url(url)} ...")
         result = verify_store(url, key, witnesses)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
+    result.notes[:0] = witness_notes
     if as_json:
         _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
                     "checkpoints": result.checkpoints, "approvals": result.approvals,
@@ -312,9 +314,9 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
                     "notes": result.notes})
     else:
         for note in result.notes:
-            click.echo(f"note: {note}")
+            click.echo(f"note: {_line(note)}")
         for problem in result.problems[:50]:
-            click.echo(f"BROKEN: {problem}")
+            click.echo(f"BROKEN: {_line(problem)}")
         if len(result.problems) > 50:
             click.echo(f"... and {len(result.problems) - 50} more problems")
         if result.ok:

@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..core import chain
 from ..core.approvals import (ApprovalError, Approvals, NotFound, Refused, admin_principal, admin_token_matches,
                               is_admin, who)
 from ..core.store import StoreError
@@ -61,6 +62,19 @@ SESSION_LIFETIME = 8 * 3600  # seconds a console sign-in lasts at most (less whe
 MAX_BODY = 64 * 1024  # bytes of a request body the console reads
 PENDING_SHOWN = 200  # the pending approvals the page lists, oldest first; it says how many more there are
 PAGE = Path(__file__).with_name("page.html")
+# The page writes out what would not show as written (chain.WRITTEN_OUT: control and format
+# characters), and the line and paragraph separators, in whatever an agent or a token wrote
+def _character_class(codes: set[int]) -> str:
+    runs: list[list[int]] = []
+    for c in sorted(codes):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "[" + "".join(f"\\u{{{a:x}}}" + (f"-\\u{{{b:x}}}" if b != a else "") for a, b in runs) + "]"
+
+
+_HIDDEN_PATTERN = "/" + _character_class({*chain.WRITTEN_OUT, 0x2028, 0x2029}) + "/gu"
 CALL_FIELDS = ("id", "time", "principal", "on_behalf_of", "action", "resource", "decision", "rule", "outcome",
                "status", "approval_id", "approver", "latency_ms")
 
@@ -231,7 +245,7 @@ class Console:
     # -- pages -----------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={
+        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("/__HIDDEN__/", _HIDDEN_PATTERN), headers={
             "cache-control": "no-store",
             "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                        "connect-src 'self'; frame-ancestors 'none'",

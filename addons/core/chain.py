@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -69,11 +70,52 @@ def clean_str(s: str) -> str:
     return s
 
 
-# Control characters a terminal or a chat would act on (escape sequences, C1 controls), written out
-# when what an agent wrote is shown; ONE_LINE writes out line breaks and tabs too, for a value that
-# must stay on its line (a resource, a principal, a rule, a reason).
-WRITTEN_OUT = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)}
-ONE_LINE = {**WRITTEN_OUT, 0x09: "\\t", 0x0A: "\\n"}
+# Unicode's format characters (category Cf), as of Unicode 15 (tests/test_cli.py holds them to
+# Python's unicodedata): bidirectional overrides and isolates, zero-width spaces and joiners, the
+# soft hyphen, the byte order mark, tag characters. They do not show, or change how the text around
+# them shows: a key written "x\u202elqs.pukcab" reads "xbackup.sql" to an approver.
+FORMAT_CHARACTERS = ((0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
+                     (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x202A, 0x202E),
+                     (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD),
+                     (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                     (0xE0001, 0xE0001), (0xE0020, 0xE007F))
+
+
+def written_out(c: int) -> str:
+    """How a hidden character is shown: ``\\x1b``, ``\\u202e``, ``\\U000e0001``."""
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" if c < 0x10000 else f"\\U{c:08x}"
+
+
+# What an agent wrote, shown to a person (a terminal, a chat, the console): control characters a
+# terminal or a chat would act on (escape sequences, C1 controls) and format characters written out;
+# ONE_LINE writes out line breaks and tabs too, for a value that must stay on its line (a resource, a
+# principal, a rule, a reason).
+HIDDEN = (*range(0x20), 0x7F, *range(0x80, 0xA0), *(c for a, b in FORMAT_CHARACTERS for c in range(a, b + 1)))
+WRITTEN_OUT = {c: written_out(c) for c in HIDDEN if c not in (0x09, 0x0A)}
+ONE_LINE = {**WRITTEN_OUT, 0x09: "\\t", 0x0A: "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each message on its line: what it quotes of an agent's (a principal, a key) with its line
+    breaks and control characters written out (ONE_LINE), so that no agent can print a line
+    that reads as the gateway's own (a chain head, another call's decision). Tracebacks follow as
+    they are."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(ONE_LINE)
+        return super().formatMessage(record)
+
+
+def _json_escape(c: int) -> str:
+    if c < 0x10000:
+        return f"\\u{c:04x}"
+    c -= 0x10000
+    return f"\\u{0xD800 + (c >> 10):04x}\\u{0xDC00 + (c & 0x3FF):04x}"
+
+
+# The same for JSON printed where a person reads it (json.dumps escapes C0 controls itself): JSON's
+# own escapes, so that the text parses to the same values
+JSON_WRITTEN_OUT = {c: _json_escape(c) for c in (*HIDDEN, 0x2028, 0x2029) if c >= 0x7F}
 
 
 def jsonable(value: Any) -> Any:
@@ -237,7 +279,10 @@ def event_mac_holds(key: bytes, row: Mapping[str, Any]) -> bool:
 # is the record's (or event's) own MAC, so with the chain key a line nobody holding it wrote is told
 # apart and ignored.
 WITNESS_TAG = "chain head"
-_WITNESS_RE = re.compile(re.escape(WITNESS_TAG) + r" (\{[^{}\n]*\})")
+# A chain head as the gateway logs it: by the agentgate.chain logger, the head ending the line (a
+# line of another logger that quotes an agent's text holding the words is not one)
+WITNESS_LOGGER = "agentgate.chain"
+_WITNESS_RE = re.compile(r"(?:^|[\s\]])" + re.escape(f"{WITNESS_LOGGER}: {WITNESS_TAG}") + r" (\{[^{}\n]*\})\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,21 +307,27 @@ class Witness:
         return hmac.compare_digest(expected, self.mac)
 
 
-def read_witnesses(lines: Iterable[str], name: str) -> list[Witness]:
-    """The chain heads in ``lines`` (of the file ``name``); other lines are skipped. ValueError for a
-    line that carries the tag but no head that can be read."""
+def read_witnesses(lines: Iterable[str], name: str, notes: list[str] | None = None) -> list[Witness]:
+    """The chain heads in ``lines`` (of the file ``name``); other lines are skipped. A line of the
+    agentgate.chain logger that carries the tag but no head that can be read is noted in ``notes``
+    (and skipped): it says something is wrong with the file, not with the store."""
     found = []
+    tag = f"{WITNESS_LOGGER}: {WITNESS_TAG} {{"
     for n, text in enumerate(lines, 1):
-        if WITNESS_TAG + " {" not in text:
+        if tag not in text:
             continue
         match = _WITNESS_RE.search(text)
+        if match is None:
+            continue  # the words in another line (an agent's text quoted by another logger, say)
         try:
-            head = json.loads(match.group(1)) if match else None
+            head = json.loads(match.group(1))
             w = Witness(str(head["chain"]), int(head["seq"]), str(head["hash"]), head.get("mac"), f"{name}:{n}")
+            if w.seq < 1 or not re.fullmatch(r"[0-9a-f]{64}", w.hash):
+                raise ValueError(w)
         except (TypeError, KeyError, ValueError):
-            raise ValueError(f"{name}:{n}: a '{WITNESS_TAG}' line without a head that can be read") from None
-        if w.seq < 1 or not re.fullmatch(r"[0-9a-f]{64}", w.hash):
-            raise ValueError(f"{name}:{n}: a '{WITNESS_TAG}' line without a head that can be read")
+            if notes is not None:
+                notes.append(f"{name}:{n}: a '{WITNESS_TAG}' line without a head that can be read: skipped")
+            continue
         found.append(w)
     return found
 

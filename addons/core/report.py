@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .chain import VerifyResult
+from .chain import WRITTEN_OUT, VerifyResult
 from .models import Approval as ApprovalRow
 from .models import Call, Checkpoint
 from .records import REDACTED_HEADERS
@@ -449,7 +449,9 @@ CONTROLS: tuple[Control, ...] = (
 
 
 def escape(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
+    """``v`` as HTML text, with what would not show as written (control and format characters: a
+    right-to-left override, a zero-width space) written out, as the command line writes it."""
+    return html.escape("" if v is None else str(v).translate(WRITTEN_OUT), quote=True)
 
 
 # ---------------------------------------------------------------------------------------------

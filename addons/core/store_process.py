@@ -498,7 +498,7 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     config, log_format = read_message(sock)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(log_format or "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(chain.OneLineFormatter(log_format or "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("agentgate").setLevel(logging.INFO)
