@@ -502,6 +502,38 @@ def test_prune_everything_then_keep_writing(db_url: str) -> None:
     assert result.ok and result.records == 0 and result.chains == 1
 
 
+def test_prune_takes_part_of_a_chain_written_before_records_had_macs(db_url: str) -> None:
+    """Records without a MAC (a gateway older than 0006_call_macs wrote them) are vouched for by the
+    keyed checkpoint after them: a date inside such a chain prunes its older part, and what is left
+    still verifies; with no keyed checkpoint after them, prune still refuses."""
+    from addons.core.store import StoreError
+
+    now = time.time()
+    ids = write_chain(db_url, times=[now - 10 * 86400] * 4 + [now] * 6)  # a keyed checkpoint at seq 10
+    write_chain(db_url, n=3, writer_id="w2")  # the upgraded gateway's chain, its records with MACs
+    with sql(db_url).begin() as c:
+        c.execute(update(Call).where(Call.writer_id == "w1").values(mac=None))
+    assert verify(db_url, KEY).ok
+    before = dt.datetime.now(UTC) - dt.timedelta(days=5)
+    result = prune(db_url, before, KEY)
+    assert (result.records, result.chains) == (4, 1)
+    with sql(db_url).connect() as c:
+        left = c.execute(select(Call.id).where(Call.writer_id == "w1").order_by(Call.seq)).scalars().all()
+    assert left == ids[4:]
+    check = verify(db_url, KEY)
+    assert check.ok, check.problems
+    assert (check.chains, check.records) == (2, 9)
+    # the same chain with its checkpoint made without the key: nothing vouches for the records to go
+    ids = write_chain(db_url, times=[now - 10 * 86400] * 4 + [now] * 6, writer_id="w3")
+    with sql(db_url).begin() as c:
+        c.execute(update(Call).where(Call.writer_id == "w3").values(mac=None))
+        c.execute(update(Checkpoint).where(Checkpoint.writer_id == "w3").values(hmac=None))
+    with pytest.raises(StoreError, match=f"not pruning: writer w3: records 1-4 are without a MAC, from call {ids[0]}, "
+                                         "and no keyed checkpoint comes after them"):
+        prune(db_url, before, KEY)
+    assert verify(db_url, KEY).records == 19
+
+
 def test_prune_refuses_a_broken_chain(db_url: str) -> None:
     from addons.core.store import StoreError
 

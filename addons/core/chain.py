@@ -349,6 +349,11 @@ class CheckpointInfo:
     def name(self) -> str:
         return f"checkpoint #{self.id} ({self.kind}, writer {self.writer_id}, seq {self.seq})"
 
+    def holds(self, key: bytes) -> bool:
+        """Whether a holder of ``key`` made this checkpoint (its HMAC verifies with the key)."""
+        return bool(self.hmac) and hmac.compare_digest(self.hmac, checkpoint_mac(
+            key, writer_id=self.writer_id, seq=self.seq, head_hash=self.head_hash, time=self.time, kind=self.kind))
+
 
 @dataclasses.dataclass
 class VerifyResult:
@@ -407,10 +412,7 @@ class ChainCheck:
                 if not cp.hmac:
                     self._problem(cp.seq, f"{cp.name()} has no HMAC: no gateway holding the chain key wrote it")
                     continue
-                expected = checkpoint_mac(
-                    key, writer_id=cp.writer_id, seq=cp.seq, head_hash=cp.head_hash, time=cp.time, kind=cp.kind
-                )
-                if not hmac.compare_digest(expected, cp.hmac):
+                if not cp.holds(key):
                     self._found.append((cp.seq, len(self._found), cp))  # named with its call at the end
                     continue
             self._valid.append(cp)
@@ -555,8 +557,7 @@ class ApprovalEventCheck:
         for cp in anchors:
             if cp.kind != "prune":
                 self.problems.append(f"{cp.name()}: the approval events' chain has prune checkpoints only")
-            elif key is not None and not (cp.hmac and hmac.compare_digest(cp.hmac, checkpoint_mac(
-                    key, writer_id=cp.writer_id, seq=cp.seq, head_hash=cp.head_hash, time=cp.time, kind=cp.kind))):
+            elif key is not None and not cp.holds(key):
                 self.problems.append(f"{cp.name()} is forged or altered: its HMAC does not verify with the chain key")
             else:
                 self._pruned[cp.seq] = cp

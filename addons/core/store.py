@@ -1919,9 +1919,10 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
     """Delete each chain's records older than ``before`` (its longest such prefix) and start the
     chain at a prune checkpoint, so that what is left still verifies; sessions last seen before
     it; and the approvals settled before it that no call left names, with the approval events'
-    oldest (``_plan_approvals``). Refuses if a prefix to be pruned does not verify: evidence of
-    tampering is not summarised away. A ``before`` still to come is refused: it would delete
-    every record, and mark approvals still running expired."""
+    oldest (``_plan_approvals``). Refuses if a prefix to be pruned does not verify (up to the keyed
+    checkpoint that vouches for its records without a MAC): evidence of tampering is not summarised
+    away. A ``before`` still to come is refused: it would delete every record, and mark approvals
+    still running expired."""
     before = _as_datetime(before)
     if before > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1):
         raise StoreError(f"--before {before.isoformat()} is still to come: prune deletes records older than a "
@@ -1949,16 +1950,23 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                 start = max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
                 if upto <= start:
                     continue
-                check = ChainCheck(writer_id, [cp for cp in cps if cp.seq <= upto], chain_key)
+                # A record without a MAC (written before records had MACs) is vouched for by a keyed
+                # checkpoint after it, which may come after ``upto``: the chain is checked up to the
+                # first one at or after ``upto``, as ``verify`` checks it, and pruned up to ``upto``.
+                checked = upto
+                if chain_key is not None:
+                    checked = next((cp.seq for cp in cps if cp.seq >= upto and cp.holds(chain_key)), upto)
+                check = ChainCheck(writer_id, [cp for cp in cps if cp.seq <= checked], chain_key)
                 head = None
                 for r in conn.execute(
                     select(Call.__table__)
-                    .where(c.writer_id == writer_id, c.seq <= upto)
+                    .where(c.writer_id == writer_id, c.seq <= checked)
                     .order_by(c.seq)
                     .execution_options(yield_per=2000)
                 ):
                     check.feed(r._mapping)
-                    head = r._mapping["hash"]
+                    if r._mapping["seq"] <= upto:
+                        head = r._mapping["hash"]
                 check.finish()
                 if check.problems:
                     raise StoreError(
