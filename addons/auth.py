@@ -131,6 +131,9 @@ def _refusal(e: identity.TokenError) -> Refusal:
     if e.code == "issuer_unreachable":  # the token may be good: it cannot be checked now
         return Refusal(503, "ServiceUnavailable", f"agentgate cannot verify the agent's token right now: {e.reason}; "
                        "retry shortly", "auth")
+    if e.code == "issuer_misconfigured":  # no token can be accepted until the setting changes: do not retry
+        return Refusal(403, "AccessDenied", f"agentgate cannot verify any token until its configuration is corrected: "
+                       f"{e.reason}", "auth")
     code = "ExpiredToken" if e.code == "expired" else "InvalidClientTokenId" if e.code in ("malformed", "missing") else "AccessDenied"
     return Refusal(403, code, f"the agent's token was refused: {e.reason}", "auth")
 

@@ -319,7 +319,22 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     if not settings.oidc_issuer:
         print("  WARNING: oidc_issuer is not set: every call is refused until it is set in agentgate.toml", file=sys.stderr)
     sys.stderr.flush()
-    return await _run_until_done(m, console, approvals, notifier, store, validator)
+    checking = None if validator is None else loop.create_task(_check_issuer(validator), name="agentgate-issuer-check")
+    try:
+        return await _run_until_done(m, console, approvals, notifier, store, validator)
+    finally:
+        if checking is not None:
+            checking.cancel()
+
+
+async def _check_issuer(validator) -> None:
+    """Warn once, at start-up, when the issuer's discovery document names another issuer than
+    oidc_issuer (``http://h:p`` for ``http://h:p/``): every token is refused until the setting is
+    corrected. In the background, so that an issuer that is down does not hold up start-up (the
+    calls say so then)."""
+    why = await validator.configuration_error()
+    if why is not None:
+        log.warning("%s; until then every call is refused", why)
 
 
 def new_sqlite_store(url: str) -> bool:

@@ -348,14 +348,97 @@ def test_jwks_down_with_a_warm_cache_still_validates(issuer):
             issuer.down = True
             principal = await v.validate(issuer.mint("while-down"))
             assert principal.sub == "while-down"
-            with pytest.raises(TokenError) as caught:  # a rotated key cannot be learnt while down
+            with pytest.raises(TokenError) as caught:  # a rotated key cannot be learnt while down: retry
                 await v.validate(issuer.mint(key=new_rsa_key(), kid="new"))
-            assert caught.value.code == "unknown_key"
+            assert caught.value.code == "issuer_unreachable"
             assert "HTTP 503" in caught.value.reason
         finally:
             await v.aclose()
 
     asyncio.run(go())
+
+
+def test_a_key_rotated_in_while_the_issuer_is_down_is_retryable_and_learnt_soon_after(issuer):
+    """The refetch for the new kid fails: the token is refused as issuer_unreachable (to be
+    retried), not as an unknown key; the failed fetch does not count against the 30 s refetch
+    limit, so the key is learnt within retry_seconds of the issuer's return; a kid the issuer
+    does not publish (its JWKS fetched) is still an unknown key."""
+
+    async def go():
+        v = validator(issuer, min_refetch_seconds=30, retry_seconds=0.5)
+        try:
+            await v.validate(issuer.mint("before"))
+            issuer.down = True
+            new_kid = issuer.rotate()
+            token = issuer.mint("after-rotation")
+            for _ in range(20):  # while down, however often asked: a fetch at most every retry_seconds
+                with pytest.raises(TokenError) as caught:
+                    await v.validate(token)
+                assert caught.value.code == "issuer_unreachable"
+            assert caught.value.reason == (
+                f"signing key {new_kid!r} is not among the issuer's keys the gateway holds, and they cannot be "
+                f"fetched again to look for it (cannot fetch the issuer's keys from {issuer.jwks_uri}: HTTP 503); "
+                "check that the gateway can reach the issuer"
+            )
+            assert issuer.requests_for(JWKS_PATH) == 2  # the first fetch, one refetch
+            await asyncio.sleep(0.6)
+            with pytest.raises(TokenError) as caught:  # still down: tried again, refused again
+                await v.validate(token)
+            assert caught.value.code == "issuer_unreachable"
+            assert issuer.requests_for(JWKS_PATH) + issuer.requests_for(DISCOVERY_PATH) == 4  # and rediscovery
+            issuer.down = False
+            await asyncio.sleep(0.6)  # well inside the 30 s refetch limit
+            assert (await v.validate(token)).sub == "after-rotation"
+            with pytest.raises(TokenError) as caught:  # the issuer answers: an unknown kid is that
+                await v.validate(issuer.mint(key=new_rsa_key(), kid="never-published"))
+            assert caught.value.code == "unknown_key"
+            assert caught.value.reason.startswith("signing key 'never-published' is unknown to the issuer (it publishes ")
+        finally:
+            await v.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_discovery_document_naming_another_issuer_is_a_configuration_error(issuer):
+    """oidc_issuer with a trailing slash the issuer does not write: not retryable, and the reason
+    names the value to set; the start-up check reads the same from the discovery document."""
+    configured = issuer.issuer + "/"
+    token = issuer.mint(issuer=configured)
+
+    async def go():
+        v = TokenValidator(configured, "agentgate", retry_seconds=0)
+        try:
+            assert await v.configuration_error() == (
+                f"oidc_issuer is {configured!r}, but the issuer's discovery document at "
+                f"{issuer.issuer}{DISCOVERY_PATH} names issuer {issuer.issuer!r}: set oidc_issuer to "
+                f"{issuer.issuer!r}, exactly as the discovery document writes it"
+            )
+            for _ in range(2):  # again on the next call: the setting is still wrong
+                with pytest.raises(TokenError) as caught:
+                    await v.validate(token)
+                assert caught.value.code == "issuer_misconfigured"
+                assert caught.value.reason == await v.configuration_error()
+            with pytest.raises(TokenError) as caught:  # a token as the issuer writes it: the token's issuer
+                await v.validate(issuer.mint())
+            assert caught.value.code == "wrong_issuer"
+            assert caught.value.reason.endswith("they differ only in a trailing slash: oidc_issuer must be written "
+                                                "exactly as the issuer writes it (the issuer in its discovery document)")
+            issuer.down = True
+            assert await v.configuration_error() is None  # cannot tell now: the calls say so
+        finally:
+            await v.aclose()
+
+    asyncio.run(go())
+
+    async def right():
+        v = validator(issuer)
+        try:
+            return await v.configuration_error()
+        finally:
+            await v.aclose()
+
+    issuer.down = False
+    assert asyncio.run(right()) is None
 
 
 def test_jwks_down_with_a_cold_cache_refuses_naming_the_url(issuer):

@@ -1,6 +1,8 @@
 """Identity through a real gateway: each bad token is refused with a reason that names the
 problem and never echoes the token, at CONNECT (transport A, 407) or as an AWS-shaped 403
-(transport B); both transports must name one subject; expiry is checked on every call."""
+(transport B); both transports must name one subject; expiry is checked on every call. A key the
+gateway cannot fetch is a 503 to retry; an oidc_issuer the issuer's discovery document
+contradicts, a 403 naming the value to set."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.gateway import Gateway
+from tests.support.oidc import DISCOVERY_PATH, OIDCIssuer, new_rsa_key
 
 
 def bad_tokens(issuer) -> dict[str, tuple[str, str]]:
@@ -157,3 +162,85 @@ def test_tokens_never_reach_the_store(gateway, issuer):
         if (gateway.db_path.parent / "agentgate.db-wal").exists() else gateway.db_path.read_bytes()
     assert token.split(".")[2].encode() not in raw
     assert token.split(".")[1].encode() not in raw
+
+
+def own_gateway(tmp_path, moto, oidc_issuer: str) -> Gateway:
+    """A gateway of its own, for an issuer a test takes down or misnames."""
+    return Gateway(tmp_path / "gw", issuer=oidc_issuer, upstream=moto.url,
+                   aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key), settings={"oidc_leeway": 1})
+
+
+def aws_error(call) -> tuple[int, str, str]:
+    """(HTTP status, AWS error code, message) of a call that must fail with a ClientError."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    r = e.value.response
+    return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"]["Message"]
+
+
+def test_a_key_rotated_in_while_the_issuer_is_down_is_a_503_until_it_is_back(tmp_path, moto):
+    """The gateway cannot fetch the new key: the agent gets a 503 its SDK retries, not a 403 that
+    blames the key; once the issuer answers, the key is learnt within seconds, not after the 30 s
+    refetch limit; a key the issuer does not publish is a 403."""
+    with OIDCIssuer() as issuer, own_gateway(tmp_path, moto, issuer.issuer) as gw:
+        assert client(gw, session_token=issuer.mint("before")).get_caller_identity()["Arn"].endswith("/before")
+        issuer.down = True
+        new_kid = issuer.rotate()
+        rotated = client(gw, session_token=issuer.mint("rotated"))
+        status, code, message = aws_error(rotated.get_caller_identity)
+        assert (status, code) == (503, "ServiceUnavailable")
+        assert message == (
+            f"agentgate cannot verify the agent's token right now: signing key {new_kid!r} is not among the "
+            "issuer's keys the gateway holds, and they cannot be fetched again to look for it (cannot fetch the "
+            f"issuer's keys from {issuer.jwks_uri}: HTTP 503); check that the gateway can reach the issuer; "
+            "retry shortly")
+        time.sleep(3.5)  # past the gateway's pause after a failed fetch: tried again, still down
+        status, code, message = aws_error(rotated.get_caller_identity)
+        assert (status, code) == (503, "ServiceUnavailable") and "HTTP 503); check that the gateway" in message
+
+        issuer.down = False
+        back = time.monotonic()
+        while True:
+            try:
+                assert rotated.get_caller_identity()["Arn"].endswith("/rotated")
+                break
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "ServiceUnavailable", e.response["Error"]
+                assert time.monotonic() - back < 10, "the rotated key was not learnt soon after the issuer was back"
+                time.sleep(0.5)
+
+        stranger = issuer.mint("stranger", key=new_rsa_key(), kid="never-published")
+        status, code, message = aws_error(client(gw, session_token=stranger).get_caller_identity)
+        assert (status, code) == (403, "AccessDenied")
+        assert message.startswith("the agent's token was refused: signing key 'never-published' is unknown to the issuer")
+
+    refused = [r for r in gw.records() if r["outcome"] == "refused" and r["rule"] == "agentgate:auth"]
+    assert [r["status"] for r in refused][:2] == [503, 503] and refused[-1]["status"] == 403
+    assert f"signing key {new_kid!r} is not among" in refused[0]["error"]
+
+
+def test_an_oidc_issuer_its_discovery_document_contradicts_is_a_403_naming_the_value_to_set(tmp_path, moto):
+    """oidc_issuer with a trailing slash the issuer does not write: retrying cannot help, so the
+    agent gets a 403 that names the value to set, and the gateway says so once at start-up."""
+    with OIDCIssuer() as issuer:
+        configured = issuer.issuer + "/"
+        with own_gateway(tmp_path, moto, configured) as gw:
+            warning = (f"WARNING agentgate: oidc_issuer is {configured!r}, but the issuer's discovery document at "
+                       f"{issuer.issuer}{DISCOVERY_PATH} names issuer {issuer.issuer!r}: set oidc_issuer to "
+                       f"{issuer.issuer!r}, exactly as the discovery document writes it; until then every call "
+                       "is refused")
+            deadline = time.monotonic() + 10
+            while warning not in gw.log():
+                assert time.monotonic() < deadline, gw.log()
+                time.sleep(0.1)
+            for _ in range(2):
+                status, code, message = aws_error(
+                    client(gw, session_token=issuer.mint("agent-1", issuer=configured)).get_caller_identity)
+                assert (status, code) == (403, "AccessDenied")
+                assert message.startswith("agentgate cannot verify any token until its configuration is corrected: "
+                                          f"oidc_issuer is {configured!r}, but the issuer's discovery document")
+                assert message.endswith(f"set oidc_issuer to {issuer.issuer!r}, exactly as the discovery document "
+                                        "writes it")
+            status, code, message = aws_error(client(gw, session_token=issuer.mint("agent-1")).get_caller_identity)
+            assert (status, code) == (403, "AccessDenied") and "differ only in a trailing slash" in message
+        assert gw.log().count("WARNING agentgate: oidc_issuer is") == 1

@@ -4,10 +4,15 @@ The issuer's keys come from its discovery document (``{issuer}/.well-known/openi
 names the ``jwks_uri``), fetched with an async client, cached for ``jwks_cache_seconds`` and shared
 by every validation that needs them at the same moment. A token signed with a key the cache does not
 hold triggers one refetch (key rotation), at most once every ``min_refetch_seconds`` so a flood of
-made-up key ids cannot hammer the issuer. Past their cache lifetime the keys are trusted no more:
+made-up key ids cannot hammer the issuer. A fetch that failed does not count against that limit: it
+is tried again after ``retry_seconds``, and until one succeeds a token whose key the cache does not
+hold is refused as ``issuer_unreachable`` (to be retried), not as an unknown key, since the gateway
+cannot tell whether the issuer publishes it. Past their cache lifetime the keys are trusted no more:
 they are fetched again, and while that fails every token is refused (``issuer_unreachable``), even
-one validated before, so a key the issuer withdrew stops working within that lifetime. Signatures
-are verified with python-jose; the header's algorithm is checked against an allowlist of
+one validated before, so a key the issuer withdrew stops working within that lifetime. A discovery
+document that names another issuer than the configured one (``http://h:p`` for ``http://h:p/``) is
+a configuration error (``issuer_misconfigured``): retrying does not help, the setting must change.
+Signatures are verified with python-jose; the header's algorithm is checked against an allowlist of
 asymmetric algorithms first, so ``alg: none`` and HMAC tokens keyed with the issuer's public key
 never reach a verifier. Keys come only from the issuer's JWKS, never from the token's own header
 (``jku``, ``jwk``, ``x5u`` and ``x5c`` are ignored).
@@ -62,7 +67,8 @@ CODES = frozenset(
         "bad_algorithm",
         "bad_signature",
         "subject_mismatch",
-        "issuer_unreachable",  # the issuer's keys cannot be fetched and none are cached
+        "issuer_unreachable",  # the issuer's keys cannot be fetched now: the token may be good, retry
+        "issuer_misconfigured",  # the issuer's discovery document names another issuer than the configured one
     }
 )
 
@@ -152,6 +158,7 @@ class TokenValidator:
         leeway: float = DEFAULT_LEEWAY,
         jwks_cache_seconds: float = 3600.0,
         min_refetch_seconds: float = 30.0,
+        retry_seconds: float = 3.0,
         http_timeout: float = 5.0,
         cache_size: int = 4096,
     ):
@@ -174,6 +181,9 @@ class TokenValidator:
             raise ValueError(f"the JWKS cache lifetime must be a number of seconds above 0, not {jwks_cache_seconds!r}")
         self.jwks_cache_seconds = jwks_cache_seconds
         self.min_refetch_seconds = min(min_refetch_seconds, jwks_cache_seconds)
+        # after a failed fetch: soon enough that calls go through again shortly after the issuer is
+        # back, seldom enough that an issuer that is down is not hammered
+        self.retry_seconds = min(retry_seconds, self.min_refetch_seconds)
         self.http_timeout = http_timeout
         self.discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
 
@@ -182,8 +192,9 @@ class TokenValidator:
         self._keys: list[_Key] | None = None  # None until a JWKS has been fetched
         self._keys_fetched_at = float("-inf")  # time.monotonic()
         self._last_fetch = float("-inf")  # time.monotonic() of the last attempt, good or bad
-        self._last_kid_refetch = float("-inf")  # time.monotonic() of the last refetch for an unknown kid
-        self._fetch_error: str | None = None  # why the last attempt failed
+        self._last_kid_refetch = float("-inf")  # time.monotonic() of the last good refetch for an unknown kid
+        self._fetch_error: str | None = None  # why the last attempt failed (None: it succeeded)
+        self._fetch_code = "issuer_unreachable"  # what kind of failure that was
         self._inflight: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,6 +243,23 @@ class TokenValidator:
         self._cache.move_to_end(digest)
         return principal
 
+    async def configuration_error(self, timeout: float = 3.0) -> str | None:
+        """Why no token can be accepted whatever the issuer does, read from its discovery document
+        now (its issuer is not the configured one); None when it names this issuer, or cannot be
+        fetched within ``timeout`` seconds (the issuer may be down: calls will say so). For a check
+        at start-up: it keeps nothing, and leaves the fetching of keys to the calls."""
+        try:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+                response = await http.get(self.discovery_url, headers={"Accept": "application/json"})
+            doc = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
+            return None
+        try:
+            jwks_uri_from_discovery(doc, self.issuer, self.discovery_url)
+        except _FetchError as e:
+            return str(e) if e.code == "issuer_misconfigured" else None
+        return None
+
     async def aclose(self) -> None:
         """Close the HTTP client."""
         if self._inflight is not None and not self._inflight.done():
@@ -249,9 +277,13 @@ class TokenValidator:
         if iss is None:
             raise TokenError(f"token has no issuer (iss); expected {self.issuer!r}", "wrong_issuer")
         if iss != self.issuer:
-            raise TokenError(
-                f"token issuer {_show(iss)} is not the configured issuer {self.issuer!r}", "wrong_issuer"
-            )
+            reason = f"token issuer {_show(iss)} is not the configured issuer {self.issuer!r}"
+            if isinstance(iss, str) and iss.rstrip("/") == self.issuer.rstrip("/"):
+                reason += (
+                    "; they differ only in a trailing slash: oidc_issuer must be written exactly as the "
+                    "issuer writes it (the issuer in its discovery document)"
+                )
+            raise TokenError(reason, "wrong_issuer")
 
     # -- the issuer's keys
 
@@ -261,11 +293,11 @@ class TokenValidator:
             if self._may_fetch():
                 await self._refresh()
             if self._keys is None or self._keys_stale():
+                self._raise_misconfigured()
                 raise TokenError(self._unreachable_reason(), "issuer_unreachable")
         matches = _matching(self._keys, kid, alg)
         if not matches and self._may_refetch_for_kid():
-            self._last_kid_refetch = time.monotonic()
-            await self._refresh()
+            await self._refresh(for_kid=True)
             matches = _matching(self._keys or [], kid, alg)
         if matches:
             return matches
@@ -277,6 +309,18 @@ class TokenValidator:
                 f"(it verifies {', '.join(kinds)})",
                 "bad_algorithm",
             )
+        if self._fetch_error is not None:  # the refetch failed, or was not tried so soon after one that did
+            self._raise_misconfigured()
+            held = (
+                f"signing key {_show(kid)} is not"
+                if kid is not None
+                else f"token names no signing key (kid), and no {alg} key is"
+            )
+            raise TokenError(
+                f"{held} among the issuer's keys the gateway holds, and they cannot be fetched again to "
+                f"look for it ({self._fetch_error}); check that the gateway can reach the issuer",
+                "issuer_unreachable",
+            )
         known = sorted({k.kid for k in keys if k.kid})
         reason = (
             f"signing key {_show(kid)} is unknown to the issuer"
@@ -284,9 +328,12 @@ class TokenValidator:
             else f"token names no signing key (kid), and the issuer publishes no {alg} key"
         )
         reason += f" (it publishes {', '.join(map(repr, known[:8])) or 'no usable keys'} at {self._jwks_uri})"
-        if self._fetch_error:
-            reason += f"; the last refetch failed: {self._fetch_error}"
         raise TokenError(reason, "unknown_key")
+
+    def _raise_misconfigured(self) -> None:
+        """The last fetch failed because the configuration is wrong: retrying will not help."""
+        if self._fetch_error is not None and self._fetch_code == "issuer_misconfigured":
+            raise TokenError(self._fetch_error, "issuer_misconfigured")
 
     def _keys_stale(self) -> bool:
         return time.monotonic() - self._keys_fetched_at >= self.jwks_cache_seconds
@@ -305,27 +352,39 @@ class TokenValidator:
         )
 
     def _may_fetch(self) -> bool:
-        """A fetch is in flight (join it), or the last one is old enough to try again."""
+        """A fetch is in flight (join it), or none failed in the last ``retry_seconds``. (Only asked
+        when no keys are held or they outlived their lifetime, which is longer than the refetch
+        limit: after a fetch that succeeded, this is always so.)"""
         self._bind_loop()
-        return self._inflight is not None or time.monotonic() - self._last_fetch >= self.min_refetch_seconds
+        return self._inflight is not None or time.monotonic() - self._last_fetch >= self.retry_seconds
 
     def _may_refetch_for_kid(self) -> bool:
         """An unknown kid (key rotation) triggers a refetch at most once every
-        ``min_refetch_seconds``, counted from the last such refetch, so a rotation right after
-        start-up is seen at once and a flood of junk kids cannot hammer the issuer."""
-        return self._inflight is not None or time.monotonic() - self._last_kid_refetch >= self.min_refetch_seconds
+        ``min_refetch_seconds``, counted from the last such refetch that succeeded, so a rotation
+        right after start-up is seen at once and a flood of junk kids cannot hammer the issuer.
+        After a fetch that failed, the next one may go ``retry_seconds`` later: the keys the issuer
+        rotated in while it was down are learnt soon after it is back."""
+        if self._inflight is not None:
+            return True
+        now = time.monotonic()
+        if self._fetch_error is not None:
+            return now - self._last_fetch >= self.retry_seconds
+        return now - self._last_kid_refetch >= self.min_refetch_seconds
 
     def _still_published(self, kid: str | None) -> bool:
         if self._keys is None or self._keys_stale():
             return False
         return kid is None or any(k.kid == kid for k in self._keys)
 
-    async def _refresh(self) -> None:
-        """Fetch the keys, sharing one fetch among every caller that needs it at the same moment."""
+    async def _refresh(self, *, for_kid: bool = False) -> None:
+        """Fetch the keys, sharing one fetch among every caller that needs it at the same moment.
+        ``for_kid``: a refetch for an unknown kid, which counts against ``min_refetch_seconds`` if it
+        succeeds."""
         self._bind_loop()
         if self._inflight is None:
             self._last_fetch = time.monotonic()
-            task = asyncio.get_running_loop().create_task(self._fetch_keys())
+            task = asyncio.get_running_loop().create_task(
+                self._fetch_keys(self._last_fetch if for_kid else None))
             task.add_done_callback(self._fetch_done)
             self._inflight = task
         await asyncio.shield(self._inflight)
@@ -342,7 +401,7 @@ class TokenValidator:
             self._loop = loop
             self._inflight = None
 
-    async def _fetch_keys(self) -> None:
+    async def _fetch_keys(self, kid_refetch_at: float | None = None) -> None:
         """Fetch the discovery document (once) and the JWKS; keep the keys or why they failed."""
         try:
             if self._jwks_uri is None or self._rediscover:
@@ -357,11 +416,14 @@ class TokenValidator:
                 raise
         except _FetchError as e:
             self._fetch_error = str(e)
+            self._fetch_code = e.code
             return
         self._rediscover = False
         self._keys = keys
         self._keys_fetched_at = time.monotonic()
         self._fetch_error = None
+        if kid_refetch_at is not None:
+            self._last_kid_refetch = kid_refetch_at
 
     async def _get_json(self, url: str, what: str) -> Any:
         if self._http is None:
@@ -395,7 +457,11 @@ class _Key:
 
 
 class _FetchError(Exception):
-    pass
+    """The issuer's keys could not be fetched; ``code`` is the TokenError code a token gets for it."""
+
+    def __init__(self, reason: str, code: str = "issuer_unreachable"):
+        super().__init__(reason)
+        self.code = code
 
 
 def parse_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -527,15 +593,26 @@ def jwks_uri_from_discovery(doc: Any, issuer: str, url: str) -> str:
     """The jwks_uri of a discovery document that names this issuer; raises _FetchError otherwise."""
     if not isinstance(doc, Mapping):
         raise _FetchError(f"the issuer's discovery document at {url} is not a JSON object")
-    if doc.get("issuer") != issuer:
-        raise _FetchError(
-            f"the issuer's discovery document at {url} names issuer {_show(doc.get('issuer'))}, "
-            f"not {issuer!r}"
-        )
+    named = doc.get("issuer")
+    if isinstance(named, str) and named and named != issuer:
+        raise _FetchError(issuer_mismatch(issuer, named, url), "issuer_misconfigured")
+    if named != issuer:
+        raise _FetchError(f"the issuer's discovery document at {url} names issuer {_show(named)}, not {issuer!r}")
     uri = doc.get("jwks_uri")
     if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
         raise _FetchError(f"the issuer's discovery document at {url} has no usable jwks_uri")
     return uri
+
+
+def issuer_mismatch(configured: str, named: str, url: str) -> str:
+    """Why a discovery document that names issuer ``named`` cannot serve the configured issuer.
+
+    OpenID Connect Discovery requires the two to be the same string, and the tokens' ``iss`` is the
+    issuer's own: the setting has to change, so the reason names the value to set."""
+    return (
+        f"oidc_issuer is {configured!r}, but the issuer's discovery document at {url} names issuer "
+        f"{_show(named, 200)}: set oidc_issuer to {_show(named, 200)}, exactly as the discovery document writes it"
+    )
 
 
 def parse_jwks(jwks: Any, algorithms: Sequence[str], url: str = "its jwks_uri") -> list[_Key]:
