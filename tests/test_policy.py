@@ -689,6 +689,106 @@ def test_store_checks_at_most_every_interval(tmp_path):
     assert store.current.version == v1
 
 
+# two versions of a directory of policy files: neither allows dynamodb:ListTables, but A's 10.yaml
+# with B's 20.yaml would
+VERSION_A = {"10.yaml": "version: 1\nrules:\n  - {id: allow-ddb, action: 'dynamodb:*', decision: allow}\n",
+             "20.yaml": "version: 1\nrules:\n  - {id: no-table-listing, action: 'dynamodb:ListTables', decision: deny}\n"}
+VERSION_B = {"10.yaml": "version: 1\nrules:\n  - {id: allow-sts, action: 'sts:*', decision: allow}\n",
+             "20.yaml": "version: 1\nrules:\n  - {id: no-iam, action: 'iam:*', decision: deny}\n"}
+
+
+def _copy(files: dict[str, str], directory: Path) -> None:
+    """Write ``files`` into ``directory`` one after another, as cp or rsync does."""
+    directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        path = directory / name
+        existed = path.exists()
+        path.write_text(text)
+        if existed:
+            _bump(path)
+
+
+def _switch(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` in one step (a new link renamed over the old one)."""
+    new = link.with_name(link.name + ".new")
+    new.symlink_to(target)
+    os.replace(new, link)
+
+
+def _after_reading(monkeypatch, name: str, action) -> None:
+    """Run ``action`` once, when a parse has read the policy file ``name`` and before it reads the
+    next: where a switch of the directory or a copy into it lands in the middle of a read."""
+    parse_file = engine._parse_file
+    pending = [action]
+
+    def hooked(parsed, read, *rest):
+        parse_file(parsed, read, *rest)
+        if read == name and pending:
+            pending.pop()()
+
+    monkeypatch.setattr(engine, "_parse_file", hooked)
+
+
+def _whole(seen: list[PolicySet], tmp_path: Path) -> list[str]:
+    """The versions in ``seen``, as "A" or "B"; each checked to be one of them, whole, and to refuse
+    dynamodb:ListTables as both do."""
+    _copy(VERSION_A, tmp_path / "whole-A")
+    _copy(VERSION_B, tmp_path / "whole-B")
+    names = {PolicySet.load(tmp_path / "whole-A").version: "A", PolicySet.load(tmp_path / "whole-B").version: "B"}
+    for policy_set in seen:
+        assert policy_set.version in names, f"a version that mixes A and B was put in force:\n{policy_set.text}"
+        assert policy_set.evaluate(principal(), call("dynamodb:ListTables", "List")).decision == "deny"
+    return [names[s.version] for s in seen]
+
+
+def test_a_linked_directory_switched_while_read_puts_one_version_in_force(tmp_path, monkeypatch):
+    """``policies`` a link switched between two directories: a reload that has listed and read part of
+    one directory when the link moves reads the rest from the same directory, and the next check
+    puts in force the one the link points to."""
+    _copy(VERSION_A, tmp_path / "A")
+    _copy(VERSION_B, tmp_path / "B")
+    link = tmp_path / "policies"
+    link.symlink_to(tmp_path / "B")
+    seen: list[PolicySet] = []
+    store = PolicyStore(link, check_interval=0, on_version=seen.append)
+    _switch(link, tmp_path / "A")
+    _after_reading(monkeypatch, "10.yaml", lambda: _switch(link, tmp_path / "B"))
+    store.current
+    store.current
+    assert _whole(seen, tmp_path) == ["B", "A", "B"]
+    assert store.current is seen[-1]
+
+
+def test_files_copied_while_read_are_read_again_whole(tmp_path, monkeypatch, caplog):
+    """A directory copied into file by file while a reload reads it: what was read mixes the old
+    10.yaml with the new 20.yaml, so it is not put in force; the old version stays until the next
+    check reads the new one whole."""
+    import logging
+
+    directory = tmp_path / "policies"
+    _copy(VERSION_A, directory)
+    seen: list[PolicySet] = []
+    store = PolicyStore(directory, check_interval=0, on_version=seen.append)
+    _bump(directory / "10.yaml")  # a change starts a reload ...
+    _after_reading(monkeypatch, "10.yaml", lambda: _copy(VERSION_B, directory))  # ... that the copy overtakes
+    with caplog.at_level(logging.INFO, logger="agentgate.policy"):
+        assert store.current is seen[0]
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "changed while read" in caplog.records[0].getMessage()
+    store.current
+    assert _whole(seen, tmp_path) == ["A", "B"]
+    assert store.current is seen[-1]
+
+
+def test_a_store_started_while_its_files_are_copied_starts_with_them_whole(tmp_path, monkeypatch):
+    directory = tmp_path / "policies"
+    _copy(VERSION_A, directory)
+    _after_reading(monkeypatch, "10.yaml", lambda: _copy(VERSION_B, directory))
+    seen: list[PolicySet] = []
+    PolicyStore(directory, on_version=seen.append)
+    assert _whole(seen, tmp_path) == ["B"]
+
+
 def test_the_gateway_logs_what_check_finds_in_each_version_it_puts_in_force(tmp_path, caplog):
     """Policies that load but that check faults (an action no call is named by) are in force: the
     gateway logs check's errors and warnings for each version it loads, once, one line each."""

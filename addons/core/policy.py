@@ -880,40 +880,117 @@ class _Parsed:
     problems: list[tuple[str, int, str]]  # (file, line, message)
     warnings: list[tuple[str, int, str]]
     watched: set[str]  # paths (relative to the directory) whose change means a reload
+    read: dict[str, tuple] = dataclasses.field(default_factory=dict)  # each file read: its stamp just before
+    dir_fd: int | None = None  # the opened directory every file is read through, while they are read
+    inside: Path | None = None  # that directory's own path, links resolved: session policies stay in it
 
 
-def _policy_file_names(directory: Path) -> list[str]:
+_UNREADABLE = (("<unreadable>", None),)  # the fingerprint of a policies directory that cannot be opened
+
+
+def _policy_file_names(directory: Path | int) -> list[str]:
     # not only files: a link to nothing, say, is a policy file that cannot be read, not one left out
     return sorted(e.name for e in os.scandir(directory)
                   if not e.is_dir() and not e.name.startswith(".") and e.name.endswith((".yaml", ".yml")))
 
 
+def _open_directory(directory: Path) -> int:
+    """A handle on the directory ``directory`` names now. Files listed and opened through it are that
+    directory's, even when ``directory`` is a link switched to another directory meanwhile."""
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _opened_path(dir_fd: int, directory: Path) -> Path:
+    """The path of the directory ``dir_fd`` opened, links resolved, as the kernel names it (Linux's
+    /proc); elsewhere ``directory`` stands in."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{dir_fd}"))
+    except OSError:
+        return directory
+
+
+def _stamp_at(dir_fd: int, name: str) -> tuple:
+    """(name, mtime, size, inode) of ``name`` in the directory ``dir_fd`` opened; (name, None) when it
+    is not there. A file rewritten or replaced gets another stamp."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd)
+    except OSError:
+        return (name, None)
+    return (name, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _fingerprint_at(dir_fd: int, watched: Iterable[str]) -> tuple:
+    """The stamps of the policy files in the directory ``dir_fd`` opened and of ``watched``, by name."""
+    names = set(_policy_file_names(dir_fd)) | set(watched)
+    return tuple(_stamp_at(dir_fd, name) for name in sorted(names))
+
+
+def _read_text(parsed: _Parsed, rel: str) -> str:
+    """The text of ``rel`` (newlines as Python reads text), read through the opened directory; its
+    stamp just before is kept in ``parsed.read``, to tell whether it changed while it was read."""
+    dir_fd = parsed.dir_fd
+    parsed.read[rel] = _stamp_at(dir_fd, rel)
+    with open(rel, encoding="utf-8", opener=lambda path, flags: os.open(path, flags, dir_fd=dir_fd)) as f:
+        return f.read()
+
+
 def _parse(directory: str | Path) -> _Parsed:
+    """The policy files in ``directory``, listed and read through one handle on the directory, so
+    they are one directory's files even when ``directory`` is a link switched meanwhile."""
+    return _read(directory)[0]
+
+
+def _read(directory: str | Path, watched: Iterable[str] = ()) -> tuple[_Parsed, tuple | None]:
+    """The policy files in ``directory`` parsed (as ``_parse``), and their fingerprint after the
+    read (``_fingerprint_at``, with ``watched`` too); None in its place when a file changed, came or
+    went while they were read: the parse may then mix old and new files that never stood together
+    (a directory being copied file by file) and is to be read again."""
     directory = Path(directory)
     parsed = _Parsed(directory, [], [], "deny", None, [], [], [], [], set())
-    if not directory.is_dir():
+    try:
+        dir_fd = _open_directory(directory)
+    except (FileNotFoundError, NotADirectoryError):
         parsed.problems.append((str(directory), 0, "no such policies directory"))
-        return parsed
-    names = _policy_file_names(directory)
-    parsed.policy_files = names
-    parsed.watched.update(names)
-    ids: dict[str, str] = {}
-    role_ids: dict[str, str] = {}
-    session_texts: dict[str, str] = {}
-    for name in names:
+        return parsed, _UNREADABLE
+    except OSError as e:
+        parsed.problems.append((str(directory), 0, f"cannot read: {e.strerror or e}"))
+        return parsed, _UNREADABLE
+    try:
+        parsed.dir_fd, parsed.inside = dir_fd, _opened_path(dir_fd, directory)
         try:
-            text = (directory / name).read_text(encoding="utf-8")
+            names = _policy_file_names(dir_fd)
         except OSError as e:
-            parsed.problems.append((name, 0, f"cannot read: {e.strerror or e}"))
-            continue
-        except UnicodeDecodeError as e:
-            parsed.problems.append((name, 0, f"cannot read: {e}"))
-            continue
-        parsed.files.append((name, text))
-        _parse_file(parsed, name, text, ids, role_ids, session_texts)
-    for rel, text in sorted(session_texts.items()):
-        parsed.files.append((rel, text))
-    return parsed
+            parsed.problems.append((str(directory), 0, f"cannot read: {e.strerror or e}"))
+            return parsed, _UNREADABLE
+        parsed.policy_files = names
+        parsed.watched.update(names)
+        ids: dict[str, str] = {}
+        role_ids: dict[str, str] = {}
+        session_texts: dict[str, str] = {}
+        for name in names:
+            try:
+                text = _read_text(parsed, name)
+            except OSError as e:
+                parsed.problems.append((name, 0, f"cannot read: {e.strerror or e}"))
+                continue
+            except UnicodeDecodeError as e:
+                parsed.problems.append((name, 0, f"cannot read: {e}"))
+                continue
+            parsed.files.append((name, text))
+            _parse_file(parsed, name, text, ids, role_ids, session_texts)
+        for rel, text in sorted(session_texts.items()):
+            parsed.files.append((rel, text))
+        try:
+            listed = _policy_file_names(dir_fd)
+            after = _fingerprint_at(dir_fd, parsed.watched | set(watched))
+        except OSError:
+            return parsed, None
+    finally:
+        parsed.dir_fd = None
+        os.close(dir_fd)
+    if listed != names or any(parsed.read.get(entry[0], entry) != entry for entry in after):
+        return parsed, None
+    return parsed, after
 
 
 def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict, session_texts: dict) -> None:
@@ -1101,16 +1178,16 @@ def _parse_role(parsed: _Parsed, name: str, entry: Any, line: int, role_ids: dic
     if entry.get("session_policy") is not None:
         rel = entry["session_policy"]
         at = entry.at("session_policy")
-        if not isinstance(rel, str) or not rel.strip() or "\x00" in rel or not _inside(parsed.directory, rel):
+        if (not isinstance(rel, str) or not rel.strip() or "\x00" in rel
+                or not _inside(parsed.inside or parsed.directory, rel)):
             problem(at, f"session_policy {_shown(rel)} must be a file name relative to the policies directory, "
                         "inside it")
             ok = False
         else:
             parsed.watched.add(rel)
-            path = parsed.directory / rel
             shown = rel if rel.isprintable() else _shown(rel)  # one line per problem, whatever the file's name
             try:
-                text = path.read_text(encoding="utf-8")
+                text = _read_text(parsed, rel)
             except (OSError, UnicodeDecodeError) as e:
                 problem(at, f"session policy {shown}: cannot read ({e.strerror if isinstance(e, OSError) else e})")
                 ok = False
@@ -1540,14 +1617,20 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
 
 # ------------------------------------------------------------------------------ reloading
 
+START_READS = 10  # reads of policy files that keep changing while read, at start, before giving up
+
 
 class PolicyStore:
     """The policy set in force, reloaded when its files change.
 
     ``current`` is cheap: at most every ``check_interval`` seconds it compares the files' (name,
-    mtime, size, inode) with the last look and reloads when they differ. A set that fails to load
-    leaves the last good one in force and is reported once to ``on_error``. Calls already decided keep
-    the set they were decided by (sets are immutable; reloading swaps a reference).
+    mtime, size, inode) with the last look and reloads when they differ. A version is read whole:
+    through one handle on the directory (a link to the directory switched meanwhile changes nothing
+    in what is read), and only put in force when no file changed, came or went while it was read;
+    otherwise it is read again at the next check, the version in force staying until then. A set
+    that fails to load leaves the last good one in force and is reported once to ``on_error``.
+    Calls already decided keep the set they were decided by (sets are immutable; reloading swaps a
+    reference).
     """
 
     def __init__(self, directory: str | Path, *, on_error: Callable[[PolicyError], None] | None = None,
@@ -1557,10 +1640,19 @@ class PolicyStore:
         self.on_version = on_version  # hears each version put in force, the first included
         self.check_interval = check_interval
         self._lock = threading.Lock()
-        before = self._fingerprint(frozenset())
-        self._set = PolicySet.load(self.directory)
+        for attempt in range(START_READS):
+            parsed, stamp = _read(self.directory)
+            if stamp is not None:
+                break
+            time.sleep(0.05 * (attempt + 1))
+        else:
+            raise PolicyError([f"{self.directory}: the policy files changed while read, {START_READS} times; "
+                               "start the gateway once they are written"])
+        if parsed.problems:
+            raise PolicyError([_format(*p) for p in _in_order(parsed.problems)])
+        self._set = PolicySet(parsed)
         self._watched = self._set._watched
-        self._stamp = self._extend(before)
+        self._stamp = stamp
         self._reported: str | None = None
         self._checked = time.monotonic()
         self._announce(self._set)
@@ -1585,32 +1677,27 @@ class PolicyStore:
 
     def _fingerprint(self, watched: frozenset[str]) -> tuple:
         try:
-            names = set(_policy_file_names(self.directory)) | set(watched)
+            dir_fd = _open_directory(self.directory)
         except OSError:
-            return (("<unreadable>", None),)
-        return tuple(self._stat(name) for name in sorted(names))
-
-    def _stat(self, name: str) -> tuple:
+            return _UNREADABLE
         try:
-            st = os.stat(self.directory / name)
+            return _fingerprint_at(dir_fd, watched)
         except OSError:
-            return (name, None)
-        return (name, st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _extend(self, stamp: tuple) -> tuple:
-        """``stamp`` (taken before a load) with the files that load newly referred to."""
-        have = {entry[0] for entry in stamp}
-        extra = [self._stat(name) for name in self._watched if name not in have]
-        return tuple(sorted(stamp + tuple(extra), key=lambda entry: entry[0]))
+            return _UNREADABLE
+        finally:
+            os.close(dir_fd)
 
     def _refresh(self) -> None:
-        before = self._fingerprint(self._watched)
-        if before == self._stamp:
+        if self._fingerprint(self._watched) == self._stamp:
             return
-        parsed = _parse(self.directory)
-        self._watched = frozenset(parsed.watched) | self._set._watched
-        self._stamp = self._extend(before)
+        parsed, stamp = _read(self.directory, self._set._watched)
+        if stamp is None:
+            log.info("policy files in %s changed while read; version %s stays in force and they are read again "
+                     "at the next check", self.directory, self._set.version)
+            return
         if parsed.problems:
+            self._watched = frozenset(parsed.watched) | self._set._watched
+            self._stamp = stamp
             error = PolicyError([_format(*p) for p in _in_order(parsed.problems)])
             seen = hashlib.sha256(repr((error.errors, parsed.files)).encode()).hexdigest()
             if seen != self._reported:
@@ -1632,7 +1719,7 @@ class PolicyStore:
         if new.version != before_version:
             self._announce(new)
         self._watched = new._watched
-        self._stamp = self._extend(before)
+        self._stamp = tuple(entry for entry in stamp if entry[0] in new._watched)  # what the next check looks at
 
 
 # ------------------------------------------------------------------------------ check
