@@ -298,7 +298,9 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
                                    "agentgate.toml is (or with AGENTGATE_HOME set to that directory)")
     exe = shutil.which("agentgate") or str(Path(sys.argv[0]).resolve())
     lines = ["# agentgate: the environment of an agent that calls AWS through the gateway"]
-    token_path = str(Path(token_file).resolve()) if token_file else None
+    # absolute, links kept: Kubernetes' projected token is token -> ..data/token, ..data a link to a
+    # directory it replaces (and deletes the old one) at each refresh; the link is what stays
+    token_path = os.path.abspath(token_file) if token_file else None
     if token_file:
         token = _read_token(token_file)
         exp = _unverified_claims(token).get("exp")
@@ -323,7 +325,8 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
     for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         lines.append(f"export {var}={shlex.quote(ca)}")
     cfg = config_file or "$HOME/.aws/agentgate-config"
-    process = f"{exe} aws-credentials --token-file {token_path}" if token_path else f"{exe} aws-credentials --token-env AGENTGATE_TOKEN"
+    process = (f"{shlex.quote(exe)} aws-credentials --token-file {shlex.quote(token_path)}" if token_path
+               else f"{shlex.quote(exe)} aws-credentials --token-env AGENTGATE_TOKEN")  # the SDKs split it as a shell would
     lines.append("# transport B: an AWS profile whose credential_process presents the token as the session token")
     lines.append(f'export AWS_CONFIG_FILE="{cfg}"')
     lines.append("export AWS_PROFILE=agentgate")

@@ -201,15 +201,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
     kind = StoreProcess if settings.store_writer == "process" else Store
-    created = worker is None and new_sqlite_store(settings.db)
-    try:
-        store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
-                     body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
-                     commit_timeout=settings.commit_timeout)
-        store.migrate()
-    except StoreError as e:
-        print(f"agentgate: {e}", file=sys.stderr)
-        return 2
+    # the policies first: a gateway they stop creates no store
     try:
         # one process checks each version: the first worker, or the gateway when it is one process
         policies = PolicyStore(settings.policies, on_error=log_policy_error,
@@ -220,11 +212,6 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
         return 2
-    validator = None
-    if settings.oidc_issuer:
-        validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
-                                   algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
-                                   leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
     short = next((e for e in current.roles if e.binding.duration <= settings.credential_refresh_margin), None)
     if short is not None:  # its credentials would be renewed on every call: one STS call per call
         print(f"agentgate: {short.file}:{short.line}: role {short.binding.role_arn} has a duration of "
@@ -232,6 +219,20 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
               f"credential_refresh_margin ({settings.credential_refresh_margin:g}s): lengthen the duration or lower "
               "the margin", file=sys.stderr)
         return 2
+    created = worker is None and new_sqlite_store(settings.db)
+    try:
+        store = kind(settings.db, durability=settings.durability, chain_key=read_key(keys / "chain.key"),
+                     body_cap=settings.body_cap, sqlite_synchronous=settings.sqlite_synchronous,
+                     commit_timeout=settings.commit_timeout)
+        store.migrate()
+    except StoreError as e:
+        print(f"agentgate: {e}", file=sys.stderr)
+        return 2
+    validator = None
+    if settings.oidc_issuer:
+        validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
+                                   algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
+                                   leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, region=settings.sts_region or None,
                               refresh_margin=settings.credential_refresh_margin)
 

@@ -98,8 +98,9 @@ class Settings:
             raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
         if s.store_writer not in ("process", "thread"):
             raise SettingsError(f"store_writer must be 'process' or 'thread', not {s.store_writer!r}")
-        if s.upstream and not s.upstream.startswith(("http://", "https://")):
-            raise SettingsError(f"upstream must be an http:// or https:// URL, not {s.upstream!r}")
+        if s.upstream and not _http_url(s.upstream):
+            raise SettingsError(f"upstream must be an http:// or https:// URL with a host (and a port from 1 to "
+                                f"65535, if any), not {s.upstream!r}")
         if s.oidc_issuer and not s.oidc_issuer.startswith(("https://", "http://")):
             raise SettingsError(f"oidc_issuer must be the issuer's URL (https://…, as its tokens' iss claim reads), "
                                 f"not {s.oidc_issuer!r}")
@@ -138,6 +139,18 @@ class Settings:
 def _abs(p: str, root: Path) -> Path:
     path = Path(p).expanduser()
     return path if path.is_absolute() else (root / path)
+
+
+def _http_url(value: str) -> bool:
+    """An http:// or https:// URL that names a host (and a valid port, if any)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname) and port != 0
 
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:

@@ -62,16 +62,25 @@ def port_free(host: str, port: int) -> OSError | None:
     return None
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "", "*"})  # a listener on every address takes the port on each
+
+
 def unbindable(settings: Settings, web_listen: str | None = None) -> str | None:
     """Why the gateway could not listen where its settings say (``listen``, ``console_listen``,
     and ``web_listen`` under --web), said before it starts; None when every address is free."""
     wanted = [("listen", settings.listen), ("console_listen", settings.console_listen)]
     if web_listen is not None:
         wanted.append(("--web-listen", web_listen))
+    taken: dict[int, tuple[str, str]] = {}
     for name, where in wanted:
         if not where:
             continue
         host, port = parse_hostport(where, name)
+        if port in taken and (taken[port][1] == host or WILDCARD_HOSTS & {host, taken[port][1]}):
+            other = taken[port][0]
+            return (f"{other} and {name} both name port {port} ({where}): each needs a port of its own; set "
+                    f"{name} to another HOST:PORT")
+        taken[port] = (name, host)
         if (err := port_free(host, port)) is not None:
             return (f"cannot listen on {host}:{port} ({name}): {err.strerror or err}; stop what holds it, or set "
                     f"{name} to a free HOST:PORT")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -97,6 +98,7 @@ def test_run_before_init_says_what_to_do(tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
+    same = free_port()
     run(tmp_path, "init")
     for args, env, words in (
         (["run", "--listen", "nonsense"], {}, "listen must be HOST:PORT"),
@@ -112,12 +114,28 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["env", "--region", "us-east-1\ncredential_process = /bin/evil"], {}, "must be an AWS region name"),
         (["run"], {"AGENTGATE_DB": "mysql://x@127.0.0.1/db"}, "the store must be SQLite or PostgreSQL, not 'mysql'"),
         (["run", "--workers", "0"], {}, "workers must be between 1 and 64, not 0"),
+        (["run", "--upstream", "http://"], {}, "upstream must be an http:// or https:// URL with a host"),
+        (["run", "--upstream", "http://:5000"], {}, "upstream must be an http:// or https:// URL with a host"),
+        (["run", "--listen", f"127.0.0.1:{same}"], {"AGENTGATE_CONSOLE_LISTEN": f"0.0.0.0:{same}"},
+         f"listen and console_listen both name port {same}"),
     ):
         p = run(tmp_path, *args, env=env)
         assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
     (tmp_path / "agentgate.toml").write_text("no_such_setting = 1\n")
     p = run(tmp_path, "run")
     assert p.returncode != 0 and "unknown setting 'no_such_setting'" in p.stderr
+
+
+def test_policies_that_stop_run_leave_no_store_behind(tmp_path):
+    run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    (tmp_path / "a-file").write_text("version: 1\n")
+    for policies, words in ((tmp_path / "nope", "no such policies directory"),
+                            (tmp_path / "a-file", "not a directory: policies names the directory")):
+        db = tmp_path / f"new-{policies.name}.db"
+        p = run(tmp_path, "run", "--listen", f"127.0.0.1:{free_port()}", "--policies", str(policies),
+                env={"AGENTGATE_DB": f"sqlite:///{db}", "AGENTGATE_CONSOLE_LISTEN": ""})
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not db.exists()  # nothing half-started: no empty store to mistake for the real one
 
 
 def test_broken_policies_stop_run_with_file_and_line(tmp_path):
@@ -208,3 +226,37 @@ def test_every_format_character_is_written_out():
     assert key.translate(ONE_LINE) == "x\\u202elqs.pukcab\\u200b\\U000e0041\\x1b[2J\\n\\u2028"
     text = json.dumps({"Key": key + " é"}, ensure_ascii=False).translate(JSON_WRITTEN_OUT)
     assert json.loads(text) == {"Key": key + " é"} and "\u202e" not in text and " é" in text  # other text as it is
+
+
+def test_env_names_a_projected_token_by_its_link_so_the_sdk_reads_each_refreshed_token(tmp_path, monkeypatch):
+    """Kubernetes projects a token as token -> ..data/token, ..data a link to a directory of the
+    moment that it replaces and deletes at each refresh: the profile's credential_process must name
+    the link (and be split as a shell splits it: a path with a space)."""
+    import boto3
+
+    run(tmp_path, "init")
+    with OIDCIssuer() as issuer:
+        mount = tmp_path / "service account"
+        (mount / "..2026_11_27_00_00_01.1").mkdir(parents=True)
+        (mount / "..2026_11_27_00_00_01.1" / "token").write_text(issuer.mint("agent-k8s"))
+        (mount / "..data").symlink_to("..2026_11_27_00_00_01.1")
+        (mount / "token").symlink_to("..data/token")
+        out = run(tmp_path, "env", "--token-file", str(mount / "token"), "--no-proxy-token").stdout
+        process = next(line for line in out.splitlines() if line.startswith("credential_process = "))
+        assert "..2026" not in process
+        config = tmp_path / "aws-config"
+        config.write_text(f"[profile agentgate]\nregion = us-east-1\n{process}\n")
+
+        def sdk_token() -> str:
+            return boto3.session.Session(profile_name="agentgate").get_credentials().get_frozen_credentials().token
+
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        assert sdk_token() == (mount / "token").read_text().strip()
+        # the kubelet's refresh: a new directory, ..data switched to it, the old one deleted
+        (mount / "..2026_11_27_01_00_01.2").mkdir()
+        (mount / "..2026_11_27_01_00_01.2" / "token").write_text(issuer.mint("agent-k8s", expires_in=7200))
+        (mount / "..data.tmp").symlink_to("..2026_11_27_01_00_01.2")
+        os.replace(mount / "..data.tmp", mount / "..data")
+        shutil.rmtree(mount / "..2026_11_27_00_00_01.1")
+        assert sdk_token() == (mount / "..2026_11_27_01_00_01.2" / "token").read_text().strip()

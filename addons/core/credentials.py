@@ -279,8 +279,12 @@ class CredentialBroker:
             kwargs["Policy"] = binding.session_policy
         self.sts_calls += 1
         self._answer.size = None
-        try:
+        try:  # the client first: an error making it is the gateway's, not in any answer of STS's
             sts = self._sts(self.region_for(role))
+        except Exception as e:  # noqa: BLE001 - a region or endpoint botocore will not take
+            raise CredentialError(f"agentgate cannot make an STS client for role {role}: {type(e).__name__}: "
+                                  f"{str(e)[:300]}") from None
+        try:
             if binding.web_identity:
                 if not token:
                     raise CredentialError(f"role {role} needs the agent's token (web identity) and none was presented")

@@ -949,8 +949,11 @@ def _read(directory: str | Path, watched: Iterable[str] = ()) -> tuple[_Parsed, 
     parsed = _Parsed(directory, [], [], "deny", None, [], [], [], [], set())
     try:
         dir_fd = _open_directory(directory)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         parsed.problems.append((str(directory), 0, "no such policies directory"))
+        return parsed, _UNREADABLE
+    except NotADirectoryError:
+        parsed.problems.append((str(directory), 0, "not a directory: policies names the directory of the policy files"))
         return parsed, _UNREADABLE
     except OSError as e:
         parsed.problems.append((str(directory), 0, f"cannot read: {e.strerror or e}"))
