@@ -104,8 +104,24 @@ class Settings:
         if s.oidc_issuer and not s.oidc_issuer.startswith(("https://", "http://")):
             raise SettingsError(f"oidc_issuer must be the issuer's URL (https://…, as its tokens' iss claim reads), "
                                 f"not {s.oidc_issuer!r}")
-        if not s.approval_hold >= 0:
-            raise SettingsError(f"approval_hold must be a number of seconds, 0 or more, not {s.approval_hold!r}")
+        if not 0 <= s.approval_hold <= 3600:
+            raise SettingsError(f"approval_hold must be a number of seconds from 0 to 3600, not {s.approval_hold!r}")
+        if not 0 <= s.oidc_leeway <= 3600:
+            raise SettingsError(f"oidc_leeway must be a number of seconds from 0 to 3600, not {s.oidc_leeway!r}")
+        if not (math.isfinite(s.grant_max) and s.grant_max > 0):
+            raise SettingsError(f"grant_max must be a number of seconds above 0, not {s.grant_max!r}")
+        if not all(a.strip() for a in s.oidc_audience.split(",")):
+            raise SettingsError(f"oidc_audience must name the audience tokens carry (several: comma-separated), not "
+                                f"{s.oidc_audience!r}")
+        if not s.groups_claim.strip():
+            raise SettingsError("groups_claim must name the token's claim that holds its groups (e.g. groups), not ''")
+        if s.oidc_algorithms != ["RS256", "ES256"]:
+            from .core.identity import KEY_TYPES
+
+            unsupported = [a for a in s.oidc_algorithms if a not in KEY_TYPES]
+            if unsupported or not s.oidc_algorithms:
+                raise SettingsError(f"oidc_algorithms must be asymmetric algorithms from {sorted(KEY_TYPES)}, not "
+                                    f"{unsupported or s.oidc_algorithms!r}")
         if not s.max_pending_approvals >= 1:
             raise SettingsError(f"max_pending_approvals must be 1 or more, not {s.max_pending_approvals!r}")
         parse_hostport(s.listen, "listen")
@@ -118,6 +134,8 @@ class Settings:
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        if s.console_url and not _http_url(s.console_url):
+            raise SettingsError(f"console_url must be an http:// or https:// URL with a host, not {s.console_url!r}")
         for cap in ("max_header_bytes", "max_url_bytes", "max_body_bytes"):
             if getattr(s, cap) <= 0:
                 raise SettingsError(f"{cap} must be a positive number of bytes, not {getattr(s, cap)}")
@@ -155,7 +173,7 @@ def _http_url(value: str) -> bool:
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+    if not sep or not port.isdigit() or not (0 < int(port) < 65536):
         raise SettingsError(f"{name} must be HOST:PORT, not {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -108,7 +108,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run", "--workers", "1000"], {}, "workers must be between 1 and 64, not 1000"),  # none started
         (["run", "--db", "nope"], {}, "'nope' is not a database URL: use sqlite:///PATH or postgresql+psycopg://"),
         (["run"], {"AGENTGATE_OIDC_ISSUER": "notaurl"}, "oidc_issuer must be the issuer's URL"),
-        (["run"], {"AGENTGATE_APPROVAL_HOLD": "-5"}, "approval_hold must be a number of seconds, 0 or more, not -5"),
+        (["run"], {"AGENTGATE_APPROVAL_HOLD": "-5"}, "approval_hold must be a number of seconds from 0 to 3600, not -5"),
         (["run"], {"AGENTGATE_MAX_PENDING_APPROVALS": "0"}, "max_pending_approvals must be 1 or more, not 0"),
         (["env", "--gateway", "http://gw:8080"], {}, "must be HOST:PORT (a host name or address, no scheme)"),
         (["env", "--region", "us-east-1\ncredential_process = /bin/evil"], {}, "must be an AWS region name"),
@@ -118,6 +118,14 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run", "--upstream", "http://:5000"], {}, "upstream must be an http:// or https:// URL with a host"),
         (["run", "--listen", f"127.0.0.1:{same}"], {"AGENTGATE_CONSOLE_LISTEN": f"0.0.0.0:{same}"},
          f"listen and console_listen both name port {same}"),
+        (["run"], {"AGENTGATE_OIDC_LEEWAY": "-5"}, "oidc_leeway must be a number of seconds from 0 to 3600, not -5"),
+        (["run"], {"AGENTGATE_APPROVAL_HOLD": "inf"}, "approval_hold must be a number of seconds from 0 to 3600"),
+        (["run"], {"AGENTGATE_GRANT_MAX": "-1"}, "grant_max must be a number of seconds above 0, not -1"),
+        (["run"], {"AGENTGATE_OIDC_ALGORITHMS": '["HS256"]'}, "oidc_algorithms must be asymmetric algorithms"),
+        (["run"], {"AGENTGATE_OIDC_AUDIENCE": ""}, "oidc_audience must name the audience tokens carry"),
+        (["run"], {"AGENTGATE_GROUPS_CLAIM": " "}, "groups_claim must name the token's claim"),
+        (["run"], {"AGENTGATE_CONSOLE_URL": "javascript:x"}, "console_url must be an http:// or https:// URL"),
+        (["run", "--listen", "127.0.0.1:0"], {}, "listen must be HOST:PORT, not '127.0.0.1:0'"),
     ):
         p = run(tmp_path, *args, env=env)
         assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

@@ -79,7 +79,8 @@ def test_a_store_run_creates_is_its_users_alone(tmp_path, umask):
     (tmp_path / "home").mkdir()
     run_init(tmp_path / "home", 0o022)
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "AGENTGATE_HOME": str(tmp_path / "home")}
-    p = subprocess.run([AGENTGATE, "run", "--db", f"sqlite:///{blocker}/x.db", "--listen", "127.0.0.1:0"], env=env,
+    p = subprocess.run([AGENTGATE, "run", "--db", f"sqlite:///{blocker}/x.db", "--listen", f"127.0.0.1:{free_port()}"],
+                       env={**env, "AGENTGATE_CONSOLE_LISTEN": ""},
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     assert f"cannot create {blocker}: File exists" in p.stderr.strip().splitlines()[-1]
