@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -178,6 +180,30 @@ def test_sqlite_on_a_full_disk_fails_closed_and_recovers(tmp_path, issuer, upstr
     assert len(rs) == 1 + refused + 1
     check_refused_records(rs, refused)
     assert verify(db).ok
+
+
+@pytest.mark.parametrize("how", ["moved", "replaced"])
+def test_a_sqlite_store_file_moved_or_replaced_under_a_running_gateway_fails_closed(tmp_path, issuer, upstream, how):
+    """An operator moves the store's file away (to archive it, say) or copies another over it while
+    the gateway runs: its records would go on into the file it opened, away from the path. Calls are
+    refused, and the log says what happened and what to do, until the gateway is restarted."""
+    path = tmp_path / "agentgate.db"
+    with gateway(tmp_path, issuer, upstream, f"sqlite:///{path}") as gw:
+        sub, ddb = agent(gw, issuer, f"file-{how}", "dynamodb")
+        ddb.list_tables()
+        if how == "moved":
+            path.rename(tmp_path / "archived.db")
+        else:
+            shutil.copy(path, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", path)
+        time.sleep(1.2)  # the writer looks at its file once a second
+        for _ in range(2):
+            refused_by_the_store(ddb.list_tables)
+        log = gw.log()
+    assert f"the store's file {path} is no longer the file the gateway opened (it was deleted, moved away or " \
+           "replaced while the gateway ran" in log
+    assert "restart the gateway to write to the file the path names" in log
+    assert "cannot write (no such table" not in log  # a new empty file at the path is not the store either
 
 
 # -- the writer --------------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ MAX_BACKOFF = 2.0  # seconds between retries while the database is down
 CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 SQLITE_BUSY_SLICE = 0.05  # seconds; the writer looks whether to stop waiting for that lock this often
+FILE_LOOK_EVERY = 1.0  # seconds between looks that the SQLite store's file is still the one opened (``Store._same_file``)
 SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}  # setting -> PRAGMA synchronous (WAL mode)
 SQLITE_FLUSH_EVERY = 1.0  # seconds; "normal" flushes the WAL to the device this long after a commit at most
 # The writer's connection does not checkpoint the WAL as it commits (SQLite's automatic checkpoint,
@@ -149,6 +150,15 @@ def _one_line(e: BaseException) -> str:
     """A database error as one readable line (psycopg's messages span several)."""
     orig = getattr(e, "orig", None) or e
     return " ".join(str(orig).split()) or type(orig).__name__
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names now; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -724,6 +734,10 @@ class Store:
         self._writer_waiting = False  # the writer has work and waits for an inline commit to end
         sqlite_file = _sqlite_path(url) if not self._postgres else None
         self._wal = f"{sqlite_file}-wal" if sqlite_file is not None else None  # the WAL file the writer keeps small
+        self._file = sqlite_file  # the SQLite file, whose identity (device, inode) ``start`` takes
+        self._file_id: tuple[int, int] | None = None
+        self._file_looked = 0.0  # time.monotonic() of the last look at it (``_same_file``)
+        self._file_lost: str | None = None  # why the file is not the one opened: every commit fails so
         self._wal_due = False  # an inline commit left the WAL needing a checkpoint (``_checkpoint_due``)
         self._inline_unchecked = 0  # inline commits since the WAL's size was last looked at
         self._busy_ms: int | None = None  # the writer's connection's busy_timeout (``_sqlite_busy_timeout``)
@@ -825,6 +839,7 @@ class Store:
         if self._thread is not None:
             return
         self._check_schema()
+        self._file_id = _file_identity(self._file) if self._file is not None else None
         self._thread = threading.Thread(target=self._run, name="agentgate-store-writer", daemon=True)
         self._thread.start()
         log.info("store %s: writer %s started", self.where, self.writer_id)
@@ -1413,6 +1428,19 @@ class Store:
             conn, self._wal_conn = self._wal_conn, None
             _invalidate(conn)
 
+    def _same_file(self) -> None:
+        """The SQLite store's file is still the one the writer opened: one deleted or moved away (its
+        records would go on into the old file, lost or elsewhere) or replaced (a restored copy) is
+        an error of every commit, so that calls are refused, until the gateway is restarted."""
+        self._file_looked = time.monotonic()
+        if self._file_lost is None and _file_identity(self._file) != self._file_id:
+            self._file_lost = (f"the store's file {self._file} is no longer the file the gateway opened (it was "
+                               "deleted, moved away or replaced while the gateway ran, and its records would go "
+                               "elsewhere): restart the gateway to write to the file the path names")
+            log.error("store %s: %s", self.where, self._file_lost)
+        if self._file_lost is not None:
+            raise self._dbapi.OperationalError(self._file_lost)
+
     def _transaction(self, calls: list, sessions: list, head: Any, retry_busy: bool = True) -> None:
         raw = self._connection()
         try:
@@ -1430,6 +1458,9 @@ class Store:
                 with self._dbapi.RawCursor(pg) as cur:
                     cur.execute(sql, params)
                 return
+            if self._file_id is not None and (self._file_lost is not None
+                                              or time.monotonic() - self._file_looked >= FILE_LOOK_EVERY):
+                self._same_file()
             # SQLite waits for another process's write lock in slices, so that the attempt can be
             # stopped between them (``_request_abort``); SQLITE_BUSY_TIMEOUT in all.
             self._sqlite_busy_timeout(raw, int(SQLITE_BUSY_SLICE * 1000) if retry_busy else 0)
