@@ -341,7 +341,7 @@ def run(services: list[str] | None = None, processes: int = 2) -> dict:
     services = services or boto3.session.Session().get_available_services()
     shards = [services[i::processes] for i in range(processes)]
     if processes > 1:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        with multiprocessing.get_context("forkserver").Pool(processes) as pool:
             results = [r for part in pool.map(run_services, shards) for r in part]
     else:
         results = run_services(services)
