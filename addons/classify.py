@@ -57,9 +57,11 @@ class Classify:
     def request(self, flow: http.HTTPFlow):
         if due(flow, "request"):
             body = flow.request.raw_content
-            if body is not None and len(body) > OFF_LOOP_OVER:
+            if body is not None and (len(body) > OFF_LOOP_OVER or (
+                    body and "content-encoding" in flow.request.headers)):
                 # reading a large body's parameters (a form of a million list items) takes seconds,
-                # during which the event loop would serve no one else
+                # during which the event loop would serve no one else; a compressed body may be
+                # that large once inflated (15 KB of gzip inflate to 16 MB)
                 return asyncio.to_thread(self._run, flow, body)
             self._run(flow, body)
         return None

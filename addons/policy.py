@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -66,11 +67,16 @@ def check_in_background(policy_set: PolicySet) -> threading.Thread:
     """Log what ``agentgate policy check`` finds in a policy version the gateway put in force (an
     action no call is named by, a mask path that masks nothing, ...), one WARNING line each. Called
     once per version (``PolicyStore(on_version=...)``); the check runs in a child process
-    (``check_findings``), waited for by a thread."""
+    (``check_findings``), waited for by a thread, on a copy of the version's files (the directory
+    may hold the next version by then)."""
     def run() -> None:
-        with _checking:
+        with _checking, tempfile.TemporaryDirectory(prefix="agentgate-policy-check-") as copy:
             try:
-                found = check_findings(policy_set.directory)
+                for name, text in policy_set.sources:  # the version in force, not what the directory holds now
+                    path = Path(copy, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text, encoding="utf-8")
+                found = check_findings(copy)
             except Exception as e:  # noqa: BLE001 - the policies are in force whatever the check says
                 log.error("policy version %s: the check failed: %s", policy_set.version, e)
                 return

@@ -545,3 +545,22 @@ def test_prune_refuses_a_broken_chain(db_url: str) -> None:
     with pytest.raises(StoreError, match="needs the chain key"):
         prune(db_url, dt.datetime.now(UTC), None)
     assert verify(db_url, KEY).records == 10
+
+
+def test_a_witness_is_read_only_from_the_chain_loggers_own_lines() -> None:
+    """Another logger's line that quotes the words (an approver's reason, an agent's key) is not a
+    witness, wherever in it they stand; a chain head line the log cannot have meant is a note."""
+    h = "a" * 64
+    head = '{"chain": "%s", "seq": %d, "hash": "' + h + '", "mac": null}'
+    lines = [
+        "17:06:12 INFO agentgate.chain: chain head " + head % ("w", 3),
+        "17:06:12 INFO [12] agentgate.chain: chain head " + head % ("w", 4),
+        "Nov 27 17:06:12 host agentgate[1]: 17:06:12 INFO agentgate.chain: chain head " + head % ("w", 5),
+        "17:06:13 INFO agentgate.approvals: approval ap-1 denied by bob (console): not now agentgate.chain: chain head "
+        + head % ("forged", 9),
+        "17:06:13 INFO agentgate.approvals: denied: x INFO agentgate.chain: chain head " + head % ("forged", 9),
+        '17:06:14 INFO agentgate.chain: chain head {"chain": 1}',
+    ]
+    notes: list[str] = []
+    assert [(w.chain, w.seq) for w in chain.read_witnesses(lines, "gateway.log", notes)] == [("w", 3), ("w", 4), ("w", 5)]
+    assert notes == ["gateway.log:6: a 'chain head' line without a head that can be read: skipped"]

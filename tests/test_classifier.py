@@ -999,3 +999,16 @@ def test_an_s3_object_whose_bytes_read_as_a_form_name_an_action_is_data_not_a_se
     assert run(zone).error is None  # escaped inside the XML as written by an SDK: no form key of its own
     zone = dict(zone, body=zone["body"].replace(b"<Comment>", b"<Comment>&amp;x=1&Action=DeleteHostedZone&"))
     assert "read as a form, the body names an Action" in run(zone).error
+
+
+def test_a_payload_naming_an_action_is_refused_only_where_upstream_would_read_the_body_as_a_form():
+    """moto reads a body as a form only under a URL with no query: a Lambda payload that holds a
+    queue URL with "&Action=SendMessage" in it goes through with a real query (a Qualifier), and is
+    refused without one (or with only the agent's signature parameters, which re-signing drops)."""
+    payload = json.dumps({"callback": "https://sqs.us-east-1.amazonaws.com/123456789012/q?Version=2012-11-05"
+                                      "&Action=SendMessage"}).encode()
+    with_query = capture("lambda", "invoke", FunctionName="f", Payload=payload, Qualifier="prod")
+    assert with_query["query"] == "Qualifier=prod" and run(with_query).error is None
+    bare = capture("lambda", "invoke", FunctionName="f", Payload=payload)
+    assert "read as a form, the body names an Action" in run(bare).error
+    assert "read as a form, the body names an Action" in run(dict(bare, query="AWSAccessKeyId=x")).error

@@ -229,6 +229,11 @@ def test_every_format_character_is_written_out():
 
     format_characters = {c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
     assert format_characters <= set(WRITTEN_OUT) and format_characters <= set(JSON_WRITTEN_OUT)
+    spaces = {c for c in range(0x110000) if unicodedata.category(chr(c)) == "Zs"} - {0x20}
+    assert spaces <= set(WRITTEN_OUT)  # they look like the space they are not
+    for shows_as_nothing in "\u034f\u3164\ufe0f\U000e0100\u2800\u115f":  # not format characters, but blank
+        assert ("backup" + shows_as_nothing + ".sql").translate(WRITTEN_OUT) != "backup" + shows_as_nothing + ".sql"
+    assert "日本語 العربية é".translate(WRITTEN_OUT) == "日本語 العربية é"  # text that shows is shown
     key = "x\u202elqs.pukcab\u200b\U000e0041\x1b[2J\n\u2028"
     assert key.translate(WRITTEN_OUT) == "x\\u202elqs.pukcab\\u200b\\U000e0041\\x1b[2J\n\u2028"
     assert key.translate(ONE_LINE) == "x\\u202elqs.pukcab\\u200b\\U000e0041\\x1b[2J\\n\\u2028"

@@ -1371,3 +1371,20 @@ def test_parts_needing_different_approvers_are_refused_and_masks_of_approved_par
     for tables in (["misc", "people"], ["people", "misc"]):
         held = decide("transact_get_items", TransactItems=[{"Get": {"TableName": t, "Key": key}} for t in tables])
         assert (held.decision, held.mask_for_agent) == ("approve", ("Item.ssn",)), tables
+
+
+def test_the_check_of_a_version_reads_that_version_not_what_the_directory_holds_later(tmp_path, caplog):
+    """The check runs a moment after a version is put in force; by then the directory may hold the
+    next one: the findings logged under a version are that version's."""
+    import logging
+
+    from addons.policy import check_in_background
+
+    path = write(tmp_path, "p.yaml", "version: 1\nrules:\n  - {id: first, action: lambda:Invoke, decision: deny}\n")
+    first = PolicySet.load(tmp_path)
+    path.write_text("version: 1\nrules:\n  - {id: second, action: s3:ListObjectsV2, decision: deny}\n")
+    with caplog.at_level(logging.WARNING, logger="agentgate.policy"):
+        check_in_background(first).join(60)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and logged[0].startswith(f"policy version {first.version}: p.yaml:3: rule first: "
+                                                     "lambda:Invoke is an API operation's name"), logged

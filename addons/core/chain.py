@@ -81,16 +81,30 @@ FORMAT_CHARACTERS = ((0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06
                      (0xE0001, 0xE0001), (0xE0020, 0xE007F))
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties, Unicode 15): characters a renderer
+# shows as nothing even where they are not format characters (the combining grapheme joiner,
+# Hangul fillers, variation selectors, tags); and the spaces other than U+0020 and the Braille
+# blank, which look like a space or like nothing: "backup\u3164.sql" reads "backup.sql".
+IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+             (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+             (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+             (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+BLANKS = ((0x00A0, 0x00A0), (0x1680, 0x1680), (0x2000, 0x200A), (0x202F, 0x202F), (0x205F, 0x205F),
+          (0x2800, 0x2800), (0x3000, 0x3000))
+
+
 def written_out(c: int) -> str:
     """How a hidden character is shown: ``\\x1b``, ``\\u202e``, ``\\U000e0001``."""
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" if c < 0x10000 else f"\\U{c:08x}"
 
 
 # What an agent wrote, shown to a person (a terminal, a chat, the console): control characters a
-# terminal or a chat would act on (escape sequences, C1 controls) and format characters written out;
+# terminal or a chat would act on (escape sequences, C1 controls), and characters that show as
+# nothing or as a space (format characters, default-ignorable ones, other spaces) written out;
 # ONE_LINE writes out line breaks and tabs too, for a value that must stay on its line (a resource, a
 # principal, a rule, a reason).
-HIDDEN = (*range(0x20), 0x7F, *range(0x80, 0xA0), *(c for a, b in FORMAT_CHARACTERS for c in range(a, b + 1)))
+HIDDEN = (*range(0x20), 0x7F, *range(0x80, 0xA0),
+          *sorted({c for a, b in (*FORMAT_CHARACTERS, *IGNORABLE, *BLANKS) for c in range(a, b + 1)}))
 WRITTEN_OUT = {c: written_out(c) for c in HIDDEN if c not in (0x09, 0x0A)}
 ONE_LINE = {**WRITTEN_OUT, 0x09: "\\t", 0x0A: "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
@@ -282,7 +296,10 @@ WITNESS_TAG = "chain head"
 # A chain head as the gateway logs it: by the agentgate.chain logger, the head ending the line (a
 # line of another logger that quotes an agent's text holding the words is not one)
 WITNESS_LOGGER = "agentgate.chain"
-_WITNESS_RE = re.compile(r"(?:^|[\s\]])" + re.escape(f"{WITNESS_LOGGER}: {WITNESS_TAG}") + r" (\{[^{}\n]*\})\s*$")
+_WITNESS_RE = re.compile(re.escape(f"{WITNESS_TAG}") + r" (\{[^{}\n]*\})\s*$")
+# where a line of the gateway's log names its logger (``%(levelname)s [%(process)d] %(name)s: ``): the
+# first such place in a line is the line's own logger, whatever its message quotes after it
+_LOGGER_AT = re.compile(r"(?:^|\s)(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (?:\[\d+\] )?(agentgate[\w.]*): ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,9 +333,10 @@ def read_witnesses(lines: Iterable[str], name: str, notes: list[str] | None = No
     for n, text in enumerate(lines, 1):
         if tag not in text:
             continue
-        match = _WITNESS_RE.search(text)
+        logger = _LOGGER_AT.search(text)
+        match = _WITNESS_RE.match(text, logger.end()) if logger and logger.group(1) == WITNESS_LOGGER else None
         if match is None:
-            continue  # the words in another line (an agent's text quoted by another logger, say)
+            continue  # the words in another logger's line (an approver's reason, an agent's key)
         try:
             head = json.loads(match.group(1))
             w = Witness(str(head["chain"]), int(head["seq"]), str(head["hash"]), head.get("mac"), f"{name}:{n}")

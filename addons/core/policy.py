@@ -1372,6 +1372,7 @@ class PolicySet:
         self.rules = tuple(parsed.rules)
         self.roles = tuple(parsed.roles)
         self.default = parsed.default
+        self.sources = tuple(parsed.files)  # (name, text) of each file read, session policies included
         self.text = "".join(f"--- {name}\n{text}" + ("" if text.endswith("\n") else "\n") for name, text in parsed.files)
         self.version = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
         self._watched = frozenset(parsed.watched)
