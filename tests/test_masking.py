@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import re
 import types
 import zlib
 from urllib.parse import quote
@@ -1077,3 +1078,131 @@ def test_sqs_digests_beside_masked_bodies_and_attributes_are_of_what_the_agent_g
     part, _ = Masker(KEY).response(sent, status=200, content_type="application/x-amz-json-1.0", body=json.dumps(
         {"MessageId": "1", "MD5OfMessageBody": hashlib.md5(b"db config: password=1234").hexdigest()}).encode())
     assert json.loads(part.body)["MD5OfMessageBody"] == DIGEST_MARKER
+
+
+_BEANSTALK_SETTINGS = (
+    b'<DescribeConfigurationSettingsResponse xmlns="https://elasticbeanstalk.amazonaws.com/docs/2010-12-01/">'
+    b"<DescribeConfigurationSettingsResult><ConfigurationSettings><member><ApplicationName>app</ApplicationName>"
+    b"<OptionSettings><member><Namespace>aws:elasticbeanstalk:application:environment</Namespace>"
+    b"<OptionName>WAREHOUSE_URL</OptionName><Value>Tr0ub4dor-beanstalk</Value></member>"
+    b"<member><Namespace>aws:autoscaling:launchconfiguration</Namespace><OptionName>InstanceType</OptionName>"
+    b"<Value>t3.micro</Value></member></OptionSettings></member></ConfigurationSettings>"
+    b"</DescribeConfigurationSettingsResult></DescribeConfigurationSettingsResponse>")
+_LISTENERS = (
+    b'<DescribeListenersResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">'
+    b"<DescribeListenersResult><Listeners><member><ListenerArn>arn:l</ListenerArn><DefaultActions><member>"
+    b"<Type>authenticate-oidc</Type><AuthenticateOidcConfig><Issuer>https://idp</Issuer><ClientId>app</ClientId>"
+    b"<ClientSecret>Tr0ub4dor-oidc</ClientSecret></AuthenticateOidcConfig></member></DefaultActions></member>"
+    b"</Listeners></DescribeListenersResult></DescribeListenersResponse>")
+
+
+_CURATED_ANSWERS = [
+    ("appsync", "ListApiKeys", json.dumps({"apiKeys": [{"id": "da2-4k7xq2m9zq5bfl3nwd8c6rj2ha", "description": "ci",
+                                                        "expires": 1700000000}]}), "application/json", "ci"),
+    ("glue", "GetJob", json.dumps({"Job": {"Name": "nightly", "DefaultArguments": {"--warehouse": "Tr0ub4dor-glue"}}}),
+     "application/x-amz-json-1.1", "--warehouse"),
+    ("glue", "GetJobRuns", json.dumps({"JobRuns": [{"Id": "jr_1", "Arguments": {"--conn": "Tr0ub4dor-run"}}]}),
+     "application/x-amz-json-1.1", "--conn"),
+    ("emr", "DescribeCluster", json.dumps({"Cluster": {"Id": "j-1", "Name": "etl", "Configurations": [
+        {"Classification": "spark-env", "Configurations": [
+            {"Classification": "export", "Properties": {"WAREHOUSE_URL": "Tr0ub4dor-emr"}}]}]}}),
+     "application/x-amz-json-1.1", "spark-env"),
+    ("kinesisanalyticsv2", "DescribeApplication", json.dumps({"ApplicationDetail": {
+        "ApplicationName": "flink", "ApplicationConfigurationDescription": {"EnvironmentPropertyDescriptions": {
+            "PropertyGroupDescriptions": [{"PropertyGroupId": "app", "PropertyMap": {"sink": "Tr0ub4dor-flink"}}]}}}}),
+     "application/x-amz-json-1.1", "sink"),
+    ("securityhub", "GetFindings", json.dumps({"Findings": [{"Id": "f-1", "Resources": [{
+        "Type": "AwsLambdaFunction", "Details": {"AwsLambdaFunction": {
+            "FunctionName": "fn", "Environment": {"Variables": {"SINK": "Tr0ub4dor-finding"}}}}}]}]}),
+     "application/json", "SINK"),
+    ("codepipeline", "GetPipeline", json.dumps({"pipeline": {"name": "p", "stages": [{"name": "build", "actions": [{
+        "name": "a", "environmentVariables": [{"name": "SINK", "value": "Tr0ub4dor-pipeline"}]}]}]}}),
+     "application/x-amz-json-1.1", "SINK"),
+    ("lightsail", "GetContainerServices", json.dumps({"containerServices": [{
+        "containerServiceName": "web", "currentDeployment": {
+            "containers": {"app": {"image": "nginx", "environment": {"SINK": "Tr0ub4dor-lightsail"}}}}}]}),
+     "application/x-amz-json-1.1", "SINK"),
+    ("elasticbeanstalk", "DescribeConfigurationSettings", _BEANSTALK_SETTINGS, "text/xml", "WAREHOUSE_URL"),
+    ("elbv2", "DescribeListeners", _LISTENERS, "text/xml", "https://idp"),
+]
+
+
+@pytest.mark.parametrize("service, operation, body, content_type, kept", _CURATED_ANSWERS,
+                         ids=[f"{c[0]}:{c[1]}" for c in _CURATED_ANSWERS])
+def test_curated_members_are_masked_by_where_they_sit_in_the_record_and_for_the_agent(service, operation, body,
+                                                                                      content_type, kept):
+    """Keys, arguments, properties and environments the models do not mark (an AppSync API key,
+    which is its id; a Glue job's arguments; EMR's exported environment; a pipeline action's
+    variables; Beanstalk's environment properties; an OIDC client secret) are masked by where they
+    sit, whatever their names say: in the record always, and for the agent under the shipped
+    policies, in an answer its SDK still parses."""
+    from addons.core import actions
+    from addons.core.policy import PolicySet
+    from tests.test_policy import SHIPPED, principal
+
+    action, level = actions.iam_action(service, operation)
+    decision = PolicySet.load(SHIPPED).evaluate(principal(), types.SimpleNamespace(
+        service=service, operation=operation, action=action, access_level=level, params={}, resources=[],
+        region="us-east-1", account=None, error=None, implied=()))
+    assert decision.decision == "allow", (action, decision.rule)
+    raw = body.encode() if isinstance(body, str) else body
+    secret = ("da2-4k7xq2m9zq5bfl3nwd8c6rj2ha" if service == "appsync"
+              else re.search(r"Tr0ub4dor-\w+", raw.decode()).group())
+    m = Masker(KEY)
+    part, _ = m.response(call(service, operation), status=200, body=raw, content_type=content_type)  # no rule masks
+    assert secret not in part.body and kept in part.body
+    assert part.masked and {by for (_, _, by) in part.masked} == {"curated"}, part.masked
+    _, agent = m.response(call(service, operation), status=200, body=raw, content_type=content_type,
+                          policy=decision.mask_for_agent)
+    copy = agent.body.decode()
+    assert secret not in copy and kept in copy and AGENT_MARKER in copy and fingerprint_free(copy)
+    parse(service, operation, agent.body)  # the SDK reads the masked answer
+    if service == "elasticbeanstalk":  # the record keeps the other namespaces' settings; the agent gets none
+        assert "t3.micro" in part.body and "t3.micro" not in copy
+
+
+_CURATED_REQUESTS = [
+    ("glue", "CreateConnection", json.dumps({"ConnectionInput": {"Name": "warehouse", "ConnectionType": "JDBC",
+                                                                 "ConnectionProperties": {
+        "JDBC_CONNECTION_URL": "jdbc:postgresql://db:5432/w", "USERNAME": "etl", "PASSWORD": "Tr0ub4dor-conn"}}}),
+     "Tr0ub4dor-conn", "jdbc:postgresql://db:5432/w"),
+    ("glue", "StartJobRun", json.dumps({"JobName": "nightly", "Arguments": {"--conn": "Tr0ub4dor-args"}}),
+     "Tr0ub4dor-args", "--conn"),
+    ("elasticache", "CreateUser", "Action=CreateUser&Version=2015-02-02&UserId=u1&UserName=app&Engine=redis"
+     "&AccessString=on&Passwords.member.1=Tr0ub4dor-cache-pass", "Tr0ub4dor-cache-pass", "UserName=app"),
+    ("elbv2", "CreateRule", "Action=CreateRule&Version=2015-12-01&ListenerArn=arn%3Al&Priority=1"
+     "&Actions.member.1.Type=authenticate-oidc&Actions.member.1.AuthenticateOidcConfig.ClientId=app"
+     "&Actions.member.1.AuthenticateOidcConfig.ClientSecret=Tr0ub4dor-oidc", "Tr0ub4dor-oidc", "ClientId=app"),
+    ("elasticbeanstalk", "CreateEnvironment", "Action=CreateEnvironment&Version=2010-12-01&ApplicationName=app"
+     "&OptionSettings.member.1.Namespace=aws%3Aelasticbeanstalk%3Aapplication%3Aenvironment"
+     "&OptionSettings.member.1.OptionName=SINK&OptionSettings.member.1.Value=Tr0ub4dor-ebenv"
+     "&OptionSettings.member.2.Namespace=aws%3Aautoscaling%3Alaunchconfiguration"
+     "&OptionSettings.member.2.OptionName=InstanceType&OptionSettings.member.2.Value=t3.micro",
+     "Tr0ub4dor-ebenv", "t3.micro"),
+    ("neptune", "CreateDBInstance", "Action=CreateDBInstance&Version=2014-10-31&DBInstanceIdentifier=db1"
+     "&DBInstanceClass=db.r5.large&Engine=neptune&MasterUserPassword=Tr0ub4dor-neptune", "Tr0ub4dor-neptune",
+     "DBInstanceIdentifier=db1"),
+]
+
+
+@pytest.mark.parametrize("service, operation, body, secret, kept", _CURATED_REQUESTS,
+                         ids=[f"{c[0]}:{c[1]}" for c in _CURATED_REQUESTS])
+def test_curated_request_members_are_masked_in_the_record(service, operation, body, secret, kept):
+    """Passwords, tokens, arguments and environments a request carries where the models do not mark
+    them: the record's copy masks them (a Glue connection's PASSWORD property, not its URL; a
+    Beanstalk environment property, not the instance type)."""
+    part = Masker(KEY).request(call(service, operation), body=body.encode())
+    assert secret not in part.body and kept in part.body
+    assert any(by == "curated" for (_, _, by) in part.masked), part.masked
+
+
+def test_an_appsync_api_key_named_in_the_url_is_masked_in_the_record():
+    """An AppSync API key's id is the key: a call that names it (UpdateApiKey, DeleteApiKey) has it
+    in its URL's path, which the record keeps masked as it keeps the parameter."""
+    key = "da2-4k7xq2m9zq5bfl3nwd8c6rj2ha"
+    m = Masker(KEY)
+    c = call("appsync", "DeleteApiKey", params={"apiId": "api1", "id": key})
+    params, counts = m.params(c)
+    assert params["id"] == fp(key) and counts == {("params", "id", "curated"): 1}
+    path, _, n = m.url_parts(f"/v1/apis/api1/apikeys/{key}", "", c.params, params)
+    assert path == f"/v1/apis/api1/apikeys/{fp(key)}" and n == 1

@@ -45,7 +45,7 @@ def claims(tmp_path) -> Path:
 def test_check_passes_the_shipped_policies(run):
     result = run("check", str(SHIPPED))
     assert result.exit_code == 0, result.output
-    assert "5 files, 26 rules, 2 roles: OK" in result.output
+    assert "5 files, 31 rules, 2 roles: OK" in result.output
 
 
 def test_check_defaults_to_the_policies_setting(run, monkeypatch, tmp_path):
