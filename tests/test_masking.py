@@ -554,6 +554,261 @@ def test_any_json_body_keeps_its_meaning_when_nothing_is_found(value):
         assert json.loads(part.body) == value
 
 
+# -- secrets by name ------------------------------------------------------------------------------
+
+PW = "qQzjcN8heSg1usSkN"  # a random password: no detector finds it by its form
+
+
+def test_a_random_password_has_no_form_a_detector_finds():
+    assert detectors.find(PW) == [] and not detectors.suspicious(json.dumps({"PASSWORD": PW}), json=True)
+
+
+# (service, operation, request params or None for a response, body, where the record lists it)
+NAMED = [
+    # a map entry's key
+    ("glue", "CreateConnection", True, {"ConnectionInput": {"Name": "db", "ConnectionType": "JDBC", "ConnectionProperties": {
+        "USERNAME": "admin", "PASSWORD": PW, "JDBC_CONNECTION_URL": "jdbc:mysql://db.internal:3306/app"}}},
+     "ConnectionInput.ConnectionProperties.*"),
+    ("glue", "GetJob", False, {"Job": {"Name": "nightly", "Role": "arn:aws:iam::123456789012:role/glue",
+                                       "DefaultArguments": {"--db_password": PW, "--job-language": "python"}}},
+     "Job.DefaultArguments.*"),
+    ("glue", "GetJobRun", False, {"JobRun": {"Id": "jr_0123", "JobName": "nightly", "Arguments": {"--api-key": PW}}},
+     "JobRun.Arguments.*"),
+    ("emr", "RunJobFlow", True, {"Name": "c", "Instances": {}, "Configurations": [{"Classification": "hive-site", "Properties": {
+        "javax.jdo.option.ConnectionUserName": "hive", "javax.jdo.option.ConnectionPassword": PW}}]},
+     "Configurations[].Properties.*"),
+    ("kinesisanalyticsv2", "DescribeApplication", False, {"ApplicationDetail": {
+        "ApplicationARN": "arn:aws:kinesisanalytics:us-east-1:123456789012:application/a", "ApplicationName": "a",
+        "RuntimeEnvironment": "FLINK-1_18", "ApplicationStatus": "READY", "ApplicationVersionId": 1,
+        "ApplicationConfigurationDescription": {"EnvironmentPropertyDescriptions": {"PropertyGroupDescriptions": [
+            {"PropertyGroupId": "db", "PropertyMap": {"db.password": PW, "db.host": "db.internal"}}]}}}},
+     "ApplicationDetail.ApplicationConfigurationDescription.EnvironmentPropertyDescriptions."
+     "PropertyGroupDescriptions[].PropertyMap.*"),
+    ("securityhub", "GetFindings", False, {"Findings": [{"Id": "f-1", "Resources": [{"Type": "AwsLambdaFunction", "Id": "fn", "Details": {
+        "AwsLambdaFunction": {"Environment": {"Variables": {"AUTH_TOKEN": PW, "STAGE": "prod"}}}}}]}]},
+     "Findings[].Resources[].Details.AwsLambdaFunction.Environment.Variables.*"),
+    # a {name, value} pair: the name member names the value
+    ("codepipeline", "GetPipeline", False, {"pipeline": {"name": "p", "roleArn": "arn:aws:iam::123456789012:role/p", "stages": [
+        {"name": "build", "actions": [{"name": "run", "actionTypeId": {"category": "Compute", "owner": "AWS",
+                                                                        "provider": "Commands", "version": "1"},
+                                       "environmentVariables": [{"name": "DB_PASSWORD", "value": PW, "type": "PLAINTEXT"},
+                                                                {"name": "STAGE", "value": "prod"}]}]}]}},
+     "pipeline.stages[].actions[].environmentVariables[].value"),
+    ("codepipeline", "CreatePipeline", True, {"pipeline": {"name": "p", "roleArn": "arn:aws:iam::1:role/p", "stages": [
+        {"name": "build", "actions": [{"name": "run", "actionTypeId": {"category": "Compute", "owner": "AWS",
+                                                                        "provider": "Commands", "version": "1"},
+                                       "environmentVariables": [{"name": "STAGE", "value": "prod"},
+                                                                {"name": "api-key", "value": PW}]}]}]}},
+     "pipeline.stages[].actions[].environmentVariables[].value"),
+    # members named as secrets that the models do not mark
+    ("mq", "CreateUser", True, {"BrokerId": "b-1", "Username": "app", "Password": PW, "ConsoleAccess": False}, "Password"),
+    ("mq", "CreateBroker", True, {"BrokerName": "b", "Users": [{"Username": "app", "Password": PW}]}, "Users[].Password"),
+    ("memorydb", "CreateUser", True, {"UserName": "app", "AccessString": "on ~* +@all", "AuthenticationMode": {
+        "Type": "password", "Passwords": [PW]}}, "AuthenticationMode.Passwords[]"),
+    ("firehose", "CreateDeliveryStream", True, {"DeliveryStreamName": "s", "SplunkDestinationConfiguration": {
+        "HECEndpoint": "https://splunk.internal:8088", "HECEndpointType": "Raw", "HECToken": PW,
+        "S3Configuration": {"RoleARN": "arn:aws:iam::123456789012:role/f", "BucketARN": "arn:aws:s3:::b"}}},
+     "SplunkDestinationConfiguration.HECToken"),
+    ("pinpoint", "UpdateApnsChannel", True, {"ApplicationId": "app", "APNSChannelRequest": {
+        "TeamId": "T1", "TokenKeyId": "K1", "TokenKey": PW}}, "APNSChannelRequest.TokenKey"),
+]
+
+
+@pytest.mark.parametrize("service,operation,is_request,body,path", NAMED, ids=[f"{c[0]}:{c[1]}" for c in NAMED])
+def test_a_value_whose_name_says_it_is_a_secret_is_masked_in_the_record(service, operation, is_request, body, path):
+    m = Masker(KEY)
+    raw = json.dumps(body).encode()
+    c = call(service, operation, params=body if is_request else None)
+    if is_request:
+        part = m.request(c, body=raw)
+        params, counts = m.params(c)
+        assert PW not in json.dumps(params) and fp(PW) in json.dumps(params)
+        assert counts == {("params", path, "named-secret"): 1}
+        assert c.params == body  # the call's own parameters are left as they were
+    else:
+        part, agent = m.response(c, status=200, body=raw)
+        assert agent is None  # the record's: the agent's copy is masked where policy says
+    assert PW not in part.body and fp(PW) in part.body
+    assert part.masked == {("request" if is_request else "response", path, "named-secret"): 1}
+    assert len(json.loads(part.body)) == len(body)  # the rest as it was
+
+
+def test_query_bodies_and_xml_answers_go_by_the_name_beside_a_value():
+    m = Masker(KEY)
+    form = (f"Action=CreateEnvironment&Version=2010-12-01&ApplicationName=a&EnvironmentName=e"
+            f"&OptionSettings.member.1.Namespace=aws%3Aelasticbeanstalk%3Aapplication%3Aenvironment"
+            f"&OptionSettings.member.1.OptionName=DB_PASSWORD&OptionSettings.member.1.Value={PW}"
+            f"&OptionSettings.member.2.OptionName=InstanceType&OptionSettings.member.2.Value=t3.micro").encode()
+    part = m.request(call("elasticbeanstalk", "CreateEnvironment"), body=form)
+    assert PW not in part.body and f"OptionSettings.member.1.Value={fp(PW)}" in part.body
+    assert "OptionSettings.member.2.Value=t3.micro" in part.body
+    assert part.masked == {("request", "OptionSettings.member[].Value", "named-secret"): 1}
+    # a list of passwords, an HSM partition's, a listener rule's OIDC client secret
+    part = m.request(call("elasticache", "CreateUser"),
+                     body=f"Action=CreateUser&Version=2015-02-02&UserId=u&UserName=u&Engine=redis&Passwords.member.1={PW}"
+                          f"&AccessString=on".encode())
+    assert PW not in part.body and part.masked == {("request", "Passwords.member[]", "named-secret"): 1}
+    part = m.request(call("redshift", "CreateHsmConfiguration"),
+                     body=f"Action=CreateHsmConfiguration&Version=2012-12-01&HsmConfigurationIdentifier=h"
+                          f"&HsmPartitionName=p&HsmPartitionPassword={PW}".encode())
+    assert PW not in part.body and part.masked == {("request", "HsmPartitionPassword", "named-secret"): 1}
+    part = m.request(call("elbv2", "CreateRule"), body=(
+        "Action=CreateRule&Version=2015-12-01&ListenerArn=arn%3Aaws%3Aelasticloadbalancing%3Aus-east-1%3A123456789012"
+        "%3Alistener%2Fapp%2Fa%2F1%2F2&Priority=1&Actions.member.1.Type=authenticate-oidc"
+        f"&Actions.member.1.AuthenticateOidcConfig.ClientId=client&Actions.member.1.AuthenticateOidcConfig.ClientSecret={PW}"
+        "&Actions.member.1.AuthenticateOidcConfig.UseExistingClientSecret=false").encode())
+    assert PW not in part.body and "UseExistingClientSecret=false" in part.body
+    assert part.masked == {("request", "Actions.member[].AuthenticateOidcConfig.ClientSecret", "named-secret"): 1}
+    xml = (f"<DescribeConfigurationSettingsResponse><DescribeConfigurationSettingsResult><ConfigurationSettings><member>"
+           f"<ApplicationName>a</ApplicationName><OptionSettings><member><Namespace>aws:env</Namespace>"
+           f"<OptionName>DB_PASSWORD</OptionName><Value>{PW}</Value></member><member><Namespace>aws:env</Namespace>"
+           f"<OptionName>NextToken</OptionName><Value>page-2</Value></member></OptionSettings></member>"
+           f"</ConfigurationSettings></DescribeConfigurationSettingsResult></DescribeConfigurationSettingsResponse>").encode()
+    part, _ = m.response(call("elasticbeanstalk", "DescribeConfigurationSettings"), status=200, body=xml)
+    assert part.body == xml.decode().replace(PW, fp(PW))
+    assert part.masked == {("response", "DescribeConfigurationSettingsResult.ConfigurationSettings[].OptionSettings[]."
+                                        "Value", "named-secret"): 1}
+
+
+def test_identifiers_arns_pagination_tokens_booleans_and_references_stay():
+    """What a secret's name says holds no secret: its ARN, its id, a cursor, a setting, a reference
+    to where it is kept, what a service shows instead of it."""
+    m = Masker(KEY)
+    jobs = {"Jobs": [{"Name": "nightly", "DefaultArguments": {
+        "--db_password": "{{resolve:secretsmanager:prod/db:SecretString:password}}",
+        "--api_token": "${API_TOKEN}", "--secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+        "--db_password_secret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+        "--ssm_password": "/prod/db/password", "--auth_token_ttl": "3600", "--use_auth": "true",
+        "--masked_password": "********", "--password_rotation_days": "30", "--token_expiry": "2026-01-01",
+        "--password": ""}}],
+        "NextToken": "AAAABBBBCCCCDDDDEEEEFFFF0000111122223333aaaa"}
+    body = json.dumps(jobs).encode()
+    part, _ = m.response(call("glue", "GetJobs"), status=200, body=body)
+    assert part.body == body.decode() and part.masked == {}
+    pipeline = {"pipeline": {"name": "p", "roleArn": "arn:aws:iam::123456789012:role/p", "stages": [{"name": "b", "actions": [
+        {"name": "run", "actionTypeId": {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"},
+         "environmentVariables": [{"name": "DB_PASSWORD", "value": "prod-db-password", "type": "PARAMETER_STORE"},
+                                  {"name": "API_KEY", "value": "prod/api", "type": "SECRETS_MANAGER"}]}]}]}}
+    body = json.dumps(pipeline).encode()
+    part, _ = m.response(call("codepipeline", "GetPipeline"), status=200, body=body)
+    assert part.body == body.decode() and part.masked == {}
+    # names of identifiers and settings, and an enum's values (cognito: the unit of each token's validity)
+    client = {"UserPoolClient": {"UserPoolId": "us-east-1_Ab12", "ClientName": "web", "ClientId": "abc123",
+                                 "TokenValidityUnits": {"AccessToken": "hours", "IdToken": "hours", "RefreshToken": "days"},
+                                 "AllowedOAuthFlowsUserPoolClient": True, "EnableTokenRevocation": True}}
+    part, _ = m.response(call("cognito-idp", "DescribeUserPoolClient"), status=200, body=json.dumps(client).encode())
+    assert json.loads(part.body)["UserPoolClient"]["TokenValidityUnits"] == client["UserPoolClient"]["TokenValidityUnits"]
+    assert part.masked == {("response", "UserPoolClient.ClientId", "sensitive"): 1}  # the model marks it
+    secrets_ = {"SecretList": [{"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf", "Name": "db",
+                                "KmsKeyId": "alias/aws/secretsmanager", "RotationEnabled": False,
+                                "SecretVersionsToStages": {"v1": ["AWSCURRENT"]}}],
+                "NextToken": "AAAABBBBCCCC"}
+    body = json.dumps(secrets_).encode()
+    part, _ = m.response(call("secretsmanager", "ListSecrets"), status=200, body=body)
+    assert part.body == body.decode() and part.masked == {}
+    iam = (b"<GetUserResponse><GetUserResult><User><UserName>bob</UserName><UserId>AIDAEXAMPLE0123456789</UserId>"
+           b"<Arn>arn:aws:iam::123456789012:user/bob</Arn><PasswordLastUsed>2026-01-01T00:00:00Z</PasswordLastUsed>"
+           b"</User></GetUserResult></GetUserResponse>")
+    part, _ = m.response(call("iam", "GetUser"), status=200, body=iam)
+    assert part.body == iam.decode() and part.masked == {}
+    ec2 = (b"<DescribeInstancesResponse><reservationSet><item><instancesSet><item><instanceId>i-0123456789abcdef0"
+           b"</instanceId><metadataOptions><httpTokens>required</httpTokens><httpEndpoint>enabled</httpEndpoint>"
+           b"</metadataOptions></item></instancesSet></item></reservationSet></DescribeInstancesResponse>")
+    part, _ = m.response(call("ec2", "DescribeInstances"), status=200, body=ec2)
+    assert part.body == ec2.decode() and part.masked == {}
+    access = {"UserName": "bob", "AccessKeyMetadata": [{"UserName": "bob", "AccessKeyId": "AKIAIOSFODNN7EXAMPLE",
+                                                        "Status": "Active"}]}
+    params, counts = m.params(call("iam", "ListAccessKeys", params={"UserName": "bob", "Marker": "m"}))
+    assert counts == {} and params == {"UserName": "bob", "Marker": "m"}
+    assert detectors.find("AKIAIOSFODNN7EXAMPLE", "AccessKeyId") == [] and access
+    # a password that starts with a slash is not a parameter's name
+    assert detectors.named("/k3JHq9xLmN2pQ", "DB_PASSWORD") and not detectors.named("/prod/db/password", "DB_PASSWORD")
+
+
+def test_values_the_models_mark_and_curated_targets_keep_what_masks_them():
+    m = Masker(KEY)
+    body = json.dumps({"Name": "db", "SecretString": PW}).encode()
+    part = m.request(call("secretsmanager", "CreateSecret"), body=body)
+    assert part.masked == {("request", "SecretString", "sensitive"): 1}
+    body = json.dumps({"Connection": {"Name": "db", "ConnectionProperties": {"PASSWORD": PW, "USERNAME": "admin"}}}).encode()
+    part, _ = m.response(call("glue", "GetConnection"), status=200, body=body)
+    assert part.masked == {("response", "Connection.ConnectionProperties", "curated"): 2}
+
+
+SECRET_NAMES = ["DB_PASSWORD", "javax.jdo.option.ConnectionPassword", "--db_password", "api-key", "ApiKey", "API_KEY",
+                "ClientSecret", "client_secret", "AUTH_TOKEN", "PRIVATE_KEY", "privateKey", "HECToken", "Password",
+                "Passwords", "MasterUserPassword", "HsmPartitionPassword", "SecretAccessKey", "AWS_SECRET_ACCESS_KEY",
+                "AccessKey", "SecretKey", "Credentials", "credential", "auth", "BasicAuth", "authKey", "GITHUB_TOKEN",
+                "SessionToken", "IdToken", "dbpassword", "passwd", "DB_PASS", "passphrase", "SECRET_KEY_BASE",
+                "SecretString", "TokenKey", "password_2", "x-api-key", "/prod/db/password", "REDIS_PWD"]
+NOT_SECRET_NAMES = ["NextToken", "nextToken", "ContinuationToken", "PaginationToken", "ClientToken",
+                    "ClientRequestToken", "IdempotencyToken", "MaxTokens", "TokenCount", "TokenType", "tokenTypeHint",
+                    "SecretArn", "SecretId", "SecretName", "AccessKeyId", "ApiKeyName", "apiKeyId", "PasswordLastUsed",
+                    "PasswordResetRequired", "PasswordPolicy", "PasswordLength", "MaxPasswordAge", "AuthTokenEnabled",
+                    "AuthTokenLastModifiedDate", "TokenExpiration", "SecretRotationDays", "MasterUserSecretKmsKeyId",
+                    "TokenEndpoint", "oAuthScopes", "AuthType", "AuthorizationType", "Authentication", "SecretStatus",
+                    "PasswordVersion", "CredentialsArn", "ChangeToken", "LockToken", "TaskToken", "HttpTokens",
+                    "DkimTokens", "bypass", "oauth", "OLDPWD", "KeySchema", "Key", "ApiMappingKey", "Name", "Value"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_names_that_say_a_value_is_a_secret(name):
+    assert detectors.secret_name(name)
+    assert detectors.find(PW, name) == [detectors.Finding(0, len(PW), "named-secret")]
+    # the quick test over a body finds the name where the walk meets it: a key, a {Name, Value} pair
+    assert detectors.names_secret(json.dumps({name: PW}))
+    assert detectors.names_secret(json.dumps([{"Name": name, "Value": PW}]))
+    assert detectors.names_secret(f"<{name}>x</{name}>" if name.isidentifier() else f"<Name>{name}</Name>")
+
+
+@pytest.mark.parametrize("name", NOT_SECRET_NAMES)
+def test_names_of_identifiers_handles_and_settings_are_not_secrets(name):
+    assert not detectors.secret_name(name) and detectors.find(PW, name) == []
+    assert not detectors.names_secret(json.dumps({name: "v", "Items": [{"Name": name, "Value": "v"}]}))
+
+
+@given(st.lists(st.sampled_from(["db", "Db", "DB", "password", "Password", "PASSWORD", "token", "Token", "next", "Next",
+                                 "auth", "api", "key", "Key", "secret", "access", "id", "Id", "value", "arn", "x9",
+                                 "2", "session", "passwd", "credentials"]), min_size=1, max_size=4),
+       st.lists(st.sampled_from(["", "_", "-", ".", " ", "/", "\n", "\t", ":", "--"]), min_size=4, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_the_quick_test_never_misses_a_name_the_walk_would_take(words, separators):
+    """``names_secret`` decides whether a body is walked for names at all: whatever a name's words
+    and separators (JSON escapes included), when ``secret_name`` takes it, the quick test over a
+    body holding it says yes."""
+    name = "".join(w + s for w, s in zip(words, separators))[:-1] or words[0]
+    if detectors.secret_name(name):
+        for body in (json.dumps({name: "v"}), json.dumps({"Name": name, "Value": "v"}), f"k.{name}=v\n{name}"):
+            assert detectors.names_secret(body), (name, body)
+            assert detectors.hints(body, json=True)[1], (name, body)
+
+
+def test_every_member_the_models_name_as_a_secret_is_seen_by_its_wire_name():
+    """The walk names a member by its model name, the quick test reads its name on the wire
+    (``locationName``): where the first says secret, so does the second."""
+    missed = []
+    for service in LOADER.list_available_services("service-2"):
+        shapes = LOADER.load_service_model(service, "service-2")["shapes"]
+        for shape in shapes.values():
+            for member, ref in shape.get("members", {}).items() if shape["type"] == "structure" else ():
+                if ref.get("location"):  # a header, a label, a query parameter: not in the body
+                    continue
+                wire = ref.get("locationName", member)
+                if detectors.secret_name(member) and not detectors.names_secret(json.dumps({wire: "v"})):
+                    missed.append((service, member, wire))
+    assert missed == []
+
+
+def test_ordinary_bodies_are_not_walked_for_names():
+    """A DynamoDB item, a page of a listing: no name in them says secret, so the body is kept as
+    sent without being parsed."""
+    item = json.dumps({"Item": {"pk": {"S": "user#1"}, "email": {"S": "ada@example.com"}, "age": {"N": "36"}}})
+    listing = json.dumps({"Functions": [{"FunctionName": "f", "FunctionArn": "arn:aws:lambda:us-east-1:1:function:f"}],
+                          "NextToken": "AAAABBBBCCCC", "NextMarker": "m"})
+    for body in (item, listing):
+        assert detectors.hints(body, json=True) == (False, False)
+
+
 def test_error_bodies_get_the_detectors_only():
     m = Masker(KEY)
     body = b'{"__type": "ValidationException", "message": "bad value password=hunter2hunter2 for SecretString"}'

@@ -38,7 +38,7 @@ from addons.core.masking import Masker
 
 OUTPUT = Path(__file__).resolve().parent / "output" / "masking-corpus.json"
 DETECTORS = {"private-key", "jwt", "aws-session-token", "aws-secret-access-key", "url-password", "bearer-token",
-             "assignment"}
+             "assignment", "named-secret"}
 
 MOTO_SERVICES = [
     "s3", "sqs", "sns", "dynamodb", "iam", "ec2", "kms", "logs", "lambda", "secretsmanager", "ssm", "sts", "events",
@@ -231,8 +231,17 @@ def b64(n: int, rng: random.Random) -> str:
     return base64.b64encode(rng.randbytes(n)).decode()
 
 
-def identifier(name: str, service: str, shape: dict, rng: random.Random) -> str:
-    """A realistic value for a string member, by what its name says it holds."""
+def identifier(name: str, service: str, shape: dict, rng: random.Random, doc: str = "") -> str:
+    """A realistic value for a string member, by what its name says it holds; an ARN where its
+    documentation says it holds one (a secret's, a role's: ``CdnIdentifierSecret``, API Gateway's
+    ``credentials``), whatever its name."""
+    value = by_name(name, service, shape, rng)
+    if "(ARN)" in doc and not shape.get("enum") and not IDENTIFIERS["arn"].match(value):
+        return f"arn:aws:{service}:us-east-1:123456789012:{name.lower()}/{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+    return value
+
+
+def by_name(name: str, service: str, shape: dict, rng: random.Random) -> str:
     n = name.lower()
     hexs = lambda k: "".join(rng.choice("0123456789abcdef") for _ in range(k))  # noqa: E731
     upper = lambda k: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(k))  # noqa: E731
@@ -271,7 +280,8 @@ def identifier(name: str, service: str, shape: dict, rng: random.Random) -> str:
     return rng.choice(WORDS)
 
 
-def generate(shapes: dict, shape_name: str, name: str, service: str, rng: random.Random, depth: int = 0):
+def generate(shapes: dict, shape_name: str, name: str, service: str, rng: random.Random, depth: int = 0,
+             doc: str = ""):
     shape = shapes[shape_name]
     kind = shape["type"]
     if depth > 5:
@@ -283,17 +293,17 @@ def generate(shapes: dict, shape_name: str, name: str, service: str, rng: random
         for member, ref in list(shape.get("members", {}).items())[:25]:
             if ref.get("location") or shapes[ref["shape"]].get("sensitive") or shapes[ref["shape"]].get("eventstream"):
                 continue
-            value = generate(shapes, ref["shape"], member, service, rng, depth + 1)
+            value = generate(shapes, ref["shape"], member, service, rng, depth + 1, ref.get("documentation", ""))
             if value is not None:
                 out[ref.get("locationName", member)] = value
         return out
     if kind == "list":
-        return [v for v in (generate(shapes, shape["member"]["shape"], name, service, rng, depth + 1) for _ in range(2))
-                if v is not None]
+        return [v for v in (generate(shapes, shape["member"]["shape"], name, service, rng, depth + 1, doc)
+                            for _ in range(2)) if v is not None]
     if kind == "map":
         return {f"key-{i}": generate(shapes, shape["value"]["shape"], name, service, rng, depth + 1) for i in range(2)}
     if kind == "string":
-        return identifier(name, service, shape, rng)
+        return identifier(name, service, shape, rng, doc)
     if kind in ("integer", "long"):
         return rng.randrange(0, 10**6)
     if kind in ("float", "double"):

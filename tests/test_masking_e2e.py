@@ -33,7 +33,7 @@ roles:
 rules:
   - id: what-these-tests-do
     action: ["secretsmanager:*", "ssm:*", "lambda:*", "dynamodb:*", "ec2:*", "iam:CreateAccessKey",
-             "iam:CreateUser", "sts:GetCallerIdentity", "s3:*"]
+             "iam:CreateUser", "sts:GetCallerIdentity", "s3:*", "glue:*", "mq:*", "cloudformation:*"]
     decision: allow
   - id: personal-data-in-items
     action: "dynamodb:*"
@@ -609,3 +609,72 @@ def test_a_masked_object_is_not_copied_to_where_it_would_be_read_unmasked(gw, is
     refused = [r for r in gw.records() if r["principal"] == f"agent-copy-{tag}" and r["decision"] == "deny"]
     assert [r["operation"] for r in refused] == ["CopyObject", "UploadPartCopy", "CopyObject"]
     assert {r["rule"] for r in refused} == {"agentgate:masked-source"}
+
+
+def test_secrets_named_as_such_never_reach_the_record(gw, issuer):
+    """Random passwords (no detector finds one by its form) where AWS carries them by name: a Glue
+    connection's properties (a map), a job's arguments (``--db_password``), Amazon MQ's users (a
+    member no model marks), CloudFormation's parameters ({ParameterKey, ParameterValue}, in a query
+    body and an XML answer). The record keeps markers in their place, in the parameters and both
+    bodies, and lists them as ``named-secret``; names, identifiers and the rest stay as they were."""
+    tag = secrets.token_hex(6)
+    pw = {k: "".join(secrets.choice("abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(17))
+          for k in ("connection", "job", "broker", "user", "stack")}
+    token = issuer.mint(f"agent-named-{tag}")
+
+    glue = agent_client(gw, token, "glue")
+    glue.create_connection(ConnectionInput={"Name": f"db-{tag}", "ConnectionType": "JDBC", "ConnectionProperties": {
+        "USERNAME": "admin", "PASSWORD": pw["connection"], "JDBC_CONNECTION_URL": "jdbc:mysql://db.internal:3306/app"}})
+    glue.create_job(Name=f"nightly-{tag}", Role="arn:aws:iam::123456789012:role/glue",
+                    Command={"Name": "glueetl", "ScriptLocation": "s3://scripts/nightly.py"},
+                    DefaultArguments={"--db_password": pw["job"], "--job-language": "python"})
+    assert glue.get_job(JobName=f"nightly-{tag}")["Job"]["DefaultArguments"]["--db_password"] == pw["job"]
+
+    mq = agent_client(gw, token, "mq")
+    broker = mq.create_broker(BrokerName=f"broker-{tag}", DeploymentMode="SINGLE_INSTANCE", EngineType="ACTIVEMQ",
+                              EngineVersion="5.17.6", HostInstanceType="mq.t3.micro", PubliclyAccessible=False,
+                              AutoMinorVersionUpgrade=True,
+                              Users=[{"Username": "admin", "Password": pw["broker"]}])["BrokerId"]
+    mq.create_user(BrokerId=broker, Username="app", Password=pw["user"], ConsoleAccess=False)
+
+    cfn = agent_client(gw, token, "cloudformation")
+    template = {"Parameters": {"DBPassword": {"Type": "String"}}, "Resources": {"Q": {"Type": "AWS::SQS::Queue"}}}
+    cfn.create_stack(StackName=f"stack-{tag}", TemplateBody=json.dumps(template),
+                     Parameters=[{"ParameterKey": "DBPassword", "ParameterValue": pw["stack"]}])
+    [stack] = cfn.describe_stacks(StackName=f"stack-{tag}")["Stacks"]
+    assert stack["Parameters"] == [{"ParameterKey": "DBPassword", "ParameterValue": pw["stack"]}]  # the agent's copy
+
+    records = {r["operation"]: r for r in gw.records() if r["principal"] == f"agent-named-{tag}"}
+    assert {r["status"] for r in records.values()} == {200}, [(r["operation"], r["status"]) for r in records.values()]
+    kept = json.dumps(list(records.values()))
+    assert scan_bytes({"records": kept.encode()}, {k: forms(v) for k, v in pw.items()}) == []
+    assert scan_bytes(sqlite_files(gw), {k: forms(v) for k, v in pw.items()}) == []
+
+    def masked(operation: str) -> list[dict]:
+        return json.loads(records[operation]["masked"])
+
+    for r in records.values():
+        r["params"] = json.loads(r["params"])
+
+    connection = records["CreateConnection"]
+    assert connection["params"]["ConnectionInput"]["ConnectionProperties"] == {
+        "USERNAME": "admin", "PASSWORD": marker(gw, pw["connection"]), "JDBC_CONNECTION_URL": "jdbc:mysql://db.internal:3306/app"}
+    assert json.loads(connection["request_body"])["ConnectionInput"]["ConnectionProperties"]["PASSWORD"] == marker(
+        gw, pw["connection"])
+    assert {"part": "params", "path": "ConnectionInput.ConnectionProperties.*", "by": "named-secret",
+            "count": 1} in masked("CreateConnection")
+    job = json.loads(records["GetJob"]["response_body"])["Job"]
+    assert job["Name"] == f"nightly-{tag}" and job["DefaultArguments"] == {
+        "--db_password": marker(gw, pw["job"]), "--job-language": "python"}
+    assert {"part": "response", "path": "Job.DefaultArguments.*", "by": "named-secret", "count": 1} in masked("GetJob")
+    assert records["CreateBroker"]["params"]["Users"] == [{"Username": "admin", "Password": marker(gw, pw["broker"])}]
+    assert json.loads(records["CreateUser"]["request_body"]) == {
+        "password": marker(gw, pw["user"]), "consoleAccess": False}
+    assert records["CreateUser"]["params"]["BrokerId"] == broker and broker in records["CreateUser"]["url"]
+    assert {"part": "request", "path": "Password", "by": "named-secret", "count": 1} in masked("CreateUser")
+    assert f"Parameters.member.1.ParameterValue={marker(gw, pw['stack'])}" in records["CreateStack"]["request_body"]
+    assert records["CreateStack"]["params"]["Parameters"] == [
+        {"ParameterKey": "DBPassword", "ParameterValue": marker(gw, pw["stack"])}]
+    described = records["DescribeStacks"]["response_body"]
+    assert f"<ParameterValue>{marker(gw, pw['stack'])}</ParameterValue>" in described
+    assert f"<StackName>stack-{tag}</StackName>" in described and "<ParameterKey>DBPassword</ParameterKey>" in described

@@ -22,6 +22,11 @@ detector                      finds
                               GitLab (``glpat-``), Slack (``xoxb-``...), Stripe (``sk_live_``),
                               Google API keys (``AIza``), npm (``npm_``), Anthropic and OpenAI
                               (``sk-ant-``, ``sk-proj-``)
+``named-secret``              a whole value whose name says it is a secret (``secret_name``):
+                              ``DB_PASSWORD``, ``--db_password``, ``ClientSecret``, ``HECToken``,
+                              ``javax.jdo.option.ConnectionPassword``; the name is the member's,
+                              a map entry's key, or the name member of a ``{Name, Value}`` pair
+                              (``named_value``). A random password has no form to find it by.
 ============================  ==================================================================
 
 ``suspicious(text)`` is the quick test over a whole raw body: False means no detector can find
@@ -31,9 +36,11 @@ anything in any string of it, so the body need not be parsed for detection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 
 MARKER_PREFIX = "agentgate:masked"  # the record's markers (":hmac-...") and the agent's, which hide no secret
 
@@ -99,6 +106,193 @@ NOT_KEY_MEMBER = re.compile(
 MIN_KEY_ENTROPY = 4.0  # bits per character; random 40-character keys have about 4.7
 
 
+# -- secrets by name
+#
+# What AWS carries in maps and name/value pairs (environments, job arguments, connection and
+# cluster properties) and members the models do not mark have no form the patterns above know: a
+# random password is just letters. Their names say what they are. A name is split into words
+# (CamelCase, snake_case, kebab-case, dotted, UPPER, a ``--`` argument); it names a secret when it
+# ends with a secret word, or with one followed by at most two words that say "its value"
+# (``SecretString``, ``PrivateKeyPem``, ``SECRET_KEY_BASE``) and a number. Ending so keeps
+# identifiers and metadata out: ``SecretArn``, ``AccessKeyId``, ``PasswordLastUsed``, ``TokenType``,
+# ``ApiKeyName``, ``PasswordPolicy``, ``AuthTokenEnabled``, ``TokenEndpoint`` end with other words.
+_NAME_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+# secret words, also at the end of a longer lower-case word (``dbpassword``, ``authtoken``), and in
+# the plural (``Passwords``)
+SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "credential", "apikey", "accesskey",
+                "privatekey", "secretkey")
+# secret words only as words of their own (``bypass``, ``oauth``, ``OLDPWD`` are not)
+WHOLE_SECRET_WORDS = frozenset({"pass", "pwd", "auth"})
+_JOINED = {("api", "key"): "apikey", ("access", "key"): "accesskey", ("private", "key"): "privatekey",
+           ("secret", "key"): "secretkey", ("auth", "key"): "auth"}
+# words after a secret word that still name its value
+VALUE_WORDS = frozenset({"value", "string", "key", "data", "text", "material", "pem", "base", "b64", "base64",
+                         "plaintext"})
+# A name with one of these words is about a secret, not one: when it expires, how it rotates, the
+# KMS key that encrypts it.
+NOT_SECRET_WORD_STARTS = ("expir", "rotation", "kms")
+# Tokens that are handles, not credentials: cursors (``NextToken``, ``nextForwardToken``),
+# idempotency and concurrency tokens (``ClientToken``, ``ChangeToken``, ``LockToken``,
+# ``ProvisionToken``), callbacks and task handles (``TaskToken``, ``LifecycleActionToken``,
+# ``RegistrationToken``), counts (``MaxTokens``), DNS values (``DkimTokens``), an instance metadata
+# setting (``HttpTokens``). The word before ``token`` says so.
+HANDLE_TOKENS = frozenset({
+    "next", "page", "pagination", "continuation", "start", "starting", "resume", "marker", "cursor", "sequence",
+    "forward", "backward", "chunk", "message", "result", "results", "block", "view", "preview", "list", "query",
+    "client", "request", "idempotency", "unique", "creation", "change", "update", "updated", "lock", "version",
+    "conditional", "checkpoint", "import", "export", "retrieval", "feedback", "consumption", "share",
+    "configuration", "poll", "workflow", "lifecycle", "action", "callback", "task", "offer", "term", "billing",
+    "purchase", "product", "hooks", "grant", "verification", "registration", "dkim", "http", "max", "min",
+    "total", "input", "output", "sync", "batch", "cancel", "cancellation", "upload", "anomaly", "unit",
+    "source", "execute", "provision", "terminate", "profile",
+})
+# In a {Name, Value} structure the name member names the value member. (name member, value member)
+NAME_VALUE_MEMBERS = (("Name", "Value"), ("name", "value"), ("Key", "Value"), ("key", "value"),
+                      ("OptionName", "Value"), ("ParameterKey", "ParameterValue"))
+# a sibling ``type`` that says the value is where the secret is kept, not the secret (CodeBuild's
+# and CodePipeline's environment variables)
+REFERENCE_TYPES = frozenset({"PARAMETER_STORE", "SECRETS_MANAGER"})
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# an SSM parameter name or a path (``/prod/db/password``, ``/app``); not a random password that
+# happens to start with a slash (``/k3JHq9xLmN2p``)
+_PARAMETER_NAME = re.compile(r"/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+/?|/[a-z0-9_.-]*")
+# the quick test over a whole body: a secret word, and the run of name characters around it
+_NAME_STEMS = ("pass", "pwd", "secret", "token", "credential", "auth")
+_NAME_STEM = re.compile(r"(?i)" + "|".join(_NAME_STEMS))
+_KEY_HINT = re.compile(r"(?i)(?:api|access|private)[^a-z0-9]*key")
+_RUN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+@functools.lru_cache(maxsize=8192)
+def secret_name(name: str) -> bool:
+    """Does this name (a member's, a map key, a name member's value) say its value is a secret?"""
+    words = [w.lower() for w in _NAME_WORDS.findall(name)]
+    if not words or any(w.startswith(NOT_SECRET_WORD_STARTS) for w in words):
+        return False
+    if "".join(words) in NOT_SECRET_KEYS:
+        return False
+    while words and words[-1].isdigit():
+        words.pop()
+    joined: list[str] = []
+    for w in words:
+        pair = _JOINED.get((joined[-1], w)) if joined else None
+        if pair is not None:
+            joined[-1] = pair
+        else:
+            joined.append(w)
+    for tail in range(3):  # the secret word, then up to two value words
+        if tail >= len(joined) or (tail and joined[-tail] not in VALUE_WORDS):
+            return False
+        i = len(joined) - 1 - tail
+        found = _secret_word(joined[i])
+        if found is None:
+            continue
+        before, secret = found
+        if secret == "token":
+            return (before or (joined[i - 1] if i else "")) not in HANDLE_TOKENS
+        return True
+    return False
+
+
+def _secret_word(word: str) -> tuple[str, str] | None:
+    """(what comes before it in ``word``, the secret word) when ``word`` is or ends with one."""
+    if word in WHOLE_SECRET_WORDS:
+        return "", word
+    for stem in (word, word[:-1] if word.endswith("s") and not word.endswith("ss") else ""):
+        for secret in SECRET_WORDS if stem else ():
+            if stem.endswith(secret):
+                return stem[:-len(secret)], secret
+    return None
+
+
+def secret_value(value: str) -> bool:
+    """Could this value, under a secret's name, be the secret? Not when it is empty, a boolean, a
+    number, an ARN, a reference to where the secret is kept (``{{resolve:secretsmanager:...}}``,
+    ``${...}``, an SSM parameter name) or what a service shows instead of it (``****``)."""
+    v = value.strip()
+    if not v or v.lower() in ("true", "false", "null") or _NUMBER.fullmatch(v):
+        return False
+    if (v.startswith("arn:") and " " not in v) or _PARAMETER_NAME.fullmatch(v):  # a secret's ARN, a parameter's name
+        return False
+    if (v.startswith("{{resolve:") and v.endswith("}}")) or (v.startswith("${") and v.endswith("}")):
+        return False
+    return v.strip("*") != ""
+
+
+def named(text: str, name: str | None) -> list[Finding]:
+    """The whole value, when its name says it is a secret."""
+    if name and secret_name(name) and secret_value(text):
+        return [Finding(0, len(text), "named-secret")]
+    return []
+
+
+def named_value(members: Mapping) -> tuple[str, str] | None:
+    """For a structure that names its value ({Name, Value}, {Key, Value}, {OptionName, Value},
+    {ParameterKey, ParameterValue}): (the value member, the name the name member gives it) when
+    that name is a secret's; None otherwise."""
+    for name_member, value_member in NAME_VALUE_MEMBERS:
+        name = members.get(name_member)
+        if isinstance(name, str) and value_member in members and secret_name(name):
+            kind = members.get("type", members.get("Type"))
+            if isinstance(kind, str) and kind in REFERENCE_TYPES:
+                return None
+            return value_member, name
+    return None
+
+
+def names_secret(text: str) -> bool:
+    """Could a name in this text (a raw body, or the names and values of one) say that a value is
+    a secret? A quick over-approximation, so that bodies with no such name are not walked for one.
+
+    A name is delimited by what cannot be in a run of letters, digits and underscores (quotes,
+    ``<``, ``.``, ``-``, a line break), so the run around a secret word lies within whatever name
+    holds it; when ``secret_name`` refuses the run (``NextToken``, ``AccessKeyId``,
+    ``PasswordLastUsed``), it refuses every name that ends as the run does."""
+    if "\\u" in text or "&#" in text:  # escapes could hide a name
+        return True
+    return _names_in(text, text.lower(), None)
+
+
+def _names_in(text: str, lowered: str, present: set[str] | None) -> bool:
+    """``names_secret`` of a text without escapes, given its lower case (and which of ``_STEMS``
+    are in it, when that is known)."""
+    keys = ("key" in present if present is not None else "key" in lowered) and (
+        "api" in lowered or "access" in lowered or "private" in lowered)
+    if len(lowered) != len(text):  # a character whose lower case is longer: find the stems in the text itself
+        lowered = _NAME_STEM.sub(lambda m: m.group().lower(), text)
+    for stem in _NAME_STEMS:
+        if present is not None and stem in _STEMS and stem not in present:
+            continue
+        i = lowered.find(stem)
+        while i >= 0:
+            start, end = i, i + len(stem)
+            while start > 0 and text[start - 1] in _RUN:
+                start -= 1
+            while end < len(text) and text[end] in _RUN:
+                end += 1
+            if _run_names_secret(text, start, end):
+                return True
+            i = lowered.find(stem, end)
+    for m in _KEY_HINT.finditer(text) if keys else ():
+        if any(c not in _RUN for c in m.group()):  # api-key, api.key: the words of two runs
+            return True
+        start, end = m.start(), m.end()
+        while start > 0 and text[start - 1] in _RUN:
+            start -= 1
+        while end < len(text) and text[end] in _RUN:
+            end += 1
+        if _run_names_secret(text, start, end):
+            return True
+    return False
+
+
+def _run_names_secret(text: str, start: int, end: int) -> bool:
+    if secret_name(text[start:end]):
+        return True
+    # after a JSON escape (\n, \t), the name starts past the escape's letter
+    return start > 0 and text[start - 1] == "\\" and secret_name(text[start + 1:end])
+
+
 @dataclasses.dataclass(frozen=True)
 class Finding:
     start: int
@@ -133,27 +327,42 @@ def suspicious(text: str, json: bool = False) -> bool:
     A quick over-approximation: True whenever ``find`` might find something in it (or in a string
     of it: ``json`` says the text is a raw JSON body, whose member names are not assignments).
     Plain substring searches, and regular expressions only where those found a hint."""
+    return _hints(text, json, False)[0]
+
+
+def hints(text: str, json: bool = False) -> tuple[bool, bool]:
+    """For a raw body: (``suspicious``, ``suspicious`` or ``names_secret``), from one look at it
+    (one lower-casing, each secret word searched for once)."""
+    return _hints(text, json, True)
+
+
+def _hints(text: str, json: bool, names: bool) -> tuple[bool, bool]:
     if "\\" in text:
         if "\\u" in text:  # escapes could hide what the patterns look for
-            return True
+            return True, True
         text = text.replace("\\/", "/")
     if ("&" in text and "&#" in text) or ("J" in text and "eyJ" in text) or "PRIVATE KEY" in text:
-        return True
+        return True, True
     if _VENDOR_HINT.search(text):
-        return True
+        return True, True
     if "@" in text and "://" in text and URL_PASSWORD_HINT.search(text):
-        return True
+        return True, True
     lowered = text.lower()
-    if "bearer" in lowered or _assignment_hint(lowered, ASSIGNMENT_AT_JSON if json else ASSIGNMENT_AT):
-        return True
+    present: set[str] = set()
+    if "bearer" in lowered or _assignment_hint(lowered, ASSIGNMENT_AT_JSON if json else ASSIGNMENT_AT, present):
+        return True, True
     if ("</" in text and XML_SECRET.search(text)) or ("password" in lowered and NETRC_PASSWORD.search(text)):
-        return True
-    return len(text) >= 40 and _key_run(text.encode("utf-8", "surrogatepass"))
+        return True, True
+    if len(text) >= 40 and _key_run(text.encode("utf-8", "surrogatepass")):
+        return True, True
+    return False, names and _names_in(text, lowered, present)
 
 
-def _assignment_hint(lowered: str, pattern: re.Pattern) -> bool:
+def _assignment_hint(lowered: str, pattern: re.Pattern, present: set[str] | None = None) -> bool:
     for stem in _STEMS:
         i = lowered.find(stem)
+        if i >= 0 and present is not None:
+            present.add(stem)
         while i >= 0:
             if stem != "key":
                 if pattern.match(lowered, i):
@@ -178,8 +387,13 @@ def _key_run(raw: bytes) -> bool:
     return False
 
 
-def find(text: str, name: str | None = None) -> list[Finding]:
-    """What looks like a secret in one string value; ``name`` is the member holding it, if known."""
+def find(text: str, name: str | None = None, by_name: bool = True) -> list[Finding]:
+    """What looks like a secret in one string value; ``name`` is the member holding it, if known
+    (``by_name``: its name may say it is a secret; not for a value of an enum)."""
+    if by_name and name:
+        found = named(text, name)
+        if found:
+            return found
     if len(text) < 8:
         return []
     found: list[Finding] = []

@@ -18,7 +18,12 @@ What is masked:
    ``Items[].ssn``; DESIGN.md and policies/README.md). They mask the agent's copy, and the record's
    copy of both the request and the response.
 4. **Detectors** (``core.detectors``) over every other string of the record's copy: private keys,
-   JWTs, session tokens, secret access keys, passwords in URLs and connection strings.
+   JWTs, session tokens, secret access keys, passwords in URLs and connection strings; and a whole
+   value whose name says it is a secret (``named-secret``): the member's name, a map entry's key,
+   or the name member of a ``{Name, Value}`` pair (an environment variable ``DB_PASSWORD``, a job
+   argument ``--db_password``, a member ``ClientSecret`` no model marks). The walk hands each
+   string its name; a body in which no name can say so (``detectors.names_secret``) is not walked
+   for them.
 
 In the record a masked value becomes a marker carrying a keyed fingerprint,
 ``agentgate:masked:hmac-<12 hex>`` (HMAC-SHA256 with the fingerprint key ``agentgate init`` writes
@@ -1599,7 +1604,8 @@ class Masker:
         top = message.top if message else None
         if node is not None or ov is not None:
             walk.plan(params, top, node, ov, (), None, None)
-        if detectors.suspicious("\n".join(_strings(params))):
+        walk.detect = detectors.suspicious("\n".join(_strings(params)))
+        if walk.detect or detectors.names_secret("\n".join(_strings(params, keys=True))):
             walk.scan(params, top, (), None, None)
         if not walk.edits:
             return params, counts
@@ -1811,7 +1817,7 @@ class Masker:
     def mask_text(self, text: str, which: str = "text", path: str = "", name: str | None = None) -> tuple[str, Counter]:
         """Free text with what the detectors find masked."""
         counts: Counter = Counter()
-        if not detectors.suspicious(text):
+        if not detectors.suspicious(text) and not (name and detectors.secret_name(name)):
             return text, counts
         findings = detectors.find(text, name)
         if not findings:
@@ -1835,8 +1841,8 @@ class Masker:
         text = body.decode("utf-8")
         root, node, ov = _body_root(message, node, ov)
         agent_ov = _body_root(message, None, shared.overlay)[2] if shared is not None and shared.overlay else None
-        suspect = detectors.suspicious(text, json=True)
-        if node is None and ov is None and agent_ov is None and not suspect:
+        suspect, by_name = detectors.hints(text, json=True)
+        if node is None and ov is None and agent_ov is None and not by_name:
             part.body = text
             return
         data = json.loads(text)
@@ -1848,7 +1854,8 @@ class Masker:
         walk = _Tree(self, shapes, which, "json", part.masked)
         if node is not None or ov is not None:
             walk.plan(data, root, node, ov, (), None, None)
-        if suspect:
+        if by_name:
+            walk.detect = suspect
             walk.scan(data, root, (), None, None)
         if shared is not None and agent_ov is not None:
             shared.done = True
@@ -1915,8 +1922,8 @@ class Masker:
              message: Message | None, node: Node | None, ov: Overlay | None) -> None:
         text = body.decode("utf-8")
         root, node, ov = _body_root(message, node, ov)
-        suspect = detectors.suspicious(text)
-        if node is None and ov is None and not suspect:
+        suspect, by_name = detectors.hints(text)
+        if node is None and ov is None and not by_name:
             part.body = text
             return
         tree = parse_xml(body)
@@ -1924,7 +1931,8 @@ class Masker:
         start = _xml_start(tree, protocol, message) if (node is not None or ov is not None) else None
         if start is not None:
             walk.plan(start, root, node, ov, ())
-        if suspect:
+        if by_name:
+            walk.detect = suspect
             walk.scan(tree, ())
         part.body = walk.splice(body).decode("utf-8") if walk.spans else text
 
@@ -1950,6 +1958,7 @@ class Masker:
             tree = walk.tree()
             walk.plan(tree, message.top, node, ov, ())
         keys: dict[int, str] = {}  # a key that holds a secret (a body of another format, read as a form)
+        names = _form_names(pairs)
         for i, (key, value) in enumerate(pairs):
             if key in ("Action", "Version"):
                 continue
@@ -1959,7 +1968,7 @@ class Masker:
                 counts.update(found)
             if i in walk.edits:
                 continue
-            masked, found = self.mask_text(value, which, _form_path(key), key.rpartition(".")[2])
+            masked, found = self.mask_text(value, which, _form_path(key), names.get(i) or _form_name(key))
             if found:
                 walk.edits[i] = masked
                 counts.update(found)
@@ -2120,6 +2129,7 @@ class _Tree:
         self.edits: list[tuple[Any, Any, Any]] = []
         self.covered: set[tuple[int, Any]] = set()
         self.root: Any = _UNSET
+        self.detect = True  # every detector; False: only values named as secrets (no detector's hint in the body)
 
     def _edit(self, container: Any, key: Any, value: Any) -> None:
         if container is None:
@@ -2276,7 +2286,9 @@ class _Tree:
     # -- detectors over every other string
 
     def scan(self, value: Any, shape: str | None, path: tuple, container: Any, key: Any, name: str | None = None,
-             depth: int = 0) -> None:
+             depth: int = 0, by_name: bool = True) -> None:
+        """Detectors over every string not masked yet; each goes by its ``name`` (``by_name``: that
+        name may say it is a secret; not for a label of the URL's path, which names a resource)."""
         if depth > MAX_DEPTH:
             raise TooDeep()
         if container is not None and (id(container), key) in self.covered:
@@ -2284,8 +2296,13 @@ class _Tree:
         if container is None and self.root is not _UNSET:
             return
         if isinstance(value, str):
-            if len(value) >= 8 and (self.shapes is None or self.shapes.type_of(shape) != "blob"):
-                findings = detectors.find(value, name)
+            if len(value) >= 8 or name:
+                spec = self.shapes.shapes.get(shape) if self.shapes is not None and shape else None
+                if spec is not None and spec["type"] == "blob":
+                    return
+                by_name = by_name and (spec is None or "enum" not in spec)  # an enum's value is a setting
+                findings = (detectors.find(value, name, by_name) if self.detect
+                            else detectors.named(value, name) if by_name else None)
                 if findings:
                     self._edit(container, key, self.m._replace(value, findings, self.counts, self.which, _render(path)))
             return
@@ -2295,21 +2312,27 @@ class _Tree:
             item = shapes.shapes[shape]["member"]["shape"] if kind == "list" else None
             step = _join(path, "[]")
             for i, v in enumerate(value):
-                self.scan(v, item, step, value, i, name, depth + 1)
+                self.scan(v, item, step, value, i, name, depth + 1, by_name)
             return
         if not isinstance(value, dict):
             return
-        for k in value:
+        for k in value if self.detect else ():
             if isinstance(k, str) and len(k) >= 8 and detectors.find(k):
                 raise Unmaskable("an object key holds what looks like a secret")
+        # {Name, Value}: the value member goes by the name its sibling gives it
+        value_member, value_name = detectors.named_value(value) or (None, None)
         if kind == "structure" and not shapes.shapes[shape].get("document"):
             members = self._members(shape)
+            refs = shapes.shapes[shape].get("members", {})
             for k, v in value.items():
                 found = members.get(k)
                 if found is not None:
-                    self.scan(v, found[1], _join(path, found[0]), value, k, found[0], depth + 1)
+                    self.scan(v, found[1], _join(path, found[0]), value, k,
+                              value_name if k == value_member else found[0], depth + 1,
+                              refs[found[0]].get("location") != "uri")
                 else:
-                    self.scan(v, None, _join(path, _key_step(k)), value, k, k, depth + 1)
+                    self.scan(v, None, _join(path, _key_step(k)), value, k, value_name if k == value_member else k,
+                              depth + 1)
             return
         if kind == "map" or (kind == "structure"):
             vshape = shapes.shapes[shape]["value"]["shape"] if kind == "map" else None
@@ -2318,7 +2341,8 @@ class _Tree:
                 self.scan(v, vshape, step, value, k, k, depth + 1)
             return
         for k, v in value.items():  # no model: an error body, or an unclassified call
-            self.scan(v, None, _join(path, _key_step(k)), value, k, k, depth + 1)
+            self.scan(v, None, _join(path, _key_step(k)), value, k, value_name if k == value_member else k,
+                      depth + 1)
 
 
 _UNSET = object()
@@ -2347,18 +2371,20 @@ def _pair_ids(original: Any, copy: Any, index: dict[int, Any]) -> None:
             _pair_ids(a, b, index)
 
 
-def _strings(value: Any, depth: int = 0) -> Iterable[str]:
-    """Every string value in a tree of dicts and lists."""
+def _strings(value: Any, depth: int = 0, keys: bool = False) -> Iterable[str]:
+    """Every string value in a tree of dicts and lists (``keys``: and every key)."""
     if depth > MAX_DEPTH:
         raise TooDeep()
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v, depth + 1)
+        for k, v in value.items():
+            if keys and isinstance(k, str):
+                yield k
+            yield from _strings(v, depth + 1, keys)
     elif isinstance(value, list):
         for v in value:
-            yield from _strings(v, depth + 1)
+            yield from _strings(v, depth + 1, keys)
 
 
 def _deep_copy(value: Any) -> Any:
@@ -2490,6 +2516,7 @@ class _Xml:
         self.which = which
         self.counts = counts
         self.spans: dict[int, tuple[Elem, str]] = {}  # id(elem) -> (elem, new text)
+        self.detect = True  # every detector; False: only values named as secrets
 
     def splice(self, raw: bytes) -> bytes:
         edits = []
@@ -2656,27 +2683,34 @@ class _Xml:
                 n += self.masked(child, None, keys, depth + 1)
         return n
 
-    def scan(self, elem: Elem, path: tuple, depth: int = 0) -> None:
-        """Detectors over every leaf's text (paths from element names, list items as ``[]``)."""
+    def scan(self, elem: Elem, path: tuple, depth: int = 0, name: str | None = None) -> None:
+        """Detectors over every leaf's text (paths from element names, list items as ``[]``); a
+        leaf goes by its element's name, a list item by its list's, the value of a ``{Name,
+        Value}`` pair or a map entry by the name beside it."""
         if depth > MAX_DEPTH:
             raise TooDeep()
         if id(elem) in self.spans:
             return
-        for name, value in elem.attrib.items():
-            if len(value) >= 8 and detectors.find(value, name):
+        name = name or elem.tag
+        for attribute, value in elem.attrib.items() if self.detect else ():
+            if len(value) >= 8 and detectors.find(value, attribute, by_name=False):
                 raise Unmaskable(f"an attribute of <{elem.tag}> holds what looks like a secret")
         if not elem.children:
             text = elem.text
-            if len(text) >= 8:
-                findings = detectors.find(text, elem.tag)
+            if text:
+                findings = detectors.find(text, name) if self.detect else detectors.named(text, name)
                 if findings:
                     self.spans[id(elem)] = (elem, self.m._replace(text, findings, self.counts, self.which, _render(path)))
             return
         text = elem.text  # text beside child elements (mixed content)
-        if len(text.strip()) >= 8 and detectors.find(text, elem.tag):
+        if self.detect and len(text.strip()) >= 8 and detectors.find(text, elem.tag, by_name=False):
             raise Unmaskable(f"text beside the elements in <{elem.tag}> holds what looks like a secret")
+        value_member, value_name = detectors.named_value(
+            {c.tag: c.text for c in elem.children if not c.children}) or (None, None)
         for child in elem.children:
-            self.scan(child, _join(path, "[]" if child.tag in self.WRAPPER_TAGS else child.tag), depth + 1)
+            wrapped = child.tag in self.WRAPPER_TAGS
+            self.scan(child, _join(path, "[]" if wrapped else child.tag), depth + 1,
+                      value_name if child.tag == value_member else name if wrapped else None)
 
 
 # -- form-encoded requests
@@ -2702,6 +2736,36 @@ def _no_secret_across_fields(text: str, pairs: list[tuple[str, str]]) -> None:
 
 def _form_path(key: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", "[]", key)
+
+
+def _form_name(key: str) -> str:
+    """The name a form value goes by: its member's (``Users.member.1.Password``), or its list's for
+    an item (``Passwords.member.1``)."""
+    for part in reversed(key.split(".")):
+        if not part.isdigit() and part not in ("member", "item", "entry"):
+            return part
+    return key
+
+
+def _form_names(pairs: list[tuple[str, str]]) -> dict[int, str]:
+    """Pair index -> the name the value goes by, for the values of ``{Name, Value}`` pairs and map
+    entries (``OptionSettings.member.1.OptionName``/``.Value``, ``Attributes.entry.1.key``/``.value``)
+    whose names say they are secrets."""
+    if not detectors.names_secret("\n".join(v for pair in pairs for v in pair)):
+        return {}
+    groups: dict[str, dict[str, str]] = {}
+    where: dict[tuple[str, str], int] = {}
+    for i, (key, value) in enumerate(pairs):
+        prefix, _, leaf = key.rpartition(".")
+        if prefix:
+            groups.setdefault(prefix, {})[leaf] = value
+            where[(prefix, leaf)] = i
+    names = {}
+    for prefix, members in groups.items():
+        found = detectors.named_value(members) if len(members) > 1 else None
+        if found is not None:
+            names[where[(prefix, found[0])]] = found[1]
+    return names
 
 
 class _Form:
