@@ -159,7 +159,7 @@ _PARAMETER_NAME = re.compile(r"/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+/?|/[a-z0-9_
 # the quick test over a whole body: a secret word, and the run of name characters around it
 _NAME_STEMS = ("pass", "pwd", "secret", "token", "credential", "auth")
 _NAME_STEM = re.compile(r"(?i)" + "|".join(_NAME_STEMS))
-_KEY_HINT = re.compile(r"(?i)(?:api|access|private)[^a-z0-9]*key")
+_KEY_HINT = re.compile(r"(?i)(?:api|access|private)(?:[^a-z0-9\\]|\\u[0-9a-f]{4}|\\.)*key")  # JSON escapes between too
 _RUN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
