@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import uuid
 
@@ -213,6 +214,30 @@ def test_unknown_key(issuer):
     error = refuse(issuer, token, "unknown_key")
     assert error.reason.startswith("signing key 'stranger' is unknown to the issuer")
     assert issuer.jwks_uri in error.reason
+
+
+def test_an_unknown_key_not_looked_for_again_says_how_old_the_keys_are(issuer):
+    """A second unknown key soon after the gateway asked the issuer for the first is not asked for
+    again (made-up key ids must not hammer the issuer): the refusal says the keys it holds are as
+    fetched then, and how often it asks again, rather than that the issuer does not publish it."""
+    async def go():
+        v = validator(issuer)
+        try:
+            errors = []
+            for kid in ("stranger-1", "stranger-2"):
+                with pytest.raises(TokenError) as caught:
+                    await v.validate(issuer.mint(key=new_rsa_key(), kid=kid))
+                errors.append(caught.value)
+            return errors
+        finally:
+            await v.aclose()
+
+    first, second = asyncio.run(go())
+    assert first.code == second.code == "unknown_key"
+    assert "as fetched" not in first.reason  # asked the issuer just now
+    assert second.reason.startswith("signing key 'stranger-2' is unknown to the issuer")
+    assert re.search(r"; as fetched \d+ s ago: the gateway asks the issuer again for a key it does not hold at most "
+                     r"every \d+ s$", second.reason), second.reason
 
 
 def test_foreign_key_under_a_published_kid(issuer):

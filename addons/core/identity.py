@@ -296,9 +296,11 @@ class TokenValidator:
                 self._raise_misconfigured()
                 raise TokenError(self._unreachable_reason(), "issuer_unreachable")
         matches = _matching(self._keys, kid, alg)
+        looked_again = False
         if not matches and self._may_refetch_for_kid():
             await self._refresh(for_kid=True)
             matches = _matching(self._keys or [], kid, alg)
+            looked_again = True
         if matches:
             return matches
         keys = self._keys or []
@@ -328,6 +330,10 @@ class TokenValidator:
             else f"token names no signing key (kid), and the issuer publishes no {alg} key"
         )
         reason += f" (it publishes {', '.join(map(repr, known[:8])) or 'no usable keys'} at {self._jwks_uri})"
+        if not looked_again:  # not asked now: its keys are fetched again for an unknown one only so often
+            age = time.monotonic() - self._keys_fetched_at
+            reason += (f"; as fetched {age:.0f} s ago: the gateway asks the issuer again for a key it does not hold "
+                       f"at most every {self.min_refetch_seconds:g} s")
         raise TokenError(reason, "unknown_key")
 
     def _raise_misconfigured(self) -> None:
