@@ -56,8 +56,8 @@ def check_findings(directory: str | Path, timeout: float = 600.0) -> list[str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # where this ``addons`` package is imported from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    p = subprocess.run([sys.executable, "-c", _CHECK_PROGRAM, str(directory), str(os.getpid())], capture_output=True, text=True,
-                       env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run([sys.executable, "-c", _CHECK_PROGRAM, str(directory), str(os.getpid())],
+                       capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
     if p.returncode != 0:
         raise RuntimeError(f"exit status {p.returncode}: {p.stderr.strip()[-600:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

@@ -44,6 +44,14 @@ def base(gw) -> str:
     return f"http://{gw.settings['console_listen']}"
 
 
+def sign_in(page, gw, issuer) -> None:
+    """Open the console and sign in with an approver's token (alice, group sre)."""
+    page.goto(base(gw) + "/")
+    page.fill("#token", issuer.mint("alice", groups=["sre"]))
+    page.click("#login-form button")
+    page.wait_for_selector("#app:not([hidden])")
+
+
 def test_the_api_refuses_strangers_and_cross_site_posts(gw, issuer):
     with httpx.Client(base_url=base(gw), trust_env=False) as c:
         assert "agentgate" in c.get("/").text
@@ -121,10 +129,7 @@ def test_a_flood_of_asks_does_not_push_earlier_ones_off_the_console(gw, issuer):
 def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
     page = browser.new_page()
     try:
-        page.goto(base(gw) + "/")
-        page.fill("#token", issuer.mint("alice", groups=["sre"]))
-        page.click("#login-form button")
-        page.wait_for_selector("#app:not([hidden])")
+        sign_in(page, gw, issuer)
         assert "signed in as alice" in page.inner_text("#me")
         assert page.context.cookies() == []  # nothing a page on another port of this host could be sent
         assert page.evaluate("sessionStorage.getItem('agentgate-console-session')").startswith("agentgate-console-")
@@ -202,10 +207,7 @@ def test_what_would_not_show_as_written_is_written_out_on_the_card(gw, issuer, b
     ("bidi/prod-backup.sql"): the card writes them out, as the command line does."""
     page = browser.new_page()
     try:
-        page.goto(base(gw) + "/")
-        page.fill("#token", issuer.mint("alice", groups=["sre"]))
-        page.click("#login-form button")
-        page.wait_for_selector("#app:not([hidden])")
+        sign_in(page, gw, issuer)
         client = s3(gw, issuer.mint("agent-bidi"))
         key = "bidi/\u202elqs.pukcab-dorp\u200b"
         result: dict = {}

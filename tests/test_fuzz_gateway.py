@@ -77,10 +77,13 @@ def nested(depth: int, leaf: str) -> str:
     return "[" * depth + json.dumps(leaf) + "]" * depth
 
 
-def dynamodb_get_item(body: str) -> bytes:
-    return _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
+def dynamodb_get_item(body: str | bytes, target: bytes = b"/", **headers: str) -> bytes:
+    return _request("POST", "dynamodb.us-east-1.amazonaws.com", target, {
         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
-        "Content-Type": "application/x-amz-json-1.0"}, body.encode())
+        "Content-Type": "application/x-amz-json-1.0", **headers}, body.encode() if isinstance(body, str) else body)
+
+
+NAMES_AN_ACTION = b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'
 
 
 # (id, host, request, the error code and words of its message the agent must read; None: allowed)
@@ -147,30 +150,17 @@ HOSTILE = [
     # a JSON body whose text, read as a form, names an Action: moto reads it so and ran DeleteTable
     # under a GetItem that a data-plane rule allowed
     ("action-inside-json", "dynamodb.us-east-1.amazonaws.com",
-     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
-         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
-         "Content-Type": "application/x-amz-json-1.0"},
-         b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'),
-     ("AccessDenied", "body: read as a form, the body names an Action")),
+     lambda: dynamodb_get_item(NAMES_AN_ACTION), ("AccessDenied", "body: read as a form, the body names an Action")),
     # the same behind a query of the agent's own signature parameters (dropped on re-signing, so
     # upstream sees no query and reads the body as a form), percent-encoded, and gzipped
     ("action-inside-json-after-a-signature-query", "dynamodb.us-east-1.amazonaws.com",
-     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/?AWSAccessKeyId=zz", {
-         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
-         "Content-Type": "application/x-amz-json-1.0"},
-         b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}'),
+     lambda: dynamodb_get_item(NAMES_AN_ACTION, b"/?AWSAccessKeyId=zz"),
      ("AccessDenied", "body: read as a form, the body names an Action")),
     ("action-percent-encoded-inside-json", "dynamodb.us-east-1.amazonaws.com",
-     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
-         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
-         "Content-Type": "application/x-amz-json-1.0"},
-         b'{"TableName": "victim1", "Key": {"k": {"S": "&%41ction=DeleteTable&"}}}'),
+     lambda: dynamodb_get_item(NAMES_AN_ACTION.replace(b"&Action=", b"&%41ction=")),
      ("AccessDenied", "body: read as a form, the body names an Action")),
     ("action-inside-gzipped-json", "dynamodb.us-east-1.amazonaws.com",
-     lambda: _request("POST", "dynamodb.us-east-1.amazonaws.com", b"/", {
-         **_auth("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem",
-         "Content-Type": "application/x-amz-json-1.0", "Content-Encoding": "gzip"},
-         gzip.compress(b'{"TableName": "victim1", "Key": {"k": {"S": "&Action=DeleteTable&"}}}')),
+     lambda: dynamodb_get_item(gzip.compress(NAMES_AN_ACTION), **{"Content-Encoding": "gzip"}),
      ("AccessDenied", "body: read as a form, the body names an Action")),
     # an XML body (rest-xml) with an Action in a comment: moto's Route 53 ran ListHostedZones
     # for an UpdateHostedZoneComment

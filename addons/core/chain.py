@@ -296,7 +296,7 @@ WITNESS_TAG = "chain head"
 # A chain head as the gateway logs it: by the agentgate.chain logger, the head ending the line (a
 # line of another logger that quotes an agent's text holding the words is not one)
 WITNESS_LOGGER = "agentgate.chain"
-_WITNESS_RE = re.compile(re.escape(f"{WITNESS_TAG}") + r" (\{[^{}\n]*\})\s*$")
+_WITNESS_RE = re.compile(re.escape(WITNESS_TAG) + r" (\{[^{}\n]*\})\s*$")
 # where a line of the gateway's log names its logger (``%(levelname)s [%(process)d] %(name)s: ``): the
 # first such place in a line is the line's own logger, whatever its message quotes after it
 _LOGGER_AT = re.compile(r"(?:^|\s)(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (?:\[\d+\] )?(agentgate[\w.]*): ")

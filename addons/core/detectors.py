@@ -265,32 +265,29 @@ def _names_in(text: str, lowered: str, present: set[str] | None) -> bool:
             continue
         i = lowered.find(stem)
         while i >= 0:
-            start, end = i, i + len(stem)
-            while start > 0 and text[start - 1] in _RUN:
-                start -= 1
-            while end < len(text) and text[end] in _RUN:
-                end += 1
-            if _run_names_secret(text, start, end):
+            found, end = _run_names_secret(text, i, i + len(stem))
+            if found:
                 return True
             i = lowered.find(stem, end)
     for m in _KEY_HINT.finditer(text) if keys else ():
         if any(c not in _RUN for c in m.group()):  # api-key, api.key: the words of two runs
             return True
-        start, end = m.start(), m.end()
-        while start > 0 and text[start - 1] in _RUN:
-            start -= 1
-        while end < len(text) and text[end] in _RUN:
-            end += 1
-        if _run_names_secret(text, start, end):
+        if _run_names_secret(text, m.start(), m.end())[0]:
             return True
     return False
 
 
-def _run_names_secret(text: str, start: int, end: int) -> bool:
+def _run_names_secret(text: str, start: int, end: int) -> tuple[bool, int]:
+    """Whether the run of name characters around ``text[start:end]`` names a secret, and where
+    that run ends."""
+    while start > 0 and text[start - 1] in _RUN:
+        start -= 1
+    while end < len(text) and text[end] in _RUN:
+        end += 1
     if secret_name(text[start:end]):
-        return True
+        return True, end
     # after a JSON escape (\n, \t), the name starts past the escape's letter
-    return start > 0 and text[start - 1] == "\\" and secret_name(text[start + 1:end])
+    return start > 0 and text[start - 1] == "\\" and secret_name(text[start + 1:end]), end
 
 
 @dataclasses.dataclass(frozen=True)
