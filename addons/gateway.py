@@ -203,9 +203,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     kind = StoreProcess if settings.store_writer == "process" else Store
     # the policies first: a gateway they stop creates no store
     try:
-        # one process checks each version: the first worker, or the gateway when it is one process
-        policies = PolicyStore(settings.policies, on_error=log_policy_error,
-                               on_version=check_in_background if not worker else None)
+        policies = PolicyStore(settings.policies, on_error=log_policy_error)
         current = policies.current
     except PolicyError as e:
         print(f"agentgate: the policies in {settings.policies} do not load:", file=sys.stderr)
@@ -268,6 +266,8 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
                      tcp_timeout=max(600, math.ceil(settings.upstream_timeout) + 60))
     store.store_policy_version(current.version, current.text)
     store.start()
+    if not worker:  # one process checks each version: the first worker, or the gateway when it is one process
+        policies.listen(check_in_background)
     await approvals.start()
     console = None
     if settings.console_listen:

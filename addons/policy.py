@@ -70,7 +70,8 @@ def check_in_background(policy_set: PolicySet) -> threading.Thread:
     (``check_findings``), waited for by a thread, on a copy of the version's files (the directory
     may hold the next version by then)."""
     def run() -> None:
-        with _checking, tempfile.TemporaryDirectory(prefix="agentgate-policy-check-") as copy:
+        with _checking, tempfile.TemporaryDirectory(prefix="agentgate-policy-check-",
+                                                     ignore_cleanup_errors=True) as copy:
             try:
                 for name, text in policy_set.sources:  # the version in force, not what the directory holds now
                     path = Path(copy, name)

@@ -791,6 +791,22 @@ def test_a_store_started_while_its_files_are_copied_starts_with_them_whole(tmp_p
     assert _whole(seen, tmp_path) == ["B"]
 
 
+def test_a_listener_added_later_hears_the_version_in_force_then_each_new_one(tmp_path):
+    """The gateway listens for versions (to check them) only once its store is open: a start that
+    fails runs no check. The listener hears the version in force at once, then each new one."""
+    path = write(tmp_path, "p.yaml", "version: 1\nrules:\n  - {id: a, action: s3:GetObject, decision: allow}\n")
+    store = PolicyStore(tmp_path, check_interval=0)
+    first = store.current
+    seen: list[PolicySet] = []
+    store.listen(seen.append)
+    assert seen == [first]
+    store.current
+    assert seen == [first]  # nothing changed: nothing heard
+    path.write_text("version: 1\nrules:\n  - {id: a, action: s3:GetObject, decision: deny}\n")
+    _bump(path)
+    assert store.current is not first and seen == [first, store.current]
+
+
 def test_the_gateway_logs_what_check_finds_in_each_version_it_puts_in_force(tmp_path, caplog):
     """Policies that load but that check faults (an action no call is named by) are in force: the
     gateway logs check's errors and warnings for each version it loads, once, one line each."""

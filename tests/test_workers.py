@@ -246,6 +246,7 @@ def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
 
     gw = start_workers(tmp_path / "gw", issuer, moto)
     try:
+        first = re.search(r"policies: .* \(version (\w+)\)", gw.log()).group(1)  # as the banner says
         (gw.home / "policies" / "extra.yaml").write_text(
             "version: 1\nrules:\n  - {id: no-invoke, action: lambda:Invoke, decision: deny}\n")
         token = issuer.mint("agent-6")
@@ -256,8 +257,8 @@ def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
                 s3(gw, token).list_buckets()  # a new client, a new connection: the kernel picks the worker
             gw.cli("export", "--format", "jsonl", "-o", str(out))
             calls = [json.loads(line) for line in out.read_text().splitlines()]
-            newest = calls[-1]["policy_version"]
-            return len({c["writer_id"] for c in calls if c["policy_version"] == newest}) == 2
+            newest = calls[-1]["policy_version"]  # the version the policies' directory holds now
+            return newest != first and len({c["writer_id"] for c in calls if c["policy_version"] == newest}) == 2
         wait_for(both_workers_decided_by_the_new_version, timeout=60, every=0.5)
         finding = "rule no-invoke: lambda:Invoke is an API operation's name"
         wait_for(lambda: finding in gw.log(), timeout=60)

@@ -1661,6 +1661,13 @@ class PolicyStore:
         self._checked = time.monotonic()
         self._announce(self._set)
 
+    def listen(self, on_version: Callable[[PolicySet], None]) -> None:
+        """From now on ``on_version`` hears each version put in force, starting with the one in force
+        now (a gateway listens once it is sure to start: a start that fails runs no check)."""
+        with self._lock:  # a reload is either before (its version is announced here) or after
+            self.on_version = on_version
+            self._announce(self._set)
+
     def _announce(self, policy_set: PolicySet) -> None:
         if self.on_version is not None:
             try:
