@@ -426,6 +426,25 @@ def test_headers_with_the_sensitive_trait_are_masked():
     assert part.masked == {("request.headers", "SSECustomerKey", "sensitive"): 1}
 
 
+def test_chat_participants_bearer_tokens_are_masked_in_headers_and_bodies():
+    """Amazon Connect's participant calls carry a bearer token in X-Amz-Bearer, which the model
+    does not mark; whoever reads it from the record speaks as the participant."""
+    m = Masker(KEY)
+    token = "QVFJREFIaGRlbW9Db25uZWN0aW9uVG9rZW4"
+    part = m.request(call("connectparticipant", "SendMessage", params={"ConnectionToken": token}),
+                     body=b'{"ContentType": "text/plain", "Content": "hello"}',
+                     headers=[("Host", "participant.connect.us-east-1.amazonaws.com"), ("X-Amz-Bearer", token)])
+    assert part.headers == [("Host", "participant.connect.us-east-1.amazonaws.com"), ("X-Amz-Bearer", fp(token))]
+    assert part.masked == {("request.headers", "ConnectionToken", "curated"): 1} and "hello" in part.body
+    body = json.dumps({"ConnectionCredentials": {"ConnectionToken": token, "Expiry": "2026-11-27T20:00:00Z"},
+                       "Websocket": {"ConnectionExpiry": "2026-11-27T20:00:00Z"}}).encode()
+    part, _ = m.response(call("connectparticipant", "CreateParticipantConnection"), status=200, body=body)
+    assert token not in part.body and json.loads(part.body)["ConnectionCredentials"]["ConnectionToken"] == fp(token)
+    body = json.dumps({"ContactId": "c-1", "ParticipantId": "p-1", "ParticipantToken": token}).encode()
+    part, _ = m.response(call("connect", "StartChatContact"), status=200, body=body)
+    assert token not in part.body and json.loads(part.body)["ContactId"] == "c-1"
+
+
 def test_form_requests_are_masked_pair_by_pair():
     m = Masker(KEY)
     body = b"Action=CreateLoginProfile&Version=2010-05-08&UserName=bob&Password=Hunter2%21x"

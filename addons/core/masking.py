@@ -242,6 +242,22 @@ CURATED: tuple[Target, ...] = (
            "the portal access token"),
     Target("sso-oidc", ("CreateToken", "CreateTokenWithIAM"), "output", ("accessToken", "refreshToken", "idToken"),
            "OIDC tokens"),
+    # Amazon Connect's chat participants authenticate with bearer tokens the models do not mark: a
+    # participant token (X-Amz-Bearer on CreateParticipantConnection) buys a connection token, which
+    # then rides in X-Amz-Bearer on every participant call; whoever holds one speaks as the participant
+    Target("connectparticipant", ("CreateParticipantConnection",), "input", ("ParticipantToken",),
+           "a chat participant's bearer token"),
+    Target("connectparticipant", ("CancelParticipantAuthentication", "CompleteAttachmentUpload", "DescribeView",
+                                  "DisconnectParticipant", "GetAttachment", "GetAuthenticationUrl", "GetTranscript",
+                                  "SendEvent", "SendMessage", "StartAttachmentUpload"), "input", ("ConnectionToken",),
+           "a chat participant's connection token, a bearer credential"),
+    Target("connectparticipant", ("CreateParticipantConnection",), "output", ("ConnectionCredentials.ConnectionToken",),
+           "a chat participant's connection token, a bearer credential"),
+    Target("connect", ("StartChatContact",), "output", ("ParticipantToken", "ConnectionCredentials.ConnectionToken"),
+           "a chat participant's bearer tokens"),
+    Target("connect", ("StartWebRTCContact",), "output", ("ParticipantToken",), "a chat participant's bearer token"),
+    Target("connect", ("CreateParticipant",), "output", ("ParticipantCredentials.ParticipantToken",),
+           "a chat participant's bearer token"),
     Target("cognito-identity", ("GetCredentialsForIdentity",), "output",
            ("Credentials.SecretKey", "Credentials.SessionToken"), "temporary AWS credentials from Cognito"),
     Target("cognito-identity", ("GetOpenIdToken", "GetOpenIdTokenForDeveloperIdentity"), "output", ("Token",),
