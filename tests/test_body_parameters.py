@@ -57,6 +57,11 @@ rules:
     action: dynamodb:DeleteTable
     decision: deny
     reason: tables are not deleted by agents
+  - id: own-account-only
+    action: dynamodb:*
+    when: "account != `null` && account != '123456789012'"
+    decision: deny
+    reason: agents stay in their own account
   - id: deleting-needs-sre
     action: s3:DeleteObject
     decision: approve
@@ -241,6 +246,48 @@ def test_a_body_its_operation_has_no_member_for_is_read_not_streamed_past_the_st
     s3 = client(gw, token, "s3")
     s3.put_object(Bucket=BUCKET, Key="streamed/data.bin", Body=b"x" * 100_000)
     assert "body streamed" in (record(gw, "limits-agent", "s3:PutObject")["body_note"] or "")
+
+
+def test_a_transaction_that_cannot_be_read_one_way_is_decided_as_a_whole(gw, issuer):
+    """A transaction is decided item by item; one whose body cannot be read one way (here an
+    Action inside an attribute value, which moto reads as the operation) is `unknown` as a whole:
+    decided by its items it was allowed, and moto deleted the table a rule keeps."""
+    token = issuer.mint("tx-reader")
+    ddb = client(gw, token, "dynamodb")
+    for table in ("tx-kept", "tx-scratch"):
+        ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                         BillingMode="PAY_PER_REQUEST")
+    sneaky = client(gw, token, "dynamodb")
+
+    def smuggle(request, **_):
+        request.data = json.dumps({"TableName": "tx-kept", "TransactItems": [{"ConditionCheck": {
+            "TableName": "tx-scratch", "Key": {"id": {"S": "1"}}, "ConditionExpression": "attribute_exists(id)",
+            "ExpressionAttributeValues": {":x": {"S": "&Action=DeleteTable&"}}}}]}).encode()
+    sneaky.meta.events.register("before-sign.dynamodb.TransactWriteItems", smuggle)
+    code, message = refused(lambda: sneaky.transact_write_items(TransactItems=[{"ConditionCheck": {
+        "TableName": "tx-scratch", "Key": {"id": {"S": "1"}}, "ConditionExpression": "attribute_exists(id)"}}]))
+    assert code == "AccessDenied" and "could not be classified" in message, message
+    assert "tx-kept" in ddb.list_tables()["TableNames"]  # nothing ran
+    rec = record(gw, "tx-reader", "unknown")
+    assert (rec["operation"], rec["decision"], rec["outcome"]) == ("TransactWriteItems", "deny", "refused")
+
+
+def test_the_account_a_policy_reads_is_the_one_the_call_names_not_a_header(gw, issuer):
+    """DynamoDB ignores an x-amz-account-id header; the gateway read the call's account from it
+    ahead of the table's ARN, so a header naming the agent's own account let a call on another
+    account's table through a rule keeping agents in their own."""
+    token = issuer.mint("account-agent")
+    ddb = client(gw, token, "dynamodb")
+    other = "arn:aws:dynamodb:us-east-1:999999999999:table/ledger"
+
+    def own_account(request, **_):
+        request.headers["x-amz-account-id"] = "123456789012"
+    ddb.meta.events.register("before-sign.dynamodb.PutItem", own_account)
+    code, message = refused(lambda: ddb.put_item(TableName=other, Item={"id": {"S": "1"}}))
+    assert code == "AccessDenied" and "own-account-only" in message, message
+    rec = [r for r in gw.records() if r["principal"] == "account-agent"][-1]
+    assert (rec["account"], rec["decision"], rec["rule"]) == ("999999999999", "deny", "own-account-only")
 
 
 def test_no_form_of_the_agents_token_reaches_the_store(gw, issuer):

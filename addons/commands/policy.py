@@ -162,7 +162,7 @@ def call_for_action(action: str | None = None, *, operation: str | None = None, 
                 uri = {}
         call.resources = cl.resources_of(params, [member for member, _ in uri.values()])
     if account is None:
-        call.account = cl.account_of(params, {}, call.resources, None)
+        call.account = cl.account_of(params, call.resources, None)
     try:
         cl.authorised_as(call)  # what the classifier adds to a classified call
     except cl.NotAuthorisable as e:

@@ -1676,10 +1676,12 @@ def find_arns(value: Any, depth: int = 0) -> Iterable[str]:
             yield from find_arns(item, depth + 1)
 
 
-def account_of(params: dict, headers: Mapping[str, str], resources: list[str], endpoint: Endpoint | None) -> str | None:
-    """The AWS account a request names, if any: an account-id member or header, an ARN's account,
-    a queue URL's account, an S3 access point host."""
-    for value in (params.get("AccountId"), headers.get("x-amz-account-id"), params.get("ExpectedBucketOwner")):
+def account_of(params: dict, resources: list[str], endpoint: Endpoint | None) -> str | None:
+    """The AWS account a request names, if any: an account-id member, an ARN's account, a queue
+    URL's account, an S3 access point host. Not a header the operation does not model: an
+    ``x-amz-account-id`` header sent to DynamoDB would name one account while the ARN it acts on
+    names another (where an operation takes that header, S3 Control's, it is its AccountId)."""
+    for value in (params.get("AccountId"), params.get("ExpectedBucketOwner")):
         if isinstance(value, str) and ACCOUNT_RE.match(value):
             return value
     for resource in resources:
@@ -1990,7 +1992,7 @@ class Classifier:
         if len(result.resources) > MAX_RESOURCES:
             del result.resources[MAX_RESOURCES:]
             errors.add("resources", f"the call names more than {MAX_RESOURCES} resources; agentgate decides no such call")
-        result.account = account_of(result.params, request.headers, result.resources, endpoint)
+        result.account = account_of(result.params, result.resources, endpoint)
         result.action, result.access_level = actions.iam_action(routing.entry.name, resolution.operation)
         try:
             authorised_as(result)

@@ -1423,7 +1423,9 @@ class PolicySet:
         batch), each is decided too and the strongest decision stands (deny beats approve beats
         allow), as IAM needs all of them allowed."""
         implied = getattr(call, "implied", None) or ()
-        by_parts = bool(getattr(call, "by_parts", False) and implied)
+        # a call that could not be read one way (`unknown`: a part given twice, a body naming an
+        # Action, a member of the wrong type) is decided as a whole, whatever its parts say
+        by_parts = bool(getattr(call, "by_parts", False) and implied) and call.action != "unknown"
         if by_parts:  # a DynamoDB transaction: decided item by item, each with its own parameters and table
             decision, implied = self._evaluate(principal, implied[0]), implied[1:]
         else:
