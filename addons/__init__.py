@@ -38,6 +38,7 @@ key                    set by      value
 ``agentgate.principal`` auth       core.identity.Principal
 ``agentgate.call``     classify    core.classifier.Classification
 ``agentgate.decision`` policy      core.policy.Decision
+``agentgate.policies`` policy      core.policy.PolicySet: the version that decided the call
 ``agentgate.approval`` approval    core.approvals.Approval: the approval that released (or held,
                        (policy)    or refused) the call; or the access grant it runs under
 ``agentgate.released`` approval    True once a call whose decision is approve was released

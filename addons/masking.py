@@ -33,7 +33,7 @@ from mitmproxy import http
 from .core import sigv4
 from .core.masking import OBJECT_CAP, AgentCopy, MaskedCall, Masker, checksum_headers, inflate
 from .core.awserrors import Refusal, render
-from .stage import CALL, DECISION, HELD, OVER_CAP, REFUSAL, SIGNED, STREAM, answer, declares_body
+from .stage import CALL, DECISION, HELD, OVER_CAP, POLICIES, REFUSAL, SIGNED, STREAM, answer, declares_body
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -227,9 +227,12 @@ class Masking:
         query = req.path.partition("?")[2]
         asked = "a Range" if "range" in req.headers else "a part number" if "partnumber=" in query.lower() else None
         if asked is not None:
-            answer(flow, Refusal(403, "AccessDenied", f"agentgate masks this object's body for the agent (rule "
-                                 f"{getattr(flow.metadata.get(DECISION), 'rule', None)!r}), so it is read whole: "
-                                 f"{asked} is refused; read the object without it", "masking"))
+            call, decision, policies = flow.metadata.get(CALL), flow.metadata.get(DECISION), flow.metadata.get(POLICIES)
+            by = policies.rules_masking(decision, lambda m: self.masker.names_payload(call, (m,))) \
+                if policies is not None and decision is not None else []
+            rules = f"rule{'s' if len(by) > 1 else ''} {', '.join(repr(r) for r in by)}" if by else "a rule"
+            answer(flow, Refusal(403, "AccessDenied", f"agentgate masks this object's body for the agent ({rules}), "
+                                 f"so it is read whole: {asked} is refused; read the object without it", "masking"))
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(STREAM) and flow.request.method != "CONNECT":

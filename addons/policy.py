@@ -22,7 +22,7 @@ from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
 from .core.policy import PolicyError, PolicySet, PolicyStore
 from .core.store import StoreError
-from .stage import APPROVAL, CALL, DECISION, PRINCIPAL, answer, due
+from .stage import APPROVAL, CALL, DECISION, POLICIES, PRINCIPAL, answer, due
 
 log = logging.getLogger("agentgate.policy")
 
@@ -117,6 +117,7 @@ class Policy:
                 decision = dataclasses.replace(decision, role=role)
                 flow.metadata[APPROVAL] = grant
         flow.metadata[DECISION] = decision
+        flow.metadata[POLICIES] = current
         if decision.decision == "deny":
             rule = f"rule {decision.rule!r}" if decision.rule else "the default rule"
             answer(flow, Refusal(403, "AccessDenied", f"agentgate denied {call.action} by {rule}: {decision.reason}", "policy"))

@@ -17,6 +17,7 @@ TOKEN = "agentgate.token"  # the validated token, for web-identity roles; never 
 CLIENT_LEFT = "agentgate.client_left"  # an HTTP/2 agent reset the call's stream: its error code (failures.py)
 CALL = "agentgate.call"
 DECISION = "agentgate.decision"
+POLICIES = "agentgate.policies"  # core.policy.PolicySet: the version that decided the call
 APPROVAL = "agentgate.approval"  # core.approvals.Approval: what released the call, or the grant it runs under
 SIGNED = "agentgate.signed"
 REFUSAL = "agentgate.refusal"

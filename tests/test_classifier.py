@@ -781,7 +781,9 @@ def test_a_presigned_credential_is_read_whatever_its_case_and_only_once():
     assert lower.region == "eu-west-1"
     twice = classify("GET", "b.s3.amazonaws.com", "/k",
                      f"X-Amz-Credential={scope}&x-amz-credential={scope.replace('eu-west-1', 'us-west-2')}", {}, None)
-    assert twice.region is None  # no scope is read: the gateway refuses such a request (test_signature_scope.py)
+    # neither scope is read (the host's partition's default stands): the gateway refuses such a
+    # request (test_signature_scope.py)
+    assert twice.region == "us-east-1"
 
 
 def test_partiql_statements_are_the_actions_iam_authorises_them_as():
@@ -1012,3 +1014,24 @@ def test_a_payload_naming_an_action_is_refused_only_where_upstream_would_read_th
     bare = capture("lambda", "invoke", FunctionName="f", Payload=payload)
     assert "read as a form, the body names an Action" in run(bare).error
     assert "read as a form, the body names an Action" in run(dict(bare, query="AWSAccessKeyId=x")).error
+
+
+@pytest.mark.parametrize("host,authorization", [
+    ("walk-bucket.s3.amazonaws.com", None),  # unsigned (transport A carries who asked)
+    ("walk-bucket.s3.amazonaws.com", "AWS agentgate:c2lnbmF0dXJl"),  # SigV2
+    ("s3.amazonaws.com", None),
+    ("walk-bucket.s3.eu-central-1.amazonaws.com", None),
+    ("sts.amazonaws.com", None),
+])
+def test_a_call_is_decided_for_the_region_it_is_signed_for_and_reaches(host, authorization):
+    """A request with no region in its host or a credential scope (SigV2, unsigned) is re-signed
+    for its partition's default region; it was decided for no region, so a rule on `region` (a
+    deny in us-east-1) did not hold for it."""
+    from addons.core import sigv4
+
+    headers = {"host": host, **({"authorization": authorization} if authorization else {})}
+    path = "/region/a.bin" if host.startswith("walk-bucket") else "/"
+    call = classify("PUT" if host.startswith("walk-bucket") else "GET", host, path, "", headers,
+                    b"x" if host.startswith("walk-bucket") else None)
+    auth = sigv4.parse_auth("PUT", path, "", list(headers.items()))
+    assert call.region == sigv4.region_for(auth, host) and call.region is not None, (call.region, call.error)

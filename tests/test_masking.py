@@ -313,6 +313,33 @@ def test_what_a_write_echoes_is_masked_for_the_agent_but_not_what_an_operation_i
     assert len(AGENT_MARKER.encode()) not in (16, 24, 32)
 
 
+def test_every_lambda_answer_that_is_a_function_configuration_has_its_environment_masked():
+    """UpdateFunctionCode answers with the function's configuration, environment included, as
+    UpdateFunctionConfiguration does: it was handed to the agent unmasked. Every operation whose
+    answer is that shape, from the model, so that the next one is not missed."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("lambda")
+    ops = [op for op in model.operation_names
+           if (model.operation_model(op).output_shape or types.SimpleNamespace(name=None)).name == "FunctionConfiguration"]
+    assert "UpdateFunctionCode" in ops
+    m = Masker(KEY)
+    assert [op for op in ops if "Environment.Variables" not in m.curated_outputs("lambda", op)] == []
+
+
+def test_a_function_logs_tail_is_masked_in_the_record_and_left_to_the_agent_who_asked_for_it():
+    """Invoke with LogType=Tail answers the log's last 4 KB base64 in X-Amz-Log-Result, where the
+    detectors cannot read what the function printed (a password, a key): the record keeps its
+    marker; the agent, who asked for the log, gets it unless a rule masks it."""
+    m = Masker(KEY)
+    log = base64.b64encode(b"START RequestId: 1\npassword=hunter2-in-a-log\nEND RequestId: 1\n").decode()
+    part, agent = m.response(call("lambda", "Invoke"), status=200, body=b'{"ok": true}',
+                             headers=[("Content-Type", "application/json"), ("X-Amz-Log-Result", log)])
+    assert log not in str(part.headers) and ("request.headers" not in str(part.masked))
+    assert dict(part.headers)["X-Amz-Log-Result"].startswith("agentgate:masked")
+    assert agent is None or log in str(agent.headers)
+
+
 def test_the_record_keeps_no_environment_a_job_or_model_is_created_with():
     m = Masker(KEY)
     body = json.dumps({"jobDefinitionName": "nightly", "type": "container", "containerProperties": {

@@ -478,6 +478,7 @@ def test_an_object_whose_body_is_masked_is_read_whole_masked_or_not_at_all(gw, i
 
     code, message = refused(Key="masked/app.env", Range="bytes=0-7")
     assert code == "AccessDenied" and "a Range is refused" in message
+    assert "(rule 'masked-object-text')" in message, message  # the rule that masks, not the one that allowed
     code, message = refused(Key="masked/app.env", ResponseContentType="application/octet-stream")
     assert code == "ResponseWithheld" and "not text" in message
     code, message = refused(Key="masked/big.txt")

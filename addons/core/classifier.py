@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import botocore.loaders
 import botocore.model
 
-from . import actions
+from . import actions, endpoints
 
 UNKNOWN = "unknown"
 
@@ -1788,6 +1788,10 @@ class Classifier:
             signing_name=scope.service if scope else None,
             region=(endpoint.region if endpoint else None) or (scope.region if scope else None),
         )
+        if result.region is None and (info := endpoints.parse_host(request.host)) is not None:
+            # no region in the host or a credential scope (SigV2, unsigned, a global endpoint): the
+            # call is re-signed for, and so reaches, its partition's default region (sigv4.region_for)
+            result.region = endpoints.default_region(info.partition)
         if (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
             result.error = mismatch
             return result

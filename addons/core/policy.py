@@ -1469,14 +1469,14 @@ class PolicySet:
         hit = sorted(masked & named)
         if not hit:
             return decision
-        by = self._rules_masking(decision, lambda m: item_attribute(m) in hit)
+        by = self.rules_masking(decision, lambda m: item_attribute(m) in hit)
         return dataclasses.replace(
             decision, decision="deny", rule=MASKED_PREDICATE_RULE, mask_for_agent=(),
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call's condition reads "
                     f"{'it' if len(hit) == 1 else 'them'}: what it finds would tell the value; read the items "
                     "without a condition on it"))
 
-    def _rules_masking(self, decision: Decision, path: Callable[[str], bool]) -> list[str]:
+    def rules_masking(self, decision: Decision, path: Callable[[str], bool]) -> list[str]:
         """The ids of the rules among those ``decision`` considered with a ``mask_for_agent`` path
         ``path`` accepts: which rules a refusal for a mask names."""
         return [r.id for r in self.rules if r.id in decision.considered and any(path(m) for m in r.mask_for_agent)]
@@ -1502,7 +1502,7 @@ class PolicySet:
         if after.decision != "allow" or not lost:
             return decision
         where = ", ".join(getattr(landing, "resources", None) or ()) or "its destination"
-        by = self._rules_masking(decision, lambda m: m in lost)
+        by = self.rules_masking(decision, lambda m: m in lost)
         return dataclasses.replace(
             decision, decision="deny", rule=MASKED_SOURCE_RULE, mask_for_agent=(),
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(lost)} of this source for agents, and a read "
