@@ -79,6 +79,10 @@ class Approval:
         self.console_url = console_url
         self.closing = False
         self.held = 0
+        # approvals whose holder's client left before the hold ended (a read timeout shorter than
+        # the hold): a retry joining one is answered ApprovalPending at once, not held again, or a
+        # client that always leaves first would never learn the approval's id
+        self.left: dict[str, float] = {}
 
     def _refuse(self, flow: http.HTTPFlow, code: str, message: str, a: ApprovalInfo | None,
                 outcome: str = "refused", status: int = 403) -> None:
@@ -132,11 +136,19 @@ class Approval:
                      describe_approvers(a.approvers))
             if self.notifier is not None:
                 self.notifier.requested(a)
+        elif a.id in self.left:
+            self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url) + " (an earlier try of this "
+                         "call left before its hold ended, so this one is answered at once)", a, outcome="held")
+            return
         await self._decide(flow, a)
 
     async def _decide(self, flow: http.HTTPFlow, a: ApprovalInfo) -> None:
         got = await self._hold(flow, a)
         if got == "gone":
+            now = time.time()
+            if len(self.left) >= 4096:  # forget the approvals past their hold
+                self.left = {k: t for k, t in self.left.items() if t > now}
+            self.left[a.id] = a.expires.timestamp() if a.expires is not None else now + self.hold
             self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url), a, outcome="client_gone")
             return
         if got is None:

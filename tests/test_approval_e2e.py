@@ -285,6 +285,25 @@ def test_a_client_that_gives_up_during_the_hold_leaves_its_approval_pending(long
     assert [r["outcome"] for r in record_of(gw, asked[0]["id"])] == ["client_gone", "forwarded"]
 
 
+def test_a_client_whose_read_timeout_is_shorter_than_the_hold_learns_the_approval_on_its_retry(long_hold, issuer,
+                                                                                              bucket):
+    """A client that always gives up before the hold ends (a read timeout of 1 s, retried by the
+    SDK) was held again on every try and never saw ApprovalPending nor the approval's id: a retry
+    joining an approval whose earlier try left is answered at once."""
+    gw = long_hold
+    impatient = s3(gw, issuer.mint("agent-1"), read_timeout=1, connect_timeout=2,
+                   retries={"total_max_attempts": 3, "mode": "standard"})
+    started = time.monotonic()
+    code, message, approval_id = held(lambda: impatient.delete_object(Bucket=bucket, Key="short-timeout"))
+    assert code == "ApprovalPending" and time.monotonic() - started < 5, (code, message)
+    asked = [a for a in pending(gw) if a["resources"] == [f"{bucket}/short-timeout"]]
+    assert [a["id"] for a in asked] == [approval_id] and f"agentgate approvals approve {approval_id}" in message
+    assert "answered at once" in message
+    records = wait_for(lambda: [r for r in record_of(gw, approval_id) if r["outcome"] == "held"] and
+                       record_of(gw, approval_id), timeout=3)
+    assert [r["outcome"] for r in records] == ["client_gone", "held"]
+
+
 # -- after the hold: the retry path -------------------------------------------------------------------------
 
 
