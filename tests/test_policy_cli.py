@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -514,3 +516,181 @@ def test_versions_and_show_give_the_text_that_decided_calls(home, tmp_path):
     assert "does not hash to its version: it was changed" in shown.output
     table = runner.invoke(main, ["policy", "versions", "--db", url])
     assert table.exit_code == 1 and "CHANGED" in table.output
+
+
+# -- the region, the actors and the groups the gateway reads -----------------------------------
+
+AS_THE_GATEWAY = """
+    version: 1
+    roles: [{role_arn: "arn:aws:iam::123456789012:role/agent-role"}]
+    rules:
+      - {id: data, action: ["dynamodb:*", "sns:*", "iam:List*", "ec2:Describe*"], decision: allow}
+      - {id: us-east-1-only, action: "*", when: "region != 'us-east-1'", decision: deny, reason: agents work in us-east-1}
+      - {id: ec2-in-eu, action: "ec2:*", when: "starts_with(region, 'eu-')", decision: approve, approvers: {groups: [sre]}}
+      - {id: no-mallory, action: "*", when: "contains(principal.actors, 'mallory')", decision: deny}
+      - {id: no-contractors, principal: {groups: [contractors]}, action: "*", decision: deny}
+"""
+
+
+def test_explain_reads_the_region_the_gateway_reads(run, claims, tmp_path):
+    """The gateway reads the region of the endpoint a call is sent to. explain takes --region; else
+    a global service's (IAM is signed for us-east-1 whatever the SDK's region), else the one the
+    call's ARNs name; a call with none of these is refused when a rule that may decide it reads
+    region (it was decided as if in no region: a deny outside us-east-1 denied what the gateway
+    allowed), and otherwise explained as in none, saying so."""
+    write(tmp_path, "p/p.yaml", AS_THE_GATEWAY)
+    policies = ("--policies", str(tmp_path / "p"))
+
+    def explain(*args: str):
+        return run("explain", "--principal-file", str(claims), *args, *policies)
+
+    result = explain("--action", "dynamodb:ListTables")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: the call names no region, and rule us-east-1-only (p.yaml:5), which may decide it, reads region: "
+        "give --region, the region of the endpoint the call is sent to, which the gateway reads"]
+    result = explain("--action", "dynamodb:ListTables", "--region", "us-east-1")
+    assert result.exit_code == 0, result.output
+    assert "decision: allow\n" in result.output and "\nregion: us-east-1\n" in result.output
+    assert "decided by: rule us-east-1-only" in explain("--action", "dynamodb:ListTables", "--region", "eu-west-1").output
+
+    arn = "arn:aws:sns:eu-west-1:123456789012:alerts"
+    result = explain("--action", "sns:GetTopicAttributes", "--params", json.dumps({"TopicArn": arn}))
+    assert result.exit_code == 0, result.output
+    assert "decided by: rule us-east-1-only (p.yaml:5)" in result.output
+    assert "\nregion: eu-west-1 (the region the call's ARN names; the gateway reads the endpoint's: --region names " \
+           "it where it differs)\n" in result.output
+
+    for region in ((), ("--region", "eu-west-1")):
+        result = explain("--action", "iam:ListUsers", *region)
+        assert result.exit_code == 0, result.output
+        assert "decided by: rule data (p.yaml:4)" in result.output, result.output
+        assert "\nregion: us-east-1 (iam's endpoint is global: the aws partition's calls are signed for us-east-1, " \
+               "whatever region the SDK is set to" + ("; not eu-west-1 as --region says" if region else "") + ")\n" \
+               in result.output
+
+    # the rules that read region and may decide the call are named, those that cannot decide it left out
+    result = explain("--action", "ec2:DescribeInstances")
+    assert "rules us-east-1-only (p.yaml:5), ec2-in-eu (p.yaml:6), which may decide it, read region" in result.output
+    result = run("explain", "--principal-file", str(claims), "--action", "s3:GetObject", "--params",
+                 '{"Bucket": "b", "Key": "k"}', "--policies", str(SHIPPED))
+    assert result.exit_code == 0, result.output
+    assert "\nregion: none (no rule that may decide the call reads it; give --region, the region of the endpoint " \
+           "the call is sent to, which the gateway reads)\n" in result.output
+
+    for bad in ("eu-wst1", "us east 1", ""):
+        result = explain("--action", "dynamodb:ListTables", "--region", bad)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.strip().splitlines() == [
+            f"Error: --region {bad!r} is no region of any AWS partition, e.g. us-east-1"], result.output
+
+
+def test_explain_makes_the_principal_as_the_gateway_does(run, tmp_path, monkeypatch):
+    """explain builds the principal with the gateway's own code (identity.principal_of): every actor
+    of a nested act claim (a rule on principal.actors denied at the gateway and allowed here), and
+    the groups of the groups_claim setting, nested claims walked (`realm_access.roles` read as a
+    top-level claim gave no groups); a token file is read as well as a JSON file of claims."""
+    from addons.commands.policy import principal_from_claims
+    from addons.core import identity
+
+    write(tmp_path, "p/p.yaml", AS_THE_GATEWAY)
+    monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path))
+    for name in ("AGENTGATE_CONFIG", "AGENTGATE_GROUPS_CLAIM"):
+        monkeypatch.delenv(name, raising=False)
+    write(tmp_path, "agentgate.toml", 'groups_claim = "realm_access.roles"\n')
+    chain = {"sub": "agent-7", "aud": "agentgate", "exp": 4102444800, "act": {"sub": "alice", "act": {"sub": "mallory"}}}
+    contractor = {"sub": "agent-8", "aud": "agentgate", "exp": 4102444800, "realm_access": {"roles": ["contractors"]}}
+    for claims in (chain, contractor):
+        assert principal_from_claims(claims, "realm_access.roles") == identity.principal_from_claims(
+            claims, audiences=["agentgate"], groups_claim="realm_access.roles")
+
+    def explain(claims: dict | str):
+        path = write(tmp_path, "who", claims if isinstance(claims, str) else json.dumps(claims))
+        return run("explain", "--principal-file", str(path), "--action", "dynamodb:ListTables", "--region", "us-east-1",
+                   "--policies", str(tmp_path / "p"))
+
+    result = explain(chain)
+    assert result.exit_code == 0, result.output
+    assert "decided by: rule no-mallory (p.yaml:7)" in result.output
+    assert "principal: agent-7 on behalf of alice (actors: alice, mallory)\n" in result.output
+    result = explain(contractor)
+    assert "decided by: rule no-contractors (p.yaml:8)" in result.output
+    assert "principal: agent-8 (groups: contractors)\n" in result.output
+    assert "note: groups are read from the claim realm_access.roles (the groups_claim setting)" in result.output
+    # the token an agent holds, its claims read without checking its signature
+    token = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                     for part in ({"alg": "RS256"}, contractor)) + ".c2ln"
+    result = explain(token + "\n")
+    assert result.exit_code == 0 and "decided by: rule no-contractors (p.yaml:8)" in result.output, result.output
+    assert "decision: allow" in explain({"sub": "agent-9", "realm_access": {"roles": ["data-agents"]}}).output
+
+    for claims, words in (({"sub": "a", "act": {"act": {"sub": "b"}}}, "its act claim is not an object with a sub"),
+                          ({"sub": "a", "realm_access": {"roles": "x,y".split(",") + [1]}},
+                           "its 'realm_access.roles' claim is not a list of strings"),
+                          ("e30.e30.x.y", "is not JSON"), ("e30.bm90IGpzb24.c2ln", "the claims is not JSON")):
+        result = explain(claims)
+        assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_explain_agrees_with_a_gateway(tmp_path, issuer, moto, monkeypatch):
+    """The same calls, made through a real gateway (upstream moto) by agents holding tokens, and
+    explained in the gateway's home with those token files: both decide each alike, by the same
+    rule, in the same region. The region is the endpoint's (a global service's whatever the SDK's
+    region, else the one the ARN names); the actors of a nested act claim and groups under a nested
+    claim count."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    from tests.support.gateway import Gateway
+
+    tokens = {
+        "agent-plain": issuer.mint("agent-plain", groups=None, extra={"realm_access": {"roles": ["data-agents"]}}),
+        "agent-chain": issuer.mint("agent-chain", groups=None, act={"sub": "alice", "act": {"sub": "mallory"}}),
+        "agent-contractor": issuer.mint("agent-contractor", groups=None,
+                                        extra={"realm_access": {"roles": ["contractors"]}}),
+    }
+    topic = "arn:aws:sns:eu-west-1:123456789012:alerts"
+    list_tables = ("dynamodb", "list_tables", {}, ["--action", "dynamodb:ListTables"])
+    cases = [  # who, the SDK's region, the call, explain's arguments; the rule that decides it
+        ("agent-plain", "us-east-1", list_tables, ["--region", "us-east-1"], "data"),
+        ("agent-plain", "eu-west-1", list_tables, ["--region", "eu-west-1"], "us-east-1-only"),
+        ("agent-plain", "eu-west-1", ("sns", "get_topic_attributes", {"TopicArn": topic},
+                                      ["--action", "sns:GetTopicAttributes", "--params", json.dumps({"TopicArn": topic})]),
+         [], "us-east-1-only"),
+        ("agent-plain", "eu-west-1", ("iam", "list_users", {}, ["--action", "iam:ListUsers"]), [], "data"),
+        ("agent-chain", "us-east-1", list_tables, ["--region", "us-east-1"], "no-mallory"),
+        ("agent-contractor", "us-east-1", list_tables, ["--region", "us-east-1"], "no-contractors"),
+    ]
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=textwrap.dedent(AS_THE_GATEWAY),
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
+                 settings={"groups_claim": "realm_access.roles"}) as gw:
+        monkeypatch.setenv("AGENTGATE_HOME", str(gw.home))
+        made: dict[str, int] = {}
+        for who, region, (service, method, kwargs, described), where, rule in cases:
+            client = boto3.client(service, region_name=region, aws_access_key_id="agentgate", aws_secret_access_key="x",
+                                  verify=str(gw.ca_file), config=botocore.config.Config(
+                                      proxies={"https": gw.proxy_url(tokens[who])}, retries={"total_max_attempts": 1}))
+            try:
+                getattr(client, method)(**kwargs)
+            except botocore.exceptions.ClientError:
+                pass
+            made[who] = made.get(who, 0) + 1
+            deadline = time.monotonic() + 10
+            while len(found := [r for r in gw.records() if r["principal"] == who and r["kind"] == "call"]) < made[who]:
+                assert time.monotonic() < deadline, f"the gateway recorded no {method} of {who}"
+                time.sleep(0.05)
+            record = found[-1]
+            assert (record["action"], record["rule"]) == (described[1], rule), record
+            payload = tokens[who].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            for principal_file in (write(tmp_path, f"{who}.json", json.dumps(claims)),
+                                   write(tmp_path, f"{who}.jwt", tokens[who])):
+                result = CliRunner().invoke(policy, ["explain", "--principal-file", str(principal_file), *described,
+                                                     *where])
+                assert result.exit_code == 0, result.output
+                said = (principal_file.name, record["decision"], record["rule"], record["region"])
+                assert f"decision: {record['decision']}\n" in result.output, (said, result.output)
+                assert f"decided by: rule {record['rule']} (" in result.output, (said, result.output)
+                assert f"\nregion: {record['region']}" in result.output, (said, result.output)

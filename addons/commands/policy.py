@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..core import identity
 from ..core import policy as engine
 from ..settings import SettingsError, load_settings
 
 _ACTION = re.compile(r"[A-Za-z0-9-]+:[A-Za-z0-9_-]+")
-
-
-@dataclasses.dataclass(frozen=True)
-class DescribedPrincipal:
-    """A principal built from a claims file, shaped like identity.Principal."""
-
-    sub: str
-    iss: str
-    aud: tuple[str, ...]
-    groups: tuple[str, ...]
-    on_behalf_of: str | None
-    exp: float
-    claims: Mapping[str, Any] = dataclasses.field(compare=False)
 
 
 def _settings_value(name: str, fallback: str | None = None) -> str:
@@ -48,26 +33,88 @@ def _policies_dir(directory: str | None) -> Path:
     return path
 
 
-def principal_from_claims(claims: Any, groups_claim: str = "groups") -> DescribedPrincipal:
-    """A principal from a token's claims (``sub``, the groups claim, ``act.sub``, ``iss``, ``aud``)."""
+def principal_from_claims(claims: Any, groups_claim: str = "groups") -> identity.Principal:
+    """The principal the gateway makes of a token's claims (identity.principal_of): ``sub``, the
+    groups ``groups_claim`` names (a dotted name walks nested claims, ``realm_access.roles``), and
+    every actor of the ``act`` chain (``act.sub``, then the ``act`` nested in it, ...). Its times
+    and audience are not checked: the call is described, not authenticated."""
     if not isinstance(claims, dict):
-        raise ValueError("the principal file must hold a JSON object of claims")
+        raise ValueError("the principal file must hold a JSON object of claims, or a token")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise ValueError("the principal's claims have no sub")
-    groups = claims.get(groups_claim, [])
-    if isinstance(groups, str):
-        groups = [groups]
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise ValueError(f"the {groups_claim} claim must be a list of strings")
-    aud = claims.get("aud", [])
-    aud = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud) if isinstance(aud, list) else ()
-    act = claims.get("act")
-    on_behalf_of = act.get("sub") if isinstance(act, dict) and isinstance(act.get("sub"), str) else None
-    exp = claims.get("exp")
-    return DescribedPrincipal(sub=sub, iss=str(claims.get("iss", "")), aud=aud, groups=tuple(groups),
-                              on_behalf_of=on_behalf_of,
-                              exp=float(exp) if isinstance(exp, (int, float)) else math.inf, claims=claims)
+    try:
+        return identity.principal_of(claims, groups_claim)
+    except identity.TokenError as e:
+        raise ValueError(e.reason.removeprefix("token is malformed: ")) from None
+
+
+def _claims_of(principal_file: str) -> Any:
+    """The claims a principal file holds: a JSON object of claims, or a token (a JWT, as an agent's
+    token file holds it), whose claims are read without checking its signature."""
+    try:
+        text = Path(principal_file).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {principal_file}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{principal_file} is not JSON: {e}") from None
+    if not text.startswith(("{", "[")) and text.count(".") == 2:
+        try:
+            return identity.parse_token(text)[1]
+        except identity.TokenError as e:
+            raise click.ClickException(f"{principal_file}: {e.reason}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{principal_file} is not JSON: {e}") from None
+
+
+def _groups_claim(notes: list[str]) -> str:
+    """The claim the gateway reads groups from (the groups_claim setting); ``notes`` hears about one
+    other than ``groups``, or settings that do not load (then ``groups``)."""
+    try:
+        claim = load_settings().groups_claim
+    except SettingsError as e:
+        notes.append(f"groups are read from the claim groups: the settings do not load ({e})")
+        return "groups"
+    if claim != "groups":
+        notes.append(f"groups are read from the claim {claim} (the groups_claim setting)")
+    return claim
+
+
+_ARN_REGION = re.compile(r"arn:([^:]+):[^:]*:([^:]*):")
+
+
+def described_region(call: Any, region: str | None) -> tuple[str | None, str | None]:
+    """The region the gateway would read for a described call, and where it comes from (None: from
+    --region). The gateway reads the region of the endpoint the call is sent to (its host, else the
+    signature's scope); a description has no endpoint, so: a service whose endpoint is global (IAM,
+    Route 53, CloudFront, ...) has the one region its calls are signed for in the partition of
+    --region or of the call's ARNs (aws when neither names one), whatever region the SDK is set to;
+    else --region; else the region the call's ARNs name, when they name one; else none. ValueError
+    for a --region that is no region of any AWS partition."""
+    from ..core import endpoints
+    from ..core.classifier import default_classifier
+
+    named = [m.groups() for m in map(_ARN_REGION.match, getattr(call, "resources", None) or ()) if m]
+    if region is not None and (not re.fullmatch(r"[a-z0-9-]{1,40}", region) or endpoints.partition_of(region) is None):
+        raise ValueError(f"--region {region!r} is no region of any AWS partition, e.g. us-east-1")
+    partition = endpoints.partition_of(region) if region is not None else named[0][0] if named else "aws"
+    entry = default_classifier().catalogue.by_name.get(call.service)
+    signed = endpoints.global_region(entry.endpoint_prefix if entry else call.service, partition)
+    if signed is not None:
+        return signed, (f"{call.service}'s endpoint is global: the {partition} partition's calls are signed for "
+                        f"{signed}, whatever region the SDK is set to" + ("" if region in (None, signed) else
+                                                                          f"; not {region} as --region says"))
+    if region is not None:
+        return region, None
+    regions = sorted({r for _, r in named if r})
+    if len(regions) == 1:
+        return regions[0], ("the region the call's ARN names; the gateway reads the endpoint's: "
+                            "--region names it where it differs")
+    if regions:
+        return None, f"the call's ARNs name {', '.join(regions)}: give --region, the endpoint's"
+    return None, "give --region, the region of the endpoint the call is sent to, which the gateway reads"
 
 
 def _closest(name: str, names: Any) -> str:
@@ -272,13 +319,16 @@ def show_command(version: str, db: str | None) -> None:
 
 @policy.command("explain")
 @click.option("--principal-file", "principal_file", required=True, type=click.Path(dir_okay=False),
-              help='JSON file of the token\'s claims: {"sub": ..., "groups": [...], "act": {"sub": ...}}')
+              help='the token\'s claims, as a JSON file {"sub": ..., "groups": [...], "act": {"sub": ...}}, or a '
+                   'token file (a JWT, read but not verified): its groups are read from the groups_claim setting')
 @click.option("--action", default=None, help="the IAM action, e.g. ec2:TerminateInstances (or unknown)")
 @click.option("--operation", default=None, metavar="SERVICE.Operation",
               help="the API operation, as botocore names it, e.g. s3.ListObjectsV2: for an action that stands for "
                    "several operations; the action is then the one the gateway names it")
 @click.option("--params", default=None, help="the call's parameters as a JSON object")
-@click.option("--region", default=None)
+@click.option("--region", default=None,
+              help="the region of the endpoint the call is sent to (default: a global service's, else the one the "
+                   "call's ARNs name; needed when a rule that may decide the call reads region and neither says it)")
 @click.option("--account", default=None)
 @click.option("--resource", "resources", multiple=True, help="a resource name (ARN) the call touches; repeatable")
 @click.option("--policies", "directory", default=None, help="policy directory (default: the `policies` setting)")
@@ -290,17 +340,17 @@ def explain_command(principal_file: str, action: str | None, operation: str | No
     The call is made as the gateway's classifier makes it: the botocore service and operation the
     action stands for (--operation names one), the resources and account the parameters name, and
     what IAM authorises beside the action (an S3 copy's source, an ACL written with an object, a
-    DynamoDB transaction's items, PartiQL statements), each decided too."""
+    DynamoDB transaction's items, PartiQL statements), each decided too. The principal is made as
+    the gateway makes it: groups from the groups_claim setting, every actor of a nested act claim.
+    The region is the one the gateway would read: --region; else a global service's (IAM:
+    us-east-1); else the one the call's ARNs name; else none, which is refused when a rule that may
+    decide the call reads region."""
     if action is None and operation is None:
         raise click.UsageError("give --action (an IAM action) or --operation (SERVICE.Operation)")
+    claims = _claims_of(principal_file)
+    notes: list[str] = []
     try:
-        claims = json.loads(Path(principal_file).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise click.ClickException(f"cannot read {principal_file}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise click.ClickException(f"{principal_file} is not JSON: {e}") from None
-    try:
-        principal = principal_from_claims(claims, _settings_value("groups_claim", "groups"))
+        principal = principal_from_claims(claims, _groups_claim(notes))
     except ValueError as e:
         raise click.ClickException(f"{principal_file}: {e}") from None
     call_params: dict = {}
@@ -312,11 +362,13 @@ def explain_command(principal_file: str, action: str | None, operation: str | No
         if not isinstance(call_params, dict):
             raise click.ClickException("--params must be a JSON object, e.g. '{\"InstanceIds\": [\"i-1\"]}'")
     try:
-        notes: list[str] = []
-        call = call_for_action(action, operation=operation, params=call_params, region=region, account=account,
+        call = call_for_action(action, operation=operation, params=call_params, account=account,
                                resources=list(resources), notes=notes)
+        region, region_from = described_region(call, region)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    for part in (call, *(call.implied or ())):
+        part.region = region
     path = _policies_dir(directory)
     try:
         policy_set = engine.PolicySet.load(path)
@@ -324,4 +376,10 @@ def explain_command(principal_file: str, action: str | None, operation: str | No
         for line in e.errors:
             click.echo(line, err=True)
         raise click.ClickException(f"the policies in {path} do not load; `agentgate policy check {path}` shows why") from None
-    click.echo(engine.explain(policy_set, principal, call, notes=notes))
+    if region is None and (reading := policy_set.rules_reading("region", principal, call)):
+        rules = f"rule{'s' if len(reading) > 1 else ''} " + _listing([f"{r.id} ({r.where})" for r in reading])
+        raise click.ClickException(f"the call names no region, and {rules}, which may decide it, "
+                                   f"{'reads' if len(reading) == 1 else 'read'} region: {region_from}")
+    if region is None:
+        region_from = f"no rule that may decide the call reads it; {region_from}"
+    click.echo(engine.explain(policy_set, principal, call, notes=notes, region_from=region_from))

@@ -76,6 +76,7 @@ class _Tables:
     dualstack_suffixes: frozenset[str]
     prefixes: frozenset[str]  # endpoint prefixes named in endpoints.json
     known_hosts: dict[str, _KnownHost]
+    global_regions: dict[tuple[str, str], str]  # (partition, endpoint prefix) -> its global endpoint's region
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,13 @@ def default_region(partition: str | None) -> str:
         if entry.name == partition:
             return entry.default_region
     return "us-east-1"
+
+
+def global_region(endpoint_prefix: str, partition: str = "aws") -> str | None:
+    """The region every call of a service whose endpoint is global in ``partition`` is signed for
+    (IAM, Route 53, CloudFront, Organizations: ``us-east-1`` in ``aws``; Network Manager
+    ``us-west-2``), whatever region the SDK is set to; None for a service with regional endpoints."""
+    return _tables().global_regions.get((partition, endpoint_prefix))
 
 
 def partition_of(region: str) -> str | None:
@@ -273,6 +281,7 @@ def _tables() -> _Tables:
         dualstack_suffixes=frozenset(dualstack),
         prefixes=prefixes,
         known_hosts=_known_hosts(endpoints_data),
+        global_regions=_global_regions(endpoints_data),
     )
 
 
@@ -303,6 +312,18 @@ def _known_hosts(endpoints_data: list[dict]) -> dict[str, _KnownHost]:
                 fips = "fips" in key or "-fips." in hostname
                 known.setdefault(hostname, _KnownHost(prefix, p["partition"], region, fips))
     return known
+
+
+def _global_regions(endpoints_data: list[dict]) -> dict[tuple[str, str], str]:
+    """The services endpoints.json marks not regionalized, each with its global endpoint's region."""
+    found: dict[tuple[str, str], str] = {}
+    for p in endpoints_data:
+        for prefix, service in p["services"].items():
+            endpoint = service.get("endpoints", {}).get(service.get("partitionEndpoint") or "", {})
+            region = endpoint.get("credentialScope", {}).get("region")
+            if service.get("isRegionalized") is False and region:
+                found[(p["partition"], prefix)] = region
+    return found
 
 
 @functools.cache

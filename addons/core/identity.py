@@ -562,15 +562,33 @@ def principal_from_claims(
         raise TokenError(f"token has no valid audience (aud); expected {expected}{whose}", "wrong_audience")
     if not set(token_aud) & set(audiences):
         raise TokenError(f"token audience {_show(aud)} does not include {expected}{whose}", "wrong_audience")
+    return principal_of(claims, groups_claim)
+
+
+def principal_of(claims: Mapping[str, Any], groups_claim: str = "groups") -> Principal:
+    """The Principal that claims name: the sub, the groups of ``groups_claim``, the ``act`` chain.
+    Checks neither times nor audience (``principal_from_claims`` has, for a token; ``agentgate policy
+    explain`` describes a principal from claims or a token it does not validate), so that a principal
+    described is built as the gateway builds it. TokenError for a missing sub, groups that are not
+    strings or an ``act`` claim that is no chain of subs."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise TokenError("token is malformed: it has no subject (sub)", "malformed")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    try:
+        exp = _numeric(claims, "exp")
+    except TokenError:
+        exp = None
     actors = act_chain(claims.get("act"))
-    on_behalf_of = actors[0] if actors else None
+    iss = claims.get("iss", "")
     return Principal(
         sub=sub,
-        iss=claims.get("iss", ""),
-        aud=token_aud,
+        iss=iss if isinstance(iss, str) else "",
+        aud=tuple(a for a in audiences if isinstance(a, str)),
         groups=groups_from_claims(claims, groups_claim),
-        on_behalf_of=on_behalf_of,
-        exp=float(exp),
+        on_behalf_of=actors[0] if actors else None,
+        exp=math.inf if exp is None else exp,
         claims=types.MappingProxyType(dict(claims)),
         actors=actors,
     )

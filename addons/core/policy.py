@@ -780,8 +780,10 @@ class Rule:
     def unconditional(self) -> bool:
         return self.principal is None and self.when is None
 
-    def matches(self, key: str, level: str | None, principal: Any, facts: _Facts) -> bool:
-        """``key`` is the call's action, lowercased; ``level`` its normalised access level."""
+    def matches(self, key: str, level: str | None, principal: Any, facts: _Facts, *, when: bool = True) -> bool:
+        """``key`` is the call's action, lowercased; ``level`` its normalised access level. With
+        ``when=False``, whether the rule's action, access level and principal match, its ``when``
+        aside."""
         if key == "unknown":
             if not self.names_unknown:
                 return False
@@ -794,12 +796,22 @@ class Rule:
             return False
         if self.principal is not None and not self.principal.matches(principal, facts):
             return False
-        if self.when is not None:
+        if when and self.when is not None:
             try:
                 return _truthy(self.when(facts.data()))
             except Exception:  # a failing expression means no match
                 return False
         return True
+
+    def reads(self) -> set[str]:
+        """The facts this rule's ``when`` reads (``region``, ``params``, ...)."""
+        found: list[tuple[str | None, str]] = []
+        if self.when_text:
+            try:
+                _when_fields(jmespath.compile(self.when_text).parsed, "root", found)
+            except (jmespath.exceptions.JMESPathError, RecursionError):
+                pass
+        return {name for context, name in found if context == "root"}
 
     def why(self, action: str, level: str | None, principal: Any, facts: _Facts) -> tuple[bool, str]:
         """Whether the rule matches, and a sentence saying why (or the first reason it does not)."""
@@ -1407,6 +1419,19 @@ class PolicySet:
             self._narrowed[(prefix, level)] = found
         return found
 
+    def rules_reading(self, fact: str, principal: Any, call: Any) -> list[Rule]:
+        """The rules whose ``when`` reads ``fact`` (a name of ``WHEN_FACTS``) and that may decide the
+        call: their action, access level and principal match it, or one of the actions IAM
+        authorises it as besides (``implied``). The call's decision may turn on that fact."""
+        found = []
+        for part in (call, *(getattr(call, "implied", None) or ())):
+            key = (getattr(part, "action", None) or "unknown").lower()
+            level = access_level_of(getattr(part, "access_level", None))
+            facts = _Facts(principal, part)
+            found += [r for r in self._candidates(key, level)
+                      if r not in found and fact in r.reads() and r.matches(key, level, principal, facts, when=False)]
+        return found
+
     def role_for(self, principal: Any) -> RoleBinding | None:
         facts = None
         for entry in self.roles:
@@ -1553,9 +1578,11 @@ BUILT_IN_RULES = {
 }
 
 
-def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[str] = ()) -> str:
+def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[str] = (),
+            region_from: str | None = None) -> str:
     """Which rule decides a call and why, then every rule with why it matched or not. Where IAM
-    authorises the call as more than one action (``implied``), each one's own decision too."""
+    authorises the call as more than one action (``implied``), each one's own decision too.
+    ``region_from`` says where the call's region (or that it has none) comes from."""
     decision = policy_set.evaluate(principal, call)
     action = getattr(call, "action", None) or "unknown"
     level = access_level_of(getattr(call, "access_level", None))
@@ -1577,6 +1604,7 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
     resources = list(getattr(call, "resources", None) or ())
     if resources:
         lines.append(f"resources: {', '.join(resources)}")
+    lines.append(f"region: {getattr(call, 'region', None) or 'none'}" + (f" ({region_from})" if region_from else ""))
     lines.extend(f"note: {n}" for n in notes)
     implied = tuple(getattr(call, "implied", None) or ())
     if implied:
@@ -1591,8 +1619,10 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
     who = getattr(principal, "sub", None)
     groups = list(getattr(principal, "groups", None) or ())
     obo = getattr(principal, "on_behalf_of", None)
+    actors = list(getattr(principal, "actors", None) or ())
     lines.append(f"principal: {who}" + (f" (groups: {', '.join(groups)})" if groups else "")
-                 + (f" on behalf of {obo}" if obo else ""))
+                 + (f" on behalf of {obo}" if obo else "")
+                 + (f" (actors: {', '.join(actors)})" if len(actors) > 1 else ""))
     if decision.role:
         r = decision.role
         extra = [f"{r.duration}s"]
