@@ -332,7 +332,7 @@ def test_sqs_json_and_legacy_query():
     got = run(capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="hello", DelaySeconds=1))
     assert (got.service, got.operation, got.protocol) == ("sqs", "SendMessage", "json")
     assert got.params == {"QueueUrl": QUEUE_URL, "MessageBody": "hello", "DelaySeconds": 1}
-    assert (got.resources, got.account, got.action) == ([QUEUE_URL], ACCOUNT, "sqs:SendMessage")
+    assert (got.resources, got.account, got.action) == ([QUEUE_URL, "jobs"], ACCOUNT, "sqs:SendMessage")
     signed = capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="x")
     body = f"Action=SendMessage&Version=2012-11-05&QueueUrl={QUEUE_URL}&MessageBody=hi&DelaySeconds=2".encode()
     headers = {"Authorization": signed["headers"]["Authorization"],
@@ -798,8 +798,102 @@ def test_partiql_statements_are_the_actions_iam_authorises_them_as():
     tx = run(capture("dynamodb", "execute_transaction", TransactStatements=[
         {"Statement": "UPDATE orders SET a = 1 WHERE id = 1"}, {"Statement": "EXISTS(SELECT * FROM limits WHERE id = 2)"}]))
     assert (tx.action, [c.action for c in tx.implied]) == ("dynamodb:PartiQLUpdate", ["dynamodb:PartiQLSelect"])
-    odd = run(capture("dynamodb", "execute_statement", Statement="EXPLAIN SELECT 1"))
-    assert (odd.action, odd.access_level) == ("dynamodb:ExecuteStatement", None)  # only a rule naming it allows it
+    odd = run(capture("dynamodb", "execute_statement", Statement="EXPLAIN SELECT 1"))  # no verb DynamoDB runs
+    assert odd.error and "Statement is not a PartiQL statement" in odd.error  # the classify stage: unknown
+
+
+AUDIT_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/audit-x"
+
+
+@pytest.mark.parametrize("statement, action, resources", [
+    ('/* tidy up */ DELETE FROM "audit-x" WHERE id = 1', "dynamodb:PartiQLDelete", ["audit-x"]),
+    ('-- tidy up\nDELETE FROM "audit-x" WHERE id = 1', "dynamodb:PartiQLDelete", ["audit-x"]),
+    ('DELETE/**/FROM"audit-x"--\n WHERE id = 1', "dynamodb:PartiQLDelete", ["audit-x"]),
+    ('SELECT "v FROM orders" FROM "audit-x"', "dynamodb:PartiQLSelect", ["audit-x"]),
+    ('SELECT fromage, from$x, "from", a-b/c, x--FROM orders\n FROM "audit-x"', "dynamodb:PartiQLSelect", ["audit-x"]),
+    ("SELECT 'it''s FROM orders' FROM \"audit-x\"", "dynamodb:PartiQLSelect", ["audit-x"]),
+    ('select * from "audit-x"."by-date" where id = 1', "dynamodb:PartiQLSelect", ["audit-x"]),
+    ("INSERT INTO \"audit-x\" VALUE {'id': 1, 'note': 'FROM orders'}", "dynamodb:PartiQLInsert", ["audit-x"]),
+    ('UPDATE "say ""FROM orders""" SET a = 1 WHERE id = 1', "dynamodb:PartiQLUpdate", ['say "FROM orders"']),
+    (f'DELETE FROM "{AUDIT_ARN}" WHERE id = 1', "dynamodb:PartiQLDelete", [AUDIT_ARN, "audit-x"]),
+])
+def test_a_partiql_statement_is_read_by_its_tokens(statement, action, resources):
+    """The verb is the statement's first token and the table the identifier its grammar puts after
+    FROM, INTO or UPDATE, past comments, strings and quoted identifiers that hold those words (a
+    leading comment hid the verb: the call was dynamodb:ExecuteStatement, allowed by dynamodb:*; a
+    FROM in a quoted name was read as the clause)."""
+    got = run(capture("dynamodb", "execute_statement", Statement=statement))
+    assert (got.action, got.resources, got.error) == (action, resources, None)
+    tx = run(capture("dynamodb", "execute_transaction", TransactStatements=[
+        {"Statement": statement}, {"Statement": 'EXISTS(/* first */ SELECT * FROM "limits" WHERE id = 2)'}]))
+    assert (tx.action, tx.resources, [c.action for c in tx.implied], tx.error) == (
+        action, resources + ["limits"], ["dynamodb:PartiQLSelect"] if action != "dynamodb:PartiQLSelect" else [], None)
+
+
+@pytest.mark.parametrize("statement, why", [
+    ("EXPLAIN SELECT * FROM orders", "is not a PartiQL statement DynamoDB runs"),
+    ('(DELETE FROM "audit-x" WHERE id = 1)', "is not a PartiQL statement DynamoDB runs"),
+    ('"DELETE" FROM "audit-x" WHERE id = 1', "is not a PartiQL statement DynamoDB runs"),
+    ("SELECT * FROM 'audit-x'", "is a SELECT whose table cannot be read"),
+    ("DELETE FROM ? WHERE id = 1", "is a DELETE whose table cannot be read"),
+    ("DELETE FROM audit.x WHERE id = 1", "is a DELETE whose table cannot be read"),
+    ("SELECT * FROM audit.x", "is a SELECT whose table cannot be read"),
+    ("INSERT \"audit-x\" VALUE {'id': 1}", "is an INSERT whose table cannot be read"),
+    ("EXISTS SELECT * FROM limits", "is an EXISTS that holds no SELECT"),
+    ("DELETE FROM audit-x WHERE id = 1", "is a DELETE whose table cannot be read"),  # audit minus x
+    ('UPDATE "audit-x" "x" SET a = 1', "is an UPDATE whose table cannot be read"),
+    ('SELECT "v FROM orders', 'has a " at 7 that is never closed'),
+    ('/* DELETE FROM "audit-x" WHERE id = 1', "has a /* at 0 that is never closed"),
+])
+def test_a_partiql_statement_whose_verb_or_table_cannot_be_read_is_not_decided(statement, why):
+    """Not decided (the classify stage makes it unknown), alone, in a batch beside a statement that
+    reads, or in a transaction: a rule could not decide it by what it does."""
+    got = run(capture("dynamodb", "execute_statement", Statement=statement))
+    assert got.error and f"Statement {why}" in got.error and "agentgate decides no such call" in got.error
+    batch = run(capture("dynamodb", "batch_execute_statement", Statements=[
+        {"Statement": "SELECT * FROM orders WHERE id = 1"}, {"Statement": statement}]))
+    assert batch.error and f"Statements[1].Statement {why}" in batch.error
+    tx = run(capture("dynamodb", "execute_transaction", TransactStatements=[{"Statement": statement}]))
+    assert tx.error and f"TransactStatements[0].Statement {why}" in tx.error
+
+
+@pytest.mark.parametrize("function", [
+    "billing:1", "billing:prod", "arn:aws:lambda:us-east-1:123456789012:function:billing",
+    "arn:aws:lambda:us-east-1:123456789012:function:billing:$LATEST", "123456789012:function:billing",
+    "123456789012:function:billing:7",
+])
+def test_a_lambda_function_is_named_by_its_bare_name_too(function):
+    """Each form Lambda's FunctionName takes (a name with a version or alias, an ARN, a qualified
+    ARN, a partial ARN) names the function's bare name among the resources, after the spelling sent:
+    a rule on contains(resource, 'billing') holds for every one (ends_with(params.FunctionName,
+    ':function:billing') missed billing:1, a qualified ARN and the partial ARN)."""
+    got = run(capture("lambda", "get_function_configuration", FunctionName=function))
+    assert (got.action, got.resources, got.error) == ("lambda:GetFunctionConfiguration", [function, "billing"], None)
+    plain = run(capture("lambda", "get_function_configuration", FunctionName="billing", Qualifier="1"))
+    assert plain.resources == ["billing"]
+    invoked = run(capture("lambda", "invoke", FunctionName=function, Payload=b"{}"))
+    assert invoked.resources == [function, "billing"]
+
+
+def test_a_table_arn_and_a_queue_url_are_named_by_their_bare_names_too():
+    """A DynamoDB table's ARN (its index's too), wherever a call names it, and an SQS queue's URL,
+    name the table or the queue beside them, in the order sent."""
+    key = {"id": {"S": "1"}}
+    got = run(capture("dynamodb", "get_item", TableName=AUDIT_ARN, Key=key))
+    assert got.resources == [AUDIT_ARN, "audit-x"]
+    index = f"{AUDIT_ARN}/index/by-date"
+    assert run(capture("dynamodb", "query", TableName=AUDIT_ARN, IndexName="by-date",
+                       KeyConditionExpression="id = :v", ExpressionAttributeValues={":v": {"S": "1"}})
+               ).resources == [AUDIT_ARN, "audit-x", "by-date"]
+    assert classifier.bare_name(index) == "audit-x"
+    batch = run(capture("dynamodb", "batch_get_item", RequestItems={"orders": {"Keys": [key]}, AUDIT_ARN: {"Keys": [key]}}))
+    assert batch.resources == ["orders", AUDIT_ARN, "audit-x"]
+    tx = run(capture("dynamodb", "transact_write_items", TransactItems=[
+        {"Put": {"TableName": "orders", "Item": key}}, {"Delete": {"TableName": AUDIT_ARN, "Key": key}}]))
+    assert [p.resources for p in tx.implied] == [["orders"], [AUDIT_ARN, "audit-x"]]  # each item decided on its own
+    sent = run(capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="hello"))
+    assert sent.resources == [QUEUE_URL, "jobs"]
+    assert run(capture("sqs", "get_queue_url", QueueName="jobs")).resources == ["jobs"]
 
 
 @pytest.mark.parametrize("method, path, query, dispatched", [

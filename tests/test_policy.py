@@ -1688,7 +1688,7 @@ def test_a_rule_on_resource_sees_every_resource_a_call_names(tmp_path, monkeypat
     # names of attributes are not resources
     received = run(capture("sqs", "receive_message", QueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/q",
                            AttributeNames=["All"], MessageAttributeNames=["a", "b"]))
-    assert received.resources == ["https://sqs.us-east-1.amazonaws.com/123456789012/q"]
+    assert received.resources == ["https://sqs.us-east-1.amazonaws.com/123456789012/q", "q"]
 
 
 def test_parts_needing_different_approvers_are_refused_and_masks_of_approved_parts_hold(tmp_path):

@@ -220,6 +220,69 @@ def test_a_dynamodb_transaction_is_decided_item_by_item(tmp_path, issuer, moto):
             ("dynamodb:GetItem", "Read", "allow")]
 
 
+def test_a_rule_on_a_name_holds_for_every_spelling_and_a_statement_behind_a_comment(tmp_path, issuer, moto):
+    """Lambda takes a function as billing, billing:1, its ARN (with a version or not) and the
+    partial ARN 123456789012:function:billing: `resource` holds the bare name beside the spelling
+    sent, so one deny on contains(resource, 'billing') refuses them all (billing:1 and the partial
+    ARN read the function's environment). A PartiQL DELETE behind a comment is dynamodb:PartiQLDelete
+    on its table, refused by the rule keeping the table (it was dynamodb:ExecuteStatement on no
+    table, allowed by dynamodb:*); one whose table cannot be read is unknown."""
+    import io
+    import zipfile
+
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: billing-stays-private
+          action: [lambda:GetFunction, lambda:GetFunctionConfiguration, lambda:InvokeFunction]
+          when: "contains(resource, 'billing')"
+          decision: deny
+          reason: the billing function's environment holds the payment keys
+        - id: audit-rows-stay
+          action: [dynamodb:DeleteItem, dynamodb:PartiQLDelete]
+          when: "contains(resource, 'audit-x')"
+          decision: deny
+          reason: audit rows are never deleted
+        """), "  ")
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        token = issuer.mint("names-agent", groups=["data-agents"])
+        lam = client(gw, "lambda", proxy_token=token)
+        for name in ("billing", "reports"):
+            lam.create_function(FunctionName=name, Runtime="python3.12", Handler="handler.handler",
+                                Role=moto.broker.role_arn, Code={"ZipFile": code.getvalue()},
+                                Environment={"Variables": {"PAYMENT_KEY": f"{name}-key"}})
+        assert lam.publish_version(FunctionName="billing")["Version"] == "1"
+        arn = "arn:aws:lambda:us-east-1:123456789012:function:billing"
+        for spelling in ("billing", "billing:1", f"{arn}:1", arn, "123456789012:function:billing"):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                lam.get_function_configuration(FunctionName=spelling)
+            assert e.value.response["Error"]["Code"] == "AccessDenied", spelling
+            assert "billing-stays-private" in e.value.response["Error"]["Message"], spelling
+        assert lam.get_function_configuration(FunctionName=arn.replace("billing", "reports"))["FunctionName"] == "reports"
+
+        ddb = client(gw, "dynamodb", proxy_token=token)
+        ddb.create_table(TableName="audit-x", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                         BillingMode="PAY_PER_REQUEST")
+        ddb.put_item(TableName="audit-x", Item={"id": {"S": "1"}})
+        messages = []
+        for statement in ("/* tidy up */ DELETE FROM \"audit-x\" WHERE id = '1'",
+                          "-- tidy up\nDELETE FROM \"audit-x\" WHERE id = '1'",
+                          "/* tidy up */ DELETE FROM audit-x WHERE id = '1'"):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                ddb.execute_statement(Statement=statement)
+            assert e.value.response["Error"]["Code"] == "AccessDenied", statement
+            messages.append(e.value.response["Error"]["Message"])
+        assert all("audit-rows-stay" in m for m in messages[:2]), messages
+        assert "could not be classified" in messages[2], messages[2]  # audit minus x: no table to decide on
+        assert ddb.get_item(TableName="audit-x", Key={"id": {"S": "1"}})["Item"] == {"id": {"S": "1"}}
+        records = [r for r in gw.records() if r["principal"] == "names-agent" and r["operation"] == "ExecuteStatement"]
+        assert [(r["action"], r["decision"]) for r in records] == [
+            ("dynamodb:PartiQLDelete", "deny"), ("dynamodb:PartiQLDelete", "deny"), ("unknown", "deny")]
+
+
 def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_path, issuer, moto):
     """A versioned bucket: deleting or reading an old version by its VersionId is s3:DeleteObjectVersion
     or s3:GetObjectVersion, which a rule keeps from agents while they may delete and read the

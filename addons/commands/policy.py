@@ -207,7 +207,7 @@ def call_for_action(action: str | None = None, *, operation: str | None = None, 
                 uri = cl.default_classifier().routing(service).located(op).uri
             except Exception:  # noqa: BLE001 - an operation botocore does not have: its members only
                 uri = {}
-        call.resources = cl.resources_of(params, [member for member, _ in uri.values()])
+        call.resources = cl.resources_of(params, [member for member, _ in uri.values()], service)
     if account is None:
         call.account = cl.account_of(params, call.resources, None)
     try:

@@ -1360,18 +1360,21 @@ def unrecordable(value: Any, path: str = "params", depth: int = 0) -> str | None
     return None
 
 
-def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
+def resources_of(params: dict, uri_members: Iterable[str], service: str | None = None) -> list[str]:
     """Resource names a call names: bucket or bucket/key, identifiers among the top-level
-    members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN."""
+    members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN; each as
+    sent, followed by its bare name where the API takes it in other spellings too (``bare_name``),
+    so that a rule on the name holds whichever spelling the agent sent."""
     out: list[str] = []
     seen: set[str] = set()
 
-    def add(value: Any) -> None:
-        if isinstance(value, str) and value and len(out) <= MAX_RESOURCES:  # one over: too many
+    def add(value: Any, member: str | None = None) -> None:
+        if isinstance(value, str) and value:
             value = value[:MAX_RESOURCE_LENGTH]
-            if value not in seen:
-                seen.add(value)
-                out.append(value)
+            for name in (value, bare_name(value, service, member)):
+                if name is not None and name not in seen and len(out) <= MAX_RESOURCES:  # one over: too many
+                    seen.add(name)
+                    out.append(name)
 
     bucket = params.get("Bucket")
     if isinstance(bucket, str) and isinstance(params.get("Key"), str):
@@ -1402,10 +1405,47 @@ def resources_of(params: dict, uri_members: Iterable[str]) -> list[str]:
             continue
         if name in uri or RESOURCE_MEMBER_RE.search(name):
             for item in value if isinstance(value, list) else [value]:
-                add(item)
+                add(item, name)
     for arn in find_arns(params):
         add(arn)
     return out
+
+
+# The spellings an API takes for one resource, read for its bare name (``bare_name``).
+LAMBDA_FUNCTION_ARN_RE = re.compile(r"^arn:[^:]+:lambda:[^:]*:\d{12}:function:([A-Za-z0-9_.-]+)(?::[^:]+)?$")
+DYNAMODB_TABLE_ARN_RE = re.compile(r"^arn:[^:]+:dynamodb:[^:]*:\d{12}:table/([A-Za-z0-9_.-]+)(?:/|$)")
+QUEUE_URL_NAME_RE = re.compile(r"^https?://[^/]+/\d{12}/([^/]+)$")
+# Lambda's FunctionName as its model's pattern takes it: before the name, an optional
+# arn:<partition>:lambda:, region, account and function:; after it, an optional version or alias.
+LAMBDA_FUNCTION_NAME_RE = re.compile(
+    r"^(?:arn:(?:aws[a-zA-Z-]*)?:lambda:)?(?:(?:eusc-)?[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d:)?(?:\d{12}:)?"
+    r"(?:function:)?([a-zA-Z0-9_.-]+)(?::(?:\$LATEST(?:\.PUBLISHED)?|[a-zA-Z0-9_-]+))?$")
+
+
+def bare_name(value: str, service: str | None = None, member: str | None = None) -> str | None:
+    """The resource's own name where an API takes it in other spellings too, None where ``value``
+    is that name or names no such resource: a Lambda function's name, of any form Lambda's
+    ``FunctionName`` takes (``billing:1``, ``arn:aws:lambda:us-east-1:123456789012:function:billing``,
+    with a version or alias, the partial ARN ``123456789012:function:billing``: qualifiers
+    stripped), and of a function's ARN wherever it is; a DynamoDB table's name, of the table's ARN
+    (or an index's, a stream's); an SQS queue's name, of its URL. A rule on ``resource`` then
+    holds for every spelling of one name, not only for the one it was written with."""
+    if service == "lambda" and member == "FunctionName":
+        found = LAMBDA_FUNCTION_NAME_RE.match(value)
+    elif value.startswith("arn:"):
+        found = LAMBDA_FUNCTION_ARN_RE.match(value) or DYNAMODB_TABLE_ARN_RE.match(value)
+    elif service == "sqs":
+        found = QUEUE_URL_NAME_RE.match(value)
+    else:
+        return None
+    return found.group(1) if found and found.group(1) != value else None
+
+
+def spellings(value: str) -> list[str]:
+    """``value`` and its bare name (``bare_name``), if it has one: a table as a transaction's item
+    or a PartiQL statement names it."""
+    name = bare_name(value)
+    return [value] if name is None else [value, name]
 
 
 def copy_source(value: Any) -> tuple[str, str, str | None] | None:
@@ -1563,7 +1603,8 @@ def transaction_items(result: Classification) -> list[Classification]:
         # the call's own members (ClientRequestToken, ReturnConsumedCapacity, ...) beside the item's
         item_params = {**{k: v for k, v in result.params.items() if k != "TransactItems"}, **body}
         parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
-                                         params=item_params, resources=[table] if isinstance(table, str) and table else [],
+                                         params=item_params,
+                                         resources=spellings(table) if isinstance(table, str) and table else [],
                                          implied=(), by_parts=False))
     return parts
 
@@ -1617,7 +1658,7 @@ def authorised_as(result: Classification) -> None:
     if statements:  # IAM authorises each PartiQL statement as the action its verb names
         first, *rest = statements
         result.action, result.access_level = first[0], first[1]
-        for table in (t for _, _, t in statements if t):
+        for table in (name for _, _, t in statements for name in spellings(t)):
             if table not in result.resources and len(result.resources) < MAX_RESOURCES:
                 result.resources.append(table)
         seen = {first[0]}
@@ -1631,34 +1672,105 @@ def authorised_as(result: Classification) -> None:
 PARTIQL_ACTIONS = {"SELECT": "dynamodb:PartiQLSelect", "EXISTS": "dynamodb:PartiQLSelect",
                    "INSERT": "dynamodb:PartiQLInsert", "UPDATE": "dynamodb:PartiQLUpdate",
                    "DELETE": "dynamodb:PartiQLDelete"}
-PARTIQL_VERB_RE = re.compile(r"\s*\(*\s*([A-Za-z]+)")
-PARTIQL_TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE)\s+"?([A-Za-z0-9_.\-]{3,255})"?', re.I)
+# PartiQL's lexical rules: whitespace and comments (-- to the end of the line, /* to */) between
+# tokens; '...' strings and "..." identifiers, each with its quote doubled inside; `...` Ion
+# literals; bare identifiers and keywords (case-insensitive); any other character a token of its
+# own. A quote or a comment left open is ``open``: such a statement is not read.
+PARTIQL_TOKEN_RE = re.compile(r"""
+    [ \t\n\r\f\v]+ | --[^\r\n]* | /\*.*?\*/
+    | (?P<word>[A-Za-z_$][A-Za-z0-9_$]*)
+    | "(?P<name>(?:[^"]|"")*)"
+    | (?P<value>'(?:[^']|'')*'|`[^`]*`)
+    | (?P<open>["'`]|/\*)
+    | (?P<other>[0-9]+|.)
+""", re.S | re.X)
+# A SELECT's projection, by the same rules, up to its first FROM keyword: skipped in one match, as
+# reading a projection of a thousand names token by token takes milliseconds
+PARTIQL_PROJECTION_RE = re.compile(r"""(?:
+    [^"'`/\-A-Za-z_$]+ | --[^\r\n]* | /\*.*?\*/ | -(?!-) | /(?!\*)
+    | "(?:[^"]|"")*" | '(?:[^']|'')*' | `[^`]*`
+    | (?!FROM(?![A-Za-z0-9_$]))[A-Za-z_$][A-Za-z0-9_$]*
+)*""", re.S | re.X | re.I)
+# What DynamoDB's PartiQL puts after a statement's table (and a SELECT's "index"): a keyword, a
+# character, or the statement's end (None).
+PARTIQL_AFTER_TABLE = {"SELECT": {"WHERE", "ORDER", None}, "EXISTS": {"WHERE", ")"}, "INSERT": {"VALUE"},
+                       "UPDATE": {"SET", "REMOVE"}, "DELETE": {"WHERE"}}
 
 
-def partiql_statements(result: Classification) -> list[tuple[str, str | None, str | None]]:
+def partiql_statement(text: Any) -> tuple[str, str]:
+    """(verb, table) of one statement of DynamoDB's PartiQL, read as its grammar puts them:
+    ``SELECT ... FROM table[."index"] [WHERE ...]``, ``INSERT INTO table VALUE {...}``, ``UPDATE
+    table SET|REMOVE ...``, ``DELETE FROM table WHERE ...``, ``EXISTS(SELECT ... FROM table WHERE
+    ...)`` (in a transaction). Only as many tokens are read as it takes to reach the table and the
+    one after it. NotAuthorisable for a statement whose verb or table cannot be read: no verb
+    DynamoDB runs, a quote or comment left open before the table, a table that is a string, a
+    parameter or missing, or followed by what the grammar does not put there (``audit-x``
+    unquoted, a path), which DynamoDB would read some other way or not at all."""
+    if not isinstance(text, str):
+        raise NotAuthorisable("is not given")
+    pos = 0
+
+    def token() -> tuple[str | None, str]:
+        """The next token: (word, a keyword or an identifier), (name, a quoted identifier unescaped),
+        (value, a string or an Ion literal), (other, a character); (None, "") at the end."""
+        nonlocal pos
+        while (m := PARTIQL_TOKEN_RE.match(text, pos)) is not None:
+            pos, kind = m.end(), m.lastgroup
+            if kind == "open":
+                raise NotAuthorisable(f"has a {m.group(kind)} at {m.start()} that is never closed")
+            if kind is not None:
+                return kind, m.group(kind).replace('""', '"') if kind == "name" else m.group(kind)
+        return None, ""
+
+    def keyword(found: tuple[str | None, str]) -> str | None:
+        """A token as the grammar reads it: a keyword upper-cased, a character as it is, None at the end."""
+        kind, value = found
+        return value.upper() if kind == "word" else value if kind == "other" else None if kind is None else ""
+
+    verb = keyword(token())
+    if verb not in PARTIQL_ACTIONS:
+        raise NotAuthorisable(f"is not a PartiQL statement DynamoDB runs ({', '.join(PARTIQL_ACTIONS)})")
+    if verb == "EXISTS" and not (keyword(token()) == "(" and keyword(token()) == "SELECT"):
+        raise NotAuthorisable("is an EXISTS that holds no SELECT")
+    if verb in ("SELECT", "EXISTS"):  # its first FROM keyword (a quoted "from", a 'from' string are none)
+        pos = PARTIQL_PROJECTION_RE.match(text, pos).end()
+    found = verb == "UPDATE" or keyword(token()) == ("INTO" if verb == "INSERT" else "FROM")
+    kind, table = token() if found else (None, "")
+    follows = keyword(token())
+    if follows == "." and verb in ("SELECT", "EXISTS") and kind == "name" and token()[0] == "name":
+        follows = keyword(token())  # past "table"."index" (both quoted, as DynamoDB asks)
+    if kind not in ("word", "name") or not table or follows not in PARTIQL_AFTER_TABLE[verb]:
+        raise NotAuthorisable(f"is {'an' if verb[0] in 'AEIOU' else 'a'} {verb} whose table cannot be read")
+    return verb, table
+
+
+def partiql_statements(result: Classification) -> list[tuple[str, str | None, str]]:
     """(IAM action, access level, table) of each statement of a DynamoDB PartiQL call, in order;
-    empty for other calls. A statement whose verb is not one of PartiQL's stays under the
-    operation's own name (no access level: only a rule naming it allows it)."""
+    empty for other calls. NotAuthorisable for a call with no statement or a statement whose verb or
+    table cannot be read (not decided: no rule could decide it by what it does)."""
     if result.service != "dynamodb":
         return []
     params = result.params
     if result.operation == "ExecuteStatement":
-        texts = [params.get("Statement")]
-    elif result.operation == "BatchExecuteStatement":
-        texts = [s.get("Statement") for s in params.get("Statements") or () if isinstance(s, dict)]
-    elif result.operation == "ExecuteTransaction":
-        texts = [s.get("Statement") for s in params.get("TransactStatements") or () if isinstance(s, dict)]
+        texts = [("Statement", params.get("Statement"))]
+    elif result.operation in ("BatchExecuteStatement", "ExecuteTransaction"):
+        member = "Statements" if result.operation == "BatchExecuteStatement" else "TransactStatements"
+        items = params.get(member)
+        if not isinstance(items, list) or not items:
+            raise NotAuthorisable(f"{member} names no statement")
+        texts = [(f"{member}[{i}].Statement", s.get("Statement") if isinstance(s, dict) else None)
+                 for i, s in enumerate(items)]
     else:
         return []
     out = []
-    for text in texts:
-        verb = PARTIQL_VERB_RE.match(text) if isinstance(text, str) else None
-        action = PARTIQL_ACTIONS.get(verb.group(1).upper()) if verb else None
-        if action is None:
-            return []  # one statement not named: the call keeps the operation's own name
+    for where, text in texts:
+        try:
+            verb, table = partiql_statement(text)
+        except NotAuthorisable as e:
+            raise NotAuthorisable(f"{where} {e}") from None
+        action = PARTIQL_ACTIONS[verb]
         _, level = actions.lookup(action) or (action, None)
-        table = PARTIQL_TABLE_RE.search(text)
-        out.append((action, level, table.group(1) if table else None))
+        out.append((action, level, table))
     return out
 
 
@@ -1992,7 +2104,7 @@ class Classifier:
             errors.add(where, "holds a NUL or bytes that are not UTF-8, which no record or approval can name "
                        "apart from another value: agentgate decides no such call")
         uri = resolution.routing.located(resolution.operation).uri if resolution.route else {}
-        result.resources = resources_of(result.params, [name for name, _ in uri.values()])
+        result.resources = resources_of(result.params, [name for name, _ in uri.values()], routing.entry.name)
         if len(result.resources) > MAX_RESOURCES:
             del result.resources[MAX_RESOURCES:]
             errors.add("resources", f"the call names more than {MAX_RESOURCES} resources; agentgate decides no such call")
