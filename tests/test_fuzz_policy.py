@@ -175,7 +175,8 @@ def test_a_character_yaml_refuses_names_its_line(tmp_path):
     max_leaves=30), max_size=6), st.dictionaries(st.text(max_size=6), st.text(max_size=8), max_size=4))
 @fuzz(200)
 def test_evaluating_any_call_never_raises(params, claims):
-    """Conditions over any parameters and claims: a failing expression means no match, never an error."""
+    """Conditions over any parameters and claims: a failing expression counts as matching for a deny
+    or approve rule and allows nothing for an allow rule, never an error."""
     loaded = _CONDITIONS
     call = types.SimpleNamespace(action="dynamodb:PutItem", access_level="Write", params=params, resources=[],
                                  region="us-east-1", account="123456789012", service="dynamodb",

@@ -188,12 +188,33 @@ def test_principal_sub_groups_and_claims(tmp_path):
     assert ps.evaluate(good, call("rds:DescribeDBInstances")).decision == "allow"
     assert ps.evaluate(principal(claims={"scopes": ["rds"], "tenant": "other"}),
                        call("rds:DescribeDBInstances")).decision == "deny"
-    # a claims expression that fails (scopes missing: contains(null, ...)) does not match
+    # a claims expression that fails (scopes missing: contains(null, ...)) does not allow: a failing
+    # condition counts as holding only for deny and approve rules, which so fail closed
     assert ps.evaluate(principal(claims={"tenant": "acme"}), call("rds:DescribeDBInstances")).decision == "deny"
     assert ps.evaluate(principal("carol", ("sre",), {"mfa": True}), call("sqs:SendMessage")).decision == "allow"
     assert ps.evaluate(principal("carol", ("sre",), {"mfa": False}), call("sqs:SendMessage")).decision == "deny"
     assert ps.evaluate(principal("carol", ("dev",), {"mfa": True}), call("sqs:SendMessage")).decision == "deny"
     assert ps.evaluate(None, call("s3:GetObject")).decision == "deny"
+
+
+def test_contains_on_a_claim_given_as_a_string_is_a_substring_test(tmp_path):
+    """The trap policies/README.md warns of: a groups claim given as one string makes
+    `contains(groups, 'admins')` a substring test; `principal.groups` (always a list of whole
+    names) and the `groups:` matcher are not fooled."""
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: by-claim, action: "s3:GetObject", principal: {claims: "contains(groups, 'admins')"}, decision: allow}
+          - {id: by-when, action: "s3:PutObject", when: "contains(principal.groups, 'admins')", decision: allow}
+          - {id: by-groups, action: "s3:DeleteObject", principal: {groups: [admins]}, decision: allow}
+    """)
+    observer = principal(groups=("readonly-admins-observer",), claims={"groups": "readonly-admins-observer"})
+    assert ps.evaluate(observer, call("s3:GetObject")).decision == "allow"  # the trap
+    assert ps.evaluate(observer, call("s3:PutObject")).decision == "deny"
+    assert ps.evaluate(observer, call("s3:DeleteObject")).decision == "deny"
+    admin = principal(groups=("admins",), claims={"groups": "admins"})
+    assert ps.evaluate(admin, call("s3:PutObject")).decision == "allow"
+    assert ps.evaluate(admin, call("s3:DeleteObject")).decision == "allow"
 
 
 def test_principal_matches_helper_for_approvers():
@@ -239,7 +260,7 @@ def test_when_conditions_over_the_call_and_principal(tmp_path):
     assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": ["i-1"]}, region="eu-west-1")).decision == "allow"
     assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": []}, region="eu-west-1")).decision == "deny"
     assert ps.evaluate(who, call("ec2:TerminateInstances", params={"InstanceIds": ["i-1"]})).decision == "deny"
-    # a runtime type error (length of null) means no match
+    # a runtime type error (length of null): an allow rule does not allow so
     assert ps.evaluate(who, call("ec2:TerminateInstances", region="eu-west-1")).decision == "deny"
     assert ps.evaluate(who, call("s3:GetObject", resources=["arn:aws:s3:::alice-data/k"])).decision == "allow"
     assert ps.evaluate(who, call("s3:GetObject", resources=["arn:aws:s3:::alice-data/k", "arn:aws:s3:::bob/k"])).decision == "deny"
@@ -251,6 +272,188 @@ def test_when_conditions_over_the_call_and_principal(tmp_path):
     assert ps.evaluate(who, call("dynamodb:GetItem", "Write")).decision == "deny"
     assert ps.evaluate(who, call("sqs:SendMessage")).decision == "allow"
     assert ps.evaluate(principal(groups=("ops",)), call("sqs:SendMessage")).decision == "deny"
+
+
+def test_a_deny_or_approve_rule_whose_condition_fails_on_a_call_matches_it(tmp_path):
+    """A condition that cannot be evaluated on a call counts as holding for deny and approve rules:
+    a BatchWriteItem names no TableName, and `starts_with(null, ...)` let it past the deny to the
+    broader allow; Route 53's MaxItems is a string, and `> `100`` raised, so the deny never matched."""
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: data, action: ["dynamodb:*", "route53:*", "ec2:*"], decision: allow}
+          - id: audit-tables
+            action: "dynamodb:*"
+            when: "starts_with(params.TableName, 'audit-')"
+            decision: deny
+            reason: audit tables are append-only
+          - id: big-pages
+            action: "route53:*"
+            when: "params.MaxItems > `100`"
+            decision: deny
+          - id: terminate-tagged
+            action: ec2:TerminateInstances
+            when: "length(params.InstanceIds) > `1`"
+            decision: approve
+            approvers: {groups: [sre]}
+    """)
+    who = principal()
+    d = ps.evaluate(who, call("dynamodb:BatchWriteItem", "Write", {"RequestItems": {"audit-log": []}}, ["audit-log"]))
+    assert (d.decision, d.rule) == ("deny", "audit-tables")
+    assert d.reason == (
+        "the condition of rule audit-tables could not be evaluated on this call (when `starts_with(params.TableName, "
+        "'audit-')`: In function starts_with(), invalid type for value: None, expected one of: ['string'], received: "
+        "\"null\"), so the rule counts as matching it: a deny rule fails closed; guard what it reads, e.g. "
+        "`params.TableName && starts_with(params.TableName, 'audit-')`, or read `resource`, which lists what every "
+        "call names")
+    # where the condition evaluates, it decides as written
+    d = ps.evaluate(who, call("dynamodb:PutItem", "Write", {"TableName": "audit-2024"}))
+    assert (d.decision, d.reason) == ("deny", "audit tables are append-only")
+    assert ps.evaluate(who, call("dynamodb:PutItem", "Write", {"TableName": "orders"})).rule == "data"
+    d = ps.evaluate(who, call("route53:ListHostedZones", "List", {"MaxItems": "200"}))
+    assert (d.decision, d.rule) == ("deny", "big-pages")
+    assert ("(when `params.MaxItems > `100``: '>' not supported between instances of 'str' and 'int'), so the rule "
+            "counts as matching it: a deny rule fails closed; make it hold for the types this call's members have "
+            "(to_number(), to_string())") in d.reason
+    assert ps.evaluate(who, call("route53:ListHostedZones", "List")).rule == "data"  # null > 100 is null: no match
+    d = ps.evaluate(who, call("ec2:TerminateInstances", "Write"))
+    assert (d.decision, d.rule, dict(d.approvers)) == ("approve", "terminate-tagged", {"groups": ("sre",)})
+    assert d.reason.startswith("the condition of rule terminate-tagged could not be evaluated on this call (when "
+                               "`length(params.InstanceIds) > `1``: In function length(), invalid type for value: None")
+    assert "so the rule counts as matching it: an approve rule fails closed" in d.reason
+    assert ps.evaluate(who, call("ec2:TerminateInstances", "Write", {"InstanceIds": ["i-1"]})).rule == "data"
+
+
+def test_a_failing_principal_claims_condition_counts_for_deny_but_does_not_allow(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: s3, action: "s3:*", decision: allow}
+          - {id: no-contractors, action: "s3:Put*", principal: {claims: "starts_with(dept, 'contract')"}, decision: deny}
+          - {id: mfa-reads, action: "kms:*", principal: {claims: "contains(amr, 'mfa')"}, decision: allow}
+    """)
+    d = ps.evaluate(principal(claims={"dept": "contracting"}), call("s3:PutObject", "Write"))
+    assert (d.decision, d.reason) == ("deny", "rule no-contractors denies s3:PutObject")
+    assert ps.evaluate(principal(claims={"dept": "eng"}), call("s3:PutObject", "Write")).rule == "s3"
+    d = ps.evaluate(principal(), call("s3:PutObject", "Write"))  # a token without a dept claim
+    assert (d.decision, d.rule) == ("deny", "no-contractors")
+    assert ("(principal claims `starts_with(dept, 'contract')`: In function starts_with(), invalid type for value: "
+            "None") in d.reason and "e.g. `dept && starts_with(dept, 'contract')`" in d.reason
+    assert ps.evaluate(principal(claims={"amr": ["pwd", "mfa"]}), call("kms:Decrypt", "Write")).rule == "mfa-reads"
+    d = ps.evaluate(principal(), call("kms:Decrypt", "Write"))  # no amr claim: the allow does not allow
+    assert (d.decision, d.rule) == ("deny", None)
+    # role bindings and approvers stay as they were: a failing claims expression grants nothing
+    assert not engine.principal_matches({"claims": "contains(amr, 'mfa')"}, principal())
+
+
+def test_an_allow_rule_whose_condition_fails_does_not_allow_but_its_masks_hold(tmp_path):
+    """Masks protect: an allow rule whose condition cannot be evaluated must not unmask what it
+    masks when another rule allows the call."""
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: reads, access_level: [List, Read], decision: allow}
+          - id: prod-secrets-masked
+            action: secretsmanager:GetSecretValue
+            when: "starts_with(params.SecretId, 'prod/')"
+            mask_for_agent: [SecretString]
+            decision: allow
+          - id: owner-masks
+            action: secretsmanager:GetSecretValue
+            when: "principal.claims.team == 'data' && length(principal.on_behalf_of) > `0`"
+            mask_for_agent: [SecretBinary]
+            decision: allow
+    """)
+    who = principal(claims={"team": "data"})
+    d = ps.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": "prod/db"}))
+    assert (d.decision, d.rule, d.mask_for_agent) == ("allow", "reads", ("SecretString", "SecretBinary"))
+    assert d.considered == ("reads", "prod-secrets-masked", "owner-masks")
+    d = ps.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": "dev/db"}))
+    assert d.mask_for_agent == ("SecretBinary",)
+    d = ps.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": 7}))  # a type error
+    assert (d.decision, d.rule, d.mask_for_agent) == ("allow", "reads", ("SecretString", "SecretBinary"))
+    # alone, a failing allow rule allows nothing
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - id: prod-secrets-masked
+            action: secretsmanager:GetSecretValue
+            when: "starts_with(params.SecretId, 'prod/')"
+            mask_for_agent: [SecretString]
+            decision: allow
+    """)
+    d = ps.evaluate(who, call("secretsmanager:GetSecretValue", "Read"))
+    assert (d.decision, d.rule) == ("deny", None)
+
+
+def test_explain_says_which_condition_failed_and_how_it_counted(tmp_path):
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: data, action: "dynamodb:*", decision: allow}
+          - {id: audit-tables, action: "dynamodb:*", when: "starts_with(params.TableName, 'audit-')", decision: deny}
+          - {id: masked, action: "dynamodb:*", when: "length(params.Key) > `0`", decision: allow,
+             mask_for_agent: [Item.ssn]}
+    """)
+    text = engine.explain(ps, principal(), call("dynamodb:BatchWriteItem", "Write", {"RequestItems": {}}))
+    assert "decision: deny" in text and "decided by: rule audit-tables (p.yaml:4)" in text
+    assert "reason: the condition of rule audit-tables could not be evaluated on this call" in text
+    assert ("[match] audit-tables (p.yaml:4, deny): matches: action matches dynamodb:*; condition failed: when "
+            "`starts_with(params.TableName, 'audit-')`: In function starts_with(), invalid type for value: None, "
+            "expected one of: ['string'], received: \"null\", counted as matching") in text
+    assert ("[   no] masked (p.yaml:5, allow): condition failed: when `length(params.Key) > `0``: In function "
+            "length(), invalid type for value: None, expected one of: ['string', 'array', 'object'], received: "
+            "\"null\", so it does not allow; its mask_for_agent still applies") in text
+
+
+def test_check_warns_about_a_deny_rule_whose_condition_fails_on_every_call_of_some_operations(tmp_path):
+    """With a failing condition counted as matching, `starts_with(params.TableName, ...)` on
+    dynamodb:* denies every BatchWriteItem, ListTables, ... call: check says so, where it is
+    certain (the condition reads only parameters and what the operation fixes)."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: data, action: "dynamodb:*", decision: allow}
+          - id: audit-tables
+            action: "dynamodb:*"
+            when: "starts_with(params.TableName, 'audit-')"
+            decision: deny
+          - id: guarded
+            action: "dynamodb:*"
+            when: "params.TableName && starts_with(params.TableName, 'audit-')"
+            decision: deny
+          - id: scoped
+            action: "dynamodb:*"
+            when: "operation == 'PutItem' && starts_with(params.TableName, 'audit-')"
+            decision: approve
+            approvers: {groups: [sre]}
+          - id: by-principal
+            action: "dynamodb:*"
+            when: "principal.sub == 'x' && starts_with(params.TableName, 'audit-')"
+            decision: deny
+          - id: whole-params
+            action: "dynamodb:*"
+            when: "starts_with(values(params)[0], 'audit-')"
+            decision: deny
+          - id: allow-fails
+            action: "dynamodb:*"
+            when: "starts_with(params.TableName, 'dev-')"
+            decision: allow
+          - id: sliced
+            action: "dynamodb:*"
+            when: "length(params.TableName[::-1]) > `50`"
+            decision: deny
+    """)
+    found = [p for p in engine.check(tmp_path) if "when fails" in p]
+    assert len(found) == 2
+    assert found[1].startswith("p.yaml:31: warning: rule sliced: when fails on every call of dynamodb.BatchGetItem, ")
+    assert found[0].startswith(
+        "p.yaml:6: warning: rule audit-tables: when fails on every call of dynamodb.BatchGetItem, "
+        "dynamodb.BatchWriteItem, dynamodb.CreateGlobalTable or ")
+    assert found[0].endswith(
+        " more, which take no params.TableName, and a deny rule whose condition fails counts as matching: it denies "
+        "them all; if it is not meant for them, guard what it reads (`params.TableName && ...`) or narrow its action")
+    assert "dynamodb.PutItem" not in found[0] and "dynamodb.TransactWriteItems" not in found[0]
 
 
 @pytest.mark.parametrize("expression", [

@@ -283,6 +283,44 @@ def test_a_rule_on_a_name_holds_for_every_spelling_and_a_statement_behind_a_comm
             ("dynamodb:PartiQLDelete", "deny"), ("dynamodb:PartiQLDelete", "deny"), ("unknown", "deny")]
 
 
+def test_a_deny_rule_whose_condition_fails_on_a_call_refuses_it(tmp_path, issuer, moto):
+    """A BatchWriteItem names its tables in RequestItems, not TableName: the deny rule's
+    `starts_with(params.TableName, ...)` cannot be evaluated on it, and the rule counts as matching
+    (fail closed) instead of letting the broader allow write to the audit table. The refusal and
+    the record say which condition failed and how to guard it."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: audit-tables
+          action: [dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem, dynamodb:BatchWriteItem]
+          when: "starts_with(params.TableName, 'audit-')"
+          decision: deny
+          reason: audit tables are written by the auditor only
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        ddb = client(gw, "dynamodb", proxy_token=issuer.mint("batch-agent", groups=["data-agents"]))
+        for table in ("audit-batch", "batch-orders"):
+            ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                             BillingMode="PAY_PER_REQUEST")
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ddb.put_item(TableName="audit-batch", Item={"id": {"S": "1"}})
+        assert "audit tables are written by the auditor only" in e.value.response["Error"]["Message"]
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ddb.batch_write_item(RequestItems={"audit-batch": [{"PutRequest": {"Item": {"id": {"S": "2"}}}}]})
+        error = e.value.response["Error"]
+        assert error["Code"] == "AccessDenied"
+        assert error["Message"].startswith(
+            "agentgate denied dynamodb:BatchWriteItem by rule 'audit-tables': the condition of rule audit-tables could "
+            "not be evaluated on this call (when `starts_with(params.TableName, 'audit-')`: In function starts_with(), "
+            "invalid type for value: None")
+        assert "guard what it reads, e.g. `params.TableName && starts_with(params.TableName, 'audit-')`" in error["Message"]
+        assert "Item" not in ddb.get_item(TableName="audit-batch", Key={"id": {"S": "2"}})  # nothing was written
+        ddb.put_item(TableName="batch-orders", Item={"id": {"S": "3"}})  # where the condition evaluates, it decides
+        records = [r for r in gw.records() if r["principal"] == "batch-agent" and r["operation"] == "BatchWriteItem"]
+        assert [(r["decision"], r["rule"]) for r in records] == [("deny", "audit-tables")]
+        assert "the condition of rule audit-tables could not be evaluated on this call" in records[0]["reason"]
+
+
 def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_path, issuer, moto):
     """A versioned bucket: deleting or reading an old version by its VersionId is s3:DeleteObjectVersion
     or s3:GetObjectVersion, which a rule keeps from agents while they may delete and read the

@@ -25,14 +25,17 @@ Matching, as ``evaluate`` applies it:
   must match; no ``principal`` means everyone.
 - ``when``: a jmespath expression over ``{params, principal: {sub, iss, groups, on_behalf_of,
   actors, claims}, resource, region, account, service, operation, action, access_level, roles}``; the rule matches
-  when it is truthy (jmespath's truth: not null, false, "", [] or {}). An expression that fails at
-  run time (a type error) means the rule does not match.
+  when it is truthy (jmespath's truth: not null, false, "", [] or {}). A condition (``when``, or a
+  principal's ``claims``) that fails on a call (a type error, ``starts_with(null, ...)``) counts as
+  holding for a deny or approve rule, which so fails closed, its decision's reason saying which
+  condition failed and why; an allow rule so matched does not allow, but its masks hold.
 
 Deciding: of the matching rules, a deny decides over an approve, and an approve over an allow,
 whatever the order of rules and files; between rules of the same decision the first in file order
 decides. With no matching rule the file's ``default`` decides (``deny`` unless a file says
 ``allow``), except that a call whose action is ``unknown`` is denied unless a rule names it.
-``mask_for_agent`` of every matching allow rule applies, whichever rule decided.
+``mask_for_agent`` of every matching allow rule applies, whichever rule decided, and of an allow rule
+that matches but for a failing condition: masks protect, and a failing condition must not unmask.
 
 Every expression and glob is compiled once, at load; ``evaluate`` only matches.
 """
@@ -602,7 +605,10 @@ class PrincipalMatch:
         self.claims_text = claims_text
         self.claims = compile_expression(claims_text) if claims_text else None
 
-    def matches(self, principal: Any, facts: "_Facts") -> bool:
+    def test(self, principal: Any, facts: "_Facts") -> bool | str:
+        """False when a key does not match; True when every key matches; else the text of the
+        ``claims`` expression's failure (the other keys matching): a rule counts that as it must
+        (``Rule.test``)."""
         if principal is None:
             return False
         if self.sub_re is not None:
@@ -614,28 +620,35 @@ class PrincipalMatch:
         if self.claims is not None:
             try:
                 return _truthy(self.claims(facts.claims()))
-            except Exception:  # a failing expression means no match
-                return False
+            except Exception as e:  # noqa: BLE001 - any failure of the expression on these claims
+                return f"principal claims `{_oneline(self.claims_text)}`: {_error_line(e)}"
         return True
 
-    def why(self, principal: Any, facts: "_Facts") -> tuple[bool, str]:
+    def matches(self, principal: Any, facts: "_Facts") -> bool:
+        """Whether every key matches; a ``claims`` expression that fails does not (a role binding
+        or an approver a token's claims cannot be tested against is not granted)."""
+        return self.test(principal, facts) is True
+
+    def why(self, principal: Any, facts: "_Facts") -> tuple[bool, str, str | None]:
+        """Whether every key matches (a failing ``claims`` counted as matching), a sentence saying
+        why, and the failure's text when ``claims`` could not be evaluated."""
         if principal is None:
-            return False, "no principal"
+            return False, "no principal", None
         sub = getattr(principal, "sub", None)
         if self.sub_re is not None and not (isinstance(sub, str) and self.sub_re.match(sub)):
-            return False, f"sub {sub!r} is not {' or '.join(self.subs)}"
+            return False, f"sub {sub!r} is not {' or '.join(self.subs)}", None
         if self.groups is not None:
             have = getattr(principal, "groups", None) or ()
             if self.groups.isdisjoint(have):
-                return False, f"groups {list(have)} include none of {sorted(self.groups)}"
+                return False, f"groups {list(have)} include none of {sorted(self.groups)}", None
         if self.claims is not None:
-            try:
+            got = self.test(principal, facts)
+            if isinstance(got, str):
+                return True, got, got
+            if not got:
                 value = self.claims(facts.claims())
-            except Exception as e:  # a failing expression means no match
-                return False, f"claims `{self.claims_text}` failed: {_oneline(str(e))}"
-            if not _truthy(value):
-                return False, f"claims `{self.claims_text}` is {json.dumps(value, default=str)}"
-        return True, "principal matches"
+                return False, f"claims `{self.claims_text}` is {json.dumps(value, default=str)}", None
+        return True, "principal matches", None
 
     def describe(self) -> str:
         parts = []
@@ -780,10 +793,15 @@ class Rule:
     def unconditional(self) -> bool:
         return self.principal is None and self.when is None
 
-    def matches(self, key: str, level: str | None, principal: Any, facts: _Facts, *, when: bool = True) -> bool:
+    def test(self, key: str, level: str | None, principal: Any, facts: _Facts, *, when: bool = True) -> bool | str:
         """``key`` is the call's action, lowercased; ``level`` its normalised access level. With
-        ``when=False``, whether the rule's action, access level and principal match, its ``when``
-        aside."""
+        ``when=False``, the rule's action, access level and principal only, its ``when`` aside.
+
+        False when the rule does not match the call; True when it does; else the text of the
+        failure of a condition (``when``, or the principal's ``claims``) that could not be evaluated
+        on the call, every other part matching: the failing condition counts as holding, so that a
+        deny or approve rule fails closed; an allow rule does not allow so, but its masks hold
+        (``PolicySet._evaluate``)."""
         if key == "unknown":
             if not self.names_unknown:
                 return False
@@ -794,14 +812,40 @@ class Rule:
             return False
         if self.levels_key is not None and level not in self.levels_key:
             return False
-        if self.principal is not None and not self.principal.matches(principal, facts):
-            return False
+        failed: bool | str = True
+        if self.principal is not None:
+            failed = self.principal.test(principal, facts)
+            if failed is False:
+                return False
         if when and self.when is not None:
             try:
-                return _truthy(self.when(facts.data()))
-            except Exception:  # a failing expression means no match
-                return False
-        return True
+                if not _truthy(self.when(facts.data())):
+                    return False
+            except Exception as e:  # noqa: BLE001 - any failure of the expression on this call
+                return failed if isinstance(failed, str) else self._when_failed(e)
+        return failed
+
+    def matches(self, key: str, level: str | None, principal: Any, facts: _Facts, *, when: bool = True) -> bool:
+        """Whether the rule decides the call as its ``decision`` says (``test``): a deny or approve
+        rule also where a condition fails, an allow rule only where every condition holds."""
+        got = self.test(key, level, principal, facts, when=when)
+        return got is True or (got is not False and self.decision != "allow")
+
+    def _when_failed(self, error: Exception) -> str:
+        return f"when `{_oneline(self.when_text)}`: {_error_line(error)}"
+
+    def failed_reason(self, failure: str, facts: _Facts) -> str:
+        """The reason a decision by this rule gives when it matched only by counting a failing
+        condition as holding: which condition, why it failed, and how to guard it."""
+        guard = None
+        if failure.startswith("when "):
+            guard = _guard_hint(self.when_text, facts.data())
+        elif self.principal is not None and self.principal.claims_text:
+            guard = _guard_hint(self.principal.claims_text, facts.claims())
+        hint = (f"guard what it reads, e.g. `{guard}`, or read `resource`, which lists what every call names"
+                if guard else "make it hold for the types this call's members have (to_number(), to_string())")
+        return (f"the condition of rule {self.id} could not be evaluated on this call ({failure}), so the rule "
+                f"counts as matching it: {'a deny' if self.decision == 'deny' else 'an approve'} rule fails closed; {hint}")
 
     def reads(self) -> set[str]:
         """The facts this rule's ``when`` reads (``region``, ``params``, ...)."""
@@ -814,7 +858,9 @@ class Rule:
         return {name for context, name in found if context == "root"}
 
     def why(self, action: str, level: str | None, principal: Any, facts: _Facts) -> tuple[bool, str]:
-        """Whether the rule matches, and a sentence saying why (or the first reason it does not)."""
+        """Whether the rule decides the call by matching it, and a sentence saying why (or the
+        first reason it does not); a failing condition is said as such: counted as matching for a
+        deny or approve rule, as not allowing (its masks holding) for an allow rule."""
         key = action.lower()
         said = []
         if key == "unknown":
@@ -834,19 +880,27 @@ class Rule:
             if level not in self.levels_key:
                 return False, f"access level {level or 'unknown'} is not one of {', '.join(self.access_levels)}"
             said.append(f"access level {level}")
+        failed = None
         if self.principal is not None:
-            ok, why = self.principal.why(principal, facts)
+            ok, why, failed = self.principal.why(principal, facts)
             if not ok:
                 return False, why
-            said.append(f"principal ({self.principal.describe()})")
+            if failed is None:
+                said.append(f"principal ({self.principal.describe()})")
         if self.when is not None:
             try:
                 value = self.when(facts.data())
-            except Exception as e:  # a failing expression means no match
-                return False, f"when `{_oneline(self.when_text)}` failed: {_oneline(str(e))}"
-            if not _truthy(value):
-                return False, f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}"
-            said.append(f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}")
+            except Exception as e:  # noqa: BLE001 - any failure of the expression on this call
+                failed = failed or self._when_failed(e)
+            else:
+                if not _truthy(value):
+                    return False, f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}"
+                said.append(f"when `{_oneline(self.when_text)}` is {json.dumps(value, default=str)}")
+        if failed is not None:
+            if self.decision == "allow":
+                masks = "; its mask_for_agent still applies" if self.mask_for_agent else ""
+                return False, f"condition failed: {failed}, so it does not allow{masks}"
+            said.append(f"condition failed: {failed}, counted as matching")
         return True, "matches: " + "; ".join(said)
 
     def generated_reason(self, action: str) -> str:
@@ -859,6 +913,44 @@ class Rule:
 
 def _oneline(text: str) -> str:
     return " ".join(text.split())
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # a jmespath name that needs no quotes
+
+
+def _error_line(error: Exception) -> str:
+    """An expression's failure in one line: jmespath's message, or the Python error's."""
+    return _oneline(str(error)) or type(error).__name__
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_read(text: str) -> tuple[tuple[str | None, str], ...]:
+    """What an expression reads (``_when_fields``), worked out once per expression."""
+    found: list[tuple[str | None, str]] = []
+    _when_fields(jmespath.compile(text).parsed, "root", found)
+    return tuple(found)
+
+
+def _guard_hint(text: str, data: Any) -> str | None:
+    """The expression ``text`` guarded by the first member it reads that ``data`` (the facts, or
+    the claims) has no value for: ``params.TableName && starts_with(params.TableName, 'audit-')``;
+    None when every member it reads has one (the failure is a type, not an absence)."""
+    try:
+        found = _fields_read(text)
+    except Exception:  # noqa: BLE001 - a hint is no reason to fail a decision
+        return None
+    for context, name in found:
+        if context == "root" and name not in ("params", "principal"):
+            steps, value = [name], data.get(name) if isinstance(data, dict) else None
+        elif context in ("params", "principal") and isinstance(data, dict):
+            inner = data.get(context)
+            steps, value = [context, name], inner.get(name) if isinstance(inner, dict) else None
+        else:
+            continue
+        if value is None:
+            path = ".".join(step if _IDENTIFIER.match(step) else json.dumps(step) for step in steps)
+            return f"{path} && " + (f"({_oneline(text)})" if "|" in text else _oneline(text))
+    return None
 
 
 def _listing(items: Iterable[str], most: int = 4) -> str:
@@ -1538,14 +1630,25 @@ class PolicySet:
         key = action.lower()
         level = access_level_of(getattr(call, "access_level", None))
         facts = _Facts(principal, call)
-        matched = [r for r in self._candidates(key, level) if r.matches(key, level, principal, facts)]
-        decider = None
+        matched: list[Rule] = []
+        failed: dict[str, str] = {}  # rule id -> the failure of a condition counted as holding
         masks: list[str] = []
+        for r in self._candidates(key, level):
+            got = r.test(key, level, principal, facts)
+            if got is False:
+                continue
+            if got is not True:
+                failed[r.id] = got
+            if r.decision == "allow":
+                # masks protect: an allow rule whose condition fails does not allow, but its masks hold
+                masks.extend(m for m in r.mask_for_agent if m not in masks)
+            matched.append(r)
+        decider = None
         for r in matched:
+            if r.decision == "allow" and r.id in failed:
+                continue
             if decider is None or STRENGTH[r.decision] > STRENGTH[decider.decision]:
                 decider = r
-            if r.decision == "allow":
-                masks.extend(m for m in r.mask_for_agent if m not in masks)
         role = self.role_for(principal)
         considered = tuple(r.id for r in matched)
         if decider is not None and decider.decision == "approve":
@@ -1555,7 +1658,9 @@ class PolicySet:
                                 _approvers_differ(decider.id, decider.approvers, other.id, other.approvers),
                                 self.version, role, (), None, None, considered)
         if decider is not None:
-            return Decision(decider.decision, decider.id, decider.reason or decider.generated_reason(action),
+            reason = (decider.failed_reason(failed[decider.id], facts) if decider.id in failed
+                      else decider.reason or decider.generated_reason(action))
+            return Decision(decider.decision, decider.id, reason,
                             self.version, role, tuple(masks),
                             decider.approvers if decider.decision == "approve" else None,
                             decider.expires if decider.decision == "approve" else None, considered)
@@ -2024,7 +2129,9 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
     rules that can never decide because an unconditional deny rule covers them, rules whose action
     and access_level contradict, ``mask_for_agent`` paths that name nothing in the answer of any
     operation the rule matches, names in ``when`` that no call has (a fact, a field of principal,
-    a first-level parameter), role bindings that can never apply, ``default: allow``.
+    a first-level parameter), deny and approve rules whose ``when`` fails on every call of some
+    operations they match (which take none of the parameters it reads), role bindings that can
+    never apply, ``default: allow``.
     ``progress`` hears about slow steps (reading botocore's models takes a few seconds).
     """
     parsed = _parse(directory)
@@ -2083,6 +2190,7 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
                 continue
         warnings.extend(_mask_path_warnings(rule, known, cache))
         warnings.extend(_when_warnings(rule, known, cache))
+        warnings.extend(_failing_when_warnings(rule, known, cache))
     for entry in parsed.roles:
         if entry.session_file is not None and entry.binding.session_policy:
             for why in session_policy_problems(json.loads(entry.binding.session_policy)):
@@ -2201,6 +2309,8 @@ def _input_members(service: str, operation: str) -> set[str]:
 def _when_fields(node: dict, context: str | None, found: list[tuple[str | None, str]]) -> str | None:
     """Walk a jmespath AST: the fields read from the facts (context "root"), from ``principal`` and
     from ``params`` (first level), as (context, name); returns the context the node's value is."""
+    if not isinstance(node, dict):
+        return None  # a slice's bounds
     kind = node.get("type")
     children = node.get("children", [])
     if kind == "field":
@@ -2275,6 +2385,100 @@ def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[s
                     + (f" ({', '.join(names)})" if context != "params" else "")
                     + ": it is always null" + (f"; did you mean {where}{near[0]}?" if near else "")))
     return out
+
+
+def _whole_read(node: dict, at_root: bool) -> bool:
+    """Whether a jmespath AST reads the facts (``@``) or ``params`` as a whole (``keys(params)``,
+    ``params.*``, ``params[0]``) rather than by name: then what it gives cannot be told from which
+    members an operation takes. ``at_root``: the node is evaluated against the facts."""
+    if not at_root or not isinstance(node, dict):
+        return False  # jmespath has no way back to the facts from inside a value; a slice's bounds
+    kind = node.get("type")
+    children = node.get("children", [])
+    if kind == "field":
+        return node["value"] == "params"
+    if kind in ("current", "identity"):
+        return True
+    if kind in ("subexpression", "pipe"):
+        context = "root"
+        for child in children:
+            if context == "root":
+                if child.get("type") in ("current", "identity"):
+                    continue
+                if child.get("type") == "field":
+                    context = "params" if child["value"] == "params" else None
+                    continue
+                if _whole_read(child, True):
+                    return True
+                context = None
+            elif context == "params":
+                first = child  # params.A, params.A[0], params.A[*].B: a member by name
+                while first.get("type") in ("index_expression", "projection", "value_projection",
+                                            "filter_projection", "subexpression") and first.get("children"):
+                    first = first["children"][0]
+                if first.get("type") != "field":
+                    return True
+                context = None
+        return context is not None
+    if kind in ("index_expression", "projection", "value_projection", "filter_projection"):
+        return bool(children) and _whole_read(children[0], True)
+    if kind == "expref":
+        return False
+    return any(_whole_read(child, True) for child in children)
+
+
+# The facts a call's operation alone fixes: a condition reading only these and ``params`` members
+# gives the same on every call of an operation that takes none of those members.
+OPERATION_FACTS = frozenset({"params", "service", "operation", "action", "access_level"})
+
+
+def _failing_when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[str, int, str]]:
+    """A deny or approve rule whose ``when`` fails on every call of some operations it matches,
+    those taking none of the ``params`` members it reads (``starts_with(params.TableName, ...)``
+    on dynamodb:* fails on BatchWriteItem and ListTables): a failing condition counts as matching,
+    so the rule decides every such call. Only where that is certain: the condition reads nothing
+    but those members and the facts the operation fixes (service, operation, action, access_level)."""
+    if rule.decision == "allow" or rule.when is None or rule.prefixes is None or rule.action_re is None:
+        return []
+    found: list[tuple[str | None, str]] = []
+    try:
+        tree = jmespath.compile(rule.when_text).parsed
+        _when_fields(tree, "root", found)
+        if _whole_read(tree, True):
+            return []
+    except (jmespath.exceptions.JMESPathError, RecursionError):
+        return []
+    if {name for context, name in found if context == "root"} - OPERATION_FACTS:
+        return []
+    read = list(dict.fromkeys(name for context, name in found if context == "params"))
+    if not read:
+        return []
+    if rule.id not in cache:
+        cache[rule.id] = _rule_actions(rule, known)
+    failing: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for action in sorted(cache[rule.id] or ()):
+        if action in ENDPOINT_PARAMS:
+            continue
+        name, level = known.lookup(action) or (action, None)
+        for service, operation in operations_of(action, implied=False):
+            if (service, operation) in seen or _input_members(service, operation) & set(read):
+                continue
+            seen.add((service, operation))
+            facts = {"params": {}, "service": service, "operation": operation, "action": name,
+                     "access_level": access_level_of(level)}
+            try:
+                rule.when(facts)
+            except Exception:  # noqa: BLE001 - any failure, as evaluating a call would meet it
+                failing.append(f"{service}.{operation}")
+    if not failing:
+        return []
+    kind, does = (("a deny", "denies them all") if rule.decision == "deny"
+                  else ("an approve", "holds them all for approval"))
+    members = " or ".join(f"params.{n}" for n in read)
+    return [(rule.file, rule.when_line, f"warning: rule {rule.id}: when fails on every call of {_listing(failing)}, "
+             f"which take no {members}, and {kind} rule whose condition fails counts as matching: it {does}; if "
+             f"it is not meant for them, guard what it reads (`params.{read[0]} && ...`) or narrow its action")]
 
 
 SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
