@@ -236,6 +236,40 @@ def test_dynamodb_batch_and_transaction_calls_name_their_tables():
         assert odd.error and "agentgate decides no such call" in odd.error, items
 
 
+def test_a_batch_write_names_its_requests_and_item_calls_the_reads_of_their_tables():
+    """A BatchWriteItem stays dynamodb:BatchWriteItem, with each request beside it as the call it
+    stands for (PutItem of its Item, DeleteItem of its Key, on its table); a call whose answer or
+    conditions carry a table's items names a GetItem of each table (``item_reads``), whose item
+    masks hold for it; a batch write, which answers with nothing read, names none."""
+    key = {"id": {"S": "1"}}
+    batch = run(capture("dynamodb", "batch_write_item", ReturnConsumedCapacity="TOTAL", RequestItems={
+        "orders": [{"PutRequest": {"Item": key}}], "audit": [{"DeleteRequest": {"Key": key}}]}))
+    assert (batch.action, batch.access_level, batch.by_parts, batch.item_reads) == (
+        "dynamodb:BatchWriteItem", "Write", False, ())
+    assert [(p.operation, p.action, p.resources, p.params) for p in batch.implied] == [
+        ("PutItem", "dynamodb:PutItem", ["orders"], {"ReturnConsumedCapacity": "TOTAL", "TableName": "orders", "Item": key}),
+        ("DeleteItem", "dynamodb:DeleteItem", ["audit"], {"ReturnConsumedCapacity": "TOTAL", "TableName": "audit",
+                                                          "Key": key})]
+    for requests in ([{}], [{"PutRequest": {"Item": key}, "DeleteRequest": {"Key": key}}], [{"DeleteRequest": {}}],
+                     [{"DeleteRequest": {"Key": key}}] * 26):  # more than DynamoDB takes in a batch
+        odd = run(capture("dynamodb", "batch_write_item", RequestItems={"orders": [{"PutRequest": {"Item": key}}]})
+                  | {"body": json.dumps({"RequestItems": {"orders": requests}}).encode()})
+        assert odd.error and "agentgate decides no such call" in odd.error, requests
+
+    def reads(method: str, **params) -> list[tuple[str, list[str], dict]]:
+        return [(r.action, r.resources, r.params) for r in run(capture("dynamodb", method, **params)).item_reads]
+    assert reads("update_item", TableName="people", Key=key, UpdateExpression="SET a = :a",
+                 ExpressionAttributeValues={":a": {"N": "1"}}) == [
+        ("dynamodb:GetItem", ["people"], {"TableName": "people", "Key": key})]
+    assert reads("transact_write_items", TransactItems=[{"Put": {"TableName": "a", "Item": key}},
+                                                        {"Delete": {"TableName": "b", "Key": key}}]) == [
+        ("dynamodb:GetItem", ["a"], {"TableName": "a"}), ("dynamodb:GetItem", ["b"], {"TableName": "b"})]
+    assert reads("execute_statement", Statement='DELETE FROM "people" WHERE id = 1') == [
+        ("dynamodb:GetItem", ["people"], {"TableName": "people"})]
+    assert reads("get_item", TableName="people", Key=key) == []  # the read itself
+    assert reads("describe_table", TableName="people") == []
+
+
 def test_an_s3_copy_names_its_source_and_reads_it():
     got = run(capture("s3", "copy_object", Bucket="dst", Key="pub/app.env",
                       CopySource={"Bucket": "src", "Key": "conf/app env", "VersionId": "v7"}))

@@ -277,6 +277,7 @@ def test_dynamodb_attribute_named_by_policy_and_the_crc32():
     ("dynamodb", "BatchExecuteStatement", {"Responses": [{"Item": {"ssn": {"S": "1"}}, "TableName": "t"}]},
      ["Responses[0].Item.ssn"]),
     ("dynamodb", "UpdateItem", {"Attributes": {"ssn": {"S": "1"}}}, ["Attributes.ssn"]),
+    ("dynamodb", "ExecuteStatement", {"Items": [{"ssn": {"S": "1"}}]}, ["Items[0].ssn"]),  # UPDATE ... RETURNING
     ("dynamodb", "Scan", {"Items": [{"ssn": {"S": "1"}}], "LastEvaluatedKey": {"ssn": {"S": "2"}}},
      ["Items[0].ssn", "LastEvaluatedKey.ssn"]),
     ("dynamodbstreams", "GetRecords", {"Records": [{"dynamodb": {"Keys": {"ssn": {"S": "1"}},

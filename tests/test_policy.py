@@ -1112,6 +1112,8 @@ def shipped() -> PolicySet:
     ("iam:CreatePolicyVersion", "Permissions management, Write", "deny", "no-privilege-escalation"),
     ("ec2:TerminateInstances", "Write", "approve", "destroying-needs-a-human"),
     ("s3:DeleteBucket", "Write", "approve", "destroying-needs-a-human"),
+    ("dynamodb:DeleteItem", "Write", "approve", "destroying-needs-a-human"),
+    ("dynamodb:PartiQLDelete", "Write", "approve", "destroying-needs-a-human"),
     ("s3:PutBucketPolicy", "Permissions management, Write", "approve", "permission-changes-need-a-human"),
     ("kms:Decrypt", "Write", "allow", "mask-decrypted-plaintext"),
     ("s3:PutObject", "Write", "deny", None),
@@ -1191,8 +1193,12 @@ def test_a_partiql_batch_is_decided_by_its_strongest_statement(shipped):
                                          access_level=lv) for a, lv in rest)
         return c
     assert shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"))).decision == "allow"
-    mixed = shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"), ("dynamodb:PartiQLDelete", "Write")))
-    assert mixed.decision == "deny" and "it also asks for dynamodb:PartiQLDelete" in mixed.reason  # the default
+    mixed = shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"), ("dynamodb:PartiQLInsert", "Write")))
+    assert mixed.decision == "deny" and "it also asks for dynamodb:PartiQLInsert" in mixed.reason  # the default
+    # a DELETE is held for approval, as DeleteItem is
+    deleting = shipped.evaluate(principal(), batch(("dynamodb:PartiQLSelect", "Read"), ("dynamodb:PartiQLDelete", "Write")))
+    assert (deleting.decision, deleting.rule) == ("approve", "destroying-needs-a-human")
+    assert "it also asks for dynamodb:PartiQLDelete" in deleting.reason
 
 
 def test_a_dynamodb_transaction_is_decided_by_its_items_with_their_own_parameters(tmp_path, shipped):
@@ -1232,6 +1238,97 @@ def test_a_dynamodb_transaction_is_decided_by_its_items_with_their_own_parameter
     # the shipped policies: a transaction of reads is a read, one that writes is a write
     assert shipped.evaluate(principal(), tx_get("orders", "people")).decision == "allow"
     assert shipped.evaluate(principal(), write_tx).decision == "deny"
+
+
+def test_a_write_gets_the_item_masks_a_read_of_its_table_gets(tmp_path):
+    """README's idiom masks Item.ssn for reads only (access_level [List, Read]); a write that returns
+    or tests the table's items (ReturnValues, a failed condition's Item, a transaction, PartiQL) gets
+    the masks a GetItem of that table gets, so the masker masks its Attributes, Item,
+    CancellationReasons and Items, and a condition or a copy reading ssn is refused. A
+    BatchWriteItem's answer holds only what the agent sent: no masks (the SDK sends its
+    UnprocessedItems again)."""
+    from addons.core.policy import copied_attributes
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: personal, action: "dynamodb:*", access_level: [List, Read], decision: allow,
+             mask_for_agent: [Item.ssn]}
+          - {id: payroll-pay, action: dynamodb:GetItem, when: "params.TableName == 'payroll'", decision: allow,
+             mask_for_agent: [Item.pay]}
+          - {id: writes, action: "dynamodb:*", access_level: Write, decision: allow}
+        """)
+    key = {"k": {"S": "a"}}
+
+    def decide(method: str, **params):
+        return ps.evaluate(principal(), run(capture("dynamodb", method, **params)))
+    for method, params in (
+            ("update_item", dict(TableName="people", Key=key, UpdateExpression="SET #n = #n",
+                                 ExpressionAttributeNames={"#n": "name"}, ReturnValues="ALL_OLD")),
+            ("put_item", dict(TableName="people", Item=key, ReturnValuesOnConditionCheckFailure="ALL_OLD")),
+            ("delete_item", dict(TableName="people", Key=key, ReturnValues="ALL_OLD")),
+            ("transact_write_items", dict(TransactItems=[{"Update": {"TableName": "people", "Key": key,
+                                                                     "UpdateExpression": "SET a = :a",
+                                                                     "ExpressionAttributeValues": {":a": {"N": "1"}}}}])),
+            ("execute_statement", dict(Statement="UPDATE people SET a = 1 WHERE k = 'a' RETURNING ALL OLD *"))):
+        got = decide(method, **params)
+        assert (got.decision, got.rule, got.mask_for_agent) == ("allow", "writes", ("Item.ssn",)), method
+    # the read of each table the call names: a rule on one table's reads masks that table's writes
+    payroll = decide("update_item", TableName="payroll", Key=key, UpdateExpression="SET a = :a",
+                     ExpressionAttributeValues={":a": {"N": "1"}}, ReturnValues="ALL_NEW")
+    assert set(payroll.mask_for_agent) == {"Item.ssn", "Item.pay"}
+    batch = decide("batch_write_item", RequestItems={"people": [{"PutRequest": {"Item": key}}]})
+    assert (batch.decision, batch.mask_for_agent) == ("allow", ())
+    oracle = decide("update_item", TableName="people", Key=key, UpdateExpression="SET a = :a",
+                    ConditionExpression="begins_with(ssn, :x)", ExpressionAttributeValues={":a": {"S": "1"}, ":x": {"S": "1"}})
+    assert (oracle.decision, oracle.rule) == ("deny", "agentgate:masked-condition")
+    assert oracle.reason.startswith("personal masks ssn for agents, and this call's condition reads it")
+    copy = decide("update_item", TableName="people", Key=key, UpdateExpression="SET #n = ssn",
+                  ExpressionAttributeNames={"#n": "name"})
+    assert (copy.decision, copy.rule) == ("deny", "agentgate:masked-source")
+    assert copy.reason.startswith("personal masks ssn for agents, and this call copies it into name, which a read")
+    assert decide("update_item", TableName="people", Key=key, UpdateExpression="SET ssn = :v, b = :v",
+                  ExpressionAttributeValues={":v": {"S": "1"}}).decision == "allow"  # writing it tells nothing
+    assert copied_attributes({"UpdateExpression": "set #set = if_not_exists(#s, :v) REMOVE c ADD d :one",
+                              "ExpressionAttributeNames": {"#set": "name", "#s": "ssn"}}) == {("ssn", "name")}
+    assert copied_attributes({"Statement": "UPDATE t SET a = list_append(ssn, [1]), b = 'ssn' WHERE k = 'x'"}) == {
+        ("ssn", "a")}
+
+
+def test_a_batch_write_is_decided_as_each_of_its_requests_too(tmp_path, shipped):
+    """IAM authorises a BatchWriteItem as dynamodb:BatchWriteItem; the gateway decides each request
+    beside it, as the PutItem or DeleteItem it stands for on its table, so a rule holding deletes
+    holds a batch that deletes, and a rule on a table's puts holds for the batch's puts."""
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: batches, action: dynamodb:BatchWriteItem, decision: allow}
+          - {id: puts, action: dynamodb:PutItem, decision: allow}
+          - {id: audit-stays, action: "dynamodb:*", when: "params.TableName == 'audit'", access_level: Write,
+             decision: deny, reason: the audit table is written by the auditors}
+        """)
+    key = {"k": {"S": "a"}}
+
+    def batch(requests: dict):
+        return run(capture("dynamodb", "batch_write_item", RequestItems=requests))
+    puts = batch({"orders": [{"PutRequest": {"Item": key}}]})
+    assert (puts.action, puts.by_parts) == ("dynamodb:BatchWriteItem", False)
+    assert ps.evaluate(principal(), puts).decision == "allow"
+    deleting = ps.evaluate(principal(), batch({"orders": [{"PutRequest": {"Item": key}}, {"DeleteRequest": {"Key": key}}]}))
+    assert (deleting.decision, deleting.rule) == ("deny", None)  # no rule allows DeleteItem: the default
+    assert deleting.reason == "it also asks for dynamodb:DeleteItem on orders: no rule allows dynamodb:DeleteItem; " \
+                              "default is deny"
+    audit = ps.evaluate(principal(), batch({"orders": [{"PutRequest": {"Item": key}}], "audit": [{"PutRequest": {"Item": key}}]}))
+    assert (audit.decision, audit.rule) == ("deny", "audit-stays")
+    no_batches = load(tmp_path / "p", "version: 1\nrules:\n  - {id: puts, action: dynamodb:PutItem, decision: allow}\n")
+    assert no_batches.evaluate(principal(), puts).decision == "deny"  # the batch's own action is decided too
+    held = shipped.evaluate(principal(), batch({"orders": [{"DeleteRequest": {"Key": key}}]}))
+    assert (held.decision, held.rule) == ("deny", None)  # the shipped set: BatchWriteItem is a write, on the default
+    assert shipped.evaluate(principal(), run(capture("dynamodb", "execute_statement", Statement=(
+        "DELETE FROM orders WHERE k = 'a'")))).rule == "destroying-needs-a-human"
 
 
 def _aws_credential_paths(shape, path: str = "", depth: int = 0, seen: frozenset = frozenset()) -> list[str]:

@@ -403,6 +403,31 @@ def test_explain_names_the_gateways_built_in_rules(run, claims, tmp_path):
     assert "reason: it also asks for s3:GetObject on src/k: masked-src masks Body of this source for agents" in result.output
 
 
+def test_explain_shows_the_item_masks_a_write_gets_from_the_reads_of_its_table(run, claims, tmp_path):
+    """A write of a table whose reads a rule masks gets those item masks (explain lists the read
+    and its masks), and a copy of the masked attribute is refused by the gateway's own rule."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        roles: [{role_arn: "arn:aws:iam::123456789012:role/a"}]
+        rules:
+          - {id: items, action: "dynamodb:*", access_level: [List, Read], mask_for_agent: [Item.ssn], decision: allow}
+          - {id: writes, action: "dynamodb:*", access_level: Write, decision: allow}
+    """)
+    result = run("explain", "--principal-file", str(claims), "--operation", "dynamodb.UpdateItem", "--params",
+                 '{"TableName": "people", "Key": {"k": {"S": "a"}}, "UpdateExpression": "SET a = :a", '
+                 '"ExpressionAttributeValues": {":a": {"N": "1"}}, "ReturnValues": "ALL_OLD"}',
+                 "--policies", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "decided by: rule writes" in result.output and "mask_for_agent: Item.ssn\n" in result.output
+    assert "item masks of a read of its tables (masks only, not decided):\n  dynamodb:GetItem on people: Item.ssn\n" \
+        in result.output
+    result = run("explain", "--principal-file", str(claims), "--operation", "dynamodb.UpdateItem", "--params",
+                 '{"TableName": "people", "Key": {"k": {"S": "a"}}, "UpdateExpression": "SET b = ssn"}',
+                 "--policies", str(tmp_path))
+    assert "decided by: the gateway's built-in rule agentgate:masked-source (a copy whose source" in result.output
+    assert "reason: items masks ssn for agents, and this call copies it into b" in result.output
+
+
 EXPLAINED = """
     version: 1
     roles: [{role_arn: "arn:aws:iam::123456789012:role/a"}]
@@ -428,6 +453,7 @@ EXPLAINED = """
         {"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}, {"Put": {"TableName": "t2", "Item": {"id": {"S": "2"}}}}]}),
     ("dynamodb", "transact_write_items", {"TransactItems": [{"Put": {"TableName": "t1", "Item": {"id": {"S": "1"}}}}]}),
     ("dynamodb", "execute_statement", {"Statement": "DELETE FROM t2 WHERE id = 'x'"}),
+    ("dynamodb", "batch_write_item", {"RequestItems": {"t2": [{"PutRequest": {"Item": {"id": {"S": "1"}}}}]}}),
     ("s3", "get_object", {"Bucket": "secret", "Key": "x", "VersionId": "v1"}),
     ("s3", "delete_object", {"Bucket": "dst", "Key": "k", "VersionId": "v1"}),
 ])

@@ -158,7 +158,8 @@ class Classification:
     error: str | None = None  # why the call could not be (fully) classified
     # What IAM also authorises for this call, decided beside it (``implied_actions``): the source
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
-    # other verbs of a PartiQL batch (``partiql_statements``).
+    # other verbs of a PartiQL batch (``partiql_statements``); a BatchWriteItem's requests
+    # (``batch_writes``, which IAM does not ask for: stricter).
     implied: tuple["Classification", ...] = ()
     # An implied action that reads (or acts on) the same data as the call (an S3 object's version
     # read as the object too): the masks a rule gives it hold for the call's answer.
@@ -170,6 +171,10 @@ class Classification:
     # would later see that data (the copy's destination, as s3:GetObject): masks for the agent on
     # the first must hold on the second too, or the copy would unmask it (``PolicySet.evaluate``).
     lands_as: "Classification | None" = None
+    # For a DynamoDB call whose answer or conditions carry a table's items (``item_reads``): a
+    # GetItem of each such table. Not decided (IAM does not ask for it); the item masks a rule
+    # gives it hold for this call, so a write returning or testing an item masks it as a read would.
+    item_reads: tuple["Classification", ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1609,6 +1614,92 @@ def transaction_items(result: Classification) -> list[Classification]:
     return parts
 
 
+# DynamoDB's BatchWriteItem: IAM authorises the batch as dynamodb:BatchWriteItem alone; the gateway
+# decides each request too, as the operation it stands for, on its table (``batch_writes``).
+BATCH_WRITE_REQUESTS = {"PutRequest": ("PutItem", "Item"), "DeleteRequest": ("DeleteItem", "Key")}
+BATCH_WRITE_MAX = 25  # requests DynamoDB takes in one batch; a body with more is no batch it runs
+
+
+def batch_writes(result: Classification) -> list[Classification]:
+    """(DynamoDB BatchWriteItem.) Each request of the batch as the call it stands for: a
+    PutRequest as dynamodb:PutItem of its ``Item``, a DeleteRequest as dynamodb:DeleteItem of its
+    ``Key``, on the request's table (its ``TableName`` param and resource), the call's own members
+    beside; empty for other calls. Decided beside dynamodb:BatchWriteItem, so a rule on deleting a
+    table's items (``*:Delete*``) holds for a batch that deletes them. NotAuthorisable for a request
+    that is not one PutRequest or one DeleteRequest with its member, and for more requests than
+    DynamoDB takes (each would be decided, and the service refuses such a batch)."""
+    if result.service != "dynamodb" or result.operation != "BatchWriteItem":
+        return []
+    tables = result.params.get("RequestItems")
+    if not isinstance(tables, dict):
+        return []
+    count = sum(len(r) if isinstance(r, list) else 1 for r in tables.values())
+    if count > BATCH_WRITE_MAX:
+        raise NotAuthorisable(f"RequestItems holds {count} requests; DynamoDB takes at most {BATCH_WRITE_MAX} in a batch")
+    own = {k: v for k, v in result.params.items() if k != "RequestItems"}
+    parts = []
+    for table, requests in tables.items():
+        if not isinstance(requests, list):
+            raise NotAuthorisable(f"RequestItems[{table!r}] is not a list of requests")
+        for i, request in enumerate(requests):
+            kind, body = next(iter(request.items())) if isinstance(request, dict) and len(request) == 1 else (None, None)
+            found = BATCH_WRITE_REQUESTS.get(kind)
+            if found is None or not isinstance(body, dict) or not isinstance(body.get(found[1]), dict):
+                raise NotAuthorisable(f"RequestItems[{table!r}][{i}] is not one PutRequest with its Item or one "
+                                      "DeleteRequest with its Key")
+            operation, member = found
+            action, level = actions.iam_action("dynamodb", operation)
+            parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
+                                             params={**own, "TableName": table, member: body[member]},
+                                             resources=[table], implied=(), by_parts=False))
+    return parts
+
+
+# DynamoDB operations whose answer, error or conditions carry the items of the tables they name: a
+# Get, a Query or Scan, a write's ReturnValues, the item a failed condition answers with
+# (ReturnValuesOnConditionCheckFailure, a transaction's CancellationReasons), PartiQL's Items, a
+# condition expression. Not BatchWriteItem: its answer holds only the requests it did not process,
+# as the agent sent them, which the SDK sends again (masked, the marker would be written).
+ITEM_OPERATIONS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "PutItem", "UpdateItem", "DeleteItem",
+                             "TransactGetItems", "TransactWriteItems", "ExecuteStatement", "BatchExecuteStatement",
+                             "ExecuteTransaction"})
+
+
+def item_reads(result: Classification) -> tuple[Classification, ...]:
+    """(DynamoDB.) A GetItem of each table whose items the call's answer or conditions carry
+    (``ITEM_OPERATIONS``): the table it names (``TableName``, BatchGetItem's ``RequestItems``), a
+    transaction's items' tables, a PartiQL statement's; with the call's ``Key`` where it names one
+    on that table. Empty for a GetItem itself and for other calls. A call whose table is not read
+    (a statement the classifier finds no table in) is a GetItem naming none, which rules not
+    conditioned on the table decide alike."""
+    if result.service != "dynamodb" or result.operation not in ITEM_OPERATIONS or result.operation == "GetItem":
+        return ()
+    tables: list[str | None] = []
+    if result.operation in ("ExecuteStatement", "BatchExecuteStatement", "ExecuteTransaction"):
+        tables = [table for _, _, table in partiql_statements(result)] or [None]
+    else:
+        items = result.params.get("TransactItems")
+        for item in items if isinstance(items, list) else ():
+            for body in item.values() if isinstance(item, dict) else ():
+                if isinstance(body, dict) and isinstance(body.get("TableName"), str):
+                    tables.append(body["TableName"])
+        named = result.params.get("TableName")
+        tables += [named] if isinstance(named, str) else []
+        requests = result.params.get("RequestItems")
+        tables += [t for t in requests if isinstance(t, str)] if isinstance(requests, dict) else []
+        tables = tables or [None]
+    action, level = actions.iam_action("dynamodb", "GetItem")
+    reads = []
+    for table in dict.fromkeys(tables):
+        params = {"TableName": table} if table else {}
+        key = result.params.get("Key")
+        if table and table == result.params.get("TableName") and isinstance(key, dict):
+            params["Key"] = key
+        reads.append(dataclasses.replace(result, operation="GetItem", action=action, access_level=level, params=params,
+                                         resources=[table] if table else [], implied=(), by_parts=False, item_reads=()))
+    return tuple(reads)
+
+
 def deleted_objects(result: Classification) -> list[Classification]:
     """(S3 DeleteObjects.) Each object it deletes as the call IAM authorises it as: s3:DeleteObject
     of ``bucket/key``, s3:DeleteObjectVersion where it names a version (with the object's own
@@ -1644,9 +1735,11 @@ def authorised_as(result: Classification) -> None:
     """(A call with its service, operation, parameters, resources and IAM action.) What IAM
     authorises it as beyond its own action, as the gateway decides it: the actions it implies
     (``implied_actions``), an object's version (``name_versions``), a DynamoDB transaction's items
-    (``transaction_items``), a DeleteObjects' objects (``deleted_objects``) and a PartiQL call's
-    statements (``partiql_statements``). Used by the classifier and by ``agentgate policy
-    explain``, so the two decide alike. NotAuthorisable: a part that names nothing IAM authorises."""
+    (``transaction_items``), a DeleteObjects' objects (``deleted_objects``), a BatchWriteItem's
+    requests (``batch_writes``) and a PartiQL call's statements (``partiql_statements``); and the
+    reads whose item masks hold for it (``item_reads``). Used by the classifier and by
+    ``agentgate policy explain``, so the two decide alike. NotAuthorisable: a part that names
+    nothing IAM authorises."""
     result.implied = implied_actions(result)
     name_versions(result)
     parts = transaction_items(result) or deleted_objects(result)
@@ -1654,6 +1747,8 @@ def authorised_as(result: Classification) -> None:
         named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
         result.action, result.access_level = named.action, named.access_level
         result.implied, result.by_parts = tuple(parts), True
+    # a BatchWriteItem's requests, decided beside the batch's own action (stricter than IAM)
+    result.implied += tuple(batch_writes(result))
     statements = partiql_statements(result)
     if statements:  # IAM authorises each PartiQL statement as the action its verb names
         first, *rest = statements
@@ -1666,6 +1761,7 @@ def authorised_as(result: Classification) -> None:
             if action not in seen:
                 seen.add(action)
                 result.implied += (dataclasses.replace(result, action=action, access_level=level, implied=()),)
+    result.item_reads = item_reads(result)
 
 
 # DynamoDB's PartiQL operations: IAM authorises each statement by its verb, not by the operation.

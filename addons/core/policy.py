@@ -204,6 +204,68 @@ def condition_attributes(params: Mapping[str, Any]) -> set[str]:
     return found
 
 
+# an update's clause keyword: not part of a name, a #placeholder, a :value or a "quoted" name
+_UPDATE_CLAUSE = re.compile(r'(?i)(?<![\w#:."])(SET|REMOVE|ADD|DELETE)(?![\w"])')
+_PARTIQL_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_PARTIQL_OPERAND = re.compile(r'"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()')  # a name, not a function's
+
+
+def _top_level(text: str, separator: str = ",") -> list[str]:
+    """``text`` split at each ``separator`` outside parentheses and brackets."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def copied_attributes(params: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(source, target) for each attribute a DynamoDB write copies into an attribute of the item:
+    the attributes an UpdateExpression's ``SET target = value`` reads in its value (``SET #n =
+    ssn``, ``SET a = list_append(ssn, :x)``, ``#p`` placeholders resolved through
+    ExpressionAttributeNames), in a transaction's Update items too, and those a PartiQL UPDATE's
+    ``SET`` reads. A read of the target afterwards sees the source's value."""
+    found: set[tuple[str, str]] = set()
+
+    def sets(clauses: list[str], name: Callable[[str], str], tokens: Callable[[str], Iterable[str]]) -> None:
+        for clause in clauses:
+            for action in _top_level(clause):
+                target, equals, value = action.partition("=")
+                first = next(iter(tokens(target)), None)
+                if equals and first is not None:
+                    found.update((name(token), name(first)) for token in tokens(value))
+
+    def from_request(p: Any) -> None:
+        text = p.get("UpdateExpression") if isinstance(p, Mapping) else None
+        if not isinstance(text, str):
+            return
+        names = p.get("ExpressionAttributeNames") if isinstance(p.get("ExpressionAttributeNames"), Mapping) else {}
+        pieces = _UPDATE_CLAUSE.split(text)
+        clauses = [pieces[i + 1] for i in range(1, len(pieces) - 1, 2) if pieces[i].upper() == "SET"]
+        sets(clauses, lambda t: str(names.get(t, t)) if t.startswith("#") else t,
+             lambda t: [x for x in _EXPRESSION_NAME.findall(t) if x.upper() not in _EXPRESSION_KEYWORDS])
+
+    from_request(params)
+    for item in params.get("TransactItems") or ():
+        if isinstance(item, Mapping):
+            from_request(item.get("Update"))
+    statements = [params.get("Statement")] + [s.get("Statement") for key in ("Statements", "TransactStatements")
+                                              for s in params.get(key) or () if isinstance(s, Mapping)]
+    for text in statements:
+        if not isinstance(text, str) or not re.match(r"(?i)\s*UPDATE\b", text):
+            continue
+        body = _PARTIQL_WHERE.split(_PARTIQL_LITERAL.sub("''", text), maxsplit=1)[0]
+        pieces = _UPDATE_CLAUSE.split(body)
+        clauses = [pieces[i + 1] for i in range(1, len(pieces) - 1, 2) if pieces[i].upper() == "SET"]
+        sets(clauses, lambda t: t, lambda t: [q or w for q, w in _PARTIQL_OPERAND.findall(t)])
+    return found
+
+
 # ---------------------------------------------------------------------------------------- values
 
 
@@ -1538,7 +1600,9 @@ class PolicySet:
         """The call's decision; where IAM authorises the call as more than one action
         (``Classification.implied``: an S3 copy's source as s3:GetObject, each verb of a PartiQL
         batch), each is decided too and the strongest decision stands (deny beats approve beats
-        allow), as IAM needs all of them allowed."""
+        allow), as IAM needs all of them allowed; so are a BatchWriteItem's requests, as the
+        PutItem or DeleteItem each stands for (stricter than IAM). A DynamoDB call that returns or
+        tests a table's items gets the item masks of its reads (``_item_masks``)."""
         implied = getattr(call, "implied", None) or ()
         # a call that could not be read one way (`unknown`: a part given twice, a body naming an
         # Action, a member of the wrong type) is decided as a whole, whatever its parts say
@@ -1569,7 +1633,30 @@ class PolicySet:
                                                mask_for_agent=decision.mask_for_agent, considered=considered)
         if decision.decision in MASKING and masks != decision.mask_for_agent:
             decision = dataclasses.replace(decision, mask_for_agent=tuple(dict.fromkeys(masks + decision.mask_for_agent)))
-        return self._no_condition_on_masked(call, decision)
+        decision = self._item_masks(principal, call, decision)
+        return self._no_copy_of_masked(call, self._no_condition_on_masked(call, decision))
+
+    def _item_masks(self, principal: Any, call: Any, decision: Decision) -> Decision:
+        """A DynamoDB call allowed (or held) that returns or tests a table's items (a write's
+        ReturnValues, the item a failed condition answers with, a transaction's CancellationReasons,
+        PartiQL's Items, a condition expression) gets the item masks a read of that table gets
+        (``Classification.item_reads``, a GetItem of each): a rule masking ``Item.ssn`` for reads
+        (``access_level: [List, Read]``) does not match a write, which would otherwise hand the
+        attribute back in clear, keep it in its record, or test it in its condition. The read is
+        not decided (IAM does not need it for the write); its masks are taken from every allow rule
+        it matches, whichever rule would decide it."""
+        reads = getattr(call, "item_reads", None) or ()
+        if not reads or decision.decision not in MASKING:
+            return decision
+        masks = list(decision.mask_for_agent)
+        considered = list(decision.considered)
+        for read in reads:
+            got = self._evaluate(principal, read)
+            masks.extend(m for m in got.mask_for_agent if item_attribute(m) and m not in masks)
+            considered.extend(r for r in got.considered if r not in considered)
+        if len(masks) == len(decision.mask_for_agent):
+            return decision
+        return dataclasses.replace(decision, mask_for_agent=tuple(masks), considered=tuple(considered))
 
     def _no_condition_on_masked(self, call: Any, decision: Decision) -> Decision:
         """A DynamoDB call allowed with item attributes masked for the agent (``Item.ssn``) is refused
@@ -1592,6 +1679,29 @@ class PolicySet:
             reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call's condition reads "
                     f"{'it' if len(hit) == 1 else 'them'}: what it finds would tell the value; read the items "
                     "without a condition on it"))
+
+    def _no_copy_of_masked(self, call: Any, decision: Decision) -> Decision:
+        """A DynamoDB write allowed with item attributes masked for the agent is refused when it
+        copies such an attribute into one that is not masked (``SET #n = ssn``, a PartiQL UPDATE's
+        ``SET``): a read of the copy would hand the agent the value (rule MASKED_SOURCE_RULE, as
+        for an S3 copy of a masked object)."""
+        if decision.decision not in MASKING or getattr(call, "service", None) not in CONDITION_SERVICES:
+            return decision
+        masked = {a for m in decision.mask_for_agent if (a := item_attribute(m))}
+        if not masked:
+            return decision
+        copies = sorted((s, t) for s, t in copied_attributes(getattr(call, "params", None) or {})
+                        if s in masked and t not in masked)
+        if not copies:
+            return decision
+        hit = sorted({s for s, _ in copies})
+        by = self.rules_masking(decision, lambda m: item_attribute(m) in hit)
+        into = ", ".join(sorted({t for _, t in copies}))
+        return dataclasses.replace(
+            decision, decision="deny", rule=MASKED_SOURCE_RULE, mask_for_agent=(),
+            reason=(f"{', '.join(by) or 'a rule'} masks {', '.join(hit)} for agents, and this call copies "
+                    f"{'it' if len(hit) == 1 else 'them'} into {into}, which a read would not mask: copy it only "
+                    "into an attribute masked the same"))
 
     def rules_masking(self, decision: Decision, path: Callable[[str], bool]) -> list[str]:
         """The ids of the rules among those ``decision`` considered with a ``mask_for_agent`` path
@@ -1678,7 +1788,8 @@ class PolicySet:
 
 # The gateway's own rules a Decision can name, with what they are (not rules of the files).
 BUILT_IN_RULES = {
-    MASKED_SOURCE_RULE: "a copy whose source is masked for agents, to where a read would not be masked the same",
+    MASKED_SOURCE_RULE: "a copy whose source is masked for agents, to where a read would not be masked the same "
+                        "(an S3 object, a DynamoDB attribute)",
     MASKED_PREDICATE_RULE: "a DynamoDB call whose condition reads an attribute masked for agents",
 }
 
@@ -1715,12 +1826,20 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
     if implied:
         by_parts = bool(getattr(call, "by_parts", False))
         lines.append("decided item by item (each as IAM authorises it):" if by_parts
-                     else "also decided (IAM authorises the call as these too):")
+                     else "also decided (the actions it asks for beside its own):")
         for part in implied:
             got = policy_set._evaluate(principal, part)
             on = ", ".join(getattr(part, "resources", None) or ())
             by = f"rule {got.rule}" if got.rule else "the default"
             lines.append(f"  {part.action}{' on ' + on if on else ''}: {got.decision} by {by}: {got.reason}")
+    reads = tuple(getattr(call, "item_reads", None) or ())
+    if reads:
+        lines.append("item masks of a read of its tables (masks only, not decided):")
+        for read in reads:
+            got = policy_set._evaluate(principal, read)
+            on = ", ".join(getattr(read, "resources", None) or ()) or "a table not named"
+            masks = [m for m in got.mask_for_agent if item_attribute(m)]
+            lines.append(f"  {read.action} on {on}: {', '.join(masks) or 'nothing'}")
     who = getattr(principal, "sub", None)
     groups = list(getattr(principal, "groups", None) or ())
     obo = getattr(principal, "on_behalf_of", None)
