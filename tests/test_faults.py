@@ -379,6 +379,35 @@ def test_sts_unavailable_is_a_503_and_recovers(faulty, issuer, upstream, sts):
     assert faulty.log().count(f"ERROR agentgate.signer: no credentials for {sub}: STS ") == 1
 
 
+def test_credentials_due_for_renewal_are_used_while_sts_cannot_answer(tmp_path, issuer, upstream):
+    """Credentials in their renewal window (credential_refresh_margin before they expire) are still
+    good: while STS cannot answer, calls go on with them, and STS is asked again after a pause, not
+    on every call (a principal in its last 5 minutes was refused and STS asked twice per call)."""
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                 settings={"credential_refresh_margin": 3597})  # the role's 1 h: due for renewal after 3 s
+    gw.db_url, gw.sent = f"sqlite:///{tmp_path / 'gw' / 'agentgate.db'}", []
+    with gw:
+        sub, ddb = agent(gw, issuer, "sts-renewal", "dynamodb")
+        assert ddb.list_tables()["TableNames"] == []
+        asked = lambda: sum(1 for kind, _ in upstream.calls if kind == "sts")  # noqa: E731
+        first = asked()
+        upstream.sts = "503"
+        try:
+            time.sleep(3.5)
+            assert ddb.list_tables()["TableNames"] == [] and ddb.list_tables()["TableNames"] == []
+            failed = asked()
+            assert failed > first  # it tried to renew
+            assert ddb.list_tables()["TableNames"] == []
+            assert asked() == failed  # and does not ask again on every call
+            assert f"could not renew credentials for {sub} as arn:aws:iam::123456789012:role/agent-role" in gw.log(), gw.log()[-2000:]
+        finally:
+            upstream.sts = "ok"
+        time.sleep(2.5)
+        assert ddb.list_tables()["TableNames"] == []
+        assert asked() > failed  # renewed once STS answers
+        assert {r["outcome"] for r in records(gw, principal=sub)} == {"forwarded"}
+
+
 # -- the issuer's JWKS endpoint down -----------------------------------------------------------------
 
 JWKS_CACHE = 5.0

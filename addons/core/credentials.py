@@ -43,6 +43,12 @@ log = logging.getLogger("agentgate.credentials")
 SESSION_NAME_MAX = 64  # RoleSessionName: 2..64 of [\w+=,.@-] (ASCII); SourceIdentity the same here
 TAG_VALUE_MAX = 256  # a session tag's value: [\p{L}\p{Z}\p{N}_.:/=+\-@]*, at most 256 characters
 DIGEST_CHARS = 12  # base32 characters of SHA-256(iss "\n" sub) that tell principals apart
+# While STS cannot answer a renewal, credentials in hand are used as long as they have this many
+# seconds left (a call signed now must not outlive them upstream), and STS is asked again after
+# RETRY_FIRST seconds, then twice as long each time it fails, at most RETRY_MAX.
+STILL_USABLE = 60.0
+RETRY_FIRST = 2.0
+RETRY_MAX = 30.0
 
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)
 _DIGEST_TAIL = re.compile(rf"-[a-z2-7]{{{DIGEST_CHARS}}}\Z")  # how a name with a digest ends
@@ -204,6 +210,8 @@ class CredentialBroker:
         self._client_lock = threading.Lock()
         self._answer = threading.local()  # size of the STS answer being parsed, per worker thread
         self._warned: set[tuple] = set()
+        self._failures: dict[tuple, int] = {}  # renewals STS could not answer in a row, per cache key
+        self._retry_at: dict[tuple, float] = {}  # when STS is asked again for a renewal it could not answer
 
     def region_for(self, role_arn: str) -> str:
         """The region STS is asked in for ``role_arn``."""
@@ -241,7 +249,11 @@ class CredentialBroker:
         key = (principal.iss, principal.sub, binding.role_arn, binding.session_policy, bool(binding.web_identity),
                int(binding.duration))
         cached = self._cache.get(key)
-        if cached and cached.expiration - self.refresh_margin > time.time():
+        now = time.time()
+        if cached and cached.expiration - self.refresh_margin > now:
+            return cached
+        usable = cached is not None and cached.expiration - STILL_USABLE > now
+        if usable and self._retry_at.get(key, 0.0) > now:  # STS failed a moment ago: not asked again yet
             return cached
         inflight = self._inflight.get(key)
         if inflight is not None:
@@ -256,8 +268,23 @@ class CredentialBroker:
         self._inflight[key] = fut
         try:
             session_id = self._session_ids.setdefault(key, new_id())
-            grant = await asyncio.to_thread(self._assume, principal, binding, token, session_id)
-            self._cache[key] = grant
+            try:
+                grant = await asyncio.to_thread(self._assume, principal, binding, token, session_id)
+            except CredentialError as e:
+                if not (e.unavailable and usable):
+                    raise
+                # STS cannot answer a renewal: the credentials in hand stay good until they expire
+                # (AWS honours them till then), so calls go on with them; STS is asked again later
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                self._retry_at[key] = time.time() + min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
+                log.warning("could not renew credentials for %s as %s (%s); the ones in hand are used until they "
+                            "expire at %s", principal.sub, binding.role_arn, e,
+                            time.strftime("%H:%M:%SZ", time.gmtime(cached.expiration)))
+                grant = cached
+            else:
+                self._cache[key] = grant
+                self._failures.pop(key, None)
+                self._retry_at.pop(key, None)
             fut.set_result(grant)
             return grant
         except BaseException as e:
