@@ -13,7 +13,9 @@ Patches of mitmproxy's HTTP layer, where no hook reaches: ``HttpStream.handle_pr
 marks the error it is about to send to the client with the flow's protocol and its (possibly
 reworded) error, once the add-ons' ``error`` hooks have run; ``Http1Server.send`` (HTTP/1 agents)
 and ``Http2Server._handle_event`` (HTTP/2 agents: curl, Go and Rust SDKs) render a marked error as
-the AWS-shaped answer. ``install()`` checks the shape of what it patches first; if
+the AWS-shaped answer. Before the hooks, the stream notes on the flow (``stage.FAILED_STATUS``)
+the status the agent is to get, mitmproxy's for the error, so that the record says it, as it does
+a refusal's. ``install()`` checks the shape of what it patches first; if
 mitmproxy has changed it, it logs an error and leaves mitmproxy's own page in place.
 
 An HTTP/2 agent gives up on one call by resetting its stream (a Go SDK's cancelled context, curl
@@ -33,7 +35,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from .core.awserrors import Refusal, guess_protocol, render
-from .stage import CALL, CLIENT_LEFT, HOST, REFUSAL
+from .stage import CALL, CLIENT_LEFT, FAILED_STATUS, HOST, REFUSAL
 
 log = logging.getLogger("agentgate.failures")
 
@@ -127,6 +129,11 @@ def install() -> bool:
 
     @functools.wraps(handle_protocol_error)
     def marking_handle_protocol_error(self, event):
+        # The error hooks run before the error is sent, and the recorder's writes the record then:
+        # it learns here the status the agent is about to get (502 for a failed upstream).
+        if isinstance(event, ResponseProtocolError) and self.client_state != self.state_errored \
+                and self.flow.response is None:
+            self.flow.metadata[FAILED_STATUS] = event.code.http_status_code()
         # the error hooks have run by the time the error is sent: the flow's error is final
         return (yield from marking(self, handle_protocol_error(self, event), lambda error: mark(error, self.flow)))
 

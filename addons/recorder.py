@@ -49,8 +49,8 @@ from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
-from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TOKEN, TUNNEL,
-                    answer, declares_body, due)
+from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, FAILED_STATUS, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED,
+                    TOKEN, TUNNEL, answer, declares_body, due)
 
 log = logging.getLogger("agentgate.recorder")
 calls_log = logging.getLogger("agentgate.calls")  # a line per call, at DEBUG (run -v)
@@ -488,7 +488,11 @@ class Recorder:
             await self._write(flow, record)
             return
         if done is None:
-            await self._write(flow, build_record(flow, outcome="client_gone" if client_gone(flow) else "failed", error=msg))
+            gone = client_gone(flow)
+            record = build_record(flow, outcome="client_gone" if gone else "failed", error=msg)
+            if not gone:  # what the agent gets once this hook returns: mitmproxy's 502 (failures.py)
+                record.status = flow.metadata.get(FAILED_STATUS)
+            await self._write(flow, record)
             return
         record_id, got, what = done
         stream = flow.response.stream if flow.response is not None else None

@@ -15,6 +15,7 @@ TUNNEL = "agentgate.tunnel"
 PRINCIPAL = "agentgate.principal"
 TOKEN = "agentgate.token"  # the validated token, for web-identity roles; never recorded
 CLIENT_LEFT = "agentgate.client_left"  # an HTTP/2 agent reset the call's stream: its error code (failures.py)
+FAILED_STATUS = "agentgate.failed_status"  # the status a call that failed on its way is answered with (failures.py)
 CALL = "agentgate.call"
 DECISION = "agentgate.decision"
 POLICIES = "agentgate.policies"  # core.policy.PolicySet: the version that decided the call

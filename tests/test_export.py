@@ -64,7 +64,7 @@ def synthetic_records(now: float) -> list[Record]:
                status=200, time=now - 20),
         Record(session_id="s-2", principal="bob", client="127.0.0.1:50003", service="s3", operation="GetObject",
                action="s3:GetObject", access_level="Read", method="GET", host="b.s3.amazonaws.com",
-               url="https://b.s3.amazonaws.com/k", decision="allow", rule="data-plane", outcome="failed",
+               url="https://b.s3.amazonaws.com/k", decision="allow", rule="data-plane", outcome="failed", status=502,
                error="server disconnected", time=now - 10),
         Record(kind="connect", client="127.0.0.1:50004", method="CONNECT", host="example.com:443", url="example.com:443",
                decision="deny", rule="agentgate:egress", reason="example.com is not on allow_hosts", outcome="refused",
@@ -335,6 +335,142 @@ def test_oscal_from_a_store_that_does_not_verify_is_written_and_exits_1(store_ur
     assert {"name": "chains-verified", "ns": observation["props"][0]["ns"], "value": "false"} in observation["props"]
 
 
+# -- a store that does not verify: nothing exported ---------------------------------------------
+
+
+def tamper(store_url: str, statement: str, *params) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    con.execute(statement, params)
+    con.commit()
+    con.close()
+
+
+def call_ids(store_url: str) -> dict[int, str]:
+    """seq -> call id of the synthetic store's one chain."""
+    return {c["seq"]: c["id"] for c in read_jsonl_text(run("export", "--format", "jsonl", "-o", "-", "--no-verify",
+                                                          "--db", store_url))}
+
+
+def refused(result, *problems: str) -> None:
+    """``result`` (a CliRunner's) is an export that wrote nothing: exit 1, each problem a line of
+    standard error, and the one-line reason last."""
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 1, result.output
+    assert lines[:-1] == [f"BROKEN: {p}" for p in problems], result.stderr
+    assert lines[-1].startswith("Error: nothing exported: the chains of these records do not verify"), lines[-1]
+    assert "--no-verify" in lines[-1] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "ocsf", "mitm"])
+def test_an_export_of_an_altered_record_writes_nothing(store_url, tmp_path, fmt):
+    ids = call_ids(store_url)
+    tamper(store_url, "update calls set decision = 'allow' where seq = 2")  # the denied iam:ListUsers
+    out = tmp_path / f"calls.{fmt}"
+    result = CliRunner().invoke(main, ["export", "--format", fmt, "-o", str(out), "--db", store_url])
+    refused(result, f"call {ids[2]} (writer gw-test, seq 2): its content does not match its hash: the record was altered")
+    assert not out.exists()
+    out.write_text("the previous export\n")  # a file already there is left as it was
+    result = CliRunner().invoke(main, ["export", "--format", fmt, "-o", str(out), "--db", store_url])
+    assert result.exit_code == 1 and out.read_text() == "the previous export\n"
+    if fmt != "mitm":  # standard output gets nothing
+        result = CliRunner().invoke(main, ["export", "--format", fmt, "-o", "-", "--db", store_url])
+        assert result.exit_code == 1 and result.stdout == ""
+    # an operator who knows gets the records as they are, and is told they were not verified
+    result = CliRunner().invoke(main, ["export", "--format", fmt, "-o", str(out), "--no-verify", "--db", store_url])
+    assert result.exit_code == 0 and result.stderr.rstrip().endswith("; not verified (--no-verify)"), result.stderr
+    if fmt == "jsonl":
+        assert read_jsonl(out)[1]["decision"] == "allow"
+
+
+def test_an_export_of_a_forged_record_writes_nothing(store_url, tmp_path):
+    """A record added with its hash and link computed as the gateway computes them, but without the
+    chain key: its MAC does not verify."""
+    from sqlalchemy import insert, select
+
+    from addons.core import chain
+    from addons.core.models import Call
+
+    store = Store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            last = dict(conn.execute(select(Call.__table__).order_by(Call.seq.desc()).limit(1)).one()._mapping)
+            forged = {**last, "id": "forged-call", "seq": last["seq"] + 1, "prev_hash": last["hash"],
+                      "decision": "allow", "reason": "the record says it was allowed"}
+            forged["hash"] = chain.record_hash(forged)
+            conn.execute(insert(Call.__table__), [forged])
+    finally:
+        store.engine.dispose()
+    out = tmp_path / "calls.ocsf.jsonl"
+    result = CliRunner().invoke(main, ["export", "--format", "ocsf", "-o", str(out), "--db", store_url])
+    refused(result, "call forged-call (writer gw-test, seq 7): its MAC does not verify with the chain key: the record "
+                    "was altered or forged")
+    assert not out.exists()
+
+
+def test_a_period_export_checks_its_part_of_the_chains_and_that_none_is_missing(store_url, tmp_path):
+    """An export of a period checks its records, the record before them and the chain up to the
+    checkpoint after them, not the whole store; but a record deleted anywhere (its time gone with
+    it, it may have been in the period) or a chain's tail cut off stops it."""
+    ids = call_ids(store_url)
+    cut = read_jsonl_text(run("export", "--format", "jsonl", "-o", "-", "--db", store_url))[3]["time"]  # seq 4's
+    export = ["export", "--format", "jsonl", "-o", "-", "--since", cut, "--db", store_url]
+    tamper(store_url, "update calls set status = 500 where seq = 1")  # long before the period
+    assert [c["seq"] for c in read_jsonl_text(run(*export))] == [4, 5, 6]
+    result = CliRunner().invoke(main, ["verify", "--db", store_url])  # the whole store's check finds it
+    assert result.exit_code == 1 and f"call {ids[1]} (writer gw-test, seq 1): its content" in result.output
+    tamper(store_url, "update calls set status = 500 where seq = 3")  # the record the period's first links to
+    refused(CliRunner().invoke(main, export),
+            f"call {ids[3]} (writer gw-test, seq 3): its content does not match its hash: the record was altered")
+    tamper(store_url, "delete from calls where seq = 3")
+    refused(CliRunner().invoke(main, export),
+            f"call {ids[4]} (writer gw-test, seq 4): record 3 is missing between it and call {ids[2]} (seq 2): deleted")
+    tamper(store_url, "delete from calls where seq = 1")
+    refused(CliRunner().invoke(main, export),
+            f"call {ids[2]} (writer gw-test, seq 2): record 1 is missing before it and no prune checkpoint accounts "
+            "for them (the start of the chain was deleted)",
+            f"call {ids[4]} (writer gw-test, seq 4): record 3 is missing between it and call {ids[2]} (seq 2): deleted")
+    tamper(store_url, "delete from calls where seq in (2, 4)")  # left: 5 and 6, then the tail cut off too
+    tamper(store_url, "delete from calls where seq = 6")
+    result = CliRunner().invoke(main, ["export", "--format", "jsonl", "-o", "-", "--until", cut, "--db", store_url])
+    refused(result,
+            f"call {ids[5]} (writer gw-test, seq 5): records 1-4 are missing before it and no prune checkpoint "
+            "accounts for them (the start of the chain was deleted)",
+            "writer gw-test: checkpoint #1 (head, writer gw-test, seq 6) points past the last record: the chain ends "
+            f"at seq 5 (call {ids[5]}), so record 6 is missing (the tail was truncated)")
+
+
+def test_records_committed_after_the_check_are_left_out(store_url):
+    """A gateway writing while the export runs: what it commits after the chains were checked (its
+    chain's next records, a new writer's) is not exported unchecked."""
+    from addons.commands.export import _checked_only
+    from addons.core.export import iter_calls
+    from addons.core.store import verify_period
+
+    def call(n: int) -> Record:
+        return Record(principal=f"live-{n}", method="GET", decision="allow", outcome="forwarded")
+
+    live = Store(store_url, chain_key=KEY, writer_id="gw-live")
+    live.start()
+    reader = Store(store_url)
+    try:
+        live.write_sync(call(1))
+        checked = verify_period(reader, chain_key=KEY)
+        assert checked.ok and checked.checked == {"gw-test": 6, "gw-live": 1}
+        live.write_sync(call(2))
+        new = Store(store_url, chain_key=KEY, writer_id="gw-new")
+        new.start()
+        new.write_sync(call(3))
+        new.close()
+        late = [0]
+        exported = [(c["writer_id"], c["seq"]) for c in _checked_only(iter_calls(reader), checked.checked, late)]
+        assert exported == [("gw-test", seq) for seq in range(1, 7)] + [("gw-live", 1)] and late == [2]
+    finally:
+        live.close()
+        reader.engine.dispose()
+
+
 # -- OCSF --------------------------------------------------------------------------------------
 
 
@@ -401,7 +537,8 @@ def test_mitm_flow_file_reads_back_and_mitmdump_opens_it(store_url, tmp_path):
     denied = next(f for f in flows if f.metadata["agentgate"]["action"] == "iam:ListUsers")
     assert denied.marked and denied.response.status_code == 403
     failed = next(f for f in flows if f.metadata["agentgate"]["outcome"] == "failed")
-    assert failed.response is None and failed.error.msg == "server disconnected"
+    assert failed.response is None and failed.error.msg == "server disconnected"  # upstream never answered
+    assert "allow (data-plane), failed (the agent got 502)" in failed.comment
 
     dump = subprocess.run([str(BIN / "mitmdump"), "-n", "-r", str(out), "--set", f"confdir={tmp_path / 'mitm'}"],
                           capture_output=True, text=True, timeout=60)
@@ -483,6 +620,29 @@ def test_oscal_assessment_results_parse_with_trestle(store_url, home, tmp_path):
     assert f"#{policy.uuid}" in [e.href for e in ac3.relevant_evidence]
 
 
+def test_the_year_1_is_written_in_four_digits(store_url, tmp_path):
+    """--until 0001-01-01 is an empty period at the calendar's start: OSCAL's date-times and the
+    report write its year as 0001 (strftime's %Y writes "1", which OSCAL's date-time pattern and
+    compliance-trestle refuse), and a period starting then does not fail on its chart."""
+    from trestle.oscal.assessment_results import AssessmentResults
+
+    out = tmp_path / "ar.json"
+    run("export", "--format", "oscal", "--until", "0001-01-01", "-o", str(out), "--db", store_url)
+    doc = json.loads(out.read_text())
+    result = doc["assessment-results"]["results"][0]
+    assert result["start"] == result["end"] == "0001-01-01T00:00:00.000000Z"
+    assert result["title"].endswith("0001-01-01 00:00:00 UTC to 0001-01-01 00:00:00 UTC")
+    AssessmentResults.model_validate(doc["assessment-results"])
+    report = tmp_path / "report.html"
+    said = run("report", "--until", "0001-01-01", "-o", str(report), "--db", store_url)
+    assert "(0 records, 0001-01-01 00:00:00 UTC to 0001-01-01 00:00:00 UTC)" in said
+    assert '<strong data-figure="start">0001-01-01 00:00:00 UTC</strong>' in report.read_text()
+    run("report", "--since", "0001-01-01", "--until", "0001-03-01", "-o", str(report), "--db", store_url)
+    assert ">0001-01-01</text>" in report.read_text()  # the chart's first bar, by day
+    run("export", "--format", "oscal", "--since", "0001-01-01", "-o", str(out), "--db", store_url)
+    assert json.loads(out.read_text())["assessment-results"]["results"][0]["start"] == "0001-01-01T00:00:00.000000Z"
+
+
 # -- through a real gateway --------------------------------------------------------------------
 
 
@@ -516,6 +676,115 @@ def test_exports_of_calls_recorded_through_the_gateway(gateway, issuer, tmp_path
     assert mine[-1].response.status_code == 403
 
 
+@pytest.fixture(scope="module")
+def upstream_gone(tmp_path_factory, issuer):
+    """A gateway whose moto stops after an agent's first calls (a bucket made, an object put, IAM
+    denied): the agent's next call cannot reach upstream. (gateway, the agent's subject, the
+    status and code the agent got for that call)."""
+    import botocore.exceptions
+
+    from tests.support.gateway import Gateway
+    from tests.support.moto_server import running_moto
+
+    with running_moto() as moto:
+        gw = Gateway(tmp_path_factory.mktemp("upstream-gone"), issuer=issuer.issuer, upstream=moto.url,
+                     aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+        with gw:
+            sub = "agent-upstream-gone"
+            token = issuer.mint(sub)
+            s3 = client(gw, "s3", proxy_token=token)
+            s3.create_bucket(Bucket="evidence")
+            s3.put_object(Bucket="evidence", Key="k", Body=b"kept")
+            with pytest.raises(botocore.exceptions.ClientError):
+                client(gw, "iam", proxy_token=token).list_users()
+            moto.stop()
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                client(gw, "s3", proxy_token=token).get_object(Bucket="evidence", Key="k")
+            got = e.value.response
+            yield gw, sub, (got["ResponseMetadata"]["HTTPStatusCode"], got["Error"]["Code"])
+        print(gw.log()[-3000:])
+
+
+def test_a_failed_upstream_is_recorded_with_the_status_the_agent_got(upstream_gone, tmp_path):
+    """The agent got an AWS-shaped 502 for a call whose upstream could not be reached: its record
+    says 502, and so do the JSON Lines and the OCSF event (status_code, api.response.code)."""
+    gw, sub, got = upstream_gone
+    assert got == (502, "BadGateway")
+    jsonl, ocsf = tmp_path / "calls.jsonl", tmp_path / "calls.ocsf.jsonl"
+    gw.cli("export", "--format", "jsonl", "-o", str(jsonl))
+    gw.cli("export", "--format", "ocsf", "-o", str(ocsf))
+    [failed] = [c for c in read_jsonl(jsonl) if c["principal"] == sub and c["outcome"] == "failed"]
+    assert (failed["action"], failed["status"]) == ("s3:GetObject", got[0])
+    [event] = [e for e in read_jsonl(ocsf) if e["actor"]["user"].get("uid") == sub and e["api"]["operation"] == "GetObject"]
+    assert (event["status_code"], event["api"]["response"]["code"], event["status_id"]) == (str(got[0]), got[0], 2)
+    assert_valid_ocsf([event])
+
+
+def copy_of_store(gw, to: Path) -> str:
+    """A copy of a running gateway's SQLite store (SQLite's backup: the WAL's commits included)."""
+    import sqlite3
+
+    source, copy = sqlite3.connect(gw.db_path), sqlite3.connect(to)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    return f"sqlite:///{to}"
+
+
+@pytest.mark.parametrize("change", ["decision changed", "record deleted", "record forged"])
+def test_an_export_of_a_tampered_gateway_store_writes_nothing(upstream_gone, tmp_path, change):
+    """The store a real gateway wrote, changed by someone with the database but not the chain key:
+    each export says what is wrong, one line a problem, writes nothing and exits 1; --no-verify
+    writes the records as they are."""
+    import sqlite3
+
+    from sqlalchemy import insert, select
+
+    from addons.core import chain
+    from addons.core.models import Call
+
+    gw, sub, _ = upstream_gone
+    db = copy_of_store(gw, tmp_path / "tampered.db")
+    con = sqlite3.connect(tmp_path / "tampered.db")
+    [(denied, writer, seq)] = con.execute("select id, writer_id, seq from calls where principal = ? and "
+                                          "decision = 'deny'", (sub,)).fetchall()
+    if change == "decision changed":
+        con.execute("update calls set decision = 'allow', rule = 'data-plane' where id = ?", (denied,))
+        problem = f"call {denied} (writer {writer}, seq {seq}): its content does not match its hash: the record was altered"
+    elif change == "record deleted":
+        con.execute("delete from calls where id = ?", (denied,))
+        [after] = con.execute("select id from calls where writer_id = ? and seq = ?", (writer, seq + 1)).fetchone()
+        [before] = con.execute("select id from calls where writer_id = ? and seq = ?", (writer, seq - 1)).fetchone()
+        problem = f"call {after} (writer {writer}, seq {seq + 1}): record {seq} is missing between it and call {before} (seq {seq - 1}): deleted"
+    con.commit()
+    con.close()
+    if change == "record forged":  # a denial made to read as an allowed call, at the chain's end, linked and hashed
+        store = Store(db)
+        try:
+            with store.engine.begin() as conn:
+                last = dict(conn.execute(select(Call.__table__).where(Call.writer_id == writer)
+                                         .order_by(Call.seq.desc()).limit(1)).one()._mapping)
+                forged = {**last, "id": "forged-call", "seq": last["seq"] + 1, "prev_hash": last["hash"],
+                          "principal": sub, "action": "iam:ListUsers", "decision": "allow", "status": 200}
+                forged["hash"] = chain.record_hash(forged)
+                conn.execute(insert(Call.__table__), [forged])
+        finally:
+            store.engine.dispose()
+        problem = (f"call forged-call (writer {writer}, seq {forged['seq']}): its MAC does not verify with the chain "
+                   "key: the record was altered or forged")
+    for fmt in ("jsonl", "ocsf", "mitm"):
+        out = tmp_path / f"calls.{fmt}"
+        p = gw.cli("export", "--format", fmt, "-o", str(out), "--db", db, check=False)
+        assert p.returncode == 1 and p.stderr.splitlines()[:-1] == [f"BROKEN: {problem}"], p.stderr
+        assert p.stderr.splitlines()[-1].startswith("Error: nothing exported: the chains of these records do not verify")
+        assert not out.exists() and p.stdout == ""
+    p = gw.cli("export", "--format", "jsonl", "-o", "-", "--db", db, check=False)
+    assert p.returncode == 1 and p.stdout == ""
+    p = gw.cli("export", "--format", "jsonl", "-o", "-", "--no-verify", "--db", db)
+    mine = [c for c in read_jsonl_text(p.stdout) if c["principal"] == sub]
+    assert [c["action"] for c in mine].count("iam:ListUsers") == (0 if change == "record deleted" else 1 + (change == "record forged"))
+
+
 # -- the same on PostgreSQL --------------------------------------------------------------------
 
 
@@ -545,6 +814,18 @@ def test_exports_and_summary_on_postgresql(home, tmp_path):
         reader.engine.dispose()
     assert s.total == 6 and s.verify.ok and s.heads[0].seq == 6 and s.heads[0].checkpoint_keyed
     assert s.start.isoformat().replace("+00:00", "Z").startswith(lines[0]["time"][:19])
+    # a record deleted before the period, and one altered in it, stop an export of the period
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("delete from calls where seq = 2"))
+        conn.execute(text("update calls set status = 500 where seq = 5"))
+    engine.dispose()
+    ids = {c["seq"]: c["id"] for c in lines}
+    refused(CliRunner().invoke(main, ["export", "--format", "jsonl", "-o", "-", "--since", lines[3]["time"], "--db", url]),
+            f"call {ids[3]} (writer gw-pg, seq 3): record 2 is missing between it and call {ids[1]} (seq 1): deleted",
+            f"call {ids[5]} (writer gw-pg, seq 5): its content does not match its hash: the record was altered")
 
 
 def test_keyset_pages_on_sqlite(store_url):

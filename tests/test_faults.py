@@ -5,7 +5,7 @@
   (counted from the end of the request body, so a slow upload is not cut), the agent gets an
   AWS-shaped 502 (BadGateway) whose message says why, as the record does, and that AWS may have
   carried the call out; a slow answer within the bound still arrives;
-- upstream resets the connection: the same 502 and a failed record;
+- upstream resets the connection: the same 502 and a failed record (which says 502, as the agent got);
 - upstream answers 500: the agent gets AWS's own error and the record keeps the status;
 - STS unavailable (connection reset, or 503): the agent gets an AWS-shaped 503 ServiceUnavailable
   that names STS, principals whose credentials are cached keep working, and calls go through again
@@ -228,7 +228,7 @@ def test_upstream_that_never_answers_is_cut_at_upstream_timeout(faulty, issuer, 
                        "not safe to repeat"), message
     assert UPSTREAM_TIMEOUT <= took < UPSTREAM_TIMEOUT + 5, f"answered after {took:.1f} s"
     r = only_record(faulty, sub)
-    assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", None, "allow", "s3:GetObject")
+    assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", 502, "allow", "s3:GetObject")
     assert r["error"] == (f"upstream did not answer within {UPSTREAM_TIMEOUT:g} s (upstream_timeout); "
                           "agentgate closed the upstream connection")
     assert "upstream did not answer GET faults.s3.amazonaws.com/hang-60 within 2 s" in faulty.log()
@@ -271,7 +271,7 @@ def test_upstream_reset(faulty, issuer, upstream):
                               "AWS may have carried the call out"), message
     assert upstream.data_calls(f"reset-{sub}") == 1
     r = only_record(faulty, sub)
-    assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", None, "allow", "s3:GetObject")
+    assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", 502, "allow", "s3:GetObject")
     assert r["error"] == "server closed connection"
 
 
@@ -288,7 +288,8 @@ def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, up
     assert b"<Code>BadGateway</Code>" in body
     assert b"agentgate got no answer from faults.s3.amazonaws.com (server closed connection)" in body
     r = only_record(faulty, sub)
-    assert (r["outcome"], r["error"], r["action"]) == ("failed", "server closed connection", "s3:GetObject")
+    assert (r["outcome"], r["status"], r["error"], r["action"]) == ("failed", 502, "server closed connection",
+                                                                   "s3:GetObject")
 
 
 def test_an_http2_agent_that_cancels_its_call_is_recorded_as_gone(faulty, issuer, upstream):

@@ -145,13 +145,14 @@ def test_tunnelled(recording, issuer, tls_server):
 
 def test_failed_upstream(recording, issuer):
     """Upstream closes the connection without answering: mitmproxy's error hook writes the record
-    (before the agent hears of it), and the agent gets an error."""
+    (before the agent hears of it), and the agent gets a 502, which the record says."""
     sub, s3 = agent(recording, issuer, "failed", "s3")
-    with pytest.raises((botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
         s3.get_object(Bucket="recording", Key=f"drop-{sub}")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
     [r] = settled(recording, lambda r: r["principal"] == sub, quiet=0.3)
     assert (r["outcome"], r["decision"], r["action"]) == ("failed", "allow", "s3:GetObject")
-    assert "server" in r["error"].lower() and r["status"] is None
+    assert "server" in r["error"].lower() and r["status"] == 502
 
 
 def test_client_gone_while_upstream_is_slow(recording, issuer):

@@ -166,9 +166,17 @@ until_option = click.option("--until", metavar="WHEN", help="Before this time: I
                                                  "in NAME.approvals.jsonl.")
 @db_option
 @key_option
+@click.option("--no-verify", is_flag=True, help="jsonl, ocsf, mitm: write the records without checking their chains "
+                                                "(a store known not to verify, whose records are wanted as they are).")
 def export(fmt: str, since: str | None, until: str | None, output: str, evidence: str | None, db: str | None,
-           key_file: str | None) -> None:
-    """Write the recorded calls of a period (oldest first, masked as stored) for other tools."""
+           key_file: str | None, no_verify: bool) -> None:
+    """Write the recorded calls of a period (oldest first, masked as stored) for other tools.
+
+    The chains that vouch for the records are checked first (with the chain key, --key-file, as
+    `agentgate verify` does): where they do not verify, each problem is a line on standard error and
+    nothing is written (exit 1), unless --no-verify. OSCAL states the whole store's verification in
+    its AU-9 finding instead.
+    """
     from ..core.export import iter_calls, write_jsonl, write_mitm, write_ocsf
 
     start, end = _period(since, until)
@@ -176,29 +184,80 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
         raise BadInput(f"--format {fmt} writes a file: give -o FILE")
     if evidence and fmt != "oscal":
         raise BadInput("--evidence goes with --format oscal")
+    if no_verify and fmt == "oscal":
+        raise BadInput("--no-verify does not go with --format oscal: its AU-9 finding is the chains' verification")
     protected = _gateway_files(db)
     _check_output(output, protected=protected)
     if evidence:
         _check_output(evidence, "--evidence", protected)
+    key = _key(key_file, db)
     with _store(db) as store:
+        if fmt == "oscal":
+            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, key, protected)
+            return
+        checked = None if no_verify else _verify_period(store, start, end, key)
         progress(f"reading the records of {store.where} ...")
         calls = _counted(iter_calls(store, since=start, until=end))
+        late = [0]
+        if checked is not None:
+            calls = _checked_only(calls, checked.checked, late)
         if fmt == "jsonl":
             with _output(output, protected) as f:
                 n = write_jsonl(calls, f)
-            _done(_n(n, "record"), output)
+            what = _n(n, "record")
         elif fmt == "ocsf":
             with _output(output, protected) as f:
                 n = write_ocsf(calls, f)
-            _done(_n(n, "OCSF API Activity event"), output)
-        elif fmt == "mitm":
+            what = _n(n, "OCSF API Activity event")
+        else:
             with _output(output, protected, binary=True) as f:
                 n, skipped = write_mitm(calls, f)
-            left = f" ({_n(skipped, 'connection record')} left out: not calls)" if skipped else ""
-            _done(_n(n, "flow") + left, output)
+            what = _n(n, "flow") + (f" ({_n(skipped, 'connection record')} left out: not calls)" if skipped else "")
+        if checked is None:
+            how = "not verified (--no-verify)"
         else:
-            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, _key(key_file, db),
-                          protected)
+            how = "their chains verify" + (" with the chain key" if key is not None else
+                                           " (hashes and links: no chain key, so not the MACs)")
+        if late[0]:
+            how += (f"; {_n(late[0], 'record')} of the period committed after the chains were checked left out "
+                    "(export again for them)")
+            if output == "-":
+                click.echo(f"{_n(late[0], 'record')} of the period committed after the chains were checked left "
+                           "out (export again for them)", err=True)
+        _done(what, output, how)
+
+
+def _verify_period(store: Any, start: dt.datetime | None, end: dt.datetime | None, key: bytes | None) -> Any:
+    """The check of the chains that vouch for the calls of [start, end) (``core.store.verify_period``);
+    where they do not verify, each problem is a line on standard error and the export stops with
+    nothing written: a record altered, forged or missing is not handed on as evidence."""
+    from ..core.store import verify_period
+
+    progress("verifying the chains of the period's records ...")
+    result = verify_period(store, start, end, key)
+    if result.ok:
+        return result
+    for problem in result.problems[:50]:
+        click.echo(f"BROKEN: {_line(problem)}", err=True)
+    if len(result.problems) > 50:
+        click.echo(f"... and {len(result.problems) - 50} more problems", err=True)
+    hint = ""
+    if key is not None and all("with the chain key" in p for p in result.problems):
+        hint = " (every problem is a MAC that does not verify: is --key-file this store's chain key?)"
+    raise click.ClickException(f"nothing exported: the chains of these records do not verify "
+                               f"({_n(len(result.problems), 'problem')}, above){hint}; `agentgate verify` checks "
+                               "the whole store, and --no-verify exports the records as they are")
+
+
+def _checked_only(calls: Iterator[dict], checked: dict[str, int], late: list[int]) -> Iterator[dict]:
+    """``calls`` that ``verify_period`` vouched for: a record of the period committed after the check
+    (a higher seq than its writer's last one checked, or a new writer) is left out and counted in
+    ``late[0]``."""
+    for call in calls:
+        if call.get("seq") is not None and call["seq"] <= checked.get(call.get("writer_id"), 0):
+            yield call
+        else:
+            late[0] += 1
 
 
 PROGRESS_EVERY = 50_000  # records: a line on standard error each time, on long exports
@@ -216,9 +275,9 @@ def _n(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _done(what: str, output: str) -> None:
+def _done(what: str, output: str, how: str = "") -> None:
     if output != "-":
-        click.echo(f"wrote {what} to {output}", err=True)
+        click.echo(f"wrote {what} to {output}" + (f"; {how}" if how else ""), err=True)
 
 
 def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None, output: Path,

@@ -403,16 +403,34 @@ def _span(a: int, b: int) -> str:
     return f"record {a} is" if a == b else f"records {a}-{b} are"
 
 
+def missing_start(seq: int, pruned: int) -> str:
+    """What is wrong with a chain whose first record left is ``seq`` (not 1, and no prune
+    checkpoint at ``seq`` - 1): its records after the prune checkpoint at ``pruned`` (0: none) are gone."""
+    if pruned:
+        return f"{_span(pruned + 1, seq - 1)} missing before it, after the prune checkpoint at seq {pruned}: deleted"
+    return (f"{_span(1, seq - 1)} missing before it and no prune checkpoint accounts for them "
+            f"(the start of the chain was deleted)")
+
+
+def missing_between(last_id: str, last_seq: int, seq: int) -> str:
+    """What is wrong with a record ``seq`` whose predecessor left is call ``last_id`` at ``last_seq``."""
+    return f"{_span(last_seq + 1, seq - 1)} missing between it and call {last_id} (seq {last_seq}): deleted"
+
+
 class ChainCheck:
     """Verifies one writer's chain: feed its rows in seq order, then ``finish()``.
 
     Problems are collected in seq order; each names the record (call id, writer, seq) where the
-    chain breaks and what is wrong there.
+    chain breaks and what is wrong there. ``inside``: the rows fed start inside the chain, its
+    records before them not read (an export checks the part of a chain its period needs): the
+    first row is checked in itself, and the next ones against it, but not against a predecessor.
     """
 
-    def __init__(self, writer_id: str, checkpoints: Iterable[CheckpointInfo], key: bytes | None) -> None:
+    def __init__(self, writer_id: str, checkpoints: Iterable[CheckpointInfo], key: bytes | None,
+                 inside: bool = False) -> None:
         self.writer_id = writer_id
         self.key = key
+        self.inside = inside
         self.checkpoints = sorted(checkpoints, key=lambda c: (c.seq, c.id))
         self.records = 0
         self.problems: list[str] = []
@@ -445,25 +463,18 @@ class ChainCheck:
         last = self._last
         if last is None:
             self._first_seq = seq
-            if seq == 1:
-                expected_prev: str | None = GENESIS
+            if self.inside:
+                expected_prev: str | None = None  # its predecessor is not read
+            elif seq == 1:
+                expected_prev = GENESIS
             elif seq - 1 in self._prune_at:
                 expected_prev = self._prune_at[seq - 1].head_hash
             else:
                 expected_prev = None
-                pruned = max((p for p in self._prune_at if p < seq), default=0)
-                issues.append(
-                    f"{_span(pruned + 1, seq - 1)} missing before it, after the prune checkpoint at seq {pruned}: deleted"
-                    if pruned
-                    else f"{_span(1, seq - 1)} missing before it and no prune checkpoint accounts for them "
-                    f"(the start of the chain was deleted)"
-                )
+                issues.append(missing_start(seq, max((p for p in self._prune_at if p < seq), default=0)))
         elif seq != last["seq"] + 1:
             expected_prev = None
-            issues.append(
-                f"{_span(last['seq'] + 1, seq - 1)} missing between it and call {last['id']} "
-                f"(seq {last['seq']}): deleted"
-            )
+            issues.append(missing_between(last["id"], last["seq"], seq))
         else:
             expected_prev = last["hash"]
         mac = row.get("mac")

@@ -422,7 +422,9 @@ def call_flow(call: dict[str, Any]) -> Any:
     flow.request.raw_content = request_body.encode("utf-8") if request_body is not None else b""
     if request_body is not None:
         flow.request.headers["content-length"] = str(len(flow.request.raw_content))
-    if call.get("status") is not None:
+    # A call that failed on its way got no answer from upstream: its flow has the error, as mitmproxy's
+    # own has, and its comment the status the gateway answered the agent with.
+    if call.get("status") is not None and call.get("outcome") != "failed":
         response_body = call.get("response_body")
         resp_headers = _pairs(call.get("response_headers"),
                               drop=_WIRE_ONLY if response_body is not None else ("content-encoding",))
@@ -451,7 +453,8 @@ def flow_comment(call: dict[str, Any]) -> str:
     if call.get("on_behalf_of"):
         who += f" for {call['on_behalf_of']}"
     lines = [f"{who}: {call.get('action') or call.get('method')} -> "
-             f"{call.get('decision') or '?'} ({call.get('rule') or 'default'}), {call.get('outcome') or '?'}"]
+             f"{call.get('decision') or '?'} ({call.get('rule') or 'default'}), {call.get('outcome') or '?'}"
+             + (f" (the agent got {call['status']})" if call.get("outcome") == "failed" and call.get("status") else "")]
     if call.get("reason"):
         lines.append(f"reason: {call['reason']}")
     if call.get("approval_id"):
@@ -501,7 +504,8 @@ def _uuid(*parts: Any) -> str:
 
 
 def _oscal_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """An OSCAL date-time: ``iso``'s form (UTC, microseconds, the year in four digits)."""
+    return iso(t)
 
 
 def file_sha256(path: Path) -> str:

@@ -146,7 +146,8 @@ class Summary:
 
 
 def _text_time(t: dt.datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """``t`` in UTC to the second, the year in four digits (strftime's %Y writes the year 1 as "1")."""
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + " UTC"
 
 
 def _parse(iso: str) -> dt.datetime:
@@ -158,6 +159,7 @@ _BUCKETS = [dt.timedelta(seconds=s) for s in (1, 5, 10, 30, 60, 300, 900, 1800, 
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST = dt.datetime.min.replace(tzinfo=UTC)
 
 
 def bucket_size(span: dt.timedelta, target: int = 40) -> dt.timedelta:
@@ -183,7 +185,9 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
     s.bucket = bucket_size(max(end - start, dt.timedelta(seconds=1)))
     # Bars start on whole multiples of their width (whole seconds, minutes, hours, UTC days), so
     # that the time a bar is labelled with is where it starts, not the first call's odd instant.
-    origin = start - (start - _EPOCH) % s.bucket
+    # (a start in the year 1 whose bar would start before it keeps its own instant)
+    offset = (start - _EPOCH) % s.bucket
+    origin = start - offset if start - _FIRST >= offset else start
     nbuckets = max(1, math.ceil((end - origin) / s.bucket))
     s.timeline = [(origin + i * s.bucket, Counter()) for i in range(nbuckets)]
     for c in iter_calls(store, since=since, until=until):
@@ -567,7 +571,7 @@ def chart_timeline(s: Summary, width: int = 1080, height: int = 220) -> str:
     for i in range(0, n, step):
         t = s.timeline[i][0]
         label = t.strftime("%H:%M:%S") if s.bucket < dt.timedelta(minutes=1) else (
-            t.strftime("%m-%d %H:%M") if s.bucket < dt.timedelta(days=1) else t.strftime("%Y-%m-%d"))
+            t.strftime("%m-%d %H:%M") if s.bucket < dt.timedelta(days=1) else t.date().isoformat())
         parts.append(f'<text x="{left + i * bar_w:.1f}" y="{height - 14}" font-size="11" fill="#5b6573">{label}</text>')
     parts.append("</svg>")
     return _legend(order) + "".join(parts)

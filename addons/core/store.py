@@ -90,6 +90,7 @@ __all__ = [
     "VerifyResult",
     "PruneResult",
     "verify",
+    "verify_period",
     "prune",
     "load_chain_key",
     "chain_key_path",
@@ -510,8 +511,9 @@ class _OneStatement:
 
 
 def iso(t: dt.datetime | None) -> str | None:
-    """ISO 8601 UTC with microseconds and a Z."""
-    return None if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 UTC with microseconds and a Z, the year in four digits (strftime's %Y writes the
+    year 1 as "1", which no ISO 8601 or OSCAL reader takes)."""
+    return None if t is None else t.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 _SUMMARY = ("id", "time", "principal", "on_behalf_of", "action", "service", "operation", "access_level",
@@ -1774,6 +1776,129 @@ def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.W
     finally:
         store.engine.dispose()
     return result
+
+
+@dataclasses.dataclass
+class PeriodResult(VerifyResult):
+    """What ``verify_period`` found: ``VerifyResult``'s counts (of the records read), problems and
+    notes, and ``checked``: per writer, the highest seq among the period's records when they were
+    checked (a record of the period committed after that is not vouched for)."""
+
+    checked: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def verify_period(store: Store, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                  chain_key: bytes | None = None) -> PeriodResult:
+    """Check what vouches for the calls in [since, until), as an export writes them, without
+    reading the whole store.
+
+    For each writer with calls in the period, its chain is checked as ``verify`` checks it (each
+    record's hash, link and MAC, the checkpoints) from the record before the first of them (which
+    they must link to) to the first checkpoint at or after the last of them, or the chain's end
+    (so that a checkpoint or the chain's end holds the last of them to the rest of the chain, and
+    a checkpoint past the end shows the tail cut off). For every chain, whether or not it has
+    calls in the period: its seqs are counted against their range (where they do not add up, the
+    records missing are found and named), it must start at 1 or at a prune checkpoint, and no
+    checkpoint may point past its end; a record deleted anywhere took its time with it, so it may
+    have been in the period. Approvals and their events are not checked here: the calls' exports
+    do not hold them (``verify`` and the OSCAL export check them)."""
+    store._check_schema()
+    c = Call.__table__.c
+    result = PeriodResult()
+    with store._reading() as conn:
+        # each writer's first and last seq in the period, read through the index on time (grouped in
+        # SQL, SQLite's planner walks the whole (writer_id, seq) index instead); read first, so
+        # that what is committed after is left out
+        q = select(c.writer_id, c.seq)
+        if since is not None:
+            q = q.where(c.time >= since)
+        if until is not None:
+            q = q.where(c.time < until)
+        period: dict[str, tuple[int, int]] = {}
+        for writer_id, seq in conn.execute(q.execution_options(yield_per=10_000)):
+            lo, hi = period.get(writer_id, (seq, seq))
+            period[writer_id] = (min(lo, seq), max(hi, seq))
+        chains = {w: (first, last, n) for w, first, last, n in conn.execute(
+            select(c.writer_id, func.min(c.seq), func.max(c.seq), func.count()).group_by(c.writer_id))}
+        checkpoints = _checkpoints(conn)
+        checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, None)
+        for writer_id, (first, last, n) in sorted(chains.items()):
+            cps = checkpoints.pop(writer_id, [])
+            start = end = None
+            found: list[tuple[int, str]] = []  # (seq, problem): the chain's, in its order
+            inside = True  # the chain's start is checked apart from the period's records
+            if writer_id in period:
+                lo, hi = period[writer_id]
+                result.checked[writer_id] = hi
+                start = conn.execute(select(func.max(c.seq)).where(c.writer_id == writer_id, c.seq < lo)).scalar()
+                inside = start is not None  # else the chain starts with the period's first record
+                start = lo if start is None else start
+                end = min(min((cp.seq for cp in cps if cp.seq >= hi), default=last), last)
+                check = ChainCheck(writer_id, [cp for cp in cps if (cp.seq >= start or not inside)
+                                               and (cp.seq <= end or end == last)], chain_key, inside=inside)
+                for r in conn.execute(select(Call.__table__).where(c.writer_id == writer_id, c.seq >= start,
+                                                                   c.seq <= end)
+                                      .order_by(c.seq).execution_options(yield_per=2000)):
+                    check.feed(r._mapping)
+                check.finish()
+                result.records += check.records
+                result.checkpoints += len(check.checkpoints)
+                result.notes += check.notes
+                found += [(start, p) for p in check.problems]
+            result.chains += 1
+            if inside:
+                found += [(0, p) for p in _chain_start(conn, writer_id, first, cps, chain_key)]
+            if n != last - first + 1:
+                found += _records_missing(conn, writer_id, last, start, end)
+            if end != last:  # the chain's last record, and any checkpoint past it (its tail cut off)
+                tail = ChainCheck(writer_id, [cp for cp in cps if cp.seq >= last], chain_key, inside=True)
+                tail.feed(conn.execute(select(Call.__table__).where(c.writer_id == writer_id, c.seq == last))
+                          .one()._mapping)
+                found += [(last, p) for p in tail.finish().problems]
+            result.problems += [p for _, p in sorted(found, key=lambda f: f[0])]  # (a stable sort)
+        for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
+            result.add(ChainCheck(writer_id, cps, chain_key).finish())
+    result.ok = not result.problems
+    return result
+
+
+def _chain_start(conn: Any, writer_id: str, first: int, cps: list[CheckpointInfo], chain_key: bytes | None) -> list[str]:
+    """The problem with a chain whose first record left is ``first``: none when it is 1 or follows a
+    prune checkpoint (one the chain key made, where it is given)."""
+    if first == 1:
+        return []
+    call_id = conn.execute(select(Call.id).where(Call.writer_id == writer_id, Call.seq == first)).scalar()
+    problems, valid = [], []
+    for cp in cps:
+        if cp.kind != "prune" or cp.seq >= first:
+            continue
+        if chain_key is not None and not cp.holds(chain_key):
+            problems.append(f"{cp.name()} is forged or altered: its HMAC does not verify with the chain key"
+                            if cp.hmac else f"{cp.name()} has no HMAC: no gateway holding the chain key wrote it")
+        else:
+            valid.append(cp.seq)
+    if first - 1 not in valid:
+        problems.append(f"call {call_id} (writer {writer_id}, seq {first}): "
+                        + chain.missing_start(first, max(valid, default=0)))
+    return problems
+
+
+def _records_missing(conn: Any, writer_id: str, last: int, start: int | None,
+                     end: int | None) -> list[tuple[int, str]]:
+    """Where a chain's records up to ``last`` are missing (each record left whose predecessor is
+    not the one before it), but between ``start`` and ``end``, whose check names them already:
+    (the first seq missing, problem)."""
+    c = Call.__table__.c
+    seqs = select(c.id, c.seq, func.lag(c.id).over(order_by=c.seq).label("prev_id"),
+                  func.lag(c.seq).over(order_by=c.seq).label("prev_seq")
+                  ).where(c.writer_id == writer_id, c.seq <= last).subquery()
+    problems = []
+    for r in conn.execute(select(seqs).where(seqs.c.seq != seqs.c.prev_seq + 1).order_by(seqs.c.seq)):
+        if start is not None and start <= r.prev_seq and r.seq <= end:
+            continue
+        problems.append((r.prev_seq + 1, f"call {r.id} (writer {writer_id}, seq {r.seq}): "
+                         + chain.missing_between(r.prev_id, r.prev_seq, r.seq)))
+    return problems
 
 
 def _witnessed_heads_missing(conn: Any, heads: dict[str, dict[int, list[chain.Witness]]], ends: dict[str, int],
