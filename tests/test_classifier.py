@@ -1006,6 +1006,136 @@ def test_an_s3_write_that_sets_an_acl_tags_or_a_lock_asks_for_those_actions_too(
     assert run(capture("s3", "put_object", Bucket="b", Key="k", Body=b"x")).implied == ()
 
 
+TABLE = {"KeySchema": [{"AttributeName": "k", "KeyType": "HASH"}],
+         "AttributeDefinitions": [{"AttributeName": "k", "AttributeType": "S"}], "BillingMode": "PAY_PER_REQUEST"}
+
+
+@pytest.mark.parametrize("service, method, params, action", [
+    ("ec2", "run_instances", {"ImageId": "ami-1", "MinCount": 1, "MaxCount": 1, "TagSpecifications": [
+        {"ResourceType": "instance", "Tags": [{"Key": "env", "Value": "prod"}]}]}, "ec2:CreateTags"),
+    ("sqs", "create_queue", {"QueueName": "jobs", "tags": {"env": "prod"}}, "sqs:TagQueue"),
+    ("dynamodb", "create_table", {"TableName": "orders", "Tags": [{"Key": "env", "Value": "prod"}], **TABLE},
+     "dynamodb:TagResource"),
+    ("iam", "create_role", {"RoleName": "r", "AssumeRolePolicyDocument": "{}", "Tags": [{"Key": "a", "Value": "b"}]},
+     "iam:TagRole"),  # IAM's data has one tagging action per resource type: the role's
+    ("iam", "create_user", {"UserName": "u", "Tags": [{"Key": "a", "Value": "b"}]}, "iam:TagUser"),
+    ("kinesis", "create_stream", {"StreamName": "s", "Tags": {"a": "b"}}, "kinesis:AddTagsToStream"),
+    ("logs", "create_log_group", {"logGroupName": "g", "tags": {"a": "b"}}, "logs:TagResource"),  # curated
+    ("sts", "assume_role", {"RoleArn": "arn:aws:iam::123456789012:role/r", "RoleSessionName": "agent",
+                            "Tags": [{"Key": "a", "Value": "b"}]}, "sts:TagSession"),
+    ("backup", "create_backup_vault", {"BackupVaultName": "v", "BackupVaultTags": {"a": "b"}}, "backup:TagResource"),
+    ("acm", "request_certificate", {"DomainName": "example.com", "Tags": [{"Key": "a", "Value": "b"}]},
+     "acm:AddTagsToCertificate"),  # by the operation's noun: IAM's data gives RequestCertificate no resource
+])
+def test_tags_set_with_a_call_ask_for_the_services_tagging_action(service, method, params, action):
+    """IAM authorises tags set with a create as the service's tagging action too (ec2:CreateTags with
+    ec2:CreateAction, sqs:TagQueue, dynamodb:TagResource, ...): the call implies it, with the
+    call's parameters and resources, at access level Tagging; untagged, it implies nothing."""
+    got = run(capture(service, method, **params))
+    assert got.error is None
+    [tagging] = got.implied
+    assert (tagging.action, tagging.access_level) == (action, "Tagging")
+    assert (tagging.params, tagging.resources, tagging.operation) == (got.params, got.resources, got.operation)
+    tag_member = next(m for m in params if "Tag" in m or "tag" in m)
+    untagged = run(capture(service, method, **{k: v for k, v in params.items() if k != tag_member}))
+    assert untagged.implied == () and untagged.action == got.action
+
+
+def test_tags_nested_beside_a_configuration_ask_for_tagging_too():
+    """CloudFront's CreateDistributionWithTags holds the tags beside the distribution's
+    configuration (a curated path): cloudfront:TagResource beside cloudfront:CreateDistribution."""
+    config = {"CallerReference": "r", "Comment": "", "Enabled": True, "Origins": {"Quantity": 1, "Items": [
+        {"Id": "o", "DomainName": "b.s3.amazonaws.com", "S3OriginConfig": {"OriginAccessIdentity": ""}}]},
+        "DefaultCacheBehavior": {"TargetOriginId": "o", "ViewerProtocolPolicy": "allow-all", "MinTTL": 0,
+                                 "ForwardedValues": {"QueryString": False, "Cookies": {"Forward": "none"}},
+                                 "TrustedSigners": {"Enabled": False, "Quantity": 0}}}
+    got = run(capture("cloudfront", "create_distribution_with_tags", DistributionConfigWithTags={
+        "DistributionConfig": config, "Tags": {"Items": [{"Key": "env", "Value": "prod"}]}}))
+    assert got.action == "cloudfront:CreateDistribution"
+    assert [(c.action, c.access_level) for c in got.implied] == [("cloudfront:TagResource", "Tagging")]
+    untagged = run(capture("cloudfront", "create_distribution_with_tags", DistributionConfigWithTags={
+        "DistributionConfig": config, "Tags": {}}))
+    assert untagged.implied == ()
+
+
+@pytest.mark.parametrize("service, method, params", [
+    ("glue", "list_crawlers", {"Tags": {"team": "data"}}),  # a read's tags filter what it lists
+    ("ses", "send_email", {"Source": "a@example.com", "Destination": {"ToAddresses": ["b@example.com"]},
+                           "Message": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}},
+                           "Tags": [{"Name": "campaign", "Value": "x"}]}),  # a message's tags, not a resource's
+    ("ec2", "create_tags", {"Resources": ["i-1"], "Tags": [{"Key": "a", "Value": "b"}]}),  # the tagging itself
+    ("rds", "copy_db_snapshot", {"SourceDBSnapshotIdentifier": "a", "TargetDBSnapshotIdentifier": "b",
+                                 "CopyTags": True}),  # a flag: the source's tags, which IAM authorises apart
+])
+def test_calls_that_name_tags_but_set_none_imply_no_tagging(service, method, params):
+    assert run(capture(service, method, **params)).implied == ()
+
+
+def test_every_operation_that_sets_tags_implies_a_tagging_action_of_its_own_prefix():
+    """From the models and IAM's data, not a list of operations: every operation (botocore's
+    models, all services) whose input sets tags implies a tagging action IAM's data has, under the
+    call's own prefix, except where IAM's data has none that adds tags for that prefix."""
+    import botocore.loaders
+
+    from addons.core import actions
+
+    loader = botocore.loaders.create_loader()
+    tagging = implied = 0
+    without: set[str] = set()
+    for service in loader.list_available_services("service-2"):
+        model = loader.load_service_model(service, "service-2")
+        for operation in model["operations"]:
+            if not classifier.tag_members(service, model, operation):
+                continue
+            own, level = actions.iam_action(service, operation)
+            if "Tagging" in (level or "") or actions.TAGS_OPERATION_RE.match(operation):
+                continue
+            tagging += 1
+            prefix = own.partition(":")[0]
+            found = actions.tagging_action(service, operation)
+            if found is None:
+                without.add(prefix)
+                continue
+            implied += 1
+            assert found[0].partition(":")[0] == prefix and found[1] == "Tagging", (service, operation, found)
+            assert found[0].partition(":")[2] in {n for n, _ in actions.tagging_actions(prefix)}
+    assert tagging > 1_600 and implied / tagging > 0.97, (tagging, implied)
+    assert all(not actions.tagging_actions(p) for p in without), without
+
+
+def test_the_tagging_action_is_chosen_from_iams_data():
+    """Where a prefix has several actions that add tags: the one the own action's dependent
+    actions name (the Service Authorization Reference's column, where IAM's data carries it),
+    the curated one, the one on the own action's resource (the narrowest), the one named for the
+    operation's noun, else TagResource."""
+    from addons.core.actions import choose_tagging_action
+
+    candidates = (("TagResource", frozenset({"stream", "consumer"})), ("AddTagsToStream", frozenset({"stream"})),
+                  ("TagDashboard", frozenset()))
+    stream = {"resourceTypes": [{"name": "stream", "required": True, "dependentActions": []}]}
+    assert choose_tagging_action("CreateStream", stream, candidates) == "AddTagsToStream"
+    assert choose_tagging_action("CreateStream", dict(stream, dependentActions=["kinesis:TagResource"]),
+                                 candidates) == "TagResource"
+    assert choose_tagging_action("CreateStream", stream, candidates, curated="TagResource") == "TagResource"
+    assert choose_tagging_action("CreateDashboard", {}, candidates) == "TagDashboard"
+    assert choose_tagging_action("CreateWidget", {}, candidates) == "TagResource"
+    assert choose_tagging_action("CreateWidget", {}, candidates[1:2]) == "AddTagsToStream"
+    assert choose_tagging_action("CreateWidget", {}, ()) is None
+
+
+def test_a_reencrypt_is_reencryptfrom_on_its_source_and_reencryptto_on_its_destination():
+    """IAM authorises kms:ReEncrypt as kms:ReEncryptFrom on the key that decrypts and
+    kms:ReEncryptTo on the key that encrypts: decided part by part, each on its own key."""
+    got = run(capture("kms", "re_encrypt", CiphertextBlob=b"x", SourceKeyId="alias/src", DestinationKeyId="alias/dst"))
+    assert (got.action, got.access_level, got.by_parts, got.resources) == (
+        "kms:ReEncryptFrom", "Write", True, ["alias/src", "alias/dst"])
+    assert [(p.action, p.access_level, p.resources) for p in got.implied] == [
+        ("kms:ReEncryptFrom", "Write", ["alias/src"]), ("kms:ReEncryptTo", "Write", ["alias/dst"])]
+    unnamed = run(capture("kms", "re_encrypt", CiphertextBlob=b"x", DestinationKeyId="alias/dst"))
+    assert [(p.action, p.resources) for p in unnamed.implied] == [
+        ("kms:ReEncryptFrom", []), ("kms:ReEncryptTo", ["alias/dst"])]  # the ciphertext names the source key
+
+
 def test_a_payload_too_large_or_not_text_to_keep_is_bound_by_its_digest():
     """Lambda Invoke's payload over 64 KiB (or not UTF-8) is not kept as text; it is a parameter all
     the same, as its SHA-256 and size, so that two invocations with different payloads are two

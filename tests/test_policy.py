@@ -145,8 +145,83 @@ def test_access_levels(tmp_path):
     assert (d.decision, d.rule, d.considered) == ("approve", "perms", ("perms",))
     assert ps.evaluate(who, call("s3:PutBucketPolicy", "Permissions management")).rule == "perms"
     assert ps.evaluate(who, call("ec2:CreateTags", "Tagging, Write")).rule is None
-    # no access level (IAM's data has no entry): no access_level rule matches
-    assert ps.evaluate(who, call("s3:HeadObject", None)).rule is None
+    # no access level (IAM's data has no entry): the deny on Write matches (below)
+    assert ps.evaluate(who, call("s3:HeadObject", None)).rule == "writes"
+
+
+@pytest.mark.parametrize("action", ["iam:UpdateOpenIDConnectProvider", "s3:RenameObject"])
+def test_an_action_of_no_access_level_is_kept_back_by_rules_on_write_never_let_through_by_one(tmp_path, action):
+    """IAM's data gives some operations no access level (newer than the data, or of a service it
+    lacks): a rule that denies or holds Write matches them, so "deny Write" beside "allow iam:*"
+    does not let them through; an allow on a level never matches them (what they do is not known);
+    the call's access_level stays null."""
+    from addons.core import actions
+
+    service, _, operation = action.partition(":")
+    assert actions.iam_action(service, operation) == (action, None)  # IAM's data, as shipped
+    who, unlevelled = principal(), call(action, None)
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: iam-and-s3, action: ["iam:*", "s3:*"], decision: allow}
+          - {id: no-writes, access_level: [Write], decision: deny}
+    """)
+    d = ps.evaluate(who, unlevelled)
+    assert (d.decision, d.rule) == ("deny", "no-writes") and unlevelled.access_level is None
+    text = engine.explain(ps, who, unlevelled)
+    assert f"action: {action} (access level: not in IAM data; deny and approve rules on Write match it)" in text
+    assert "[match] no-writes (p.yaml:4, deny): matches: any action; no access level in IAM data, matched as Write" in text
+    held = load(tmp_path / "held", """
+        version: 1
+        rules:
+          - {id: named, action: "iam:*", decision: allow}
+          - {id: writes-need-a-human, access_level: [Write, Tagging], decision: approve, approvers: {groups: [sre]}}
+          - {id: no-reads, access_level: [Read], decision: deny}
+    """)
+    assert held.evaluate(who, unlevelled).rule == "writes-need-a-human"  # Read and Tagging alone would not
+    allowed = load(tmp_path / "allowed", """
+        version: 1
+        rules:
+          - {id: writes, access_level: [List, Read, Write, Tagging, Permissions management], decision: allow}
+    """)
+    d = allowed.evaluate(who, unlevelled)
+    assert (d.decision, d.rule) == ("deny", None)  # no allow on levels lets it through: only one naming it
+    assert "[   no] writes (p.yaml:3, allow): the action has no access level in IAM data" in engine.explain(
+        allowed, who, unlevelled)
+
+
+def test_a_deny_on_write_whose_condition_fails_keeps_back_an_action_of_no_access_level(tmp_path):
+    """A deny rule on Write whose condition cannot be evaluated on a call of no access level counts
+    as matching it (fails closed), and explain says both why the level matched and the condition
+    failed; policy explain's region question names it among the rules that may decide the call."""
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: iam, action: "iam:*", decision: allow}
+          - {id: no-big-writes, access_level: [Write], decision: deny, when: "params.MaxItems > `100` || region == 'x'"}
+          - {id: levels, access_level: [Read, Write], decision: allow, when: "params.Nope > `1`"}
+    """)
+    who, unlevelled = principal(), call("iam:UpdateOpenIDConnectProvider", None, params={"MaxItems": "7"})
+    d = ps.evaluate(who, unlevelled)
+    assert (d.decision, d.rule) == ("deny", "no-big-writes") and "a deny rule fails closed" in d.reason
+    text = engine.explain(ps, who, unlevelled)
+    assert ("[match] no-big-writes (p.yaml:4, deny): matches: any action; no access level in IAM data, matched as "
+            "Write by a deny rule; condition failed: when `params.MaxItems > `100` || region == 'x'`: ") in text
+    assert "[   no] levels (p.yaml:5, allow): the action has no access level in IAM data" in text
+    assert [r.id for r in ps.rules_reading("region", who, unlevelled)] == ["no-big-writes"]
+
+
+def test_check_knows_a_rule_on_write_matches_actions_of_no_level(tmp_path):
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - {id: deny-renames, action: s3:RenameObject, access_level: Write, decision: deny}
+          - {id: allow-renames, action: s3:RenameObject, access_level: Write, decision: allow}
+    """)
+    found = engine.check(tmp_path)
+    assert not any("deny-renames" in line for line in found), found
+    assert any("rule allow-renames matches no known action" in line and "s3:RenameObject is of no access level"
+               in line for line in found), found
 
 
 def test_access_level_of():

@@ -439,6 +439,9 @@ EXPLAINED = """
       - {id: no-old-deletes, action: s3:DeleteObjectVersion, decision: deny}
       - {id: ddb, action: "dynamodb:*", decision: allow}
       - {id: no-t2, action: [dynamodb:PutItem, "dynamodb:PartiQL*"], when: "contains(resource, 't2')", decision: deny}
+      - {id: no-tagging, access_level: Tagging, decision: deny}
+      - {id: kms, action: "kms:*", decision: allow}
+      - {id: no-archive, action: kms:ReEncryptTo, when: "contains(resource, 'alias/archive')", decision: deny}
 """
 
 
@@ -456,6 +459,11 @@ EXPLAINED = """
     ("dynamodb", "batch_write_item", {"RequestItems": {"t2": [{"PutRequest": {"Item": {"id": {"S": "1"}}}}]}}),
     ("s3", "get_object", {"Bucket": "secret", "Key": "x", "VersionId": "v1"}),
     ("s3", "delete_object", {"Bucket": "dst", "Key": "k", "VersionId": "v1"}),
+    ("dynamodb", "create_table", {"TableName": "t1", "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                                  "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                                  "BillingMode": "PAY_PER_REQUEST", "Tags": [{"Key": "env", "Value": "prod"}]}),
+    ("kms", "re_encrypt", {"CiphertextBlob": b"x", "DestinationKeyId": "alias/archive"}),
+    ("kms", "re_encrypt", {"CiphertextBlob": b"x", "DestinationKeyId": "alias/other"}),
 ])
 def test_explain_decides_as_the_gateway(run, claims, tmp_path, monkeypatch, service, method, kwargs):
     """explain describes the call the gateway's classifier makes (botocore service and operation,
@@ -479,6 +487,25 @@ def test_explain_decides_as_the_gateway(run, claims, tmp_path, monkeypatch, serv
     assert (f"decided by: rule {expected.rule} (" if expected.rule else "decided by: the default") in result.output
     assert f"reason: {expected.reason}\n" in result.output
     assert f"action: {got.action} " in result.output and f"operation: {got.service}.{got.operation}\n" in result.output
+
+
+def test_explain_lists_the_tagging_and_the_destination_key_a_call_asks_for(run, claims, tmp_path):
+    """Tags set with a create are the service's tagging action too, a ReEncrypt is kms:ReEncryptTo on
+    its destination key too: explain lists each with its own decision."""
+    write(tmp_path, "policies/p.yaml", EXPLAINED)
+    result = run("explain", "--principal-file", str(claims), "--action", "dynamodb:CreateTable", "--params",
+                 '{"TableName": "t1", "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}], '
+                 '"AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}], '
+                 '"Tags": [{"Key": "env", "Value": "prod"}]}', "--policies", str(tmp_path / "policies"))
+    assert "decision: deny\n" in result.output and "decided by: rule no-tagging" in result.output
+    assert ("also decided (the actions it asks for beside its own):\n  dynamodb:TagResource on t1: deny by rule "
+            "no-tagging") in result.output
+    result = run("explain", "--principal-file", str(claims), "--operation", "kms.ReEncrypt", "--params",
+                 '{"CiphertextBlob": "eA==", "SourceKeyId": "alias/src", "DestinationKeyId": "alias/archive"}',
+                 "--policies", str(tmp_path / "policies"))
+    assert "decision: deny\n" in result.output and "decided by: rule no-archive" in result.output
+    assert ("decided part by part (each as IAM authorises it):\n  kms:ReEncryptFrom on alias/src: allow by rule kms: "
+            "rule kms allows kms:ReEncryptFrom\n  kms:ReEncryptTo on alias/archive: deny by rule no-archive") in result.output
 
 
 def test_explain_describes_an_action_as_one_of_its_operations(run, claims):

@@ -420,3 +420,94 @@ def test_a_refused_head_leaves_its_connection_usable(tmp_path, issuer, moto):
         assert status_and_headers.startswith(b"HTTP/1.1 403") and after == b"", answer
         [record] = [r for r in gw.records() if r["principal"] == "head-agent"]
         assert record["outcome"] == "refused" and "no-refused-bucket" in (record["response_body"] or "")
+
+
+def test_tags_set_with_a_create_are_decided_as_tagging(tmp_path, issuer, moto):
+    """IAM authorises tags set with a create as the service's tagging action too (ec2:CreateTags,
+    sqs:TagQueue, dynamodb:TagResource), and so does the gateway: a rule that keeps agents from
+    tagging keeps tagged launches, queues and tables from landing, while the same calls without
+    tags go through."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: agents-launch
+          action: ec2:RunInstances
+          decision: allow
+        - id: no-tagging
+          access_level: [Tagging]
+          decision: deny
+          reason: agents do not tag resources
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        token = issuer.mint("tagging-agent", groups=["data-agents"])
+        ec2, sqs, ddb = (client(gw, s, proxy_token=token) for s in ("ec2", "sqs", "dynamodb"))
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        marker = f"tag-on-create-{time.time_ns()}"
+        table = {"KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                 "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                 "BillingMode": "PAY_PER_REQUEST"}
+        refused = []
+        for call in (lambda: ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[
+                         {"ResourceType": "instance", "Tags": [{"Key": "env", "Value": marker}]}]),
+                     lambda: sqs.create_queue(QueueName=f"{marker}-q", tags={"env": "prod"}),
+                     lambda: ddb.create_table(TableName=f"{marker}-t", Tags=[{"Key": "env", "Value": "prod"}], **table)):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call()
+            assert e.value.response["Error"]["Code"] == "AccessDenied"
+            refused.append(e.value.response["Error"]["Message"])
+        assert all("no-tagging" in m and "agents do not tag resources" in m for m in refused), refused
+        assert "it also asks for ec2:CreateTags" in refused[0]
+        assert f"it also asks for sqs:TagQueue on {marker}-q" in refused[1]
+        assert f"it also asks for dynamodb:TagResource on {marker}-t" in refused[2]
+        # nothing landed: no instance with the tag, no queue, no table
+        tagged = ec2.describe_instances(Filters=[{"Name": "tag:env", "Values": [marker]}])["Reservations"]
+        assert tagged == []
+        assert f"{marker}-q" not in " ".join(sqs.list_queues(QueueNamePrefix=marker).get("QueueUrls", []))
+        assert f"{marker}-t" not in ddb.list_tables()["TableNames"]
+        # untagged, the same calls are allowed
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+        url = sqs.create_queue(QueueName=f"{marker}-q")["QueueUrl"]
+        assert sqs.list_queue_tags(QueueUrl=url).get("Tags", {}) == {}
+        ddb.create_table(TableName=f"{marker}-t", **table)
+        records = [(r["action"], r["access_level"], r["decision"], r["rule"]) for r in gw.records()
+                   if r["principal"] == "tagging-agent" and r["operation"] in ("RunInstances", "CreateQueue", "CreateTable")]
+        assert records == [("ec2:RunInstances", "Write", "deny", "no-tagging"),
+                           ("sqs:CreateQueue", "Write", "deny", "no-tagging"),
+                           ("dynamodb:CreateTable", "Write", "deny", "no-tagging"),
+                           ("ec2:RunInstances", "Write", "allow", "agents-launch"),
+                           ("sqs:CreateQueue", "Write", "allow", "data-plane"),
+                           ("dynamodb:CreateTable", "Write", "allow", "data-plane")]
+
+
+def test_a_reencrypt_is_decided_on_its_destination_key_too(tmp_path, issuer, moto):
+    """IAM authorises kms:ReEncrypt as kms:ReEncryptFrom on the source key and kms:ReEncryptTo on
+    the destination key: a rule on kms:ReEncryptTo holds (it matched no call: ReEncrypt was
+    decided as ReEncryptFrom alone), on the destination key only."""
+    archive, other = (f"alias/{name}-{time.time_ns()}" for name in ("archive", "other"))
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent(f"""\
+        - id: agents-use-keys
+          action: [kms:CreateKey, kms:CreateAlias, kms:Encrypt, kms:ReEncryptFrom, kms:ReEncryptTo]
+          decision: allow
+        - id: archive-key-stays-closed
+          action: kms:ReEncryptTo
+          when: "contains(resource, '{archive}')"
+          decision: deny
+          reason: nothing is moved under the archive key
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        kms = client(gw, "kms", proxy_token=issuer.mint("kms-agent", groups=["data-agents"]))
+        source = kms.create_key(Description="source")["KeyMetadata"]["KeyId"]
+        for alias in (archive, other):
+            kms.create_alias(AliasName=alias, TargetKeyId=kms.create_key(Description=alias)["KeyMetadata"]["KeyId"])
+        blob = kms.encrypt(KeyId=source, Plaintext=b"payroll")["CiphertextBlob"]
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kms.re_encrypt(CiphertextBlob=blob, SourceKeyId=source, DestinationKeyId=archive)
+        message = e.value.response["Error"]["Message"]
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+        assert "archive-key-stays-closed" in message and f"it also asks for kms:ReEncryptTo on {archive}" in message
+        moved = kms.re_encrypt(CiphertextBlob=blob, SourceKeyId=source, DestinationKeyId=other)
+        assert moved["SourceKeyId"].endswith(source) and moved["CiphertextBlob"] != blob
+        records = [(r["action"], r["decision"], r["rule"]) for r in gw.records()
+                   if r["principal"] == "kms-agent" and r["operation"] == "ReEncrypt"]
+        assert records == [("kms:ReEncryptFrom", "deny", "archive-key-stays-closed"),
+                           ("kms:ReEncryptFrom", "allow", "agents-use-keys")]

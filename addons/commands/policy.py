@@ -339,9 +339,10 @@ def explain_command(principal_file: str, action: str | None, operation: str | No
 
     The call is made as the gateway's classifier makes it: the botocore service and operation the
     action stands for (--operation names one), the resources and account the parameters name, and
-    what IAM authorises beside the action (an S3 copy's source, an ACL written with an object, a
-    DynamoDB transaction's items, PartiQL statements), each decided too. The principal is made as
-    the gateway makes it: groups from the groups_claim setting, every actor of a nested act claim.
+    what IAM authorises beside the action (an S3 copy's source, an ACL written with an object, the
+    tagging action of tags set with a create, a ReEncrypt's destination key, a DynamoDB
+    transaction's items, PartiQL statements), each decided too. The principal is made as the
+    gateway makes it: groups from the groups_claim setting, every actor of a nested act claim.
     The region is the one the gateway would read: --region; else a global service's (IAM:
     us-east-1); else the one the call's ARNs name; else none, which is refused when a rule that may
     decide the call reads region."""

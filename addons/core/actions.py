@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any
 
 # botocore service -> (IAM prefix, why), where the signing name is not the IAM prefix.
@@ -129,9 +130,11 @@ OPERATION_ACTIONS: dict[str, list[tuple[tuple[str, ...], str, str]]] = {
          "streaming Converse is authorised as bedrock:InvokeModelWithResponseStream"),
     ],
     "kms": [(("ReEncrypt",), "kms:ReEncryptFrom",
-             "ReEncrypt needs kms:ReEncryptFrom on the source key (and kms:ReEncryptTo on the destination)")],
+             "ReEncrypt needs kms:ReEncryptFrom on the source key (and kms:ReEncryptTo on the destination, "
+             "which the classifier decides beside it: classifier.reencrypt_parts)")],
     "cloudfront": [(("CreateDistributionWithTags",), "cloudfront:CreateDistribution",
-                    "creating a tagged distribution is cloudfront:CreateDistribution (and cloudfront:TagResource)")],
+                    "creating a tagged distribution is cloudfront:CreateDistribution (and cloudfront:TagResource, "
+                    "which the classifier decides beside it: classifier.NESTED_TAG_MEMBERS)")],
     "apigatewaymanagementapi": [
         (("PostToConnection", "GetConnection", "DeleteConnection"), "execute-api:ManageConnections",
          "WebSocket connection management is authorised as execute-api:ManageConnections"),
@@ -233,6 +236,116 @@ def iam_action(service: str, operation: str) -> tuple[str, str | None]:
         if method:
             return lookup(f"{prefix}:{method}") or (f"{prefix}:{method}", None)
     return f"{prefix}:{operation}", None
+
+
+# ------------------------------------------------------------------------------ tags set with a call
+
+# IAM's actions that add tags: of access level Tagging, named as adding them (TagResource, TagRole,
+# TagSession, resource-groups' Tag, CreateTags, AddTagsToStream, AddTags, PutJobTagging, Route 53's
+# ChangeTagsForResource, ...), not removing or reading them.
+ADDS_TAGS_RE = re.compile(r"^(?:Tag(?:[A-Z0-9]\w*)?|(?:Add|Create|Put|Change)\w*Tag(?:s|ging)\w*)$")
+
+# API operations that are tagging themselves, whatever IAM's data says of them (TagResource,
+# AddTagsToResource, CreateTags, ChangeTagsForResource; not CreateDistributionWithTags).
+TAGS_OPERATION_RE = re.compile(r"^(?:Tag|(?:Add|Create|Put|Change|Update)Tags?)(?:[A-Z]|$)")
+
+# Which tagging action IAM authorises tags set with a call as, where IAM's data names several for
+# the prefix and neither their resources nor their names tell (or tell wrong): (prefix, operation
+# or None for every operation) -> (action, why).
+TAGGING_ACTION_CHOICES: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("logs", None): ("logs:TagResource", "CloudWatch Logs authorises tags on create as logs:TagResource; "
+                     "logs:TagLogGroup is the deprecated action of the deprecated TagLogGroup API"),
+    ("elasticfilesystem", None): ("elasticfilesystem:TagResource", "EFS authorises tags on create as "
+                                  "elasticfilesystem:TagResource; elasticfilesystem:CreateTags is the deprecated "
+                                  "action of the deprecated CreateTags API"),
+    ("batch", None): ("batch:TagResource", "AWS Batch authorises tags on create as batch:TagResource; "
+                      "batch:SetCapacityTags sets a compute environment's capacity tags"),
+    ("elasticbeanstalk", None): ("elasticbeanstalk:AddTags", "Elastic Beanstalk authorises tags set on create "
+                                 "as elasticbeanstalk:AddTags; UpdateTagsForResource also removes tags"),
+    ("codedeploy", None): ("codedeploy:TagResource", "codedeploy:AddTagsToOnPremisesInstances tags on-premises "
+                           "instances, whose registration sets no tags"),
+    ("chime", None): ("chime:TagResource", "the Chime SDK authorises tags on create as chime:TagResource; "
+                      "chime:TagMeeting and chime:TagAttendee are the actions of the Chime API's deprecated "
+                      "TagMeeting and TagAttendee"),
+    ("kinesis", "RegisterStreamConsumer"): ("kinesis:TagResource", "the tags go on the consumer, which "
+                                            "kinesis:TagResource tags (kinesis:AddTagsToStream tags streams)"),
+    ("sts", "GetFederationToken"): ("sts:TagSession", "session tags passed with GetFederationToken are "
+                                    "authorised as sts:TagSession, as with AssumeRole"),
+    ("cassandra", None): ("cassandra:TagResource", "Keyspaces authorises tags on create as cassandra:TagResource; "
+                          "cassandra:TagMultiRegionResource is for the replicas of a multi-Region keyspace"),
+}
+
+
+@functools.cache
+def tagging_actions(prefix: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """IAM's actions of ``prefix`` that add tags (``ADDS_TAGS_RE``, access level Tagging), each
+    with the resource types it acts on."""
+    data = _iam_data()
+    if not data.services.service_exists(prefix):
+        return ()
+    out = []
+    for name in data.actions.get_actions_for_service(prefix):
+        details = data.actions.get_action_details(prefix, name)
+        if "Tagging" in (details.get("accessLevel") or "") and ADDS_TAGS_RE.match(details["name"]):
+            out.append((details["name"], frozenset(r["name"] for r in details.get("resourceTypes") or ())))
+    return tuple(sorted(out))
+
+
+def _action_details(action: str) -> dict:
+    prefix, _, name = action.partition(":")
+    data = _iam_data()
+    if not data.services.service_exists(prefix) or not data.actions.action_exists(prefix, name):
+        return {}
+    return data.actions.get_action_details(prefix, name)
+
+
+def choose_tagging_action(operation: str, own: dict, candidates: tuple[tuple[str, frozenset[str]], ...],
+                          curated: str | None = None) -> str | None:
+    """Of a prefix's actions that add tags (``candidates``), the one IAM authorises tags set by a
+    call of ``operation`` as (its own action's IAM details: ``own``): a tagging action the own
+    action's dependent actions name; the curated choice; the only one; the one whose resource
+    types hold the own action's (required ones first; the narrowest); the one whose name holds
+    the operation's noun (CreateJob's PutJobTagging, RequestCertificate's AddTagsToCertificate);
+    else the generic TagResource. None when the prefix has none."""
+    names = {name for name, _ in candidates}
+    dependent = set(own.get("dependentActions") or ())
+    for resource in own.get("resourceTypes") or ():
+        dependent |= set(resource.get("dependentActions") or ())
+    for action in sorted(dependent):
+        if action.partition(":")[2] in names:
+            return action.partition(":")[2]
+    if curated:
+        return curated
+    if len(candidates) <= 1:
+        return candidates[0][0] if candidates else None
+    resources = own.get("resourceTypes") or ()
+    for wanted in ({r["name"] for r in resources if r.get("required")}, {r["name"] for r in resources}):
+        fits = [(len(types), name != "TagResource", name) for name, types in candidates if types & wanted]
+        if wanted and fits:
+            return min(fits)[2]
+    noun = re.sub(r"^[A-Z][a-z]+", "", operation)
+    named = sorted((name for name in names if noun and noun.lower() in name.lower()), key=len)
+    if named:
+        return named[0]
+    return "TagResource" if "TagResource" in names else None
+
+
+@functools.lru_cache(maxsize=4096)
+def tagging_action(service: str, operation: str) -> tuple[str, str | None] | None:
+    """(action, access level) IAM authorises tags set with a call of ``service``'s ``operation``
+    as, beside the call's own action (ec2:RunInstances with TagSpecifications: ec2:CreateTags;
+    sqs:CreateQueue with tags: sqs:TagQueue; iam:CreateRole with Tags: iam:TagRole); None where
+    the call's own action adds tags, or its prefix has no such action in IAM's data."""
+    action, level = iam_action(service, operation)
+    if (level and "Tagging" in level) or TAGS_OPERATION_RE.match(operation):
+        return None  # the call is the tagging itself
+    prefix = action.partition(":")[0]
+    curated = TAGGING_ACTION_CHOICES.get((prefix, operation)) or TAGGING_ACTION_CHOICES.get((prefix, None))
+    chosen = choose_tagging_action(operation, _action_details(action), tagging_actions(prefix),
+                                   curated[0].partition(":")[2] if curated else None)
+    if chosen is None:
+        return None
+    return lookup(f"{prefix}:{chosen}") or (f"{prefix}:{chosen}", None)
 
 
 def _signing_name(service: str) -> str:

@@ -158,14 +158,16 @@ class Classification:
     error: str | None = None  # why the call could not be (fully) classified
     # What IAM also authorises for this call, decided beside it (``implied_actions``): the source
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
-    # other verbs of a PartiQL batch (``partiql_statements``); a BatchWriteItem's requests
-    # (``batch_writes``, which IAM does not ask for: stricter).
+    # service's tagging action for tags set with a create (``implied_tagging``); the other verbs
+    # of a PartiQL batch (``partiql_statements``); a BatchWriteItem's requests (``batch_writes``,
+    # which IAM does not ask for: stricter).
     implied: tuple["Classification", ...] = ()
     # An implied action that reads (or acts on) the same data as the call (an S3 object's version
     # read as the object too): the masks a rule gives it hold for the call's answer.
     same_data: bool = False
     # The call is authorised as ``implied`` alone, each part on its own (a DynamoDB transaction's
-    # items: ``transaction_items``); its own action names the first part that writes, else the first.
+    # items: ``transaction_items``; a ReEncrypt's keys: ``reencrypt_parts``); its own action names
+    # the first part that writes, else the first.
     by_parts: bool = False
     # For an implied read whose data the call writes elsewhere (an S3 copy's source), the read that
     # would later see that data (the copy's destination, as s3:GetObject): masks for the agent on
@@ -1492,9 +1494,150 @@ IMPLIED_BY_MEMBERS: tuple[tuple[frozenset, tuple[str, ...], str], ...] = (
 )
 
 
+# Input members that set the tags of what a call creates or changes, as the models name them: the
+# names below, and <Resource>Tags where the operation's name holds <Resource> (BackupVaultTags of
+# CreateBackupVault, UserPoolTags of CreateUserPool, jobTags of CreateModelCustomizationJob); a
+# list, map or structure, never a flag (CopyTags) or a setting (InstanceMetadataTags).
+TAG_MEMBER_NAMES = frozenset({"Tags", "tags", "TagSpecifications", "TagList", "TagsList", "tagList",
+                              "ResourceTags", "resourceTags"})
+TAG_MEMBER_TYPES = frozenset({"list", "map", "structure"})
+# Members named so that are not the tags of what the call acts on. (service, member) -> why
+NOT_TAG_MEMBERS: dict[tuple[str, str], str] = {
+    ("rbin", "ResourceTags"): "the tags that select the resources a retention rule keeps",
+    ("cognito-identity", "PrincipalTags"): "the session tags mapped from an identity provider's claims",
+    ("imagebuilder", "imageTags"): "tags Image Builder puts on the images a pipeline builds later",
+    ("imagebuilder", "resourceTags"): "tags Image Builder puts on the instances it launches to build",
+    ("ecr", "resourceTags"): "tags ECR puts on the repositories it creates from a template later",
+    ("ses", "Tags"): "SES's message tags of a sent email, for event publishing",
+    ("sesv2", "EmailTags"): "SES's message tags of a sent email, for event publishing",
+    ("pinpoint-email", "EmailTags"): "SES's message tags of a sent email, for event publishing",
+    ("inspector", "resourceGroupTags"): "the tags that select the instances of an assessment's resource group",
+    ("swf", "tagList"): "a workflow execution's tags, labels to filter executions by, not IAM resource tags",
+}
+# Tags set below the top level, where the models nest them beside the resource's configuration.
+# (service, operation) -> (dotted path, why)
+NESTED_TAG_MEMBERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("cloudfront", "CreateDistributionWithTags"): (
+        "DistributionConfigWithTags.Tags", "the distribution's tags, beside its configuration"),
+    ("cloudfront", "CreateStreamingDistributionWithTags"): (
+        "StreamingDistributionConfigWithTags.Tags", "the streaming distribution's tags, beside its configuration"),
+}
+# A read's tag members filter what it reads (glue:ListCrawlers' Tags) or ask for tags back: an
+# operation named as a read whose action IAM gives no level beyond List or Read sets no tags
+# (sts:GetFederationToken, Write, does: its session tags).
+READ_NAME_RE = re.compile(r"^(?:Get|List|Describe|Search|Count|Query|Lookup|Scan|BatchGet|BatchDescribe)[A-Z0-9]")
+
+
+def tag_members(service: str, description: dict, operation: str) -> tuple[str, ...]:
+    """The input members of ``operation`` (in ``service``'s raw model, ``description``) that set
+    tags on what the call creates or changes (``TAG_MEMBER_NAMES``; a dotted path where they are
+    nested: ``NESTED_TAG_MEMBERS``); () for a read."""
+    op = description.get("operations", {}).get(operation)
+    if op is None:
+        return ()
+    if (service, operation) in NESTED_TAG_MEMBERS:
+        return (NESTED_TAG_MEMBERS[(service, operation)][0],)
+    if READ_NAME_RE.match(operation) and actions.iam_action(service, operation)[1] in (None, "List", "Read"):
+        return ()
+    shapes = description.get("shapes", {})
+    top = shapes.get((op.get("input") or {}).get("shape"), {})
+    out = []
+    for name, ref in top.get("members", {}).items():
+        if (service, name) in NOT_TAG_MEMBERS or shapes.get(ref.get("shape"), {}).get("type") not in TAG_MEMBER_TYPES:
+            continue
+        resource = name[:-4] if name.endswith(("Tags", "tags")) else ""
+        if name in TAG_MEMBER_NAMES or (resource and resource.lower() in operation.lower()):
+            out.append(name)
+    return tuple(out)
+
+
+_tag_members: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def tag_members_of(service: str, operation: str) -> tuple[str, ...]:
+    """``tag_members`` of a botocore service's operation (cached); () for one the models lack."""
+    key = (service, operation)
+    found = _tag_members.get(key)
+    if found is None:
+        classifier = default_classifier()
+        if service not in classifier.catalogue.by_name:
+            return ()
+        found = _tag_members[key] = tag_members(service, classifier.routing(service).description, operation)
+    return found
+
+
+def operations_tagging_as(action: str) -> list[tuple[str, str]]:
+    """The (service, operation) pairs whose calls, setting tags, are also ``action`` (any case), a
+    tagging action (``implied_tagging``): ec2:CreateTags for RunInstances, CreateVolume, ...; empty
+    for an action that adds no tags."""
+    prefix, _, name = action.lower().partition(":")
+    if name not in {n.lower() for n, _ in actions.tagging_actions(prefix)}:
+        return []
+    classifier = default_classifier()
+    out = []
+    for service in actions.services_named(prefix):
+        if service not in classifier.catalogue.by_name:
+            continue
+        description = classifier.routing(service).description
+        for operation in description.get("operations", {}):
+            found = actions.tagging_action(service, operation) if tag_members(service, description, operation) else None
+            if found is not None and found[0].lower() == action.lower():
+                out.append((service, operation))
+    return out
+
+
+def tags_set(result: Classification) -> list[str]:
+    """The members of a call that set tags and are not empty."""
+    if not result.service or not result.operation or not result.params:
+        return []
+    out = []
+    for member in tag_members_of(result.service, result.operation):
+        value: Any = result.params
+        for step in member.split("."):
+            value = value.get(step) if isinstance(value, dict) else None
+        if value not in (None, [], {}, ""):
+            out.append(member)
+    return out
+
+
+def implied_tagging(result: Classification) -> tuple[Classification, ...]:
+    """A call that sets tags on what it creates or changes (RunInstances' TagSpecifications,
+    CreateQueue's tags, CreateTable's Tags) is also the service's tagging action, as IAM
+    authorises it (``actions.tagging_action``: ec2:CreateTags, sqs:TagQueue, dynamodb:TagResource),
+    with the call's parameters and resources."""
+    if result.action == UNKNOWN or not tags_set(result):
+        return ()
+    found = actions.tagging_action(result.service, result.operation)
+    if found is None:
+        return ()
+    action, level = found
+    return (dataclasses.replace(result, action=action, access_level=level, implied=()),)
+
+
+# KMS's ReEncrypt: IAM authorises it as kms:ReEncryptFrom on the key that decrypts (the
+# SourceKeyId, where the call names it; else the key the ciphertext names) and kms:ReEncryptTo on
+# the key that encrypts (the DestinationKeyId), each on its own key.
+REENCRYPT = (("kms:ReEncryptFrom", "SourceKeyId"), ("kms:ReEncryptTo", "DestinationKeyId"))
+
+
+def reencrypt_parts(result: Classification) -> list[Classification]:
+    """(KMS ReEncrypt.) The call as IAM authorises it: kms:ReEncryptFrom on its source key and
+    kms:ReEncryptTo on its destination key, each with the call's parameters; empty for other calls."""
+    if result.service != "kms" or result.operation != "ReEncrypt":
+        return []
+    parts = []
+    for action, member in REENCRYPT:
+        key = result.params.get(member)
+        _, level = actions.lookup(action) or (action, None)
+        parts.append(dataclasses.replace(result, action=action, access_level=level, implied=(), by_parts=False,
+                                         resources=[key] if isinstance(key, str) and key else []))
+    return parts
+
+
 def implied_actions(result: Classification) -> tuple[Classification, ...]:
     """What a call asks for that IAM authorises apart, each as a call of its own: an S3 copy's read
-    of its source; the ACL, tags or object lock an S3 write sets with the object (or bucket)."""
+    of its source; the ACL, tags or object lock an S3 write sets with the object (or bucket); the
+    tagging action of a call that sets tags on what it creates (``implied_tagging``)."""
     implied: list[Classification] = []
     if result.service == "s3":
         bucket, key = result.params.get("Bucket"), result.params.get("Key")
@@ -1505,7 +1648,7 @@ def implied_actions(result: Classification) -> tuple[Classification, ...]:
                 # on the object (or bucket) written, not a copy's source
                 implied.append(dataclasses.replace(result, action=action, access_level=level, implied=(),
                                                    resources=target or list(result.resources)))
-    return tuple(implied) + implied_reads(result)
+    return tuple(implied) + implied_tagging(result) + implied_reads(result)
 
 
 def implied_reads(result: Classification) -> tuple[Classification, ...]:
@@ -1735,15 +1878,15 @@ def authorised_as(result: Classification) -> None:
     """(A call with its service, operation, parameters, resources and IAM action.) What IAM
     authorises it as beyond its own action, as the gateway decides it: the actions it implies
     (``implied_actions``), an object's version (``name_versions``), a DynamoDB transaction's items
-    (``transaction_items``), a DeleteObjects' objects (``deleted_objects``), a BatchWriteItem's
-    requests (``batch_writes``) and a PartiQL call's statements (``partiql_statements``); and the
-    reads whose item masks hold for it (``item_reads``). Used by the classifier and by
-    ``agentgate policy explain``, so the two decide alike. NotAuthorisable: a part that names
-    nothing IAM authorises."""
+    (``transaction_items``), a DeleteObjects' objects (``deleted_objects``), a ReEncrypt's keys
+    (``reencrypt_parts``), a BatchWriteItem's requests (``batch_writes``) and a PartiQL call's
+    statements (``partiql_statements``); and the reads whose item masks hold for it
+    (``item_reads``). Used by the classifier and by ``agentgate policy explain``, so the two decide
+    alike. NotAuthorisable: a part that names nothing IAM authorises."""
     result.implied = implied_actions(result)
     name_versions(result)
-    parts = transaction_items(result) or deleted_objects(result)
-    if parts:  # IAM authorises a transaction item by item, a DeleteObjects object by object
+    parts = transaction_items(result) or deleted_objects(result) or reencrypt_parts(result)
+    if parts:  # IAM authorises a transaction item by item, a DeleteObjects object by object, a ReEncrypt by key
         named = next((p for p in parts if p.access_level not in ("List", "Read")), parts[0])
         result.action, result.access_level = named.action, named.access_level
         result.implied, result.by_parts = tuple(parts), True

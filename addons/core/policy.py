@@ -18,7 +18,9 @@ Matching, as ``evaluate`` applies it:
 - ``access_level``: IAM's levels (List, Read, Write, Tagging, Permissions management). IAM's data
   gives some actions two levels ("Permissions management, Write", "Tagging, Write"); such an action
   counts as the more specific one (Permissions management, Tagging), so allowing Write does not
-  allow changing permissions. A rule with neither ``action`` nor ``access_level`` matches every
+  allow changing permissions. An action IAM's data gives no level (an operation newer than the
+  data) is matched by the deny and approve rules that list Write, never by an allow rule on access
+  levels (``Rule.takes_level``). A rule with neither ``action`` nor ``access_level`` matches every
   classified action.
 - ``principal``: ``sub`` (a string or list; ``*`` globs allowed), ``groups`` (any of them),
   ``claims`` (a jmespath expression over the token's claims that must be truthy). Every key given
@@ -69,6 +71,10 @@ log = logging.getLogger("agentgate.policy")
 DECISIONS = ("allow", "deny", "approve")
 STRENGTH = {"allow": 0, "approve": 1, "deny": 2}
 ACCESS_LEVELS = ("List", "Read", "Write", "Tagging", "Permissions management")
+# The level a deny or approve rule on access levels takes an action of no level in IAM's data as
+# (``Rule.takes_level``): what such an action does is not known, so a rule that keeps back writes
+# keeps it back too; an allow on a level never lets it through.
+UNLEVELLED_AS = "Write"
 _LEVEL_BY_KEY = {level.lower(): level for level in ACCESS_LEVELS}
 
 DEFAULT_ROLE_DURATION = 3600
@@ -816,7 +822,8 @@ class Rule:
 
     __slots__ = ("id", "file", "line", "index", "decision", "reason", "actions", "access_levels",
                  "principal", "when_text", "when", "approvers", "expires", "mask_for_agent",
-                 "action_re", "names_unknown", "prefixes", "levels_key", "when_line", "mask_line")
+                 "action_re", "names_unknown", "prefixes", "levels_key", "when_line", "mask_line",
+                 "takes_unlevelled")
 
     def __init__(self, *, id: str, file: str, line: int, index: int, decision: str, reason: str | None,
                  actions: tuple[str, ...] | None, access_levels: tuple[str, ...] | None,
@@ -846,6 +853,8 @@ class Rule:
             prefixes.add(prefix)
         self.prefixes = prefixes
         self.levels_key = frozenset(access_levels) if access_levels is not None else None
+        self.takes_unlevelled = (self.levels_key is not None and UNLEVELLED_AS in self.levels_key
+                                 and decision != "allow")
 
     @property
     def where(self) -> str:
@@ -855,9 +864,19 @@ class Rule:
     def unconditional(self) -> bool:
         return self.principal is None and self.when is None
 
+    def takes_level(self, level: str | None) -> bool:
+        """Whether the rule's ``access_level`` lets it match an action of ``level`` (normalised):
+        any level when it names none; an action of no level (IAM's data has none for it) when it
+        denies or holds Write (``UNLEVELLED_AS``): a call IAM's data cannot place is kept back by
+        a rule that keeps back writes, never let through by a rule that allows a level."""
+        if self.levels_key is None or level in self.levels_key:
+            return True
+        return level is None and self.takes_unlevelled
+
     def test(self, key: str, level: str | None, principal: Any, facts: _Facts, *, when: bool = True) -> bool | str:
-        """``key`` is the call's action, lowercased; ``level`` its normalised access level. With
-        ``when=False``, the rule's action, access level and principal only, its ``when`` aside.
+        """``key`` is the call's action, lowercased; ``level`` its normalised access level
+        (``takes_level``). With ``when=False``, the rule's action, access level and principal only,
+        its ``when`` aside.
 
         False when the rule does not match the call; True when it does; else the text of the
         failure of a condition (``when``, or the principal's ``claims``) that could not be evaluated
@@ -872,7 +891,7 @@ class Rule:
                 return False
         elif self.actions is not None:  # names only `unknown`
             return False
-        if self.levels_key is not None and level not in self.levels_key:
+        if not self.takes_level(level):
             return False
         failed: bool | str = True
         if self.principal is not None:
@@ -939,9 +958,13 @@ class Rule:
         else:
             said.append("any action")
         if self.levels_key is not None:
-            if level not in self.levels_key:
-                return False, f"access level {level or 'unknown'} is not one of {', '.join(self.access_levels)}"
-            said.append(f"access level {level}")
+            if not self.takes_level(level):
+                if level is None:
+                    return False, (f"the action has no access level in IAM data, which only a deny or approve "
+                                   f"rule listing {UNLEVELLED_AS} matches")
+                return False, f"access level {level} is not one of {', '.join(self.access_levels)}"
+            said.append(f"access level {level}" if level is not None else
+                        f"no access level in IAM data, matched as {UNLEVELLED_AS} by a {self.decision} rule")
         failed = None
         if self.principal is not None:
             ok, why, failed = self.principal.why(principal, facts)
@@ -1569,7 +1592,7 @@ class PolicySet:
         found = self._narrowed.get((prefix, level))
         if found is None:
             base = self._by_prefix[prefix] if prefix is not None else self._any_prefix
-            found = tuple(r for r in base if r.levels_key is None or level in r.levels_key)
+            found = tuple(r for r in base if r.takes_level(level))
             self._narrowed[(prefix, level)] = found
         return found
 
@@ -1598,11 +1621,12 @@ class PolicySet:
 
     def evaluate(self, principal: Any, call: Any) -> Decision:
         """The call's decision; where IAM authorises the call as more than one action
-        (``Classification.implied``: an S3 copy's source as s3:GetObject, each verb of a PartiQL
-        batch), each is decided too and the strongest decision stands (deny beats approve beats
-        allow), as IAM needs all of them allowed; so are a BatchWriteItem's requests, as the
-        PutItem or DeleteItem each stands for (stricter than IAM). A DynamoDB call that returns or
-        tests a table's items gets the item masks of its reads (``_item_masks``)."""
+        (``Classification.implied``: an S3 copy's source as s3:GetObject, tags set with a create as
+        the service's tagging action, each verb of a PartiQL batch), each is decided too and the
+        strongest decision stands (deny beats approve beats allow), as IAM needs all of them
+        allowed; so are a BatchWriteItem's requests, as the PutItem or DeleteItem each stands for
+        (stricter than IAM). A DynamoDB call that returns or tests a table's items gets the item
+        masks of its reads (``_item_masks``)."""
         implied = getattr(call, "implied", None) or ()
         # a call that could not be read one way (`unknown`: a part given twice, a body naming an
         # Action, a member of the wrong type) is decided as a whole, whatever its parts say
@@ -1813,7 +1837,11 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
     else:
         lines.append("decided by: the default (no rule matched)")
     lines.append(f"reason: {decision.reason}")
-    lines.append(f"action: {action} (access level: {level or 'not in IAM data'})")
+    if level or action == "unknown":
+        lines.append(f"action: {action} (access level: {level or 'not in IAM data'})")
+    else:
+        lines.append(f"action: {action} (access level: not in IAM data; deny and approve rules on "
+                     f"{UNLEVELLED_AS} match it)")
     service, operation = getattr(call, "service", None), getattr(call, "operation", None)
     if service and operation and action != "unknown":
         lines.append(f"operation: {service}.{operation}")
@@ -1825,7 +1853,7 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
     implied = tuple(getattr(call, "implied", None) or ())
     if implied:
         by_parts = bool(getattr(call, "by_parts", False))
-        lines.append("decided item by item (each as IAM authorises it):" if by_parts
+        lines.append("decided part by part (each as IAM authorises it):" if by_parts
                      else "also decided (the actions it asks for beside its own):")
         for part in implied:
             got = policy_set._evaluate(principal, part)
@@ -2166,10 +2194,10 @@ def operations_of(action: str, implied: bool = True) -> list[tuple[str, str]]:
     operations named so, the DynamoDB operations named by their content (PartiQL calls for
     dynamodb:PartiQLSelect, transactions for dynamodb:GetItem); with ``implied``, also the calls
     that ask for it beside their own action (a PutObject with an ACL for s3:PutObjectAcl, a copy for
-    s3:GetObject of its source), whose parameters a condition then reads but whose answers the
-    rule's masks do not apply to."""
+    s3:GetObject of its source, a CreateQueue with tags for sqs:TagQueue), whose parameters a
+    condition then reads but whose answers the rule's masks do not apply to."""
     from . import actions
-    from .classifier import IMPLIED_BY_MEMBERS
+    from .classifier import IMPLIED_BY_MEMBERS, operations_tagging_as
 
     key = action.lower()
     found = list(actions.operations_for(action))
@@ -2182,6 +2210,7 @@ def operations_of(action: str, implied: bool = True) -> list[tuple[str, str]]:
         for operations, _, also in IMPLIED_BY_MEMBERS:
             if also.lower() == key:
                 found.extend(("s3", op) for op in sorted(operations))
+        found.extend(operations_tagging_as(action))
     return list(dict.fromkeys(found))
 
 
@@ -2199,13 +2228,13 @@ def _rule_actions(rule: Rule, known: KnownActions) -> set[str] | None:
             continue
         if rule.actions is not None and rule.action_re is None:
             continue
-        if rule.levels_key is not None and access_level_of(level) not in rule.levels_key:
+        if not rule.takes_level(access_level_of(level)):
             continue
         out.add(action)
     for a in rule.actions or ():
         if "*" not in a and "?" not in a and a.lower() != "unknown":
             found = known.lookup(a)
-            if found and (rule.levels_key is None or access_level_of(found[1]) in rule.levels_key):
+            if found and rule.takes_level(access_level_of(found[1])):
                 out.add(found[0].lower())
     return out
 
@@ -2233,7 +2262,7 @@ def _covers(deny: Rule, rule: Rule, known: KnownActions, cache: dict) -> bool:
         if deny.levels_key is not None:
             prefix, _, name = action.partition(":")
             level = known.iam.get(prefix, {}).get(name, (None, None))[1]
-            if access_level_of(level) not in deny.levels_key:
+            if not deny.takes_level(access_level_of(level)):
                 return False
     return True
 
@@ -2672,7 +2701,7 @@ def item_reads_missed(rule: Rule) -> list[str]:
     if not any(item_attribute(m) for m in rule.mask_for_agent):
         return []
     matched = [a for a, level in ITEM_READS if rule.action_re.match(a.lower())
-               and (rule.levels_key is None or access_level_of(level) in rule.levels_key)]
+               and rule.takes_level(access_level_of(level))]
     return [a for a, _ in ITEM_READS if a not in matched] if matched else []
 
 

@@ -34,6 +34,8 @@ AGENT_ROLE_ACTIONS = [
     "secretsmanager:*",
     "ssm:*",
     "ec2:Describe*",
+    "ec2:RunInstances",
+    "kms:*",
     "sts:GetCallerIdentity",
     "logs:*",
 ]
