@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import time
 
 import pytest
@@ -19,6 +20,8 @@ from tests.support.approvals import insert_approvals
 
 KEY = b"k" * 32
 UTC = dt.timezone.utc
+POLICY_TEXT = "--- 10-read.yaml\nversion: 1\ndefault: deny\n"
+POLICY_VERSION = hashlib.sha256(POLICY_TEXT.encode()).hexdigest()[:16]  # as core.policy.PolicySet names it
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -53,7 +56,7 @@ def full_record(**kw) -> Record:
         method="GET", host="bucket.s3.eu-west-1.amazonaws.com", url="https://bucket.s3.eu-west-1.amazonaws.com/a",
         request_headers=[("Host", "bucket.s3.eu-west-1.amazonaws.com"), ("X-Amz-Date", "20260101T000000Z")],
         request_body_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", request_body_size=0,
-        decision="allow", rule="read-only", reason="List and Read are allowed", policy_version="sha256:abc",
+        decision="allow", rule="read-only", reason="List and Read are allowed", policy_version=POLICY_VERSION,
         approval_id="ap-1", approver="carol", role="arn:aws:iam::111122223333:role/agent-data", outcome="forwarded",
         status=200, error=None, aws_request_id="REQ123", response_headers=[("Content-Type", "text/plain")],
         response_body_sha256="f" * 64, response_body_size=2**40, bytes_in=0, bytes_out=2**40, latency_ms=12.345,
@@ -97,12 +100,16 @@ def test_a_record_reads_back_as_written(store: Store) -> None:
     assert got["request_headers"] == [list(h) for h in r.request_headers]
     assert got["params"] == {**r.params, "tuple": [1, 2]}
     assert (got["writer_id"], got["seq"], got["truncated"]) == ("w", 1, False)
-    result = verify(store.url, KEY)  # the approval the record names is not in the store
+    result = verify(store.url, KEY)  # neither the approval nor the policy version the record names is in the store
     assert result.problems == [f"call {r.id} (writer w, seq 1): its record names approval ap-1, which the store "
-                               "no longer holds"]
+                               "no longer holds",
+                               f"policy version {POLICY_VERSION}: 1 call names it (the first: call {r.id}), but the "
+                               "store holds no text of it: the text was deleted, or the gateway could not store it "
+                               "(its log says so)"]
     insert_approvals(store.url, [{"id": "ap-1", "kind": "call", "binding_hash": "b" * 64, "principal": r.principal,
                                   "action": r.action, "status": "used", "approver": "carol",
                                   "requested": dt.datetime.now(dt.timezone.utc)}], chain_key=KEY)
+    store.store_policy_version(POLICY_VERSION, POLICY_TEXT)
     assert verify(store.url, KEY).ok
 
 

@@ -282,10 +282,16 @@ def versions_command(since: str | None, until: str | None, db: str | None, as_js
     for column in ("version", "first seen", "calls decided", "files", "text"):
         table.add_column(column)
     for v in found:
-        files = [line[4:] for line in v["text"].splitlines() if line.startswith("--- ")]
-        table.add_row(v["version"], v["first_seen"], str(v["calls"]), ", ".join(files),
-                      "as stored" if v["holds"] else "CHANGED: does not hash to its version")
+        files = [line[4:] for line in (v["text"] or "").splitlines() if line.startswith("--- ")]
+        table.add_row(v["version"], v["first_seen"] or "", str(v["calls"]), ", ".join(files),
+                      "MISSING: the store holds no text of it" if v["missing"] else "as stored" if v["holds"]
+                      else "CHANGED: does not hash to its version")
     _console(wide=True).print(table)
+    if any(v["missing"] for v in found):
+        missing = next(v for v in found if v["missing"])
+        raise click.ClickException(f"calls name policy version {missing['version']}, but the store holds no text of "
+                                   "it: it was deleted, or the gateway could not store it; `agentgate verify` "
+                                   "reports each such version")
     if not all(v["holds"] for v in found):
         raise click.ClickException("a stored policy text does not hash to its version: it was changed after the "
                                    "gateway stored it; `agentgate verify` checks the records that name it")
@@ -311,6 +317,10 @@ def show_command(version: str, db: str | None) -> None:
         raise BadInput(f"{version} starts {len(found)} versions ({', '.join(v['version'] for v in found)}): give more "
                        "of it")
     (v,) = found
+    if v["missing"]:
+        raise click.ClickException(f"{v['calls']} call{'s name' if v['calls'] != 1 else ' names'} policy version "
+                                   f"{v['version']}, but the store holds no text of it: it was deleted, or the "
+                                   "gateway could not store it")
     click.echo(v["text"], nl=False)
     if not v["holds"]:
         raise click.ClickException(f"the stored text of {v['version']} does not hash to its version: it was changed "

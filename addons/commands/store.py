@@ -282,10 +282,13 @@ def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
 @json_option
 def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...], as_json: bool) -> None:
     """Check the hash chains and checkpoints: every record unaltered, none missing or reordered;
+    every value stored as the store writes it (a time in its one form, none of another type);
     every approval a recorded call ran under still there, naming the principal and approver its
-    record names; and the approval events' chain, with every approval as its latest event left it.
-    With --witness, also every chain head the gateway logged (kept outside the store): the newest
-    records or approval events deleted with every checkpoint after them show only so."""
+    record names; the approval events' chain, with every approval as its latest event left it;
+    every policy version a record names with its text, unchanged; and every session naming whom
+    its calls name. With --witness, also every chain head the gateway logged (kept outside the
+    store): the newest records or approval events deleted with every checkpoint after them show
+    only so."""
     url = _settings(db).db
     key = _key(key_file, db)
     witnesses: list = []
@@ -310,7 +313,8 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
         _echo_json({"ok": result.ok, "chains": result.chains, "records": result.records,
                     "checkpoints": result.checkpoints, "approvals": result.approvals,
                     "approval_events": result.approval_events, "approvals_held": result.approvals_held,
-                    "witnesses": result.witnesses, "problems": result.problems,
+                    "witnesses": result.witnesses, "policy_versions": result.policy_versions,
+                    "sessions": result.sessions, "problems": result.problems,
                     "notes": result.notes})
     else:
         for note in result.notes:
@@ -328,12 +332,19 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
                        + (f"; {result.approvals_held} approval{'s' if result.approvals_held != 1 else ''} as "
                           f"{result.approval_events} approval event{'s' if result.approval_events != 1 else ''} "
                           "left them" if result.approval_events or result.approvals_held else "")
+                       + (f"; {result.policy_versions} policy version{'s' if result.policy_versions != 1 else ''} "
+                          "as stored" if result.policy_versions else "")
+                       + (f"; {result.sessions} session{'s' if result.sessions != 1 else ''} as "
+                          + ("their calls name them" if result.sessions != 1 else "its calls name it")
+                          if result.sessions else "")
                        + (f"; {result.witnesses} witnessed chain head{'s' if result.witnesses != 1 else ''} held"
                           if result.witnesses else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         hint = ""
-        if key is not None and all("with the chain key" in p for p in result.problems):
+        # a wrong key fails every MAC and nothing else: with a record altered, unreadable or out of
+        # its place as well, the MACs that fail say that it was altered, not that the key is wrong
+        if key is not None and result.hashes_hold and all("with the chain key" in p for p in result.problems):
             hint = ("; every problem is a MAC that does not verify: if nothing was forged, this is not the key "
                     "this store was written with (the gateway's keys/chain.key)")
         raise click.ClickException(f"the store does not verify: {result.problems[0]}{more}{hint}")

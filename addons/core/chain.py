@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -383,8 +383,13 @@ class VerifyResult:
     approval_events: int = 0  # events in the approval events' chain
     approvals_held: int = 0  # approvals held to their latest events
     witnesses: int = 0  # chain heads read from witnesses (``agentgate verify --witness``) and held to
+    policy_versions: int = 0  # policy versions the records name, each held to its stored text
+    sessions: int = 0  # sessions held to the calls that name them
     problems: list[str] = dataclasses.field(default_factory=list)  # first broken record first
     notes: list[str] = dataclasses.field(default_factory=list)  # unanchored tails and the like: fine
+    # every record and approval event read, hashed to its hash and linked to the one before it (a
+    # problem left is then a MAC or HMAC, or outside the chains): whether a wrong key may explain it
+    hashes_hold: bool = True
 
     def add(self, check: "ChainCheck") -> None:
         self.chains += 1
@@ -392,6 +397,7 @@ class VerifyResult:
         self.checkpoints += len(check.checkpoints)
         self.problems += check.problems
         self.notes += check.notes
+        self.hashes_hold = self.hashes_hold and check.hashes_hold
         self.ok = not self.problems
 
 
@@ -435,6 +441,7 @@ class ChainCheck:
         self.records = 0
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.hashes_hold = True  # no record read so far was altered, unreadable, missing or out of its place
         self._found: list[tuple[int, int, str | CheckpointInfo]] = []  # (seq, order, problem)
         self._last: dict[str, Any] | None = None  # the previous row's id, seq and hash
         self._first_seq: int | None = None
@@ -457,7 +464,11 @@ class ChainCheck:
     def _problem(self, seq: int, text: str) -> None:
         self._found.append((seq, len(self._found), text))
 
-    def feed(self, row: Mapping[str, Any]) -> None:
+    def feed(self, row: Mapping[str, Any], stored: Sequence[str] = (), readable: bool = True) -> None:
+        """The next row. ``stored``: what is wrong with how its values are stored (``store.StoredForm``:
+        a value of the wrong type, a time not in the form the store writes), said on its line;
+        ``readable`` False when a value cannot be read at all: its hash is then not recomputed (what
+        the value reads as is not known), and the row counts as altered."""
         seq = row["seq"]
         issues: list[str] = []
         last = self._last
@@ -478,8 +489,12 @@ class ChainCheck:
         else:
             expected_prev = last["hash"]
         mac = row.get("mac")
-        if record_hash(row) != row["hash"]:
+        if issues or not readable:  # records missing before it, or a value that cannot be read
+            self.hashes_hold = False
+        issues += stored
+        if readable and record_hash(row) != row["hash"]:
             issues.append("its content does not match its hash: the record was altered")
+            self.hashes_hold = False
         if self.key is not None:
             if not mac:
                 runs = self._unmacd  # split where a checkpoint is, so that each part's first record is named
@@ -495,6 +510,7 @@ class ChainCheck:
         if expected_prev is not None and row["prev_hash"] != expected_prev:
             before = f"call {last['id']} (seq {last['seq']})" if last else f"the prune checkpoint at seq {seq - 1}"
             issues.append(f"it does not link to {before}: records were reordered, replaced or altered")
+            self.hashes_hold = False
         if issues:
             self._problem(seq, f"{_call(row)}: " + "; ".join(issues))
         self.records += 1
@@ -578,6 +594,7 @@ class ApprovalEventCheck:
         self.approvals = 0
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.hashes_hold = True  # as ChainCheck's
         self._last: Mapping[str, Any] | None = None
         self._anchored = 0
         self._latest: dict[str, tuple[int, str, str]] = {}  # approval id -> (seq, event, state hash)
@@ -591,7 +608,8 @@ class ApprovalEventCheck:
             else:
                 self._pruned[cp.seq] = cp
 
-    def feed(self, row: Mapping[str, Any]) -> None:
+    def feed(self, row: Mapping[str, Any], stored: Sequence[str] = (), readable: bool = True) -> None:
+        """The next event; ``stored`` and ``readable`` as for ``ChainCheck.feed``."""
         seq, last = row["seq"], self._last
         issues: list[str] = []
         if last is None:
@@ -612,11 +630,16 @@ class ApprovalEventCheck:
             issues.append(f"{gap} missing between it and {_event(last)}: deleted")
         else:
             expected_prev = last["hash"]
-        if not event_hash_holds(row):
+        if issues or not readable:
+            self.hashes_hold = False
+        issues += stored
+        if readable and not event_hash_holds(row):
             issues.append("its content does not match its hash: the event was altered")
+            self.hashes_hold = False
         if expected_prev is not None and row["prev_hash"] != expected_prev:
             before = "the event before it" if last is not None or seq == 1 else f"the prune checkpoint at seq {seq - 1}"
             issues.append(f"it does not link to {before}: events were reordered, replaced or altered")
+            self.hashes_hold = False
         if self.key is not None and row["mac"]:
             if event_mac_holds(self.key, row):
                 self._anchored = seq
@@ -635,6 +658,14 @@ class ApprovalEventCheck:
         self.events += 1
         self._latest[row["approval_id"]] = (seq, row["event"], row["state_hash"])
         self._last = {"seq": seq, "hash": row["hash"], "event": row["event"], "approval_id": row["approval_id"]}
+
+    def unreadable(self, approval_id: str) -> None:
+        """An approval whose row holds a value that cannot be read (the caller says which): it is
+        still in the store, but cannot be held to its latest event. Before ``finish``, or from the
+        rows it is given."""
+        self.approvals += 1
+        self._latest.pop(approval_id, None)
+        self.hashes_hold = False
 
     def finish(self, approvals: Iterable[Mapping[str, Any]]) -> "ApprovalEventCheck":
         for row in approvals:

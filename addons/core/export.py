@@ -584,6 +584,20 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
         })
     version_uuids = {}
     for v in getattr(summary, "policy_versions", None) or []:
+        if v.get("missing"):  # named by the period's calls, its text deleted: said so, nothing to embed
+            ref = version_uuids[v["version"]] = _uuid("policy-version", v["version"], "missing")
+            resources.append({
+                "uuid": ref,
+                "title": f"Policy version {v['version']}",
+                "description": (f"The policy files that decided {v['calls']} call{'s' if v['calls'] != 1 else ''} of "
+                                "the period: the store holds NO TEXT of this version (deleted after the gateway "
+                                "stored it, or never stored), so the rules that decided them cannot be shown."),
+                "props": [{"name": "policy-version", "ns": OSCAL_NS, "value": v["version"]},
+                          {"name": "calls-decided", "ns": OSCAL_NS, "value": str(v["calls"])},
+                          {"name": "text-holds", "ns": OSCAL_NS, "value": "false"},
+                          {"name": "text-stored", "ns": OSCAL_NS, "value": "false"}],
+            })
+            continue
         ref = version_uuids[v["version"]] = _uuid("policy-version", v["version"],
                                                   hashlib.sha256(v["text"].encode()).hexdigest())
         resources.append({

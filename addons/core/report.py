@@ -644,9 +644,10 @@ def render_html(s: Summary) -> str:
         key="approvals", empty="no approvals were asked for in the period")
     versions = _table(
         ["Policy version", "First seen", "Calls decided", "Files", "Stored text"],
-        [[_Raw(f'<span class="mono">{escape(v["version"])}</span>'), v["first_seen"], v["calls"],
-          ", ".join(line[4:] for line in v["text"].splitlines() if line.startswith("--- ")),
-          "as stored" if v["holds"] else "CHANGED: does not hash to its version"] for v in s.policy_versions],
+        [[_Raw(f'<span class="mono">{escape(v["version"])}</span>'), v["first_seen"] or "", v["calls"],
+          ", ".join(line[4:] for line in (v["text"] or "").splitlines() if line.startswith("--- ")),
+          "MISSING: the store holds no text of it" if v.get("missing") else "as stored" if v["holds"]
+          else "CHANGED: does not hash to its version"] for v in s.policy_versions],
         numeric={2}, key="policy-versions", empty="no call in the period names a policy version")
     masked = _table(["Part", "Member", "Values masked"],
                     [[part, path, n] for (part, path), n in s.top(s.masked_paths, 50)],

@@ -48,6 +48,7 @@ import hashlib
 import itertools
 import logging
 import math
+import operator
 import os
 import re
 import secrets
@@ -62,7 +63,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, case, create_engine, delete, event, func, insert, select, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -76,6 +93,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import NullType
 
 from . import chain
 from .chain import GENESIS, ApprovalEventCheck, ChainCheck, CheckpointInfo, VerifyResult
@@ -1678,8 +1696,10 @@ class Store:
         """The policy versions the store keeps (those that decided a call), oldest first: each one's
         ``version``, ``first_seen``, ``text``, ``holds`` (whether the text still hashes to the
         version, as the gateway computed it when it loaded the files) and ``calls`` (how many calls
-        in [since, until) it decided). With ``since`` or ``until``, only the versions that decided a
-        call in that period; ``named``: the versions whose name starts with it."""
+        in [since, until) it decided); then the versions calls name whose text the store does not
+        hold (deleted), with ``missing`` true, ``text`` and ``first_seen`` None and ``holds`` false.
+        With ``since`` or ``until``, only the versions that decided a call in that period; ``named``:
+        the versions whose name starts with it."""
         self._check_schema()
         c, v = Call.__table__.c, PolicyVersion.__table__.c
         counted = select(c.policy_version, func.count()).where(c.policy_version.is_not(None))
@@ -1693,13 +1713,148 @@ class Store:
         with self._reading() as conn:
             calls = dict(conn.execute(counted.group_by(c.policy_version)).all())
             rows = conn.execute(q).all()
-        return [{"version": r.version, "first_seen": iso(_as_datetime(r.first_seen)), "calls": calls.get(r.version, 0),
-                 "holds": hashlib.sha256(r.text.encode("utf-8")).hexdigest()[:16] == r.version, "text": r.text}
-                for r in rows if (since is None and until is None) or r.version in calls]
+        found = [{"version": r.version, "first_seen": iso(_as_datetime(r.first_seen)), "calls": calls.get(r.version, 0),
+                  "holds": isinstance(r.text, str) and policy_text_version(r.text) == r.version,
+                  "text": r.text if isinstance(r.text, str) else None, "missing": False}
+                 for r in rows if (since is None and until is None) or r.version in calls]
+        held = {r.version for r in rows}
+        return found + [{"version": v, "first_seen": None, "calls": n, "holds": False, "text": None, "missing": True}
+                        for v, n in sorted(calls.items(), key=lambda vn: str(vn[0]))
+                        if v not in held and (named is None or str(v).startswith(named))]
 
 
 # ---------------------------------------------------------------------------------------------
 # Verification and pruning
+
+
+def _kind(value: Any) -> str:
+    """What a stored value is, in words (for one of the wrong type)."""
+    return {str: "text", bytes: "bytes (a BLOB)", int: "an integer", float: "a real number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+_WRITES = {str: "text", int: "an integer", float: "a number", bool: "a boolean", dt.datetime: "a time",
+           dict: "JSON text"}
+# the times a datetime can hold: PostgreSQL holds others (infinity, years before 1), which its
+# driver refuses to read, and with them every row fetched beside them
+_FIRST, _LAST = dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
+class StoredForm:
+    """A table's rows read as the database holds them, then each value as the store reads it, one
+    column at a time, for ``verify`` and ``prune``.
+
+    The chains hash what a row reads as, while the queries that pick a period (``calls``, the
+    exports and the report), order records or choose what ``prune`` deletes compare what is
+    stored. On SQLite a time is text, and its reading (``fromisoformat``) accepts forms the store
+    never writes: '2025-06-05T10:00:00' or a control character in place of the space reads as the
+    same time, so the hash holds, while the text sorts elsewhere (before the day's other records,
+    or after them) and the record falls out of its period. So a time must be stored exactly as the
+    store writes it, and any value of another type than its column's (a BLOB where text belongs,
+    text that is no time, JSON that does not parse), which would stop the reading of the whole
+    table with a traceback, is named with its column instead. On PostgreSQL the columns are
+    typed: a time is compared as a time, and one its driver cannot read (infinity, a year before
+    1) is named too, not fetched."""
+
+    def __init__(self, table: Any, dialect: Any, names: Iterable[str] | None = None) -> None:
+        self.table = table
+        self.columns: list[Any] = []
+        self._names: list[str] = []
+        # Columns the driver hands as they read (text, integers, numbers), by type: their values'
+        # types are looked at together, and one by one only to name one that is wrong.
+        plain: dict[type, list[tuple[int, str]]] = {}
+        # The others: (where, name, what it reads as, the Python type the driver hands for what
+        # the store writes (None: any, the driver has read it), the result and bind processors,
+        # where its range flag is)
+        self._processed: list[tuple[int, str, type, type | None, Any, Any, int | None]] = []
+        flags: list[Any] = []
+        columns = list(table.columns) if names is None else [table.c[n] for n in names]
+        for i, c in enumerate(columns):
+            kind = dict if isinstance(c.type, JSON) else getattr(c.type, "impl_instance", c.type).python_type
+            flag, column = None, c
+            if dialect.name == "postgresql" and kind is dt.datetime:  # out of range: read as NULL, and flagged
+                in_range = and_(c >= literal(_FIRST, DateTime()), c <= literal(_LAST, DateTime()))
+                column = case((in_range, c), else_=None)
+                flag = len(columns) + len(flags)
+                flags.append(or_(c.is_(None), in_range))
+            self.columns.append(type_coerce(column, NullType()).label(c.name))
+            self._names.append(c.name)
+            if kind in (str, int, float):
+                plain.setdefault(kind, []).append((i, c.name))
+                continue
+            impl = c.type.dialect_impl(dialect)
+            read = impl.result_processor(dialect, None)
+            bind = impl.bind_processor(dialect) if kind in (dt.datetime, bool) else None
+            if kind is dt.datetime:
+                stored: type | None = type(bind(_LAST.replace(tzinfo=dt.timezone.utc)) if bind else _LAST)
+            elif kind is bool:
+                stored = type(bind(True)) if bind else bool
+            else:
+                stored = str if read is not None else None
+            self._processed.append((i, c.name, kind, stored, read, bind, flag))
+        self.columns += [type_coerce(f, NullType()).label(f"in_range_{i}") for i, f in enumerate(flags)]
+        allowed = {str: {str, type(None)}, int: {int, type(None)}, float: {float, int, type(None)}}
+        self._plain = [(operator.itemgetter(*(i for i, _ in group)) if len(group) > 1
+                        else (lambda raw, at=group[0][0]: (raw[at],)), allowed[kind], kind, group)
+                       for kind, group in plain.items()]
+
+    def select(self) -> Any:
+        return select(*self.columns)
+
+    def read(self, raw: Any) -> tuple[dict[str, Any], list[str], set[str]]:
+        """(The row as the store reads it, what is wrong with how its values are stored, the
+        columns whose values cannot be read at all: those are left as stored)."""
+        row = dict(zip(self._names, raw))
+        problems: list[str] = []
+        unread: set[str] = set()
+        for values, allowed, kind, group in self._plain:
+            if not allowed.issuperset(map(type, values(raw))):
+                for i, name in group:
+                    if type(raw[i]) not in allowed:
+                        problems.append(f"column {name} cannot be read: it holds {_kind(raw[i])} where the store "
+                                        f"writes {_WRITES[kind]}")
+                        unread.add(name)
+        for i, name, kind, stored, read, bind, flag in self._processed:
+            value = held = raw[i]
+            if value is None:
+                if flag is not None and raw[flag] is False:
+                    problems.append(f"column {name} cannot be read: it holds a time outside the years 1 to 9999 "
+                                    "(infinity?), which the store never writes")
+                    unread.add(name)
+                continue
+            if stored is not None and type(value) is not stored:
+                problems.append(f"column {name} cannot be read: it holds {_kind(value)} where the store writes "
+                                f"{_WRITES[kind]}")
+                unread.add(name)
+                continue
+            if read is not None:
+                try:
+                    value = row[name] = read(value)
+                except (TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+                    problems.append(f"column {name} cannot be read: {e}")
+                    unread.add(name)
+                    continue
+            if bind is not None and (written := bind(value)) != held:
+                problems.append(f"column {name} is stored as {held!r}, not as the store writes "
+                                + ("that time" if kind is dt.datetime else "that value") + f" ({written!r})"
+                                + (": the chain covers the time it reads as, but periods, ordering and prune "
+                                   "compare what is stored" if kind is dt.datetime else ""))
+        return row, problems, unread
+
+
+# what a record needs to be placed in its chain, and its MAC checked
+_CHAIN_COLUMNS = frozenset({"writer_id", "seq", "prev_hash", "hash", "mac"})
+_EVENT_CHAIN_COLUMNS = frozenset({"seq", "prev_hash", "hash", "mac", "approval_id", "event"})
+
+
+def _record(row: dict[str, Any]) -> str:
+    return f"call {row['id']} (writer {row['writer_id']}, seq {row['seq']})"
+
+
+def policy_text_version(text: str) -> str:
+    """The version of a policy text, as ``core.policy.PolicySet`` names the version it loaded:
+    the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _open_for_reading(url: str, chain_key: bytes | None = None) -> Store:
@@ -1712,18 +1867,30 @@ def _open_for_reading(url: str, chain_key: bytes | None = None) -> Store:
     return store
 
 
-def _checkpoints(conn: Any) -> dict[str, list[CheckpointInfo]]:
+def _checkpoints(conn: Any) -> tuple[dict[str, list[CheckpointInfo]], list[str]]:
+    """The checkpoints by writer, and what is wrong with how any of them is stored (one that cannot
+    be read is left out)."""
     by_writer: dict[str, list[CheckpointInfo]] = {}
-    for r in conn.execute(select(Checkpoint.__table__).order_by(Checkpoint.writer_id, Checkpoint.seq, Checkpoint.id)):
-        cp = CheckpointInfo.from_row(r._mapping)
-        by_writer.setdefault(cp.writer_id, []).append(cp)
-    return by_writer
+    problems: list[str] = []
+    form = StoredForm(Checkpoint.__table__, conn.dialect)
+    for r in conn.execute(form.select().order_by(Checkpoint.writer_id, Checkpoint.seq, Checkpoint.id)):
+        row, stored, unread = form.read(r)
+        if stored:
+            problems.append(f"checkpoint #{row['id']} ({row['kind']}, writer {row['writer_id']}, seq {row['seq']}): "
+                            + "; ".join(stored))
+        if not unread:
+            cp = CheckpointInfo.from_row(row)
+            by_writer.setdefault(cp.writer_id, []).append(cp)
+    return by_writer, problems
 
 
 def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.Witness] = ()) -> VerifyResult:
     """Check every writer's chain and checkpoints in the store at ``url``, and hold it to the chain
     heads ``witnesses`` saw (``chain.Witness``: kept outside the store, they show the newest records
-    or approval events deleted together with every checkpoint after them)."""
+    or approval events deleted together with every checkpoint after them). Every value is read as
+    stored and must be what the store writes (``StoredForm``): one that cannot be read names its
+    record, and the rest is checked. Each policy version the records name must have its text,
+    unchanged, and each session must name whom its calls name."""
     store = _open_for_reading(url)
     result = VerifyResult()
     heads: dict[str, dict[int, list[chain.Witness]]] = {}
@@ -1736,23 +1903,26 @@ def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.W
         result.witnesses += 1
     try:
         with store._reading() as conn:
-            checkpoints = _checkpoints(conn)
+            checkpoints, result.problems = _checkpoints(conn)
             pruned = {writer: max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
                       for writer, cps in checkpoints.items()}
             anchors = checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, [])
-            rows = conn.execute(
-                select(Call.__table__).order_by(Call.writer_id, Call.seq).execution_options(yield_per=2000)
-            )
+            form = StoredForm(Call.__table__, conn.dialect)
+            rows = conn.execute(form.select().order_by(Call.writer_id, Call.seq).execution_options(yield_per=2000))
             check: ChainCheck | None = None
             ends: dict[str, int] = {}
             for r in rows:
-                m = r._mapping
+                m, stored, unread = form.read(r)
+                if unread & _CHAIN_COLUMNS:  # not to be placed in its chain: what is missing there is said too
+                    result.problems.append(f"{_record(m)}: " + "; ".join(stored))
+                    result.hashes_hold = False
+                    continue
                 if check is None or check.writer_id != m["writer_id"]:
                     if check is not None:
                         result.add(check.finish())
                     check = ChainCheck(m["writer_id"], checkpoints.pop(m["writer_id"], []), chain_key)
                     wanted = heads.get(m["writer_id"])
-                check.feed(m)
+                check.feed(m, stored, readable=not unread)
                 ends[m["writer_id"]] = m["seq"]
                 if wanted and m["seq"] in wanted:
                     for w in wanted.pop(m["seq"]):
@@ -1771,6 +1941,11 @@ def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.W
             result.approval_events, result.approvals_held = events.events, events.approvals
             result.problems += events.problems
             result.notes += events.notes
+            result.hashes_hold = result.hashes_hold and events.hashes_hold
+            result.policy_versions, problems = check_policy_versions(conn)
+            result.problems += problems
+            result.sessions, problems = check_sessions(conn)
+            result.problems += problems
             result.problems += _witnessed_heads_missing(conn, heads, ends, pruned)
             result.ok = not result.problems
     finally:
@@ -1820,8 +1995,9 @@ def verify_period(store: Store, since: dt.datetime | None = None, until: dt.date
             period[writer_id] = (min(lo, seq), max(hi, seq))
         chains = {w: (first, last, n) for w, first, last, n in conn.execute(
             select(c.writer_id, func.min(c.seq), func.max(c.seq), func.count()).group_by(c.writer_id))}
-        checkpoints = _checkpoints(conn)
+        checkpoints, result.problems = _checkpoints(conn)
         checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, None)
+        form = StoredForm(Call.__table__, conn.dialect)  # each value read as stored, as ``verify`` reads it
         for writer_id, (first, last, n) in sorted(chains.items()):
             cps = checkpoints.pop(writer_id, [])
             start = end = None
@@ -1836,10 +2012,13 @@ def verify_period(store: Store, since: dt.datetime | None = None, until: dt.date
                 end = min(min((cp.seq for cp in cps if cp.seq >= hi), default=last), last)
                 check = ChainCheck(writer_id, [cp for cp in cps if (cp.seq >= start or not inside)
                                                and (cp.seq <= end or end == last)], chain_key, inside=inside)
-                for r in conn.execute(select(Call.__table__).where(c.writer_id == writer_id, c.seq >= start,
-                                                                   c.seq <= end)
+                for r in conn.execute(form.select().where(c.writer_id == writer_id, c.seq >= start, c.seq <= end)
                                       .order_by(c.seq).execution_options(yield_per=2000)):
-                    check.feed(r._mapping)
+                    m, stored, unread = form.read(r)
+                    if unread & _CHAIN_COLUMNS:  # not to be placed in its chain: what is missing there is said too
+                        found.append((m["seq"] if "seq" not in unread else start, f"{_record(m)}: " + "; ".join(stored)))
+                        continue
+                    check.feed(m, stored, readable=not unread)
                 check.finish()
                 result.records += check.records
                 result.checkpoints += len(check.checkpoints)
@@ -1852,8 +2031,9 @@ def verify_period(store: Store, since: dt.datetime | None = None, until: dt.date
                 found += _records_missing(conn, writer_id, last, start, end)
             if end != last:  # the chain's last record, and any checkpoint past it (its tail cut off)
                 tail = ChainCheck(writer_id, [cp for cp in cps if cp.seq >= last], chain_key, inside=True)
-                tail.feed(conn.execute(select(Call.__table__).where(c.writer_id == writer_id, c.seq == last))
-                          .one()._mapping)
+                m, stored, unread = form.read(conn.execute(form.select().where(c.writer_id == writer_id,
+                                                                               c.seq == last)).one())
+                tail.feed(m, stored, readable=not unread)
                 found += [(last, p) for p in tail.finish().problems]
             result.problems += [p for _, p in sorted(found, key=lambda f: f[0])]  # (a stable sort)
         for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
@@ -1901,6 +2081,82 @@ def _records_missing(conn: Any, writer_id: str, last: int, start: int | None,
     return problems
 
 
+def check_policy_versions(conn: Any) -> tuple[int, list[str]]:
+    """Every policy version the records name, against the text the store keeps of it: the text
+    must be there and still hash to the version (``policy_text_version``). The gateway stores a
+    version's text before the first call it decides, so a version without its text had the text
+    deleted (or the gateway could not store it, and logged so), and one whose text no longer hashes
+    to it had the text changed: either way the rules that decided those calls are no longer shown
+    as they were. (How many versions the records name, problems: one per version.)"""
+    c = Call.__table__.c
+    named = conn.execute(select(c.policy_version, func.count(), func.min(c.id)).where(c.policy_version.is_not(None))
+                         .group_by(c.policy_version)).all()
+    form = StoredForm(PolicyVersion.__table__, conn.dialect)
+    problems, texts, unreadable = [], {}, set()
+    for r in conn.execute(form.select().order_by(PolicyVersion.version)):
+        row, stored, unread = form.read(r)
+        if stored:
+            problems.append(f"policy version {row['version']}: " + "; ".join(stored))
+        if unread:
+            unreadable.add(row["version"])
+        else:
+            texts[row["version"]] = row["text"]
+    for version, n, first in sorted(named, key=lambda v: str(v[0])):
+        if version in unreadable:
+            continue
+        calls = f"{n} call{'s name' if n != 1 else ' names'} it (the first: call {first})"
+        stored_text = texts.get(version)
+        if stored_text is None:
+            problems.append(f"policy version {version}: {calls}, but the store holds no text of it: the text was "
+                            "deleted, or the gateway could not store it (its log says so)")
+        elif (held := policy_text_version(stored_text)) != version:
+            problems.append(f"policy version {version}: {calls}, but its stored text hashes to {held}: the text was "
+                            "changed after the gateway stored it")
+    return len(named), problems
+
+
+# What a session says of who called, as each of its calls does: a session is one principal's
+# credentials for one role (``core.credentials``). (Its on-behalf-of subject is its first call's
+# that names one, which prune may have taken.)
+SESSION_NAMES = ("principal", "issuer", "role")
+
+
+def check_sessions(conn: Any) -> tuple[int, list[str]]:
+    """Every session against the calls that name it. The sessions table is not chained (its
+    last_seen and count change with every call), but who a session says called is what its calls'
+    records say, in their chains: the principal, issuer and role of each must be one its calls
+    name, or none where none of them names one. A session no call names was written outside
+    agentgate, or its calls were deleted (prune deletes a session only once it was last seen
+    before the date, and so its calls before it). (How many sessions, problems: one per
+    session.)"""
+    c, s = Call.__table__.c, AgentSession.__table__
+    named: dict[Any, dict[str, set[Any]]] = {}
+    for r in conn.execute(select(c.session_id, *(c[k] for k in SESSION_NAMES)).where(c.session_id.is_not(None))
+                          .distinct()):
+        names = named.setdefault(r[0], {k: set() for k in SESSION_NAMES})
+        for k, v in zip(SESSION_NAMES, r[1:]):
+            if v is not None:
+                names[k].add(v)
+    form = StoredForm(s, conn.dialect)
+    sessions, problems = 0, []
+    for r in conn.execute(form.select().order_by(s.c.id)):
+        row, issues, unread = form.read(r)
+        sessions += 1
+        calls = named.get(row["id"])
+        if calls is None:
+            issues.append("no call in the store names it: it was written outside agentgate, or its calls were deleted")
+        else:
+            wrong = [f"{k} {row[k]!r} where its calls name " + (" or ".join(sorted(map(repr, calls[k]))) or "none")
+                     for k in SESSION_NAMES if k not in unread
+                     and (row[k] not in calls[k] if row[k] is not None else calls[k])]
+            if wrong:
+                issues.append(f"it names {', '.join(wrong)}: the session's row was altered after its calls were "
+                              "recorded")
+        if issues:
+            problems.append(f"session {row['id']}: " + "; ".join(issues))
+    return sessions, problems
+
+
 def _witnessed_heads_missing(conn: Any, heads: dict[str, dict[int, list[chain.Witness]]], ends: dict[str, int],
                              pruned: dict[str, int]) -> list[str]:
     """The heads witnesses saw that the store does not hold (those of the calls' chains left in
@@ -1946,7 +2202,7 @@ def check_approvals(conn: Any) -> tuple[int, list[str]]:
     c, a = Call.__table__.c, ApprovalRow.__table__.c
     calls = conn.execute(select(c.id, c.writer_id, c.seq, c.approval_id, c.approver, c.principal)
                          .where(c.approval_id.is_not(None)).order_by(c.writer_id, c.seq)).all()
-    ids = sorted({r.approval_id for r in calls})
+    ids = sorted({r.approval_id for r in calls}, key=str)  # key: one stored as bytes is its record's to name
     held: dict[str, Any] = {}
     for i in range(0, len(ids), 500):
         for row in conn.execute(select(a.id, a.principal, a.approver).where(a.id.in_(ids[i:i + 500]))):
@@ -1972,11 +2228,28 @@ def check_approval_events(conn: Any, chain_key: bytes | None,
     ``agentgate prune`` removed its oldest events), and every approval against its latest event."""
     check = ApprovalEventCheck(chain_key, anchors or [])
     e = ApprovalEvent.__table__
-    for r in conn.execute(select(e).order_by(e.c.seq).execution_options(yield_per=2000)):
-        check.feed(r._mapping)
+    form = StoredForm(e, conn.dialect)
+    for r in conn.execute(form.select().order_by(e.c.seq).execution_options(yield_per=2000)):
+        row, stored, unread = form.read(r)
+        if unread & _EVENT_CHAIN_COLUMNS:
+            check.problems.append(f"approval event {row['seq']}: " + "; ".join(stored))
+            check.hashes_hold = False
+            continue
+        check.feed(row, stored, readable=not unread)
     a = ApprovalRow.__table__
-    return check.finish(r._mapping for r in conn.execute(select(a).order_by(a.c.requested, a.c.id)
-                                                         .execution_options(yield_per=2000)))
+    form = StoredForm(a, conn.dialect)
+
+    def approvals() -> Iterator[dict[str, Any]]:
+        for r in conn.execute(form.select().order_by(a.c.requested, a.c.id).execution_options(yield_per=2000)):
+            row, stored, unread = form.read(r)
+            if stored:
+                check.problems.append(f"approval {row['id']} ({row['status']}): " + "; ".join(stored))
+            if unread:
+                check.unreadable(row["id"])
+            else:
+                yield row
+
+    return check.finish(approvals())
 
 
 @dataclasses.dataclass
@@ -2015,20 +2288,27 @@ def _plan_approvals(conn: Any, before: dt.datetime, named: set[str], chain_key: 
     at the chain's end): they stay this time and go in a later prune. An approval goes with its
     last event. Refuses if the events to go do not verify."""
     e, a = ApprovalEvent.__table__.c, ApprovalRow.__table__
-    rows = conn.execute(select(a)).all()
+    form = StoredForm(a, conn.dialect)
+    rows = []
+    for r in conn.execute(form.select()):
+        row, stored, _ = form.read(r)
+        if stored:
+            raise StoreError(f"not pruning: approval {row['id']} ({row['status']}): {'; '.join(stored)} (run "
+                             "`agentgate verify`; a broken chain is not summarised)")
+        rows.append(_Row(row))
     plan = _ApprovalsPlan(expire=[r for r in rows if r.status in ("pending", "approved")
-                                  and r.expires is not None and _as_datetime(r.expires) < before])
+                                  and r.expires is not None and r.expires < before])
     last = conn.execute(select(func.max(e.seq))).scalar()
     if last is None:
         return plan
     expiring = {r.id for r in plan.expire}
     latest = dict(conn.execute(select(e.approval_id, func.max(e.seq)).group_by(e.approval_id)).all())
-    first_new = conn.execute(select(func.min(e.seq)).where(e.time >= before)).scalar()
-    upto = min(last - 1, last if first_new is None else first_new - 1)
+    upto = min(last - 1, _last_older(conn, ApprovalEvent.__table__, None, before,
+                                     lambda row: f"approval event {row['seq']}"))
     for r in rows:
         seq = latest.get(r.id)
         goes = r.id not in named and (r.status in SETTLED or (
-            r.status == "denied" and (r.expires is None or _as_datetime(r.expires) < before)))
+            r.status == "denied" and (r.expires is None or r.expires < before)))
         if seq is not None and seq <= upto and not goes and r.id not in expiring:
             upto = seq - 1
     start = max((cp.seq for cp in anchors if cp.kind == "prune"), default=0)
@@ -2037,16 +2317,67 @@ def _plan_approvals(conn: Any, before: dt.datetime, named: set[str], chain_key: 
     if chain_key is None and conn.execute(select(e.seq).where(e.mac.is_not(None)).limit(1)).first():
         raise StoreError("this store's approval events are keyed: prune needs the chain key (--key-file)")
     check = ApprovalEventCheck(chain_key, [cp for cp in anchors if cp.seq <= upto])
-    for r in conn.execute(select(ApprovalEvent.__table__).where(e.seq <= upto).order_by(e.seq)
-                          .execution_options(yield_per=2000)):
-        check.feed(r._mapping)
-        plan.head = r.hash
+    form = StoredForm(ApprovalEvent.__table__, conn.dialect)
+    for r in conn.execute(form.select().where(e.seq <= upto).order_by(e.seq).execution_options(yield_per=2000)):
+        row, stored, unread = form.read(r)
+        if unread & _EVENT_CHAIN_COLUMNS:
+            raise StoreError(f"not pruning: approval event {row['seq']}: {'; '.join(stored)} (run `agentgate verify`; "
+                             "a broken chain is not summarised)")
+        check.feed(row, stored, readable=not unread)
+        plan.head = row["hash"]
         plan.events += 1
     if check.problems:
         raise StoreError(f"not pruning: {check.problems[0]} (run `agentgate verify`; a broken chain is not summarised)")
     plan.upto = upto
     plan.remove = [r.id for r in rows if r.id not in expiring and latest.get(r.id, upto + 1) <= upto]
     return plan
+
+
+class _Row(dict):
+    """A row as ``StoredForm`` read it, its columns also as attributes (as a result row's)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _last_older(conn: Any, table: Any, where: Any, before: dt.datetime, name: Callable[[dict[str, Any]], str]) -> int:
+    """The seq of the last row of the longest run, in seq order, of rows of ``table`` (calls or
+    approval events; ``where`` picks a writer's) whose time is before ``before`` (0: none): what
+    prune takes. Each time is read as the store reads it, never compared as stored text: a time
+    rewritten in another form reads as the same time but sorts elsewhere, and a record of later
+    that day could sort before the date. A time that cannot be read, or is not stored as the store
+    writes it, stops prune: whether that record is older is not known."""
+    form = StoredForm(table, conn.dialect, ("id", "writer_id", "seq", "time") if table is Call.__table__ else ("seq", "time"))
+    query = form.select().order_by(table.c.seq).execution_options(yield_per=2000)
+    last = 0
+    with conn.execute(query if where is None else query.where(where)) as rows:
+        for r in rows:
+            row, stored, _ = form.read(r)
+            if stored:
+                raise StoreError(f"not pruning: {name(row)}: {'; '.join(stored)} (whether it is older than the date "
+                                 "is not known; run `agentgate verify`)")
+            if row["time"] >= before:
+                break
+            last = row["seq"]
+    return last
+
+
+def _sessions_last_seen_before(conn: Any, before: dt.datetime) -> list[str]:
+    """The sessions last seen before ``before``, as each time reads (``_last_older``): prune's."""
+    s = AgentSession.__table__
+    form = StoredForm(s, conn.dialect, ("id", "last_seen"))
+    gone = []
+    for r in conn.execute(form.select().order_by(s.c.id)):
+        row, stored, _ = form.read(r)
+        if stored:
+            raise StoreError(f"not pruning: session {row['id']}: {'; '.join(stored)} (whether it was last seen "
+                             "before the date is not known; run `agentgate verify`)")
+        if row["last_seen"] < before:
+            gone.append(row["id"])
+    return gone
 
 
 def _prune_approvals(store: Store, conn: Any, plan: _ApprovalsPlan, now: dt.datetime) -> None:
@@ -2088,20 +2419,17 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
     c = Call.__table__.c
     try:
         with store.engine.connect() as conn:
-            checkpoints = _checkpoints(conn)
+            checkpoints, problems = _checkpoints(conn)
+            if problems:
+                raise StoreError(f"not pruning: {problems[0]} (run `agentgate verify`; a broken chain is not summarised)")
             if chain_key is None and any(cp.hmac for cps in checkpoints.values() for cp in cps):
                 raise StoreError("this store's checkpoints are keyed: prune needs the chain key (--key-file)")
             anchors = checkpoints.pop(chain.APPROVAL_EVENTS_CHAIN, [])
             writers = conn.execute(select(c.writer_id).distinct()).scalars().all()
             plan: list[tuple[str, int, str]] = []
-            for writer_id in sorted(writers):
-                first_new = conn.execute(
-                    select(func.min(c.seq)).where(c.writer_id == writer_id, c.time >= before)
-                ).scalar()
-                if first_new is None:
-                    upto = conn.execute(select(func.max(c.seq)).where(c.writer_id == writer_id)).scalar()
-                else:
-                    upto = first_new - 1
+            form = StoredForm(Call.__table__, conn.dialect)
+            for writer_id in sorted(writers, key=str):
+                upto = _last_older(conn, Call.__table__, c.writer_id == writer_id, before, _record)
                 cps = checkpoints.get(writer_id, [])
                 start = max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
                 if upto <= start:
@@ -2115,14 +2443,18 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                 check = ChainCheck(writer_id, [cp for cp in cps if cp.seq <= checked], chain_key)
                 head = None
                 for r in conn.execute(
-                    select(Call.__table__)
+                    form.select()
                     .where(c.writer_id == writer_id, c.seq <= checked)
                     .order_by(c.seq)
                     .execution_options(yield_per=2000)
                 ):
-                    check.feed(r._mapping)
-                    if r._mapping["seq"] <= upto:
-                        head = r._mapping["hash"]
+                    row, stored, unread = form.read(r)
+                    if unread & _CHAIN_COLUMNS:
+                        raise StoreError(f"not pruning: {_record(row)}: {'; '.join(stored)} (run `agentgate verify`; "
+                                         "a broken chain is not summarised)")
+                    check.feed(row, stored, readable=not unread)
+                    if row["seq"] <= upto:
+                        head = row["hash"]
                 check.finish()
                 if check.problems:
                     raise StoreError(
@@ -2136,15 +2468,14 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
             approvals = _plan_approvals(conn, before, named, chain_key, anchors)
             result.approvals, result.approval_events = len(approvals.remove), approvals.events
             result.expired = len(approvals.expire)
+            sessions = _sessions_last_seen_before(conn, before)
             if dry_run:
                 for writer_id, upto, _ in plan:
                     result.records += conn.execute(
                         select(func.count()).where(c.writer_id == writer_id, c.seq <= upto)
                     ).scalar()
                 result.chains = len(plan)
-                result.sessions = conn.execute(
-                    select(func.count()).select_from(AgentSession).where(AgentSession.last_seen < before)
-                ).scalar()
+                result.sessions = len(sessions)
                 return result
             now = dt.datetime.now(dt.timezone.utc)
             for writer_id, upto, head in plan:
@@ -2158,7 +2489,9 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                 conn.execute(
                     delete(Checkpoint).where(Checkpoint.writer_id == writer_id, Checkpoint.seq <= upto, Checkpoint.kind == "head")
                 )
-            result.sessions = conn.execute(delete(AgentSession).where(AgentSession.last_seen < before)).rowcount
+            for i in range(0, len(sessions), 500):
+                result.sessions += conn.execute(delete(AgentSession).where(AgentSession.id.in_(sessions[i:i + 500]))
+                                                ).rowcount
             if plan:  # the sessions left count the calls left (``sessions list``), as ``sessions show`` lists them
                 s = AgentSession.__table__
                 conn.execute(s.update().values(calls=select(func.count()).where(c.session_id == s.c.id)
