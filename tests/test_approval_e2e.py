@@ -301,7 +301,10 @@ def test_a_client_whose_read_timeout_is_shorter_than_the_hold_learns_the_approva
     assert "answered at once" in message
     records = wait_for(lambda: [r for r in record_of(gw, approval_id) if r["outcome"] == "held"] and
                        record_of(gw, approval_id), timeout=3)
-    assert [r["outcome"] for r in records] == ["client_gone", "held"]
+    # the first try left; a retry that came before the gateway saw it leave (it looks every half
+    # second) was held and left too; the next one was answered at once
+    outcomes = [r["outcome"] for r in records]
+    assert outcomes[-1] == "held" and outcomes[:-1] and set(outcomes[:-1]) == {"client_gone"}, outcomes
 
 
 # -- after the hold: the retry path -------------------------------------------------------------------------
