@@ -5,12 +5,19 @@ without blocking anything else. Approved in that time, it goes on (the signer si
 release, so the wait never ages a signature); denied, it gets ``ApprovalDenied`` with the
 approver's reason; still undecided, ``ApprovalPending``: a 403 that SDKs do not retry, naming the
 approval, the action, the resource and the command that approves it. The same call retried after
-approval goes through once; after the approval's expiry it gets ``ApprovalExpired``.
+approval goes through once; after the approval's expiry it gets ``ApprovalExpired``. An approval
+whose approver the rule deciding the call no longer names releases nothing (``AccessDenied``; it
+is withdrawn, and the retry asks anew).
+
+Asking for and using an approval run on the store's own threads and wait ``commit_timeout`` at
+most; then, or at once while the store is known unable to write, the call gets a 503
+``ServiceUnavailable`` to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -18,10 +25,12 @@ from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
 from .core.approvals import Approval as ApprovalInfo
-from .core.approvals import ApprovalError, Approvals, TooManyPending, Unvouched, describe_approvers, duration_text
+from .core.approvals import (ApprovalError, Approvals, TooManyPending, Unvouched, Withdrawn, approvers_spec,
+                             describe_approvers, duration_text)
 from .core.awserrors import Refusal
+from .core.records import new_id
 from .core.store import StoreError
-from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RELEASED, answer, due
+from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RECORD_ID, RELEASED, answer, due
 
 log = logging.getLogger("agentgate.approval")
 
@@ -63,6 +72,12 @@ def expired_message(a: ApprovalInfo, used: bool = False) -> str:
             f"retry the call to ask for a new approval")
 
 
+def withdrawn_message(a: ApprovalInfo, why: str, decision) -> str:
+    now = describe_approvers(approvers_spec(getattr(decision, "approvers", None)))
+    return (f"approval {a.id} for {_what(a)} no longer releases it: {why}. The approval is withdrawn and this call is "
+            f"not made: retry this same call to ask for a new approval, for an approver ({now}) to approve")
+
+
 def client_gone(flow: http.HTTPFlow) -> bool:
     """The agent left: its connection is no longer readable, or (HTTP/2) it reset the call's stream."""
     conn = flow.client_conn
@@ -84,6 +99,22 @@ class Approval:
         # client that always leaves first would never learn the approval's id
         self.left: dict[str, float] = {}
 
+    async def _in_store(self, fn, **kwargs):
+        """``fn(**kwargs)``, an approval asked for or used, on the store's own threads (a store that
+        hangs holds those, not the event loop's default executor, which STS and the issuer's keys
+        need), waited for ``commit_timeout`` at most: then TimeoutError, and the call is answered
+        503. The thread goes on until the database answers or its connection is found dead (the
+        store's keepalives); past that time it uses no approval."""
+        store = self.approvals.store
+        limit = store.commit_timeout
+        kwargs["deadline"] = time.monotonic() + limit
+        work = asyncio.get_running_loop().run_in_executor(store.executor, functools.partial(fn, **kwargs))
+        return await asyncio.wait_for(work, limit)
+
+    def _unreachable(self, flow: http.HTTPFlow, what: str, why: str, a: ApprovalInfo | None) -> None:
+        self._refuse(flow, "ServiceUnavailable", f"{what}, and agentgate {why}; the call is not made: retry this "
+                     "same call shortly", a, status=503)
+
     def _refuse(self, flow: http.HTTPFlow, code: str, message: str, a: ApprovalInfo | None,
                 outcome: str = "refused", status: int = 403) -> None:
         answer(flow, Refusal(status, code, message, "approval", outcome))
@@ -102,9 +133,21 @@ class Approval:
                 shown = self.mask(call)
             except Exception as e:  # noqa: BLE001 - core.approvals masks the model's sensitive members instead
                 log.warning("could not mask the parameters of %s for approvers (%s)", call.action, e)
+        store = self.approvals.store
+        if not store.healthy:  # known: asking would wait on it for nothing
+            self._unreachable(flow, f"{call.action} needs a human approval", f"cannot write to its store at "
+                              f"{store.where} right now ({store.last_error or 'it is recovering'})", None)
+            return
+        call_id = flow.metadata.setdefault(RECORD_ID, new_id())
         try:
-            asked = await asyncio.to_thread(self.approvals.ask, principal=principal, decision=decision, call=call,
-                                            shown=shown)
+            asked = await self._in_store(self.approvals.ask, principal=principal, decision=decision, call=call,
+                                         shown=shown, call_id=call_id)
+        except TimeoutError:
+            log.error("cannot hold %s for %s: the store did not answer within %g s", call.action, principal.sub,
+                      store.commit_timeout)
+            self._unreachable(flow, f"{call.action} needs a human approval", f"found no answer from its approvals "
+                              f"in the store at {store.where} within {store.commit_timeout:g} s", None)
+            return
         except TooManyPending as e:
             self._refuse(flow, "TooManyPendingApprovals", f"{call.action} needs a human approval, and {e}", None,
                          status=400)
@@ -116,11 +159,14 @@ class Approval:
             return
         except (StoreError, ApprovalError) as e:
             log.error("cannot hold %s for %s: %s", call.action, principal.sub, e)
-            self._refuse(flow, "ServiceUnavailable", f"{call.action} needs a human approval, and agentgate cannot "
-                         f"reach its approvals right now ({e}); the call is not made: retry shortly", None, status=503)
+            self._unreachable(flow, f"{call.action} needs a human approval", f"cannot reach its approvals right "
+                              f"now ({e})", None)
             return
         a = asked.approval
         flow.metadata[APPROVAL] = a
+        if asked.state == "withdrawn":
+            self._refuse(flow, "AccessDenied", withdrawn_message(a, asked.why or "", decision), a)
+            return
         if asked.state == "released":
             flow.metadata[RELEASED] = True
             log.info("released %s for %s: approval %s (approved by %s)", a.action, a.principal, a.id, a.approver)
@@ -161,14 +207,27 @@ class Approval:
             self._refuse(flow, "ApprovalDenied", denied_message(got), got)
             return
         if state == "approved":
+            store = self.approvals.store
+            decision = flow.metadata.get(DECISION)
             try:
-                taken = await asyncio.to_thread(self.approvals.take, got.id)
+                taken = await self._in_store(self.approvals.take, approval_id=got.id,
+                                             call_id=flow.metadata.get(RECORD_ID), decision=decision)
             except Unvouched as e:
                 self._refuse(flow, "AccessDenied", f"{a.action} needs a human approval, and {e}", got)
                 return
+            except Withdrawn as e:
+                flow.metadata[APPROVAL] = e.approval or got
+                self._refuse(flow, "AccessDenied", withdrawn_message(got, str(e), decision), e.approval or got)
+                return
+            except TimeoutError:
+                log.error("approval %s: the store did not answer within %g s as it was used", got.id,
+                          store.commit_timeout)
+                self._unreachable(flow, f"approval {got.id} was granted", f"found no answer from its approvals in "
+                                  f"the store at {store.where} within {store.commit_timeout:g} s as it used it", got)
+                return
             except (StoreError, ApprovalError) as e:
-                self._refuse(flow, "ServiceUnavailable", f"approval {got.id} was granted, but agentgate cannot reach "
-                             f"its approvals to use it ({e}); retry this same call shortly", got, status=503)
+                self._unreachable(flow, f"approval {got.id} was granted", f"cannot reach its approvals to use it "
+                                  f"({e})", got)
                 return
             if taken is not None:
                 flow.metadata[APPROVAL] = taken

@@ -5,7 +5,6 @@ last good version in force. An ``approve`` decision goes on to the approval stag
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -21,7 +20,6 @@ from mitmproxy import http
 from .core.approvals import Approvals, granted_role
 from .core.awserrors import Refusal
 from .core.policy import PolicyError, PolicySet, PolicyStore
-from .core.store import StoreError
 from .stage import APPROVAL, CALL, DECISION, POLICIES, PRINCIPAL, answer, due
 
 log = logging.getLogger("agentgate.policy")
@@ -94,23 +92,24 @@ class Policy:
         self.policies = policies
         self.grants = grants  # access grants in force: a principal's calls run as the granted role
         self.store = store  # keeps each policy version's text, once
-        self.stored: set[str] = set()
+        self.kept: set[str] = set()
 
-    async def _keep_text(self, current) -> None:
-        """Store the text of a policy version the first time a call is decided by it."""
-        if self.store is None or current.version in self.stored:
+    def _keep_text(self, current) -> None:
+        """Have the text of a policy version stored the first time a call is decided by it: the
+        store's writer stores it before it commits the records of the calls it decided, and keeps
+        every such version while the store cannot write, so that each version a record names has
+        its text in the store (a version in force only while the store was down included). The
+        call does not wait for the database here."""
+        if self.store is None or current.version in self.kept:
             return
-        try:
-            await asyncio.to_thread(self.store.store_policy_version, current.version, current.text)
-            self.stored.add(current.version)
-        except StoreError as e:
-            log.error("the text of policy version %s is not stored yet: %s", current.version, e)
+        self.store.keep_policy_version(current.version, current.text)
+        self.kept.add(current.version)
 
     async def _run(self, flow: http.HTTPFlow) -> None:
         principal = flow.metadata[PRINCIPAL]
         call = flow.metadata[CALL]
         current = self.policies.current
-        await self._keep_text(current)
+        self._keep_text(current)
         decision = current.evaluate(principal, call)
         if self.grants is not None and (grant := self.grants.grant_for(principal)) is not None:
             if (role := granted_role(current, grant)) is not None:

@@ -23,6 +23,7 @@ APPROVAL = "agentgate.approval"  # core.approvals.Approval: what released the ca
 SIGNED = "agentgate.signed"
 REFUSAL = "agentgate.refusal"
 RELEASED = "agentgate.released"  # True once the approval stage released a call whose decision is approve
+RECORD_ID = "agentgate.record_id"  # the id the call's record gets: set before an approval is used, which names it
 STARTED = "agentgate.started"
 BODY_DIGEST = "agentgate.body"  # (sha256 hexdigest, size) of a streamed request body
 HELD = "agentgate.held"  # bytes: a response body masking holds whole (not streamed) may take, at most

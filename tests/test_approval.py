@@ -180,6 +180,38 @@ def test_an_approval_not_yet_used_can_be_withdrawn_and_its_call_then_asks_anew(a
         approvals.revoke(retry.approval.id, SRE)
 
 
+def test_an_approval_releases_its_call_only_while_its_approver_is_among_the_rules_approvers(approvals):
+    """The approvers of the rule deciding the call when it uses the approval hold: the same (in any
+    order), or naming the approver by sub, release it; others withdraw it (the approval keeps the
+    approver's name, not their groups), and the call asks anew under them."""
+    def approved(n: int, approvers=None):
+        asked = approvals.ask(principal=AGENT, decision=decision(approvers=approvers), call=terminate(f"i-ch-{n}"))
+        approvals.decide(asked.approval.id, SRE, approve=True)
+        return asked.approval.id
+
+    same = approved(1, {"groups": ("sre", "ops")})
+    assert approvals.ask(principal=AGENT, decision=decision(approvers={"groups": ("ops", "sre")}),
+                         call=terminate("i-ch-1"), call_id="c-1").state == "released"
+    assert approvals.get(same).call_id == "c-1"
+    by_name = approved(2)
+    assert approvals.take(by_name, call_id="c-2", decision=decision(approvers={"sub": ("carol", "alice")})).status == "used"
+    approved(3)
+    assert approvals.ask(principal=AGENT, decision=decision(approvers={}), call=terminate("i-ch-3")).state == "released"
+
+    tightened = approved(4)
+    withdrawn = approvals.ask(principal=AGENT, decision=decision(approvers={"sub": ("carol",)}), call=terminate("i-ch-4"))
+    assert (withdrawn.state, withdrawn.approval.id, withdrawn.approval.status) == ("withdrawn", tightened, "revoked")
+    assert "group sre" in withdrawn.why and "sub carol" in withdrawn.why and "alice is not among them" in withdrawn.why
+    a = approvals.get(tightened)
+    assert (a.status, a.revoked_by, a.call_id) == ("revoked", "agentgate:policy", None)
+    assert [e["event"] for e in approvals.history(tightened)] == ["requested", "approved", "revoked"]
+    anew = approvals.ask(principal=AGENT, decision=decision(approvers={"sub": ("carol",)}), call=terminate("i-ch-4"))
+    assert anew.state == "pending" and anew.created and anew.approval.approvers == {"sub": ["carol"]}
+    loosened = approved(5)  # groups the approval cannot show alice in: asked again (fail closed)
+    with pytest.raises(core.Withdrawn, match="group sre or ops"):
+        approvals.take(loosened, decision=decision(approvers={"groups": ("sre", "ops")}))
+
+
 def test_one_principal_has_at_most_max_pending_approvals_pending(approvals):
     """A flood of distinct asks from one agent stops at max_pending: the next one is refused (not
     held), while a retry of a pending call still joins its approval, another principal still asks,

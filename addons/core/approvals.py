@@ -7,6 +7,11 @@ idempotency tokens left out). While one is pending for that hash, the same call 
 approval, whichever replica it reaches (one pending approval per hash, enforced by the database):
 an SDK's retries create nothing new. Once approved, the next call with that hash takes it (single
 use) before it expires; a denial answers every such call until the request would have expired.
+The update that uses an approval names the call (``call_id``, the id of its record): when the
+connection breaks after its COMMIT was sent, the approval is read again, and the call goes on if
+the store has it used by this call. An approval is used only while its approver is among the
+approvers of the rule deciding the call then; one whose rule's approvers changed so that its
+approver is no longer among them is withdrawn (revoked by ``agentgate:policy``) instead.
 
 Approvers are authenticated principals (an OIDC token validated like an agent's, or the local
 admin token ``agentgate init`` creates), must fit the rule's ``approvers``, and cannot decide what
@@ -53,7 +58,7 @@ from . import chain
 from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
 from .policy import principal_matches
-from .store import StoreUnavailable, _one_line
+from .store import CONNECT_TIMEOUT, POSTGRES_KEEPALIVES, StoreUnavailable, _one_line
 
 log = logging.getLogger("agentgate.approvals")
 witness_log = logging.getLogger("agentgate.chain")
@@ -63,6 +68,7 @@ _WRITTEN = "agentgate.approval_events"  # a transaction's appended events, in it
 UTC = dt.timezone.utc
 ADMIN_ISSUER = "agentgate:admin-token"
 ADMIN_SUB = "agentgate:admin"
+POLICY_ACTOR = "agentgate:policy"  # who withdraws an approval whose approver the rule deciding its call no longer names
 CHANNEL = "agentgate_approvals"  # PostgreSQL NOTIFY channel; the payload is the approval id
 GRANT_ACTION = "agentgate:GrantRole"
 GRANT_REQUEST_TTL = 3600  # seconds a grant request waits for a decision
@@ -89,6 +95,16 @@ class Refused(ApprovalError):
 
 class TooManyPending(ApprovalError):
     """A principal has as many approvals pending as one may (``Approvals.max_pending``)."""
+
+
+class Withdrawn(ApprovalError):
+    """An approved approval whose approver the rule deciding its call now does not name (the
+    rule's approvers changed since it was given): it was withdrawn (revoked), nothing is released
+    on it, and the call, retried, asks for a new one."""
+
+    def __init__(self, message: str, approval: "Approval | None" = None) -> None:
+        super().__init__(message)
+        self.approval = approval
 
 
 class Unvouched(ApprovalError):
@@ -346,11 +362,56 @@ class Approval:
 @dataclasses.dataclass(frozen=True)
 class Asked:
     """What asking for an approval found: ``state`` is released (an approval was taken for this
-    call), pending, denied or expired; ``created`` when this call opened the approval."""
+    call), pending, denied, expired or withdrawn (approved by someone the rule deciding the call
+    now does not name as an approver: ``why``); ``created`` when this call opened the approval."""
 
     approval: Approval
     state: str
     created: bool = False
+    why: str | None = None
+
+
+def _approvers_key(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A rule's ``approvers`` compared as a set: the order of names in a list does not matter."""
+    out = {k: v if k == "claims" else sorted({v} if isinstance(v, str) else set(v))
+           for k, v in (spec or {}).items() if v is not None}
+    return out or None
+
+
+def approver_unfit(approval: Approval, approvers: Mapping[str, Any] | None) -> str | None:
+    """Why ``approval``'s approver is not among ``approvers`` (those of the rule deciding its
+    call now), or None when they are. Its approver was checked, when deciding, against the
+    approvers the approval was asked under; when those are the approvers now, it holds. When the
+    rule's approvers changed since, an approval keeps only its approver's name, not their groups or
+    claims: it holds when that name alone fits the approvers now (named by ``sub``, or anyone but
+    the requester), and not otherwise (fail closed: an approver asks again)."""
+    if _approvers_key(approval.approvers) == _approvers_key(approvers):
+        return None
+    from .identity import Principal
+
+    name = approval.approver or ""
+    named = Principal(sub=name, iss=None, aud=(), groups=(), on_behalf_of=None, exp=float("inf"),
+                      claims={"sub": name})
+    if principal_matches(approvers, named):
+        return None
+    rule = f"rule {approval.rule!r}" if approval.rule else "the rule"
+    return (f"{name} approved it when the approvers of {rule} were {describe_approvers(approval.approvers)}; "
+            f"the rule deciding this call now names {describe_approvers(approvers)}, and {name} is not "
+            f"among them (an approval keeps its approver's name, not their groups or claims)")
+
+
+@dataclasses.dataclass
+class _Use:
+    """A call about to use an approved approval: its record's id (set on the approval as it is
+    used, so that the use can be told apart when its commit's answer is lost), the approvers of
+    the rule deciding it now (``check``: whether to hold the approval's approver to them), and
+    the monotonic time past which it no longer waits (nothing is used after it)."""
+
+    call_id: str | None = None
+    approvers: Mapping[str, Any] | None = None
+    check: bool = False
+    deadline: float | None = None
+    sent: str | None = None  # the approval the transaction's UPDATE used
 
 
 def may_decide(approval: Approval, approver: Any) -> str | None:
@@ -479,39 +540,55 @@ class Approvals:
     # -- a call asks -----------------------------------------------------------------------------
 
     def ask(self, *, principal: Any, decision: Any, call: Any, now: dt.datetime | None = None,
-            shown: Any = None) -> Asked:
+            shown: Any = None, call_id: str | None = None, deadline: float | None = None) -> Asked:
         """Find or open the approval for a call whose decision is ``approve``, taking it when it
-        is approved (so the call goes through, once). ``shown``: the call's parameters as
-        approvers may see them, masked (default: ``shown_params``)."""
+        is approved (so the call goes through, once) and its approver is among the approvers of
+        ``decision`` (else it is withdrawn). ``shown``: the call's parameters as approvers may see
+        them, masked (default: ``shown_params``). ``call_id``: the id of the call's record, which
+        an approval it uses names. ``deadline``: the monotonic time past which nothing is used."""
         now = now or _now()
         role = decision.role.role_arn if decision.role is not None else None
         h = binding_hash(principal, role, call.service, call.operation, call.region, call.params)
+        use = _Use(call_id, approvers_spec(decision.approvers), True, deadline)
+        written: list[dict[str, Any]] = []
         try:
             for _ in range(3):
-                with self._changing() as conn:
+                written, use.sent = [], None
+                outcome = None
+                with self._changing(written) as conn:
                     found = self._latest(conn, h, "call")
                     if found is not None:
-                        outcome = self._settle(conn, found, now)
-                        if outcome is not None:
-                            return outcome
-                    self._room_for(conn, principal, now)
-                    duration = int(decision.expires or 900)
-                    row = {
-                        "id": _new_id("call"), "kind": "call", "binding_hash": h, "rule": decision.rule,
-                        "policy_version": decision.policy_version, "principal": principal.sub,
-                        "issuer": principal.iss, "on_behalf_of": principal.on_behalf_of,
-                        "actors": _nested_actors(principal),
-                        "action": call.action or "unknown", "service": call.service, "operation": call.operation,
-                        "region": call.region, "resources": chain.jsonable(list(call.resources or [])),
-                        "params": chain.jsonable(shown) if shown is not None else
-                        shown_params(call.service, call.operation, call.params), "role": role,
-                        "approvers": approvers_spec(decision.approvers), "request_reason": decision.reason,
-                        "duration": duration, "status": "pending", "requested": now,
-                        "expires": now + dt.timedelta(seconds=duration),
-                    }
+                        outcome = self._settle(conn, found, now, use)
+                    if outcome is None:
+                        self._room_for(conn, principal, now)
+                if outcome is not None:
+                    if outcome.state == "withdrawn":
+                        self._changed()
+                    return outcome
+                duration = int(decision.expires or 900)
+                row = {
+                    "id": _new_id("call"), "kind": "call", "binding_hash": h, "rule": decision.rule,
+                    "policy_version": decision.policy_version, "principal": principal.sub,
+                    "issuer": principal.iss, "on_behalf_of": principal.on_behalf_of,
+                    "actors": _nested_actors(principal),
+                    "action": call.action or "unknown", "service": call.service, "operation": call.operation,
+                    "region": call.region, "resources": chain.jsonable(list(call.resources or [])),
+                    "params": chain.jsonable(shown) if shown is not None else
+                    shown_params(call.service, call.operation, call.params), "role": role,
+                    "approvers": approvers_spec(decision.approvers), "request_reason": decision.reason,
+                    "duration": duration, "status": "pending", "requested": now,
+                    "expires": now + dt.timedelta(seconds=duration),
+                }
+                if deadline is not None and time.monotonic() >= deadline:  # its call was answered already
+                    raise StoreUnavailable(f"no approval was asked for {call.action}: the store took longer than "
+                                           "this call waits for it")
                 if self._insert(row, "gateway"):
                     return Asked(Approval.from_row(row), "pending", created=True)
         except SQLAlchemyError as e:
+            if use.sent is not None:
+                found = self._used_by(use, e, written)
+                if found is not None:
+                    return Asked(found, "released")
             raise self._unavailable(e) from None
         raise ApprovalError(f"could not settle the approval for {call.action}: the store kept changing under it")
 
@@ -549,17 +626,18 @@ class Approvals:
         ).first()
         return None if row is None else Approval.from_row(row)
 
-    def _settle(self, conn: Any, a: Approval, now: dt.datetime) -> Asked | None:
+    def _settle(self, conn: Any, a: Approval, now: dt.datetime, use: _Use | None = None) -> Asked | None:
         """What an existing approval means for a new call with its hash; None: open a new one."""
-        c = self.table.c
+        use = use or _Use()
         if a.status == "approved":
             if a.state(now) == "approved":
                 self._require_vouched(conn, a.id, a)
-                taken = conn.execute(update(self.table).where(
-                    c.id == a.id, c.status == "approved", c.expires > now).values(status="used", used=now)).rowcount
-                if taken == 1:
-                    self._event(conn, a.id, "used", now, channel="gateway")
-                    return Asked(dataclasses.replace(a, status="used", used=now), "released")
+                why = approver_unfit(a, use.approvers) if use.check else None
+                if why is not None:
+                    withdrawn = self._withdraw(conn, a, now, why)
+                    return Asked(withdrawn, "withdrawn", why=why) if withdrawn is not None else None
+                if self._use(conn, a.id, now, use) == 1:
+                    return Asked(dataclasses.replace(a, status="used", used=now, call_id=use.call_id), "released")
                 return None
             self._expire(conn, a, now)
             return Asked(dataclasses.replace(a, status="expired"), "expired")
@@ -632,18 +710,86 @@ class Approvals:
             self._event(conn, a.id, "expired", now, channel="gateway")
 
     @contextlib.contextmanager
-    def _changing(self) -> Iterator[Any]:
-        """A transaction that may append approval events; once it commits, each event's place in
-        the chain is logged as a witness (``chain.Witness``), to be kept outside the store."""
-        written: list[dict[str, Any]] = []
+    def _changing(self, written: list[dict[str, Any]] | None = None) -> Iterator[Any]:
+        """A transaction that may append approval events (to ``written`` too, when given); once it
+        commits, each event's place in the chain is logged as a witness (``chain.Witness``), to be
+        kept outside the store."""
+        written = [] if written is None else written
         with self.engine.begin() as conn:
             conn.info[_WRITTEN] = written
             try:
                 yield conn
             finally:
                 conn.info.pop(_WRITTEN, None)
+        self._witness(written)
+
+    @staticmethod
+    def _witness(written: list[dict[str, Any]]) -> None:
         for e in written:
             witness_log.info(chain.Witness(chain.APPROVAL_EVENTS_CHAIN, e["seq"], e["hash"], e["mac"], "").line())
+
+    def _use(self, conn: Any, approval_id: str, now: dt.datetime, use: _Use) -> int:
+        """(In a transaction.) Mark an approved approval used by ``use``'s call, with its event: 1
+        when it was, 0 when it was no longer approved. Past ``use.deadline`` nothing is used (the
+        call was answered already)."""
+        if use.deadline is not None and time.monotonic() >= use.deadline:
+            raise StoreUnavailable(f"approval {approval_id} was not used: the store took longer than this call "
+                                   "waits for it")
+        c = self.table.c
+        use.sent = approval_id
+        taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved", c.expires > now)
+                             .values(status="used", used=now, call_id=use.call_id)).rowcount
+        if taken == 1:
+            self._event(conn, approval_id, "used", now, channel="gateway")
+        return taken
+
+    def _used_by(self, use: _Use, error: BaseException, written: list[dict[str, Any]]) -> Approval | None:
+        """After a transaction that used approval ``use.sent`` failed (``error``): the approval,
+        when the store has it used by this call; else None. The transaction's COMMIT may have been
+        sent and gone through with its answer lost (the connection broke before the answer came):
+        the approval is then used, and names this call. The store is asked until it answers (a new
+        connection), up to ``use.deadline`` (else ``commit_timeout`` from now); StoreUnavailable
+        when it does not answer by then, saying the use is not known."""
+        approval_id = use.sent
+        deadline = use.deadline if use.deadline is not None else time.monotonic() + self.store.commit_timeout
+        pause = 0.05
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+                break
+            except SQLAlchemyError as e:
+                if time.monotonic() + pause >= deadline:
+                    raise StoreUnavailable(
+                        f"the approvals in the store at {self.where} cannot be reached ({_one_line(error)}), and "
+                        f"whether this call used approval {approval_id} is not known yet ({_one_line(e)})") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+        found = Approval.from_row(row) if row is not None else None
+        if found is None or found.status != "used" or use.call_id is None or found.call_id != use.call_id:
+            log.warning("approval %s: using it for call %s failed (%s); the store has it %s", approval_id,
+                        use.call_id, _one_line(error), "not used" if found is None or found.status != "used"
+                        else f"used by call {found.call_id}")
+            return None
+        log.warning("approval %s: the answer to its use by call %s was lost (%s); the store has it used by "
+                    "this call, which goes on", approval_id, use.call_id, _one_line(error))
+        self._witness(written)  # its transaction went through whole, its events with it
+        return found
+
+    def _withdraw(self, conn: Any, a: Approval, now: dt.datetime, why: str) -> Approval | None:
+        """(In a transaction.) Revoke an approved approval whose approver the rule deciding its
+        call now does not name (``approver_unfit``): a retry of the call asks for a new one. None
+        when it was no longer approved (used or revoked meanwhile)."""
+        c = self.table.c
+        reason = f"withdrawn: {why}"
+        values = {"status": "revoked", "revoked": now, "revoked_by": POLICY_ACTOR, "revoke_reason": reason,
+                  "expires": now}
+        if conn.execute(update(self.table).where(c.id == a.id, c.status == "approved").values(**values)).rowcount != 1:
+            return None
+        self._event(conn, a.id, "revoked", now, actor=POLICY_ACTOR, reason=reason, channel="gateway")
+        self._notify(conn, a.id)
+        log.warning("approval %s withdrawn: %s", a.id, why)
+        return dataclasses.replace(a, **values)
 
     def _event(self, conn: Any, approval_id: str, event: str, at: dt.datetime, *, actor: str | None = None,
                reason: str | None = None, channel: str | None = None) -> None:
@@ -676,20 +822,40 @@ class Approvals:
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
 
-    def take(self, approval_id: str, now: dt.datetime | None = None) -> Approval | None:
-        """Use an approved approval for the call that waited on it; None if it is no longer usable."""
+    def take(self, approval_id: str, now: dt.datetime | None = None, *, call_id: str | None = None,
+             decision: Any = None, deadline: float | None = None) -> Approval | None:
+        """Use an approved approval for the call that waited on it; None if it is no longer usable.
+        ``call_id``: the id of the call's record, which the used approval names. ``decision``: the
+        call's; its approver must be among its approvers (``approver_unfit``), else the approval is
+        withdrawn (``Withdrawn``). ``deadline``: the monotonic time past which nothing is used."""
         now = now or _now()
         c = self.table.c
+        use = _Use(call_id, approvers_spec(decision.approvers) if decision is not None else None,
+                   decision is not None, deadline)
+        written: list[dict[str, Any]] = []
+        withdrawn = why = None
         try:
-            with self._changing() as conn:
+            with self._changing(written) as conn:
                 self._require_vouched(conn, approval_id)
-                taken = conn.execute(update(self.table).where(c.id == approval_id, c.status == "approved",
-                                                              c.expires > now).values(status="used", used=now)).rowcount
-                if taken == 1:
-                    self._event(conn, approval_id, "used", now, channel="gateway")
+                row = conn.execute(select(self.table).where(c.id == approval_id)).first()
+                a = Approval.from_row(row) if row is not None else None
+                if use.check and a is not None and a.state(now) == "approved":
+                    why = approver_unfit(a, use.approvers)
+                taken = 0
+                if why is not None:
+                    withdrawn = self._withdraw(conn, a, now, why)
+                else:
+                    taken = self._use(conn, approval_id, now, use)
                 row = conn.execute(select(self.table).where(c.id == approval_id)).first()
         except SQLAlchemyError as e:
+            if use.sent is not None:
+                found = self._used_by(use, e, written)
+                if found is not None:
+                    return found
             raise self._unavailable(e) from None
+        if withdrawn is not None:
+            self._changed()
+            raise Withdrawn(why, withdrawn)
         return Approval.from_row(row) if taken == 1 and row is not None else None
 
     # -- deciding --------------------------------------------------------------------------------
@@ -866,7 +1032,7 @@ class Approvals:
         self._kick = asyncio.Event()
         self._closing.clear()
         try:
-            self._grants = await asyncio.to_thread(self.active_grants)
+            self._grants = await self._loop.run_in_executor(self.store.executor, self.active_grants)
             self._grants_loaded = time.monotonic()
         except Exception as e:  # noqa: BLE001 - the poller retries
             log.warning("cannot load access grants yet: %s", e)
@@ -918,6 +1084,7 @@ class Approvals:
 
     async def _poll(self) -> None:
         interval = POSTGRES_POLL if self.postgres else SQLITE_POLL
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
             try:
@@ -928,12 +1095,12 @@ class Approvals:
             try:
                 ids = list(self._waiters)
                 if ids:
-                    for a in await asyncio.to_thread(self._decided, ids):
+                    for a in await loop.run_in_executor(self.store.executor, self._decided, ids):
                         for f in list(self._waiters.get(a.id, ())):
                             if not f.done():
                                 f.set_result(a)
                 if time.monotonic() - self._grants_loaded >= GRANTS_REFRESH:
-                    self._grants = await asyncio.to_thread(self.active_grants)
+                    self._grants = await loop.run_in_executor(self.store.executor, self.active_grants)
                     self._grants_loaded = time.monotonic()
                 failures = 0
             except asyncio.CancelledError:
@@ -952,17 +1119,26 @@ class Approvals:
                 c.id.in_(ids), ~and_(c.status == "pending", c.expires > now))).all()
         return [Approval.from_row(r) for r in rows]
 
-    def _listen(self) -> None:
-        """PostgreSQL: LISTEN for decisions made anywhere, and wake the poller at once."""
+    def _listen_connection(self) -> Any:
+        """PostgreSQL: a connection of the listener's own (autocommit), with the store's TCP
+        keepalives (``POSTGRES_KEEPALIVES``): it sends nothing while it waits for notifications,
+        so a server gone silent is noticed by the keepalives, in seconds, and the listener
+        connects again (polling covers the gap)."""
         import psycopg
 
         args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
         kwargs.pop("context", None)
-        kwargs.setdefault("connect_timeout", 3)
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        for name, value in POSTGRES_KEEPALIVES.items():
+            kwargs.setdefault(name, value)
+        return psycopg.connect(*args, autocommit=True, **kwargs)
+
+    def _listen(self) -> None:
+        """PostgreSQL: LISTEN for decisions made anywhere, and wake the poller at once."""
         failures = 0
         while not self._closing.is_set():
             try:
-                with psycopg.connect(*args, autocommit=True, **kwargs) as conn:
+                with self._listen_connection() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
                     if failures:

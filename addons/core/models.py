@@ -173,7 +173,7 @@ class Approval(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(8), default="call", server_default="call")  # call | grant
     binding_hash: Mapped[str] = mapped_column(String(64))  # principal, role, service, operation, region, params
-    call_id: Mapped[str | None] = mapped_column(String(64))  # the call that asked
+    call_id: Mapped[str | None] = mapped_column(String(64))  # the call that used it (its record's id), set as it is used
     rule: Mapped[str | None] = mapped_column(String)
     policy_version: Mapped[str | None] = mapped_column(String)
     principal: Mapped[str] = mapped_column(String)

@@ -59,6 +59,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,14 @@ CHAIN_KEY_FILE = "chain.key"
 MAX_BATCH = 1000  # records per group commit
 MAX_BACKOFF = 2.0  # seconds between retries while the database is down
 CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
+# libpq's connection parameters for every PostgreSQL connection (the pool's, the writer's, the
+# approvals' LISTEN): TCP keepalives probe an idle connection after 5 s, every 2 s, 3 times, and
+# tcp_user_timeout (milliseconds) drops one whose sent data goes unacknowledged for 10 s. A server
+# that went away without closing its connections (a network partition, a host that died) is then
+# noticed in seconds, not after the kernel's two hours, and what waited on it fails and is retried.
+POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                       "tcp_user_timeout": 10_000}
+STORE_THREADS = 8  # threads of the store's own for the database work calls wait on (``Store.executor``)
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 SQLITE_BUSY_SLICE = 0.05  # seconds; the writer looks whether to stop waiting for that lock this often
 FILE_LOOK_EVERY = 1.0  # seconds between looks that the SQLite store's file is still the one opened (``Store._same_file``)
@@ -223,8 +232,8 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
         if backend in ("postgresql", "postgres"):
             if u.drivername in ("postgresql", "postgres"):
                 u = u.set(drivername="postgresql+psycopg")
-            return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT},
-                                 json_serializer=chain.json_text)
+            return create_engine(u, pool_pre_ping=True, json_serializer=chain.json_text,
+                                 connect_args={"connect_timeout": CONNECT_TIMEOUT, **POSTGRES_KEEPALIVES})
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise StoreError(f"cannot use the database URL {display_url(url)}: {e}") from None
     raise StoreError(
@@ -775,6 +784,11 @@ class Store:
         self._head = GENESIS
         self._anchored = 0
         self._policy_versions: set[str] = set()
+        # policy versions that decided calls and whose text the writer stores before its next
+        # commit (``keep_policy_version``): version -> text
+        self._owed_versions: dict[str, str] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self._schema_ok = False
         # group commits, the records they held, and how many of those commits a caller made inline
         self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0, "inline": 0}
@@ -868,6 +882,22 @@ class Store:
     def healthy(self) -> bool:
         """False from a failed (or overdue) commit until the next successful one."""
         return self._healthy
+
+    @property
+    def last_error(self) -> str:
+        """Why the store cannot write, while it cannot ("" when it can)."""
+        return self._last_error
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Threads of the store's own (STORE_THREADS) for the database work a call waits on
+        (approvals asked for and used, decisions looked for): when the database hangs, the calls
+        waiting on it hold these threads, not the event loop's default executor, which fetching
+        STS credentials and the issuer's keys needs."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="agentgate-store")
+            return self._executor
 
     @property
     def queued(self) -> int:
@@ -1007,7 +1037,7 @@ class Store:
             return False
         with self._cond:
             if (self._queue or self._attempting or self._inline or self._writer_waiting or self._in_doubt
-                    or not self._healthy or self._thread is None or self._closing.is_set()):
+                    or self._owed_versions or not self._healthy or self._thread is None or self._closing.is_set()):
                 return False
             self._inline = True
         done = False
@@ -1104,17 +1134,48 @@ class Store:
         """Keep a policy version's text, once per version."""
         if version in self._policy_versions:
             return
-        stmt = self._upsert(PolicyVersion).values(
-            version=version, text=chain.clean_str(text), first_seen=dt.datetime.now(dt.timezone.utc)
-        ).on_conflict_do_nothing(index_elements=["version"])
         try:
-            with self.engine.begin() as conn:
-                conn.execute(stmt)
+            self._insert_policy_versions({version: text})
         except SQLAlchemyError as e:
             if _transient(e):
                 raise StoreUnavailable(f"the store at {self.where} cannot write: {_one_line(e)}") from None
             raise StoreError(f"policy version {version} cannot be stored: {_one_line(e)}") from None
-        self._policy_versions.add(version)
+
+    def keep_policy_version(self, version: str, text: str) -> None:
+        """Have a policy version's text stored before the records it decides: the writer stores
+        it ahead of its next commit, and while the store cannot write it keeps it, with every other
+        version that decided a call meanwhile, until it can. Returns at once (a call being decided
+        never waits for the database here)."""
+        with self._cond:
+            if version not in self._policy_versions:
+                self._owed_versions.setdefault(version, text)
+
+    def _insert_policy_versions(self, texts: dict[str, str]) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        with self.engine.begin() as conn:
+            for version, text_ in texts.items():
+                conn.execute(self._upsert(PolicyVersion).values(
+                    version=version, text=chain.clean_str(text_), first_seen=now
+                ).on_conflict_do_nothing(index_elements=["version"]))
+        self._policy_versions.update(texts)
+
+    def _store_owed_versions(self, texts: dict[str, str]) -> None:
+        """(Writer thread, before a commit.) Store the texts ``keep_policy_version`` left; a
+        database that cannot be written raises (the commit waits, the texts stay owed). A text the
+        database refuses is logged and given up, not let to hold up the records."""
+        try:
+            self._insert_policy_versions(texts)
+        except SQLAlchemyError as e:
+            if _transient(e):
+                raise
+            log.error("store %s: the text of policy versions %s cannot be stored: %s", self.where,
+                      ", ".join(texts), _one_line(e))
+        else:
+            if len(texts) > 1 or not self._healthy:
+                log.info("store %s: stored the text of policy versions %s", self.where, ", ".join(texts))
+        with self._cond:
+            for version in texts:
+                self._owed_versions.pop(version, None)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (for up to ``timeout`` seconds), checkpoint the chain head, stop."""
@@ -1141,6 +1202,10 @@ class Store:
                         raw.close()
                 except Exception:  # noqa: BLE001 - closing after the database went away
                     pass
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:  # threads still waiting on a database that hangs are left to it
+            executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
 
     def _run(self) -> None:
@@ -1182,7 +1247,9 @@ class Store:
                     self._cond.wait(min(waits) if waits else None)
                     self._wake_on_commit = False
                 housekeeping = flush or self._wal_due
-                if not housekeeping and not self._in_doubt:
+                # policy texts owed are stored before the records that name them, none inflight meanwhile
+                owed = dict(self._owed_versions) if not housekeeping and not self._in_doubt else None
+                if not housekeeping and not self._in_doubt and not owed:
                     batch = list(itertools.islice(self._queue, self._max_batch))
                     for item in batch:
                         item.inflight = True
@@ -1200,6 +1267,13 @@ class Store:
                     continue
                 except Exception as e:  # noqa: BLE001 - the database cannot be asked yet
                     error: BaseException = e
+                    batch, checkpoint, final = [], False, False
+            elif owed:
+                try:
+                    self._store_owed_versions(owed)
+                    continue
+                except Exception as e:  # noqa: BLE001 - the database cannot be written yet
+                    error = e
                     batch, checkpoint, final = [], False, False
             else:
                 final = closing and not batch

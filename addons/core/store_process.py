@@ -11,7 +11,9 @@ The child runs ``Store.write`` for each record as the gateway would have: the sa
 the same durability, the same ``commit_timeout``, the same rewriting of a record whose call is
 refused (``if_refused``) or whose client left (``if_gone``: the gateway tells the child when it
 sees its client leave), the same fail-closed health, which the child reports as it changes.
-Reading (the console, approvals, policy versions) stays in the gateway on its own connections.
+The text of each policy version that decides calls goes to the child too, ahead of the records
+naming it, for its writer to store before their commit. Reading (the console, approvals, policy
+versions) stays in the gateway on its own connections.
 
 The child ignores SIGINT and SIGTERM: it stops when the gateway tells it to, after writing what is
 queued (``close``), or when the gateway is gone (end of file on its socket), after the same. If the
@@ -189,6 +191,7 @@ class StoreProcess(Store):
         self._waiting: dict[int, asyncio.Future] = {}
         self._ended = False  # the child is gone: every write is refused
         self._stopping = False
+        self._versions_sent: set[str] = set()  # policy versions whose text the writer process was given
 
     def start(self) -> None:
         """Start the writer process. It starts its writer while the gateway goes on starting;
@@ -310,6 +313,16 @@ class StoreProcess(Store):
             look = None  # it names itself: a cycle that would keep the call's flow for the garbage collector
             self._waiting.pop(rid, None)
 
+    def keep_policy_version(self, version: str, text: str) -> None:
+        """``Store.keep_policy_version``, by the writer process: sent ahead of the records that
+        name the version, so that it stores the text before their commit."""
+        if version in self._policy_versions or version in self._versions_sent:
+            return
+        if self._sock is None or self._ended:
+            return  # not started (the next call tells it), or ended (nothing more is written)
+        self._attach(asyncio.get_running_loop()).send(("p", version, text))
+        self._versions_sent.add(version)
+
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
         raise StoreError("the store's writer runs in a process of its own: write() from its event loop")
 
@@ -419,6 +432,8 @@ class _Writer:
                     self.store._enqueue(record, None, if_refused)
                 except StoreError:  # unavailable: the record is kept (not kept: the store logged why)
                     pass
+        elif kind == "p":
+            self.store.keep_policy_version(message[1], message[2])
         elif kind == "g":
             self._left(message[1])
         elif kind == "close":
