@@ -1293,3 +1293,11 @@ def test_a_call_is_decided_for_the_region_it_is_signed_for_and_reaches(host, aut
                     b"x" if host.startswith("walk-bucket") else None)
     auth = sigv4.parse_auth("PUT", path, "", list(headers.items()))
     assert call.region == sigv4.region_for(auth, host) and call.region is not None, (call.region, call.error)
+
+
+def test_a_select_ended_by_a_semicolon_is_read_and_nothing_may_follow_it():
+    assert classifier.partiql_statement("SELECT * FROM orders;") == ("SELECT", "orders")
+    assert classifier.partiql_statement('SELECT * FROM "orders" WHERE id = 1;') == ("SELECT", "orders")
+    for text in ("SELECT * FROM orders; DELETE FROM audit", "SELECT * FROM orders;;"):
+        with pytest.raises(classifier.NotAuthorisable):
+            classifier.partiql_statement(text)

@@ -311,8 +311,8 @@ def test_a_deny_rule_whose_condition_fails_on_a_call_refuses_it(tmp_path, issuer
         assert error["Code"] == "AccessDenied"
         assert error["Message"].startswith(
             "agentgate denied dynamodb:BatchWriteItem by rule 'audit-tables': the condition of rule audit-tables could "
-            "not be evaluated on this call (when `starts_with(params.TableName, 'audit-')`: In function starts_with(), "
-            "invalid type for value: None")
+            "not be evaluated on this call (when `starts_with(params.TableName, 'audit-')`: starts_with() takes string, "
+            "not null)")
         assert "guard what it reads, e.g. `params.TableName && starts_with(params.TableName, 'audit-')`" in error["Message"]
         assert "Item" not in ddb.get_item(TableName="audit-batch", Key={"id": {"S": "2"}})  # nothing was written
         ddb.put_item(TableName="batch-orders", Item={"id": {"S": "3"}})  # where the condition evaluates, it decides

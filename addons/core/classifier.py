@@ -1794,7 +1794,7 @@ def batch_writes(result: Classification) -> list[Classification]:
             action, level = actions.iam_action("dynamodb", operation)
             parts.append(dataclasses.replace(result, operation=operation, action=action, access_level=level,
                                              params={**own, "TableName": table, member: body[member]},
-                                             resources=[table], implied=(), by_parts=False))
+                                             resources=spellings(table), implied=(), by_parts=False))
     return parts
 
 
@@ -1839,7 +1839,7 @@ def item_reads(result: Classification) -> tuple[Classification, ...]:
         if table and table == result.params.get("TableName") and isinstance(key, dict):
             params["Key"] = key
         reads.append(dataclasses.replace(result, operation="GetItem", action=action, access_level=level, params=params,
-                                         resources=[table] if table else [], implied=(), by_parts=False, item_reads=()))
+                                         resources=spellings(table) if table else [], implied=(), by_parts=False, item_reads=()))
     return tuple(reads)
 
 
@@ -1978,6 +1978,8 @@ def partiql_statement(text: Any) -> tuple[str, str]:
     follows = keyword(token())
     if follows == "." and verb in ("SELECT", "EXISTS") and kind == "name" and token()[0] == "name":
         follows = keyword(token())  # past "table"."index" (both quoted, as DynamoDB asks)
+    if follows == ";" and verb == "SELECT" and keyword(token()) is None:
+        follows = None  # a SELECT ended by a semicolon, nothing after it
     if kind not in ("word", "name") or not table or follows not in PARTIQL_AFTER_TABLE[verb]:
         raise NotAuthorisable(f"is {'an' if verb[0] in 'AEIOU' else 'a'} {verb} whose table cannot be read")
     return verb, table

@@ -1003,9 +1003,21 @@ def _oneline(text: str) -> str:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # a jmespath name that needs no quotes
 
 
+_QUOTED = re.compile("'[^']*'|\"[^\"]*\"")
+ERROR_LINE_MAX = 200  # characters of an expression's failure kept in a reason
+
+
 def _error_line(error: Exception) -> str:
-    """An expression's failure in one line: jmespath's message, or the Python error's."""
-    return _oneline(str(error)) or type(error).__name__
+    """An expression's failure in one line, without the values it failed on: a reason goes to the
+    agent, approvers and the record, where a parameter's value (a secret the body masks) must not
+    be quoted. jmespath's type errors are said by function and types; other messages lose what
+    they quote, and are cut to ERROR_LINE_MAX characters."""
+    if isinstance(error, jmespath.exceptions.JMESPathTypeError):
+        expected = " or ".join(str(t) for t in (error.expected_types or ()))
+        return f"{error.function_name}() takes {expected or 'another type'}, not {error.actual_type}"
+    text = _QUOTED.sub("…", _oneline(str(error))) if not isinstance(error, TypeError) else _oneline(str(error))
+    text = text or type(error).__name__
+    return text if len(text) <= ERROR_LINE_MAX else text[:ERROR_LINE_MAX - 1] + "…"
 
 
 @functools.lru_cache(maxsize=256)
@@ -1615,7 +1627,12 @@ class PolicySet:
             if entry.principal is None:
                 return entry.binding
             facts = facts or _Facts(principal, None)
-            if entry.principal.matches(principal, facts):
+            got = entry.principal.test(principal, facts)
+            if isinstance(got, str):
+                # a binding whose claims cannot be tested against this token grants no role, and
+                # the bindings after it are not tried: the principal may be the one it narrows
+                return None
+            if got:
                 return entry.binding
         return None
 
