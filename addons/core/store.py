@@ -1925,6 +1925,13 @@ def _record(row: dict[str, Any]) -> str:
     return f"call {row['id']} (writer {row['writer_id']}, seq {row['seq']})"
 
 
+def _unplaceable(row: dict[str, Any], stored: list[str], unread: set[str]) -> str | None:
+    """(A row as ``StoredForm.read`` gave it.) The problem line of a record whose chain columns
+    cannot be read, so that it cannot be placed in its chain (what is missing there is said too);
+    None for one that can be fed to its ``ChainCheck``."""
+    return f"{_record(row)}: " + "; ".join(stored) if unread & _CHAIN_COLUMNS else None
+
+
 def policy_text_version(text: str) -> str:
     """The version of a policy text, as ``core.policy.PolicySet`` names the version it loaded:
     the first 16 hex digits of its SHA-256."""
@@ -1987,8 +1994,8 @@ def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.W
             ends: dict[str, int] = {}
             for r in rows:
                 m, stored, unread = form.read(r)
-                if unread & _CHAIN_COLUMNS:  # not to be placed in its chain: what is missing there is said too
-                    result.problems.append(f"{_record(m)}: " + "; ".join(stored))
+                if (unplaced := _unplaceable(m, stored, unread)) is not None:
+                    result.problems.append(unplaced)
                     result.hashes_hold = False
                     continue
                 if check is None or check.writer_id != m["writer_id"]:
@@ -2089,8 +2096,8 @@ def verify_period(store: Store, since: dt.datetime | None = None, until: dt.date
                 for r in conn.execute(form.select().where(c.writer_id == writer_id, c.seq >= start, c.seq <= end)
                                       .order_by(c.seq).execution_options(yield_per=2000)):
                     m, stored, unread = form.read(r)
-                    if unread & _CHAIN_COLUMNS:  # not to be placed in its chain: what is missing there is said too
-                        found.append((m["seq"] if "seq" not in unread else start, f"{_record(m)}: " + "; ".join(stored)))
+                    if (unplaced := _unplaceable(m, stored, unread)) is not None:
+                        found.append((m["seq"] if "seq" not in unread else start, unplaced))
                         continue
                     check.feed(m, stored, readable=not unread)
                 check.finish()
@@ -2107,7 +2114,10 @@ def verify_period(store: Store, since: dt.datetime | None = None, until: dt.date
                 tail = ChainCheck(writer_id, [cp for cp in cps if cp.seq >= last], chain_key, inside=True)
                 m, stored, unread = form.read(conn.execute(form.select().where(c.writer_id == writer_id,
                                                                                c.seq == last)).one())
-                tail.feed(m, stored, readable=not unread)
+                if (unplaced := _unplaceable(m, stored, unread)) is not None:
+                    found.append((last, unplaced))
+                else:
+                    tail.feed(m, stored, readable=not unread)
                 found += [(last, p) for p in tail.finish().problems]
             result.problems += [p for _, p in sorted(found, key=lambda f: f[0])]  # (a stable sort)
         for writer_id, cps in sorted(checkpoints.items()):  # chains with no records left
@@ -2523,8 +2533,8 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                     .execution_options(yield_per=2000)
                 ):
                     row, stored, unread = form.read(r)
-                    if unread & _CHAIN_COLUMNS:
-                        raise StoreError(f"not pruning: {_record(row)}: {'; '.join(stored)} (run `agentgate verify`; "
+                    if (unplaced := _unplaceable(row, stored, unread)) is not None:
+                        raise StoreError(f"not pruning: {unplaced} (run `agentgate verify`; "
                                          "a broken chain is not summarised)")
                     check.feed(row, stored, readable=not unread)
                     if row["seq"] <= upto:
