@@ -16,17 +16,11 @@ import botocore.exceptions
 import pytest
 
 from tests.conftest import ROOT
-from tests.support.gateway import Gateway
+from tests.support.gateway import TEST_POLICY, Gateway
+from tests.test_body_parameters import refused as refusal
 from tests.test_masking_e2e import AGENT_ITEM, agent_client, marker, sqlite_files
 
-ROLES = """\
-version: 1
-default: deny
-roles:
-  - principal: {groups: [data-agents]}
-    role_arn: arn:aws:iam::123456789012:role/agent-role
-    duration: 1h
-"""
+ROLES = TEST_POLICY.split("rules:\n", 1)[0]  # the test gateways' roles (data-agents as agent-role), no rule
 # README's idiom for item masks, and an operator's rule letting agents write items
 OPERATOR_RULES = """\
 rules:
@@ -67,12 +61,6 @@ def shipped_gw(tmp_path_factory, issuer, moto):
 def make_table(ddb, table: str) -> None:
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
-
-
-def refusal(call) -> tuple[str, str]:
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        call()
-    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
 
 
 def test_a_write_hands_back_an_item_masked_as_a_read_of_it_would_be(gw, issuer):

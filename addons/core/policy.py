@@ -1010,8 +1010,9 @@ ERROR_LINE_MAX = 200  # characters of an expression's failure kept in a reason
 def _error_line(error: Exception) -> str:
     """An expression's failure in one line, without the values it failed on: a reason goes to the
     agent, approvers and the record, where a parameter's value (a secret the body masks) must not
-    be quoted. jmespath's type errors are said by function and types; other messages lose what
-    they quote, and are cut to ERROR_LINE_MAX characters."""
+    be quoted. jmespath's type errors are said by function and types; Python's type errors (a
+    comparison of a string and a number) quote type names only and stay as they are; other
+    messages lose what they quote; all are cut to ERROR_LINE_MAX characters."""
     if isinstance(error, jmespath.exceptions.JMESPathTypeError):
         expected = " or ".join(str(t) for t in (error.expected_types or ()))
         return f"{error.function_name}() takes {expected or 'another type'}, not {error.actual_type}"
