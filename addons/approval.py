@@ -78,10 +78,13 @@ def withdrawn_message(a: ApprovalInfo, why: str, decision) -> str:
             f"not made: retry this same call to ask for a new approval, for an approver ({now}) to approve")
 
 
+_CAN_READ = ConnectionState.CAN_READ.value  # tested as an int: a Flag's ``&`` builds a member each time
+
+
 def client_gone(flow: http.HTTPFlow) -> bool:
     """The agent left: its connection is no longer readable, or (HTTP/2) it reset the call's stream."""
     conn = flow.client_conn
-    return conn is None or not (conn.state & ConnectionState.CAN_READ) or CLIENT_LEFT in flow.metadata
+    return conn is None or not (conn.state.value & _CAN_READ) or CLIENT_LEFT in flow.metadata
 
 
 class Approval:

@@ -1014,6 +1014,8 @@ class Approvals:
     def grant_for(self, principal: Any, now: dt.datetime | None = None) -> Approval | None:
         """The access grant in force for ``principal`` (the latest approved), from memory: the
         gateway reloads active grants every second and at once on a decision."""
+        if not self._grants:
+            return None
         now = now or _now()
         best = None
         for g in self._grants:

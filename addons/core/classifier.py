@@ -1173,10 +1173,19 @@ def _one_value_per_name(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_one_value_per_name)
+
+
 def load_json(body: bytes | str) -> Any:
     """A JSON document, refused (ValueError) where an object names a member twice: which of the
-    two a service would act on is not known, so neither policy nor the record may pick one."""
-    return json.loads(body, object_pairs_hook=_one_value_per_name)
+    two a service would act on is not known, so neither policy nor the record may pick one.
+    (``json.loads`` as it reads text and bytes, with one decoder kept instead of one made per call.)"""
+    if isinstance(body, str):
+        if body.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", body, 0)
+    else:
+        body = body.decode(json.detect_encoding(body), "surrogatepass")
+    return _JSON_DECODER.decode(body)
 
 
 def header_value(text: str, shape: botocore.model.Shape, errors: ParamErrors, path: str) -> Any:

@@ -1038,7 +1038,8 @@ class MaskedCall:
         else:
             self.response_body, self.response_headers = part.body, part.headers
             self.response_done = True
-        self.counts.update(part.masked)
+        if part.masked:
+            self.counts.update(part.masked)
         if part.note:
             self.notes.append(f"{which}: {part.note}")
 

@@ -479,7 +479,7 @@ def _sign_fast(method, host, path, query, kept, names, credentials, region, sign
     scope = f"{timestamp[:8]}/{region}/{signing_name}/aws4_request"
     string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{sha256(canonical.encode()).hexdigest()}"
     key = signing_key(credentials.secret_key, timestamp[:8], region, signing_name)
-    signature = hmac.new(key, string_to_sign.encode(), sha256).hexdigest()
+    signature = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
     added.append(("Authorization", f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
                                    f"SignedHeaders={signed_headers}, Signature={signature}"))
     return signature, added
@@ -795,6 +795,8 @@ class ChunkResigner:
 
 def _header_pairs(headers: Any) -> list[tuple[str, str]]:
     """(name, value) pairs from a mapping, a multi-dict such as mitmproxy's Headers, or pairs."""
+    if type(headers) is list:
+        return headers
     if hasattr(headers, "fields"):
         return list(headers.items(multi=True))
     if isinstance(headers, Mapping):
