@@ -10,10 +10,32 @@ from mitmproxy import http
 
 from .core import classifier
 from .core.awserrors import Refusal
-from .stage import CALL, HOST, REFUSAL, STREAM, answer, declares_body, due, header_pairs, lowered
+from .stage import AUTH, CALL, HOST, REFUSAL, STREAM, answer, declares_body, due, header_pairs, lowered
 
 
 OFF_LOOP_OVER = 256 * 1024  # bytes: a larger body is classified in a worker thread, off the event loop
+
+
+def signed_elsewhere(call: classifier.Classification, presigned: bool, host: str) -> Refusal:
+    """The answer to a call whose signature names another region (``call.signed_region``) than its
+    host is in (``call.region``). It is refused whatever policy says: the gateway would decide it
+    for the host's region and sign it for that region, which the agent did not sign for. S3 gets
+    S3's own answer, naming the region to sign for in ``<Region>`` and ``x-amz-bucket-region``:
+    the SDK signs again for it and retries, as it does against AWS (botocore's S3RegionRedirector:
+    `aws s3 ls --region us-east-1 --endpoint-url https://s3.eu-west-1.amazonaws.com`); that retry
+    is a call of its own, decided and recorded for its region. Other services get AccessDenied
+    saying which region to sign for."""
+    signed, region = (call.signed_region or "")[:40], call.region
+    fix = f"agentgate forwards a call only as signed for the region its host {host[:100]} is in: sign for {region!r}"
+    if call.signing_name == "s3":
+        if presigned:
+            code, what = "AuthorizationQueryParametersError", "Error parsing the X-Amz-Credential parameter"
+        else:
+            code, what = "AuthorizationHeaderMalformed", "The authorization header is malformed"
+        return Refusal(400, code, f"{what}; the region {signed!r} is wrong; expecting {region!r} ({fix}; "
+                       "SDKs sign again for it and retry on this answer)", "classify", region=region)
+    return Refusal(403, "AccessDenied", f"agentgate refused the call: {call.error}; {fix} (set the client's region "
+                   f"to it, or send the call to an endpoint in {signed!r})", "classify")
 
 
 class Classify:
@@ -27,6 +49,11 @@ class Classify:
             # it as `unknown` (denied unless a rule names it); service and operation stay recorded.
             call.action, call.access_level = "unknown", None
         flow.metadata[CALL] = call
+        if call.signed_region is not None and REFUSAL not in flow.metadata:
+            # answered here, before policy: no rule can have it signed for a region it was not signed for
+            auth = flow.metadata.get(AUTH)
+            answer(flow, signed_elsewhere(call, bool(auth is not None and auth.presigned), host))
+            return
         if body is None and flow.metadata.get(STREAM) and not classifier.body_is_data(call) and (
                 declares_body(req) or ((req.is_http2 or req.is_http3) and "content-length" not in req.headers)):
             # A declared payload hash lets a body stream past the stages, which suits data (an S3

@@ -1,10 +1,11 @@
 """AWS-shaped errors: a refusal rendered in the service's own protocol, so SDKs raise ClientError.
 
 JSON protocols get ``__type``/``message`` and ``x-amzn-ErrorType``; rest-xml (S3) gets
-``<Error><Code>``; query gets ``<ErrorResponse>``; ec2 gets ``<Response><Errors>``; RPC v2 CBOR
-gets a CBOR map, and so does a json call sent as CBOR (``application/x-amz-cbor-1.1``, as the Java
-SDKs send Kinesis), in the content type it was sent in. The message says what happened and what to
-do; it never carries a token.
+``<Error><Code>`` (and ``<Region>`` where the refusal names the region to sign for); query gets
+``<ErrorResponse>``; ec2 gets ``<Response><Errors>``; RPC v2 CBOR gets a CBOR map, and so does a
+json call sent as CBOR (``application/x-amz-cbor-1.1``, as the Java SDKs send Kinesis), in the
+content type it was sent in. The message says what happened and what to do; it never carries a
+token.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class Refusal:
     message: str  # what happened, why, and what to do
     stage: str  # which stage refused: egress, auth, classify, policy, approval, signer, store
     outcome: str = "refused"  # how the record names it
+    # S3's answer to a signature scoped to another region than the endpoint's: the region to sign
+    # for, as S3 gives it (``<Region>`` and ``x-amz-bucket-region``), which botocore's
+    # S3RegionRedirector reads to sign again for it and retry
+    region: str | None = None
 
 
 # What XML 1.0 cannot carry and UTF-8 cannot encode: control characters, lone surrogates (undecodable
@@ -90,6 +95,9 @@ def render(refusal: Refusal, protocol: str | None, request_id: str | None = None
     rid = request_id or str(uuid.uuid4())
     code, msg = printable(refusal.code), printable(refusal.message)
     headers = {"x-amzn-RequestId": rid, "x-amz-request-id": rid, "x-agentgate-refused-by": refusal.stage}
+    region = printable(refusal.region) if refusal.region else None
+    if region:  # the header is what a HEAD's answer, which has no body, carries of it
+        headers["x-amz-bucket-region"] = region
     cbor = amz_cbor(request_content_type) if protocol == "json" else None
     if cbor is not None:
         headers["x-amzn-ErrorType"] = code
@@ -123,6 +131,7 @@ def render(refusal: Refusal, protocol: str | None, request_id: str | None = None
         headers["content-type"] = "application/xml"
         body = (
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
-            f"<Message>{escape(msg)}</Message><RequestId>{rid}</RequestId></Error>"
+            f"<Message>{escape(msg)}</Message>" + (f"<Region>{escape(region)}</Region>" if region else "")
+            + f"<RequestId>{rid}</RequestId></Error>"
         ).encode()
     return refusal.status, headers, body

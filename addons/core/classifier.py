@@ -156,6 +156,10 @@ class Classification:
     action: str = UNKNOWN  # "<iam prefix>:<action>"
     access_level: str | None = None  # List, Read, Write, Tagging, Permissions management
     error: str | None = None  # why the call could not be (fully) classified
+    # The region the agent's signature is scoped to, where it names another than the host's
+    # (``region``): such a call is refused whatever policy says (addons/classify.py), since it
+    # would be decided for one region and signed for another; ``error`` says so too.
+    signed_region: str | None = None
     # What IAM also authorises for this call, decided beside it (``implied_actions``): the source
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
     # service's tagging action for tags set with a create (``implied_tagging``); the other verbs
@@ -2155,7 +2159,7 @@ class Classifier:
             # call is re-signed for, and so reaches, its partition's default region (sigv4.region_for)
             result.region = endpoints.default_region(info.partition)
         if (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
-            result.error = mismatch
+            result.error, result.signed_region = mismatch, scope.region
             return result
         tiers, why_not = self.candidates(scope, endpoint)
         by_target = self.target_candidates(request) if endpoint else []
@@ -2562,7 +2566,8 @@ def _data_body(service: str, operation: str) -> bool:
 
 def region_mismatch(scope: CredentialScope | None, host: str, region: str | None) -> str | None:
     """Why a signature scoped to another region than its host's cannot be decided, or None. AWS
-    refuses such a signature; decided for the one region, the call must not be signed for the other."""
+    refuses such a signature (S3 naming the region to sign for, which SDKs retry in); decided for
+    the one region, the call must not be signed for the other."""
     if scope is None or not scope.region or not region or scope.region == region:
         return None
     return f"the signature's credential scope names region {scope.region[:40]!r}, and the host {host[:100]} region {region!r}"
@@ -2591,7 +2596,7 @@ def invoked_endpoint(request: WireRequest, scope: CredentialScope | None) -> Cla
     _, level = actions.lookup(action) or (action, None)
     region = m.group(2)
     if (mismatch := region_mismatch(scope, host, region)) is not None:
-        return Classification(service=service, region=region, error=mismatch)
+        return Classification(service=service, region=region, error=mismatch, signed_region=scope.region)
     return Classification(service=service, operation=operation,
                           signing_name=scope.service if scope else service, region=region, resources=[resource[:MAX_RESOURCE_LENGTH]],
                           params={"method": request.method, "path": request.path[:MAX_RESOURCE_LENGTH]},
