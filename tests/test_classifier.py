@@ -1043,7 +1043,7 @@ def test_tags_set_with_a_call_ask_for_the_services_tagging_action(service, metho
 
 def test_tags_nested_beside_a_configuration_ask_for_tagging_too():
     """CloudFront's CreateDistributionWithTags holds the tags beside the distribution's
-    configuration (a curated path): cloudfront:TagResource beside cloudfront:CreateDistribution."""
+    configuration, one level down: cloudfront:TagResource beside cloudfront:CreateDistribution."""
     config = {"CallerReference": "r", "Comment": "", "Enabled": True, "Origins": {"Quantity": 1, "Items": [
         {"Id": "o", "DomainName": "b.s3.amazonaws.com", "S3OriginConfig": {"OriginAccessIdentity": ""}}]},
         "DefaultCacheBehavior": {"TargetOriginId": "o", "ViewerProtocolPolicy": "allow-all", "MinTTL": 0,
@@ -1058,6 +1058,42 @@ def test_tags_nested_beside_a_configuration_ask_for_tagging_too():
     assert untagged.implied == ()
 
 
+SPOT_FLEET = {"IamFleetRole": "arn:aws:iam::123456789012:role/fleet", "TargetCapacity": 1,
+              "LaunchSpecifications": [{"ImageId": "ami-1", "InstanceType": "t3.micro"}]}
+WORKSPACE = {"DirectoryId": "d-1234567890", "UserName": "alice", "BundleId": "wsb-12345678"}
+VIF = {"virtualInterfaceName": "v", "vlan": 101, "asn": 65000}
+
+
+@pytest.mark.parametrize("service, method, params, untagged, action", [
+    ("s3", "create_bucket", {"Bucket": "bkt", "CreateBucketConfiguration": {"Tags": [{"Key": "env", "Value": "p"}]}},
+     {"Bucket": "bkt", "CreateBucketConfiguration": {"Tags": []}}, "s3:TagResource"),  # curated: the API reference's
+    ("ec2", "request_spot_fleet", {"SpotFleetRequestConfig": {**SPOT_FLEET, "TagSpecifications": [
+        {"ResourceType": "spot-fleet-request", "Tags": [{"Key": "env", "Value": "p"}]}]}},
+     {"SpotFleetRequestConfig": SPOT_FLEET}, "ec2:CreateTags"),
+    ("pinpoint", "create_app", {"CreateApplicationRequest": {"Name": "a", "tags": {"env": "p"}}},
+     {"CreateApplicationRequest": {"Name": "a"}}, "mobiletargeting:TagResource"),
+    ("directconnect", "create_private_virtual_interface", {"connectionId": "dxcon-1", "newPrivateVirtualInterface": {
+        **VIF, "tags": [{"key": "env", "value": "p"}]}}, {"connectionId": "dxcon-1", "newPrivateVirtualInterface": VIF},
+     "directconnect:TagResource"),
+    # in a list: each item creates a workspace, any one's tags ask for tagging
+    ("workspaces", "create_workspaces",
+     {"Workspaces": [WORKSPACE, {**WORKSPACE, "Tags": [{"Key": "env", "Value": "p"}]}]},
+     {"Workspaces": [WORKSPACE, WORKSPACE]}, "workspaces:CreateTags"),
+])
+def test_tags_one_level_down_ask_for_tagging_too(service, method, params, untagged, action):
+    """Tags in a structure that describes what the call creates (S3 CreateBucket's
+    CreateBucketConfiguration.Tags, a Spot Fleet request's, Pinpoint's and Direct Connect's
+    creates, each item of CreateWorkspaces' list) are read as tags, from the models: the call
+    implies the service's tagging action, as IAM authorises it; without them, or empty, nothing."""
+    got = run(capture(service, method, **params))
+    assert got.error is None
+    [tagging] = got.implied
+    assert (tagging.action, tagging.access_level) == (action, "Tagging")
+    assert (tagging.params, tagging.resources, tagging.operation) == (got.params, got.resources, got.operation)
+    bare = run(capture(service, method, **untagged))
+    assert bare.error is None and bare.implied == () and bare.action == got.action
+
+
 @pytest.mark.parametrize("service, method, params", [
     ("glue", "list_crawlers", {"Tags": {"team": "data"}}),  # a read's tags filter what it lists
     ("ses", "send_email", {"Source": "a@example.com", "Destination": {"ToAddresses": ["b@example.com"]},
@@ -1066,6 +1102,15 @@ def test_tags_nested_beside_a_configuration_ask_for_tagging_too():
     ("ec2", "create_tags", {"Resources": ["i-1"], "Tags": [{"Key": "a", "Value": "b"}]}),  # the tagging itself
     ("rds", "copy_db_snapshot", {"SourceDBSnapshotIdentifier": "a", "TargetDBSnapshotIdentifier": "b",
                                  "CopyTags": True}),  # a flag: the source's tags, which IAM authorises apart
+    # one level down: tags a launch template gives what is launched from it later
+    ("ec2", "create_launch_template", {"LaunchTemplateName": "t", "LaunchTemplateData": {"TagSpecifications": [
+        {"ResourceType": "instance", "Tags": [{"Key": "a", "Value": "b"}]}]}}),
+    # one level down: the tags an insight selects findings by
+    ("securityhub", "create_insight", {"Name": "i", "GroupByAttribute": "ResourceId", "Filters": {
+        "ResourceTags": [{"Key": "a", "Value": "b", "Comparison": "EQUALS"}]}}),
+    # Pinpoint ignores the tags of an update
+    ("pinpoint", "update_segment", {"ApplicationId": "a", "SegmentId": "s",
+                                    "WriteSegmentRequest": {"Name": "n", "tags": {"a": "b"}}}),
 ])
 def test_calls_that_name_tags_but_set_none_imply_no_tagging(service, method, params):
     assert run(capture(service, method, **params)).implied == ()
@@ -1073,8 +1118,9 @@ def test_calls_that_name_tags_but_set_none_imply_no_tagging(service, method, par
 
 def test_every_operation_that_sets_tags_implies_a_tagging_action_of_its_own_prefix():
     """From the models and IAM's data, not a list of operations: every operation (botocore's
-    models, all services) whose input sets tags implies a tagging action IAM's data has, under the
-    call's own prefix, except where IAM's data has none that adds tags for that prefix."""
+    models, all services) whose input sets tags, among its own members or one level down in a
+    structure (or a list of them), implies a tagging action IAM's data has, under the call's own
+    prefix, except where IAM's data has none that adds tags for that prefix."""
     import botocore.loaders
 
     from addons.core import actions
@@ -1082,10 +1128,12 @@ def test_every_operation_that_sets_tags_implies_a_tagging_action_of_its_own_pref
     loader = botocore.loaders.create_loader()
     tagging = implied = 0
     without: set[str] = set()
+    nested: dict[tuple[str, str], str] = {}
     for service in loader.list_available_services("service-2"):
         model = loader.load_service_model(service, "service-2")
         for operation in model["operations"]:
-            if not classifier.tag_members(service, model, operation):
+            members = classifier.tag_members(service, model, operation)
+            if not members:
                 continue
             own, level = actions.iam_action(service, operation)
             if "Tagging" in (level or "") or actions.TAGS_OPERATION_RE.match(operation):
@@ -1099,8 +1147,64 @@ def test_every_operation_that_sets_tags_implies_a_tagging_action_of_its_own_pref
             implied += 1
             assert found[0].partition(":")[0] == prefix and found[1] == "Tagging", (service, operation, found)
             assert found[0].partition(":")[2] in {n for n, _ in actions.tagging_actions(prefix)}
-    assert tagging > 1_600 and implied / tagging > 0.97, (tagging, implied)
+            if all("." in m for m in members):
+                nested[(service, operation)] = found[0]
+    assert tagging > 1_750 and implied / tagging > 0.97, (tagging, implied)
     assert all(not actions.tagging_actions(p) for p in without), without
+    # tags one level down only: S3's bucket configuration, a Spot Fleet request's, Pinpoint's and
+    # Direct Connect's creates, CloudFront's ...WithTags, each item of a list of workspaces
+    assert len(nested) > 35, sorted(nested)
+    assert {key: nested.get(key) for key in [
+        ("s3", "CreateBucket"), ("ec2", "RequestSpotFleet"), ("pinpoint", "CreateApp"),
+        ("directconnect", "CreatePrivateVirtualInterface"), ("cloudfront", "CreateDistributionWithTags"),
+        ("workspaces", "CreateWorkspaces")]} == {
+        ("s3", "CreateBucket"): "s3:TagResource", ("ec2", "RequestSpotFleet"): "ec2:CreateTags",
+        ("pinpoint", "CreateApp"): "mobiletargeting:TagResource",
+        ("directconnect", "CreatePrivateVirtualInterface"): "directconnect:TagResource",
+        ("cloudfront", "CreateDistributionWithTags"): "cloudfront:TagResource",
+        ("workspaces", "CreateWorkspaces"): "workspaces:CreateTags"}
+
+
+def test_every_member_named_as_tags_one_level_down_is_read_as_tags_or_listed_with_a_reason():
+    """Each member one level down named as tags (in a structure, or a list of them, that is not a
+    tag member itself) is read as tags, or is among the curated members that are no resource's
+    tags, each with its reason (filters, tags put later on what a template launches, ...), or its
+    operation sets none (Pinpoint's updates); and every curated entry still names a member of the
+    models, so none outlives the member it was written for."""
+    import botocore.loaders
+
+    loader = botocore.loaders.create_loader()
+    listed = {key for key in classifier.NOT_TAG_MEMBERS if "." in key[1]}
+    used: set[tuple[str, str]] = set()
+    read = 0
+    for service in loader.list_available_services("service-2"):
+        model = loader.load_service_model(service, "service-2")
+        shapes = model["shapes"]
+        for operation, op in model["operations"].items():
+            members = classifier.tag_members(service, model, operation)
+            top = shapes.get((op.get("input") or {}).get("shape"), {})
+            for name, ref in top.get("members", {}).items():
+                inner, path = shapes[ref["shape"]], name
+                if inner["type"] == "list":
+                    inner, path = shapes[inner["member"]["shape"]], f"{name}[]"
+                if inner["type"] != "structure" or classifier.named_as_tags(name, ref, shapes, operation):
+                    continue
+                for member, member_ref in inner.get("members", {}).items():
+                    found = f"{path}.{member}"
+                    if not classifier.named_as_tags(member, member_ref, shapes, operation):
+                        continue
+                    if (service, found) in listed:
+                        used.add((service, found))
+                        assert found not in members
+                    elif found in members:
+                        read += 1
+                    else:  # a read, or an operation whose tags are not set
+                        assert classifier.READ_NAME_RE.match(operation) or any(
+                            service == s and operation.startswith(p) for s, p in classifier.TAGS_NOT_SET_BY), (
+                            service, operation, found)
+    assert read > 40
+    assert used == listed, listed - used
+    assert all(classifier.NOT_TAG_MEMBERS[key] for key in listed)
 
 
 def test_the_tagging_action_is_chosen_from_iams_data():

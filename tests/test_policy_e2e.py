@@ -478,6 +478,61 @@ def test_tags_set_with_a_create_are_decided_as_tagging(tmp_path, issuer, moto):
                            ("dynamodb:CreateTable", "Write", "allow", "data-plane")]
 
 
+def test_tags_one_level_down_are_decided_as_tagging(tmp_path, issuer, moto):
+    """Tags in a structure that describes what a call creates are tags too: S3 CreateBucket's
+    CreateBucketConfiguration.Tags is s3:TagResource, as S3 authorises it, and a Spot Fleet
+    request's SpotFleetRequestConfig.TagSpecifications is ec2:CreateTags, so a rule that keeps
+    agents from tagging keeps the tagged bucket and fleet from landing (both went through as
+    their own action alone); untagged, the same calls are allowed. The record names the tagging
+    action the call was refused for."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: agents-request-fleets
+          action: ec2:RequestSpotFleet
+          decision: allow
+        - id: no-tagging
+          access_level: [Tagging]
+          decision: deny
+          reason: agents do not tag resources
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        token = issuer.mint("nested-tagging-agent", groups=["data-agents"])
+        s3, ec2 = (client(gw, s, proxy_token=token) for s in ("s3", "ec2"))
+        bucket = f"nested-tags-{time.time_ns()}"
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        fleet = {"IamFleetRole": "arn:aws:iam::123456789012:role/fleet", "TargetCapacity": 1,
+                 "AllocationStrategy": "lowestPrice",
+                 "LaunchSpecifications": [{"ImageId": image, "InstanceType": "t3.micro"}]}
+        tags = [{"Key": "env", "Value": "prod"}]
+        refused = []
+        for call in (lambda: s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"Tags": tags}),
+                     lambda: ec2.request_spot_fleet(SpotFleetRequestConfig={**fleet, "TagSpecifications": [
+                         {"ResourceType": "spot-fleet-request", "Tags": tags}]})):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call()
+            assert e.value.response["Error"]["Code"] == "AccessDenied"
+            refused.append(e.value.response["Error"]["Message"])
+        assert all("no-tagging" in m and "agents do not tag resources" in m for m in refused), refused
+        assert f"it also asks for s3:TagResource on {bucket}" in refused[0]
+        assert "it also asks for ec2:CreateTags" in refused[1]
+        assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+        before = {c["SpotFleetRequestId"] for c in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]}
+        # untagged, the same calls are allowed
+        s3.create_bucket(Bucket=bucket)
+        assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+        made = ec2.request_spot_fleet(SpotFleetRequestConfig=fleet)["SpotFleetRequestId"]
+        assert made not in before
+        records = [(r["action"], r["access_level"], r["decision"], r["rule"], r["reason"]) for r in gw.records()
+                   if r["principal"] == "nested-tagging-agent"
+                   and r["operation"] in ("CreateBucket", "RequestSpotFleet")]
+        assert [r[:4] for r in records] == [("s3:CreateBucket", "Write", "deny", "no-tagging"),
+                                            ("ec2:RequestSpotFleet", "Write", "deny", "no-tagging"),
+                                            ("s3:CreateBucket", "Write", "allow", "data-plane"),
+                                            ("ec2:RequestSpotFleet", "Write", "allow", "agents-request-fleets")]
+        assert f"it also asks for s3:TagResource on {bucket}" in records[0][4]
+        assert "it also asks for ec2:CreateTags" in records[1][4]
+
+
 def test_a_reencrypt_is_decided_on_its_destination_key_too(tmp_path, issuer, moto):
     """IAM authorises kms:ReEncrypt as kms:ReEncryptFrom on the source key and kms:ReEncryptTo on
     the destination key: a rule on kms:ReEncryptTo holds (it matched no call: ReEncrypt was

@@ -134,7 +134,7 @@ OPERATION_ACTIONS: dict[str, list[tuple[tuple[str, ...], str, str]]] = {
              "which the classifier decides beside it: classifier.reencrypt_parts)")],
     "cloudfront": [(("CreateDistributionWithTags",), "cloudfront:CreateDistribution",
                     "creating a tagged distribution is cloudfront:CreateDistribution (and cloudfront:TagResource, "
-                    "which the classifier decides beside it: classifier.NESTED_TAG_MEMBERS)")],
+                    "which the classifier decides beside it: classifier.tag_members)")],
     "apigatewaymanagementapi": [
         (("PostToConnection", "GetConnection", "DeleteConnection"), "execute-api:ManageConnections",
          "WebSocket connection management is authorised as execute-api:ManageConnections"),
@@ -271,6 +271,9 @@ TAGGING_ACTION_CHOICES: dict[tuple[str, str | None], tuple[str, str]] = {
                                             "kinesis:TagResource tags (kinesis:AddTagsToStream tags streams)"),
     ("sts", "GetFederationToken"): ("sts:TagSession", "session tags passed with GetFederationToken are "
                                     "authorised as sts:TagSession, as with AssumeRole"),
+    ("s3", "CreateBucket"): ("s3:TagResource", "S3 authorises the tags of a bucket's CreateBucketConfiguration as "
+                             "s3:TagResource (its model and API reference say so); s3:PutBucketTagging is the "
+                             "older PutBucketTagging API's"),
     ("cassandra", None): ("cassandra:TagResource", "Keyspaces authorises tags on create as cassandra:TagResource; "
                           "cassandra:TagMultiRegionResource is for the replicas of a multi-Region keyspace"),
 }

@@ -1510,11 +1510,16 @@ IMPLIED_BY_MEMBERS: tuple[tuple[frozenset, tuple[str, ...], str], ...] = (
 # Input members that set the tags of what a call creates or changes, as the models name them: the
 # names below, and <Resource>Tags where the operation's name holds <Resource> (BackupVaultTags of
 # CreateBackupVault, UserPoolTags of CreateUserPool, jobTags of CreateModelCustomizationJob); a
-# list, map or structure, never a flag (CopyTags) or a setting (InstanceMetadataTags).
+# list, map or structure, never a flag (CopyTags) or a setting (InstanceMetadataTags). They are
+# read among the input's own members and one level down, in a structure (or a list of them) that
+# describes what the call creates: S3 CreateBucket's CreateBucketConfiguration.Tags, EC2
+# RequestSpotFleet's SpotFleetRequestConfig.TagSpecifications, CloudFront's
+# DistributionConfigWithTags.Tags, each of CreateWorkspaces' Workspaces[].Tags.
 TAG_MEMBER_NAMES = frozenset({"Tags", "tags", "TagSpecifications", "TagList", "TagsList", "tagList",
                               "ResourceTags", "resourceTags"})
 TAG_MEMBER_TYPES = frozenset({"list", "map", "structure"})
-# Members named so that are not the tags of what the call acts on. (service, member) -> why
+# Members named so that are not the tags of what the call acts on: (service, member) -> why; a
+# member one level down by its path (``Parent.Tags``; ``Parent[].Tags`` in a list's items).
 NOT_TAG_MEMBERS: dict[tuple[str, str], str] = {
     ("rbin", "ResourceTags"): "the tags that select the resources a retention rule keeps",
     ("cognito-identity", "PrincipalTags"): "the session tags mapped from an identity provider's claims",
@@ -1526,14 +1531,32 @@ NOT_TAG_MEMBERS: dict[tuple[str, str], str] = {
     ("pinpoint-email", "EmailTags"): "SES's message tags of a sent email, for event publishing",
     ("inspector", "resourceGroupTags"): "the tags that select the instances of an assessment's resource group",
     ("swf", "tagList"): "a workflow execution's tags, labels to filter executions by, not IAM resource tags",
+    # one level down
+    ("ec2", "LaunchTemplateData.TagSpecifications"): "tags a launch template gives the instances and volumes "
+                                                     "launched from it later, not the template's own",
+    ("ec2", "AssociationTarget.InstanceTags"): "the tags that select the instances of an event window",
+    ("batch", "computeResources.tags"): "tags Batch puts on the EC2 instances it launches in the compute "
+                                        "environment later",
+    ("emr-containers", "jobTemplateData.jobTags"): "tags given to the jobs started from the template later",
+    ("dataexchange", "AssetConfiguration.Tags"): "tags Data Exchange puts on the assets a job creates when it "
+                                                 "is started (StartJob), not on the job",
+    ("billing", "dataFilterExpression.tags"): "the cost allocation tags a billing view's filter selects",
+    ("ce", "ThresholdExpression.Tags"): "the cost allocation tags an anomaly subscription's threshold selects",
+    ("devops-guru", "ResourceCollection.Tags"): "the tags that select the resources DevOps Guru analyses",
+    ("fms", "Policy.ResourceTags"): "the tags that select the resources a Firewall Manager policy covers",
+    ("inspector2", "filterCriteria.resourceTags"): "the resource tags a filter or report selects findings by",
+    ("securityhub", "Filters.ResourceTags"): "the resource tags an insight or update selects findings by",
+    ("securityhub", "Criteria.ResourceTags"): "the resource tags an automation rule selects findings by",
+    ("resiliencehubv2", "resourceConfiguration.resourceTags"): "the tags that select the resources an "
+                                                               "input source discovers",
+    ("wellarchitected", "content.resourceTags"): "the tags that select the resources of an application context",
+    ("meteringmarketplace", "UsageAllocations[].Tags"): "the tags that split metered usage into buckets, "
+                                                        "on no resource",
 }
-# Tags set below the top level, where the models nest them beside the resource's configuration.
-# (service, operation) -> (dotted path, why)
-NESTED_TAG_MEMBERS: dict[tuple[str, str], tuple[str, str]] = {
-    ("cloudfront", "CreateDistributionWithTags"): (
-        "DistributionConfigWithTags.Tags", "the distribution's tags, beside its configuration"),
-    ("cloudfront", "CreateStreamingDistributionWithTags"): (
-        "StreamingDistributionConfigWithTags.Tags", "the streaming distribution's tags, beside its configuration"),
+# Operations whose tag members set no tags, by the model's own word: (service, operation prefix) -> why
+TAGS_NOT_SET_BY: dict[tuple[str, str], str] = {
+    ("pinpoint", "Update"): "Pinpoint ignores the tags of its updates since 2023-05-22 (its model says so); "
+                            "TagResource sets them",
 }
 # A read's tag members filter what it reads (glue:ListCrawlers' Tags) or ask for tags back: an
 # operation named as a read whose action IAM gives no level beyond List or Read sets no tags
@@ -1541,27 +1564,46 @@ NESTED_TAG_MEMBERS: dict[tuple[str, str], tuple[str, str]] = {
 READ_NAME_RE = re.compile(r"^(?:Get|List|Describe|Search|Count|Query|Lookup|Scan|BatchGet|BatchDescribe)[A-Z0-9]")
 
 
+def named_as_tags(name: str, ref: dict, shapes: dict, operation: str) -> bool:
+    """An input member named as the tags of what ``operation`` acts on (``TAG_MEMBER_NAMES``, or
+    <Resource>Tags where the operation's name holds <Resource>), a list, map or structure."""
+    if shapes.get(ref.get("shape"), {}).get("type") not in TAG_MEMBER_TYPES:
+        return False
+    resource = name[:-4] if name.endswith(("Tags", "tags")) else ""
+    return name in TAG_MEMBER_NAMES or bool(resource and resource.lower() in operation.lower())
+
+
 def tag_members(service: str, description: dict, operation: str) -> tuple[str, ...]:
     """The input members of ``operation`` (in ``service``'s raw model, ``description``) that set
-    tags on what the call creates or changes (``TAG_MEMBER_NAMES``; a dotted path where they are
-    nested: ``NESTED_TAG_MEMBERS``); () for a read."""
+    tags on what the call creates or changes (``TAG_MEMBER_NAMES``): its own members, then those
+    one level down, as a path (``CreateBucketConfiguration.Tags``, ``Workspaces[].Tags`` in each
+    item of a list); () for a read. The members ``NOT_TAG_MEMBERS`` names are left out, and all of
+    an operation ``TAGS_NOT_SET_BY`` names."""
     op = description.get("operations", {}).get(operation)
     if op is None:
         return ()
-    if (service, operation) in NESTED_TAG_MEMBERS:
-        return (NESTED_TAG_MEMBERS[(service, operation)][0],)
     if READ_NAME_RE.match(operation) and actions.iam_action(service, operation)[1] in (None, "List", "Read"):
+        return ()
+    if any(service == s and operation.startswith(prefix) for s, prefix in TAGS_NOT_SET_BY):
         return ()
     shapes = description.get("shapes", {})
     top = shapes.get((op.get("input") or {}).get("shape"), {})
-    out = []
+    own, nested = [], []
     for name, ref in top.get("members", {}).items():
-        if (service, name) in NOT_TAG_MEMBERS or shapes.get(ref.get("shape"), {}).get("type") not in TAG_MEMBER_TYPES:
+        if named_as_tags(name, ref, shapes, operation):
+            if (service, name) not in NOT_TAG_MEMBERS:
+                own.append(name)
             continue
-        resource = name[:-4] if name.endswith(("Tags", "tags")) else ""
-        if name in TAG_MEMBER_NAMES or (resource and resource.lower() in operation.lower()):
-            out.append(name)
-    return tuple(out)
+        inner, path = shapes.get(ref.get("shape"), {}), name
+        if inner.get("type") == "list":
+            inner, path = shapes.get(inner.get("member", {}).get("shape"), {}), f"{name}[]"
+        if inner.get("type") != "structure":
+            continue
+        for member, member_ref in inner.get("members", {}).items():
+            found = f"{path}.{member}"
+            if named_as_tags(member, member_ref, shapes, operation) and (service, found) not in NOT_TAG_MEMBERS:
+                nested.append(found)
+    return tuple(own + nested)
 
 
 _tag_members: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -1599,16 +1641,24 @@ def operations_tagging_as(action: str) -> list[tuple[str, str]]:
     return out
 
 
+def _values_at(params: Any, path: str) -> list[Any]:
+    """The values at a member's path in a call's parameters (``Workspaces[].Tags``: each item's)."""
+    values = [params]
+    for step in path.split("."):
+        name, each = (step[:-2], True) if step.endswith("[]") else (step, False)
+        values = [v.get(name) for v in values if isinstance(v, dict)]
+        if each:
+            values = [item for v in values if isinstance(v, list) for item in v]
+    return values
+
+
 def tags_set(result: Classification) -> list[str]:
-    """The members of a call that set tags and are not empty."""
+    """The members of a call that set tags and are not empty (in any item of a list's)."""
     if not result.service or not result.operation or not result.params:
         return []
     out = []
     for member in tag_members_of(result.service, result.operation):
-        value: Any = result.params
-        for step in member.split("."):
-            value = value.get(step) if isinstance(value, dict) else None
-        if value not in (None, [], {}, ""):
+        if any(value not in (None, [], {}, "") for value in _values_at(result.params, member)):
             out.append(member)
     return out
 

@@ -35,6 +35,7 @@ AGENT_ROLE_ACTIONS = [
     "ssm:*",
     "ec2:Describe*",
     "ec2:RunInstances",
+    "ec2:RequestSpotFleet",
     "kms:*",
     "sts:GetCallerIdentity",
     "logs:*",
