@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,18 +115,21 @@ def _listens(pid: int, port: int) -> bool | None:
 
 
 _HOME: Path | None = None
+_HOME_MADE = threading.Lock()
 
 
 def _initialised_home() -> Path:
-    """A home `agentgate init` made, once per test process."""
+    """A home `agentgate init` made, once per test process: gateways started side by side (replicas)
+    get the same one, so the same chain key."""
     global _HOME
-    if _HOME is None:
-        home = Path(tempfile.mkdtemp(prefix="agentgate-home-")) / "home"
-        env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "AGENTGATE_HOME": str(home)}
-        subprocess.run([AGENTGATE, "init", "--oidc-issuer", "http://127.0.0.1:1/", "--listen", "127.0.0.1:1"],
-                       env=env, check=True, capture_output=True, timeout=120, cwd=home.parent)
-        atexit.register(shutil.rmtree, home.parent, True)
-        _HOME = home
+    with _HOME_MADE:
+        if _HOME is None:
+            home = Path(tempfile.mkdtemp(prefix="agentgate-home-")) / "home"
+            env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "AGENTGATE_HOME": str(home)}
+            subprocess.run([AGENTGATE, "init", "--oidc-issuer", "http://127.0.0.1:1/", "--listen", "127.0.0.1:1"],
+                           env=env, check=True, capture_output=True, timeout=120, cwd=home.parent)
+            atexit.register(shutil.rmtree, home.parent, True)
+            _HOME = home
     return _HOME
 
 
