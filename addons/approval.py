@@ -5,9 +5,12 @@ without blocking anything else. Approved in that time, it goes on (the signer si
 release, so the wait never ages a signature); denied, it gets ``ApprovalDenied`` with the
 approver's reason; still undecided, ``ApprovalPending``: a 403 that SDKs do not retry, naming the
 approval, the action, the resource and the command that approves it. The same call retried after
-approval goes through once; after the approval's expiry it gets ``ApprovalExpired``. An approval
-whose approver the rule deciding the call no longer names releases nothing (``AccessDenied``; it
-is withdrawn, and the retry asks anew).
+approval goes through once; after the approval's expiry it gets ``ApprovalExpired``. A try whose
+client leaves before its hold ends (a read timeout shorter than the hold) marks its approval in
+the store (``client_left``), and a retry joining a marked approval, on any worker or replica, is
+answered ``ApprovalPending`` at once rather than held again. An approval whose approver the rule
+deciding the call no longer names releases nothing (``AccessDenied``; it is withdrawn, and the
+retry asks anew).
 
 Asking for and using an approval run on the store's own threads and wait ``commit_timeout`` at
 most; then, or at once while the store is known unable to write, the call gets a 503
@@ -97,10 +100,6 @@ class Approval:
         self.console_url = console_url
         self.closing = False
         self.held = 0
-        # approvals whose holder's client left before the hold ended (a read timeout shorter than
-        # the hold): a retry joining one is answered ApprovalPending at once, not held again, or a
-        # client that always leaves first would never learn the approval's id
-        self.left: dict[str, float] = {}
 
     async def _in_store(self, fn, **kwargs):
         """``fn(**kwargs)``, an approval asked for or used, on the store's own threads (a store that
@@ -185,7 +184,10 @@ class Approval:
                      describe_approvers(a.approvers))
             if self.notifier is not None:
                 self.notifier.requested(a)
-        elif a.id in self.left:
+        elif a.client_left is not None:
+            # an earlier try left before its hold ended (a read timeout shorter than the hold), on
+            # this process or another: held again, a client that always leaves first would never
+            # learn the approval's id
             self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url) + " (an earlier try of this "
                          "call left before its hold ended, so this one is answered at once)", a, outcome="held")
             return
@@ -194,10 +196,7 @@ class Approval:
     async def _decide(self, flow: http.HTTPFlow, a: ApprovalInfo) -> None:
         got = await self._hold(flow, a)
         if got == "gone":
-            now = time.time()
-            if len(self.left) >= 4096:  # forget the approvals past their hold
-                self.left = {k: t for k, t in self.left.items() if t > now}
-            self.left[a.id] = a.expires.timestamp() if a.expires is not None else now + self.hold
+            await self._client_left(a)
             self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url), a, outcome="client_gone")
             return
         if got is None:
@@ -241,6 +240,26 @@ class Approval:
             self._refuse(flow, "ApprovalExpired", expired_message(got, used=True), got)
             return
         self._refuse(flow, "ApprovalExpired", expired_message(got, used=state == "used"), got)
+
+    async def _client_left(self, a: ApprovalInfo) -> None:
+        """Mark ``a`` in the store: a try of its call left before its hold ended, so that a retry
+        joining it, on any worker or replica, is answered at once. The client is gone whatever
+        happens here: a mark that cannot be written is logged, and the next try that leaves tries
+        again."""
+        store = self.approvals.store
+        why = None
+        if not store.healthy:
+            why = f"the store at {store.where} cannot write right now ({store.last_error or 'it is recovering'})"
+        else:
+            try:
+                await self._in_store(self.approvals.mark_client_left, approval_id=a.id, actor=a.principal)
+            except TimeoutError:
+                why = f"the store at {store.where} did not answer within {store.commit_timeout:g} s"
+            except (StoreError, ApprovalError) as e:
+                why = str(e)
+        if why is not None:
+            log.warning("approval %s: the client holding %s left, and the approval could not say so (%s): a retry "
+                        "joining it is held again", a.id, a.action, why)
 
     async def _hold(self, flow: http.HTTPFlow, a: ApprovalInfo) -> ApprovalInfo | str | None:
         """The approval once decided; None when the hold ends undecided; "gone" when the client left."""

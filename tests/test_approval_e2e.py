@@ -289,7 +289,9 @@ def test_a_client_whose_read_timeout_is_shorter_than_the_hold_learns_the_approva
                                                                                               bucket):
     """A client that always gives up before the hold ends (a read timeout of 1 s, retried by the
     SDK) was held again on every try and never saw ApprovalPending nor the approval's id: a retry
-    joining an approval whose earlier try left is answered at once."""
+    joining an approval whose earlier try left is answered at once. The approval keeps when its
+    requester's client left, in the store (so every worker and replica answers the retry so:
+    tests/test_approval_replicas.py, tests/test_workers.py), and its history says so."""
     gw = long_hold
     impatient = s3(gw, issuer.mint("agent-1"), read_timeout=1, connect_timeout=2,
                    retries={"total_max_attempts": 3, "mode": "standard"})
@@ -305,6 +307,12 @@ def test_a_client_whose_read_timeout_is_shorter_than_the_hold_learns_the_approva
     # second) was held and left too; the next one was answered at once
     outcomes = [r["outcome"] for r in records]
     assert outcomes[-1] == "held" and outcomes[:-1] and set(outcomes[:-1]) == {"client_gone"}, outcomes
+    shown = json.loads(gw.cli("approvals", "show", approval_id, "--json").stdout)
+    assert [(e["event"], e["actor"]) for e in shown["history"]] == [("requested", "agent-1"), ("client_left", "agent-1")]
+    assert shown["state"] == "pending" and shown["client_left"] == shown["history"][1]["time"]
+    text = " ".join(gw.cli("approvals", "show", approval_id).stdout.split())  # as words: rich wraps the table
+    assert re.search(r"history \S+ \S+ client_left by agent-1 \(gateway\): a try of its call left before its hold "
+                     r"ended", text), text
 
 
 # -- after the hold: the retry path -------------------------------------------------------------------------

@@ -297,6 +297,57 @@ def test_approvals_already_in_a_store_are_covered_from_the_migration_on(db_url):
         "altered afterwards"]
 
 
+def test_a_client_gone_before_the_hold_ended_is_kept_with_the_approval_and_verifies(db_url):
+    """A try of a pending approval's call that left before its hold ended marks the approval in the
+    store once, with an event: a retry asking for it through another gateway on the store finds
+    the mark; the mark verifies, and one forged or cleared in the row is reported. A store holding
+    such an event is not taken back to a schema without them (approvals from before have no mark,
+    which their rows' hashes omit: test_approvals_already_in_a_store_are_covered_from_the_migration_on)."""
+    url = db_url
+    command.upgrade(alembic_config(url), "0007_approval_actors")
+    mine, other = _approvals(url), _approvals(url)  # two gateways on one store, migrated by the first
+    asked = mine.ask(principal=AGENT, decision=decision(), call=terminate("i-1")).approval
+    unmarked = mine.ask(principal=AGENT, decision=decision(), call=terminate("i-2")).approval
+    assert asked.client_left is None
+    assert mine.mark_client_left(asked.id, actor="agent-1") is True
+    assert mine.mark_client_left(asked.id, actor="agent-1") is False  # once: no second event
+    again = other.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
+    assert (again.state, again.approval.id, again.created) == ("pending", asked.id, False)
+    left = again.approval.client_left
+    assert left is not None and (dt.datetime.now(UTC) - left).total_seconds() < 60
+    assert other.ask(principal=AGENT, decision=decision(), call=terminate("i-2")).approval.client_left is None
+    history = other.history(asked.id)
+    assert [(e["event"], e["actor"], e["channel"]) for e in history] == [
+        ("requested", "agent-1", "gateway"), ("client_left", "agent-1", "gateway")]
+    assert "left before its hold ended" in history[1]["reason"]
+    assert other.require(asked.id).as_dict()["client_left"] == history[1]["time"]
+
+    # decided after the mark: approved and used as ever; a mark is made only while it is pending
+    other.decide(asked.id, SRE, approve=True)
+    assert other.mark_client_left(asked.id, actor="agent-1") is False
+    assert other.ask(principal=AGENT, decision=decision(), call=terminate("i-1")).state == "released"
+    assert [e["event"] for e in other.history(asked.id)] == ["requested", "client_left", "approved", "used"]
+    mine.engine.dispose()
+    other.engine.dispose()
+    result = verify(url, KEY)
+    assert result.ok and result.notes == [], result.problems
+    for forged, latest in ((unmarked.id, "requested"), (asked.id, "used")):
+        with sql(url).begin() as c:
+            c.execute(update(ApprovalRow).where(ApprovalRow.id == forged).values(
+                client_left=dt.datetime.now(UTC) if forged == unmarked.id else None))
+        seq = [e["seq"] for e in events(url) if e["approval_id"] == forged][-1]
+        status = "pending" if forged == unmarked.id else "used"
+        assert verify(url, KEY).problems == [
+            f"approval {forged} ({status}) does not read as its latest event (seq {seq}, {latest}) left it: the row "
+            "was altered afterwards"]
+        with sql(url).begin() as c:
+            c.execute(update(ApprovalRow).where(ApprovalRow.id == forged).values(
+                client_left=None if forged == unmarked.id else left))
+        assert verify(url, KEY).ok
+    with pytest.raises(RuntimeError, match="client_left events"):
+        command.downgrade(alembic_config(url), "0007_approval_actors")
+
+
 # -- pruning -----------------------------------------------------------------------------------------
 
 

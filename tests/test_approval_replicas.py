@@ -1,17 +1,20 @@
 """Two gateway processes on one PostgreSQL store: a call held by one is released within a second of
-an approval made through the other's console, or through the command line."""
+an approval made through the other's console, or through the command line; a retry through one of
+a call whose earlier try left the other before its hold ended is answered at once."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import botocore.exceptions
 import pytest
 
 from addons.core.store import Store
 from tests.support.postgres import shared_server
-from tests.test_approval_e2e import BUCKET, console, pending, s3, start_gateway, wait_for
+from tests.test_approval_e2e import BUCKET, console, held, pending, s3, start_gateway, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +73,48 @@ def test_a_call_held_on_one_replica_is_released_by_the_other_and_by_the_cli(repl
         store.engine.dispose()
     assert {c["approver"] for c in released} == {"alice", "agentgate:admin"}
     assert "not listening for approval decisions" not in a.log()  # LISTEN/NOTIFY, not the fallback poll
+
+
+def calls_under(url: str, approval_id: str) -> list[dict]:
+    store = Store(url)
+    try:
+        return [c for c in store.calls(principal="agent-1", limit=None, newest_first=False)
+                if c["approval_id"] == approval_id]
+    finally:
+        store.engine.dispose()
+
+
+def test_a_retry_on_another_replica_of_a_call_whose_try_left_is_answered_at_once(replicas, issuer):
+    """A client whose read timeout (1 s) is shorter than the hold (20 s) leaves its first try on
+    replica A; the same call retried through replica B was held again for the whole hold there (A
+    alone knew): it is answered ApprovalPending at once, naming the approval and the command that
+    approves it, as on A. The approval says when its requester's client left (the console, `approvals
+    show` and its history), and a retry after the approval goes through once."""
+    (a, b), url = replicas
+    token = issuer.mint("agent-1")
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        s3(a, token, read_timeout=1, connect_timeout=2).delete_object(Bucket=BUCKET, Key="left-a")
+    asked = wait_for(lambda: [x for x in pending(b) if x["resources"] == [f"{BUCKET}/left-a"]])[0]
+    wait_for(lambda: [c for c in calls_under(url, asked["id"]) if c["outcome"] == "client_gone"], timeout=5)
+
+    started = time.monotonic()
+    code, message, approval_id = held(lambda: s3(b, token, read_timeout=60).delete_object(Bucket=BUCKET,
+                                                                                          Key="left-a"))
+    took = time.monotonic() - started
+    assert (code, approval_id) == ("ApprovalPending", asked["id"]) and took < 5, (code, took, message)
+    assert f"agentgate approvals approve {approval_id}" in message and "answered at once" in message
+    recorded = wait_for(lambda: len(calls_under(url, approval_id)) == 2 and calls_under(url, approval_id))
+    assert [c["outcome"] for c in recorded] == ["client_gone", "held"]
+    assert [int(c["writer_id"].split(":")[1]) for c in recorded] == [a.proc.pid, b.proc.pid], recorded
+
+    [shown] = [x for x in pending(b) if x["id"] == approval_id]
+    assert shown["client_left"] and shown["client_left"] >= shown["requested"]
+    show = json.loads(b.cli("approvals", "show", approval_id, "--json", "--db", url).stdout)
+    assert [(e["event"], e["actor"], e["channel"]) for e in show["history"]] == [
+        ("requested", "agent-1", "gateway"), ("client_left", "agent-1", "gateway")]
+    assert show["history"][1]["time"] == show["client_left"]
+
+    b.cli("approvals", "approve", approval_id, "--admin", "--db", url)
+    done = s3(a, token).delete_object(Bucket=BUCKET, Key="left-a")
+    assert done["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert [c["outcome"] for c in calls_under(url, approval_id)] == ["client_gone", "held", "forwarded"]

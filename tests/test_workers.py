@@ -13,12 +13,13 @@ import subprocess
 import threading
 import time
 
+import botocore.exceptions
 import httpx
 import pytest
 
 from tests.support.gateway import AGENTGATE, Gateway, free_port
 from tests.support.postgres import shared_server
-from tests.test_approval_e2e import BUCKET, POLICY, s3, wait_for
+from tests.test_approval_e2e import BUCKET, POLICY, held, s3, wait_for
 
 
 def workers_of(gw: Gateway) -> set[int]:
@@ -100,6 +101,42 @@ def test_a_call_held_by_one_worker_is_released_through_the_other(pg_workers, iss
     assert len(released) == 1
     assert (released[0]["outcome"], released[0]["approver"]) == ("forwarded", "agentgate:admin")
     assert f":{holder}:" in released[0]["writer_id"]  # recorded by the worker that held it
+
+
+def test_a_retry_of_a_call_whose_try_left_is_answered_at_once_by_either_worker(pg_workers, issuer):
+    """A client whose read timeout (1 s) is shorter than the hold (20 s) leaves its first try on one
+    worker; its retries, each on a new connection that the kernel gives to either worker, are all
+    answered ApprovalPending at once, naming the approval (the other worker held them again for
+    the whole hold: the worker the try left knew it alone)."""
+    from addons.core.store import Store
+
+    gw, url = pg_workers
+    token = issuer.mint("agent-1")
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        s3(gw, token, read_timeout=1, connect_timeout=2).delete_object(Bucket=BUCKET, Key="left-early")
+    store = Store(url)
+    try:
+        def under(approval_id: str, outcome: str) -> list[dict]:
+            return [c for c in store.calls(principal="agent-1", outcome=outcome, limit=None)
+                    if c["approval_id"] and c["approval_id"] == (approval_id or c["approval_id"])
+                    and c["resources"] == [f"{BUCKET}/left-early"]]
+
+        [gone] = wait_for(lambda: under("", "client_gone"), timeout=5)
+        approval_id, left_on = gone["approval_id"], int(gone["writer_id"].split(":")[1])
+        answered_by: set[int] = set()
+        for _ in range(40):  # a new client, so a new connection, each time
+            started = time.monotonic()
+            code, message, got = held(lambda: s3(gw, token, read_timeout=60).delete_object(Bucket=BUCKET,
+                                                                                           Key="left-early"))
+            took = time.monotonic() - started
+            assert (code, got) == ("ApprovalPending", approval_id) and took < 5, (code, took, message)
+            assert "answered at once" in message, message
+            answered_by = {int(c["writer_id"].split(":")[1]) for c in under(approval_id, "held")}
+            if answered_by - {left_on}:
+                break
+    finally:
+        store.engine.dispose()
+    assert answered_by - {left_on} and answered_by <= workers_of(gw), (answered_by, left_on, workers_of(gw))
 
 
 def test_a_console_session_signed_out_on_one_worker_is_ended_on_the_other(pg_workers, issuer):

@@ -21,10 +21,16 @@ for the operator of a single-user gateway: it fits every rule's approvers.
 An access grant (``kind = "grant"``) lets a principal's calls run as a role named in the
 policies' ``roles`` until it expires or is revoked; it is requested and approved the same way.
 
-Every change of an approval's row (asked for, approved, denied, expired, used, revoked) appends an
-event to one hash chain for the whole store (``models.ApprovalEvent``), in the same transaction:
-the event names who and why, and carries the SHA-256 of the row as the change left it, and an HMAC
-with the chain key where the writing process holds it. ``agentgate verify`` holds the approvals
+A try of a pending approval's call that leaves before its hold ends (a client whose read timeout
+is shorter than ``approval_hold``) marks the approval (``client_left``, with its event): a retry
+joining it, on whichever worker or replica it reaches, finds the mark in the row ``ask`` reads
+and is answered at once, so that such a client still learns the approval's id.
+
+Every change of an approval's row (asked for, approved, denied, expired, used, revoked, its
+requester's client gone) appends an event to one hash chain for the whole store
+(``models.ApprovalEvent``), in the same transaction: the event names who and why, and carries the
+SHA-256 of the row as the change left it, and an HMAC with the chain key where the writing
+process holds it. ``agentgate verify`` holds the approvals
 table to its latest events (``chain.ApprovalEventCheck``). Appenders take turns: on PostgreSQL an
 advisory lock held to the commit; on SQLite the database's write lock, which the change to the
 row has taken before the chain's head is read.
@@ -330,6 +336,7 @@ class Approval:
     revoke_reason: str | None
     call_id: str | None = None
     actors: tuple[str, ...] | None = None  # the act claim's chain, when it nests (on_behalf_of is its first)
+    client_left: dt.datetime | None = None  # when a try of its call first left before its hold ended
 
     @classmethod
     def from_row(cls, row: Any) -> "Approval":
@@ -351,7 +358,7 @@ class Approval:
 
     def as_dict(self, now: dt.datetime | None = None) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k in ("requested", "expires", "decided", "used", "revoked"):
+        for k in ("requested", "expires", "decided", "used", "revoked", "client_left"):
             d[k] = _iso(d[k])
         d["resources"] = list(self.resources)
         d["approvers"] = dict(self.approvers) if self.approvers is not None else None
@@ -363,7 +370,8 @@ class Approval:
 class Asked:
     """What asking for an approval found: ``state`` is released (an approval was taken for this
     call), pending, denied, expired or withdrawn (approved by someone the rule deciding the call
-    now does not name as an approver: ``why``); ``created`` when this call opened the approval."""
+    now does not name as an approver: ``why``); ``created`` when this call opened the approval.
+    A pending approval's ``client_left`` says an earlier try of the call left before its hold ended."""
 
     approval: Approval
     state: str
@@ -591,6 +599,30 @@ class Approvals:
                     return Asked(found, "released")
             raise self._unavailable(e) from None
         raise ApprovalError(f"could not settle the approval for {call.action}: the store kept changing under it")
+
+    def mark_client_left(self, approval_id: str, *, actor: str | None = None, now: dt.datetime | None = None,
+                         deadline: float | None = None) -> bool:
+        """(The gateway.) A try of a pending approval's call left before its hold ended: the
+        approval says when (``client_left``), with its event, the first time, so that a retry
+        joining it is answered ApprovalPending at once wherever it lands (``Asked.approval``
+        carries the mark: the row ``ask`` reads anyway). ``actor``: the requester. True when this
+        marked it; False when it was marked already, or is no longer pending. ``deadline`` is
+        taken as ``_in_store`` gives it, and not held to: a mark written after its call was
+        answered still serves the retries."""
+        now = now or _now()
+        c = self.table.c
+        try:
+            with self._changing() as conn:
+                marked = conn.execute(update(self.table).where(
+                    c.id == approval_id, c.status == "pending", c.expires > now, c.client_left.is_(None))
+                    .values(client_left=now)).rowcount
+                if marked == 1:
+                    self._event(conn, approval_id, "client_left", now, actor=actor, channel="gateway",
+                                reason="a try of its call left before its hold ended: retries are answered "
+                                       "ApprovalPending at once")
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        return marked == 1
 
     def _room_for(self, conn: Any, principal: Any, now: dt.datetime) -> None:
         """TooManyPending when ``principal`` has ``max_pending`` approvals pending already: one agent's

@@ -201,6 +201,9 @@ class Approval(Base):
     revoked: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # when a grant was revoked
     revoked_by: Mapped[str | None] = mapped_column(String)
     revoke_reason: Mapped[str | None] = mapped_column(Text)
+    # when a try of its call first left before its hold ended (its client's read timeout is shorter
+    # than approval_hold): a retry joining it, on any worker or replica, is answered at once
+    client_left: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         CheckConstraint(
@@ -214,7 +217,7 @@ class Approval(Base):
     )
 
 
-APPROVAL_EVENTS = ("requested", "approved", "denied", "expired", "used", "revoked", "existing")
+APPROVAL_EVENTS = ("requested", "approved", "denied", "expired", "used", "revoked", "existing", "client_left")
 
 
 class ApprovalEvent(Base):
@@ -223,7 +226,9 @@ class ApprovalEvent(Base):
     ``state_hash`` is the SHA-256 of the approval's row as the change left it, so the approvals
     table must still read as its latest event says. ``mac``: an HMAC of (seq, hash) with the chain
     key, which anchors this event and every one before it; None when written without the key.
-    ``existing`` stands for an approval that was already in the store when events began."""
+    ``existing`` stands for an approval that was already in the store when events began;
+    ``client_left`` for a try of a pending approval's call that left before its hold ended (the
+    row's ``client_left`` is set)."""
 
     __tablename__ = "approval_events"
 

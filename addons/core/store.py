@@ -245,7 +245,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0007_approval_actors"
+HEAD_REVISION = "0008_approval_client_left"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
