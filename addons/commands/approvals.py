@@ -26,7 +26,7 @@ from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principa
                               describe_approvers, duration_text, find_role, NotFound)
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
-from .store import BadInput, _console, _echo_json, _line, _short_time, _text, db_option, json_option
+from .store import BadInput, _console, _echo_json, _line, _short_time, _text, db_option, fail_unreadable, json_option
 
 limit_option = click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
                             help="At most this many, newest first.")
@@ -177,12 +177,21 @@ def _params_line(params: Any, width: int = 120) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+# the column each line of `approvals show` shows, where it shows one
+_COLUMN_OF = {"principal": "principal", "issuer": "issuer", "role": "role", "for": "duration", "role binding": "rule",
+              "reason": "request_reason", "action": "action", "service": "service", "operation": "operation",
+              "region": "region", "resource": "resources", "rule": "rule", "rule reason": "request_reason",
+              "parameters": "params", "usable for": "duration", "approvers": "approvers",
+              "policy version": "policy_version", "requested": "requested", "expires": "expires",
+              "approver's reason": "reason", "used": "used", "revoke reason": "revoke_reason"}
+
+
 def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, Any]]) -> Table:
     d = a.as_dict()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    who = a.principal + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
+    who = (a.principal or "") + (f" (on behalf of {a.on_behalf_of})" if a.on_behalf_of else "")
     rows: list[tuple[str, Any]] = [("id", a.id), ("kind", "access grant" if a.kind == "grant" else "call"),
                                    ("state", a.state()), ("principal", who), ("issuer", a.issuer)]
     if a.kind == "grant":
@@ -208,6 +217,10 @@ def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, A
         rows.append(("history", f"{_short_time(e['time'])}  {e['event']}{by}{how}{why}"))
     for c in calls:
         rows.append(("call", f"{_short_time(c['time'])}  {c['id']}  {c['outcome'] or ''} {c['status'] or ''}".rstrip()))
+    if a.unread:  # each value that cannot be read said so, in its place or after the rest
+        rows = [(k, "(cannot be read)" if _COLUMN_OF.get(k) in a.unread else v) for k, v in rows]
+        shown = {_COLUMN_OF.get(k) for k, _ in rows}
+        rows += [(name, "(cannot be read)") for name in sorted(a.unread) if name not in shown]
     for k, v in rows:
         table.add_row(k, _text(v) if k == "parameters" else _line(v))  # the parameters' JSON is the one text of lines
     return table
@@ -215,29 +228,38 @@ def _details(a: Approval, calls: list[dict[str, Any]], history: list[dict[str, A
 
 def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: int, as_json: bool) -> None:
     settings = _settings(db)
+    unreadable: list[str] = []
     with _approvals(settings) as approvals:
-        rows = approvals.list(pending=pending, active=active, kind=kind, limit=limit)
+        rows = approvals.list(pending=pending, active=active, kind=kind, limit=limit, unreadable=unreadable)
     if as_json:
         _echo_json([a.as_dict() for a in rows])
-        return
-    empty = "nothing is pending" if pending else "none in force" if active else "none"
-    if not rows:
-        _console(wide=True).print(f"{empty} in the store at {display_url(settings.db)}")
-        return
-    _console(wide=True).print(_table(rows))
-    click.echo(f"({len(rows)} from the store at {display_url(settings.db)})", err=True)
+    else:
+        empty = "nothing is pending" if pending else "none in force" if active else "none"
+        if not rows:
+            _console(wide=True).print(f"{empty}{' that can be read' if unreadable else ''} in the store at "
+                                      f"{display_url(settings.db)}")
+        else:
+            _console(wide=True).print(_table(rows))
+            click.echo(f"({len(rows)} from the store at {display_url(settings.db)})", err=True)
+    fail_unreadable(unreadable, "left out of the list")
 
 
 def _show(approval_id: str, db: str | None, as_json: bool, grants: bool = False) -> None:
     settings = _settings(db)
+    unreadable: list[str] = []
     with _approvals(settings, grants) as approvals:
-        a = approvals.require(approval_id)
-        calls = approvals.calls_for(approval_id)
-        history = approvals.history(approval_id)
+        a = approvals.get(approval_id, unreadable)
+        if a is None:
+            approvals.require(approval_id)  # its NotFound, with the hint of another store
+        calls = approvals.calls_for(approval_id, unreadable=unreadable)
+        history = approvals.history(approval_id, unreadable)
+    what = "the approval, its history and its calls are shown without the values that cannot be read"
     if as_json:
-        _echo_json({**a.as_dict(), "history": history, "calls": calls})
-        return
-    _console().print(_details(a, calls, history))
+        d = a.as_dict()
+        _echo_json({**{k: v for k, v in d.items() if k not in a.unread}, "history": history, "calls": calls})
+    else:
+        _console().print(_details(a, calls, history))
+    fail_unreadable(unreadable, what)
 
 
 def _of_kind(a: Approval, grants: bool) -> None:

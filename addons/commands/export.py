@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import click
 
-from .store import (BadInput, _echo_json, _key, _line, _settings, _store, _text, db_option, key_option, parse_when,
-                    progress)
+from .store import (BadInput, _echo_json, _key, _line, _settings, _store, _text, broken, db_option, fail_unreadable,
+                    key_option, parse_when, progress)
 
 
 def _period(since: str | None, until: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -168,14 +168,19 @@ until_option = click.option("--until", metavar="WHEN", help="Before this time: I
 @key_option
 @click.option("--no-verify", is_flag=True, help="jsonl, ocsf, mitm: write the records without checking their chains "
                                                 "(a store known not to verify, whose records are wanted as they are).")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Leave out the records (and, for oscal, approvals and events) holding a value that cannot be read, "
+                   "naming each on standard error, instead of writing nothing.")
 def export(fmt: str, since: str | None, until: str | None, output: str, evidence: str | None, db: str | None,
-           key_file: str | None, no_verify: bool) -> None:
+           key_file: str | None, no_verify: bool, skip_unreadable: bool) -> None:
     """Write the recorded calls of a period (oldest first, masked as stored) for other tools.
 
     The chains that vouch for the records are checked first (with the chain key, --key-file, as
     `agentgate verify` does): where they do not verify, each problem is a line on standard error and
     nothing is written (exit 1), unless --no-verify. OSCAL states the whole store's verification in
-    its AU-9 finding instead.
+    its AU-9 finding instead. A record holding a value that cannot be read (a BLOB where text
+    belongs, text that is no time, JSON that does not parse) is named on standard error and nothing
+    is written (exit 1), unless --skip-unreadable: then it is left out.
     """
     from ..core.export import iter_calls, write_jsonl, write_mitm, write_ocsf
 
@@ -193,31 +198,38 @@ def export(fmt: str, since: str | None, until: str | None, output: str, evidence
     key = _key(key_file, db)
     with _store(db) as store:
         if fmt == "oscal":
-            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, key, protected)
+            _export_oscal(store, start, end, Path(output), Path(evidence) if evidence else None, key, protected,
+                          skip_unreadable)
             return
         checked = None if no_verify else _verify_period(store, start, end, key)
         progress(f"reading the records of {store.where} ...")
-        calls = _counted(iter_calls(store, since=start, until=end))
+        unreadable: list[str] = []
+        calls = _counted(iter_calls(store, since=start, until=end, unreadable=unreadable))
         late = [0]
         if checked is not None:
             calls = _checked_only(calls, checked.checked, late)
         if fmt == "jsonl":
             with _output(output, protected) as f:
                 n = write_jsonl(calls, f)
+                _whole_or_nothing(unreadable, skip_unreadable, output)
             what = _n(n, "record")
         elif fmt == "ocsf":
             with _output(output, protected) as f:
                 n = write_ocsf(calls, f)
+                _whole_or_nothing(unreadable, skip_unreadable, output)
             what = _n(n, "OCSF API Activity event")
         else:
             with _output(output, protected, binary=True) as f:
                 n, skipped = write_mitm(calls, f)
+                _whole_or_nothing(unreadable, skip_unreadable, output)
             what = _n(n, "flow") + (f" ({_n(skipped, 'connection record')} left out: not calls)" if skipped else "")
         if checked is None:
             how = "not verified (--no-verify)"
         else:
             how = "their chains verify" + (" with the chain key" if key is not None else
                                            " (hashes and links: no chain key, so not the MACs)")
+        if unreadable:
+            how += f"; {_n(len(unreadable), 'record')} holding a value that cannot be read left out (--skip-unreadable)"
         if late[0]:
             how += (f"; {_n(late[0], 'record')} of the period committed after the chains were checked left out "
                     "(export again for them)")
@@ -244,9 +256,30 @@ def _verify_period(store: Any, start: dt.datetime | None, end: dt.datetime | Non
     hint = ""
     if key is not None and all("with the chain key" in p for p in result.problems):
         hint = " (every problem is a MAC that does not verify: is --key-file this store's chain key?)"
+    unreadable = any(" cannot be read: " in p for p in result.problems)
     raise click.ClickException(f"nothing exported: the chains of these records do not verify "
                                f"({_n(len(result.problems), 'problem')}, above){hint}; `agentgate verify` checks "
-                               "the whole store, and --no-verify exports the records as they are")
+                               "the whole store, and --no-verify exports the records as they are"
+                               + (" (with --skip-unreadable, those that cannot be read left out)" if unreadable else ""))
+
+
+def _whole_or_nothing(unreadable: list[str], skip: bool, output: str) -> None:
+    """Once an export is written (before it replaces its file): each row it left out because a value
+    of it cannot be read (``core.store.readable``), named on standard error as `agentgate verify`
+    names it. Unless the user asked for that (--skip-unreadable), the export then fails, so that a
+    file is never handed on as evidence with a record silently missing from it: raised here, inside
+    ``_output``, it leaves the file as it was (what went to standard output or a pipe stays
+    written)."""
+    if not unreadable:
+        return
+    broken(unreadable)
+    if skip:
+        return
+    rows = "1 row of the store holds" if len(unreadable) == 1 else f"{len(unreadable)} rows of the store hold"
+    written = ("nothing exported" if output != "-" and not _not_a_file(output)
+               else f"the export to {'standard output' if output == '-' else output} is not whole")
+    raise click.ClickException(f"{written}: {rows} a value that cannot be read (above); --skip-unreadable exports "
+                               "the rest, leaving those out; `agentgate verify` checks the whole store")
 
 
 def _checked_only(calls: Iterator[dict], checked: dict[str, int], late: list[int]) -> Iterator[dict]:
@@ -281,7 +314,8 @@ def _done(what: str, output: str, how: str = "") -> None:
 
 
 def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None, output: Path,
-                  evidence: Path | None, key: bytes | None, protected: list[tuple[Path, str, bool]]) -> None:
+                  evidence: Path | None, key: bytes | None, protected: list[tuple[Path, str, bool]],
+                  skip_unreadable: bool = False) -> None:
     from ..core.export import file_sha256, iter_approvals, iter_calls, oscal_assessment_results, write_jsonl
     from ..core.report import summarise
 
@@ -299,10 +333,16 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
     _check_output(str(approvals_file), "--evidence (the approvals' file beside it)", protected)
     click.echo("reading the period and verifying the chains ...", err=True)
     summary = summarise(store, since=start, until=end, chain_key=key)
+    # the evidence and the approvals' file are replaced together, once nothing is found unreadable
+    # (or the user asked to leave out what is): never one file without the other
+    unreadable: list[str] = []
     with _output(str(evidence), protected) as f:
-        n = write_jsonl(iter_calls(store, since=summary.start, until=summary.end), f)
-    with _output(str(approvals_file), protected) as f:
-        approvals = write_jsonl(iter_approvals(store, since=summary.start, until=summary.end), f)
+        n = write_jsonl(iter_calls(store, since=summary.start, until=summary.end, unreadable=unreadable), f)
+        with _output(str(approvals_file), protected) as g:
+            approvals = write_jsonl(iter_approvals(store, since=summary.start, until=summary.end,
+                                                   unreadable=unreadable), g)
+            summary.unreadable = list(dict.fromkeys(summary.unreadable + unreadable))
+            _whole_or_nothing(summary.unreadable, skip_unreadable, str(output))
     href = os.path.relpath(evidence.resolve(), output.resolve().parent)
     doc = oscal_assessment_results(summary, evidence_href=href, evidence_sha256=file_sha256(evidence),
                                    evidence_records=n,
@@ -522,6 +562,7 @@ def report(since: str | None, until: str | None, output: str, no_verify: bool, d
     with _output(output, protected) as f:
         f.write(render_html(summary))
     _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text})", output)
+    fail_unreadable(summary.unreadable, "the report is written, naming what its figures leave out")
     _fail_unless_verified(summary)
 
 

@@ -264,17 +264,21 @@ def versions_command(since: str | None, until: str | None, db: str | None, as_js
     """List the policy versions the store keeps: each decided calls, and its text is stored once
     (`agentgate policy show VERSION` prints it). A text that no longer hashes to its version was
     changed after it was stored, and is marked so."""
-    from .store import _console, _echo_json, _store, parse_when
+    from .store import _console, _echo_json, _store, fail_unreadable, parse_when
 
     start = parse_when(since, "--since") if since is not None else None
     end = parse_when(until, "--until") if until is not None else None
+    unreadable: list[str] = []
     with _store(db) as store:
-        found = store.policy_versions(since=start, until=end)
+        found = store.policy_versions(since=start, until=end, unreadable=unreadable)
+    what = "the versions are listed without the values that cannot be read"
     if as_json:
         _echo_json(found)
+        fail_unreadable(unreadable, what)
         return
     if not found:
         click.echo("no policy versions" + (" decided a call in that period" if start or end else " in the store"))
+        fail_unreadable(unreadable, what)
         return
     from rich.table import Table
 
@@ -285,8 +289,10 @@ def versions_command(since: str | None, until: str | None, db: str | None, as_js
         files = [line[4:] for line in (v["text"] or "").splitlines() if line.startswith("--- ")]
         table.add_row(v["version"], v["first_seen"] or "", str(v["calls"]), ", ".join(files),
                       "MISSING: the store holds no text of it" if v["missing"] else "as stored" if v["holds"]
+                      else "CANNOT BE READ: not stored as text" if v["text"] is None
                       else "CHANGED: does not hash to its version")
     _console(wide=True).print(table)
+    fail_unreadable(unreadable, what)
     if any(v["missing"] for v in found):
         missing = next(v for v in found if v["missing"])
         raise click.ClickException(f"calls name policy version {missing['version']}, but the store holds no text of "
@@ -304,13 +310,16 @@ def show_command(version: str, db: str | None) -> None:
     """Print the text of the policy VERSION (a record's policy_version, or the start of one) as the
     gateway stored it when that version first decided a call: every file, each after a line
     `--- NAME`."""
-    from .store import BadInput, _store
+    from .store import BadInput, _store, fail_unreadable
 
     if len(version) < 4 or not re.fullmatch(r"[0-9a-f]+", version):
         raise BadInput(f"{version!r} is not a policy version: give the hex digits a record's policy_version has "
                        "(4 at least)")
+    unreadable: list[str] = []
     with _store(db) as store:
-        found = store.policy_versions(named=version)
+        found = store.policy_versions(named=version, unreadable=unreadable)
+    if not found or (len(found) == 1 and found[0]["text"] is None and not found[0]["missing"]):
+        fail_unreadable(unreadable, "no text of it is shown")
     if not found:
         raise click.ClickException(f"no policy version {version} in the store; `agentgate policy versions` lists them")
     if len(found) > 1:
@@ -322,6 +331,7 @@ def show_command(version: str, db: str | None) -> None:
                                    f"{v['version']}, but the store holds no text of it: it was deleted, or the "
                                    "gateway could not store it")
     click.echo(v["text"], nl=False)
+    fail_unreadable(unreadable, "its text is shown above")
     if not v["holds"]:
         raise click.ClickException(f"the stored text of {v['version']} does not hash to its version: it was changed "
                                    "after the gateway stored it")

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..core.chain import JSON_WRITTEN_OUT, ONE_LINE, WRITTEN_OUT, read_witnesses
+from ..core.models import AgentSession, Call
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..core.store import prune as prune_store
 from ..core.store import verify as verify_store
@@ -121,6 +122,29 @@ def _line(v: Any) -> str:
     return "" if v is None else str(v).translate(ONE_LINE)
 
 
+def broken(lines: list[str]) -> None:
+    """Each line on standard error as ``BROKEN: ...``, as the export's check of the chains writes
+    them (the first 50, then how many more)."""
+    for line in lines[:50]:
+        click.echo(f"BROKEN: {_line(line)}", err=True)
+    if len(lines) > 50:
+        click.echo(f"... and {len(lines) - 50} more", err=True)
+
+
+def fail_unreadable(lines: list[str], what: str) -> None:
+    """After the command printed what it could read: each row of the store holding a value that
+    cannot be read (``core.store.readable``: a BLOB where text belongs, text that is no time, JSON
+    that does not parse, a time PostgreSQL's driver cannot read), named as `agentgate verify` names
+    it, on standard error; then exit 1, so that a script notices that what it got is not whole.
+    ``what``: what became of them."""
+    if not lines:
+        return
+    broken(lines)
+    rows = "1 row of the store holds" if len(lines) == 1 else f"{len(lines)} rows of the store hold"
+    raise click.ClickException(f"{rows} a value that cannot be read (above): {what}; `agentgate verify` checks "
+                               "the whole store")
+
+
 def _echo_json(value: Any) -> None:
     """JSON on standard output: what would not show as written is in JSON's escapes (``\\u202e``)."""
     click.echo(json.dumps(value, indent=2, ensure_ascii=False).translate(JSON_WRITTEN_OUT))
@@ -150,10 +174,12 @@ def sessions() -> None:
 @json_option
 def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
     """List sessions, most recently active first."""
+    unreadable: list[str] = []
     with _store(db) as store:
-        rows = store.sessions(limit=limit)
+        rows = store.sessions(limit=limit, unreadable=unreadable)
     if as_json:
         _echo_json(rows)
+        fail_unreadable(unreadable, "left out of the list")
         return
     table = Table(box=None, pad_edge=False)
     table.add_column("session", no_wrap=True)
@@ -165,7 +191,8 @@ def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
     for s in rows:
         table.add_row(s["id"], _text(s["principal"]), _text(s["on_behalf_of"]), _short_time(s["started"]),
                       _short_time(s["last_seen"]), str(s["calls"]))
-    _console(wide=True).print(table if rows else "no sessions")
+    _console(wide=True).print(table if rows else "no sessions" + (" that can be read" if unreadable else ""))
+    fail_unreadable(unreadable, "left out of the list")
 
 
 @sessions.command("show")
@@ -175,18 +202,22 @@ def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
 @json_option
 def sessions_show(session_id: str, db: str | None, limit: int, as_json: bool) -> None:
     """Show one session and its calls."""
+    unreadable: list[str] = []
     with _store(db) as store:
-        session = store.session(session_id)
+        session = store.session(session_id, unreadable)
         if session is None:
             raise click.ClickException(f"no session {session_id!r} in the store at {store.where}")
-        calls = store.calls(session_id=session_id, limit=limit, newest_first=False)
+        calls = store.calls(session_id=session_id, limit=limit, newest_first=False, unreadable=unreadable)
+    what = "the session and its calls are shown without the values that cannot be read"
     if as_json:
         _echo_json({**session, "call_list": calls})
+        fail_unreadable(unreadable, what)
         return
     console = _console(wide=True)
-    console.print(_fields(session))
+    console.print(_fields(session, AgentSession.__table__))
     console.print()
-    console.print(_calls_table(calls) if calls else "no calls")
+    console.print(_calls_table(calls) if calls else "no calls" + (" that can be read" if unreadable else ""))
+    fail_unreadable(unreadable, what)
 
 
 # -- calls -------------------------------------------------------------------------------------
@@ -209,7 +240,9 @@ def _calls_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _fields(row: dict[str, Any]) -> Table:
+def _fields(row: dict[str, Any], table_of: Any = None) -> Table:
+    """A row, one column a line; each column of ``table_of`` (the row's table) that the row is
+    without, as one that cannot be read is, said so in its place."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -217,6 +250,9 @@ def _fields(row: dict[str, Any]) -> Table:
         if isinstance(v, list | dict):
             v = json.dumps(v, ensure_ascii=False)
         table.add_row(k, _text(v))
+    for column in table_of.columns if table_of is not None else ():
+        if column.name not in row:
+            table.add_row(column.name, "(cannot be read)")
     return table
 
 
@@ -245,13 +281,16 @@ def calls_list(principal: str | None, on_behalf_of: str | None, action: str | No
     end = parse_when(until, "--until") if until is not None else None
     if start and end and start >= end:
         raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
+    unreadable: list[str] = []
     with _store(db) as store:
         rows = store.calls(principal=principal, action=action, decision=decision and decision.lower(), since=start,
-                           until=end, limit=limit, on_behalf_of=on_behalf_of, outcome=outcome and outcome.lower())
+                           until=end, limit=limit, on_behalf_of=on_behalf_of, outcome=outcome and outcome.lower(),
+                           unreadable=unreadable)
     if as_json:
         _echo_json(rows)
-        return
-    _console(wide=True).print(_calls_table(rows) if rows else "no calls")
+    else:
+        _console(wide=True).print(_calls_table(rows) if rows else "no calls" + (" that can be read" if unreadable else ""))
+    fail_unreadable(unreadable, "left out of the list")
 
 
 @calls.command("show")
@@ -260,14 +299,16 @@ def calls_list(principal: str | None, on_behalf_of: str | None, action: str | No
 @json_option
 def calls_show(call_id: str, db: str | None, as_json: bool) -> None:
     """Show everything recorded about one call."""
+    unreadable: list[str] = []
     with _store(db) as store:
-        call = store.call(call_id)
+        call = store.call(call_id, unreadable)
         if call is None:
             raise click.ClickException(f"no call {call_id!r} in the store at {store.where}")
     if as_json:
         _echo_json(call)
-        return
-    _console().print(_fields(call))
+    else:
+        _console().print(_fields(call, Call.__table__))
+    fail_unreadable(unreadable, "the call is shown without the values that cannot be read")
 
 
 # -- verify and prune --------------------------------------------------------------------------

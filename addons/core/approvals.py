@@ -64,7 +64,8 @@ from . import chain
 from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
 from .policy import principal_matches
-from .store import CONNECT_TIMEOUT, POSTGRES_KEEPALIVES, StoreUnavailable, _one_line
+from .store import (CONNECT_TIMEOUT, POSTGRES_KEEPALIVES, StoredForm, StoreUnavailable, _approval, _one_line, _record,
+                    readable)
 
 log = logging.getLogger("agentgate.approvals")
 witness_log = logging.getLogger("agentgate.chain")
@@ -337,13 +338,15 @@ class Approval:
     call_id: str | None = None
     actors: tuple[str, ...] | None = None  # the act claim's chain, when it nests (on_behalf_of is its first)
     client_left: dt.datetime | None = None  # when a try of its call first left before its hold ended
+    # the columns whose values cannot be read (``Approvals.get``), None in their place; not a column
+    unread: frozenset[str] = frozenset()
 
     @classmethod
-    def from_row(cls, row: Any) -> "Approval":
+    def from_row(cls, row: Any, unread: frozenset[str] = frozenset()) -> "Approval":
         m = dict(row._mapping if hasattr(row, "_mapping") else row)
         m["resources"] = tuple(m.get("resources") or ())
         m["actors"] = tuple(m["actors"]) if m.get("actors") else None
-        return cls(**{f.name: m.get(f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: m.get(f.name) for f in dataclasses.fields(cls) if f.name != "unread"}, unread=unread)
 
     def state(self, now: dt.datetime | None = None) -> str:
         """The status as it stands now: a pending or approved approval past its expiry is expired."""
@@ -357,7 +360,7 @@ class Approval:
         return ", ".join(self.resources) if self.resources else "(no named resource)"
 
     def as_dict(self, now: dt.datetime | None = None) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "unread"}
         for k in ("requested", "expires", "decided", "used", "revoked", "client_left"):
             d[k] = _iso(d[k])
         d["resources"] = list(self.resources)
@@ -489,13 +492,20 @@ class Approvals:
     def _unavailable(self, e: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"the approvals in the store at {self.where} cannot be reached: {_one_line(e)}")
 
-    def get(self, approval_id: str) -> Approval | None:
+    def get(self, approval_id: str, unreadable: list[str] | None = None) -> Approval | None:
+        """One approval; where a value of it cannot be read (``store.readable``), it is named in
+        ``unreadable`` and the approval comes without it (None in its place); with no list,
+        ``Unreadable`` is raised: nothing is decided on an approval not read whole."""
+        form = StoredForm(self.table, self.engine.dialect, forms=False)
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(select(self.table).where(self.table.c.id == approval_id)).first()
+                rows = conn.execute(form.select().where(self.table.c.id == approval_id)).all()
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
-        return None if row is None else Approval.from_row(row)
+        found = list(readable(rows, form, _approval, unreadable, partial=True))
+        if not found:
+            return None
+        return Approval.from_row(found[0], frozenset(c.name for c in self.table.columns if c.name not in found[0]))
 
     def require(self, approval_id: str) -> Approval:
         found = self.get(approval_id)
@@ -504,14 +514,17 @@ class Approvals:
         return found
 
     def list(self, *, pending: bool = False, kind: str | None = None, active: bool = False, settled: bool = False,
-             limit: int | None = 100, now: dt.datetime | None = None, oldest_first: bool = False) -> list[Approval]:
+             limit: int | None = 100, now: dt.datetime | None = None, oldest_first: bool = False,
+             unreadable: list[str] | None = None) -> list[Approval]:
         """Newest first (``oldest_first``: the other way). ``pending``: only those waiting for a decision (not expired);
         ``active``: approved and not expired (grants in force, approvals not yet used);
         ``settled``: those no longer waiting (decided, or expired undecided), the latest decision
-        (or expiry) first."""
+        (or expiry) first. One holding a value that cannot be read is named in ``unreadable`` and
+        left out (with no list, ``Unreadable`` is raised)."""
         now = now or _now()
         c = self.table.c
-        q = select(self.table)
+        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        q = form.select()
         if pending:
             q = q.where(c.status == "pending", c.expires > now)
         if active:
@@ -530,18 +543,22 @@ class Approvals:
             q = q.limit(limit)
         try:
             with self.engine.connect() as conn:
-                return [Approval.from_row(r) for r in conn.execute(q)]
+                return [Approval.from_row(r) for r in readable(conn.execute(q), form, _approval, unreadable)]
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
 
-    def calls_for(self, approval_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The calls recorded under an approval (held, refused, released), oldest first."""
+    def calls_for(self, approval_id: str, limit: int = 50, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        """The calls recorded under an approval (held, refused, released), oldest first; one whose
+        time, outcome, status, error or approver cannot be read is named in ``unreadable`` and left out."""
         c = Call.__table__.c
-        q = (select(c.id, c.time, c.outcome, c.status, c.error, c.approver)
-             .where(c.approval_id == approval_id).order_by(c.time).limit(limit))
+        form = StoredForm(Call.__table__, self.engine.dialect,
+                          ("id", "time", "outcome", "status", "error", "approver", "writer_id", "seq"), forms=False)
+        q = form.select().where(c.approval_id == approval_id).order_by(c.time).limit(limit)
         try:
             with self.engine.connect() as conn:
-                return [{**dict(r._mapping), "time": _iso(r.time)} for r in conn.execute(q)]
+                return [{"id": r["id"], "time": _iso(r["time"]), "outcome": r["outcome"], "status": r["status"],
+                         "error": r["error"], "approver": r["approver"]}
+                        for r in readable(conn.execute(q), form, _record, unreadable)]
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
 
@@ -843,14 +860,18 @@ class Approvals:
         conn.execute(insert(e), [content])
         conn.info.get(_WRITTEN, []).append(content)
 
-    def history(self, approval_id: str) -> list[dict[str, Any]]:
-        """An approval's events, oldest first: what happened to it, when, by whom and why."""
+    def history(self, approval_id: str, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        """An approval's events, oldest first: what happened to it, when, by whom and why. One holding
+        a value that cannot be read is named in ``unreadable`` and left out."""
         e = ApprovalEvent.__table__.c
-        q = (select(e.seq, e.event, e.time, e.actor, e.reason, e.channel)
-             .where(e.approval_id == approval_id).order_by(e.seq))
+        form = StoredForm(ApprovalEvent.__table__, self.engine.dialect,
+                          ("seq", "event", "time", "actor", "reason", "channel", "approval_id"), forms=False)
+        q = form.select().where(e.approval_id == approval_id).order_by(e.seq)
         try:
             with self.engine.connect() as conn:
-                return [{**dict(r._mapping), "time": _iso(r.time)} for r in conn.execute(q)]
+                return [{"seq": r["seq"], "event": r["event"], "time": _iso(r["time"]), "actor": r["actor"],
+                         "reason": r["reason"], "channel": r["channel"]}
+                        for r in readable(conn.execute(q), form, chain._event, unreadable)]
         except SQLAlchemyError as e:
             raise self._unavailable(e) from None
 

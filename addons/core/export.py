@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, type_coerce
+from sqlalchemy.types import NullType
 
+from .chain import _event as chain_event
 from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
-from .store import Store, call_dict, iso
+from .store import Store, StoredForm, _approval, _record, call_dict, iso, readable
 
 FORMATS = ("jsonl", "ocsf", "mitm", "oscal")
 OCSF_VERSION = "1.1.0"
@@ -59,15 +61,21 @@ def product_version() -> str:
 
 
 def iter_calls(store: Store, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
-               session_id: str | None = None, batch: int = BATCH) -> Iterator[dict[str, Any]]:
+               session_id: str | None = None, batch: int = BATCH,
+               unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every call in [since, until), oldest first, as ``call_dict`` shows it; read a batch at a time
-    (keyset pages on (time, id)), so a large store is never held in memory."""
+    (keyset pages on (time, id), each page starting after the last row's time as stored, whether or
+    not it can be read), so a large store is never held in memory. Each value is read as ``verify``
+    reads it: a call holding one that cannot be read is named in ``unreadable`` and left out (with
+    no list, ``Unreadable`` is raised)."""
     store._check_schema()
     t = Call.__table__
     c = t.c
-    after: tuple[dt.datetime, str] | None = None
+    form = StoredForm(t, store.engine.dialect, forms=False)
+    stored_time = type_coerce(c.time, NullType())  # compared as stored, as the query orders it
+    after: tuple[Any, str] | None = None
     while True:
-        q = select(t)
+        q = form.select()
         if since is not None:
             q = q.where(c.time >= since)
         if until is not None:
@@ -75,16 +83,19 @@ def iter_calls(store: Store, *, since: dt.datetime | None = None, until: dt.date
         if session_id is not None:
             q = q.where(c.session_id == session_id)
         if after is not None:
-            q = q.where((c.time > after[0]) | ((c.time == after[0]) & (c.id > after[1])))
+            q = q.where((stored_time > after[0]) | ((stored_time == after[0]) & (c.id > after[1])))
         q = q.order_by(c.time, c.id).limit(batch)
         with store._reading() as conn:
             rows = conn.execute(q).all()
-        for r in rows:
+        for r in readable(rows, form, _record, unreadable):
             yield call_dict(r)
         if len(rows) < batch:
             return
         last = rows[-1]._mapping
-        after = (last["time"], last["id"])
+        # a time PostgreSQL's driver cannot read (infinity) is fetched as NULL: the page after it
+        # starts after the time the store holds for that call
+        after = (literal(last["time"], NullType()) if last["time"] is not None
+                 else select(c.time).where(c.id == last["id"]).scalar_subquery(), last["id"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,24 +106,27 @@ def jsonl_line(call: dict[str, Any]) -> str:
     return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
 
 
-def iter_approvals(store: Store, *, since: dt.datetime | None = None,
-                   until: dt.datetime | None = None) -> Iterator[dict[str, Any]]:
+def iter_approvals(store: Store, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                   unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every approval (and access grant) asked for in [since, until), oldest first: its row as the
     store keeps it (times in ISO 8601 with microseconds) and ``events``, its approval events
-    oldest first with their place in the events' chain (seq, prev_hash, hash, state_hash, mac)."""
+    oldest first with their place in the events' chain (seq, prev_hash, hash, state_hash, mac). An
+    approval or event holding a value that cannot be read is named in ``unreadable`` and left out."""
     a, e = ApprovalRow.__table__, ApprovalEvent.__table__
-    q = select(a).order_by(a.c.requested, a.c.id)
+    form, event_form = (StoredForm(a, store.engine.dialect, forms=False),
+                        StoredForm(e, store.engine.dialect, forms=False))
+    q = form.select().order_by(a.c.requested, a.c.id)
     if since is not None:
         q = q.where(a.c.requested >= since)
     if until is not None:
         q = q.where(a.c.requested < until)
     with store._reading() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(q)]
+        rows = list(readable(conn.execute(q), form, _approval, unreadable))
         events: dict[str, list[dict[str, Any]]] = {}
         ids = [r["id"] for r in rows]
         for i in range(0, len(ids), 500):
-            for ev in conn.execute(select(e).where(e.c.approval_id.in_(ids[i:i + 500])).order_by(e.c.seq)):
-                m = dict(ev._mapping)
+            found = conn.execute(event_form.select().where(e.c.approval_id.in_(ids[i:i + 500])).order_by(e.c.seq))
+            for m in readable(found, event_form, chain_event, unreadable):
                 m["time"] = iso(m["time"])
                 events.setdefault(m["approval_id"], []).append(m)
     for row in rows:
@@ -550,7 +564,10 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
             evidence_uuid, f"Call records, {summary.start_text} to {summary.end_text} (JSON Lines)",
             f"{evidence_records} records, one per line, as `agentgate calls list --json` shows them, with each "
             f"record's place in its writer's hash chain (writer_id, seq, prev_hash, hash). Bodies are masked; "
-            f"credential headers are never stored.",
+            f"credential headers are never stored."
+            + (f" Left out of it and of the figures: {len(unread)} row{'s' if len(unread) != 1 else ''} of the store "
+               f"holding a value that cannot be read (`agentgate verify` names each), the first: {unread[0]}."
+               if (unread := getattr(summary, "unreadable", None)) else ""),
             "records", evidence_records, evidence_href, evidence_sha256),
     ]
     approvals_uuid = _uuid("approvals", *key)
@@ -584,18 +601,20 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
         })
     version_uuids = {}
     for v in getattr(summary, "policy_versions", None) or []:
-        if v.get("missing"):  # named by the period's calls, its text deleted: said so, nothing to embed
+        if v.get("missing") or v.get("text") is None:  # its text deleted, or not text: said so, nothing to embed
             ref = version_uuids[v["version"]] = _uuid("policy-version", v["version"], "missing")
+            held = ("the store holds NO TEXT of this version (deleted after the gateway stored it, or never stored)"
+                    if v.get("missing") else "the store's text of this version CANNOT BE READ (it holds a value "
+                    "of another type than text)")
             resources.append({
                 "uuid": ref,
                 "title": f"Policy version {v['version']}",
                 "description": (f"The policy files that decided {v['calls']} call{'s' if v['calls'] != 1 else ''} of "
-                                "the period: the store holds NO TEXT of this version (deleted after the gateway "
-                                "stored it, or never stored), so the rules that decided them cannot be shown."),
+                                f"the period: {held}, so the rules that decided them cannot be shown."),
                 "props": [{"name": "policy-version", "ns": OSCAL_NS, "value": v["version"]},
                           {"name": "calls-decided", "ns": OSCAL_NS, "value": str(v["calls"])},
                           {"name": "text-holds", "ns": OSCAL_NS, "value": "false"},
-                          {"name": "text-stored", "ns": OSCAL_NS, "value": "false"}],
+                          {"name": "text-stored", "ns": OSCAL_NS, "value": "false" if v.get("missing") else "true"}],
             })
             continue
         ref = version_uuids[v["version"]] = _uuid("policy-version", v["version"],

@@ -24,7 +24,7 @@ from .chain import WRITTEN_OUT, VerifyResult
 from .models import Approval as ApprovalRow
 from .models import Call, Checkpoint
 from .records import REDACTED_HEADERS
-from .store import Store, verify
+from .store import Store, StoredForm, _approval, _checkpoint, _record, readable, verify
 
 UTC = dt.timezone.utc
 MUTATING = ("Write", "Tagging", "Permissions management")
@@ -39,14 +39,14 @@ class Head:
     seq: int
     hash: str
     call_id: str
-    time: dt.datetime
+    time: dt.datetime | None  # None: its time cannot be read (named in the Summary's unreadable)
     checkpoint_seq: int | None = None
     checkpoint_keyed: bool = False
     checkpoint_time: dt.datetime | None = None
 
     @property
     def time_text(self) -> str:
-        return _text_time(self.time)
+        return "its time cannot be read" if self.time is None else _text_time(self.time)
 
 
 @dataclasses.dataclass
@@ -116,6 +116,9 @@ class Summary:
     policy_versions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # Store.policy_versions
     verify: VerifyResult | None = None
     keyed: bool = False
+    # what the store holds that cannot be read (``store.readable``), one line each as ``verify``
+    # names it: left out of every figure, and named in the report
+    unreadable: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def start_text(self) -> str:
@@ -173,7 +176,9 @@ def bucket_size(span: dt.timedelta, target: int = 40) -> dt.timedelta:
 def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
               chain_key: bytes | None = None, check_chain: bool = True,
               now: dt.datetime | None = None) -> Summary:
-    """Everything the report and the OSCAL export say about [since, until)."""
+    """Everything the report and the OSCAL export say about [since, until). A call, approval,
+    policy version or chain head holding a value that cannot be read is named in ``unreadable``
+    and left out of the figures."""
     from .export import iter_calls
 
     now = now or dt.datetime.now(UTC)
@@ -190,7 +195,7 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
     origin = start - offset if start - _FIRST >= offset else start
     nbuckets = max(1, math.ceil((end - origin) / s.bucket))
     s.timeline = [(origin + i * s.bucket, Counter()) for i in range(nbuckets)]
-    for c in iter_calls(store, since=since, until=until):
+    for c in iter_calls(store, since=since, until=until, unreadable=s.unreadable):
         t = _parse(c["time"])
         s.total += 1
         if c.get("kind") == "connect":
@@ -248,9 +253,9 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
                 break
         i = min(nbuckets - 1, max(0, int((t - origin) / s.bucket)))
         s.timeline[i][1][decision] += 1
-    s.approvals = _approvals(store, start, end)
-    s.policy_versions = store.policy_versions(since=start, until=end)
-    s.heads = _heads(store)
+    s.approvals = _approvals(store, since, until, s.unreadable)  # as the calls: the whole store when not given
+    s.policy_versions = store.policy_versions(since=start, until=end, unreadable=s.unreadable)
+    s.heads = _heads(store, s.unreadable)
     if check_chain:
         s.verify = verify(store.url, chain_key)
     return s
@@ -258,48 +263,83 @@ def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datet
 
 def _span(store: Store, since: dt.datetime | None, until: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
     """The first and last times in [since, until) of a call or of an approval asked for (an
-    approval is asked for after the call that asked it arrived, and an access grant with no call)."""
+    approval is asked for after the call that asked it arrived, and an access grant with no call).
+    Each is the first time that can be read from either end, in the order the store sorts them
+    (a time that cannot be read is passed over here, and named where its record is read)."""
     store._check_schema()
-    fix = Call.__table__.c.time.type.process_result_value  # aggregates come back without the column's type
     times = []
     with store._reading() as conn:
-        for column in (Call.__table__.c.time, ApprovalRow.__table__.c.requested):
-            q = select(func.min(column), func.max(column))
+        for table, column, name in ((Call.__table__, "time", _record), (ApprovalRow.__table__, "requested", _approval)):
+            c = table.c[column]
+            form = StoredForm(table, conn.dialect, ("id", "writer_id", "seq", column) if name is _record
+                              else ("id", "status", column), forms=False)
+            q = form.select()
             if since is not None:
-                q = q.where(column >= since)
+                q = q.where(c >= since)
             if until is not None:
-                q = q.where(column < until)
-            times += [t if t.tzinfo else fix(t, None) for t in conn.execute(q).one() if t is not None]
+                q = q.where(c < until)
+            for order in (c, c.desc()):
+                if (t := _first_readable(conn, form, q.order_by(order), name, column)) is not None:
+                    times.append(t)
     return (min(times), max(times)) if times else (None, None)
 
 
-def _approvals(store: Store, start: dt.datetime, end: dt.datetime) -> list[ApprovalInfo]:
+def _first_readable(conn: Any, form: StoredForm, q: Any, name: Callable[[dict[str, Any]], str], column: str,
+                    page: int = 100) -> dt.datetime | None:
+    """The first value of ``column`` that can be read among the rows of ``q``, read a page at a time."""
+    offset = 0
+    while True:
+        rows = conn.execute(q.offset(offset).limit(page)).all()
+        for row in readable(rows, form, name, []):
+            return row[column]
+        if len(rows) < page:
+            return None
+        offset += page
+
+
+def _approvals(store: Store, since: dt.datetime | None, until: dt.datetime | None,
+               unreadable: list[str]) -> list[ApprovalInfo]:
     t = ApprovalRow.__table__
-    q = select(t).where(t.c.requested >= start, t.c.requested < end).order_by(t.c.requested, t.c.id)
+    form = StoredForm(t, store.engine.dialect, forms=False)
+    q = form.select().order_by(t.c.requested, t.c.id)
+    if since is not None:
+        q = q.where(t.c.requested >= since)
+    if until is not None:
+        q = q.where(t.c.requested < until)
     with store._reading() as conn:
-        rows = conn.execute(q).all()
-    return [ApprovalInfo(id=r.id, kind=r.kind, principal=r.principal, on_behalf_of=r.on_behalf_of,
-                         action=r.action if r.kind == "call" else f"access grant: {r.role}", status=r.status,
-                         approver=r.approver, channel=r.channel, requested=r.requested, decided=r.decided,
-                         reason="; ".join(x for x in (r.reason, r.revoke_reason and f"revoked: {r.revoke_reason}") if x)
-                         or None)
+        rows = list(readable(conn.execute(q), form, _approval, unreadable))
+    return [ApprovalInfo(id=r["id"], kind=r["kind"], principal=r["principal"], on_behalf_of=r["on_behalf_of"],
+                         action=r["action"] if r["kind"] == "call" else f"access grant: {r['role']}", status=r["status"],
+                         approver=r["approver"], channel=r["channel"], requested=r["requested"], decided=r["decided"],
+                         reason="; ".join(x for x in (r["reason"], r["revoke_reason"] and f"revoked: {r['revoke_reason']}")
+                                          if x) or None)
             for r in rows]
 
 
-def _heads(store: Store) -> list[Head]:
+def _heads(store: Store, unreadable: list[str]) -> list[Head]:
+    """Each writer's last record and last checkpoint. A head whose id, seq or hash cannot be read
+    is left out, and one whose time cannot be read is given without it; each is named in
+    ``unreadable``."""
     c = Call.__table__.c
     cp = Checkpoint.__table__.c
+    records = StoredForm(Call.__table__, store.engine.dialect, ("id", "writer_id", "seq", "hash", "time"), forms=False)
+    checkpoints = StoredForm(Checkpoint.__table__, store.engine.dialect, ("id", "kind", "writer_id", "seq", "hmac", "time"),
+                             forms=False)
     heads = []
     with store._reading() as conn:
         last = conn.execute(select(c.writer_id, func.max(c.seq)).group_by(c.writer_id)).all()
-        for writer_id, seq in sorted(last):
-            row = conn.execute(select(c.id, c.hash, c.time).where(c.writer_id == writer_id, c.seq == seq)).one()
-            check = conn.execute(select(cp.seq, cp.hmac, cp.time).where(cp.writer_id == writer_id)
-                                 .order_by(cp.seq.desc(), cp.id.desc()).limit(1)).first()
-            heads.append(Head(writer_id=writer_id, seq=seq, hash=row.hash, call_id=row.id, time=row.time,
-                              checkpoint_seq=check.seq if check else None,
-                              checkpoint_keyed=bool(check and check.hmac),
-                              checkpoint_time=check.time if check else None))
+        for writer_id, seq in sorted(last, key=lambda ws: str(ws[0])):
+            rows = conn.execute(records.select().where(c.writer_id == writer_id, c.seq == seq)).all()
+            row = next(readable(rows, records, _record, unreadable, partial=True), {})
+            if not {"id", "seq", "hash"} <= row.keys():
+                continue
+            rows = conn.execute(checkpoints.select().where(cp.writer_id == writer_id)
+                                .order_by(cp.seq.desc(), cp.id.desc()).limit(1)).all()
+            check = next(readable(rows, checkpoints, _checkpoint, unreadable, partial=True), None)
+            heads.append(Head(writer_id=writer_id, seq=row["seq"], hash=row["hash"], call_id=row["id"],
+                              time=row.get("time"), checkpoint_seq=check.get("seq") if check else None,
+                              checkpoint_keyed=bool(check and check.get("hmac")),
+                              checkpoint_time=check.get("time") if check else None))
     return heads
 
 
@@ -647,6 +687,7 @@ def render_html(s: Summary) -> str:
         [[_Raw(f'<span class="mono">{escape(v["version"])}</span>'), v["first_seen"] or "", v["calls"],
           ", ".join(line[4:] for line in (v["text"] or "").splitlines() if line.startswith("--- ")),
           "MISSING: the store holds no text of it" if v.get("missing") else "as stored" if v["holds"]
+          else "CANNOT BE READ: not stored as text" if v["text"] is None
           else "CHANGED: does not hash to its version"] for v in s.policy_versions],
         numeric={2}, key="policy-versions", empty="no call in the period names a policy version")
     masked = _table(["Part", "Member", "Values masked"],
@@ -656,13 +697,23 @@ def render_html(s: Summary) -> str:
     heads = _table(["Writer", "Last seq", "Head hash", "Last checkpoint"],
                    [[h.writer_id, h.seq, _Raw(f'<span class="mono">{escape(h.hash)}</span>'),
                      (f"seq {h.checkpoint_seq}, {'HMAC-keyed' if h.checkpoint_keyed else 'not keyed'}, "
-                      f"{_text_time(h.checkpoint_time)}" if h.checkpoint_seq is not None else "none yet")]
+                      + (_text_time(h.checkpoint_time) if h.checkpoint_time else "its time cannot be read")
+                      if h.checkpoint_seq is not None else "none yet")]
                     for h in s.heads], key="heads", empty="the store holds no records")
     chain_detail = ""
     if v is not None:
         chain_detail = (f'<p data-figure="verify">{_prose(_verify_sentence(s))}</p>'
                         + "".join(f'<p class="problem">BROKEN: {escape(p)}</p>' for p in v.problems[:20])
                         + "".join(f'<p class="sub">note: {escape(n)}</p>' for n in v.notes[:20]))
+    unreadable = ""
+    if s.unreadable:
+        unreadable = (f'<p class="problem"><span data-figure="unreadable">{len(s.unreadable)}</span> '
+                      + ("row of the store holds" if len(s.unreadable) == 1 else "rows of the store hold")
+                      + ' a value that cannot be read (of another type than its column\'s, or a time that is no time): '
+                      'what cannot be read is left out of the figures and tables below, and <code>agentgate '
+                      'verify</code> names it too.</p>'
+                      + "".join(f'<p class="problem" data-unreadable>{escape(line)}</p>' for line in s.unreadable[:50])
+                      + (f'<p class="sub">... and {len(s.unreadable) - 50} more</p>' if len(s.unreadable) > 50 else ""))
     top_actions = s.top(s.by_action, 10)
     latency_items = [(a.id, a.latency) for a in decided if a.latency is not None][:15]
     charts = (
@@ -691,6 +742,7 @@ def render_html(s: Summary) -> str:
 <strong data-figure="end">{escape(s.end_text)}</strong>. Store: <code>{escape(s.where)}</code>. Generated
 {escape(_text_time(s.generated))}. {verdict}</p>
 <div class="figures">{figures}</div>
+{unreadable}
 
 <h2>NIST SP 800-53 controls</h2>
 {controls}

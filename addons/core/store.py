@@ -162,6 +162,12 @@ class StoreUnavailable(StoreError):
     """The store cannot write right now (disk full, database down); it retries by itself."""
 
 
+class Unreadable(StoreError):
+    """A record holding a value that cannot be read (``StoredForm``: a BLOB where text belongs, text
+    that is no time, JSON that does not parse, a time PostgreSQL's driver cannot read), met by a
+    reader given no list to name it in: the message is its line as ``verify`` says it."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Engines, URLs and the schema
 
@@ -548,15 +554,19 @@ _SUMMARY = ("id", "time", "principal", "on_behalf_of", "action", "service", "ope
 
 
 def call_dict(row: Any) -> dict[str, Any]:
-    """A calls row as the CLI and exports show it: the summary keys first, then every other column."""
+    """A calls row as the CLI and exports show it: the summary keys first, then every other column
+    (a column that cannot be read, left out of the row by ``readable``, is left out here too)."""
     m = dict(row._mapping if hasattr(row, "_mapping") else row)
-    m["time"] = iso(m["time"])
-    return {**{k: m[k] for k in _SUMMARY}, **{k: v for k, v in m.items() if k not in _SUMMARY}}
+    if "time" in m:
+        m["time"] = iso(m["time"])
+    return {**{k: m[k] for k in _SUMMARY if k in m}, **{k: v for k, v in m.items() if k not in _SUMMARY}}
 
 
 def session_dict(row: Any) -> dict[str, Any]:
     m = dict(row._mapping if hasattr(row, "_mapping") else row)
-    m["started"], m["last_seen"] = iso(m["started"]), iso(m["last_seen"])
+    for k in ("started", "last_seen"):
+        if k in m:
+            m[k] = iso(m[k])
     return m
 
 
@@ -1709,12 +1719,16 @@ class Store:
         newest_first: bool = True,
         on_behalf_of: str | None = None,
         outcome: str | None = None,
+        unreadable: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Calls matching every filter given; ``action`` may hold ``*`` wildcards (``s3:*``) and is
-        compared without regard to case, as IAM and the policies compare actions."""
+        compared without regard to case, as IAM and the policies compare actions. Each value is read
+        as ``verify`` reads it (``readable``): a call holding one that cannot be read is named in
+        ``unreadable`` and left out (with no list, ``Unreadable`` is raised)."""
         self._check_schema()
-        q = select(Call.__table__)
         c = Call.__table__.c
+        form = StoredForm(Call.__table__, self.engine.dialect, forms=False)
+        q = form.select()
         if principal:
             q = q.where(c.principal == principal)
         if on_behalf_of:
@@ -1736,29 +1750,40 @@ class Store:
         if limit is not None:
             q = q.limit(limit)
         with self._reading() as conn:
-            return [call_dict(r) for r in conn.execute(q)]
+            return [call_dict(r) for r in readable(conn.execute(q), form, _record, unreadable)]
 
-    def call(self, call_id: str) -> dict[str, Any] | None:
+    def call(self, call_id: str, unreadable: list[str] | None = None) -> dict[str, Any] | None:
+        """One call; where a value of it cannot be read, it is named in ``unreadable`` and the call
+        comes without that column (with no list, ``Unreadable`` is raised)."""
         self._check_schema()
+        form = StoredForm(Call.__table__, self.engine.dialect, forms=False)
         with self._reading() as conn:
-            row = conn.execute(select(Call.__table__).where(Call.__table__.c.id == call_id)).first()
-        return None if row is None else call_dict(row)
+            rows = conn.execute(form.select().where(Call.__table__.c.id == call_id)).all()
+            found = list(readable(rows, form, _record, unreadable, partial=True))
+        return call_dict(found[0]) if found else None
 
-    def sessions(self, limit: int | None = 100) -> list[dict[str, Any]]:
+    def sessions(self, limit: int | None = 100, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        """The sessions most recently active first; one holding a value that cannot be read is named
+        in ``unreadable`` and left out (with no list, ``Unreadable`` is raised)."""
         self._check_schema()
         t = AgentSession.__table__
-        q = select(t).order_by(t.c.last_seen.desc(), t.c.id)
+        form = StoredForm(t, self.engine.dialect, forms=False)
+        q = form.select().order_by(t.c.last_seen.desc(), t.c.id)
         if limit is not None:
             q = q.limit(limit)
         with self._reading() as conn:
-            return [session_dict(r) for r in conn.execute(q)]
+            return [session_dict(r) for r in readable(conn.execute(q), form, _session, unreadable)]
 
-    def session(self, session_id: str) -> dict[str, Any] | None:
+    def session(self, session_id: str, unreadable: list[str] | None = None) -> dict[str, Any] | None:
+        """One session; where a value of it cannot be read, it comes without that column, named in
+        ``unreadable``."""
         self._check_schema()
         t = AgentSession.__table__
+        form = StoredForm(t, self.engine.dialect, forms=False)
         with self._reading() as conn:
-            row = conn.execute(select(t).where(t.c.id == session_id)).first()
-        return None if row is None else session_dict(row)
+            rows = conn.execute(form.select().where(t.c.id == session_id)).all()
+            found = list(readable(rows, form, _session, unreadable, partial=True))
+        return session_dict(found[0]) if found else None
 
     def policy_version(self, version: str) -> str | None:
         self._check_schema()
@@ -1766,14 +1791,15 @@ class Store:
             return conn.execute(select(PolicyVersion.text).where(PolicyVersion.version == version)).scalar()
 
     def policy_versions(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                        named: str | None = None) -> list[dict[str, Any]]:
+                        named: str | None = None, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
         """The policy versions the store keeps (those that decided a call), oldest first: each one's
         ``version``, ``first_seen``, ``text``, ``holds`` (whether the text still hashes to the
         version, as the gateway computed it when it loaded the files) and ``calls`` (how many calls
         in [since, until) it decided); then the versions calls name whose text the store does not
         hold (deleted), with ``missing`` true, ``text`` and ``first_seen`` None and ``holds`` false.
         With ``since`` or ``until``, only the versions that decided a call in that period; ``named``:
-        the versions whose name starts with it."""
+        the versions whose name starts with it. A version whose first_seen or text cannot be read is
+        named in ``unreadable`` and given without it (with no list, ``Unreadable`` is raised)."""
         self._check_schema()
         c, v = Call.__table__.c, PolicyVersion.__table__.c
         counted = select(c.policy_version, func.count()).where(c.policy_version.is_not(None))
@@ -1781,17 +1807,18 @@ class Store:
             counted = counted.where(c.time >= since)
         if until is not None:
             counted = counted.where(c.time < until)
-        q = select(v.version, v.text, v.first_seen).order_by(v.first_seen, v.version)
+        form = StoredForm(PolicyVersion.__table__, self.engine.dialect, ("version", "text", "first_seen"), forms=False)
+        q = form.select().order_by(v.first_seen, v.version)
         if named is not None:
             q = q.where(v.version.startswith(named, autoescape=True))
         with self._reading() as conn:
             calls = dict(conn.execute(counted.group_by(c.policy_version)).all())
-            rows = conn.execute(q).all()
-        found = [{"version": r.version, "first_seen": iso(_as_datetime(r.first_seen)), "calls": calls.get(r.version, 0),
-                  "holds": isinstance(r.text, str) and policy_text_version(r.text) == r.version,
-                  "text": r.text if isinstance(r.text, str) else None, "missing": False}
-                 for r in rows if (since is None and until is None) or r.version in calls]
-        held = {r.version for r in rows}
+            rows = list(readable(conn.execute(q), form, _policy_version, unreadable, partial=True))
+        found = [{"version": r["version"], "first_seen": iso(r.get("first_seen")), "calls": calls.get(r["version"], 0),
+                  "holds": isinstance(r.get("text"), str) and policy_text_version(r["text"]) == r["version"],
+                  "text": r.get("text"), "missing": False}
+                 for r in rows if "version" in r and ((since is None and until is None) or r["version"] in calls)]
+        held = {r.get("version") for r in rows}
         return found + [{"version": v, "first_seen": None, "calls": n, "holds": False, "text": None, "missing": True}
                         for v, n in sorted(calls.items(), key=lambda vn: str(vn[0]))
                         if v not in held and (named is None or str(v).startswith(named))]
@@ -1828,9 +1855,13 @@ class StoredForm:
     text that is no time, JSON that does not parse), which would stop the reading of the whole
     table with a traceback, is named with its column instead. On PostgreSQL the columns are
     typed: a time is compared as a time, and one its driver cannot read (infinity, a year before
-    1) is named too, not fetched."""
+    1) is named too, not fetched.
 
-    def __init__(self, table: Any, dialect: Any, names: Iterable[str] | None = None) -> None:
+    ``forms`` False: only whether each value can be read, for the commands that list, show and
+    export rows (``readable``), which a time stored in another form the store reads does not stop;
+    the comparison with the form the store writes is left out of their reading."""
+
+    def __init__(self, table: Any, dialect: Any, names: Iterable[str] | None = None, *, forms: bool = True) -> None:
         self.table = table
         self.columns: list[Any] = []
         self._names: list[str] = []
@@ -1865,7 +1896,7 @@ class StoredForm:
                 stored = type(bind(True)) if bind else bool
             else:
                 stored = str if read is not None else None
-            self._processed.append((i, c.name, kind, stored, read, bind, flag))
+            self._processed.append((i, c.name, kind, stored, read, bind if forms else None, flag))
         self.columns += [type_coerce(f, NullType()).label(f"in_range_{i}") for i, f in enumerate(flags)]
         allowed = {str: {str, type(None)}, int: {int, type(None)}, float: {float, int, type(None)}}
         self._plain = [(operator.itemgetter(*(i for i, _ in group)) if len(group) > 1
@@ -1925,6 +1956,44 @@ def _record(row: dict[str, Any]) -> str:
     return f"call {row['id']} (writer {row['writer_id']}, seq {row['seq']})"
 
 
+def _session(row: dict[str, Any]) -> str:
+    return f"session {row['id']}"
+
+
+def _approval(row: dict[str, Any]) -> str:
+    return f"approval {row['id']} ({row['status']})"
+
+
+def _policy_version(row: dict[str, Any]) -> str:
+    return f"policy version {row['version']}"
+
+
+def _checkpoint(row: dict[str, Any]) -> str:
+    return f"checkpoint #{row['id']} ({row['kind']}, writer {row['writer_id']}, seq {row['seq']})"
+
+
+def readable(rows: Iterable[Any], form: StoredForm, name: Callable[[dict[str, Any]], str],
+             unreadable: list[str] | None, *, partial: bool = False) -> Iterator[dict[str, Any]]:
+    """The ``rows`` fetched with ``form.select()``, each as the store reads it (``StoredForm.read``),
+    for the commands that list, show and export records. A row holding a value that cannot be read
+    stopped them with a traceback (the driver's or SQLAlchemy's reading of it raised), and with it
+    every row beside it; it is named in ``unreadable`` instead, by ``name`` and with each column's
+    problem as ``verify`` says them, and left out (``partial``: given without those columns, for
+    the commands that show one record). With no list it raises ``Unreadable``, so that no reader
+    passes over a record without saying so."""
+    for raw in rows:
+        row, problems, unread = form.read(raw)
+        if unread:
+            line = f"{name(row)}: " + "; ".join(problems)
+            if unreadable is None:
+                raise Unreadable(f"{line} (`agentgate verify` names every value that cannot be read)")
+            unreadable.append(line)
+            if not partial:
+                continue
+            row = {k: v for k, v in row.items() if k not in unread}
+        yield row
+
+
 def _unplaceable(row: dict[str, Any], stored: list[str], unread: set[str]) -> str | None:
     """(A row as ``StoredForm.read`` gave it.) The problem line of a record whose chain columns
     cannot be read, so that it cannot be placed in its chain (what is missing there is said too);
@@ -1957,8 +2026,7 @@ def _checkpoints(conn: Any) -> tuple[dict[str, list[CheckpointInfo]], list[str]]
     for r in conn.execute(form.select().order_by(Checkpoint.writer_id, Checkpoint.seq, Checkpoint.id)):
         row, stored, unread = form.read(r)
         if stored:
-            problems.append(f"checkpoint #{row['id']} ({row['kind']}, writer {row['writer_id']}, seq {row['seq']}): "
-                            + "; ".join(stored))
+            problems.append(f"{_checkpoint(row)}: " + "; ".join(stored))
         if not unread:
             cp = CheckpointInfo.from_row(row)
             by_writer.setdefault(cp.writer_id, []).append(cp)
@@ -2180,7 +2248,7 @@ def check_policy_versions(conn: Any) -> tuple[int, list[str]]:
     for r in conn.execute(form.select().order_by(PolicyVersion.version)):
         row, stored, unread = form.read(r)
         if stored:
-            problems.append(f"policy version {row['version']}: " + "; ".join(stored))
+            problems.append(f"{_policy_version(row)}: " + "; ".join(stored))
         if unread:
             unreadable.add(row["version"])
         else:
@@ -2237,7 +2305,7 @@ def check_sessions(conn: Any) -> tuple[int, list[str]]:
                 issues.append(f"it names {', '.join(wrong)}: the session's row was altered after its calls were "
                               "recorded")
         if issues:
-            problems.append(f"session {row['id']}: " + "; ".join(issues))
+            problems.append(f"{_session(row)}: " + "; ".join(issues))
     return sessions, problems
 
 
@@ -2327,7 +2395,7 @@ def check_approval_events(conn: Any, chain_key: bytes | None,
         for r in conn.execute(form.select().order_by(a.c.requested, a.c.id).execution_options(yield_per=2000)):
             row, stored, unread = form.read(r)
             if stored:
-                check.problems.append(f"approval {row['id']} ({row['status']}): " + "; ".join(stored))
+                check.problems.append(f"{_approval(row)}: " + "; ".join(stored))
             if unread:
                 check.unreadable(row["id"])
             else:
