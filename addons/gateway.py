@@ -183,9 +183,11 @@ def read_key(path: Path) -> bytes | None:
     return path.read_bytes().strip() if path.exists() else None
 
 
-async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: int | None = None) -> int:
-    """Run one gateway process until SIGTERM/SIGINT. ``worker``: this process's index when it is
-    one of ``workers`` processes sharing the port (addons/workers.py); None for a lone gateway."""
+async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: int | None = None,
+                heartbeat=None) -> int:
+    """Run one gateway process until SIGTERM, SIGINT or SIGHUP. ``worker``: this process's index when
+    it is one of ``workers`` processes sharing the port (addons/workers.py); None for a lone gateway.
+    ``heartbeat``: the worker's ``workers.Heartbeat``, beaten by this event loop once it listens."""
     from . import chain
     from .approval import Approval
     from .recorder import Recorder
@@ -279,12 +281,18 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     loop = asyncio.get_running_loop()
     stopping = False
 
-    def stop() -> None:
+    def stop(signum: int) -> None:
         nonlocal stopping
         if stopping:  # a second signal: stop now
+            log.warning("%s again: stopping now", signal.Signals(signum).name)
             m.shutdown()
             return
         stopping = True
+        # SIGHUP (a terminal hung up, a service manager's reload) stops as SIGTERM does: settings
+        # are read at start only, and the policies reload by themselves on change
+        log.info("%s: stopping: new calls are refused, calls in flight are answered and recorded first (up to "
+                 "drain_seconds, %g s)", signal.Signals(signum).name, settings.drain_seconds)
+        recorder.stopped_by = signal.Signals(signum).name
         loop.create_task(_stop(), name="agentgate-stop")
 
     async def _stop() -> None:
@@ -297,13 +305,46 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         await recorder.drain(settings.drain_seconds)
         m.shutdown()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop, sig)
 
-    if worker:  # the first worker prints the banner for all of them
-        log.info("worker %d (pid %d) listening on %s:%d", worker, os.getpid(), listen_host, listen_port)
+    def listening() -> None:
+        if worker:  # the first worker prints the banner for all of them
+            log.info("worker %d (pid %d) listening on %s:%d", worker, os.getpid(), listen_host, listen_port)
+        else:
+            _banner(settings, worker, listen_host, listen_port, store, created, current, console, m)
+    m.addons.add(Listening(listening, heartbeat))
+
+    if worker:
         return await _run_until_done(m, console, approvals, notifier, store, validator)
-    workers = f" ({settings.workers} workers, pid {os.getpid()} is worker 0)" if worker is not None else ""
+    checking = None if validator is None else loop.create_task(_check_issuer(validator), name="agentgate-issuer-check")
+    try:
+        return await _run_until_done(m, console, approvals, notifier, store, validator)
+    finally:
+        if checking is not None:
+            checking.cancel()
+
+
+class Listening:
+    """Once the proxy's listener is bound (mitmproxy's ``running``): says so (the banner, or a
+    worker's line), and starts the worker's heartbeat, which the supervisor watches from then on."""
+
+    def __init__(self, announce, heartbeat=None) -> None:
+        self.announce = announce
+        self.heartbeat = heartbeat
+
+    def running(self) -> None:
+        self.announce()
+        if self.heartbeat is not None:
+            self.heartbeat.start(asyncio.get_running_loop())
+
+
+def _banner(settings: Settings, worker: int | None, listen_host: str, listen_port: int, store, created: bool,
+            current, console, m) -> None:
+    """Where the gateway listens, its store, policy version, CA and the rest, on stderr. With
+    workers, printed by worker 0, naming the supervisor (the pid to signal) and itself."""
+    workers = (f" ({settings.workers} workers, supervisor pid {os.getppid()}; pid {os.getpid()} is worker 0)"
+               if worker is not None else "")
     print(f"agentgate listening on {listen_host}:{listen_port}{workers}", file=sys.stderr)
     print(f"  store:    {_safe_url(settings.db)} (durability {settings.durability}; {store.guarantee})", file=sys.stderr)
     if created:
@@ -320,12 +361,6 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     if not settings.oidc_issuer:
         print("  WARNING: oidc_issuer is not set: every call is refused until it is set in agentgate.toml", file=sys.stderr)
     sys.stderr.flush()
-    checking = None if validator is None else loop.create_task(_check_issuer(validator), name="agentgate-issuer-check")
-    try:
-        return await _run_until_done(m, console, approvals, notifier, store, validator)
-    finally:
-        if checking is not None:
-            checking.cancel()
 
 
 async def _check_issuer(validator) -> None:
@@ -448,8 +483,8 @@ def web_master(opts: options.Options, web_listen: str) -> master.Master:
 
 
 def run(settings: Settings, verbose: bool = False, web_listen: str = "127.0.0.1:8082",
-        worker: int | None = None) -> int:
+        worker: int | None = None, heartbeat=None) -> int:
     setup_logging(verbose, workers=worker is not None)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.busy_poll_us)) as runner:
-        return runner.run(serve(settings, web_listen, worker))
+        return runner.run(serve(settings, web_listen, worker, heartbeat))

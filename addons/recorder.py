@@ -327,6 +327,7 @@ class Recorder:
         self.masking = masking  # the Masking addon: masks a streamed answer's headers before it is recorded
         self.inflight: dict[str, http.HTTPFlow] = {}  # the calls read and not yet answered and recorded
         self.stopping = False  # the gateway is stopping: new calls are answered STOPPING
+        self.stopped_by = "SIGTERM"  # the signal that stopped it, named in the records of calls the stop cuts off
 
     async def drain(self, timeout: float = DRAIN_SECONDS) -> int:
         """(The gateway is stopping.) Answer new calls STOPPING, and wait up to ``timeout`` seconds
@@ -343,7 +344,7 @@ class Recorder:
                         "failed", len(self.inflight), timeout)
         for flow in left:  # recorded now, while the store still writes: what went upstream has its evidence
             sent = flow.metadata.get(SIGNED) is not None
-            why = (f"the gateway stopped (SIGTERM) with this call still in flight after its {timeout:.0f} s for "
+            why = (f"the gateway stopped ({self.stopped_by}) with this call still in flight after its {timeout:.0f} s for "
                    "calls in flight, and cut it off" + ("; it had gone upstream, where AWS may have carried it out"
                                                         if sent else "; it had not gone upstream"))
             await self._write(flow, build_record(flow, outcome="failed", error=why))

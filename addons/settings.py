@@ -28,6 +28,7 @@ MAX_BUSY_POLL_US = 100_000  # a tenth of a second: past that, polling only burns
 REGION_SHAPE = r"[a-z]{2,}(-[a-z0-9]+)*-[a-z]+-\d+"  # us-east-1, us-gov-west-1, eu-isoe-west-1
 _REGION = re.compile(REGION_SHAPE)
 MAX_WORKERS = 64  # gateway processes (~130 MB each); past a few per CPU, more only take memory
+MIN_HEARTBEAT_TIMEOUT = 2.0  # seconds: twice a worker's heartbeat (one a second), so one late beat is not a hang
 
 
 @dataclasses.dataclass
@@ -68,6 +69,7 @@ class Settings:
     # the role's partition, else the partition's default (us-east-1, us-gov-west-1, cn-northwest-1)
     body_cap: int = 1 << 20  # bytes of a body kept in a record
     workers: int = 1  # gateway processes sharing the listening port (SO_REUSEPORT)
+    heartbeat_timeout: float = 15.0  # seconds a worker's event loop may go silent before it is killed and replaced; 0: never
     busy_poll_us: int = 300  # microseconds the event loop polls for work before it sleeps; 0: sleeps at once
     web: bool = False
     config_file: str = ""
@@ -131,6 +133,9 @@ class Settings:
         if not 1 <= s.workers <= MAX_WORKERS:
             raise SettingsError(f"workers must be between 1 and {MAX_WORKERS}, not {s.workers} (each is a gateway "
                                 f"process of its own; this machine has {os.cpu_count()} CPUs)")
+        if not (s.heartbeat_timeout == 0 or MIN_HEARTBEAT_TIMEOUT <= s.heartbeat_timeout <= 3600):
+            raise SettingsError(f"heartbeat_timeout must be a number of seconds from {MIN_HEARTBEAT_TIMEOUT:g} to 3600 "
+                                f"(0: workers are not watched), not {s.heartbeat_timeout!r}")
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"

@@ -7,21 +7,32 @@ agents' connections over them. They share what lives on disk or in the store: th
 directory (each reloads it on change), the store (PostgreSQL; SQLite in WAL mode for a few
 workers) and, through it, approvals; each worker writes its own hash chain (its own writer id).
 
-SIGTERM or SIGINT to the supervisor stops every worker the way one gateway stops (held calls are
-answered first, calls in flight finish and are recorded). A worker that dies is started again after
-a second; one that dies again within seconds of its restart (its store down, say) is started again
-after a longer wait each time (up to MAX_RESTART_DELAY), while the others go on serving. A worker
-that exits with an error in the first seconds of the gateway's own start (a port taken, a bad
-setting) stops them all with its exit status. Workers stop by themselves if the supervisor dies
-(Linux: the parent-death signal), rather than serving unsupervised.
+SIGTERM, SIGINT or SIGHUP (the terminal hung up) to the supervisor stops every worker the way one
+gateway stops (held calls are answered first, calls in flight finish and are recorded), with a log
+line naming the signal. A worker that dies is started again after a second; one that dies again
+within seconds of its restart (its store down, say) is started again after a longer wait each time
+(up to MAX_RESTART_DELAY), while the others go on serving. A worker that exits with an error in the
+first seconds of the gateway's own start (a port taken, a bad setting) stops them all with its exit
+status. Workers stop by themselves if the supervisor dies (Linux: the parent-death signal), rather
+than serving unsupervised.
+
+A worker that hangs (stopped, or its event loop stuck in a blocking call) does not exit, and the
+kernel goes on giving it new connections. Each worker's event loop raises a counter in memory shared
+with the supervisor once a second (``Heartbeat``); a worker whose counter stands still for
+``heartbeat_timeout`` seconds is killed and started again. The beat is a timer on the event loop,
+so work done off the loop (a large body masked on a thread, a slow commit on the store's writer)
+does not hold it back; only the loop itself being held does, which is what leaves calls unanswered.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -32,7 +43,50 @@ log = logging.getLogger("agentgate.workers")
 EARLY_DEATH = 5.0  # seconds: a worker dead this soon after starting will not do better next time
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0  # the longest wait between restarts of a worker that keeps dying at once
-POLL = 0.1  # seconds between looks at the workers while a restart is due
+POLL = 0.1  # seconds between looks at the workers while a restart is due or their heartbeats are watched
+BEAT = 1.0  # seconds between a worker's heartbeats
+STARTING = 60.0  # seconds a worker has, beyond heartbeat_timeout, to start listening (its first beat)
+HUNG_GRACE = 5.0  # seconds a hung worker sent SIGTERM has to exit before it is sent SIGKILL
+STOPPED_STATES = frozenset("tT")  # /proc/PID/stat's state of a stopped (SIGSTOP) or traced process
+
+
+class Heartbeat:
+    """One worker's heartbeat: a counter in memory shared with the supervisor (an anonymous shared
+    mapping made before the workers are forked, 8 bytes a worker), raised every BEAT seconds by a
+    timer on the worker's event loop once it listens. No per-call cost, no system call: the
+    supervisor reads the counters when it looks at its workers."""
+
+    def __init__(self, memory: mmap.mmap, index: int) -> None:
+        self.memory = memory
+        self.offset = 8 * index
+        self._timer = None
+
+    def start(self, loop) -> None:
+        """Beat now and every BEAT seconds for as long as ``loop`` runs its timers."""
+        def beat() -> None:
+            self.beat()
+            self._timer = loop.call_later(BEAT, beat)
+        beat()
+
+    def beat(self) -> None:
+        struct.pack_into("Q", self.memory, self.offset, (self.count() + 1) & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def count(self) -> int:
+        return struct.unpack_from("Q", self.memory, self.offset)[0]
+
+    def reset(self) -> None:
+        """(In the supervisor, before the worker is forked.) No beat yet: the worker is starting."""
+        struct.pack_into("Q", self.memory, self.offset, 0)
+
+
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, a debugger): it takes no signal but SIGKILL until it is
+    continued."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in STOPPED_STATES
+    except (OSError, IndexError):
+        return False
 
 
 def die_with_parent(parent: int) -> None:
@@ -117,18 +171,24 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
     failures: dict[int, int] = {}  # worker index -> restarts in a row that died early
     supervisor = os.getpid()
     stopping = False
+    memory = mmap.mmap(-1, 8 * n)  # shared with the workers forked below: their heartbeats
+    hearts = [Heartbeat(memory, i) for i in range(n)]
+    heard: dict[int, tuple[int, float]] = {}  # pid -> (its heartbeat's count, when that count was first read)
+    hung: dict[int, float] = {}  # pid of a worker killed as hung -> when to send it SIGKILL if it is still there
+    watch = settings.heartbeat_timeout > 0
 
     def start(index: int) -> None:
+        hearts[index].reset()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops workers in order
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
                 die_with_parent(supervisor)
-                code = run_gateway(settings, verbose=verbose, web_listen=web_listen, worker=index)
+                code = run_gateway(settings, verbose=verbose, web_listen=web_listen, worker=index,
+                                   heartbeat=hearts[index] if watch else None)
             except BaseException:
                 logging.getLogger("agentgate").exception("worker %d failed", index)
             finally:
@@ -136,30 +196,64 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
                 sys.stderr.flush()
                 os._exit(code if isinstance(code, int) else 1)
         children[pid] = (index, time.monotonic())
+        heard[pid] = (0, time.monotonic())
+
+    def look_for_hung() -> None:
+        """Kill a worker whose heartbeat stood still for heartbeat_timeout seconds (STARTING more
+        before its first beat): SIGKILL at once when it is stopped, else SIGTERM (its own stop, if
+        its loop comes back) and SIGKILL HUNG_GRACE seconds later. It is started again when it has
+        exited, as any worker that dies."""
+        now = time.monotonic()
+        for pid, (index, _) in list(children.items()):
+            if pid in hung:
+                if now >= hung[pid]:
+                    hung[pid] = math.inf
+                    _signal(pid, signal.SIGKILL)
+                continue
+            count, since = heard[pid]
+            if (beat := hearts[index].count()) != count:
+                heard[pid] = (beat, now)
+                continue
+            silent = now - since
+            if silent < settings.heartbeat_timeout + (STARTING if count == 0 else 0):
+                continue
+            halted = stopped(pid)
+            log.error("worker %d (pid %d) %s for %.1f s (heartbeat_timeout %g s)%s: killing it and starting another; "
+                      "calls it held may have reached AWS without a record", index, pid,
+                      "gave no heartbeat" if count else "did not start listening", silent,
+                      settings.heartbeat_timeout, ", it is stopped" if halted else "")
+            if halted:
+                hung[pid] = math.inf
+                _signal(pid, signal.SIGKILL)
+            else:
+                hung[pid] = now + HUNG_GRACE
+                _signal(pid, signal.SIGTERM)
 
     def stop(signum: int, _frame) -> None:
         nonlocal stopping
         again = stopping
         stopping = True
-        for pid in list(children):
-            try:  # a second signal: workers stop at once (their own second-signal rule)
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if not again:
+            log.info("%s: stopping %d worker(s): calls in flight are answered and recorded first (up to "
+                     "drain_seconds, %g s)", signal.Signals(signum).name, len(children), settings.drain_seconds)
+        for pid in list(children):  # a second signal: workers stop at once (their own second-signal rule)
+            _signal(pid, signal.SIGTERM)
         if again:
             log.warning("stopping %d worker(s) now", len(children))
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
     for i in range(n):
         start(i)
     status = 0
     while children or (restarts and not stopping):
-        if restarts and not stopping:  # a restart is due: look at the workers without blocking
+        if (restarts or watch) and not stopping:  # look at the workers without blocking
             now = time.monotonic()
             for index in [i for i, due in restarts.items() if due <= now]:
                 del restarts[index]
                 start(index)
+            if watch:
+                look_for_hung()
             pid, wstatus = os.waitpid(-1, os.WNOHANG) if children else (0, 0)
             if pid == 0:
                 time.sleep(min([POLL] + [max(0.0, due - time.monotonic()) for due in restarts.values()]))
@@ -172,6 +266,8 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
             except InterruptedError:  # pragma: no cover (PEP 475 retries)
                 continue
         index, started = children.pop(pid, (None, 0.0))
+        heard.pop(pid, None)
+        was_hung = hung.pop(pid, None) is not None
         if index is None:
             continue
         code = os.waitstatus_to_exitcode(wstatus)
@@ -185,8 +281,29 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
             status = code if code > 0 else 1
             stop(signal.SIGTERM, None)
             continue
-        failures[index] = failures.get(index, 0) + 1 if early else 0
+        failures[index] = failures.get(index, 0) + 1 if early and not was_hung else 0
         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** failures[index])
-        log.error("worker %d (pid %d) exited with %d; starting it again in %g s", index, pid, code, delay)
+        if was_hung:
+            log.error("worker %d (pid %d), killed as hung, exited with %d; starting it again in %g s", index, pid,
+                      code, delay)
+        elif code < 0:  # a signal: SIGKILL, the out-of-memory killer, a crash
+            log.error("worker %d (pid %d) exited with %d (killed by %s); calls in flight on it may have reached AWS "
+                      "without a record; starting it again in %g s", index, pid, code, _signal_name(-code), delay)
+        else:
+            log.error("worker %d (pid %d) exited with %d; starting it again in %g s", index, pid, code, delay)
         restarts[index] = time.monotonic() + delay
     return status
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

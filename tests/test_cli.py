@@ -126,6 +126,9 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_GROUPS_CLAIM": " "}, "groups_claim must name the token's claim"),
         (["run"], {"AGENTGATE_CONSOLE_URL": "javascript:x"}, "console_url must be an http:// or https:// URL"),
         (["run", "--listen", "127.0.0.1:0"], {}, "listen must be HOST:PORT, not '127.0.0.1:0'"),
+        (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "1"},
+         "heartbeat_timeout must be a number of seconds from 2 to 3600 (0: workers are not watched), not 1.0"),
+        (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "nan"}, "heartbeat_timeout must be a number of seconds from 2"),
     ):
         p = run(tmp_path, *args, env=env)
         assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

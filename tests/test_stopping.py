@@ -4,11 +4,13 @@ retry, lets the calls in flight finish, and records every one of them before its
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
 import botocore.exceptions
+import pytest
 
 from tests.support.gateway import Gateway
 from tests.test_faults import FaultyUpstream
@@ -84,3 +86,38 @@ def _swallow(call) -> None:
         call()
     except Exception:  # noqa: BLE001 - the agent's call is cut off: what it gets is not the point
         pass
+
+
+@pytest.mark.parametrize("store_writer", ["thread", "process"])
+def test_sighup_stops_a_lone_gateway_as_sigterm_does_and_says_so(tmp_path, issuer, store_writer):
+    """A terminal that hangs up (SIGHUP: `scripts/run` in an ssh session that ends) stops the
+    gateway the way SIGTERM does, with a line naming the signal: the call in flight is answered and
+    recorded, the chain's head is logged as the store closes, and the exit status is 0 (SIGHUP's
+    default killed it at once, with no drain and no record). The hang-up reaches every process of
+    the terminal's group: the store's writer process too, which waits for its gateway."""
+    with FaultyUpstream() as upstream:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                     settings={"store_writer": store_writer})
+        gw.sent = []
+        with gw:
+            sub, s3 = agent(gw, issuer, "hangup", "s3", read_timeout=30)
+            got: dict[str, object] = {}
+            thread = threading.Thread(target=lambda: got.update(
+                body=s3.get_object(Bucket="stopping", Key="slow-3")["Body"].read()))
+            thread.start()
+            time.sleep(1.0)  # upstream has it, answered in 2 s more
+            pid = gw.proc.pid
+            children = [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+            assert len(children) == (store_writer == "process"), children
+            for child in children:
+                os.kill(child, signal.SIGHUP)
+            gw.proc.send_signal(signal.SIGHUP)
+            assert gw.proc.wait(20) == 0
+            thread.join(30)
+        assert got == {"body": b"<ok/>"}
+        [r] = [r for r in gw.records() if r["principal"] == sub]
+        assert (r["outcome"], r["status"]) == ("forwarded", 200), r
+        log = gw.log()
+        assert "agentgate: SIGHUP: stopping: new calls are refused, calls in flight are answered and recorded" in log
+        assert "agentgate.chain" in log, log[-2000:]  # the head of its chain, logged as the store closed
+        assert gw.cli("verify").returncode == 0

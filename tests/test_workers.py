@@ -184,12 +184,83 @@ def test_a_worker_that_dies_is_started_again(pg_workers, issuer):
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(workers_of(gw)) == 2 and victim not in workers_of(gw), timeout=30)
-    assert "exited with -9; starting it again" in gw.log()
+    assert (f"(pid {victim}) exited with -9 (killed by SIGKILL); calls in flight on it may have reached AWS without a "
+            "record; starting it again") in gw.log()
     new = (workers_of(gw) - before).pop()
     wait_for(lambda: f"[{new}] agentgate: worker" in gw.log() or f"pid {new} is worker 0" in gw.log(), timeout=30)
     token = issuer.mint("agent-3")
     for i in range(12):
         s3(gw, token).head_bucket(Bucket=BUCKET)
+
+
+def test_a_stopped_worker_is_killed_and_replaced_within_the_heartbeat_timeout(tmp_path, issuer, moto):
+    """A worker that hangs (SIGSTOP here; an event loop stuck in a blocking call alike) never exits,
+    and the kernel goes on giving it new connections: its heartbeat stops, and the supervisor kills
+    it and starts another within heartbeat_timeout (3 s) and a little, saying which worker, how long
+    it was silent and that calls it held may have reached AWS without a record. Calls after that
+    succeed on both workers, and verify passes."""
+    gw = start_workers(tmp_path / "gw", issuer, moto, heartbeat_timeout=3)
+    try:
+        token = issuer.mint("agent-7")
+        s3(gw, token).create_bucket(Bucket=BUCKET)
+        before = workers_of(gw)
+        victim = max(before)
+        time.sleep(1.5)  # a beat or two from each worker first
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_for(lambda: victim not in workers_of(gw) and len(workers_of(gw)) == 2, timeout=30)
+        took = time.monotonic() - stopped
+        assert took < 3 + 3, took  # the timeout, the supervisor's look, a fork
+        line = re.search(rf"worker (\d) \(pid {victim}\) gave no heartbeat for ([0-9.]+) s \(heartbeat_timeout 3 s\), "
+                         r"it is stopped: killing it and starting another; calls it held may have reached AWS without "
+                         r"a record", gw.log())
+        assert line and 3 <= float(line.group(2)) < 5, gw.log()[-3000:]
+        assert f"(pid {victim}), killed as hung, exited with -9; starting it again" in gw.log()
+        new = (workers_of(gw) - before).pop()
+        wait_for(lambda: f"[{new}] agentgate: worker" in gw.log() or f"pid {new} is worker 0" in gw.log(), timeout=30)
+        for i in range(12):  # a new client, so a new connection, each time: both workers answer
+            s3(gw, token, read_timeout=10).put_object(Bucket=BUCKET, Key=f"after-{i}", Body=b"x")
+        assert gw.proc.poll() is None
+    finally:
+        gw.stop()
+    assert gw.cli("verify").returncode == 0
+
+
+def test_sighup_stops_every_worker_after_the_calls_in_flight(tmp_path, issuer):
+    """A terminal that hangs up (SIGHUP) stops the supervisor and its workers the way SIGTERM does,
+    with a line naming the signal: the call in flight is answered and recorded, exit status 0 (the
+    supervisor died of it at once, silently)."""
+    from tests.test_faults import FaultyUpstream
+    from tests.test_recording_e2e import GATEWAY_KEY, agent
+
+    with FaultyUpstream() as upstream:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                     settings={"workers": 2})
+        gw.sent = []
+        gw.start()
+        try:
+            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+            pids = workers_of(gw)
+            sub, client = agent(gw, issuer, "hangup", "s3", read_timeout=30)
+            got: dict[str, object] = {}
+            thread = threading.Thread(target=lambda: got.update(
+                body=client.get_object(Bucket="stopping", Key="slow-3")["Body"].read()))
+            thread.start()
+            time.sleep(1.0)  # upstream has it, answered in 2 s more
+            gw.proc.send_signal(signal.SIGHUP)
+            assert gw.proc.wait(30) == 0
+            thread.join(30)
+        finally:
+            gw.stop()
+        assert got == {"body": b"<ok/>"}
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        [r] = [r for r in gw.records() if r["principal"] == sub]
+        assert (r["outcome"], r["status"]) == ("forwarded", 200), r
+        assert f"[{gw.proc.pid}] agentgate.workers: SIGHUP: stopping 2 worker(s): calls in flight are answered and " \
+               "recorded first" in gw.log()
+        assert "exited with" not in gw.log()  # stopped, not restarted
+        assert gw.cli("verify").returncode == 0
 
 
 def test_a_worker_that_cannot_start_again_while_the_store_is_down_is_retried_and_the_others_serve_on(

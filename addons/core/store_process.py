@@ -15,7 +15,8 @@ The text of each policy version that decides calls goes to the child too, ahead 
 naming it, for its writer to store before their commit. Reading (the console, approvals, policy
 versions) stays in the gateway on its own connections.
 
-The child ignores SIGINT and SIGTERM: it stops when the gateway tells it to, after writing what is
+The child ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C or hang-up reaches every process
+of the gateway's group): it stops when the gateway tells it to, after writing what is
 queued (``close``), or when the gateway is gone (end of file on its socket), after the same. If the
 child dies, the gateway says so on stderr and refuses every call from then on (fail closed): the
 records waiting for their commit at that moment are lost, as they would be if the gateway process
@@ -510,6 +511,7 @@ async def _serve(store: Store, sock: socket.socket) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when this process stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     config, log_format = read_message(sock)
     handler = logging.StreamHandler(sys.stderr)
