@@ -72,3 +72,31 @@ def install() -> bool:
     handler.handle_connection = handle_connection
     _installed = True
     return True
+
+
+def close_clients(proxyserver, keep: frozenset = frozenset()) -> int:
+    """Close the agents' connections to ``proxyserver`` (mitmproxy's Proxyserver add-on), but those
+    whose client id is in ``keep``, the way a layer closes one (``ConnectionHandler.close_connection``:
+    the connection's task is cancelled, the layers are told, the socket is closed). A client then
+    sees its connection end before it sends on it, and opens a new one. The number closed."""
+    closed = 0
+    for handler in list(proxyserver.connections.values()):
+        client = handler.client
+        io = handler.transports.get(client)
+        if client.id in keep or io is None or io.handler is None or io.handler.done():
+            continue
+        handler.close_connection(client)
+        closed += 1
+    return closed
+
+
+async def clients_closed(proxyserver, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for mitmproxy's handlers of the agents' connections to
+    finish (each has told the layers and the add-ons, ``client_disconnected``, and closed its
+    sockets). The number still open when it gave up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while proxyserver.connections and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # the tasks that served them end now
+    return len(proxyserver.connections)

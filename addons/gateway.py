@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import fastpath
+from . import closing, fastpath
 
 fastpath.lean_addon_imports()  # before mitmproxy's master: it would import every default add-on
 fastpath.cheap_option_reads()
@@ -30,6 +30,8 @@ from .stage import fail_closed
 from .settings import Settings, parse_hostport
 
 log = logging.getLogger("agentgate")
+
+CLOSE_SECONDS = 5.0  # how long a stopping gateway waits, after the drain, for its client connections to close
 
 # How long a thread that wants the GIL waits before the one holding it is made to let go
 # (``sys.setswitchinterval``). The store's writer thread wants it back after each database call of a
@@ -266,7 +268,12 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     # included: keep it above upstream_timeout, so that the gateway's own bound is the one that acts.
     m.options.update(connection_strategy="lazy", http3=False,
                      tcp_timeout=max(600, math.ceil(settings.upstream_timeout) + 60))
-    store.store_policy_version(current.version, current.text)
+    try:  # the first write: a store another process keeps locked longer than the gateway waits says so here
+        store.store_policy_version(current.version, current.text)
+    except StoreError as e:
+        print(f"agentgate: {e}; {cannot_write_hint(e)}", file=sys.stderr)
+        await asyncio.to_thread(store.close)
+        return 2
     store.start()
     if not worker:  # one process checks each version: the first worker, or the gateway when it is one process
         policies.listen(check_in_background)
@@ -296,13 +303,24 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         loop.create_task(_stop(), name="agentgate-stop")
 
     async def _stop() -> None:
-        # No new connections (with workers, the others take them); new calls on open connections are
-        # answered 503, to be retried; held calls get ApprovalPending (their approvals stay in the
-        # store); the calls in flight are answered and recorded before the store closes.
+        # No new connections (with workers, the others take them). The agents' idle connections are
+        # closed now: their next call opens a new one (urllib3 sees the close before it sends). A call
+        # that reaches an open connection all the same is answered 503, to be retried, and recorded;
+        # held calls get ApprovalPending (their approvals stay in the store); the calls in flight are
+        # answered (their connections closed after the answer) and recorded. Then every connection
+        # still open is closed and its handler let finish, so that no request is read, and none
+        # answered, once the store is closed.
         m.options.update(server=False)
         recorder.stopping = True
+        proxy = m.addons.get("proxyserver")
+        closing.close_clients(proxy, keep=recorder.busy_clients())
         await holder.drain()
         await recorder.drain(settings.drain_seconds)
+        closing.close_clients(proxy)  # in the same step as the drain's last look: nothing came in between
+        if left := await closing.clients_closed(proxy, CLOSE_SECONDS):
+            log.warning("stopping with %d client connections whose handlers did not finish in %g s", left,
+                        CLOSE_SECONDS)
+        await recorder.drain(CLOSE_SECONDS)  # what came on the connections as they closed
         m.shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -371,6 +389,16 @@ async def _check_issuer(validator) -> None:
     why = await validator.configuration_error()
     if why is not None:
         log.warning("%s; until then every call is refused", why)
+
+
+def cannot_write_hint(e: Exception) -> str:
+    """What to do about a store that cannot write at start-up (the gateway exits then: a gateway
+    that cannot record would refuse every call)."""
+    text = str(e).lower()
+    if "locked" in text or "busy" in text:
+        return ("another process holds a write transaction on it (a sqlite3 shell, a backup, a migration): end it, "
+                "then start the gateway again")
+    return "start the gateway again once the store can write"
 
 
 def new_sqlite_store(url: str) -> bool:

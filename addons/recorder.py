@@ -329,6 +329,18 @@ class Recorder:
         self.stopping = False  # the gateway is stopping: new calls are answered STOPPING
         self.stopped_by = "SIGTERM"  # the signal that stopped it, named in the records of calls the stop cuts off
 
+    def busy_clients(self) -> frozenset:
+        """The ids of the client connections that have a call in flight (a stopping gateway closes
+        the others at once)."""
+        return frozenset(flow.client_conn.id for flow in self.inflight.values())
+
+    def _last_on_connection(self, flow: http.HTTPFlow) -> None:
+        """(The gateway is stopping.) The answer tells an HTTP/1 agent that its connection closes
+        after it: its next call opens a new one, which reaches another gateway (or this one once it
+        is back), instead of being refused here."""
+        if self.stopping and flow.response is not None and flow.request.http_version.startswith("HTTP/1"):
+            flow.response.headers["connection"] = "close"
+
     async def drain(self, timeout: float = DRAIN_SECONDS) -> int:
         """(The gateway is stopping.) Answer new calls STOPPING, and wait up to ``timeout`` seconds
         for the calls in flight to be answered and recorded: the store is closed after, and a call
@@ -428,6 +440,7 @@ class Recorder:
                 or flow.metadata.get(REFUSAL) is not None or not should_stream(resp, flow.request.method)):
             return  # buffered or held whole by masking (recorded in ``response``), or answered here already
         resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
+        self._last_on_connection(flow)
         self._mask_headers(flow)
         if await self._write(flow, build_record(flow, streamed=True), refusable=True) == "refused":
             status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
@@ -455,10 +468,12 @@ class Recorder:
             if RECORDED in flow.metadata:  # a streamed answer, recorded before its first byte
                 return
             refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
+            self._last_on_connection(flow)
             if await self._write(flow, build_record(flow), refusable) == "refused":
                 status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
                                                request_content_type=flow.request.headers.get("content-type"))
                 flow.response = http.Response.make(status, body, headers)
+                self._last_on_connection(flow)
             if flow.request.method == "HEAD" and flow.response.raw_content and not flow.response.stream:
                 # an answer the gateway made (a refusal) carries no body to a HEAD: the agent would read
                 # it as the next answer on the connection (the record keeps it)

@@ -17,7 +17,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from tests.support.gateway import AGENTGATE, Gateway, free_port
+from tests.support.gateway import AGENTGATE, Gateway, free_port, wait_port
 from tests.support.postgres import shared_server
 from tests.test_approval_e2e import BUCKET, POLICY, held, s3, wait_for
 
@@ -374,3 +374,43 @@ def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
         assert gw.log().count(finding) == 1, gw.log()[-3000:]
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_store_locked_at_start_up_is_said_in_one_line(tmp_path, issuer, moto, workers):
+    """Another process holds a write transaction on the SQLite store longer than the gateway waits:
+    the gateway says so in one line and exits 2; with workers, the supervisor starts them again,
+    one line each time and no traceback, until the lock is gone, and then they serve."""
+    import sqlite3
+
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=POLICY,
+                 settings={"workers": workers}, aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+    gw.init()
+    lock = sqlite3.connect(gw.db_path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        if workers == 1:
+            p = subprocess.run([AGENTGATE, "run"], env=gw.env, capture_output=True, text=True, timeout=60,
+                               cwd=gw.home)
+            assert p.returncode == 2, p.stderr
+            assert p.stderr.splitlines() == [
+                f"agentgate: the store at sqlite:///{gw.db_path} cannot write: database is locked; another process "
+                "holds a write transaction on it (a sqlite3 shell, a backup, a migration): end it, then start the "
+                "gateway again"], p.stderr
+            return
+        gw._log = open(gw.log_path, "ab")  # started by hand: nothing listens while the lock is held
+        gw.proc = subprocess.Popen([AGENTGATE, "run", "--upstream", moto.url], env=gw.env, stdout=gw._log,
+                                   stderr=subprocess.STDOUT, cwd=gw.home)
+        wait_for(lambda: gw.log().count("exited with 2; starting it again") >= 2, timeout=60)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    try:
+        wait_for(lambda: len(workers_of(gw)) == 2 and "listening on" in gw.log(), timeout=60)
+        wait_port(gw.port, proc=gw.proc)
+        s3(gw, issuer.mint("agent-locked")).list_buckets()
+    finally:
+        gw.stop()
+    log = gw.log()
+    assert "Traceback" not in log and not re.search(r"worker \d+ failed", log), log
+    assert "cannot write: database is locked; another process holds a write transaction on it" in log
