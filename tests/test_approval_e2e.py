@@ -442,6 +442,58 @@ def test_a_principal_past_its_pending_approvals_is_refused_not_held(tmp_path, is
         gw.stop()
 
 
+def flood(gws: list[Gateway], token: str, keys: list[str]) -> list[tuple[str, str]]:
+    """(code, approval id) of each of ``keys``' deletes, all sent at once, each by a client of its
+    own whose connection is open already (a first call, allowed, made it), the n-th through
+    ``gws[n % len(gws)]``: calls of one principal asking for approvals at the same moment."""
+    start = threading.Barrier(len(keys))
+
+    def delete(n: int, key: str) -> tuple[str, str]:
+        client = s3(gws[n % len(gws)], token)
+        client.list_objects_v2(Bucket=BUCKET, MaxKeys=1)
+        start.wait()
+        code, _, approval_id = held(lambda: client.delete_object(Bucket=BUCKET, Key=key))
+        return code, approval_id
+
+    with ThreadPoolExecutor(len(keys)) as pool:
+        return list(pool.map(delete, range(len(keys)), keys))
+
+
+def opened_by(url: str, principal: str) -> list[str]:
+    """The ids of the approvals ``principal``'s calls opened, in the store at ``url``."""
+    from sqlalchemy import select
+
+    from addons.core.models import Approval as ApprovalRow
+
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            return list(conn.execute(select(ApprovalRow.id).where(ApprovalRow.principal == principal)).scalars())
+    finally:
+        store.engine.dispose()
+
+
+def test_concurrent_asks_of_one_principal_open_no_more_than_max_pending(tmp_path, issuer, moto, bucket):
+    """Thirty distinct deletes, each sent twice, all at once, by one agent on sixty connections:
+    three approvals are opened (max_pending_approvals), both tries of each of those three calls
+    are answered ApprovalPending naming it, the other calls are refused TooManyPendingApprovals
+    and recorded so. Counting a principal's pending approvals and opening one are one step,
+    whichever call comes first."""
+    gw = start_gateway(tmp_path / "gw", issuer, moto, approval_hold=0.2, max_pending_approvals=3)
+    try:
+        for agent in ("agent-burst", "agent-burst-again"):  # twice: one burst may happen to arrive in turns
+            answers = flood([gw], issuer.mint(agent), [f"{agent}-{k}" for k in range(30) for _ in range(2)])
+            opened = opened_by(f"sqlite:///{gw.db_path}", agent)
+            assert len(opened) == 3, answers
+            named = [approval_id for code, approval_id in answers if code == "ApprovalPending"]
+            assert sorted(named) == sorted(opened * 2), answers
+            assert [code for code, _ in answers].count("TooManyPendingApprovals") == 54, answers
+            refused = [r for r in gw.records() if r["principal"] == agent and r["outcome"] == "refused"]
+            assert len(refused) == 54 and all(r["status"] == 400 for r in refused)
+    finally:
+        gw.stop()
+
+
 def test_a_token_file_others_can_read_is_warned_about(short_hold, issuer, bucket):
     gw = short_hold
     client = s3(gw, issuer.mint("agent-1"))

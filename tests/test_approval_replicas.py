@@ -14,7 +14,7 @@ import pytest
 
 from addons.core.store import Store
 from tests.support.postgres import shared_server
-from tests.test_approval_e2e import BUCKET, console, held, pending, s3, start_gateway, wait_for
+from tests.test_approval_e2e import BUCKET, console, flood, held, opened_by, pending, s3, start_gateway, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,35 @@ def test_a_retry_on_another_replica_of_a_call_whose_try_left_is_answered_at_once
     done = s3(a, token).delete_object(Bucket=BUCKET, Key="left-a")
     assert done["ResponseMetadata"]["HTTPStatusCode"] == 204
     assert [c["outcome"] for c in calls_under(url, approval_id)] == ["client_gone", "held", "forwarded"]
+
+
+def test_concurrent_asks_of_one_principal_through_both_replicas_open_no_more_than_max_pending(tmp_path, issuer,
+                                                                                               moto):
+    """Thirty distinct deletes, each sent twice (once through each replica), all at once, by one
+    agent on sixty connections: three approvals are opened in the store they share
+    (max_pending_approvals), both tries of each of those calls name it, and the other calls are
+    refused TooManyPendingApprovals by whichever replica they reached."""
+    url = shared_server().create_database()
+    with ThreadPoolExecutor(2) as pool:
+        gws = [f.result() for f in [
+            pool.submit(start_gateway, tmp_path / name, issuer, moto, approval_hold=0.2, max_pending_approvals=3,
+                        db=url) for name in ("replica-a", "replica-b")]]
+    try:
+        s3(gws[0], issuer.mint("agent-1")).create_bucket(Bucket=BUCKET)
+        for agent in ("agent-burst", "agent-burst-again"):  # twice: one burst may happen to arrive in turns
+            answers = flood(gws, issuer.mint(agent), [f"{agent}-{k}" for k in range(30) for _ in range(2)])
+            opened = opened_by(url, agent)
+            assert len(opened) == 3, answers
+            named = [approval_id for code, approval_id in answers if code == "ApprovalPending"]
+            assert sorted(named) == sorted(opened * 2), answers
+            assert [code for code, _ in answers].count("TooManyPendingApprovals") == 54, answers
+            store = Store(url)
+            try:
+                refused = [c for c in store.calls(principal=agent, limit=None) if c["outcome"] == "refused"]
+            finally:
+                store.engine.dispose()
+            assert len(refused) == 54 and all(c["status"] == 400 for c in refused)
+            assert len({c["writer_id"] for c in refused}) == 2  # both replicas refused some
+    finally:
+        for gw in gws:
+            gw.stop()

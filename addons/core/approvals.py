@@ -84,6 +84,7 @@ SQLITE_POLL = 0.25  # seconds between looks at the store for decisions, on SQLit
 POSTGRES_POLL = 1.0  # the same on PostgreSQL, behind LISTEN/NOTIFY, in case a notification is lost
 GRANTS_REFRESH = 1.0  # seconds between reloads of the active grants
 EVENTS_LOCK = 0x61676174_65767473  # PostgreSQL advisory lock: one appender to the approval events at a time
+PENDING_LOCK = 0x61706E64  # PostgreSQL advisory locks (this class, a principal's key): one ask of a principal opening an approval at a time
 
 
 class ApprovalError(Exception):
@@ -215,6 +216,13 @@ def _nested_actors(principal: Any) -> list[str] | None:
     in it is kept from approving."""
     actors = list(getattr(principal, "actors", None) or ())
     return actors if len(actors) > 1 else None
+
+
+def _principal_key(principal: Any) -> int:
+    """A principal (issuer, subject) as the 32-bit key of its PENDING_LOCK: two principals that
+    share a key only take turns with each other."""
+    who = json.dumps([getattr(principal, "iss", None), getattr(principal, "sub", None)]).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(who).digest()[:4], "big", signed=True)
 
 
 def grant_binding_hash(principal: Any, role_arn: str) -> str:
@@ -581,11 +589,15 @@ class Approvals:
                 written, use.sent = [], None
                 outcome = None
                 with self._changing(written) as conn:
-                    found = self._latest(conn, h, "call")
+                    found, pending = self._latest(conn, h, "call"), None
+                    if found is None:  # a first look at the principal's room; _insert counts again in turn
+                        pending = conn.execute(self._pending_of(principal, now)).scalar()
+                        if pending >= self.max_pending:  # the same call, asked at this moment, may have
+                            found = self._latest(conn, h, "call")  # opened its approval since the first read
                     if found is not None:
                         outcome = self._settle(conn, found, now, use)
                     if outcome is None:
-                        self._room_for(conn, principal, now)
+                        self._room_for(conn, principal, now, pending)
                 if outcome is not None:
                     if outcome.state == "withdrawn":
                         self._changed()
@@ -607,7 +619,7 @@ class Approvals:
                 if deadline is not None and time.monotonic() >= deadline:  # its call was answered already
                     raise StoreUnavailable(f"no approval was asked for {call.action}: the store took longer than "
                                            "this call waits for it")
-                if self._insert(row, "gateway"):
+                if self._insert(row, "gateway", principal=principal):
                     return Asked(Approval.from_row(row), "pending", created=True)
         except SQLAlchemyError as e:
             if use.sent is not None:
@@ -641,22 +653,58 @@ class Approvals:
             raise self._unavailable(e) from None
         return marked == 1
 
-    def _room_for(self, conn: Any, principal: Any, now: dt.datetime) -> None:
-        """TooManyPending when ``principal`` has ``max_pending`` approvals pending already: one agent's
-        flood of distinct asks would bury everyone else's in the console and the lists."""
+    def _pending_of(self, principal: Any, now: dt.datetime) -> Any:
+        """How many approvals ``principal`` has pending (a scalar select)."""
         c = self.table.c
-        pending = conn.execute(select(func.count()).select_from(self.table).where(
-            c.principal == principal.sub, c.issuer == principal.iss, c.status == "pending", c.expires > now)).scalar()
+        return select(func.count()).select_from(self.table).where(
+            c.principal == principal.sub, c.issuer == principal.iss, c.status == "pending", c.expires > now)
+
+    def _room_for(self, conn: Any, principal: Any, now: dt.datetime, pending: int | None = None) -> None:
+        """TooManyPending when ``principal`` has ``max_pending`` approvals pending already: one agent's
+        flood of distinct asks would bury everyone else's in the console and the lists. ``pending``:
+        the count, when it was read already."""
+        if pending is None:
+            pending = conn.execute(self._pending_of(principal, now)).scalar()
         if pending >= self.max_pending:
             raise TooManyPending(f"{principal.sub} has {pending} approvals pending, as many as one principal may "
                                  f"(max_pending_approvals): this call is not held; wait for decisions on those, or "
                                  "ask an approver")
 
-    def _insert(self, row: dict[str, Any], channel: str) -> bool:
+    def _turn_to_open(self, conn: Any, principal: Any, h: str, now: dt.datetime) -> bool:
+        """(First in the transaction that opens an approval for ``principal``'s call with hash
+        ``h``.) True when it may be opened; False when one is pending for ``h`` already (the same
+        call, asked at the same moment, opened it: this one joins it); TooManyPending when the
+        principal has no room left (``_room_for``).
+
+        Asks of one principal take turns from this count to their commit, whichever worker or
+        replica they reach: asks made at the same moment would otherwise each count the same
+        approvals (``ask`` looks first without waiting) and together open more than
+        ``max_pending``. On SQLite the transaction takes the database's write lock before it
+        counts (BEGIN IMMEDIATE); on PostgreSQL an advisory lock on the principal, held to the
+        commit, which asks of other principals do not wait for."""
+        if self.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+                         {"cls": PENDING_LOCK, "key": _principal_key(principal)})
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        c = self.table.c
+        joined = select(c.id).where(c.binding_hash == h, c.kind == "call", c.status == "pending").exists()
+        found, pending = conn.execute(select(joined, self._pending_of(principal, now).scalar_subquery())).one()
+        if found:
+            return False
+        self._room_for(conn, principal, now, pending)
+        return True
+
+    def _insert(self, row: dict[str, Any], channel: str, principal: Any = None) -> bool:
         """Open a pending approval; False when one is already pending for its hash (another call,
-        perhaps on another replica, opened it at the same moment)."""
+        perhaps on another replica, opened it at the same moment). With ``principal`` (a call's
+        approval), only when the principal has room for it, counted in the same transaction
+        (``_turn_to_open``)."""
         try:
             with self._changing() as conn:
+                if principal is not None and not self._turn_to_open(conn, principal, row["binding_hash"],
+                                                                    row["requested"]):
+                    return False
                 conn.execute(insert(self.table), [row])
                 self._event(conn, row["id"], "requested", row["requested"], actor=row["principal"],
                             reason=row["request_reason"], channel=channel)
