@@ -320,6 +320,20 @@ def gone_before_answer(record: Record) -> dict:
             "error": f"Client disconnected while its answer waited for this record to be committed; {_before(record)}"}
 
 
+class Arrivals:
+    """Ahead of the chain: a call is in flight (``Recorder.inflight``) from the first hook that hears
+    of it, not from the recorder's own, so that a stopping gateway keeps the connection of a call an
+    earlier stage is still holding (an approval, a streamed call's stages in ``requestheaders``, a
+    fetch of the issuer's keys or of credentials) and answers and records it, instead of closing it
+    as idle."""
+
+    def __init__(self, recorder: "Recorder") -> None:
+        self.recorder = recorder
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.recorder.inflight[flow.id] = flow
+
+
 class Recorder:
     def __init__(self, store: Store, *, fail_open: bool = False, masking=None) -> None:
         self.store = store

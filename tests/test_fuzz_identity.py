@@ -70,8 +70,9 @@ def validate(oidc, token: str) -> identity.Principal | TokenError:
 
 
 def signed_parts(token: str) -> tuple[bytes, bytes, bytes]:
-    """What a token says once decoded: header, claims and signature bytes."""
-    header, claims, signature = token.split(".")
+    """What a token says once decoded: header, claims and signature bytes (of the token as the
+    validator reads it: whitespace around it is not part of it)."""
+    header, claims, signature = token.strip().split(".")
     return unb64(header), unb64(claims), unb64(signature)
 
 

@@ -208,6 +208,7 @@ class Gateway:
             self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home)
             try:
                 wait_port(self.port, proc=self.proc)
+                self._wait_banner()
                 return self
             except Exception as e:
                 taken = "held by another process" in str(e) or "ddress already in use" in self.log()
@@ -219,6 +220,15 @@ class Gateway:
             cfg = self.home / "agentgate.toml"
             cfg.write_text(re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{self.port}"', cfg.read_text()))
         return self
+
+    def _wait_banner(self, timeout: float = 10.0) -> None:
+        """The banner (store, policies, CA) is printed once the port is bound, a moment after it
+        accepts: wait for it, as a user reads it, so that tests reading the log find it."""
+        deadline = time.monotonic() + timeout
+        while "agentgate listening on" not in self.log() and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
