@@ -90,6 +90,28 @@ def close_clients(proxyserver, keep: frozenset = frozenset()) -> int:
     return closed
 
 
+async def writes_flushed(proxyserver, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for what was written to the agents' connections to leave the
+    process (asyncio's write buffers empty): an answer handed over whole, its ``response`` hook run,
+    may still be on its way to an agent that reads slowly, and closing its connection then would
+    cut its last bytes off. The number of connections still holding bytes when it gave up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def holding() -> int:
+        n = 0
+        for handler in list(proxyserver.connections.values()):
+            io = handler.transports.get(handler.client)
+            transport = getattr(getattr(io, "writer", None), "transport", None)
+            if transport is not None and not transport.is_closing() and transport.get_write_buffer_size():
+                n += 1
+        return n
+
+    while (left := holding()) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return left
+
+
 async def clients_closed(proxyserver, timeout: float) -> int:
     """Wait up to ``timeout`` seconds for mitmproxy's handlers of the agents' connections to
     finish (each has told the layers and the add-ons, ``client_disconnected``, and closed its

@@ -316,7 +316,10 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         closing.close_clients(proxy, keep=recorder.busy_clients())
         await holder.drain()
         await recorder.drain(settings.drain_seconds)
-        closing.close_clients(proxy)  # in the same step as the drain's last look: nothing came in between
+        if left := await closing.writes_flushed(proxy, CLOSE_SECONDS):  # answers given, not yet all sent
+            log.warning("stopping with %d client connections still holding answer bytes after %g s", left,
+                        CLOSE_SECONDS)
+        closing.close_clients(proxy)  # a call that came meanwhile was answered STOPPING: the drain below records it
         if left := await closing.clients_closed(proxy, CLOSE_SECONDS):
             log.warning("stopping with %d client connections whose handlers did not finish in %g s", left,
                         CLOSE_SECONDS)

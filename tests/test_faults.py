@@ -65,6 +65,9 @@ S3_INTERNAL_ERROR = """<?xml version="1.0" encoding="UTF-8"?>
 <RequestId>{rid}</RequestId></Error>"""
 
 
+BIG_PATTERN = bytes(range(251)) * 4096  # big-<MiB>'s content repeats it (a prime length: a cut shows)
+
+
 class FaultyUpstream:
     """AWS on loopback, misbehaving on cue. STS AssumeRole answers according to ``sts``: "ok",
     "reset" (the connection is reset) or "503" (ServiceUnavailable). Other requests by the last
@@ -74,6 +77,7 @@ class FaultyUpstream:
         slow-<S>     answers 200 after S seconds
         reset-<x>    resets the connection (RST) without answering
         error500-<x> answers 500 InternalError
+        big-<N>      answers 200 with N MiB (``BIG_PATTERN`` repeated)
         anything     200 (JSON for X-Amz-Target calls, XML otherwise)
     """
 
@@ -173,6 +177,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if name.startswith("slow-"):
             up.released.wait(float(name[5:]))
             return self._send(200, b"<ok/>", "application/xml")
+        if name.startswith("big-"):  # big-<MiB>: an object of that many MiB, each byte its offset mod 251
+            return self._send(200, BIG_PATTERN * (int(name[4:]) * (1 << 20) // len(BIG_PATTERN)),
+                              "application/octet-stream")
         if name.startswith("reset-"):
             return self._reset()
         if name.startswith("error500-"):
