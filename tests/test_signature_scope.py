@@ -163,6 +163,13 @@ def test_an_s3_client_signing_for_another_region_is_told_the_region_and_its_retr
         assert (first["status"], first["bucket_region"]) == (400, "eu-west-1"), first
     assert tries(gateway, "scope-s3-boto3") == [
         (method, *each) for method in ("GET", "HEAD", "HEAD", "GET") for each in (REFUSED_TRY, ALLOWED_TRY)]
+    # each refused try's record names what it asked for, as its retry's does; it was decided as nothing
+    named = [(r["service"], r["operation"], r["action"]) for r in gateway.records()
+             if r["principal"] == "scope-s3-boto3" and r["host"] == S3_EU]
+    assert named == [("s3", op, action) for op, allowed in (("GetObject", "s3:GetObject"), ("HeadObject", "s3:GetObject"),
+                                                            ("HeadBucket", "s3:ListBucket"),
+                                                            ("ListObjectsV2", "s3:ListBucket"))
+                     for action in ("unknown", allowed)], named
 
 
 def test_the_aws_cli_lists_and_reads_a_bucket_through_an_endpoint_of_another_region(

@@ -2209,8 +2209,16 @@ class Classifier:
             # call is re-signed for, and so reaches, its partition's default region (sigv4.region_for)
             result.region = endpoints.default_region(info.partition)
         if (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
+            # refused whatever policy says (addons/classify.py); its record names what it asked for
+            named = self._resolved(request, scope, endpoint, dataclasses.replace(result))
+            result.service, result.operation = named.service, named.operation
             result.error, result.signed_region = mismatch, scope.region
             return result
+        return self._resolved(request, scope, endpoint, result)
+
+    def _resolved(self, request: WireRequest, scope: CredentialScope | None, endpoint: Endpoint | None,
+                  result: Classification) -> Classification:
+        """``result`` with the service and operation found for ``request``, described, or why not."""
         tiers, why_not = self.candidates(scope, endpoint)
         by_target = self.target_candidates(request) if endpoint else []
         if by_target and by_target not in tiers:
