@@ -173,6 +173,9 @@ def _feed(body: bytes, cuts: list[int]) -> bytes:
 @example(b"0;chunk-signature=" + b"0" * 64 + b"\r\n\x00\r\n0;chunk-signature=" + b"0" * 64 + b"\r\n\r\n", [])
 @example(b"fffffffffffffff;chunk-signature=" + b"0" * 64 + b"\r\n", [])
 @example(b"1" * 10_000, [])
+@example(b"-a;chunk-signature=" + b"0" * 64 + b"\r\n" + b"x" * 20, [])  # a negative size looped for good
+@example(b"+1;chunk-signature=" + b"0" * 64 + b"\r\nx\r\n", [])
+@example(b"1_0;chunk-signature=" + b"0" * 64 + b"\r\n" + b"x" * 16 + b"\r\n", [])
 @example(b"0;chunk-signature=" + b"0" * 64 + b"\r\n" + b"x-amz-checksum-crc32:" + b"A" * 5000, [])
 def test_any_aws_chunked_body_is_re_signed_or_refused(body, cuts):
     started = time.perf_counter()

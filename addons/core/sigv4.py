@@ -640,6 +640,9 @@ class _S3Resigner(_Resigning, S3SigV4Auth):
 # -- signed chunks --------------------------------------------------------------------------
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")  # an aws-chunked chunk's size: hex digits only
+
+
 class ChunkResigner:
     """Re-signs a signed aws-chunked body as it streams.
 
@@ -696,10 +699,9 @@ class ChunkResigner:
         if line is None:
             return False
         size_text, _, extension = line.partition(b";")
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ValueError("an aws-chunked chunk header does not start with a hex size") from None
+        if not _CHUNK_SIZE.fullmatch(size_text):  # int() would also take "-1", " 1", "+1" and "1_0"
+            raise ValueError("an aws-chunked chunk header does not start with a hex size")
+        size = int(size_text, 16)
         if size > self._MAX_CHUNK:
             raise ValueError(f"an aws-chunked chunk of {size} bytes is over the {self._MAX_CHUNK} limit")
         if not extension.strip().startswith(b"chunk-signature="):
