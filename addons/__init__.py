@@ -61,12 +61,14 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
     from .egress import Egress
     from .masking import Masking
     from .policy import Policy
-    from .recorder import Recorder
+    from .recorder import Arrivals, Recorder
     from .signer import Signer
 
     approvals = approvals if approvals is not None else Approvals(store)
     masking = Masking(fingerprint_key)
+    recorder = Recorder(store, fail_open=settings.fail_open, masking=masking)
     return [
+        Arrivals(recorder),  # a call is in flight from its first hook (a stopping gateway keeps its connection)
         Egress.from_settings(settings),
         Auth(validator),
         Classify(),
@@ -75,5 +77,5 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
                  mask=lambda call: masking.masker.params(call)[0]),
         Signer(broker, settings.upstream, settings.upstream_timeout),
         masking,
-        Recorder(store, fail_open=settings.fail_open, masking=masking),
+        recorder,
     ]

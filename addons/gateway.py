@@ -192,7 +192,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     ``heartbeat``: the worker's ``workers.Heartbeat``, beaten by this event loop once it listens."""
     from . import chain
     from .approval import Approval
-    from .recorder import Arrivals, Recorder
+    from .recorder import Recorder
     from .console import Console, approvers_of
     from .core.approvals import Approvals
     from .core.credentials import CredentialBroker
@@ -256,7 +256,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
                    approvals=approvals, notifier=notifier, fingerprint_key=read_key(keys / "fingerprint.key"))
     holder = next(s for s in stages if isinstance(s, Approval))
     recorder = next(s for s in stages if isinstance(s, Recorder))
-    m.addons.add(Arrivals(recorder), *stages)
+    m.addons.add(*stages)
     m.addons.add(SwitchInterval())
     if isinstance(store, Store) and store.can_commit_inline:
         m.addons.add(InlineCommits(store))
