@@ -422,22 +422,28 @@ def test_a_refused_head_leaves_its_connection_usable(tmp_path, issuer, moto):
         assert record["outcome"] == "refused" and "no-refused-bucket" in (record["response_body"] or "")
 
 
-def test_tags_set_with_a_create_are_decided_as_tagging(tmp_path, issuer, moto):
-    """IAM authorises tags set with a create as the service's tagging action too (ec2:CreateTags,
-    sqs:TagQueue, dynamodb:TagResource), and so does the gateway: a rule that keeps agents from
-    tagging keeps tagged launches, queues and tables from landing, while the same calls without
-    tags go through."""
-    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
-        - id: agents-launch
-          action: ec2:RunInstances
+def no_tagging_gateway(tmp_path, issuer, moto, rule: str, action: str) -> Gateway:
+    """A gateway on moto whose policy is the test policy, a rule ``rule`` allowing ``action``, and
+    a rule denying every Tagging action ("agents do not tag resources")."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent(f"""\
+        - id: {rule}
+          action: {action}
           decision: allow
         - id: no-tagging
           access_level: [Tagging]
           decision: deny
           reason: agents do not tag resources
         """), "  ")
-    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
-                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+    return Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                   aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+
+
+def test_tags_set_with_a_create_are_decided_as_tagging(tmp_path, issuer, moto):
+    """IAM authorises tags set with a create as the service's tagging action too (ec2:CreateTags,
+    sqs:TagQueue, dynamodb:TagResource), and so does the gateway: a rule that keeps agents from
+    tagging keeps tagged launches, queues and tables from landing, while the same calls without
+    tags go through."""
+    with no_tagging_gateway(tmp_path, issuer, moto, "agents-launch", "ec2:RunInstances") as gw:
         token = issuer.mint("tagging-agent", groups=["data-agents"])
         ec2, sqs, ddb = (client(gw, s, proxy_token=token) for s in ("ec2", "sqs", "dynamodb"))
         image = ec2.describe_images()["Images"][0]["ImageId"]
@@ -485,17 +491,7 @@ def test_tags_one_level_down_are_decided_as_tagging(tmp_path, issuer, moto):
     agents from tagging keeps the tagged bucket and fleet from landing (both went through as
     their own action alone); untagged, the same calls are allowed. The record names the tagging
     action the call was refused for."""
-    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
-        - id: agents-request-fleets
-          action: ec2:RequestSpotFleet
-          decision: allow
-        - id: no-tagging
-          access_level: [Tagging]
-          decision: deny
-          reason: agents do not tag resources
-        """), "  ")
-    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
-                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+    with no_tagging_gateway(tmp_path, issuer, moto, "agents-request-fleets", "ec2:RequestSpotFleet") as gw:
         token = issuer.mint("nested-tagging-agent", groups=["data-agents"])
         s3, ec2 = (client(gw, s, proxy_token=token) for s in ("s3", "ec2"))
         bucket = f"nested-tags-{time.time_ns()}"

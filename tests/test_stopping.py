@@ -88,6 +88,17 @@ def _swallow(call) -> None:
         pass
 
 
+def call_in_flight(s3) -> tuple[threading.Thread, dict[str, object]]:
+    """A GetObject that the faulty upstream answers in 3 s, made on a thread of its own, returned
+    once it has been upstream for a second: the thread, and what the call got (``body``) once done."""
+    got: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: got.update(
+        body=s3.get_object(Bucket="stopping", Key="slow-3")["Body"].read()))
+    thread.start()
+    time.sleep(1.0)  # upstream has it, answered in 2 s more
+    return thread, got
+
+
 @pytest.mark.parametrize("store_writer", ["thread", "process"])
 def test_sighup_stops_a_lone_gateway_as_sigterm_does_and_says_so(tmp_path, issuer, store_writer):
     """A terminal that hangs up (SIGHUP: `scripts/run` in an ssh session that ends) stops the
@@ -101,11 +112,7 @@ def test_sighup_stops_a_lone_gateway_as_sigterm_does_and_says_so(tmp_path, issue
         gw.sent = []
         with gw:
             sub, s3 = agent(gw, issuer, "hangup", "s3", read_timeout=30)
-            got: dict[str, object] = {}
-            thread = threading.Thread(target=lambda: got.update(
-                body=s3.get_object(Bucket="stopping", Key="slow-3")["Body"].read()))
-            thread.start()
-            time.sleep(1.0)  # upstream has it, answered in 2 s more
+            thread, got = call_in_flight(s3)
             pid = gw.proc.pid
             children = [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
             assert len(children) == (store_writer == "process"), children

@@ -232,6 +232,7 @@ def test_sighup_stops_every_worker_after_the_calls_in_flight(tmp_path, issuer):
     supervisor died of it at once, silently)."""
     from tests.test_faults import FaultyUpstream
     from tests.test_recording_e2e import GATEWAY_KEY, agent
+    from tests.test_stopping import call_in_flight
 
     with FaultyUpstream() as upstream:
         gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
@@ -242,11 +243,7 @@ def test_sighup_stops_every_worker_after_the_calls_in_flight(tmp_path, issuer):
             wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
             pids = workers_of(gw)
             sub, client = agent(gw, issuer, "hangup", "s3", read_timeout=30)
-            got: dict[str, object] = {}
-            thread = threading.Thread(target=lambda: got.update(
-                body=client.get_object(Bucket="stopping", Key="slow-3")["Body"].read()))
-            thread.start()
-            time.sleep(1.0)  # upstream has it, answered in 2 s more
+            thread, got = call_in_flight(client)
             gw.proc.send_signal(signal.SIGHUP)
             assert gw.proc.wait(30) == 0
             thread.join(30)
