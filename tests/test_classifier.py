@@ -809,6 +809,25 @@ def test_the_host_region_decides_and_a_scope_naming_another_is_an_error():
     assert run(dict(request, host="b.s3.amazonaws.com")).region == "eu-central-1"
 
 
+@pytest.mark.parametrize("region, signed_for", [("eu-west-1", "us-east-1"), ("us-west-2", "us-east-1"),
+                                                ("cn-north-1", "cn-northwest-1")])
+def test_a_global_service_at_a_regional_host_is_decided_for_the_region_botocore_signs_for(region, signed_for):
+    """AWS Health: botocore sends to health.<region> signed for the partition's global endpoint's
+    region (endpoints.json), as AWS authorises it: decided for that region, not refused as signed
+    elsewhere; any other region in the scope still is."""
+    request = capture("health", "describe_events", region=region)
+    assert request["host"].startswith(f"health.{region}.")
+    assert f"/{signed_for}/health/" in request["headers"]["Authorization"]
+    got = run(request)
+    assert (got.error, got.signed_region, got.region, got.action, got.access_level) == (
+        None, None, signed_for, "health:DescribeEvents", "Read")
+    other = next(r for r in ("ap-south-1", "eu-central-1") if r not in (region, signed_for))
+    wrong = dict(request, headers=dict(request["headers"], Authorization=request["headers"]["Authorization"].replace(
+        f"/{signed_for}/", f"/{other}/")))
+    refused = run(wrong)
+    assert refused.signed_region == other and f"credential scope names region {other!r}" in refused.error
+
+
 def test_a_presigned_credential_is_read_whatever_its_case_and_only_once():
     scope = "AKID%2F20260101%2Feu-west-1%2Fs3%2Faws4_request"
     lower = classify("GET", "b.s3.amazonaws.com", "/k", f"x-amz-credential={scope}&X-Amz-Signature=00", {}, None)

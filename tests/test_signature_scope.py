@@ -17,6 +17,7 @@ from xml.etree import ElementTree
 
 import boto3
 import botocore.config
+import botocore.exceptions
 import httpx
 import pytest
 
@@ -244,3 +245,22 @@ def test_no_rule_has_a_call_signed_for_another_region_than_its_agent_signed_for(
     records = [r for r in lenient.records() if r["principal"] == sub]
     assert [(r["decision"], r["rule"], r["region"], r["outcome"], r["session_id"]) for r in records] == [
         ("deny", "agentgate:classify", "eu-west-1", "refused", None)] * 2
+
+
+def test_aws_health_from_another_region_is_decided_for_the_region_botocore_signs_for(gateway, issuer):
+    """boto3's AWS Health client in eu-west-1 sends to health.eu-west-1.amazonaws.com signed for
+    us-east-1 (the global endpoint's region in endpoints.json): the call is the SDK's own, decided by
+    policy for us-east-1 (here: no rule allows it), not refused as signed for another region."""
+    sub = "scope-health"
+    client = boto3.client("health", region_name="eu-west-1", aws_access_key_id="agentgate",
+                          aws_secret_access_key="x", verify=str(gateway.ca_file),
+                          config=botocore.config.Config(proxies={"https": gateway.proxy_url(issuer.mint(sub))},
+                                                        retries={"total_max_attempts": 1}))
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        client.describe_events()
+    error = refused.value.response["Error"]
+    assert error["Code"] == "AccessDenied" and "no rule allows health:DescribeEvents" in error["Message"], error
+    assert "region" not in error["Message"]
+    record = [r for r in gateway.records() if r["principal"] == sub][-1]
+    assert (record["host"], record["region"], record["action"], record["decision"], record["rule"]) == (
+        "health.eu-west-1.amazonaws.com", "us-east-1", "health:DescribeEvents", "deny", "agentgate:default")

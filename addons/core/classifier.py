@@ -2208,7 +2208,12 @@ class Classifier:
             # no region in the host or a credential scope (SigV2, unsigned, a global endpoint): the
             # call is re-signed for, and so reaches, its partition's default region (sigv4.region_for)
             result.region = endpoints.default_region(info.partition)
-        if (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
+        if signed_globally(scope, endpoint):
+            # a global service at a regional host (AWS Health's health.eu-west-1 with botocore
+            # signing for us-east-1, as endpoints.json's global endpoint says): decided, and signed
+            # again, for the region the agent signed for, which is where AWS authorises it
+            result.region = scope.region
+        elif (mismatch := region_mismatch(scope, request.host, endpoint.region if endpoint else None)) is not None:
             # refused whatever policy says (addons/classify.py); its record names what it asked for
             named = self._resolved(request, scope, endpoint, dataclasses.replace(result))
             result.service, result.operation = named.service, named.operation
@@ -2629,6 +2634,17 @@ def region_mismatch(scope: CredentialScope | None, host: str, region: str | None
     if scope is None or not scope.region or not region or scope.region == region:
         return None
     return f"the signature's credential scope names region {scope.region[:40]!r}, and the host {host[:100]} region {region!r}"
+
+
+def signed_globally(scope: CredentialScope | None, endpoint: Endpoint | None) -> bool:
+    """Whether a call to a regional host of a service that endpoints.json makes global is signed
+    for that service's global region in the host's partition, as botocore signs it: botocore builds
+    the host from the service's endpoint rules (``health.eu-west-1.amazonaws.com``) and the signing
+    region from its global endpoint (``us-east-1``; ``cn-northwest-1`` in the China partition)."""
+    if scope is None or not scope.region or endpoint is None or not endpoint.region or scope.region == endpoint.region:
+        return False
+    partition = endpoints.partition_of(endpoint.region)
+    return partition is not None and endpoints.global_region(endpoint.prefix, partition) == scope.region
 
 
 LAMBDA_URL_HOST_RE = re.compile(r"^([a-z0-9]+)\.lambda-url\.([a-z0-9-]+)\.on\.aws$")
