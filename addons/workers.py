@@ -9,12 +9,17 @@ workers) and, through it, approvals; each worker writes its own hash chain (its 
 
 SIGTERM, SIGINT or SIGHUP (the terminal hung up) to the supervisor stops every worker the way one
 gateway stops (held calls are answered first, calls in flight finish and are recorded), with a log
-line naming the signal. A worker that dies is started again after a second; one that dies again
-within seconds of its restart (its store down, say) is started again after a longer wait each time
-(up to MAX_RESTART_DELAY), while the others go on serving. A worker that exits with an error in the
-first seconds of the gateway's own start (a port taken, a bad setting) stops them all with its exit
-status. Workers stop by themselves if the supervisor dies (Linux: the parent-death signal), rather
-than serving unsupervised.
+line naming the signal. A worker that dies after it listened is started again after a second; one
+whose restart fails (it exits before it listens: its store down or locked, say, however long it
+waited) or that dies within seconds of it is started again after a longer wait each time (up to
+MAX_RESTART_DELAY), while the others go on serving. A worker whose first start fails, that exits
+with an error before it listens (a port taken, a bad setting, the store locked by another process
+longer than it waits), stops them all, and the supervisor exits with its status. Whether a worker
+listened is told by its heartbeat (below), whose first beat comes once its start is done, not by
+how long it lived. What a worker writes before it listens is held (``HeldOutput``) and written when
+it listens, or by the supervisor when it exits without, once for workers that said the same: two
+workers that find the store locked say so in one line. Workers stop by themselves if the supervisor
+dies (Linux: the parent-death signal), rather than serving unsupervised.
 
 A worker that hangs (stopped, or its event loop stuck in a blocking call) does not exit, and the
 kernel goes on giving it new connections. Each worker's event loop raises a counter in memory shared
@@ -34,13 +39,15 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
+import threading
 import time
 
 from .settings import Settings, parse_hostport
 
 log = logging.getLogger("agentgate.workers")
 
-EARLY_DEATH = 5.0  # seconds: a worker dead this soon after starting will not do better next time
+EARLY_DEATH = 5.0  # seconds: a worker that listened and died this soon after starting will not do better next time
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0  # the longest wait between restarts of a worker that keeps dying at once
 POLL = 0.1  # seconds between looks at the workers while a restart is due or their heartbeats are watched
@@ -54,15 +61,24 @@ class Heartbeat:
     """One worker's heartbeat: a counter in memory shared with the supervisor (an anonymous shared
     mapping made before the workers are forked, 8 bytes a worker), raised every BEAT seconds by a
     timer on the worker's event loop once it listens. No per-call cost, no system call: the
-    supervisor reads the counters when it looks at its workers."""
+    supervisor reads the counters when it looks at its workers.
+
+    The first beat comes when the gateway's start is done (its store opened and written to, its
+    port bound, its banner or its "listening on" line said: mitmproxy's ``running``), so a worker
+    that exits while its counter is still 0 never served: its start failed, however long that took.
+    ``held``: (in the worker) its output until then, written out at the first beat."""
 
     def __init__(self, memory: mmap.mmap, index: int) -> None:
         self.memory = memory
         self.offset = 8 * index
         self._timer = None
+        self.held: HeldOutput | None = None
 
     def start(self, loop) -> None:
         """Beat now and every BEAT seconds for as long as ``loop`` runs its timers."""
+        if self.held is not None:
+            self.held.release()
+
         def beat() -> None:
             self.beat()
             self._timer = loop.call_later(BEAT, beat)
@@ -77,6 +93,57 @@ class Heartbeat:
     def reset(self) -> None:
         """(In the supervisor, before the worker is forked.) No beat yet: the worker is starting."""
         struct.pack_into("Q", self.memory, self.offset, 0)
+
+
+class HeldOutput:
+    """(In a worker, as its ``sys.stderr``.) What the worker writes before it listens (its log
+    lines, a start-up error's one line) goes to ``fd``, a file the supervisor made for this start,
+    rather than to the terminal; ``release`` (its first heartbeat) writes that out and lets what
+    follows through. A worker that exits before that has it written by the supervisor, once when
+    several workers said the same: N workers finding the store locked say so in one line, not N."""
+
+    def __init__(self, stream, fd: int) -> None:
+        self.stream = stream
+        self.fd: int | None = fd
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            if self.fd is None:
+                return self.stream.write(text)
+            os.write(self.fd, text.encode("utf-8", "backslashreplace"))
+            return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def release(self) -> None:
+        with self.lock:
+            if self.fd is None:
+                return
+            fd, self.fd = self.fd, None
+            said = said_in(fd)
+            os.close(fd)
+            self.stream.write(said)
+            self.stream.flush()
+
+    def __getattr__(self, name: str):  # encoding, fileno, isatty, ...: the terminal's
+        return getattr(self.stream, name)
+
+
+def said_in(fd: int) -> str:
+    """The text a starting worker wrote to its held-output file ``fd``."""
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+
+def held_file() -> int:
+    """A new empty file for a starting worker's output (see ``HeldOutput``): in memory (Linux), else
+    a temporary file, unlinked at once."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("agentgate-worker-start")
+    fd, path = tempfile.mkstemp(prefix="agentgate-worker-")
+    os.unlink(path)
+    return fd
 
 
 def stopped(pid: int) -> bool:
@@ -169,6 +236,8 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
     restarts: dict[int, float] = {}  # worker index -> when to start it again
     failures: dict[int, int] = {}  # worker index -> restarts in a row that died early
+    held: dict[int, int] = {}  # worker index -> the file holding what it wrote while starting (HeldOutput)
+    told: set[str] = set()  # what starting workers said, once the supervisor is stopping them all
     supervisor = os.getpid()
     stopping = False
     memory = mmap.mmap(-1, 8 * n)  # shared with the workers forked below: their heartbeats
@@ -179,16 +248,22 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
 
     def start(index: int) -> None:
         hearts[index].reset()
+        held[index] = held_file()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                for other, fd in held.items():
+                    if other != index:
+                        os.close(fd)
+                hearts[index].held = sys.stderr = HeldOutput(sys.stderr, held[index])
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which stops workers in order
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 die_with_parent(supervisor)
+                # the heartbeat beats with heartbeat_timeout 0 too (unwatched): its first beat says the start is done
                 code = run_gateway(settings, verbose=verbose, web_listen=web_listen, worker=index,
-                                   heartbeat=hearts[index] if watch else None)
+                                   heartbeat=hearts[index])
             except BaseException:
                 logging.getLogger("agentgate").exception("worker %d failed", index)
             finally:
@@ -229,11 +304,11 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
                 hung[pid] = now + HUNG_GRACE
                 _signal(pid, signal.SIGTERM)
 
-    def stop(signum: int, _frame) -> None:
+    def stop(signum: int, _frame, say: bool = True) -> None:
         nonlocal stopping
         again = stopping
         stopping = True
-        if not again:
+        if not again and say:
             log.info("%s: stopping %d worker(s): calls in flight are answered and recorded first (up to "
                      "drain_seconds, %g s)", signal.Signals(signum).name, len(children), settings.drain_seconds)
         for pid in list(children):  # a second signal: workers stop at once (their own second-signal rule)
@@ -271,16 +346,25 @@ def supervise(settings: Settings, *, verbose: bool = False, web_listen: str = "1
         if index is None:
             continue
         code = os.waitstatus_to_exitcode(wstatus)
+        served = hearts[index].count() > 0  # it beat once: its start was done (its banner said)
+        said = "" if served else said_in(held[index])
+        os.close(held.pop(index))
+        if said and not (stopping and said in told):  # what it said while starting: why it could not
+            sys.stderr.write(said)
+            sys.stderr.flush()
+            if stopping:
+                told.add(said)
         if stopping:
             status = status or (code if code > 0 else 0)
             continue
-        early = time.monotonic() - started < EARLY_DEATH
-        if early and code > 0 and index not in failures:  # the gateway's own start failed: a port taken, a setting
+        if not served and code > 0 and index not in failures:  # the first start failed: a port, a setting, a lock
             print(f"agentgate: worker {index} exited with {code} while starting; stopping the others",
                   file=sys.stderr)
-            status = code if code > 0 else 1
-            stop(signal.SIGTERM, None)
+            status = code
+            told.add(said)
+            stop(signal.SIGTERM, None, say=False)
             continue
+        early = not served or time.monotonic() - started < EARLY_DEATH
         failures[index] = failures.get(index, 0) + 1 if early and not was_hung else 0
         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** failures[index])
         if was_hung:

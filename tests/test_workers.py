@@ -373,41 +373,83 @@ def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
         gw.stop()
 
 
+LOCKED = ("cannot write: database is locked; another process holds a write transaction on it (a sqlite3 shell, a "
+          "backup, a migration): end it, then start the gateway again")
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_store_locked_at_start_up_is_said_in_one_line(tmp_path, issuer, moto, workers):
     """Another process holds a write transaction on the SQLite store longer than the gateway waits:
-    the gateway says so in one line and exits 2; with workers, the supervisor starts them again,
-    one line each time and no traceback, until the lock is gone, and then they serve."""
+    the gateway says so in one line and exits 2, and so do workers: a worker whose start fails, after
+    however long, stops the others, and the supervisor exits with its status, the worker's line said
+    once and no traceback. The lock's holder commits afterwards: its write is there and the store
+    verifies."""
     import sqlite3
 
     gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=POLICY,
-                 settings={"workers": workers}, aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
+                 settings={"workers": workers},
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
     gw.init()
     lock = sqlite3.connect(gw.db_path, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
+    lock.execute("CREATE TABLE held_by_another (note TEXT)")
+    lock.execute("INSERT INTO held_by_another VALUES ('written while the gateway started')")
+    started = time.monotonic()
     try:
-        if workers == 1:
-            p = subprocess.run([AGENTGATE, "run"], env=gw.env, capture_output=True, text=True, timeout=60,
-                               cwd=gw.home)
-            assert p.returncode == 2, p.stderr
-            assert p.stderr.splitlines() == [
-                f"agentgate: the store at sqlite:///{gw.db_path} cannot write: database is locked; another process "
-                "holds a write transaction on it (a sqlite3 shell, a backup, a migration): end it, then start the "
-                "gateway again"], p.stderr
-            return
-        gw._log = open(gw.log_path, "ab")  # started by hand: nothing listens while the lock is held
-        gw.proc = subprocess.Popen([AGENTGATE, "run", "--upstream", moto.url], env=gw.env, stdout=gw._log,
-                                   stderr=subprocess.STDOUT, cwd=gw.home)
-        wait_for(lambda: gw.log().count("exited with 2; starting it again") >= 2, timeout=60)
+        p = subprocess.run([AGENTGATE, "run"], env=gw.env, capture_output=True, text=True, timeout=45, cwd=gw.home)
     finally:
-        lock.execute("ROLLBACK")
+        took = time.monotonic() - started
+        lock.execute("COMMIT")
         lock.close()
+    assert p.returncode == 2, p.stderr
+    said = p.stderr.splitlines()
+    assert said[0] == f"agentgate: the store at sqlite:///{gw.db_path} {LOCKED}", p.stderr
+    if workers == 1:
+        assert said == said[:1], p.stderr
+    else:  # the supervisor's line after it, and nothing else: no restart, no traceback, no second copy
+        assert len(said) == 2 and re.fullmatch(r"agentgate: worker [01] exited with 2 while starting; stopping the "
+                                               r"others", said[1]), p.stderr
+    assert "Traceback" not in p.stderr and took < 40, (took, p.stderr)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", gw.port)) != 0  # nothing left listening
+    check = sqlite3.connect(gw.db_path)
     try:
-        wait_for(lambda: len(workers_of(gw)) == 2 and "listening on" in gw.log(), timeout=60)
+        assert check.execute("SELECT note FROM held_by_another").fetchall() == [("written while the gateway started",)]
+    finally:
+        check.close()
+    assert gw.cli("verify").returncode == 0
+
+
+def test_a_worker_whose_restart_finds_the_store_locked_is_started_again_until_the_lock_is_gone(tmp_path, issuer, moto):
+    """A worker that served and died is started again, also when its new start fails slowly (the
+    SQLite store locked by another process longer than the gateway waits): the supervisor says the
+    worker's line each time, then starts it again, each time after a longer wait, and the other
+    worker is not stopped; once the lock is gone, both serve."""
+    import sqlite3
+
+    gw = start_workers(tmp_path / "gw", issuer, moto)
+    try:
+        token = issuer.mint("agent-locked")
+        s3(gw, token).list_buckets()
+        survivor, victim = sorted(workers_of(gw))
+        lock = sqlite3.connect(gw.db_path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len(re.findall(r"exited with 2; starting it again in [0-9.]+ s", gw.log())) >= 2,
+                     timeout=60)
+            assert gw.proc.poll() is None and survivor in workers_of(gw)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 3, timeout=60)
         wait_port(gw.port, proc=gw.proc)
-        s3(gw, issuer.mint("agent-locked")).list_buckets()
+        for _ in range(12):  # both serve: the kernel spreads new connections over them
+            s3(gw, token).list_buckets()
     finally:
         gw.stop()
     log = gw.log()
-    assert "Traceback" not in log and not re.search(r"worker \d+ failed", log), log
-    assert "cannot write: database is locked; another process holds a write transaction on it" in log
+    assert "stopping the others" not in log and "Traceback" not in log and not re.search(r"worker \d+ failed", log), log
+    assert log.count(f"agentgate: the store at sqlite:///{gw.db_path} {LOCKED}") >= 2, log
+    waits = [float(w) for w in re.findall(r"exited with 2; starting it again in ([0-9.]+) s", log)]
+    assert waits[1] == 2 * waits[0] >= 2, log  # each failed start: twice the wait before it
