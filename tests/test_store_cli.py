@@ -150,6 +150,36 @@ def test_sessions_list_and_show(cli, db_url: str, calls: list[Record]) -> None:
     assert calls[1].id in cli("sessions", "show", "s-1", "--db", db_url).stdout
 
 
+def test_a_table_cut_at_its_limit_says_so(cli, db_url: str, calls: list[Record]) -> None:
+    """`sessions show` heads its table with the session's count of calls; a table that stops at
+    --limit (100 by default) without a word read as every call there is: an assessor listing a
+    session of 210 calls saw its first 100 and not the delete it ended with."""
+    a, b, c = (r.id for r in calls)
+    cut = cli("calls", "list", "--db", db_url, "--limit", "2")
+    assert c in cut.stdout and b in cut.stdout and a not in cut.stdout
+    assert cut.stderr.strip() == ("(only the newest 2 matching calls are listed; more match: --limit raises the "
+                                  "number, --since and --until narrow the period)")
+    assert cli("calls", "list", "--db", db_url, "--limit", "3").stderr == ""  # all of them: nothing to say
+    assert cli("calls", "list", "--db", db_url, "--principal", "alice", "--limit", "2").stderr == ""
+
+    shown = cli("sessions", "show", "s-1", "--db", db_url, "--limit", "1")
+    assert a in shown.stdout and b not in shown.stdout
+    assert shown.stderr.strip() == ("(only the session's first 1 of its 2 calls are listed; the rest are left out: "
+                                    "--limit raises the number)")
+    assert cli("sessions", "show", "s-1", "--db", db_url, "--limit", "2").stderr == ""
+
+    listed = cli("sessions", "list", "--db", db_url, "--limit", "1")
+    assert "s-2" in listed.stdout and "s-1" not in listed.stdout
+    assert listed.stderr.strip() == ("(only the 1 most recently active session is listed; the store holds more: "
+                                     "--limit raises the number)")
+    assert cli("sessions", "list", "--db", db_url, "--limit", "2").stderr == ""
+    # JSON is for scripts: the same rows, standard output alone
+    as_json = cli("calls", "list", "--db", db_url, "--limit", "2", "--json")
+    assert [x["id"] for x in json.loads(as_json.stdout)] == [c, b] and as_json.stderr == ""
+    assert [x["id"] for x in json.loads(cli("sessions", "show", "s-1", "--db", db_url, "--limit", "1",
+                                            "--json").stdout)["call_list"]] == [a]
+
+
 def test_the_db_setting_is_the_default(cli, db_url: str, calls: list[Record], monkeypatch) -> None:
     monkeypatch.setenv("AGENTGATE_DB", db_url)
     result = cli("calls", "list", "--json")

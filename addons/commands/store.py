@@ -160,6 +160,17 @@ key_option = click.option(
 )
 
 
+def _cut(what: str) -> None:
+    """Say, on standard error, that a table was cut at --limit: a table that stops at its limit
+    must not read as everything the store holds."""
+    click.echo(f"({what})", err=True)
+
+
+def _many(n: int, noun: str, of: str = "") -> str:
+    """``1 call is``, ``100 calls are``; with ``of`` (`` of its 210``), always the plural."""
+    return f"{n} {noun} is" if n == 1 and not of else f"{n}{of} {noun}s are"
+
+
 # -- sessions ----------------------------------------------------------------------------------
 
 
@@ -176,7 +187,9 @@ def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
     """List sessions, most recently active first."""
     unreadable: list[str] = []
     with _store(db) as store:
-        rows = store.sessions(limit=limit, unreadable=unreadable)
+        rows = store.sessions(limit=limit + 1, unreadable=unreadable)
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
         _echo_json(rows)
         fail_unreadable(unreadable, "left out of the list")
@@ -192,6 +205,9 @@ def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
         table.add_row(s["id"], _text(s["principal"]), _text(s["on_behalf_of"]), _short_time(s["started"]),
                       _short_time(s["last_seen"]), str(s["calls"]))
     _console(wide=True).print(table if rows else "no sessions" + (" that can be read" if unreadable else ""))
+    if more:
+        _cut(f"only the {_many(limit, 'most recently active session')} listed; the store holds more: --limit "
+             "raises the number")
     fail_unreadable(unreadable, "left out of the list")
 
 
@@ -207,7 +223,9 @@ def sessions_show(session_id: str, db: str | None, limit: int, as_json: bool) ->
         session = store.session(session_id, unreadable)
         if session is None:
             raise click.ClickException(f"no session {session_id!r} in the store at {store.where}")
-        calls = store.calls(session_id=session_id, limit=limit, newest_first=False, unreadable=unreadable)
+        calls = store.calls(session_id=session_id, limit=limit + 1, newest_first=False, unreadable=unreadable)
+    more = len(calls) > limit
+    calls = calls[:limit]
     what = "the session and its calls are shown without the values that cannot be read"
     if as_json:
         _echo_json({**session, "call_list": calls})
@@ -217,6 +235,11 @@ def sessions_show(session_id: str, db: str | None, limit: int, as_json: bool) ->
     console.print(_fields(session, AgentSession.__table__))
     console.print()
     console.print(_calls_table(calls) if calls else "no calls" + (" that can be read" if unreadable else ""))
+    if more:
+        count = session.get("calls")
+        of = f" of its {count}" if isinstance(count, int) and count > limit else ""
+        _cut(f"only the session's first {_many(limit, 'call', of)} listed; the rest are left out: --limit raises "
+             "the number")
     fail_unreadable(unreadable, what)
 
 
@@ -284,12 +307,17 @@ def calls_list(principal: str | None, on_behalf_of: str | None, action: str | No
     unreadable: list[str] = []
     with _store(db) as store:
         rows = store.calls(principal=principal, action=action, decision=decision and decision.lower(), since=start,
-                           until=end, limit=limit, on_behalf_of=on_behalf_of, outcome=outcome and outcome.lower(),
+                           until=end, limit=limit + 1, on_behalf_of=on_behalf_of, outcome=outcome and outcome.lower(),
                            unreadable=unreadable)
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
         _echo_json(rows)
     else:
         _console(wide=True).print(_calls_table(rows) if rows else "no calls" + (" that can be read" if unreadable else ""))
+        if more:
+            _cut(f"only the newest {_many(limit, 'matching call')} listed; more match: --limit raises the number, "
+                 "--since and --until narrow the period")
     fail_unreadable(unreadable, "left out of the list")
 
 
