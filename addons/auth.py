@@ -119,8 +119,9 @@ class Auth:
             flow.metadata[TOKEN] = token_b or token_a
             return None
         if principal_b is None:
-            return Refusal(403, "AccessDenied", "no token: present the agent's OIDC token in the proxy URL "
-                           "(HTTPS_PROXY=http://agent:<token>@gateway) or as the AWS session token "
+            # no "token:" in the words: the recorder's masking reads "token: <word>" as a secret assigned
+            return Refusal(403, "AccessDenied", "no token was presented; present the agent's OIDC token in the "
+                           "proxy URL (HTTPS_PROXY=http://agent:<token>@gateway) or as the AWS session token "
                            "(agentgate aws-credentials)", "auth")
         flow.metadata[PRINCIPAL] = principal_b
         flow.metadata[TOKEN] = token_b

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -104,7 +105,15 @@ def test_no_token_at_all(gateway):
     assert status == 403 and "allow_hosts" in text
     with pytest.raises(botocore.exceptions.ClientError) as e:
         client(gateway).get_caller_identity()
-    assert "no token" in e.value.response["Error"]["Message"]
+    message = e.value.response["Error"]["Message"]
+    assert "no token" in message
+    # the record keeps the gateway's own words whole: nothing in them is a secret to mask, and a
+    # masked value there would count as one in the report's SC-28 figures
+    request_id = e.value.response["ResponseMetadata"]["RequestId"]
+    [record] = [r for r in gateway.records() if r["aws_request_id"] == request_id]
+    assert record["rule"] == "agentgate:auth" and json.loads(record["masked"] or "[]") == []
+    assert "agentgate:masked" not in record["response_body"], record["response_body"]
+    assert "present the agent's OIDC token in the proxy URL" in record["response_body"]
 
 
 def test_both_transports_must_name_the_same_subject(gateway, issuer):
