@@ -573,6 +573,23 @@ def test_versions_and_show_give_the_text_that_decided_calls(home, tmp_path):
 
 # -- the region, the actors and the groups the gateway reads -----------------------------------
 
+@pytest.mark.parametrize("since, until", [("2026-11-29", "2026-11-28"), ("2026-11-28", "2026-11-28"),
+                                          ("2026-11-28T01:00:00+01:00", "2026-11-28T00:00:00Z")])
+def test_versions_refuse_a_period_that_ends_before_it_starts(home, since, until):
+    """As `calls list`, `export` and `report` do: --since at or after --until is a slip of the
+    command line, not a period in which no policy decided a call (exit 0, "no policy versions")."""
+    from addons.cli import main
+    from tests.test_export import write_synthetic
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    write_synthetic(url, "gw-test")
+    result = CliRunner().invoke(main, ["policy", "versions", "--db", url, "--since", since, "--until", until])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: --since (") and "is not before --until" in line, line
+
+
 AS_THE_GATEWAY = """
     version: 1
     roles: [{role_arn: "arn:aws:iam::123456789012:role/agent-role"}]

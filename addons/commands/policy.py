@@ -264,10 +264,12 @@ def versions_command(since: str | None, until: str | None, db: str | None, as_js
     """List the policy versions the store keeps: each decided calls, and its text is stored once
     (`agentgate policy show VERSION` prints it). A text that no longer hashes to its version was
     changed after it was stored, and is marked so."""
-    from .store import _console, _echo_json, _store, fail_unreadable, parse_when
+    from .store import BadInput, _console, _echo_json, _store, fail_unreadable, parse_when
 
     start = parse_when(since, "--since") if since is not None else None
     end = parse_when(until, "--until") if until is not None else None
+    if start and end and start >= end:  # as calls list, export and report: an empty period is a slip, not an answer
+        raise BadInput(f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})")
     unreadable: list[str] = []
     with _store(db) as store:
         found = store.policy_versions(since=start, until=end, unreadable=unreadable)
