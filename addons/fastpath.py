@@ -30,6 +30,12 @@
    ``ConnectionHandler.handle_connection``; ``connection_handler(fields)`` is the shape check
    both rely on (a coroutine method of (self, connection) whose ``ConnectionIO`` has ``fields``).
 
+6. httpx's command line. ``httpx`` imports its command-line module whenever rich, click and
+   pygments are installed (the gateway's CLI needs the first two): about 3 MB of a gateway's memory
+   that it never uses. ``no_httpx_command_line()`` marks that one module as not importable before
+   httpx is imported (None in ``sys.modules``, which httpx's own ``try: from ._main import main``
+   takes as its command line not installed); everything else of httpx is as it is.
+
 All check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
 why at debug level and return False, and the gateway runs on mitmproxy's own code.
 """
@@ -279,6 +285,15 @@ def lean_addon_imports() -> bool:
     import mitmproxy
 
     mitmproxy.addons = package
+    return True
+
+
+def no_httpx_command_line() -> bool:
+    """Keep httpx's command-line module (rich's console, pygments' lexers) out of this process (6.
+    above). True when in place; False when httpx is imported already."""
+    if "httpx" in sys.modules:
+        return False
+    sys.modules.setdefault("httpx._main", None)
     return True
 
 

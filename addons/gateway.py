@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import linecache
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from . import closing, fastpath
 
 fastpath.lean_addon_imports()  # before mitmproxy's master: it would import every default add-on
 fastpath.cheap_option_reads()
+fastpath.no_httpx_command_line()  # before the identity module imports httpx
 
 from mitmproxy import master, options  # noqa: E402
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig  # noqa: E402
@@ -427,6 +429,7 @@ def settle_heap() -> None:
     there. Frozen objects are never freed by the cycle collector; reference counting still frees
     them, and start-up's objects are meant to last anyway.
     """
+    linecache.clearcache()  # source lines read at start-up (a warning's, say): read again when needed
     gc.collect()
     gc.freeze()
 

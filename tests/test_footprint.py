@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import weakref
@@ -132,3 +133,41 @@ print(json.dumps({{"before": before, "after": len(gc.get_objects()), "lines": li
     assert any("rule no-invoke: lambda:Invoke is an API operation's name" in line
                for line in out["lines"]), out["lines"]  # the check ran, and the gateway logged what it found
     assert out["after"] - out["before"] < 5_000  # what it read (IAM's data, botocore's) is not in the gateway's heap
+
+
+def test_a_gateway_leaves_out_what_it_never_uses():
+    """What `agentgate run` imports: not httpx's command line (rich's console, pygments' lexers:
+    about 3 MB, imported by httpx whenever those are installed), not boto3 (s3transfer with it:
+    about 2 MB; the gateway's STS client is botocore's); httpx itself works as before."""
+    code = """
+import json, sys
+from addons import gateway, chain  # what `agentgate run` imports
+from addons.core import identity, credentials
+from addons import notify
+import httpx
+with httpx.Client() as client:
+    pass
+print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {"rich", "pygments", "boto3", "s3transfer"})))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_the_sts_client_lets_go_of_the_data_botocore_read_to_build_it():
+    """botocore's loader keeps what it read to build a client (endpoints.json's ~8 MB of objects)
+    for as long as the client lives; the gateway's STS client keeps under 2 MB, and still works:
+    test_credentials.py's grants go through such clients."""
+    code = """
+import gc, json, tracemalloc
+from addons import gateway, chain
+from addons.core.credentials import CredentialBroker
+broker = CredentialBroker(endpoint_url="http://127.0.0.1:9")
+gc.collect()
+tracemalloc.start()
+broker._sts("eu-west-1")
+gc.collect()
+print(json.dumps(tracemalloc.get_traced_memory()[0]))
+"""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(out.stdout) < 2_000_000

@@ -29,11 +29,11 @@ import time
 import unicodedata
 from typing import Any
 
-import boto3
 import botocore.config
 import botocore.exceptions
 import botocore.loaders
 import botocore.parsers
+import botocore.session
 from botocore.credentials import ReadOnlyCredentials
 
 from .records import new_id
@@ -146,15 +146,24 @@ def partition_default_region(partition: str) -> str | None:
     return None
 
 
-def sdk_region(session: boto3.session.Session | None = None) -> str | None:
+def sdk_region(session: botocore.session.Session | None = None) -> str | None:
     """The region of the SDK environment: AWS_REGION, else AWS_DEFAULT_REGION or the profile's."""
     region = os.environ.get("AWS_REGION")
     if region:
         return region
     try:
-        return (session or boto3.session.Session()).region_name or None
+        return (session or botocore.session.Session()).get_config_variable("region") or None
     except botocore.exceptions.BotoCoreError:  # an unreadable profile: no region from it
         return None
+
+
+def _forget_loaded_data(client: Any) -> None:
+    """Let go of the data botocore's loader read to build ``client`` (endpoints.json's ~8 MB of
+    Python objects among it), which the client keeps for as long as it lives but no longer needs:
+    its endpoint and model are built. Read again if ever asked for (a paginator, a waiter)."""
+    cache = getattr(getattr(client, "_loader", None), "_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 def sts_region_for(role_arn: str, sts_region: str | None = None, env_region: str | None = None) -> str:
@@ -195,7 +204,7 @@ class CredentialBroker:
         endpoint_url: str | None = None,
         region: str | None = None,
         refresh_margin: float = 300.0,
-        session: boto3.session.Session | None = None,
+        session: botocore.session.Session | None = None,
     ) -> None:
         self.refresh_margin = refresh_margin
         self.sts_calls = 0
@@ -224,8 +233,8 @@ class CredentialBroker:
         with self._client_lock:
             client = self._clients.get(region)
             if client is None:
-                session = self._session or boto3.session.Session()
-                client = session.client(
+                session = self._session or botocore.session.Session()
+                client = session.create_client(
                     "sts",
                     region_name=region,
                     endpoint_url=self._endpoint_url,
@@ -234,6 +243,7 @@ class CredentialBroker:
                     ),
                 )
                 client.meta.events.register("before-parse.sts", self._measure)
+                _forget_loaded_data(client)
                 self._clients[region] = client
             return client
 
