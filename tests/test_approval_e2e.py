@@ -550,6 +550,20 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     assert f"{bucket}/q[/x]\\x1b[8m\\x9b" in listed
     shown = gw.cli("approvals", "show", hiding, env=colour).stdout
     assert '"Key": "tmp/a.txt[conceal]"' in shown and '"Key": "prod/db-backup.sql"' in shown
+    # nor an emoji code: a secret's ARN has `:secret:` in it, which printed as ㊙ wherever it stood,
+    # and `:white_check_mark:` in a key an agent chose printed as ✅ beside what the approver decides
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod-db-AbCdEf"
+    _, _, by_arn = held(lambda: sm.put_secret_value(SecretId=arn, SecretString="hunter3-hunter3"))
+    _, _, ticked = held(lambda: agent.delete_object(Bucket=bucket, Key="reviewed:white_check_mark:.sql"))
+    listed = gw.cli("approvals", "list", "--pending", env=colour).stdout
+    shown = gw.cli("approvals", "show", by_arn, env=colour).stdout
+    [record] = record_of(gw, by_arn)
+    called = gw.cli("calls", "show", record["id"], env=colour).stdout
+    for out in (listed, shown, called):
+        assert "㊙" not in out and "✅" not in out
+    assert arn in listed and f"{bucket}/reviewed:white_check_mark:.sql" in listed
+    assert f" {arn} " in shown and f'"SecretId": "{arn}"' in shown
+    assert arn in called.replace("\n", "").replace(" ", "")
 
 
 def test_an_approval_is_withdrawn_before_its_call_runs_and_access_commands_take_grants_only(short_hold, issuer,

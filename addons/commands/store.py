@@ -100,9 +100,11 @@ def _key(key_file: str | None, db: str | None) -> bytes | None:
 
 def _console(wide: bool = False) -> Console:
     """Rich output; a ``wide`` table off a terminal (a pipe, a file) gets the width its rows need.
-    No markup: what it prints comes from the store, where agents wrote it (a key ``q[/x]`` or
-    ``[conceal]...`` must print as it is, not crash or hide the parameters after it)."""
-    return Console(highlight=False, markup=False, width=400 if wide and not sys.stdout.isatty() else None)
+    No markup and no emoji codes: what it prints comes from the store, where agents wrote it (a key
+    ``q[/x]`` or ``[conceal]...`` must print as it is, not crash or hide the parameters after it, and
+    a secret's ARN, ``arn:aws:secretsmanager:...:secret:db``, must not print as ``...㊙db``)."""
+    return Console(highlight=False, markup=False, emoji=False,
+                   width=400 if wide and not sys.stdout.isatty() else None)
 
 
 def _short_time(iso: str | None) -> str:
