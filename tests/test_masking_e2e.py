@@ -356,6 +356,59 @@ def test_aws_cli_gets_a_masked_item_with_a_correct_crc32(gw, planting, token_fil
     assert json.loads(p.stdout)["SecretString"] == AGENT_MARKER and MARKER not in p.stdout
 
 
+def test_the_aws_cli_reads_awss_public_parameters_in_clear_and_secure_strings_masked(tmp_path, issuer, moto, aws_cli):
+    """The shipped policies: `aws ssm get-parameter` of AWS's public latest-AMI parameter, as an
+    agent reads it before `run-instances`, answers the AMI id (it answered the marker, which
+    run-instances then refused as a malformed image id); a SecureString read with decryption in
+    the same session, and a path that is not /aws/service/, stay masked."""
+    import boto3
+    import shutil
+
+    from tests.conftest import ROOT
+
+    b = moto.broker
+    sts = boto3.client("sts", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id=b.access_key_id,
+                       aws_secret_access_key=b.secret_access_key)
+    c = sts.assume_role(RoleArn=b.role_arn, RoleSessionName="planting")["Credentials"]
+    ssm = boto3.client("ssm", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id=c["AccessKeyId"],
+                       aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+    password = "ssm-" + secrets.token_hex(8)
+    ssm.put_parameter(Name="/public-test/db/password", Value=password, Type="SecureString", Overwrite=True)
+    ami_name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64"
+    ami = ssm.get_parameter(Name=ami_name)["Parameter"]["Value"]
+    assert ami.startswith("ami-")
+    g = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, aws_key=(b.access_key_id, b.secret_access_key))
+    g.init()
+    (g.home / "policies" / "test.yaml").unlink()
+    for f in (ROOT / "policies").glob("*.yaml"):
+        shutil.copy(f, g.home / "policies" / f.name)
+    shutil.copytree(ROOT / "policies" / "session", g.home / "policies" / "session", dirs_exist_ok=True)
+    token = tmp_path / "agent.jwt"
+    token.write_text(issuer.mint("ssm-reader", groups=["data-agents"]))
+    with g:
+        env = g.agent_env(token, tmp_path / "agent-home")
+
+        def aws(*args):
+            p = subprocess.run([aws_cli, "ssm", *args, "--region", "us-east-1", "--output", "json"], env=env,
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            return json.loads(p.stdout)
+
+        assert aws("get-parameter", "--name", ami_name)["Parameter"]["Value"] == ami
+        listed = aws("get-parameters-by-path", "--path", "/aws/service/ami-amazon-linux-latest")["Parameters"]
+        assert listed and all(p["Value"].startswith("ami-") for p in listed), listed
+        assert aws("get-parameter", "--name", "/public-test/db/password",
+                   "--with-decryption")["Parameter"]["Value"] == AGENT_MARKER
+        assert {p["Value"] for p in aws("get-parameters-by-path", "--path", "/public-test", "--recursive",
+                                        "--with-decryption")["Parameters"]} == {AGENT_MARKER}
+        mixed = aws("get-parameters", "--names", ami_name, "/public-test/db/password", "--with-decryption")
+        assert {p["Value"] for p in mixed["Parameters"]} == {AGENT_MARKER}
+        records = [r for r in g.records() if r["principal"] == "ssm-reader"]
+        assert [(r["action"], r["decision"], r["outcome"]) for r in records][:2] == [
+            ("ssm:GetParameter", "allow", "forwarded"), ("ssm:GetParametersByPath", "allow", "forwarded")]
+        assert all(password not in json.dumps(r) for r in records)
+
+
 def test_boto3_parses_the_masked_response_and_its_crc32_matches(gw, planting, token_file, tmp_path):
     """botocore checks x-amz-crc32 and retries on a mismatch: a stale one would show as retries."""
     env = gw.agent_env(token_file("masking-crc"), tmp_path / "crc-home")

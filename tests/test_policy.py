@@ -1198,6 +1198,40 @@ def test_shipped_policies_decide_as_documented(shipped, action, level, decision,
     assert d.reason
 
 
+def test_shipped_policies_leave_awss_public_parameters_readable(shipped):
+    """AWS's public parameters (/aws/service/: the latest AMI ids, regions) are the same for every
+    account, and an agent reads one to launch an instance: masked, it got a marker for an AMI id.
+    Every other name stays masked: a secret read through SSM (/aws/reference/secretsmanager/), a
+    call that names any other name beside them, a name that climbs out with `..`."""
+    who = principal()
+    ami = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+    def masks(action, **params):
+        d = shipped.evaluate(who, call(action, "Read", params))
+        assert d.decision == "allow", d.reason
+        return d.mask_for_agent
+
+    assert masks("ssm:GetParameter", Name=ami) == ()
+    assert masks("ssm:GetParameterHistory", Name=ami) == ()
+    assert masks("ssm:GetParameters", Names=[ami, "/aws/service/global-infrastructure/regions/eu-west-1"]) == ()
+    assert masks("ssm:GetParametersByPath", Path="/aws/service/ami-amazon-linux-latest", Recursive=True) == ()
+    assert masks("ssm:GetParametersByPath", Path="/aws/service") == ()
+    for action, params in (
+            ("ssm:GetParameter", {"Name": "/prod/db/password", "WithDecryption": True}),
+            ("ssm:GetParameter", {"Name": "/aws/reference/secretsmanager/prod-db", "WithDecryption": True}),
+            ("ssm:GetParameter", {"Name": "/aws/service/../reference/secretsmanager/prod-db"}),
+            ("ssm:GetParameter", {"Name": f"arn:aws:ssm:us-east-1:123456789012:parameter{ami}"}),
+            ("ssm:GetParameter", {"Name": "/aws/servicex/x"}),
+            ("ssm:GetParameter", {"Name": ["/aws/service/x"]}),  # not a string: the condition fails, masks hold
+            ("ssm:GetParameter", {}),
+            ("ssm:GetParameters", {"Names": [ami, "/prod/db/password"]}),
+            ("ssm:GetParameters", {"Names": []}),
+            ("ssm:GetParametersByPath", {"Path": "/", "Recursive": True}),
+            ("ssm:GetParametersByPath", {"Path": "/aws", "Recursive": True}),
+            ("ssm:GetParameterHistory", {"Name": "/prod/db/password"})):
+        assert {"Parameter.Value", "Parameters[].Value"} <= set(masks(action, **params)), (action, params)
+
+
 def test_shipped_policies_masks_roles_and_approvals(shipped):
     who = principal()
     d = shipped.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": "db"}))
