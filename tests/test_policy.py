@@ -1232,6 +1232,35 @@ def test_shipped_policies_leave_awss_public_parameters_readable(shipped):
         assert {"Parameter.Value", "Parameters[].Value"} <= set(masks(action, **params)), (action, params)
 
 
+def test_shipped_policies_let_an_operator_allow_a_queues_consumer_to_delete_what_it_received(tmp_path):
+    """Deleting a message it received is how a queue's consumer acknowledges it: the shipped
+    policies do not hold sqs:DeleteMessage for approval (an operator's allow could not override an
+    approve), they refuse it as any write until a rule allows it; purging or deleting the queue is
+    still held."""
+    import shutil
+
+    shipped_only = PolicySet.load(SHIPPED)
+    who = principal()
+    acked = shipped_only.evaluate(who, call("sqs:DeleteMessage", "Write", {"QueueUrl": "q", "ReceiptHandle": "r"}))
+    assert (acked.decision, acked.rule) == ("deny", None), acked.reason
+    directory = tmp_path / "policies"
+    shutil.copytree(SHIPPED, directory)
+    write(directory, "consumers.yaml", """
+        version: 1
+        rules:
+          - id: agents-consume-queues
+            action: [sqs:SendMessage, sqs:DeleteMessage]
+            decision: allow
+        """)
+    with_consumers = PolicySet.load(directory)
+    for operation in ("DeleteMessage", "SendMessage"):
+        d = with_consumers.evaluate(who, call(f"sqs:{operation}", "Write", {"QueueUrl": "q"}))
+        assert (d.decision, d.rule) == ("allow", "agents-consume-queues"), d.reason
+    for action in ("sqs:PurgeQueue", "sqs:DeleteQueue", "dynamodb:DeleteItem", "s3:DeleteObject"):
+        d = with_consumers.evaluate(who, call(action, "Write", {"QueueUrl": "q"}))
+        assert (d.decision, d.rule) == ("approve", "destroying-needs-a-human"), (action, d.reason)
+
+
 def test_shipped_policies_masks_roles_and_approvals(shipped):
     who = principal()
     d = shipped.evaluate(who, call("secretsmanager:GetSecretValue", "Read", {"SecretId": "db"}))
