@@ -31,7 +31,8 @@ import weakref
 from urllib.parse import urlsplit
 
 from mitmproxy import exceptions, http, tls
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import layers, server_hooks
+from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.utils import human
 
 from . import closing, limits, reads
@@ -252,6 +253,16 @@ class Egress:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         if self.tunnelled.get(data.context.client):
             data.ignore_connection = True
+
+    def next_layer(self, nextlayer) -> None:
+        """Inside an intercepted tunnel, HTTP only. mitmproxy's next_layer (its ``rawtcp`` option)
+        takes a tunnel whose first bytes are too few to look like a request line (fewer than three,
+        no space yet: a slow client, one that writes its verb on its own) for another protocol and
+        relays it raw to the host: nothing of it would be read, decided, signed or recorded, and
+        an agent could reach AWS with keys of its own. Such a tunnel is read as HTTP instead (a
+        request that is not HTTP gets a 400); tunnels to ``allow_hosts`` stay untouched."""
+        if isinstance(nextlayer.layer, layers.TCPLayer) and not self.tunnelled.get(nextlayer.context.client):
+            nextlayer.layer = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
 
     # -- requests --------------------------------------------------------------------------------
 

@@ -233,3 +233,39 @@ def test_an_http2_agent_with_its_token_as_the_session_token_is_known_on_every_st
     assert status == 403 and b"no token" in answer, answer[:400]
     [mine] = [r for r in gateway.records() if r["principal"] == sub]
     assert (mine["action"], mine["outcome"]) == ("sts:GetCallerIdentity", "forwarded")
+
+
+@pytest.mark.parametrize("pieces", ["byte at a time", "verb first"])
+def test_a_request_sent_in_small_pieces_is_read_as_a_request(gateway, issuer, pieces):
+    """An agent whose first write inside the tunnel is shorter than its request line (a slow
+    client, one that writes the verb on its own, a byte a time) is read as HTTP like any other:
+    mitmproxy took such a start for another protocol and relayed the tunnel's bytes raw, so
+    the agent's call was never read, decided or recorded (and here, where AWS does not
+    resolve, the connection was closed under it)."""
+    import http.client
+    import ssl
+    import time
+
+    from tests.support.raw import connect
+
+    sub = f"agent-slow-{pieces.split()[0]}"
+    s, head = connect(gateway.port, "sts.amazonaws.com:443", issuer.mint(sub))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    tls = ssl.create_default_context(cafile=str(gateway.ca_file)).wrap_socket(s, server_hostname="sts.amazonaws.com")
+    tls.settimeout(15)
+    body = b"Action=GetCallerIdentity&Version=2011-06-15"
+    request = (b"POST / HTTP/1.1\r\nHost: sts.amazonaws.com\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    cuts = range(1, len(request) + 1) if pieces == "byte at a time" else (4, len(request))
+    start = 0
+    for cut in cuts:
+        tls.sendall(request[start:cut])
+        start = cut
+        time.sleep(0.1 if cut <= 8 else 0)  # each of the first bytes on its own, as a slow client sends them
+    answer = http.client.HTTPResponse(tls)
+    answer.begin()
+    text = answer.read().decode()
+    tls.close()
+    assert answer.status == 200 and f"assumed-role/agent-role/{sub}" in text, text
+    recs = [r for r in gateway.records() if r["principal"] == sub]
+    assert [(r["action"], r["decision"], r["status"]) for r in recs] == [("sts:GetCallerIdentity", "allow", 200)]

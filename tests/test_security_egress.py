@@ -292,3 +292,38 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
     new = resolving_gateway.records()[before_records:]
     assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:egress", new
 
+
+
+@pytest.mark.parametrize("first", [b"P", b"PO", b"POST", b"POST /"])
+def test_a_request_begun_in_small_pieces_is_not_relayed_raw(resolving_gateway, listeners, issuer, first):
+    """An intercepted tunnel whose first bytes are too few to look like HTTP (a slow client, one
+    that writes the verb on its own) is still read as HTTP. mitmproxy took such a start for another
+    protocol and relayed the tunnel raw to the host: no stage read it, so a request with no token,
+    or signed with keys of the agent's own, reached the endpoint undecided, unsigned by the gateway
+    and unrecorded. Here it carries no token, and is refused as any request without one is."""
+    _, allowed = listeners
+    before, seen = len(resolving_gateway.records()), len(allowed.received)
+    s, head = connect(resolving_gateway.port, f"{OWNED}:{allowed.port}", None)  # no proxy credentials
+    assert head.startswith(b"HTTP/1.1 200"), head
+    tls = ssl.create_default_context(cafile=str(resolving_gateway.ca_file)).wrap_socket(s, server_hostname=OWNED)
+    tls.settimeout(15)
+    body = b'{"Bucket": "exfiltration"}'
+    request = (b"POST / HTTP/1.1\r\nHost: " + OWNED.encode() + b"\r\nContent-Type: application/json\r\n"
+               b"Authorization: AWS4-HMAC-SHA256 Credential=AKIAAGENTSOWNKEY/20260101/us-east-1/execute-api/aws4_request, "
+               b"SignedHeaders=host, Signature=" + b"0" * 64 + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert request.startswith(first)
+    tls.sendall(first)
+    time.sleep(0.5)
+    tls.sendall(request[len(first):])
+    answer = http.client.HTTPResponse(tls)
+    try:
+        answer.begin()
+        status, text = answer.status, answer.read().decode()
+    except (OSError, http.client.HTTPException) as e:
+        status, text = None, repr(e)
+    tls.close()
+    time.sleep(0.5)
+    assert len(allowed.received) == seen, f"the tunnel's bytes went to its host: {allowed.received[seen:]!r:.200}"
+    assert status == 403 and "no token was presented" in text, text
+    new = [r for r in resolving_gateway.records()[before:] if r["host"] == OWNED]
+    assert len(new) == 1 and (new[0]["outcome"], new[0]["decision"]) == ("refused", "deny"), new
