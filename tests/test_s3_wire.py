@@ -118,3 +118,30 @@ def test_an_expired_presigned_url_is_refused_as_aws_would(gateway, token_file, t
     assert fetch(gateway, env, long).text == "gone soon"
     [refused] = [x for x in gateway.records() if x["principal"] == f"expired-{signature}" and x["status"] == 403]
     assert (refused["outcome"], refused["rule"], refused["action"]) == ("refused", "agentgate:egress", "s3:GetObject")
+
+
+def test_a_presigned_post_is_refused_saying_what_to_use_instead(gateway, token_file, tmp_path):
+    """boto3's generate_presigned_post (S3's browser-form upload, POST Object) is not supported
+    (README): the agent's HTTP client is told so in S3's error shape, with the calls that do work,
+    and the record says the same; a presigned PUT of the same object goes through."""
+    env = agent(gateway, token_file, tmp_path, sub="form-poster")
+    post, put = check(run_agent(env, textwrap.dedent("""
+        import json, boto3
+        s3 = boto3.client("s3")
+        try:
+            s3.create_bucket(Bucket="presigned")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        print(json.dumps([s3.generate_presigned_post("presigned", "form.txt"),
+                          s3.generate_presigned_url("put_object", Params={"Bucket": "presigned", "Key": "form.txt"})]))
+    """)))
+    token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
+    kw = dict(proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)), timeout=30)
+    r = httpx.post(post["url"], data=post["fields"], files={"file": ("form.txt", b"from a form")}, **kw)
+    assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text, r.text
+    assert "browser-form upload (POST Object" in r.text and "upload with put_object, or a presigned PUT URL" in r.text
+    [rec] = [x for x in gateway.records() if x["principal"] == "form-poster" and x["method"] == "POST"]
+    assert (rec["action"], rec["decision"], rec["outcome"]) == ("unknown", "deny", "refused")
+    assert "upload with put_object" in rec["reason"]
+    assert httpx.put(put, content=b"from a presigned PUT", **kw).status_code == 200
+    assert fetch(gateway, env, put).text == "from a presigned PUT"  # the gateway signs again: GET reads it

@@ -2376,6 +2376,11 @@ class Classifier:
                 found = self.resolve_rest(dataclasses.replace(request, path=request.path[:-1]), candidates, endpoint)
                 if isinstance(found, Resolution):
                     return found
+            if (request.method == "POST" and any(e.name == "s3" for e in candidates)
+                    and request.headers.get("content-type", "").lower().startswith("multipart/form-data")):
+                return (f"POST {request.path[:200]} is S3's browser-form upload (POST Object, what boto3's "
+                        "generate_presigned_post makes), which no botocore model has and agentgate cannot sign "
+                        "again: upload with put_object, or a presigned PUT URL (generate_presigned_url('put_object'))")
             return (f"{request.method} {request.path[:200]} matches no operation of "
                     f"{', '.join(e.name for e in candidates)}")
         _, routing, route, match = best
