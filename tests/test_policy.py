@@ -736,6 +736,75 @@ def test_a_misspelt_or_misused_function_is_a_load_error_not_a_rule_that_never_ma
     ]
 
 
+def test_a_string_in_double_quotes_or_an_unquoted_boolean_is_a_load_error_not_a_test_for_null(tmp_path):
+    """In jmespath "prod-data" is a field name and true unquoted a field named true: both read null,
+    so `department == "platform"` matched every principal without a department claim, the deny on
+    "prod-data" never denied, and approvers written `contains(groups, "sre")` matched no one."""
+    write(tmp_path, "a.yaml", """
+        version: 1
+        roles:
+          - principal: {claims: 'department == "platform"'}
+            role_arn: arn:aws:iam::123456789012:role/platform
+        rules:
+          - id: no-prod-writes
+            action: s3:PutObject
+            when: 'resource[?starts_with(@, "prod-")]'
+            decision: deny
+          - id: deletes
+            action: s3:DeleteObject
+            decision: approve
+            approvers: {claims: 'contains(groups, "sre")'}
+          - id: key-enabled
+            action: s3:PutObject
+            when: "params.BucketKeyEnabled == true"
+            decision: deny
+          - id: many-keys
+            action: s3:ListBucket
+            when: "params.MaxKeys > 100"
+            decision: deny
+    """)
+    assert errors_of(tmp_path) == [
+        "a.yaml:3: bad jmespath in principal.claims `department == \"platform\"`: \"platform\" in double quotes is "
+        "a field name in jmespath, not a string, and reads as null where nothing has a member so named: write "
+        "'platform' in single quotes (for the member so named, @.\"platform\")",
+        "a.yaml:8: rule no-prod-writes: bad jmespath in when `resource[?starts_with(@, \"prod-\")]`: \"prod-\" in "
+        "double quotes is a field name in jmespath, not a string, and reads as null where nothing has a member so "
+        "named: write 'prod-' in single quotes (for the member so named, @.\"prod-\")",
+        "a.yaml:13: bad jmespath in approvers.claims `contains(groups, \"sre\")`: \"sre\" in double quotes is a "
+        "field name in jmespath, not a string, and reads as null where nothing has a member so named: write 'sre' "
+        "in single quotes (for the member so named, @.\"sre\")",
+        "a.yaml:16: rule key-enabled: bad jmespath in when `params.BucketKeyEnabled == true`: true unquoted is a "
+        "field name in jmespath, not the boolean, and reads as null: write `true` in backticks",
+        "a.yaml:20: rule many-keys: bad jmespath in when `params.MaxKeys > 100`: invalid token: Parse error at "
+        "column 17, token \"100\" (NUMBER), for expression: \"params.MaxKeys > 100\" ^; a number is written in "
+        "backticks in jmespath: `100`",
+    ]
+    # written as meant, they load and decide so; a quoted name read as a member (after a dot, or a
+    # namespaced claim as a function's first argument) is no slip
+    (tmp_path / "a.yaml").unlink()
+    ps = load(tmp_path, """
+        version: 1
+        roles:
+          - principal: {claims: "department == 'platform' || contains(\\"https://example.com/groups\\", 'platform')"}
+            role_arn: arn:aws:iam::123456789012:role/platform
+        rules:
+          - id: no-prod-writes
+            action: s3:PutObject
+            when: "params.Bucket == 'prod-data' || params.Metadata.\\"x-owner\\" == 'prod' || params.BucketKeyEnabled == `true`"
+            decision: deny
+          - id: writes
+            action: s3:PutObject
+            decision: allow
+    """)
+    assert ps.role_for(principal(claims={"department": "platform"})) is not None
+    assert ps.role_for(principal(claims={"https://example.com/groups": ["platform"]})) is not None
+    assert ps.role_for(principal(claims={})) is None
+    assert ps.evaluate(principal(), call("s3:PutObject", params={"Bucket": "prod-data"})).decision == "deny"
+    assert ps.evaluate(principal(), call("s3:PutObject", params={"Bucket": "b", "Metadata": {"x-owner": "prod"}})).decision == "deny"
+    assert ps.evaluate(principal(), call("s3:PutObject", params={"Bucket": "b", "BucketKeyEnabled": True})).decision == "deny"
+    assert ps.evaluate(principal(), call("s3:PutObject", params={"Bucket": "b"})).decision == "allow"
+
+
 def test_an_empty_file_or_a_link_to_nothing_is_an_error_not_a_file_left_out(tmp_path):
     write(tmp_path, "a.yaml", """
         version: 1

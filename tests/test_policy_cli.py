@@ -265,17 +265,22 @@ def test_check_warns_about_names_in_when_that_no_call_has(run, tmp_path):
               || operation == 'ListObjectsV2' || resource[0] || action || access_level || params.ACL
             decision: deny
           - {id: any-action, when: "params.anything == 'x'", decision: deny}
+          - {id: unset-key, action: s3:GetObject, when: "params.Key == null", decision: deny}
     """)
     result = run("check", str(tmp_path))
     assert result.exit_code == 0, result.output
     out = result.output
+    # `null` unquoted is a field named null, which reads as null: it works, but is not what it says
+    assert ("p.yaml:16: warning: rule unset-key: when reads null, which is not a fact (params, principal, resource, "
+            "region, account, service, operation, action, access_level, roles): it is always null; jmespath's null "
+            "is written `null` in backticks") in out
     assert ("p.yaml:5: warning: rule typos: when reads params.bucket, which is not a parameter of any call the rule "
             "matches: it is always null; did you mean params.Bucket?") in out
     assert ("p.yaml:5: warning: rule typos: when reads principal.group, which is not a field of principal (sub, iss, "
             "groups, on_behalf_of, actors, claims): it is always null; did you mean principal.groups?") in out
     assert "p.yaml:5: warning: rule typos: when reads regoin, which is not a fact" in out and "did you mean region?" in out
     assert "rule fine" not in out and "any-action" not in out
-    assert "OK (3 warnings)" in out
+    assert "OK (4 warnings)" in out
 
 
 def test_check_warns_about_a_rule_whose_action_and_access_level_contradict(run, tmp_path):

@@ -63,6 +63,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jmespath.functions
+import jmespath.lexer
 import jmespath.visitor
 import yaml
 
@@ -353,10 +354,57 @@ def _expression_problem(text: str) -> str | None:
     """Why a jmespath expression cannot be used, or None."""
     try:
         compile_expression(text)
+    except jmespath.exceptions.ParseError as e:
+        if getattr(e, "token_type", None) == "NUMBER":  # `params.MaxKeys > 100`: a number is a literal
+            return (f"{_jmespath_message(e)}; a number is written in backticks in jmespath: "
+                    f"`{e.token_value}`")
+        return _jmespath_message(e)
     except jmespath.exceptions.JMESPathError as e:
         return _jmespath_message(e)
     except RecursionError:
         return "it nests too deeply"
+    return _literal_slip(text)
+
+
+_COMPARATORS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte"})
+_VALUE_TOKENS = frozenset({"literal", "number"})
+
+
+def _literal_slip(text: str) -> str | None:
+    """A value meant as a string or a boolean that jmespath reads as a field name, or None.
+
+    ``"prod-data"`` in double quotes is a quoted identifier, not a string, and ``true`` unquoted is
+    a field named true: in a comparison or as a function's argument beyond the first
+    (``params.Bucket == "prod-data"``, ``contains(groups, "sre")``, ``params.Enabled == true``)
+    either reads a member no call or token has, null, so the condition silently tests for null
+    instead (a deny that never denies, a claim that matches every principal without the claim).
+    A quoted name after a dot (``params.Item."user-id"``, ``@."https://example.com/roles"``) or as
+    a function's first argument (``contains("https://example.com/groups", 'sre')``) is a member
+    read, as meant."""
+    try:
+        tokens = list(jmespath.lexer.Lexer().tokenize(text))
+    except jmespath.exceptions.JMESPathError:
+        return None
+    for i, token in enumerate(tokens):
+        kind = token["type"]
+        quoted = kind == "quoted_identifier"
+        if not quoted and not (kind == "unquoted_identifier" and token["value"] in ("true", "false")):
+            continue
+        before = tokens[i - 1]["type"] if i else None
+        after = tokens[i + 1]["type"] if i + 1 < len(tokens) else None
+        if before == "dot":
+            continue
+        compared_with = tokens[i + 2]["type"] if after in _COMPARATORS and i + 2 < len(tokens) else None
+        if not (before in _COMPARATORS or before == "comma"
+                or (compared_with is not None and compared_with not in _VALUE_TOKENS | {"quoted_identifier"})):
+            continue
+        name = token["value"]
+        if quoted:
+            return (f"\"{name}\" in double quotes is a field name in jmespath, not a string, and reads as null "
+                    f"where nothing has a member so named: write '{name}' in single quotes (for the member so "
+                    f"named, @.\"{name}\")")
+        return (f"{name} unquoted is a field name in jmespath, not the boolean, and reads as null: write `{name}` "
+                "in backticks")
     return None
 
 
@@ -2549,7 +2597,8 @@ def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[s
         where = {"root": "", "principal": "principal.", "params": "params."}[context]
         out.append((rule.file, rule.when_line, f"warning: rule {rule.id}: when reads {where}{name}, which is not {what}"
                     + (f" ({', '.join(names)})" if context != "params" else "")
-                    + ": it is always null" + (f"; did you mean {where}{near[0]}?" if near else "")))
+                    + ": it is always null" + (f"; did you mean {where}{near[0]}?" if near else "")
+                    + ("; jmespath's null is written `null` in backticks" if (context, name) == ("root", "null") else "")))
     return out
 
 
