@@ -67,14 +67,15 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
     approvals = approvals if approvals is not None else Approvals(store)
     masking = Masking(fingerprint_key)
     recorder = Recorder(store, fail_open=settings.fail_open, masking=masking)
+    policy = Policy(policies, approvals, store)
     return [
         Arrivals(recorder),  # a call is in flight from its first hook (a stopping gateway keeps its connection)
         Egress.from_settings(settings),
         Auth(validator),
         Classify(),
-        Policy(policies, approvals, store),
+        policy,
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
-                 mask=lambda call: masking.masker.params(call)[0]),
+                 mask=lambda call: masking.masker.params(call)[0], redecide=policy.redecide),
         Signer(broker, settings.upstream, settings.upstream_timeout),
         masking,
         recorder,

@@ -33,7 +33,7 @@ from .core.approvals import (ApprovalError, Approvals, TooManyPending, Unvouched
 from .core.awserrors import Refusal
 from .core.records import new_id
 from .core.store import StoreError
-from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, PRINCIPAL, RECORD_ID, RELEASED, answer, due
+from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, POLICIES, PRINCIPAL, RECORD_ID, RELEASED, answer, due
 
 log = logging.getLogger("agentgate.approval")
 
@@ -92,8 +92,12 @@ def client_gone(flow: http.HTTPFlow) -> bool:
 
 class Approval:
     def __init__(self, approvals: Approvals, hold: float = 20.0, *, notifier=None, console_url: str = "",
-                 mask=None) -> None:
+                 mask=None, redecide=None) -> None:
         self.approvals = approvals
+        # flow -> (decision, policy set) of the version in force, when another decided the call
+        # (policy.Policy.redecide): a call held while a policy change is put in force is released
+        # only as that change decides it
+        self.redecide = redecide
         self.hold = hold
         self.mask = mask  # call -> its parameters as approvers see them (as the record keeps them)
         self.notifier = notifier
@@ -211,9 +215,14 @@ class Approval:
         if state == "approved":
             store = self.approvals.store
             decision = flow.metadata.get(DECISION)
+            if self.redecide is not None and (again := self.redecide(flow)) is not None:
+                decision = self._under_new_version(flow, got, decision, *again)
+                if decision is None:
+                    return
             try:
                 taken = await self._in_store(self.approvals.take, approval_id=got.id,
-                                             call_id=flow.metadata.get(RECORD_ID), decision=decision)
+                                             call_id=flow.metadata.get(RECORD_ID),
+                                             decision=decision if decision.decision == "approve" else None)
             except Unvouched as e:
                 self._refuse(flow, "AccessDenied", f"{a.action} needs a human approval, and {e}", got)
                 return
@@ -240,6 +249,29 @@ class Approval:
             self._refuse(flow, "ApprovalExpired", expired_message(got, used=True), got)
             return
         self._refuse(flow, "ApprovalExpired", expired_message(got, used=state == "used"), got)
+
+    def _under_new_version(self, flow: http.HTTPFlow, got: ApprovalInfo, held, decision, policies):
+        """A held call approved after a policy version other than the one that held it was put in
+        force is decided by the version in force, as a retry of it would be: the decision it is
+        released under (approve: the approval is used only if an approver of the rule now deciding
+        gave it; allow: the approval is used up, no longer needed); None once it is refused, because
+        that version denies it or runs it as another role than the one approved."""
+        call = flow.metadata[CALL]
+        flow.metadata[DECISION], flow.metadata[POLICIES], flow.metadata[APPROVAL] = decision, policies, got
+        now = f"policy version {policies.version}, put in force while the call was held"
+        if decision.decision == "deny":
+            rule = f"rule {decision.rule!r}" if decision.rule else "the default rule"
+            self._refuse(flow, "AccessDenied", f"agentgate denied {call.action} by {rule}: {decision.reason} "
+                         f"({now}; approval {got.id} releases nothing)", got)
+            return None
+        role = decision.role.role_arn if decision.role is not None else None
+        if role != (held.role.role_arn if held is not None and held.role is not None else None):
+            why = f"{now}, runs it as {role or 'no role'}, not the role approved ({got.role or 'none'})"
+            self._refuse(flow, "AccessDenied", withdrawn_message(got, why, decision), got)
+            return None
+        log.info("approval %s: %s, decides %s %s (%s)", got.id, now, call.action, decision.decision,
+                 decision.rule or "the default")
+        return decision
 
     async def _client_left(self, a: ApprovalInfo) -> None:
         """Mark ``a`` in the store: a try of its call left before its hold ended, so that a retry

@@ -105,16 +105,33 @@ class Policy:
         self.store.keep_policy_version(current.version, current.text)
         self.kept.add(current.version)
 
-    async def _run(self, flow: http.HTTPFlow) -> None:
+    def _decide(self, flow: http.HTTPFlow, current: PolicySet):
+        """The decision of ``current`` for the flow's call, with the role an access grant in force for
+        the principal gives (then in the flow's APPROVAL)."""
         principal = flow.metadata[PRINCIPAL]
-        call = flow.metadata[CALL]
-        current = self.policies.current
         self._keep_text(current)
-        decision = current.evaluate(principal, call)
+        decision = current.evaluate(principal, flow.metadata[CALL])
         if self.grants is not None and (grant := self.grants.grant_for(principal)) is not None:
             if (role := granted_role(current, grant)) is not None:
                 decision = dataclasses.replace(decision, role=role)
                 flow.metadata[APPROVAL] = grant
+        return decision
+
+    def redecide(self, flow: http.HTTPFlow):
+        """For a call an earlier policy version decided (one held for approval while a change was put
+        in force): (the decision of the version in force now, that version); None while the version
+        that decided it is still in force."""
+        current = self.policies.current
+        decided = flow.metadata.get(POLICIES)
+        if decided is None or current.version == decided.version:
+            return None
+        return self._decide(flow, current), current
+
+    async def _run(self, flow: http.HTTPFlow) -> None:
+        principal = flow.metadata[PRINCIPAL]
+        call = flow.metadata[CALL]
+        current = self.policies.current
+        decision = self._decide(flow, current)
         flow.metadata[DECISION] = decision
         flow.metadata[POLICIES] = current
         if decision.decision == "deny":

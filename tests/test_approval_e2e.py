@@ -244,6 +244,40 @@ def test_a_held_call_is_released_by_an_approval_during_the_hold(long_hold, issue
     assert not [line for line in verified.splitlines() if line.startswith("note: approval event")], verified
 
 
+def test_a_held_call_approved_after_a_policy_change_that_denies_it_is_denied(long_hold, issuer, bucket):
+    """An operator freezes what a call held for approval would change; an approver, not knowing,
+    approves it: the call is decided by the version in force when it is released, as its retry
+    would be, and the object stays."""
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    client.put_object(Bucket=bucket, Key="frozen", Body=b"evidence")
+    result = {}
+
+    def agent():
+        result["error"] = held(lambda: client.delete_object(Bucket=bucket, Key="frozen"))
+
+    t = threading.Thread(target=agent)
+    t.start()
+    freeze = gw.home / "policies" / "zz-freeze.yaml"
+    try:
+        asked = wait_for(lambda: [a for a in pending(gw) if a["resources"] == [f"{bucket}/frozen"]])[0]
+        freeze.write_text("version: 1\nrules:\n  - id: frozen\n    action: s3:DeleteObject\n"
+                          "    when: \"params.Key == 'frozen'\"\n    decision: deny\n    reason: the object is evidence\n")
+        time.sleep(1.2)  # the gateway looks for changes every second
+        approve(gw, issuer, asked["id"], "alice", ("sre",))
+        t.join(15)
+    finally:
+        freeze.unlink(missing_ok=True)
+    code, message, approval_id = result["error"]
+    assert (code, approval_id) == ("AccessDenied", asked["id"])
+    assert "by rule 'frozen': the object is evidence" in message and "put in force while the call was held" in message
+    [rec] = record_of(gw, asked["id"])
+    assert (rec["decision"], rec["rule"], rec["outcome"], rec["status"]) == ("deny", "frozen", "refused", 403)
+    held_by = json.loads(gw.cli("approvals", "show", asked["id"], "--json").stdout)["policy_version"]
+    assert held_by and rec["policy_version"] != held_by and rec["policy_version"] in gw.cli("policy", "versions").stdout
+    assert client.get_object(Bucket=bucket, Key="frozen")["Body"].read() == b"evidence"
+
+
 def test_a_denial_during_the_hold_answers_with_the_reason(long_hold, issuer, bucket):
     gw = long_hold
     client = s3(gw, issuer.mint("agent-1"))
