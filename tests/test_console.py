@@ -224,3 +224,33 @@ def test_what_would_not_show_as_written_is_written_out_on_the_card(gw, issuer, b
         assert result["error"][0] == "ApprovalDenied"
     finally:
         page.close()
+
+
+def test_line_breaks_tabs_and_runs_of_spaces_show_as_written_on_one_line(gw, issuer, browser):
+    """A resource is shown on one line, where HTML would show a line break or a tab as a space and
+    two spaces as one: "a\\nb", "a\\tb", "a  b" and "a b" are four keys. The card writes out line
+    breaks and tabs (as the command line does) and keeps runs of spaces; so does a reason in the
+    list of decisions. The parameters' JSON keeps its own escapes."""
+    page = browser.new_page()
+    try:
+        sign_in(page, gw, issuer)
+        client = s3(gw, issuer.mint("agent-lines"))
+        key = "lines/old  report\tfinal\nv2"
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key=key))))
+        t.start()
+        card = page.wait_for_selector(".approval:has-text('lines/')", timeout=10_000)
+        resource = card.query_selector("dd:nth-of-type(3)").inner_text()
+        assert resource == "approvals-bucket/lines/old  report\\tfinal\\nv2", resource
+        assert '"Key": "lines/old  report\\tfinal\\nv2"' in card.query_selector("pre").inner_text()
+        approval_id = card.get_attribute("data-id")
+        card.query_selector("input.reason").fill("two  spaces")
+        page.click(f"button[data-deny='{approval_id}']")
+        t.join(10)
+        assert result["error"][0] == "ApprovalDenied"
+        row = page.wait_for_selector(f"#decided tr:has-text('{approval_id}')", timeout=5_000)
+        cells = [c.inner_text() for c in row.query_selector_all("td")]
+        assert "s3:DeleteObject on approvals-bucket/lines/old  report\\tfinal\\nv2" in cells, cells
+        assert "two  spaces" in cells, cells
+    finally:
+        page.close()

@@ -63,7 +63,9 @@ MAX_BODY = 64 * 1024  # bytes of a request body the console reads
 PENDING_SHOWN = 200  # the pending approvals the page lists, oldest first; it says how many more there are
 PAGE = Path(__file__).with_name("page.html")
 # The page writes out what would not show as written (chain.WRITTEN_OUT: control and format
-# characters), and the line and paragraph separators, in whatever an agent or a token wrote
+# characters), and the line and paragraph separators, in whatever an agent or a token wrote; in a
+# value shown on one line (a resource, a principal, a reason: chain.ONE_LINE), line breaks and
+# tabs too, which the page would otherwise show as a space ("a\nb" and "a b" are other keys)
 def _character_class(codes: set[int]) -> str:
     runs: list[list[int]] = []
     for c in sorted(codes):
@@ -75,6 +77,7 @@ def _character_class(codes: set[int]) -> str:
 
 
 _HIDDEN_PATTERN = "/" + _character_class({*chain.WRITTEN_OUT, 0x2028, 0x2029}) + "/gu"
+_ONE_LINE_PATTERN = "/" + _character_class(set(chain.ONE_LINE)) + "/gu"
 CALL_FIELDS = ("id", "time", "principal", "on_behalf_of", "action", "resource", "decision", "rule", "outcome",
                "status", "approval_id", "approver", "latency_ms")
 
@@ -245,7 +248,8 @@ class Console:
     # -- pages -----------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("/__HIDDEN__/", _HIDDEN_PATTERN), headers={
+        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("/__HIDDEN__/", _HIDDEN_PATTERN)
+                            .replace("/__ONE_LINE__/", _ONE_LINE_PATTERN), headers={
             "cache-control": "no-store",
             "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                        "connect-src 'self'; frame-ancestors 'none'",
