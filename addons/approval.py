@@ -5,7 +5,9 @@ without blocking anything else. Approved in that time, it goes on (the signer si
 release, so the wait never ages a signature); denied, it gets ``ApprovalDenied`` with the
 approver's reason; still undecided, ``ApprovalPending``: a 403 that SDKs do not retry, naming the
 approval, the action, the resource and the command that approves it. The same call retried after
-approval goes through once; after the approval's expiry it gets ``ApprovalExpired``. A try whose
+approval goes through once; after the approval's expiry it gets ``ApprovalExpired``, as does a call
+still held when its approval expires (the approval is then marked expired, so that the retry asks
+anew). A try whose
 client leaves before its hold ends (a read timeout shorter than the hold) marks its approval in
 the store (``client_left``), and a retry joining a marked approval, on any worker or replica, is
 answered ``ApprovalPending`` at once rather than held again. An approval whose approver the rule
@@ -198,11 +200,17 @@ class Approval:
         await self._decide(flow, a)
 
     async def _decide(self, flow: http.HTTPFlow, a: ApprovalInfo) -> None:
+        # the hold ends at the approval's expiry when that comes first (a rule's short `expires`, a
+        # retry joining an approval near its end): then the call is told it expired, not that it
+        # is pending and can be approved (it no longer can)
+        at_expiry = a.expires is not None and a.expires.timestamp() - time.time() <= self.hold
         got = await self._hold(flow, a)
         if got == "gone":
             await self._client_left(a)
             self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url), a, outcome="client_gone")
             return
+        if got is None and at_expiry and not self.closing:
+            got = await self._at_expiry(a)
         if got is None:
             self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url, restarting=self.closing), a,
                          outcome="held")
@@ -272,6 +280,17 @@ class Approval:
         log.info("approval %s: %s, decides %s %s (%s)", got.id, now, call.action, decision.decision,
                  decision.rule or "the default")
         return decision
+
+    async def _at_expiry(self, a: ApprovalInfo) -> ApprovalInfo | None:
+        """``a`` as it stands once its expiry has passed (marked expired when still pending:
+        ``Approvals.expire_due``); None when the store cannot say (the call is then answered
+        ApprovalPending, as before)."""
+        await asyncio.sleep(max(0.0, a.expires.timestamp() - time.time()) + 0.01)
+        try:
+            return await self._in_store(self.approvals.expire_due, approval_id=a.id)
+        except (TimeoutError, StoreError, ApprovalError) as e:
+            log.warning("approval %s: could not read it at its expiry (%s)", a.id, e or type(e).__name__)
+            return None
 
     async def _client_left(self, a: ApprovalInfo) -> None:
         """Mark ``a`` in the store: a try of its call left before its hold ended, so that a retry

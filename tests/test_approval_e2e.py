@@ -390,6 +390,28 @@ def test_an_approval_expires_unused(short_hold, issuer, bucket):
     assert p.returncode == 1 and "expired" in p.stderr
 
 
+def test_a_call_held_until_its_approval_expires_is_told_it_expired(long_hold, issuer, bucket):
+    """The hold (20 s) outlasts the rule's approvals (2 s): the call waits until its approval
+    expires and is told so, not that it is pending and can be approved (no one can approve it
+    then); its retry asks for a new approval, rather than being told again that this one expired."""
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    started = time.time()
+    code, message, approval_id = held(lambda: client.delete_object_tagging(Bucket=bucket, Key="held-to-expiry"))
+    assert time.time() - started < 6
+    assert code == "ApprovalExpired", message
+    assert "expired" in message and "before anyone decided it" in message
+    assert "retry the call to ask for a new approval" in message
+    [record] = record_of(gw, approval_id)
+    assert record["outcome"] == "refused" and "ApprovalExpired" in (record["error"] or ""), record["error"]
+    with console(gw) as c:  # as the approvers see it: expired, with its event
+        shown = c.get(f"/api/approvals/{approval_id}").json()
+    assert shown["approval"]["status"] == "expired"
+    assert [e["event"] for e in shown["history"]] == ["requested", "expired"]
+    code, _, next_id = held(lambda: client.delete_object_tagging(Bucket=bucket, Key="held-to-expiry"))
+    assert code == "ApprovalExpired" and next_id not in (None, approval_id)
+
+
 def test_an_approval_releases_nobody_elses_call(short_hold, issuer, bucket):
     gw = short_hold
     mine, theirs = s3(gw, issuer.mint("agent-1")), s3(gw, issuer.mint("agent-2"))

@@ -801,6 +801,28 @@ class Approvals:
                             "run `agentgate verify` and decide it again where keys/chain.key can be read",
                             approval)
 
+    def expire_due(self, approval_id: str, now: dt.datetime | None = None, *,
+                   deadline: float | None = None) -> Approval | None:
+        """(The gateway, when a call's hold ends at its approval's expiry.) The approval as it
+        stands, marked expired (with its event) when it is pending past its expiry, as a retry of
+        its call would mark it: the held call is answered ApprovalExpired, and its retry asks for a
+        new approval rather than being told again that this one expired. None when there is no
+        such approval. ``deadline`` is taken as ``_in_store`` gives it."""
+        now = now or _now()
+        c = self.table.c
+        try:
+            with self._changing() as conn:
+                row = conn.execute(select(self.table).where(c.id == approval_id)).first()
+                if row is None:
+                    return None
+                a = Approval.from_row(row)
+                if a.status == "pending" and a.state(now) == "expired":
+                    self._expire(conn, a, now)
+                    a = dataclasses.replace(a, status="expired")
+        except SQLAlchemyError as e:
+            raise self._unavailable(e) from None
+        return a
+
     def _expire(self, conn: Any, a: Approval, now: dt.datetime) -> None:
         c = self.table.c
         if conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(status="expired")).rowcount:
