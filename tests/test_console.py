@@ -254,3 +254,32 @@ def test_line_breaks_tabs_and_runs_of_spaces_show_as_written_on_one_line(gw, iss
         assert "two  spaces" in cells, cells
     finally:
         page.close()
+
+
+def test_a_token_or_reason_holding_a_lone_surrogate_or_nul_is_answered_not_an_error_page(gw, issuer):
+    """JSON can carry what no stored text holds (``\\ud800``, a lone surrogate; ``\\u0000``): a
+    token holding one is refused as any token that is not one, and a reason holding them is stored
+    with U+FFFD in their place (PostgreSQL refuses NUL, and the console said its store could not
+    be reached), not answered 500."""
+    json_body = {"content-type": "application/json"}
+    with httpx.Client(base_url=base(gw), trust_env=False) as c:
+        for token in (b'"\\ud800"', b'"a\\ud800.b.c"', b'"agentgate-console-session.\\ud800.x"'):
+            r = c.post("/api/login", content=b'{"token": ' + token + b"}", headers=json_body)
+            assert r.status_code == 401 and "neither the local admin token nor an OIDC token" in r.json()["error"]
+    client = s3(gw, issuer.mint("agent-odd"))
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key="odd"))))
+    t.start()
+    with console(gw) as c:
+        asked = wait_for(lambda: [a for a in c.get("/api/state").json()["pending"] if a["principal"] == "agent-odd"])[0]
+        r = c.post(f"/api/approvals/{asked['id']}/deny", content=b'{"reason": "no\\u0000pe \\ud800 sorry"}',
+                   headers=json_body)
+        assert r.status_code == 200, r.text
+        assert r.json()["approval"]["reason"] == "no\ufffdpe \ufffd sorry"
+        history = c.get(f"/api/approvals/{asked['id']}").json()["history"]
+        assert history[-1]["reason"] == "no\ufffdpe \ufffd sorry"
+    t.join(10)
+    code, message, _ = result["error"]
+    assert code == "ApprovalDenied" and "no\ufffdpe \ufffd sorry" in message
+    assert "Traceback" not in gw.log()
+    assert gw.cli("verify").returncode == 0

@@ -221,6 +221,8 @@ class Console:
         """(principal, "") for a token that may use the console, else (None, why not)."""
         if not token:
             return None, "sign in with an approver's OIDC token or the local admin token (keys/admin.token)"
+        if not token.isascii():  # every token is ASCII (base64url, hex): not one, whatever it holds
+            return None, "the token is neither the local admin token nor an OIDC token this gateway accepts"
         if token.startswith(SESSION_PREFIX):
             principal, why = self.sessions.principal(token)
             if principal is not None and not is_admin(principal) and not self.may_view(principal):

@@ -304,6 +304,14 @@ def who(principal: Any) -> str:
 # Approvals as the code reads them
 
 
+def _reason(reason: str | None) -> str | None:
+    """An approver's reason as it is stored: stripped (None when nothing is left), and without NUL
+    or lone surrogates (``chain.clean_str``), which PostgreSQL refuses and SQLite would keep (a
+    reason typed or pasted in the console can hold them: JSON's ``\u0000``, ``\ud800``)."""
+    reason = chain.clean_str((reason or "").strip())
+    return reason or None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
@@ -987,7 +995,7 @@ class Approvals:
                channel: str = "cli", now: dt.datetime | None = None) -> Approval:
         """Approve or deny a pending approval (or grant request) as ``approver``."""
         now = now or _now()
-        reason = (reason or "").strip() or None
+        reason = _reason(reason)
         if not approve and not reason:
             raise ApprovalError("a denial needs a reason: the agent's error shows it")
         self._require_key()
@@ -1089,10 +1097,10 @@ class Approvals:
         try:
             with self._changing() as conn:
                 changed = conn.execute(update(self.table).where(c.id == a.id, c.status == "approved").values(
-                    status="revoked", revoked=now, revoked_by=who(by), revoke_reason=(reason or "").strip() or None,
+                    status="revoked", revoked=now, revoked_by=who(by), revoke_reason=_reason(reason),
                     expires=now)).rowcount
                 if changed == 1:
-                    self._event(conn, a.id, "revoked", now, actor=who(by), reason=(reason or "").strip() or None,
+                    self._event(conn, a.id, "revoked", now, actor=who(by), reason=_reason(reason),
                                 channel=channel)
                     self._notify(conn, a.id)
         except SQLAlchemyError as e:
