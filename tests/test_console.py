@@ -283,3 +283,66 @@ def test_a_token_or_reason_holding_a_lone_surrogate_or_nul_is_answered_not_an_er
     assert code == "ApprovalDenied" and "no\ufffdpe \ufffd sorry" in message
     assert "Traceback" not in gw.log()
     assert gw.cli("verify").returncode == 0
+
+
+def test_the_console_link_an_agent_is_given_goes_to_its_approval(gw, issuer, browser):
+    """The link in an agent's ApprovalPending error and in the webhook's message (/#ap-...): once
+    signed in, the page goes to that approval's card, far down a long list, and puts the cursor in
+    its reason, so that an approver following it decides that one; an approval no longer pending
+    is said to be, with who decided it."""
+    import datetime as dt
+
+    from tests.support.approvals import insert_approvals
+
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {"kind": "call", "action": "s3:DeleteObject", "status": "pending", "expires": now + dt.timedelta(hours=1),
+           "principal": "agent-many", "params": {"Bucket": BUCKET}}
+    insert_approvals(f"sqlite:///{gw.db_path}", [
+        {**row, "id": f"ap-link{n:07d}", "binding_hash": f"{n + 7000:064d}", "resources": [f"{BUCKET}/many/{n}"],
+         "requested": now - dt.timedelta(minutes=50) + dt.timedelta(seconds=n)} for n in range(40)])
+    client = s3(gw, issuer.mint("agent-linked"))
+    result: dict = {}
+
+    def agent():
+        try:
+            result["status"] = client.delete_object(Bucket=BUCKET, Key="linked")["ResponseMetadata"]["HTTPStatusCode"]
+        except Exception as e:  # noqa: BLE001
+            result["error"] = e
+
+    t = threading.Thread(target=agent)
+    t.start()
+    with console(gw) as c:
+        approval_id = wait_for(lambda: [a["id"] for a in c.get("/api/state").json()["pending"]
+                                        if a["principal"] == "agent-linked"])[0]
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        link = f"{base(gw)}/#{approval_id}"
+        page.goto(link)
+        page.fill("#token", issuer.mint("alice", groups=["sre"]))
+        page.keyboard.press("Enter")  # the sign-in form, from the keyboard
+        page.wait_for_selector(f"[id='{approval_id}'].linked", timeout=5_000)
+        top = page.evaluate(f"document.getElementById('{approval_id}').getBoundingClientRect().top")
+        assert -1 < top < 400, top  # in view, although 40 older approvals are listed above it
+        assert page.evaluate("document.activeElement.classList.contains('reason')")
+        assert page.evaluate("document.activeElement.closest('.approval').id") == approval_id
+        page.keyboard.type("ticket 7")
+        page.keyboard.press("Tab")  # to its Approve button
+        page.keyboard.press("Enter")
+        t.join(10)
+        assert result.get("status") == 204, result
+        # the same link, once the approval is used: what became of it
+        other = browser.new_page()
+        try:
+            other.goto(link)
+            other.fill("#token", issuer.mint("bob", groups=["sre"]))
+            other.click("#login-form button")
+            note = other.wait_for_selector("#linked-note:not([hidden])", timeout=5_000).inner_text()
+            assert f"Approval {approval_id}" in note and "is used by alice (console)" in note and "ticket 7" in note
+            assert "only a pending approval can be decided" in note
+            other.goto(f"{base(gw)}/#ap-000000000000")  # another link in the same tab, signed in
+            note = other.wait_for_selector("#linked-note:has-text('ap-000000000000')", timeout=5_000).inner_text()
+            assert "there is no approval 'ap-000000000000'" in note
+        finally:
+            other.close()
+    finally:
+        page.close()
