@@ -346,3 +346,50 @@ def test_the_console_link_an_agent_is_given_goes_to_its_approval(gw, issuer, bro
             other.close()
     finally:
         page.close()
+
+
+def test_from_the_keyboard_the_cursor_goes_on_to_the_next_card_once_one_is_decided(gw, issuer, browser):
+    """Deciding a card from the keyboard (a reason typed, Tab to Deny, Enter) removes the card; the
+    cursor then goes to the reason of the card that takes its place, not back to the top of the
+    page, from where the next card is every control of the page away. A decision refused (a denial
+    with no reason) puts the cursor back in the card's reason."""
+    import datetime as dt
+
+    from tests.support.approvals import insert_approvals
+
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {"kind": "call", "action": "s3:DeleteObject", "status": "pending", "expires": now + dt.timedelta(hours=1),
+           "principal": "agent-keys", "params": {"Bucket": BUCKET}}
+    ids = [f"ap-keys{n:08d}" for n in range(3)]
+    insert_approvals(f"sqlite:///{gw.db_path}", [
+        {**row, "id": i, "binding_hash": f"{n + 9000:064d}", "resources": [f"{BUCKET}/keys/{n}"],
+         "requested": now - dt.timedelta(hours=2) + dt.timedelta(seconds=n)} for n, i in enumerate(ids)])
+    page = browser.new_page()
+    try:
+        sign_in(page, gw, issuer)
+        page.wait_for_selector(f"[id='{ids[2]}']", timeout=5_000)
+        page.focus(f"[id='{ids[0]}'] input.reason")
+        page.keyboard.press("Tab")  # Approve
+        page.keyboard.press("Tab")  # Deny, with no reason: refused, and the cursor is back in the reason
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f"[id='{ids[0]}'] .error:has-text('needs a reason')", timeout=5_000)
+        assert page.evaluate("[document.activeElement.className, document.activeElement.closest('.approval')?.id]") \
+            == ["reason", ids[0]]
+        page.keyboard.type("not these")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f"[id='{ids[0]}']", state="detached", timeout=5_000)
+        focused = page.evaluate("[document.activeElement.className, document.activeElement.closest('.approval')?.id]")
+        assert focused == ["reason", ids[1]], focused
+        page.keyboard.type("nor this")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f"[id='{ids[1]}']", state="detached", timeout=5_000)
+        assert page.evaluate("document.activeElement.closest('.approval')?.id") == ids[2]
+        with console(gw) as c:
+            assert [c.get(f"/api/approvals/{i}").json()["approval"]["reason"] for i in ids[:2]] == ["not these", "nor this"]
+            c.post(f"/api/approvals/{ids[2]}/deny", json={"reason": "cleanup"})
+    finally:
+        page.close()
