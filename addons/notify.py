@@ -92,6 +92,7 @@ def _params_text(params: Any) -> str:
     """An approval's parameters (masked as stored) as one line of JSON, cut to PARAMS_SHOWN."""
     text = json.dumps(params, ensure_ascii=False, separators=(", ", ": "), sort_keys=True, default=str)
     text = text.replace("`", "'")  # the message quotes it in backticks
+    text = text.translate(ONE_LINE)  # format characters (a right-to-left override) written out, as on the other lines
     return text if len(text) <= PARAMS_SHOWN else text[:PARAMS_SHOWN] + f"… ({len(text)} characters: see the console)"
 
 

@@ -463,3 +463,10 @@ def test_an_approvals_message_keeps_what_an_agent_wrote_on_its_line(approvals):
     listed = CliRunner().invoke(approvals_cli.approvals, ["list", "--db", approvals.store.url])
     assert listed.exit_code == 0, listed.output
     assert not any(line.lstrip().startswith(("rule tmp-cleanup", "Approvers:")) for line in listed.output.splitlines())
+    # the parameters' line too: a right-to-left override or a zero-width space an agent put in a key
+    # is written out there, as on the resource's line, not left to reorder or hide what is read
+    hidden = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1\u202egpj.exe", "i-\u200b2"))
+    params_line = [line for line in message(hidden.approval, "requested")["text"].splitlines()
+                   if line.startswith("Parameters:")][0]
+    assert "\u202e" not in params_line and "\u200b" not in params_line, params_line
+    assert "i-1\\u202egpj.exe" in params_line and "i-\\u200b2" in params_line, params_line
