@@ -12,7 +12,8 @@ import time
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, delete, insert, select, update
+from sqlalchemy import create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from addons.core import chain
@@ -263,6 +264,40 @@ def test_replicas_and_the_cli_deciding_at_once_keep_one_unbroken_chain(db_url):
     assert len({e["writer"] for e in chained}) == 4
     result = verify(db_url, KEY)
     assert result.ok and (result.approval_events, result.approvals_held) == (48, 24), result.problems
+
+
+def test_approvals_that_change_while_verify_reads_the_store_are_not_reported(db_url):
+    """`agentgate verify` on a store that running gateways keep writing: an approval asked for, and
+    another used, after verify read the approval events and before it read the approvals, were
+    reported as "has no event: it was written or changed outside agentgate" and "does not read as
+    its latest event left it: the row was altered afterwards", on a healthy store (exit 1). verify
+    reads the store as it was at one moment."""
+    approvals = _approvals(db_url)
+    used = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-used")).approval
+    approvals.decide(used.id, SRE, approve=True)
+    gateway, read = approvals.engine, []
+
+    def meanwhile(conn, cursor, statement, *args) -> None:
+        if conn.engine is gateway or "done" in read:
+            return
+        if "FROM approval_events" in statement:
+            read.append("events")
+        elif "FROM approvals" in statement and "events" in read:
+            read.append("done")  # a gateway asks for one approval and uses another, now
+            approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-asked"))
+            assert approvals.take(used.id) is not None
+
+    event.listen(Engine, "before_cursor_execute", meanwhile)
+    try:
+        result = verify(db_url, KEY)
+    finally:
+        event.remove(Engine, "before_cursor_execute", meanwhile)
+        approvals.engine.dispose()
+    assert read == ["events", "done"]
+    assert result.ok, result.problems
+    assert (result.approval_events, result.approvals_held) == (2, 1)  # the store as it was when verify began
+    again = verify(db_url, KEY)
+    assert again.ok and (again.approval_events, again.approvals_held) == (4, 2), again.problems
 
 
 def test_approvals_already_in_a_store_are_covered_from_the_migration_on(db_url):

@@ -876,6 +876,20 @@ class Store:
         except SQLAlchemyError as e:
             raise StoreUnavailable(f"cannot read the store at {self.where}: {_one_line(e)}") from None
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[Any]:
+        """As ``_reading``, with every read seeing the store as it was at the first of them, so that
+        what running gateways commit meanwhile is not seen in part (an approval's row without the
+        event committed with it, a row changed after its events were read): on PostgreSQL one
+        read-only REPEATABLE READ transaction, on SQLite one read transaction (in WAL mode it keeps
+        its snapshot while the writers go on)."""
+        with self._reading() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            else:
+                conn.exec_driver_sql("BEGIN")
+            yield conn
+
     # -- writing -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -2051,7 +2065,7 @@ def verify(url: str, chain_key: bytes | None = None, witnesses: Iterable[chain.W
         heads.setdefault(w.chain, {}).setdefault(w.seq, []).append(w)
         result.witnesses += 1
     try:
-        with store._reading() as conn:
+        with store._snapshot() as conn:  # as of one moment: gateways may be writing meanwhile
             checkpoints, result.problems = _checkpoints(conn)
             pruned = {writer: max((cp.seq for cp in cps if cp.kind == "prune"), default=0)
                       for writer, cps in checkpoints.items()}
