@@ -7,6 +7,7 @@ loads mitmproxy's core (options, proxy server, layer selection, TLS) and the age
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import linecache
 import logging
@@ -202,14 +203,16 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     from .core.policy import PolicyError, PolicyStore
     from .core.store import Store, StoreError
     from .core.store_process import StoreProcess
-    from .policy import check_in_background, log_policy_error
+    from .policy import Policy, PolicyWatch, check_in_background, log_policy_error
 
     listen_host, listen_port = parse_hostport(settings.listen, "listen")
     keys = Path(settings.keys)
     kind = StoreProcess if settings.store_writer == "process" else Store
     # the policies first: a gateway they stop creates no store
     try:
-        policies = PolicyStore(settings.policies, on_error=log_policy_error)
+        policies = PolicyStore(settings.policies, on_error=log_policy_error if not worker else
+                               functools.partial(log_policy_error, level=logging.DEBUG))
+        policies.quiet = bool(worker)  # with workers, the first one logs each version and each broken change
         current = policies.current
     except PolicyError as e:
         print(f"agentgate: the policies in {settings.policies} do not load:", file=sys.stderr)
@@ -257,6 +260,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     stages = chain(settings, store=store, policies=policies, validator=validator, broker=broker,
                    approvals=approvals, notifier=notifier, fingerprint_key=read_key(keys / "fingerprint.key"))
     holder = next(s for s in stages if isinstance(s, Approval))
+    deciding = next(s for s in stages if isinstance(s, Policy))
     recorder = next(s for s in stages if isinstance(s, Recorder))
     m.addons.add(*stages)
     m.addons.add(SwitchInterval())
@@ -277,8 +281,21 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         await asyncio.to_thread(store.close)
         return 2
     store.start()
-    if not worker:  # one process checks each version: the first worker, or the gateway when it is one process
-        policies.listen(check_in_background)
+    loop = asyncio.get_running_loop()
+
+    def put_in_force(policy_set) -> None:
+        """Each version put in force (by the watch's thread, or a call): its text kept in the store
+        (on the loop, as a call keeps it), and checked by one process: the first worker, or the
+        gateway when it is one process."""
+        try:
+            loop.call_soon_threadsafe(deciding.keep_text, policy_set)
+        except RuntimeError:  # the loop is closed: the gateway has stopped
+            return
+        if not worker:
+            check_in_background(policy_set)
+    policies.listen(put_in_force)
+    watch = PolicyWatch(policies)
+    watch.start(loop)
     await approvals.start()
     console = None
     if settings.console_listen:
@@ -287,7 +304,6 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
             may_view=approvers_of(policies, settings.grant_approvers), notifier=notifier,
             sessions_ended=keys / "console-sessions-ended").app)
 
-    loop = asyncio.get_running_loop()
     stopping = False
 
     def stop(signum: int) -> None:
@@ -338,11 +354,10 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
             _banner(settings, worker, listen_host, listen_port, store, created, current, console, m)
     m.addons.add(Listening(listening, heartbeat))
 
-    if worker:
-        return await _run_until_done(m, console, approvals, notifier, store, validator)
-    checking = None if validator is None else loop.create_task(_check_issuer(validator), name="agentgate-issuer-check")
+    checking = None if validator is None or worker else loop.create_task(_check_issuer(validator),
+                                                                         name="agentgate-issuer-check")
     try:
-        return await _run_until_done(m, console, approvals, notifier, store, validator)
+        return await _run_until_done(m, console, approvals, notifier, store, validator, watch)
     finally:
         if checking is not None:
             checking.cancel()
@@ -434,11 +449,12 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def _run_until_done(m, console, approvals, notifier, store, validator) -> int:
+async def _run_until_done(m, console, approvals, notifier, store, validator, watch) -> int:
     settle_heap()
     try:
         await m.run()
     finally:
+        watch.stop()  # no policy version put in force, nor its text kept, once the store closes
         if console is not None:
             await console.stop()
         await approvals.aclose()

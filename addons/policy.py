@@ -25,9 +25,62 @@ from .stage import APPROVAL, CALL, DECISION, POLICIES, PRINCIPAL, answer, due
 log = logging.getLogger("agentgate.policy")
 
 
-def log_policy_error(error: PolicyError) -> None:
+def log_policy_error(error: PolicyError, level: int = logging.ERROR) -> None:
     for line in error.errors:
-        log.error("policy change not applied, the last good version stays in force: %s", line)
+        log.log(level, "policy change not applied, the last good version stays in force: %s", line)
+
+
+class PolicyWatch:
+    """Looks for policy changes every ``check_interval`` whether calls come or not: a timer on the
+    gateway's event loop has ``PolicyStore.check_now`` run in a thread of its own, so that a reload
+    (reading and compiling every file) never holds the loop, and every agent's call with it. A new
+    version is in force, logged, its text kept in the store and checked within about a second of
+    its change, a broken one's errors logged as soon; calls in between are decided by the version
+    in force (``PolicyStore.current``, which leaves the looks to this timer)."""
+
+    def __init__(self, policies: PolicyStore) -> None:
+        self.policies = policies
+        self._executor = None
+        self._timer = None
+        self._loop = None
+
+    def start(self, loop) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._loop = loop
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentgate-policy-watch")
+        self.policies.timed = True
+        self._next()
+
+    def _next(self) -> None:
+        if self._executor is not None:
+            self._timer = self._loop.call_later(self.policies.check_interval, self._look)
+
+    def _look(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            looked = self._loop.run_in_executor(self._executor, self.policies.check_now)
+        except RuntimeError:  # stopped meanwhile
+            return
+        looked.add_done_callback(self._looked)
+
+    def _looked(self, looked) -> None:
+        if not looked.cancelled() and looked.exception() is not None:  # a bug: the calls go on looking
+            self.policies.timed = False
+            log.error("policy files: looking for changes failed (%r); calls look for them from now on",
+                      looked.exception())
+            return
+        self._next()
+
+    def stop(self) -> None:
+        """No look after this one; one under way ends by itself (the thread is not waited for)."""
+        executor, self._executor = self._executor, None
+        self.policies.timed = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 _checking = threading.Lock()  # one check at a time
@@ -94,8 +147,9 @@ class Policy:
         self.store = store  # keeps each policy version's text, once
         self.kept: set[str] = set()
 
-    def _keep_text(self, current) -> None:
-        """Have the text of a policy version stored the first time a call is decided by it: the
+    def keep_text(self, current) -> None:
+        """Have the text of a policy version stored once it is put in force (``PolicyWatch``), or
+        at the latest the first time a call is decided by it: the
         store's writer stores it before it commits the records of the calls it decided, and keeps
         every such version while the store cannot write, so that each version a record names has
         its text in the store (a version in force only while the store was down included). The
@@ -109,7 +163,7 @@ class Policy:
         """The decision of ``current`` for the flow's call, with the role an access grant in force for
         the principal gives (then in the flow's APPROVAL)."""
         principal = flow.metadata[PRINCIPAL]
-        self._keep_text(current)
+        self.keep_text(current)
         decision = current.evaluate(principal, flow.metadata[CALL])
         if self.grants is not None and (grant := self.grants.grant_for(principal)) is not None:
             if (role := granted_role(current, grant)) is not None:

@@ -130,6 +130,51 @@ def test_policy_reloads_without_dropping_connections(tmp_path, issuer, moto):
         assert "test.yaml:" in gw.log() and "last good version" in gw.log()
 
 
+def test_a_policy_change_is_put_in_force_and_logged_with_no_calls(tmp_path, issuer, moto):
+    """With no calls at all, the gateway notices a policy change within about a second: it logs the
+    new version and stores its text; a broken change is logged with its file:line at once, and the
+    last good version stays in force for the calls that come after."""
+    import json
+    import re
+
+    from tests.test_approval_e2e import wait_for
+
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        first = re.search(r"policies: .* \(version (\w+)\)", gw.log()).group(1)  # as the banner says
+        policy_file = gw.home / "policies" / "test.yaml"
+        policy_file.write_text(TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+            - id: no-table-listing
+              action: dynamodb:ListTables
+              decision: deny
+              reason: tables are not listed today
+            """), "  "))
+        found = wait_for(lambda: re.search(r"INFO agentgate.policy: policy version (\w+) in force, replacing (\w+)",
+                                           gw.log()), timeout=5)
+        new = found.group(1)
+        assert found.group(2) == first and new != first
+        stored = {}
+
+        def stored_text() -> bool:
+            out = gw.cli("policy", "versions", "--json").stdout
+            stored.update({v["version"]: v for v in json.loads(out)})
+            return new in stored
+
+        wait_for(stored_text, timeout=5)
+        assert "no-table-listing" in stored[new]["text"] and stored[new]["calls"] == 0
+        # a broken change: its file and line are logged without a call, and the last good version stays
+        policy_file.write_text(policy_file.read_text() + "  - id: broken\n    decision: maybe\n")
+        wait_for(lambda: re.search(r"ERROR agentgate.policy: policy change not applied, the last good version stays "
+                                   r"in force: \S*test\.yaml:\d+: ", gw.log()), timeout=5)
+        c = client(gw, "dynamodb", proxy_token=issuer.mint("idle-reload-agent"))
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            c.list_tables()
+        assert "no-table-listing" in refused.value.response["Error"]["Message"]
+        [record] = [r for r in gw.records() if r["principal"] == "idle-reload-agent"]
+        assert record["policy_version"] == new
+        assert "Traceback" not in gw.log()
+
+
 def test_requests_that_are_not_aws_are_decided_as_unknown(gateway, issuer):
     token = issuer.mint("odd-agent")
     import base64

@@ -373,6 +373,29 @@ def test_one_worker_checks_each_policy_version(tmp_path, issuer, moto):
         gw.stop()
 
 
+def test_workers_put_a_policy_change_in_force_with_no_calls_and_the_first_says_so(tmp_path, issuer, moto):
+    """With no calls, each worker puts a changed policy in force within about a second; the first
+    logs it (INFO), and a broken change's file:line (ERROR), once for the gateway; the others log
+    theirs at DEBUG, each line naming its process."""
+    gw = start_workers(tmp_path / "gw", issuer, moto)
+    try:
+        first = re.search(r"policies: .* \(version (\w+)\)", gw.log()).group(1)  # as the banner says
+        policy = gw.home / "policies" / "test.yaml"
+        policy.write_text(POLICY + "# changed\n")
+        line = r"(\w+) \[(\d+)\] agentgate.policy: policy version (\w+) in force, replacing " + first
+        found = wait_for(lambda: len(re.findall(line, gw.log())) == 2 and re.findall(line, gw.log()), timeout=10)
+        assert sorted(level for level, _, _ in found) == ["DEBUG", "INFO"], found
+        assert {int(pid) for _, pid, _ in found} == workers_of(gw) and len({v for _, _, v in found}) == 1
+        policy.write_text(POLICY + "  - id: broken\n    decision: maybe\n")
+        error = r"(\w+) \[\d+\] agentgate.policy: policy change not applied, the last good version stays in force: " \
+                r"test\.yaml:\d+: rule broken: decision must be allow, deny or approve"
+        wait_for(lambda: len(re.findall(error, gw.log())) == 2, timeout=10)
+        time.sleep(2.5)  # a second report, had one come, would be there by now
+        assert sorted(re.findall(error, gw.log())) == ["DEBUG", "ERROR"], gw.log()[-3000:]
+    finally:
+        gw.stop()
+
+
 LOCKED = ("cannot write: database is locked; another process holds a write transaction on it (a sqlite3 shell, a "
           "backup, a migration): end it, then start the gateway again")
 

@@ -1978,7 +1978,9 @@ class PolicyStore:
     """The policy set in force, reloaded when its files change.
 
     ``current`` is cheap: at most every ``check_interval`` seconds it compares the files' (name,
-    mtime, size, inode) with the last look and reloads when they differ. A version is read whole:
+    mtime, size, inode) with the last look and reloads when they differ. A timer that calls
+    ``check_now`` every ``check_interval`` (the gateway's, off its event loop) takes those looks
+    over: ``current`` then looks only when the timer is a whole ``check_interval`` late. A version is read whole:
     through one handle on the directory (a link to the directory switched meanwhile changes nothing
     in what is read), and only put in force when no file changed, came or went while it was read;
     otherwise it is read again at the next check, the version in force staying until then. A set
@@ -1993,6 +1995,8 @@ class PolicyStore:
         self.on_error = on_error
         self.on_version = on_version  # hears each version put in force, the first included
         self.check_interval = check_interval
+        self.timed = False  # a timer calls check_now every check_interval (``current`` leaves it the looks)
+        self.quiet = False  # the new version's line and a broken change's errors at DEBUG (workers after the first)
         self._lock = threading.Lock()
         for attempt in range(START_READS):
             parsed, stamp = _read(self.directory)
@@ -2028,9 +2032,22 @@ class PolicyStore:
     @property
     def current(self) -> PolicySet:
         now = time.monotonic()
-        if now - self._checked >= self.check_interval and self._lock.acquire(blocking=False):
+        due = self.check_interval * (2 if self.timed else 1)
+        if now - self._checked >= due and self._lock.acquire(blocking=False):
             try:
                 self._checked = now
+                self._refresh()
+            finally:
+                self._lock.release()
+        return self._set
+
+    def check_now(self) -> PolicySet:
+        """Look at the files now and reload them if they changed, as ``current`` does when a look
+        is due; the version in force afterwards. May block on the files (a timer calls it off the
+        event loop). Nothing is done while another look is under way."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._checked = time.monotonic()
                 self._refresh()
             finally:
                 self._lock.release()
@@ -2069,15 +2086,16 @@ class PolicyStore:
                     except Exception:  # a failing reporter must not take the gateway down
                         log.exception("policy error reporter failed")
                 else:
-                    log.error("policy change not applied; version %s stays in force:\n%s", self._set.version, error)
+                    log.log(logging.DEBUG if self.quiet else logging.ERROR,
+                            "policy change not applied; version %s stays in force:\n%s", self._set.version, error)
             return
         self._reported = None
         new = PolicySet(parsed)
         before_version = self._set.version
-        if new.version != self._set.version:
-            log.info("policy version %s replaces %s", new.version, self._set.version)
-        self._set = new
+        self._set = new  # in force before it is said to be: a call decided after the line is decided by it
         if new.version != before_version:
+            log.log(logging.DEBUG if self.quiet else logging.INFO, "policy version %s in force, replacing %s",
+                    new.version, before_version)
             self._announce(new)
         self._watched = new._watched
         self._stamp = tuple(entry for entry in stamp if entry[0] in new._watched)  # what the next check looks at

@@ -1167,12 +1167,13 @@ class Store:
 
     def keep_policy_version(self, version: str, text: str) -> None:
         """Have a policy version's text stored before the records it decides: the writer stores
-        it ahead of its next commit, and while the store cannot write it keeps it, with every other
+        it now, ahead of its next commit, and while the store cannot write it keeps it, with every other
         version that decided a call meanwhile, until it can. Returns at once (a call being decided
         never waits for the database here)."""
         with self._cond:
-            if version not in self._policy_versions:
-                self._owed_versions.setdefault(version, text)
+            if version not in self._policy_versions and version not in self._owed_versions:
+                self._owed_versions[version] = text
+                self._cond.notify()  # stored now, calls or not (a version put in force with none)
 
     def _insert_policy_versions(self, texts: dict[str, str]) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -1253,7 +1254,7 @@ class Store:
                     if flushes and next_flush is None and self.stats["commits"] > flushed:
                         next_flush = now + SQLITE_FLUSH_EVERY
                     flush = next_flush is not None and now >= next_flush
-                    work = self._queue or due or closing or flush or self._wal_due
+                    work = self._queue or self._owed_versions or due or closing or flush or self._wal_due
                     if work and self._inline:
                         # a caller is committing inline (``_commit_inline``): it wakes the writer after,
                         # and no caller starts another until the writer has had its turn
