@@ -575,6 +575,19 @@ def test_detectors_leave_identifiers_alone(text):
     assert detectors.find(text) == [] and Masker(KEY).mask_text(text)[0] == text
 
 
+def test_an_assignment_is_a_value_on_the_keys_line_not_the_next_line():
+    """A CloudFormation template's ``DbPassword:`` opens the parameter's mapping and an env file's
+    empty ``DB_PASSWORD=`` holds nothing: the line after either is no password, and the record
+    keeps it (before, ``Type:`` and ``DB_HOST=db.example.com`` became markers)."""
+    template = ("Parameters:\n  DbPassword:\n    Type: String\n    NoEcho: true\nResources:\n  Db:\n"
+                "    Type: AWS::RDS::DBInstance\n    Properties:\n      MasterUserPassword: Hunter2Prod\n")
+    masked, counts = Masker(KEY).mask_text(template, "TemplateBody")
+    assert "  DbPassword:\n    Type: String\n" in masked and "Hunter2Prod" not in masked
+    assert [k[2] for k in counts] == ["assignment"] and MARKER_RE.search(masked.split("MasterUserPassword: ")[1])
+    env = "DB_PASSWORD=\nDB_HOST=db.example.com\n"
+    assert detectors.find(env) == [] and Masker(KEY).mask_text(env)[0] == env
+
+
 @given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),
                 min_size=1, max_size=6))
 @settings(max_examples=200, deadline=None)

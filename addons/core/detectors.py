@@ -71,9 +71,11 @@ XML_SECRET = re.compile(r"(?i)<(?P<tag>password|passwd|passphrase|secret|token|a
 NETRC_PASSWORD = re.compile(r"(?<![A-Za-z0-9])(?:machine\s+\S+|default)\s+login\s+\S+\s+password\s+(?P<value>\S+)")
 KEY_WORDS = (r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
              r"|signature")
+# The value is on the key's line: a key that ends its line (YAML's ``DbPassword:`` opening a mapping,
+# an empty ``DB_PASSWORD=`` in an env file) holds no value, and the next line is not its value.
 ASSIGNMENT = re.compile(
     r"(?i)(?<![A-Za-z0-9])(?P<key>[A-Za-z0-9_.-]{0,40}?(?:" + KEY_WORDS + r"))"
-    r"(?:\\?[\"'])?\s*(?:=|:(?=\s|\\?[\"']))\s*(?:\\?[\"'])?"
+    r"(?:\\?[\"'])?\s*(?:=|:(?=\s|\\?[\"']))[^\S\r\n]*(?:\\?[\"'])?"
     r"(?P<value>[^\s\"'\\&;,<>{}()\[\]$%][^\s\"'\\&;,<>{}()\[\]]*)"
 )
 KEY_WORD_HINTS = ("pass", "pwd", "secret", "token", "key", "signature")
