@@ -697,6 +697,41 @@ def test_a_value_whose_name_says_it_is_a_secret_is_masked_in_the_record(service,
     assert len(json.loads(part.body)) == len(body)  # the rest as it was
 
 
+def test_a_message_attribute_whose_name_says_it_is_a_secret_is_masked_in_the_record():
+    """SQS and SNS message attributes are a map of name to {DataType, StringValue}: an attribute
+    named api_token or db_password was kept in clear in the record of the send (JSON and query
+    forms) and of ReceiveMessage, whose attributes' digest was kept too; now its StringValue goes by
+    the attribute's name, and other attributes stay as sent."""
+    import hashlib
+
+    from addons.core.masking import DIGEST_MARKER, sqs_attributes_md5
+
+    secret = "Zq8vLr3TkWpx"
+    attrs = {"api_token": {"DataType": "String", "StringValue": secret},
+             "trace_id": {"DataType": "String", "StringValue": "abc-123-def"}}
+    sent = json.dumps({"QueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q", "MessageBody": "hello",
+                       "MessageAttributes": attrs}).encode()
+    part = Masker(KEY).request(call("sqs", "SendMessage", "json"), body=sent,
+                               content_type="application/x-amz-json-1.0")
+    assert secret not in part.body and "abc-123-def" in part.body
+    assert ("request", "MessageAttributes.*.StringValue", "named-secret") in part.masked
+    form = ("Action=Publish&TopicArn=arn%3Aaws%3Asns%3Aus-east-1%3A123456789012%3At&Message=hi"
+            "&MessageAttributes.entry.1.Name=db_password&MessageAttributes.entry.1.Value.DataType=String"
+            f"&MessageAttributes.entry.1.Value.StringValue={secret}&Version=2010-03-31")
+    part = Masker(KEY).request(call("sns", "Publish"), body=form.encode(),
+                               content_type="application/x-www-form-urlencoded")
+    assert secret not in part.body and "db_password" in part.body
+    received = json.dumps({"Messages": [{"MessageId": "1", "ReceiptHandle": "r", "Body": "x",
+                                         "MD5OfBody": hashlib.md5(b"x").hexdigest(), "MessageAttributes": attrs,
+                                         "MD5OfMessageAttributes": sqs_attributes_md5(attrs)}]}).encode()
+    part, _ = Masker(KEY).response(call("sqs", "ReceiveMessage", "json"), status=200, body=received,
+                                   content_type="application/x-amz-json-1.0")
+    [message] = json.loads(part.body)["Messages"]
+    assert secret not in part.body and message["MD5OfMessageAttributes"] == DIGEST_MARKER
+    assert MARKER_RE.fullmatch(message["MessageAttributes"]["api_token"]["StringValue"])
+    assert message["MessageAttributes"]["trace_id"]["StringValue"] == "abc-123-def"
+
+
 def test_query_bodies_and_xml_answers_go_by_the_name_beside_a_value(monkeypatch):
     monkeypatch.setattr(masking, "CURATED", ())  # by the name alone
     m = Masker(KEY)

@@ -26,7 +26,9 @@ detector                      finds
                               ``DB_PASSWORD``, ``--db_password``, ``ClientSecret``, ``HECToken``,
                               ``javax.jdo.option.ConnectionPassword``; the name is the member's,
                               a map entry's key, or the name member of a ``{Name, Value}`` pair
-                              (``named_value``). A random password has no form to find it by.
+                              (``named_value``), or a message attribute's name for its
+                              ``StringValue`` (``named_attribute``). A random password has no
+                              form to find it by.
 ============================  ==================================================================
 
 ``suspicious(text)`` is the quick test over a whole raw body: False means no detector can find
@@ -239,6 +241,15 @@ def named_value(members: Mapping) -> tuple[str, str] | None:
             if isinstance(kind, str) and kind in REFERENCE_TYPES:
                 return None
             return value_member, name
+    return None
+
+
+def named_attribute(members: Mapping, name: str | None) -> tuple[str, str] | None:
+    """For a message attribute's value (SQS's and SNS's ``{DataType, StringValue}``) under a name
+    that says it is a secret (its map entry's key, or the ``Name`` beside it): ("StringValue", that
+    name); None otherwise."""
+    if name and "DataType" in members and isinstance(members.get("StringValue"), str) and secret_name(name):
+        return "StringValue", name
     return None
 
 

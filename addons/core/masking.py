@@ -2340,8 +2340,9 @@ class _Tree:
         for k in value if self.detect else ():
             if isinstance(k, str) and len(k) >= 8 and detectors.find(k):
                 raise Unmaskable("an object key holds what looks like a secret")
-        # {Name, Value}: the value member goes by the name its sibling gives it
-        value_member, value_name = detectors.named_value(value) or (None, None)
+        # {Name, Value}: the value member goes by the name its sibling gives it; a message
+        # attribute's StringValue by its entry's key
+        value_member, value_name = detectors.named_value(value) or detectors.named_attribute(value, name) or (None, None)
         if kind == "structure" and not shapes.shapes[shape].get("document"):
             members = self._members(shape)
             refs = shapes.shapes[shape].get("members", {})
@@ -2786,6 +2787,10 @@ def _form_names(pairs: list[tuple[str, str]]) -> dict[int, str]:
         found = detectors.named_value(members) if len(members) > 1 else None
         if found is not None:
             names[where[(prefix, found[0])]] = found[1]
+        # a message attribute: MessageAttributes.entry.1.Name beside .Value.StringValue
+        found = detectors.named_attribute(groups.get(prefix + ".Value", {}), members.get("Name"))
+        if found is not None:
+            names[where[(prefix + ".Value", found[0])]] = found[1]
     return names
 
 
