@@ -575,6 +575,37 @@ def test_validate_cached_drops_tokens_of_a_key_no_longer_published(issuer):
     asyncio.run(go())
 
 
+def test_validate_cached_drops_tokens_whose_own_key_was_withdrawn_whatever_its_kid(issuer):
+    """The cache remembers the key that verified a token, not its kid: a token without a kid, or
+    one whose kid the issuer has since given another key, is refused once its key is withdrawn, as
+    it would be uncached, rather than accepted from the cache until it expires."""
+    async def go():
+        v = validator(issuer, min_refetch_seconds=0)
+        try:
+            old_kid = issuer.signing_kid
+            kidless = issuer.mint("kid-less", kid="")
+            rekeyed = issuer.mint("same-kid")
+            assert (await v.validate(kidless)).sub == "kid-less"
+            assert (await v.validate(rekeyed)).sub == "same-kid"
+            # the issuer gives the old kid a new key and adds another; a token of that other key
+            # makes the gateway fetch the keys again
+            issuer.private_keys[old_kid] = (new_rsa_key(), "RS256")
+            other = issuer._add(new_rsa_key(), "RS256", "rsa")
+            await v.validate(issuer.mint("new-key", kid=other, key=issuer.private_keys[other][0]))
+            for token in (kidless, rekeyed):
+                assert v.validate_cached(token) is None
+                with pytest.raises(TokenError) as caught:
+                    await v.validate(token)
+                assert caught.value.code == "bad_signature"
+            with pytest.raises(TokenError) as caught:
+                await v.validate(kidless)
+            assert "no longer publishes (get a fresh token)" in caught.value.reason
+        finally:
+            await v.aclose()
+
+    asyncio.run(go())
+
+
 def test_principal_expired():
     principal = Principal("a", "i", ("agentgate",), (), None, exp=1000.0, claims={})
     assert not principal.expired(now=999.0, leeway=0)

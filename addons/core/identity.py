@@ -198,7 +198,7 @@ class TokenValidator:
         self._inflight: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cache: collections.OrderedDict[bytes, tuple[Principal, str | None]] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[bytes, tuple[Principal, str]] = collections.OrderedDict()
         self._cache_size = cache_size
 
     async def validate(self, token: str | None) -> Principal:
@@ -216,18 +216,18 @@ class TokenValidator:
         if kid is not None and not isinstance(kid, str):
             raise TokenError("token is malformed: the header's kid is not a string", "malformed")
         keys = await self._keys_for(kid, alg)
-        try:
-            jws.verify(token, [k.key for k in keys], algorithms=[alg])
-        except JOSEError:
+        signer = _verifying_key(token, keys, alg)
+        if signer is None:
             raise TokenError(
                 f"token signature does not verify with the issuer's key {_key_name(kid)}: "
-                "the token was altered or not signed by the issuer",
+                "the token was altered or not signed by the issuer"
+                + (", or signed with a key the issuer no longer publishes (get a fresh token)" if kid is None else ""),
                 "bad_signature",
-            ) from None
+            )
         principal = principal_from_claims(
             claims, audiences=self.audiences, groups_claim=self.groups_claim, leeway=self.leeway
         )
-        self._remember(token, principal, kid)
+        self._remember(token, principal, signer.thumbprint)
         return principal
 
     def validate_cached(self, token: str) -> Principal | None:
@@ -236,8 +236,8 @@ class TokenValidator:
         entry = self._cache.get(digest)
         if entry is None:
             return None
-        principal, kid = entry
-        if principal.exp <= time.time() or not self._still_published(kid):
+        principal, thumbprint = entry
+        if principal.exp <= time.time() or not self._still_published(thumbprint):
             del self._cache[digest]
             return None
         self._cache.move_to_end(digest)
@@ -377,10 +377,13 @@ class TokenValidator:
             return now - self._last_fetch >= self.retry_seconds
         return now - self._last_kid_refetch >= self.min_refetch_seconds
 
-    def _still_published(self, kid: str | None) -> bool:
+    def _still_published(self, thumbprint: str) -> bool:
+        """Whether the key that verified a cached token is among the issuer's keys as last fetched:
+        the key itself, not its kid, so that a token without a kid, or one whose kid the issuer now
+        gives another key, stops working once the key that signed it is withdrawn."""
         if self._keys is None or self._keys_stale():
             return False
-        return kid is None or any(k.kid == kid for k in self._keys)
+        return any(k.thumbprint == thumbprint for k in self._keys)
 
     async def _refresh(self, *, for_kid: bool = False) -> None:
         """Fetch the keys, sharing one fetch among every caller that needs it at the same moment.
@@ -447,10 +450,10 @@ class TokenValidator:
 
     # -- the fast path
 
-    def _remember(self, token: str, principal: Principal, kid: str | None) -> None:
+    def _remember(self, token: str, principal: Principal, thumbprint: str) -> None:
         if principal.exp <= time.time() or self._cache_size <= 0:
             return
-        self._cache[hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()] = (principal, kid)
+        self._cache[hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()] = (principal, thumbprint)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
@@ -460,6 +463,25 @@ class _Key:
     kid: str | None
     alg: str
     key: Any  # a python-jose Key
+    thumbprint: str = ""  # SHA-256 of the key's public members (RFC 7638's): the key itself, whatever its kid
+
+
+def _thumbprint(entry: Mapping[str, Any]) -> str:
+    """RFC 7638's JWK thumbprint (SHA-256 of the required public members, in order), hex."""
+    members = ("e", "kty", "n") if entry.get("kty") == "RSA" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({m: entry.get(m) for m in members}, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _verifying_key(token: str, keys: Sequence[_Key], alg: str) -> _Key | None:
+    """The first of ``keys`` whose signature the token carries, or None."""
+    for k in keys:
+        try:
+            jws.verify(token, k.key, algorithms=[alg])
+        except JOSEError:
+            continue
+        return k
+    return None
 
 
 class _FetchError(Exception):
@@ -656,7 +678,7 @@ def parse_jwks(jwks: Any, algorithms: Sequence[str], url: str = "its jwks_uri") 
                 continue
             public = {k: v for k, v in entry.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
             try:
-                keys.append(_Key(kid, alg, jwk.construct(public, alg)))
+                keys.append(_Key(kid, alg, jwk.construct(public, alg), _thumbprint(public)))
             except (JOSEError, ValueError, TypeError, KeyError):
                 continue
     return keys
