@@ -122,7 +122,8 @@ class Settings:
 
             unsupported = [a for a in s.oidc_algorithms if a not in KEY_TYPES]
             if unsupported or not s.oidc_algorithms:
-                raise SettingsError(f"oidc_algorithms must be asymmetric algorithms from {sorted(KEY_TYPES)}, not "
+                raise SettingsError(f"oidc_algorithms must be asymmetric algorithms from {sorted(KEY_TYPES)}, the only "
+                                    f"ones agentgate verifies (not RSASSA-PSS, PS256 to PS512, nor EdDSA), not "
                                     f"{unsupported or s.oidc_algorithms!r}")
         if not s.max_pending_approvals >= 1:
             raise SettingsError(f"max_pending_approvals must be 1 or more, not {s.max_pending_approvals!r}")

@@ -122,6 +122,8 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_APPROVAL_HOLD": "inf"}, "approval_hold must be a number of seconds from 0 to 3600"),
         (["run"], {"AGENTGATE_GRANT_MAX": "-1"}, "grant_max must be a number of seconds above 0, not -1"),
         (["run"], {"AGENTGATE_OIDC_ALGORITHMS": '["HS256"]'}, "oidc_algorithms must be asymmetric algorithms"),
+        (["run"], {"AGENTGATE_OIDC_ALGORITHMS": "RS256,PS256"},
+         "the only ones agentgate verifies (not RSASSA-PSS, PS256 to PS512, nor EdDSA), not ['PS256']"),
         (["run"], {"AGENTGATE_OIDC_AUDIENCE": ""}, "oidc_audience must name the audience tokens carry"),
         (["run"], {"AGENTGATE_GROUPS_CLAIM": " "}, "groups_claim must name the token's claim"),
         (["run"], {"AGENTGATE_CONSOLE_URL": "javascript:x"}, "console_url must be an http:// or https:// URL"),

@@ -263,6 +263,29 @@ def test_hs256_signed_with_the_public_key(issuer):
     assert error.reason == "algorithm 'HS256' is not allowed (allowed: RS256, ES256)"
 
 
+@pytest.mark.parametrize("alg", ["PS256", "PS512", "EdDSA"])
+def test_an_algorithm_agentgate_does_not_verify_is_refused_saying_the_issuer_must_sign_otherwise(issuer, alg):
+    """Keycloak realms can sign with PS256, some issuers with EdDSA: no setting accepts those, so
+    the reason says which algorithms the issuer must use rather than only which are allowed now
+    (oidc_algorithms refuses PS256, which would send the operator round in a circle)."""
+    header = {"alg": alg, "typ": "JWT", "kid": issuer.signing_kid}
+    token = f"{segment(header)}.{segment(issuer.claims())}.{segment(b'x' * 64)}"
+    error = refuse(issuer, token, "bad_algorithm")
+    assert error.reason == (f"algorithm '{alg}' is not allowed (allowed: RS256, ES256); agentgate verifies RS256, "
+                            "RS384, RS512, ES256, ES384, ES512 only: have the issuer sign the gateway's tokens with "
+                            "one of those")
+    assert issuer.requests_for(JWKS_PATH) == 0
+    with pytest.raises(ValueError, match="asymmetric"):
+        TokenValidator(issuer.issuer, "agentgate", algorithms=(alg,))
+
+
+def test_an_algorithm_agentgate_verifies_but_is_not_configured_names_the_setting(issuer):
+    header = {"alg": "RS384", "typ": "JWT", "kid": issuer.signing_kid}
+    token = f"{segment(header)}.{segment(issuer.claims())}.{segment(b'x' * 64)}"
+    error = refuse(issuer, token, "bad_algorithm")
+    assert error.reason == "algorithm 'RS384' is not allowed (allowed: RS256, ES256); to accept it, add it to oidc_algorithms"
+
+
 def test_allowed_algorithm_with_the_wrong_key_type(issuer):
     token = issuer.mint(alg="ES256", key=new_ec_key(), kid=issuer.signing_kid)
     assert "does not fit the issuer's key" in refuse(issuer, token, "bad_algorithm").reason

@@ -517,9 +517,13 @@ def check_algorithm(header: Mapping[str, Any], allowed: Sequence[str]) -> str:
     if alg.lower() == "none":
         raise TokenError(f"algorithm {_show(alg)} is not allowed: the token is unsigned", "bad_algorithm")
     if alg not in allowed:
-        raise TokenError(
-            f"algorithm {_show(alg)} is not allowed (allowed: {', '.join(allowed)})", "bad_algorithm"
-        )
+        reason = f"algorithm {_show(alg)} is not allowed (allowed: {', '.join(allowed)})"
+        if alg in KEY_TYPES:
+            reason += "; to accept it, add it to oidc_algorithms"
+        elif not alg.upper().startswith("HS"):  # RSASSA-PSS, EdDSA, ...: no setting accepts them
+            reason += (f"; agentgate verifies {', '.join(KEY_TYPES)} only: have the issuer sign the gateway's "
+                       "tokens with one of those")
+        raise TokenError(reason, "bad_algorithm")
     crit = header.get("crit")
     if crit is not None:
         raise TokenError(
