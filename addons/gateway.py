@@ -237,7 +237,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         return 2
     validator = None
     if settings.oidc_issuer:
-        validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
+        validator = TokenValidator(settings.oidc_issuer, settings.audiences,
                                    algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
                                    leeway=settings.oidc_leeway, jwks_cache_seconds=settings.oidc_jwks_cache)
     broker = CredentialBroker(endpoint_url=settings.upstream or None, region=settings.sts_region or None,

@@ -112,7 +112,7 @@ class Settings:
             raise SettingsError(f"oidc_leeway must be a number of seconds from 0 to 3600, not {s.oidc_leeway!r}")
         if not (math.isfinite(s.grant_max) and s.grant_max > 0):
             raise SettingsError(f"grant_max must be a number of seconds above 0, not {s.grant_max!r}")
-        if not all(a.strip() for a in s.oidc_audience.split(",")):
+        if not all(s.audiences):
             raise SettingsError(f"oidc_audience must name the audience tokens carry (several: comma-separated), not "
                                 f"{s.oidc_audience!r}")
         if not s.groups_claim.strip():
@@ -158,6 +158,12 @@ class Settings:
     @property
     def ca_file(self) -> Path:
         return Path(self.certs) / "mitmproxy-ca-cert.pem"
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """The audiences oidc_audience names, each without the spaces around it
+        (``"api://agentgate, agentgate"`` names ``agentgate``, not `` agentgate``)."""
+        return tuple(a.strip() for a in self.oidc_audience.split(","))
 
 
 def _abs(p: str, root: Path) -> Path:

@@ -253,3 +253,23 @@ def test_an_oidc_issuer_its_discovery_document_contradicts_is_a_403_naming_the_v
             status, code, message = aws_error(client(gw, session_token=issuer.mint("agent-1")).get_caller_identity)
             assert (status, code) == (403, "AccessDenied") and "differ only in a trailing slash" in message
         assert gw.log().count("WARNING agentgate: oidc_issuer is") == 1
+
+
+def test_audiences_written_with_a_space_after_the_comma_are_each_accepted(tmp_path, moto, issuer):
+    """oidc_audience = "api://agentgate, agentgate", as an operator with an Entra app id URI and a
+    plain audience writes it: a token for either is accepted (the gateway looked for ' agentgate',
+    with its space, and refused every token for agentgate as for the wrong audience), and a token
+    for neither is refused naming both as written."""
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
+                 settings={"oidc_leeway": 1, "oidc_audience": "api://agentgate, agentgate"})
+    with gw:
+        for aud in ("agentgate", "api://agentgate", ["https://kubernetes.default.svc", "agentgate"]):
+            token = issuer.mint("agent-aud", audience=aud)
+            assert client(gw, session_token=token).get_caller_identity()["Arn"].endswith("/agent-aud"), aud
+            assert client(gw, proxy_token=token).get_caller_identity()["Arn"].endswith("/agent-aud"), aud
+        status, code, message = aws_error(client(gw, session_token=issuer.mint("agent-aud", audience="other"))
+                                          .get_caller_identity)
+        assert (status, code) == (403, "AccessDenied")
+        assert message == ("the agent's token was refused: token audience 'other' does not include "
+                           "'api://agentgate' or 'agentgate' (subject 'agent-aud')")

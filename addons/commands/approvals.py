@@ -82,7 +82,7 @@ def _validate(settings: Settings, token: str) -> Any:
         raise click.ClickException("oidc_issuer is not set, so no OIDC token can be checked: set it in agentgate.toml")
 
     async def check() -> Any:
-        validator = TokenValidator(settings.oidc_issuer, settings.oidc_audience.split(","),
+        validator = TokenValidator(settings.oidc_issuer, settings.audiences,
                                    algorithms=tuple(settings.oidc_algorithms), groups_claim=settings.groups_claim,
                                    leeway=settings.oidc_leeway)
         try:
