@@ -764,7 +764,10 @@ def test_an_access_grant_lets_a_principal_run_as_a_role_until_revoked(short_hold
     assert grant_id.startswith("gr-") and f"agentgate access approve {grant_id}" in out
     p = gw.cli("access", "approve", grant_id, "--token-file", token_file(gw, issuer, "contractor-1", ("sre",)), check=False)
     assert p.returncode == 1 and "separation of duties" in p.stderr
-    gw.cli("access", "approve", grant_id, "--token-file", token_file(gw, issuer, "alice"))
+    # the approver runs the command the request printed, with their own token in its place
+    said = re.search(r"runs `agentgate ([^`]*)`", out).group(1)
+    p = gw.cli(*said.replace("<their token>", token_file(gw, issuer, "alice")).split(), check=False)
+    assert p.returncode == 0 and "approved by alice" in p.stdout, p.stderr
 
     arn = wait_for(lambda: _try(sts.get_caller_identity), timeout=5)["Arn"]
     assert arn == "arn:aws:sts::123456789012:assumed-role/agent-role/contractor-1"

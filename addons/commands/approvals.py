@@ -399,7 +399,7 @@ def access_request(role: str, for_: str, reason: str, token_file: str | None, db
     a = asked.approval
     already = "" if asked.created else " (already asked)"
     click.echo(f"{a.id}: access as {a.role} for {duration_text(a.duration)} is pending{already}; an approver "
-               f"({describe_approvers(a.approvers)}) runs `agentgate access approve {a.id}`")
+               f"({describe_approvers(a.approvers)}) runs `agentgate access approve {a.id} --token-file <their token>`")
     if asked.created:
         _notify(settings, a, "requested")
 
