@@ -280,6 +280,8 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert "REFUSED  iam ListUsers" in out and "rule 'no-iam-for-agents'" in out
     assert "ApprovalPending" in out and "approved by sre-sam" in out
     assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
+    # the demo's own commands have nothing to warn of: its token files are its user's alone
+    assert "agentgate: warning" not in out + p.stderr, out
     assert re.search(r"OK \(sqlite:///[^)]+\): \d+ records in 1 chains", out)
     words = " ".join(out.split())  # rich wraps `approvals show` at 80 columns off a terminal
     assert "approved by sre-sam (cli): the demo table is disposable" in words
@@ -288,6 +290,8 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     for name in ("calls.jsonl", "calls.ocsf.jsonl", "calls.flows", "assessment-results.json",
                  "assessment-results.approvals.jsonl", "report.html"):
         assert (demo / name).stat().st_size > 0, name
+    for name in ("agent.jwt", "approver.jwt"):
+        assert (demo / name).stat().st_mode & 0o777 == 0o600, name
     shown = render(demo / "report.html", tmp_path / "demo.png")
     db = demo / "gateway" / "agentgate.db"
     (n,), = sql(db, "select count(*) from calls")
