@@ -193,7 +193,11 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
-def _coerce(name: str, value: Any) -> Any:
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _coerce(name: str, value: Any, source: str = "") -> Any:
+    """``value`` as setting ``name`` holds it; ``source`` says where it was given, for the error."""
     default = FIELDS[name].default
     kind = type(default) if default is not dataclasses.MISSING else list
     try:
@@ -213,7 +217,9 @@ def _coerce(name: str, value: Any) -> Any:
             return kind(value)
         return str(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"setting {name} has an unusable value {value!r}") from None
+        where = f" (from {source})" if source else ""
+        want = f": it takes {_KINDS[kind]}" if kind in _KINDS else ""
+        raise SettingsError(f"setting {name} has an unusable value {value!r}{where}{want}") from None
 
 
 def config_path() -> Path:
@@ -233,15 +239,15 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         for k, v in section.items():
             if k not in FIELDS:
                 raise SettingsError(f"{path}: unknown setting {k!r}")
-            values[k] = _coerce(k, v)
+            values[k] = _coerce(k, v, str(path))
         values["config_file"] = str(path.resolve())
     for name in FIELDS:
         env = os.environ.get(f"AGENTGATE_{name.upper()}")
         if env is not None and name != "config_file":
-            values[name] = _coerce(name, env)
+            values[name] = _coerce(name, env, f"AGENTGATE_{name.upper()}")
     for k, v in flags.items():
         if v is not None:
             if k not in FIELDS:
                 raise SettingsError(f"unknown setting {k!r}")
-            values[k] = _coerce(k, v)
+            values[k] = _coerce(k, v, "the command line")
     return Settings(**values).resolved()

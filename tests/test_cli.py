@@ -131,12 +131,24 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "1"},
          "heartbeat_timeout must be a number of seconds from 2 to 3600 (0: workers are not watched), not 1.0"),
         (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "nan"}, "heartbeat_timeout must be a number of seconds from 2"),
+        # a value of the wrong kind says where it was given and what the setting takes
+        (["run"], {"AGENTGATE_APPROVAL_HOLD": "20s"},
+         "setting approval_hold has an unusable value '20s' (from AGENTGATE_APPROVAL_HOLD): it takes a number"),
+        (["run"], {"AGENTGATE_MAX_BODY_BYTES": "100MB"},
+         "setting max_body_bytes has an unusable value '100MB' (from AGENTGATE_MAX_BODY_BYTES): it takes a whole number"),
+        (["run"], {"AGENTGATE_FAIL_OPEN": "maybe"},
+         "setting fail_open has an unusable value 'maybe' (from AGENTGATE_FAIL_OPEN): it takes true or false"),
     ):
         p = run(tmp_path, *args, env=env)
         assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
     (tmp_path / "agentgate.toml").write_text("no_such_setting = 1\n")
     p = run(tmp_path, "run")
     assert p.returncode != 0 and "unknown setting 'no_such_setting'" in p.stderr
+    (tmp_path / "agentgate.toml").write_text('approval_hold = "20s"\n')
+    p = run(tmp_path, "run")
+    assert p.returncode != 0 and p.stderr.strip() == (
+        f"Error: setting approval_hold has an unusable value '20s' (from {tmp_path / 'agentgate.toml'}): it takes a number"
+    ), p.stderr
 
 
 def test_policies_that_stop_run_leave_no_store_behind(tmp_path):
