@@ -7,9 +7,11 @@ Settings; a flag given as None means "not given on the command line".
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -226,6 +228,30 @@ def config_path() -> Path:
     return Path(os.environ.get("AGENTGATE_CONFIG") or home() / "agentgate.toml")
 
 
+# AGENTGATE_* variables that are not settings: where agentgate keeps its files and its config file,
+# an approver's or agent's token, what the scripts bootstrap with
+OTHER_VARIABLES = frozenset({"AGENTGATE_HOME", "AGENTGATE_CONFIG", "AGENTGATE_TOKEN", "AGENTGATE_TOKEN_FILE",
+                             "AGENTGATE_PYTHON", "AGENTGATE_DEMO_PYTHON", "AGENTGATE_ROOT"})
+OTHER_PREFIXES = ("AGENTGATE_TEST_", "AGENTGATE_BENCH_")  # scripts/test's and scripts/bench's own
+_warned = False
+
+
+def misspelled_variables(environ: Any = None) -> list[str]:
+    """One line for each AGENTGATE_* variable that is no setting but reads like one (an
+    AGENTGATE_APROVAL_HOLD, which would be ignored where a misspelled agentgate.toml key is an
+    error): the variable and the setting it is probably meant for. Variables far from every
+    setting's name are left alone (other tools' and scripts' own)."""
+    names = {f"AGENTGATE_{n.upper()}" for n in FIELDS if n != "config_file"}
+    lines = []
+    for var in sorted(v for v in (os.environ if environ is None else environ) if v.startswith("AGENTGATE_")):
+        if var in names or var in OTHER_VARIABLES or var.startswith(OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(var, sorted(names | OTHER_VARIABLES), n=1, cutoff=0.85)
+        if close:
+            lines.append(f"{var} is not a setting and is ignored: did you mean {close[0]}?")
+    return lines
+
+
 def load_settings(config: str | None = None, **flags: Any) -> Settings:
     """Merge defaults < agentgate.toml < AGENTGATE_* environment < flags (None = not given)."""
     values: dict[str, Any] = {}
@@ -241,6 +267,11 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
                 raise SettingsError(f"{path}: unknown setting {k!r}")
             values[k] = _coerce(k, v, str(path))
         values["config_file"] = str(path.resolve())
+    global _warned
+    if not _warned:  # once per process, however many times settings are read
+        _warned = True
+        for line in misspelled_variables():
+            print(f"agentgate: warning: {line}", file=sys.stderr)
     for name in FIELDS:
         env = os.environ.get(f"AGENTGATE_{name.upper()}")
         if env is not None and name != "config_file":

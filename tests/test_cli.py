@@ -151,6 +151,21 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     ), p.stderr
 
 
+def test_a_misspelled_setting_variable_is_named_with_the_setting_it_reads_like(tmp_path):
+    """A misspelled key in agentgate.toml stops run; a misspelled AGENTGATE_* variable was ignored
+    without a word (an approval_hold of 5 meant, the default 20 in force). Now one warning line
+    names it and the setting it reads like; the variables that are not settings (AGENTGATE_HOME,
+    an agent's AGENTGATE_TOKEN, ...) and names far from every setting's say nothing."""
+    run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    p = run(tmp_path, "calls", "list", env={"AGENTGATE_APROVAL_HOLD": "5", "AGENTGATE_TOKEN": "t",
+                                            "AGENTGATE_TOKEN_FILE": str(tmp_path / "t"), "AGENTGATE_SOMETHING_ELSE": "1"})
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == ("agentgate: warning: AGENTGATE_APROVAL_HOLD is not a setting and is ignored: "
+                                "did you mean AGENTGATE_APPROVAL_HOLD?"), p.stderr
+    p = run(tmp_path, "calls", "list", env={"AGENTGATE_APPROVAL_HOLD": "5"})
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
 def test_policies_that_stop_run_leave_no_store_behind(tmp_path):
     run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
     (tmp_path / "a-file").write_text("version: 1\n")
