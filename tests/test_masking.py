@@ -15,18 +15,21 @@ import json
 import re
 import types
 import zlib
-from urllib.parse import quote
+from collections import Counter
+from urllib.parse import parse_qs, quote, urlencode
+from xml.sax.saxutils import escape as xml_escape
 
 import botocore.loaders
 import botocore.parsers
 import botocore.session
 import jmespath
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import taddons, tflow
 
-from addons.core import detectors, masking
+from addons.core import detectors, masking, templates
 from addons.core.classifier import Classification
 from addons.core.policy import Decision
 from addons.core.masking import (AGENT_MARKER, CURATED, MARKER_PREFIX, MARKER_RE, Masker, checksum_headers,
@@ -586,6 +589,131 @@ def test_an_assignment_is_a_value_on_the_keys_line_not_the_next_line():
     assert [k[2] for k in counts] == ["assignment"] and MARKER_RE.search(masked.split("MasterUserPassword: ")[1])
     env = "DB_PASSWORD=\nDB_HOST=db.example.com\n"
     assert detectors.find(env) == [] and Masker(KEY).mask_text(env)[0] == env
+
+
+
+# -- CloudFormation templates ---------------------------------------------------------------------
+
+TEMPLATE_YAML = """\
+# the application's stack
+Parameters:
+  AdminPin:
+    Type: String
+    NoEcho: true
+    Default: qQzjcN8heSg1usSkN  # kept out of the console
+    AllowedValues: [qQzjcN8heSg1usSkN, 'Wq7pLm2xVb9kRt4Zs']
+  Env:
+    Type: String
+    Default: production
+Resources:
+  Literal:
+    Type: AWS::SecretsManager::Secret
+    Properties:
+      Name: app
+      SecretString: '{"user": "app", "pin": "Hq4mZp8TvX2nLk7Rw"}'
+  Resolved:
+    Type: AWS::SecretsManager::Secret
+    Properties:
+      SecretString: '{{resolve:secretsmanager:prod/app:SecretString:pin}}'
+  Referenced:
+    Type: AWS::SecretsManager::Secret
+    Properties:
+      SecretString: !Ref AdminPin
+  Db:
+    Type: AWS::RDS::DBInstance
+    Properties:
+      Engine: postgres
+      MasterUserPassword: !Sub '{{resolve:ssm-secure:/db/pw:1}}'
+  Fn:
+    Type: AWS::Lambda::Function
+    Properties:
+      Environment:
+        Variables:
+          STRIPE_SIGNING: Zx8vQm3kLp7tRw2nB
+          TABLE: !GetAtt Table.Arn
+"""
+TEMPLATE_SECRETS = {"qQzjcN8heSg1usSkN": "Parameters.AdminPin.Default",
+                    "Wq7pLm2xVb9kRt4Zs": "Parameters.AdminPin.AllowedValues[]",
+                    '{"user": "app", "pin": "Hq4mZp8TvX2nLk7Rw"}': "Resources.Literal.Properties.SecretString",
+                    "Zx8vQm3kLp7tRw2nB": "Resources.Fn.Properties.Environment.Variables.STRIPE_SIGNING"}
+
+
+def _template_call(operation: str, template: str):
+    return call("cloudformation", operation, params={"StackName": "app", "TemplateBody": template})
+
+
+def test_a_templates_noecho_defaults_and_secret_properties_are_masked_in_the_record_the_rest_kept_as_written():
+    """A YAML template's NoEcho parameter's ``Default`` and ``AllowedValues``, a literal
+    ``SecretString``, a function's environment: no detector finds them (before, the record kept them
+    in clear). Each becomes its marker in its place, in the parameters and the query body; a
+    ``{{resolve:...}}``, a ``!Ref``, a ``!Sub``, a ``!GetAtt``, an ordinary parameter's default, the
+    comments and the layout stay as written, and the masked template still parses."""
+    m = Masker(KEY)
+    expected = TEMPLATE_YAML
+    for secret in TEMPLATE_SECRETS:
+        quoted = f"'{secret}'" if f"'{secret}'" in expected else secret
+        expected = expected.replace(quoted, json.dumps(fp(secret)))
+    params, counts = m.params(_template_call("CreateStack", TEMPLATE_YAML))
+    assert params["TemplateBody"] == expected and params["StackName"] == "app"
+    assert counts == Counter({("params", f"TemplateBody.{path}", "template-noecho" if path.startswith("Param")
+                               else "template-property"): 1 for path in TEMPLATE_SECRETS.values()}) + Counter(
+        {("params", "TemplateBody.Parameters.AdminPin.AllowedValues[]", "template-noecho"): 1})  # both values
+    for kept in ("!Ref AdminPin", "'{{resolve:secretsmanager:prod/app:SecretString:pin}}'", "!GetAtt Table.Arn",
+                 "!Sub '{{resolve:ssm-secure:/db/pw:1}}'", "Default: production", "# kept out of the console"):
+        assert kept in params["TemplateBody"]
+    yaml.compose(params["TemplateBody"], Loader=templates._Loader)
+    body = urlencode({"Action": "UpdateStack", "Version": "2010-05-15", "StackName": "app",
+                      "TemplateBody": TEMPLATE_YAML}).encode()
+    part = m.request(_template_call("UpdateStack", TEMPLATE_YAML), body=body)
+    assert parse_qs(part.body)["TemplateBody"] == [expected] and part.note is None
+    assert sum(part.masked.values()) == 5
+
+
+def test_a_json_templates_secrets_are_masked_in_the_record_and_its_text_kept_byte_for_byte():
+    """The same in a JSON template (tabs and all), in a request and in GetTemplate's and
+    DescribeStackSet's XML answers; the agent's copy, which no rule masks, is the template as AWS
+    returns it: as written."""
+    m = Masker(KEY)
+    template = ('{\n\t"Parameters": {"Pin": {"Type": "String", "NoEcho": "true", "Default": "qQzjcN8heSg1usSkN"},\n'
+                '\t\t"Open": {"Type": "String", "Default": "qQzjcN8heSg1usSkM"}},\n'
+                '\t"Resources": {\n'
+                '\t\t"S": {"Type": "AWS::SecretsManager::Secret", "Properties": {"SecretString": "Hq4m\\u005aZp8TvX"}},\n'
+                '\t\t"R": {"Type": "AWS::SecretsManager::Secret", "Properties": {"SecretString": {"Ref": "Pin"}}},\n'
+                '\t\t"U": {"Type": "AWS::IAM::User", "Properties": {"LoginProfile": {"Password": "Zx8vQm3kLp7tRw2nB"}}},\n'
+                '\t\t"D": {"Type": "AWS::RDS::DBInstance", "Properties": {"MasterUserPassword": "Mb5nQ2wLz8xKp4tRv"}}\n'
+                '\t}\n}\n')
+    expected = (template.replace('"qQzjcN8heSg1usSkN"', json.dumps(fp("qQzjcN8heSg1usSkN")))
+                .replace('"Hq4m\\u005aZp8TvX"', json.dumps(fp("Hq4mZZp8TvX")))
+                .replace('"Zx8vQm3kLp7tRw2nB"', json.dumps(fp("Zx8vQm3kLp7tRw2nB")))
+                .replace('"Mb5nQ2wLz8xKp4tRv"', json.dumps(fp("Mb5nQ2wLz8xKp4tRv"))))
+    params, counts = m.params(_template_call("ValidateTemplate", template))
+    assert params["TemplateBody"] == expected and json.loads(expected)["Parameters"]["Open"]["Default"] == (
+        "qQzjcN8heSg1usSkM")  # a parameter without NoEcho is no secret
+    assert sum(counts.values()) == 4
+    for operation, result, wrapper in (("GetTemplate", "GetTemplateResult", "{}"),
+                                       ("DescribeStackSet", "DescribeStackSetResult", "<StackSet>{}</StackSet>")):
+        xml = (f'<{operation}Response xmlns="http://cloudformation.amazonaws.com/doc/2010-05-15/"><{result}>'
+               + wrapper.format(f"<TemplateBody>{xml_escape(template)}</TemplateBody>")
+               + f"</{result}><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></{operation}Response>")
+        part, copy = m.response(call("cloudformation", operation), status=200, body=xml.encode())
+        parsed = parse("cloudformation", operation, part.body.encode())
+        body = parsed["StackSet"]["TemplateBody"] if operation == "DescribeStackSet" else parsed["TemplateBody"]
+        assert body == expected and copy is None and sum(part.masked.values()) == 4
+
+
+def test_a_template_that_does_not_parse_is_read_by_the_detectors_as_before():
+    """A template that is neither JSON nor YAML (cut short here) is text: the detectors read it as
+    they did, an ``assignment`` still masked, a NoEcho default they cannot see kept."""
+    m = Masker(KEY)
+    broken = ("Parameters:\n  Pin:\n    NoEcho: true\n    Default: qQzjcN8heSg1usSkN\n  Db: [\n"
+              "Resources:\n  Db:\n    Properties:\n      MasterUserPassword: Hunter2Prod\n")
+    assert templates.secrets(broken) is None
+    params, counts = m.params(_template_call("CreateStack", broken))
+    assert "qQzjcN8heSg1usSkN" in params["TemplateBody"] and "Hunter2Prod" not in params["TemplateBody"]
+    assert [k[2] for k in counts] == ["assignment"]
+    # nor is a template read as one outside CloudFormation's TemplateBody
+    assert m.params(call("sqs", "SendMessage", params={"QueueUrl": "q", "MessageBody": TEMPLATE_YAML}))[0][
+        "MessageBody"] == TEMPLATE_YAML
 
 
 @given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),

@@ -737,3 +737,75 @@ def test_secrets_named_as_such_never_reach_the_record(gw, issuer):
     described = records["DescribeStacks"]["response_body"]
     assert f"<ParameterValue>{marker(gw, pw['stack'])}</ParameterValue>" in described
     assert f"<StackName>stack-{tag}</StackName>" in described and "<ParameterKey>DBPassword</ParameterKey>" in described
+
+
+def test_secrets_written_in_a_template_never_reach_the_record(gw, issuer, tmp_path):
+    """A CloudFormation template holds secrets no detector finds by their form or their key: a
+    NoEcho parameter's ``Default``, a literal ``SecretString``, an IAM user's console password. An
+    agent creates a stack with such a YAML template through boto3 and reads it back with
+    GetTemplate: the agent gets the template as written; the record (``agentgate calls show``, the
+    export, the store's files) keeps markers in the secrets' places and every other byte of the
+    template, a ``!Ref`` and comments included."""
+    tag = secrets.token_hex(6)
+    pw = {k: "".join(secrets.choice("abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(17))
+          for k in ("default", "secret_string", "console")}
+    template = textwrap.dedent(f"""\
+        # the application's secrets
+        Parameters:
+          AdminPin:
+            Type: String
+            NoEcho: true
+            Default: {pw["default"]}
+        Resources:
+          AppSecret:
+            Type: AWS::SecretsManager::Secret
+            Properties:
+              Name: app-{tag}
+              SecretString: '{pw["secret_string"]}'
+          RefSecret:
+            Type: AWS::SecretsManager::Secret
+            Properties:
+              Name: ref-{tag}
+              SecretString: !Ref AdminPin
+          Operator:
+            Type: AWS::IAM::User
+            Properties:
+              UserName: operator-{tag}
+              LoginProfile:
+                Password: {pw["console"]}
+          Queue:
+            Type: AWS::SQS::Queue
+            Properties:
+              QueueName: queue-{tag}
+        """)
+    token = issuer.mint(f"agent-template-{tag}")
+    cfn = agent_client(gw, token, "cloudformation")
+    cfn.create_stack(StackName=f"stack-{tag}", TemplateBody=template)
+    assert cfn.get_template(StackName=f"stack-{tag}")["TemplateBody"] == template  # the agent's copy: as written
+
+    records = {r["operation"]: r for r in gw.records() if r["principal"] == f"agent-template-{tag}"}
+    assert set(records) == {"CreateStack", "GetTemplate"}
+    assert {r["status"] for r in records.values()} == {200}, [(r["operation"], r["error"]) for r in records.values()]
+    needles = {k: forms(v) for k, v in pw.items()}
+    exported = tmp_path / "export.jsonl"
+    gw.cli("export", "--format", "jsonl", "-o", str(exported))
+    shown = {op: gw.cli("calls", "show", r["id"], "--json").stdout for op, r in records.items()}
+    assert scan_bytes({"export": exported.read_bytes(), **{op: s.encode() for op, s in shown.items()}},
+                      needles) == []
+    assert scan_bytes(sqlite_files(gw), needles) == []
+
+    # the template the record keeps: the secrets' markers in their places, the rest as written
+    expected = (template.replace(f"Default: {pw['default']}", f'Default: "{marker(gw, pw["default"])}"')
+                .replace(f"SecretString: '{pw['secret_string']}'",
+                         f'SecretString: "{marker(gw, pw["secret_string"])}"')
+                .replace(f"Password: {pw['console']}", f'Password: "{marker(gw, pw["console"])}"'))
+    created = json.loads(shown["CreateStack"])
+    assert created["params"]["TemplateBody"] == expected
+    got = json.loads(shown["GetTemplate"])
+    assert f"<TemplateBody>{expected}</TemplateBody>" in got["response_body"]
+    for call in (created, got):
+        part = "params" if call is created else "response"
+        by = {(e["path"].rsplit("TemplateBody.", 1)[-1], e["by"]) for e in call["masked"] if e["part"] == part}
+        assert by == {("Parameters.AdminPin.Default", "template-noecho"),
+                      ("Resources.AppSecret.Properties.SecretString", "template-property"),
+                      ("Resources.Operator.Properties.LoginProfile.Password", "template-property")}, call["masked"]

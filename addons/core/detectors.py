@@ -86,6 +86,10 @@ KEY_WORD_HINTS = ("pass", "pwd", "secret", "token", "key", "signature")
 _KEY_WORDS_AT = r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|signature)"
 ASSIGNMENT_AT = re.compile(_KEY_WORDS_AT + r"""(?:\\?["'])?\s*(?:=|:(?=\s|\\?["']))""")
 ASSIGNMENT_AT_JSON = re.compile(_KEY_WORDS_AT + r"""(?:\\["']|')?\s*(?:=|:(?=\s|\\?["']))""")
+# a CloudFormation template's short-form function (``MasterUserPassword: !Ref DbPassword``) names
+# where the value comes from: no secret
+INTRINSIC_TAG = re.compile(r"!(?:Ref|Sub|GetAtt|Join|Select|Split|If|FindInMap|ImportValue|Base64|Cidr|GetAZs"
+                           r"|Transform|And|Equals|Not|Or|Condition|Length|ToJsonString|ForEach)")
 URL_PASSWORD_HINT = re.compile(r"""://[^\s/?#@"'<>]*:[^\s/?#@"'<>]+@""")
 _STEMS = ("pass", "pwd", "secret", "token", "signature", "key")
 _KEY_STARTS = (3, 4, 6, 7, 8)  # where a key word ending in "key" starts: api, api_, access, access_, private(_)
@@ -429,7 +433,8 @@ def find(text: str, name: str | None = None, by_name: bool = True) -> list[Findi
     if ("=" in text or ":" in text) and any(w in text.lower() for w in KEY_WORD_HINTS):
         for m in ASSIGNMENT.finditer(text):
             key = m.group("key").lower().replace("_", "").replace("-", "").rpartition(".")[2]
-            if key in NOT_SECRET_KEYS or m.group("value").startswith(MARKER_PREFIX):
+            if key in NOT_SECRET_KEYS or m.group("value").startswith(MARKER_PREFIX) or INTRINSIC_TAG.fullmatch(
+                    m.group("value")):
                 continue
             found.append(Finding(m.start("value"), m.end("value"), "assignment"))
     for m in SECRET_KEY.finditer(text) if len(text) >= 40 else ():

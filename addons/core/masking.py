@@ -67,7 +67,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
 import brotli
 
-from . import detectors
+from . import detectors, templates
 from .records import REDACTED_HEADERS
 
 if sys.version_info >= (3, 14):
@@ -1626,7 +1626,8 @@ class Masker:
         if node is not None or ov is not None:
             walk.plan(params, top, node, ov, (), None, None)
         walk.detect = detectors.suspicious("\n".join(_strings(params)))
-        if walk.detect or detectors.names_secret("\n".join(_strings(params, keys=True))):
+        if (walk.detect or detectors.names_secret("\n".join(_strings(params, keys=True)))
+                or _templates(shapes, params)):
             walk.scan(params, top, (), None, None)
         if not walk.edits:
             return params, counts
@@ -1845,6 +1846,16 @@ class Masker:
             return text, counts
         return self._replace(text, findings, counts, which, path), counts
 
+    def template(self, text: str, counts: Counter, which: str, path: str) -> str:
+        """A CloudFormation template with the secrets it holds by where they sit masked in place
+        (``templates.secrets``), the rest as written; as it was where it does not parse."""
+        found = templates.secrets(text)
+        if not found:
+            return text
+        for s in found:
+            counts[(which, f"{path}.{s.path}" if path else s.path, f"template-{s.where}")] += 1
+        return templates.replace(text, found, self.marker)
+
     def _replace(self, text: str, findings: list[detectors.Finding], counts: Counter, which: str, path: str) -> str:
         out, last = [], 0
         for f in findings:
@@ -1944,7 +1955,8 @@ class Masker:
         text = body.decode("utf-8")
         root, node, ov = _body_root(message, node, ov)
         suspect, by_name = detectors.hints(text)
-        if node is None and ov is None and not by_name:
+        template = _cloudformation(shapes) and "TemplateBody>" in text
+        if node is None and ov is None and not by_name and not template:
             part.body = text
             return
         tree = parse_xml(body)
@@ -1952,7 +1964,7 @@ class Masker:
         start = _xml_start(tree, protocol, message) if (node is not None or ov is not None) else None
         if start is not None:
             walk.plan(start, root, node, ov, ())
-        if by_name:
+        if by_name or template:
             walk.detect = suspect
             walk.scan(tree, ())
         part.body = walk.splice(body).decode("utf-8") if walk.spans else text
@@ -1989,7 +2001,13 @@ class Masker:
                 counts.update(found)
             if i in walk.edits:
                 continue
-            masked, found = self.mask_text(value, which, _form_path(key), names.get(i) or _form_name(key))
+            if _form_name(key) in templates.MEMBERS and _cloudformation(shapes):
+                found = Counter()
+                masked = self.template(value, found, which, _form_path(key))
+                masked, more = self.mask_text(masked, which, _form_path(key), names.get(i) or _form_name(key))
+                found.update(more)
+            else:
+                masked, found = self.mask_text(value, which, _form_path(key), names.get(i) or _form_name(key))
             if found:
                 walk.edits[i] = masked
                 counts.update(found)
@@ -2322,10 +2340,15 @@ class _Tree:
                 if spec is not None and spec["type"] == "blob":
                     return
                 by_name = by_name and (spec is None or "enum" not in spec)  # an enum's value is a setting
+                original = value
+                if shape == "TemplateBody" and _cloudformation(self.shapes):
+                    value = self.m.template(value, self.counts, self.which, _render(path))
                 findings = (detectors.find(value, name, by_name) if self.detect
                             else detectors.named(value, name) if by_name else None)
                 if findings:
-                    self._edit(container, key, self.m._replace(value, findings, self.counts, self.which, _render(path)))
+                    value = self.m._replace(value, findings, self.counts, self.which, _render(path))
+                if value is not original:
+                    self._edit(container, key, value)
             return
         shapes = self.shapes
         kind = shapes.type_of(shape) if shapes else None
@@ -2718,11 +2741,15 @@ class _Xml:
             if len(value) >= 8 and detectors.find(value, attribute, by_name=False):
                 raise Unmaskable(f"an attribute of <{elem.tag}> holds what looks like a secret")
         if not elem.children:
-            text = elem.text
+            text = original = elem.text
             if text:
+                if elem.tag in templates.MEMBERS and _cloudformation(self.shapes):
+                    text = self.m.template(text, self.counts, self.which, _render(path))
                 findings = detectors.find(text, name) if self.detect else detectors.named(text, name)
                 if findings:
-                    self.spans[id(elem)] = (elem, self.m._replace(text, findings, self.counts, self.which, _render(path)))
+                    text = self.m._replace(text, findings, self.counts, self.which, _render(path))
+                if text is not original:
+                    self.spans[id(elem)] = (elem, text)
             return
         text = elem.text  # text beside child elements (mixed content)
         if self.detect and len(text.strip()) >= 8 and detectors.find(text, elem.tag, by_name=False):
@@ -2736,6 +2763,15 @@ class _Xml:
 
 
 # -- form-encoded requests
+
+
+def _cloudformation(shapes: ServiceShapes | None) -> bool:
+    return shapes is not None and shapes.name == "cloudformation"
+
+
+def _templates(shapes: ServiceShapes | None, params: Any) -> bool:
+    """Does a CloudFormation call's parameters carry a template (read by ``Masker.template``)?"""
+    return _cloudformation(shapes) and isinstance(params, dict) and any(k in params for k in templates.MEMBERS)
 
 
 def _form_text(pairs: Iterable[tuple[str, str]]) -> str:
