@@ -35,7 +35,7 @@ from mitmproxy.proxy import layers, server_hooks
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.utils import human
 
-from . import closing, limits, reads
+from . import closing, h2buffers, limits, reads
 from .core import destinations, endpoints, sigv4
 from .core.awserrors import Refusal
 from .stage import AUTH, HOST, REFUSAL, STREAM, TUNNEL, answer, header_pairs, refuse_connect
@@ -203,6 +203,7 @@ class Egress:
         limits.install()
         closing.install()  # a connection limits (or any layer) closes from a hook's task is closed
         reads.install()  # a read takes what has arrived, not 64 KiB at most
+        h2buffers.install()  # an HTTP/2 agent's answer is read from upstream no faster than the agent takes it
 
     def configure(self, updated) -> None:
         from mitmproxy import ctx

@@ -14,7 +14,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.proxy import mode_servers
 from mitmproxy.test import tflow
 
-from addons import closing, fastpath, reads
+from addons import closing, fastpath, h2buffers, reads
 
 
 class Recorder:
@@ -269,10 +269,11 @@ def test_option_reads_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
 @pytest.mark.parametrize("wrapper, words", [
     (closing, "connections closed from another task may stay open"),
     (reads, "connections are read 64 KiB at a time"),
-], ids=["closing", "reads"])
+    (h2buffers, "an HTTP/2 agent's slow download may be held whole in memory"),
+], ids=["closing", "reads", "h2buffers"])
 def test_a_wrapper_of_handle_connection_leaves_a_changed_mitmproxy_alone_with_its_error(monkeypatch, caplog,
                                                                                         wrapper, words):
-    """closing.py and reads.py wrap mitmproxy's ConnectionHandler.handle_connection, each after
+    """closing.py, reads.py and h2buffers.py wrap mitmproxy's ConnectionHandler.handle_connection, each after
     ``fastpath.connection_handler`` checked its shape: another shape is left as it is, and each says
     in its own words what the gateway does without it."""
     from mitmproxy.proxy import server

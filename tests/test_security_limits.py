@@ -276,6 +276,66 @@ def test_parameters_too_large_to_keep_are_recorded_as_their_digest(tmp_path, iss
         assert r["truncated"] and r["action"] == "ec2:DescribeInstances" and r["decision"] == "allow"
 
 
+def test_an_http2_agent_reading_a_download_slowly_does_not_make_the_gateway_hold_it(gw, issuer):
+    """An HTTP/2 agent takes an answer as fast as it opens its flow-control window. One that stops
+    reading a download (here stream 1: its window is never opened past the first 64 KiB) while it
+    reads another on the same connection (stream 3) whole: upstream is read for stream 1 no faster
+    than the agent takes it, so the gateway does not hold that object in memory (it held it whole,
+    48 MB here, and a few such downloads took the gateway out of memory), stream 3 is not held up
+    by it, and once the agent reads stream 1 again it gets it whole."""
+    import h2.events
+
+    from tests.support.raw import _h2_connection, _h2_head, s3_signed
+
+    sub = "agent-reading-slowly-h2"
+    data = secrets.token_bytes(1 << 20) * 48
+    s3 = client(gw, issuer.mint(sub), "s3")
+    s3.create_bucket(Bucket="limits-h2-slow")
+    s3.put_object(Bucket="limits-h2-slow", Key="big.bin", Body=data)
+    host = "limits-h2-slow.s3.amazonaws.com"
+    tls, conn = _h2_connection(gw, issuer.mint(sub), host)
+    try:
+        time.sleep(0.5)
+        before = _rss_mb(gw.proc.pid)
+        for stream in (1, 3):
+            conn.send_headers(stream, _h2_head(host, "GET", b"/big.bin", s3_signed("GET", f"https://{host}/big.bin")),
+                              end_stream=True)
+        tls.sendall(conn.data_to_send())
+        got, ended, grew = {1: b"", 3: b""}, set(), None
+        tls.settimeout(30)
+        while ended != {1, 3}:
+            data_in = tls.recv(1 << 20)
+            assert data_in, "the gateway closed the connection"
+            for event in conn.receive_data(data_in):
+                if isinstance(event, h2.events.DataReceived):
+                    got[event.stream_id] += event.data
+                    if event.stream_id == 3 or grew is not None:
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    else:  # the connection's window only: stream 1 stays stalled
+                        conn.increment_flow_control_window(event.flow_controlled_length)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise AssertionError(f"the gateway ended the download: {event}")
+            if 3 in ended and grew is None:  # stream 3 whole while stream 1 waits: how much does the gateway hold?
+                time.sleep(1.0)
+                grew = _rss_mb(gw.proc.pid) - before
+                assert len(got[1]) < len(data) // 4, len(got[1])
+                conn.acknowledge_received_data(len(got[1]), 1)  # stream 1 is read again from here
+            tls.sendall(conn.data_to_send())
+    finally:
+        tls.close()
+    assert got[3] == data and got[1] == data, (len(got[1]), len(got[3]))
+    assert grew < 24, f"the gateway's memory grew by {grew:.0f} MB while an agent did not read a 48 MB download"
+    gets = [r for r in gw.records() if r["principal"] == sub and r["operation"] == "GetObject"]
+    assert [(r["outcome"], r["status"]) for r in gets] == [("forwarded", 200)] * 2, gets
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def _peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
