@@ -112,7 +112,7 @@ def streamed_note(response: http.Response) -> str:
     length = response.headers.get("content-length")
     declared = f"upstream declared {length} bytes" if length is not None else "upstream did not declare its length"
     names = [n for n in INTEGRITY_HEADERS if n in response.headers]
-    integrity = f"; its {', '.join(names)} are in the response headers" if names else ""
+    integrity = f"; its {', '.join(names)} {'is' if len(names) == 1 else 'are'} in the response headers" if names else ""
     return (f"response: body streamed to the agent after this record was committed, so not kept and its SHA-256 "
             f"and size are not here; {declared}{integrity}")
 

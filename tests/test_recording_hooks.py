@@ -14,7 +14,7 @@ from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow
 
 from addons.core.store import Store
-from addons.recorder import RECORDED, Recorder, StreamedBody
+from addons.recorder import RECORDED, Recorder, StreamedBody, streamed_note
 
 
 @pytest.fixture
@@ -96,3 +96,20 @@ def test_answers_made_by_the_gateway_are_not_streamed_or_recorded_early(store):
         asyncio.run(hooks())
     assert [o for o, _ in outcomes(store)] == ["refused"]
     assert isinstance(f.response, http.Response)
+
+
+def test_a_streamed_answers_note_names_its_integrity_headers_in_words_that_agree():
+    """The record of an answer committed before its body names the headers that vouch for the body,
+    one or several, in a sentence that reads right either way."""
+    def answer(**headers):
+        r = http.Response.make(200, b"")
+        del r.headers["content-length"]
+        for name, value in headers.items():
+            r.headers[name.replace("_", "-")] = value
+        return r
+
+    one = streamed_note(answer(content_length="5", etag='"abc"'))
+    assert one.endswith("upstream declared 5 bytes; its etag is in the response headers"), one
+    two = streamed_note(answer(etag='"abc"', x_amz_checksum_crc32="AAAAAA=="))
+    assert "its etag, x-amz-checksum-crc32 are in the response headers" in two, two
+    assert streamed_note(answer()).endswith("upstream did not declare its length")
