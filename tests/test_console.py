@@ -18,6 +18,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync"]
 
 
+def held_delete(client, key: str):
+    """``client`` deletes ``key`` in a thread of its own, a call held for approval: (the thread,
+    a dict whose "error" is what ``held`` gives once the call is answered)."""
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key=key))))
+    t.start()
+    return t, result
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, issuer, moto):
     gateway = start_gateway(tmp_path_factory.mktemp("console"), issuer, moto, approval_hold=20)
@@ -165,10 +174,7 @@ def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
         page.wait_for_selector(f"#calls tr:has-text('{approval_id}'):has-text('forwarded')", timeout=5_000)
 
         # deny another with a reason: the agent's error carries it
-        t2_result: dict = {}
-        t2 = threading.Thread(target=lambda: t2_result.update(
-            error=held(lambda: client.delete_object(Bucket=BUCKET, Key="refused"))))
-        t2.start()
+        t2, t2_result = held_delete(client, "refused")
         card = page.wait_for_selector(".approval:has-text('approvals-bucket/refused')", timeout=10_000)
         other_id = card.get_attribute("data-id")
         page.click(f"button[data-deny='{other_id}']")  # no reason yet: refused, the card stays
@@ -184,10 +190,7 @@ def test_a_held_boto3_call_is_released_by_a_click(gw, issuer, browser):
 
 def test_an_agent_cannot_approve_its_own_call_in_the_console(gw, issuer):
     client = s3(gw, issuer.mint("agent-9", groups=["data-agents", "sre"]), max_pool_connections=4)
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.update(error=held(
-        lambda: client.delete_object(Bucket=BUCKET, Key="self"))))
-    t.start()
+    t, result = held_delete(client, "self")
     with console(gw, issuer.mint("agent-9", groups=["sre"])) as c:
         asked = wait_for(lambda: [a for a in c.get("/api/state").json()["pending"] if a["principal"] == "agent-9"])[0]
         r = c.post(f"/api/approvals/{asked['id']}/approve", json={})
@@ -210,9 +213,7 @@ def test_what_would_not_show_as_written_is_written_out_on_the_card(gw, issuer, b
         sign_in(page, gw, issuer)
         client = s3(gw, issuer.mint("agent-bidi"))
         key = "bidi/\u202elqs.pukcab-dorp\u200b"
-        result: dict = {}
-        t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key=key))))
-        t.start()
+        t, result = held_delete(client, key)
         card = page.wait_for_selector(".approval:has-text('bidi/')", timeout=10_000)
         text = card.inner_text()
         assert "approvals-bucket/bidi/\\u202elqs.pukcab-dorp\\u200b" in text, text
@@ -236,9 +237,7 @@ def test_line_breaks_tabs_and_runs_of_spaces_show_as_written_on_one_line(gw, iss
         sign_in(page, gw, issuer)
         client = s3(gw, issuer.mint("agent-lines"))
         key = "lines/old  report\tfinal\nv2"
-        result: dict = {}
-        t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key=key))))
-        t.start()
+        t, result = held_delete(client, key)
         card = page.wait_for_selector(".approval:has-text('lines/')", timeout=10_000)
         resource = card.query_selector("dd:nth-of-type(3)").inner_text()
         assert resource == "approvals-bucket/lines/old  report\\tfinal\\nv2", resource
@@ -267,9 +266,7 @@ def test_a_token_or_reason_holding_a_lone_surrogate_or_nul_is_answered_not_an_er
             r = c.post("/api/login", content=b'{"token": ' + token + b"}", headers=json_body)
             assert r.status_code == 401 and "neither the local admin token nor an OIDC token" in r.json()["error"]
     client = s3(gw, issuer.mint("agent-odd"))
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.update(error=held(lambda: client.delete_object(Bucket=BUCKET, Key="odd"))))
-    t.start()
+    t, result = held_delete(client, "odd")
     with console(gw) as c:
         asked = wait_for(lambda: [a for a in c.get("/api/state").json()["pending"] if a["principal"] == "agent-odd"])[0]
         r = c.post(f"/api/approvals/{asked['id']}/deny", content=b'{"reason": "no\\u0000pe \\ud800 sorry"}',

@@ -91,6 +91,15 @@ def _raw_call(conn: http.client.HTTPSConnection, method: str, path: str, body: b
     return resp.status, resp.read()
 
 
+# the test policy and one rule more: a change to put in force while a gateway runs
+NO_TABLE_LISTING = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+    - id: no-table-listing
+      action: dynamodb:ListTables
+      decision: deny
+      reason: tables are not listed today
+    """), "  ")
+
+
 def test_policy_reloads_without_dropping_connections(tmp_path, issuer, moto):
     with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url,
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
@@ -98,12 +107,7 @@ def test_policy_reloads_without_dropping_connections(tmp_path, issuer, moto):
         c.list_tables()
         before = gw.records()[-1]["policy_version"]
         policy_file = gw.home / "policies" / "test.yaml"
-        policy_file.write_text(TEST_POLICY + textwrap.indent(textwrap.dedent("""\
-            - id: no-table-listing
-              action: dynamodb:ListTables
-              decision: deny
-              reason: tables are not listed today
-            """), "  "))
+        policy_file.write_text(NO_TABLE_LISTING)
         deadline = time.time() + 10
         while True:  # the same client, the same kept-alive tunnel
             try:
@@ -143,12 +147,7 @@ def test_a_policy_change_is_put_in_force_and_logged_with_no_calls(tmp_path, issu
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
         first = re.search(r"policies: .* \(version (\w+)\)", gw.log()).group(1)  # as the banner says
         policy_file = gw.home / "policies" / "test.yaml"
-        policy_file.write_text(TEST_POLICY + textwrap.indent(textwrap.dedent("""\
-            - id: no-table-listing
-              action: dynamodb:ListTables
-              decision: deny
-              reason: tables are not listed today
-            """), "  "))
+        policy_file.write_text(NO_TABLE_LISTING)
         found = wait_for(lambda: re.search(r"INFO agentgate.policy: policy version (\w+) in force, replacing (\w+)",
                                            gw.log()), timeout=5)
         new = found.group(1)
