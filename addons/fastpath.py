@@ -26,9 +26,11 @@
    first use of anything else from the package (``default_addons()``, as mitmweb's master calls
    it) runs the real ``__init__`` then.
 
-5. The connection handler's read loop. ``addons/closing.py`` and ``addons/reads.py`` each wrap
-   ``ConnectionHandler.handle_connection``; ``connection_handler(fields)`` is the shape check
-   both rely on (a coroutine method of (self, connection) whose ``ConnectionIO`` has ``fields``).
+5. The connection handler's read loop. ``addons/closing.py``, ``addons/reads.py`` and
+   ``addons/h2buffers.py`` each wrap ``ConnectionHandler.handle_connection``;
+   ``connection_handler(fields)`` is the shape check they rely on (a coroutine method of (self,
+   connection) whose ``ConnectionIO`` has ``fields``), and ``wrap_readers(prepare)`` the wrapper
+   the last two share: it hands each connection's asyncio reader to ``prepare`` first.
 
 6. httpx's command line. ``httpx`` imports its command-line module whenever rich, click and
    pygments are installed (the gateway's CLI needs the first two): about 3 MB of a gateway's memory
@@ -222,6 +224,28 @@ def connection_handler(fields: tuple[str, ...]) -> tuple[Any, Any, str | None]:
             or list(inspect.signature(original).parameters) != ["self", "connection"]):
         return None, None, "ConnectionHandler changed"
     return handler, original, None
+
+
+def wrap_readers(prepare: Any, shape_changed: Any = None) -> str | None:
+    """Wrap ``ConnectionHandler.handle_connection`` (5. above) so that ``prepare(handler,
+    connection, reader)`` is given each connection's asyncio reader before mitmproxy reads from it
+    (not mitmproxy_rs's streams: UDP, local and WireGuard modes). None once in place; else what
+    changed in mitmproxy (``shape_changed()`` adds a wrapper's own checks), and nothing is wrapped."""
+    handler, original, changed = connection_handler(("reader",))
+    if changed is None and shape_changed is not None:
+        changed = shape_changed()
+    if changed is not None:
+        return changed
+
+    @functools.wraps(original)
+    async def handle_connection(self, connection) -> None:
+        reader = getattr(self.transports.get(connection), "reader", None)
+        if type(reader) is asyncio.StreamReader:
+            prepare(self, connection, reader)
+        await original(self, connection)
+
+    handler.handle_connection = handle_connection
+    return None
 
 
 def reuse_port() -> bool:

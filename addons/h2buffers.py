@@ -24,7 +24,6 @@ and wraps nothing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 from . import fastpath
@@ -112,26 +111,19 @@ def _waiting_read(handler, connection, reader) -> None:
     reader.read = read_when_taken
 
 
+def _prepare(handler, connection, reader) -> None:
+    if connection is not handler.client:  # a connection to upstream
+        _waiting_read(handler, connection, reader)
+
+
 def install() -> bool:
     """Wrap mitmproxy's ``ConnectionHandler.handle_connection`` as described above. True when in place."""
     global _installed
     if _installed:
         return True
-    handler, original, changed = fastpath.connection_handler(("reader",))
-    if changed is None:
-        changed = _shape_changed()
+    changed = fastpath.wrap_readers(_prepare, _shape_changed)
     if changed is not None:
         log.error("an HTTP/2 agent's slow download may be held whole in memory (mitmproxy's %s)", changed)
         return False
-
-    @functools.wraps(original)
-    async def handle_connection(self, connection) -> None:
-        transport = self.transports.get(connection)
-        reader = getattr(transport, "reader", None)
-        if connection is not self.client and type(reader) is asyncio.StreamReader:
-            _waiting_read(self, connection, reader)
-        await original(self, connection)
-
-    handler.handle_connection = handle_connection
     _installed = True
     return True

@@ -19,7 +19,6 @@ and wraps nothing (reads stay as mitmproxy makes them).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 from . import fastpath
@@ -46,19 +45,9 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    handler, original, changed = fastpath.connection_handler(("reader",))
+    changed = fastpath.wrap_readers(lambda handler, connection, reader: _larger_reads(reader))
     if changed is not None:
         log.error("connections are read 64 KiB at a time (mitmproxy's %s)", changed)
         return False
-
-    @functools.wraps(original)
-    async def handle_connection(self, connection) -> None:
-        transport = self.transports.get(connection)
-        reader = getattr(transport, "reader", None)
-        if type(reader) is asyncio.StreamReader:  # not mitmproxy_rs's streams (UDP, local and WireGuard modes)
-            _larger_reads(reader)
-        await original(self, connection)
-
-    handler.handle_connection = handle_connection
     _installed = True
     return True
