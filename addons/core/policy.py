@@ -2031,14 +2031,8 @@ class PolicyStore:
 
     @property
     def current(self) -> PolicySet:
-        now = time.monotonic()
-        due = self.check_interval * (2 if self.timed else 1)
-        if now - self._checked >= due and self._lock.acquire(blocking=False):
-            try:
-                self._checked = now
-                self._refresh()
-            finally:
-                self._lock.release()
+        if time.monotonic() - self._checked >= self.check_interval * (2 if self.timed else 1):
+            self.check_now()
         return self._set
 
     def check_now(self) -> PolicySet:
