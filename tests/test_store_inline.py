@@ -212,6 +212,41 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     assert verify(s.url, KEY).ok
 
 
+def test_a_writer_late_to_its_checkpoint_still_keeps_the_wal_bounded(tmp_path) -> None:
+    """On a machine busy with other work the writer thread can come late to a checkpoint an inline
+    commit asked for: commits meanwhile go to the writer's queue, not on into the WAL inline (the
+    WAL passed twice its checkpoint's worth, 3,574 frames, on such a machine)."""
+    from addons.core import store as store_module
+
+    s = sqlite_store(tmp_path, checkpoint_every=3600)
+    s.commit_inline = True
+    real = s._checkpoint_wal
+    late: list[bool] = []
+
+    def checkpoint_wal():
+        if s._checkpoint_due():
+            late.append(True)
+            time.sleep(0.3)  # scheduled late
+        return real()
+
+    s._checkpoint_wal = checkpoint_wal
+    frames: list[int | None] = []
+
+    async def main() -> None:
+        for i in range(1500):
+            await s.write(Record(session_id="sess", params={"i": i, "pad": "x" * 500}))
+            if i % 10 == 9:
+                frames.append(s._wal_frames())
+
+    try:
+        asyncio.run(main())
+    finally:
+        s.close()
+    assert len(late) >= 3 and s.stats["records"] == 1500
+    assert all(f is not None for f in frames) and max(frames) < 2 * store_module.WAL_CHECKPOINT_FRAMES, frames
+    assert seqs(s.url) == list(range(1, 1501)) and verify(s.url, KEY).ok
+
+
 def test_a_locked_database_sends_the_record_to_the_writer_without_blocking_the_loop(tmp_path) -> None:
     """Another process holds SQLite's write lock: the inline commit does not wait for it (the
     loop goes on serving), the writer thread commits the record once the lock is released, and

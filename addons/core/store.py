@@ -1060,8 +1060,10 @@ class Store:
         if not self.can_commit_inline:
             return False
         with self._cond:
+            # _wal_due: the WAL has its checkpoint's worth; records go to the writer, which checkpoints
+            # first, so that the WAL stays bounded however late the writer thread is scheduled
             if (self._queue or self._attempting or self._inline or self._writer_waiting or self._in_doubt
-                    or self._owed_versions or not self._healthy or self._thread is None or self._closing.is_set()):
+                    or self._wal_due or self._owed_versions or not self._healthy or self._thread is None or self._closing.is_set()):
                 return False
             self._inline = True
         done = False

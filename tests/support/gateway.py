@@ -44,9 +44,31 @@ rules:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, avoid: tuple[int, ...] = ()) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1, none of them in ``avoid``: the sockets are held
+    together, since a port closed can be handed out again by the next bind."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)  # an avoided port is held too, until the end, so not handed out again here
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
+def _ports_named(listen: str | None) -> tuple[int, ...]:
+    """The port a HOST:PORT setting names, if any."""
+    m = re.search(r":(\d+)$", listen or "")
+    return (int(m.group(1)),) if m else ()
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -141,9 +163,9 @@ class Gateway:
         self.upstream = upstream
         self.aws_key = aws_key
         self.policy = policy
-        self.settings = {"console_listen": f"127.0.0.1:{free_port()}", **(settings or {})}
+        console_port, self.port = free_ports(2, avoid=_ports_named((settings or {}).get("console_listen")))
+        self.settings = {"console_listen": f"127.0.0.1:{console_port}", **(settings or {})}
         self.extra_env = env or {}
-        self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.home / "gateway.log"
 
@@ -216,7 +238,7 @@ class Gateway:
                     raise RuntimeError(f"gateway did not start: {e}\n{self.log()}") from None
             # another test process took the port between free_port() and the gateway's bind: another one
             self.stop()
-            self.port = free_port()
+            self.port = free_ports(1, avoid=_ports_named(self.settings.get("console_listen")))[0]
             cfg = self.home / "agentgate.toml"
             cfg.write_text(re.sub(r'(?m)^listen = "[^"]*"', f'listen = "127.0.0.1:{self.port}"', cfg.read_text()))
         return self
