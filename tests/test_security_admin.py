@@ -180,7 +180,7 @@ def _connect_to(gateway, token: str, target: str) -> tuple[int, str]:
 def test_mitmweb_refuses_requests_without_its_token(tmp_path, issuer):
     gw = Gateway(tmp_path, issuer=issuer.issuer, upstream="http://127.0.0.1:9", aws_key=("AKIAWEBTEST000000000", "x"))
     gw.init()
-    web_port = free_port()
+    web_port = gw.another_port()
     log = open(tmp_path / "web.log", "wb")
     proc = subprocess.Popen([AGENTGATE, "run", "--web", "--web-listen", f"127.0.0.1:{web_port}"], env=gw.env,
                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)

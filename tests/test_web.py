@@ -16,7 +16,7 @@ import botocore.exceptions
 import pytest
 
 from addons.core.masking import AGENT_MARKER, MARKER_PREFIX, MARKER_RE
-from tests.support.gateway import AGENTGATE, TEST_POLICY, Gateway, free_port, wait_port
+from tests.support.gateway import AGENTGATE, TEST_POLICY, Gateway, wait_port
 from tests.test_identity_e2e import client
 
 MASKING_POLICY = TEST_POLICY.replace("rules:\n", """rules:
@@ -33,7 +33,7 @@ class WebGateway(Gateway):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.web_port = free_port()
+        self.web_port = self.another_port()
 
     def start(self) -> "WebGateway":
         if not (self.home / "agentgate.toml").exists():

@@ -169,6 +169,10 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.home / "gateway.log"
 
+    def another_port(self) -> int:
+        """A free port that is neither the gateway's nor its console's (for --web-listen and such)."""
+        return free_ports(1, avoid=(self.port, *_ports_named(self.settings.get("console_listen"))))[0]
+
     @property
     def env(self) -> dict:
         e = {
