@@ -82,10 +82,11 @@ class Auth:
         data.principal = self._connection_principal(data.client)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response:
-            return
-        if flow.error:  # refused in mitmproxy's HTTP layer (its framing): the record names who sent it
-            if (principal := self._connection_principal(flow.client_conn)) is not None:
+        if flow.response or flow.error:
+            # answered already (egress: a plain-HTTP request in a tunnel to port 80, a Host that is
+            # not AWS) or refused in mitmproxy's HTTP layer (its framing): the record names who
+            # holds the connection
+            if PRINCIPAL not in flow.metadata and (principal := self._connection_principal(flow.client_conn)) is not None:
                 flow.metadata[PRINCIPAL] = principal
             return
         refusal = await self._authenticate(flow)

@@ -294,6 +294,31 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
 
 
 
+@pytest.mark.parametrize("tls, host, words", [
+    (False, "sts.amazonaws.com", "over HTTPS only"),  # plain HTTP in a tunnel to port 80
+    (True, "169.254.169.254", "169.254.169.254 is not an AWS endpoint"),  # a Host that is not AWS
+], ids=["plain-http-to-port-80", "host-not-aws"])
+def test_a_request_refused_in_an_authenticated_tunnel_names_who_holds_it(resolving_gateway, issuer, tls, host, words):
+    """A request egress refuses in a tunnel whose CONNECT carried the agent's token (plain HTTP to
+    port 80 of an AWS host, or a Host that is not AWS) is refused before auth reads it; its record
+    names the principal the tunnel was opened by, as other refusals in such a tunnel do."""
+    sub = f"agent-in-tunnel-{'tls' if tls else 'plain'}"
+    s, head = connect(resolving_gateway.port, f"sts.amazonaws.com:{443 if tls else 80}", issuer.mint(sub))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if tls:
+        s = ssl.create_default_context(cafile=str(resolving_gateway.ca_file)).wrap_socket(
+            s, server_hostname="sts.amazonaws.com")
+    s.sendall(f"GET /?Action=GetCallerIdentity&Version=2011-06-15 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = http.client.HTTPResponse(s)
+    answer.begin()
+    text = answer.read().decode()
+    s.close()
+    assert answer.status == 403 and words in text, text
+    records = records_of(resolving_gateway, sub)
+    assert [(r["outcome"], r["rule"], r["status"]) for r in records] == [("refused", "agentgate:egress", 403)], (
+        records, [(r["principal"], r["error"]) for r in resolving_gateway.records() if words in (r["error"] or "")])
+
+
 @pytest.mark.parametrize("first", [b"P", b"PO", b"POST", b"POST /"])
 def test_a_request_begun_in_small_pieces_is_not_relayed_raw(resolving_gateway, listeners, issuer, first):
     """An intercepted tunnel whose first bytes are too few to look like HTTP (a slow client, one
