@@ -9,7 +9,9 @@ gateway and PostgreSQL (tests/support/tcp_proxy.py) that loses answers, pauses a
 - a silent partition (the proxy paused) answers calls needing an approval 503 within
   commit_timeout, then at once, and leaves an unrelated agent's STS fetch alone; PostgreSQL
   connections carry TCP keepalives;
-- policy versions in force while the store was down have their texts stored once it is back."""
+- policy versions in force while the store was down have their texts stored once it is back;
+- a decision while the database takes no writes (default_transaction_read_only on) says the store
+  is read-only, not that it cannot be reached, in the console and the CLI."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from addons.core.approvals import Approvals
 from addons.core.store import Store
 from tests.support.postgres import shared_server
 from tests.support.tcp_proxy import FaultProxy
-from tests.test_approval_e2e import POLICY, console, held, pending, s3, start_gateway, wait_for
+from tests.test_approval_e2e import POLICY, approve, console, held, pending, s3, start_gateway, wait_for
 
 BUCKET = "store-faults-bucket"
 COMMIT_TIMEOUT = 2.0
@@ -301,3 +303,62 @@ def test_every_policy_version_that_decided_a_call_has_its_text_stored(proxied, i
     assert not missing, f"policy versions named by records with no stored text: {missing}"
     for version in named:
         assert "deleting-needs-sre" in gw.cli("policy", "show", version, "--db", direct).stdout
+
+
+# -- a store that takes no writes ------------------------------------------------------------------
+
+
+def read_only(url: str, on: bool) -> None:
+    """Turn ``default_transaction_read_only`` on (or off) for the database ``url`` names, as an
+    operator would, and end its sessions, so that every connection made from then on is so."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname="postgres", autocommit=True) as conn:
+        setting = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
+        conn.execute(f'ALTER DATABASE "{u.database}" {setting}')
+        ended = [r[0] for r in conn.execute("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                                            "WHERE datname = %s AND pid <> pg_backend_pid()", (u.database,))]
+        wait_for(lambda: not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (ended,)).fetchall())
+
+
+def test_a_decision_on_a_read_only_store_says_it_is_read_only_not_unreachable(proxied, issuer):
+    """An approver approves while the store takes no writes (default_transaction_read_only on, as on
+    a hot standby): nothing is decided, and the console and `agentgate approvals approve` say the
+    store refused the write because it is read-only and what to do, not that it cannot be reached;
+    a store that cannot be reached still says so. Once it takes writes again, the approval goes."""
+    gw, proxy, direct = proxied()
+    impatient = s3(gw, issuer.mint("agent-1"), read_timeout=1)
+    assert delete(impatient, "read-only")[0] == "hung up"  # held; its approval pending
+    approval_id = wait_for(lambda: approval_of(direct, "read-only")).id
+    alice = issuer.mint("alice", groups=["sre"])
+
+    read_only(direct, True)
+    with console(gw, alice) as c:
+        r = c.post(f"/api/approvals/{approval_id}/approve", json={"reason": "ticket 12"})
+    assert r.status_code == 503, r.text
+    said = r.json()["error"]
+    assert "refused the write because it is read-only" in said and "cannot be reached" not in said, said
+    assert "default_transaction_read_only" in said and "primary" in said, said
+    cli = approve(gw, issuer, approval_id, check=False)
+    assert cli.returncode == 1 and f"Error: {said}" in cli.stderr, cli.stderr  # the CLI says the same
+    assert approval_of(direct, "read-only").status == "pending"  # fails closed: nothing approved
+
+    proxy.down()
+    try:
+        with console(gw, alice) as c:
+            r = c.post(f"/api/approvals/{approval_id}/approve", json={})
+        assert r.status_code == 503 and "cannot be reached" in r.json()["error"], r.text
+        assert "read-only" not in r.json()["error"], r.text
+        cli = approve(gw, issuer, approval_id, check=False)
+        assert cli.returncode == 1 and "cannot read the store" in cli.stderr and "read-only" not in cli.stderr, (
+            cli.stderr)
+    finally:
+        proxy.up()
+
+    read_only(direct, False)
+    with console(gw, alice) as c:
+        r = c.post(f"/api/approvals/{approval_id}/approve", json={})
+    assert r.status_code == 200, r.text
+    assert approval_of(direct, "read-only").status == "approved"

@@ -65,7 +65,7 @@ from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
 from .policy import principal_matches
 from .store import (CONNECT_TIMEOUT, POSTGRES_KEEPALIVES, StoredForm, StoreUnavailable, _approval, _one_line, _record,
-                    readable)
+                    read_only, readable)
 
 log = logging.getLogger("agentgate.approvals")
 witness_log = logging.getLogger("agentgate.chain")
@@ -506,6 +506,12 @@ class Approvals:
     # -- reading ---------------------------------------------------------------------------------
 
     def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        if read_only(e):  # it answered: reachable, but it takes no writes (a hot standby, read-only by default)
+            return StoreUnavailable(
+                f"the store at {self.where} refused the write because it is read-only ({_one_line(e)}): nothing was "
+                "changed. A hot standby takes no writes, nor does a database or role with "
+                "default_transaction_read_only on: point db (agentgate.toml or AGENTGATE_DB) at the primary, or "
+                "turn default_transaction_read_only off, then try again")
         return StoreUnavailable(f"the approvals in the store at {self.where} cannot be reached: {_one_line(e)}")
 
     def get(self, approval_id: str, unreadable: list[str] | None = None) -> Approval | None:

@@ -186,6 +186,16 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(orig).split()) or type(orig).__name__
 
 
+READ_ONLY_SQLSTATE = "25006"  # PostgreSQL's read_only_sql_transaction
+
+
+def read_only(e: BaseException) -> bool:
+    """Whether the database refused a write because it takes none: PostgreSQL's
+    read_only_sql_transaction, from a hot standby or with ``default_transaction_read_only`` on."""
+    orig = getattr(e, "orig", None) or e
+    return getattr(orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file ``path`` names now; None when there is none."""
     try:
