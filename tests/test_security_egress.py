@@ -293,7 +293,6 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
     assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:egress", new
 
 
-
 @pytest.mark.parametrize("tls, host, words", [
     (False, "sts.amazonaws.com", "over HTTPS only"),  # plain HTTP in a tunnel to port 80
     (True, "169.254.169.254", "169.254.169.254 is not an AWS endpoint"),  # a Host that is not AWS
