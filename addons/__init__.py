@@ -42,7 +42,8 @@ key                    set by      value
 ``agentgate.approval`` approval    core.approvals.Approval: the approval that released (or held,
                        (policy)    or refused) the call; or the access grant it runs under
 ``agentgate.released`` approval    True once a call whose decision is approve was released
-``agentgate.record_id`` approval   the id the call's record gets (an approval it uses names it)
+``agentgate.record_id`` approval   the id the call's record gets (an approval it uses names it;
+                       (any stage) an answer the gateway makes itself carries it as its request id)
 ``agentgate.signed``   signer      core.credentials.Grant (role ARN, session id, expiry)
 ``agentgate.refusal``  any stage   core.awserrors.Refusal, when the flow was answered here
 ``agentgate.masked``   masking     core.masking.MaskedCall: bodies, headers and parameters as the

@@ -33,7 +33,8 @@ from mitmproxy import http
 from .core import sigv4
 from .core.masking import OBJECT_CAP, AgentCopy, MaskedCall, Masker, checksum_headers, inflate
 from .core.awserrors import Refusal, render
-from .stage import CALL, DECISION, HELD, OVER_CAP, POLICIES, REFUSAL, SIGNED, STREAM, answer, declares_body
+from .stage import (CALL, DECISION, HELD, OVER_CAP, POLICIES, REFUSAL, SIGNED, STREAM, answer, declares_body,
+                    own_request_id)
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -354,7 +355,8 @@ class Masking:
                           "length; agentgate holds such a body in memory to record it, and max_body_bytes bounds "
                           "that, so the response is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
-                                       _upstream_request_id(flow.response), flow.request.headers.get("content-type"))
+                                       _upstream_request_id(flow.response) or own_request_id(flow),
+                                       flow.request.headers.get("content-type"))
         flow.response = http.Response.make(status, body, headers)
 
     def _withhold(self, flow: http.HTTPFlow, why: str) -> None:
@@ -363,7 +365,8 @@ class Masking:
         refusal = Refusal(400, "ResponseWithheld", f"agentgate could not mask this response as policy requires "
                           f"({why}), so it is withheld; the call itself went through", "masking")
         status, headers, body = render(refusal, getattr(flow.metadata.get(CALL), "protocol", None),
-                                       _upstream_request_id(flow.response), flow.request.headers.get("content-type"))
+                                       _upstream_request_id(flow.response) or own_request_id(flow),
+                                       flow.request.headers.get("content-type"))
         if _response_digest() not in flow.metadata and flow.response is not None:
             raw = flow.response.raw_content or b""  # what upstream sent, for the record
             flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))

@@ -181,7 +181,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         r.status = resp.status_code
         if masked is None or masked.response_headers is None:
             r.response_headers = redact_headers(resp.headers)
-        r.aws_request_id = resp.headers.get("x-amzn-requestid") or resp.headers.get("x-amz-request-id")
+        rid = resp.headers.get("x-amzn-requestid") or resp.headers.get("x-amz-request-id")
+        # an answer the gateway made itself carries the record's own id (stage.own_request_id): AWS never saw it
+        r.aws_request_id = rid if rid != r.id else None
         if streamed:
             pass  # the body has not passed yet: nothing of it is known but what upstream declared
         elif md.get(RESPONSE_DIGEST):
@@ -456,8 +458,9 @@ class Recorder:
         resp.stream = StreamedBody()  # nothing of it goes to the agent before this hook returns
         self._last_on_connection(flow)
         self._mask_headers(flow)
-        if await self._write(flow, build_record(flow, streamed=True), refusable=True) == "refused":
-            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
+        record = build_record(flow, streamed=True)
+        if await self._write(flow, record, refusable=True) == "refused":
+            status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None), record.id,
                                            request_content_type=flow.request.headers.get("content-type"))
             if flow.request.http_version.startswith("HTTP/1"):
                 headers["connection"] = "close"  # the agent hangs up after the 503; upstream's stream is cut then
@@ -483,9 +486,10 @@ class Recorder:
                 return
             refusable = not flow.response.stream  # a body that streamed past the recorder has reached the agent
             self._last_on_connection(flow)
-            if await self._write(flow, build_record(flow), refusable) == "refused":
+            record = build_record(flow)
+            if await self._write(flow, record, refusable) == "refused":
                 status, headers, body = render(STORE_DOWN, getattr(flow.metadata.get(CALL), "protocol", None),
-                                               request_content_type=flow.request.headers.get("content-type"))
+                                               record.id, request_content_type=flow.request.headers.get("content-type"))
                 flow.response = http.Response.make(status, body, headers)
                 self._last_on_connection(flow)
             if flow.request.method == "HEAD" and flow.response.raw_content and not flow.response.stream:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from .core.awserrors import Refusal, guess_protocol, render
+from .core.records import new_id
 
 STREAM = "agentgate.stream"
 HOST = "agentgate.host"
@@ -75,11 +76,20 @@ def due(flow: http.HTTPFlow, hook: str) -> bool:
     return bool(flow.metadata.get(STREAM)) == (hook == "requestheaders")
 
 
+def own_request_id(flow: http.HTTPFlow) -> str:
+    """The request id of an answer the gateway makes itself: the id the call's record gets, so that
+    the id the agent is given finds its record (``agentgate calls show ID``) and is never taken
+    for AWS's (the record's ``aws_request_id`` holds only an id AWS returned)."""
+    return flow.metadata.setdefault(RECORD_ID, new_id())
+
+
 def answer(flow: http.HTTPFlow, refusal: Refusal) -> None:
-    """Answer ``flow`` with ``refusal``, shaped for the service's protocol."""
+    """Answer ``flow`` with ``refusal``, shaped for the service's protocol; its request id is the
+    call's record id (``own_request_id``)."""
     call = flow.metadata.get(CALL)
     protocol = getattr(call, "protocol", None) or guess_protocol(flow.request.headers, flow.request.path)
-    status, headers, body = render(refusal, protocol, request_content_type=flow.request.headers.get("content-type"))
+    status, headers, body = render(refusal, protocol, own_request_id(flow),
+                                   request_content_type=flow.request.headers.get("content-type"))
     flow.metadata[REFUSAL] = refusal
     flow.metadata[STREAM] = False
     flow.request.stream = False

@@ -676,6 +676,73 @@ def test_exports_of_calls_recorded_through_the_gateway(gateway, issuer, tmp_path
     assert mine[-1].response.status_code == 403
 
 
+def test_an_aws_request_id_is_only_ever_one_aws_returned(gateway, issuer, tmp_path):
+    """A call the gateway refused itself never reached AWS: the request id the agent got is its
+    record's id, which the record, `calls show`, the JSON Lines and the OCSF event never name AWS's
+    (an auditor would look for it in CloudTrail); a forwarded call's is AWS's in all of them."""
+    import botocore.exceptions
+
+    token = issuer.mint("request-id-agent")
+    s3 = client(gateway, "s3", proxy_token=token)
+    forwarded = s3.list_buckets()["ResponseMetadata"]["RequestId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client(gateway, "iam", proxy_token=token).list_users()
+    refused = e.value.response["ResponseMetadata"]["RequestId"]
+    shown = json.loads(gateway.cli("calls", "show", refused, "--json").stdout)  # the id the agent got finds it
+    assert (shown["action"], shown["outcome"], shown["aws_request_id"]) == ("iam:ListUsers", "refused", None)
+    lines = gateway.cli("calls", "show", refused).stdout.splitlines()
+    assert lines[0].split() == ["id", refused] and [ln.split() for ln in lines if ln.startswith("aws_request_id")] == [
+        ["aws_request_id"]], lines
+    jsonl, ocsf = tmp_path / "ids.jsonl", tmp_path / "ids.ocsf.jsonl"
+    gateway.cli("export", "--format", "jsonl", "-o", str(jsonl))
+    gateway.cli("export", "--format", "ocsf", "-o", str(ocsf))
+    mine = {c["action"]: c for c in read_jsonl(jsonl) if c["principal"] == "request-id-agent"}
+    assert (mine["iam:ListUsers"]["id"], mine["iam:ListUsers"]["aws_request_id"]) == (refused, None)
+    assert mine["s3:ListAllMyBuckets"]["aws_request_id"] == forwarded
+    events = {e["api"]["operation"]: e for e in read_jsonl(ocsf) if e["actor"]["user"].get("uid") == "request-id-agent"}
+    denied, listed = events["ListUsers"], events["ListBuckets"]
+    assert "AWS request id" not in json.dumps(denied), denied["api"]["response"]
+    assert denied["api"]["response"]["message"].startswith(f"agentgate request id {refused}: agentgate answered")
+    assert denied["api"]["request"]["uid"] == refused and "aws_request_id" not in denied["unmapped"]["agentgate"]
+    assert listed["api"]["response"]["message"] == f"AWS request id {forwarded}"
+    assert listed["unmapped"]["agentgate"]["aws_request_id"] == forwarded
+    assert_valid_ocsf([denied, listed])
+
+
+def test_ocsf_names_a_made_up_request_id_of_an_older_record_the_gateways(home, tmp_path):
+    """Records written before the gateway gave its own answers its record id keep the id it made
+    up in aws_request_id (as stored, hashed and in the JSON Lines): OCSF names it gateway_request_id.
+    One the gateway answered after AWS did (masking withheld the body) keeps AWS's."""
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY, writer_id="gw-old")
+    store.migrate()
+    store.start()
+    now = time.time()
+    base = dict(principal="alice", client="127.0.0.1:50001", method="POST", outcome="refused", time=now - 10)
+    store.write_sync(Record(**base, service="iam", operation="ListUsers", action="iam:ListUsers", host="iam.amazonaws.com",
+                            url="https://iam.amazonaws.com/", decision="deny", rule="no-iam-for-agents", status=403,
+                            aws_request_id="4e1c8f8a-made-by-the-gateway",
+                            response_headers=[("x-amzn-RequestId", "4e1c8f8a-made-by-the-gateway"),
+                                              ("x-agentgate-refused-by", "policy")]))
+    store.write_sync(Record(**{**base, "time": now - 5}, service="secretsmanager", operation="GetSecretValue",
+                            action="secretsmanager:GetSecretValue", host="secretsmanager.us-east-1.amazonaws.com",
+                            url="https://secretsmanager.us-east-1.amazonaws.com/", decision="allow", rule="data-plane",
+                            status=400, aws_request_id="AWS-REQ-1",
+                            response_headers=[("x-amzn-RequestId", "AWS-REQ-1"), ("x-agentgate-refused-by", "masking")]))
+    store.close()
+    out = tmp_path / "old.ocsf.jsonl"
+    run("export", "--format", "ocsf", "-o", str(out), "--db", url)
+    events = {e["api"]["operation"]: e for e in read_jsonl(out)}
+    old = events["ListUsers"]
+    assert old["api"]["response"]["message"].startswith("agentgate request id 4e1c8f8a-made-by-the-gateway: agentgate")
+    assert "aws_request_id" not in old["unmapped"]["agentgate"]
+    assert old["unmapped"]["agentgate"]["gateway_request_id"] == "4e1c8f8a-made-by-the-gateway"
+    withheld = events["GetSecretValue"]
+    assert withheld["api"]["response"]["message"] == "AWS request id AWS-REQ-1"
+    assert withheld["unmapped"]["agentgate"]["aws_request_id"] == "AWS-REQ-1"
+    assert_valid_ocsf(list(events.values()))
+
+
 @pytest.fixture(scope="module")
 def upstream_gone(tmp_path_factory, issuer):
     """A gateway whose moto stops after an agent's first calls (a bucket made, an object put, IAM

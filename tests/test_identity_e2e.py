@@ -110,7 +110,7 @@ def test_no_token_at_all(gateway):
     # the record keeps the gateway's own words whole: nothing in them is a secret to mask, and a
     # masked value there would count as one in the report's SC-28 figures
     request_id = e.value.response["ResponseMetadata"]["RequestId"]
-    [record] = [r for r in gateway.records() if r["aws_request_id"] == request_id]
+    [record] = [r for r in gateway.records() if r["id"] == request_id]  # the gateway's answer: its record's id
     assert record["rule"] == "agentgate:auth" and json.loads(record["masked"] or "[]") == []
     assert "agentgate:masked" not in record["response_body"], record["response_body"]
     assert "present the agent's OIDC token in the proxy URL" in record["response_body"]

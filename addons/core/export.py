@@ -214,6 +214,27 @@ def _error_code(error: str | None) -> tuple[str | None, str | None]:
     return None, error
 
 
+def refused_by(call: dict[str, Any]) -> str | None:
+    """The stage named by the x-agentgate-refused-by header of the answer a call's record keeps:
+    set when the gateway made that answer itself."""
+    for pair in call.get("response_headers") or ():
+        if isinstance(pair, list | tuple) and len(pair) == 2 and str(pair[0]).lower() == "x-agentgate-refused-by":
+            return str(pair[1])
+    return None
+
+
+def request_ids(call: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(AWS's request id, agentgate's own) of the answer a call's record keeps; one of them at most.
+    An answer the gateway made itself without sending the call on carries the call's record id (a
+    record written before it did carries an id the gateway made up, in ``aws_request_id``); one it
+    made after AWS answered (masking withheld or dropped the body) carries AWS's."""
+    rid = call.get("aws_request_id")
+    stage = refused_by(call)
+    if stage is None or stage == "masking":
+        return (rid or None), None
+    return None, (rid or call.get("id"))
+
+
 def ocsf_event(call: dict[str, Any]) -> dict[str, Any]:
     """One call as an OCSF API Activity event (OCSF 1.1.0, ``cloud`` profile)."""
     activity = ocsf_activity(call)
@@ -256,8 +277,12 @@ def ocsf_event(call: dict[str, Any]) -> dict[str, Any]:
         response["error"] = error_code
     if error_message:
         response["error_message"] = error_message[:65535]
-    if call.get("aws_request_id"):
-        response["message"] = f"AWS request id {call['aws_request_id']}"
+    aws_id, own_id = request_ids(call)
+    if aws_id:
+        response["message"] = f"AWS request id {aws_id}"
+    elif own_id:
+        response["message"] = (f"agentgate request id {own_id}: agentgate answered this call itself "
+                               "(not sent to AWS, so not in CloudTrail)")
     if response:
         api["response"] = response
 
@@ -367,6 +392,10 @@ _UNMAPPED = ("action", "service", "access_level", "decision", "rule", "reason", 
 
 def _unmapped(call: dict[str, Any]) -> dict[str, Any]:
     out = {k: call.get(k) for k in _UNMAPPED if call.get(k) is not None}
+    aws_id, own_id = request_ids(call)
+    if call.get("aws_request_id") and not aws_id:  # the gateway's own, in a record written before it said so
+        del out["aws_request_id"]
+        out["gateway_request_id"] = own_id
     if call.get("masked"):
         out["masked"] = call["masked"]
     out["chain"] = {k: call.get(k) for k in ("writer_id", "seq", "prev_hash", "hash")}
