@@ -195,6 +195,30 @@ def test_a_period_and_a_tampered_store(db, tmp_path):
     assert "altered" in out.read_text()
 
 
+def test_a_period_asked_to_end_in_the_future_ends_when_the_report_is_made(db, tmp_path):
+    """--until still to come is a bound, as for `calls list` and `export`: the report (and the OSCAL
+    export) covers what was recorded up to when it was made, says that its end is that time, and
+    names the --until given as still to come; its timeline is not stretched over the years to it."""
+    out, oscal = tmp_path / "future.html", tmp_path / "future.oscal.json"
+    before = dt.datetime.now(UTC).replace(microsecond=0)
+    output = report(db, out, "--since", "2h", "--until", "2999-01-01")
+    after = dt.datetime.now(UTC)
+    shown = render(out, tmp_path / "future.png")
+    end = dt.datetime.fromisoformat(shown["figures"]["end"].removesuffix(" UTC")).replace(tzinfo=UTC)
+    assert before <= end <= after, shown["figures"]["end"]
+    (n,), = sql(db, "select count(*) from calls")
+    assert shown["figures"]["records"] == str(n) and shown["timeline"] == n
+    said = "when this was made: the --until given, 2999-01-01 00:00:00 UTC, is still to come"
+    assert said in " ".join(out.read_text().split()) and said in output
+    assert "2999" not in output.replace(said, "")
+    result = CliRunner().invoke(main, ["export", "--format", "oscal", "-o", str(oscal), "--db", f"sqlite:///{db}",
+                                       "--since", "2h", "--until", "2999-01-01"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [res] = json.loads(oscal.read_text())["assessment-results"]["results"]
+    assert before <= dt.datetime.fromisoformat(res["end"].replace("Z", "+00:00")) <= dt.datetime.now(UTC), res["end"]
+    assert said in res["description"] and said in result.output
+
+
 def test_the_whole_store_takes_in_approvals_asked_before_the_first_call_or_after_the_last(home, tmp_path):
     """Without --since/--until the report and the OSCAL export cover the whole store: a held call's
     approval is asked for just after its call arrived, an access grant with no call at all."""

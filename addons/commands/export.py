@@ -354,8 +354,8 @@ def _export_oscal(store: Any, start: dt.datetime | None, end: dt.datetime | None
     _done(f"{_n(n, 'record')} of evidence", str(evidence))
     _done(f"{approvals} approval{'' if approvals == 1 else 's'} with {'its' if approvals == 1 else 'their'} events",
           str(approvals_file))
-    _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations)",
-          str(output))
+    _done(f"OSCAL assessment results ({len(doc['assessment-results']['results'][0]['observations'])} observations, "
+          f"{summary.start_text} to {summary.end_text}{summary.cut_text})", str(output))
     _fail_unless_verified(summary)
 
 
@@ -561,7 +561,8 @@ def report(since: str | None, until: str | None, output: str, no_verify: bool, d
         summary = summarise(store, since=start, until=end, chain_key=key, check_chain=not no_verify)
     with _output(output, protected) as f:
         f.write(render_html(summary))
-    _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text})", output)
+    _done(f"the evidence report ({summary.total} records, {summary.start_text} to {summary.end_text}{summary.cut_text})",
+          output)
     fail_unreadable(summary.unreadable, "the report is written, naming what its figures leave out")
     _fail_unless_verified(summary)
 

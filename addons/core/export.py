@@ -706,7 +706,8 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
         "uuid": _uuid("result", *key),
         "title": f"agentgate evidence, {summary.start_text} to {summary.end_text}",
         "description": (
-            f"What the gateway enforced and recorded between {summary.start_text} and {summary.end_text}: "
+            f"What the gateway enforced and recorded between {summary.start_text} and {summary.end_text}"
+            f"{summary.cut_text}: "
             f"{summary.total} records ({summary.calls} calls). Hash chains: "
             + ("verified" if verified is not None and verified.ok else "NOT verified" if verified is not None else "not checked")
             + (f" ({verified.records} records in {verified.chains} chains, {verified.checkpoints} checkpoints"

@@ -116,6 +116,7 @@ class Summary:
     policy_versions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # Store.policy_versions
     verify: VerifyResult | None = None
     keyed: bool = False
+    until_asked: dt.datetime | None = None  # an --until still to come: the period ends at ``generated`` instead
     # what the store holds that cannot be read (``store.readable``), one line each as ``verify``
     # names it: left out of every figure, and named in the report
     unreadable: list[str] = dataclasses.field(default_factory=list)
@@ -127,6 +128,13 @@ class Summary:
     @property
     def end_text(self) -> str:
         return _text_time(self.end)
+
+    @property
+    def cut_text(self) -> str:
+        """What a period asked to end in the future says after its end: "" for any other period."""
+        if self.until_asked is None:
+            return ""
+        return f", when this was made: the --until given, {_text_time(self.until_asked)}, is still to come"
 
     @property
     def principals(self) -> list[str]:
@@ -176,17 +184,21 @@ def bucket_size(span: dt.timedelta, target: int = 40) -> dt.timedelta:
 def summarise(store: Store, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
               chain_key: bytes | None = None, check_chain: bool = True,
               now: dt.datetime | None = None) -> Summary:
-    """Everything the report and the OSCAL export say about [since, until). A call, approval,
-    policy version or chain head holding a value that cannot be read is named in ``unreadable``
-    and left out of the figures."""
+    """Everything the report and the OSCAL export say about [since, until); an ``until`` after
+    ``now`` (when the store is read) ends the period at ``now``, which is all it can cover. A call,
+    approval, policy version or chain head holding a value that cannot be read is named in
+    ``unreadable`` and left out of the figures."""
     from .export import iter_calls
 
     now = now or dt.datetime.now(UTC)
+    asked = None
+    if until is not None and until > now:  # a period still to come: covered up to when the store is read
+        asked, until = until, now
     first, last = _span(store, since, until)
     start = since or first or now
     end = until or (last + dt.timedelta(microseconds=1) if last else now)
     start = min(start, end)  # --until before everything recorded: an empty period ending then
-    s = Summary(where=store.where, start=start, end=end, generated=now, keyed=chain_key is not None)
+    s = Summary(where=store.where, start=start, end=end, generated=now, keyed=chain_key is not None, until_asked=asked)
     s.bucket = bucket_size(max(end - start, dt.timedelta(seconds=1)))
     # Bars start on whole multiples of their width (whole seconds, minutes, hours, UTC days), so
     # that the time a bar is labelled with is where it starts, not the first call's odd instant.
@@ -739,7 +751,7 @@ def render_html(s: Summary) -> str:
 <main>
 <h1>agentgate evidence report</h1>
 <p class="sub">AI agents' calls to AWS through the gateway, <strong data-figure="start">{escape(s.start_text)}</strong> to
-<strong data-figure="end">{escape(s.end_text)}</strong>. Store: <code>{escape(s.where)}</code>. Generated
+<strong data-figure="end">{escape(s.end_text)}</strong>{escape(s.cut_text)}. Store: <code>{escape(s.where)}</code>. Generated
 {escape(_text_time(s.generated))}. {verdict}</p>
 <div class="figures">{figures}</div>
 {unreadable}
