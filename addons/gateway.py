@@ -30,7 +30,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 
 from .core.chain import OneLineFormatter
 from .stage import fail_closed
-from .settings import Settings, parse_hostport
+from .settings import Settings, number, parse_hostport
 
 log = logging.getLogger("agentgate")
 
@@ -223,7 +223,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
     if short is not None:  # its credentials would be renewed on every call: one STS call per call
         print(f"agentgate: {short.file}:{short.line}: role {short.binding.role_arn} has a duration of "
               f"{short.binding.duration}s, not longer than "
-              f"credential_refresh_margin ({settings.credential_refresh_margin:g}s): lengthen the duration or lower "
+              f"credential_refresh_margin ({number(settings.credential_refresh_margin)}s): lengthen the duration or lower "
               "the margin", file=sys.stderr)
         return 2
     created = worker is None and new_sqlite_store(settings.db)

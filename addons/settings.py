@@ -84,22 +84,22 @@ class Settings:
         s.certs = str(_abs(s.certs or "certs", root))
         s.keys = str(_abs(s.keys or "keys", root))
         if not (math.isfinite(s.upstream_timeout) and s.upstream_timeout >= 0):
-            raise SettingsError(f"upstream_timeout must be a number of seconds (0 for no bound), not {s.upstream_timeout!r}")
+            raise SettingsError(f"upstream_timeout must be a number of seconds (0 for no bound), not {number(s.upstream_timeout)}")
         if not (math.isfinite(s.oidc_jwks_cache) and s.oidc_jwks_cache > 0):
-            raise SettingsError(f"oidc_jwks_cache must be a number of seconds above 0, not {s.oidc_jwks_cache!r}")
+            raise SettingsError(f"oidc_jwks_cache must be a number of seconds above 0, not {number(s.oidc_jwks_cache)}")
         if s.durability not in ("sync", "async"):
             raise SettingsError(f"durability must be 'sync' or 'async', not {s.durability!r}")
         if s.sqlite_synchronous not in ("normal", "full"):
             raise SettingsError(f"sqlite_synchronous must be 'normal' or 'full', not {s.sqlite_synchronous!r}")
         if not (math.isfinite(s.credential_refresh_margin) and s.credential_refresh_margin >= 0):
             raise SettingsError(f"credential_refresh_margin must be a number of seconds, 0 or more, not "
-                                f"{s.credential_refresh_margin!r}")
+                                f"{number(s.credential_refresh_margin)}")
         if s.sts_region and not _REGION.fullmatch(s.sts_region):
             raise SettingsError(f"sts_region must be an AWS region such as us-east-1 or us-gov-west-1, not {s.sts_region!r}")
         if not 0 <= s.drain_seconds <= 3600:
-            raise SettingsError(f"drain_seconds must be a number of seconds from 0 to 3600, not {s.drain_seconds!r}")
+            raise SettingsError(f"drain_seconds must be a number of seconds from 0 to 3600, not {number(s.drain_seconds)}")
         if not s.commit_timeout > 0:
-            raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {s.commit_timeout!r}")
+            raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {number(s.commit_timeout)}")
         if s.store_writer not in ("process", "thread"):
             raise SettingsError(f"store_writer must be 'process' or 'thread', not {s.store_writer!r}")
         if s.upstream and not _http_url(s.upstream):
@@ -109,11 +109,11 @@ class Settings:
             raise SettingsError(f"oidc_issuer must be the issuer's URL (https://…, as its tokens' iss claim reads), "
                                 f"not {s.oidc_issuer!r}")
         if not 0 <= s.approval_hold <= 3600:
-            raise SettingsError(f"approval_hold must be a number of seconds from 0 to 3600, not {s.approval_hold!r}")
+            raise SettingsError(f"approval_hold must be a number of seconds from 0 to 3600, not {number(s.approval_hold)}")
         if not 0 <= s.oidc_leeway <= 3600:
-            raise SettingsError(f"oidc_leeway must be a number of seconds from 0 to 3600, not {s.oidc_leeway!r}")
+            raise SettingsError(f"oidc_leeway must be a number of seconds from 0 to 3600, not {number(s.oidc_leeway)}")
         if not (math.isfinite(s.grant_max) and s.grant_max > 0):
-            raise SettingsError(f"grant_max must be a number of seconds above 0, not {s.grant_max!r}")
+            raise SettingsError(f"grant_max must be a number of seconds above 0, not {number(s.grant_max)}")
         if not all(s.audiences):
             raise SettingsError(f"oidc_audience must name the audience tokens carry (several: comma-separated), not "
                                 f"{s.oidc_audience!r}")
@@ -128,17 +128,17 @@ class Settings:
                                     f"ones agentgate verifies (not RSASSA-PSS, PS256 to PS512, nor EdDSA), not "
                                     f"{unsupported or s.oidc_algorithms!r}")
         if not s.max_pending_approvals >= 1:
-            raise SettingsError(f"max_pending_approvals must be 1 or more, not {s.max_pending_approvals!r}")
+            raise SettingsError(f"max_pending_approvals must be 1 or more, not {number(s.max_pending_approvals)}")
         parse_hostport(s.listen, "listen")
         if not 0 <= s.busy_poll_us <= MAX_BUSY_POLL_US:
             raise SettingsError(f"busy_poll_us must be a number of microseconds from 0 to {MAX_BUSY_POLL_US}, "
-                                f"not {s.busy_poll_us}")
+                                f"not {number(s.busy_poll_us)}")
         if not 1 <= s.workers <= MAX_WORKERS:
-            raise SettingsError(f"workers must be between 1 and {MAX_WORKERS}, not {s.workers} (each is a gateway "
+            raise SettingsError(f"workers must be between 1 and {MAX_WORKERS}, not {number(s.workers)} (each is a gateway "
                                 f"process of its own; this machine has {os.cpu_count()} CPUs)")
         if not (s.heartbeat_timeout == 0 or MIN_HEARTBEAT_TIMEOUT <= s.heartbeat_timeout <= 3600):
-            raise SettingsError(f"heartbeat_timeout must be a number of seconds from {MIN_HEARTBEAT_TIMEOUT:g} to 3600 "
-                                f"(0: workers are not watched), not {s.heartbeat_timeout!r}")
+            raise SettingsError(f"heartbeat_timeout must be a number of seconds from {number(MIN_HEARTBEAT_TIMEOUT)} to 3600 "
+                                f"(0: workers are not watched), not {number(s.heartbeat_timeout)}")
         if s.console_listen:
             host, port = parse_hostport(s.console_listen, "console_listen")
             s.console_url = s.console_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -146,7 +146,7 @@ class Settings:
             raise SettingsError(f"console_url must be an http:// or https:// URL with a host, not {s.console_url!r}")
         for cap in ("max_header_bytes", "max_url_bytes", "max_body_bytes"):
             if getattr(s, cap) <= 0:
-                raise SettingsError(f"{cap} must be a positive number of bytes, not {getattr(s, cap)}")
+                raise SettingsError(f"{cap} must be a positive number of bytes, not {number(getattr(s, cap))}")
         from .core.destinations import parse_allowed
 
         try:
@@ -193,6 +193,14 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def number(value: float) -> str:
+    """A number setting as its user writes it, for messages: 5000 (given as 5000, held as 5000.0),
+    0.5, 1000000 (not 1e+06)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number"}

@@ -129,7 +129,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         (["run"], {"AGENTGATE_CONSOLE_URL": "javascript:x"}, "console_url must be an http:// or https:// URL"),
         (["run", "--listen", "127.0.0.1:0"], {}, "listen must be HOST:PORT, not '127.0.0.1:0'"),
         (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "1"},
-         "heartbeat_timeout must be a number of seconds from 2 to 3600 (0: workers are not watched), not 1.0"),
+         "heartbeat_timeout must be a number of seconds from 2 to 3600 (0: workers are not watched), not 1\n"),
         (["run"], {"AGENTGATE_HEARTBEAT_TIMEOUT": "nan"}, "heartbeat_timeout must be a number of seconds from 2"),
         # a value of the wrong kind says where it was given and what the setting takes
         (["run"], {"AGENTGATE_APPROVAL_HOLD": "20s"},
@@ -149,6 +149,42 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     assert p.returncode != 0 and p.stderr.strip() == (
         f"Error: setting approval_hold has an unusable value '20s' (from {tmp_path / 'agentgate.toml'}): it takes a number"
     ), p.stderr
+
+
+def test_a_number_out_of_range_is_printed_as_it_was_written(tmp_path):
+    """A setting that takes seconds holds a float: its range error said "not 5000.0" of an
+    approval_hold written 5000. Each says the number as agentgate.toml or the variable gave it."""
+    run(tmp_path, "init", "--oidc-issuer", "https://issuer.example")
+    cfg = tmp_path / "agentgate.toml"
+    kept = cfg.read_text()
+    for line, said in (
+        ("approval_hold = 5000", "approval_hold must be a number of seconds from 0 to 3600, not 5000"),
+        ("approval_hold = 3600.5", "approval_hold must be a number of seconds from 0 to 3600, not 3600.5"),
+        ("drain_seconds = 7200", "drain_seconds must be a number of seconds from 0 to 3600, not 7200"),
+        ("oidc_leeway = -30", "oidc_leeway must be a number of seconds from 0 to 3600, not -30"),
+        ("heartbeat_timeout = 1", "heartbeat_timeout must be a number of seconds from 2 to 3600 "
+                                  "(0: workers are not watched), not 1"),
+        ("commit_timeout = 0", "commit_timeout must be a number of seconds above 0, not 0"),
+        ("grant_max = -60", "grant_max must be a number of seconds above 0, not -60"),
+        ("oidc_jwks_cache = 0", "oidc_jwks_cache must be a number of seconds above 0, not 0"),
+        ("upstream_timeout = -1", "upstream_timeout must be a number of seconds (0 for no bound), not -1"),
+        ("credential_refresh_margin = -300", "credential_refresh_margin must be a number of seconds, 0 or more, "
+                                             "not -300"),
+    ):
+        name = line.split(" = ")[0]
+        cfg.write_text("\n".join(ln for ln in kept.splitlines() if not ln.startswith(f"{name} ")) + f"\n{line}\n")
+        p = run(tmp_path, "calls", "list")
+        assert p.returncode != 0 and p.stderr.strip() == f"Error: {said}", (line, p.stderr)
+        value = line.split(" = ")[1]
+        cfg.write_text(kept)
+        p = run(tmp_path, "calls", "list", env={f"AGENTGATE_{name.upper()}": value})
+        assert p.returncode != 0 and p.stderr.strip() == f"Error: {said}", (name, value, p.stderr)
+    # a role whose credentials would be renewed on every call: the margin as it was written
+    (tmp_path / "policies" / "roles.yaml").write_text(
+        "version: 1\ndefault: deny\nroles:\n  - principal: {groups: [data-agents]}\n"
+        "    role_arn: arn:aws:iam::123456789012:role/agent-role\n    duration: 1h\n")
+    p = run(tmp_path, "run", "--listen", f"127.0.0.1:{free_port()}", env={"AGENTGATE_CREDENTIAL_REFRESH_MARGIN": "1000000"})
+    assert p.returncode != 0 and "not longer than credential_refresh_margin (1000000s)" in p.stderr, p.stderr
 
 
 def test_a_misspelled_setting_variable_is_named_with_the_setting_it_reads_like(tmp_path):
