@@ -310,6 +310,12 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     words = " ".join(out.split())  # rich wraps `approvals show` at 80 columns off a terminal
     assert "approved by sre-sam (cli): the demo table is disposable" in words
     assert "1 approval as 3 approval events left them" in words
+    # each long step says what it is doing before what it shows, as on a terminal
+    replay = out.split("\n== agentgate replay ", 1)[1].split("\n== ", 1)[0].splitlines()
+    assert re.fullmatch(r"  replaying \d+ of \d+ calls against http://127\.0\.0\.1:\d+ \.\.\.", replay[1]), replay
+    assert replay[2].split()[:2] == ["id", "action"] and re.fullmatch(r"  \d+ same.*", replay[-1]), replay
+    report_step = out.split("\n== agentgate report", 1)[1].split("\n== ", 1)[0].splitlines()
+    assert report_step[1].startswith("  reading the period") and report_step[2].startswith("  wrote the evidence report")
     demo = tmp_path / "demo"
     for name in ("calls.jsonl", "calls.ocsf.jsonl", "calls.flows", "assessment-results.json",
                  "assessment-results.approvals.jsonl", "report.html"):

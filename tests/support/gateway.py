@@ -201,11 +201,20 @@ class Gateway:
     def db_path(self) -> Path:
         return self.home / "agentgate.db"
 
-    def cli(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run([AGENTGATE, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-                           timeout=timeout, cwd=self.home)
+    def cli(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60,
+            interleaved: bool = False) -> subprocess.CompletedProcess:
+        """`agentgate ARGS` in the gateway's home. ``interleaved``: standard error in standard output,
+        each line where it was written, as a terminal shows them (a progress line before the table
+        that follows it); ``stderr`` is then empty."""
+        if interleaved:
+            p = subprocess.run([AGENTGATE, *args], env={**self.env, "PYTHONUNBUFFERED": "1", **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                               cwd=self.home)
+        else:
+            p = subprocess.run([AGENTGATE, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                               timeout=timeout, cwd=self.home)
         if check and p.returncode != 0:
-            raise AssertionError(f"agentgate {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+            raise AssertionError(f"agentgate {' '.join(args)} failed ({p.returncode}): {p.stderr or p.stdout}")
         return p
 
     def init(self) -> None:
