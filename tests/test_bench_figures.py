@@ -135,15 +135,25 @@ def test_callgrind_instructions_by_object_add_up_to_the_dumps_total(tmp_path):
 
 
 def test_instruction_rows_and_ratio():
+    """Each row gives the count per call in all and net of what the idle proxy executes in the same
+    time (its timers, which run by the clock and so weigh more per call the slower callgrind makes
+    the proxy); the net ratio is of the net counts."""
     scenarios = [
         {"part": "instructions", "id": "c", "name": "floor", "available": True, "concurrency": 8, "calls": 1000,
-         "instructions_per_call": 3_000_000, "by_object": {"libpython3.12.so.1.0": 2_700_000, "libc.so.6": 300_000}},
+         "instructions_per_call": 3_000_000, "instructions_per_call_net": 2_900_000,
+         "idle_instructions_per_second": 1_600_000,
+         "by_object": {"libpython3.12.so.1.0": 2_700_000, "libc.so.6": 300_000}},
         {"part": "instructions", "id": "d", "name": "chain", "available": True, "concurrency": 8, "calls": 500,
-         "instructions_per_call": 6_000_000,
+         "instructions_per_call": 6_000_000, "instructions_per_call_net": 5_800_000,
+         "idle_instructions_per_second": 2_000_000,
          "by_object": {"libpython3.12.so.1.0": 5_100_000, "libsqlite3.so.0": 600_000, "libc.so.6": 300_000}},
     ]
     r, _ = bench.ratios(scenarios)
     assert r["chain_vs_floor_instructions_c8"] == 2.0
+    assert r["chain_vs_floor_instructions_net_c8"] == 2.0
     rows = bench._instruction_rows({"scenarios": scenarios})
-    assert rows == [["(c) floor", "8", "1000", "3.00 M", "90%", "libc.so.6 10%"],
-                    ["(d) chain", "8", "500", "6.00 M", "85%", "libsqlite3.so.0 10%, libc.so.6 5%"]]
+    assert rows == [["(c) floor", "8", "1000", "3.00 M", "2.90 M (1.6 M/s idle)", "90%", "libc.so.6 10%"],
+                    ["(d) chain", "8", "500", "6.00 M", "5.80 M (2.0 M/s idle)", "85%",
+                     "libsqlite3.so.0 10%, libc.so.6 5%"]]
+    del scenarios[1]["instructions_per_call_net"]  # a row counted without its idle part says so
+    assert bench._instruction_rows({"scenarios": scenarios})[1][4] == "–"
