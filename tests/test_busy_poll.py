@@ -203,3 +203,34 @@ def test_a_bad_value_stops_the_gateway_with_a_reason(tmp_path, issuer) -> None:
     assert p.returncode != 0
     assert "busy_poll_us must be a number of microseconds from 0 to 100000, not -5" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def _wakeups(pid: int) -> int:
+    """How many times the process's main thread has slept and been woken (voluntary switches)."""
+    status = open(f"/proc/{pid}/task/{pid}/status").read()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_gateway_wakes_seldom_and_its_console_still_dates_its_answers(tmp_path, issuer) -> None:
+    """An idle gateway's event loop wakes only for what is due: the console's server ten times a
+    second and the approvals' poll four times a second made it wake some 16 times a second with
+    nothing to do. Its console still answers with the current Date (refreshed each second)."""
+    import email.utils
+
+    import httpx
+
+    gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream="http://127.0.0.1:9", aws_key=("a", "b"))
+    gw.start()
+    try:
+        time.sleep(3)  # start-up's own work done
+        before = _wakeups(gw.proc.pid)
+        time.sleep(5)
+        per_second = (_wakeups(gw.proc.pid) - before) / 5
+        console = gw.settings["console_listen"]
+        with httpx.Client(trust_env=False) as c:
+            r = c.get(f"http://{console}/")
+    finally:
+        gw.stop()
+    assert per_second < 8, per_second
+    dated = email.utils.parsedate_to_datetime(r.headers["date"]).timestamp()
+    assert abs(dated - time.time()) < 3, r.headers["date"]  # not the time the console started, 8 s before

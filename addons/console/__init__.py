@@ -415,9 +415,22 @@ class Server:
         import uvicorn
 
         class _Server(uvicorn.Server):
+            stopping: asyncio.Event | None = None
+
             @contextlib.contextmanager
             def capture_signals(self):  # the gateway owns SIGTERM and SIGINT
                 yield
+
+            async def main_loop(self) -> None:
+                """uvicorn's loop wakes ten times a second to look at should_exit and refreshes its
+                Date header every tenth time; this one wakes once a second (the header refreshed
+                each time) or at once when ``Server.stop`` asks."""
+                self.stopping = asyncio.Event()
+                while not await self.on_tick(0):  # tick 0: uvicorn's once-a-second work
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), 1.0)
+                    except TimeoutError:
+                        pass
 
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1)
         self.sock = sock
@@ -432,6 +445,8 @@ class Server:
         if self.task is None:
             return
         self.server.should_exit = True
+        if self.server.stopping is not None:
+            self.server.stopping.set()
         try:
             await asyncio.wait_for(self.task, 5)
         except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway

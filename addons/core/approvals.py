@@ -1226,8 +1226,11 @@ class Approvals:
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            # with no call waiting for a decision, nothing is due before the grants' next reload (a
+            # call that comes to wait kicks the poller): no wake-ups of an idle gateway for nothing
+            due = interval if self._waiters else max(interval, self._grants_loaded + GRANTS_REFRESH - time.monotonic())
             try:
-                await asyncio.wait_for(self._kick.wait(), interval)
+                await asyncio.wait_for(self._kick.wait(), due)
             except TimeoutError:
                 pass
             self._kick.clear()
