@@ -36,6 +36,14 @@ parser that reads them differently sees other headers than the gateway did. So:
    its Content-Length, say) is a flow, and each open stream's flow is recorded with the error,
    refused (400) where the call had not gone upstream. Header values h2 quotes in its reason are
    left out of what is logged, sent and recorded (``h2_reason``).
+6. ``HttpStream.state_consume_request_body`` and ``state_stream_request_body``: an HTTP/2 request
+   that ends with trailer fields (a HEADERS frame after the body) is refused with 400, as trailer
+   fields after an HTTP/1 chunked body are: upstream is spoken to in HTTP/1, where mitmproxy
+   cannot send them (it crashed on them, and the request went upstream without them). Its flow
+   gets one record saying so; the connection's other streams go on. A streamed body's upstream
+   connection is closed before the body's end: its last chunk, or, with Content-Length framing,
+   its last byte, which waits for the end of the agent's stream, so that upstream never has the
+   body whole.
 
 1 and 2 happen where no flow exists yet: their answer is AWS-shaped all the same, in the protocol
 the head's Content-Type and X-Amz-Target suggest (``_refusal``), and so is the error page
@@ -80,6 +88,18 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 # how a flow's error starts when the HTTP/1 layer answered its request with 400 (see Egress.error)
 REFUSED = "agentgate refused the request with 400: "
+
+
+def trailers_refusal(names: list[str] | None = None) -> str:
+    """Why a request that ends with trailer fields is refused (``names``: theirs, when known; their
+    values are never said: a trailer may carry a credential)."""
+    named = f" ({', '.join(names)})" if names else ""
+    return (f"the request body ends with trailer fields{named}, which the gateway does not take: send them as "
+            "headers before the body instead, or, for a checksum, as the aws-chunked body's trailer "
+            "(x-amz-trailer, as AWS SDKs send it)")
+
+
+_LAST_BYTE = "_agentgate_last_byte"  # on an HttpStream: the byte of a streamed body held back (6 below)
 
 _installed = False
 
@@ -223,8 +243,8 @@ def install() -> bool:
         from mitmproxy.proxy import commands, events
         from mitmproxy.proxy.layers.http import (ErrorCode, HttpStream, ReceiveHttp, RequestProtocolError,
                                                  ResponseProtocolError, SendHttp, _http1)
-        from mitmproxy.proxy.layers.http._events import (RequestData, RequestEndOfMessage, ResponseData,
-                                                           ResponseEndOfMessage)
+        from mitmproxy.proxy.layers.http._events import (RequestData, RequestEndOfMessage, RequestTrailers,
+                                                           ResponseData, ResponseEndOfMessage)
         from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
     except ImportError as e:
         log.error("request size caps are not enforced inside mitmproxy (its layout changed: %s)", e)
@@ -233,8 +253,8 @@ def install() -> bool:
     ChunkedReader = getattr(_http1, "ChunkedReader", None)  # noqa: N806 - h11's, as mitmproxy uses it
     missing = [n for n in ("read_headers", "_handle_event", "done", "passthrough", "wait", "read_body")
                if not hasattr(server, n)] + ([] if ChunkedReader else ["ChunkedReader"])
-    missing += [n for n in ("state_consume_request_body", "state_consume_response_body", "state_errored")
-                if not hasattr(HttpStream, n)]
+    missing += [n for n in ("state_consume_request_body", "state_stream_request_body", "state_consume_response_body",
+                            "state_errored") if not hasattr(HttpStream, n)]
     if missing or not hasattr(ErrorCode, "REQUEST_TOO_LARGE"):
         log.error("request size caps are not enforced inside mitmproxy (it changed: no %s)",
                   ", ".join(missing) or "ErrorCode.REQUEST_TOO_LARGE")
@@ -243,6 +263,7 @@ def install() -> bool:
     read_headers = server.read_headers
     handle_event = server._handle_event
     consume = HttpStream.state_consume_request_body
+    stream_request = HttpStream.state_stream_request_body
     consume_response = HttpStream.state_consume_response_body
 
     @functools.wraps(read_headers)
@@ -289,9 +310,7 @@ def install() -> bool:
             except NotImplementedError as e:  # trailer fields after a chunked body: mitmproxy 12 raises,
                 if "trailers" not in str(e):  # its connection handler dies, and the flow left no record
                     raise
-                yield from _cut(self, 400 if self.response is None else None,
-                                "the request body ends with trailer fields, which the gateway does not take",
-                                in_flight=True)
+                yield from _cut(self, 400 if self.response is None else None, trailers_refusal(), in_flight=True)
                 return
             if (isinstance(event, events.DataReceived) and isinstance(command, commands.CloseConnection)
                     and command.connection is self.conn and self.state == self.read_body and self.response is None):
@@ -317,8 +336,68 @@ def install() -> bool:
             yield from _cut(self, 400 if self.response is None else None,
                             "a line of the chunked request body ends with a bare LF instead of CRLF", in_flight=True)
 
+    def refuse_trailers(self, event, streamed: bool):
+        """6 above: a request (HTTP/2) that ends with trailer fields, before any answer, is refused."""
+        flow = self.flow
+        message = trailers_refusal(sorted({name.lower() for name in event.trailers.keys()}))
+        refusal = flow.metadata[REFUSAL] = Refusal(400, "InvalidRequest", message, "egress")
+        flow.error = mflow.Error(refusal.message)
+        log.warning("refused %s %s from %s: %s", flow.request.method, flow.request.host,
+                    human.format_address(self.context.client.peername), message)
+        if streamed:  # upstream has the head and part of the body: closed before the body's end, it has no request
+            yield SendHttp(RequestProtocolError(self.stream_id, message, ErrorCode.GENERIC_CLIENT_ERROR),
+                           self.context.server)
+        else:
+            body = bytes(self.request_body_buf)
+            flow.metadata[BODY_DIGEST] = (hashlib.sha256(body).hexdigest(), len(body))
+            self.request_body_buf.clear()
+        yield HttpErrorHook(flow)
+        error = ResponseProtocolError(self.stream_id, f"agentgate: {message}", ErrorCode.GENERIC_CLIENT_ERROR)
+        failures.mark(error, flow, message)  # answered AWS-shaped (addons/failures.py)
+        yield SendHttp(error, self.context.client)
+        self.client_state = self.state_errored
+        flow.live = False
+
+    @functools.wraps(stream_request)
+    def trailer_free_stream_request(self, event):
+        if isinstance(event, RequestTrailers):
+            if self.flow.response is None:
+                return (yield from refuse_trailers(self, event, streamed=True))
+            # upstream answered before the body ended (its answer is on its way): the trailers are
+            # not sent on, as mitmproxy's HTTP/1 upstream connection cannot send them
+            log.warning("dropped the trailer fields of %s %s from %s: upstream answered before they came",
+                        self.flow.request.method, self.flow.request.host,
+                        human.format_address(self.context.client.peername))
+            return
+        req = self.flow.request
+        if not (req.is_http2 or req.is_http3) or "chunked" in req.headers.get("transfer-encoding", "").lower():
+            return (yield from stream_request(self, event))  # a chunked body is whole only with its last chunk
+        # Content-Length framing upstream: the body's last byte waits for the end of the agent's
+        # stream, so that a body whose trailer fields are refused never reaches upstream whole
+        inner, reply = stream_request(self, event), None
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(command, SendHttp) and command.connection is self.context.server:
+                held = getattr(self, _LAST_BYTE, b"")
+                if isinstance(command.event, RequestData):
+                    data = held + command.event.data
+                    setattr(self, _LAST_BYTE, data[-1:])
+                    if len(data) <= 1:
+                        reply = None
+                        continue
+                    command = SendHttp(RequestData(self.stream_id, data[:-1]), self.context.server)
+                elif isinstance(command.event, RequestEndOfMessage) and held:
+                    setattr(self, _LAST_BYTE, b"")
+                    yield SendHttp(RequestData(self.stream_id, held), self.context.server)
+            reply = yield command
+
     @functools.wraps(consume)
     def capped_consume(self, event):
+        if isinstance(event, RequestTrailers) and self.flow.response is None and REFUSAL not in self.flow.metadata:
+            return (yield from refuse_trailers(self, event, streamed=False))
         seen = None
         if (self.flow.response is not None or self.flow.metadata.get(REFUSAL) is not None) and isinstance(
                 event, (RequestData, RequestEndOfMessage)):
@@ -383,6 +462,7 @@ def install() -> bool:
     server.read_headers = guarded_read_headers
     server._handle_event = bounded_handle_event
     HttpStream.state_consume_request_body = capped_consume
+    HttpStream.state_stream_request_body = trailer_free_stream_request
     HttpStream.state_consume_response_body = capped_consume_response
     _install_http2()
     _installed = True

@@ -3,6 +3,7 @@ subprocesses, through a real gateway, re-signed with credentials moto issued thr
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import textwrap
@@ -269,3 +270,49 @@ def test_a_request_sent_in_small_pieces_is_read_as_a_request(gateway, issuer, pi
     assert answer.status == 200 and f"assumed-role/agent-role/{sub}" in text, text
     recs = [r for r in gateway.records() if r["principal"] == sub]
     assert [(r["action"], r["decision"], r["status"]) for r in recs] == [("sts:GetCallerIdentity", "allow", 200)]
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
+def test_an_http2_upload_that_ends_with_trailers_is_refused_and_not_stored(gateway, issuer, length):
+    """S3 over HTTP/2, streamed (a declared payload hash): a PutObject whose body is followed by
+    trailer fields (x-amz-checksum-crc32 in a HEADERS frame that ends the stream) cannot reach
+    moto as sent (upstream is spoken to in HTTP/1): mitmproxy crashed on it, and the object was
+    stored without its checksum, recorded as forwarded. The agent gets an AWS-shaped 400 saying
+    what to do instead, moto stores nothing (with a Content-Length, the body's last byte waits for
+    the end of the agent's stream; without, the chunked body's last chunk does), one record says
+    refused, and the same connection carries the next calls."""
+    import hashlib
+    import zlib
+
+    from tests.support.raw import h2_calls
+
+    sub = f"agent-h2-s3-trailers-{length}"
+    signed = "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/s3/aws4_request, " \
+             "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + "0" * 64
+    empty = hashlib.sha256(b"").hexdigest()
+    head = {"X-Amz-Date": "20260101T000000Z", "X-Amz-Content-SHA256": empty, "Authorization": signed}
+    data = b"checksummed after the body " * 10000
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    put = {"X-Amz-Date": "20260101T000000Z", "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD", "Authorization": signed,
+           **({"Content-Length": str(len(data))} if length else {})}
+    before_log = len(gateway.log())
+    answers = h2_calls(gateway, issuer.mint(sub), f"h2-trailers-{str(length).lower()}.s3.amazonaws.com", [
+        ("PUT", b"/", head, b"", ()),
+        ("PUT", b"/with-trailers", put, data, (("x-amz-checksum-crc32", crc),)),
+        ("GET", b"/with-trailers", head, b"", ()),
+        ("PUT", b"/without", put, data, ()),
+        ("GET", b"/without", head, b"", ()),
+    ])
+    [made, (status, headers, answer), (missing, _, _), (stored, _, _), (got, _, back)] = answers
+    assert made[0] == 200, made
+    assert status == 400 and b"<Code>InvalidRequest</Code>" in answer, (status, answer[:400])
+    assert b"trailer fields (x-amz-checksum-crc32)" in answer and b"send them as headers" in answer, answer[:600]
+    assert missing == 404  # moto did not store the object
+    assert (stored, got, back) == (200, 200, data)
+    mine = [r for r in gateway.records() if r["principal"] == sub]
+    assert [(r["operation"], r["outcome"], r["status"]) for r in mine] == [
+        ("CreateBucket", "forwarded", 200), ("PutObject", "refused", 400), ("GetObject", "forwarded", 404),
+        ("PutObject", "forwarded", 200), ("GetObject", "forwarded", 200)], mine
+    refused = mine[1]
+    assert "trailer fields (x-amz-checksum-crc32)" in refused["error"] and crc not in json.dumps(refused), refused
+    assert "has crashed" not in gateway.log()[before_log:], gateway.log()[before_log:]

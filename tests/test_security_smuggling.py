@@ -261,3 +261,33 @@ def test_an_http2_request_line_with_a_space_is_refused_and_nothing_goes_upstream
     assert forwarded(upstream, before_up) == [], forwarded(upstream, before_up)
     [r] = gw.records()[before_records:]
     assert (r["outcome"], r["rule"], r["status"], r["principal"]) == ("refused", "agentgate:egress", 400, sub), r
+
+
+def test_http2_request_trailers_are_refused_and_the_connection_goes_on(gw, issuer, upstream):
+    """An HTTP/2 request may end with trailer fields (a HEADERS frame after the body); upstream is
+    spoken to in HTTP/1, where mitmproxy cannot send them: it crashed on them, and the call went
+    upstream without them, recorded as forwarded. Refused with 400 like trailer fields after an
+    HTTP/1 chunked body, nothing goes upstream, one record says so, and the next call on the same
+    connection goes through."""
+    from tests.support.raw import h2_calls
+
+    sub = "agent-h2-trailers"
+    before_up, before_records, before_log = len(upstream.requests), len(gw.records()), len(gw.log())
+    head = dict(line.split(": ", 1) for line in request([CL]).split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])
+    head = {k.lower(): v for k, v in head.items() if k != "Content-Length"}
+    [(status, headers, answer), (status2, _, answer2)] = h2_calls(gw, issuer.mint(sub), "sts.amazonaws.com", [
+        ("POST", b"/", head, BODY, (("x-amz-checksum-crc32", "AAAAAA=="),)),
+        ("POST", b"/", head, BODY, ()),
+    ])
+    assert status == 400 and b"<Code>InvalidRequest</Code>" in answer, (status, answer[:400])
+    assert b"trailer fields (x-amz-checksum-crc32)" in answer and b"send them as headers" in answer, answer[:600]
+    assert status2 == 200, answer2[:400]
+    time.sleep(0.5)
+    got = forwarded(upstream, before_up)
+    assert len(got) == 1 and not any(k.lower() == "x-amz-checksum-crc32" for k, _ in got[0][2]), got
+    first, second = gw.records()[before_records:]
+    assert (first["principal"], first["outcome"], first["rule"], first["status"]) == (
+        sub, "refused", "agentgate:egress", 400), first
+    assert "trailer fields" in first["error"] and "AAAAAA" not in json.dumps(first), first
+    assert (second["principal"], second["outcome"], second["status"]) == (sub, "forwarded", 200), second
+    assert "has crashed" not in gw.log()[before_log:], gw.log()[before_log:]

@@ -126,6 +126,59 @@ def h2_request(gw, token: str | None, host: str, method: str, path: bytes, heade
         tls.close()
 
 
+def h2_calls(gw, token: str | None, host: str,
+             calls: list[tuple[str, bytes, dict[str, str], bytes, tuple[tuple[str, str], ...]]],
+             timeout: float = 15) -> list[tuple[int, dict[str, str], bytes]]:
+    """Requests one after another on one HTTP/2 connection through ``gw`` (streams 1, 3, 5, ...),
+    each ``(method, path, headers, body, trailers)``: when ``trailers`` are given, they follow the
+    body in a HEADERS frame that ends the stream, as a client that sends a checksum after the
+    body does. Each answer's status, headers and body, in the order given; Http2ConnectionTerminated
+    when the gateway sends GOAWAY instead."""
+    import h2.events
+
+    tls, conn = _h2_connection(gw, token, host)
+    answers = []
+    try:
+        tls.settimeout(timeout)
+        for i, (method, path, headers, body, trailers) in enumerate(calls):
+            sid, sent, done = 1 + 2 * i, 0, False
+            status, got, answer = 0, {}, b""
+            conn.send_headers(sid, _h2_head(host, method, path, headers), end_stream=not (body or trailers))
+            while not done:
+                while sent < len(body):  # as much as the gateway's flow-control windows take now
+                    n = min(len(body) - sent, conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                    if n <= 0:
+                        break
+                    conn.send_data(sid, body[sent:sent + n], end_stream=not trailers and sent + n == len(body))
+                    sent += n
+                if trailers and sent == len(body):
+                    conn.send_headers(sid, [(k.encode(), v.encode()) for k, v in trailers], end_stream=True)
+                    trailers = ()
+                tls.sendall(conn.data_to_send())
+                data = tls.recv(65536)
+                if not data:
+                    raise AssertionError("the gateway closed the connection before the answer ended")
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
+                        got = dict(event.headers)
+                        status = int(got.pop(":status"))
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        if event.stream_id == sid:
+                            answer += event.data
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        raise Http2ConnectionTerminated(event.error_code, event.additional_data)
+                    elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
+                        raise AssertionError(f"stream {sid} was reset ({event.error_code})")
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
+                        done = True
+            answers.append((status, got, answer))
+            tls.sendall(conn.data_to_send())
+        return answers
+    finally:
+        tls.close()
+
+
 def h2_cancel(gw, token: str, host: str, method: str, path: bytes, headers: dict[str, str], after: float,
               linger: float) -> None:
     """Send one request over HTTP/2 through ``gw``, reset its stream (CANCEL, as an SDK whose
