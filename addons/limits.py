@@ -44,6 +44,11 @@ parser that reads them differently sees other headers than the gateway did. So:
    connection is closed before the body's end: its last chunk, or, with Content-Length framing,
    its last byte, which waits for the end of the agent's stream, so that upstream never has the
    body whole.
+7. ``Http2Server._handle_event`` (at its start): the HTTP/2 header list an agent may send is
+   ``max_header_bytes`` + 64 KiB (h2's own limit is 64 KiB, whatever the cap), announced in the
+   connection's SETTINGS. A header block within it is read, and the egress stage refuses one over
+   ``max_header_bytes`` with 431 on its stream, the connection going on, as for HTTP/1; past it,
+   the h2 layer ends the connection (GOAWAY, ``ENHANCE_YOUR_CALM``), recorded as in 5.
 
 1 and 2 happen where no flow exists yet: their answer is AWS-shaped all the same, in the protocol
 the head's Content-Type and X-Amz-Target suggest (``_refusal``), and so is the error page
@@ -481,8 +486,23 @@ def h2_reason(message: str) -> str:
     return _BYTES_LITERAL.sub("(the value is not kept)", message)
 
 
+def _header_list_size(server) -> None:
+    """7 above: before an Http2Server's SETTINGS go out, its header list limit is set to
+    max_header_bytes + SLACK (h2's own is 64 KiB), announced to the agent and applied at once."""
+    cap = _option(server.context, "max_header_bytes")
+    settings = getattr(server.h2_conn, "local_settings", None)
+    decoder = getattr(server.h2_conn, "decoder", None)
+    if cap is None or settings is None or not hasattr(decoder, "max_header_list_size"):
+        return
+    limit = max(cap + SLACK, settings.max_header_list_size or 0)
+    settings.max_header_list_size = limit
+    settings.acknowledge()  # as mitmproxy does for its own settings: else the old value is sent
+    decoder.max_header_list_size = limit
+
+
 def _install_http2() -> None:
-    """5 above: an HTTP/2 agent's frames refused by mitmproxy's h2 layer are announced (``refused_head``)."""
+    """5 above: an HTTP/2 agent's frames refused by mitmproxy's h2 layer are announced (``refused_head``);
+    7: its header list limit follows max_header_bytes."""
     try:
         from mitmproxy.proxy import events
         from mitmproxy.proxy.layers.http import _http2
@@ -497,6 +517,8 @@ def _install_http2() -> None:
 
     @functools.wraps(handle_event)
     def remembering_handle_event(self, event):
+        if isinstance(event, events.Start):
+            _header_list_size(self)
         if not isinstance(event, events.DataReceived):
             return (yield from handle_event(self, event))
         setattr(self, _H2_DATA, event.data)

@@ -177,6 +177,41 @@ def test_a_buffered_body_over_the_cap_from_an_http2_agent_is_refused_and_recorde
     assert "max_body_bytes" in r["error"]
 
 
+def test_an_http2_head_over_the_cap_is_refused_on_its_stream_and_the_connection_goes_on(gw, issuer):
+    """HTTP/2 headers over max_header_bytes get the 431 an HTTP/1 head gets, on their own stream,
+    up to 64 KiB past the cap: mitmproxy's h2 layer took no header block over 64 KiB (h2's
+    default), and ended the connection with GOAWAY for it, the agent's other calls on it too,
+    whatever max_header_bytes said. Past that slack, the connection still ends (as an HTTP/1
+    head that never ends does), and the attempt is recorded."""
+    from tests.support.raw import Http2ConnectionTerminated, h2_calls
+
+    sub = "agent-big-head-h2"
+    body = b"Action=GetCallerIdentity&Version=2011-06-15"
+    head = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "X-Amz-Date": "20260101T000000Z",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/sts/aws4_request, "
+                             "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64}
+    pad = 70 * 1024  # over h2's default 64 KiB, under max_header_bytes + 64 KiB
+    [(status, _, answer), (status2, _, answer2)] = h2_calls(gw, issuer.mint(sub), "sts.amazonaws.com", [
+        ("POST", b"/", {**head, "X-Pad": "p" * pad}, body, ()),
+        ("POST", b"/", head, body, ()),
+    ])
+    assert status == 431 and b"<Code>RequestHeaderSectionTooLarge</Code>" in answer, (status, answer[:400])
+    assert f"max_header_bytes ({MAX_HEADER})".encode() in answer, answer[:400]
+    assert status2 == 200 and b":assumed-role/agent-role/" in answer2, answer2[:400]
+    time.sleep(0.3)
+    mine = [r for r in gw.records() if r["principal"] == sub]
+    assert [(r["outcome"], r["status"]) for r in mine] == [("refused", 431), ("forwarded", 200)], mine
+    assert mine[0]["rule"] == "agentgate:egress" and "max_header_bytes" in mine[0]["error"], mine[0]
+
+    sub = "agent-huge-head-h2"
+    with pytest.raises(Http2ConnectionTerminated):
+        h2_calls(gw, issuer.mint(sub), "sts.amazonaws.com", [
+            ("POST", b"/", {**head, "X-Pad": "p" * (MAX_HEADER + 65 * 1024)}, body, ())])
+    r = last_record(gw, sub)
+    assert (r["outcome"], r["rule"], r["status"]) == ("refused", "agentgate:egress", 400), r
+    assert "header block" in r["error"], r["error"]
+
+
 def test_a_streamed_upload_larger_than_the_body_cap_works(gw, issuer):
     """S3 bodies with a declared payload hash stream through, never buffered: the cap does not apply,
     in aws-chunked framing (boto3's default) or with Content-Length and the real SHA-256."""
