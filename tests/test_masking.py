@@ -716,6 +716,60 @@ def test_a_template_that_does_not_parse_is_read_by_the_detectors_as_before():
         "MessageBody"] == TEMPLATE_YAML
 
 
+def _cfn_xml(operation: str, result: str) -> bytes:
+    return (f'<{operation}Response xmlns="http://cloudformation.amazonaws.com/doc/2010-05-15/"><{operation}Result>'
+            f'{result}</{operation}Result><ResponseMetadata><RequestId>0be7b6e8-e4a0-11e0-a5bd-9f8d5a7dbc91'
+            f'</RequestId></ResponseMetadata></{operation}Response>').encode()
+
+
+def test_a_noecho_parameters_default_as_validate_template_describes_it_is_masked_in_the_record():
+    """ValidateTemplate's answer as the API reference documents it (moto answers ValidateTemplate
+    with no parameters, so this is fed the documented form), with a NoEcho parameter beside the
+    documented ones: its ``DefaultValue`` is the secret its template holds, named as none
+    (``AdminPin``); before, the record kept it. It is masked in the record, the others' defaults
+    and every other member kept; the agent's copy, which no rule masks, is AWS's answer."""
+    m = Masker(KEY)
+    members = [("false", "InstanceType", "Type of instance to launch", "m1.small"),
+               ("true", "AdminPin", "The operator's PIN", "qQzjcN8heSg1usSkN"),
+               ("false", "WebServerPort", "The TCP port for the Web Server", "8888")]
+    body = _cfn_xml("ValidateTemplate", "<Description></Description><Parameters>" + "".join(
+        f"<member><NoEcho>{n}</NoEcho><ParameterKey>{k}</ParameterKey><Description>{d}</Description>"
+        f"<DefaultValue>{v}</DefaultValue></member>" for n, k, d, v in members)
+        + "<member><NoEcho>false</NoEcho><ParameterKey>KeyName</ParameterKey><Description>Name of an existing EC2"
+          " KeyPair</Description></member></Parameters>")
+    part, copy = m.response(call("cloudformation", "ValidateTemplate"), status=200, body=body)
+    assert copy is None
+    assert part.body == body.decode().replace("qQzjcN8heSg1usSkN", fp("qQzjcN8heSg1usSkN"))
+    assert part.masked == Counter({("response", "Parameters[].DefaultValue", "curated"): 1})
+    parsed = parse("cloudformation", "ValidateTemplate", part.body.encode())["Parameters"]
+    assert [p.get("DefaultValue") for p in parsed] == ["m1.small", fp("qQzjcN8heSg1usSkN"), "8888", None]
+
+
+def test_a_noecho_parameters_default_and_allowed_values_in_get_template_summary_are_masked_in_the_record():
+    """GetTemplateSummary's ParameterDeclarations (the form moto answers with, and AWS's): a NoEcho
+    parameter's ``DefaultValue`` and ``ParameterConstraints.AllowedValues`` are masked in the record;
+    an ordinary parameter's, and a NoEcho parameter's ``NoEcho``, key and type, are kept."""
+    m = Masker(KEY)
+    body = _cfn_xml("GetTemplateSummary", (
+        "<Parameters><member><ParameterKey>AdminPin</ParameterKey><DefaultValue>qQzjcN8heSg1usSkN</DefaultValue>"
+        "<ParameterType>String</ParameterType><NoEcho>true</NoEcho><Description/><ParameterConstraints>"
+        "<AllowedValues><member>qQzjcN8heSg1usSkN</member><member>Wq7pLm2xVb9kRt4Zs</member></AllowedValues>"
+        "</ParameterConstraints></member><member><ParameterKey>Env</ParameterKey><DefaultValue>production"
+        "</DefaultValue><ParameterType>String</ParameterType><NoEcho>false</NoEcho><ParameterConstraints>"
+        "<AllowedValues><member>production</member><member>staging</member></AllowedValues></ParameterConstraints>"
+        "</member></Parameters><ResourceTypes><member>AWS::SQS::Queue</member></ResourceTypes>"))
+    part, copy = m.response(call("cloudformation", "GetTemplateSummary"), status=200, body=body)
+    assert copy is None
+    assert part.body == body.decode().replace("qQzjcN8heSg1usSkN", fp("qQzjcN8heSg1usSkN")).replace(
+        "Wq7pLm2xVb9kRt4Zs", fp("Wq7pLm2xVb9kRt4Zs"))
+    assert part.masked == Counter({("response", "Parameters[].DefaultValue", "curated"): 1,
+                                   ("response", "Parameters[].ParameterConstraints", "curated"): 2})
+    [pin, env] = parse("cloudformation", "GetTemplateSummary", part.body.encode())["Parameters"]
+    assert pin["NoEcho"] is True and pin["ParameterKey"] == "AdminPin" and pin["ParameterType"] == "String"
+    assert env["DefaultValue"] == "production" and env["ParameterConstraints"]["AllowedValues"] == [
+        "production", "staging"]
+
+
 @given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),
                 min_size=1, max_size=6))
 @settings(max_examples=200, deadline=None)

@@ -809,3 +809,80 @@ def test_secrets_written_in_a_template_never_reach_the_record(gw, issuer, tmp_pa
         assert by == {("Parameters.AdminPin.Default", "template-noecho"),
                       ("Resources.AppSecret.Properties.SecretString", "template-property"),
                       ("Resources.Operator.Properties.LoginProfile.Password", "template-property")}, call["masked"]
+
+
+def noecho_template(tag: str, values: list[str]) -> str:
+    """A template whose NoEcho parameter is named as no secret (``AdminPin``): ``values[0]`` its
+    default, all of them the values it allows; ``Env`` an ordinary parameter."""
+    return textwrap.dedent(f"""\
+        Parameters:
+          AdminPin:
+            Type: String
+            NoEcho: true
+            Default: {values[0]}
+            AllowedValues: [{", ".join(values)}]
+          Env:
+            Type: String
+            Default: production
+        Resources:
+          Queue:
+            Type: AWS::SQS::Queue
+            Properties:
+              QueueName: !Sub "queue-${{Env}}-{tag}"
+              Tags:
+                - Key: pin
+                  Value: !Ref AdminPin
+        """)
+
+
+def random_values(*names: str) -> dict[str, str]:
+    alphabet = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return {k: "".join(secrets.choice(alphabet) for _ in range(17)) for k in names}
+
+
+def records_of(gw: Gateway, principal: str) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for r in gw.records():
+        if r["principal"] == principal:
+            found.setdefault(r["operation"], []).append(r)
+    return found
+
+
+def store_scan(gw: Gateway, tmp_path: Path, needles: dict[str, set[str]]) -> list[str]:
+    """Where in the export and the store's files any of ``needles`` is."""
+    exported = tmp_path / "export.jsonl"
+    gw.cli("export", "--format", "jsonl", "-o", str(exported))
+    return scan_bytes({"export": exported.read_bytes(), **sqlite_files(gw)}, needles)
+
+
+def shown(gw: Gateway, record: dict) -> dict:
+    return json.loads(gw.cli("calls", "show", record["id"], "--json").stdout)
+
+
+def test_a_noecho_parameters_default_in_get_template_summary_never_reaches_the_record(gw, issuer, tmp_path):
+    """GetTemplateSummary describes a template's parameters, a NoEcho one's default and allowed
+    values included, whether asked of a template or of a stack: through boto3 the agent gets what
+    moto answers; the record masks the NoEcho parameter's (``AdminPin``, a name that says no secret)
+    and keeps the ordinary one's (``Env``)."""
+    tag = secrets.token_hex(6)
+    pw = random_values("default", "allowed")
+    template = noecho_template(tag, [pw["default"], pw["allowed"]])
+    principal = f"agent-summary-{tag}"
+    cfn = agent_client(gw, issuer.mint(principal), "cloudformation")
+    summary = cfn.get_template_summary(TemplateBody=template)["Parameters"]
+    assert {p["ParameterKey"]: p.get("DefaultValue") for p in summary} == {"AdminPin": pw["default"],
+                                                                           "Env": "production"}  # the agent's copy
+    cfn.create_stack(StackName=f"stack-{tag}", TemplateBody=template)
+    cfn.get_template_summary(StackName=f"stack-{tag}")
+
+    records = records_of(gw, principal)
+    assert {op: len(rs) for op, rs in records.items()} == {"GetTemplateSummary": 2, "CreateStack": 1}
+    assert store_scan(gw, tmp_path, {k: forms(v) for k, v in pw.items()}) == []
+    for record in records["GetTemplateSummary"]:
+        call = shown(gw, record)
+        body = call["response_body"]
+        assert f"<DefaultValue>{marker(gw, pw['default'])}</DefaultValue>" in body
+        assert f"<member>{marker(gw, pw['allowed'])}</member>" in body
+        assert "<DefaultValue>production</DefaultValue>" in body and "<ParameterKey>AdminPin</ParameterKey>" in body
+        assert {(e["path"], e["by"]) for e in call["masked"] if e["part"] == "response"} == {
+            ("Parameters[].DefaultValue", "curated"), ("Parameters[].ParameterConstraints", "curated")}

@@ -1635,6 +1635,10 @@ def test_an_object_written_public_is_a_permission_change_under_the_shipped_polic
 # Secrets a read hands back that the shipped policies let agents see anyway, each with its reason.
 SHIPPED_UNMASKED = {
     ("secretsmanager", "GetRandomPassword"): "a password generated for the caller to set somewhere; nobody's yet",
+    # a NoEcho parameter's default: the template GetTemplate hands the agent as written holds it (README,
+    # Masking: a template read to be changed and sent back must not carry markers)
+    ("cloudformation", "ValidateTemplate"): "a default the template the agent may read holds as written",
+    ("cloudformation", "GetTemplateSummary"): "a default the template the agent may read holds as written",
 }
 
 

@@ -307,6 +307,14 @@ CURATED: tuple[Target, ...] = (
            "connection properties hold database passwords"),
     Target("glue", ("GetConnections",), "output", ("ConnectionList[].ConnectionProperties",),
            "connection properties hold database passwords"),
+    # a template's NoEcho parameter as ValidateTemplate and GetTemplateSummary describe it: its default
+    # is the secret the template holds (the template itself: templates.py), as are the values allowed
+    Target("cloudformation", ("ValidateTemplate",), "output", ("Parameters[].DefaultValue",),
+           "a NoEcho parameter's default (AWS shows the parameter's value as ****)", ("NoEcho", "true")),
+    Target("cloudformation", ("GetTemplateSummary",), "output",
+           ("Parameters[].DefaultValue", "Parameters[].ParameterConstraints"),
+           "a NoEcho parameter's default and allowed values (AWS shows the parameter's value as ****)",
+           ("NoEcho", "true")),
     # secrets for other systems that reads (and writes) return: keys, tokens, passwords, environments
     Target("apigateway", ("GetApiKey", "CreateApiKey", "UpdateApiKey", "GetUsagePlanKey", "CreateUsagePlanKey"),
            "output", ("value",),
