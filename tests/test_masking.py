@@ -770,6 +770,66 @@ def test_a_noecho_parameters_default_and_allowed_values_in_get_template_summary_
         "production", "staging"]
 
 
+NOECHO_TEMPLATE = ('{"Parameters": {"AdminPin": {"Type": "String", "NoEcho": true},'
+                   ' "Env": {"Type": "String", "Default": "production"}},'
+                   ' "Resources": {"Q": {"Type": "AWS::SQS::Queue"}}}')
+
+
+def test_a_value_given_to_a_noecho_parameter_beside_its_template_is_masked_in_the_record():
+    """CreateStack (and UpdateStack, CreateChangeSet, EstimateTemplateCost, CreateStackSet,
+    UpdateStackSet) give parameters their values beside the template: the value of a parameter the
+    template marks NoEcho is a secret, named as none here (``AdminPin``), and is masked in the
+    parameters and the form; an ordinary parameter's value, one kept from before
+    (``UsePreviousValue``), ``****`` and a ``{{resolve:...}}`` reference are kept. A key the
+    template does not mark NoEcho, or a call without a template (``UsePreviousTemplate``), is
+    masked by its name alone."""
+    m = Masker(KEY)
+    parameters = [{"ParameterKey": "AdminPin", "ParameterValue": "qQzjcN8heSg1usSkN"},
+                  {"ParameterKey": "Env", "ParameterValue": "staging"},
+                  {"ParameterKey": "AdminPin", "UsePreviousValue": True},
+                  {"ParameterKey": "AdminPin", "ParameterValue": "****"},
+                  {"ParameterKey": "AdminPin", "ParameterValue": "{{resolve:ssm-secure:/app/pin:1}}"}]
+    for operation in ("CreateStack", "UpdateStack", "CreateChangeSet", "EstimateTemplateCost", "CreateStackSet",
+                      "UpdateStackSet"):
+        name = "StackSetName" if "StackSet" in operation else "StackName"
+        params = {name: "app", "TemplateBody": NOECHO_TEMPLATE, "Parameters": parameters}
+        masked, counts = m.params(call("cloudformation", operation, params=params))
+        assert masked["Parameters"] == [{"ParameterKey": "AdminPin", "ParameterValue": fp("qQzjcN8heSg1usSkN")},
+                                        *parameters[1:]], operation
+        assert masked["TemplateBody"] == NOECHO_TEMPLATE and parameters[0]["ParameterValue"] == "qQzjcN8heSg1usSkN"
+        assert counts == Counter({("params", "Parameters[].ParameterValue", "template-noecho"): 1})
+        form = {"Action": operation, "Version": "2010-05-15", name: "app", "TemplateBody": NOECHO_TEMPLATE}
+        for i, p in enumerate(parameters, 1):
+            form.update({f"Parameters.member.{i}.{k}": str(v).lower() if isinstance(v, bool) else v
+                         for k, v in p.items()})
+        part = m.request(call("cloudformation", operation, params=params), body=urlencode(form).encode())
+        sent = parse_qs(part.body, keep_blank_values=True)
+        assert sent["Parameters.member.1.ParameterValue"] == [fp("qQzjcN8heSg1usSkN")] and part.note is None
+        assert {k: v for k, v in sent.items() if k != "Parameters.member.1.ParameterValue"} == {
+            k: [v] for k, v in form.items() if k != "Parameters.member.1.ParameterValue"}
+        assert part.masked == Counter({("request", "Parameters.member[].ParameterValue", "template-noecho"): 1})
+    # without the template beside them: by name alone
+    for params in ({"StackName": "app", "UsePreviousTemplate": True, "Parameters": parameters[:2]},
+                   {"StackName": "app", "TemplateBody": NOECHO_TEMPLATE.replace('"NoEcho": true', '"NoEcho": false'),
+                    "Parameters": parameters[:2]}):
+        assert m.params(call("cloudformation", "UpdateStack", params=params)) == (params, Counter())
+
+
+def test_a_value_given_to_a_noecho_parameter_is_masked_in_describe_stack_sets_answer():
+    """DescribeStackSet answers with the stack set's template and its parameters' values side by
+    side (moto's form and AWS's): the value of a parameter the template marks NoEcho is masked in
+    the record, an ordinary one kept."""
+    m = Masker(KEY)
+    body = _cfn_xml("DescribeStackSet", (
+        f"<StackSet><StackSetName>app</StackSetName><TemplateBody>{xml_escape(NOECHO_TEMPLATE)}</TemplateBody>"
+        "<Parameters><member><ParameterKey>Env</ParameterKey><ParameterValue>staging</ParameterValue></member>"
+        "<member><ParameterKey>AdminPin</ParameterKey><ParameterValue>qQzjcN8heSg1usSkN</ParameterValue></member>"
+        "</Parameters></StackSet>"))
+    part, copy = m.response(call("cloudformation", "DescribeStackSet"), status=200, body=body)
+    assert copy is None and part.body == body.decode().replace("qQzjcN8heSg1usSkN", fp("qQzjcN8heSg1usSkN"))
+    assert part.masked == Counter({("response", "StackSet.Parameters[].ParameterValue", "template-noecho"): 1})
+
+
 @given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),
                 min_size=1, max_size=6))
 @settings(max_examples=200, deadline=None)

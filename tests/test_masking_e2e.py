@@ -886,3 +886,50 @@ def test_a_noecho_parameters_default_in_get_template_summary_never_reaches_the_r
         assert "<DefaultValue>production</DefaultValue>" in body and "<ParameterKey>AdminPin</ParameterKey>" in body
         assert {(e["path"], e["by"]) for e in call["masked"] if e["part"] == "response"} == {
             ("Parameters[].DefaultValue", "curated"), ("Parameters[].ParameterConstraints", "curated")}
+
+
+def test_a_value_given_to_a_noecho_parameter_never_reaches_the_record(gw, issuer, tmp_path):
+    """CreateStack and CreateStackSet give a NoEcho parameter (``AdminPin``, a name that says no
+    secret) its value beside the template, and DescribeStackSet returns it beside the stack set's
+    template: through boto3 the agent gets what moto answers; the record masks the value there and
+    keeps the ordinary parameter's (``Env``). DescribeStacks carries no template: AWS answers ``****``
+    for the value, moto the value itself, which the record keeps then unless the parameter's name
+    says it is a secret (README, Masking); an ordinary parameter's value stays."""
+    tag = secrets.token_hex(6)
+    pw = random_values("default", "stack", "set")
+    template = noecho_template(tag, [pw["default"], pw["stack"], pw["set"]])
+    principal = f"agent-noecho-{tag}"
+    cfn = agent_client(gw, issuer.mint(principal), "cloudformation")
+    cfn.create_stack(StackName=f"stack-{tag}", TemplateBody=template,
+                     Parameters=[{"ParameterKey": "AdminPin", "ParameterValue": pw["stack"]},
+                                 {"ParameterKey": "Env", "ParameterValue": "staging"}])
+    [stack] = cfn.describe_stacks(StackName=f"stack-{tag}")["Stacks"]
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["Env"] == "staging"
+    cfn.create_stack_set(StackSetName=f"set-{tag}", TemplateBody=template,
+                         Parameters=[{"ParameterKey": "AdminPin", "ParameterValue": pw["set"]}])
+    described = cfn.describe_stack_set(StackSetName=f"set-{tag}")["StackSet"]
+    assert described["Parameters"] == [{"ParameterKey": "AdminPin", "ParameterValue": pw["set"]}]  # the agent's copy
+
+    records = records_of(gw, principal)
+    assert {op: len(rs) for op, rs in records.items()} == {
+        "CreateStack": 1, "DescribeStacks": 1, "CreateStackSet": 1, "DescribeStackSet": 1}
+    assert {r[0]["status"] for r in records.values()} == {200}
+    kept = {op: json.dumps(rs).encode() for op, rs in records.items() if op != "DescribeStacks"}
+    assert scan_bytes(kept, {k: forms(v) for k, v in pw.items()}) == []
+    assert store_scan(gw, tmp_path, {k: forms(pw[k]) for k in ("default", "set")}) == []
+
+    created = shown(gw, records["CreateStack"][0])
+    assert created["params"]["Parameters"] == [{"ParameterKey": "AdminPin", "ParameterValue": marker(gw, pw["stack"])},
+                                               {"ParameterKey": "Env", "ParameterValue": "staging"}]
+    assert f"Parameters.member.1.ParameterValue={marker(gw, pw['stack'])}" in created["request_body"]
+    assert "Parameters.member.2.ParameterValue=staging" in created["request_body"]
+    assert {(e["part"], e["path"], e["by"]) for e in created["masked"] if e["path"].endswith("ParameterValue")} == {
+        ("params", "Parameters[].ParameterValue", "template-noecho"),
+        ("request", "Parameters.member[].ParameterValue", "template-noecho")}
+    assert "<ParameterValue>staging</ParameterValue>" in records["DescribeStacks"][0]["response_body"]
+    assert shown(gw, records["CreateStackSet"][0])["params"]["Parameters"] == [
+        {"ParameterKey": "AdminPin", "ParameterValue": marker(gw, pw["set"])}]
+    answer = shown(gw, records["DescribeStackSet"][0])
+    assert f"<ParameterValue>{marker(gw, pw['set'])}</ParameterValue>" in answer["response_body"]
+    assert ("StackSet.Parameters[].ParameterValue", "template-noecho") in {
+        (e["path"], e["by"]) for e in answer["masked"] if e["part"] == "response"}

@@ -1206,6 +1206,7 @@ class ServiceShapes:
         self._xml_wire: dict[str, dict[str, tuple[str, bool]]] = {}
         self._query_wire: dict[tuple[str, bool], dict[str, str]] = {}
         self._items: dict[str | None, tuple[tuple[str, ...], ...]] = {}
+        self._templated: dict[str | None, tuple[tuple[tuple[str, ...], str], ...]] = {}
 
     def item_maps(self, top: str | None) -> tuple[tuple[str, ...], ...]:
         """Where below ``top`` an item sits: the member paths (``*`` for a map's key) to every map
@@ -1235,6 +1236,38 @@ class ServiceShapes:
             if cached is None:
                 walk(top, (), frozenset())
                 cached = self._items[top] = tuple(found)
+        return cached
+
+    def templated_parameters(self, top: str | None) -> tuple[tuple[tuple[str, ...], str], ...]:
+        """Where below ``top`` a CloudFormation template sits beside the values given to its
+        parameters: (the member path, lists crossed unmarked, to a structure with a ``TemplateBody``
+        member, the member beside it that lists ``{ParameterKey, ParameterValue}``)."""
+        found: list[tuple[tuple[str, ...], str]] = []
+
+        def walk(name: str | None, steps: tuple[str, ...], seen: frozenset) -> None:
+            shape = self.shapes.get(name) if name else None
+            if not shape or name in seen or len(steps) > 8:
+                return
+            seen = seen | {name}
+            if shape["type"] == "list":
+                walk(shape.get("member", {}).get("shape"), steps, seen)
+            if shape["type"] != "structure":
+                return
+            members = shape.get("members", {})
+            if members.get("TemplateBody", {}).get("shape") == "TemplateBody":
+                for member, ref in members.items():
+                    items = self.shapes.get(ref["shape"], {})
+                    item = self.shapes.get(items.get("member", {}).get("shape"), {}) if items.get("type") == "list" else {}
+                    if {"ParameterKey", "ParameterValue"} <= set(item.get("members", {})):
+                        found.append((steps, member))
+            for member, ref in members.items():
+                walk(ref.get("shape"), steps + (member,), seen)
+
+        with self._lock:
+            cached = self._templated.get(top)
+            if cached is None:
+                walk(top, (), frozenset())
+                cached = self._templated[top] = tuple(found)
         return cached
 
     def type_of(self, shape: str | None) -> str | None:
@@ -1633,6 +1666,8 @@ class Masker:
         top = message.top if message else None
         if node is not None or ov is not None:
             walk.plan(params, top, node, ov, (), None, None)
+        if _cloudformation(shapes):
+            walk.noecho_parameters(params, top)
         walk.detect = detectors.suspicious("\n".join(_strings(params)))
         if (walk.detect or detectors.names_secret("\n".join(_strings(params, keys=True)))
                 or _templates(shapes, params)):
@@ -1972,6 +2007,8 @@ class Masker:
         start = _xml_start(tree, protocol, message) if (node is not None or ov is not None) else None
         if start is not None:
             walk.plan(start, root, node, ov, ())
+        if template and message is not None:
+            walk.noecho_parameters(_xml_start(tree, protocol, message), root)
         if by_name or template:
             walk.detect = suspect
             walk.scan(tree, ())
@@ -1995,9 +2032,13 @@ class Masker:
                     which: str) -> list[tuple[str, str]] | None:
         """Query-protocol pairs with targets and secrets masked; None when nothing was."""
         walk = _Form(self, shapes, protocol == "ec2", which, counts, pairs)
+        tree = None
         if message is not None and message.top and (node is not None or ov is not None):
             tree = walk.tree()
             walk.plan(tree, message.top, node, ov, ())
+        if message is not None and message.top and _cloudformation(shapes) and any(
+                _form_name(k) == "TemplateBody" for k, _ in pairs):
+            walk.noecho_parameters(tree or walk.tree(), message.top)
         keys: dict[int, str] = {}  # a key that holds a secret (a body of another format, read as a form)
         names = _form_names(pairs)
         for i, (key, value) in enumerate(pairs):
@@ -2330,6 +2371,24 @@ class _Tree:
             return out, n
         return value, 0
 
+    # -- the values given to a template's NoEcho parameters beside it
+
+    def noecho_parameters(self, value: Any, top: str | None) -> None:
+        """``{ParameterKey, ParameterValue}`` items whose key names a parameter the template beside
+        them marks NoEcho (``templates.noecho``): their values masked (parameters, by member name)."""
+        for steps, member in self.shapes.templated_parameters(top) if self.by_member else ():
+            for holder, path in _dicts_at(value, steps, ()):
+                template, items = holder.get("TemplateBody"), holder.get(member)
+                if not isinstance(template, str) or not isinstance(items, list) or not items:
+                    continue
+                names = templates.noecho(template)
+                for item in items if names else ():
+                    for vm in NOECHO_VALUES if isinstance(item, dict) else ():
+                        if _noecho_value(names, item.get("ParameterKey"), item.get(vm)):
+                            self._edit(item, vm, self.m.marker(item[vm]))
+                            self.counts[(self.which, _render(_join(_join(_join(path, member), "[]"), vm)),
+                                         "template-noecho")] += 1
+
     # -- detectors over every other string
 
     def scan(self, value: Any, shape: str | None, path: tuple, container: Any, key: Any, name: str | None = None,
@@ -2396,6 +2455,18 @@ class _Tree:
         for k, v in value.items():  # no model: an error body, or an unclassified call
             self.scan(v, None, _join(path, _key_step(k)), value, k, value_name if k == value_member else k,
                       depth + 1)
+
+
+def _dicts_at(value: Any, steps: tuple[str, ...], path: tuple) -> Iterator[tuple[dict, tuple]]:
+    """The objects at member path ``steps`` (lists crossed) below ``value``, with their paths."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _dicts_at(item, steps, _join(path, "[]"))
+    elif isinstance(value, dict):
+        if not steps:
+            yield value, path
+        else:
+            yield from _dicts_at(value.get(steps[0]), steps[1:], _join(path, steps[0]))
 
 
 _UNSET = object()
@@ -2736,6 +2807,57 @@ class _Xml:
                 n += self.masked(child, None, keys, depth + 1)
         return n
 
+    def noecho_parameters(self, start: Elem | None, top: str | None) -> None:
+        """``{ParameterKey, ParameterValue}`` items whose key names a parameter the template beside
+        them marks NoEcho (``templates.noecho``): their values masked (DescribeStackSet's)."""
+        for steps, member in self.shapes.templated_parameters(top) if start is not None else ():
+            for elem, shape, path in self._structures(start, top, steps, ()):
+                wire = self.shapes.xml_wire(shape)
+                children = {c.tag: c for c in elem.children}
+                template = children.get(wire["TemplateBody"][0])
+                if template is None or template.children or not template.text:
+                    continue
+                names = templates.noecho(template.text)
+                if not names:
+                    continue
+                tag, flattened = wire[member]
+                items = ([c for c in elem.children if c.tag == tag] if flattened
+                         else [c for c in children[tag].children] if tag in children else [])
+                for item in items:
+                    parts = {c.tag: c for c in item.children if not c.children}
+                    key = parts["ParameterKey"].text if "ParameterKey" in parts else None
+                    for vm in NOECHO_VALUES:
+                        value = parts.get(vm)
+                        if value is not None and id(value) not in self.spans and _noecho_value(names, key, value.text):
+                            self.spans[id(value)] = (value, self.m.marker(value.text))
+                            self.counts[(self.which, _render(_join(_join(_join(path, member), "[]"), vm)),
+                                         "template-noecho")] += 1
+
+    def _structures(self, elem: Elem, shape: str, steps: tuple[str, ...], path: tuple) -> Iterator[tuple[Elem, str, tuple]]:
+        """The elements of the structures at member path ``steps`` (lists crossed) below ``elem``."""
+        spec = self.shapes.shapes[shape]
+        if spec["type"] == "list":
+            item_tag = spec["member"].get("locationName", "member")
+            for child in elem.children:
+                if child.tag == item_tag:
+                    yield from self._structures(child, spec["member"]["shape"], steps, _join(path, "[]"))
+            return
+        if spec["type"] != "structure":
+            return
+        if not steps:
+            yield elem, shape, path
+            return
+        tag, flattened = self.shapes.xml_wire(shape)[steps[0]]
+        target = spec["members"][steps[0]]["shape"]
+        for child in elem.children:
+            if child.tag == tag:
+                if flattened:  # each element is an item
+                    item = self.shapes.shapes[target]["member"]["shape"]
+                    yield from self._structures(child, item, steps[1:], _join(_join(path, steps[0]), "[]"))
+                else:
+                    yield from self._structures(child, target, steps[1:], _join(path, steps[0]))
+                    break
+
     def scan(self, elem: Elem, path: tuple, depth: int = 0, name: str | None = None) -> None:
         """Detectors over every leaf's text (paths from element names, list items as ``[]``); a
         leaf goes by its element's name, a list item by its list's, the value of a ``{Name,
@@ -2780,6 +2902,16 @@ def _cloudformation(shapes: ServiceShapes | None) -> bool:
 def _templates(shapes: ServiceShapes | None, params: Any) -> bool:
     """Does a CloudFormation call's parameters carry a template (read by ``Masker.template``)?"""
     return _cloudformation(shapes) and isinstance(params, dict) and any(k in params for k in templates.MEMBERS)
+
+
+NOECHO_VALUES = ("ParameterValue", "ResolvedValue")  # a parameter's value, as given and as resolved
+
+
+def _noecho_value(names: frozenset[str], key: Any, value: Any) -> bool:
+    """Is ``value``, given to the parameter ``key`` beside a template whose NoEcho parameters are
+    ``names``, a secret? Not when empty, AWS's ``****``, or a ``{{resolve:...}}`` reference."""
+    return (key in names and isinstance(value, str) and value != "" and value.strip("*") != ""
+            and "{{resolve:" not in value)
 
 
 def _form_text(pairs: Iterable[tuple[str, str]]) -> str:
@@ -2941,6 +3073,48 @@ class _Form:
             else:
                 n += self.masked(child, self._child_shape(shape, k), b64, depth + 1)
         return n
+
+    def noecho_parameters(self, tree: dict, top: str) -> None:
+        """``{ParameterKey, ParameterValue}`` items whose key names a parameter the template beside
+        them marks NoEcho (``templates.noecho``): their values masked (CreateStack's form)."""
+        for steps, member in self.shapes.templated_parameters(top):
+            for holder, shape in self._structures(tree, top, steps):
+                wire = {m: w for w, m in self.shapes.query_wire(shape, self.ec2).items()}
+                at = holder.get(wire["TemplateBody"], {}).get(None)
+                names = templates.noecho(self.pairs[at][1]) if at is not None else frozenset()
+                items_spec = self.shapes.shapes[self.shapes.shapes[shape]["members"][member]["shape"]]
+                items = holder.get(wire[member], {})
+                if not (self.ec2 or items_spec.get("flattened")):
+                    items = items.get(items_spec["member"].get("locationName", "member"), {})
+                for k, item in items.items() if names else ():
+                    if k is None or not k.isdigit():
+                        continue
+                    key_at = item.get("ParameterKey", {}).get(None)
+                    key = self.pairs[key_at][1] if key_at is not None else None
+                    for vm in NOECHO_VALUES:
+                        i = item.get(vm, {}).get(None)
+                        if i is not None and i not in self.edits and _noecho_value(names, key, self.pairs[i][1]):
+                            self.edits[i] = self.m.marker(self.pairs[i][1])
+                            self.counts[(self.which, _form_path(self.pairs[i][0]), "template-noecho")] += 1
+
+    def _structures(self, tree: dict, shape: str, steps: tuple[str, ...]) -> Iterator[tuple[dict, str]]:
+        """The subtrees of the structures at member path ``steps`` (lists crossed) below ``tree``."""
+        spec = self.shapes.shapes[shape]
+        if spec["type"] == "list":
+            items = tree if self.ec2 or spec.get("flattened") else tree.get(spec["member"].get("locationName", "member"), {})
+            for k, child in items.items():
+                if k is not None and k.isdigit():
+                    yield from self._structures(child, spec["member"]["shape"], steps)
+            return
+        if spec["type"] != "structure":
+            return
+        if not steps:
+            yield tree, shape
+            return
+        wire = {m: w for w, m in self.shapes.query_wire(shape, self.ec2).items()}
+        child = tree.get(wire.get(steps[0]))
+        if isinstance(child, dict):
+            yield from self._structures(child, spec["members"][steps[0]]["shape"], steps[1:])
 
     def _child_shape(self, shape: str | None, key: str) -> str | None:
         if not shape or self.shapes is None:

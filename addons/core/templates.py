@@ -8,12 +8,14 @@ secrets by where they sit: the ``Default`` and ``AllowedValues`` of a parameter 
 and the resource properties of ``PROPERTIES``, when they are literals. A reference (``!Ref``,
 ``{"Fn::...": ...}``, ``{{resolve:...}}``) is no secret and stays. Each is found with its place in
 the text, so the caller replaces the value's text there and keeps the rest of the template, its
-comments and layout, as written.
+comments and layout, as written. ``noecho`` names the parameters a template marks ``NoEcho``: the
+values a call gives them beside the template (``Parameters[].ParameterValue``) are secrets too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Iterator
 
@@ -67,6 +69,7 @@ class _Loader(yaml.SafeLoader):
     """Composes (never constructs) nodes: any tag, !Ref and !Sub included, is kept as it is."""
 
 
+@functools.lru_cache(maxsize=2)  # a call's template is read for its parameters and its body, twice each
 def _compose(text: str) -> yaml.Node | None:
     try:
         json.loads(text)
@@ -135,13 +138,31 @@ def _true(node: yaml.Node | None) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.value.strip().lower() == "true"
 
 
-def secrets(text: str) -> list[Secret] | None:
-    """The secrets a template holds by where they sit, in order, or None when it is not a template
-    this can read (then the detectors alone read it)."""
+def _root(text: str) -> yaml.MappingNode | None:
     if len(text) > SIZE_LIMIT or not text.strip():
         return None
     root = _compose(text)
-    if not isinstance(root, yaml.MappingNode):
+    return root if isinstance(root, yaml.MappingNode) else None
+
+
+def _noecho_parameters(root: yaml.MappingNode) -> Iterator[tuple[str, yaml.Node]]:
+    parameters = _get(root, "Parameters")
+    for key, parameter in parameters.value if isinstance(parameters, yaml.MappingNode) else ():
+        if _true(_get(parameter, "NoEcho")):
+            yield getattr(key, "value", "*"), parameter
+
+
+def noecho(text: str) -> frozenset[str]:
+    """The names of the parameters the template marks ``NoEcho: true`` (none when it does not parse)."""
+    root = _root(text)
+    return frozenset(name for name, _ in _noecho_parameters(root)) if root is not None else frozenset()
+
+
+def secrets(text: str) -> list[Secret] | None:
+    """The secrets a template holds by where they sit, in order, or None when it is not a template
+    this can read (then the detectors alone read it)."""
+    root = _root(text)
+    if root is None:
         return None
     found: list[Secret] = []
     seen: set[int] = set()
@@ -150,11 +171,7 @@ def secrets(text: str) -> list[Secret] | None:
         if _literal(node):
             found.append(Secret(node.start_mark.index, node.end_mark.index, node.value, where, path, reason))
 
-    parameters = _get(root, "Parameters")
-    for key, parameter in parameters.value if isinstance(parameters, yaml.MappingNode) else ():
-        if not _true(_get(parameter, "NoEcho")):
-            continue
-        name = getattr(key, "value", "*")
+    for name, parameter in _noecho_parameters(root):
         reason = "a NoEcho parameter's value (AWS shows it as ****)"
         default = _get(parameter, "Default")
         if default is not None and id(default) not in seen:
