@@ -830,6 +830,84 @@ def test_a_value_given_to_a_noecho_parameter_is_masked_in_describe_stack_sets_an
     assert part.masked == Counter({("response", "StackSet.Parameters[].ParameterValue", "template-noecho"): 1})
 
 
+def test_a_template_in_create_stack_refactors_stack_definitions_is_masked_in_the_record():
+    """CreateStackRefactor carries its templates in ``StackDefinitions[].TemplateBody``; before,
+    the parameters the record keeps were read as a template only where one sat at the top, and a
+    NoEcho default and a function's environment there, beside no name that says secret, stayed in
+    clear. Now they are masked as CreateStack's are, in the parameters and in the form."""
+    m = Masker(KEY)
+    template = ('{"Parameters": {"AdminPin": {"Type": "String", "NoEcho": true, "Default": "qQzjcN8heSg1usSkN"}},\n'
+                ' "Resources": {"Fn": {"Type": "AWS::Lambda::Function",'
+                ' "Properties": {"Environment": {"Variables": {"STRIPE_SIGNING": "Zx8vQm3kLp7tRw2nB"}}}}}}')
+    assert not detectors.names_secret(template) and not detectors.suspicious(template)
+    expected = template.replace('"qQzjcN8heSg1usSkN"', json.dumps(fp("qQzjcN8heSg1usSkN"))).replace(
+        '"Zx8vQm3kLp7tRw2nB"', json.dumps(fp("Zx8vQm3kLp7tRw2nB")))
+    params = {"StackDefinitions": [{"StackName": "old", "TemplateBody": template},
+                                   {"StackName": "new", "TemplateBody": template}], "EnableStackCreation": True}
+    masked, counts = m.params(call("cloudformation", "CreateStackRefactor", params=params))
+    assert [d["TemplateBody"] for d in masked["StackDefinitions"]] == [expected, expected]
+    assert [d["StackName"] for d in masked["StackDefinitions"]] == ["old", "new"]
+    assert counts == Counter({("params", "StackDefinitions[].TemplateBody.Parameters.AdminPin.Default",
+                               "template-noecho"): 2,
+                              ("params", "StackDefinitions[].TemplateBody.Resources.Fn.Properties.Environment"
+                                         ".Variables.STRIPE_SIGNING", "template-property"): 2})
+    form = {"Action": "CreateStackRefactor", "Version": "2010-05-15",
+            "StackDefinitions.member.1.StackName": "old", "StackDefinitions.member.1.TemplateBody": template}
+    part = m.request(call("cloudformation", "CreateStackRefactor", params=params), body=urlencode(form).encode())
+    assert parse_qs(part.body)["StackDefinitions.member.1.TemplateBody"] == [expected]
+
+
+def _template_paths(shapes: dict, name: str, steps: tuple = (), seen: frozenset = frozenset()):
+    """Member paths (``[]`` for a list's item) to every TemplateBody below shape ``name``."""
+    shape = shapes[name]
+    if name in seen or len(steps) > 6:
+        return
+    if shape["type"] == "list":
+        yield from _template_paths(shapes, shape["member"]["shape"], steps + ("[]",), seen | {name})
+    for member, ref in shape.get("members", {}).items() if shape["type"] == "structure" else ():
+        if ref["shape"] == "TemplateBody":
+            yield steps + (member,)
+        else:
+            yield from _template_paths(shapes, ref["shape"], steps + (member,), seen | {name})
+
+
+def test_every_template_the_cloudformation_model_carries_is_masked_in_the_record():
+    """Every member of shape TemplateBody in botocore's CloudFormation model, in a request (the
+    parameters and the form) or an answer (the XML), wherever it sits (CreateStackRefactor's
+    ``StackDefinitions[]``, DescribeStackSet's ``StackSet``), is masked as CreateStack's is: a
+    NoEcho default named as no secret becomes its marker, the rest of the template stays."""
+    m = Masker(KEY)
+    model = LOADER.load_service_model("cloudformation", "service-2")
+    template = '{"Parameters": {"AdminPin": {"Type": "String", "NoEcho": true, "Default": "qQzjcN8heSg1usSkN"}}}'
+    expected = template.replace('"qQzjcN8heSg1usSkN"', json.dumps(fp("qQzjcN8heSg1usSkN")))
+    seen = set()
+    for operation, spec in model["operations"].items():
+        for direction in ("input", "output"):
+            top = spec.get(direction, {}).get("shape")
+            for steps in _template_paths(model["shapes"], top) if top else ():
+                seen.add((operation, direction, ".".join(steps)))
+                value, form, xml = template, template, xml_escape(template)
+                for step in reversed(steps):
+                    value = [value] if step == "[]" else {step: value}
+                    xml = f"<member>{xml}</member>" if step == "[]" else f"<{step}>{xml}</{step}>"
+                key = ".".join("member.1" if step == "[]" else step for step in steps)
+                if direction == "input":
+                    params, counts = m.params(call("cloudformation", operation, params=value))
+                    assert template not in json.dumps(params) and json.dumps(expected)[1:-1] in json.dumps(params), (
+                        operation, steps)
+                    part = m.request(call("cloudformation", operation, params=value),
+                                     body=urlencode({"Action": operation, "Version": "2010-05-15", key: form}).encode())
+                    assert parse_qs(part.body)[key] == [expected], (operation, steps)
+                else:
+                    part, _ = m.response(call("cloudformation", operation), status=200, body=_cfn_xml(operation, xml))
+                    assert xml_escape(expected) in part.body and "qQzjcN8heSg1usSkN" not in part.body, (operation, steps)
+    assert {op for op, _, _ in seen} >= {
+        "CreateStack", "UpdateStack", "CreateChangeSet", "ValidateTemplate", "EstimateTemplateCost",
+        "GetTemplateSummary", "CreateStackSet", "UpdateStackSet", "CreateStackRefactor", "GetTemplate",
+        "DescribeStackSet", "GetGeneratedTemplate"}
+    assert ("CreateStackRefactor", "input", "StackDefinitions.[].TemplateBody") in seen
+
+
 @given(st.lists(st.sampled_from([s for _, s in SECRETS] + NOT_SECRETS + ["plain words", " ", "\n", "=", ":"]),
                 min_size=1, max_size=6))
 @settings(max_examples=200, deadline=None)

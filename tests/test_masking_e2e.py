@@ -933,3 +933,29 @@ def test_a_value_given_to_a_noecho_parameter_never_reaches_the_record(gw, issuer
     assert f"<ParameterValue>{marker(gw, pw['set'])}</ParameterValue>" in answer["response_body"]
     assert ("StackSet.Parameters[].ParameterValue", "template-noecho") in {
         (e["path"], e["by"]) for e in answer["masked"] if e["part"] == "response"}
+
+
+def test_a_template_in_create_stack_refactor_never_reaches_the_record(gw, issuer, tmp_path):
+    """CreateStackRefactor carries its templates in ``StackDefinitions[].TemplateBody``: through
+    boto3 (moto does not implement the call and answers 500; the request is what carries the
+    template), the record keeps the template as CreateStack's is kept, markers in the NoEcho
+    parameter's default and allowed values, the rest as written."""
+    tag = secrets.token_hex(6)
+    pw = random_values("default", "allowed")
+    template = noecho_template(tag, [pw["default"], pw["allowed"]])
+    principal = f"agent-refactor-{tag}"
+    cfn = agent_client(gw, issuer.mint(principal), "cloudformation")
+    with pytest.raises(Exception):  # moto answers 500
+        cfn.create_stack_refactor(StackDefinitions=[{"StackName": f"stack-{tag}", "TemplateBody": template}])
+
+    [record] = records_of(gw, principal)["CreateStackRefactor"]
+    assert record["status"] == 500
+    assert store_scan(gw, tmp_path, {k: forms(v) for k, v in pw.items()}) == []
+    call = shown(gw, record)
+    expected = template.replace(f"Default: {pw['default']}", f'Default: "{marker(gw, pw["default"])}"').replace(
+        f"[{pw['default']}, {pw['allowed']}]", f'["{marker(gw, pw["default"])}", "{marker(gw, pw["allowed"])}"]')
+    assert call["params"]["StackDefinitions"] == [{"StackName": f"stack-{tag}", "TemplateBody": expected}]
+    assert {(e["part"], e["path"]) for e in call["masked"]} == {
+        (part, f"{prefix}TemplateBody.Parameters.AdminPin.{member}")
+        for part, prefix in (("params", "StackDefinitions[]."), ("request", "StackDefinitions.member[]."))
+        for member in ("Default", "AllowedValues[]")}

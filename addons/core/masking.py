@@ -1207,6 +1207,7 @@ class ServiceShapes:
         self._query_wire: dict[tuple[str, bool], dict[str, str]] = {}
         self._items: dict[str | None, tuple[tuple[str, ...], ...]] = {}
         self._templated: dict[str | None, tuple[tuple[tuple[str, ...], str], ...]] = {}
+        self._reaches: dict[tuple[str | None, str], bool] = {}
 
     def item_maps(self, top: str | None) -> tuple[tuple[str, ...], ...]:
         """Where below ``top`` an item sits: the member paths (``*`` for a map's key) to every map
@@ -1269,6 +1270,26 @@ class ServiceShapes:
                 walk(top, (), frozenset())
                 cached = self._templated[top] = tuple(found)
         return cached
+
+    def reaches(self, top: str | None, target: str) -> bool:
+        """Does a member of shape ``target`` sit anywhere below ``top``?"""
+        key = (top, target)
+        found = self._reaches.get(key)
+        if found is None:
+            seen: set[str] = set()
+            todo = [top] if top else []
+            while todo and not found:
+                name = todo.pop()
+                if name in seen or name not in self.shapes:
+                    continue
+                seen.add(name)
+                shape = self.shapes[name]
+                refs = list(shape.get("members", {}).values()) + [shape[k] for k in ("member", "key", "value")
+                                                                   if k in shape]
+                found = any(ref.get("shape") == target for ref in refs)
+                todo.extend(ref["shape"] for ref in refs if "shape" in ref)
+            found = self._reaches[key] = bool(found)
+        return found
 
     def type_of(self, shape: str | None) -> str | None:
         found = self.shapes.get(shape) if shape else None
@@ -1670,7 +1691,7 @@ class Masker:
             walk.noecho_parameters(params, top)
         walk.detect = detectors.suspicious("\n".join(_strings(params)))
         if (walk.detect or detectors.names_secret("\n".join(_strings(params, keys=True)))
-                or _templates(shapes, params)):
+                or _templates(shapes, top)):
             walk.scan(params, top, (), None, None)
         if not walk.edits:
             return params, counts
@@ -2899,9 +2920,10 @@ def _cloudformation(shapes: ServiceShapes | None) -> bool:
     return shapes is not None and shapes.name == "cloudformation"
 
 
-def _templates(shapes: ServiceShapes | None, params: Any) -> bool:
-    """Does a CloudFormation call's parameters carry a template (read by ``Masker.template``)?"""
-    return _cloudformation(shapes) and isinstance(params, dict) and any(k in params for k in templates.MEMBERS)
+def _templates(shapes: ServiceShapes | None, top: str | None) -> bool:
+    """Can a CloudFormation call's parameters carry a template (read by ``Masker.template``), at
+    the top (``CreateStack``) or deeper (``CreateStackRefactor``'s ``StackDefinitions[]``)?"""
+    return _cloudformation(shapes) and shapes.reaches(top, "TemplateBody")
 
 
 NOECHO_VALUES = ("ParameterValue", "ResolvedValue")  # a parameter's value, as given and as resolved
