@@ -130,6 +130,53 @@ def test_bad_input(gateway, moto, session):
     assert p.returncode == 1 and "no session 'no-such-session'" in p.stderr
 
 
+@pytest.fixture(scope="module")
+def capped_gateway(tmp_path_factory, issuer, moto):
+    """A gateway that keeps no more than 300 bytes of a body in a record (body_cap)."""
+    from tests.support.gateway import Gateway
+
+    gw = Gateway(tmp_path_factory.mktemp("capped"), issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key), settings={"body_cap": 300})
+    with gw:
+        yield gw
+    print(gw.log()[-3000:])
+
+
+def test_an_answer_the_record_keeps_cut_at_body_cap_is_compared_as_it_was_sent(capped_gateway, issuer, moto):
+    """A record keeps the first body_cap bytes of a longer answer, which parse as neither JSON nor
+    XML: the same answer again is `same` (its SHA-256 is the recorded one), not a structure that
+    differs; a changed one is `values differ`, naming where the two part within what was kept."""
+    gw = capped_gateway
+    token = issuer.mint(PRINCIPAL)
+    ddb = client(gw, "dynamodb", proxy_token=token)
+    ddb.create_table(TableName="replay-capped", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName="replay-capped", Item={"pk": {"S": "a"}, "note": {"S": "first " + "x" * 400}})
+    ddb.get_item(TableName="replay-capped", Key={"pk": {"S": "a"}})
+    s3 = client(gw, "s3", proxy_token=token)
+    s3.create_bucket(Bucket="replay-capped")
+    for i in range(5):
+        s3.put_object(Bucket="replay-capped", Key=f"object-{i:02d}.txt", Body=b"x")
+    s3.list_objects_v2(Bucket="replay-capped")
+    calls = json.loads(gw.cli("calls", "list", "--principal", PRINCIPAL, "--json").stdout)
+    reads = {c["action"]: c for c in calls if c["action"] in ("dynamodb:GetItem", "s3:ListBucket")}
+    for c in reads.values():
+        assert c["truncated"] and len(c["response_body"].encode()) <= 300 < c["response_body_size"], c
+    ids = ",".join(c["id"] for c in reads.values())
+    results = by_action(json.loads(replay(gw, "--calls", ids, "--to", moto.url, "--json").stdout))
+    for action in reads:
+        r = results[action]
+        assert (r["status"], r["result"], r["diff"]) == (200, "same", []), r
+
+    ddb.put_item(TableName="replay-capped", Item={"pk": {"S": "a"}, "note": {"S": "second " + "x" * 400}})
+    get = replay(gw, "--calls", reads["dynamodb:GetItem"]["id"], "--to", moto.url, "--json")
+    [r] = json.loads(get.stdout)
+    assert r["result"] == "values differ", r
+    [change] = r["diff"]
+    assert "the record keeps its first 300 bytes" in change["path"], change
+    assert '"first xxx' in change["old"] and '"second xxx' in change["new"], change
+
+
 # -- units -------------------------------------------------------------------------------------
 
 

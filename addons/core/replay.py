@@ -480,6 +480,9 @@ class Replayer:
             if old_sha and old_sha != body.sha256:
                 return [Change("(body sha256)", "changed", old_sha, body.sha256)]
             return []
+        cut = bool(call.get("truncated")) and not isinstance(parse_body(recorded, content_type), (dict, list))
+        if cut and call.get("response_body_sha256") == body.sha256:
+            return []  # byte for byte the answer recorded, of which the record keeps the first body_cap bytes
         if body.size > len(body.kept):
             return [Change("(body)", "changed", "(recorded body)", f"(a body of {body.size} bytes, over what is "
                                                                    "masked and compared: not shown)")]
@@ -491,6 +494,8 @@ class Replayer:
         new_text = self.mask(call, resp.status_code, list(resp.headers.items()), new_raw, content_type)
         if new_text is None:
             return [Change("(body)", "changed", "(recorded body)", "(a body that could not be masked: not shown)")]
+        if cut:
+            return cut_diff(recorded, new_text, call.get("response_body_sha256"), body.sha256)
         return structural_diff(recorded, new_text, content_type)
 
     def mask(self, call: dict[str, Any], status: int, headers: list, body: bytes, content_type: str) -> str | None:
@@ -595,6 +600,21 @@ def structural_diff(old_text: str, new_text: str, content_type: str = "") -> lis
     changes: list[Change] = []
     _diff(parse_body(old_text, content_type), parse_body(new_text, content_type), "", changes)
     return changes
+
+
+def cut_diff(recorded: str, new_text: str, old_sha: str | None, new_sha: str) -> list[Change]:
+    """What changed between a recorded body cut at body_cap (its first bytes, which parse as neither
+    JSON nor XML) and the new, masked one, whose SHA-256 is not the recorded one: where the two
+    first part, or, where the new body starts with all the record kept, that what follows differs."""
+    kept = len(recorded.encode("utf-8"))
+    head = new_text.encode("utf-8")[:kept].decode("utf-8", "ignore")
+    if head == recorded:
+        return [Change(f"(body after the first {kept} bytes, which the record keeps)", "changed",
+                       f"sha256 {old_sha}" if old_sha else "(not recorded)", f"sha256 {new_sha}")]
+    at = next((i for i, (a, b) in enumerate(zip(recorded, head)) if a != b), min(len(recorded), len(head)))
+    start = max(0, at - 20)
+    return [Change(f"(body from character {at}; the record keeps its first {kept} bytes)", "changed",
+                   recorded[start:start + 80], new_text[start:start + 80])]
 
 
 def _diff(old: Any, new: Any, path: str, out: list[Change], volatile: bool = False) -> None:
