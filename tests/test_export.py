@@ -676,6 +676,32 @@ def test_exports_of_calls_recorded_through_the_gateway(gateway, issuer, tmp_path
     assert mine[-1].response.status_code == 403
 
 
+def test_a_flow_of_a_record_cut_at_body_cap_says_so(tmp_path_factory, issuer, moto, tmp_path):
+    """A record keeps the first body_cap bytes of a longer answer: its flow holds those bytes (with
+    a Content-Length that matches them, so that mitmproxy reads it), and its comment says that the
+    record cut it and how much was sent, so that the flow does not read as the whole answer."""
+    from mitmproxy import io
+
+    from tests.support.gateway import Gateway
+
+    gw = Gateway(tmp_path_factory.mktemp("capped"), issuer=issuer.issuer, upstream=moto.url,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key), settings={"body_cap": 300})
+    with gw:
+        sts = client(gw, "sts", proxy_token=issuer.mint("cut-agent"))
+        sts.get_caller_identity()
+        flows = tmp_path / "cut.flows"
+        gw.cli("export", "--format", "mitm", "-o", str(flows))
+        gw.cli("export", "--format", "jsonl", "-o", str(tmp_path / "cut.jsonl"))
+        [record] = [c for c in read_jsonl(tmp_path / "cut.jsonl") if c["principal"] == "cut-agent"]
+    assert record["truncated"] and record["response_body_size"] > 300, record
+    with open(flows, "rb") as f:
+        [flow] = [fl for fl in io.FlowReader(f).stream() if fl.metadata["agentgate"]["principal"] == "cut-agent"]
+    kept = flow.response.raw_content
+    assert len(kept) <= 300 and flow.response.headers["content-length"] == str(len(kept))
+    assert (f"cut at body_cap (a body, or the parameters): the flow's bodies are as the record keeps them, request: "
+            f"43 bytes of 43 sent, response: {len(kept)} bytes of {record['response_body_size']} sent") in flow.comment
+
+
 def test_an_aws_request_id_is_only_ever_one_aws_returned(gateway, issuer, tmp_path):
     """A call the gateway refused itself never reached AWS: the request id the agent got is its
     record's id, which the record, `calls show`, the JSON Lines and the OCSF event never name AWS's

@@ -506,8 +506,20 @@ def flow_comment(call: dict[str, Any]) -> str:
         lines.append("masked: " + ", ".join(f"{m.get('part')} {m.get('path')} ({m.get('by')})" for m in call["masked"]))
     if call.get("body_note"):
         lines.append(f"bodies: {call['body_note']}")
+    if call.get("truncated"):
+        lines.append("cut at body_cap (a body, or the parameters): the flow's bodies are as the record keeps them, "
+                     + ", ".join(f"{part}: {_kept(call.get(f'{part}_body'), call.get(f'{part}_body_size'))}"
+                                 for part in ("request", "response")))
     lines.append(f"record {call['id']}, writer {call.get('writer_id')} seq {call.get('seq')}")
     return "\n".join(lines)
+
+
+def _kept(body: str | None, sent: int | None) -> str:
+    """How much of a body a record keeps, of how much was sent."""
+    of = "" if sent is None else f" of {sent} sent"
+    if body is None:
+        return "empty" if not sent else f"not kept ({sent} bytes sent)"
+    return f"{len(body.encode('utf-8'))} bytes{of}"
 
 
 def _jsonable(value: Any) -> Any:
