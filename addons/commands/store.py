@@ -61,9 +61,11 @@ def parse_when(value: str, option: str = "date", now: dt.datetime | None = None)
         t = dt.datetime.fromisoformat(text)
         return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
     except (OverflowError, ValueError) as e:
-        if isinstance(e, OverflowError) or "out of range" in str(e):
+        if isinstance(e, OverflowError) or re.match(r"year -?\d+ is out of range|date value out of range", str(e)):
             raise BadInput(f"{option}: {value!r} is outside the dates this can hold (years 1 to 9999 UTC)") from None
-        raise BadInput(f"{option}: cannot read {value!r} as a date: {usage}") from None
+        # a field outside its range (the 30th of February, month 13, hour 25) says which
+        why = f" ({e})" if re.search(r" is out of range| must be in ", str(e)) else ""
+        raise BadInput(f"{option}: cannot read {value!r} as a date{why}: {usage}") from None
 
 
 def _settings(db: str | None) -> Any:
