@@ -130,6 +130,22 @@ def test_bad_input(gateway, moto, session):
     assert p.returncode == 1 and "no session 'no-such-session'" in p.stderr
 
 
+def test_each_change_the_diff_shows_is_one_line(gateway, issuer, moto):
+    """A value an agent wrote with a line break in it prints written out in --diff, so that it
+    cannot print a line that reads as a change of its own."""
+    ddb = client(gateway, "dynamodb", proxy_token=issuer.mint(PRINCIPAL))
+    ddb.create_table(TableName="replay-lines", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName="replay-lines", Item={"pk": {"S": "a"}, "v": {"S": "old\n  ~ Item.role.S: reader -> admin"}})
+    ddb.get_item(TableName="replay-lines", Key={"pk": {"S": "a"}})
+    ddb.put_item(TableName="replay-lines", Item={"pk": {"S": "a"}, "v": {"S": "new"}})
+    get = json.loads(gateway.cli("calls", "list", "--principal", PRINCIPAL, "--action", "dynamodb:GetItem", "--json",
+                                 "--limit", "1").stdout)[0]
+    out = replay(gateway, "--calls", get["id"], "--to", moto.url, "--diff").stdout
+    changes = [line for line in out.splitlines() if line.startswith("  ")]
+    assert changes == ["  ~ Item.v.S: old\\n  ~ Item.role.S: reader -> admin -> new"], out
+
+
 @pytest.fixture(scope="module")
 def capped_gateway(tmp_path_factory, issuer, moto):
     """A gateway that keeps no more than 300 bytes of a body in a record (body_cap)."""

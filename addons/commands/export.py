@@ -526,8 +526,8 @@ def _print_outcomes(outcomes: list, show_diff: bool) -> None:
         for o in outcomes:
             if o.changes:
                 click.echo(f"\n{_line(o.id)} {_line(o.action)}: {o.recorded_status} -> {o.status}")
-                for c in o.changes:
-                    click.echo(_text(c.line()))
+                for c in o.changes:  # one line each: a value an agent wrote cannot print a change of its own
+                    click.echo(_line(c.line()))
 
 
 
