@@ -4,6 +4,7 @@ plain HTTP client."""
 
 from __future__ import annotations
 
+import json
 import ssl
 import textwrap
 import time
@@ -145,3 +146,64 @@ def test_a_presigned_post_is_refused_saying_what_to_use_instead(gateway, token_f
     assert "upload with put_object" in rec["reason"]
     assert httpx.put(put, content=b"from a presigned PUT", **kw).status_code == 200
     assert fetch(gateway, env, put).text == "from a presigned PUT"  # the gateway signs again: GET reads it
+
+
+HIVE_KEY = "data/dt=2024-05-22/mac@2x (1).png"  # as data lakes name objects; a plain client sends '=', '@', '(' as they are
+
+
+def test_a_plain_http_clients_path_goes_to_s3_encoded_as_s3_signs_it(tmp_path, issuer, token_file):
+    """S3 reads the path it signs with every byte but the unreserved ones and '/' percent-encoded
+    (its CanonicalRequest for /data/dt=1/k reads /data/dt%3D1/k). An SDK encodes a key so; httpx,
+    requests and curl send '=', '@', '(' as they are. The gateway signed such a path as it came,
+    so S3 refused the call with SignatureDoesNotMatch (moto, which signs the path as it gets it,
+    did not). Now the path goes upstream in S3's form, signed so, and the record's URL is the one
+    sent; the key decided and recorded is the agent's."""
+    import botocore.auth
+    import botocore.awsrequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    from tests.support.gateway import Gateway
+    from tests.support.upstream import CannedUpstream
+    from tests.test_recording_e2e import GATEWAY_KEY
+
+    with CannedUpstream() as up:
+        with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=up.url, aws_key=GATEWAY_KEY) as gw:
+            env = agent(gw, token_file, tmp_path, sub="hive-reader")
+            r = fetch(gw, env, f"https://hive.s3.amazonaws.com/{HIVE_KEY}")
+            assert r.status_code == 200, r.text
+            [(method, path, headers)] = [x for x in up.requests if x[1].startswith("/data/")]
+            [rec] = [x for x in gw.records() if x["principal"] == "hive-reader"]
+    assert path == "/data/dt%3D2024-05-22/mac%402x%20%281%29.png"
+    sent = dict((k.lower(), v) for k, v in headers)
+    date = sent["x-amz-date"]
+    request = botocore.awsrequest.AWSRequest(method, f"https://hive.s3.amazonaws.com{path}", headers={
+        "Host": sent["host"], "X-Amz-Date": date, "X-Amz-Security-Token": sent["x-amz-security-token"],
+        "X-Amz-Content-SHA256": sent["x-amz-content-sha256"]})
+    request.context["timestamp"] = date
+    signer = botocore.auth.S3SigV4Auth(ReadOnlyCredentials(up.access_key, up.secret_key, up.session_token),
+                                       "s3", "us-east-1")
+    canonical = signer.canonical_request(request)  # S3's: the path as sent upstream, already in S3's form
+    assert sent["authorization"].endswith("Signature=" + signer.signature(signer.string_to_sign(request, canonical),
+                                                                          request))
+    assert rec["url"] == f"https://hive.s3.amazonaws.com{path}"  # as it went to S3
+    assert (rec["action"], json.loads(rec["params"])["Key"]) == ("s3:GetObject", HIVE_KEY)
+
+
+def test_a_plain_http_client_reads_the_object_its_unencoded_path_names(gateway, token_file, tmp_path):
+    """The path re-encoded for S3 names the same key: an object put by boto3 under a key holding
+    '=', '@', ' ', '(' and '+' is what a plain client's GET of the same key, sent unencoded, reads."""
+    env = agent(gateway, token_file, tmp_path, sub="hive-plain")
+    key = HIVE_KEY.replace("(1)", "(1)+x")
+    check(run_agent(env, textwrap.dedent(f"""
+        import json, boto3
+        s3 = boto3.client("s3")
+        try:
+            s3.create_bucket(Bucket="hive")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        s3.put_object(Bucket="hive", Key={key!r}, Body=b"partitioned")
+        print(json.dumps({{}}))
+    """)))
+    r = fetch(gateway, env, f"https://hive.s3.amazonaws.com/{key}")
+    assert r.status_code == 200, r.text
+    assert r.text == "partitioned"

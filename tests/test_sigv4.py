@@ -412,6 +412,46 @@ def test_resign_drops_a_signature_or_credential_the_agent_put_in_the_query_of_a_
     assert signed.query == "partNumber=1"
 
 
+@pytest.mark.parametrize("sent, as_s3_reads_it", [
+    ("/data/dt=2024-05-22/mac@2x (1).png", "/data/dt%3D2024-05-22/mac%402x%20%281%29.png"),
+    ("/a!b*c'd,e;f:g$h&i+j", "/a%21b%2Ac%27d%2Ce%3Bf%3Ag%24h%26i%2Bj"),
+    ("/h\u00e9llo", "/h%C3%A9llo"),
+    ("/lower%3d/100%.txt", "/lower%3D/100%25.txt"),
+])
+def test_resign_sends_an_s3_path_percent_encoded_as_s3_signs_it(monkeypatch, sent, as_s3_reads_it):
+    """S3 signs the path with every byte but the unreserved ones and '/' percent-encoded once
+    (AWS's CanonicalRequest for a GET of /b/dt=1/k reads /b/dt%3D1/k). A plain HTTP client sends
+    '=', '@', '(' and others as they are; signed as sent, S3 refused the call (SignatureDoesNotMatch).
+    The path goes upstream in S3's form, signed as botocore signs that path."""
+    now = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
+    host = f"{BUCKET}.s3.amazonaws.com"
+    signed = sigv4.resign("GET", host, sent, "", [("Host", host)], b"", credentials=OTHER, region="us-east-1",
+                          signing_name="s3", now=now)
+    assert signed.path == as_s3_reads_it
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    request = botocore.awsrequest.AWSRequest("GET", f"https://{host}{as_s3_reads_it}",
+                                             headers={"X-Amz-Content-SHA256": hashlib.sha256(b"").hexdigest()})
+    signer = botocore.auth.S3SigV4Auth(OTHER, "s3", "us-east-1")
+    signer.add_auth(request)
+    assert signer.canonical_request(request).split("\n")[1] == as_s3_reads_it
+    assert header(signed.headers, "Authorization") == request.headers["Authorization"]
+
+
+def test_resign_leaves_the_path_an_sdk_sends_to_s3_as_it_is():
+    """boto3 encodes every byte of a key but '/' and '~' already: its path goes on unchanged; and an
+    encoded '/' stays encoded, since the classifier read the bucket and key from the slashes sent."""
+    key = "uni/h\u00e9llo w\u00f6rld \u2713 a+b=c@d%e(1)*!'~//x.txt"
+    wire = capture(agent_client("s3", s3={"addressing_style": "path"}), "get_object", Bucket=BUCKET, Key=key)
+    assert _resign(wire).path == wire.path
+    signed = sigv4.resign("GET", "s3.amazonaws.com", "/b%2fsecret/k%2F", "", [("Host", "s3.amazonaws.com")], b"",
+                          credentials=OTHER, region="us-east-1", signing_name="s3")
+    assert signed.path == "/b%2Fsecret/k%2F"
+    other = sigv4.resign("GET", "lambda.us-east-1.amazonaws.com", "/2015-03-31/functions/a=b", "",
+                         [("Host", "lambda.us-east-1.amazonaws.com")], b"", credentials=OTHER, region="us-east-1",
+                         signing_name="lambda")
+    assert other.path == "/2015-03-31/functions/a=b"  # other services sign their paths otherwise
+
+
 def test_canonical_query_encodes_the_sigv4_way():
     assert sigv4.canonical_query("b=2&a=1&uploads") == "a=1&b=2&uploads="
     assert sigv4.canonical_query("prefix=a/b c&x=%7E") == "prefix=a%2Fb%20c&x=~"

@@ -400,11 +400,11 @@ class Replayer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def send_url(self, req: Request) -> str:
-        if self.target is None:
-            return req.url
-        base = f"{self.target.scheme}://{self.target.netloc}"
-        return f"{base}{req.path}" + (f"?{req.query}" if req.query else "")
+    def send_url(self, req: Request, path: str | None = None) -> str:
+        """Where the request goes; ``path`` is the path it was signed for (S3's is percent-encoded
+        as S3 signs it, whatever the agent sent)."""
+        base = f"https://{req.host}" if self.target is None else f"{self.target.scheme}://{self.target.netloc}"
+        return f"{base}{req.path if path is None else path}" + (f"?{req.query}" if req.query else "")
 
     def credentials(self, call: dict[str, Any]) -> Any:
         """JIT credentials for the call's role, obtained once per (principal, role); a failure is
@@ -425,14 +425,13 @@ class Replayer:
             raise found
         return found.credentials
 
-    def signed(self, plan: Plan) -> list[tuple[str, str]]:
+    def signed(self, plan: Plan) -> sigv4.Signed:
         req = plan.request
         if req is None:
             raise Unreplayable("the record holds no request to sign")
-        signed = sigv4.resign(req.method, req.host, req.path, req.query, req.headers, req.body,
-                              credentials=self.credentials(plan.call), region=req.region,
-                              signing_name=req.signing_name)
-        return signed.headers
+        return sigv4.resign(req.method, req.host, req.path, req.query, req.headers, req.body,
+                            credentials=self.credentials(plan.call), region=req.region,
+                            signing_name=req.signing_name)
 
     def send(self, plan: Plan) -> Outcome:
         call = plan.call
@@ -447,7 +446,7 @@ class Replayer:
             return out
         out.note = "body rebuilt from the recorded parameters" if req.rebuilt else None
         try:
-            headers = self.signed(plan)
+            signed = self.signed(plan)
         except Unreplayable as e:
             out.skipped = str(e)
             return out
@@ -457,8 +456,8 @@ class Replayer:
         import httpx
 
         try:
-            with self.http.stream(req.method, self.send_url(req), headers=[("Host", req.host), *headers],
-                                  content=req.body) as resp:
+            with self.http.stream(req.method, self.send_url(req, signed.path),
+                                  headers=[("Host", req.host), *signed.headers], content=req.body) as resp:
                 body = read_body(resp.iter_raw(), self.keep)
         except httpx.HTTPError as e:
             out.error = f"the target did not answer: {_one_line(e)}"

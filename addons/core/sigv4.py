@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -141,7 +141,7 @@ class AgentAuth:
 class Signed:
     """A request signed again: what to send upstream instead of the agent's request."""
 
-    path: str  # the raw path, unchanged
+    path: str  # the raw path; for S3, percent-encoded as S3 signs it (``s3_path``)
     query: str  # the raw query without the agent's signature parameters
     headers: list[tuple[str, str]]  # the agent's headers without its signature, then the new ones
     # For signed-chunk bodies: called with each piece of the incoming body in order and b"" at the
@@ -391,6 +391,8 @@ def resign(
     if auth is None:  # else: ``parse_auth`` of these very method, path, query and headers
         auth = parse_auth(method, path, query, pairs)
     s3 = signing_name in S3_SIGNING_NAMES
+    if s3:
+        path = s3_path(path)
     payload_hash = _payload_hash(auth, _header_dict(pairs), body, s3)
     kept = [(k, v) for k, v in pairs if not _replaced(k.lower(), auth)]
     new_query = _drop_params(query, _signature_params(auth))
@@ -485,9 +487,26 @@ def _sign_fast(method, host, path, query, kept, names, credentials, region, sign
     return signature, added
 
 
+def s3_path(path: str) -> str:
+    """A request path as S3 reads it for the signature: every byte but the unreserved ones
+    (``A-Z a-z 0-9 - _ . ~``) and ``/`` percent-encoded, once. An SDK sends a key so already; a
+    plain HTTP client may not (``/data/dt=2024-05-22/x@2x.png``, which S3 signs as
+    ``/data/dt%3D2024-05-22/x%402x.png``): signed as it came, such a request is refused by S3
+    (SignatureDoesNotMatch). Escapes are decoded first, so none is encoded twice, and the key S3
+    reads is the same; a ``%`` that starts no escape is a ``%`` of the key, as the classifier read it.
+    An encoded ``/`` stays encoded: the classifier splits the path at the slashes sent, and a
+    ``/bucket%2Fkey`` made ``/bucket/key`` would name another bucket than the one decided."""
+    raw = path.encode("utf-8", "surrogateescape")  # mitmproxy keeps bytes that are not UTF-8 as surrogates
+    return "%2F".join(quote(unquote_to_bytes(part), safe="/~") for part in _ENCODED_SLASH.split(raw))
+
+
+_ENCODED_SLASH = re.compile(rb"%2[Ff]")
+
+
 @functools.lru_cache(maxsize=4096)
 def _url_path(host: str, path: str, s3: bool) -> str:
-    """The canonical request's path, as botocore's signer makes it (S3: as sent; the others normalised)."""
+    """The canonical request's path, as botocore's signer makes it (S3: as sent, in ``s3_path``'s form;
+    the others normalised)."""
     url_path = urlsplit(f"https://{host}{path or '/'}").path
     return url_path if s3 else quote(normalize_url_path(url_path), safe="/~")
 
