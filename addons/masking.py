@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import secrets
 from urllib.parse import quote
@@ -33,8 +34,10 @@ from mitmproxy import http
 from .core import sigv4
 from .core.masking import OBJECT_CAP, AgentCopy, MaskedCall, Masker, checksum_headers, inflate
 from .core.awserrors import Refusal, render
-from .stage import (CALL, DECISION, HELD, OVER_CAP, POLICIES, REFUSAL, SIGNED, STREAM, answer, declares_body,
-                    own_request_id)
+from .core.startkeys import OPERATIONS as PAGED_OPERATIONS
+from .core.startkeys import StartKeyError, StartKeys
+from .stage import (CALL, DECISION, HELD, OVER_CAP, POLICIES, PRINCIPAL, REFUSAL, SIGNED, STREAM, answer,
+                    declares_body, due, own_request_id)
 from .stage import header_pairs as stage_header_pairs
 
 log = logging.getLogger("agentgate.masking")
@@ -130,6 +133,7 @@ class Masking:
             log.warning("no fingerprint key (keys/fingerprint.key, written by `agentgate init`): masked values get "
                         "fingerprints from a key that lasts until the gateway stops")
         self.masker = Masker(fingerprint_key, object_cap=object_cap)
+        self.start_keys = StartKeys(fingerprint_key)
 
     @staticmethod
     def masked(flow: http.HTTPFlow) -> MaskedCall:
@@ -330,12 +334,30 @@ class Masking:
             self._withhold(flow, copy.withheld)
             return
         try:
+            self._seal_start_key(flow, copy)
             flow.response = self._agent_response(flow, copy)
             mc.counts.update(copy.masked)
         except Exception as e:  # noqa: BLE001
             mc.notes.append(f"response: agent's copy not masked: {type(e).__name__}")
             if self._for_agent(flow):
                 self._withhold(flow, type(e).__name__)
+
+    def _seal_start_key(self, flow: http.HTTPFlow, copy: AgentCopy) -> None:
+        """A DynamoDB Query's or Scan's page whose ``LastEvaluatedKey`` carries an attribute masked for
+        the agent: that attribute sealed instead (core.startkeys), so that the agent can ask for the
+        next page. Left masked if it cannot be sealed."""
+        call = flow.metadata.get(CALL)
+        if (copy.body is None or getattr(call, "service", None) != "dynamodb"
+                or getattr(call, "operation", None) not in PAGED_OPERATIONS or flow.response.status_code != 200):
+            return
+        try:
+            sealed = self.start_keys.seal_page(call.params or {}, getattr(flow.metadata.get(PRINCIPAL), "sub", None),
+                                               flow.response.content or b"", copy.body)
+        except Exception as e:  # noqa: BLE001 - the key stays masked: the agent gets no next page, nor the value
+            log.warning("a DynamoDB start key could not be sealed (%s): it stays masked", type(e).__name__)
+            return
+        if sealed is not None:
+            copy.body = sealed
 
     def _over_cap(self, flow: http.HTTPFlow) -> None:
         """A buffered response whose body passed its cap (addons/limits.py): the gateway kept only its
@@ -422,3 +444,32 @@ class Masking:
                     new.headers[name] = value
             flow.metadata[_response_digest()] = (hashlib.sha256(raw).hexdigest(), len(raw))
         return new
+
+
+class StartKeyPages:
+    """Before a DynamoDB Query or Scan is signed: the values of its ``ExclusiveStartKey`` that the
+    agent was given sealed, as the last page's ``LastEvaluatedKey`` (``Masking._seal_start_key``),
+    put back as upstream sent them; one sealed for another table, index or principal is refused."""
+
+    def __init__(self, masking: Masking) -> None:
+        self.keys = masking.start_keys
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not due(flow, "request"):
+            return
+        call = flow.metadata.get(CALL)
+        if getattr(call, "service", None) != "dynamodb" or call.operation not in PAGED_OPERATIONS or not call.params:
+            return
+        try:
+            start = self.keys.unseal_request(call.params, getattr(flow.metadata.get(PRINCIPAL), "sub", None))
+        except StartKeyError as e:
+            answer(flow, Refusal(400, "ValidationException", f"agentgate: ExclusiveStartKey's {e} is a start key "
+                                 "agentgate sealed for another table, index or principal, or it was altered; start "
+                                 "from the LastEvaluatedKey of this table's (or index's) last page", "masking"))
+            return
+        if start is None:
+            return
+        body = json.loads(flow.request.content or b"{}")
+        body["ExclusiveStartKey"] = start
+        flow.request.content = json.dumps(body, separators=(",", ":")).encode()
+        call.params["ExclusiveStartKey"] = start

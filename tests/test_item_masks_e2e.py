@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 
 import botocore.exceptions
 import pytest
@@ -165,6 +166,71 @@ def test_a_write_that_tests_or_copies_a_masked_attribute_is_refused(gw, issuer):
                     ExpressionAttributeValues={":v": {"S": "Al"}}, ConditionExpression="attribute_exists(k)")
     refused = [r for r in gw.records() if r["principal"] == f"agent-oracle-{tag}" and r["decision"] == "deny"]
     assert [r["rule"] for r in refused] == ["agentgate:masked-condition"] * 3 + ["agentgate:masked-source"] * 3
+
+
+def test_every_page_of_a_query_is_read_where_its_key_holds_a_masked_attribute(gw, issuer, tmp_path, aws_cli):
+    """An index whose sort key is a masked attribute (ssn): each page's LastEvaluatedKey carries it.
+    Masked as the plain marker, the next page started after the marker, not after the page's last
+    item: the agent got the first page again, the SDK's paginator stopped ("the same next token was
+    received twice") and a loop written by hand never ended. Now the key's ssn is sealed for the
+    agent (a different text each time, not the value) and put back when it comes back as
+    ExclusiveStartKey, so boto3's paginator, a loop by hand and the AWS CLI read every item, each
+    ssn masked; no record holds one; a sealed key sent for another table or by another principal
+    is refused."""
+    tag = secrets.token_hex(6)
+    sub = f"agent-pages-{tag}"
+    ddb = agent_client(gw, issuer.mint(sub), "dynamodb")
+    table = f"pages-{tag}"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("k", "org", "ssn")],
+                     GlobalSecondaryIndexes=[{"IndexName": "by-org", "Projection": {"ProjectionType": "ALL"},
+                                              "KeySchema": [{"AttributeName": "org", "KeyType": "HASH"},
+                                                            {"AttributeName": "ssn", "KeyType": "RANGE"}]}],
+                     BillingMode="PAY_PER_REQUEST")
+    ssns = {f"p{i}": f"ssn-{i}-{secrets.token_hex(8)}" for i in range(7)}
+    for k, ssn in ssns.items():
+        ddb.put_item(TableName=table, Item={"k": {"S": k}, "org": {"S": "acme"}, "ssn": {"S": ssn}})
+    query = {"TableName": table, "IndexName": "by-org", "KeyConditionExpression": "org = :o",
+             "ExpressionAttributeValues": {":o": {"S": "acme"}}}
+
+    items = ddb.get_paginator("query").paginate(**query, PaginationConfig={"PageSize": 3}).build_full_result()["Items"]
+    assert sorted(i["k"]["S"] for i in items) == sorted(ssns) and all(i["ssn"] == AGENT_ITEM for i in items)
+
+    seen, start, pages = [], {}, 0
+    while pages < 10:
+        page = ddb.query(**query, Limit=3, **start)
+        pages += 1
+        seen += [i["k"]["S"] for i in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            break
+        start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+    assert sorted(seen) == sorted(ssns) and pages == 3
+
+    first = ddb.query(**query, Limit=3)["LastEvaluatedKey"]
+    again = ddb.query(**query, Limit=3)["LastEvaluatedKey"]
+    assert first["ssn"]["S"].startswith(AGENT_ITEM["S"]) and first["ssn"] != again["ssn"]  # equal values, unlike texts
+    assert not any(ssn in json.dumps(first) for ssn in ssns.values())
+
+    (tmp_path / "token.jwt").write_text(issuer.mint(sub))
+    env = gw.agent_env(tmp_path / "token.jwt", tmp_path / "cli-home")
+    p = subprocess.run([aws_cli, "dynamodb", "query", "--region", "us-east-1", "--output", "json", "--table-name", table,
+                        "--index-name", "by-org", "--key-condition-expression", "org = :o",
+                        "--expression-attribute-values", json.dumps({":o": {"S": "acme"}}), "--page-size", "3"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    listed = json.loads(p.stdout)["Items"]
+    assert sorted(i["k"]["S"] for i in listed) == sorted(ssns) and all(i["ssn"] == AGENT_ITEM for i in listed)
+
+    code, message = refusal(lambda: ddb.scan(TableName=f"oracle-{tag}", ExclusiveStartKey=first))
+    assert code == "ValidationException" and "sealed for another table, index or principal" in message, message
+    other = agent_client(gw, issuer.mint(f"agent-pages-other-{tag}"), "dynamodb")
+    code, message = refusal(lambda: other.query(**query, ExclusiveStartKey=first))
+    assert code == "ValidationException" and "sealed for another table, index or principal" in message, message
+
+    stored = b"".join(sqlite_files(gw).values())
+    assert not any(ssn.encode() in stored for ssn in ssns.values())
+    assert [r["rule"] for r in gw.records() if r["principal"] == sub and r["decision"] == "deny"] == [
+        "agentgate:masking"]
 
 
 def test_shipped_policies_hold_batch_and_partiql_deletes_for_approval(shipped_gw, issuer):
