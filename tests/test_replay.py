@@ -342,3 +342,25 @@ def test_what_an_agent_wrote_prints_written_out(gateway, issuer, moto):
     out = replay(gateway, "--calls", call["id"], "--to", moto.url, "--dry-run", "--json").stdout
     assert "\u202e" not in out and "\u009b" not in out
     assert json.loads(out)[0]["body"] == raw.decode()  # JSON's own escapes: the same text once parsed
+
+
+def test_a_replay_without_readable_policies_sends_nothing(gateway, moto, session, tmp_path):
+    """A replay assumes each role with the session policy the policies give it: policies it cannot
+    read (a broken file, a directory that is not there) stop it before anything is sent, saying
+    why, rather than assuming the role unscoped."""
+    read = session["calls"]["GetItem"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.yaml").write_text("version: 1\nrules: [\n")
+    for where in (broken, tmp_path / "nowhere"):
+        p = gateway.cli("replay", "--calls", read["id"], "--to", moto.url, check=False, timeout=120,
+                        env={"AGENTGATE_POLICIES": str(where)})
+        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        err = p.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"Error: cannot read the policies at {where} ("), p.stderr
+        assert "not without them" in err[0] and "Nothing was sent" in err[0] and "replaying" not in p.stderr
+        assert p.stdout == ""
+    # a dry run signs nothing, and needs no policies
+    p = gateway.cli("replay", "--calls", read["id"], "--to", moto.url, "--dry-run", check=False, timeout=120,
+                    env={"AGENTGATE_POLICIES": str(tmp_path / "nowhere")})
+    assert p.returncode == 0 and read["id"] in p.stdout, p.stderr

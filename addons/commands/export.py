@@ -417,9 +417,10 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
         _print_dry_run(plans, target, as_json)
         return
     sending = [p for p in plans if p.skip is None]
+    policy_set = _replay_policies(settings) if sending else None
     if sending:
         click.echo(f"replaying {len(sending)} of {len(plans)} calls against {where} ...", err=True)
-    outcomes = _replay(plans, target, settings, rp)
+    outcomes = _replay(plans, target, settings, rp, policy_set)
     if as_json:
         _echo_json([o.as_dict() for o in outcomes])
     else:
@@ -430,20 +431,29 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
                                    f"call {errors[0].id}: {errors[0].error}")
 
 
-def _replay(plans: list, target: str | None, settings: Any, rp: Any) -> list:
+def _replay_policies(settings: Any) -> Any:
+    """The policies in force, which give each role its session policy and duration: a replay does
+    not assume a role without them (its credentials would not be scoped down as the gateway's are)."""
+    from ..core.policy import PolicySet
+
+    try:
+        return PolicySet.load(settings.policies)
+    except Exception as e:  # noqa: BLE001 - said, and nothing is sent
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise click.ClickException(
+            f"cannot read the policies at {settings.policies} ({_line(first)}): a replay assumes each role with "
+            "the session policy and duration the policies give it, and not without them; fix them (agentgate "
+            "policy check) or set policies (agentgate.toml or AGENTGATE_POLICIES) to the gateway's. Nothing was "
+            "sent") from None
+
+
+def _replay(plans: list, target: str | None, settings: Any, rp: Any, policy_set: Any) -> list:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..core.credentials import CredentialBroker
 
     broker = CredentialBroker(endpoint_url=target, refresh_margin=60)
-    policy_set = None
-    try:
-        from ..core.policy import PolicySet
-
-        policy_set = PolicySet.load(settings.policies)
-    except Exception:  # noqa: BLE001 - no policies here: the role is assumed as it is
-        policy_set = None
     masker = None
     key_path = Path(settings.keys) / "fingerprint.key"
     if key_path.exists():
