@@ -291,3 +291,72 @@ def test_http2_request_trailers_are_refused_and_the_connection_goes_on(gw, issue
     assert "trailer fields" in first["error"] and "AAAAAA" not in json.dumps(first), first
     assert (second["principal"], second["outcome"], second["status"]) == (sub, "forwarded", 200), second
     assert "has crashed" not in gw.log()[before_log:], gw.log()[before_log:]
+
+
+def _gzip_naming(file_name: bytes, payload: bytes) -> bytes:
+    """A gzip member whose header carries ``file_name`` (FNAME): bytes a reader that inflates the
+    body drops, and one that reads the body as sent sees."""
+    import struct
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = packer.compress(payload) + packer.flush()
+    return (b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff" + file_name + b"\x00" + data
+            + struct.pack("<II", zlib.crc32(payload), len(payload)))
+
+
+@pytest.mark.parametrize("coding", ["x-gzip", "GZIP", "deflate", "gzip, gzip", "br"])
+def test_a_body_in_a_coding_services_do_not_undo_is_refused_and_nothing_goes_upstream(gw, issuer, upstream, coding):
+    """AWS services undo one request coding, gzip (moto: exactly 'gzip'). A query call that lists
+    topics, its compressed form body naming a DeleteTopic where inflating drops it (the gzip
+    header's file name), was decided as the list (sns:ListTopics, allowed) and forwarded with its
+    x-gzip body, which a service that does not inflate it reads as a form naming DeleteTopic. Any
+    other coding of a body read for its parameters is refused (unknown, recorded, never
+    forwarded); the same body as gzip, which services inflate as the gateway does, goes through."""
+    host = "sns.us-east-1.amazonaws.com"
+    arn = "arn:aws:sns:us-east-1:123456789012:victim"
+    body = _gzip_naming(f"&Action=DeleteTopic&TopicArn={arn}&".encode(), b"NextToken=a")
+    if coding in ("deflate", "br"):
+        body = b"x\x01" + body  # not what it says: refused for the coding, before it is inflated
+
+    def call(sub: str, content_encoding: str) -> bytes:
+        head = (f"POST /?Action=ListTopics&Version=2010-03-31 HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
+                f"Content-Encoding: {content_encoding}\r\nX-Amz-Date: 20260101T000000Z\r\n"
+                "Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/sns/aws4_request, "
+                f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}\r\nContent-Length: {len(body)}\r\n\r\n")
+        tls = tunnel(gw, issuer.mint(sub), host)
+        tls.sendall(head.encode() + body)
+        tls.settimeout(10)
+        data = b""
+        try:
+            while chunk := tls.recv(65536):
+                data += chunk
+                top, sep, rest = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", top)
+                if sep and length and len(rest) >= int(length[1]):
+                    break
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            tls.close()
+        return data
+
+    sub = f"agent-coding-{re.sub(r'[^a-z]', '', coding.lower())}"
+    before_up, before_records = len(upstream.requests), len(gw.records())
+    answer = call(sub, coding)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:400]
+    assert b"<Code>AccessDenied</Code>" in answer and b"Content-Encoding is" in answer, answer[:600]
+    time.sleep(0.3)
+    assert forwarded(upstream, before_up) == [], forwarded(upstream, before_up)
+    new = [r for r in gw.records()[before_records:] if r["principal"] == sub]
+    assert len(new) == 1, new
+    assert (new[0]["action"], new[0]["decision"], new[0]["operation"]) == ("unknown", "deny", "ListTopics"), new[0]
+    assert "AWS services undo gzip alone" in new[0]["reason"], new[0]["reason"]
+
+    if coding == "x-gzip":  # the same body as gzip: inflated upstream as here, its file name dropped
+        before_up = len(upstream.requests)
+        answer = call(sub + "-gzip", "gzip")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:400]
+        got = forwarded(upstream, before_up)
+        assert len(got) == 1 and dict((k.lower(), v) for k, v in got[0][2])["content-encoding"] == "gzip", got

@@ -1088,6 +1088,29 @@ def decoded_body(request: WireRequest) -> bytes | None:
     return body
 
 
+def unread_coding(request: WireRequest, operation: botocore.model.OperationModel | None) -> str | None:
+    """Why a body read for its parameters cannot be decided as the gateway inflates it, or None.
+    AWS services undo one request content coding, ``gzip``, as SDKs write it (request compression);
+    a body sent as ``deflate``, ``x-gzip``, ``br``, ``GZIP``, or in two codings, the gateway would
+    read inflated (or as sent) while a service reads it otherwise: moto inflates ``gzip`` alone and
+    reads any other body as sent, where a gzip header's file name or comment, which inflating drops,
+    can name an ``Action``. An operation's streaming payload (an S3 object's bytes, which S3 keeps
+    with their Content-Encoding) is data, not read for parameters, and not judged here."""
+    value = request.headers.get("content-encoding")
+    if not value or not request.body:
+        return None
+    shape = operation.input_shape if operation is not None else None
+    name = shape.serialization.get("payload") if shape is not None else None
+    if name and name in shape.members and is_streaming(shape.members[name]):
+        return None
+    codings = [c.strip() for c in value.split(",") if c.strip() and c.strip().lower() not in ("identity", "aws-chunked")]
+    if codings in ([], ["gzip"]):
+        return None
+    return (f"the body's Content-Encoding is {value[:60]!r}: AWS services undo gzip alone (request compression, "
+            "written 'gzip'), so a service could read the body as sent while agentgate would decide it inflated: "
+            "the request is ambiguous; send the body as it is, or with Content-Encoding: gzip")
+
+
 def inflate_members(body: bytes, wbits: int, limit: int) -> tuple[bytes, str | None]:
     """``body`` inflated (zlib's ``wbits``; 47: gzip), every member of a gzip body one after
     another as services read them, to ``limit`` bytes at most; with what keeps it from being whole,
@@ -2443,6 +2466,8 @@ class Classifier:
                endpoint: Endpoint | None, errors: ParamErrors) -> dict:
         shape = operation.input_shape
         protocol = resolution.protocol
+        if (coding := unread_coding(request, operation)) is not None:
+            errors.add("body", coding)
         if protocol in ("query", "ec2"):
             pairs = form_pairs(request)
             if request.form_error:
