@@ -60,7 +60,7 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
     from .classify import Classify
     from .core.approvals import Approvals
     from .egress import Egress
-    from .masking import Masking, StartKeyPages
+    from .masking import Masking, SealedKeys
     from .policy import Policy
     from .recorder import Arrivals, Recorder
     from .signer import Signer
@@ -77,7 +77,8 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
         policy,
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
                  mask=lambda call: masking.masker.params(call)[0], redecide=policy.redecide),
-        StartKeyPages(masking),  # a DynamoDB page's start key, sealed for the agent, put back before signing
+        SealedKeys(masking),  # DynamoDB keys sealed for the agent (start keys, a BatchGetItem's unprocessed
+        # keys), put back before signing
         Signer(broker, settings.upstream, settings.upstream_timeout),
         masking,
         recorder,

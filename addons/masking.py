@@ -34,7 +34,7 @@ from mitmproxy import http
 from .core import sigv4
 from .core.masking import OBJECT_CAP, AgentCopy, MaskedCall, Masker, checksum_headers, inflate
 from .core.awserrors import Refusal, render
-from .core.startkeys import OPERATIONS as PAGED_OPERATIONS
+from .core.startkeys import OPERATIONS as SENT_BACK
 from .core.startkeys import StartKeyError, StartKeys
 from .stage import (CALL, DECISION, HELD, OVER_CAP, POLICIES, PRINCIPAL, REFUSAL, SIGNED, STREAM, answer,
                     declares_body, due, own_request_id)
@@ -334,7 +334,7 @@ class Masking:
             self._withhold(flow, copy.withheld)
             return
         try:
-            self._seal_start_key(flow, copy)
+            self._seal_keys(flow, copy)
             flow.response = self._agent_response(flow, copy)
             mc.counts.update(copy.masked)
         except Exception as e:  # noqa: BLE001
@@ -342,19 +342,21 @@ class Masking:
             if self._for_agent(flow):
                 self._withhold(flow, type(e).__name__)
 
-    def _seal_start_key(self, flow: http.HTTPFlow, copy: AgentCopy) -> None:
-        """A DynamoDB Query's or Scan's page whose ``LastEvaluatedKey`` carries an attribute masked for
-        the agent: that attribute sealed instead (core.startkeys), so that the agent can ask for the
-        next page. Left masked if it cannot be sealed."""
+    def _seal_keys(self, flow: http.HTTPFlow, copy: AgentCopy) -> None:
+        """A DynamoDB answer whose keys the agent sends back (a Query's or Scan's
+        ``LastEvaluatedKey``, a BatchGetItem's ``UnprocessedKeys``) with an attribute masked for the
+        agent: that attribute sealed instead (core.startkeys), so that the agent can ask for the
+        next page or send them again. Left masked if it cannot be sealed."""
         call = flow.metadata.get(CALL)
         if (copy.body is None or getattr(call, "service", None) != "dynamodb"
-                or getattr(call, "operation", None) not in PAGED_OPERATIONS or flow.response.status_code != 200):
+                or getattr(call, "operation", None) not in SENT_BACK or flow.response.status_code != 200):
             return
         try:
-            sealed = self.start_keys.seal_page(call.params or {}, getattr(flow.metadata.get(PRINCIPAL), "sub", None),
+            sealed = self.start_keys.seal_page(call.operation, call.params or {},
+                                               getattr(flow.metadata.get(PRINCIPAL), "sub", None),
                                                flow.response.content or b"", copy.body)
-        except Exception as e:  # noqa: BLE001 - the key stays masked: the agent gets no next page, nor the value
-            log.warning("a DynamoDB start key could not be sealed (%s): it stays masked", type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - the value stays masked: the agent cannot send it back, nor read it
+            log.warning("a DynamoDB key could not be sealed (%s): it stays masked", type(e).__name__)
             return
         if sealed is not None:
             copy.body = sealed
@@ -446,10 +448,11 @@ class Masking:
         return new
 
 
-class StartKeyPages:
-    """Before a DynamoDB Query or Scan is signed: the values of its ``ExclusiveStartKey`` that the
-    agent was given sealed, as the last page's ``LastEvaluatedKey`` (``Masking._seal_start_key``),
-    put back as upstream sent them; one sealed for another table, index or principal is refused."""
+class SealedKeys:
+    """Before a DynamoDB Query, Scan or BatchGetItem is signed: the values of its
+    ``ExclusiveStartKey`` or ``RequestItems`` that the agent was given sealed (``Masking._seal_keys``:
+    a page's ``LastEvaluatedKey``, a BatchGetItem's ``UnprocessedKeys``), put back as upstream sent
+    them; one sealed for another table, index, principal or place is refused."""
 
     def __init__(self, masking: Masking) -> None:
         self.keys = masking.start_keys
@@ -458,18 +461,25 @@ class StartKeyPages:
         if not due(flow, "request"):
             return
         call = flow.metadata.get(CALL)
-        if getattr(call, "service", None) != "dynamodb" or call.operation not in PAGED_OPERATIONS or not call.params:
+        if getattr(call, "service", None) != "dynamodb" or call.operation not in SENT_BACK or not call.params:
             return
         try:
-            start = self.keys.unseal_request(call.params, getattr(flow.metadata.get(PRINCIPAL), "sub", None))
+            members = self.keys.unseal_request(call.operation, call.params,
+                                               getattr(flow.metadata.get(PRINCIPAL), "sub", None))
         except StartKeyError as e:
-            answer(flow, Refusal(400, "ValidationException", f"agentgate: ExclusiveStartKey's {e} is a start key "
-                                 "agentgate sealed for another table, index or principal, or it was altered; start "
-                                 "from the LastEvaluatedKey of this table's (or index's) last page", "masking"))
+            if e.where == "ExclusiveStartKey":
+                why = (f"ExclusiveStartKey's {e.attribute} is a start key agentgate sealed for another table, index "
+                       "or principal, or it was altered; start from the LastEvaluatedKey of this table's (or "
+                       "index's) last page")
+            else:
+                why = (f"{e.where}'s {e.attribute} is a value agentgate sealed for another table, principal or "
+                       "place, or it was altered; send this table's UnprocessedKeys as the last BatchGetItem "
+                       "answered them")
+            answer(flow, Refusal(400, "ValidationException", f"agentgate: {why}", "masking"))
             return
-        if start is None:
+        if members is None:
             return
         body = json.loads(flow.request.content or b"{}")
-        body["ExclusiveStartKey"] = start
+        body.update(members)
         flow.request.content = json.dumps(body, separators=(",", ":")).encode()
-        call.params["ExclusiveStartKey"] = start
+        call.params.update(members)

@@ -233,6 +233,51 @@ def test_every_page_of_a_query_is_read_where_its_key_holds_a_masked_attribute(gw
         "agentgate:masking"]
 
 
+def test_keys_a_batch_get_did_not_read_reach_dynamodb_unsealed_when_sent_back(gw, issuer):
+    """A BatchGetItem's UnprocessedKeys reach the agent with each masked attribute sealed, and the
+    agent sends them back in RequestItems (moto answers them only past the size the gateway masks:
+    tests/test_sealed_keys.py gives the masking AWS's documented answer). Here the sealed values are
+    made as the gateway makes them for such answers, with its fingerprint key, for this table,
+    principal and place. Sent back, they reach moto as the values they stand for: the batch reads
+    the right items (the marker read nothing). Sealed for another principal, or a Scan's start key
+    sent as a batch's key, they are refused; no record keeps a value."""
+    from addons.core.startkeys import GET_KEY, StartKeys
+    from addons.gateway import read_key
+
+    tag = secrets.token_hex(6)
+    sub = f"agent-batch-{tag}"
+    ddb = agent_client(gw, issuer.mint(sub), "dynamodb")
+    table = f"batch-{tag}"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"},
+                                                 {"AttributeName": "ssn", "KeyType": "RANGE"}],
+                     AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("k", "ssn")],
+                     BillingMode="PAY_PER_REQUEST")
+    ssns = {name: f"ssn-{name}-{secrets.token_hex(8)}" for name in ("alice", "bob")}
+    for name in ("alice", "bob"):
+        ddb.put_item(TableName=table, Item={"k": {"S": name}, "ssn": {"S": ssns[name]}, "name": {"S": name.title()}})
+    keys = StartKeys(read_key(gw.home / "keys" / "fingerprint.key"))
+
+    def sealed(name: str, use: str) -> dict:
+        return {"S": keys.seal({"S": ssns[name]}, table=table, index=None, attribute="ssn", principal=sub, use=use)}
+
+    unprocessed = {table: {"Keys": [{"k": {"S": n}, "ssn": sealed(n, GET_KEY)} for n in ("alice", "bob")]}}
+    got = ddb.batch_get_item(RequestItems=unprocessed)["Responses"][table]
+    assert sorted((i["k"]["S"], i["name"]["S"], i["ssn"]["S"]) for i in got) == [
+        ("alice", "Alice", AGENT_ITEM["S"]), ("bob", "Bob", AGENT_ITEM["S"])]
+
+    other = agent_client(gw, issuer.mint(f"agent-batch-other-{tag}"), "dynamodb")
+    code, message = refusal(lambda: other.batch_get_item(RequestItems=unprocessed))
+    assert code == "ValidationException" and "sealed for another table, principal or place" in message, message
+    start = ddb.scan(TableName=table, Limit=1)["LastEvaluatedKey"]  # ssn, the table's sort key, sealed as a start key
+    assert start["ssn"]["S"].startswith(AGENT_ITEM["S"] + ":key:")
+    code, message = refusal(lambda: ddb.batch_get_item(RequestItems={table: {"Keys": [start]}}))
+    assert code == "ValidationException" and "RequestItems." + table + ".Keys[0]'s ssn" in message, message
+
+    assert not any(ssn.encode() in data for data in sqlite_files(gw).values() for ssn in ssns.values())
+    assert [r["rule"] for r in gw.records() if r["principal"] == sub and r["decision"] == "deny"] == [
+        "agentgate:masking"]
+
+
 def test_shipped_policies_hold_batch_and_partiql_deletes_for_approval(shipped_gw, issuer):
     """The shipped rule destroying-needs-a-human holds DeleteItem; a BatchWriteItem's
     DeleteRequest (decided as dynamodb:DeleteItem beside dynamodb:BatchWriteItem) and a PartiQL
