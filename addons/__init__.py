@@ -77,8 +77,8 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
         policy,
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
                  mask=lambda call: masking.masker.params(call)[0], redecide=policy.redecide),
-        SealedKeys(masking),  # DynamoDB keys sealed for the agent (start keys, a BatchGetItem's unprocessed
-        # keys), put back before signing
+        SealedKeys(masking),  # DynamoDB keys and items sealed for the agent (start keys, a batch's unprocessed
+        # keys and items), put back before signing
         Signer(broker, settings.upstream, settings.upstream_timeout),
         masking,
         recorder,

@@ -343,10 +343,11 @@ class Masking:
                 self._withhold(flow, type(e).__name__)
 
     def _seal_keys(self, flow: http.HTTPFlow, copy: AgentCopy) -> None:
-        """A DynamoDB answer whose keys the agent sends back (a Query's or Scan's
-        ``LastEvaluatedKey``, a BatchGetItem's ``UnprocessedKeys``) with an attribute masked for the
-        agent: that attribute sealed instead (core.startkeys), so that the agent can ask for the
-        next page or send them again. Left masked if it cannot be sealed."""
+        """A DynamoDB answer whose keys or items the agent sends back (a Query's or Scan's
+        ``LastEvaluatedKey``, a BatchGetItem's ``UnprocessedKeys``, a BatchWriteItem's
+        ``UnprocessedItems``) with an attribute masked for the agent: that attribute sealed instead
+        (core.startkeys), so that the agent can ask for the next page or send them again. Left
+        masked if it cannot be sealed."""
         call = flow.metadata.get(CALL)
         if (copy.body is None or getattr(call, "service", None) != "dynamodb"
                 or getattr(call, "operation", None) not in SENT_BACK or flow.response.status_code != 200):
@@ -356,7 +357,7 @@ class Masking:
                                                getattr(flow.metadata.get(PRINCIPAL), "sub", None),
                                                flow.response.content or b"", copy.body)
         except Exception as e:  # noqa: BLE001 - the value stays masked: the agent cannot send it back, nor read it
-            log.warning("a DynamoDB key could not be sealed (%s): it stays masked", type(e).__name__)
+            log.warning("a DynamoDB key or item could not be sealed (%s): it stays masked", type(e).__name__)
             return
         if sealed is not None:
             copy.body = sealed
@@ -449,10 +450,10 @@ class Masking:
 
 
 class SealedKeys:
-    """Before a DynamoDB Query, Scan or BatchGetItem is signed: the values of its
+    """Before a DynamoDB Query, Scan, BatchGetItem or BatchWriteItem is signed: the values of its
     ``ExclusiveStartKey`` or ``RequestItems`` that the agent was given sealed (``Masking._seal_keys``:
-    a page's ``LastEvaluatedKey``, a BatchGetItem's ``UnprocessedKeys``), put back as upstream sent
-    them; one sealed for another table, index, principal or place is refused."""
+    a page's ``LastEvaluatedKey``, a batch's ``UnprocessedKeys`` or ``UnprocessedItems``), put back
+    as upstream sent them; one sealed for another table, index, principal or place is refused."""
 
     def __init__(self, masking: Masking) -> None:
         self.keys = masking.start_keys
@@ -472,8 +473,9 @@ class SealedKeys:
                        "or principal, or it was altered; start from the LastEvaluatedKey of this table's (or "
                        "index's) last page")
             else:
+                answered = "UnprocessedKeys" if call.operation == "BatchGetItem" else "UnprocessedItems"
                 why = (f"{e.where}'s {e.attribute} is a value agentgate sealed for another table, principal or "
-                       "place, or it was altered; send this table's UnprocessedKeys as the last BatchGetItem "
+                       f"place, or it was altered; send this table's {answered} as the last {call.operation} "
                        "answered them")
             answer(flow, Refusal(400, "ValidationException", f"agentgate: {why}", "masking"))
             return

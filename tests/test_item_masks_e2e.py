@@ -35,13 +35,22 @@ rules:
     access_level: Write
     decision: allow
 """
+# an operator's rule masking ssn in the writes of batches on tables named batch-*, as a rule on
+# dynamodb:* without an access_level does in every batch's: their UnprocessedItems carry it
+BATCH_WRITE_RULE = """\
+  - id: batch-writes-mask-items
+    action: dynamodb:BatchWriteItem
+    when: "length(resource[?starts_with(@, 'batch-')]) > `0`"
+    decision: allow
+    mask_for_agent: [Item.ssn]
+"""
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, issuer, moto):
     with Gateway(tmp_path_factory.mktemp("item-masks-gw"), issuer=issuer.issuer, upstream=moto.url,
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key),
-                 policy=ROLES + OPERATOR_RULES, settings={"oidc_leeway": 1}) as g:
+                 policy=ROLES + OPERATOR_RULES + BATCH_WRITE_RULE, settings={"oidc_leeway": 1}) as g:
         yield g
 
 
@@ -233,15 +242,17 @@ def test_every_page_of_a_query_is_read_where_its_key_holds_a_masked_attribute(gw
         "agentgate:masking"]
 
 
-def test_keys_a_batch_get_did_not_read_reach_dynamodb_unsealed_when_sent_back(gw, issuer):
-    """A BatchGetItem's UnprocessedKeys reach the agent with each masked attribute sealed, and the
-    agent sends them back in RequestItems (moto answers them only past the size the gateway masks:
-    tests/test_sealed_keys.py gives the masking AWS's documented answer). Here the sealed values are
-    made as the gateway makes them for such answers, with its fingerprint key, for this table,
-    principal and place. Sent back, they reach moto as the values they stand for: the batch reads
-    the right items (the marker read nothing). Sealed for another principal, or a Scan's start key
-    sent as a batch's key, they are refused; no record keeps a value."""
-    from addons.core.startkeys import GET_KEY, StartKeys
+def test_keys_and_items_a_batch_did_not_process_reach_dynamodb_unsealed_when_sent_back(gw, issuer, moto):
+    """A BatchGetItem's UnprocessedKeys and a BatchWriteItem's UnprocessedItems reach the agent with
+    each masked attribute sealed, and the agent sends them back in RequestItems (moto answers neither
+    at a size the gateway masks: tests/test_sealed_keys.py gives the masking AWS's documented
+    answers). Here the sealed values are made as the gateway makes them for such answers, with its
+    fingerprint key, for this table, principal and place (BatchGetItem is a read, whose rule masks
+    ssn; BATCH_WRITE_RULE masks it in this table's BatchWriteItem). Sent back, they reach moto as the
+    values they stand for: the batch reads the right items, and writes and deletes the right ones
+    (the marker read nothing, and was written as the value). Sealed for another principal, or a
+    Scan's start key sent as a batch's key, they are refused; no record keeps a value."""
+    from addons.core.startkeys import DELETE_KEY, GET_KEY, PUT_ITEM, StartKeys
     from addons.gateway import read_key
 
     tag = secrets.token_hex(6)
@@ -252,7 +263,7 @@ def test_keys_a_batch_get_did_not_read_reach_dynamodb_unsealed_when_sent_back(gw
                                                  {"AttributeName": "ssn", "KeyType": "RANGE"}],
                      AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("k", "ssn")],
                      BillingMode="PAY_PER_REQUEST")
-    ssns = {name: f"ssn-{name}-{secrets.token_hex(8)}" for name in ("alice", "bob")}
+    ssns = {name: f"ssn-{name}-{secrets.token_hex(8)}" for name in ("alice", "bob", "carol")}
     for name in ("alice", "bob"):
         ddb.put_item(TableName=table, Item={"k": {"S": name}, "ssn": {"S": ssns[name]}, "name": {"S": name.title()}})
     keys = StartKeys(read_key(gw.home / "keys" / "fingerprint.key"))
@@ -264,6 +275,17 @@ def test_keys_a_batch_get_did_not_read_reach_dynamodb_unsealed_when_sent_back(gw
     got = ddb.batch_get_item(RequestItems=unprocessed)["Responses"][table]
     assert sorted((i["k"]["S"], i["name"]["S"], i["ssn"]["S"]) for i in got) == [
         ("alice", "Alice", AGENT_ITEM["S"]), ("bob", "Bob", AGENT_ITEM["S"])]
+
+    ddb.batch_write_item(RequestItems={table: [
+        {"PutRequest": {"Item": {"k": {"S": "carol"}, "ssn": sealed("carol", PUT_ITEM), "name": {"S": "Carol"}}}},
+        {"DeleteRequest": {"Key": {"k": {"S": "bob"}, "ssn": sealed("bob", DELETE_KEY)}}}]})
+    sts = moto.client("sts", aws_access_key_id=moto.broker.access_key_id,
+                      aws_secret_access_key=moto.broker.secret_access_key)
+    creds = sts.assume_role(RoleArn=moto.broker.role_arn, RoleSessionName=f"check-{tag}")["Credentials"]
+    direct = moto.client("dynamodb", aws_access_key_id=creds["AccessKeyId"],
+                         aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+    stored = {i["k"]["S"]: i["ssn"]["S"] for i in direct.scan(TableName=table)["Items"]}
+    assert stored == {"alice": ssns["alice"], "carol": ssns["carol"]}
 
     other = agent_client(gw, issuer.mint(f"agent-batch-other-{tag}"), "dynamodb")
     code, message = refusal(lambda: other.batch_get_item(RequestItems=unprocessed))

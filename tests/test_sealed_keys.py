@@ -1,13 +1,14 @@
-"""Keys a DynamoDB BatchGetItem did not read, where a rule masks an attribute of them for the agent
-(addons/masking.py: ``Masking`` seals it in the agent's copy, ``SealedKeys`` opens it when it comes
-back; core/startkeys.py).
+"""Keys and items a DynamoDB batch did not process, where a rule masks an attribute of them for the
+agent (addons/masking.py: ``Masking`` seals it in the agent's copy, ``SealedKeys`` opens it when it
+comes back; core/startkeys.py).
 
 moto answers ``UnprocessedKeys`` only past 16 MB of items, more than the gateway holds to mask
-(8 MiB: such an answer is withheld from an agent that policy masks anything for). So these tests
-drive the masking add-ons with the answer AWS documents: the example of the operation in AWS's API
-reference (botocore's ``examples-1.json``), throttled part way, its unprocessed keys in the form
-the reference gives them (the form of ``RequestItems``). tests/test_item_masks_e2e.py sends sealed
-keys through a gateway to moto."""
+(8 MiB: such an answer is withheld from an agent that policy masks anything for), and never answers
+``UnprocessedItems``. So these tests drive the masking add-ons with the answer AWS documents: the
+example of each operation in AWS's API reference (botocore's ``examples-1.json``), throttled part
+way, its unprocessed keys or writes in the form the reference gives them (the form of
+``RequestItems``). tests/test_item_masks_e2e.py sends sealed keys and items through a gateway to
+moto."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from tests.test_masking import KEY, parse
 
 EXAMPLES = botocore.loaders.create_loader().load_service_model("dynamodb", "examples-1", "2012-08-10")["examples"]
 GET = EXAMPLES["BatchGetItem"][0]  # three songs of the Music table, by Artist and SongTitle
-RULE_MASKS = ("Item.SongTitle",)  # the table's sort key is masked for agents
+PUT = EXAMPLES["BatchWriteItem"][0]  # three songs put in the Music table
+# the table's sort key is masked for agents; and the album, in the writes' items
+RULE_MASKS = ("Item.SongTitle", "Item.AlbumTitle")
 
 
 def _flow(method: str, params: dict, sub: str) -> tflow.tflow:
@@ -85,8 +88,8 @@ def test_the_keys_a_batch_get_did_not_read_are_sealed_for_the_agent_and_read_the
     the agent sends back. Masked as the marker, the retry asked for songs titled the marker: none.
     Now each SongTitle there reaches the agent sealed (a different text each time, not the title),
     the rest of the keys and the ProjectionExpression as sent; sent back in RequestItems, the call
-    goes upstream with the titles DynamoDB gave. Sent by another principal, for another table or as
-    a Query's start key, or altered, it is refused."""
+    goes upstream with the titles DynamoDB gave. Sent by another principal, for another table, as a
+    Query's start key or a write's item, or altered, it is refused."""
     addon = Masking(KEY)
     asked = GET["input"]["RequestItems"]
     keys = asked["Music"]["Keys"]
@@ -123,16 +126,63 @@ def test_the_keys_a_batch_get_did_not_read_are_sealed_for_the_agent_and_read_the
     assert "ExclusiveStartKey's SongTitle is a start key" in refused(
         sent(addon, "query", {"TableName": "Music", "KeyConditionExpression": "Artist = :a",
                               "ExpressionAttributeValues": {":a": key["Artist"]}, "ExclusiveStartKey": key}))
+    assert "RequestItems.Music[0].PutRequest.Item's SongTitle" in refused(
+        sent(addon, "batch_write_item", {"RequestItems": {"Music": [{"PutRequest": {"Item": key}}]}}))
 
 
-@pytest.mark.parametrize("title", [SEALED + "AAAA", SEALED + "not base64 !"])
-def test_a_sealed_value_the_gateway_did_not_make_is_refused(title):
-    keys = {"Music": {"Keys": [{"Artist": {"S": "Acme Band"}, "SongTitle": {"S": title}}]}}
+def test_the_writes_a_batch_did_not_make_are_sealed_for_the_agent_and_write_the_values_sent_back():
+    """A BatchWriteItem throttled after its first request answers the others in UnprocessedItems,
+    which the agent (boto3's batch_writer by itself) sends back. Masked, the retry wrote the marker
+    as the song's title and album, and deleted nothing. Now each masked attribute of a PutRequest's
+    Item and a DeleteRequest's Key reaches the agent sealed; sent back, the writes go upstream as
+    first asked. A value sealed for a put is refused as a delete's key, and the other way round."""
+    addon = Masking(KEY)
+    first = PUT["input"]["RequestItems"]["Music"]
+    delete = {"DeleteRequest": {"Key": {k: v for k, v in first[0]["PutRequest"]["Item"].items() if k != "AlbumTitle"}}}
+    asked = {"Music": first + [delete]}
+    answer = {"UnprocessedItems": {"Music": asked["Music"][1:]}}
+    got, body = answered(addon, "batch_write_item", {"RequestItems": asked}, answer)
+
+    writes = got["UnprocessedItems"]["Music"]
+    for write, original in zip(writes, answer["UnprocessedItems"]["Music"]):
+        item = write.get("PutRequest", {}).get("Item") or write["DeleteRequest"]["Key"]
+        was = original.get("PutRequest", {}).get("Item") or original["DeleteRequest"]["Key"]
+        assert item["Artist"] == was["Artist"] and sealed(item["SongTitle"]), write
+        assert "AlbumTitle" not in was or sealed(item["AlbumTitle"]), write
+        assert not any(v["S"].encode() in body for k, v in was.items() if k != "Artist")
+
+    f = sent(addon, "batch_write_item", {"RequestItems": got["UnprocessedItems"]})
+    assert f.response is None
+    assert json.loads(f.request.content)["RequestItems"] == answer["UnprocessedItems"]
+    assert f.metadata[CALL].params["RequestItems"] == answer["UnprocessedItems"]
+
+    put, gone = writes[0]["PutRequest"]["Item"], writes[-1]["DeleteRequest"]["Key"]
+    assert "RequestItems.Music[0].DeleteRequest.Key's SongTitle" in refused(
+        sent(addon, "batch_write_item", {"RequestItems": {"Music": [{"DeleteRequest": {"Key": {
+            "Artist": put["Artist"], "SongTitle": put["SongTitle"]}}}]}}))
+    assert "RequestItems.Music[0].PutRequest.Item's SongTitle" in refused(
+        sent(addon, "batch_write_item", {"RequestItems": {"Music": [{"PutRequest": {"Item": gone}}]}}))
+    assert "RequestItems.Music.Keys[0]'s SongTitle" in refused(
+        sent(addon, "batch_get_item", {"RequestItems": {"Music": {"Keys": [gone]}}}))
+    assert "send this table's UnprocessedItems as the last BatchWriteItem answered them" in refused(
+        sent(addon, "batch_write_item", {"RequestItems": got["UnprocessedItems"]}, sub="agent-b"))
+
+
+@pytest.mark.parametrize("method, params", [
+    ("batch_get_item", {"RequestItems": {"Music": {"Keys": [{"Artist": {"S": "Acme Band"},
+                                                             "SongTitle": {"S": SEALED + "AAAA"}}]}}}),
+    ("batch_write_item", {"RequestItems": {"Music": [{"PutRequest": {"Item": {
+        "Artist": {"S": "Acme Band"}, "SongTitle": {"S": SEALED + "not base64 !"}}}}]}}),
+])
+def test_a_sealed_value_the_gateway_did_not_make_is_refused(method, params):
     assert "is a value agentgate sealed for another table, principal or place" in refused(
-        sent(Masking(KEY), "batch_get_item", {"RequestItems": keys}))
+        sent(Masking(KEY), method, params))
 
 
 def test_a_batch_without_sealed_values_goes_upstream_as_sent():
-    params = {"RequestItems": GET["input"]["RequestItems"]}
-    f = sent(Masking(KEY), "batch_get_item", params)
-    assert f.response is None and f.request.content == capture("dynamodb", "batch_get_item", **params)["body"]
+    addon = Masking(KEY)
+    for method, params in (("batch_get_item", {"RequestItems": GET["input"]["RequestItems"]}),
+                           ("batch_write_item", {"RequestItems": PUT["input"]["RequestItems"]})):
+        f = sent(addon, method, params)
+        body = capture("dynamodb", method, **params)["body"]
+        assert f.response is None and f.request.content == body

@@ -7,17 +7,20 @@ of the table or of the index read (``mask_for_agent: [Item.email]`` on a table w
 the marker, not after the last item, and the agent would get the first page again, for ever (the
 SDKs' paginators stop on a start key they were given before, and a loop written by hand does not).
 A BatchGetItem that DynamoDB does not finish (throttled, or over 16 MB) answers the keys it did not
-read in ``UnprocessedKeys``, to be sent back as they are in the next call's ``RequestItems`` (as
-AWS advises). Masked, a key sent back read the item whose key is the marker (none).
+read in ``UnprocessedKeys``, and a BatchWriteItem the writes it did not make in
+``UnprocessedItems``, to be sent back as they are in the next call's ``RequestItems`` (as AWS
+advises, and as boto3's ``batch_writer`` does by itself). Masked, a key sent back read the item
+whose key is the marker (none), and a write sent back wrote the marker in place of the value.
 
 So in the agent's copy each masked attribute of these becomes a sealed value instead:
 ``AGENT_MARKER`` followed by ``:key:`` and the attribute's value as upstream sent it, encrypted
 (AES-GCM, a fresh nonce each time, a key derived from the fingerprint key, the value's JSON padded
 to a multiple of 256 bytes) and bound to the table, the index, the attribute's name, the principal
-and where it goes back (a start key; a BatchGetItem's key). The agent cannot read it, nor tell two
-values apart by it; sent back there, for the same table (and index) by the same principal, the
-gateway puts the value back before it signs the call; sent for another table, index, principal or
-place, or altered, it is refused. Anywhere else it is text like any other.
+and where it goes back (a start key; a BatchGetItem's key; a BatchWriteItem's PutRequest item or
+DeleteRequest key). The agent cannot read it, nor tell two values apart by it; sent back there, for
+the same table (and index) by the same principal, the gateway puts the value back before it signs
+the call; sent for another table, index, principal or place, or altered, it is refused. Anywhere
+else it is text like any other.
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ _NONCE = 12
 # there were other places, so that the start keys a gateway handed out still open)
 START = None
 GET_KEY = "BatchGetItem RequestItems Keys"
-OPERATIONS = frozenset({"Query", "Scan", "BatchGetItem"})
+PUT_ITEM = "BatchWriteItem RequestItems PutRequest Item"
+DELETE_KEY = "BatchWriteItem RequestItems DeleteRequest Key"
+OPERATIONS = frozenset({"Query", "Scan", "BatchGetItem", "BatchWriteItem"})
 ANSWER_MEMBERS = {"Query": b'"LastEvaluatedKey"', "Scan": b'"LastEvaluatedKey"',
-                  "BatchGetItem": b'"UnprocessedKeys"'}
+                  "BatchGetItem": b'"UnprocessedKeys"', "BatchWriteItem": b'"UnprocessedItems"'}
+_WRITES = (("PutRequest", "Item", PUT_ITEM), ("DeleteRequest", "Key", DELETE_KEY))
 
 
 class StartKeyError(ValueError):
@@ -89,9 +95,9 @@ class StartKeys:
 
     def seal_page(self, operation: str, params: dict, principal: str | None, upstream: bytes,
                   agent: bytes) -> bytes | None:
-        """The agent's copy ``agent`` of a Query's or Scan's answer (its ``LastEvaluatedKey``) or a
-        BatchGetItem's (``UnprocessedKeys``), with each attribute there that is masked sealed from
-        upstream's answer; None when none is."""
+        """The agent's copy ``agent`` of a Query's or Scan's answer (its ``LastEvaluatedKey``), a
+        BatchGetItem's (``UnprocessedKeys``) or a BatchWriteItem's (``UnprocessedItems``), with each
+        attribute there that is masked sealed from upstream's answer; None when none is."""
         member = ANSWER_MEMBERS.get(operation)
         if member is None or member not in agent or AGENT_MARKER.encode() not in agent:
             return None
@@ -112,9 +118,9 @@ class StartKeys:
         return json.dumps(copy, separators=(",", ":")).encode() if changed else None
 
     def unseal_request(self, operation: str, params: dict, principal: str | None) -> dict | None:
-        """The members of a Query's or Scan's parameters (``ExclusiveStartKey``) or a BatchGetItem's
-        (``RequestItems``) that hold sealed values, each with every sealed value put back; None
-        when none holds one. Raises StartKeyError for one sealed for another table,
+        """The members of a Query's or Scan's parameters (``ExclusiveStartKey``), a BatchGetItem's or
+        a BatchWriteItem's (``RequestItems``) that hold sealed values, each with every sealed value
+        put back; None when none holds one. Raises StartKeyError for one sealed for another table,
         index, attribute, principal or place, or altered."""
         if operation in ("Query", "Scan"):
             start = params.get("ExclusiveStartKey")
@@ -125,7 +131,7 @@ class StartKeys:
                                                         params.get("IndexName"), principal, START,
                                                         "ExclusiveStartKey")}
         items = params.get("RequestItems")
-        if operation != "BatchGetItem" or not any(
+        if operation not in ("BatchGetItem", "BatchWriteItem") or not any(
                 _sealed(v) for *_, key in _request_maps(operation, items) for v in key.values()):
             return None
         out = json.loads(json.dumps(items))  # a copy, changed in place
@@ -162,15 +168,31 @@ def _answer_maps(operation: str, params: dict, answer: dict):
             for i, key in enumerate(asked.get("Keys") or () if isinstance(asked, dict) else ()):
                 if isinstance(key, dict):
                     yield ("UnprocessedKeys", table, i), table, None, GET_KEY, key
+    elif operation == "BatchWriteItem":
+        for table, writes in _items(answer.get("UnprocessedItems")):
+            for i, write in enumerate(writes if isinstance(writes, list) else ()):
+                for request, member, use in _WRITES:
+                    found = write.get(request) if isinstance(write, dict) else None
+                    item = found.get(member) if isinstance(found, dict) else None
+                    if isinstance(item, dict):
+                        yield ("UnprocessedItems", table, i, request), table, None, use, item
 
 
 def _request_maps(operation: str, items: dict):
-    """(where, table, place, key) for each key of a BatchGetItem's ``RequestItems``, which may hold
-    values sealed for it."""
+    """(where, table, place, key or item) for each key of a BatchGetItem's ``RequestItems`` or item
+    and key of a BatchWriteItem's, which may hold values sealed for it."""
     for table, asked in _items(items):
-        for i, key in enumerate(asked.get("Keys") or () if isinstance(asked, dict) else ()):
-            if isinstance(key, dict):
-                yield f"RequestItems.{table}.Keys[{i}]", table, GET_KEY, key
+        if operation == "BatchGetItem":
+            for i, key in enumerate(asked.get("Keys") or () if isinstance(asked, dict) else ()):
+                if isinstance(key, dict):
+                    yield f"RequestItems.{table}.Keys[{i}]", table, GET_KEY, key
+        else:
+            for i, write in enumerate(asked if isinstance(asked, list) else ()):
+                for request, member, use in _WRITES:
+                    found = write.get(request) if isinstance(write, dict) else None
+                    item = found.get(member) if isinstance(found, dict) else None
+                    if isinstance(item, dict):
+                        yield f"RequestItems.{table}[{i}].{request}.{member}", table, use, item
 
 
 def _items(tables: Any):
