@@ -35,11 +35,11 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from .core.awserrors import Refusal, guess_protocol, render
-from .stage import CALL, CLIENT_LEFT, FAILED_STATUS, HOST, REFUSAL
+from .stage import CALL, CLIENT_LEFT, FAILED_STATUS, HOST, REFUSAL, own_request_id
 
 log = logging.getLogger("agentgate.failures")
 
-_MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message, request content type) to answer with
+_MARK = "_agentgate_answer"  # on a ResponseProtocolError: (protocol, message, request content type, request id) to answer with
 
 # mitmproxy's error code -> the AWS-shaped code of the answer
 _CODES = {502: "BadGateway", 504: "GatewayTimeout", 413: "RequestEntityTooLarge", 400: "InvalidRequest",
@@ -69,22 +69,23 @@ def mark(event, flow: http.HTTPFlow, message: str | None = None) -> None:
     protocol = getattr(call, "protocol", None) or guess_protocol(flow.request.headers, flow.request.path)
     if message is None:
         message = message_for(flow, getattr(event.code, "name", "") == "CONNECT_FAILED")
-    setattr(event, _MARK, (protocol, message, flow.request.headers.get("content-type")))
+    setattr(event, _MARK, (protocol, message, flow.request.headers.get("content-type"), own_request_id(flow)))
 
 
-def error_response(status: int, protocol: str | None, message: str,
-                   content_type: str | None = None) -> tuple[dict[str, str], bytes]:
+def error_response(status: int, protocol: str | None, message: str, content_type: str | None = None,
+                   request_id: str | None = None) -> tuple[dict[str, str], bytes]:
     """The headers and body of the AWS-shaped error answer (``content_type``: the request's, which
-    a json call's answer follows)."""
+    a json call's answer follows; ``request_id``: the call's record id, ``stage.own_request_id``)."""
     code = _CODES.get(status, "InternalFailure")
     _, headers, body = render(Refusal(status, code, message, "upstream" if status >= 500 else "egress"), protocol,
-                              request_content_type=content_type)
+                              request_id, request_content_type=content_type)
     return headers, body
 
 
-def answer(status: int, protocol: str | None, message: str, content_type: str | None = None) -> bytes:
+def answer(status: int, protocol: str | None, message: str, content_type: str | None = None,
+           request_id: str | None = None) -> bytes:
     """The bytes of the AWS-shaped error answer on HTTP/1 (the connection closes after it)."""
-    headers, body = error_response(status, protocol, message, content_type)
+    headers, body = error_response(status, protocol, message, content_type, request_id)
     headers["connection"] = "close"
     return http1.assemble_response(http.Response.make(status, body, headers))
 
@@ -148,7 +149,7 @@ def install() -> bool:
             refusal = self.flow.metadata.get(REFUSAL)
             message = refusal.message if refusal is not None else error.message
             setattr(error, _MARK, (guess_protocol(self.flow.request.headers), message,
-                                   self.flow.request.headers.get("content-type")))
+                                   self.flow.request.headers.get("content-type"), own_request_id(self.flow)))
 
         return (yield from marking(self, check_invalid(self, request), mark_refused))
 

@@ -49,8 +49,8 @@ from .core.masking import header_pairs
 from .core.records import Record, redact_headers
 from .core.store import Store, StoreError, StoreUnavailable
 from .masking import MASKED
-from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, FAILED_STATUS, HELD, HOST, PRINCIPAL, RECORD_ID, REFUSAL,
-                    SIGNED, TOKEN, TUNNEL, answer, declares_body, due)
+from .stage import (APPROVAL, BODY_DIGEST, CALL, DECISION, FAILED_STATUS, HELD, HOST, PRINCIPAL, REFUSAL, SIGNED, TOKEN,
+                    TUNNEL, answer, declares_body, due, own_request_id)
 
 log = logging.getLogger("agentgate.recorder")
 calls_log = logging.getLogger("agentgate.calls")  # a line per call, at DEBUG (run -v)
@@ -131,9 +131,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
     host = md.get(HOST) or req.host_header or req.host
     path, _, query = req.path.partition("?")
     query = sigv4.scrub_query(query) if query else ""
-    r = Record(time=req.timestamp_start or time.time())
-    if md.get(RECORD_ID):  # the approval stage gave it, and the approval the call used names it
-        r.id = md[RECORD_ID]
+    # the id an answer the gateway made itself carries (a refusal, a failed call's 502), or the one the
+    # approval stage gave it, which the approval the call used names: one id for the call throughout
+    r = Record(time=req.timestamp_start or time.time(), id=own_request_id(flow))
     r.kind = "connect" if req.method == "CONNECT" else "call"
     r.client = f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}" if flow.client_conn.peername else None
     if principal is not None:

@@ -773,7 +773,7 @@ def test_ocsf_names_a_made_up_request_id_of_an_older_record_the_gateways(home, t
 def upstream_gone(tmp_path_factory, issuer):
     """A gateway whose moto stops after an agent's first calls (a bucket made, an object put, IAM
     denied): the agent's next call cannot reach upstream. (gateway, the agent's subject, the
-    status and code the agent got for that call)."""
+    status, code and request id the agent got for that call)."""
     import botocore.exceptions
 
     from tests.support.gateway import Gateway
@@ -794,7 +794,8 @@ def upstream_gone(tmp_path_factory, issuer):
             with pytest.raises(botocore.exceptions.ClientError) as e:
                 client(gw, "s3", proxy_token=token).get_object(Bucket="evidence", Key="k")
             got = e.value.response
-            yield gw, sub, (got["ResponseMetadata"]["HTTPStatusCode"], got["Error"]["Code"])
+            yield gw, sub, (got["ResponseMetadata"]["HTTPStatusCode"], got["Error"]["Code"],
+                            got["ResponseMetadata"]["RequestId"])
         print(gw.log()[-3000:])
 
 
@@ -802,7 +803,7 @@ def test_a_failed_upstream_is_recorded_with_the_status_the_agent_got(upstream_go
     """The agent got an AWS-shaped 502 for a call whose upstream could not be reached: its record
     says 502, and so do the JSON Lines and the OCSF event (status_code, api.response.code)."""
     gw, sub, got = upstream_gone
-    assert got == (502, "BadGateway")
+    assert got[:2] == (502, "BadGateway")
     jsonl, ocsf = tmp_path / "calls.jsonl", tmp_path / "calls.ocsf.jsonl"
     gw.cli("export", "--format", "jsonl", "-o", str(jsonl))
     gw.cli("export", "--format", "ocsf", "-o", str(ocsf))
@@ -811,6 +812,21 @@ def test_a_failed_upstream_is_recorded_with_the_status_the_agent_got(upstream_go
     [event] = [e for e in read_jsonl(ocsf) if e["actor"]["user"].get("uid") == sub and e["api"]["operation"] == "GetObject"]
     assert (event["status_code"], event["api"]["response"]["code"], event["status_id"]) == (str(got[0]), got[0], 2)
     assert_valid_ocsf([event])
+
+
+def test_the_request_id_of_a_call_upstream_failed_finds_its_record(upstream_gone, tmp_path):
+    """The 502 the gateway answered itself for a call whose upstream could not be reached carries
+    the call's record id as its request id, as a refusal's does: `calls show REQUESTID` finds the
+    record, which does not name it AWS's (AWS never saw the call), nor does the OCSF event."""
+    gw, sub, (status, _, request_id) = upstream_gone
+    assert status == 502
+    shown = json.loads(gw.cli("calls", "show", request_id, "--json").stdout)
+    assert (shown["id"], shown["principal"], shown["action"], shown["outcome"], shown["status"], shown["aws_request_id"]) == (
+        request_id, sub, "s3:GetObject", "failed", 502, None), shown
+    ocsf = tmp_path / "failed.ocsf.jsonl"
+    gw.cli("export", "--format", "ocsf", "-o", str(ocsf))
+    [event] = [e for e in read_jsonl(ocsf) if e["api"]["request"]["uid"] == request_id]
+    assert "AWS request id" not in json.dumps(event) and "aws_request_id" not in event["unmapped"]["agentgate"], event
 
 
 def copy_of_store(gw, to: Path) -> str:

@@ -11,7 +11,7 @@ from mitmproxy.proxy.layers.http import ErrorCode, ResponseProtocolError
 from mitmproxy.test import tflow
 
 from addons import failures
-from addons.stage import HOST
+from addons.stage import HOST, RECORD_ID
 
 
 def failed_call(error: str, headers: dict | None = None, intercepted: bool = True):
@@ -29,8 +29,8 @@ def test_a_call_that_could_not_be_sent_says_it_was_not_made():
     f = failed_call("Connection refused", {"x-amz-target": "DynamoDB_20120810.GetItem"})
     event = ResponseProtocolError(1, "Connection refused", ErrorCode.CONNECT_FAILED)
     failures.mark(event, f)
-    protocol, message, _ = getattr(event, failures._MARK)
-    assert protocol == "json"
+    protocol, message, _, request_id = getattr(event, failures._MARK)
+    assert protocol == "json" and request_id == f.metadata[RECORD_ID]  # the id the call's record gets
     assert message == ("agentgate could not reach dynamodb.us-east-1.amazonaws.com (Connection refused); "
                        "the call was not made, retry shortly")
     raw = failures.answer(502, protocol, message)
@@ -43,7 +43,7 @@ def test_a_call_that_broke_after_it_went_out_may_have_been_carried_out():
     f = failed_call("server closed connection")
     event = ResponseProtocolError(1, "server closed connection", ErrorCode.GENERIC_SERVER_ERROR)
     failures.mark(event, f)
-    protocol, message, _ = getattr(event, failures._MARK)
+    protocol, message, _, _ = getattr(event, failures._MARK)
     assert protocol == "rest-xml"  # nothing says otherwise: S3's
     assert message.startswith("agentgate got no answer from dynamodb.us-east-1.amazonaws.com (server closed "
                               "connection); AWS may have carried the call out")

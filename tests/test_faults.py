@@ -217,6 +217,13 @@ def error_of(call) -> tuple[int, str, str, float]:
     return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"]["Message"], took
 
 
+def request_id_of(call) -> str:
+    """The request id of the ClientError a call must fail with (botocore's RequestId)."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["ResponseMetadata"]["RequestId"]
+
+
 def only_record(gw, sub: str, quiet: float = 0.3) -> dict:
     [r] = settled(gw, lambda r: r["principal"] == sub, quiet=quiet)
     return r
@@ -280,6 +287,29 @@ def test_upstream_reset(faulty, issuer, upstream):
     r = only_record(faulty, sub)
     assert (r["outcome"], r["status"], r["decision"], r["action"]) == ("failed", 502, "allow", "s3:GetObject")
     assert r["error"] == "server closed connection"
+
+
+def test_the_request_id_of_a_502_the_gateway_answered_finds_its_record(faulty, issuer, upstream):
+    """The 502 the gateway answers itself when upstream breaks or does not answer in time carries the
+    call's record id as its request id (as a refusal does), so `agentgate calls show REQUESTID`
+    finds it; the record does not take it for AWS's (AWS never answered), on HTTP/1 and HTTP/2."""
+    from tests.support.raw import h2_request, s3_signed
+
+    sub, s3 = agent(faulty, issuer, "request-id", "s3", read_timeout=30)
+    reset = request_id_of(lambda: s3.get_object(Bucket="faults", Key=f"reset-{sub}"))
+    timed_out = request_id_of(lambda: s3.get_object(Bucket="faults", Key="hang-60"))
+    signed = s3_signed("GET", f"https://faults.s3.amazonaws.com/reset-h2-{sub}")
+    status, headers, _ = h2_request(faulty, issuer.mint(sub), "faults.s3.amazonaws.com", "GET",
+                                    f"/reset-h2-{sub}".encode(), signed)
+    assert status == 502
+    over_h2 = headers["x-amz-request-id"]
+    assert len({reset, timed_out, over_h2}) == 3
+    settled(faulty, lambda r: r["principal"] == sub, at_least=3)
+    for request_id, key in ((reset, f"reset-{sub}"), (timed_out, "hang-60"), (over_h2, f"reset-h2-{sub}")):
+        shown = json.loads(faulty.cli("calls", "show", request_id, "--json").stdout)
+        assert (shown["id"], shown["principal"], shown["outcome"], shown["status"], shown["aws_request_id"]) == (
+            request_id, sub, "failed", 502, None), shown
+        assert shown["url"].endswith(f"/{key}"), shown["url"]
 
 
 def test_upstream_reset_answers_an_http2_agent_aws_shaped_too(faulty, issuer, upstream):
