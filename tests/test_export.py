@@ -589,7 +589,7 @@ def test_oscal_assessment_results_parse_with_trestle(store_url, home, tmp_path):
     props = {p.name: p.value for p in heads[0].props}
     assert props["writer-id"] == "gw-test" and props["seq"] == "6"
     assert props["head-hash"] == read_jsonl(evidence_path)[-1]["hash"]
-    assert "verify" in au9.description and "OK, 6 records in 1 chains" in au9.description
+    assert "verify" in au9.description and "OK, 6 records in 1 chain and 1 checkpoint" in au9.description
     ac3 = next(o for o in result.observations if o.title.startswith("AC-3"))
     assert "deny 3" in ac3.description and "allow 2" in ac3.description and "approve 1" in ac3.description
 

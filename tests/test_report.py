@@ -306,10 +306,10 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in out
     # the demo's own commands have nothing to warn of: its token files are its user's alone
     assert "agentgate: warning" not in out + p.stderr, out
-    assert re.search(r"OK \(sqlite:///[^)]+\): \d+ records in 1 chains", out)
+    assert re.search(r"OK \(sqlite:///[^)]+\): \d+ records in 1 chain, \d+ checkpoints?\b", out)
     words = " ".join(out.split())  # rich wraps `approvals show` at 80 columns off a terminal
     assert "approved by sre-sam (cli): the demo table is disposable" in words
-    assert "1 approval as 3 approval events left them" in words
+    assert "1 approval as 3 approval events left it" in words
     # each long step says what it is doing before what it shows, as on a terminal
     replay = out.split("\n== agentgate replay ", 1)[1].split("\n== ", 1)[0].splitlines()
     assert re.fullmatch(r"  replaying \d+ of \d+ calls against http://127\.0\.0\.1:\d+ \.\.\.", replay[1]), replay

@@ -258,9 +258,25 @@ def test_parse_when() -> None:
 def test_verify_ok(cli, db_url: str, calls: list[Record]) -> None:
     result = cli("verify", "--db", db_url)
     assert result.exit_code == 0, result.output
-    assert f"OK ({db_url}): 3 records in 1 chains, 1 checkpoints" in result.stdout
+    assert f"OK ({db_url}): 3 records in 1 chain, 1 checkpoint" in result.stdout
     assert "not authenticated" not in result.stdout  # the key came from keys/chain.key
     assert json.loads(cli("verify", "--db", db_url, "--json").stdout)["ok"] is True
+
+
+def test_verify_counts_one_in_the_singular_and_others_in_the_plural(cli, db_url: str, calls: list[Record]) -> None:
+    """Each count verify prints agrees with its noun, and so do the words after it: one chain, one
+    checkpoint, one approval; three records, two sessions; and a store with one session."""
+    said = cli("verify", "--db", db_url).stdout.strip().splitlines()[-1]
+    assert said == (f"OK ({db_url}): 3 records in 1 chain, 1 checkpoint; 1 approval as the records of the calls "
+                    "under it name it; 1 approval as 1 approval event left it; 2 sessions as their calls name them"), said
+    store = Store(db_url, chain_key=KEY, writer_id="gw-2")  # another gateway: a second chain
+    store.start()
+    store.write_sync(Record(session_id="s-3", principal="carol", service="s3", operation="ListBuckets",
+                            action="s3:ListAllMyBuckets", access_level="List", decision="allow", rule="read-only",
+                            status=200, outcome="forwarded"))
+    store.close()
+    said = cli("verify", "--db", db_url).stdout.strip().splitlines()[-1]
+    assert said.startswith(f"OK ({db_url}): 4 records in 2 chains, 2 checkpoints;") and "3 sessions" in said, said
 
 
 def test_verify_names_the_first_broken_record(cli, db_url: str, calls: list[Record]) -> None:
@@ -284,10 +300,10 @@ def test_verify_with_the_wrong_key(cli, db_url: str, calls: list[Record], home: 
 def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     dry = cli("prune", "--before", "1d", "--db", db_url, "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "would delete 1 records from 1 chains" in dry.stdout
+    assert "would delete 1 record from 1 chain" in dry.stdout
     result = cli("prune", "--before", "1d", "--db", db_url)
     assert result.exit_code == 0, result.output
-    assert "deleted 1 records from 1 chains, 0 sessions, 0 approvals and 0 approval events" in result.stdout
+    assert "deleted 1 record from 1 chain, 0 sessions, 0 approvals and 0 approval events" in result.stdout
     assert cli("verify", "--db", db_url).exit_code == 0
     assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2
     sessions = {s["id"]: s["calls"] for s in json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)}

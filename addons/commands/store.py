@@ -170,6 +170,11 @@ def _cut(what: str) -> None:
     click.echo(f"({what})", err=True)
 
 
+def _n(n: int, noun: str) -> str:
+    """``1 chain``, ``2 chains``, ``0 chains``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _many(n: int, noun: str, of: str = "") -> str:
     """``1 call is``, ``100 calls are``; with ``of`` (`` of its 210``), always the plural."""
     return f"{n} {noun} is" if n == 1 and not of else f"{n}{of} {noun}s are"
@@ -395,23 +400,21 @@ def verify(db: str | None, key_file: str | None, witness_files: tuple[str, ...],
         for problem in result.problems[:50]:
             click.echo(f"BROKEN: {_line(problem)}")
         if len(result.problems) > 50:
-            click.echo(f"... and {len(result.problems) - 50} more problems")
+            click.echo(f"... and {_n(len(result.problems) - 50, 'more problem')}")
         if result.ok:
-            click.echo(f"OK ({display_url(url)}): {result.records} records in {result.chains} chains, "
-                       f"{result.checkpoints} checkpoints"
+            click.echo(f"OK ({display_url(url)}): {_n(result.records, 'record')} in {_n(result.chains, 'chain')}, "
+                       f"{_n(result.checkpoints, 'checkpoint')}"
                        + ("" if key else " (no chain key: checkpoints not authenticated)")
-                       + (f"; {result.approvals} approval{'s' if result.approvals != 1 else ''} as the records of "
-                          "the calls under them name them" if result.approvals else "")
-                       + (f"; {result.approvals_held} approval{'s' if result.approvals_held != 1 else ''} as "
-                          f"{result.approval_events} approval event{'s' if result.approval_events != 1 else ''} "
-                          "left them" if result.approval_events or result.approvals_held else "")
-                       + (f"; {result.policy_versions} policy version{'s' if result.policy_versions != 1 else ''} "
-                          "as stored" if result.policy_versions else "")
-                       + (f"; {result.sessions} session{'s' if result.sessions != 1 else ''} as "
+                       + (f"; {_n(result.approvals, 'approval')} as the records of the calls under "
+                          + ("them name them" if result.approvals != 1 else "it name it") if result.approvals else "")
+                       + (f"; {_n(result.approvals_held, 'approval')} as {_n(result.approval_events, 'approval event')} "
+                          + ("left them" if result.approvals_held != 1 else "left it")
+                          if result.approval_events or result.approvals_held else "")
+                       + (f"; {_n(result.policy_versions, 'policy version')} as stored" if result.policy_versions else "")
+                       + (f"; {_n(result.sessions, 'session')} as "
                           + ("their calls name them" if result.sessions != 1 else "its calls name it")
                           if result.sessions else "")
-                       + (f"; {result.witnesses} witnessed chain head{'s' if result.witnesses != 1 else ''} held"
-                          if result.witnesses else ""))
+                       + (f"; {_n(result.witnesses, 'witnessed chain head')} held" if result.witnesses else ""))
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
         hint = ""
@@ -451,10 +454,11 @@ def prune(before: str, db: str | None, key_file: str | None, dry_run: bool) -> N
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {result.records} records from {result.chains} chains, {result.sessions} sessions, "
-               f"{result.approvals} approvals and {result.approval_events} approval events"
-               + (f"; {'would mark' if dry_run else 'marked'} {result.expired} approvals left past their expiry "
-                  "expired" if result.expired else ""))
+    click.echo(f"{verb} {_n(result.records, 'record')} from {_n(result.chains, 'chain')}, "
+               f"{_n(result.sessions, 'session')}, {_n(result.approvals, 'approval')} and "
+               f"{_n(result.approval_events, 'approval event')}"
+               + (f"; {'would mark' if dry_run else 'marked'} {_n(result.expired, 'approval')} left past "
+                  f"{'their' if result.expired != 1 else 'its'} expiry expired" if result.expired else ""))
 
 
 COMMANDS = (sessions, calls, verify, prune)

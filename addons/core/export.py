@@ -586,7 +586,7 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
     """The assessment-results document for a ``core.report.Summary``: one observation per control,
     each pointing at the JSON Lines evidence, the approvals' evidence (for the controls it bears
     on) and (for the audit controls) the chain heads."""
-    from .report import CONTROLS
+    from .report import CONTROLS, _n
 
     now = now or dt.datetime.now(dt.timezone.utc)
     key = (summary.where, summary.start.isoformat(), summary.end.isoformat())
@@ -704,10 +704,10 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
             "uuid": _uuid("finding", "au-9", *key),
             "title": "AU-9 Protection of audit information: " + ("the hash chains verify" if verified.ok
                                                                   else "the hash chains DO NOT verify"),
-            "description": (f"agentgate verify over the store: {verified.records} records in {verified.chains} chains, "
-                            f"{verified.checkpoints} checkpoints" + ("" if summary.keyed else
-                                                                     " (no chain key: checkpoints not authenticated)")
-                            + (": OK." if verified.ok else f": {len(verified.problems)} problems, the first: "
+            "description": (f"agentgate verify over the store: {_n(verified.records, 'record')} in "
+                            f"{_n(verified.chains, 'chain')}, {_n(verified.checkpoints, 'checkpoint')}"
+                            + ("" if summary.keyed else " (no chain key: checkpoints not authenticated)")
+                            + (": OK." if verified.ok else f": {_n(len(verified.problems), 'problem')}, the first: "
                                f"{verified.problems[0]}")),
             "target": {"type": "objective-id", "target-id": "au-9_obj",
                        "status": {"state": "satisfied" if verified.ok else "not-satisfied",
@@ -720,9 +720,10 @@ def oscal_assessment_results(summary: Any, *, evidence_href: str, evidence_sha25
         "description": (
             f"What the gateway enforced and recorded between {summary.start_text} and {summary.end_text}"
             f"{summary.cut_text}: "
-            f"{summary.total} records ({summary.calls} calls). Hash chains: "
+            f"{_n(summary.total, 'record')} ({_n(summary.calls, 'call')}). Hash chains: "
             + ("verified" if verified is not None and verified.ok else "NOT verified" if verified is not None else "not checked")
-            + (f" ({verified.records} records in {verified.chains} chains, {verified.checkpoints} checkpoints"
+            + (f" ({_n(verified.records, 'record')} in {_n(verified.chains, 'chain')}, "
+               f"{_n(verified.checkpoints, 'checkpoint')}"
                + ("" if summary.keyed else "; checkpoints not authenticated: no chain key") + ")." if verified is not None else ".")),
         "start": _oscal_time(summary.start),
         "end": _oscal_time(summary.end),

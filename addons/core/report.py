@@ -379,13 +379,14 @@ def _verify_sentence(s: Summary) -> str:
     if v is None:
         return "The hash chains were not checked for this report."
     if v.ok:
-        return (f"`agentgate verify` over the whole store: OK, {v.records} records in {v.chains} chains and "
-                f"{v.checkpoints} checkpoints" + ("" if s.keyed else " (no chain key given: checkpoints' HMACs not "
-                                                   "checked)")
-                + (f"; {_n(v.approvals_held, 'approval')} as {_n(v.approval_events, 'approval event')} left them"
+        return (f"`agentgate verify` over the whole store: OK, {_n(v.records, 'record')} in {_n(v.chains, 'chain')} "
+                f"and {_n(v.checkpoints, 'checkpoint')}" + ("" if s.keyed else " (no chain key given: checkpoints' "
+                                                                  "HMACs not checked)")
+                + (f"; {_n(v.approvals_held, 'approval')} as {_n(v.approval_events, 'approval event')} "
+                   + ("left them" if v.approvals_held != 1 else "left it")
                    if v.approval_events or v.approvals_held else "") + ".")
     return f"`agentgate verify` over the whole store FAILED: {v.problems[0]}" + (
-        f" (and {len(v.problems) - 1} more problems)." if len(v.problems) > 1 else ".")
+        f" (and {_n(len(v.problems) - 1, 'more problem')})." if len(v.problems) > 1 else ".")
 
 
 @dataclasses.dataclass(frozen=True)
