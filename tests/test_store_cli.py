@@ -252,6 +252,56 @@ def test_parse_when() -> None:
     assert parse_when("now", now=now) == now
 
 
+def test_parse_when_reads_lower_case_t_and_z_and_rounds_a_finer_fraction_up() -> None:
+    """``t`` and ``z`` may be lower case, as ISO 8601 readers commonly take them; the store keeps
+    microseconds, so a fraction finer than that is rounded up to the next one (a bound then selects
+    exactly the records it names), carrying into the seconds, the day and the year; digits beyond
+    the sixth that are all zeros change nothing."""
+    at = dt.datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    assert parse_when("2026-11-28t10:00:00z") == parse_when("2026-11-28T10:00:00z") == at
+    assert parse_when("2026-11-28 10:00z") == parse_when("20261128t100000z") == at
+    assert parse_when("2026-11-28t12:00:00+02:00") == at
+    assert parse_when("2026-11-28T10:00:00.1234567Z") == at.replace(microsecond=123457)
+    assert parse_when("2026-11-28T10:00:00.1234561z") == at.replace(microsecond=123457)  # up, not to the nearest
+    assert parse_when("2026-11-28T10:00:00.0000000001Z") == at.replace(microsecond=1)
+    assert parse_when("2026-11-28T10:00:00.1234560000Z") == at.replace(microsecond=123456)
+    assert parse_when("20261128T100000,1234567Z") == at.replace(microsecond=123457)  # basic form, decimal comma
+    assert parse_when("2026-11-28T12:00:00.9999991+02:00") == at.replace(second=1)
+    assert parse_when("2026-12-31T23:59:59.99999999Z") == dt.datetime(2027, 1, 1, tzinfo=UTC)
+    for text, says in (("9999-12-31T23:59:59.9999999Z", "outside the dates this can hold"),
+                       ("2026-11-28T10:00:00zz", "cannot read"), ("2026-11-28T10:00:00.5zz", "cannot read")):
+        with pytest.raises(click.ClickException) as e:
+            parse_when(text, "--since")
+        assert e.value.exit_code == 2 and says in e.value.message, e.value.message
+
+
+def test_since_and_until_finer_than_a_microsecond_select_exactly_the_records_they_name(cli, db_url: str,
+                                                                                        home: Path) -> None:
+    """Two records a microsecond apart, and a bound half a microsecond after the first: --since
+    takes the second alone (the first is before the bound), --until the first alone (cut to the
+    microsecond, the bound would take the first record as being at or after it)."""
+    at = dt.datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    store = Store(db_url, chain_key=KEY)
+    store.migrate()
+    store.start()
+    first, second = (Record(principal="alice", service="s3", operation="GetObject", action="s3:GetObject",
+                            decision="allow", rule="read-only", status=200, outcome="forwarded",
+                            time=(at + dt.timedelta(microseconds=us)).timestamp()) for us in (0, 1))
+    for r in (first, second):
+        store.write_sync(r)
+    store.close()
+
+    def ids(*args: str) -> list[str]:
+        result = cli("calls", "list", "--db", db_url, "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [c["id"] for c in json.loads(result.stdout)]
+
+    for bound in ("2026-11-28T10:00:00.0000005Z", "2026-11-28t10:00:00.0000005z"):
+        assert ids("--since", bound) == [second.id], bound
+        assert ids("--until", bound) == [first.id], bound
+    assert ids("--since", "2026-11-28t10:00:00z", "--until", "2026-11-28t10:00:00.000001z") == [first.id]
+
+
 # -- verify and prune ------------------------------------------------------------------------------------
 
 

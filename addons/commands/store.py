@@ -45,9 +45,16 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECAS
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# the seconds' fraction of an ISO 8601 time (extended or basic form), beyond its first 6 digits
+_FINER = re.compile(r"(?<=[Tt ])(\d{2}(?::\d{2}:|\d{2})\d{2}[.,]\d{6})(\d+)")
+
+
 def parse_when(value: str, option: str = "date", now: dt.datetime | None = None) -> dt.datetime:
     """An ISO 8601 date or time (UTC unless it says otherwise), ``now``, or an age: 30m, 1h, 7d.
-    The result is in UTC and within the years 1 to 9999 whatever its zone."""
+    The result is in UTC and within the years 1 to 9999 whatever its zone. ``T`` and ``Z`` may be
+    lower case. The store keeps times to the microsecond: a fraction finer than that is rounded up
+    to the next microsecond, so that a bound selects the records it names exactly (those at or
+    after it, for --since; those before it, for --until and --before)."""
     now = now or dt.datetime.now(UTC)
     text = value.strip()
     usage = "use ISO 8601 (2025-01-31, 2025-01-31T12:00:00Z) or an age (30m, 1h, 7d)"
@@ -58,8 +65,15 @@ def parse_when(value: str, option: str = "date", now: dt.datetime | None = None)
     try:
         if m := _AGE.match(text):
             return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+        if text[-1:] == "z" and text[-2:-1].isdigit():  # UTC's designator, as Z
+            text = text[:-1] + "Z"
+        later = False
+        if m := _FINER.search(text):  # beyond the microsecond: rounded up (see above)
+            later = m.group(2).strip("0") != ""
+            text = text[:m.start()] + m.group(1) + text[m.end():]
         t = dt.datetime.fromisoformat(text)
-        return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+        t = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+        return t + dt.timedelta(microseconds=1) if later else t
     except (OverflowError, ValueError) as e:
         if isinstance(e, OverflowError) or re.match(r"year -?\d+ is out of range|date value out of range", str(e)):
             raise BadInput(f"{option}: {value!r} is outside the dates this can hold (years 1 to 9999 UTC)") from None
