@@ -61,8 +61,9 @@ class Auth:
         self.connections[flow.client_conn] = (principal, token)
 
     async def _name_who_asked(self, flow: http.HTTPFlow) -> None:
-        """For the record of a CONNECT another stage refused: the principal its proxy credentials
-        name, when they are a valid token (the refusal stands either way, and nothing is kept)."""
+        """For the record of a request another stage refused (a CONNECT, for where it asked to go; a
+        plain-HTTP proxy request, sent without one): the principal its proxy credentials name, when
+        they are a valid token (the refusal stands either way, and nothing is kept)."""
         header = flow.request.headers.get("proxy-authorization")
         if not header:
             return
@@ -83,11 +84,15 @@ class Auth:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
-            # answered already (egress: a plain-HTTP request in a tunnel to port 80, a Host that is
-            # not AWS) or refused in mitmproxy's HTTP layer (its framing): the record names who
-            # holds the connection
-            if PRINCIPAL not in flow.metadata and (principal := self._connection_principal(flow.client_conn)) is not None:
-                flow.metadata[PRINCIPAL] = principal
+            # answered already (egress: a plain-HTTP request in a tunnel to port 80 or sent without
+            # CONNECT, a Host that is not AWS) or refused in mitmproxy's HTTP layer (its framing):
+            # the record names who holds the connection, or else whom the request's own proxy
+            # credentials name (a plain-HTTP proxy request carries them itself)
+            if PRINCIPAL not in flow.metadata:
+                if (principal := self._connection_principal(flow.client_conn)) is not None:
+                    flow.metadata[PRINCIPAL] = principal
+                else:
+                    await self._name_who_asked(flow)
             return
         refusal = await self._authenticate(flow)
         if refusal is not None:

@@ -272,15 +272,21 @@ def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed
 @pytest.mark.parametrize("target", ["http://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15",
                                     "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
                                     "http://127.0.0.1:{port}/"])
-@pytest.mark.parametrize("with_token", [False, True])
+@pytest.mark.parametrize("with_token", [None, "valid", "forged"])
 def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, issuer, target, with_token):
+    """A plain-HTTP proxy request (no CONNECT) is refused whatever it carries. Its record names the
+    subject of its proxy credentials when they are a valid token (as a refused CONNECT's does),
+    never that of a token the issuer did not sign."""
+    from tests.support.oidc import new_rsa_key
+
     refused, _ = listeners
     target = target.format(port=refused.port)
     before_seen, before_records = len(refused.received), len(resolving_gateway.records())
-    token = issuer.mint("agent-plain")
+    token = (issuer.mint("agent-plain") if with_token == "valid" else
+             issuer.mint("agent-plain", key=new_rsa_key()) if with_token == "forged" else None)
     with socket.create_connection(("127.0.0.1", resolving_gateway.port), timeout=10) as s:
         head = f"GET {target} HTTP/1.1\r\nHost: {target.split('/')[2]}\r\n"
-        if with_token:
+        if token:
             head += f"Proxy-Authorization: Basic {base64.b64encode(f'agent:{token}'.encode()).decode()}\r\n"
         s.sendall((head + "\r\n").encode())
         answer = http.client.HTTPResponse(s)
@@ -291,6 +297,7 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
     assert len(refused.received) == before_seen
     new = resolving_gateway.records()[before_records:]
     assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:egress", new
+    assert new[0]["principal"] == ("agent-plain" if with_token == "valid" else None), new[0]
 
 
 @pytest.mark.parametrize("tls, host, words", [
