@@ -154,7 +154,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
         if grant.assumed_role_arn and not r.account:
             r.account = grant.assumed_role_arn.split(":")[4] or None
     r.method, r.host = req.method, host
-    r.url = f"https://{host}{path}" + (f"?{query}" if query else "") if r.kind == "call" else f"{host}"
+    # the scheme the agent used: https in an intercepted tunnel; http for a plain-HTTP request (refused)
+    scheme = "https" if flow.client_conn.tls else "http"
+    r.url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "") if r.kind == "call" else f"{host}"
     masked = md.get(MASKED)  # core.masking.MaskedCall: bodies, headers and parameters as masked
     if masked is None or masked.request_headers is None:
         r.request_headers = redact_headers(req.headers)
@@ -202,9 +204,9 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             r.response_headers = masked.response_headers
         if masked.path is not None and r.kind == "call":
             path = masked.path
-            r.url = f"https://{host}{path}" + (f"?{query}" if query else "")
+            r.url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
         if masked.query is not None and r.kind == "call":
-            r.url = f"https://{host}{path}?{masked.query}"
+            r.url = f"{scheme}://{host}{path}?{masked.query}"
         if masked.params_masked:
             r.params = masked.params
         if masked.resources is not None:

@@ -274,9 +274,9 @@ def test_an_allow_hosts_name_resolving_to_this_machine_is_refused_unless_allowed
                                     "http://127.0.0.1:{port}/"])
 @pytest.mark.parametrize("with_token", [None, "valid", "forged"])
 def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, issuer, target, with_token):
-    """A plain-HTTP proxy request (no CONNECT) is refused whatever it carries. Its record names the
-    subject of its proxy credentials when they are a valid token (as a refused CONNECT's does),
-    never that of a token the issuer did not sign."""
+    """A plain-HTTP proxy request (no CONNECT) is refused whatever it carries. Its record gives the
+    URL as sent (http://) and names the subject of its proxy credentials when they are a valid token
+    (as a refused CONNECT's does), never that of a token the issuer did not sign."""
     from tests.support.oidc import new_rsa_key
 
     refused, _ = listeners
@@ -298,6 +298,7 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
     new = resolving_gateway.records()[before_records:]
     assert len(new) == 1 and new[0]["outcome"] == "refused" and new[0]["rule"] == "agentgate:egress", new
     assert new[0]["principal"] == ("agent-plain" if with_token == "valid" else None), new[0]
+    assert new[0]["url"].split("?")[0] == target.split("?")[0], new[0]["url"]  # (its query's values masked)
 
 
 @pytest.mark.parametrize("tls, host, words", [
@@ -307,7 +308,8 @@ def test_plain_http_proxy_requests_are_refused(resolving_gateway, listeners, iss
 def test_a_request_refused_in_an_authenticated_tunnel_names_who_holds_it(resolving_gateway, issuer, tls, host, words):
     """A request egress refuses in a tunnel whose CONNECT carried the agent's token (plain HTTP to
     port 80 of an AWS host, or a Host that is not AWS) is refused before auth reads it; its record
-    names the principal the tunnel was opened by, as other refusals in such a tunnel do."""
+    names the principal the tunnel was opened by, as other refusals in such a tunnel do, and the URL
+    with the scheme the request used."""
     sub = f"agent-in-tunnel-{'tls' if tls else 'plain'}"
     s, head = connect(resolving_gateway.port, f"sts.amazonaws.com:{443 if tls else 80}", issuer.mint(sub))
     assert head.startswith(b"HTTP/1.1 200"), head
@@ -323,6 +325,9 @@ def test_a_request_refused_in_an_authenticated_tunnel_names_who_holds_it(resolvi
     records = records_of(resolving_gateway, sub)
     assert [(r["outcome"], r["rule"], r["status"]) for r in records] == [("refused", "agentgate:egress", 403)], (
         records, [(r["principal"], r["error"]) for r in resolving_gateway.records() if words in (r["error"] or "")])
+    # the URL as the agent sent it: plain HTTP in the tunnel to port 80, HTTPS in the other
+    scheme = "https" if tls else "http"
+    assert records[0]["url"].split("?")[0] == f"{scheme}://{host}/", records[0]["url"]
 
 
 @pytest.mark.parametrize("first", [b"P", b"PO", b"POST", b"POST /"])
