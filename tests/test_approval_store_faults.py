@@ -11,15 +11,18 @@ gateway and PostgreSQL (tests/support/tcp_proxy.py) that loses answers, pauses a
   connections carry TCP keepalives;
 - policy versions in force while the store was down have their texts stored once it is back;
 - a decision while the database takes no writes (default_transaction_read_only on) says the store
-  is read-only, not that it cannot be reached, in the console and the CLI."""
+  is read-only, not that it cannot be reached, in the console and the CLI; so does one on a SQLite
+  store that its file's mount makes read-only."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -362,3 +365,59 @@ def test_a_decision_on_a_read_only_store_says_it_is_read_only_not_unreachable(pr
         r = c.post(f"/api/approvals/{approval_id}/approve", json={})
     assert r.status_code == 200, r.text
     assert approval_of(direct, "read-only").status == "approved"
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """``mount(directory)``: the directory again, at another path, through a read-only bind mount,
+    as a store's volume is mounted read-only where an approver runs the CLI. (Not chmod: the tests
+    run as root, who writes read-only files; nor a URL with mode=ro, which no operator writes by
+    mistake. A read-only mount refuses root's writes too, and SQLite opens the file read-only.)"""
+    mounted = []
+
+    def mount(directory: Path) -> Path:
+        at = tmp_path / f"read-only-{len(mounted)}"
+        at.mkdir()
+        p = subprocess.run(["mount", "--bind", str(directory), str(at)], capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot bind-mount a directory here ({p.stderr.strip()}); run as root to test a read-only store")
+        mounted.append(at)
+        p = subprocess.run(["mount", "-o", "remount,bind,ro", str(at)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return at
+
+    yield mount
+    for at in reversed(mounted):
+        subprocess.run(["umount", "-l", str(at)], capture_output=True)
+
+
+def test_a_decision_on_a_read_only_sqlite_store_says_it_is_read_only_not_unreachable(tmp_path, issuer, moto,
+                                                                                     read_only_mount):
+    """An approver runs `agentgate approvals approve` against a gateway's SQLite store where its
+    volume is mounted read-only: SQLite refuses the write ("attempt to write a readonly database").
+    The CLI says the store refused the write because it is read-only and what to do, not that it
+    cannot be reached; nothing is approved. Through the writable path the approval goes."""
+    gw = start_gateway(tmp_path / "gw", issuer, moto, approval_hold=0.5)
+    try:
+        client = s3(gw, issuer.mint("agent-1"))
+        client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key="read-only-file", Body=b"x")
+        status, _, message = delete(client, "read-only-file")
+        assert status == 403 and "is pending" in message, message  # ApprovalPending
+        writable = f"sqlite:///{gw.db_path}"
+        approval_id = approval_of(writable, "read-only-file").id
+        read_only = f"sqlite:///{read_only_mount(gw.db_path.parent) / gw.db_path.name}"
+
+        cli = approve(gw, issuer, approval_id, "alice", ("sre",), "--db", read_only, check=False)
+        assert cli.returncode == 1, (cli.stdout, cli.stderr)
+        said = cli.stderr.strip().splitlines()[-1]  # (after a warning about the token file's mode)
+        assert said.startswith(f"Error: the store at {read_only} refused the write because it is read-only "
+                               "(attempt to write a readonly database): nothing was changed."), said
+        assert "cannot be reached" not in said and "mounted read-only" in said and "mode=ro" in said, said
+        assert "default_transaction_read_only" not in said, said  # PostgreSQL's words are not SQLite's
+        assert approval_of(writable, "read-only-file").status == "pending"  # fails closed: nothing approved
+
+        approve(gw, issuer, approval_id, "alice", ("sre",), "--db", writable)
+        assert approval_of(writable, "read-only-file").status == "approved"
+    finally:
+        gw.stop()

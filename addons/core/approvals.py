@@ -506,6 +506,13 @@ class Approvals:
     # -- reading ---------------------------------------------------------------------------------
 
     def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        if read_only(e) and not self.postgres:  # SQLite opened the file read-only
+            return StoreUnavailable(
+                f"the store at {self.where} refused the write because it is read-only ({_one_line(e)}): nothing was "
+                "changed. SQLite opens a database read-only when this user cannot write its file or the "
+                "directory it is in, when its filesystem is mounted read-only, or when the URL says mode=ro: "
+                "run this as a user who can write the store (the gateway's), where it is mounted read-write, "
+                "or through a gateway's console, then try again")
         if read_only(e):  # it answered: reachable, but it takes no writes (a hot standby, read-only by default)
             return StoreUnavailable(
                 f"the store at {self.where} refused the write because it is read-only ({_one_line(e)}): nothing was "

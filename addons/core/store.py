@@ -187,13 +187,19 @@ def _one_line(e: BaseException) -> str:
 
 
 READ_ONLY_SQLSTATE = "25006"  # PostgreSQL's read_only_sql_transaction
+SQLITE_READONLY = 8  # SQLite's primary result code for "attempt to write a readonly database"
 
 
 def read_only(e: BaseException) -> bool:
     """Whether the database refused a write because it takes none: PostgreSQL's
-    read_only_sql_transaction, from a hot standby or with ``default_transaction_read_only`` on."""
+    read_only_sql_transaction, from a hot standby or with ``default_transaction_read_only`` on;
+    SQLite's SQLITE_READONLY (and its extended codes), from a file opened read-only (one this user
+    cannot write, on a filesystem mounted read-only, or a URL with ``mode=ro``)."""
     orig = getattr(e, "orig", None) or e
-    return getattr(orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+    if getattr(orig, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == SQLITE_READONLY
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
