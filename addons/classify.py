@@ -38,6 +38,16 @@ def signed_elsewhere(call: classifier.Classification, presigned: bool, host: str
                    f"to it, or send the call to an endpoint in {signed!r})", "classify")
 
 
+def decoded_elsewhere(call: classifier.Classification) -> Refusal:
+    """The answer to a REST call whose path names one operation at its raw slashes and another (or
+    other resources) once its encoded slashes are decoded (``call.decoded_as``). It is refused
+    whatever policy says: AWS and moto route on the raw path, but a server that decodes the path
+    first (a stand-in for AWS, a proxy on the way) would run what policy never saw."""
+    return Refusal(403, "AccessDenied", f"agentgate refused the call: {call.decoded_as}; agentgate forwards no "
+                   "call whose path names one operation as sent and another once decoded, whatever policy "
+                   "says: a value holding a slash cannot be sent in that part of this operation's path", "classify")
+
+
 class Classify:
     def _run(self, flow: http.HTTPFlow, body: bytes | None) -> None:
         req = flow.request
@@ -53,6 +63,10 @@ class Classify:
             # answered here, before policy: no rule can have it signed for a region it was not signed for
             auth = flow.metadata.get(AUTH)
             answer(flow, signed_elsewhere(call, bool(auth is not None and auth.presigned), host))
+            return
+        if call.decoded_as is not None and REFUSAL not in flow.metadata:
+            # answered here, before policy: a rule on either operation (or on `unknown`) cannot have it run as the other
+            answer(flow, decoded_elsewhere(call))
             return
         if body is None and flow.metadata.get(STREAM) and not classifier.body_is_data(call) and (
                 declares_body(req) or ((req.is_http2 or req.is_http3) and "content-length" not in req.headers)):

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import random
+import re
 import zlib
 from urllib.parse import urlsplit
 
@@ -972,6 +973,117 @@ def test_an_x_id_hint_never_outranks_the_subresource_s3_dispatches_on(method, pa
     assert got.action == "unknown" and f"is {dispatched} by its path and query, and says x-id=" in got.error, got
     honest = classify(method, host, path, query.split("&x-id")[0], headers, None)
     assert honest.operation == dispatched and honest.error is None
+
+
+@pytest.mark.parametrize("service, method, params, raw, decoded", [
+    # a Read turned into a read of the policy, into credentials, into a cancellation
+    ("lambda", "get_function", {"FunctionName": "x/policy"}, "GetFunction", "GetPolicy"),
+    ("deadline", "get_farm", {"farmId": "farm-1/fleets/fleet-1/read-roles"}, "GetFarm", "AssumeFleetRoleForRead"),
+    ("deadline", "get_farm", {"farmId": "farm-1/queues/queue-1/read-roles"}, "GetFarm", "AssumeQueueRoleForRead"),
+    ("snow-device-management", "describe_task", {"taskId": "t-1/cancel"}, "DescribeTask", "CancelTask"),
+])
+def test_an_encoded_slash_that_makes_the_decoded_path_another_operation_is_refused(service, method, params, raw,
+                                                                                    decoded):
+    """botocore encodes a slash in a non-greedy label as %2F (get_function(FunctionName="x/policy") is
+    GET /2015-03-31/functions/x%2Fpolicy). Split at its raw slashes, as AWS and moto route, the path is
+    one operation; a server that decodes the path before it routes runs another. Neither is decided."""
+    request = capture(service, method, **params)
+    assert "%2F" in request["path"], request["path"]
+    got = run(request)
+    assert (got.service, got.operation, got.action) == (service, raw, "unknown"), got
+    assert got.decoded_as == got.error and f"is {raw} by its raw path" in got.error, got.error
+    assert f"the path is {decoded}: the request is ambiguous" in got.error, got.error
+    sent_so = run(dict(request, path=request["path"].replace("%2F", "/")))
+    assert (sent_so.operation, sent_so.decoded_as) == (decoded, None), sent_so
+
+
+def _template_path(uri: str, value) -> str:
+    path = uri.partition("?")[0]
+    return classifier.TEMPLATE_LABEL_RE.sub(lambda m: value(m.group(1).rstrip("+"), m.group(1).endswith("+")), path)
+
+
+def _scoped(entry) -> dict:
+    return {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/{entry.signing_name}/aws4_request, "
+                             "SignedHeaders=host, Signature=00"}
+
+
+def test_over_the_models_no_encoded_slash_in_a_name_makes_one_operation_decided_and_another_run():
+    """For every REST operation A and every other operation B of a service with A's method: where B's
+    path, decoded, is A's path with slashes inside A's non-greedy labels, A's path with those slashes
+    encoded is not decided (the pairs number in the thousands: Deadline's GetFarm and
+    AssumeFleetRoleForRead, snow-device-management's DescribeTask and CancelTask, ...). A slash in a
+    greedy label ({Key+}) is part of its value either way: encoded or not, the call is decided."""
+    c = classifier.default_classifier()
+    refused, undecided_pairs, greedy = set(), [], 0
+    for entry in c.catalogue.by_name.values():
+        if not {"rest-json", "rest-xml"} & set(entry.protocols):
+            continue
+        routing, host, headers = c.routing(entry.name), f"{entry.endpoint_prefix}.us-east-1.amazonaws.com", _scoped(entry)
+        routes = [route for method in ("GET", "PUT", "POST", "DELETE", "HEAD", "PATCH")
+                  for route in (routing.routes(method).plain + [r for rs in routing.routes(method).by_literal.values()
+                                                                 for r in rs])]
+        for a in routes:
+            op = routing.operations[a.operation]["http"]
+            method, query = op.get("method", "POST"), op.get("requestUri", "/").partition("?")[2]
+            if any(a.greedy):  # a slash in a greedy label, encoded: the same operation, decided
+                path = _template_path(op["requestUri"], lambda name, g: "a%2Fb" if g else "x")
+                got = classify(method, host, path, query, headers, None)
+                if got.operation == a.operation:
+                    greedy += 1
+                    assert got.decoded_as is None, (entry.name, path, got.error)
+            # A's template with each non-greedy label free to span slashes
+            loose = re.compile("^" + "".join(
+                re.escape(part) if i % 2 == 0 else ("(.+)" if part.endswith("+") else "(.+?)")
+                for i, part in enumerate(classifier.TEMPLATE_LABEL_RE.split(op.get("requestUri", "/").partition("?")[0])))
+                + "$")
+            for name, other in routing.operations.items():
+                if name == a.operation or other["http"].get("method", "POST") != method:
+                    continue
+                found = loose.match(_template_path(other["http"].get("requestUri", "/"), lambda n, g: "x"))
+                if not found or not any(not g and "/" in v for g, v in zip(a.greedy, found.groups())):
+                    continue
+                values = iter(v if g else v.replace("/", "%2F") for g, v in zip(a.greedy, found.groups()))
+                path = _template_path(op["requestUri"], lambda n, g: next(values))
+                both = "&".join(q for q in (query, other["http"].get("requestUri", "/").partition("?")[2]) if q)
+                got = classify(method, host, path, both, headers, None)
+                if got.operation != a.operation:
+                    continue  # another operation outranks A at the raw path: not this pair's
+                if got.decoded_as and got.action == "unknown":
+                    refused.add((entry.name, a.operation, name))
+                else:
+                    undecided_pairs.append((entry.name, a.operation, name, path, got.action))
+    assert undecided_pairs == [], undecided_pairs[:20]
+    assert len(refused) > 2500 and greedy > 100, (len(refused), greedy)
+    for pair in [("deadline", "GetFarm", "AssumeFleetRoleForRead"), ("lambda", "GetFunction", "GetPolicy"),
+                 ("snow-device-management", "DescribeTask", "CancelTask"), ("s3", "ListObjects", "GetObject")]:
+        assert pair in refused, pair
+
+
+@pytest.mark.parametrize("host, path, operation", [
+    ("bkt.s3.amazonaws.com", "/reports%2F2026%2Fq1.csv", "GetObject"),  # a key is {Key+}
+    ("s3.amazonaws.com", "/bkt/a%2f..%2Fb%2F", "GetObject"),
+    ("bkt.s3.amazonaws.com", "/a%2F%2Fb%2F", "GetObject"),
+    ("lambda.us-east-1.amazonaws.com", "/2015-03-31/functions/x%2Fy%2Fz", "GetFunction"),  # decoded: no operation
+    ("lambda.us-east-1.amazonaws.com", "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012"
+                                       "%3Afunction%3Ax/policy", "GetPolicy"),
+])
+def test_an_encoded_slash_that_names_nothing_else_is_decided_as_sent(host, path, operation):
+    service = "s3" if "s3." in host else "lambda"
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/{service}/aws4_request, "
+                                "SignedHeaders=host, Signature=00", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    got = classify("GET", host, path, "", headers, None)
+    assert (got.operation, got.action, got.decoded_as, got.error) == (operation, f"{service}:{operation}", None, None)
+
+
+@pytest.mark.parametrize("path, reading", [
+    ("/2015-03-31/functions/x%2F", "GetFunction of another FunctionName"),  # x, once the last slash is dropped
+    ("/2015-03-31/functions/x%2F%2Fpolicy", "GetPolicy"),  # // folded
+])
+def test_an_encoded_slash_read_with_the_path_folded_is_refused_too(path, reading):
+    headers = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/lambda/aws4_request, "
+                                "SignedHeaders=host, Signature=00"}
+    got = classify("GET", "lambda.us-east-1.amazonaws.com", path, "", headers, None)
+    assert got.action == "unknown" and f"the path is {reading}" in got.decoded_as, got
 
 
 def test_a_form_post_is_read_as_the_get_it_stands_for_only_where_the_sdk_sends_one():

@@ -118,6 +118,7 @@ SIGV4_CREDENTIAL_RE = re.compile(r"Credential=([^,\s]+)")
 SCOPE_DATE_RE = re.compile(r"\d{8}")
 SMITHY_RPC_PATH_RE = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
 TEMPLATE_LABEL_RE = re.compile(r"\{([^}]+)\}")
+ENCODED_SLASH_RE = re.compile(r"%2[fF]")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 ARN_ACCOUNT_RE = re.compile(r"^arn:[^:]+:[^:]*:[^:]*:(\d{12}):")
 QUEUE_URL_ACCOUNT_RE = re.compile(r"^https?://[^/]+/(\d{12})/[^/]+$")
@@ -160,6 +161,12 @@ class Classification:
     # (``region``): such a call is refused whatever policy says (addons/classify.py), since it
     # would be decided for one region and signed for another; ``error`` says so too.
     signed_region: str | None = None
+    # What a REST path names once its encoded slashes are decoded, where that is another operation
+    # (or another reading) than the one its raw path names: a non-greedy label holding ``%2F``
+    # (``/2015-03-31/functions/x%2Fpolicy``: GetFunction of ``x/policy``, or GetPolicy of ``x`` for
+    # a server that decodes the path before it routes). Such a call is refused whatever policy
+    # says (addons/classify.py); ``error`` says so too.
+    decoded_as: str | None = None
     # What IAM also authorises for this call, decided beside it (``implied_actions``): the source
     # object an S3 copy reads, as s3:GetObject; the ACL, tags or object lock an S3 write sets; the
     # service's tagging action for tags set with a create (``implied_tagging``); the other verbs
@@ -495,12 +502,13 @@ class Route:
     required_query: tuple[str, ...]  # wire names of required querystring members
     required_headers: tuple[str, ...]  # lower-case names of required header members
     rank: tuple  # static part of the match score: more literal wins
+    greedy: tuple[bool, ...] = ()  # per label: whether it is greedy ({Key+}), and may hold slashes
 
 
 def compile_route(name: str, operation: dict, shapes: dict) -> Route:
     uri = operation["http"].get("requestUri", "/")
     path, _, literal_query = uri.partition("?")
-    regex, labels, literal_chars, position = ["^"], [], 0, 0
+    regex, labels, greedy_labels, literal_chars, position = ["^"], [], [], 0, 0
     for found in TEMPLATE_LABEL_RE.finditer(path):
         literal = path[position:found.start()]
         regex.append(re.escape(literal))
@@ -508,6 +516,7 @@ def compile_route(name: str, operation: dict, shapes: dict) -> Route:
         label = found.group(1)
         greedy = label.endswith("+")
         labels.append(label.rstrip("+"))
+        greedy_labels.append(greedy)
         regex.append(f"(?P<g{len(labels)}>.+)" if greedy else f"(?P<g{len(labels)}>[^/]+)")
         position = found.end()
     regex.append(re.escape(path[position:]) + "$")
@@ -527,7 +536,7 @@ def compile_route(name: str, operation: dict, shapes: dict) -> Route:
             required_headers.append(wire.lower())
     rank = (len(literals), len(required_query) + len(required_headers), literal_chars, -len(labels))
     return Route(name, re.compile("".join(regex), re.S), tuple(labels), literals,
-                 tuple(required_query), tuple(required_headers), rank)
+                 tuple(required_query), tuple(required_headers), rank, tuple(greedy_labels))
 
 
 @dataclasses.dataclass
@@ -2148,6 +2157,7 @@ class Resolution:
     route: Route | None = None
     match: re.Match | None = None
     request: WireRequest | None = None  # the request as matched, when it had to be read differently
+    decoded_as: str | None = None  # what its path names once decoded, where that differs (``decoded_reading``)
 
 
 class Classifier:
@@ -2256,6 +2266,13 @@ class Classifier:
             return result
         for candidates in tiers:  # the host's services first, then all that sign with the scope's name
             resolution = self.resolve(request, candidates, endpoint)
+            if not isinstance(resolution, str) and resolution.decoded_as is not None:
+                # not described: it is refused as it is (addons/classify.py), named as its raw path reads
+                result.service, result.operation = resolution.routing.entry.name, resolution.operation
+                result.protocol = resolution.protocol
+                result.signing_name = result.signing_name or resolution.routing.entry.signing_name
+                result.error = result.decoded_as = resolution.decoded_as
+                return result
             if not isinstance(resolution, str):
                 self.describe(result, resolution.request or request, resolution, endpoint)
                 return result
@@ -2411,7 +2428,55 @@ class Classifier:
         if hint is not None and hint != route.operation:
             return (f"the request is {route.operation} by its path and query, and says x-id={hint[:60]}: "
                     "the request is ambiguous")
-        return Resolution(routing, route.operation, rest_protocol(routing.entry), route, match)
+        found = Resolution(routing, route.operation, rest_protocol(routing.entry), route, match)
+        if "%2" in path and ENCODED_SLASH_RE.search(path):
+            found.decoded_as = self.decoded_reading(routing, route, match, request, path, endpoint)
+        return found
+
+    def decoded_reading(self, routing: ServiceRouting, route: Route, match: re.Match, request: WireRequest,
+                        path: str, endpoint: Endpoint | None) -> str | None:
+        """Why ``path``, matched as ``route`` at its raw slashes (as AWS and moto route), names
+        something else once decoded, as a server that decodes a path before it routes reads it
+        (and perhaps then folds ``//`` and drops a last ``/``); None when it names the same. Only an
+        encoded slash in a non-greedy label can move a segment boundary: one in a greedy label (an
+        S3 key) is part of its value either way, and one whose decoded path matches no operation
+        of the service is left as it is."""
+        held = [label for label, greedy, value in zip(route.labels, route.greedy, match.groups())
+                if not greedy and ENCODED_SLASH_RE.search(value)]
+        if not held:
+            return None
+        what = (f"{request.method} {request.path[:200]} is {route.operation} by its raw path, whose "
+                f"{', '.join(held)} holds an encoded slash (%2F)")
+        raw_values = tuple(unquote(v, errors="surrogateescape") for v in match.groups())
+        decoded = unquote(path, errors="surrogateescape")
+        folded = re.sub("/+", "/", decoded)
+        folded = folded[:-1] if len(folded) > 1 and folded.endswith("/") else folded
+        for reading in dict.fromkeys((decoded, folded)):
+            best: tuple | None = None
+            ties: list[tuple[Route, re.Match]] = []
+            for other in routing.routes(request.method).for_query(request.query):
+                found = other.pattern.match(reading)
+                if found is None:
+                    continue
+                score = self.route_score(other, routing, request, endpoint)
+                if best is None or score > best:
+                    best, ties = score, [(other, found)]
+                elif score == best:
+                    ties.append((other, found))
+            if not ties:
+                continue
+            decoded_as = "decoded" if reading == decoded else f"decoded as {reading[:200]}"
+            operations = sorted({r.operation for r, _ in ties})
+            if len(operations) > 1:
+                return f"{what}; {decoded_as}, the path matches {', '.join(operations)} alike: the request is ambiguous"
+            other, found = ties[0]
+            if other.operation != route.operation:
+                return (f"{what}; {decoded_as}, as a server that decodes a path before it routes reads it, the "
+                        f"path is {other.operation}: the request is ambiguous")
+            if found.groups() != raw_values:
+                return (f"{what}; {decoded_as}, the path is {other.operation} of another "
+                        f"{', '.join(other.labels)}: the request is ambiguous")
+        return None
 
     @staticmethod
     def route_score(route: Route, routing: ServiceRouting, request: WireRequest, endpoint: Endpoint | None) -> tuple:
