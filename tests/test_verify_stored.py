@@ -150,7 +150,7 @@ def test_a_time_on_postgresql_is_a_time(home: Path) -> None:
     listed = json.loads(cli("calls", "list", "--since", noon.isoformat(), "--db", url, "--json").stdout)
     assert records[1].id in [c["id"] for c in listed]
     dry = cli("prune", "--before", noon.isoformat(), "--db", url, "--dry-run")
-    assert dry.exit_code == 0 and "would delete 1 records" in dry.stdout, dry.output
+    assert dry.exit_code == 0 and "would delete 1 record from" in dry.stdout, dry.output
 
     edit(url, "update calls set time = 'infinity' where seq = 2")
     code, broken, error = verify(url)
