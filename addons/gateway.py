@@ -305,6 +305,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
             sessions_ended=keys / "console-sessions-ended").app)
 
     stopping = False
+    status = 0
 
     def stop(signum: int) -> None:
         nonlocal stopping
@@ -319,6 +320,25 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
                  "drain_seconds, %g s)", signal.Signals(signum).name, settings.drain_seconds)
         recorder.stopped_by = signal.Signals(signum).name
         loop.create_task(_stop(), name="agentgate-stop")
+
+    writer_gone = False
+    running = False
+
+    def writer_ended() -> None:
+        """(A worker.) Its store's writer process has ended: every call it takes would be refused
+        while the other workers serve. It stops as at SIGTERM (its connections closed, for the
+        agents to retry on the others) and exits with 1, so that the supervisor starts it again,
+        with a writer process of its own; once it listens, when the writer ended before that."""
+        nonlocal stopping, status, writer_gone
+        writer_gone = True
+        if stopping or not running:
+            return
+        stopping, status = True, 1
+        recorder.stopped_by = "the end of the store's writer process"
+        loop.create_task(_stop(), name="agentgate-stop")
+
+    if worker is not None and isinstance(store, StoreProcess):
+        store.on_ended = writer_ended
 
     async def _stop() -> None:
         # No new connections (with workers, the others take them). The agents' idle connections are
@@ -348,16 +368,20 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         loop.add_signal_handler(sig, stop, sig)
 
     def listening() -> None:
+        nonlocal running
         if worker:  # the first worker prints the banner for all of them
             log.info("worker %d (pid %d) listening on %s:%d", worker, os.getpid(), listen_host, listen_port)
         else:
             _banner(settings, worker, listen_host, listen_port, store, created, current, console, m)
+        running = True
+        if writer_gone:  # its writer process ended while it started
+            writer_ended()
     m.addons.add(Listening(listening, heartbeat))
 
     checking = None if validator is None or worker else loop.create_task(_check_issuer(validator),
                                                                          name="agentgate-issuer-check")
     try:
-        return await _run_until_done(m, console, approvals, notifier, store, validator, watch)
+        return await _run_until_done(m, console, approvals, notifier, store, validator, watch) or status
     finally:
         if checking is not None:
             checking.cancel()

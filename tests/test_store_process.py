@@ -5,7 +5,9 @@ real gateways on SQLite in front of the canned upstream, boto3 as the agent:
   written everything and checkpointed its chain head; after the gateway is killed outright (SIGKILL)
   too, once it sees its gateway gone;
 - when the writer process dies, the gateway says so once and refuses every call from then on with
-  an AWS-shaped 503 (fail closed), and keeps running;
+  an AWS-shaped 503 (fail closed), and keeps running; a worker (``workers = N``) whose writer
+  process dies stops instead, and its supervisor starts it again with a new writer, so that no
+  share of the agents' connections is refused for good;
 - ``store_writer = "thread"`` (the default) keeps the writer in the gateway's process."""
 
 from __future__ import annotations
@@ -218,3 +220,39 @@ def test_under_workers_each_writer_process_names_itself_in_the_log(tmp_path, iss
     log = gw.log()
     for pid in writers:  # as every worker's own lines do
         assert re.search(rf"INFO \[{pid}\] agentgate\.store: store \S+: writer \S+ started", log), (pid, log[-2000:])
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def test_under_workers_a_worker_whose_writer_process_dies_is_started_again(tmp_path, issuer, upstream):
+    gw = start(tmp_path, issuer, upstream, workers=2)
+    try:
+        deadline = time.monotonic() + 20
+        while len(writers := writers_under(gw.proc.pid)) < 2:
+            assert time.monotonic() < deadline, writers
+            time.sleep(0.2)
+        list_tables(gw, issuer, 3)
+        writer = writers[0]
+        worker = parent_of(writer)
+        os.kill(writer, signal.SIGKILL)
+        assert gone_within(writer, 5)
+        deadline = time.monotonic() + 20
+        while True:  # the worker stops, and the supervisor starts another, with a writer of its own
+            now = writers_under(gw.proc.pid)
+            if len(now) == 2 and writer not in now and gw.log().count("listening on") >= 3:
+                break
+            assert time.monotonic() < deadline, (now, gw.log()[-3000:])
+            time.sleep(0.2)
+        assert not alive(worker)
+        for i in range(12):  # each agent on a connection of its own, which either worker may take: none refused
+            ddb = agent(gw, issuer, f"after-{i}", "dynamodb")
+            assert ddb.list_tables()["ResponseMetadata"]["HTTPStatusCode"] == 200
+    finally:
+        gw.stop()
+    log = gw.log()
+    assert (f"the writer process {writer} has ended (exit code -9)" in log
+            and "stopping this worker, for its supervisor to start it again" in log), log[-3000:]
+    assert re.search(rf"worker \d \(pid {worker}\) exited with 1; starting it again in \d+ s", log), log[-3000:]
+    assert "Traceback" not in log

@@ -193,6 +193,9 @@ class StoreProcess(Store):
         self._ended = False  # the child is gone: every write is refused
         self._stopping = False
         self._versions_sent: set[str] = set()  # policy versions whose text the writer process was given
+        # called (on the event loop) when the writer process ends while the gateway is not stopping:
+        # a worker stops then, to be started again by its supervisor with a writer of its own
+        self.on_ended = None
 
     def start(self) -> None:
         """Start the writer process. It starts its writer while the gateway goes on starting;
@@ -257,12 +260,15 @@ class StoreProcess(Store):
         if self._stopping:
             return
         log.error("store %s: the writer process %s has ended (exit code %s)%s; %d records waiting for their commit are "
-                  "lost; refusing every call from now on", self.where, self.pid, code, why, len(self._waiting))
+                  "lost; refusing every call from now on%s", self.where, self.pid, code, why, len(self._waiting),
+                  "" if self.on_ended is None else "; stopping this worker, for its supervisor to start it again")
         error = StoreUnavailable(f"the store at {self.where} cannot write ({self._last_error})")
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        if self.on_ended is not None:
+            self.on_ended()
 
     async def write(self, record: Record, *, if_refused: dict[str, Any] | None = None,
                     if_gone: dict[str, Any] | None = None, gone=None) -> bool:
