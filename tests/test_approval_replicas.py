@@ -1,6 +1,7 @@
 """Two gateway processes on one PostgreSQL store: a call held by one is released within a second of
 an approval made through the other's console, or through the command line; a retry through one of
-a call whose earlier try left the other before its hold ended is answered at once."""
+a call whose earlier try left the other before its hold ended is answered at once; a console
+session signed out through one is refused by the other."""
 
 from __future__ import annotations
 
@@ -150,3 +151,23 @@ def test_concurrent_asks_of_one_principal_through_both_replicas_open_no_more_tha
     finally:
         for gw in gws:
             gw.stop()
+
+
+def test_a_console_session_signed_out_on_one_replica_is_ended_on_the_other(replicas, issuer):
+    """Replicas sharing the keys (the admin token) honour each other's console sessions; a sign-out
+    through one replica's console ends the session on the other too (each has keys/ of its own)."""
+    (a, b), _ = replicas
+    with console(a) as ca, console(b) as cb:
+        session = ca.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
+        signed_in = {"authorization": f"Bearer {session}"}
+        assert cb.get("/api/state", headers=signed_in).status_code == 200  # one signature for both replicas
+        assert ca.post("/api/logout", json={}, headers=signed_in).json() == {"ok": True}
+        for c in (ca, cb):
+            r = c.get("/api/state", headers=signed_in)
+            assert r.status_code == 401 and r.json()["error"] == "the console session has ended: sign in again", r.text
+            r = c.post("/api/approvals/ap-000000000000/approve", json={"reason": "after signing out"},
+                       headers=signed_in)
+            assert r.status_code == 401, r.text
+        # another session of the same approver is not touched
+        other = cb.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
+        assert ca.get("/api/state", headers={"authorization": f"Bearer {other}"}).status_code == 200

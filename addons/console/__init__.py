@@ -167,6 +167,18 @@ class Sessions:
         return Principal(sub=s["sub"], iss=s["iss"], aud=tuple(s["aud"]), groups=tuple(s["groups"]),
                          on_behalf_of=s["on_behalf_of"], exp=s["exp"], claims=s["claims"]), ""
 
+    def nonce(self, session: str) -> str | None:
+        """The nonce of a session this console signed (whether or not it has ended); None otherwise."""
+        s = self._statement(session)
+        return s["n"] if s is not None and isinstance(s.get("n"), str) else None
+
+    def ended_until(self, session: str) -> tuple[str, float] | None:
+        """(nonce, expiry) of a session this console signed, as its sign-out is kept."""
+        s = self._statement(session)
+        if s is None or not isinstance(s.get("n"), str) or not isinstance(s.get("exp"), (int, float)):
+            return None
+        return s["n"], float(s["exp"])
+
     def end(self, session: str, now: float | None = None) -> None:
         s = self._statement(session)
         if s is None:
@@ -225,6 +237,8 @@ class Console:
             return None, "the token is neither the local admin token nor an OIDC token this gateway accepts"
         if token.startswith(SESSION_PREFIX):
             principal, why = self.sessions.principal(token)
+            if principal is not None and await self._signed_out_elsewhere(token):
+                return None, "the console session has ended: sign in again"
             if principal is not None and not is_admin(principal) and not self.may_view(principal):
                 return None, f"{principal.sub} is no longer an approver"
             return principal, why
@@ -242,6 +256,19 @@ class Console:
             return None, (f"{principal.sub} is not an approver: the console is for the approvers that the "
                           "policies' approve rules and grant_approvers name")
         return principal, ""
+
+    async def _signed_out_elsewhere(self, session: str) -> bool:
+        """Whether the session was signed out through another console sharing the store (another
+        replica's). A store that cannot be read leaves the sign-outs this process knows."""
+        nonce = self.sessions.nonce(session)
+        if nonce is None or self.store is None:
+            return False
+        try:
+            return await asyncio.to_thread(self.store.console_session_ended, nonce)
+        except StoreError as e:
+            log.warning("cannot read the console's sign-outs from the store (%s): a session signed out through "
+                        "another replica's console is not known here", e)
+            return False
 
     async def _who(self, request: Request) -> tuple[Any, JSONResponse | None]:
         principal, why = await self._principal(_bearer(request))
@@ -303,6 +330,13 @@ class Console:
         token = _bearer(request)
         if token and token.startswith(SESSION_PREFIX):
             self.sessions.end(token)
+            ended = self.sessions.ended_until(token)
+            if ended is not None and self.store is not None:
+                try:  # for every replica sharing the store
+                    await asyncio.to_thread(self.store.end_console_session, *ended)
+                except StoreError as e:
+                    log.warning("could not keep the console's sign-out in the store (%s): other replicas still "
+                                "honour the session until it expires", e)
         return JSONResponse({"ok": True})
 
     @staticmethod

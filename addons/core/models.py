@@ -1,5 +1,5 @@
-"""The store's schema: sessions, calls, approvals and their events, policy versions and chain
-checkpoints.
+"""The store's schema: sessions, calls, approvals and their events, policy versions, chain
+checkpoints and the approvals console's sign-outs.
 
 Typed SQLAlchemy 2 models; the same tables on SQLite and PostgreSQL. The migrations in
 ``addons/migrations`` create and evolve them; these classes are what the code reads and writes.
@@ -285,3 +285,14 @@ class Checkpoint(Base):
         CheckConstraint("kind IN ('head', 'prune')", name="kind"),
         Index(None, "writer_id", "seq"),
     )
+
+
+class ConsoleSignout(Base):
+    """A console session signed out before it expired: every replica (and worker) sharing the store
+    refuses it from then on. ``until``: when the session would have expired, after which the row
+    is of no more use."""
+
+    __tablename__ = "console_signouts"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)  # the session's "n"
+    until: Mapped[dt.datetime] = mapped_column(UtcDateTime)

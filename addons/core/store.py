@@ -98,7 +98,7 @@ from sqlalchemy.types import NullType
 
 from . import chain
 from .chain import GENESIS, ApprovalEventCheck, ChainCheck, CheckpointInfo, VerifyResult
-from .models import AgentSession, ApprovalEvent, Call, Checkpoint, PolicyVersion
+from .models import AgentSession, ApprovalEvent, Call, Checkpoint, ConsoleSignout, PolicyVersion
 from .models import Approval as ApprovalRow
 from .records import RECORDED_RESOURCES, REDACTED_HEADERS, Record, new_id
 
@@ -267,7 +267,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0008_approval_client_left"
+HEAD_REVISION = "0009_console_signouts"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -1817,6 +1817,26 @@ class Store:
             rows = conn.execute(form.select().where(t.c.id == session_id)).all()
             found = list(readable(rows, form, _session, unreadable, partial=True))
         return session_dict(found[0]) if found else None
+
+    def end_console_session(self, nonce: str, until: float) -> None:
+        """Keep a console session's sign-out (its nonce, until it would have expired), for every
+        console sharing the store to refuse it; sign-outs past their expiry are dropped meanwhile."""
+        t = ConsoleSignout.__table__
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(ConsoleSignout).where(t.c.until <= now))
+                conn.execute(self._upsert(t).values(
+                    nonce=nonce, until=dt.datetime.fromtimestamp(until, dt.timezone.utc)
+                ).on_conflict_do_nothing(index_elements=[t.c.nonce]))
+        except SQLAlchemyError as e:
+            raise StoreUnavailable(f"cannot write to the store at {self.where}: {_one_line(e)}") from None
+
+    def console_session_ended(self, nonce: str) -> bool:
+        """Whether a console session was signed out (through any console sharing the store)."""
+        t = ConsoleSignout.__table__
+        with self._reading() as conn:
+            return conn.execute(select(t.c.nonce).where(t.c.nonce == nonce)).first() is not None
 
     def policy_version(self, version: str) -> str | None:
         self._check_schema()
