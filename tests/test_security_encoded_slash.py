@@ -12,8 +12,6 @@ rule says, one allowing ``unknown`` included; an S3 key holding ``%2F`` (a greed
 
 from __future__ import annotations
 
-import re
-import ssl
 import time
 
 import boto3
@@ -22,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.gateway import TEST_POLICY, Gateway
-from tests.support.raw import tunnel
+from tests.support.raw import exchange
 
 AWS_KEY = ("AKIAENCODEDSLASHTEST", "not-used-by-the-canned-upstream")
 # a rule allowing `unknown` too: the refusal is not policy's to make
@@ -66,22 +64,7 @@ def send(gw, token: str, host: str, method: str, path: str, service: str) -> byt
             "X-Amz-Content-SHA256: UNSIGNED-PAYLOAD\r\n"
             f"Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/{service}/aws4_request, "
             f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}\r\nContent-Length: 0\r\n\r\n")
-    tls = tunnel(gw, token, host)
-    tls.sendall(head.encode())
-    tls.settimeout(10)
-    data = b""
-    try:
-        while chunk := tls.recv(65536):
-            data += chunk
-            top, sep, rest = data.partition(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", top)
-            if sep and length and len(rest) >= int(length[1]):
-                break
-    except (TimeoutError, ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        tls.close()
-    return data
+    return exchange(gw, token, head.encode(), host, timeout=10)
 
 
 def test_a_function_name_with_a_slash_is_not_decided_as_one_operation_and_run_as_another(gw, issuer, upstream):

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import ssl
 import time
 
 import pytest
 
 from tests.support.gateway import Gateway
-from tests.support.raw import tunnel
+from tests.support.raw import exchange
 
 BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 CHUNKED = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
@@ -89,22 +88,7 @@ def gw(tmp_path_factory, issuer, upstream):
 
 def send(gw, token: str | None, raw: bytes) -> bytes:
     """Everything the gateway answers to ``raw`` before it closes the connection or goes quiet."""
-    tls = tunnel(gw, token)
-    tls.sendall(raw)
-    tls.settimeout(3)
-    data = b""
-    try:
-        while chunk := tls.recv(65536):
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            length = [ln.split(b":", 1)[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
-            if sep and length and len(body) >= int(length[0]):
-                break
-    except (TimeoutError, ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        tls.close()
-    return data
+    return exchange(gw, token, raw)
 
 
 def forwarded(upstream, since: int) -> list:
@@ -325,22 +309,7 @@ def test_a_body_in_a_coding_services_do_not_undo_is_refused_and_nothing_goes_ups
                 f"Content-Encoding: {content_encoding}\r\nX-Amz-Date: 20260101T000000Z\r\n"
                 "Authorization: AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/sns/aws4_request, "
                 f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}\r\nContent-Length: {len(body)}\r\n\r\n")
-        tls = tunnel(gw, issuer.mint(sub), host)
-        tls.sendall(head.encode() + body)
-        tls.settimeout(10)
-        data = b""
-        try:
-            while chunk := tls.recv(65536):
-                data += chunk
-                top, sep, rest = data.partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", top)
-                if sep and length and len(rest) >= int(length[1]):
-                    break
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            tls.close()
-        return data
+        return exchange(gw, issuer.mint(sub), head.encode() + body, host, timeout=10)
 
     sub = f"agent-coding-{re.sub(r'[^a-z]', '', coding.lower())}"
     before_up, before_records = len(upstream.requests), len(gw.records())

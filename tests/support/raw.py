@@ -4,6 +4,7 @@ requests no SDK would send."""
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import ssl
 import time
@@ -34,6 +35,28 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
         raise AssertionError(f"the gateway refused the tunnel: {data!r}")
     return ssl.create_default_context(cafile=str(gw.ca_file)).wrap_socket(s, server_hostname=host)
 
+
+
+def exchange(gw, token: str | None, raw: bytes, host: str = "sts.amazonaws.com", timeout: float = 3.0) -> bytes:
+    """``raw`` sent in a tunnel to ``host``: everything the gateway answers before it closes the
+    connection, goes quiet for ``timeout`` seconds, or has sent a whole answer (its head and the
+    body its Content-Length gives)."""
+    tls = tunnel(gw, token, host)
+    tls.sendall(raw)
+    tls.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := tls.recv(65536):
+            data += chunk
+            top, sep, rest = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", top)
+            if sep and length and len(rest) >= int(length[1]):
+                break
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        tls.close()
+    return data
 
 
 def s3_signed(method: str, url: str) -> dict[str, str]:
