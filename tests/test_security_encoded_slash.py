@@ -19,22 +19,16 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.gateway import TEST_POLICY, Gateway
+from tests.support.gateway import EVEN_UNKNOWN, Gateway
 from tests.support.raw import exchange
 
 AWS_KEY = ("AKIAENCODEDSLASHTEST", "not-used-by-the-canned-upstream")
-# a rule allowing `unknown` too: the refusal is not policy's to make
-POLICY = TEST_POLICY + """\
-  - id: sandbox-unknown
-    action: [unknown]
-    decision: allow
-"""
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, issuer, upstream):
     g = Gateway(tmp_path_factory.mktemp("encoded-slash"), issuer=issuer.issuer, upstream=upstream.url,
-                aws_key=AWS_KEY, policy=POLICY)
+                aws_key=AWS_KEY, policy=EVEN_UNKNOWN)  # the refusal is not policy's to make
     with g:
         yield g
     print(g.log()[-3000:])

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import run_agent
-from tests.support.gateway import TEST_POLICY, Gateway
+from tests.support.gateway import EVEN_UNKNOWN, Gateway
 from tests.test_data_path import agent, check
 from tests.test_fuzz_gateway import _request, aws_error, exchange
 
@@ -204,13 +204,6 @@ def test_a_presigned_s3_url_for_another_region_gets_s3s_answer_naming_the_region
     assert "the region 'us-east-1' is wrong; expecting 'eu-west-1'" in root.findtext("Message")
     assert "in eu-west-1" not in got.text
     assert tries(gateway, sub) == [("GET", *REFUSED_TRY)]
-
-
-EVEN_UNKNOWN = TEST_POLICY + """\
-  - id: even-unknown
-    action: [unknown]
-    decision: allow
-"""
 
 
 @pytest.fixture(scope="module")

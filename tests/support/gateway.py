@@ -42,6 +42,14 @@ rules:
     reason: agents do not manage IAM
 """
 
+# TEST_POLICY and a rule allowing calls the gateway cannot name (`unknown`): for tests of refusals
+# that are not policy's to make
+EVEN_UNKNOWN = TEST_POLICY + """\
+  - id: even-unknown
+    action: [unknown]
+    decision: allow
+"""
+
 
 def free_port() -> int:
     return free_ports(1)[0]
