@@ -163,36 +163,38 @@ def _answer_maps(operation: str, params: dict, answer: dict):
         table, key = params.get("TableName"), answer.get("LastEvaluatedKey")
         if isinstance(table, str) and isinstance(key, dict):
             yield ("LastEvaluatedKey",), table, params.get("IndexName"), START, key
-    elif operation == "BatchGetItem":
-        for table, asked in _items(answer.get("UnprocessedKeys")):
-            for i, key in enumerate(asked.get("Keys") or () if isinstance(asked, dict) else ()):
-                if isinstance(key, dict):
-                    yield ("UnprocessedKeys", table, i), table, None, GET_KEY, key
-    elif operation == "BatchWriteItem":
-        for table, writes in _items(answer.get("UnprocessedItems")):
-            for i, write in enumerate(writes if isinstance(writes, list) else ()):
-                for request, member, use in _WRITES:
-                    found = write.get(request) if isinstance(write, dict) else None
-                    item = found.get(member) if isinstance(found, dict) else None
-                    if isinstance(item, dict):
-                        yield ("UnprocessedItems", table, i, request), table, None, use, item
+        return
+    member = "UnprocessedKeys" if operation == "BatchGetItem" else "UnprocessedItems"
+    for table, i, request, _, use, key in _batch(operation, answer.get(member)):
+        yield (member, table, i, request), table, None, use, key
 
 
 def _request_maps(operation: str, items: dict):
     """(where, table, place, key or item) for each key of a BatchGetItem's ``RequestItems`` or item
     and key of a BatchWriteItem's, which may hold values sealed for it."""
-    for table, asked in _items(items):
+    for table, i, request, member, use, key in _batch(operation, items):
+        if request is None:
+            yield f"RequestItems.{table}.Keys[{i}]", table, use, key
+        else:
+            yield f"RequestItems.{table}[{i}].{request}.{member}", table, use, key
+
+
+def _batch(operation: str, tables: Any):
+    """(table, position, request, member, place, key or item) for each key of a BatchGetItem's
+    ``RequestItems`` (request None) and each item and key of a BatchWriteItem's: also the shape of
+    their answers' ``UnprocessedKeys`` and ``UnprocessedItems``."""
+    for table, asked in _items(tables):
         if operation == "BatchGetItem":
             for i, key in enumerate(asked.get("Keys") or () if isinstance(asked, dict) else ()):
                 if isinstance(key, dict):
-                    yield f"RequestItems.{table}.Keys[{i}]", table, GET_KEY, key
-        else:
+                    yield table, i, None, "Keys", GET_KEY, key
+        elif operation == "BatchWriteItem":
             for i, write in enumerate(asked if isinstance(asked, list) else ()):
                 for request, member, use in _WRITES:
                     found = write.get(request) if isinstance(write, dict) else None
                     item = found.get(member) if isinstance(found, dict) else None
                     if isinstance(item, dict):
-                        yield f"RequestItems.{table}[{i}].{request}.{member}", table, use, item
+                        yield table, i, request, member, use, item
 
 
 def _items(tables: Any):
