@@ -480,6 +480,16 @@ def _new_id(kind: str) -> str:
     return ("gr-" if kind == "grant" else "ap-") + secrets.token_hex(6)
 
 
+# what makes each kind of store read-only, and what to do (``Approvals._unavailable``)
+_READ_ONLY_POSTGRES = ("A hot standby takes no writes, nor does a database or role with default_transaction_read_only "
+                       "on: point db (agentgate.toml or AGENTGATE_DB) at the primary, or turn "
+                       "default_transaction_read_only off")
+_READ_ONLY_SQLITE = ("SQLite opens a database read-only when this user cannot write its file or the directory it is "
+                     "in, when its filesystem is mounted read-only, or when the URL says mode=ro: run this as a user "
+                     "who can write the store (the gateway's), where it is mounted read-write, or through a "
+                     "gateway's console")
+
+
 class Approvals:
     """Approvals in a store (``core.store.Store``): ask, decide, take, wait, and access grants."""
 
@@ -506,19 +516,10 @@ class Approvals:
     # -- reading ---------------------------------------------------------------------------------
 
     def _unavailable(self, e: BaseException) -> StoreUnavailable:
-        if read_only(e) and not self.postgres:  # SQLite opened the file read-only
+        if read_only(e):  # it answered: reachable, but it takes no writes
             return StoreUnavailable(
                 f"the store at {self.where} refused the write because it is read-only ({_one_line(e)}): nothing was "
-                "changed. SQLite opens a database read-only when this user cannot write its file or the "
-                "directory it is in, when its filesystem is mounted read-only, or when the URL says mode=ro: "
-                "run this as a user who can write the store (the gateway's), where it is mounted read-write, "
-                "or through a gateway's console, then try again")
-        if read_only(e):  # it answered: reachable, but it takes no writes (a hot standby, read-only by default)
-            return StoreUnavailable(
-                f"the store at {self.where} refused the write because it is read-only ({_one_line(e)}): nothing was "
-                "changed. A hot standby takes no writes, nor does a database or role with "
-                "default_transaction_read_only on: point db (agentgate.toml or AGENTGATE_DB) at the primary, or "
-                "turn default_transaction_read_only off, then try again")
+                f"changed. {_READ_ONLY_POSTGRES if self.postgres else _READ_ONLY_SQLITE}, then try again")
         return StoreUnavailable(f"the approvals in the store at {self.where} cannot be reached: {_one_line(e)}")
 
     def get(self, approval_id: str, unreadable: list[str] | None = None) -> Approval | None:
