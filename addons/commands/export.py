@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import click
 
-from .store import (BadInput, _echo_json, _key, _line, _settings, _store, _text, broken, db_option, fail_unreadable,
+from .store import (BadInput, _echo_json, _key, _line, _n, _settings, _store, _text, broken, db_option, fail_unreadable,
                     key_option, parse_when, progress)
 
 
@@ -302,10 +302,6 @@ def _counted(calls: Iterator[dict]) -> Iterator[dict]:
         if n % PROGRESS_EVERY == 0:
             progress(f"  {n} records ...")
         yield call
-
-
-def _n(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _done(what: str, output: str, how: str = "") -> None:
