@@ -38,6 +38,24 @@
    httpx is imported (None in ``sys.modules``, which httpx's own ``try: from ._main import main``
    takes as its command line not installed); everything else of httpx is as it is.
 
+7. Header lookups. mitmproxy's ``Headers`` find a field by walking all of them, lower-casing each
+   name, on every lookup (``headers.get("content-length")`` also raises and catches a KeyError when
+   the field is absent), and mitmproxy's HTTP/1 layer alone looks up a request's and a response's
+   headers a dozen times (framing, validation), the gateway's stages more. ``quick_header_lookups()``
+   makes ``get``, ``[]``, ``in`` and ``get_all`` read an index of the fields by lower-case name,
+   built on the first lookup and kept for as long as ``fields`` is the same tuple (every change
+   replaces it). Same values, same errors.
+
+8. Stream contexts. mitmproxy's ``Context.fork`` (once per HTTP request) builds a whole ``Context``,
+   whose ``__init__`` makes a ``Server`` connection (some twenty fields, each set through
+   ``Connection.__setattr__``, and a ``uuid4`` id) that ``fork`` throws away at once.
+   ``light_stream_contexts()`` forks without it.
+
+9. Around each hook (four or more per HTTP request), mitmproxy's ``Hook.args`` walks
+   ``dataclasses.fields`` and the connection's ``TimeoutWatchdog.disarm`` is a generator-based
+   context manager. ``lighter_hooks()`` looks each hook class's field names up once and makes
+   ``disarm`` a plain context manager doing the same.
+
 All check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
 why at debug level and return False, and the gateway runs on mitmproxy's own code.
 """
@@ -352,4 +370,190 @@ def cheap_option_reads() -> bool:
 
     cheap_current._agentgate = True
     option.current = cheap_current
+    return True
+
+
+_HEADER_NAMES: dict[Any, bytes] = {}  # a header name as given (str or bytes) -> its lower-case bytes
+_INDEX = "_agentgate_index"
+
+
+def _header_key(name: Any) -> bytes:
+    key = _HEADER_NAMES.get(name)
+    if key is None:
+        if isinstance(name, str):
+            key = name.encode("utf-8", "surrogateescape").lower()
+        elif isinstance(name, bytes):
+            key = name.lower()
+        else:
+            raise TypeError(f"Expected str or bytes, but got {type(name).__name__}.")
+        if len(_HEADER_NAMES) >= 4096:
+            _HEADER_NAMES.clear()
+        _HEADER_NAMES[name] = key
+    return key
+
+
+def _header_index(headers: Any) -> dict[bytes, tuple[bytes, ...]]:
+    """A ``Headers``' values by lower-case name, built once for its ``fields`` tuple (which every
+    change replaces): valid while ``fields`` is the very tuple it was built from."""
+    fields = headers.fields
+    kept = headers.__dict__.get(_INDEX)
+    if kept is not None and kept[0] is fields:
+        return kept[1]
+    index: dict[bytes, tuple[bytes, ...]] = {}
+    for k, v in fields:
+        k = k.lower()
+        got = index.get(k)
+        index[k] = (v,) if got is None else (*got, v)
+    headers.__dict__[_INDEX] = (fields, index)
+    return index
+
+
+def quick_header_lookups() -> bool:
+    """Look header fields up by name through an index instead of a walk over every field (7. above).
+    True when in place."""
+    try:
+        from mitmproxy import http
+        from mitmproxy.coretypes import multidict
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    headers = getattr(http, "Headers", None)
+    if getattr(getattr(headers, "get_all", None), "_agentgate", False):
+        return True
+    try:
+        kconv = inspect.getsource(headers._kconv)
+        get_all = inspect.getsource(headers.get_all)
+        getitem = inspect.getsource(multidict._MultiDict.__getitem__)
+        reduce = inspect.getsource(headers._reduce_values)
+    except (AttributeError, OSError, TypeError):
+        kconv = get_all = getitem = reduce = ""
+    if ("return key.lower()" not in kconv or "_always_bytes(name)" not in get_all or "_native(x)" not in get_all
+            or "self.get_all(key)" not in getitem or '", ".join(values)' not in reduce
+            or "__dict__" not in dir(headers()) or headers.__getitem__ is not multidict._MultiDict.__getitem__
+            or "__contains__" in vars(headers) or "get" in vars(headers) or "__contains__" in vars(multidict._MultiDict)):
+        log.debug("mitmproxy's Headers are not what quick_header_lookups expects")
+        return False
+
+    def get_all(self: Any, name: Any) -> list[str]:
+        return [v.decode("utf-8", "surrogateescape") for v in _header_index(self).get(_header_key(name), ())]
+
+    def getitem(self: Any, key: Any) -> str:
+        values = _header_index(self).get(_header_key(key))
+        if not values:
+            raise KeyError(key)
+        if len(values) == 1:
+            return values[0].decode("utf-8", "surrogateescape")
+        return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+
+    def get(self: Any, key: Any, default: Any = None) -> Any:
+        values = _header_index(self).get(_header_key(key))
+        if not values:
+            return default
+        if len(values) == 1:
+            return values[0].decode("utf-8", "surrogateescape")
+        return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+
+    def contains(self: Any, key: Any) -> bool:
+        return bool(_header_index(self).get(_header_key(key)))
+
+    for f in (get_all, getitem, get, contains):
+        f._agentgate = True
+    headers.get_all, headers.__getitem__, headers.get, headers.__contains__ = get_all, getitem, get, contains
+    return True
+
+
+def light_stream_contexts() -> bool:
+    """Fork a stream's context without the ``Server`` that ``Context.__init__`` makes and ``fork``
+    throws away (8. above). True when in place."""
+    try:
+        from mitmproxy import connection, options
+        from mitmproxy.proxy import context
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    cls = getattr(context, "Context", None)
+    if getattr(getattr(cls, "fork", None), "_agentgate", False):
+        return True
+    try:
+        src = inspect.getsource(cls.fork)
+        probe = cls(connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0),
+                    options.Options())
+    except Exception as e:  # noqa: BLE001 - any change of shape: leave mitmproxy's own
+        log.debug("mitmproxy's Context cannot be probed (%s)", e)
+        return False
+    if (set(vars(probe)) != {"client", "options", "server", "layers"} or hasattr(cls, "__slots__")
+            or "ret.server = self.server" not in src or "ret.layers = self.layers.copy()" not in src):
+        log.debug("mitmproxy's Context is not what light_stream_contexts expects")
+        return False
+    new = object.__new__
+
+    def fork(self: Any) -> Any:
+        ret = new(cls)
+        ret.client, ret.options, ret.server, ret.layers = self.client, self.options, self.server, self.layers.copy()
+        return ret
+
+    fork._agentgate = True
+    cls.fork = fork
+    return True
+
+
+class _Disarmed:
+    """What mitmproxy's ``TimeoutWatchdog.disarm`` does, as a plain context manager."""
+
+    __slots__ = ("watchdog",)
+
+    def __init__(self, watchdog: Any) -> None:
+        self.watchdog = watchdog
+
+    def __enter__(self) -> None:
+        w = self.watchdog
+        w.can_timeout.clear()
+        w.blocker += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        w = self.watchdog
+        w.blocker -= 1
+        if w.blocker == 0:
+            w.register_activity()
+            w.can_timeout.set()
+
+
+def lighter_hooks() -> bool:
+    """``Hook.args`` by field names looked up once per hook class, ``TimeoutWatchdog.disarm`` as a
+    plain context manager (9. above). True when both are in place."""
+    try:
+        from mitmproxy import hooks
+        from mitmproxy.proxy import server
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    hook, watchdog = getattr(hooks, "Hook", None), getattr(server, "TimeoutWatchdog", None)
+    if getattr(getattr(hook, "args", None), "_agentgate", False):
+        return True
+    try:
+        args_src = inspect.getsource(hook.args)
+        disarm_src = inspect.getsource(watchdog.disarm)
+    except (AttributeError, OSError, TypeError):
+        args_src = disarm_src = ""
+    body = [line.strip() for line in disarm_src.splitlines()]
+    if ("for field in fields(self)" not in args_src or "args.append(getattr(self, field.name))" not in args_src
+            or body != ["@contextmanager", "def disarm(self):", "self.can_timeout.clear()", "self.blocker += 1",
+                        "try:", "yield", "finally:", "self.blocker -= 1", "if self.blocker == 0:",
+                        "self.register_activity()", "self.can_timeout.set()"]):
+        log.debug("mitmproxy's Hook.args or TimeoutWatchdog.disarm is not what lighter_hooks expects")
+        return False
+    names: dict[type, tuple[str, ...]] = {}
+
+    def args(self: Any) -> list[Any]:
+        cls = type(self)
+        fs = names.get(cls)
+        if fs is None:
+            fs = names[cls] = tuple(f.name for f in dataclasses.fields(self))
+        return [getattr(self, n) for n in fs]
+
+    def disarm(self: Any) -> _Disarmed:
+        return _Disarmed(self)
+
+    args._agentgate = disarm._agentgate = True
+    hook.args, watchdog.disarm = args, disarm
     return True

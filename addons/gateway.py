@@ -23,6 +23,9 @@ from . import closing, fastpath
 
 fastpath.lean_addon_imports()  # before mitmproxy's master: it would import every default add-on
 fastpath.cheap_option_reads()
+fastpath.quick_header_lookups()
+fastpath.light_stream_contexts()
+fastpath.lighter_hooks()
 fastpath.no_httpx_command_line()  # before the identity module imports httpx
 
 from mitmproxy import master, options  # noqa: E402

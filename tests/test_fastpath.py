@@ -287,3 +287,202 @@ def test_a_wrapper_of_handle_connection_leaves_a_changed_mitmproxy_alone_with_it
         assert wrapper.install() is False
     assert server.ConnectionHandler.handle_connection is handle_connection
     assert words in caplog.text
+
+
+# -- 7. header lookups through an index
+
+def _stock_get_all(headers, name):
+    """mitmproxy's Headers.get_all, as its source has it (a walk over every field)."""
+    from mitmproxy.coretypes import multidict
+    from mitmproxy.http import _always_bytes, _native
+
+    return [_native(x) for x in multidict._MultiDict.get_all(headers, _always_bytes(name))]
+
+
+def _stock(headers, op, name):
+    values = _stock_get_all(headers, name)
+    if op == "get_all":
+        return values
+    if op == "in":
+        return bool(values)
+    if op == "get":
+        return ", ".join(values) if values else "absent"
+    if not values:
+        return KeyError
+    return ", ".join(values)
+
+
+def _quick(headers, op, name):
+    if op == "get_all":
+        return headers.get_all(name)
+    if op == "in":
+        return name in headers
+    if op == "get":
+        return headers.get(name, "absent")
+    try:
+        return headers[name]
+    except KeyError:
+        return KeyError
+
+
+_NAMES = ["Host", "host", "HOST", "Content-Length", "content-length", "X-Amz-Date", "x-amz-date", "X-\u00c9t\u00e9",
+          "x-\u00e9t\u00e9", "Set-Cookie", "", "te"]
+
+
+def test_header_lookups_through_the_index_give_what_mitmproxy_walks_to_before_and_after_every_change():
+    """Same values, folding and errors as mitmproxy's walk over the fields, for str and bytes names in
+    any case, duplicates, non-ASCII names (bytes lower-cased as mitmproxy lower-cases them), and
+    after each way headers change (set, delete, add, insert, set_all, fields replaced)."""
+    import importlib
+    import random
+
+    from mitmproxy.http import Headers
+
+    importlib.import_module("addons.gateway")  # puts quick_header_lookups in place, as the gateway runs
+    assert getattr(Headers.get_all, "_agentgate", False) is True
+    rng = random.Random(7)
+    encode = lambda n: n.encode("utf-8", "surrogateescape")  # noqa: E731
+    for _ in range(300):
+        fields = [(encode(rng.choice(_NAMES)), encode(rng.choice(["a", "b, c", "\u00e9", "", "1"])))
+                  for _ in range(rng.randrange(0, 8))]
+        h = Headers(fields)
+        for step in range(6):
+            for name in _NAMES + ["absent"]:
+                for key in (name, encode(name)):
+                    for op in ("get_all", "in", "get", "[]"):
+                        assert _quick(h, op, key) == _stock(h, op, key), (h.fields, op, key, step)
+            change = rng.randrange(6)
+            name = rng.choice(_NAMES)
+            if change == 0:
+                h[name] = rng.choice(["x", "y"])
+            elif change == 1 and _stock_get_all(h, name):
+                del h[name]
+            elif change == 2:
+                h.add(name, "z")
+            elif change == 3:
+                h.insert(0, name, "w")
+            elif change == 4:
+                h.set_all(name, ["p", "q"])
+            else:
+                h.fields = tuple(reversed(h.fields))
+    with pytest.raises(TypeError):  # as mitmproxy: a name must be str or bytes
+        Headers().get(3)
+    with pytest.raises(TypeError):
+        3 in Headers()  # noqa: B015
+
+
+def test_header_lookups_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
+    from mitmproxy import http
+
+    class Headers(http.Headers):  # as if mitmproxy's Headers no longer lower-cased names
+        @staticmethod
+        def _kconv(key):
+            return key
+
+        def get_all(self, name):
+            name = http._always_bytes(name)
+            return [http._native(x) for x in super().get_all(name)]
+
+    monkeypatch.setattr(http, "Headers", Headers)
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.quick_header_lookups() is False
+    assert "not what quick_header_lookups expects" in caplog.text
+    assert not hasattr(Headers.get_all, "_agentgate")
+
+
+# -- 8. stream contexts forked without a throwaway Server
+
+def test_a_forked_context_shares_the_connections_and_copies_the_layers_without_making_a_server(monkeypatch):
+    import importlib
+
+    from mitmproxy import connection
+    from mitmproxy.proxy import context
+
+    importlib.import_module("addons.gateway")
+    assert getattr(context.Context.fork, "_agentgate", False) is True
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+    ctx = context.Context(client, options.Options())
+    ctx.layers = ["a layer"]
+    made = []
+    real_init = connection.Server.__init__
+    monkeypatch.setattr(connection.Server, "__init__", lambda self, *a, **k: (made.append(1), real_init(self, *a, **k)))
+    forked = ctx.fork()
+    assert made == []  # mitmproxy's own fork made one, with a uuid4, and dropped it
+    assert type(forked) is context.Context and vars(forked).keys() == vars(ctx).keys()
+    assert forked.client is client and forked.options is ctx.options and forked.server is ctx.server
+    assert forked.layers == ["a layer"] and forked.layers is not ctx.layers
+    forked.layers.append("another")
+    assert ctx.layers == ["a layer"]
+
+
+def test_stream_contexts_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
+    from mitmproxy.proxy import context
+
+    class Context(context.Context):  # as if mitmproxy's Context kept one more thing
+        def __init__(self, client, options):
+            super().__init__(client, options)
+            self.more = []
+
+        def fork(self):
+            return Context(self.client, self.options)
+
+    monkeypatch.setattr(context, "Context", Context)
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.light_stream_contexts() is False
+    assert "not what light_stream_contexts expects" in caplog.text
+    assert not hasattr(Context.fork, "_agentgate")
+
+
+# -- 9. hook arguments and the watchdog's disarm
+
+def test_hook_arguments_are_the_hooks_fields_and_disarm_does_what_mitmproxy_s_did():
+    import dataclasses
+    import importlib
+
+    from mitmproxy import hooks
+    from mitmproxy.proxy import server
+
+    importlib.import_module("addons.gateway")
+    assert getattr(hooks.Hook.args, "_agentgate", False) is True
+    for name, cls in hooks.all_hooks.items():
+        values = [object() for _ in dataclasses.fields(cls)]
+        hook = cls(*values)
+        assert hook.args() == values and hook.args() == values, name  # the second from the names looked up
+
+    async def watched():
+        dog = server.TimeoutWatchdog(60, lambda: None)
+        assert dog.can_timeout.is_set() and dog.blocker == 0
+        with dog.disarm():
+            assert not dog.can_timeout.is_set() and dog.blocker == 1
+            with dog.disarm():
+                assert dog.blocker == 2
+            assert dog.blocker == 1 and not dog.can_timeout.is_set()  # still held by the outer one
+            before = dog.last_activity
+        assert dog.blocker == 0 and dog.can_timeout.is_set() and dog.last_activity >= before
+        with pytest.raises(ValueError):
+            with dog.disarm():
+                raise ValueError("a hook failed")
+        assert dog.blocker == 0 and dog.can_timeout.is_set()  # restored, and the error not swallowed
+
+    asyncio.run(watched())
+
+
+def test_lighter_hooks_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
+    import contextlib
+
+    from mitmproxy.proxy import server
+
+    class Watchdog(server.TimeoutWatchdog):  # as if disarm did one more thing
+        @contextlib.contextmanager
+        def disarm(self):
+            self.blocker += 1
+            yield
+
+    monkeypatch.setattr(server, "TimeoutWatchdog", Watchdog)
+    from mitmproxy import hooks
+
+    monkeypatch.setattr(hooks.Hook, "args", lambda self: [])  # not ours: the check runs again
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.lighter_hooks() is False
+    assert "not what lighter_hooks expects" in caplog.text
+    assert not hasattr(Watchdog.disarm, "_agentgate")
