@@ -434,27 +434,34 @@ def quick_header_lookups() -> bool:
         log.debug("mitmproxy's Headers are not what quick_header_lookups expects")
         return False
 
+    names, index_of = _HEADER_NAMES, _header_index
+
+    def values(self: Any, name: Any) -> tuple[bytes, ...]:
+        kept = self.__dict__.get(_INDEX)
+        index = kept[1] if kept is not None and kept[0] is self.fields else index_of(self)
+        return index.get(names.get(name) or _header_key(name), ())
+
     def get_all(self: Any, name: Any) -> list[str]:
-        return [v.decode("utf-8", "surrogateescape") for v in _header_index(self).get(_header_key(name), ())]
+        return [v.decode("utf-8", "surrogateescape") for v in values(self, name)]
 
     def getitem(self: Any, key: Any) -> str:
-        values = _header_index(self).get(_header_key(key))
-        if not values:
+        found = values(self, key)
+        if not found:
             raise KeyError(key)
-        if len(values) == 1:
-            return values[0].decode("utf-8", "surrogateescape")
-        return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+        if len(found) == 1:
+            return found[0].decode("utf-8", "surrogateescape")
+        return ", ".join(v.decode("utf-8", "surrogateescape") for v in found)
 
     def get(self: Any, key: Any, default: Any = None) -> Any:
-        values = _header_index(self).get(_header_key(key))
-        if not values:
+        found = values(self, key)
+        if not found:
             return default
-        if len(values) == 1:
-            return values[0].decode("utf-8", "surrogateescape")
-        return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+        if len(found) == 1:
+            return found[0].decode("utf-8", "surrogateescape")
+        return ", ".join(v.decode("utf-8", "surrogateescape") for v in found)
 
     def contains(self: Any, key: Any) -> bool:
-        return bool(_header_index(self).get(_header_key(key)))
+        return bool(values(self, key))
 
     for f in (get_all, getitem, get, contains):
         f._agentgate = True
