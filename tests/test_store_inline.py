@@ -151,13 +151,23 @@ def test_an_inline_commit_reaches_the_device_within_a_second(tmp_path, monkeypat
         s.close()
 
 
-def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded(tmp_path) -> None:
+def small_checkpoints(monkeypatch) -> None:
+    """The WAL checkpointed at SQLite's own 1,000 frames (4 MB) instead of the store's 8,000, so that
+    1,500 records pass several checkpoints: how they are made does not depend on the number."""
+    from addons.core import store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_CHECKPOINT_FRAMES", 1000)
+    monkeypatch.setattr(store_module, "WAL_CHECKPOINT_BYTES", 4 << 20)
+
+
+def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded(tmp_path, monkeypatch) -> None:
     """SQLite's automatic checkpoint waits for the device, and would fall on whichever commit
     passed its size, an inline one on the event loop included: the writer's connection has it off,
     and the writer thread checkpoints the WAL once it holds WAL_CHECKPOINT_FRAMES, counted from the
     WAL index's header as SQLite documents it (checked here against SQLite's own count)."""
     from addons.core import store as store_module
 
+    small_checkpoints(monkeypatch)
     s = sqlite_store(tmp_path, checkpoint_every=3600)
     s.commit_inline = True
     wal = tmp_path / "agentgate.db-wal"
@@ -203,7 +213,7 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     assert autocheckpoint == 0
     assert len(checkpointed_on) >= 5 and set(checkpointed_on) == {"agentgate-store-writer"}
     # without the checkpoints the WAL would hold every commit's pages (a dozen of about 4 KB each,
-    # some 75 MB by the end); with them, about SQLite's own 1,000 pages at most
+    # some 75 MB by the end); with them, about the 1,000 pages checkpointed at here at most
     assert all(f is not None for f in frames) and max(frames) < 2 * store_module.WAL_CHECKPOINT_FRAMES, frames
     # The file's size is the most the WAL ever held (a RESTART checkpoint starts it over without
     # shrinking it): on a machine busy with other work, the writer thread can come late to a
@@ -212,12 +222,13 @@ def test_inline_commits_never_checkpoint_the_wal_and_the_writer_keeps_it_bounded
     assert verify(s.url, KEY).ok
 
 
-def test_a_writer_late_to_its_checkpoint_still_keeps_the_wal_bounded(tmp_path) -> None:
+def test_a_writer_late_to_its_checkpoint_still_keeps_the_wal_bounded(tmp_path, monkeypatch) -> None:
     """On a machine busy with other work the writer thread can come late to a checkpoint an inline
     commit asked for: commits meanwhile go to the writer's queue, not on into the WAL inline (the
     WAL passed twice its checkpoint's worth, 3,574 frames, on such a machine)."""
     from addons.core import store as store_module
 
+    small_checkpoints(monkeypatch)
     s = sqlite_store(tmp_path, checkpoint_every=3600)
     s.commit_inline = True
     real = s._checkpoint_wal
