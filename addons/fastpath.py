@@ -108,8 +108,6 @@ class Dispatch:
         self._flow = flow.Flow
         self._not_callable = exceptions.AddonManagerError
         self.table: dict[str, tuple[tuple[Any, Any, bool], ...]] = {}
-        self._arg_names: dict[type, tuple[str, ...]] = {}  # a hook class -> its fields' names, in order
-        self._hook_args = hooks.Hook.args
 
     def clear(self) -> None:
         self.table = {}
@@ -129,22 +127,11 @@ class Dispatch:
             found = self.table[name] = tuple(entries)
         return found
 
-    def args(self, event: Any) -> list[Any]:
-        """``event.args()``: its dataclass fields' values, the fields' names looked up once per class."""
-        cls = type(event)
-        names = self._arg_names.get(cls)
-        if names is None:  # () for a hook class that is not a plain dataclass Hook: its own args() then
-            plain = dataclasses.is_dataclass(event) and getattr(cls, "args", None) is self._hook_args
-            names = self._arg_names[cls] = tuple(f.name for f in dataclasses.fields(event)) if plain else ()
-        if not names:
-            return event.args()
-        return [getattr(event, name) for name in names]
-
     async def trigger_event(self, event: Any) -> None:
         entries = self.hooks(event.name)
         if not entries:
             return
-        args = self.args(event)
+        args = event.args()  # each hook class's field names looked up once (lighter_hooks, 9. above)
         failed = None  # a top-level add-on whose hook raised: its sub-add-ons are skipped, as mitmproxy does
         for top, func, is_coroutine in entries:
             if top is failed:
@@ -169,7 +156,7 @@ class Dispatch:
     async def handle_lifecycle(self, event: Any) -> None:
         await self.trigger_event(event)
         if self.hooks("update"):  # mitmproxy follows each flow event with ``update``
-            message = self.args(event)[0]
+            message = event.args()[0]
             if isinstance(message, self._flow):
                 await self.trigger_event(self._update([message]))
 
@@ -527,7 +514,8 @@ class _Disarmed:
 
 def lighter_hooks() -> bool:
     """``Hook.args`` by field names looked up once per hook class, ``TimeoutWatchdog.disarm`` as a
-    plain context manager (9. above). True when both are in place."""
+    plain context manager (9. above), each where mitmproxy's is as expected. True when both are in
+    place."""
     try:
         from mitmproxy import hooks
         from mitmproxy.proxy import server
@@ -535,20 +523,28 @@ def lighter_hooks() -> bool:
         log.debug("mitmproxy layout changed (%s)", e)
         return False
     hook, watchdog = getattr(hooks, "Hook", None), getattr(server, "TimeoutWatchdog", None)
-    if getattr(getattr(hook, "args", None), "_agentgate", False):
+    ours_args = getattr(getattr(hook, "args", None), "_agentgate", False)
+    ours_disarm = getattr(getattr(watchdog, "disarm", None), "_agentgate", False)
+    if ours_args and ours_disarm:
         return True
-    try:
-        args_src = inspect.getsource(hook.args)
-        disarm_src = inspect.getsource(watchdog.disarm)
-    except (AttributeError, OSError, TypeError):
-        args_src = disarm_src = ""
-    body = [line.strip() for line in disarm_src.splitlines()]
-    if ("for field in fields(self)" not in args_src or "args.append(getattr(self, field.name))" not in args_src
-            or body != ["@contextmanager", "def disarm(self):", "self.can_timeout.clear()", "self.blocker += 1",
-                        "try:", "yield", "finally:", "self.blocker -= 1", "if self.blocker == 0:",
-                        "self.register_activity()", "self.can_timeout.set()"]):
-        log.debug("mitmproxy's Hook.args or TimeoutWatchdog.disarm is not what lighter_hooks expects")
-        return False
+
+    def source(f: Any) -> str:
+        try:
+            return inspect.getsource(f)
+        except (OSError, TypeError):
+            return ""
+
+    args_src = source(getattr(hook, "args", None))
+    body = [line.strip() for line in source(getattr(watchdog, "disarm", None)).splitlines()]
+    plain_args = ours_args or ("for field in fields(self)" in args_src
+                               and "args.append(getattr(self, field.name))" in args_src)
+    plain_disarm = ours_disarm or body == [
+        "@contextmanager", "def disarm(self):", "self.can_timeout.clear()", "self.blocker += 1", "try:", "yield",
+        "finally:", "self.blocker -= 1", "if self.blocker == 0:", "self.register_activity()", "self.can_timeout.set()"]
+    if not (plain_args and plain_disarm):
+        log.debug("mitmproxy's %s not what lighter_hooks expects", " and ".join(
+            what for what, plain in (("Hook.args is", plain_args), ("TimeoutWatchdog.disarm is", plain_disarm))
+            if not plain))
     names: dict[type, tuple[str, ...]] = {}
 
     def args(self: Any) -> list[Any]:
@@ -562,5 +558,8 @@ def lighter_hooks() -> bool:
         return _Disarmed(self)
 
     args._agentgate = disarm._agentgate = True
-    hook.args, watchdog.disarm = args, disarm
-    return True
+    if plain_args and not ours_args:
+        hook.args = args
+    if plain_disarm and not ours_disarm:
+        watchdog.disarm = disarm
+    return plain_args and plain_disarm

@@ -481,8 +481,8 @@ def test_lighter_hooks_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
     monkeypatch.setattr(server, "TimeoutWatchdog", Watchdog)
     from mitmproxy import hooks
 
-    monkeypatch.setattr(hooks.Hook, "args", lambda self: [])  # not ours: the check runs again
     with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
         assert fastpath.lighter_hooks() is False
-    assert "not what lighter_hooks expects" in caplog.text
+    assert "TimeoutWatchdog.disarm is not what lighter_hooks expects" in caplog.text
     assert not hasattr(Watchdog.disarm, "_agentgate")
+    assert getattr(hooks.Hook.args, "_agentgate", False) is True  # the other part, whose shape is as expected
