@@ -152,6 +152,7 @@ class Masking:
         """The request's masking as a function of what it needs from the flow (so that a large body
         can be masked off the event loop), with the size of its body; None when it is done."""
         mc = self.masked(flow)
+        mc.finish()  # left for after the request went upstream (``request``): done now, before anything reads it
         if mc.request_done:
             return None, 0
         mc.request_done = True
@@ -247,7 +248,17 @@ class Masking:
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get(STREAM):
             self._refuse_a_part_of_a_masked_body(flow)
-            await self._mask_request(flow)
+            work, size = self._request_work(flow)
+            if work is None:
+                return
+            if flow.response is not None or size > THREAD_OVER:
+                await _run(size, work)
+                return
+            # The request's masked copy is for its record only: it is made once the request has gone
+            # upstream (the loop's next turn), while upstream answers, or before, by whatever reads it first.
+            mc = self.masked(flow)
+            mc.pending = work
+            asyncio.get_running_loop().call_soon(mc.finish)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         if flow.request.method != "CONNECT":

@@ -158,6 +158,8 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
     scheme = "https" if flow.client_conn.tls else "http"
     r.url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "") if r.kind == "call" else f"{host}"
     masked = md.get(MASKED)  # core.masking.MaskedCall: bodies, headers and parameters as masked
+    if masked is not None:
+        masked.finish()  # the request's masking, if it was left for after the request went upstream
     if masked is None or masked.request_headers is None:
         r.request_headers = redact_headers(req.headers)
     if md.get(BODY_DIGEST):

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import dataclasses
 import types
 import zlib
 from collections import Counter
@@ -1883,3 +1884,84 @@ def test_an_appsync_api_key_named_in_the_url_is_masked_in_the_record():
     assert params["id"] == fp(key) and counts == {("params", "id", "curated"): 1}
     path, _, n = m.url_parts(f"/v1/apis/api1/apikeys/{key}", "", c.params, params)
     assert path == f"/v1/apis/api1/apikeys/{fp(key)}" and n == 1
+
+
+def put_item_flow(*, answered: bool = False):
+    """A DynamoDB PutItem whose item holds what a rule masks (``Item.ssn``), not yet answered
+    (on its way upstream) unless ``answered``."""
+    from addons.stage import CALL, DECISION, SIGNED
+
+    item = {"TableName": "t", "Item": {"k": {"S": "a"}, "ssn": {"S": "123-45-6789"}}}
+    f = tflow.tflow(resp=answered)
+    f.request.path = "/"
+    f.request.headers["content-type"] = "application/x-amz-json-1.0"
+    f.request.content = json.dumps(item).encode()
+    f.metadata[CALL] = call("dynamodb", "PutItem", params=item, action="dynamodb:PutItem")
+    f.metadata[DECISION] = Decision("allow", "test-rule", "allowed", "v1", None, ("Item.ssn",), None, None, ())
+    f.metadata[SIGNED] = types.SimpleNamespace(session_id="s1", role_arn="arn:aws:iam::123456789012:role/r",
+                                               assumed_role_arn=None)
+    return f
+
+
+def test_the_request_is_masked_for_its_record_once_it_went_upstream_and_before_anything_reads_it():
+    """The request's masked copy is only for its record: the request hook leaves it for the loop's
+    next turn (after mitmproxy has sent the request upstream, while upstream answers); whatever reads
+    it first (the record, the response's masking) has it made then. Either way the record holds
+    the masked copy, never the value."""
+    from addons.masking import Masking
+    from addons.recorder import build_record
+
+    addon = Masking(KEY)
+
+    async def left_for_the_loop() -> tuple[bool, bool, bool]:
+        f = put_item_flow()
+        await addon.request(f)
+        mc = addon.masked(f)
+        left = mc.pending is not None and mc.request_body is None
+        await asyncio.sleep(0)  # the loop's next turn
+        return f, left, mc.pending is None and "123-45-6789" not in mc.request_body
+
+    with taddons.context(addon):
+        f, left, done = asyncio.run(left_for_the_loop())
+    assert left and done
+    r = build_record(f)
+    assert "123-45-6789" not in r.request_body and r.params["Item"]["ssn"] == {"S": fp("123-45-6789")}
+    assert {"part": "request", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
+
+    async def read_first() -> object:
+        f = put_item_flow()
+        await addon.request(f)
+        return build_record(f)  # before the loop's next turn: the record has it made
+
+    with taddons.context(addon):
+        r = asyncio.run(read_first())
+    assert "123-45-6789" not in r.request_body and r.params["Item"]["ssn"] == {"S": fp("123-45-6789")}
+    assert {"part": "request", "path": "Item.ssn", "by": "policy", "count": 1} in r.masked
+
+    async def answered() -> tuple[object, bool]:  # refused or answered at once: nothing to wait for
+        f = put_item_flow(answered=True)
+        await addon.request(f)
+        return f, addon.masked(f).pending is None and addon.masked(f).request_body is not None
+
+    with taddons.context(addon):
+        f, at_once = asyncio.run(answered())
+    assert at_once and "123-45-6789" not in addon.masked(f).request_body
+
+
+def test_a_request_whose_masking_fails_later_keeps_nothing_of_it_unmasked(monkeypatch):
+    from addons.masking import Masking
+    from addons.recorder import build_record
+
+    addon = Masking(KEY)
+    monkeypatch.setattr(addon.masker, "request", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+
+    async def main():
+        f = put_item_flow()
+        await addon.request(f)
+        return build_record(f)
+
+    with taddons.context(addon):
+        r = asyncio.run(main())
+    assert r.request_body is None and r.request_headers == [] and r.params is None
+    assert "123-45-6789" not in json.dumps(dataclasses.asdict(r))
+    assert "request: not masked (RuntimeError): its body, headers and parameters not kept" in r.body_note

@@ -1038,6 +1038,20 @@ class MaskedCall:
     notes: list[str] = dataclasses.field(default_factory=list)
     request_done: bool = False
     response_done: bool = False
+    # the request's masking, left to run once the request is on its way upstream (``finish``)
+    pending: Callable[[], None] | None = None
+
+    def finish(self) -> None:
+        """Run the request's masking if it was left for later: before anything reads the request's
+        masked copy. Whatever it cannot mask is not kept (it says so in the record's note)."""
+        work, self.pending = self.pending, None
+        if work is None:
+            return
+        try:
+            work()
+        except Exception as e:  # noqa: BLE001 - nothing of the request is kept unmasked
+            self.request_body, self.request_headers, self.params, self.params_masked = None, [], None, True
+            self.notes.append(f"request: not masked ({type(e).__name__}): its body, headers and parameters not kept")
 
     def add(self, part: Part, which: str) -> None:
         if which == "request":
