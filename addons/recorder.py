@@ -208,7 +208,7 @@ def build_record(flow: http.HTTPFlow, outcome: str | None = None, error: str | N
             path = masked.path
             r.url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
         if masked.query is not None and r.kind == "call":
-            r.url = f"{scheme}://{host}{path}?{masked.query}"
+            r.url = f"{scheme}://{host}{path}" + (f"?{masked.query}" if masked.query else "")
         if masked.params_masked:
             r.params = masked.params
         if masked.resources is not None:

@@ -1051,7 +1051,9 @@ class MaskedCall:
             work()
         except Exception as e:  # noqa: BLE001 - nothing of the request is kept unmasked
             self.request_body, self.request_headers, self.params, self.params_masked = None, [], None, True
-            self.notes.append(f"request: not masked ({type(e).__name__}): its body, headers and parameters not kept")
+            self.query = ""  # the URL without its query
+            self.notes.append(f"request: not masked ({type(e).__name__}): its body, headers, parameters and query "
+                              "not kept")
 
     def add(self, part: Part, which: str) -> None:
         if which == "request":
