@@ -74,6 +74,15 @@ from typing import Any
 log = logging.getLogger("agentgate.fastpath")
 
 
+def _source(f: Any) -> str:
+    """The source of ``f`` as ``inspect`` finds it; "" when there is none (None, a built-in, no file):
+    what each patch below reads to check that mitmproxy's code is the shape it expects."""
+    try:
+        return inspect.getsource(f)
+    except (OSError, TypeError):
+        return ""
+
+
 def _supported(manager: Any) -> str | None:
     """Why the dispatch table cannot be used with ``manager``, or None when it can."""
     try:
@@ -270,10 +279,7 @@ def reuse_port() -> bool:
             return True
         log.debug("mitmproxy's mode_servers does not use asyncio.start_server as expected")
         return False
-    try:
-        src = inspect.getsource(mode_servers.AsyncioServerInstance.listen)
-    except (AttributeError, OSError, TypeError):
-        src = ""
+    src = _source(getattr(getattr(mode_servers, "AsyncioServerInstance", None), "listen", None))
     if "asyncio.start_server(" not in src:
         log.debug("mitmproxy's AsyncioServerInstance.listen no longer calls asyncio.start_server")
         return False
@@ -341,10 +347,7 @@ def cheap_option_reads() -> bool:
     current = getattr(option, "current", None)
     if getattr(current, "_agentgate", False):
         return True
-    try:
-        src = inspect.getsource(current) if current is not None else ""
-    except (OSError, TypeError):
-        src = ""
+    src = _source(current)
     if unset is None or "copy.deepcopy(v)" not in src or "self.value is unset" not in src \
             or not isinstance(getattr(option, "default", None), property):
         log.debug("mitmproxy's _Option.current is not what cheap_option_reads expects")
@@ -380,12 +383,9 @@ def _header_key(name: Any) -> bytes:
 
 
 def _header_index(headers: Any) -> dict[bytes, tuple[bytes, ...]]:
-    """A ``Headers``' values by lower-case name, built once for its ``fields`` tuple (which every
-    change replaces): valid while ``fields`` is the very tuple it was built from."""
+    """A ``Headers``' values by lower-case name, kept with the ``fields`` tuple it was built from
+    (which every change replaces): valid while ``fields`` is that very tuple."""
     fields = headers.fields
-    kept = headers.__dict__.get(_INDEX)
-    if kept is not None and kept[0] is fields:
-        return kept[1]
     index: dict[bytes, tuple[bytes, ...]] = {}
     for k, v in fields:
         k = k.lower()
@@ -407,13 +407,8 @@ def quick_header_lookups() -> bool:
     headers = getattr(http, "Headers", None)
     if getattr(getattr(headers, "get_all", None), "_agentgate", False):
         return True
-    try:
-        kconv = inspect.getsource(headers._kconv)
-        get_all = inspect.getsource(headers.get_all)
-        getitem = inspect.getsource(multidict._MultiDict.__getitem__)
-        reduce = inspect.getsource(headers._reduce_values)
-    except (AttributeError, OSError, TypeError):
-        kconv = get_all = getitem = reduce = ""
+    kconv, get_all, reduce = (_source(getattr(headers, n, None)) for n in ("_kconv", "get_all", "_reduce_values"))
+    getitem = _source(multidict._MultiDict.__getitem__)
     if ("return key.lower()" not in kconv or "_always_bytes(name)" not in get_all or "_native(x)" not in get_all
             or "self.get_all(key)" not in getitem or '", ".join(values)' not in reduce
             or "__dict__" not in dir(headers()) or headers.__getitem__ is not multidict._MultiDict.__getitem__
@@ -431,21 +426,20 @@ def quick_header_lookups() -> bool:
     def get_all(self: Any, name: Any) -> list[str]:
         return [v.decode("utf-8", "surrogateescape") for v in values(self, name)]
 
-    def getitem(self: Any, key: Any) -> str:
-        found = values(self, key)
-        if not found:
-            raise KeyError(key)
+    def folded(found: tuple[bytes, ...]) -> str:  # as mitmproxy's Headers fold a repeated field
         if len(found) == 1:
             return found[0].decode("utf-8", "surrogateescape")
         return ", ".join(v.decode("utf-8", "surrogateescape") for v in found)
 
-    def get(self: Any, key: Any, default: Any = None) -> Any:
+    def getitem(self: Any, key: Any) -> str:
         found = values(self, key)
         if not found:
-            return default
-        if len(found) == 1:
-            return found[0].decode("utf-8", "surrogateescape")
-        return ", ".join(v.decode("utf-8", "surrogateescape") for v in found)
+            raise KeyError(key)
+        return folded(found)
+
+    def get(self: Any, key: Any, default: Any = None) -> Any:
+        found = values(self, key)
+        return folded(found) if found else default
 
     def contains(self: Any, key: Any) -> bool:
         return bool(values(self, key))
@@ -527,15 +521,8 @@ def lighter_hooks() -> bool:
     ours_disarm = getattr(getattr(watchdog, "disarm", None), "_agentgate", False)
     if ours_args and ours_disarm:
         return True
-
-    def source(f: Any) -> str:
-        try:
-            return inspect.getsource(f)
-        except (OSError, TypeError):
-            return ""
-
-    args_src = source(getattr(hook, "args", None))
-    body = [line.strip() for line in source(getattr(watchdog, "disarm", None)).splitlines()]
+    args_src = _source(getattr(hook, "args", None))
+    body = [line.strip() for line in _source(getattr(watchdog, "disarm", None)).splitlines()]
     plain_args = ours_args or ("for field in fields(self)" in args_src
                                and "args.append(getattr(self, field.name))" in args_src)
     plain_disarm = ours_disarm or body == [
