@@ -174,6 +174,20 @@ def console(gw: Gateway, token: str | None = None) -> httpx.Client:
                         headers={"authorization": f"Bearer {token}"})
 
 
+def signed_out_on_both(first: httpx.Client, second: httpx.Client, issuer) -> None:
+    """Sign in through ``first``'s console and out through it again: ``second`` (another replica's
+    or worker's console) honoured the session before, and both refuse it after, reads and decisions."""
+    session = first.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
+    signed_in = {"authorization": f"Bearer {session}"}
+    assert second.get("/api/state", headers=signed_in).status_code == 200  # one signature for both
+    assert first.post("/api/logout", json={}, headers=signed_in).json() == {"ok": True}
+    for c in (first, second):
+        r = c.get("/api/state", headers=signed_in)
+        assert r.status_code == 401 and r.json()["error"] == "the console session has ended: sign in again", (c, r.text)
+        r = c.post("/api/approvals/ap-000000000000/approve", json={"reason": "after signing out"}, headers=signed_in)
+        assert r.status_code == 401, r.text
+
+
 def pending(gw: Gateway) -> list[dict]:
     with console(gw) as c:
         r = c.get("/api/state")

@@ -15,7 +15,8 @@ import pytest
 
 from addons.core.store import Store
 from tests.support.postgres import shared_server
-from tests.test_approval_e2e import BUCKET, console, flood, held, opened_by, pending, s3, start_gateway, wait_for
+from tests.test_approval_e2e import (BUCKET, console, flood, held, opened_by, pending, s3, signed_out_on_both,
+                                     start_gateway, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +159,7 @@ def test_a_console_session_signed_out_on_one_replica_is_ended_on_the_other(repli
     through one replica's console ends the session on the other too (each has keys/ of its own)."""
     (a, b), _ = replicas
     with console(a) as ca, console(b) as cb:
-        session = ca.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
-        signed_in = {"authorization": f"Bearer {session}"}
-        assert cb.get("/api/state", headers=signed_in).status_code == 200  # one signature for both replicas
-        assert ca.post("/api/logout", json={}, headers=signed_in).json() == {"ok": True}
-        for c in (ca, cb):
-            r = c.get("/api/state", headers=signed_in)
-            assert r.status_code == 401 and r.json()["error"] == "the console session has ended: sign in again", r.text
-            r = c.post("/api/approvals/ap-000000000000/approve", json={"reason": "after signing out"},
-                       headers=signed_in)
-            assert r.status_code == 401, r.text
+        signed_out_on_both(ca, cb, issuer)
         # another session of the same approver is not touched
         other = cb.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
         assert ca.get("/api/state", headers={"authorization": f"Bearer {other}"}).status_code == 200

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.gateway import AGENTGATE, Gateway, free_port, wait_port
 from tests.support.postgres import shared_server
-from tests.test_approval_e2e import BUCKET, POLICY, held, s3, wait_for
+from tests.test_approval_e2e import BUCKET, POLICY, held, s3, signed_out_on_both, wait_for
 
 
 def workers_of(gw: Gateway) -> set[int]:
@@ -144,13 +144,7 @@ def test_a_console_session_signed_out_on_one_worker_is_ended_on_the_other(pg_wor
     first, second = sorted(workers_of(gw))
     a, b = console_of(gw, first), console_of(gw, second)
     try:
-        session = a.post("/api/login", json={"token": issuer.mint("alice", groups=["sre"])}).json()["session"]
-        signed_in = {"authorization": f"Bearer {session}"}
-        assert b.get("/api/state", headers=signed_in).status_code == 200  # one signature for both workers
-        assert a.post("/api/logout", json={}, headers=signed_in).json() == {"ok": True}
-        for c in (a, b):
-            r = c.get("/api/state", headers=signed_in)
-            assert r.status_code == 401 and "ended" in r.json()["error"], (c, r.text)
+        signed_out_on_both(a, b, issuer)
     finally:
         a.close()
         b.close()
