@@ -56,6 +56,14 @@
    context manager. ``lighter_hooks()`` looks each hook class's field names up once and makes
    ``disarm`` a plain context manager doing the same.
 
+10. Connection equality. mitmproxy's layers compare connections with ``==`` some twenty times per
+   HTTP request (``event.connection == self.conn``: a connection with itself or with the other one), and
+   ``Connection.__eq__`` first asks ``isinstance`` of an ABC (``Connection``'s metaclass is
+   ``ABCMeta``, so each check goes through ``ABCMeta.__instancecheck__``).
+   ``identity_connection_eq()`` answers a connection compared with itself at once (True, as the
+   id comparison would), compares a ``Client`` or ``Server`` (exactly those classes) by id without
+   the ABC's check, and leaves every other comparison to mitmproxy's ``__eq__``.
+
 All check the shape of what they patch first; if mitmproxy has changed, they leave it alone, log
 why at debug level and return False, and the gateway runs on mitmproxy's own code.
 """
@@ -550,3 +558,35 @@ def lighter_hooks() -> bool:
     if plain_disarm and not ours_disarm:
         watchdog.disarm = disarm
     return plain_args and plain_disarm
+
+
+def identity_connection_eq() -> bool:
+    """``Connection.__eq__`` with an identity test first (10. above), where mitmproxy's is as expected."""
+    try:
+        from mitmproxy import connection
+    except ImportError as e:  # pragma: no cover
+        log.debug("mitmproxy layout changed (%s)", e)
+        return False
+    cls = getattr(connection, "Connection", None)
+    eq = getattr(cls, "__eq__", None)
+    if getattr(eq, "_agentgate", False):
+        return True
+    body = [line.strip() for line in _source(eq).splitlines()]
+    if body != ["def __eq__(self, other):", "if isinstance(other, Connection):", "return self.id == other.id",
+                "return False"] or getattr(cls, "__hash__", None) is None:
+        log.debug("mitmproxy's Connection.__eq__ is not what identity_connection_eq expects")
+        return False
+
+    concrete = tuple(c for c in (getattr(connection, "Client", None), getattr(connection, "Server", None))
+                     if isinstance(c, type) and issubclass(c, cls))
+
+    def __eq__(self: Any, other: Any) -> bool:  # noqa: N807 - the dunder it replaces
+        if self is other:
+            return True
+        if other.__class__ in concrete:  # a Connection for certain: what mitmproxy's isinstance finds
+            return self.id == other.id
+        return eq(self, other)
+
+    __eq__._agentgate = True
+    cls.__eq__ = __eq__  # assigned after the class exists: its __hash__ stays as it is
+    return True

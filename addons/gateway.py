@@ -26,6 +26,7 @@ fastpath.cheap_option_reads()
 fastpath.quick_header_lookups()
 fastpath.light_stream_contexts()
 fastpath.lighter_hooks()
+fastpath.identity_connection_eq()
 fastpath.no_httpx_command_line()  # before the identity module imports httpx
 
 from mitmproxy import master, options  # noqa: E402

@@ -486,3 +486,51 @@ def test_lighter_hooks_step_aside_when_mitmproxy_changed(monkeypatch, caplog):
     assert "TimeoutWatchdog.disarm is not what lighter_hooks expects" in caplog.text
     assert not hasattr(Watchdog.disarm, "_agentgate")
     assert getattr(hooks.Hook.args, "_agentgate", False) is True  # the other part, whose shape is as expected
+
+
+# -- 10. connection equality
+
+def test_connections_compare_as_mitmproxy_compares_them_without_the_abc_s_check_for_its_own_classes(monkeypatch):
+    import importlib
+
+    from mitmproxy import connection
+
+    importlib.import_module("addons.gateway")
+    assert getattr(connection.Connection.__eq__, "_agentgate", False) is True
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+    server = connection.Server(address=("127.0.0.1", 3))
+    twin = connection.Server(address=("127.0.0.1", 4))
+    twin.id = server.id  # mitmproxy's equality is by id: a copy of a connection equals it
+    checks = []
+    real = type(connection.Connection).__instancecheck__
+    monkeypatch.setattr(type(connection.Connection), "__instancecheck__",
+                        lambda cls, other: (checks.append(cls), real(cls, other))[1])
+    assert client == client and server == server and not (client != client)
+    assert server == twin and twin == server and client != server and server != client
+    assert checks == []  # a Client or a Server: no isinstance of the ABC
+
+    class Relay(connection.Server):  # a subclass: mitmproxy's own comparison, as before
+        pass
+
+    relay = Relay(address=("127.0.0.1", 5))
+    relay.id = server.id
+    assert server == relay and relay == server and client != relay
+    assert client != "a string" and client != None  # noqa: E711 - __eq__ with what is not a connection
+    assert checks  # those went through mitmproxy's own comparison
+    assert len({client, server, twin}) == 2  # hashing is mitmproxy's (by id), unchanged
+
+
+def test_connection_equality_steps_aside_when_mitmproxy_changed(monkeypatch, caplog):
+    from mitmproxy import connection
+
+    class Connection(connection.Connection):  # as if mitmproxy compared connections otherwise
+        def __eq__(self, other):
+            return isinstance(other, Connection) and self.id == other.id and self.state == other.state
+
+        __hash__ = connection.Connection.__hash__
+
+    monkeypatch.setattr(connection, "Connection", Connection)
+    with caplog.at_level(logging.DEBUG, logger="agentgate.fastpath"):
+        assert fastpath.identity_connection_eq() is False
+    assert "Connection.__eq__ is not what identity_connection_eq expects" in caplog.text
+    assert not hasattr(Connection.__eq__, "_agentgate")
