@@ -1,6 +1,6 @@
 """agentgate benchmarks: side by side in one run, on loopback, rounds interleaved, medians reported.
 
-    scripts/bench [--quick] [--json FILE] [--only small,transfer,sts,decide,instructions] [--targets direct,chain,...]
+    scripts/bench [--quick] [--json FILE] [--only small,transfer,sts,decide,instructions,phases] [--targets direct,chain,...]
 
 Parts (--only; all by default):
   small     small JSON calls (DynamoDB GetItem, ~50 bytes each way) at 1, 8 and 32 concurrent agents
@@ -14,6 +14,11 @@ Parts (--only; all by default):
   instructions  the floor and the chain, each under valgrind's callgrind with 8 agents calling:
             machine instructions per call in user space, in all and by shared object, which do not
             drift with the machine's speed as CPU times do (needs valgrind).
+  phases    one agent's call through mitmdump, the floor and the chain, phase by phase: a probe in
+            each proxy's event loop (scripts/phase_probe.py) times each socket read and write, and
+            the medians of the request path (agent's request read to upstream written), the wait
+            for upstream, the response path (upstream's answer read to the agent's written) and the
+            agent's turn (answer written to the next request read) are reported.
 
 Targets (--targets; all by default):
   direct    (a) straight to the upstream over TLS, no proxy: the harness's own ceiling.
@@ -65,7 +70,7 @@ from tests.support.gateway import AGENTGATE, TEST_POLICY, Gateway, free_port, wa
 
 PY = sys.executable
 BIN = Path(PY).parent
-PARTS = ("small", "transfer", "sts", "decide", "instructions")
+PARTS = ("small", "transfer", "sts", "decide", "instructions", "phases")
 TARGETS = {
     "direct": ("a", "direct to the upstream (TLS)"),
     "mitmdump": ("b", "stock mitmdump -q"),
@@ -350,16 +355,16 @@ class Lab:
                 return
             time.sleep(0.1)
 
-    def spawn_mitmdump(self, name: str, stream: bool = False) -> Proxy:
+    def spawn_mitmdump(self, name: str, stream: bool = False, wrap: tuple[str, ...] = ()) -> Proxy:
         port = free_port()
         confdir = self.tmp / name
-        argv = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
+        argv = [*wrap, str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
                 "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
                 "-s", str(ROOT / "scripts" / "bench_retarget.py"), "--set", f"bench_upstream_port={self.upstream()[0]}"]
         if stream:
             argv += ["--set", "stream_large_bodies=1m"]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}
-        self.commands[name] = " ".join(["mitmdump", *argv[1:]]).replace(str(ROOT) + "/", "").replace(str(self.tmp), "$TMP")
+        self.commands[name] = " ".join(["mitmdump", *argv[len(wrap) + 1:]]).replace(str(ROOT) + "/", "").replace(str(self.tmp), "$TMP")
         return Proxy(name, port, confdir / "mitmproxy-ca-cert.pem", self.procs.spawn(name, argv, env=env))
 
     def spawn_floor(self, name: str = "floor", wrap: tuple[str, ...] = (), env: dict | None = None) -> Proxy:
@@ -848,6 +853,70 @@ def _count_instructions(args, lab: Lab, name: str) -> dict:
     return row
 
 
+PHASE_TARGETS = ("mitmdump", "floor", "chain")
+PHASE_STEPS = ("request_us", "upstream_us", "response_us", "turn_us")
+
+
+def phases(args, lab: Lab) -> list[dict]:
+    """One agent's call, phase by phase, through each of PHASE_TARGETS (see scripts/phase_probe.py):
+    each proxy started on its own with the probe, one agent calling for ``args.phase_duration``
+    seconds after a warm-up, the probe's events read back and cut into calls."""
+    from scripts import phase_probe
+
+    rows = []
+    for name in (n for n in PHASE_TARGETS if n in args.targets):
+        row = {"part": "phases", "id": TARGETS[name][0], "name": name, "label": TARGETS[name][1], "concurrency": 1}
+        out = lab.tmp / f"phases-{name}.json"
+        wrap = (PY, str(ROOT / "scripts" / "phase_probe.py"), str(out))
+        target = f"{name}-phases"
+        proxy = loadgen = None
+        try:
+            if name == "mitmdump":
+                proxy = lab.spawn_mitmdump(target, wrap=wrap)
+            elif name == "floor":
+                proxy = lab.spawn_floor(target, wrap=wrap)
+            else:
+                proxy = lab.spawn_gateway(target, lab.init_gateway(target), wrap=wrap)
+            wait_port(proxy.port, timeout=120, proc=proxy.proc)
+            deadline = time.time() + 60
+            while not proxy.ca.exists():  # the floor may listen before it has written its CA
+                if proxy.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
+                time.sleep(0.2)
+            if proxy.gateway is not None:
+                lab.settle(proxy)
+            loadgen = lab.procs.spawn(f"loadgen-{target}", [
+                PY, str(ROOT / "scripts" / "loadgen.py"), "--proxy", f"127.0.0.1:{proxy.port}", "--ca", str(proxy.ca),
+                "--token", lab.token, "-c", "1", "--duration", str(args.phase_duration + args.warmup + 5),
+                "--warmup", "0"], stdout=subprocess.DEVNULL)
+            time.sleep(args.warmup + 1)
+            os.kill(proxy.pid, phase_probe.SIGNAL)  # keep from now
+            time.sleep(args.phase_duration)
+            os.kill(proxy.pid, phase_probe.SIGNAL)  # write what was kept
+            deadline = time.time() + 30
+            while not out.exists():
+                if proxy.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{target}'s probe wrote nothing to {out}; the proxy's log ends: "
+                                       f"{proxy.proc.log.read_text()[-400:]}")
+                time.sleep(0.2)
+            if loadgen.poll() is not None:
+                raise RuntimeError(f"the load generator stopped early against {target}: {loadgen.log.read_text()[-400:]}")
+            found = phase_probe.phases(json.loads(out.read_text()), lab.upstream()[0])
+            if found is None:
+                raise RuntimeError(f"{target}'s probe saw no whole call")
+            row.update(available=True, **found)
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as e:
+            lab.unavailable[f"{name} (phases)"] = str(e)[:600]
+            row.update(available=False, reason=str(e)[:600])
+        finally:
+            if loadgen is not None:
+                lab.procs.stop(loadgen)
+            if proxy is not None:
+                lab.procs.stop(proxy.proc)
+        rows.append(row)
+    return rows
+
+
 def callgrind_dump(path: Path) -> tuple[int, collections.Counter[str]]:
     """A callgrind dump's instructions (Ir): the total it summarises, and by shared object.
 
@@ -1136,6 +1205,17 @@ INSTRUCTION_TITLE = ("Instructions per call in user space, counted under valgrin
                      "the kernel's work not counted)")
 
 
+def _phase_rows(report: dict) -> list[list[str]]:
+    return [[f"({s['id']}) {s['name']}", str(s["calls"]), *(f"{s[k]:g}" for k in PHASE_STEPS), f"{s['sum_us']:g}"]
+            for s in report["scenarios"] if s["part"] == "phases" and s["available"]]
+
+
+PHASE_COLUMNS = ("scenario", "calls", "request path µs", "wait for upstream µs", "response path µs", "agent's turn µs",
+                 "sum µs")
+PHASE_TITLE = ("One agent's call, phase by phase (medians; a probe in the proxy's event loop times each socket read "
+               "and write)")
+
+
 def _paired_rows(report: dict) -> list[list[str]]:
     return [[k, str(v["median"]), ", ".join(str(x) for x in v["rounds"])] for k, v in report["paired"].items()]
 
@@ -1202,6 +1282,10 @@ def markdown(report: dict) -> str:
                        + (f" ({report['ratios']['chain_vs_floor_instructions_net_c8']}× net of the idle proxy's)"
                           if report["ratios"].get("chain_vs_floor_instructions_net_c8") else ""))
             out.append("")
+    if _phase_rows(report):
+        out.append(PHASE_TITLE + ":")
+        out.append("")
+        table(PHASE_COLUMNS, _phase_rows(report))
     out.extend(f"- {line}" for line in _legend(report))
     out.append("")
     for s in report["scenarios"]:
@@ -1256,6 +1340,8 @@ def print_report(report: dict) -> None:
             con.print(f"Chain against floor, instructions per call: {report['ratios']['chain_vs_floor_instructions_c8']}×"
                       + (f" ({report['ratios']['chain_vs_floor_instructions_net_c8']}× net of the idle proxy's)"
                          if report["ratios"].get("chain_vs_floor_instructions_net_c8") else ""))
+    if _phase_rows(report):
+        table(PHASE_TITLE, PHASE_COLUMNS, _phase_rows(report))
     for line in _legend(report):
         con.print(line)
     for s in report["scenarios"]:
@@ -1305,6 +1391,8 @@ def parse_args(argv=None):
                     help="after the rounds, cycles of short slices alternating between the targets each small-call "
                          "goal compares (default 8; --quick 2; 0: none)")
     ap.add_argument("--pair-duration", type=float, default=2.0, help="seconds measured per alternating slice (default 2)")
+    ap.add_argument("--phase-duration", type=float, default=None,
+                    help="seconds one agent's calls are probed per target for phases (default 10; --quick 4)")
     ap.add_argument("--size-mb", type=int, default=None, help="S3 object size (default 1024; --quick 64)")
     ap.add_argument("--transfer-rounds", type=int, default=None, help="rounds of the transfers (default: --rounds)")
     ap.add_argument("--calls", type=int, default=None, help="calls by one principal for sts (default 1000; --quick 100)")
@@ -1329,6 +1417,7 @@ def parse_args(argv=None):
     args.transfer_rounds = args.transfer_rounds or args.rounds
     args.calls = args.calls or (100 if q else 1000)
     args.decide_rounds = args.decide_rounds or (1000 if q else 5000)
+    args.phase_duration = args.phase_duration or (4.0 if q else 10.0)
     args.instructions_window = args.instructions_window or (20.0 if q else 60.0)
     args.instructions_warmup = args.instructions_warmup or (100 if q else 200)
     args.instructions_idle = args.instructions_idle if args.instructions_idle is not None else (10.0 if q else 20.0)
@@ -1367,7 +1456,7 @@ def main(argv=None) -> int:
         "config": {"quick": args.quick, "parts": args.parts, "targets": args.targets, "rounds": args.rounds,
                    "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
                    "size_mb": args.size_mb, "transfer_rounds": args.transfer_rounds, "calls": args.calls,
-                   "pairs": args.pairs, "pair_duration": args.pair_duration,
+                   "pairs": args.pairs, "pair_duration": args.pair_duration, "phase_duration": args.phase_duration,
                    "pythonoptimize": {"mitmdump": False, "floor": True, "gateways": True},
                    "upstream": "scripts/bench_upstream.py: plain HTTP behind the proxies, TLS for direct",
                    "loadgen": "scripts/loadgen.py: one process, one thread per connection, blocking TLS sockets"},
@@ -1386,10 +1475,10 @@ def main(argv=None) -> int:
         stack.callback(lab.close)
         try:
             # decide first: in process, it is then not disturbed by the proxies this run starts
-            for part in sorted(args.parts, key=("decide", "small", "transfer", "sts", "instructions").index):
+            for part in sorted(args.parts, key=("decide", "small", "transfer", "sts", "instructions", "phases").index):
                 print(f"--- {part}", file=sys.stderr, flush=True)
                 scenarios += {"small": small, "transfer": transfer, "sts": sts, "decide": decide,
-                              "instructions": instructions}[part](args, lab)
+                              "instructions": instructions, "phases": phases}[part](args, lab)
             # every call a gateway answered (refusals too) must have its record, committed before the answer
             report["records"] = {}
             for name, answered in lab.answered.items():
