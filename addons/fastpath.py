@@ -561,7 +561,8 @@ def lighter_hooks() -> bool:
 
 
 def identity_connection_eq() -> bool:
-    """``Connection.__eq__`` with an identity test first (10. above), where mitmproxy's is as expected."""
+    """``Connection.__eq__`` without the ABC's check for a connection itself or one of mitmproxy's
+    own two classes (10. above), where mitmproxy's is as expected."""
     try:
         from mitmproxy import connection
     except ImportError as e:  # pragma: no cover
