@@ -18,7 +18,8 @@ Parts (--only; all by default):
             each proxy's event loop (scripts/phase_probe.py) times each socket read and write, and
             the medians of the request path (agent's request read to upstream written), the wait
             for upstream, the response path (upstream's answer read to the agent's written) and the
-            agent's turn (answer written to the next request read) are reported.
+            agent's turn (answer written to the next request read) are reported: the median over
+            cycles (--phase-cycles) in which each proxy in turn has one agent for --phase-duration s.
 
 Targets (--targets; all by default):
   direct    (a) straight to the upstream over TLS, no proxy: the harness's own ceiling.
@@ -859,62 +860,102 @@ PHASE_STEPS = ("request_us", "upstream_us", "response_us", "turn_us")
 
 def phases(args, lab: Lab) -> list[dict]:
     """One agent's call, phase by phase, through each of PHASE_TARGETS (see scripts/phase_probe.py):
-    each proxy started on its own with the probe, one agent calling for ``args.phase_duration``
-    seconds after a warm-up, the probe's events read back and cut into calls."""
+    the proxies started with the probe and kept running, then ``args.phase_cycles`` cycles in
+    which each in turn (the order turning from cycle to cycle, so that the machine's drift hits
+    all alike) has one agent calling for ``args.phase_duration`` seconds after a warm-up, the
+    probe's events read back and cut into calls. Each phase is the median of the cycles' medians."""
+    names = [n for n in PHASE_TARGETS if n in args.targets]
+    rows = {n: {"part": "phases", "id": TARGETS[n][0], "name": n, "label": TARGETS[n][1], "concurrency": 1}
+            for n in names}
+    running: dict[str, tuple[Proxy, Path]] = {}
+    cycles: dict[str, list[dict]] = {n: [] for n in names}
+    try:
+        for name in names:
+            try:
+                running[name] = _phase_proxy(lab, name)
+            except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+                _phase_failed(lab, rows[name], e)
+        for cycle in range(args.phase_cycles):
+            order = [n for n in (names if cycle % 2 == 0 else names[::-1]) if n in running and "reason" not in rows[n]]
+            for name in order:
+                try:
+                    cycles[name].append(_phase_cycle(args, lab, name, *running[name], warm=cycle == 0))
+                except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as e:
+                    _phase_failed(lab, rows[name], e)
+    finally:
+        for proxy, _ in running.values():
+            lab.procs.stop(proxy.proc)
+    for name, row in rows.items():
+        if "reason" in row:
+            continue
+        found = cycles[name]
+        row.update(available=True, calls=sum(c["calls"] for c in found), cycles=found,
+                   **{k: round(statistics.median(c[k] for c in found), 1) for k in PHASE_STEPS})
+        row["sum_us"] = round(sum(row[k] for k in PHASE_STEPS), 1)
+    return list(rows.values())
+
+
+def _phase_failed(lab: Lab, row: dict, e: BaseException) -> None:
+    lab.unavailable[f"{row['name']} (phases)"] = str(e)[:600]
+    row.update(available=False, reason=str(e)[:600])
+
+
+def _phase_proxy(lab: Lab, name: str) -> tuple[Proxy, Path]:
+    """``name`` started with the probe (scripts/phase_probe.py), ready for calls; where its probe writes."""
+    out = lab.tmp / f"phases-{name}.json"
+    wrap = (PY, str(ROOT / "scripts" / "phase_probe.py"), str(out))
+    target = f"{name}-phases"
+    if name == "mitmdump":
+        proxy = lab.spawn_mitmdump(target, wrap=wrap)
+    elif name == "floor":
+        proxy = lab.spawn_floor(target, wrap=wrap)
+    else:
+        proxy = lab.spawn_gateway(target, lab.init_gateway(target), wrap=wrap)
+    try:
+        wait_port(proxy.port, timeout=120, proc=proxy.proc)
+        deadline = time.time() + 60
+        while not proxy.ca.exists():  # the floor may listen before it has written its CA
+            if proxy.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
+            time.sleep(0.2)
+        if proxy.gateway is not None:
+            lab.settle(proxy)
+    except BaseException:
+        lab.procs.stop(proxy.proc)
+        raise
+    return proxy, out
+
+
+def _phase_cycle(args, lab: Lab, name: str, proxy: Proxy, out: Path, warm: bool) -> dict:
+    """One agent calling ``proxy`` for ``args.phase_duration`` seconds with its probe keeping
+    events (after a warm-up, longer the first time): the phases of those calls."""
     from scripts import phase_probe
 
-    rows = []
-    for name in (n for n in PHASE_TARGETS if n in args.targets):
-        row = {"part": "phases", "id": TARGETS[name][0], "name": name, "label": TARGETS[name][1], "concurrency": 1}
-        out = lab.tmp / f"phases-{name}.json"
-        wrap = (PY, str(ROOT / "scripts" / "phase_probe.py"), str(out))
-        target = f"{name}-phases"
-        proxy = loadgen = None
-        try:
-            if name == "mitmdump":
-                proxy = lab.spawn_mitmdump(target, wrap=wrap)
-            elif name == "floor":
-                proxy = lab.spawn_floor(target, wrap=wrap)
-            else:
-                proxy = lab.spawn_gateway(target, lab.init_gateway(target), wrap=wrap)
-            wait_port(proxy.port, timeout=120, proc=proxy.proc)
-            deadline = time.time() + 60
-            while not proxy.ca.exists():  # the floor may listen before it has written its CA
-                if proxy.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
-                time.sleep(0.2)
-            if proxy.gateway is not None:
-                lab.settle(proxy)
-            loadgen = lab.procs.spawn(f"loadgen-{target}", [
-                PY, str(ROOT / "scripts" / "loadgen.py"), "--proxy", f"127.0.0.1:{proxy.port}", "--ca", str(proxy.ca),
-                "--token", lab.token, "-c", "1", "--duration", str(args.phase_duration + args.warmup + 5),
-                "--warmup", "0"], stdout=subprocess.DEVNULL)
-            time.sleep(args.warmup + 1)
-            os.kill(proxy.pid, phase_probe.SIGNAL)  # keep from now
-            time.sleep(args.phase_duration)
-            os.kill(proxy.pid, phase_probe.SIGNAL)  # write what was kept
-            deadline = time.time() + 30
-            while not out.exists():
-                if proxy.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{target}'s probe wrote nothing to {out}; the proxy's log ends: "
-                                       f"{proxy.proc.log.read_text()[-400:]}")
-                time.sleep(0.2)
-            if loadgen.poll() is not None:
-                raise RuntimeError(f"the load generator stopped early against {target}: {loadgen.log.read_text()[-400:]}")
-            found = phase_probe.phases(json.loads(out.read_text()), lab.upstream()[0])
-            if found is None:
-                raise RuntimeError(f"{target}'s probe saw no whole call")
-            row.update(available=True, **found)
-        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as e:
-            lab.unavailable[f"{name} (phases)"] = str(e)[:600]
-            row.update(available=False, reason=str(e)[:600])
-        finally:
-            if loadgen is not None:
-                lab.procs.stop(loadgen)
-            if proxy is not None:
-                lab.procs.stop(proxy.proc)
-        rows.append(row)
-    return rows
+    loadgen = lab.procs.spawn(f"loadgen-{name}-phases", [
+        PY, str(ROOT / "scripts" / "loadgen.py"), "--proxy", f"127.0.0.1:{proxy.port}", "--ca", str(proxy.ca),
+        "--token", lab.token, "-c", "1", "--duration", str(args.phase_duration + args.warmup + 5),
+        "--warmup", "0"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(args.warmup + 1 if warm else 1)
+        os.kill(proxy.pid, phase_probe.SIGNAL)  # keep from now
+        time.sleep(args.phase_duration)
+        os.kill(proxy.pid, phase_probe.SIGNAL)  # write what was kept
+        deadline = time.time() + 30
+        while not out.exists():
+            if proxy.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{name}'s probe wrote nothing to {out}; the proxy's log ends: "
+                                   f"{proxy.proc.log.read_text()[-400:]}")
+            time.sleep(0.2)
+        if loadgen.poll() is not None:
+            raise RuntimeError(f"the load generator stopped early against {name}: {loadgen.log.read_text()[-400:]}")
+        events = json.loads(out.read_text())
+        out.unlink()
+    finally:
+        lab.procs.stop(loadgen)
+    found = phase_probe.phases(events, lab.upstream()[0])
+    if found is None:
+        raise RuntimeError(f"{name}'s probe saw no whole call")
+    return found
 
 
 def callgrind_dump(path: Path) -> tuple[int, collections.Counter[str]]:
@@ -1392,7 +1433,9 @@ def parse_args(argv=None):
                          "goal compares (default 8; --quick 2; 0: none)")
     ap.add_argument("--pair-duration", type=float, default=2.0, help="seconds measured per alternating slice (default 2)")
     ap.add_argument("--phase-duration", type=float, default=None,
-                    help="seconds one agent's calls are probed per target for phases (default 10; --quick 4)")
+                    help="seconds one agent's calls are probed per target and cycle for phases (default 5; --quick 3)")
+    ap.add_argument("--phase-cycles", type=int, default=None,
+                    help="cycles through the targets for phases, the order turning each time (default 3; --quick 1)")
     ap.add_argument("--size-mb", type=int, default=None, help="S3 object size (default 1024; --quick 64)")
     ap.add_argument("--transfer-rounds", type=int, default=None, help="rounds of the transfers (default: --rounds)")
     ap.add_argument("--calls", type=int, default=None, help="calls by one principal for sts (default 1000; --quick 100)")
@@ -1417,7 +1460,8 @@ def parse_args(argv=None):
     args.transfer_rounds = args.transfer_rounds or args.rounds
     args.calls = args.calls or (100 if q else 1000)
     args.decide_rounds = args.decide_rounds or (1000 if q else 5000)
-    args.phase_duration = args.phase_duration or (4.0 if q else 10.0)
+    args.phase_duration = args.phase_duration or (3.0 if q else 5.0)
+    args.phase_cycles = args.phase_cycles or (1 if q else 3)
     args.instructions_window = args.instructions_window or (20.0 if q else 60.0)
     args.instructions_warmup = args.instructions_warmup or (100 if q else 200)
     args.instructions_idle = args.instructions_idle if args.instructions_idle is not None else (10.0 if q else 20.0)
@@ -1457,6 +1501,7 @@ def main(argv=None) -> int:
                    "duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
                    "size_mb": args.size_mb, "transfer_rounds": args.transfer_rounds, "calls": args.calls,
                    "pairs": args.pairs, "pair_duration": args.pair_duration, "phase_duration": args.phase_duration,
+                   "phase_cycles": args.phase_cycles,
                    "pythonoptimize": {"mitmdump": False, "floor": True, "gateways": True},
                    "upstream": "scripts/bench_upstream.py: plain HTTP behind the proxies, TLS for direct",
                    "loadgen": "scripts/loadgen.py: one process, one thread per connection, blocking TLS sockets"},
