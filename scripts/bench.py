@@ -776,6 +776,16 @@ def instructions(args, lab: Lab) -> list[dict]:
     return [_count_instructions(args, lab, name) for name in names]
 
 
+def _wait_ready(proxy: Proxy, target: str, port_timeout: float, ca_timeout: float) -> None:
+    """Until ``proxy`` listens and has written its CA (the floor may listen before it has)."""
+    wait_port(proxy.port, timeout=port_timeout, proc=proxy.proc)
+    deadline = time.time() + ca_timeout
+    while not proxy.ca.exists():
+        if proxy.proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
+        time.sleep(0.2)
+
+
 def _count_instructions(args, lab: Lab, name: str) -> dict:
     out_dir = Path(args.callgrind_dir) if args.callgrind_dir else lab.tmp / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -796,12 +806,7 @@ def _count_instructions(args, lab: Lab, name: str) -> dict:
         proxy = lab.spawn_gateway(target, gw, wrap=wrap)
     loadgen = None
     try:
-        wait_port(proxy.port, timeout=900, proc=proxy.proc)  # valgrind starts a Python program slowly
-        deadline = time.time() + 300
-        while not proxy.ca.exists():  # the floor may listen before it has written its CA
-            if proxy.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
-            time.sleep(0.5)
+        _wait_ready(proxy, target, 900, 300)  # valgrind starts a Python program slowly
         loadgen = lab.procs.spawn(f"loadgen-{target}", [
             PY, str(ROOT / "scripts" / "loadgen.py"), "--proxy", f"127.0.0.1:{proxy.port}", "--ca", str(proxy.ca),
             "--token", lab.token, "-c", str(INSTRUCTIONS_AGENTS), "--duration", "36000", "--warmup", "0",
@@ -912,12 +917,7 @@ def _phase_proxy(lab: Lab, name: str) -> tuple[Proxy, Path]:
     else:
         proxy = lab.spawn_gateway(target, lab.init_gateway(target), wrap=wrap)
     try:
-        wait_port(proxy.port, timeout=120, proc=proxy.proc)
-        deadline = time.time() + 60
-        while not proxy.ca.exists():  # the floor may listen before it has written its CA
-            if proxy.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{target} wrote no CA at {proxy.ca}")
-            time.sleep(0.2)
+        _wait_ready(proxy, target, 120, 60)
         if proxy.gateway is not None:
             lab.settle(proxy)
     except BaseException:
