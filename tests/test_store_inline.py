@@ -73,13 +73,15 @@ def test_a_record_is_committed_on_the_callers_thread_into_the_same_chain(tmp_pat
     assert calls == 30
 
 
-def test_off_by_default_and_only_for_sqlite_with_durability_sync(tmp_path) -> None:
+def test_off_by_default_and_only_with_durability_sync(tmp_path) -> None:
     s = Store(f"sqlite:///{tmp_path / 'a.db'}")
     assert s.commit_inline is False and s.can_commit_inline
     assert not Store(f"sqlite:///{tmp_path / 'b.db'}", durability="async").can_commit_inline
     # "full" flushes the WAL to the device at every commit: that wait stays off the event loop
     assert not Store(f"sqlite:///{tmp_path / 'c.db'}", sqlite_synchronous="full").can_commit_inline
-    pg = Store(shared_server().fresh_database(), chain_key=KEY)
+    url = shared_server().fresh_database()
+    assert Store(url).can_commit_inline  # awaited on the event loop, which serves other calls meanwhile
+    pg = Store(url, chain_key=KEY, durability="async")
     assert not pg.can_commit_inline
     pg.migrate()
     pg.start()
@@ -88,13 +90,177 @@ def test_off_by_default_and_only_for_sqlite_with_durability_sync(tmp_path) -> No
     async def main() -> None:
         for _ in range(5):
             assert await pg.write(Record()) is True
+        await asyncio.sleep(0.2)  # nothing opened meanwhile either
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + 5
+        while pg.stats["records"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        pg.close()
+    assert pg.stats["inline"] == 0 and pg.stats["records"] == 5 and pg._aconn_opening is None
+    assert verify(pg.url, KEY).ok
+
+
+def pg_store(**kw) -> Store:
+    s = Store(shared_server().fresh_database(), chain_key=KEY, writer_id="w", **kw)
+    s.migrate()
+    s.start()
+    return s
+
+
+async def connected(s: Store) -> None:
+    """The first inline attempt opens the store's connection for them, in the background (its
+    record goes to the writer): wait until it is open."""
+    s.commit_inline = True
+    assert await s.write(Record(params={"opening": True})) is True
+    deadline = time.monotonic() + 10
+    while s._aconn is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert s._aconn is not None, "no connection for inline commits"
+
+
+def test_postgres_commits_inline_from_the_event_loop_into_the_same_chain() -> None:
+    """PostgreSQL's inline commit is sent and awaited on the caller's event loop (no hand-over to
+    the writer thread), into the writer's chain, interleaved with the writer's own commits; while
+    it waits for the server, the loop serves other work."""
+    s = pg_store()
+    sent_by: list[str] = []
+    real = s._transaction
+
+    def transaction(*a, **kw):
+        sent_by.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    s._transaction = transaction
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await connected(s)
+        tick = asyncio.create_task(ticker())
+        for i in range(30):
+            s.commit_inline = i % 10 < 5  # five inline, five by the writer, three times
+            r = Record(session_id="sess", principal="agent", params={"i": i})
+            assert await s.write(r) is True
+            assert seqs(s.url)[-1] == i + 2  # committed when write returns, in order
+        tick.cancel()
 
     try:
         asyncio.run(main())
     finally:
-        pg.close()
-    assert pg.stats["inline"] == 0 and pg.stats["records"] == 5
-    assert verify(pg.url, KEY).ok
+        s.close()
+    assert s.stats["inline"] == 15 and s.stats["records"] == 31
+    assert sent_by.count("agentgate-store-writer") >= 16 and "MainThread" not in sent_by  # the rest, by the writer
+    assert ticks > 15  # the loop ran other work while inline commits waited for the server
+    assert seqs(s.url) == list(range(1, 32))
+    result = verify(s.url, KEY)
+    assert result.ok and result.records == 31 and result.notes == [], result
+    assert s._aconn is None  # closed with the store
+
+
+class _Cursor:
+    """psycopg's asyncio cursor, failing as told: ``before`` (the statement never reaches the
+    server), ``after`` (the server commits it, then the connection breaks), ``silent`` (no answer),
+    ``refused`` (the server refuses a statement: an ERROR)."""
+
+    def __init__(self, real, how: str) -> None:
+        self.real, self.how = real, how
+
+    async def __aenter__(self):
+        await self.real.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.real.__aexit__(*exc)
+
+    async def execute(self, sql, params):
+        import psycopg
+
+        if self.how == "after":
+            await self.real.execute(sql, params)
+        if self.how == "silent":
+            await asyncio.sleep(30)
+        if self.how == "refused":
+            await self.real.execute("SELECT 1/0")
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize("how", ["after", "before", "silent"])
+def test_a_postgres_inline_commit_whose_outcome_is_unknown_is_settled_by_the_writer(how, caplog) -> None:
+    """The connection breaks once the statement was sent (or no answer comes, even to the request
+    to stop it): the record may be committed or not. It goes to the writer in doubt, which looks
+    whether it is in the chain: the caller is told it is committed once it is (or, past
+    commit_timeout, refused when it is not), and it is stored exactly once either way; the chain
+    goes on, and so do inline commits, on a new connection."""
+    import types
+
+    s = pg_store(commit_timeout=1.0)
+    real = s._dbapi
+
+    async def main() -> None:
+        await connected(s)
+        assert await s.write(Record(params={"before": 1})) is True  # inline, as usual
+        s._dbapi = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+        s._dbapi.AsyncRawCursor = lambda conn: _Cursor(real.AsyncRawCursor(conn), how)
+        if how == "silent":  # nor an answer to the request to stop it: after commit_timeout the call is refused
+            with pytest.raises(StoreUnavailable, match="did not commit within 1 s"):
+                await s.write(Record(id="doubtful", params={"doubtful": 1}))
+        else:
+            assert await s.write(Record(id="doubtful", params={"doubtful": 1})) is True
+        s._dbapi = real
+        assert s._aconn is None  # the broken connection is dropped
+        await connected(s)  # a new one, opened by the next inline attempt
+        assert await s.write(Record(params={"after": 1})) is True
+
+    try:
+        with caplog.at_level("WARNING", logger="agentgate.store"):
+            asyncio.run(main())
+    finally:
+        s.close()
+    assert "the outcome of a commit made inline is unknown" in caplog.text
+    assert ("no answer within 6 s" in caplog.text) == (how == "silent")  # commit_timeout, then 5 s for the stop
+    assert ("had gone through" in caplog.text) == (how == "after")
+    assert seqs(s.url) == list(range(1, 6))
+    with create_engine(s.url, poolclass=NullPool).connect() as c:
+        assert c.execute(select(func.count()).select_from(Call).where(Call.id == "doubtful")).scalar() == 1
+    assert s.stats["inline"] == 2  # "before" and "after"; the doubtful one is the writer's to settle
+    result = verify(s.url, KEY)
+    assert result.ok and result.records == 5, result
+
+
+def test_a_postgres_inline_commit_the_server_refuses_goes_to_the_writer(caplog) -> None:
+    """The server answers with an ERROR: the statement did not commit, so there is nothing in
+    doubt; the record is queued for the writer as any other and committed once."""
+    import types
+
+    s = pg_store()
+    real = s._dbapi
+
+    async def main() -> None:
+        await connected(s)
+        s._dbapi = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+        s._dbapi.AsyncRawCursor = lambda conn: _Cursor(real.AsyncRawCursor(conn), "refused")
+        assert await s.write(Record(id="refused-inline")) is True
+        s._dbapi = real
+        assert s._aconn is not None  # the connection is still good
+        assert await s.write(Record()) is True
+
+    try:
+        with caplog.at_level("WARNING", logger="agentgate.store"):
+            asyncio.run(main())
+    finally:
+        s.close()
+    assert "unknown" not in caplog.text
+    assert seqs(s.url) == [1, 2, 3]
+    assert s.stats["inline"] == 1  # the last one; the refused one by the writer
+    assert verify(s.url, KEY).ok
 
 
 def test_the_head_is_checkpointed_after_inline_commits(tmp_path) -> None:
@@ -372,3 +538,76 @@ def test_through_the_gateway_one_agents_records_are_committed_inline_several_age
     assert inline >= 6  # the solo agent's six calls, made while it was the only client
     assert inline <= records - 20  # the crowd's puts, made while five were connected, went to the writer thread
     assert verify(gw.db_url).ok
+
+
+def test_a_postgres_inline_commit_whose_client_leaves_is_stopped_and_says_so() -> None:
+    """The statement waits for a lock another connection holds; the caller's client leaves: the
+    server is asked to stop the statement, and, stopped, the record says ``if_gone``, is handed to
+    the writer and committed once the lock is gone, as when the writer's own attempt is stopped."""
+    from tests.test_store_faults import Lock
+
+    s = pg_store()
+    left = threading.Event()
+
+    async def main() -> None:
+        await connected(s)
+        lock = Lock(s.url)
+        threading.Timer(0.3, left.set).start()
+        started = time.monotonic()
+        try:
+            committed = await s.write(Record(id="gone", outcome="forwarded"), if_gone={"outcome": "client_gone"},
+                                      gone=left.is_set)
+            took = time.monotonic() - started
+        finally:
+            lock.release()
+        assert committed is False  # not committed as sent: the caller answers nobody
+        assert 0.3 <= took < 3  # stopped soon after the client left, not at the lock's end
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + 10
+        while s.stats["records"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        s.close()
+    with create_engine(s.url, poolclass=NullPool).connect() as c:
+        rows = c.execute(select(Call.outcome).where(Call.id == "gone")).scalars().all()
+    assert rows == ["client_gone"]
+    assert s.stats["aborts"] >= 1 and s.stats["inline"] == 0
+    assert verify(s.url, KEY).ok
+
+
+def test_a_postgres_inline_commit_that_outlasts_commit_timeout_is_refused_and_kept() -> None:
+    """The statement waits past commit_timeout: the server is asked to stop it; stopped, the call
+    is refused (StoreUnavailable), its record says ``if_refused`` and is written once the database
+    answers again, and the store refuses calls up front until then."""
+    from tests.test_store_faults import Lock
+
+    s = pg_store(commit_timeout=0.5)
+
+    async def main() -> None:
+        await connected(s)
+        lock = Lock(s.url)
+        started = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable, match="did not commit within 0.5 s"):
+                await s.write(Record(id="slow", outcome="forwarded", status=200),
+                              if_refused={"outcome": "refused_store", "status": 503})
+            took = time.monotonic() - started
+            assert 0.5 <= took < 3
+            with pytest.raises(StoreUnavailable):  # refused up front while the database is stuck
+                await s.write(Record(id="next"))
+        finally:
+            lock.release()
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + 10
+        while s.stats["records"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        s.close()
+    with create_engine(s.url, poolclass=NullPool).connect() as c:
+        rows = dict(c.execute(select(Call.id, Call.outcome).where(Call.id.in_(["slow", "next"]))).all())
+    assert rows["slow"] == "refused_store"
+    assert verify(s.url, KEY).ok

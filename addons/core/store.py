@@ -2,11 +2,13 @@
 
 SQLite by default, PostgreSQL (psycopg 3) to scale out; the same code on both. One writer thread
 per gateway commits whatever is queued in one transaction (group commit) and chains the records it
-writes (``core.chain``). With ``commit_inline`` (SQLite, durability "sync", synchronous "normal";
-the gateway sets it while at most three clients are connected) a caller whose record finds nothing queued and
-no commit under way commits it itself, on its own thread, into the same chain; when that cannot be
-done at once (another process holds the write lock, any error) the record is queued for the
-writer as usual. ``write`` with durability "sync" returns once the record is committed; "async"
+writes (``core.chain``). With ``commit_inline`` (durability "sync"; SQLite with synchronous
+"normal", or PostgreSQL; the gateway sets it while at most three clients are connected) a caller
+whose record finds nothing queued and no commit under way commits it itself, into the same chain:
+on SQLite on its own thread, on PostgreSQL from its event loop on a connection of its own; when
+that cannot be done at once (another process holds the write lock, no connection yet, any error)
+the record is queued for the writer as usual, and one whose outcome is unknown (PostgreSQL's
+connection broke after it was sent) goes to the writer in doubt, as its own attempts do. ``write`` with durability "sync" returns once the record is committed; "async"
 once it is queued. When a commit fails (disk full, database down) the store is unhealthy:
 ``write`` raises ``StoreUnavailable`` at once so that the caller can refuse the call (fail closed),
 while the writer keeps the records it holds and retries with backoff until the database is back.
@@ -124,6 +126,10 @@ CHAIN_KEY_FILE = "chain.key"
 MAX_BATCH = 1000  # records per group commit
 MAX_BACKOFF = 2.0  # seconds between retries while the database is down
 CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
+ASYNC_RETRY = 5.0  # seconds before the inline commits' PostgreSQL connection is tried again after a failure
+# seconds an inline PostgreSQL commit waits, past commit_timeout, for the server to stop it before
+# its outcome counts as unknown
+CANCEL_GRACE = 5.0
 # libpq's connection parameters for every PostgreSQL connection (the pool's, the writer's, the
 # approvals' LISTEN): TCP keepalives probe an idle connection after 5 s, every 2 s, 3 times, and
 # tcp_user_timeout (milliseconds) drops one whose sent data goes unacknowledged for 10 s. A server
@@ -622,6 +628,23 @@ class _Waiter:
 WITHDRAWN = object()
 
 
+def _ended(conn: Any) -> bool:
+    """A kept PostgreSQL connection with nothing asked that has something to read: the server
+    ended it (a restart, an idle timeout). Found without a round trip, before anything is sent."""
+    try:
+        return bool(select_module.select([conn.fileno()], [], [], 0)[0])
+    except Exception:  # noqa: BLE001 - closed or broken
+        return True
+
+
+async def _cancel_async(conn: Any) -> None:
+    """Ask the server to stop what ``conn`` (an asyncio connection) runs (best effort: it may have finished)."""
+    try:
+        await conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - the statement's own outcome tells
+        log.debug("cannot cancel a statement: %s", _one_line(e))
+
+
 def _resolve(outcomes: list[tuple[_Waiter, Any]]) -> None:
     """Tell waiters their records' verdicts: one hop into each event loop for all of its waiters."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
@@ -778,6 +801,12 @@ class Store:
         self._max_batch = min(MAX_BATCH, self._one_statement.max_records) if self._one_statement else MAX_BATCH
         self._dbapi = dialect.loaded_dbapi
         self._raw: Any = None  # the writer's connection, kept between commits
+        # PostgreSQL: the inline commits' connection (psycopg's asyncio one), the loop it belongs to,
+        # the task opening it, and when to try again after a failure to (``_commit_inline_postgres``)
+        self._aconn: Any = None
+        self._aconn_loop: asyncio.AbstractEventLoop | None = None
+        self._aconn_opening: asyncio.Task | None = None
+        self._aconn_retry = 0.0
         # writer state: guarded by _cond (the queue, health, the attempt under way), or owned by the
         # writer thread (chain)
         self._cond = threading.Condition()
@@ -1031,11 +1060,23 @@ class Store:
             self._enqueue(record, None, if_refused)
             return True
         prepared = self._prepare(record)
-        if self.commit_inline and self._commit_inline(prepared):
-            return True
+        if_gone = if_gone if gone is not None else None
+        in_doubt = None
+        if self.commit_inline:
+            if not self._postgres:
+                if self._commit_inline(prepared):
+                    return True
+            else:
+                done = await self._commit_inline_postgres(prepared, record, if_refused, if_gone, gone)
+                if isinstance(done, bool):  # committed; or not, its client gone (the record says so)
+                    return done
+                in_doubt = done
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop)
-        item = self._enqueue(record, waiter, if_refused, if_gone if gone is not None else None, prepared)
+        if in_doubt is not None:  # sent inline, its outcome unknown: the writer finds it out
+            item, waiter = in_doubt
+        else:
+            waiter = _Waiter(loop)
+            item = self._enqueue(record, waiter, if_refused, if_gone, prepared)
         future = waiter.future
         deadline = loop.time() + self.commit_timeout
         timer: asyncio.TimerHandle | None = None
@@ -1066,24 +1107,179 @@ class Store:
 
     @property
     def can_commit_inline(self) -> bool:
-        """SQLite, durability "sync", sqlite_synchronous "normal": a commit on the caller's thread
-        then waits for nothing outside the process (no network, no other process's lock, no
-        device: the WAL is flushed and checkpointed by the writer thread), and the caller would
-        wait for it anyway."""
-        return not self._postgres and self.durability == "sync" and self.sqlite_synchronous == "normal"
+        """Durability "sync", and SQLite with sqlite_synchronous "normal" or PostgreSQL. SQLite's
+        commit on the caller's thread then waits for nothing outside the process (no network, no
+        other process's lock, no device: the WAL is flushed and checkpointed by the writer thread),
+        and the caller would wait for it anyway; PostgreSQL's is sent and awaited on the caller's
+        event loop, which serves other calls meanwhile (``_commit_inline_postgres``)."""
+        return self.durability == "sync" and (self._postgres or self.sqlite_synchronous == "normal")
+
+    def _inline_refused(self) -> bool:
+        """(Under ``_cond``.) A record cannot be committed inline now: the writer has records queued,
+        an attempt under way or due, or is not writing."""
+        # _wal_due: the WAL has its checkpoint's worth; records go to the writer, which checkpoints
+        # first, so that the WAL stays bounded however late the writer thread is scheduled
+        return bool(self._queue or self._attempting or self._inline or self._writer_waiting or self._in_doubt
+                    or self._wal_due or self._owed_versions or not self._healthy or self._thread is None
+                    or self._closing.is_set())
+
+    def _inline_done(self) -> None:
+        """(Under ``_cond``.) An inline commit is over: wake the writer if it has work waiting."""
+        self._inline = False
+        self._sent = False
+        if self._wake_on_commit or self._wal_due or self._queue or self._closing.is_set():
+            self._cond.notify()
+
+    async def _commit_inline_postgres(self, prepared: tuple[dict[str, Any], dict[str, Any], bytes | None],
+                                      record: Record, if_refused: dict[str, Any] | None,
+                                      if_gone: dict[str, Any] | None, gone: Callable[[], bool] | None
+                                      ) -> bool | tuple[_Pending, _Waiter] | None:
+        """PostgreSQL: commit one record from the caller's event loop, on a connection of its own
+        (psycopg's asyncio connection), as the one statement the writer sends: no hand-over to the
+        writer thread and back (two thread wake-ups and GIL hand-overs per call). Same conditions
+        as ``_commit_inline``, and the same rules as the writer's attempts:
+
+        - True: committed. None: not tried (no connection yet, one is opened meanwhile; the server
+          ended the kept one) or refused by the server: the caller queues the record as usual.
+        - The caller's client leaves (``gone``), or ``commit_timeout`` passes, while the statement
+          runs: the server is asked to stop it. Stopped, it is not committed: the record says
+          ``if_gone`` (False) or ``if_refused`` (``StoreUnavailable``, and the store refuses calls
+          until a commit goes through), and goes to the writer; committed before the request
+          landed, it stands as sent (True).
+        - The connection breaks, or no answer comes even then, after the statement was sent: its
+          outcome is unknown. The record goes to the head of the writer's queue in doubt, and the
+          writer finds out whether it went through, as after its own attempts: (the queued record,
+          its waiter), for the caller to wait on."""
+        loop = asyncio.get_running_loop()
+        conn = self._aconn
+        if conn is None or self._aconn_loop is not loop or conn.closed or _ended(conn):
+            self._open_async(loop)
+            return None
+        with self._cond:
+            if self._inline_refused():
+                return None
+            self._inline = True
+        row, bound, template = prepared
+        left = overdue = False
+        watch: asyncio.TimerHandle | None = None
+        stopping: list[asyncio.Task] = []
+        try:
+            calls, sessions, head, seq, prev = self._chained([_Pending(None, row, bound, template, None, None, None)],
+                                                             False)
+            sql, params = self._one_statement(calls, sessions, head)
+            deadline = loop.time() + self.commit_timeout
+
+            def look() -> None:
+                nonlocal watch, left, overdue
+                watch = None
+                if gone is not None and gone():
+                    left = True
+                elif loop.time() >= deadline:
+                    overdue = True
+                else:
+                    watch = loop.call_later(min(WATCH_EVERY, deadline - loop.time()) if gone is not None
+                                            else deadline - loop.time(), look)
+                    return
+                self.stats["aborts"] += 1
+                stopping.append(loop.create_task(_cancel_async(conn)))
+
+            watch = loop.call_later(min(WATCH_EVERY, self.commit_timeout) if gone is not None else self.commit_timeout,
+                                    look)
+            try:
+                async with asyncio.timeout(self.commit_timeout + CANCEL_GRACE):
+                    async with self._dbapi.AsyncRawCursor(conn) as cur:
+                        await cur.execute(sql, params)
+            except BaseException as e:
+                if isinstance(e, Exception) and self._verdict(e):  # the server refused or stopped it: not committed
+                    if not (left or overdue):
+                        log.debug("store %s: an inline commit was refused (%s); queued for the writer", self.where,
+                                  _one_line(e))
+                        return None
+                    said = if_gone if left and if_gone is not None else if_refused
+                    if overdue:
+                        with self._cond:
+                            if self._healthy:  # the database is stuck: refuse calls up front until it is not
+                                self._healthy = False
+                                self._last_error = f"no commit for over {self.commit_timeout:g} s"
+                                log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where,
+                                          self._last_error)
+                    try:
+                        self._enqueue(dataclasses.replace(record, **said) if said else record, None)
+                    except StoreUnavailable:
+                        pass  # kept: written once the store can
+                    if left and if_gone is not None:
+                        return False
+                    raise self._too_slow() from None
+                self._drop_async()
+                waiter = _Waiter(loop)
+                item = _Pending(record if (if_refused or if_gone) else None, row, bound, template, waiter,
+                                if_refused, if_gone)
+                item.in_doubt = item.inflight = True
+                item.left, item.overdue = left, overdue
+                with self._cond:
+                    self._queue.appendleft(item)  # before any record queued meanwhile: the next in the chain
+                    self._in_doubt, self._doubt_checkpoint = 1, False
+                reason = _one_line(e) if isinstance(e, Exception) and not isinstance(e, TimeoutError) else \
+                    f"no answer within {self.commit_timeout + CANCEL_GRACE:g} s" if isinstance(e, TimeoutError) else \
+                    "the call was cancelled"
+                log.warning("store %s: the outcome of a commit made inline is unknown (%s); its caller waits until "
+                            "the database says whether it went through", self.where, reason)
+                if not isinstance(e, Exception):
+                    raise
+                return item, waiter
+            self._committed_as(seq, prev, False, 1)
+            self.stats["inline"] += 1
+            return True
+        finally:
+            if watch is not None:
+                watch.cancel()
+            with self._cond:
+                self._inline_done()
+
+    def _open_async(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the inline commits' PostgreSQL connection on ``loop``, in the background (once at a
+        time; after a failure, not again for ASYNC_RETRY seconds)."""
+        opening = self._aconn_opening
+        if (opening is not None and not opening.done() and opening.get_loop() is loop) or loop.time() < self._aconn_retry:
+            return
+        if self._aconn is not None:
+            self._drop_async()  # another loop's
+
+        async def open_connection() -> None:
+            try:
+                args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+                conn = await self._dbapi.AsyncConnection.connect(
+                    *args, **{**kwargs, "connect_timeout": CONNECT_TIMEOUT, **POSTGRES_KEEPALIVES}, autocommit=True)
+            except Exception as e:  # noqa: BLE001 - the writer thread commits meanwhile, and reports what fails
+                log.debug("store %s: no connection for inline commits (%s)", self.where, _one_line(e))
+                self._aconn_retry = loop.time() + ASYNC_RETRY
+            else:
+                if self._closing.is_set():
+                    await conn.close()
+                else:
+                    self._aconn, self._aconn_loop = conn, loop
+
+        self._aconn_opening = loop.create_task(open_connection())
+
+    def _drop_async(self) -> None:
+        """Close the inline commits' PostgreSQL connection, from any thread (libpq's own close)."""
+        conn, self._aconn, self._aconn_loop = self._aconn, None, None
+        if conn is not None:
+            try:
+                conn.pgconn.finish()
+            except Exception:  # noqa: BLE001 - already closed or broken
+                pass
 
     def _commit_inline(self, prepared: tuple[dict[str, Any], dict[str, Any], bytes | None]) -> bool:
         """Commit one record here, on the caller's thread, when the writer has nothing queued and no
-        attempt under way (SQLite only): no hand-over to the writer thread and back, which costs a
-        single agent's calls more than the commit itself. One try, not waiting for another
-        process's write lock; False when it was not done (the caller queues the record as usual)."""
+        attempt under way (SQLite; PostgreSQL's is ``_commit_inline_postgres``): no hand-over to the
+        writer thread and back, which costs a single agent's calls more than the commit itself. One
+        try, not waiting for another process's write lock; False when it was not done (the caller
+        queues the record as usual)."""
         if not self.can_commit_inline:
             return False
         with self._cond:
-            # _wal_due: the WAL has its checkpoint's worth; records go to the writer, which checkpoints
-            # first, so that the WAL stays bounded however late the writer thread is scheduled
-            if (self._queue or self._attempting or self._inline or self._writer_waiting or self._in_doubt
-                    or self._wal_due or self._owed_versions or not self._healthy or self._thread is None or self._closing.is_set()):
+            if self._inline_refused():
                 return False
             self._inline = True
         done = False
@@ -1102,10 +1298,7 @@ class Store:
                       self.where, _one_line(e))
         finally:
             with self._cond:
-                self._inline = False
-                self._sent = False
-                if self._wake_on_commit or self._wal_due or self._queue or self._closing.is_set():
-                    self._cond.notify()
+                self._inline_done()
         return done
 
     def write_sync(self, record: Record, *, if_refused: dict[str, Any] | None = None) -> None:
@@ -1241,6 +1434,7 @@ class Store:
                 if self._shm_fd is not None:
                     os.close(self._shm_fd)
                     self._shm_fd = None
+            self._drop_async()
             for name in ("_raw", "_wal_conn"):
                 raw = getattr(self, name)
                 setattr(self, name, None)
@@ -1452,6 +1646,25 @@ class Store:
 
     def _commit(self, batch: list[_Pending], checkpoint: bool, retry_busy: bool = True) -> None:
         """One transaction: the batch's calls, their sessions, and the head checkpoint if due."""
+        calls, sessions, head, seq, prev = self._chained(batch, checkpoint)
+        self._transaction(calls, sessions, head, retry_busy)
+        self._committed_as(seq, prev, checkpoint, len(calls))
+
+    def _committed_as(self, seq: int, prev: str, checkpoint: bool, records: int) -> None:
+        """A commit went through: the chain's head is now ``seq`` and ``prev``."""
+        self._seq, self._head = seq, prev
+        if checkpoint:
+            self._anchored = seq
+            if seq:
+                mac = None if self._key is None else chain.record_mac(self._key, writer_id=self.writer_id, seq=seq,
+                                                                      record_hash=prev)
+                witness_log.info(chain.Witness(self.writer_id, seq, prev, mac, "").line())
+        self.stats["commits"] += 1
+        self.stats["records"] += records
+
+    def _chained(self, batch: list[_Pending], checkpoint: bool) -> tuple[list, list, Any, int, str]:
+        """The statements' values of a commit of ``batch`` after the chain's head (and of the head
+        checkpoint, if ``checkpoint``), with the seq and hash the head has once it is committed."""
         seq, prev = self._seq, self._head
         calls = []
         for item in batch:
@@ -1474,16 +1687,7 @@ class Store:
                 mac = chain.checkpoint_mac(self._key, writer_id=self.writer_id, seq=seq, head_hash=prev, time=now, kind="head")
             head = self._insert_checkpoint.params(self._insert_checkpoint.bind(
                 {"writer_id": self.writer_id, "seq": seq, "head_hash": prev, "time": now, "kind": "head", "hmac": mac}))
-        self._transaction(calls, sessions, head, retry_busy)
-        self._seq, self._head = seq, prev
-        if checkpoint:
-            self._anchored = seq
-            if seq:
-                mac = None if self._key is None else chain.record_mac(self._key, writer_id=self.writer_id, seq=seq,
-                                                                      record_hash=prev)
-                witness_log.info(chain.Witness(self.writer_id, seq, prev, mac, "").line())
-        self.stats["commits"] += 1
-        self.stats["records"] += len(calls)
+        return calls, sessions, head, seq, prev
 
     def _connection(self) -> Any:
         """The writer's kept connection; a new one when PostgreSQL closed the kept one while it was
