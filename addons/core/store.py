@@ -1106,6 +1106,11 @@ class Store:
             look = None  # it names itself: a cycle that would keep the call's flow for the garbage collector
 
     @property
+    def postgres(self) -> bool:
+        """The store is PostgreSQL (else SQLite)."""
+        return self._postgres
+
+    @property
     def can_commit_inline(self) -> bool:
         """Durability "sync", and SQLite with sqlite_synchronous "normal" or PostgreSQL. SQLite's
         commit on the caller's thread then waits for nothing outside the process (no network, no
