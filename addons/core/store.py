@@ -1238,6 +1238,8 @@ class Store:
         finally:
             if watch is not None:
                 watch.cancel()
+            if stopping:  # a request to stop it may land late, on the next statement: not on this connection
+                self._drop_async()
             with self._cond:
                 self._inline_done()
 
