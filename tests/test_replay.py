@@ -121,13 +121,41 @@ def test_human_output_and_diff(gateway, moto, session):
 
 
 def test_bad_input(gateway, moto, session):
-    for args, words in ((["--to", moto.url], "give a SESSION or --calls"),
+    for args, words in ((["--to", moto.url], "give a SESSION, --calls IDS or --principal SUB"),
                         ([session["id"], "--calls", "x", "--to", moto.url], "one of them"),
+                        ([session["id"], "--principal", PRINCIPAL, "--to", moto.url], "one of them"),
+                        ([session["id"], "--since", "1h", "--to", moto.url], "give --principal SUB with them"),
+                        (["--principal", PRINCIPAL, "--since", "tomorrow"], "--since"),
+                        (["--principal", PRINCIPAL, "--since", "1h", "--until", "2h"], "is not before --until"),
                         ([session["id"], "--to", "ftp://x"], "--to must be")):
         p = replay(gateway, *args, check=False)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = replay(gateway, "no-such-session", "--to", moto.url, check=False)
     assert p.returncode == 1 and "no session 'no-such-session'" in p.stderr
+    p = replay(gateway, "--principal", "nobody-at-all", "--to", moto.url, check=False)
+    assert p.returncode == 1 and "no forwarded call by principal 'nobody-at-all'" in p.stderr
+
+
+def test_a_principals_calls_are_replayed_oldest_first_over_a_period(gateway, moto, session):
+    """--principal SUB: the principal's forwarded calls, whichever session and gateway process
+    recorded them, oldest first (a denied call was not forwarded: not among them); --since and
+    --until cut them to a period."""
+    out = replay(gateway, "--principal", PRINCIPAL, "--to", moto.url, "--json")
+    results = json.loads(out.stdout)
+    calls = session["calls"]
+    forwarded = [c for c in sorted(calls.values(), key=lambda c: (c["time"], c["id"])) if c["decision"] == "allow"]
+    assert [r["id"] for r in results] == [c["id"] for c in forwarded]
+    assert "iam:ListUsers" not in {r["action"] for r in results}
+    assert by_action(results)["dynamodb:GetItem"]["result"] == "same"
+    assert "--allow-writes" in by_action(results)["dynamodb:PutItem"]["skipped"]
+    # from the GetItem on: it and the GetCallerIdentity after it
+    since = calls["GetItem"]["time"]
+    out = replay(gateway, "--principal", PRINCIPAL, "--since", since, "--to", moto.url, "--json")
+    assert [r["action"] for r in json.loads(out.stdout)] == ["dynamodb:GetItem", "sts:GetCallerIdentity"]
+    # before the GetItem: the calls up to the PutItem
+    out = replay(gateway, "--principal", PRINCIPAL, "--until", since, "--to", moto.url, "--dry-run", "--json")
+    assert [r["action"] for r in json.loads(out.stdout)] == [
+        "s3:CreateBucket", "s3:PutObject", "s3:GetObject", "s3:ListBucket", "dynamodb:CreateTable", "dynamodb:PutItem"]
 
 
 def test_each_change_the_diff_shows_is_one_line(gateway, issuer, moto):

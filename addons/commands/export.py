@@ -366,6 +366,12 @@ def _ids(values: tuple[str, ...]) -> list[str]:
 @click.argument("session", required=False, metavar="[SESSION]")
 @click.option("--calls", "call_ids", multiple=True, metavar="IDS", help="Replay these calls (ids, comma-separated or "
                                                                          "repeated) instead of a session.")
+@click.option("--principal", metavar="SUB", help="Replay the calls of this principal (the token's subject) that were "
+                                                 "forwarded, oldest first, over every session and gateway process, "
+                                                 "instead of a session; with --since and --until, those of a period.")
+@click.option("--since", metavar="WHEN", help="With --principal: from this time on (ISO 8601, UTC unless given, or "
+                                              "an age: 1h, 7d).")
+@click.option("--until", metavar="WHEN", help="With --principal: before this time (ISO 8601 or an age).")
 @click.option("--to", "target", metavar="URL", help="Send the calls here, keeping their Host (moto, LocalStack); STS "
                                                     "too. Default: the upstream setting, else AWS itself.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
@@ -374,8 +380,9 @@ def _ids(values: tuple[str, ...]) -> list[str]:
                                                    "Tagging, Permissions management or unknown) or needed an approval.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @db_option
-def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, dry_run: bool, show_diff: bool,
-           allow_writes: bool, as_json: bool, db: str | None) -> None:
+def replay(session: str | None, call_ids: tuple[str, ...], principal: str | None, since: str | None,
+           until: str | None, target: str | None, dry_run: bool, show_diff: bool, allow_writes: bool, as_json: bool,
+           db: str | None) -> None:
     """Re-issue recorded, forwarded calls with current JIT credentials and compare the responses.
 
     Denied calls, and calls held for approval that nobody released, are never replayed; calls that
@@ -385,8 +392,11 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
     from ..core import replay as rp
 
     ids = _ids(call_ids)
-    if bool(session) == bool(ids):
-        raise BadInput("give a SESSION or --calls IDS (one of them)")
+    if sum(map(bool, (session, ids, principal))) != 1:
+        raise BadInput("give a SESSION, --calls IDS or --principal SUB (one of them)")
+    if (since is not None or until is not None) and not principal:
+        raise BadInput("--since and --until choose a principal's calls: give --principal SUB with them")
+    start, end = _period(since, until)
     settings = _settings(db)
     target = target if target is not None else (settings.upstream or None)
     if target and not target.startswith(("http://", "https://")):
@@ -396,6 +406,14 @@ def replay(session: str | None, call_ids: tuple[str, ...], target: str | None, d
             if store.session(session) is None and not store.calls(session_id=session, limit=1):
                 raise click.ClickException(f"no session {session!r} in the store at {store.where}")
             calls = store.calls(session_id=session, limit=None, newest_first=False)
+        elif principal:
+            calls = store.calls(principal=principal, outcome="forwarded", since=start, until=end, limit=None,
+                                newest_first=False)
+            if not calls:
+                period = "".join((f" since {start.isoformat()}" if start else "",
+                                  f" before {end.isoformat()}" if end else ""))
+                raise click.ClickException(f"no forwarded call by principal {principal!r}{period} in the store at "
+                                           f"{store.where}")
         else:
             calls = []
             for i in ids:
