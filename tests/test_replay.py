@@ -392,3 +392,19 @@ def test_a_replay_without_readable_policies_sends_nothing(gateway, moto, session
     p = gateway.cli("replay", "--calls", read["id"], "--to", moto.url, "--dry-run", check=False, timeout=120,
                     env={"AGENTGATE_POLICIES": str(tmp_path / "nowhere")})
     assert p.returncode == 0 and read["id"] in p.stdout, p.stderr
+
+
+def test_exit_code_says_whether_any_answer_differs(gateway, moto, session):
+    """--exit-code, as git diff --exit-code: 0 when every replayed call was answered as recorded
+    (volatile values aside), 1 with a line naming the first that was not; without it, 0 either way."""
+    same = [session["calls"][op]["id"] for op in ("GetObject", "GetItem")]
+    p = replay(gateway, "--calls", ",".join(same), "--to", moto.url, "--exit-code", "--json")
+    assert p.returncode == 0 and [r["result"] for r in json.loads(p.stdout)] == ["same", "same"]
+    # CreateTable again: 400, the table exists now
+    p = replay(gateway, session["id"], "--to", moto.url, "--allow-writes", "--exit-code", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert "replayed calls were answered otherwise than recorded: call " in line, p.stderr
+    assert p.stdout.strip()  # the table was printed first
+    p = replay(gateway, session["id"], "--to", moto.url, "--allow-writes", check=False)
+    assert p.returncode == 0

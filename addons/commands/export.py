@@ -379,10 +379,13 @@ def _ids(values: tuple[str, ...]) -> list[str]:
 @click.option("--allow-writes", is_flag=True, help="Also replay calls that change something (access level Write, "
                                                    "Tagging, Permissions management or unknown) or needed an approval.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--exit-code", "exit_code", is_flag=True, help="Exit with 1 when a replayed call was answered otherwise "
+                                                             "than recorded (its status, or a value or member that is "
+                                                             "not volatile), as git diff --exit-code does.")
 @db_option
 def replay(session: str | None, call_ids: tuple[str, ...], principal: str | None, since: str | None,
            until: str | None, target: str | None, dry_run: bool, show_diff: bool, allow_writes: bool, as_json: bool,
-           db: str | None) -> None:
+           exit_code: bool, db: str | None) -> None:
     """Re-issue recorded, forwarded calls with current JIT credentials and compare the responses.
 
     Denied calls, and calls held for approval that nobody released, are never replayed; calls that
@@ -443,6 +446,10 @@ def replay(session: str | None, call_ids: tuple[str, ...], principal: str | None
     if errors:
         raise click.ClickException(f"{len(errors)} of {len(outcomes)} calls could not be replayed: "
                                    f"call {errors[0].id}: {errors[0].error}")
+    differ = [o for o in outcomes if o.result not in ("same", "skipped")]
+    if exit_code and differ:
+        raise click.ClickException(f"{len(differ)} of {len(sending)} replayed calls were answered otherwise than "
+                                   f"recorded: call {_line(differ[0].id)} ({_line(differ[0].action)}): {differ[0].result}")
 
 
 def _replay_policies(settings: Any) -> Any:
