@@ -1169,9 +1169,14 @@ class Store:
         watch: asyncio.TimerHandle | None = None
         stopping: list[asyncio.Task] = []
         try:
-            calls, sessions, head, seq, prev = self._chained([_Pending(None, row, bound, template, None, None, None)],
-                                                             False)
-            sql, params = self._one_statement(calls, sessions, head)
+            try:
+                calls, sessions, head, seq, prev = self._chained(
+                    [_Pending(None, row, bound, template, None, None, None)], False)
+                sql, params = self._one_statement(calls, sessions, head)
+            except Exception as e:  # noqa: BLE001 - nothing was sent: the writer tries it, and reports what fails
+                log.debug("store %s: an inline commit was not made (%s); queued for the writer", self.where,
+                          _one_line(e))
+                return None
             deadline = loop.time() + self.commit_timeout
 
             def look() -> None:
