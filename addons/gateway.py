@@ -148,8 +148,8 @@ INLINE_POSTGRES_UP_TO = 1
 
 class InlineCommits(_ByClients):
     """Lets the store commit a call's record on the event loop itself while at most
-    INLINE_COMMITS_UP_TO clients are connected (``Store.commit_inline``; SQLite, and PostgreSQL from
-    the event loop on a connection of its own; a record is
+    INLINE_COMMITS_UP_TO clients are connected (``Store.commit_inline``; on PostgreSQL, from the event
+    loop on a connection of its own, while INLINE_POSTGRES_UP_TO are; a record is
     still handed to the writer thread whenever it has records queued or a commit under way). A few
     agents' calls each wait for their own commit, and the writer thread would commit them one or two
     at a time (1.6 records per commit at two agents): handing each record to it and back cost the
