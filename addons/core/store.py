@@ -629,8 +629,9 @@ WITHDRAWN = object()
 
 
 def _ended(conn: Any) -> bool:
-    """A kept PostgreSQL connection with nothing asked that has something to read: the server
-    ended it (a restart, an idle timeout). Found without a round trip, before anything is sent."""
+    """A kept PostgreSQL connection (the writer's, or the inline commits' asyncio one) with nothing
+    asked that has something to read: the server ended it (a restart, an idle timeout). Found
+    without a round trip, before anything is sent; one that cannot be asked counts as ended."""
     try:
         return bool(select_module.select([conn.fileno()], [], [], 0)[0])
     except Exception:  # noqa: BLE001 - closed or broken
@@ -1208,11 +1209,7 @@ class Store:
                     said = if_gone if left and if_gone is not None else if_refused
                     if overdue:
                         with self._cond:
-                            if self._healthy:  # the database is stuck: refuse calls up front until it is not
-                                self._healthy = False
-                                self._last_error = f"no commit for over {self.commit_timeout:g} s"
-                                log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where,
-                                          self._last_error)
+                            self._stuck()  # the database is stuck
                     try:
                         self._enqueue(dataclasses.replace(record, **said) if said else record, None)
                     except StoreUnavailable:
@@ -1340,11 +1337,16 @@ class Store:
             item.overdue = True
             if not self._rewrite_if_queued(item, waiter, "timeout", item.if_refused):
                 return False
-            if self._healthy:  # the writer is stuck in an attempt: refuse calls up front until it is not
-                self._healthy = False
-                self._last_error = f"no commit for over {self.commit_timeout:g} s"
-                log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, self._last_error)
+            self._stuck()  # the writer is stuck in an attempt
             return True
+
+    def _stuck(self) -> None:
+        """(Under ``_cond``.) No commit came within ``commit_timeout``: refuse calls up front until
+        one goes through."""
+        if self._healthy:
+            self._healthy = False
+            self._last_error = f"no commit for over {self.commit_timeout:g} s"
+            log.error("store %s: cannot write (%s); refusing calls until it recovers", self.where, self._last_error)
 
     def _left(self, item: _Pending, waiter: _Waiter) -> bool:
         """``item``'s caller's client has left. True when the record was still queued: it says
@@ -1706,11 +1708,7 @@ class Store:
         idle (a restart, an idle timeout): found without a round trip, before anything is sent."""
         raw = self._raw
         if raw is not None and self._postgres:
-            try:
-                readable = select_module.select([raw.driver_connection.fileno()], [], [], 0)[0]
-            except (OSError, ValueError, self._dbapi.Error):
-                readable = True
-            if readable:  # an idle connection with something to read: the server has ended it
+            if _ended(raw.driver_connection):
                 self._drop_connection(close=True)
                 raw = None
         if raw is None:
