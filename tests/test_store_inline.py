@@ -40,16 +40,22 @@ def seqs(url: str) -> list[int]:
         return c.execute(select(Call.seq).order_by(Call.seq)).scalars().all()
 
 
-def test_a_record_is_committed_on_the_callers_thread_into_the_same_chain(tmp_path) -> None:
-    s = sqlite_store(tmp_path)
-    committed_on: list[str] = []
+def transactions_by_thread(s: Store) -> list[str]:
+    """The name of the thread each of ``s``'s transactions (``Store._transaction``) runs on, from now on."""
+    names: list[str] = []
     real = s._transaction
 
     def transaction(*a, **kw):
-        committed_on.append(threading.current_thread().name)
+        names.append(threading.current_thread().name)
         return real(*a, **kw)
 
     s._transaction = transaction
+    return names
+
+
+def test_a_record_is_committed_on_the_callers_thread_into_the_same_chain(tmp_path) -> None:
+    s = sqlite_store(tmp_path)
+    committed_on = transactions_by_thread(s)
 
     async def main() -> None:
         for i in range(30):
@@ -126,14 +132,7 @@ def test_postgres_commits_inline_from_the_event_loop_into_the_same_chain() -> No
     the writer thread), into the writer's chain, interleaved with the writer's own commits; while
     it waits for the server, the loop serves other work."""
     s = pg_store()
-    sent_by: list[str] = []
-    real = s._transaction
-
-    def transaction(*a, **kw):
-        sent_by.append(threading.current_thread().name)
-        return real(*a, **kw)
-
-    s._transaction = transaction
+    sent_by = transactions_by_thread(s)  # the writer's; an inline commit runs no Store._transaction
     ticks = 0
 
     async def ticker() -> None:
@@ -192,6 +191,15 @@ class _Cursor:
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
 
+def failing(real, how: str):
+    """psycopg as ``real`` is, but for its asyncio cursor, which fails as ``_Cursor`` is told."""
+    import types
+
+    driver = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+    driver.AsyncRawCursor = lambda conn: _Cursor(real.AsyncRawCursor(conn), how)
+    return driver
+
+
 @pytest.mark.parametrize("how", ["after", "before", "silent"])
 def test_a_postgres_inline_commit_whose_outcome_is_unknown_is_settled_by_the_writer(how, caplog) -> None:
     """The connection breaks once the statement was sent (or no answer comes, even to the request
@@ -199,16 +207,13 @@ def test_a_postgres_inline_commit_whose_outcome_is_unknown_is_settled_by_the_wri
     whether it is in the chain: the caller is told it is committed once it is (or, past
     commit_timeout, refused when it is not), and it is stored exactly once either way; the chain
     goes on, and so do inline commits, on a new connection."""
-    import types
-
     s = pg_store(commit_timeout=1.0)
     real = s._dbapi
 
     async def main() -> None:
         await connected(s)
         assert await s.write(Record(params={"before": 1})) is True  # inline, as usual
-        s._dbapi = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
-        s._dbapi.AsyncRawCursor = lambda conn: _Cursor(real.AsyncRawCursor(conn), how)
+        s._dbapi = failing(real, how)
         if how == "silent":  # nor an answer to the request to stop it: after commit_timeout the call is refused
             with pytest.raises(StoreUnavailable, match="did not commit within 1 s"):
                 await s.write(Record(id="doubtful", params={"doubtful": 1}))
@@ -238,15 +243,12 @@ def test_a_postgres_inline_commit_whose_outcome_is_unknown_is_settled_by_the_wri
 def test_a_postgres_inline_commit_the_server_refuses_goes_to_the_writer(caplog) -> None:
     """The server answers with an ERROR: the statement did not commit, so there is nothing in
     doubt; the record is queued for the writer as any other and committed once."""
-    import types
-
     s = pg_store()
     real = s._dbapi
 
     async def main() -> None:
         await connected(s)
-        s._dbapi = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
-        s._dbapi.AsyncRawCursor = lambda conn: _Cursor(real.AsyncRawCursor(conn), "refused")
+        s._dbapi = failing(real, "refused")
         assert await s.write(Record(id="refused-inline")) is True
         s._dbapi = real
         assert s._aconn is not None  # the connection is still good
