@@ -579,6 +579,7 @@ ALTERNATING = (
     ("chain_added_p50_ms_c1", "chain", "mitmdump", "p50_ms", 1, "difference"),
     ("chain_vs_mitmdump_rps_c8", "chain", "mitmdump", "rps", 8, "ratio"),
     ("chain_vs_floor_cpu_c8", "chain", "floor", "cpu_us_per_call", 8, "ratio"),
+    ("workers2_vs_chain_rps_c32", "workers2", "chain", "rps", 32, "ratio"),
 )
 
 
@@ -1113,6 +1114,7 @@ PAIRED = (
     ("chain_vs_floor_cpu_c8", "chain", "floor", "cpu_us_per_call", 8, "ratio"),
     ("chain_process_vs_mitmdump_rps_c1", "chain-process", "mitmdump", "rps", 1, "ratio"),
     ("chain_process_vs_mitmdump_rps_c8", "chain-process", "mitmdump", "rps", 8, "ratio"),
+    ("workers2_vs_chain_rps_c32", "workers2", "chain", "rps", 32, "ratio"),
 )
 
 

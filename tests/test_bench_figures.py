@@ -24,12 +24,16 @@ def test_paired_figures_compare_each_round_with_the_same_round():
         small("floor", 8, rounds((500, 2.0, 1000), (250, 4.0, 2000), (500, 2.0, 1000))),
         small("chain", 8, rounds((300, 3.0, 3000), (120, 7.0, 5000), (300, 3.0, 3000))),
         small("mitmdump", 8, rounds((250, 4.0, 4000), (100, 9.0, 9000), (250, 4.0, 4000))),
+        # two workers against one at 32 agents: 1.5x, 1.2x, 1.5x round by round, whatever the machine's speed
+        small("chain", 32, rounds((300, 90.0, 3000), (100, 250.0, 5000), (320, 80.0, 2900))),
+        small("workers2", 32, rounds((450, 60.0, 3500), (120, 200.0, 6000), (480, 55.0, 3400))),
     ]
     p = bench.paired(scenarios)
     assert p["chain_vs_mitmdump_rps_c1"] == {"median": 1.1, "rounds": [1.1, 1.1, 1.1]}
     assert p["chain_added_p50_ms_c1"] == {"median": -0.5, "rounds": [-0.5, -1.0, -0.5]}
     assert p["chain_vs_mitmdump_rps_c8"]["rounds"] == [1.2, 1.2, 1.2]
     assert p["chain_vs_floor_cpu_c8"] == {"median": 3.0, "rounds": [3.0, 2.5, 3.0]}
+    assert p["workers2_vs_chain_rps_c32"] == {"median": 1.5, "rounds": [1.5, 1.2, 1.5]}
     assert "chain_process_vs_mitmdump_rps_c1" not in p  # not measured: not reported
     # the goals' figures divide medians
     r, _ = bench.ratios(scenarios)
@@ -59,12 +63,15 @@ def test_alternating_figures_compare_each_cycles_slices():
         8: {"mitmdump": [slice_(250, 30.0, 4000), slice_(200, 40.0, 4500)],
             "floor": [slice_(600, 12.0, 1500), slice_(500, 15.0, 1800)],
             "chain": [slice_(260, 29.0, 3900), slice_(240, 33.0, 4200)]},
+        32: {"chain": [slice_(1000, 30.0, 900), slice_(900, 33.0, 950), slice_(1100, 28.0, 880)],
+             "workers2": [slice_(1250, 24.0, 1100), slice_(1260, 23.0, 1120), None]},
     }
     f = bench.alternating_figures(runs, 2.0)
     assert f["chain_vs_mitmdump_rps_c1"] == {"median": 1.0, "cycles": [0.95, 1.05], "slice_s": 2.0}
     assert f["chain_added_p50_ms_c1"]["cycles"] == [0.2, -0.1]
     assert f["chain_vs_mitmdump_rps_c8"]["cycles"] == [1.04, 1.2]
     assert f["chain_vs_floor_cpu_c8"] == {"median": 2.465, "cycles": [2.6, 2.33], "slice_s": 2.0}
+    assert f["workers2_vs_chain_rps_c32"] == {"median": 1.325, "cycles": [1.25, 1.4], "slice_s": 2.0}
     assert bench.alternating_figures({1: runs[1]}, 2.0).keys() == {"chain_vs_mitmdump_rps_c1", "chain_added_p50_ms_c1"}
 
 
