@@ -209,6 +209,59 @@ def test_concurrent_async_writers_share_group_commits(store: Store) -> None:
     assert seqs == list(range(1, 401))
 
 
+def test_with_a_group_delay_records_that_come_meanwhile_share_the_commit(tmp_path) -> None:
+    """``group_delay``: the writer waits that long before a commit of few records, so that a record
+    arriving meanwhile joins it (one commit for both, the first caller waiting the delay); without
+    it, each is committed as it comes. A group of GROUP_DELAY_UNDER records or more does not wait."""
+    from addons.core.store import GROUP_DELAY_UNDER
+
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}", chain_key=KEY, writer_id="w")
+    s.migrate()
+    s.start()
+
+    async def two(delay: float) -> tuple[int, float]:
+        s.group_delay = delay
+        commits = s.stats["commits"]
+        started = time.monotonic()
+
+        async def first() -> float:
+            await s.write(Record(principal="first"))
+            return time.monotonic() - started
+
+        async def second() -> None:
+            await asyncio.sleep(0.1)
+            await s.write(Record(principal="second"))
+
+        took, _ = await asyncio.gather(first(), second())
+        return s.stats["commits"] - commits, took
+
+    try:
+        commits, took = asyncio.run(two(0.0))
+        assert commits == 2 and took < 0.1  # each as it came
+        commits, took = asyncio.run(two(0.5))
+        assert commits == 1 and took >= 0.5  # the second joined the first's commit, which waited for it
+        assert s.stats["delayed"] == 1
+    finally:
+        s.close()
+    assert [c["principal"] for c in Store(s.url).calls(limit=None)] == ["second", "first"] * 2  # newest first
+
+    many = Store(f"sqlite:///{tmp_path / 'b.db'}", durability="async", chain_key=KEY, writer_id="m")
+    many.migrate()
+    many.start()
+    many.group_delay = 30.0
+    try:
+        with many._cond:  # queued together: the writer finds them all at once, and commits them at once
+            for i in range(GROUP_DELAY_UNDER):
+                many.write_sync(Record(principal="many", params={"i": i}))
+        deadline = time.monotonic() + 5
+        while many.stats["records"] < GROUP_DELAY_UNDER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert many.stats["records"] == GROUP_DELAY_UNDER and many.stats["delayed"] == 0
+    finally:
+        many.close()
+    assert verify(s.url, chain_key=KEY).ok and verify(many.url, chain_key=KEY).ok
+
+
 def test_a_burst_larger_than_one_commit_is_stored_whole(db_url: str) -> None:
     """3,000 records queued at once, five sessions each in most commits: more than one PostgreSQL
     statement can carry (65,535 parameters), so the writer splits them; every record is there,

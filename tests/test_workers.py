@@ -470,3 +470,62 @@ def test_a_worker_whose_restart_finds_the_store_locked_is_started_again_until_th
     assert log.count(f"agentgate: the store at sqlite:///{gw.db_path} {LOCKED}") >= 2, log
     waits = [float(w) for w in re.findall(r"exited with 2; starting it again in ([0-9.]+) s", log)]
     assert waits[1] == 2 * waits[0] >= 2, log  # each failed start: twice the wait before it
+
+
+def test_a_worker_on_sqlite_waits_before_small_commits_while_many_clients_are_connected(tmp_path):
+    from mitmproxy.test import tflow
+
+    from addons.core.store import Store
+    from addons.gateway import GROUP_DELAY, GROUP_DELAY_FROM, GroupDelay
+
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    addon = GroupDelay(s)
+    clients = [tflow.tclient_conn() for _ in range(GROUP_DELAY_FROM)]
+    for c in clients[:-1]:
+        addon.client_connected(c)
+        assert s.group_delay == 0
+    addon.client_connected(clients[-1])
+    assert s.group_delay == GROUP_DELAY > 0
+    addon.client_disconnected(clients[0])
+    assert s.group_delay == 0
+    s.engine.dispose()
+
+
+def test_two_workers_on_sqlite_group_their_commits_while_many_agents_call(tmp_path, issuer):
+    """Two workers sharing one SQLite file, three times GROUP_DELAY_FROM agents calling at once: a
+    worker with that many clients has its writer wait before small commits, and says at exit how
+    often it did; every call is answered and has its record, and the chains verify."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from addons.gateway import GROUP_DELAY_FROM
+    from tests.test_faults import FaultyUpstream
+    from tests.test_recording_e2e import GATEWAY_KEY, agent
+
+    with FaultyUpstream() as upstream:
+        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
+                     settings={"workers": 2})
+        gw.sent = []
+        gw.start()
+        try:
+            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+            agents = [agent(gw, issuer, f"crowd{n}", "s3") for n in range(3 * GROUP_DELAY_FROM)]
+            together = threading.Barrier(len(agents))
+
+            def calls(one) -> list[int]:
+                _, client = one
+                statuses = [client.list_buckets()["ResponseMetadata"]["HTTPStatusCode"]]  # connected
+                together.wait(60)  # every agent connected before the rest
+                statuses += [client.list_buckets()["ResponseMetadata"]["HTTPStatusCode"] for _ in range(10)]
+                return statuses
+
+            with ThreadPoolExecutor(len(agents)) as pool:
+                statuses = list(pool.map(calls, agents))
+        finally:
+            gw.stop()
+        assert statuses == [[200] * 11] * len(agents)
+        waits = [int(n) for n in re.findall(r"records written in \d+ commits .*; (\d+) waits of a group delay", gw.log())]
+        assert waits and sum(waits) > 0, gw.log()[-3000:]
+        subs = {sub for sub, _ in agents}
+        records = [r for r in gw.records() if r["principal"] in subs]
+        assert len(records) == 11 * len(agents) and {r["status"] for r in records} == {200}
+        assert gw.cli("verify").returncode == 0

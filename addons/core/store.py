@@ -124,6 +124,7 @@ witness_log = logging.getLogger("agentgate.chain")  # chain heads, for a log kep
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 CHAIN_KEY_FILE = "chain.key"
 MAX_BATCH = 1000  # records per group commit
+GROUP_DELAY_UNDER = 8  # records: with ``group_delay`` set, a commit of fewer waits that long first
 MAX_BACKOFF = 2.0  # seconds between retries while the database is down
 CONNECT_TIMEOUT = 3  # seconds, PostgreSQL
 ASYNC_RETRY = 5.0  # seconds before the inline commits' PostgreSQL connection is tried again after a failure
@@ -836,6 +837,9 @@ class Store:
         # commit a record on the caller's thread when nothing else is queued or being written
         # (``_commit_inline``); the gateway turns it on while few clients are connected
         self.commit_inline = False
+        # seconds the writer thread waits before a commit of fewer than GROUP_DELAY_UNDER records, for
+        # more to join it; the gateway sets it while several of its workers share one SQLite file
+        self.group_delay = 0.0
         self._abort: str | None = None  # why the attempt under way was asked to stop: "gone" or "timeout"
         self._sent = False  # the attempt under way has sent its statements
         self._in_doubt = 0  # records at the head of the queue whose commit's outcome is unknown
@@ -851,7 +855,7 @@ class Store:
         self._executor_lock = threading.Lock()
         self._schema_ok = False
         # group commits, the records they held, and how many of those commits a caller made inline
-        self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0, "inline": 0}
+        self.stats = {"commits": 0, "records": 0, "failures": 0, "aborts": 0, "inline": 0, "delayed": 0}
 
     def __repr__(self) -> str:
         return f"Store({self.where!r}, writer_id={self.writer_id!r})"
@@ -1441,8 +1445,9 @@ class Store:
                 self._cond.notify()
             thread.join(timeout + MAX_BACKOFF + 5)
             st = self.stats
-            log.info("store %s: %d records written in %d commits (%d of them made inline), %d failed attempts",
-                     self.where, st["records"], st["commits"], st["inline"], st["failures"])
+            log.info("store %s: %d records written in %d commits (%d of them made inline), %d failed attempts"
+                     "%s", self.where, st["records"], st["commits"], st["inline"], st["failures"],
+                     f"; {st['delayed']} waits of a group delay" if st["delayed"] else "")
         if thread is None or not thread.is_alive():
             with self._shm_lock:
                 if self._shm_fd is not None:
@@ -1476,6 +1481,7 @@ class Store:
         flushes = self._wal is not None and self.sqlite_synchronous == "normal"
         flushed, next_flush = 0, None  # commits the WAL's last flush covered; when the next is due
         while True:
+            delayed = False
             with self._cond:
                 while True:
                     closing = self._closing.is_set()
@@ -1493,6 +1499,18 @@ class Store:
                         self._wake_on_commit = False
                         continue
                     self._writer_waiting = False
+                    if work and not delayed and 0 < len(self._queue) < GROUP_DELAY_UNDER and self.group_delay > 0 \
+                            and not (closing or self._in_doubt):
+                        # more records may come meanwhile (the callers wait for this commit): one commit
+                        # for them all. A sleep, not a wait on the condition, which each record would end.
+                        delayed = True
+                        self.stats["delayed"] += 1
+                        self._cond.release()
+                        try:
+                            time.sleep(self.group_delay)
+                        finally:
+                            self._cond.acquire()
+                        continue
                     if work:
                         break
                     waits = [t - now for t in (next_checkpoint if self._seq > self._anchored else None, next_flush)
