@@ -394,7 +394,54 @@ def test_migrate_creates_the_tables_and_is_idempotent(db_url: str) -> None:
     names = set(inspect(sql(db_url)).get_table_names())
     assert {"sessions", "calls", "approvals", "policy_versions", "checkpoints", "alembic_version"} <= names
     indexes = {i["name"] for i in inspect(sql(db_url)).get_indexes("calls")}
-    assert {"ix_calls_time", "ix_calls_principal_time", "ix_calls_action_time", "ix_calls_decision_time"} <= indexes
+    assert {"ix_calls_time", "ix_calls_principal_time", "ix_calls_decision_time", "ix_calls_session_id_time",
+            "ix_calls_approval_id"} <= indexes
+    assert "ix_calls_action_time" not in indexes  # no lookup could use it (migration 0010)
+
+
+def test_the_action_filter_needs_no_index_of_its_own_and_an_older_store_loses_it(db_url: str) -> None:
+    """``calls list --action`` compares without regard to case, with wildcards: the database reads
+    the calls through the index on time either way, so the store keeps no index on action (one page
+    less on every commit). A store at 0009 has one; migrating drops it, and the filter finds the same
+    calls after as before."""
+    from alembic import command
+
+    from addons.core.store import alembic_config
+
+    s = Store(db_url, writer_id="w")
+    s.migrate()
+    s.start()
+    try:
+        for i, action in enumerate(["s3:GetObject", "S3:PutObject", "dynamodb:GetItem", "s3:GetObject"]):
+            s.write_sync(Record(principal="alice", action=action, time=1767225600.0 + i))
+    finally:
+        s.close()
+    def found() -> dict[str, list[str]]:
+        reader = Store(db_url)
+        try:
+            return {f: [c["action"] for c in reader.calls(action=f, limit=None, newest_first=False)]
+                    for f in ("s3:*", "s3:getobject", "*:Get*")}
+        finally:
+            reader.engine.dispose()
+
+    before = found()
+    engine = sql(db_url)
+    with engine.begin() as c:
+        command.downgrade(alembic_config(connection=c), "0009_console_signouts")
+    assert "ix_calls_action_time" in {i["name"] for i in inspect(engine).get_indexes("calls")}
+    Store(db_url).migrate()
+    assert "ix_calls_action_time" not in {i["name"] for i in inspect(engine).get_indexes("calls")}
+    assert found() == before == {"s3:*": ["s3:GetObject", "S3:PutObject", "s3:GetObject"],
+                                 "s3:getobject": ["s3:GetObject", "s3:GetObject"],
+                                 "*:Get*": ["s3:GetObject", "dynamodb:GetItem", "s3:GetObject"]}
+    # and the filter's query reads through the index on time, as it did with the action index there
+    q = "SELECT id FROM calls WHERE lower(action) LIKE lower('s3:%') ORDER BY time DESC LIMIT 100"
+    if db_url.startswith("sqlite"):
+        with engine.connect() as c:
+            plan = " ".join(" ".join(map(str, r)) for r in c.execute(text("EXPLAIN QUERY PLAN " + q)))
+        assert "ix_calls_time" in plan, plan
+    assert verify(db_url).ok
+    engine.dispose()
 
 
 def test_each_call_touches_only_the_indexes_its_lookups_need(db_url: str) -> None:

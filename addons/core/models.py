@@ -151,7 +151,8 @@ class Call(Base):
         UniqueConstraint("writer_id", "seq"),
         Index(None, "time"),
         Index(None, "principal", "time"),
-        Index(None, "action", "time"),
+        # none on action: its filter compares without regard to case, with wildcards (``Store.calls``),
+        # which no index on the column serves (migration 0010)
         Index(None, "decision", "time"),
         Index(None, "session_id", "time"),
         # only the calls that name an approval (most name none): the ones looked up by it

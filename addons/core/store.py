@@ -278,7 +278,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0009_console_signouts"
+HEAD_REVISION = "0010_no_action_index"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
