@@ -31,12 +31,27 @@ def workers_of(gw: Gateway) -> set[int]:
         return set()
 
 
+def both_listening(gw: Gateway, listens: int = 2, timeout: float = 30) -> None:
+    """Wait until the supervisor has two workers and its log has said "listening on" ``listens`` times."""
+    wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= listens, timeout=timeout)
+
+
+def workers_before(home, issuer, upstream) -> Gateway:
+    """Two workers (not started) in front of ``upstream``, a tests.test_faults.FaultyUpstream, with
+    the gateway's own STS keys; ``gw.sent`` ready for tests.test_recording_e2e.agent."""
+    from tests.test_recording_e2e import GATEWAY_KEY
+
+    gw = Gateway(home, issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY, settings={"workers": 2})
+    gw.sent = []
+    return gw
+
+
 def start_workers(home, issuer, moto, **settings) -> Gateway:
     settings = {"workers": 2, "console_listen": f"127.0.0.1:{free_port()}", **settings}
     gw = Gateway(home, issuer=issuer.issuer, upstream=moto.url, policy=POLICY, settings=settings,
                  aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key))
     gw.start()
-    wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+    both_listening(gw)
     return gw
 
 
@@ -225,16 +240,14 @@ def test_sighup_stops_every_worker_after_the_calls_in_flight(tmp_path, issuer):
     with a line naming the signal: the call in flight is answered and recorded, exit status 0 (the
     supervisor died of it at once, silently)."""
     from tests.test_faults import FaultyUpstream
-    from tests.test_recording_e2e import GATEWAY_KEY, agent
+    from tests.test_recording_e2e import agent
     from tests.test_stopping import call_in_flight
 
     with FaultyUpstream() as upstream:
-        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
-                     settings={"workers": 2})
-        gw.sent = []
+        gw = workers_before(tmp_path / "gw", issuer, upstream)
         gw.start()
         try:
-            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+            both_listening(gw)
             pids = workers_of(gw)
             sub, client = agent(gw, issuer, "hangup", "s3", read_timeout=30)
             thread, got = call_in_flight(client)
@@ -275,7 +288,7 @@ def test_a_worker_that_cannot_start_again_while_the_store_is_down_is_retried_and
                 s3(gw, token).list_buckets()
             assert "ServiceUnavailable" in str(refused.value) or "503" in str(refused.value), refused.value
             pg.start()
-            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 3, timeout=60)
+            both_listening(gw, listens=3, timeout=60)
             assert survivor in workers_of(gw)
             for _ in range(12):  # both serve: the kernel spreads new connections over them
                 s3(gw, token).list_buckets()
@@ -459,7 +472,7 @@ def test_a_worker_whose_restart_finds_the_store_locked_is_started_again_until_th
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 3, timeout=60)
+        both_listening(gw, listens=3, timeout=60)
         wait_port(gw.port, proc=gw.proc)
         for _ in range(12):  # both serve: the kernel spreads new connections over them
             s3(gw, token).list_buckets()
@@ -499,15 +512,13 @@ def test_two_workers_on_sqlite_group_their_commits_while_many_agents_call(tmp_pa
 
     from addons.gateway import GROUP_DELAY_FROM
     from tests.test_faults import FaultyUpstream
-    from tests.test_recording_e2e import GATEWAY_KEY, agent
+    from tests.test_recording_e2e import agent
 
     with FaultyUpstream() as upstream:
-        gw = Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=upstream.url, aws_key=GATEWAY_KEY,
-                     settings={"workers": 2})
-        gw.sent = []
+        gw = workers_before(tmp_path / "gw", issuer, upstream)
         gw.start()
         try:
-            wait_for(lambda: len(workers_of(gw)) == 2 and gw.log().count("listening on") >= 2, timeout=30)
+            both_listening(gw)
             agents = [agent(gw, issuer, f"crowd{n}", "s3") for n in range(3 * GROUP_DELAY_FROM)]
             together = threading.Barrier(len(agents))
 
