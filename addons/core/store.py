@@ -100,7 +100,7 @@ from sqlalchemy.types import NullType
 
 from . import chain
 from .chain import GENESIS, ApprovalEventCheck, ChainCheck, CheckpointInfo, VerifyResult
-from .models import AgentSession, ApprovalEvent, Call, Checkpoint, ConsoleSignout, PolicyVersion
+from .models import NOT_ALLOWED, AgentSession, ApprovalEvent, Call, Checkpoint, ConsoleSignout, PolicyVersion
 from .models import Approval as ApprovalRow
 from .records import RECORDED_RESOURCES, REDACTED_HEADERS, Record, new_id
 
@@ -278,7 +278,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0010_no_action_index"
+HEAD_REVISION = "0011_decision_index_for_refusals"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -2009,6 +2009,8 @@ class Store:
             q = q.where(c.action.ilike(pattern, escape="\\"))
         if decision:
             q = q.where(c.decision == decision)
+            if decision != "allow":  # the index on decision holds only these: the database must see that it serves
+                q = q.where(text(NOT_ALLOWED))
         if session_id:
             q = q.where(c.session_id == session_id)
         if (t := _as_datetime(since)) is not None:
