@@ -390,3 +390,58 @@ def test_from_the_keyboard_the_cursor_goes_on_to_the_next_card_once_one_is_decid
             c.post(f"/api/approvals/{ids[2]}/deny", json={"reason": "cleanup"})
     finally:
         page.close()
+
+
+def test_a_row_that_cannot_be_read_is_named_and_the_console_serves_the_rest(tmp_path, issuer, moto, browser):
+    """A pending approval and a recent call whose stored values cannot be read (edited behind the
+    gateway's back) made the whole console a 503: no approver could decide anything. The console now
+    names them as `agentgate verify` does, serves every other approval and call, and says so on the
+    page; the approval itself still shows, without the value that cannot be read."""
+    import datetime as dt
+
+    from addons.core.store import Store
+    from tests.support.approvals import insert_approvals
+    from tests.test_verify_stored import edit
+
+    gw = start_gateway(tmp_path / "gw", issuer, moto)
+    try:
+        agent = s3(gw, issuer.mint("agent-1"))
+        for _ in range(3):
+            agent.list_buckets()
+        url = f"sqlite:///{gw.db_path}"
+        now = dt.datetime.now(dt.timezone.utc)
+        row = {"kind": "call", "action": "s3:DeleteObject", "status": "pending", "principal": "agent-1",
+               "expires": now + dt.timedelta(hours=1)}
+        insert_approvals(url, [{**row, "id": f"ap-{name:0<12}", "binding_hash": fill * 64, "params": {"Key": name},
+                                "requested": now - dt.timedelta(seconds=10 - n)}
+                               for n, (name, fill) in enumerate([("good", "a"), ("bad", "b")])])
+        calls = [c["id"] for c in Store(url).calls(limit=None, newest_first=False)]
+        assert len(calls) >= 3
+        edit(url, f"update calls set time = 'yesterday' where id = '{calls[1]}'",
+             "update approvals set params = '{bad' where id = 'ap-bad000000000'")
+        with console(gw) as c:
+            r = c.get("/api/state")
+            assert r.status_code == 200, r.text
+            state = r.json()
+            shown_calls = [x["id"] for x in state["calls"]]
+            assert calls[1] not in shown_calls and calls[0] in shown_calls and calls[2] in shown_calls
+            assert [a["id"] for a in state["pending"]] == ["ap-good00000000"]
+            [bad_call] = [u for u in state["unreadable"] if u.startswith(f"call {calls[1]} ")]
+            [bad_approval] = [u for u in state["unreadable"] if u.startswith("approval ap-bad000000000")]
+            assert "time" in bad_call and "params" in bad_approval
+            r = c.get("/api/approvals/ap-bad000000000")
+            assert r.status_code == 200, r.text
+            shown_approval = r.json()
+            assert shown_approval["approval"]["params"] is None and shown_approval["approval"]["state"] == "pending"
+            assert any("params" in u for u in shown_approval["unreadable"])
+        page = browser.new_page()
+        try:
+            sign_in(page, gw, issuer)
+            page.wait_for_selector("#unreadable:not([hidden])", timeout=10_000)
+            notice = page.text_content("#unreadable")
+            assert notice.startswith("2 rows of the store cannot be read and are left out") and calls[1] in notice
+            assert page.locator("#pending .approval").count() == 1
+        finally:
+            page.close()
+    finally:
+        gw.stop()

@@ -348,34 +348,40 @@ class Console:
         if refused is not None:
             return refused
         try:
-            pending, total, recent, calls = await asyncio.to_thread(self._state)
+            pending, total, recent, calls, unreadable = await asyncio.to_thread(self._state)
         except StoreError as e:
             return _error(503, str(e))
         return JSONResponse({"me": self._me(principal), "pending": pending, "pending_total": total, "decided": recent,
-                             "calls": calls}, headers={"cache-control": "no-store"})
+                             "calls": calls, "unreadable": unreadable}, headers={"cache-control": "no-store"})
 
-    def _state(self) -> tuple[list, int, list, list]:
+    def _state(self) -> tuple[list, int, list, list, list[str]]:
+        # a row holding a value that cannot be read is named (as ``agentgate verify`` names it) and
+        # left out, rather than keeping every other approval from its approvers
+        unreadable: list[str] = []
         # the oldest first: a flood of new asks cannot push an earlier one off the page
-        pending = [a.as_dict() for a in self.approvals.list(pending=True, limit=PENDING_SHOWN, oldest_first=True)]
+        pending = [a.as_dict() for a in self.approvals.list(pending=True, limit=PENDING_SHOWN, oldest_first=True,
+                                                            unreadable=unreadable)]
         total = self.approvals.pending_count() if len(pending) >= PENDING_SHOWN else len(pending)
-        recent = [a.as_dict() for a in self.approvals.list(settled=True, limit=20)]
-        calls = [_call_summary(c) for c in self.store.calls(limit=self.calls_shown)]
-        return pending, total, recent, calls
+        recent = [a.as_dict() for a in self.approvals.list(settled=True, limit=20, unreadable=unreadable)]
+        calls = [_call_summary(c) for c in self.store.calls(limit=self.calls_shown, unreadable=unreadable)]
+        return pending, total, recent, calls, list(dict.fromkeys(unreadable))
 
     async def show(self, request: Request) -> Response:
         principal, refused = await self._who(request)
         if refused is not None:
             return refused
         approval_id = request.path_params["id"]
+        unreadable: list[str] = []  # what cannot be read is named and left out, as in the state
         try:
-            a = await asyncio.to_thread(self.approvals.get, approval_id)
+            a = await asyncio.to_thread(self.approvals.get, approval_id, unreadable)
             if a is None:
                 return _error(404, f"there is no approval {approval_id!r}")
-            calls = await asyncio.to_thread(self.approvals.calls_for, approval_id)
-            history = await asyncio.to_thread(self.approvals.history, approval_id)
+            calls = await asyncio.to_thread(self.approvals.calls_for, approval_id, unreadable=unreadable)
+            history = await asyncio.to_thread(self.approvals.history, approval_id, unreadable)
         except StoreError as e:
             return _error(503, str(e))
-        return JSONResponse({"approval": a.as_dict(), "history": history, "calls": calls})
+        return JSONResponse({"approval": a.as_dict(), "history": history, "calls": calls,
+                             "unreadable": list(dict.fromkeys(unreadable))})
 
     async def decide(self, request: Request) -> Response:
         verb = request.path_params["verb"]
