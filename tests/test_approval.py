@@ -354,6 +354,33 @@ def test_access_grants_request_approve_use_and_revoke(approvals):
         approvals.revoke(g.id, SRE)
 
 
+def test_a_grant_that_cannot_be_read_is_not_in_force_and_keeps_no_other_revocation_from_taking_effect(approvals, caplog):
+    """The gateway reloads the grants in force every second; one grant holding a value that cannot be
+    read (edited behind its back) made every reload fail, so the grants it had in memory stayed in
+    force, a grant revoked since among them. Such a grant is now left out, as one not vouched for is:
+    it lets no principal run as its role, and the others' revocations take effect."""
+    from tests.test_verify_stored import edit
+
+    granted = []
+    for who in ("contractor-7", "contractor-8"):
+        asked = approvals.request_grant(principal(who, groups=("contractors",)), role_arn=ROLE.role_arn,
+                                        role_id="agents", duration=1800, reason="incident 42",
+                                        approvers={"groups": ["sre"]})
+        granted.append(approvals.decide(asked.approval.id, SRE, approve=True))
+    assert sorted(g.id for g in approvals.active_grants()) == sorted(g.id for g in granted)
+    broken, kept = granted
+    bad = "'infinity'" if approvals.store.postgres else "'yesterday'"
+    edit(approvals.store.url, f"update approvals set requested = {bad} where id = '{broken.id}'")
+    with caplog.at_level("WARNING", logger="agentgate.approvals"):
+        assert [g.id for g in approvals.active_grants()] == [kept.id]
+        assert [g.id for g in approvals.active_grants()] == [kept.id]
+    [warned] = [r.getMessage() for r in caplog.records if broken.id in r.getMessage()]  # once, not every reload
+    assert warned.startswith(f"approval {broken.id} ") and "requested cannot be read" in warned
+    assert warned.endswith("that grant is not in force")
+    approvals.revoke(kept.id, principal("contractor-8"), reason="done")
+    assert approvals.active_grants() == []
+
+
 def test_a_grant_gives_the_role_the_policies_describe(tmp_path):
     from addons.core.policy import PolicySet
 

@@ -498,6 +498,7 @@ class Approvals:
         self.max_pending = max_pending
         self.chain_key = store.chain_key
         self._unvouched: set[str] = set()  # grants found unvouched, warned about once
+        self._unreadable_grants: set[str] = set()  # grants found holding a value that cannot be read, warned about once
         self.writer = store.writer_id
         self.engine = store.engine
         self.where = store.where
@@ -1138,8 +1139,14 @@ class Approvals:
 
     def active_grants(self, now: dt.datetime | None = None) -> list[Approval]:
         """The access grants in force; with the chain key, only those whose latest event it vouches
-        for (a grant forged in the store, like an approval, lets no principal run as its role)."""
-        grants = self.list(kind="grant", active=True, limit=None, now=now)
+        for (a grant forged in the store, like an approval, lets no principal run as its role). One
+        holding a value that cannot be read is not in force either (a warning names it, once)."""
+        unreadable: list[str] = []  # a grant not read whole is not in force, and keeps no other from reloading
+        grants = self.list(kind="grant", active=True, limit=None, now=now, unreadable=unreadable)
+        for line in unreadable:
+            if line not in self._unreadable_grants:
+                self._unreadable_grants.add(line)
+                log.warning("%s: that grant is not in force", line)
         if not self.chain_key or not grants:
             return grants
         vouched = []
