@@ -17,7 +17,7 @@ from addons.core.approvals import Approvals, Refused, admin_principal, binding_h
 from addons.core.classifier import Classification
 from addons.core.identity import Principal
 from addons.core.policy import Decision, RoleBinding
-from addons.core.store import Store
+from addons.core.store import Store, Unreadable
 from tests.support.postgres import shared_server
 
 UTC = dt.timezone.utc
@@ -321,6 +321,41 @@ def test_wait_wakes_on_a_decision_made_by_another_process(approvals):
     other.engine.dispose()
     assert got is not None and got.status == "approved" and got.approver == "alice"
     assert decided and woke - decided[0] < 1.2, woke - decided[0]
+
+
+def test_an_approval_that_cannot_be_read_keeps_no_other_held_call_waiting(approvals):
+    """The gateway's poll reads the approvals its held calls wait for once they are decided; one of
+    them holding a value that cannot be read (edited behind its back) made every poll fail, so no
+    held call was released, whoever decided it. That one is now left out (its call is answered
+    ApprovalPending when its hold ends, and a retry is refused on reading it), and the others wake."""
+    from tests.test_verify_stored import edit
+
+    other = Approvals(Store(approvals.store.url))
+    bad = "'infinity'" if approvals.store.postgres else "'yesterday'"
+
+    async def main():
+        await approvals.start()
+        try:
+            a = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1")).approval
+            b = approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-2")).approval
+            waits = [asyncio.ensure_future(approvals.wait(x.id, t)) for x, t in ((a, 3), (b, 10))]
+            await asyncio.sleep(0.3)
+            edit(approvals.store.url, f"update approvals set status = 'approved', requested = {bad} where id = '{a.id}'")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(other.decide, b.id, SRE, approve=True)
+            started = time.monotonic()
+            got_b = await waits[1]
+            took = time.monotonic() - started
+            return await waits[0], got_b, took
+        finally:
+            await approvals.aclose()
+
+    got_a, got_b, took = asyncio.run(main())
+    other.store.engine.dispose()
+    assert got_a is None
+    assert got_b is not None and got_b.status == "approved" and took < 2, (got_b, took)
+    with pytest.raises(Unreadable, match="cannot be read"):  # the same call again: refused, not released
+        approvals.ask(principal=AGENT, decision=decision(), call=terminate("i-1"))
 
 
 # -- access grants ------------------------------------------------------------------------------------------

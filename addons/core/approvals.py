@@ -499,6 +499,7 @@ class Approvals:
         self.chain_key = store.chain_key
         self._unvouched: set[str] = set()  # grants found unvouched, warned about once
         self._unreadable_grants: set[str] = set()  # grants found holding a value that cannot be read, warned about once
+        self._unreadable_waited: set[str] = set()  # approvals waited for that cannot be read, warned about once
         self.writer = store.writer_id
         self.engine = store.engine
         self.where = store.where
@@ -738,13 +739,16 @@ class Approvals:
         return True
 
     def _latest(self, conn: Any, h: str, kind: str) -> Approval | None:
+        """The latest approval bound to ``h`` that is not over; ``Unreadable`` (in ``verify``'s words)
+        when it holds a value that cannot be read: nothing is released on an approval not read whole."""
         c = self.table.c
-        row = conn.execute(
-            select(self.table).where(c.binding_hash == h, c.kind == kind,
-                                     c.status.in_(("pending", "approved", "denied")))
+        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        rows = conn.execute(
+            form.select().where(c.binding_hash == h, c.kind == kind, c.status.in_(("pending", "approved", "denied")))
             .order_by(c.requested.desc()).limit(1)
-        ).first()
-        return None if row is None else Approval.from_row(row)
+        ).all()
+        found = list(readable(rows, form, _approval, None))
+        return Approval.from_row(found[0]) if found else None
 
     def _settle(self, conn: Any, a: Approval, now: dt.datetime, use: _Use | None = None) -> Asked | None:
         """What an existing approval means for a new call with its hash; None: open a new one."""
@@ -1269,12 +1273,22 @@ class Approvals:
                 await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
 
     def _decided(self, ids: list[str]) -> list[Approval]:
+        """Those of ``ids`` no longer pending. One holding a value that cannot be read is left out (a
+        warning names it, once), so that it keeps no other held call from its decision: its own call
+        is answered as undecided when its hold ends, and refused on reading it if tried again."""
         c = self.table.c
         now = _now()
+        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        unreadable: list[str] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(select(self.table).where(
+            rows = conn.execute(form.select().where(
                 c.id.in_(ids), ~and_(c.status == "pending", c.expires > now))).all()
-        return [Approval.from_row(r) for r in rows]
+            found = [Approval.from_row(r) for r in readable(rows, form, _approval, unreadable)]
+        for line in unreadable:
+            if line not in self._unreadable_waited:
+                self._unreadable_waited.add(line)
+                log.warning("%s: a call held for it is not released by it", line)
+        return found
 
     def _listen_connection(self) -> Any:
         """PostgreSQL: a connection of the listener's own (autocommit), with the store's TCP
