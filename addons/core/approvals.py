@@ -498,8 +498,7 @@ class Approvals:
         self.max_pending = max_pending
         self.chain_key = store.chain_key
         self._unvouched: set[str] = set()  # grants found unvouched, warned about once
-        self._unreadable_grants: set[str] = set()  # grants found holding a value that cannot be read, warned about once
-        self._unreadable_waited: set[str] = set()  # approvals waited for that cannot be read, warned about once
+        self._unreadable_warned: set[str] = set()  # rows the gateway reads around (``_warn_unreadable``), once each
         self.writer = store.writer_id
         self.engine = store.engine
         self.where = store.where
@@ -1147,10 +1146,7 @@ class Approvals:
         holding a value that cannot be read is not in force either (a warning names it, once)."""
         unreadable: list[str] = []  # a grant not read whole is not in force, and keeps no other from reloading
         grants = self.list(kind="grant", active=True, limit=None, now=now, unreadable=unreadable)
-        for line in unreadable:
-            if line not in self._unreadable_grants:
-                self._unreadable_grants.add(line)
-                log.warning("%s: that grant is not in force", line)
+        self._warn_unreadable(unreadable, "that grant is not in force")
         if not self.chain_key or not grants:
             return grants
         vouched = []
@@ -1284,11 +1280,15 @@ class Approvals:
             rows = conn.execute(form.select().where(
                 c.id.in_(ids), ~and_(c.status == "pending", c.expires > now))).all()
             found = [Approval.from_row(r) for r in readable(rows, form, _approval, unreadable)]
-        for line in unreadable:
-            if line not in self._unreadable_waited:
-                self._unreadable_waited.add(line)
-                log.warning("%s: a call held for it is not released by it", line)
+        self._warn_unreadable(unreadable, "a call held for it is not released by it")
         return found
+
+    def _warn_unreadable(self, lines: list[str], meaning: str) -> None:
+        """Say once per row, in ``verify``'s words, what a row the gateway reads around means."""
+        for line in lines:
+            if line not in self._unreadable_warned:
+                self._unreadable_warned.add(line)
+                log.warning("%s: %s", line, meaning)
 
     def _listen_connection(self) -> Any:
         """PostgreSQL: a connection of the listener's own (autocommit), with the store's TCP
