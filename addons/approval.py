@@ -34,7 +34,7 @@ from .core.approvals import (ApprovalError, Approvals, TooManyPending, Unvouched
                              describe_approvers, duration_text)
 from .core.awserrors import Refusal
 from .core.records import new_id
-from .core.store import StoreError
+from .core.store import StoreError, Unreadable
 from .stage import APPROVAL, CALL, CLIENT_LEFT, DECISION, POLICIES, PRINCIPAL, RECORD_ID, RELEASED, answer, due
 
 log = logging.getLogger("agentgate.approval")
@@ -164,6 +164,11 @@ class Approval:
             if e.approval is not None:
                 flow.metadata[APPROVAL] = e.approval
             self._refuse(flow, "AccessDenied", f"{call.action} needs a human approval, and {e}", e.approval)
+            return
+        except Unreadable as e:  # the store answered, with a row it cannot read: trying again will not help
+            log.error("cannot hold %s for %s: %s", call.action, principal.sub, e)
+            self._refuse(flow, "AccessDenied", f"{call.action} needs a human approval, and its approval in the "
+                         f"store cannot be read, so nothing releases this call: {e}", None)
             return
         except (StoreError, ApprovalError) as e:
             log.error("cannot hold %s for %s: %s", call.action, principal.sub, e)

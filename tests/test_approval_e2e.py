@@ -391,6 +391,38 @@ def test_an_undecided_call_gets_approval_pending_and_its_retry_goes_through_once
     assert released["approver"] == "alice" and released["decision"] == "approve"
 
 
+def test_a_call_whose_approval_cannot_be_read_is_refused_for_good_in_verifys_words(tmp_path, issuer, moto):
+    """The approval a held call's retry would use holds a value that cannot be read (edited behind
+    the gateway's back): the retry is refused with AccessDenied (a 403, which SDKs do not retry),
+    naming the row as `agentgate verify` does, not answered 503 "retry shortly", which no retry
+    would mend; and another agent's held call is still released by its approval."""
+    from tests.test_verify_stored import edit
+
+    gw = start_gateway(tmp_path / "gw", issuer, moto, approval_hold=1.5)  # its own: the edit stays in its store
+    try:
+        bucket = "unreadable-approvals"
+        s3(gw, issuer.mint("setup")).create_bucket(Bucket=bucket)
+        client = s3(gw, issuer.mint("agent-unread"), retries={"mode": "standard", "total_max_attempts": 5})
+        code, _, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="unreadable"))
+        assert code == "ApprovalPending"
+        approve(gw, issuer, approval_id)
+        edit(f"sqlite:///{gw.db_path}", f"update approvals set requested = 'yesterday' where id = '{approval_id}'")
+        code, message, _ = held(lambda: client.delete_object(Bucket=bucket, Key="unreadable"))
+        assert code == "AccessDenied", (code, message)
+        assert f"approval {approval_id} " in message and "column requested cannot be read" in message
+        assert "s3:DeleteObject needs a human approval, and its approval in the store cannot be read" in message
+        # its record says so too
+        [refused] = [r for r in gw.records() if r["principal"] == "agent-unread" and r["outcome"] == "refused"]
+        assert refused["status"] == 403 and refused["error"].startswith("AccessDenied: ") and approval_id in refused["error"]
+        # another agent's call, held and approved meanwhile, goes through as ever
+        other = s3(gw, issuer.mint("agent-2"))
+        _, _, other_id = held(lambda: other.delete_object(Bucket=bucket, Key="readable"))
+        approve(gw, issuer, other_id)
+        assert other.delete_object(Bucket=bucket, Key="readable")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    finally:
+        gw.stop()
+
+
 def test_an_approval_expires_unused(short_hold, issuer, bucket):
     gw = short_hold
     client = s3(gw, issuer.mint("agent-1"))
