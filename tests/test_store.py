@@ -44,6 +44,28 @@ def sql(url: str):
     return create_engine(url, poolclass=NullPool)
 
 
+def written(url: str, records: list[Record]) -> None:
+    """A store at ``url`` (migrated) with ``records`` committed by one writer, then closed."""
+    s = Store(url, writer_id="w")
+    s.migrate()
+    s.start()
+    try:
+        for r in records:
+            s.write_sync(r)
+    finally:
+        s.close()
+
+
+def downgraded(engine, revision: str) -> None:
+    """The store behind ``engine`` taken back to schema ``revision``, as an older agentgate left it."""
+    from alembic import command
+
+    from addons.core.store import alembic_config
+
+    with engine.begin() as c:
+        command.downgrade(alembic_config(connection=c), revision)
+
+
 def full_record(**kw) -> Record:
     """A Record with every field set, with values that are easy to get wrong on the way through."""
     values = dict(
@@ -404,18 +426,9 @@ def test_the_action_filter_needs_no_index_of_its_own_and_an_older_store_loses_it
     the calls through the index on time either way, so the store keeps no index on action (one page
     less on every commit). A store at 0009 has one; migrating drops it, and the filter finds the same
     calls after as before."""
-    from alembic import command
+    written(db_url, [Record(principal="alice", action=action, time=1767225600.0 + i)
+                     for i, action in enumerate(["s3:GetObject", "S3:PutObject", "dynamodb:GetItem", "s3:GetObject"])])
 
-    from addons.core.store import alembic_config
-
-    s = Store(db_url, writer_id="w")
-    s.migrate()
-    s.start()
-    try:
-        for i, action in enumerate(["s3:GetObject", "S3:PutObject", "dynamodb:GetItem", "s3:GetObject"]):
-            s.write_sync(Record(principal="alice", action=action, time=1767225600.0 + i))
-    finally:
-        s.close()
     def found() -> dict[str, list[str]]:
         reader = Store(db_url)
         try:
@@ -426,8 +439,7 @@ def test_the_action_filter_needs_no_index_of_its_own_and_an_older_store_loses_it
 
     before = found()
     engine = sql(db_url)
-    with engine.begin() as c:
-        command.downgrade(alembic_config(connection=c), "0009_console_signouts")
+    downgraded(engine, "0009_console_signouts")
     assert "ix_calls_action_time" in {i["name"] for i in inspect(engine).get_indexes("calls")}
     Store(db_url).migrate()
     assert "ix_calls_action_time" not in {i["name"] for i in inspect(engine).get_indexes("calls")}
@@ -450,19 +462,9 @@ def test_the_decision_index_holds_only_the_calls_not_allowed_and_an_older_store_
     held for approval (an allowed call's commit writes no page of it), and ``--decision deny`` still
     looks them up through it. A store at 0010 has the index on every call; migrating makes it
     partial, and each filter finds the same calls after as before the store went back to 0010."""
-    from alembic import command
-
-    from addons.core.store import alembic_config
-
     decisions = ["allow", "deny", "allow", "approve", "allow", "deny", "allow", "allow"]
-    s = Store(db_url, writer_id="w")
-    s.migrate()
-    s.start()
-    try:
-        for i, decision in enumerate(decisions):
-            s.write_sync(Record(principal="alice", action="s3:GetObject", decision=decision, time=1767225600.0 + i))
-    finally:
-        s.close()
+    written(db_url, [Record(principal="alice", action="s3:GetObject", decision=decision, time=1767225600.0 + i)
+                     for i, decision in enumerate(decisions)])
 
     def found() -> dict[str, list[float]]:
         reader = Store(db_url)
@@ -484,8 +486,7 @@ def test_the_decision_index_holds_only_the_calls_not_allowed_and_an_older_store_
     after = found()
     assert [len(after[d]) for d in ("allow", "deny", "approve")] == [5, 2, 1]
     assert indexed() == 3
-    with engine.begin() as c:
-        command.downgrade(alembic_config(connection=c), "0010_no_action_index")
+    downgraded(engine, "0010_no_action_index")
     assert indexed() == 8
     Store(db_url).migrate()
     assert indexed() == 3
@@ -510,15 +511,8 @@ def test_the_decision_index_holds_only_the_calls_not_allowed_and_an_older_store_
 def test_each_call_touches_only_the_indexes_its_lookups_need(db_url: str) -> None:
     """The approval index holds only the calls that name an approval, and the lookups by approval
     use it; sessions keep no index on last_seen (every call moves it), and still list newest first."""
-    s = Store(db_url, writer_id="w")
-    s.migrate()
-    s.start()
-    try:
-        for i in range(30):
-            s.write_sync(Record(session_id=f"s{i % 3}", principal="alice", time=1767225600.0 + i,
-                                approval_id="ap-7" if i in (4, 9) else None))
-    finally:
-        s.close()
+    written(db_url, [Record(session_id=f"s{i % 3}", principal="alice", time=1767225600.0 + i,
+                            approval_id="ap-7" if i in (4, 9) else None) for i in range(30)])
     engine = sql(db_url)
     assert {i["name"] for i in inspect(engine).get_indexes("sessions")} == set()
     assert [x["id"] for x in Store(db_url).sessions()] == ["s2", "s1", "s0"]
