@@ -516,6 +516,12 @@ class Approvals:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _form(self) -> StoredForm:
+        """How the approvals table's rows are read (``store.readable``): built once, as it is the
+        same for every read (some 0.1 ms to build; the gateway reads on every held call and poll)."""
+        return StoredForm(self.table, self.engine.dialect, forms=False)
+
     def _unavailable(self, e: BaseException) -> StoreUnavailable:
         if read_only(e):  # it answered: reachable, but it takes no writes
             return StoreUnavailable(
@@ -527,7 +533,7 @@ class Approvals:
         """One approval; where a value of it cannot be read (``store.readable``), it is named in
         ``unreadable`` and the approval comes without it (None in its place); with no list,
         ``Unreadable`` is raised: nothing is decided on an approval not read whole."""
-        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        form = self._form
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(form.select().where(self.table.c.id == approval_id)).all()
@@ -554,7 +560,7 @@ class Approvals:
         left out (with no list, ``Unreadable`` is raised)."""
         now = now or _now()
         c = self.table.c
-        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        form = self._form
         q = form.select()
         if pending:
             q = q.where(c.status == "pending", c.expires > now)
@@ -741,7 +747,7 @@ class Approvals:
         """The latest approval bound to ``h`` that is not over; ``Unreadable`` (in ``verify``'s words)
         when it holds a value that cannot be read: nothing is released on an approval not read whole."""
         c = self.table.c
-        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        form = self._form
         rows = conn.execute(
             form.select().where(c.binding_hash == h, c.kind == kind, c.status.in_(("pending", "approved", "denied")))
             .order_by(c.requested.desc()).limit(1)
@@ -1274,7 +1280,7 @@ class Approvals:
         is answered as undecided when its hold ends, and refused on reading it if tried again."""
         c = self.table.c
         now = _now()
-        form = StoredForm(self.table, self.engine.dialect, forms=False)
+        form = self._form
         unreadable: list[str] = []
         with self.engine.connect() as conn:
             rows = conn.execute(form.select().where(
