@@ -330,3 +330,35 @@ def test_the_demo_tells_the_whole_story(tmp_path):
     assert shown["tables"]["approvals"][0][4] == "sre-sam"
     [(kept,)] = sql(db, "select response_body from calls where action = 'secretsmanager:GetSecretValue'")
     assert MARKER_RE.fullmatch(json.loads(kept)["SecretString"]) and "s3cr3t-pw" not in kept
+
+    # run again in the same directory: the earlier run's gateway home (its issuer, its port, its
+    # store) is replaced, not reused, and the story is told again from the start
+    again = subprocess.run([str(root / "scripts" / "demo"), "--dir", str(demo)], env=env,
+                           capture_output=True, text=True, timeout=170)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.startswith(f"(an earlier demo run in {demo}: its gateway and agent home are replaced)\n")
+    assert "ok       dynamodb DeleteTable demo-orders (the same call, after approval)" in again.stdout
+    assert sql(db, "select count(*) from calls") == [(n,)]  # this run's calls alone
+    assert re.search(rf"OK \(sqlite:///[^)]+\): {n} records in 1 chain", again.stdout)
+
+
+def test_the_demo_leaves_a_directory_it_did_not_make_alone(tmp_path):
+    """--dir naming a directory that holds a `gateway` the demo did not make: refused in one line,
+    exit status 2, before anything starts, and nothing in it is touched."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTGATE_", "AWS_"))}
+    env["AGENTGATE_DEMO_PYTHON"] = sys.executable
+    mine = tmp_path / "mine"
+    (mine / "gateway").mkdir(parents=True)
+    (mine / "gateway" / "notes.txt").write_text("not the demo's")
+    p = subprocess.run([str(root / "scripts" / "demo"), "--dir", str(mine)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == (f"scripts/demo: {mine / 'gateway'} is already there and no earlier demo run made it; "
+                        "choose another --dir (or an empty or new one)\n")
+    assert p.stdout == ""
+    assert sorted(q.name for q in mine.rglob("*")) == ["gateway", "notes.txt"]
+    assert (mine / "gateway" / "notes.txt").read_text() == "not the demo's"
