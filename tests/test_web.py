@@ -131,3 +131,80 @@ def test_mitmweb_needs_its_token(web_gateway):
     assert e.value.code == 403
     with pytest.raises(urllib.error.HTTPError):
         web_gateway.api("/flows", token="wrong")
+
+
+def _write(gw: WebGateway, method: str, path: str, body: object = None) -> tuple[int, str]:
+    """mitmweb's API as its own page calls it to change something: with the token, and with the
+    XSRF cookie and the header that must match it."""
+    data = b"" if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.web_port}{path}", data=data, method=method, headers={
+        "Authorization": f"Bearer {gw.token}", "Content-Type": "application/json",
+        "X-XSRFToken": "6f6b", "Cookie": "_mitmproxy_xsrf=6f6b"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_mitmweb_shows_calls_and_changes_nothing(web_gateway, issuer, tmp_path):
+    """Whoever holds mitmweb's token can watch the calls, not steer the gateway: mitmweb's API
+    refuses (403, saying why) every change: the proxy's options (ssl_insecure would stop checking
+    AWS's certificates, map_remote re-point calls, save_stream_file write the flows unmasked to a
+    file), its commands, and replaying, editing, duplicating, reverting, resuming, killing,
+    deleting and clearing flows. Nothing changes, and the gateway serves on as before."""
+    from addons.web import READ_ONLY
+
+    gw = web_gateway
+    sts = client(gw, "sts", proxy_token=issuer.mint("web-watcher"))
+    sts.get_caller_identity()
+    flows = gw.api("/flows")
+    flow = next(f for f in flows if f["request"]["pretty_host"].startswith("sts."))
+    options = gw.api("/options")
+    records = len(gw.records())
+    saved = tmp_path / "flows"
+    fid = flow["id"]
+    attempts = [
+        ("PUT", "/options", {"ssl_insecure": True}),
+        ("PUT", "/options", {"map_remote": ["|.*|http://127.0.0.1:9/"]}),
+        ("PUT", "/options", {"save_stream_file": str(saved)}),
+        ("POST", "/options/save", None),
+        ("POST", "/commands/set", {"arguments": ["ssl_insecure", "true"]}),
+        ("POST", f"/flows/{fid}/replay", None),
+        ("PUT", f"/flows/{fid}", {"request": {"path": "/?Action=GetSessionToken"}}),
+        ("POST", f"/flows/{fid}/duplicate", None),
+        ("POST", f"/flows/{fid}/revert", None),
+        ("POST", f"/flows/{fid}/resume", None),
+        ("POST", f"/flows/{fid}/kill", None),
+        ("DELETE", f"/flows/{fid}", None),
+        ("POST", "/flows/resume", None),
+        ("POST", "/flows/kill", None),
+        ("POST", "/flows/dump", None),
+        ("POST", "/clear", None),
+    ]
+    for method, path, body in attempts:
+        assert _write(gw, method, path, body) == (403, READ_ONLY + "\n"), (method, path)
+
+    after = gw.api("/options")
+    for name in ("ssl_insecure", "map_remote", "save_stream_file", "scripts"):
+        assert after[name]["value"] == options[name]["value"], name
+    assert after["ssl_insecure"]["value"] is False and not saved.exists()
+    now = gw.api("/flows")
+    assert [f["id"] for f in now][:len(flows)] == [f["id"] for f in flows]  # none cleared, deleted or added
+    assert next(f for f in now if f["id"] == fid)["request"]["path"] == flow["request"]["path"]
+    assert len(gw.records()) == records  # nothing replayed or duplicated upstream
+    # the gateway serves on, to AWS (its upstream) as before, and mitmweb still shows what it does
+    assert sts.get_caller_identity()["Arn"].endswith("/web-watcher")
+    assert len(gw.records()) == records + 1 and len(gw.api("/flows")) == len(flows) + 1
+    assert gw.api("/", raw=True).startswith(b"<!")  # mitmweb's page itself
+
+
+def test_mitmweb_is_not_started_writable_when_its_routes_cannot_be_found():
+    from addons.web import read_only
+
+    class NotTornado:
+        pass
+
+    with pytest.raises(RuntimeError, match="refusing to start it writable"):
+        read_only(NotTornado())
