@@ -259,3 +259,40 @@ def test_mitmweb_is_not_started_showing_credentials_when_its_flow_description_ca
 
     with pytest.raises(RuntimeError, match="showing the credentials of calls under way"):
         read_only(object(), web_app=NoFlowToJson())
+
+
+def test_mitmweb_page_shows_calls_live_and_its_buttons_change_nothing(web_gateway, issuer):
+    """mitmweb's own page in headless Chromium, as an operator opens it: the calls are listed, a
+    new one appears without a reload (its live updates), a call's request shows with its
+    credentials removed; its Replay button is refused and replays nothing."""
+    from tests.test_console import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    gw = web_gateway
+    ssm = client(gw, "ssm", proxy_token=issuer.mint("web-viewer"))
+    ssm.describe_parameters()
+    refused = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("response", lambda r: refused.append((r.request.method, r.url.split("?")[0], r.status))
+                    if r.request.method != "GET" else None)
+            page.goto(f"http://127.0.0.1:{gw.web_port}/?token={gw.token}")
+            page.get_by_text("ssm.us-east-1.amazonaws.com").first.wait_for(timeout=15000)
+            ssm.get_parameters_by_path(Path="/web-live")  # a call made with the page open
+            row = page.locator("tr", has_text="ssm.us-east-1.amazonaws.com")
+            page.wait_for_function("() => [...document.querySelectorAll('tr')].filter("
+                                   "r => r.textContent.includes('ssm.us-east-1.amazonaws.com')).length >= 2",
+                                   timeout=15000)
+            records = len(gw.records())
+            row.last.click()
+            page.get_by_text("X-Amz-Security-Token").first.wait_for(timeout=15000)
+            shown = page.content()
+            assert PLACEHOLDER in shown and "ASIA" not in shown
+            page.get_by_role("button", name="Replay").click()
+            page.wait_for_timeout(1000)
+        finally:
+            browser.close()
+    assert [(m, s) for m, _, s in refused] == [("POST", 403)] and refused[0][1].endswith("/replay"), refused
+    assert len(gw.records()) == records  # nothing replayed
