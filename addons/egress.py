@@ -128,6 +128,14 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
                                "once: which one the service acts on is not known, so agentgate decides neither",
                                "egress")
             amz.add(lower)
+        if len(name) == 7 and name.lower() == b"upgrade":
+            # a WebSocket handshake (or h2c): once the connection switches, what it carries are no
+            # longer calls any stage reads, decides, masks or records (mitmproxy would relay them)
+            shown = value.decode(errors="replace")[:40]
+            return Refusal(400, "InvalidRequest", f"the request asks to switch its connection to another protocol "
+                           f"(Upgrade: {shown}); agentgate carries AWS calls, each read, decided and recorded, and "
+                           "what a switched connection carries would be none of that, so it refuses the switch",
+                           "egress")
         if len(name) == 6 and name.lower() == b"action":
             # no AWS API reads an operation from a header, but moto, an upstream for tests and
             # sandboxes, reads one from an Action header before the path

@@ -7,6 +7,8 @@ request picks the answer:
     slow-<S>    waits S seconds, then answers 200
     big-<N>     streams N bytes (application/octet-stream)
     drop-<x>    closes the connection without answering
+    (Upgrade: websocket)  101 Switching Protocols, then one text frame ("hello from upstream");
+                the bytes that follow on the connection are kept in ``upgraded``
     echo-credentials  403 SignatureDoesNotMatch quoting the key id and session token it was signed with
     xml-<N>     about N bytes of XML, chunked (no Content-Length)
     anything    200 with a small body (JSON for X-Amz-Target calls, XML otherwise)
@@ -22,7 +24,9 @@ Content-Length (or chunked).
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import http.server
 import json
 import re
@@ -45,6 +49,7 @@ class CannedUpstream:
         self.request_ids: list[str] = []  # the x-amzn-requestid of each answer sent
         self.encoded: dict[str, tuple[str, bytes]] = {}  # object key -> (Content-Encoding, body as sent)
         self.answers: dict[str, tuple[int, str, bytes]] = {}  # X-Amz-Target -> (status, Content-Type, body)
+        self.upgraded: list[bytes] = []  # what each connection switched to WebSocket carried after its handshake
         upstream = self
 
         class Handler(_Handler):
@@ -113,7 +118,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         up.requests.append((self.command, self.path, list(self.headers.items())))
         name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
         try:
-            if b"Action=AssumeRole" in body:
+            if self.headers.get("upgrade", "").lower() == "websocket":
+                self._websocket()
+            elif b"Action=AssumeRole" in body:
                 session = (re.search(rb"RoleSessionName=([^&]+)", body) or [b"", b"agent"])[1].decode()
                 exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
                 self._send(200, _STS.format(key=up.access_key, secret=up.secret_key, token=up.session_token, exp=exp,
@@ -165,6 +172,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, b"<ok/>", "application/xml")
         except (BrokenPipeError, ConnectionResetError):  # the gateway (or its agent) went away
             self.close_connection = True
+
+    def _websocket(self) -> None:
+        """Switch to WebSocket (RFC 6455), send one text frame, keep what arrives for a moment."""
+        key = self.headers.get("sec-websocket-key", "")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", accept.decode())
+        self.end_headers()
+        text = b"hello from upstream"
+        self.wfile.write(bytes([0x81, len(text)]) + text)
+        self.wfile.flush()
+        self.connection.settimeout(2)
+        received = b""
+        try:
+            while chunk := self.connection.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+        self.owner.upgraded.append(received)
+        self.close_connection = True
 
 
 _STS = """<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>

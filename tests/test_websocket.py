@@ -1,0 +1,114 @@
+"""An agent's request to switch its connection to another protocol (a WebSocket handshake, an
+`Upgrade` of any kind) is refused inside a tunnel, recorded, and never reaches upstream: after
+the switch, what the connection carries would not be calls the gateway reads, decides, masks or
+records. Through a real gateway, with a stand-in for AWS on loopback that switches to WebSocket
+when asked (tests/support/upstream.py)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.support.gateway import Gateway
+from tests.support.raw import tunnel
+from tests.support.upstream import CannedUpstream
+
+HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"
+POLICY = """\
+version: 1
+default: deny
+roles:
+  - principal: {groups: [data-agents]}
+    role_arn: arn:aws:iam::123456789012:role/agent-role
+    duration: 1h
+rules:
+  - id: invoke-apis
+    action: execute-api:Invoke
+    decision: allow
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with CannedUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, issuer, upstream):
+    gateway = Gateway(tmp_path_factory.mktemp("websocket"), issuer=issuer.issuer, upstream=upstream.url,
+                      aws_key=("AKIAWEBSOCKETTEST001", "websocket-test-secret"), policy=POLICY)
+    with gateway:
+        yield gateway
+
+
+def handshake(path: str = "/prod", upgrade: str = "websocket") -> bytes:
+    """A WebSocket handshake to an API Gateway WebSocket API, signed as an SDK signs it (with a key
+    of the agent's own, which the gateway replaces)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = {"Upgrade": upgrade, "Connection": "Upgrade", "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+    request = AWSRequest(method="GET", url=f"https://{HOST}{path}", headers=headers)
+    SigV4Auth(Credentials("agentgate", "x"), "execute-api", "us-east-1").add_auth(request)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}"] + [f"{k}: {v}" for k, v in request.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def exchange(gw, token: str, requests: list[bytes]) -> list[bytes]:
+    """Each of ``requests`` sent in turn on one tunnel to HOST, each answer read whole (its head and
+    the body its Content-Length gives; what arrives in the second after a head without one)."""
+    tls = tunnel(gw, token, HOST)
+    tls.settimeout(3)
+    answers = []
+    try:
+        for raw in requests:
+            tls.sendall(raw)
+            data = b""
+            while True:
+                head, sep, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None) if sep else None
+                if sep and length is not None and len(body) >= length:
+                    break
+                try:
+                    chunk = tls.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            answers.append(data)
+    finally:
+        tls.close()
+    return answers
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "h2c", "WebSocket"])
+def test_a_switch_of_protocol_is_refused_recorded_and_never_reaches_upstream(gw, issuer, upstream, upgrade):
+    """A WebSocket handshake to an API Gateway WebSocket API that policy allows
+    (execute-api:Invoke): without the refusal the gateway forwarded it, upstream switched, and
+    the messages both ways passed unread and unrecorded, the record holding only the 101. Now it
+    is refused with 400 in AWS's shape, saying why, recorded as refused, and nothing of it
+    reaches upstream; the connection goes on, and an ordinary call on it is forwarded."""
+    token = issuer.mint(f"ws-agent-{upgrade}")
+    before = len(upstream.requests)
+    refused, plain = exchange(gw, token, [handshake(upgrade=upgrade), handshake().replace(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"")])
+    assert refused.startswith(b"HTTP/1.1 400 "), refused[:200]
+    assert (f"the request asks to switch its connection to another protocol (Upgrade: {upgrade}); agentgate "
+            "carries AWS calls, each read, decided and recorded").encode() in refused
+    assert b"hello from upstream" not in refused + plain
+    assert plain.startswith(b"HTTP/1.1 200 "), plain[:200]
+    time.sleep(0.5)
+    assert [(m, p) for m, p, h in upstream.requests[before:] if m == "GET"] == [("GET", "/prod")]  # the plain one
+    assert all("upgrade" not in {k.lower() for k, _ in h} for _, _, h in upstream.requests[before:])
+    assert upstream.upgraded == []
+    records = [r for r in gw.records() if r["principal"] == f"ws-agent-{upgrade}"]
+    assert [(r["action"], r["decision"], r["outcome"], r["status"]) for r in records] == [
+        ("execute-api:Invoke", "deny", "refused", 400), ("execute-api:Invoke", "allow", "forwarded", 200)]
+    assert records[0]["rule"] == "agentgate:egress" and "Upgrade: " + upgrade in records[0]["reason"]
