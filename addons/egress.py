@@ -277,8 +277,12 @@ class Egress:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.error is not None:  # mitmproxy refused its framing (Content-Length and Transfer-Encoding, …)
-            reason = (f"the request's framing is ambiguous ({_framing_problem(flow.error.msg)}); agentgate refuses "
-                      "it so that no server behind it reads another request than it did")
+            if flow.request.method.upper() == "CONNECT":  # mitmproxy's words are about its own modes
+                reason = ("a CONNECT inside a tunnel is refused: the tunnel carries AWS calls to the host it was "
+                          "opened to, and agentgate opens no tunnel within it")
+            else:
+                reason = (f"the request's framing is ambiguous ({_framing_problem(flow.error.msg)}); agentgate refuses "
+                          "it so that no server behind it reads another request than it did")
             flow.metadata[REFUSAL] = Refusal(400, "InvalidRequest", reason, "egress")
             flow.error.msg = reason
             log.warning("refused a request from %s: %s", human.format_address(flow.client_conn.peername), reason)

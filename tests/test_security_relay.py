@@ -1,6 +1,7 @@
-"""An agent's request to switch its connection to another protocol (a WebSocket handshake, an
-`Upgrade` of any kind) is refused inside a tunnel, recorded, and never reaches upstream: after
-the switch, what the connection carries would not be calls the gateway reads, decides, masks or
+"""Requests that would have the gateway relay what it does not read: an agent's request to switch
+its connection to another protocol (a WebSocket handshake, an `Upgrade` of any kind), and a
+CONNECT inside a tunnel, are refused, recorded, and never reach upstream or anywhere else. After
+a switch, what the connection carries would not be calls the gateway reads, decides, masks or
 records. Through a real gateway, with a stand-in for AWS on loopback that switches to WebSocket
 when asked (tests/support/upstream.py)."""
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import threading
 import time
 
 import pytest
@@ -16,6 +19,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.support.gateway import Gateway
+from tests.support.raw import exchange as raw_exchange
 from tests.support.raw import tunnel
 from tests.support.upstream import CannedUpstream
 
@@ -112,3 +116,40 @@ def test_a_switch_of_protocol_is_refused_recorded_and_never_reaches_upstream(gw,
     assert [(r["action"], r["decision"], r["outcome"], r["status"]) for r in records] == [
         ("execute-api:Invoke", "deny", "refused", 400), ("execute-api:Invoke", "allow", "forwarded", 200)]
     assert records[0]["rule"] == "agentgate:egress" and "Upgrade: " + upgrade in records[0]["reason"]
+
+
+def test_a_connect_inside_a_tunnel_is_refused_saying_so_and_reaches_nothing(gw, issuer, upstream):
+    """A CONNECT sent inside a tunnel (to loopback, or to an AWS host) opens no tunnel within it:
+    400, recorded naming the agent, with a reason that says what was refused (it said the
+    request's framing was ambiguous, quoting mitmproxy's advice about its own modes), and the
+    address it named is never connected to."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(3)
+    port = listener.getsockname()[1]
+    reached: list = []
+
+    def accept() -> None:
+        try:
+            reached.append(listener.accept())
+        except OSError:
+            pass
+
+    waiting = threading.Thread(target=accept)
+    waiting.start()
+    token = issuer.mint("ws-nested")
+    before = len(upstream.requests)
+    for target in (f"127.0.0.1:{port}", "sts.amazonaws.com:443"):
+        answer = raw_exchange(gw, token, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nhello".encode(), host=HOST)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    waiting.join()
+    listener.close()
+    assert reached == [] and len(upstream.requests) == before
+    records = [r for r in gw.records() if r["principal"] == "ws-nested"]
+    assert [(r["method"], r["outcome"], r["status"]) for r in records] == [("CONNECT", "refused", 400)] * 2
+    for r in records:
+        assert r["reason"].startswith("a CONNECT inside a tunnel is refused: the tunnel carries AWS calls to the "
+                                      "host it was opened to"), r["reason"]
+        assert "mitmproxy" not in r["reason"] and "framing" not in r["reason"]
+
