@@ -28,9 +28,8 @@ recorded calls, masked, as a flow file).
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode
-
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from mitmproxy import http
 
@@ -151,7 +150,7 @@ def read_only(application: Any, web_app: Any = None) -> int:
     wrapped = 0
     for rule in rules:
         target = rule.target
-        pattern = rule.matcher.regex.pattern
+        pattern = getattr(getattr(rule.matcher, "regex", None), "pattern", None)  # None: wrapped as any other
         if not isinstance(target, type) or pattern in ("/$", "/"):
             continue
         if pattern == "/flows/dump$":
