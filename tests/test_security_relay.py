@@ -153,3 +153,25 @@ def test_a_connect_inside_a_tunnel_is_refused_saying_so_and_reaches_nothing(gw, 
                                       "host it was opened to"), r["reason"]
         assert "mitmproxy" not in r["reason"] and "framing" not in r["reason"]
 
+
+
+@pytest.mark.parametrize("field", [b"upgrade", b":protocol"])
+def test_an_http2_agent_cannot_switch_protocols_either(gw, issuer, upstream, field):
+    """Over HTTP/2 an Upgrade header is not HTTP/2 and an extended CONNECT's :protocol (RFC 8441)
+    is not offered: mitmproxy's HTTP/2 layer ends the connection (GOAWAY), the gateway records the
+    refusal naming the agent, and nothing reaches upstream."""
+    from tests.support.raw import Http2ConnectionTerminated, h2_request
+
+    sub = f"ws-h2-{field.decode().strip(':')}"
+    token = issuer.mint(sub)
+    before = len(upstream.requests)
+    signed = ("AWS4-HMAC-SHA256 Credential=agentgate/20260101/us-east-1/execute-api/aws4_request, "
+              "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64)
+    with pytest.raises(Http2ConnectionTerminated):
+        h2_request(gw, token, HOST, "GET", b"/prod", {"X-Amz-Date": "20260101T000000Z", "Authorization": signed},
+                   validate=False, extra=((field, b"websocket"),))
+    time.sleep(0.5)
+    assert len(upstream.requests) == before and upstream.upgraded == []
+    [record] = [r for r in gw.records() if r["principal"] == sub]
+    assert record["outcome"] == "refused" and record["status"] == 400
+    assert record["reason"].startswith("HTTP/2 protocol error") and field.decode() in record["reason"]
