@@ -20,7 +20,9 @@ calls and nothing more. mitmweb's own API would otherwise let it change the prox
 (``ssl_insecure``, which turns off the check of AWS's certificates; ``map_remote``,
 ``modify_body``, ``save_stream_file``, ``scripts``, the listen ``mode``), run any mitmproxy
 command, replay a flow, edit one (a call held for approval among them, before it is signed and
-sent), or resume, kill, duplicate, revert and clear flows. Its download of the flows as a flow
+sent), or resume, kill, duplicate, revert and delete flows (a delete kills a call under way). Its
+Clear stays: it empties mitmweb's own list of flows, which it keeps in memory until then, and
+touches no call or record. Its download of the flows as a flow
 file is refused too: it would write each flow whole, the gateway's own state of the call with it
 and the credentials of the calls still under way (``agentgate export --format mitm`` writes the
 recorded calls, masked, as a flow file).
@@ -101,7 +103,7 @@ class WebScrub:
 
 
 READ_ONLY = ("agentgate runs mitmweb read-only: it shows the calls; it does not change the gateway's options, "
-             "run commands, replay, edit, resume, kill or clear flows")
+             "run commands, or replay, edit, duplicate, revert, resume, kill or delete flows")
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -129,8 +131,9 @@ def _read_only_handler(handler: type, refusal: str = READ_ONLY, allowed: frozens
 
 def read_only(application: Any, web_app: Any = None) -> int:
     """Make mitmweb's web application (a tornado Application) read-only: every handler but the
-    index page (whose POST is the login form, which changes nothing) refuses all but GET and HEAD,
-    and the download of the flows (``/flows/dump``) is refused whole; and have every flow it
+    index page (whose POST is the login form, which changes nothing) and Clear (which empties
+    mitmweb's list) refuses all but GET and HEAD, and the download of the flows (``/flows/dump``) is
+    refused whole; and have every flow it
     describes described without credentials (``web_app``: mitmweb's module holding
     ``flow_to_json``, by default mitmproxy.tools.web.app). The number of handlers so wrapped;
     raises RuntimeError when mitmweb's routes or its ``flow_to_json`` are not where this looks for
@@ -155,6 +158,8 @@ def read_only(application: Any, web_app: Any = None) -> int:
             continue
         if pattern == "/flows/dump$":
             rule.target = _read_only_handler(target, NO_DUMP, frozenset())
+        elif pattern == "/clear$":  # empties mitmweb's own list (its memory), nothing of the calls
+            rule.target = _read_only_handler(target, allowed=SAFE_METHODS | {"POST"})
         else:
             rule.target = _read_only_handler(target)
         wrapped += 1
