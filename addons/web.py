@@ -6,6 +6,8 @@ the record applies to the store, not to this view). The one thing this addon cha
 otherwise show credentials: once a flow is done (after the recorder), the JIT signature and session
 token the signer added, and any token the agent presented, are replaced by a placeholder. The
 request has been sent by then; what mitmweb holds afterwards cannot be replayed to AWS as it was.
+It also keeps mitmweb's list, which mitmweb holds in memory, to the last ``WEB_KEEP`` finished
+flows.
 
 It goes last in the chain.
 
@@ -30,6 +32,8 @@ recorded calls, masked, as a flow file).
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -88,12 +92,42 @@ def scrubbed_json(flow_to_json: Any) -> Any:
     return describe
 
 
+WEB_KEEP = 5000  # finished flows mitmweb lists at most; the oldest leave its list (and memory) first
+
+
 class WebScrub:
+    """Last in the chain under ``--web``: each finished flow's credentials replaced, and mitmweb's
+    list (which keeps every flow it holds in memory) cut to the last ``keep`` finished flows, so
+    that a gateway left running with ``--web`` does not grow with its traffic. A flow under way is
+    never taken off the list (mitmweb's removal would kill it)."""
+
+    def __init__(self, keep: int = WEB_KEEP) -> None:
+        self.keep = keep
+        self.finished: deque[weakref.ref] = deque()  # weak: a flow the operator cleared is not held here
+
     def response(self, flow: http.HTTPFlow) -> None:
         scrub(flow)
+        self._listed(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         scrub(flow)
+        self._listed(flow)
+
+    def _listed(self, flow: http.HTTPFlow) -> None:
+        from mitmproxy import ctx
+
+        self.finished.append(weakref.ref(flow))
+        if len(self.finished) <= self.keep:
+            return
+        view = ctx.master.addons.get("view")
+        for _ in range(len(self.finished) - self.keep):
+            old = self.finished.popleft()()
+            if old is None or view is None or view.get_by_id(old.id) is not old:
+                continue  # gone already: cleared, or never listed
+            if old.live:  # still sending its answer: its turn comes again
+                self.finished.append(weakref.ref(old))
+                continue
+            view.remove([old])
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Transport A: the agent's token is the proxy password. The CONNECT has been authenticated

@@ -301,3 +301,37 @@ def test_mitmweb_page_shows_calls_live_and_its_buttons_change_nothing(web_gatewa
             browser.close()
     assert [(m, s) for m, _, s in refused] == [("POST", 403)] and refused[0][1].endswith("/replay"), refused
     assert len(gw.records()) == records  # nothing replayed
+
+
+def test_mitmweb_lists_the_last_finished_calls_and_never_drops_one_under_way():
+    """mitmweb keeps every flow it lists in memory: under --web its list is cut to the last
+    ``WEB_KEEP`` finished flows, oldest first, so that a gateway left running with --web does not
+    grow with its traffic; a flow still under way stays (mitmweb's removal would kill it), and
+    one the operator cleared is not held on to."""
+    from mitmproxy.addons.view import View
+    from mitmproxy.test import taddons, tflow
+
+    from addons.web import WebScrub
+
+    view, scrub = View(), WebScrub(keep=3)
+    with taddons.context(view, scrub):
+        under_way = tflow.tflow(resp=True, live=True)
+        finished = [tflow.tflow(resp=True, live=False) for _ in range(5)]
+        view.add([under_way, *finished])
+        scrub.response(under_way)  # its answer is being sent: still live
+        for f in finished:
+            scrub.response(f)
+        # three at most: the one still sending its answer, then the last finished
+        assert [f.id for f in view] == [under_way.id] + [f.id for f in finished[3:]]
+        assert under_way.killable and under_way.error is None  # not killed
+        under_way.live = False
+        more = tflow.tflow(resp=True, live=False)
+        view.add([more])
+        scrub.response(more)
+        assert [f.id for f in view] == [f.id for f in finished[3:]] + [more.id]
+        view.clear()  # the operator's Clear: nothing is held on to for the list any more
+        import gc
+
+        del finished, more, under_way, f
+        gc.collect()
+        assert all(ref() is None for ref in scrub.finished)
