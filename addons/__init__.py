@@ -21,8 +21,10 @@ Follow one call through the chain in order (``chain()`` below builds it):
 8. ``recorder`` (response, error) writes one Record per flow to the store.
 
 A stage that raises does not let the call go on: the gateway's hook dispatch (addons/fastpath.py)
-answers the flow with an AWS-shaped 500 at once (stage.fail_closed), and the signer forwards only a
-call that has a principal, a classification and an allowing decision.
+answers the flow with an AWS-shaped 500 at once (stage.fail_closed); where hooks are dispatched as
+mitmproxy does (mitmweb's master under --web, or a mitmproxy the gateway's dispatch does not fit),
+each stage's hooks are guarded to do the same (stage.guard, gateway.guard_hooks). The signer
+forwards only a call that has a principal, a classification and an allowing decision.
 
 A request whose body streams runs stages 2-6 in ``requestheaders`` (the body goes upstream as it
 arrives); every other request runs them in ``request`` with its body in hand.

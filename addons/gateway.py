@@ -213,6 +213,19 @@ class GatewayMaster(master.Master):
         )
 
 
+def guard_hooks(m: master.Master) -> int:
+    """Where the master dispatches hooks as mitmproxy does (mitmweb's master under ``--web``; the
+    gateway's own when its table-driven dispatch does not fit this mitmproxy), each of this
+    package's add-ons has its flow hooks fail their flow closed when they raise, as the gateway's
+    dispatch does (``stage.guard``). The number of hooks guarded."""
+    if getattr(m, "dispatch_precomputed", False):
+        return 0
+    from . import stage
+
+    return sum(stage.guard(addon) for addon in m.addons.chain
+               if type(addon).__module__.startswith(__package__ + "."))
+
+
 def setup_logging(verbose: bool = False, workers: bool = False) -> None:
     """Log lines on stderr; with ``workers``, each names its process (``[pid]``)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -313,6 +326,7 @@ async def serve(settings: Settings, web_listen: str = "127.0.0.1:8082", worker: 
         from .web import WebScrub
 
         m.addons.add(WebScrub())  # last: after the recorder
+    guard_hooks(m)
     # mitmproxy's tcp_timeout closes a client connection idle that long, a call waiting on upstream
     # included: keep it above upstream_timeout, so that the gateway's own bound is the one that acts.
     m.options.update(connection_strategy="lazy", http3=False,

@@ -4,6 +4,8 @@ with an AWS-shaped refusal."""
 
 from __future__ import annotations
 
+import inspect
+
 from mitmproxy import http
 
 from .core.awserrors import Refusal, guess_protocol, render
@@ -121,6 +123,60 @@ def fail_closed(event, addon, error: BaseException) -> None:
     if event.name in ("requestheaders", "request") and flow.response is not None:
         return  # already answered without going upstream
     answer(flow, Refusal(500, "InternalFailure", reason, recorded_as))
+
+
+class _Event:
+    """What ``fail_closed`` reads of a hook: its name and its arguments."""
+
+    __slots__ = ("name", "_args")
+
+    def __init__(self, name: str, flow: http.HTTPFlow) -> None:
+        self.name, self._args = name, [flow]
+
+    def args(self) -> list:
+        return self._args
+
+
+def guard(addon: object) -> int:
+    """Have ``addon``'s flow hooks fail their flow closed (``fail_closed``) when they raise,
+    whatever dispatches them. The gateway's own hook dispatch (addons/fastpath.py) does that for
+    every add-on; mitmproxy's, which the gateway falls back to when mitmproxy changed and which
+    mitmweb's master (``--web``) uses, logs the error and lets the flow go on to the next add-on,
+    and so past the stage that failed: an answer not masked, a call not decided. The number of
+    hooks guarded."""
+    from mitmproxy import exceptions
+
+    from .fastpath import log_addon_error
+
+    guarded = 0
+    for name in FLOW_EVENTS:
+        hook = getattr(addon, name, None)
+        if hook is None or getattr(hook, "agentgate_guarded", False):
+            continue
+
+        if inspect.iscoroutinefunction(hook):
+            async def closed_on_error(flow, _hook=hook, _name=name):
+                try:
+                    return await _hook(flow)
+                except exceptions.AddonHalt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - logged, and the flow failed closed
+                    log_addon_error(e)
+                    fail_closed(_Event(_name, flow), addon, e)
+        else:
+            def closed_on_error(flow, _hook=hook, _name=name):
+                try:
+                    return _hook(flow)
+                except exceptions.AddonHalt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - logged, and the flow failed closed
+                    log_addon_error(e)
+                    fail_closed(_Event(_name, flow), addon, e)
+
+        closed_on_error.agentgate_guarded = True  # type: ignore[attr-defined]
+        setattr(addon, name, closed_on_error)
+        guarded += 1
+    return guarded
 
 
 def refuse_connect(flow: http.HTTPFlow, status: int, reason: str, stage: str) -> None:

@@ -1,7 +1,10 @@
 """A stage that raises does not let the call go on: the flow is answered with an AWS-shaped 500,
 nothing goes upstream, no JIT credentials are fetched, and the call is recorded as refused by that
 stage (rule `agentgate:<stage>-failure`). After the response, a stage that raises replaces the answer (it may not have been masked
-or recorded). Driven in process through the gateway's own master and the real chain."""
+or recorded). Driven in process through the real chain, in the gateway's own master, in that
+master with mitmproxy's own hook dispatch (the fallback when mitmproxy changed), and in mitmweb's
+master (``--web``): before the stages were guarded (``stage.guard``), the last two logged the
+error and let the flow go on, an answer not masked delivered as it came."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from addons.core.credentials import CredentialBroker
 from addons.core.identity import TokenValidator
 from addons.core.policy import PolicyStore
 from addons.core.store import Store
-from addons.gateway import GatewayMaster
+from addons.gateway import GatewayMaster, guard_hooks, web_master
 from addons.settings import Settings
 from addons.signer import forwardable
 from tests.support.gateway import TEST_POLICY
@@ -40,7 +43,7 @@ class CountingBroker(CredentialBroker):
         return await super().grant(*a, **kw)
 
 
-def request() -> http.Request:
+def get_item() -> http.Request:
     body = b'{"TableName": "t", "Key": {"id": {"S": "1"}}}'
     headers = http.Headers([(b"Host", HOST.encode()), (b"X-Amz-Target", b"DynamoDB_20120810.GetItem"),
                             (b"Content-Type", b"application/x-amz-json-1.0"),
@@ -50,8 +53,16 @@ def request() -> http.Request:
     return http.Request(HOST, 443, b"POST", b"https", b"", b"/", b"HTTP/1.1", headers, body, None, time.time(), None)
 
 
-@pytest.fixture
-def gateway_in_process(tmp_path, issuer):
+@pytest.fixture(params=["gateway", "mitmproxy-dispatch", "mitmweb"])
+def gateway_in_process(request, tmp_path, issuer, monkeypatch):
+    """The chain in the gateway's own master with its own hook dispatch; in that master with
+    mitmproxy's dispatch (what the gateway falls back to when mitmproxy changed); and in
+    mitmweb's master (``--web``), which dispatches as mitmproxy does."""
+    if request.param == "mitmproxy-dispatch":
+        from addons import fastpath
+
+        monkeypatch.setattr(fastpath, "precompute_dispatch", lambda *a, **kw: False)
+
     async def make():
         (tmp_path / "policies").mkdir()
         (tmp_path / "policies" / "test.yaml").write_text(TEST_POLICY)
@@ -63,10 +74,14 @@ def gateway_in_process(tmp_path, issuer):
         store.start()
         broker = CountingBroker()
         validator = TokenValidator(settings.oidc_issuer, [settings.oidc_audience])
-        m = GatewayMaster(options.Options(confdir=settings.certs))
+        opts = options.Options(confdir=settings.certs)
+        # mitmweb's master, not run: its web server never listens
+        m = web_master(opts, "127.0.0.1:9") if request.param == "mitmweb" else GatewayMaster(opts)
+        assert getattr(m, "dispatch_precomputed", False) is (request.param == "gateway")
         stages = chain(settings, store=store, policies=PolicyStore(settings.policies), validator=validator,
                        broker=broker)
         m.addons.add(*stages)
+        guard_hooks(m)  # as serve() does
         return m, stages, store, broker, validator
 
     loop = asyncio.new_event_loop()
@@ -83,7 +98,7 @@ def gateway_in_process(tmp_path, issuer):
         connect.request.host, connect.request.port = HOST, 443
         await m.addons.handle_lifecycle(HttpConnectHook(connect))
         f = http.HTTPFlow(client, tflow.tserver_conn())
-        f.request = request()
+        f.request = get_item()
         await m.addons.handle_lifecycle(HttpRequestHeadersHook(f))
         await m.addons.handle_lifecycle(HttpRequestHook(f))
         if f.response is None and respond:
@@ -134,7 +149,7 @@ def test_a_stage_that_raises_after_the_response_replaces_it(gateway_in_process, 
     def broken(flow):
         raise ValueError("masking bug")
 
-    monkeypatch.setattr(stages["Masking"], "response", broken)
+    monkeypatch.setattr(stages["Masking"], "_response_work", broken)  # what its response hook calls
     f = loop.run_until_complete(call())
     assert f.response.status_code == 500
     assert b'"InternalFailure"' in f.response.content
