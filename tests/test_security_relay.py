@@ -18,20 +18,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.support.gateway import Gateway
-from tests.support.raw import exchange as raw_exchange
-from tests.support.raw import tunnel
+from tests.support.gateway import TEST_POLICY, Gateway
+from tests.support.raw import exchange, exchanges
 from tests.support.upstream import CannedUpstream
 
 HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"
-POLICY = """\
-version: 1
-default: deny
-roles:
-  - principal: {groups: [data-agents]}
-    role_arn: arn:aws:iam::123456789012:role/agent-role
-    duration: 1h
-rules:
+# the tests' policy (nothing of it allows execute-api) and a rule allowing calls to API Gateway APIs
+POLICY = TEST_POLICY + """\
   - id: invoke-apis
     action: execute-api:Invoke
     decision: allow
@@ -63,35 +56,6 @@ def handshake(path: str = "/prod", upgrade: str = "websocket") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def exchange(gw, token: str, requests: list[bytes]) -> list[bytes]:
-    """Each of ``requests`` sent in turn on one tunnel to HOST, each answer read whole (its head and
-    the body its Content-Length gives; what arrives in the second after a head without one)."""
-    tls = tunnel(gw, token, HOST)
-    tls.settimeout(3)
-    answers = []
-    try:
-        for raw in requests:
-            tls.sendall(raw)
-            data = b""
-            while True:
-                head, sep, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), None) if sep else None
-                if sep and length is not None and len(body) >= length:
-                    break
-                try:
-                    chunk = tls.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            answers.append(data)
-    finally:
-        tls.close()
-    return answers
-
-
 @pytest.mark.parametrize("upgrade", ["websocket", "h2c", "WebSocket"])
 def test_a_switch_of_protocol_is_refused_recorded_and_never_reaches_upstream(gw, issuer, upstream, upgrade):
     """A WebSocket handshake to an API Gateway WebSocket API that policy allows
@@ -101,8 +65,8 @@ def test_a_switch_of_protocol_is_refused_recorded_and_never_reaches_upstream(gw,
     reaches upstream; the connection goes on, and an ordinary call on it is forwarded."""
     token = issuer.mint(f"ws-agent-{upgrade}")
     before = len(upstream.requests)
-    refused, plain = exchange(gw, token, [handshake(upgrade=upgrade), handshake().replace(
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"")])
+    refused, plain = exchanges(gw, token, [handshake(upgrade=upgrade), handshake().replace(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"")], host=HOST)
     assert refused.startswith(b"HTTP/1.1 400 "), refused[:200]
     assert (f"the request asks to switch its connection to another protocol (Upgrade: {upgrade}); agentgate "
             "carries AWS calls, each read, decided and recorded").encode() in refused
@@ -141,7 +105,7 @@ def test_a_connect_inside_a_tunnel_is_refused_saying_so_and_reaches_nothing(gw, 
     token = issuer.mint("ws-nested")
     before = len(upstream.requests)
     for target in (f"127.0.0.1:{port}", "sts.amazonaws.com:443"):
-        answer = raw_exchange(gw, token, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nhello".encode(), host=HOST)
+        answer = exchange(gw, token, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nhello".encode(), host=HOST)
         assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     waiting.join()
     listener.close()

@@ -37,13 +37,10 @@ def tunnel(gw, token: str | None, host: str = "sts.amazonaws.com") -> ssl.SSLSoc
 
 
 
-def exchange(gw, token: str | None, raw: bytes, host: str = "sts.amazonaws.com", timeout: float = 3.0) -> bytes:
-    """``raw`` sent in a tunnel to ``host``: everything the gateway answers before it closes the
-    connection, goes quiet for ``timeout`` seconds, or has sent a whole answer (its head and the
-    body its Content-Length gives)."""
-    tls = tunnel(gw, token, host)
-    tls.sendall(raw)
-    tls.settimeout(timeout)
+def read_answer(tls: ssl.SSLSocket) -> bytes:
+    """Everything the gateway answers on ``tls`` before it closes the connection, goes quiet for
+    the socket's timeout, or has sent a whole answer (its head and the body its Content-Length
+    gives)."""
     data = b""
     try:
         while chunk := tls.recv(65536):
@@ -54,9 +51,29 @@ def exchange(gw, token: str | None, raw: bytes, host: str = "sts.amazonaws.com",
                 break
     except (TimeoutError, ConnectionError, ssl.SSLError):
         pass
+    return data
+
+
+def exchange(gw, token: str | None, raw: bytes, host: str = "sts.amazonaws.com", timeout: float = 3.0) -> bytes:
+    """``raw`` sent in a tunnel to ``host``: the answer as ``read_answer`` reads it, waiting at
+    most ``timeout`` seconds at a time."""
+    return exchanges(gw, token, [raw], host, timeout)[0]
+
+
+def exchanges(gw, token: str | None, requests: list[bytes], host: str = "sts.amazonaws.com",
+              timeout: float = 3.0) -> list[bytes]:
+    """Each of ``requests`` sent in turn on one tunnel to ``host``, each answer read as
+    ``read_answer`` reads it before the next is sent."""
+    tls = tunnel(gw, token, host)
+    tls.settimeout(timeout)
+    try:
+        answers = []
+        for raw in requests:
+            tls.sendall(raw)
+            answers.append(read_answer(tls))
+        return answers
     finally:
         tls.close()
-    return data
 
 
 def s3_signed(method: str, url: str) -> dict[str, str]:
