@@ -148,6 +148,12 @@ def guard(addon: object) -> int:
 
     from .fastpath import log_addon_error
 
+    def failed(name: str, flow: http.HTTPFlow, e: Exception) -> None:
+        if isinstance(e, exceptions.AddonHalt):  # mitmproxy's own way to stop an event: not a failure
+            raise e
+        log_addon_error(e)
+        fail_closed(_Event(name, flow), addon, e)
+
     guarded = 0
     for name in FLOW_EVENTS:
         hook = getattr(addon, name, None)
@@ -158,20 +164,14 @@ def guard(addon: object) -> int:
             async def closed_on_error(flow, _hook=hook, _name=name):
                 try:
                     return await _hook(flow)
-                except exceptions.AddonHalt:
-                    raise
                 except Exception as e:  # noqa: BLE001 - logged, and the flow failed closed
-                    log_addon_error(e)
-                    fail_closed(_Event(_name, flow), addon, e)
+                    failed(_name, flow, e)
         else:
             def closed_on_error(flow, _hook=hook, _name=name):
                 try:
                     return _hook(flow)
-                except exceptions.AddonHalt:
-                    raise
                 except Exception as e:  # noqa: BLE001 - logged, and the flow failed closed
-                    log_addon_error(e)
-                    fail_closed(_Event(_name, flow), addon, e)
+                    failed(_name, flow, e)
 
         closed_on_error.agentgate_guarded = True  # type: ignore[attr-defined]
         setattr(addon, name, closed_on_error)

@@ -37,7 +37,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from .core.records import REDACTED_HEADERS
 from .core.sigv4 import CREDENTIAL_QUERY_PARAMS
@@ -114,8 +114,6 @@ class WebScrub:
         self._listed(flow)
 
     def _listed(self, flow: http.HTTPFlow) -> None:
-        from mitmproxy import ctx
-
         self.finished.append(weakref.ref(flow))
         if len(self.finished) <= self.keep:
             return
