@@ -609,7 +609,9 @@ def web_master(opts: options.Options, web_listen: str) -> master.Master:
 
     host, port = parse_hostport(web_listen, "web_listen")
     m = WebMaster(opts, with_termlog=False)
-    m.options.update(web_host=host, web_port=port, web_open_browser=False)
+    # mitmweb's own add-ons come with it; its `block` refuses agents connecting from a global address
+    # (block_global), which the gateway without --web serves (every call still needs its token)
+    m.options.update(web_host=host, web_port=port, web_open_browser=False, block_global=False)
     from .web import read_only
 
     read_only(m.app)  # for watching calls, not for changing options or flows (addons/web.py)

@@ -335,3 +335,30 @@ def test_mitmweb_lists_the_last_finished_calls_and_never_drops_one_under_way():
         del finished, more, under_way, f
         gc.collect()
         assert all(ref() is None for ref in scrub.finished)
+
+
+def test_mitmweb_serves_the_agents_the_gateway_serves_without_it():
+    """mitmweb's master brings mitmproxy's `block` add-on, which by default drops every client
+    connecting from a global address; the gateway serves them without --web (their calls still
+    need a token), and so it does with --web."""
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.proxy.server_hooks import ClientConnectedHook
+    from mitmproxy.test import tflow
+
+    from addons.gateway import GatewayMaster, web_master
+
+    async def connected(master, address: str) -> str | None:
+        agent = tflow.tclient_conn()
+        agent.peername = (address, 40000)
+        await master.addons.handle_lifecycle(ClientConnectedHook(agent))
+        return agent.error
+
+    async def check() -> None:
+        for make in (lambda: web_master(options.Options(), "127.0.0.1:9"), lambda: GatewayMaster(options.Options())):
+            master = make()  # the master made last is the one mitmproxy's add-ons read their options from
+            for address in ("8.8.8.8", "2001:4860:4860::8888", "10.1.2.3", "127.0.0.1"):
+                assert await connected(master, address) is None, (type(master).__name__, address)
+
+    asyncio.run(check())
