@@ -160,6 +160,19 @@ def test_s3_sigv4_presigned_url_takes_the_region_from_the_credential():
     assert "X-Amz-Signature" not in json.dumps(got.params)
 
 
+@pytest.mark.parametrize("operation, method", [("get_object", "GET"), ("put_object", "PUT")])
+def test_a_presigned_url_of_the_javascript_sdk_is_its_operation(operation, method):
+    """The AWS SDK for JavaScript v3 presigns with X-Amz-Content-Sha256=UNSIGNED-PAYLOAD and x-id in
+    the query: signing metadata and a hint, not the operation's input."""
+    c = client("s3", "us-east-1", signature_version="s3v4")
+    url = c.generate_presigned_url(operation, Params={"Bucket": "shared", "Key": "doc.pdf"})
+    op = "GetObject" if method == "GET" else "PutObject"
+    parts = urlsplit(f"{url}&X-Amz-Content-Sha256=UNSIGNED-PAYLOAD&x-id={op}")
+    got = classify(method, parts.netloc, parts.path, parts.query, {}, None)
+    assert (got.operation, got.error) == (op, None)
+    assert got.params == {"Bucket": "shared", "Key": "doc.pdf"}
+
+
 def test_s3_xml_body():
     got = run(capture("s3", "put_bucket_tagging", Bucket="b1",
                       Tagging={"TagSet": [{"Key": "team", "Value": "data"}]}))

@@ -148,6 +148,35 @@ def test_a_presigned_post_is_refused_saying_what_to_use_instead(gateway, token_f
     assert fetch(gateway, env, put).text == "from a presigned PUT"  # the gateway signs again: GET reads it
 
 
+def test_presigned_urls_of_the_javascript_sdk_go_through(gateway, token_file, tmp_path):
+    """The AWS SDK for JavaScript v3 (s3-request-presigner) presigns with
+    X-Amz-Content-Sha256=UNSIGNED-PAYLOAD and x-id in the query, GET and PUT alike. They were
+    refused as calls naming no operation; they are re-signed as any other presigned URL."""
+    env = agent(gateway, token_file, tmp_path, sub="js-presigner")
+    get, put = check(run_agent(env, textwrap.dedent("""
+        import json, boto3
+        from botocore.config import Config
+        s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
+        try:
+            s3.create_bucket(Bucket="presigned")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        urls = [s3.generate_presigned_url(op, Params={"Bucket": "presigned", "Key": "js.txt"})
+                for op in ("get_object", "put_object")]
+        print(json.dumps([f"{url}&X-Amz-Content-Sha256=UNSIGNED-PAYLOAD&x-id={op}"
+                          for url, op in zip(urls, ("GetObject", "PutObject"))]))
+    """)))
+    token = env["HTTPS_PROXY"].split("agent:", 1)[1].rsplit("@", 1)[0]
+    kw = dict(proxy=gateway.proxy_url(token), verify=ssl.create_default_context(cafile=str(gateway.ca_file)), timeout=30)
+    r = httpx.put(put, content=b"from a JavaScript agent", **kw)
+    assert r.status_code == 200, r.text
+    r = fetch(gateway, env, get)
+    assert (r.status_code, r.text) == (200, "from a JavaScript agent")
+    recs = [x for x in gateway.records() if x["principal"] == "js-presigner" and "js.txt" in (x["url"] or "")]
+    assert [(x["action"], x["decision"], x["outcome"]) for x in recs] == [
+        ("s3:PutObject", "allow", "forwarded"), ("s3:GetObject", "allow", "forwarded")]
+
+
 HIVE_KEY = "data/dt=2024-05-22/mac@2x (1).png"  # as data lakes name objects; a plain client sends '=', '@', '(' as they are
 
 

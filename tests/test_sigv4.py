@@ -368,6 +368,18 @@ def test_resign_presigned_v4_as_header_signed_unsigned_payload():
     assert "/eu-central-1/s3/aws4_request" in header(signed.headers, "Authorization")
 
 
+def test_resign_presigned_v4_of_the_javascript_sdk_drops_its_payload_hash_parameter():
+    """The AWS SDK for JavaScript v3 presigns with X-Amz-Content-Sha256=UNSIGNED-PAYLOAD in the query
+    (and x-id): signing metadata, gone from what goes upstream, as the rest of the signature."""
+    s3 = agent_client("s3", region="eu-central-1", signature_version="s3v4")
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": "k"})
+    wire = dataclasses.replace(wire_from_url(url + "&X-Amz-Content-Sha256=UNSIGNED-PAYLOAD&x-id=PutObject"), method="PUT")
+    signed = _resign(wire)
+    assert "sha256" not in signed.query.lower() and "x-amz-" not in signed.query.lower()
+    assert header(signed.headers, "X-Amz-Content-SHA256") == sigv4.UNSIGNED_PAYLOAD
+    assert "/eu-central-1/s3/aws4_request" in header(signed.headers, "Authorization")
+
+
 def test_resign_presigned_v2_strips_its_parameters():
     url = agent_client("s3").generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "k"})
     signed = _resign(wire_from_url(url), signing_name="s3")

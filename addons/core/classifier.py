@@ -55,6 +55,7 @@ AUTH_QUERY_PARAMS = frozenset(
         "x-amz-signature",
         "x-amz-security-token",
         "x-amz-region-set",
+        "x-amz-content-sha256",  # the payload's hash, in a presigned URL of the AWS SDK for JavaScript v3
         "awsaccesskeyid",
         "signature",
         "signatureversion",
@@ -67,7 +68,8 @@ AUTH_QUERY_PARAMS = frozenset(
 
 # What carries a signature or a credential; in a form body (SigV2 body signing, or a second
 # signature beside the header's) a call is not decided: the service would read it.
-BODY_AUTH_PARAMS = (AUTH_QUERY_PARAMS - {"x-id", "x-amz-date", "expires", "timestamp"}) | {"securitytoken"}
+BODY_AUTH_PARAMS = (AUTH_QUERY_PARAMS - {"x-id", "x-amz-date", "x-amz-content-sha256", "expires", "timestamp"}
+                    ) | {"securitytoken"}
 
 # Query parameters some SDKs add that no operation reads (request metadata).
 IGNORED_QUERY_PARAMS = frozenset({"x-amz-user-agent"})

@@ -60,6 +60,7 @@ SIGV4_QUERY_PARAMS = (
     "X-Amz-Signature",
     "X-Amz-Security-Token",
     "X-Amz-Region-Set",
+    "X-Amz-Content-Sha256",  # the AWS SDK for JavaScript v3 presigns with =UNSIGNED-PAYLOAD in the query
 )
 # Query parameters of a SigV2 request: S3 presigned URLs and the old query APIs.
 SIGV2_QUERY_PARAMS = (
@@ -338,7 +339,7 @@ def _auth_params(rest: str) -> tuple[dict[str, str], str | None]:
 
 SCOPED_KINDS = frozenset({"header-v4", "header-v4a", "query-v4", "query-v4a"})  # signatures with a credential scope
 _PRESIGN_PARAMS = ("x-amz-algorithm", "x-amz-credential", "x-amz-signedheaders", "x-amz-signature", "x-amz-date",
-                   "x-amz-expires", "x-amz-security-token", "x-amz-region-set")
+                   "x-amz-expires", "x-amz-security-token", "x-amz-region-set", "x-amz-content-sha256")
 
 
 def _presign_kind(params: list[tuple[str, str]]) -> str | None:
