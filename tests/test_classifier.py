@@ -21,6 +21,8 @@ from addons.core.classifier import classify
 
 ACCOUNT = "123456789012"
 QUEUE_URL = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/jobs"
+QUEUE_ARN = f"arn:aws:sqs:us-east-1:{ACCOUNT}:jobs"
+TOPIC_ARN = f"arn:aws:sns:us-east-1:{ACCOUNT}:alerts"
 
 
 class Captured(Exception):
@@ -958,7 +960,7 @@ def test_a_table_arn_and_a_queue_url_are_named_by_their_bare_names_too():
     assert run(capture("dynamodb", "query", TableName=AUDIT_ARN, IndexName="by-date",
                        KeyConditionExpression="id = :v", ExpressionAttributeValues={":v": {"S": "1"}})
                ).resources == [AUDIT_ARN, "audit-x", "by-date"]
-    assert classifier.bare_name(index) == "audit-x"
+    assert classifier.bare_names(index) == ("audit-x",)
     batch = run(capture("dynamodb", "batch_get_item", RequestItems={"orders": {"Keys": [key]}, AUDIT_ARN: {"Keys": [key]}}))
     assert batch.resources == ["orders", AUDIT_ARN, "audit-x"]
     tx = run(capture("dynamodb", "transact_write_items", TransactItems=[
@@ -967,6 +969,35 @@ def test_a_table_arn_and_a_queue_url_are_named_by_their_bare_names_too():
     sent = run(capture("sqs", "send_message", QueueUrl=QUEUE_URL, MessageBody="hello"))
     assert sent.resources == [QUEUE_URL, "jobs"]
     assert run(capture("sqs", "get_queue_url", QueueName="jobs")).resources == ["jobs"]
+
+
+def test_a_secret_is_named_by_its_name_for_each_arn_and_in_a_batch():
+    """Secrets Manager takes a secret by name, by its full ARN (with the six characters AWS adds)
+    and by its partial ARN; BatchGetSecretValue by a list of them (SecretIdList, which named no
+    resource). A full ARN's last six characters could also be the end of a partial ARN's name:
+    both readings are named."""
+    full = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"
+    partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db"
+    assert run(capture("secretsmanager", "get_secret_value", SecretId=full)).resources == [full, "prod/db", "prod/db-AbCdEf"]
+    assert run(capture("secretsmanager", "describe_secret", SecretId=partial)).resources == [partial, "prod/db"]
+    assert run(capture("secretsmanager", "get_secret_value", SecretId="prod/db")).resources == ["prod/db"]
+    batch = run(capture("secretsmanager", "batch_get_secret_value", SecretIdList=["prod/cache", full]))
+    assert (batch.action, batch.resources) == ("secretsmanager:BatchGetSecretValue",
+                                               ["prod/cache", full, "prod/db", "prod/db-AbCdEf"])
+
+
+@pytest.mark.parametrize("service, operation, params, resources", [
+    ("resourcegroupstaggingapi", "get_resources", {"ResourceARNList": [QUEUE_ARN]}, [QUEUE_ARN]),
+    ("cloudtrail", "describe_trails", {"trailNameList": ["audit"]}, ["audit"]),
+    ("sns", "set_topic_attributes", {"TopicArn": TOPIC_ARN, "AttributeName": "DisplayName", "AttributeValue": "x"},
+     [TOPIC_ARN]),
+    ("iam", "create_open_id_connect_provider", {"Url": "https://issuer.example", "ClientIDList": ["sts.amazonaws.com"]},
+     ["https://issuer.example"]),
+    ("connect", "delete_data_table_attribute", {"InstanceId": "i-1", "DataTableId": "t-1", "AttributeName": "color"},
+     ["i-1", "t-1", "color"]),  # in the path: the attribute is the thing deleted
+])
+def test_lists_of_identifiers_are_resources_and_attribute_names_are_not(service, operation, params, resources):
+    assert run(capture(service, operation, **params)).resources == resources
 
 
 @pytest.mark.parametrize("method, path, query, dispatched", [

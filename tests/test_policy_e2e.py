@@ -327,6 +327,56 @@ def test_a_rule_on_a_name_holds_for_every_spelling_and_a_statement_behind_a_comm
             ("dynamodb:PartiQLDelete", "deny"), ("dynamodb:PartiQLDelete", "deny"), ("unknown", "deny")]
 
 
+def test_a_rule_on_a_secrets_name_holds_for_its_arns_and_batch_reads(tmp_path, issuer, moto):
+    """Secrets Manager takes a secret by name, by its full ARN (six characters AWS adds) or by its
+    partial ARN, and BatchGetSecretValue by a list of any of them (SecretIdList): `resource`
+    holds the secret's name for each, so one deny on contains(resource, 'prod/db') refuses them
+    all (BatchGetSecretValue named no resource, and read the secret under the broader allow).
+    Reading by Filters names no secret: the rule README shows for it refuses that too."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: prod-db-secret-stays
+          action: "secretsmanager:*"
+          when: "contains(resource, 'prod/db')"
+          decision: deny
+          reason: the production database's secret is for its service alone
+        - id: secrets-are-read-by-name
+          action: secretsmanager:BatchGetSecretValue
+          when: "params.Filters"
+          decision: deny
+          reason: secrets are read by name, so that rules on names hold
+        """), "  ")
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        sm = client(gw, "secretsmanager", proxy_token=issuer.mint("secrets-agent", groups=["data-agents"]))
+        arn = None
+        for name in ("prod/db", "prod/cache"):
+            try:
+                made = sm.create_secret(Name=name, SecretString=f"{name} password")
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "AccessDenied" and name == "prod/db", e
+                continue
+            assert name == "prod/cache", "prod/db was created"
+            arn = made["ARN"]
+        assert arn is not None and arn.rsplit(":", 1)[1].startswith("prod/cache-")
+        db_arn = arn.replace("prod/cache", "prod/db")  # the same six characters: the rule reads the name
+        partial = arn.rsplit("-", 1)[0].replace("prod/cache", "prod/db")
+        attempts = [("get_secret_value", {"SecretId": spelling}) for spelling in ("prod/db", db_arn, partial)] + [
+            ("describe_secret", {"SecretId": partial}),
+            ("batch_get_secret_value", {"SecretIdList": ["prod/cache", "prod/db"]}),
+            ("batch_get_secret_value", {"SecretIdList": [db_arn]}),
+            ("batch_get_secret_value", {"Filters": [{"Key": "name", "Values": ["prod"]}]}),
+        ]
+        for operation, params in attempts:
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                getattr(sm, operation)(**params)
+            assert e.value.response["Error"]["Code"] == "AccessDenied", (operation, params)
+        read = sm.batch_get_secret_value(SecretIdList=["prod/cache", arn])["SecretValues"]
+        assert [v["Name"] for v in read] == ["prod/cache", "prod/cache"]
+        records = [r for r in gw.records() if r["principal"] == "secrets-agent" and r["decision"] == "deny"]
+        assert [r["rule"] for r in records] == ["prod-db-secret-stays"] * 7 + ["secrets-are-read-by-name"]
+        assert all("prod/db" in r["resources"] for r in records[:7])
+
+
 def test_a_deny_rule_whose_condition_fails_on_a_call_refuses_it(tmp_path, issuer, moto):
     """A BatchWriteItem names its tables in RequestItems, not TableName: the deny rule's
     `starts_with(params.TableName, ...)` cannot be evaluated on it, and the rule counts as matching

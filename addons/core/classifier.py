@@ -127,14 +127,15 @@ QUEUE_URL_ACCOUNT_RE = re.compile(r"^https?://[^/]+/(\d{12})/[^/]+$")
 ACCESS_POINT_ACCOUNT_RE = re.compile(r"-(\d{12})$")
 
 # Top-level members whose names say they identify a resource.
-RESOURCE_MEMBER_RE = re.compile(
-    r"(?:Arn|ARN|Arns|ARNs|Id|ID|Ids|IDs|Name|Names|Url|URL|Urls|Identifier|Identifiers|Bucket)$"
-)
-# Members with such names that identify a request, a session, a secret or a version of a resource
-# already recorded, not a resource.
+# (also as ...IdList, ...ArnList, ...NameSet: Secrets Manager's BatchGetSecretValue names its
+# secrets in SecretIdList).
+RESOURCE_MEMBER_RE = re.compile(r"(?:(?:Arn|ARN|Id|ID|Name|Url|URL|Identifier)s?(?:List|Set)?|Bucket)$")
+# Members with such names that identify a request, a session, a secret, an attribute or a version
+# of a resource already recorded, not a resource (unless the request's path names them).
 NOT_RESOURCE_MEMBERS = frozenset(
     {"RoleSessionName", "ExternalId", "ClientRequestId", "RequestId", "IdempotencyId", "SerialNumber",
-     "VersionId", "UploadId", "AttributeNames", "MessageAttributeNames", "MessageSystemAttributeNames"}
+     "VersionId", "UploadId", "AttributeName", "AttributeNames", "MessageAttributeNames",
+     "MessageSystemAttributeNames", "ClientIDList", "ColumnNameList"}
 )
 # Every resource a call names is decided on (a rule on ``resource`` sees them all); a call naming
 # more is not decided (unknown). The record keeps the first RECORDED_RESOURCES (core/records.py).
@@ -1417,7 +1418,7 @@ def unrecordable(value: Any, path: str = "params", depth: int = 0) -> str | None
 def resources_of(params: dict, uri_members: Iterable[str], service: str | None = None) -> list[str]:
     """Resource names a call names: bucket or bucket/key, identifiers among the top-level
     members (URI labels, members named ...Arn, ...Id(s), ...Name(s), ...Url), and any ARN; each as
-    sent, followed by its bare name where the API takes it in other spellings too (``bare_name``),
+    sent, followed by its bare name where the API takes it in other spellings too (``bare_names``),
     so that a rule on the name holds whichever spelling the agent sent."""
     out: list[str] = []
     seen: set[str] = set()
@@ -1425,8 +1426,8 @@ def resources_of(params: dict, uri_members: Iterable[str], service: str | None =
     def add(value: Any, member: str | None = None) -> None:
         if isinstance(value, str) and value:
             value = value[:MAX_RESOURCE_LENGTH]
-            for name in (value, bare_name(value, service, member)):
-                if name is not None and name not in seen and len(out) <= MAX_RESOURCES:  # one over: too many
+            for name in (value, *bare_names(value, service, member)):
+                if name not in seen and len(out) <= MAX_RESOURCES:  # one over: too many
                     seen.add(name)
                     out.append(name)
 
@@ -1455,9 +1456,7 @@ def resources_of(params: dict, uri_members: Iterable[str], service: str | None =
     for name, value in params.items():
         if name in ("Bucket", "Key") and isinstance(bucket, str):
             continue
-        if name in NOT_RESOURCE_MEMBERS:
-            continue
-        if name in uri or RESOURCE_MEMBER_RE.search(name):
+        if name in uri or (name not in NOT_RESOURCE_MEMBERS and RESOURCE_MEMBER_RE.search(name)):
             for item in value if isinstance(value, list) else [value]:
                 add(item, name)
     for arn in find_arns(params):
@@ -1465,10 +1464,12 @@ def resources_of(params: dict, uri_members: Iterable[str], service: str | None =
     return out
 
 
-# The spellings an API takes for one resource, read for its bare name (``bare_name``).
+# The spellings an API takes for one resource, read for its bare name (``bare_names``).
 LAMBDA_FUNCTION_ARN_RE = re.compile(r"^arn:[^:]+:lambda:[^:]*:\d{12}:function:([A-Za-z0-9_.-]+)(?::[^:]+)?$")
 DYNAMODB_TABLE_ARN_RE = re.compile(r"^arn:[^:]+:dynamodb:[^:]*:\d{12}:table/([A-Za-z0-9_.-]+)(?:/|$)")
 QUEUE_URL_NAME_RE = re.compile(r"^https?://[^/]+/\d{12}/([^/]+)$")
+SECRET_ARN_RE = re.compile(r"^arn:[^:]+:secretsmanager:[^:]*:\d{12}:secret:(.+)$")
+SECRET_SUFFIX_RE = re.compile(r"^(.+)-[A-Za-z0-9]{6}$")  # the six characters AWS adds to a secret's full ARN
 # Lambda's FunctionName as its model's pattern takes it: before the name, an optional
 # arn:<partition>:lambda:, region, account and function:; after it, an optional version or alias.
 LAMBDA_FUNCTION_NAME_RE = re.compile(
@@ -1476,30 +1477,37 @@ LAMBDA_FUNCTION_NAME_RE = re.compile(
     r"(?:function:)?([a-zA-Z0-9_.-]+)(?::(?:\$LATEST(?:\.PUBLISHED)?|[a-zA-Z0-9_-]+))?$")
 
 
-def bare_name(value: str, service: str | None = None, member: str | None = None) -> str | None:
-    """The resource's own name where an API takes it in other spellings too, None where ``value``
+def bare_names(value: str, service: str | None = None, member: str | None = None) -> tuple[str, ...]:
+    """The resource's own name where an API takes it in other spellings too, none where ``value``
     is that name or names no such resource: a Lambda function's name, of any form Lambda's
     ``FunctionName`` takes (``billing:1``, ``arn:aws:lambda:us-east-1:123456789012:function:billing``,
     with a version or alias, the partial ARN ``123456789012:function:billing``: qualifiers
     stripped), and of a function's ARN wherever it is; a DynamoDB table's name, of the table's ARN
-    (or an index's, a stream's); an SQS queue's name, of its URL. A rule on ``resource`` then
-    holds for every spelling of one name, not only for the one it was written with."""
+    (or an index's, a stream's); an SQS queue's name, of its URL; a Secrets Manager secret's name,
+    of its ARN, full (``...:secret:prod/db-AbCdEf``, six characters AWS adds) or partial
+    (``...:secret:prod/db``), which Secrets Manager takes alike: both readings where the ARN could
+    be either (``prod/db`` and ``prod/db-AbCdEf``). A rule on ``resource`` then holds for every
+    spelling of one name, not only for the one it was written with."""
     if service == "lambda" and member == "FunctionName":
         found = LAMBDA_FUNCTION_NAME_RE.match(value)
     elif value.startswith("arn:"):
+        secret = SECRET_ARN_RE.match(value)
+        if secret is not None:
+            name = secret.group(1)
+            full = SECRET_SUFFIX_RE.match(name)
+            return (full.group(1), name) if full else (name,)
         found = LAMBDA_FUNCTION_ARN_RE.match(value) or DYNAMODB_TABLE_ARN_RE.match(value)
     elif service == "sqs":
         found = QUEUE_URL_NAME_RE.match(value)
     else:
-        return None
-    return found.group(1) if found and found.group(1) != value else None
+        return ()
+    return (found.group(1),) if found and found.group(1) != value else ()
 
 
 def spellings(value: str) -> list[str]:
-    """``value`` and its bare name (``bare_name``), if it has one: a table as a transaction's item
+    """``value`` and its bare names (``bare_names``), if it has any: a table as a transaction's item
     or a PartiQL statement names it."""
-    name = bare_name(value)
-    return [value] if name is None else [value, name]
+    return [value, *bare_names(value)]
 
 
 def copy_source(value: Any) -> tuple[str, str, str | None] | None:
