@@ -408,3 +408,36 @@ def test_exit_code_says_whether_any_answer_differs(gateway, moto, session):
     assert p.stdout.strip()  # the table was printed first
     p = replay(gateway, session["id"], "--to", moto.url, "--allow-writes", check=False)
     assert p.returncode == 0
+
+
+def test_what_a_write_makes_anew_is_volatile_and_a_reads_ids_are_not():
+    """A replayed SendMessage gets a new MessageId (a new instance, upload or execution its new id,
+    ARN or sequence number): volatile in the answers of calls that change something, so that
+    --exit-code does not call such a replay different; a read's ids are what it read, and count.
+    A receipt handle is new on every receive."""
+    old = json.dumps({"MessageId": "m-1", "MD5OfMessageBody": "abc", "SequenceNumber": "1", "ExecutionArn": "arn:1"})
+    new = json.dumps({"MessageId": "m-2", "MD5OfMessageBody": "abc", "SequenceNumber": "2", "ExecutionArn": "arn:2"})
+    assert {(c.path, c.volatile) for c in rp.structural_diff(old, new, writes=True)} == {
+        ("MessageId", True), ("SequenceNumber", True), ("ExecutionArn", True)}
+    assert {(c.path, c.volatile) for c in rp.structural_diff(old, new)} == {
+        ("MessageId", False), ("SequenceNumber", False), ("ExecutionArn", False)}
+    changed_body = json.dumps({"MessageId": "m-2", "MD5OfMessageBody": "def"})
+    assert [(c.path, c.volatile) for c in rp.structural_diff(old, changed_body, writes=True)
+            if c.kind == "changed"] == [("MessageId", True), ("MD5OfMessageBody", False)]
+    received = [json.dumps({"Messages": [{"MessageId": "m-1", "ReceiptHandle": h, "Body": "x"}]}) for h in ("h1", "h2")]
+    assert [(c.path, c.volatile) for c in rp.structural_diff(*received)] == [("Messages[0].ReceiptHandle", True)]
+
+
+def test_a_replayed_send_is_answered_as_recorded(gateway, issuer, moto):
+    """End to end: SQS SendMessage replayed with --allow-writes --exit-code against moto, which
+    gives the message a new id: the replay is `same` apart from volatile values, exit code 0."""
+    sqs = client(gateway, "sqs", proxy_token=issuer.mint("replay-sender"))
+    url = sqs.create_queue(QueueName="replay-sends")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    calls = json.loads(gateway.cli("calls", "list", "--principal", "replay-sender", "--json").stdout)
+    [send] = [c for c in calls if c["operation"] == "SendMessage"]
+    p = replay(gateway, "--calls", send["id"], "--to", moto.url, "--allow-writes", "--exit-code", "--json", check=False)
+    [result] = json.loads(p.stdout)
+    assert p.returncode == 0, (p.stderr, result)
+    assert [c["path"] for c in result["diff"] if not c["volatile"]] == [] and "MessageId" in {
+        c["path"] for c in result["diff"]}

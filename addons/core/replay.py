@@ -495,7 +495,7 @@ class Replayer:
             return [Change("(body)", "changed", "(recorded body)", "(a body that could not be masked: not shown)")]
         if cut:
             return cut_diff(recorded, new_text, call.get("response_body_sha256"), body.sha256)
-        return structural_diff(recorded, new_text, content_type)
+        return structural_diff(recorded, new_text, content_type, writes=call.get("access_level") not in READ_LEVELS)
 
     def mask(self, call: dict[str, Any], status: int, headers: list, body: bytes, content_type: str) -> str | None:
         """The new response body as the record would keep it (None: it could not be masked)."""
@@ -547,7 +547,12 @@ def _one_line(e: BaseException) -> str:
 # Structural diff
 
 _VOLATILE = re.compile(r"(?i)(request-?id|requestid|date|time|timestamp|expir|token|etag|marker|nonce|"
-                       r"x-amz-id-2|hostid|lastmodified|last-modified|creationdatetime)")
+                       r"x-amz-id-2|hostid|lastmodified|last-modified|creationdatetime|receipthandle)")
+# What a call that changes something answers anew each time it is made: the identifiers it makes
+# (SQS's and SNS's MessageId, a new instance's, upload's or version's id, an execution's ARN) and
+# sequence numbers. Volatile in the answers of calls whose IAM access level is not List or Read.
+_GENERATED = re.compile(r"(?:Id|ID|Ids|IDs|Arn|ARN|SequenceNumber)$|(?i:^(?:id|arn)$)")
+READ_LEVELS = frozenset({"List", "Read"})
 
 
 def parse_body(text: str, content_type: str = "") -> Any:
@@ -594,10 +599,12 @@ class _Repeated(list):
     _repeated = True
 
 
-def structural_diff(old_text: str, new_text: str, content_type: str = "") -> list[Change]:
-    """What changed between the recorded and the new (masked) body, path by path."""
+def structural_diff(old_text: str, new_text: str, content_type: str = "", writes: bool = False) -> list[Change]:
+    """What changed between the recorded and the new (masked) body, path by path; ``writes``: the
+    answer of a call that changes something, whose generated identifiers are volatile too."""
     changes: list[Change] = []
-    _diff(parse_body(old_text, content_type), parse_body(new_text, content_type), "", changes)
+    volatile = _VOLATILE.search if not writes else lambda k: _VOLATILE.search(k) or _GENERATED.search(k)
+    _diff(parse_body(old_text, content_type), parse_body(new_text, content_type), "", changes, volatile)
     return changes
 
 
@@ -616,19 +623,19 @@ def cut_diff(recorded: str, new_text: str, old_sha: str | None, new_sha: str) ->
                    recorded[start:start + 80], new_text[start:start + 80])]
 
 
-def _diff(old: Any, new: Any, path: str, out: list[Change], volatile: bool = False) -> None:
+def _diff(old: Any, new: Any, path: str, out: list[Change], is_volatile: Any, volatile: bool = False) -> None:
     if isinstance(old, dict) and isinstance(new, dict):
         for k in old:
             p = f"{path}.{k}" if path else str(k)
-            v = volatile or bool(_VOLATILE.search(str(k)))
+            v = volatile or bool(is_volatile(str(k)))
             if k not in new:
                 out.append(Change(p, "removed", old[k], None, v))
             else:
-                _diff(old[k], new[k], p, out, v)
+                _diff(old[k], new[k], p, out, is_volatile, v)
         for k in new:
             if k not in old:
                 p = f"{path}.{k}" if path else str(k)
-                out.append(Change(p, "added", None, new[k], volatile or bool(_VOLATILE.search(str(k)))))
+                out.append(Change(p, "added", None, new[k], volatile or bool(is_volatile(str(k)))))
         return
     if isinstance(old, list) and isinstance(new, list):
         for i in range(max(len(old), len(new))):
@@ -638,7 +645,7 @@ def _diff(old: Any, new: Any, path: str, out: list[Change], volatile: bool = Fal
             elif i >= len(old):
                 out.append(Change(p, "added", None, new[i], volatile))
             else:
-                _diff(old[i], new[i], p, out, volatile)
+                _diff(old[i], new[i], p, out, is_volatile, volatile)
         return
     if type(old) is not type(new) and not (isinstance(old, (int, float)) and isinstance(new, (int, float))):
         if isinstance(old, (dict, list)) or isinstance(new, (dict, list)):
