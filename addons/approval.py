@@ -50,10 +50,10 @@ def _what(a: ApprovalInfo) -> str:
     return f"{a.action} on {a.resource}"
 
 
-def pending_message(a: ApprovalInfo, console_url: str = "", restarting: bool = False) -> str:
+def pending_message(a: ApprovalInfo, console_url: str = "", stopping: bool = False) -> str:
     where = f" or in the console at {console_url.rstrip('/')}/#{a.id}" if console_url else ""
     rule = f"rule {a.rule!r}" if a.rule else "a rule"
-    why = "The gateway is restarting; the approval is kept. " if restarting else ""
+    why = "The gateway is stopping; the approval is kept in its store. " if stopping else ""
     lasts = f", and an approval lasts {duration_text(a.duration)} from when it is given" if a.duration else ""
     return (f"{_what(a)} needs a human approval ({rule}: {a.request_reason}). {why}Approval {a.id} is pending: "
             f"an approver ({describe_approvers(a.approvers)}) approves it with "
@@ -217,7 +217,7 @@ class Approval:
         if got is None and at_expiry and not self.closing:
             got = await self._at_expiry(a)
         if got is None:
-            self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url, restarting=self.closing), a,
+            self._refuse(flow, "ApprovalPending", pending_message(a, self.console_url, stopping=self.closing), a,
                          outcome="held")
             return
         state = got.state()

@@ -73,9 +73,14 @@ def message(a: Approval, event: str, console_url: str = "") -> dict[str, Any]:
         params = "" if a.kind == "grant" else f"\nParameters: `{_esc(_params_text(a.params))}`"
         detail = (f"{why}{params}\nApprovers: {_esc(describe_approvers(a.approvers))}\nApprove: `{command}`"
                   + (f"\nConsole: {link}" if link else ""))
+    elif a.state() == "revoked":  # withdrawn by whoever revoked it, after (or instead of) its approval
+        head = f"Approval {a.id} revoked by {_line(a.revoked_by)}: {who}, {what}"
+        lines = [f"reason: {_line(a.revoke_reason)}"] if a.revoke_reason else []
+        if a.approver:
+            lines.append(_line(f"approved before by {a.approver} ({a.channel})" + (f": {a.reason}" if a.reason else "")))
+        detail = "\n".join(lines)
     else:
-        state = a.state()
-        head = f"Approval {a.id} {state} by {_line(a.approver)} ({_line(a.channel)}): {who}, {what}"
+        head = f"Approval {a.id} {a.state()} by {_line(a.approver)} ({_line(a.channel)}): {who}, {what}"
         detail = f"reason: {_line(a.reason)}" if a.reason else ""
     text = head + ("\n" + detail if detail else "")
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}}]

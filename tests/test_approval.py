@@ -489,7 +489,7 @@ def test_the_addon_holds_releases_and_answers_in_the_calls_protocol(tmp_path):
             await asyncio.sleep(0.2)
             await addon.drain()
             await task
-            assert "The gateway is restarting; the approval is kept" in flow.response.get_text()
+            assert "The gateway is stopping; the approval is kept in its store" in flow.response.get_text()
             assert approvals.get(flow.response.headers["x-agentgate-approval"]).status == "pending"
         finally:
             await approvals.aclose()

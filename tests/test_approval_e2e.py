@@ -708,6 +708,12 @@ def test_approvers_are_told_through_the_webhook_with_retries_off_the_calls_path(
     approve(gw, issuer, approval_id)  # the command line tells the webhook too
     decided = wait_for(lambda: [p for p in webhook.about(approval_id, "decided") if p[1] == 200], timeout=10)
     assert "approved by alice" in decided[0][2]["text"]
+    # a revocation is told as its revoker's, with the revoker's reason (it was told as the approver's)
+    gw.cli("approvals", "revoke", approval_id, "--reason", "changed my mind", "--token-file", token_file(gw, issuer, "bob"))
+    revoked = wait_for(lambda: [p for p in webhook.about(approval_id, "decided") if p[1] == 200][1:], timeout=10)
+    head, *lines = revoked[0][2]["text"].splitlines()
+    assert head.startswith(f"Approval {approval_id} revoked by bob: agent-1, s3:DeleteObject"), head
+    assert lines == ["reason: changed my mind", "approved before by alice (cli)"], lines
     # what an agent wrote cannot ping the channel or become a link in it
     sly = "x <!channel> <https://evil.example/approve|Open in console>"
     _, _, sly_id = held(lambda: s3(gw, issuer.mint("agent-1")).delete_object(Bucket=bucket, Key=sly))
@@ -776,7 +782,7 @@ def test_a_restart_while_calls_are_held(long_hold, issuer, bucket):
         t.join(10)
     assert time.time() - stopping < 8
     for code, message, approval_id in results.values():
-        assert code == "ApprovalPending" and "The gateway is restarting; the approval is kept" in message
+        assert code == "ApprovalPending" and "The gateway is stopping; the approval is kept in its store" in message
         assert approval_id in {a["id"] for a in asked}
     assert sorted(r["outcome"] for a in asked for r in record_of(gw, a["id"])) == ["held"] * 3
     kept = json.loads(gw.cli("approvals", "list", "--pending", "--json").stdout)

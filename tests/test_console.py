@@ -445,3 +445,32 @@ def test_a_row_that_cannot_be_read_is_named_and_the_console_serves_the_rest(tmp_
             page.close()
     finally:
         gw.stop()
+
+
+def test_a_revoked_approval_shows_who_revoked_it_and_why(gw, issuer, browser):
+    """An approval bob approved and alice then revoked: the console's recently decided row, and the
+    note its link gives, name alice, her time and her reason, not bob's approval as the revocation."""
+    import datetime as dt
+
+    from tests.support.approvals import insert_approvals
+    from tests.test_approval_e2e import approve, token_file
+
+    now = dt.datetime.now(dt.timezone.utc)
+    approval_id = "ap-revoked000001"
+    insert_approvals(f"sqlite:///{gw.db_path}", [{
+        "id": approval_id, "kind": "call", "action": "s3:DeleteObject", "status": "pending", "principal": "agent-withdrawn",
+        "params": {"Bucket": BUCKET, "Key": "withdrawn"}, "resources": [f"{BUCKET}/withdrawn"],
+        "binding_hash": f"{31337:064d}", "requested": now, "expires": now + dt.timedelta(hours=1)}])
+    approve(gw, issuer, approval_id, "bob", ("sre",), "--reason", "ok to drop it")
+    gw.cli("approvals", "revoke", approval_id, "--reason", "changed my mind", "--token-file", token_file(gw, issuer, "alice"))
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        sign_in(page, gw, issuer)
+        row = page.wait_for_selector(f"#decided tr:has-text('{approval_id}')", timeout=5_000).inner_text()
+        assert "revoked" in row and "alice" in row and "changed my mind" in row, row
+        assert "bob" not in row and "ok to drop it" not in row, row
+        page.goto(f"{base(gw)}/#{approval_id}")
+        note = page.wait_for_selector(f"#linked-note:has-text('{approval_id}')", timeout=5_000).inner_text()
+        assert "is revoked by alice at" in note and "changed my mind" in note and "bob" not in note, note
+    finally:
+        page.close()
