@@ -664,7 +664,7 @@ def test_approvals_list_and_show(short_hold, issuer, bucket):
     for out in (listed, shown, called):
         assert "㊙" not in out and "✅" not in out
     assert arn in listed and f"{bucket}/reviewed:white_check_mark:.sql" in listed
-    assert f" {arn} " in shown and f'"SecretId": "{arn}"' in shown
+    assert f" {arn}, prod-db, prod-db-AbCdEf" in shown and f'"SecretId": "{arn}"' in shown  # the ARN, then the names it can be
     assert arn in called.replace("\n", "").replace(" ", "")
 
 
