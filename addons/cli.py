@@ -3,7 +3,6 @@ stderr and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
@@ -13,7 +12,7 @@ import shlex
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -21,6 +20,7 @@ import click
 from .settings import Settings, SettingsError, config_path, load_settings
 
 SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _settings(**flags) -> Settings:
@@ -28,6 +28,16 @@ def _settings(**flags) -> Settings:
         return load_settings(**flags)
     except SettingsError as e:
         raise click.ClickException(str(e)) from None
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived while a command had something to undo (an export's temporary file,
+    commands/export.py): raised where it was, so that it is undone as on Ctrl-C; ``LazyGroup.main``
+    then ends the process by that signal, as the signal would have without a handler."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class LazyGroup(click.Group):
@@ -57,6 +67,16 @@ class LazyGroup(click.Group):
             module, attr = self.lazy[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except Stopped as e:
+            import signal
+
+            signal.signal(e.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), e.signum)
+            sys.exit(128 + e.signum)  # the signal is blocked: the exit code a shell gives it
 
     def invoke(self, ctx: click.Context):
         """A command's run, with what the system refuses to do with an argument (a file name too
@@ -116,10 +136,14 @@ def _update_config(cfg: Path, values: dict[str, str]) -> dict[str, object]:
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
 
+    from .settings import config_text
+
     try:
-        doc = tomlkit.parse(cfg.read_text())
-    except (OSError, TOMLKitError) as e:
-        raise click.ClickException(f"cannot update {cfg}: {getattr(e, 'strerror', None) or e}") from None
+        doc = tomlkit.parse(config_text(cfg))
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
+    except TOMLKitError as e:
+        raise click.ClickException(f"cannot update {cfg}: {e}") from None
     table = doc["agentgate"] if "agentgate" in doc else doc  # the settings may sit under [agentgate]
     changed = {k: table.get(k) for k, v in values.items() if table.get(k) != v}
     for k in changed:
@@ -142,19 +166,55 @@ def _write_secret(path: Path, data: bytes) -> bool:
     return True
 
 
-def create_ca(certs: Path) -> Path:
+CA_KEY = "mitmproxy-ca.pem"  # mitmproxy's CA: its private key and certificate, in one file
+CA_CERT_FILES = ("mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.cer")  # the certificate alone, which agents trust
+
+
+def load_ca(certs: Path) -> object:
+    """The CA in ``certs`` as the gateway loads it (mitmproxy's CertStore), checked before anything
+    is started; ClickException, one line saying what to do, when its key file is missing or cannot be
+    loaded (not PEM, no key, unreadable)."""
+    from mitmproxy.certs import CertStore
+
+    key = certs / CA_KEY
+    if not key.exists():
+        raise click.ClickException(f"no CA at {certs / CA_CERT_FILES[0]}: run `agentgate init` first")
+    try:
+        return CertStore.from_files(key, certs / "mitmproxy-dhparam.pem")
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM):
+            raise click.ClickException(f"the CA key {key} cannot be read: {e.strerror or e}") from None
+        raise click.ClickException(f"the CA key {key} cannot be read ({e.strerror}): run agentgate as the user that "
+                                   "owns it, or give this user read access to it") from None
+    except (ValueError, TypeError, IndexError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        why = why.split(". See https://")[0]  # cryptography's pointer to its FAQ
+        raise click.ClickException(f"the CA key {key} cannot be loaded ({why}): restore it from a backup, or move "
+                                   f"{certs} aside and run `agentgate init` for a new CA (agents must then trust its "
+                                   "new certificate)") from None
+
+
+def create_ca(certs: Path) -> tuple[Path, list[Path]]:
     """mitmproxy's CA in ``certs`` (key files 0600; the certificate alone, which agents must trust
-    and which is public, 0644 in the 0700 directory: a copy of it keeps that mode); returns the
-    certificate agents must trust."""
+    and which is public, 0644 in the 0700 directory: a copy of it keeps that mode): made when there
+    is none, else loaded, and the certificate files agents trust written again from the key when
+    they are missing. Returns the certificate agents must trust, and the files written again."""
     from mitmproxy.certs import CertStore
 
     certs.mkdir(parents=True, exist_ok=True)
     os.chmod(certs, 0o700)
-    CertStore.from_store(certs, "mitmproxy", 2048)
+    if not (certs / CA_KEY).exists():
+        CertStore.create_store(certs, "mitmproxy", 2048)
+    store = load_ca(certs)
+    remade = []
+    for name in CA_CERT_FILES:
+        if not (certs / name).exists():
+            (certs / name).write_bytes(store.default_ca.to_pem())
+            remade.append(certs / name)
     for p in certs.iterdir():
         if p.suffix in (".pem", ".p12", ".cer"):
             os.chmod(p, 0o644 if "-cert" in p.name else 0o600)
-    return certs / "mitmproxy-ca-cert.pem"
+    return certs / CA_CERT_FILES[0], remade
 
 
 @main.command()
@@ -172,7 +232,10 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
         raise click.ClickException(f"cannot create {cfg.parent}: {e.strerror or e}") from None
     given = {k: v for k, v in (("listen", listen), ("oidc_issuer", oidc_issuer), ("oidc_audience", oidc_audience))
              if v is not None}
-    _settings(**given)  # what is given must be valid before it is written
+    try:  # what is given must be valid before it is written
+        load_settings(new_config=True, **given)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from None
     if not cfg.exists():
         cfg.write_text(TOML_TEMPLATE.format(
             listen=listen or "127.0.0.1:8080",
@@ -184,12 +247,18 @@ def init(oidc_issuer, oidc_audience, listen) -> None:
         for name, was in _update_config(cfg, given).items():
             click.echo(f"{cfg}: {name} set to {given[name]!r} (was {'not set' if was is None else repr(str(was))})")
     s = _settings()
-    ca = create_ca(Path(s.certs))
+    ca, remade = create_ca(Path(s.certs))
+    for path in remade:
+        click.echo(f"{path} was missing: written again from the CA key {Path(s.certs) / CA_KEY}")
     click.echo(f"CA ready: {ca} (key files 0600)")
     policies = Path(s.policies)
     if not policies.exists() and SHIPPED_POLICIES.is_dir() and policies.resolve() != SHIPPED_POLICIES:
         shutil.copytree(SHIPPED_POLICIES, policies)
         click.echo(f"default policies copied to {policies}")
+    elif policies.exists() and not policies.is_dir():
+        raise click.ClickException(f"policies names {policies}, which is not a directory: the policy files go in a "
+                                   "directory; move that file aside (and run `agentgate init` again for the default "
+                                   "policies), or set policies to the directory of yours")
     keys = Path(s.keys)
     for name, data in (
         ("chain.key", secrets.token_hex(32).encode()),
@@ -226,8 +295,10 @@ def run(listen, db, policies, upstream, web, web_listen, workers, verbose) -> No
     s = _settings(listen=listen, db=db, policies=policies, upstream=upstream, web=web, workers=workers)
     if s.workers > 1 and s.web:
         raise click.UsageError("--web runs one process (mitmweb's view of the flows is per process): use workers = 1")
+    load_ca(Path(s.certs))  # before any store is made or port bound: a CA the gateway could not load stops it here
     if not Path(s.ca_file).exists():
-        raise click.ClickException(f"no CA at {s.ca_file}: run `agentgate init` first")
+        raise click.ClickException(f"the CA certificate {s.ca_file}, which agents trust, is missing: run `agentgate "
+                                   "init` to write it again from the CA key")
     if s.web:
         from .settings import parse_hostport
 
@@ -250,22 +321,22 @@ def run(listen, db, policies, upstream, web, web_listen, workers, verbose) -> No
 
 # ----------------------------------------------------------------------------------------- env
 
-def _unverified_claims(token: str) -> dict:
-    try:
-        payload = token.split(".")[1]
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        raise click.ClickException("the token is not a JWT (expected three dot-separated parts)") from None
+def _agent_token(token_file: str | None, token_env: str | None = None) -> tuple[str, dict, datetime | None]:
+    """The agent's token from ``token_file`` (or the variable ``token_env``), its claims (read, not
+    verified) and the time its exp claim names; one line and exit 1 when it is no JWT (core.tokenfile)."""
+    from .core.tokenfile import TokenFileError, expiry, jwt_claims, read_token_file
 
-
-def _read_token(token_file: str) -> str:
     try:
-        token = Path(token_file).read_text().strip()
-    except OSError as e:
-        raise click.ClickException(f"cannot read the token file {token_file}: {e.strerror}") from None
-    if not token:
-        raise click.ClickException(f"the token file {token_file} is empty")
-    return token
+        if token_file:
+            token, where = read_token_file(token_file), f"the token file {token_file}"
+        else:
+            token, where = os.environ.get(token_env or "", "").strip(), f"the environment variable {token_env}"
+            if not token:
+                raise TokenFileError(f"the environment variable {token_env} is empty")
+        claims = jwt_claims(token, where)
+        return token, claims, expiry(claims, token_file or token_env or "")
+    except TokenFileError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()
@@ -301,12 +372,13 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
     # absolute, links kept: Kubernetes' projected token is token -> ..data/token, ..data a link to a
     # directory it replaces (and deletes the old one) at each refresh; the link is what stays
     token_path = os.path.abspath(token_file) if token_file else None
+    if token_path is not None and _CONTROL.search(token_path):  # it goes into the AWS config file, a line of it
+        raise click.BadParameter(f"{token_path!r} holds a line break or control character: give the token file a "
+                                 "name without one", param_hint="--token-file")
     if token_file:
-        token = _read_token(token_file)
-        exp = _unverified_claims(token).get("exp")
-        if isinstance(exp, (int, float)) and exp <= time.time():
-            click.echo(f"warning: the token in {token_file} expired at "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(exp))}"
+        token, _, exp = _agent_token(token_file)
+        if exp is not None and exp.timestamp() <= time.time():
+            click.echo(f"warning: the token in {token_file} expired at {exp.strftime('%Y-%m-%d %H:%M:%S UTC')}"
                        + (": the gateway will refuse HTTPS_PROXY's copy of it (transport A); with "
                           "--no-proxy-token the SDK presents the token it re-reads from the file" if proxy_token
                           else ""), err=True)
@@ -324,11 +396,11 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
     lines.append("# trust the gateway's CA")
     for var in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         lines.append(f"export {var}={shlex.quote(ca)}")
-    cfg = config_file or "$HOME/.aws/agentgate-config"
+    cfg = shlex.quote(config_file) if config_file else '"$HOME/.aws/agentgate-config"'  # $HOME: the agent's
     process = (f"{shlex.quote(exe)} aws-credentials --token-file {shlex.quote(token_path)}" if token_path
                else f"{shlex.quote(exe)} aws-credentials --token-env AGENTGATE_TOKEN")  # the SDKs split it as a shell would
     lines.append("# transport B: an AWS profile whose credential_process presents the token as the session token")
-    lines.append(f'export AWS_CONFIG_FILE="{cfg}"')
+    lines.append(f"export AWS_CONFIG_FILE={cfg}")
     lines.append("export AWS_PROFILE=agentgate")
     lines.append("unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SHARED_CREDENTIALS_FILE")
     lines.append('mkdir -p "$(dirname "$AWS_CONFIG_FILE")"')
@@ -345,25 +417,21 @@ def env(token_file, gateway, region, config_file, proxy_token) -> None:
 @click.option("--token-env", default=None, help="Environment variable holding the token instead.")
 def aws_credentials(token_file, token_env) -> None:
     """An AWS credential_process: prints the agent's token as the session token (transport B)."""
-    if token_file:
-        token = _read_token(token_file)
-    elif token_env:
-        token = os.environ.get(token_env, "").strip()
-        if not token:
-            raise click.ClickException(f"the environment variable {token_env} is empty")
-    else:
-        raise click.ClickException("give --token-file F (or --token-env NAME)")
-    claims = _unverified_claims(token)
-    exp = claims.get("exp")
-    if not isinstance(exp, (int, float)):
-        raise click.ClickException("the token has no exp claim")
-    if exp <= time.time():
-        when = datetime.fromtimestamp(exp, timezone.utc).isoformat()
-        raise click.ClickException(f"the token in {token_file or token_env} expired at {when}; its platform should refresh it")
+    if token_file and token_env:
+        raise click.UsageError("give --token-file F or --token-env NAME, not both")
+    if not (token_file or token_env):
+        raise click.UsageError("give --token-file F (or --token-env NAME)")
+    token, _, exp = _agent_token(token_file, token_env)
+    if exp is None:
+        raise click.ClickException(f"the token in {token_file or token_env} has no exp claim: the SDK needs to know "
+                                   "when it expires")
+    if exp.timestamp() <= time.time():
+        raise click.ClickException(f"the token in {token_file or token_env} expired at {exp.isoformat()}; its "
+                                   "platform should refresh it")
     click.echo(json.dumps({
         "Version": 1,
         "AccessKeyId": "agentgate",
         "SecretAccessKey": "agentgate-not-a-secret",
         "SessionToken": token,
-        "Expiration": datetime.fromtimestamp(exp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Expiration": exp.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }))

@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -98,13 +99,12 @@ class Settings:
             raise SettingsError(f"sts_region must be an AWS region such as us-east-1 or us-gov-west-1, not {s.sts_region!r}")
         if not 0 <= s.drain_seconds <= 3600:
             raise SettingsError(f"drain_seconds must be a number of seconds from 0 to 3600, not {number(s.drain_seconds)}")
-        if not s.commit_timeout > 0:
+        if not (math.isfinite(s.commit_timeout) and s.commit_timeout > 0):
             raise SettingsError(f"commit_timeout must be a number of seconds above 0, not {number(s.commit_timeout)}")
         if s.store_writer not in ("process", "thread"):
             raise SettingsError(f"store_writer must be 'process' or 'thread', not {s.store_writer!r}")
-        if s.upstream and not _http_url(s.upstream):
-            raise SettingsError(f"upstream must be an http:// or https:// URL with a host (and a port from 1 to "
-                                f"65535, if any), not {s.upstream!r}")
+        if s.upstream:
+            endpoint_url(s.upstream, "upstream")
         if s.oidc_issuer and not s.oidc_issuer.startswith(("https://", "http://")):
             raise SettingsError(f"oidc_issuer must be the issuer's URL (https://…, as its tokens' iss claim reads), "
                                 f"not {s.oidc_issuer!r}")
@@ -153,8 +153,10 @@ class Settings:
             parse_allowed(s.allow_private)
         except ValueError as e:
             raise SettingsError(str(e)) from None
-        if s.webhook_url and not s.webhook_url.startswith(("http://", "https://")):
-            raise SettingsError(f"webhook_url must be an http:// or https:// URL, not {s.webhook_url!r}")
+        if s.webhook_url and not _http_url(s.webhook_url):
+            raise SettingsError(f"webhook_url must be an http:// or https:// URL with a host, not {s.webhook_url!r}")
+        for entry in s.allow_hosts:
+            allow_host(entry)
         return s
 
     @property
@@ -174,22 +176,76 @@ def _abs(p: str, root: Path) -> Path:
 
 
 def _http_url(value: str) -> bool:
-    """An http:// or https:// URL that names a host (and a valid port, if any)."""
+    """An http:// or https:// URL that names a host (and a valid port, if any), with no white space
+    or control character in it."""
     from urllib.parse import urlsplit
 
+    if _UNSAFE.search(value):
+        return False
     try:
         url = urlsplit(value)
         port = url.port
-    except ValueError:
+    except ValueError:  # a port that is no number or out of range, a [ without its ]
         return False
     return url.scheme in ("http", "https") and bool(url.hostname) and port != 0
+
+
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # white space and control characters: no URL or host name holds them
+
+
+def endpoint_url(value: str, name: str) -> str:
+    """``value`` when it is an endpoint's URL (``upstream``, ``replay --to``): http:// or https://, a
+    host, a port from 1 to 65535 if any, and nothing after them (no path, query or fragment: the
+    calls keep their own); SettingsError naming ``name`` otherwise."""
+    from urllib.parse import urlsplit
+
+    if not _http_url(value):
+        raise SettingsError(f"{name} must be an http:// or https:// URL with a host (and a port from 1 to 65535, if "
+                            f"any), not {value!r}")
+    url = urlsplit(value)
+    if url.path not in ("", "/") or url.query or url.fragment or value.endswith(("?", "#")):
+        raise SettingsError(f"{name} must be an endpoint's URL, scheme, host and port only (each call keeps its own "
+                            f"path and query), not {value!r}: give {url.scheme}://{url.netloc}")
+    return value
+
+
+# an allow_hosts entry: a host name or address, * and ? as wildcards, and an optional :PORT
+_ALLOW_HOST = re.compile(r"(?P<host>[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?)(?::(?P<port>\d{1,5}))?")
+
+
+def allow_host(entry: str) -> str:
+    """``entry`` when it is an ``allow_hosts`` entry (``pypi.org``, ``*.github.com``, ``host:443``);
+    SettingsError saying what is wrong with it otherwise."""
+    m = _ALLOW_HOST.fullmatch(entry)
+    if m is None:
+        why = ("an empty entry" if not entry.strip() else "a URL: give its host alone" if "://" in entry or "/" in entry
+               else "not a host name, with * and ? as wildcards, and an optional :PORT")
+    elif not re.search(r"[A-Za-z0-9]", m["host"]):
+        why = "it would tunnel every host untouched: name the hosts (*.example.com)"
+    elif m["port"] is not None and not 0 < int(m["port"]) < 65536:
+        why = f"port {m['port']} is out of range"
+    else:
+        return entry
+    raise SettingsError(f"allow_hosts entry {entry!r}: {why}")
 
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not (0 < int(port) < 65536):
         raise SettingsError(f"{name} must be HOST:PORT, not {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if "[" in host or "]" in host:  # an IPv6 address, whole within its brackets
+        import ipaddress
+
+        inside = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            ipaddress.IPv6Address(inside if inside is not None else "")
+        except ValueError:
+            raise SettingsError(f"{name} must be HOST:PORT, an IPv6 address within [ and ] ([::1]:8080), not "
+                                f"{value!r}") from None
+        return inside, int(port)
+    if _UNSAFE.search(host):
+        raise SettingsError(f"{name} must be HOST:PORT, a host name or address without spaces, not {value!r}")
+    return host or "127.0.0.1", int(port)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -224,12 +280,17 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
                 return [v.strip() for v in value.split(",") if v.strip()]
             return [str(v) for v in value]
         if kind in (int, float):
+            if isinstance(value, bool):  # true is no number (TOML's, or Python's 1)
+                raise ValueError(value)
+            if kind is int and isinstance(value, float) and not value.is_integer():  # 1.9, inf, nan: not cut to 1
+                raise ValueError(value)
             return kind(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         where = f" (from {source})" if source else ""
         want = f": it takes {_KINDS[kind]}" if kind in _KINDS else ""
-        raise SettingsError(f"setting {name} has an unusable value {value!r}{where}{want}") from None
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as TOML writes it: true
+        raise SettingsError(f"setting {name} has an unusable value {shown}{where}{want}") from None
 
 
 def config_path() -> Path:
@@ -260,21 +321,79 @@ def misspelled_variables(environ: Any = None) -> list[str]:
     return lines
 
 
-def load_settings(config: str | None = None, **flags: Any) -> Settings:
-    """Merge defaults < agentgate.toml < AGENTGATE_* environment < flags (None = not given)."""
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings an agentgate.toml holds (at its top level, or in an [agentgate] table), as TOML
+    gives them; SettingsError, one line naming the file, when it cannot be read, is not UTF-8 text,
+    is not TOML, or holds no table of settings."""
+    try:
+        data = tomllib.loads(config_text(path))
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: {e}") from None
+    section = data.get("agentgate", data)
+    if not isinstance(section, dict):
+        raise SettingsError(f"{path}: agentgate must be a table of settings ([agentgate]), not {section!r}; or write "
+                            "the settings at the file's top level")
+    return section
+
+
+def config_text(path: Path) -> str:
+    """The text of the config file ``path``; SettingsError naming it when it cannot be read or is not
+    UTF-8 text (as TOML is)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would hang every command that reads it
+            raise SettingsError(f"the config file {path} is not a regular file: point AGENTGATE_CONFIG (or "
+                                "AGENTGATE_HOME) at the gateway's agentgate.toml")
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SettingsError(f"cannot read the config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): a TOML "
+                            "file is UTF-8; save it so") from None
+
+
+# settings that name a file or directory: given as a flag or an AGENTGATE_* variable, a relative one
+# is relative to the current directory, as any path typed on a command line; in agentgate.toml, to
+# the file's directory (Settings.resolved)
+PATH_SETTINGS = ("policies", "certs", "keys")
+
+
+def _typed_path(name: str, value: Any) -> Any:
+    """A path setting given on the command line or in the environment, made absolute against the
+    current directory (a relative ``sqlite:///`` store too); other settings as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    if name in PATH_SETTINGS:
+        return str(_abs(value, Path.cwd()))
+    if name == "db":
+        return _sqlite_against(value, Path.cwd())
+    return value
+
+
+def _sqlite_against(url: str, root: Path) -> str:
+    """A ``sqlite:///relative/path`` URL made absolute against ``root``; any other URL as it is."""
+    head = "sqlite:///"
+    rest = url[len(head):] if url.startswith(head) else None
+    if not rest or rest.startswith(("/", ":memory:", "file:")):
+        return url
+    return head + str(_abs(rest, root))
+
+
+def load_settings(config: str | None = None, new_config: bool = False, **flags: Any) -> Settings:
+    """Merge defaults < agentgate.toml < AGENTGATE_* environment < flags (None = not given).
+    ``new_config``: the config file may be missing although AGENTGATE_CONFIG names it (init makes it)."""
     values: dict[str, Any] = {}
     path = Path(config) if config else config_path()
     if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise SettingsError(f"{path}: {e}") from None
-        section = data.get("agentgate", data)
-        for k, v in section.items():
+        for k, v in read_config(path).items():
             if k not in FIELDS:
                 raise SettingsError(f"{path}: unknown setting {k!r}")
             values[k] = _coerce(k, v, str(path))
         values["config_file"] = str(path.resolve())
+        if isinstance(values.get("db"), str):
+            values["db"] = _sqlite_against(values["db"], path.resolve().parent)
+    elif not config and os.environ.get("AGENTGATE_CONFIG") and not new_config:
+        raise SettingsError(f"AGENTGATE_CONFIG names {path}, which does not exist: point it at the gateway's "
+                            "agentgate.toml, or unset it to use the one in AGENTGATE_HOME (or the current directory)")
     global _warned
     if not _warned:  # once per process, however many times settings are read
         _warned = True
@@ -283,10 +402,10 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
     for name in FIELDS:
         env = os.environ.get(f"AGENTGATE_{name.upper()}")
         if env is not None and name != "config_file":
-            values[name] = _coerce(name, env, f"AGENTGATE_{name.upper()}")
+            values[name] = _typed_path(name, _coerce(name, env, f"AGENTGATE_{name.upper()}"))
     for k, v in flags.items():
         if v is not None:
             if k not in FIELDS:
                 raise SettingsError(f"unknown setting {k!r}")
-            values[k] = _coerce(k, v, "the command line")
+            values[k] = _typed_path(k, _coerce(k, v, "the command line"))
     return Settings(**values).resolved()

@@ -31,6 +31,7 @@ does not hold it back; only the loop itself being held does, which is what leave
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import mmap
@@ -186,6 +187,20 @@ def port_free(host: str, port: int) -> OSError | None:
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "", "*"})  # a listener on every address takes the port on each
 
 
+def bind_problem(err: OSError, host: str, name: str) -> str:
+    """Why binding ``host`` failed (``port_free``'s error), and what to do: a host that does not
+    resolve or is no address of this machine is not a port in use."""
+    why = err.strerror or str(err)
+    if isinstance(err, socket.gaierror):
+        return (f"the host {host!r} cannot be resolved ({why}); set {name} to an address of this machine "
+                "(127.0.0.1, 0.0.0.0 for every one) or a name that resolves to one")
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine ({why}); set {name} to one of its addresses (or 0.0.0.0)"
+    if err.errno == errno.EACCES:
+        return f"{why} (ports below 1024 need privileges); set {name} to a port from 1024 up"
+    return f"{why}; stop what holds it, or set {name} to a free HOST:PORT"
+
+
 def unbindable(settings: Settings, web_listen: str | None = None) -> str | None:
     """Why the gateway could not listen where its settings say (``listen``, ``console_listen``,
     and ``web_listen`` under --web), said before it starts; None when every address is free."""
@@ -203,8 +218,7 @@ def unbindable(settings: Settings, web_listen: str | None = None) -> str | None:
                     f"{name} to another HOST:PORT")
         taken[port] = (name, host)
         if (err := port_free(host, port)) is not None:
-            return (f"cannot listen on {host}:{port} ({name}): {err.strerror or err}; stop what holds it, or set "
-                    f"{name} to a free HOST:PORT")
+            return f"cannot listen on {host}:{port} ({name}): {bind_problem(err, host, name)}"
     return None
 
 

@@ -341,3 +341,297 @@ def test_env_names_a_projected_token_by_its_link_so_the_sdk_reads_each_refreshed
         os.replace(mount / "..data.tmp", mount / "..data")
         shutil.rmtree(mount / "..2026_11_27_00_00_01.1")
         assert sdk_token() == (mount / "..2026_11_27_01_00_01.2" / "token").read_text().strip()
+
+
+# -- bad input that ended in a traceback, was taken silently, or was told misleadingly ----------------------
+
+
+def jwt(claims: str, signature: str = "c2ln", header: str = '{"alg":"RS256"}') -> str:
+    """A token shaped as its parts say (not signed): ``claims`` is the JSON text of its payload."""
+    import base64
+
+    def part(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(claims)}.{signature}"
+
+
+def one_line(p: subprocess.CompletedProcess, code: int = 1, progress: bool = False) -> str:
+    """The one line of error a command ended with: its exit code as given, no traceback, and nothing
+    on standard output (nothing to eval, nothing printed for an SDK) but, with ``progress``, what
+    init says it did before."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == code and len(lines) == 1 and lines[0].startswith("Error: "), (p.returncode, p.stderr)
+    assert (progress or p.stdout == "") and "Traceback" not in p.stderr, p.stdout
+    return lines[0][len("Error: "):]
+
+
+def unprivileged() -> list[str]:
+    """A prefix that runs a command as root without the capabilities that pass over file modes
+    (a file at mode 000 is then unreadable, as for any other user); nothing for another user."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        import pytest
+
+        pytest.skip("root without setpriv: a file's mode does not stop it")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_a_token_file_that_holds_no_usable_jwt_is_one_line_for_every_command_that_reads_it(tmp_path):
+    """A token file whose claims are JSON but no object, an exp no time can hold (or no number), bytes
+    that are not UTF-8, or characters no JWT holds (an '@' that moves HTTPS_PROXY's host elsewhere,
+    spaces, line breaks) ended env and aws-credentials in a traceback, or was taken: env printed
+    HTTPS_PROXY=http://agent:a.b.c@evil.example:9/x@127.0.0.1:8080, whose host is evil.example.
+    Each is one line and exit 1, with nothing printed to eval; approvals and access read their token
+    file the same way (exit 2: bad input)."""
+    run(tmp_path, "init")
+    token = tmp_path / "token"
+    for content, said in (
+        (jwt("[1,2]"), f"the token file {token} does not hold a JWT: its claims are not a JSON object"),
+        (jwt('{"exp": 99999999999999}'), f"the exp claim of the token in {token} is no time: 99999999999999 seconds "
+                                         "is past the year 9999"),
+        (jwt('{"exp": 1e400}'), f"the exp claim of the token in {token} is no time: inf seconds is past the year 9999"),
+        (jwt('{"exp": true}'), f"the exp claim of the token in {token} is not a number of seconds: true"),
+        (jwt('{"exp": 4000000000}', "c2ln@evil.example:9/x"),
+         f"the token file {token} does not hold a JWT: it holds '@', which no JWT holds; a JWT is three base64url "
+         "parts separated by dots (header.claims.signature)"),
+        (jwt('{"exp": 4000000000}') + " x", f"the token file {token} does not hold a JWT: it holds a space"),
+        ("a.b\nc.d", f"the token file {token} does not hold a JWT: it holds a line break"),
+        (b"\xff\xfe\x00", f"the token file {token} is not text (byte 0xff at offset 0 is not UTF-8): it must hold the "
+                          "token alone"),
+    ):
+        token.write_bytes(content if isinstance(content, bytes) else content.encode())
+        for command in ("aws-credentials", "env"):
+            assert one_line(run(tmp_path, command, "--token-file", str(token))).startswith(said), (command, content)
+    for args, env in ((["approvals", "approve", "ap-1", "--token-file", str(token)], {}),
+                      (["approvals", "deny", "ap-1", "--reason", "no"], {"AGENTGATE_TOKEN_FILE": str(token)}),
+                      (["access", "request", "--role", "default-agent-role", "--for", "1h", "--reason", "r",
+                        "--token-file", str(token)], {})):
+        assert one_line(run(tmp_path, *args, env=env), code=2).startswith(f"the token file {token} is not text"), args
+    # a good token with white space around it (a file's last line break) is taken, as the file holds it
+    good = jwt('{"exp": 4000000000}')
+    token.write_text(f"  {good}\n")
+    out = run(tmp_path, "aws-credentials", "--token-file", str(token))
+    assert out.returncode == 0 and '"SessionToken": "' + good + '"' in out.stdout, out.stderr
+    assert f"export HTTPS_PROXY=http://agent:{good}@127.0.0.1:8080\n" in run(tmp_path, "env", "--token-file",
+                                                                             str(token)).stdout
+    # both sources given: which one is meant is not guessed
+    p = run(tmp_path, "aws-credentials", "--token-file", str(token), "--token-env", "AGENTGATE_TOKEN",
+            env={"AGENTGATE_TOKEN": good})
+    assert p.returncode == 2 and p.stderr.strip().endswith("Error: give --token-file F or --token-env NAME, not both")
+    p = run(tmp_path, "aws-credentials", "--token-env", "AGENTGATE_TOKEN", env={"AGENTGATE_TOKEN": good + "@x"})
+    assert one_line(p).startswith("the environment variable AGENTGATE_TOKEN does not hold a JWT: it holds '@'")
+
+
+def test_env_quotes_every_line_for_the_shell_that_evals_it(tmp_path):
+    """--config-file was printed inside double quotes as given: a path with $(...) ran a command when
+    the output was eval'd, one with a quote broke the eval. Every line is quoted for the shell now;
+    a token file whose name holds a line break, which would end the AWS config file's heredoc early
+    (and run what follows it), is refused."""
+    run(tmp_path, "init")
+    token = tmp_path / "token"
+    token.write_text(jwt('{"exp": 4000000000}'))
+    ran = tmp_path / "ran"
+    config = tmp_path / 'dir $(touch ran) "quoted" `touch ran` \'single\'' / "config"
+    p = run(tmp_path, "env", "--token-file", str(token), "--config-file", str(config))
+    assert p.returncode == 0, p.stderr
+    shell = subprocess.run(["bash", "-c", 'eval "$1" && printf %s "$AWS_CONFIG_FILE|$HTTPS_PROXY|$AWS_CA_BUNDLE"',
+                            "bash", p.stdout], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                           env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert shell.returncode == 0 and shell.stderr == "", shell.stderr
+    assert not ran.exists()
+    assert shell.stdout == (f"{config}|http://agent:{token.read_text()}@127.0.0.1:8080|"
+                            f"{tmp_path / 'certs' / 'mitmproxy-ca-cert.pem'}")
+    assert "[profile agentgate]\nregion = us-east-1\ncredential_process = " in config.read_text()
+    odd = tmp_path / "token\nAGENTGATE_AWS_CONFIG\ntouch ran"
+    odd.write_text(token.read_text())
+    p = run(tmp_path, "env", "--token-file", str(odd))
+    assert p.returncode == 2 and "holds a line break or control character" in p.stderr and p.stdout == ""
+
+
+def test_settings_that_crashed_or_were_taken_silently_are_one_line_errors(tmp_path):
+    """agentgate.toml that is not UTF-8, or whose agentgate is no table, a whole number given as inf,
+    1.9 or true, a commit_timeout of inf, a webhook_url without a host, allow_hosts entries that name
+    no host, an upstream with a space, a path or a query, a listen with an unbalanced bracket, and an
+    AGENTGATE_CONFIG that names no file: each stopped every command with a traceback or was taken
+    (1.9 cut to 1, inf waited for ever, '*' tunnelled every host). Each is one line naming the
+    setting and the value."""
+    run(tmp_path, "init")
+    cfg = tmp_path / "agentgate.toml"
+    kept = cfg.read_text()
+    for text, said in (
+        (b'listen = "\xff"\n', f"{cfg} is not UTF-8 text (byte 0xff at offset 10): a TOML file is UTF-8; save it so"),
+        (b"agentgate = 5\n", f"{cfg}: agentgate must be a table of settings ([agentgate]), not 5"),
+        (b'agentgate = "x"\n', f"{cfg}: agentgate must be a table of settings ([agentgate]), not 'x'"),
+        (b"agentgate = [1]\n", f"{cfg}: agentgate must be a table of settings ([agentgate]), not [1]"),
+        (b"max_header_bytes = inf\n", f"setting max_header_bytes has an unusable value inf (from {cfg}): it takes a "
+                                      "whole number"),
+        (b"max_pending_approvals = -inf\n", "setting max_pending_approvals has an unusable value -inf"),
+        (b"busy_poll_us = 1.9\n", f"setting busy_poll_us has an unusable value 1.9 (from {cfg}): it takes a whole "
+                                  "number"),
+        (b"workers = true\n", f"setting workers has an unusable value true (from {cfg}): it takes a whole number"),
+        (b"approval_hold = false\n", "setting approval_hold has an unusable value false"),
+        (b"commit_timeout = inf\n", "commit_timeout must be a number of seconds above 0, not inf"),
+        (b"commit_timeout = nan\n", "commit_timeout must be a number of seconds above 0, not nan"),
+        (b'webhook_url = "http://"\n', "webhook_url must be an http:// or https:// URL with a host, not 'http://'"),
+        (b'allow_hosts = [""]\n', "allow_hosts entry '': an empty entry"),
+        (b'allow_hosts = ["pypi.org", "*"]\n', "allow_hosts entry '*': it would tunnel every host untouched"),
+        (b'allow_hosts = ["http://x/y"]\n', "allow_hosts entry 'http://x/y': a URL: give its host alone"),
+        (b'allow_hosts = ["a b"]\n', "allow_hosts entry 'a b': not a host name"),
+        (b'allow_hosts = ["x.example:99999"]\n', "allow_hosts entry 'x.example:99999': port 99999 is out of range"),
+    ):
+        cfg.write_bytes(text)
+        assert one_line(run(tmp_path, "calls", "list")).startswith(said), (text, said)
+    cfg.write_text(kept.replace("allow_hosts = []", 'allow_hosts = ["pypi.org", "*.github.com", "files.example:443", '
+                                                    '"10.0.0.1"]') + "workers = 2.0\n")
+    # what README documents, and a whole number written as a float, are taken
+    assert run(tmp_path, "calls", "list").returncode == 0
+    cfg.write_text(kept)
+    for args, env, said in (
+        (["run", "--upstream", "http://a b"], {}, "upstream must be an http:// or https:// URL with a host"),
+        (["run", "--upstream", "http://127.0.0.1:5000/path"], {},
+         "upstream must be an endpoint's URL, scheme, host and port only (each call keeps its own path and query), "
+         "not 'http://127.0.0.1:5000/path': give http://127.0.0.1:5000"),
+        (["run", "--upstream", "http://127.0.0.1:5000?x=1"], {}, "upstream must be an endpoint's URL"),
+        (["run", "--listen", "[::1:27612"], {},
+         "listen must be HOST:PORT, an IPv6 address within [ and ] ([::1]:8080), not '[::1:27612'"),
+        (["run", "--listen", "::1]:27612"], {}, "listen must be HOST:PORT, an IPv6 address within [ and ]"),
+        (["calls", "list"], {"AGENTGATE_CONFIG": str(tmp_path / "missing.toml")},
+         f"AGENTGATE_CONFIG names {tmp_path / 'missing.toml'}, which does not exist"),
+    ):
+        assert one_line(run(tmp_path, *args, env=env)).startswith(said), (args, env)
+    # init makes the file AGENTGATE_CONFIG names, when it is not there yet
+    p = run(tmp_path, "init", env={"AGENTGATE_CONFIG": str(tmp_path / "other.toml")})
+    assert p.returncode == 0 and (tmp_path / "other.toml").exists(), p.stderr
+
+
+def test_run_says_a_listen_host_that_cannot_be_used_is_not_a_port_in_use(tmp_path):
+    """A listen host that does not resolve was told "stop what holds it, or set listen to a free
+    HOST:PORT", the advice for a port in use."""
+    run(tmp_path, "init")
+    for host in ("999.1.1.1", "example.invalid"):
+        said = one_line(run(tmp_path, "run", "--listen", f"{host}:27612"))
+        assert said.startswith(f"cannot listen on {host}:27612 (listen): the host '{host}' cannot be resolved ("), said
+        assert said.endswith("); set listen to an address of this machine (127.0.0.1, 0.0.0.0 for every one) or a "
+                             "name that resolves to one") and "free HOST:PORT" not in said
+    said = one_line(run(tmp_path, "run", "--listen", "192.0.2.1:27612"))  # TEST-NET-1: no address of this machine
+    assert said.startswith("cannot listen on 192.0.2.1:27612 (listen): 192.0.2.1 is not an address of this machine")
+
+
+def test_a_ca_that_cannot_be_loaded_stops_init_and_run_before_a_store_or_a_port(tmp_path):
+    """A CA key that is garbage ended init in a ValueError traceback, and run started the store's
+    writer before mitmproxy logged an "Addon error" with a traceback; an unreadable one the same.
+    Both now stop with one line saying what to do, before a store is made."""
+    run(tmp_path, "init")
+    (tmp_path / "agentgate.db").unlink()
+    key = tmp_path / "certs" / "mitmproxy-ca.pem"
+    good = key.read_bytes()
+    key.write_text("garbage\n")
+    said = (f"the CA key {key} cannot be loaded (Unable to load PEM file): restore it from a backup, or move "
+            f"{tmp_path / 'certs'} aside and run `agentgate init` for a new CA (agents must then trust its new "
+            "certificate)")
+    assert one_line(run(tmp_path, "run", "--listen", f"127.0.0.1:{free_port()}")) == said
+    assert not (tmp_path / "agentgate.db").exists()
+    p = run(tmp_path, "init")
+    assert p.returncode == 1 and p.stderr.strip() == f"Error: {said}" and "Traceback" not in p.stderr
+    key.write_bytes(good)
+    key.chmod(0o000)
+    p = subprocess.run([*unprivileged(), AGENTGATE, "run", "--listen", f"127.0.0.1:{free_port()}"], cwd=tmp_path,
+                       env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AGENTGATE_HOME": str(tmp_path)},
+                       capture_output=True, text=True, timeout=60)
+    assert one_line(p) == (f"the CA key {key} cannot be read (Permission denied): run agentgate as the user that owns "
+                           "it, or give this user read access to it")
+    assert not (tmp_path / "agentgate.db").exists()
+
+
+def test_init_mends_a_missing_ca_certificate_and_names_what_it_cannot_mend(tmp_path):
+    """init said "CA ready" with the CA's certificate deleted (its key there), and env and run went on
+    saying "run agentgate init first"; it said nothing of a policies setting naming a file; with a
+    table or alembic_version dropped from the store it said "store ready" (or "table approvals already
+    exists") while calls list sent its user back to init. Now the certificate is written again from
+    the key, and the rest is one line saying what is wrong and what to do."""
+    from cryptography import x509
+
+    run(tmp_path, "init")
+    certs = tmp_path / "certs"
+    (certs / "mitmproxy-ca-cert.pem").unlink()
+    assert "run `agentgate init` first" in one_line(run(tmp_path, "env"))
+    p = run(tmp_path, "init")
+    assert p.returncode == 0, p.stderr
+    assert (f"{certs / 'mitmproxy-ca-cert.pem'} was missing: written again from the CA key "
+            f"{certs / 'mitmproxy-ca.pem'}") in p.stdout
+    written = x509.load_pem_x509_certificate((certs / "mitmproxy-ca-cert.pem").read_bytes())
+    assert written == x509.load_pem_x509_certificates((certs / "mitmproxy-ca.pem").read_bytes())[0]
+    assert stat.S_IMODE((certs / "mitmproxy-ca-cert.pem").stat().st_mode) == 0o644
+    assert run(tmp_path, "env").returncode == 0
+
+    shutil.rmtree(tmp_path / "policies")
+    (tmp_path / "policies").write_text("version: 1\n")
+    assert one_line(run(tmp_path, "init"), progress=True) == (
+        f"policies names {tmp_path / 'policies'}, which is not a directory: the policy files go in a directory; move "
+        "that file aside (and run `agentgate init` again for the default policies), or set policies to the directory "
+        "of yours")
+    (tmp_path / "policies").unlink()
+    assert run(tmp_path, "init").returncode == 0
+
+    import sqlite3
+
+    fix = ("restore it from a backup, or set db to a new store (`agentgate init` makes one) and keep this one as "
+           "evidence")
+    for table, said in (("approvals", f"its schema is this agentgate's, but its table approvals is gone: {fix}"),
+                        ("alembic_version", "it has agentgate's tables (approval_events, approvals, calls, "
+                                            "checkpoints, console_signouts, policy_versions, sessions) but no record "
+                                            "of its schema's revision (the alembic_version table is gone or empty): "
+                                            + fix)):
+        db = tmp_path / f"without-{table}.db"
+        env = {"AGENTGATE_DB": f"sqlite:///{db}"}
+        assert run(tmp_path, "init", env=env).returncode == 0
+        with sqlite3.connect(db) as c:
+            c.execute(f"DROP TABLE {table}")
+        for command in (["init"], ["calls", "list"]):
+            assert one_line(run(tmp_path, *command, env=env), progress=True) == \
+                f"the store at sqlite:///{db} is damaged: {said}", command
+
+
+def test_a_relative_path_is_the_current_directorys_on_the_command_line_and_the_files_in_agentgate_toml(
+        tmp_path, monkeypatch):
+    """`run --policies DIR` took a relative DIR in AGENTGATE_HOME, `policy check DIR` and `policy
+    explain --policies DIR` in the current directory. A path typed on the command line (or in an
+    AGENTGATE_* variable) is the current directory's for every command; one in agentgate.toml, the
+    file's directory's. scripts/run keeps the caller's directory."""
+    home = tmp_path / "home"
+    run(home, "init", cwd=tmp_path)
+    work = tmp_path / "work"
+    (work / "mine").mkdir(parents=True)
+    (work / "mine" / "broken.yaml").write_text("version: 1\nrules: [\n")
+    shutil.copytree(home / "policies", home / "mine")  # the same name in AGENTGATE_HOME, where run looked
+    said = f"the policies in {work / 'mine'} do not load"
+    listen = ["--listen", f"127.0.0.1:{free_port()}"]
+    for args, env in ((["run", "--policies", "mine", *listen], {}),
+                      (["run", *listen], {"AGENTGATE_POLICIES": "mine"})):
+        p = run(home, *args, env=env, cwd=work)
+        assert p.returncode == 2 and said in p.stderr and "broken.yaml:" in p.stderr, (args, p.stderr)
+    p = run(home, "policy", "check", "mine", cwd=work)
+    assert p.returncode == 1 and "broken.yaml:" in p.stdout, p.stdout
+    (work / "claims.json").write_text('{"sub": "a"}')
+    p = run(home, "policy", "explain", "--principal-file", "claims.json", "--action", "s3:GetObject",
+            "--policies", "mine", cwd=work)
+    assert p.returncode == 1 and "broken.yaml:" in p.stderr, p.stderr
+    # in agentgate.toml: the file's directory, wherever the command runs; and so is a relative SQLite store
+    from addons.settings import load_settings
+
+    cfg = home / "agentgate.toml"
+    cfg.write_text(cfg.read_text().replace('policies = "policies"', 'policies = "mine"') + 'db = "sqlite:///s.db"\n')
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("AGENTGATE_HOME", str(home))
+    s = load_settings()
+    assert (s.policies, s.db) == (str(home / "mine"), f"sqlite:///{home / 's.db'}")
+    s = load_settings(policies="mine", db="sqlite:///s.db")
+    assert (s.policies, s.db) == (str(work / "mine"), f"sqlite:///{work / 's.db'}")
+    monkeypatch.undo()
+    # scripts/run passes its arguments to `agentgate run` from where it was started
+    cfg.write_text(cfg.read_text().replace('policies = "mine"', 'policies = "policies"'))
+    p = subprocess.run([str(ROOT / "scripts" / "run"), "--policies", "mine", *listen], cwd=work, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "AGENTGATE_HOME": str(home)})
+    assert p.returncode == 2 and said in p.stderr, p.stderr

@@ -277,6 +277,50 @@ def test_an_output_path_the_system_cannot_take_is_a_one_line_error(store_url, tm
     assert not (tmp_path / "newdir").exists()
 
 
+def test_an_empty_output_name_is_said_to_be_empty(store_url):
+    """`-o ""` was told "-o:  is a directory"."""
+    for args in (["export", "--format", "jsonl", "-o", ""], ["export", "--format", "oscal", "-o", " "],
+                 ["report", "-o", ""]):
+        result = CliRunner().invoke(main, [*args, "--db", store_url])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        assert result.stderr.strip() == "Error: -o: the file name is empty; give the file to write", result.stderr
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_an_export_stopped_by_a_signal_leaves_no_temporary_file(home, tmp_path, signal_name):
+    """An export writes a hidden temporary file beside its output and renames it into place. Ctrl-C
+    (SIGINT) removed it; SIGTERM and SIGHUP, as a service manager or a closed terminal sends them,
+    left it behind (100 MB and more for a large store). Each removes it now, and the process ends
+    as the signal ends it."""
+    import signal
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY)
+    store.migrate()
+    store.start()
+    for _ in range(300):  # some 30 MB of JSON Lines: long enough to be stopped while it is written
+        store.write_sync(Record(principal="alice", service="s3", operation="GetObject", action="s3:GetObject",
+                                decision="allow", outcome="forwarded", status=200, response_body="x" * 100_000))
+    store.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([str(BIN / "agentgate"), "export", "--format", "jsonl", "-o", str(out / "big.jsonl"),
+                          "--no-verify"], env={**os.environ, "AGENTGATE_HOME": str(home)}, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".big.jsonl.*")) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.001)
+    p.send_signal(signal.SIGSTOP)  # held while its temporary file is there, then told to stop
+    assert list(out.glob(".big.jsonl.*")), "the export ended before it could be stopped"
+    sig = getattr(signal, signal_name)
+    p.send_signal(sig)
+    p.send_signal(signal.SIGCONT)
+    _, err = p.communicate(timeout=60)
+    assert list(out.iterdir()) == [], list(out.iterdir())
+    assert "Traceback" not in err, err
+    assert p.returncode == (1 if sig == signal.SIGINT else -sig), (p.returncode, err)  # Ctrl-C: click's "Aborted!"
+
+
 def test_a_link_a_pipe_and_stdout_are_written_into_not_replaced(store_url, tmp_path):
     """-o through a symbolic link writes the file it names (the link stays a link); a named pipe
     is written into for the reader at its other end, as /dev/stdout is; OSCAL, whose document links

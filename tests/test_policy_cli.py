@@ -534,6 +534,34 @@ def test_explain_on_broken_policies_lists_the_errors(run, claims, tmp_path):
     assert "do not load" in result.output
 
 
+def test_a_pipe_among_the_policy_files_is_named_not_waited_on(tmp_path):
+    """A FIFO (or another file that is not a regular one) named *.yaml in the policies directory made
+    `policy check`, `policy explain` and `run` wait for a writer for ever. It is never opened for
+    reading now: each names it, in one line, as not a regular file."""
+    import subprocess
+    import sys
+
+    from tests.support.gateway import free_port
+
+    policies = tmp_path / "policies"
+    shutil.copytree(SHIPPED, policies)
+    os.mkfifo(policies / "zz.yaml")
+    agentgate = str(Path(sys.executable).parent / "agentgate")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AGENTGATE_HOME": str(tmp_path)}
+    said = ("zz.yaml: cannot read: not a regular file but a named pipe (FIFO): policies are read from regular files; "
+            "remove it, or move it out of the directory")
+    claims = write(tmp_path, "claims.json", '{"sub": "agent-7"}')
+    for args in (["policy", "check", str(policies)],
+                 ["policy", "explain", "--principal-file", str(claims), "--action", "s3:GetObject",
+                  "--policies", str(policies)]):
+        p = subprocess.run([agentgate, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and said in p.stdout + p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    assert subprocess.run([agentgate, "init"], env=env, capture_output=True, timeout=120).returncode == 0
+    p = subprocess.run([agentgate, "run", "--listen", f"127.0.0.1:{free_port()}"],
+                       env={**env, "AGENTGATE_CONSOLE_LISTEN": ""}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"  {said}" in p.stderr.splitlines() and "Traceback" not in p.stderr, p.stderr
+
+
 # -- the versions the store keeps ---------------------------------------------------------------
 
 

@@ -136,6 +136,22 @@ def test_bad_input(gateway, moto, session):
     assert p.returncode == 1 and "no forwarded call by principal 'nobody-at-all'" in p.stderr
 
 
+def test_a_target_url_that_cannot_be_used_is_refused_before_anything_is_sent(gateway, session):
+    """`--to 'http://[::1'` printed "replaying ... against http://[::1 ..." and then a ValueError
+    traceback; a port that is no number (or out of range) was taken. Each is one line, exit 2, and
+    nothing is said to be sent."""
+    for target, words in (("http://[::1", "--to must be an http:// or https:// URL with a host"),
+                          ("http://127.0.0.1:notaport", "--to must be an http:// or https:// URL with a host"),
+                          ("http://127.0.0.1:99999",
+                           "(and a port from 1 to 65535, if any), not 'http://127.0.0.1:99999'"),
+                          ("http://127.0.0.1:5000/x", "--to must be an endpoint's URL, scheme, host and port only")):
+        for dry_run in ([], ["--dry-run"]):
+            p = replay(gateway, session["id"], "--to", target, *dry_run, check=False)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and words in lines[0], (target, p.stderr)
+            assert p.stdout == "" and "Traceback" not in p.stderr
+
+
 def test_a_principals_calls_are_replayed_oldest_first_over_a_period(gateway, moto, session):
     """--principal SUB: the principal's forwarded calls, whichever session and gateway process
     recorded them, oldest first (a denied call was not forwarded: not among them); --since and

@@ -242,6 +242,62 @@ def test_bad_url(cli, home: Path) -> None:
     assert "is not a database URL" in one_line_error(cli("calls", "list", "--db", "not a url"))
 
 
+def test_a_url_whose_port_or_brackets_cannot_be_read_is_one_line_for_every_command(home: Path) -> None:
+    """A PostgreSQL URL with a port that is no number, or an IPv6 address's [ without its ], ended
+    every command that takes --db (and init, with AGENTGATE_DB) in a ValueError traceback, where a
+    port out of range got one line. Each is now one line from the one place that reads a store's URL,
+    which hides its password."""
+    from addons.cli import main
+
+    runner = CliRunner()
+    for url, said in (
+        ("postgresql+psycopg://u:secret@127.0.0.1:notaport/db",
+         "'postgresql+psycopg://u:***@127.0.0.1:notaport/db' is not a database URL: its port 'notaport' is not a "
+         "number from 1 to 65535; use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"),
+        ("postgresql+psycopg://u@[::1/db",
+         "'postgresql+psycopg://u@[::1/db' is not a database URL: the host '[::1' opens a [ (an IPv6 address) "
+         "without its ]; use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"),
+        ("postgresql+psycopg://u@127.0.0.1:99999/db",
+         "'postgresql+psycopg://u@127.0.0.1:99999/db' is not a database URL: its port 99999 is not a number from 1 "
+         "to 65535"),
+    ):
+        for command in (["calls", "list"], ["calls", "show", "c-1"], ["sessions", "list"], ["verify"],
+                        ["prune", "--before", "90d"], ["approvals", "list"], ["approvals", "show", "ap-1"],
+                        ["access", "list"], ["export", "--format", "jsonl", "-o", "-"], ["report", "-o", "-"],
+                        ["replay", "s-1", "--dry-run"], ["policy", "versions"], ["policy", "show", "abcd"]):
+            result = runner.invoke(main, [*command, "--db", url])
+            assert result.exit_code == 1 and "Traceback" not in result.output, (command, url, result.output)
+            assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {said}"), (command, result.stderr)
+            assert "secret" not in result.output
+        result = runner.invoke(main, ["init"], env={"AGENTGATE_DB": url})
+        assert result.exit_code == 1 and result.stderr.strip().startswith(f"Error: {said}"), result.output
+
+
+def test_a_store_file_this_user_cannot_open_is_said_to_be_so(home: Path) -> None:
+    """A store at mode 000 was told "unable to open database file", SQLite's words, without why."""
+    import shutil
+
+    store = Store(f"sqlite:///{home / 'agentgate.db'}")
+    store.migrate()
+    store.engine.dispose()
+    (home / "agentgate.db").chmod(0o000)
+    prefix = []
+    if os.geteuid() == 0:  # root passes over a file's mode unless it drops the capabilities to
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    agentgate = str(Path(sys.executable).parent / "agentgate")
+    for command, verb in ((["calls", "list"], "read"), (["verify"], "read"), (["init"], "open")):
+        p = subprocess.run([*prefix, agentgate, *command], env={**os.environ, "AGENTGATE_HOME": str(home)},
+                           capture_output=True, text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in p.stderr, (command, p.stderr)
+        assert lines[0] == (f"Error: cannot {verb} the store at sqlite:///{home / 'agentgate.db'}: unable to open "
+                            f"database file: the store's file {home / 'agentgate.db'}: Permission denied; give this "
+                            "user access to it, or run agentgate as its owner"), (command, lines)
+
+
 def test_parse_when() -> None:
     now = dt.datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
     assert parse_when("7d", now=now) == dt.datetime(2026, 1, 3, 12, 0, tzinfo=UTC)

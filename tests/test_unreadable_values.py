@@ -197,6 +197,35 @@ def test_the_report_names_what_it_leaves_out(broken: Broken, tmp_path: Path) -> 
                    for line in said)
 
 
+def test_a_row_read_twice_is_named_and_counted_once(home: Path, tmp_path: Path) -> None:
+    """The report reads each chain's newest record a second time (its head): a head whose time
+    cannot be read was named twice and counted twice ("3 rows of the store hold ..." of 2 rows,
+    where calls list says 2). Each row is named and counted once."""
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY, writer_id="w1")
+    store.migrate()
+    store.start()
+    ids = []
+    for i in range(3):
+        r = Record(time=time.time() - 60 + i, principal="alice", service="s3", operation="GetObject",
+                   action="s3:GetObject", access_level="Read", decision="allow", rule="read-only",
+                   params={"Key": f"k{i}"}, outcome="forwarded", status=200)
+        store.write_sync(r)
+        ids.append(r.id)
+    store.close()
+    edit(url, f"update calls set params = cast(params as blob) where id = '{ids[1]}'",
+         f"update calls set time = 'not a time' where id = '{ids[2]}'")  # the newest: its chain's head
+    for args, what in ((["report", "-o", str(tmp_path / "r.html")], "the report is written, naming what its figures "
+                                                                     "leave out"),
+                       (["calls", "list"], "left out of the list")):
+        result = cli(*args, "--db", url)
+        assert result.exit_code == 1, result.output
+        said = named(result)
+        assert len(said) == 2 and sorted(line.split(" ")[1] for line in said) == sorted(ids[1:]), said
+        assert error(result) == f"Error: {rows(2)} a value that cannot be read (above): {what}{TAIL}"
+    assert '<span data-figure="unreadable">2</span>' in (tmp_path / "r.html").read_text()
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "ocsf", "mitm"])
 def test_an_export_leaves_out_no_record_unless_told_to(broken: Broken, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"calls.{fmt}"

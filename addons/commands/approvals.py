@@ -103,16 +103,18 @@ def _identity(settings: Settings, token_file: str | None, *, admin: bool = False
     if token_file and admin:
         raise BadInput("give --token-file F or --admin, not both")
     if token_file:
+        from ..core.tokenfile import TokenFileError, read_token_file
+
         try:
-            token = Path(token_file).read_text().strip()
+            token = read_token_file(token_file)
             mode = os.stat(token_file).st_mode
+        except TokenFileError as e:
+            raise BadInput(str(e)) from None
         except OSError as e:
             raise BadInput(f"cannot read the token file {token_file}: {e.strerror}") from None
         if mode & 0o077:
             click.echo(f"agentgate: warning: the token file {token_file} can be read by other users (mode "
                        f"{mode & 0o777:o}): a token is a credential; chmod 600 it", err=True)
-        if not token:
-            raise BadInput(f"the token file {token_file} is empty")
         admin = Path(settings.keys) / "admin.token"
         if admin_allowed and admin.exists() and admin_token_matches(token, _read(admin)):
             return admin_principal()

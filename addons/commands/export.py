@@ -11,6 +11,7 @@ import datetime as dt
 import errno
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -66,6 +67,8 @@ def _check_output(path: str, option: str = "-o", protected: list[tuple[Path, str
     before any work is done."""
     if path == "-":
         return
+    if not path.strip():
+        raise BadInput(f"{option}: the file name is empty; give the file to write")
     target = Path(path)
     try:
         if target.is_dir() or (path.endswith(os.sep) and not target.exists()):
@@ -118,10 +121,38 @@ def _output(path: str, protected: list[tuple[Path, str, bool]], binary: bool = F
             raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
         return
     target = Path(os.path.realpath(path))
+    with _stopped_by_signals():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {path}: {e.strerror or e} (in {target.parent})") from None
+        yield from _written_into(fd, tmp, target, path, binary, text)
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """While an export's temporary file exists: SIGTERM and SIGHUP (unless ignored, as under nohup)
+    raise Stopped instead of ending the process at once, which left the file behind."""
+    from ..cli import Stopped
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise Stopped(signum)
+
+    before = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            try:
+                before[sig] = signal.signal(sig, stop)
+            except ValueError:  # not the main thread: signals are left as they are
+                pass
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    except OSError as e:
-        raise click.ClickException(f"cannot write {path}: {e.strerror or e} (in {target.parent})") from None
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _written_into(fd: int, tmp: str, target: Path, path: str, binary: bool, text: dict) -> Iterator[IO[Any]]:
     try:
         try:
             with os.fdopen(fd, "wb" if binary else "w", **text) as f:
@@ -401,9 +432,14 @@ def replay(session: str | None, call_ids: tuple[str, ...], principal: str | None
         raise BadInput("--since and --until choose a principal's calls: give --principal SUB with them")
     start, end = _period(since, until)
     settings = _settings(db)
+    if target is not None:
+        from ..settings import SettingsError, endpoint_url
+
+        try:
+            endpoint_url(target, "--to")
+        except SettingsError as e:
+            raise BadInput(str(e)) from None
     target = target if target is not None else (settings.upstream or None)
-    if target and not target.startswith(("http://", "https://")):
-        raise BadInput(f"--to must be an http:// or https:// URL, not {target!r}")
     with _store(db) as store:
         if session:
             if store.session(session) is None and not store.calls(session_id=session, limit=1):

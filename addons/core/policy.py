@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import reprlib
+import stat
 import threading
 import time
 import types
@@ -1180,8 +1181,33 @@ def _read_text(parsed: _Parsed, rel: str) -> str:
     stamp just before is kept in ``parsed.read``, to tell whether it changed while it was read."""
     dir_fd = parsed.dir_fd
     parsed.read[rel] = _stamp_at(dir_fd, rel)
-    with open(rel, encoding="utf-8", opener=lambda path, flags: os.open(path, flags, dir_fd=dir_fd)) as f:
+    _regular(os.stat(rel, dir_fd=dir_fd))  # a pipe is never opened: reading one waits for a writer, forever
+    # opened without waiting all the same (a pipe put there since), and checked again once open
+    fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
+    try:
+        _regular(os.fstat(fd))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding="utf-8") as f:
         return f.read()
+
+
+class NotARegularFile(OSError):
+    """A policy file (or a session policy) that is a pipe, a device or a socket."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.strerror = message
+
+
+def _regular(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a directory")
+        raise NotARegularFile(f"not a regular file but {kind}: policies are read from regular files; remove it, or "
+                              "move it out of the directory")
 
 
 def _parse(directory: str | Path) -> _Parsed:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import logging
@@ -187,14 +188,74 @@ def display_url(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _unparsed(url)
+
+
+_PASSWORD = re.compile(r"(://[^:/@\[\]]*:)[^@/]*@")
+
+
+def _unparsed(url: str) -> str:
+    """A URL that does not parse, for messages: its password, if it seems to have one, hidden."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+STORE_URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+
+
+def parse_url(url: str) -> Any:
+    """The store URL ``url`` parsed (SQLAlchemy's URL), for every command that takes one; StoreError,
+    one line, when it is no URL: not one at all, a port that is no number from 1 to 65535, an IPv6
+    address's [ without its ]."""
+    try:
+        u = make_url(url)
     except ArgumentError:
-        return url
+        raise StoreError(f"{_unparsed(url)!r} is not a database URL: {STORE_URL_FORMS}") from None
+    except ValueError:  # SQLAlchemy's reading of the port: int() of what follows the host
+        netloc = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+        if netloc.count("[") != netloc.count("]"):
+            why = f"the host {netloc!r} opens a [ (an IPv6 address) without its ]"
+        else:
+            why = f"its port {netloc.rpartition(':')[2]!r} is not a number from 1 to 65535"
+        raise StoreError(f"{_unparsed(url)!r} is not a database URL: {why}; {STORE_URL_FORMS}") from None
+    if u.port is not None and not 0 < u.port < 65536:
+        raise StoreError(f"{display_url(url)!r} is not a database URL: its port {u.port} is not a number from 1 to "
+                         f"65535; {STORE_URL_FORMS}")
+    return u
 
 
 def _one_line(e: BaseException) -> str:
     """A database error as one readable line (psycopg's messages span several)."""
     orig = getattr(e, "orig", None) or e
     return " ".join(str(orig).split()) or type(orig).__name__
+
+
+def _open_error(e: BaseException, url: str) -> str:
+    """``_one_line(e)``, and for a SQLite file that cannot be opened (SQLite says only "unable to open
+    database file") why not, as the system says it, with the path and what to do."""
+    line = _one_line(e)
+    if "unable to open database file" not in line:
+        return line
+    try:
+        path = _sqlite_path(url)
+    except StoreError:
+        path = None
+    if path is None:
+        return line
+    fix = "give this user access to it, or run agentgate as its owner"
+    for target, flags, what in ((path, os.O_RDONLY | os.O_NONBLOCK, "the store's file"),
+                                (path.parent, os.O_RDONLY | os.O_DIRECTORY, "the store's directory")):
+        try:
+            os.close(os.open(target, flags))
+        except FileNotFoundError:
+            continue
+        except OSError as oe:
+            denied = oe.errno in (errno.EACCES, errno.EPERM)
+            return f"{line}: {what} {target}: {oe.strerror or oe}" + (f"; {fix}" if denied else "")
+    if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        return (f"{line}: the store's directory {path.parent} cannot be written (SQLite keeps files beside the store); "
+                f"{fix}")
+    return line
 
 
 READ_ONLY_SQLSTATE = "25006"  # PostgreSQL's read_only_sql_transaction
@@ -223,7 +284,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
+    u = parse_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
         return None
     return Path(u.database)
@@ -232,12 +293,7 @@ def _sqlite_path(url: str) -> Path | None:
 def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
     """An engine for a store URL: ``sqlite:///PATH`` or ``postgresql+psycopg://USER@HOST/DB``.
     ``synchronous``: SQLite's, "normal" or "full" (see the module's docstring)."""
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        raise StoreError(
-            f"{url!r} is not a database URL: use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
-        ) from None
+    u = parse_url(url)
     backend = u.get_backend_name()
     try:
         if backend == "sqlite":
@@ -340,8 +396,37 @@ def _anchor_unkeyed_tails(conn: Any, key: bytes) -> None:
                 "hmac": chain.checkpoint_mac(key, writer_id=writer_id, seq=last, head_hash=prev, time=now, kind="head")}])
 
 
+DAMAGED = "is damaged"  # in the problem of a store whose schema no migration can mend
+
+
+def _damage(conn: Any, where: str) -> str | None:
+    """Why the schema of the database at ``where`` is damaged (a table of agentgate's dropped, or the
+    alembic_version table that records its revision), or None: a migration would fail on it (a table
+    it makes that is there already) or leave it broken, and every command would send its user to
+    `agentgate init` and back."""
+    from sqlalchemy import inspect as sa_inspect
+
+    from .models import Base
+
+    tables = set(sa_inspect(conn).get_table_names())
+    ours = set(Base.metadata.tables)
+    fix = ("restore it from a backup, or set db to a new store (`agentgate init` makes one) and keep this one as "
+           "evidence")
+    current = _current_revision(conn) if "alembic_version" in tables else None
+    if current is None and tables & ours:
+        return (f"the store at {where} {DAMAGED}: it has agentgate's tables ({', '.join(sorted(tables & ours))}) but "
+                f"no record of its schema's revision (the alembic_version table is gone or empty): {fix}")
+    if current == HEAD_REVISION and (missing := ours - tables):
+        return (f"the store at {where} {DAMAGED}: its schema is this agentgate's, but its table"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))} "
+                f"{'are' if len(missing) > 1 else 'is'} gone: {fix}")
+    return None
+
+
 def _schema_problem(conn: Any, where: str) -> str | None:
     """Why the database at ``where`` cannot be used as it is, or None when it is at the head."""
+    if (damage := _damage(conn, where)) is not None:
+        return damage
     if _current_revision(conn) == HEAD_REVISION:
         return None
     from alembic.runtime.migration import MigrationContext
@@ -895,7 +980,7 @@ class Store:
                 if conn.dialect.name == "postgresql":  # one migrator at a time across replicas
                     conn.execute(text("SELECT pg_advisory_xact_lock(4157204212)"))
                 problem = _schema_problem(conn, self.where)
-                if problem and "newer than" in problem:
+                if problem and ("newer than" in problem or DAMAGED in problem):
                     raise StoreError(problem)
                 if problem:
                     from alembic import command
@@ -907,7 +992,7 @@ class Store:
         except StoreError:
             raise
         except (SQLAlchemyError, OSError) as e:
-            raise StoreUnavailable(f"cannot open the store at {self.where}: {_one_line(e)}") from None
+            raise StoreUnavailable(f"cannot open the store at {self.where}: {_open_error(e, self.url)}") from None
         self._schema_ok = True
 
     def _check_schema(self) -> None:
@@ -928,7 +1013,7 @@ class Store:
             with self.engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as e:
-            raise StoreUnavailable(f"cannot read the store at {self.where}: {_one_line(e)}") from None
+            raise StoreUnavailable(f"cannot read the store at {self.where}: {_open_error(e, self.url)}") from None
 
     @contextmanager
     def _snapshot(self) -> Iterator[Any]:
@@ -2272,13 +2357,17 @@ def readable(rows: Iterable[Any], form: StoredForm, name: Callable[[dict[str, An
     problem as ``verify`` says them, and left out (``partial``: given without those columns, for
     the commands that show one record). With no list it raises ``Unreadable``, so that no reader
     passes over a record without saying so."""
+    named_already = {line.split(": ", 1)[0] for line in unreadable or ()}  # a row read twice is named once
     for raw in rows:
         row, problems, unread = form.read(raw)
         if unread:
-            line = f"{name(row)}: " + "; ".join(problems)
+            named = name(row)
+            line = f"{named}: " + "; ".join(problems)
             if unreadable is None:
                 raise Unreadable(f"{line} (`agentgate verify` names every value that cannot be read)")
-            unreadable.append(line)
+            if named not in named_already:
+                named_already.add(named)
+                unreadable.append(line)
             if not partial:
                 continue
             row = {k: v for k, v in row.items() if k not in unread}
