@@ -253,6 +253,41 @@ def test_the_whole_store_takes_in_approvals_asked_before_the_first_call_or_after
     assert "2 approvals" in result.output
 
 
+def test_approvals_are_shown_as_they_stand_when_the_report_is_made(home, tmp_path):
+    """A pending approval past its expiry is expired (its row says pending until something touches
+    it again): the report and the OSCAL export's approvals say so, as `approvals show` does; a
+    revoked approval's reason names who revoked it, beside its approver's."""
+    from addons.core.export import iter_approvals
+    from addons.core.report import summarise
+
+    url = f"sqlite:///{home / 'agentgate.db'}"
+    store = Store(url, chain_key=KEY, writer_id="gw-a")
+    store.migrate()
+    store.close()
+    now = dt.datetime.now(UTC)
+    columns = ("on_behalf_of", "approver", "reason", "channel", "decided", "expires", "revoked", "revoked_by",
+               "revoke_reason")
+    insert_approvals(url, [{**dict.fromkeys(columns), **row} for row in (
+        dict(id="ap-lapsed", binding_hash="l", principal="dora", action="ec2:TerminateInstances", status="pending",
+             requested=now - dt.timedelta(hours=2), expires=now - dt.timedelta(hours=1)),
+        dict(id="ap-open", binding_hash="o", principal="dora", action="ec2:TerminateInstances", status="pending",
+             requested=now - dt.timedelta(minutes=5), expires=now + dt.timedelta(hours=1)),
+        dict(id="ap-withdrawn", binding_hash="w", principal="ed", action="dynamodb:DeleteTable", status="revoked",
+             approver="sre-sam", channel="cli", reason="ok to drop it", requested=now - dt.timedelta(minutes=9),
+             decided=now - dt.timedelta(minutes=8), revoked=now - dt.timedelta(minutes=7), revoked_by="sre-kim",
+             revoke_reason="changed my mind"))], chain_key=KEY)
+    shown = {a.id: a for a in summarise(Store(url), chain_key=KEY).approvals}
+    assert (shown["ap-lapsed"].status, shown["ap-open"].status) == ("expired", "pending")
+    assert shown["ap-withdrawn"].reason == "ok to drop it; revoked by sre-kim: changed my mind"
+    exported = {a["id"]: a for a in iter_approvals(Store(url))}
+    assert [(exported[i]["status"], exported[i]["state"]) for i in ("ap-lapsed", "ap-open", "ap-withdrawn")] == [
+        ("pending", "expired"), ("pending", "pending"), ("revoked", "revoked")]  # the row as stored, and its state
+    out = tmp_path / "report.html"
+    report(home / "agentgate.db", out, "--no-verify")
+    rows = {r[0]: r for r in render(out, tmp_path / "report.png")["tables"]["approvals"]}
+    assert rows["ap-lapsed"][3] == "expired" and rows["ap-open"][3] == "pending", rows
+
+
 def test_each_bar_of_the_timeline_starts_where_its_label_says(home):
     """Bars start on whole multiples of their width, so a call counted in a bar happened at or
     after the time the bar is labelled with and before the next bar's."""

@@ -312,6 +312,15 @@ def _reason(reason: str | None) -> str | None:
     return reason or None
 
 
+def effective_state(status: str, expires: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """An approval's state as it stands at ``now`` (by default, now), from its stored ``status``: a
+    pending or approved approval past its expiry is expired (its row says so only once something
+    touches it again)."""
+    if status in ("pending", "approved") and expires is not None and expires <= (now or _now()):
+        return "expired"
+    return status
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
@@ -366,10 +375,7 @@ class Approval:
 
     def state(self, now: dt.datetime | None = None) -> str:
         """The status as it stands now: a pending or approved approval past its expiry is expired."""
-        now = now or _now()
-        if self.status in ("pending", "approved") and self.expires is not None and self.expires <= now:
-            return "expired"
-        return self.status
+        return effective_state(self.status, self.expires, now)
 
     @property
     def resource(self) -> str:

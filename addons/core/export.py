@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import literal, select, type_coerce
 from sqlalchemy.types import NullType
 
+from .approvals import effective_state
 from .chain import _event as chain_event
 from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
@@ -109,9 +110,11 @@ def jsonl_line(call: dict[str, Any]) -> str:
 def iter_approvals(store: Store, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
                    unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every approval (and access grant) asked for in [since, until), oldest first: its row as the
-    store keeps it (times in ISO 8601 with microseconds) and ``events``, its approval events
-    oldest first with their place in the events' chain (seq, prev_hash, hash, state_hash, mac). An
-    approval or event holding a value that cannot be read is named in ``unreadable`` and left out."""
+    store keeps it (times in ISO 8601 with microseconds), ``state``, its state as it stands now
+    (a pending or approved one past its expiry is expired; the row's status says so only once
+    something touched it again), and ``events``, its approval events oldest first with their place
+    in the events' chain (seq, prev_hash, hash, state_hash, mac). An approval or event holding a
+    value that cannot be read is named in ``unreadable`` and left out."""
     a, e = ApprovalRow.__table__, ApprovalEvent.__table__
     form, event_form = (StoredForm(a, store.engine.dialect, forms=False),
                         StoredForm(e, store.engine.dialect, forms=False))
@@ -129,10 +132,13 @@ def iter_approvals(store: Store, *, since: dt.datetime | None = None, until: dt.
             for m in readable(found, event_form, chain_event, unreadable):
                 m["time"] = iso(m["time"])
                 events.setdefault(m["approval_id"], []).append(m)
+    now = dt.datetime.now(dt.timezone.utc)
     for row in rows:
+        state = effective_state(row["status"], row["expires"], now)
         for k, v in row.items():
             if isinstance(v, dt.datetime):
                 row[k] = iso(v)
+        row["state"] = state
         row["events"] = events.get(row["id"], [])
         yield row
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from .approvals import effective_state
 from .chain import WRITTEN_OUT, VerifyResult
 from .models import Approval as ApprovalRow
 from .models import Call, Checkpoint
@@ -320,11 +321,19 @@ def _approvals(store: Store, since: dt.datetime | None, until: dt.datetime | Non
         q = q.where(t.c.requested < until)
     with store._reading() as conn:
         rows = list(readable(conn.execute(q), form, _approval, unreadable))
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def revocation(r: dict[str, Any]) -> str | None:
+        if r["status"] != "revoked":
+            return None
+        return f"revoked by {r['revoked_by']}" + (f": {r['revoke_reason']}" if r["revoke_reason"] else "")
+
+    # the state as it stands when the report is made: a pending approval past its expiry is expired
     return [ApprovalInfo(id=r["id"], kind=r["kind"], principal=r["principal"], on_behalf_of=r["on_behalf_of"],
-                         action=r["action"] if r["kind"] == "call" else f"access grant: {r['role']}", status=r["status"],
+                         action=r["action"] if r["kind"] == "call" else f"access grant: {r['role']}",
+                         status=effective_state(r["status"], r["expires"], now),
                          approver=r["approver"], channel=r["channel"], requested=r["requested"], decided=r["decided"],
-                         reason="; ".join(x for x in (r["reason"], r["revoke_reason"] and f"revoked: {r['revoke_reason']}")
-                                          if x) or None)
+                         reason="; ".join(x for x in (r["reason"], revocation(r)) if x) or None)
             for r in rows]
 
 
