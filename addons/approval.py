@@ -225,6 +225,11 @@ class Approval:
             flow.metadata[APPROVAL] = got
             self._refuse(flow, "ApprovalDenied", denied_message(got), got)
             return
+        if state == "revoked":  # its requester withdrew the ask while the call was held
+            flow.metadata[APPROVAL] = got
+            self._refuse(flow, "AccessDenied", withdrawn_message(got, f"{got.revoked_by} withdrew the ask"
+                         + (f" ({got.revoke_reason})" if got.revoke_reason else ""), flow.metadata.get(DECISION)), got)
+            return
         if state == "approved":
             store = self.approvals.store
             decision = flow.metadata.get(DECISION)

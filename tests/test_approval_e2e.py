@@ -685,6 +685,45 @@ def test_an_approval_is_withdrawn_before_its_call_runs_and_access_commands_take_
     assert record_of(gw, approval_id, "forwarded") == []
 
 
+def test_a_requester_withdraws_a_pending_ask_and_the_held_call_is_told(long_hold, issuer, bucket):
+    """A pending approval's requester takes the ask back (`approvals revoke`): the call held for it is
+    answered at once, saying who withdrew it and why, and its retry asks anew. Its approvers decide
+    a pending approval instead (approve or deny), and are told so; they cannot withdraw it."""
+    gw = long_hold
+    client = s3(gw, issuer.mint("agent-1"))
+    started = time.time()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(got=held(lambda: client.delete_object(Bucket=bucket,
+                                                                                            Key="taken-back"))))
+    t.start()
+    [asked] = wait_for(lambda: [a for a in pending(gw) if a["resources"] == [f"{bucket}/taken-back"]])
+    p = gw.cli("approvals", "revoke", asked["id"], "--reason", "nope", "--token-file", token_file(gw, issuer, "alice"),
+               check=False)
+    assert p.returncode == 1 and f"approval {asked['id']} is pending: alice decides it (approve or deny)" in p.stderr
+    out = gw.cli("approvals", "revoke", asked["id"], "--reason", "wrong key",
+                 "--token-file", token_file(gw, issuer, "agent-1", groups=("data-agents",))).stdout
+    assert f"{asked['id']} withdrawn by agent-1 before anyone decided it" in out
+    t.join(10)
+    code, message, approval_id = result["got"]
+    assert time.time() - started < 15  # answered when withdrawn, not at the end of its 20 s hold
+    assert (code, approval_id) == ("AccessDenied", asked["id"])
+    assert "agent-1 withdrew the ask (wrong key)" in message and "retry this same call to ask for a new approval" in message
+    shown = json.loads(gw.cli("approvals", "show", asked["id"], "--json").stdout)
+    assert (shown["state"], shown["revoked_by"], shown["revoke_reason"], shown["approver"]) == (
+        "revoked", "agent-1", "wrong key", None)
+    [record] = record_of(gw, asked["id"], "refused")
+    assert record["decision"] == "approve" and "agent-1 withdrew the ask (wrong key)" in record["error"], record
+    # the retry asks anew: a new approval, which an approver then decides
+    t = threading.Thread(target=lambda: result.update(again=held(lambda: client.delete_object(Bucket=bucket,
+                                                                                              Key="taken-back"))))
+    t.start()
+    [again] = wait_for(lambda: [a for a in pending(gw) if a["resources"] == [f"{bucket}/taken-back"]])
+    assert again["id"] != asked["id"]
+    gw.cli("approvals", "deny", again["id"], "--reason", "tidy", "--token-file", token_file(gw, issuer, "alice"))
+    t.join(10)
+    assert result["again"][0] == "ApprovalDenied" and result["again"][2] == again["id"]
+
+
 # -- notifications ---------------------------------------------------------------------------------------
 
 

@@ -471,6 +471,9 @@ def _revoke(approval_id: str, reason: str | None, token_file: str | None, db: st
         a = store.revoke(approval_id, by, reason=reason, channel="cli")
     if a.kind == "grant":
         click.echo(f"{a.id} revoked by {a.revoked_by}: {a.principal}'s calls no longer run as {a.role}")
+    elif a.approver is None:
+        click.echo(f"{a.id} withdrawn by {a.revoked_by} before anyone decided it: a retry of its call asks for a new "
+                   "approval")
     else:
         click.echo(f"{a.id} revoked by {a.revoked_by}: its call has not run, and a retry asks for a new approval")
     _notify(settings, a, "decided")

@@ -1109,24 +1109,27 @@ class Approvals:
                now: dt.datetime | None = None) -> Approval:
         """End an access grant now, or withdraw an approval of a call its call has not used yet (a
         retry of the call then asks anew). The grantee (the requester), the local admin, or anyone
-        who may approve it may."""
+        who may approve it may. One still pending, its requester (or the local admin) withdraws: the
+        ask is taken back, and a call held for it is answered so; its approvers deny it instead."""
         now = now or _now()
         self._require_key()
         a = self.require(grant_id)
         what = "access grant" if a.kind == "grant" else "approval"
         state = a.state(now)
-        if state != "approved":
-            hint = "; deny a pending request instead" if state == "pending" else ""
-            force = "a grant in force" if a.kind == "grant" else "an approval not yet used"
-            raise Refused(f"{what} {a.id} is {_state_words(a, state)}; only {force} is revoked{hint}")
         grantee = getattr(by, "sub", None) == a.principal and getattr(by, "iss", None) == a.issuer
+        if state == "pending" and not (grantee or is_admin(by)):
+            raise Refused(f"{what} {a.id} is pending: {who(by)} decides it (approve or deny); only its "
+                          f"{'grantee' if a.kind == 'grant' else 'requester'} or the local admin withdraws it")
+        if state not in ("approved", "pending"):
+            force = "a grant in force or a request pending" if a.kind == "grant" else "an approval not yet used"
+            raise Refused(f"{what} {a.id} is {_state_words(a, state)}; only {force} is revoked")
         if not (grantee or is_admin(by) or principal_matches(a.approvers, by)):
             raise Refused(f"{who(by)} cannot revoke {what} {a.id}: only its {'grantee' if a.kind == 'grant' else 'requester'}, "
                           f"the local admin or its approvers ({describe_approvers(a.approvers)}) can")
         c = self.table.c
         try:
             with self._changing() as conn:
-                changed = conn.execute(update(self.table).where(c.id == a.id, c.status == "approved").values(
+                changed = conn.execute(update(self.table).where(c.id == a.id, c.status == a.status).values(
                     status="revoked", revoked=now, revoked_by=who(by), revoke_reason=_reason(reason),
                     expires=now)).rowcount
                 if changed == 1:
