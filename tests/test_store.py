@@ -179,11 +179,32 @@ def test_sessions_are_created_and_updated(store: Store) -> None:
     store.write_sync(Record(session_id="s2", principal="bob", time=t0 + 5))
     store.write_sync(Record(session_id=None, principal="nobody"))
     s1 = store.session("s1")
-    assert s1 == {"id": "s1", "principal": "alice", "issuer": "iss", "on_behalf_of": None, "role": "arn:role",
-                  "writer_id": "w", "started": "2026-01-01T00:00:00.000000Z",
+    assert s1 == {"id": "s1", "principal": "alice", "issuer": "iss", "on_behalf_of": None, "on_behalf_of_varies": False,
+                  "role": "arn:role", "writer_id": "w", "started": "2026-01-01T00:00:00.000000Z",
                   "last_seen": "2026-01-01T00:00:10.000000Z", "calls": 2}
     assert [s["id"] for s in store.sessions()] == ["s1", "s2"]
     assert store.session("nope") is None
+
+
+def test_a_session_names_the_party_its_calls_were_made_for_only_while_there_is_one(store: Store) -> None:
+    """The role session is the principal's whoever it acts for: an agent acting for carol, then for
+    no one, then for dave, has one session, which named carol for all its calls. It names a party
+    while every call was made for that one, and otherwise none, saying the parties vary; `sessions
+    show` lists them from the calls' records. Written a call at a time (each commit updates the
+    session) and in one group commit alike."""
+    t0 = 1767225600.0
+    for i, party in enumerate(("carol", "carol")):
+        store.write_sync(Record(session_id="one", principal="agent-1", on_behalf_of=party, time=t0 + i))
+    for i, party in enumerate(("carol", None, "dave", "carol")):
+        store.write_sync(Record(session_id="mixed", principal="agent-1", on_behalf_of=party, time=t0 + i))
+    assert (store.session("one")["on_behalf_of"], store.session("one")["on_behalf_of_varies"]) == ("carol", False)
+    mixed = store.session("mixed")
+    assert (mixed["on_behalf_of"], mixed["on_behalf_of_varies"], mixed["calls"]) == (None, True, 4)
+    assert store.session_parties("mixed") == ["carol", None, "dave"]
+    rows = [{"session_id": "b", "principal": "agent-1", "issuer": None, "role": None, "time": t0 + i, "on_behalf_of": p}
+            for i, p in enumerate(("carol", "dave"))]
+    assert [(s["on_behalf_of"], s["on_behalf_of_varies"]) for s in store._session_rows(rows)] == [(None, True)]
+    assert [(s["on_behalf_of"], s["on_behalf_of_varies"]) for s in store._session_rows(rows[:1] * 2)] == [("carol", False)]
 
 
 def test_calls_filters(store: Store) -> None:
@@ -697,3 +718,24 @@ def test_record_ids_are_unique_and_sort_by_time():
     assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids + [first, later])
     assert first[:12] <= min(i[:12] for i in ids) and max(i[:12] for i in ids) < later[:12]
     assert int(later[:12], 16) - int(time.time() * 1000) <= 0
+
+
+def test_a_store_from_before_sessions_said_their_parties_vary_is_read_so_when_migrated(db_url: str) -> None:
+    """A store at 0011 named the first party of a session whose calls were made for several; once
+    migrated, such a session names none and says they vary, read from its calls' records."""
+    t0 = 1767225600.0
+    written(db_url, [Record(session_id=sid, principal="agent-1", on_behalf_of=party, time=t0 + i)
+                     for i, (sid, party) in enumerate((("one", "carol"), ("one", "carol"), ("mixed", "carol"),
+                                                       ("mixed", None), ("alone", None)))])
+    engine = sql(db_url)
+    downgraded(engine, "0011_decision_index_for_refusals")
+    with engine.begin() as conn:  # as 0011's writer left it: the first party of each
+        conn.execute(text("UPDATE sessions SET on_behalf_of = 'carol' WHERE id = 'mixed'"))
+    Store(db_url).migrate()
+    reader = Store(db_url)
+    try:
+        assert {s["id"]: (s["on_behalf_of"], s["on_behalf_of_varies"]) for s in reader.sessions()} == {
+            "one": ("carol", False), "mixed": (None, True), "alone": (None, False)}
+    finally:
+        reader.engine.dispose()
+    engine.dispose()

@@ -148,6 +148,11 @@ def test_sessions_list_and_show(cli, db_url: str, calls: list[Record]) -> None:
     shown = cli("sessions", "show", "s-1", "--db", db_url, "--json")
     assert [c["id"] for c in json.loads(shown.stdout)["call_list"]] == [calls[0].id, calls[1].id]
     assert calls[1].id in cli("sessions", "show", "s-1", "--db", db_url).stdout
+    # s-1's calls were made one for dana, one for no one: the session names neither, and says so
+    assert [(s["on_behalf_of"], s["on_behalf_of_varies"]) for s in listed] == [(None, False), (None, True)]
+    assert "several (sessions show)" in table.stdout and "dana" not in table.stdout
+    assert json.loads(shown.stdout)["parties"] == ["dana", None]
+    assert "dana" in cli("sessions", "show", "s-1", "--db", db_url).stdout
 
 
 def test_a_table_cut_at_its_limit_says_so(cli, db_url: str, calls: list[Record]) -> None:
@@ -412,8 +417,12 @@ def test_prune(cli, db_url: str, calls: list[Record]) -> None:
     assert "deleted 1 record from 1 chain, 0 sessions, 0 approvals and 0 approval events" in result.stdout
     assert cli("verify", "--db", db_url).exit_code == 0
     assert len(json.loads(cli("calls", "list", "--db", db_url, "--json").stdout)) == 2
-    sessions = {s["id"]: s["calls"] for s in json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)}
+    listed = json.loads(cli("sessions", "list", "--db", db_url, "--json").stdout)
+    sessions = {s["id"]: s["calls"] for s in listed}
     assert sessions == {"s-1": 1, "s-2": 1}  # s-1 counts the call it has left
+    [left] = [c for c in json.loads(cli("calls", "list", "--db", db_url, "--json").stdout) if c["session_id"] == "s-1"]
+    [s1] = [s for s in listed if s["id"] == "s-1"]  # and names whom that call was made for: one party now
+    assert (s1["on_behalf_of"], s1["on_behalf_of_varies"]) == (left["on_behalf_of"], False)
     assert one_line_error(cli("prune", "--before", "soon", "--db", db_url), code=2)
     future = cli("prune", "--before", "2999-01-01", "--db", db_url)
     assert one_line_error(future, code=2) and "still to come" in future.output

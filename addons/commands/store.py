@@ -225,8 +225,9 @@ def sessions_list(db: str | None, limit: int, as_json: bool) -> None:
     table.add_column("last seen (UTC)", no_wrap=True, min_width=19)
     table.add_column("calls", justify="right")
     for s in rows:
-        table.add_row(s["id"], _text(s["principal"]), _text(s["on_behalf_of"]), _short_time(s["started"]),
-                      _short_time(s["last_seen"]), str(s["calls"]))
+        party = "several (sessions show)" if s.get("on_behalf_of_varies") else _text(s["on_behalf_of"])
+        table.add_row(s["id"], _text(s["principal"]), party, _short_time(s["started"]), _short_time(s["last_seen"]),
+                      str(s["calls"]))
     _console(wide=True).print(table if rows else "no sessions" + (" that can be read" if unreadable else ""))
     if more:
         _cut(f"only the {_many(limit, 'most recently active session')} listed; the store holds more: --limit "
@@ -247,6 +248,8 @@ def sessions_show(session_id: str, db: str | None, limit: int, as_json: bool) ->
         if session is None:
             raise click.ClickException(f"no session {session_id!r} in the store at {store.where}")
         calls = store.calls(session_id=session_id, limit=limit + 1, newest_first=False, unreadable=unreadable)
+        if session.get("on_behalf_of_varies"):  # whom its calls were made for, as their records name them
+            session["parties"] = store.session_parties(session_id)
     more = len(calls) > limit
     calls = calls[:limit]
     what = "the session and its calls are shown without the values that cannot be read"

@@ -79,7 +79,11 @@ class AgentSession(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     principal: Mapped[str | None] = mapped_column(String)
     issuer: Mapped[str | None] = mapped_column(String)
+    # the party its calls were made for (act.sub), when they were all made for the same one (or for
+    # none); when they were made for several (the role session is the principal's, whoever it acts
+    # for), none, and on_behalf_of_varies says so: each call's record names its own
     on_behalf_of: Mapped[str | None] = mapped_column(String)
+    on_behalf_of_varies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     role: Mapped[str | None] = mapped_column(String)
     writer_id: Mapped[str] = mapped_column(String)  # the writer that recorded its first call
     started: Mapped[dt.datetime] = mapped_column(UtcDateTime)

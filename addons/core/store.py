@@ -76,12 +76,15 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     text,
+    true,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -334,7 +337,7 @@ def make_engine(url: str, *, synchronous: str = "normal") -> Engine:
 # The newest migration in addons/migrations/versions (tests/test_footprint.py checks it is Alembic's
 # head). A store already there is used without importing Alembic, which would cost a running
 # gateway some 20 MB of memory for nothing.
-HEAD_REVISION = "0011_decision_index_for_refusals"
+HEAD_REVISION = "0012_session_parties"
 
 
 def alembic_config(url: str | None = None, connection: Any = None) -> Any:
@@ -1971,20 +1974,26 @@ class Store:
             if s is None:
                 by_id[sid] = {
                     "id": sid, "principal": r["principal"], "issuer": r["issuer"], "on_behalf_of": r["on_behalf_of"],
-                    "role": r["role"], "writer_id": self.writer_id, "started": r["time"], "last_seen": r["time"], "calls": 1,
+                    "on_behalf_of_varies": False, "role": r["role"], "writer_id": self.writer_id,
+                    "started": r["time"], "last_seen": r["time"], "calls": 1,
                 }
             else:
                 s["calls"] += 1
                 s["started"] = min(s["started"], r["time"])
                 s["last_seen"] = max(s["last_seen"], r["time"])
-                for k in ("principal", "issuer", "on_behalf_of", "role"):
+                for k in ("principal", "issuer", "role"):
                     s[k] = s[k] or r[k]
+                if r["on_behalf_of"] != s["on_behalf_of"]:  # calls made for several parties (or for one and none)
+                    s["on_behalf_of"], s["on_behalf_of_varies"] = None, True
         return list(by_id.values())
 
     def _session_upsert(self) -> Any:
         t = AgentSession.__table__
         stmt = self._upsert(t)
         x = stmt.excluded
+        # one party only while every call so far, and these, were made for the same one (or none)
+        one_party = and_(t.c.on_behalf_of.is_not_distinct_from(x.on_behalf_of), t.c.on_behalf_of_varies == false(),
+                         x.on_behalf_of_varies == false())
         return stmt.on_conflict_do_update(
             index_elements=[t.c.id],
             set_={
@@ -1993,7 +2002,8 @@ class Store:
                 "started": case((x.started < t.c.started, x.started), else_=t.c.started),
                 "principal": func.coalesce(t.c.principal, x.principal),
                 "issuer": func.coalesce(t.c.issuer, x.issuer),
-                "on_behalf_of": func.coalesce(t.c.on_behalf_of, x.on_behalf_of),
+                "on_behalf_of": case((one_party, t.c.on_behalf_of), else_=null()),
+                "on_behalf_of_varies": case((one_party, false()), else_=true()),
                 "role": func.coalesce(t.c.role, x.role),
             },
         )
@@ -2140,6 +2150,15 @@ class Store:
             rows = conn.execute(form.select().where(t.c.id == session_id)).all()
             found = list(readable(rows, form, _session, unreadable, partial=True))
         return session_dict(found[0]) if found else None
+
+    def session_parties(self, session_id: str) -> list[str | None]:
+        """Whom the calls of a session were made for (their on_behalf_of), each once, None for
+        calls made for no one, in the order of their first call."""
+        c = Call.__table__.c
+        q = (select(c.on_behalf_of).where(c.session_id == session_id).group_by(c.on_behalf_of)
+             .order_by(func.min(c.time)))
+        with self._reading() as conn:
+            return [r[0] for r in conn.execute(q)]
 
     def end_console_session(self, nonce: str, until: float) -> None:
         """Keep a console session's sign-out (its nonce, until it would have expired), for every
@@ -3028,6 +3047,12 @@ def prune(url: str, before: dt.datetime, chain_key: bytes | None = None, *, dry_
                 s = AgentSession.__table__
                 conn.execute(s.update().values(calls=select(func.count()).where(c.session_id == s.c.id)
                                                .scalar_subquery()))
+                # and whom they were made for: one party, where the calls left were all made for one
+                parties = (select(func.count(func.distinct(func.coalesce(c.on_behalf_of, ""))))
+                           .where(c.session_id == s.c.id).scalar_subquery())
+                party = select(func.max(c.on_behalf_of)).where(c.session_id == s.c.id).scalar_subquery()
+                conn.execute(s.update().where(s.c.on_behalf_of_varies == true()).values(
+                    on_behalf_of=case((parties > 1, null()), else_=party), on_behalf_of_varies=parties > 1))
             _prune_approvals(store, conn, approvals, now)
             conn.commit()
             result.chains = len(plan)
