@@ -304,9 +304,13 @@ def test_an_export_stopped_by_a_signal_leaves_no_temporary_file(home, tmp_path, 
     store.close()
     out = tmp_path / "out"
     out.mkdir()
+    def as_from_a_terminal() -> None:  # the suite may run under nohup or in the background, which ignore these
+        for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+
     p = subprocess.Popen([str(BIN / "agentgate"), "export", "--format", "jsonl", "-o", str(out / "big.jsonl"),
                           "--no-verify"], env={**os.environ, "AGENTGATE_HOME": str(home)}, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 60
     while not list(out.glob(".big.jsonl.*")) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.001)
