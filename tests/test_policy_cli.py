@@ -797,3 +797,20 @@ def test_explain_agrees_with_a_gateway(tmp_path, issuer, moto, monkeypatch):
                 assert f"decision: {record['decision']}\n" in result.output, (said, result.output)
                 assert f"decided by: rule {record['rule']} (" in result.output, (said, result.output)
                 assert f"\nregion: {record['region']}" in result.output, (said, result.output)
+
+
+def test_the_format_example_of_the_policies_readme_loads_and_decides_as_annotated(run, tmp_path):
+    """policies/README.md's annotated example is what an author copies first: it loads, and its
+    approve rule holds a terminate in eu-west-1 for group sre (it once carried mask_for_agent, which
+    only allow rules take, and did not load)."""
+    text = (SHIPPED / "README.md").read_text()
+    example = text.split("## Format", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    write(tmp_path / "p", "format.yaml", example)
+    shutil.copytree(SHIPPED / "session", tmp_path / "p" / "session")
+    result = run("check", str(tmp_path / "p"))
+    assert result.exit_code == 0 and ": OK; version " in result.output, result.output
+    claims = write(tmp_path, "agent.json", json.dumps({"sub": "agent-7", "groups": ["agents", "data-agents"]}))
+    result = run("explain", "--policies", str(tmp_path / "p"), "--principal-file", str(claims),
+                 "--action", "ec2:TerminateInstances", "--region", "eu-west-1")
+    assert result.exit_code == 0 and "decision: approve" in result.output, result.output
+    assert "prod-terminate-needs-a-human" in result.output and "sre" in result.output

@@ -547,3 +547,22 @@ def test_long_work_says_what_it_is_doing_on_a_terminal(db_url: str, calls, tmp_p
         piped = subprocess.run([str(agentgate), *args], capture_output=True, text=True, timeout=120,
                                env={**os.environ, "AGENTGATE_HOME": str(tmp_path)})
         assert piped.returncode == 0 and line not in piped.stderr
+
+
+def test_approvals_list_cut_at_its_limit_says_so(home: Path, db_url: str) -> None:
+    """As `calls list` and `sessions list`: an approvals table that stops at --limit says the store
+    holds more, and says nothing when it lists them all."""
+    from addons.cli import main
+
+    Store(db_url).migrate()
+    now = dt.datetime.now(dt.timezone.utc)
+    insert_approvals(db_url, [{"id": f"ap-limit{n:08d}", "kind": "call", "action": "s3:DeleteObject",
+                               "status": "pending", "principal": "agent-1", "binding_hash": f"{n + 500:064d}",
+                               "requested": now - dt.timedelta(minutes=n), "expires": now + dt.timedelta(hours=1)}
+                              for n in range(3)], chain_key=KEY)
+    runner = CliRunner()
+    cut = runner.invoke(main, ["approvals", "list", "--db", db_url, "--limit", "2"], catch_exceptions=False)
+    assert cut.exit_code == 0 and "ap-limit00000000" in cut.stdout and "ap-limit00000002" not in cut.stdout
+    assert "(only the newest 2 are listed; the store holds more: --limit raises the number)" in cut.stderr
+    whole = runner.invoke(main, ["approvals", "list", "--db", db_url, "--limit", "3"], catch_exceptions=False)
+    assert "ap-limit00000002" in whole.stdout and "only the newest" not in whole.stderr

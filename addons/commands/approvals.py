@@ -26,7 +26,7 @@ from ..core.approvals import (Approval, ApprovalError, Approvals, admin_principa
                               describe_approvers, duration_text, find_role, NotFound)
 from ..core.store import Store, StoreError, chain_key_path, display_url, load_chain_key
 from ..settings import Settings, SettingsError, load_settings
-from .store import BadInput, _console, _echo_json, _line, _short_time, _text, db_option, fail_unreadable, json_option
+from .store import BadInput, _console, _cut, _echo_json, _line, _short_time, _text, db_option, fail_unreadable, json_option
 
 limit_option = click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
                             help="At most this many, newest first.")
@@ -232,7 +232,9 @@ def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: 
     settings = _settings(db)
     unreadable: list[str] = []
     with _approvals(settings) as approvals:
-        rows = approvals.list(pending=pending, active=active, kind=kind, limit=limit, unreadable=unreadable)
+        rows = approvals.list(pending=pending, active=active, kind=kind, limit=limit + 1, unreadable=unreadable)
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
         _echo_json([a.as_dict() for a in rows])
     else:
@@ -243,6 +245,8 @@ def _list(db: str | None, pending: bool, active: bool, kind: str | None, limit: 
         else:
             _console(wide=True).print(_table(rows))
             click.echo(f"({len(rows)} from the store at {display_url(settings.db)})", err=True)
+    if more:
+        _cut(f"only the newest {limit} are listed; the store holds more: --limit raises the number")
     fail_unreadable(unreadable, "left out of the list")
 
 
@@ -294,7 +298,7 @@ def _decide(approval_id: str, approve: bool, reason: str | None, token_file: str
 
 @click.group("approvals")
 def approvals() -> None:
-    """Calls held for a human: list, show, approve, deny."""
+    """Calls held for a human: list, show, approve, deny, revoke."""
 
 
 @approvals.command("list")

@@ -351,7 +351,7 @@ def show_command(version: str, db: str | None) -> None:
 @click.option("--region", default=None,
               help="the region of the endpoint the call is sent to (default: a global service's, else the one the "
                    "call's ARNs name; needed when a rule that may decide the call reads region and neither says it)")
-@click.option("--account", default=None)
+@click.option("--account", default=None, help="the 12-digit account the call names (policies read it as `account`)")
 @click.option("--resource", "resources", multiple=True, help="a resource name (ARN) the call touches; repeatable")
 @click.option("--policies", "directory", default=None, help="policy directory (default: the `policies` setting)")
 def explain_command(principal_file: str, action: str | None, operation: str | None, params: str | None, region: str | None,
