@@ -1966,3 +1966,24 @@ def test_a_request_whose_masking_fails_later_keeps_nothing_of_it_unmasked(monkey
     assert r.request_body is None and r.request_headers == [] and r.params is None and "?" not in r.url
     assert "123-45-6789" not in json.dumps(dataclasses.asdict(r))
     assert "request: not masked (RuntimeError): its body, headers, parameters and query not kept" in r.body_note
+
+
+@pytest.mark.parametrize("operation, body, path", [
+    ("GetItem", {"Item": {"k": {"S": "a"}, "profile": {"M": {"email": {"S": "a@x"}, "phone": {"S": "555-0100"}}}}},
+     "Item.profile.phone"),
+    ("Scan", {"Items": [{"k": {"S": "a"}, "profile": {"M": {"phone": {"S": "555-0100"}}}}], "Count": 1},
+     "Items[].profile.phone"),
+])
+def test_a_path_deeper_into_an_item_masks_the_attribute_it_names(operation, body, path):
+    """A path into an item names its attribute (README), as a condition on a masked attribute reads
+    it: Item.profile.phone, into the map profile, masked nothing (the path walked into the
+    AttributeValue, where no `phone` is), while a filter on profile.email was refused as reading a
+    masked attribute. It masks profile whole, as Item.profile does."""
+    m = Masker(KEY)
+    _, agent = m.response(call("dynamodb", operation), status=200, body=json.dumps(body).encode(), policy=(path,))
+    _, whole = m.response(call("dynamodb", operation), status=200, body=json.dumps(body).encode(),
+                          policy=(path.rsplit(".", 1)[0],))
+    assert b"555-0100" not in agent.body and agent.body == whole.body
+    got = json.loads(agent.body)
+    item = got["Item"] if "Item" in got else got["Items"][0]
+    assert item["k"] == {"S": "a"} and item["profile"] != body.get("Item", {}).get("profile")

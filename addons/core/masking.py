@@ -1615,10 +1615,13 @@ class Masker:
 
     def _policy_steps(self, service: str, operation: str, direction: str, path: str) -> list[tuple[str, ...]]:
         """A policy path's steps; a path into an item (``Item.ssn``) also at every other place the
-        operation carries an item (``ITEM_SERVICES``)."""
+        operation carries an item (``ITEM_SERVICES``). A path into an item names its attribute
+        (``policy.item_attribute``), as conditions on masked attributes read it: one deeper
+        (``Item.profile.phone``, into a map attribute's AttributeValue) masks the attribute whole."""
         steps = parse_path(path)
         if service not in ITEM_SERVICES or len(steps) < 2 or steps[0] not in ITEM_PATH_HEADS:
             return [steps]
+        steps = steps[:2]
         shapes = self.service(service)
         if shapes is None or operation not in shapes.operations:
             return [steps]
