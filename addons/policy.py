@@ -191,9 +191,8 @@ class Policy:
         if decision.decision == "deny":
             rule = f"rule {decision.rule!r}" if decision.rule else "the default rule"
             answer(flow, Refusal(403, "AccessDenied", f"agentgate denied {call.action} by {rule}: {decision.reason}", "policy"))
-        elif decision.role is None:
-            answer(flow, Refusal(403, "AccessDenied", f"no role in policies/ is mapped to principal {principal.sub!r}; "
-                                 "an operator adds one under `roles`", "roles"))
+        elif decision.role is None:  # no binding, nor an access grant, gives the principal a role
+            answer(flow, Refusal(403, "AccessDenied", current.no_role_reason(principal), "roles"))
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if due(flow, "requestheaders"):

@@ -594,6 +594,43 @@ def test_deny_beats_approve_beats_allow_whatever_the_order_and_file(tmp_path):
     assert (d.decision, d.rule, d.reason) == ("allow", "allow-all-ec2", "rule allow-all-ec2 allows ec2:DescribeInstances")
 
 
+
+def test_approve_rules_naming_the_same_approvers_in_another_order_hold_the_call(tmp_path):
+    """Approvers are compared as sets, as an approval's are (approvals.approver_unfit): two approve
+    rules naming the same approvers in another order, a name twice, a name alone or as a list of
+    one, their keys in another order, hold the call for one approval, named by the first rule; only
+    approvers that differ refuse it. A call's parts are compared so too."""
+    from tests.test_classifier import capture, run
+
+    ps = load(tmp_path, """
+        version: 1
+        rules:
+          - {id: all-deletes, action: "*:Delete*", decision: approve, approvers: {groups: [sre, dba]}}
+          - {id: table-deletes, action: dynamodb:DeleteTable, decision: approve, approvers: {groups: [dba, sre]}}
+          - {id: bucket-deletes, action: s3:DeleteBucket, decision: approve, approvers: {groups: [sre, dba, sre]}}
+          - {id: purge-a, action: sqs:PurgeQueue, decision: approve, approvers: {groups: [sre, dba], sub: [carol]}}
+          - {id: purge-b, action: sqs:PurgeQueue, decision: approve, approvers: {sub: carol, groups: [dba, sre]}}
+          - {id: topic-deletes, action: sns:DeleteTopic, decision: approve, approvers: {groups: [sre]}}
+          - {id: put-audit, action: dynamodb:PutItem, decision: approve, approvers: {groups: [dba, sre, dba]}}
+        """)
+    who = principal()
+    for action, rule in (("dynamodb:DeleteTable", "all-deletes"), ("s3:DeleteBucket", "all-deletes"),
+                         ("sqs:PurgeQueue", "purge-a")):
+        d = ps.evaluate(who, call(action, "Write"))
+        assert (d.decision, d.rule) == ("approve", rule), (action, d.reason)
+        assert d.reason == f"rule {rule} requires a human approval for {action}"
+    d = ps.evaluate(who, call("sns:DeleteTopic", "Write"))
+    assert (d.decision, d.rule) == ("deny", "agentgate:approvers-differ")
+    assert d.reason == ("it needs approval under rule all-deletes (approvers: group sre or dba) and under rule "
+                        "topic-deletes (approvers: group sre): one approval cannot stand for both")
+    # a transaction's parts: a delete and a put whose rules name the same approvers in another order
+    key = {"id": {"S": "1"}}
+    both = ps.evaluate(who, run(capture("dynamodb", "transact_write_items", TransactItems=[
+        {"Delete": {"TableName": "orders", "Key": key}}, {"Put": {"TableName": "audit", "Item": key}}])))
+    assert (both.decision, both.rule) == ("approve", "all-deletes"), both.reason
+    assert not engine.same_approvers({"groups": ["sre"]}, {"groups": ["sre"], "sub": ["carol"]})
+
+
 def test_default_deny(tmp_path):
     ps = load(tmp_path, """
         version: 1
@@ -2320,3 +2357,64 @@ def test_a_role_binding_whose_claims_cannot_be_tested_gives_no_role(tmp_path):
     assert ps.role_for(principal(claims={"email": "ann@example.com"})).role_arn.endswith("/agent-role")
     assert ps.role_for(principal(claims={"email": ["bob@contractors.example"]})) is None
     assert ps.role_for(principal(claims={})) is None
+
+
+def test_a_call_by_a_principal_with_no_role_is_refused_naming_the_binding_that_failed(tmp_path):
+    """A principal no binding gives a role cannot have a call signed: one the rules allow or hold is
+    refused (agentgate:roles), as the gateway refuses it and explain decides it; a call the rules
+    deny stays denied by its rule. Where a binding's claims could not be evaluated for the
+    principal, the reason names the binding, its error and a guard, not that nothing is mapped."""
+    ps = load(tmp_path, """
+        version: 1
+        roles:
+          - id: ops-role
+            principal: {groups: [ops]}
+            role_arn: arn:aws:iam::123456789012:role/ops
+          - id: team-role
+            principal: {claims: "starts_with(team, 'plat')"}
+            role_arn: arn:aws:iam::123456789012:role/platform
+          - role_arn: arn:aws:iam::123456789012:role/agent-role
+        rules:
+          - {id: reads, action: "sts:GetCallerIdentity", decision: allow}
+          - {id: deletes, action: "sqs:DeleteQueue", decision: approve, approvers: {groups: [sre]}}
+          - {id: no-purge, action: "sqs:PurgeQueue", decision: deny}
+        """)
+    erin = principal("erin", ("misc",), claims={})
+    assert ps.role_for(erin) is None
+    said = ("no role for principal 'erin': the claims of role binding team-role (p.yaml:6) could not be evaluated "
+            "for this principal (principal claims `starts_with(team, 'plat')`: starts_with() takes string, not null), "
+            "so it gives no role and the bindings after it are not tried; an operator guards what its claims read, "
+            "e.g. `team && starts_with(team, 'plat')`")
+    assert ps.no_role_reason(erin) == said
+    for action, level in (("sts:GetCallerIdentity", "Read"), ("sqs:DeleteQueue", "Write")):
+        d = ps.refused_without_role(erin, ps.evaluate(erin, call(action, level)))
+        assert (d.decision, d.rule, d.reason) == ("deny", "agentgate:roles", said), action
+        assert d.approvers is None and d.mask_for_agent == ()
+        out = engine.explain(ps, erin, call(action, level))
+        assert out.startswith(f"decision: deny\ndecided by: the gateway's built-in rule agentgate:roles (a call by a "
+                              f"principal no role binding gives a role: it cannot be signed)\nreason: {said}\n"), out
+        assert ("\nrole: none (the claims of role binding team-role (p.yaml:6) could not be evaluated for this "
+                "principal (principal claims `starts_with(team, 'plat')`: starts_with() takes string, not null); the "
+                "bindings after it are not tried; the call cannot be signed)\n") in out
+    d = ps.refused_without_role(erin, ps.evaluate(erin, call("sqs:PurgeQueue", "Write")))
+    assert (d.decision, d.rule) == ("deny", "no-purge")  # denied by the rules: the rule names it, as in the gateway
+    # a claim of the wrong type: no guard to offer, the types to mend
+    frank = principal("frank", ("misc",), claims={"team": 5})
+    assert ps.no_role_reason(frank).endswith("(principal claims `starts_with(team, 'plat')`: starts_with() takes "
+                                             "string, not number), so it gives no role and the bindings after it are "
+                                             "not tried; an operator makes its claims hold for the types this "
+                                             "principal's token has")
+    # no binding at all: said as before
+    bare = load(tmp_path / "bare", """
+        version: 1
+        roles: [{principal: {groups: [ops]}, role_arn: "arn:aws:iam::123456789012:role/ops"}]
+        rules: [{id: reads, action: "sts:GetCallerIdentity", decision: allow}]
+        """)
+    d = bare.refused_without_role(erin, bare.evaluate(erin, call("sts:GetCallerIdentity", "Read")))
+    assert (d.decision, d.rule) == ("deny", "agentgate:roles")
+    assert d.reason == "no role in policies/ is mapped to principal 'erin'; an operator adds one under `roles`"
+    assert "\nrole: none (no roles entry matches this principal; the call cannot be signed)\n" in engine.explain(
+        bare, erin, call("sts:GetCallerIdentity", "Read"))
+    # a principal with a role: the rules' decision stands
+    ops = principal("olga", ("ops",))
+    assert ps.refused_without_role(ops, ps.evaluate(ops, call("sts:GetCallerIdentity", "Read"))).rule == "reads"

@@ -107,13 +107,84 @@ def test_check_knows_actions_and_offers_did_you_mean(run, tmp_path):
     result = run("check", str(tmp_path))
     assert result.exit_code != 0
     out = result.output
-    assert ("p.yaml:3: rule typo: unknown action ec2:TerminateInstance: neither IAM's data nor botocore knows it; "
+    # each at its action's line
+    assert ("p.yaml:4: rule typo: unknown action ec2:TerminateInstance: neither IAM's data nor botocore knows it; "
             "did you mean ec2:TerminateInstances?") in out
-    assert "p.yaml:7: rule prefix-typo: unknown action ec:DescribeInstances" in out
+    assert "p.yaml:8: rule prefix-typo: unknown action ec:DescribeInstances" in out
     assert "did you mean ec2:DescribeInstances?" in out
-    assert "p.yaml:10: rule nothing-matches: action ec2:Frobnicate* matches no action" in out
+    assert "p.yaml:11: rule nothing-matches: action ec2:Frobnicate* matches no action" in out
     assert "rule fine" not in out and "botocore-only" not in out
     assert "3 errors in" in out
+
+
+
+def test_check_points_at_the_line_of_each_action_and_list_item(run, tmp_path):
+    """An action's error names the line of the `action:` key, or of its item in a block list, as
+    errors in when, access_level and expires name theirs; so do a mask path's warning and a bad
+    item of principal, approvers or mask_for_agent, not the rule's first line."""
+    write(tmp_path, "a.yaml", """
+        version: 1
+        rules:
+          - id: typo
+            decision: allow
+            action: s3:GetObjekt
+          - id: renamed
+            decision: allow
+            action: ["s3:GetObject", "lambda:Invoke"]
+          - id: listed
+            decision: allow
+            action:
+              - ec2:DescribeInstances
+              - ec2:DescribeInstanzes
+              - s3:ListObjectsV2
+              - "s3:*Objekt*"
+          - id: masked
+            action: secretsmanager:GetSecretValue
+            decision: allow
+            mask_for_agent:
+              - SecretString
+              - SecretStrng
+    """)
+    write(tmp_path, "b.yaml", """
+        version: 1
+        rules:
+          - id: bad-items
+            action: s3:GetObject
+            principal:
+              groups:
+                - sre
+                - [nested]
+            decision: approve
+            approvers:
+              sub:
+                - carol
+                - 7
+          - id: bad-mask
+            action: s3:GetObject
+            decision: allow
+            mask_for_agent:
+              - Body
+              - has space
+          - id: bad-action-item
+            decision: allow
+            action:
+              - s3:GetObject
+              - 5
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code != 0
+    out = result.output
+    assert "a.yaml:5: rule typo: unknown action s3:GetObjekt" in out
+    assert "a.yaml:8: rule renamed: lambda:Invoke is an API operation's name" in out
+    assert "a.yaml:13: rule listed: unknown action ec2:DescribeInstanzes" in out
+    assert "a.yaml:14: rule listed: s3:ListObjectsV2 is an API operation's name" in out
+    assert "a.yaml:15: rule listed: action s3:*Objekt* matches no action IAM's data or botocore knows" in out
+    assert "a.yaml:21: warning: rule masked: mask_for_agent path SecretStrng names nothing" in out
+    assert "b.yaml:8: principal.groups must be a string or a list of strings" in out
+    assert "b.yaml:13: approvers.sub must be a string or a list of strings" in out
+    assert "b.yaml:19: rule bad-mask: mask_for_agent must be a list of response member paths" in out
+    assert "b.yaml:24: rule bad-action-item: action must be a string or a non-empty list of strings" in out
+    assert "9 errors in" in out and "(1 warning)" in out
 
 
 def test_check_warns_about_rules_that_can_never_decide(run, tmp_path):
@@ -295,6 +366,39 @@ def test_check_warns_about_a_rule_whose_action_and_access_level_contradict(run, 
     assert ("p.yaml:3: warning: rule contradiction matches no known action: no action ec2:TerminateInstances has access "
             "level Read (ec2:TerminateInstances is Write)") in result.output
     assert "rule fine" not in result.output and "OK (1 warning)" in result.output
+
+
+
+def test_check_knows_a_deny_or_approve_rule_on_write_matches_actions_of_no_access_level(run, claims, tmp_path):
+    """s3:RenameObject has no access level in IAM's data: a deny or approve rule listing Write
+    matches it (the gateway decides it so), so check does not warn that such a rule matches no known
+    action; an allow rule on Write does not match it, and check still says so."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        roles: [{role_arn: "arn:aws:iam::123456789012:role/a"}]
+        rules:
+          - id: no-renames
+            access_level: Write
+            action: "s3:Rename*"
+            decision: deny
+          - {id: hold-renames, action: "s3:Renam*", access_level: [Write], decision: approve, approvers: {groups: [sre]}}
+          - {id: allow-renames, action: "s3:Rename*", access_level: Write, decision: allow}
+    """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "matches no known action" not in result.output.replace("rule allow-renames matches", ""), result.output
+    # the deny matches s3:RenameObject, so the approve over it can never decide
+    assert "p.yaml:8: warning: rule hold-renames can never decide: deny rule no-renames (p.yaml:4) covers it" \
+        in result.output
+    assert ("p.yaml:9: warning: rule allow-renames matches no known action: no action s3:Rename* has access level "
+            "Write") in result.output
+    assert "OK (2 warnings)" in result.output
+    result = run("explain", "--principal-file", str(claims), "--action", "s3:RenameObject", "--region", "us-east-1",
+                 "--policies", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("decision: deny\ndecided by: rule no-renames (p.yaml:4)\n"), result.output
+    assert "  [match] hold-renames (p.yaml:8, approve): matches: action matches s3:Renam*; no access level in IAM " \
+        "data, matched as Write by an approve rule" in result.output
 
 
 def test_check_refuses_a_session_policy_that_is_no_iam_policy(run, tmp_path):

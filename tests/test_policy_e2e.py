@@ -415,6 +415,63 @@ def test_a_deny_rule_whose_condition_fails_on_a_call_refuses_it(tmp_path, issuer
         assert "the condition of rule audit-tables could not be evaluated on this call" in records[0]["reason"]
 
 
+
+def test_a_principal_whose_role_bindings_claims_fail_is_refused_as_explain_says(tmp_path, issuer, moto, monkeypatch):
+    """A role binding narrowing by a claim the token lacks cannot be evaluated for it: it gives no
+    role, and the catch-all after it is not tried. The gateway refuses the call the rules allow
+    (agentgate:roles) naming the binding and the error; `policy explain`, in the gateway's home with
+    the same token, decides it alike, by the same built-in rule, with the same reason (it said
+    allow, adding only that there was no role)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from addons.commands.policy import policy as policy_command
+
+    policy = textwrap.dedent("""\
+        version: 1
+        roles:
+          - id: platform
+            principal: {claims: "starts_with(team, 'plat')"}
+            role_arn: arn:aws:iam::123456789012:role/agent-role
+          - id: everyone
+            role_arn: arn:aws:iam::123456789012:role/agent-role
+        rules:
+          - {id: who-am-i, action: sts:GetCallerIdentity, decision: allow}
+        """)
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        token = issuer.mint("erin", groups=["misc"])
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            client(gw, "sts", proxy_token=token).get_caller_identity()
+        error = e.value.response["Error"]
+        assert error["Code"] == "AccessDenied"
+        assert error["Message"] == (
+            "no role for principal 'erin': the claims of role binding platform (test.yaml:3) could not be evaluated "
+            "for this principal (principal claims `starts_with(team, 'plat')`: starts_with() takes string, not null), "
+            "so it gives no role and the bindings after it are not tried; an operator guards what its claims read, "
+            "e.g. `team && starts_with(team, 'plat')`")
+        [record] = [r for r in gw.records() if r["principal"] == "erin"]
+        assert (record["decision"], record["rule"], record["reason"]) == ("deny", "agentgate:roles", error["Message"])
+        monkeypatch.setenv("AGENTGATE_HOME", str(gw.home))
+        token_file = tmp_path / "erin.jwt"
+        token_file.write_text(token)
+        result = CliRunner().invoke(policy_command, ["explain", "--principal-file", str(token_file),
+                                                     "--action", "sts:GetCallerIdentity"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(
+            "decision: deny\ndecided by: the gateway's built-in rule agentgate:roles (a call by a principal no role "
+            f"binding gives a role: it cannot be signed)\nreason: {record['reason']}\n"), result.output
+        # with the claim, the binding gives its role and the rule decides, in both
+        pat = issuer.mint("pat", groups=["misc"], extra={"team": "platform"})
+        assert client(gw, "sts", proxy_token=pat).get_caller_identity()["Arn"].endswith("/agent-role/pat")
+        claims = {"sub": "pat", "groups": ["misc"], "team": "platform"}
+        (tmp_path / "pat.json").write_text(json.dumps(claims))
+        result = CliRunner().invoke(policy_command, ["explain", "--principal-file", str(tmp_path / "pat.json"),
+                                                     "--action", "sts:GetCallerIdentity"])
+        assert "decision: allow\ndecided by: rule who-am-i (" in result.output, result.output
+
+
 def test_a_version_of_an_object_is_decided_as_its_version_and_as_the_object(tmp_path, issuer, moto):
     """A versioned bucket: deleting or reading an old version by its VersionId is s3:DeleteObjectVersion
     or s3:GetObjectVersion, which a rule keeps from agents while they may delete and read the

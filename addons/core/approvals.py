@@ -63,7 +63,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from . import chain
 from .models import Approval as ApprovalRow
 from .models import ApprovalEvent, Call
-from .policy import principal_matches
+from .policy import principal_matches, same_approvers
 from .store import (CONNECT_TIMEOUT, POSTGRES_KEEPALIVES, StoredForm, StoreUnavailable, _approval, _one_line, _record,
                     read_only, readable)
 
@@ -404,13 +404,6 @@ class Asked:
     why: str | None = None
 
 
-def _approvers_key(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A rule's ``approvers`` compared as a set: the order of names in a list does not matter."""
-    out = {k: v if k == "claims" else sorted({v} if isinstance(v, str) else set(v))
-           for k, v in (spec or {}).items() if v is not None}
-    return out or None
-
-
 def approver_unfit(approval: Approval, approvers: Mapping[str, Any] | None) -> str | None:
     """Why ``approval``'s approver is not among ``approvers`` (those of the rule deciding its
     call now), or None when they are. Its approver was checked, when deciding, against the
@@ -418,7 +411,7 @@ def approver_unfit(approval: Approval, approvers: Mapping[str, Any] | None) -> s
     rule's approvers changed since, an approval keeps only its approver's name, not their groups or
     claims: it holds when that name alone fits the approvers now (named by ``sub``, or anyone but
     the requester), and not otherwise (fail closed: an approver asks again)."""
-    if _approvers_key(approval.approvers) == _approvers_key(approvers):
+    if same_approvers(approval.approvers, approvers):
         return None
     from .identity import Principal
 

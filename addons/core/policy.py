@@ -34,10 +34,14 @@ Matching, as ``evaluate`` applies it:
 
 Deciding: of the matching rules, a deny decides over an approve, and an approve over an allow,
 whatever the order of rules and files; between rules of the same decision the first in file order
-decides. With no matching rule the file's ``default`` decides (``deny`` unless a file says
-``allow``), except that a call whose action is ``unknown`` is denied unless a rule names it.
+decides, but approve rules naming different approvers (compared as sets: ``same_approvers``) refuse
+the call (APPROVERS_DIFFER_RULE). With no matching rule the file's ``default`` decides (``deny``
+unless a file says ``allow``), except that a call whose action is ``unknown`` is denied unless a
+rule names it.
 ``mask_for_agent`` of every matching allow rule applies, whichever rule decided, and of an allow rule
 that matches but for a failing condition: masks protect, and a failing condition must not unmask.
+A call allowed or held for a principal with no role (``role_for``) cannot be signed: the gateway
+refuses it (ROLES_RULE, ``refused_without_role``), as ``explain`` decides it.
 
 Every expression and glob is compiled once, at load; ``evaluate`` only matches.
 """
@@ -141,8 +145,24 @@ MASKED_SOURCE_RULE = "agentgate:masked-source"
 MASKED_PREDICATE_RULE = "agentgate:masked-condition"
 # ... and when parts of one call need approvals from different approvers (``PolicySet.evaluate``).
 APPROVERS_DIFFER_RULE = "agentgate:approvers-differ"
+# ... and when the rules allow or hold a call by a principal with no role (``PolicySet.refused_without_role``).
+ROLES_RULE = "agentgate:roles"
 MASKING = ("allow", "approve")  # decisions whose masks hold for the answer (an approved call is released masked)
 CONDITION_SERVICES = frozenset({"dynamodb"})  # whose calls' conditions read item attributes
+
+
+def same_approvers(first: Mapping[str, Any] | None, second: Mapping[str, Any] | None) -> bool:
+    """Whether two rules' ``approvers`` name the same approvers: each list compared as a set (the
+    order of names, a name given twice, a name given alone or as a list of one do not matter), the
+    order of keys neither. Two approve rules deciding one call, and an approval's approvers and the
+    rule's now (``approvals.approver_unfit``), are compared so."""
+    return _approvers_key(first) == _approvers_key(second)
+
+
+def _approvers_key(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    out = {k: v if k == "claims" else sorted({v} if isinstance(v, str) else set(v))
+           for k, v in (spec or {}).items() if v is not None}
+    return out or None
 
 
 def _approvers_text(approvers: Mapping[str, Any] | None) -> str:
@@ -872,16 +892,20 @@ class Rule:
     __slots__ = ("id", "file", "line", "index", "decision", "reason", "actions", "access_levels",
                  "principal", "when_text", "when", "approvers", "expires", "mask_for_agent",
                  "action_re", "names_unknown", "prefixes", "levels_key", "when_line", "mask_line",
-                 "takes_unlevelled")
+                 "takes_unlevelled", "action_lines", "mask_lines")
 
     def __init__(self, *, id: str, file: str, line: int, index: int, decision: str, reason: str | None,
                  actions: tuple[str, ...] | None, access_levels: tuple[str, ...] | None,
                  principal: PrincipalMatch | None, when_text: str | None,
                  approvers: Mapping[str, Any] | None, expires: int | None,
                  mask_for_agent: tuple[str, ...], when_line: int | None = None,
-                 mask_line: int | None = None) -> None:
+                 mask_line: int | None = None, action_lines: tuple[int, ...] | None = None,
+                 mask_lines: tuple[int, ...] | None = None) -> None:
         self.id, self.file, self.line, self.index = id, file, line, index
         self.when_line, self.mask_line = when_line or line, mask_line or line
+        # the line of each of ``actions`` and of ``mask_for_agent``: its own in a block list
+        self.action_lines = action_lines or (line,) * len(actions or ())
+        self.mask_lines = mask_lines or (self.mask_line,) * len(mask_for_agent)
         self.decision, self.reason = decision, reason
         self.actions, self.access_levels = actions, access_levels
         self.principal, self.when_text = principal, when_text
@@ -1012,8 +1036,9 @@ class Rule:
                     return False, (f"the action has no access level in IAM data, which only a deny or approve "
                                    f"rule listing {UNLEVELLED_AS} matches")
                 return False, f"access level {level} is not one of {', '.join(self.access_levels)}"
+            kind = "an approve" if self.decision == "approve" else f"a {self.decision}"
             said.append(f"access level {level}" if level is not None else
-                        f"no access level in IAM data, matched as {UNLEVELLED_AS} by a {self.decision} rule")
+                        f"no access level in IAM data, matched as {UNLEVELLED_AS} by {kind} rule")
         failed = None
         if self.principal is not None:
             ok, why, failed = self.principal.why(principal, facts)
@@ -1114,6 +1139,13 @@ class _RoleEntry:
     file: str
     line: int
     session_file: str | None = None  # the session policy's file, relative to the directory
+
+
+def _binding_failed(entry: _RoleEntry, failure: str) -> str:
+    """That a role binding's ``claims`` could not be evaluated for a principal: which, where, why."""
+    name = entry.binding.rule_id or entry.binding.role_arn
+    return (f"the claims of role binding {name} ({entry.file}:{entry.line}) could not be evaluated for this "
+            f"principal ({failure})")
 
 
 # ------------------------------------------------------------------------------ loading
@@ -1341,6 +1373,17 @@ def _parse_file(parsed: _Parsed, name: str, text: str, ids: dict, role_ids: dict
                 _parse_rule(parsed, name, entry, rules.at(i), ids, problem)
 
 
+def _item_line(mapping: _Map, key: str, fits: Callable[[Any], bool] = lambda v: isinstance(v, str)) -> int:
+    """Where a problem with ``mapping[key]`` is: the line of its first item that does not fit, in a
+    list; else the key's own line."""
+    value = mapping[key]
+    if isinstance(value, _Seq):
+        bad = next((i for i, v in enumerate(value) if not fits(v)), None)
+        if bad is not None:
+            return value.at(bad)
+    return mapping.at(key)
+
+
 def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None], what: str = "principal") -> PrincipalMatch | None:
     """A PrincipalMatch; None after reporting a problem (callers check ``ok`` through problems)."""
     if not isinstance(value, _Map):
@@ -1355,12 +1398,12 @@ def _parse_principal(value: Any, line: int, problem: Callable[[int, str], None],
     if "sub" in value:
         subs = _strings(value["sub"])
         if subs is None:
-            problem(value.at("sub"), f"{what}.sub must be a string or a list of strings")
+            problem(_item_line(value, "sub"), f"{what}.sub must be a string or a list of strings")
             ok = False
     if "groups" in value:
         groups = _strings(value["groups"])
         if groups is None:
-            problem(value.at("groups"), f"{what}.groups must be a string or a list of strings")
+            problem(_item_line(value, "groups"), f"{what}.groups must be a string or a list of strings")
             ok = False
     if "claims" in value:
         claims = value["claims"]
@@ -1526,15 +1569,17 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
         problem(entry.at("decision"), f"rule {rid}: decision must be allow, deny or approve, not {_shown(decision)}")
         ok = False
     actions = None
+    action_lines: tuple[int, ...] | None = None
     if "action" in entry:
         actions = _strings(entry["action"])
         if actions is None:
-            problem(entry.at("action"), f"rule {rid}: action must be a string or a non-empty list of strings")
+            problem(_item_line(entry, "action"), f"rule {rid}: action must be a string or a non-empty list of strings")
             ok = False
         else:
             value = entry["action"]
-            for i, glob in enumerate(actions):
-                at = value.at(i) if isinstance(value, _Seq) else entry.at("action")
+            action_lines = tuple(value.at(i) if isinstance(value, _Seq) else entry.at("action")
+                                 for i in range(len(actions)))
+            for glob, at in zip(actions, action_lines):
                 if glob.lower() != "unknown" and not _ACTION_GLOB.fullmatch(glob):
                     problem(at, f"rule {rid}: bad action {_shown(glob)}; write service:Action, with * and ? as wildcards "
                             "(s3:GetObject, ec2:Describe*, *), or unknown")
@@ -1543,7 +1588,8 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
     if "access_level" in entry:
         raw = _strings(entry["access_level"])
         if raw is None:
-            problem(entry.at("access_level"), f"rule {rid}: access_level must be a string or a list of strings")
+            problem(_item_line(entry, "access_level"),
+                    f"rule {rid}: access_level must be a string or a list of strings")
             ok = False
         else:
             levels = []
@@ -1610,10 +1656,13 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
                 problem(entry.at(key), f"rule {rid}: {key} only applies to approve rules")
                 ok = False
     masks: tuple[str, ...] = ()
+    mask_lines: tuple[int, ...] | None = None
     if "mask_for_agent" in entry:
         raw = _strings(entry["mask_for_agent"])
         if raw is None or any(not m.strip() or any(c.isspace() for c in m) for m in raw):
-            problem(entry.at("mask_for_agent"), f"rule {rid}: mask_for_agent must be a list of response member paths "
+            problem(_item_line(entry, "mask_for_agent", lambda m: isinstance(m, str) and bool(m.strip())
+                               and not any(c.isspace() for c in m)),
+                    f"rule {rid}: mask_for_agent must be a list of response member paths "
                     "(SecretString, Parameter.Value, Parameters[].Value)")
             ok = False
         elif decision != "allow":
@@ -1622,6 +1671,9 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
             ok = False
         else:
             masks = tuple(raw)
+            value = entry["mask_for_agent"]
+            mask_lines = tuple(value.at(i) if isinstance(value, _Seq) else entry.at("mask_for_agent")
+                               for i in range(len(masks)))
     if ok:
         parsed.rules.append(Rule(
             id=rid, file=name, line=line, index=len(parsed.rules), decision=decision, reason=reason,
@@ -1629,7 +1681,8 @@ def _parse_rule(parsed: _Parsed, name: str, entry: Any, line: int, ids: dict,
             access_levels=tuple(levels) if levels is not None else None,
             principal=principal, when_text=when, approvers=approvers, expires=expires, mask_for_agent=masks,
             when_line=entry.at("when") if "when" in entry else None,
-            mask_line=entry.at("mask_for_agent") if "mask_for_agent" in entry else None))
+            mask_line=entry.at("mask_for_agent") if "mask_for_agent" in entry else None,
+            action_lines=action_lines, mask_lines=mask_lines))
 
 
 def _format(file: str, line: int, message: str) -> str:
@@ -1697,19 +1750,50 @@ class PolicySet:
         return found
 
     def role_for(self, principal: Any) -> RoleBinding | None:
+        """The role the principal's calls run as: the first binding whose principal matches; None
+        when none does, or when a binding's ``claims`` fails first (``_role_entry``)."""
+        entry, failed = self._role_entry(principal)
+        return entry.binding if entry is not None and failed is None else None
+
+    def _role_entry(self, principal: Any) -> tuple[_RoleEntry | None, str | None]:
+        """The first binding whose principal matches (and None); or the first binding whose
+        ``claims`` could not be evaluated for this principal, with that failure: such a binding
+        grants no role, and the bindings after it are not tried, since the principal may be the one
+        it narrows; or (None, None) when no binding matches."""
         facts = None
         for entry in self.roles:
             if entry.principal is None:
-                return entry.binding
+                return entry, None
             facts = facts or _Facts(principal, None)
             got = entry.principal.test(principal, facts)
             if isinstance(got, str):
-                # a binding whose claims cannot be tested against this token grants no role, and
-                # the bindings after it are not tried: the principal may be the one it narrows
-                return None
+                return entry, got
             if got:
-                return entry.binding
-        return None
+                return entry, None
+        return None, None
+
+    def no_role_reason(self, principal: Any) -> str:
+        """Why a principal with no role (``role_for``) has none, as the refusal of a call the rules
+        allow or hold says it (ROLES_RULE): the call cannot be signed. Names the binding whose
+        ``claims`` could not be evaluated for this principal, and the error, where that is why."""
+        sub = getattr(principal, "sub", None)
+        entry, failed = self._role_entry(principal)
+        if entry is None or failed is None:
+            return f"no role in policies/ is mapped to principal {sub!r}; an operator adds one under `roles`"
+        guard = _guard_hint(entry.principal.claims_text, _Facts(principal, None).claims())
+        fix = (f"guards what its claims read, e.g. `{guard}`" if guard
+               else "makes its claims hold for the types this principal's token has")
+        return (f"no role for principal {sub!r}: {_binding_failed(entry, failed)}, so it gives no role and the "
+                f"bindings after it are not tried; an operator {fix}")
+
+    def refused_without_role(self, principal: Any, decision: Decision) -> Decision:
+        """``decision`` as the gateway acts on it: a call the rules allow or hold, by a principal
+        with no role, cannot be signed and is refused (ROLES_RULE, ``no_role_reason``); a call
+        they deny stays denied by its rule."""
+        if decision.decision == "deny" or decision.role is not None:
+            return decision
+        return dataclasses.replace(decision, decision="deny", rule=ROLES_RULE, reason=self.no_role_reason(principal),
+                                   mask_for_agent=(), approvers=None, expires=None)
 
     def evaluate(self, principal: Any, call: Any) -> Decision:
         """The call's decision; where IAM authorises the call as more than one action
@@ -1737,7 +1821,8 @@ class PolicySet:
             if (by_parts or getattr(other, "same_data", False)) and also.decision in MASKING:
                 # one answer holds every item (or the object a version is of): each one's masks hold
                 masks = tuple(dict.fromkeys(masks + also.mask_for_agent))
-            if also.decision == decision.decision == "approve" and also.approvers != decision.approvers:
+            if (also.decision == decision.decision == "approve"
+                    and not same_approvers(also.approvers, decision.approvers)):
                 # one approval releases the whole call: no one approver group may release a part that
                 # a rule gives to another
                 decision = dataclasses.replace(
@@ -1878,7 +1963,8 @@ class PolicySet:
         role = self.role_for(principal)
         considered = tuple(r.id for r in matched)
         if decider is not None and decider.decision == "approve":
-            other = next((r for r in matched if r.decision == "approve" and r.approvers != decider.approvers), None)
+            other = next((r for r in matched if r.decision == "approve"
+                          and not same_approvers(r.approvers, decider.approvers)), None)
             if other is not None:  # one approval cannot stand for two rules' approvers
                 return Decision("deny", APPROVERS_DIFFER_RULE,
                                 _approvers_differ(decider.id, decider.approvers, other.id, other.approvers),
@@ -1907,15 +1993,17 @@ BUILT_IN_RULES = {
     MASKED_SOURCE_RULE: "a copy whose source is masked for agents, to where a read would not be masked the same "
                         "(an S3 object, a DynamoDB attribute)",
     MASKED_PREDICATE_RULE: "a DynamoDB call whose condition reads an attribute masked for agents",
+    ROLES_RULE: "a call by a principal no role binding gives a role: it cannot be signed",
 }
 
 
 def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[str] = (),
             region_from: str | None = None) -> str:
-    """Which rule decides a call and why, then every rule with why it matched or not. Where IAM
+    """Which rule decides a call and why (a call the rules allow or hold refused, as the gateway
+    refuses it, when the principal has no role), then every rule with why it matched or not. Where IAM
     authorises the call as more than one action (``implied``), each one's own decision too.
     ``region_from`` says where the call's region (or that it has none) comes from."""
-    decision = policy_set.evaluate(principal, call)
+    decision = policy_set.refused_without_role(principal, policy_set.evaluate(principal, call))
     action = getattr(call, "action", None) or "unknown"
     level = access_level_of(getattr(call, "access_level", None))
     facts = _Facts(principal, call)
@@ -1978,7 +2066,10 @@ def explain(policy_set: PolicySet, principal: Any, call: Any, notes: Iterable[st
             extra.append("via AssumeRoleWithWebIdentity")
         lines.append(f"role: {r.role_arn} ({', '.join(extra)})")
     else:
-        lines.append("role: none (no roles entry matches this principal; the call cannot be signed)")
+        entry, failed = policy_set._role_entry(principal)
+        why = (_binding_failed(entry, failed) + "; the bindings after it are not tried" if failed is not None
+               else "no roles entry matches this principal")
+        lines.append(f"role: none ({why}; the call cannot be signed)")
     lines.append(f"mask_for_agent: {', '.join(decision.mask_for_agent) or 'nothing'}")
     if decision.decision == "approve":
         approvers = decision.approvers or {}
@@ -2323,10 +2414,13 @@ def _rule_actions(rule: Rule, known: KnownActions) -> set[str] | None:
     if rule.actions is None and rule.levels_key is None:
         return None
     out = set()
-    # botocore's operations only for a service IAM's data does not know (they have no access level)
-    with_botocore = rule.levels_key is None and any(
+    # botocore's operations IAM's data does not have (they have no access level): for a rule naming a
+    # service IAM's data does not know, and for a deny or approve rule whose access levels take them
+    # (``Rule.takes_level``: Write) that names actions (a glob over all of them reads botocore's models)
+    with_botocore = (rule.levels_key is None and any(
         a.partition(":")[0].lower() not in known.iam and not set("*?") & set(a.partition(":")[0])
-        for a in rule.actions or () if a.lower() != "unknown")
+        for a in rule.actions or () if a.lower() != "unknown")) or (
+        rule.takes_unlevelled and rule.action_re is not None)
     for action, level in known.universe(with_botocore):
         if rule.action_re is not None and not rule.action_re.match(action):
             continue
@@ -2392,13 +2486,13 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
     known = KnownActions.get(progress)
     bad: set[str] = set()  # rules with an action reported above
     for rule in parsed.rules:
-        for glob in rule.actions or ():
+        for glob, at in zip(rule.actions or (), rule.action_lines):  # each at its own line
             if glob.lower() == "unknown":
                 continue
             if "*" not in glob and "?" not in glob:
                 why = known.problem(glob)
                 if why is not None:
-                    problems.append((rule.file, rule.line, f"rule {rule.id}: {why}"))
+                    problems.append((rule.file, at, f"rule {rule.id}: {why}"))
                     bad.add(rule.id)
                 continue
             regex = re.compile(_glob_regex(glob) + r"\Z")
@@ -2414,13 +2508,13 @@ def check(directory: str | Path, progress: Callable[[str], None] | None = None) 
                 renamed = known.renamed_glob(glob) if literal else None
                 if renamed:
                     ops, names = renamed
-                    problems.append((rule.file, rule.line, f"rule {rule.id}: action {glob} matches only API operations' "
+                    problems.append((rule.file, at, f"rule {rule.id}: action {glob} matches only API operations' "
                                      f"names ({_listing(ops)}), never a call's action: the gateway names "
                                      f"{'this call' if len(ops) == 1 else 'these calls'} {' or '.join(names)}"))
                     bad.add(rule.id)
                     continue
                 hint = known.suggest(glob) if literal else None
-                problems.append((rule.file, rule.line, f"rule {rule.id}: action {glob} matches no action IAM's data "
+                problems.append((rule.file, at, f"rule {rule.id}: action {glob} matches no action IAM's data "
                                  "or botocore knows" + (f"; did you mean {hint}?" if hint else "")))
                 bad.add(rule.id)
     cache: dict = {}
@@ -2504,7 +2598,7 @@ def _mask_path_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tu
     if not pairs:
         return []
     out = []
-    for path in rule.mask_for_agent:
+    for path, at in zip(rule.mask_for_agent, rule.mask_lines):
         if any(masking.policy_path_reaches(service, op, path) for service, op in pairs):
             continue
         steps = masking.parse_path(path)
@@ -2524,7 +2618,7 @@ def _mask_path_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tu
             members = masking.output_members(service, op)
             shown.append(f"{service}.{op}: {_listing(members, 8) if members else 'nothing'}")
         more = f"; and {len(pairs) - 3} more operations" if len(pairs) > 3 else ""
-        out.append((rule.file, rule.mask_line, f"warning: rule {rule.id}: mask_for_agent path {path} names nothing "
+        out.append((rule.file, at, f"warning: rule {rule.id}: mask_for_agent path {path} names nothing "
                     f"in the answer of any call the rule matches, so it masks nothing (answers: {'; '.join(shown)}{more})"
                     + (f"; did you mean {hint}?" if hint else "")))
     return out
