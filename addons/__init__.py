@@ -75,7 +75,7 @@ def chain(settings, *, store, policies, validator, broker, approvals=None, notif
         Arrivals(recorder),  # a call is in flight from its first hook (a stopping gateway keeps its connection)
         Egress.from_settings(settings),
         Auth(validator),
-        Classify(),
+        Classify(lambda: policies.current.lets_unknown),
         policy,
         Approval(approvals, settings.approval_hold, notifier=notifier, console_url=settings.console_url,
                  mask=lambda call: masking.masker.params(call)[0], redecide=policy.redecide),

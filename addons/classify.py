@@ -5,6 +5,7 @@ earlier stage is answered here, once the protocol of the error is known."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from mitmproxy import http
 
@@ -49,6 +50,10 @@ def decoded_elsewhere(call: classifier.Classification) -> Refusal:
 
 
 class Classify:
+    def __init__(self, lets_unknown: Callable[[], bool] = lambda: False) -> None:
+        # whether the policies in force have a rule that may let an unclassified call (`unknown`) go on
+        self.lets_unknown = lets_unknown
+
     def _run(self, flow: http.HTTPFlow, body: bytes | None) -> None:
         req = flow.request
         path, _, query = req.path.partition("?")
@@ -88,9 +93,10 @@ class Classify:
             return
         target = flow.request.headers.get("x-amz-target")
         if target and flow.response is None and REFUSAL not in flow.metadata and \
-                not classifier.default_classifier().target_names_an_operation(target):
+                not classifier.default_classifier().target_names_an_operation(target) and not self.lets_unknown():
             # decided by its head: no body can make it an operation, so the body is not held (a
-            # refusal made now lets limits drop it as it comes) and the call is unknown
+            # refusal made now lets limits drop it as it comes) and the call is unknown, which no
+            # rule in force lets go on (where one may, it is read and decided as any unknown call)
             flow.metadata[REFUSAL] = Refusal(
                 403, "AccessDenied", f"agentgate refused the call: X-Amz-Target {target[:100]!r} names no operation "
                 "of any service it knows (unknown); check the service's API version and operation name", "classify")

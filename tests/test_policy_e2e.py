@@ -713,3 +713,39 @@ def test_a_reencrypt_is_decided_on_its_destination_key_too(tmp_path, issuer, mot
                    if r["principal"] == "kms-agent" and r["operation"] == "ReEncrypt"]
         assert records == [("kms:ReEncryptFrom", "deny", "archive-key-stays-closed"),
                            ("kms:ReEncryptFrom", "allow", "agents-use-keys")]
+
+
+def test_a_rule_naming_unknown_decides_a_target_that_names_no_operation(tmp_path, issuer, moto):
+    """A request whose X-Amz-Target names no operation (a newer API than the gateway's models, or
+    a typo) is the action `unknown`, which a rule naming `unknown` may let go on: it was refused
+    at its head whatever the rules said. Where no rule lets `unknown` go on, it still is, unread."""
+    policy = TEST_POLICY + textwrap.indent(textwrap.dedent("""\
+        - id: carol-tries-new-apis
+          action: [unknown]
+          principal: {sub: carol}
+          decision: allow
+        """), "  ")
+
+    def renamed(gw, sub: str):
+        ddb = client(gw, "dynamodb", proxy_token=issuer.mint(sub, groups=["data-agents"]))
+        ddb.meta.events.register("before-sign.dynamodb.ListTables", lambda request, **kw: request.headers.replace_header(
+            "X-Amz-Target", "DynamoDB_20120810.ListTablesNextGen"))
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ddb.list_tables()
+        return e.value.response
+
+    with Gateway(tmp_path / "gw", issuer=issuer.issuer, upstream=moto.url, policy=policy,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        renamed(gw, "carol")
+        refused = renamed(gw, "dave")
+        assert refused["Error"]["Code"] == "AccessDenied" and "no rule allows unknown" in refused["Error"]["Message"]
+        records = {r["principal"]: r for r in gw.records() if r["principal"] in ("carol", "dave")}
+        assert (records["carol"]["action"], records["carol"]["decision"], records["carol"]["rule"],
+                records["carol"]["outcome"]) == ("unknown", "allow", "carol-tries-new-apis", "forwarded")
+        assert (records["dave"]["decision"], records["dave"]["rule"]) == ("deny", "agentgate:default")
+    with Gateway(tmp_path / "plain", issuer=issuer.issuer, upstream=moto.url, policy=TEST_POLICY,
+                 aws_key=(moto.broker.access_key_id, moto.broker.secret_access_key)) as gw:
+        refused = renamed(gw, "carol")
+        assert "X-Amz-Target 'DynamoDB_20120810.ListTablesNextGen' names no operation" in refused["Error"]["Message"]
+        [record] = [r for r in gw.records() if r["principal"] == "carol"]
+        assert (record["action"], record["rule"]) == ("unknown", "agentgate:classify")

@@ -1706,6 +1706,9 @@ class PolicySet:
         self.version = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
         self._watched = frozenset(parsed.watched)
         self._unknown = tuple(r for r in self.rules if r.names_unknown)
+        # whether a rule may let a call the classifier cannot name go on (the classify stage refuses
+        # an X-Amz-Target naming no operation at its head, unread, only when none may)
+        self.lets_unknown = any(r.decision != "deny" for r in self._unknown)
         self._any_prefix = tuple(r for r in self.rules if r.prefixes is None)
         self._by_prefix: dict[str, tuple[Rule, ...]] = {}
         self._narrowed: dict[tuple[str | None, str | None], tuple[Rule, ...]] = {}
