@@ -673,8 +673,9 @@ def test_an_approval_is_withdrawn_before_its_call_runs_and_access_commands_take_
     gw = short_hold
     client = s3(gw, issuer.mint("agent-1"))
     _, _, approval_id = held(lambda: client.delete_object(Bucket=bucket, Key="withdrawn"))
-    p = gw.cli("access", "approve", approval_id, "--admin", check=False)  # a call's approval is not a grant
-    assert p.returncode == 1 and f"{approval_id} is an approval of a call, not an access grant" in p.stderr
+    for command in ("approve", "show"):  # a call's approval is not a grant
+        p = gw.cli("access", command, approval_id, *(["--admin"] if command == "approve" else []), check=False)
+        assert p.returncode == 1 and f"{approval_id} is an approval of a call, not an access grant" in p.stderr
     assert gw.cli("approvals", "show", approval_id, "--json").stdout.count('"state": "pending"') == 1
     approve(gw, issuer, approval_id)
     out = gw.cli("approvals", "revoke", approval_id, "--reason", "wrong key", "--token-file",

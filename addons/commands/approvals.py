@@ -257,6 +257,7 @@ def _show(approval_id: str, db: str | None, as_json: bool, grants: bool = False)
         a = approvals.get(approval_id, unreadable)
         if a is None:
             approvals.require(approval_id)  # its NotFound, with the hint of another store
+        _of_kind(a, grants)
         calls = approvals.calls_for(approval_id, unreadable=unreadable)
         history = approvals.history(approval_id, unreadable)
     what = "the approval, its history and its calls are shown without the values that cannot be read"
