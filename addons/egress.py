@@ -119,9 +119,11 @@ def shape_problem(req: http.Request, max_header_bytes: int, max_url_bytes: int) 
     codings = []
     amz: set[bytes] = set()
     for name, value in req.headers.fields:
-        if name[:6].lower() == b"x-amz-" and name[6:11].lower() != b"meta-":
+        if (name[:6].lower() == b"x-amz-" and name[6:11].lower() != b"meta-") or (
+                len(name) == 12 and name.lower() == b"content-type"):
             # a member header given twice (x-amz-copy-source, x-amz-bypass-governance-retention, ...):
-            # policy would read the two joined, a service perhaps one of them
+            # policy would read the two joined, a service perhaps one of them; and Content-Type,
+            # by which a service reads its body (JSON, a form) and S3 stores an object's type
             lower = name.lower()
             if lower in amz:
                 return Refusal(400, "InvalidRequest", f"header {name.decode(errors='replace')[:60]} is given more than "

@@ -57,6 +57,8 @@ SHAPES = [
     ("action-header", request([CL, b"Action: DeleteFunction"]), b"a header named Action", True),
     ("amz-header-twice", request([CL, b"X-Amz-Copy-Source: public/x", b"x-amz-copy-source: private/y"]),
      b"given more than once", True),
+    # Content-Type twice: the gateway read the body by one, a service perhaps by the other (JSON or a form)
+    ("content-type-twice", request([CL, b"content-type: application/x-amz-json-1.0"]), b"given more than once", True),
     ("absolute-form-inside-tunnel", request([CL], line=b"POST http://169.254.169.254/ HTTP/1.1"),
      b"absolute-form", True),
     ("obs-fold-te", request([b"Transfer-Encoding:", b" chunked"], CHUNKED), b"obs-fold", "head"),
