@@ -918,3 +918,28 @@ def test_the_format_example_of_the_policies_readme_loads_and_decides_as_annotate
                  "--action", "ec2:TerminateInstances", "--region", "eu-west-1")
     assert result.exit_code == 0 and "decision: approve" in result.output, result.output
     assert "prod-terminate-needs-a-human" in result.output and "sre" in result.output
+
+
+def test_check_warns_that_contains_on_resource_tests_a_whole_name(run, tmp_path):
+    """`resource` is a list of names: contains(resource, 'prod/') holds only for a resource named
+    exactly prod/, so a deny meant for every secret under prod/ never matched, silently. check says
+    so, with the prefix's form; a whole name is what contains() is for, and is not warned."""
+    write(tmp_path, "p.yaml", """
+        version: 1
+        rules:
+          - id: prod-secrets-stay
+            action: "secretsmanager:*"
+            when: "contains(resource, 'prod/') || contains(resource, 'logs-*')"
+            decision: deny
+          - id: one-secret-stays
+            action: "secretsmanager:*"
+            when: "contains(resource, 'prod/db')"
+            decision: deny
+        """)
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert ("p.yaml:5: warning: rule prod-secrets-stay: when tests contains(resource, 'prod/'): resource is a list "
+            "of names, so this holds only for a name equal to 'prod/', not for names starting with it; for a prefix "
+            "write length(resource[?starts_with(@, 'prod/')]) > `0`") in result.output
+    assert "contains(resource, 'logs-*'): resource is a list of names" in result.output
+    assert "one-secret-stays" not in result.output and "(2 warnings)" in result.output

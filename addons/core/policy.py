@@ -2707,6 +2707,11 @@ def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[s
         return []
     params: set[str] | None = None
     out = []
+    for pattern in _resource_patterns(jmespath.compile(rule.when_text).parsed):
+        out.append((rule.file, rule.when_line, f"warning: rule {rule.id}: when tests contains(resource, "
+                    f"{pattern!r}): resource is a list of names, so this holds only for a name equal to {pattern!r}, "
+                    f"not for names {'starting with it' if pattern.endswith('/') else 'it matches'}; for a prefix "
+                    f"write length(resource[?starts_with(@, '{pattern.rstrip('*')}')]) > `0`"))
     seen = set()
     for context, name in found:
         if (context, name) in seen:
@@ -2735,6 +2740,24 @@ def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[s
                     + ": it is always null" + (f"; did you mean {where}{near[0]}?" if near else "")
                     + ("; jmespath's null is written `null` in backticks" if (context, name) == ("root", "null") else "")))
     return out
+
+
+def _resource_patterns(node: Any) -> list[str]:
+    """The strings ``contains(resource, '...')`` tests in a jmespath AST that read as a prefix or
+    a glob (ending in ``/``, holding ``*`` or ``?``): ``resource`` is a list, and contains() then
+    tests for an element equal to the string, which a deny meant for a prefix never is."""
+    if not isinstance(node, dict):
+        return []
+    children = node.get("children") or []
+    found = []
+    if node.get("type") == "function_expression" and node.get("value") == "contains" and len(children) == 2:
+        subject, tested = children
+        if (subject.get("type") == "field" and subject.get("value") == "resource" and tested.get("type") == "literal"
+                and isinstance(tested.get("value"), str) and (tested["value"].endswith("/") or set("*?") & set(tested["value"]))):
+            found.append(tested["value"])
+    for child in children:
+        found.extend(_resource_patterns(child))
+    return found
 
 
 def _whole_read(node: dict, at_root: bool) -> bool:
