@@ -2697,17 +2697,20 @@ def _when_fields(node: dict, context: str | None, found: list[tuple[str | None, 
 
 def _when_warnings(rule: Rule, known: KnownActions, cache: dict) -> list[tuple[str, int, str]]:
     """Names in ``when`` that no call has: a fact that is not one (``principal.group``), or a
-    parameter that no operation the rule matches takes (``params.bucket`` for S3's ``Bucket``)."""
+    parameter that no operation the rule matches takes (``params.bucket`` for S3's ``Bucket``);
+    and ``contains(resource, ...)`` given a prefix or a glob (``_resource_patterns``)."""
     if not rule.when_text:
         return []
     found: list[tuple[str | None, str]] = []
     try:
-        _when_fields(jmespath.compile(rule.when_text).parsed, "root", found)
+        parsed = jmespath.compile(rule.when_text).parsed
+        _when_fields(parsed, "root", found)
+        patterns = _resource_patterns(parsed)
     except (jmespath.exceptions.JMESPathError, RecursionError):
         return []
     params: set[str] | None = None
     out = []
-    for pattern in _resource_patterns(jmespath.compile(rule.when_text).parsed):
+    for pattern in patterns:
         out.append((rule.file, rule.when_line, f"warning: rule {rule.id}: when tests contains(resource, "
                     f"{pattern!r}): resource is a list of names, so this holds only for a name equal to {pattern!r}, "
                     f"not for names {'starting with it' if pattern.endswith('/') else 'it matches'}; for a prefix "
